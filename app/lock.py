@@ -381,17 +381,28 @@ def _flock_pid_here(fd: int) -> int | None:
     return _flock_pid_of(found)
 
 
+def _exclusive_flocks() -> list[tuple[str, str]]:
+    """Each exclusive flock held now, from ``/proc/locks``: its holder's pid as the kernel
+    writes it and its file as ``<major>:<minor>:<inode>`` (hex device numbers). A waiter's
+    line ("->") is none. ``OSError`` where the file cannot be read."""
+    # "1: FLOCK  ADVISORY  WRITE 15858 fe:00:2371224 0 EOF" ("1: -> FLOCK ..." a waiter)
+    return [
+        (parts[4], parts[5])
+        for parts in map(str.split, _PROC_LOCKS.read_text().splitlines())
+        if len(parts) > 5 and parts[1:4] == ["FLOCK", "ADVISORY", "WRITE"]
+    ]
+
+
 def _flock_pid_of(found: os.stat_result) -> int | None:
     """`_flock_pid_here` for the file whose stat is `found`."""
     try:
-        lines = _PROC_LOCKS.read_text().splitlines()
+        flocks = _exclusive_flocks()
     except OSError:
         return None
     key = f"{os.major(found.st_dev):02x}:{os.minor(found.st_dev):02x}:{found.st_ino}"
-    for line in lines:
-        parts = line.split()
-        if len(parts) > 5 and parts[1:4] == ["FLOCK", "ADVISORY", "WRITE"] and parts[5] == key:
-            return int(parts[4]) if parts[4].isdigit() else None
+    for pid, file in flocks:
+        if file == key:
+            return int(pid) if pid.isdigit() else None
     return 0
 
 
@@ -659,18 +670,11 @@ def _fd_inode(pid: int, fd: str) -> int | None:
 
 def _flocks_on(device: int) -> dict[int, set[int]]:
     """Each process's exclusive flocks on ``device``, by inode, from ``/proc/locks``."""
-    # "1: FLOCK  ADVISORY  WRITE 15858 fe:00:2371224 0 EOF" ("->" marks a waiter)
     on_device = f"{os.major(device):02x}:{os.minor(device):02x}:"
     locked: dict[int, set[int]] = {}
-    for line in _PROC_LOCKS.read_text().splitlines():
-        parts = line.split()
-        if (
-            len(parts) > 5
-            and parts[1:4] == ["FLOCK", "ADVISORY", "WRITE"]
-            and parts[4].isdigit()
-            and parts[5].startswith(on_device)
-        ):
-            locked.setdefault(int(parts[4]), set()).add(int(parts[5].rpartition(":")[2]))
+    for pid, file in _exclusive_flocks():
+        if pid.isdigit() and file.startswith(on_device):
+            locked.setdefault(int(pid), set()).add(int(file.rpartition(":")[2]))
     return locked
 
 
@@ -690,19 +694,15 @@ def _held_through_another_device(found: os.stat_result, fd: int) -> dict[str, An
     visible (its descriptors are not ours to read).
     """
     try:
-        lines = _PROC_LOCKS.read_text().splitlines()
+        flocks = _exclusive_flocks()
     except OSError:
         return None
     here = f"{os.major(found.st_dev):02x}:{os.minor(found.st_dev):02x}:"
     inode = f":{found.st_ino}"
     pids = [
-        int(parts[4])
-        for parts in map(str.split, lines)
-        if len(parts) > 5
-        and parts[1:4] == ["FLOCK", "ADVISORY", "WRITE"]
-        and parts[4].isdigit()
-        and parts[5].endswith(inode)
-        and not parts[5].startswith(here)
+        int(pid)
+        for pid, file in flocks
+        if pid.isdigit() and file.endswith(inode) and not file.startswith(here)
     ]
     if not pids:
         return None
