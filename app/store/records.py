@@ -227,38 +227,10 @@ def shape_damage(path: Path) -> tuple[str, str] | None:
     app's shape (`_of_our_shape`), and what resolves it; ``None`` where it is torn, is no
     record at all, or is the app's (`app data check` says "cannot be read" of those)."""
     try:
-        fd = open_regular(str(path), os.O_RDONLY)  # never through a link, as a read of it
-        try:
-            raw = os.read(fd, _MAX_RECORD_BYTES + 1) if stat.S_ISREG(os.fstat(fd).st_mode) else b""
-        finally:
-            os.close(fd)
-        record = json_loads(raw)
-    except (OSError, ValueError):
+        record = load_record(path, shaped=False)  # never through a link, as a read of it
+    except OSError:
         return None
-    if (
-        not isinstance(record, dict)
-        or record.get("name") != path.name
-        or not isinstance(record.get("blob"), str)
-        or not ID_RE.fullmatch(record["blob"])
-        or _of_our_shape(record)
-    ):
-        return None
-    backup = "put the record back from a backup (a tool or an edit wrote it)"
-    size, sha256, name = record.get("size"), record.get("sha256"), path.name
-    if isinstance(size, bool) or not isinstance(size, int | float) or size < 0 or size % 1:
-        return f"its size is {size!r}, not a whole number of bytes", backup
-    if sha256 is not None and not (isinstance(sha256, str) and _SHA256_HEX.fullmatch(sha256)):
-        return f"its sha256 is {str(sha256)[:80]!r}, not 64 lower-case hex digits", backup
-    if _CONTROL.search(name):
-        return "its name holds a control character, which no request can name", backup
-    nfc = unicodedata.normalize("NFC", name)
-    return (
-        f"its name is not in NFC, the form every request's name is taken in ({nfc!r})",
-        (
-            f"with no server on the root, rename the record to {nfc!r} and set its name so, if "
-            "no file has that name"
-        ),
-    )
+    return None if record is None else _shape_fault(record)
 
 
 def listed_entries(listed: list[Any], session_id: str) -> list[FileEntry]:
@@ -408,14 +380,35 @@ def _of_our_shape(record: Mapping[str, Any]) -> bool:
     name (`record_to_change`), reported by `app data check` (``unknown-entry``), with the
     bytes it names kept.
     """
+    return _shape_fault(record) is None
+
+
+def _shape_fault(record: Mapping[str, Any]) -> tuple[str, str] | None:
+    """What makes a record (one naming its file and a blob) not of the app's shape
+    (`_of_our_shape`), and what resolves it; ``None`` where it is of the app's shape."""
+    backup = "put the record back from a backup (a tool or an edit wrote it)"
     size, sha256, name = record.get("size"), record.get("sha256"), record["name"]
-    if isinstance(size, bool) or not isinstance(size, int | float):
-        return False
-    if size < 0 or (isinstance(size, float) and not size.is_integer()):
-        return False
+    if (
+        isinstance(size, bool)
+        or not isinstance(size, int | float)
+        or size < 0
+        or (isinstance(size, float) and not size.is_integer())
+    ):
+        return f"its size is {size!r}, not a whole number of bytes", backup
     if sha256 is not None and not (isinstance(sha256, str) and _SHA256_HEX.fullmatch(sha256)):
-        return False
-    return _CONTROL.search(name) is None and unicodedata.is_normalized("NFC", name)
+        return f"its sha256 is {str(sha256)[:80]!r}, not 64 lower-case hex digits", backup
+    if _CONTROL.search(name):
+        return "its name holds a control character, which no request can name", backup
+    if unicodedata.is_normalized("NFC", name):
+        return None
+    nfc = unicodedata.normalize("NFC", name)
+    return (
+        f"its name is not in NFC, the form every request's name is taken in ({nfc!r})",
+        (
+            f"with no server on the root, rename the record to {nfc!r} and set its name so, if "
+            "no file has that name"
+        ),
+    )
 
 
 def record_blob(path: Path) -> str | None:
