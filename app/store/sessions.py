@@ -912,11 +912,10 @@ class Sessions:
         """``before`` (read under the session's lock) with ``record`` added, as a read now
         gives it, without opening a file: for the answer to a change already made."""
         files = sorted([*before["files"], public(record)], key=upload_order)  # type: ignore[arg-type]
-        times = [before["updated_at"], record.get("uploaded_at") or ""]
-        with contextlib.suppress(OSError):  # lstat: no descriptor needed
-            mtime = os.lstat(directory / RECORDS_DIR).st_mtime_ns
-            times.append(_iso(datetime.fromtimestamp(mtime / 1e9, UTC)))
-        return cast(SessionRecord, {**before, "files": files, "updated_at": max(times)})
+        newest = max(before["updated_at"], record.get("uploaded_at") or "")
+        return self.dated(
+            cast(SessionRecord, {**before, "files": files, "updated_at": newest}), directory
+        )
 
 
 def _no_session_at(place: Path) -> str | None:
