@@ -1084,6 +1084,18 @@ def _start_uncertain() -> bool:
     return offset is not None and offset % _tick() != 0
 
 
+def _entry_read(
+    pid: int, started: int, seen: _Seen, parent: int | None = None
+) -> tuple[Path | None, dict[str, Any] | None]:
+    """Process `pid`'s entry (`_entry_of`) and what it says (None where it cannot be read);
+    neither where it is another process's (`_of_another`)."""
+    entry = _entry_of(pid, started, seen, parent)
+    data = _entry_data(entry) if entry is not None else None
+    if data is not None and _of_another(pid, data):
+        return None, None
+    return entry, data
+
+
 def _entry_named(pid: int, name: str, seen: _Seen, parent: int | None) -> Path | None:
     """Registry entry `name` of process `pid`, where it is (`_entry_of`)."""
     try:
@@ -1153,8 +1165,8 @@ def _led_by_a_run(walked: set[int], seen: _Seen) -> Run | None:
         if pid <= 0 or pid in walked:
             continue
         fields = _stat_fields(pid)
-        entry = _entry_of(pid, fields[1], seen) if fields is not None else None
-        if entry is not None and (run := _read_entry(entry, pid, 1, leads)) is not None:
+        entry, data = _entry_read(pid, fields[1], seen) if fields is not None else (None, None)
+        if entry is not None and (run := _read_entry(entry, pid, 1, leads, data)) is not None:
             return run
     return None
 
@@ -1177,8 +1189,7 @@ def _walk_tree() -> tuple[Run | None, str | None, str]:
     for depth, (pid, started) in ancestry:
         walked.add(pid)
         parent = chain[depth + 1][0] if depth + 1 < len(chain) else None
-        entry = _entry_of(pid, started, seen, parent)
-        data = _entry_data(entry) if entry is not None else None
+        entry, data = _entry_read(pid, started, seen, parent)
         if entry is not None and data is None and (why := _unreadable(entry)) is not None:
             seen.hidden.setdefault(pid, (entry, why))
         if entry is not None and data is not None and data.get("starting"):
@@ -1617,8 +1628,7 @@ def _within_enclosing(
     then freed the run's children.
     """
     for depth, (pid, started) in ancestry:
-        found = _entry_of(pid, started, seen)
-        data = _entry_data(found) if found is not None else None
+        found, data = _entry_read(pid, started, seen)
         if found is None or data is None or data.get("starting"):
             continue
         outer = _read_entry(found, pid, depth, data=data)
@@ -2729,7 +2739,39 @@ def _entry_dict(run: Run | None, pid: int) -> dict[str, Any]:
         if run.sandbox_identity is not None:
             data["sandbox_identity"] = list(run.sandbox_identity)
     data["pid_namespace"] = _pid_namespace()
+    data["own_pid_namespace"] = _own_pid_namespace(pid)
     return data
+
+
+def _own_pid_namespace(pid: int | str) -> int | None:
+    """The PID namespace process `pid` lives in (its own, which no call changes: `unshare`
+    and `setns` move only the children it starts next), or None where this process may not
+    read it (another user's process, one of an enclosing user namespace)."""
+    try:
+        return (_PROC / str(pid) / "ns" / "pid").stat().st_ino
+    except OSError:
+        return None
+
+
+def _of_another(pid: int, data: dict[str, Any]) -> bool:
+    """Whether entry `data`, found at the name of process `pid` (its pid and start time),
+    is another process's: one of another PID namespace that has the same pid there and
+    started in the same clock tick.
+
+    Pids repeat from namespace to namespace, and a namespace's first processes have the
+    same few (1, 2, 3); the start time, in ticks of 10 ms, tells them apart only mostly.
+    Two tests that each started a PID namespace in the same tick of a run on three
+    workers (``unshare --pid --fork --mount-proc``, one with ``pytest -p no:app`` as its
+    pid 1, the other ``strace`` tracing a production-like child) made the child find the
+    other's entry at its own pid 1's name, and it was refused as under a pytest without
+    the app's plugin (CI of stop 47). Where either namespace cannot be read, or an entry
+    predates this field, the entry counts, as before: taking a stranger's entry refuses
+    more, never less."""
+    recorded = data.get("own_pid_namespace")
+    if type(recorded) is not int:
+        return False
+    actual = _own_pid_namespace(pid)
+    return actual is not None and actual != recorded
 
 
 #: How much of ``sys.argv`` an entry keeps: its first words, each cut at a length. A run
