@@ -18,6 +18,7 @@ from app.remote import pg
 from app.remote.db import Database
 from app.remote.errors import ObjectMissingError
 from app.remote.objects import BLOBS, ObjectInfo, ObjectStore, UnfinishedUpload
+from app.remote.rows import FINDING, row_fault
 from app.storage import CheckReport, Finding
 
 __all__ = ["check"]
@@ -313,6 +314,9 @@ def _compare(
 ) -> Finding | None:
     """A row against its object's size (``found``, None if missing) and, of that size, its
     bytes' SHA-256: what the thorough check reports of it, if anything."""
+    fault = row_fault(row)
+    if fault is not None:
+        return _misshapen(row, fault, found, objects, hash_bytes=hash_bytes)
     target = f"{row['session_id']}/{row['name']}"
     if found is None:
         state = "a trashed version of" if row["trashed"] else "the live"
@@ -357,6 +361,36 @@ def _compare(
         "it are cut before their last byte",
         "nothing: bring back the object's version with that SHA-256 from the bucket's "
         "versioning or a backup, or delete the file",
+    )
+
+
+def _misshapen(
+    row: dict[str, Any], fault: str, found: int | None, objects: ObjectStore, *, hash_bytes: bool
+) -> Finding:
+    """A row of another shape than the app writes (`app.remote.rows`), with what its object
+    holds: compared as the app's own, a SHA-256 in capitals was "overwritten outside the
+    app", of bytes that were the file's, and a name no request can reach went unreported
+    (red team 60)."""
+    state = "a trashed version of" if row["trashed"] else "the live"
+    blob = row["blob"]
+    if found is None:
+        held = f"its object {blob} is missing"
+        fix = "restore its object from a backup of the object store, then correct the row"
+    else:
+        digest = _sha256(objects, blob)[0] if hash_bytes else None
+        held = f"its object {blob} is {found} bytes" + (
+            f" with the SHA-256 {digest}" if digest else ""
+        )
+        values = f"size {found}" + (f" and sha256 '{digest}'" if digest else "")
+        fix = f"if those bytes are the file's, give the row {values}, and a name a request can name"
+    return Finding(
+        FINDING,
+        f"{row['session_id']}/{row['name']}",
+        f"the row for {state} file {row['name']!r} of session {row['session_id']} is of "
+        f"another shape than the app writes ({fault}: a tool or an edit wrote it); {held}. "
+        "The file is left out of its session's files, and reads of it are refused",
+        "nothing: left for a human (with every replica stopped, correct the row of "
+        f"app_files whose blob is '{blob}': {fix})",
     )
 
 

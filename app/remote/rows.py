@@ -1,0 +1,62 @@
+"""The rule a file's row in ``app_files`` follows to be the app's: the local store's rule for
+a file's record (`app.store.records.shape_fault`: a size that is a whole number of bytes, a
+SHA-256 of 64 lower-case hex digits, a name in NFC without a control character) and a name
+a request can name (`app.names.check_file_name`).
+
+The table's columns take any text and any ``bigint``. A row a tool wrote (a SHA-256 in
+capitals or no hex, a negative size, a name in NFD or holding a ``/``) was listed as it was:
+a download was a 500 ``internal_error`` (the digest of a SHA-256 that is no hex) or was cut
+before its last byte, a name every request answered "no such file" for, and `app data
+check` called the bytes "overwritten outside the app" where only the row's text was not the
+app's (red team 60 on the remote backend). Such a row is none of the app's, as on a data
+root: left out of its session's files with a warning in the log, refused by name
+(`FileRowOfAnotherShapeError`), reported by `app data check` (``row-of-another-shape``),
+its object kept.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from app.errors import InvalidNameError
+from app.names import check_file_name
+from app.store.records import shape_fault
+
+__all__ = ["FINDING", "row_fault", "say_left_out"]
+
+log = logging.getLogger("app.remote.store")
+
+#: What `app data check` calls such a row.
+FINDING = "row-of-another-shape"
+
+
+def row_fault(row: Mapping[str, Any]) -> str | None:
+    """Why a file's row (``name``, ``size``, ``sha256``) is not of the app's shape, in words;
+    ``None`` where it is the app's."""
+    name = row.get("name")
+    if not isinstance(name, str):
+        return f"its name is {name!r}, not text"
+    fault = shape_fault(row)
+    if fault is not None:
+        return fault
+    try:
+        check_file_name(name)
+    except InvalidNameError as error:
+        return f"its name is not one a request can name ({error.problem})"
+    return None
+
+
+def say_left_out(session_id: str, name: Any, fault: str) -> None:
+    """Say in the log that a file's row is left out of its session's files, and why."""
+    log.warning(
+        "session %s: file %r is left out of its files: its row in app_files is of another "
+        "shape than the app writes (%s: a tool or an edit wrote it); reads of it are refused "
+        "(file_record_unreadable), its object is kept, and `app data check` names the row and "
+        "its object (%s)",
+        session_id,
+        name,
+        fault,
+        FINDING,
+    )

@@ -1,0 +1,120 @@
+"""Red team 60 on PostgreSQL and object storage.
+
+What broke:
+
+- A file's row in ``app_files`` that a tool or an edit wrote, of another shape than the app
+  writes: a ``sha256`` in capitals (an export through a tool that upper-cases hex) or no hex
+  at all, a negative size, a name in NFD (copied through macOS) or holding a ``/``. The
+  columns take any text and any ``bigint``, and the remote backend, unlike the local one's
+  records, took every row as the app's. Such a file was listed as written (a negative size
+  against the document's own schema; a name no request could reach, each answered "no such
+  file"); its download was a 500 ``internal_error`` with a traceback in the log (the digest
+  of a SHA-256 that is no hex) or, for capitals, cut before its last byte, though its bytes
+  were the file's; and `app data check` called those bytes "overwritten outside the app",
+  sending the operator to the bucket's versioning for bytes that were sound, and said
+  nothing of a name no request could reach. The local store's rule for a record's shape now
+  holds for a row (``app.remote.rows``), and a name a request can name with it: such a row
+  is left out of its session's files with a warning in the log, a read of its name is
+  refused (``file_record_unreadable``, naming what is not the app's), and `app data check`
+  reports it (``row-of-another-shape``) with its object's size and SHA-256, the values that
+  correct it; a ``PUT`` of the name replaces it as any file, the row kept in the trash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import unicodedata
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from engines import S3Engine
+from fastapi.testclient import TestClient
+from test_remote_store import PROFILE, _replica
+
+from app.config import Config
+from app.remote import pg
+from app.remote.store import RemoteStore
+from app.server import create_app
+
+_DATA = b"the acknowledged bytes"
+
+
+@pytest.fixture
+def served(
+    database_url: str, s3_engine: S3Engine, blob_url: str, app_config: Config
+) -> Iterator[tuple[RemoteStore, TestClient]]:
+    """A replica over the run's scratch database and prefix, and an HTTP client of it."""
+    pg.open_database(database_url, PROFILE)
+    with _replica(s3_engine, (database_url, blob_url)) as store:
+        headers = {"Authorization": f"Bearer {app_config.api_token}"}
+        with TestClient(create_app(store, app_config), headers=headers) as client:
+            yield store, client
+
+
+#: A row as a tool may write it: the file's name, the SQL that changes its row, what the
+#: refusal and the check say is not the app's.
+_TOOLS_ROWS = {
+    "capitals.txt": ("sha256 = upper(sha256)", "not 64 lower-case hex digits"),
+    "nohex.txt": ("sha256 = 'see attachment'", "its sha256 is 'see attachment'"),
+    "negative.txt": ("size = -1", "its size is -1, not a whole number of bytes"),
+    "café.txt": (
+        f"name = '{unicodedata.normalize('NFD', 'café.txt')}'",
+        "its name is not in NFC",
+    ),
+    "slash.txt": ("name = 'in/slash.txt'", "its name is not one a request can name"),
+}
+
+
+def test_a_file_row_a_tool_wrote_is_left_out_refused_by_name_and_reported(
+    served: tuple[RemoteStore, TestClient], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Before: listed as written; capitals' download cut before its last byte, nohex's and
+    # negative's 500 internal_error (a traceback) or "overwritten outside the app"; the check
+    # said every sound object was overwritten, and nothing of the two names.
+    store, client = served
+    session_id = client.post("/sessions", json={"title": "t"}).json()["id"]
+    files = f"/sessions/{session_id}/files"
+    for name in (*_TOOLS_ROWS, "kept.txt"):
+        assert client.put(f"{files}/{name}", content=_DATA).status_code == 201
+    with psycopg.connect(store.database_url, autocommit=True) as admin:
+        for name, (change, _) in _TOOLS_ROWS.items():
+            admin.execute(f"UPDATE app_files SET {change} WHERE name = %s", (name,))  # type: ignore[arg-type]
+    with caplog.at_level(logging.WARNING, logger="app.remote.store"):
+        listed = client.get(files)
+    assert listed.status_code == 200, listed.text
+    assert [f["name"] for f in listed.json()["items"]] == ["kept.txt"]
+    said = caplog.text
+    for _, fault in _TOOLS_ROWS.values():
+        assert fault in said
+    assert "row-of-another-shape" in said
+    for name in ("capitals.txt", "nohex.txt", "negative.txt"):
+        refused = client.get(f"{files}/{name}")
+        assert refused.status_code == 500, refused.text
+        body = refused.json()
+        assert body["code"] == "file_record_unreadable"
+        assert body["message"].startswith(
+            f"cannot send file {name!r} of session {session_id}: its row in the database is "
+            "of another shape than the app writes (its "
+        )
+        assert _TOOLS_ROWS[name][1] in body["message"]
+        assert "`app data check` reports the row (row-of-another-shape)" in body["message"]
+    assert client.get(f"{files}/kept.txt").content == _DATA
+
+    findings = {f.target: f for f in store.check(repair=False).findings}
+    sha = hashlib.sha256(_DATA).hexdigest()
+    stored = {"café.txt": unicodedata.normalize("NFD", "café.txt"), "slash.txt": "in/slash.txt"}
+    assert set(findings) == {f"{session_id}/{stored.get(name, name)}" for name in _TOOLS_ROWS}
+    for name, (_, fault) in _TOOLS_ROWS.items():
+        finding = findings[f"{session_id}/{stored.get(name, name)}"]
+        assert finding.problem == "row-of-another-shape"
+        assert fault in finding.detail
+        assert f"is {len(_DATA)} bytes with the SHA-256 {sha}" in finding.detail
+        assert finding.repair.startswith("nothing: left for a human (with every replica stopped")
+        assert f"give the row size {len(_DATA)} and sha256 '{sha}'" in finding.repair
+        assert not finding.repaired
+
+    # A change of the name works as for any file: the row goes to the trash, its object kept.
+    assert client.put(f"{files}/nohex.txt", content=b"again").status_code == 200
+    assert client.get(f"{files}/nohex.txt").content == b"again"
