@@ -18,6 +18,14 @@ What broke:
   refused (``file_record_unreadable``, naming what is not the app's), and `app data check`
   reports it (``row-of-another-shape``) with its object's size and SHA-256, the values that
   correct it; a ``PUT`` of the name replaces it as any file, the row kept in the trash.
+
+- Such a row naming another key than one the app makes: ``blobs//<hex of another file>``
+  (SeaweedFS stores a doubled slash as one: that file's object) or the prefix's stamp
+  ``.app-profile.json``. Its download served that key's bytes (cut, their SHA-256 not the
+  row's), and once the file was deleted, `app data empty-trash` deleted the key: another
+  file's acknowledged bytes were lost (its download then 500 "not there") and the prefix's
+  stamp was gone. An object's name is part of the row's rule now (the row left out, refused,
+  reported), and emptying the trash deletes only keys the app makes, saying which it kept.
 """
 
 from __future__ import annotations
@@ -118,3 +126,42 @@ def test_a_file_row_a_tool_wrote_is_left_out_refused_by_name_and_reported(
     # A change of the name works as for any file: the row goes to the trash, its object kept.
     assert client.put(f"{files}/nohex.txt", content=b"again").status_code == 200
     assert client.get(f"{files}/nohex.txt").content == b"again"
+
+
+def test_a_trashed_row_naming_another_file_s_key_or_the_stamp_never_deletes_it(
+    served: tuple[RemoteStore, TestClient], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Before: b's download sent a's bytes (cut), and after b and c were deleted,
+    # empty-trash deleted a's object (a's download: 500 "its bytes are not there") and the
+    # prefix's stamp object.
+    store, client = served
+    session_id = client.post("/sessions", json={"title": "t"}).json()["id"]
+    files = f"/sessions/{session_id}/files"
+    for name in ("a.txt", "b.txt", "c.txt"):
+        assert client.put(f"{files}/{name}", content=_DATA + name.encode()).status_code == 201
+    with psycopg.connect(store.database_url, autocommit=True) as admin:
+        row = admin.execute("SELECT blob FROM app_files WHERE name = 'a.txt'").fetchone()
+        assert row is not None
+        doubled = row[0].replace("blobs/", "blobs//")
+        admin.execute("UPDATE app_files SET blob = %s WHERE name = 'b.txt'", (doubled,))
+        admin.execute("UPDATE app_files SET blob = '.app-profile.json' WHERE name = 'c.txt'")
+    refused = client.get(f"{files}/b.txt")
+    assert refused.status_code == 500, refused.text
+    assert refused.json()["code"] == "file_record_unreadable"
+    assert f"its object's name {doubled!r} is not one the app makes" in refused.json()["message"]
+    assert [f["name"] for f in client.get(files).json()["items"]] == ["a.txt"]
+    # (b's and c's own objects are named by no row now: object-without-record.)
+    found = store.check(repair=False).findings
+    findings = {f.target: f for f in found if f.problem == "row-of-another-shape"}
+    assert set(findings) == {f"{session_id}/b.txt", f"{session_id}/c.txt"}
+    assert "it names object '.app-profile.json', which may be another file's or the prefix's " in (
+        findings[f"{session_id}/c.txt"].detail
+    )
+    for name in ("b.txt", "c.txt"):
+        assert client.delete(f"{files}/{name}").status_code == 200
+    with caplog.at_level(logging.WARNING, logger="app.remote.store"):
+        assert {e.file for e in store.empty_trash()} == {"b.txt", "c.txt"}
+    assert f"named object {doubled!r}, not one the app makes" in caplog.text
+    assert "the object is kept" in caplog.text
+    assert client.get(f"{files}/a.txt").content == _DATA + b"a.txt"
+    assert ".app-profile.json" in {info.name for info in store.objects.objects("")}

@@ -373,7 +373,10 @@ def _misshapen(
     (red team 60)."""
     state = "a trashed version of" if row["trashed"] else "the live"
     blob = row["blob"]
-    if found is None:
+    if not objects.is_blob_name(blob):
+        held = f"it names object {blob!r}, which may be another file's or the prefix's stamp"
+        fix = "name an object of its own under blobs/, or delete the row"
+    elif found is None:
         held = f"its object {blob} is missing"
         fix = "restore its object from a backup of the object store, then correct the row"
     else:

@@ -4,7 +4,8 @@ SHA-256 of 64 lower-case hex digits, a name in NFC without a control character) 
 a request can name (`app.names.check_file_name`).
 
 The table's columns take any text and any ``bigint``. A row a tool wrote (a SHA-256 in
-capitals or no hex, a negative size, a name in NFD or holding a ``/``) was listed as it was:
+capitals or no hex, a negative size, a name in NFD or holding a ``/``, an object's name the
+app never makes) was listed as it was:
 a download was a 500 ``internal_error`` (the digest of a SHA-256 that is no hex) or was cut
 before its last byte, a name every request answered "no such file" for, and `app data
 check` called the bytes "overwritten outside the app" where only the row's text was not the
@@ -22,6 +23,7 @@ from typing import Any
 
 from app.errors import InvalidNameError
 from app.names import check_file_name
+from app.remote.objects import BLOBS, ObjectStore
 from app.store.records import shape_fault
 
 __all__ = ["FINDING", "row_fault", "say_left_out"]
@@ -33,11 +35,21 @@ FINDING = "row-of-another-shape"
 
 
 def row_fault(row: Mapping[str, Any]) -> str | None:
-    """Why a file's row (``name``, ``size``, ``sha256``) is not of the app's shape, in words;
-    ``None`` where it is the app's."""
+    """Why a file's row (``name``, ``size``, ``sha256``, and ``blob`` where given) is not of
+    the app's shape, in words; ``None`` where it is the app's.
+
+    ``blob``: a row naming another key than one the app makes (``blobs//<hex>``, which
+    SeaweedFS stores as ``blobs/<hex>``, another file's object; the prefix's stamp
+    ``.app-profile.json``) was served that key's bytes, and `app data empty-trash` deleted
+    that key once the row was in the trash: another file's acknowledged bytes, or the
+    prefix's stamp (red team 60)."""
     name = row.get("name")
     if not isinstance(name, str):
         return f"its name is {name!r}, not text"
+    blob = row.get("blob", BLOBS + "0" * 32)
+    if not (isinstance(blob, str) and ObjectStore.is_blob_name(blob)):
+        shown = str(blob)[:80]
+        return f"its object's name {shown!r} is not one the app makes ({BLOBS}<32 hex digits>)"
     fault = shape_fault(row)
     if fault is not None:
         return fault

@@ -26,7 +26,7 @@ _ITER_BATCH: Final = 500
 
 _FILE_JSON: Final = (
     "json_build_object('name', f.name, 'size', f.size, 'sha256', f.sha256, "
-    f"'uploaded_at', {utc('f.uploaded_at')})"
+    f"'uploaded_at', {utc('f.uploaded_at')}, 'blob', f.blob)"
 )
 # One statement per read, so that a session and its files come from one snapshot.
 _SESSION_SELECT: Final = f"""
@@ -44,12 +44,12 @@ def _session(row: dict[str, Any]) -> SessionRecord:
     # in the log, as a data root's record is: listed as it was, it broke the document's
     # schema (a negative size) and named a file no request could reach (red team 60).
     files = row.get("files")
-    if files:
+    if files is not None:
         kept = []
         for file in files:
             fault = row_fault(file)
             if fault is None:
-                kept.append(file)
+                kept.append({key: value for key, value in file.items() if key != "blob"})
             else:
                 say_left_out(row["id"], file.get("name"), fault)
         row = {**row, "files": kept}

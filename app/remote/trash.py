@@ -341,8 +341,24 @@ class RemoteTrash:
                 via=via,
             )
         refused: AppError | None = None
+        # Only the keys the app makes: a row a tool wrote naming another (`blobs//<hex>`,
+        # which SeaweedFS stores as another file's `blobs/<hex>`; the stamp object) had that
+        # key deleted, another file's acknowledged bytes or the prefix's stamp (red team 60).
+        foreign = [row for row in files if not self.objects.is_blob_name(row["blob"])]
+        for row in foreign:
+            log.warning(
+                "the trash's row of file %r of session %s named object %r, not one the app "
+                "makes (a tool or an edit wrote it): the row is gone, the object is kept "
+                "(it may be another file's, or the prefix's stamp); delete it by hand if it "
+                "is no one's",
+                row["name"],
+                row["session_id"],
+                row["blob"],
+            )
         try:
-            self.objects.delete(*(row["blob"] for row in files))
+            self.objects.delete(
+                *(row["blob"] for row in files if self.objects.is_blob_name(row["blob"]))
+            )
         except Exception as error:  # the rows are gone, so the trash is emptied all the same
             refused = error if isinstance(error, AppError) else None
             log.warning(
