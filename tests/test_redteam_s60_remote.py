@@ -26,6 +26,13 @@ What broke:
   file's acknowledged bytes were lost (its download then 500 "not there") and the prefix's
   stamp was gone. An object's name is part of the row's rule now (the row left out, refused,
   reported), and emptying the trash deletes only keys the app makes, saying which it kept.
+
+- A session's row a tool wrote whose ``metadata`` (a ``json`` column) is not an object:
+  ``null``, ``[1, 2]``, ``"text"``. It was answered as it was, in the session and in every
+  page, against the document's schema, where a data root's ``session.json`` of that shape is
+  ``session_unreadable`` and left out of pages. It is now the same here: refused by id
+  (``session_unreadable``, naming the row), named in its page's ``left_out``, reported by
+  `app data check` (``row-of-another-shape``); a ``DELETE`` moves it to the trash as it is.
 """
 
 from __future__ import annotations
@@ -165,3 +172,37 @@ def test_a_trashed_row_naming_another_file_s_key_or_the_stamp_never_deletes_it(
     assert "the object is kept" in caplog.text
     assert client.get(f"{files}/a.txt").content == _DATA + b"a.txt"
     assert ".app-profile.json" in {info.name for info in store.objects.objects("")}
+
+
+def test_a_session_row_whose_metadata_is_no_object_is_left_out_and_refused_by_id(
+    served: tuple[RemoteStore, TestClient],
+) -> None:
+    # Before: each answered with its metadata as written (null, a list, a string), in the
+    # session and in the page, against the schema; the check said nothing.
+    store, client = served
+    ids = [client.post("/sessions", json={"title": f"t{i}"}).json()["id"] for i in range(4)]
+    written = {ids[0]: ("null", "a null"), ids[1]: ("[1, 2]", "a list"), ids[2]: ('"x"', "a str")}
+    with psycopg.connect(store.database_url, autocommit=True) as admin:
+        for session_id, (metadata, _) in written.items():
+            admin.execute(
+                "UPDATE app_sessions SET metadata = %s WHERE id = %s", (metadata, session_id)
+            )
+    page = client.get("/sessions").json()
+    assert [s["id"] for s in page["items"]] == [ids[3]]
+    assert page["total"] == 4
+    assert [(o["id"], o["reason"]) for o in page["left_out"]] == [
+        (i, "unreadable") for i in ids[:3]
+    ]
+    for session_id, (_, kind) in written.items():
+        refused = client.get(f"/sessions/{session_id}")
+        assert refused.status_code == 500, refused.text
+        assert refused.json()["code"] == "session_unreadable"
+        assert refused.json()["message"].startswith(
+            f"cannot read session {session_id}: its row in app_sessions has {kind} in "
+            "'metadata', which the app never writes (it was changed outside the app). "
+            "`app data check` reports it as row-of-another-shape."
+        )
+    found = {f.target: f.problem for f in store.check(repair=False).findings}
+    assert found == dict.fromkeys(ids[:3], "row-of-another-shape")
+    assert client.delete(f"/sessions/{ids[0]}").status_code == 200
+    assert client.get("/sessions").json()["total"] == 3

@@ -18,7 +18,7 @@ from app.remote import pg
 from app.remote.db import Database
 from app.remote.errors import ObjectMissingError
 from app.remote.objects import BLOBS, ObjectInfo, ObjectStore, UnfinishedUpload
-from app.remote.rows import FINDING, row_fault
+from app.remote.rows import FINDING, SESSION_ROW, row_fault, session_fault
 from app.storage import CheckReport, Finding
 
 __all__ = ["check"]
@@ -68,6 +68,11 @@ def check(
         # Of the server that gave the rows: behind a URL that reaches several servers, the
         # next connection may be another's (red team 59).
         known_to = _rows_known_to(conn)
+        # A session's row a tool wrote (red team 60): its metadata not an object.
+        sessions = conn.execute(
+            "SELECT id, metadata, deleted_at IS NOT NULL AS trashed FROM app_sessions"
+            " WHERE json_typeof(metadata) <> 'object'"
+        ).fetchall()
     referenced = {row["blob"] for row in rows}
     findings: list[Finding] = []
     orphans, unfinished = _unnamed(db, objects, referenced, orphan_grace, known_to=known_to)
@@ -105,6 +110,7 @@ def check(
     if not exclusive:
         orphans, unfinished = [], []
     if thorough:
+        findings.extend(_session_finding(row) for row in sessions)
         present = {info.name: info.size for info in objects.objects(BLOBS)}
         for name in sorted(n for n in present if not objects.is_blob_name(n)):
             findings.append(
@@ -361,6 +367,20 @@ def _compare(
         "it are cut before their last byte",
         "nothing: bring back the object's version with that SHA-256 from the bucket's "
         "versioning or a backup, or delete the file",
+    )
+
+
+def _session_finding(row: dict[str, Any]) -> Finding:
+    """A session's row of another shape than the app writes (`rows.session_fault`)."""
+    state = "trashed session" if row["trashed"] else "session"
+    return Finding(
+        FINDING,
+        row["id"],
+        f"the {SESSION_ROW} of {state} {row['id']} {session_fault(row['metadata'])} (a tool "
+        "or an edit wrote it); it is left out of pages of sessions, and reads of it are "
+        "refused (session_unreadable)",
+        "nothing: left for a human (with every replica stopped, give it its metadata back "
+        "from a backup, or '{}'; or delete the session, which moves it to the trash as it is)",
     )
 
 

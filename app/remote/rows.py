@@ -26,12 +26,28 @@ from app.names import check_file_name
 from app.remote.objects import BLOBS, ObjectStore
 from app.store.records import shape_fault
 
-__all__ = ["FINDING", "row_fault", "say_left_out"]
+__all__ = ["FINDING", "SESSION_ROW", "row_fault", "say_left_out", "session_fault"]
 
 log = logging.getLogger("app.remote.store")
 
 #: What `app data check` calls such a row.
 FINDING = "row-of-another-shape"
+
+#: A session's row, as `UnreadableSessionError` names what is damaged.
+SESSION_ROW = "row in app_sessions"
+
+
+def session_fault(metadata: Any) -> str | None:
+    """Why a session's row is not of the app's shape, or ``None``: its ``metadata`` (a
+    ``json`` column, which takes any JSON) is not an object.
+
+    A tool's ``null``, ``[1, 2]`` or ``"text"`` there was answered as it was, against the
+    document's schema (``metadata``: an object), where a data root's ``session.json`` of
+    that shape is refused as unreadable and left out of pages (red team 60)."""
+    if isinstance(metadata, dict):
+        return None
+    kind = "null" if metadata is None else type(metadata).__name__
+    return f"has a {kind} in 'metadata', which the app never writes"
 
 
 def row_fault(row: Mapping[str, Any]) -> str | None:

@@ -8,19 +8,29 @@ on any replica.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from typing import Any, Final, cast
 
 from psycopg.types.json import Json
 
-from app.errors import BadRequestError, SessionNotFoundError
+from app.errors import BadRequestError, SessionNotFoundError, UnreadableSessionError
 from app.remote.db import TRASH_TIME_FORMAT, Database, now, trash_entry, trash_name, utc
 from app.remote.pg import CREATE_LOCK
-from app.remote.rows import row_fault, say_left_out
-from app.storage import Page, SessionRecord, TrashEntry, checked_session_fields
+from app.remote.rows import FINDING, SESSION_ROW, row_fault, say_left_out, session_fault
+from app.storage import (
+    LEFT_OUT_UNREADABLE,
+    LeftOut,
+    Page,
+    SessionRecord,
+    TrashEntry,
+    checked_session_fields,
+)
 from app.store.ids import check_session_id, make_later_than, new_session_id
 
 __all__ = ["RemoteSessions"]
+
+log = logging.getLogger("app.remote.store")
 
 _ITER_BATCH: Final = 500
 
@@ -40,6 +50,9 @@ FROM app_sessions s
 
 
 def _session(row: dict[str, Any]) -> SessionRecord:
+    damage = session_fault(row.get("metadata"))
+    if damage is not None:
+        raise UnreadableSessionError(row["id"], damage, file=SESSION_ROW, finding=FINDING)
     # A file's row of another shape than the app writes (a tool's) is left out, with a word
     # in the log, as a data root's record is: listed as it was, it broke the document's
     # schema (a negative size) and named a file no request could reach (red team 60).
@@ -155,16 +168,24 @@ class RemoteSessions:
         total = int(count["n"]) if count else 0
         more = len(rows) > limit
         items: list[SessionRecord] = []
+        passed: list[LeftOut] = []
         size = 0
         for row in rows[:limit]:
-            session = _session(row)
+            try:
+                session = _session(row)
+            except UnreadableSessionError as error:
+                # One row a tool wrote must not fail every page that holds it (red team 60).
+                passed.append(_left_out(error))
+                continue
             if max_bytes is not None:
                 # ASCII-escaped JSON bounds the UTF-8 answer from above, as in the local store.
                 size += len(json.dumps(session))
                 if items and size > max_bytes:
-                    return Page(items=items, total=total, next=items[-1]["id"])
+                    cursor = max([items[-1]["id"], *(left.id for left in passed)])
+                    return Page(items=items, total=total, next=cursor, left_out=tuple(passed))
             items.append(session)
-        return Page(items=items, total=total, next=items[-1]["id"] if more and items else None)
+        last = rows[:limit][-1]["id"] if rows else None
+        return Page(items=items, total=total, next=last if more else None, left_out=tuple(passed))
 
     def iter_all(self) -> Iterator[SessionRecord]:
         """Every live session, oldest first, read page by page."""
@@ -212,3 +233,15 @@ class RemoteSessions:
             trash_entry(r["trash_name"], "session", r["id"], None, moment, "purge", r["title"])
             for r in rows
         ]
+
+
+def _left_out(error: UnreadableSessionError) -> LeftOut:
+    """What a page says of a session whose row is not of the app's shape; the log names it."""
+    log.warning("session %s is left out of GET /sessions: %s", error.session_id, error.message)
+    return LeftOut(
+        error.session_id,
+        LEFT_OUT_UNREADABLE,
+        f"session {error.session_id} is counted but not shown: its {SESSION_ROW} "
+        f"{error.damage}; the server's log and `app data check` ({FINDING}) name it and what "
+        "to do",
+    )
