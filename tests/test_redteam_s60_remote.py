@@ -17,7 +17,8 @@ What broke:
   is left out of its session's files with a warning in the log, a read of its name is
   refused (``file_record_unreadable``, naming what is not the app's), and `app data check`
   reports it (``row-of-another-shape``) with its object's size and SHA-256, the values that
-  correct it; a ``PUT`` of the name replaces it as any file, the row kept in the trash.
+  correct it; a ``PUT`` of the name replaces it as any file, the row kept in the trash, and
+  a restore of such a row from the trash is refused for the row, not as a copy "lost".
 
 - Such a row naming another key than one the app makes: ``blobs//<hex of another file>``
   (SeaweedFS stores a doubled slash as one: that file's object) or the prefix's stamp
@@ -50,6 +51,7 @@ from test_remote_store import PROFILE, _replica
 
 from app.config import Config
 from app.remote import pg
+from app.remote.errors import FileRowOfAnotherShapeError
 from app.remote.store import RemoteStore
 from app.server import create_app
 
@@ -133,6 +135,16 @@ def test_a_file_row_a_tool_wrote_is_left_out_refused_by_name_and_reported(
     # A change of the name works as for any file: the row goes to the trash, its object kept.
     assert client.put(f"{files}/nohex.txt", content=b"again").status_code == 200
     assert client.get(f"{files}/nohex.txt").content == b"again"
+    # Its restore from the trash is refused for the row, not as a copy "lost" (before: "holds
+    # bytes whose SHA-256 is <its own>, where <the same in capitals> was acknowledged").
+    assert client.delete(f"{files}/capitals.txt").status_code == 200
+    with pytest.raises(FileRowOfAnotherShapeError) as refused_restore:
+        store.restore(session_id, file="capitals.txt")
+    assert refused_restore.value.message.startswith(
+        f"cannot restore file 'capitals.txt' of session {session_id}: its row in the database "
+        "is of another shape than the app writes (its sha256 is "
+    )
+    assert "and nothing was changed." in refused_restore.value.message
 
 
 def test_a_trashed_row_naming_another_file_s_key_or_the_stamp_never_deletes_it(

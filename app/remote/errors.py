@@ -608,7 +608,7 @@ class FileRowOfAnotherShapeError(StoreError):
     template = (
         "cannot {action} file {name!r} of session {session_id}: its row in the database is of "
         "another shape than the app writes ({fault}; a tool or an edit wrote it), so the app "
-        "cannot tell which bytes were acknowledged, and nothing was sent. `app data check` "
+        "cannot tell which bytes were acknowledged, and {outcome}. `app data check` "
         "reports the row ({finding}) with its object's size and SHA-256: correct the row with "
         "every replica stopped, or upload the file again (PUT /sessions/{session_id}/files/"
         "{name}), which keeps the row and its object in the trash"
@@ -618,6 +618,7 @@ class FileRowOfAnotherShapeError(StoreError):
     name: str
     fault: str
     action: str = "send"
+    outcome: str = "nothing was sent"
     finding: str = "row-of-another-shape"
 
 

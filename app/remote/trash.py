@@ -21,8 +21,9 @@ from app.errors import (
 )
 from app.names import check_file_name
 from app.remote.db import Database, just_after, now, trash_entry
-from app.remote.errors import ObjectMissingError
+from app.remote.errors import FileRowOfAnotherShapeError, ObjectMissingError
 from app.remote.objects import ObjectStore
+from app.remote.rows import row_fault
 from app.storage import TrashEntry, entry_holds_other
 from app.store.ids import check_session_id
 from app.store.trash import TRASH_NAME_RE
@@ -32,7 +33,7 @@ __all__ = ["RemoteTrash"]
 #: A file's newest trashed version (or the one in a named entry): ``session_id, name, entry,
 #: entry``.
 _TRASHED_FILE = (
-    "SELECT id, trash_name, blob, size, sha256, deleted_at FROM app_files"
+    "SELECT id, name, trash_name, blob, size, sha256, deleted_at FROM app_files"
     " WHERE session_id = %s AND name = %s AND deleted_at IS NOT NULL"
     " AND (%s::text IS NULL OR trash_name = %s)"
     " ORDER BY deleted_at DESC, id DESC LIMIT 1"
@@ -202,6 +203,13 @@ class RemoteTrash:
         with self.db.conn() as conn:
             candidate = conn.execute(_TRASHED_FILE, (session_id, name, entry, entry)).fetchone()
             live = conn.execute(_LIVE_FILE, (session_id, name)).fetchone()
+        fault = None if candidate is None else row_fault(candidate)
+        if fault is not None:
+            # Its copy read against a SHA-256 in capitals (or a key another file's) was "lost"
+            # or "damaged", of sound bytes (red team 60): the row is what is not the app's.
+            raise FileRowOfAnotherShapeError(
+                session_id, name, fault, action="restore", outcome="nothing was changed"
+            )
         if candidate is not None and live is None:  # a file there again is refused unread
             whole = self._damage(candidate["blob"], candidate["size"], candidate["sha256"])
             verified = candidate["id"] if whole is None else None
