@@ -237,5 +237,11 @@ def test_a_session_row_whose_metadata_is_no_object_is_left_out_and_refused_by_id
             "`app data check` reports it as row-of-another-shape."
         )
     assert set(_findings(store, *ids)) == set(ids[:3])
+    # `app sessions list` names them (before: left out without a word).
+    said = dict(store.left_out({s["id"] for s in store.iter_all()}))
+    assert set(said) >= set(ids[:3])
+    assert said[ids[1]].startswith(
+        "its row in app_sessions has a list in 'metadata', which the app never writes"
+    )
     assert client.delete(f"/sessions/{ids[0]}").status_code == 200
     assert client.get("/sessions").json()["total"] == total - 1

@@ -197,6 +197,26 @@ class RemoteSessions:
                 return
             after = page.next
 
+    def left_out(self, listed: set[str]) -> list[tuple[str, str]]:
+        """Each live session whose row is not of the app's shape (`rows.session_fault`) but
+        for those in ``listed``, with why and what puts it back: `app sessions list` left
+        them out without a word (red team 60)."""
+        with self.db.conn() as conn:
+            rows = conn.execute(
+                "SELECT id, metadata FROM app_sessions WHERE deleted_at IS NULL"
+                " AND json_typeof(metadata) <> 'object' ORDER BY id"
+            ).fetchall()
+        fix = (
+            f"(a tool or an edit wrote it); `app data check` reports it ({FINDING}): give it "
+            "its metadata back from a backup, or '{}', with every replica stopped, or delete "
+            "the session"
+        )
+        return [
+            (row["id"], f"its {SESSION_ROW} {session_fault(row['metadata'])} {fix}")
+            for row in rows
+            if row["id"] not in listed
+        ]
+
     def move_to_trash(self, session_id: str, reason: str) -> TrashEntry:
         """Move a session, files and all, to the trash state; audited."""
         check_session_id(session_id)
