@@ -18,6 +18,7 @@ from app.remote import pg
 from app.remote.db import Database
 from app.remote.errors import ObjectMissingError
 from app.remote.objects import BLOBS, ObjectInfo, ObjectStore, UnfinishedUpload
+from app.remote.rows import FINDING, SESSION_ROW, row_fault, session_fault
 from app.storage import CheckReport, Finding
 
 __all__ = ["check"]
@@ -67,6 +68,11 @@ def check(
         # Of the server that gave the rows: behind a URL that reaches several servers, the
         # next connection may be another's (red team 59).
         known_to = _rows_known_to(conn)
+        # A session's row a tool wrote (red team 60): its metadata not an object.
+        sessions = conn.execute(
+            "SELECT id, metadata, deleted_at IS NOT NULL AS trashed FROM app_sessions"
+            " WHERE json_typeof(metadata) <> 'object'"
+        ).fetchall()
     referenced = {row["blob"] for row in rows}
     findings: list[Finding] = []
     orphans, unfinished = _unnamed(db, objects, referenced, orphan_grace, known_to=known_to)
@@ -104,6 +110,7 @@ def check(
     if not exclusive:
         orphans, unfinished = [], []
     if thorough:
+        findings.extend(_session_finding(row) for row in sessions)
         present = {info.name: info.size for info in objects.objects(BLOBS)}
         for name in sorted(n for n in present if not objects.is_blob_name(n)):
             findings.append(
@@ -313,6 +320,9 @@ def _compare(
 ) -> Finding | None:
     """A row against its object's size (``found``, None if missing) and, of that size, its
     bytes' SHA-256: what the thorough check reports of it, if anything."""
+    fault = row_fault(row)
+    if fault is not None:
+        return _misshapen(row, fault, found, objects, hash_bytes=hash_bytes)
     target = f"{row['session_id']}/{row['name']}"
     if found is None:
         state = "a trashed version of" if row["trashed"] else "the live"
@@ -357,6 +367,53 @@ def _compare(
         "it are cut before their last byte",
         "nothing: bring back the object's version with that SHA-256 from the bucket's "
         "versioning or a backup, or delete the file",
+    )
+
+
+def _session_finding(row: dict[str, Any]) -> Finding:
+    """A session's row of another shape than the app writes (`rows.session_fault`)."""
+    state = "trashed session" if row["trashed"] else "session"
+    return Finding(
+        FINDING,
+        row["id"],
+        f"the {SESSION_ROW} of {state} {row['id']} {session_fault(row['metadata'])} (a tool "
+        "or an edit wrote it); it is left out of pages of sessions, and reads of it are "
+        "refused (session_unreadable)",
+        "nothing: left for a human (with every replica stopped, give it its metadata back "
+        "from a backup, or '{}'; or delete the session, which moves it to the trash as it is)",
+    )
+
+
+def _misshapen(
+    row: dict[str, Any], fault: str, found: int | None, objects: ObjectStore, *, hash_bytes: bool
+) -> Finding:
+    """A row of another shape than the app writes (`app.remote.rows`), with what its object
+    holds: compared as the app's own, a SHA-256 in capitals was "overwritten outside the
+    app", of bytes that were the file's, and a name no request can reach went unreported
+    (red team 60)."""
+    state = "a trashed version of" if row["trashed"] else "the live"
+    blob = row["blob"]
+    if not objects.is_blob_name(blob):
+        held = f"it names object {blob!r}, which may be another file's or the prefix's stamp"
+        fix = "name an object of its own under blobs/, or delete the row"
+    elif found is None:
+        held = f"its object {blob} is missing"
+        fix = "restore its object from a backup of the object store, then correct the row"
+    else:
+        digest = _sha256(objects, blob)[0] if hash_bytes else None
+        held = f"its object {blob} is {found} bytes" + (
+            f" with the SHA-256 {digest}" if digest else ""
+        )
+        values = f"size {found}" + (f" and sha256 '{digest}'" if digest else "")
+        fix = f"if those bytes are the file's, give the row {values}, and a name a request can name"
+    return Finding(
+        FINDING,
+        f"{row['session_id']}/{row['name']}",
+        f"the row for {state} file {row['name']!r} of session {row['session_id']} is of "
+        f"another shape than the app writes ({fault}: a tool or an edit wrote it); {held}. "
+        "The file is left out of its session's files, and reads of it are refused",
+        "nothing: left for a human (with every replica stopped, correct the row of "
+        f"app_files whose blob is '{blob}': {fix})",
     )
 
 

@@ -18,6 +18,7 @@ from app.errors import (
     AppError,
     ConfigError,
     StorageError,
+    StoreError,
     restamp_advice,
 )
 
@@ -590,6 +591,35 @@ class ObjectMissingError(StorageError):
     )
 
     where: str
+
+
+class FileRowOfAnotherShapeError(StoreError):
+    """A file's row in ``app_files`` of another shape than the app writes (a SHA-256 in
+    capitals or no hex, a size that is negative), written by a tool or an edit (red team
+    60): its download was a 500 ``internal_error`` or cut before its last byte, the bytes
+    themselves sound. A read of that name is refused, naming what is not the app's; the
+    row is left out of its session's files and `app data check` names it and its object.
+    A ``PUT`` or ``DELETE`` of the name works as for any file: the row moves to the trash
+    with its object, as a replaced or deleted file's does."""
+
+    code = "file_record_unreadable"
+    http_status = 500
+    # No object name, no SQL: the message reaches HTTP clients; `app data check` names both.
+    template = (
+        "cannot {action} file {name!r} of session {session_id}: its row in the database is of "
+        "another shape than the app writes ({fault}; a tool or an edit wrote it), so the app "
+        "cannot tell which bytes were acknowledged, and {outcome}. `app data check` "
+        "reports the row ({finding}) with its object's size and SHA-256: correct the row with "
+        "every replica stopped, or upload the file again (PUT /sessions/{session_id}/files/"
+        "{name}), which keeps the row and its object in the trash"
+    )
+
+    session_id: str
+    name: str
+    fault: str
+    action: str = "send"
+    outcome: str = "nothing was sent"
+    finding: str = "row-of-another-shape"
 
 
 class ReplicasLiveError(AppError):

@@ -22,8 +22,9 @@ from app.errors import (
 )
 from app.names import check_file_name
 from app.remote.db import Database, trash_entry, trash_name, utc
-from app.remote.errors import ObjectStoreUnavailableError
+from app.remote.errors import FileRowOfAnotherShapeError, ObjectStoreUnavailableError
 from app.remote.objects import ObjectStore, PutResult
+from app.remote.rows import row_fault
 from app.remote.transfer import ObjectFile, RemoteUpload
 from app.storage import FileEntry, IfMatch, TrashEntry
 from app.store.ids import check_session_id
@@ -92,6 +93,11 @@ class RemoteFiles:
         return row
 
     def _open_row(self, session_id: str, name: str, row: Any) -> tuple[BinaryIO, FileEntry]:
+        # A row a tool wrote (a SHA-256 in capitals or no hex, a negative size): its download
+        # was a 500 internal_error or cut before its last byte (red team 60).
+        fault = row_fault(row)
+        if fault is not None:
+            raise FileRowOfAnotherShapeError(session_id, name, fault)
         file = ObjectFile(
             self.objects,
             row["blob"],

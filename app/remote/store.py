@@ -403,6 +403,10 @@ class RemoteStore(Storage):
         """Every live session, oldest first, read page by page."""
         return self.sessions.iter_all()
 
+    def left_out(self, listed: set[str]) -> list[tuple[str, str]]:
+        """The live sessions a listing leaves out (a row of another shape), with why."""
+        return self.sessions.left_out(listed)
+
     def delete_session(self, session_id: str, *, reason: str = "delete") -> TrashEntry:
         """Move a session, files and all, to the trash state; audited."""
         return self.sessions.move_to_trash(session_id, reason)

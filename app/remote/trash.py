@@ -21,8 +21,9 @@ from app.errors import (
 )
 from app.names import check_file_name
 from app.remote.db import Database, just_after, now, trash_entry
-from app.remote.errors import ObjectMissingError
+from app.remote.errors import FileRowOfAnotherShapeError, ObjectMissingError
 from app.remote.objects import ObjectStore
+from app.remote.rows import row_fault
 from app.storage import TrashEntry, entry_holds_other
 from app.store.ids import check_session_id
 from app.store.trash import TRASH_NAME_RE
@@ -32,7 +33,7 @@ __all__ = ["RemoteTrash"]
 #: A file's newest trashed version (or the one in a named entry): ``session_id, name, entry,
 #: entry``.
 _TRASHED_FILE = (
-    "SELECT id, trash_name, blob, size, sha256, deleted_at FROM app_files"
+    "SELECT id, name, trash_name, blob, size, sha256, deleted_at FROM app_files"
     " WHERE session_id = %s AND name = %s AND deleted_at IS NOT NULL"
     " AND (%s::text IS NULL OR trash_name = %s)"
     " ORDER BY deleted_at DESC, id DESC LIMIT 1"
@@ -202,6 +203,13 @@ class RemoteTrash:
         with self.db.conn() as conn:
             candidate = conn.execute(_TRASHED_FILE, (session_id, name, entry, entry)).fetchone()
             live = conn.execute(_LIVE_FILE, (session_id, name)).fetchone()
+        fault = None if candidate is None else row_fault(candidate)
+        if fault is not None:
+            # Its copy read against a SHA-256 in capitals (or a key another file's) was "lost"
+            # or "damaged", of sound bytes (red team 60): the row is what is not the app's.
+            raise FileRowOfAnotherShapeError(
+                session_id, name, fault, action="restore", outcome="nothing was changed"
+            )
         if candidate is not None and live is None:  # a file there again is refused unread
             whole = self._damage(candidate["blob"], candidate["size"], candidate["sha256"])
             verified = candidate["id"] if whole is None else None
@@ -341,8 +349,24 @@ class RemoteTrash:
                 via=via,
             )
         refused: AppError | None = None
+        # Only the keys the app makes: a row a tool wrote naming another (`blobs//<hex>`,
+        # which SeaweedFS stores as another file's `blobs/<hex>`; the stamp object) had that
+        # key deleted, another file's acknowledged bytes or the prefix's stamp (red team 60).
+        foreign = [row for row in files if not self.objects.is_blob_name(row["blob"])]
+        for row in foreign:
+            log.warning(
+                "the trash's row of file %r of session %s named object %r, not one the app "
+                "makes (a tool or an edit wrote it): the row is gone, the object is kept "
+                "(it may be another file's, or the prefix's stamp); delete it by hand if it "
+                "is no one's",
+                row["name"],
+                row["session_id"],
+                row["blob"],
+            )
         try:
-            self.objects.delete(*(row["blob"] for row in files))
+            self.objects.delete(
+                *(row["blob"] for row in files if self.objects.is_blob_name(row["blob"]))
+            )
         except Exception as error:  # the rows are gone, so the trash is emptied all the same
             refused = error if isinstance(error, AppError) else None
             log.warning(

@@ -70,6 +70,7 @@ __all__ = [
     "scan_records",
     "scan_records_linked",
     "shape_damage",
+    "shape_fault",
     "upload_order",
 ]
 
@@ -381,6 +382,13 @@ def _of_our_shape(record: Mapping[str, Any]) -> bool:
     bytes it names kept.
     """
     return _shape_fault(record) is None
+
+
+def shape_fault(record: Mapping[str, Any]) -> str | None:
+    """What makes a file's record (or, on PostgreSQL, its row: `app.remote.rows`) not of
+    the app's shape, in words; ``None`` where it is of the app's shape."""
+    fault = _shape_fault(record)
+    return None if fault is None else fault[0]
 
 
 def _shape_fault(record: Mapping[str, Any]) -> tuple[str, str] | None:

@@ -414,6 +414,9 @@ EXAMPLES: list[errors.AppError] = [
         "the check's read of every file's row",
     ),
     remote.ObjectMissingError("s3://app-data/production/blobs/0192b0f2c5a87b3e9c4d2a1f0e6b7c8d"),
+    remote.FileRowOfAnotherShapeError(
+        "3f2a9c", "report.pdf", "its sha256 is 'see attachment', not 64 lower-case hex digits"
+    ),
     remote.ReplicasLiveError("empty the trash", DATABASE, REPLICAS),
     remote.MaintenanceRunningError(DATABASE, "backend pid 31337, app data purge"),
     remote.HolderLostError(DATABASE, "the server closed the connection unexpectedly"),
