@@ -36,7 +36,7 @@ from pathlib import Path
 import forked_app
 import pytest
 from project_copy import PROJECT, copy_project_settings
-from side_by_side import INNER_PLUGINS_OFF
+from side_by_side import INNER_PLUGINS_OFF, users_registry
 from test_redteam_s22_guard import _own_proc_allowed
 from test_redteam_s23_guard import _shell_without_the_run, numbered_with_a_failed_test_s_root
 from test_redteam_s24_guard import _inner_env
@@ -276,8 +276,6 @@ def _outside_as_nobody(
         (project / name).write_text(text)
     subprocess.run(["chown", "-R", "65534:65534", str(work)], check=True)
     before = snapshot(production)
-    registry = sandboxing.RUNS_DIR.with_name("app-pytest-runs-65534")
-    made_registry = not registry.exists()
     seen = Path(tempfile.mkdtemp(prefix="app-rt39-", dir="/tmp"))  # a mount point, empty
     seen.chmod(0o755)
     inner = {
@@ -286,18 +284,22 @@ def _outside_as_nobody(
         "NOBODY_PYTHON": python,
     }  # fmt: skip
     runner = sys.executable if not inner_user else python
-    try:
-        done = subprocess.run(
-            ["unshare", "--mount", "--propagation", "private", "--pid", "--fork",
-             "--mount-proc", "sh", "-c", script, "sh", str(work), str(seen),
-             str(sandboxing.RUNS_DIR), *inner_user, "env", "-i",
-             *(f"{k}={v}" for k, v in inner.items()), runner, "ci.py"],
-            capture_output=True, text=True, check=False,
-        )  # fmt: skip
-    finally:
-        seen.rmdir()
-        if made_registry:
-            shutil.rmtree(registry, ignore_errors=True)
+    # The registry user 65534's run hides, and removes if it made it: no other run of that
+    # user's (another worker's test) may use it meanwhile.
+    with users_registry(65534) as registry:
+        made_registry = not registry.exists()
+        try:
+            done = subprocess.run(
+                ["unshare", "--mount", "--propagation", "private", "--pid", "--fork",
+                 "--mount-proc", "sh", "-c", script, "sh", str(work), str(seen),
+                 str(sandboxing.RUNS_DIR), *inner_user, "env", "-i",
+                 *(f"{k}={v}" for k, v in inner.items()), runner, "ci.py"],
+                capture_output=True, text=True, check=False,
+            )  # fmt: skip
+        finally:
+            seen.rmdir()
+            if made_registry:
+                shutil.rmtree(registry, ignore_errors=True)
     return " ".join((done.stdout + done.stderr).split()), production, before
 
 
