@@ -195,7 +195,7 @@ HELPER = (
 )
 HIDES_THE_REGISTRY = """
 import os, subprocess, sys
-from app.sandbox import RUNS_DIR, _entry_name, _proc_self, _stat_fields
+from app.sandbox import RUNS_DIR, _own_entry
 
 def test_1_hides_the_registry():
     os.chmod(RUNS_DIR, 0o311)
@@ -210,7 +210,7 @@ def test_2_a_child_given_production_s_settings_alone():
     print("CHILD", done.returncode, done.stdout, done.stderr)
 
 def test_3_hides_its_entry():
-    os.chmod(RUNS_DIR / _entry_name(_proc_self(), _stat_fields(_proc_self())[1]), 0o200)
+    os.chmod(_own_entry(), 0o200)
 
 test_4_a_child_given_production_s_settings_alone = test_2_a_child_given_production_s_settings_alone
 """
@@ -332,11 +332,12 @@ def test_a_registry_a_test_made_unreadable_to_the_run_s_children_is_put_back(
 
 REPLACES_THE_ENTRY = """
 import os, subprocess, sys
-from app.sandbox import RUNS_DIR, _entry_name, _proc_self, _stat_fields
+from app.sandbox import _own_entry
 
 def _replace_the_entry(make):
-    # This run's own entry, by its exact name: another PID namespace's run is pid 1 too.
-    entry = RUNS_DIR / _entry_name(_proc_self(), _stat_fields(_proc_self())[1])
+    # This run's own entry, where it wrote it: another PID namespace's run is pid 1 too,
+    # and may hold its name (app.sandbox._name_to_write).
+    entry = _own_entry()
     entry.unlink()
     make(entry)
 
