@@ -360,6 +360,11 @@ test_4_a_child_given_production_s_settings_alone = test_2_a_child_given_producti
 """
 
 
+#: A registry of its own at `$1` (a tmpfs, in the caller's mount namespace of its own), then
+#: the command that follows.
+PRIVATE_REGISTRY_ONLY = 'mount -t tmpfs -o mode=0755 tmpfs "$1" && shift && exec "$@"'
+
+
 def test_an_entry_a_test_replaced_by_a_directory_or_a_fifo_is_put_back(
     stopped: tuple[Path, Path],  # noqa: F811 - the fixture
     tmp_path: Path,
@@ -375,8 +380,14 @@ def test_an_entry_a_test_replaced_by_a_directory_or_a_fifo_is_put_back(
     env = _inner_env(APP_SETTINGS_DIR=str(settings), TMPDIR=_tmpdir(tmp_path))
     env = {k: v for k, v in env.items() if not k.startswith("PYTEST_APP")}
     before = snapshot(production)
+    # In a registry of its own (a tmpfs at its path, in a mount namespace of its own): every
+    # run that starts on the machine forgets what it cannot read at the name of a process it
+    # does not see, and one on another worker, starting while the FIFO was there, removed
+    # it (the check then said the entry was removed, not replaced by a FIFO).
     done = subprocess.run(
-        ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "ci.py"],
+        ["unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--mount-proc",
+         "sh", "-c", PRIVATE_REGISTRY_ONLY, "sh", str(sandboxing.RUNS_DIR), sys.executable,
+         "ci.py"],
         cwd=project, env=env, capture_output=True, text=True, check=False, timeout=120,
     )  # fmt: skip
     output = " ".join((done.stdout + done.stderr).split())
