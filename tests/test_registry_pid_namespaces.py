@@ -7,6 +7,11 @@ test ran `pytest -p no:app` as pid 1 of another namespace started in the same ti
 child found that pytest's entry at its own pid 1's name and was refused as under a pytest
 without the app's plugin. An entry says which PID namespace its process lives in; one of
 another is another process's.
+
+The write side (red team 60 on flaky): two runs that are each pid 1 of such a namespace,
+started in the same tick, have one name; the second wrote its entry over the first's, whose
+children were then outside any run. A first entry is now linked at its name, and where
+another namespace's process holds it, named with the process's own namespace too.
 """
 
 from __future__ import annotations
