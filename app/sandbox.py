@@ -677,8 +677,12 @@ def _trusted(found: os.stat_result, uid: int, kind: Callable[[int], bool] = stat
     )
 
 
-def _entry_name(pid: int, started: int) -> str:
-    return f"{pid}-{started}.json"
+def _entry_name(pid: int, started: int, namespace: int | None = None) -> str:
+    """The name of the entry of process `pid` started at `started`; `namespace`: the name
+    it has where another PID namespace's process took the first (`_name_to_write`)."""
+    if namespace is None:
+        return f"{pid}-{started}.json"
+    return f"{pid}-{started}-{namespace}.json"
 
 
 #: The longest entry a reader reads (a run's is a few kB, even with many protected roots).
@@ -822,6 +826,21 @@ class _Seen(dict[Path, set[str]]):
         #: This user's registries whose entries count for nothing, and why (`_distrusted`).
         self.distrusted: dict[Path, str] = {}
         self._views: dict[int | str, _View | None] = {}
+        self._beside: dict[Path, set[str]] = {}
+
+    def named_beside(self, pid: int, started: int) -> bool:
+        """Whether a registry listed so far holds an entry named for `pid` and `started`
+        with a PID namespace's number too (`_entry_name`): read once a walk."""
+        for directory, names in self.items():
+            if directory not in self._beside:
+                self._beside[directory] = {
+                    name.rsplit("-", 1)[0]
+                    for name in names
+                    if name.count("-") == 2 and name.endswith(".json")
+                }
+            if f"{pid}-{started}" in self._beside[directory]:
+                return True
+        return False
 
     def view(self, pid: int | str) -> _View | None:
         """What process `pid` sees as its files (`_view`), read once a walk."""
@@ -1057,7 +1076,13 @@ def _entry_held_open(pid: int, uid: int, name: str) -> Path | None:
     return None
 
 
-def _entry_of(pid: int, started: int, seen: _Seen, parent: int | None = None) -> Path | None:
+def _entry_of(
+    pid: int,
+    started: int,
+    seen: _Seen,
+    parent: int | None = None,
+    namespace: int | None = None,
+) -> Path | None:
     """The registry entry of process `pid` (started at `started`), if it is a run's.
 
     Looked for under the user that owns its ``/proc`` entry, its effective user, then under
@@ -1069,10 +1094,10 @@ def _entry_of(pid: int, started: int, seen: _Seen, parent: int | None = None) ->
 
     In a time namespace whose offset is not a whole number of ticks, `started` is the first
     of the two start times the process may have (`_start_ticks`): the second is looked for
-    too.
+    too. `namespace`: the entry named with its PID namespace's number (`_name_to_write`).
     """
     for candidate in (started, started + 1) if _start_uncertain() else (started,):
-        entry = _entry_named(pid, _entry_name(pid, candidate), seen, parent)
+        entry = _entry_named(pid, _entry_name(pid, candidate, namespace), seen, parent)
         if entry is not None:
             return entry
     return None
@@ -1088,11 +1113,23 @@ def _entry_read(
     pid: int, started: int, seen: _Seen, parent: int | None = None
 ) -> tuple[Path | None, dict[str, Any] | None]:
     """Process `pid`'s entry (`_entry_of`) and what it says (None where it cannot be read);
-    neither where it is another process's (`_of_another`)."""
+    neither where it is another process's (`_of_another`). Where another PID namespace's
+    process holds its name, or has held it, its own is the one named with its namespace's
+    number (`_name_to_write`)."""
     entry = _entry_of(pid, started, seen, parent)
     data = _entry_data(entry) if entry is not None else None
     if data is not None and _of_another(pid, data):
-        return None, None
+        entry = data = None
+    if entry is None and (
+        seen.named_beside(pid, started)
+        or (_start_uncertain() and seen.named_beside(pid, started + 1))
+    ):
+        namespace = _own_pid_namespace(pid)
+        if namespace is not None:
+            entry = _entry_of(pid, started, seen, parent, namespace)
+            data = _entry_data(entry) if entry is not None else None
+            if data is not None and _of_another(pid, data):
+                return None, None
     return entry, data
 
 
@@ -2632,10 +2669,13 @@ def _forget_dead_runs(directory: Path) -> None:
         if not pid.isdigit():
             continue
         found = _starts(int(pid))
+        # Named with a PID namespace's number (`_name_to_write`): alive if that is where
+        # the process at this pid lives.
+        namespace = _own_pid_namespace(pid) if found is not None and name.count("-") == 2 else None
         # One tick earlier too: a run in a time namespace whose offset is not a whole
         # number of ticks names its entry by the earlier of its two start times.
         alive = found is not None and name in {
-            _entry_name(int(pid), started)
+            _entry_name(int(pid), started, namespace)
             for started in range(min(found[1]) - 1, max(found[1]) + 1)
         }
         if not alive:
@@ -2697,13 +2737,14 @@ def _publish(
         data["ended_at"] = ended_at
     temporary = f".{os.getpid()}-{os.urandom(6).hex()}.tmp"  # not secrets: 4 ms
     text = json.dumps(data).encode()
-    name = _entry_name(pid, started[1])
+    key = (str(directory), pid, started[1])
+    name = _NAMED[key].name if key in _NAMED else None
     # Through a descriptor of the directory itself, never a link at its name: a test that
     # replaced the registry by a symbolic link to a production root's sessions/ got the
     # run's entry written there as the run ended (red team 35).
     parent = _open_registry(directory)
     try:
-        _clear_entry_name(name, parent)
+        _clear_entry_name(name or _entry_name(pid, started[1]), parent)
         written = os.open(temporary, _NEW_ENTRY, 0o644, dir_fd=parent)
         try:
             os.write(written, text)
@@ -2713,7 +2754,13 @@ def _publish(
             os.fchmod(written, 0o644)
         finally:
             os.close(written)
-        os.replace(temporary, name, src_dir_fd=parent, dst_dir_fd=parent)
+        placed = False
+        if name is None:
+            namespace = data["own_pid_namespace"]
+            name, placed = _name_to_write(parent, temporary, pid, started[1], namespace)
+            _NAMED[key] = directory / name
+        if not placed:
+            os.replace(temporary, name, src_dir_fd=parent, dst_dir_fd=parent)
         if outlived is None and run is not None:
             _WRITTEN[directory / name] = (_entry_state(directory / name), text)
     except OSError:
@@ -2723,6 +2770,65 @@ def _publish(
         raise
     finally:
         os.close(parent)
+
+
+#: Where `_publish` wrote each entry (of this process, or handed on to a child), by its
+#: registry, pid and start time: the name `_name_to_write` chose, for the process's life.
+_NAMED: dict[tuple[str, int, int], Path] = {}
+
+
+def _name_to_write(
+    parent: int, temporary: str, pid: int, started: int, namespace: int | None
+) -> tuple[str, bool]:
+    """The name process `pid`'s first entry in registry `parent` gets, and whether the entry
+    (the file `temporary`) was put there already.
+
+    Entries are named by pid and start time, and pids repeat from PID namespace to PID
+    namespace: two runs, each pid 1 of a namespace of its own that shares ``/tmp``, started
+    in the same tick of 10 ms have one name. The second wrote its entry over the first's
+    (whose children, finding another namespace's entry at their run's name, were then
+    outside any run: `_of_another`), the first's check after each test wrote it back
+    (`restore_entry`, saying a test had changed it), and a pytest without the app's plugin
+    removed it as it exited. A first entry is linked at its name now, which fails where the
+    name is taken: by an entry of another namespace's process (its ``own_pid_namespace``),
+    this one is named with its own namespace's number instead, for as long as it lives
+    (`_NAMED`), where its readers look once they found the other (`_entry_read`). Taken by
+    this process (an entry it wrote before, one handed on to it), or by one whose namespace
+    cannot be told, the name is written over, as before."""
+    name = _entry_name(pid, started)
+    if namespace is None:
+        return name, False
+    try:
+        os.link(temporary, name, src_dir_fd=parent, dst_dir_fd=parent, follow_symlinks=False)
+    except FileExistsError:
+        if _held_by_another(parent, name, namespace):
+            return _entry_name(pid, started, namespace), False
+        return name, False
+    except OSError:
+        return name, False  # no hard links in this filesystem: written over, as before
+    os.unlink(temporary, dir_fd=parent)
+    return name, True
+
+
+def _held_by_another(parent: int, name: str, namespace: int) -> bool:
+    """Whether entry `name` of registry `parent` is that of a process of another PID
+    namespace than `namespace` (`_name_to_write`)."""
+    try:
+        fd = os.open(
+            name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=parent
+        )
+    except OSError:
+        return False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        data = json_loads(os.read(fd, _ENTRY_MAX_BYTES))
+    except (OSError, ValueError):
+        return False
+    finally:
+        os.close(fd)
+    recorded = data.get("own_pid_namespace") if isinstance(data, dict) else None
+    return type(recorded) is int and recorded != namespace
 
 
 def _entry_dict(run: Run | None, pid: int) -> dict[str, Any]:
@@ -2952,7 +3058,7 @@ def _hand_on_descendants(run: Run, pid: int, *, while_running: bool = False) -> 
         if fields is None:
             continue
         seen.add(child)
-        entry = RUNS_DIR / _entry_name(child, fields[1])
+        entry = _entry_at(RUNS_DIR, child, fields[1])
         # A pytest a test started (a head start on the next case, left running) says what
         # it is in the registry, with the plugin or without it, from its start (`_a_run_inside`);
         # its command line says nothing more. Read by it, a process that only looked like
@@ -3232,10 +3338,22 @@ def restore_entry(run: Run) -> str | None:
     return f"{problem}; it was put back"
 
 
-@functools.cache
 def _entry_at(directory: Path, pid: int, started: int) -> Path:
-    # Made once: after every test (`restore_entry`), joining the path cost as much as a stat.
-    return directory / _entry_name(pid, started)
+    """The entry of process `pid` (this one, or a child it hands its run on to) in
+    `directory`: where `_publish` wrote it, else where it would (`_name_to_write`)."""
+    # Kept once written: after every test (`restore_entry`), joining the path cost as much
+    # as a stat.
+    known = _NAMED.get((str(directory), pid, started))
+    if known is not None:
+        return known
+    entry = directory / _entry_name(pid, started)
+    namespace = _own_pid_namespace(pid)
+    if namespace is not None:
+        data = _entry_data(entry)
+        beside = directory / _entry_name(pid, started, namespace)
+        if (data is not None and _of_another(pid, data)) or (data is None and beside.is_file()):
+            return beside
+    return entry
 
 
 def _entry_problem(found: os.stat_result, pid: int, started: int, run: Run) -> str | None:

@@ -12,12 +12,13 @@ Each run is what ``runpytest_subprocess`` would start: ``python -mpytest``, a nu
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -87,3 +88,27 @@ def pytest_side_by_side(
             )
         )
     return results
+
+
+@contextlib.contextmanager
+def users_registry(uid: int) -> Iterator[Path]:
+    """User `uid`'s registry of test runs (``/tmp/app-pytest-runs-<uid>``), for a test that
+    makes, squats, hides or removes it, or runs pytest as that user (which makes it and
+    writes its entry there): held against every other such test of the machine's runs, on
+    any worker, until the test is done with it.
+
+    One user's registry is the machine's, shared by every test that runs pytest as that
+    user (65534 here): red team 20's test made it root's for a moment, as a squatter would,
+    and red team 46's pytest as user 65534 on another worker at that moment was refused
+    ("the test run cannot be registered in /tmp/app-pytest-runs-65534 ... it is owned by
+    user 0"); red team 39's made it unreadable (``chmod 0311``) and removed it at its end,
+    under such a run. Each now waits for the one before.
+    """
+    from filelock import FileLock
+
+    from app import sandbox
+
+    registry = sandbox.RUNS_DIR.with_name(f"app-pytest-runs-{uid}")
+    # Beside it, named as no registry (`app.sandbox._registries` reads those in /tmp).
+    with FileLock(registry.with_name(f".app-tests-{registry.name}.lock")):
+        yield registry

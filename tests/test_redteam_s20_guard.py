@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from project_copy import PROJECT, copy_project_settings
+from side_by_side import users_registry
 
 from app import sandbox
 from app.errors import DataRootInUseError
@@ -116,11 +117,11 @@ def test_a_child_of_pytest_running_as_pid_1_of_a_container_belongs_to_its_run(
 #: A run in a PID namespace of its own that shares /tmp (a container with the host's /tmp,
 #: `unshare`): it registers as the plugin does, says its entry, and lives until told.
 REGISTERS = """
-import os, sys
+import sys
 from pathlib import Path
 from app import sandbox
 sandbox.register(Path(sys.argv[1]), ())
-print(sandbox.RUNS_DIR / f"{os.getpid()}-{sandbox._stat_fields(os.getpid())[1]}.json", flush=True)
+print(sandbox._own_entry(), flush=True)  # its name, or where another namespace's took it
 sys.stdin.readline()
 """
 
@@ -329,21 +330,21 @@ def test_a_registry_directory_another_user_made_is_refused_with_a_fix_that_works
         pytest.skip("only root can run a process as another user here")
     if (why := _others_can_run_the_app()) is not None:
         pytest.skip(f"user 65534 cannot import the app from this checkout: {why}")
-    squatted = sandbox.RUNS_DIR.with_name("app-pytest-runs-65534")
-    if squatted.exists():
-        pytest.skip(f"{squatted} exists already")
-    squatted.mkdir(mode=0o755)  # made by root, for user 65534 (nobody)
-    try:
-        user = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-        done = subprocess.run(
-            [*user, sys.executable, "-c", REGISTERS_AS_NOBODY, str(tmp_path)],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd="/",
-        )
-    finally:
-        squatted.rmdir()
+    with users_registry(65534) as squatted:  # no run of that user's may start meanwhile
+        if squatted.exists():
+            pytest.skip(f"{squatted} exists already")
+        squatted.mkdir(mode=0o755)  # made by root, for user 65534 (nobody)
+        try:
+            user = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+            done = subprocess.run(
+                [*user, sys.executable, "-c", REGISTERS_AS_NOBODY, str(tmp_path)],
+                capture_output=True,
+                text=True,
+                check=True,
+                cwd="/",
+            )
+        finally:
+            squatted.rmdir()
     assert done.stdout.strip() == (
         f"{squatted} is not a directory that only user 65534 may write, so another user could "
         "fake or hide this user's test runs in it: it is owned by user 0 (root), and only "

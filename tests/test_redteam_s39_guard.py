@@ -36,7 +36,7 @@ from pathlib import Path
 import forked_app
 import pytest
 from project_copy import PROJECT, copy_project_settings
-from side_by_side import INNER_PLUGINS_OFF
+from side_by_side import INNER_PLUGINS_OFF, users_registry
 from test_redteam_s22_guard import _own_proc_allowed
 from test_redteam_s23_guard import _shell_without_the_run, numbered_with_a_failed_test_s_root
 from test_redteam_s24_guard import _inner_env
@@ -195,7 +195,7 @@ HELPER = (
 )
 HIDES_THE_REGISTRY = """
 import os, subprocess, sys
-from app.sandbox import RUNS_DIR, _entry_name, _proc_self, _stat_fields
+from app.sandbox import RUNS_DIR, _own_entry
 
 def test_1_hides_the_registry():
     os.chmod(RUNS_DIR, 0o311)
@@ -210,7 +210,7 @@ def test_2_a_child_given_production_s_settings_alone():
     print("CHILD", done.returncode, done.stdout, done.stderr)
 
 def test_3_hides_its_entry():
-    os.chmod(RUNS_DIR / _entry_name(_proc_self(), _stat_fields(_proc_self())[1]), 0o200)
+    os.chmod(_own_entry(), 0o200)
 
 test_4_a_child_given_production_s_settings_alone = test_2_a_child_given_production_s_settings_alone
 """
@@ -276,8 +276,6 @@ def _outside_as_nobody(
         (project / name).write_text(text)
     subprocess.run(["chown", "-R", "65534:65534", str(work)], check=True)
     before = snapshot(production)
-    registry = sandboxing.RUNS_DIR.with_name("app-pytest-runs-65534")
-    made_registry = not registry.exists()
     seen = Path(tempfile.mkdtemp(prefix="app-rt39-", dir="/tmp"))  # a mount point, empty
     seen.chmod(0o755)
     inner = {
@@ -286,18 +284,22 @@ def _outside_as_nobody(
         "NOBODY_PYTHON": python,
     }  # fmt: skip
     runner = sys.executable if not inner_user else python
-    try:
-        done = subprocess.run(
-            ["unshare", "--mount", "--propagation", "private", "--pid", "--fork",
-             "--mount-proc", "sh", "-c", script, "sh", str(work), str(seen),
-             str(sandboxing.RUNS_DIR), *inner_user, "env", "-i",
-             *(f"{k}={v}" for k, v in inner.items()), runner, "ci.py"],
-            capture_output=True, text=True, check=False,
-        )  # fmt: skip
-    finally:
-        seen.rmdir()
-        if made_registry:
-            shutil.rmtree(registry, ignore_errors=True)
+    # The registry user 65534's run hides, and removes if it made it: no other run of that
+    # user's (another worker's test) may use it meanwhile.
+    with users_registry(65534) as registry:
+        made_registry = not registry.exists()
+        try:
+            done = subprocess.run(
+                ["unshare", "--mount", "--propagation", "private", "--pid", "--fork",
+                 "--mount-proc", "sh", "-c", script, "sh", str(work), str(seen),
+                 str(sandboxing.RUNS_DIR), *inner_user, "env", "-i",
+                 *(f"{k}={v}" for k, v in inner.items()), runner, "ci.py"],
+                capture_output=True, text=True, check=False,
+            )  # fmt: skip
+        finally:
+            seen.rmdir()
+            if made_registry:
+                shutil.rmtree(registry, ignore_errors=True)
     return " ".join((done.stdout + done.stderr).split()), production, before
 
 
@@ -330,11 +332,12 @@ def test_a_registry_a_test_made_unreadable_to_the_run_s_children_is_put_back(
 
 REPLACES_THE_ENTRY = """
 import os, subprocess, sys
-from app.sandbox import RUNS_DIR, _entry_name, _proc_self, _stat_fields
+from app.sandbox import _own_entry
 
 def _replace_the_entry(make):
-    # This run's own entry, by its exact name: another PID namespace's run is pid 1 too.
-    entry = RUNS_DIR / _entry_name(_proc_self(), _stat_fields(_proc_self())[1])
+    # This run's own entry, where it wrote it: another PID namespace's run is pid 1 too,
+    # and may hold its name (app.sandbox._name_to_write).
+    entry = _own_entry()
     entry.unlink()
     make(entry)
 
@@ -357,6 +360,11 @@ test_4_a_child_given_production_s_settings_alone = test_2_a_child_given_producti
 """
 
 
+#: A registry of its own at `$1` (a tmpfs, in the caller's mount namespace of its own), then
+#: the command that follows.
+PRIVATE_REGISTRY_ONLY = 'mount -t tmpfs -o mode=0755 tmpfs "$1" && shift && exec "$@"'
+
+
 def test_an_entry_a_test_replaced_by_a_directory_or_a_fifo_is_put_back(
     stopped: tuple[Path, Path],  # noqa: F811 - the fixture
     tmp_path: Path,
@@ -372,8 +380,14 @@ def test_an_entry_a_test_replaced_by_a_directory_or_a_fifo_is_put_back(
     env = _inner_env(APP_SETTINGS_DIR=str(settings), TMPDIR=_tmpdir(tmp_path))
     env = {k: v for k, v in env.items() if not k.startswith("PYTEST_APP")}
     before = snapshot(production)
+    # In a registry of its own (a tmpfs at its path, in a mount namespace of its own): every
+    # run that starts on the machine forgets what it cannot read at the name of a process it
+    # does not see, and one on another worker, starting while the FIFO was there, removed
+    # it (the check then said the entry was removed, not replaced by a FIFO).
     done = subprocess.run(
-        ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "ci.py"],
+        ["unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--mount-proc",
+         "sh", "-c", PRIVATE_REGISTRY_ONLY, "sh", str(sandboxing.RUNS_DIR), sys.executable,
+         "ci.py"],
         cwd=project, env=env, capture_output=True, text=True, check=False, timeout=120,
     )  # fmt: skip
     output = " ".join((done.stdout + done.stderr).split())

@@ -49,6 +49,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from side_by_side import users_registry
 from test_redteam_s22_guard import OWN_PROC, _own_proc_allowed
 from test_redteam_s24_guard import _inner_env
 from test_redteam_s31_guard import stopped  # noqa: F401 - a fixture
@@ -376,13 +377,15 @@ def test_a_run_as_a_user_who_may_not_look_into_a_root_says_so_and_goes_on(
         env = _inner_env(APP_SETTINGS_DIR=str(settings), TMPDIR=str(project / "tmp"),
                          HOME=str(project / "tmp"))  # fmt: skip
         said = []
-        for strict in ([], ["--app-strict"]):
-            done = subprocess.run(
-                ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
-                 sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *strict],
-                cwd=project, env=env, capture_output=True, text=True, check=False,
-            )  # fmt: skip
-            said.append((done.returncode, " ".join((done.stdout + done.stderr).split())))
+        # Its runs register in user 65534's registry, which other workers' tests change.
+        with users_registry(65534):
+            for strict in ([], ["--app-strict"]):
+                done = subprocess.run(
+                    ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
+                     sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *strict],
+                    cwd=project, env=env, capture_output=True, text=True, check=False,
+                )  # fmt: skip
+                said.append((done.returncode, " ".join((done.stdout + done.stderr).split())))
     finally:
         shutil.rmtree(project)
     (code, output), (strict_code, strict_output) = said
