@@ -172,17 +172,24 @@ class AppCommand(_OnceEach, click.Command):
         )
         if self.name == "serve" or threading.current_thread() is not threading.main_thread():
             return super().invoke(ctx)  # a server stops gracefully on SIGTERM by itself
+        previous = {sig: signal.getsignal(sig) for sig in _STOP_SIGNALS}
+        if any(handler is None for handler in previous.values()):
+            return super().invoke(ctx)  # installed from C: it could not be put back
         try:
-            previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
+            for sig in _STOP_SIGNALS:
+                signal.signal(sig, _stop_on_signal)
         except ValueError:
             # A subinterpreter's main thread (a test's `_xxsubinterpreters.run_string`,
             # 3.14's InterpreterPoolExecutor): signals are the main interpreter's, as in a
             # thread. Every command there stopped with a bare ValueError (red team 58).
             return super().invoke(ctx)
+        ctx.meta[_HANDLERS_KEY] = previous
         try:
             return super().invoke(ctx)
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            if signal.getsignal(signal.SIGINT) is not _already_stopping:
+                _restore_handlers(ctx)
+            # else: stopping; `AppGroup.invoke` puts them back once its message is out
 
 
 class OutputFailed(Exception):
@@ -250,11 +257,43 @@ class _Terminated(KeyboardInterrupt):
     that handles an interruption handles it the same way."""
 
 
-def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
-    # Once: a second SIGTERM must not interrupt the undo the first one started (SIGKILL
-    # still ends the process). Python's default ended it at once, silently (red team 35).
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise _Terminated
+_STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
+#: The handlers of `_STOP_SIGNALS` a command found, put back when it ends.
+_HANDLERS_KEY = "app.signal_handlers"
+
+
+def _stop_on_signal(signum: int, frame: FrameType | None) -> None:
+    """The first SIGINT or SIGTERM stops a command (`KeyboardInterrupt`, `_Terminated`);
+    any after it is `_already_stopping`.
+
+    Once: a second SIGTERM must not interrupt the undo the first one started (SIGKILL still
+    ends the process); Python's default ended it at once, silently (red team 35). Nor a
+    second Ctrl-C: one as a stopped purge wrote the line for what it had moved left them
+    all unaudited, and one as the command printed why it stopped was click's bare
+    ``Aborted!`` (exit 1) for the message (red team 60).
+    """
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, _already_stopping)
+    if signum == signal.SIGTERM:
+        raise _Terminated
+    raise KeyboardInterrupt
+
+
+def _already_stopping(signum: int, frame: FrameType | None) -> None:
+    # Written below Python's streams: this handler may run in the middle of a write to
+    # sys.stderr (the stop's own message), which a second write there would refuse.
+    with contextlib.suppress(OSError):
+        os.write(
+            2,
+            f"app: already stopping ({signal.Signals(signum).name}): finishing what the first "
+            f"stop began (its audit line, its message); `kill -9 {os.getpid()}` forces it, "
+            "and leaves what it began to `app data check --repair`\n".encode(),
+        )
+
+
+def _restore_handlers(ctx: click.Context) -> None:
+    for sig, handler in ctx.meta.pop(_HANDLERS_KEY, {}).items():
+        signal.signal(sig, handler)
 
 
 class CommandGroup(_OnceEach, click.Group):
@@ -269,6 +308,12 @@ class AppGroup(CommandGroup):
     group_class = CommandGroup
 
     def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return self._invoke(ctx)
+        finally:
+            _restore_handlers(ctx)  # a stopped command's, kept until its message was out
+
+    def _invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except AppError as error:
