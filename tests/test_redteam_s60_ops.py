@@ -13,21 +13,33 @@ What broke:
   and the server's) is now written whole before a SIGINT or SIGTERM that came meanwhile is
   acted on; and a command stopped once by either finishes what the stop began (its line,
   its undo, its message) through later ones, as red team 35 made SIGTERM do, saying so on
-  standard error (``kill -9`` forces it).
+  standard error (``kill -9`` forces it);
+- a data root whose resolved name holds a byte that is not UTF-8, brought by the settings
+  directory (``APP_SETTINGS_DIR=$'/opt/app\\xff'``, a relative ``data_root``) or by a
+  link: red team 59 refused such a byte in the value only, so the root was served, named in
+  every message and ``--json`` output as ``\\udcff`` text, and the ``install -d`` a
+  protected profile's missing root is told to run made another directory. The resolved
+  root is refused as the value is (78), naming the byte and the ``mv`` (and ``export
+  APP_SETTINGS_DIR=``) that resolve it, and every command a message prints names such a
+  path, or one with a control character, in bash's ANSI-C quoting (``$'...\\xff'``).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from faults import needs_strace
+from project_copy import copy_project_settings
 from test_server_e2e import app_env
 
 from app.config import load
+from app.errors import ConfigError, printable
 from app.storage import open_storage
 
 
@@ -117,3 +129,52 @@ def test_a_ctrl_c_while_a_purge_writes_its_line_leaves_no_session_unaudited(
     assert len(moved) == 2 and set(line["details"]["entries"]) < moved, (line, moved)
     assert len(_unaudited(env_twice)) <= 1  # the one the stop came in
     assert os.listdir(twice / "sessions") == [ids[2]]
+
+
+def _commands(message: str) -> list[str]:
+    """The commands a message gives between backticks, in order."""
+    return re.findall(r"`((?:mv|export) [^`]+)`", " ".join(message.split()))
+
+
+def _refusal(env: dict[str, str]) -> str:
+    """What loading testing's configuration in ``env`` (as every command does first) is
+    refused with, on one line, as the command line prints it (`app.cli.fail`: what a
+    terminal would act on, and a byte that is not UTF-8, written as Python escapes it)."""
+    with pytest.raises(ConfigError) as refused:
+        load("testing", environ=env)
+    assert refused.value.exit_code == 78
+    return " ".join(printable(line) for line in refused.value.message.split())
+
+
+def test_a_root_whose_name_is_not_text_is_refused_however_it_is_reached(
+    tmp_path: Path,
+) -> None:
+    """A data root whose resolved name holds a byte that is not UTF-8, reached through the
+    settings directory (``APP_SETTINGS_DIR=$'/opt/app\\xff'``, a relative ``data_root``) or a
+    symbolic link: red team 59 refused it only in the value itself, so it was served, every
+    message named it as ``\\udcff`` text, and the ``install -d`` or ``mv`` a refusal printed
+    acted on another path. It is refused (78), and the ``mv`` and ``export`` it gives, run as
+    written by bash, resolve it."""
+    settings = Path(os.fsdecode(os.fsencode(tmp_path) + b"/settings\xff"))
+    copy_project_settings(settings)
+    env = {k: v for k, v in app_env(tmp_path / "unused").items() if k != "APP_DATA_ROOT"}
+    env["APP_SETTINGS_DIR"] = str(settings)
+    message = _refusal(env)
+    assert "the byte 0xFF, which is not UTF-8" in message, message
+    assert "the settings directory" in message, message
+    move, export = _commands(message)[:2]
+    assert move.startswith("mv ") and export.startswith("export "), message
+    script = f'{move} && {export} && printf %s "$APP_SETTINGS_DIR"'
+    ran = subprocess.run(["bash", "-c", script], capture_output=True, check=False)
+    assert ran.returncode == 0, ran.stderr
+    env["APP_SETTINGS_DIR"] = os.fsdecode(ran.stdout)
+    assert load("testing", environ=env).data_root == tmp_path / "settingsÿ" / "data" / "testing"
+
+    target = Path(os.fsdecode(os.fsencode(tmp_path) + b"/root\xff"))
+    target.mkdir()
+    (tmp_path / "link").symlink_to(target)
+    message = _refusal(app_env(tmp_path / "link"))
+    assert "a symbolic link on its way leads there" in message, message
+    (move,) = [c for c in _commands(message) if c.startswith("mv ")]
+    moved = subprocess.run(["bash", "-c", move], capture_output=True, text=True, check=False)
+    assert moved.returncode == 0 and (tmp_path / "rootÿ").is_dir(), moved.stderr
