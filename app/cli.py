@@ -59,6 +59,15 @@ def fail(error: AppError) -> NoReturn:
     sys.exit(error.exit_code)
 
 
+def _echo(text: str, *, err: bool = False) -> None:
+    """``click.echo`` of a line the app wrote around a path or a setting's value, each of its
+    lines `printable`: a settings directory or a data root named with an escape sequence
+    (``$'/opt/app\\e]0;...\\a'``) set the terminal's title from `app status`, `app config`
+    and `app doctor`, which printed the path as it is, where a refusal (`fail`) prints its
+    escapes as text since red team 47 (red team 60)."""
+    click.echo("\n".join(_printable(line) for line in text.split("\n")), err=err)
+
+
 _PROFILE_KEY = "app.profile"
 _COMMAND_KEY = "app.command"
 #: Set when the command run can change data: its output closed early is then worth a word.
@@ -106,7 +115,7 @@ def load_config(ctx: click.Context, *, serving: bool = False) -> appconfig.Confi
     config = appconfig.load(selected_profile(ctx), profile_source="--profile", serving=serving)
     ctx.meta[_REMOTE_KEY] = config.backend == appconfig.REMOTE
     for warning in config.warnings:
-        click.echo(f"warning: {warning}", err=True)
+        _echo(f"warning: {warning}", err=True)
     return config
 
 
@@ -116,7 +125,7 @@ def inspect_profiles(ctx: click.Context) -> appconfig.Report:
     selected = report.profiles.get(report.selected)
     ctx.meta[_REMOTE_KEY] = selected is not None and selected.values.get("database_url") is not None
     for warning in report.warnings:
-        click.echo(f"warning: {warning}", err=True)
+        _echo(f"warning: {warning}", err=True)
     return report
 
 
@@ -425,20 +434,20 @@ def config_command(ctx: click.Context, show_all: bool, as_json: bool) -> None:
             "sources": dict(config.sources),
             "roots": {name: str(root) for name, root in config.roots.items()},
         }
-        click.echo(json.dumps(payload, indent=2))
+        _echo(json.dumps(payload, indent=2))
         return
-    click.echo(f"profile: {config.profile}  (from {config.profile_source})")
-    click.echo(f"settings: {config.settings_dir}")
+    _echo(f"profile: {config.profile}  (from {config.profile_source})")
+    _echo(f"settings: {config.settings_dir}")
     width = max(len(key) for key in values)
     for key, value in values.items():
-        click.echo(f"  {key.ljust(width)} = {value}  ({config.sources.get(key)})")
+        _echo(f"  {key.ljust(width)} = {value}  ({config.sources.get(key)})")
 
 
 def _show_all(ctx: click.Context, as_json: bool) -> None:
     report = inspect_profiles(ctx)
     names = list(report.profiles)
     for problem in report.all_problems:
-        click.echo(f"problem: {problem.message}", err=True)
+        _echo(f"problem: {problem.message}", err=True)
     if as_json:
         payload = {
             "selected": report.selected,
@@ -453,14 +462,14 @@ def _show_all(ctx: click.Context, as_json: bool) -> None:
             },
             "problems": [p.to_dict() for p in report.all_problems],
         }
-        click.echo(json.dumps(payload, indent=2))
+        _echo(json.dumps(payload, indent=2))
         return
-    click.echo(
+    _echo(
         f"settings: {report.settings_dir}  (selected: {report.selected}, "
         f"from {report.profile_source}; APP_* variables apply to it only)"
     )
     for line in _profile_table(report, names):
-        click.echo(line)
+        _echo(line)
 
 
 @cli.command()
@@ -487,34 +496,34 @@ def doctor(ctx: click.Context) -> None:
         for problem in report.problems + report.serving_problems
     ]
     elsewhere = _problems_where_served(report)
-    click.echo(f"settings: {report.settings_dir}")
+    _echo(f"settings: {report.settings_dir}")
     for path in report.files:
-        click.echo(f"  read {path}")
+        _echo(f"  read {path}")
     for name, resolved in report.profiles.items():
         mark = " (selected)" if name == report.selected else ""
-        click.echo(f"profile {name}{mark}: {_storage_line(resolved)}")
+        _echo(f"profile {name}{mark}: {_storage_line(resolved)}")
     reached = _reach_selected(report, failing)
     if failing:
-        click.echo(f"{len(failing)} problem(s):", err=True)
+        _echo(f"{len(failing)} problem(s):", err=True)
         for listed in failing:
-            click.echo(f"  - {listed.message}", err=True)
+            _echo(f"  - {listed.message}", err=True)
     elif elsewhere:
-        click.echo(
+        _echo(
             f"ok for profile {report.selected}: the settings are valid and every data root "
             f"is distinct{reached}"
         )
     else:
-        click.echo(f"ok: every profile is valid and every data root is distinct{reached}")
+        _echo(f"ok: every profile is valid and every data root is distinct{reached}")
     to_stderr = bool(failing)  # next to the problems that fail the run
     for name, problems in elsewhere.items():
-        click.echo(
+        _echo(
             f"{len(problems)} problem(s) that only matter where profile {name} is served "
             "(its environment supplies them; not counted in the exit code):",
             err=to_stderr,
         )
         for problem in problems:
-            click.echo(f"  - {problem.message}", err=to_stderr)
-        click.echo(f"  check them where it runs: ENV_FOR_DYNACONF={name} app doctor", err=to_stderr)
+            _echo(f"  - {problem.message}", err=to_stderr)
+        _echo(f"  check them where it runs: ENV_FOR_DYNACONF={name} app doctor", err=to_stderr)
     if failing:
         sys.exit(failing[0].exit_code)
 
@@ -789,16 +798,16 @@ def status(ctx: click.Context, as_json: bool) -> None:
 
     seen = storage_status(config)
     if as_json:
-        click.echo(json.dumps({"profile": config.profile, **seen.to_dict()}, indent=2))
+        _echo(json.dumps({"profile": config.profile, **seen.to_dict()}, indent=2))
         return
     remote = config.backend == appconfig.REMOTE
-    click.echo(f"profile: {config.profile}")
+    _echo(f"profile: {config.profile}")
     # A remote profile whose database could not be read: whether it is stamped, and who
     # serves it, is unknown, and must not read as "not stamped yet" or "nobody".
     unknown = remote and seen.stamp_error is not None
     if remote:
         missing = "" if seen.exists or unknown else " (not stamped yet)"
-        click.echo(f"storage: {seen.location}{missing}")
+        _echo(f"storage: {seen.location}{missing}")
     else:
         missing = "" if seen.exists else " (does not exist yet)"
         if not seen.exists and os.path.lexists(seen.location):
@@ -810,11 +819,11 @@ def status(ctx: click.Context, as_json: bool) -> None:
                 " (does not exist, and a server of a protected profile does not create it; "
                 "`app doctor` says what to do)"
             )
-        click.echo(f"data root: {seen.location}{missing}")
+        _echo(f"data root: {seen.location}{missing}")
     _echo_stamp(seen, config.profile, remote)
     holder = seen.holder
     if unknown:
-        click.echo(
+        _echo(
             "served by: unknown, since the database could not be read; "
             "`app doctor` checks that it answers"
         )
@@ -822,41 +831,41 @@ def status(ctx: click.Context, as_json: bool) -> None:
     unseen = getattr(seen, "holders_unknown", None)
     if unseen:
         # Not "nobody" (red team 39): a standby sees none of its primary's replicas.
-        click.echo(f"served by: unknown: {unseen}")
+        _echo(f"served by: unknown: {unseen}")
         return
     if not seen.held:
-        click.echo("held by: nobody")
+        _echo("held by: nobody")
         return
     if remote:
         from app.remote.errors import describe_replica
 
-        click.echo(f"served by {len(seen.holders)} live replica(s):")
+        _echo(f"served by {len(seen.holders)} live replica(s):")
         for replica in seen.holders:
-            click.echo(f"  {describe_replica(replica)}")
+            _echo(f"  {describe_replica(replica)}")
         return
-    click.echo(f"held by: {seen.held_by}")
+    _echo(f"held by: {seen.held_by}")
     from app.storage import serving_url
 
     url = serving_url(holder, config.host) if holder and "took_lock" not in holder else None
     if url is not None:
-        click.echo(f"serving: {url}")
+        _echo(f"serving: {url}")
 
 
 def _echo_stamp(seen: Status, profile: str, remote: bool) -> None:
     """`app status`'s stamp line, and what would refuse the object prefix."""
     if seen.stamp_error:
-        click.echo(f"stamp: unreadable: {seen.stamp_error}")
+        _echo(f"stamp: unreadable: {seen.stamp_error}")
     elif seen.stamp is None:
         first = "the first open of the database" if remote else "the first writer to open the root"
-        click.echo(f"stamp: none ({first} stamps it)")
+        _echo(f"stamp: none ({first} stamps it)")
     else:
         stamped = str(seen.stamp.get("profile"))
         mismatch = "" if stamped == profile else f"  (NOT {profile!r}: refused)"
-        click.echo(f"stamp: profile {stamped}, created {seen.stamp.get('created_at')}{mismatch}")
+        _echo(f"stamp: profile {stamped}, created {seen.stamp.get('created_at')}{mismatch}")
     # Red team 42: a prefix every other command refuses was not named by status.
     objects_error = getattr(seen, "objects_error", None)
     if objects_error:
-        click.echo(f"objects: {objects_error}")
+        _echo(f"objects: {objects_error}")
 
 
 @cli.group()

@@ -21,7 +21,10 @@ What broke:
   protected profile's missing root is told to run made another directory. The resolved
   root is refused as the value is (78), naming the byte and the ``mv`` (and ``export
   APP_SETTINGS_DIR=``) that resolve it, and every command a message prints names such a
-  path, or one with a control character, in bash's ANSI-C quoting (``$'...\\xff'``).
+  path, or one with a control character, in bash's ANSI-C quoting (``$'...\\xff'``);
+- a settings directory named with an escape sequence: ``app status``, ``app config`` and
+  ``app doctor`` printed it (and the roots in it) as it is, and the terminal acted on it;
+  their lines now print such characters as text, as a refusal's have since red team 47.
 """
 
 from __future__ import annotations
@@ -34,10 +37,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from faults import needs_strace
 from project_copy import copy_project_settings
 from test_server_e2e import app_env
 
+from app.cli import cli
 from app.config import load
 from app.errors import ConfigError, printable
 from app.storage import open_storage
@@ -178,3 +183,19 @@ def test_a_root_whose_name_is_not_text_is_refused_however_it_is_reached(
     (move,) = [c for c in _commands(message) if c.startswith("mv ")]
     moved = subprocess.run(["bash", "-c", move], capture_output=True, text=True, check=False)
     assert moved.returncode == 0 and (tmp_path / "rootÿ").is_dir(), moved.stderr
+
+
+def test_a_path_with_an_escape_sequence_is_printed_as_text_by_every_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A settings directory named with an escape sequence (one that sets the terminal's
+    title): `app status`, `app config` (and ``--all``) and `app doctor` printed it as it
+    is, so the terminal acted on it, where a refusal prints it as text (red team 47)."""
+    settings = copy_project_settings(tmp_path / "s\x1b]0;owned\x07")
+    monkeypatch.delenv("APP_DATA_ROOT", raising=False)  # testing's, in that directory
+    monkeypatch.setenv("ENV_FOR_DYNACONF", "testing")
+    monkeypatch.setenv("APP_SETTINGS_DIR", str(settings))
+    for args in (["status"], ["config"], ["config", "--all"], ["doctor"]):
+        ran = CliRunner().invoke(cli, args)
+        assert "\\x1b]0;owned\\x07" in ran.output, (args, ran.output)
+        assert "\x1b" not in ran.output and "\x07" not in ran.output, (args, ran.output)
