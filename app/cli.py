@@ -1258,23 +1258,21 @@ def data_check(ctx: click.Context, repair: bool, quick: bool, as_json: bool) -> 
     else:
         for finding in report.findings:
             done = "repaired: " if finding.repaired else ("fix: " if repair else "--repair: ")
-            click.echo(
-                f"{finding.problem}  {finding.target}: {finding.detail}; {done}{finding.repair}"
-            )
+            _echo(f"{finding.problem}  {finding.target}: {finding.detail}; {done}{finding.repair}")
         unresolved = report.unresolved
         if not report.findings:
-            click.echo(f"clean: {_named(config, location)} is consistent")
+            _echo(f"clean: {_named(config, location)} is consistent")
         elif not unresolved and report.unaudited is not None:
-            click.echo(
+            _echo(
                 f"repaired {len(report.findings)} finding(s); the audit log could not record "
                 f"them ({report.unaudited}): their record is in this command's log, above"
             )
         elif not unresolved:
-            click.echo(f"repaired {len(report.findings)} finding(s); the audit log lists them")
+            _echo(f"repaired {len(report.findings)} finding(s); the audit log lists them")
         elif repair:
-            click.echo(f"{len(unresolved)} finding(s) need a human; nothing was done about them")
+            _echo(f"{len(unresolved)} finding(s) need a human; nothing was done about them")
         else:
-            click.echo(_unrepaired_summary(unresolved))
+            _echo(_unrepaired_summary(unresolved))
     if report.unresolved:
         sys.exit(EX_DATAERR)
 

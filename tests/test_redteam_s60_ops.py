@@ -195,7 +195,12 @@ def test_a_path_with_an_escape_sequence_is_printed_as_text_by_every_command(
     monkeypatch.delenv("APP_DATA_ROOT", raising=False)  # testing's, in that directory
     monkeypatch.setenv("ENV_FOR_DYNACONF", "testing")
     monkeypatch.setenv("APP_SETTINGS_DIR", str(settings))
-    for args in (["status"], ["config"], ["config", "--all"], ["doctor"]):
+    for args in (["status"], ["config"], ["config", "--all"], ["doctor"], ["data", "check"]):
         ran = CliRunner().invoke(cli, args)
         assert "\\x1b]0;owned\\x07" in ran.output, (args, ran.output)
         assert "\x1b" not in ran.output and "\x07" not in ran.output, (args, ran.output)
+        if args == ["doctor"]:
+            # A root, and in it a leftover whose name holds the sequence (a file the
+            # check names, as the path of the root is named above).
+            with open_storage(load("testing"), writer=True) as store:
+                (Path(store.location) / ".tmp" / "x\x1b]0;owned\x07").touch()
