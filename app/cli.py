@@ -553,7 +553,7 @@ def _reach_selected(report: appconfig.Report, failing: list[_Problem]) -> str:
         if name != report.selected and _is_remote(resolved)
     ]
     if others:
-        click.echo(
+        _echo(
             f"not reached from here: the database and bucket of profile(s) {', '.join(others)}"
             " (doctor connects to the selected profile's only; check one where it runs: "
             "ENV_FOR_DYNACONF=NAME app doctor)"
@@ -572,7 +572,7 @@ def _reach_selected(report: appconfig.Report, failing: list[_Problem]) -> str:
                 _check_missing_root(selected, failing)
         return ""
     if report.problems:
-        click.echo(f"profile {selected}: database and bucket not checked until the settings' "
+        _echo(f"profile {selected}: database and bucket not checked until the settings' "
                    "problems below are fixed")  # fmt: skip
         return ""
     try:
@@ -583,10 +583,10 @@ def _reach_selected(report: appconfig.Report, failing: list[_Problem]) -> str:
     # Imported here: only a remote profile pays for the seam and, through it, the drivers.
     from app.storage import probe
 
-    click.echo(f"profile {selected}, reached from here (read-only):")
+    _echo(f"profile {selected}, reached from here (read-only):")
     count = len(failing)
     for found in probe(config):
-        click.echo(f"  {found.subject}: {found.found}")
+        _echo(f"  {found.subject}: {found.found}")
         if found.problem is not None:
             failing.append(_Problem(found.problem, found.exit_code))
     return "" if len(failing) > count else f"; profile {selected}'s database and bucket answer"
@@ -946,15 +946,15 @@ def sessions_list(ctx: click.Context, trash: bool, as_json: bool) -> None:
                 click.echo(json.dumps(entry.to_dict()))
             return
         if not entries:
-            click.echo("the trash is empty: nothing to restore")
+            _echo("the trash is empty: nothing to restore")
             return
         row = "{:<32}  {:<20}  {:<7}  {:<7}  {}"
-        click.echo(row.format("SESSION", "DELETED (UTC)", "REASON", "KIND", "WHAT"))
+        _echo(row.format("SESSION", "DELETED (UTC)", "REASON", "KIND", "WHAT"))
         for entry in entries:
             what = entry.file if entry.kind == "file" else f"session {entry.title or ''!s}"
             what = _printable(what or "")
             deleted = f"{entry.deleted_at:%Y-%m-%d %H:%M:%S}Z"
-            click.echo(row.format(entry.session_id, deleted, entry.reason, entry.kind, what))
+            _echo(row.format(entry.session_id, deleted, entry.reason, entry.kind, what))
         _warn_linked_entries(entries)
         return
     listed = set()
@@ -963,12 +963,12 @@ def sessions_list(ctx: click.Context, trash: bool, as_json: bool) -> None:
         if as_json:
             click.echo(json.dumps(session))
             continue
-        click.echo(
+        _echo(
             f"{session['id']}  {session['created_at'][:19]}Z  "
             f"{len(session['files']):>4} file(s)  {_printable(session['title'])}"
         )
     for session_id, why in store.left_out(listed):  # once left out without a word
-        click.echo(f"warning: session {session_id} is not listed: {_printable(why)}", err=True)
+        _echo(f"warning: session {session_id} is not listed: {_printable(why)}", err=True)
 
 
 def _warn_linked_entries(entries: list[TrashEntry]) -> None:
@@ -984,7 +984,7 @@ def _warn_linked_entries(entries: list[TrashEntry]) -> None:
             where = f"(to {entry.path.readlink()}) "
         except OSError as error:  # gone since the listing
             where, remedy = "", f"it is gone since ({error.strerror}): list the trash again"
-        click.echo(
+        _echo(
             f"warning: trash entry {entry.path} is a symbolic link {where}where a trash entry "
             "belongs: the app never follows one, so what it holds is not listed, and a restore "
             f"of session {entry.session_id}'s {entry.kind} is refused while it may hold the "
@@ -1015,13 +1015,11 @@ def sessions_show(ctx: click.Context, session_id: str, as_json: bool) -> None:
         click.echo(json.dumps(session, indent=2, ensure_ascii=False))
         return
     for key in ("id", "title", "created_at", "updated_at"):
-        click.echo(f"{key}: {_printable(session[key])}")
-    click.echo(f"metadata: {_printable(json.dumps(session['metadata'], ensure_ascii=False))}")
-    click.echo(f"files: {len(session['files'])}")
+        _echo(f"{key}: {_printable(session[key])}")
+    _echo(f"metadata: {_printable(json.dumps(session['metadata'], ensure_ascii=False))}")
+    _echo(f"files: {len(session['files'])}")
     for entry in session["files"]:
-        click.echo(
-            f"  {_printable(entry['name'])}  {entry['size']} bytes  sha256 {entry['sha256']}"
-        )
+        _echo(f"  {_printable(entry['name'])}  {entry['size']} bytes  sha256 {entry['sha256']}")
 
 
 @sessions.command("restore")
@@ -1060,7 +1058,7 @@ def sessions_restore(
             raise NotInTrashError(session_id, live=True) from missing
     restored = f"file {file_name!r} of session" if file_name else "session"
     taken = "" if entry is None else f" from trash entry {entry}"
-    click.echo(
+    _echo(
         f"restored {restored} {session['id']} ({_printable(session['title']) or 'untitled'}){taken}"
     )
 
@@ -1102,7 +1100,7 @@ def data_purge(ctx: click.Context, confirmed: bool) -> None:
     with open_storage(config, writer=True, wanted="purge every session") as store:
         entries = store.purge()
         trash = store.trash_location
-    click.echo(
+    _echo(
         f"moved {len(entries)} session(s) to {trash}; `app sessions list --trash` shows them "
         "and `app sessions restore ID` brings one back"
     )
@@ -1140,7 +1138,7 @@ def data_empty_trash(ctx: click.Context, older_than: timedelta | None, confirmed
             if config.protected:
                 query.append("confirm=yes-i-mean-it")
             seconds = f"?{'&'.join(query)}" if query else ""
-            click.echo(
+            _echo(
                 "hint: to free space without stopping the server, ask it: curl -X POST "
                 f'{_token_header(config)}"{server}/trash/empty{seconds}"',
                 err=True,
@@ -1148,7 +1146,7 @@ def data_empty_trash(ctx: click.Context, older_than: timedelta | None, confirmed
         raise
     with store:
         removed = store.empty_trash(older_than=older_than)
-    click.echo(f"removed {len(removed)} trash entr{'y' if len(removed) == 1 else 'ies'}")
+    _echo(f"removed {len(removed)} trash entr{'y' if len(removed) == 1 else 'ies'}")
 
 
 def _token_header(config: appconfig.Config) -> str:
@@ -1334,15 +1332,15 @@ def data_restamp(ctx: click.Context, from_profile: str, confirmed: bool) -> None
 
     stamp = restamp(config, from_profile)
     if stamp["changed"]:
-        click.echo(f"{where} is now stamped {stamp['profile']!r} (was {source!r})")
+        _echo(f"{where} is now stamped {stamp['profile']!r} (was {source!r})")
         if stamp.get("unaudited"):
-            click.echo(
+            _echo(
                 f"the audit log could not record it ({stamp['unaudited']}): its record is in "
                 "this command's log, above"
             )
     else:
         # A repeated command (one interrupted halfway is finished above, and says "now").
-        click.echo(f"{where} is already stamped {stamp['profile']!r}: nothing was changed")
+        _echo(f"{where} is already stamped {stamp['profile']!r}: nothing was changed")
 
 
 #: The error handler of standard output's encoding (`_unencodable`).

@@ -195,7 +195,8 @@ def test_a_path_with_an_escape_sequence_is_printed_as_text_by_every_command(
     monkeypatch.delenv("APP_DATA_ROOT", raising=False)  # testing's, in that directory
     monkeypatch.setenv("ENV_FOR_DYNACONF", "testing")
     monkeypatch.setenv("APP_SETTINGS_DIR", str(settings))
-    for args in (["status"], ["config"], ["config", "--all"], ["doctor"], ["data", "check"]):
+    commands = (["status"], ["config"], ["config", "--all"], ["doctor"], ["data", "check"])
+    for args in (*commands, ["data", "purge"]):
         ran = CliRunner().invoke(cli, args)
         assert "\\x1b]0;owned\\x07" in ran.output, (args, ran.output)
         assert "\x1b" not in ran.output and "\x07" not in ran.output, (args, ran.output)
