@@ -30,6 +30,7 @@ What broke:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -207,3 +208,26 @@ def test_a_path_with_an_escape_sequence_is_printed_as_text_by_every_command(
             # check names, as the path of the root is named above).
             with open_storage(load("testing"), writer=True) as store:
                 (Path(store.location) / ".tmp" / "x\x1b]0;owned\x07").touch()
+
+
+def test_a_server_s_log_names_a_file_with_an_escape_sequence_as_text(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A trash entry named with an escape sequence (it clears the screen): a server's
+    start-up check logged it as it is, to the terminal the server runs in. The server's log
+    configuration (`_log_config`) now writes each record's characters a terminal acts on as
+    text; here the real start-up check on a real root, its records through that filter."""
+    from app.server.run import _log_config, _start_up_check  # the server's imports: here
+
+    config = load("testing", environ=app_env(tmp_path / "root"))
+    with open_storage(config, writer=True) as store:
+        (Path(store.location) / ".trash" / "junk\x1b[2J").mkdir()
+        with caplog.at_level(logging.WARNING, logger="app"):
+            _start_up_check(store)
+    logged = _log_config("info")
+    assert "printable" in logged["handlers"]["default"]["filters"]
+    shown = logged["filters"]["printable"]["()"]()
+    (record,) = [r for r in caplog.records if "junk" in r.getMessage()]
+    assert shown.filter(record)
+    assert ".trash/junk\\x1b[2J" in record.getMessage(), record.getMessage()
+    assert "\x1b" not in record.getMessage()
