@@ -59,6 +59,15 @@ def fail(error: AppError) -> NoReturn:
     sys.exit(error.exit_code)
 
 
+def _echo(text: str, *, err: bool = False) -> None:
+    """``click.echo`` of a line the app wrote around a path or a setting's value, each of its
+    lines `printable`: a settings directory or a data root named with an escape sequence
+    (``$'/opt/app\\e]0;...\\a'``) set the terminal's title from `app status`, `app config`
+    and `app doctor`, which printed the path as it is, where a refusal (`fail`) prints its
+    escapes as text since red team 47 (red team 60)."""
+    click.echo("\n".join(_printable(line) for line in text.split("\n")), err=err)
+
+
 _PROFILE_KEY = "app.profile"
 _COMMAND_KEY = "app.command"
 #: Set when the command run can change data: its output closed early is then worth a word.
@@ -106,7 +115,7 @@ def load_config(ctx: click.Context, *, serving: bool = False) -> appconfig.Confi
     config = appconfig.load(selected_profile(ctx), profile_source="--profile", serving=serving)
     ctx.meta[_REMOTE_KEY] = config.backend == appconfig.REMOTE
     for warning in config.warnings:
-        click.echo(f"warning: {warning}", err=True)
+        _echo(f"warning: {warning}", err=True)
     return config
 
 
@@ -116,7 +125,7 @@ def inspect_profiles(ctx: click.Context) -> appconfig.Report:
     selected = report.profiles.get(report.selected)
     ctx.meta[_REMOTE_KEY] = selected is not None and selected.values.get("database_url") is not None
     for warning in report.warnings:
-        click.echo(f"warning: {warning}", err=True)
+        _echo(f"warning: {warning}", err=True)
     return report
 
 
@@ -172,17 +181,24 @@ class AppCommand(_OnceEach, click.Command):
         )
         if self.name == "serve" or threading.current_thread() is not threading.main_thread():
             return super().invoke(ctx)  # a server stops gracefully on SIGTERM by itself
+        previous = {sig: signal.getsignal(sig) for sig in _STOP_SIGNALS}
+        if any(handler is None for handler in previous.values()):
+            return super().invoke(ctx)  # installed from C: it could not be put back
         try:
-            previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
+            for sig in _STOP_SIGNALS:
+                signal.signal(sig, _stop_on_signal)
         except ValueError:
             # A subinterpreter's main thread (a test's `_xxsubinterpreters.run_string`,
             # 3.14's InterpreterPoolExecutor): signals are the main interpreter's, as in a
             # thread. Every command there stopped with a bare ValueError (red team 58).
             return super().invoke(ctx)
+        ctx.meta[_HANDLERS_KEY] = previous
         try:
             return super().invoke(ctx)
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            if signal.getsignal(signal.SIGINT) is not _already_stopping:
+                _restore_handlers(ctx)
+            # else: stopping; `AppGroup.invoke` puts them back once its message is out
 
 
 class OutputFailed(Exception):
@@ -250,11 +266,43 @@ class _Terminated(KeyboardInterrupt):
     that handles an interruption handles it the same way."""
 
 
-def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
-    # Once: a second SIGTERM must not interrupt the undo the first one started (SIGKILL
-    # still ends the process). Python's default ended it at once, silently (red team 35).
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise _Terminated
+_STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
+#: The handlers of `_STOP_SIGNALS` a command found, put back when it ends.
+_HANDLERS_KEY = "app.signal_handlers"
+
+
+def _stop_on_signal(signum: int, frame: FrameType | None) -> None:
+    """The first SIGINT or SIGTERM stops a command (`KeyboardInterrupt`, `_Terminated`);
+    any after it is `_already_stopping`.
+
+    Once: a second SIGTERM must not interrupt the undo the first one started (SIGKILL still
+    ends the process); Python's default ended it at once, silently (red team 35). Nor a
+    second Ctrl-C: one as a stopped purge wrote the line for what it had moved left them
+    all unaudited, and one as the command printed why it stopped was click's bare
+    ``Aborted!`` (exit 1) for the message (red team 60).
+    """
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, _already_stopping)
+    if signum == signal.SIGTERM:
+        raise _Terminated
+    raise KeyboardInterrupt
+
+
+def _already_stopping(signum: int, frame: FrameType | None) -> None:
+    # Written below Python's streams: this handler may run in the middle of a write to
+    # sys.stderr (the stop's own message), which a second write there would refuse.
+    with contextlib.suppress(OSError):
+        os.write(
+            2,
+            f"app: already stopping ({signal.Signals(signum).name}): finishing what the first "
+            f"stop began (its audit line, its message); `kill -9 {os.getpid()}` forces it, "
+            "and leaves what it began to `app data check --repair`\n".encode(),
+        )
+
+
+def _restore_handlers(ctx: click.Context) -> None:
+    for sig, handler in ctx.meta.pop(_HANDLERS_KEY, {}).items():
+        signal.signal(sig, handler)
 
 
 class CommandGroup(_OnceEach, click.Group):
@@ -269,6 +317,12 @@ class AppGroup(CommandGroup):
     group_class = CommandGroup
 
     def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return self._invoke(ctx)
+        finally:
+            _restore_handlers(ctx)  # a stopped command's, kept until its message was out
+
+    def _invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except AppError as error:
@@ -380,20 +434,20 @@ def config_command(ctx: click.Context, show_all: bool, as_json: bool) -> None:
             "sources": dict(config.sources),
             "roots": {name: str(root) for name, root in config.roots.items()},
         }
-        click.echo(json.dumps(payload, indent=2))
+        _echo(json.dumps(payload, indent=2))
         return
-    click.echo(f"profile: {config.profile}  (from {config.profile_source})")
-    click.echo(f"settings: {config.settings_dir}")
+    _echo(f"profile: {config.profile}  (from {config.profile_source})")
+    _echo(f"settings: {config.settings_dir}")
     width = max(len(key) for key in values)
     for key, value in values.items():
-        click.echo(f"  {key.ljust(width)} = {value}  ({config.sources.get(key)})")
+        _echo(f"  {key.ljust(width)} = {value}  ({config.sources.get(key)})")
 
 
 def _show_all(ctx: click.Context, as_json: bool) -> None:
     report = inspect_profiles(ctx)
     names = list(report.profiles)
     for problem in report.all_problems:
-        click.echo(f"problem: {problem.message}", err=True)
+        _echo(f"problem: {problem.message}", err=True)
     if as_json:
         payload = {
             "selected": report.selected,
@@ -408,14 +462,14 @@ def _show_all(ctx: click.Context, as_json: bool) -> None:
             },
             "problems": [p.to_dict() for p in report.all_problems],
         }
-        click.echo(json.dumps(payload, indent=2))
+        _echo(json.dumps(payload, indent=2))
         return
-    click.echo(
+    _echo(
         f"settings: {report.settings_dir}  (selected: {report.selected}, "
         f"from {report.profile_source}; APP_* variables apply to it only)"
     )
     for line in _profile_table(report, names):
-        click.echo(line)
+        _echo(line)
 
 
 @cli.command()
@@ -442,34 +496,34 @@ def doctor(ctx: click.Context) -> None:
         for problem in report.problems + report.serving_problems
     ]
     elsewhere = _problems_where_served(report)
-    click.echo(f"settings: {report.settings_dir}")
+    _echo(f"settings: {report.settings_dir}")
     for path in report.files:
-        click.echo(f"  read {path}")
+        _echo(f"  read {path}")
     for name, resolved in report.profiles.items():
         mark = " (selected)" if name == report.selected else ""
-        click.echo(f"profile {name}{mark}: {_storage_line(resolved)}")
+        _echo(f"profile {name}{mark}: {_storage_line(resolved)}")
     reached = _reach_selected(report, failing)
     if failing:
-        click.echo(f"{len(failing)} problem(s):", err=True)
+        _echo(f"{len(failing)} problem(s):", err=True)
         for listed in failing:
-            click.echo(f"  - {listed.message}", err=True)
+            _echo(f"  - {listed.message}", err=True)
     elif elsewhere:
-        click.echo(
+        _echo(
             f"ok for profile {report.selected}: the settings are valid and every data root "
             f"is distinct{reached}"
         )
     else:
-        click.echo(f"ok: every profile is valid and every data root is distinct{reached}")
+        _echo(f"ok: every profile is valid and every data root is distinct{reached}")
     to_stderr = bool(failing)  # next to the problems that fail the run
     for name, problems in elsewhere.items():
-        click.echo(
+        _echo(
             f"{len(problems)} problem(s) that only matter where profile {name} is served "
             "(its environment supplies them; not counted in the exit code):",
             err=to_stderr,
         )
         for problem in problems:
-            click.echo(f"  - {problem.message}", err=to_stderr)
-        click.echo(f"  check them where it runs: ENV_FOR_DYNACONF={name} app doctor", err=to_stderr)
+            _echo(f"  - {problem.message}", err=to_stderr)
+        _echo(f"  check them where it runs: ENV_FOR_DYNACONF={name} app doctor", err=to_stderr)
     if failing:
         sys.exit(failing[0].exit_code)
 
@@ -499,7 +553,7 @@ def _reach_selected(report: appconfig.Report, failing: list[_Problem]) -> str:
         if name != report.selected and _is_remote(resolved)
     ]
     if others:
-        click.echo(
+        _echo(
             f"not reached from here: the database and bucket of profile(s) {', '.join(others)}"
             " (doctor connects to the selected profile's only; check one where it runs: "
             "ENV_FOR_DYNACONF=NAME app doctor)"
@@ -518,7 +572,7 @@ def _reach_selected(report: appconfig.Report, failing: list[_Problem]) -> str:
                 _check_missing_root(selected, failing)
         return ""
     if report.problems:
-        click.echo(f"profile {selected}: database and bucket not checked until the settings' "
+        _echo(f"profile {selected}: database and bucket not checked until the settings' "
                    "problems below are fixed")  # fmt: skip
         return ""
     try:
@@ -529,10 +583,10 @@ def _reach_selected(report: appconfig.Report, failing: list[_Problem]) -> str:
     # Imported here: only a remote profile pays for the seam and, through it, the drivers.
     from app.storage import probe
 
-    click.echo(f"profile {selected}, reached from here (read-only):")
+    _echo(f"profile {selected}, reached from here (read-only):")
     count = len(failing)
     for found in probe(config):
-        click.echo(f"  {found.subject}: {found.found}")
+        _echo(f"  {found.subject}: {found.found}")
         if found.problem is not None:
             failing.append(_Problem(found.problem, found.exit_code))
     return "" if len(failing) > count else f"; profile {selected}'s database and bucket answer"
@@ -744,16 +798,16 @@ def status(ctx: click.Context, as_json: bool) -> None:
 
     seen = storage_status(config)
     if as_json:
-        click.echo(json.dumps({"profile": config.profile, **seen.to_dict()}, indent=2))
+        _echo(json.dumps({"profile": config.profile, **seen.to_dict()}, indent=2))
         return
     remote = config.backend == appconfig.REMOTE
-    click.echo(f"profile: {config.profile}")
+    _echo(f"profile: {config.profile}")
     # A remote profile whose database could not be read: whether it is stamped, and who
     # serves it, is unknown, and must not read as "not stamped yet" or "nobody".
     unknown = remote and seen.stamp_error is not None
     if remote:
         missing = "" if seen.exists or unknown else " (not stamped yet)"
-        click.echo(f"storage: {seen.location}{missing}")
+        _echo(f"storage: {seen.location}{missing}")
     else:
         missing = "" if seen.exists else " (does not exist yet)"
         if not seen.exists and os.path.lexists(seen.location):
@@ -765,11 +819,11 @@ def status(ctx: click.Context, as_json: bool) -> None:
                 " (does not exist, and a server of a protected profile does not create it; "
                 "`app doctor` says what to do)"
             )
-        click.echo(f"data root: {seen.location}{missing}")
+        _echo(f"data root: {seen.location}{missing}")
     _echo_stamp(seen, config.profile, remote)
     holder = seen.holder
     if unknown:
-        click.echo(
+        _echo(
             "served by: unknown, since the database could not be read; "
             "`app doctor` checks that it answers"
         )
@@ -777,41 +831,41 @@ def status(ctx: click.Context, as_json: bool) -> None:
     unseen = getattr(seen, "holders_unknown", None)
     if unseen:
         # Not "nobody" (red team 39): a standby sees none of its primary's replicas.
-        click.echo(f"served by: unknown: {unseen}")
+        _echo(f"served by: unknown: {unseen}")
         return
     if not seen.held:
-        click.echo("held by: nobody")
+        _echo("held by: nobody")
         return
     if remote:
         from app.remote.errors import describe_replica
 
-        click.echo(f"served by {len(seen.holders)} live replica(s):")
+        _echo(f"served by {len(seen.holders)} live replica(s):")
         for replica in seen.holders:
-            click.echo(f"  {describe_replica(replica)}")
+            _echo(f"  {describe_replica(replica)}")
         return
-    click.echo(f"held by: {seen.held_by}")
+    _echo(f"held by: {seen.held_by}")
     from app.storage import serving_url
 
     url = serving_url(holder, config.host) if holder and "took_lock" not in holder else None
     if url is not None:
-        click.echo(f"serving: {url}")
+        _echo(f"serving: {url}")
 
 
 def _echo_stamp(seen: Status, profile: str, remote: bool) -> None:
     """`app status`'s stamp line, and what would refuse the object prefix."""
     if seen.stamp_error:
-        click.echo(f"stamp: unreadable: {seen.stamp_error}")
+        _echo(f"stamp: unreadable: {seen.stamp_error}")
     elif seen.stamp is None:
         first = "the first open of the database" if remote else "the first writer to open the root"
-        click.echo(f"stamp: none ({first} stamps it)")
+        _echo(f"stamp: none ({first} stamps it)")
     else:
         stamped = str(seen.stamp.get("profile"))
         mismatch = "" if stamped == profile else f"  (NOT {profile!r}: refused)"
-        click.echo(f"stamp: profile {stamped}, created {seen.stamp.get('created_at')}{mismatch}")
+        _echo(f"stamp: profile {stamped}, created {seen.stamp.get('created_at')}{mismatch}")
     # Red team 42: a prefix every other command refuses was not named by status.
     objects_error = getattr(seen, "objects_error", None)
     if objects_error:
-        click.echo(f"objects: {objects_error}")
+        _echo(f"objects: {objects_error}")
 
 
 @cli.group()
@@ -892,15 +946,15 @@ def sessions_list(ctx: click.Context, trash: bool, as_json: bool) -> None:
                 click.echo(json.dumps(entry.to_dict()))
             return
         if not entries:
-            click.echo("the trash is empty: nothing to restore")
+            _echo("the trash is empty: nothing to restore")
             return
         row = "{:<32}  {:<20}  {:<7}  {:<7}  {}"
-        click.echo(row.format("SESSION", "DELETED (UTC)", "REASON", "KIND", "WHAT"))
+        _echo(row.format("SESSION", "DELETED (UTC)", "REASON", "KIND", "WHAT"))
         for entry in entries:
             what = entry.file if entry.kind == "file" else f"session {entry.title or ''!s}"
             what = _printable(what or "")
             deleted = f"{entry.deleted_at:%Y-%m-%d %H:%M:%S}Z"
-            click.echo(row.format(entry.session_id, deleted, entry.reason, entry.kind, what))
+            _echo(row.format(entry.session_id, deleted, entry.reason, entry.kind, what))
         _warn_linked_entries(entries)
         return
     listed = set()
@@ -909,12 +963,12 @@ def sessions_list(ctx: click.Context, trash: bool, as_json: bool) -> None:
         if as_json:
             click.echo(json.dumps(session))
             continue
-        click.echo(
+        _echo(
             f"{session['id']}  {session['created_at'][:19]}Z  "
             f"{len(session['files']):>4} file(s)  {_printable(session['title'])}"
         )
     for session_id, why in store.left_out(listed):  # once left out without a word
-        click.echo(f"warning: session {session_id} is not listed: {_printable(why)}", err=True)
+        _echo(f"warning: session {session_id} is not listed: {_printable(why)}", err=True)
 
 
 def _warn_linked_entries(entries: list[TrashEntry]) -> None:
@@ -930,7 +984,7 @@ def _warn_linked_entries(entries: list[TrashEntry]) -> None:
             where = f"(to {entry.path.readlink()}) "
         except OSError as error:  # gone since the listing
             where, remedy = "", f"it is gone since ({error.strerror}): list the trash again"
-        click.echo(
+        _echo(
             f"warning: trash entry {entry.path} is a symbolic link {where}where a trash entry "
             "belongs: the app never follows one, so what it holds is not listed, and a restore "
             f"of session {entry.session_id}'s {entry.kind} is refused while it may hold the "
@@ -961,13 +1015,11 @@ def sessions_show(ctx: click.Context, session_id: str, as_json: bool) -> None:
         click.echo(json.dumps(session, indent=2, ensure_ascii=False))
         return
     for key in ("id", "title", "created_at", "updated_at"):
-        click.echo(f"{key}: {_printable(session[key])}")
-    click.echo(f"metadata: {_printable(json.dumps(session['metadata'], ensure_ascii=False))}")
-    click.echo(f"files: {len(session['files'])}")
+        _echo(f"{key}: {_printable(session[key])}")
+    _echo(f"metadata: {_printable(json.dumps(session['metadata'], ensure_ascii=False))}")
+    _echo(f"files: {len(session['files'])}")
     for entry in session["files"]:
-        click.echo(
-            f"  {_printable(entry['name'])}  {entry['size']} bytes  sha256 {entry['sha256']}"
-        )
+        _echo(f"  {_printable(entry['name'])}  {entry['size']} bytes  sha256 {entry['sha256']}")
 
 
 @sessions.command("restore")
@@ -1006,7 +1058,7 @@ def sessions_restore(
             raise NotInTrashError(session_id, live=True) from missing
     restored = f"file {file_name!r} of session" if file_name else "session"
     taken = "" if entry is None else f" from trash entry {entry}"
-    click.echo(
+    _echo(
         f"restored {restored} {session['id']} ({_printable(session['title']) or 'untitled'}){taken}"
     )
 
@@ -1048,7 +1100,7 @@ def data_purge(ctx: click.Context, confirmed: bool) -> None:
     with open_storage(config, writer=True, wanted="purge every session") as store:
         entries = store.purge()
         trash = store.trash_location
-    click.echo(
+    _echo(
         f"moved {len(entries)} session(s) to {trash}; `app sessions list --trash` shows them "
         "and `app sessions restore ID` brings one back"
     )
@@ -1086,7 +1138,7 @@ def data_empty_trash(ctx: click.Context, older_than: timedelta | None, confirmed
             if config.protected:
                 query.append("confirm=yes-i-mean-it")
             seconds = f"?{'&'.join(query)}" if query else ""
-            click.echo(
+            _echo(
                 "hint: to free space without stopping the server, ask it: curl -X POST "
                 f'{_token_header(config)}"{server}/trash/empty{seconds}"',
                 err=True,
@@ -1094,7 +1146,7 @@ def data_empty_trash(ctx: click.Context, older_than: timedelta | None, confirmed
         raise
     with store:
         removed = store.empty_trash(older_than=older_than)
-    click.echo(f"removed {len(removed)} trash entr{'y' if len(removed) == 1 else 'ies'}")
+    _echo(f"removed {len(removed)} trash entr{'y' if len(removed) == 1 else 'ies'}")
 
 
 def _token_header(config: appconfig.Config) -> str:
@@ -1204,23 +1256,21 @@ def data_check(ctx: click.Context, repair: bool, quick: bool, as_json: bool) -> 
     else:
         for finding in report.findings:
             done = "repaired: " if finding.repaired else ("fix: " if repair else "--repair: ")
-            click.echo(
-                f"{finding.problem}  {finding.target}: {finding.detail}; {done}{finding.repair}"
-            )
+            _echo(f"{finding.problem}  {finding.target}: {finding.detail}; {done}{finding.repair}")
         unresolved = report.unresolved
         if not report.findings:
-            click.echo(f"clean: {_named(config, location)} is consistent")
+            _echo(f"clean: {_named(config, location)} is consistent")
         elif not unresolved and report.unaudited is not None:
-            click.echo(
+            _echo(
                 f"repaired {len(report.findings)} finding(s); the audit log could not record "
                 f"them ({report.unaudited}): their record is in this command's log, above"
             )
         elif not unresolved:
-            click.echo(f"repaired {len(report.findings)} finding(s); the audit log lists them")
+            _echo(f"repaired {len(report.findings)} finding(s); the audit log lists them")
         elif repair:
-            click.echo(f"{len(unresolved)} finding(s) need a human; nothing was done about them")
+            _echo(f"{len(unresolved)} finding(s) need a human; nothing was done about them")
         else:
-            click.echo(_unrepaired_summary(unresolved))
+            _echo(_unrepaired_summary(unresolved))
     if report.unresolved:
         sys.exit(EX_DATAERR)
 
@@ -1282,15 +1332,15 @@ def data_restamp(ctx: click.Context, from_profile: str, confirmed: bool) -> None
 
     stamp = restamp(config, from_profile)
     if stamp["changed"]:
-        click.echo(f"{where} is now stamped {stamp['profile']!r} (was {source!r})")
+        _echo(f"{where} is now stamped {stamp['profile']!r} (was {source!r})")
         if stamp.get("unaudited"):
-            click.echo(
+            _echo(
                 f"the audit log could not record it ({stamp['unaudited']}): its record is in "
                 "this command's log, above"
             )
     else:
         # A repeated command (one interrupted halfway is finished above, and says "now").
-        click.echo(f"{where} is already stamped {stamp['profile']!r}: nothing was changed")
+        _echo(f"{where} is already stamped {stamp['profile']!r}: nothing was changed")
 
 
 #: The error handler of standard output's encoding (`_unencodable`).

@@ -1021,6 +1021,7 @@ def _resolve_profile(
             or _escaped(key, value, files.directory)
             or _unexpanded(key, value, files.directory)
             or _unnameable(key, value, files.directory)
+            or _not_text_resolved(key, value, files.directory)
             or _misresolved(key, value, files.directory)
         )
         if problem is not None:
@@ -1510,6 +1511,51 @@ def _unnameable(key: Key, value: Any, directory: Path) -> str | None:
                 "it; shorten that name"
             )
     return None
+
+
+def _not_text_resolved(key: Key, value: Any, directory: Path) -> str | None:
+    """Why the directory a path setting's `value` resolves to has a name that is not text
+    (a byte that is not UTF-8), where `value` itself is text, or None.
+
+    Such a byte in the value (``APP_DATA_ROOT=$'/srv/r\\xff'``) is refused by `_unseen`
+    (red team 59), but one that came with the settings directory (``data_root =
+    "data/production"`` under ``APP_SETTINGS_DIR=$'/opt/app\\xff'``) or through a symbolic
+    link was taken: every message and ``--json`` output named the root as ``\\udcff`` text
+    that names no path, and the ``install -d`` a protected profile's missing root is told
+    to run made another directory (red team 60).
+    """
+    if not key.type.startswith("Path") or not isinstance(value, str):
+        return None
+    root = _absolute_root(value, directory)
+    text = str(root)
+    position = next((i for i, char in enumerate(text) if not_utf8_byte(char)), None)
+    if position is None:
+        return None
+    cut = next(i for i, part in enumerate(root.parts) if any(map(not_utf8_byte, part)))
+    holder = Path(*root.parts[: cut + 1])
+    # The name as its writer most likely meant it: each byte that is not UTF-8 read as
+    # Latin-1 (0xE9 is é), the rest kept.
+    meant = "".join(
+        chr(ord(char) - 0xDC00) if not_utf8_byte(char) else char for char in holder.name
+    )
+    renamed = holder.with_name(meant)
+    settings = directory.resolve()
+    if settings.is_relative_to(holder):
+        came = f"the settings directory, {shell_word(settings)}, is in it"
+        then = (
+            "then give the settings directory by its new name "
+            f"(`export APP_SETTINGS_DIR={shell_word(renamed / settings.relative_to(holder))}`)"
+        )
+    else:
+        came = "a symbolic link on its way leads there"
+        then = "then point that link at the new name"
+    return (
+        f"resolves to {shell_word(root)}, whose name holds, at position {position}, "
+        f"{not_utf8_byte(text[position])} ({came}): every message and JSON output would "
+        "name the root as text that is no path, and the commands they print would act on "
+        "another one; rename the directory that holds it to a name in UTF-8, here its bytes "
+        f"read as Latin-1 (`mv {shell_word(holder)} {shell_word(renamed)}`), {then}"
+    )
 
 
 def _misresolved(key: Key, value: Any, directory: Path) -> str | None:

@@ -36,6 +36,7 @@ import os
 import re
 import resource
 import secrets
+import signal
 import stat
 import sys
 import tempfile
@@ -907,6 +908,46 @@ def _names_alone(fd: int, path: Path) -> bool:
     return (opened.st_dev, opened.st_ino) == (there.st_dev, there.st_ino) and opened.st_nlink == 1
 
 
+#: The signals a command turns into an exception (`KeyboardInterrupt`, and the command
+#: line's SIGTERM), which would cut a write they land in.
+_HELD_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM, held while the block runs and acted on (as they would have been)
+    after it: for the audit line of a change already made, which a signal must not cut.
+
+    A Ctrl-C as `app data purge` wrote its one line, at its end, left every session it had
+    moved without one, and a second Ctrl-C did so to the line a stopped purge writes for
+    what it moved (red team 60). Python runs a signal's handler in the main thread, between
+    two of its steps, so only there is a handler swapped (a thread's write is never cut by
+    one); a handler installed from C, which cannot be put back, is left as it is.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handlers = {sig: signal.getsignal(sig) for sig in _HELD_SIGNALS}
+    if any(handler is None for handler in handlers.values()):
+        yield
+        return
+    came: list[int] = []
+    swapped: list[signal.Signals] = []
+    try:
+        for held in handlers:
+            signal.signal(held, lambda signum, _frame: came.append(signum))
+            swapped.append(held)
+    except ValueError:  # a subinterpreter's main thread: its signals are the main one's
+        swapped.clear()
+    try:
+        yield
+    finally:
+        for held in swapped:
+            signal.signal(held, handlers[held])
+        for signum in dict.fromkeys(came):
+            signal.raise_signal(signum)
+
+
 def _write_audit_line(fd: int, record: Mapping[str, Any], path: Path) -> None:
     """Append ``record``'s line to the log at ``path``, through ``fd`` (opened on it before
     the change) while ``path`` still names that file alone.
@@ -920,7 +961,7 @@ def _write_audit_line(fd: int, record: Mapping[str, Any], path: Path) -> None:
     again if the rotation left none, given an inode of its own if shared).
     """
     line = (json.dumps(dict(record), sort_keys=True, default=str) + "\n").encode()
-    with _AUDIT_APPEND_LOCK:
+    with _AUDIT_APPEND_LOCK, _signals_held():
         if _names_alone(fd, path):
             _append_line(fd, line)
             return

@@ -324,7 +324,26 @@ def shell_word(value: str | os.PathLike[str]) -> str:
     """
     import shlex  # here: only a refusal pays for it
 
-    return shlex.quote(os.fspath(value))
+    text = os.fspath(value)
+    if text.isprintable():
+        return shlex.quote(text)
+    # A byte that is not UTF-8 (Python's U+DC80 to U+DCFF for it) or a control character:
+    # quoted as it was, ``'/srv/s\udcff/data'``, the command acted on a path of those six
+    # characters, and a newline cut it in two (red team 60). Bash's (and zsh's, ksh's)
+    # ANSI-C quoting names every byte: ``$'/srv/s\xff/data'``.
+    escaped = []
+    for char in text:
+        if "\udc80" <= char <= "\udcff":
+            escaped.append(f"\\x{ord(char) - 0xDC00:02x}")
+        elif char in "\\'":
+            escaped.append(f"\\{char}")
+        elif not char.isprintable():
+            escaped.append(
+                "".join(f"\\x{byte:02x}" for byte in char.encode(errors="surrogatepass"))
+            )
+        else:
+            escaped.append(char)
+    return f"$'{''.join(escaped)}'"
 
 
 def plain_name(name: str) -> bool:

@@ -38,6 +38,7 @@ from app.errors import (
     ListenAddressError,
     ListenAddressUnresolvedError,
     PortInUseError,
+    printable,
     thread_limit,
 )
 from app.server.committer import Committer
@@ -176,10 +177,25 @@ def _listener(port: int) -> str:
     return ", ".join(described)
 
 
+class PrintableLines(logging.Filter):
+    """Each line of a log record's message `printable`: a file a start-up check names (a
+    leftover in ``.tmp/`` named with an escape sequence) or a root's path so named acted on
+    the terminal a server runs in, where a command's lines show it as text (red team 60)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        shown = "\n".join(printable(line) for line in text.split("\n"))
+        if shown != text:
+            record.msg, record.args = shown, None
+        return True
+
+
 def _log_config(level: str) -> dict[str, Any]:
     from uvicorn.config import LOGGING_CONFIG
 
     config: dict[str, Any] = deepcopy(LOGGING_CONFIG)
+    config.setdefault("filters", {})["printable"] = {"()": PrintableLines}
+    config["handlers"]["default"].setdefault("filters", []).append("printable")
     config["loggers"]["app"] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
     return config
 
