@@ -1,0 +1,248 @@
+"""Red team 60 on the guard (branch rt-guard43): the data root behind a name, reached through
+a FUSE mirror of its directory.
+
+What broke (as root, outside any test run: a PID namespace with its own ``/proc``, in a
+private mount namespace):
+
+- a live production server on a directory, and that directory mirrored by a FUSE filesystem
+  (``bindfs <root's parent> <mount>``, as one shows a service's data in a home directory or
+  a container, or with other owners), the root named through the mirror
+  (``APP_DATA_ROOT=<mount>/production``). FUSE keeps its locks on its own inodes (bindfs
+  passes no ``flock`` on): the server's lock was not seen there. ``app data purge
+  --yes-i-mean-it`` moved the live server's sessions to the trash, ``app data empty-trash
+  --yes-i-mean-it`` and a second ``app serve`` took the root beside the live server,
+  ``open_storage(..., writer=True)`` opened it for writing, and ``app status`` said "held
+  by: nobody". The other way round too: a holder on the mirror, a purge of the directory.
+  Red team 59's holder through another device saw the lock on the same inode number on the
+  other device, and passed it over: a FUSE mount reports no filesystem id (``f_fsid`` 0),
+  and only a holder whose file had this one's id counted. (Inside a run, red team 49 refuses
+  a root on FUSE in the sandbox before anything is opened; the same purge there was refused.)
+
+What changed: a lock on this inode number on another device whose file is this one seen
+through a FUSE mount (one of the two devices a FUSE mount, the two files alike in size,
+modification and change times to the nanosecond, and in their bytes) is this file's holder
+too, when a root's lock is taken and when a free lock is probed. The refusal
+(``data_root_in_use``, exit 75) names the holder, its lock file, the FUSE mount, and to work
+through the holder's own path, not to stop the holder nor to use this path; ``app status``
+names the holder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from project_copy import copy_project_settings
+
+#: What both drivers share: the app's command line run in this process, its output kept.
+COMMON = r'''
+import contextlib, io, json, os, signal, subprocess, sys
+from pathlib import Path
+
+from app.cli import cli
+from app.config import load
+from app.storage import open_storage
+
+
+def run(args, **env):
+    saved = dict(os.environ)
+    os.environ.update(env)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        try:
+            cli.main(args, prog_name="app")
+            code = 0
+        except SystemExit as e:
+            code = e.code
+        except Exception as e:  # open_storage's refusal, or a traceback's cause
+            code, out = repr(type(e).__name__), io.StringIO(f"{out.getvalue()} {e}")
+    os.environ.clear()
+    os.environ.update(saved)
+    return [code, " ".join(out.getvalue().split())]
+
+
+def writer(**env):
+    saved = dict(os.environ)
+    os.environ.update(env)
+    try:
+        with open_storage(load(serving=False), writer=True):
+            return [0, "opened"]
+    except Exception as e:
+        return [type(e).__name__, " ".join(str(e).split())]
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def forked(args, until, **env):
+    """`app <args>` in a fork, its output read until a line holds `until` or it exits."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        os.dup2(write, 1)
+        os.dup2(write, 2)
+        os.environ.update(env)
+        try:
+            cli.main(args, prog_name="app")
+        finally:
+            os._exit(0)
+    os.close(write)
+    lines = []
+    with os.fdopen(read) as output:
+        for line in output:
+            lines.append(line)
+            if until in line:
+                return pid, " ".join("".join(lines).split())
+    os.waitpid(pid, 0)
+    return None, " ".join("".join(lines).split())
+
+
+def stop(pid):
+    if pid is not None:
+        os.kill(pid, signal.SIGTERM)
+        os.waitpid(pid, 0)
+
+
+def names(path):
+    return sorted(p.name for p in path.iterdir()) if path.exists() else []
+'''
+
+#: PID 1 of a PID namespace with its own /proc, in a private mount namespace: outside any
+#: test run, and every mount and process it makes ends with it. argv: work (the settings'
+#: production root is work/real/production).
+OUTSIDE = (
+    COMMON
+    + r"""
+work = Path(sys.argv[1])
+real, mirror = work / "real", work / "mirror"
+mirror.mkdir()
+root, through = real / "production", mirror / "production"
+with open_storage(load(serving=False), writer=True) as store:
+    store.create_session("a review", {})
+before = names(root / "sessions")
+subprocess.run(["bindfs", str(real), str(mirror)], check=True)
+purge, trash = ["data", "purge", "--yes-i-mean-it"], ["data", "empty-trash", "--yes-i-mean-it"]
+results = {"before": before}
+# A live server on the directory, each writer through the mirror.
+import app.server, app.server.run, uvicorn, fastapi  # once, before the forks
+server, said = forked(["serve", "--port", "0"], "serving profile production")
+assert server is not None, said
+there = {"APP_DATA_ROOT": str(through)}
+seen = results["MIRROR"] = {"holder": server}
+seen["PURGE"] = run(purge, **there)
+seen["TRASH"] = run(trash, **there)
+seen["STATUS"] = run(["status"], **there)
+seen["WRITER"] = writer(**there)
+second, said = forked(["serve", "--port", "0"], "serving profile production", **there)
+seen["SERVE"] = said
+stop(second)
+stop(server)
+# The other way round: a writer holds the root through the mirror, a purge of the directory.
+(held, told), (wait, go) = os.pipe(), os.pipe()
+holder = os.fork()
+if holder == 0:
+    os.environ["APP_DATA_ROOT"] = str(through)
+    with open_storage(load(serving=False), writer=True):
+        os.write(told, b"held")
+        os.read(wait, 1)
+    os._exit(0)
+assert os.read(held, 4) == b"held"
+seen = results["REAL"] = {"holder": holder}
+seen["PURGE"] = run(purge)
+seen["STATUS"] = run(["status"])
+os.write(go, b".")
+os.waitpid(holder, 0)
+results["after"] = names(root / "sessions")
+results["trash"] = names(root / ".trash")
+subprocess.run(["fusermount", "-u", str(mirror)], check=True)
+print("RESULTS", json.dumps(results))
+"""
+)
+
+
+def _needs_bindfs() -> None:
+    needed = ("unshare", "bindfs", "fusermount")
+    if os.geteuid() != 0 or any(shutil.which(tool) is None for tool in needed):
+        pytest.skip("needs root, unshare, bindfs and fusermount for a FUSE mirror")
+    if not Path("/dev/fuse").exists():
+        pytest.skip("needs /dev/fuse for a FUSE mirror")
+
+
+def _results(done: subprocess.CompletedProcess[str]) -> dict:
+    found = [line for line in done.stdout.splitlines() if line.startswith("RESULTS ")]
+    assert found, done.stdout + done.stderr
+    return json.loads(found[0].removeprefix("RESULTS "))
+
+
+def _mirror_refusal(served: str, named: str) -> str:
+    return (
+        f"through its lock file {served}/.server.lock, which is {named}/.server.lock seen "
+        "through a FUSE mount"
+    )
+
+
+def test_a_live_root_through_a_fuse_mirror_is_refused_outside_any_run(tmp_path: Path) -> None:
+    _needs_bindfs()
+    settings = copy_project_settings(tmp_path / "settings")
+    text = (settings / "settings.toml").read_text()
+    (tmp_path / "real").mkdir()
+    (settings / "settings.toml").write_text(
+        text.replace('data_root = "data/production"', f'data_root = "{tmp_path}/real/production"')
+    )
+    env = {
+        "PATH": os.environ["PATH"],
+        "APP_SETTINGS_DIR": str(settings),
+        "APP_API_TOKEN": "Rt60-" + os.urandom(24).hex(),
+        "ENV_FOR_DYNACONF": "production",
+    }
+    done = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "-p", "-f", "--mount-proc",
+         sys.executable, "-c", OUTSIDE, str(tmp_path)],
+        env=env, capture_output=True, text=True, check=False, timeout=120,
+    )  # fmt: skip
+    seen = _results(done)
+    said = json.dumps(seen, indent=1)
+    # Before the fix: the purge moved the live server's session to the trash (exit 0), the
+    # writer and a second server took the root beside it, `app status` said "held by: nobody".
+    assert seen["after"] == seen["before"], said
+    assert seen["trash"] == [], said
+    root, through = str(tmp_path / "real" / "production"), str(tmp_path / "mirror" / "production")
+    # A server on the directory, each writer through the mirror; then a writer holding the
+    # root through the mirror, a purge of the directory.
+    for direction, served, named in [("MIRROR", root, through), ("REAL", through, root)]:
+        result = seen[direction]
+        pid = result["holder"]
+        held = f"data root {named} is held by pid {pid}, kind "
+        for tag, wanted in [
+            ("PURGE", "purge every session"),
+            ("TRASH", "empty the trash"),
+            ("WRITER", "open the data root"),
+        ]:
+            if tag not in result:
+                continue
+            code, out = result[tag]
+            assert code == (75 if tag != "WRITER" else "DataRootInUseError"), said
+            assert f"cannot {wanted}" in out, said
+            assert held in out, said
+            assert _mirror_refusal(served, named) in out, said
+            assert (
+                "do not use this path, and do not stop that process for it: the holder's lock "
+                "is not seen through the FUSE mount, so nothing here would keep the two of "
+                f"you apart. Work through the holder's own path, {served}, where the lock is "
+                "shared (or stop the holder first)"
+            ) in out, said
+        code, out = result["STATUS"]
+        assert code == 0, said
+        assert f"held by: pid {pid}, kind " in out, said
+        assert _mirror_refusal(served, named) in out, said
+    assert "kind server, profile production" in seen["MIRROR"]["PURGE"][1], said
+    assert (
+        f"cannot start the server on 127.0.0.1:0: data root {through} is held by pid "
+        f"{seen['MIRROR']['holder']}, kind server, profile production"
+    ) in seen["MIRROR"]["SERVE"], said
