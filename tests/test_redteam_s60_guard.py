@@ -79,8 +79,8 @@ def writer(**env):
         os.environ.update(saved)
 
 
-def forked(args, until, **env):
-    """`app <args>` in a fork, its output read until a line holds `until` or it exits."""
+def started(args, **env):
+    """`app <args>` in a fork: its pid and its output, read with `until`."""
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -93,12 +93,18 @@ def forked(args, until, **env):
         finally:
             os._exit(0)
     os.close(write)
+    return pid, os.fdopen(read)
+
+
+def until(pid, output, text):
+    """`started`'s output up to a line that holds `text`, with its pid; or to its exit, with
+    None."""
     lines = []
-    with os.fdopen(read) as output:
-        for line in output:
-            lines.append(line)
-            if until in line:
-                return pid, " ".join("".join(lines).split())
+    for line in output:
+        lines.append(line)
+        if text in line:
+            return pid, " ".join("".join(lines).split())
+    output.close()
     os.waitpid(pid, 0)
     return None, " ".join("".join(lines).split())
 
@@ -120,47 +126,53 @@ OUTSIDE = (
     COMMON
     + r"""
 work = Path(sys.argv[1])
-real, mirror = work / "real", work / "mirror"
+real, mirror, other = work / "real", work / "mirror", work / "other"
+root, second = real / "production", real / "second"
+for made in (root, second):
+    os.environ["APP_DATA_ROOT"] = str(made)
+    with open_storage(load(serving=False), writer=True) as store:
+        store.create_session("a review", {})
+del os.environ["APP_DATA_ROOT"]  # production's root from the settings
+results = {"before": [names(root / "sessions"), names(second / "sessions")]}
 mirror.mkdir()
-root, through = real / "production", mirror / "production"
-with open_storage(load(serving=False), writer=True) as store:
-    store.create_session("a review", {})
-before = names(root / "sessions")
+other.mkdir()
 subprocess.run(["bindfs", str(real), str(mirror)], check=True)
+# A second mirror, which shows each file's modification time as its change time.
+subprocess.run(["bindfs", "--ctime-from-mtime", str(real), str(other)], check=True)
 purge, trash = ["data", "purge", "--yes-i-mean-it"], ["data", "empty-trash", "--yes-i-mean-it"]
-results = {"before": before}
-# A live server on the directory, each writer through the mirror.
-import app.server, app.server.run, uvicorn, fastapi  # once, before the forks
-server, said = forked(["serve", "--port", "0"], "serving profile production")
-assert server is not None, said
-there = {"APP_DATA_ROOT": str(through)}
-seen = results["MIRROR"] = {"holder": server}
-seen["PURGE"] = run(purge, **there)
-seen["TRASH"] = run(trash, **there)
-seen["STATUS"] = run(["status"], **there)
-seen["WRITER"] = writer(**there)
-second, said = forked(["serve", "--port", "0"], "serving profile production", **there)
-seen["SERVE"] = said
-stop(second)
-stop(server)
-# The other way round: a writer holds the root through the mirror, a purge of the directory.
+server = started(["serve", "--port", "0"])  # imports the server while the parent goes on
+# A writer holds the second root through the second mirror, a purge of the directory.
 (held, told), (wait, go) = os.pipe(), os.pipe()
 holder = os.fork()
 if holder == 0:
-    os.environ["APP_DATA_ROOT"] = str(through)
+    os.environ["APP_DATA_ROOT"] = str(other / "second")
     with open_storage(load(serving=False), writer=True):
         os.write(told, b"held")
         os.read(wait, 1)
     os._exit(0)
 assert os.read(held, 4) == b"held"
 seen = results["REAL"] = {"holder": holder}
-seen["PURGE"] = run(purge)
-seen["STATUS"] = run(["status"])
+seen["PURGE"] = run(purge, APP_DATA_ROOT=str(second))
+seen["STATUS"] = run(["status"], APP_DATA_ROOT=str(second))
 os.write(go, b".")
 os.waitpid(holder, 0)
-results["after"] = names(root / "sessions")
-results["trash"] = names(root / ".trash")
+# The live server on the directory, each writer through the mirror.
+server, said = until(*server, "serving profile production")
+assert server is not None, said
+there = {"APP_DATA_ROOT": str(mirror / "production")}
+challenger = started(["serve", "--port", "0"], **there)
+seen = results["MIRROR"] = {"holder": server}
+seen["PURGE"] = run(purge, **there)
+seen["TRASH"] = run(trash, **there)
+seen["STATUS"] = run(["status"], **there)
+seen["WRITER"] = writer(**there)
+challenger, seen["SERVE"] = until(*challenger, "serving profile production")
+stop(challenger)
+stop(server)
+results["after"] = [names(root / "sessions"), names(second / "sessions")]
+results["trash"] = [names(root / ".trash"), names(second / ".trash")]
 subprocess.run(["fusermount", "-u", str(mirror)], check=True)
+subprocess.run(["fusermount", "-u", str(other)], check=True)
 print("RESULTS", json.dumps(results))
 """
 )
@@ -211,11 +223,12 @@ def test_a_live_root_through_a_fuse_mirror_is_refused_outside_any_run(tmp_path: 
     # Before the fix: the purge moved the live server's session to the trash (exit 0), the
     # writer and a second server took the root beside it, `app status` said "held by: nobody".
     assert seen["after"] == seen["before"], said
-    assert seen["trash"] == [], said
+    assert seen["trash"] == [[], []], said
     root, through = str(tmp_path / "real" / "production"), str(tmp_path / "mirror" / "production")
+    second, other = str(tmp_path / "real" / "second"), str(tmp_path / "other" / "second")
     # A server on the directory, each writer through the mirror; then a writer holding the
-    # root through the mirror, a purge of the directory.
-    for direction, served, named in [("MIRROR", root, through), ("REAL", through, root)]:
+    # root through a mirror with --ctime-from-mtime, a purge of the directory.
+    for direction, served, named in [("MIRROR", root, through), ("REAL", other, second)]:
         result = seen[direction]
         pid = result["holder"]
         held = f"data root {named} is held by pid {pid}, kind "
