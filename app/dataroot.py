@@ -246,9 +246,12 @@ def link_remedy(link: Path, otherwise: str) -> str:
         )
     inside = data_root_of(link.parent / target)
     if inside is not None:
+        # "Remove the link, `rm ...`, and remove the link and let the app create the
+        # directory", said of a root's own directory linked into another root (red team 60).
+        then = otherwise.removeprefix("remove the link and ")
         return (
             f"it leads into the data root {inside}, whose data must stay there: remove the "
-            f"link, `rm {shell_word(link)}`, and {otherwise}"
+            f"link, `rm {shell_word(link)}`, and {then}"
         )
     return (
         "if it leads to the directory, moved out of the data root, move that back in its "

@@ -25,6 +25,11 @@ too, when a root's lock is taken and when a free lock is probed. The refusal
 (``data_root_in_use``, exit 75) names the holder, its lock file, the FUSE mount, and to work
 through the holder's own path, not to stop the holder nor to use this path; ``app status``
 names the holder.
+
+Beside it (in the run's process, on roots of the test's own): a root's ``.tmp/`` or
+``.trash/`` made a symbolic link into another root's ``sessions/`` was refused before
+anything was cleaned, but told "remove the link, `rm ...`, and remove the link and let the
+app create the directory"; the step is now said once.
 """
 
 from __future__ import annotations
@@ -259,3 +264,35 @@ def test_a_live_root_through_a_fuse_mirror_is_refused_outside_any_run(tmp_path: 
         f"cannot start the server on 127.0.0.1:0: data root {through} is held by pid "
         f"{seen['MIRROR']['holder']}, kind server, profile production"
     ) in seen["MIRROR"]["SERVE"], said
+
+
+def test_a_root_s_directory_linked_into_another_root_is_told_its_fix_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A development root's `.tmp/` (or `.trash/`) made a link into another root's sessions:
+    # refused before anything is cleaned, but told "remove the link, `rm ...`, and remove the
+    # link and let the app create the directory".
+    from click.testing import CliRunner
+
+    from app.cli import cli
+
+    other, root = tmp_path / "other", tmp_path / "root"
+    for made in (other, root):
+        monkeypatch.setenv("APP_DATA_ROOT", str(made))
+        done = CliRunner().invoke(cli, ["data", "check", "--repair"], catch_exceptions=False)
+        assert done.exit_code == 78, done.output  # no root yet: made by a writer below
+        made.mkdir()
+        done = CliRunner().invoke(cli, ["data", "check", "--repair"], catch_exceptions=False)
+        assert done.exit_code == 0, done.output
+    for name in (".tmp", ".trash"):
+        link = root / name
+        shutil.rmtree(link)
+        link.symlink_to(other / "sessions")
+        done = CliRunner().invoke(cli, ["data", "purge"], catch_exceptions=False)
+        assert done.exit_code == 78, done.output
+        assert (
+            f"it leads into the data root {other}, whose data must stay there: remove the link, "
+            f"`rm {link}`, and let the app create the directory\n"
+        ) in done.stderr, done.stderr
+        link.unlink()
+        link.mkdir()
