@@ -29,7 +29,10 @@ names the holder.
 Beside it (in the run's process, on roots of the test's own): a root's ``.tmp/`` or
 ``.trash/`` made a symbolic link into another root's ``sessions/`` was refused before
 anything was cleaned, but told "remove the link, `rm ...`, and remove the link and let the
-app create the directory"; the step is now said once.
+app create the directory"; the step is now said once. And a value of a later settings file
+that dynaconf cannot resolve (``.secrets.toml``'s ``[production] data_root = "@format
+{env[X]}/data"`` with ``X`` unset) was refused quoting the first file's text for that key
+(settings.toml's ``data/production``) with the later file's name; it now quotes its own.
 """
 
 from __future__ import annotations
@@ -296,3 +299,27 @@ def test_a_root_s_directory_linked_into_another_root_is_told_its_fix_once(
         ) in done.stderr, done.stderr
         link.unlink()
         link.mkdir()
+
+
+@pytest.mark.app_profile("production")
+def test_a_value_that_cannot_be_resolved_is_named_as_its_own_file_writes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `.secrets.toml` gives production's root as an `@format` of a variable unset here; the
+    # refusal named settings.toml's text with .secrets.toml's name:
+    # "data_root = 'data/production' (from .secrets.toml [production]): cannot be resolved".
+    from click.testing import CliRunner
+
+    from app.cli import cli
+
+    settings = copy_project_settings(tmp_path / "settings")
+    with (settings / ".secrets.toml").open("a") as secrets:
+        secrets.write('\n[production]\ndata_root = "@format {env[RT60_STATE]}/data"\n')
+    monkeypatch.setenv("APP_SETTINGS_DIR", str(settings))
+    monkeypatch.delenv("RT60_STATE", raising=False)
+    done = CliRunner().invoke(cli, ["--profile", "production", "config"], catch_exceptions=False)
+    assert done.exit_code == 78, done.output
+    assert (
+        "profile 'production': data_root = '@format {env[RT60_STATE]}/data' (from .secrets.toml "
+        "[production]): cannot be resolved (DynaconfFormatError: "
+    ) in done.stderr, done.stderr
