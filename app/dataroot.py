@@ -1820,6 +1820,15 @@ def unmount_keeping(mount: Path) -> str:
     """
     copy = mount.with_name(f"{mount.name}.copy")
     m, c = shell_word(mount), shell_word(copy)
+    if not mount.is_dir():
+        # A file mounted over a name of the root (a bind mount, a container's volume of one
+        # file): `cp -a` would put the mounted file in the place of the root's own, hidden
+        # under it, and `rmdir` of a file fails (red team 60).
+        return (
+            f"a file is mounted over {m}, hiding the root's own file of that name under it: "
+            f"unmount it (`umount {m}`, with no server on the root; `findmnt {m}` names where "
+            "the mounted file comes from, which keeps it)"
+        )
     return (
         "copy what it holds onto the data root's own filesystem before you unmount it (a "
         "tmpfs's files are gone once it is unmounted, a disk's are hidden): with no server "

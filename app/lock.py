@@ -1042,6 +1042,13 @@ def _moved_lock_file(
         # filesystem whose directory identities move can make a deleted lock file unseen.
         at_path = moved.name == path.name and _same_dir(moved.parent, root)
         return (holder, {}) if same_root or at_path else None
+    if moved.name == path.name and _same_dir(moved.parent, root) and same_root is not False:
+        # Not moved: the holder's file is at this very name of this directory as the holder
+        # sees it, and another file is there here. A file mounted over the name (a bind
+        # mount, in this mount namespace or the holder's) was said to be "moved to" the
+        # path itself, and the holder to stop within lock_check_seconds: it never sees a
+        # change (red team 60).
+        return holder, {"lock_file_mounted_over": named}
     if same_root is not None:
         # The directory its holder opened, wherever the file went (into another root too),
         # and never a root that moved away whole: a new one at its path is another.
@@ -1068,6 +1075,16 @@ def _same_dir(one: Path, other: Path) -> bool:
 
 def _through_deleted(path: Path, holder: Mapping[str, Any]) -> str:
     # Appended to the holder's description: why a root with a free (or no) lock file is held.
+    if (over := holder.get("lock_file_mounted_over")) is not None:
+        pid = holder.get("pid")
+        there = f"`nsenter -t {pid} -m findmnt {over}`" if pid else f"`findmnt {over}`"
+        return (
+            f", through its lock file {over}, which is another file than the one {path} names "
+            "here: a file is mounted over that name, in this mount namespace or in the "
+            f"holder's (a bind mount, a container's volume), and each side locks its own "
+            f"(`findmnt {path}` here, {there} there). Unmount it (`umount {path}` where it is "
+            "mounted) and never mount over a root's lock file"
+        )
     if (moved := holder.get("lock_file_moved_to")) is not None:
         return (
             f", through its lock file {path}, which was moved to {moved} while it held it "

@@ -26,6 +26,13 @@ too, when a root's lock is taken and when a free lock is probed. The refusal
 through the holder's own path, not to stop the holder nor to use this path; ``app status``
 names the holder.
 
+In the same run: a file mounted over a live root's lock file in one mount namespace
+(``mount --bind <empty file> <root>/.server.lock``), its holder in another. The purge there
+was refused, but said the lock file "was moved to" its own path and that its holder would
+stop within lock_check_seconds, which it never does; once free, the mount was told ``cp -a``
+of the mounted file over the root's own and ``rmdir`` of a file. Both now name a file
+mounted over the name, with ``findmnt`` and ``umount``.
+
 Beside it (in the run's process, on roots of the test's own): a root's ``.tmp/`` or
 ``.trash/`` made a symbolic link into another root's ``sessions/`` was refused before
 anything was cleaned, but told "remove the link, `rm ...`, and remove the link and let the
@@ -127,21 +134,34 @@ def names(path):
     return sorted(p.name for p in path.iterdir()) if path.exists() else []
 '''
 
+#: A writer on each root its arguments name, until its stdin closes.
+HOLD = r"""
+import contextlib, os, sys
+from app.config import load
+from app.storage import open_storage
+with contextlib.ExitStack() as stack:
+    for root in sys.argv[1:]:
+        os.environ["APP_DATA_ROOT"] = root
+        stack.enter_context(open_storage(load(serving=False), writer=True))
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
 #: PID 1 of a PID namespace with its own /proc, in a private mount namespace: outside any
 #: test run, and every mount and process it makes ends with it. argv: work (the settings'
-#: production root is work/real/production).
+#: production root is work/real/production) and HOLD.
 OUTSIDE = (
     COMMON
     + r"""
-work = Path(sys.argv[1])
+work, HOLD = Path(sys.argv[1]), sys.argv[2]
 real, mirror, other = work / "real", work / "mirror", work / "other"
-root, second = real / "production", real / "second"
-for made in (root, second):
+root, second, third = real / "production", real / "second", real / "third"
+for made in (root, second, third):
     os.environ["APP_DATA_ROOT"] = str(made)
     with open_storage(load(serving=False), writer=True) as store:
         store.create_session("a review", {})
 del os.environ["APP_DATA_ROOT"]  # production's root from the settings
-results = {"before": [names(root / "sessions"), names(second / "sessions")]}
+results = {"before": [names(made / "sessions") for made in (root, second, third)]}
 mirror.mkdir()
 other.mkdir()
 subprocess.run(["bindfs", str(real), str(mirror)], check=True)
@@ -149,21 +169,24 @@ subprocess.run(["bindfs", str(real), str(mirror)], check=True)
 subprocess.run(["bindfs", "--ctime-from-mtime", str(real), str(other)], check=True)
 purge, trash = ["data", "purge", "--yes-i-mean-it"], ["data", "empty-trash", "--yes-i-mean-it"]
 server = started(["serve", "--port", "0"])  # imports the server while the parent goes on
-# A writer holds the second root through the second mirror, a purge of the directory.
-(held, told), (wait, go) = os.pipe(), os.pipe()
-holder = os.fork()
-if holder == 0:
-    os.environ["APP_DATA_ROOT"] = str(other / "second")
-    with open_storage(load(serving=False), writer=True):
-        os.write(told, b"held")
-        os.read(wait, 1)
-    os._exit(0)
-assert os.read(held, 4) == b"held"
-seen = results["REAL"] = {"holder": holder}
+# A holder in a mount namespace of its own: the second root through the second mirror, the
+# third as it is.
+holder = subprocess.Popen(
+    ["unshare", "-m", "--propagation", "private", sys.executable, "-c", HOLD,
+     str(other / "second"), str(third)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+assert holder.stdout.readline() == b"held\n"
+seen = results["REAL"] = {"holder": holder.pid}
 seen["PURGE"] = run(purge, APP_DATA_ROOT=str(second))
 seen["STATUS"] = run(["status"], APP_DATA_ROOT=str(second))
-os.write(go, b".")
-os.waitpid(holder, 0)
+# A file mounted over the third root's lock file here, not where its holder runs.
+(work / "empty").touch()
+subprocess.run(["mount", "--bind", str(work / "empty"), str(third / ".server.lock")], check=True)
+seen = results["OVER"] = {"holder": holder.pid}
+seen["PURGE"] = run(purge, APP_DATA_ROOT=str(third))
+holder.stdin.close()
+holder.wait()
+seen["FREE"] = run(purge, APP_DATA_ROOT=str(third))
+subprocess.run(["umount", str(third / ".server.lock")], check=True)
 # The live server on the directory, each writer through the mirror.
 server, said = until(*server, "serving profile production")
 assert server is not None, said
@@ -177,8 +200,8 @@ seen["WRITER"] = writer(**there)
 challenger, seen["SERVE"] = until(*challenger, "serving profile production")
 stop(challenger)
 stop(server)
-results["after"] = [names(root / "sessions"), names(second / "sessions")]
-results["trash"] = [names(root / ".trash"), names(second / ".trash")]
+results["after"] = [names(made / "sessions") for made in (root, second, third)]
+results["trash"] = [names(made / ".trash") for made in (root, second, third)]
 subprocess.run(["fusermount", "-u", str(mirror)], check=True)
 subprocess.run(["fusermount", "-u", str(other)], check=True)
 print("RESULTS", json.dumps(results))
@@ -223,7 +246,7 @@ def test_a_live_root_through_a_fuse_mirror_is_refused_outside_any_run(tmp_path: 
     }
     done = subprocess.run(
         ["unshare", "-m", "--propagation", "private", "-p", "-f", "--mount-proc",
-         sys.executable, "-c", OUTSIDE, str(tmp_path)],
+         sys.executable, "-c", OUTSIDE, str(tmp_path), HOLD],
         env=env, capture_output=True, text=True, check=False, timeout=120,
     )  # fmt: skip
     seen = _results(done)
@@ -231,7 +254,7 @@ def test_a_live_root_through_a_fuse_mirror_is_refused_outside_any_run(tmp_path: 
     # Before the fix: the purge moved the live server's session to the trash (exit 0), the
     # writer and a second server took the root beside it, `app status` said "held by: nobody".
     assert seen["after"] == seen["before"], said
-    assert seen["trash"] == [[], []], said
+    assert seen["trash"] == [[], [], []], said
     root, through = str(tmp_path / "real" / "production"), str(tmp_path / "mirror" / "production")
     second, other = str(tmp_path / "real" / "second"), str(tmp_path / "other" / "second")
     # A server on the directory, each writer through the mirror; then a writer holding the
@@ -263,6 +286,33 @@ def test_a_live_root_through_a_fuse_mirror_is_refused_outside_any_run(tmp_path: 
         assert f"held by: pid {pid}, kind " in out, said
         assert _mirror_refusal(served, named) in out, said
     assert "kind server, profile production" in seen["MIRROR"]["PURGE"][1], said
+    # A file mounted over the third root's lock file, not where its holder runs: refused,
+    # but said to be "moved to" its own path, its holder to stop on its own; then, free, the
+    # mount was told `cp -a` over the root's own file and `rmdir` of a file.
+    third, pid = tmp_path / "real" / "third", seen["OVER"]["holder"]
+    lock = third / ".server.lock"
+    code, out = seen["OVER"]["PURGE"]
+    assert code == 75, said
+    assert (
+        f"data root {third} is held by pid {pid}, kind maintenance, profile production"
+    ) in out, said
+    assert (
+        f"through its lock file {lock}, which is another file than the one {lock} names here: "
+        "a file is mounted over that name, in this mount namespace or in the holder's (a bind "
+        f"mount, a container's volume), and each side locks its own (`findmnt {lock}` here, "
+        f"`nsenter -t {pid} -m findmnt {lock}` there). Unmount it (`umount {lock}` where it is "
+        "mounted) and never mount over a root's lock file"
+    ) in out, said
+    assert "moved to" not in out, said
+    code, out = seen["OVER"]["FREE"]
+    assert code == 78, said
+    assert f"a filesystem is mounted inside it ({lock})" in out, said
+    assert (
+        f"a file is mounted over {lock}, hiding the root's own file of that name under it: "
+        f"unmount it (`umount {lock}`, with no server on the root; `findmnt {lock}` names "
+        "where the mounted file comes from, which keeps it)"
+    ) in out, said
+    assert "rmdir" not in out, said
     assert (
         f"cannot start the server on 127.0.0.1:0: data root {through} is held by pid "
         f"{seen['MIRROR']['holder']}, kind server, profile production"
