@@ -47,40 +47,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from project_copy import copy_project_settings
+from test_redteam_s59_guard import COMMON as S59_COMMON
+from test_redteam_s59_guard import outside_any_run
 
-#: What both drivers share: the app's command line run in this process, its output kept.
-COMMON = r'''
-import contextlib, io, json, os, signal, subprocess, sys
-from pathlib import Path
-
-from app.cli import cli
-from app.config import load
-from app.storage import open_storage
-
-
-def run(args, **env):
-    saved = dict(os.environ)
-    os.environ.update(env)
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-        try:
-            cli.main(args, prog_name="app")
-            code = 0
-        except SystemExit as e:
-            code = e.code
-        except Exception as e:  # open_storage's refusal, or a traceback's cause
-            code, out = repr(type(e).__name__), io.StringIO(f"{out.getvalue()} {e}")
-    os.environ.clear()
-    os.environ.update(saved)
-    return [code, " ".join(out.getvalue().split())]
-
-
+#: Red team 59's drivers' `run` (the app's command line in this process, its output kept),
+#: its server started in a fork and read on later, with a writer and a listing.
+COMMON = (
+    S59_COMMON
+    + r"""
 def writer(**env):
     saved = dict(os.environ)
     os.environ.update(env)
@@ -94,36 +72,6 @@ def writer(**env):
         os.environ.update(saved)
 
 
-def started(args, **env):
-    """`app <args>` in a fork: its pid and its output, read with `until`."""
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read)
-        os.dup2(write, 1)
-        os.dup2(write, 2)
-        os.environ.update(env)
-        try:
-            cli.main(args, prog_name="app")
-        finally:
-            os._exit(0)
-    os.close(write)
-    return pid, os.fdopen(read)
-
-
-def until(pid, output, text):
-    """`started`'s output up to a line that holds `text`, with its pid; or to its exit, with
-    None."""
-    lines = []
-    for line in output:
-        lines.append(line)
-        if text in line:
-            return pid, " ".join("".join(lines).split())
-    output.close()
-    os.waitpid(pid, 0)
-    return None, " ".join("".join(lines).split())
-
-
 def stop(pid):
     if pid is not None:
         os.kill(pid, signal.SIGTERM)
@@ -132,7 +80,8 @@ def stop(pid):
 
 def names(path):
     return sorted(p.name for p in path.iterdir()) if path.exists() else []
-'''
+"""
+)
 
 #: A writer on each root its arguments name, until its stdin closes.
 HOLD = r"""
@@ -188,7 +137,7 @@ holder.wait()
 seen["FREE"] = run(purge, APP_DATA_ROOT=str(third))
 subprocess.run(["umount", str(third / ".server.lock")], check=True)
 # The live server on the directory, each writer through the mirror.
-server, said = until(*server, "serving profile production")
+server, said = read_until(*server, "serving profile production")
 assert server is not None, said
 there = {"APP_DATA_ROOT": str(mirror / "production")}
 challenger = started(["serve", "--port", "0"], **there)
@@ -197,7 +146,7 @@ seen["PURGE"] = run(purge, **there)
 seen["TRASH"] = run(trash, **there)
 seen["STATUS"] = run(["status"], **there)
 seen["WRITER"] = writer(**there)
-challenger, seen["SERVE"] = until(*challenger, "serving profile production")
+challenger, seen["SERVE"] = read_until(*challenger, "serving profile production")
 stop(challenger)
 stop(server)
 results["after"] = [names(made / "sessions") for made in (root, second, third)]
@@ -217,12 +166,6 @@ def _needs_bindfs() -> None:
         pytest.skip("needs /dev/fuse for a FUSE mirror")
 
 
-def _results(done: subprocess.CompletedProcess[str]) -> dict:
-    found = [line for line in done.stdout.splitlines() if line.startswith("RESULTS ")]
-    assert found, done.stdout + done.stderr
-    return json.loads(found[0].removeprefix("RESULTS "))
-
-
 def _mirror_refusal(served: str, named: str) -> str:
     return (
         f"through its lock file {served}/.server.lock, which is {named}/.server.lock seen "
@@ -232,24 +175,9 @@ def _mirror_refusal(served: str, named: str) -> str:
 
 def test_a_live_root_through_a_fuse_mirror_is_refused_outside_any_run(tmp_path: Path) -> None:
     _needs_bindfs()
-    settings = copy_project_settings(tmp_path / "settings")
-    text = (settings / "settings.toml").read_text()
     (tmp_path / "real").mkdir()
-    (settings / "settings.toml").write_text(
-        text.replace('data_root = "data/production"', f'data_root = "{tmp_path}/real/production"')
-    )
-    env = {
-        "PATH": os.environ["PATH"],
-        "APP_SETTINGS_DIR": str(settings),
-        "APP_API_TOKEN": "Rt60-" + os.urandom(24).hex(),
-        "ENV_FOR_DYNACONF": "production",
-    }
-    done = subprocess.run(
-        ["unshare", "-m", "--propagation", "private", "-p", "-f", "--mount-proc",
-         sys.executable, "-c", OUTSIDE, str(tmp_path), HOLD],
-        env=env, capture_output=True, text=True, check=False, timeout=120,
-    )  # fmt: skip
-    seen = _results(done)
+    production = tmp_path / "real" / "production"
+    seen = outside_any_run(tmp_path, production, OUTSIDE, str(tmp_path), HOLD)
     said = json.dumps(seen, indent=1)
     # Before the fix: the purge moved the live server's session to the trash (exit 0), the
     # writer and a second server took the root beside it, `app status` said "held by: nobody".
