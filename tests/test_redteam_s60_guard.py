@@ -55,7 +55,7 @@ from test_redteam_s59_guard import COMMON as S59_COMMON
 from test_redteam_s59_guard import outside_any_run
 
 #: Red team 59's drivers' `run` (the app's command line in this process, its output kept),
-#: its server started in a fork and read on later, with a writer and a listing.
+#: its server started in a fork and read on later, with a writer, a holder and a listing.
 COMMON = (
     S59_COMMON
     + r"""
@@ -78,62 +78,76 @@ def stop(pid):
         os.waitpid(pid, 0)
 
 
+def holding(*roots):
+    # A fork in a mount namespace of its own (a copy of this one's, whose mounts are private)
+    # that holds a writer on each of `roots` until SIGTERM: its pid, once it holds them.
+    import ctypes
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        try:
+            if ctypes.CDLL(None, use_errno=True).unshare(0x00020000) != 0:  # CLONE_NEWNS
+                raise OSError(ctypes.get_errno(), "unshare")
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+            with contextlib.ExitStack() as stack:
+                for root in roots:
+                    os.environ["APP_DATA_ROOT"] = str(root)
+                    stack.enter_context(open_storage(load(serving=False), writer=True))
+                os.write(write, b"held")
+                while True:
+                    signal.pause()
+        finally:
+            os._exit(0)
+    os.close(write)
+    said = os.read(read, 4)
+    os.close(read)
+    assert said == b"held", said
+    return pid
+
+
 def names(path):
     return sorted(p.name for p in path.iterdir()) if path.exists() else []
 """
 )
 
-#: A writer on each root its arguments name, until its stdin closes.
-HOLD = r"""
-import contextlib, os, sys
-from app.config import load
-from app.storage import open_storage
-with contextlib.ExitStack() as stack:
-    for root in sys.argv[1:]:
-        os.environ["APP_DATA_ROOT"] = root
-        stack.enter_context(open_storage(load(serving=False), writer=True))
-    print("held", flush=True)
-    sys.stdin.read()
-"""
-
 #: PID 1 of a PID namespace with its own /proc, in a private mount namespace: outside any
 #: test run, and every mount and process it makes ends with it. argv: work (the settings'
-#: production root is work/real/production) and HOLD.
+#: production root is work/real/production).
 OUTSIDE = (
     COMMON
     + r"""
-work, HOLD = Path(sys.argv[1]), sys.argv[2]
+work = Path(sys.argv[1])
 real, mirror, other = work / "real", work / "mirror", work / "other"
 root, second, third = real / "production", real / "second", real / "third"
-for made in (root, second, third):
+for made in (second, third):
     os.environ["APP_DATA_ROOT"] = str(made)
     with open_storage(load(serving=False), writer=True) as store:
         store.create_session("a review", {})
 del os.environ["APP_DATA_ROOT"]  # production's root from the settings
-results = {"before": [names(made / "sessions") for made in (root, second, third)]}
 mirror.mkdir()
 other.mkdir()
 subprocess.run(["bindfs", str(real), str(mirror)], check=True)
 # A second mirror, which shows each file's modification time as its change time.
 subprocess.run(["bindfs", "--ctime-from-mtime", str(real), str(other)], check=True)
+# A holder in a mount namespace of its own holds the second root through the second mirror,
+# and the third as it is.
+holder = holding(other / "second", third)
+with open_storage(load(serving=False), writer=True) as store:  # production's root
+    store.create_session("a review", {})
 purge, trash = ["data", "purge", "--yes-i-mean-it"], ["data", "empty-trash", "--yes-i-mean-it"]
 server = started(["serve", "--port", "0"])  # imports the server while the parent goes on
-# A holder in a mount namespace of its own: the second root through the second mirror, the
-# third as it is.
-holder = subprocess.Popen(
-    ["unshare", "-m", "--propagation", "private", sys.executable, "-c", HOLD,
-     str(other / "second"), str(third)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-assert holder.stdout.readline() == b"held\n"
-seen = results["REAL"] = {"holder": holder.pid}
+results = {"before": [names(made / "sessions") for made in (root, second, third)]}
+seen = results["REAL"] = {"holder": holder}
 seen["PURGE"] = run(purge, APP_DATA_ROOT=str(second))
 seen["STATUS"] = run(["status"], APP_DATA_ROOT=str(second))
 # A file mounted over the third root's lock file here, not where its holder runs.
 (work / "empty").touch()
 subprocess.run(["mount", "--bind", str(work / "empty"), str(third / ".server.lock")], check=True)
-seen = results["OVER"] = {"holder": holder.pid}
+seen = results["OVER"] = {"holder": holder}
 seen["PURGE"] = run(purge, APP_DATA_ROOT=str(third))
-holder.stdin.close()
-holder.wait()
+stop(holder)
 seen["FREE"] = run(purge, APP_DATA_ROOT=str(third))
 subprocess.run(["umount", str(third / ".server.lock")], check=True)
 # The live server on the directory, each writer through the mirror.
@@ -177,7 +191,7 @@ def test_a_live_root_through_a_fuse_mirror_is_refused_outside_any_run(tmp_path: 
     _needs_bindfs()
     (tmp_path / "real").mkdir()
     production = tmp_path / "real" / "production"
-    seen = outside_any_run(tmp_path, production, OUTSIDE, str(tmp_path), HOLD)
+    seen = outside_any_run(tmp_path, production, OUTSIDE, str(tmp_path))
     said = json.dumps(seen, indent=1)
     # Before the fix: the purge moved the live server's session to the trash (exit 0), the
     # writer and a second server took the root beside it, `app status` said "held by: nobody".
