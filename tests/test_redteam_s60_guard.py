@@ -114,44 +114,21 @@ def names(path):
 
 #: PID 1 of a PID namespace with its own /proc, in a private mount namespace: outside any
 #: test run, and every mount and process it makes ends with it. argv: work (the settings'
-#: production root is work/real/production).
-OUTSIDE = (
+#: production root is work/real/production). A live server on production's root, each
+#: writer through a mirror of its directory.
+SERVED = (
     COMMON
     + r"""
 work = Path(sys.argv[1])
-real, mirror, other = work / "real", work / "mirror", work / "other"
-root, second, third = real / "production", real / "second", real / "third"
-for made in (second, third):
-    os.environ["APP_DATA_ROOT"] = str(made)
-    with open_storage(load(serving=False), writer=True) as store:
-        store.create_session("a review", {})
-del os.environ["APP_DATA_ROOT"]  # production's root from the settings
-mirror.mkdir()
-other.mkdir()
-subprocess.run(["bindfs", str(real), str(mirror)], check=True)
-# A second mirror, which shows each file's modification time as its change time.
-subprocess.run(["bindfs", "--ctime-from-mtime", str(real), str(other)], check=True)
-# A holder in a mount namespace of its own holds the second root through the second mirror,
-# and the third as it is.
-holder = holding(other / "second", third)
-with open_storage(load(serving=False), writer=True) as store:  # production's root
+real, mirror = work / "real", work / "mirror"
+root = real / "production"
+with open_storage(load(serving=False), writer=True) as store:
     store.create_session("a review", {})
+mirror.mkdir()
+subprocess.run(["bindfs", str(real), str(mirror)], check=True)
 purge, trash = ["data", "purge", "--yes-i-mean-it"], ["data", "empty-trash", "--yes-i-mean-it"]
-server = started(["serve", "--port", "0"])  # imports the server while the parent goes on
-results = {"before": [names(made / "sessions") for made in (root, second, third)]}
-seen = results["REAL"] = {"holder": holder}
-seen["PURGE"] = run(purge, APP_DATA_ROOT=str(second))
-seen["STATUS"] = run(["status"], APP_DATA_ROOT=str(second))
-# A file mounted over the third root's lock file here, not where its holder runs.
-(work / "empty").touch()
-subprocess.run(["mount", "--bind", str(work / "empty"), str(third / ".server.lock")], check=True)
-seen = results["OVER"] = {"holder": holder}
-seen["PURGE"] = run(purge, APP_DATA_ROOT=str(third))
-stop(holder)
-seen["FREE"] = run(purge, APP_DATA_ROOT=str(third))
-subprocess.run(["umount", str(third / ".server.lock")], check=True)
-# The live server on the directory, each writer through the mirror.
-server, said = read_until(*server, "serving profile production")
+results = {"before": names(root / "sessions")}
+server, said = read_until(*started(["serve", "--port", "0"]), "serving profile production")
 assert server is not None, said
 there = {"APP_DATA_ROOT": str(mirror / "production")}
 challenger = started(["serve", "--port", "0"], **there)
@@ -163,9 +140,45 @@ seen["WRITER"] = writer(**there)
 challenger, seen["SERVE"] = read_until(*challenger, "serving profile production")
 stop(challenger)
 stop(server)
-results["after"] = [names(made / "sessions") for made in (root, second, third)]
-results["trash"] = [names(made / ".trash") for made in (root, second, third)]
+results["after"] = names(root / "sessions")
+results["trash"] = names(root / ".trash")
 subprocess.run(["fusermount", "-u", str(mirror)], check=True)
+print("RESULTS", json.dumps(results))
+"""
+)
+
+#: As `SERVED`, with a holder in a mount namespace of its own (a fork): one root held through
+#: a mirror and purged as it is, another held as it is and purged where a file is mounted
+#: over its lock file.
+HELD = (
+    COMMON
+    + r"""
+work = Path(sys.argv[1])
+real, other = work / "real", work / "other"
+second, third = real / "second", real / "third"
+for made in (second, third):
+    os.environ["APP_DATA_ROOT"] = str(made)
+    with open_storage(load(serving=False), writer=True) as store:
+        store.create_session("a review", {})
+other.mkdir()
+# A mirror which shows each file's modification time as its change time.
+subprocess.run(["bindfs", "--ctime-from-mtime", str(real), str(other)], check=True)
+purge = ["data", "purge", "--yes-i-mean-it"]
+holder = holding(other / "second", third)
+results = {"before": [names(made / "sessions") for made in (second, third)]}
+seen = results["REAL"] = {"holder": holder}
+seen["PURGE"] = run(purge, APP_DATA_ROOT=str(second))
+seen["STATUS"] = run(["status"], APP_DATA_ROOT=str(second))
+# A file mounted over the third root's lock file here, not where its holder runs.
+(work / "empty").touch()
+subprocess.run(["mount", "--bind", str(work / "empty"), str(third / ".server.lock")], check=True)
+seen = results["OVER"] = {"holder": holder}
+seen["PURGE"] = run(purge, APP_DATA_ROOT=str(third))
+stop(holder)
+seen["FREE"] = run(purge, APP_DATA_ROOT=str(third))
+subprocess.run(["umount", str(third / ".server.lock")], check=True)
+results["after"] = [names(made / "sessions") for made in (second, third)]
+results["trash"] = [names(made / ".trash") for made in (second, third)]
 subprocess.run(["fusermount", "-u", str(other)], check=True)
 print("RESULTS", json.dumps(results))
 """
@@ -187,47 +200,64 @@ def _mirror_refusal(served: str, named: str) -> str:
     )
 
 
-def test_a_live_root_through_a_fuse_mirror_is_refused_outside_any_run(tmp_path: Path) -> None:
+def _outside(work: Path, script: str) -> tuple[dict, str]:
     _needs_bindfs()
-    (tmp_path / "real").mkdir()
-    production = tmp_path / "real" / "production"
-    seen = outside_any_run(tmp_path, production, OUTSIDE, str(tmp_path))
-    said = json.dumps(seen, indent=1)
+    (work / "real").mkdir()
+    seen = outside_any_run(work, work / "real" / "production", script, str(work))
+    return seen, json.dumps(seen, indent=1)
+
+
+def _refused_through_a_mirror(result: dict, served: str, named: str, said: str) -> None:
+    pid = result["holder"]
+    held = f"data root {named} is held by pid {pid}, kind "
+    for tag, wanted in [
+        ("PURGE", "purge every session"),
+        ("TRASH", "empty the trash"),
+        ("WRITER", "open the data root"),
+    ]:
+        if tag not in result:
+            continue
+        code, out = result[tag]
+        assert code == (75 if tag != "WRITER" else "DataRootInUseError"), said
+        assert f"cannot {wanted}" in out, said
+        assert held in out, said
+        assert _mirror_refusal(served, named) in out, said
+        assert (
+            "do not use this path, and do not stop that process for it: the holder's lock "
+            "is not seen through the FUSE mount, so nothing here would keep the two of "
+            f"you apart. Work through the holder's own path, {served}, where the lock is "
+            "shared (or stop the holder first)"
+        ) in out, said
+    code, out = result["STATUS"]
+    assert code == 0, said
+    assert f"held by: pid {pid}, kind " in out, said
+    assert _mirror_refusal(served, named) in out, said
+
+
+def test_a_live_root_through_a_fuse_mirror_is_refused_outside_any_run(tmp_path: Path) -> None:
+    seen, said = _outside(tmp_path, SERVED)
     # Before the fix: the purge moved the live server's session to the trash (exit 0), the
     # writer and a second server took the root beside it, `app status` said "held by: nobody".
     assert seen["after"] == seen["before"], said
-    assert seen["trash"] == [[], [], []], said
+    assert seen["trash"] == [], said
     root, through = str(tmp_path / "real" / "production"), str(tmp_path / "mirror" / "production")
-    second, other = str(tmp_path / "real" / "second"), str(tmp_path / "other" / "second")
-    # A server on the directory, each writer through the mirror; then a writer holding the
-    # root through a mirror with --ctime-from-mtime, a purge of the directory.
-    for direction, served, named in [("MIRROR", root, through), ("REAL", other, second)]:
-        result = seen[direction]
-        pid = result["holder"]
-        held = f"data root {named} is held by pid {pid}, kind "
-        for tag, wanted in [
-            ("PURGE", "purge every session"),
-            ("TRASH", "empty the trash"),
-            ("WRITER", "open the data root"),
-        ]:
-            if tag not in result:
-                continue
-            code, out = result[tag]
-            assert code == (75 if tag != "WRITER" else "DataRootInUseError"), said
-            assert f"cannot {wanted}" in out, said
-            assert held in out, said
-            assert _mirror_refusal(served, named) in out, said
-            assert (
-                "do not use this path, and do not stop that process for it: the holder's lock "
-                "is not seen through the FUSE mount, so nothing here would keep the two of "
-                f"you apart. Work through the holder's own path, {served}, where the lock is "
-                "shared (or stop the holder first)"
-            ) in out, said
-        code, out = result["STATUS"]
-        assert code == 0, said
-        assert f"held by: pid {pid}, kind " in out, said
-        assert _mirror_refusal(served, named) in out, said
+    _refused_through_a_mirror(seen["MIRROR"], root, through, said)
     assert "kind server, profile production" in seen["MIRROR"]["PURGE"][1], said
+    assert (
+        f"cannot start the server on 127.0.0.1:0: data root {through} is held by pid "
+        f"{seen['MIRROR']['holder']}, kind server, profile production"
+    ) in seen["MIRROR"]["SERVE"], said
+
+
+def test_a_root_held_through_a_fuse_mirror_or_under_a_mounted_lock_file_is_refused(
+    tmp_path: Path,
+) -> None:
+    seen, said = _outside(tmp_path, HELD)
+    assert seen["after"] == seen["before"], said
+    assert seen["trash"] == [[], []], said
+    # A holder through a mirror with --ctime-from-mtime, a purge of the directory itself.
+    second, other = str(tmp_path / "real" / "second"), str(tmp_path / "other" / "second")
+    _refused_through_a_mirror(seen["REAL"], other, second, said)
     # A file mounted over the third root's lock file, not where its holder runs: refused,
     # but said to be "moved to" its own path, its holder to stop on its own; then, free, the
     # mount was told `cp -a` over the root's own file and `rmdir` of a file.
@@ -255,10 +285,6 @@ def test_a_live_root_through_a_fuse_mirror_is_refused_outside_any_run(tmp_path: 
         "where the mounted file comes from, which keeps it)"
     ) in out, said
     assert "rmdir" not in out, said
-    assert (
-        f"cannot start the server on 127.0.0.1:0: data root {through} is held by pid "
-        f"{seen['MIRROR']['holder']}, kind server, profile production"
-    ) in seen["MIRROR"]["SERVE"], said
 
 
 def test_a_root_s_directory_linked_into_another_root_is_told_its_fix_once(
