@@ -798,7 +798,11 @@ def _dynaconf_file_values(files: Files, keys: Collection[str]) -> Values:
                 evaluated[section, key] = settings.get(f"{section}.{key}")
             except Exception as error:  # any of dynaconf's formatters and casts
                 evaluated[section, key] = Unresolved(raw, f"{type(error).__name__}: {error}")
-        return evaluated[section, key]
+        found = evaluated[section, key]
+        # The section is merged across files: the value that failed is the last file's, and
+        # the refusal named the first file's text with the last one's name (`data_root =
+        # 'data/development' (from settings.local.toml ...)` for an `@get` there: red team 60).
+        return Unresolved(raw, found.error) if isinstance(found, Unresolved) else found
 
     out: Values = {name: {} for name in files.profiles}
     for profile, values in out.items():

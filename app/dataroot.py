@@ -247,9 +247,12 @@ def link_remedy(link: Path, otherwise: str) -> str:
         )
     inside = data_root_of(link.parent / target)
     if inside is not None:
+        # "Remove the link, `rm ...`, and remove the link and let the app create the
+        # directory", said of a root's own directory linked into another root (red team 60).
+        then = otherwise.removeprefix("remove the link and ")
         return (
             f"it leads into the data root {inside}, whose data must stay there: remove the "
-            f"link, `rm {shell_word(link)}`, and {otherwise}"
+            f"link, `rm {shell_word(link)}`, and {then}"
         )
     return (
         "if it leads to the directory, moved out of the data root, move that back in its "
@@ -1858,6 +1861,15 @@ def unmount_keeping(mount: Path) -> str:
     """
     copy = mount.with_name(f"{mount.name}.copy")
     m, c = shell_word(mount), shell_word(copy)
+    if not mount.is_dir():
+        # A file mounted over a name of the root (a bind mount, a container's volume of one
+        # file): `cp -a` would put the mounted file in the place of the root's own, hidden
+        # under it, and `rmdir` of a file fails (red team 60).
+        return (
+            f"a file is mounted over {m}, hiding the root's own file of that name under it: "
+            f"unmount it (`umount {m}`, with no server on the root; `findmnt {m}` names where "
+            "the mounted file comes from, which keeps it)"
+        )
     return (
         "copy what it holds onto the data root's own filesystem before you unmount it (a "
         "tmpfs's files are gone once it is unmounted, a disk's are hidden): with no server "

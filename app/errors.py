@@ -674,6 +674,15 @@ def _is_ancestor(pid: object) -> bool:
 def _another_device_stop(holder: Mapping[str, Any], root: Path) -> str:
     """What to do about a root held through another device (`app.lock`): stopping the holder
     frees nothing there (red team 59)."""
+    if holder.get("through_fuse"):
+        # The mirror may be the holder's own path: unmounting it would pull its root away.
+        there = str(Path(str(holder.get("lock_file_there", ""))).parent)
+        return (
+            "do not use this path, and do not stop that process for it: the holder's lock "
+            "is not seen through the FUSE mount, so nothing here would keep the two of you "
+            f"apart. Work through the holder's own path, {there}, where the lock is shared "
+            "(or stop the holder first)"
+        )
     if holder.get("through_upper"):
         # Unmounting would unmount the host's own filesystem here (`/`, say).
         return (

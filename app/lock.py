@@ -726,7 +726,8 @@ def _held_through_another_device(found: os.stat_result, fd: int) -> dict[str, An
                     there_path = os.readlink(descriptor.path)  # noqa: PTH115 - str in, str out
                     through_upper = _through_upper(there, there_path, pid, found, fd)
                     one_image = _one_image(there.st_dev, there_path, pid, found.st_dev, fd)
-                    if not (through_upper or one_image) and (
+                    mirror = _fuse_mirror(there, descriptor.path, there_path, pid, found, fd)
+                    if not (through_upper or one_image or mirror) and (
                         not fsid
                         or os.statvfs(descriptor.path).f_fsid != fsid
                         or _another_image(there.st_dev, found.st_dev, pid)
@@ -743,8 +744,69 @@ def _held_through_another_device(found: os.stat_result, fd: int) -> dict[str, An
                         "device_here": f"{os.major(found.st_dev)}:{os.minor(found.st_dev)}",
                         "lock_file_there": there_path,
                         **({"through_upper": True} if through_upper else {}),
+                        **({"through_fuse": mirror} if mirror else {}),
                     }
     return None
+
+
+def _fuse_mount(device: int, path: str, pid: int | str) -> str | None:
+    """The mount point, as process `pid` (``"self"``) names it, of the FUSE mount on
+    `device` that shows the file at `path`; None where `device` is no FUSE mount."""
+    number = f"{os.major(device)}:{os.minor(device)}"
+    best: str | None = None
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/mountinfo").read_bytes().splitlines():
+            fields, _, after = line.partition(b" - ")
+            parts, described = fields.split(), after.split()
+            if len(parts) < 5 or parts[2].decode() != number or not described:
+                continue
+            if described[0] != b"fuse" and not described[0].startswith((b"fuse.", b"fuseblk")):
+                return None
+            point = os.fsdecode(unescape(parts[4]))
+            inside = point in ("/", path) or path.startswith(point.rstrip("/") + "/")
+            if best is None or (inside and len(point) > len(best)):
+                best = point
+    return best
+
+
+def _fuse_mirror(
+    there: os.stat_result,
+    opened: str,
+    there_path: str,
+    pid: int,
+    found: os.stat_result,
+    fd: int,
+) -> str | None:
+    """The FUSE mount point through which the holder's open file (`there`, open as
+    `opened`, `there_path` as the holder names it) and this one (`found`, open as `fd`) are
+    one file, one of them seen through a FUSE mirror of the other's directory (``bindfs``);
+    None where they are not.
+
+    A FUSE filesystem that does not pass ``flock`` on keeps its locks on its own inodes, and
+    reports no filesystem id (``f_fsid`` 0): a live server's lock was not seen through a
+    mirror of its root, nor the mirror's holder's from the directory itself, and `app data
+    purge` emptied its root (red team 60). Told apart from a copy by what a copy never keeps:
+    the size, modification and change times to the nanosecond, with the same bytes.
+    """
+    if (there.st_size, there.st_mtime_ns, there.st_ctime_ns) != (
+        found.st_size,
+        found.st_mtime_ns,
+        found.st_ctime_ns,
+    ):
+        return None
+    try:
+        here_path = os.readlink(f"/proc/self/fd/{fd}")  # noqa: PTH115 - str in, str out
+    except OSError:
+        return None
+    mount = _fuse_mount(found.st_dev, here_path, "self")
+    if mount is None and (mount := _fuse_mount(there.st_dev, there_path, pid)) is None:
+        return None
+    theirs = os.open(opened, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        same = os.pread(theirs, _MAX_HOLDER_BYTES, 0) == os.pread(fd, _MAX_HOLDER_BYTES, 0)
+    finally:
+        os.close(theirs)
+    return mount if same else None
 
 
 def _loop_backing(device: int) -> tuple[int, int, int] | None:
@@ -907,6 +969,13 @@ def _another_image(one: int, other: int, pid: int) -> bool:
 def through_another_device(path: Path, holder: Mapping[str, Any]) -> str:
     """Appended to the description of a holder `_held_through_another_device` found: why a
     root whose lock file is free here is held."""
+    if holder.get("through_fuse"):
+        return (
+            f", through its lock file {holder['lock_file_there']}, which is {path} seen "
+            f"through a FUSE mount ({holder['through_fuse']}: a mirror of a directory, such "
+            "as bindfs, does not pass a lock on to the directory it shows; device "
+            f"{holder['through_device']} there, {holder['device_here']} here)"
+        )
     if holder.get("through_upper"):
         return (
             f", through its lock file {holder['lock_file_there']}, which is {path}: one of "
@@ -973,6 +1042,13 @@ def _moved_lock_file(
         # filesystem whose directory identities move can make a deleted lock file unseen.
         at_path = moved.name == path.name and _same_dir(moved.parent, root)
         return (holder, {}) if same_root or at_path else None
+    if moved.name == path.name and _same_dir(moved.parent, root) and same_root is not False:
+        # Not moved: the holder's file is at this very name of this directory as the holder
+        # sees it, and another file is there here. A file mounted over the name (a bind
+        # mount, in this mount namespace or the holder's) was said to be "moved to" the
+        # path itself, and the holder to stop within lock_check_seconds: it never sees a
+        # change (red team 60).
+        return holder, {"lock_file_mounted_over": named}
     if same_root is not None:
         # The directory its holder opened, wherever the file went (into another root too),
         # and never a root that moved away whole: a new one at its path is another.
@@ -999,6 +1075,16 @@ def _same_dir(one: Path, other: Path) -> bool:
 
 def _through_deleted(path: Path, holder: Mapping[str, Any]) -> str:
     # Appended to the holder's description: why a root with a free (or no) lock file is held.
+    if (over := holder.get("lock_file_mounted_over")) is not None:
+        pid = holder.get("pid")
+        there = f"`nsenter -t {pid} -m findmnt {over}`" if pid else f"`findmnt {over}`"
+        return (
+            f", through its lock file {over}, which is another file than the one {path} names "
+            "here: a file is mounted over that name, in this mount namespace or in the "
+            f"holder's (a bind mount, a container's volume), and each side locks its own "
+            f"(`findmnt {path}` here, {there} there). Unmount it (`umount {path}` where it is "
+            "mounted) and never mount over a root's lock file"
+        )
     if (moved := holder.get("lock_file_moved_to")) is not None:
         return (
             f", through its lock file {path}, which was moved to {moved} while it held it "

@@ -75,8 +75,8 @@ def run(args, **env):
     return [code, " ".join(out.getvalue().split())]
 
 
-def forked(args, until, **env):
-    """`app <args>` in a fork, its output read until a line holds `until` or it exits."""
+def started(args, **env):
+    """`app <args>` in a fork: its pid and its output, read with `read_until`."""
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -89,14 +89,25 @@ def forked(args, until, **env):
         finally:
             os._exit(0)
     os.close(write)
+    return pid, os.fdopen(read)
+
+
+def read_until(pid, output, text):
+    """`started`'s output up to a line that holds `text`, with its pid; or to its exit, with
+    None."""
     lines = []
-    with os.fdopen(read) as output:
-        for line in output:
-            lines.append(line)
-            if until in line:
-                return pid, " ".join("".join(lines).split())
+    for line in output:
+        lines.append(line)
+        if text in line:
+            return pid, " ".join("".join(lines).split())
+    output.close()
     os.waitpid(pid, 0)
     return None, " ".join("".join(lines).split())
+
+
+def forked(args, until, **env):
+    """`app <args>` in a fork, its output read until a line holds `until` or it exits."""
+    return read_until(*started(args, **env), until)
 
 
 def loop_mount(image, point):
@@ -226,6 +237,30 @@ def _results(done: subprocess.CompletedProcess[str]) -> dict:
     return json.loads(found[0].removeprefix("RESULTS "))
 
 
+def outside_any_run(work: Path, production: Path, script: str, *args: str) -> dict:
+    """`script` (argv: `args`) as PID 1 of a PID namespace with its own /proc, in a private
+    mount namespace (outside any run), its environment production's on a copy of the
+    project's settings in ``work/settings`` whose production root is `production`: what it
+    printed after ``RESULTS``."""
+    settings = copy_project_settings(work / "settings")
+    text = (settings / "settings.toml").read_text()
+    (settings / "settings.toml").write_text(
+        text.replace('data_root = "data/production"', f'data_root = "{production}"')
+    )
+    env = {
+        "PATH": os.environ["PATH"],
+        "APP_SETTINGS_DIR": str(settings),
+        "APP_API_TOKEN": "Rt59-" + os.urandom(24).hex(),
+        "ENV_FOR_DYNACONF": "production",
+    }
+    done = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "-p", "-f", "--mount-proc",
+         sys.executable, "-c", script, *args],
+        env=env, capture_output=True, text=True, check=False, timeout=120,
+    )  # fmt: skip
+    return _results(done)
+
+
 def _refusal(second: str) -> str:
     return (
         "do not use this mount, and do not stop that process for it: the filesystem is "
@@ -240,24 +275,9 @@ def test_a_live_root_through_a_second_loop_device_is_refused_outside_any_run(
 ) -> None:
     _needs_loop_devices()
     image = _image(tmp_path)
-    settings = copy_project_settings(tmp_path / "settings")
-    text = (settings / "settings.toml").read_text()
     first = tmp_path / "a" / "srv" / "production"
-    (settings / "settings.toml").write_text(
-        text.replace('data_root = "data/production"', f'data_root = "{first}"')
-    )
-    env = {
-        "PATH": os.environ["PATH"],
-        "APP_SETTINGS_DIR": str(settings),
-        "APP_API_TOKEN": "Rt59-" + os.urandom(24).hex(),
-        "ENV_FOR_DYNACONF": "production",
-    }
-    done = subprocess.run(
-        ["unshare", "-m", "--propagation", "private", "-p", "-f", "--mount-proc",
-         sys.executable, "-c", OUTSIDE, str(tmp_path), str(image), str(settings)],
-        env=env, capture_output=True, text=True, check=False, timeout=120,
-    )  # fmt: skip
-    seen = _results(done)
+    settings = tmp_path / "settings"
+    seen = outside_any_run(tmp_path, first, OUTSIDE, str(tmp_path), str(image), str(settings))
     said = json.dumps(seen, indent=1)
     # Before the fix: the purge moved the live server's session to the trash (exit 0), the
     # writer and a second server took the root beside it, `app status` said "held by: nobody".
