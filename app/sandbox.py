@@ -838,10 +838,14 @@ def _registered(directory: Path, uid: int, seen: _Seen) -> set[str]:
         if _runs_dir_trusted(directory, uid):
             try:
                 seen[directory] = {entry.name for entry in directory.iterdir()}
-            except PermissionError:
-                seen.unlisted.add(directory)
             except OSError:
-                pass
+                # Denied, or failed otherwise though it is there (too many open files, a
+                # tracer's injected fault): its entries are looked for by name. A failed
+                # listing once counted as an empty registry, and a child given production's
+                # settings alone under `strace -e inject=openat:error=EMFILE -P <registry>
+                # -P /proc/<run>/fd` found no run and purged a stopped production root (red
+                # team 60 on the children of tests).
+                seen.unlisted.add(directory)
         elif (why := _distrusted(directory, uid)) is not None:
             seen.distrusted[directory] = why
     return seen[directory]
@@ -874,13 +878,23 @@ def _hidden_entry(directory: Path, name: str) -> Path | str | None:
     known (an access control list that denies this process's user the directory)."""
     try:
         (directory / name).stat()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
     except PermissionError as error:
         return error.strerror or "Permission denied"
-    except OSError:
-        return None
+    except OSError as error:
+        return _read_failed(error)
     return directory / name
+
+
+#: How `_read_failed` begins its reasons, which `_hidden_run` tells apart from a denial.
+_READ_FAILED: Final = "the read failed"
+
+
+def _read_failed(error: OSError) -> str:
+    """Why a read of the registry failed, where it was neither denied nor found absent."""
+    code = errno.errorcode.get(error.errno or 0, str(error.errno))
+    return f"{_READ_FAILED} ({code}: {error.strerror or error})"
 
 
 #: Whether this process is in a user namespace of its own (read once).
@@ -1500,21 +1514,37 @@ def _linux_proc() -> bool:
 
 def _unreadable(entry: Path) -> str | None:
     """Why this process may not read `entry` (a test's ``chmod 0200`` of it, an access
-    control list), or None where it can, or where it fails otherwise."""
+    control list; or its read failed, `_read_failed`), or None where it can, or where it is
+    gone, or is no regular file."""
     try:
         fd = os.open(entry, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        return None  # gone meanwhile: its run has ended
     except PermissionError as error:
         return error.strerror or "Permission denied"
-    except OSError:
-        return None
+    except OSError as error:
+        # Too many open files, or a tracer's injected fault: an entry that is there but
+        # could not be read was passed over as none, and a child purged (red team 60).
+        return _read_failed(error)
     try:
-        size = os.fstat(fd).st_size
+        return _unreadable_open(fd)
+    except OSError as error:
+        return _read_failed(error)
     finally:
         os.close(fd)
-    if size > _ENTRY_MAX_BYTES:
+
+
+def _unreadable_open(fd: int) -> str | None:
+    """`_unreadable` of an entry open at `fd`: too long, or unreadable to its end."""
+    found = os.fstat(fd)
+    if not stat.S_ISREG(found.st_mode):
+        return None  # a FIFO or a device a test put there: no run's entry
+    if found.st_size > _ENTRY_MAX_BYTES:
         # No run writes one so long now; one did (thousands of node ids on its command
         # line), and its children took it for no entry at all (red team 47).
-        return f"{_TOO_LONG} ({size} bytes, more than {_ENTRY_MAX_BYTES})"
+        return f"{_TOO_LONG} ({found.st_size} bytes, more than {_ENTRY_MAX_BYTES})"
+    while os.read(fd, 65536):
+        pass
     return None
 
 
@@ -1561,6 +1591,15 @@ def _hidden_run(hidden: Mapping[int, tuple[Path, str]]) -> tuple[str, str]:
             f"Run the tests with a release of the app whose runs keep their entries short "
             f"(an older one recorded every word of a long command line), or end pid {pid}; "
             f"a test must not write such an entry in {registry}"
+        )
+        return said, fix
+    if why.startswith(_READ_FAILED):
+        fix = (
+            f"Let this process read {registry} and its entries: a tracer that injects faults "
+            "(`strace --inject`) must keep to the calls the test means (`-P <the file>`, "
+            "never the registry or a run's /proc/<pid>/fd), a process at its limit of open "
+            "files needs a higher one (`ulimit -n`, `prlimit --nofile`), and a disk that "
+            "fails reads needs looking at (`dmesg`); or start it outside the test run"
         )
         return said, fix
     if _readable_by_mode(registry) and _readable_by_mode(where):

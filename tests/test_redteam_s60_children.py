@@ -1,0 +1,90 @@
+"""Red team 60 on the children of tests (branch rt-children6): a child whose reads of the
+registry of test runs fail, other than as denied or absent.
+
+Next to a stopped production root of the test's own settings, a test's child given
+production's settings alone (``APP_SETTINGS_DIR``, production's token, ``PATH``) ran ``python
+-m app data purge --profile production --yes-i-mean-it`` under a fault injector that failed
+its opens of the registry (``/tmp/app-pytest-runs-<uid>``) and of each ancestor's
+``/proc/<pid>/fd`` (the descriptors a run keeps of its entry) with ``EMFILE`` (``strace -f
+-P <registry> -P /proc/<pid>/fd -e inject=openat:error=EMFILE``, as the project's own fault
+tests fail one path's calls; ``getdents64`` failed with ``EIO`` did the same).
+
+What broke: the walk up the process tree took a registry it could not list for an empty one,
+as it takes one that is not there, and a descriptor directory it could not list for none.
+Under a run whose command line is no pytest's (a runner script that calls pytest through
+another module, found by its entry alone since red team 42; by hand, in a PID namespace of
+its own), the child found no run and the purge moved every production session to the trash;
+under ``python -m pytest`` it was refused, but as under "a pytest without the app's plugin",
+told to run without ``-p no:app``: the plugin was on. An entry whose own open or read failed
+so (``-P <registry>/<pid>-<start>.json``) was passed over the same way.
+
+What changed: a registry whose listing fails for any reason, not only a denial, has its
+entries looked for by name (``stat``, which needs no descriptor), and an entry, or a name,
+whose read fails other than as absent or denied is a run that may be above, unseen: the
+refusal names the ancestor and the registry, says the read failed (``EMFILE: Too many open
+files``), and what resolves it (keep a tracer's faults to the calls meant, raise the limit
+of open files, look at the disk). A tracer that answers every one of these looks with
+``ENOENT``, as if nothing were there, is not stopped (``docs/explanation/attacks.md``).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from faults import needs_strace, strace_prefix
+from project_copy import assert_untouched, stopped_production
+
+from app import sandbox
+
+PURGE = ("-m", "app", "data", "purge", "--profile", "production", "--yes-i-mean-it")
+
+
+@needs_strace
+def test_a_child_whose_reads_of_the_registry_fail_is_refused(tmp_path: Path) -> None:
+    settings, production, token, sessions = stopped_production(tmp_path)
+    env = {"APP_SETTINGS_DIR": str(settings), "APP_API_TOKEN": token, "PATH": "/usr/bin:/bin"}
+    ancestors = list(sandbox._ancestry())  # this process (the run's), then the ones above
+    descriptors = [Path(f"/proc/{pid}/fd") for pid, _ in ancestors]
+    entries = [sandbox.RUNS_DIR / sandbox._entry_name(pid, start) for pid, start in ancestors]
+    faults = {
+        # The listing and the kept descriptors fail: the entries are still there by name.
+        "listing": [sandbox.RUNS_DIR, *descriptors],
+        # And each entry's own open: a run may be above, unseen.
+        "entries": [sandbox.RUNS_DIR, *descriptors, *entries],
+    }
+    children = {
+        name: subprocess.Popen(
+            [*strace_prefix("openat:error=EMFILE", *paths, seccomp=True), sys.executable, *PURGE],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for name, paths in faults.items()
+    }
+    said = {name: child.communicate()[0] for name, child in children.items()}
+    assert_untouched(production, sessions, str(said))
+    assert {name: child.returncode for name, child in children.items()} == dict.fromkeys(
+        faults, 78
+    ), said
+    own = ancestors[0][0]
+    assert (
+        "this process belongs to the test run through the process tree (an ancestor process, "
+        f"pytest pid {own}, registered in {sandbox.RUNS_DIR})"
+    ) in said["listing"], said
+    assert "without the app's plugin" not in str(said), said
+    assert (
+        f"error: refused under pytest: loading profile 'production' while a test run may be "
+        f"above this process (ancestor pid {own}: "
+    ) in said["entries"], said
+    assert (
+        f"whose entry in the registry of test runs {sandbox.RUNS_DIR} this process (user "
+        f"{os.getuid()}) cannot read: the read failed (EMFILE: Too many open files). Let this "
+        f"process read {sandbox.RUNS_DIR} and its entries: a tracer that injects faults "
+        "(`strace --inject`) must keep to the calls the test means (`-P <the file>`, never the "
+        "registry or a run's /proc/<pid>/fd), a process at its limit of open files needs a "
+        "higher one (`ulimit -n`, `prlimit --nofile`)"
+    ) in said["entries"], said
