@@ -821,6 +821,8 @@ class _Seen(dict[Path, set[str]]):
         self.hidden: dict[int, tuple[Path, str]] = {}
         #: This user's registries whose entries count for nothing, and why (`_distrusted`).
         self.distrusted: dict[Path, str] = {}
+        #: Registries whose own look (`lstat`) failed, other than as absent (`_read_failed`).
+        self.failed: dict[Path, str] = {}
         self._views: dict[int | str, _View | None] = {}
 
     def view(self, pid: int | str) -> _View | None:
@@ -847,18 +849,23 @@ def _registered(directory: Path, uid: int, seen: _Seen) -> set[str]:
                 # team 60 on the children of tests).
                 seen.unlisted.add(directory)
         elif (why := _distrusted(directory, uid)) is not None:
-            seen.distrusted[directory] = why
+            failed = why.startswith(_READ_FAILED)
+            (seen.failed if failed else seen.distrusted)[directory] = why
     return seen[directory]
 
 
 def _distrusted(directory: Path, uid: int) -> str | None:
     """Why user `uid`'s own registry `directory` is not trusted, where a test of that user
-    could have made it so: others may write it, or a link is at its name. None otherwise
-    (not there, or another user's: such a registry keeps a run from starting at all)."""
+    could have made it so: others may write it, or a link is at its name; or its look
+    failed (`_read_failed`). None otherwise (not there, or another user's: such a registry
+    keeps a run from starting at all)."""
     try:
         found = os.lstat(directory)
-    except OSError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
+    except OSError as error:
+        # Neither there nor absent (a tracer's injected EIO): a run's entry may be in it.
+        return _read_failed(error)
     if found.st_uid != uid:
         return None
     if stat.S_ISLNK(found.st_mode):
@@ -1110,6 +1117,32 @@ def _entry_read(
     return entry, data
 
 
+def _entry_listed(pid: int, directory: Path, uid: int, name: str, seen: _Seen) -> Path | None:
+    """Entry `name` of process `pid` in user `uid`'s registry `directory`, where it is found
+    there; where it may be there unseen, that is noted in ``seen.hidden``."""
+    if name in _registered(directory, uid, seen):
+        return directory / name
+    if directory in seen.unlisted:
+        # A registry this process may not list (a test denied its user it, red team 40), or
+        # whose listing failed: the entry by name, and where even that fails, a run may be
+        # there unseen (`_walk_tree` refuses then).
+        found = _hidden_entry(directory, name)
+        if isinstance(found, Path):
+            return found
+        if found is not None:
+            seen.hidden.setdefault(pid, (directory, found))
+    elif directory in seen.failed and pid != _proc_self():
+        # Its nearest ancestor, not this process: any may be the run.
+        seen.hidden.setdefault(pid, (directory, seen.failed[directory]))
+    elif directory in seen.distrusted and (directory / name).exists():
+        # A registry a test made writable by others (`chmod 777`), whose entries count for
+        # nothing: the run's children, given production's settings alone under a runner
+        # script, purged a stopped root before the check after the test put it right (red
+        # team 46). A run may be above: refused as hidden.
+        seen.hidden.setdefault(pid, (directory, seen.distrusted[directory]))
+    return None
+
+
 def _entry_named(pid: int, name: str, seen: _Seen, parent: int | None) -> Path | None:
     """Registry entry `name` of process `pid`, where it is (`_entry_of`)."""
     try:
@@ -1120,23 +1153,8 @@ def _entry_named(pid: int, name: str, seen: _Seen, parent: int | None) -> Path |
         owner = os.getuid()
     for uid in dict.fromkeys((owner, os.getuid())):
         for directory in _registries(uid):
-            if name in _registered(directory, uid, seen):
-                return directory / name
-            if directory in seen.unlisted:
-                # A registry this process may not list (a test denied its user it, red
-                # team 40): the entry by name, and where even that fails, a run may be
-                # there unseen (`_walk_tree` refuses then).
-                found = _hidden_entry(directory, name)
-                if isinstance(found, Path):
-                    return found
-                if found is not None:
-                    seen.hidden.setdefault(pid, (directory, found))
-            elif directory in seen.distrusted and (directory / name).exists():
-                # A registry a test made writable by others (`chmod 777`), whose entries
-                # count for nothing: the run's children, given production's settings alone
-                # under a runner script, purged a stopped root before the check after the
-                # test put it right (red team 46). A run may be above: refused as hidden.
-                seen.hidden.setdefault(pid, (directory, seen.distrusted[directory]))
+            if (found := _entry_listed(pid, directory, uid, name, seen)) is not None:
+                return found
         entry = _entry_in_its_own_tmp(pid, uid, name, seen)
         if entry is None and parent is not None:
             entry = _entry_left_behind(pid, parent, uid, name, seen)
@@ -1543,8 +1561,13 @@ def _unreadable_open(fd: int) -> str | None:
         # No run writes one so long now; one did (thousands of node ids on its command
         # line), and its children took it for no entry at all (red team 47).
         return f"{_TOO_LONG} ({found.st_size} bytes, more than {_ENTRY_MAX_BYTES})"
-    while os.read(fd, 65536):
-        pass
+    read = 0
+    while chunk := os.read(fd, 65536):
+        read += len(chunk)
+    if read < found.st_size:
+        # An entry is replaced whole (a rename), never cut: a read that stops short is a
+        # fault (a tracer's injected `read:retval=0`), not an entry being written.
+        return f"{_READ_FAILED} (it read {read} of its {found.st_size} bytes)"
     return None
 
 
@@ -1568,7 +1591,10 @@ def _hidden_run(hidden: Mapping[int, tuple[Path, str]]) -> tuple[str, str]:
     counts, and only one this process may not read: a service started by init has none.
     """
     pid, (where, why) = next(iter(hidden.items()))
-    registry = where if where.is_dir() else where.parent
+    try:
+        registry = where if where.is_dir() else where.parent
+    except OSError:  # its look failed (`_read_failed`): a registry, unless it is an entry
+        registry = where.parent if where.suffix == ".json" else where
     if why.startswith(_DISTRUSTED):
         said = (
             f"{_HIDDEN_RUN} (ancestor pid {pid}: {_shown(_cmdline(pid))}), whose entry in the "

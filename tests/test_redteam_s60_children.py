@@ -15,16 +15,19 @@ Under a run whose command line is no pytest's (a runner script that calls pytest
 another module, found by its entry alone since red team 42; by hand, in a PID namespace of
 its own), the child found no run and the purge moved every production session to the trash;
 under ``python -m pytest`` it was refused, but as under "a pytest without the app's plugin",
-told to run without ``-p no:app``: the plugin was on. An entry whose own open or read failed
-so (``-P <registry>/<pid>-<start>.json``) was passed over the same way.
+told to run without ``-p no:app``: the plugin was on. An entry whose own open failed so
+(``-P <registry>/<pid>-<start>.json``), an entry whose reads returned nothing
+(``inject=read:retval=0``) and a registry whose own ``lstat`` failed (``EIO``) were passed
+over the same way.
 
 What changed: a registry whose listing fails for any reason, not only a denial, has its
-entries looked for by name (``stat``, which needs no descriptor), and an entry, or a name,
-whose read fails other than as absent or denied is a run that may be above, unseen: the
-refusal names the ancestor and the registry, says the read failed (``EMFILE: Too many open
-files``), and what resolves it (keep a tracer's faults to the calls meant, raise the limit
-of open files, look at the disk). A tracer that answers every one of these looks with
-``ENOENT``, as if nothing were there, is not stopped (``docs/explanation/attacks.md``).
+entries looked for by name (``stat``, which needs no descriptor); an entry or a name whose
+open or read fails other than as absent or denied, an entry read short of its size, and a
+registry whose look fails other than as absent, are a run that may be above, unseen: the
+refusal names the nearest ancestor and the registry, says the read failed (``EMFILE: Too
+many open files``), and what resolves it (keep a tracer's faults to the calls meant, raise
+the limit of open files, look at the disk). A tracer that answers every one of these looks
+with ``ENOENT``, as if nothing were there, is not stopped (``docs/explanation/attacks.md``).
 """
 
 from __future__ import annotations
@@ -51,19 +54,23 @@ def test_a_child_whose_reads_of_the_registry_fail_is_refused(tmp_path: Path) -> 
     entries = [sandbox.RUNS_DIR / sandbox._entry_name(pid, start) for pid, start in ancestors]
     faults = {
         # The listing and the kept descriptors fail: the entries are still there by name.
-        "listing": [sandbox.RUNS_DIR, *descriptors],
+        "listing": ("openat:error=EMFILE", [sandbox.RUNS_DIR, *descriptors]),
         # And each entry's own open: a run may be above, unseen.
-        "entries": [sandbox.RUNS_DIR, *descriptors, *entries],
+        "entries": ("openat:error=EMFILE", [sandbox.RUNS_DIR, *descriptors, *entries]),
+        # The registry's own look fails: neither there nor absent.
+        "registry": ("newfstatat,openat:error=EIO", [sandbox.RUNS_DIR, *descriptors]),
+        # Each entry reads empty.
+        "short": ("read:retval=0", entries),
     }
     children = {
         name: subprocess.Popen(
-            [*strace_prefix("openat:error=EMFILE", *paths, seccomp=True), sys.executable, *PURGE],
+            [*strace_prefix(inject, *paths, seccomp=True), sys.executable, *PURGE],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
         )
-        for name, paths in faults.items()
+        for name, (inject, paths) in faults.items()
     }
     said = {name: child.communicate()[0] for name, child in children.items()}
     assert_untouched(production, sessions, str(said))
@@ -76,15 +83,25 @@ def test_a_child_whose_reads_of_the_registry_fail_is_refused(tmp_path: Path) -> 
         f"pytest pid {own}, registered in {sandbox.RUNS_DIR})"
     ) in said["listing"], said
     assert "without the app's plugin" not in str(said), said
-    assert (
-        f"error: refused under pytest: loading profile 'production' while a test run may be "
-        f"above this process (ancestor pid {own}: "
-    ) in said["entries"], said
-    assert (
-        f"whose entry in the registry of test runs {sandbox.RUNS_DIR} this process (user "
-        f"{os.getuid()}) cannot read: the read failed (EMFILE: Too many open files). Let this "
-        f"process read {sandbox.RUNS_DIR} and its entries: a tracer that injects faults "
-        "(`strace --inject`) must keep to the calls the test means (`-P <the file>`, never the "
-        "registry or a run's /proc/<pid>/fd), a process at its limit of open files needs a "
-        "higher one (`ulimit -n`, `prlimit --nofile`)"
-    ) in said["entries"], said
+    # Named by the nearest ancestor that may be the run: where the registry itself could not
+    # be looked at, that is the child's own parent (strace).
+    failed = {
+        "entries": ("EMFILE: Too many open files", own),
+        "registry": ("EIO: Input/output error", children["registry"].pid),
+        "short": ("it read 0 of its ", own),
+    }
+    for name, (error, ancestor) in failed.items():
+        assert (
+            "error: refused under pytest: loading profile 'production' while a test run may "
+            f"be above this process (ancestor pid {ancestor}: "
+        ) in said[name], said[name]
+        assert (
+            f"whose entry in the registry of test runs {sandbox.RUNS_DIR} this process (user "
+            f"{os.getuid()}) cannot read: the read failed ({error}"
+        ) in said[name], said[name]
+        assert (
+            f"Let this process read {sandbox.RUNS_DIR} and its entries: a tracer that injects "
+            "faults (`strace --inject`) must keep to the calls the test means (`-P <the "
+            "file>`, never the registry or a run's /proc/<pid>/fd), a process at its limit of "
+            "open files needs a higher one (`ulimit -n`, `prlimit --nofile`)"
+        ) in said[name], said[name]
