@@ -28,6 +28,13 @@ refusal names the nearest ancestor and the registry, says the read failed (``EMF
 many open files``), and what resolves it (keep a tracer's faults to the calls meant, raise
 the limit of open files, look at the disk). A tracer that answers every one of these looks
 with ``ENOENT``, as if nothing were there, is not stopped (``docs/explanation/attacks.md``).
+
+The same test, by another door: ``strace -e inject=newfstatat:retval=0 -P
+/proc/<pid>/ns/pid`` for each ancestor. A ``stat`` made to succeed without filling anything
+in gave each ancestor another PID namespace than its entry records, so the walk passed over
+the run's entry as another namespace's process's (``_of_another``), and by hand, under the
+same runner, the purge moved every production session to the trash. A PID namespace is now
+known only where its link's text (``pid:[N]``) and its inode agree; unknown, an entry counts.
 """
 
 from __future__ import annotations
@@ -61,6 +68,8 @@ def test_a_child_whose_reads_of_the_registry_fail_is_refused(tmp_path: Path) -> 
         "registry": ("newfstatat,openat:error=EIO", [sandbox.RUNS_DIR, *descriptors]),
         # Each entry reads empty.
         "short": ("read:retval=0", entries),
+        # Each process's PID namespace looked at succeeds with nothing filled in: another's.
+        "namespace": ("newfstatat:retval=0", [Path(f"/proc/{pid}/ns/pid") for pid, _ in ancestors]),
     }
     children = {
         name: subprocess.Popen(
@@ -82,6 +91,7 @@ def test_a_child_whose_reads_of_the_registry_fail_is_refused(tmp_path: Path) -> 
         "this process belongs to the test run through the process tree (an ancestor process, "
         f"pytest pid {own}, registered in {sandbox.RUNS_DIR})"
     ) in said["listing"], said
+    assert said["namespace"] == said["listing"], said
     assert "without the app's plugin" not in str(said), said
     # Named by the nearest ancestor that may be the run: where the registry itself could not
     # be looked at, that is the child's own parent (strace).
