@@ -1624,8 +1624,9 @@ def _hidden_run(hidden: Mapping[int, tuple[Path, str]]) -> tuple[str, str]:
             f"Let this process read {registry} and its entries: a tracer that injects faults "
             "(`strace --inject`) must keep to the calls the test means (`-P <the file>`, "
             "never the registry or a run's /proc/<pid>/fd), a process at its limit of open "
-            "files needs a higher one (`ulimit -n`, `prlimit --nofile`), and a disk that "
-            "fails reads needs looking at (`dmesg`); or start it outside the test run"
+            "files needs a higher one (`ulimit -n`, `prlimit --nofile`), a security policy "
+            "that denies it must let it read them, and a disk that fails reads needs looking "
+            "at (`dmesg`); or start it outside the test run"
         )
         return said, fix
     if _readable_by_mode(registry) and _readable_by_mode(where):
