@@ -1564,9 +1564,11 @@ def _unreadable_open(fd: int) -> str | None:
     read = 0
     while chunk := os.read(fd, 65536):
         read += len(chunk)
+        if read > found.st_size:  # and never ends (a tracer's injected `read:retval=N`)
+            return f"{_READ_FAILED} (it read more than its {found.st_size} bytes)"
     if read < found.st_size:
-        # An entry is replaced whole (a rename), never cut: a read that stops short is a
-        # fault (a tracer's injected `read:retval=0`), not an entry being written.
+        # An entry is replaced whole (a rename), never cut or grown: a read that stops short
+        # is a fault (a tracer's injected `read:retval=0`), not an entry being written.
         return f"{_READ_FAILED} (it read {read} of its {found.st_size} bytes)"
     return None
 
