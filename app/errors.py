@@ -2717,7 +2717,8 @@ _FULL_DIRECTORY_HINTS: Final[dict[str, str]] = {
     "sessions": (
         ": the data root's sessions/ holds as many sessions as its filesystem allows in one "
         f"directory {_LINK_LIMITS}, and emptying the trash frees none of them; delete the "
-        "sessions no longer needed (DELETE /sessions/ID, then POST /trash/empty), or "
+        "sessions no longer needed (DELETE /sessions/ID, then POST /trash/empty or `app data "
+        "empty-trash`), or "
         f"{_NO_LINK_LIMIT}"
     ),
 }
