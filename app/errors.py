@@ -2637,6 +2637,15 @@ class StoppedPartwayError(StorageError):
     rest: str = "the rest are unchanged"
 
 
+PARTWAY_RESOLVE: Final = (
+    "Resolve the cause (`ulimit -n`, free space, permissions, a filesystem gone read-only: "
+    "`mount -o remount,rw` once `dmesg` says why; `dmesg` for a disk fault)"
+)
+"""What a `StoppedPartwayError`'s ``fix`` begins with: the causes a storage error names. A
+filesystem gone read-only (EROFS) was left out, and was told to look at descriptors, space
+and permissions (red team 60)."""
+
+
 def partway_cause(error: OSError) -> tuple[str, bool]:
     """What stopped a command over many items (`StoppedPartwayError`), said without a path
     (``POST /trash/empty`` sends it to a client), and whether the call it failed may have

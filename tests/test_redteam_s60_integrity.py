@@ -11,6 +11,11 @@ directory the call made its entry in (``sessions/`` or ``.trash/``, from the pat
 ``mkdir`` or the destination of the ``rename``) and the remedy that frees it
 (`app.errors._failed_hint`).
 
+And an ``empty-trash`` (``POST /trash/empty``) or a purge stopped partway by a filesystem gone
+read-only (``EROFS`` from its second step on) named the cause and told the operator to look
+at descriptors, free space and permissions, the causes its remedy listed; it now lists that
+one too, with the remount (`app.errors.PARTWAY_RESOLVE`).
+
 What held is kept as one sample, on the same server: a replace killed by ``SIGKILL`` as it
 moves the old bytes into their trash entry (after its commit point), then `app data check
 --repair` (what a server's start-up runs): the new bytes served, the old ones in the trash
@@ -35,6 +40,9 @@ FULL_SESSIONS = (
     "and emptying the trash frees none of them; delete the sessions no longer needed"
 )
 FULL_TRASH = "the data root's .trash/ holds as many entries as its filesystem allows"
+# The calls that change a directory's entries: failed from a step on, as a filesystem
+# remounted read-only (or aborted by ext4 on an error) fails them all from then on.
+CHANGES = "rename,renameat,renameat2,mkdir,mkdirat,unlink,unlinkat,rmdir"
 
 
 @needs_strace
@@ -60,8 +68,21 @@ def test_a_full_directory_of_the_root_is_named_with_the_remedy_that_frees_it(
         assert gone.status_code == 503, gone.text
         assert FULL_TRASH in gone.json()["message"], gone.text
         assert [s["id"] for s in http.get("/sessions").json()["items"]] == [kept]
+
+        # A filesystem gone read-only under an empty-trash, after its first step: it says
+        # how far it got, and the remedy for that cause too.
+        for name in ("x.txt", "y.txt"):
+            assert http.put(f"/sessions/{kept}/files/{name}", content=b"x").status_code == 201
+            assert http.delete(f"/sessions/{kept}/files/{name}").status_code == 200
+        with attached(process.pid, f"{CHANGES}:error=EROFS:when=2+"):
+            emptied = http.post("/trash/empty")
+        assert emptied.json()["code"] == "stopped_partway", emptied.text
+        # Before: "Resolve the cause (`ulimit -n`, free space, permissions; ...)".
+        assert "(EROFS: Read-only file system)" in emptied.json()["message"], emptied.text
+        assert "a filesystem gone read-only: `mount -o remount,rw`" in emptied.json()["message"]
+        left = {*(root / ".trash").iterdir()}
         assert http.delete(f"/sessions/{kept}").status_code == 200
-        (deleted,) = (root / ".trash").iterdir()
+        (deleted,) = {*(root / ".trash").iterdir()} - left
 
         # Held, on the same server: a replace killed (SIGKILL) as it moves the old bytes
         # into their trash entry, after its commit point; `check --repair` (a server's
@@ -93,5 +114,5 @@ def test_a_full_directory_of_the_root_is_named_with_the_remedy_that_frees_it(
     assert checked.returncode == 0, checked.stdout
     record = json.loads((root / "sessions" / sid / "records" / "a.bin").read_text())
     assert (root / "sessions" / sid / "blobs" / record["blob"]).read_bytes() == new
-    (replaced,) = {*(root / ".trash").iterdir()} - {deleted}
+    (replaced,) = {*(root / ".trash").iterdir()} - {deleted, *left}
     assert (replaced / "a.bin").read_bytes() == old
