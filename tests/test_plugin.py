@@ -475,6 +475,31 @@ def test_filelock_was_not_needed_to_start():
     pytester.runpytest_subprocess().assert_outcomes(passed=2)
 
 
+def test_the_plugin_starts_without_ctypes_or_the_idna_codec(pytester: pytest.Pytester) -> None:
+    # Start-up cost (bench/README.md, "perf-startup60"): the run becomes its children's
+    # subreaper through `_ctypes` alone, and the look at the testing port gives the resolver
+    # an ASCII host as bytes; `ctypes` and the `idna` codec cost 5 M instructions each.
+    pytester.makepyfile(
+        test_modules="""
+import sys
+
+AT_COLLECTION = set(sys.modules)
+
+def test_ctypes_and_idna_were_not_needed_to_start():
+    assert not {"ctypes", "encodings.idna", "stringprep"} & AT_COLLECTION
+
+def test_the_run_adopts_its_orphans():
+    import ctypes
+
+    value = ctypes.c_int(0)
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.prctl(37, ctypes.byref(value), 0, 0, 0) == 0  # PR_GET_CHILD_SUBREAPER
+    assert value.value == 1
+"""
+    )
+    pytester.runpytest_subprocess().assert_outcomes(passed=2)
+
+
 def test_in_another_project_without_settings_it_changes_nothing(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
