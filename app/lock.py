@@ -752,8 +752,15 @@ def _held_through_another_device(found: os.stat_result, fd: int) -> dict[str, An
 def _fuse_mount(device: int, path: str, pid: int | str) -> str | None:
     """The mount point, as process `pid` (``"self"``) names it, of the FUSE mount on
     `device` that shows the file at `path`; None where `device` is no FUSE mount."""
+    mount = _fuse_mount_of(device, path, pid)
+    return mount[0] if mount is not None else None
+
+
+def _fuse_mount_of(device: int, path: str, pid: int | str) -> tuple[str, str, str] | None:
+    """`_fuse_mount`'s mount point, with the directory of its filesystem it shows and the
+    source its daemon names (bindfs: the directory it mirrors), as written."""
     number = f"{os.major(device)}:{os.minor(device)}"
-    best: str | None = None
+    best: tuple[str, str, str] | None = None
     with contextlib.suppress(OSError):
         for line in Path(f"/proc/{pid}/mountinfo").read_bytes().splitlines():
             fields, _, after = line.partition(b" - ")
@@ -763,10 +770,52 @@ def _fuse_mount(device: int, path: str, pid: int | str) -> str | None:
             if described[0] != b"fuse" and not described[0].startswith((b"fuse.", b"fuseblk")):
                 return None
             point = os.fsdecode(unescape(parts[4]))
+            source = os.fsdecode(unescape(described[1])) if len(described) > 1 else ""
             inside = point in ("/", path) or path.startswith(point.rstrip("/") + "/")
-            if best is None or (inside and len(point) > len(best)):
-                best = point
+            if best is None or (inside and len(point) > len(best[0])):
+                best = (point, os.fsdecode(unescape(parts[3])), source)
     return best
+
+
+def _fuse_source_shows(
+    seen: os.stat_result, path: str, pid: int | str, other: os.stat_result, depth: int = 0
+) -> str | None:
+    """The FUSE mount point through which file `seen` (at `path`, as process `pid` names
+    it) is the file `other`, by the directory the mount's daemon names as its source (bindfs
+    names the one it mirrors): None where `seen` is on no FUSE mount, or that source does
+    not lead to `other`.
+
+    bindfs ``--ctime-from-mtime`` shows each file's modification time as its change time:
+    once anything had changed the lock file's change time alone (an operator's ``chmod``,
+    ``chown`` or ``setfacl``, a backup's extended attribute), the mirror of a live root no
+    longer looked like it, and `app data purge` through it emptied the root beside its
+    holder (red team 60 on regress). A mirror of a mirror is followed to its source, a few
+    deep. Only a directory given as an absolute path is looked at, and only ``stat``'ed
+    there: the source a daemon names is its own word, which can only make this refuse more."""
+    mount = _fuse_mount_of(seen.st_dev, path, pid)
+    if mount is None or not mount[2].startswith("/"):
+        return None
+    point, shown, source = mount
+    if path != point and not path.startswith(point.rstrip("/") + "/"):
+        return None
+    inside = path[len(point.rstrip("/")) :].lstrip("/")
+    candidate = str(Path(source, shown.lstrip("/"), inside))
+    reached = candidate if pid == "self" else f"/proc/{pid}/root{candidate}"
+    try:
+        there = os.stat(reached, follow_symlinks=False)  # noqa: PTH116 - a path of another root
+    except (OSError, ValueError):
+        return None
+    if (there.st_dev, there.st_ino) == (other.st_dev, other.st_ino):
+        return point
+    if depth < _FUSE_MIRRORS_FOLLOWED and _fuse_source_shows(
+        there, candidate, pid, other, depth + 1
+    ):
+        return point
+    return None
+
+
+#: How many FUSE mirrors of mirrors `_fuse_source_shows` follows to the holder's file.
+_FUSE_MIRRORS_FOLLOWED: Final = 4
 
 
 def _fuse_mirror(
@@ -786,18 +835,21 @@ def _fuse_mirror(
     reports no filesystem id (``f_fsid`` 0): a live server's lock was not seen through a
     mirror of its root, nor the mirror's holder's from the directory itself, and `app data
     purge` emptied its root (red team 60). Told apart from a copy by what a copy never keeps:
-    the size, modification and change times to the nanosecond, with the same bytes.
+    the size, modification and change times to the nanosecond, with the same bytes; or, where
+    a mirror shows other times (`_fuse_source_shows`), by the directory its daemon names.
     """
+    try:
+        here_path = os.readlink(f"/proc/self/fd/{fd}")  # noqa: PTH115 - str in, str out
+    except OSError:
+        return None
     if (there.st_size, there.st_mtime_ns, there.st_ctime_ns) != (
         found.st_size,
         found.st_mtime_ns,
         found.st_ctime_ns,
     ):
-        return None
-    try:
-        here_path = os.readlink(f"/proc/self/fd/{fd}")  # noqa: PTH115 - str in, str out
-    except OSError:
-        return None
+        return _fuse_source_shows(found, here_path, "self", there) or _fuse_source_shows(
+            there, there_path, pid, found
+        )
     mount = _fuse_mount(found.st_dev, here_path, "self")
     if mount is None and (mount := _fuse_mount(there.st_dev, there_path, pid)) is None:
         return None
