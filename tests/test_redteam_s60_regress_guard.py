@@ -14,6 +14,11 @@ What broke:
   any run. The walk now looks for the namespaced name wherever an entry may be found other
   than through a listing: a process that keeps a registry's entry or a directory open, a
   registry it may not list or does not trust, an ancestor whose ``/tmp`` is not its own;
+- such an entry of a live run whose PID namespace another run of its user cannot read (a
+  run of a user other than root that a test made non-dumpable): that run's clean-up of the
+  registry as it started took it for dead and removed it (its name's namespace was never
+  the one it could read, None). An entry named with a namespace's number is kept now while
+  a process started at its start time lives at its pid and its namespace cannot be read;
 - a live root seen through a ``bindfs --ctime-from-mtime`` mirror, after anything changed
   its lock file's change time alone (an operator's ``chmod``, ``chown``, ``setfacl``): the
   mirror shows the modification time as the change time, so the lock file no longer looked
@@ -29,145 +34,195 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from test_redteam_s59_guard import outside_any_run
-from test_redteam_s60_guard import COMMON, _needs_bindfs
+from test_redteam_s60_guard import COMMON
 
-needs_namespaces = pytest.mark.skipif(
-    shutil.which("unshare") is None or os.geteuid() != 0,
-    reason="a mount and PID namespace of its own with its own /proc takes unshare(1) and root",
-)
+#: PID 1 of a PID namespace with its own /proc in a private mount namespace (outside any
+#: run), production's environment on a copy of the settings. argv: work, "fuse" where a FUSE
+#: mirror can be made.
+#:
+#: MIRROR: two roots mirrored by ``bindfs --ctime-from-mtime``, one held on the directory and
+#: purged through the mirror (and through a mirror of the mirror), the other held on the
+#: mirror and purged on the directory, each after a ``chmod`` of its lock file, which
+#: changes its change time alone.
+#:
+#: Then with a tmpfs of its own on /tmp (no registry shared with other workers' tests):
+#:
+#: HIDDEN, ENDED: another namespace's run's entry at this process's name (as
+#: `tests/test_registry_pid_namespaces.py` writes it), a run registered here, and a child
+#: with a hand-built environment asked to lock production's root, after the registry was
+#: hidden by a tmpfs on /tmp; then after the other run's entry went (that run ended), hidden
+#: again. (A child of a run whose registry is in sight: that file's.)
+#:
+#: FORGOTTEN: a process of user 65534 made non-dumpable (as a test can make its run), its
+#: entry named with its PID namespace's number in that user's registry, then that user's
+#: clean-up of the registry as another run of it starts, which cannot read its namespace.
+SCRIPT = (
+    COMMON
+    + r"""
+import ctypes
 
-#: Run as pid 1 of a PID namespace of its own, with a tmpfs of its own on /tmp (so it shares
-#: no registry with the tests of other workers): another namespace's run's entry at its name
-#: (as `tests/test_registry_pid_namespaces.py` writes it), then a run registered here, then a
-#: child with a hand-built environment, asked to lock production's root, after each of: the
-#: registry hidden by a tmpfs on /tmp (the children of a run whose registry is in sight are
-#: `tests/test_registry_pid_namespaces.py`'s); the other run's entry gone (that run ended),
-#: and the registry hidden again.
-HIDDEN_BESIDE = """
-import json, os, subprocess, sys
-from pathlib import Path
+work = Path(sys.argv[1])
+results = {}
+if sys.argv[2] == "fuse":
+    real, mirror, again = work / "real", work / "mirror", work / "again"
+    for made in (real / "production", real / "second"):
+        os.environ["APP_DATA_ROOT"] = str(made)
+        with open_storage(load(serving=False), writer=True) as store:
+            store.create_session("a review", {})
+    for source, made in ((real, mirror), (mirror, again)):  # and a mirror of the mirror
+        made.mkdir()
+        subprocess.run(["bindfs", "--ctime-from-mtime", str(source), str(made)], check=True)
+    results["before"] = [names(real / made / "sessions") for made in ("production", "second")]
+    holder = holding(real / "production", mirror / "second")
+    for made in ("production", "second"):
+        lock = real / made / ".server.lock"
+        os.chmod(lock, os.stat(lock).st_mode & 0o7777)  # an operator's chmod: the ctime alone
+    results["holder"] = holder
+    for tag, purged in (
+        ("REAL", mirror / "production"),
+        ("MIRROR", real / "second"),
+        ("AGAIN", again / "production"),
+    ):
+        results[tag] = run(["data", "purge", "--yes-i-mean-it"], APP_DATA_ROOT=str(purged))
+    stop(holder)
+    results["after"] = [names(real / made / "sessions") for made in ("production", "second")]
+    results["trash"] = [names(real / made / ".trash") for made in ("production", "second")]
+    for made in (again, mirror):
+        subprocess.run(["fusermount", "-u", str(made)], check=True)
+
 from app import sandbox
 
+subprocess.run(["mount", "-t", "tmpfs", "rt60", "/tmp"], check=True)
 registry = sandbox._own_runs_dir()
-registry.mkdir(parents=True, exist_ok=True)
-registry.chmod(0o755)
 theirs = registry / sandbox._entry_name(1, sandbox._stat_fields(1)[1])
 theirs.write_text(json.dumps({
-    "pid": 1, "argv": ["pytest"], "sandbox": sys.argv[2], "protected": [], "scratch": "",
-    "pid_namespace": 1, "own_pid_namespace": 1,
+    "pid": 1, "argv": ["pytest"], "sandbox": str(work / "other-run"), "protected": [],
+    "scratch": "", "pid_namespace": 1, "own_pid_namespace": 1,
 }))
 theirs.chmod(0o644)
-sandbox.register(Path(sys.argv[1]), ())
-print("NAMES", len(list(registry.iterdir())))
+sandbox.register(work, ())
+results["NAMES"] = len(list(registry.iterdir()))
 
-CHILD = '''
-from pathlib import Path
-from app import sandbox
-from app.errors import SandboxViolationError
-print(sandbox.active_sandbox())
-try:
-    sandbox.check_root(Path("/srv/app/data/production"), "lock data root")
-    print("allowed")
-except SandboxViolationError as error:
-    print("refused:", str(error).splitlines()[0])
-'''
+CHILD = (
+    "from pathlib import Path\n"
+    "from app import sandbox\n"
+    "from app.errors import SandboxViolationError\n"
+    "print(sandbox.active_sandbox())\n"
+    "try:\n"
+    "    sandbox.check_root(Path('/srv/app/data/production'), 'lock data root')\n"
+    "    print('allowed')\n"
+    "except SandboxViolationError as error:\n"
+    "    print('refused:', str(error).splitlines()[0])\n"
+)
 
-def child(what):
+
+def child():
     found = subprocess.run(
         [sys.executable, "-c", CHILD], env={"PATH": os.environ["PATH"]},
         capture_output=True, text=True, check=False,
     )
-    print(what, " | ".join((found.stdout + found.stderr).strip().splitlines()))
+    return " | ".join((found.stdout + found.stderr).strip().splitlines())
 
-def hide():
-    subprocess.run(["mount", "-t", "tmpfs", "rt60-hidden", "/tmp"], check=True)
 
-hide()
-child("HIDDEN")
+subprocess.run(["mount", "-t", "tmpfs", "rt60-hidden", "/tmp"], check=True)
+results["HIDDEN"] = child()
 subprocess.run(["umount", "/tmp"], check=True)
 theirs.unlink()
-hide()
-child("ENDED")
-sys.stdout.flush()
+subprocess.run(["mount", "-t", "tmpfs", "rt60-hidden", "/tmp"], check=True)
+results["ENDED"] = child()
+
+
+def as_nobody():
+    os.setgroups([])
+    os.setresgid(65534, 65534, 65534)
+    os.setresuid(65534, 65534, 65534)
+
+
+read, write = os.pipe()
+nobody = os.fork()
+if nobody == 0:  # a run of user 65534 that a test made non-dumpable
+    as_nobody()
+    ctypes.CDLL(None).prctl(4, 0)  # PR_SET_DUMPABLE
+    os.close(write)
+    os.read(read, 1)
+    os._exit(0)
+os.close(read)
+nobodys = sandbox._runs_dir(65534)
+nobodys.mkdir(mode=0o755)
+os.chown(nobodys, 65534, 65534)
+namespace = sandbox._own_pid_namespace(nobody)
+entry = nobodys / sandbox._entry_name(nobody, sandbox._stat_fields(nobody)[1], namespace)
+entry.write_text(json.dumps({
+    "pid": nobody, "argv": ["pytest"], "sandbox": "/nowhere", "protected": [], "scratch": "",
+    "pid_namespace": sandbox._pid_namespace(), "own_pid_namespace": namespace,
+}))
+os.chown(entry, 65534, 65534)
+entry.chmod(0o644)
+cleans = os.fork()
+if cleans == 0:  # another run of user 65534 starting
+    as_nobody()
+    sandbox._forget_dead_runs(nobodys)
+    os._exit(0)
+os.waitpid(cleans, 0)
+results["FORGOTTEN"] = not entry.exists()
+os.close(write)
+os.waitpid(nobody, 0)
+print("RESULTS", json.dumps(results), flush=True)
 os._exit(0)  # no exit hook: its /tmp goes with its namespace
-"""
-
-
-@needs_namespaces
-def test_a_run_named_beside_another_namespace_s_is_found_through_its_descriptors(
-    tmp_path: Path,
-) -> None:
-    done = subprocess.run(
-        [
-            "unshare", "--mount", "--propagation", "private", "--pid", "--fork",
-            "--mount-proc", "sh", "-c", 'mount -t tmpfs rt60 /tmp && exec "$0" -c "$1" "$2" "$3"',
-            sys.executable, HIDDEN_BESIDE, str(tmp_path), str(tmp_path / "other-run"),
-        ],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    lines = done.stdout.splitlines()
-    assert lines[0] == "NAMES 2", done.stdout  # its own, named with its namespace's number
-    for what, line in zip(("HIDDEN", "ENDED"), lines[1:], strict=True):
-        assert line.startswith(f"{what} {tmp_path} | refused: refused under pytest"), done.stdout
-        assert "lock data root /srv/app/data/production, which lies outside the test" in line
-
-
-#: PID 1 of a PID namespace with its own /proc in a private mount namespace (outside any
-#: run): two roots mirrored by ``bindfs --ctime-from-mtime``, one held on the directory and
-#: purged through the mirror (and through a mirror of the mirror), the other held on the
-#: mirror and purged on the directory, each after a ``chmod`` of its lock file, which changes
-#: its change time alone.
-CTIME_FROM_MTIME = (
-    COMMON
-    + r"""
-work = Path(sys.argv[1])
-real, mirror, again = work / "real", work / "mirror", work / "again"
-for made in (real / "production", real / "second"):
-    os.environ["APP_DATA_ROOT"] = str(made)
-    with open_storage(load(serving=False), writer=True) as store:
-        store.create_session("a review", {})
-for source, made in ((real, mirror), (mirror, again)):  # and a mirror of the mirror
-    made.mkdir()
-    subprocess.run(["bindfs", "--ctime-from-mtime", str(source), str(made)], check=True)
-results = {"before": [names(real / made / "sessions") for made in ("production", "second")]}
-holder = holding(real / "production", mirror / "second")
-for made in ("production", "second"):
-    lock = real / made / ".server.lock"
-    os.chmod(lock, os.stat(lock).st_mode & 0o7777)  # an operator's chmod: the ctime alone
-results["holder"] = holder
-for tag, purged in (
-    ("REAL", mirror / "production"), ("MIRROR", real / "second"), ("AGAIN", again / "production")
-):
-    results[tag] = run(["data", "purge", "--yes-i-mean-it"], APP_DATA_ROOT=str(purged))
-stop(holder)
-results["after"] = [names(real / made / "sessions") for made in ("production", "second")]
-results["trash"] = [names(real / made / ".trash") for made in ("production", "second")]
-for made in (again, mirror):
-    subprocess.run(["fusermount", "-u", str(made)], check=True)
-print("RESULTS", json.dumps(results))
 """
 )
 
 
-def test_a_live_root_through_a_mirror_showing_other_times_is_still_held(tmp_path: Path) -> None:
-    _needs_bindfs()
-    (tmp_path / "real").mkdir()
-    seen = outside_any_run(
-        tmp_path, tmp_path / "real" / "production", CTIME_FROM_MTIME, str(tmp_path)
+def _fuse() -> bool:
+    tools = ("bindfs", "fusermount")
+    return all(shutil.which(tool) for tool in tools) and Path("/dev/fuse").exists()
+
+
+@pytest.fixture(scope="module")
+def seen(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("a mount and PID namespace of its own takes unshare(1) and root")
+    work = tmp_path_factory.mktemp("rt60-regress-guard")
+    (work / "real").mkdir()
+    found = outside_any_run(
+        work, work / "real" / "production", SCRIPT, str(work), "fuse" if _fuse() else "-"
     )
-    said = json.dumps(seen, indent=1)
+    return {**found, "work": str(work), "said": json.dumps(found, indent=1)}
+
+
+def test_a_run_named_beside_another_namespace_s_is_found_through_its_descriptors(
+    seen: dict,
+) -> None:
+    said = seen["said"]
+    assert seen["NAMES"] == 2, said  # its own, named with its namespace's number
+    for what in ("HIDDEN", "ENDED"):
+        # Before the fix: "None | allowed", outside any run.
+        assert seen[what].startswith(f"{seen['work']} | refused: refused under pytest"), said
+        assert "lock data root /srv/app/data/production, which lies outside the" in seen[what]
+
+
+def test_a_live_run_named_beside_whose_namespace_cannot_be_read_is_not_forgotten(
+    seen: dict,
+) -> None:
+    # Before the fix: forgotten, its children then outside any run once the other
+    # namespace's entry at its plain name was gone.
+    assert seen["FORGOTTEN"] is False, seen["said"]
+
+
+def test_a_live_root_through_a_mirror_showing_other_times_is_still_held(seen: dict) -> None:
+    if "REAL" not in seen:
+        pytest.skip("needs bindfs, fusermount and /dev/fuse for a FUSE mirror")
+    said = seen["said"]
     # Before the fix: "moved 1 session(s) to .../mirror/production/.trash", beside the
     # holder, and the same on the directory with the holder on the mirror.
     assert seen["after"] == seen["before"], said
     assert seen["trash"] == [[], []], said
-    real, mirror, again = tmp_path / "real", tmp_path / "mirror", tmp_path / "again"
+    work = Path(seen["work"])
+    real, mirror, again = work / "real", work / "mirror", work / "again"
     for tag, held, purged in (
         ("REAL", real / "production", mirror / "production"),
         ("MIRROR", mirror / "second", real / "second"),
