@@ -678,7 +678,9 @@ def _flocks_on(device: int) -> dict[int, set[int]]:
     return locked
 
 
-def _held_through_another_device(found: os.stat_result, fd: int) -> dict[str, Any] | None:
+def _held_through_another_device(
+    found: os.stat_result, fd: int, ignore: frozenset[tuple[str, str]] = frozenset()
+) -> dict[str, Any] | None:
     """The live process that holds the lock file `fd` opens (`found` its stat) through
     another device of the same filesystem, as its published JSON; None if there is none.
 
@@ -691,10 +693,11 @@ def _held_through_another_device(found: os.stat_result, fd: int) -> dict[str, An
     filesystem's id (``statfs``'s ``f_fsid``, from an ext4 or XFS volume's UUID) is this
     file. The holder gets ``through_device`` (its device), ``device_here`` and
     ``lock_file_there`` (the file as the holder opened it). Another user's holder is not
-    visible (its descriptors are not ours to read).
+    visible (its descriptors are not ours to read). `ignore`: locks of ``/proc/locks`` that
+    are this process's own, forwarded by a FUSE mount (`_forwarded_for`).
     """
     try:
-        flocks = _exclusive_flocks()
+        flocks = [lock for lock in _exclusive_flocks() if lock not in ignore]
     except OSError:
         return None
     here = f"{os.major(found.st_dev):02x}:{os.minor(found.st_dev):02x}:"
@@ -749,11 +752,52 @@ def _held_through_another_device(found: os.stat_result, fd: int) -> dict[str, An
     return None
 
 
+def _forwarded_for(fd: int, found: os.stat_result) -> frozenset[tuple[str, str]]:
+    """The locks ``/proc/locks`` lists on this inode number on other devices that are this
+    process's own exclusive lock on `fd` (`found` its stat), forwarded by the FUSE mount it
+    opened the file through (``bindfs --enable-lock-forwarding`` locks the directory's file
+    for it, as the FUSE daemon): those that go when it lets go of its own, which it takes
+    again at once. Empty where none go, or where another process took the lock meanwhile.
+
+    rt-guard43 took such a lock for another holder's seen through a FUSE mirror: a root
+    used through a lock-forwarding mirror, which no one else held, was refused to every
+    writer and purge as held by the bindfs daemon, "which published no details", and told
+    not to use the path (red team 60 on regress). A lock that a forwarding mirror holds for
+    this process is granted only where no one holds the directory's file."""
+    here = f"{os.major(found.st_dev):02x}:{os.minor(found.st_dev):02x}:"
+    inode = f":{found.st_ino}"
+
+    def elsewhere() -> set[tuple[str, str]]:
+        return {
+            (pid, file)
+            for pid, file in _exclusive_flocks()
+            if file.endswith(inode) and not file.startswith(here)
+        }
+
+    try:
+        before = elsewhere()
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        try:
+            gone = before - elsewhere()
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return frozenset()  # taken meanwhile: the holder found stands
+    return frozenset(gone)
+
+
 def _fuse_mount(device: int, path: str, pid: int | str) -> str | None:
     """The mount point, as process `pid` (``"self"``) names it, of the FUSE mount on
     `device` that shows the file at `path`; None where `device` is no FUSE mount."""
+    mount = _fuse_mount_of(device, path, pid)
+    return mount[0] if mount is not None else None
+
+
+def _fuse_mount_of(device: int, path: str, pid: int | str) -> tuple[str, str, str] | None:
+    """`_fuse_mount`'s mount point, with the directory of its filesystem it shows and the
+    source its daemon names (bindfs: the directory it mirrors), as written."""
     number = f"{os.major(device)}:{os.minor(device)}"
-    best: str | None = None
+    best: tuple[str, str, str] | None = None
     with contextlib.suppress(OSError):
         for line in Path(f"/proc/{pid}/mountinfo").read_bytes().splitlines():
             fields, _, after = line.partition(b" - ")
@@ -763,10 +807,66 @@ def _fuse_mount(device: int, path: str, pid: int | str) -> str | None:
             if described[0] != b"fuse" and not described[0].startswith((b"fuse.", b"fuseblk")):
                 return None
             point = os.fsdecode(unescape(parts[4]))
+            source = os.fsdecode(unescape(described[1])) if len(described) > 1 else ""
             inside = point in ("/", path) or path.startswith(point.rstrip("/") + "/")
-            if best is None or (inside and len(point) > len(best)):
-                best = point
+            if best is None or (inside and len(point) > len(best[0])):
+                best = (point, os.fsdecode(unescape(parts[3])), source)
     return best
+
+
+def _fuse_origin(
+    seen: os.stat_result, path: str, pid: int | str
+) -> tuple[str, tuple[int, int]] | None:
+    """The FUSE mount point through which file `seen` (at `path`, as process `pid` names
+    it) shows a file of another filesystem, with that file's device and inode, followed by
+    the directory the mount's daemon names as its source (bindfs names the one it mirrors),
+    mirror by mirror (a few deep); None where `seen` is on no FUSE mount, or no source leads
+    to a file off FUSE.
+
+    bindfs ``--ctime-from-mtime`` shows each file's modification time as its change time:
+    once anything had changed the lock file's change time alone (an operator's ``chmod``,
+    ``chown`` or ``setfacl``, a backup's extended attribute), the mirror of a live root no
+    longer looked like it (`_fuse_mirror`), and `app data purge` through it emptied the
+    root beside its holder, as it did through a second mirror of the directory the holder's
+    mirror shows (red team 60 on regress). Only a directory given as an absolute path is
+    looked at, and only ``stat``'ed there: the source a daemon names is its own word, which
+    can only make this refuse more."""
+    point: str | None = None
+    for _ in range(_FUSE_MIRRORS_FOLLOWED + 1):
+        mount = _fuse_mount_of(seen.st_dev, path, pid)
+        if mount is None:
+            return (point, (seen.st_dev, seen.st_ino)) if point is not None else None
+        at, shown, source = mount
+        if not source.startswith("/") or (path != at and not path.startswith(at.rstrip("/") + "/")):
+            return None
+        point = point or at
+        inside = path[len(at.rstrip("/")) :].lstrip("/")
+        path = str(Path(source, shown.lstrip("/"), inside))
+        try:
+            reached = path if pid == "self" else f"/proc/{pid}/root{path}"
+            seen = os.stat(reached, follow_symlinks=False)  # noqa: PTH116 - another root's
+        except (OSError, ValueError):
+            return None
+    return None
+
+
+def _fuse_source_shows(
+    found: os.stat_result, here_path: str, there: os.stat_result, there_path: str, pid: int
+) -> str | None:
+    """The FUSE mount point through which this file (`found`, at `here_path`) and the
+    holder's (`there`, at `there_path` as process `pid` names it) are one file, by the
+    sources of their FUSE mounts (`_fuse_origin`): one shows the other, or both show one."""
+    here = _fuse_origin(found, here_path, "self")
+    theirs = _fuse_origin(there, there_path, pid)
+    if here is not None and here[1] in ((there.st_dev, there.st_ino), theirs and theirs[1]):
+        return here[0]
+    if theirs is not None and theirs[1] == (found.st_dev, found.st_ino):
+        return theirs[0]
+    return None
+
+
+#: How many FUSE mirrors of mirrors `_fuse_origin` follows to a file off FUSE.
+_FUSE_MIRRORS_FOLLOWED: Final = 4
 
 
 def _fuse_mirror(
@@ -786,18 +886,19 @@ def _fuse_mirror(
     reports no filesystem id (``f_fsid`` 0): a live server's lock was not seen through a
     mirror of its root, nor the mirror's holder's from the directory itself, and `app data
     purge` emptied its root (red team 60). Told apart from a copy by what a copy never keeps:
-    the size, modification and change times to the nanosecond, with the same bytes.
+    the size, modification and change times to the nanosecond, with the same bytes; or, where
+    a mirror shows other times (`_fuse_source_shows`), by the directory its daemon names.
     """
+    try:
+        here_path = os.readlink(f"/proc/self/fd/{fd}")  # noqa: PTH115 - str in, str out
+    except OSError:
+        return None
     if (there.st_size, there.st_mtime_ns, there.st_ctime_ns) != (
         found.st_size,
         found.st_mtime_ns,
         found.st_ctime_ns,
     ):
-        return None
-    try:
-        here_path = os.readlink(f"/proc/self/fd/{fd}")  # noqa: PTH115 - str in, str out
-    except OSError:
-        return None
+        return _fuse_source_shows(found, here_path, there, there_path, pid)
     mount = _fuse_mount(found.st_dev, here_path, "self")
     if mount is None and (mount := _fuse_mount(there.st_dev, there_path, pid)) is None:
         return None
@@ -1429,9 +1530,15 @@ class RootLock:
             if self._durable and (holder := _deleted_lock_holder(self.path)) is not None:
                 described = describe_holder(holder) + _through_deleted(self.path, holder)
                 raise DataRootInUseError(self.root, holder, self._wanted, held_by=described)
-            if (self._durable or self._on_a_mount) and (
-                holder := _held_through_another_device(found, own)
-            ) is not None:
+            if (
+                (self._durable or self._on_a_mount)
+                and (holder := _held_through_another_device(found, own)) is not None
+                and (
+                    not holder.get("through_fuse")
+                    or not (ours := _forwarded_for(own, found))
+                    or (holder := _held_through_another_device(found, own, ours)) is not None
+                )
+            ):
                 described = describe_holder(holder) + through_another_device(self.path, holder)
                 raise DataRootInUseError(self.root, holder, self._wanted, held_by=described)
             holder = holder_info(self.kind, self.profile, port=self._port, root=self.root)

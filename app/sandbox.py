@@ -829,6 +829,9 @@ class _Seen(dict[Path, set[str]]):
         self.failed: dict[Path, str] = {}
         self._views: dict[int | str, _View | None] = {}
         self._beside: dict[Path, set[str]] = {}
+        #: Processes that keep a registry's entry or a directory of this user open
+        #: (`_entry_held_open`), where an entry may be found that no listing shows.
+        self.holding: set[int] = set()
 
     def named_beside(self, pid: int, started: int) -> bool:
         """Whether a registry listed so far holds an entry named for `pid` and `started`
@@ -1042,7 +1045,7 @@ def _entry_left_behind(pid: int, parent: int, uid: int, name: str, seen: _Seen) 
     return _entry_through(parent, uid, name)
 
 
-def _entry_held_open(pid: int, uid: int, name: str) -> Path | None:
+def _entry_held_open(pid: int, uid: int, name: str, seen: _Seen | None = None) -> Path | None:
     """Entry `name` of user `uid`'s registry, read through a descriptor of it, or of the
     registry, that process `pid` keeps open, if it is a Python process that keeps one (a
     run does, `_keep_open`).
@@ -1055,20 +1058,11 @@ def _entry_held_open(pid: int, uid: int, name: str) -> Path | None:
     itself, through any mount, ``chroot`` or namespace; the entry's own names its bytes,
     even once a test (of this run, or of another run of this user) removed it. Only
     Python's processes are looked at (by their program): every process outside a run walks
-    its ancestors, and a shell or an init has nothing to find.
+    its ancestors, and a shell or an init has nothing to find. A process seen to keep an
+    entry of its pid or a directory open is noted in `seen` (`_may_be_named_beside`).
     """
-    try:
-        # Its program, not its command line: a test can write a title over that
-        # (setproctitle), as code under test that names its process does.
-        program = (_PROC / str(pid) / "exe").readlink().name
-    except OSError:
+    if not _python_program(pid):
         return None
-    # A program replaced on disk while it runs (Python upgraded in place by the system's
-    # packages during a long run) is shown with this suffix: its process was passed over,
-    # and with the registry removed meanwhile, a child purged a stopped root (red team 48).
-    program = program.removesuffix(" (deleted)")
-    if not _PYTHON.fullmatch(program) and not _LOADER.fullmatch(program):
-        return None  # a Python run through the loader shows the loader (`_program_words`)
     try:
         with os.scandir(f"{_PROC}/{pid}/fd") as descriptors:
             for descriptor in descriptors:
@@ -1084,14 +1078,19 @@ def _entry_held_open(pid: int, uid: int, name: str) -> Path | None:
                     # The entry itself, removed or not (`rm -rf /tmp/app-*`, in this run or
                     # another's): its bytes stay while it is open.
                     if stat.S_ISREG(found.st_mode):
-                        if Path(target.removesuffix(" (deleted)")).name == name and _trusted(
-                            found, uid, stat.S_ISREG
-                        ):
+                        opened = Path(target.removesuffix(" (deleted)")).name
+                        if opened == name and _trusted(found, uid, stat.S_ISREG):
                             return held
+                        if seen is not None and opened.startswith(f"{pid}-"):
+                            seen.holding.add(pid)
                     # Any directory, not only one at the registry's name: a test that moved
                     # the registry aside and made an empty one in its place hid the entry.
-                    elif _trusted(found, uid) and (held / name).is_file():
-                        return held / name
+                    elif _trusted(found, uid):
+                        # Not the listing of /proc/<pid>/fd this scan holds, for this process.
+                        if seen is not None and not target.startswith(f"{_PROC}/"):
+                            seen.holding.add(pid)
+                        if (held / name).is_file():
+                            return held / name
     except OSError:
         return None
     return None
@@ -1141,10 +1140,7 @@ def _entry_read(
     data = _entry_data(entry) if entry is not None else None
     if data is not None and _of_another(pid, data):
         entry = data = None
-    if entry is None and (
-        seen.named_beside(pid, started)
-        or (_start_uncertain() and seen.named_beside(pid, started + 1))
-    ):
+    if entry is None and _may_be_named_beside(pid, started, seen, parent):
         namespace = _own_pid_namespace(pid)
         if namespace is not None:
             entry = _entry_of(pid, started, seen, parent, namespace)
@@ -1180,6 +1176,47 @@ def _entry_listed(pid: int, directory: Path, uid: int, name: str, seen: _Seen) -
     return None
 
 
+def _may_be_named_beside(pid: int, started: int, seen: _Seen, parent: int | None) -> bool:
+    """Whether process `pid`'s entry may be named with its PID namespace's number
+    (`_name_to_write`) where `_entry_of` looks: a registry listed in this walk holds such a
+    name, or the entry may be found otherwise than through a listing, which this walk
+    cannot read for the name.
+
+    A run whose name another namespace's run held, that a test then hid the registry from
+    (a tmpfs mounted on /tmp in the run's own mount namespace, red team 47; the registry
+    moved aside for an empty one), was found by its children through the descriptors it
+    keeps open, at its plain name alone: they found the other's entry there, or none, and
+    were outside any run (red team 60 on regress). Only where no such route is open is the
+    listing the answer: the walk of a process outside any run reads no more than before
+    for its shells and its init."""
+    if seen.named_beside(pid, started) or (
+        _start_uncertain() and seen.named_beside(pid, started + 1)
+    ):
+        return True
+    if seen.unlisted or seen.distrusted or seen.failed:
+        return True  # entries by name, and refusals, not in a listing (`_entry_listed`)
+    own = seen.view("self")
+    if seen.view(pid) != own or (parent is not None and seen.view(parent) != own):
+        return True  # its /tmp, or its parent's, is not ours (`_entry_in_its_own_tmp`)
+    return pid in seen.holding  # descriptors it keeps open (`_entry_held_open`)
+
+
+def _python_program(pid: int) -> bool:
+    """Whether process `pid` runs Python, by its program (`_entry_held_open`)."""
+    try:
+        # Its program, not its command line: a test can write a title over that
+        # (setproctitle), as code under test that names its process does.
+        program = (_PROC / str(pid) / "exe").readlink().name
+    except OSError:
+        return False
+    # A program replaced on disk while it runs (Python upgraded in place by the system's
+    # packages during a long run) is shown with this suffix: its process was passed over,
+    # and with the registry removed meanwhile, a child purged a stopped root (red team 48).
+    program = program.removesuffix(" (deleted)")
+    # A Python run through the loader shows the loader (`_program_words`).
+    return bool(_PYTHON.fullmatch(program) or _LOADER.fullmatch(program))
+
+
 def _entry_named(pid: int, name: str, seen: _Seen, parent: int | None) -> Path | None:
     """Registry entry `name` of process `pid`, where it is (`_entry_of`)."""
     try:
@@ -1196,7 +1233,7 @@ def _entry_named(pid: int, name: str, seen: _Seen, parent: int | None) -> Path |
         if entry is None and parent is not None:
             entry = _entry_left_behind(pid, parent, uid, name, seen)
         if entry is None:
-            entry = _entry_held_open(pid, uid, name)
+            entry = _entry_held_open(pid, uid, name, seen)
         if entry is not None:
             return entry
     # And root's: a run as root hands its entry on, in its own registry, to a daemon a test
@@ -2739,13 +2776,18 @@ def _forget_dead_runs(directory: Path) -> None:
         found = _starts(int(pid))
         # Named with a PID namespace's number (`_name_to_write`): alive if that is where
         # the process at this pid lives.
-        namespace = _own_pid_namespace(pid) if found is not None and name.count("-") == 2 else None
+        beside = found is not None and name.count("-") == 2
+        namespace = _own_pid_namespace(pid) if beside else None
         # One tick earlier too: a run in a time namespace whose offset is not a whole
         # number of ticks names its entry by the earlier of its two start times.
-        alive = found is not None and name in {
-            _entry_name(int(pid), started, namespace)
-            for started in range(min(found[1]) - 1, max(found[1]) + 1)
-        }
+        starts = range(min(found[1]) - 1, max(found[1]) + 1) if found is not None else ()
+        alive = name in {_entry_name(int(pid), started, namespace) for started in starts}
+        if beside and namespace is None:
+            # Its namespace unreadable here (a run a test made non-dumpable, of a user other
+            # than root): forgotten, its children were outside any run once the other
+            # namespace's entry at its plain name was gone (red team 60 on regress). Kept
+            # while a process started then lives at its pid.
+            alive = name.rsplit("-", 1)[0] in {f"{pid}-{started}" for started in starts}
         if not alive:
             # Only a run of this PID namespace is known dead by its pid: a run in another
             # (a container sharing /tmp, `unshare`) has pids this /proc does not show, and
