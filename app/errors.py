@@ -61,10 +61,21 @@ def printable(text: str) -> str:
     sequence set the terminal's title, and a right-to-left override reversed what followed.
     A data root's name did the same to the pytest header that names a live server on it,
     and a newline there made a line of its own, shown as the plugin's (red team 47).
+
+    A byte that is not UTF-8 (Python's U+DC80 to U+DCFF for it) is written as the byte it
+    is, ``\\xff``: as Python escapes it, ``\\udcff``, it named a character no file name
+    holds (red team 60 on regress). Written raw, as `app data check` did before red team 60,
+    one of 0x80 to 0x9F is a C1 control to a terminal that is not in UTF-8 (0x9B is CSI).
     """
     if text.isprintable():
         return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return "".join(c if c.isprintable() else _escaped(c) for c in text)
+
+
+def _escaped(char: str) -> str:
+    if "\udc80" <= char <= "\udcff":
+        return f"\\x{ord(char) - 0xDC00:02x}"
+    return repr(char)[1:-1]
 
 
 @dataclass_transform(eq_default=False, field_specifiers=(field,))
@@ -329,21 +340,27 @@ def shell_word(value: str | os.PathLike[str]) -> str:
         return shlex.quote(text)
     # A byte that is not UTF-8 (Python's U+DC80 to U+DCFF for it) or a control character:
     # quoted as it was, ``'/srv/s\udcff/data'``, the command acted on a path of those six
-    # characters, and a newline cut it in two (red team 60). Bash's (and zsh's, ksh's)
-    # ANSI-C quoting names every byte: ``$'/srv/s\xff/data'``.
+    # characters, and a newline cut it in two (red team 60). Bash's ANSI-C quoting
+    # (``$'/srv/s\xff/data'``) is no POSIX sh's: dash, Debian's and Ubuntu's ``sh``, read it
+    # as ``$`` and a quoted ``\xff``, so the command acted on ``$/srv/s\xff/data`` (red team
+    # 60 on regress). printf(1)'s octal escapes name every byte in any POSIX shell (and in
+    # zsh, ksh and fish 3.4 on): ``"$(printf '/srv/s\377/data')"``; the newlines a command
+    # substitution would drop at its end follow it, quoted as they are.
+    kept = text.rstrip("\n")
     escaped = []
-    for char in text:
+    for char in kept:
         if "\udc80" <= char <= "\udcff":
-            escaped.append(f"\\x{ord(char) - 0xDC00:02x}")
-        elif char in "\\'":
-            escaped.append(f"\\{char}")
+            escaped.append(f"\\{ord(char) - 0xDC00:03o}")
+        elif char in "\\%":
+            escaped.append(char * 2)  # printf's format: ``\\`` and ``%%`` are the characters
+        elif char == "'":
+            escaped.append("'\\''")
         elif not char.isprintable():
-            escaped.append(
-                "".join(f"\\x{byte:02x}" for byte in char.encode(errors="surrogatepass"))
-            )
+            escaped.append("".join(f"\\{byte:03o}" for byte in char.encode(errors="surrogatepass")))
         else:
             escaped.append(char)
-    return f"$'{''.join(escaped)}'"
+    newlines = text[len(kept) :]
+    return f"\"$(printf -- '{''.join(escaped)}')\"" + (f"'{newlines}'" if newlines else "")
 
 
 def plain_name(name: str) -> bool:

@@ -1,0 +1,107 @@
+"""Red team 60 on regress, operations and remote (branch rt-regress10): what red team 60's
+fixes on operations and on the remote backend broke.
+
+What broke:
+
+- a command started with SIGINT ignored (``app data purge &`` in a script, whose shell
+  ignores SIGINT there so that the terminal's Ctrl-C leaves it running; a supervisor that
+  ignores it on purpose) ran through a Ctrl-C, as Python leaves an inherited ignored
+  signal; since red team 60 on operations took SIGINT and SIGTERM for every command, such
+  a Ctrl-C stopped it halfway (exit 130). A signal the command was started with ignored
+  stays ignored (`app.cli._listened`); one it listens to stops it as before;
+- every command a message prints names a path with a byte that is not UTF-8 or a control
+  character in bash's ANSI-C quoting (``$'/opt/app\\xff'``), which POSIX ``sh`` (dash,
+  Debian's and Ubuntu's ``/bin/sh``) reads as ``$`` and a quoted text: the ``mv`` the
+  refusal of such a root gives, pasted into ``sh``, renamed nothing ("cannot stat
+  '$/opt/app\\xff'"), and an ``rm`` or ``install -d`` acted on another path. Such a path is
+  now named through printf(1)'s octal escapes (``"$(printf -- '/opt/app\\377')"``), which
+  every POSIX shell runs as written, bash and zsh too (`app.errors.shell_word`);
+- `app data check` of a root holding a name that is not UTF-8 (``sessions/zz\\xff``): red
+  team 51 wrote the byte as it is, and red team 60 on operations, printing every line
+  through `printable`, wrote it ``zz\\udcff``, a character no file name holds, which failed
+  red team 51's test. Raw, a byte from 0x80 to 0x9F is a C1 control to a terminal that is
+  not in UTF-8 (0x9B is CSI); `printable` now writes such a byte as the byte it is,
+  ``zz\\xff`` (`tests/test_redteam_s51_ops.py` replays it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from faults import needs_strace, strace_prefix
+from project_copy import copy_project_settings
+from test_redteam_s60_ops import _commands, _refusal, _root_of_three
+from test_server_e2e import app_env
+
+from app.config import load
+from app.errors import shell_word
+
+#: The shells a printed command is run by: POSIX sh (dash where it is /bin/sh), and bash.
+_SHELLS = [shell for shell in ("sh", "dash", "bash") if shutil.which(shell)]
+
+
+def _ignoring_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@needs_strace
+def test_a_command_started_with_sigint_ignored_is_not_stopped_by_it(tmp_path: Path) -> None:
+    """``app data purge`` started as a script's ``&`` starts it (SIGINT ignored), sent SIGINT
+    as it moves its second session: before, stopped there (130, one session left); it
+    finishes, as before red team 60, its one line naming all three."""
+    root = tmp_path / "root"
+    env, ids = _root_of_three(root)
+    strace = strace_prefix("rename:signal=INT:when=1", root / "sessions" / ids[1])
+    purge = subprocess.run(
+        [*strace, sys.executable, "-m", "app", "data", "purge"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        preexec_fn=_ignoring_sigint,
+        check=False,
+    )
+    assert purge.returncode == 0, purge.stderr
+    assert "interrupted" not in purge.stderr, purge.stderr
+    assert os.listdir(root / "sessions") == []
+    (line,) = [json.loads(t) for t in (root / "audit.jsonl").read_text().splitlines()]
+    assert line["operation"] == "purge" and line["details"]["count"] == 3, line
+
+
+@pytest.mark.skipif(not _SHELLS, reason="no shell to run the printed commands")
+def test_a_printed_command_naming_a_byte_that_is_not_utf8_runs_in_posix_sh(
+    tmp_path: Path,
+) -> None:
+    """A settings directory whose name holds the byte 0xFF: the ``mv`` and ``export`` its
+    refusal gives, run as written by ``sh`` (dash): before, ``$'...\\xff'`` was ``$`` and
+    a quoted text there, and ``mv`` failed (cannot stat ``$/.../settings\\xff``). Every
+    shell now renames the directory, and a name with every character such quoting must
+    carry (a newline at its end, ``'``, ``%``, ``\\``, an escape sequence, a leading ``-``)
+    comes out of each as the bytes it is."""
+    for shell in _SHELLS:
+        base = tmp_path / shell
+        settings = Path(os.fsdecode(os.fsencode(base) + b"/settings\xff"))
+        copy_project_settings(settings)
+        env = {k: v for k, v in app_env(tmp_path / "unused").items() if k != "APP_DATA_ROOT"}
+        env["APP_SETTINGS_DIR"] = str(settings)
+        move, export = _commands(_refusal(env))[:2]
+        script = f'{move} && {export} && printf %s "$APP_SETTINGS_DIR"'
+        ran = subprocess.run([shell, "-c", script], capture_output=True, check=False)
+        assert ran.returncode == 0, (shell, move, ran.stderr)
+        env["APP_SETTINGS_DIR"] = os.fsdecode(ran.stdout)
+        assert load("testing", environ=env).data_root == base / "settingsÿ" / "data" / "testing"
+
+    names = ["-r\udcfe 100% it's a\\b\x1b]0;t\x07", "two\nlines\n\n"]
+    for shell in _SHELLS:
+        for name in names:
+            said = subprocess.run(
+                [shell, "-c", f"printf %s {shell_word(name)}"], capture_output=True, check=False
+            )
+            assert said.stdout == os.fsencode(name), (shell, shell_word(name), said)
