@@ -21,7 +21,13 @@ What broke:
   through `printable`, wrote it ``zz\\udcff``, a character no file name holds, which failed
   red team 51's test. Raw, a byte from 0x80 to 0x9F is a C1 control to a terminal that is
   not in UTF-8 (0x9B is CSI); `printable` now writes such a byte as the byte it is,
-  ``zz\\xff`` (`tests/test_redteam_s51_ops.py` replays it).
+  ``zz\\xff`` (`tests/test_redteam_s51_ops.py` replays it);
+- a file's row on PostgreSQL whose name holds a character a replica on a newer Python took
+  (U+1FA75 is Unicode 15; 3.11 calls it unassigned): red team 60 on the remote backend
+  held a row's name to `check_file_name`, which judges by this Python's tables, so the
+  older replica left the file out of its session and `app data check` called the row a
+  tool's, for a human to correct. A code point this Python does not assign is taken as its
+  writer's (`app.remote.rows._known`); a request for it there is still ``invalid_name``.
 """
 
 from __future__ import annotations
@@ -32,16 +38,22 @@ import shutil
 import signal
 import subprocess
 import sys
+import unicodedata
 from pathlib import Path
+from urllib.parse import quote
 
+import psycopg
 import pytest
+from fastapi.testclient import TestClient
 from faults import needs_strace, strace_prefix
 from project_copy import copy_project_settings
 from test_redteam_s60_ops import _commands, _refusal, _root_of_three
+from test_redteam_s60_remote import _findings, _session_with, served  # noqa: F401 - a fixture
 from test_server_e2e import app_env
 
 from app.config import load
 from app.errors import shell_word
+from app.remote.store import RemoteStore
 
 #: The shells a printed command is run by: POSIX sh (dash where it is /bin/sh), and bash.
 _SHELLS = [shell for shell in ("sh", "dash", "bash") if shutil.which(shell)]
@@ -105,3 +117,33 @@ def test_a_printed_command_naming_a_byte_that_is_not_utf8_runs_in_posix_sh(
                 [shell, "-c", f"printf %s {shell_word(name)}"], capture_output=True, check=False
             )
             assert said.stdout == os.fsencode(name), (shell, shell_word(name), said)
+
+
+# --- the remote backend's rows ------------------------------------------------------------
+
+#: A character of Unicode 15 (LIGHT BLUE HEART), which a replica on Python 3.12 or later
+#: takes in a name.
+_NEWER = "\U0001fa75"
+
+
+@pytest.mark.skipif(
+    unicodedata.category(_NEWER) != "Cn", reason="this Python's Unicode assigns U+1FA75"
+)
+def test_a_name_a_newer_python_s_replica_took_is_listed_not_called_a_tool_s(
+    served: tuple[RemoteStore, TestClient],  # noqa: F811 - the fixture
+) -> None:
+    """A file's row with a name a replica on a newer Python took (a character of Unicode 15,
+    unknown to 3.11's tables), as that replica wrote it: before, this replica left it out of
+    its session's files and `app data check` called it a row "a tool or an edit wrote",
+    for a human to correct. It is listed and not reported; a request for it here is refused
+    for the code point this Python does not know, not as a row of another shape."""
+    store, client = served
+    session_id, path = _session_with(client, {"blue.txt": b"blue"})
+    name = f"blue {_NEWER}.txt"
+    with psycopg.connect(store.database_url, autocommit=True) as admin:
+        admin.execute("UPDATE app_files SET name = %s WHERE session_id = %s", (name, session_id))
+    assert [f["name"] for f in client.get(f"/sessions/{session_id}").json()["files"]] == [name]
+    assert _findings(store, session_id) == {}
+    refused = client.get(f"{path}/{quote(name)}")
+    assert (refused.status_code, refused.json()["code"]) == (400, "invalid_name"), refused.text
+    assert "U+1FA75" in refused.json()["message"], refused.text
