@@ -12,6 +12,7 @@ import contextlib
 import errno
 import functools
 import json
+import logging
 import os
 import signal
 import sys
@@ -38,6 +39,7 @@ from app.errors import (
     NotInTrashError,
     OutputClosedError,
     OutputFailedError,
+    PrintableLines,
     SessionNotFoundError,
     shell_word,
     storage_error,
@@ -1420,6 +1422,9 @@ def _standard_descriptors() -> None:
 def main() -> None:
     """Console-script entry point."""
     _standard_descriptors()
+    last = logging.lastResort  # where a command's warnings go: it configures no log
+    if last is not None and not any(isinstance(f, PrintableLines) for f in last.filters):
+        last.addFilter(PrintableLines())
     if sys.stdout is not None:  # None when started with it closed (`>&-`): click prints nothing
         _encode_all(sys.stdout)
         sys.stdout = _StandardStream(sys.stdout, _refused_as_output)

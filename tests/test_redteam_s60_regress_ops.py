@@ -27,7 +27,12 @@ What broke:
   held a row's name to `check_file_name`, which judges by this Python's tables, so the
   older replica left the file out of its session and `app data check` called the row a
   tool's, for a human to correct. A code point this Python does not assign is taken as its
-  writer's (`app.remote.rows._known`); a request for it there is still ``invalid_name``.
+  writer's (`app.remote.rows._known`); a request for it there is still ``invalid_name``;
+- a command's own log warnings (`app data purge`'s "purge left ... a symbolic link (to
+  ...)") go through Python's last-resort handler, which red team 60 on operations gave no
+  `printable` filter: a link's target named with an escape sequence reached the terminal
+  as it is. `app.cli.main` gives that handler `app.errors.PrintableLines`, which now makes
+  a record's traceback printable as well.
 """
 
 from __future__ import annotations
@@ -147,3 +152,27 @@ def test_a_name_a_newer_python_s_replica_took_is_listed_not_called_a_tool_s(
     refused = client.get(f"{path}/{quote(name)}")
     assert (refused.status_code, refused.json()["code"]) == (400, "invalid_name"), refused.text
     assert "U+1FA75" in refused.json()["message"], refused.text
+
+
+def test_a_command_s_log_warning_prints_an_escape_sequence_as_text(tmp_path: Path) -> None:
+    """`app data purge` of a root where one session's directory is a symbolic link to a
+    directory named with an escape sequence (one that clears the screen): the purge's
+    warning that it left the link, written through Python's last-resort log handler, printed
+    the link's target as it is, where every other line of a command and of a server's log
+    shows such characters as text since red team 60 on operations."""
+    root = tmp_path / "root"
+    env, ids = _root_of_three(root)
+    away = tmp_path / "moved\x1b[2J\x1b]0;owned\x07"
+    (root / "sessions" / ids[0]).rename(away)
+    (root / "sessions" / ids[0]).symlink_to(away)
+    purge = subprocess.run(
+        [sys.executable, "-m", "app", "data", "purge"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert "purge left" in purge.stderr, (purge.returncode, purge.stderr)
+    assert "\x1b" not in purge.stderr and "\x07" not in purge.stderr, purge.stderr
+    assert "moved\\x1b[2J\\x1b]0;owned\\x07" in purge.stderr, purge.stderr
