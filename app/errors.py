@@ -2715,6 +2715,15 @@ class StoppedPartwayError(StorageError):
     rest: str = "the rest are unchanged"
 
 
+PARTWAY_RESOLVE: Final = (
+    "Resolve the cause (`ulimit -n`, free space, permissions, a filesystem gone read-only: "
+    "`mount -o remount,rw` once `dmesg` says why; `dmesg` for a disk fault)"
+)
+"""What a `StoppedPartwayError`'s ``fix`` begins with: the causes a storage error names. A
+filesystem gone read-only (EROFS) was left out, and was told to look at descriptors, space
+and permissions (red team 60)."""
+
+
 def partway_cause(error: OSError) -> tuple[str, bool]:
     """What stopped a command over many items (`StoppedPartwayError`), said without a path
     (``POST /trash/empty`` sends it to a client), and whether the call it failed may have
@@ -2749,6 +2758,11 @@ _NETWORK_GONE = (
     ": a network filesystem whose server does not answer; once it does, or once the data "
     "root is on a local disk, the calls go through"
 )
+# A directory's subdirectories, each a link to it, are bounded by the filesystem (EMLINK).
+_LINK_LIMITS: Final = "(ext2 and ext3: 31,998 subdirectories; ext4 made without dir_nlink: 64,998)"
+_NO_LINK_LIMIT: Final = (
+    "move the data root to a filesystem without that limit (ext4 with dir_nlink, xfs)"
+)
 _FAILED_HINTS: Final[dict[int, str]] = {
     errno.ESTALE: (
         ": a network filesystem (NFS) whose server restarted or whose export changed under "
@@ -2773,10 +2787,41 @@ _FAILED_HINTS: Final[dict[int, str]] = {
     ),
     errno.EMLINK: (
         ": a directory of the data root holds as many entries as its filesystem allows "
-        "(ext2 and ext3: 31,998 subdirectories); empty the trash (POST /trash/empty, "
-        "`app data empty-trash`), or move the data root to ext4 or xfs"
+        f"{_LINK_LIMITS}; empty the trash (POST /trash/empty, `app data empty-trash`), or "
+        f"{_NO_LINK_LIMIT}"
     ),
 }
+
+# Which directory of the root is at its filesystem's limit of subdirectories (EMLINK): the
+# one a `mkdir` makes an entry in, or a `rename` moves one into. Emptying the trash frees
+# none of sessions/'s: a full sessions/ was told to (red team 60).
+_FULL_DIRECTORY_HINTS: Final[dict[str, str]] = {
+    ".trash": (
+        ": the data root's .trash/ holds as many entries as its filesystem allows in one "
+        f"directory {_LINK_LIMITS}; empty the trash (POST /trash/empty, `app data "
+        f"empty-trash`), or {_NO_LINK_LIMIT}"
+    ),
+    "sessions": (
+        ": the data root's sessions/ holds as many sessions as its filesystem allows in one "
+        f"directory {_LINK_LIMITS}, and emptying the trash frees none of them; delete the "
+        "sessions no longer needed (DELETE /sessions/ID, then POST /trash/empty or `app data "
+        "empty-trash`), or "
+        f"{_NO_LINK_LIMIT}"
+    ),
+}
+
+
+def _failed_hint(error: OSError) -> str:
+    """What the errno of ``error`` means on a data root, for `StorageFailedError`; for
+    ``EMLINK``, which of the root's directories is full, told by the path the call made an
+    entry in (a `rename`'s destination, else its path)."""
+    if error.errno == errno.EMLINK:
+        made = error.filename2 if error.filename2 is not None else error.filename
+        if isinstance(made, str | bytes | os.PathLike):
+            parent = Path(os.fsdecode(made)).parent.name
+            if parent in _FULL_DIRECTORY_HINTS:
+                return _FULL_DIRECTORY_HINTS[parent]
+    return _FAILED_HINTS.get(error.errno or 0, "")
 
 
 _STORAGE_ERRORS: tuple[tuple[frozenset[int], Callable[[str], StorageError]], ...] = (
@@ -2851,5 +2896,5 @@ def storage_error(error: BaseException, doing: str) -> StorageError | None:
         doing,
         errno.errorcode.get(error.errno, f"errno {error.errno}"),
         error.strerror or os.strerror(error.errno),
-        _FAILED_HINTS.get(error.errno, ""),
+        _failed_hint(error),
     )

@@ -825,6 +825,8 @@ class _Seen(dict[Path, set[str]]):
         self.hidden: dict[int, tuple[Path, str]] = {}
         #: This user's registries whose entries count for nothing, and why (`_distrusted`).
         self.distrusted: dict[Path, str] = {}
+        #: Registries whose own look (`lstat`) failed, other than as absent (`_read_failed`).
+        self.failed: dict[Path, str] = {}
         self._views: dict[int | str, _View | None] = {}
         self._beside: dict[Path, set[str]] = {}
 
@@ -857,23 +859,32 @@ def _registered(directory: Path, uid: int, seen: _Seen) -> set[str]:
         if _runs_dir_trusted(directory, uid):
             try:
                 seen[directory] = {entry.name for entry in directory.iterdir()}
-            except PermissionError:
-                seen.unlisted.add(directory)
             except OSError:
-                pass
+                # Denied, or failed otherwise though it is there (too many open files, a
+                # tracer's injected fault): its entries are looked for by name. A failed
+                # listing once counted as an empty registry, and a child given production's
+                # settings alone under `strace -e inject=openat:error=EMFILE -P <registry>
+                # -P /proc/<run>/fd` found no run and purged a stopped production root (red
+                # team 60 on the children of tests).
+                seen.unlisted.add(directory)
         elif (why := _distrusted(directory, uid)) is not None:
-            seen.distrusted[directory] = why
+            failed = why.startswith(_READ_FAILED)
+            (seen.failed if failed else seen.distrusted)[directory] = why
     return seen[directory]
 
 
 def _distrusted(directory: Path, uid: int) -> str | None:
     """Why user `uid`'s own registry `directory` is not trusted, where a test of that user
-    could have made it so: others may write it, or a link is at its name. None otherwise
-    (not there, or another user's: such a registry keeps a run from starting at all)."""
+    could have made it so: others may write it, or a link is at its name; or its look
+    failed (`_read_failed`). None otherwise (not there, or another user's: such a registry
+    keeps a run from starting at all)."""
     try:
         found = os.lstat(directory)
-    except OSError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
+    except OSError as error:
+        # Neither there nor absent (a tracer's injected EIO): a run's entry may be in it.
+        return _read_failed(error)
     if found.st_uid != uid:
         return None
     if stat.S_ISLNK(found.st_mode):
@@ -893,13 +904,23 @@ def _hidden_entry(directory: Path, name: str) -> Path | str | None:
     known (an access control list that denies this process's user the directory)."""
     try:
         (directory / name).stat()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
     except PermissionError as error:
         return error.strerror or "Permission denied"
-    except OSError:
-        return None
+    except OSError as error:
+        return _read_failed(error)
     return directory / name
+
+
+#: How `_read_failed` begins its reasons, which `_hidden_run` tells apart from a denial.
+_READ_FAILED: Final = "the read failed"
+
+
+def _read_failed(error: OSError) -> str:
+    """Why a read of the registry failed, where it was neither denied nor found absent."""
+    code = errno.errorcode.get(error.errno or 0, str(error.errno))
+    return f"{_READ_FAILED} ({code}: {error.strerror or error})"
 
 
 #: Whether this process is in a user namespace of its own (read once).
@@ -1133,6 +1154,32 @@ def _entry_read(
     return entry, data
 
 
+def _entry_listed(pid: int, directory: Path, uid: int, name: str, seen: _Seen) -> Path | None:
+    """Entry `name` of process `pid` in user `uid`'s registry `directory`, where it is found
+    there; where it may be there unseen, that is noted in ``seen.hidden``."""
+    if name in _registered(directory, uid, seen):
+        return directory / name
+    if directory in seen.unlisted:
+        # A registry this process may not list (a test denied its user it, red team 40), or
+        # whose listing failed: the entry by name, and where even that fails, a run may be
+        # there unseen (`_walk_tree` refuses then).
+        found = _hidden_entry(directory, name)
+        if isinstance(found, Path):
+            return found
+        if found is not None:
+            seen.hidden.setdefault(pid, (directory, found))
+    elif directory in seen.failed and pid != _proc_self():
+        # Its nearest ancestor, not this process: any may be the run.
+        seen.hidden.setdefault(pid, (directory, seen.failed[directory]))
+    elif directory in seen.distrusted and (directory / name).exists():
+        # A registry a test made writable by others (`chmod 777`), whose entries count for
+        # nothing: the run's children, given production's settings alone under a runner
+        # script, purged a stopped root before the check after the test put it right (red
+        # team 46). A run may be above: refused as hidden.
+        seen.hidden.setdefault(pid, (directory, seen.distrusted[directory]))
+    return None
+
+
 def _entry_named(pid: int, name: str, seen: _Seen, parent: int | None) -> Path | None:
     """Registry entry `name` of process `pid`, where it is (`_entry_of`)."""
     try:
@@ -1143,23 +1190,8 @@ def _entry_named(pid: int, name: str, seen: _Seen, parent: int | None) -> Path |
         owner = os.getuid()
     for uid in dict.fromkeys((owner, os.getuid())):
         for directory in _registries(uid):
-            if name in _registered(directory, uid, seen):
-                return directory / name
-            if directory in seen.unlisted:
-                # A registry this process may not list (a test denied its user it, red
-                # team 40): the entry by name, and where even that fails, a run may be
-                # there unseen (`_walk_tree` refuses then).
-                found = _hidden_entry(directory, name)
-                if isinstance(found, Path):
-                    return found
-                if found is not None:
-                    seen.hidden.setdefault(pid, (directory, found))
-            elif directory in seen.distrusted and (directory / name).exists():
-                # A registry a test made writable by others (`chmod 777`), whose entries
-                # count for nothing: the run's children, given production's settings alone
-                # under a runner script, purged a stopped root before the check after the
-                # test put it right (red team 46). A run may be above: refused as hidden.
-                seen.hidden.setdefault(pid, (directory, seen.distrusted[directory]))
+            if (found := _entry_listed(pid, directory, uid, name, seen)) is not None:
+                return found
         entry = _entry_in_its_own_tmp(pid, uid, name, seen)
         if entry is None and parent is not None:
             entry = _entry_left_behind(pid, parent, uid, name, seen)
@@ -1537,21 +1569,44 @@ def _linux_proc() -> bool:
 
 def _unreadable(entry: Path) -> str | None:
     """Why this process may not read `entry` (a test's ``chmod 0200`` of it, an access
-    control list), or None where it can, or where it fails otherwise."""
+    control list; or its read failed, `_read_failed`), or None where it can, or where it is
+    gone, or is no regular file."""
     try:
         fd = os.open(entry, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        return None  # gone meanwhile: its run has ended
     except PermissionError as error:
         return error.strerror or "Permission denied"
-    except OSError:
-        return None
+    except OSError as error:
+        # Too many open files, or a tracer's injected fault: an entry that is there but
+        # could not be read was passed over as none, and a child purged (red team 60).
+        return _read_failed(error)
     try:
-        size = os.fstat(fd).st_size
+        return _unreadable_open(fd)
+    except OSError as error:
+        return _read_failed(error)
     finally:
         os.close(fd)
-    if size > _ENTRY_MAX_BYTES:
+
+
+def _unreadable_open(fd: int) -> str | None:
+    """`_unreadable` of an entry open at `fd`: too long, or unreadable to its end."""
+    found = os.fstat(fd)
+    if not stat.S_ISREG(found.st_mode):
+        return None  # a FIFO or a device a test put there: no run's entry
+    if found.st_size > _ENTRY_MAX_BYTES:
         # No run writes one so long now; one did (thousands of node ids on its command
         # line), and its children took it for no entry at all (red team 47).
-        return f"{_TOO_LONG} ({size} bytes, more than {_ENTRY_MAX_BYTES})"
+        return f"{_TOO_LONG} ({found.st_size} bytes, more than {_ENTRY_MAX_BYTES})"
+    read = 0
+    while chunk := os.read(fd, 65536):
+        read += len(chunk)
+        if read > found.st_size:  # and never ends (a tracer's injected `read:retval=N`)
+            return f"{_READ_FAILED} (it read more than its {found.st_size} bytes)"
+    if read < found.st_size:
+        # An entry is replaced whole (a rename), never cut or grown: a read that stops short
+        # is a fault (a tracer's injected `read:retval=0`), not an entry being written.
+        return f"{_READ_FAILED} (it read {read} of its {found.st_size} bytes)"
     return None
 
 
@@ -1575,7 +1630,10 @@ def _hidden_run(hidden: Mapping[int, tuple[Path, str]]) -> tuple[str, str]:
     counts, and only one this process may not read: a service started by init has none.
     """
     pid, (where, why) = next(iter(hidden.items()))
-    registry = where if where.is_dir() else where.parent
+    try:
+        registry = where if where.is_dir() else where.parent
+    except OSError:  # its look failed (`_read_failed`): a registry, unless it is an entry
+        registry = where.parent if where.suffix == ".json" else where
     if why.startswith(_DISTRUSTED):
         said = (
             f"{_HIDDEN_RUN} (ancestor pid {pid}: {_shown(_cmdline(pid))}), whose entry in the "
@@ -1598,6 +1656,16 @@ def _hidden_run(hidden: Mapping[int, tuple[Path, str]]) -> tuple[str, str]:
             f"Run the tests with a release of the app whose runs keep their entries short "
             f"(an older one recorded every word of a long command line), or end pid {pid}; "
             f"a test must not write such an entry in {registry}"
+        )
+        return said, fix
+    if why.startswith(_READ_FAILED):
+        fix = (
+            f"Let this process read {registry} and its entries: a tracer that injects faults "
+            "(`strace --inject`) must keep to the calls the test means (`-P <the file>`, "
+            "never the registry or a run's /proc/<pid>/fd), a process at its limit of open "
+            "files needs a higher one (`ulimit -n`, `prlimit --nofile`), a security policy "
+            "that denies it must let it read them, and a disk that fails reads needs looking "
+            "at (`dmesg`); or start it outside the test run"
         )
         return said, fix
     if _readable_by_mode(registry) and _readable_by_mode(where):
@@ -2853,10 +2921,18 @@ def _own_pid_namespace(pid: int | str) -> int | None:
     """The PID namespace process `pid` lives in (its own, which no call changes: `unshare`
     and `setns` move only the children it starts next), or None where this process may not
     read it (another user's process, one of an enclosing user namespace)."""
+    link = _PROC / str(pid) / "ns" / "pid"
     try:
-        return (_PROC / str(pid) / "ns" / "pid").stat().st_ino
+        shown, number = str(link.readlink()), link.stat().st_ino
     except OSError:
         return None
+    # Read twice, by its link's text (``pid:[N]``) and by the inode its `stat` gives, and
+    # known only where both agree: a `stat` a tracer made succeed without filling anything
+    # in (``strace -e inject=newfstatat:retval=0 -P /proc/<pid>/ns/pid``) gave the run's
+    # process another namespace, its entry was passed over as another process's, and a
+    # child given production's settings alone purged a stopped production root (red team
+    # 60 on the children of tests). Unknown, an entry counts (`_of_another`).
+    return number if shown == f"pid:[{number}]" else None
 
 
 def _of_another(pid: int, data: dict[str, Any]) -> bool:

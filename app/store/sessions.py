@@ -999,7 +999,12 @@ class _Staging:
         """Make the staging directory in ``where`` (sessions/, open as ``sessions_fd``) and
         write session.json in it (synced later)."""
         stored = {k: v for k, v in self.session.items() if k != "files"}  # files: records/
-        os.mkdir(self.name, mode=0o700, dir_fd=sessions_fd)
+        try:
+            os.mkdir(self.name, mode=0o700, dir_fd=sessions_fd)
+        except OSError as error:
+            # By its whole path: which directory of the root is full (EMLINK) is told by it.
+            error.filename = f"{where}/{self.name}"
+            raise
         self.dir_fd = os.open(
             self.name,
             os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,

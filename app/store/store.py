@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Concatenate, Final, ParamSpec, 
 
 from app.dataroot import LOCAL_FILESYSTEMS, Prepared, filesystem_type, lexists, link_remedy
 from app.errors import (
+    PARTWAY_RESOLVE,
     AppError,
     FsyncFailed,
     NotInTrashError,
@@ -367,9 +368,8 @@ class Store(Storage):
                     total=len(ids),
                     cause=f"{cause}: {error.filename}" if error.filename else cause,
                     where=f"in the trash ({self.trash_location})",
-                    fix="Resolve the cause (`ulimit -n`, free space, permissions; `dmesg` for "
-                    "a disk fault), then run `app data purge` again to move the rest; `app "
-                    "sessions restore ID` brings one back",
+                    fix=f"{PARTWAY_RESOLVE}, then run `app data purge` again to move the "
+                    "rest; `app sessions restore ID` brings one back",
                     **(
                         {
                             "rest": "the session it stopped at may be in the trash too (the "

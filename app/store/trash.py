@@ -33,6 +33,7 @@ from app.dataroot import (
     write_new_file,
 )
 from app.errors import (
+    PARTWAY_RESOLVE,
     PermissionDeniedStorageError,
     StoppedPartwayError,
     TrashCopyLostError,
@@ -741,8 +742,7 @@ class Trash:
                 total=len(chosen),
                 cause=cause,
                 where="removed for good",
-                fix="Resolve the cause (`ulimit -n`, free space, permissions; `dmesg` for a "
-                "disk fault), then empty the trash again to remove the rest",
+                fix=f"{PARTWAY_RESOLVE}, then empty the trash again to remove the rest",
                 **(
                     {
                         "rest": "the entry it stopped at may be removed too (the filesystem "

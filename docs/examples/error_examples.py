@@ -294,8 +294,8 @@ EXAMPLES: list[errors.AppError] = [
         total=300,
         cause="[Errno 24] Too many open files: '/srv/app-data/.trash'",
         where="in the trash (/srv/app-data/.trash)",
-        fix="Resolve the cause (`ulimit -n`, free space, permissions), then run `app data "
-        "purge` again to move the rest; `app sessions restore ID` brings one back",
+        fix=f"{errors.PARTWAY_RESOLVE}, then run `app data purge` again to move the rest; "
+        "`app sessions restore ID` brings one back",
     ),
     # The PostgreSQL + object storage backend (app.remote.errors).
     remote.ResourceOverlapError(
