@@ -44,6 +44,7 @@ import signal
 import subprocess
 import sys
 import unicodedata
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from urllib.parse import quote
 
@@ -68,28 +69,47 @@ def _ignoring_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-@needs_strace
-def test_a_command_started_with_sigint_ignored_is_not_stopped_by_it(tmp_path: Path) -> None:
-    """``app data purge`` started as a script's ``&`` starts it (SIGINT ignored), sent SIGINT
-    as it moves its second session: before, stopped there (130, one session left); it
-    finishes, as before red team 60, its one line naming all three."""
-    root = tmp_path / "root"
-    env, ids = _root_of_three(root)
-    strace = strace_prefix("rename:signal=INT:when=1", root / "sessions" / ids[1])
-    purge = subprocess.run(
-        [*strace, sys.executable, "-m", "app", "data", "purge"],
+def _purge(
+    env: dict[str, str], prefix: Sequence[str] = (), started: Callable[[], None] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``app data purge`` on the root ``env`` names, after ``prefix`` (strace's), ``started``
+    run in its process before it starts."""
+    return subprocess.run(
+        [*prefix, sys.executable, "-m", "app", "data", "purge"],
         env=env,
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
-        preexec_fn=_ignoring_sigint,
+        preexec_fn=started,
         check=False,
     )
+
+
+@needs_strace
+def test_a_purge_started_with_sigint_ignored_finishes_and_warns_in_text(tmp_path: Path) -> None:
+    """``app data purge`` started as a script's ``&`` starts it (SIGINT ignored), sent SIGINT
+    as it moves a session: before, stopped there (130); it finishes, as before red team 60,
+    its one line naming what it moved. The root's first session is a symbolic link to a
+    directory named with an escape sequence (one that clears the screen): the purge's
+    warning that it left the link, written through Python's last-resort log handler,
+    printed the link's target as it is, where every other line of a command and of a
+    server's log shows such characters as text since red team 60 on operations."""
+    root = tmp_path / "root"
+    env, ids = _root_of_three(root)
+    away = tmp_path / "moved\x1b[2J\x1b]0;owned\x07"
+    (root / "sessions" / ids[0]).rename(away)
+    (root / "sessions" / ids[0]).symlink_to(away)
+    strace = strace_prefix("rename:signal=INT:when=1", root / "sessions" / ids[1])
+    purge = _purge(env, strace, _ignoring_sigint)
     assert purge.returncode == 0, purge.stderr
     assert "interrupted" not in purge.stderr, purge.stderr
-    assert os.listdir(root / "sessions") == []
+    assert os.listdir(root / "sessions") == [ids[0]]
     (line,) = [json.loads(t) for t in (root / "audit.jsonl").read_text().splitlines()]
-    assert line["operation"] == "purge" and line["details"]["count"] == 3, line
+    assert line["operation"] == "purge" and line["details"]["count"] == 2, line
+
+    assert "purge left" in purge.stderr, purge.stderr
+    assert "\x1b" not in purge.stderr and "\x07" not in purge.stderr, purge.stderr
+    assert "moved\\x1b[2J\\x1b]0;owned\\x07" in purge.stderr, purge.stderr
 
 
 @pytest.mark.skipif(not _SHELLS, reason="no shell to run the printed commands")
@@ -152,27 +172,3 @@ def test_a_name_a_newer_python_s_replica_took_is_listed_not_called_a_tool_s(
     refused = client.get(f"{path}/{quote(name)}")
     assert (refused.status_code, refused.json()["code"]) == (400, "invalid_name"), refused.text
     assert "U+1FA75" in refused.json()["message"], refused.text
-
-
-def test_a_command_s_log_warning_prints_an_escape_sequence_as_text(tmp_path: Path) -> None:
-    """`app data purge` of a root where one session's directory is a symbolic link to a
-    directory named with an escape sequence (one that clears the screen): the purge's
-    warning that it left the link, written through Python's last-resort log handler, printed
-    the link's target as it is, where every other line of a command and of a server's log
-    shows such characters as text since red team 60 on operations."""
-    root = tmp_path / "root"
-    env, ids = _root_of_three(root)
-    away = tmp_path / "moved\x1b[2J\x1b]0;owned\x07"
-    (root / "sessions" / ids[0]).rename(away)
-    (root / "sessions" / ids[0]).symlink_to(away)
-    purge = subprocess.run(
-        [sys.executable, "-m", "app", "data", "purge"],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert "purge left" in purge.stderr, (purge.returncode, purge.stderr)
-    assert "\x1b" not in purge.stderr and "\x07" not in purge.stderr, purge.stderr
-    assert "moved\\x1b[2J\\x1b]0;owned\\x07" in purge.stderr, purge.stderr
