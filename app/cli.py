@@ -931,10 +931,8 @@ def _refuse_missing_root(
         return
     source = config.sources.get("data_root", "built-in default")
     if first is None:
-        import shlex
-
         first = (
-            _FIRST_DEPLOY.format(root=shlex.quote(str(root)))
+            _FIRST_DEPLOY.format(root=shell_word(str(root)))
             if config.protected
             else "a server creates its root at its first start (`app serve`)"
         )

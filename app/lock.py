@@ -37,7 +37,6 @@ import json
 import logging
 import os
 import re
-import shlex
 import socket
 import stat
 import sys
@@ -258,7 +257,7 @@ def _maintenance_command(holder: Mapping[str, Any]) -> str | None:
     program = argv[0]
     if Path(program).name in ("app", "__main__.py"):  # the console script, `python -m app`
         program = "app"
-    return shlex.join([program, *argv[1:]])
+    return " ".join(shell_word(word) for word in [program, *argv[1:]])
 
 
 def _parse_holder(raw: bytes) -> dict[str, Any] | None:
@@ -488,7 +487,7 @@ def _frozen_cgroup(pid: int) -> tuple[str, str] | None:
                 continue
             if frozen:
                 value, control = ("0", "cgroup.freeze") if unified else ("THAWED", "freezer.state")
-                return str(where), f"echo {value} > {shlex.quote(str(where / control))}"
+                return str(where), f"echo {value} > {shell_word(str(where / control))}"
     return None
 
 

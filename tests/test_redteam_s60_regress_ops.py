@@ -15,7 +15,11 @@ What broke:
   refusal of such a root gives, pasted into ``sh``, renamed nothing ("cannot stat
   '$/opt/app\\xff'"), and an ``rm`` or ``install -d`` acted on another path. Such a path is
   now named through printf(1)'s octal escapes (``"$(printf -- '/opt/app\\377')"``), which
-  every POSIX shell runs as written, bash and zsh too (`app.errors.shell_word`);
+  every POSIX shell runs as written, bash and zsh too (`app.errors.shell_word`); and the
+  commands printed through ``shlex.quote`` (an empty directory's ``rmdir`` where a settings
+  file belongs, a misspelt variable's ``export``, a missing root's ``install -d``...) go
+  through it too: in a settings directory named with an escape sequence, the ``rmdir``,
+  printed as text inside single quotes, named a path of backslashes;
 - `app data check` of a root holding a name that is not UTF-8 (``sessions/zz\\xff``): red
   team 51 wrote the byte as it is, and red team 60 on operations, printing every line
   through `printable`, wrote it ``zz\\udcff``, a character no file name holds, which failed
@@ -39,6 +43,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -58,7 +63,7 @@ from test_redteam_s60_remote import _findings, _session_with, served  # noqa: F4
 from test_server_e2e import app_env
 
 from app.config import load
-from app.errors import shell_word
+from app.errors import ConfigError, printable, shell_word
 from app.remote.store import RemoteStore
 
 #: The shells a printed command is run by: POSIX sh (dash where it is /bin/sh), and bash.
@@ -113,7 +118,7 @@ def test_a_purge_started_with_sigint_ignored_finishes_and_warns_in_text(tmp_path
 
 
 @pytest.mark.skipif(not _SHELLS, reason="no shell to run the printed commands")
-def test_a_printed_command_naming_a_byte_that_is_not_utf8_runs_in_posix_sh(
+def test_a_printed_command_naming_a_path_that_is_no_plain_text_runs_in_posix_sh(
     tmp_path: Path,
 ) -> None:
     """A settings directory whose name holds the byte 0xFF: the ``mv`` and ``export`` its
@@ -134,6 +139,23 @@ def test_a_printed_command_naming_a_byte_that_is_not_utf8_runs_in_posix_sh(
         assert ran.returncode == 0, (shell, move, ran.stderr)
         env["APP_SETTINGS_DIR"] = os.fsdecode(ran.stdout)
         assert load("testing", environ=env).data_root == base / "settingsÿ" / "data" / "testing"
+
+    # A command printed with `shlex.quote` rather than `shell_word` (`rmdir` of a settings
+    # file that is an empty directory, in a settings directory named with an escape
+    # sequence): printed as text, it named a path of backslashes and removed nothing.
+    for shell in _SHELLS:
+        settings = copy_project_settings(tmp_path / f"{shell}-\x1b]0;t\x07")
+        (settings / "settings.toml").unlink()
+        (settings / "settings.toml").mkdir()
+        env = {k: v for k, v in app_env(tmp_path / "unused").items() if k != "APP_DATA_ROOT"}
+        env["APP_SETTINGS_DIR"] = str(settings)
+        with pytest.raises(ConfigError) as refused:
+            load("testing", environ=env)
+        shown = " ".join(printable(line) for line in refused.value.message.split())
+        (rmdir,) = re.findall(r"`(rmdir [^`]+)`", shown)
+        ran = subprocess.run([shell, "-c", rmdir], capture_output=True, check=False)
+        assert ran.returncode == 0, (shell, rmdir, ran.stderr)
+        assert not (settings / "settings.toml").exists()
 
     names = ["-r\udcfe 100% it's a\\b\x1b]0;t\x07", "two\nlines\n\n"]
     for shell in _SHELLS:
