@@ -245,11 +245,17 @@ class SettingsUnreadableError(ConfigError):
         "cannot read the settings at {path}: permission denied for this process (user "
         "{user}); nothing was opened or changed. Run the command as a user who may read the "
         "settings directory and its files (the service's own, or the developer's), or give "
-        "that user read access (`ls -ld {path}`, then `chmod` or `setfacl -m u:{user}:rX`)"
+        "that user read access (`ls -ld {path_word}`, then `chmod` or `setfacl -m "
+        "u:{user}:rX`)"
     )
 
     path: Path
     user: str
+    path_word: str = field(init=False)  # as a command names it (`shell_word`)
+
+    def __post_init__(self) -> None:
+        self.path_word = shell_word(self.path)
+        super().__post_init__()
 
 
 class SettingsNotAFileError(ConfigError):
@@ -628,7 +634,7 @@ class DataRootOverlapError(ConfigError):
                     f"another path (its directory {self.alias} is {outer_root}, by device and "
                     "inode: a bind mount)"
                 )
-            found = f" (`findmnt -T {self.alias}` shows the mount)"
+            found = f" (`findmnt -T {shell_word(self.alias)}` shows the mount)"
         elif self.first_root == self.second_root:
             relation = "share the same data root"
         elif self.second_root.is_relative_to(self.first_root):
@@ -1124,9 +1130,15 @@ class LockUncheckedError(LockLostError):
         "lock file {path} {reason}: the data root's filesystem failed the look, and nobody "
         "need have touched the file, but this process cannot tell whether it still holds the "
         "data root, so it stops rather than risk sharing it. An operator mends the "
-        "filesystem (the kernel's log, `dmesg`; `findmnt -T {path}` names it), then restarts "
-        "the server"
+        "filesystem (the kernel's log, `dmesg`; `findmnt -T {path_word}` names it), then "
+        "restarts the server"
     )
+
+    path_word: str = field(init=False)  # as a command names it (`shell_word`)
+
+    def __post_init__(self) -> None:
+        self.path_word = shell_word(self.path)
+        super().__post_init__()
 
     def to_dict(self) -> dict[str, Any]:
         """Over HTTP: the same refusal without the path (``/health`` never shows it either)."""

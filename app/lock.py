@@ -1076,13 +1076,14 @@ def _through_deleted(path: Path, holder: Mapping[str, Any]) -> str:
     # Appended to the holder's description: why a root with a free (or no) lock file is held.
     if (over := holder.get("lock_file_mounted_over")) is not None:
         pid = holder.get("pid")
-        there = f"`nsenter -t {pid} -m findmnt {over}`" if pid else f"`findmnt {over}`"
+        word = shell_word(str(over))
+        there = f"`nsenter -t {pid} -m findmnt {word}`" if pid else f"`findmnt {word}`"
         return (
             f", through its lock file {over}, which is another file than the one {path} names "
             "here: a file is mounted over that name, in this mount namespace or in the "
             f"holder's (a bind mount, a container's volume), and each side locks its own "
-            f"(`findmnt {path}` here, {there} there). Unmount it (`umount {path}` where it is "
-            "mounted) and never mount over a root's lock file"
+            f"(`findmnt {shell_word(path)}` here, {there} there). Unmount it (`umount "
+            f"{shell_word(path)}` where it is mounted) and never mount over a root's lock file"
         )
     if (moved := holder.get("lock_file_moved_to")) is not None:
         return (

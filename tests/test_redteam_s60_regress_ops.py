@@ -19,7 +19,9 @@ What broke:
   commands printed through ``shlex.quote`` (an empty directory's ``rmdir`` where a settings
   file belongs, a misspelt variable's ``export``, a missing root's ``install -d``...) go
   through it too: in a settings directory named with an escape sequence, the ``rmdir``,
-  printed as text inside single quotes, named a path of backslashes;
+  printed as text inside single quotes, named a path of backslashes; and so do those
+  printed with a path not quoted at all (``ls -ld``, ``findmnt -T``, ``umount``), which a
+  space cut in two;
 - `app data check` of a root holding a name that is not UTF-8 (``sessions/zz\\xff``): red
   team 51 wrote the byte as it is, and red team 60 on operations, printing every line
   through `printable`, wrote it ``zz\\udcff``, a character no file name holds, which failed
@@ -63,7 +65,14 @@ from test_redteam_s60_remote import _findings, _session_with, served  # noqa: F4
 from test_server_e2e import app_env
 
 from app.config import load
-from app.errors import ConfigError, printable, shell_word
+from app.errors import (
+    ConfigError,
+    LockUncheckedError,
+    SettingsUnreadableError,
+    printable,
+    shell_word,
+)
+from app.lock import _through_deleted
 from app.remote.store import RemoteStore
 
 #: The shells a printed command is run by: POSIX sh (dash where it is /bin/sh), and bash.
@@ -194,3 +203,25 @@ def test_a_name_a_newer_python_s_replica_took_is_listed_not_called_a_tool_s(
     refused = client.get(f"{path}/{quote(name)}")
     assert (refused.status_code, refused.json()["code"]) == (400, "invalid_name"), refused.text
     assert "U+1FA75" in refused.json()["message"], refused.text
+
+
+@pytest.mark.skipif(not _SHELLS, reason="no shell to run the printed commands")
+def test_a_refusal_s_command_names_its_path_as_one_word_of_any_shell() -> None:
+    """The commands refusals printed with a path as it is (`ls -ld` of unreadable settings,
+    `findmnt -T` of a lock file that could not be looked at, `findmnt` and `umount` of a
+    file mounted over a lock): a space cut the path in two, and an escape sequence was
+    shown as text that names another path. Each path is one word any shell reads back."""
+    path = Path("/srv/my data/s\x1b]0;t\x07/x")
+    said = [
+        SettingsUnreadableError(path, "nobody").message,
+        LockUncheckedError(path, "could not be looked at (EIO)").message,
+        _through_deleted(path, {"lock_file_mounted_over": path, "pid": 1}),
+    ]
+    command = re.compile(r"`(?:nsenter -t 1 -m )?(?:ls -ld|findmnt(?: -T)?|umount) (\S.*?)`")
+    words = [word for message in said for word in command.findall(message)]
+    assert len(words) == 5, said
+    for shell in _SHELLS:
+        for word in words:
+            script = f"printf %s {word}"
+            ran = subprocess.run([shell, "-c", script], capture_output=True, check=False)
+            assert ran.stdout == os.fsencode(path), (shell, word, ran)
