@@ -509,9 +509,10 @@ class Files(Record):
     skipped: tuple[Path, ...]
     data: Mapping[Path, dict[str, Any]]
     profiles: tuple[str, ...]
-    #: Everything dynaconf's reading of these files depends on, or None when that is more
-    #: than their bytes (see `_content_key`): the key of `file_values`' memo.
-    content_key: tuple[Any, ...] | None = None
+    #: Each file's bytes, as parsed: with the rest, what `file_values`' memo is keyed on
+    #: (`_content_key`), worked out there, where dynaconf reads them. Not here: the pytest
+    #: plugin reads the files six times as a run starts and never asks dynaconf.
+    raw: Mapping[Path, bytes] | None = None
 
 
 def dynaconf_syntax(value: Any) -> bool:
@@ -533,16 +534,12 @@ def dynaconf_syntax(value: Any) -> bool:
     return False
 
 
-def _content_key(
-    directory: Path,
-    raw: Mapping[Path, bytes],
-    data: Mapping[Path, dict[str, Any]],
-    skipped: tuple[Path, ...],
-) -> tuple[Any, ...] | None:
+def _content_key(files: Files) -> tuple[Any, ...] | None:
     # What dynaconf's reading of plain files depends on: their paths and bytes, the files it
     # skips, and its own variables (which it reads from os.environ whatever `environ` says).
     # None when a file uses dynaconf's syntax: its values may depend on anything.
-    if any(dynaconf_syntax(body) for body in data.values()):
+    directory, raw, skipped = files.directory, files.raw or {}, files.skipped
+    if any(dynaconf_syntax(body) for body in files.data.values()):
         return None
     switches = tuple(
         sorted(
@@ -551,8 +548,8 @@ def _content_key(
             if name.endswith("_FOR_DYNACONF") or name.startswith("DYNACONF_")
         )
     )
-    files = tuple((str(path), content) for path, content in raw.items())
-    return (str(directory), files, tuple(str(path) for path in skipped), switches)
+    contents = tuple((str(path), content) for path, content in raw.items())
+    return (str(directory), contents, tuple(str(path) for path in skipped), switches)
 
 
 def read_files(environ: Mapping[str, str], sandboxed: bool) -> Files:
@@ -577,8 +574,7 @@ def read_files(environ: Mapping[str, str], sandboxed: bool) -> Files:
         for name, section in data[settings].items()
         if isinstance(section, dict) and name.lower() not in NOT_PROFILES
     )
-    key = _content_key(directory, raw, data, skipped)
-    return Files(directory, paths, skipped, MappingProxyType(data), profiles, key)
+    return Files(directory, paths, skipped, MappingProxyType(data), profiles, MappingProxyType(raw))
 
 
 def display(path: Path, directory: Path) -> str:
@@ -655,7 +651,7 @@ def plain_values(files: Files, keys: Collection[str]) -> Values | None:
     return found
 
 
-# `file_values` by `Files.content_key`: a few entries (one per settings directory and
+# `file_values` by `_content_key`: a few entries (one per settings directory and
 # sandboxing a process reads), so that `load` in every test (the `app_config` fixture) does
 # not pay for a dynaconf load of files it has read before. Only file values are kept.
 _FILE_VALUES_MEMO: dict[tuple[Any, ...], Values] = {}
@@ -678,9 +674,10 @@ def file_values(files: Files, keys: Collection[str]) -> Values:
     """Every profile's values of `keys` from the files, with their sources, from ONE dynaconf
     load; memoised on the files' bytes (not their times: a file rewritten within one clock
     tick is read again), never for files in dynaconf's syntax."""
-    if files.content_key is None:
+    content_key = _content_key(files)
+    if content_key is None:
         return _dynaconf_file_values(files, keys)
-    memo_key = (*files.content_key, tuple(keys))
+    memo_key = (*content_key, tuple(keys))
     cached = _FILE_VALUES_MEMO.get(memo_key)
     if cached is None:
         cached = _fresh(_dynaconf_file_values(files, keys))

@@ -79,7 +79,15 @@ from app.lock import (
     special_kind,
     through_another_device,
 )
-from app.mountinfo import shown_and_hidden_from, shown_and_upper, unescape, upper_in_fact
+from app.mountinfo import (
+    by_point,
+    nearest,
+    shown_and_hidden_from,
+    shown_and_upper,
+    unescape,
+    upper_in_fact,
+    walk_nearest,
+)
 from app.names import MAX_NAME_BYTES
 from app.records import dataclass
 from app.sandbox import (
@@ -1664,6 +1672,10 @@ class _MountTable:
         # every check of what pytest writes asks both at each of about a hundred paths.
         self._with_roots: tuple[tuple[bytes, bytes, bytes, bytes], ...] = ()
         self._with_uppers: tuple[tuple[bytes, bytes | None, bytes], ...] = ()
+        # The mount points in table order, and `mountinfo.by_point` of them: where a path
+        # lies, from a lookup per directory on its way (`mountinfo.nearest`).
+        self._points: tuple[bytes, ...] = ()
+        self._tops: dict[bytes, int] = {}
         self._generation = 0
 
     @staticmethod
@@ -1707,6 +1719,19 @@ class _MountTable:
         with self._lock:
             return self._with_uppers
 
+    def looked_up(
+        self,
+    ) -> tuple[
+        tuple[tuple[bytes, bytes, bytes, bytes], ...],
+        tuple[tuple[bytes, bytes | None, bytes], ...],
+        tuple[tuple[bytes, ...], dict[bytes, int]],
+    ]:
+        """`with_roots`, `with_uppers` and their mount points with `mountinfo.by_point` of
+        them, from the same reading of the table."""
+        self.mounts()
+        with self._lock:
+            return self._with_roots, self._with_uppers, (self._points, self._tops)
+
     def generation(self) -> int:
         """A number that changes whenever the table does: one poll while it has not.
 
@@ -1735,6 +1760,8 @@ class _MountTable:
         pairs = list(zip(self._mounts, self._fsroots, strict=True))
         self._with_roots = tuple((m[0], m[1], *more) for m, more in pairs)
         self._with_uppers = tuple((m[1], m[2], more[1]) for m, more in pairs)
+        self._points = tuple(m[1] for m in self._mounts)
+        self._tops = by_point(self._points)
         self._key = key
         self._generation += 1
 
@@ -1772,10 +1799,10 @@ def bound_from(path: Path) -> Path | None:
     ``/tmp``), as the nearest ancestor in another mount namespace sees it, through its
     ``/proc/<pid>/root`` (`app.sandbox.seen_from_outside`)."""
     try:
-        mounts = _MOUNTS.with_roots()
+        mounts, _, lookup = _MOUNTS.looked_up()
     except OSError:
         return None
-    source, hidden = shown_and_hidden_from(path, mounts)
+    source, hidden = shown_and_hidden_from(path, mounts, lookup)
     if source is not None:
         return source
     return seen_from_outside(hidden) if hidden is not None else None
@@ -1807,17 +1834,14 @@ def served_from(path: Path) -> tuple[Path, str] | None:
     ``overlay``, as nothing else says what it shows (red team 50).
     """
     try:
-        mounts = _MOUNTS.with_uppers()
+        _, mounts, (points, tops) = _MOUNTS.looked_up()
     except OSError:
         return None
     wanted = os.fsencode(path)
-    found: tuple[bytes, bytes | None, bytes] | None = None
-    for point, raw, upper in mounts:
-        top = point.rstrip(b"/")  # the longest mount point on the way: the nearest mount
-        if (wanted == point or wanted.startswith(top + b"/")) and (
-            found is None or len(top) >= len(found[0].rstrip(b"/"))
-        ):
-            found = (point, raw, upper)
+    # The longest mount point on the way: the nearest mount.
+    if (at := nearest(wanted, points, tops)) is not None and at < 0:
+        at = walk_nearest(wanted, points)
+    found = mounts[at] if at is not None else None
     if found is None or found[1] is None:
         return None
     point, kind = found[0], os.fsdecode(found[1])

@@ -9,17 +9,20 @@ from __future__ import annotations
 import os
 import re
 import stat
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 __all__ = [
     "Mount",
+    "by_point",
+    "nearest",
     "read",
     "shown_and_hidden_from",
     "shown_and_upper",
     "shown_from",
     "unescape",
     "upper_in_fact",
+    "walk_nearest",
 ]
 
 #: A mount: its device (``major:minor``), mount point, directory shown, upper directory.
@@ -86,18 +89,58 @@ def shown_from(path: Path, mounts: Sequence[Mount], *, hidden: bool = False) -> 
     return hidden_too if hidden else visible
 
 
-def shown_and_hidden_from(path: Path, mounts: Sequence[Mount]) -> tuple[Path | None, Path | None]:
+def by_point(points: Sequence[bytes]) -> dict[bytes, int]:
+    """Each mount point (without its trailing ``/``: ``/`` is ``b""``) and the index of the
+    last mount there in `points` (mount order: a later mount at the same point hides an
+    earlier), for `nearest`."""
+    return {point.rstrip(b"/"): index for index, point in enumerate(points)}
+
+
+def nearest(wanted: bytes, points: Sequence[bytes], tops: Mapping[bytes, int]) -> int | None:
+    """The index in `points` of the mount that ``wanted`` lies on (the deepest mount point on
+    its way, the last mounted there), None where it lies on none, or -1 where the table
+    must be walked to tell (`walk_nearest`): from a lookup in `tops` (`by_point`) per
+    directory on the way, where a walk of the whole table compared every mount point, at
+    each of the hundred paths every check of what pytest writes looks at."""
+    end = len(wanted)
+    while True:
+        top = wanted[:end]
+        if (index := tops.get(top)) is not None:
+            # Any directory above `wanted` is on its way; `wanted` itself only where it is
+            # the mount point as the table writes it.
+            return index if end < len(wanted) or wanted == points[index] else -1
+        end = wanted.rfind(b"/", 0, end)
+        if end < 0:
+            return None
+
+
+def walk_nearest(wanted: bytes, points: Sequence[bytes]) -> int | None:
+    """`nearest`, by a walk of the whole table."""
+    found = None
+    for index, point in enumerate(points):  # in mount order: a later mount at the same
+        top = point.rstrip(b"/")  # point hides an earlier
+        on_it = wanted == point or wanted.startswith(top + b"/")
+        if on_it and (found is None or len(top) >= len(points[found].rstrip(b"/"))):
+            found = index
+    return found
+
+
+def shown_and_hidden_from(
+    path: Path,
+    mounts: Sequence[Mount],
+    lookup: tuple[Sequence[bytes], Mapping[bytes, int]] | None = None,
+) -> tuple[Path | None, Path | None]:
     """`shown_from` without and with ``hidden``, from one look at the table: a caller that
     wants where ``path`` is hidden only where it is shown from nowhere (`bound_from`, at
     each of the hundred paths every check of what pytest writes looks at) read the table
-    twice for it."""
+    twice for it. `lookup`: `mounts`' points and their `by_point`, where the caller keeps
+    them with the table."""
     wanted = os.fsencode(path)
-    found = None
-    for mount in mounts:  # in mount order: a later mount at the same point hides an earlier
-        point = mount[1].rstrip(b"/")
-        on_it = wanted == mount[1] or wanted.startswith(point + b"/")
-        if on_it and (found is None or len(point) >= len(found[1].rstrip(b"/"))):
-            found = mount
+    points = lookup[0] if lookup is not None else [mount[1] for mount in mounts]
+    at = nearest(wanted, points, lookup[1]) if lookup is not None else -1
+    if at is not None and at < 0:
+        at = walk_nearest(wanted, points)
+    found = mounts[at] if at is not None else None
     if found is None:
         return None, None
     device, point, shown, upper = found

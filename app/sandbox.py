@@ -2767,11 +2767,20 @@ def _forget_dead_runs(directory: Path) -> None:
 def _become_subreaper() -> None:
     # A child that double-forks would be re-parented to init and leave the run's tree; as
     # the run's subreaper, the pytest process adopts it instead (Linux only, best effort).
+    # `_ctypes`, the module `ctypes` is built on, called as `ctypes.CDLL(None).prctl` calls
+    # it (its default result is a C int): importing `ctypes` itself, its forty C types, cost
+    # about 5 M instructions of every run's start (bench/README.md, "perf-startup60").
     with contextlib.suppress(Exception):
-        import ctypes
+        import _ctypes
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+        class _Libc:  # what a function pointer is looked up in: a handle, as CDLL has
+            _handle = _ctypes.dlopen(None, os.RTLD_LOCAL)  # type: ignore[arg-type]
+
+        class _Function(_ctypes.CFuncPtr):
+            _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
+
+        prctl = _Function(("prctl", _Libc()))  # type: ignore[arg-type]  # any `_handle`
+        prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
 
 
 def _publish(

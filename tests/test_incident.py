@@ -67,13 +67,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import forked_app
 import httpx
 import pytest
+from forked_app import Forked
 from hostile_suites import HELPERS, SUITES, SUITES_WITHOUT_PROPS, Suite
 from side_by_side import INNER_ADDOPTS, NEXT_ITEM
 
 from app.lock import LOCK_FILE
-from app.testing import start_server
 
 SETTINGS = """\
 [default]
@@ -103,7 +104,9 @@ class Production:
     url: str
     token: str
     port: int
-    process: subprocess.Popen[bytes]
+    #: Forked from the run's zygote (tests/forked_app.py): a process of its own, its pid, its
+    #: lock and its registry entry the server's; only its command line is the zygote's.
+    process: subprocess.Popen[bytes] | Forked
     files: dict[str, str]
     sessions: dict[str, Any]
     #: Where the settings put the other profiles' roots (development's among them).
@@ -205,7 +208,7 @@ def _production(tmp_path_factory: pytest.TempPathFactory, *, stop: bool) -> Iter
         # hostile runs get sandboxes of their own, which do not contain it.
         "PYTEST_APP_ALLOW_PROFILES": "production",
     }
-    process, url = start_server(env, root, base / "server.log")
+    process, url = forked_app.start_server(env, root, base / "server.log")
     port = int(url.rsplit(":", 1)[1])
     try:
         headers = {"Authorization": f"Bearer {token}"}

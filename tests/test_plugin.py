@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 
 import pytest
+from project_copy import copy_project_settings
+from side_by_side import inner_environ, pytest_side_by_side
 
 from app.config import SANDBOX_ENV
 from app.lock import RootLock
@@ -59,10 +61,95 @@ def test_probe():
 """
 
 
-def test_the_header_names_profile_data_root_source_and_sandbox(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(test_probe=PROBE_TEST)
-    result = pytester.runpytest_subprocess()
-    result.assert_outcomes(passed=1)
+PROD_TESTS = """
+import pytest
+from app.config import load
+from app.errors import SandboxViolationError
+
+def test_refused():
+    with pytest.raises(SandboxViolationError) as refused:
+        load("production")
+    assert "mark the test @pytest.mark.app_profile('production')" in str(refused.value)
+
+@pytest.mark.app_profile("production")
+def test_opted_in(monkeypatch):
+    monkeypatch.setenv("APP_API_TOKEN", "a-production-token-for-tests-only")
+    config = load("production")
+    assert config.data_root == config.sandbox / "data" / "production"
+    assert config.sources["data_root"].startswith("pytest sandbox (configured: ")
+"""
+
+ESCAPE_TESTS = """
+import pytest
+from app.config import load
+from app.errors import SandboxViolationError
+
+def test_env_override(monkeypatch):
+    monkeypatch.setenv("APP_DATA_ROOT", "/srv/app/production")
+    with pytest.raises(SandboxViolationError, match="outside the test sandbox"):
+        load()
+"""
+
+MARKER_TESTS = """
+import os
+
+def test_removes_it():
+    del os.environ["PYTEST_APP_SANDBOX"]
+
+def test_after_it():
+    assert os.environ["PYTEST_APP_SANDBOX"]
+"""
+
+#: The inner test modules that need nothing of their own: pytester's environment with the
+#: project's settings copied (tests/conftest.py gives a pytester test that), no option, no
+#: conftest. They run in one inner pytest (`plain_run`) instead of one each (an inner
+#: pytest's start-up is about 0.3 s of CPU), and each test below asserts on its own module's
+#: outcomes in that run's ``-rA`` report, and on the lines it checked before.
+PLAIN = {
+    "test_probe": PROBE_TEST,
+    "test_prod": PROD_TESTS,
+    "test_escape": ESCAPE_TESTS,
+    "test_marker": MARKER_TESTS,
+}
+
+
+@pytest.fixture(scope="module")
+def plain_run(tmp_path_factory: pytest.TempPathFactory) -> pytest.RunResult:
+    """`PLAIN`'s modules run in one pytest subprocess, as ``pytester.runpytest_subprocess``
+    runs one (`side_by_side.pytest_side_by_side`, in a directory of its own holding them),
+    with ``-rA`` so that each module's outcomes can be read apart."""
+    where = tmp_path_factory.mktemp("plain-run")
+    project, tmproot = where / "project", where / "tmproot"
+    project.mkdir()
+    tmproot.mkdir()
+    for module, source in PLAIN.items():
+        (project / f"{module}.py").write_text(source)
+    env = inner_environ(os.environ, project, tmproot)
+    env["APP_SETTINGS_DIR"] = str(copy_project_settings(where / "project-settings"))
+    (result,) = pytest_side_by_side(project, env, ["-rA"])
+    return result
+
+
+def outcomes(result: pytest.RunResult, module: str) -> list[str]:
+    """`module`'s lines in the short summary of an ``-rA`` run (``PASSED test_x.py::test_y``,
+    ``ERROR test_x.py::test_z``), without the reasons, sorted."""
+    kinds = ("PASSED ", "FAILED ", "ERROR ", "SKIPPED ", "XFAIL ", "XPASS ")
+    return sorted(
+        line.split(" - ", 1)[0]
+        for line in result.outlines
+        if line.startswith(kinds) and f" {module}.py::" in line
+    )
+
+
+def test_the_plain_run_ran_each_module_and_nothing_else(plain_run: pytest.RunResult) -> None:
+    plain_run.assert_outcomes(passed=6, errors=1)
+
+
+def test_the_header_names_profile_data_root_source_and_sandbox(
+    plain_run: pytest.RunResult,
+) -> None:
+    result = plain_run
+    assert outcomes(result, "test_probe") == ["PASSED test_probe.py::test_probe"]
     result.stdout.fnmatch_lines(
         [
             (
@@ -312,64 +399,31 @@ def test_it_refuses_a_configuration_loaded_before_it_could_act(
     )
 
 
-def test_a_test_may_not_load_production_without_opting_in(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(
-        test_prod="""
-import pytest
-from app.config import load
-from app.errors import SandboxViolationError
-
-def test_refused():
-    with pytest.raises(SandboxViolationError) as refused:
-        load("production")
-    assert "mark the test @pytest.mark.app_profile('production')" in str(refused.value)
-
-@pytest.mark.app_profile("production")
-def test_opted_in(monkeypatch):
-    monkeypatch.setenv("APP_API_TOKEN", "a-production-token-for-tests-only")
-    config = load("production")
-    assert config.data_root == config.sandbox / "data" / "production"
-    assert config.sources["data_root"].startswith("pytest sandbox (configured: ")
-"""
-    )
-    pytester.runpytest_subprocess().assert_outcomes(passed=2)
+def test_a_test_may_not_load_production_without_opting_in(plain_run: pytest.RunResult) -> None:
+    assert outcomes(plain_run, "test_prod") == [
+        "PASSED test_prod.py::test_opted_in",
+        "PASSED test_prod.py::test_refused",
+    ]
 
 
 def test_a_data_root_outside_the_sandbox_is_refused_inside_a_test(
-    pytester: pytest.Pytester,
+    plain_run: pytest.RunResult,
 ) -> None:
-    pytester.makepyfile(
-        test_escape="""
-import pytest
-from app.config import load
-from app.errors import SandboxViolationError
-
-def test_env_override(monkeypatch):
-    monkeypatch.setenv("APP_DATA_ROOT", "/srv/app/production")
-    with pytest.raises(SandboxViolationError, match="outside the test sandbox"):
-        load()
-"""
-    )
-    pytester.runpytest_subprocess().assert_outcomes(passed=1)
+    assert outcomes(plain_run, "test_escape") == ["PASSED test_escape.py::test_env_override"]
 
 
 def test_a_test_that_removes_the_sandbox_marker_fails_and_it_is_put_back(
-    pytester: pytest.Pytester,
+    plain_run: pytest.RunResult,
 ) -> None:
-    pytester.makepyfile(
-        test_marker="""
-import os
-
-def test_removes_it():
-    del os.environ["PYTEST_APP_SANDBOX"]
-
-def test_after_it():
-    assert os.environ["PYTEST_APP_SANDBOX"]
-"""
+    # Its test passes, then errors in its teardown (the plugin's check); the next one passes.
+    assert outcomes(plain_run, "test_marker") == [
+        "ERROR test_marker.py::test_removes_it",
+        "PASSED test_marker.py::test_after_it",
+        "PASSED test_marker.py::test_removes_it",
+    ]
+    plain_run.stdout.fnmatch_lines(
+        ["*test_removes_it changed PYTEST_APP_SANDBOX; it was put back*"]
     )
-    result = pytester.runpytest_subprocess()
-    result.assert_outcomes(passed=2, errors=1)
-    result.stdout.fnmatch_lines(["*test_removes_it changed PYTEST_APP_SANDBOX; it was put back*"])
 
 
 def test_xdist_workers_get_distinct_roots_inside_the_sandbox(
@@ -470,6 +524,31 @@ def test_dynaconf_was_not_needed_to_start():
 
 def test_filelock_was_not_needed_to_start():
     assert "filelock" not in sys.modules
+"""
+    )
+    pytester.runpytest_subprocess().assert_outcomes(passed=2)
+
+
+def test_the_plugin_starts_without_ctypes_or_the_idna_codec(pytester: pytest.Pytester) -> None:
+    # Start-up cost (bench/README.md, "perf-startup60"): the run becomes its children's
+    # subreaper through `_ctypes` alone, and the look at the testing port gives the resolver
+    # an ASCII host as bytes; `ctypes` and the `idna` codec cost 5 M instructions each.
+    pytester.makepyfile(
+        test_modules="""
+import sys
+
+AT_COLLECTION = set(sys.modules)
+
+def test_ctypes_and_idna_were_not_needed_to_start():
+    assert not {"ctypes", "encodings.idna", "stringprep"} & AT_COLLECTION
+
+def test_the_run_adopts_its_orphans():
+    import ctypes
+
+    value = ctypes.c_int(0)
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.prctl(37, ctypes.byref(value), 0, 0, 0) == 0  # PR_GET_CHILD_SUBREAPER
+    assert value.value == 1
 """
     )
     pytester.runpytest_subprocess().assert_outcomes(passed=2)
