@@ -20,7 +20,6 @@ import gzip
 import hashlib
 import os
 import re
-import shlex
 import stat
 import zlib
 from collections.abc import Callable, Iterator, Mapping
@@ -914,7 +913,7 @@ class Checker:
             + ("its bytes again, as acknowledged" if self.hash_bytes else "bytes of its size")
             + " and is not in its session: no client deleted it",
             f"nothing: left for a human (`app sessions restore {entry.session_id} --file "
-            f"{shlex.quote(file)}` puts it back, or empty the trash to let it go)",
+            f"{shell_word(file)}` puts it back, or empty the trash to let it go)",
         )
 
     def _newer_entry_of(self, entry: TrashEntry, file: str) -> bool:

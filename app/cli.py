@@ -12,6 +12,7 @@ import contextlib
 import errno
 import functools
 import json
+import logging
 import os
 import signal
 import sys
@@ -38,6 +39,7 @@ from app.errors import (
     NotInTrashError,
     OutputClosedError,
     OutputFailedError,
+    PrintableLines,
     SessionNotFoundError,
     shell_word,
     storage_error,
@@ -185,7 +187,7 @@ class AppCommand(_OnceEach, click.Command):
         if any(handler is None for handler in previous.values()):
             return super().invoke(ctx)  # installed from C: it could not be put back
         try:
-            for sig in _STOP_SIGNALS:
+            for sig in _listened(previous):
                 signal.signal(sig, _stop_on_signal)
         except ValueError:
             # A subinterpreter's main thread (a test's `_xxsubinterpreters.run_string`,
@@ -196,7 +198,7 @@ class AppCommand(_OnceEach, click.Command):
         try:
             return super().invoke(ctx)
         finally:
-            if signal.getsignal(signal.SIGINT) is not _already_stopping:
+            if _already_stopping not in map(signal.getsignal, _STOP_SIGNALS):
                 _restore_handlers(ctx)
             # else: stopping; `AppGroup.invoke` puts them back once its message is out
 
@@ -282,10 +284,22 @@ def _stop_on_signal(signum: int, frame: FrameType | None) -> None:
     ``Aborted!`` (exit 1) for the message (red team 60).
     """
     for sig in _STOP_SIGNALS:
-        signal.signal(sig, _already_stopping)
+        if signal.getsignal(sig) is _stop_on_signal:
+            signal.signal(sig, _already_stopping)
     if signum == signal.SIGTERM:
         raise _Terminated
     raise KeyboardInterrupt
+
+
+def _listened(handlers: dict[signal.Signals, Any]) -> list[signal.Signals]:
+    """The stop signals a command turns into a stop: those its starter did not ignore.
+
+    A command started with SIGINT ignored (``app data purge &`` in a script, whose shell
+    ignores it there so that the terminal's Ctrl-C leaves it running; a supervisor that
+    does so on purpose) kept running through a Ctrl-C until red team 60 on operations took
+    both signals for every command, and was then stopped halfway by it (red team 60 on
+    regress): an ignored signal stays ignored, as Python leaves an inherited one."""
+    return [sig for sig, handler in handlers.items() if handler is not signal.SIG_IGN]
 
 
 def _already_stopping(signum: int, frame: FrameType | None) -> None:
@@ -917,10 +931,8 @@ def _refuse_missing_root(
         return
     source = config.sources.get("data_root", "built-in default")
     if first is None:
-        import shlex
-
         first = (
-            _FIRST_DEPLOY.format(root=shlex.quote(str(root)))
+            _FIRST_DEPLOY.format(root=shell_word(str(root)))
             if config.protected
             else "a server creates its root at its first start (`app serve`)"
         )
@@ -1408,6 +1420,9 @@ def _standard_descriptors() -> None:
 def main() -> None:
     """Console-script entry point."""
     _standard_descriptors()
+    last = logging.lastResort  # where a command's warnings go: it configures no log
+    if last is not None and not any(isinstance(f, PrintableLines) for f in last.filters):
+        last.addFilter(PrintableLines())
     if sys.stdout is not None:  # None when started with it closed (`>&-`): click prints nothing
         _encode_all(sys.stdout)
         sys.stdout = _StandardStream(sys.stdout, _refused_as_output)

@@ -716,7 +716,6 @@ def _misspelt_resource_variables(
     name in another case, the nesting, or a habit whose value is a path is now refused
     while the real variable is not set, as a misspelt ``ENV_FOR_DYNACONF`` is.
     """
-    import shlex
 
     def is_path(value: str) -> bool:
         return value.strip().startswith(("/", "~", "."))
@@ -737,7 +736,7 @@ def _misspelt_resource_variables(
             meant,
             f"sets {key} of the selected profile, {selected!r}",
             f"{key} of profile {selected!r} as the settings files give it",
-            f"export {meant}={shlex.quote(environ[name])}; unset {name}",
+            f"export {meant}={shell_word(environ[name])}; unset {name}",
         )
 
 

@@ -18,7 +18,6 @@ import errno
 import itertools
 import os
 import re
-import shlex
 import stat
 import threading
 import tomllib
@@ -39,6 +38,7 @@ from app.errors import (
     VariableMisspeltError,
     folded,
     plain_name,
+    shell_word,
 )
 from app.records import Record
 
@@ -143,7 +143,7 @@ def settings_dir(environ: Mapping[str, str] | None = None) -> Path:
                 SETTINGS_DIR_ENV,
                 "names the settings directory",
                 f"the settings in {where}",
-                f"export {SETTINGS_DIR_ENV}={shlex.quote(env[name])}; unset {name}",
+                f"export {SETTINGS_DIR_ENV}={shell_word(env[name])}; unset {name}",
             )
     if (elsewhere := resolved_elsewhere(str(where))) is not None:
         # A container's /proc/<pid>/root reads as `/`: its settings directory resolved to
@@ -166,7 +166,7 @@ def settings_dir(environ: Mapping[str, str] | None = None) -> Path:
         if where.is_file():  # APP_SETTINGS_DIR=/opt/app/settings.toml: the file, not its directory
             reason += (
                 "; that is a file, not a directory: "
-                f"`export {SETTINGS_DIR_ENV}={shlex.quote(str(where.parent))}` names its directory"
+                f"`export {SETTINGS_DIR_ENV}={shell_word(str(where.parent))}` names its directory"
                 if where.name == SETTINGS_FILE
                 else "; that is a file, not a directory"
             )
@@ -254,7 +254,7 @@ def _refuse_not_a_file(path: Path) -> None:
         return
     except OSError:
         return  # not there for this process; the reader's own error says so
-    quoted = shlex.quote(str(path))
+    quoted = shell_word(str(path))
     if stat.S_ISLNK(mode):
         target = path.readlink()
         try:
@@ -293,7 +293,7 @@ def _directory_remedy(path: Path) -> str:
     an empty directory) or a directory holding files was told ``rmdir``, which refuses both
     ("Device or resource busy", "Directory not empty").
     """
-    quoted = shlex.quote(str(path))
+    quoted = shell_word(str(path))
     if os.path.ismount(path):
         return (
             "It is a mount point: a volume mounted at the file's own name (a Kubernetes "
@@ -314,9 +314,9 @@ def _directory_remedy(path: Path) -> str:
         for n in itertools.count()
         if not os.path.lexists(path.with_name(f"{path.name}.dir{n or ''}"))
     )
-    aside = shlex.quote(str(path.with_name(free)))
+    aside = shell_word(str(path.with_name(free)))
     if path.name in held:  # a volume's copy, `.secrets.toml/.secrets.toml`
-        inner = shlex.quote(f"{free}/{path.name}")
+        inner = shell_word(f"{free}/{path.name}")
         return (
             f"It holds {path.name} itself: move the directory aside and link the file in it "
             f"(`mv {quoted} {aside} && ln -s {inner} {quoted}`), nothing deleted"

@@ -2640,8 +2640,8 @@ class DataRoot:
             raise DataRootChangedError(
                 self.path,
                 f"a filesystem was mounted inside it since it was opened ({mount}; "
-                f"`umount {mount}`): the app moves data within the root by rename, which "
-                "cannot cross a mount point (EXDEV), even one of the same filesystem",
+                f"`umount {shell_word(mount)}`): the app moves data within the root by rename, "
+                "which cannot cross a mount point (EXDEV), even one of the same filesystem",
             )
 
     def _mount_inside(self) -> Path | None:

@@ -13,6 +13,7 @@ fields; an error whose wording depends on their values overrides ``message`` ins
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -61,10 +62,53 @@ def printable(text: str) -> str:
     sequence set the terminal's title, and a right-to-left override reversed what followed.
     A data root's name did the same to the pytest header that names a live server on it,
     and a newline there made a line of its own, shown as the plugin's (red team 47).
+
+    A byte that is not UTF-8 (Python's U+DC80 to U+DCFF for it) is written as the byte it
+    is, ``\\xff``: as Python escapes it, ``\\udcff``, it named a character no file name
+    holds (red team 60 on regress). Written raw, as `app data check` did before red team 60,
+    one of 0x80 to 0x9F is a C1 control to a terminal that is not in UTF-8 (0x9B is CSI).
     """
     if text.isprintable():
         return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return "".join(c if c.isprintable() else _escaped(c) for c in text)
+
+
+def _escaped(char: str) -> str:
+    if "\udc80" <= char <= "\udcff":
+        return f"\\x{ord(char) - 0xDC00:02x}"
+    return repr(char)[1:-1]
+
+
+class PrintableLines(logging.Filter):
+    """Each line of a log record's message, and of its traceback, `printable`.
+
+    A file a start-up check names (a leftover in ``.tmp/`` named with an escape sequence) or
+    a root's path so named acted on the terminal a server runs in, where a command's lines
+    show it as text (red team 60 on operations: the server's log handler). A command's own
+    warnings go through Python's last-resort handler, which had no such filter: `app data
+    purge` of a root where a session's directory is a link to a directory so named cleared
+    the operator's screen with its "purge left ..." (red team 60 on regress); `app.cli.main`
+    gives that handler this filter too.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        shown = _printable_lines(text)
+        if shown != text:
+            record.msg, record.args = shown, None
+        if record.exc_info and not record.exc_text:
+            # What the formatter would write, made printable: an exception's text is a path
+            # or a client's string as often as a message is.
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = _printable_lines(record.exc_text)
+        if record.stack_info:
+            record.stack_info = _printable_lines(record.stack_info)
+        return True
+
+
+def _printable_lines(text: str) -> str:
+    return "\n".join(printable(line) for line in text.split("\n"))
 
 
 @dataclass_transform(eq_default=False, field_specifiers=(field,))
@@ -201,11 +245,17 @@ class SettingsUnreadableError(ConfigError):
         "cannot read the settings at {path}: permission denied for this process (user "
         "{user}); nothing was opened or changed. Run the command as a user who may read the "
         "settings directory and its files (the service's own, or the developer's), or give "
-        "that user read access (`ls -ld {path}`, then `chmod` or `setfacl -m u:{user}:rX`)"
+        "that user read access (`ls -ld {path_word}`, then `chmod` or `setfacl -m "
+        "u:{user}:rX`)"
     )
 
     path: Path
     user: str
+    path_word: str = field(init=False)  # as a command names it (`shell_word`)
+
+    def __post_init__(self) -> None:
+        self.path_word = shell_word(self.path)
+        super().__post_init__()
 
 
 class SettingsNotAFileError(ConfigError):
@@ -329,21 +379,27 @@ def shell_word(value: str | os.PathLike[str]) -> str:
         return shlex.quote(text)
     # A byte that is not UTF-8 (Python's U+DC80 to U+DCFF for it) or a control character:
     # quoted as it was, ``'/srv/s\udcff/data'``, the command acted on a path of those six
-    # characters, and a newline cut it in two (red team 60). Bash's (and zsh's, ksh's)
-    # ANSI-C quoting names every byte: ``$'/srv/s\xff/data'``.
+    # characters, and a newline cut it in two (red team 60). Bash's ANSI-C quoting
+    # (``$'/srv/s\xff/data'``) is no POSIX sh's: dash, Debian's and Ubuntu's ``sh``, read it
+    # as ``$`` and a quoted ``\xff``, so the command acted on ``$/srv/s\xff/data`` (red team
+    # 60 on regress). printf(1)'s octal escapes name every byte in any POSIX shell (and in
+    # zsh, ksh and fish 3.4 on): ``"$(printf '/srv/s\377/data')"``; the newlines a command
+    # substitution would drop at its end follow it, quoted as they are.
+    kept = text.rstrip("\n")
     escaped = []
-    for char in text:
+    for char in kept:
         if "\udc80" <= char <= "\udcff":
-            escaped.append(f"\\x{ord(char) - 0xDC00:02x}")
-        elif char in "\\'":
-            escaped.append(f"\\{char}")
+            escaped.append(f"\\{ord(char) - 0xDC00:03o}")
+        elif char in "\\%":
+            escaped.append(char * 2)  # printf's format: ``\\`` and ``%%`` are the characters
+        elif char == "'":
+            escaped.append("'\\''")
         elif not char.isprintable():
-            escaped.append(
-                "".join(f"\\x{byte:02x}" for byte in char.encode(errors="surrogatepass"))
-            )
+            escaped.append("".join(f"\\{byte:03o}" for byte in char.encode(errors="surrogatepass")))
         else:
             escaped.append(char)
-    return f"$'{''.join(escaped)}'"
+    newlines = text[len(kept) :]
+    return f"\"$(printf -- '{''.join(escaped)}')\"" + (f"'{newlines}'" if newlines else "")
 
 
 def plain_name(name: str) -> bool:
@@ -578,7 +634,7 @@ class DataRootOverlapError(ConfigError):
                     f"another path (its directory {self.alias} is {outer_root}, by device and "
                     "inode: a bind mount)"
                 )
-            found = f" (`findmnt -T {self.alias}` shows the mount)"
+            found = f" (`findmnt -T {shell_word(self.alias)}` shows the mount)"
         elif self.first_root == self.second_root:
             relation = "share the same data root"
         elif self.second_root.is_relative_to(self.first_root):
@@ -1074,9 +1130,15 @@ class LockUncheckedError(LockLostError):
         "lock file {path} {reason}: the data root's filesystem failed the look, and nobody "
         "need have touched the file, but this process cannot tell whether it still holds the "
         "data root, so it stops rather than risk sharing it. An operator mends the "
-        "filesystem (the kernel's log, `dmesg`; `findmnt -T {path}` names it), then restarts "
-        "the server"
+        "filesystem (the kernel's log, `dmesg`; `findmnt -T {path_word}` names it), then "
+        "restarts the server"
     )
+
+    path_word: str = field(init=False)  # as a command names it (`shell_word`)
+
+    def __post_init__(self) -> None:
+        self.path_word = shell_word(self.path)
+        super().__post_init__()
 
     def to_dict(self) -> dict[str, Any]:
         """Over HTTP: the same refusal without the path (``/health`` never shows it either)."""

@@ -37,7 +37,6 @@ import json
 import logging
 import os
 import re
-import shlex
 import socket
 import stat
 import sys
@@ -258,7 +257,7 @@ def _maintenance_command(holder: Mapping[str, Any]) -> str | None:
     program = argv[0]
     if Path(program).name in ("app", "__main__.py"):  # the console script, `python -m app`
         program = "app"
-    return shlex.join([program, *argv[1:]])
+    return " ".join(shell_word(word) for word in [program, *argv[1:]])
 
 
 def _parse_holder(raw: bytes) -> dict[str, Any] | None:
@@ -488,7 +487,7 @@ def _frozen_cgroup(pid: int) -> tuple[str, str] | None:
                 continue
             if frozen:
                 value, control = ("0", "cgroup.freeze") if unified else ("THAWED", "freezer.state")
-                return str(where), f"echo {value} > {shlex.quote(str(where / control))}"
+                return str(where), f"echo {value} > {shell_word(str(where / control))}"
     return None
 
 
@@ -1178,13 +1177,14 @@ def _through_deleted(path: Path, holder: Mapping[str, Any]) -> str:
     # Appended to the holder's description: why a root with a free (or no) lock file is held.
     if (over := holder.get("lock_file_mounted_over")) is not None:
         pid = holder.get("pid")
-        there = f"`nsenter -t {pid} -m findmnt {over}`" if pid else f"`findmnt {over}`"
+        word = shell_word(str(over))
+        there = f"`nsenter -t {pid} -m findmnt {word}`" if pid else f"`findmnt {word}`"
         return (
             f", through its lock file {over}, which is another file than the one {path} names "
             "here: a file is mounted over that name, in this mount namespace or in the "
             f"holder's (a bind mount, a container's volume), and each side locks its own "
-            f"(`findmnt {path}` here, {there} there). Unmount it (`umount {path}` where it is "
-            "mounted) and never mount over a root's lock file"
+            f"(`findmnt {shell_word(path)}` here, {there} there). Unmount it (`umount "
+            f"{shell_word(path)}` where it is mounted) and never mount over a root's lock file"
         )
     if (moved := holder.get("lock_file_moved_to")) is not None:
         return (

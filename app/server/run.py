@@ -38,7 +38,7 @@ from app.errors import (
     ListenAddressError,
     ListenAddressUnresolvedError,
     PortInUseError,
-    printable,
+    PrintableLines,
     thread_limit,
 )
 from app.server.committer import Committer
@@ -175,19 +175,6 @@ def _listener(port: int) -> str:
         argv = " ".join(raw.decode(errors="replace").replace("\0", " ").split())
         described.append(f"pid {pid} ({argv[:200] or 'command line unknown'})")
     return ", ".join(described)
-
-
-class PrintableLines(logging.Filter):
-    """Each line of a log record's message `printable`: a file a start-up check names (a
-    leftover in ``.tmp/`` named with an escape sequence) or a root's path so named acted on
-    the terminal a server runs in, where a command's lines show it as text (red team 60)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        text = record.getMessage()
-        shown = "\n".join(printable(line) for line in text.split("\n"))
-        if shown != text:
-            record.msg, record.args = shown, None
-        return True
 
 
 def _log_config(level: str) -> dict[str, Any]:
