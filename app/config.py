@@ -1526,16 +1526,21 @@ def _not_text_resolved(key: Key, value: Any, directory: Path) -> str | None:
     if not key.type.startswith("Path") or not isinstance(value, str):
         return None
     root = _absolute_root(value, directory)
-    text = str(root)
+    # Its bytes read as UTF-8, not as this process's locale reads them: under an ASCII one
+    # (``LC_ALL=C PYTHONUTF8=0``) every byte beyond ASCII is an escape, and a settings
+    # directory under ``données/`` was refused as "the byte 0xC3, which is not UTF-8" (red
+    # team 60 on regress, red team 56's tests).
+    text = sandboxing.path_as_text(root)
     position = next((i for i, char in enumerate(text) if not_utf8_byte(char)), None)
     if position is None:
         return None
-    cut = next(i for i, part in enumerate(root.parts) if any(map(not_utf8_byte, part)))
+    parts = Path(text).parts
+    cut = next(i for i, part in enumerate(parts) if any(map(not_utf8_byte, part)))
     holder = Path(*root.parts[: cut + 1])
     # The name as its writer most likely meant it: each byte that is not UTF-8 read as
     # Latin-1 (0xE9 is é), the rest kept.
     meant = "".join(
-        chr(ord(char) - 0xDC00) if not_utf8_byte(char) else char for char in holder.name
+        chr(ord(char) - 0xDC00) if not_utf8_byte(char) else char for char in parts[cut]
     )
     renamed = holder.with_name(meant)
     settings = directory.resolve()
