@@ -912,7 +912,7 @@ def _unsearchable(path: Path) -> Path | None:
     """The directory nearest the root on `path`'s way that this process may not search
     (``/tmp`` left mode 0700), or None where each may be (a security policy denies more)."""
     for parent in reversed(path.parents):
-        if not os.access(parent, os.X_OK):
+        if not os.access(parent, os.X_OK, effective_ids=os.access in os.supports_effective_ids):
             return parent
     return None
 
