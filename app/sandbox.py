@@ -871,7 +871,7 @@ def _registered(directory: Path, uid: int, seen: _Seen) -> set[str]:
                 # team 60 on the children of tests).
                 seen.unlisted.add(directory)
         elif (why := _distrusted(directory, uid)) is not None:
-            failed = why.startswith(_READ_FAILED)
+            failed = why.startswith((_READ_FAILED, _SEARCH_DENIED))
             (seen.failed if failed else seen.distrusted)[directory] = why
     return seen[directory]
 
@@ -887,7 +887,11 @@ def _distrusted(directory: Path, uid: int) -> str | None:
         return None
     except OSError as error:
         # Neither there nor absent (a tracer's injected EIO): a run's entry may be in it.
-        return _read_failed(error)
+        # Denied, a directory on its way this process may not search (/tmp mode 0700, a
+        # security policy): the refusal names that directory, not the registry, which no
+        # chmod of its own opens (red team 60 on regress).
+        denied = f"{_SEARCH_DENIED} ({error.strerror or 'Permission denied'})"
+        return denied if isinstance(error, PermissionError) else _read_failed(error)
     if found.st_uid != uid:
         return None
     if stat.S_ISLNK(found.st_mode):
@@ -899,6 +903,18 @@ def _distrusted(directory: Path, uid: int) -> str | None:
 
 #: How `_distrusted` begins its reasons, which `_hidden_run` tells apart from unreadable.
 _DISTRUSTED: Final = ("others may write it", "a symbolic link to")
+
+#: How `_distrusted` begins why a registry's own look was denied (`_unsearchable`).
+_SEARCH_DENIED: Final = "its look was denied"
+
+
+def _unsearchable(path: Path) -> Path | None:
+    """The directory nearest the root on `path`'s way that this process may not search
+    (``/tmp`` left mode 0700), or None where each may be (a security policy denies more)."""
+    for parent in reversed(path.parents):
+        if not os.access(parent, os.X_OK, effective_ids=os.access in os.supports_effective_ids):
+            return parent
+    return None
 
 
 def _hidden_entry(directory: Path, name: str) -> Path | str | None:
@@ -1683,6 +1699,8 @@ def _hidden_run(hidden: Mapping[int, tuple[Path, str]]) -> tuple[str, str]:
             "does; a test must not change it"
         )
         return said, fix
+    if why.startswith(_SEARCH_DENIED):
+        return _search_denied(pid, registry, why)
     said = (
         f"{_HIDDEN_RUN} (ancestor pid {pid}: {_shown(_cmdline(pid))}), whose entry in the "
         f"registry of test runs {registry} this process (user {os.getuid()}) cannot read: "
@@ -1718,6 +1736,36 @@ def _hidden_run(hidden: Mapping[int, tuple[Path, str]]) -> tuple[str, str]:
         f"Let every user read {registry} and its entries again (setfacl -b {registry}; "
         f"chmod 755 {registry}; chmod 644 {registry}/*.json), as the run's check after "
         "each test does; a test must not hide it from the processes it starts"
+    )
+    return said, fix
+
+
+def _search_denied(pid: int, registry: Path, why: str) -> tuple[str, str]:
+    """`_hidden_run`'s words where the registry's own look was denied: the directory on its
+    way that this process may not search. A service whose user may not search ``/tmp`` was
+    told that the read of the registry failed and to let it read the registry, which no
+    ``chmod`` of the registry opens (red team 60 on regress)."""
+    blocked = _unsearchable(registry)
+    said = (
+        f"{_HIDDEN_RUN} (ancestor pid {pid}: {_shown(_cmdline(pid))}), whose entry in the "
+        f"registry of test runs {registry} this process (user {os.getuid()}) may not look "
+        f"for: {why}"
+    )
+    if blocked is None:
+        said += "; no directory on its way is closed to it by its mode"
+        fix = (
+            f"Let this process look up {registry} (a security policy, AppArmor or SELinux, "
+            "denies it: add the registry to the paths it may read), or start it outside "
+            "the test run"
+        )
+        return said, fix
+    said += f", as {blocked} may not be searched by it"
+    # /tmp is mode 1777 on every Linux system; any other directory opened to others.
+    tmp = blocked == RUNS_DIR.parent
+    how = f"chmod 1777 {blocked}" if tmp else f"chmod o+x {blocked}"
+    fix = (
+        f"Let this process's user search {blocked} (ls -ld {blocked}; {how}), or start it "
+        "outside the test run; a test must not close it to the processes it starts"
     )
     return said, fix
 
