@@ -1539,9 +1539,7 @@ def _not_text_resolved(key: Key, value: Any, directory: Path) -> str | None:
     holder = Path(*root.parts[: cut + 1])
     # The name as its writer most likely meant it: each byte that is not UTF-8 read as
     # Latin-1 (0xE9 is é), the rest kept.
-    meant = "".join(
-        chr(ord(char) - 0xDC00) if not_utf8_byte(char) else char for char in parts[cut]
-    )
+    meant = "".join(chr(ord(char) - 0xDC00) if not_utf8_byte(char) else char for char in parts[cut])
     renamed = holder.with_name(meant)
     settings = directory.resolve()
     if settings.is_relative_to(holder):
