@@ -55,11 +55,14 @@ from app import sandbox
 #: from the workers' namespace is locked to its parent. A plain bind of a directory with such
 #: a mount below it fails with EINVAL ("wrong fs type, bad option" on /tmp): another worker's
 #: test mounts in that shared namespace below /tmp at any time (test_integrity.py's small
-#: tmpfs in its sandbox), and a locked mount cannot be unmounted on its own.
+#: tmpfs in its sandbox), and a locked mount cannot be unmounted on its own. A script that
+#: fails removes its directory in /run (the machine's) as it goes.
 OWN_TMP = """
-old=$(mktemp -d /run/app-s47-tmp.XXXXXX) && mount --rbind /tmp "$old" || exit 9
-mount --rbind "$1" /mnt && mount -t tmpfs none /tmp || exit 9
-for keep in $KEEP; do mkdir -p "$keep" && mount --rbind "$old${keep#/tmp}" "$keep" || exit 9; done
+old=$(mktemp -d /run/app-s47-tmp.XXXXXX) || exit 9
+failed() { umount -l "$old" 2>/dev/null; rmdir "$old"; exit 9; }
+mount --rbind /tmp "$old" || failed
+mount --rbind "$1" /mnt && mount -t tmpfs none /tmp || failed
+for keep in $KEEP; do mkdir -p "$keep" && mount --rbind "$old${keep#/tmp}" "$keep" || failed; done
 umount -l "$old" && rmdir "$old" || exit 9
 if [ -n "$J" ]; then
   mkdir -p "$J" && mount --rbind / "$J" && mount -t tmpfs none "$J/tmp" || exit 9
