@@ -180,9 +180,12 @@ def test_a_link_to_it_moved_aside():
 #: In the namespace: the real /tmp at /mnt, a /tmp of its own (the registry private) that
 #: shows the checkout and its interpreter again where they lie in /tmp (`$KEEP`:
 #: `checkout_in_tmp`), then the runner in `$1` (the test's directory, as /mnt shows it).
+#: The binds are recursive: in the namespace of a user namespace of its own (`OWN_PROC`) a
+#: plain bind of /tmp fails with EINVAL while another worker's test has a mount below /tmp
+#: (a locked mount; tests/test_redteam_s47_guard.py's `OWN_TMP` says more).
 PRIVATE_TMP = """
-mount --bind /tmp /mnt && mount -t tmpfs none /tmp || exit 9
-for keep in $KEEP; do mkdir -p "$keep" && mount --bind "/mnt${keep#/tmp}" "$keep" || exit 9; done
+mount --rbind /tmp /mnt && mount -t tmpfs none /tmp || exit 9
+for keep in $KEEP; do mkdir -p "$keep" && mount --rbind "/mnt${keep#/tmp}" "$keep" || exit 9; done
 cd "$1" && "$2" ci.py -p no:cacheprovider -q -s test_untrusted.py
 """
 
@@ -227,7 +230,8 @@ def test_a_registry_a_test_made_untrustworthy_refuses_its_children_other_profile
 #: one before), then purge production from a child given its settings alone (`$S`): one with
 #: a tmpfs on /tmp (the real one at /mnt, and the run's own directory and the checkout with
 #: its interpreter where they lie in /tmp, `$TOP`, bound back in place: CI clones into
-#: `mktemp -d`), one with a tmpfs over /proc (taken off again at its end).
+#: `mktemp -d`), one with a tmpfs over /proc (taken off again at its end). The binds are
+#: recursive, as `PRIVATE_TMP`'s: the run lives in a user namespace of its own.
 OWN_NAMESPACE = (
     PURGE
     + """
@@ -238,8 +242,8 @@ def mount(*mounts):
 
 def test_own_tmp():
     tops = ["/tmp/" + top for top in os.environ["TOP"].split(":")]
-    mount(["--bind", "/tmp", "/mnt"], ["-t", "tmpfs", "none", "/tmp"],
-          *(["-m", "--bind", "/mnt" + top[4:], top] for top in tops))
+    mount(["--rbind", "/tmp", "/mnt"], ["-t", "tmpfs", "none", "/tmp"],
+          *(["-m", "--rbind", "/mnt" + top[4:], top] for top in tops))
     purge()
 
 def test_proc_hidden():

@@ -50,14 +50,23 @@ from app import sandbox
 #: the checkout and its interpreter again where they lie in /tmp (`$KEEP`), a jail that
 #: shares every file but /tmp (a tmpfs of its own) where `$J` names one; then the runner in
 #: `$2` (as /mnt shows it), run by `$3`, with the rest of the arguments.
+#: Every bind is recursive (`--rbind`) and the old /tmp goes lazily (`umount -l`): the mount
+#: namespace belongs to a user namespace of its own (`OWN_PROC`), so each mount it copied
+#: from the workers' namespace is locked to its parent. A plain bind of a directory with such
+#: a mount below it fails with EINVAL ("wrong fs type, bad option" on /tmp): another worker's
+#: test mounts in that shared namespace below /tmp at any time (test_integrity.py's small
+#: tmpfs in its sandbox), and a locked mount cannot be unmounted on its own. A script that
+#: fails removes its directory in /run (the machine's) as it goes.
 OWN_TMP = """
-old=$(mktemp -d /run/app-s47-tmp.XXXXXX) && mount --bind /tmp "$old" || exit 9
-mount --bind "$1" /mnt && mount -t tmpfs none /tmp || exit 9
-for keep in $KEEP; do mkdir -p "$keep" && mount --bind "$old${keep#/tmp}" "$keep" || exit 9; done
-umount "$old" && rmdir "$old" || exit 9
+old=$(mktemp -d /run/app-s47-tmp.XXXXXX) || exit 9
+failed() { umount -l "$old" 2>/dev/null; rmdir "$old"; exit 9; }
+mount --rbind /tmp "$old" || failed
+mount --rbind "$1" /mnt && mount -t tmpfs none /tmp || failed
+for keep in $KEEP; do mkdir -p "$keep" && mount --rbind "$old${keep#/tmp}" "$keep" || failed; done
+umount -l "$old" && rmdir "$old" || exit 9
 if [ -n "$J" ]; then
   mkdir -p "$J" && mount --rbind / "$J" && mount -t tmpfs none "$J/tmp" || exit 9
-  for keep in $KEEP; do mkdir -p "$J$keep" && mount --bind "$keep" "$J$keep" || exit 9; done
+  for keep in $KEEP; do mkdir -p "$J$keep" && mount --rbind "$keep" "$J$keep" || exit 9; done
 fi
 cd "$2" && python="$3" && shift 3 || exit 9
 "$python" ci.py -p no:cacheprovider -q -s -rE "$@"
