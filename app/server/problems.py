@@ -176,7 +176,9 @@ def add_error_handlers(app: FastAPI, store: Storage) -> None:
             path = request.url.path
             # No redirect to the path without its slash: Starlette's named the host of the
             # request's Host header (an open redirect, before any token was asked for).
-            bare = f"; without the trailing slash: {path.rstrip('/')}" if path.endswith("/") else ""
+            # `/` itself has no path without its slash: the API's routes are listed instead.
+            bare = path.rstrip("/")
+            bare = f"; without the trailing slash: {bare}" if bare and bare != path else ""
             message = f"no route {path}{bare}; GET /docs lists the API"
         elif error.status_code == 405:
             headers["Allow"] = _allowed_methods(request)
