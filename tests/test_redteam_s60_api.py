@@ -15,6 +15,11 @@ What broke, and what changed:
   only once routed, where it fell inside a name. No session id or file name holds a ``/``, so
   any ``%2F`` in the path is now 400 ``invalid_name`` before any route runs, naming it
   (`app.server.limits._refused_path`), and nothing is done;
+- ``GET /sessions?limit=`` with more than 4300 digits was a 500 ``internal_error``: the
+  listing's fast path (`app.server.direct.DirectReads`) took any digits for a limit and
+  ``int()`` refused the string. A limit of more than four digits now goes to FastAPI's route,
+  which answers 422 ``validation_error`` naming ``query.limit`` (or reads leading zeros as the
+  number they write);
 - a ``Range`` of an empty file was 416 saying "ask for bytes=0--1 at most", and ``GET /``
   a 404 saying "without the trailing slash: ;": each now says what the client can do (send the
   ``GET`` without ``Range``; the route list at ``/docs``).
@@ -108,3 +113,17 @@ def test_a_range_of_an_empty_file_and_the_root_path_say_what_to_do(
     assert root.status_code == 404
     assert root.json()["message"] == "no route /; GET /docs lists the API"
     assert "without the trailing slash: /sessions;" in client.get("/sessions/").json()["message"]
+
+
+def test_a_limit_of_thousands_of_digits_is_a_422_not_a_500(
+    served: tuple[LiveServer, httpx.Client],
+) -> None:
+    _, client = served
+    # Before: 500 internal_error (int() of more than 4300 digits, a traceback), both.
+    answer = client.get("/sessions", params={"limit": "9" * 4301})
+    assert answer.status_code == 422, answer.text[:300]
+    body = answer.json()
+    assert body["code"] == "validation_error"
+    assert body["errors"][0]["loc"] == ["query", "limit"], body["errors"]
+    # Leading zeros are digits of the number 1, as FastAPI's route reads them.
+    assert client.get("/sessions", params={"limit": "0" * 4400 + "1"}).status_code == 200
