@@ -20,6 +20,11 @@ What broke, and what changed:
   ``int()`` refused the string. A limit of more than four digits now goes to FastAPI's route,
   which answers 422 ``validation_error`` naming ``query.limit`` (or reads leading zeros as the
   number they write);
+- ``If-Match: W/<the current ETag>`` on a file's ``PUT``, ``DELETE`` or ``GET`` was 412 saying
+  the tag "does not name its current version, ETag <the same tag>, which another request wrote
+  since": a client that read the file again got the same ETag and sent the same header. It
+  now says the weak tag names the current version, that no request changed it, and to send
+  the tag without ``W/`` (`app.errors.PreconditionFailedError`);
 - a ``Range`` of an empty file was 416 saying "ask for bytes=0--1 at most", and ``GET /``
   a 404 saying "without the trailing slash: ;": each now says what the client can do (send the
   ``GET`` without ``Range``; the route list at ``/docs``).
@@ -127,3 +132,28 @@ def test_a_limit_of_thousands_of_digits_is_a_422_not_a_500(
     assert body["errors"][0]["loc"] == ["query", "limit"], body["errors"]
     # Leading zeros are digits of the number 1, as FastAPI's route reads them.
     assert client.get("/sessions", params={"limit": "0" * 4400 + "1"}).status_code == 200
+
+
+def test_a_weak_tag_of_the_current_version_is_told_to_drop_its_w(
+    served: tuple[LiveServer, httpx.Client],
+) -> None:
+    _, client = served
+    session_id = client.post("/sessions", json={"title": "s60 weak"}).json()["id"]
+    url = f"/sessions/{session_id}/files/w.txt"
+    assert client.put(url, content=b"one").status_code == 201
+    etag = client.head(url).headers["etag"]
+    for method in ("PUT", "DELETE", "GET"):
+        answer = client.request(
+            method,
+            url,
+            content=b"two" if method == "PUT" else None,
+            headers={"If-Match": f"W/{etag}"},
+        )
+        assert answer.status_code == 412, answer.text
+        message = answer.json()["message"]
+        # Before: "... does not name its current version, ETag <etag>, which another request
+        # wrote since".
+        assert "another request wrote since" not in message, message
+        assert f"names its current version, ETag {etag}, as a weak tag" in message, message
+        assert f"If-Match: {etag}, without W/" in message, message
+    assert client.get(url).content == b"one"
