@@ -25,6 +25,11 @@ What broke, and what changed:
   since": a client that read the file again got the same ETag and sent the same header. It
   now says the weak tag names the current version, that no request changed it, and to send
   the tag without ``W/`` (`app.errors.PreconditionFailedError`);
+- a 422 quoted what the body sent whole, three times (``detail``, ``message`` and
+  ``errors``): a field named by 200,000 characters, or a number of as many digits, got a
+  600 KB answer. A 422's message (and each part of its place) is now shortened past 2000
+  characters (300), keeping its start, its end (what to do) and how long it was
+  (`app.server.problems`);
 - a ``Range`` of an empty file was 416 saying "ask for bytes=0--1 at most", and ``GET /``
   a 404 saying "without the trailing slash: ;": each now says what the client can do (send the
   ``GET`` without ``Range``; the route list at ``/docs``).
@@ -157,3 +162,19 @@ def test_a_weak_tag_of_the_current_version_is_told_to_drop_its_w(
         assert f"names its current version, ETag {etag}, as a weak tag" in message, message
         assert f"If-Match: {etag}, without W/" in message, message
     assert client.get(url).content == b"one"
+
+
+def test_a_422_quotes_a_huge_value_shortened(served: tuple[LiveServer, httpx.Client]) -> None:
+    _, client = served
+    json_type = {"Content-Type": "application/json"}
+    number = b'{"metadata": {"a": 0.' + b"1" * 100_000 + b"}}"
+    field = b'{"x' + b"k" * 100_000 + b'": 1}'
+    for body, ends in ((number, "To keep it exactly, send it as a string"), (field, "metadata")):
+        answer = client.post("/sessions", content=body, headers=json_type)
+        assert answer.status_code == 422, answer.text[:300]
+        # Before: 300,400 bytes (the value three times) for a body of 100,000.
+        assert len(answer.content) < 10_000, len(answer.content)
+        problem = answer.json()
+        assert "characters in all" in problem["message"], problem["message"][:300]
+        assert ends in problem["message"][-200:], problem["message"][-200:]
+        assert problem["detail"] == problem["message"]
