@@ -2218,6 +2218,16 @@ class PreconditionFailedError(StoreError):
             if "W/" in self.wanted
             else ""
         )
+        if f"W/{self.current}" in self.wanted:
+            # It said "which another request wrote since" of the very version the weak tag
+            # named: the client would read the file again and send the same header (red
+            # team 60).
+            return (
+                f"{what}: If-Match: {self.wanted} names its current version, ETag "
+                f"{self.current}, as a weak tag{weak}; no other request changed it, and "
+                f"nothing was changed. Send the {self.method} again with If-Match: "
+                f"{self.current}, without W/"
+            )
         return (
             f"{what}: If-Match: {self.wanted} does not name its current version, ETag "
             f"{self.current}, which another request wrote since{weak}; nothing was changed. "

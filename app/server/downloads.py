@@ -136,11 +136,17 @@ class OpenFileResponse(FileResponse):
                 400, "bad_request", f"malformed Range header {wanted!r}: {error.content}"
             )
         except RangeNotSatisfiable:
+            # An empty file has no byte to ask for: its message said "ask for bytes=0--1".
+            fix = (
+                "the file is empty, so no range of it can be sent; send the GET without Range"
+                if size == 0
+                else f"each range starts past its end or is -0, a suffix of no byte; ask for "
+                f"bytes=0-{size - 1} at most"
+            )
             return problem(
                 416,
                 "range_not_satisfiable",
-                f"Range {wanted!r} is outside the file's {size} bytes; ask for bytes=0-{size - 1}"
-                " at most",
+                f"Range {wanted!r} is outside the file's {size} bytes: {fix}",
                 headers={"Content-Range": f"bytes */{size}"},
             )
         return None

@@ -181,6 +181,9 @@ def is_transfer(scope: Scope) -> bool:
 def _refused_path(raw: bytes) -> InvalidNameError | None:
     """Why a percent-encoded path names nothing, or ``None``.
 
+    An encoded ``/`` (``%2F``): no id or name holds one, and the router reads it as a
+    separator where a proxy in front reads one segment (another route to each).
+
     Not UTF-8: the HTTP server decodes with replacement, so ``a%FF`` and ``a%FE`` were one
     name. A control character (``%0A``, ``%00``, ``%7F``): Starlette's route patterns end in
     ``$``, which matches before a final newline, and a ``{name:path}`` is ``.*``, which stops
@@ -196,6 +199,18 @@ def _refused_path(raw: bytes) -> InvalidNameError | None:
             raw.decode("ascii", "backslashreplace"),
             f"it is not valid UTF-8 once percent-decoded (byte "
             f"0x{error.object[error.start]:02X}); percent-encode the name's UTF-8 bytes",
+        )
+    if b"%2f" in raw.lower():
+        # No session id or file name holds a '/', yet the router matches the decoded path:
+        # `POST /trash%2Fempty` emptied the trash and `DELETE /sessions/<id>%2Ffiles%2Fa`
+        # deleted a file, each one segment to a proxy in front that matches the path as sent.
+        return InvalidNameError(
+            "path",
+            raw.decode("ascii", "backslashreplace"),
+            "it holds '%2F', a percent-encoded path separator, which no session id or file "
+            "name holds: a proxy in front reads it as part of one segment and this server's "
+            "router as a '/', so the two would run different routes; nothing was done. Send "
+            "'/' between the path's parts as it is",
         )
     control = next((c for c in path if c < " " or "\x7f" <= c <= "\x9f"), None)
     if control is None:

@@ -77,6 +77,19 @@ class ProblemResponse(JSONResponse):
         return json.dumps(_json_safe(content), ensure_ascii=False, allow_nan=False).encode()
 
 
+#: The longest message (and the longest part of a place) that a 422 sends whole.
+_QUOTED: Final = 2000
+
+
+def _shortened(text: str, longest: int = _QUOTED) -> str:
+    """``text``, or, if longer than ``longest``, its start and its end (where a message
+    says what to do) around how long it was."""
+    if len(text) <= longest:
+        return text
+    head, tail = longest * 3 // 5, longest // 5
+    return f"{text[:head]}... ({len(text)} characters in all) ...{text[-tail:]}"
+
+
 def problem(
     status: int,
     code: str,
@@ -176,7 +189,9 @@ def add_error_handlers(app: FastAPI, store: Storage) -> None:
             path = request.url.path
             # No redirect to the path without its slash: Starlette's named the host of the
             # request's Host header (an open redirect, before any token was asked for).
-            bare = f"; without the trailing slash: {path.rstrip('/')}" if path.endswith("/") else ""
+            # `/` itself has no path without its slash: the API's routes are listed instead.
+            bare = path.rstrip("/")
+            bare = f"; without the trailing slash: {bare}" if bare and bare != path else ""
             message = f"no route {path}{bare}; GET /docs lists the API"
         elif error.status_code == 405:
             headers["Allow"] = _allowed_methods(request)
@@ -188,8 +203,15 @@ def add_error_handlers(app: FastAPI, store: Storage) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError) -> ProblemResponse:
+        # A field named by 200,000 characters, or a number of as many digits, was quoted
+        # whole three times (in `detail`, `message` and `errors`), a 600 KB answer to a
+        # body of 200 KB (red team 60): each message and place is shortened.
         issues = [
-            {"loc": list(e.get("loc", ())), "msg": str(e.get("msg")), "type": str(e.get("type"))}
+            {
+                "loc": [_shortened(p, 300) if isinstance(p, str) else p for p in e.get("loc", ())],
+                "msg": _shortened(str(e.get("msg"))),
+                "type": str(e.get("type")),
+            }
             for e in error.errors()
         ]
         problems = "; ".join(f"{'.'.join(str(p) for p in i['loc'])}: {i['msg']}" for i in issues)
