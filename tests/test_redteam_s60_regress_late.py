@@ -11,11 +11,16 @@ What broke:
   uvicorn's ``capture_signals``, and ``serve --workers``' parent), and each took SIGINT and
   SIGTERM whatever it found: the script's Ctrl-C stopped the server. A stop signal the
   server was started with ignored now stays ignored there too (`app.server.run._ignored`),
-  in its workers as well, which inherit it; SIGTERM still stops it gracefully.
+  in its workers as well, which inherit it; SIGTERM still stops it gracefully;
+- a file's row on the remote backend named with a noncharacter (U+FFFF, U+FDD0): rt-regress10
+  took every code point this Python calls unassigned as a newer Unicode's
+  (`app.remote.rows._known`), and a noncharacter is unassigned in every version: the tool's
+  row was served, and `app data check` no longer named it. It is judged as before.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -80,3 +85,19 @@ def test_a_server_started_with_sigint_ignored_keeps_it_ignored_and_stops_on_sigt
     output = "".join(seen) + rest
     assert server.returncode == 0, output
     assert "Shutting down" in output and "releasing the hold on" in output, output
+
+
+def test_a_remote_row_named_with_a_noncharacter_is_still_named_as_a_tool_s() -> None:
+    """A file's row on the remote backend named with a noncharacter (U+FFFF, U+FDD0,
+    U+10FFFE): rt-regress10 took every code point this Python calls unassigned as a newer
+    Unicode's, whose row is its writer's; a noncharacter is unassigned in every version, so
+    no writer takes it, and the tool's row was served where `app data check` named it. It is
+    judged as before; a code point a later version may assign is still taken."""
+    from app.remote.rows import row_fault  # the remote backend's: here
+
+    empty = {"size": 0, "sha256": hashlib.sha256(b"").hexdigest()}
+    for name in ("a\uffff.txt", "a\ufdd0", "a\U0010fffe"):
+        fault = row_fault({"name": name, **empty})
+        assert fault is not None, name
+        assert f"U+{ord(name[1]):04X}" in fault and "not one a request can name" in fault, fault
+    assert row_fault({"name": "a\U000e0080.txt", **empty}) is None
