@@ -68,7 +68,8 @@ def test_a_server_started_with_sigint_ignored_keeps_it_ignored_and_stops_on_sigt
             seen.append(line)
             if " on http://" in line:
                 break
-        url = seen[-1].split(" on ", 1)[1].split()[0]
+        assert seen and " on http://" in seen[-1], "".join(seen)
+        url = seen[-1].rsplit(" on ", 1)[1].split()[0]
         with httpx.Client(base_url=url, timeout=30) as client:
             assert client.get("/health").status_code == 200, "".join(seen)
             # Serving now, under uvicorn's handlers: SIGINT is still ignored by the kernel.
