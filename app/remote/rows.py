@@ -87,15 +87,26 @@ def _known(name: str) -> str:
     it one "a tool or an edit wrote" for a human to correct (red team 60 on regress). The
     data root's rule for a stored name (`app.names.check_stored_name`) judges no category
     either. A name this Python cannot judge is taken as its writer's; a request for it here
-    is still refused by `check_file_name`, naming the code point it does not know."""
-    if all(unicodedata.category(char) != "Cn" for char in name):
+    is still refused by `check_file_name`, naming the code point it does not know.
+
+    A noncharacter (U+FDD0 to U+FDEF, and U+FFFE and U+FFFF of every plane) is ``Cn`` in
+    every version, so no writer's rule takes it: one was taken as a newer version's, and a
+    tool's row so named served, where `app data check` named it (red team 60 on regress,
+    the late merges). It is judged as before."""
+    if all(not _unknown(char) for char in name):
         return name
     return "".join(
-        _LETTER_OF_BYTES[len(char.encode(errors="surrogatepass"))]
-        if unicodedata.category(char) == "Cn"
-        else char
+        _LETTER_OF_BYTES[len(char.encode(errors="surrogatepass"))] if _unknown(char) else char
         for char in name
     )
+
+
+def _unknown(char: str) -> bool:
+    """Whether `char` is a code point a later Unicode may assign: ``Cn`` here, not a
+    noncharacter, which no version assigns."""
+    point = ord(char)
+    noncharacter = 0xFDD0 <= point <= 0xFDEF or point & 0xFFFE == 0xFFFE
+    return not noncharacter and unicodedata.category(char) == "Cn"
 
 
 #: A letter no mark composes with, by its length in UTF-8: the name keeps its length.

@@ -24,7 +24,7 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Iterable
 from copy import deepcopy
 from datetime import UTC, datetime
 from pathlib import Path
@@ -285,6 +285,16 @@ def _run(
     application = create_app(store, config)
 
     class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Generator[None, None, None]:
+            # uvicorn takes SIGINT and SIGTERM whatever it finds: one the server was
+            # started with ignored stays ignored (`_ignored`).
+            ignored = _ignored(uvicorn.server.HANDLED_SIGNALS)
+            with super().capture_signals():
+                for sig in ignored:
+                    signal.signal(sig, signal.SIG_IGN)
+                yield
+
         async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
             # Whether a second SIGINT forced the stop: a request it cuts is told so.
             application.state.stop_forced = lambda: self.force_exit
@@ -472,6 +482,7 @@ def serve_workers(config: Config, *, host: str, port: int, workers: int) -> None
     previous = {
         sig: signal.signal(sig, lambda signum, frame: stopping.append(signum))
         for sig in (signal.SIGTERM, signal.SIGINT, *_RESTART_SIGNALS)
+        if sig not in _ignored([sig])
     }
     code = 0
     try:
@@ -592,6 +603,18 @@ def _url(host: str, port: int) -> str:
 _RESTART_SIGNALS: Final = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 
 
+def _ignored(signals: Iterable[int]) -> list[int]:
+    """Those of `signals` this process was started with ignored (or ignores now).
+
+    ``app serve &`` in a script, whose shell starts it with SIGINT ignored for the terminal's
+    Ctrl-C to leave it running (or a supervisor that ignores one on purpose): the server
+    took SIGINT and SIGTERM whatever it found, as uvicorn does, and the script's Ctrl-C
+    stopped it, and its workers (red team 60 on regress, the late merges), where a command
+    keeps such a signal ignored (`app.cli._listened`). It stays ignored here too, and in a
+    worker, which inherits it."""
+    return [sig for sig in signals if signal.getsignal(sig) is signal.SIG_IGN]
+
+
 class _StopRequest:
     """SIGTERM and SIGINT, caught from before the port listens, as a request to stop the
     server, around uvicorn's own handling.
@@ -636,8 +659,10 @@ class _StopRequest:
                 )
             stop(signum, frame)
 
-        previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-        previous |= {sig: signal.signal(sig, restart) for sig in _RESTART_SIGNALS}
+        stops, restarts = (signal.SIGTERM, signal.SIGINT), _RESTART_SIGNALS
+        ignored = _ignored((*stops, *restarts))
+        previous = {sig: signal.signal(sig, stop) for sig in stops if sig not in ignored}
+        previous |= {sig: signal.signal(sig, restart) for sig in restarts if sig not in ignored}
 
         def restore() -> None:
             for sig, handler in previous.items():
