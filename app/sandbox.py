@@ -689,11 +689,13 @@ def _entry_name(pid: int, started: int, namespace: int | None = None) -> str:
 _ENTRY_MAX_BYTES: Final = 1 << 20
 
 
-def _entry_bytes(path: Path) -> bytes:
+def _entry_bytes(path: Path, *, dir_fd: int | None = None, follow: bool = True) -> bytes:
     """An entry's bytes; an OSError for anything but a regular file (followed through a
-    link, as ever). A FIFO a test put at an entry's name made every reader wait for ever:
-    the run's own check after the test, and every process the run started."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    link, as ever, unless `follow` is false; `path` relative to `dir_fd` where given). A
+    FIFO a test put at an entry's name made every reader wait for ever: the run's own
+    check after the test, and every process the run started."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+    fd = os.open(path, flags, dir_fd=dir_fd)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OSError(errno.EINVAL, "not a regular file", str(path))
@@ -2981,19 +2983,9 @@ def _held_by_another(parent: int, name: str, namespace: int) -> bool:
     """Whether entry `name` of registry `parent` is that of a process of another PID
     namespace than `namespace` (`_name_to_write`)."""
     try:
-        fd = os.open(
-            name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=parent
-        )
-    except OSError:
-        return False
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return False
-        data = json_loads(os.read(fd, _ENTRY_MAX_BYTES))
+        data = json_loads(_entry_bytes(Path(name), dir_fd=parent, follow=False))
     except (OSError, ValueError):
         return False
-    finally:
-        os.close(fd)
     recorded = data.get("own_pid_namespace") if isinstance(data, dict) else None
     return type(recorded) is int and recorded != namespace
 
