@@ -2600,7 +2600,7 @@ class FsyncFailed(OSError):
     """An ``fsync`` on a data root's filesystem failed, now or earlier in this process.
 
     Raised by :func:`app.dataroot.fsync` (with the ``errno`` the kernel gave), and from then
-    on by every fsync and every change on that filesystem in this process (with the first
+    on by every fsync and every change in this process (with the first
     failure's ``errno``, and ``earlier`` set): what the kernel could not write it may have
     dropped, and a later fsync that succeeds does not bring it back (PostgreSQL's
     "fsyncgate", 2018). :func:`storage_error` makes it a `StorageSyncFailedError`.
