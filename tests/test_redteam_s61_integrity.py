@@ -16,6 +16,13 @@ too. What changed: one failure for the whole process (`app.dataroot.failed_sync`
 the descriptor, its name or its device: every later fsync and every change is refused, and
 ``GET /health`` says why, until the server is restarted (its start-up runs `app data check
 --repair`).
+
+And the refusal (``storage_sync_failed``, a server's 503 and a command's exit 74 alike) told the
+operator to mend the cause and restart the server: restarted without a reboot, the server and
+the check its start-up runs read the pages the kernel dropped as written, as the docs say
+(reference/http-api.md). It now says to reboot and run `app data check` (which reads every
+file's bytes against its SHA-256) before starting the server or running the command again, and
+no longer speaks of a request alone.
 """
 
 from __future__ import annotations
@@ -45,6 +52,13 @@ def test_an_fsync_failure_whose_descriptor_has_no_name_stops_every_later_change(
             failed = http.put(f"/sessions/{sid}/files/a.bin", content=new)
         assert failed.status_code == 503, failed.text
         assert failed.json()["code"] == "storage_sync_failed", failed.text
+        # Before: "then restarts the server", which reads what the kernel dropped as written.
+        said = " ".join(failed.json()["message"].split())
+        assert (
+            "replace the device), reboots (until then the kernel may serve what it failed to "
+            "write as written, to a restarted server and to a check alike), runs `app data "
+            "check` (it reads every file's bytes against its SHA-256), then starts the server"
+        ) in said, said
         # The fsyncs work again (the tracer is gone): before, this was a 200 and /health ok.
         again = http.put(f"/sessions/{sid}/files/a.bin", content=later)
         assert again.status_code == 503, again.text
