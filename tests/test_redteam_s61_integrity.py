@@ -7,15 +7,15 @@ succeeds without them). That failure was recorded under the device number of the
 descriptor, found together with the descriptor's name (`/proc/self/fd/N`): where the name
 could not be read (a process without `/proc`: a chroot, a sandbox that mounts none), it was
 recorded under the device -1, which no later check looks up. The next ``PUT`` was a 200 and
-``GET /health`` said ok; the group commit of ``sessions/``, whose waiters each run their own
-fsync after a failed one so that a later success never answers them, answered them by that
-later success. Kept by device, it is also looked up by another device where a file's and its
-directory's differ (an overlay whose layers lie on two filesystems, as Docker's may: a file
-has the upper layer's device, a directory the overlay's), and ``GET /health`` said ok there
-too. What changed: one failure for the whole process (`app.dataroot.failed_sync`), whatever
-the descriptor, its name or its device: every later fsync and every change is refused, and
-``GET /health`` says why, until the server is restarted (its start-up runs `app data check
---repair`).
+``GET /health`` said ok (and, by reading, the group commit of ``sessions/``, whose waiters
+each run their own fsync after a failed one, was answered by a later success). Kept by
+device, it was also looked up by another device where a file's and its directory's differ
+(an overlay whose layers lie on two filesystems: a file has the upper layer's device, a
+directory the overlay's): ``GET /health`` said ok there too, and ``POST /trash/empty``
+removed an entry with a 200 (by hand, not kept: it takes a mount namespace). What changed:
+one failure for the whole process (`app.dataroot.failed_sync`), whatever the descriptor, its
+name or its device: every later fsync and every change is refused, and ``GET /health`` says
+why, until the server is restarted.
 
 And the refusal (``storage_sync_failed``, a server's 503 and a command's exit 74 alike) told the
 operator to mend the cause and restart the server: restarted without a reboot, the server and
