@@ -417,6 +417,12 @@ EXAMPLES: list[errors.AppError] = [
     remote.FileRowOfAnotherShapeError(
         "3f2a9c", "report.pdf", "its sha256 is 'see attachment', not 64 lower-case hex digits"
     ),
+    remote.TrashedSessionRowOfAnotherShapeError(
+        "3f2a9c",
+        "has a null in 'metadata', which the app never writes",
+        file="row in app_sessions",
+        finding="row-of-another-shape",
+    ),
     remote.ReplicasLiveError("empty the trash", DATABASE, REPLICAS),
     remote.MaintenanceRunningError(DATABASE, "backend pid 31337, app data purge"),
     remote.HolderLostError(DATABASE, "the server closed the connection unexpectedly"),

@@ -1,0 +1,110 @@
+"""Red team 61 on PostgreSQL and object storage.
+
+What broke:
+
+- The restore of a whole session from the trash whose row's ``metadata`` a tool rewrote to
+  something other than an object (``null``, a list, a string) while it was in the trash.
+  The restore made the row live, audited it, and only then read the session back: the
+  command failed ``session_unreadable`` ("cannot read session ...: delete the session to
+  move it to the trash as it is"), a session it had just taken out of the trash, now live
+  and unreadable, with a restore in the audit. It is now refused before anything changes
+  (``session_unreadable``, naming the row, that nothing was changed, and what corrects the
+  row), as a file's restore of a row of another shape is since red team 60.
+
+- The ``empty-trash`` audit row's ``objects``: it counted every removed file row's object,
+  those the emptying kept because their row named a key the app never makes (red team 60)
+  among them, so the audit said objects were deleted that are still there. It now counts
+  the objects the emptying deletes, and names the kept keys (``kept_objects``); the
+  returned count, which a refusal of the deletion quotes, is the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from engines import PostgresEngine, S3Engine, new_blob_url
+from fastapi.testclient import TestClient
+from test_remote_store import PROFILE, _replica
+
+from app.config import load
+from app.errors import UnreadableSessionError
+from app.remote import pg
+from app.remote.store import RemoteStore
+from app.server import create_app
+
+
+@pytest.fixture(scope="module")
+def served(
+    postgres_engine: PostgresEngine, s3_engine: S3Engine
+) -> Iterator[tuple[RemoteStore, TestClient]]:
+    """A replica over a scratch database and prefix of this module's, and an HTTP client."""
+    name = postgres_engine.create_database()
+    database_url = postgres_engine.url(name)
+    pg.open_database(database_url, PROFILE)
+    config = load("testing")
+    try:
+        with _replica(s3_engine, (database_url, new_blob_url(s3_engine))) as store:
+            headers = {"Authorization": f"Bearer {config.api_token}"}
+            with TestClient(create_app(store, config), headers=headers) as client:
+                yield store, client
+    finally:
+        postgres_engine.drop_database(name)
+
+
+def test_a_trashed_session_whose_metadata_a_tool_rewrote_is_refused_before_its_restore(
+    served: tuple[RemoteStore, TestClient],
+) -> None:
+    # Before: the restore made the row live and audited it, then failed reading it back
+    # (session_unreadable, "delete the session to move it to the trash as it is").
+    store, client = served
+    session_id = client.post("/sessions", json={"title": "t"}).json()["id"]
+    assert client.delete(f"/sessions/{session_id}").status_code == 200
+    with psycopg.connect(store.database_url, autocommit=True) as admin:
+        admin.execute("UPDATE app_sessions SET metadata = '[1, 2]' WHERE id = %s", (session_id,))
+        audits = admin.execute("SELECT count(*) FROM app_audit").fetchone()
+    with pytest.raises(UnreadableSessionError) as refused:
+        store.restore(session_id)
+    message = refused.value.message
+    assert message.startswith(
+        f"cannot restore session {session_id}: its row in app_sessions has a list in "
+        "'metadata', which the app never writes (it was changed outside the app), and "
+        "nothing was changed: the session stays in the trash."
+    ), message
+    assert "`app data check` reports it as row-of-another-shape" in message
+    assert "with every replica stopped" in message
+    assert "`app data empty-trash`" in message
+    with psycopg.connect(store.database_url, autocommit=True) as admin:
+        row = admin.execute(
+            "SELECT deleted_at IS NOT NULL FROM app_sessions WHERE id = %s", (session_id,)
+        ).fetchone()
+        assert row == (True,)
+        assert admin.execute("SELECT count(*) FROM app_audit").fetchone() == audits
+        # Corrected as the message says, it restores.
+        admin.execute("UPDATE app_sessions SET metadata = '{}' WHERE id = %s", (session_id,))
+    assert store.restore(session_id)["id"] == session_id
+
+
+def test_empty_trash_audits_the_objects_it_deleted_not_those_it_kept(
+    served: tuple[RemoteStore, TestClient],
+) -> None:
+    # Before: objects=2 in the audit, for one object deleted and one kept.
+    store, client = served
+    session_id = client.post("/sessions", json={"title": "t"}).json()["id"]
+    files = f"/sessions/{session_id}/files"
+    for name in ("a.txt", "b.txt"):
+        assert client.put(f"{files}/{name}", content=name.encode()).status_code == 201
+    foreign = f"not-the-apps/{session_id}"
+    with psycopg.connect(store.database_url, autocommit=True) as admin:
+        admin.execute("UPDATE app_files SET blob = %s WHERE name = 'b.txt'", (foreign,))
+    for name in ("a.txt", "b.txt"):
+        assert client.delete(f"{files}/{name}").status_code == 200
+    store.empty_trash()
+    with psycopg.connect(store.database_url, autocommit=True) as admin:
+        detail = admin.execute(
+            "SELECT detail FROM app_audit WHERE operation = 'empty-trash' ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+    assert detail is not None
+    assert detail[0]["objects"] == 1, detail
+    assert detail[0]["kept_objects"] == [foreign], detail
