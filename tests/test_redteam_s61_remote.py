@@ -16,10 +16,19 @@ What broke:
   among them, so the audit said objects were deleted that are still there. It now counts
   the objects the emptying deletes, and names the kept keys (``kept_objects``); the
   returned count, which a refusal of the deletion quotes, is the same.
+
+- A maintenance command behind a pooler in transaction mode (``tests/txpooler.py``) whose
+  server session the pooler gave another client's transaction before it ended: its unlock
+  ran in another session, and the command ended without a word while its lock stayed,
+  refusing every replica and maintenance after it as beside a command that had ended. The
+  end of the hold now unlocks and looks where it ran in one transaction, and says in its
+  log which server session keeps the lock and what ends it (the lock itself stays: not
+  stopped since red team 56).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import psycopg
@@ -27,6 +36,7 @@ import pytest
 from engines import PostgresEngine, S3Engine, new_blob_url
 from fastapi.testclient import TestClient
 from test_remote_store import PROFILE, _replica
+from txpooler import transaction_pooler
 
 from app.config import load
 from app.errors import UnreadableSessionError
@@ -108,3 +118,37 @@ def test_empty_trash_audits_the_objects_it_deleted_not_those_it_kept(
     assert detail is not None
     assert detail[0]["objects"] == 1, detail
     assert detail[0]["kept_objects"] == [foreign], detail
+
+
+def test_maintenance_whose_lock_a_pooler_left_on_another_client_s_session_says_so(
+    postgres_engine: PostgresEngine,
+    served: tuple[RemoteStore, TestClient],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Before: the command ended without a word; its unlock ran on another server session
+    # (false, a bare WARNING from PostgreSQL), the lock stayed on the one the pooler gave
+    # another client, and every replica and maintenance after it was refused, naming a
+    # maintenance command that had ended.
+    store, _ = served
+    name = store.database_url.rsplit("/", 1)[1]
+    with transaction_pooler(postgres_engine.host, postgres_engine.port) as pooler:
+        url = pooler.url(name, postgres_engine.user)
+        with caplog.at_level(logging.WARNING, logger="app.remote.store"):
+            with pg.maintenance(url, PROFILE, "empty the trash") as held:
+                other = psycopg.connect(url)
+                # The server session holding the lock, given to another client's transaction.
+                assert other.execute("SELECT pg_backend_pid()").fetchone() == (held.backend_pid,)
+            said = caplog.text
+            assert (
+                f"the hold to empty the trash ended, but its exclusive lock stays on server "
+                f"session {held.backend_pid}" in said
+            ), said
+            assert "another client's transaction runs there now" in said
+            assert f"SELECT pg_terminate_backend({held.backend_pid})" in said
+            assert "pool_mode = session" in said
+            # Not stopped: the lock stays there until that session ends (the pooler's).
+            with psycopg.connect(store.database_url, autocommit=True) as direct:
+                assert any(
+                    f"backend pid {held.backend_pid}" in who for who in pg.lock_holders(direct)
+                )
+            other.close()
