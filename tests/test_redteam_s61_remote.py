@@ -24,22 +24,32 @@ What broke:
   end of the hold now unlocks and looks where it ran in one transaction, and says in its
   log which server session keeps the lock and what ends it (the lock itself stays: not
   stopped since red team 56).
+
+- An ``s3_endpoint_url`` whose path has a ``.`` or ``..`` segment (``http://h:8333/.``,
+  ``/x/..``): SeaweedFS serves it as the endpoint itself, while the check of the profiles'
+  prefixes took the path for one before the bucket, so staging's ``s3://app-data/production``
+  there was apart from production's. It is refused as a setting now, as a ``blob_url``'s dot
+  segments are.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 
+import boto3
 import psycopg
 import pytest
+from botocore.config import Config as BotoConfig
 from engines import PostgresEngine, S3Engine, new_blob_url
 from fastapi.testclient import TestClient
+from test_config_remote import REMOTE, SECRETS_FILE
 from test_remote_store import PROFILE, _replica
 from txpooler import transaction_pooler
 
-from app.config import load
-from app.errors import UnreadableSessionError
+from app.config import inspect_profiles, load
+from app.errors import InvalidSettingError, UnreadableSessionError
 from app.remote import pg
 from app.remote.store import RemoteStore
 from app.server import create_app
@@ -152,3 +162,41 @@ def test_maintenance_whose_lock_a_pooler_left_on_another_client_s_session_says_s
                     f"backend pid {held.backend_pid}" in who for who in pg.lock_holders(direct)
                 )
             other.close()
+
+
+def test_an_endpoint_whose_path_has_a_dot_segment_is_refused_as_the_store_resolves_it(
+    s3_engine: S3Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: `http://<store>/.` (or `/x/..`) was another endpoint to the check of profiles'
+    # prefixes, while SeaweedFS serves it as the endpoint itself: staging's prefix was
+    # production's, and `app config` said nothing.
+    key = f"{new_blob_url(s3_engine).split('/', 3)[3]}/probe"
+    dotted = boto3.client(
+        "s3",
+        endpoint_url=f"{s3_engine.endpoint_url}/x/..",
+        aws_access_key_id=s3_engine.access_key_id,
+        aws_secret_access_key=s3_engine.secret_access_key,
+        region_name="us-east-1",
+        config=BotoConfig(s3={"addressing_style": "path"}),
+    )
+    dotted.put_object(Bucket=s3_engine.bucket, Key=key, Body=b"reached")
+    assert s3_engine.client().get_object(Bucket=s3_engine.bucket, Key=key)["Body"].read() == (
+        b"reached"
+    )
+    (tmp_path / ".secrets.toml").write_text(SECRETS_FILE)
+    (tmp_path / "settings.toml").write_text(
+        REMOTE + '\n[staging]\ndatabase_url = "postgresql://app@db.internal:5432/app_staging"\n'
+        'blob_url = "s3://app-data/production"\n'
+        's3_endpoint_url = "http://127.0.0.1:8333/x/.."\n'
+    )
+    monkeypatch.setenv("APP_SETTINGS_DIR", str(tmp_path))
+    problems = inspect_profiles("development").problems
+    refused = [p for p in problems if isinstance(p, InvalidSettingError)]
+    assert [(p.profile, p.key) for p in refused] == [("staging", "s3_endpoint_url")], problems
+    assert refused[0].message == (
+        "profile 'staging': s3_endpoint_url = 'http://127.0.0.1:8333/x/..' (from "
+        "settings.toml [staging]): has a '.' or '..' segment in its path ('..'), which an "
+        "object store resolves (SeaweedFS serves http://h:8333/x/.. as http://h:8333 itself), "
+        "so the bucket and prefix it reaches are not the ones the check of the profiles' "
+        "prefixes compares; write the path without it, as the path it means"
+    )
