@@ -10,6 +10,9 @@ What broke:
   and unreadable, with a restore in the audit. It is now refused before anything changes
   (``session_unreadable``, naming the row, that nothing was changed, and what corrects the
   row), as a file's restore of a row of another shape is since red team 60.
+  On a data root such a session comes back by design (audited, to be mended in place), but
+  the command said "cannot read session" alone, read as a restore that failed: it now says
+  it was restored, from which entry, and that it cannot be read.
 
 - The ``empty-trash`` audit row's ``objects``: it counted every removed file row's object,
   those the emptying kept because their row named a key the app never makes (red team 60)
@@ -53,6 +56,7 @@ from app.errors import InvalidSettingError, UnreadableSessionError
 from app.remote import pg
 from app.remote.store import RemoteStore
 from app.server import create_app
+from app.store import Store
 
 
 @pytest.fixture(scope="module")
@@ -200,3 +204,21 @@ def test_an_endpoint_whose_path_has_a_dot_segment_is_refused_as_the_store_resolv
         "so the bucket and prefix it reaches are not the ones the check of the profiles' "
         "prefixes compares; write the path without it, as the path it means"
     )
+
+
+def test_a_local_restore_of_a_damaged_session_says_it_was_restored(app_store: Store) -> None:
+    # Before: "cannot read session ...", exit 65, of a session the restore had brought back
+    # (audited): read as a restore that failed, its retry "not in the trash".
+    session_id = app_store.create_session("t")["id"]
+    entry = app_store.delete_session(session_id)
+    (entry.path / "session" / "session.json").write_text("[1, 2]")
+    with pytest.raises(UnreadableSessionError) as refused:
+        app_store.restore(session_id)
+    assert refused.value.message == (
+        f"restored session {session_id} from trash entry {entry.name} (audited), but cannot "
+        "read it: its session.json is not a JSON object (it was changed outside the app). "
+        "`app data check` reports it as session-unreadable. Put session.json back from a "
+        f"backup, or delete the session again (DELETE /sessions/{session_id}) to move it to "
+        "the trash as it is"
+    )
+    assert (Path(app_store.location) / "sessions" / session_id / "session.json").exists()

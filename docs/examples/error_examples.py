@@ -222,6 +222,7 @@ EXAMPLES: list[errors.AppError] = [
     ),
     errors.FileNotFoundInSessionError("3f2a9c", "report.pdf"),
     errors.UnreadableSessionError("3f2a9c"),
+    errors.RestoredUnreadableSessionError("3f2a9c", entry="20261204T101500000000Z-3f2a9c"),
     errors.SessionNotServedError("3f2a9c"),
     errors.DamagedFileError(
         "3f2a9c", "report.pdf", "are 4096 bytes long, where 81920 were acknowledged"
