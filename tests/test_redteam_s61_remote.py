@@ -41,21 +41,19 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
-import boto3
 import psycopg
 import pytest
-from botocore.config import Config as BotoConfig
 from engines import PostgresEngine, S3Engine, new_blob_url
 from fastapi.testclient import TestClient
 from test_config_remote import REMOTE, SECRETS_FILE
-from test_remote_store import PROFILE, _replica
+from test_redteam_s60_remote import serving
+from test_remote_store import PROFILE
 from txpooler import transaction_pooler
 
-from app.config import inspect_profiles, load
+from app.config import inspect_profiles
 from app.errors import InvalidSettingError, UnreadableSessionError
 from app.remote import pg
 from app.remote.store import RemoteStore
-from app.server import create_app
 from app.store import Store
 
 
@@ -64,17 +62,8 @@ def served(
     postgres_engine: PostgresEngine, s3_engine: S3Engine
 ) -> Iterator[tuple[RemoteStore, TestClient]]:
     """A replica over a scratch database and prefix of this module's, and an HTTP client."""
-    name = postgres_engine.create_database()
-    database_url = postgres_engine.url(name)
-    pg.open_database(database_url, PROFILE)
-    config = load("testing")
-    try:
-        with _replica(s3_engine, (database_url, new_blob_url(s3_engine))) as store:
-            headers = {"Authorization": f"Bearer {config.api_token}"}
-            with TestClient(create_app(store, config), headers=headers) as client:
-                yield store, client
-    finally:
-        postgres_engine.drop_database(name)
+    with serving(postgres_engine, s3_engine) as pair:
+        yield pair
 
 
 def test_a_trashed_session_whose_metadata_a_tool_rewrote_is_refused_before_its_restore(
@@ -175,14 +164,7 @@ def test_an_endpoint_whose_path_has_a_dot_segment_is_refused_as_the_store_resolv
     # prefixes, while SeaweedFS serves it as the endpoint itself: staging's prefix was
     # production's, and `app config` said nothing.
     key = f"{new_blob_url(s3_engine).split('/', 3)[3]}/probe"
-    dotted = boto3.client(
-        "s3",
-        endpoint_url=f"{s3_engine.endpoint_url}/x/..",
-        aws_access_key_id=s3_engine.access_key_id,
-        aws_secret_access_key=s3_engine.secret_access_key,
-        region_name="us-east-1",
-        config=BotoConfig(s3={"addressing_style": "path"}),
-    )
+    dotted = s3_engine.client(f"{s3_engine.endpoint_url}/x/..")
     dotted.put_object(Bucket=s3_engine.bucket, Key=key, Body=b"reached")
     assert s3_engine.client().get_object(Bucket=s3_engine.bucket, Key=key)["Body"].read() == (
         b"reached"
