@@ -38,7 +38,7 @@ from dataclasses import field, fields
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from app import config_files
 from app import sandbox as sandboxing
@@ -249,7 +249,26 @@ def _endpoint_url(value: Any) -> str | None:
             "must not carry credentials; set s3_access_key_id and s3_secret_access_key in "
             ".secrets.toml or APP_S3_ACCESS_KEY_ID / APP_S3_SECRET_ACCESS_KEY instead"
         )
-    return _endpoint_host_problem(parts.hostname, value)
+    return _endpoint_path_problem(parts.path) or _endpoint_host_problem(parts.hostname, value)
+
+
+def _endpoint_path_problem(path: str) -> str | None:
+    """Why an ``s3_endpoint_url``'s path names another place than it seems to, or None.
+
+    SeaweedFS serves ``http://h:8333/.`` and ``/x/..`` as the endpoint itself, where the
+    check of the profiles' prefixes took them for a path before the bucket: staging's
+    ``s3://app-data/production`` there was production's, unseen (red team 61). As a
+    blob_url's dot segments are refused (red team 37).
+    """
+    dotted = [s for s in path.split("/") if unquote(s) in (".", "..")]
+    if not dotted:
+        return None
+    return (
+        f"has a '.' or '..' segment in its path ({dotted[0]!r}), which an object store "
+        "resolves (SeaweedFS serves http://h:8333/x/.. as http://h:8333 itself), so the "
+        "bucket and prefix it reaches are not the ones the check of the profiles' prefixes "
+        "compares; write the path without it, as the path it means"
+    )
 
 
 #: A label of a host name as the S3 client (botocore) takes it.

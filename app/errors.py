@@ -1852,6 +1852,22 @@ class UnreadableSessionError(StoreError):
     finding: str = "session-unreadable"
 
 
+class RestoredUnreadableSessionError(UnreadableSessionError):
+    """A session a restore brought back from the trash whose ``session.json`` is damaged
+    from outside the app: it comes back all the same, to be mended or deleted again, and
+    the restore is audited. The refusal said "cannot read session" alone, and an operator
+    took the restore for one that failed (red team 61)."""
+
+    template = (
+        "restored session {session_id} from trash entry {entry} (audited), but cannot read "
+        "it: its {file} {damage} (it was changed outside the app). `app data check` "
+        "reports it as {finding}. Put {file} back from a backup, or delete the session "
+        "again (DELETE /sessions/{session_id}) to move it to the trash as it is"
+    )
+
+    entry: str = ""
+
+
 class SessionNotServedError(StoreError):
     """A session id whose place under ``sessions/`` holds no session the app can read: a
     directory whose ``session.json`` was removed or replaced (by a directory, a FIFO), or
