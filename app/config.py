@@ -1016,6 +1016,7 @@ def _resolve_profile(
         problem = (
             (None if name == "api_token" else _unseen(_as_utf8(key, value)))
             or key.check(value)
+            or _unfollowable(key, value, files.directory)
             or _spelled_as_url(key, value, files.directory)
             or _escaped(key, value, files.directory)
             or _unexpanded(key, value, files.directory)
@@ -1248,8 +1249,15 @@ def _as_utf8(key: Key, value: Any) -> Any:
 
 def _absolute_root(value: str, directory: Path) -> Path:
     """A configured root made absolute: ``~`` expanded, relative to the settings directory
-    (never the current one), symlinks resolved."""
-    return _spelled_root(value, directory).resolve()
+    (never the current one), symlinks resolved; as spelled where a link on its way is one
+    this process may not read (`_unfollowable` refuses it for a profile's root; the plugin's
+    start protects a shell's ``APP_DATA_ROOT`` so spelled, where a ``PermissionError``
+    traceback stopped the run, red team 61)."""
+    spelled = _spelled_root(value, directory)
+    try:
+        return spelled.resolve()
+    except PermissionError:
+        return Path(os.path.normpath(spelled))
 
 
 def _spelled_settings_dir(env: Mapping[str, str], directory: Path) -> Path:
@@ -1558,6 +1566,16 @@ def _not_text_resolved(key: Key, value: Any, directory: Path) -> str | None:
         "another one; rename the directory that holds it to a name in UTF-8, here its bytes "
         f"read as Latin-1 (`mv {shell_word(holder)} {shell_word(renamed)}`), {then}"
     )
+
+
+def _unfollowable(key: Key, value: Any, directory: Path) -> str | None:
+    """Why a path setting's `value` names no directory in this process, where it passes
+    through a link this process may not read (``/proc/<pid>/root`` of another user's
+    process), or None (`config_files.unfollowable`; red team 61)."""
+    if not key.type.startswith("Path") or not isinstance(value, str):
+        return None
+    link = config_files.unfollowable(str(_spelled_root(value, directory)))
+    return None if link is None else config_files.unfollowable_reason(link)
 
 
 def _misresolved(key: Key, value: Any, directory: Path) -> str | None:
