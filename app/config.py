@@ -1593,6 +1593,8 @@ def _misresolved(key: Key, value: Any, directory: Path) -> str | None:
     if found is None:
         return None
     here, resolved = found
+    if (gone := config_files.deleted_reason(here, resolved)) is not None:
+        return gone
     return (
         f"leads through {_shortened(here, 400)} to another directory than the one it resolves "
         f"to in this process, {_shortened(resolved, 400)}: a link of /proc (/proc/<pid>/root "

@@ -148,6 +148,8 @@ def settings_dir(environ: Mapping[str, str] | None = None) -> Path:
     if (link := unfollowable(str(where))) is not None:
         raise SettingsNotFoundError(where, f"{reason}; it {unfollowable_reason(link)}")
     if (elsewhere := resolved_elsewhere(str(where))) is not None:
+        if (gone := deleted_reason(*elsewhere)) is not None:
+            raise SettingsNotFoundError(where, f"{reason}; it {gone}")
         # A container's /proc/<pid>/root reads as `/`: its settings directory resolved to
         # this host's, whose production root a purge then emptied (red team 59).
         raise SettingsNotFoundError(
@@ -216,6 +218,26 @@ def unfollowable_reason(link: str) -> str:
     return (
         f"passes through {link}, a link this process (user {_this_user()}) may not read, so "
         "the path names no directory here; name the directory the link leads to instead"
+    )
+
+
+def deleted_reason(here: str, resolved: str) -> str | None:
+    """Why `here` (`resolved_elsewhere`'s) names no directory, where it is a directory that
+    was removed (a link of /proc to a process's current directory, root or open directory
+    that was deleted since: its link reads ``<path> (deleted)``), or None.
+
+    ``APP_DATA_ROOT=/proc/<pid>/cwd`` of such a process was refused as "a link of /proc ...
+    into another mount namespace, a container's" (red team 61): no namespace was involved.
+    """
+    try:
+        if os.stat(here).st_nlink != 0:  # noqa: PTH116 - str in, the kernel's own walk
+            return None
+    except OSError:
+        return None
+    return (
+        f"leads through {here} to a directory that was removed (it reads {resolved}): a "
+        "process still has it (as its current directory, its root or an open descriptor), "
+        "but no path names it and nothing can be made in it; name a directory that exists"
     )
 
 

@@ -22,6 +22,11 @@ that user, while the process is dumpable, or with that capability; here a proces
   so spelled in its shell, a traceback from the plugin before any test (its check of what
   pytest writes; its reading of the shell's root, to protect it).
 
+Beside it: ``APP_DATA_ROOT=/proc/<pid>/cwd`` of a process whose current directory was
+removed (its link reads ``<path> (deleted)``) was refused, but as "a link of /proc ... into
+another mount namespace, a container's", which it is not. It is now named a directory that
+was removed, which a process still has, and to name one that exists.
+
 What changed: a path setting (and ``APP_SETTINGS_DIR``) that passes through a link this
 process may not read is refused (``invalid_setting`` or ``settings_not_found``, exit 78),
 naming the link, the process (its pid, command and user), this process's user, who may
@@ -120,6 +125,21 @@ def attempts(stage):
 
 
 attempts("STOPPED_")
+# A process whose current directory was removed: its /proc link reads "<path> (deleted)".
+removed = settings.parent / "removed"
+removed.mkdir()
+read, write = os.pipe()
+gone = os.fork()
+if gone == 0:
+    os.chdir(removed)
+    os.rmdir(removed)
+    os.write(write, b"x")
+    signal.pause()
+    os._exit(0)
+os.close(write)
+assert os.read(read, 1) == b"x"
+results["REMOVED"] = run(["--profile", "development", *purge], APP_DATA_ROOT=f"/proc/{gone}/cwd")
+os.kill(gone, signal.SIGKILL)
 print("STOPPED", flush=True)
 sys.stdin.readline()  # the test has started a server on production's root meanwhile
 attempts("LIVE_")
@@ -245,6 +265,15 @@ def test_a_root_through_a_proc_link_this_user_may_not_follow_is_refused_outside_
         f"APP_SETTINGS_DIR; it passes through {root}, "
     ), said
     _unfollowable(root, out, said)
+    # Before the fix: refused as "a link of /proc ... into another mount namespace, a
+    # container's", of a directory that was removed.
+    code, out = seen["REMOVED"]
+    assert code == 78, said
+    assert (
+        f"leads through /proc/{out.split('/proc/')[1].split('/')[0]}/cwd to a directory that "
+        f"was removed (it reads {settings.parent}/removed (deleted)): a process still has it"
+    ) in out, said
+    assert "mount namespace" not in out, said
     kind, out = seen["STOPPED_BY_HAND"]
     assert kind == "DataRootStateError", said
     assert f"the path passes through {root}, a link of /proc" in out, said
