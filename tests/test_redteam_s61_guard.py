@@ -22,6 +22,11 @@ that user, while the process is dumpable, or with that capability; here a proces
   so spelled in its shell, a traceback from the plugin before any test (its check of what
   pytest writes; its reading of the shell's root, to protect it).
 
+A pytest started outside any run with ``PYTEST_APP_SANDBOX`` so spelled left in its shell
+ended in a ``PermissionError`` traceback through the plugin (and with ``/`` or a relative
+path, a ``SandboxViolationError`` traceback); it is now refused as a usage error (exit 4),
+naming the variable and ``unset PYTEST_APP_SANDBOX``.
+
 Beside it: ``APP_DATA_ROOT=/proc/<pid>/cwd`` of a process whose current directory was
 removed (its link reads ``<path> (deleted)``) was refused, but as "a link of /proc ... into
 another mount namespace, a container's", which it is not. It is now named a directory that
@@ -140,6 +145,12 @@ os.close(write)
 assert os.read(read, 1) == b"x"
 results["REMOVED"] = run(["--profile", "development", *purge], APP_DATA_ROOT=f"/proc/{gone}/cwd")
 os.kill(gone, signal.SIGKILL)
+# A pytest started outside any run, PYTEST_APP_SANDBOX left in its shell naming no sandbox.
+done = subprocess.run(
+    [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly"],
+    env={**os.environ, "PYTEST_APP_SANDBOX": f"/proc/{other}/root{settings.parent}"},
+    cwd=settings.parent, capture_output=True, text=True)
+results["PYTEST"] = [done.returncode, " ".join((done.stdout + done.stderr).split())]
 print("STOPPED", flush=True)
 sys.stdin.readline()  # the test has started a server on production's root meanwhile
 attempts("LIVE_")
@@ -274,6 +285,17 @@ def test_a_root_through_a_proc_link_this_user_may_not_follow_is_refused_outside_
         f"was removed (it reads {settings.parent}/removed (deleted)): a process still has it"
     ) in out, said
     assert "mount namespace" not in out, said
+    # Before the fix: a PermissionError traceback through the plugin, then (with the fix of
+    # the sandbox's reading alone) a SandboxViolationError traceback, as for `/` or a
+    # relative path.
+    code, out = seen["PYTEST"]
+    assert code == 4, said
+    assert "Traceback" not in out, said
+    assert (
+        f"ERROR: app: refusing to run: refused under pytest: PYTEST_APP_SANDBOX='/proc/{other}"
+        f"/root{settings.parent}' is not a test sandbox."
+    ) in out, said
+    assert "(in this shell: `unset PYTEST_APP_SANDBOX`, then run pytest again)" in out, said
     kind, out = seen["STOPPED_BY_HAND"]
     assert kind == "DataRootStateError", said
     assert f"the path passes through {root}, a link of /proc" in out, said
