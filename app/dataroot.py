@@ -1973,12 +1973,16 @@ def _refuse_unfixed_path(config: Config, root: Path) -> None:
         )
     else:
         return
+    try:
+        now = f"this one leads to {os.path.realpath(root)} now"
+    except PermissionError:
+        # A link of another user's process: this one may not follow it (red team 61).
+        now = "this one leads nowhere this process may follow"
     raise DataRootStateError(
         root,
         problem,
         f"give data_root of profile {config.profile!r} as the directory's own absolute "
-        f"path (this one leads to {os.path.realpath(root)} now); `app.config.load` "
-        "resolves every root so",
+        f"path ({now}); `app.config.load` resolves every root so",
     )
 
 
