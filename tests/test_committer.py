@@ -3,8 +3,9 @@
 The committer hands every create waiting to one call of the store; while one batch is on
 the disk, the event loop goes on, and the next creates wait for the next batch. Each create
 gets its own answer: its session, or the error that refused it alone. A batch's fsyncs are
-made at once (`app.store.concurrency.SyncHelpers`): each exactly once, each answered, and
-all of them by the caller where no helper thread can start.
+made at once (`app.store.concurrency.SyncHelpers`): each exactly once, each answered, all of
+them by the caller where no helper thread can start, and every one before the first rename
+(one after another, the store's batch failed the last test: BrokenBarrierError).
 """
 
 from __future__ import annotations
@@ -148,3 +149,30 @@ def test_syncs_whose_helpers_cannot_start_are_all_made_by_the_caller(
     assert results == [None, None, None]
     assert made == [(0, here), (1, here), (2, here)]
     assert helpers._threads == 0 and not helpers._batches  # nothing left queued
+
+
+def test_a_store_batch_syncs_its_sessions_at_once_and_all_before_any_rename(
+    app_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.store import sessions
+
+    events: list[tuple[str, int]] = []
+    together = threading.Barrier(3, timeout=60)  # a hang, if they were one after another
+    sync, rename = sessions._Staging.sync, sessions._Staging.rename
+
+    def synced(self: Any) -> None:
+        together.wait()
+        sync(self)
+        events.append(("synced", threading.get_ident()))
+
+    def renamed(self: Any, sessions_fd: int) -> None:
+        events.append(("rename", threading.get_ident()))
+        rename(self, sessions_fd)
+
+    monkeypatch.setattr(sessions._Staging, "sync", synced)
+    monkeypatch.setattr(sessions._Staging, "rename", renamed)
+    made = app_store.create_sessions([("one", None), ("two", None), ("three", None)])
+    assert not [m for m in made if isinstance(m, Exception)], made
+    assert [kind for kind, _ in events] == ["synced"] * 3 + ["rename"] * 3
+    assert len({ident for kind, ident in events if kind == "synced"}) == 3
+    assert app_store.check(repair=False).findings == []
