@@ -73,6 +73,17 @@ def _inherited() -> tuple[object, ...]:
 _RUN: dict[str, Any] = {}
 
 
+def as_the_run_for_the_rest(env: dict[str, str]) -> dict[str, str]:
+    """`env` with every variable but those given at fork (`_GIVEN_AT_FORK`) as the run's
+    environment has it: for a child that needs nothing of what a test changed beside those
+    (``pytester``'s ``HOME``, ``USERPROFILE``, ``PY_COLORS``), so that it is forked (`serve`)
+    rather than started. Not for a child whose environment is what a test checks."""
+    if not _RUN:
+        return dict(env)
+    given = {k: v for k, v in env.items() if k.startswith(_GIVEN_AT_FORK)}
+    return {k: v for k, v in _RUN["environ"].items() if not k.startswith(_GIVEN_AT_FORK)} | given
+
+
 def remember_the_run() -> None:
     """Take this process's environment and inherited values as the run's (tests/conftest.py,
     at the end of pytest_configure: before any test changed them for its own children)."""

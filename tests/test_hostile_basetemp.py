@@ -13,6 +13,7 @@ import os
 import sys
 from pathlib import Path
 
+import forked_app
 import pytest
 from _pytest.tmpdir import get_user
 from test_server_e2e import Server, app_env
@@ -27,7 +28,9 @@ def test_a_run_that_would_delete_a_live_server_s_root_among_its_old_directories_
     root.parent.mkdir(parents=True)
     for n in range(1, 4):
         (numbered / f"pytest-{n}").mkdir()
-    server = Server(app_env(root), tmp_path / "server.log").wait_ready()
+    # The server needs nothing of what pytester changed (its HOME, its colours): forked.
+    env = forked_app.as_the_run_for_the_rest(app_env(root))
+    server = Server(env, tmp_path / "server.log").wait_ready()
     try:
         with server.client() as client:
             assert client.post("/sessions", json={"title": "kept"}).status_code == 201
@@ -65,7 +68,8 @@ def test_a_pytest_of_user_directory_linked_to_a_live_server_s_root_is_not_follow
     temproot = tmp_path / "temproot"
     temproot.mkdir()
     (temproot / f"pytest-of-{get_user()}").symlink_to(root, target_is_directory=True)
-    server = Server(app_env(root), tmp_path / "server.log").wait_ready()
+    env = forked_app.as_the_run_for_the_rest(app_env(root))
+    server = Server(env, tmp_path / "server.log").wait_ready()
     try:
         for name in ("APP_DATA_ROOT", "ENV_FOR_DYNACONF", "PYTEST_APP_SANDBOX"):
             monkeypatch.delenv(name, raising=False)

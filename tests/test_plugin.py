@@ -100,33 +100,109 @@ def test_after_it():
     assert os.environ["PYTEST_APP_SANDBOX"]
 """
 
+#: What the plugin's start-up must not import (start-up cost), read when the run's first
+#: module is collected and when its first test runs. Its name sorts first: pytest collects
+#: and runs a directory's modules in their names' order, and the modules after it import the
+#: app's settings and load them.
+AT_START_TESTS = """
+import sys
+
+AT_COLLECTION = set(sys.modules)
+
+def test_dynaconf_was_not_needed_to_start():
+    assert "dynaconf" not in sys.modules
+
+def test_filelock_was_not_needed_to_start():
+    assert "filelock" not in sys.modules
+
+def test_ctypes_and_idna_were_not_needed_to_start():
+    assert not {"ctypes", "encodings.idna", "stringprep"} & AT_COLLECTION
+
+def test_the_run_adopts_its_orphans():
+    import ctypes
+
+    value = ctypes.c_int(0)
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.prctl(37, ctypes.byref(value), 0, 0, 0) == 0  # PR_GET_CHILD_SUBREAPER
+    assert value.value == 1
+"""
+
+#: A pytest run inside a test (pytester's in-process one: `PLAIN_CONFTEST` loads pytester),
+#: which must leave the outer run's environment and sandbox as they were (and the modules
+#: after it, in the same run, load the settings again).
+OUTER_TESTS = """
+import os
+
+from app.config import load
+
+
+def test_inner_run(pytester):
+    before = dict(os.environ)
+    sandbox = load().sandbox
+    pytester.makepyfile(test_inner="def test_ok():\\n    pass\\n")
+    pytester.runpytest().assert_outcomes(passed=1)
+    assert {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"} == {
+        k: v for k, v in before.items() if k != "PYTEST_CURRENT_TEST"
+    }
+    assert load().sandbox == sandbox
+"""
+
+#: Marks the plugin would misread: each was read as no profile (or as one named
+#: "['production']"), and its test's refusal told it to add the mark it had; a misspelt mark
+#: pytest only warns of (the plain run has ``-p no:warnings``).
+MARK_TESTS = """
+import pytest
+
+@pytest.mark.app_profiles("production")
+def test_misspelt(): pass
+
+@pytest.mark.app_profile(names=["production"])
+def test_keyword(): pass
+
+@pytest.mark.app_profile(["production"])
+def test_list(): pass
+
+@pytest.mark.app_profile()
+def test_empty(): pass
+
+@pytest.mark.app_profile("development", "production")
+def test_right(): pass
+"""
+
 #: The inner test modules that need nothing of their own: pytester's environment with the
-#: project's settings copied (tests/conftest.py gives a pytester test that), no option, no
-#: conftest. They run in one inner pytest (`plain_run`) instead of one each (an inner
-#: pytest's start-up is about 0.3 s of CPU), and each test below asserts on its own module's
-#: outcomes in that run's ``-rA`` report, and on the lines it checked before.
+#: project's settings copied (tests/conftest.py gives a pytester test that), no option but
+#: ``-p no:warnings``, a conftest that loads pytester (`PLAIN_CONFTEST`). They run in one
+#: inner pytest (`plain_run`) instead of one each (an inner pytest's start-up is about 0.3 s
+#: of CPU), and each test below asserts on its own module's outcomes in that run's ``-rA``
+#: report, and on the lines it checked before.
 PLAIN = {
+    "test_at_start": AT_START_TESTS,
     "test_probe": PROBE_TEST,
     "test_prod": PROD_TESTS,
     "test_escape": ESCAPE_TESTS,
     "test_marker": MARKER_TESTS,
+    "test_outer": OUTER_TESTS,
+    "test_marks": MARK_TESTS,
 }
+PLAIN_CONFTEST = "pytest_plugins = ['pytester']\n"
 
 
 @pytest.fixture(scope="module")
 def plain_run(tmp_path_factory: pytest.TempPathFactory) -> pytest.RunResult:
     """`PLAIN`'s modules run in one pytest subprocess, as ``pytester.runpytest_subprocess``
     runs one (`side_by_side.pytest_side_by_side`, in a directory of its own holding them),
-    with ``-rA`` so that each module's outcomes can be read apart."""
+    with ``-rA`` so that each module's outcomes can be read apart, ``-p no:warnings`` and
+    `PLAIN_CONFTEST`."""
     where = tmp_path_factory.mktemp("plain-run")
     project, tmproot = where / "project", where / "tmproot"
     project.mkdir()
     tmproot.mkdir()
     for module, source in PLAIN.items():
         (project / f"{module}.py").write_text(source)
+    (project / "conftest.py").write_text(PLAIN_CONFTEST)
     env = inner_environ(os.environ, project, tmproot)
     env["APP_SETTINGS_DIR"] = str(copy_project_settings(where / "project-settings"))
-    (result,) = pytest_side_by_side(project, env, ["-rA"])
+    (result,) = pytest_side_by_side(project, env, ["-rA", "-p", "no:warnings"])
     return result
 
 
@@ -142,7 +218,7 @@ def outcomes(result: pytest.RunResult, module: str) -> list[str]:
 
 
 def test_the_plain_run_ran_each_module_and_nothing_else(plain_run: pytest.RunResult) -> None:
-    plain_run.assert_outcomes(passed=6, errors=1)
+    plain_run.assert_outcomes(passed=12, errors=5)
 
 
 def test_the_header_names_profile_data_root_source_and_sandbox(
@@ -510,48 +586,24 @@ def test_a_live_server_is_found_even_when_the_shell_sets_dynaconf_switches(
 
 
 def test_the_plugin_starts_without_importing_dynaconf_or_filelock(
-    pytester: pytest.Pytester,
+    plain_run: pytest.RunResult,
 ) -> None:
     # Start-up cost: the plugin reads plain settings with tomllib; the first load() pays.
     # The session's own root, in the sandbox, is flocked without filelock; the first
     # server or store a test opens pays for it.
-    pytester.makepyfile(
-        test_modules="""
-import sys
-
-def test_dynaconf_was_not_needed_to_start():
-    assert "dynaconf" not in sys.modules
-
-def test_filelock_was_not_needed_to_start():
-    assert "filelock" not in sys.modules
-"""
-    )
-    pytester.runpytest_subprocess().assert_outcomes(passed=2)
+    passed = outcomes(plain_run, "test_at_start")
+    assert "PASSED test_at_start.py::test_dynaconf_was_not_needed_to_start" in passed
+    assert "PASSED test_at_start.py::test_filelock_was_not_needed_to_start" in passed
 
 
-def test_the_plugin_starts_without_ctypes_or_the_idna_codec(pytester: pytest.Pytester) -> None:
+def test_the_plugin_starts_without_ctypes_or_the_idna_codec(plain_run: pytest.RunResult) -> None:
     # Start-up cost (bench/README.md, "perf-startup60"): the run becomes its children's
     # subreaper through `_ctypes` alone, and the look at the testing port gives the resolver
     # an ASCII host as bytes; `ctypes` and the `idna` codec cost 5 M instructions each.
-    pytester.makepyfile(
-        test_modules="""
-import sys
-
-AT_COLLECTION = set(sys.modules)
-
-def test_ctypes_and_idna_were_not_needed_to_start():
-    assert not {"ctypes", "encodings.idna", "stringprep"} & AT_COLLECTION
-
-def test_the_run_adopts_its_orphans():
-    import ctypes
-
-    value = ctypes.c_int(0)
-    libc = ctypes.CDLL(None, use_errno=True)
-    assert libc.prctl(37, ctypes.byref(value), 0, 0, 0) == 0  # PR_GET_CHILD_SUBREAPER
-    assert value.value == 1
-"""
-    )
-    pytester.runpytest_subprocess().assert_outcomes(passed=2)
+    passed = outcomes(plain_run, "test_at_start")
+    assert "PASSED test_at_start.py::test_ctypes_and_idna_were_not_needed_to_start" in passed
+    assert "PASSED test_at_start.py::test_the_run_adopts_its_orphans" in passed
+    assert len(passed) == 4, passed
 
 
 def test_in_another_project_without_settings_it_changes_nothing(
@@ -652,28 +704,9 @@ def test_help_and_version_work_with_broken_settings_and_touch_nothing(
 
 
 def test_a_pytest_run_inside_a_test_leaves_the_outer_run_as_it_was(
-    pytester: pytest.Pytester,
+    plain_run: pytest.RunResult,
 ) -> None:
-    pytester.makeconftest("pytest_plugins = ['pytester']")
-    pytester.makepyfile(
-        test_outer="""
-import os
-
-from app.config import load
-
-
-def test_inner_run(pytester):
-    before = dict(os.environ)
-    sandbox = load().sandbox
-    pytester.makepyfile(test_inner="def test_ok():\\n    pass\\n")
-    pytester.runpytest().assert_outcomes(passed=1)
-    assert {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"} == {
-        k: v for k, v in before.items() if k != "PYTEST_CURRENT_TEST"
-    }
-    assert load().sandbox == sandbox
-"""
-    )
-    pytester.runpytest_subprocess().assert_outcomes(passed=1)
+    assert outcomes(plain_run, "test_outer") == ["PASSED test_outer.py::test_inner_run"]
 
 
 def test_without_the_plugin_the_refusal_says_why_it_is_not_running(
@@ -759,32 +792,16 @@ def test_the_fixtures_say_why_they_cannot_work_where_the_plugin_is_inactive(
 
 
 def test_an_app_profile_mark_it_would_misread_fails_its_test_naming_it(
-    pytester: pytest.Pytester,
+    plain_run: pytest.RunResult,
 ) -> None:
-    # Each was read as no profile (or as one named "['production']"), and its test's refusal
-    # told it to add the mark it had; a misspelt mark pytest only warns of.
-    pytester.makepyfile(
-        test_marks="""
-import pytest
-
-@pytest.mark.app_profiles("production")
-def test_misspelt(): pass
-
-@pytest.mark.app_profile(names=["production"])
-def test_keyword(): pass
-
-@pytest.mark.app_profile(["production"])
-def test_list(): pass
-
-@pytest.mark.app_profile()
-def test_empty(): pass
-
-@pytest.mark.app_profile("development", "production")
-def test_right(): pass
-"""
-    )
-    result = pytester.runpytest_subprocess("-p", "no:warnings")
-    result.assert_outcomes(passed=1, errors=4)
+    result = plain_run
+    assert outcomes(result, "test_marks") == [
+        "ERROR test_marks.py::test_empty",
+        "ERROR test_marks.py::test_keyword",
+        "ERROR test_marks.py::test_list",
+        "ERROR test_marks.py::test_misspelt",
+        "PASSED test_marks.py::test_right",
+    ]
     tail = "; the test would run without the profiles it means. Write @pytest.mark.app_profile("
     misspelt = (
         "*test_misspelt is marked 'app_profiles', which is no mark of the app (did you mean "

@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import forked_app
 import pytest
 from _pytest.tmpdir import get_user
 from project_copy import copy_project_settings
@@ -49,7 +50,9 @@ def test_a_live_root_in_a_directory_due_only_at_the_run_s_end_is_kept(
 ) -> None:
     temproot = tmp_path / "temproot"
     numbered, root = numbered_with_a_failed_test_s_root(temproot)
-    server = Server(app_env(root), tmp_path / "server.log").wait_ready()
+    # The server needs nothing of what pytester changed (its HOME, its colours): forked.
+    env = forked_app.as_the_run_for_the_rest(app_env(root))
+    server = Server(env, tmp_path / "server.log").wait_ready()
     try:
         with server.client() as client:
             assert client.post("/sessions", json={"title": "kept"}).status_code == 201

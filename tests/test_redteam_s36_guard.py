@@ -16,6 +16,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import forked_app
 import pytest
@@ -146,37 +147,108 @@ def test_a_pytest_run_whose_settings_name_such_a_root_says_so_rather_than_crash(
 # --- layer 1: a variable meant to say where the data is ------------------------------
 
 
-@pytest.mark.parametrize(
-    "name", ["APP_DATA_DIR", "app_data_root", "APP_DATAROOT", "APP_PRODUCTION__DATA_ROOT"]
-)
-def test_a_variable_meant_as_app_data_root_is_refused_rather_than_ignored(
+#: The variables meant as APP_DATA_ROOT, each set to a copy's path (`purged_with_each`).
+MEANT_AS_DATA_ROOT = ["APP_DATA_DIR", "app_data_root", "APP_DATAROOT", "APP_PRODUCTION__DATA_ROOT"]
+
+#: In a PID namespace of its own, outside any run: ``app --profile production data purge
+#: --yes-i-mean-it`` with each variable of argv[3:] set in turn to argv[1] (production's root,
+#: argv[2], snapshotted before and after each), each in a child forked from this interpreter
+#: once it has imported the app, running it as ``python -m app`` does (runpy, its exit
+#: status, its stderr); a JSON line per variable. The variables are read when the settings
+#: load, not at import (tests/forked_app.py forks on the same ground): one interpreter's
+#: start-up instead of one per variable.
+PURGE_WITH_EACH = r"""
+import hashlib, json, os, runpy, sys, tempfile, traceback
+from pathlib import Path
+
+import app.cli, app.config, app.dataroot, app.store
+
+copy, production, names = sys.argv[1], Path(sys.argv[2]), sys.argv[3:]
+
+
+def snapshot():
+    return {
+        str(p.relative_to(production)): "dir" if p.is_dir() else
+        hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(production.rglob("*"))
+    }
+
+
+for name in names:
+    before = snapshot()
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.dup2(out.fileno(), 1)
+                os.dup2(err.fileno(), 2)
+                os.environ[name] = copy
+                sys.argv[1:] = ["--profile", "production", "data", "purge", "--yes-i-mean-it"]
+                runpy.run_module("app", run_name="__main__", alter_sys=True)
+                code = 0
+            except SystemExit as stop:
+                code = stop.code if isinstance(stop.code, int) else 1
+                if not isinstance(stop.code, (int, type(None))):
+                    print(stop.code, file=sys.stderr)
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code or 0)
+        _, status = os.waitpid(pid, 0)
+        said = [(f.seek(0), f.read().decode())[1] for f in (out, err)]
+    print(json.dumps({"name": name, "code": os.waitstatus_to_exitcode(status),
+                      "stdout": said[0], "stderr": said[1], "changed": snapshot() != before}),
+          flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def purged_with_each(
     stopped: tuple[Path, Path],  # noqa: F811 - the fixture
-    tmp_path: Path,
-    name: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, dict[str, dict[str, Any]], str, bool]:
+    """`PURGE_WITH_EACH` run once for every name of `MEANT_AS_DATA_ROOT`: the copy's path,
+    each name's answer, the child's own output, and whether production's root is as it was
+    before them all."""
+    if not _own_proc_allowed():
+        pytest.skip("needs unshare of a user and a PID namespace")
+    settings, production = stopped
+    copy = tmp_path_factory.mktemp("s36-meant") / "copy"
+    env = {"PATH": os.environ["PATH"], "APP_SETTINGS_DIR": str(settings)}
+    before = snapshot(production)
+    done = subprocess.run(
+        [*OWN_PROC, sys.executable, "-c", PURGE_WITH_EACH, str(copy), str(production),
+         *MEANT_AS_DATA_ROOT],
+        env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    output = done.stdout + done.stderr
+    answers = {a["name"]: a for a in map(json.loads, done.stdout.splitlines())}
+    return copy, answers, output, snapshot(production) == before
+
+
+@pytest.mark.parametrize("name", MEANT_AS_DATA_ROOT)
+def test_a_variable_meant_as_app_data_root_is_refused_rather_than_ignored(
+    purged_with_each: tuple[Path, dict[str, dict[str, Any]], str, bool], name: str
 ) -> None:
     # Meant for a copy of production (`APP_DATA_DIR=/srv/copy app --profile production data
     # purge --yes-i-mean-it`): the variable was ignored, with a warning (none at all in lower
     # case), and the purge ran on production's own root, the settings'. Outside any run:
     # in a PID namespace of its own (a test run maps every root into its sandbox anyway).
-    if not _own_proc_allowed():
-        pytest.skip("needs unshare of a user and a PID namespace")
-    settings, production = stopped
-    copy = tmp_path / "copy"
-    env = {"PATH": os.environ["PATH"], "APP_SETTINGS_DIR": str(settings), name: str(copy)}
-    before = snapshot(production)
-    done = subprocess.run(
-        [*OWN_PROC, sys.executable, "-m", "app", "--profile", "production", "data", "purge",
-         "--yes-i-mean-it"],
-        env=env, capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    assert snapshot(production) == before, done.stdout + done.stderr
-    assert done.returncode == 78, done.stdout + done.stderr
+    copy, answers, output, unchanged = purged_with_each
+    assert name in answers, output
+    done = answers[name]
+    assert not done["changed"], done  # by this variable's purge
+    assert unchanged, output  # by any
+    assert done["code"] == 78, done
     assert (
         f"environment variable {name}='{copy}' looks meant as APP_DATA_ROOT, but only "
         "APP_DATA_ROOT sets data_root of the selected profile, 'production'; as it is, the app "
         "would use data_root of profile 'production' as the settings files give it. To use what "
         f"it names: export APP_DATA_ROOT={copy}; unset {name}"
-    ) in done.stderr, done.stderr
+    ) in done["stderr"], done
 
 
 @pytest.mark.parametrize("command", [["data", "check"], ["sessions", "list"]])

@@ -692,7 +692,9 @@ def test_a_live_root_a_pytest_without_the_plugin_makes_due_is_kept(
     # deleted (the server answered from memory); the fallback registered through the
     # package's .pth keeps it.
     numbered, root = numbered_with_a_failed_test_s_root(tmp_path / "temproot")
-    server = Server(app_env(root), tmp_path / "server.log").wait_ready()
+    # The server needs nothing of what pytester changed (its HOME, its colours): forked.
+    env = forked_app.as_the_run_for_the_rest(app_env(root))
+    server = Server(env, tmp_path / "server.log").wait_ready()
     try:
         with server.client() as client:
             assert client.post("/sessions", json={"title": "kept"}).status_code == 201
