@@ -1208,7 +1208,13 @@ def _entry_changed(pid: int, entry: Path, name: str) -> Path:
     if any(path == entry for path, _ in copies):
         _CHANGED[entry] = (None, "it was removed")  # only its copy was left (`_entry_held_open`)
         return entry
+    path, copy = copies[-1]
     try:
+        if not stat.S_ISREG(entry.stat().st_mode):
+            # A FIFO, a directory or a device in its place: every read of it fails, and
+            # the walk passed over it (under a runner script, a child purged a stopped root).
+            _CHANGED[path] = (entry, "it is no longer a regular file")
+            return path
         text = _entry_bytes(entry)
         whole = len(text) == entry.stat().st_size
     except OSError:
@@ -1216,7 +1222,6 @@ def _entry_changed(pid: int, entry: Path, name: str) -> Path:
     if not whole or any(text == copy for _, copy in copies):
         # Read short (a tracer's fault, ``inject=read:retval=0``): not a change either.
         return entry
-    path, copy = copies[-1]
     _CHANGED[path] = (entry, _what_changed(text, copy))
     return path
 

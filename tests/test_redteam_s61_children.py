@@ -12,7 +12,9 @@ production's settings alone (``APP_SETTINGS_DIR``, production's token, ``PATH``)
 -m app data purge --profile production --yes-i-mean-it``.
 
 What broke: the walk up the process tree passed over the entry as another namespace's
-process's, found no run, and the purge moved every production session to the trash. Under
+process's, found no run, and the purge moved every production session to the trash; so did a
+FIFO put in the entry's place (every read of it fails) and the entry removed with the
+descriptors the run keeps of it closed. Under
 ``python -m pytest`` the same child was refused, but as under "a pytest without the app's
 plugin"; other fields gave other wrong causes: ``"starting": true`` a run whose plugin "has not
 made its sandbox yet", ``"outlived": 1`` a run "which has ended", with the advice to kill the
@@ -42,9 +44,10 @@ from test_redteam_s24_guard import _inner_env
 
 from app import sandbox
 
-#: The inner run's test: its entry rewritten (every field the walk reads changed at once),
-#: then removed with the descriptors the run keeps of it closed; a child given production's
-#: settings alone started after each. Exit codes and output go where the outer test reads.
+#: The inner run's tests: its entry rewritten (every field the walk reads changed at once),
+#: replaced by a FIFO, then removed with the descriptors the run keeps of it closed; a child
+#: given production's settings alone started after each. Exit codes and output go where the
+#: outer test reads them.
 INNER = """
 import json
 import os
@@ -75,6 +78,13 @@ def test_rewritten():
     data.update(own_pid_namespace=1, sandbox=os.environ["RT61_SETTINGS"], protected=[])
     entry.write_text(json.dumps(data))
     purge("rewritten")
+
+
+def test_fifo():
+    entry = sandbox._own_entry()
+    entry.unlink()
+    os.mkfifo(entry)
+    purge("fifo")
 
 
 def test_removed():
@@ -123,7 +133,7 @@ def test_a_test_that_rewrites_or_removes_its_runs_entry_leaves_its_children_in_t
         text=True,
         check=False,
     )
-    said = {name: (out / name).read_text() for name in ("rewritten", "removed")}
+    said = {name: (out / name).read_text() for name in ("rewritten", "fifo", "removed")}
     assert_untouched(production, sessions, str(said))
     assert "app: profile=testing (forced)" in inner.stdout, inner.stdout
     # The run's own check after each test names it and puts the entry back.
@@ -151,6 +161,7 @@ def test_a_test_that_rewrites_or_removes_its_runs_entry_leaves_its_children_in_t
         "(its fields own_pid_namespace, protected, sandbox changed) since the run wrote it"
         in (said["rewritten"])
     ), said["rewritten"]
+    assert "(it is no longer a regular file) since the run wrote it" in said["fifo"], said["fifo"]
     assert (
         f"registered in {sandbox.RUNS_DIR}, though a test of the run removed its entry since "
         "the run wrote it"
