@@ -87,6 +87,7 @@ __all__ = [
     "hand_on",
     "identity",
     "just_checked",
+    "keeps_sealed_copy",
     "loaded",
     "marked",
     "note_inactive",
@@ -3557,6 +3558,14 @@ def _keep_copy(name: str, text: bytes) -> int | None:
     old = _KEPT_OPEN.pop("copy", None)
     _KEPT_OPEN["copy"] = fd
     return old if old is not None and _is_copy(old) else None
+
+
+def keeps_sealed_copy() -> bool:
+    """Whether this process keeps a sealed copy of its run's entry (`_keep_copy`), which its
+    children read where a test changed the entry (its own, or one an earlier copy of this
+    module made before a test reloaded it)."""
+    own, entry = _proc_self(), _own_entry()
+    return own is not None and entry is not None and bool(_sealed_copies(own, entry.name))
 
 
 def _is_copy(fd: int) -> bool:

@@ -139,6 +139,10 @@ def test_a_test_that_rewrites_or_removes_its_runs_entry_leaves_its_children_in_t
     # The run's own check after each test names it and puts the entry back.
     assert "this run's entry in " in inner.stdout, inner.stdout
     assert "was changed (the sandbox and the protected roots" in inner.stdout, inner.stdout
+    assert (
+        "Until then, a process started with a hand-built environment (and any after the run) "
+        "read the run's rules from the sealed copy of its entry that the run keeps"
+    ) in inner.stdout, inner.stdout
     assert " was removed; it was put back" in inner.stdout, inner.stdout
     for name, text in said.items():
         code, _, output = text.partition("\n")
