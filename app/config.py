@@ -38,7 +38,7 @@ from dataclasses import field, fields
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from app import config_files
 from app import sandbox as sandboxing
@@ -249,7 +249,26 @@ def _endpoint_url(value: Any) -> str | None:
             "must not carry credentials; set s3_access_key_id and s3_secret_access_key in "
             ".secrets.toml or APP_S3_ACCESS_KEY_ID / APP_S3_SECRET_ACCESS_KEY instead"
         )
-    return _endpoint_host_problem(parts.hostname, value)
+    return _endpoint_path_problem(parts.path) or _endpoint_host_problem(parts.hostname, value)
+
+
+def _endpoint_path_problem(path: str) -> str | None:
+    """Why an ``s3_endpoint_url``'s path names another place than it seems to, or None.
+
+    SeaweedFS serves ``http://h:8333/.`` and ``/x/..`` as the endpoint itself, where the
+    check of the profiles' prefixes took them for a path before the bucket: staging's
+    ``s3://app-data/production`` there was production's, unseen (red team 61). As a
+    blob_url's dot segments are refused (red team 37).
+    """
+    dotted = [s for s in path.split("/") if unquote(s) in (".", "..")]
+    if not dotted:
+        return None
+    return (
+        f"has a '.' or '..' segment in its path ({dotted[0]!r}), which an object store "
+        "resolves (SeaweedFS serves http://h:8333/x/.. as http://h:8333 itself), so the "
+        "bucket and prefix it reaches are not the ones the check of the profiles' prefixes "
+        "compares; write the path without it, as the path it means"
+    )
 
 
 #: A label of a host name as the S3 client (botocore) takes it.
@@ -1016,6 +1035,7 @@ def _resolve_profile(
         problem = (
             (None if name == "api_token" else _unseen(_as_utf8(key, value)))
             or key.check(value)
+            or _unfollowable(key, value, files.directory)
             or _spelled_as_url(key, value, files.directory)
             or _escaped(key, value, files.directory)
             or _unexpanded(key, value, files.directory)
@@ -1248,8 +1268,15 @@ def _as_utf8(key: Key, value: Any) -> Any:
 
 def _absolute_root(value: str, directory: Path) -> Path:
     """A configured root made absolute: ``~`` expanded, relative to the settings directory
-    (never the current one), symlinks resolved."""
-    return _spelled_root(value, directory).resolve()
+    (never the current one), symlinks resolved; as spelled where a link on its way is one
+    this process may not read (`_unfollowable` refuses it for a profile's root; the plugin's
+    start protects a shell's ``APP_DATA_ROOT`` so spelled, where a ``PermissionError``
+    traceback stopped the run, red team 61)."""
+    spelled = _spelled_root(value, directory)
+    try:
+        return spelled.resolve()
+    except PermissionError:
+        return Path(os.path.normpath(spelled))
 
 
 def _spelled_settings_dir(env: Mapping[str, str], directory: Path) -> Path:
@@ -1560,6 +1587,16 @@ def _not_text_resolved(key: Key, value: Any, directory: Path) -> str | None:
     )
 
 
+def _unfollowable(key: Key, value: Any, directory: Path) -> str | None:
+    """Why a path setting's `value` names no directory in this process, where it passes
+    through a link this process may not read (``/proc/<pid>/root`` of another user's
+    process), or None (`config_files.unfollowable`; red team 61)."""
+    if not key.type.startswith("Path") or not isinstance(value, str):
+        return None
+    link = config_files.unfollowable(str(_spelled_root(value, directory)))
+    return None if link is None else config_files.unfollowable_reason(link)
+
+
 def _misresolved(key: Key, value: Any, directory: Path) -> str | None:
     """Why a path setting's `value` leads to another directory than the one it resolves to
     in this process, or None (`config_files.resolved_elsewhere`).
@@ -1575,6 +1612,8 @@ def _misresolved(key: Key, value: Any, directory: Path) -> str | None:
     if found is None:
         return None
     here, resolved = found
+    if (gone := config_files.deleted_reason(here, resolved)) is not None:
+        return gone
     return (
         f"leads through {_shortened(here, 400)} to another directory than the one it resolves "
         f"to in this process, {_shortened(resolved, 400)}: a link of /proc (/proc/<pid>/root "

@@ -145,7 +145,11 @@ def settings_dir(environ: Mapping[str, str] | None = None) -> Path:
                 f"the settings in {where}",
                 f"export {SETTINGS_DIR_ENV}={shell_word(env[name])}; unset {name}",
             )
+    if (link := unfollowable(str(where))) is not None:
+        raise SettingsNotFoundError(where, f"{reason}; it {unfollowable_reason(link)}")
     if (elsewhere := resolved_elsewhere(str(where))) is not None:
+        if (gone := deleted_reason(*elsewhere)) is not None:
+            raise SettingsNotFoundError(where, f"{reason}; it {gone}")
         # A container's /proc/<pid>/root reads as `/`: its settings directory resolved to
         # this host's, whose production root a purge then emptied (red team 59).
         raise SettingsNotFoundError(
@@ -172,6 +176,69 @@ def settings_dir(environ: Mapping[str, str] | None = None) -> Path:
             )
         raise SettingsNotFoundError(where, reason)
     return where
+
+
+def unfollowable(path: str) -> str | None:
+    """The link on `path`'s way that this process may not read, or None.
+
+    A link of ``/proc`` that names what a process has (``/proc/<pid>/root``, ``cwd``,
+    ``fd/<n>``) may be read only by that process's own user while it is dumpable, or with
+    ``CAP_SYS_PTRACE``: ``APP_DATA_ROOT=/proc/<a container's pid>/root/srv/app/data`` given by
+    an operator who is not root was a bare ``PermissionError`` traceback from
+    ``app.config.load()``, and every command said that "the data root's filesystem refused it
+    ... `chattr -i -a`", naming ``/proc/<pid>/root`` as the data root (red team 61).
+    """
+    try:
+        os.path.realpath(path)  # what Path.resolve reads
+    except PermissionError as e:
+        return str(e.filename or path)
+    return None
+
+
+def unfollowable_reason(link: str) -> str:
+    """Why a path that passes through `link` (`unfollowable`'s) names no directory here, and
+    what to give instead."""
+    parts = link.split("/")
+    if len(parts) > 3 and parts[1] == "proc" and parts[2].isdigit():
+        pid = parts[2]
+        try:
+            command = Path(f"/proc/{pid}/comm").read_text().strip()
+            owner = _user_name(os.stat(f"/proc/{pid}").st_uid)  # noqa: PTH116
+            whose = f"process {pid} ({command}, user {owner})"
+        except OSError:
+            whose = f"process {pid}"
+        return (
+            f"passes through {link}, a link of /proc to what {whose} has, which this "
+            f"process (user {_this_user()}) may not follow: the kernel shows it only to that "
+            "process's own user, while the process is dumpable, and to a holder of "
+            "CAP_SYS_PTRACE, so the path names no directory here; name the directory as this "
+            "machine sees it (where a container's volume is mounted, `findmnt` or `docker "
+            "inspect` shows it)"
+        )
+    return (
+        f"passes through {link}, a link this process (user {_this_user()}) may not read, so "
+        "the path names no directory here; name the directory the link leads to instead"
+    )
+
+
+def deleted_reason(here: str, resolved: str) -> str | None:
+    """Why `here` (`resolved_elsewhere`'s) names no directory, where it is a directory that
+    was removed (a link of /proc to a process's current directory, root or open directory
+    that was deleted since: its link reads ``<path> (deleted)``), or None.
+
+    ``APP_DATA_ROOT=/proc/<pid>/cwd`` of such a process was refused as "a link of /proc ...
+    into another mount namespace, a container's" (red team 61): no namespace was involved.
+    """
+    try:
+        if os.stat(here).st_nlink != 0:  # noqa: PTH116 - str in, the kernel's own walk
+            return None
+    except OSError:
+        return None
+    return (
+        f"leads through {here} to a directory that was removed (it reads {resolved}): a "
+        "process still has it (as its current directory, its root or an open descriptor), "
+        "but no path names it and nothing can be made in it; name a directory that exists"
+    )
 
 
 def resolved_elsewhere(path: str) -> tuple[str, str] | None:
@@ -343,9 +410,13 @@ def _kind(mode: int) -> str:
 
 def _this_user() -> str:
     """This process's user, by name where the system knows it, for a refusal."""
+    return _user_name(os.geteuid())
+
+
+def _user_name(uid: int) -> str:
+    """`uid`'s user name where the system knows it, else the number."""
     import pwd
 
-    uid = os.geteuid()
     try:
         return pwd.getpwuid(uid).pw_name
     except KeyError:

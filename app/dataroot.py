@@ -271,15 +271,25 @@ def link_remedy(link: Path, otherwise: str) -> str:
 
 # --- fsync, and what one failure means for the rest of the process --------------------
 
-# The first failed fsync of each filesystem (by device number) in this process: never
-# cleared. After a failed fsync Linux may have dropped the pages it could not write and
-# marked them clean, so a later fsync succeeds without them (PostgreSQL's "fsyncgate",
-# 2018); this process cannot tell which of its changes that was, so it acknowledges none
-# on that filesystem any more, as PostgreSQL PANICs. A restart runs `check --repair`.
-_FAILED_SYNCS: dict[int, FsyncFailed] = {}
+# The first failed fsync in this process: never cleared. After a failed fsync Linux may
+# have dropped the pages it could not write and marked them clean, so a later fsync
+# succeeds without them (PostgreSQL's "fsyncgate", 2018); this process cannot tell which of
+# its changes that was, so it acknowledges none any more, as PostgreSQL PANICs. A restart
+# runs `check --repair`. One for the whole process, not one per filesystem: kept by the
+# device number of the descriptor that failed, it was looked up by another one where a
+# file's and its directory's differ (an overlay whose layers lie on two filesystems gives a
+# file the upper layer's device, a directory the overlay's), or recorded under none where
+# naming the descriptor failed (no `/proc`), and the next change was acknowledged after a
+# failed fsync (red team 61). A process changes one data root.
+_FAILED_SYNCS: dict[str, FsyncFailed] = {}
 _FAILED_SYNCS_LOCK = threading.Lock()
 # A descriptor that cannot be synced at all (closed, a pipe): nothing was written or lost.
 _NOT_WRITEBACK_ERRNOS: Final = frozenset({errno.EBADF, errno.EINVAL})
+
+
+def failed_sync() -> FsyncFailed | None:
+    """The first fsync that failed in this process, if one did (see ``_FAILED_SYNCS``)."""
+    return _FAILED_SYNCS.get("first")
 
 
 def _earlier(first: FsyncFailed) -> FsyncFailed:
@@ -299,8 +309,8 @@ def fsync(fd: int) -> None:
     too): a success after a failure proves nothing (see ``_FAILED_SYNCS``).
 
     Raises:
-        FsyncFailed: this fsync failed (``earlier`` false), or one on the same filesystem
-            did before (``earlier`` true, with the first failure's errno and time).
+        FsyncFailed: this fsync failed (``earlier`` false), or one in this process did
+            before (``earlier`` true, with the first failure's errno and time).
     """
     _sync(fd, os.fsync)  # EINTR is retried by Python (PEP 475): the call was not made
 
@@ -338,18 +348,19 @@ def syncfs(path: Path | str) -> None:
 
 
 def _sync(fd: int, sync: Callable[[int], None]) -> None:
-    if _FAILED_SYNCS and (first := _FAILED_SYNCS.get(os.fstat(fd).st_dev)) is not None:
+    if (first := failed_sync()) is not None:
         raise _earlier(first)
     try:
         sync(fd)
     except OSError as error:
         if error.errno in _NOT_WRITEBACK_ERRNOS:
             raise
+        # Named for the message only: a name that cannot be found (no `/proc`) records the
+        # failure all the same.
         try:
-            device = os.fstat(fd).st_dev
             where = str(Path(f"/proc/self/fd/{fd}").readlink())
         except OSError:
-            device, where = -1, f"descriptor {fd}"
+            where = f"descriptor {fd}"
         failed = FsyncFailed(
             error.errno or errno.EIO,
             error.strerror or str(error),
@@ -358,11 +369,11 @@ def _sync(fd: int, sync: Callable[[int], None]) -> None:
             earlier=False,
         )
         with _FAILED_SYNCS_LOCK:
-            first = _FAILED_SYNCS.setdefault(device, failed)
+            first = _FAILED_SYNCS.setdefault("first", failed)
         if first is failed:
             log.error(
-                "fsync of %s failed (%s): this process acknowledges no more changes on its "
-                "filesystem until it is restarted (what the kernel could not write it may "
+                "fsync of %s failed (%s): this process acknowledges no more changes to its "
+                "data root until it is restarted (what the kernel could not write it may "
                 "have dropped; a start-up runs `app data check --repair`)",
                 where,
                 failed.strerror,
@@ -1962,12 +1973,16 @@ def _refuse_unfixed_path(config: Config, root: Path) -> None:
         )
     else:
         return
+    try:
+        now = f"this one leads to {os.path.realpath(root)} now"
+    except PermissionError:
+        # A link of another user's process: this one may not follow it (red team 61).
+        now = "this one leads nowhere this process may follow"
     raise DataRootStateError(
         root,
         problem,
         f"give data_root of profile {config.profile!r} as the directory's own absolute "
-        f"path (this one leads to {os.path.realpath(root)} now); `app.config.load` "
-        "resolves every root so",
+        f"path ({now}); `app.config.load` resolves every root so",
     )
 
 
@@ -2545,8 +2560,6 @@ class DataRoot:
         # What the root and the app's directories in it are, by identity, as opened: every
         # destructive operation checks that the same paths still lead to the same places.
         identities = _layout_identities(self._path) if lock is not None else {}
-        opened = identities.get("")
-        self._device = None if opened is None else opened[0]  # for `sync_failed`
         # Their paths as strings, made once: ensure_held runs before every write (twice per
         # create), and building its five Path objects each time was about a third of it.
         # The root itself is its own path, never "<root>/": a trailing slash would follow a
@@ -2602,11 +2615,9 @@ class DataRoot:
 
     @property
     def sync_failed(self) -> FsyncFailed | None:
-        """The first fsync that failed on this root's filesystem in this process, if any:
-        every change is refused from then on (see :func:`fsync`)."""
-        if not _FAILED_SYNCS or self._device is None:
-            return None
-        return _FAILED_SYNCS.get(self._device)
+        """The first fsync that failed in this process, if any: every change is refused from
+        then on (see :func:`fsync`)."""
+        return failed_sync()
 
     def ensure_held(self) -> None:
         """Check, before any write, that the lock file is still the one we hold (one lstat),

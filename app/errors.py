@@ -1852,6 +1852,22 @@ class UnreadableSessionError(StoreError):
     finding: str = "session-unreadable"
 
 
+class RestoredUnreadableSessionError(UnreadableSessionError):
+    """A session a restore brought back from the trash whose ``session.json`` is damaged
+    from outside the app: it comes back all the same, to be mended or deleted again, and
+    the restore is audited. The refusal said "cannot read session" alone, and an operator
+    took the restore for one that failed (red team 61)."""
+
+    template = (
+        "restored session {session_id} from trash entry {entry} (audited), but cannot read "
+        "it: its {file} {damage} (it was changed outside the app). `app data check` "
+        "reports it as {finding}. Put {file} back from a backup, or delete the session "
+        "again (DELETE /sessions/{session_id}) to move it to the trash as it is"
+    )
+
+    entry: str = ""
+
+
 class SessionNotServedError(StoreError):
     """A session id whose place under ``sessions/`` holds no session the app can read: a
     directory whose ``session.json`` was removed or replaced (by a directory, a FIFO), or
@@ -2600,7 +2616,7 @@ class FsyncFailed(OSError):
     """An ``fsync`` on a data root's filesystem failed, now or earlier in this process.
 
     Raised by :func:`app.dataroot.fsync` (with the ``errno`` the kernel gave), and from then
-    on by every fsync and every change on that filesystem in this process (with the first
+    on by every fsync and every change in this process (with the first
     failure's ``errno``, and ``earlier`` set): what the kernel could not write it may have
     dropped, and a later fsync that succeeds does not bring it back (PostgreSQL's
     "fsyncgate", 2018). :func:`storage_error` makes it a `StorageSyncFailedError`.
@@ -2629,14 +2645,20 @@ class StorageSyncFailedError(StorageError):
     http_status = 503
     # No path: the message reaches HTTP clients. Not "nothing was changed": the fsync that
     # fails may follow the change's rename (a 507 once said so of a replace it then served).
+    # Not "restart the server" alone: restarted without a reboot, a server, and the check
+    # its start-up runs, read what the kernel dropped as written (red team 61), and the
+    # same words went to a command (`app data check --repair`) as to a client.
     template = (
         "cannot {doing}: {cause}. What the kernel failed to write it may have dropped, and a "
         "later fsync that succeeds does not bring it back, so this process acknowledges no "
-        "more changes to the data root until it is restarted (reads still work; GET /health "
-        "says so). A change this request began is not acknowledged: it may be made, in part "
-        "or whole, or lost at the next power cut. An operator reads the kernel's log "
-        "(`dmesg`) and mends the cause (free the thin pool or the quota, replace the "
-        "device), then restarts the server, whose start-up runs `app data check --repair`, "
+        "more changes to the data root until it is restarted (a running server still serves "
+        "reads; GET /health says so). A change this request or command began is not "
+        "acknowledged: it may be made, in part or whole, or lost at the next power cut. An "
+        "operator reads the kernel's log (`dmesg`) and mends the cause (free the thin pool "
+        "or the quota, replace the device), reboots (until then the kernel may serve what it "
+        "failed to write as written, to a restarted server and to a check alike), runs `app "
+        "data check` (it reads every file's bytes against its SHA-256), then starts the "
+        "server (its start-up runs `app data check --repair`) or runs the command again, "
         "before clients retry"
     )
 

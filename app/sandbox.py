@@ -280,8 +280,13 @@ def process_link(path: Path | str, *, streams: bool = False) -> str | None:
     text = os.fspath(path)
     # One realpath: no symbolic link on the way, so no /proc link either (os.path, not
     # Path.resolve: a third of the cost, on every open of a data root).
-    if text.startswith("/") and os.path.realpath(text) == os.path.normpath(text):
-        return None
+    try:
+        if text.startswith("/") and os.path.realpath(text) == os.path.normpath(text):
+            return None
+    except PermissionError:
+        # A link this process may not read (/proc/<another user's pid>/root): the walk
+        # below names it, where realpath's traceback stopped the run (red team 61).
+        pass
     pending = list(Path(text).absolute().parts[1:])
     current, links = "/", 0
     while pending:
@@ -2634,8 +2639,8 @@ def context(environ: Mapping[str, str] | None = None) -> Context:
         return Context(_narrowed(run, env), bare, runner=runner, fix=fix)
     raw = env.get(SANDBOX_ENV)
     if raw is not None:
-        path = Path(raw)
-        if not path.is_absolute() or path.resolve() == Path(path.anchor):
+        resolved = _given_sandbox(Path(raw))
+        if resolved is None:
             raise SandboxViolationError(
                 f"{SANDBOX_ENV}={raw!r} is not a test sandbox",
                 None,
@@ -2643,7 +2648,7 @@ def context(environ: Mapping[str, str] | None = None) -> Context:
             )
         how = f"the environment ({SANDBOX_ENV})"
         scratch = _scratch_suffix(env.get(SCRATCH_ENV))
-        run = Run(path.resolve(), None, (), how, scratch=scratch)
+        run = Run(resolved, None, (), how, scratch=scratch)
         return Context(run, bare, runner=runner, fix=fix)
     if bare is None and imported:
         return _imported_only()
@@ -2660,6 +2665,17 @@ def context(environ: Mapping[str, str] | None = None) -> Context:
     return Context(None, bare, runner=runner, fix=fix)
 
 
+def _given_sandbox(path: Path) -> Path | None:
+    """`path`, the environment's sandbox where no run is found, resolved; None where it is
+    no sandbox: relative, ``/``, or through a link of /proc this process may not follow
+    (another user's process's root: a ``PermissionError`` traceback, red team 61)."""
+    try:
+        resolved = path.resolve() if path.is_absolute() else None
+    except PermissionError:
+        return None
+    return None if resolved is None or resolved == Path(path.anchor) else resolved
+
+
 def _narrowed(run: Run, environ: Mapping[str, str]) -> Run:
     # The environment may narrow the run's sandbox (a directory inside it), never widen it
     # or move it elsewhere: a test that points the variable at / gains nothing.
@@ -2668,7 +2684,13 @@ def _narrowed(run: Run, environ: Mapping[str, str]) -> Run:
     # (realpath's lstat per component, on every open of a test's data root).
     if not raw or raw == str(run.sandbox) or not Path(raw).is_absolute():
         return run
-    inner = Path(raw).resolve()
+    try:
+        inner = Path(raw).resolve()
+    except PermissionError:
+        # Through a link of /proc this process may not follow (another user's process's
+        # root): no directory of the sandbox, so nothing narrowed, where a PermissionError
+        # traceback ended every load of the test's child (red team 61).
+        return run
     if inner == run.sandbox or not inner.is_relative_to(run.sandbox):
         return run
     how = f"{run.recognised_by}, narrowed by {SANDBOX_ENV}"
@@ -3959,8 +3981,20 @@ def check_root(path: Path, what: str, run: Run | None = None, *, again: bool = F
     # The path as it will be opened: the code that opens it never expands `~`, so a check
     # that did approved `~/..` with $HOME in the sandbox, and then opened ./~/.. (the
     # current directory, production's root after a chdir).
-    resolved = path.resolve()
     sandbox = run.sandbox
+    try:
+        resolved = path.resolve()
+    except PermissionError as e:
+        # /proc/<another user's pid>/root/...: a PermissionError traceback (red team 61).
+        raise SandboxViolationError(
+            f"{what} {path}, which passes through {e.filename}, a link of another user's "
+            "process (or of one that is not dumpable) that this process may not follow, so "
+            "it names no directory of the test sandbox (this process belongs to the test "
+            f"run through {run.recognised_by})",
+            sandbox,
+            "Tests may only touch data under the sandbox: use the app_config, app_store or "
+            f"app_live_server fixtures, or a path under tmp_path{_left_over(run)}",
+        ) from None
     if not resolved.is_relative_to(sandbox):
         raise SandboxViolationError(
             f"{what} {resolved}, which lies outside the test sandbox (this process belongs "

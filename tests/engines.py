@@ -428,13 +428,14 @@ class S3Engine:
     secret_access_key: str = _SECRET_KEY
     bucket: str = _BUCKET
 
-    def client(self) -> Any:
+    def client(self, endpoint_url: str | None = None) -> Any:
+        """An S3 client of this server (at ``endpoint_url`` if given: another spelling)."""
         import boto3
         from botocore.config import Config
 
         return boto3.client(
             "s3",
-            endpoint_url=self.endpoint_url,
+            endpoint_url=endpoint_url or self.endpoint_url,
             aws_access_key_id=self.access_key_id,
             aws_secret_access_key=self.secret_access_key,
             region_name="us-east-1",

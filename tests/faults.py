@@ -30,18 +30,21 @@ needs_strace = pytest.mark.skipif(
 )
 
 
-def strace_prefix(inject: str, *paths: Path, seccomp: bool = False) -> list[str]:
+def strace_prefix(
+    inject: str, *paths: Path, seccomp: bool = False, also: tuple[str, ...] = ()
+) -> list[str]:
     """strace's command line, up to the traced command or ``-p``: ``inject`` (``CALLS:FAULT``,
     e.g. ``rename,renameat:signal=KILL:when=1``) fails the calls it names that touch any of
-    ``paths`` (every such call when none is given). With ``seccomp``, the traced process
-    stops only at those calls (``--seccomp-bpf``), which keeps a command's timing near its
-    own."""
-    calls = inject.split(":", 1)[0]
+    ``paths`` (every such call when none is given), and each of ``also`` (the same form)
+    fails its calls as well. With ``seccomp``, the traced process stops only at those calls
+    (``--seccomp-bpf``), which keeps a command's timing near its own."""
+    calls = ",".join(spec.split(":", 1)[0] for spec in (inject, *also))
     only = [argument for path in paths for argument in ("-P", str(path))]
     filter_ = ["--seccomp-bpf"] if seccomp else []
+    faults = [argument for spec in (inject, *also) for argument in ("-e", f"inject={spec}")]
     return [
         "strace", "-f", "-qq", *filter_, "-o", "/dev/null", *only,
-        "-e", f"trace={calls}", "-e", f"inject={inject}",
+        "-e", f"trace={calls}", *faults,
     ]  # fmt: skip
 
 
@@ -76,11 +79,14 @@ def traced(pid: int) -> bool:
     return True
 
 
-def attach(pid: int, inject: str, *paths: Path) -> subprocess.Popen[bytes]:
-    """strace attached to every thread of the running process ``pid``, failing ``inject`` at
-    the calls that touch ``paths`` (any, when none is given), until ``detach``."""
+def attach(
+    pid: int, inject: str, *paths: Path, also: tuple[str, ...] = ()
+) -> subprocess.Popen[bytes]:
+    """strace attached to every thread of the running process ``pid``, failing ``inject``
+    (and each of ``also``) at the calls that touch ``paths`` (any, when none is given),
+    until ``detach``."""
     tracer = subprocess.Popen(
-        [*strace_prefix(inject, *paths), "-p", str(pid)], stderr=subprocess.DEVNULL
+        [*strace_prefix(inject, *paths, also=also), "-p", str(pid)], stderr=subprocess.DEVNULL
     )
     while not traced(pid):
         assert tracer.poll() is None, "strace could not attach"
@@ -94,9 +100,9 @@ def detach(tracer: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def attached(pid: int, inject: str, *paths: Path) -> Iterator[None]:
+def attached(pid: int, inject: str, *paths: Path, also: tuple[str, ...] = ()) -> Iterator[None]:
     """``attach`` for the length of a ``with`` block."""
-    tracer = attach(pid, inject, *paths)
+    tracer = attach(pid, inject, *paths, also=also)
     try:
         yield
     finally:

@@ -2,7 +2,10 @@
 
 The committer hands every create waiting to one call of the store; while one batch is on
 the disk, the event loop goes on, and the next creates wait for the next batch. Each create
-gets its own answer: its session, or the error that refused it alone.
+gets its own answer: its session, or the error that refused it alone. A batch's fsyncs are
+made at once (`app.store.concurrency.SyncHelpers`): each exactly once, each answered, all of
+them by the caller where no helper thread can start, and every one before the first rename
+(one after another, the store's batch failed the last test: BrokenBarrierError).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from app.errors import BadRequestError, LockLostError
 from app.lock import LOCK_FILE
 from app.server.committer import Committer
 from app.store import Store
+from app.store.concurrency import SyncHelpers
 
 
 class _Disk:
@@ -106,3 +110,69 @@ def test_a_batch_on_a_root_whose_lock_was_lost_makes_nothing(app_store: Store) -
     assert app_store.scan_ids() == []
     with pytest.raises(LockLostError):
         app_store.create_session("three")
+
+
+def test_a_batch_of_syncs_is_made_at_once_each_step_once_and_each_answered_in_order() -> None:
+    helpers = SyncHelpers(most=3)
+    together = threading.Barrier(4, timeout=60)  # a hang, if they were one after another
+    made: list[int] = []
+    threads: set[int] = set()
+
+    def step(n: int) -> None:
+        threads.add(threading.get_ident())
+        together.wait()
+        made.append(n)
+        if n == 2:
+            raise OSError(5, "Input/output error")
+
+    results = helpers.at_once(step, [0, 1, 2, 3])
+    assert sorted(made) == [0, 1, 2, 3]
+    assert [r is None for r in results] == [True, True, False, True]
+    assert isinstance(results[2], OSError) and results[2].errno == 5
+    assert threading.get_ident() in threads and len(threads) == 4
+    # A second batch reuses the idle helpers and starts no more than the most.
+    assert helpers.at_once(lambda n: None, list(range(10))) == [None] * 10
+    assert helpers._threads <= 3
+
+
+def test_syncs_whose_helpers_cannot_start_are_all_made_by_the_caller(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def refused(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    helpers = SyncHelpers(most=4)
+    monkeypatch.setattr(threading.Thread, "start", refused)
+    here = threading.current_thread()
+    made: list[tuple[int, threading.Thread]] = []
+    results = helpers.at_once(lambda n: made.append((n, threading.current_thread())), [0, 1, 2])
+    assert results == [None, None, None]
+    assert made == [(0, here), (1, here), (2, here)]
+    assert helpers._threads == 0 and not helpers._batches  # nothing left queued
+
+
+def test_a_store_batch_syncs_its_sessions_at_once_and_all_before_any_rename(
+    app_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.store import sessions
+
+    events: list[tuple[str, int]] = []
+    together = threading.Barrier(3, timeout=60)  # a hang, if they were one after another
+    sync, rename = sessions._Staging.sync, sessions._Staging.rename
+
+    def synced(self: Any) -> None:
+        together.wait()
+        sync(self)
+        events.append(("synced", threading.get_ident()))
+
+    def renamed(self: Any, sessions_fd: int) -> None:
+        events.append(("rename", threading.get_ident()))
+        rename(self, sessions_fd)
+
+    monkeypatch.setattr(sessions._Staging, "sync", synced)
+    monkeypatch.setattr(sessions._Staging, "rename", renamed)
+    made = app_store.create_sessions([("one", None), ("two", None), ("three", None)])
+    assert not [m for m in made if isinstance(m, Exception)], made
+    assert [kind for kind, _ in events] == ["synced"] * 3 + ["rename"] * 3
+    assert len({ident for kind, ident in events if kind == "synced"}) == 3
+    assert app_store.check(repair=False).findings == []

@@ -112,7 +112,7 @@ def test_restoring_a_damaged_session_brings_it_back_audited_and_says_it_is_unrea
     root = Path(app_store.location)
     _damage(root, session_id, DAMAGE["torn"][0])
     app_store.delete_session(session_id)
-    with pytest.raises(UnreadableSessionError, match=f"cannot read session {session_id}"):
+    with pytest.raises(UnreadableSessionError, match=f"restored session {session_id} from "):
         app_store.restore(session_id)
     assert (root / "sessions" / session_id / "session.json").read_bytes() == DAMAGE["torn"][0]
     operations = [

@@ -80,55 +80,75 @@ def _tests_beside(
     return production, output
 
 
-@pytest.mark.parametrize(
-    ("env", "args", "conftest", "refused"),
-    [
-        ('{"TMPDIR": os.environ["PRODUCTION"]}', "[]", "", "TMPDIR is {production}"),
-        ('{"TMPDIR": os.environ["PRODUCTION"]}', "PLUGIN_ON", "", "TMPDIR is {production}"),
-        (
-            f'{{"PYTEST_DEBUG_TEMPROOT": {SESSIONS}}}',
-            "[]",
-            "",
-            "PYTEST_DEBUG_TEMPROOT is {production}/sessions",
-        ),
-        ("{}", f'["--basetemp=" + {SESSIONS}]', CONFTEST_FIRST, "--basetemp {production}"),
-        # What held: the --basetemp given through the environment's or an ini option's
-        # addopts, and to a child's xdist controller.
-        (f'{{"PYTEST_ADDOPTS": "--basetemp=" + {SESSIONS}}}', "[]", "", "--basetemp"),
-        ("{}", f'["-o", "addopts=--basetemp=" + {SESSIONS}]', "", "--basetemp"),
-        ("{}", f'["-n", "2", "--basetemp=" + {SESSIONS}]', "", "--basetemp"),
-        ('{"TMPDIR": os.environ["PRODUCTION"]}', '["-n", "2"]', "", "TMPDIR is {production}"),
-    ],
-    ids=[
-        "tmpdir",
-        "tmpdir-inactive",
-        "debug-temproot",
-        "conftest-first",
-        "addopts-env",
-        "addopts-ini",
-        "xdist",
-        "xdist-tmpdir",
-    ],
-)
-def test_a_child_pytest_without_the_plugin_cannot_reach_a_stopped_root(
+#: Each case of a child pytest without the plugin: its environment, its arguments, its
+#: conftest, and the words of its refusal.
+CHILD_CASES = {
+    "tmpdir": ('{"TMPDIR": os.environ["PRODUCTION"]}', "[]", "", "TMPDIR is {production}"),
+    # The plugin left on, and inactive (no settings where the child runs).
+    "tmpdir-inactive": (
+        '{"TMPDIR": os.environ["PRODUCTION"]}',
+        "PLUGIN_ON",
+        "",
+        "TMPDIR is {production}",
+    ),
+    "debug-temproot": (
+        f'{{"PYTEST_DEBUG_TEMPROOT": {SESSIONS}}}',
+        "[]",
+        "",
+        "PYTEST_DEBUG_TEMPROOT is {production}/sessions",
+    ),
+    "conftest-first": (
+        "{}",
+        f'["--basetemp=" + {SESSIONS}]',
+        CONFTEST_FIRST,
+        "--basetemp {production}",
+    ),
+    # What held: the --basetemp given through the environment's or an ini option's
+    # addopts, and to a child's xdist controller.
+    "addopts-env": (f'{{"PYTEST_ADDOPTS": "--basetemp=" + {SESSIONS}}}', "[]", "", "--basetemp"),
+    "addopts-ini": ("{}", f'["-o", "addopts=--basetemp=" + {SESSIONS}]', "", "--basetemp"),
+    "xdist": ("{}", f'["-n", "2", "--basetemp=" + {SESSIONS}]', "", "--basetemp"),
+    "xdist-tmpdir": (
+        '{"TMPDIR": os.environ["PRODUCTION"]}',
+        '["-n", "2"]',
+        "",
+        "TMPDIR is {production}",
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def children_without_the_plugin(
     stopped: tuple[Path, Path],  # noqa: F811 - the fixture
-    tmp_path: Path,
-    env: str,
-    args: str,
-    conftest: str,
-    refused: str,
-) -> None:
-    # The plugin switched off (`-p no:app`), or left on and inactive (no settings where the
-    # child runs).
-    args = "[]" if args == "PLUGIN_ON" else f'["-p", "no:app", *{args}]'
-    text = (
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, dict[str, str]]:
+    """Every case of `CHILD_CASES` beside the stopped production root: one outer run, one
+    test per case, each starting its own child pytest (the plugin switched off with ``-p
+    no:app``, or left on and inactive), whose exit code and output it prints after ``CHILD
+    <case>``. `_tests_beside` fails if the run did not pass or a child changed any file of
+    production's root. Production's root, and what each case's child said."""
+    tests = "".join(
         CHILD.replace("ENV", env)
-        .replace("ARGS", args)
+        .replace("ARGS", "[]" if args == "PLUGIN_ON" else f'["-p", "no:app", *{args}]')
         .replace("CONFTEST)", f"{conftest!r})")
         .replace("INNER)", f"{INNER!r})")
+        .replace("def test_a_child_pytest_without_the_plugin", f"def test_{name.replace('-', '_')}")
+        .replace('print("CHILD",', f'print("CHILD {name}",')
+        for name, (env, args, conftest, _) in CHILD_CASES.items()
     )
-    production, output = _tests_beside(stopped, tmp_path, text)
-    assert "CHILD 0" not in output, output
+    production, output = _tests_beside(stopped, tmp_path_factory.mktemp("s40-children"), tests)
+    said = dict(part.split(" ", 1) for part in output.split("CHILD ")[1:])
+    assert said.keys() == CHILD_CASES.keys(), output
+    return production, said
+
+
+@pytest.mark.parametrize("case", CHILD_CASES)
+def test_a_child_pytest_without_the_plugin_cannot_reach_a_stopped_root(
+    children_without_the_plugin: tuple[Path, dict[str, str]], case: str
+) -> None:
+    production, said = children_without_the_plugin
+    output, refused = said[case], CHILD_CASES[case][3]
+    assert not output.startswith("0 "), output  # the child's exit code
     assert "app: refusing" in output and refused.format(production=production) in output, output
     if refused.startswith("TMPDIR"):
         assert (

@@ -261,15 +261,7 @@ def test_an_endpoint_with_a_path_names_the_bucket_of_its_path(
     # boto3 puts the endpoint URL's path before the bucket in every request: with the
     # endpoint `<store>/<bucket>`, bucket `sub` and key `k` are key `sub/k` of `<bucket>`.
     bucket, _, prefix = blob_url.removeprefix("s3://").partition("/")
-    import boto3
-
-    through_a_path = boto3.client(
-        "s3",
-        endpoint_url=f"{s3_engine.endpoint_url}/{bucket}",
-        aws_access_key_id=s3_engine.access_key_id,
-        aws_secret_access_key=s3_engine.secret_access_key,
-        region_name="us-east-1",
-    )
+    through_a_path = s3_engine.client(f"{s3_engine.endpoint_url}/{bucket}")
     through_a_path.put_object(Bucket=prefix, Key="production/k", Body=b"one")
     key = f"{prefix}/production/k"
     assert s3_engine.client().get_object(Bucket=bucket, Key=key)["Body"].read() == b"one"

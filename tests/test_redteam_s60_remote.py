@@ -38,6 +38,7 @@ What broke:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import unicodedata
@@ -59,12 +60,12 @@ from app.storage import Finding
 _DATA = b"the acknowledged bytes"
 
 
-@pytest.fixture(scope="module")
-def served(
+@contextlib.contextmanager
+def serving(
     postgres_engine: PostgresEngine, s3_engine: S3Engine
 ) -> Iterator[tuple[RemoteStore, TestClient]]:
-    """A replica over a scratch database and prefix of this module's, and an HTTP client of
-    it: each test works in sessions of its own, and looks at those alone."""
+    """A replica over a scratch database and prefix of its own, and an HTTP client of it
+    (the database dropped at the end)."""
     name = postgres_engine.create_database()
     database_url = postgres_engine.url(name)
     pg.open_database(database_url, PROFILE)
@@ -76,6 +77,16 @@ def served(
                 yield store, client
     finally:
         postgres_engine.drop_database(name)
+
+
+@pytest.fixture(scope="module")
+def served(
+    postgres_engine: PostgresEngine, s3_engine: S3Engine
+) -> Iterator[tuple[RemoteStore, TestClient]]:
+    """The module's replica and client (`serving`): each test works in sessions of its
+    own, and looks at those alone."""
+    with serving(postgres_engine, s3_engine) as pair:
+        yield pair
 
 
 def _findings(store: RemoteStore, *mine: str) -> dict[str, Finding]:

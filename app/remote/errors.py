@@ -19,6 +19,7 @@ from app.errors import (
     ConfigError,
     StorageError,
     StoreError,
+    UnreadableSessionError,
     restamp_advice,
 )
 
@@ -620,6 +621,22 @@ class FileRowOfAnotherShapeError(StoreError):
     action: str = "send"
     outcome: str = "nothing was sent"
     finding: str = "row-of-another-shape"
+
+
+class TrashedSessionRowOfAnotherShapeError(UnreadableSessionError):
+    """The restore of a session from the trash whose row a tool rewrote meanwhile (its
+    ``metadata`` not an object: red team 61). The restore made the row live and audited it,
+    then failed to read it back, leaving a live session every read refused; it is now
+    refused before anything changes, as a file's restore of a row of another shape is."""
+
+    # No SQL: the message reaches an operator's terminal; the check names the row.
+    template = (
+        "cannot restore session {session_id}: its {file} {damage} (it was changed outside "
+        "the app), and nothing was changed: the session stays in the trash. `app data "
+        "check` reports it as {finding}. Give the row its metadata back from a backup (or "
+        "'{{}}') with every replica stopped, then restore it again; or let `app data "
+        "empty-trash` remove it with the rest of the trash"
+    )
 
 
 class ReplicasLiveError(AppError):

@@ -1656,8 +1656,56 @@ def maintenance(
                 clean_stale_holders(conn)
             yield Maintenance(conn, profile, where, wanted, backend_pid)
         finally:
-            with contextlib.suppress(psycopg.Error):
-                conn.execute("SELECT pg_advisory_unlock(%s, %s)", HOLDERS_LOCK)
+            _release_maintenance(conn, backend_pid, where, wanted)
+
+
+def _release_maintenance(
+    conn: psycopg.Connection[Any], backend_pid: int, where: str, wanted: str
+) -> None:
+    """Release maintenance's exclusive lock, and say so where it stays held.
+
+    Behind a pooler in transaction mode the unlock may run in another server session than
+    the one that took the lock (the pooler gave that one to another client meanwhile): it
+    released nothing, and the command ended without a word while every replica and
+    maintenance after it was refused, naming a command that had ended (red team 61). The
+    lock stays until that session ends, which the app cannot do under another client's
+    transaction: the log says which session holds it, and what releases it.
+    """
+    with contextlib.suppress(psycopg.Error), conn.transaction():
+        # One transaction: the unlock and the look at where it ran, in one server session.
+        mine = conn.execute(
+            "SELECT pg_backend_pid() = %s, pg_advisory_unlock(%s, %s)",
+            (backend_pid, *HOLDERS_LOCK),
+        ).fetchone()
+        if mine is not None and mine[0]:
+            return
+        state = conn.execute(
+            "SELECT coalesce(a.state, '') FROM pg_locks l"
+            " LEFT JOIN pg_stat_activity a ON a.pid = l.pid"
+            " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2"
+            " AND l.mode = 'ExclusiveLock' AND l.pid = %s AND l.classid = %s AND l.objid = %s",
+            (backend_pid, *HOLDERS_LOCK),
+        ).fetchone()
+        if state is None:
+            return  # its session has ended (the pooler closed it): nothing is held
+        doing = (
+            "another client's transaction runs there now"
+            if state[0] != "idle"
+            else "it is idle in the pooler's pool"
+        )
+        log.warning(
+            "the hold to %s ended, but its exclusive lock stays on server session %d of "
+            "database %s: the connection pooler in transaction mode ran the unlock in "
+            "another server session (%s). Until that session ends, every replica and "
+            "maintenance command is refused: end it (`SELECT pg_terminate_backend(%d)` once "
+            "no transaction of another client runs there, or the pooler's RECONNECT). %s",
+            wanted,
+            backend_pid,
+            where,
+            doing,
+            backend_pid,
+            POOLER_REMEDY,
+        )
 
 
 # --- per-run databases (the pytest plugin's) ----------------------------------------------

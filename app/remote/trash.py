@@ -21,9 +21,13 @@ from app.errors import (
 )
 from app.names import check_file_name
 from app.remote.db import Database, just_after, now, trash_entry
-from app.remote.errors import FileRowOfAnotherShapeError, ObjectMissingError
+from app.remote.errors import (
+    FileRowOfAnotherShapeError,
+    ObjectMissingError,
+    TrashedSessionRowOfAnotherShapeError,
+)
 from app.remote.objects import ObjectStore
-from app.remote.rows import row_fault
+from app.remote.rows import FINDING, SESSION_ROW, row_fault, session_fault
 from app.storage import TrashEntry, entry_holds_other
 from app.store.ids import check_session_id
 from app.store.trash import TRASH_NAME_RE
@@ -133,7 +137,8 @@ class RemoteTrash:
         self._refuse_unnamed(entry, session_id, None)
         with self.db.write(f"the restore of session {session_id}") as conn:
             row = conn.execute(
-                "SELECT trash_name, updated_at, deleted_at FROM app_sessions WHERE id = %s"
+                "SELECT trash_name, updated_at, deleted_at, metadata FROM app_sessions"
+                " WHERE id = %s"
                 " AND deleted_at IS NOT NULL AND (%s::text IS NULL OR trash_name = %s)"
                 " FOR NO KEY UPDATE",
                 (session_id, entry, entry),
@@ -142,6 +147,13 @@ class RemoteTrash:
                 raise self._not_there(conn, entry, session_id, None)
             if row is None:
                 raise SessionNotFoundError(session_id, where="the trash")
+            # A row a tool rewrote in the trash: made live and audited, then unreadable, the
+            # restore failed on a session it had taken out of the trash (red team 61).
+            fault = session_fault(row["metadata"])
+            if fault is not None:
+                raise TrashedSessionRowOfAnotherShapeError(
+                    session_id, fault, file=SESSION_ROW, finding=FINDING
+                )
             # Dated after its every change and its delete, as a change of its files is
             # (`Database.change`): left as it was, a restored session read as last changed
             # before its delete, and a client that looks for the sessions changed since the
@@ -338,21 +350,25 @@ class RemoteTrash:
                 if r["trash_name"] is not None
             ]
             removed.sort(key=lambda e: (e.deleted_at, e.name))
+            # Only the keys the app makes: a row a tool wrote naming another (`blobs//<hex>`,
+            # which SeaweedFS stores as another file's `blobs/<hex>`; the stamp object) had
+            # that key deleted, another file's acknowledged bytes or the prefix's stamp (red
+            # team 60). The audit counts the objects deleted: it counted those kept too, as
+            # deleted (red team 61).
+            foreign = [row for row in files if not self.objects.is_blob_name(row["blob"])]
+            doomed = [row["blob"] for row in files if self.objects.is_blob_name(row["blob"])]
             self.db.audit(
                 conn,
                 "empty-trash",
                 self.location,
                 count=len(removed),
                 entries=[e.name for e in removed],
-                objects=len(files),
+                objects=len(doomed),
+                kept_objects=[row["blob"] for row in foreign],
                 older_than=None if older_than is None else older_than.total_seconds(),
                 via=via,
             )
         refused: AppError | None = None
-        # Only the keys the app makes: a row a tool wrote naming another (`blobs//<hex>`,
-        # which SeaweedFS stores as another file's `blobs/<hex>`; the stamp object) had that
-        # key deleted, another file's acknowledged bytes or the prefix's stamp (red team 60).
-        foreign = [row for row in files if not self.objects.is_blob_name(row["blob"])]
         for row in foreign:
             log.warning(
                 "the trash's row of file %r of session %s named object %r, not one the app "
@@ -364,9 +380,7 @@ class RemoteTrash:
                 row["blob"],
             )
         try:
-            self.objects.delete(
-                *(row["blob"] for row in files if self.objects.is_blob_name(row["blob"]))
-            )
+            self.objects.delete(*doomed)
         except Exception as error:  # the rows are gone, so the trash is emptied all the same
             refused = error if isinstance(error, AppError) else None
             log.warning(
@@ -374,4 +388,4 @@ class RemoteTrash:
                 "removes them",
                 error,
             )
-        return removed, len(files), refused
+        return removed, len(doomed), refused

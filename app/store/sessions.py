@@ -53,7 +53,7 @@ from app.storage import (
     json_body,
     page_body,
 )
-from app.store.concurrency import records_identity
+from app.store.concurrency import SYNCS, records_identity
 from app.store.ids import ID_RE, check_session_id, new_session_id
 from app.store.records import (
     BLOBS_DIR,
@@ -254,9 +254,25 @@ class Sessions:
                     going.append(item)
             return going
 
+        def each_at_once(step: Callable[[_Staging], None], items: list[_Staging]) -> list[_Staging]:
+            # As `each`, the steps made at once on helper threads (`SYNCS`), each answered here.
+            going = []
+            for item, error in zip(items, SYNCS.at_once(step, items), strict=True):
+                if error is None:
+                    going.append(item)
+                elif not isinstance(error, Exception):
+                    raise error  # not an answer: the batch stops, as `each` would
+                else:
+                    results[item.index] = error
+                    item.close()
+                    remove_tree(f"{self.where}/{item.name}", ignore_errors=True)
+            return going
+
         going = each(lambda item: item.stage(sessions_fd, self.where), staged)
-        going = each(_Staging.sync_file, going)
-        going = each(_Staging.sync_dir, going)
+        # Each session's file then its staging directory synced, the sessions' at once: a
+        # batch waited for its 2 x N fsyncs one after another, where the disk takes them
+        # together. Every one has ended before any rename below.
+        going = each_at_once(_Staging.sync, going)
         if going:
             try:
                 self.root.ensure_held()  # the last moment before the sessions appear
@@ -1028,6 +1044,11 @@ class _Staging:
         fsync(self.dir_fd)
         os.close(self.dir_fd)
         self.dir_fd = None
+
+    def sync(self) -> None:
+        """session.json synced, then its staging directory (on a helper thread)."""
+        self.sync_file()
+        self.sync_dir()
 
     def rename(self, sessions_fd: int) -> None:
         os.rename(self.name, self.session["id"], src_dir_fd=sessions_fd, dst_dir_fd=sessions_fd)

@@ -44,6 +44,7 @@ from app.errors import (
     AppError,
     FsyncFailed,
     NotInTrashError,
+    RestoredUnreadableSessionError,
     SessionNotFoundError,
     StoppedPartwayError,
     UnreadableSessionError,
@@ -512,14 +513,24 @@ class Store(Storage):
         # audit log included: a restore that happened is answered as one.
         with self.root.prepare(audit=True) as prepared:
             if name is None:
-                session, unreadable, _ = self.sessions.restore(
+                session, unreadable, taken = self.sessions.restore(
                     session_id,
                     prepared,
                     entry,
                     lambda taken: prepared.audit("restore-session", session_id, trash=taken.name),
                 )
                 # Raised after the audit line: a session.json damaged from outside still
-                # comes back (and is said to be unreadable), and the log has the move.
+                # comes back (and is said to be unreadable), and the log has the move. Said
+                # as restored: "cannot read session" alone read as a restore that failed
+                # (red team 61).
+                if isinstance(unreadable, UnreadableSessionError):
+                    raise RestoredUnreadableSessionError(
+                        session_id,
+                        unreadable.damage,
+                        file=unreadable.file,
+                        finding=unreadable.finding,
+                        entry=taken.name,
+                    ) from None
                 if unreadable is not None:
                     raise unreadable
                 assert session is not None

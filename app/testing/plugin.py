@@ -95,6 +95,21 @@ def pytest_load_initial_conftests(
     return result
 
 
+def _enclosing_run() -> sandboxing.Run | None:
+    """The run this pytest starts in, if any; a usage error where only the environment names
+    a sandbox and it is none: ``PYTEST_APP_SANDBOX`` left in the shell (relative, ``/``, or
+    through a /proc link this user may not follow) was a traceback through the plugin before
+    any test (red team 61)."""
+    __tracebackhide__ = True
+    try:
+        return sandboxing.current_run()
+    except AppError as error:
+        raise guard.usage_error(
+            f"app: refusing to run: {error} (in this shell: `unset {appconfig.SANDBOX_ENV}`, "
+            "then run pytest again)"
+        ) from None
+
+
 def _before_the_conftests(early_config: pytest.Config) -> None:
     __tracebackhide__ = True
     known = early_config.known_args_namespace
@@ -131,7 +146,7 @@ def _before_the_conftests(early_config: pytest.Config) -> None:
     # inside a worker inherits PYTEST_XDIST_WORKER too, but its parent is that worker.
     # The variables alone can be forged by a test that starts pytest: a worker's sandbox
     # must also lie in the run its parent registered (the controller's).
-    enclosing = sandboxing.current_run()
+    enclosing = _enclosing_run()
     worker = (
         bool(os.environ.get("PYTEST_XDIST_WORKER"))
         and inherited is not None

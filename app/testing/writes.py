@@ -148,7 +148,10 @@ def _real(normal: str) -> Path:
     if cache is None or not tail or tail == "..":
         return _system_path(normal)
     if (parent := cache.get(head)) is None:
-        parent = cache[head] = os.path.realpath(head)
+        try:
+            parent = cache[head] = os.path.realpath(head)
+        except PermissionError:
+            return _system_path(normal)
     here = os.path.join(parent, tail)  # noqa: PTH118 - str in, str out
     with contextlib.suppress(OSError):
         if stat.S_ISLNK(os.lstat(here).st_mode):
@@ -160,8 +163,14 @@ def _system_path(text: str) -> Path:
     """Where the system opens `text`: ``realpath``, not ``Path.resolve``, which raises
     RuntimeError on a loop of symbolic links (``--junitxml=a`` with ``a`` -> ``b`` -> ``a``
     stopped the run with a traceback from the guard); nothing can be opened through a loop
-    (ELOOP), so where it stands is as good as any."""
-    return Path(os.path.realpath(text))
+    (ELOOP), so where it stands is as good as any. A link of /proc this process may not
+    read (``--junitxml=/proc/<another user's pid>/root/...``) stopped the run with a
+    ``PermissionError`` traceback from the guard (red team 61): nothing is opened through it
+    either, and the path as written is refused as one through /proc."""
+    try:
+        return Path(os.path.realpath(text))
+    except PermissionError:
+        return Path(os.path.normpath(text))
 
 
 def _spellings(value: str, base: Path) -> list[Path]:

@@ -222,6 +222,7 @@ EXAMPLES: list[errors.AppError] = [
     ),
     errors.FileNotFoundInSessionError("3f2a9c", "report.pdf"),
     errors.UnreadableSessionError("3f2a9c"),
+    errors.RestoredUnreadableSessionError("3f2a9c", entry="20261204T101500000000Z-3f2a9c"),
     errors.SessionNotServedError("3f2a9c"),
     errors.DamagedFileError(
         "3f2a9c", "report.pdf", "are 4096 bytes long, where 81920 were acknowledged"
@@ -416,6 +417,12 @@ EXAMPLES: list[errors.AppError] = [
     remote.ObjectMissingError("s3://app-data/production/blobs/0192b0f2c5a87b3e9c4d2a1f0e6b7c8d"),
     remote.FileRowOfAnotherShapeError(
         "3f2a9c", "report.pdf", "its sha256 is 'see attachment', not 64 lower-case hex digits"
+    ),
+    remote.TrashedSessionRowOfAnotherShapeError(
+        "3f2a9c",
+        "has a null in 'metadata', which the app never writes",
+        file="row in app_sessions",
+        finding="row-of-another-shape",
     ),
     remote.ReplicasLiveError("empty the trash", DATABASE, REPLICAS),
     remote.MaintenanceRunningError(DATABASE, "backend pid 31337, app data purge"),
