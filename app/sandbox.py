@@ -39,6 +39,7 @@ import atexit
 import contextlib
 import contextvars
 import errno
+import fcntl
 import functools
 import inspect
 import itertools
@@ -86,6 +87,7 @@ __all__ = [
     "hand_on",
     "identity",
     "just_checked",
+    "keeps_sealed_copy",
     "loaded",
     "marked",
     "note_inactive",
@@ -771,11 +773,26 @@ def _read_entry(
         # its children once stopped at it with a bare traceback (red team 39).
         return None
     made = data.get("sandbox_identity")
+    registered = f"registered in {_registered_in(path)}"
+    if path in _CHANGED:
+        entry, what = _CHANGED[path]
+        if entry is None:
+            changed = f"registered in {RUNS_DIR}, though a test of the run removed its entry"
+        elif entry.is_relative_to(_PROC):
+            changed = f"though a test of the run changed the entry it keeps open ({entry}: {what})"
+        else:
+            changed = f"registered in {entry.parent}, though a test of the run changed its entry"
+            changed += f" {entry.name} ({what})"
+        registered = (
+            f"{changed} since the run wrote it, so this process read the sealed copy the run "
+            f"keeps of it ({path}) instead; the run puts its entry back after that test and "
+            "names it: a test must leave the registry of test runs alone"
+        )
     return Run(
         sandbox,
         pid,
         protected,
-        f"the process tree ({how}, registered in {_registered_in(path)})",
+        f"the process tree ({how}, {registered})",
         scratch=_scratch_suffix(data.get("scratch")),
         ended=ended if isinstance(ended, int) else None,
         sandbox_identity=(
@@ -1086,12 +1103,18 @@ def _entry_held_open(pid: int, uid: int, name: str, seen: _Seen | None = None) -
     """
     if not _python_program(pid):
         return None
+    copy = None
     try:
         with os.scandir(f"{_PROC}/{pid}/fd") as descriptors:
             for descriptor in descriptors:
                 try:
                     target = str(Path(descriptor.path).readlink())
                 except OSError:
+                    continue
+                if target == f"/memfd:{_COPY_NAME}{name} (deleted)":
+                    # Its run's sealed copy (`_keep_copy`): where nothing else is left, a
+                    # test removed the entry and closed what the run keeps of it.
+                    copy = Path(descriptor.path)
                     continue
                 if not target.startswith("/"):
                     continue  # a pipe, a socket
@@ -1116,7 +1139,7 @@ def _entry_held_open(pid: int, uid: int, name: str, seen: _Seen | None = None) -
                             return held / name
     except OSError:
         return None
-    return None
+    return copy  # checked as a copy by `_entry_changed`
 
 
 def _entry_of(
@@ -1140,10 +1163,88 @@ def _entry_of(
     too. `namespace`: the entry named with its PID namespace's number (`_name_to_write`).
     """
     for candidate in (started, started + 1) if _start_uncertain() else (started,):
-        entry = _entry_named(pid, _entry_name(pid, candidate, namespace), seen, parent)
+        name = _entry_name(pid, candidate, namespace)
+        entry = _entry_named(pid, name, seen, parent)
         if entry is not None:
-            return entry
+            return _entry_changed(pid, entry, name)
     return None
+
+
+#: Entries a test changed since its run wrote them, found in this walk, by the run's sealed
+#: copy read in their place (`_entry_changed`): the entry, and what changed in it.
+_CHANGED: dict[Path, tuple[Path | None, str]] = {}
+
+
+def _sealed_copies(pid: int, name: str) -> list[tuple[Path, bytes]]:
+    """The sealed copies process `pid` keeps of its run's entry `name` (`_keep_copy`), by
+    their path in ``/proc/<pid>/fd`` and their bytes: one, or two while it replaces one."""
+    if not _SEALS or not _python_program(pid):
+        return []
+    wanted = f"/memfd:{_COPY_NAME}{name} (deleted)"
+    found = []
+    try:
+        with os.scandir(f"{_PROC}/{pid}/fd") as descriptors:
+            for descriptor in descriptors:
+                with contextlib.suppress(OSError):
+                    if str(Path(descriptor.path).readlink()) != wanted:
+                        continue
+                    fd = os.open(descriptor.path, os.O_RDONLY | os.O_CLOEXEC)
+                    try:
+                        # Sealed against every change, or not a copy the run made.
+                        if fcntl.fcntl(fd, fcntl.F_GET_SEALS) & _SEALS != _SEALS:
+                            continue
+                        text = os.pread(fd, _ENTRY_MAX_BYTES + 1, 0)
+                        if len(text) == os.fstat(fd).st_size <= _ENTRY_MAX_BYTES:
+                            found.append((Path(descriptor.path), text))
+                    finally:
+                        os.close(fd)
+    except OSError:
+        return []
+    return found
+
+
+def _entry_changed(pid: int, entry: Path, name: str) -> Path:
+    """`entry`, found at process `pid`'s name `name`, or the sealed copy the process keeps
+    of it (`_keep_copy`) where the entry says anything else than the copy (or than either of
+    two, while the run replaces one): a test of the run changed it, and the run puts it back
+    only after that test (`restore_entry`). Noted in `_CHANGED` for the refusal's words."""
+    copies = _sealed_copies(pid, name)
+    if not copies:
+        return entry  # no run's process, not Linux, or one whose descriptors this one may not read
+    if any(path == entry for path, _ in copies):
+        _CHANGED[entry] = (None, "it was removed")  # only its copy was left (`_entry_held_open`)
+        return entry
+    path, copy = copies[-1]
+    try:
+        if not stat.S_ISREG(entry.stat().st_mode):
+            # A FIFO, a directory or a device in its place: every read of it fails, and
+            # the walk passed over it (under a runner script, a child purged a stopped root).
+            _CHANGED[path] = (entry, "it is no longer a regular file")
+            return path
+        text = _entry_bytes(entry)
+        whole = len(text) == entry.stat().st_size
+    except OSError:
+        return entry  # a read that fails says nothing of a change (`_unreadable` names it)
+    if not whole or any(text == copy for _, copy in copies):
+        # Read short (a tracer's fault, ``inject=read:retval=0``): not a change either.
+        return entry
+    _CHANGED[path] = (entry, _what_changed(text, copy))
+    return path
+
+
+def _what_changed(text: bytes, copy: bytes) -> str:
+    """What a test changed in a run's entry, which reads `text` where its run wrote `copy`."""
+    try:
+        now, was = json_loads(text), json_loads(copy)
+    except ValueError:
+        return "it is no longer JSON"
+    if not isinstance(now, dict) or not isinstance(was, dict):
+        return "it is no longer a run's entry"
+    keys = sorted(key for key in {**now, **was} if now.get(key, now) != was.get(key, was))
+    shown = [key for key in keys if re.fullmatch(r"[a-z_]{1,40}", key)]
+    if len(shown) < len(keys):
+        shown.append("others")
+    return f"its field{'s' if len(shown) > 1 else ''} {', '.join(shown)} changed"
 
 
 def _start_uncertain() -> bool:
@@ -1306,6 +1407,7 @@ def _walk_tree() -> tuple[Run | None, str | None, str]:
     plugin sits between (its rules then apply as well), and what resolves a refusal where
     that is all of it (an ancestor's entry this process may not read, `_hidden_run`)."""
     _MISSHOWN.clear()
+    _CHANGED.clear()
     if (hidden := _unwalkable()) is not None:
         return None, *hidden
     seen = _Seen()
@@ -2950,9 +3052,15 @@ def _publish(
             namespace = data["own_pid_namespace"]
             name, placed = _name_to_write(parent, temporary, pid, started[1], namespace)
             _NAMED[key] = directory / name
+        own_run = outlived is None and run is not None
+        # The sealed copy first, the entry next, the copy it replaces last: a child that
+        # reads between them finds its entry in one of the two (`_entry_changed`).
+        replaced = _keep_copy(name, text) if own_run else None
         if not placed:
             os.replace(temporary, name, src_dir_fd=parent, dst_dir_fd=parent)
-        if outlived is None and run is not None:
+        if replaced is not None:
+            os.close(replaced)
+        if own_run:
             _WRITTEN[directory / name] = (_entry_state(directory / name), text)
     except OSError:
         # A full /tmp left an empty file per refused run, which nothing ever removed.
@@ -3430,6 +3538,67 @@ def register(
 #: The descriptor of its registry this process keeps open while it is a run (`_keep_open`).
 _KEPT_OPEN: dict[str, int] = {}
 
+#: What a run's sealed copy of its own entry is named (`_keep_copy`), before the entry's name.
+_COPY_NAME: Final = "app-run-entry:"
+#: The seals that make a copy one nobody changes, the run's own process included.
+_SEALS: Final = sum(
+    getattr(fcntl, name, 0)
+    for name in ("F_SEAL_SEAL", "F_SEAL_SHRINK", "F_SEAL_GROW", "F_SEAL_WRITE")
+)
+
+
+def _keep_copy(name: str, text: bytes) -> int | None:
+    """Keep `text`, what this process has just written as its run's entry `name`, in a
+    sealed anonymous file (``memfd_create``, sealed against every write) that it keeps open,
+    and return the descriptor of the copy it replaces (None where there is none).
+
+    A test shares its run's process and user, so it may rewrite the run's entry, and the
+    run's check after the test (`restore_entry`) put it back only then. Meanwhile the run's
+    children read what the test wrote: an entry that claims another PID namespace (which no
+    namespace has) was passed over as another process's, and under a runner script that
+    calls pytest through another module (found by its entry alone) a child given
+    production's settings alone purged a stopped production root; other fields made other
+    refusals that named wrong causes ("a pytest without the app's plugin", a run "which has
+    ended" to be killed, another sandbox). Nothing, the test included, changes a sealed
+    copy's bytes: the run's children read it through ``/proc/<pid>/fd`` and take it over an
+    entry that says something else (`_entry_changed`)."""
+    create = getattr(os, "memfd_create", None)
+    if create is None or not _SEALS:
+        return None  # not Linux: the entry alone, as before
+    try:
+        fd = create(_COPY_NAME + name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    except OSError:
+        return None
+    try:
+        view = memoryview(text)
+        while view:
+            view = view[os.write(fd, view) :]
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
+    except OSError:
+        os.close(fd)
+        return None
+    old = _KEPT_OPEN.pop("copy", None)
+    _KEPT_OPEN["copy"] = fd
+    return old if old is not None and _is_copy(old) else None
+
+
+def keeps_sealed_copy() -> bool:
+    """Whether this process keeps a sealed copy of its run's entry (`_keep_copy`), which its
+    children read where a test changed the entry (its own, or one an earlier copy of this
+    module made before a test reloaded it)."""
+    own, entry = _proc_self(), _own_entry()
+    return own is not None and entry is not None and bool(_sealed_copies(own, entry.name))
+
+
+def _is_copy(fd: int) -> bool:
+    """Whether this process's descriptor `fd` is a sealed copy of an entry (never close one
+    a test opened at the number of a copy it closed)."""
+    try:
+        target = str((_PROC / "self" / "fd" / str(fd)).readlink())
+    except OSError:
+        return False
+    return target.startswith(f"/memfd:{_COPY_NAME}")
+
 
 def _keep_open() -> None:
     """Keep descriptors of the registry and of this run's entry open for the rest of the
@@ -3463,6 +3632,12 @@ def _keep_open() -> None:
                 os.close(fd)  # put there in between
                 continue
             _KEPT_OPEN[key] = fd
+    copy = _KEPT_OPEN.get("copy")
+    if entry is not None and entry in _WRITTEN and (copy is None or not _is_copy(copy)):
+        # Closed by a test (code that daemonises closes every descriptor): made again from
+        # what this process wrote.
+        _KEPT_OPEN.pop("copy", None)
+        _keep_copy(entry.name, _WRITTEN[entry][1])
 
 
 #: The mount namespace this process registered its run in (`register`), which a test may

@@ -536,7 +536,11 @@ def _after_the_test(item: pytest.Item, state: guard.GuardState) -> list[str]:
     # A test that cleans up /tmp/app-* took the run's later children out of it.
     if state.run is not None and (lost := sandboxing.restore_entry(state.run)):
         meanwhile = (
-            "followed the changed entry, not the run's rules"
+            "read the run's rules from the sealed copy of its entry that the run keeps, where "
+            "it could read this process's descriptors (a process of another user could not, "
+            "and followed the changed entry)"
+            if "was changed" in lost and sandboxing.keeps_sealed_copy()
+            else "followed the changed entry, not the run's rules"
             if "was changed" in lost
             else "was part of the run only through the descriptors of the registry and of "
             "its entry that the run keeps open"
