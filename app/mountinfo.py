@@ -1,4 +1,11 @@
-"""Linux's mount table (``/proc/self/mountinfo``): where a mount shows a path from.
+"""Linux's mount table (``/proc/<pid>/mountinfo``): THE reader of it in the app.
+
+One parser of a line (`parse`: an `Entry`), one reader of a process's table (`table`), and
+one answer to "which mount shows this path" (`showing`, and `nearest` where a caller keeps a
+lookup of the points): the deepest mount point on the path's way, and of two mounts stacked
+at one point the later line, the one on top, which is the one the kernel shows.
+`app.lock`, `app.sandbox` and `app.dataroot` each read the table by hand, and two of those
+readers told stacked mounts apart by opposite rules (session 61).
 
 No import of the app's: `app.sandbox` (the registry) and `app.dataroot` (its cached table)
 both use it.
@@ -11,17 +18,24 @@ import re
 import stat
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 __all__ = [
+    "Entry",
     "Mount",
     "by_point",
     "nearest",
+    "option_values",
+    "parse",
     "read",
+    "showing",
     "shown_and_hidden_from",
     "shown_and_upper",
     "shown_from",
+    "table",
     "unescape",
     "upper_in_fact",
+    "upper_of",
     "walk_nearest",
 ]
 
@@ -29,39 +43,108 @@ __all__ = [
 Mount = tuple[bytes, bytes, bytes, bytes]
 
 
+class Entry(NamedTuple):
+    """One line of the table (proc(5)), its paths' octal escapes undone."""
+
+    mount_id: int
+    parent_id: int
+    #: ``major:minor`` as written.
+    device: bytes
+    #: The directory of its filesystem the mount shows (not ``/`` for a bind mount).
+    root: bytes
+    #: Where it is mounted, as the process that reads the table names it.
+    point: bytes
+    #: The mount's own options (``rw,nosuid``).
+    options: bytes
+    #: The optional fields (``shared:1``, ``master:2``), none or more.
+    optional: tuple[bytes, ...]
+    #: ``ext4``, ``overlay``, ``fuse.sshfs``.
+    fstype: bytes
+    #: The source the filesystem was mounted from (a device, ``none``, a daemon's word).
+    source: bytes
+    #: The superblock's options, as written: a value's escapes are undone by
+    #: `option_values` once the options are split at their commas (a comma of a path is
+    #: written as ``\054``).
+    super_options: bytes
+
+
+_new_entry = tuple.__new__  # a NamedTuple's own __new__ is a Python call per line
+
+
+def parse(line: bytes) -> Entry | None:
+    """A line of the table, None for a line of another shape (never an exception)."""
+    head, dash, tail = line.partition(b" - ")
+    fields = head.split(b" ")
+    described = tail.split(b" ")
+    if not dash or len(fields) < 6 or len(described) != 3:
+        return None
+    mount_id, parent_id = fields[0], fields[1]
+    if not (mount_id.isdigit() and parent_id.isdigit()):
+        return None
+    return _new_entry(
+        Entry,
+        (
+            int(mount_id),
+            int(parent_id),
+            fields[2],
+            unescape(fields[3]),
+            unescape(fields[4]),
+            fields[5],
+            tuple(fields[6:]),
+            described[0],
+            unescape(described[1]),
+            described[2],
+        ),
+    )
+
+
+def table(pid: int | str = "self") -> list[Entry]:
+    """The mount table of process `pid` (``"self"``), read now, as that process names its
+    mounts (from its mount namespace and its root); OSError where it cannot be read."""
+    with open(f"/proc/{pid}/mountinfo", "rb") as opened:  # noqa: PTH123 - a seq file, bytes
+        lines = opened.read().splitlines()
+    return [entry for line in lines if (entry := parse(line)) is not None]
+
+
+def option_values(entry: Entry, name: bytes) -> list[bytes]:
+    """The values of superblock option `name` (``upperdir``) of `entry`, in order, their
+    escapes undone."""
+    prefix = name + b"="
+    return [
+        unescape(option[len(prefix) :])
+        for option in entry.super_options.split(b",")
+        if option.startswith(prefix)
+    ]
+
+
+def upper_of(entry: Entry) -> bytes:
+    """An overlay's upper directory as the mount was given it, ``b""`` for another mount."""
+    if entry.fstype != b"overlay":
+        return b""
+    return next(iter(option_values(entry, b"upperdir")), b"")
+
+
 def read() -> list[Mount]:
     """This process's mount table, read now; empty where there is none (no ``/proc``)."""
     try:
-        with open("/proc/self/mountinfo", "rb") as table:  # noqa: PTH123 - bytes, as a seq file
-            lines = table.read().splitlines()
+        entries = table()
     except OSError:
         return []
-    mounts = []
-    for line in lines:
-        fields = line.split(b" ")
-        if len(fields) > 4:
-            mounts.append((fields[2], unescape(fields[4]), *shown_and_upper(line)))
-    return mounts
+    return [(e.device, e.point, e.root, upper_of(e)) for e in entries]
 
 
 def shown_and_upper(line: bytes) -> tuple[bytes, bytes]:
     """A mount table line's directory of its filesystem that the mount shows (the fourth
     field: not ``/`` for a bind mount of a directory), and an overlay's upper directory
-    (``b""`` for any other mount)."""
-    fields = line.split(b" ")
-    if len(fields) < 5:
-        return b"", b""
-    upper = b""
-    # The type follows the " - " that ends the optional fields, then the source and the
-    # superblock's options.
-    if b"-" in fields[6:-1] and fields[fields.index(b"-", 6) + 1] == b"overlay":
-        options = fields[-1].split(b",")
-        upper = next((o[9:] for o in options if o.startswith(b"upperdir=")), b"")
-    return unescape(fields[3]), unescape(upper)
+    (``b""`` for any other mount); both ``b""`` for a line of another shape."""
+    entry = parse(line)
+    return (entry.root, upper_of(entry)) if entry is not None else (b"", b"")
 
 
 def unescape(field: bytes) -> bytes:
     """A path of the table as it is: space, tab, newline and \\ are octal-escaped there."""
+    if b"\\" not in field:
+        return field
     return re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), field)
 
 
@@ -115,7 +198,8 @@ def nearest(wanted: bytes, points: Sequence[bytes], tops: Mapping[bytes, int]) -
 
 
 def walk_nearest(wanted: bytes, points: Sequence[bytes]) -> int | None:
-    """`nearest`, by a walk of the whole table."""
+    """`nearest`, by a walk of the whole table: the deepest mount point on the way of
+    ``wanted``, the later of two at one point (`showing`'s rule)."""
     found = None
     for index, point in enumerate(points):  # in mount order: a later mount at the same
         top = point.rstrip(b"/")  # point hides an earlier
@@ -123,6 +207,19 @@ def walk_nearest(wanted: bytes, points: Sequence[bytes]) -> int | None:
         if on_it and (found is None or len(top) >= len(points[found].rstrip(b"/"))):
             found = index
     return found
+
+
+def showing(path: bytes | str, entries: Sequence[Entry]) -> Entry | None:
+    """The mount of `entries` that shows `path` (absolute, as the table's process names
+    it): the deepest mount point on its way and, of two stacked at one point, the later
+    line, the one on top (the one the kernel shows); None where none of them holds it.
+    `entries` may be a part of the table (one device's mounts, in table order).
+
+    `nearest` (and `walk_nearest`, which this is) answer by the same rule for a caller
+    that keeps the table's points and their `by_point`.
+    """
+    at = walk_nearest(os.fsencode(path), [entry.point for entry in entries])
+    return entries[at] if at is not None else None
 
 
 def shown_and_hidden_from(

@@ -1,0 +1,246 @@
+"""`app.mountinfo` as THE reader of Linux's mount table (session 61's tidy-up).
+
+`app.lock` parsed ``/proc/<pid>/mountinfo`` by hand in four places, `app.sandbox` in one and
+`app.dataroot` in its cached table; now each uses `mountinfo.parse` (one line: every field,
+octal escapes undone, a line of another shape left out) and `mountinfo.showing` (the mount
+that shows a path: the deepest mount point on its way, and of two stacked at one point the
+later line, the one on top).
+
+What was wrong before: `_fuse_mount_of` and `_layer_files` took the FIRST of two mounts
+stacked at one point (``>``), where `_block_device` took the last (``>=``), which is the one
+the kernel shows. With a directory of a FUSE mirror (bindfs) bound over the mirror's own
+mount point, the lock's check followed the mirror to the file at the mirror's root, not the
+file the path shows (`test_a_fuse_mount_stacked_on_itself_is_followed_from_the_one_on_top`);
+with a directory of an overlay bound over its mount point, the layers' files looked at were
+those at the overlay's root (`test_an_overlay_stacked_on_itself_is_read_from_the_one_on_top`).
+Both fail before the change. Checked in a private mount namespace with real stacked mounts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app import mountinfo
+
+_LINE = (
+    b"36 35 98:0 /mnt\\040a /mnt/b\\134c rw,noatime master:1 shared:2 - ext3 /dev/r\\040d "
+    b"rw,errors=continue"
+)
+
+
+def test_a_line_is_parsed_into_every_field_with_its_escapes_undone() -> None:
+    entry = mountinfo.parse(_LINE)
+    assert entry == (
+        36,
+        35,
+        b"98:0",
+        b"/mnt a",
+        b"/mnt/b\\c",
+        b"rw,noatime",
+        (b"master:1", b"shared:2"),
+        b"ext3",
+        b"/dev/r d",
+        b"rw,errors=continue",
+    )
+    assert entry is not None
+    assert entry.point == b"/mnt/b\\c"
+    none = mountinfo.parse(b"1 0 0:1 / / rw - tmpfs none rw")
+    assert none is not None
+    assert none.optional == ()
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"",
+        b"garbage",
+        b"36 35 98:0 /mnt /mnt rw",  # no " - "
+        b"36 35 98:0 /mnt - ext3 /dev/root rw",  # too few fields before it
+        b"x 35 98:0 / /mnt rw - ext3 /dev/root rw",  # not a mount id
+        b"36 35 98:0 / /mnt rw - ext3",  # no source, no options
+        b"\xff\xfe - \x00",
+    ],
+)
+def test_a_line_of_another_shape_is_left_out(line: bytes) -> None:
+    assert mountinfo.parse(line) is None
+    assert mountinfo.shown_and_upper(line) == (b"", b"")
+
+
+def test_an_option_s_value_is_split_before_its_escapes_are_undone() -> None:
+    line = b"40 1 0:50 / /m rw - overlay overlay rw,lowerdir=/l,upperdir=/u\\054v\\040w,workdir=/w"
+    entry = mountinfo.parse(line)
+    assert entry is not None
+    assert mountinfo.option_values(entry, b"upperdir") == [b"/u,v w"]
+    assert mountinfo.upper_of(entry) == b"/u,v w"
+    assert mountinfo.shown_and_upper(line) == (b"/", b"/u,v w")
+
+
+def test_of_two_mounts_stacked_at_one_point_the_later_shows_the_path() -> None:
+    lines = [
+        b"1 0 0:1 / / rw - ext4 /dev/sda rw",
+        b"2 1 0:2 / /m rw - tmpfs first rw",
+        b"3 2 0:2 /sub /m rw - tmpfs second rw",
+        b"4 1 0:3 / /other rw - tmpfs third rw",
+    ]
+    entries = [entry for line in lines if (entry := mountinfo.parse(line)) is not None]
+    points = [entry.point for entry in entries]
+    for path, source in ((b"/m/f", b"second"), (b"/m", b"second"), (b"/mx", b"/dev/sda")):
+        found = mountinfo.showing(path, entries)
+        assert found is not None
+        assert found.source == source, path
+        # The lookup `app.dataroot` keeps gives the same mount.
+        assert mountinfo.nearest(path, points, mountinfo.by_point(points)) == entries.index(found)
+    assert mountinfo.showing(b"/m/f", entries[1:2]) == entries[1]
+    assert mountinfo.showing(b"/elsewhere", entries[1:]) is None
+
+
+SCRIPT = r"""
+import json, os, subprocess, sys
+from app import lock, mountinfo, sandbox
+
+d = sys.argv[1]
+out = {}
+
+
+def run(*argv):
+    subprocess.run(argv, check=True)
+
+
+def write(path, text):
+    with open(path, "w") as opened:
+        opened.write(text)
+
+
+def read(path):
+    with open(path) as opened:
+        return opened.read()
+
+
+def ids(path):
+    seen = os.stat(path)
+    return [seen.st_dev, seen.st_ino]
+
+
+run("mount", "-t", "tmpfs", "rt61", d)
+# An overlay, and a directory of it bound over its own mount point.
+for name in ("lower", "upper", "work", "m"):
+    os.mkdir(f"{d}/{name}")
+options = f"lowerdir={d}/lower,upperdir={d}/upper,workdir={d}/work"
+run("mount", "-t", "overlay", "overlay", "-o", options, f"{d}/m")
+os.mkdir(f"{d}/m/sub")
+write(f"{d}/m/f", "root")
+write(f"{d}/m/sub/f", "sub")
+run("mount", "--bind", f"{d}/m/sub", f"{d}/m")
+top = mountinfo.showing(f"{d}/m/f", mountinfo.table())
+out["overlay"] = {
+    "kernel": read(f"{d}/m/f"),
+    "shown": top.root.decode(),
+    "layers": sorted(lock._layer_files(os.stat(f"{d}/m/f").st_dev, f"{d}/m/f", "self")),
+    "upper_sub": ids(f"{d}/upper/sub/f"),
+    "upper_root": ids(f"{d}/upper/f"),
+}
+
+# Two tmpfs stacked at one point, the one on top naming a block device as its source.
+os.mknod(f"{d}/blk", 0o600 | 0o060000, os.makedev(7, 61))
+os.mkdir(f"{d}/s")
+run("mount", "-t", "tmpfs", "below", f"{d}/s")
+run("mount", "-t", "tmpfs", f"{d}/blk", f"{d}/s")
+out["block"] = lock._block_device(os.stat(f"{d}/s").st_dev, f"{d}/s/x", "self")
+out["block_wanted"] = os.makedev(7, 61)
+
+# A FUSE mirror (bindfs), and a directory of it bound over its own mount point.
+if sys.argv[2] == "fuse":
+    os.makedirs(f"{d}/fsrc/sub")
+    os.mkdir(f"{d}/fm")
+    write(f"{d}/fsrc/f", "root")
+    write(f"{d}/fsrc/sub/f", "sub")
+    run("bindfs", f"{d}/fsrc", f"{d}/fm")
+    run("mount", "--bind", f"{d}/fm/sub", f"{d}/fm")
+    seen = os.stat(f"{d}/fm/f")
+    origin = lock._fuse_origin(seen, f"{d}/fm/f", "self")
+    out["fuse"] = {
+        "kernel": read(f"{d}/fm/f"),
+        "mount": list(lock._fuse_mount_of(seen.st_dev, f"{d}/fm/f", "self")),
+        "origin": [origin[0], list(origin[1])] if origin else None,
+        "sub": ids(f"{d}/fsrc/sub/f"),
+    }
+
+# /proc mounted again with hidepid=, then once more without it on top.
+run("mount", "-t", "proc", "-o", "hidepid=2", "proc", "/proc")
+out["hidden"] = sandbox.proc_hides_processes()
+run("mount", "-t", "proc", "proc", "/proc")
+out["hidden_on_top"] = sandbox.proc_hides_processes()
+print(json.dumps(out))
+"""
+
+
+def _fuse() -> bool:
+    return all(shutil.which(tool) for tool in ("bindfs", "fusermount")) and (
+        Path("/dev/fuse").exists()
+    )
+
+
+@pytest.fixture(scope="module")
+def stacked(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("mounts in a mount namespace of its own take unshare(1) and root")
+    work = tmp_path_factory.mktemp("mountinfo-reader")
+    # A PID namespace too: its end stops bindfs's daemon with the script.
+    done = subprocess.run(
+        [
+            "unshare",
+            "-m",
+            "-p",
+            "-f",
+            "--propagation",
+            "private",
+            sys.executable,
+            "-c",
+            SCRIPT,
+            str(work),
+            "fuse" if _fuse() else "-",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0 and "unshare failed" in done.stderr:
+        pytest.skip(f"no namespace of its own here: {done.stderr.strip()}")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_an_overlay_stacked_on_itself_is_read_from_the_one_on_top(stacked: dict) -> None:
+    seen = stacked["overlay"]
+    assert seen["kernel"] == "sub", seen  # the kernel shows the later mount
+    assert seen["shown"] == "/sub", seen
+    # Before: the first mount's directory, the overlay's root: upper/f, not upper/sub/f.
+    assert seen["upper_sub"] in seen["layers"], seen
+    assert seen["upper_root"] not in seen["layers"], seen
+
+
+def test_a_fuse_mount_stacked_on_itself_is_followed_from_the_one_on_top(stacked: dict) -> None:
+    if "fuse" not in stacked:
+        pytest.skip("needs bindfs, fusermount and /dev/fuse for a FUSE mirror")
+    seen = stacked["fuse"]
+    assert seen["kernel"] == "sub", seen
+    # Before: the first mount's directory ("/"), and so fsrc/f for the file at fm/f.
+    assert seen["mount"][1] == "/sub", seen
+    assert seen["origin"] is not None, seen
+    assert seen["origin"][1] == seen["sub"], seen
+
+
+def test_a_block_device_is_read_from_the_mount_on_top(stacked: dict) -> None:
+    assert stacked["block"] == stacked["block_wanted"]
+
+
+def test_hidepid_is_read_from_the_proc_on_top(stacked: dict) -> None:
+    assert stacked["hidden"] in ("hidepid=2", "hidepid=invisible"), stacked
+    assert stacked["hidden_on_top"] is None, stacked
