@@ -1767,7 +1767,7 @@ class _MountTable:
             (entry.point, entry.fstype, upper) for entry, upper in zip(entries, uppers, strict=True)
         )
         self._points = tuple(entry.point for entry in entries)
-        self._tops = by_point(self._points)
+        self._tops = by_point(self._points, entries)
         self._key = key
         self._generation += 1
 
@@ -1836,7 +1836,7 @@ def served_from(path: Path) -> tuple[Path, str] | None:
     wanted = os.fsencode(path)
     # The longest mount point on the way: the nearest mount.
     if (at := nearest(wanted, points, tops)) is not None and at < 0:
-        at = walk_nearest(wanted, points)
+        at = walk_nearest(wanted, points, tops)
     found = mounts[at] if at is not None else None
     if found is None or found[1] is None:
         return None

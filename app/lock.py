@@ -921,6 +921,14 @@ def _overlay_mounts(device: int, pid: int | str) -> list[tuple[str, str, list[st
     its mount point, the directory of the overlay it shows, and its layers' directories, the
     upper one first, as that process names them (none where `device` is no overlay with an
     upper directory)."""
+    return [
+        (os.fsdecode(entry.point), os.fsdecode(entry.root), layers)
+        for entry, layers in _overlay_entries(device, pid)
+    ]
+
+
+def _overlay_entries(device: int, pid: int | str) -> list[tuple[mountinfo.Entry, list[str]]]:
+    """`_overlay_mounts`, each mount as the table's entry."""
     number = f"{os.major(device)}:{os.minor(device)}".encode()
     try:
         entries = mountinfo.table(pid)
@@ -943,7 +951,7 @@ def _overlay_mounts(device: int, pid: int | str) -> list[tuple[str, str, list[st
                 lowers.append(mountinfo.unescape(value))
         if upper is not None:
             layers = [os.fsdecode(layer.replace(b"\\:", b":")) for layer in (upper, *lowers)]
-            found.append((os.fsdecode(entry.point), os.fsdecode(entry.root), layers))
+            found.append((entry, layers))
     return found
 
 
@@ -966,13 +974,14 @@ def _overlay_upper(device: int, pid: int | str) -> tuple[int, int] | None:
 def _layer_files(device: int, path: str, pid: int | str) -> set[tuple[int, int]]:
     """The (device, inode) of each file in the overlay's layer directories (upper and lower)
     at the place of the file at `path` (as process `pid` names it) on overlay `device`: in
-    the mount of it that shows `path` (`mountinfo.walk_nearest`: of two stacked at one
-    point, the one on top, where the first one in the table was taken; session 61)."""
-    mounts = _overlay_mounts(device, pid)
-    at = mountinfo.walk_nearest(os.fsencode(path), [os.fsencode(m[0]) for m in mounts])
-    if at is None:
+    the mount of it that shows `path` (`mountinfo.showing`: of two stacked at one point,
+    the one on top, where the first one in the table was taken; session 61)."""
+    mounts = _overlay_entries(device, pid)
+    best = mountinfo.showing(path, [entry for entry, _ in mounts])
+    if best is None:
         return set()
-    point, shown, layers = mounts[at]
+    layers = next(layers for entry, layers in mounts if entry is best)
+    point, shown = os.fsdecode(best.point), os.fsdecode(best.root)
     below = path[len(point.rstrip("/")) :].lstrip("/")
     seen = (_seen_by(pid, os.path.join(layer, shown.lstrip("/"), below)) for layer in layers)  # noqa: PTH118
     return {found for found in seen if found is not None}

@@ -28,6 +28,7 @@ __all__ = [
     "option_values",
     "parse",
     "read",
+    "read_looked_up",
     "showing",
     "shown_and_hidden_from",
     "shown_and_upper",
@@ -172,11 +173,32 @@ def shown_from(path: Path, mounts: Sequence[Mount], *, hidden: bool = False) -> 
     return hidden_too if hidden else visible
 
 
-def by_point(points: Sequence[bytes]) -> dict[bytes, int]:
-    """Each mount point (without its trailing ``/``: ``/`` is ``b""``) and the index of the
-    last mount there in `points` (mount order: a later mount at the same point hides an
-    earlier), for `nearest`."""
-    return {point.rstrip(b"/"): index for index, point in enumerate(points)}
+def by_point(points: Sequence[bytes], entries: Sequence[Entry] | None = None) -> dict[bytes, int]:
+    """Each mount point (without its trailing ``/``: ``/`` is ``b""``) and the index in
+    `points` of the mount on top there, for `nearest`: of mounts stacked at one point, the
+    one no other there is mounted on (whose mount id is no other's parent id), where
+    `entries` (what `points` were taken from, in their order) says; the last one in the
+    table otherwise, and where the ids leave more than one.
+
+    The table lists mounts as they were made, and a mount is mostly made on top of what is
+    there; but one moved beneath another (``move_mount`` with ``MOVE_MOUNT_BENEATH``, Linux
+    6.5) is listed after the mount that hides it (session 61)."""
+    tops: dict[bytes, int] = {}
+    stacked = False
+    for index, point in enumerate(points):
+        key = point.rstrip(b"/")
+        stacked = stacked or key in tops
+        tops[key] = index
+    if stacked and entries is not None:
+        groups: dict[bytes, list[int]] = {}
+        for index, point in enumerate(points):
+            groups.setdefault(point.rstrip(b"/"), []).append(index)
+        for key, group in groups.items():
+            if len(group) > 1:
+                below = {entries[index].parent_id for index in group}
+                on_top = [index for index in group if entries[index].mount_id not in below]
+                tops[key] = on_top[-1] if on_top else group[-1]
+    return tops
 
 
 def nearest(wanted: bytes, points: Sequence[bytes], tops: Mapping[bytes, int]) -> int | None:
@@ -197,29 +219,45 @@ def nearest(wanted: bytes, points: Sequence[bytes], tops: Mapping[bytes, int]) -
             return None
 
 
-def walk_nearest(wanted: bytes, points: Sequence[bytes]) -> int | None:
+def walk_nearest(
+    wanted: bytes, points: Sequence[bytes], tops: Mapping[bytes, int] | None = None
+) -> int | None:
     """`nearest`, by a walk of the whole table: the deepest mount point on the way of
-    ``wanted``, the later of two at one point (`showing`'s rule)."""
+    ``wanted``, and there the mount on top by `tops` (`by_point`), else the last one."""
     found = None
     for index, point in enumerate(points):  # in mount order: a later mount at the same
         top = point.rstrip(b"/")  # point hides an earlier
         on_it = wanted == point or wanted.startswith(top + b"/")
         if on_it and (found is None or len(top) >= len(points[found].rstrip(b"/"))):
             found = index
+    if found is not None and tops is not None:
+        return tops.get(points[found].rstrip(b"/"), found)
     return found
 
 
 def showing(path: bytes | str, entries: Sequence[Entry]) -> Entry | None:
     """The mount of `entries` that shows `path` (absolute, as the table's process names
-    it): the deepest mount point on its way and, of two stacked at one point, the later
-    line, the one on top (the one the kernel shows); None where none of them holds it.
-    `entries` may be a part of the table (one device's mounts, in table order).
+    it): the deepest mount point on its way and, of mounts stacked at one point, the one on
+    top, which the kernel shows (`by_point`); None where none of them holds it. `entries`
+    may be a part of the table (one device's mounts, in table order).
 
-    `nearest` (and `walk_nearest`, which this is) answer by the same rule for a caller
-    that keeps the table's points and their `by_point`.
+    `nearest` and `walk_nearest` answer by the same rule for a caller that keeps the
+    table's points and their `by_point`.
     """
-    at = walk_nearest(os.fsencode(path), [entry.point for entry in entries])
+    points = [entry.point for entry in entries]
+    at = walk_nearest(os.fsencode(path), points, by_point(points, entries))
     return entries[at] if at is not None else None
+
+
+def read_looked_up() -> tuple[list[Mount], tuple[list[bytes], dict[bytes, int]]]:
+    """`read`, with the table's points and their `by_point` for `shown_and_hidden_from`."""
+    try:
+        entries = table()
+    except OSError:
+        return [], ([], {})
+    points = [entry.point for entry in entries]
+    mounts = [(e.device, e.point, e.root, upper_of(e)) for e in entries]
+    return mounts, (points, by_point(points, entries))
 
 
 def shown_and_hidden_from(
@@ -236,7 +274,7 @@ def shown_and_hidden_from(
     points = lookup[0] if lookup is not None else [mount[1] for mount in mounts]
     at = nearest(wanted, points, lookup[1]) if lookup is not None else -1
     if at is not None and at < 0:
-        at = walk_nearest(wanted, points)
+        at = walk_nearest(wanted, points, lookup[1] if lookup is not None else None)
     found = mounts[at] if at is not None else None
     if found is None:
         return None, None

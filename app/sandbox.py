@@ -2731,8 +2731,8 @@ def _registry_in_a_data_root() -> str | None:
     # there holds no mark, nor does anything above /tmp.
     # What it shows may be hidden here by that very mount (production's sessions/, under
     # /tmp, bound over /tmp): it is looked for as the first process's namespace sees it.
-    mounts = mountinfo.read()
-    source, hidden = mountinfo.shown_and_hidden_from(parent, mounts)
+    mounts, lookup = mountinfo.read_looked_up()
+    source, hidden = mountinfo.shown_and_hidden_from(parent, mounts, lookup)
     starts = [parent] if source is None else [parent, source]
     if source is None and hidden:
         source = hidden

@@ -26,6 +26,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_redteam_s59_guard import outside_any_run
+from test_redteam_s60_guard import COMMON
 
 from app import mountinfo
 
@@ -101,6 +103,20 @@ def test_of_two_mounts_stacked_at_one_point_the_later_shows_the_path() -> None:
     assert mountinfo.showing(b"/elsewhere", entries[1:]) is None
 
 
+def test_a_mount_beneath_another_listed_after_it_is_not_on_top() -> None:
+    # Mount 6 was moved beneath mount 5 (MOVE_MOUNT_BENEATH): 5 is now mounted on 6.
+    lines = [b"1 0 0:1 / / rw - ext4 /dev/sda rw", b"5 6 0:4 / /n rw - tmpfs top rw"]
+    lines.append(b"6 1 0:5 / /n rw - tmpfs beneath rw")
+    entries = [entry for line in lines if (entry := mountinfo.parse(line)) is not None]
+    points = [entry.point for entry in entries]
+    found = mountinfo.showing(b"/n/f", entries)
+    assert found is not None
+    assert found.source == b"top"
+    assert mountinfo.nearest(b"/n/f", points, mountinfo.by_point(points, entries)) == 1
+    # Without the ids, the last line is all there is to go by.
+    assert mountinfo.nearest(b"/n/f", points, mountinfo.by_point(points)) == 2
+
+
 SCRIPT = r"""
 import json, os, subprocess, sys
 from app import lock, mountinfo, sandbox
@@ -154,6 +170,31 @@ run("mount", "-t", "tmpfs", "below", f"{d}/s")
 run("mount", "-t", "tmpfs", f"{d}/blk", f"{d}/s")
 out["block"] = lock._block_device(os.stat(f"{d}/s").st_dev, f"{d}/s/x", "self")
 out["block_wanted"] = os.makedev(7, 61)
+
+# A third moved beneath the one on top (move_mount with MOVE_MOUNT_BENEATH, Linux 6.5): the
+# table lists it after the one that hides it.
+import ctypes
+
+libc = ctypes.CDLL(None, use_errno=True)
+os.mknod(f"{d}/blk2", 0o600 | 0o060000, os.makedev(7, 62))
+os.mkdir(f"{d}/bsrc")
+run("mount", "-t", "tmpfs", f"{d}/blk2", f"{d}/bsrc")
+tree = libc.syscall(428, -100, f"{d}/bsrc".encode(), 1 | os.O_CLOEXEC)  # open_tree, a clone
+# move_mount(MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_BENEATH)
+if tree >= 0 and libc.syscall(429, tree, b"", -100, f"{d}/s".encode(), 0x4 | 0x200) == 0:
+    from app.dataroot import _MOUNTS
+
+    entries = mountinfo.table()
+    here = os.stat(f"{d}/s").st_dev
+    mounts, _, (points, tops) = _MOUNTS.looked_up()
+    at = mountinfo.nearest(f"{d}/s/x".encode(), points, tops)
+    out["beneath"] = {
+        "listed": [e.source.decode() for e in entries if e.point == f"{d}/s".encode()],
+        "showing": mountinfo.showing(f"{d}/s/x", entries).source.decode(),
+        "block": lock._block_device(here, f"{d}/s/x", "self"),
+        "cached": mounts[at][0].decode(),
+        "device": f"{os.major(here)}:{os.minor(here)}",
+    }
 
 # A FUSE mirror (bindfs), and a directory of it bound over its own mount point.
 if sys.argv[2] == "fuse":
@@ -239,6 +280,65 @@ def test_a_fuse_mount_stacked_on_itself_is_followed_from_the_one_on_top(stacked:
 
 def test_a_block_device_is_read_from_the_mount_on_top(stacked: dict) -> None:
     assert stacked["block"] == stacked["block_wanted"]
+
+
+#: PID 1 of a PID namespace with its own /proc, in a private mount namespace (outside any
+#: run), production's root at work/real/sub/production with one session, held by a writer;
+#: a mirror of work/real by ``bindfs --ctime-from-mtime``, its ``sub`` bound over the
+#: mirror's own mount point, a ``chmod`` of the lock file (its change time alone), then a
+#: purge and a writer through mirror/production, which is the live root.
+PURGED = (
+    COMMON
+    + r"""
+work = Path(sys.argv[1])
+real, mirror = work / "real", work / "mirror"
+root = real / "sub" / "production"
+with open_storage(load(serving=False), writer=True) as store:
+    store.create_session("a review", {})
+mirror.mkdir()
+subprocess.run(["bindfs", "--ctime-from-mtime", str(real), str(mirror)], check=True)
+subprocess.run(["mount", "--bind", str(mirror / "sub"), str(mirror)], check=True)
+results = {"before": names(root / "sessions")}
+holder = holding(root)
+lock = root / ".server.lock"
+os.chmod(lock, os.stat(lock).st_mode & 0o7777)
+purge = ["data", "purge", "--yes-i-mean-it"]
+results["PURGE"] = run(purge, APP_DATA_ROOT=str(mirror / "production"))
+stop(holder)
+results["after"] = names(root / "sessions")
+subprocess.run(["umount", str(mirror)], check=True)
+subprocess.run(["fusermount", "-u", str(mirror)], check=True)
+print("RESULTS", json.dumps(results))
+"""
+)
+
+
+def test_a_live_root_through_a_fuse_mirror_stacked_on_itself_is_not_purged(
+    tmp_path: Path,
+) -> None:
+    if os.geteuid() != 0 or shutil.which("unshare") is None or not _fuse():
+        pytest.skip("needs root, unshare(1), bindfs, fusermount and /dev/fuse")
+    root = tmp_path / "real" / "sub" / "production"
+    root.parent.mkdir(parents=True)
+    seen = outside_any_run(tmp_path, root, PURGED, str(tmp_path))
+    said = json.dumps(seen, indent=1)
+    # Before: "moved 1 session(s) to .../mirror/production/.trash", the holder's session.
+    assert seen["after"] == seen["before"] != [], said
+    code, message = seen["PURGE"]
+    assert code == 75, said
+    assert f"through its lock file {root}/.server.lock" in message, said
+    assert f"seen through a FUSE mount ({tmp_path}/mirror:" in message, said
+    assert f"Work through the holder's own path, {root}" in message, said
+
+
+def test_a_mount_moved_beneath_the_one_on_top_is_not_taken_for_it(stacked: dict) -> None:
+    if "beneath" not in stacked:
+        pytest.skip("needs move_mount's MOVE_MOUNT_BENEATH (Linux 6.5)")
+    seen = stacked["beneath"]
+    assert seen["listed"][-1].endswith("/blk2"), seen  # the one beneath, listed last
+    assert seen["showing"].endswith("/blk"), seen
+    assert seen["block"] == stacked["block_wanted"], seen
+    assert seen["cached"] == seen["device"], seen  # `app.dataroot`'s table says the same
 
 
 def test_hidepid_is_read_from_the_proc_on_top(stacked: dict) -> None:
