@@ -182,7 +182,9 @@ def by_point(points: Sequence[bytes], entries: Sequence[Entry] | None = None) ->
 
     The table lists mounts as they were made, and a mount is mostly made on top of what is
     there; but one moved beneath another (``move_mount`` with ``MOVE_MOUNT_BENEATH``, Linux
-    6.5) is listed after the mount that hides it (session 61)."""
+    6.5) is listed after the mount that hides it (session 61). And where `entries` say, a
+    point whose mount lies on one that another hides (``/x/y`` mounted, then a second
+    mount at ``/x``) is left out: the path is the second mount's, not the deeper one's."""
     tops: dict[bytes, int] = {}
     stacked = False
     for index, point in enumerate(points):
@@ -198,7 +200,31 @@ def by_point(points: Sequence[bytes], entries: Sequence[Entry] | None = None) ->
                 below = {entries[index].parent_id for index in group}
                 on_top = [index for index in group if entries[index].mount_id not in below]
                 tops[key] = on_top[-1] if on_top else group[-1]
+        by_id = {entry.mount_id: index for index, entry in enumerate(entries)}
+        for key in [key for key, at in tops.items() if _hidden(at, points, by_id, entries, tops)]:
+            del tops[key]
     return tops
+
+
+def _hidden(
+    index: int,
+    points: Sequence[bytes],
+    by_id: Mapping[int, int],
+    entries: Sequence[Entry],
+    tops: Mapping[bytes, int],
+) -> bool:
+    """Whether mount `index` lies, itself or through a mount it lies on, on a mount that
+    another stacked at its point hides (`by_point`'s `tops`; `by_id`: each mount id's
+    index)."""
+    for _ in range(len(entries)):  # up the tree, as far as it goes (no loop in a table)
+        parent = by_id.get(entries[index].parent_id)
+        if parent is None or parent == index:
+            return False
+        below = points[parent].rstrip(b"/")
+        if below != points[index].rstrip(b"/") and tops.get(below) != parent:
+            return True  # on a mount another one hides (one stacked on it is not hidden)
+        index = parent
+    return False
 
 
 def nearest(wanted: bytes, points: Sequence[bytes], tops: Mapping[bytes, int]) -> int | None:
@@ -228,6 +254,8 @@ def walk_nearest(
     for index, point in enumerate(points):  # in mount order: a later mount at the same
         top = point.rstrip(b"/")  # point hides an earlier
         on_it = wanted == point or wanted.startswith(top + b"/")
+        if on_it and tops is not None and top not in tops:
+            continue  # hidden (`by_point`)
         if on_it and (found is None or len(top) >= len(points[found].rstrip(b"/"))):
             found = index
     if found is not None and tops is not None:

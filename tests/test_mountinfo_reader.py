@@ -117,6 +117,20 @@ def test_a_mount_beneath_another_listed_after_it_is_not_on_top() -> None:
     assert mountinfo.nearest(b"/n/f", points, mountinfo.by_point(points)) == 2
 
 
+def test_a_mount_on_one_another_hides_does_not_show_the_path() -> None:
+    lines = [b"1 0 0:1 / / rw - ext4 /dev/sda rw", b"2 1 0:2 / /x rw - tmpfs a rw"]
+    lines += [b"3 2 0:3 / /x/y rw - tmpfs b rw", b"4 2 0:4 / /x rw - tmpfs c rw"]
+    lines.append(b"5 4 0:5 / /x/z rw - tmpfs d rw")  # on the one on top: seen
+    entries = [entry for line in lines if (entry := mountinfo.parse(line)) is not None]
+    points = [entry.point for entry in entries]
+    tops = mountinfo.by_point(points, entries)
+    for path, source in ((b"/x/y/f", b"c"), (b"/x/y", b"c"), (b"/x/z/f", b"d")):
+        found = mountinfo.showing(path, entries)
+        assert found is not None
+        assert found.source == source, path
+        assert mountinfo.nearest(path, points, tops) == entries.index(found)
+
+
 SCRIPT = r"""
 import json, os, subprocess, sys
 from app import lock, mountinfo, sandbox
@@ -195,6 +209,24 @@ if tree >= 0 and libc.syscall(429, tree, b"", -100, f"{d}/s".encode(), 0x4 | 0x2
         "cached": mounts[at][0].decode(),
         "device": f"{os.major(here)}:{os.minor(here)}",
     }
+
+# A mount on one another mount then hides: the second at {d}/h shows {d}/h/y.
+os.mkdir(f"{d}/h")
+run("mount", "-t", "tmpfs", "first", f"{d}/h")
+os.mkdir(f"{d}/h/y")
+run("mount", "-t", "tmpfs", f"{d}/blk2", f"{d}/h/y")
+run("mount", "-t", "tmpfs", f"{d}/blk", f"{d}/h")
+os.mkdir(f"{d}/h/y")
+from app.dataroot import _MOUNTS
+
+here = os.stat(f"{d}/h/y").st_dev
+mounts, _, (points, tops) = _MOUNTS.looked_up()
+at = mountinfo.nearest(f"{d}/h/y/x".encode(), points, tops)
+out["hidden_below"] = {
+    "block": lock._block_device(here, f"{d}/h/y/x", "self"),
+    "cached": mounts[at][0].decode(),
+    "device": f"{os.major(here)}:{os.minor(here)}",
+}
 
 # A FUSE mirror (bindfs), and a directory of it bound over its own mount point.
 if sys.argv[2] == "fuse":
@@ -339,6 +371,12 @@ def test_a_mount_moved_beneath_the_one_on_top_is_not_taken_for_it(stacked: dict)
     assert seen["showing"].endswith("/blk"), seen
     assert seen["block"] == stacked["block_wanted"], seen
     assert seen["cached"] == seen["device"], seen  # `app.dataroot`'s table says the same
+
+
+def test_a_mount_on_one_another_hides_is_not_taken_for_the_path_s(stacked: dict) -> None:
+    seen = stacked["hidden_below"]
+    assert seen["block"] == stacked["block_wanted"], seen
+    assert seen["cached"] == seen["device"], seen
 
 
 def test_hidepid_is_read_from_the_proc_on_top(stacked: dict) -> None:
