@@ -1,19 +1,26 @@
 """`app.mountinfo` as THE reader of Linux's mount table (session 61's tidy-up).
 
 `app.lock` parsed ``/proc/<pid>/mountinfo`` by hand in four places, `app.sandbox` in one and
-`app.dataroot` in its cached table; now each uses `mountinfo.parse` (one line: every field,
-octal escapes undone, a line of another shape left out) and `mountinfo.showing` (the mount
-that shows a path: the deepest mount point on its way, and of two stacked at one point the
-later line, the one on top).
+`app.dataroot` kept its own parser for its cached table; now each uses `mountinfo.parse`
+(one line: every field, octal escapes undone, a line of another shape left out) and asks
+`mountinfo.showing` (or `nearest` with `by_point`, one rule) for the mount that shows a path:
+the deepest mount point on its way that no mount stacked above it hides, and of mounts
+stacked at one point the one on top, told by the parent ids.
 
-What was wrong before: `_fuse_mount_of` and `_layer_files` took the FIRST of two mounts
-stacked at one point (``>``), where `_block_device` took the last (``>=``), which is the one
-the kernel shows. With a directory of a FUSE mirror (bindfs) bound over the mirror's own
-mount point, the lock's check followed the mirror to the file at the mirror's root, not the
-file the path shows (`test_a_fuse_mount_stacked_on_itself_is_followed_from_the_one_on_top`);
-with a directory of an overlay bound over its mount point, the layers' files looked at were
-those at the overlay's root (`test_an_overlay_stacked_on_itself_is_read_from_the_one_on_top`).
-Both fail before the change. Checked in a private mount namespace with real stacked mounts.
+What broke before, each checked with real mounts in a private mount namespace and failing
+before the change:
+
+- `_fuse_mount_of` and `_layer_files` took the FIRST of two mounts stacked at one point:
+  a live root's session was purged through a bindfs mirror with a directory of it bound
+  over its own mount point
+  (`test_a_live_root_through_a_fuse_mirror_stacked_on_itself_is_not_purged`, now refused
+  as red team 60's mirror is), and an overlay's layers were read at its root
+  (`test_an_overlay_stacked_on_itself_is_read_from_the_one_on_top`);
+- every reader took the later line for the mount on top, which a mount moved beneath
+  another (``MOVE_MOUNT_BENEATH``, Linux 6.5) is not
+  (`test_a_mount_moved_beneath_the_one_on_top_is_not_taken_for_it`);
+- every reader took the deepest mount point, even one on a mount another mount at the same
+  point hides (`test_a_mount_on_one_another_hides_is_not_taken_for_the_path_s`).
 """
 
 from __future__ import annotations
