@@ -25,11 +25,10 @@ before the change:
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -138,15 +137,51 @@ def test_a_mount_on_one_another_hides_does_not_show_the_path() -> None:
         assert mountinfo.nearest(path, points, tops) == entries.index(found)
 
 
-SCRIPT = r"""
-import json, os, subprocess, sys
+#: PID 1 of a PID namespace with its own /proc, in a private mount namespace (outside any
+#: run; its end stops bindfs's daemons), production's environment on a copy of the
+#: settings. argv: work, "fuse" where a FUSE mirror can be made.
+#:
+#: First (with FUSE) production's root at work/real/sub/production with one session, held by
+#: a writer; a mirror of work/real by ``bindfs --ctime-from-mtime``, its ``sub`` bound over
+#: the mirror's own mount point, a ``chmod`` of the lock file (its change time alone), then
+#: a purge through mirror/production, which is the live root.
+#:
+#: Then in work/stacked, each caller of the table with real stacked mounts: an overlay and
+#: a FUSE mirror each with a directory of it bound over its mount point, tmpfs mounts
+#: stacked, one moved beneath another, one on a mount another hides; /proc mounted again.
+SCRIPT = (
+    COMMON
+    + r"""
+
+work = Path(sys.argv[1])
+results = {"work": str(work)}
+if sys.argv[2] == "fuse":
+    real, mirror = work / "real", work / "mirror"
+    root = real / "sub" / "production"
+    with open_storage(load(serving=False), writer=True) as store:
+        store.create_session("a review", {})
+    mirror.mkdir()
+    subprocess.run(["bindfs", "--ctime-from-mtime", str(real), str(mirror)], check=True)
+    subprocess.run(["mount", "--bind", str(mirror / "sub"), str(mirror)], check=True)
+    results["before"] = names(root / "sessions")
+    holder = holding(root)
+    lockfile = root / ".server.lock"
+    os.chmod(lockfile, os.stat(lockfile).st_mode & 0o7777)
+    purge = ["data", "purge", "--yes-i-mean-it"]
+    results["PURGE"] = run(purge, APP_DATA_ROOT=str(mirror / "production"))
+    stop(holder)
+    results["after"] = names(root / "sessions")
+    subprocess.run(["umount", str(mirror)], check=True)
+    subprocess.run(["fusermount", "-u", str(mirror)], check=True)
+
 from app import lock, mountinfo, sandbox
 
-d = sys.argv[1]
-out = {}
+d = str(work / "stacked")
+os.mkdir(d)
+out = results["stacked"] = {}
 
 
-def run(*argv):
+def sh(*argv):
     subprocess.run(argv, check=True)
 
 
@@ -165,16 +200,16 @@ def ids(path):
     return [seen.st_dev, seen.st_ino]
 
 
-run("mount", "-t", "tmpfs", "rt61", d)
+sh("mount", "-t", "tmpfs", "rt61", d)
 # An overlay, and a directory of it bound over its own mount point.
 for name in ("lower", "upper", "work", "m"):
     os.mkdir(f"{d}/{name}")
 options = f"lowerdir={d}/lower,upperdir={d}/upper,workdir={d}/work"
-run("mount", "-t", "overlay", "overlay", "-o", options, f"{d}/m")
+sh("mount", "-t", "overlay", "overlay", "-o", options, f"{d}/m")
 os.mkdir(f"{d}/m/sub")
 write(f"{d}/m/f", "root")
 write(f"{d}/m/sub/f", "sub")
-run("mount", "--bind", f"{d}/m/sub", f"{d}/m")
+sh("mount", "--bind", f"{d}/m/sub", f"{d}/m")
 top = mountinfo.showing(f"{d}/m/f", mountinfo.table())
 out["overlay"] = {
     "kernel": read(f"{d}/m/f"),
@@ -187,8 +222,8 @@ out["overlay"] = {
 # Two tmpfs stacked at one point, the one on top naming a block device as its source.
 os.mknod(f"{d}/blk", 0o600 | 0o060000, os.makedev(7, 61))
 os.mkdir(f"{d}/s")
-run("mount", "-t", "tmpfs", "below", f"{d}/s")
-run("mount", "-t", "tmpfs", f"{d}/blk", f"{d}/s")
+sh("mount", "-t", "tmpfs", "below", f"{d}/s")
+sh("mount", "-t", "tmpfs", f"{d}/blk", f"{d}/s")
 out["block"] = lock._block_device(os.stat(f"{d}/s").st_dev, f"{d}/s/x", "self")
 out["block_wanted"] = os.makedev(7, 61)
 
@@ -199,7 +234,7 @@ import ctypes
 libc = ctypes.CDLL(None, use_errno=True)
 os.mknod(f"{d}/blk2", 0o600 | 0o060000, os.makedev(7, 62))
 os.mkdir(f"{d}/bsrc")
-run("mount", "-t", "tmpfs", f"{d}/blk2", f"{d}/bsrc")
+sh("mount", "-t", "tmpfs", f"{d}/blk2", f"{d}/bsrc")
 tree = libc.syscall(428, -100, f"{d}/bsrc".encode(), 1 | os.O_CLOEXEC)  # open_tree, a clone
 # move_mount(MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_BENEATH)
 if tree >= 0 and libc.syscall(429, tree, b"", -100, f"{d}/s".encode(), 0x4 | 0x200) == 0:
@@ -219,10 +254,10 @@ if tree >= 0 and libc.syscall(429, tree, b"", -100, f"{d}/s".encode(), 0x4 | 0x2
 
 # A mount on one another mount then hides: the second at {d}/h shows {d}/h/y.
 os.mkdir(f"{d}/h")
-run("mount", "-t", "tmpfs", "first", f"{d}/h")
+sh("mount", "-t", "tmpfs", "first", f"{d}/h")
 os.mkdir(f"{d}/h/y")
-run("mount", "-t", "tmpfs", f"{d}/blk2", f"{d}/h/y")
-run("mount", "-t", "tmpfs", f"{d}/blk", f"{d}/h")
+sh("mount", "-t", "tmpfs", f"{d}/blk2", f"{d}/h/y")
+sh("mount", "-t", "tmpfs", f"{d}/blk", f"{d}/h")
 os.mkdir(f"{d}/h/y")
 from app.dataroot import _MOUNTS
 
@@ -241,8 +276,8 @@ if sys.argv[2] == "fuse":
     os.mkdir(f"{d}/fm")
     write(f"{d}/fsrc/f", "root")
     write(f"{d}/fsrc/sub/f", "sub")
-    run("bindfs", f"{d}/fsrc", f"{d}/fm")
-    run("mount", "--bind", f"{d}/fm/sub", f"{d}/fm")
+    sh("bindfs", f"{d}/fsrc", f"{d}/fm")
+    sh("mount", "--bind", f"{d}/fm/sub", f"{d}/fm")
     seen = os.stat(f"{d}/fm/f")
     origin = lock._fuse_origin(seen, f"{d}/fm/f", "self")
     out["fuse"] = {
@@ -253,12 +288,13 @@ if sys.argv[2] == "fuse":
     }
 
 # /proc mounted again with hidepid=, then once more without it on top.
-run("mount", "-t", "proc", "-o", "hidepid=2", "proc", "/proc")
+sh("mount", "-t", "proc", "-o", "hidepid=2", "proc", "/proc")
 out["hidden"] = sandbox.proc_hides_processes()
-run("mount", "-t", "proc", "proc", "/proc")
+sh("mount", "-t", "proc", "proc", "/proc")
 out["hidden_on_top"] = sandbox.proc_hides_processes()
-print(json.dumps(out))
+print("RESULTS", json.dumps(results))
 """
+)
 
 
 def _fuse() -> bool:
@@ -268,33 +304,29 @@ def _fuse() -> bool:
 
 
 @pytest.fixture(scope="module")
-def stacked(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def seen(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """`SCRIPT`'s results, from one run for the whole session: under xdist, the first
+    worker to come runs it and the other reads what it wrote (the session's base directory,
+    shared by the workers, holds it)."""
     if os.geteuid() != 0 or shutil.which("unshare") is None:
-        pytest.skip("mounts in a mount namespace of its own take unshare(1) and root")
-    work = tmp_path_factory.mktemp("mountinfo-reader")
-    # A PID namespace too: its end stops bindfs's daemon with the script.
-    done = subprocess.run(
-        [
-            "unshare",
-            "-m",
-            "-p",
-            "-f",
-            "--propagation",
-            "private",
-            sys.executable,
-            "-c",
-            SCRIPT,
-            str(work),
-            "fuse" if _fuse() else "-",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0 and "unshare failed" in done.stderr:
-        pytest.skip(f"no namespace of its own here: {done.stderr.strip()}")
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
+        pytest.skip("mounts in a mount and PID namespace of their own take unshare(1) and root")
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    kept = shared / "mountinfo-reader.json"
+    with (shared / "mountinfo-reader.lock").open("a") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        if not kept.is_file():
+            work = tmp_path_factory.mktemp("mountinfo-reader")
+            root = work / "real" / "sub" / "production"
+            root.parent.mkdir(parents=True)
+            found = outside_any_run(work, root, SCRIPT, str(work), "fuse" if _fuse() else "-")
+            kept.write_text(json.dumps(found))
+    return json.loads(kept.read_text())
+
+
+@pytest.fixture
+def stacked(seen: dict) -> dict:
+    return seen["stacked"]
 
 
 def test_an_overlay_stacked_on_itself_is_read_from_the_one_on_top(stacked: dict) -> None:
@@ -321,52 +353,18 @@ def test_a_block_device_is_read_from_the_mount_on_top(stacked: dict) -> None:
     assert stacked["block"] == stacked["block_wanted"]
 
 
-#: PID 1 of a PID namespace with its own /proc, in a private mount namespace (outside any
-#: run), production's root at work/real/sub/production with one session, held by a writer;
-#: a mirror of work/real by ``bindfs --ctime-from-mtime``, its ``sub`` bound over the
-#: mirror's own mount point, a ``chmod`` of the lock file (its change time alone), then a
-#: purge and a writer through mirror/production, which is the live root.
-PURGED = (
-    COMMON
-    + r"""
-work = Path(sys.argv[1])
-real, mirror = work / "real", work / "mirror"
-root = real / "sub" / "production"
-with open_storage(load(serving=False), writer=True) as store:
-    store.create_session("a review", {})
-mirror.mkdir()
-subprocess.run(["bindfs", "--ctime-from-mtime", str(real), str(mirror)], check=True)
-subprocess.run(["mount", "--bind", str(mirror / "sub"), str(mirror)], check=True)
-results = {"before": names(root / "sessions")}
-holder = holding(root)
-lock = root / ".server.lock"
-os.chmod(lock, os.stat(lock).st_mode & 0o7777)
-purge = ["data", "purge", "--yes-i-mean-it"]
-results["PURGE"] = run(purge, APP_DATA_ROOT=str(mirror / "production"))
-stop(holder)
-results["after"] = names(root / "sessions")
-subprocess.run(["umount", str(mirror)], check=True)
-subprocess.run(["fusermount", "-u", str(mirror)], check=True)
-print("RESULTS", json.dumps(results))
-"""
-)
-
-
-def test_a_live_root_through_a_fuse_mirror_stacked_on_itself_is_not_purged(
-    tmp_path: Path,
-) -> None:
-    if os.geteuid() != 0 or shutil.which("unshare") is None or not _fuse():
-        pytest.skip("needs root, unshare(1), bindfs, fusermount and /dev/fuse")
-    root = tmp_path / "real" / "sub" / "production"
-    root.parent.mkdir(parents=True)
-    seen = outside_any_run(tmp_path, root, PURGED, str(tmp_path))
+def test_a_live_root_through_a_fuse_mirror_stacked_on_itself_is_not_purged(seen: dict) -> None:
+    if "PURGE" not in seen:
+        pytest.skip("needs bindfs, fusermount and /dev/fuse for a FUSE mirror")
     said = json.dumps(seen, indent=1)
+    work = seen["work"]
+    root = f"{work}/real/sub/production"
     # Before: "moved 1 session(s) to .../mirror/production/.trash", the holder's session.
     assert seen["after"] == seen["before"] != [], said
     code, message = seen["PURGE"]
     assert code == 75, said
     assert f"through its lock file {root}/.server.lock" in message, said
-    assert f"seen through a FUSE mount ({tmp_path}/mirror:" in message, said
+    assert f"seen through a FUSE mount ({work}/mirror:" in message, said
     assert f"Work through the holder's own path, {root}" in message, said
 
 
