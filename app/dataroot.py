@@ -82,10 +82,10 @@ from app.lock import (
 from app.mountinfo import (
     by_point,
     nearest,
+    parse,
     shown_and_hidden_from,
-    shown_and_upper,
-    unescape,
     upper_in_fact,
+    upper_of,
     walk_nearest,
 )
 from app.names import MAX_NAME_BYTES
@@ -1678,7 +1678,6 @@ class _MountTable:
         self._fd = -1
         self._poll: Any = None
         self._mounts: list[tuple[bytes, bytes, bytes | None]] = []
-        self._fsroots: list[tuple[bytes, bytes]] = []
         # What `with_roots` and `with_uppers` return, made once per reading of the table:
         # every check of what pytest writes asks both at each of about a hundred paths.
         self._with_roots: tuple[tuple[bytes, bytes, bytes, bytes], ...] = ()
@@ -1765,26 +1764,23 @@ class _MountTable:
         chunks = []
         while chunk := os.read(self._fd, 65536):
             chunks.append(chunk)
+        # `app.mountinfo.parse`, the one parser of a line: a line of another shape is left
+        # out.
         lines = b"".join(chunks).splitlines()
-        self._mounts = [_parse_mount(line) for line in lines]
-        self._fsroots = [shown_and_upper(line) for line in lines]
-        pairs = list(zip(self._mounts, self._fsroots, strict=True))
-        self._with_roots = tuple((m[0], m[1], *more) for m, more in pairs)
-        self._with_uppers = tuple((m[1], m[2], more[1]) for m, more in pairs)
-        self._points = tuple(m[1] for m in self._mounts)
-        self._tops = by_point(self._points)
+        entries = [entry for line in lines if (entry := parse(line)) is not None]
+        uppers = [upper_of(entry) for entry in entries]
+        self._mounts = [(entry.device, entry.point, entry.fstype) for entry in entries]
+        self._with_roots = tuple(
+            (entry.device, entry.point, entry.root, upper)
+            for entry, upper in zip(entries, uppers, strict=True)
+        )
+        self._with_uppers = tuple(
+            (entry.point, entry.fstype, upper) for entry, upper in zip(entries, uppers, strict=True)
+        )
+        self._points = tuple(entry.point for entry in entries)
+        self._tops = by_point(self._points, entries)
         self._key = key
         self._generation += 1
-
-
-def _parse_mount(line: bytes) -> tuple[bytes, bytes, bytes | None]:
-    fields = line.split(b" ")
-    if len(fields) < 5:
-        return b"", b"", None
-    point = unescape(fields[4])  # the fifth field is the mount point
-    # The type follows the " - " that ends the optional fields.
-    kind = fields[fields.index(b"-", 6) + 1] if b"-" in fields[6:-1] else None
-    return fields[2], point, kind
 
 
 _MOUNTS: Final = _MountTable()
@@ -1851,7 +1847,7 @@ def served_from(path: Path) -> tuple[Path, str] | None:
     wanted = os.fsencode(path)
     # The longest mount point on the way: the nearest mount.
     if (at := nearest(wanted, points, tops)) is not None and at < 0:
-        at = walk_nearest(wanted, points)
+        at = walk_nearest(wanted, points, tops)
     found = mounts[at] if at is not None else None
     if found is None or found[1] is None:
         return None

@@ -49,7 +49,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Literal, Self
 
-from app import __version__
+from app import __version__, mountinfo
 from app.errors import (
     DataRootInUseError,
     LockFileAliasedError,
@@ -59,7 +59,6 @@ from app.errors import (
     json_loads,
     shell_word,
 )
-from app.mountinfo import unescape
 from app.records import dataclass
 from app.sandbox import check_given_profile, check_root, command_line, identity
 
@@ -455,7 +454,7 @@ def _frozen_cgroup(pid: int) -> tuple[str, str] | None:
     """
     try:
         groups = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
-        table = Path("/proc/self/mountinfo").read_bytes().splitlines()
+        table = mountinfo.table("self")
     except OSError:
         return None
     for group in groups:
@@ -464,20 +463,16 @@ def _frozen_cgroup(pid: int) -> tuple[str, str] | None:
         unified = hierarchy == "0" and not controllers
         if not unified and "freezer" not in controllers.split(","):
             continue
-        for line in table:
-            fields = line.split(b" ")
-            if b"-" not in fields[6:-1]:
+        for entry in table:
+            if entry.fstype != (b"cgroup2" if unified else b"cgroup"):
                 continue
-            kind = fields[fields.index(b"-", 6) + 1]
-            if kind != (b"cgroup2" if unified else b"cgroup"):
-                continue
-            if not unified and b"freezer" not in fields[-1].split(b","):
+            if not unified and b"freezer" not in entry.super_options.split(b","):
                 continue
             # A mount shows the hierarchy from its fourth field down (a container's `/`).
-            root = os.fsdecode(unescape(fields[3])).rstrip("/")
+            root = os.fsdecode(entry.root).rstrip("/")
             if path != root and not path.startswith(root + "/"):
                 continue
-            where = Path(os.fsdecode(unescape(fields[4])), path[len(root) :].lstrip("/"))
+            where = Path(os.fsdecode(entry.point), path[len(root) :].lstrip("/"))
             try:
                 if unified:
                     frozen = "frozen 1" in (where / "cgroup.events").read_text().splitlines()
@@ -794,23 +789,23 @@ def _fuse_mount(device: int, path: str, pid: int | str) -> str | None:
 
 def _fuse_mount_of(device: int, path: str, pid: int | str) -> tuple[str, str, str] | None:
     """`_fuse_mount`'s mount point, with the directory of its filesystem it shows and the
-    source its daemon names (bindfs: the directory it mirrors), as written."""
-    number = f"{os.major(device)}:{os.minor(device)}"
-    best: tuple[str, str, str] | None = None
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/mountinfo").read_bytes().splitlines():
-            fields, _, after = line.partition(b" - ")
-            parts, described = fields.split(), after.split()
-            if len(parts) < 5 or parts[2].decode() != number or not described:
-                continue
-            if described[0] != b"fuse" and not described[0].startswith((b"fuse.", b"fuseblk")):
-                return None
-            point = os.fsdecode(unescape(parts[4]))
-            source = os.fsdecode(unescape(described[1])) if len(described) > 1 else ""
-            inside = point in ("/", path) or path.startswith(point.rstrip("/") + "/")
-            if best is None or (inside and len(point) > len(best[0])):
-                best = (point, os.fsdecode(unescape(parts[3])), source)
-    return best
+    source its daemon names (bindfs: the directory it mirrors), as written: the mount of
+    `device` that shows `path` (`mountinfo.showing`: of two stacked at one point, the one
+    on top, where the first one in the table was taken and its directory read as the one
+    shown; session 61), else the first mount of `device` in the table."""
+    number = f"{os.major(device)}:{os.minor(device)}".encode()
+    try:
+        mounts = [entry for entry in mountinfo.table(pid) if entry.device == number]
+    except OSError:
+        return None
+    if not mounts or any(not _is_fuse(entry.fstype) for entry in mounts):
+        return None
+    best = mountinfo.showing(path, mounts) or mounts[0]
+    return os.fsdecode(best.point), os.fsdecode(best.root), os.fsdecode(best.source)
+
+
+def _is_fuse(kind: bytes) -> bool:
+    return kind == b"fuse" or kind.startswith((b"fuse.", b"fuseblk"))
 
 
 def _fuse_origin(
@@ -926,31 +921,37 @@ def _overlay_mounts(device: int, pid: int | str) -> list[tuple[str, str, list[st
     its mount point, the directory of the overlay it shows, and its layers' directories, the
     upper one first, as that process names them (none where `device` is no overlay with an
     upper directory)."""
-    number = f"{os.major(device)}:{os.minor(device)}"
+    return [
+        (os.fsdecode(entry.point), os.fsdecode(entry.root), layers)
+        for entry, layers in _overlay_entries(device, pid)
+    ]
+
+
+def _overlay_entries(device: int, pid: int | str) -> list[tuple[mountinfo.Entry, list[str]]]:
+    """`_overlay_mounts`, each mount as the table's entry."""
+    number = f"{os.major(device)}:{os.minor(device)}".encode()
     try:
-        lines = Path(f"/proc/{pid}/mountinfo").read_bytes().splitlines()
+        entries = mountinfo.table(pid)
     except OSError:
         return []
     found = []
-    for line in lines:
-        fields, _, after = line.partition(b" - ")
-        parts, described = fields.split(), after.split()
-        if len(parts) < 5 or parts[2].decode() != number or len(described) < 3:
+    for entry in entries:
+        if entry.device != number:
             continue
-        if described[0] != b"overlay":
+        if entry.fstype != b"overlay":
             return []
         upper, lowers = None, []
-        for option in described[2].split(b","):
+        for option in entry.super_options.split(b","):
             name, _, value = option.partition(b"=")
             if name == b"upperdir":
-                upper = unescape(value)
+                upper = mountinfo.unescape(value)
             elif name == b"lowerdir":  # "a:b", a colon of a path escaped as "\:"
-                lowers += re.split(rb"(?<!\\):", unescape(value))
+                lowers += re.split(rb"(?<!\\):", mountinfo.unescape(value))
             elif name == b"lowerdir+":
-                lowers.append(unescape(value))
+                lowers.append(mountinfo.unescape(value))
         if upper is not None:
             layers = [os.fsdecode(layer.replace(b"\\:", b":")) for layer in (upper, *lowers)]
-            found.append((os.fsdecode(unescape(parts[4])), os.fsdecode(unescape(parts[3])), layers))
+            found.append((entry, layers))
     return found
 
 
@@ -972,15 +973,15 @@ def _overlay_upper(device: int, pid: int | str) -> tuple[int, int] | None:
 
 def _layer_files(device: int, path: str, pid: int | str) -> set[tuple[int, int]]:
     """The (device, inode) of each file in the overlay's layer directories (upper and lower)
-    at the place of the file at `path` (as process `pid` names it) on overlay `device`."""
-    best: tuple[str, str, list[str]] | None = None
-    for point, shown, layers in _overlay_mounts(device, pid):
-        inside = point in ("/", path) or path.startswith(point.rstrip("/") + "/")
-        if inside and (best is None or len(point) > len(best[0])):
-            best = (point, shown, layers)
+    at the place of the file at `path` (as process `pid` names it) on overlay `device`: in
+    the mount of it that shows `path` (`mountinfo.showing`: of two stacked at one point,
+    the one on top, where the first one in the table was taken; session 61)."""
+    mounts = _overlay_entries(device, pid)
+    best = mountinfo.showing(path, [entry for entry, _ in mounts])
     if best is None:
         return set()
-    point, shown, layers = best
+    layers = next(layers for entry, layers in mounts if entry is best)
+    point, shown = os.fsdecode(best.point), os.fsdecode(best.root)
     below = path[len(point.rstrip("/")) :].lstrip("/")
     seen = (_seen_by(pid, os.path.join(layer, shown.lstrip("/"), below)) for layer in layers)  # noqa: PTH118
     return {found for found in seen if found is not None}
@@ -1012,21 +1013,15 @@ def _block_device(device: int, path: str, pid: int | str) -> int:
     block device, or no other is found."""
     if Path(f"/sys/dev/block/{os.major(device)}:{os.minor(device)}").exists():
         return device
-    best: tuple[str, str] | None = None
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/mountinfo").read_bytes().splitlines():
-            fields, _, after = line.partition(b" - ")
-            parts, described = fields.split(), after.split()
-            if len(parts) < 5 or len(described) < 2:
-                continue
-            point = os.fsdecode(unescape(parts[4]))
-            inside = point in ("/", path) or path.startswith(point.rstrip("/") + "/")
-            if inside and (best is None or len(point) >= len(best[0])):
-                best = (point, os.fsdecode(unescape(described[1])))  # the last one on top
-    if best is None or not best[1].startswith("/"):
+    try:
+        best = mountinfo.showing(path, mountinfo.table(pid))
+    except OSError:
+        return device
+    source = os.fsdecode(best.source) if best is not None else ""
+    if not source.startswith("/"):
         return device
     try:
-        found = os.stat(best[1] if pid == "self" else f"/proc/{pid}/root{best[1]}")  # noqa: PTH116
+        found = os.stat(source if pid == "self" else f"/proc/{pid}/root{source}")  # noqa: PTH116
     except OSError:
         return device
     return found.st_rdev if stat.S_ISBLK(found.st_mode) else device

@@ -1,4 +1,11 @@
-"""Linux's mount table (``/proc/self/mountinfo``): where a mount shows a path from.
+"""Linux's mount table (``/proc/<pid>/mountinfo``): THE reader of it in the app.
+
+One parser of a line (`parse`: an `Entry`), one reader of a process's table (`table`), and
+one answer to "which mount shows this path" (`showing`, and `nearest` where a caller keeps a
+lookup of the points): the deepest mount point on the path's way, and of two mounts stacked
+at one point the later line, the one on top, which is the one the kernel shows.
+`app.lock`, `app.sandbox` and `app.dataroot` each read the table by hand, and two of those
+readers told stacked mounts apart by opposite rules (session 61).
 
 No import of the app's: `app.sandbox` (the registry) and `app.dataroot` (its cached table)
 both use it.
@@ -11,17 +18,25 @@ import re
 import stat
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 __all__ = [
+    "Entry",
     "Mount",
     "by_point",
     "nearest",
+    "option_values",
+    "parse",
     "read",
+    "read_looked_up",
+    "showing",
     "shown_and_hidden_from",
     "shown_and_upper",
     "shown_from",
+    "table",
     "unescape",
     "upper_in_fact",
+    "upper_of",
     "walk_nearest",
 ]
 
@@ -29,39 +44,108 @@ __all__ = [
 Mount = tuple[bytes, bytes, bytes, bytes]
 
 
+class Entry(NamedTuple):
+    """One line of the table (proc(5)), its paths' octal escapes undone."""
+
+    mount_id: int
+    parent_id: int
+    #: ``major:minor`` as written.
+    device: bytes
+    #: The directory of its filesystem the mount shows (not ``/`` for a bind mount).
+    root: bytes
+    #: Where it is mounted, as the process that reads the table names it.
+    point: bytes
+    #: The mount's own options (``rw,nosuid``).
+    options: bytes
+    #: The optional fields (``shared:1``, ``master:2``), none or more.
+    optional: tuple[bytes, ...]
+    #: ``ext4``, ``overlay``, ``fuse.sshfs``.
+    fstype: bytes
+    #: The source the filesystem was mounted from (a device, ``none``, a daemon's word).
+    source: bytes
+    #: The superblock's options, as written: a value's escapes are undone by
+    #: `option_values` once the options are split at their commas (a comma of a path is
+    #: written as ``\054``).
+    super_options: bytes
+
+
+_new_entry = tuple.__new__  # a NamedTuple's own __new__ is a Python call per line
+
+
+def parse(line: bytes) -> Entry | None:
+    """A line of the table, None for a line of another shape (never an exception)."""
+    head, dash, tail = line.partition(b" - ")
+    fields = head.split(b" ")
+    described = tail.split(b" ")
+    if not dash or len(fields) < 6 or len(described) != 3:
+        return None
+    mount_id, parent_id = fields[0], fields[1]
+    if not (mount_id.isdigit() and parent_id.isdigit()):
+        return None
+    return _new_entry(
+        Entry,
+        (
+            int(mount_id),
+            int(parent_id),
+            fields[2],
+            unescape(fields[3]),
+            unescape(fields[4]),
+            fields[5],
+            tuple(fields[6:]),
+            described[0],
+            unescape(described[1]),
+            described[2],
+        ),
+    )
+
+
+def table(pid: int | str = "self") -> list[Entry]:
+    """The mount table of process `pid` (``"self"``), read now, as that process names its
+    mounts (from its mount namespace and its root); OSError where it cannot be read."""
+    with open(f"/proc/{pid}/mountinfo", "rb") as opened:  # noqa: PTH123 - a seq file, bytes
+        lines = opened.read().splitlines()
+    return [entry for line in lines if (entry := parse(line)) is not None]
+
+
+def option_values(entry: Entry, name: bytes) -> list[bytes]:
+    """The values of superblock option `name` (``upperdir``) of `entry`, in order, their
+    escapes undone."""
+    prefix = name + b"="
+    return [
+        unescape(option[len(prefix) :])
+        for option in entry.super_options.split(b",")
+        if option.startswith(prefix)
+    ]
+
+
+def upper_of(entry: Entry) -> bytes:
+    """An overlay's upper directory as the mount was given it, ``b""`` for another mount."""
+    if entry.fstype != b"overlay":
+        return b""
+    return next(iter(option_values(entry, b"upperdir")), b"")
+
+
 def read() -> list[Mount]:
     """This process's mount table, read now; empty where there is none (no ``/proc``)."""
     try:
-        with open("/proc/self/mountinfo", "rb") as table:  # noqa: PTH123 - bytes, as a seq file
-            lines = table.read().splitlines()
+        entries = table()
     except OSError:
         return []
-    mounts = []
-    for line in lines:
-        fields = line.split(b" ")
-        if len(fields) > 4:
-            mounts.append((fields[2], unescape(fields[4]), *shown_and_upper(line)))
-    return mounts
+    return [(e.device, e.point, e.root, upper_of(e)) for e in entries]
 
 
 def shown_and_upper(line: bytes) -> tuple[bytes, bytes]:
     """A mount table line's directory of its filesystem that the mount shows (the fourth
     field: not ``/`` for a bind mount of a directory), and an overlay's upper directory
-    (``b""`` for any other mount)."""
-    fields = line.split(b" ")
-    if len(fields) < 5:
-        return b"", b""
-    upper = b""
-    # The type follows the " - " that ends the optional fields, then the source and the
-    # superblock's options.
-    if b"-" in fields[6:-1] and fields[fields.index(b"-", 6) + 1] == b"overlay":
-        options = fields[-1].split(b",")
-        upper = next((o[9:] for o in options if o.startswith(b"upperdir=")), b"")
-    return unescape(fields[3]), unescape(upper)
+    (``b""`` for any other mount); both ``b""`` for a line of another shape."""
+    entry = parse(line)
+    return (entry.root, upper_of(entry)) if entry is not None else (b"", b"")
 
 
 def unescape(field: bytes) -> bytes:
     """A path of the table as it is: space, tab, newline and \\ are octal-escaped there."""
+    if b"\\" not in field:
+        return field
     return re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), field)
 
 
@@ -89,11 +173,58 @@ def shown_from(path: Path, mounts: Sequence[Mount], *, hidden: bool = False) -> 
     return hidden_too if hidden else visible
 
 
-def by_point(points: Sequence[bytes]) -> dict[bytes, int]:
-    """Each mount point (without its trailing ``/``: ``/`` is ``b""``) and the index of the
-    last mount there in `points` (mount order: a later mount at the same point hides an
-    earlier), for `nearest`."""
-    return {point.rstrip(b"/"): index for index, point in enumerate(points)}
+def by_point(points: Sequence[bytes], entries: Sequence[Entry] | None = None) -> dict[bytes, int]:
+    """Each mount point (without its trailing ``/``: ``/`` is ``b""``) and the index in
+    `points` of the mount on top there, for `nearest`: of mounts stacked at one point, the
+    one no other there is mounted on (whose mount id is no other's parent id), where
+    `entries` (what `points` were taken from, in their order) says; the last one in the
+    table otherwise, and where the ids leave more than one.
+
+    The table lists mounts as they were made, and a mount is mostly made on top of what is
+    there; but one moved beneath another (``move_mount`` with ``MOVE_MOUNT_BENEATH``, Linux
+    6.5) is listed after the mount that hides it (session 61). And where `entries` say, a
+    point whose mount lies on one that another hides (``/x/y`` mounted, then a second
+    mount at ``/x``) is left out: the path is the second mount's, not the deeper one's."""
+    tops: dict[bytes, int] = {}
+    stacked = False
+    for index, point in enumerate(points):
+        key = point.rstrip(b"/")
+        stacked = stacked or key in tops
+        tops[key] = index
+    if stacked and entries is not None:
+        groups: dict[bytes, list[int]] = {}
+        for index, point in enumerate(points):
+            groups.setdefault(point.rstrip(b"/"), []).append(index)
+        for key, group in groups.items():
+            if len(group) > 1:
+                below = {entries[index].parent_id for index in group}
+                on_top = [index for index in group if entries[index].mount_id not in below]
+                tops[key] = on_top[-1] if on_top else group[-1]
+        by_id = {entry.mount_id: index for index, entry in enumerate(entries)}
+        for key in [key for key, at in tops.items() if _hidden(at, points, by_id, entries, tops)]:
+            del tops[key]
+    return tops
+
+
+def _hidden(
+    index: int,
+    points: Sequence[bytes],
+    by_id: Mapping[int, int],
+    entries: Sequence[Entry],
+    tops: Mapping[bytes, int],
+) -> bool:
+    """Whether mount `index` lies, itself or through a mount it lies on, on a mount that
+    another stacked at its point hides (`by_point`'s `tops`; `by_id`: each mount id's
+    index)."""
+    for _ in range(len(entries)):  # up the tree, as far as it goes (no loop in a table)
+        parent = by_id.get(entries[index].parent_id)
+        if parent is None or parent == index:
+            return False
+        below = points[parent].rstrip(b"/")
+        if below != points[index].rstrip(b"/") and tops.get(below) != parent:
+            return True  # on a mount another one hides (one stacked on it is not hidden)
+        index = parent
+    return False
 
 
 def nearest(wanted: bytes, points: Sequence[bytes], tops: Mapping[bytes, int]) -> int | None:
@@ -114,15 +245,47 @@ def nearest(wanted: bytes, points: Sequence[bytes], tops: Mapping[bytes, int]) -
             return None
 
 
-def walk_nearest(wanted: bytes, points: Sequence[bytes]) -> int | None:
-    """`nearest`, by a walk of the whole table."""
+def walk_nearest(
+    wanted: bytes, points: Sequence[bytes], tops: Mapping[bytes, int] | None = None
+) -> int | None:
+    """`nearest`, by a walk of the whole table: the deepest mount point on the way of
+    ``wanted``, and there the mount on top by `tops` (`by_point`), else the last one."""
     found = None
     for index, point in enumerate(points):  # in mount order: a later mount at the same
         top = point.rstrip(b"/")  # point hides an earlier
         on_it = wanted == point or wanted.startswith(top + b"/")
+        if on_it and tops is not None and top not in tops:
+            continue  # hidden (`by_point`)
         if on_it and (found is None or len(top) >= len(points[found].rstrip(b"/"))):
             found = index
+    if found is not None and tops is not None:
+        return tops.get(points[found].rstrip(b"/"), found)
     return found
+
+
+def showing(path: bytes | str, entries: Sequence[Entry]) -> Entry | None:
+    """The mount of `entries` that shows `path` (absolute, as the table's process names
+    it): the deepest mount point on its way and, of mounts stacked at one point, the one on
+    top, which the kernel shows (`by_point`); None where none of them holds it. `entries`
+    may be a part of the table (one device's mounts, in table order).
+
+    `nearest` and `walk_nearest` answer by the same rule for a caller that keeps the
+    table's points and their `by_point`.
+    """
+    points = [entry.point for entry in entries]
+    at = walk_nearest(os.fsencode(path), points, by_point(points, entries))
+    return entries[at] if at is not None else None
+
+
+def read_looked_up() -> tuple[list[Mount], tuple[list[bytes], dict[bytes, int]]]:
+    """`read`, with the table's points and their `by_point` for `shown_and_hidden_from`."""
+    try:
+        entries = table()
+    except OSError:
+        return [], ([], {})
+    points = [entry.point for entry in entries]
+    mounts = [(e.device, e.point, e.root, upper_of(e)) for e in entries]
+    return mounts, (points, by_point(points, entries))
 
 
 def shown_and_hidden_from(
@@ -139,7 +302,7 @@ def shown_and_hidden_from(
     points = lookup[0] if lookup is not None else [mount[1] for mount in mounts]
     at = nearest(wanted, points, lookup[1]) if lookup is not None else -1
     if at is not None and at < 0:
-        at = walk_nearest(wanted, points)
+        at = walk_nearest(wanted, points, lookup[1] if lookup is not None else None)
     found = mounts[at] if at is not None else None
     if found is None:
         return None, None

@@ -1954,18 +1954,23 @@ def proc_hides_processes() -> str | None:
     read its ancestors in ``/proc``, so the process tree cannot tell it is part of the run:
     with a hand-built environment (sudo resets it) it is outside.
     """
+    # Every test run's header asks: the table's raw bytes are looked at first, and parsed
+    # (`app.mountinfo`, imported then) only where some mount has the option at all.
     try:
-        lines = (_PROC / "self" / "mountinfo").read_text().splitlines()
+        raw = _proc_bytes("self", "mountinfo")
     except OSError:
         return None
+    if b"hidepid=" not in raw:
+        return None
+    from app import mountinfo
+
     found = None
-    for line in lines:
-        fields = line.split(" ")
-        if len(fields) > 4 and fields[4] == "/proc" and " - proc " in line:
-            found = next(
-                (o for o in line.rpartition(" ")[2].split(",") if o.startswith("hidepid=")),
-                None,
-            )  # the last mount at /proc is the one seen
+    for line in raw.splitlines():
+        entry = mountinfo.parse(line)
+        if entry is not None and entry.point == b"/proc" and entry.fstype == b"proc":
+            values = mountinfo.option_values(entry, b"hidepid")
+            # the last mount at /proc is the one seen (`mountinfo.showing`'s rule)
+            found = f"hidepid={os.fsdecode(values[0])}" if values else None
     return None if found in (None, "hidepid=0", "hidepid=off") else found
 
 
@@ -2850,8 +2855,8 @@ def _registry_in_a_data_root() -> str | None:
     # there holds no mark, nor does anything above /tmp.
     # What it shows may be hidden here by that very mount (production's sessions/, under
     # /tmp, bound over /tmp): it is looked for as the first process's namespace sees it.
-    mounts = mountinfo.read()
-    source, hidden = mountinfo.shown_and_hidden_from(parent, mounts)
+    mounts, lookup = mountinfo.read_looked_up()
+    source, hidden = mountinfo.shown_and_hidden_from(parent, mounts, lookup)
     starts = [parent] if source is None else [parent, source]
     if source is None and hidden:
         source = hidden
