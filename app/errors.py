@@ -530,6 +530,40 @@ class UnknownProfileError(ConfigError):
         return f": it is {odd}{like}"
 
 
+class SectionNotAProfileError(UnknownProfileError):
+    """A section of a settings file beside ``settings.toml`` that names none of its profiles.
+
+    The other files (``.secrets.toml``, the local ones) only add to profiles ``settings.toml``
+    declares, so every command refuses to load while such a section is there, whatever profile
+    it selects. The refusal was ``unknown_profile``'s, "set ENV_FOR_DYNACONF or --profile to
+    one of them": run as written, ``ENV_FOR_DYNACONF=production app serve`` met the same
+    refusal (red team 61 on operations). It names the file, the section, the profile it looks
+    meant as, and the two edits that resolve it.
+    """
+
+    #: The section as written, the file that holds it, and the file that declares profiles.
+    section: str
+    path: Path
+    settings_file: Path
+
+    @property
+    def message(self) -> str:
+        import difflib  # here: only a refusal pays for it
+
+        near = difflib.get_close_matches(folded(self.section), list(self.known), n=1)
+        meant = f" (a typo of [{near[0]}]?)" if near else ""
+        rename = f"[{near[0]}]" if near else "one of them"
+        section = noting_odd(f"[{self.section}]", self.section)
+        return (
+            f"section {section} of {self.path} names no profile{meant}: profiles are the "
+            f"sections of {self.settings_file} ({', '.join(self.known)}), and the other "
+            "settings files only add to those, so no profile loads while it is there "
+            "(ENV_FOR_DYNACONF and --profile cannot resolve it). Rename the section in "
+            f"{self.path} to {rename}, or add [{self.name}] with its own data_root to "
+            f"{self.settings_file}; then run `app doctor`"
+        )
+
+
 class VariableMisspeltError(ConfigError):
     """A variable that looks meant as one the app reads, while that one is not set.
 
