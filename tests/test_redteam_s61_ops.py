@@ -11,12 +11,22 @@ What broke:
   the unknown profile of an operator who had selected ``production``. It is now
   `app.errors.SectionNotAProfileError` (still ``unknown_profile``, 78), naming the file, the
   section, the profile it looks meant as, and the two edits that resolve it (rename the
-  section there, or add it to ``settings.toml``), and saying that the selector cannot.
+  section there, or add it to ``settings.toml``), and saying that the selector cannot;
+- a relative ``APP_SETTINGS_DIR`` (``.``, or ``../shared``) read in a working directory that
+  was removed (a deploy replaced the release a shell had ``cd``'d into): every command was
+  refused as "the data root's filesystem failed a call with ENOENT", telling the operator to
+  mend the filesystem, read ``dmesg`` and run ``app data check --repair`` (exit 74), which met
+  the same refusal. It is now ``settings_not_found`` (78), naming the removed directory and
+  the ``cd`` into it that, run as written once the directory is there again, resolves it.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -55,3 +65,33 @@ def test_a_secrets_section_of_no_profile_is_told_the_edit_that_resolves_it(
     ran = CliRunner().invoke(cli, ["config"])
     assert ran.exit_code == 0, (ran.exit_code, ran.output)
     assert os.fspath(settings / "data" / "testing") in ran.output, ran.output
+
+
+def test_a_relative_settings_dir_in_a_removed_directory_is_told_to_cd_back(
+    tmp_path: Path,
+) -> None:
+    """``APP_SETTINGS_DIR=.`` in a shell whose directory a deploy replaced: the command blamed
+    the data root's filesystem (74, ``dmesg``, ``app data check --repair``). It names the
+    removed directory and its ``cd``, which, run as written by bash once the directory is
+    made again, lets the command run."""
+    release = tmp_path / "current"
+    release.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "APP_DATA_ROOT"}
+    env |= {"APP_SETTINGS_DIR": ".", "ENV_FOR_DYNACONF": "testing"}
+    app = f"{shlex.quote(sys.executable)} -m app status"
+    script = f'cd {shlex.quote(str(release))} && rmdir "$PWD" && {app}'
+    ran = subprocess.run(
+        ["bash", "-c", script], check=False, env=env, capture_output=True, text=True
+    )
+    message = " ".join(ran.stderr.split())
+    assert ran.returncode == 78, (ran.returncode, message)
+    assert f"the working directory, {release}, which was removed" in message, message
+    assert "filesystem failed" not in message, message
+    (cd,) = re.findall(r"`(cd [^`]*)` enters it again", message)
+
+    copy_project_settings(release)  # the deploy's new release
+    ran = subprocess.run(
+        ["bash", "-c", f"{cd} && {app}"], check=False, env=env, capture_output=True, text=True
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert os.fspath(release / "data" / "testing") in ran.stdout, ran.stdout
