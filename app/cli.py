@@ -874,7 +874,11 @@ def _echo_stamp(seen: Status, profile: str, remote: bool) -> None:
         _echo(f"stamp: none ({first} stamps it)")
     else:
         stamped = str(seen.stamp.get("profile"))
-        mismatch = "" if stamped == profile else f"  (NOT {profile!r}: refused)"
+        # As the backend compares it: a data root's stamp by its lower case, as every other
+        # command opens it (`{"profile": "Production"}` written by hand was "NOT
+        # 'production': refused" here, and opened by each of them; red team 61).
+        same = stamped == profile if remote else stamped.lower() == profile
+        mismatch = "" if same else f"  (NOT {profile!r}: refused)"
         _echo(f"stamp: profile {stamped}, created {seen.stamp.get('created_at')}{mismatch}")
     # Red team 42: a prefix every other command refuses was not named by status.
     objects_error = getattr(seen, "objects_error", None)

@@ -1283,10 +1283,17 @@ def _refuse_later_layout(root: Path, stamp: Mapping[str, Any]) -> None:
         shown = "not recorded"
     elif type(found) is int and found <= LAYOUT_VERSION:
         return
-    else:
+    elif type(found) is int:
         shown = str(found)
+    else:
+        # `"layout_version": "1"` or `true` (a hand edit, another tool) read as "layout 1",
+        # beside "this reads layout 1 and earlier only" (red team 61).
+        shown = f"{found!r}, which is not a whole number"
     ours, theirs = _version_key(__version__), _version_key(version)
-    later = ours is None or theirs is None or theirs > ours
+    # A stamp that names no release (no `app_version`, or one that is no version) was told
+    # `pip install 'app>=an unknown release'`, a command no pip runs (red team 61): it is
+    # told, as one naming no later release is, that no install helps.
+    later = theirs is not None and (ours is None or theirs > ours)
     raise DataRootTooNewError(root, version, shown, __version__, LAYOUT_VERSION, later=later)
 
 

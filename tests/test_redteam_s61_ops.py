@@ -17,7 +17,13 @@ What broke:
   refused as "the data root's filesystem failed a call with ENOENT", telling the operator to
   mend the filesystem, read ``dmesg`` and run ``app data check --repair`` (exit 74), which met
   the same refusal. It is now ``settings_not_found`` (78), naming the removed directory and
-  the ``cd`` into it that, run as written once the directory is there again, resolves it.
+  the ``cd`` into it that, run as written once the directory is there again, resolves it;
+- a profile stamp written by hand or by another tool: ``"layout_version": "1"`` (a string)
+  was refused as "laid out by app an unknown release (layout 1) ... this reads layout 1 and
+  earlier only", told to run ``pip install 'app>=an unknown release'``, a command no pip
+  runs; it now says the layout is not a whole number and that no install helps (restore
+  the stamp). ``{"profile": "Testing"}``, which every command opens as testing's, was
+  ``NOT 'testing': refused`` in ``app status``; it is compared as the commands compare it.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from click.testing import CliRunner
 from project_copy import copy_project_settings
 
 from app.cli import cli
+from app.config import load
 
 
 def test_a_secrets_section_of_no_profile_is_told_the_edit_that_resolves_it(
@@ -90,8 +97,41 @@ def test_a_relative_settings_dir_in_a_removed_directory_is_told_to_cd_back(
     (cd,) = re.findall(r"`(cd [^`]*)` enters it again", message)
 
     copy_project_settings(release)  # the deploy's new release
+    # The cd as written, then `.` as the command reads it there (in this process: a second
+    # interpreter's start is not what is tested).
     ran = subprocess.run(
-        ["bash", "-c", f"{cd} && {app}"], check=False, env=env, capture_output=True, text=True
+        ["bash", "-c", f"{cd} && pwd -P"], check=False, env=env, capture_output=True, text=True
     )
     assert ran.returncode == 0, ran.stderr
-    assert os.fspath(release / "data" / "testing") in ran.stdout, ran.stdout
+    env["APP_SETTINGS_DIR"] = ran.stdout.strip()
+    assert load("testing", environ=env).data_root == release / "data" / "testing"
+
+
+def test_a_stamp_written_by_hand_is_named_as_the_commands_read_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A root's stamp edited by hand: a layout given as text was told a ``pip install`` no pip
+    runs, and a profile in another case was "refused" by `app status` alone."""
+    from app.storage import open_storage
+
+    root = tmp_path / "root"
+    monkeypatch.setenv("APP_DATA_ROOT", str(root))
+    monkeypatch.setenv("ENV_FOR_DYNACONF", "testing")
+    with open_storage(load("testing"), writer=True):
+        pass
+    stamp = root / ".app-profile.json"
+
+    stamp.write_text('{"profile": "testing", "layout_version": "1"}\n')
+    ran = CliRunner().invoke(cli, ["data", "check"])
+    message = " ".join(ran.output.split())
+    assert ran.exit_code == 78, (ran.exit_code, message)
+    assert "(layout '1', which is not a whole number," in message, message
+    assert "pip install" not in message, message
+    assert "if the stamp was edited, restore it from a backup" in message, message
+
+    stamp.write_text('{"profile": "Testing"}\n')
+    ran = CliRunner().invoke(cli, ["data", "check"])
+    assert ran.exit_code == 0, ran.output
+    ran = CliRunner().invoke(cli, ["status"])
+    assert ran.exit_code == 0, ran.output
+    assert "stamp: profile Testing, created None\n" in ran.output, ran.output
