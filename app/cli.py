@@ -1335,18 +1335,24 @@ def data_restamp(ctx: click.Context, from_profile: str, confirmed: bool) -> None
         if config.backend == appconfig.REMOTE
         else f"data root {config.data_root}"
     )
-    if config.taking_needs_confirmation(source) and not confirmed:
-        raise ConfirmationRequiredError(
-            f"re-stamp {where} from {source!r} to {config.profile!r}",
-            source
-            if source in config.protected_profiles or source not in config.profiles
-            else config.profile,
-            _CONFIRM_OPTION,
-            known=source in config.profiles,
-        )
+
+    def confirm(stamped: str) -> None:
+        # Asked of the stamp found, once it is `--from`'s (on a data root): a mistyped
+        # `--from prodution` was asked to confirm first, and, confirmed as told, refused
+        # again for the stamp it did not name (red team 61).
+        if config.taking_needs_confirmation(stamped) and not confirmed:
+            raise ConfirmationRequiredError(
+                f"re-stamp {where} from {stamped!r} to {config.profile!r}",
+                stamped
+                if stamped in config.protected_profiles or stamped not in config.profiles
+                else config.profile,
+                _CONFIRM_OPTION,
+                known=stamped in config.profiles,
+            )
+
     from app.storage import restamp
 
-    stamp = restamp(config, from_profile)
+    stamp = restamp(config, from_profile, confirm=confirm)
     if stamp["changed"]:
         _echo(f"{where} is now stamped {stamp['profile']!r} (was {source!r})")
         if stamp.get("unaudited"):

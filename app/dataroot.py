@@ -2395,7 +2395,13 @@ def check_opens(config: Config) -> dict[str, Any] | None:
     return stamp
 
 
-def restamp(config: Config, from_profile: str, *, timeout: float = 1.0) -> dict[str, Any]:
+def restamp(
+    config: Config,
+    from_profile: str,
+    *,
+    timeout: float = 1.0,
+    confirm: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Re-stamp the root of ``config.profile`` that is stamped ``from_profile``.
 
     This is ``app data restamp --profile P --from Q``: the explicit, audited way to hand a
@@ -2405,6 +2411,12 @@ def restamp(config: Config, from_profile: str, *, timeout: float = 1.0) -> dict[
         config: the configuration of the profile that should own the root from now on.
         from_profile: the profile the root must currently be stamped with.
         timeout: seconds to retry a contended lock.
+        confirm: called with the profile the root is stamped with, once the stamp is read
+            and found to be ``from_profile``'s, before anything is written; it raises to
+            refuse (``app data restamp`` asks for ``--yes-i-mean-it`` there). Asked before
+            the stamp was read, a mistyped ``--from prodution`` was told to confirm a
+            hand-over from a profile the root was not stamped with, and the command, re-run
+            with the confirmation as told, met another refusal (red team 61).
 
     Returns:
         The new stamp, with ``changed``: ``False`` when the root was stamped for
@@ -2454,6 +2466,8 @@ def restamp(config: Config, from_profile: str, *, timeout: float = 1.0) -> dict[
             raise ProfileStampMismatchError(
                 root, stamped, config.profile, protected=config.taking_needs_confirmation(stamped)
             )
+        if confirm is not None:
+            confirm(stamped)
         # Where the root was made (a test run's sandbox) does not change with its profile.
         made_in = {"sandbox": stamp["sandbox"]} if "sandbox" in stamp else {}
         record = _audit_record(

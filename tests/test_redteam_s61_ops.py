@@ -23,7 +23,13 @@ What broke:
   earlier only", told to run ``pip install 'app>=an unknown release'``, a command no pip
   runs; it now says the layout is not a whole number and that no install helps (restore
   the stamp). ``{"profile": "Testing"}``, which every command opens as testing's, was
-  ``NOT 'testing': refused`` in ``app status``; it is compared as the commands compare it.
+  ``NOT 'testing': refused`` in ``app status``; it is compared as the commands compare it;
+- ``app data restamp --from`` a mistyped name (``--from stagign`` for a root stamped
+  ``staging``): the confirmation was asked before the stamp was read, so the command said
+  "refusing to re-stamp ... from 'stagign' ... Re-run with --yes-i-mean-it", and re-run as
+  told met a second refusal, for the stamp it had not named. On a data root the confirmation
+  is now asked of the stamp found, once it is ``--from``'s; a mistyped name is told the
+  stamp and the ``--from`` to give first.
 """
 
 from __future__ import annotations
@@ -135,3 +141,36 @@ def test_a_stamp_written_by_hand_is_named_as_the_commands_read_it(
     ran = CliRunner().invoke(cli, ["status"])
     assert ran.exit_code == 0, ran.output
     assert "stamp: profile Testing, created None\n" in ran.output, ran.output
+
+
+def test_a_restamp_from_a_mistyped_profile_is_told_the_stamp_before_a_confirmation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--from stagign`` for a root stamped ``staging``: told to confirm a hand-over from a
+    profile the root was not stamped with (77), then, confirmed as told, refused again. It
+    is told the stamp it found and the command that hands the root over, which, run as
+    written, does."""
+    root = tmp_path / "root"
+    root.mkdir(mode=0o700)
+    (root / ".app-profile.json").write_text('{"profile": "staging"}\n')
+    monkeypatch.setenv("APP_DATA_ROOT", str(root))
+    monkeypatch.setenv("ENV_FOR_DYNACONF", "testing")
+
+    ran = CliRunner().invoke(cli, ["data", "restamp", "--from", "stagign"])
+    message = " ".join(ran.output.split())
+    assert ran.exit_code == 78, (ran.exit_code, message)
+    assert "belongs to profile 'staging'" in message, message
+    (command,) = re.findall(r"(app data restamp [^(]*?) \(add --yes-i-mean-it", message)
+    args = [*command.split()[1:], "--yes-i-mean-it"]
+    assert args == [
+        "data",
+        "restamp",
+        "--profile",
+        "testing",
+        "--from",
+        "staging",
+        "--yes-i-mean-it",
+    ]
+    ran = CliRunner().invoke(cli, args)
+    assert ran.exit_code == 0, ran.output
+    assert "is now stamped 'testing' (was 'staging')" in ran.output, ran.output
