@@ -514,10 +514,33 @@ class UnknownProfileError(ConfigError):
     def message(self) -> str:
         what = f"unknown profile {self.name!r}" if self.name else "an empty profile name"
         return (
-            f"{what} (from {self.source}){self._lookalike()}; known profiles: "
+            f"{what} (from {self.source}){self._lookalike()}{self._kept()}; known profiles: "
             f"{', '.join(self.known)}. Set ENV_FOR_DYNACONF or --profile to one of them, "
             "or add a section to settings.toml"
         )
+
+    def _kept(self) -> str:
+        """What an environment file's syntax left in the value, where the rest is a profile:
+        ``"production"`` from docker's ``--env-file`` (which keeps quotes), ``production #
+        live`` from a file that reads a comment only at a line's start (docker's too). Both
+        were refused as an unknown profile beside ``production`` in the list of known ones,
+        and the reader left to spot the difference (red team 61)."""
+        core = self.name.strip()
+        if len(core) > 1 and core[0] in "\"'" and core[-1] == core[0]:
+            inner = core[1:-1].strip()
+            if inner.lower() in self.known:
+                return (
+                    f": it is {inner!r} in quotes, which the file or tool that set it kept as "
+                    "part of the value (docker's --env-file does); write it without them"
+                )
+        before, hash_, _ = core.partition("#")
+        if hash_ and before.strip().lower() in self.known:
+            return (
+                f": it is {before.strip()!r} followed by a comment, which the file that set it "
+                "kept as part of the value (docker's --env-file, for one, reads '#' as a "
+                "comment only at the start of a line); move the comment to a line of its own"
+            )
+        return ""
 
     def _lookalike(self) -> str:
         odd = not_plain_ascii(self.name)

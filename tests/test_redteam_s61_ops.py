@@ -29,7 +29,12 @@ What broke:
   "refusing to re-stamp ... from 'stagign' ... Re-run with --yes-i-mean-it", and re-run as
   told met a second refusal, for the stamp it had not named. On a data root the confirmation
   is now asked of the stamp found, once it is ``--from``'s; a mistyped name is told the
-  stamp and the ``--from`` to give first.
+  stamp and the ``--from`` to give first;
+- ``ENV_FOR_DYNACONF`` as an environment file left it: ``"production"`` (docker's
+  ``--env-file`` keeps quotes) or ``production # live`` (a comment read only at a line's
+  start). Refused as an unknown profile, rightly, beside ``production`` in the list of known
+  ones, leaving the reader to spot the difference; the refusal now names the quotes or the
+  comment, and what to write.
 """
 
 from __future__ import annotations
@@ -174,3 +179,22 @@ def test_a_restamp_from_a_mistyped_profile_is_told_the_stamp_before_a_confirmati
     ran = CliRunner().invoke(cli, args)
     assert ran.exit_code == 0, ran.output
     assert "is now stamped 'testing' (was 'staging')" in ran.output, ran.output
+
+
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [
+        ('"production"', "it is 'production' in quotes,"),
+        ("production # the live one", "it is 'production' followed by a comment,"),
+    ],
+)
+def test_a_profile_as_an_env_file_leaves_it_names_what_the_file_kept(
+    value: str, said: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A profile's name with the quotes or the comment an environment file kept in it: an
+    unknown profile beside the very name in the list of known ones, and nothing said."""
+    monkeypatch.setenv("ENV_FOR_DYNACONF", value)
+    ran = CliRunner().invoke(cli, ["status"])
+    message = " ".join(ran.output.split())
+    assert ran.exit_code == 78, (ran.exit_code, message)
+    assert f"(from ENV_FOR_DYNACONF): {said}" in message, message
