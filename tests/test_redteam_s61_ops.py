@@ -123,13 +123,10 @@ def test_a_stamp_written_by_hand_is_named_as_the_commands_read_it(
 ) -> None:
     """A root's stamp edited by hand: a layout given as text was told a ``pip install`` no pip
     runs, and a profile in another case was "refused" by `app status` alone."""
-    from app.storage import open_storage
-
     root = tmp_path / "root"
+    root.mkdir(mode=0o700)
     monkeypatch.setenv("APP_DATA_ROOT", str(root))
     monkeypatch.setenv("ENV_FOR_DYNACONF", "testing")
-    with open_storage(load("testing"), writer=True):
-        pass
     stamp = root / ".app-profile.json"
 
     stamp.write_text('{"profile": "testing", "layout_version": "1"}\n')
