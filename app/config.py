@@ -52,6 +52,7 @@ from app.errors import (
     InvalidSettingError,
     RemoteBackendError,
     SandboxViolationError,
+    SectionNotAProfileError,
     SettingsCastError,
     UnknownProfileError,
     VariableMisspeltError,
@@ -658,7 +659,14 @@ def _file_problems(files: Files) -> Iterator[ConfigError]:
                 continue
             name = section.lower()
             if name not in config_files.NOT_PROFILES and name not in files.profiles:
-                yield UnknownProfileError(name, files.profiles, f"section [{section}] of {path}")
+                yield SectionNotAProfileError(
+                    name,
+                    files.profiles,
+                    f"section [{section}] of {path}",
+                    section,
+                    path,
+                    files.directory / config_files.SETTINGS_FILE,
+                )
             for key, value in body.items():
                 if key.lower() not in KEYS:
                     import difflib  # here: only a typo pays for it

@@ -107,6 +107,28 @@ def misspelt(
 _NEAR_MISS = 0.85
 
 
+def _cwd_removed(raw: str, reason: str) -> SettingsNotFoundError:
+    """A relative ``APP_SETTINGS_DIR`` read where the current directory was removed (a deploy
+    that replaced the release a shell had `cd`'d into): every command blamed the data root's
+    filesystem ("failed a call with ENOENT ... mend the filesystem, then `app data check
+    --repair`", exit 74), where `cd` back into the directory is what resolves it (red team 61
+    on operations)."""
+    try:
+        gone = str(Path("/proc/self/cwd").readlink()).removesuffix(" (deleted)")
+    except OSError:
+        gone = ""
+    again = f"`cd {shell_word(gone)}`" if gone.startswith("/") else '`cd "$PWD"`'
+    return SettingsNotFoundError(
+        Path(raw),
+        f"{reason}, a relative path, read against the working directory, "
+        f"{gone + ', ' if gone.startswith('/') else ''}which was removed while this command "
+        f"was in it, a deploy that replaced it perhaps; {again} enters it again if it was "
+        "made anew, or "
+        f"`export {SETTINGS_DIR_ENV}=/absolute/path` names the settings directory whatever "
+        "the current directory is",
+    )
+
+
 def settings_dir(environ: Mapping[str, str] | None = None) -> Path:
     """The settings directory: ``$APP_SETTINGS_DIR``, else the project that holds this package.
 
@@ -131,7 +153,10 @@ def settings_dir(environ: Mapping[str, str] | None = None) -> Path:
                 f"{reason}, whose {home!r} is the home directory of no user this system knows",
             ) from None
         if not where.is_absolute():
-            where = Path.cwd() / where  # an explicit relative path given by the user
+            try:
+                where = Path.cwd() / where  # an explicit relative path given by the user
+            except FileNotFoundError:
+                raise _cwd_removed(raw, reason) from None
     else:
         where = _PROJECT
         reason = f"the project directory of the app package; {SETTINGS_DIR_ENV} is not set"

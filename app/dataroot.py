@@ -1283,10 +1283,17 @@ def _refuse_later_layout(root: Path, stamp: Mapping[str, Any]) -> None:
         shown = "not recorded"
     elif type(found) is int and found <= LAYOUT_VERSION:
         return
-    else:
+    elif type(found) is int:
         shown = str(found)
+    else:
+        # `"layout_version": "1"` or `true` (a hand edit, another tool) read as "layout 1",
+        # beside "this reads layout 1 and earlier only" (red team 61).
+        shown = f"{found!r}, which is not a whole number"
     ours, theirs = _version_key(__version__), _version_key(version)
-    later = ours is None or theirs is None or theirs > ours
+    # A stamp that names no release (no `app_version`, or one that is no version) was told
+    # `pip install 'app>=an unknown release'`, a command no pip runs (red team 61): it is
+    # told, as one naming no later release is, that no install helps.
+    later = theirs is not None and (ours is None or theirs > ours)
     raise DataRootTooNewError(root, version, shown, __version__, LAYOUT_VERSION, later=later)
 
 
@@ -2388,7 +2395,13 @@ def check_opens(config: Config) -> dict[str, Any] | None:
     return stamp
 
 
-def restamp(config: Config, from_profile: str, *, timeout: float = 1.0) -> dict[str, Any]:
+def restamp(
+    config: Config,
+    from_profile: str,
+    *,
+    timeout: float = 1.0,
+    confirm: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Re-stamp the root of ``config.profile`` that is stamped ``from_profile``.
 
     This is ``app data restamp --profile P --from Q``: the explicit, audited way to hand a
@@ -2398,6 +2411,12 @@ def restamp(config: Config, from_profile: str, *, timeout: float = 1.0) -> dict[
         config: the configuration of the profile that should own the root from now on.
         from_profile: the profile the root must currently be stamped with.
         timeout: seconds to retry a contended lock.
+        confirm: called with the profile the root is stamped with, once the stamp is read
+            and found to be ``from_profile``'s, before anything is written; it raises to
+            refuse (``app data restamp`` asks for ``--yes-i-mean-it`` there). Asked before
+            the stamp was read, a mistyped ``--from prodution`` was told to confirm a
+            hand-over from a profile the root was not stamped with, and the command, re-run
+            with the confirmation as told, met another refusal (red team 61).
 
     Returns:
         The new stamp, with ``changed``: ``False`` when the root was stamped for
@@ -2447,6 +2466,8 @@ def restamp(config: Config, from_profile: str, *, timeout: float = 1.0) -> dict[
             raise ProfileStampMismatchError(
                 root, stamped, config.profile, protected=config.taking_needs_confirmation(stamped)
             )
+        if confirm is not None:
+            confirm(stamped)
         # Where the root was made (a test run's sandbox) does not change with its profile.
         made_in = {"sandbox": stamp["sandbox"]} if "sandbox" in stamp else {}
         record = _audit_record(
