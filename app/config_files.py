@@ -170,21 +170,7 @@ def settings_dir(environ: Mapping[str, str] | None = None) -> Path:
                 f"the settings in {where}",
                 f"export {SETTINGS_DIR_ENV}={shell_word(env[name])}; unset {name}",
             )
-    if (link := unfollowable(str(where))) is not None:
-        raise SettingsNotFoundError(where, f"{reason}; it {unfollowable_reason(link)}")
-    if (elsewhere := resolved_elsewhere(str(where))) is not None:
-        if (gone := deleted_reason(*elsewhere)) is not None:
-            raise SettingsNotFoundError(where, f"{reason}; it {gone}")
-        # A container's /proc/<pid>/root reads as `/`: its settings directory resolved to
-        # this host's, whose production root a purge then emptied (red team 59).
-        raise SettingsNotFoundError(
-            where,
-            f"{reason}; it leads through {elsewhere[0]} to another directory than the one "
-            f"it resolves to in this process, {elsewhere[1]}: a link of /proc "
-            "(/proc/<pid>/root or cwd) into another mount namespace, a container's, names "
-            "the directory as that namespace does; name the directory as this machine sees "
-            "it, where the container's volume is mounted",
-        )
+    _refuse_through_proc(where, reason)
     where = where.resolve()
     try:
         found = (where / SETTINGS_FILE).is_file()
@@ -201,6 +187,27 @@ def settings_dir(environ: Mapping[str, str] | None = None) -> Path:
             )
         raise SettingsNotFoundError(where, reason)
     return where
+
+
+def _refuse_through_proc(where: Path, reason: str) -> None:
+    """Refuse a settings directory named through a link of ``/proc`` that names no directory
+    of this process's: one this user may not follow, one to a removed directory, or one into
+    another mount namespace."""
+    if (link := unfollowable(str(where))) is not None:
+        raise SettingsNotFoundError(where, f"{reason}; it {unfollowable_reason(link)}")
+    if (elsewhere := resolved_elsewhere(str(where))) is not None:
+        if (gone := deleted_reason(*elsewhere)) is not None:
+            raise SettingsNotFoundError(where, f"{reason}; it {gone}")
+        # A container's /proc/<pid>/root reads as `/`: its settings directory resolved to
+        # this host's, whose production root a purge then emptied (red team 59).
+        raise SettingsNotFoundError(
+            where,
+            f"{reason}; it leads through {elsewhere[0]} to another directory than the one "
+            f"it resolves to in this process, {elsewhere[1]}: a link of /proc "
+            "(/proc/<pid>/root or cwd) into another mount namespace, a container's, names "
+            "the directory as that namespace does; name the directory as this machine sees "
+            "it, where the container's volume is mounted",
+        )
 
 
 def unfollowable(path: str) -> str | None:
