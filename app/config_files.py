@@ -145,8 +145,8 @@ def settings_dir(environ: Mapping[str, str] | None = None) -> Path:
                 f"the settings in {where}",
                 f"export {SETTINGS_DIR_ENV}={shell_word(env[name])}; unset {name}",
             )
-    if (link := unfollowable(str(where))) is not None:
-        raise SettingsNotFoundError(where, f"{reason}; it {unfollowable_reason(link)}")
+    if (cannot := unresolvable(str(where))) is not None:
+        raise SettingsNotFoundError(where, f"{reason}; it {cannot}")
     if (elsewhere := resolved_elsewhere(str(where))) is not None:
         if (gone := deleted_reason(*elsewhere)) is not None:
             raise SettingsNotFoundError(where, f"{reason}; it {gone}")
@@ -193,6 +193,57 @@ def unfollowable(path: str) -> str | None:
     except PermissionError as e:
         return str(e.filename or path)
     return None
+
+
+def unresolvable(path: str) -> str | None:
+    """Why `path` names no directory here because a symbolic link on its way cannot be
+    followed, and what to give instead, or None: a link this process may not read
+    (`unfollowable_reason`), or a loop of links (`loop_reason`).
+
+    A root, settings directory or sandbox through a loop (``a`` -> ``b`` -> ``a``) was a
+    bare ``RuntimeError: Symlink loop`` traceback from every command, pytest's start and a
+    test's children (pathlib's ``resolve`` raises on a loop; red team 61, as the
+    ``PermissionError`` of a link of /proc was).
+    """
+    try:
+        resolved = os.path.realpath(path)  # what Path.resolve reads
+    except PermissionError as e:
+        return unfollowable_reason(str(e.filename or path))
+    loop = loop_at(resolved)
+    return None if loop is None else loop_reason(loop)
+
+
+def loop_at(resolved: str) -> str | None:
+    """The link where a loop of symbolic links begins on `resolved` (``os.path.realpath``'s
+    answer, which stops at a loop and keeps the rest as written), or None where there is
+    none: one ``stat``, and a walk only where it fails with ``ELOOP``."""
+    try:
+        os.stat(resolved)  # noqa: PTH116 - str in, the kernel's own walk
+    except OSError as error:
+        if error.errno != errno.ELOOP:
+            return None
+    else:
+        return None
+    # realpath resolved every link before the loop: the first link left begins it.
+    here = "/"
+    for part in resolved.split("/")[1:]:
+        here = os.path.join(here, part)  # noqa: PTH118 - str in, str out
+        try:
+            if stat.S_ISLNK(os.lstat(here).st_mode):
+                return here
+        except OSError:
+            break
+    return resolved
+
+
+def loop_reason(link: str) -> str:
+    """Why a path through `link` (`loop_at`'s) names no directory, and what resolves it."""
+    return (
+        f"passes through {link}, a symbolic link that leads back to itself through a loop of "
+        f"links (`ls -l {shell_word(link)}` shows where it points), so the path names no "
+        "directory: nothing can be opened through it; point the link at the directory it "
+        "means, or name that directory instead"
+    )
 
 
 def unfollowable_reason(link: str) -> str:

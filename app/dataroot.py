@@ -49,6 +49,7 @@ from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Final, Self
 
 from app import __version__
+from app.config_files import loop_at
 from app.errors import (
     AuditLogAtLimit,
     DataRootChangedError,
@@ -1970,6 +1971,18 @@ def _refuse_unfixed_path(config: Config, root: Path) -> None:
             "has at the moment it is followed (its current directory, an open descriptor, "
             "its root), not a directory: a chdir or a dup2 (by any thread) sends the "
             "writes that follow into another directory, in the middle of a change"
+        )
+    elif (loop := loop_at(os.path.realpath(root))) is not None:
+        # "RuntimeError: Symlink loop" from the checks that follow, a traceback from every
+        # open of such a root (red team 61 on regress).
+        raise DataRootStateError(
+            root,
+            f"the path passes through {loop}, a symbolic link that leads back to itself "
+            "through a loop of links, so it names no directory: nothing can be opened "
+            "through it",
+            f"point the link at the directory it means (`ls -l {shell_word(loop)}`), or give "
+            f"data_root of profile {config.profile!r} as that directory's own absolute path; "
+            "`app.config.load` refuses such a root so",
         )
     else:
         return

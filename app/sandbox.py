@@ -2566,10 +2566,11 @@ def context(environ: Mapping[str, str] | None = None) -> Context:
 def _given_sandbox(path: Path) -> Path | None:
     """`path`, the environment's sandbox where no run is found, resolved; None where it is
     no sandbox: relative, ``/``, or through a link of /proc this process may not follow
-    (another user's process's root: a ``PermissionError`` traceback, red team 61)."""
+    (another user's process's root: a ``PermissionError`` traceback, red team 61) or a loop
+    of symbolic links (``RuntimeError: Symlink loop``, red team 61 on regress)."""
     try:
         resolved = path.resolve() if path.is_absolute() else None
-    except PermissionError:
+    except (PermissionError, RuntimeError):
         return None
     return None if resolved is None or resolved == Path(path.anchor) else resolved
 
@@ -2584,10 +2585,11 @@ def _narrowed(run: Run, environ: Mapping[str, str]) -> Run:
         return run
     try:
         inner = Path(raw).resolve()
-    except PermissionError:
+    except (PermissionError, RuntimeError):
         # Through a link of /proc this process may not follow (another user's process's
-        # root): no directory of the sandbox, so nothing narrowed, where a PermissionError
-        # traceback ended every load of the test's child (red team 61).
+        # root) or a loop of symbolic links: no directory of the sandbox, so nothing
+        # narrowed, where a PermissionError (red team 61) or "RuntimeError: Symlink loop"
+        # (red team 61 on regress) traceback ended every load of the test's child.
         return run
     if inner == run.sandbox or not inner.is_relative_to(run.sandbox):
         return run
@@ -3819,6 +3821,21 @@ def check_root(path: Path, what: str, run: Run | None = None, *, again: bool = F
             sandbox,
             "Tests may only touch data under the sandbox: use the app_config, app_store or "
             f"app_live_server fixtures, or a path under tmp_path{_left_over(run)}",
+        ) from None
+    except RuntimeError:
+        # A loop of symbolic links on its way: "RuntimeError: Symlink loop", a traceback
+        # from every open of such a root in a test (red team 61 on regress).
+        from app.config_files import loop_at
+
+        loop = loop_at(os.path.realpath(path)) or "a link on its way"
+        raise SandboxViolationError(
+            f"{what} {path}, which passes through {loop}, a symbolic link that leads back to "
+            "itself through a loop of links, so it names no directory of the test sandbox "
+            f"(this process belongs to the test run through {run.recognised_by})",
+            sandbox,
+            "Tests may only touch data under the sandbox: point the link at a directory "
+            "under tmp_path, or use the app_config, app_store or app_live_server fixtures"
+            f"{_left_over(run)}",
         ) from None
     if not resolved.is_relative_to(sandbox):
         raise SandboxViolationError(
