@@ -1301,7 +1301,7 @@ def _absolute_root(value: str, directory: Path) -> Path:
     spelled = _spelled_root(value, directory)
     try:
         return spelled.resolve()
-    except (PermissionError, RuntimeError):
+    except (OSError, RuntimeError):
         return Path(os.path.normpath(spelled))
 
 

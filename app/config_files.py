@@ -190,7 +190,7 @@ def unfollowable(path: str) -> str | None:
     """
     try:
         os.path.realpath(path)  # what Path.resolve reads
-    except PermissionError as e:
+    except OSError as e:  # EACCES; ENOENT of an ended process's link (red team 61 on regress)
         return str(e.filename or path)
     return None
 
@@ -203,12 +203,17 @@ def unresolvable(path: str) -> str | None:
     A root, settings directory or sandbox through a loop (``a`` -> ``b`` -> ``a``) was a
     bare ``RuntimeError: Symlink loop`` traceback from every command, pytest's start and a
     test's children (pathlib's ``resolve`` raises on a loop; red team 61, as the
-    ``PermissionError`` of a link of /proc was).
+    ``PermissionError`` of a link of /proc was). So was a link of /proc of a process that
+    has ended, a zombie's (its ``cwd`` and ``root`` read ``ENOENT``): every command said
+    "the data root's filesystem failed a call with ENOENT ... `app data check`", naming
+    ``/proc/<pid>/cwd`` as the data root (exit 74).
     """
     try:
         resolved = os.path.realpath(path)  # what Path.resolve reads
     except PermissionError as e:
         return unfollowable_reason(str(e.filename or path))
+    except OSError as e:
+        return unreadable_link_reason(str(e.filename or path), e)
     loop = loop_at(resolved)
     return None if loop is None else loop_reason(loop)
 
@@ -243,6 +248,25 @@ def loop_reason(link: str) -> str:
         f"links (`ls -l {shell_word(link)}` shows where it points), so the path names no "
         "directory: nothing can be opened through it; point the link at the directory it "
         "means, or name that directory instead"
+    )
+
+
+def unreadable_link_reason(link: str, error: OSError) -> str:
+    """Why a path through `link`, whose ``readlink`` failed with `error` (not ``EACCES``:
+    `unfollowable_reason`), names no directory here, and what to give instead."""
+    failed = f"{errno.errorcode.get(error.errno or 0, error.errno)} ({error.strerror})"
+    parts = link.split("/")
+    if len(parts) > 3 and parts[1] == "proc" and parts[2].isdigit():
+        return (
+            f"passes through {link}, a link of /proc to what process {parts[2]} has, which "
+            f"names nothing now (reading it failed with {failed}: the process has ended, or "
+            "is ending, and has no current directory, root or descriptors left), so the path "
+            "names no directory here; name the directory itself"
+        )
+    return (
+        f"passes through {link}, a symbolic link this process could not read (it failed "
+        f"with {failed}), so the path names no directory here; name the directory the link "
+        "leads to instead"
     )
 
 

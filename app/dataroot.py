@@ -1946,6 +1946,14 @@ def _refuse_mounts_inside(config: Config, root: Path) -> None:
         )
 
 
+def _loop_on(root: Path) -> str | None:
+    """`loop_at` of `root`; None where its links cannot be read (`process_link` names those)."""
+    try:
+        return loop_at(os.path.realpath(root))
+    except OSError:
+        return None
+
+
 def _refuse_unfixed_path(config: Config, root: Path) -> None:
     """Refuse a root whose path leads to another directory when the process changes: a
     relative one (its current directory), or one through a link of /proc (its current
@@ -1972,7 +1980,7 @@ def _refuse_unfixed_path(config: Config, root: Path) -> None:
             "its root), not a directory: a chdir or a dup2 (by any thread) sends the "
             "writes that follow into another directory, in the middle of a change"
         )
-    elif (loop := loop_at(os.path.realpath(root))) is not None:
+    elif (loop := _loop_on(root)) is not None:
         # "RuntimeError: Symlink loop" from the checks that follow, a traceback from every
         # open of such a root (red team 61 on regress).
         raise DataRootStateError(
@@ -1988,8 +1996,9 @@ def _refuse_unfixed_path(config: Config, root: Path) -> None:
         return
     try:
         now = f"this one leads to {os.path.realpath(root)} now"
-    except PermissionError:
-        # A link of another user's process: this one may not follow it (red team 61).
+    except OSError:
+        # A link of another user's process: this one may not follow it (red team 61); of a
+        # process that has ended (ENOENT, red team 61 on regress).
         now = "this one leads nowhere this process may follow"
     raise DataRootStateError(
         root,

@@ -281,9 +281,10 @@ def process_link(path: Path | str, *, streams: bool = False) -> str | None:
     try:
         if text.startswith("/") and os.path.realpath(text) == os.path.normpath(text):
             return None
-    except PermissionError:
-        # A link this process may not read (/proc/<another user's pid>/root): the walk
-        # below names it, where realpath's traceback stopped the run (red team 61).
+    except OSError:
+        # A link this process may not read (/proc/<another user's pid>/root), or of a
+        # process that has ended (ENOENT): the walk below names it, where realpath's
+        # traceback stopped the run (red team 61, and on regress).
         pass
     pending = list(Path(text).absolute().parts[1:])
     current, links = "/", 0
@@ -2570,7 +2571,7 @@ def _given_sandbox(path: Path) -> Path | None:
     of symbolic links (``RuntimeError: Symlink loop``, red team 61 on regress)."""
     try:
         resolved = path.resolve() if path.is_absolute() else None
-    except (PermissionError, RuntimeError):
+    except (OSError, RuntimeError):
         return None
     return None if resolved is None or resolved == Path(path.anchor) else resolved
 
@@ -2585,7 +2586,7 @@ def _narrowed(run: Run, environ: Mapping[str, str]) -> Run:
         return run
     try:
         inner = Path(raw).resolve()
-    except (PermissionError, RuntimeError):
+    except (OSError, RuntimeError):
         # Through a link of /proc this process may not follow (another user's process's
         # root) or a loop of symbolic links: no directory of the sandbox, so nothing
         # narrowed, where a PermissionError (red team 61) or "RuntimeError: Symlink loop"
@@ -3818,6 +3819,18 @@ def check_root(path: Path, what: str, run: Run | None = None, *, again: bool = F
             "process (or of one that is not dumpable) that this process may not follow, so "
             "it names no directory of the test sandbox (this process belongs to the test "
             f"run through {run.recognised_by})",
+            sandbox,
+            "Tests may only touch data under the sandbox: use the app_config, app_store or "
+            f"app_live_server fixtures, or a path under tmp_path{_left_over(run)}",
+        ) from None
+    except OSError as e:
+        # A link of /proc of a process that has ended (a zombie's cwd or root: ENOENT), a
+        # traceback (red team 61 on regress).
+        raise SandboxViolationError(
+            f"{what} {path}, which passes through {e.filename}, a link that names nothing now "
+            f"({e.strerror}: a link of /proc of a process that has ended), so it names no "
+            f"directory of the test sandbox (this process belongs to the test run through "
+            f"{run.recognised_by})",
             sandbox,
             "Tests may only touch data under the sandbox: use the app_config, app_store or "
             f"app_live_server fixtures, or a path under tmp_path{_left_over(run)}",

@@ -17,6 +17,12 @@ What broke:
   (its reading of the shell's root to protect it), then, with that read as written, another
   from its look at the root's lock ("refusing to lock ...: it is a symbolic link", of a lock
   file that is none: the loop is on the root's way);
+- the same paths through ``/proc/<pid>/cwd`` (or ``root``) of a process that has ended (a
+  zombie: ``/proc`` still lists its links, whose ``readlink`` fails with ``ENOENT``):
+  ``FileNotFoundError`` where rt-guard61 caught ``PermissionError``, so every command said
+  "the data root's filesystem failed a call with ENOENT ... `app data check`" of
+  ``/proc/<pid>/cwd`` (exit 74), rt-guard61's misdirection again, and the sandbox's check,
+  a narrowing, red team 32's check and the check of pytest's writes ended in a traceback;
 - an ``s3_endpoint_url`` whose last path segment has a ``;`` (``http://127.0.0.1:8333/;``,
   ``/x/..;``): the S3 client (botocore) reads the endpoint with ``urlparse`` and drops the
   ``;`` and what follows as URL parameters, so its requests go to the plain endpoint (SeaweedFS
@@ -27,8 +33,10 @@ What broke:
 
 What changed: a path setting or ``APP_SETTINGS_DIR`` through a loop is refused by name
 (``invalid_setting``, ``settings_not_found``, 78), naming the link that begins the loop and
-``ls -l`` on it; the sandbox refuses such a root naming the link, red team 32's check
-outside a run (``data_root_state``) too; a narrowing through a loop narrows nothing, a
+``ls -l`` on it, and through an ended process's link, naming the link, the process and the
+``ENOENT`` (every place rt-guard61 caught ``PermissionError`` now takes any ``OSError``);
+the sandbox refuses such a root naming the link, red team 32's check outside a run
+(``data_root_state``) too; a narrowing through either narrows nothing, a
 ``PYTEST_APP_SANDBOX`` so spelled left in the shell is "not a test sandbox" (a usage error
 under pytest), the plugin protects a shell's root so spelled as written, and a lock file
 behind a loop is none (nothing is opened through it). An endpoint whose path the client
@@ -55,7 +63,7 @@ from app.errors import (
 )
 from app.lock import probe
 from app.storage import open_storage
-from app.testing import guard
+from app.testing import guard, writes
 
 
 def _loop(where: Path) -> Path:
@@ -72,6 +80,14 @@ def _said_loop(link: Path) -> str:
         "nothing can be opened through it; point the link at the directory it means, or name "
         "that directory instead"
     )
+
+
+def _opened_in_the_sandbox(app_config: Config, root: Path) -> tuple[Config, str]:
+    """A test's `Config` made by hand with `root`, and the sandbox's refusal to open it."""
+    made = dataclasses.replace(app_config, data_root=root)
+    with pytest.raises(SandboxViolationError) as outside:
+        open_storage(made, writer=True)
+    return made, str(outside.value)
 
 
 def test_a_root_settings_or_sandbox_through_a_loop_of_links_is_refused_by_name(
@@ -91,15 +107,13 @@ def test_a_root_settings_or_sandbox_through_a_loop_of_links_is_refused_by_name(
     with pytest.raises(SettingsNotFoundError) as missing:
         settings_dir({config_files.SETTINGS_DIR_ENV: str(link)})
     assert f"(from APP_SETTINGS_DIR; it {_said_loop(link)})" in str(missing.value)
-    made = dataclasses.replace(app_config, data_root=link / "root")
-    with pytest.raises(SandboxViolationError) as outside:
-        open_storage(made, writer=True)
+    made, outside = _opened_in_the_sandbox(app_config, link / "root")
     assert (
         f"open data root {link}/root, which passes through {link}, a symbolic link that "
         "leads back to itself through a loop of links, so it names no directory of the test "
         "sandbox"
-    ) in str(outside.value)
-    assert "point the link at a directory under tmp_path" in str(outside.value)
+    ) in outside
+    assert "point the link at a directory under tmp_path" in outside
     # Outside any run, red team 32's check of a Config made by hand comes first (the
     # sandbox's is inside one): the same traceback there.
     with pytest.raises(DataRootStateError) as unfixed:
@@ -126,6 +140,58 @@ def test_a_root_settings_or_sandbox_through_a_loop_of_links_is_refused_by_name(
     assert link in roots.values(), roots
     assert guard.probe_live(roots) == ([], [])
     assert not probe(link).held
+
+
+def test_a_root_or_sandbox_through_an_ended_process_s_proc_link_is_refused_by_name(
+    tmp_path: Path, app_config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: reading /proc/<pid>/cwd of a process that has ended (a zombie: its link is
+    # still listed, its readlink ENOENT) raised FileNotFoundError where rt-guard61 caught
+    # PermissionError: every command said "the data root's filesystem failed a call with
+    # ENOENT ... `app data check`" of /proc/<pid>/cwd (exit 74), the sandbox's check, a
+    # narrowing and the check of pytest's writes a traceback.
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    try:
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)  # ended, not reaped: a zombie
+        link = f"/proc/{pid}/cwd"
+        said = (
+            f"passes through {link}, a link of /proc to what process {pid} has, which names "
+            "nothing now (reading it failed with ENOENT (No such file or directory): the "
+            "process has ended, or is ending, and has no current directory, root or "
+            "descriptors left), so the path names no directory here; name the directory itself"
+        )
+        monkeypatch.setenv("APP_DATA_ROOT", f"{link}/root")
+        with pytest.raises(InvalidSettingError) as refused:
+            load()
+        assert str(refused.value) == (
+            f"profile 'testing': data_root = '{link}/root' (from environment APP_DATA_ROOT): "
+            + said
+        )
+        monkeypatch.delenv("APP_DATA_ROOT")
+        with pytest.raises(SettingsNotFoundError) as missing:
+            settings_dir({config_files.SETTINGS_DIR_ENV: link})
+        assert f"(from APP_SETTINGS_DIR; it {said})" in str(missing.value)
+        made, outside = _opened_in_the_sandbox(app_config, Path(f"{link}/root"))
+        assert (
+            f"open data root {link}/root, which passes through {link}, a link that names "
+            "nothing now (No such file or directory: a link of /proc of a process that has "
+            "ended), so it names no directory of the test sandbox"
+        ) in outside
+        with pytest.raises(DataRootStateError) as unfixed:
+            dataroot._refuse_unfixed_path(made, made.data_root)
+        assert f"the path passes through {link}, a link of /proc" in str(unfixed.value)
+        assert "(this one leads nowhere this process may follow)" in str(unfixed.value)
+        run = sandbox.current_run()
+        narrowed = sandbox.current_run({**os.environ, sandbox.SANDBOX_ENV: f"{link}/x"})
+        assert run is not None and narrowed is not None
+        assert narrowed.sandbox == run.sandbox
+        assert sandbox._given_sandbox(Path(link)) is None
+        # pytest's --junitxml so spelled: the path as written, refused as one through /proc.
+        assert writes._system_path(f"{link}/report.xml") == Path(f"{link}/report.xml")
+    finally:
+        os.waitpid(pid, 0)
 
 
 #: How the S3 client (botocore, the app's) sends a request through `endpoint`: the URL of

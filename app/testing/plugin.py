@@ -116,7 +116,7 @@ def _inside(path: Path, sandbox: Path) -> bool:
     traceback (red team 61 on regress)."""
     try:
         return path.resolve().is_relative_to(sandbox)
-    except (PermissionError, RuntimeError):
+    except (OSError, RuntimeError):
         return False
 
 
