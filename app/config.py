@@ -266,6 +266,14 @@ def _endpoint_params_problem(value: str, path: str) -> str | None:
     bucket: staging's ``s3://app-data/production`` there was production's, unseen (red team
     61 on regress).
     """
+    query = urlsplit(value).query
+    if query:
+        # Taken by `app config` and `app doctor`, refused by the client at every request as
+        # the store being unavailable (exit 69; red team 61 on regress).
+        return (
+            f"has a query ({'?' + query!r}), which the S3 client refuses as no valid URI of an "
+            "endpoint (every request would fail); write the URL without it"
+        )
     sent = urlparse(value).path
     if sent == path:
         return None

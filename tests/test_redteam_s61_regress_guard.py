@@ -29,7 +29,9 @@ What broke:
   served an object put there through ``/x/..;``), while the check of the profiles' prefixes
   took ``;`` and ``x/..;`` for a path before the bucket: a staging profile there with
   production's ``s3://app-data/production`` was apart from production, and nothing said so.
-  rt-remote61's refusal of dot segments split the path as written.
+  rt-remote61's refusal of dot segments split the path as written. One with a query
+  (``/?region=x``) was taken by ``app config``, and refused by the client at every request
+  as the store being unavailable (69).
 
 What changed: a path setting or ``APP_SETTINGS_DIR`` through a loop is refused by name
 (``invalid_setting``, ``settings_not_found``, 78), naming the link that begins the loop and
@@ -40,7 +42,8 @@ the sandbox refuses such a root naming the link, red team 32's check outside a r
 ``PYTEST_APP_SANDBOX`` so spelled left in the shell is "not a test sandbox" (a usage error
 under pytest), the plugin protects a shell's root so spelled as written, and a lock file
 behind a loop is none (nothing is opened through it). An endpoint whose path the client
-cuts is refused (``invalid_setting``), naming what it drops and where its requests go.
+cuts is refused (``invalid_setting``), naming what it drops and where its requests go, and
+one with a query, naming it.
 """
 
 from __future__ import annotations
@@ -252,6 +255,16 @@ def test_an_endpoint_whose_path_the_s3_client_cuts_is_refused(
             "are not the ones the check of the profiles' prefixes compares; write the path "
             "without it, as the path it means"
         )
+    # A query: taken by the check, refused by the client at every request (a 69, "the object
+    # store is unavailable"), so refused as a setting too.
+    (tmp_path / "settings.toml").write_text(REMOTE.replace('8333"', '8333/?region=x"', 1))
+    problems = inspect_profiles("development").problems
+    assert [str(p) for p in problems] == [
+        f"profile {name!r}: s3_endpoint_url = 'http://127.0.0.1:8333/?region=x' (from "
+        "settings.toml [default]): has a query ('?region=x'), which the S3 client refuses as "
+        "no valid URI of an endpoint (every request would fail); write the URL without it"
+        for name in ("development", "testing", "production")
+    ], problems
     # Legit endpoints stay: a ';' before the last segment is sent as written (%3B).
     for endpoint in ["http://127.0.0.1:8333/x;p/y", "http://[::1]:8333/", "http://h.v1.ex/v1.2/"]:
         (tmp_path / "settings.toml").write_text(
