@@ -293,6 +293,21 @@ def failed_sync() -> FsyncFailed | None:
     return _FAILED_SYNCS.get("first")
 
 
+def forget_failed_sync() -> FsyncFailed | None:
+    """Forget the fsync failure this process recorded (and return it): for the pytest plugin
+    only, as one test ends (`app.testing.plugin`).
+
+    A process changes one data root, save a test run's, whose every test opens a throw-away
+    root of its own in the sandbox: there, one test's failure (an ``os.fsync`` a test made
+    fail on purpose, a fault it injected) refused every change of every later test in that
+    process (pytest's, or an xdist worker's), each in a root of its own, naming the first
+    test's file (red team 61). Never called outside a test run: a server or a command that
+    forgot it would acknowledge what the kernel may have dropped.
+    """
+    with _FAILED_SYNCS_LOCK:
+        return _FAILED_SYNCS.pop("first", None)
+
+
 def _earlier(first: FsyncFailed) -> FsyncFailed:
     return FsyncFailed(
         first.errno or errno.EIO,
