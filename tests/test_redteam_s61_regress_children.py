@@ -121,13 +121,39 @@ def seen(how, point):
         subprocess.run(["fusermount", "-u", mirror], check=False)
 
 
+def proc(how):
+    # A proc with hidepid= moved beneath the /proc shown, then one without it beneath a
+    # /proc with it (move_mount with MOVE_MOUNT_BENEATH, Linux 6.5): each listed last.
+    from app import sandbox
+
+    if libc.unshare(0x00020000) != 0:  # CLONE_NEWNS
+        raise OSError(ctypes.get_errno(), "unshare")
+    sh("mount", "--make-rprivate", "/")
+    made = f"{WORK}/proc"
+    os.mkdir(made)
+    out = {}
+    for options, said in (("hidepid=2", "hidden beneath"), ("hidepid=0", "shown above")):
+        if said == "shown above":
+            sh("mount", "-t", "proc", "-o", "hidepid=2", "proc", "/proc")
+        sh("mount", "-t", "proc", "-o", options, "proc", made)
+        tree = libc.syscall(428, -100, made.encode(), 1 | os.O_CLOEXEC)  # open_tree, a clone
+        sh("umount", made)
+        # move_mount(MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_BENEATH)
+        if tree < 0 or libc.syscall(429, tree, b"", -100, b"/proc", 0x4 | 0x200) != 0:
+            return {"unsupported": os.strerror(ctypes.get_errno())}
+        last = [e for e in mountinfo.table() if e.point == b"/proc"][-1]
+        out[said] = [sandbox.proc_hides_processes(), last.super_options.decode()]
+    return out
+
+
 results = {}
-for how in WAYS:
+for how in (*WAYS, "proc"):
     read, write = os.pipe()
     if (pid := os.fork()) == 0:
         os.close(read)
         try:
-            text = json.dumps(seen(how, f"{WORK}/{len(results)}"))
+            seeing = proc(how) if how == "proc" else seen(how, f"{WORK}/{len(results)}")
+            text = json.dumps(seeing)
         except BaseException as error:
             text = json.dumps({"error": repr(error)})
         os.write(write, text.encode())
@@ -244,3 +270,17 @@ def test_the_mount_a_path_reaches_is_told_from_the_table_s_ids(name: str) -> Non
         if at is not None and at < 0:
             at = mountinfo.walk_nearest(path, points, tops)
         assert (entries[at] if at is not None else None) == found, path
+
+
+def test_hidepid_is_read_from_the_proc_that_shows_proc_not_the_last_line(
+    hidden: dict[str, dict],
+) -> None:
+    seen = hidden["proc"]
+    if "unsupported" in seen:
+        pytest.skip(f"needs move_mount's MOVE_MOUNT_BENEATH (Linux 6.5): {seen['unsupported']}")
+    said = json.dumps(seen)
+    # Before: "hidepid=invisible" from the hidden proc listed last, None for the one shown.
+    assert "hidepid=invisible" in seen["hidden beneath"][1], said
+    assert seen["hidden beneath"][0] is None, said
+    assert "hidepid" not in seen["shown above"][1], said
+    assert seen["shown above"][0] in ("hidepid=2", "hidepid=invisible"), said
