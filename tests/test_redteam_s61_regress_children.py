@@ -146,13 +146,60 @@ def proc(how):
     return out
 
 
+def partial(how):
+    # A FUSE mirror at m; a tmpfs at a, another at a/b, a bind of the mirror's sub at
+    # a/b/c, then a bind of the mirror's root over a: a/b/c/f is the mirror's b/c/f, and
+    # of the mirror's mounts alone the one at a/b/c (on a tmpfs another hides) is deeper.
+    from app import lock
+
+    if libc.unshare(0x00020000) != 0:  # CLONE_NEWNS
+        raise OSError(ctypes.get_errno(), "unshare")
+    sh("mount", "--make-rprivate", "/")
+    d = f"{WORK}/fuse"
+    src = f"{d}/src"
+    for made in (f"{src}/b/c", f"{src}/sub", f"{d}/m", f"{d}/a"):
+        os.makedirs(made)
+    for name in ("b/c/f", "sub/f"):
+        with open(f"{src}/{name}", "w") as opened:
+            opened.write(name)
+    sh("bindfs", src, f"{d}/m")
+    try:
+        sh("mount", "-t", "tmpfs", "t", f"{d}/a")
+        os.mkdir(f"{d}/a/b")
+        sh("mount", "-t", "tmpfs", "t2", f"{d}/a/b")
+        os.mkdir(f"{d}/a/b/c")
+        sh("mount", "--bind", f"{d}/m/sub", f"{d}/a/b/c")
+        sh("mount", "--bind", f"{d}/m", f"{d}/a")
+        path = f"{d}/a/b/c/f"
+        with open(path) as opened:
+            kernel = opened.read()
+        seen = os.stat(path)
+        origin = lock._fuse_origin(seen, path, "self")
+        wanted, wrong = (os.stat(f"{src}/{name}") for name in ("b/c/f", "sub/f"))
+        return {
+            "kernel": kernel,
+            "mount": list(lock._fuse_mount_of(seen.st_dev, path, "self")),
+            "origin": list(origin[1]) if origin else None,
+            "wanted": [wanted.st_dev, wanted.st_ino],
+            "wrong": [wrong.st_dev, wrong.st_ino],
+        }
+    finally:
+        # In an order that reaches each: the daemon ends with its last mount.
+        for point in ("a", "a/b/c", "a/b", "a"):
+            subprocess.run(["umount", f"{d}/{point}"], check=False)
+        subprocess.run(["fusermount", "-u", f"{d}/m"], check=False)
+
+
 results = {}
-for how in (*WAYS, "proc"):
+for how in (*WAYS, "proc", "fuse partial"):
     read, write = os.pipe()
     if (pid := os.fork()) == 0:
         os.close(read)
         try:
-            seeing = proc(how) if how == "proc" else seen(how, f"{WORK}/{len(results)}")
+            if how in ("proc", "fuse partial"):
+                seeing = (proc if how == "proc" else partial)(how)
+            else:
+                seeing = seen(how, f"{WORK}/{len(results)}")
             text = json.dumps(seeing)
         except BaseException as error:
             text = json.dumps({"error": repr(error)})
@@ -284,3 +331,16 @@ def test_hidepid_is_read_from_the_proc_that_shows_proc_not_the_last_line(
     assert seen["hidden beneath"][0] is None, said
     assert "hidepid" not in seen["shown above"][1], said
     assert seen["shown above"][0] in ("hidepid=2", "hidepid=invisible"), said
+
+
+def test_a_fuse_mirror_is_followed_from_the_mount_the_whole_table_says_shows_the_path(
+    hidden: dict[str, dict],
+) -> None:
+    seen = hidden["fuse partial"]
+    said = json.dumps(seen)
+    assert seen["kernel"] == "b/c/f", said
+    # Before: the bind of the mirror's sub at a/b/c, on a tmpfs the bind over a hides, and
+    # so the mirror's sub/f for the file at a/b/c/f.
+    assert seen["mount"][0].endswith("/fuse/a"), said
+    assert seen["mount"][1] == "/", said
+    assert seen["origin"] == seen["wanted"] != seen["wrong"], said
