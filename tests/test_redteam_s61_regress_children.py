@@ -14,15 +14,23 @@ What broke:
   (``moved 1 session(s) to .../m/production/.trash``). And a mount made on a hidden
   directory through a descriptor kept from before (listed after the mount that shows the
   point) took the point out of the lookup altogether: the path was taken for the mount
-  above, a tmpfs, and the same purge went through.
+  above, a tmpfs, and the same purge went through;
+- `app.sandbox.proc_hides_processes` took the last line at ``/proc``, not the proc shown: a
+  proc moved beneath another (``MOVE_MOUNT_BENEATH``) said ``hidepid=`` where it is not in
+  force, and nothing where it is;
+- `app.lock` followed a FUSE mirror (and read an overlay's layers) from the mount that one
+  device's mounts alone say shows a path, without the ids of the mounts between them: a
+  bind of the mirror's ``sub`` on a tmpfs that a bind of the mirror's root hides was taken,
+  and the mirror followed to the file of another path.
 
 `app.mountinfo.by_point` now tells, where the table's ids are at hand, which mounts a path
-can reach at all (`_shown`: from the root down through the mounts each lies on, none hidden
-by another on the same mount at a directory on its way or covered by one stacked on it), and
-every reader (`showing`, `nearest`, `app.dataroot`'s cached table, the registry's check)
-looks only at those. Each case here is checked against the kernel (the device ``stat``
-gives for a file at the path) with real mounts, in a private mount namespace of a forked
-child of the test.
+can reach at all (`_shown`: from the mounts whose parent is not in the table down through
+the mounts each lies on, none hidden by another on the same mount at a directory on its way
+or covered by one stacked on it), and every reader (`showing`, `nearest`, `app.dataroot`'s
+cached table, the registry's check, the check of ``hidepid=``, and `app.lock` through the
+whole table) looks only at those. Each case is checked against the kernel with real mounts,
+each in a private mount namespace of a fork of one forked child of the test (one
+``python -c`` of `tests/forked_app.py` for the module), and with tables by hand.
 """
 
 from __future__ import annotations
@@ -30,10 +38,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from pathlib import Path
 
 import forked_app
 import pytest
 from project_copy import copy_project_settings
+from test_mountinfo_reader import once_for_the_session
 from test_server_e2e import app_env
 
 from app import mountinfo
@@ -218,14 +228,22 @@ WAYS = ("below", "through a descriptor")
 
 @pytest.fixture(scope="module")
 def hidden(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
-    """`NAMESPACED`'s results for each way of hiding the decoy (`WAYS`), and whether
-    production's sessions were left as they were (a purge that went through is what
-    broke)."""
+    """`NAMESPACED`'s results for each way (`WAYS`, ``proc``, ``fuse partial``), and
+    production's sessions after them (a purge that went through is what broke): from one
+    run for the whole session, under xdist the first worker to come runs it and the other
+    reads what it wrote (the session's base directory, shared by the workers, holds it)."""
     if os.geteuid() != 0 or shutil.which("mount") is None:
         pytest.skip("mounts in a mount namespace of their own take root")
     if not FUSE:
         pytest.skip("needs bindfs and /dev/fuse (apt-get install bindfs)")
-    work = tmp_path_factory.mktemp("rt61-hidden")
+    return once_for_the_session(
+        tmp_path_factory,
+        "rt61-regress-children",
+        lambda: _seen(tmp_path_factory.mktemp("rt61-hidden")),
+    )
+
+
+def _seen(work: Path) -> dict[str, dict]:
     settings = copy_project_settings(work / "settings")
     production = settings / "data" / "production"
     code = NAMESPACED.replace("WORK", repr(str(work))).replace("WAYS", repr(WAYS))
