@@ -874,7 +874,11 @@ def _echo_stamp(seen: Status, profile: str, remote: bool) -> None:
         _echo(f"stamp: none ({first} stamps it)")
     else:
         stamped = str(seen.stamp.get("profile"))
-        mismatch = "" if stamped == profile else f"  (NOT {profile!r}: refused)"
+        # As the backend compares it: a data root's stamp by its lower case, as every other
+        # command opens it (`{"profile": "Production"}` written by hand was "NOT
+        # 'production': refused" here, and opened by each of them; red team 61).
+        same = stamped == profile if remote else stamped.lower() == profile
+        mismatch = "" if same else f"  (NOT {profile!r}: refused)"
         _echo(f"stamp: profile {stamped}, created {seen.stamp.get('created_at')}{mismatch}")
     # Red team 42: a prefix every other command refuses was not named by status.
     objects_error = getattr(seen, "objects_error", None)
@@ -1331,18 +1335,24 @@ def data_restamp(ctx: click.Context, from_profile: str, confirmed: bool) -> None
         if config.backend == appconfig.REMOTE
         else f"data root {config.data_root}"
     )
-    if config.taking_needs_confirmation(source) and not confirmed:
-        raise ConfirmationRequiredError(
-            f"re-stamp {where} from {source!r} to {config.profile!r}",
-            source
-            if source in config.protected_profiles or source not in config.profiles
-            else config.profile,
-            _CONFIRM_OPTION,
-            known=source in config.profiles,
-        )
+
+    def confirm(stamped: str) -> None:
+        # Asked of the stamp found, once it is `--from`'s (on a data root): a mistyped
+        # `--from prodution` was asked to confirm first, and, confirmed as told, refused
+        # again for the stamp it did not name (red team 61).
+        if config.taking_needs_confirmation(stamped) and not confirmed:
+            raise ConfirmationRequiredError(
+                f"re-stamp {where} from {stamped!r} to {config.profile!r}",
+                stamped
+                if stamped in config.protected_profiles or stamped not in config.profiles
+                else config.profile,
+                _CONFIRM_OPTION,
+                known=stamped in config.profiles,
+            )
+
     from app.storage import restamp
 
-    stamp = restamp(config, from_profile)
+    stamp = restamp(config, from_profile, confirm=confirm)
     if stamp["changed"]:
         _echo(f"{where} is now stamped {stamp['profile']!r} (was {source!r})")
         if stamp.get("unaudited"):

@@ -38,7 +38,7 @@ from dataclasses import field, fields
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urlparse, urlsplit
 
 from app import config_files
 from app import sandbox as sandboxing
@@ -52,6 +52,7 @@ from app.errors import (
     InvalidSettingError,
     RemoteBackendError,
     SandboxViolationError,
+    SectionNotAProfileError,
     SettingsCastError,
     UnknownProfileError,
     VariableMisspeltError,
@@ -249,7 +250,40 @@ def _endpoint_url(value: Any) -> str | None:
             "must not carry credentials; set s3_access_key_id and s3_secret_access_key in "
             ".secrets.toml or APP_S3_ACCESS_KEY_ID / APP_S3_SECRET_ACCESS_KEY instead"
         )
-    return _endpoint_path_problem(parts.path) or _endpoint_host_problem(parts.hostname, value)
+    return (
+        _endpoint_params_problem(value, parts.path)
+        or _endpoint_path_problem(parts.path)
+        or _endpoint_host_problem(parts.hostname, value)
+    )
+
+
+def _endpoint_params_problem(value: str, path: str) -> str | None:
+    """Why an ``s3_endpoint_url``'s path is not the path its requests go under, or None.
+
+    The S3 client (botocore) reads the endpoint with ``urlparse``, which cuts a last path
+    segment's ``;`` and what follows off as URL parameters, and drops them: it sent
+    ``http://h:8333/;`` and ``/x/..;`` to the endpoint itself (``/x/..`` then resolved),
+    where the check of the profiles' prefixes took ``;`` and ``x/..;`` for a path before the
+    bucket: staging's ``s3://app-data/production`` there was production's, unseen (red team
+    61 on regress).
+    """
+    query = urlsplit(value).query
+    if query:
+        # Taken by `app config` and `app doctor`, refused by the client at every request as
+        # the store being unavailable (exit 69; red team 61 on regress).
+        return (
+            f"has a query ({'?' + query!r}), which the S3 client refuses as no valid URI of an "
+            "endpoint (every request would fail); write the URL without it"
+        )
+    sent = urlparse(value).path
+    if sent == path:
+        return None
+    return (
+        f"has {path[len(sent) :]!r} at the end of its path, which the S3 client drops as URL "
+        f"parameters: its requests go under {sent or '/'!r}, so the bucket and prefix it "
+        "reaches are not the ones the check of the profiles' prefixes compares; write the "
+        "path without it, as the path it means"
+    )
 
 
 def _endpoint_path_problem(path: str) -> str | None:
@@ -658,7 +692,14 @@ def _file_problems(files: Files) -> Iterator[ConfigError]:
                 continue
             name = section.lower()
             if name not in config_files.NOT_PROFILES and name not in files.profiles:
-                yield UnknownProfileError(name, files.profiles, f"section [{section}] of {path}")
+                yield SectionNotAProfileError(
+                    name,
+                    files.profiles,
+                    f"section [{section}] of {path}",
+                    section,
+                    path,
+                    files.directory / config_files.SETTINGS_FILE,
+                )
             for key, value in body.items():
                 if key.lower() not in KEYS:
                     import difflib  # here: only a typo pays for it
@@ -1269,13 +1310,14 @@ def _as_utf8(key: Key, value: Any) -> Any:
 def _absolute_root(value: str, directory: Path) -> Path:
     """A configured root made absolute: ``~`` expanded, relative to the settings directory
     (never the current one), symlinks resolved; as spelled where a link on its way is one
-    this process may not read (`_unfollowable` refuses it for a profile's root; the plugin's
-    start protects a shell's ``APP_DATA_ROOT`` so spelled, where a ``PermissionError``
-    traceback stopped the run, red team 61)."""
+    this process may not read, or a loop of links (`_unfollowable` refuses both for a
+    profile's root; the plugin's start protects a shell's ``APP_DATA_ROOT`` so spelled, where
+    a ``PermissionError`` or ``RuntimeError: Symlink loop`` traceback stopped the run, red
+    team 61)."""
     spelled = _spelled_root(value, directory)
     try:
         return spelled.resolve()
-    except PermissionError:
+    except (OSError, RuntimeError):
         return Path(os.path.normpath(spelled))
 
 
@@ -1590,11 +1632,10 @@ def _not_text_resolved(key: Key, value: Any, directory: Path) -> str | None:
 def _unfollowable(key: Key, value: Any, directory: Path) -> str | None:
     """Why a path setting's `value` names no directory in this process, where it passes
     through a link this process may not read (``/proc/<pid>/root`` of another user's
-    process), or None (`config_files.unfollowable`; red team 61)."""
+    process) or a loop of links, or None (`config_files.unresolvable`; red team 61)."""
     if not key.type.startswith("Path") or not isinstance(value, str):
         return None
-    link = config_files.unfollowable(str(_spelled_root(value, directory)))
-    return None if link is None else config_files.unfollowable_reason(link)
+    return config_files.unresolvable(str(_spelled_root(value, directory)))
 
 
 def _misresolved(key: Key, value: Any, directory: Path) -> str | None:

@@ -107,6 +107,28 @@ def misspelt(
 _NEAR_MISS = 0.85
 
 
+def _cwd_removed(raw: str, reason: str) -> SettingsNotFoundError:
+    """A relative ``APP_SETTINGS_DIR`` read where the current directory was removed (a deploy
+    that replaced the release a shell had `cd`'d into): every command blamed the data root's
+    filesystem ("failed a call with ENOENT ... mend the filesystem, then `app data check
+    --repair`", exit 74), where `cd` back into the directory is what resolves it (red team 61
+    on operations)."""
+    try:
+        gone = str(Path("/proc/self/cwd").readlink()).removesuffix(" (deleted)")
+    except OSError:
+        gone = ""
+    again = f"`cd {shell_word(gone)}`" if gone.startswith("/") else '`cd "$PWD"`'
+    return SettingsNotFoundError(
+        Path(raw),
+        f"{reason}, a relative path, read against the working directory, "
+        f"{gone + ', ' if gone.startswith('/') else ''}which was removed while this command "
+        f"was in it, a deploy that replaced it perhaps; {again} enters it again if it was "
+        "made anew, or "
+        f"`export {SETTINGS_DIR_ENV}=/absolute/path` names the settings directory whatever "
+        "the current directory is",
+    )
+
+
 def settings_dir(environ: Mapping[str, str] | None = None) -> Path:
     """The settings directory: ``$APP_SETTINGS_DIR``, else the project that holds this package.
 
@@ -131,7 +153,10 @@ def settings_dir(environ: Mapping[str, str] | None = None) -> Path:
                 f"{reason}, whose {home!r} is the home directory of no user this system knows",
             ) from None
         if not where.is_absolute():
-            where = Path.cwd() / where  # an explicit relative path given by the user
+            try:
+                where = Path.cwd() / where  # an explicit relative path given by the user
+            except FileNotFoundError:
+                raise _cwd_removed(raw, reason) from None
     else:
         where = _PROJECT
         reason = f"the project directory of the app package; {SETTINGS_DIR_ENV} is not set"
@@ -145,21 +170,7 @@ def settings_dir(environ: Mapping[str, str] | None = None) -> Path:
                 f"the settings in {where}",
                 f"export {SETTINGS_DIR_ENV}={shell_word(env[name])}; unset {name}",
             )
-    if (link := unfollowable(str(where))) is not None:
-        raise SettingsNotFoundError(where, f"{reason}; it {unfollowable_reason(link)}")
-    if (elsewhere := resolved_elsewhere(str(where))) is not None:
-        if (gone := deleted_reason(*elsewhere)) is not None:
-            raise SettingsNotFoundError(where, f"{reason}; it {gone}")
-        # A container's /proc/<pid>/root reads as `/`: its settings directory resolved to
-        # this host's, whose production root a purge then emptied (red team 59).
-        raise SettingsNotFoundError(
-            where,
-            f"{reason}; it leads through {elsewhere[0]} to another directory than the one "
-            f"it resolves to in this process, {elsewhere[1]}: a link of /proc "
-            "(/proc/<pid>/root or cwd) into another mount namespace, a container's, names "
-            "the directory as that namespace does; name the directory as this machine sees "
-            "it, where the container's volume is mounted",
-        )
+    _refuse_through_proc(where, reason)
     where = where.resolve()
     try:
         found = (where / SETTINGS_FILE).is_file()
@@ -178,25 +189,104 @@ def settings_dir(environ: Mapping[str, str] | None = None) -> Path:
     return where
 
 
-def unfollowable(path: str) -> str | None:
-    """The link on `path`'s way that this process may not read, or None.
+def _refuse_through_proc(where: Path, reason: str) -> None:
+    """Refuse a settings directory named through links that name no directory of this
+    process's: a loop, a link of ``/proc`` this user may not follow or of a process that has
+    ended (`unresolvable`), one to a removed directory, or one into another mount namespace."""
+    if (cannot := unresolvable(str(where))) is not None:
+        raise SettingsNotFoundError(where, f"{reason}; it {cannot}")
+    if (elsewhere := resolved_elsewhere(str(where))) is not None:
+        if (gone := deleted_reason(*elsewhere)) is not None:
+            raise SettingsNotFoundError(where, f"{reason}; it {gone}")
+        # A container's /proc/<pid>/root reads as `/`: its settings directory resolved to
+        # this host's, whose production root a purge then emptied (red team 59).
+        raise SettingsNotFoundError(
+            where,
+            f"{reason}; it leads through {elsewhere[0]} to another directory than the one "
+            f"it resolves to in this process, {elsewhere[1]}: a link of /proc "
+            "(/proc/<pid>/root or cwd) into another mount namespace, a container's, names "
+            "the directory as that namespace does; name the directory as this machine sees "
+            "it, where the container's volume is mounted",
+        )
 
-    A link of ``/proc`` that names what a process has (``/proc/<pid>/root``, ``cwd``,
-    ``fd/<n>``) may be read only by that process's own user while it is dumpable, or with
-    ``CAP_SYS_PTRACE``: ``APP_DATA_ROOT=/proc/<a container's pid>/root/srv/app/data`` given by
-    an operator who is not root was a bare ``PermissionError`` traceback from
-    ``app.config.load()``, and every command said that "the data root's filesystem refused it
-    ... `chattr -i -a`", naming ``/proc/<pid>/root`` as the data root (red team 61).
+
+def unresolvable(path: str) -> str | None:
+    """Why `path` names no directory here because a symbolic link on its way cannot be
+    followed, and what to give instead, or None: a link this process may not read
+    (`unfollowable_reason`), or a loop of links (`loop_reason`).
+
+    A root, settings directory or sandbox through a loop (``a`` -> ``b`` -> ``a``) was a
+    bare ``RuntimeError: Symlink loop`` traceback from every command, pytest's start and a
+    test's children (pathlib's ``resolve`` raises on a loop; red team 61, as the
+    ``PermissionError`` of a link of /proc was). So was a link of /proc of a process that
+    has ended, a zombie's (its ``cwd`` and ``root`` read ``ENOENT``): every command said
+    "the data root's filesystem failed a call with ENOENT ... `app data check`", naming
+    ``/proc/<pid>/cwd`` as the data root (exit 74).
     """
     try:
-        os.path.realpath(path)  # what Path.resolve reads
+        resolved = os.path.realpath(path)  # what Path.resolve reads
     except PermissionError as e:
-        return str(e.filename or path)
-    return None
+        return unfollowable_reason(str(e.filename or path))
+    except OSError as e:
+        return unreadable_link_reason(str(e.filename or path), e)
+    loop = loop_at(resolved)
+    return None if loop is None else loop_reason(loop)
+
+
+def loop_at(resolved: str) -> str | None:
+    """The link where a loop of symbolic links begins on `resolved` (``os.path.realpath``'s
+    answer, which stops at a loop and keeps the rest as written), or None where there is
+    none: one ``stat``, and a walk only where it fails with ``ELOOP``."""
+    try:
+        os.stat(resolved)  # noqa: PTH116 - str in, the kernel's own walk
+    except OSError as error:
+        if error.errno != errno.ELOOP:
+            return None
+    else:
+        return None
+    # realpath resolved every link before the loop: the first link left begins it.
+    here = "/"
+    for part in resolved.split("/")[1:]:
+        here = os.path.join(here, part)  # noqa: PTH118 - str in, str out
+        try:
+            if stat.S_ISLNK(os.lstat(here).st_mode):
+                return here
+        except OSError:
+            break
+    return resolved
+
+
+def loop_reason(link: str) -> str:
+    """Why a path through `link` (`loop_at`'s) names no directory, and what resolves it."""
+    return (
+        f"passes through {link}, a symbolic link that leads back to itself through a loop of "
+        f"links (`ls -l {shell_word(link)}` shows where it points), so the path names no "
+        "directory: nothing can be opened through it; point the link at the directory it "
+        "means, or name that directory instead"
+    )
+
+
+def unreadable_link_reason(link: str, error: OSError) -> str:
+    """Why a path through `link`, whose ``readlink`` failed with `error` (not ``EACCES``:
+    `unfollowable_reason`), names no directory here, and what to give instead."""
+    failed = f"{errno.errorcode.get(error.errno or 0, error.errno)} ({error.strerror})"
+    parts = link.split("/")
+    if len(parts) > 3 and parts[1] == "proc" and parts[2].isdigit():
+        return (
+            f"passes through {link}, a link of /proc to what process {parts[2]} has, which "
+            f"names nothing now (reading it failed with {failed}: the process has ended, or "
+            "is ending, and has no current directory, root or descriptors left), so the path "
+            "names no directory here; name the directory itself"
+        )
+    return (
+        f"passes through {link}, a symbolic link this process could not read (it failed "
+        f"with {failed}), so the path names no directory here; name the directory the link "
+        "leads to instead"
+    )
 
 
 def unfollowable_reason(link: str) -> str:
-    """Why a path that passes through `link` (`unfollowable`'s) names no directory here, and
+    """Why a path that passes through `link` (one `unresolvable` finds) names no directory here, and
     what to give instead."""
     parts = link.split("/")
     if len(parts) > 3 and parts[1] == "proc" and parts[2].isdigit():

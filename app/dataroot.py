@@ -49,6 +49,7 @@ from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Final, Self
 
 from app import __version__
+from app.config_files import loop_at
 from app.errors import (
     AuditLogAtLimit,
     DataRootChangedError,
@@ -1283,10 +1284,17 @@ def _refuse_later_layout(root: Path, stamp: Mapping[str, Any]) -> None:
         shown = "not recorded"
     elif type(found) is int and found <= LAYOUT_VERSION:
         return
-    else:
+    elif type(found) is int:
         shown = str(found)
+    else:
+        # `"layout_version": "1"` or `true` (a hand edit, another tool) read as "layout 1",
+        # beside "this reads layout 1 and earlier only" (red team 61).
+        shown = f"{found!r}, which is not a whole number"
     ours, theirs = _version_key(__version__), _version_key(version)
-    later = ours is None or theirs is None or theirs > ours
+    # A stamp that names no release (no `app_version`, or one that is no version) was told
+    # `pip install 'app>=an unknown release'`, a command no pip runs (red team 61): it is
+    # told, as one naming no later release is, that no install helps.
+    later = theirs is not None and (ours is None or theirs > ours)
     raise DataRootTooNewError(root, version, shown, __version__, LAYOUT_VERSION, later=later)
 
 
@@ -1941,6 +1949,14 @@ def _refuse_mounts_inside(config: Config, root: Path) -> None:
         )
 
 
+def _loop_on(root: Path) -> str | None:
+    """`loop_at` of `root`; None where its links cannot be read (`process_link` names those)."""
+    try:
+        return loop_at(os.path.realpath(root))
+    except OSError:
+        return None
+
+
 def _refuse_unfixed_path(config: Config, root: Path) -> None:
     """Refuse a root whose path leads to another directory when the process changes: a
     relative one (its current directory), or one through a link of /proc (its current
@@ -1967,12 +1983,25 @@ def _refuse_unfixed_path(config: Config, root: Path) -> None:
             "its root), not a directory: a chdir or a dup2 (by any thread) sends the "
             "writes that follow into another directory, in the middle of a change"
         )
+    elif (loop := _loop_on(root)) is not None:
+        # "RuntimeError: Symlink loop" from the checks that follow, a traceback from every
+        # open of such a root (red team 61 on regress).
+        raise DataRootStateError(
+            root,
+            f"the path passes through {loop}, a symbolic link that leads back to itself "
+            "through a loop of links, so it names no directory: nothing can be opened "
+            "through it",
+            f"point the link at the directory it means (`ls -l {shell_word(loop)}`), or give "
+            f"data_root of profile {config.profile!r} as that directory's own absolute path; "
+            "`app.config.load` refuses such a root so",
+        )
     else:
         return
     try:
         now = f"this one leads to {os.path.realpath(root)} now"
-    except PermissionError:
-        # A link of another user's process: this one may not follow it (red team 61).
+    except OSError:
+        # A link of another user's process: this one may not follow it (red team 61); of a
+        # process that has ended (ENOENT, red team 61 on regress).
         now = "this one leads nowhere this process may follow"
     raise DataRootStateError(
         root,
@@ -2388,7 +2417,13 @@ def check_opens(config: Config) -> dict[str, Any] | None:
     return stamp
 
 
-def restamp(config: Config, from_profile: str, *, timeout: float = 1.0) -> dict[str, Any]:
+def restamp(
+    config: Config,
+    from_profile: str,
+    *,
+    timeout: float = 1.0,
+    confirm: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Re-stamp the root of ``config.profile`` that is stamped ``from_profile``.
 
     This is ``app data restamp --profile P --from Q``: the explicit, audited way to hand a
@@ -2398,6 +2433,12 @@ def restamp(config: Config, from_profile: str, *, timeout: float = 1.0) -> dict[
         config: the configuration of the profile that should own the root from now on.
         from_profile: the profile the root must currently be stamped with.
         timeout: seconds to retry a contended lock.
+        confirm: called with the profile the root is stamped with, once the stamp is read
+            and found to be ``from_profile``'s, before anything is written; it raises to
+            refuse (``app data restamp`` asks for ``--yes-i-mean-it`` there). Asked before
+            the stamp was read, a mistyped ``--from prodution`` was told to confirm a
+            hand-over from a profile the root was not stamped with, and the command, re-run
+            with the confirmation as told, met another refusal (red team 61).
 
     Returns:
         The new stamp, with ``changed``: ``False`` when the root was stamped for
@@ -2447,6 +2488,8 @@ def restamp(config: Config, from_profile: str, *, timeout: float = 1.0) -> dict[
             raise ProfileStampMismatchError(
                 root, stamped, config.profile, protected=config.taking_needs_confirmation(stamped)
             )
+        if confirm is not None:
+            confirm(stamped)
         # Where the root was made (a test run's sandbox) does not change with its profile.
         made_in = {"sandbox": stamp["sandbox"]} if "sandbox" in stamp else {}
         record = _audit_record(

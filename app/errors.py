@@ -514,10 +514,33 @@ class UnknownProfileError(ConfigError):
     def message(self) -> str:
         what = f"unknown profile {self.name!r}" if self.name else "an empty profile name"
         return (
-            f"{what} (from {self.source}){self._lookalike()}; known profiles: "
+            f"{what} (from {self.source}){self._lookalike()}{self._kept()}; known profiles: "
             f"{', '.join(self.known)}. Set ENV_FOR_DYNACONF or --profile to one of them, "
             "or add a section to settings.toml"
         )
+
+    def _kept(self) -> str:
+        """What an environment file's syntax left in the value, where the rest is a profile:
+        ``"production"`` from docker's ``--env-file`` (which keeps quotes), ``production #
+        live`` from a file that reads a comment only at a line's start (docker's too). Both
+        were refused as an unknown profile beside ``production`` in the list of known ones,
+        and the reader left to spot the difference (red team 61)."""
+        core = self.name.strip()
+        if len(core) > 1 and core[0] in "\"'" and core[-1] == core[0]:
+            inner = core[1:-1].strip()
+            if inner.lower() in self.known:
+                return (
+                    f": it is {inner!r} in quotes, which the file or tool that set it kept as "
+                    "part of the value (docker's --env-file does); write it without them"
+                )
+        before, hash_, _ = core.partition("#")
+        if hash_ and before.strip().lower() in self.known:
+            return (
+                f": it is {before.strip()!r} followed by a comment, which the file that set it "
+                "kept as part of the value (docker's --env-file, for one, reads '#' as a "
+                "comment only at the start of a line); move the comment to a line of its own"
+            )
+        return ""
 
     def _lookalike(self) -> str:
         odd = not_plain_ascii(self.name)
@@ -528,6 +551,40 @@ class UnknownProfileError(ConfigError):
         near = difflib.get_close_matches(folded(self.name), list(self.known), n=1)
         like = f", and only looks like {near[0]!r}" if near else ""
         return f": it is {odd}{like}"
+
+
+class SectionNotAProfileError(UnknownProfileError):
+    """A section of a settings file beside ``settings.toml`` that names none of its profiles.
+
+    The other files (``.secrets.toml``, the local ones) only add to profiles ``settings.toml``
+    declares, so every command refuses to load while such a section is there, whatever profile
+    it selects. The refusal was ``unknown_profile``'s, "set ENV_FOR_DYNACONF or --profile to
+    one of them": run as written, ``ENV_FOR_DYNACONF=production app serve`` met the same
+    refusal (red team 61 on operations). It names the file, the section, the profile it looks
+    meant as, and the two edits that resolve it.
+    """
+
+    #: The section as written, the file that holds it, and the file that declares profiles.
+    section: str
+    path: Path
+    settings_file: Path
+
+    @property
+    def message(self) -> str:
+        import difflib  # here: only a refusal pays for it
+
+        near = difflib.get_close_matches(folded(self.section), list(self.known), n=1)
+        meant = f" (a typo of [{near[0]}]?)" if near else ""
+        rename = f"[{near[0]}]" if near else "one of them"
+        section = noting_odd(f"[{self.section}]", self.section)
+        return (
+            f"section {section} of {self.path} names no profile{meant}: profiles are the "
+            f"sections of {self.settings_file} ({', '.join(self.known)}), and the other "
+            "settings files only add to those, so no profile loads while it is there "
+            "(ENV_FOR_DYNACONF and --profile cannot resolve it). Rename the section in "
+            f"{self.path} to {rename}, or add [{self.name}] with its own data_root to "
+            f"{self.settings_file}; then run `app doctor`"
+        )
 
 
 class VariableMisspeltError(ConfigError):

@@ -290,8 +290,23 @@ def _open_existing(path: Path) -> int | None:
         # A symbolic link there (dangling, or to another root's lock file) was a traceback
         # from `app status` and from every open of the root.
         if error.errno == errno.ELOOP:
+            if not _is_link(path):
+                # A loop of symbolic links on the root's way, not a link here: nothing is
+                # opened through it, so no lock file is there; it was "refusing to lock
+                # ... it is a symbolic link", a traceback from pytest's start with such an
+                # APP_DATA_ROOT in its shell (red team 61 on regress).
+                return None
             raise LockFileAliasedError(path, "is a symbolic link") from None
         raise
+
+
+def _is_link(path: Path) -> bool:
+    """Whether `path` itself is a symbolic link (False where its directory cannot be
+    reached: a loop of links on its way)."""
+    try:
+        return stat.S_ISLNK(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _unreadable(path: Path) -> OSError | LockFileUnreadableError:

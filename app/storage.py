@@ -820,8 +820,15 @@ def _check_serves_here(root: Path) -> None:
         raise ReadOnlyStorageError(doing=f"serve or change data root {root}")
 
 
-def restamp(config: Config, from_profile: str) -> Mapping[str, Any]:
+def restamp(
+    config: Config, from_profile: str, *, confirm: Callable[[str], None] | None = None
+) -> Mapping[str, Any]:
     """Hand the storage stamped ``from_profile`` to ``config.profile`` (``app data restamp``).
+
+    ``confirm`` is called with the profile the storage is stamped with before it is changed,
+    and raises to refuse: on a data root once its stamp is read (a mistyped ``--from`` is
+    then told the stamp it found, not asked to confirm); on PostgreSQL and object storage
+    first, with ``from_profile``.
 
     Returns the new stamp, with ``changed``: ``False`` when it was this profile's already (a
     repeated command, which changes nothing and audits nothing).
@@ -829,11 +836,13 @@ def restamp(config: Config, from_profile: str) -> Mapping[str, Any]:
     if config.backend == REMOTE:
         from app.remote import storage as remote
 
+        if confirm is not None:
+            confirm(from_profile.lower())
         return remote.restamp(config, from_profile)
 
     from app import dataroot
 
-    return dataroot.restamp(config, from_profile)
+    return dataroot.restamp(config, from_profile, confirm=confirm)
 
 
 def holder_lost(error: BaseException) -> bool:

@@ -110,6 +110,16 @@ def _enclosing_run() -> sandboxing.Run | None:
         ) from None
 
 
+def _inside(path: Path, sandbox: Path) -> bool:
+    """Whether `path` resolves into `sandbox`; no where it names no directory (a loop of
+    symbolic links, a link of /proc this process may not follow), whose resolve was a
+    traceback (red team 61 on regress)."""
+    try:
+        return path.resolve().is_relative_to(sandbox)
+    except (OSError, RuntimeError):
+        return False
+
+
 def _before_the_conftests(early_config: pytest.Config) -> None:
     __tracebackhide__ = True
     known = early_config.known_args_namespace
@@ -153,7 +163,7 @@ def _before_the_conftests(early_config: pytest.Config) -> None:
         and os.environ.get(guard.OWNER_ENV) == str(os.getppid())
         and enclosing is not None
         and enclosing.pid == sandboxing.parent_pid()
-        and Path(inherited).resolve().is_relative_to(enclosing.sandbox)
+        and _inside(Path(inherited), enclosing.sandbox)
     )
     # A run started inside another (a test that runs pytest) keeps that run's protected roots.
     inherited_protected = enclosing.protected if enclosing is not None else ()

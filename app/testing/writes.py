@@ -150,7 +150,7 @@ def _real(normal: str) -> Path:
     if (parent := cache.get(head)) is None:
         try:
             parent = cache[head] = os.path.realpath(head)
-        except PermissionError:
+        except OSError:
             return _system_path(normal)
     here = os.path.join(parent, tail)  # noqa: PTH118 - str in, str out
     with contextlib.suppress(OSError):
@@ -169,7 +169,7 @@ def _system_path(text: str) -> Path:
     either, and the path as written is refused as one through /proc."""
     try:
         return Path(os.path.realpath(text))
-    except PermissionError:
+    except OSError:  # EACCES, or ENOENT of an ended process's link of /proc
         return Path(os.path.normpath(text))
 
 

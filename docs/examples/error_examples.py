@@ -80,6 +80,14 @@ EXAMPLES: list[errors.AppError] = [
     errors.UnknownProfileError(
         "prod", ["development", "production", "testing"], "ENV_FOR_DYNACONF"
     ),
+    errors.SectionNotAProfileError(
+        "prodution",
+        ["development", "testing", "production"],
+        "section [prodution] of /opt/app/.secrets.local.toml",
+        "prodution",
+        Path("/opt/app/.secrets.local.toml"),
+        Path("/opt/app/settings.toml"),
+    ),
     errors.DynaconfSwitchError(["FORCE_ENV_FOR_DYNACONF"]),
     errors.VariableMisspeltError(
         "ENV_FOR_DYNACOF",
