@@ -1965,13 +1965,15 @@ def proc_hides_processes() -> str | None:
         return None
     from app import mountinfo
 
-    found = None
-    for line in raw.splitlines():
-        entry = mountinfo.parse(line)
-        if entry is not None and entry.point == b"/proc" and entry.fstype == b"proc":
-            values = mountinfo.option_values(entry, b"hidepid")
-            # the last mount at /proc is the one seen (`mountinfo.showing`'s rule)
-            found = f"hidepid={os.fsdecode(values[0])}" if values else None
+    # The mount that shows /proc (`mountinfo.showing`), not the last line at /proc: a
+    # proc moved beneath another one (``MOVE_MOUNT_BENEATH``) is listed after it, and one
+    # mounted on a mount another hides keeps its point (red team 61 on regress).
+    entries = [entry for line in raw.splitlines() if (entry := mountinfo.parse(line)) is not None]
+    shown = mountinfo.showing(b"/proc", entries)
+    if shown is None or shown.point != b"/proc" or shown.fstype != b"proc":
+        return None
+    values = mountinfo.option_values(shown, b"hidepid")
+    found = f"hidepid={os.fsdecode(values[0])}" if values else None
     return None if found in (None, "hidepid=0", "hidepid=off") else found
 
 
