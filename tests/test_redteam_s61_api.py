@@ -32,7 +32,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from live_http import Answers, a_session, connect, head_of
-from redteam_s19_http import one_server
+from redteam_s19_http import server_and_client
 
 from app import config as appconfig
 from app.errors import InvalidSettingError
@@ -42,11 +42,8 @@ from app.testing import LiveServer
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServer, httpx.Client]]:
     """One server for the module; each test works in sessions of its own."""
-    with (
-        one_server(tmp_path_factory) as server,
-        httpx.Client(base_url=server.url, headers=server.headers) as client,
-    ):
-        yield server, client
+    with server_and_client(tmp_path_factory) as both:
+        yield both
 
 
 def _sent_at_once(server: LiveServer, data: bytes) -> tuple[int, dict[str, str], dict[str, str]]:
