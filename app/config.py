@@ -179,6 +179,37 @@ def _token(value: Any) -> str | None:
     return None if value is None else _non_empty_str(value)
 
 
+def _unsendable_token(token: str) -> str | None:
+    """Why no client could send ``token`` as the server compares it, or ``None``.
+
+    On every profile, not only a protected one (`_weak_token`): a header carries bytes, and
+    the server reads them as Starlette does (Latin-1), so a token with a character outside
+    ASCII matched a client that encodes its header in Latin-1 (Python's requests) and never
+    one that sends UTF-8 (curl, a browser): the right token answered 401 "invalid bearer
+    token". A control character cannot be sent at all, and whitespace at an end is dropped
+    by every client and proxy (red team 61). Never quotes the token, nor any of it.
+    """
+    if token != token.strip():
+        where = "start" if token[0].isspace() else "end"
+        return (
+            f"has whitespace at its {where} (a newline from `echo` or a secrets file?); "
+            "remove it where the token is set: clients send it without, so nobody could "
+            "authenticate"
+        )
+    position = next((i for i, c in enumerate(token) if not " " <= c <= "~"), None)
+    if position is None:
+        return None
+    kind = "outside ASCII" if ord(token[position]) > 0x7F else "a control character"
+    return (
+        f"has a character that is not printable ASCII ({kind}) at position {position + 1} "
+        f"of {len(token)}: a client sends the token as bytes in its Authorization header, "
+        "curl and browsers in UTF-8, others in Latin-1, and a control character is refused "
+        "or changed on the way, so a client that sends it right could be refused (401). "
+        "Remove it where the token is set, or set one of printable ASCII, generated with "
+        "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+    )
+
+
 def _database_url(value: Any) -> str | None:
     if value is None:
         return None
@@ -1822,6 +1853,11 @@ def _serving_problems(selected: Resolved, others: Mapping[str, Resolved]) -> Ite
             problem = _weak_token(token, [r.values.get("api_token") for r in others.values()])
             if problem is not None:
                 yield InvalidSettingError(name, "api_token", mask(token), problem, source)
+    elif isinstance(token := selected.values.get("api_token"), str):
+        problem = _unsendable_token(token)
+        if problem is not None:
+            source = selected.sources.get("api_token", "built-in default")
+            yield InvalidSettingError(selected.profile, "api_token", mask(token), problem, source)
     yield from selected.serving
 
 
@@ -1844,6 +1880,9 @@ def _weak_token(token: str, placeholders: list[str | None]) -> str | None:
             "remove it where the token is set: clients send it without, so nobody could "
             "authenticate"
         )
+    unsendable = _unsendable_token(token)
+    if unsendable is not None:
+        return unsendable
     known = [p for p in placeholders if p]
     if token.casefold() in {p.strip().casefold() for p in known}:
         return f"is the token of another profile (a committed placeholder); {_GENERATE_HINT}"
