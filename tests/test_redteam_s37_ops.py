@@ -22,6 +22,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from faults import attached, needs_strace
 from test_server_e2e import Server, app_env, run_app, wait_for
 
 from app.lock import RootLock
@@ -190,6 +191,7 @@ def test_a_reload_signal_stops_the_server_gracefully_for_a_restart_saying_so(
     os.geteuid() != 0 or shutil.which("capsh") is None,
     reason="a server refused by a mode as any user is: root without its capabilities (capsh)",
 )
+@needs_strace
 def test_a_data_root_made_unreachable_under_its_server_is_said_so_not_a_deleted_lock(
     tmp_path: Path,
 ) -> None:
@@ -197,10 +199,12 @@ def test_a_data_root_made_unreachable_under_its_server_is_said_so_not_a_deleted_
     # said nothing, then the server stopped saying its lock file "could not be checked";
     # "another process could now take the data root" and "Never delete .server.lock".
     root = tmp_path / "data"
-    # The lock's check stops the server at its next turn: 2 s leaves /health (which looks
-    # at once) the time to be asked first, on a loaded machine too (at 0.2 s, the server
-    # had stopped before the first probe's answer, which then was a reset connection).
-    env = app_env(root, APP_LOCK_CHECK_SECONDS="2")
+    # The lock's check stops the server at its next turn, which came at any moment after
+    # the chmod (every 2 s, from the server's start): where it came before /health was
+    # asked, under load, the probe met a closed port ("Connection refused"). The check's
+    # look at the lock file is held (strace delays it) until /health has answered; then it
+    # looks, and stops the server. A short interval: it is held at its next look.
+    env = app_env(root, APP_LOCK_CHECK_SECONDS="0.2")
     make_first_deploy_root(env, root)
     log = tmp_path / "server.log"
     drop = "--drop=cap_dac_override,cap_dac_read_search,cap_fowner"
@@ -212,10 +216,13 @@ def test_a_data_root_made_unreachable_under_its_server_is_said_so_not_a_deleted_
     try:
         url = f"http://127.0.0.1:{published_port(root, process, log)}"
         wait_for(lambda: "Started server process" in log.read_text(), "the server to start")
-        root.chmod(0)
-        # /health trusts a layout it found intact for 50 ms (app.dataroot.layout_changed).
-        wait_for(lambda: httpx.get(f"{url}/health").status_code == 503, "/health to say so")
-        health = httpx.get(f"{url}/health")
+        # Its lstat of the lock file (RootLock.still_ours), the one call there: held for up
+        # to an hour, a bound; detached (below), it goes on at once.
+        with attached(process.pid, "newfstatat,statx:delay_enter=3600s", root / ".server.lock"):
+            root.chmod(0)
+            # /health trusts a layout it found intact for 50 ms (app.dataroot.layout_changed).
+            wait_for(lambda: httpx.get(f"{url}/health").status_code == 503, "/health to say so")
+            health = httpx.get(f"{url}/health")
         assert health.status_code == 503, health.text
         assert health.json()["reason"] == (
             "the data root's sessions/ became unreachable to the server (permission denied) "
