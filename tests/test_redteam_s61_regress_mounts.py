@@ -17,6 +17,12 @@ What broke:
   chroot's table, a mount over the chroot's directory beside the mounts under it. What
   changed: a mount at ``/`` stacked on a listed mount, or beside other mounts of a parent the
   table does not list, is not the process's, and hides nothing.
+- A link ``l -> /proc/<pid>/root/<dir>/l`` to a directory of another process's mount
+  namespace reads as a loop to ``realpath``, which gives the path back unchanged:
+  `app.sandbox.process_link` (whose first test was ``realpath(path) == path``) and
+  perf-startup61's memo of the write checks (`_as_written`) took it for a path through no
+  link, while the kernel follows it into that namespace (at f9d0a17 too). What changed: both
+  ask `app.sandbox.no_link_on_the_way`, an ``lstat`` of each name.
 """
 
 from __future__ import annotations
@@ -101,13 +107,19 @@ print(json.dumps({
 """
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="mounts in a namespace of its own need root")
-def test_a_mount_on_the_namespace_s_root_hides_no_bind_mount() -> None:
+def _seen_by(script: str) -> dict[str, object]:
+    """What `script`, run by a ``python -c`` child of its own, printed last (JSON)."""
     done = subprocess.run(
-        [sys.executable, "-c", OVER_THE_ROOT], capture_output=True, text=True, check=False
+        [sys.executable, "-c", script], capture_output=True, text=True, check=False
     )
     assert done.returncode == 0, done.stderr
-    seen = json.loads(done.stdout.splitlines()[-1])
+    seen: dict[str, object] = json.loads(done.stdout.splitlines()[-1])
+    return seen
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts in a namespace of its own need root")
+def test_a_mount_on_the_namespace_s_root_hides_no_bind_mount() -> None:
+    seen = _seen_by(OVER_THE_ROOT)
     # The process still reads production's file through the bind mount: its lookups start
     # at its root, and never cross the tmpfs mounted on it.
     assert seen["read"] == "production's", seen
@@ -135,3 +147,66 @@ def test_a_mount_over_a_chroot_s_directory_hides_none_of_its_mounts() -> None:
     assert mountinfo.showing("/etc", entries) is None  # on mount 5, not listed
     points = [entry.point for entry in entries]
     assert mountinfo.nearest(b"/x/f", points, mountinfo.by_point(points, entries)) == 0
+
+
+#: A process in a mount namespace of its own (its own tmpfs on /tmp, a directory at
+#: /tmp/sb/l there); then, in another, a link /tmp/sb/l to that process's
+#: /proc/<pid>/root/tmp/sb/l, which reads as a loop and is followed into the first.
+THROUGH_ANOTHER_ROOT = """
+import ctypes, json, os
+from pathlib import Path
+
+libc = ctypes.CDLL(None, use_errno=True)
+
+
+def call(result):
+    if result != 0:
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+
+
+def own_tmp():
+    call(libc.unshare(0x00020000))  # CLONE_NEWNS
+    call(libc.mount(None, b"/", None, (1 << 14) | (1 << 18), None))  # MS_REC | MS_PRIVATE
+    call(libc.mount(b"none", b"/tmp", b"tmpfs", 0, None))
+
+
+ready, told = os.pipe()
+hold, held = os.pipe()
+pid = os.fork()
+if pid == 0:
+    own_tmp()
+    os.makedirs("/tmp/sb/l")
+    Path("/tmp/sb/l/f").write_text("the other namespace's")
+    os.write(told, b"x")
+    os.read(hold, 1)
+    os._exit(0)
+os.read(ready, 1)
+own_tmp()
+os.makedirs("/tmp/sb")
+os.symlink(f"/proc/{pid}/root/tmp/sb/l", "/tmp/sb/l")
+
+from app.sandbox import no_link_on_the_way, process_link
+
+seen = {
+    "pid": pid,
+    "read": Path("/tmp/sb/l/f").read_text(),
+    "realpath": os.path.realpath("/tmp/sb/l/f"),
+    "process_link": process_link("/tmp/sb/l/f.xml", streams=True),
+    # What the checks of pytest's writes ask of each directory, once a pass.
+    "no_link": no_link_on_the_way("/tmp/sb/l"),
+}
+os.write(held, b"x")
+os.waitpid(pid, 0)
+print(json.dumps(seen))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts in a namespace of its own need root")
+def test_a_link_that_reads_as_a_loop_through_another_process_s_root_is_named() -> None:
+    seen = _seen_by(THROUGH_ANOTHER_ROOT)
+    # The kernel follows the link into the other namespace; realpath gives the path back.
+    assert seen["read"] == "the other namespace's", seen
+    assert seen["realpath"] == "/tmp/sb/l/f", seen
+    # Before: None and True, the path taken for one through no link.
+    assert seen["process_link"] == f"/proc/{seen['pid']}/root", seen
+    assert seen["no_link"] is False, seen
