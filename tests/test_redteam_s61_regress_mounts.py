@@ -77,6 +77,13 @@ OVER_THE_ROOT = """
 import ctypes, json, os
 from pathlib import Path
 
+# Imported, and each used once, before /tmp is mounted over: a checkout under /tmp.
+from app import mountinfo
+from app.dataroot import bound_from
+
+bound_from(Path("/"))
+mountinfo.showing("/", mountinfo.table())
+
 libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -94,9 +101,6 @@ os.makedirs("/tmp/sandbox/x")
 Path("/tmp/live/f").write_text("production's")
 call(libc.mount(b"/tmp/live", b"/tmp/sandbox/x", None, MS_BIND, None))
 call(libc.mount(b"none", b"/", b"tmpfs", 0, None))
-
-from app import mountinfo
-from app.dataroot import bound_from
 
 shown = mountinfo.showing("/tmp/sandbox/x/f", mountinfo.table())
 print(json.dumps({
@@ -156,6 +160,10 @@ THROUGH_ANOTHER_ROOT = """
 import ctypes, json, os
 from pathlib import Path
 
+from app.sandbox import no_link_on_the_way, process_link  # before /tmp is mounted over
+
+process_link("/proc/self/cwd/x")
+
 libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -184,8 +192,6 @@ os.read(ready, 1)
 own_tmp()
 os.makedirs("/tmp/sb")
 os.symlink(f"/proc/{pid}/root/tmp/sb/l", "/tmp/sb/l")
-
-from app.sandbox import no_link_on_the_way, process_link
 
 seen = {
     "pid": pid,
