@@ -75,6 +75,7 @@ from app.lock import (
     describe_holder,
     hard_links_fix,
     hard_links_said,
+    held_here,
     probe,
     shared_with,
     special_kind,
@@ -293,9 +294,9 @@ def failed_sync() -> FsyncFailed | None:
     return _FAILED_SYNCS.get("first")
 
 
-def forget_failed_sync() -> FsyncFailed | None:
+def forget_failed_sync(run_s: RootLock | None = None) -> FsyncFailed | None:
     """Forget the fsync failure this process recorded (and return it): for the pytest plugin
-    only, as one test ends (`app.testing.plugin`).
+    only, as one test ends (`app.testing.plugin`); None where nothing was forgotten.
 
     A process changes one data root, save a test run's, whose every test opens a throw-away
     root of its own in the sandbox: there, one test's failure (an ``os.fsync`` a test made
@@ -303,7 +304,17 @@ def forget_failed_sync() -> FsyncFailed | None:
     process (pytest's, or an xdist worker's), each in a root of its own, naming the first
     test's file (red team 61). Never called outside a test run: a server or a command that
     forgot it would acknowledge what the kernel may have dropped.
+
+    Kept while this process still holds a data root other than `run_s` (the run's own
+    session root, which the plugin holds and no test writes through that lock): the test
+    ended, but a root a module- or session-scoped fixture opened (a store, a server in a
+    thread) is written by the tests after it, and the failure may have been that root's.
+    Forgot there, the next test's change to the very root whose fsync had failed was
+    acknowledged (red team 61 on regress, mounts). Once none is held, each later root is
+    opened anew, as after a restart.
     """
+    if any(lock is not run_s for lock in held_here()):
+        return None
     with _FAILED_SYNCS_LOCK:
         return _FAILED_SYNCS.pop("first", None)
 

@@ -74,6 +74,7 @@ __all__ = [
     "Probe",
     "RootLock",
     "describe_holder",
+    "held_here",
     "holder_info",
     "probe",
     "read_holder",
@@ -1334,6 +1335,11 @@ def _deleted_or_free(path: Path) -> Probe:
 # Our duplicate of the locked descriptor must not keep the lock alive in a forked child
 # after the parent dies (flock belongs to the open file description, which fork shares).
 _LIVE_LOCKS: weakref.WeakSet[RootLock] = weakref.WeakSet()
+
+
+def held_here() -> list[RootLock]:
+    """The locks of data roots this process holds now (writers not yet closed)."""
+    return [lock for lock in list(_LIVE_LOCKS) if lock._fd is not None]
 
 
 def _forget_locks_in_child() -> None:  # pragma: no cover - runs in a forked child

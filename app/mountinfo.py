@@ -205,9 +205,23 @@ def _shown(entries: Sequence[Entry], keys: Sequence[bytes]) -> list[int]:
     children: dict[int, dict[bytes, int]] = {}
     for index, entry in enumerate(entries):
         parent = entry.parent_id
+        if not keys[index] and parent in by_id and parent != entry.mount_id:
+            # Stacked on the table's process's root (``mount -t tmpfs none /`` in a namespace
+            # of its own): a lookup starts at that root and never crosses a mount on it, and
+            # a process whose root it became lists neither the old root nor its mounts
+            # (unreachable). Taken for the one on top, it hid every mount of the namespace:
+            # a live root bound into the sandbox was shown from nowhere (red team 61 on
+            # regress, mounts).
+            continue
         # Its own parent: the namespace's root (-1 is no mount's id).
         children.setdefault(-1 if parent == entry.mount_id else parent, {})[keys[index]] = index
     pending = [group for parent, group in children.items() if parent not in by_id]
+    for group in pending:
+        if len(group) > 1:
+            # The same, in a chroot into a directory that is no mount point: its mount is not
+            # listed (unreachable), its mounts under the new root are, and so is one mounted
+            # over that root since, at ``/``, beside them.
+            group.pop(b"", None)
     shown: list[int] = []
     covered: set[int] = set()
     seen: set[int] = set()

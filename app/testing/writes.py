@@ -39,7 +39,7 @@ import pytest
 
 from app.lock import describe_holder
 from app.records import Record
-from app.sandbox import RUNS_DIR, process_link
+from app.sandbox import RUNS_DIR, no_link_on_the_way, process_link
 from app.testing.guard import pytest_ini, usage_error
 
 #: Option destinations pytest only reads, or that a rule below checks by what it does.
@@ -1073,7 +1073,7 @@ def _findings(
     under several options each), and whether one leads into a data root depends on its path
     and on whether pytest deletes it, nothing else."""
     clean: set[tuple[Path, bool]] = set()
-    directories: dict[str, str] = {}  # each directory's real path, once a pass (`_as_written`)
+    directories: dict[str, bool] = {}  # each directory looked at once a pass (`_as_written`)
     for target in found:
         if (key := (target.path, target.deletes)) in clean:
             continue
@@ -1087,12 +1087,12 @@ def _finding(
     target: Target,
     roots: dict[str, Path],
     seen: _Seen,
-    directories: dict[str, str] | None = None,
+    directories: dict[str, bool] | None = None,
 ) -> tuple[str, str] | None:
     """Where `target` leads into a data root, and what resolves it; None where it does not.
 
-    `directories` (one pass of `_findings`) keeps each directory's real path for
-    `_as_written`."""
+    `directories` (one pass of `_findings`) keeps whether each directory is reached through
+    no link, for `_as_written`."""
     where = _conflict(target, roots, seen)
     if where is not None:
         return where, target.fix
@@ -1114,27 +1114,29 @@ def _finding(
     return None
 
 
-def _as_written(path: Path, directories: dict[str, str] | None) -> bool:
-    """True where the system opens `path` (absolute) as it is written: its directory is its
-    own real path (resolved once in `directories`) and its last name no symbolic link. Such
-    a path passes through no link, so through no /proc link (`process_link`'s own first
-    test, a ``realpath`` of the whole, which lstat-ed every component of each of a check's
-    thirty paths again, all in two or three directories). False where that is not known
-    (no `directories`, a path not normalised): `process_link` looks."""
+def _as_written(path: Path, directories: dict[str, bool] | None) -> bool:
+    """True where the system opens `path` (absolute) as it is written: no name of its
+    directory is a symbolic link (looked at once a pass in `directories`) and its last name
+    is none. Such a path passes through no link, so through no /proc link (`process_link`'s
+    own first test, which lstat-ed every component of each of a check's thirty paths again,
+    all in two or three directories). False where that is not known (no `directories`, a
+    path not normalised): `process_link` looks."""
     if directories is None:
         return False
     text = os.fspath(path)
     head, tail = os.path.split(text)
     if not tail or not text.startswith("/") or os.path.normpath(text) != text:
         return False
-    if (real := directories.get(head)) is None:
-        real = directories[head] = os.path.realpath(head)
-    if real != head:
+    if (plain := directories.get(head)) is None:
+        # Not `realpath(head) == head`: a link that reads as a loop is given back unchanged
+        # by realpath, though the kernel follows it through /proc (`no_link_on_the_way`).
+        plain = directories[head] = no_link_on_the_way(head)
+    if not plain:
         return False
     try:
         return not stat.S_ISLNK(os.lstat(text).st_mode)
     except OSError:
-        return True  # nothing there (or not this user's to see): realpath keeps the name
+        return True  # nothing there (or not this user's to see): the kernel stops there too
 
 
 def _end_targets(config: pytest.Config) -> list[Target]:
