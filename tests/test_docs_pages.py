@@ -538,3 +538,40 @@ def test_run_tests_names_the_files_whose_change_reinstalls() -> None:
     sentence = re.search(r"\(each reinstalled when(.+?)\.set-up-from", page, re.S)
     assert sentence, "run-tests.md says when the environments are set up again"
     assert set(re.findall(r"`([^`]+)`", sentence.group(1))) == set(listed.group(1).split())
+
+
+def test_test_modules_import_nothing_that_only_python_m_pytest_finds() -> None:
+    """The tutorial's step 4 and run-tests.md run `.venv/bin/pytest`, which does not put the
+    project directory on `sys.path`; `python -m pytest` (scripts/test, CI, pytester) does. One
+    test module's `from tests.test_server_e2e import app_env` stopped the pages' every
+    `.venv/bin/pytest` at collection ("No module named 'tests'") in a fresh clone, and no run
+    of the suite could see it. A test module imports a sibling by its own name (pytest puts
+    its directory on `sys.path`), never through a directory of the project that is no
+    installed package."""
+    import ast
+
+    only_from_cwd = {
+        entry.name
+        for entry in PROJECT.iterdir()
+        if entry.is_dir() and not (entry / "__init__.py").exists()
+    } | {"setup"}
+    assert {"tests", "docs", "bench"} <= only_from_cwd, only_from_cwd
+    sources = sorted((PROJECT / "tests").rglob("*.py")) + sorted(DOCS.rglob("*.py"))
+    wrong = []
+    for source in sources:
+        for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                names = [node.module]
+            else:
+                continue
+            wrong += [
+                f"{source.relative_to(PROJECT)}:{node.lineno}: {name}"
+                for name in names
+                if name.split(".")[0] in only_from_cwd
+            ]
+    assert wrong == [], (
+        "import these by the module's own name (`from test_server_e2e import ...`): "
+        "`.venv/bin/pytest` cannot import them\n" + "\n".join(wrong)
+    )

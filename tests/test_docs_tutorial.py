@@ -35,7 +35,9 @@ NOT_RUN = {
     "python3 -m venv": "installs and starts the server: the live_server fixture does that "
     "(on a fresh root, and its log is compared with what section 1 quotes)",
     ".venv/bin/pytest": "a whole test run: tests/test_docs_generated.py runs pytest next to a "
-    "held root and checks the header this step shows",
+    "held root and checks the header this step shows (with `python -m pytest`, which puts the "
+    "project directory on sys.path: tests/test_docs_pages.py checks that no test module needs "
+    "it, as the console script does not)",
 }
 
 
