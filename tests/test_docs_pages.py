@@ -575,3 +575,19 @@ def test_test_modules_import_nothing_that_only_python_m_pytest_finds() -> None:
         "import these by the module's own name (`from test_server_e2e import ...`): "
         "`.venv/bin/pytest` cannot import them\n" + "\n".join(wrong)
     )
+
+
+def test_the_refusals_page_and_the_reading_path_count_its_sections_alike() -> None:
+    """resolve-refusals.md said it explains "the two you will meet most often" above three
+    sections (held, confirmation, stamp); the home page's reading path said "the three"."""
+    numbers = {"two": 2, "three": 3, "four": 4, "five": 5}
+    page = (DOCS / "how-to" / "resolve-refusals.md").read_text(encoding="utf-8")
+    sections = re.findall(r"^## (.+)$", page[: page.index("## Other refusals")], re.M)
+    index = (DOCS / "index.md").read_text(encoding="utf-8")
+    said = {
+        "resolve-refusals.md": re.search(r"reasoning for the (\w+) you will meet", page),
+        "index.md": re.search(r"refusals\): the (\w+) you will meet", index),
+    }
+    for where, found in said.items():
+        assert found, where
+        assert numbers[found.group(1)] == len(sections), (where, found.group(0), sections)
