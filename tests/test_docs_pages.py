@@ -300,7 +300,19 @@ def test_the_home_page_has_a_reading_path_of_twenty_minutes() -> None:
     steps = "\n".join(re.findall(r"^\d+\. .*(?:\n {3}.*)*", section, re.M))
     pages = re.findall(r"\]\(([\w/-]+\.md)(?:#[\w-]+)?\)", steps)
     assert "explanation/isolation.md" in pages and "tutorial.md" in pages, pages
-    total = sum(_words(page) for page in dict.fromkeys(["index.md", *pages]))
+    # A step read "down to its table of other refusals" is counted down to that table: its
+    # rows are looked up, not read, and counting them made each new refusal's row cost the
+    # reading path its words.
+    partial = re.findall(r"\]\(([\w/-]+\.md)\) \([^)]*down to its table of ([^)]+)\)", steps)
+    assert [page for page, _ in partial] == ["how-to/resolve-refusals.md"], partial
+    cut = {page: "\n## " + " ".join(title.split()).capitalize() for page, title in partial}
+    total = 0
+    for page in dict.fromkeys(["index.md", *pages]):
+        text = (DOCS / page).read_text(encoding="utf-8")
+        if page in cut:
+            assert cut[page] in text, (page, cut[page])
+            text = text[: text.index(cut[page])]
+        total += len(text.split())
     assert total <= 6000, total
 
 
