@@ -252,6 +252,15 @@ def test_the_tutorial_works_against_a_real_server(
     trash = next(step for step in apps if step.line.endswith("list --trash"))
     assert session_id in trash.output
 
+    # The paths section 3 names on disk, after the restore put the session back.
+    named = re.findall(r"`(?:data/development/)?(sessions/<id>/[\w./]+)`", PAGE.read_text())
+    assert len(named) >= 2, named
+    for path in named:
+        where = app_live_server.data_root / path.replace("<id>", session_id)
+        assert where.is_dir() and any(where.iterdir()) if path.endswith("/") else where.is_file(), (
+            f"docs/tutorial.md names `{path}`, which the server's data root does not hold"
+        )
+
     audit = [
         json.loads(line)
         for line in (app_live_server.data_root / "audit.jsonl").read_text().splitlines()
