@@ -456,8 +456,11 @@ def test_messages_quoted_in_the_prose_are_ones_the_code_prints() -> None:
         if page.name == "attacks.md":
             continue
         prose = re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.S)
-        for quote in re.findall(r"`([^`\n]+)`", prose):
-            if not re.match(r"(Exit: )?app: |error: ", quote):
+        # A code span may wrap onto the next line (Markdown shows a space): such a quote
+        # was left unchecked (resolve-refusals.md's `--basetemp` refusal wrapped so).
+        for span in re.findall(r"`([^`]+)`", prose):
+            quote = " ".join(span.split())
+            if "\n\n" in span or not re.match(r"(Exit: )?app: |error: ", quote):
                 continue
             checked += 1
             parts = re.split(r"\.\.\.|<[\w-]+>", quote.removeprefix("Exit: "))
