@@ -38,7 +38,7 @@ from dataclasses import field, fields
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urlparse, urlsplit
 
 from app import config_files
 from app import sandbox as sandboxing
@@ -179,6 +179,37 @@ def _token(value: Any) -> str | None:
     return None if value is None else _non_empty_str(value)
 
 
+def _unsendable_token(token: str) -> str | None:
+    """Why no client could send ``token`` as the server compares it, or ``None``.
+
+    On every profile, not only a protected one (`_weak_token`): a header carries bytes, and
+    the server reads them as Starlette does (Latin-1), so a token with a character outside
+    ASCII matched a client that encodes its header in Latin-1 (Python's requests) and never
+    one that sends UTF-8 (curl, a browser): the right token answered 401 "invalid bearer
+    token". A control character cannot be sent at all, and whitespace at an end is dropped
+    by every client and proxy (red team 61). Never quotes the token, nor any of it.
+    """
+    if token != token.strip():
+        where = "start" if token[0].isspace() else "end"
+        return (
+            f"has whitespace at its {where} (a newline from `echo` or a secrets file?); "
+            "remove it where the token is set: clients send it without, so nobody could "
+            "authenticate"
+        )
+    position = next((i for i, c in enumerate(token) if not " " <= c <= "~"), None)
+    if position is None:
+        return None
+    kind = "outside ASCII" if ord(token[position]) > 0x7F else "a control character"
+    return (
+        f"has a character that is not printable ASCII ({kind}) at position {position + 1} "
+        f"of {len(token)}: a client sends the token as bytes in its Authorization header, "
+        "curl and browsers in UTF-8, others in Latin-1, and a control character is refused "
+        "or changed on the way, so a client that sends it right could be refused (401). "
+        "Remove it where the token is set, or set one of printable ASCII, generated with "
+        "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+    )
+
+
 def _database_url(value: Any) -> str | None:
     if value is None:
         return None
@@ -250,7 +281,40 @@ def _endpoint_url(value: Any) -> str | None:
             "must not carry credentials; set s3_access_key_id and s3_secret_access_key in "
             ".secrets.toml or APP_S3_ACCESS_KEY_ID / APP_S3_SECRET_ACCESS_KEY instead"
         )
-    return _endpoint_path_problem(parts.path) or _endpoint_host_problem(parts.hostname, value)
+    return (
+        _endpoint_params_problem(value, parts.path)
+        or _endpoint_path_problem(parts.path)
+        or _endpoint_host_problem(parts.hostname, value)
+    )
+
+
+def _endpoint_params_problem(value: str, path: str) -> str | None:
+    """Why an ``s3_endpoint_url``'s path is not the path its requests go under, or None.
+
+    The S3 client (botocore) reads the endpoint with ``urlparse``, which cuts a last path
+    segment's ``;`` and what follows off as URL parameters, and drops them: it sent
+    ``http://h:8333/;`` and ``/x/..;`` to the endpoint itself (``/x/..`` then resolved),
+    where the check of the profiles' prefixes took ``;`` and ``x/..;`` for a path before the
+    bucket: staging's ``s3://app-data/production`` there was production's, unseen (red team
+    61 on regress).
+    """
+    query = urlsplit(value).query
+    if query:
+        # Taken by `app config` and `app doctor`, refused by the client at every request as
+        # the store being unavailable (exit 69; red team 61 on regress).
+        return (
+            f"has a query ({'?' + query!r}), which the S3 client refuses as no valid URI of an "
+            "endpoint (every request would fail); write the URL without it"
+        )
+    sent = urlparse(value).path
+    if sent == path:
+        return None
+    return (
+        f"has {path[len(sent) :]!r} at the end of its path, which the S3 client drops as URL "
+        f"parameters: its requests go under {sent or '/'!r}, so the bucket and prefix it "
+        "reaches are not the ones the check of the profiles' prefixes compares; write the "
+        "path without it, as the path it means"
+    )
 
 
 def _endpoint_path_problem(path: str) -> str | None:
@@ -1277,13 +1341,14 @@ def _as_utf8(key: Key, value: Any) -> Any:
 def _absolute_root(value: str, directory: Path) -> Path:
     """A configured root made absolute: ``~`` expanded, relative to the settings directory
     (never the current one), symlinks resolved; as spelled where a link on its way is one
-    this process may not read (`_unfollowable` refuses it for a profile's root; the plugin's
-    start protects a shell's ``APP_DATA_ROOT`` so spelled, where a ``PermissionError``
-    traceback stopped the run, red team 61)."""
+    this process may not read, or a loop of links (`_unfollowable` refuses both for a
+    profile's root; the plugin's start protects a shell's ``APP_DATA_ROOT`` so spelled, where
+    a ``PermissionError`` or ``RuntimeError: Symlink loop`` traceback stopped the run, red
+    team 61)."""
     spelled = _spelled_root(value, directory)
     try:
         return spelled.resolve()
-    except PermissionError:
+    except (OSError, RuntimeError):
         return Path(os.path.normpath(spelled))
 
 
@@ -1598,11 +1663,10 @@ def _not_text_resolved(key: Key, value: Any, directory: Path) -> str | None:
 def _unfollowable(key: Key, value: Any, directory: Path) -> str | None:
     """Why a path setting's `value` names no directory in this process, where it passes
     through a link this process may not read (``/proc/<pid>/root`` of another user's
-    process), or None (`config_files.unfollowable`; red team 61)."""
+    process) or a loop of links, or None (`config_files.unresolvable`; red team 61)."""
     if not key.type.startswith("Path") or not isinstance(value, str):
         return None
-    link = config_files.unfollowable(str(_spelled_root(value, directory)))
-    return None if link is None else config_files.unfollowable_reason(link)
+    return config_files.unresolvable(str(_spelled_root(value, directory)))
 
 
 def _misresolved(key: Key, value: Any, directory: Path) -> str | None:
@@ -1789,6 +1853,11 @@ def _serving_problems(selected: Resolved, others: Mapping[str, Resolved]) -> Ite
             problem = _weak_token(token, [r.values.get("api_token") for r in others.values()])
             if problem is not None:
                 yield InvalidSettingError(name, "api_token", mask(token), problem, source)
+    elif isinstance(token := selected.values.get("api_token"), str):
+        problem = _unsendable_token(token)
+        if problem is not None:
+            source = selected.sources.get("api_token", "built-in default")
+            yield InvalidSettingError(selected.profile, "api_token", mask(token), problem, source)
     yield from selected.serving
 
 
@@ -1811,6 +1880,9 @@ def _weak_token(token: str, placeholders: list[str | None]) -> str | None:
             "remove it where the token is set: clients send it without, so nobody could "
             "authenticate"
         )
+    unsendable = _unsendable_token(token)
+    if unsendable is not None:
+        return unsendable
     known = [p for p in placeholders if p]
     if token.casefold() in {p.strip().casefold() for p in known}:
         return f"is the token of another profile (a committed placeholder); {_GENERATE_HINT}"

@@ -190,11 +190,11 @@ def settings_dir(environ: Mapping[str, str] | None = None) -> Path:
 
 
 def _refuse_through_proc(where: Path, reason: str) -> None:
-    """Refuse a settings directory named through a link of ``/proc`` that names no directory
-    of this process's: one this user may not follow, one to a removed directory, or one into
-    another mount namespace."""
-    if (link := unfollowable(str(where))) is not None:
-        raise SettingsNotFoundError(where, f"{reason}; it {unfollowable_reason(link)}")
+    """Refuse a settings directory named through links that name no directory of this
+    process's: a loop, a link of ``/proc`` this user may not follow or of a process that has
+    ended (`unresolvable`), one to a removed directory, or one into another mount namespace."""
+    if (cannot := unresolvable(str(where))) is not None:
+        raise SettingsNotFoundError(where, f"{reason}; it {cannot}")
     if (elsewhere := resolved_elsewhere(str(where))) is not None:
         if (gone := deleted_reason(*elsewhere)) is not None:
             raise SettingsNotFoundError(where, f"{reason}; it {gone}")
@@ -210,25 +210,83 @@ def _refuse_through_proc(where: Path, reason: str) -> None:
         )
 
 
-def unfollowable(path: str) -> str | None:
-    """The link on `path`'s way that this process may not read, or None.
+def unresolvable(path: str) -> str | None:
+    """Why `path` names no directory here because a symbolic link on its way cannot be
+    followed, and what to give instead, or None: a link this process may not read
+    (`unfollowable_reason`), or a loop of links (`loop_reason`).
 
-    A link of ``/proc`` that names what a process has (``/proc/<pid>/root``, ``cwd``,
-    ``fd/<n>``) may be read only by that process's own user while it is dumpable, or with
-    ``CAP_SYS_PTRACE``: ``APP_DATA_ROOT=/proc/<a container's pid>/root/srv/app/data`` given by
-    an operator who is not root was a bare ``PermissionError`` traceback from
-    ``app.config.load()``, and every command said that "the data root's filesystem refused it
-    ... `chattr -i -a`", naming ``/proc/<pid>/root`` as the data root (red team 61).
+    A root, settings directory or sandbox through a loop (``a`` -> ``b`` -> ``a``) was a
+    bare ``RuntimeError: Symlink loop`` traceback from every command, pytest's start and a
+    test's children (pathlib's ``resolve`` raises on a loop; red team 61, as the
+    ``PermissionError`` of a link of /proc was). So was a link of /proc of a process that
+    has ended, a zombie's (its ``cwd`` and ``root`` read ``ENOENT``): every command said
+    "the data root's filesystem failed a call with ENOENT ... `app data check`", naming
+    ``/proc/<pid>/cwd`` as the data root (exit 74).
     """
     try:
-        os.path.realpath(path)  # what Path.resolve reads
+        resolved = os.path.realpath(path)  # what Path.resolve reads
     except PermissionError as e:
-        return str(e.filename or path)
-    return None
+        return unfollowable_reason(str(e.filename or path))
+    except OSError as e:
+        return unreadable_link_reason(str(e.filename or path), e)
+    loop = loop_at(resolved)
+    return None if loop is None else loop_reason(loop)
+
+
+def loop_at(resolved: str) -> str | None:
+    """The link where a loop of symbolic links begins on `resolved` (``os.path.realpath``'s
+    answer, which stops at a loop and keeps the rest as written), or None where there is
+    none: one ``stat``, and a walk only where it fails with ``ELOOP``."""
+    try:
+        os.stat(resolved)  # noqa: PTH116 - str in, the kernel's own walk
+    except OSError as error:
+        if error.errno != errno.ELOOP:
+            return None
+    else:
+        return None
+    # realpath resolved every link before the loop: the first link left begins it.
+    here = "/"
+    for part in resolved.split("/")[1:]:
+        here = os.path.join(here, part)  # noqa: PTH118 - str in, str out
+        try:
+            if stat.S_ISLNK(os.lstat(here).st_mode):
+                return here
+        except OSError:
+            break
+    return resolved
+
+
+def loop_reason(link: str) -> str:
+    """Why a path through `link` (`loop_at`'s) names no directory, and what resolves it."""
+    return (
+        f"passes through {link}, a symbolic link that leads back to itself through a loop of "
+        f"links (`ls -l {shell_word(link)}` shows where it points), so the path names no "
+        "directory: nothing can be opened through it; point the link at the directory it "
+        "means, or name that directory instead"
+    )
+
+
+def unreadable_link_reason(link: str, error: OSError) -> str:
+    """Why a path through `link`, whose ``readlink`` failed with `error` (not ``EACCES``:
+    `unfollowable_reason`), names no directory here, and what to give instead."""
+    failed = f"{errno.errorcode.get(error.errno or 0, error.errno)} ({error.strerror})"
+    parts = link.split("/")
+    if len(parts) > 3 and parts[1] == "proc" and parts[2].isdigit():
+        return (
+            f"passes through {link}, a link of /proc to what process {parts[2]} has, which "
+            f"names nothing now (reading it failed with {failed}: the process has ended, or "
+            "is ending, and has no current directory, root or descriptors left), so the path "
+            "names no directory here; name the directory itself"
+        )
+    return (
+        f"passes through {link}, a symbolic link this process could not read (it failed "
+        f"with {failed}), so the path names no directory here; name the directory the link "
+        "leads to instead"
+    )
 
 
 def unfollowable_reason(link: str) -> str:
-    """Why a path that passes through `link` (`unfollowable`'s) names no directory here, and
+    """Why a path that passes through `link` (one `unresolvable` finds) names no directory here, and
     what to give instead."""
     parts = link.split("/")
     if len(parts) > 3 and parts[1] == "proc" and parts[2].isdigit():

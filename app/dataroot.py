@@ -49,6 +49,7 @@ from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Final, Self
 
 from app import __version__
+from app.config_files import loop_at
 from app.errors import (
     AuditLogAtLimit,
     DataRootChangedError,
@@ -290,6 +291,21 @@ _NOT_WRITEBACK_ERRNOS: Final = frozenset({errno.EBADF, errno.EINVAL})
 def failed_sync() -> FsyncFailed | None:
     """The first fsync that failed in this process, if one did (see ``_FAILED_SYNCS``)."""
     return _FAILED_SYNCS.get("first")
+
+
+def forget_failed_sync() -> FsyncFailed | None:
+    """Forget the fsync failure this process recorded (and return it): for the pytest plugin
+    only, as one test ends (`app.testing.plugin`).
+
+    A process changes one data root, save a test run's, whose every test opens a throw-away
+    root of its own in the sandbox: there, one test's failure (an ``os.fsync`` a test made
+    fail on purpose, a fault it injected) refused every change of every later test in that
+    process (pytest's, or an xdist worker's), each in a root of its own, naming the first
+    test's file (red team 61). Never called outside a test run: a server or a command that
+    forgot it would acknowledge what the kernel may have dropped.
+    """
+    with _FAILED_SYNCS_LOCK:
+        return _FAILED_SYNCS.pop("first", None)
 
 
 def _earlier(first: FsyncFailed) -> FsyncFailed:
@@ -1948,6 +1964,14 @@ def _refuse_mounts_inside(config: Config, root: Path) -> None:
         )
 
 
+def _loop_on(root: Path) -> str | None:
+    """`loop_at` of `root`; None where its links cannot be read (`process_link` names those)."""
+    try:
+        return loop_at(os.path.realpath(root))
+    except OSError:
+        return None
+
+
 def _refuse_unfixed_path(config: Config, root: Path) -> None:
     """Refuse a root whose path leads to another directory when the process changes: a
     relative one (its current directory), or one through a link of /proc (its current
@@ -1974,12 +1998,25 @@ def _refuse_unfixed_path(config: Config, root: Path) -> None:
             "its root), not a directory: a chdir or a dup2 (by any thread) sends the "
             "writes that follow into another directory, in the middle of a change"
         )
+    elif (loop := _loop_on(root)) is not None:
+        # "RuntimeError: Symlink loop" from the checks that follow, a traceback from every
+        # open of such a root (red team 61 on regress).
+        raise DataRootStateError(
+            root,
+            f"the path passes through {loop}, a symbolic link that leads back to itself "
+            "through a loop of links, so it names no directory: nothing can be opened "
+            "through it",
+            f"point the link at the directory it means (`ls -l {shell_word(loop)}`), or give "
+            f"data_root of profile {config.profile!r} as that directory's own absolute path; "
+            "`app.config.load` refuses such a root so",
+        )
     else:
         return
     try:
         now = f"this one leads to {os.path.realpath(root)} now"
-    except PermissionError:
-        # A link of another user's process: this one may not follow it (red team 61).
+    except OSError:
+        # A link of another user's process: this one may not follow it (red team 61); of a
+        # process that has ended (ENOENT, red team 61 on regress).
         now = "this one leads nowhere this process may follow"
     raise DataRootStateError(
         root,

@@ -290,8 +290,23 @@ def _open_existing(path: Path) -> int | None:
         # A symbolic link there (dangling, or to another root's lock file) was a traceback
         # from `app status` and from every open of the root.
         if error.errno == errno.ELOOP:
+            if not _is_link(path):
+                # A loop of symbolic links on the root's way, not a link here: nothing is
+                # opened through it, so no lock file is there; it was "refusing to lock
+                # ... it is a symbolic link", a traceback from pytest's start with such an
+                # APP_DATA_ROOT in its shell (red team 61 on regress).
+                return None
             raise LockFileAliasedError(path, "is a symbolic link") from None
         raise
+
+
+def _is_link(path: Path) -> bool:
+    """Whether `path` itself is a symbolic link (False where its directory cannot be
+    reached: a loop of links on its way)."""
+    try:
+        return stat.S_ISLNK(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _unreadable(path: Path) -> OSError | LockFileUnreadableError:
@@ -795,13 +810,29 @@ def _fuse_mount_of(device: int, path: str, pid: int | str) -> tuple[str, str, st
     shown; session 61), else the first mount of `device` in the table."""
     number = f"{os.major(device)}:{os.minor(device)}".encode()
     try:
-        mounts = [entry for entry in mountinfo.table(pid) if entry.device == number]
+        entries = mountinfo.table(pid)
     except OSError:
         return None
+    mounts = [entry for entry in entries if entry.device == number]
     if not mounts or any(not _is_fuse(entry.fstype) for entry in mounts):
         return None
-    best = mountinfo.showing(path, mounts) or mounts[0]
+    best = _showing_of(path, entries, mounts) or mounts[0]
     return os.fsdecode(best.point), os.fsdecode(best.root), os.fsdecode(best.source)
+
+
+def _showing_of(
+    path: str, entries: list[mountinfo.Entry], mounts: list[mountinfo.Entry]
+) -> mountinfo.Entry | None:
+    """The mount of `mounts` (one device's, of the table `entries`) that shows `path`: the
+    one the whole table says shows it (`mountinfo.showing`), where it is one of them, else
+    the one `mounts` alone say. Asked of one device's mounts only, the ids of the mounts
+    between them were missing: of two, one on a mount that another hides (a tmpfs on the
+    way, then a bind of the mirror's root above it), the deeper was taken (red team 61 on
+    regress)."""
+    best = mountinfo.showing(path, entries)
+    if best is not None and any(entry is best for entry in mounts):
+        return best
+    return mountinfo.showing(path, mounts)
 
 
 def _is_fuse(kind: bytes) -> bool:
@@ -927,13 +958,17 @@ def _overlay_mounts(device: int, pid: int | str) -> list[tuple[str, str, list[st
     ]
 
 
-def _overlay_entries(device: int, pid: int | str) -> list[tuple[mountinfo.Entry, list[str]]]:
-    """`_overlay_mounts`, each mount as the table's entry."""
+def _overlay_entries(
+    device: int, pid: int | str, entries: list[mountinfo.Entry] | None = None
+) -> list[tuple[mountinfo.Entry, list[str]]]:
+    """`_overlay_mounts`, each mount as the table's entry (of `entries`, where given: the
+    table of process `pid`, read already)."""
     number = f"{os.major(device)}:{os.minor(device)}".encode()
-    try:
-        entries = mountinfo.table(pid)
-    except OSError:
-        return []
+    if entries is None:
+        try:
+            entries = mountinfo.table(pid)
+        except OSError:
+            return []
     found = []
     for entry in entries:
         if entry.device != number:
@@ -976,8 +1011,12 @@ def _layer_files(device: int, path: str, pid: int | str) -> set[tuple[int, int]]
     at the place of the file at `path` (as process `pid` names it) on overlay `device`: in
     the mount of it that shows `path` (`mountinfo.showing`: of two stacked at one point,
     the one on top, where the first one in the table was taken; session 61)."""
-    mounts = _overlay_entries(device, pid)
-    best = mountinfo.showing(path, [entry for entry, _ in mounts])
+    try:
+        entries = mountinfo.table(pid)
+    except OSError:
+        return set()
+    mounts = _overlay_entries(device, pid, entries)
+    best = _showing_of(path, entries, [entry for entry, _ in mounts])
     if best is None:
         return set()
     layers = next(layers for entry, layers in mounts if entry is best)

@@ -175,56 +175,59 @@ def shown_from(path: Path, mounts: Sequence[Mount], *, hidden: bool = False) -> 
 
 def by_point(points: Sequence[bytes], entries: Sequence[Entry] | None = None) -> dict[bytes, int]:
     """Each mount point (without its trailing ``/``: ``/`` is ``b""``) and the index in
-    `points` of the mount on top there, for `nearest`: of mounts stacked at one point, the
-    one no other there is mounted on (whose mount id is no other's parent id), where
-    `entries` (what `points` were taken from, in their order) says; the last one in the
-    table otherwise, and where the ids leave more than one.
+    `points` of the mount that shows it, for `nearest`: where `entries` (what `points` were
+    taken from, in their order) say, only the mounts a path can reach (`_shown`); without
+    them, the last mount at each point in the table (mount order: a later mount at the same
+    point mostly hides an earlier).
 
     The table lists mounts as they were made, and a mount is mostly made on top of what is
     there; but one moved beneath another (``move_mount`` with ``MOVE_MOUNT_BENEATH``, Linux
-    6.5) is listed after the mount that hides it (session 61). And where `entries` say, a
-    point whose mount lies on one that another hides (``/x/y`` mounted, then a second
-    mount at ``/x``) is left out: the path is the second mount's, not the deeper one's."""
-    tops: dict[bytes, int] = {}
-    stacked = False
-    for index, point in enumerate(points):
-        key = point.rstrip(b"/")
-        stacked = stacked or key in tops
-        tops[key] = index
-    if stacked and entries is not None:
-        groups: dict[bytes, list[int]] = {}
-        for index, point in enumerate(points):
-            groups.setdefault(point.rstrip(b"/"), []).append(index)
-        for key, group in groups.items():
-            if len(group) > 1:
-                below = {entries[index].parent_id for index in group}
-                on_top = [index for index in group if entries[index].mount_id not in below]
-                tops[key] = on_top[-1] if on_top else group[-1]
-        by_id = {entry.mount_id: index for index, entry in enumerate(entries)}
-        for key in [key for key, at in tops.items() if _hidden(at, points, by_id, entries, tops)]:
-            del tops[key]
-    return tops
+    6.5) is listed after the mount that hides it, and a mount made before another on a
+    directory above it (``/x/y`` mounted, then a second mount at ``/x``) has the deeper
+    point, though the path is the second mount's (session 61; red team 61 on regress: a
+    tmpfs at a root's path, then a FUSE mirror above it, and the root was taken for the
+    tmpfs's, one of this machine's own)."""
+    keys = [point.rstrip(b"/") for point in points]
+    if entries is not None:
+        return {keys[index]: index for index in _shown(entries, keys)}
+    return {key: index for index, key in enumerate(keys)}
 
 
-def _hidden(
-    index: int,
-    points: Sequence[bytes],
-    by_id: Mapping[int, int],
-    entries: Sequence[Entry],
-    tops: Mapping[bytes, int],
-) -> bool:
-    """Whether mount `index` lies, itself or through a mount it lies on, on a mount that
-    another stacked at its point hides (`by_point`'s `tops`; `by_id`: each mount id's
-    index)."""
-    for _ in range(len(entries)):  # up the tree, as far as it goes (no loop in a table)
-        parent = by_id.get(entries[index].parent_id)
-        if parent is None or parent == index:
-            return False
-        below = points[parent].rstrip(b"/")
-        if below != points[index].rstrip(b"/") and tops.get(below) != parent:
-            return True  # on a mount another one hides (one stacked on it is not hidden)
-        index = parent
-    return False
+def _shown(entries: Sequence[Entry], keys: Sequence[bytes]) -> list[int]:
+    """The indexes, in table order, of the mounts of `entries` (their points without the
+    trailing ``/``: `keys`) that show their mount point: each one reached from a mount whose
+    parent is not in `entries` (the namespace's root, a mount above a chroot, or a part of
+    the table), through the mounts it lies on, and not hidden by another mount on the same
+    parent at a directory on its way (``/x`` hides ``/x/y``; one at the parent's own point,
+    stacked on it, hides all the others), nor covered by one stacked on it. Of two at one
+    point on one parent (no kernel makes them), the later."""
+    by_id = {entry.mount_id: index for index, entry in enumerate(entries)}
+    children: dict[int, dict[bytes, int]] = {}
+    for index, entry in enumerate(entries):
+        parent = entry.parent_id
+        # Its own parent: the namespace's root (-1 is no mount's id).
+        children.setdefault(-1 if parent == entry.mount_id else parent, {})[keys[index]] = index
+    pending = [group for parent, group in children.items() if parent not in by_id]
+    shown: list[int] = []
+    covered: set[int] = set()
+    seen: set[int] = set()
+    while pending:
+        group = pending.pop()
+        for key, index in group.items():
+            above, hidden = key, False
+            while not hidden and (cut := above.rfind(b"/")) >= 0:
+                above = above[:cut]
+                hidden = above in group
+            if hidden or index in seen:
+                continue
+            seen.add(index)
+            shown.append(index)
+            parent = by_id.get(entries[index].parent_id, index)
+            if parent != index and keys[parent] == key:
+                covered.add(parent)  # stacked on its parent
+            if (under := children.get(entries[index].mount_id)) is not None:
+                pending.append(under)
+    return sorted(index for index in shown if index not in covered)
 
 
 def nearest(wanted: bytes, points: Sequence[bytes], tops: Mapping[bytes, int]) -> int | None:

@@ -283,9 +283,10 @@ def process_link(path: Path | str, *, streams: bool = False) -> str | None:
     try:
         if text.startswith("/") and os.path.realpath(text) == os.path.normpath(text):
             return None
-    except PermissionError:
-        # A link this process may not read (/proc/<another user's pid>/root): the walk
-        # below names it, where realpath's traceback stopped the run (red team 61).
+    except OSError:
+        # A link this process may not read (/proc/<another user's pid>/root), or of a
+        # process that has ended (ENOENT): the walk below names it, where realpath's
+        # traceback stopped the run (red team 61, and on regress).
         pass
     pending = list(Path(text).absolute().parts[1:])
     current, links = "/", 0
@@ -1964,13 +1965,15 @@ def proc_hides_processes() -> str | None:
         return None
     from app import mountinfo
 
-    found = None
-    for line in raw.splitlines():
-        entry = mountinfo.parse(line)
-        if entry is not None and entry.point == b"/proc" and entry.fstype == b"proc":
-            values = mountinfo.option_values(entry, b"hidepid")
-            # the last mount at /proc is the one seen (`mountinfo.showing`'s rule)
-            found = f"hidepid={os.fsdecode(values[0])}" if values else None
+    # The mount that shows /proc (`mountinfo.showing`), not the last line at /proc: a
+    # proc moved beneath another one (``MOVE_MOUNT_BENEATH``) is listed after it, and one
+    # mounted on a mount another hides keeps its point (red team 61 on regress).
+    entries = [entry for line in raw.splitlines() if (entry := mountinfo.parse(line)) is not None]
+    shown = mountinfo.showing(b"/proc", entries)
+    if shown is None or shown.point != b"/proc" or shown.fstype != b"proc":
+        return None
+    values = mountinfo.option_values(shown, b"hidepid")
+    found = f"hidepid={os.fsdecode(values[0])}" if values else None
     return None if found in (None, "hidepid=0", "hidepid=off") else found
 
 
@@ -2673,10 +2676,11 @@ def context(environ: Mapping[str, str] | None = None) -> Context:
 def _given_sandbox(path: Path) -> Path | None:
     """`path`, the environment's sandbox where no run is found, resolved; None where it is
     no sandbox: relative, ``/``, or through a link of /proc this process may not follow
-    (another user's process's root: a ``PermissionError`` traceback, red team 61)."""
+    (another user's process's root: a ``PermissionError`` traceback, red team 61) or a loop
+    of symbolic links (``RuntimeError: Symlink loop``, red team 61 on regress)."""
     try:
         resolved = path.resolve() if path.is_absolute() else None
-    except PermissionError:
+    except (OSError, RuntimeError):
         return None
     return None if resolved is None or resolved == Path(path.anchor) else resolved
 
@@ -2691,10 +2695,11 @@ def _narrowed(run: Run, environ: Mapping[str, str]) -> Run:
         return run
     try:
         inner = Path(raw).resolve()
-    except PermissionError:
+    except (OSError, RuntimeError):
         # Through a link of /proc this process may not follow (another user's process's
-        # root): no directory of the sandbox, so nothing narrowed, where a PermissionError
-        # traceback ended every load of the test's child (red team 61).
+        # root) or a loop of symbolic links: no directory of the sandbox, so nothing
+        # narrowed, where a PermissionError (red team 61) or "RuntimeError: Symlink loop"
+        # (red team 61 on regress) traceback ended every load of the test's child.
         return run
     if inner == run.sandbox or not inner.is_relative_to(run.sandbox):
         return run
@@ -3999,6 +4004,33 @@ def check_root(path: Path, what: str, run: Run | None = None, *, again: bool = F
             sandbox,
             "Tests may only touch data under the sandbox: use the app_config, app_store or "
             f"app_live_server fixtures, or a path under tmp_path{_left_over(run)}",
+        ) from None
+    except OSError as e:
+        # A link of /proc of a process that has ended (a zombie's cwd or root: ENOENT), a
+        # traceback (red team 61 on regress).
+        raise SandboxViolationError(
+            f"{what} {path}, which passes through {e.filename}, a link that names nothing now "
+            f"({e.strerror}: a link of /proc of a process that has ended), so it names no "
+            f"directory of the test sandbox (this process belongs to the test run through "
+            f"{run.recognised_by})",
+            sandbox,
+            "Tests may only touch data under the sandbox: use the app_config, app_store or "
+            f"app_live_server fixtures, or a path under tmp_path{_left_over(run)}",
+        ) from None
+    except RuntimeError:
+        # A loop of symbolic links on its way: "RuntimeError: Symlink loop", a traceback
+        # from every open of such a root in a test (red team 61 on regress).
+        from app.config_files import loop_at
+
+        loop = loop_at(os.path.realpath(path)) or "a link on its way"
+        raise SandboxViolationError(
+            f"{what} {path}, which passes through {loop}, a symbolic link that leads back to "
+            "itself through a loop of links, so it names no directory of the test sandbox "
+            f"(this process belongs to the test run through {run.recognised_by})",
+            sandbox,
+            "Tests may only touch data under the sandbox: point the link at a directory "
+            "under tmp_path, or use the app_config, app_store or app_live_server fixtures"
+            f"{_left_over(run)}",
         ) from None
     if not resolved.is_relative_to(sandbox):
         raise SandboxViolationError(

@@ -30,6 +30,16 @@ needs_strace = pytest.mark.skipif(
 )
 
 
+#: The environment of a traced Python child, added to its own: it writes no bytecode. Under
+#: pytest the children keep theirs in one shared directory (tests/conftest.py), which a
+#: fresh clone (CI's) starts without, so the first child to import a module writes its
+#: ``.pyc``: an ``openat``, a ``write`` and a ``rename`` of the interpreter's own. A fault
+#: counted among every such call (``when=N`` with no path) then struck the import instead
+#: of the N-th change of the app (a red team 35 test read a ``KeyboardInterrupt`` raised in
+#: ``_write_atomic``), and which child compiled first depended on the run's order and load.
+NO_BYTECODE = {"PYTHONDONTWRITEBYTECODE": "1"}
+
+
 def strace_prefix(
     inject: str, *paths: Path, seccomp: bool = False, also: tuple[str, ...] = ()
 ) -> list[str]:
@@ -57,7 +67,7 @@ def app_with_fault(
         [*strace_prefix(inject, *paths), sys.executable, "-m", "app", *command],
         capture_output=True,
         text=True,
-        env={**os.environ, "APP_DATA_ROOT": str(root)},
+        env={**os.environ, **NO_BYTECODE, "APP_DATA_ROOT": str(root)},
         check=False,
     )
 

@@ -36,12 +36,19 @@ def one_server(factory: pytest.TempPathFactory, **settings: str) -> Iterator[Liv
 
 
 @contextlib.contextmanager
-def one_client(factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
-    """An HTTP client of `one_server`, with its token."""
+def server_and_client(factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServer, httpx.Client]]:
+    """`one_server` and an HTTP client of it, with its token."""
     with (
         one_server(factory) as server,
         httpx.Client(base_url=server.url, headers=server.headers) as client,
     ):
+        yield server, client
+
+
+@contextlib.contextmanager
+def one_client(factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+    """An HTTP client of `one_server`, with its token."""
+    with server_and_client(factory) as (_, client):
         yield client
 
 

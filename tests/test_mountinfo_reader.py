@@ -29,6 +29,7 @@ import fcntl
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -310,17 +311,29 @@ def seen(tmp_path_factory: pytest.TempPathFactory) -> dict:
     shared by the workers, holds it)."""
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         pytest.skip("mounts in a mount and PID namespace of their own take unshare(1) and root")
+
+    def made() -> dict:
+        work = tmp_path_factory.mktemp("mountinfo-reader")
+        root = work / "real" / "sub" / "production"
+        root.parent.mkdir(parents=True)
+        return outside_any_run(work, root, SCRIPT, str(work), "fuse" if _fuse() else "-")
+
+    return once_for_the_session(tmp_path_factory, "mountinfo-reader", made)
+
+
+def once_for_the_session(
+    tmp_path_factory: pytest.TempPathFactory, name: str, made: Callable[[], dict]
+) -> dict:
+    """What `made` returns (JSON), made once for the whole session: under xdist, the first
+    worker to come makes it and the others read what it wrote (the session's base
+    directory, shared by the workers, holds it as `name`.json)."""
     base = tmp_path_factory.getbasetemp()
     shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-    kept = shared / "mountinfo-reader.json"
-    with (shared / "mountinfo-reader.lock").open("a") as guard:
+    kept = shared / f"{name}.json"
+    with (shared / f"{name}.lock").open("a") as guard:
         fcntl.flock(guard, fcntl.LOCK_EX)
         if not kept.is_file():
-            work = tmp_path_factory.mktemp("mountinfo-reader")
-            root = work / "real" / "sub" / "production"
-            root.parent.mkdir(parents=True)
-            found = outside_any_run(work, root, SCRIPT, str(work), "fuse" if _fuse() else "-")
-            kept.write_text(json.dumps(found))
+            kept.write_text(json.dumps(made()))
     return json.loads(kept.read_text())
 
 

@@ -30,6 +30,7 @@ from typing import Any
 import httpx
 import pytest
 from engines import S3Engine
+from faults import NO_BYTECODE, strace_prefix
 from live_http import Answers, connect
 from redteam_s19_http import blob_of, one_server
 
@@ -280,13 +281,13 @@ def _interrupted(
     ``nth`` change; its standard error."""
     shutil.rmtree(config.data_root)
     shutil.copytree(template, config.data_root, symlinks=True)
-    inject = f"{_CHANGES}:signal={sig}:when={nth}"
-    strace = ["strace", "-f", "-qq", "-o", "/dev/null", "-e", f"trace={_CHANGES}"]
+    # Every rename and unlink the command makes counts, so it writes no bytecode of its own
+    # (faults.NO_BYTECODE): the N-th is the app's.
     run = subprocess.run(
-        [*strace, "-e", f"inject={inject}", *command],
+        [*strace_prefix(f"{_CHANGES}:signal={sig}:when={nth}"), *command],
         capture_output=True,
         text=True,
-        env={**os.environ, "APP_DATA_ROOT": str(config.data_root)},
+        env={**os.environ, **NO_BYTECODE, "APP_DATA_ROOT": str(config.data_root)},
         check=False,
     )
     assert run.returncode != 0, f"not interrupted at change {nth}: {run.stderr}"

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from faults import attached, needs_strace
 from test_server_e2e import Server, app_env, run_app, wait_for
 
 from app.lock import RootLock
@@ -33,6 +34,16 @@ def _start(servers: list[Server], tmp_path: Path, root: Path, **extra: str) -> S
     server = Server(app_env(root, **extra), tmp_path / f"server-{len(servers)}.log")
     servers.append(server)
     return server.wait_ready()
+
+
+def _named(lock: Path) -> object:
+    """The pid the lock file names; ``None`` while its holder rewrites it in place (the app
+    writes, then cuts to length: a longer earlier JSON's tail is read meanwhile, which the
+    app's own readers retry) or while cp has emptied it."""
+    try:
+        return json.loads(lock.read_text() or "{}").get("pid")
+    except json.JSONDecodeError:
+        return None
 
 
 def test_a_backup_copied_over_a_live_root_does_not_leave_the_copys_holder_named(
@@ -49,13 +60,18 @@ def test_a_backup_copied_over_a_live_root_does_not_leave_the_copys_holder_named(
     subprocess.run(["cp", "-a", f"{root}/.", str(backup)], check=True)
     assert first.stop() == 0
     server = _start(servers, tmp_path, root, APP_LOCK_CHECK_SECONDS="0.2")
+    locked = (root / ".server.lock").stat().st_ino
     subprocess.run(["cp", "-a", f"{backup}/.", f"{root}/"], check=True)
-    assert json.loads((root / ".server.lock").read_text())["pid"] == first.pid
+    # cp wrote into the locked inode, its bytes the first server's. Not read here: the
+    # watcher (every 0.2 s) may have written them again already, which under load it did
+    # between cp's exit and the read (runs read the server's own pid). The log line below
+    # is what says the bytes were written over.
+    assert (root / ".server.lock").stat().st_ino == locked
 
     # The server names itself again, saying why (until then a probe says the file was
     # written over: the next test, without a server's watcher racing the probe).
     wait_for(
-        lambda: json.loads((root / ".server.lock").read_text() or "{}").get("pid") == server.pid,
+        lambda: _named(root / ".server.lock") == server.pid,
         "the server to name itself again in its lock file",
     )
     said = (
@@ -175,6 +191,7 @@ def test_a_reload_signal_stops_the_server_gracefully_for_a_restart_saying_so(
     os.geteuid() != 0 or shutil.which("capsh") is None,
     reason="a server refused by a mode as any user is: root without its capabilities (capsh)",
 )
+@needs_strace
 def test_a_data_root_made_unreachable_under_its_server_is_said_so_not_a_deleted_lock(
     tmp_path: Path,
 ) -> None:
@@ -182,10 +199,12 @@ def test_a_data_root_made_unreachable_under_its_server_is_said_so_not_a_deleted_
     # said nothing, then the server stopped saying its lock file "could not be checked";
     # "another process could now take the data root" and "Never delete .server.lock".
     root = tmp_path / "data"
-    # The lock's check stops the server at its next turn: 2 s leaves /health (which looks
-    # at once) the time to be asked first, on a loaded machine too (at 0.2 s, the server
-    # had stopped before the first probe's answer, which then was a reset connection).
-    env = app_env(root, APP_LOCK_CHECK_SECONDS="2")
+    # The lock's check stops the server at its next turn, which came at any moment after
+    # the chmod (every 2 s, from the server's start): where it came before /health was
+    # asked, under load, the probe met a closed port ("Connection refused"). The check's
+    # look at the lock file is held (strace delays it) until /health has answered; then it
+    # looks, and stops the server. A short interval: it is held at its next look.
+    env = app_env(root, APP_LOCK_CHECK_SECONDS="0.2")
     make_first_deploy_root(env, root)
     log = tmp_path / "server.log"
     drop = "--drop=cap_dac_override,cap_dac_read_search,cap_fowner"
@@ -197,10 +216,13 @@ def test_a_data_root_made_unreachable_under_its_server_is_said_so_not_a_deleted_
     try:
         url = f"http://127.0.0.1:{published_port(root, process, log)}"
         wait_for(lambda: "Started server process" in log.read_text(), "the server to start")
-        root.chmod(0)
-        # /health trusts a layout it found intact for 50 ms (app.dataroot.layout_changed).
-        wait_for(lambda: httpx.get(f"{url}/health").status_code == 503, "/health to say so")
-        health = httpx.get(f"{url}/health")
+        # Its lstat of the lock file (RootLock.still_ours), the one call there: held for up
+        # to an hour, a bound; detached (below), it goes on at once.
+        with attached(process.pid, "newfstatat,statx:delay_enter=3600s", root / ".server.lock"):
+            root.chmod(0)
+            # /health trusts a layout it found intact for 50 ms (app.dataroot.layout_changed).
+            wait_for(lambda: httpx.get(f"{url}/health").status_code == 503, "/health to say so")
+            health = httpx.get(f"{url}/health")
         assert health.status_code == 503, health.text
         assert health.json()["reason"] == (
             "the data root's sessions/ became unreachable to the server (permission denied) "

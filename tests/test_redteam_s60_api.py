@@ -41,7 +41,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from redteam_s19_http import one_server
+from redteam_s19_http import server_and_client
 
 from app.testing import LiveServer
 
@@ -49,11 +49,8 @@ from app.testing import LiveServer
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServer, httpx.Client]]:
     """One server for the module; each test works in sessions of its own."""
-    with (
-        one_server(tmp_path_factory) as server,
-        httpx.Client(base_url=server.url, headers=server.headers) as client,
-    ):
-        yield server, client
+    with server_and_client(tmp_path_factory) as both:
+        yield both
 
 
 def _refused_encoded_slash(answer: httpx.Response, path: str) -> None:

@@ -109,8 +109,18 @@ if sys.argv[2] == "fuse":
     results["FORWARDS_FREE"] = writer(APP_DATA_ROOT=str(forwards / "second"))
     results["after"] = [names(real / made / "sessions") for made in ("production", "second")]
     results["trash"] = [names(real / made / ".trash") for made in ("production", "second")]
+    # `again` is a mirror of `mirror`: its daemon keeps `mirror` open until it has exited,
+    # which it does after `fusermount -u` returned, so `mirror` was busy for a moment (a
+    # loaded run's unmount failed so). This is PID 1, the daemons' parent: wait for each.
+    daemons = {
+        argv[-1]: int(proc.name)
+        for proc in Path("/proc").iterdir()
+        if proc.name.isdigit() and (argv := (proc / "cmdline").read_text().split("\0")[:-1])
+        and os.path.basename(argv[0]) == "bindfs"
+    }
     for made in (forwards, again, mirror):
         subprocess.run(["fusermount", "-u", str(made)], check=True)
+        os.waitpid(daemons[str(made)], 0)
 
 from app import sandbox
 

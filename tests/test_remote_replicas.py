@@ -17,7 +17,7 @@ import forked_app
 import psycopg
 import pytest
 from engines import PostgresEngine, S3Engine
-from replicas import Production, Replica, production_on, wait_for
+from replicas import SPAWNED_SECONDS, Production, Replica, production_on, wait_for
 
 from app.testing import wait_until_serving
 
@@ -263,7 +263,9 @@ def _workers_rows(production: Production, server: Replica, count: int) -> list[d
             return None  # the first worker is still creating the tables
         return found if len(found) == count else None
 
-    found: list[dict[str, Any]] = wait_for(rows, f"{count} workers to publish their rows")
+    found: list[dict[str, Any]] = wait_for(
+        rows, f"{count} workers to publish their rows", seconds=SPAWNED_SECONDS
+    )
     return found
 
 

@@ -67,3 +67,29 @@ def test_a_loop_of_links_where_an_option_names_a_path_does_not_stop_the_guard(
     assert "collected 1 item" in output, output
     # pytest's own error as it writes the report (as without the plugin):
     assert "OSError: [Errno 40] Too many levels of symbolic links" in output, output
+
+
+def test_a_path_taken_as_written_passes_through_no_process_link(tmp_path: Path) -> None:
+    """`writes._as_written` (each directory resolved once a pass of `_findings`) answers
+    True only where ``realpath`` leaves the path as written, so `process_link` finds none:
+    a link on the way or at the end, a path not normalised, and no pass go to it."""
+    from app.sandbox import process_link
+
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "file").write_text("x")
+    (tmp_path / "dir-link").symlink_to(tmp_path / "real")
+    (tmp_path / "fd-link").symlink_to("/proc/self/fd/2")
+    (tmp_path / "cwd-link").symlink_to("/proc/self/cwd")
+    names = [
+        "real/file", "real/missing", "dir-link/file", "fd-link", "cwd-link/x", "real/../real",
+        "missing/deeper",
+    ]  # fmt: skip
+    directories: dict[str, str] = {}
+    for name in names:
+        path = Path(os.path.join(tmp_path, name))  # as written, `..` kept
+        written = writes._as_written(path, directories)
+        assert written == (os.path.realpath(path) == str(path)), name
+        if written:
+            assert process_link(path) is None, name
+    assert not writes._as_written(tmp_path / "real" / "file", None)
+    assert writes._as_written(Path("/proc/self/fd/2"), {}) is False

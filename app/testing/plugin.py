@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 import tomllib
 from collections.abc import Iterable, Iterator
 from difflib import get_close_matches
@@ -110,6 +111,16 @@ def _enclosing_run() -> sandboxing.Run | None:
         ) from None
 
 
+def _inside(path: Path, sandbox: Path) -> bool:
+    """Whether `path` resolves into `sandbox`; no where it names no directory (a loop of
+    symbolic links, a link of /proc this process may not follow), whose resolve was a
+    traceback (red team 61 on regress)."""
+    try:
+        return path.resolve().is_relative_to(sandbox)
+    except (OSError, RuntimeError):
+        return False
+
+
 def _before_the_conftests(early_config: pytest.Config) -> None:
     __tracebackhide__ = True
     known = early_config.known_args_namespace
@@ -153,7 +164,7 @@ def _before_the_conftests(early_config: pytest.Config) -> None:
         and os.environ.get(guard.OWNER_ENV) == str(os.getppid())
         and enclosing is not None
         and enclosing.pid == sandboxing.parent_pid()
-        and Path(inherited).resolve().is_relative_to(enclosing.sandbox)
+        and _inside(Path(inherited), enclosing.sandbox)
     )
     # A run started inside another (a test that runs pytest) keeps that run's protected roots.
     inherited_protected = enclosing.protected if enclosing is not None else ()
@@ -503,8 +514,10 @@ def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
     except BaseException:
         _undo_marks(item, state)
         _after_the_test(item, state)  # put back, even when a teardown failed
+        _forget_failed_sync()
         raise
     _undo_marks(item, state)
+    _forget_failed_sync()
     failures = [kept] if kept is not None else []
     if kept is None:
         replaced = guard.refuse_replaced_sandbox(state, f"after {item.nodeid}")
@@ -513,6 +526,22 @@ def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
     if failures:
         pytest.fail("\n".join(failures), pytrace=False)
     return result
+
+
+def _forget_failed_sync() -> None:
+    """Forget a failed fsync of the test that ended (`app.dataroot.forget_failed_sync`).
+
+    Kept for the whole process, it refused every change of every later test in this process
+    (each in a throw-away root of its own, in the sandbox), naming the first test's file: a
+    test that made an fsync fail on purpose failed the rest of its worker (red team 61).
+    Forgotten once the test's fixtures are torn down: the test itself, and its fixtures, see
+    every later change refused, as a server's would be. Only the run's throw-away roots are
+    written in this process (the guard refuses the others), so no change of a kept root is
+    acknowledged after a failure forgotten here.
+    """
+    dataroot = sys.modules.get("app.dataroot")  # not imported: no root opened, none failed
+    if dataroot is not None:
+        dataroot.forget_failed_sync()
 
 
 def _after_the_test(item: pytest.Item, state: guard.GuardState) -> list[str]:

@@ -150,7 +150,7 @@ def _real(normal: str) -> Path:
     if (parent := cache.get(head)) is None:
         try:
             parent = cache[head] = os.path.realpath(head)
-        except PermissionError:
+        except OSError:
             return _system_path(normal)
     here = os.path.join(parent, tail)  # noqa: PTH118 - str in, str out
     with contextlib.suppress(OSError):
@@ -169,7 +169,7 @@ def _system_path(text: str) -> Path:
     either, and the path as written is refused as one through /proc."""
     try:
         return Path(os.path.realpath(text))
-    except PermissionError:
+    except OSError:  # EACCES, or ENOENT of an ended process's link of /proc
         return Path(os.path.normpath(text))
 
 
@@ -1073,22 +1073,33 @@ def _findings(
     under several options each), and whether one leads into a data root depends on its path
     and on whether pytest deletes it, nothing else."""
     clean: set[tuple[Path, bool]] = set()
+    directories: dict[str, str] = {}  # each directory's real path, once a pass (`_as_written`)
     for target in found:
         if (key := (target.path, target.deletes)) in clean:
             continue
-        if (finding := _finding(target, roots, seen)) is None:
+        if (finding := _finding(target, roots, seen, directories)) is None:
             clean.add(key)
         else:
             yield target, finding
 
 
-def _finding(target: Target, roots: dict[str, Path], seen: _Seen) -> tuple[str, str] | None:
-    """Where `target` leads into a data root, and what resolves it; None where it does not."""
+def _finding(
+    target: Target,
+    roots: dict[str, Path],
+    seen: _Seen,
+    directories: dict[str, str] | None = None,
+) -> tuple[str, str] | None:
+    """Where `target` leads into a data root, and what resolves it; None where it does not.
+
+    `directories` (one pass of `_findings`) keeps each directory's real path for
+    `_as_written`."""
     where = _conflict(target, roots, seen)
     if where is not None:
         return where, target.fix
     if (shared := _other_names(target.path, roots)) is not None:
         return shared
+    if _as_written(target.path, directories):
+        return None
     if (magic := process_link(target.path, streams=True)) is not None:
         where = (
             f"which passes through {magic}: it names what a process has open (or its "
@@ -1101,6 +1112,29 @@ def _finding(target: Target, roots: dict[str, Path], seen: _Seen) -> tuple[str, 
         )
         return where, fix
     return None
+
+
+def _as_written(path: Path, directories: dict[str, str] | None) -> bool:
+    """True where the system opens `path` (absolute) as it is written: its directory is its
+    own real path (resolved once in `directories`) and its last name no symbolic link. Such
+    a path passes through no link, so through no /proc link (`process_link`'s own first
+    test, a ``realpath`` of the whole, which lstat-ed every component of each of a check's
+    thirty paths again, all in two or three directories). False where that is not known
+    (no `directories`, a path not normalised): `process_link` looks."""
+    if directories is None:
+        return False
+    text = os.fspath(path)
+    head, tail = os.path.split(text)
+    if not tail or not text.startswith("/") or os.path.normpath(text) != text:
+        return False
+    if (real := directories.get(head)) is None:
+        real = directories[head] = os.path.realpath(head)
+    if real != head:
+        return False
+    try:
+        return not stat.S_ISLNK(os.lstat(text).st_mode)
+    except OSError:
+        return True  # nothing there (or not this user's to see): realpath keeps the name
 
 
 def _end_targets(config: pytest.Config) -> list[Target]:
