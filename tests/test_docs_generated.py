@@ -111,8 +111,13 @@ def render_error_catalogue() -> str:
         "| error | `code` | exit code | HTTP status | meaning |",
         "|---|---|---|---|---|",
     ]
+    # One row and one section per class, with each of its examples: a class with two
+    # examples had two rows and two sections of one name, whose second the table's link
+    # never reached (mkdocs made it #storagesyncfailederror_1).
+    by_class: dict[type, list[object]] = {}
     for example in examples:
-        cls = type(example)
+        by_class.setdefault(type(example), []).append(example)
+    for cls in by_class:
         doc = inspect.getdoc(cls) or ""
         http = _http_status(cls)
         lines.append(
@@ -120,8 +125,7 @@ def render_error_catalogue() -> str:
             f"| {http} | {doc.splitlines()[0]} |"
         )
     lines.append("")
-    for example in examples:
-        cls = type(example)
+    for cls, shown in by_class.items():
         bases = [b.__name__ for b in cls.__mro__[1:] if b.__name__ in ABSTRACT_ERRORS]
         lines += [
             f"### {cls.__name__}",
@@ -132,13 +136,11 @@ def render_error_catalogue() -> str:
             "",
             inspect.getdoc(cls) or "",
             "",
-            "Example message:",
-            "",
-            "```text",
-            str(example),
-            "```",
+            "Example message:" if len(shown) == 1 else "Example messages:",
             "",
         ]
+        for example in shown:
+            lines += ["```text", str(example), "```", ""]
     return "\n".join(lines)
 
 

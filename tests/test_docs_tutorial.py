@@ -32,10 +32,14 @@ PAGE_URL = "http://127.0.0.1:8000"
 STOP_MARKER = "<!-- tutorial-test: stop the server"
 #: Lines the test does not run, and why: the fixture stands for them, or another test runs them.
 NOT_RUN = {
-    "python3 -m venv": "installs and starts the server: the live_server fixture does that "
-    "(on a fresh root, and its log is compared with what section 1 quotes)",
+    "python3 -m venv .venv &&": "installs and starts the server: the live_server fixture does "
+    "that (on a fresh root, and its log is compared with what section 1 quotes)",
+    "python3 -m venv .venv-": "installs the site's and the fuzzer's tools, which the suite's "
+    "run needs: compared below with what scripts/test installs",
     ".venv/bin/pytest": "a whole test run: tests/test_docs_generated.py runs pytest next to a "
-    "held root and checks the header this step shows",
+    "held root and checks the header this step shows (with `python -m pytest`, which puts the "
+    "project directory on sys.path: tests/test_docs_pages.py checks that no test module needs "
+    "it, as the console script does not)",
 }
 
 
@@ -248,6 +252,15 @@ def test_the_tutorial_works_against_a_real_server(
     trash = next(step for step in apps if step.line.endswith("list --trash"))
     assert session_id in trash.output
 
+    # The paths section 3 names on disk, after the restore put the session back.
+    named = re.findall(r"`(?:data/development/)?(sessions/<id>/[\w./]+)`", PAGE.read_text())
+    assert len(named) >= 2, named
+    for path in named:
+        where = app_live_server.data_root / path.replace("<id>", session_id)
+        assert where.is_dir() and any(where.iterdir()) if path.endswith("/") else where.is_file(), (
+            f"docs/tutorial.md names `{path}`, which the server's data root does not hold"
+        )
+
     audit = [
         json.loads(line)
         for line in (app_live_server.data_root / "audit.jsonl").read_text().splitlines()
@@ -261,7 +274,9 @@ def step_1_quotes() -> list[str]:
     """What section 1 quotes of the server's start (code spans with `...`), fences left out."""
     text = PAGE.read_text(encoding="utf-8")
     prose = re.sub(r"```.*?```", "", text[text.index("## 1.") : text.index("## 2.")], flags=re.S)
-    return [quote for quote in re.findall(r"`([^`\n]+)`", prose) if "..." in quote]
+    # A span that wraps onto the next line is one quote too (Markdown shows a space).
+    spans = [" ".join(span.split()) for span in re.findall(r"`([^`]+)`", prose)]
+    return [quote for quote in spans if "..." in quote]
 
 
 def check_step_1(server: LiveServer) -> None:
@@ -277,3 +292,28 @@ def check_step_1(server: LiveServer) -> None:
         assert re.search(regex, said), (
             f"docs/tutorial.md quotes `{quote}`; the server said:\n{said}"
         )
+
+
+def test_the_tutorial_installs_the_environments_the_suite_needs_as_scripts_test_does() -> None:
+    """Section 4 ran the whole suite in a clone that had only `.venv`: the site's build and the
+    fuzzing test failed ("mkdocs is not installed", "schemathesis is not installed"), as they
+    do wherever `bash scripts/test` has not run. The page now makes `.venv-docs` and
+    `.venv-fuzz` first, with what scripts/test installs there."""
+    import tomllib
+
+    project = PAGE.parent.parent
+    fuzz = tomllib.loads((project / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]["fuzz"]
+    script = (project / "scripts" / "test").read_text()
+    assert "set_up .venv-docs -e '.[docs]'" in script and "set_up .venv-fuzz" in script
+    installs = [step for step in tutorial_steps() if step.startswith("python3 -m venv .venv-")]
+    assert installs == [
+        "python3 -m venv .venv-docs && .venv-docs/bin/pip install -q -e '.[docs]'",
+        "python3 -m venv .venv-fuzz && .venv-fuzz/bin/pip install -q "
+        + " ".join(shlex.quote(spec) for spec in fuzz),
+    ], installs
+    steps = tutorial_steps()
+    assert max(map(steps.index, installs)) < next(
+        i for i, step in enumerate(steps) if ".venv/bin/pytest" in step
+    )

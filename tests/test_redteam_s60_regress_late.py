@@ -28,8 +28,7 @@ import sys
 from pathlib import Path
 
 import httpx
-
-from tests.test_server_e2e import app_env
+from test_server_e2e import app_env
 
 #: ``app serve --port 0`` exec'd with SIGINT ignored, as sh starts ``cmd &`` without job
 #: control (an ignored signal stays ignored through exec).
