@@ -22,36 +22,24 @@ What broke, and what changed:
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import forked_app
 import httpx
-import psycopg
-import pytest
 from engines import PostgresEngine, S3Engine, new_blob_url
-from live_http import Answers, a_session, connect, head_of
-from redteam_s19_http import server_and_client
+from live_http import Answers, a_file, connect, head_of
 from replicas import production_on
+from test_redteam_s61_api import served  # noqa: F401 - a fixture
 
 from app.testing import LiveServer
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServer, httpx.Client]]:
-    with server_and_client(tmp_path_factory) as both:
-        yield both
-
-
 def test_a_chunk_line_that_came_before_its_data_is_held_to_the_bound(
-    served: tuple[LiveServer, httpx.Client],
+    served: tuple[LiveServer, httpx.Client],  # noqa: F811 - the fixture
 ) -> None:
     server, client = served
     bound = server.config.max_header_bytes
-    session_id = a_session(server)
-    path = f"/sessions/{session_id}/files/kept.txt"
-    assert client.put(path, content=b"old").status_code == 201
+    path = a_file(server, client, b"old")
     put = head_of(
         server,
         f"PUT {path}",
@@ -82,7 +70,6 @@ def test_a_remote_restamp_reads_the_stamps_before_it_asks_for_a_confirmation(
     tmp_path: Path, postgres_engine: PostgresEngine, s3_engine: S3Engine
 ) -> None:
     with production_on(tmp_path, postgres_engine, s3_engine, new_blob_url(s3_engine)) as prod:
-        bucket, _, prefix = prod.blob_url.removeprefix("s3://").partition("/")
         opened = forked_app.run(prod.env, ["sessions", "list"])
         assert opened.returncode == 0, opened.stderr
         restamp = ["data", "restamp", "--profile", "production", "--from"]
@@ -92,12 +79,7 @@ def test_a_remote_restamp_reads_the_stamps_before_it_asks_for_a_confirmation(
         assert repeated.returncode == 0, repeated.stderr
         assert "is already stamped 'production': nothing was changed" in repeated.stdout
         # A database and prefix of staging's (a copy, say), to be handed to production.
-        s3 = s3_engine.client()
-        key = f"{prefix}/.app-profile.json"
-        stamp = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
-        s3.put_object(Bucket=bucket, Key=key, Body=json.dumps({**stamp, "profile": "staging"}))
-        with psycopg.connect(prod.database_url) as conn:
-            conn.execute("UPDATE app_stamp SET profile = 'staging'")
+        prod.stamp_both(s3_engine, "staging")
         # Before: 77, "add --yes-i-mean-it" to hand it over from 'stagign', and, re-run so,
         # refused for the stamp it found.
         typo = forked_app.run(prod.env, [*restamp, "stagign"])
