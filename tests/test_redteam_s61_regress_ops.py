@@ -64,6 +64,17 @@ def test_a_chunk_line_that_came_before_its_data_is_held_to_the_bound(
         assert f"PUT {path} refused" in problem["message"], problem
         assert "nothing of it was kept" in problem["message"], problem
         assert client.get(path).content == b"old"
+    # A later chunk's line of the bound itself, after the CRLF that ended the chunk before
+    # it, all in one read: served (that CRLF is not the line's).
+    at_bound = b"3;" + b"e" * (bound - 4) + b"\r\n"
+    with connect(server) as sock:
+        sock.sendall(put + b"2\r\nab\r\n" + at_bound + b"new\r\n0\r\n\r\n")
+        answers = Answers(sock)
+        status, _, body = answers.next()
+        if status == 100:
+            status, _, body = answers.next()
+    assert status == 200, body
+    assert client.get(path).content == b"abnew"
 
 
 def test_a_remote_restamp_reads_the_stamps_before_it_asks_for_a_confirmation(

@@ -578,16 +578,21 @@ def bounded_h11(
         #: only then waits for the bytes after it, so a line that came in a read of its own
         #: is counted with the event that follows it (red team 61 on regress).
         _framing = 0
+        #: The bytes of the CRLF that ends a chunk's data h11 has still to take first.
+        _crlf = 0
 
         def next_event(self) -> Any:
             before = len(self._receive_buffer)
             event: Any = super().next_event()
             kind = type(event)
-            # What the call took beside a body's data: a head, a chunk's size line (with
-            # the CRLF that ended the chunk before it), a trailer.
+            # What the call took beside a body's data: a head, a chunk's size line, a
+            # trailer (not the CRLF that ended the chunk before, the chunk's own).
             took = before - len(self._receive_buffer)
             if kind is h11.Data:
                 took -= len(event.data)
+            ended = min(self._crlf, took)
+            took -= ended
+            self._crlf = 2 if kind is h11.Data and event.chunk_end else self._crlf - ended
             framing = self._framing + took
             self._framing = framing if event is h11.NEED_DATA else 0
             if framing > max_header_bytes:
