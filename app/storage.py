@@ -826,9 +826,9 @@ def restamp(
     """Hand the storage stamped ``from_profile`` to ``config.profile`` (``app data restamp``).
 
     ``confirm`` is called with the profile the storage is stamped with before it is changed,
-    and raises to refuse: on a data root once its stamp is read (a mistyped ``--from`` is
-    then told the stamp it found, not asked to confirm); on PostgreSQL and object storage
-    first, with ``from_profile``.
+    and raises to refuse, once the stamp is read and found ``from_profile``'s (a mistyped
+    ``--from`` is then told the stamp it found, not asked to confirm), on a data root and on
+    PostgreSQL and object storage alike.
 
     Returns the new stamp, with ``changed``: ``False`` when it was this profile's already (a
     repeated command, which changes nothing and audits nothing).
@@ -836,9 +836,7 @@ def restamp(
     if config.backend == REMOTE:
         from app.remote import storage as remote
 
-        if confirm is not None:
-            confirm(from_profile.lower())
-        return remote.restamp(config, from_profile)
+        return remote.restamp(config, from_profile, confirm=confirm)
 
     from app import dataroot
 

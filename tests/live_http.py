@@ -28,6 +28,13 @@ def a_session(server: LiveServer) -> str:
     return str(response.json()["id"])
 
 
+def a_file(server: LiveServer, client: httpx.Client, content: bytes) -> str:
+    """The path of a new file ``kept.txt`` of ``content``, in a new session of its own."""
+    path = f"/sessions/{a_session(server)}/files/kept.txt"
+    assert client.put(path, content=content).status_code == 201
+    return path
+
+
 def head_of(server: LiveServer, line: str, extra: str = "") -> bytes:
     """A request head with the server's token, ready to send raw."""
     token = "".join(f"{k}: {v}\r\n" for k, v in server.headers.items())

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import os
 import secrets
 import subprocess
@@ -119,6 +120,18 @@ class Production:
 
     def client(self, replica: Replica) -> httpx.Client:
         return httpx.Client(base_url=replica.url, headers=self.headers, timeout=30)
+
+    def stamp_both(self, s3_engine: S3Engine, profile: str) -> tuple[Any, str, str]:
+        """Stamp the opened database and prefix ``profile``'s (a copy of its storage, say),
+        the app's own JSON in the stamp object; the S3 client, the bucket and that key."""
+        bucket, _, prefix = self.blob_url.removeprefix("s3://").partition("/")
+        s3 = s3_engine.client()
+        key = f"{prefix}/.app-profile.json"
+        stamp = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+        s3.put_object(Bucket=bucket, Key=key, Body=json.dumps({**stamp, "profile": profile}))
+        with psycopg.connect(self.database_url) as conn:
+            conn.execute("UPDATE app_stamp SET profile = %s", (profile,))
+        return s3, bucket, key
 
     def holders(self) -> list[dict[str, Any]]:
         """The holder rows of live replicas, as the database shows them."""

@@ -326,13 +326,7 @@ def test_a_restamp_whose_prefix_the_object_store_refuses_says_the_database_was_h
 ) -> None:
     # A database and prefix of staging's (a copy, say) to be handed to production: both
     # stamped 'staging', the app's own JSON in the stamp object.
-    bucket, _, prefix = production.blob_url.removeprefix("s3://").partition("/")
-    s3 = s3_engine.client()
-    key = f"{prefix}/.app-profile.json"
-    stamp = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
-    s3.put_object(Bucket=bucket, Key=key, Body=json.dumps({**stamp, "profile": "staging"}))
-    with psycopg.connect(production.database_url) as conn:
-        conn.execute("UPDATE app_stamp SET profile = 'staging'")
+    s3, bucket, key = production.stamp_both(s3_engine, "staging")
     restamp = ["data", "restamp", "--profile", "production", "--from", "staging"]
     restamp.append("--yes-i-mean-it")
     with _refusing(s3_engine, lambda method, path: method == "PUT" and path.endswith(key)) as proxy:

@@ -31,7 +31,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from live_http import Answers, a_session, connect, head_of
+from live_http import Answers, a_file, connect, head_of
 from redteam_s19_http import server_and_client
 
 from app import config as appconfig
@@ -93,9 +93,7 @@ def test_a_trailer_or_chunk_line_over_the_bound_is_431_and_nothing_kept(
 ) -> None:
     server, client = served
     bound = server.config.max_header_bytes
-    session_id = a_session(server)
-    path = f"/sessions/{session_id}/files/kept.txt"
-    assert client.put(path, content=b"old").status_code == 201
+    path = a_file(server, client, b"old")
     put = head_of(server, f"PUT {path}", "Transfer-Encoding: chunked\r\nConnection: close\r\n")
     # Small ones are read past, as before.
     assert (

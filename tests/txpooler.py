@@ -139,12 +139,18 @@ class TransactionPooler:
                     continue
                 while True:
                     answer_kind, answer = _message(backend)
-                    client.sendall(answer)
                     if answer_kind == b"Z":
                         break
+                    client.sendall(answer)
                 if answer[-1:] == b"I" and not self.session_mode:
+                    # Given back before the client is told it is idle, as PgBouncer releases
+                    # a server connection: given back after, a client that went on at once
+                    # (another connection's transaction, say) could find the pool without
+                    # it while this thread waited for a core, and get another server session
+                    # (a test that expected the one last given back failed at load 22).
                     self._give_back(pool, backend)
                     backend = None
+                client.sendall(answer)
         except (ConnectionError, OSError, struct.error):
             pass
         finally:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -218,9 +218,18 @@ def open_remote(
         raise
 
 
-def restamp(config: Config, from_profile: str) -> Mapping[str, Any]:
+def restamp(
+    config: Config, from_profile: str, *, confirm: Callable[[str], None] | None = None
+) -> Mapping[str, Any]:
     """Hand the database and the prefix stamped ``from_profile`` to ``config.profile``;
     the new stamp, with ``changed`` ``False`` when both were this profile's already.
+
+    ``confirm`` is called with ``from_profile`` under the hold, once a stamp is found to be
+    its, before anything is written, and raises to refuse: asked before the stamps were
+    read, a mistyped ``--from prodution`` was told to confirm, and the command, re-run with
+    the confirmation as told, was refused for the stamp it found, and a repeated command
+    that changes nothing asked for a confirmation (red team 61 on regress), as the data
+    root's did before red team 61.
 
     Under maintenance (refused while any replica lives), audited in ``app_audit``; the
     database first, then the prefix, so that a run interrupted between the two is finished
@@ -287,6 +296,17 @@ def restamp(config: Config, from_profile: str) -> Mapping[str, Any]:
                 str(before.get("profile")), config.profile,
                 protected=needs_confirmation(protection, source),
             )  # fmt: skip
+        held = pg.read_stamp(maintenance.conn)
+        if held is not None and held.profile not in (source, config.profile):
+            raise RemoteStampMismatchError(
+                f"database {pg.mask_url(database_url)}", "its table app_stamp", held.profile,
+                config.profile, protected=needs_confirmation(protection, held.profile),
+            )  # fmt: skip
+        if confirm is not None and source in (
+            held.profile if held is not None else None,
+            None if before is None else before.get("profile"),
+        ):
+            confirm(source)
         stamp = maintenance.restamp(source, protected=protection)
         # Stamped for this profile already, both of them: a repeated command.
         changed = found is None or found.profile != config.profile
