@@ -141,7 +141,10 @@ def test_a_root_settings_or_sandbox_through_a_loop_of_links_is_refused_by_name(
     monkeypatch.setenv("APP_DATA_ROOT", str(link))
     roots = guard.shell_roots()[1]
     assert link in roots.values(), roots
-    assert guard.probe_live(roots) == ([], [])
+    # The loop's own profile only: another profile's live server (a developer's, beside
+    # the suite) is the holder the plugin names, which this case is not about.
+    through = {name: root for name, root in roots.items() if root == link}
+    assert guard.probe_live(through) == ([], [])
     assert not probe(link).held
 
 
