@@ -156,6 +156,10 @@ class Inode:
         self.entries: dict[bytes, Inode] = {}
         self.synced_data = bytes(data) if durable else b""
         self.synced_entries: dict[bytes, Inode] = {}
+        # The moment (`Model.seq`) each durable state is as of: a sync that began earlier and
+        # ends later makes nothing newer durable, and never takes back what another made so.
+        self.synced_data_at = -1
+        self.synced_at: dict[bytes, int] = {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,6 +198,7 @@ class _Image:
     nodes: dict[Inode, tuple[bytes, dict[bytes, Inode]]]
     renames: list[_Rename]
     entries: list[_Entry]
+    seq: int  # the moment it was taken (`Model.seq`)
 
 
 @dataclasses.dataclass(eq=False)
@@ -344,6 +349,7 @@ class Model:
             fd, _ = args[0].fd
             if fd in self.fds:
                 node = self.fds[fd][0]
+                self.seq += 1
                 size = int(args[1].raw)
                 node.data = node.data[:size] + bytes(max(0, size - len(node.data)))
         elif name == "lseek":
@@ -365,7 +371,7 @@ class Model:
             if fd in self.fds or self._inside(where):
                 image = self.begun.pop(call.pid, None) or self._image()
                 for node, (data, entries) in image.nodes.items():
-                    node.synced_data, node.synced_entries = data, entries
+                    self._settle(node, data, entries, image.seq)
                 self.renames = [r for r in self.renames if r not in image.renames]
                 self.entries = [e for e in self.entries if e not in image.entries]
                 self.syncs += 1
@@ -422,6 +428,7 @@ class Model:
             return
         assert not call.cut, f"strace cut a write short (raise its -s): {call}"
         node, offset, append = self.fds[number]
+        self.seq += 1
         data = data[:written]
         if call.name == "pwrite64":
             at = int(call.args[3].raw)
@@ -434,14 +441,13 @@ class Model:
 
     def _sync(self, node: Inode, image: _Image | None) -> None:
         data, entries = bytes(node.data), dict(node.entries)
-        renames = list(self.renames)
+        renames, seq = list(self.renames), self.seq
         if image is not None:  # as of the moment it began
             data, entries = image.nodes.get(node, (data, entries))
-            renames = [r for r in renames if r in image.renames]
+            renames, seq = [r for r in renames if r in image.renames], image.seq
+        self._settle(node, data, entries, seq)
         if not node.directory:
-            node.synced_data = data
             return
-        node.synced_entries = entries
         covered = self.entries if image is None else image.entries
         self.entries = [e for e in self.entries if not (e.directory is node and e in covered)]
         # A rename is atomic: once one side is durable, so is the other.
@@ -449,8 +455,10 @@ class Model:
             if rename.target is node:
                 if rename.source.synced_entries.get(rename.old) is rename.inode:
                     del rename.source.synced_entries[rename.old]
+                rename.source.synced_at[rename.old] = rename.seq
             elif rename.source is node:
                 rename.target.synced_entries[rename.new] = rename.inode
+                rename.target.synced_at[rename.new] = rename.seq
             else:
                 continue
             self.renames.remove(rename)
@@ -463,6 +471,24 @@ class Model:
                 or (e.directory, e.name)
                 not in {(rename.source, rename.old), (rename.target, rename.new)}
             ]
+
+    @staticmethod
+    def _settle(node: Inode, data: bytes, entries: dict[bytes, Inode], seq: int) -> None:
+        """A sync that covers the changes up to ``seq`` ended: ``data`` and ``entries`` (as of
+        ``seq``) are durable, but for what a sync covering a later moment already made so
+        (two threads' syncs of one directory, the earlier begun ending last)."""
+        if not node.directory:
+            if node.synced_data_at <= seq:
+                node.synced_data, node.synced_data_at = data, seq
+            return
+        for name in {*entries, *node.synced_entries}:
+            if node.synced_at.get(name, -1) > seq:
+                continue
+            if name in entries:
+                node.synced_entries[name] = entries[name]
+            else:
+                node.synced_entries.pop(name, None)
+            node.synced_at[name] = seq
 
     def _image(self) -> _Image:
         """What every inode under ``base`` holds now, and the renames made so far."""
@@ -477,7 +503,7 @@ class Model:
         # Open descriptors too: an fsync may come through one whose name is gone.
         for node, _, _ in self.fds.values():
             nodes.setdefault(node, (bytes(node.data), dict(node.entries)))
-        return _Image(nodes, list(self.renames), list(self.entries))
+        return _Image(nodes, list(self.renames), list(self.entries), self.seq)
 
     # -- partial write-back ---------------------------------------------------------------------
 

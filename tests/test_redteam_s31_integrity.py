@@ -113,3 +113,28 @@ def test_the_model_replays_a_close_where_it_began_not_where_it_was_logged(
     )
     *_, last = Model(tmp_path, snapshot(tmp_path)).durable_states(parse(trace))
     assert last.tree == {"old": b"", "new": b"acknowledged"}
+
+
+def test_the_model_keeps_what_a_sync_made_durable_when_an_earlier_begun_one_ends_last(
+    tmp_path: Path,
+) -> None:
+    # Two deletes make their trash entries at once, each syncing .trash/ (no group commit
+    # there): thread 1's sync began before thread 2's mkdir, thread 2's began after it and
+    # ended first, then thread 1's ended. Thread 2's entry is durable: its own fsync covered
+    # it. The model set .trash/'s durable names to thread 1's as of its start, taking the
+    # entry back, and a serial run of tests/test_redteam_s32_group_commit.py under load once
+    # failed with "200 for the delete of <id> before its move was durable".
+    b = str(tmp_path)
+    (tmp_path / "trash").mkdir()
+    trace = "\n".join(
+        [
+            f'1 openat(AT_FDCWD</>, "{b}/trash", O_RDONLY|O_DIRECTORY) = 5<{b}/trash>',
+            f'2 openat(AT_FDCWD</>, "{b}/trash", O_RDONLY|O_DIRECTORY) = 6<{b}/trash>',
+            f"1 fsync(5<{b}/trash> <unfinished ...>",
+            f'2 mkdir("{b}/trash/entry", 0700) = 0',
+            f"2 fsync(6<{b}/trash>) = 0",
+            "1 <... fsync resumed>) = 0",
+        ]
+    )
+    states = list(Model(tmp_path, snapshot(tmp_path)).durable_states(parse(trace)))
+    assert [state.tree for state in states[-2:]] == [{"trash": None, "trash/entry": None}] * 2
