@@ -241,15 +241,19 @@ class Sessions:
         # directly (rather than through .tmp/) saves a cross-directory rename, which takes a
         # filesystem-wide lock, on the path every POST /sessions takes. Every name is taken
         # relative to the descriptor of sessions/ that is synced after the renames.
+        def drop(item: _Staging, error: Exception) -> None:
+            # This one's answer: its staging directory goes, the others go on.
+            results[item.index] = error
+            item.close()
+            remove_tree(f"{self.where}/{item.name}", ignore_errors=True)
+
         def each(step: Callable[[_Staging], None], items: list[_Staging]) -> list[_Staging]:
             going = []
             for item in items:
                 try:
                     step(item)
-                except Exception as error:  # this one's answer
-                    results[item.index] = error
-                    item.close()
-                    remove_tree(f"{self.where}/{item.name}", ignore_errors=True)
+                except Exception as error:
+                    drop(item, error)
                 else:
                     going.append(item)
             return going
@@ -263,9 +267,7 @@ class Sessions:
                 elif not isinstance(error, Exception):
                     raise error  # not an answer: the batch stops, as `each` would
                 else:
-                    results[item.index] = error
-                    item.close()
-                    remove_tree(f"{self.where}/{item.name}", ignore_errors=True)
+                    drop(item, error)
             return going
 
         going = each(lambda item: item.stage(sessions_fd, self.where), staged)
