@@ -892,6 +892,50 @@ class SchemaNotWritableError(ConfigError):
         )
 
 
+class UnloggedTablesError(ConfigError):
+    """Tables (or sequences) of the app's that PostgreSQL does not log: a crash empties them."""
+
+    code = "tables_unlogged"
+
+    profile: str
+    where: str
+    #: The app's tables that are UNLOGGED, a table another references first.
+    tables: tuple[str, ...]
+    #: Its UNLOGGED sequences whose table is logged (``ALTER SEQUENCE ... SET UNLOGGED``).
+    sequences: tuple[str, ...] = ()
+    #: Whether the stamp row is gone too, as a restart after a crash leaves such a table.
+    emptied: bool = False
+
+    @property
+    def message(self) -> str:
+        named = [
+            f"{kind}{'s' if len(names) > 1 else ''} {', '.join(names)}"
+            for kind, names in (("table", self.tables), ("sequence", self.sequences))
+            if names
+        ]
+        statements = [f'ALTER TABLE "{t}" SET LOGGED' for t in self.tables] + [
+            f'ALTER SEQUENCE "{s}" SET LOGGED' for s in self.sequences
+        ]
+        gone = (
+            " Its stamp row in app_stamp is gone, as such a restart leaves an UNLOGGED table: "
+            "the server has restarted after a crash since, and the rows of those tables are "
+            "lost; restore them from a backup taken before (pg_dump keeps an UNLOGGED table's "
+            "rows), then make them logged as below."
+            if self.emptied
+            else ""
+        )
+        return (
+            f"profile {self.profile!r}: database {self.where} has the app's "
+            f"{' and '.join(named)} UNLOGGED (`ALTER ... SET UNLOGGED`, as a bulk load or a "
+            "restore is sped up): PostgreSQL writes none of their changes to its WAL, so it "
+            "empties them as it starts again after a crash, and a standby or a restore of a "
+            "base backup has none of their rows: every session, file or audit row the app "
+            "acknowledged there would be lost. Refusing to open it; nothing was changed."
+            f"{gone} As their owner, run `{'; '.join(statements)}` (in this order: a table "
+            "another references first; each rewrites its table under an exclusive lock)"
+        )
+
+
 class DatabaseTimelineBehindError(ConfigError):
     """The old primary of a database whose standby was promoted, still taking writes."""
 

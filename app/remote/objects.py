@@ -882,8 +882,20 @@ class ObjectStore:
                 NO_ANSWER,
             )
         if isinstance(error, BotoCoreError):
-            return self._unavailable(str(error))
+            return self._client_refused(error) or self._unavailable(str(error))
         return error
+
+    def _client_refused(self, error: Exception) -> S3ClientSettingsError | None:
+        """A request the S3 client would not make for a setting it read itself that AWS's
+        endpoints alone take, beside s3_endpoint_url (``s3 = use_accelerate_endpoint = true``
+        in the AWS config file): every request was "unavailable" (69, retry later), told to
+        check the endpoint, the prefix and the credentials (red team 62)."""
+        from botocore.exceptions import EndpointResolutionError
+
+        if not isinstance(error, EndpointResolutionError):
+            return None
+        reason = f"{_one_line(error).rstrip('.')}, so it sends no request to s3_endpoint_url"
+        return S3ClientSettingsError(self.where, reason)
 
     @property
     def credentials(self) -> str:

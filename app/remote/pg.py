@@ -69,6 +69,7 @@ from app.remote.errors import (
     TablesOffSearchPathError,
     TablesShadowedError,
     TransactionPoolerError,
+    UnloggedTablesError,
     UnstampedNotEmptyError,
     from_pgoptions,
     needs_confirmation,
@@ -198,6 +199,10 @@ END $$;
 CREATE TRIGGER app_audit_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON app_audit
     FOR EACH STATEMENT EXECUTE FUNCTION app_audit_append_only();
 """
+
+#: The app's tables, in the order `_SCHEMA` creates them: a table another references comes
+#: first, so ``SET LOGGED`` in this order never makes a logged table reference an unlogged one.
+APP_TABLES = tuple(re.findall(r"^CREATE TABLE (\w+)", _SCHEMA, re.MULTILINE))
 
 # Databases stamped before app_binding existed get it on their next open.
 _BINDING = _SCHEMA[
@@ -984,6 +989,40 @@ def _pin_found_schema(conn: psycopg.Connection[Any]) -> None:
             pin_schema(conn, schema)
 
 
+def unlogged(conn: psycopg.Connection[Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The app's tables in its schema (the connection's current one) that are UNLOGGED, in
+    :data:`APP_TABLES`' order, and its UNLOGGED sequences whose table is logged.
+
+    PostgreSQL writes no WAL for an UNLOGGED table (``ALTER TABLE ... SET UNLOGGED``, the
+    advice for a quick bulk load or restore) and empties it as it starts after a crash: the
+    app opened such a database and acknowledged every write, and after ``pg_ctl stop -m
+    immediate`` (or a power cut) every session was gone, the next open refused as a stamp
+    "deleted by hand" (red team 62). A standby and a restore of a base backup have none of
+    their rows either. An UNLOGGED sequence (PostgreSQL 15) starts again after a crash, and
+    its table's next insert meets the rows it numbered.
+    """
+    rows = (
+        conn.cursor(row_factory=tuple_row)
+        .execute(
+            "SELECT c.relname, c.relkind = 'S', owner.relname FROM pg_class c"
+            " LEFT JOIN pg_depend d ON d.classid = 'pg_class'::regclass AND d.objid = c.oid"
+            "  AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')"
+            " LEFT JOIN pg_class owner ON owner.oid = d.refobjid"
+            " WHERE c.relnamespace"
+            "  = (SELECT oid FROM pg_namespace WHERE nspname = current_schema())"
+            "  AND c.relpersistence = 'u' AND c.relkind IN ('r', 'p', 'S')"
+            "  AND (c.relname = ANY(%(tables)s) OR owner.relname = ANY(%(tables)s))",
+            {"tables": list(APP_TABLES)},
+        )
+        .fetchall()
+    )
+    tables = {str(name) for name, sequence, _ in rows if not sequence}
+    sequences = sorted(
+        str(name) for name, sequence, owner in rows if sequence and owner not in tables
+    )
+    return tuple(t for t in APP_TABLES if t in tables), tuple(sequences)
+
+
 def read_stamp(conn: psycopg.Connection[Any]) -> Stamp | None:
     """The stamp, or ``None`` for a database the app never opened.
 
@@ -1037,7 +1076,12 @@ def open_database(
     ):
         conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", SCHEMA_LOCK)
         stamp = read_stamp(conn)
-        if stamp is None and app_schema(conn) is not None:
+        has_tables = stamp is not None or app_schema(conn) is not None
+        tables, sequences = unlogged(conn) if has_tables else ((), ())
+        if stamp is None and has_tables:
+            if tables or sequences:
+                # A restart after a crash emptied them, the stamp with them (red team 62).
+                raise UnloggedTablesError(profile, where, tables, sequences, emptied=True)
             # Its table without its row: the app's database, stamp deleted by hand. Not
             # "things that are not the app's", nor a new database to point at (red team 37).
             raise DatabaseStampMissingError(profile, where, SCHEMA_VERSION)
@@ -1074,6 +1118,8 @@ def open_database(
                 f"database {where}", "its table app_stamp", stamp.profile, profile,
                 protected=needs_confirmation(protected, stamp.profile),
             )  # fmt: skip
+        if tables or sequences:
+            raise UnloggedTablesError(profile, where, tables, sequences)
         if objects is None:
             return stamp
         database_id, bound_now = _bind(conn, where, objects)

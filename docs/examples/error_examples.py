@@ -461,6 +461,7 @@ EXAMPLES: list[errors.AppError] = [
         protected=True,
     ),
     remote.SchemaNotWritableError("production", DATABASE, "public", "review", "app_production"),
+    remote.UnloggedTablesError("production", DATABASE, ("app_sessions", "app_files")),
     remote.DatabaseTimelineBehindError("production", DATABASE, OBJECTS, 1, 2),
     remote.RestampBoundElsewhereError(
         "staging",

@@ -1,0 +1,134 @@
+"""Red team 62 on PostgreSQL and object storage.
+
+What broke:
+
+- A database whose app tables (or their sequences) were made UNLOGGED (``ALTER TABLE ...
+  SET UNLOGGED``, the common advice for a quick bulk load or restore, never set back).
+  PostgreSQL writes no WAL for such a table and empties it as it starts again after a crash:
+  the app opened the database, served and acknowledged every write, and after ``pg_ctl stop
+  -m immediate`` (by hand, a cluster of its own) every session and file row was gone, the
+  next open refused as a stamp "deleted by hand" with the advice to put the row back; `app
+  doctor` said nothing of it beforehand. An open (every command, a replica's start) now
+  refuses such a database before anything is written (``tables_unlogged``, 78), naming the
+  tables and sequences, what a crash does to them, and the ``ALTER ... SET LOGGED``
+  statements in an order PostgreSQL takes; after a crash emptied the stamp too, the refusal
+  says the rows are lost and to restore them from a backup first; `app doctor` lists the
+  same (``durability``, and its ``stamp`` line for the emptied case, which called the app's
+  own tables "tables of another application").
+
+- A custom endpoint combined with an option of the AWS config file that needs AWS's own
+  (``s3 = use_accelerate_endpoint = true`` under ``[default]``, as a developer's
+  ``~/.aws/config`` or ``AWS_CONFIG_FILE`` may hold for another project): every request
+  was refused as the store being unavailable (69, retry later) and told to check
+  ``s3_endpoint_url``, ``blob_url`` and the credentials, none of which was wrong. It is now
+  ``s3_client_settings`` (78), naming where the S3 client read it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from engines import PostgresEngine, S3Engine, new_blob_url
+from test_remote_store import PROFILE
+
+from app.config import load
+from app.remote import objects, pg, storage
+from app.remote.errors import S3ClientSettingsError, UnloggedTablesError
+from app.remote.objects import ObjectStore
+
+
+def test_a_database_whose_app_tables_are_unlogged_is_refused_before_a_crash_empties_them(
+    postgres_engine: PostgresEngine,
+) -> None:
+    # Before: opened and served; a crash of the server then emptied every such table, and
+    # the next open was refused as a stamp "deleted by hand" (by hand, a cluster of its own).
+    name = postgres_engine.create_database()
+    url = postgres_engine.url(name)
+    where = pg.mask_url(url)
+    try:
+        pg.open_database(url, PROFILE)
+        with postgres_engine.connect(name) as admin:
+            # app_files references app_sessions: it goes first, as a bulk load's script does.
+            for table in ("app_files", "app_sessions"):
+                admin.execute(f"ALTER TABLE {table} SET UNLOGGED")  # type: ignore[arg-type]
+            admin.execute("ALTER SEQUENCE app_audit_id_seq SET UNLOGGED")
+        statements = (
+            'ALTER TABLE "app_sessions" SET LOGGED; ALTER TABLE "app_files" SET LOGGED; '
+            'ALTER SEQUENCE "app_audit_id_seq" SET LOGGED'
+        )
+        with pytest.raises(UnloggedTablesError) as refused:
+            pg.open_database(url, PROFILE)
+        assert refused.value.exit_code == 78
+        assert refused.value.message == (
+            f"profile {PROFILE!r}: database {where} has the app's tables app_sessions, "
+            "app_files and sequence app_audit_id_seq UNLOGGED (`ALTER ... SET UNLOGGED`, as a "
+            "bulk load or a restore is sped up): PostgreSQL writes none of their changes to "
+            "its WAL, so it empties them as it starts again after a crash, and a standby or a "
+            "restore of a base backup has none of their rows: every session, file or audit "
+            "row the app acknowledged there would be lost. Refusing to open it; nothing was "
+            f"changed. As their owner, run `{statements}` (in this order: a table another "
+            "references first; each rewrites its table under an exclusive lock)"
+        )
+        config = dataclasses.replace(load("testing"), profile=PROFILE)
+        with pg.connect(url) as conn:
+            probes = storage._database_state(conn, config, where, {})
+        durability = [p for p in probes if p.subject == "durability"]
+        assert [(p.problem, p.exit_code) for p in durability] == [(refused.value.message, 78)]
+
+        # What a restart after a crash leaves of an UNLOGGED stamp table: no row.
+        with postgres_engine.connect(name) as admin:
+            admin.execute("ALTER TABLE app_stamp SET UNLOGGED")
+            admin.execute("DELETE FROM app_stamp")
+        with pytest.raises(UnloggedTablesError) as emptied:
+            pg.open_database(url, PROFILE)
+        assert (
+            "Its stamp row in app_stamp is gone, as such a restart leaves an UNLOGGED table: "
+            "the server has restarted after a crash since, and the rows of those tables are "
+            "lost; restore them from a backup taken before" in emptied.value.message
+        )
+        with pg.connect(url) as conn:
+            probes = storage._database_state(conn, config, where, {})
+        assert [(p.subject, p.problem) for p in probes][1:] == [("stamp", emptied.value.message)]
+
+        # The remedy, run as written, opens it again (the stamp put back as a backup would).
+        with postgres_engine.connect(name) as admin:
+            admin.execute(emptied.value.message.split("run `")[-1].split("`")[0])  # type: ignore[arg-type]
+            admin.execute(
+                "INSERT INTO app_stamp (profile, schema_version) VALUES (%s, %s)",
+                (PROFILE, pg.SCHEMA_VERSION),
+            )
+        assert pg.open_database(url, PROFILE).profile == PROFILE
+    finally:
+        postgres_engine.drop_database(name)
+
+
+def test_an_aws_config_option_no_custom_endpoint_takes_is_a_setting_named_where_it_is_read(
+    s3_engine: S3Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: ObjectStoreUnavailableError (69, retry later), "Check s3_endpoint_url, blob_url
+    # and the credentials", each of which was right.
+    config_file = tmp_path / "aws-config"
+    config_file.write_text("[default]\ns3 =\n    use_accelerate_endpoint = true\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config_file))
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    # The S3 client's session reads the file once per process: a process started with it.
+    monkeypatch.setattr(objects, "_sessions", [])
+    store = ObjectStore(
+        new_blob_url(s3_engine),
+        s3_engine.endpoint_url,
+        s3_engine.access_key_id,
+        s3_engine.secret_access_key,
+        max_attempts=1,
+    )
+    with pytest.raises(S3ClientSettingsError) as refused:
+        store.read_stamp()
+    assert refused.value.exit_code == 78
+    assert refused.value.message == (
+        f"cannot make the S3 client for object store {store.where}: A custom endpoint cannot "
+        "be combined with S3 Accelerate, so it sends no request to s3_endpoint_url. The S3 "
+        "client (boto3) reads this from the process's environment (AWS_* variables) or from "
+        "the AWS config file (AWS_CONFIG_FILE, else ~/.aws/config; its AWS_PROFILE section): "
+        "correct or unset it there; nothing was changed"
+    )
