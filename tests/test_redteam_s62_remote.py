@@ -22,21 +22,42 @@ What broke:
   was refused as the store being unavailable (69, retry later) and told to check
   ``s3_endpoint_url``, ``blob_url`` and the credentials, none of which was wrong. It is now
   ``s3_client_settings`` (78), naming where the S3 client read it.
+
+- An ``ObjectStore`` given no endpoint (``s3_endpoint_url`` unset: AWS's, to the sandbox's
+  check of a test's prefix as to the check of the profiles' prefixes) while the S3 client's
+  own configuration names one (``AWS_ENDPOINT_URL`` or ``AWS_ENDPOINT_URL_S3``, as a shell
+  that points the ``aws`` command at a MinIO leaves them, or ``endpoint_url`` in the AWS
+  config file): a test's store on ``s3://<bucket>/production/x<run's suffix>`` was apart
+  from production's prefix at the suite's store to the sandbox, and the client sent its
+  upload there, among production's objects. A client given no endpoint that its own
+  configuration sends off AWS is now refused as it is made (``s3_endpoint_elsewhere``,
+  78), naming the endpoint, where it is read, and the two remedies (set
+  ``s3_endpoint_url`` to it, or unset it); `app doctor` lists it as the bucket's problem.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import os
 from pathlib import Path
 
 import pytest
-from engines import PostgresEngine, S3Engine, new_blob_url
+from engines import PostgresEngine, S3Engine, new_blob_url, scratch
+from test_config_remote import REMOTE, SECRETS_FILE
 from test_remote_store import PROFILE
 
 from app.config import load
+from app.errors import SandboxViolationError
 from app.remote import objects, pg, storage
-from app.remote.errors import S3ClientSettingsError, UnloggedTablesError
+from app.remote.errors import (
+    S3ClientSettingsError,
+    S3EndpointElsewhereError,
+    UnloggedTablesError,
+)
 from app.remote.objects import ObjectStore
+
+_names = itertools.count()
 
 
 def test_a_database_whose_app_tables_are_unlogged_is_refused_before_a_crash_empties_them(
@@ -132,3 +153,41 @@ def test_an_aws_config_option_no_custom_endpoint_takes_is_a_setting_named_where_
         "the AWS config file (AWS_CONFIG_FILE, else ~/.aws/config; its AWS_PROFILE section): "
         "correct or unset it there; nothing was changed"
     )
+
+
+def test_a_store_given_no_endpoint_that_the_client_s_own_sends_elsewhere_is_refused(
+    s3_engine: S3Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: the sandbox took a client given no endpoint for AWS's, apart from production's
+    # prefix at the suite's store, while the shell's AWS_ENDPOINT_URL sent it there: the
+    # object below was written among production's.
+    production = f"p{os.getpid()}-{next(_names)}"
+    (tmp_path / ".secrets.toml").write_text(SECRETS_FILE)
+    (tmp_path / "settings.toml").write_text(
+        REMOTE.replace('"http://127.0.0.1:8333"', f'"{s3_engine.endpoint_url}"').replace(
+            "s3://app-data/production", f"s3://{s3_engine.bucket}/{production}"
+        )
+    )
+    monkeypatch.setenv("APP_SETTINGS_DIR", str(tmp_path))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_engine.endpoint_url)
+    inside = f"s3://{s3_engine.bucket}/{production}/x{scratch()}"
+    with pytest.raises(S3EndpointElsewhereError) as refused:
+        ObjectStore(inside, None, s3_engine.access_key_id, s3_engine.secret_access_key).put(
+            "planted", b"among production's"
+        )
+    assert refused.value.exit_code == 78
+    assert refused.value.message == (
+        f"cannot use object store {inside}: s3_endpoint_url is unset, which names AWS's "
+        "endpoint to the app and to the check that no two profiles share a prefix, but the "
+        f"S3 client (boto3) would send every request to {s3_engine.endpoint_url}, an endpoint "
+        "it reads itself (the process's environment gives it: "
+        f"AWS_ENDPOINT_URL={s3_engine.endpoint_url}), where the check never looked. Refusing "
+        "to use it; nothing was changed. If that store is the one meant, set s3_endpoint_url "
+        f"to {s3_engine.endpoint_url} (the check then compares the profiles where they are); "
+        "otherwise unset AWS_ENDPOINT_URL for the app's commands"
+    )
+    listed = s3_engine.client().list_objects_v2(Bucket=s3_engine.bucket, Prefix=production)
+    assert listed.get("KeyCount") == 0, listed
+    # Given there, as the message says, it is production's prefix to the sandbox too.
+    with pytest.raises(SandboxViolationError, match="the prefix of profile 'production'"):
+        ObjectStore(inside, s3_engine.endpoint_url, s3_engine.access_key_id, "x")

@@ -565,6 +565,26 @@ class S3ClientSettingsError(ConfigError):
     reason: str
 
 
+class S3EndpointElsewhereError(ConfigError):
+    """A profile that sets no ``s3_endpoint_url`` (AWS's) whose S3 client sends its requests
+    elsewhere, to an endpoint it reads itself (``AWS_ENDPOINT_URL``, the AWS config file)."""
+
+    code = "s3_endpoint_elsewhere"
+    template = (
+        "cannot use object store {where}: s3_endpoint_url is unset, which names AWS's endpoint "
+        "to the app and to the check that no two profiles share a prefix, but the S3 client "
+        "(boto3) would send every request to {reached}, an endpoint it reads itself ({source}), "
+        "where the check never looked. Refusing to use it; nothing was changed. If that store "
+        "is the one meant, set s3_endpoint_url to {reached} (the check then compares the "
+        "profiles where they are); otherwise {remedy}"
+    )
+
+    where: str
+    reached: str
+    source: str
+    remedy: str
+
+
 class StoreClockSkewError(ObjectStoreUnavailableError):
     """The object store refused a request as signed at a time too far from its own clock:
     this machine's clock, or the store's, is wrong (S3 allows 15 minutes)."""

@@ -788,6 +788,7 @@ def _diagnose_objects(config: Config, seen: dict[str, Any]) -> list[Probe]:
     from app.remote.errors import (
         ObjectStoreUnavailableError,
         S3ClientSettingsError,
+        S3EndpointElsewhereError,
         StoreClockSkewError,
         UnstampedNotEmptyError,
     )
@@ -797,16 +798,24 @@ def _diagnose_objects(config: Config, seen: dict[str, Any]) -> list[Probe]:
     source = config.sources.get("blob_url", "?")
     endpoint = config.s3_endpoint_url or "the client's default (AWS)"
     endpoint_source = config.sources.get("s3_endpoint_url", "?")
-    objects = ObjectStore(
-        blob_url,
-        config.s3_endpoint_url,
-        config.s3_access_key_id,
-        config.s3_secret_access_key,
-        connect_timeout=_DOCTOR_CONNECT_SECONDS,
-        read_timeout=_DOCTOR_READ_SECONDS,
-        max_attempts=1,
-        credential_process_seconds=config.s3_credential_process_seconds,
-    )
+    try:
+        objects = ObjectStore(
+            blob_url,
+            config.s3_endpoint_url,
+            config.s3_access_key_id,
+            config.s3_secret_access_key,
+            connect_timeout=_DOCTOR_CONNECT_SECONDS,
+            read_timeout=_DOCTOR_READ_SECONDS,
+            max_attempts=1,
+            credential_process_seconds=config.s3_credential_process_seconds,
+        )
+    except S3EndpointElsewhereError as error:
+        # Not "the client's default (AWS)": where its requests would go (red team 62).
+        return [
+            Probe("bucket", f"not asked: the S3 client would send its requests to "
+                  f"{error.reached}", f"profile {config.profile!r}: {error.message}",
+                  error.exit_code)
+        ]  # fmt: skip
     shown = f"{objects.location.bucket} at {endpoint}"
     bucket = f"bucket {shown}"
     try:

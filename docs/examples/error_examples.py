@@ -388,6 +388,12 @@ EXAMPLES: list[errors.AppError] = [
         "the creation of a session titled 'notes'",
     ),
     remote.ObjectStoreUnavailableError(OBJECTS, "InvalidAccessKeyId: the access key is unknown"),
+    remote.S3EndpointElsewhereError(
+        "s3://app-data/production",
+        "http://minio.internal:9000",
+        "the process's environment gives it: AWS_ENDPOINT_URL=http://minio.internal:9000",
+        "unset AWS_ENDPOINT_URL for the app's commands",
+    ),
     remote.S3ClientSettingsError(
         OBJECTS,
         "Unsupported configuration value for request_checksum_calculation. Expected one of "
