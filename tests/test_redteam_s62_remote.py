@@ -16,6 +16,17 @@ What broke:
   same (``durability``, and its ``stamp`` line for the emptied case, which called the app's
   own tables "tables of another application").
 
+- A trigger of another's on the app's tables that skips its writes (``BEFORE INSERT ON
+  app_files ... RETURN NULL``), or a rule ``DO INSTEAD NOTHING``, under a live replica: the
+  upload was answered 201 with its digest, then not found, its bytes deleted as no row's;
+  a rule on ``UPDATE`` made every delete a bare ``FeatureNotSupported`` (500). An insert of
+  a file's or a session's row that stores none is now refused at the write
+  (``write_not_stored``, 503/69: rolled back, the object deleted), and the open and `app
+  doctor` refuse such triggers (run before or instead of each row's change), any rule, and
+  the app's own triggers switched off (``tables_hooked``, 78), quoting each as PostgreSQL
+  defines it and the statement that undoes it; an AFTER trigger (a change-data-capture
+  tool's) is left alone.
+
 - A custom endpoint combined with an option of the AWS config file that needs AWS's own
   (``s3 = use_accelerate_endpoint = true`` under ``[default]``, as a developer's
   ``~/.aws/config`` or ``AWS_CONFIG_FILE`` may hold for another project): every request
@@ -45,7 +56,7 @@ from pathlib import Path
 import pytest
 from engines import PostgresEngine, S3Engine, new_blob_url, scratch
 from test_config_remote import REMOTE, SECRETS_FILE
-from test_remote_store import PROFILE
+from test_remote_store import PROFILE, _replica
 
 from app.config import load
 from app.errors import SandboxViolationError
@@ -53,7 +64,9 @@ from app.remote import objects, pg, storage
 from app.remote.errors import (
     S3ClientSettingsError,
     S3EndpointElsewhereError,
+    TablesHookedError,
     UnloggedTablesError,
+    WriteNotStoredError,
 )
 from app.remote.objects import ObjectStore
 
@@ -191,3 +204,79 @@ def test_a_store_given_no_endpoint_that_the_client_s_own_sends_elsewhere_is_refu
     # Given there, as the message says, it is production's prefix to the sandbox too.
     with pytest.raises(SandboxViolationError, match="the prefix of profile 'production'"):
         ObjectStore(inside, s3_engine.endpoint_url, s3_engine.access_key_id, "x")
+
+
+def test_a_trigger_or_rule_that_skips_the_app_s_writes_is_refused_at_the_write_and_the_open(
+    postgres_engine: PostgresEngine, s3_engine: S3Engine
+) -> None:
+    # Before: the upload was acknowledged (PUT's 201, by hand) with its digest, then not
+    # found, its bytes deleted as no row's; the open said nothing of the trigger, the rule
+    # or the app's trigger off.
+    name = postgres_engine.create_database()
+    url = postgres_engine.url(name)
+    where = pg.mask_url(url)
+    pg.open_database(url, PROFILE)
+    try:
+        with _replica(s3_engine, (url, new_blob_url(s3_engine))) as store:
+            session_id = store.create_session("t")["id"]
+            with postgres_engine.connect(name) as admin:
+                admin.execute(
+                    "CREATE FUNCTION rt62_skip() RETURNS trigger LANGUAGE plpgsql AS"
+                    " $$ BEGIN RETURN NULL; END $$;"
+                    "CREATE TRIGGER rt62_skip BEFORE INSERT ON app_files FOR EACH ROW"
+                    " EXECUTE FUNCTION rt62_skip();"
+                    "CREATE RULE rt62_nothing AS ON INSERT TO app_sessions DO INSTEAD NOTHING;"
+                    "ALTER TABLE app_audit DISABLE TRIGGER app_audit_append_only"
+                )
+            objects = len(list(store.objects.objects()))
+            with pytest.raises(WriteNotStoredError) as skipped:
+                store.put_file(session_id, "a.txt", b"acknowledged?")
+            assert (skipped.value.http_status, skipped.value.exit_code) == (503, 69)
+            assert skipped.value.message == (
+                f"database {where} did not store the upload of 'a.txt' into session "
+                f"{session_id}: its INSERT into app_files stored no row, as a trigger that "
+                "returns NULL before it or a rule DO INSTEAD on that table makes it; nothing "
+                "was changed (its transaction was rolled back, and an upload's object "
+                "deleted). `app doctor` names the triggers and rules on the app's tables that "
+                "the app did not make: drop them (`DROP TRIGGER <name> ON app_files`), then "
+                "retry"
+            )
+            assert store.list_files(session_id) == []
+            assert len(list(store.objects.objects())) == objects
+            with pytest.raises(WriteNotStoredError, match="INSERT into app_sessions"):
+                store.create_session("kept?")
+
+            with pytest.raises(TablesHookedError) as refused:
+                pg.open_database(url, PROFILE)
+            undo = (
+                'ALTER TABLE "app_audit" ENABLE TRIGGER "app_audit_append_only"; DROP TRIGGER '
+                '"rt62_skip" ON "app_files"; DROP RULE "rt62_nothing" ON "app_sessions"'
+            )
+            message = refused.value.message
+            assert message.startswith(
+                f"profile {PROFILE!r}: database {where} has, on the app's tables, what the app "
+                "did not put there or switched off: the app's trigger app_audit_append_only "
+                "on app_audit is off; CREATE TRIGGER rt62_skip BEFORE INSERT ON "
+                "public.app_files FOR EACH ROW EXECUTE FUNCTION rt62_skip(); CREATE RULE "
+                "rt62_nothing AS ON INSERT TO public.app_sessions DO INSTEAD NOTHING. A "
+                "trigger run BEFORE or INSTEAD OF each row's change, or a rule, can skip"
+            ), message
+            assert f"nothing was changed. As the tables' owner, run `{undo}`" in message
+            config = dataclasses.replace(load("testing"), profile=PROFILE)
+            with pg.connect(url) as conn:
+                probes = storage._database_state(conn, config, where, {})
+            assert [p.problem for p in probes if p.subject == "triggers"] == [message]
+
+            # An AFTER trigger (a change-data-capture tool's) is left alone; the remedy, run
+            # as written, opens the database again, and the upload is kept.
+            with postgres_engine.connect(name) as admin:
+                admin.execute(undo)  # type: ignore[arg-type]
+                admin.execute(
+                    "CREATE TRIGGER rt62_after AFTER INSERT ON app_files FOR EACH ROW"
+                    " EXECUTE FUNCTION rt62_skip()"
+                )
+            assert pg.open_database(url, PROFILE).profile == PROFILE
+            assert store.put_file(session_id, "a.txt", b"kept")["size"] == 4
+            assert [f["name"] for f in store.list_files(session_id)] == ["a.txt"]
+    finally:
+        postgres_engine.drop_database(name)

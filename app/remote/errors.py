@@ -956,6 +956,57 @@ class UnloggedTablesError(ConfigError):
         )
 
 
+class TablesHookedError(ConfigError):
+    """Triggers or rules on the app's tables that the app did not make (one that can skip or
+    change its writes), or the app's own triggers switched off."""
+
+    code = "tables_hooked"
+
+    profile: str
+    where: str
+    #: Each, as PostgreSQL defines it (``pg_get_triggerdef``, ``pg_get_ruledef``), or the app's
+    #: trigger that is off.
+    found: tuple[str, ...]
+    #: What undoes each, in the same order.
+    statements: tuple[str, ...]
+
+    @property
+    def message(self) -> str:
+        found = "; ".join(self.found)
+        undo = "; ".join(self.statements)
+        return (
+            f"profile {self.profile!r}: database {self.where} has, on the app's tables, what "
+            f"the app did not put there or switched off: {found}. A trigger run BEFORE or "
+            "INSTEAD OF each row's change, or a rule, can skip, change or send elsewhere the "
+            "app's writes (one that returns NULL skipped an upload's row while the upload was "
+            "answered 201 and its bytes were deleted), and the app's own triggers keep the "
+            "count of live sessions and the audit append-only. Refusing to open it; nothing "
+            f"was changed. As the tables' owner, run `{undo}` (what such a trigger did belongs "
+            "in a table of its own, fed by an AFTER trigger, which the app leaves alone); "
+            "where a trigger of the app's was off, `app data check --repair` (every replica "
+            "stopped) counts the live sessions again"
+        )
+
+
+class WriteNotStoredError(AppError):
+    """An INSERT of the app's stored no row: a trigger or rule of another's skipped it."""
+
+    exit_code = EX_UNAVAILABLE
+    code = "write_not_stored"
+    http_status = 503
+    template = (
+        "database {where} did not store {what}: its INSERT into {table} stored no row, as a "
+        "trigger that returns NULL before it or a rule DO INSTEAD on that table makes it; "
+        "nothing was changed (its transaction was rolled back, and an upload's object "
+        "deleted). `app doctor` names the triggers and rules on the app's tables that the app "
+        "did not make: drop them (`DROP TRIGGER <name> ON {table}`), then retry"
+    )
+
+    where: str
+    what: str
+    table: str
+
+
 class DatabaseTimelineBehindError(ConfigError):
     """The old primary of a database whose standby was promoted, still taking writes."""
 

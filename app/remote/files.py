@@ -21,6 +21,7 @@ from app.errors import (
     TooManyFilesError,
 )
 from app.names import check_file_name
+from app.remote import pg
 from app.remote.db import Database, trash_entry, trash_name, utc
 from app.remote.errors import FileRowOfAnotherShapeError, ObjectStoreUnavailableError
 from app.remote.objects import ObjectStore, PutResult
@@ -216,11 +217,12 @@ class RemoteFiles:
                     " trash_name = %s WHERE id = %s",
                     (moment, trash, old["id"]),
                 )
-            conn.execute(
+            inserted = conn.execute(
                 "INSERT INTO app_files (session_id, name, blob, size, sha256, uploaded_at)"
                 " VALUES (%s, %s, %s, %s, %s, %s)",
                 (session_id, name, result.name, result.size, result.sha256, moment),
             )
+            pg.stored(inserted, self.db.where, what, "app_files")
             if trash is not None:
                 self.db.audit(conn, "replace-file", f"{session_id}/{name}", trash=trash)
         upload.replaced = trash is not None

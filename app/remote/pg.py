@@ -66,11 +66,13 @@ from app.remote.errors import (
     SchemaNotWritableError,
     SchemaTooNewError,
     StorageMismatchError,
+    TablesHookedError,
     TablesOffSearchPathError,
     TablesShadowedError,
     TransactionPoolerError,
     UnloggedTablesError,
     UnstampedNotEmptyError,
+    WriteNotStoredError,
     from_pgoptions,
     needs_confirmation,
 )
@@ -1023,6 +1025,69 @@ def unlogged(conn: psycopg.Connection[Any]) -> tuple[tuple[str, ...], tuple[str,
     return tuple(t for t in APP_TABLES if t in tables), tuple(sequences)
 
 
+#: The app's own triggers: (table, trigger).
+_APP_TRIGGERS = frozenset(
+    (table, name)
+    for name, table in re.findall(r"^CREATE TRIGGER (\w+) .*?\bON (\w+)", _SCHEMA, re.M | re.S)
+)
+# tgtype's bits (PostgreSQL's pg_trigger.h): for each row, before, instead of.
+_ROW, _BEFORE, _INSTEAD = 1, 2, 64
+
+
+def hooks(conn: psycopg.Connection[Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """What on the app's tables (in the connection's current schema) can skip or change its
+    writes, as PostgreSQL defines it, and the statements that undo each: a trigger of
+    another's run BEFORE or INSTEAD OF each row's change, a rule, and the app's own triggers
+    switched off (``DISABLE TRIGGER``, or ``ENABLE REPLICA``, which the app's ``origin``
+    sessions never fire).
+
+    Red team 62: a trigger ``BEFORE INSERT ON app_files ... RETURN NULL`` skipped every
+    upload's row, and each upload was answered 201 with its digest, then 404: the bytes were
+    gone. A rule ``ON UPDATE TO app_sessions DO INSTEAD NOTHING`` made every delete a bare
+    ``FeatureNotSupported`` (500). Triggers after the change (a CDC tool's), and of each
+    statement, are left alone: they cannot skip a row.
+    """
+    cursor = conn.cursor(row_factory=tuple_row)
+    triggers = cursor.execute(
+        "SELECT c.relname, t.tgname, t.tgtype, t.tgenabled::text, pg_get_triggerdef(t.oid)"
+        " FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid"
+        " WHERE NOT t.tgisinternal AND c.relname = ANY(%s) AND c.relnamespace"
+        "  = (SELECT oid FROM pg_namespace WHERE nspname = current_schema()) ORDER BY 1, 2",
+        (list(APP_TABLES),),
+    ).fetchall()
+    rules = cursor.execute(
+        "SELECT c.relname, r.rulename, pg_get_ruledef(r.oid) FROM pg_rewrite r"
+        " JOIN pg_class c ON c.oid = r.ev_class WHERE c.relname = ANY(%s) AND c.relnamespace"
+        "  = (SELECT oid FROM pg_namespace WHERE nspname = current_schema())"
+        " AND r.ev_enabled <> 'D' ORDER BY 1, 2",
+        (list(APP_TABLES),),
+    ).fetchall()
+    found: list[str] = []
+    undo: list[str] = []
+    for table, name, kind, enabled, definition in triggers:
+        fires = enabled in ("O", "A")
+        if (table, name) in _APP_TRIGGERS:
+            if not fires:
+                found.append(f"the app's trigger {name} on {table} is off")
+                undo.append(f'ALTER TABLE "{table}" ENABLE TRIGGER "{name}"')
+        elif fires and kind & _ROW and kind & (_BEFORE | _INSTEAD):
+            found.append(str(definition))
+            undo.append(f'DROP TRIGGER "{name}" ON "{table}"')
+    for table, name, definition in rules:
+        found.append(" ".join(str(definition).split()).rstrip(";"))
+        undo.append(f'DROP RULE "{name}" ON "{table}"')
+    return tuple(found), tuple(undo)
+
+
+def stored(cursor: psycopg.Cursor[Any], where: str, what: str, table: str) -> None:
+    """Refuse a write whose INSERT into ``table`` stored no row (a trigger that returned NULL
+    before it, a rule DO INSTEAD): the app would answer for a row that is not there, an
+    upload's 201 for bytes then deleted as no row's (red team 62). Raising rolls back the
+    write's transaction, and an upload's object is deleted as for any refused record."""
+    if cursor.rowcount != 1:
+        raise WriteNotStoredError(where, what, table)
+
+
 def read_stamp(conn: psycopg.Connection[Any]) -> Stamp | None:
     """The stamp, or ``None`` for a database the app never opened.
 
@@ -1120,6 +1185,9 @@ def open_database(
             )  # fmt: skip
         if tables or sequences:
             raise UnloggedTablesError(profile, where, tables, sequences)
+        found, undo = hooks(conn)
+        if found:
+            raise TablesHookedError(profile, where, found, undo)
         if objects is None:
             return stamp
         database_id, bound_now = _bind(conn, where, objects)

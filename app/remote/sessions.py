@@ -15,6 +15,7 @@ from typing import Any, Final, cast
 from psycopg.types.json import Json
 
 from app.errors import BadRequestError, SessionNotFoundError, UnreadableSessionError
+from app.remote import pg
 from app.remote.db import TRASH_TIME_FORMAT, Database, now, trash_entry, trash_name, utc
 from app.remote.pg import CREATE_LOCK
 from app.remote.rows import FINDING, SESSION_ROW, row_fault, say_left_out, session_fault
@@ -93,11 +94,12 @@ class RemoteSessions:
                 make_later_than(newest["id"])
             session_id = new_session_id()
             moment = now()
-            conn.execute(
+            inserted = conn.execute(
                 "INSERT INTO app_sessions (id, title, metadata, created_at, updated_at)"
                 " VALUES (%s, %s, %s, %s, %s)",
                 (session_id, title, Json(metadata), moment, moment),
             )
+            pg.stored(inserted, self.db.where, what, "app_sessions")
         when = moment.isoformat(timespec="microseconds")
         return _session(
             {

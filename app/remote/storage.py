@@ -675,7 +675,7 @@ def _database_silent(config: Config, where: str, seconds: float) -> Probe:
 
 
 def _database_state(conn: Any, config: Config, where: str, seen: dict[str, Any]) -> list[Probe]:
-    from app.remote.errors import SchemaTooNewError, UnloggedTablesError
+    from app.remote.errors import SchemaTooNewError, TablesHookedError, UnloggedTablesError
 
     source = config.sources.get("database_url", "?")
     version = conn.info.server_version
@@ -711,6 +711,14 @@ def _database_state(conn: Any, config: Config, where: str, seen: dict[str, Any])
         probes.append(
             Probe("durability", f"UNLOGGED: {named}", unlogged.message, unlogged.exit_code)
         )
+    found, undo = pg.hooks(conn)
+    if found:
+        # The open refuses them (red team 62); doctor said "ok".
+        hooked = TablesHookedError(config.profile, where, found, undo)
+        probes.append(
+            Probe("triggers", f"{len(found)} not the app's, or off", hooked.message,
+                  hooked.exit_code)
+        )  # fmt: skip
     if pg.in_recovery(conn):
         from app.errors import EX_UNAVAILABLE
 

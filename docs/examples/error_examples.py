@@ -468,6 +468,15 @@ EXAMPLES: list[errors.AppError] = [
     ),
     remote.SchemaNotWritableError("production", DATABASE, "public", "review", "app_production"),
     remote.UnloggedTablesError("production", DATABASE, ("app_sessions", "app_files")),
+    remote.TablesHookedError(
+        "production",
+        DATABASE,
+        ("CREATE TRIGGER s BEFORE INSERT ON public.app_files FOR EACH ROW EXECUTE FUNCTION s()",),
+        ('DROP TRIGGER "s" ON "app_files"',),
+    ),
+    remote.WriteNotStoredError(
+        DATABASE, "the upload of 'notes.txt' into session 0123456789abcdef", "app_files"
+    ),
     remote.DatabaseTimelineBehindError("production", DATABASE, OBJECTS, 1, 2),
     remote.RestampBoundElsewhereError(
         "staging",
