@@ -19,9 +19,12 @@ What broke:
 - A trigger of another's on the app's tables that skips its writes (``BEFORE INSERT ON
   app_files ... RETURN NULL``), or a rule ``DO INSTEAD NOTHING``, under a live replica: the
   upload was answered 201 with its digest, then not found, its bytes deleted as no row's;
-  a rule on ``UPDATE`` made every delete a bare ``FeatureNotSupported`` (500). An insert of
-  a file's or a session's row that stores none is now refused at the write
-  (``write_not_stored``, 503/69: rolled back, the object deleted), and the open and `app
+  a rule on ``UPDATE`` made every delete a bare ``FeatureNotSupported`` (500); one that
+  skipped updates had a delete refused as "has no file" of a file that is there; one on
+  ``app_audit`` let a delete through unaudited. An insert of a file's, a session's or an
+  audit row, and an update of a row the app knows is there (a delete's, a replace's, a
+  restore's), that writes none is now refused at the write (``write_not_stored``, 503/69:
+  rolled back, the object deleted), and the open and `app
   doctor` refuse such triggers (run before or instead of each row's change), any rule, and
   the app's own triggers switched off (``tables_hooked``, 78), quoting each as PostgreSQL
   defines it and the statement that undoes it; an AFTER trigger (a change-data-capture
@@ -219,11 +222,15 @@ def test_a_trigger_or_rule_that_skips_the_app_s_writes_is_refused_at_the_write_a
     try:
         with _replica(s3_engine, (url, new_blob_url(s3_engine))) as store:
             session_id = store.create_session("t")["id"]
+            other = store.create_session("u")["id"]
+            store.put_file(session_id, "old.txt", b"kept before")
             with postgres_engine.connect(name) as admin:
                 admin.execute(
                     "CREATE FUNCTION rt62_skip() RETURNS trigger LANGUAGE plpgsql AS"
                     " $$ BEGIN RETURN NULL; END $$;"
-                    "CREATE TRIGGER rt62_skip BEFORE INSERT ON app_files FOR EACH ROW"
+                    "CREATE TRIGGER rt62_skip BEFORE INSERT OR UPDATE ON app_files FOR EACH ROW"
+                    " EXECUTE FUNCTION rt62_skip();"
+                    "CREATE TRIGGER rt62_skip BEFORE INSERT ON app_audit FOR EACH ROW"
                     " EXECUTE FUNCTION rt62_skip();"
                     "CREATE RULE rt62_nothing AS ON INSERT TO app_sessions DO INSTEAD NOTHING;"
                     "ALTER TABLE app_audit DISABLE TRIGGER app_audit_append_only"
@@ -234,30 +241,40 @@ def test_a_trigger_or_rule_that_skips_the_app_s_writes_is_refused_at_the_write_a
             assert (skipped.value.http_status, skipped.value.exit_code) == (503, 69)
             assert skipped.value.message == (
                 f"database {where} did not store the upload of 'a.txt' into session "
-                f"{session_id}: its INSERT into app_files stored no row, as a trigger that "
+                f"{session_id}: its INSERT into app_files wrote no row, as a trigger that "
                 "returns NULL before it or a rule DO INSTEAD on that table makes it; nothing "
                 "was changed (its transaction was rolled back, and an upload's object "
                 "deleted). `app doctor` names the triggers and rules on the app's tables that "
                 "the app did not make: drop them (`DROP TRIGGER <name> ON app_files`), then "
                 "retry"
             )
-            assert store.list_files(session_id) == []
+            assert [f["name"] for f in store.list_files(session_id)] == ["old.txt"]
             assert len(list(store.objects.objects())) == objects
-            with pytest.raises(WriteNotStoredError, match="INSERT into app_sessions"):
+            with pytest.raises(WriteNotStoredError, match="INSERT into app_sessions wrote no"):
                 store.create_session("kept?")
+            # Before: "has no file 'old.txt'", of a file that is there.
+            with pytest.raises(WriteNotStoredError, match="UPDATE of app_files wrote no row"):
+                store.delete_file(session_id, "old.txt")
+            # Before: the delete was done, and no audit row said so.
+            with pytest.raises(WriteNotStoredError, match="INSERT into app_audit wrote no row"):
+                store.delete_session(other)
+            assert store.get_session(other)["id"] == other
 
             with pytest.raises(TablesHookedError) as refused:
                 pg.open_database(url, PROFILE)
             undo = (
                 'ALTER TABLE "app_audit" ENABLE TRIGGER "app_audit_append_only"; DROP TRIGGER '
-                '"rt62_skip" ON "app_files"; DROP RULE "rt62_nothing" ON "app_sessions"'
+                '"rt62_skip" ON "app_audit"; DROP TRIGGER "rt62_skip" ON "app_files"; DROP RULE '
+                '"rt62_nothing" ON "app_sessions"'
             )
             message = refused.value.message
             assert message.startswith(
                 f"profile {PROFILE!r}: database {where} has, on the app's tables, what the app "
                 "did not put there or switched off: the app's trigger app_audit_append_only "
                 "on app_audit is off; CREATE TRIGGER rt62_skip BEFORE INSERT ON "
-                "public.app_files FOR EACH ROW EXECUTE FUNCTION rt62_skip(); CREATE RULE "
+                "public.app_audit FOR EACH ROW EXECUTE FUNCTION rt62_skip(); CREATE TRIGGER "
+                "rt62_skip BEFORE INSERT OR UPDATE ON public.app_files FOR EACH ROW EXECUTE "
+                "FUNCTION rt62_skip(); CREATE RULE "
                 "rt62_nothing AS ON INSERT TO public.app_sessions DO INSTEAD NOTHING. A "
                 "trigger run BEFORE or INSTEAD OF each row's change, or a rule, can skip"
             ), message
@@ -277,6 +294,6 @@ def test_a_trigger_or_rule_that_skips_the_app_s_writes_is_refused_at_the_write_a
                 )
             assert pg.open_database(url, PROFILE).profile == PROFILE
             assert store.put_file(session_id, "a.txt", b"kept")["size"] == 4
-            assert [f["name"] for f in store.list_files(session_id)] == ["a.txt"]
+            assert [f["name"] for f in store.list_files(session_id)] == ["old.txt", "a.txt"]
     finally:
         postgres_engine.drop_database(name)

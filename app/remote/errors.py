@@ -989,13 +989,14 @@ class TablesHookedError(ConfigError):
 
 
 class WriteNotStoredError(AppError):
-    """An INSERT of the app's stored no row: a trigger or rule of another's skipped it."""
+    """An INSERT or UPDATE of the app's wrote no row: a trigger or rule of another's skipped
+    it."""
 
     exit_code = EX_UNAVAILABLE
     code = "write_not_stored"
     http_status = 503
     template = (
-        "database {where} did not store {what}: its INSERT into {table} stored no row, as a "
+        "database {where} did not store {what}: its {statement} {table} wrote no row, as a "
         "trigger that returns NULL before it or a rule DO INSTEAD on that table makes it; "
         "nothing was changed (its transaction was rolled back, and an upload's object "
         "deleted). `app doctor` names the triggers and rules on the app's tables that the app "
@@ -1005,6 +1006,7 @@ class WriteNotStoredError(AppError):
     where: str
     what: str
     table: str
+    statement: str = "INSERT into"
 
 
 class DatabaseTimelineBehindError(ConfigError):

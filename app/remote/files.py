@@ -212,11 +212,12 @@ class RemoteFiles:
                     raise TooManyFilesError(session_id, self.max_files, live["n"])
             else:
                 trash = trash_name(moment, session_id, file=True)
-                conn.execute(
+                replaced = conn.execute(
                     "UPDATE app_files SET deleted_at = %s, deleted_reason = 'replace',"
                     " trash_name = %s WHERE id = %s",
                     (moment, trash, old["id"]),
                 )
+                pg.stored(replaced, self.db.where, what, "app_files", "UPDATE of")
             inserted = conn.execute(
                 "INSERT INTO app_files (session_id, name, blob, size, sha256, uploaded_at)"
                 " VALUES (%s, %s, %s, %s, %s, %s)",
@@ -256,6 +257,8 @@ class RemoteFiles:
                 (moment, trash, session_id, name),
             ).fetchone()
             if row is None:
+                where, condition = self.db.where, "session_id = %s AND name = %s"
+                pg.skipped(conn, where, what, "app_files", condition, (session_id, name))
                 raise FileNotFoundInSessionError(session_id, name)
             self.db.audit(conn, "trash-file", f"{session_id}/{name}", trash=trash)
         return trash_entry(trash, "file", session_id, name, moment, "delete")

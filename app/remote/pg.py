@@ -1079,13 +1079,32 @@ def hooks(conn: psycopg.Connection[Any]) -> tuple[tuple[str, ...], tuple[str, ..
     return tuple(found), tuple(undo)
 
 
-def stored(cursor: psycopg.Cursor[Any], where: str, what: str, table: str) -> None:
-    """Refuse a write whose INSERT into ``table`` stored no row (a trigger that returned NULL
-    before it, a rule DO INSTEAD): the app would answer for a row that is not there, an
-    upload's 201 for bytes then deleted as no row's (red team 62). Raising rolls back the
-    write's transaction, and an upload's object is deleted as for any refused record."""
+def stored(
+    cursor: psycopg.Cursor[Any], where: str, what: str, table: str, statement: str = "INSERT into"
+) -> None:
+    """Refuse a write whose INSERT into ``table`` (or UPDATE of a row it knows is there)
+    wrote no row (a trigger that returned NULL before it, a rule DO INSTEAD): the app would
+    answer for a row that is not there, an upload's 201 for bytes then deleted as no row's, a
+    restore as done that was not (red team 62). Raising rolls back the write's transaction,
+    and an upload's object is deleted as for any refused record."""
     if cursor.rowcount != 1:
-        raise WriteNotStoredError(where, what, table)
+        raise WriteNotStoredError(where, what, table, statement)
+
+
+def skipped(conn: psycopg.Connection[Any], where: str, what: str, table: str, key: str,
+            values: tuple[Any, ...]) -> None:  # fmt: skip
+    """After an UPDATE of a live row of ``table`` (``key``, a condition on ``values``) that
+    returned none: refuse it as skipped where that row is there all the same, rather than
+    say it is not (red team 62: a trigger that skipped a delete had it refused as "has no
+    file"). ``key`` is the app's own text, never a caller's value."""
+    found = conn.execute(
+        sql.SQL("SELECT 1 FROM {} WHERE {} AND deleted_at IS NULL").format(
+            sql.Identifier(table), sql.SQL(key)
+        ),
+        values,
+    ).fetchone()
+    if found is not None:
+        raise WriteNotStoredError(where, what, table, "UPDATE of")
 
 
 def read_stamp(conn: psycopg.Connection[Any]) -> Stamp | None:
@@ -1324,8 +1343,9 @@ def audit(
     target: str,
     detail: Mapping[str, Any] | None = None,
 ) -> None:
-    """Append one record to ``app_audit``, in the caller's transaction."""
-    conn.execute(
+    """Append one record to ``app_audit``, in the caller's transaction (refused where a
+    trigger or rule of another's skipped it, red team 62)."""
+    cursor = conn.execute(
         "INSERT INTO app_audit (profile, kind, operation, target, detail, host, pid)"
         " VALUES (%s, %s, %s, %s, %s, %s, %s)",
         (
@@ -1338,6 +1358,9 @@ def audit(
             os.getpid(),
         ),
     )
+    info = conn.info
+    where = f"postgresql://{info.user}@{info.host}:{info.port}/{info.dbname}"
+    stored(cursor, where, f"the audit record of {operation} {target}", "app_audit")
 
 
 # --- live replicas -----------------------------------------------------------------------

@@ -224,13 +224,15 @@ class RemoteSessions:
         check_session_id(session_id)
         moment = now()
         name = trash_name(moment, session_id, file=False)
-        with self.db.write(f"the delete of session {session_id}") as conn:
+        what = f"the delete of session {session_id}"
+        with self.db.write(what) as conn:
             row = conn.execute(
                 "UPDATE app_sessions SET deleted_at = %s, deleted_reason = %s, trash_name = %s"
                 " WHERE id = %s AND deleted_at IS NULL RETURNING title",
                 (moment, reason, name, session_id),
             ).fetchone()
             if row is None:
+                pg.skipped(conn, self.db.where, what, "app_sessions", "id = %s", (session_id,))
                 raise SessionNotFoundError(session_id)
             self.db.audit(
                 conn, "trash-session", session_id, trash=name, reason=reason, title=row["title"]
