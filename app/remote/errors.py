@@ -565,6 +565,26 @@ class S3ClientSettingsError(ConfigError):
     reason: str
 
 
+class S3EndpointElsewhereError(ConfigError):
+    """A profile that sets no ``s3_endpoint_url`` (AWS's) whose S3 client sends its requests
+    elsewhere, to an endpoint it reads itself (``AWS_ENDPOINT_URL``, the AWS config file)."""
+
+    code = "s3_endpoint_elsewhere"
+    template = (
+        "cannot use object store {where}: s3_endpoint_url is unset, which names AWS's endpoint "
+        "to the app and to the check that no two profiles share a prefix, but the S3 client "
+        "(boto3) would send every request to {reached}, an endpoint it reads itself ({source}), "
+        "where the check never looked. Refusing to use it; nothing was changed. If that store "
+        "is the one meant, set s3_endpoint_url to {reached} (the check then compares the "
+        "profiles where they are); otherwise {remedy}"
+    )
+
+    where: str
+    reached: str
+    source: str
+    remedy: str
+
+
 class StoreClockSkewError(ObjectStoreUnavailableError):
     """The object store refused a request as signed at a time too far from its own clock:
     this machine's clock, or the store's, is wrong (S3 allows 15 minutes)."""
@@ -890,6 +910,103 @@ class SchemaNotWritableError(ConfigError):
             f'DATABASE "{self.dbname}" OWNER TO "{self.role}"` (the owner may create in '
             f'public), or `GRANT CREATE ON SCHEMA "{self.schema}" TO "{self.role}"`'
         )
+
+
+class UnloggedTablesError(ConfigError):
+    """Tables (or sequences) of the app's that PostgreSQL does not log: a crash empties them."""
+
+    code = "tables_unlogged"
+
+    profile: str
+    where: str
+    #: The app's tables that are UNLOGGED, a table another references first.
+    tables: tuple[str, ...]
+    #: Its UNLOGGED sequences whose table is logged (``ALTER SEQUENCE ... SET UNLOGGED``).
+    sequences: tuple[str, ...] = ()
+    #: Whether the stamp row is gone too, as a restart after a crash leaves such a table.
+    emptied: bool = False
+
+    @property
+    def message(self) -> str:
+        named = [
+            f"{kind}{'s' if len(names) > 1 else ''} {', '.join(names)}"
+            for kind, names in (("table", self.tables), ("sequence", self.sequences))
+            if names
+        ]
+        statements = [f'ALTER TABLE "{t}" SET LOGGED' for t in self.tables] + [
+            f'ALTER SEQUENCE "{s}" SET LOGGED' for s in self.sequences
+        ]
+        gone = (
+            " Its stamp row in app_stamp is gone, as such a restart leaves an UNLOGGED table: "
+            "the server has restarted after a crash since, and the rows of those tables are "
+            "lost; restore them from a backup taken before (pg_dump keeps an UNLOGGED table's "
+            "rows), then make them logged as below."
+            if self.emptied
+            else ""
+        )
+        return (
+            f"profile {self.profile!r}: database {self.where} has the app's "
+            f"{' and '.join(named)} UNLOGGED (`ALTER ... SET UNLOGGED`, as a bulk load or a "
+            "restore is sped up): PostgreSQL writes none of their changes to its WAL, so it "
+            "empties them as it starts again after a crash, and a standby or a restore of a "
+            "base backup has none of their rows: every session, file or audit row the app "
+            "acknowledged there would be lost. Refusing to open it; nothing was changed."
+            f"{gone} As their owner, run `{'; '.join(statements)}` (in this order: a table "
+            "another references first; each rewrites its table under an exclusive lock)"
+        )
+
+
+class TablesHookedError(ConfigError):
+    """Triggers or rules on the app's tables that the app did not make (one that can skip or
+    change its writes), or the app's own triggers switched off."""
+
+    code = "tables_hooked"
+
+    profile: str
+    where: str
+    #: Each, as PostgreSQL defines it (``pg_get_triggerdef``, ``pg_get_ruledef``), or the app's
+    #: trigger that is off.
+    found: tuple[str, ...]
+    #: What undoes each, in the same order.
+    statements: tuple[str, ...]
+
+    @property
+    def message(self) -> str:
+        found = "; ".join(self.found)
+        undo = "; ".join(self.statements)
+        return (
+            f"profile {self.profile!r}: database {self.where} has, on the app's tables, what "
+            f"the app did not put there or switched off: {found}. A trigger run BEFORE or "
+            "INSTEAD OF each row's change, or a rule, can skip, change or send elsewhere the "
+            "app's writes (one that returns NULL skipped an upload's row while the upload was "
+            "answered 201 and its bytes were deleted), and the app's own triggers keep the "
+            "count of live sessions and the audit append-only. Refusing to open it; nothing "
+            f"was changed. As the tables' owner, run `{undo}` (what such a trigger did belongs "
+            "in a table of its own, fed by an AFTER trigger, which the app leaves alone); "
+            "where a trigger of the app's was off, `app data check --repair` (every replica "
+            "stopped) counts the live sessions again"
+        )
+
+
+class WriteNotStoredError(AppError):
+    """An INSERT or UPDATE of the app's wrote no row: a trigger or rule of another's skipped
+    it."""
+
+    exit_code = EX_UNAVAILABLE
+    code = "write_not_stored"
+    http_status = 503
+    template = (
+        "database {where} did not store {what}: its {statement} {table} wrote no row, as a "
+        "trigger that returns NULL before it or a rule DO INSTEAD on that table makes it; "
+        "nothing was changed (its transaction was rolled back, and an upload's object "
+        "deleted). `app doctor` names the triggers and rules on the app's tables that the app "
+        "did not make: drop them (`DROP TRIGGER <name> ON {table}`), then retry"
+    )
+
+    where: str
+    what: str
+    table: str
+    statement: str = "INSERT into"
 
 
 class DatabaseTimelineBehindError(ConfigError):

@@ -21,6 +21,7 @@ from app.errors import (
     TooManyFilesError,
 )
 from app.names import check_file_name
+from app.remote import pg
 from app.remote.db import Database, trash_entry, trash_name, utc
 from app.remote.errors import FileRowOfAnotherShapeError, ObjectStoreUnavailableError
 from app.remote.objects import ObjectStore, PutResult
@@ -211,16 +212,18 @@ class RemoteFiles:
                     raise TooManyFilesError(session_id, self.max_files, live["n"])
             else:
                 trash = trash_name(moment, session_id, file=True)
-                conn.execute(
+                replaced = conn.execute(
                     "UPDATE app_files SET deleted_at = %s, deleted_reason = 'replace',"
                     " trash_name = %s WHERE id = %s",
                     (moment, trash, old["id"]),
                 )
-            conn.execute(
+                pg.stored(replaced, self.db.where, what, "app_files", "UPDATE of")
+            inserted = conn.execute(
                 "INSERT INTO app_files (session_id, name, blob, size, sha256, uploaded_at)"
                 " VALUES (%s, %s, %s, %s, %s, %s)",
                 (session_id, name, result.name, result.size, result.sha256, moment),
             )
+            pg.stored(inserted, self.db.where, what, "app_files")
             if trash is not None:
                 self.db.audit(conn, "replace-file", f"{session_id}/{name}", trash=trash)
         upload.replaced = trash is not None
@@ -254,6 +257,8 @@ class RemoteFiles:
                 (moment, trash, session_id, name),
             ).fetchone()
             if row is None:
+                where, condition = self.db.where, "session_id = %s AND name = %s"
+                pg.skipped(conn, where, what, "app_files", condition, (session_id, name))
                 raise FileNotFoundInSessionError(session_id, name)
             self.db.audit(conn, "trash-file", f"{session_id}/{name}", trash=trash)
         return trash_entry(trash, "file", session_id, name, moment, "delete")

@@ -55,6 +55,7 @@ from app.remote.errors import (
     Protection,
     RemoteStampMismatchError,
     S3ClientSettingsError,
+    S3EndpointElsewhereError,
     StorageMismatchError,
     StoreClockSkewError,
     UnstampedNotEmptyError,
@@ -239,6 +240,44 @@ class _BoundedProcess(subprocess.Popen):  # type: ignore[type-arg]
                 "started; it may be waiting for input no one gives it"
             ),
         )
+
+
+#: Where the S3 client reads an endpoint of its own, in its order (botocore's configured
+#: endpoints), for a client given none.
+_CONFIGURED_ENDPOINTS: Final = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+
+
+def _not_sent_elsewhere(client: Any, where: str) -> None:
+    """Refuse a client made without an endpoint (``s3_endpoint_url`` unset: AWS's, to the app
+    and to the check of the profiles' prefixes) that the S3 client's own configuration sends
+    elsewhere: ``AWS_ENDPOINT_URL_S3``, ``AWS_ENDPOINT_URL``, or ``endpoint_url`` in the AWS
+    config file, as a shell that points the ``aws`` command at a MinIO leaves them.
+
+    Red team 62: a development profile on AWS's ``s3://app-data/production`` beside
+    production's same prefix on a store of its own was apart to the check (`app config`
+    said nothing), while the shell's ``AWS_ENDPOINT_URL`` sent development's every request to
+    production's store; its stamp alone refused the open. Judged from where the client was
+    made to send its requests (``meta.endpoint_url``), whatever set it.
+
+    Raises:
+        S3EndpointElsewhereError: naming the endpoint the client would use, where it is
+            read, and the two remedies.
+    """
+    reached = str(client.meta.endpoint_url or "")
+    host = (urlsplit(reached).hostname or "").lower().rstrip(".")
+    if host == "amazonaws.com" or host.endswith((".amazonaws.com", ".amazonaws.com.cn")):
+        return
+    given = [f"{name}={os.environ[name]}" for name in _CONFIGURED_ENDPOINTS if os.environ.get(name)]
+    if given:
+        source = f"the process's environment gives it: {', '.join(given)}"
+        remedy = f"unset {' and '.join(g.split('=')[0] for g in given)} for the app's commands"
+    else:
+        source = (
+            "the AWS config file gives it: endpoint_url in its profile's section, or in the s3 "
+            "part of the services section it names"
+        )
+        remedy = "remove that endpoint_url (or give the app's commands another AWS_PROFILE)"
+    raise S3EndpointElsewhereError(where, reached, source, remedy)
 
 
 def _new_client(**kwargs: Any) -> Any:
@@ -825,6 +864,8 @@ class ObjectStore:
             # An AWS_* variable or the AWS config file giving the client a value it refuses
             # (AWS_REQUEST_CHECKSUM_CALCULATION=bogus): a traceback too, keys set or not.
             raise S3ClientSettingsError(self.where, _one_line(error).rstrip(".")) from error
+        if endpoint_url is None:
+            _not_sent_elsewhere(self._client, self.where)
         self.read_timeout = read_timeout
         # The database this process opened the prefix for (its id and instance), once
         # `open` checked the stamp names it: what `handed_away` compares with.
@@ -882,8 +923,20 @@ class ObjectStore:
                 NO_ANSWER,
             )
         if isinstance(error, BotoCoreError):
-            return self._unavailable(str(error))
+            return self._client_refused(error) or self._unavailable(str(error))
         return error
+
+    def _client_refused(self, error: Exception) -> S3ClientSettingsError | None:
+        """A request the S3 client would not make for a setting it read itself that AWS's
+        endpoints alone take, beside s3_endpoint_url (``s3 = use_accelerate_endpoint = true``
+        in the AWS config file): every request was "unavailable" (69, retry later), told to
+        check the endpoint, the prefix and the credentials (red team 62)."""
+        from botocore.exceptions import EndpointResolutionError
+
+        if not isinstance(error, EndpointResolutionError):
+            return None
+        reason = f"{_one_line(error).rstrip('.')}, so it sends no request to s3_endpoint_url"
+        return S3ClientSettingsError(self.where, reason)
 
     @property
     def credentials(self) -> str:

@@ -66,10 +66,13 @@ from app.remote.errors import (
     SchemaNotWritableError,
     SchemaTooNewError,
     StorageMismatchError,
+    TablesHookedError,
     TablesOffSearchPathError,
     TablesShadowedError,
     TransactionPoolerError,
+    UnloggedTablesError,
     UnstampedNotEmptyError,
+    WriteNotStoredError,
     from_pgoptions,
     needs_confirmation,
 )
@@ -198,6 +201,10 @@ END $$;
 CREATE TRIGGER app_audit_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON app_audit
     FOR EACH STATEMENT EXECUTE FUNCTION app_audit_append_only();
 """
+
+#: The app's tables, in the order `_SCHEMA` creates them: a table another references comes
+#: first, so ``SET LOGGED`` in this order never makes a logged table reference an unlogged one.
+APP_TABLES = tuple(re.findall(r"^CREATE TABLE (\w+)", _SCHEMA, re.MULTILINE))
 
 # Databases stamped before app_binding existed get it on their next open.
 _BINDING = _SCHEMA[
@@ -984,6 +991,122 @@ def _pin_found_schema(conn: psycopg.Connection[Any]) -> None:
             pin_schema(conn, schema)
 
 
+def unlogged(conn: psycopg.Connection[Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The app's tables in its schema (the connection's current one) that are UNLOGGED, in
+    :data:`APP_TABLES`' order, and its UNLOGGED sequences whose table is logged.
+
+    PostgreSQL writes no WAL for an UNLOGGED table (``ALTER TABLE ... SET UNLOGGED``, the
+    advice for a quick bulk load or restore) and empties it as it starts after a crash: the
+    app opened such a database and acknowledged every write, and after ``pg_ctl stop -m
+    immediate`` (or a power cut) every session was gone, the next open refused as a stamp
+    "deleted by hand" (red team 62). A standby and a restore of a base backup have none of
+    their rows either. An UNLOGGED sequence (PostgreSQL 15) starts again after a crash, and
+    its table's next insert meets the rows it numbered.
+    """
+    rows = (
+        conn.cursor(row_factory=tuple_row)
+        .execute(
+            "SELECT c.relname, c.relkind = 'S', owner.relname FROM pg_class c"
+            " LEFT JOIN pg_depend d ON d.classid = 'pg_class'::regclass AND d.objid = c.oid"
+            "  AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')"
+            " LEFT JOIN pg_class owner ON owner.oid = d.refobjid"
+            " WHERE c.relnamespace"
+            "  = (SELECT oid FROM pg_namespace WHERE nspname = current_schema())"
+            "  AND c.relpersistence = 'u' AND c.relkind IN ('r', 'p', 'S')"
+            "  AND (c.relname = ANY(%(tables)s) OR owner.relname = ANY(%(tables)s))",
+            {"tables": list(APP_TABLES)},
+        )
+        .fetchall()
+    )
+    tables = {str(name) for name, sequence, _ in rows if not sequence}
+    sequences = sorted(
+        str(name) for name, sequence, owner in rows if sequence and owner not in tables
+    )
+    return tuple(t for t in APP_TABLES if t in tables), tuple(sequences)
+
+
+#: The app's own triggers: (table, trigger).
+_APP_TRIGGERS = frozenset(
+    (table, name)
+    for name, table in re.findall(r"^CREATE TRIGGER (\w+) .*?\bON (\w+)", _SCHEMA, re.M | re.S)
+)
+# tgtype's bits (PostgreSQL's pg_trigger.h): for each row, before, instead of.
+_ROW, _BEFORE, _INSTEAD = 1, 2, 64
+
+
+def hooks(conn: psycopg.Connection[Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """What on the app's tables (in the connection's current schema) can skip or change its
+    writes, as PostgreSQL defines it, and the statements that undo each: a trigger of
+    another's run BEFORE or INSTEAD OF each row's change, a rule, and the app's own triggers
+    switched off (``DISABLE TRIGGER``, or ``ENABLE REPLICA``, which the app's ``origin``
+    sessions never fire).
+
+    Red team 62: a trigger ``BEFORE INSERT ON app_files ... RETURN NULL`` skipped every
+    upload's row, and each upload was answered 201 with its digest, then 404: the bytes were
+    gone. A rule ``ON UPDATE TO app_sessions DO INSTEAD NOTHING`` made every delete a bare
+    ``FeatureNotSupported`` (500). Triggers after the change (a CDC tool's), and of each
+    statement, are left alone: they cannot skip a row.
+    """
+    cursor = conn.cursor(row_factory=tuple_row)
+    triggers = cursor.execute(
+        "SELECT c.relname, t.tgname, t.tgtype, t.tgenabled::text, pg_get_triggerdef(t.oid)"
+        " FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid"
+        " WHERE NOT t.tgisinternal AND c.relname = ANY(%s) AND c.relnamespace"
+        "  = (SELECT oid FROM pg_namespace WHERE nspname = current_schema()) ORDER BY 1, 2",
+        (list(APP_TABLES),),
+    ).fetchall()
+    rules = cursor.execute(
+        "SELECT c.relname, r.rulename, pg_get_ruledef(r.oid) FROM pg_rewrite r"
+        " JOIN pg_class c ON c.oid = r.ev_class WHERE c.relname = ANY(%s) AND c.relnamespace"
+        "  = (SELECT oid FROM pg_namespace WHERE nspname = current_schema())"
+        " AND r.ev_enabled <> 'D' ORDER BY 1, 2",
+        (list(APP_TABLES),),
+    ).fetchall()
+    found: list[str] = []
+    undo: list[str] = []
+    for table, name, kind, enabled, definition in triggers:
+        fires = enabled in ("O", "A")
+        if (table, name) in _APP_TRIGGERS:
+            if not fires:
+                found.append(f"the app's trigger {name} on {table} is off")
+                undo.append(f'ALTER TABLE "{table}" ENABLE TRIGGER "{name}"')
+        elif fires and kind & _ROW and kind & (_BEFORE | _INSTEAD):
+            found.append(str(definition))
+            undo.append(f'DROP TRIGGER "{name}" ON "{table}"')
+    for table, name, definition in rules:
+        found.append(" ".join(str(definition).split()).rstrip(";"))
+        undo.append(f'DROP RULE "{name}" ON "{table}"')
+    return tuple(found), tuple(undo)
+
+
+def stored(
+    cursor: psycopg.Cursor[Any], where: str, what: str, table: str, statement: str = "INSERT into"
+) -> None:
+    """Refuse a write whose INSERT into ``table`` (or UPDATE of a row it knows is there)
+    wrote no row (a trigger that returned NULL before it, a rule DO INSTEAD): the app would
+    answer for a row that is not there, an upload's 201 for bytes then deleted as no row's, a
+    restore as done that was not (red team 62). Raising rolls back the write's transaction,
+    and an upload's object is deleted as for any refused record."""
+    if cursor.rowcount != 1:
+        raise WriteNotStoredError(where, what, table, statement)
+
+
+def skipped(conn: psycopg.Connection[Any], where: str, what: str, table: str, key: str,
+            values: tuple[Any, ...]) -> None:  # fmt: skip
+    """After an UPDATE of a live row of ``table`` (``key``, a condition on ``values``) that
+    returned none: refuse it as skipped where that row is there all the same, rather than
+    say it is not (red team 62: a trigger that skipped a delete had it refused as "has no
+    file"). ``key`` is the app's own text, never a caller's value."""
+    found = conn.execute(
+        sql.SQL("SELECT 1 FROM {} WHERE {} AND deleted_at IS NULL").format(
+            sql.Identifier(table), sql.SQL(key)
+        ),
+        values,
+    ).fetchone()
+    if found is not None:
+        raise WriteNotStoredError(where, what, table, "UPDATE of")
+
+
 def read_stamp(conn: psycopg.Connection[Any]) -> Stamp | None:
     """The stamp, or ``None`` for a database the app never opened.
 
@@ -1037,7 +1160,12 @@ def open_database(
     ):
         conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", SCHEMA_LOCK)
         stamp = read_stamp(conn)
-        if stamp is None and app_schema(conn) is not None:
+        has_tables = stamp is not None or app_schema(conn) is not None
+        tables, sequences = unlogged(conn) if has_tables else ((), ())
+        if stamp is None and has_tables:
+            if tables or sequences:
+                # A restart after a crash emptied them, the stamp with them (red team 62).
+                raise UnloggedTablesError(profile, where, tables, sequences, emptied=True)
             # Its table without its row: the app's database, stamp deleted by hand. Not
             # "things that are not the app's", nor a new database to point at (red team 37).
             raise DatabaseStampMissingError(profile, where, SCHEMA_VERSION)
@@ -1074,6 +1202,11 @@ def open_database(
                 f"database {where}", "its table app_stamp", stamp.profile, profile,
                 protected=needs_confirmation(protected, stamp.profile),
             )  # fmt: skip
+        if tables or sequences:
+            raise UnloggedTablesError(profile, where, tables, sequences)
+        found, undo = hooks(conn)
+        if found:
+            raise TablesHookedError(profile, where, found, undo)
         if objects is None:
             return stamp
         database_id, bound_now = _bind(conn, where, objects)
@@ -1210,8 +1343,9 @@ def audit(
     target: str,
     detail: Mapping[str, Any] | None = None,
 ) -> None:
-    """Append one record to ``app_audit``, in the caller's transaction."""
-    conn.execute(
+    """Append one record to ``app_audit``, in the caller's transaction (refused where a
+    trigger or rule of another's skipped it, red team 62)."""
+    cursor = conn.execute(
         "INSERT INTO app_audit (profile, kind, operation, target, detail, host, pid)"
         " VALUES (%s, %s, %s, %s, %s, %s, %s)",
         (
@@ -1224,6 +1358,9 @@ def audit(
             os.getpid(),
         ),
     )
+    info = conn.info
+    where = f"postgresql://{info.user}@{info.host}:{info.port}/{info.dbname}"
+    stored(cursor, where, f"the audit record of {operation} {target}", "app_audit")
 
 
 # --- live replicas -----------------------------------------------------------------------

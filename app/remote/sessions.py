@@ -15,6 +15,7 @@ from typing import Any, Final, cast
 from psycopg.types.json import Json
 
 from app.errors import BadRequestError, SessionNotFoundError, UnreadableSessionError
+from app.remote import pg
 from app.remote.db import TRASH_TIME_FORMAT, Database, now, trash_entry, trash_name, utc
 from app.remote.pg import CREATE_LOCK
 from app.remote.rows import FINDING, SESSION_ROW, row_fault, say_left_out, session_fault
@@ -93,11 +94,12 @@ class RemoteSessions:
                 make_later_than(newest["id"])
             session_id = new_session_id()
             moment = now()
-            conn.execute(
+            inserted = conn.execute(
                 "INSERT INTO app_sessions (id, title, metadata, created_at, updated_at)"
                 " VALUES (%s, %s, %s, %s, %s)",
                 (session_id, title, Json(metadata), moment, moment),
             )
+            pg.stored(inserted, self.db.where, what, "app_sessions")
         when = moment.isoformat(timespec="microseconds")
         return _session(
             {
@@ -222,13 +224,15 @@ class RemoteSessions:
         check_session_id(session_id)
         moment = now()
         name = trash_name(moment, session_id, file=False)
-        with self.db.write(f"the delete of session {session_id}") as conn:
+        what = f"the delete of session {session_id}"
+        with self.db.write(what) as conn:
             row = conn.execute(
                 "UPDATE app_sessions SET deleted_at = %s, deleted_reason = %s, trash_name = %s"
                 " WHERE id = %s AND deleted_at IS NULL RETURNING title",
                 (moment, reason, name, session_id),
             ).fetchone()
             if row is None:
+                pg.skipped(conn, self.db.where, what, "app_sessions", "id = %s", (session_id,))
                 raise SessionNotFoundError(session_id)
             self.db.audit(
                 conn, "trash-session", session_id, trash=name, reason=reason, title=row["title"]

@@ -675,11 +675,7 @@ def _database_silent(config: Config, where: str, seconds: float) -> Probe:
 
 
 def _database_state(conn: Any, config: Config, where: str, seen: dict[str, Any]) -> list[Probe]:
-    from app.remote.errors import (
-        SchemaNotWritableError,
-        SchemaTooNewError,
-        UnstampedNotEmptyError,
-    )
+    from app.remote.errors import SchemaTooNewError, TablesHookedError, UnloggedTablesError
 
     source = config.sources.get("database_url", "?")
     version = conn.info.server_version
@@ -687,42 +683,14 @@ def _database_state(conn: Any, config: Config, where: str, seen: dict[str, Any])
     probes = [Probe("database", f"{where}: reachable, {server} (database_url from {source})")]
     stamp = pg.read_stamp(conn)
     if stamp is None:
-        foreign = pg.foreign_tables(conn)
-        if foreign:
-            error: AppError = UnstampedNotEmptyError(
-                config.profile, "database_url", f"database {where}", foreign
-            )
-            probes.append(
-                Probe("stamp", "none, and tables of another application", error.message,
-                      error.exit_code)
-            )  # fmt: skip
-        else:
-            schema = conn.execute("SELECT current_schema()").fetchone()[0]
-            if schema is not None and not pg.writable_schema(conn, schema):
-                # The first open would be refused (red team 39: doctor said "ok").
-                info = conn.info
-                refused = SchemaNotWritableError(
-                    config.profile, where, str(schema), info.user, info.dbname
-                )
-                probes.append(
-                    Probe("stamp", "none yet, and this role may not create the app's tables",
-                          refused.message, refused.exit_code)
-                )  # fmt: skip
-                return probes
-            probes.append(
-                Probe(
-                    "stamp",
-                    "none yet: the database is empty; the first open creates the app's "
-                    f"tables and stamps it for {config.profile!r}",
-                )
-            )
-            seen["binding"] = (None, None, None, None, None, where)
-        return probes
+        return probes + _unstamped(conn, config, where, seen)
+    tables, sequences = pg.unlogged(conn)
     stamped = (
         f"profile {stamp.profile}, schema version {stamp.schema_version} (this release: "
         f"{pg.SCHEMA_VERSION}), created {stamp.created.isoformat()}"
         + (f", re-stamped from {stamp.restamped_from}" if stamp.restamped_from else "")
     )
+    error: AppError
     if stamp.profile != config.profile:
         error = RemoteStampMismatchError(
             f"database {where}", "its table app_stamp", stamp.profile, config.profile,
@@ -736,6 +704,21 @@ def _database_state(conn: Any, config: Config, where: str, seen: dict[str, Any])
         probes.append(Probe("stamp", stamped))
         seen["binding"] = (*pg.binding(conn), pg.instance(conn), pg.timeline(conn), where)
         seen["named"] = pg.named_objects(conn)
+    if tables or sequences:
+        # The open refuses them (red team 62); doctor said "ok".
+        unlogged = UnloggedTablesError(config.profile, where, tables, sequences)
+        named = ", ".join(tables + sequences)
+        probes.append(
+            Probe("durability", f"UNLOGGED: {named}", unlogged.message, unlogged.exit_code)
+        )
+    found, undo = pg.hooks(conn)
+    if found:
+        # The open refuses them (red team 62); doctor said "ok".
+        hooked = TablesHookedError(config.profile, where, found, undo)
+        probes.append(
+            Probe("triggers", f"{len(found)} not the app's, or off", hooked.message,
+                  hooked.exit_code)
+        )  # fmt: skip
     if pg.in_recovery(conn):
         from app.errors import EX_UNAVAILABLE
 
@@ -758,10 +741,62 @@ def _database_state(conn: Any, config: Config, where: str, seen: dict[str, Any])
     return probes
 
 
+def _unstamped(conn: Any, config: Config, where: str, seen: dict[str, Any]) -> list[Probe]:
+    """Doctor's ``stamp`` line for a database without the app's stamp, as its open finds it."""
+    from app.remote.errors import (
+        DatabaseStampMissingError,
+        SchemaNotWritableError,
+        UnloggedTablesError,
+        UnstampedNotEmptyError,
+    )
+
+    error: AppError
+    if pg.app_schema(conn) is not None:
+        # The app's tables without their stamp row, refused as the open refuses it (red team
+        # 62: doctor called them "tables of another application", and said nothing of their
+        # being UNLOGGED, which is what a restart after a crash leaves of them).
+        tables, sequences = pg.unlogged(conn)
+        error = (
+            UnloggedTablesError(config.profile, where, tables, sequences, emptied=True)
+            if tables or sequences
+            else DatabaseStampMissingError(config.profile, where, pg.SCHEMA_VERSION)
+        )
+        return [
+            Probe("stamp", "none, though the app's tables are there", error.message,
+                  error.exit_code)
+        ]  # fmt: skip
+    foreign = pg.foreign_tables(conn)
+    if foreign:
+        error = UnstampedNotEmptyError(config.profile, "database_url", f"database {where}", foreign)
+        return [
+            Probe("stamp", "none, and tables of another application", error.message,
+                  error.exit_code)
+        ]  # fmt: skip
+    schema = conn.execute("SELECT current_schema()").fetchone()[0]
+    if schema is not None and not pg.writable_schema(conn, schema):
+        # The first open would be refused (red team 39: doctor said "ok").
+        info = conn.info
+        refused = SchemaNotWritableError(config.profile, where, str(schema), info.user, info.dbname)
+        return [
+            Probe("stamp", "none yet, and this role may not create the app's tables",
+                  refused.message, refused.exit_code)
+        ]  # fmt: skip
+    seen["binding"] = (None, None, None, None, None, where)
+    return [
+        Probe(
+            "stamp",
+            "none yet: the database is empty; the first open creates the app's "
+            f"tables and stamps it for {config.profile!r}",
+        )
+    ]
+
+
 def _diagnose_objects(config: Config, seen: dict[str, Any]) -> list[Probe]:
     from app.errors import EX_UNAVAILABLE
     from app.remote.errors import (
         ObjectStoreUnavailableError,
+        S3ClientSettingsError,
+        S3EndpointElsewhereError,
         StoreClockSkewError,
         UnstampedNotEmptyError,
     )
@@ -771,16 +806,24 @@ def _diagnose_objects(config: Config, seen: dict[str, Any]) -> list[Probe]:
     source = config.sources.get("blob_url", "?")
     endpoint = config.s3_endpoint_url or "the client's default (AWS)"
     endpoint_source = config.sources.get("s3_endpoint_url", "?")
-    objects = ObjectStore(
-        blob_url,
-        config.s3_endpoint_url,
-        config.s3_access_key_id,
-        config.s3_secret_access_key,
-        connect_timeout=_DOCTOR_CONNECT_SECONDS,
-        read_timeout=_DOCTOR_READ_SECONDS,
-        max_attempts=1,
-        credential_process_seconds=config.s3_credential_process_seconds,
-    )
+    try:
+        objects = ObjectStore(
+            blob_url,
+            config.s3_endpoint_url,
+            config.s3_access_key_id,
+            config.s3_secret_access_key,
+            connect_timeout=_DOCTOR_CONNECT_SECONDS,
+            read_timeout=_DOCTOR_READ_SECONDS,
+            max_attempts=1,
+            credential_process_seconds=config.s3_credential_process_seconds,
+        )
+    except S3EndpointElsewhereError as error:
+        # Not "the client's default (AWS)": where its requests would go (red team 62).
+        return [
+            Probe("bucket", f"not asked: the S3 client would send its requests to "
+                  f"{error.reached}", f"profile {config.profile!r}: {error.message}",
+                  error.exit_code)
+        ]  # fmt: skip
     shown = f"{objects.location.bucket} at {endpoint}"
     bucket = f"bucket {shown}"
     try:
@@ -790,6 +833,13 @@ def _diagnose_objects(config: Config, seen: dict[str, Any]) -> list[Probe]:
         return [
             Probe("bucket", f"{shown}: refused, the clocks disagree",
                   f"profile {config.profile!r}: {error.message}", EX_UNAVAILABLE)
+        ]  # fmt: skip
+    except S3ClientSettingsError as error:
+        # A setting of the S3 client's own that sends no request to the endpoint (red team
+        # 62: "check that the endpoint answers ... and the credentials").
+        return [
+            Probe("bucket", f"{shown}: not asked, a setting of the S3 client's refuses it",
+                  f"profile {config.profile!r}: {error.message}", error.exit_code)
         ]  # fmt: skip
     except ObjectStoreUnavailableError as error:
         return [

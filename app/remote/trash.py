@@ -20,6 +20,7 @@ from app.errors import (
     TrashCopyLostError,
 )
 from app.names import check_file_name
+from app.remote import pg
 from app.remote.db import Database, just_after, now, trash_entry
 from app.remote.errors import (
     FileRowOfAnotherShapeError,
@@ -162,11 +163,13 @@ class RemoteTrash:
             for earlier in (row["updated_at"], row["deleted_at"]):
                 if earlier is not None:
                     moment = max(moment, just_after(earlier))
-            conn.execute(
+            restored = conn.execute(
                 "UPDATE app_sessions SET deleted_at = NULL, deleted_reason = NULL,"
                 " trash_name = NULL, updated_at = %s WHERE id = %s",
                 (moment, session_id),
             )
+            what = f"the restore of session {session_id}"
+            pg.stored(restored, self.db.where, what, "app_sessions", "UPDATE of")
             self.db.audit(conn, "restore-session", session_id, trash=row["trash_name"])
 
     def _restore_file(self, session_id: str, name: str, entry: str | None) -> None:
@@ -240,11 +243,12 @@ class RemoteTrash:
                 raise SessionNotFoundError(f"{session_id}/{name}", where="the trash")
             if verified != row["id"] or not self.objects.exists(row["blob"]):
                 self._refuse_damaged(conn, row, session_id, name, entry)
-            conn.execute(
+            restored = conn.execute(
                 "UPDATE app_files SET deleted_at = NULL, deleted_reason = NULL,"
                 " trash_name = NULL WHERE id = %s",
                 (row["id"],),
             )
+            pg.stored(restored, self.db.where, what, "app_files", "UPDATE of")
             self.db.audit(conn, "restore-file", f"{session_id}/{name}", trash=row["trash_name"])
 
     def _refuse_damaged(

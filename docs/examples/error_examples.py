@@ -388,6 +388,12 @@ EXAMPLES: list[errors.AppError] = [
         "the creation of a session titled 'notes'",
     ),
     remote.ObjectStoreUnavailableError(OBJECTS, "InvalidAccessKeyId: the access key is unknown"),
+    remote.S3EndpointElsewhereError(
+        "s3://app-data/production",
+        "http://minio.internal:9000",
+        "the process's environment gives it: AWS_ENDPOINT_URL=http://minio.internal:9000",
+        "unset AWS_ENDPOINT_URL for the app's commands",
+    ),
     remote.S3ClientSettingsError(
         OBJECTS,
         "Unsupported configuration value for request_checksum_calculation. Expected one of "
@@ -461,6 +467,16 @@ EXAMPLES: list[errors.AppError] = [
         protected=True,
     ),
     remote.SchemaNotWritableError("production", DATABASE, "public", "review", "app_production"),
+    remote.UnloggedTablesError("production", DATABASE, ("app_sessions", "app_files")),
+    remote.TablesHookedError(
+        "production",
+        DATABASE,
+        ("CREATE TRIGGER s BEFORE INSERT ON public.app_files FOR EACH ROW EXECUTE FUNCTION s()",),
+        ('DROP TRIGGER "s" ON "app_files"',),
+    ),
+    remote.WriteNotStoredError(
+        DATABASE, "the upload of 'notes.txt' into session 0123456789abcdef", "app_files"
+    ),
     remote.DatabaseTimelineBehindError("production", DATABASE, OBJECTS, 1, 2),
     remote.RestampBoundElsewhereError(
         "staging",
