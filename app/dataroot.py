@@ -1461,14 +1461,23 @@ def _refuse_inside_another_root(config: Config, root: Path) -> None:
     a profile stamp or a lock file): `load` refuses one profile's root nested in another's,
     but a configuration changed in code skipped that, and under unittest a testing root at
     production's ``.trash`` or ``.tmp`` wrote its stamp, lock and sessions into
-    production's root (red team 59)."""
-    outer = data_root_of(root.parent)
-    while outer is not None and not (
-        lexists(outer / STAMP_FILE) or a_root_s_lock_file(outer / LOCK_FILE)
-    ):
-        # An unrelated file named as a lock file, no stamp beside it: not a data root; look
-        # further up (red team 59).
-        outer = None if outer.parent == outer else data_root_of(outer.parent)
+    production's root (red team 59).
+
+    Where a mount on the way shows `root` from another directory (``mount --bind
+    <production>/.trash ~/dev-data``, a container's volume of a root's subdirectory), the
+    directories above that one count too: the path's own parents are the mount point's, and
+    an empty ``.trash/`` or ``.tmp/`` of production's, so named, was adopted as development's
+    root, stamped and written into, beside production's live server (red team 62).
+    """
+    outer = _stamped_root_above(root)
+    seen = None
+    if outer is None:
+        try:
+            source = bound_from(root.resolve())
+        except (OSError, RuntimeError):
+            source = None
+        if source is not None and source != root.resolve():
+            outer, seen = _stamped_root_above(source), source
     if outer is None:
         return
     try:
@@ -1480,13 +1489,33 @@ def _refuse_inside_another_root(config: Config, root: Path) -> None:
         if stamp is not None
         else f"it holds {outer / LOCK_FILE}"
     )
+    through = (
+        ""
+        if seen is None
+        else f": it is {seen}, seen through a mount on its way (`findmnt -T "
+        f"{shell_word(str(root))}` names it)"
+    )
     raise DataRootStateError(
         root,
-        f"it lies inside data root {outer} ({whose}), and no data root may hold another; "
-        "nothing was opened or changed",
+        f"it lies inside data root {outer} ({whose}){through}, and no data root may hold "
+        "another; nothing was opened or changed",
         f"point data_root of profile {config.profile!r} at a directory outside {outer} "
-        "(`app config` shows where it is set)",
+        "(`app config` shows where it is set)"
+        + ("" if seen is None else ", not at a mount of a directory of it"),
     )
+
+
+def _stamped_root_above(path: Path) -> Path | None:
+    """The data root above `path` (a directory up its resolved path, its own excluded, with
+    a profile stamp, or a lock file of a root's), if any."""
+    outer = data_root_of(path.parent)
+    while outer is not None and not (
+        lexists(outer / STAMP_FILE) or a_root_s_lock_file(outer / LOCK_FILE)
+    ):
+        # An unrelated file named as a lock file, no stamp beside it: not a data root; look
+        # further up (red team 59).
+        outer = None if outer.parent == outer else data_root_of(outer.parent)
+    return outer
 
 
 def _refuse_other_stamp(config: Config, root: Path) -> None:
@@ -2427,6 +2456,9 @@ def check_opens(config: Config) -> dict[str, Any] | None:
     # made a symbolic link, and of a filesystem mounted inside the root, all of which every
     # start refused).
     _refuse_mounts_inside(config, root)
+    # And of a root inside another one, by its path or through a bind mount of a directory of
+    # it, which every writer refuses before it makes anything (red team 62).
+    _refuse_inside_another_root(config, root)
     lock_file = root / LOCK_FILE
     try:
         found = lock_file.lstat()
