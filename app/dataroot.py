@@ -541,6 +541,13 @@ def remove_tree(
     following a link (a link is removed as a file); it goes back up by ``..``, checked to be
     the directory it came down from (else it stops, ``ESTALE``: the tree was moved meanwhile).
     An ``OSError`` stops it, raised unless ``ignore_errors``; what is gone by then is gone.
+
+    It never goes into a filesystem mounted in the tree, nor removes what a mount at ``path``
+    itself shows (``EXDEV``): each directory is checked to lie on the mount ``path``'s
+    parent does as it is opened (Linux's fdinfo; the device elsewhere). A directory of
+    another root bound into a trash entry after `empty-trash`'s check of the root's mounts,
+    before it removed the entry, had its files removed with the entry, for good (red team
+    62).
     """
     try:
         _remove_tree(os.fspath(path), contents_only=contents_only)
@@ -559,6 +566,7 @@ def _remove_tree(top: str, *, contents_only: bool) -> None:
         opened = os.fstat(fd)
         if not os.path.samestat(found, opened):
             raise OSError(errno.ESTALE, "replaced while being removed", top)
+        mount = _mount_above(fd, opened, top)
         # Each level: its name in its parent, its identity, the subdirectories left in it.
         levels: list[tuple[str, tuple[int, int], list[str]]] = [
             ("", (opened.st_dev, opened.st_ino), _remove_files(fd))
@@ -578,9 +586,9 @@ def _remove_tree(top: str, *, contents_only: bool) -> None:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(below, dir_fd=fd)
                     continue
+                here = _on_mount(child, mount, top, levels, below)
                 os.close(fd)
                 fd = child
-                here = os.fstat(fd)
                 levels.append((below, (here.st_dev, here.st_ino), []))
                 levels[-1][2].extend(_named_on_failure(_remove_files, fd, top, levels))
                 continue
@@ -599,6 +607,61 @@ def _remove_tree(top: str, *, contents_only: bool) -> None:
         os.close(fd)
     if not contents_only:
         Path(top).rmdir()
+
+
+def _mount_of(fd: int, device: int) -> tuple[str, int]:
+    """The mount the directory ``fd`` (on `device`) lies on: its id in Linux's fdinfo, which a
+    bind mount of a directory of the same filesystem changes where the device does not (and
+    a btrfs subvolume, another device, does not); the device where there is no fdinfo."""
+    try:
+        with open(f"/proc/self/fdinfo/{fd}", "rb") as info:  # noqa: PTH123 - a seq file
+            for line in info:
+                if line.startswith(b"mnt_id:"):
+                    return "mount", int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return "device", device
+
+
+def _mount_above(fd: int, opened: os.stat_result, top: str) -> tuple[str, int]:
+    """The mount of the directory that holds `top` (open as `fd`, `opened` its ``fstat``),
+    which every directory of the tree must lie on; `top` itself a mount point is refused."""
+    parent = os.open("..", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
+    try:
+        mount = _mount_of(parent, os.fstat(parent).st_dev)
+    finally:
+        os.close(parent)
+    if _mount_of(fd, opened.st_dev) != mount:
+        raise _mounted_there(top)
+    return mount
+
+
+def _on_mount(
+    child: int,
+    mount: tuple[str, int],
+    top: str,
+    levels: list[tuple[str, tuple[int, int], list[str]]],
+    below: str,
+) -> os.stat_result:
+    """The ``fstat`` of the directory `child` (`below`, opened under `levels`), which must lie
+    on `mount`; else it is closed and refused."""
+    here = os.fstat(child)
+    if _mount_of(child, here.st_dev) != mount:
+        os.close(child)
+        raise _mounted_there(_named(OSError(0, ""), top, levels, below).filename)
+    return here
+
+
+def _mounted_there(path: str) -> OSError:
+    """What `remove_tree` raises at a mount point in the tree, or at its top."""
+    where = shell_word(path)
+    return OSError(
+        errno.EXDEV,
+        f"a filesystem is mounted at {path} (`findmnt {where}` names what it shows), and "
+        f"nothing is removed through a mount: unmount it (`umount {where}`), then run `app "
+        "data check --repair`",
+        path,
+    )
 
 
 def _named_on_failure(

@@ -32,6 +32,15 @@ What changed:
   outside the outer root, not at a mount of one of its directories; ``app doctor``
   (``check_opens``) refuses it as every writer does, and so a root inside another by its
   path alone.
+
+Beside it (layer 6): a directory of production's root (a session's) bound into a trash entry
+of a test's own root after ``empty-trash`` looked for mounts inside the root and renamed the
+entry out of the trash, before it removed the entry's files (a test's child, stopped there by
+strace): the removal went through the mount and removed production's ``session.json`` for
+good, and the command said "removed 1 trash entry". ``remove_tree`` now checks each
+directory it opens to lie on the mount of the tree's top (fdinfo's ``mnt_id``), and stops
+there (``EXDEV``), naming the mount, ``findmnt``, ``umount`` and ``app data check
+--repair``; the mounted directory's files are kept.
 """
 
 from __future__ import annotations
@@ -39,7 +48,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -212,3 +223,69 @@ def test_a_testing_root_bound_from_a_directory_of_another_root_is_refused_in_a_r
         f"'testing' at a directory outside {production} (`app config` shows where it is "
         "set), not at a mount of a directory of it"
     ), out
+
+
+@pytest.mark.app_profile("production")
+def test_a_directory_bound_into_a_trash_entry_as_it_is_emptied_keeps_its_files(
+    tmp_path: Path,
+) -> None:
+    _needs_root()
+    if shutil.which("strace") is None or shutil.which("nsenter") is None:
+        pytest.skip("needs strace, to stop empty-trash between its check and its removal")
+    import dataclasses
+
+    from test_server_e2e import app_env
+
+    from app.config import load
+    from app.storage import open_storage
+
+    # Production's root (one the run does not protect) and a testing root with a session
+    # in its trash.
+    production = tmp_path / "elsewhere" / "production"
+    made = dataclasses.replace(load("production", serving=False), data_root=production)
+    with open_storage(made, writer=True) as store:
+        kept = store.create_session("a review", {})
+    session = production / "sessions" / kept["id"]
+    before = {p.name: p.read_bytes() for p in session.iterdir()}
+    testing = tmp_path / "testing"
+    with open_storage(
+        dataclasses.replace(load(serving=False), data_root=testing), writer=True
+    ) as s:
+        s.delete_session(s.create_session("deleted", {})["id"])
+    (entry,) = (testing / ".trash").iterdir()
+    # empty-trash stopped (SIGSTOP) once it has renamed the entry out of the trash, after its
+    # look for mounts inside the root; in a mount namespace of its own.
+    read, write = os.pipe()
+    renames = "rename,renameat,renameat2"
+    emptying = subprocess.Popen(
+        ["unshare", "-m", "--propagation", "private", "strace", "-f", "-qq", "-o",
+         f"/dev/fd/{write}", "-P", str(entry), "-e", f"trace={renames}", "-e",
+         f"inject={renames}:signal=STOP:when=1", sys.executable, "-m", "app", "data",
+         "empty-trash"],
+        env=app_env(testing), pass_fds=(write,), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    os.close(write)
+    with os.fdopen(read) as trace:
+        lines = []
+        for line in trace:
+            lines.append(line)
+            if "stopped by SIGSTOP" in line:
+                break
+        assert lines and "stopped by SIGSTOP" in lines[-1], lines
+        pid = lines[-1].split()[0]
+        point = testing / ".trash" / f".emptying-{entry.name}" / "x"
+        point.mkdir()
+        bound = ["nsenter", "-t", pid, "-m", "mount", "--bind", str(session), str(point)]
+        subprocess.run(bound, check=True)
+        os.kill(int(pid), signal.SIGCONT)
+        _, err = emptying.communicate(timeout=120)
+        trace.read()
+    # Before the fix: production's session.json removed for good, through the mount.
+    assert {p.name: p.read_bytes() for p in session.iterdir()} == before, err
+    assert emptying.returncode == 0, err
+    assert (
+        f"a filesystem is mounted at {point} (`findmnt {point}` names what it shows), and "
+        f"nothing is removed through a mount: unmount it (`umount {point}`), then run `app "
+        "data check --repair`); `app data check --repair` finishes it once that is resolved"
+    ) in " ".join(err.split()), err
