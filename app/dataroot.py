@@ -1540,7 +1540,9 @@ def _refuse_inside_another_root(config: Config, root: Path) -> None:
         except (OSError, RuntimeError):
             source = None
         if source is not None and source != root.resolve():
-            outer, seen = _stamped_root_above(source), source
+            # Not resolved: a directory hidden here is named through an ancestor's
+            # /proc/<pid>/root, whose resolving names this namespace's "/" instead.
+            outer, seen = _stamped_root_above(source, resolve=False), source
     if outer is None:
         return
     try:
@@ -1568,9 +1570,18 @@ def _refuse_inside_another_root(config: Config, root: Path) -> None:
     )
 
 
-def _stamped_root_above(path: Path) -> Path | None:
-    """The data root above `path` (a directory up its resolved path, its own excluded, with
-    a profile stamp, or a lock file of a root's), if any."""
+def _stamped_root_above(path: Path, *, resolve: bool = True) -> Path | None:
+    """The data root above `path` (a directory up its path, resolved unless `resolve` is
+    False, its own excluded, with a profile stamp, or a lock file of a root's), if any."""
+    if not resolve:
+        try:
+            for directory in path.parents:
+                lock = directory / LOCK_FILE
+                if lexists(directory / STAMP_FILE) or (lexists(lock) and a_root_s_lock_file(lock)):
+                    return directory
+        except OSError:
+            pass  # out of this process's reach (another user's /proc/<pid>/root): unknown
+        return None
     outer = data_root_of(path.parent)
     while outer is not None and not (
         lexists(outer / STAMP_FILE) or a_root_s_lock_file(outer / LOCK_FILE)

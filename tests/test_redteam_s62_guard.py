@@ -29,9 +29,11 @@ What changed:
   looks above the directory a mount shows the root from too, and refuses it
   (``data_root_state``, exit 78) before anything is made, naming the outer root and its
   stamp, the directory shown, ``findmnt -T``, and to point ``data_root`` at a directory
-  outside the outer root, not at a mount of one of its directories; ``app doctor``
-  (``check_opens``) refuses it as every writer does, and so a root inside another by its
-  path alone.
+  outside the outer root, not at a mount of one of its directories (a directory hidden here
+  under another mount is looked at where an ancestor in another mount namespace shows it,
+  through ``/proc/<pid>/root``, unresolved: resolving names this namespace's ``/``); ``app
+  doctor`` (``check_opens``) refuses it as every writer does, and so a root inside another
+  by its path alone.
 
 Beside it (layer 6): a directory of production's root (a session's) bound into a trash entry
 of a test's own root after ``empty-trash`` looked for mounts inside the root and renamed the
@@ -196,33 +198,47 @@ def test_a_testing_root_bound_from_a_directory_of_another_root_is_refused_in_a_r
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # a test's child, in a mount namespace of its own: nothing outlives it
-        said: list[str] = ["refused nothing"]
+        said: list[list[str]] = []
+
+        def attempt() -> None:
+            testing = dataclasses.replace(load(serving=False), data_root=point)
+            try:
+                with open_storage(testing, writer=True):
+                    said.append(["opened"])
+            except AppError as error:
+                said.append([type(error).__name__, " ".join(str(error).split())])
+
         try:
             os.close(read)
             if ctypes.CDLL(None, use_errno=True).unshare(0x00020000) != 0:  # CLONE_NEWNS
                 raise OSError(ctypes.get_errno(), "unshare")
             for argv in (["--make-rprivate", "/"], ["--bind", f"{production}/.trash", point]):
                 subprocess.run(["mount", *argv], check=True)
-            testing = dataclasses.replace(load(serving=False), data_root=point)
-            with open_storage(testing, writer=True):
-                said = ["opened"]
-        except AppError as error:
-            said = [type(error).__name__, " ".join(str(error).split())]
+            attempt()
+            # The other root's directory hidden here (a tmpfs over it): seen where the run's
+            # process, in another mount namespace, sees it.
+            subprocess.run(["mount", "-t", "tmpfs", "tmpfs", production.parent], check=True)
+            attempt()
         finally:
             os.write(write, json.dumps(said).encode())
             os._exit(0)
     os.close(write)
     with os.fdopen(read) as output:
-        kind, *out = [*json.loads(output.read()), ""]
+        seen = json.loads(output.read())
     os.waitpid(pid, 0)
+    said = json.dumps(seen, indent=1)
     # Before the fix: opened; testing's stamp, lock and sessions/ in production's .trash/.
-    assert sorted(p.name for p in (production / ".trash").iterdir()) == [], out
-    assert kind == "DataRootStateError", out
-    assert out[0].startswith(_inside_production(point, production, production / ".trash"))
-    assert out[0].endswith(
+    assert sorted(p.name for p in (production / ".trash").iterdir()) == [], said
+    assert len(seen) == 2, said
+    assert [kind for kind, *_ in seen] == ["DataRootStateError"] * 2, said
+    (_, visible), (_, hidden) = seen
+    assert visible.startswith(_inside_production(point, production, production / ".trash"))
+    assert visible.endswith(
         f"'testing' at a directory outside {production} (`app config` shows where it is "
         "set), not at a mount of a directory of it"
-    ), out
+    ), said
+    there = Path(f"/proc/{os.getpid()}/root{production}")
+    assert hidden.startswith(_inside_production(point, there, there / ".trash")), said
 
 
 @pytest.mark.app_profile("production")
