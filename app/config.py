@@ -1702,10 +1702,14 @@ def _shortened(text: str, keep: int = 100) -> str:
 
 
 def overlaps(
-    roots: Mapping[str, tuple[Path, str]], *, by_identity: bool = True
+    roots: Mapping[str, tuple[Path, str]],
+    *,
+    by_identity: bool = True,
+    through_mounts: bool = False,
 ) -> Iterator[DataRootOverlapError]:
     """Every pair of profiles whose roots are equal or nested, by path and, unless
-    `by_identity` is False, by device and inode.
+    `by_identity` is False, by device and inode; with `through_mounts`, also where a bind
+    mount on a root's way shows it from a directory inside another root (`_shown_from`).
 
     Args:
         roots: ``{profile: (root, where the root came from)}``.
@@ -1718,6 +1722,7 @@ def overlaps(
         name: _identities(root, seen) if by_identity else (None, {})
         for name, (root, _) in roots.items()
     }
+    shown = _shown_from([root for root, _ in roots.values()]) if through_mounts else {}
     for i, first in enumerate(names):
         for second in names[i + 1 :]:
             (a, a_source), (b, b_source) = roots[first], roots[second]
@@ -1733,6 +1738,37 @@ def overlaps(
             elif a_own is not None and a_own in b_above:
                 alias = Path(b_above[a_own])
                 yield DataRootOverlapError(first, a, a_source, second, b, b_source, alias, second)
+            elif a in shown or b in shown:
+                # A bind mount of a directory inside the other root (its empty .trash/,
+                # bound into a home directory): neither the paths nor the identities of the
+                # two roots and their parents show it (red team 62).
+                a_is, b_is = shown.get(a, a), shown.get(b, b)
+                if a_is.is_relative_to(b_is):
+                    inner, alias, real = first, a, a_is
+                elif b_is.is_relative_to(a_is):
+                    inner, alias, real = second, b, b_is
+                else:
+                    continue
+                yield DataRootOverlapError(
+                    first, a, a_source, second, b, b_source, alias, inner, shown=real
+                )
+
+
+def _shown_from(roots: Iterable[Path]) -> dict[Path, Path]:
+    """Each of `roots` (absolute, resolved) that a mount on its way shows from another
+    directory (`app.mountinfo.shown_from`: a bind mount of a directory), and that directory.
+    One reading of Linux's mountinfo; nothing where there is none."""
+    from app import mountinfo
+
+    mounts, lookup = mountinfo.read_looked_up()
+    if not mounts:
+        return {}
+    shown = {}
+    for root in roots:
+        source, _ = mountinfo.shown_and_hidden_from(root, mounts, lookup)
+        if source is not None and source != root:
+            shown[root] = source
+    return shown
 
 
 _Identity = tuple[int, int]
@@ -1807,7 +1843,7 @@ def remote_overlaps(
 
 
 def _overlaps(
-    resolved: Mapping[str, Resolved], *, by_identity: bool = True
+    resolved: Mapping[str, Resolved], *, by_identity: bool = True, through_mounts: bool = False
 ) -> Iterator[ConfigError]:
     yield from overlaps(
         {
@@ -1816,6 +1852,7 @@ def _overlaps(
             if r.data_root is not None
         },
         by_identity=by_identity,
+        through_mounts=through_mounts,
     )
     databases = {
         name: (r.values["database_url"], r.sources["database_url"])
@@ -2300,7 +2337,9 @@ def inspect_profiles(
         problems.extend(r.problems)
     problems.extend(resolved[selected].deferred)
     elsewhere = tuple(p for name, r in resolved.items() if name != selected for p in r.deferred)
-    problems.extend(_overlaps(resolved))
+    # Through the mount table too, outside a run (a tenth of a millisecond a load): in a
+    # run every root is the sandbox's, and the sandbox's check looks through mounts itself.
+    problems.extend(_overlaps(resolved, through_mounts=run is None))
     others = {name: r for name, r in resolved.items() if name != selected}
     serving = tuple(_serving_problems(resolved[selected], others))
     if run is not None:

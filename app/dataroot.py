@@ -541,6 +541,13 @@ def remove_tree(
     following a link (a link is removed as a file); it goes back up by ``..``, checked to be
     the directory it came down from (else it stops, ``ESTALE``: the tree was moved meanwhile).
     An ``OSError`` stops it, raised unless ``ignore_errors``; what is gone by then is gone.
+
+    It never goes into a filesystem mounted in the tree, nor removes what a mount at ``path``
+    itself shows (``EXDEV``): each directory is checked to lie on the mount ``path``'s
+    parent does as it is opened (Linux's fdinfo; the device elsewhere). A directory of
+    another root bound into a trash entry after `empty-trash`'s check of the root's mounts,
+    before it removed the entry, had its files removed with the entry, for good (red team
+    62).
     """
     try:
         _remove_tree(os.fspath(path), contents_only=contents_only)
@@ -559,6 +566,7 @@ def _remove_tree(top: str, *, contents_only: bool) -> None:
         opened = os.fstat(fd)
         if not os.path.samestat(found, opened):
             raise OSError(errno.ESTALE, "replaced while being removed", top)
+        mount = _mount_above(fd, opened, top)
         # Each level: its name in its parent, its identity, the subdirectories left in it.
         levels: list[tuple[str, tuple[int, int], list[str]]] = [
             ("", (opened.st_dev, opened.st_ino), _remove_files(fd))
@@ -578,9 +586,9 @@ def _remove_tree(top: str, *, contents_only: bool) -> None:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(below, dir_fd=fd)
                     continue
+                here = _on_mount(child, mount, top, levels, below)
                 os.close(fd)
                 fd = child
-                here = os.fstat(fd)
                 levels.append((below, (here.st_dev, here.st_ino), []))
                 levels[-1][2].extend(_named_on_failure(_remove_files, fd, top, levels))
                 continue
@@ -599,6 +607,61 @@ def _remove_tree(top: str, *, contents_only: bool) -> None:
         os.close(fd)
     if not contents_only:
         Path(top).rmdir()
+
+
+def _mount_of(fd: int, device: int) -> tuple[str, int]:
+    """The mount the directory ``fd`` (on `device`) lies on: its id in Linux's fdinfo, which a
+    bind mount of a directory of the same filesystem changes where the device does not (and
+    a btrfs subvolume, another device, does not); the device where there is no fdinfo."""
+    try:
+        with open(f"/proc/self/fdinfo/{fd}", "rb") as info:  # noqa: PTH123 - a seq file
+            for line in info:
+                if line.startswith(b"mnt_id:"):
+                    return "mount", int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return "device", device
+
+
+def _mount_above(fd: int, opened: os.stat_result, top: str) -> tuple[str, int]:
+    """The mount of the directory that holds `top` (open as `fd`, `opened` its ``fstat``),
+    which every directory of the tree must lie on; `top` itself a mount point is refused."""
+    parent = os.open("..", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
+    try:
+        mount = _mount_of(parent, os.fstat(parent).st_dev)
+    finally:
+        os.close(parent)
+    if _mount_of(fd, opened.st_dev) != mount:
+        raise _mounted_there(top)
+    return mount
+
+
+def _on_mount(
+    child: int,
+    mount: tuple[str, int],
+    top: str,
+    levels: list[tuple[str, tuple[int, int], list[str]]],
+    below: str,
+) -> os.stat_result:
+    """The ``fstat`` of the directory `child` (`below`, opened under `levels`), which must lie
+    on `mount`; else it is closed and refused."""
+    here = os.fstat(child)
+    if _mount_of(child, here.st_dev) != mount:
+        os.close(child)
+        raise _mounted_there(_named(OSError(0, ""), top, levels, below).filename)
+    return here
+
+
+def _mounted_there(path: str) -> OSError:
+    """What `remove_tree` raises at a mount point in the tree, or at its top."""
+    where = shell_word(path)
+    return OSError(
+        errno.EXDEV,
+        f"a filesystem is mounted at {path} (`findmnt {where}` names what it shows), and "
+        f"nothing is removed through a mount: unmount it (`umount {where}`), then run `app "
+        "data check --repair`",
+        path,
+    )
 
 
 def _named_on_failure(
@@ -1461,14 +1524,25 @@ def _refuse_inside_another_root(config: Config, root: Path) -> None:
     a profile stamp or a lock file): `load` refuses one profile's root nested in another's,
     but a configuration changed in code skipped that, and under unittest a testing root at
     production's ``.trash`` or ``.tmp`` wrote its stamp, lock and sessions into
-    production's root (red team 59)."""
-    outer = data_root_of(root.parent)
-    while outer is not None and not (
-        lexists(outer / STAMP_FILE) or a_root_s_lock_file(outer / LOCK_FILE)
-    ):
-        # An unrelated file named as a lock file, no stamp beside it: not a data root; look
-        # further up (red team 59).
-        outer = None if outer.parent == outer else data_root_of(outer.parent)
+    production's root (red team 59).
+
+    Where a mount on the way shows `root` from another directory (``mount --bind
+    <production>/.trash ~/dev-data``, a container's volume of a root's subdirectory), the
+    directories above that one count too: the path's own parents are the mount point's, and
+    an empty ``.trash/`` or ``.tmp/`` of production's, so named, was adopted as development's
+    root, stamped and written into, beside production's live server (red team 62).
+    """
+    outer = _stamped_root_above(root)
+    seen = None
+    if outer is None:
+        try:
+            source = bound_from(root.resolve())
+        except (OSError, RuntimeError):
+            source = None
+        if source is not None and source != root.resolve():
+            # Not resolved: a directory hidden here is named through an ancestor's
+            # /proc/<pid>/root, whose resolving names this namespace's "/" instead.
+            outer, seen = _stamped_root_above(source, resolve=False), source
     if outer is None:
         return
     try:
@@ -1480,13 +1554,42 @@ def _refuse_inside_another_root(config: Config, root: Path) -> None:
         if stamp is not None
         else f"it holds {outer / LOCK_FILE}"
     )
+    through = (
+        ""
+        if seen is None
+        else f": it is {seen}, seen through a mount on its way (`findmnt -T "
+        f"{shell_word(str(root))}` names it)"
+    )
     raise DataRootStateError(
         root,
-        f"it lies inside data root {outer} ({whose}), and no data root may hold another; "
-        "nothing was opened or changed",
+        f"it lies inside data root {outer} ({whose}){through}, and no data root may hold "
+        "another; nothing was opened or changed",
         f"point data_root of profile {config.profile!r} at a directory outside {outer} "
-        "(`app config` shows where it is set)",
+        "(`app config` shows where it is set)"
+        + ("" if seen is None else ", not at a mount of a directory of it"),
     )
+
+
+def _stamped_root_above(path: Path, *, resolve: bool = True) -> Path | None:
+    """The data root above `path` (a directory up its path, resolved unless `resolve` is
+    False, its own excluded, with a profile stamp, or a lock file of a root's), if any."""
+    if not resolve:
+        try:
+            for directory in path.parents:
+                lock = directory / LOCK_FILE
+                if lexists(directory / STAMP_FILE) or (lexists(lock) and a_root_s_lock_file(lock)):
+                    return directory
+        except OSError:
+            pass  # out of this process's reach (another user's /proc/<pid>/root): unknown
+        return None
+    outer = data_root_of(path.parent)
+    while outer is not None and not (
+        lexists(outer / STAMP_FILE) or a_root_s_lock_file(outer / LOCK_FILE)
+    ):
+        # An unrelated file named as a lock file, no stamp beside it: not a data root; look
+        # further up (red team 59).
+        outer = None if outer.parent == outer else data_root_of(outer.parent)
+    return outer
 
 
 def _refuse_other_stamp(config: Config, root: Path) -> None:
@@ -2427,6 +2530,9 @@ def check_opens(config: Config) -> dict[str, Any] | None:
     # made a symbolic link, and of a filesystem mounted inside the root, all of which every
     # start refused).
     _refuse_mounts_inside(config, root)
+    # And of a root inside another one, by its path or through a bind mount of a directory of
+    # it, which every writer refuses before it makes anything (red team 62).
+    _refuse_inside_another_root(config, root)
     lock_file = root / LOCK_FILE
     try:
         found = lock_file.lstat()

@@ -672,6 +672,9 @@ class DataRootOverlapError(ConfigError):
     alias: Path | None = None
     #: With `alias`, the profile whose root lies inside the other's (None: one directory).
     inner: str | None = None
+    #: With `alias` and `inner`: the directory a mount on the inner root's way shows it from,
+    #: inside the other root, where no identity on either root's path shows it (red team 62).
+    shown: Path | None = None
 
     @property
     def message(self) -> str:
@@ -680,7 +683,13 @@ class DataRootOverlapError(ConfigError):
         if self.alias is not None:
             outer_root = self.second_root if self.inner == first else self.first_root
             outer = second if self.inner == first else first
-            if self.inner is None:
+            if self.shown is not None:
+                relation = (
+                    f"overlap: {self.inner!r}'s data root lies inside {outer!r}'s, reached by "
+                    f"another path (it is {self.shown}, seen through a mount on its way: a "
+                    "bind mount of a directory of that root)"
+                )
+            elif self.inner is None:
                 relation = (
                     "share the same data root, reached by two paths (one directory, by device "
                     "and inode: a bind mount)"

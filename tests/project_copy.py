@@ -66,3 +66,45 @@ def inner_project(directory: Path, name: str, text: str) -> Path:
     project.mkdir()
     (project / name).write_text(text)
     return project
+
+
+def stopped_then_live(
+    script: str, settings: Path, production: Path, token: str, prefix: tuple[str, ...] = ()
+) -> dict:
+    """`script` (argv: `settings`, `production`) run outside any run (PID 1 of a PID
+    namespace with its own /proc, in a private mount namespace; behind `prefix`, such as a
+    ``setpriv``), beside `stopped_production`'s root stopped until the script prints
+    ``STOPPED``, then beside a live server on it (its token `token`) until the script ends:
+    what it printed after ``RESULTS``, and the server's pid as ``"server"``."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import forked_app
+    import pytest
+    from test_server_e2e import app_env
+
+    from app.testing import stop_server
+
+    env = {"PATH": os.environ["PATH"], "APP_SETTINGS_DIR": str(settings), "APP_API_TOKEN": token}
+    outside = subprocess.Popen(
+        ["unshare", "-m", "--propagation", "private", "-p", "-f", "--mount-proc", *prefix,
+         sys.executable, "-c", script, str(settings), str(production)],
+        env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    assert outside.stdout is not None
+    if outside.stdout.readline() != "STOPPED\n":
+        pytest.fail("".join(outside.communicate()))
+    served = app_env(production, profile="production", APP_API_TOKEN=token)
+    server, _ = forked_app.start_server(served, production, settings.parent / "server.log")
+    try:
+        out, err = outside.communicate("go\n", timeout=120)
+        holder = json.loads((production / ".server.lock").read_text())
+    finally:
+        stop_server(server)  # type: ignore[arg-type]
+    assert holder["pid"] == server.pid, holder
+    found = [line for line in out.splitlines() if line.startswith("RESULTS ")]
+    assert found, out + err
+    return {**json.loads(found[0].removeprefix("RESULTS ")), "server": server.pid}

@@ -52,14 +52,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import forked_app
 import pytest
-from project_copy import assert_untouched, stopped_production
+from project_copy import assert_untouched, stopped_production, stopped_then_live
 from test_redteam_s59_guard import COMMON as S59_COMMON
 from test_redteam_s59_guard import _results
-from test_server_e2e import app_env
-
-from app.testing import stop_server
 
 #: A process of user 65534 that this one, without CAP_SYS_PTRACE, may not look into; its
 #: current directory `directory` (argv's first). Its pid, once it runs as that user.
@@ -226,26 +222,7 @@ def test_a_root_through_a_proc_link_this_user_may_not_follow_is_refused_outside_
 ) -> None:
     _needs_tools()
     settings, production, token, sessions = stopped_production(tmp_path)
-    env = {"PATH": os.environ["PATH"], "APP_SETTINGS_DIR": str(settings), "APP_API_TOKEN": token}
-    outside = subprocess.Popen(
-        ["unshare", "-m", "--propagation", "private", "-p", "-f", "--mount-proc", *NO_PTRACE,
-         sys.executable, "-c", OUTSIDE, str(settings), str(production)],
-        env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
-    assert outside.stdout is not None
-    if outside.stdout.readline() != "STOPPED\n":
-        pytest.fail("".join(outside.communicate()))
-    served = app_env(production, profile="production", APP_API_TOKEN=token)
-    server, _ = forked_app.start_server(served, production, tmp_path / "server.log")
-    try:
-        out, err = outside.communicate("go\n", timeout=120)
-        holder = json.loads((production / ".server.lock").read_text())
-    finally:
-        stop_server(server)  # type: ignore[arg-type]
-    done = subprocess.CompletedProcess(outside.args, outside.returncode, out, err)
-    assert holder["pid"] == server.pid, holder
-    seen = _results(done)
+    seen = stopped_then_live(OUTSIDE, settings, production, token, tuple(NO_PTRACE))
     said = json.dumps(seen, indent=1)
     assert_untouched(production, sessions, said)
     other = seen["other"]
