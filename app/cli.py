@@ -63,13 +63,16 @@ def fail(error: AppError) -> NoReturn:
     sys.exit(error.exit_code)
 
 
-def _echo(text: str, *, err: bool = False) -> None:
+def _echo(text: str, *, err: bool = False, commands: bool = True) -> None:
     """``click.echo`` of a line the app wrote around a path or a setting's value, each of its
     lines `printable`: a settings directory or a data root named with an escape sequence
     (``$'/opt/app\\e]0;...\\a'``) set the terminal's title from `app status`, `app config`
     and `app doctor`, which printed the path as it is, where a refusal (`fail`) prints its
-    escapes as text since red team 47 (red team 60)."""
-    text = as_selected(text)
+    escapes as text since red team 47 (red team 60). With ``commands`` (the app's own text),
+    each `app ...` it names is given the ``--profile`` the command was (`as_selected`); a
+    line that shows a client's text (a session's title, a file's name) is left as it is."""
+    if commands:
+        text = as_selected(text)
     click.echo("\n".join(_printable(line) for line in text.split("\n")), err=err)
 
 
@@ -991,7 +994,10 @@ def sessions_list(ctx: click.Context, trash: bool, as_json: bool) -> None:
             what = entry.file if entry.kind == "file" else f"session {entry.title or ''!s}"
             what = _printable(what or "")
             deleted = f"{entry.deleted_at:%Y-%m-%d %H:%M:%S}Z"
-            _echo(row.format(entry.session_id, deleted, entry.reason, entry.kind, what))
+            _echo(
+                row.format(entry.session_id, deleted, entry.reason, entry.kind, what),
+                commands=False,
+            )
         _warn_linked_entries(entries)
         return
     listed = set()
@@ -1002,7 +1008,8 @@ def sessions_list(ctx: click.Context, trash: bool, as_json: bool) -> None:
             continue
         _echo(
             f"{session['id']}  {session['created_at'][:19]}Z  "
-            f"{len(session['files']):>4} file(s)  {_printable(session['title'])}"
+            f"{len(session['files']):>4} file(s)  {_printable(session['title'])}",
+            commands=False,  # a client's title, as stored
         )
     for session_id, why in store.left_out(listed):  # once left out without a word
         _echo(f"warning: session {session_id} is not listed: {_printable(why)}", err=True)
@@ -1056,11 +1063,17 @@ def sessions_show(ctx: click.Context, session_id: str, as_json: bool) -> None:
         click.echo(json.dumps(session, indent=2))
         return
     for key in ("id", "title", "created_at", "updated_at"):
-        _echo(f"{key}: {_printable(session[key])}")
-    _echo(f"metadata: {_printable(json.dumps(session['metadata'], ensure_ascii=False))}")
+        _echo(f"{key}: {_printable(session[key])}", commands=False)
+    _echo(
+        f"metadata: {_printable(json.dumps(session['metadata'], ensure_ascii=False))}",
+        commands=False,
+    )
     _echo(f"files: {len(session['files'])}")
     for entry in session["files"]:
-        _echo(f"  {_printable(entry['name'])}  {entry['size']} bytes  sha256 {entry['sha256']}")
+        _echo(
+            f"  {_printable(entry['name'])}  {entry['size']} bytes  sha256 {entry['sha256']}",
+            commands=False,
+        )
 
 
 @sessions.command("restore")
@@ -1099,9 +1112,8 @@ def sessions_restore(
             raise NotInTrashError(session_id, live=True) from missing
     restored = f"file {file_name!r} of session" if file_name else "session"
     taken = "" if entry is None else f" from trash entry {entry}"
-    _echo(
-        f"restored {restored} {session['id']} ({_printable(session['title']) or 'untitled'}){taken}"
-    )
+    title = _printable(session["title"]) or "untitled"
+    _echo(f"restored {restored} {session['id']} ({title}){taken}", commands=False)
 
 
 def _is_live(store: Storage, session_id: str) -> bool:

@@ -124,6 +124,11 @@ def test_a_remedy_names_the_profile_and_the_token_the_command_was_given(
 
         stop_server(server)
 
+    # A client's title that names a command is its text: shown as stored, never rewritten.
+    with open_storage(load("production", environ=env), writer=True) as store:
+        store.create_session("see `app status`", {})
+    listed = runner.invoke(cli, ["--profile", "production", "sessions", "list"])
+    assert "  see `app status`\n" in listed.output, listed.output
     purged = runner.invoke(cli, ["data", "purge", "--yes-i-mean-it", "--profile", "production"])
     assert purged.exit_code == 0, purged.output
     (listing,) = [c for c in _commands(purged.output) if "list" in c]
