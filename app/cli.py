@@ -472,7 +472,7 @@ def config_command(ctx: click.Context, show_all: bool, as_json: bool) -> None:
             "sources": dict(config.sources),
             "roots": {name: str(root) for name, root in config.roots.items()},
         }
-        _echo(json.dumps(payload, indent=2))
+        _echo(json.dumps(payload, indent=2), commands=False)  # data, as it is
         return
     _echo(f"profile: {config.profile}  (from {config.profile_source})")
     _echo(f"settings: {config.settings_dir}")
@@ -500,7 +500,7 @@ def _show_all(ctx: click.Context, as_json: bool) -> None:
             },
             "problems": [p.to_dict() for p in report.all_problems],
         }
-        _echo(json.dumps(payload, indent=2))
+        _echo(json.dumps(payload, indent=2), commands=False)  # data, as it is
         return
     _echo(
         f"settings: {report.settings_dir}  (selected: {report.selected}, "
@@ -836,7 +836,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
 
     seen = storage_status(config)
     if as_json:
-        _echo(json.dumps({"profile": config.profile, **seen.to_dict()}, indent=2))
+        _echo(json.dumps({"profile": config.profile, **seen.to_dict()}, indent=2), commands=False)
         return
     remote = config.backend == appconfig.REMOTE
     _echo(f"profile: {config.profile}")
