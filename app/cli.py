@@ -80,6 +80,17 @@ _PROFILE_KEY = "app.profile"
 #: The arguments the command line was given after ``app``: a stopped command is told to run
 #: them again, not its bare name (red team 62).
 _ARGS_KEY = "app.args"
+#: How many data root locks this process had taken when the command began (`_locks_taken`).
+_TAKEN_KEY = "app.locks_taken"
+
+
+def _locks_taken() -> int:
+    """`app.lock.taken_so_far`, without importing the lock (0 where it was never imported:
+    no lock was taken)."""
+    lock = sys.modules.get("app.lock")
+    return 0 if lock is None else int(lock.taken_so_far())
+
+
 _COMMAND_KEY = "app.command"
 #: Set when the command run can change data: its output closed early is then worth a word.
 _CHANGES_KEY = "app.changes"
@@ -194,6 +205,7 @@ class AppCommand(_OnceEach, click.Command):
         ctx.meta[_CHANGES_KEY] = (group, ctx.info_name) in _CHANGING or bool(
             ctx.params.get("repair")
         )
+        ctx.meta[_TAKEN_KEY] = _locks_taken()
         if self.name == "serve" or threading.current_thread() is not threading.main_thread():
             return super().invoke(ctx)  # a server stops gracefully on SIGTERM by itself
         previous = {sig: signal.getsignal(sig) for sig in _STOP_SIGNALS}
@@ -368,10 +380,13 @@ class AppGroup(CommandGroup):
             # Again as it was given: `app data empty-trash` for a stopped `app data empty-trash
             # --older-than 30d` emptied the whole trash, run as written (red team 62).
             again = " ".join(["app", *map(shell_word, ctx.meta.get(_ARGS_KEY, []))])
+            # A data root's command stopped before it took the lock changed nothing in it; a
+            # remote one's hold is not counted here, so it is told what it may have left.
+            locked = remote or _locks_taken() != ctx.meta.get(_TAKEN_KEY, 0)
             stopped = CommandTerminatedError if isinstance(stop, _Terminated) else None
             fail(
                 (stopped or CommandInterruptedError)(
-                    command, remote=remote, changes=changes, again=again
+                    command, remote=remote, changes=changes, again=again, locked=locked
                 )
             )
         except BrokenPipeError:

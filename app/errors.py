@@ -1538,9 +1538,19 @@ class CommandInterruptedError(AppError):
     #: written, and ``app data restamp`` or ``app sessions restore`` was a usage error
     #: (red team 62). None: the command's name.
     again: str | None = field(default=None, kw_only=True)
+    #: False: it was stopped before it took the data root's lock (waiting for it, loading
+    #: the settings), so it changed nothing; it was told to stop the server for a repair of
+    #: nothing (red team 62).
+    locked: bool = field(default=True, kw_only=True)
 
     @property
     def message(self) -> str:
+        if self.changes and not self.locked:
+            return (
+                f"`{self.command}` {self.how} before it took the data root's lock, so it "
+                "changed nothing, and the stop left nothing to finish or repair: run "
+                f"`{self.again or self.command}` again if it is still wanted"
+            )
         if self.changes:
             again = self.again or self.command
             return self.template.format_map({**vars(self), **_STORED[self.remote], "again": again})

@@ -1342,6 +1342,15 @@ def held_here() -> list[RootLock]:
     return [lock for lock in list(_LIVE_LOCKS) if lock._fd is not None]
 
 
+_TAKEN = [0]
+
+
+def taken_so_far() -> int:
+    """How many times this process has taken a data root's lock: a command stopped before
+    its count grew changed nothing in a data root (`app.cli`, red team 62)."""
+    return _TAKEN[0]
+
+
 def _forget_locks_in_child() -> None:  # pragma: no cover - runs in a forked child
     for lock in list(_LIVE_LOCKS):
         lock._forget_after_fork()
@@ -1538,6 +1547,7 @@ class RootLock:
                 _refuse_shared_with_another_root(self.root, self.path, holder)
                 raise DataRootInUseError(self.root, holder, wanted, held_by=describe_holder(holder))
             _LIVE_LOCKS.add(self)
+            _TAKEN[0] += 1
             return self
 
     def _take(self, timeout: float) -> bool:

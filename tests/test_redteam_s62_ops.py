@@ -7,7 +7,9 @@ What broke:
   stopped ``app data empty-trash --older-than 30d``, that emptied the whole trash, the
   sessions deleted this month with it; ``app data restamp`` again (its ``--from`` left out)
   and ``app sessions restore`` again (its id left out) were usage errors. The stop now names
-  the command line as it was given (`app.errors.CommandInterruptedError.again`);
+  the command line as it was given (`app.errors.CommandInterruptedError.again`); and one
+  stopped before it took the lock, which had changed nothing, is no longer sent to stop the
+  server for a ``check --repair`` first (`CommandInterruptedError.locked`);
 - every `app ...` a message or a report names was bare, so it selected the profile the
   shell's ``ENV_FOR_DYNACONF`` names, or development, not the one ``--profile`` had
   selected. After ``app --profile production data purge --yes-i-mean-it``, "`app sessions
@@ -69,7 +71,9 @@ def test_a_stopped_command_is_told_to_run_again_as_it_was_given(app_config: Any)
     """``app data empty-trash --older-than 30d`` stopped by Ctrl-C (a real SIGINT, sent by
     strace as it takes the data root's lock) was told to run "`app data empty-trash` again":
     run as written, that emptied the whole trash, a session deleted a minute ago with it.
-    It names the command as given; run as written, it keeps the entry."""
+    It names the command as given; run as written, it keeps the entry. And stopped before
+    it held the lock, it had changed nothing, but was told to run `app data check --repair`
+    "with no server on the data root" first: a server stopped for a repair of nothing."""
     with open_storage(app_config, writer=True) as store:
         deleted = store.create_session("deleted a minute ago", {})["id"]
         store.delete_session(deleted)
@@ -77,10 +81,11 @@ def test_a_stopped_command_is_told_to_run_again_as_it_was_given(app_config: Any)
     given = ("data", "empty-trash", "--older-than", "30d")
     stopped = app_with_fault(root, "flock:signal=INT:when=1", root / ".server.lock", command=given)
     assert stopped.returncode == 130, stopped.stderr
-    again = re.search(
-        r"then `([^`]*)` again if it is still wanted", " ".join(stopped.stderr.split())
-    )
-    assert again, stopped.stderr
+    message = " ".join(stopped.stderr.split())
+    assert "before it took the data root's lock, so it changed nothing" in message, message
+    assert "--repair" not in message, message
+    again = re.search(r"run `([^`]*)` again if it is still wanted", message)
+    assert again, message
     assert shlex.split(again.group(1)) == ["app", *given], again.group(1)
 
     ran = CliRunner().invoke(cli, shlex.split(again.group(1))[1:])
