@@ -41,6 +41,8 @@ from app.errors import (
     OutputFailedError,
     PrintableLines,
     SessionNotFoundError,
+    as_selected,
+    select_for_commands,
     shell_word,
     storage_error,
 )
@@ -56,21 +58,39 @@ def fail(error: AppError) -> NoReturn:
     """Print an app error the same way for every command, then exit with its code."""
     # Each line as text: a path it names is whatever its directory was called, and an
     # escape in it acted on the terminal (red team 47); the lines a message has stay.
-    shown = "\n".join(_printable(line) for line in error.message.split("\n"))
+    shown = "\n".join(_printable(line) for line in as_selected(error.message).split("\n"))
     click.echo(f"error: {shown}", err=True)
     sys.exit(error.exit_code)
 
 
-def _echo(text: str, *, err: bool = False) -> None:
+def _echo(text: str, *, err: bool = False, commands: bool = True) -> None:
     """``click.echo`` of a line the app wrote around a path or a setting's value, each of its
     lines `printable`: a settings directory or a data root named with an escape sequence
     (``$'/opt/app\\e]0;...\\a'``) set the terminal's title from `app status`, `app config`
     and `app doctor`, which printed the path as it is, where a refusal (`fail`) prints its
-    escapes as text since red team 47 (red team 60)."""
+    escapes as text since red team 47 (red team 60). With ``commands`` (the app's own text),
+    each `app ...` it names is given the ``--profile`` the command was (`as_selected`); a
+    line that shows a client's text (a session's title, a file's name) is left as it is."""
+    if commands:
+        text = as_selected(text)
     click.echo("\n".join(_printable(line) for line in text.split("\n")), err=err)
 
 
 _PROFILE_KEY = "app.profile"
+#: The arguments the command line was given after ``app``: a stopped command is told to run
+#: them again, not its bare name (red team 62).
+_ARGS_KEY = "app.args"
+#: How many data root locks this process had taken when the command began (`_locks_taken`).
+_TAKEN_KEY = "app.locks_taken"
+
+
+def _locks_taken() -> int:
+    """`app.lock.taken_so_far`, without importing the lock (0 where it was never imported:
+    no lock was taken)."""
+    lock = sys.modules.get("app.lock")
+    return 0 if lock is None else int(lock.taken_so_far())
+
+
 _COMMAND_KEY = "app.command"
 #: Set when the command run can change data: its output closed early is then worth a word.
 _CHANGES_KEY = "app.changes"
@@ -116,6 +136,8 @@ def load_config(ctx: click.Context, *, serving: bool = False) -> appconfig.Confi
     """
     config = appconfig.load(selected_profile(ctx), profile_source="--profile", serving=serving)
     ctx.meta[_REMOTE_KEY] = config.backend == appconfig.REMOTE
+    if selected_profile(ctx) is not None:
+        select_for_commands(config.profile)  # every `app ...` a line names is given it
     for warning in config.warnings:
         _echo(f"warning: {warning}", err=True)
     return config
@@ -126,6 +148,8 @@ def inspect_profiles(ctx: click.Context) -> appconfig.Report:
     report = appconfig.inspect_profiles(selected_profile(ctx), profile_source="--profile")
     selected = report.profiles.get(report.selected)
     ctx.meta[_REMOTE_KEY] = selected is not None and selected.values.get("database_url") is not None
+    if selected is not None and selected_profile(ctx) is not None:
+        select_for_commands(report.selected)
     for warning in report.warnings:
         _echo(f"warning: {warning}", err=True)
     return report
@@ -181,6 +205,7 @@ class AppCommand(_OnceEach, click.Command):
         ctx.meta[_CHANGES_KEY] = (group, ctx.info_name) in _CHANGING or bool(
             ctx.params.get("repair")
         )
+        ctx.meta[_TAKEN_KEY] = _locks_taken()
         if self.name == "serve" or threading.current_thread() is not threading.main_thread():
             return super().invoke(ctx)  # a server stops gracefully on SIGTERM by itself
         previous = {sig: signal.getsignal(sig) for sig in _STOP_SIGNALS}
@@ -330,11 +355,16 @@ class AppGroup(CommandGroup):
 
     group_class = CommandGroup
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta[_ARGS_KEY] = list(args)
+        return super().parse_args(ctx, args)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return self._invoke(ctx)
         finally:
             _restore_handlers(ctx)  # a stopped command's, kept until its message was out
+            select_for_commands(None)
 
     def _invoke(self, ctx: click.Context) -> Any:
         try:
@@ -347,9 +377,18 @@ class AppGroup(CommandGroup):
             command = ctx.meta.get(_COMMAND_KEY) or ctx.command_path
             remote = bool(ctx.meta.get(_REMOTE_KEY))
             changes = bool(ctx.meta.get(_CHANGES_KEY))
-            if isinstance(stop, _Terminated):
-                fail(CommandTerminatedError(command, remote=remote, changes=changes))
-            fail(CommandInterruptedError(command, remote=remote, changes=changes))
+            # Again as it was given: `app data empty-trash` for a stopped `app data empty-trash
+            # --older-than 30d` emptied the whole trash, run as written (red team 62).
+            again = " ".join(["app", *map(shell_word, ctx.meta.get(_ARGS_KEY, []))])
+            # A data root's command stopped before it took the lock changed nothing in it; a
+            # remote one's hold is not counted here, so it is told what it may have left.
+            locked = remote or _locks_taken() != ctx.meta.get(_TAKEN_KEY, 0)
+            stopped = CommandTerminatedError if isinstance(stop, _Terminated) else None
+            fail(
+                (stopped or CommandInterruptedError)(
+                    command, remote=remote, changes=changes, again=again, locked=locked
+                )
+            )
         except BrokenPipeError:
             # stdout closed (`| head`): click exited 1 saying nothing, after a change made.
             command = ctx.meta.get(_COMMAND_KEY) or ctx.command_path
@@ -448,7 +487,7 @@ def config_command(ctx: click.Context, show_all: bool, as_json: bool) -> None:
             "sources": dict(config.sources),
             "roots": {name: str(root) for name, root in config.roots.items()},
         }
-        _echo(json.dumps(payload, indent=2))
+        _echo(json.dumps(payload, indent=2), commands=False)  # data, as it is
         return
     _echo(f"profile: {config.profile}  (from {config.profile_source})")
     _echo(f"settings: {config.settings_dir}")
@@ -476,7 +515,7 @@ def _show_all(ctx: click.Context, as_json: bool) -> None:
             },
             "problems": [p.to_dict() for p in report.all_problems],
         }
-        _echo(json.dumps(payload, indent=2))
+        _echo(json.dumps(payload, indent=2), commands=False)  # data, as it is
         return
     _echo(
         f"settings: {report.settings_dir}  (selected: {report.selected}, "
@@ -812,7 +851,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
 
     seen = storage_status(config)
     if as_json:
-        _echo(json.dumps({"profile": config.profile, **seen.to_dict()}, indent=2))
+        _echo(json.dumps({"profile": config.profile, **seen.to_dict()}, indent=2), commands=False)
         return
     remote = config.backend == appconfig.REMOTE
     _echo(f"profile: {config.profile}")
@@ -970,7 +1009,10 @@ def sessions_list(ctx: click.Context, trash: bool, as_json: bool) -> None:
             what = entry.file if entry.kind == "file" else f"session {entry.title or ''!s}"
             what = _printable(what or "")
             deleted = f"{entry.deleted_at:%Y-%m-%d %H:%M:%S}Z"
-            _echo(row.format(entry.session_id, deleted, entry.reason, entry.kind, what))
+            _echo(
+                row.format(entry.session_id, deleted, entry.reason, entry.kind, what),
+                commands=False,
+            )
         _warn_linked_entries(entries)
         return
     listed = set()
@@ -981,7 +1023,8 @@ def sessions_list(ctx: click.Context, trash: bool, as_json: bool) -> None:
             continue
         _echo(
             f"{session['id']}  {session['created_at'][:19]}Z  "
-            f"{len(session['files']):>4} file(s)  {_printable(session['title'])}"
+            f"{len(session['files']):>4} file(s)  {_printable(session['title'])}",
+            commands=False,  # a client's title, as stored
         )
     for session_id, why in store.left_out(listed):  # once left out without a word
         _echo(f"warning: session {session_id} is not listed: {_printable(why)}", err=True)
@@ -1028,14 +1071,24 @@ def sessions_show(ctx: click.Context, session_id: str, as_json: bool) -> None:
             raise
         raise SessionNotFoundError(session_id, deleted=newest) from None
     if as_json:
-        click.echo(json.dumps(session, indent=2, ensure_ascii=False))
+        # ASCII, as every other `--json` is: a character the output's encoding lacks was
+        # written as Python's escape, and `\U0001f600` or `\xe9` is none of JSON's (a title
+        # with an emoji under a Latin-1 locale, `PYTHONIOENCODING=latin-1`: no JSON at all),
+        # and a terminal acted on a U+202E written as it is (red team 62).
+        click.echo(json.dumps(session, indent=2))
         return
     for key in ("id", "title", "created_at", "updated_at"):
-        _echo(f"{key}: {_printable(session[key])}")
-    _echo(f"metadata: {_printable(json.dumps(session['metadata'], ensure_ascii=False))}")
+        _echo(f"{key}: {_printable(session[key])}", commands=False)
+    _echo(
+        f"metadata: {_printable(json.dumps(session['metadata'], ensure_ascii=False))}",
+        commands=False,
+    )
     _echo(f"files: {len(session['files'])}")
     for entry in session["files"]:
-        _echo(f"  {_printable(entry['name'])}  {entry['size']} bytes  sha256 {entry['sha256']}")
+        _echo(
+            f"  {_printable(entry['name'])}  {entry['size']} bytes  sha256 {entry['sha256']}",
+            commands=False,
+        )
 
 
 @sessions.command("restore")
@@ -1074,9 +1127,8 @@ def sessions_restore(
             raise NotInTrashError(session_id, live=True) from missing
     restored = f"file {file_name!r} of session" if file_name else "session"
     taken = "" if entry is None else f" from trash entry {entry}"
-    _echo(
-        f"restored {restored} {session['id']} ({_printable(session['title']) or 'untitled'}){taken}"
-    )
+    title = _printable(session["title"]) or "untitled"
+    _echo(f"restored {restored} {session['id']} ({title}){taken}", commands=False)
 
 
 def _is_live(store: Storage, session_id: str) -> bool:
@@ -1172,10 +1224,24 @@ def _token_header(config: appconfig.Config) -> str:
     ``$APP_API_TOKEN`` alone was empty where the token comes from a settings file (a
     deploy-time secrets file, development's ``.secrets.toml``): the ``curl`` the hint printed
     was refused 401 "missing bearer token" (red team 57). Such a token is read by the app's
-    own loading of the profile, in the command; none configured, no header is sent."""
-    if config.api_token is None:
-        return ""
+    own loading of the profile, in the command; none configured, no header is sent.
+
+    But a protected profile's server always has one (it does not start without it), and
+    its token commonly lives in the service's environment alone (``APP_API_TOKEN`` in
+    ``/etc/app.env``), which an operator's shell does not load: the hint's ``curl`` for
+    production was sent without a header and refused 401 "missing bearer token", run as
+    written (red team 62). It reads ``$APP_API_TOKEN``, and the shell stops it, naming the
+    variable and where the server's value is, while that is not set."""
     key = appconfig.KEYS["api_token"]
+    if config.api_token is None:
+        if not config.protected:
+            return ""
+        # No quote in it: a single one, even here, leaves bash reading for its match.
+        unset = (
+            "is not set in this shell: export the token the server was started with, as "
+            "the environment of its service sets it"
+        )
+        return f'-H "Authorization: Bearer ${{{key.env}:?{unset}}}" '
     if config.sources.get("api_token") == f"environment {key.env}":
         # Set for the command alone (`APP_API_TOKEN=... app data empty-trash`), it is not in
         # the shell the curl is pasted into: the shell stops it, naming the variable, rather

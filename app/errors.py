@@ -108,7 +108,39 @@ class PrintableLines(logging.Filter):
 
 
 def _printable_lines(text: str) -> str:
-    return "\n".join(printable(line) for line in text.split("\n"))
+    return "\n".join(printable(line) for line in as_selected(text).split("\n"))
+
+
+#: The profile ``--profile`` selected for the command this process runs, once it is loaded
+#: (`app.cli` sets it, and clears it as the command ends): every `app ...` a message or a log
+#: line names is given it (`as_selected`).
+_SELECTED: list[str] = []
+
+
+def select_for_commands(profile: str | None) -> None:
+    """Give every `app ...` a line names ``--profile profile`` from now on (None: none)."""
+    _SELECTED[:] = [] if profile is None else [profile]
+
+
+def as_selected(text: str) -> str:
+    """`text` with each `app ...` command it names between backticks given the ``--profile``
+    the command was given (`select_for_commands`), where it names none.
+
+    The messages and log lines name the command that resolves them as a bare ``app ...``,
+    which selects the profile the shell's ``ENV_FOR_DYNACONF`` names, else development:
+    after ``app --profile production data purge --yes-i-mean-it``, "`app sessions list
+    --trash` shows them" listed development's trash, a refusal's "`app status` shows the
+    holder" said "held by: nobody" of development's root, and the log of ``app --profile
+    staging serve`` named an `app data check --repair` of development's (red team 62)."""
+    if not _SELECTED or "\x60app " not in text:
+        return text
+    import re  # here: a line that names no command does not pay for it
+
+    return re.sub(
+        r"\x60app ((?:(?!--profile)[^\x60])*)\x60",
+        f"\x60app --profile {_SELECTED[0]} \\1\x60",
+        text,
+    )
 
 
 @dataclass_transform(eq_default=False, field_specifiers=(field,))
@@ -822,6 +854,16 @@ def _another_device_stop(holder: Mapping[str, Any], root: Path) -> str:
     )
 
 
+def _waits(root: Path) -> str:
+    """The command that waits until the holder of `root` lets go, as a refusal's "wait for
+    it to finish" names it: it named none, and an operator's `sleep` and retry either waited
+    too long or was refused again (red team 62). flock(1) (util-linux) takes a shared lock,
+    as `app status` does for an instant, once the holder's exclusive one is gone: at that
+    moment, not at a poll's next tick, and whatever process holds the descriptor."""
+    lock_file = shell_word(Path(root) / ".server.lock")
+    return f" (`flock -s {lock_file} true` returns once it lets go)"
+
+
 class DataRootInUseError(AppError):
     """Another live process holds the data root's lock."""
 
@@ -869,8 +911,8 @@ class DataRootInUseError(AppError):
                 f"it is stopping since {self.holder['stopping_since']}, finishing the requests "
                 "in flight"
                 + (f" (for at most shutdown_grace_seconds, {grace} s)" if grace else "")
-                + f": wait for pid {pid} to exit and retry; do not kill it again, which cuts "
-                "those requests"
+                + f": wait for pid {pid} to exit{_waits(self.root)} and retry; do not "
+                "kill it again, which cuts those requests"
             )
         elif pid and self.holder and "traced_by" in self.holder:
             # At a breakpoint, it acts on nothing but SIGKILL until the debugger lets it go;
@@ -899,7 +941,7 @@ class DataRootInUseError(AppError):
         elif pid and self.holder and self.holder.get("kind") == "maintenance":
             # Killed, it leaves what it began for a repair: waiting is the first advice.
             stop = (
-                "wait for it to finish and retry, or stop it (kill "
+                f"wait for it to finish{_waits(self.root)} and retry, or stop it (kill "
                 f"{pid}; what it had begun is finished by `app data check --repair`)"
             )
         elif pid and kind == "server":
@@ -919,11 +961,14 @@ class DataRootInUseError(AppError):
                 "with the app_live_server fixture"
             )
         elif pid and kind == "tests":
-            stop = f"wait for that test run to finish and retry, or stop it (kill {pid})"
+            stop = (
+                f"wait for that test run to finish{_waits(self.root)} and retry, or "
+                f"stop it (kill {pid})"
+            )
         elif pid:
-            stop = f"stop it (kill {pid}) or wait for it to finish and retry"
+            stop = f"stop it (kill {pid}) or wait for it to finish{_waits(self.root)} and retry"
         else:
-            stop = "stop that process or wait for it to finish and retry"
+            stop = f"stop that process or wait for it to finish{_waits(self.root)} and retry"
         return (
             f"cannot {self.wanted}: data root {self.root} is held by {self.held_by}; "
             f"{stop}. `app status` shows the holder"
@@ -1470,7 +1515,7 @@ def _stopped_template(how: str, stop: str) -> str:
         f"`{{command}}` {how} before it finished: what it had changed stays changed, each "
         "change whole {whole}, "
         "and what it had not reached is unchanged. Run `app data check --repair` ({alone}) "
-        f"to finish what {stop} left, then `{{command}}` again if it "
+        f"to finish what {stop} left, then `{{again}}` again if it "
         "is still wanted"
     )
 
@@ -1497,11 +1542,27 @@ class CommandInterruptedError(AppError):
     #: to stop the server for ``check --repair``: ``timeout 60 app data check --quick``, a
     #: cron job's check, sent the operator to a repair of nothing (red team 51).
     changes: bool = field(default=True, kw_only=True)
+    #: The command line as it was given (``app data empty-trash --older-than 30d``), to run
+    #: again: its bare name, ``app data empty-trash``, emptied the whole trash when run as
+    #: written, and ``app data restamp`` or ``app sessions restore`` was a usage error
+    #: (red team 62). None: the command's name.
+    again: str | None = field(default=None, kw_only=True)
+    #: False: it was stopped before it took the data root's lock (waiting for it, loading
+    #: the settings), so it changed nothing; it was told to stop the server for a repair of
+    #: nothing (red team 62).
+    locked: bool = field(default=True, kw_only=True)
 
     @property
     def message(self) -> str:
+        if self.changes and not self.locked:
+            return (
+                f"`{self.command}` {self.how} before it took the data root's lock, so it "
+                "changed nothing, and the stop left nothing to finish or repair: run "
+                f"`{self.again or self.command}` again if it is still wanted"
+            )
         if self.changes:
-            return self.template.format_map({**vars(self), **_STORED[self.remote]})
+            again = self.again or self.command
+            return self.template.format_map({**vars(self), **_STORED[self.remote], "again": again})
         return (
             f"`{self.command}` {self.how} before it finished. It changes nothing (it only "
             "reads), so the stop left nothing to finish or repair: run it again, with more "

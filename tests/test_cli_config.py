@@ -408,7 +408,9 @@ def test_a_production_server_refuses_a_data_root_that_does_not_exist_and_creates
         "serve, and a server of a protected profile does not create its data root, so that "
         "a mistyped data_root is not served empty beside the real one; if the path is "
         "mistyped, correct data_root of profile 'production' (from environment "
-        "APP_DATA_ROOT; `app config --all` shows every profile's root); for a first deploy, "
+        # The command the message names, given the --profile this one was (red team 62).
+        "APP_DATA_ROOT; `app --profile production config --all` shows every profile's root); "
+        "for a first deploy, "
         "create the empty directory, owned by the service's user (`install -d -m 0700 -o app "
         f"-g app {mistyped}`): a server's first start lays it out and stamps it\n"
     )

@@ -24,6 +24,7 @@ from app.errors import (
     LockFileAliasedError,
     LockFileKindError,
     LockUnavailableError,
+    shell_word,
 )
 from app.lock import (
     LOCK_FILE,
@@ -136,7 +137,9 @@ def test_a_root_held_by_another_test_run_says_to_wait_for_it(root: Path) -> None
     finally:
         run.close()
     assert str(refused.value).endswith(
-        f"; wait for that test run to finish and retry, or stop it (kill {run.pid}). `app "
+        # The command that waits, named since red team 62.
+        f"; wait for that test run to finish (`flock -s {shell_word(root / '.server.lock')} "
+        f"true` returns once it lets go) and retry, or stop it (kill {run.pid}). `app "
         "status` shows the holder"
     ), refused.value
 

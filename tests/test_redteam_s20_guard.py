@@ -19,7 +19,7 @@ from project_copy import PROJECT, copy_project_settings
 from side_by_side import users_registry
 
 from app import sandbox
-from app.errors import DataRootInUseError
+from app.errors import DataRootInUseError, shell_word
 from app.lock import LOCK_FILE, RootLock, probe
 from app.testing import guard
 
@@ -526,7 +526,10 @@ def test_a_holder_in_another_pid_namespace_is_named_by_a_pid_that_stops_it(
         f"is held by pid {os.getpid()} in a PID namespace this process cannot see (another "
         "container's, or the host's: stop it there), kind server"
     ) in done.stdout, done.stdout + done.stderr
-    assert "stop that process or wait for it to finish and retry" in done.stdout
+    assert (
+        "stop that process or wait for it to finish (`flock -s "  # red team 62's waiter
+        f"{shell_word(root / '.server.lock')} true` returns once it lets go) and retry"
+    ) in done.stdout
     assert f"kill {os.getpid()}" not in done.stdout
 
 

@@ -25,6 +25,8 @@ from test_redteam_s21_guard import HAND_BUILT_ENV, LOAD_PRODUCTION
 from test_redteam_s22_guard import OWN_PROC, _own_proc_allowed
 from test_server_e2e import Server, app_env, run_app
 
+from app.errors import shell_word
+
 A_TEST = "def test_nothing(tmp_path):\n    pass\n"
 
 
@@ -266,7 +268,10 @@ def test_a_lock_kept_by_another_process_after_its_server_died_names_that_process
     assert "serving:" not in status.stdout, status.stdout
     assert purge.returncode == 75, purge.stderr
     assert f"is held by {keeps}" in purge.stderr, purge.stderr
-    assert f"stop it (kill {thief.pid}) or wait for it to finish and retry" in purge.stderr
+    assert (
+        f"stop it (kill {thief.pid}) or wait for it to finish (`flock -s "  # red team 62
+        f"{shell_word(lock)} true` returns once it lets go) and retry"
+    ) in purge.stderr
     # Free once that process is gone: nothing was stale, and nothing needed deleting.
     assert run_app("data", "purge", env=app_env(root)).returncode == 0
 

@@ -47,6 +47,7 @@ from test_redteam_s43_integrity import _slow_body
 from test_server_e2e import Server, app_env, run_app, wait_for
 
 from app.config import Config
+from app.errors import shell_word
 from app.storage import open_storage
 
 
@@ -332,7 +333,8 @@ def test_a_start_beside_a_server_finishing_an_upload_waits_and_keeps_it(
     assert ", stopping since " in refused.stderr
     assert (
         "finishing the requests in flight (for at most shutdown_grace_seconds, 30 s): wait for "
-        f"pid {one.pid} to exit and retry; do not kill it again, which cuts those requests"
+        f"pid {one.pid} to exit (`flock -s {shell_word(root / '.server.lock')} true` returns "
+        "once it lets go) and retry; do not kill it again, which cuts those requests"
     ) in refused.stderr, refused.stderr
     assert "kill" not in refused.stderr.replace("do not kill it", "")
     assert f"pid {one.pid}, kind server" in status.stdout, status.stdout

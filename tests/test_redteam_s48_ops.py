@@ -33,7 +33,7 @@ import forked_app
 import pytest
 from test_server_e2e import app_env, run_app, wait_for
 
-from app.errors import InvalidSettingError
+from app.errors import InvalidSettingError, shell_word
 from app.lock import RootLock
 from app.storage import open_storage
 
@@ -167,7 +167,8 @@ def test_a_root_held_by_a_maintenance_command_is_refused_naming_that_command(
         f"kind maintenance, profile testing, host {socket.gethostname()}, since "
     ) in refused.stderr, refused.stderr
     assert (
-        ", running `app data empty-trash --older-than 7d`; wait for it to finish and retry, or "
+        ", running `app data empty-trash --older-than 7d`; wait for it to finish (`flock -s "
+        f"{shell_word(root / '.server.lock')} true` returns once it lets go) and retry, or "
         f"stop it (kill {os.getpid()}; what it had begun is finished by `app data check "
         "--repair`). `app status` shows the holder\n"
     ) in refused.stderr, refused.stderr
