@@ -160,7 +160,10 @@ def test_a_root_bound_from_a_directory_of_production_s_root_is_refused_outside_a
         assert code == 78, said
         assert out.startswith(f"error: {refusal}'development' at a directory outside "), said
         assert out.endswith(
-            f"{production} (`app config` shows where it is set), not at a mount of a "
+            # The command line's remedy carries the --profile it was given (red team 62 on
+            # operations: a bare `app config` showed development's, the default).
+            f"{production} (`app --profile development config` shows where it is set), not at "
+            "a mount of a "
             "directory of it"
         ), said
     for tag in ("STOPPED_UNNAMED_WRITER", "LIVE_UNNAMED_WRITER"):
