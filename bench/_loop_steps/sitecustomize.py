@@ -49,6 +49,14 @@ if OUT:
         usage = resource.getrusage(resource.RUSAGE_THREAD)
         return usage.ru_nvcsw, usage.ru_nivcsw
 
+    def _record(
+        start: float, wall: float, used: float, label: str, before: tuple[int, int]
+    ) -> None:
+        """One step, with the switches made since ``before`` (`_switches` at its start)."""
+        if len(steps) < CAP:
+            voluntary, involuntary = _switches()
+            steps.append((start, wall, used, label, voluntary - before[0], involuntary - before[1]))
+
     _page = os.sysconf("SC_PAGE_SIZE")
     _began: list[float] = []
     _loop_thread: list[int] = []
@@ -102,19 +110,7 @@ if OUT:
             finally:
                 wall, used = perf() - start, cpu() - used
                 self.n += 1
-                if len(steps) < CAP:
-                    voluntary, involuntary = _switches()
-                    label = f"{self.label} #{self.n}"
-                    steps.append(
-                        (
-                            start,
-                            wall,
-                            used,
-                            label,
-                            voluntary - switched[0],
-                            involuntary - switched[1],
-                        ),
-                    )
+                _record(start, wall, used, f"{self.label} #{self.n}", switched)
 
         def throw(self, *args: Any) -> Any:
             return self.coro.throw(*args)
@@ -136,23 +132,11 @@ if OUT:
                 return original(self, *args)
             finally:
                 wall, used = perf() - start, cpu() - used
-                if len(steps) < CAP:
-                    voluntary, involuntary = _switches()
-                    cycle = getattr(self, "cycle", None)
-                    what = ""
-                    if name == "data_received" and cycle is not None:
-                        what = f" {cycle.scope['method']} {_ID.sub('{id}', cycle.scope['path'])}"
-                    label = f"protocol.{name}{what}"
-                    steps.append(
-                        (
-                            start,
-                            wall,
-                            used,
-                            label,
-                            voluntary - switched[0],
-                            involuntary - switched[1],
-                        ),
-                    )
+                cycle = getattr(self, "cycle", None)
+                what = ""
+                if name == "data_received" and cycle is not None:
+                    what = f" {cycle.scope['method']} {_ID.sub('{id}', cycle.scope['path'])}"
+                _record(start, wall, used, f"protocol.{name}{what}", switched)
 
         return timed
 
