@@ -8,8 +8,12 @@ resident memory sampled every second. Reported for the mixed phase once under wa
 ``--skip`` seconds after the first create to the first page of 1,000), or for its first
 ``--skip`` seconds with ``--burst``: each kind of step (a route and its step number, or a
 protocol callback) by its share of the loop's time in steps, its p50/p99 and longest duration,
-and the longest single steps. The wrapping costs the server some CPU, so read the shares and
-the longest steps, not the load's throughput.
+and the longest single steps. Each step also carries the loop thread's voluntary and involuntary
+context switches inside it: the loop makes no blocking call in a step, so a voluntary one is a
+wait for the interpreter lock (a system call gave it away and another thread took it), an
+involuntary one a preemption; each kind says how many of its steps slept or were preempted.
+The wrapping costs the server some CPU, so read the shares and the longest steps, not the
+load's throughput.
 
 Run: ``.venv/bin/python bench/loop_steps.py [--top 15] [--json] [-- --seconds 15]``
 """
@@ -53,12 +57,12 @@ def analyse(data: dict[str, Any], skip: float, burst: bool, top: int) -> dict[st
         start, end = first_create + skip, min(big) if big else max(s[0] for s in steps)
     chosen = [s for s in steps if start <= s[0] < end]
     busy = sum(s[1] for s in chosen)
-    kinds: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    for _, wall, used, label in chosen:
-        kinds[label].append((wall, used))
+    kinds: dict[str, list[tuple[float, float, int, int]]] = defaultdict(list)
+    for _, wall, used, label, *switched in chosen:
+        kinds[label].append((wall, used, *(switched or (0, 0))))
     table = []
-    for label, runs in sorted(kinds.items(), key=lambda kv: -sum(w for w, _ in kv[1]))[:top]:
-        walls = [w for w, _ in runs]
+    for label, runs in sorted(kinds.items(), key=lambda kv: -sum(r[0] for r in kv[1]))[:top]:
+        walls = [r[0] for r in runs]
         table.append(
             {
                 "step": label,
@@ -67,7 +71,13 @@ def analyse(data: dict[str, Any], skip: float, burst: bool, top: int) -> dict[st
                 "p50_ms": round(quantile(walls, 0.5) * 1000, 3),
                 "p99_ms": round(quantile(walls, 0.99) * 1000, 3),
                 "max_ms": round(max(walls) * 1000, 2),
-                "cpu_p50_ms": round(quantile([c for _, c in runs], 0.5) * 1000, 3),
+                "cpu_p50_ms": round(quantile([r[1] for r in runs], 0.5) * 1000, 3),
+                # Steps in which the loop's thread slept (waited for the interpreter lock)
+                # or was taken off its core, and the time those steps took.
+                "waited_gil": sum(1 for r in runs if r[2]),
+                "waited_gil_s": round(sum(r[0] for r in runs if r[2]), 3),
+                "preempted": sum(1 for r in runs if r[3]),
+                "preempted_s": round(sum(r[0] for r in runs if r[3] and not r[2]), 3),
             }
         )
     late = [lag for at, lag in data["late"] if start <= at < end]
@@ -98,6 +108,12 @@ def analyse(data: dict[str, Any], skip: float, burst: bool, top: int) -> dict[st
         "step_p50_ms": round(quantile(walls, 0.5) * 1000, 3),
         "step_p99_ms": round(quantile(walls, 0.99) * 1000, 3),
         "steps_over_3ms": sum(1 for w in walls if w > 0.003),
+        # Of the steps over 3 ms: how many slept (voluntary switches: the interpreter lock)
+        # and how many were only taken off their core (involuntary ones).
+        "over_3ms_slept": sum(1 for s in chosen if s[1] > 0.003 and s[4:5] and s[4]),
+        "over_3ms_preempted_only": sum(
+            1 for s in chosen if s[1] > 0.003 and s[4:6] and not s[4] and s[5]
+        ),
         "timer_late_ms": {
             q: round(quantile(late, v) * 1000, 1) for q, v in (("p50", 0.5), ("p99", 0.99))
         }
@@ -112,6 +128,7 @@ def analyse(data: dict[str, Any], skip: float, burst: bool, top: int) -> dict[st
         "kinds": table,
         "longest": [
             {"ms": round(s[1] * 1000, 2), "cpu_ms": round(s[2] * 1000, 2), "step": s[3]}
+            | {"switches": s[4:6]}
             | {"gc_ms": collected_in(s, collections)}
             for s in sorted(chosen, key=lambda s: -s[1])[:top]
         ],
@@ -157,11 +174,19 @@ def main() -> None:
         f"by {result['timer_late_ms']} ms; /health p99 under the mix "
         f"{result['load']['mixed']['p99_ms']} ms (idle {result['load']['idle']['p99_ms']})"
     )
-    print(f"{'step':44} {'count':>6} {'share':>6} {'p50':>7} {'p99':>7} {'max':>7} {'cpu p50':>8}")
+    print(
+        f"steps over 3 ms: {result['over_3ms_slept']} slept in them (the interpreter lock), "
+        f"{result['over_3ms_preempted_only']} only taken off their core"
+    )
+    print(
+        f"{'step':44} {'count':>6} {'share':>6} {'p50':>7} {'p99':>7} {'max':>7} {'cpu p50':>8}"
+        f" {'slept':>6} {'slept s':>8} {'preempt':>7}"
+    )
     for row in result["kinds"]:
         print(
             f"{row['step'][:44]:44} {row['count']:6d} {row['share']:6.1%} {row['p50_ms']:7.3f} "
             f"{row['p99_ms']:7.3f} {row['max_ms']:7.2f} {row['cpu_p50_ms']:8.3f}"
+            f" {row['waited_gil']:6d} {row['waited_gil_s']:8.3f} {row['preempted']:7d}"
         )
     for generation, row in result["gc"].items():
         print(
@@ -177,7 +202,7 @@ def main() -> None:
     print(
         "longest:",
         ", ".join(
-            f"{s['step']} {s['ms']} ms (CPU {s['cpu_ms']}"
+            f"{s['step']} {s['ms']} ms (CPU {s['cpu_ms']}, switches {s['switches']}"
             + "".join(f", gc {g}: {ms} ms" for g, ms in s["gc_ms"].items())
             + ")"
             for s in result["longest"][:8]

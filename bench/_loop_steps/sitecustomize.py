@@ -24,6 +24,7 @@ if OUT:
     import gc
     import json
     import re
+    import resource
     import sys
     import threading
     import time
@@ -33,12 +34,29 @@ if OUT:
     CAP = 400_000  # records kept, about 40 MB of JSON at most
     _ID = re.compile(r"[0-9a-f]{32}")
     _HANDLERS = ("data_received", "connection_made", "connection_lost", "eof_received")
-    steps: list[tuple[float, float, float, str]] = []  # start, wall, thread CPU, label
+    # start, wall, thread CPU, label, and the loop thread's voluntary and involuntary context
+    # switches inside the step (getrusage, which keeps the interpreter lock): the loop's
+    # thread makes no blocking call in a step, so a voluntary one is a wait for that lock
+    # (a system call gave it up and another thread took it), an involuntary one a preemption.
+    steps: list[tuple[float, float, float, str, int, int]] = []
     late: list[tuple[float, float]] = []
     # start, wall, thread CPU, generation, on the loop's thread, collected, objects left after
     gc_runs: list[tuple[float, float, float, int, bool, int, int]] = []
     rss: list[tuple[float, int]] = []  # when, resident bytes
     perf, cpu = time.perf_counter, time.thread_time
+
+    def _switches() -> tuple[int, int]:
+        usage = resource.getrusage(resource.RUSAGE_THREAD)
+        return usage.ru_nvcsw, usage.ru_nivcsw
+
+    def _record(
+        start: float, wall: float, used: float, label: str, before: tuple[int, int]
+    ) -> None:
+        """One step, with the switches made since ``before`` (`_switches` at its start)."""
+        if len(steps) < CAP:
+            voluntary, involuntary = _switches()
+            steps.append((start, wall, used, label, voluntary - before[0], involuntary - before[1]))
+
     _page = os.sysconf("SC_PAGE_SIZE")
     _began: list[float] = []
     _loop_thread: list[int] = []
@@ -85,13 +103,14 @@ if OUT:
 
         def send(self, value: Any) -> Any:
             self.label = self.label or _label(self.coro)
+            switched = _switches()
             start, used = perf(), cpu()
             try:
                 return self.coro.send(value)
             finally:
+                wall, used = perf() - start, cpu() - used
                 self.n += 1
-                if len(steps) < CAP:
-                    steps.append((start, perf() - start, cpu() - used, f"{self.label} #{self.n}"))
+                _record(start, wall, used, f"{self.label} #{self.n}", switched)
 
         def throw(self, *args: Any) -> Any:
             return self.coro.throw(*args)
@@ -107,16 +126,17 @@ if OUT:
 
     def _timed_handler(name: str, original: Any) -> Any:
         def timed(self: Any, *args: Any) -> Any:
+            switched = _switches()
             start, used = perf(), cpu()
             try:
                 return original(self, *args)
             finally:
-                if len(steps) < CAP:
-                    cycle = getattr(self, "cycle", None)
-                    what = ""
-                    if name == "data_received" and cycle is not None:
-                        what = f" {cycle.scope['method']} {_ID.sub('{id}', cycle.scope['path'])}"
-                    steps.append((start, perf() - start, cpu() - used, f"protocol.{name}{what}"))
+                wall, used = perf() - start, cpu() - used
+                cycle = getattr(self, "cycle", None)
+                what = ""
+                if name == "data_received" and cycle is not None:
+                    what = f" {cycle.scope['method']} {_ID.sub('{id}', cycle.scope['path'])}"
+                _record(start, wall, used, f"protocol.{name}{what}", switched)
 
         return timed
 
