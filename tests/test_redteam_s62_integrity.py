@@ -8,7 +8,8 @@ dropped as written. But the places an operator watches still sent them to a rest
 restarted"), the server's log line of the failure ("a start-up runs `app data check
 --repair`"), the start-up check's ("Mend the disk, then restart it: its start-up runs the
 repair again"), ``/health``'s description in the OpenAPI document ("restart it: its start-up
-repairs the root") and the deployment guide (``sudo systemctl restart app``). What changed:
+repairs the root"), the deployment guide (``sudo systemctl restart app``) and the HTTP
+reference ("a supervisor that restarts an unhealthy server brings the writes back"). What changed:
 one text (`app.errors.AFTER_FAILED_SYNC`) says the remedy in each of them: mend the cause,
 reboot, `app data check`, then start the server.
 """
