@@ -51,6 +51,7 @@ from typing import IO, TYPE_CHECKING, Any, Final, Self
 from app import __version__
 from app.config_files import loop_at
 from app.errors import (
+    AFTER_FAILED_SYNC,
     AuditLogAtLimit,
     DataRootChangedError,
     DataRootOwnerError,
@@ -401,9 +402,10 @@ def _sync(fd: int, sync: Callable[[int], None]) -> None:
             log.error(
                 "fsync of %s failed (%s): this process acknowledges no more changes to its "
                 "data root until it is restarted (what the kernel could not write it may "
-                "have dropped; a start-up runs `app data check --repair`)",
+                "have dropped, and a restart alone reads it as written): %s",
                 where,
                 failed.strerror,
+                AFTER_FAILED_SYNC,
             )
         raise failed from error
 

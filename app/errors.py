@@ -2765,6 +2765,20 @@ class FsyncFailed(OSError):
         )
 
 
+AFTER_FAILED_SYNC: Final = (
+    "mend the cause (`dmesg`: free the thin pool or the quota, replace the device), reboot "
+    "(until then the kernel may serve what it failed to write as written, to a restarted "
+    "server and to a check alike), run `app data check` (it reads every file's bytes against "
+    "its SHA-256), then start the server (its start-up runs `app data check --repair`)"
+)
+"""What an operator does once an fsync failed (`StorageSyncFailedError`), in every place that
+tells them: ``GET /health``'s and ``/ready``'s reason, the server's log. Red team 61 made the
+refusal say to reboot before the check and the start; the health reason ("until the server
+is restarted"), the log's lines ("a start-up runs `app data check --repair`", "then restart
+it") and the deployment guide (``systemctl restart``) still sent the operator to a restart
+alone, which reads what the kernel dropped as written (red team 62)."""
+
+
 class StorageSyncFailedError(StorageError):
     """An fsync failed on the data root's filesystem: no change is acknowledged until restart."""
 

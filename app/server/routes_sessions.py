@@ -132,9 +132,9 @@ def add_session_routes(app: FastAPI, store: Storage, config: Config, auth: list[
         """Liveness: answers without a token. Says which profile runs, never where its data is.
 
         503 once the server refuses every change because an fsync failed on its data root
-        (restart it: its start-up repairs the root), while a directory of the app's in it
-        is moved or deleted by hand (put it back), or for a few seconds after the database
-        refused a change as read-only (make it writable)."""
+        (mend the disk, reboot, run `app data check`, then start it again), while a
+        directory of the app's in it is moved or deleted by hand (put it back), or for a few
+        seconds after the database refused a change as read-only (make it writable)."""
         return answer.response()
 
     @app.get(

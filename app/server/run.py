@@ -32,6 +32,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, Final
 
 from app.errors import (
+    AFTER_FAILED_SYNC,
     EX_SOFTWARE,
     AppError,
     FsyncFailed,
@@ -244,12 +245,14 @@ def _start_up_check(store: Storage) -> None:
     except FsyncFailed as failed:
         # The check stopped at it, its repairs logged (`Store.check`); this process changes
         # nothing more, as after any failed fsync: it serves reads, and GET /health and every
-        # change say why, until a restart once the disk is mended (red team 48).
+        # change say why, until a restart once the disk is mended and the machine rebooted
+        # (red team 48; the reboot, red team 62: `AFTER_FAILED_SYNC`).
         log.error(
             "start-up check stopped: an fsync on the data root's filesystem failed (%s); "
-            "this server serves reads and refuses every change until it is restarted. Mend "
-            "the disk (`dmesg`), then restart it: its start-up runs the repair again",
+            "this server serves reads and refuses every change until it is restarted, and a "
+            "restart alone reads what the kernel dropped as written: %s",
             failed.strerror or failed,
+            AFTER_FAILED_SYNC,
         )
         findings = []
     for finding in findings:

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Concatenate, Final, ParamSpec, 
 
 from app.dataroot import LOCAL_FILESYSTEMS, Prepared, filesystem_type, lexists, link_remedy
 from app.errors import (
+    AFTER_FAILED_SYNC,
     PARTWAY_RESOLVE,
     AppError,
     FsyncFailed,
@@ -181,7 +182,8 @@ class Store(Storage):
             return None
         return (
             f"an fsync on the data root's filesystem failed at {failed.at} ({failed.strerror}): "
-            "every change is refused until the server is restarted"
+            "every change is refused until the server is restarted, and a restart alone reads "
+            f"what the kernel dropped as written: {AFTER_FAILED_SYNC}"
         )
 
     def readiness(self) -> dict[str, str | None]:
