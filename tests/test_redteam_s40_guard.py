@@ -30,7 +30,7 @@ import pytest
 from test_redteam_s22_guard import OWN_PROC, _own_proc_allowed
 from test_redteam_s31_guard import stopped  # noqa: F401 - a fixture
 from test_redteam_s36_guard import _run_beside
-from test_redteam_s39_guard import _project, daemon_refused
+from test_redteam_s39_guard import _answers, _project
 from test_server_e2e import Server, app_env, snapshot
 
 INNER = "def test_inner(tmp_path):\n    (tmp_path / 'x').write_text('x')\n"
@@ -118,16 +118,21 @@ CHILD_CASES = {
 
 
 @pytest.fixture(scope="module")
-def children_without_the_plugin(
+def beside_a_stopped_root(
     stopped: tuple[Path, Path],  # noqa: F811 - the fixture
     tmp_path_factory: pytest.TempPathFactory,
-) -> tuple[Path, dict[str, str]]:
-    """Every case of `CHILD_CASES` beside the stopped production root: one outer run, one
-    test per case, each starting its own child pytest (the plugin switched off with ``-p
-    no:app``, or left on and inactive), whose exit code and output it prints after ``CHILD
-    <case>``. `_tests_beside` fails if the run did not pass or a child changed any file of
-    production's root. Production's root, and what each case's child said."""
-    tests = "".join(
+) -> tuple[Path, dict[str, str], str, str]:
+    """One outer run beside the stopped production root (given as ``$PRODUCTION``), with
+    three modules: a test whose forked child leaves a daemon (`FORKED_CHILD_LEAVES_A_DAEMON`,
+    first), the tests that run pytest in the run's own process (`IN_PROCESS`), and one test
+    per case of `CHILD_CASES`, each starting its own child pytest (the plugin switched off
+    with ``-p no:app``, or left on and inactive), whose exit code and output it prints after
+    ``CHILD <case>``. Fails if the run did not pass, or if it or the daemon changed any file
+    of production's root. Production's root, what each case's child said, what the
+    in-process tests printed, and what the daemon was told once the run had ended.
+
+    One outer pytest for the three, where each had its own (about 0.5 s of CPU each)."""
+    children = "".join(
         CHILD.replace("ENV", env)
         .replace("ARGS", "[]" if args == "PLUGIN_ON" else f'["-p", "no:app", *{args}]')
         .replace("CONFTEST)", f"{conftest!r})")
@@ -136,9 +141,37 @@ def children_without_the_plugin(
         .replace('print("CHILD",', f'print("CHILD {name}",')
         for name, (env, args, conftest, _) in CHILD_CASES.items()
     )
-    production, output = _tests_beside(stopped, tmp_path_factory.mktemp("s40-children"), tests)
-    said = dict(part.split(" ", 1) for part in output.split("CHILD ")[1:])
-    assert said.keys() == CHILD_CASES.keys(), output
+    tmp_path = tmp_path_factory.mktemp("s40-beside")
+    settings, production = stopped
+    # Modules run in their names' order: the daemon's first, the children's last.
+    project = _project(
+        tmp_path,
+        test_a_daemon=FORKED_CHILD_LEAVES_A_DAEMON,
+        test_b_in_process=IN_PROCESS,
+        test_c_children=children,
+    )
+    out = tmp_path / "out.txt"
+    before = snapshot(production)
+    code, output = _run_beside(
+        production, project, settings, "-q", "-s", "-p", "no:randomly",
+        PRODUCTION=str(production), OUT=str(out),
+    )  # fmt: skip
+    assert code == 0, output
+    said = _answers(out, 1)[out.name]  # the daemon acts once the run's process has ended
+    assert snapshot(production) == before, said
+    assert said.startswith("error: refused under pytest (sandbox: "), said
+    in_process, *parts = output.split("CHILD ")
+    by_case = dict(part.split(" ", 1) for part in parts)
+    assert by_case.keys() == CHILD_CASES.keys(), output
+    return production, by_case, in_process, said
+
+
+@pytest.fixture(scope="module")
+def children_without_the_plugin(
+    beside_a_stopped_root: tuple[Path, dict[str, str], str, str],
+) -> tuple[Path, dict[str, str]]:
+    """Production's root, and what each case of `CHILD_CASES` said (`beside_a_stopped_root`)."""
+    production, said, _, _ = beside_a_stopped_root
     return production, said
 
 
@@ -236,14 +269,14 @@ def test_relative_after_chdir(tmp_path, monkeypatch):
 
 
 def test_a_pytest_in_the_run_s_process_reaches_no_root_another_way(
-    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
-    tmp_path: Path,
+    beside_a_stopped_root: tuple[Path, dict[str, str], str, str],
 ) -> None:
     # Held: PYTEST_DEBUG_TEMPROOT in production (checked since this red team), a
     # --basetemp that is a symbolic link to production's sessions/, one above production's
     # root, and a relative one given after a chdir into production's root (refused as the
     # nested run starts since red team 41, its current directory a data root: exit 4).
-    _production, output = _tests_beside(stopped, tmp_path, IN_PROCESS)
+    # `beside_a_stopped_root` fails if the run changed any file of production's root.
+    _production, _said, output, _daemon = beside_a_stopped_root
     assert output.count("MAIN 1") == 3 and output.count("MAIN 4") == 1, output
     assert output.count("app: refusing") >= 4, output
 
@@ -304,7 +337,11 @@ def _leave(run):
     env["ENV_FOR_DYNACONF"] = "production"
     purge = f"{sys.executable} -m app data purge --yes-i-mean-it > {os.environ['OUT']} 2>&1"
     ended = f"while kill -0 {run} 2>/dev/null; do sleep 0.05; done"  # the run's process
-    subprocess.Popen(["sh", "-c", f"{ended}; exec {purge}"], env=env, start_new_session=True)
+    # Its output goes to $OUT alone: under `-s` the run's own output is the pipe its caller
+    # reads to its end, which a daemon holding it would keep open for ever.
+    subprocess.Popen(["sh", "-c", f"{ended}; exec {purge}"], env=env, start_new_session=True,
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL)
 
 def test_a_forked_child_leaves_a_daemon():
     child = multiprocessing.get_context("fork").Process(target=_leave, args=(os.getpid(),))
@@ -315,11 +352,11 @@ def test_a_forked_child_leaves_a_daemon():
 
 
 def test_a_daemon_a_forked_child_leaves_stays_in_the_run(
-    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
-    tmp_path: Path,
+    beside_a_stopped_root: tuple[Path, dict[str, str], str, str],
 ) -> None:
     # Held: the forked child runs the run's hand-over at its own exit (threading's hooks),
     # as a fork of the run: its daemon, the run's subreaper's child once the fork exited,
-    # is handed an entry of its own when the run ends, and refused.
-    said = daemon_refused(stopped, tmp_path, FORKED_CHILD_LEAVES_A_DAEMON)
+    # is handed an entry of its own when the run ends, and refused (`beside_a_stopped_root`
+    # asserts the refusal and production's root unchanged once the daemon has acted).
+    _production, _said, _output, said = beside_a_stopped_root
     assert "belongs to the test run" in said, said

@@ -43,6 +43,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import own_mounts
 import pytest
 from redteam_s19_http import blob_of
 from test_redteam_s38_integrity import needs_mounts
@@ -388,13 +389,7 @@ def test_a_trash_on_a_tmpfs_is_refused_with_a_remedy_that_keeps_what_it_holds(
     (root / ".trash").mkdir()
     # "unmount it (`umount <root>/.trash`)": a tmpfs's files go with it, every deleted version
     # lost for good with no `empty-trash` run.
-    child = subprocess.run(
-        [*_UNSHARED, _MOUNTED_TRASH, str(root / ".trash"), str(kept)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert child.returncode == 0, child.stdout + child.stderr
+    child = own_mounts.python_c(_MOUNTED_TRASH, str(root / ".trash"), str(kept))  # exit 0
     assert "a filesystem is mounted inside it" in child.stdout, child.stdout
     restored = run_app("sessions", "restore", session, "--file", "a.txt", env=app_env(root))
     assert restored.returncode == 0, restored.stdout + restored.stderr

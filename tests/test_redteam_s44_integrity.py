@@ -36,12 +36,11 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import httpx
+import own_mounts
 import pytest
 from test_redteam_s43_integrity import _slow_body
 from test_server_e2e import Server, app_env, run_app, wait_for
@@ -275,12 +274,7 @@ def test_check_reports_a_filesystem_mounted_inside_a_stopped_root(app_config: Co
     with open_storage(app_config, writer=True, kind="tests", wanted="make") as store:
         store.create_session("kept")
     mount = root / ".tmp"
-    child = subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", sys.executable, "-c", _CHECK, mount],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    child = own_mounts.python_c(_CHECK, str(mount))  # its exit status checked
     # Broke: nothing, where every writer (`app serve` too) refuses the root.
     assert child.stdout.splitlines() == [
         (

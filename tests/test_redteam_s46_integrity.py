@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import own_mounts
 import pytest
 from test_server_e2e import Server, app_env, run_app, snapshot
 
@@ -364,9 +365,7 @@ def test_a_lock_file_deleted_or_moved_under_its_holder_is_found_through_a_bind_m
     root, alias = tmp_path / "production", tmp_path / "alias"
     root.mkdir()
     alias.mkdir()
-    unshare = ["unshare", "--mount", "--propagation", "private"]
-    child = [*unshare, sys.executable, "-c", _THROUGH_AN_ALIAS, str(root), str(alias)]
-    said = subprocess.run(child, capture_output=True, text=True, check=True).stdout
+    said = own_mounts.python_c(_THROUGH_AN_ALIAS, str(root), str(alias)).stdout  # exit 0
     deleted, moved = said.splitlines()
     assert deleted.startswith(f"deleted True refused: cannot repair: data root {alias} is held")
     assert f"through its lock file {alias / '.server.lock'}, which was deleted" in deleted
