@@ -41,16 +41,18 @@ def _shown(text: str, way: Path) -> str:
 
 
 @pytest.fixture
-def run_forks(monkeypatch: pytest.MonkeyPatch) -> None:
-    # As in a run with more than one test that asks for a live server (`zygote.expect`).
-    monkeypatch.setitem(zygote._RUN, "expected", 2)
+def run(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> pytest.Config:
+    """This run, as one with more than one test that asks for a live server
+    (`zygote.expect`)."""
+    monkeypatch.setitem(zygote._RUNS[request.config], "expected", 2)
+    return request.config
 
 
 def _env(root: Path) -> dict[str, str]:
     return {**os.environ, "APP_HOST": "127.0.0.1", "APP_DATA_ROOT": str(root)}
 
 
-def _seen(tmp_path: Path, warm: bool) -> tuple[dict[str, Any], int]:
+def _seen(tmp_path: Path, warm: pytest.Config | None) -> tuple[dict[str, Any], int]:
     """What a test sees of a server started one way, and the pid of its parent."""
     root = tmp_path / ("forked" if warm else "plain") / "first"
     root.parent.mkdir()
@@ -77,7 +79,7 @@ def _seen(tmp_path: Path, warm: bool) -> tuple[dict[str, Any], int]:
     return seen, parent
 
 
-def _second(root: Path, log: Path, warm: bool) -> tuple[int, str]:
+def _second(root: Path, log: Path, warm: pytest.Config | None) -> tuple[int, str]:
     """A second server on the held root, started the same way: its exit code."""
     from app.testing.live_server import _start, published_port
 
@@ -88,10 +90,11 @@ def _second(root: Path, log: Path, warm: bool) -> tuple[int, str]:
     return int(status[1]), ""
 
 
-@pytest.mark.usefixtures("run_forks")
-def test_a_forked_server_is_the_plain_one_in_all_a_test_sees(tmp_path: Path) -> None:
-    forked, forked_parent = _seen(tmp_path, warm=True)
-    plain, plain_parent = _seen(tmp_path, warm=False)
+def test_a_forked_server_is_the_plain_one_in_all_a_test_sees(
+    tmp_path: Path, run: pytest.Config
+) -> None:
+    forked, forked_parent = _seen(tmp_path, warm=run)
+    plain, plain_parent = _seen(tmp_path, warm=None)
     assert forked == plain
     assert plain_parent == os.getpid()
     # Both ways were taken: the forked one is the zygote's child.
@@ -102,14 +105,13 @@ def test_a_forked_server_is_the_plain_one_in_all_a_test_sees(tmp_path: Path) -> 
     assert forked["terminated"] == 0
 
 
-@pytest.mark.usefixtures("run_forks")
 def test_a_server_of_another_environment_or_directory_is_started_the_plain_way(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run: pytest.Config
 ) -> None:
     root = tmp_path / "data"
     # A variable the app does not read, changed by the test: a plain start sees it.
     env = {**_env(root), "APP_S62A_UNREAD": "x", "TZ": "Pacific/Kiritimati"}
-    process, _ = start_server(env, root, tmp_path / "changed.log", warm=True)
+    process, _ = start_server(env, root, tmp_path / "changed.log", warm=run)
     try:
         assert _parent(process.pid) == os.getpid()
     finally:
@@ -122,14 +124,16 @@ def test_a_server_of_another_environment_or_directory_is_started_the_plain_way(
     from app.testing.live_server import _start
 
     with pytest.raises(pytest.fail.Exception, match="imported from the test directory"):
-        _start(_env(tmp_path / "other"), log, lambda p: "http://127.0.0.1:9", True)
+        _start(_env(tmp_path / "other"), log, lambda p: "http://127.0.0.1:9", run)
 
 
-@pytest.mark.usefixtures("run_forks")
-def test_the_zygote_stops_a_server_it_still_runs_when_the_run_ends(tmp_path: Path) -> None:
-    run = zygote._RUN
-    own = zygote.Zygote(run["environ"], run["cwd"], run["inherited"])
+def test_the_zygote_stops_a_server_it_still_runs_when_the_run_ends(
+    tmp_path: Path, run: pytest.Config
+) -> None:
     root, log = tmp_path / "data", tmp_path / "left.log"
+    # The run's zygote (a later test starts another), as its last server is left running.
+    own = zygote.forking(_env(root), run)
+    assert own is not None
     fd = os.open(log, os.O_WRONLY | os.O_CREAT, 0o600)
     try:
         server = own.serve(_env(root), fd)
@@ -138,10 +142,11 @@ def test_the_zygote_stops_a_server_it_still_runs_when_the_run_ends(tmp_path: Pat
     from app.testing.live_server import published_port
 
     published_port(root, server, log)
-    own.close()  # as a killed pytest process's end closes the socket
+    zygote._RUNS[run].pop("zygote").close()  # as a killed pytest process's end closes it
     assert own.process.returncode == 0
     assert not Path(f"/proc/{server.pid}").exists() or _parent(server.pid) != own.process.pid
     assert "Shutting down" in log.read_text(), log.read_text()
+    assert read_holder(root) is None or not Path(f"/proc/{server.pid}").exists()
     with pytest.raises(ChildProcessError, match="zygote"):
         server.wait()
     server.send_signal(signal.SIGTERM)  # its exit unknown: not signalled (pid reuse)

@@ -359,7 +359,8 @@ def app_live_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[
     root = tmp_path / "live-data"
     env["APP_DATA_ROOT"] = str(root)
     config = appconfig.load("testing", environ=env)
-    process, url = start_server(env, root, log, warm=live_server_start(request.config) == FORKED)
+    forked = live_server_start(request.config) == FORKED
+    process, url = start_server(env, root, log, warm=request.config if forked else None)
     try:
         config = _served_at(config, url)
         yield LiveServer(url, root, process.pid, config.api_token, log, config)

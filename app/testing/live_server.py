@@ -160,15 +160,15 @@ def _start(
     env: Mapping[str, str],
     log: Path,
     published: Callable[[ServerProcess], str],
-    warm: bool = False,
+    warm: object = None,
 ) -> tuple[ServerProcess, str]:
     process: ServerProcess
     with os.fdopen(_open_log(log), "wb") as output:
         zygote = None
-        if warm:
+        if warm is not None:
             from app.testing.zygote import forking
 
-            zygote = forking(env)
+            zygote = forking(env, warm)
         if zygote is not None:
             process = zygote.serve(env, output.fileno())
         else:
@@ -237,7 +237,7 @@ def serving_at(
 
 
 def start_server(
-    env: Mapping[str, str], root: Path, log: Path, *, warm: bool = False
+    env: Mapping[str, str], root: Path, log: Path, *, warm: object = None
 ) -> tuple[ServerProcess, str]:
     """Start ``app serve --port 0`` on a data root; return it and its URL once it answers.
 
@@ -248,9 +248,10 @@ def start_server(
         root: the data root that environment gives it, where it publishes its port.
         log: where its output goes: a file, not a pipe, which nobody would read while the
             test runs, and which would block the server once full.
-        warm: fork it from the run's warm interpreter (`app.testing.zygote`), which imported
-            the server's modules once, where `env` allows it (the `app_live_server`
-            fixture's way); else, or when it does not, a plain ``python -m app`` process.
+        warm: a run's pytest configuration: fork the server from that run's warm
+            interpreter (`app.testing.zygote`), which imported the server's modules once,
+            where `env` allows it (the `app_live_server` fixture's way); without it, or
+            when `env` does not allow it, a plain ``python -m app`` process.
     """
 
     def port(process: ServerProcess) -> str:

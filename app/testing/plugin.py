@@ -344,12 +344,13 @@ def pytest_configure(config: pytest.Config) -> None:
     state.session_lock = guard.hold_session_root(state.data_root, state.sandbox)
     # What a live server forked from the run's warm interpreter must match: the run's
     # environment now that the plugin set its own variables, before any test changed one.
-    zygote.remember_the_run()
+    zygote.remember_the_run(config)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     # How many live servers the run's fixture may start: one is started the plain way.
-    zygote.expect(sum("app_live_server" in getattr(i, "fixturenames", ()) for i in session.items))
+    asking = sum("app_live_server" in getattr(i, "fixturenames", ()) for i in session.items)
+    zygote.expect(session.config, asking)
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -616,7 +617,7 @@ def _after_the_test(item: pytest.Item, state: guard.GuardState) -> list[str]:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    zygote.end_the_run()  # before the run's lock goes: no server of its is left running
+    zygote.end_the_run(config)  # before the run's lock goes: no server of its is left running
     state = config.stash.get(STATE, None)
     if state is None:
         return

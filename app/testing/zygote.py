@@ -31,6 +31,7 @@ import os
 import resource
 import signal
 import sys
+import weakref
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -209,43 +210,49 @@ def _fork_supported() -> bool:
     return hasattr(os, "pidfd_open") and hasattr(socket, "send_fds")
 
 
-#: The run's environment and inherited values (`remember_the_run`), and its zygote.
-_RUN: dict[str, Any] = {}
+#: Each run's environment and inherited values (`remember_the_run`), and its zygote, by
+#: its pytest configuration: a run of pytester's in this process (``runpytest`` in line)
+#: has its own, and its end stops its own zygote alone, never the enclosing run's.
+_RUNS: weakref.WeakKeyDictionary[object, dict[str, Any]] = weakref.WeakKeyDictionary()
 
 
-def remember_the_run() -> None:
-    """Take this process's environment, working directory and inherited values as the run's
-    (the plugin's configure, once it set its own variables; before any test changed one)."""
-    _RUN.update(environ=dict(os.environ), cwd=str(Path.cwd()), inherited=inherited())
+def remember_the_run(run: object) -> None:
+    """Take this process's environment, working directory and inherited values as those of
+    `run` (a pytest configuration: the plugin's configure, once it set its own variables,
+    before any test changed one)."""
+    _RUNS.setdefault(run, {}).update(
+        environ=dict(os.environ), cwd=str(Path.cwd()), inherited=inherited()
+    )
 
 
-def expect(servers: int) -> None:
-    """Say how many of the collected tests ask for `app_live_server` (the plugin, once its
-    run collected them): a run with one such test, as most of a suite's inner pytest runs
-    are, starts its server the plain way: a zygote's imports and a fork cost more than one
-    plain start's imports (bench/README.md, "perf-suite62a")."""
-    _RUN["expected"] = servers
+def expect(run: object, servers: int) -> None:
+    """Say how many of the tests `run` collected ask for `app_live_server` (the plugin,
+    once it collected them): a run with one such test, as most of a suite's inner pytest
+    runs are, starts its server the plain way: a zygote's imports and a fork cost more than
+    one plain start's imports (bench/README.md, "perf-suite62a")."""
+    _RUNS.setdefault(run, {})["expected"] = servers
 
 
-def forking(env: Mapping[str, str]) -> Zygote | None:
-    """The run's zygote (started on first use) if a server in `env` may be forked from it."""
+def forking(env: Mapping[str, str], run: object) -> Zygote | None:
+    """`run`'s zygote (started on first use) if a server in `env` may be forked from it."""
     if not _fork_supported():
         return None
-    if "environ" not in _RUN:
-        remember_the_run()
-    if _RUN.get("expected", 2) < 2 and "zygote" not in _RUN:
+    state = _RUNS.setdefault(run, {})
+    if "environ" not in state:
+        remember_the_run(run)
+    if state.get("expected", 2) < 2 and "zygote" not in state:
         return None
-    zygote: Zygote | None = _RUN.get("zygote")
+    zygote: Zygote | None = state.get("zygote")
     if zygote is None:
-        if inherited() != _RUN["inherited"]:
+        if inherited() != state["inherited"]:
             return None  # a zygote started now would inherit this test's values
-        zygote = _RUN["zygote"] = Zygote(_RUN["environ"], _RUN["cwd"], _RUN["inherited"])
+        zygote = state["zygote"] = Zygote(state["environ"], state["cwd"], state["inherited"])
     return zygote if zygote.fits(env) else None
 
 
-def end_the_run() -> None:
-    """Stop the run's zygote, if one started (the plugin's unconfigure)."""
-    zygote = _RUN.pop("zygote", None)
+def end_the_run(run: object) -> None:
+    """Stop `run`'s zygote, if it started one (the plugin's unconfigure)."""
+    zygote = _RUNS.pop(run, {}).get("zygote")
     if zygote is not None:
         zygote.close()
 
