@@ -316,12 +316,13 @@ def _become(request: dict[str, Any], fds: list[int], start: str) -> None:
     try:
         runpy.run_module("app", run_name="__main__", alter_sys=True)
     except SystemExit as stop:
-        _leave(stop.code)
-    _leave(None)
+        leave(stop.code)
+    leave(None)
 
 
-def _leave(code: object) -> None:
-    # What the interpreter's exit does that anyone can see, in its order (CPython's
+def leave(code: object) -> None:
+    # A forked child's end (tests/forked_app.py's children's too). What the interpreter's
+    # exit does that anyone can see, in its order (CPython's
     # handle_system_exit, then Py_FinalizeEx): the exit status (a message printed), the
     # non-daemon threads joined, atexit's functions (logging's shutdown among them), the
     # standard streams flushed (status 120 if that fails). Not the finalisation of every
