@@ -148,19 +148,28 @@ class Zygote:
         import socket
 
         request = {"env": dict(env), "cwd": str(Path.cwd())}
-        with self._lock:
-            socket.send_fds(self.socket, [json.dumps(request).encode()], [0, log_fd])
-            while True:
-                message = self._receive(None)
-                if message is None:
-                    raise ChildProcessError(
-                        f"app: the live servers' zygote (pid {self.process.pid}) ended before "
-                        f"it started a server (exit status {self.process.wait()})"
-                    )
-                if "pid" in message:
-                    child = WarmServer(self, message["pid"])
-                    self._children[child.pid] = child
-                    return child
+        try:
+            os.fstat(0)
+            stdin = 0
+        except OSError:  # none (a run started with it closed): the server gets /dev/null
+            stdin = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            with self._lock:
+                socket.send_fds(self.socket, [json.dumps(request).encode()], [stdin, log_fd])
+                while True:
+                    message = self._receive(None)
+                    if message is None:
+                        raise ChildProcessError(
+                            f"app: the live servers' zygote (pid {self.process.pid}) ended "
+                            f"before it started a server (exit status {self.process.wait()})"
+                        )
+                    if "pid" in message:
+                        child = WarmServer(self, message["pid"])
+                        self._children[child.pid] = child
+                        return child
+        finally:
+            if stdin != 0:
+                os.close(stdin)
 
     def pump(self, timeout: float | None) -> bool:
         """Read what the zygote said within `timeout` (None: until it says something);
@@ -288,7 +297,9 @@ def _write_command_line(argv: list[str]) -> None:
     fields = Path("/proc/self/stat").read_bytes().rpartition(b")")[2].split()
     start, end = int(fields[45]), int(fields[46])  # arg_start and arg_end, proc(5)
     wanted = b"\0".join(os.fsencode(word) for word in argv) + b"\0"
-    if len(wanted) == end - start:
+    shown = Path("/proc/self/cmdline").read_bytes()
+    # Only over what the kernel shows as the arguments now, of the same length.
+    if len(wanted) == end - start == len(shown) and ctypes.string_at(start, end - start) == shown:
         ctypes.memmove(start, wanted, len(wanted))
 
 
