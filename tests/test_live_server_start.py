@@ -5,7 +5,9 @@ Forked from the run's warm interpreter (`app.testing.zygote`, the default) or a 
 test's environment or inherited values differ from the run's): the same command line in
 ``/proc``, process group, holder in the lock file, answers, refusal of a second server on the
 held root (its words and exit code), and exit on SIGTERM; and the zygote stops a server it still
-runs when the run ends (its pytest process killed).
+runs when the run ends (its pytest process killed), and a pytester run in line ends its own
+zygote, never the enclosing run's (one zygote per process did: the in-line run's end stopped
+the test's server).
 """
 
 from __future__ import annotations
@@ -158,3 +160,23 @@ def test_the_option_chooses_the_plain_start(
     assert live_server_start(request.config) == FORKED
     monkeypatch.setattr(request.config.option, "app_live_server", SUBPROCESS)
     assert live_server_start(request.config) == SUBPROCESS
+
+
+def test_a_run_in_line_ends_its_own_zygote_not_the_enclosing_run_s(
+    tmp_path: Path, run: pytest.Config, pytester: pytest.Pytester
+) -> None:
+    # A pytester run in this process configures and ends a run of its own: its end closed
+    # the enclosing run's zygote, and with it this test's server, while one zygote was
+    # kept per process.
+    root = tmp_path / "data"
+    process, url = start_server(_env(root), root, tmp_path / "outer.log", warm=run)
+    try:
+        enclosing = zygote._RUNS[run]["zygote"]
+        pytester.makepyfile("def test_nothing():\n    pass\n")
+        pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
+        assert zygote._RUNS[run]["zygote"] is enclosing
+        assert enclosing.process.poll() is None
+        assert httpx.get(f"{url}/health").status_code == 200
+        assert process.poll() is None
+    finally:
+        stop_server(process)
