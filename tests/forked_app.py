@@ -36,7 +36,6 @@ import itertools
 import json
 import os
 import resource
-import signal
 import subprocess
 import sys
 import tempfile
@@ -46,7 +45,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from app.testing.zygote import inherited
+from app.testing.zygote import Signalled, inherited
 
 if TYPE_CHECKING:
     import httpx
@@ -193,7 +192,7 @@ while True:
 """
 
 
-class Forked:
+class Forked(Signalled):
     """A forked ``app`` child, with the part of `subprocess.Popen` that the tests use."""
 
     def __init__(self, pid: int, args: list[str]) -> None:
@@ -218,16 +217,8 @@ class Forked:
             )
         return self.returncode
 
-    def send_signal(self, signum: int) -> None:
-        # As Popen does: not once it is known to have exited (its pid may be reused).
-        if self.returncode is None:
-            os.kill(self.pid, signum)
-
-    def terminate(self) -> None:
-        self.send_signal(signal.SIGTERM)
-
-    def kill(self) -> None:
-        self.send_signal(signal.SIGKILL)
+    def may_signal(self) -> bool:
+        return self.returncode is None
 
 
 class Zygote:

@@ -67,7 +67,27 @@ def _own(environ: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in environ.items() if not k.startswith(GIVEN_AT_FORK)}
 
 
-class WarmServer:
+class Signalled:
+    """`subprocess.Popen`'s signals for a child this process did not fork itself."""
+
+    pid: int
+
+    def may_signal(self) -> bool:
+        raise NotImplementedError
+
+    def send_signal(self, signum: int) -> None:
+        # As Popen does: not once it is known to have exited (its pid may be reused).
+        if self.may_signal():
+            os.kill(self.pid, signum)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+class WarmServer(Signalled):
     """A forked ``app serve``, with the part of `subprocess.Popen` the fixture uses."""
 
     def __init__(self, zygote: Zygote, pid: int) -> None:
@@ -97,17 +117,9 @@ class WarmServer:
                 )
         return self.returncode
 
-    def send_signal(self, signum: int) -> None:
-        # As Popen does: not once it is known to have exited (its pid may be reused), nor
-        # once its zygote ended (which waited for it).
-        if self.poll() is None and not self.zygote.closed:
-            os.kill(self.pid, signum)
-
-    def terminate(self) -> None:
-        self.send_signal(signal.SIGTERM)
-
-    def kill(self) -> None:
-        self.send_signal(signal.SIGKILL)
+    def may_signal(self) -> bool:
+        # Not once it is known to have exited, nor once its zygote ended (which waited for it).
+        return self.poll() is None and not self.zygote.closed
 
 
 class Zygote:
