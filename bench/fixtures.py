@@ -25,6 +25,12 @@ baseline is that minus the ``tmp_path`` suite's marginal cost of the same round.
 the medians over the rounds. Targets (issue 11): ``app_config`` at most 1 ms and ``app_store``
 at most 2 ms above ``tmp_path``.
 
+With ``--live-server``, the `app_live_server` fixture instead (each test asks its server for
+``/health``): a suite of ``--small`` and of ``--large`` such tests (default 2 and 8), each run
+with the fixture's two ways of starting its server, ``forked`` (from one warm interpreter per
+run, `app.testing.zygote`) and ``subprocess`` (a plain ``python -m app serve``): the marginal
+wall time and CPU (user + system, every process the run waited for) per test of each way.
+
 The environment is this process's without ``APP_*``, ``DYNACONF_*``, ``*_FOR_DYNACONF``,
 pytest's variables and ``PYTHONDONTWRITEBYTECODE``.
 """
@@ -40,7 +46,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import clean_environment, name_the_settings, run_once, write_json
+from _common import clean_environment, name_the_settings, run_once, run_timed, write_json
 from plugin_startup import without_the_app
 
 #: The suite of tests that do nothing, run without the app's plugin.
@@ -99,17 +105,90 @@ def write_suite(directory: Path, fixture: str, count: int) -> None:
         (directory / "conftest.py").write_text(KEEPS_PROCESSES)
 
 
+#: `--live-server`'s test body, and the fixture's two ways of starting its server.
+LIVE_BODY = (
+    '    import httpx\n\n    assert httpx.get(f"{app_live_server.url}/health").status_code == 200\n'
+)
+LIVE_WAYS = ("forked", "subprocess")
+
+
+def live_server(args: argparse.Namespace) -> None:
+    """`--live-server`: the marginal wall time and CPU per test of `app_live_server`, each
+    way, over `args.rounds` interleaved rounds."""
+    small, large = args.small or 2, args.large or 8
+    env = clean_environment()
+    work = Path(tempfile.mkdtemp(prefix="bench-live-server-", dir=args.work_dir))
+    name_the_settings(env, work)
+    runs = [(way, size) for way in LIVE_WAYS for size in (small, large)]
+    times: dict[tuple[str, int], list[tuple[float, float]]] = {run: [] for run in runs}
+    try:
+        for size in (small, large):
+            directory = work / f"live-{size}"
+            directory.mkdir()
+            tests = [f"\ndef test_{n:04d}(app_live_server):\n{LIVE_BODY}" for n in range(size)]
+            (directory / "test_live.py").write_text("".join(tests))
+        for round_no in range(args.warmup + args.rounds):
+            shift = round_no % len(runs)
+            for way, size in runs[shift:] + runs[:shift]:
+                basetemp = work / "basetemp"
+                argv = [
+                    sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                    f"--basetemp={basetemp}", f"--app-live-server={way}", "test_live.py",
+                ]  # fmt: skip
+                wall, cpu = run_timed(argv, work / f"live-{size}", env)
+                shutil.rmtree(basetemp, ignore_errors=True)
+                if round_no >= args.warmup:
+                    times[(way, size)].append((wall, cpu))
+                    print(
+                        f"round {round_no - args.warmup + 1}: {way:<10} x{size:<3} "
+                        f"{wall * 1000:7.0f} ms wall {cpu * 1000:7.0f} ms CPU",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    results: dict[str, dict[str, float]] = {}
+    print(f"app_live_server: {args.rounds} rounds, {small} vs {large} tests, interleaved")
+    for way in LIVE_WAYS:
+        pairs = zip(times[(way, small)], times[(way, large)], strict=True)
+        per_test = [
+            ((b[0] - a[0]) / (large - small), (b[1] - a[1]) / (large - small)) for a, b in pairs
+        ]
+        results[way] = {
+            "marginal_wall_ms": statistics.median(w for w, _ in per_test) * 1000,
+            "marginal_cpu_ms": statistics.median(c for _, c in per_test) * 1000,
+            "median_small_cpu_s": statistics.median(c for _, c in times[(way, small)]),
+            "median_large_cpu_s": statistics.median(c for _, c in times[(way, large)]),
+        }
+        r = results[way]
+        print(
+            f"{way:<10} per test: {r['marginal_wall_ms']:6.0f} ms wall, "
+            f"{r['marginal_cpu_ms']:6.0f} ms CPU (suite of {small}: "
+            f"{r['median_small_cpu_s']:.2f} s CPU; of {large}: {r['median_large_cpu_s']:.2f} s)"
+        )
+    write_json(args.json, {"rounds": args.rounds, "live_server": results})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5, help="at least 3")
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--small", type=int, default=50)
-    parser.add_argument("--large", type=int, default=250)
+    parser.add_argument("--small", type=int, help="default 50 (--live-server: 2)")
+    parser.add_argument("--large", type=int, help="default 250 (--live-server: 8)")
+    parser.add_argument(
+        "--live-server", action="store_true", help="app_live_server's two ways instead"
+    )
     parser.add_argument(
         "--work-dir", help="where the suites and their --basetemp go (default: the system temp)"
     )
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     args = parser.parse_args()
+    if args.live_server:
+        if args.rounds < 3 or (args.large or 8) <= (args.small or 2):
+            parser.error("use --rounds 3 or more and --large above --small")
+        live_server(args)
+        return
+    args.small, args.large = args.small or 50, args.large or 250
     if args.rounds < 3 or args.large <= args.small:
         parser.error("use --rounds 3 or more and --large above --small")
 

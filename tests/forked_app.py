@@ -36,7 +36,6 @@ import itertools
 import json
 import os
 import resource
-import signal
 import subprocess
 import sys
 import tempfile
@@ -45,6 +44,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from app.testing.zygote import Signalled, inherited
 
 if TYPE_CHECKING:
     import httpx
@@ -55,17 +56,10 @@ if TYPE_CHECKING:
 _GIVEN_AT_FORK = ("APP_", "ENV_FOR_DYNACONF", "PYTEST_", "COLUMNS")
 
 
-def _inherited() -> tuple[object, ...]:
-    """What a child inherits from the process that forks or starts it besides its
-    environment and working directory, and a test may change for its server (a lowered
-    RLIMIT_FSIZE, a umask, an ignored signal, a nice value)."""
-    umask = os.umask(0o22)
-    os.umask(umask)
-    limits = [
-        resource.getrlimit(getattr(resource, n)) for n in dir(resource) if n.startswith("RLIMIT_")
-    ]
-    ignored = [s for s in signal.valid_signals() if signal.getsignal(s) is signal.SIG_IGN]
-    return umask, limits, ignored, os.getpriority(os.PRIO_PROCESS, 0)
+#: What a child inherits from the process that forks or starts it besides its environment and
+#: working directory, and a test may change for its server (a lowered RLIMIT_FSIZE, a umask,
+#: an ignored signal, a nice value): as the plugin's zygote compares it.
+_inherited = inherited
 
 
 #: The run's environment and inherited values, once tests/conftest.py configured them
@@ -163,30 +157,10 @@ def become(given):
     leave(None)  # any other exception: the interpreter's own exit prints and sets it
 
 
-def leave(code):
-    # What the interpreter's exit does that anyone can see, in its order (CPython's
-    # handle_system_exit, then Py_FinalizeEx): the exit status (a message printed), the
-    # non-daemon threads joined, atexit's functions (logging's shutdown and weakref.finalize
-    # among them), the standard streams flushed (status 120 if that fails). Not its
-    # finalisation of every module and object the zygote imported: that wrote to every page
-    # of the inherited heap, each copied on write, 0.5 s of CPU per child, five times what a
-    # forked `data purge` does (bench/README.md, "The suite's time", suite6b).
-    if code is None:
-        status = 0
-    elif isinstance(code, int):
-        status = code
-    else:
-        print(code, file=sys.stderr)
-        status = 1
-    if "threading" in sys.modules:
-        sys.modules["threading"]._shutdown()
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:
-            status = 120
-    os._exit(status & 0xFF)
+# What the interpreter's exit does that anyone can see, without the finalisation of the
+# heap the child inherited (0.5 s of CPU per child, five times what a forked `data purge`
+# does: bench/README.md, "The suite's time", suite6b): the plugin's zygote's own.
+from app.testing.zygote import leave
 
 
 pending = b""
@@ -218,7 +192,7 @@ while True:
 """
 
 
-class Forked:
+class Forked(Signalled):
     """A forked ``app`` child, with the part of `subprocess.Popen` that the tests use."""
 
     def __init__(self, pid: int, args: list[str]) -> None:
@@ -243,16 +217,8 @@ class Forked:
             )
         return self.returncode
 
-    def send_signal(self, signum: int) -> None:
-        # As Popen does: not once it is known to have exited (its pid may be reused).
-        if self.returncode is None:
-            os.kill(self.pid, signum)
-
-    def terminate(self) -> None:
-        self.send_signal(signal.SIGTERM)
-
-    def kill(self) -> None:
-        self.send_signal(signal.SIGKILL)
+    def may_signal(self) -> bool:
+        return self.returncode is None
 
 
 class Zygote:

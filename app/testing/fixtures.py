@@ -359,12 +359,35 @@ def app_live_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[
     root = tmp_path / "live-data"
     env["APP_DATA_ROOT"] = str(root)
     config = appconfig.load("testing", environ=env)
-    process, url = start_server(env, root, log)
+    forked = live_server_start(request.config) == FORKED
+    process, url = start_server(env, root, log, warm=request.config if forked else None)
     try:
         config = _served_at(config, url)
         yield LiveServer(url, root, process.pid, config.api_token, log, config)
     finally:
         stop_server(process)
+
+
+#: The ways `app_live_server` starts its server (``--app-live-server``, ini
+#: ``app_live_server``): forked from the run's warm interpreter where the test's environment
+#: allows it (`app.testing.zygote`), or a plain ``python -m app serve`` process.
+FORKED, SUBPROCESS = "forked", "subprocess"
+LIVE_SERVER_STARTS = (FORKED, SUBPROCESS)
+
+
+def live_server_start(config: pytest.Config) -> str:
+    """How this run's `app_live_server` starts its server: the option, else the ini value."""
+    chosen = config.getoption("app_live_server", None) or config.getini("app_live_server")
+    start = str(chosen or FORKED).strip().lower()
+    if start not in LIVE_SERVER_STARTS:
+        pytest.fail(
+            f"app: the ini option app_live_server is {chosen!r}, which is not a way the "
+            f"app_live_server fixture starts its server: write one of "
+            f"{', '.join(LIVE_SERVER_STARTS)} (forked, the default: from the run's warm "
+            "interpreter; subprocess: a plain python -m app serve)",
+            pytrace=False,
+        )
+    return start
 
 
 def _served_at(config: appconfig.Config, url: str) -> appconfig.Config:

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, NoReturn, Protocol
 
 import pytest
 
@@ -28,6 +28,20 @@ if TYPE_CHECKING:
 # about 0.45 s, which polls 50 ms apart lengthened by 25 ms at each of its two waits. The
 # attempts below keep the bounds they had (30 s, 60 s, 30 s and 15 s).
 _POLL_SECONDS = 0.01
+
+
+class ServerProcess(Protocol):
+    """What the helpers here use of a server's process: a `subprocess.Popen`, or a server
+    forked from the run's warm interpreter (`app.testing.zygote.WarmServer`)."""
+
+    @property
+    def pid(self) -> int: ...
+    @property
+    def returncode(self) -> int | None: ...
+    def poll(self) -> int | None: ...
+    def wait(self, timeout: float | None = None) -> int: ...
+    def terminate(self) -> None: ...
+    def kill(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -70,15 +84,13 @@ class LiveServer:
         return self.url
 
 
-def _exited(process: subprocess.Popen[bytes], log: Path) -> None:
+def _exited(process: ServerProcess, log: Path) -> None:
     if process.poll() is not None:
         out = log.read_text(errors="replace")
         pytest.fail(f"app serve exited with {process.returncode}:\n{out}", pytrace=False)
 
 
-def published_port(
-    root: Path, process: subprocess.Popen[bytes], log: Path, attempts: int = 3000
-) -> int:
+def published_port(root: Path, process: ServerProcess, log: Path, attempts: int = 3000) -> int:
     """The port an ``app serve --port 0`` bound, read from the holder JSON of its lock file.
 
     The server binds the socket itself and then publishes the port, so no other process can
@@ -104,7 +116,7 @@ def published_port(
 
 
 def published_url(
-    database_url: str, process: subprocess.Popen[bytes], log: Path, attempts: int = 6000
+    database_url: str, process: ServerProcess, log: Path, attempts: int = 6000
 ) -> str:
     """The URL an ``app serve --port 0`` replica published in its holder row.
 
@@ -145,15 +157,27 @@ def published_url(
 
 
 def _start(
-    env: Mapping[str, str], log: Path, published: Callable[[subprocess.Popen[bytes]], str]
-) -> tuple[subprocess.Popen[bytes], str]:
+    env: Mapping[str, str],
+    log: Path,
+    published: Callable[[ServerProcess], str],
+    warm: object = None,
+) -> tuple[ServerProcess, str]:
+    process: ServerProcess
     with os.fdopen(_open_log(log), "wb") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "app", "serve", "--port", "0"],
-            env=dict(env),
-            stdout=output,
-            stderr=output,
-        )
+        zygote = None
+        if warm is not None:
+            from app.testing.zygote import forking
+
+            zygote = forking(env, warm)
+        if zygote is not None:
+            process = zygote.serve(env, output.fileno())
+        else:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "app", "serve", "--port", "0"],
+                env=dict(env),
+                stdout=output,
+                stderr=output,
+            )
     return process, serving_at(process, log, published)
 
 
@@ -196,9 +220,9 @@ def _refuse_log(log: Path, what: str) -> NoReturn:
 
 
 def serving_at(
-    process: subprocess.Popen[bytes],
+    process: ServerProcess,
     log: Path,
-    published: Callable[[subprocess.Popen[bytes]], str],
+    published: Callable[[ServerProcess], str],
 ) -> str:
     """The URL ``published`` finds for a server just started, once it answers there; the
     server killed if it never does (or the wait is interrupted), so that none is left."""
@@ -213,8 +237,8 @@ def serving_at(
 
 
 def start_server(
-    env: Mapping[str, str], root: Path, log: Path
-) -> tuple[subprocess.Popen[bytes], str]:
+    env: Mapping[str, str], root: Path, log: Path, *, warm: object = None
+) -> tuple[ServerProcess, str]:
     """Start ``app serve --port 0`` on a data root; return it and its URL once it answers.
 
     The caller stops it (:func:`stop_server`).
@@ -224,13 +248,17 @@ def start_server(
         root: the data root that environment gives it, where it publishes its port.
         log: where its output goes: a file, not a pipe, which nobody would read while the
             test runs, and which would block the server once full.
+        warm: a run's pytest configuration: fork the server from that run's warm
+            interpreter (`app.testing.zygote`), which imported the server's modules once,
+            where `env` allows it (the `app_live_server` fixture's way); without it, or
+            when `env` does not allow it, a plain ``python -m app`` process.
     """
 
-    def port(process: subprocess.Popen[bytes]) -> str:
+    def port(process: ServerProcess) -> str:
         return f"http://127.0.0.1:{published_port(root, process, log)}"
 
     make_first_deploy_root(env, root)
-    return _start(env, log, port)
+    return _start(env, log, port, warm)
 
 
 def make_first_deploy_root(env: Mapping[str, str], root: Path) -> None:
@@ -250,7 +278,7 @@ def make_first_deploy_root(env: Mapping[str, str], root: Path) -> None:
 
 def start_replica(
     env: Mapping[str, str], database_url: str, log: Path
-) -> tuple[subprocess.Popen[bytes], str]:
+) -> tuple[ServerProcess, str]:
     """Start ``app serve --port 0`` as a replica on PostgreSQL and object storage; return it
     and its URL (from its holder row) once it answers.
 
@@ -266,7 +294,7 @@ def start_replica(
 
 
 def stop_server(
-    process: subprocess.Popen[bytes], database_url: str | None = None, attempts: int = 3000
+    process: ServerProcess, database_url: str | None = None, attempts: int = 3000
 ) -> None:
     """Stop a server started by :func:`start_server` or :func:`start_replica`: SIGTERM, so
     that it finishes in-flight requests and gives up its hold in order (a replica deletes its
@@ -300,7 +328,7 @@ def stop_server(
 
 
 def wait_until_serving(
-    url: str, process: subprocess.Popen[bytes], attempts: int = 1500, log: Path | None = None
+    url: str, process: ServerProcess, attempts: int = 1500, log: Path | None = None
 ) -> None:
     """Poll ``GET /health`` until it answers; fail with the server's output if it exits.
 
@@ -321,7 +349,8 @@ def wait_until_serving(
                 if log is not None:
                     out = log.read_text(errors="replace")
                 else:
-                    out = process.stdout.read().decode(errors="replace") if process.stdout else ""
+                    stdout = getattr(process, "stdout", None)
+                    out = stdout.read().decode(errors="replace") if stdout else ""
                 pytest.fail(f"app serve exited with {process.returncode}:\n{out}", pytrace=False)
             try:
                 if client.get(f"{url}/health").status_code == 200:

@@ -25,8 +25,10 @@ from app import config_files
 from app import sandbox as sandboxing
 from app.errors import AppError, printable
 from app.lock import describe_holder
-from app.testing import guard, watch, writes
+from app.testing import guard, watch, writes, zygote
 from app.testing.fixtures import (  # noqa: F401 - registered with the plugin, as pytest-django does
+    FORKED,
+    LIVE_SERVER_STARTS,
     _app_remote_scratch,
     app_client,
     app_config,
@@ -62,6 +64,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="keep the run's scratch database and object prefix (a remote testing profile) "
         "instead of dropping them at the end, to look at them; the header names them",
+    )
+    group.addoption(
+        "--app-live-server",
+        choices=LIVE_SERVER_STARTS,
+        default=None,
+        help="how app_live_server starts its app serve: forked from one warm interpreter per "
+        "pytest process, which imported the server's modules (the default), or a plain "
+        "subprocess (ini: app_live_server)",
+    )
+    parser.addini(
+        "app_live_server",
+        default=FORKED,
+        help="how app_live_server starts its app serve: forked (the default) or subprocess",
     )
     parser.addini(
         "app_strict",
@@ -327,6 +342,15 @@ def pytest_configure(config: pytest.Config) -> None:
     if hasattr(config, "_tmpdirhandler"):
         config._tmpdirhandler = pytest.TempdirFactory(state.factory, _ispytest=True)
     state.session_lock = guard.hold_session_root(state.data_root, state.sandbox)
+    # What a live server forked from the run's warm interpreter must match: the run's
+    # environment now that the plugin set its own variables, before any test changed one.
+    zygote.remember_the_run(config)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # How many live servers the run's fixture may start: one is started the plain way.
+    asking = sum("app_live_server" in getattr(i, "fixturenames", ()) for i in session.items)
+    zygote.expect(session.config, asking)
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -593,6 +617,7 @@ def _after_the_test(item: pytest.Item, state: guard.GuardState) -> list[str]:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    zygote.end_the_run(config)  # before the run's lock goes: no server of its is left running
     state = config.stash.get(STATE, None)
     if state is None:
         return

@@ -1,0 +1,450 @@
+"""``app serve`` for the `app_live_server` fixture, forked from a warm interpreter.
+
+A plain start of ``python -m app serve --port 0`` spends about 0.45 s of CPU importing
+(dynaconf, filelock, the store, FastAPI, uvicorn) before it does anything a test looks at. So
+each pytest process (each xdist worker) starts, on its first live server, one process of its
+own that makes those imports once: ``python -m app.testing.zygote``, never a fork of the pytest
+process itself (it has threads, and the guard's state). It then forks one child per server,
+and each child runs ``app`` as ``python -m app serve --port 0`` would (``runpy``,
+``SystemExit``, ``atexit``): it loads its own profile, takes its own lock, publishes its own
+pid and port, and exits with the same codes and messages, in the test's environment, working
+directory and standard input, writing to the log the fixture opened. It is a child of the
+zygote, below the pytest process, in its process group (a Ctrl-C reaches it as it did), and
+its ``/proc/<pid>/cmdline`` reads as the plain start's (a holder's command line is what the
+app's refusals name); only the environment the kernel shows in ``/proc/<pid>/environ`` is the
+zygote's (the app never reads it).
+
+The fixture starts a server the plain way (`subprocess`) instead when the test's environment
+differs from the run's in anything but the variables the app reads when it runs
+(`GIVEN_AT_FORK`), when what a child inherits (umask, resource limits, ignored signals, nice
+value) differs from the run's, when ``os.pidfd_open`` or descriptor passing is missing, and
+when the ini option ``app_live_server = subprocess`` (or ``--app-live-server=subprocess``)
+says so; a child whose working directory would import another module than the zygote did
+(``python -m`` puts that directory first on ``sys.path``) is replaced by the plain start in
+place (``execve``). A server the zygote still runs when the pytest process ends (killed: its
+fixtures never stopped it) is sent SIGTERM, as the fixture would, and waited for.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import sys
+import weakref
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+# The plugin's configure imports this module for `remember_the_run` alone: what a server's
+# start needs is imported where it is used.
+
+#: What a server reads when it runs (the app's settings, the plugin's markers and dynaconf's
+#: profile; the terminal width that click reads): given to each child, compared for nothing.
+GIVEN_AT_FORK = ("APP_", "ENV_FOR_DYNACONF", "PYTEST_", "COLUMNS")
+#: What the fixture runs, as a plain start's command line has it after the interpreter.
+SERVE = ["-m", "app", "serve", "--port", "0"]
+#: The zygote's own arguments: as long as `SERVE`'s, so that a child can write its command
+#: line over the zygote's in place (the kernel shows that memory as ``/proc/<pid>/cmdline``).
+ZYGOTE = ["-m", "app.testing.zygote"]
+assert len("\0".join(ZYGOTE)) == len("\0".join(SERVE))
+
+
+def inherited() -> tuple[object, ...]:
+    """What a child inherits from the process that starts it besides its environment and
+    working directory, and a test may change for its server (a lowered RLIMIT_FSIZE, a umask,
+    an ignored signal, a nice value)."""
+    umask = os.umask(0o22)
+    os.umask(umask)
+    limits = [
+        resource.getrlimit(getattr(resource, n)) for n in dir(resource) if n.startswith("RLIMIT_")
+    ]
+    ignored = [s for s in signal.valid_signals() if signal.getsignal(s) is signal.SIG_IGN]
+    return umask, limits, ignored, os.getpriority(os.PRIO_PROCESS, 0)
+
+
+def _own(environ: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in environ.items() if not k.startswith(GIVEN_AT_FORK)}
+
+
+class Signalled:
+    """`subprocess.Popen`'s signals for a child this process did not fork itself."""
+
+    pid: int
+
+    def may_signal(self) -> bool:
+        raise NotImplementedError
+
+    def send_signal(self, signum: int) -> None:
+        # As Popen does: not once it is known to have exited (its pid may be reused).
+        if self.may_signal():
+            os.kill(self.pid, signum)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+class WarmServer(Signalled):
+    """A forked ``app serve``, with the part of `subprocess.Popen` the fixture uses."""
+
+    def __init__(self, zygote: Zygote, pid: int) -> None:
+        self.zygote = zygote
+        self.pid = pid
+        self.args = [sys.executable, *SERVE]
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            self.zygote.pump(0)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        import subprocess
+        import time
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.returncode is None:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise subprocess.TimeoutExpired(self.args, timeout or 0)
+            if not self.zygote.pump(left):
+                raise ChildProcessError(
+                    f"app: the live servers' zygote (pid {self.zygote.process.pid}) ended "
+                    f"before its server {self.pid}: its exit status is unknown"
+                )
+        return self.returncode
+
+    def may_signal(self) -> bool:
+        # Not once it is known to have exited, nor once its zygote ended (which waited for it).
+        return self.poll() is None and not self.zygote.closed
+
+
+class Zygote:
+    """The forking process of one pytest process, and the end of the socket it reads."""
+
+    def __init__(self, environ: Mapping[str, str], cwd: str, given: tuple[object, ...]) -> None:
+        import socket
+        import subprocess
+        import threading
+
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.environ = dict(environ)
+        self.inherited = given
+        with theirs:
+            self.process = subprocess.Popen(
+                [sys.executable, *ZYGOTE],
+                stdin=theirs.fileno(),
+                stdout=subprocess.DEVNULL,
+                env=self.environ,
+                cwd=cwd,
+            )
+        self.socket = ours
+        self.closed = False
+        self._lock = threading.RLock()
+        self._children: dict[int, WarmServer] = {}
+
+    def fits(self, env: Mapping[str, str]) -> bool:
+        return (
+            self.process.poll() is None
+            and _own(env) == _own(self.environ)
+            and inherited() == self.inherited
+        )
+
+    def serve(self, env: Mapping[str, str], log_fd: int) -> WarmServer:
+        """A forked ``app serve --port 0`` in `env` and this process's working directory, its
+        output to `log_fd`, its standard input this process's."""
+        import json
+        import socket
+
+        request = {"env": dict(env), "cwd": str(Path.cwd())}
+        try:
+            os.fstat(0)
+            stdin = 0
+        except OSError:  # none (a run started with it closed): the server gets /dev/null
+            stdin = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            with self._lock:
+                socket.send_fds(self.socket, [json.dumps(request).encode()], [stdin, log_fd])
+                while True:
+                    message = self._receive(None)
+                    if message is None:
+                        raise ChildProcessError(
+                            f"app: the live servers' zygote (pid {self.process.pid}) ended "
+                            f"before it started a server (exit status {self.process.wait()})"
+                        )
+                    if "pid" in message:
+                        child = WarmServer(self, message["pid"])
+                        self._children[child.pid] = child
+                        return child
+        finally:
+            if stdin != 0:
+                os.close(stdin)
+
+    def pump(self, timeout: float | None) -> bool:
+        """Read what the zygote said within `timeout` (None: until it says something);
+        False once it has ended."""
+        with self._lock:
+            if self.closed:
+                return False
+            message = self._receive(timeout)
+            while message:  # and whatever else it said meanwhile
+                message = self._receive(0)
+            return message is not None
+
+    def _receive(self, timeout: float | None) -> dict[str, Any] | None:
+        import json
+        import select
+
+        ready, _, _ = select.select([self.socket], [], [], timeout)
+        if not ready:
+            return {}
+        data = self.socket.recv(65536)
+        if not data:
+            return None
+        message: dict[str, Any] = json.loads(data)
+        if "exited" in message:
+            child = self._children.pop(message["exited"], None)
+            if child is not None:
+                child.returncode = message["code"]
+        return message
+
+    def close(self) -> None:
+        """End the zygote (it stops a server still running first) and wait for it."""
+        import subprocess
+
+        with self._lock:
+            self.closed = True
+            self.socket.close()
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def _fork_supported() -> bool:
+    import socket
+
+    return hasattr(os, "pidfd_open") and hasattr(socket, "send_fds")
+
+
+#: Each run's environment and inherited values (`remember_the_run`), and its zygote, by
+#: its pytest configuration: a run of pytester's in this process (``runpytest`` in line)
+#: has its own, and its end stops its own zygote alone, never the enclosing run's.
+_RUNS: weakref.WeakKeyDictionary[object, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
+def remember_the_run(run: object) -> None:
+    """Take this process's environment, working directory and inherited values as those of
+    `run` (a pytest configuration: the plugin's configure, once it set its own variables,
+    before any test changed one)."""
+    _RUNS.setdefault(run, {}).update(
+        environ=dict(os.environ), cwd=str(Path.cwd()), inherited=inherited()
+    )
+
+
+def expect(run: object, servers: int) -> None:
+    """Say how many of the tests `run` collected ask for `app_live_server` (the plugin,
+    once it collected them): a run with one such test, as most of a suite's inner pytest
+    runs are, starts its server the plain way: a zygote's imports and a fork cost more than
+    one plain start's imports (bench/README.md, "perf-suite62a")."""
+    _RUNS.setdefault(run, {})["expected"] = servers
+
+
+def forking(env: Mapping[str, str], run: object) -> Zygote | None:
+    """`run`'s zygote (started on first use) if a server in `env` may be forked from it."""
+    if not _fork_supported():
+        return None
+    state = _RUNS.setdefault(run, {})
+    if "environ" not in state:
+        remember_the_run(run)
+    if state.get("expected", 2) < 2 and "zygote" not in state:
+        return None
+    zygote: Zygote | None = state.get("zygote")
+    if zygote is None:
+        if inherited() != state["inherited"]:
+            return None  # a zygote started now would inherit this test's values
+        zygote = state["zygote"] = Zygote(state["environ"], state["cwd"], state["inherited"])
+    return zygote if zygote.fits(env) else None
+
+
+def end_the_run(run: object) -> None:
+    """Stop `run`'s zygote, if it started one (the plugin's unconfigure)."""
+    zygote = _RUNS.pop(run, {}).get("zygote")
+    if zygote is not None:
+        zygote.close()
+
+
+# The zygote's side: ``python -m app.testing.zygote``, its standard input the socket.
+
+
+def _shadowed(start: str, cwd: str) -> bool:
+    """Whether ``python -m`` run in `cwd` could import another module than the zygote, run
+    in `start`, did: each puts its working directory first on ``sys.path``."""
+    if Path(cwd).resolve() == Path(start).resolve():
+        return False
+    try:
+        here = {entry.name.partition(".")[0] for entry in Path(cwd).iterdir()}
+    except OSError:
+        return True
+    loaded = {name.partition(".")[0] for name in list(sys.modules)}
+    if here & loaded:
+        return True
+    top = Path(start).resolve()
+    for module in list(sys.modules.values()):
+        origin = getattr(module, "__file__", None)
+        if origin and Path(origin).resolve().is_relative_to(top):
+            return True
+    return False
+
+
+def _write_command_line(argv: list[str]) -> None:
+    """Write `argv` over this process's arguments in memory, which the kernel shows as
+    ``/proc/<pid>/cmdline``, if it fits exactly (as ``setproctitle`` does); else leave it."""
+    import ctypes
+
+    fields = Path("/proc/self/stat").read_bytes().rpartition(b")")[2].split()
+    start, end = int(fields[45]), int(fields[46])  # arg_start and arg_end, proc(5)
+    wanted = b"\0".join(os.fsencode(word) for word in argv) + b"\0"
+    shown = Path("/proc/self/cmdline").read_bytes()
+    # Only over what the kernel shows as the arguments now, of the same length.
+    if len(wanted) == end - start == len(shown) and ctypes.string_at(start, end - start) == shown:
+        ctypes.memmove(start, wanted, len(wanted))
+
+
+def _become(request: dict[str, Any], fds: list[int], start: str) -> None:
+    """The child: ``python -m app serve --port 0`` as a plain start would run it."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    stdin, log = fds
+    os.dup2(stdin, 0)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    # As Popen's close_fds: only the standard three.
+    os.closerange(3, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    argv = [sys.orig_argv[0], *SERVE]
+    if _shadowed(start, request["cwd"]):
+        os.execv(sys.executable, argv)  # noqa: S606 - the plain start, as Popen makes it
+    _write_command_line(argv)
+    sys.orig_argv[:] = argv
+    sys.path[0] = str(Path.cwd())
+    sys.argv[1:] = SERVE[2:]
+    import runpy
+
+    try:
+        runpy.run_module("app", run_name="__main__", alter_sys=True)
+    except SystemExit as stop:
+        leave(stop.code)
+    leave(None)
+
+
+def leave(code: object) -> None:
+    # A forked child's end (tests/forked_app.py's children's too). What the interpreter's
+    # exit does that anyone can see, in its order (CPython's
+    # handle_system_exit, then Py_FinalizeEx): the exit status (a message printed), the
+    # non-daemon threads joined, atexit's functions (logging's shutdown among them), the
+    # standard streams flushed (status 120 if that fails). Not the finalisation of every
+    # module and object the zygote imported, which writes to every inherited page.
+    import atexit
+
+    if code is None:
+        status = 0
+    elif isinstance(code, int):
+        status = code
+    else:
+        print(code, file=sys.stderr)
+        status = 1
+    if "threading" in sys.modules:
+        sys.modules["threading"]._shutdown()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            status = 120
+    os._exit(status & 0xFF)
+
+
+def _warm_up() -> None:
+    """Import what `app serve` imports before it serves (what loading the settings and
+    opening a data root import lazily, FastAPI's, uvicorn's server, protocols and loop,
+    anyio's sockets): imports only, none starts a thread, keeps a file open or changes a
+    setting."""
+    import importlib
+    import warnings
+
+    for name in (
+        "_strptime", "dynaconf.loaders.toml_loader", "filelock", "app.check", "app.cli",
+        "app.config_files", "app.dataroot", "app.server", "app.server.run", "app.store",
+        "encodings.idna", "importlib.readers", "fastapi_offline.core", "h11", "uvicorn.config",
+        "uvicorn.main", "uvicorn.protocols.http.h11_impl",
+        "uvicorn.protocols.websockets.websockets_sansio_impl", "uvicorn.loops.uvloop",
+        "anyio._core._sockets", "anyio._core._streams",
+    ):  # fmt: skip
+        importlib.import_module(name)
+    # FastAPI checks, as create_app adds each route, that a response model is not pydantic
+    # v1's: it imports pydantic.v1, its UserWarning silenced as FastAPI does.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        importlib.import_module("pydantic.v1")
+
+
+def main() -> None:
+    """Fork a server per request read on the socket (standard input); say each one's pid,
+    then its exit status; end when the socket closes, after the servers still running."""
+    import json
+    import select
+    import socket
+
+    # A Ctrl-C reaches the whole process group: the servers stop on it, the zygote waits
+    # for them (and for the pytest process to close the socket).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _warm_up()
+    start = str(Path.cwd())
+    channel = socket.socket(fileno=os.dup(0))
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    children: dict[int, int] = {}  # pidfd: pid
+
+    def say(message: dict[str, Any]) -> None:
+        channel.send(json.dumps(message).encode())
+
+    def reap(pidfd: int) -> None:
+        pid = children.pop(pidfd)
+        os.close(pidfd)
+        _, status = os.waitpid(pid, 0)
+        say({"exited": pid, "code": os.waitstatus_to_exitcode(status)})
+
+    while True:
+        ready, _, _ = select.select([channel.fileno(), *children], [], [])
+        for fd in ready:
+            if fd != channel.fileno():
+                reap(fd)
+                continue
+            data, fds, _, _ = socket.recv_fds(channel, 1 << 20, 2)
+            if not data:
+                for pid in children.values():
+                    os.kill(pid, signal.SIGTERM)  # as the fixture stops one
+                for pidfd in list(children):
+                    select.select([pidfd], [], [])
+                    pid = children.pop(pidfd)
+                    os.waitpid(pid, 0)
+                return
+            pid = os.fork()
+            if pid == 0:
+                channel.close()
+                _become(json.loads(data), fds, start)
+            for fd_given in fds:
+                os.close(fd_given)
+            children[os.pidfd_open(pid)] = pid
+            say({"pid": pid})
+
+
+if __name__ == "__main__":
+    main()

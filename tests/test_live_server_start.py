@@ -1,0 +1,182 @@
+"""The two ways `app_live_server` starts its ``app serve`` agree in what a test can see.
+
+Forked from the run's warm interpreter (`app.testing.zygote`, the default) or a plain
+``python -m app serve --port 0`` process (``--app-live-server=subprocess``, and wherever the
+test's environment or inherited values differ from the run's): the same command line in
+``/proc``, process group, holder in the lock file, answers, refusal of a second server on the
+held root (its words and exit code), and exit on SIGTERM; and the zygote stops a server it still
+runs when the run ends (its pytest process killed), and a pytester run in line ends its own
+zygote, never the enclosing run's (one zygote per process did: the in-line run's end stopped
+the test's server).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from app.lock import read_holder
+from app.testing import zygote
+from app.testing.fixtures import FORKED, SUBPROCESS, live_server_start
+from app.testing.live_server import ServerProcess, start_server, stop_server
+
+
+def _cmdline(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
+
+
+def _parent(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("PPid:")).split()[1])
+
+
+def _shown(text: str, way: Path) -> str:
+    """`text` without what differs from one server to the next (its directory, pids, ports,
+    times)."""
+    return re.sub(r"\d+", "N", text.replace(str(way), "WAY"))
+
+
+@pytest.fixture
+def run(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> pytest.Config:
+    """This run, as one with more than one test that asks for a live server
+    (`zygote.expect`)."""
+    monkeypatch.setitem(zygote._RUNS[request.config], "expected", 2)
+    return request.config
+
+
+def _env(root: Path) -> dict[str, str]:
+    return {**os.environ, "APP_HOST": "127.0.0.1", "APP_DATA_ROOT": str(root)}
+
+
+def _seen(tmp_path: Path, warm: pytest.Config | None) -> tuple[dict[str, Any], int]:
+    """What a test sees of a server started one way, and the pid of its parent."""
+    root = tmp_path / ("forked" if warm else "plain") / "first"
+    root.parent.mkdir()
+    process: ServerProcess
+    process, url = start_server(_env(root), root, tmp_path / f"{warm}.log", warm=warm)
+    try:
+        holder = read_holder(root)
+        assert holder is not None
+        assert holder["pid"] == process.pid
+        seen: dict[str, Any] = {
+            "cmdline": _cmdline(process.pid),
+            "group": os.getpgid(process.pid) == os.getpgrp(),
+            "holder": sorted(holder),
+            "health": httpx.get(f"{url}/health").json(),
+        }
+        second_log = tmp_path / f"{warm}-second.log"
+        second, _ = _second(root, second_log, warm)
+        seen["second"] = (second, _shown(second_log.read_text(), root.parent))
+        parent = _parent(process.pid)
+    finally:
+        process.terminate()
+        seen["terminated"] = process.wait(timeout=60)
+    seen["log"] = _shown((tmp_path / f"{warm}.log").read_text(), root.parent)
+    return seen, parent
+
+
+def _second(root: Path, log: Path, warm: pytest.Config | None) -> tuple[int, str]:
+    """A second server on the held root, started the same way: its exit code."""
+    from app.testing.live_server import _start, published_port
+
+    with pytest.raises(pytest.fail.Exception) as refused:
+        _start(_env(root), log, lambda p: str(published_port(root, p, log)), warm)
+    status = re.search(r"app serve exited with (\d+)", str(refused.value))
+    assert status, refused.value
+    return int(status[1]), ""
+
+
+def test_a_forked_server_is_the_plain_one_in_all_a_test_sees(
+    tmp_path: Path, run: pytest.Config
+) -> None:
+    forked, forked_parent = _seen(tmp_path, warm=run)
+    plain, plain_parent = _seen(tmp_path, warm=None)
+    assert forked == plain
+    assert plain_parent == os.getpid()
+    # Both ways were taken: the forked one is the zygote's child.
+    assert _cmdline(forked_parent)[1:] == zygote.ZYGOTE, _cmdline(forked_parent)
+    assert forked["cmdline"][1:] == ["-m", "app", "serve", "--port", "0"]
+    assert forked["second"][0] == 75, forked["second"]  # EX_TEMPFAIL: the root is held
+    assert "is held by pid N, kind server" in forked["second"][1], forked["second"]
+    assert forked["terminated"] == 0
+
+
+def test_a_server_of_another_environment_or_directory_is_started_the_plain_way(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run: pytest.Config
+) -> None:
+    root = tmp_path / "data"
+    # A variable the app does not read, changed by the test: a plain start sees it.
+    env = {**_env(root), "APP_S62A_UNREAD": "x", "TZ": "Pacific/Kiritimati"}
+    process, _ = start_server(env, root, tmp_path / "changed.log", warm=run)
+    try:
+        assert _parent(process.pid) == os.getpid()
+    finally:
+        stop_server(process)
+    # Another working directory, which `python -m` puts first on sys.path: the zygote's
+    # child runs the plain start in its place (execve), the zygote's child still.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dynaconf.py").write_text("raise SystemExit('imported from the test directory')\n")
+    log = tmp_path / "shadowed.log"
+    from app.testing.live_server import _start
+
+    with pytest.raises(pytest.fail.Exception, match="imported from the test directory"):
+        _start(_env(tmp_path / "other"), log, lambda p: "http://127.0.0.1:9", run)
+
+
+def test_the_zygote_stops_a_server_it_still_runs_when_the_run_ends(
+    tmp_path: Path, run: pytest.Config
+) -> None:
+    root, log = tmp_path / "data", tmp_path / "left.log"
+    # The run's zygote (a later test starts another), as its last server is left running.
+    own = zygote.forking(_env(root), run)
+    assert own is not None
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        server = own.serve(_env(root), fd)
+    finally:
+        os.close(fd)
+    from app.testing.live_server import published_port
+
+    published_port(root, server, log)
+    zygote._RUNS[run].pop("zygote").close()  # as a killed pytest process's end closes it
+    assert own.process.returncode == 0
+    assert not Path(f"/proc/{server.pid}").exists() or _parent(server.pid) != own.process.pid
+    assert "Shutting down" in log.read_text(), log.read_text()
+    assert read_holder(root) is None or not Path(f"/proc/{server.pid}").exists()
+    with pytest.raises(ChildProcessError, match="zygote"):
+        server.wait()
+    server.send_signal(signal.SIGTERM)  # its exit unknown: not signalled (pid reuse)
+
+
+def test_the_option_chooses_the_plain_start(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert live_server_start(request.config) == FORKED
+    monkeypatch.setattr(request.config.option, "app_live_server", SUBPROCESS)
+    assert live_server_start(request.config) == SUBPROCESS
+
+
+def test_a_run_in_line_ends_its_own_zygote_not_the_enclosing_run_s(
+    tmp_path: Path, run: pytest.Config, pytester: pytest.Pytester
+) -> None:
+    # A pytester run in this process configures and ends a run of its own: its end closed
+    # the enclosing run's zygote, and with it this test's server, while one zygote was
+    # kept per process.
+    root = tmp_path / "data"
+    process, url = start_server(_env(root), root, tmp_path / "outer.log", warm=run)
+    try:
+        enclosing = zygote._RUNS[run]["zygote"]
+        pytester.makepyfile("def test_nothing():\n    pass\n")
+        pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
+        assert zygote._RUNS[run]["zygote"] is enclosing
+        assert enclosing.process.poll() is None
+        assert httpx.get(f"{url}/health").status_code == 200
+        assert process.poll() is None
+    finally:
+        stop_server(process)
