@@ -744,7 +744,7 @@ def _entry_bytes(path: Path, *, dir_fd: int | None = None, follow: bool = True) 
 
 def _entry_data(path: Path) -> dict[str, Any] | None:
     try:
-        data = json_loads(_FROM_MEMORY[path] if path in _FROM_MEMORY else _entry_bytes(path))
+        data = json_loads(_AS_READ[path] if path in _AS_READ else _entry_bytes(path))
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
@@ -1262,12 +1262,18 @@ def _entry_changed(pid: int, entry: Path, name: str) -> Path:
     text = next((copy for path, copy in copies if path == chosen), None)
     try:
         if text is None:
-            text = _entry_bytes(chosen)
-            if len(text) != chosen.stat().st_size:
-                return chosen  # read short (a tracer's fault): not a change either
+            text, size = _entry_bytes(chosen), chosen.stat().st_size
+            if len(text) != size:
+                # Read short (a tracer's fault; a test rewriting it in place): not a change
+                # either, and so it stays for the rest of the walk, as read.
+                _pin(chosen, b"", f"{_READ_FAILED} (it read {len(text)} of its {size} bytes)")
+                return chosen
     except OSError:
         return chosen  # a read that fails says nothing of a change (`_unreadable` names it)
     if text == first or _within(text, first):
+        # What was judged is what the walk reads: a test that rewrote the entry in place
+        # again and again could have it read whole here and cut, or forged, next.
+        _pin(chosen, text)
         return chosen
     # A test closed the run's copies, or put one of its own making beside them, and rewrote
     # the entry as that one says: the copy the run anchored before any test ran says more.
@@ -1279,6 +1285,15 @@ def _entry_changed(pid: int, entry: Path, name: str) -> Path:
             what = "it cannot be read"
     _CHANGED[where] = (was, what)
     return where
+
+
+def _pin(entry: Path, text: bytes, short: str | None = None) -> None:
+    """Have the rest of this walk read `entry` as `text` (`_AS_READ`), and, where it read
+    `short`, say so (`_READ_SHORT`); outside a walk, nothing."""
+    if _LISTED:
+        _AS_READ[entry] = text
+        if short is not None:
+            _READ_SHORT[entry] = short
 
 
 def _entry_or_copy(entry: Path, copies: list[tuple[Path, bytes]]) -> Path:
@@ -1334,9 +1349,12 @@ def _seals_in_place() -> bool:
 
 _SEALS_IN_PLACE: list[bool] = []
 
-#: Anchored copies read through the memory of the process that maps them (`_anchored`),
-#: by the path a message names them by, for `_entry_data`; cleared each walk.
-_FROM_MEMORY: dict[Path, bytes] = {}
+#: What `_entry_data` reads in a walk for an entry `_entry_changed` judged: its bytes as
+#: judged (and anchored copies read through the memory of the process that maps them,
+#: `_anchored`, by the path a message names them by); cleared each walk.
+_AS_READ: dict[Path, bytes] = {}
+#: Why an entry `_entry_changed` judged read short (`_unreadable` says it); cleared so too.
+_READ_SHORT: dict[Path, str] = {}
 
 
 def _anchored(pid: int, name: str) -> tuple[Path, bytes] | None:
@@ -1380,7 +1398,7 @@ def _anchored(pid: int, name: str) -> tuple[Path, bytes] | None:
     finally:
         os.close(memory)
     shown = _PROC / str(pid) / "map_files" / span
-    _FROM_MEMORY[shown] = text
+    _AS_READ[shown] = text
     return shown, text
 
 
@@ -1662,13 +1680,16 @@ def _walk_tree() -> tuple[Run | None, str | None, str]:
         return _walk_tree_listed()
     finally:
         _LISTED.pop()
+        _AS_READ.clear()
+        _READ_SHORT.clear()
 
 
 def _walk_tree_listed() -> tuple[Run | None, str | None, str]:
     """`_walk_tree`, each process's descriptors listed once (`_descriptors`)."""
     _MISSHOWN.clear()
     _CHANGED.clear()
-    _FROM_MEMORY.clear()
+    _AS_READ.clear()
+    _READ_SHORT.clear()
     if (hidden := _unwalkable()) is not None:
         return None, *hidden
     seen = _Seen()
@@ -1994,6 +2015,8 @@ def _unreadable(entry: Path) -> str | None:
     """Why this process may not read `entry` (a test's ``chmod 0200`` of it, an access
     control list; or its read failed, `_read_failed`), or None where it can, or where it is
     gone, or is no regular file."""
+    if entry in _READ_SHORT:
+        return _READ_SHORT[entry]  # as the walk read it (`_entry_changed`)
     try:
         fd = os.open(entry, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except (FileNotFoundError, NotADirectoryError):

@@ -33,14 +33,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from project_copy import assert_untouched, inner_project, stopped_production
-from test_redteam_s24_guard import _inner_env
-from test_redteam_s61_children import RUNNER, RUNNER_MODULE
+from test_redteam_s61_children import PRELUDE, run_inner
 
 from app import sandbox
 
@@ -48,36 +44,21 @@ from app import sandbox
 #: beside a sealed copy of the test's own making, then with every descriptor of the run's
 #: copies closed too (the copy the run closed alone, by hand: the same); each time a child
 #: given production's settings alone. Results go where the outer test reads them.
-INNER = """
+INNER = (
+    PRELUDE
+    + """
 import fcntl
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
-from app import sandbox
-
-OUT = Path(os.environ["RT62_OUT"])
-ENV = {
-    "APP_SETTINGS_DIR": os.environ["RT62_SETTINGS"],
-    "APP_API_TOKEN": os.environ["RT62_TOKEN"],
-    "PATH": "/usr/bin:/bin",
-}
-PURGE = [sys.executable, "-m", "app", "data", "purge", "--profile", "production", "--yes-i-mean-it"]
-
-
-def run(name):
-    done = subprocess.run(PURGE, env=ENV, capture_output=True, text=True)
-    (OUT / name).write_text(f"{done.returncode}\\n{done.stdout}{done.stderr}")
 
 
 def rewrite():
     entry = sandbox._own_entry()
     data = json.loads(entry.read_bytes())
-    data.update(own_pid_namespace=1, sandbox=os.environ["RT62_SETTINGS"], protected=[])
+    data.update(own_pid_namespace=1, sandbox=os.environ["RT61_SETTINGS"], protected=[])
     text = json.dumps(data).encode()
-    entry.write_bytes(text)
+    # Whole, by a rename: another run that starts meanwhile reads it (and removes one it
+    # cannot read, of a pid its /proc shows dead).
+    entry.with_suffix(".tmp").write_bytes(text)
+    entry.with_suffix(".tmp").replace(entry)
     return entry, text
 
 
@@ -90,7 +71,7 @@ def plant(entry, text):
 
 def test_planted():
     fd = plant(*rewrite())
-    run("planted")
+    purge("planted")
     os.close(fd)
 
 
@@ -104,9 +85,10 @@ def test_all_closed_and_planted():
         except OSError:
             pass
     fd = plant(*rewrite())
-    run("all_closed")
+    purge("all_closed")
     os.close(fd)
 """
+)
 
 
 @pytest.mark.skipif(
@@ -118,31 +100,8 @@ def test_all_closed_and_planted():
 def test_a_test_that_closes_or_forges_its_runs_sealed_copy_leaves_its_children_in_the_run(
     tmp_path: Path,
 ) -> None:
-    settings, production, token, sessions = stopped_production(tmp_path)
-    project = inner_project(tmp_path, "test_entry.py", INNER)
-    (project / "run_tests.py").write_text(RUNNER)
-    (project / "runner_module.py").write_text(RUNNER_MODULE)
-    out = tmp_path / "out"
-    out.mkdir()
-    env = _inner_env(APP_SETTINGS_DIR=str(settings), RT62_SETTINGS=str(settings), RT62_TOKEN=token)
-    env["RT62_OUT"] = str(out)
-    inner = subprocess.run(
-        [
-            # Out of this run's tree, where its children would find this run above theirs.
-            *("unshare", "--pid", "--fork", "--mount-proc"),
-            *(sys.executable, "run_tests.py", "-p", "no:cacheprovider", "-p", "no:xdist"),
-            *(f"--basetemp={tmp_path / 'inner'}", "test_entry.py"),
-        ],
-        env=env,
-        cwd=project,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
     names = ("planted", "all_closed")
-    said = {name: (out / name).read_text() for name in names}
-    assert_untouched(production, sessions, str(said))
-    assert "app: profile=testing (forced)" in inner.stdout, inner.stdout
+    inner, said = run_inner(tmp_path, INNER, names)
     # The run's own check after each test names it and puts the entry back.
     assert inner.stdout.count("this run's entry in ") == len(names), inner.stdout
     for name in names:
