@@ -1341,9 +1341,11 @@ def _seals_in_place() -> bool:
     that nothing in the process that made it, the process included, unmaps or replaces
     it: an anchored copy (`_anchor`) is the run's then, and only then."""
     if not _SEALS_IN_PLACE:
-        release = re.match(r"(\d+)\.(\d+)", os.uname().release)
+        uname = getattr(os, "uname", None)  # not on Windows, which has no /proc either
+        release = re.match(r"(\d+)\.(\d+)", uname().release) if uname else None
         version = (int(release[1]), int(release[2])) if release else (0, 0)
-        _SEALS_IN_PLACE.append(sys.maxsize > 1 << 32 and version >= (6, 10))
+        linux = sys.platform.startswith("linux")
+        _SEALS_IN_PLACE.append(linux and sys.maxsize > 1 << 32 and version >= (6, 10))
     return _SEALS_IN_PLACE[0]
 
 

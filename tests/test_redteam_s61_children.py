@@ -82,7 +82,10 @@ def test_rewritten():
     entry = sandbox._own_entry()
     data = json.loads(entry.read_bytes())
     data.update(own_pid_namespace=1, sandbox=os.environ["RT61_SETTINGS"], protected=[])
-    entry.write_text(json.dumps(data))
+    # Whole, by a rename: another run starting meanwhile removes an entry it cannot read
+    # whose pid its /proc shows dead (this one's, in a PID namespace of its own).
+    entry.with_suffix(".tmp").write_text(json.dumps(data))
+    entry.with_suffix(".tmp").replace(entry)
     purge("rewritten")
 
 
