@@ -45,8 +45,8 @@ from test_redteam_s24_guard import _inner_env
 from app import sandbox
 
 #: What an inner run's test module begins with (red team 62's too): `purge(name)` runs a
-#: child given production's settings alone; its exit code and output go where the outer test
-#: reads them (`run_inner`).
+#: child given production's settings alone, its exit code and output where the outer test
+#: reads them (`run_inner`); `rewrite()` changes the run's entry.
 PRELUDE = """
 import json
 import os
@@ -69,6 +69,20 @@ PURGE = [sys.executable, "-m", "app", "data", "purge", "--profile", "production"
 def purge(name):
     done = subprocess.run(PURGE, env=ENV, capture_output=True, text=True)
     (OUT / name).write_text(f"{done.returncode}\\n{done.stdout}{done.stderr}")
+
+
+def rewrite():
+    # Every field the walk reads changed at once: another PID namespace's (1, which none
+    # has), another sandbox, no protected roots.
+    entry = sandbox._own_entry()
+    data = json.loads(entry.read_bytes())
+    data.update(own_pid_namespace=1, sandbox=os.environ["RT61_SETTINGS"], protected=[])
+    text = json.dumps(data).encode()
+    # Whole, by a rename: another run starting meanwhile removes an entry it cannot read
+    # whose pid its /proc shows dead (this one's, in a PID namespace of its own).
+    entry.with_suffix(".tmp").write_bytes(text)
+    entry.with_suffix(".tmp").replace(entry)
+    return entry, text
 """
 
 #: The inner run's tests: its entry rewritten (every field the walk reads changed at once),
@@ -79,13 +93,7 @@ INNER = (
     + """
 
 def test_rewritten():
-    entry = sandbox._own_entry()
-    data = json.loads(entry.read_bytes())
-    data.update(own_pid_namespace=1, sandbox=os.environ["RT61_SETTINGS"], protected=[])
-    # Whole, by a rename: another run starting meanwhile removes an entry it cannot read
-    # whose pid its /proc shows dead (this one's, in a PID namespace of its own).
-    entry.with_suffix(".tmp").write_text(json.dumps(data))
-    entry.with_suffix(".tmp").replace(entry)
+    rewrite()
     purge("rewritten")
 
 

@@ -50,18 +50,6 @@ INNER = (
 import fcntl
 
 
-def rewrite():
-    entry = sandbox._own_entry()
-    data = json.loads(entry.read_bytes())
-    data.update(own_pid_namespace=1, sandbox=os.environ["RT61_SETTINGS"], protected=[])
-    text = json.dumps(data).encode()
-    # Whole, by a rename: another run that starts meanwhile reads it (and removes one it
-    # cannot read, of a pid its /proc shows dead).
-    entry.with_suffix(".tmp").write_bytes(text)
-    entry.with_suffix(".tmp").replace(entry)
-    return entry, text
-
-
 def plant(entry, text):
     fd = os.memfd_create(sandbox._COPY_NAME + entry.name, os.MFD_ALLOW_SEALING)
     os.write(fd, text)
