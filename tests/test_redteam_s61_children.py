@@ -181,7 +181,10 @@ def test_a_test_that_rewrites_or_removes_its_runs_entry_leaves_its_children_in_t
             "profile 'production'; tests run on the 'testing' profile (this process belongs to "
             "the test run through the process tree (an ancestor process, pytest pid "
         ) in output, output
-        assert "so this process read the sealed copy the run keeps of it (/proc/" in output
+        assert "so this process read the sealed copy the run keeps of it (/proc/" in output, (
+            name,
+            output,
+        )
         assert (
             "instead; the run puts its entry back after that test and names it: a test must "
             "leave the registry of test runs alone"

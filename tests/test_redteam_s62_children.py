@@ -27,6 +27,10 @@ through the run's descriptor of it, or through the run's memory where a test clo
 takes the entry (or another copy) only where it keeps within the anchored one: the same
 process and namespaces, a sandbox inside its sandbox, every root it protects. Otherwise it
 reads the anchored copy, and its refusal names the entry, the fields changed, and the copy.
+
+Also: a run that started removed a FIFO a test of another run (in a PID namespace of its own)
+had put at its entry's name, taking it for a dead run's entry it could not read; it now leaves
+what is no regular file to its own run.
 """
 
 from __future__ import annotations
@@ -114,3 +118,18 @@ def test_a_test_that_closes_or_forges_its_runs_sealed_copy_leaves_its_children_i
     # Every descriptor of its copies closed, the anchored one too: that is read where the
     # run maps it.
     assert "keeps of it (/proc/1/map_files/" in said["all_closed"], said["all_closed"]
+
+
+def test_a_fifo_at_a_run_s_name_is_left_to_that_run(tmp_path: Path) -> None:
+    """A test of a run in a PID namespace of its own put a FIFO at its run's entry (red team
+    61's case); another run that started meanwhile took the name's pid for a dead one of its
+    own namespace, could not read the FIFO for the entry's namespace, and removed it: the
+    first run's children then found it by the descriptors it keeps, not its sealed copy, and
+    red team 61's test failed now and then under load. Only a regular file is forgotten."""
+    fifo = tmp_path / f"{os.getpid()}-1.json"  # a start time no process here has
+    os.mkfifo(fifo)
+    dead = tmp_path / f"{os.getpid()}-2.json"
+    dead.write_text("{}")  # unreadable as a run's: forgotten, as before
+    sandbox._forget_dead_runs(tmp_path)
+    assert fifo.exists()
+    assert not dead.exists()
