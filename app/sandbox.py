@@ -47,6 +47,7 @@ import json
 import os
 import re
 import stat
+import struct
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -743,7 +744,7 @@ def _entry_bytes(path: Path, *, dir_fd: int | None = None, follow: bool = True) 
 
 def _entry_data(path: Path) -> dict[str, Any] | None:
     try:
-        data = json_loads(_entry_bytes(path))
+        data = json_loads(_AS_READ[path] if path in _AS_READ else _entry_bytes(path))
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
@@ -1127,42 +1128,37 @@ def _entry_held_open(pid: int, uid: int, name: str, seen: _Seen | None = None) -
     """
     if not _python_program(pid):
         return None
-    copy = None
-    try:
-        with os.scandir(f"{_PROC}/{pid}/fd") as descriptors:
-            for descriptor in descriptors:
-                try:
-                    target = str(Path(descriptor.path).readlink())
-                except OSError:
-                    continue
-                if target == f"/memfd:{_COPY_NAME}{name} (deleted)":
-                    # Its run's sealed copy (`_keep_copy`): where nothing else is left, a
-                    # test removed the entry and closed what the run keeps of it.
-                    copy = Path(descriptor.path)
-                    continue
-                if not target.startswith("/"):
-                    continue  # a pipe, a socket
-                held = Path(descriptor.path)
-                with contextlib.suppress(OSError):
-                    found = held.stat()
-                    # The entry itself, removed or not (`rm -rf /tmp/app-*`, in this run or
-                    # another's): its bytes stay while it is open.
-                    if stat.S_ISREG(found.st_mode):
-                        opened = Path(target.removesuffix(" (deleted)")).name
-                        if opened == name and _trusted(found, uid, stat.S_ISREG):
-                            return held
-                        if seen is not None and opened.startswith(f"{pid}-"):
-                            seen.holding.add(pid)
-                    # Any directory, not only one at the registry's name: a test that moved
-                    # the registry aside and made an empty one in its place hid the entry.
-                    elif _trusted(found, uid):
-                        # Not the listing of /proc/<pid>/fd this scan holds, for this process.
-                        if seen is not None and not target.startswith(f"{_PROC}/"):
-                            seen.holding.add(pid)
-                        if (held / name).is_file():
-                            return held / name
-    except OSError:
+    listed = _descriptors(pid)
+    if listed is None:
         return None
+    copy = None
+    for path, target in listed:
+        if target == f"/memfd:{_COPY_NAME}{name} (deleted)":
+            # Its run's sealed copy (`_keep_copy`): where nothing else is left, a
+            # test removed the entry and closed what the run keeps of it.
+            copy = Path(path)
+            continue
+        if not target.startswith("/"):
+            continue  # a pipe, a socket
+        held = Path(path)
+        with contextlib.suppress(OSError):
+            found = held.stat()
+            # The entry itself, removed or not (`rm -rf /tmp/app-*`, in this run or
+            # another's): its bytes stay while it is open.
+            if stat.S_ISREG(found.st_mode):
+                opened = Path(target.removesuffix(" (deleted)")).name
+                if opened == name and _trusted(found, uid, stat.S_ISREG):
+                    return held
+                if seen is not None and opened.startswith(f"{pid}-"):
+                    seen.holding.add(pid)
+            # Any directory, not only one at the registry's name: a test that moved
+            # the registry aside and made an empty one in its place hid the entry.
+            elif _trusted(found, uid):
+                # Not the listing of /proc/<pid>/fd this scan held, for this process.
+                if seen is not None and not target.startswith(f"{_PROC}/"):
+                    seen.holding.add(pid)
+                if (held / name).is_file():
+                    return held / name
     return copy  # checked as a copy by `_entry_changed`
 
 
@@ -1199,6 +1195,33 @@ def _entry_of(
 _CHANGED: dict[Path, tuple[Path | None, str]] = {}
 
 
+#: Each process's descriptors and what each names (`_descriptors`), listed once a walk:
+#: `_entry_held_open`, `_sealed_copies` and `_anchored` read them. Empty outside a walk.
+_LISTED: list[dict[int, list[tuple[str, str]] | None]] = []
+
+
+def _descriptors(pid: int) -> list[tuple[str, str]] | None:
+    """Process `pid`'s descriptors, by their path in ``/proc/<pid>/fd`` and the text of
+    that link; None where they cannot be listed. Listed once a walk (`_walk_tree`): a child
+    found in a run through the descriptors the run keeps (`_entry_held_open`) listed them
+    again for its sealed copies (`_sealed_copies`)."""
+    memo = _LISTED[-1] if _LISTED else None
+    if memo is not None and pid in memo:
+        return memo[pid]
+    listed: list[tuple[str, str]] = []
+    found: list[tuple[str, str]] | None = listed
+    try:
+        with os.scandir(f"{_PROC}/{pid}/fd") as descriptors:
+            for descriptor in descriptors:
+                with contextlib.suppress(OSError):
+                    listed.append((descriptor.path, str(Path(descriptor.path).readlink())))
+    except OSError:
+        found = None
+    if memo is not None:
+        memo[pid] = found
+    return found
+
+
 def _sealed_copies(pid: int, name: str) -> list[tuple[Path, bytes]]:
     """The sealed copies process `pid` keeps of its run's entry `name` (`_keep_copy`), by
     their path in ``/proc/<pid>/fd`` and their bytes: one, or two while it replaces one."""
@@ -1206,24 +1229,20 @@ def _sealed_copies(pid: int, name: str) -> list[tuple[Path, bytes]]:
         return []
     wanted = f"/memfd:{_COPY_NAME}{name} (deleted)"
     found = []
-    try:
-        with os.scandir(f"{_PROC}/{pid}/fd") as descriptors:
-            for descriptor in descriptors:
-                with contextlib.suppress(OSError):
-                    if str(Path(descriptor.path).readlink()) != wanted:
-                        continue
-                    fd = os.open(descriptor.path, os.O_RDONLY | os.O_CLOEXEC)
-                    try:
-                        # Sealed against every change, or not a copy the run made.
-                        if fcntl.fcntl(fd, fcntl.F_GET_SEALS) & _SEALS != _SEALS:
-                            continue
-                        text = os.pread(fd, _ENTRY_MAX_BYTES + 1, 0)
-                        if len(text) == os.fstat(fd).st_size <= _ENTRY_MAX_BYTES:
-                            found.append((Path(descriptor.path), text))
-                    finally:
-                        os.close(fd)
-    except OSError:
-        return []
+    for path, target in _descriptors(pid) or ():
+        if target != wanted:
+            continue
+        with contextlib.suppress(OSError):
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                # Sealed against every change, or not a copy the run made.
+                if fcntl.fcntl(fd, fcntl.F_GET_SEALS) & _SEALS != _SEALS:
+                    continue
+                text = os.pread(fd, _ENTRY_MAX_BYTES + 1, 0)
+                if len(text) == os.fstat(fd).st_size <= _ENTRY_MAX_BYTES:
+                    found.append((Path(path), text))
+            finally:
+                os.close(fd)
     return found
 
 
@@ -1231,8 +1250,55 @@ def _entry_changed(pid: int, entry: Path, name: str) -> Path:
     """`entry`, found at process `pid`'s name `name`, or the sealed copy the process keeps
     of it (`_keep_copy`) where the entry says anything else than the copy (or than either of
     two, while the run replaces one): a test of the run changed it, and the run puts it back
-    only after that test (`restore_entry`). Noted in `_CHANGED` for the refusal's words."""
+    only after that test (`restore_entry`). Either is taken only where it keeps within the
+    copy the run anchored as it registered (`_anchored`, `_within`), else that copy is. Noted
+    in `_CHANGED` for the refusal's words."""
     copies = _sealed_copies(pid, name)
+    chosen = _entry_or_copy(entry, copies)
+    anchored = _anchored(pid, name)
+    if anchored is None:
+        return chosen  # no anchored copy (`_anchor`): the copies alone, as before
+    where, first = anchored
+    text = next((copy for path, copy in copies if path == chosen), None)
+    try:
+        if text is None:
+            text, size = _entry_bytes(chosen), chosen.stat().st_size
+            if len(text) != size:
+                # Read short (a tracer's fault; a test rewriting it in place): not a change
+                # either, and so it stays for the rest of the walk, as read.
+                _pin(chosen, b"", f"{_READ_FAILED} (it read {len(text)} of its {size} bytes)")
+                return chosen
+    except OSError:
+        return chosen  # a read that fails says nothing of a change (`_unreadable` names it)
+    if text == first or _within(text, first):
+        # What was judged is what the walk reads: a test that rewrote the entry in place
+        # again and again could have it read whole here and cut, or forged, next.
+        _pin(chosen, text)
+        return chosen
+    # A test closed the run's copies, or put one of its own making beside them, and rewrote
+    # the entry as that one says: the copy the run anchored before any test ran says more.
+    was, what = _CHANGED.pop(chosen, (entry, ""))
+    if not what:
+        try:
+            what = _what_changed(_entry_bytes(entry), first)
+        except OSError:
+            what = "it cannot be read"
+    _CHANGED[where] = (was, what)
+    return where
+
+
+def _pin(entry: Path, text: bytes, short: str | None = None) -> None:
+    """Have the rest of this walk read `entry` as `text` (`_AS_READ`), and, where it read
+    `short`, say so (`_READ_SHORT`); outside a walk, nothing."""
+    if _LISTED:
+        _AS_READ[entry] = text
+        if short is not None:
+            _READ_SHORT[entry] = short
+
+
+def _entry_or_copy(entry: Path, copies: list[tuple[Path, bytes]]) -> Path:
+    """`entry`, or the last of its run's sealed `copies` where the entry says anything else
+    than each (`_entry_changed`)."""
     if not copies:
         return entry  # no run's process, not Linux, or one whose descriptors this one may not read
     if any(path == entry for path, _ in copies):
@@ -1254,6 +1320,187 @@ def _entry_changed(pid: int, entry: Path, name: str) -> Path:
         return entry
     _CHANGED[path] = (entry, _what_changed(text, copy))
     return path
+
+
+#: Where a run maps the first sealed copy of its entry (`_anchor`): one of `_ANCHOR_SLOTS`
+#: addresses a megabyte apart from `_ANCHOR_BASE` (64 GiB, below where Linux places a
+#: program, its heap, its libraries and its other mappings), chosen by the entry's name.
+_ANCHOR_BASE: Final = 1 << 36
+_ANCHOR_SLOTS: Final = 1 << 16
+_ANCHOR_STEP: Final = 1 << 20
+
+
+def _anchor_address(name: str) -> int:
+    import zlib
+
+    return _ANCHOR_BASE + zlib.crc32(name.encode()) % _ANCHOR_SLOTS * _ANCHOR_STEP
+
+
+def _seals_in_place() -> bool:
+    """Whether this kernel seals a mapping in place (``mseal``: Linux 6.10, 64-bit), so
+    that nothing in the process that made it, the process included, unmaps or replaces
+    it: an anchored copy (`_anchor`) is the run's then, and only then."""
+    if not _SEALS_IN_PLACE:
+        uname = getattr(os, "uname", None)  # not on Windows, which has no /proc either
+        release = re.match(r"(\d+)\.(\d+)", uname().release) if uname else None
+        version = (int(release[1]), int(release[2])) if release else (0, 0)
+        linux = sys.platform.startswith("linux")
+        _SEALS_IN_PLACE.append(linux and sys.maxsize > 1 << 32 and version >= (6, 10))
+    return _SEALS_IN_PLACE[0]
+
+
+_SEALS_IN_PLACE: list[bool] = []
+
+#: What `_entry_data` reads in a walk for an entry `_entry_changed` judged: its bytes as
+#: judged (and anchored copies read through the memory of the process that maps them,
+#: `_anchored`, by the path a message names them by); cleared each walk.
+_AS_READ: dict[Path, bytes] = {}
+#: Why an entry `_entry_changed` judged read short (`_unreadable` says it); cleared so too.
+_READ_SHORT: dict[Path, str] = {}
+
+
+def _anchored(pid: int, name: str) -> tuple[Path, bytes] | None:
+    """The sealed copy of entry `name` that process `pid` mapped and sealed in place when it
+    registered its run (`_anchor`), before any test ran: where it is read from, and its
+    bytes. None where there is none, or it cannot be read (another user's process, or a
+    process this one may not trace once a test closed the descriptor of it).
+
+    The run's copies (`_keep_copy`) are its word only as long as the run's process is not
+    the test's to change, and it is: a test that closed them, or put a sealed copy of its
+    own making under their name beside them, and rewrote the entry as that one says, took
+    its children out of the run (red team 61's *not stopped*, closed by red team 62). No
+    test unmaps or replaces the anchored copy, nor changes its bytes."""
+    found = _anchor_mapped(pid, name) if _seals_in_place() else None
+    if found is None:
+        return None
+    span, inode = found
+    wanted = f"/memfd:{_ANCHOR_NAME}{name} (deleted)"
+    for path, target in _descriptors(pid) or ():
+        if target == wanted:
+            with contextlib.suppress(OSError):
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    if os.fstat(fd).st_ino == inode:
+                        return Path(path), os.pread(fd, _ENTRY_MAX_BYTES, 0)
+                finally:
+                    os.close(fd)
+    # Its descriptor closed (by a test: the run keeps it open for its life): read where the
+    # run maps it, where this process may trace the run's, once the table names it.
+    if _anchor_mapped(pid, name, named=True) != found:
+        return None
+    start, end = (int(part, 16) for part in span.split("-"))
+    try:
+        memory = os.open(f"{_PROC}/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None  # a process this one may not trace (Yama's ptrace_scope, another user)
+    try:
+        text = os.pread(memory, min(end - start, _ENTRY_MAX_BYTES), start).rstrip(b"\0")
+    except (OSError, OverflowError):
+        return None
+    finally:
+        os.close(memory)
+    shown = _PROC / str(pid) / "map_files" / span
+    _AS_READ[shown] = text
+    return shown, text
+
+
+def _anchor_mapped(pid: int, name: str, *, named: bool = False) -> tuple[str, int] | None:
+    """The addresses and the inode of what process `pid` maps, read only and shared, at
+    `_anchor_address` (`named`: only where its ``/proc/<pid>/maps`` names it the anchored
+    copy of entry `name`); None where nothing such is mapped there.
+
+    Asked of the kernel for that one address (``PROCMAP_QUERY``, Linux 6.11) where it can
+    be: the whole table, a few hundred lines a run's process maps, cost a child 0.3 ms to
+    read and search; 2 µs so."""
+    try:
+        fd = os.open(f"{_PROC}/{pid}/maps", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            answered, queried = (False, None) if named else _query_mapping(fd, name)
+            if answered:
+                return queried
+            table = b"".join(iter(functools.partial(os.read, fd, 1 << 16), b""))
+        finally:
+            os.close(fd)
+    except OSError:
+        return None
+    at = table.find(f"{_anchor_address(name):x}-".encode())
+    if at < 0 or (at > 0 and table[at - 1 : at] != b"\n"):
+        return None
+    end = table.find(b"\n", at)
+    line = table[at : end if end >= 0 else len(table)].split()
+    wanted = [f"/memfd:{_ANCHOR_NAME}{name}".encode(), b"(deleted)"]
+    if len(line) != 7 or line[5:] != wanted or not line[1].startswith(b"r"):
+        return None  # not the run's (it could not place its copy there)
+    try:
+        return line[0].decode(), int(line[4])
+    except ValueError:
+        return None
+
+
+#: ``struct procmap_query`` (linux/fs.h): size, flags and address in; the mapping's start,
+#: end, flags, page size, offset, inode, device, and the sizes and addresses of its name and
+#: build id (none asked for) out.
+_PROCMAP_QUERY: Final = "=9Q4I2Q"
+#: ``PROCMAP_QUERY``: ``_IOWR('f', 17, struct procmap_query)``.
+_PROCMAP_REQUEST: Final = (3 << 30) | (104 << 16) | (ord("f") << 8) | 17
+
+
+def _query_mapping(maps: int, name: str) -> tuple[bool, tuple[str, int] | None]:
+    """Whether the kernel answered (``PROCMAP_QUERY`` on `maps`, an open
+    ``/proc/<pid>/maps``: not before Linux 6.11), and `_anchor_mapped`'s answer."""
+    address = _anchor_address(name)
+    asked = bytearray(struct.pack(_PROCMAP_QUERY, 104, 0, address, *[0] * 12))
+    try:
+        fcntl.ioctl(maps, _PROCMAP_REQUEST, asked)
+    except OSError as error:
+        # Nothing there (ENOENT); or no such request (ENOTTY, EINVAL before 6.11).
+        return error.errno == errno.ENOENT, None
+    start, end, flags = struct.unpack_from("=3Q", asked, 24)
+    inode = struct.unpack_from("=Q", asked, 64)[0]
+    readable, writable, shared = 1, 2, 8  # PROCMAP_QUERY_VMA_*
+    if start != address or flags & (readable | writable | shared) != readable | shared:
+        return True, None
+    return True, (f"{start:x}-{end:x}", inode)
+
+
+#: What a run's later entries may say otherwise than the one it anchored (`_within`).
+_LATER: Final = frozenset({"argv", "argv_cut", "ended_at"})
+
+
+def _within(text: bytes, first: bytes) -> bool:
+    """Whether entry `text` keeps within what its run anchored (`first`): the same process
+    and namespaces, a sandbox inside the first one's (a run nested in the process, or an
+    xdist worker's own), every root the first protects, and nothing that says the run is
+    another process's, still starting or over."""
+    try:
+        now, was = json_loads(text), json_loads(first)
+    except ValueError:
+        return False
+    if not isinstance(now, dict) or not isinstance(was, dict):
+        return False
+    keys = ({*now} | {*was}) - _LATER - {"sandbox", "sandbox_identity", "protected", "scratch"}
+    protected, kept = now.get("protected"), was.get("protected")
+    if any(now.get(key, now) != was.get(key, was) for key in keys) or not (
+        isinstance(protected, list) and isinstance(kept, list)
+    ):
+        return False
+    held = {json.dumps(item, sort_keys=True) for item in protected}
+    return _sandbox_within(now, was) and all(
+        json.dumps(item, sort_keys=True) in held for item in kept
+    )
+
+
+def _sandbox_within(now: dict[str, Any], was: dict[str, Any]) -> bool:
+    """Whether entry `now`'s sandbox is the anchored entry `was`'s (and made the same), or
+    lies inside it (`_within`)."""
+    try:
+        sandbox, outer = (Path(path_from_text(str(data["sandbox"]))) for data in (now, was))
+    except (KeyError, ValueError):
+        return False
+    if sandbox == outer:
+        same = ("sandbox_identity", "scratch")
+        return all(now.get(key) == was.get(key) for key in same)
+    return sandbox.is_relative_to(outer) and ".." not in sandbox.parts
 
 
 def _what_changed(text: bytes, copy: bytes) -> str:
@@ -1430,8 +1677,21 @@ def _walk_tree() -> tuple[Run | None, str | None, str]:
     leads its session or process group, `_led_by_a_run`), whether a pytest without the
     plugin sits between (its rules then apply as well), and what resolves a refusal where
     that is all of it (an ancestor's entry this process may not read, `_hidden_run`)."""
+    _LISTED.append({})
+    try:
+        return _walk_tree_listed()
+    finally:
+        _LISTED.pop()
+        _AS_READ.clear()
+        _READ_SHORT.clear()
+
+
+def _walk_tree_listed() -> tuple[Run | None, str | None, str]:
+    """`_walk_tree`, each process's descriptors listed once (`_descriptors`)."""
     _MISSHOWN.clear()
     _CHANGED.clear()
+    _AS_READ.clear()
+    _READ_SHORT.clear()
     if (hidden := _unwalkable()) is not None:
         return None, *hidden
     seen = _Seen()
@@ -1757,6 +2017,8 @@ def _unreadable(entry: Path) -> str | None:
     """Why this process may not read `entry` (a test's ``chmod 0200`` of it, an access
     control list; or its read failed, `_read_failed`), or None where it can, or where it is
     gone, or is no regular file."""
+    if entry in _READ_SHORT:
+        return _READ_SHORT[entry]  # as the walk read it (`_entry_changed`)
     try:
         fd = os.open(entry, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except (FileNotFoundError, NotADirectoryError):
@@ -3002,8 +3264,17 @@ def _forget_dead_runs(directory: Path) -> None:
             try:
                 data = json_loads(_entry_bytes(directory / name))
                 recorded, ended = data.get("pid_namespace"), data.get("ended_at")
-            except (OSError, ValueError, AttributeError):
-                recorded = ended = None  # unreadable, or from before entries said these
+            except OSError as error:
+                if error.errno == errno.EINVAL:
+                    # No regular file (a FIFO a test put at its run's name, red team 61):
+                    # where that run lives in another PID namespace, it is alive, and
+                    # removing it left its children to find the run by what it keeps open,
+                    # not by its sealed copy (red team 62's flaky run of red team 61's test).
+                    # Its own run puts it right after that test.
+                    continue
+                recorded = ended = None  # unreadable
+            except (ValueError, AttributeError):
+                recorded = ended = None  # or from before entries said these
             # An entry stays while its process exits (`_end_entry`); one of another PID
             # namespace that ended long ago would otherwise stay for good, and be read by
             # every run that starts.
@@ -3610,9 +3881,74 @@ def _keep_copy(name: str, text: bytes) -> int | None:
     except OSError:
         os.close(fd)
         return None
+    if name not in _ANCHORS_TRIED:  # the first, as the run registers (a fork's is its own)
+        _ANCHORS_TRIED.add(name)
+        _anchor(name, text)
     old = _KEPT_OPEN.pop("copy", None)
     _KEPT_OPEN["copy"] = fd
     return old if old is not None and _is_copy(old) else None
+
+
+#: The entries this process has tried to anchor a copy of (`_anchor`), by name.
+_ANCHORS_TRIED: set[str] = set()
+#: The descriptor of its anchored copy this process keeps (`_anchor`), through which its
+#: children read it without tracing the run; a test that closes it leaves the mapping.
+_ANCHOR_KEPT: list[int] = []
+#: What a run's anchored copy of its entry is named (`_anchor`), before the entry's name:
+#: not a copy's name, which a child that finds nothing else takes for the run's entry
+#: (`_entry_held_open`).
+_ANCHOR_NAME: Final = "app-run-anchor:"
+
+
+def _anchor(name: str, text: bytes) -> None:
+    """Keep `text`, the run's first entry `name`, in a sealed anonymous file of its own
+    (`_ANCHOR_NAME`), mapped read only at `_anchor_address` and sealed there in place
+    (``mseal``) for the life of the process, and keep a descriptor of it (`_ANCHOR_KEPT`).
+
+    Nothing unmaps, moves or replaces a sealed mapping, the process that made it included,
+    so a test can close every descriptor the run keeps and put a copy of its own making
+    anywhere else, never at that address: a child reads the address in
+    ``/proc/<pid>/maps`` and takes the entry only where it keeps within that copy
+    (`_anchored`). Made once, as the run registers, before any test runs; where this kernel
+    cannot seal a mapping, or the address is taken, there is none, as before."""
+    if not _seals_in_place():
+        return
+    with contextlib.suppress(Exception):
+        import _ctypes
+
+        class _Long(_ctypes._SimpleCData):  # type: ignore[type-arg]
+            _type_ = "l"
+
+        class _Libc:
+            _handle = _ctypes.dlopen(None, os.RTLD_LOCAL)  # type: ignore[arg-type]
+
+        class _Function(_ctypes.CFuncPtr):
+            _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
+            _restype_ = _Long
+
+        mmap = _Function(("mmap", _Libc()))  # type: ignore[arg-type]
+        munmap = _Function(("munmap", _Libc()))  # type: ignore[arg-type]
+        syscall = _Function(("syscall", _Libc()))  # type: ignore[arg-type]
+        fd = os.memfd_create(_ANCHOR_NAME + name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        try:
+            view = memoryview(text)
+            while view:
+                view = view[os.write(fd, view) :]
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
+            address, size = _anchor_address(name), len(text)
+            shared_fixed_noreplace = 0x01 | 0x100000  # MAP_SHARED | MAP_FIXED_NOREPLACE
+            placed = mmap(_Long(address), _Long(size), 1, shared_fixed_noreplace, fd, _Long(0))
+            if placed != address:
+                if placed != -1:  # a kernel before 4.17 takes the address as a hint
+                    munmap(_Long(placed), _Long(size))
+                return
+            if syscall(_Long(462), _Long(address), _Long(size), _Long(0)) != 0:  # mseal
+                munmap(_Long(address), _Long(size))
+                return
+            _ANCHOR_KEPT.append(fd)
+        finally:
+            if fd not in _ANCHOR_KEPT:
+                os.close(fd)
 
 
 def keeps_sealed_copy() -> bool:

@@ -44,11 +44,10 @@ from test_redteam_s24_guard import _inner_env
 
 from app import sandbox
 
-#: The inner run's tests: its entry rewritten (every field the walk reads changed at once),
-#: replaced by a FIFO, then removed with the descriptors the run keeps of it closed; a child
-#: given production's settings alone started after each. Exit codes and output go where the
-#: outer test reads them.
-INNER = """
+#: What an inner run's test module begins with (red team 62's too): `purge(name)` runs a
+#: child given production's settings alone, its exit code and output where the outer test
+#: reads them (`run_inner`); `rewrite()` changes the run's entry.
+PRELUDE = """
 import json
 import os
 import shutil
@@ -72,11 +71,29 @@ def purge(name):
     (OUT / name).write_text(f"{done.returncode}\\n{done.stdout}{done.stderr}")
 
 
-def test_rewritten():
+def rewrite():
+    # Every field the walk reads changed at once: another PID namespace's (1, which none
+    # has), another sandbox, no protected roots.
     entry = sandbox._own_entry()
     data = json.loads(entry.read_bytes())
     data.update(own_pid_namespace=1, sandbox=os.environ["RT61_SETTINGS"], protected=[])
-    entry.write_text(json.dumps(data))
+    text = json.dumps(data).encode()
+    # Whole, by a rename: another run starting meanwhile removes an entry it cannot read
+    # whose pid its /proc shows dead (this one's, in a PID namespace of its own).
+    entry.with_suffix(".tmp").write_bytes(text)
+    entry.with_suffix(".tmp").replace(entry)
+    return entry, text
+"""
+
+#: The inner run's tests: its entry rewritten (every field the walk reads changed at once),
+#: replaced by a FIFO, then removed with the descriptors the run keeps of it closed; a child
+#: given production's settings alone started after each.
+INNER = (
+    PRELUDE
+    + """
+
+def test_rewritten():
+    rewrite()
     purge("rewritten")
 
 
@@ -93,6 +110,7 @@ def test_removed():
         os.close(sandbox._KEPT_OPEN.pop(key))
     purge("removed")
 """
+)
 
 #: A runner script that calls pytest through another module: its run is found by its entry
 #: alone, as a command line no pytest's (red team 42).
@@ -100,16 +118,15 @@ RUNNER = "import sys\n\nimport runner_module\n\nsys.exit(runner_module.main(sys.
 RUNNER_MODULE = "def main(args):\n    import pytest\n\n    return pytest.main(args)\n"
 
 
-@pytest.mark.skipif(
-    not hasattr(os, "memfd_create") or os.geteuid() != 0 or shutil.which("unshare") is None,
-    reason="the run's sealed copy needs memfd_create (Linux), and the inner run is kept out of "
-    "this run's process tree in a PID namespace of its own (unshare --pid needs root here)",
-)
-def test_a_test_that_rewrites_or_removes_its_runs_entry_leaves_its_children_in_the_run(
-    tmp_path: Path,
-) -> None:
+def run_inner(
+    tmp_path: Path, tests: str, names: tuple[str, ...]
+) -> tuple[subprocess.CompletedProcess[str], dict[str, str]]:
+    """An inner pytest of `tests` (a module that begins with `PRELUDE`) next to a stopped
+    production root, under a runner script that calls pytest through another module, out of
+    this run's tree in a PID namespace of its own: the run, and what each of its children
+    `names` said; the root checked untouched."""
     settings, production, token, sessions = stopped_production(tmp_path)
-    project = inner_project(tmp_path, "test_entry.py", INNER)
+    project = inner_project(tmp_path, "test_entry.py", tests)
     (project / "run_tests.py").write_text(RUNNER)
     (project / "runner_module.py").write_text(RUNNER_MODULE)
     out = tmp_path / "out"
@@ -124,7 +141,7 @@ def test_a_test_that_rewrites_or_removes_its_runs_entry_leaves_its_children_in_t
         [
             # Out of this run's tree, where its children would find this run above theirs.
             *("unshare", "--pid", "--fork", "--mount-proc"),
-            *(sys.executable, "run_tests.py", "-p", "no:cacheprovider"),
+            *(sys.executable, "run_tests.py", "-p", "no:cacheprovider", "-p", "no:xdist"),
             *(f"--basetemp={tmp_path / 'inner'}", "test_entry.py"),
         ],
         env=env,
@@ -133,9 +150,21 @@ def test_a_test_that_rewrites_or_removes_its_runs_entry_leaves_its_children_in_t
         text=True,
         check=False,
     )
-    said = {name: (out / name).read_text() for name in ("rewritten", "fifo", "removed")}
+    said = {name: (out / name).read_text() for name in names}
     assert_untouched(production, sessions, str(said))
     assert "app: profile=testing (forced)" in inner.stdout, inner.stdout
+    return inner, said
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "memfd_create") or os.geteuid() != 0 or shutil.which("unshare") is None,
+    reason="the run's sealed copy needs memfd_create (Linux), and the inner run is kept out of "
+    "this run's process tree in a PID namespace of its own (unshare --pid needs root here)",
+)
+def test_a_test_that_rewrites_or_removes_its_runs_entry_leaves_its_children_in_the_run(
+    tmp_path: Path,
+) -> None:
+    inner, said = run_inner(tmp_path, INNER, ("rewritten", "fifo", "removed"))
     # The run's own check after each test names it and puts the entry back.
     assert "this run's entry in " in inner.stdout, inner.stdout
     assert "was changed (the sandbox and the protected roots" in inner.stdout, inner.stdout
@@ -152,7 +181,10 @@ def test_a_test_that_rewrites_or_removes_its_runs_entry_leaves_its_children_in_t
             "profile 'production'; tests run on the 'testing' profile (this process belongs to "
             "the test run through the process tree (an ancestor process, pytest pid "
         ) in output, output
-        assert "so this process read the sealed copy the run keeps of it (/proc/" in output
+        assert "so this process read the sealed copy the run keeps of it (/proc/" in output, (
+            name,
+            output,
+        )
         assert (
             "instead; the run puts its entry back after that test and names it: a test must "
             "leave the registry of test runs alone"
