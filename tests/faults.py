@@ -82,8 +82,11 @@ def killed_app(root: Path, inject: str, *paths: Path, command: tuple[str, ...]) 
 def traced(pid: int) -> bool:
     """Whether every thread of ``pid`` is under a tracer (strace has attached to them all)."""
     for task in Path(f"/proc/{pid}/task").iterdir():
-        with (task / "status").open() as status:
-            tracer = next(line for line in status if line.startswith("TracerPid:"))
+        try:
+            with (task / "status").open() as status:
+                tracer = next(line for line in status if line.startswith("TracerPid:"))
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # a thread that ended since the listing: nothing left to trace
         if tracer.split()[1] == "0":
             return False
     return True

@@ -223,8 +223,14 @@ def test_doctor_refuses_a_database_and_prefix_of_another_profile_with_the_restam
     assert "belongs to profile 'staging' (see its table app_stamp)" in done.stderr
     assert "belongs to profile 'staging' (see its object .app-profile.json)" in done.stderr
     said = " ".join(done.stderr.split())
-    assert "Most often database_url is wrong here (`app config` shows where it came from)" in said
-    assert "Most often blob_url is wrong here (`app config` shows where it came from)" in said
+    assert (
+        "Most often database_url is wrong here (`app --profile testing config` shows where it came "
+        "from)"
+    ) in said
+    assert (
+        "Most often blob_url is wrong here (`app --profile testing config` shows where it came "
+        "from)"
+    ) in said
     assert (
         "app data restamp --profile testing --from staging (add --yes-i-mean-it, which it asks "
         "for where a protected profile may be involved, only once you are sure)"
