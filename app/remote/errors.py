@@ -958,7 +958,8 @@ class UnloggedTablesError(ConfigError):
 
 class TablesHookedError(ConfigError):
     """Triggers or rules on the app's tables that the app did not make (one that can skip or
-    change its writes), or the app's own triggers switched off."""
+    change its writes), row level security its role is subject to, or the app's own triggers
+    switched off."""
 
     code = "tables_hooked"
 
@@ -979,7 +980,9 @@ class TablesHookedError(ConfigError):
             f"the app did not put there or switched off: {found}. A trigger run BEFORE or "
             "INSTEAD OF each row's change, or a rule, can skip, change or send elsewhere the "
             "app's writes (one that returns NULL skipped an upload's row while the upload was "
-            "answered 201 and its bytes were deleted), and the app's own triggers keep the "
+            "answered 201 and its bytes were deleted), row level security hides rows from "
+            "the app's reads (a repair took the objects of the files it hid for orphans and "
+            "deleted them), and the app's own triggers keep the "
             "count of live sessions and the audit append-only. Refusing to open it; nothing "
             f"was changed. As the tables' owner, run `{undo}` (what such a trigger did belongs "
             "in a table of its own, fed by an AFTER trigger, which the app leaves alone); "
