@@ -36,6 +36,14 @@ What broke:
   function replaced, was not looked at (the audit no longer append-only, the count of live
   sessions drifting). Each is now ``tables_hooked`` at the open and in `app doctor`, with
   the statements that make the app's again.
+
+- A trigger after each insert into ``app_files`` (left alone by the open, as a
+  change-data-capture tool's) that deletes the row at the commit (a deferred constraint
+  trigger): the insert wrote its row, the upload was answered with its digest, then not
+  found, its bytes deleted as no row's. An upload now reads its row back before its commit,
+  every deferred trigger run first, and refuses a row gone or not the one sent (a digest
+  changed by a trigger before the insert, added under a live replica, too):
+  ``write_not_stored``, rolled back, its object deleted.
 """
 
 from __future__ import annotations
@@ -57,6 +65,7 @@ from app.remote.errors import (
     DatabaseRefusedError,
     S3EndpointElsewhereError,
     TablesHookedError,
+    WriteNotStoredError,
 )
 from app.remote.objects import ObjectStore
 
@@ -194,7 +203,7 @@ def test_row_security_on_the_app_s_tables_is_refused_before_a_repair_deletes_hid
 
 
 def test_the_app_s_triggers_dropped_replaced_or_impersonated_are_refused_at_the_open(
-    postgres_engine: PostgresEngine,
+    postgres_engine: PostgresEngine, s3_engine: S3Engine
 ) -> None:
     # Before: each opened; a trigger named as the app's, run before each insert and
     # returning NULL, was taken for the app's own, and one of the app's dropped or its
@@ -242,5 +251,51 @@ def test_the_app_s_triggers_dropped_replaced_or_impersonated_are_refused_at_the_
         with postgres_engine.connect(name) as admin:
             admin.execute(replaced.value.message.split("run `")[-1].split("`")[0])  # type: ignore[arg-type]
         assert pg.open_database(url, PROFILE).profile == PROFILE
+
+        # A trigger after each insert, which the open leaves alone (a CDC tool's kind), that
+        # deletes the row at the commit. Before: the upload was answered with its digest,
+        # then not found, its bytes deleted as no row's.
+        with _replica(s3_engine, (url, new_blob_url(s3_engine))) as store:
+            session_id = store.create_session("t")["id"]
+            with postgres_engine.connect(name) as admin:
+                admin.execute(
+                    "CREATE FUNCTION rt62_gone() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+                    " DELETE FROM app_files WHERE id = NEW.id; RETURN NULL; END $$;"
+                    "CREATE CONSTRAINT TRIGGER rt62_gone AFTER INSERT ON app_files"
+                    " DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION rt62_gone()"
+                )
+            objects = len(list(store.objects.objects()))
+            with pytest.raises(WriteNotStoredError) as gone:
+                store.put_file(session_id, "a.txt", b"acknowledged?")
+            assert gone.value.http_status == 503
+            assert gone.value.message == (
+                f"database {pg.mask_url(url)} did not store the upload of 'a.txt' into session "
+                f"{session_id}: its INSERT into app_files wrote a row, but once every trigger "
+                "had run that row was gone or not as sent (its object, size or digest), as a "
+                "trigger of another's that changes a row before it is stored, or deletes or "
+                "updates it after, makes it; nothing was changed (its transaction was rolled "
+                "back, and the upload's object deleted). `SELECT tgname, "
+                "pg_get_triggerdef(oid) FROM pg_trigger WHERE tgrelid = 'app_files'::regclass "
+                "AND NOT tgisinternal` lists the triggers on that table: drop the one that "
+                "changes its rows (`DROP TRIGGER <name> ON app_files`), then retry"
+            )
+            assert len(list(store.objects.objects())) == objects
+            # One that changes the digest before the row is stored, added under the replica
+            # (red team 62's not stopped: the row stored was not the one sent).
+            with postgres_engine.connect(name) as admin:
+                admin.execute(
+                    "DROP TRIGGER rt62_gone ON app_files;"
+                    "CREATE FUNCTION rt62_digest() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+                    " NEW.sha256 := repeat('0', 64); RETURN NEW; END $$;"
+                    "CREATE TRIGGER rt62_digest BEFORE INSERT ON app_files FOR EACH ROW"
+                    " EXECUTE FUNCTION rt62_digest()"
+                )
+            with pytest.raises(WriteNotStoredError, match="not as sent"):
+                store.put_file(session_id, "a.txt", b"acknowledged?")
+            assert len(list(store.objects.objects())) == objects
+            with postgres_engine.connect(name) as admin:
+                admin.execute("DROP TRIGGER rt62_digest ON app_files")
+            store.put_file(session_id, "a.txt", b"kept")
+            assert [f["name"] for f in store.list_files(session_id)] == ["a.txt"]
     finally:
         postgres_engine.drop_database(name)
