@@ -958,7 +958,8 @@ class UnloggedTablesError(ConfigError):
 
 class TablesHookedError(ConfigError):
     """Triggers or rules on the app's tables that the app did not make (one that can skip or
-    change its writes), or the app's own triggers switched off."""
+    change its writes), row level security its role is subject to, or the app's own triggers
+    switched off."""
 
     code = "tables_hooked"
 
@@ -979,7 +980,9 @@ class TablesHookedError(ConfigError):
             f"the app did not put there or switched off: {found}. A trigger run BEFORE or "
             "INSTEAD OF each row's change, or a rule, can skip, change or send elsewhere the "
             "app's writes (one that returns NULL skipped an upload's row while the upload was "
-            "answered 201 and its bytes were deleted), and the app's own triggers keep the "
+            "answered 201 and its bytes were deleted), row level security hides rows from "
+            "the app's reads (a repair took the objects of the files it hid for orphans and "
+            "deleted them), and the app's own triggers keep the "
             "count of live sessions and the audit append-only. Refusing to open it; nothing "
             f"was changed. As the tables' owner, run `{undo}` (what such a trigger did belongs "
             "in a table of its own, fed by an AFTER trigger, which the app leaves alone); "
@@ -990,23 +993,41 @@ class TablesHookedError(ConfigError):
 
 class WriteNotStoredError(AppError):
     """An INSERT or UPDATE of the app's wrote no row: a trigger or rule of another's skipped
-    it."""
+    it; or an upload's row was not there as sent once every trigger had run."""
 
     exit_code = EX_UNAVAILABLE
     code = "write_not_stored"
     http_status = 503
-    template = (
-        "database {where} did not store {what}: its {statement} {table} wrote no row, as a "
-        "trigger that returns NULL before it or a rule DO INSTEAD on that table makes it; "
-        "nothing was changed (its transaction was rolled back, and an upload's object "
-        "deleted). `app doctor` names the triggers and rules on the app's tables that the app "
-        "did not make: drop them (`DROP TRIGGER <name> ON {table}`), then retry"
-    )
 
     where: str
     what: str
     table: str
     statement: str = "INSERT into"
+    #: Whether a row was written, but not the one sent, or deleted after (by a trigger).
+    after: bool = False
+
+    @property
+    def message(self) -> str:
+        if self.after:
+            return (
+                f"database {self.where} did not store {self.what}: its {self.statement} "  # noqa: S608
+                f"{self.table} wrote a row, but once every trigger had run that row was gone "
+                "or not as sent (its object, size or digest), as a trigger of another's that "
+                "changes a row before it is stored, or deletes or updates it after, makes it; "
+                "nothing was changed (its transaction was rolled back, and "
+                "the upload's object deleted). `SELECT tgname, pg_get_triggerdef(oid) FROM "
+                f"pg_trigger WHERE tgrelid = '{self.table}'::regclass AND NOT tgisinternal` "
+                "lists the triggers on that table: drop the one that changes its rows (`DROP "
+                f"TRIGGER <name> ON {self.table}`), then retry"
+            )
+        return (
+            f"database {self.where} did not store {self.what}: its {self.statement} "
+            f"{self.table} wrote no row, as a trigger that returns NULL before it or a rule DO "
+            "INSTEAD on that table makes it; nothing was changed (its transaction was rolled "
+            "back, and an upload's object deleted). `app doctor` names the triggers and rules "
+            "on the app's tables that the app did not make: drop them (`DROP TRIGGER <name> "
+            f"ON {self.table}`), then retry"
+        )
 
 
 class DatabaseTimelineBehindError(ConfigError):

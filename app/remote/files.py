@@ -23,7 +23,11 @@ from app.errors import (
 from app.names import check_file_name
 from app.remote import pg
 from app.remote.db import Database, trash_entry, trash_name, utc
-from app.remote.errors import FileRowOfAnotherShapeError, ObjectStoreUnavailableError
+from app.remote.errors import (
+    FileRowOfAnotherShapeError,
+    ObjectStoreUnavailableError,
+    WriteNotStoredError,
+)
 from app.remote.objects import ObjectStore, PutResult
 from app.remote.rows import row_fault
 from app.remote.transfer import ObjectFile, RemoteUpload
@@ -226,6 +230,19 @@ class RemoteFiles:
             pg.stored(inserted, self.db.where, what, "app_files")
             if trash is not None:
                 self.db.audit(conn, "replace-file", f"{session_id}/{name}", trash=trash)
+            # The row as written once every trigger after it has run, deferred ones too (red
+            # team 62 on regress: one after each insert that deleted the row had the upload
+            # answered 201, then its bytes deleted as no row's).
+            conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
+            kept = conn.execute(
+                "SELECT blob, size, sha256 FROM app_files WHERE session_id = %s AND name = %s"
+                " AND deleted_at IS NULL",
+                (session_id, name),
+            ).fetchall()
+            if [(k["blob"], k["size"], k["sha256"]) for k in kept] != [
+                (result.name, result.size, result.sha256)
+            ]:
+                raise WriteNotStoredError(self.db.where, what, "app_files", after=True)
         upload.replaced = trash is not None
         return {
             "name": name,

@@ -264,7 +264,9 @@ def _not_sent_elsewhere(client: Any, where: str) -> None:
             read, and the two remedies.
     """
     reached = str(client.meta.endpoint_url or "")
-    host = (urlsplit(reached).hostname or "").lower().rstrip(".")
+    # As urllib3 reads it, where the requests go (red team 62 on regress: `urlsplit` read
+    # `http://<a store>\\@s3.amazonaws.com` as AWS's, and the upload reached the store).
+    host = _sent_to(reached)[0]
     if host == "amazonaws.com" or host.endswith((".amazonaws.com", ".amazonaws.com.cn")):
         return
     given = [f"{name}={os.environ[name]}" for name in _CONFIGURED_ENDPOINTS if os.environ.get(name)]
@@ -278,6 +280,44 @@ def _not_sent_elsewhere(client: Any, where: str) -> None:
         )
         remedy = "remove that endpoint_url (or give the app's commands another AWS_PROFILE)"
     raise S3EndpointElsewhereError(where, reached, source, remedy)
+
+
+def _sent_to(url: str) -> tuple[str, int | None]:
+    """The host (lower case, no final dot, no brackets) and port of ``url`` as urllib3, the
+    S3 client's HTTP library, reads it: where a request to it is sent. ``("", None)`` for
+    what it cannot read."""
+    from urllib3.exceptions import LocationParseError
+    from urllib3.util import parse_url
+
+    try:
+        parsed = parse_url(url)
+    except LocationParseError:
+        return "", None
+    return (parsed.host or "").lower().rstrip(".").strip("[]"), parsed.port
+
+
+def _read_alike(endpoint_url: str) -> None:
+    """Refuse an endpoint whose host or port Python's ``urlsplit`` (which the check of the
+    profiles' prefixes and the sandbox's compare by) reads otherwise than urllib3 (which
+    sends the requests): ``http://<a store>\\@s3.amazonaws.com`` was AWS's to the check and
+    reached the store (red team 62 on regress)."""
+    parts = urlsplit(endpoint_url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    seen = ((parts.hostname or "").lower().rstrip("."), port)
+    sent = _sent_to(endpoint_url)
+    if seen == sent:
+        return
+    shown = [f"{host}:{port}" if port is not None else host for host, port in (sent, seen)]
+    raise InvalidSettingError(
+        None, "s3_endpoint_url", endpoint_url, f"its host is {shown[0]} to the S3 client's "
+        f"HTTP library (urllib3), where its requests go, and {shown[1]} to the check that no two "
+        "profiles share a prefix (Python's urlsplit), so the check would compare another store "
+        "than the one reached; write the URL as scheme://host:port/path, without a backslash, "
+        "'@' or another character the two read differently", "the caller",
+    )  # fmt: skip
 
 
 def _new_client(**kwargs: Any) -> Any:
@@ -811,6 +851,8 @@ class ObjectStore:
     ) -> None:
         from botocore.config import Config
 
+        if endpoint_url:
+            _read_alike(endpoint_url)
         self.location = parse_blob_url(blob_url, endpoint_url)
         # Before the client exists: every request goes through it, so none can reach a
         # prefix that the test run does not own.
@@ -864,7 +906,8 @@ class ObjectStore:
             # An AWS_* variable or the AWS config file giving the client a value it refuses
             # (AWS_REQUEST_CHECKSUM_CALCULATION=bogus): a traceback too, keys set or not.
             raise S3ClientSettingsError(self.where, _one_line(error).rstrip(".")) from error
-        if endpoint_url is None:
+        if not endpoint_url:
+            # "" too, which the client takes as none (red team 62 on regress).
             _not_sent_elsewhere(self._client, self.where)
         self.read_timeout = read_timeout
         # The database this process opened the prefix for (its id and instance), once

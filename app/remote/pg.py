@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Final, Self
 
 import psycopg
 from psycopg import sql
@@ -571,6 +571,12 @@ def configure_session(conn: psycopg.Connection[Any], lock_wait_seconds: float) -
     count the app keeps by trigger drifted for good (`GET /sessions` said 1 of 4), and the
     audit table was no longer append-only (red team 37). Set back to ``origin``; a role that
     may not set it is refused (42501), naming it.
+
+    ``row_security``: off, so that a query row security would filter (a policy, or none, on
+    an app table, for a role subject to it) fails rather than return some rows as all of
+    them: `app data check --repair` took the objects of the rows hidden for orphans and
+    deleted them (red team 62 on regress). Any role may set it; for one row security does
+    not apply to (the tables' owner, a superuser) it changes nothing.
     """
     conn.execute(
         "SELECT set_config('lock_timeout', %s, false), CASE WHEN"
@@ -586,7 +592,8 @@ def configure_session(conn: psycopg.Connection[Any], lock_wait_seconds: float) -
         " WHERE name = 'idle_in_transaction_session_timeout') BETWEEN 1 AND %s"
         " THEN set_config('idle_in_transaction_session_timeout', %s, false) END,"
         " CASE WHEN current_setting('session_replication_role') <> 'origin'"
-        " THEN set_config('session_replication_role', 'origin', false) END",
+        " THEN set_config('session_replication_role', 'origin', false) END,"
+        " set_config('row_security', 'off', false)",
         (
             f"{max(1, round(lock_wait_seconds * 1000))}ms",
             IDLE_SESSION_FLOOR_MS - 1,
@@ -781,7 +788,11 @@ _REFUSALS: dict[str, str] = {
         "role that owns the app's tables (`\\dt app_*` in psql shows it). If it names "
         "session_replication_role, the database or the role sets it to replica, which only "
         "a superuser may set back: `ALTER DATABASE {dbname} RESET session_replication_role` "
-        "and the same for the role resolve it"
+        "and the same for the role resolve it. If it names row-level security, row security "
+        "was switched on for an app table since this process opened the database (the app "
+        "reads with row_security off, so that no query returns some rows as all of them): "
+        "as the tables' owner, `ALTER TABLE <that table> DISABLE ROW LEVEL SECURITY` "
+        "resolves it, and `app doctor` names every such table"
     ),
     "53100": (
         "The database server's disk is full: free space on the volume of its data directory "
@@ -1025,13 +1036,43 @@ def unlogged(conn: psycopg.Connection[Any]) -> tuple[tuple[str, ...], tuple[str,
     return tuple(t for t in APP_TABLES if t in tables), tuple(sequences)
 
 
-#: The app's own triggers: (table, trigger).
-_APP_TRIGGERS = frozenset(
-    (table, name)
-    for name, table in re.findall(r"^CREATE TRIGGER (\w+) .*?\bON (\w+)", _SCHEMA, re.M | re.S)
-)
-# tgtype's bits (PostgreSQL's pg_trigger.h): for each row, before, instead of.
+# tgtype's bits (PostgreSQL's pg_trigger.h): for each row, before, instead of; the events.
 _ROW, _BEFORE, _INSTEAD = 1, 2, 64
+_EVENTS = {"INSERT": 4, "DELETE": 8, "UPDATE": 16, "TRUNCATE": 32}
+
+
+def _app_triggers() -> dict[tuple[str, str], tuple[int, str, str]]:
+    """The app's own triggers, by (table, trigger): their ``tgtype``, their function's name
+    and the statement that makes them, as `_SCHEMA` has them."""
+    found = {}
+    for made in re.finditer(
+        r"^CREATE TRIGGER (\w+) (BEFORE|AFTER) (.*?) ON (\w+)\s+FOR EACH (ROW|STATEMENT)"
+        r" EXECUTE FUNCTION (\w+)\(\);",
+        _SCHEMA,
+        re.M | re.S,
+    ):
+        name, timing, events, table, level, function = made.groups()
+        kind = (_ROW if level == "ROW" else 0) | (_BEFORE if timing == "BEFORE" else 0)
+        kind |= sum(bit for word, bit in _EVENTS.items() if re.search(rf"\b{word}\b", events))
+        found[(table, name)] = (kind, function, " ".join(made.group(0).split()).rstrip(";"))
+    return found
+
+
+#: The app's own triggers: (table, trigger) -> (tgtype, function, the statement making it).
+_APP_TRIGGERS: Final = _app_triggers()
+#: The app's trigger functions: name -> (their body, ``prosrc``, its words on one line; the
+#: statement that makes them again, on one line, which plpgsql takes).
+_APP_FUNCTIONS: Final = {
+    made.group(1): (
+        " ".join(made.group(2).split()),
+        " ".join(made.group(0).split()).replace("CREATE", "CREATE OR REPLACE", 1).rstrip(";"),
+    )
+    for made in re.finditer(
+        r"^CREATE FUNCTION (\w+)\(\) RETURNS trigger LANGUAGE plpgsql AS \$\$(.*?)\$\$;",
+        _SCHEMA,
+        re.M | re.S,
+    )
+}
 
 
 def hooks(conn: psycopg.Connection[Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -1046,12 +1087,27 @@ def hooks(conn: psycopg.Connection[Any]) -> tuple[tuple[str, ...], tuple[str, ..
     gone. A rule ``ON UPDATE TO app_sessions DO INSTEAD NOTHING`` made every delete a bare
     ``FeatureNotSupported`` (500). Triggers after the change (a CDC tool's), and of each
     statement, are left alone: they cannot skip a row.
+
+    Row security that applies to this connection's role (``ENABLE`` and, for the tables'
+    owner, ``FORCE ROW LEVEL SECURITY``, as a hardening script or a hosted database's advice
+    sets it on every table): its reads see only the rows a policy shows, none where no policy
+    is (red team 62 on regress: `app data check --repair` took every upload's object for an
+    orphan and deleted it, bytes the app had acknowledged). :func:`configure_session` turns
+    ``row_security`` off, so that a query it would filter fails instead, under a live replica
+    too; this names it at the open.
     """
     cursor = conn.cursor(row_factory=tuple_row)
+    secured = cursor.execute(
+        "SELECT c.relname FROM pg_class c WHERE c.relname = ANY(%s) AND c.relnamespace"
+        "  = (SELECT oid FROM pg_namespace WHERE nspname = current_schema())"
+        " AND row_security_active(c.oid) ORDER BY 1",
+        (list(APP_TABLES),),
+    ).fetchall()
     triggers = cursor.execute(
-        "SELECT c.relname, t.tgname, t.tgtype, t.tgenabled::text, pg_get_triggerdef(t.oid)"
-        " FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid"
-        " WHERE NOT t.tgisinternal AND c.relname = ANY(%s) AND c.relnamespace"
+        "SELECT c.relname, t.tgname, t.tgtype, t.tgenabled::text, pg_get_triggerdef(t.oid),"
+        " p.proname, p.prosrc FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid"
+        " JOIN pg_proc p ON p.oid = t.tgfoid WHERE NOT t.tgisinternal"
+        " AND c.relname = ANY(%s) AND c.relnamespace"
         "  = (SELECT oid FROM pg_namespace WHERE nspname = current_schema()) ORDER BY 1, 2",
         (list(APP_TABLES),),
     ).fetchall()
@@ -1064,9 +1120,23 @@ def hooks(conn: psycopg.Connection[Any]) -> tuple[tuple[str, ...], tuple[str, ..
     ).fetchall()
     found: list[str] = []
     undo: list[str] = []
-    for table, name, kind, enabled, definition in triggers:
+    for table, name in sorted(set(_APP_TRIGGERS) - {(t[0], t[1]) for t in triggers}):
+        # Dropped (red team 62 on regress: the open took it, the count drifting for good).
+        found.append(f"the app's trigger {name} on {table} is gone")
+        undo.append(_APP_TRIGGERS[(table, name)][2])
+    for table, name, kind, enabled, definition, function, body in triggers:
         fires = enabled in ("O", "A")
-        if (table, name) in _APP_TRIGGERS:
+        app = _APP_TRIGGERS.get((table, name))
+        if app is not None and (kind, function) != app[:2]:
+            # Another's under the app's name (red team 62 on regress: one run before each
+            # insert, returning NULL, was taken for the app's own).
+            found.append(f"{definition}, made in place of the app's")
+            undo.append(f'DROP TRIGGER "{name}" ON "{table}"; {app[2]}')
+        elif app is not None:
+            if " ".join(str(body).split()) != _APP_FUNCTIONS[function][0]:
+                # Its function replaced (CREATE OR REPLACE FUNCTION): the same class.
+                found.append(f"the function {function}() of the app's trigger {name} was replaced")
+                undo.append(_APP_FUNCTIONS[function][1])
             if not fires:
                 found.append(f"the app's trigger {name} on {table} is off")
                 undo.append(f'ALTER TABLE "{table}" ENABLE TRIGGER "{name}"')
@@ -1076,6 +1146,9 @@ def hooks(conn: psycopg.Connection[Any]) -> tuple[tuple[str, ...], tuple[str, ..
     for table, name, definition in rules:
         found.append(" ".join(str(definition).split()).rstrip(";"))
         undo.append(f'DROP RULE "{name}" ON "{table}"')
+    for (table,) in secured:
+        found.append(f"row level security on {table}, which role {conn.info.user} is subject to")
+        undo.append(f'ALTER TABLE "{table}" DISABLE ROW LEVEL SECURITY')
     return tuple(found), tuple(undo)
 
 

@@ -477,6 +477,12 @@ EXAMPLES: list[errors.AppError] = [
     remote.WriteNotStoredError(
         DATABASE, "the upload of 'notes.txt' into session 0123456789abcdef", "app_files"
     ),
+    remote.WriteNotStoredError(
+        DATABASE,
+        "the upload of 'notes.txt' into session 0123456789abcdef",
+        "app_files",
+        after=True,
+    ),
     remote.DatabaseTimelineBehindError("production", DATABASE, OBJECTS, 1, 2),
     remote.RestampBoundElsewhereError(
         "staging",
