@@ -920,12 +920,19 @@ def _dynaconf_file_values(files: Files, keys: Collection[str]) -> Values:
 
     # envvar_prefix=None: dynaconf's env loader reads os.environ itself, ignoring the
     # `environ` a caller passed; the app applies APP_* variables itself.
+    # DYNABOXIFY=True is dynaconf's default, given here so that it is in the store from the
+    # start: every `set` asks for it (`self.get("DYNABOXIFY", True)`), and a key missing
+    # from the store is looked for in every case (`find_the_correct_casing`: four
+    # `str.lower`s per stored key) before the default is used, 65 times as dynaconf writes
+    # its default settings: 6 M of `app config`'s instructions (bench/README.md
+    # "perf-startup62").
     settings = Dynaconf(
         settings_files=[],
         environments=False,
         merge_enabled=True,
         envvar_prefix=None,
         load_dotenv=False,
+        DYNABOXIFY=True,
     )
     # Each file is handed to dynaconf's TOML loader itself, in the order `layers` reads them.
     # Given as `settings_files`, dynaconf adds `<name>.local.toml` next to every file it finds,
