@@ -53,6 +53,7 @@ import httpx
 import pytest
 from forked_app import python_c
 from test_server_e2e import Server, app_env, run_app
+from waits import until
 
 from app.config_files import read_files
 from app.errors import SettingsNotAFileError, SettingsNotFoundError
@@ -147,27 +148,19 @@ def test_a_settings_file_that_is_no_regular_file_is_refused_not_left_out(
         secrets.write_bytes(kept)
 
 
-#: How long `_until` waits for what a server does at once: a net under a wait for an event
-#: that may never come (it came within a second under a load average of 26), not a speed.
-_NET_SECONDS = 120
-
-
 def _until(condition: Callable[[], object], what: str, server: Server) -> None:
-    """Wait for `condition`; fail, with the server's output and whether it ignores SIGINT
-    (started so by a run that ignores it), where it ends or never gets there."""
-    deadline = time.monotonic() + _NET_SECONDS
-    while not condition():
+    """Wait for `condition`; fail with the server's output and whether it ignores SIGINT
+    (started so by a run that ignores it: tests/conftest.py) where it never comes."""
+
+    def explain() -> str:
         ignored = "unknown"
         with contextlib.suppress(OSError, ValueError, IndexError):
             status = Path(f"/proc/{server.pid}/status").read_text()
             mask = int(re.findall(r"^SigIgn:\s*(\w+)$", status, re.MULTILINE)[0], 16)
             ignored = str(bool(mask >> (signal.SIGINT - 1) & 1))
-        assert server.process.poll() is None, f"exited before {what}:\n{server.output}"
-        assert time.monotonic() < deadline, (
-            f"no {what} after {_NET_SECONDS} s (server {server.pid}, SIGINT ignored: "
-            f"{ignored}):\n{server.output}"
-        )
-        time.sleep(0.01)
+        return f"{what} (server {server.pid}, SIGINT ignored: {ignored}):\n{server.output}"
+
+    until(condition, explain, lambda: server.process.poll() is None)
 
 
 def test_a_request_a_second_ctrl_c_cuts_is_told_so_not_blamed_on_the_grace(
