@@ -12,14 +12,14 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import forked_app
 import httpx
 import pytest
 from live_http import WAIT
+from waits import until
 
 from app import config as appconfig
 from app.testing.live_server import stop_server
@@ -73,9 +73,15 @@ def _answer(sock: socket.socket) -> bytes:
     return received
 
 
-def _wait_for_a_temp_file(root: Root) -> None:
-    while not root.temp_files():  # a poll on a condition: the upload has begun on disk
-        time.sleep(0.01)
+def _wait_for_a_temp_file(
+    root: Root, process: subprocess.Popen[bytes] | forked_app.Forked, log: Path
+) -> None:
+    # A poll on a condition: the upload has begun on disk (bounded, a net: tests/waits.py).
+    until(root.temp_files, lambda: f"no upload file in .tmp/:\n{log.read_text()}", _alive(process))
+
+
+def _alive(process: subprocess.Popen[bytes] | forked_app.Forked) -> Callable[[], bool]:
+    return lambda: process.poll() is None
 
 
 def test_uploads_acknowledged_before_a_sigterm_and_a_sigkill_survive_both(root: Root) -> None:
@@ -88,11 +94,14 @@ def test_uploads_acknowledged_before_a_sigterm_and_a_sigkill_survive_both(root: 
             assert client.put(f"{files}/done.bin", content=done).status_code == 201
             # SIGTERM while an upload is half received: the server finishes it, then stops.
             sock = _begin_put(url, root.headers, f"{files}/during.bin", during[: SIZE // 2])
-            _wait_for_a_temp_file(root)
+            _wait_for_a_temp_file(root, process, log)
             process.send_signal(signal.SIGTERM)
             # uvicorn logs this, then marks every connection to close after its answer
-            while "Shutting down" not in log.read_text():  # a poll on a condition
-                time.sleep(0.01)
+            until(
+                lambda: "Shutting down" in log.read_text(),
+                lambda: f"no 'Shutting down' after SIGTERM:\n{log.read_text()}",
+                _alive(process),
+            )
             sock.sendall(during[SIZE // 2 :])
             answer = _answer(sock)
             sock.close()
@@ -112,7 +121,7 @@ def test_uploads_acknowledged_before_a_sigterm_and_a_sigkill_survive_both(root: 
                 assert got.headers["etag"] == f'"{hashlib.sha256(data).hexdigest()}"'
             # SIGKILL while an upload is half received: never acknowledged, never listed.
             sock = _begin_put(url, root.headers, f"{files}/killed.bin", killed[: SIZE // 2])
-            _wait_for_a_temp_file(root)
+            _wait_for_a_temp_file(root, process, log)
             process.kill()
             process.wait()
             assert _answer(sock) == b""

@@ -14,7 +14,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -25,6 +24,7 @@ from test_redteam_s31_guard import stopped  # noqa: F401 - a fixture
 from test_redteam_s35_guard import _run
 from test_redteam_s36_guard import _run_beside as run_beside
 from test_server_e2e import snapshot
+from waits import until
 
 #: Runs the inner pytest in a mount namespace of its own, where its tests may mount.
 _OWN_MOUNTS = "unshare --mount --propagation private"
@@ -326,11 +326,11 @@ def test_children_started_every_other_way_are_refused_production(
         production, tmp_path, settings, "test_inner.py", ROOT=str(production), LOGS=str(logs)
     )
     assert code == 0, output
-    # The nohup'd child acts after the run: wait for its log (no time limit: it ends). A
-    # poll every 10 ms, not a spin: the child's start-up (0.5 to 2 s) needs the core.
+    # The nohup'd child acts after the run: wait for its log. A poll every 10 ms, not a
+    # spin: the child's start-up (0.5 to 2 s) needs the core. Bounded (a net, not a speed:
+    # tests/waits.py): a child that was not refused writes no "error:", and the wait hung.
     done = logs / "nohup.log"
-    while "error:" not in done.read_text():
-        time.sleep(0.01)
+    until(lambda: "error:" in done.read_text(), lambda: f"no refusal in {done}: {done.read_text()}")
     assert "tests run on the 'testing' profile" in done.read_text(), done.read_text()
     assert "This process outlived the test run that started it" in done.read_text()
 

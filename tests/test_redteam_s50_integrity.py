@@ -29,10 +29,10 @@ from __future__ import annotations
 import json
 import sys
 import threading
-import time
 
 import pytest
 from test_redteam_s38_integrity import _first_builds_session
+from waits import until
 
 from app.config import Config
 from app.errors import FileNotFoundInSessionError, InvalidNameError
@@ -131,8 +131,12 @@ def test_an_empty_trash_never_removes_a_session_whose_delete_has_not_written_its
         )
         deleting.start()
         trash = app_store.root.trash_dir
-        while not any(trash.glob(f"*-{sid}/session")):  # moved; its fsync waits for the gate
-            time.sleep(0.001)
+        # Moved; its fsync waits for the gate (a thread that died first ends the wait).
+        until(
+            lambda: any(trash.glob(f"*-{sid}/session")),
+            lambda: f"session {sid} never reached the trash ({deleted})",
+            deleting.is_alive,
+        )
         emptied = app_store.empty_trash()
     deleting.join()
     assert emptied == []  # left, as an entry made after the empty-trash began

@@ -35,6 +35,7 @@ What broke:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -45,12 +46,14 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 from forked_app import python_c
 from test_server_e2e import Server, app_env, run_app
+from waits import until
 
 from app.config_files import read_files
 from app.errors import SettingsNotAFileError, SettingsNotFoundError
@@ -145,6 +148,21 @@ def test_a_settings_file_that_is_no_regular_file_is_refused_not_left_out(
         secrets.write_bytes(kept)
 
 
+def _until(condition: Callable[[], object], what: str, server: Server) -> None:
+    """Wait for `condition`; fail with the server's output and whether it ignores SIGINT
+    (started so by a run that ignores it: tests/conftest.py) where it never comes."""
+
+    def explain() -> str:
+        ignored = "unknown"
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            status = Path(f"/proc/{server.pid}/status").read_text()
+            mask = int(re.findall(r"^SigIgn:\s*(\w+)$", status, re.MULTILINE)[0], 16)
+            ignored = str(bool(mask >> (signal.SIGINT - 1) & 1))
+        return f"{what} (server {server.pid}, SIGINT ignored: {ignored}):\n{server.output}"
+
+    until(condition, explain, lambda: server.process.poll() is None)
+
+
 def test_a_request_a_second_ctrl_c_cuts_is_told_so_not_blamed_on_the_grace(
     tmp_path: Path,
 ) -> None:
@@ -167,16 +185,13 @@ def test_a_request_a_second_ctrl_c_cuts_is_told_so_not_blamed_on_the_grace(
         with socket.create_connection(("127.0.0.1", server.port), timeout=30) as upload:
             upload.sendall(head.encode() + b"x" * 65536)  # then the body stalls
             staging = root / ".tmp"
-            while not any(staging.iterdir()):  # the server is streaming it to disk
-                assert server.process.poll() is None, server.output
-                time.sleep(0.01)
+            # The server is streaming it to disk.
+            _until(lambda: any(staging.iterdir()), "its upload file in .tmp/", server)
             os.kill(server.pid, signal.SIGINT)
             # Two signals sent at once are one (a pending signal is not queued twice): the
             # second goes once the server says, in its lock file, that it is stopping.
             lock = root / ".server.lock"
-            while "stopping_since" not in lock.read_text():
-                assert server.process.poll() is None, server.output
-                time.sleep(0.01)
+            _until(lambda: "stopping_since" in lock.read_text(), "stopping_since", server)
             os.kill(server.pid, signal.SIGINT)  # Ctrl-C again: stop at once
             answer = b""
             while chunk := upload.recv(65536):

@@ -112,6 +112,9 @@ def test_removed():
 """
 )
 
+#: The inner run's registry of runs made its own before it starts (``$1``), then the run.
+_OWN_REGISTRY = 'mount -t tmpfs -o mode=0700 app-runs "$1" && shift && exec "$@"'
+
 #: A runner script that calls pytest through another module: its run is found by its entry
 #: alone, as a command line no pytest's (red team 42).
 RUNNER = "import sys\n\nimport runner_module\n\nsys.exit(runner_module.main(sys.argv[1:]))\n"
@@ -141,6 +144,12 @@ def run_inner(
         [
             # Out of this run's tree, where its children would find this run above theirs.
             *("unshare", "--pid", "--fork", "--mount-proc"),
+            # With a registry of its own (a tmpfs over it, in the mount namespace --mount-proc
+            # makes): a run starting elsewhere meanwhile forgets an entry that it cannot read
+            # and whose pid is dead in its namespace (`_forget_dead_runs`), so the FIFO went
+            # before the child looked, which then found the run by the descriptor it keeps
+            # open and never read the sealed copy (failed once under load).
+            *("sh", "-c", _OWN_REGISTRY, "sh", str(sandbox.RUNS_DIR)),
             *(sys.executable, "run_tests.py", "-p", "no:cacheprovider", "-p", "no:xdist"),
             *(f"--basetemp={tmp_path / 'inner'}", "test_entry.py"),
         ],

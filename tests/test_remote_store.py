@@ -11,7 +11,6 @@ import hashlib
 import os
 import signal
 import threading
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,7 +23,7 @@ from engines import S3Engine
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from test_restore_entry import restore_by_entry
-from waits import until_set
+from waits import until, until_set
 
 from app.config import Config
 from app.errors import (
@@ -504,8 +503,10 @@ def _wait_for_lock_wait(database_url: str) -> None:
     # The child's commit is blocked on the session's row lock once pg_locks shows a lock
     # that is not granted.
     with psycopg.connect(database_url, autocommit=True) as conn:
-        while not conn.execute("SELECT 1 FROM pg_locks WHERE NOT granted").fetchone():
-            time.sleep(0.01)
+        until(
+            lambda: conn.execute("SELECT 1 FROM pg_locks WHERE NOT granted").fetchone(),
+            lambda: "no commit waited on a row lock (pg_locks shows none not granted)",
+        )
 
 
 _KILLED_UPLOADER = """

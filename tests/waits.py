@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 #: How often a wait looks at the thread (it measures nothing: the event ends it at once).
@@ -38,4 +39,26 @@ def until_ended(*pids: int) -> None:
     for _ in range(6000):
         if all(ended(pid) for pid in pids):
             return
+        time.sleep(POLL)
+
+
+#: How long `until` waits at most: a net under a wait for an event that may never come, where
+#: a bare ``while not ...: time.sleep`` hung the test and the run; never a measure of speed
+#: (what it waits for comes within a second or two, even under a load average of 26).
+NET_SECONDS = 120
+
+
+def until(
+    condition: Callable[[], object],
+    explain: Callable[[], str],
+    alive: Callable[[], bool] | None = None,
+    seconds: float = NET_SECONDS,
+) -> None:
+    """Wait until `condition()` holds, looking every `POLL`; fail with `explain()` (the output
+    that says why: a server's log, a child's) at once when `alive()` says what would bring
+    it has ended, or after `seconds` (`NET_SECONDS`) as a net."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert alive is None or alive(), f"ended before it came: {explain()}"
+        assert time.monotonic() < deadline, f"never came in {seconds:g} s: {explain()}"
         time.sleep(POLL)
