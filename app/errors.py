@@ -93,7 +93,10 @@ class PrintableLines(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         text = record.getMessage()
-        shown = _printable_lines(text)
+        # The values given to the format (a file's name, a request's path, an error's
+        # quoted names) are shown as they are; the format's own `app ...` are given the
+        # profile (`as_selected`, red team 62 on regress).
+        shown = _printable_lines(text, _given(record.args))
         if shown != text:
             record.msg, record.args = shown, None
         if record.exc_info and not record.exc_text:
@@ -107,8 +110,27 @@ class PrintableLines(logging.Filter):
         return True
 
 
-def _printable_lines(text: str) -> str:
-    return "\n".join(printable(line) for line in as_selected(text).split("\n"))
+def _printable_lines(text: str, keep: Sequence[str] = ()) -> str:
+    return "\n".join(printable(line) for line in as_selected(text, keep).split("\n"))
+
+
+def _given(args: object) -> list[str]:
+    """The text of a log record's arguments, as ``%s`` and ``%r`` show it, for
+    `as_selected` to leave: an error's quoted values (`quoted_values`), not its message."""
+    if isinstance(args, Mapping):
+        values = list(args.values())
+    elif isinstance(args, tuple):
+        values = list(args)
+    else:
+        return []
+    kept: list[str] = []
+    for value in values:
+        if isinstance(value, AppError):
+            kept.extend(quoted_values(value))
+        elif isinstance(value, str | os.PathLike):
+            text = os.fspath(value)
+            kept.extend((str(text), repr(text)))
+    return kept
 
 
 #: The profile ``--profile`` selected for the command this process runs, once it is loaded

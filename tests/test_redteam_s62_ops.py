@@ -243,8 +243,11 @@ from pathlib import Path
 from app.config import load
 from app.storage import open_storage
 with open_storage(load(), writer=True) as store:
-    Path(sys.argv[1]).write_text("held")
-    Path(sys.argv[2]).read_text()
+    # Opened before it says so: a FIFO's reader that opens it after its last writer closed
+    # waits in the open for ever (red team 62 on regress: a test that let go at once).
+    with Path(sys.argv[2]).open() as done:
+        Path(sys.argv[1]).write_text("held")
+        done.read()
 """
 
 

@@ -20,7 +20,12 @@ What broke:
   a bind mount of the other root's ``.trash/``, found no root above, and a testing or
   development root there was stamped and written into the other root. A directory above
   with no stamp now counts as a data root where its lock file is a root's, or lies beside
-  the root's own ``sessions/`` and ``.trash/`` directories (`app.dataroot._a_root_s`).
+  the root's own ``sessions/`` and ``.trash/`` directories (`app.dataroot._a_root_s`);
+- red team 62 on operations gives every `app ...` between backticks of a refusal or a log
+  line the ``--profile`` the command was given, and did so inside the names they quote: a
+  file named "`app status`" was reported, and logged by ``app --profile ... serve``, as
+  "`app --profile testing status`", a file that is not there. The values an error quotes
+  (`app.errors.quoted_values`) and those given to a log line's format are left as given.
 """
 
 from __future__ import annotations
@@ -153,3 +158,37 @@ def test_a_name_a_refusal_quotes_is_shown_as_it_was_given(app_config: Any) -> No
         f"no file {name!r} of session {session!r} in the trash; `app --profile testing "
         "sessions list --trash` shows what can be restored"
     ) in " ".join(refused.stderr.split()), refused.stderr
+
+
+def test_a_name_a_log_line_is_given_is_logged_as_it_is() -> None:
+    """The same in a server's log (`PrintableLines`, on every line a server logs): a file's
+    name given to a log line's format was given the ``--profile`` of ``app --profile ...
+    serve``, and so was an error's quoted name; the format's own `app ...` still is."""
+    import logging
+
+    from app.errors import PrintableLines, SessionNotFoundError, select_for_commands
+
+    name = "`app status`"
+    records = [
+        logging.LogRecord(
+            "app", logging.WARNING, __file__, 1, "file %r of session %s: `app data check` names "
+            "it", (name, "0" * 32), None
+        ),
+        logging.LogRecord(
+            "app", logging.WARNING, __file__, 1, "%s %s: %s",
+            ("GET", f"/sessions/{name}", SessionNotFoundError(name)), None
+        ),
+    ]  # fmt: skip
+    select_for_commands("testing")
+    try:
+        for record in records:
+            PrintableLines().filter(record)
+    finally:
+        select_for_commands(None)
+    # Before the fix: "file '`app --profile testing status`' of session ...".
+    assert records[0].getMessage() == (
+        f"file {name!r} of session {'0' * 32}: `app --profile testing data check` names it"
+    )
+    shown = records[1].getMessage()
+    assert shown.startswith(f"GET /sessions/{name}: no session {name!r} "), shown
+    assert "`app --profile testing sessions list` shows the sessions" in shown, shown
