@@ -42,6 +42,7 @@ from app.errors import (
     PrintableLines,
     SessionNotFoundError,
     as_selected,
+    quoted_values,
     select_for_commands,
     shell_word,
     storage_error,
@@ -58,7 +59,8 @@ def fail(error: AppError) -> NoReturn:
     """Print an app error the same way for every command, then exit with its code."""
     # Each line as text: a path it names is whatever its directory was called, and an
     # escape in it acted on the terminal (red team 47); the lines a message has stay.
-    shown = "\n".join(_printable(line) for line in as_selected(error.message).split("\n"))
+    message = as_selected(error.message, keep=quoted_values(error))
+    shown = "\n".join(_printable(line) for line in message.split("\n"))
     click.echo(f"error: {shown}", err=True)
     sys.exit(error.exit_code)
 

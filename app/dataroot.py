@@ -1578,20 +1578,40 @@ def _stamped_root_above(path: Path, *, resolve: bool = True) -> Path | None:
     if not resolve:
         try:
             for directory in path.parents:
-                lock = directory / LOCK_FILE
-                if lexists(directory / STAMP_FILE) or (lexists(lock) and a_root_s_lock_file(lock)):
+                if lexists(directory / STAMP_FILE) or (
+                    lexists(directory / LOCK_FILE) and _a_root_s(directory)
+                ):
                     return directory
         except OSError:
             pass  # out of this process's reach (another user's /proc/<pid>/root): unknown
         return None
     outer = data_root_of(path.parent)
-    while outer is not None and not (
-        lexists(outer / STAMP_FILE) or a_root_s_lock_file(outer / LOCK_FILE)
-    ):
+    while outer is not None and not (lexists(outer / STAMP_FILE) or _a_root_s(outer)):
         # An unrelated file named as a lock file, no stamp beside it: not a data root; look
         # further up (red team 59).
         outer = None if outer.parent == outer else data_root_of(outer.parent)
     return outer
+
+
+def _a_root_s(directory: Path) -> bool:
+    """Whether the ``.server.lock`` in `directory`, which has no stamp, is a data root's:
+    locked or holding a holder's JSON (`a_root_s_lock_file`), or, left empty by a holder that
+    let go, beside the root's own ``sessions/`` and ``.trash/`` directories.
+
+    An empty lock file was passed over as another program's (red team 59 on regress: a pid
+    file in a home directory), so a stopped root whose stamp was lost (deleted by hand, a
+    restore that skipped it) was no data root to a root inside it: its ``.trash/`` named as
+    development's root, by its path or through a bind mount, was stamped and written into
+    (red team 62 on regress)."""
+    lock = directory / LOCK_FILE
+    if a_root_s_lock_file(lock):
+        return True
+    try:
+        return all(
+            stat.S_ISDIR(os.lstat(directory / name).st_mode) for name in (SESSIONS_DIR, TRASH_DIR)
+        ) and stat.S_ISREG(os.lstat(lock).st_mode)
+    except OSError:
+        return False
 
 
 def _refuse_other_stamp(config: Config, root: Path) -> None:

@@ -93,7 +93,10 @@ class PrintableLines(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         text = record.getMessage()
-        shown = _printable_lines(text)
+        # The values given to the format (a file's name, a request's path, an error's
+        # quoted names) are shown as they are; the format's own `app ...` are given the
+        # profile (`as_selected`, red team 62 on regress).
+        shown = _printable_lines(text, _given(record.args))
         if shown != text:
             record.msg, record.args = shown, None
         if record.exc_info and not record.exc_text:
@@ -107,8 +110,27 @@ class PrintableLines(logging.Filter):
         return True
 
 
-def _printable_lines(text: str) -> str:
-    return "\n".join(printable(line) for line in as_selected(text).split("\n"))
+def _printable_lines(text: str, keep: Sequence[str] = ()) -> str:
+    return "\n".join(printable(line) for line in as_selected(text, keep).split("\n"))
+
+
+def _given(args: object) -> list[str]:
+    """The text of a log record's arguments, as ``%s`` and ``%r`` show it, for
+    `as_selected` to leave: an error's quoted values (`quoted_values`), not its message."""
+    if isinstance(args, Mapping):
+        values = list(args.values())
+    elif isinstance(args, tuple):
+        values = list(args)
+    else:
+        return []
+    kept: list[str] = []
+    for value in values:
+        if isinstance(value, AppError):
+            kept.extend(quoted_values(value))
+        elif isinstance(value, str | os.PathLike):
+            text = os.fspath(value)
+            kept.extend((str(text), repr(text)))
+    return kept
 
 
 #: The profile ``--profile`` selected for the command this process runs, once it is loaded
@@ -122,7 +144,7 @@ def select_for_commands(profile: str | None) -> None:
     _SELECTED[:] = [] if profile is None else [profile]
 
 
-def as_selected(text: str) -> str:
+def as_selected(text: str, keep: Sequence[str] = ()) -> str:
     """`text` with each `app ...` command it names between backticks given the ``--profile``
     the command was given (`select_for_commands`), where it names none.
 
@@ -131,16 +153,48 @@ def as_selected(text: str) -> str:
     after ``app --profile production data purge --yes-i-mean-it``, "`app sessions list
     --trash` shows them" listed development's trash, a refusal's "`app status` shows the
     holder" said "held by: nobody" of development's root, and the log of ``app --profile
-    staging serve`` named an `app data check --repair` of development's (red team 62)."""
+    staging serve`` named an `app data check --repair` of development's (red team 62).
+    A command inside one of `keep` (the values the text quotes: `quoted_values`) is left."""
     if not _SELECTED or "\x60app " not in text:
         return text
     import re  # here: a line that names no command does not pay for it
 
-    return re.sub(
-        r"\x60app ((?:(?!--profile)[^\x60])*)\x60",
-        f"\x60app --profile {_SELECTED[0]} \\1\x60",
-        text,
-    )
+    # A value the text quotes (a file's or a session's name) is shown as it is: "no file
+    # '`app status`' of session ..." named a file that is not there, and `--file` copied
+    # from it was refused again (red team 62 on regress).
+    kept = [
+        found.span()
+        for value in keep
+        if "\x60app " in value
+        for found in re.finditer(re.escape(value), text)
+    ]
+
+    def given(command: re.Match[str]) -> str:
+        start, end = command.span()
+        if any(first < end and start < last for first, last in kept):
+            return command.group()
+        return f"\x60app --profile {_SELECTED[0]} {command.group(1)}\x60"
+
+    return re.sub(r"\x60app ((?:(?!--profile)[^\x60])*)\x60", given, text)
+
+
+def quoted_values(error: AppError) -> list[str]:
+    """Each string of `error`'s fields (one level down in a sequence or a mapping's values)
+    as its message quotes it (``repr``: ``'`app status`'``): a name given by a client or
+    on the command line, where the app's own text (a ``fix``) is written as it is, for
+    `as_selected` to leave."""
+    found: list[str] = []
+    for spec in fields(error):
+        value = getattr(error, spec.name, None)
+        items = (
+            list(value.values())
+            if isinstance(value, Mapping)
+            else list(value)
+            if isinstance(value, list | tuple | set | frozenset)
+            else [value]
+        )
+        found.extend(repr(item) for item in items if isinstance(item, str))
+    return found
 
 
 @dataclass_transform(eq_default=False, field_specifiers=(field,))
@@ -854,12 +908,25 @@ def _another_device_stop(holder: Mapping[str, Any], root: Path) -> str:
     )
 
 
-def _waits(root: Path) -> str:
+def _waits(root: Path, pid: object = None, *, lock_elsewhere: bool = False) -> str:
     """The command that waits until the holder of `root` lets go, as a refusal's "wait for
     it to finish" names it: it named none, and an operator's `sleep` and retry either waited
     too long or was refused again (red team 62). flock(1) (util-linux) takes a shared lock,
     as `app status` does for an instant, once the holder's exclusive one is gone: at that
-    moment, not at a poll's next tick, and whatever process holds the descriptor."""
+    moment, not at a poll's next tick, and whatever process holds the descriptor.
+
+    Not where the holder's lock is no longer the file at the path (`lock_elsewhere`: deleted,
+    moved, or another file mounted over its name): the refused command had locked a new file
+    there, and that ``flock`` returned at once beside the holder, so the command run after it
+    was refused again (red team 62 on regress). Then the holder's process is waited for
+    (`pid`, as this process numbers it), once a second; nothing where none is known."""
+    if lock_elsewhere:
+        if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+            return ""
+        return (
+            f" (`tail --pid={pid} -f /dev/null` returns once it exits: its lock is not the "
+            "file at that path now, so a flock there would not wait for it)"
+        )
     lock_file = shell_word(Path(root) / ".server.lock")
     return f" (`flock -s {lock_file} true` returns once it lets go)"
 
@@ -877,6 +944,9 @@ class DataRootInUseError(AppError):
     # app.lock.describe_holder(holder): the lock, which raises this, knows what a holder
     # publishes, and errors must not import the lock that imports them.
     held_by: str = field(kw_only=True)
+    #: The holder's lock is not the file at ``<root>/.server.lock`` (deleted, moved or
+    #: mounted over while held): a wait on that file returns at once (`_waits`).
+    lock_elsewhere: bool = field(default=False, kw_only=True)
 
     def __post_init__(self) -> None:
         self.holder = dict(self.holder) if self.holder else None
@@ -895,6 +965,7 @@ class DataRootInUseError(AppError):
             and not {"took_lock", "unpublished", "pid_written_over"} & self.holder.keys()
             else None
         )
+        waits = _waits(self.root, pid, lock_elsewhere=self.lock_elsewhere)
         if self.holder and "through_device" in self.holder:
             stop = _another_device_stop(self.holder, self.root)
         elif pid == os.getpid() and self.holder and self.holder.get("host") == socket.gethostname():
@@ -911,7 +982,7 @@ class DataRootInUseError(AppError):
                 f"it is stopping since {self.holder['stopping_since']}, finishing the requests "
                 "in flight"
                 + (f" (for at most shutdown_grace_seconds, {grace} s)" if grace else "")
-                + f": wait for pid {pid} to exit{_waits(self.root)} and retry; do not "
+                + f": wait for pid {pid} to exit{waits} and retry; do not "
                 "kill it again, which cuts those requests"
             )
         elif pid and self.holder and "traced_by" in self.holder:
@@ -941,7 +1012,7 @@ class DataRootInUseError(AppError):
         elif pid and self.holder and self.holder.get("kind") == "maintenance":
             # Killed, it leaves what it began for a repair: waiting is the first advice.
             stop = (
-                f"wait for it to finish{_waits(self.root)} and retry, or stop it (kill "
+                f"wait for it to finish{waits} and retry, or stop it (kill "
                 f"{pid}; what it had begun is finished by `app data check --repair`)"
             )
         elif pid and kind == "server":
@@ -961,14 +1032,11 @@ class DataRootInUseError(AppError):
                 "with the app_live_server fixture"
             )
         elif pid and kind == "tests":
-            stop = (
-                f"wait for that test run to finish{_waits(self.root)} and retry, or "
-                f"stop it (kill {pid})"
-            )
+            stop = f"wait for that test run to finish{waits} and retry, or stop it (kill {pid})"
         elif pid:
-            stop = f"stop it (kill {pid}) or wait for it to finish{_waits(self.root)} and retry"
+            stop = f"stop it (kill {pid}) or wait for it to finish{waits} and retry"
         else:
-            stop = f"stop that process or wait for it to finish{_waits(self.root)} and retry"
+            stop = f"stop that process or wait for it to finish{waits} and retry"
         return (
             f"cannot {self.wanted}: data root {self.root} is held by {self.held_by}; "
             f"{stop}. `app status` shows the holder"

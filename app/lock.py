@@ -1587,7 +1587,9 @@ class RootLock:
             # through /proc there would cost every test's root for nothing.
             if self._durable and (holder := _deleted_lock_holder(self.path)) is not None:
                 described = describe_holder(holder) + _through_deleted(self.path, holder)
-                raise DataRootInUseError(self.root, holder, self._wanted, held_by=described)
+                raise DataRootInUseError(
+                    self.root, holder, self._wanted, held_by=described, lock_elsewhere=True
+                )
             if (
                 (self._durable or self._on_a_mount)
                 and (holder := _held_through_another_device(found, own)) is not None

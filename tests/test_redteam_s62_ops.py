@@ -37,6 +37,7 @@ What broke:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -47,6 +48,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -241,8 +243,11 @@ from pathlib import Path
 from app.config import load
 from app.storage import open_storage
 with open_storage(load(), writer=True) as store:
-    Path(sys.argv[1]).write_text("held")
-    Path(sys.argv[2]).read_text()
+    # Opened before it says so: a FIFO's reader that opens it after its last writer closed
+    # waits in the open for ever (red team 62 on regress: a test that let go at once).
+    with Path(sys.argv[2]).open() as done:
+        Path(sys.argv[1]).write_text("held")
+        done.read()
 """
 
 
@@ -254,6 +259,23 @@ def test_a_refusal_names_the_command_that_waits_for_its_holder(
     ``sh``, it returns once the holder has let go, and the command run again then runs."""
     if shutil.which("flock") is None:
         pytest.skip("needs flock(1), which the refusal names")
+    with held_by_another(tmp_path) as holder:
+        refused = forked_app.run(dict(os.environ), ["data", "purge"])
+        assert refused.returncode == 75, refused.stderr
+        message = " ".join(refused.stderr.split())
+        (wait,) = re.findall(r"`(flock -s [^`]+ true)` returns once it lets go", message)
+        assert shlex.split(wait)[2] == str(app_config.data_root / ".server.lock"), wait
+        waiting = subprocess.Popen(["sh", "-c", wait])
+    assert waiting.wait() == 0
+    assert holder.wait() == 0
+    again = forked_app.run(dict(os.environ), ["data", "purge"])
+    assert again.returncode == 0, again.stderr
+
+
+@contextlib.contextmanager
+def held_by_another(tmp_path: Path) -> Iterator[Any]:
+    """The test's data root held by another process (a maintenance command's open, `HOLD`)
+    inside the block; it lets go and exits as the block ends (wait for it with ``.wait()``)."""
     ready, done = tmp_path / "ready", tmp_path / "done"
     os.mkfifo(ready)
     os.mkfifo(done)
@@ -262,18 +284,9 @@ def test_a_refusal_names_the_command_that_waits_for_its_holder(
     holder = forked_app.python_c(HOLD, [str(ready), str(done)], tmp_path / "holder.log")
     try:
         _holds(ready, holder.pid, tmp_path / "holder.log")
-        refused = forked_app.run(dict(os.environ), ["data", "purge"])
-        assert refused.returncode == 75, refused.stderr
-        message = " ".join(refused.stderr.split())
-        (wait,) = re.findall(r"`(flock -s [^`]+ true)` returns once it lets go", message)
-        assert shlex.split(wait)[2] == str(app_config.data_root / ".server.lock"), wait
-        waiting = subprocess.Popen(["sh", "-c", wait])
+        yield holder
     finally:
         os.close(ends)  # the holder's read ends: it lets go of the root and exits
-    assert waiting.wait() == 0
-    assert holder.wait() == 0
-    again = forked_app.run(dict(os.environ), ["data", "purge"])
-    assert again.returncode == 0, again.stderr
 
 
 def _holds(ready: Path, pid: int, log: Path) -> None:
