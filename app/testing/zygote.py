@@ -17,16 +17,19 @@ zygote's (the app never reads it).
 The fixture starts a server the plain way (`subprocess`) instead when the test's environment
 differs from the run's in anything but the variables the app reads when it runs
 (`GIVEN_AT_FORK`), when what a child inherits (umask, resource limits, ignored signals, nice
-value) differs from the run's, when ``os.pidfd_open`` or descriptor passing is missing, and
-when the ini option ``app_live_server = subprocess`` (or ``--app-live-server=subprocess``)
-says so; a child whose working directory would import another module than the zygote did
-(``python -m`` puts that directory first on ``sys.path``) is replaced by the plain start in
-place (``execve``). A server the zygote still runs when the pytest process ends (killed: its
-fixtures never stopped it) is sent SIGTERM, as the fixture would, and waited for.
+value, blocked signals, CPU affinity) differs from the run's, when ``os.pidfd_open`` or
+descriptor passing is missing, and when the ini option ``app_live_server = subprocess`` (or
+``--app-live-server=subprocess``) says so; a child whose working directory would import
+another module than the zygote did (``python -m`` puts that directory first on ``sys.path``)
+is replaced by the plain start in place (``execve``). A server the zygote still runs when
+the pytest process ends (killed: its fixtures never stopped it) is sent SIGTERM, as the
+fixture would, and waited for: the zygote watches the pytest process that started it, not
+only its socket, which a copy held elsewhere kept open (red team 62).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import signal
@@ -53,14 +56,21 @@ assert len("\0".join(ZYGOTE)) == len("\0".join(SERVE))
 def inherited() -> tuple[object, ...]:
     """What a child inherits from the process that starts it besides its environment and
     working directory, and a test may change for its server (a lowered RLIMIT_FSIZE, a umask,
-    an ignored signal, a nice value)."""
+    an ignored signal, a nice value, the calling thread's blocked signals, the CPUs it may
+    run on).
+
+    The blocked signals and the CPUs were not compared: a zygote started while a test had
+    SIGTERM blocked (``signal.pthread_sigmask``) gave every later server of the run SIGTERM
+    blocked, which then ignored the fixture's graceful stop (red team 62)."""
     umask = os.umask(0o22)
     os.umask(umask)
     limits = [
         resource.getrlimit(getattr(resource, n)) for n in dir(resource) if n.startswith("RLIMIT_")
     ]
     ignored = [s for s in signal.valid_signals() if signal.getsignal(s) is signal.SIG_IGN]
-    return umask, limits, ignored, os.getpriority(os.PRIO_PROCESS, 0)
+    blocked = sorted(signal.pthread_sigmask(signal.SIG_BLOCK, ()))
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    return umask, limits, ignored, os.getpriority(os.PRIO_PROCESS, 0), blocked, cpus
 
 
 def _own(environ: Mapping[str, str]) -> dict[str, str]:
@@ -237,6 +247,22 @@ def _fork_supported() -> bool:
 _RUNS: weakref.WeakKeyDictionary[object, dict[str, Any]] = weakref.WeakKeyDictionary()
 
 
+def _forget_zygotes_in_child() -> None:
+    """In a fork of a pytest process (a test's ``os.fork``, multiprocessing's fork start):
+    close the run's end of each zygote's socket, which the fork copied. A copy kept the
+    zygote's socket open after the pytest process was killed, and could ask it for servers;
+    the fork starts its own zygote if it starts a live server (red team 62)."""
+    for state in list(_RUNS.values()):
+        zygote = state.pop("zygote", None)
+        if zygote is not None:
+            zygote.closed = True
+            with contextlib.suppress(OSError):
+                zygote.socket.close()
+
+
+os.register_at_fork(after_in_child=_forget_zygotes_in_child)
+
+
 def remember_the_run(run: object) -> None:
     """Take this process's environment, working directory and inherited values as those of
     `run` (a pytest configuration: the plugin's configure, once it set its own variables,
@@ -394,9 +420,36 @@ def _warm_up() -> None:
         importlib.import_module("pydantic.v1")
 
 
+def _run_process(channel: Any) -> int | None:
+    """A pidfd of the pytest process that started this zygote, or None if it has ended.
+
+    The zygote's end is the run's: the socket's end alone did not say it, since a process
+    that holds a copy of the run's end (a fork of the pytest process, a child given the
+    descriptor) keeps it open after that process is killed (SIGKILL); the zygote then ran on,
+    its servers holding their roots, outside the run's process tree, forking a server for
+    whoever asked (red team 62)."""
+    import socket
+    import struct
+
+    parent = os.getppid()
+    # The process that made the socket pair (SO_PEERCRED): the one that started this zygote.
+    made = channel.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    if struct.unpack("3i", made)[0] != parent:
+        return None  # re-parented already: that process ended before this line
+    try:
+        watched = os.pidfd_open(parent)
+    except OSError:
+        return None
+    if os.getppid() != parent:  # it ended before the pidfd was opened: another's pid
+        os.close(watched)
+        return None
+    return watched
+
+
 def main() -> None:
     """Fork a server per request read on the socket (standard input); say each one's pid,
-    then its exit status; end when the socket closes, after the servers still running."""
+    then its exit status; end when the socket closes or the pytest process that started it
+    ends, after the servers still running."""
     import json
     import select
     import socket
@@ -404,16 +457,20 @@ def main() -> None:
     # A Ctrl-C reaches the whole process group: the servers stop on it, the zygote waits
     # for them (and for the pytest process to close the socket).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    channel = socket.socket(fileno=os.dup(0))
+    run = _run_process(channel)
+    if run is None:
+        return
     _warm_up()
     start = str(Path.cwd())
-    channel = socket.socket(fileno=os.dup(0))
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
     children: dict[int, int] = {}  # pidfd: pid
 
     def say(message: dict[str, Any]) -> None:
-        channel.send(json.dumps(message).encode())
+        with contextlib.suppress(OSError):  # the run's process is gone: nobody to tell
+            channel.send(json.dumps(message).encode())
 
     def reap(pidfd: int) -> None:
         pid = children.pop(pidfd)
@@ -421,20 +478,26 @@ def main() -> None:
         _, status = os.waitpid(pid, 0)
         say({"exited": pid, "code": os.waitstatus_to_exitcode(status)})
 
+    def end() -> None:
+        for pid in children.values():
+            os.kill(pid, signal.SIGTERM)  # as the fixture stops one
+        for pidfd in list(children):
+            select.select([pidfd], [], [])
+            pid = children.pop(pidfd)
+            os.waitpid(pid, 0)
+
     while True:
-        ready, _, _ = select.select([channel.fileno(), *children], [], [])
+        ready, _, _ = select.select([channel.fileno(), run, *children], [], [])
+        if run in ready:  # the run's process ended (killed): serve no one else
+            end()
+            return
         for fd in ready:
             if fd != channel.fileno():
                 reap(fd)
                 continue
             data, fds, _, _ = socket.recv_fds(channel, 1 << 20, 2)
             if not data:
-                for pid in children.values():
-                    os.kill(pid, signal.SIGTERM)  # as the fixture stops one
-                for pidfd in list(children):
-                    select.select([pidfd], [], [])
-                    pid = children.pop(pidfd)
-                    os.waitpid(pid, 0)
+                end()
                 return
             pid = os.fork()
             if pid == 0:
