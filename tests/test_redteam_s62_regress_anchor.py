@@ -1,0 +1,170 @@
+"""Red team 62 on the last merges, the run's anchored entry (branch rt-regress21): a run
+nested in the test's process (pytester's ``runpytest_inprocess``) given a ``--basetemp`` of
+its own outside the outer run's sandbox, whose test starts a child.
+
+Red team 62 on the children of tests made a run anchor its first registry entry in a sealed
+mapping (``mseal``) and have each child take the entry only where it keeps within that anchored
+copy: the same process and namespaces, every root it protects, and a sandbox that is the
+anchored one's or lies inside it.
+
+What broke: a run nested in the process writes its own entry at the process's name (the same
+pid), keeping every root the outer run protects (`register` joins them), with its own sandbox;
+with a ``--basetemp`` elsewhere (``/tmp/<dir>``), that sandbox lies beside the outer one's,
+not inside it. Its children were given the anchored copy instead, as if a test had changed the
+entry ("though a test of the run changed its entry ... (its fields protected, sandbox,
+sandbox_identity, scratch changed)"), with the outer run's sandbox, and refused their own
+run's data root as outside it: a false refusal of a nested run's children, which worked before.
+
+What changed: a sandbox beside the anchored one, holding none of it by its words or where its
+links lead, keeps within it as one inside it does (`_sandbox_within`), as a pytest a test
+starts with a ``--basetemp`` elsewhere is taken (`_within_enclosing`: neither may widen what the
+other allows). A sandbox that holds the anchored one is still not taken, now by where its
+links lead too: the check compared words alone, and an entry rewritten (the run's sealed copies
+closed) to a link inside the run's sandbox to ``/`` was taken, the child's sandbox ``/``. The
+nested run's later tests rewrite its entry so (``/``, that link, a link beside the sandbox to
+a directory above it), every other field kept: each child reads a sealed copy (the nested
+run's, where it is open; else the anchored one) and says so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from app import sandbox
+
+#: The nested run's tests: each starts a child that checks the nested run's data root and
+#: says which run it found; all but the first rewrite the nested run's entry first with a
+#: sandbox that holds the anchored one (every other field kept). Results go to RESULTS.
+INNER = r'''
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from app import sandbox
+
+CHILD = """
+import json, os
+from pathlib import Path
+from app import sandbox
+run = sandbox.current_run()
+try:
+    sandbox.check_root(Path(os.environ[sandbox.SANDBOX_ENV]) / "data" / "testing", "data root")
+    said = "allowed"
+except sandbox.SandboxViolationError as error:
+    said = "refused: " + str(error)
+print(json.dumps([str(run.sandbox) if run else None, run.recognised_by if run else "", said]))
+"""
+
+
+def child(name):
+    out = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True)
+    Path(os.environ["RESULTS"], name).write_text(out.stdout + out.stderr)
+
+
+def test_own():
+    child("own")
+
+
+def widen(to):
+    entry = next(e for e in sandbox._NAMED.values() if e.parent == sandbox.RUNS_DIR)
+    data = json.loads(entry.read_bytes())
+    data["sandbox"] = to
+    aside = entry.with_name(".rt21-" + entry.name)
+    aside.write_text(json.dumps(data))
+    os.replace(aside, entry)
+
+
+def test_widened():
+    widen("/")
+    child("widened")
+
+
+def close_copies():
+    # The run's sealed copies closed (code that daemonises closes every descriptor).
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{name}").startswith("/memfd:" + sandbox._COPY_NAME):
+                os.close(int(name))
+        except OSError:
+            pass
+
+
+def test_inside_linked():
+    # Inside the anchored sandbox by its words, ``/`` where its link leads.
+    close_copies()
+    widen(os.environ["INSIDE_LINK"])
+    child("inside_linked")
+
+
+def test_linked():
+    # Beside the anchored sandbox by its words, above it where its link leads.
+    close_copies()
+    widen(os.environ["LINK"])
+    child("linked")
+'''
+
+#: The nested run's tests, by the name each writes its child's answer under.
+NAMES = ("own", "widened", "inside_linked", "linked")
+
+
+@pytest.mark.skipif(
+    not sandbox._seals_in_place(),
+    reason="the run's anchored copy needs a kernel that seals a mapping in place (mseal, "
+    "Linux 6.10, 64-bit)",
+)
+def test_a_nested_run_with_a_basetemp_beside_the_runs_sandbox_keeps_its_children(
+    pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    results = tmp_path / "results"
+    results.mkdir()
+    pytester.makepyfile(test_nested=INNER)
+    monkeypatch.setenv("RESULTS", str(results))
+    outer = sandbox.current_run()
+    assert outer is not None
+    # The sandbox of the entry the run anchored (an xdist worker's: its controller's).
+    entry = next(e for e in sandbox._NAMED.values() if e.parent == sandbox.RUNS_DIR)
+    anchored = sandbox._anchored(os.getpid(), entry.name)
+    assert anchored is not None
+    first = Path(json.loads(anchored[1])["sandbox"])
+    # Beside the outer run's sandbox, not inside it.
+    elsewhere = Path(tempfile.mkdtemp(prefix="rt21-nested-"))
+    try:
+        assert not elsewhere.is_relative_to(outer.sandbox)
+        basetemp = elsewhere / "basetemp"
+        (elsewhere / "up").symlink_to(first.parent)
+        monkeypatch.setenv("LINK", str(elsewhere / "up"))
+        (tmp_path / "root").symlink_to("/")
+        monkeypatch.setenv("INSIDE_LINK", str(tmp_path / "root"))
+        result = pytester.runpytest_inprocess(
+            f"--basetemp={basetemp}", "-p", "no:randomly", "-p", "no:cacheprovider"
+        )
+    finally:
+        shutil.rmtree(elsewhere, ignore_errors=True)
+    said = {name: (results / name).read_text() for name in NAMES}
+    # The rewrite is the nested run's to name and put back after that test, as ever.
+    result.assert_outcomes(passed=4, errors=3)
+    for name in NAMES[1:]:
+        assert f"after test_nested.py::test_{name}, this run's entry in " in result.stdout.str()
+    found, how, check = json.loads(said["own"].splitlines()[-1])
+    assert (found, check) == (str(basetemp), "allowed"), said["own"]
+    assert "changed its entry" not in how, said["own"]
+    # Rewritten to hold the anchored sandbox: the nested run's sealed copy is read where
+    # it is open, else the anchored one; either is named.
+    expected = {"widened": basetemp, "inside_linked": first, "linked": first}
+    for name, run in expected.items():
+        found, how, check = json.loads(said[name].splitlines()[-1])
+        assert found == str(run), said[name]
+        assert "though a test of the run changed its entry " in how, said[name]
+        assert "changed) since the run wrote it, so this process read the sealed" in how, how
+    assert "(its field sandbox changed)" in said["widened"], said["widened"]
+    assert json.loads(said["widened"].splitlines()[-1])[2] == "allowed", said["widened"]
+    assert "refused under pytest (sandbox: " in said["linked"], said["linked"]
+    assert "refused under pytest (sandbox: " in said["inside_linked"], said["inside_linked"]
