@@ -1516,7 +1516,10 @@ def _sandbox_within(now: dict[str, Any], was: dict[str, Any]) -> bool:
         return False  # holds it
     # Inside it or beside it by its words, and where the links on the way lead: a link
     # inside the run's sandbox to ``/`` is inside it only by its words.
-    real, real_outer = sandbox.resolve(), outer.resolve()
+    try:
+        real, real_outer = sandbox.resolve(), outer.resolve()
+    except (OSError, RuntimeError):  # a loop of links (RuntimeError before Python 3.13)
+        return False
     return real == real_outer or not real_outer.is_relative_to(real)
 
 

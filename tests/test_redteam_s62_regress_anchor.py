@@ -21,9 +21,9 @@ starts with a ``--basetemp`` elsewhere is taken (`_within_enclosing`: neither ma
 other allows). A sandbox that holds the anchored one is still not taken, now by where its
 links lead too: the check compared words alone, and an entry rewritten (the run's sealed copies
 closed) to a link inside the run's sandbox to ``/`` was taken, the child's sandbox ``/``. The
-nested run's later tests rewrite its entry so (``/``, that link, a link beside the sandbox to
-a directory above it), every other field kept: each child reads a sealed copy (the nested
-run's, where it is open; else the anchored one) and says so.
+nested run's later tests rewrite its entry so (``/``, that link, a loop of links, a link beside
+the sandbox to a directory above it), every other field kept: each child reads a sealed copy
+(the nested run's, where it is open; else the anchored one) and says so.
 """
 
 from __future__ import annotations
@@ -104,6 +104,13 @@ def test_inside_linked():
     child("inside_linked")
 
 
+def test_looped():
+    # A link to itself: where it leads cannot be told.
+    close_copies()
+    widen(os.environ["LOOP"])
+    child("looped")
+
+
 def test_linked():
     # Beside the anchored sandbox by its words, above it where its link leads.
     close_copies()
@@ -112,7 +119,7 @@ def test_linked():
 '''
 
 #: The nested run's tests, by the name each writes its child's answer under.
-NAMES = ("own", "widened", "inside_linked", "linked")
+NAMES = ("own", "widened", "inside_linked", "looped", "linked")
 
 
 @pytest.mark.skipif(
@@ -141,6 +148,8 @@ def test_a_nested_run_with_a_basetemp_beside_the_runs_sandbox_keeps_its_children
         basetemp = elsewhere / "basetemp"
         (elsewhere / "up").symlink_to(first.parent)
         monkeypatch.setenv("LINK", str(elsewhere / "up"))
+        (elsewhere / "loop").symlink_to(elsewhere / "loop")
+        monkeypatch.setenv("LOOP", str(elsewhere / "loop" / "sandbox"))
         (tmp_path / "root").symlink_to("/")
         monkeypatch.setenv("INSIDE_LINK", str(tmp_path / "root"))
         result = pytester.runpytest_inprocess(
@@ -150,7 +159,7 @@ def test_a_nested_run_with_a_basetemp_beside_the_runs_sandbox_keeps_its_children
         shutil.rmtree(elsewhere, ignore_errors=True)
     said = {name: (results / name).read_text() for name in NAMES}
     # The rewrite is the nested run's to name and put back after that test, as ever.
-    result.assert_outcomes(passed=4, errors=3)
+    result.assert_outcomes(passed=5, errors=4)
     for name in NAMES[1:]:
         assert f"after test_nested.py::test_{name}, this run's entry in " in result.stdout.str()
     found, how, check = json.loads(said["own"].splitlines()[-1])
@@ -158,8 +167,9 @@ def test_a_nested_run_with_a_basetemp_beside_the_runs_sandbox_keeps_its_children
     assert "changed its entry" not in how, said["own"]
     # Rewritten to hold the anchored sandbox: the nested run's sealed copy is read where
     # it is open, else the anchored one; either is named.
-    expected = {"widened": basetemp, "inside_linked": first, "linked": first}
+    expected = {"widened": basetemp, "inside_linked": first, "looped": first, "linked": first}
     for name, run in expected.items():
+        assert "Traceback" not in said[name], said[name]  # the loop: a RuntimeError was
         found, how, check = json.loads(said[name].splitlines()[-1])
         assert found == str(run), said[name]
         assert "though a test of the run changed its entry " in how, said[name]
@@ -167,4 +177,5 @@ def test_a_nested_run_with_a_basetemp_beside_the_runs_sandbox_keeps_its_children
     assert "(its field sandbox changed)" in said["widened"], said["widened"]
     assert json.loads(said["widened"].splitlines()[-1])[2] == "allowed", said["widened"]
     assert "refused under pytest (sandbox: " in said["linked"], said["linked"]
-    assert "refused under pytest (sandbox: " in said["inside_linked"], said["inside_linked"]
+    for name in ("inside_linked", "looped"):
+        assert "refused under pytest (sandbox: " in said[name], said[name]
