@@ -1423,8 +1423,11 @@ def _anchor_mapped(pid: int, name: str, *, named: bool = False) -> tuple[str, in
             os.close(fd)
     except OSError:
         return None
-    at = table.find(f"{_anchor_address(name):x}-".encode())
-    if at < 0 or (at > 0 and table[at - 1 : at] != b"\n"):
+    # The line that begins with the address: a test that mapped a file whose name holds
+    # that text below it (its line comes first) had the anchored copy taken for missing.
+    key = f"{_anchor_address(name):x}-".encode()
+    at = 0 if table.startswith(key) else table.find(b"\n" + key) + 1
+    if at == 0 and not table.startswith(key):
         return None
     end = table.find(b"\n", at)
     line = table[at : end if end >= 0 else len(table)].split()

@@ -24,6 +24,13 @@ closed) to a link inside the run's sandbox to ``/`` was taken, the child's sandb
 nested run's later tests rewrite its entry so (``/``, that link, a loop of links, a link beside
 the sandbox to a directory above it), every other field kept: each child reads a sealed copy
 (the nested run's, where it is open; else the anchored one) and says so.
+
+Also: where a test closed every descriptor of its run's copies, the anchored one's too, a
+child finds the anchored copy's line in ``/proc/<pid>/maps`` to read it through the run's
+memory, and took the first place the address's text appears for that line: a test that mapped
+a file named ``<address>-planted`` below the anchored address (its line comes first) had the
+anchored copy taken for missing, and the child followed the rewritten entry. Only the line
+that begins with the address is read now (`_anchor_mapped`).
 """
 
 from __future__ import annotations
@@ -69,10 +76,6 @@ def child(name):
     Path(os.environ["RESULTS"], name).write_text(out.stdout + out.stderr)
 
 
-def test_own():
-    child("own")
-
-
 def widen(to):
     entry = next(e for e in sandbox._NAMED.values() if e.parent == sandbox.RUNS_DIR)
     data = json.loads(entry.read_bytes())
@@ -80,6 +83,10 @@ def widen(to):
     aside = entry.with_name(".rt21-" + entry.name)
     aside.write_text(json.dumps(data))
     os.replace(aside, entry)
+
+
+def test_own():
+    child("own")
 
 
 def test_widened():
@@ -179,3 +186,62 @@ def test_a_nested_run_with_a_basetemp_beside_the_runs_sandbox_keeps_its_children
     assert "refused under pytest (sandbox: " in said["linked"], said["linked"]
     for name in ("inside_linked", "looped"):
         assert "refused under pytest (sandbox: " in said[name], said[name]
+
+
+#: An inner pytest's test (a process of its own, so that what it closes is its own): it maps a
+#: file whose name holds its anchored copy's address below that address, closes every
+#: descriptor of its copies, the anchored one's too, and rewrites its entry with ``/`` for its
+#: sandbox, every other field kept; its child says which run it found.
+PLANTED = (
+    INNER.split("def test_own", maxsplit=1)[0]
+    + r"""
+import ctypes
+
+
+def test_planted():
+    entry = next(e for e in sandbox._NAMED.values() if e.parent == sandbox.RUNS_DIR)
+    address = sandbox._anchor_address(entry.name)
+    planted = Path(os.environ["RESULTS"], f"{address:x}-planted")
+    planted.write_bytes(bytes(4096))
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_long]
+    fd = os.open(planted, os.O_RDONLY)
+    shared_fixed_noreplace = 0x01 | 0x100000
+    assert libc.mmap(1 << 33, 4096, 1, shared_fixed_noreplace, fd, 0) == 1 << 33
+    os.close(fd)
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{name}").startswith("/memfd:app-run-"):
+                os.close(int(name))
+        except OSError:
+            pass
+    widen("/")
+    child("planted")
+"""
+)
+
+
+@pytest.mark.skipif(
+    not sandbox._seals_in_place() or os.geteuid() != 0,
+    reason="the run's anchored copy needs a kernel that seals a mapping in place (mseal, "
+    "Linux 6.10, 64-bit), and its descriptor closed, a child reads it through the run's "
+    "memory (which Yama's ptrace_scope may forbid a user other than root)",
+)
+def test_a_file_named_for_the_anchors_address_below_it_hides_nothing(
+    pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    results = tmp_path / "results"
+    results.mkdir()
+    pytester.makepyfile(test_planted=PLANTED)
+    monkeypatch.setenv("RESULTS", str(results))
+    result = pytester.runpytest_subprocess("-p", "no:randomly", "-p", "no:cacheprovider")
+    said = (results / "planted").read_text()
+    assert "Traceback" not in said, said
+    found, how, _ = json.loads(said.splitlines()[-1])
+    assert found != "/", said
+    assert "though a test of the run changed its entry " in how, said
+    assert "so this process read the sealed copy the run keeps of it (/proc/" in how, said
+    assert "/map_files/" in how, said
+    result.assert_outcomes(passed=1, errors=1)
