@@ -85,6 +85,16 @@ def widen(to):
     os.replace(aside, entry)
 
 
+def close_copies(prefix=sandbox._COPY_NAME):
+    # The run's sealed copies closed (code that daemonises closes every descriptor).
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{name}").startswith("/memfd:" + prefix):
+                os.close(int(name))
+        except OSError:
+            pass
+
+
 def test_own():
     child("own")
 
@@ -92,16 +102,6 @@ def test_own():
 def test_widened():
     widen("/")
     child("widened")
-
-
-def close_copies():
-    # The run's sealed copies closed (code that daemonises closes every descriptor).
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            if os.readlink(f"/proc/self/fd/{name}").startswith("/memfd:" + sandbox._COPY_NAME):
-                os.close(int(name))
-        except OSError:
-            pass
 
 
 def test_inside_linked():
@@ -125,6 +125,18 @@ def test_linked():
     child("linked")
 '''
 
+
+def inner_tests(
+    pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str
+) -> Path:
+    """The directory the inner run's tests (`source`) write their children's answers to."""
+    results = tmp_path / "results"
+    results.mkdir()
+    pytester.makepyfile(test_nested=source)
+    monkeypatch.setenv("RESULTS", str(results))
+    return results
+
+
 #: The nested run's tests, by the name each writes its child's answer under.
 NAMES = ("own", "widened", "inside_linked", "looped", "linked")
 
@@ -137,10 +149,7 @@ NAMES = ("own", "widened", "inside_linked", "looped", "linked")
 def test_a_nested_run_with_a_basetemp_beside_the_runs_sandbox_keeps_its_children(
     pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    results = tmp_path / "results"
-    results.mkdir()
-    pytester.makepyfile(test_nested=INNER)
-    monkeypatch.setenv("RESULTS", str(results))
+    results = inner_tests(pytester, tmp_path, monkeypatch, INNER)
     outer = sandbox.current_run()
     assert outer is not None
     # The sandbox of the entry the run anchored (an xdist worker's: its controller's).
@@ -211,12 +220,7 @@ def test_planted():
     shared_fixed_noreplace = 0x01 | 0x100000
     assert libc.mmap(1 << 33, 4096, 1, shared_fixed_noreplace, fd, 0) == 1 << 33
     os.close(fd)
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            if os.readlink(f"/proc/self/fd/{name}").startswith("/memfd:app-run-"):
-                os.close(int(name))
-        except OSError:
-            pass
+    close_copies("app-run-")  # the anchored copy's too
     widen("/")
     child("planted")
 """
@@ -232,10 +236,7 @@ def test_planted():
 def test_a_file_named_for_the_anchors_address_below_it_hides_nothing(
     pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    results = tmp_path / "results"
-    results.mkdir()
-    pytester.makepyfile(test_planted=PLANTED)
-    monkeypatch.setenv("RESULTS", str(results))
+    results = inner_tests(pytester, tmp_path, monkeypatch, PLANTED)
     result = pytester.runpytest_subprocess("-p", "no:randomly", "-p", "no:cacheprovider")
     said = (results / "planted").read_text()
     assert "Traceback" not in said, said
