@@ -1423,8 +1423,11 @@ def _anchor_mapped(pid: int, name: str, *, named: bool = False) -> tuple[str, in
             os.close(fd)
     except OSError:
         return None
-    at = table.find(f"{_anchor_address(name):x}-".encode())
-    if at < 0 or (at > 0 and table[at - 1 : at] != b"\n"):
+    # The line that begins with the address: a test that mapped a file whose name holds
+    # that text below it (its line comes first) had the anchored copy taken for missing.
+    key = f"{_anchor_address(name):x}-".encode()
+    at = 0 if table.startswith(key) else table.find(b"\n" + key) + 1
+    if at == 0 and not table.startswith(key):
         return None
     end = table.find(b"\n", at)
     line = table[at : end if end >= 0 else len(table)].split()
@@ -1491,8 +1494,18 @@ def _within(text: bytes, first: bytes) -> bool:
 
 
 def _sandbox_within(now: dict[str, Any], was: dict[str, Any]) -> bool:
-    """Whether entry `now`'s sandbox is the anchored entry `was`'s (and made the same), or
-    lies inside it (`_within`)."""
+    """Whether entry `now`'s sandbox is the anchored entry `was`'s (and made the same), lies
+    inside it, or lies beside it, holding none of it (`_within`).
+
+    Beside it: a run nested in the process (pytester's ``runpytest_inprocess``) with a
+    ``--basetemp`` of its own outside the run's sandbox writes an entry whose sandbox is
+    there, and keeps every root the run protects (`register`). Its children were given the
+    anchored copy, its sandbox the outer run's, and refused their own run's data root as
+    outside it (red team 62 on the anchored entry). A sandbox beside the anchored one widens
+    nothing the roots the entry must keep leave open, as a pytest a test starts with a
+    ``--basetemp`` elsewhere does not (`_within_enclosing`); one that holds the anchored
+    one, by its words or where its links lead (a link inside it to ``/``), would, and is not
+    taken."""
     try:
         sandbox, outer = (Path(path_from_text(str(data["sandbox"]))) for data in (now, was))
     except (KeyError, ValueError):
@@ -1500,7 +1513,17 @@ def _sandbox_within(now: dict[str, Any], was: dict[str, Any]) -> bool:
     if sandbox == outer:
         same = ("sandbox_identity", "scratch")
         return all(now.get(key) == was.get(key) for key in same)
-    return sandbox.is_relative_to(outer) and ".." not in sandbox.parts
+    if not sandbox.is_absolute() or ".." in sandbox.parts:
+        return False
+    if outer.is_relative_to(sandbox):
+        return False  # holds it
+    # Inside it or beside it by its words, and where the links on the way lead: a link
+    # inside the run's sandbox to ``/`` is inside it only by its words.
+    try:
+        real, real_outer = sandbox.resolve(), outer.resolve()
+    except (OSError, RuntimeError):  # a loop of links (RuntimeError before Python 3.13)
+        return False
+    return real == real_outer or not real_outer.is_relative_to(real)
 
 
 def _what_changed(text: bytes, copy: bytes) -> str:
