@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 import os
 import shutil
-import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,29 +44,8 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "browser: opens the built documentation in headless Chromium (/usr/bin/chromium)"
     )
     _children_keep_their_bytecode(config)
-    _children_take_sigint()
+    forked_app.children_take_sigint()
     forked_app.remember_the_run()  # the environment every test's children start from
-
-
-def _children_take_sigint() -> None:
-    """Give SIGINT its Python handler again in a run started with it ignored, so that every
-    child the tests start (exec'd, or forked from a zygote this run starts) takes it.
-
-    A shell without job control starts a command given ``&`` (a script's ``pytest ... &``,
-    ``nohup``-like wrappers) with SIGINT ignored, and a child inherits that, which the app
-    honours on purpose (an ignored SIGINT stays ignored: `app.cli._listened`, the server's
-    `_ignored`, red team 60 on regress). Every test that Ctrl-Cs a server or a command it
-    started then tested nothing it meant to: ``app serve`` never stopped and red team 59's
-    ``while "stopping_since" not in ...`` waited for ever (once its upload file was in
-    ``.tmp/``), and a purge under strace's ``signal=INT`` finished, exit 0 for 130 (red team
-    60). Tests of an ignored SIGINT ignore it in their own child. SIGQUIT, which the same
-    shells ignore, no test sends.
-    """
-    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
-        try:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-        except ValueError:  # not the main thread (an xdist worker's execnet): left as it is
-            return
 
 
 #: Where the run's Python children keep their bytecode, in the rootdir (.gitignore).

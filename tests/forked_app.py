@@ -36,6 +36,7 @@ import itertools
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -76,6 +77,27 @@ def as_the_run_for_the_rest(env: dict[str, str]) -> dict[str, str]:
         return dict(env)
     given = {k: v for k, v in env.items() if k.startswith(_GIVEN_AT_FORK)}
     return {k: v for k, v in _RUN["environ"].items() if not k.startswith(_GIVEN_AT_FORK)} | given
+
+
+def children_take_sigint() -> None:
+    """Give SIGINT its Python handler again in a run started with it ignored, so that every
+    child the tests start (exec'd, or forked from a zygote this run starts) takes it.
+
+    A shell without job control starts a command given ``&`` (a script's ``pytest ... &``,
+    ``nohup``-like wrappers) with SIGINT ignored, and a child inherits that, which the app
+    honours on purpose (an ignored SIGINT stays ignored: `app.cli._listened`, the server's
+    `_ignored`, red team 60 on regress). Every test that Ctrl-Cs a server or a command it
+    started then tested nothing it meant to: ``app serve`` never stopped and red team 59's
+    ``while "stopping_since" not in ...`` waited for ever (once its upload file was in
+    ``.tmp/``), and a purge under strace's ``signal=INT`` finished, exit 0 for 130 (red team
+    60). Tests of an ignored SIGINT ignore it in their own child. SIGQUIT, which the same
+    shells ignore, no test sends.
+    """
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        try:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        except ValueError:  # not the main thread (an xdist worker's execnet): left as it is
+            return
 
 
 def remember_the_run() -> None:

@@ -592,6 +592,31 @@ def test_test_modules_import_nothing_that_only_python_m_pytest_finds() -> None:
     )
 
 
+def test_no_module_imports_a_conftest_by_name() -> None:
+    """tests/conftest.py and docs/conftest.py are both the module `conftest`: pytest loads both
+    at start-up, and `sys.modules["conftest"]` is the last one, docs'. A red-team file's
+    `from conftest import ...` passed in every run of `tests/` and stopped the whole suite's
+    collection (`scripts/test`, CI) with an ImportError. What a test shares with the suite's
+    conftest lives in a module of its own (`forked_app`, `waits`)."""
+    import ast
+
+    wrong = []
+    for source in sorted((PROJECT / "tests").rglob("*.py")) + sorted(DOCS.rglob("*.py")):
+        for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                names = [node.module]
+            else:
+                continue
+            wrong += [
+                f"{source.relative_to(PROJECT)}:{node.lineno}"
+                for name in names
+                if name.split(".")[0] == "conftest"
+            ]
+    assert wrong == [], "import from a module of its own, not `conftest`:\n" + "\n".join(wrong)
+
+
 def test_the_refusals_page_and_the_reading_path_count_its_sections_alike() -> None:
     """resolve-refusals.md said it explains "the two you will meet most often" above three
     sections (held, confirmation, stamp); the home page's reading path said "the three"."""

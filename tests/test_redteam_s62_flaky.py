@@ -10,8 +10,9 @@ Nothing of the app broke. Two of the three were not load at all:
   ``stopping_since`` never ended (its upload file had been in ``.tmp/`` all along: the route
   stages before it reads the body); the purge under strace's ``signal=INT`` finished, exit 0.
   Reproduced at any load by a pytest started as ``signal.signal(SIGINT, SIG_IGN);
-  os.execv(...)``. tests/conftest.py now gives SIGINT its Python handler again in such a
-  run, before it records what children inherit, so every child takes it;
+  os.execv(...)``. tests/conftest.py (through ``forked_app.children_take_sigint``) now gives
+  SIGINT its Python handler again in such a run, before it records what children inherit, so
+  every child takes it;
 - red team 61's entry test lost its FIFO to another run: a run starting anywhere forgets an
   entry it cannot read whose pid is dead in its namespace (`app.sandbox._forget_dead_runs`),
   and the inner run, pid 1 of a PID namespace of its own, is dead to every other run. Its
@@ -28,7 +29,6 @@ from pathlib import Path
 
 import forked_app
 import pytest
-from conftest import _children_take_sigint
 
 
 def test_a_run_started_with_sigint_ignored_gives_it_back_to_its_children(tmp_path: Path) -> None:
@@ -40,7 +40,7 @@ def test_a_run_started_with_sigint_ignored_gives_it_back_to_its_children(tmp_pat
     except ValueError:
         pytest.skip("this run's tests do not run in its main thread: signals are not theirs")
     try:
-        _children_take_sigint()
+        forked_app.children_take_sigint()
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
         signal.signal(signal.SIGINT, found)
