@@ -689,11 +689,16 @@ def _example_holder(text: str, root: Path) -> str:
     return text
 
 
-def test_refusals_next_to_a_live_production_server(tmp_path: Path) -> None:
+def test_refusals_next_to_a_live_production_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`app status`, a purge refused for want of confirmation, and one refused by the lock.
 
     The "server" is a lock held by this test process with kind server, exactly what
-    `app serve` holds; the commands run as a user would run them, in a subprocess.
+    `app serve` holds; the commands run as a user would run them, in a subprocess. Then the
+    same purge beside a maintenance command (a lock of kind maintenance that publishes the
+    command line `app data empty-trash ...`): resolve-refusals.md's step 3 described the
+    wait it names (`flock -s ...`) in prose only, which no test compared with the message.
     """
     from app.lock import RootLock
 
@@ -710,8 +715,15 @@ def test_refusals_next_to_a_live_production_server(tmp_path: Path) -> None:
     assert "held by: pid" in status, status
     assert unconfirmed.endswith("$ echo $?\n77\n"), unconfirmed
     assert held.endswith("$ echo $?\n75\n"), held
+    maintenance = ["app", "data", "empty-trash", "--older-than", "7d", "--yes-i-mean-it"]
+    monkeypatch.setattr(sys, "argv", maintenance)  # what the holder publishes as its command
+    with RootLock(root, kind="maintenance", profile="production").acquire("example"):
+        wait = _run_app(project, "data", "purge", "--yes-i-mean-it", show=PRODUCTION_ENV, **env)
+    assert wait.endswith("$ echo $?\n75\n"), wait
+    assert f"`flock -s {root}/.server.lock true`" in wait, wait
     assert list((root / "sessions").iterdir()) == []
     check_generated("refusal-status.txt", _example_holder(status, root))
+    check_generated("refusal-wait.txt", _example_holder(wait, root))
     check_generated("refusal-confirmation.txt", _example_holder(unconfirmed, root))
     check_generated("refusal-held.txt", _example_holder(held, root))
 
