@@ -2836,8 +2836,9 @@ class FsyncFailed(OSError):
 AFTER_FAILED_SYNC: Final = (
     "mend the cause (`dmesg`: free the thin pool or the quota, replace the device), reboot "
     "(until then the kernel may serve what it failed to write as written, to a restarted "
-    "server and to a check alike), run `app data check` (it reads every file's bytes against "
-    "its SHA-256), then start the server (its start-up runs `app data check --repair`)"
+    "server and to a check alike; a service set to start at boot is disabled first, or its "
+    "start-up repairs before the check), run `app data check` (it reads every file's bytes "
+    "against its SHA-256), then start the server (its start-up runs `app data check --repair`)"
 )
 """What an operator does once an fsync failed (`StorageSyncFailedError`), in every place that
 tells them: ``GET /health``'s and ``/ready``'s reason, the server's log. Red team 61 made the
