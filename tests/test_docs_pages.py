@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -640,6 +641,21 @@ def test_run_tests_names_the_files_whose_change_reinstalls() -> None:
     assert set(re.findall(r"`([^`]+)`", sentence.group(1))) == set(listed.group(1).split())
 
 
+def _absolute_imports() -> Iterator[tuple[str, str]]:
+    """Each absolute import of the tests' and the docs' Python files: (file:line, module)."""
+    import ast
+
+    for source in sorted((PROJECT / "tests").rglob("*.py")) + sorted(DOCS.rglob("*.py")):
+        for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                names = [node.module]
+            else:
+                continue
+            yield from ((f"{source.relative_to(PROJECT)}:{node.lineno}", name) for name in names)
+
+
 def test_test_modules_import_nothing_that_only_python_m_pytest_finds() -> None:
     """The tutorial's step 4 and run-tests.md run `.venv/bin/pytest`, which does not put the
     project directory on `sys.path`; `python -m pytest` (scripts/test, CI, pytester) does. One
@@ -648,7 +664,6 @@ def test_test_modules_import_nothing_that_only_python_m_pytest_finds() -> None:
     of the suite could see it. A test module imports a sibling by its own name (pytest puts
     its directory on `sys.path`), never through a directory of the project that is no
     installed package."""
-    import ast
 
     only_from_cwd = {
         entry.name
@@ -656,21 +671,11 @@ def test_test_modules_import_nothing_that_only_python_m_pytest_finds() -> None:
         if entry.is_dir() and not (entry / "__init__.py").exists()
     } | {"setup"}
     assert {"tests", "docs", "bench"} <= only_from_cwd, only_from_cwd
-    sources = sorted((PROJECT / "tests").rglob("*.py")) + sorted(DOCS.rglob("*.py"))
-    wrong = []
-    for source in sources:
-        for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
-                names = [node.module]
-            else:
-                continue
-            wrong += [
-                f"{source.relative_to(PROJECT)}:{node.lineno}: {name}"
-                for name in names
-                if name.split(".")[0] in only_from_cwd
-            ]
+    wrong = [
+        f"{where}: {name}"
+        for where, name in _absolute_imports()
+        if name.split(".")[0] in only_from_cwd
+    ]
     assert wrong == [], (
         "import these by the module's own name (`from test_server_e2e import ...`): "
         "`.venv/bin/pytest` cannot import them\n" + "\n".join(wrong)
@@ -683,22 +688,7 @@ def test_no_module_imports_a_conftest_by_name() -> None:
     `from conftest import ...` passed in every run of `tests/` and stopped the whole suite's
     collection (`scripts/test`, CI) with an ImportError. What a test shares with the suite's
     conftest lives in a module of its own (`forked_app`, `waits`)."""
-    import ast
-
-    wrong = []
-    for source in sorted((PROJECT / "tests").rglob("*.py")) + sorted(DOCS.rglob("*.py")):
-        for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
-                names = [node.module]
-            else:
-                continue
-            wrong += [
-                f"{source.relative_to(PROJECT)}:{node.lineno}"
-                for name in names
-                if name.split(".")[0] == "conftest"
-            ]
+    wrong = [where for where, name in _absolute_imports() if name.split(".")[0] == "conftest"]
     assert wrong == [], "import from a module of its own, not `conftest`:\n" + "\n".join(wrong)
 
 
