@@ -96,7 +96,7 @@ class PrintableLines(logging.Filter):
         # The values given to the format (a file's name, a request's path, an error's
         # quoted names) are shown as they are; the format's own `app ...` are given the
         # profile (`as_selected`, red team 62 on regress).
-        shown = _printable_lines(text, _given(record.args))
+        shown = _printable_lines(text, _given(record.args) if _names_a_command(text) else ())
         if shown != text:
             record.msg, record.args = shown, None
         if record.exc_info and not record.exc_text:
@@ -144,6 +144,13 @@ def select_for_commands(profile: str | None) -> None:
     _SELECTED[:] = [] if profile is None else [profile]
 
 
+def _names_a_command(text: str) -> bool:
+    """Whether `as_selected` has anything to give `text`: a profile was selected and the text
+    names an `app ...` command (a log record's arguments are read only then: every access
+    log line passes here)."""
+    return bool(_SELECTED) and "\x60app " in text
+
+
 def as_selected(text: str, keep: Sequence[str] = ()) -> str:
     """`text` with each `app ...` command it names between backticks given the ``--profile``
     the command was given (`select_for_commands`), where it names none.
@@ -155,7 +162,7 @@ def as_selected(text: str, keep: Sequence[str] = ()) -> str:
     holder" said "held by: nobody" of development's root, and the log of ``app --profile
     staging serve`` named an `app data check --repair` of development's (red team 62).
     A command inside one of `keep` (the values the text quotes: `quoted_values`) is left."""
-    if not _SELECTED or "\x60app " not in text:
+    if not _names_a_command(text):
         return text
     import re  # here: a line that names no command does not pay for it
 
