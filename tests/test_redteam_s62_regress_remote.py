@@ -49,18 +49,17 @@ What broke:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 from pathlib import Path
 
 import pytest
 from engines import PostgresEngine, S3Engine, new_blob_url, scratch
 from test_config_remote import REMOTE, SECRETS_FILE
+from test_redteam_s62_remote import doctor_probes
 from test_remote_store import PROFILE, _replica
 
-from app.config import load
 from app.errors import InvalidSettingError
-from app.remote import objects, pg, storage
+from app.remote import objects, pg
 from app.remote.errors import (
     DatabaseRefusedError,
     S3EndpointElsewhereError,
@@ -181,9 +180,7 @@ def test_row_security_on_the_app_s_tables_is_refused_before_a_repair_deletes_hid
         assert "row level security hides rows from the app's reads (a repair took" in message
         undo = 'ALTER TABLE "app_files" DISABLE ROW LEVEL SECURITY'
         assert f"As the tables' owner, run `{undo}`" in message
-        config = dataclasses.replace(load("testing"), profile=PROFILE)
-        with pg.connect(url) as conn:
-            probes = storage._database_state(conn, config, where, {})
+        probes = doctor_probes(url, where)
         assert [p.problem for p in probes if p.subject == "triggers"] == [message]
 
         # The remedy, run as written, opens it again, the upload and its bytes kept.

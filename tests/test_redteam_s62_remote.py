@@ -72,8 +72,17 @@ from app.remote.errors import (
     WriteNotStoredError,
 )
 from app.remote.objects import ObjectStore
+from app.storage import Probe
 
 _names = itertools.count()
+
+
+def doctor_probes(url: str, where: str) -> list[Probe]:
+    """What `app doctor` reports of the database at `url` (named `where`) for the testing
+    profile given the remote store's profile name, as its checks of the database make it."""
+    config = dataclasses.replace(load("testing"), profile=PROFILE)
+    with pg.connect(url) as conn:
+        return storage._database_state(conn, config, where, {})
 
 
 def test_a_database_whose_app_tables_are_unlogged_is_refused_before_a_crash_empties_them(
@@ -108,9 +117,7 @@ def test_a_database_whose_app_tables_are_unlogged_is_refused_before_a_crash_empt
             f"changed. As their owner, run `{statements}` (in this order: a table another "
             "references first; each rewrites its table under an exclusive lock)"
         )
-        config = dataclasses.replace(load("testing"), profile=PROFILE)
-        with pg.connect(url) as conn:
-            probes = storage._database_state(conn, config, where, {})
+        probes = doctor_probes(url, where)
         durability = [p for p in probes if p.subject == "durability"]
         assert [(p.problem, p.exit_code) for p in durability] == [(refused.value.message, 78)]
 
@@ -125,8 +132,7 @@ def test_a_database_whose_app_tables_are_unlogged_is_refused_before_a_crash_empt
             "the server has restarted after a crash since, and the rows of those tables are "
             "lost; restore them from a backup taken before" in emptied.value.message
         )
-        with pg.connect(url) as conn:
-            probes = storage._database_state(conn, config, where, {})
+        probes = doctor_probes(url, where)
         assert [(p.subject, p.problem) for p in probes][1:] == [("stamp", emptied.value.message)]
 
         # The remedy, run as written, opens it again (the stamp put back as a backup would).
@@ -279,9 +285,7 @@ def test_a_trigger_or_rule_that_skips_the_app_s_writes_is_refused_at_the_write_a
                 "trigger run BEFORE or INSTEAD OF each row's change, or a rule, can skip"
             ), message
             assert f"nothing was changed. As the tables' owner, run `{undo}`" in message
-            config = dataclasses.replace(load("testing"), profile=PROFILE)
-            with pg.connect(url) as conn:
-                probes = storage._database_state(conn, config, where, {})
+            probes = doctor_probes(url, where)
             assert [p.problem for p in probes if p.subject == "triggers"] == [message]
 
             # An AFTER trigger (a change-data-capture tool's) is left alone; the remedy, run
