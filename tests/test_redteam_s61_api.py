@@ -27,7 +27,8 @@ What broke, and what changed:
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import httpx
 import pytest
@@ -107,12 +108,20 @@ def test_a_trailer_or_chunk_line_over_the_bound_is_431_and_nothing_kept(
     ):
         # Before: 200, the file replaced by "bad" (the body came whole in one read).
         status, headers, problem = _sent_at_once(server, put + body)
-        assert status == 431, problem
-        assert headers["connection"] == "close"
-        assert problem["code"] == "body_line_too_large", problem
-        assert f"PUT {path} refused" in problem["message"], problem
-        assert "nothing of it was kept" in problem["message"], problem
+        assert_line_refused(status, headers, problem, path)
         assert client.get(path).content == b"new"
+
+
+def assert_line_refused(
+    status: int, headers: Mapping[str, str], problem: dict[str, Any], path: str
+) -> None:
+    """The answer to a `PUT` of `path` whose chunked body has a line over the bound: 431
+    ``body_line_too_large``, the connection closed, nothing of the body kept."""
+    assert status == 431, problem
+    assert headers["connection"] == "close"
+    assert problem["code"] == "body_line_too_large", problem
+    assert f"PUT {path} refused" in problem["message"], problem
+    assert "nothing of it was kept" in problem["message"], problem
 
 
 def _token_env(tmp_path: os.PathLike[str], token: str) -> dict[str, str]:
