@@ -180,3 +180,39 @@ def test_a_run_in_line_ends_its_own_zygote_not_the_enclosing_run_s(
         assert process.poll() is None
     finally:
         stop_server(process)
+
+
+@pytest.mark.parametrize(
+    ("ini", "refusal"),
+    [
+        (
+            "app_live_server = fork",
+            (
+                "*app: *tox.ini sets app_live_server = 'fork', which is not a way the "
+                "app_live_server fixture starts its server: write one of forked, subprocess "
+                "(forked, the default: from the run's warm interpreter; subprocess: a plain "
+                "python -m app serve)"
+            ),
+        ),
+        (
+            "app_live_sever = subprocess",
+            (
+                "*app: *tox.ini sets 'app_live_sever', which is no ini key of the app (did you "
+                "mean 'app_live_server'?); the run would go on without what it asks for. Spell "
+                "it app_live_server"
+            ),
+        ),
+    ],
+)
+def test_an_ini_value_or_key_the_fixture_cannot_use_stops_the_run(
+    pytester: pytest.Pytester, ini: str, refusal: str
+) -> None:
+    # A wrong value in the ini file failed each test that asked for app_live_server and
+    # ran the others; a misspelt key was pytest's warning alone. Both are usage errors now,
+    # as a wrong --app-live-server is argparse's.
+    pytester.makeini(f"[pytest]\n{ini}\n")
+    pytester.makepyfile(test_nothing="def test_nothing(app_live_server): pass\n")
+    result = pytester.runpytest("-p", "no:cacheprovider", "-p", "no:warnings")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([refusal])
+    assert "passed" not in result.stdout.str()  # no test ran

@@ -380,14 +380,20 @@ def live_server_start(config: pytest.Config) -> str:
     chosen = config.getoption("app_live_server", None) or config.getini("app_live_server")
     start = str(chosen or FORKED).strip().lower()
     if start not in LIVE_SERVER_STARTS:
-        pytest.fail(
-            f"app: the ini option app_live_server is {chosen!r}, which is not a way the "
-            f"app_live_server fixture starts its server: write one of "
-            f"{', '.join(LIVE_SERVER_STARTS)} (forked, the default: from the run's warm "
-            "interpreter; subprocess: a plain python -m app serve)",
-            pytrace=False,
-        )
+        # The plugin refuses such an ini value before the run (a usage error); a run that
+        # registered the fixture without the plugin's checks fails the test instead.
+        pytest.fail(unknown_start(config, chosen), pytrace=False)
     return start
+
+
+def unknown_start(config: pytest.Config, value: object) -> str:
+    """The refusal of an ini ``app_live_server`` value that is no way to start a server."""
+    return (
+        f"app: {config.inipath} sets app_live_server = {value!r}, which is not a way the "
+        f"app_live_server fixture starts its server: write one of "
+        f"{', '.join(LIVE_SERVER_STARTS)} (forked, the default: from the run's warm "
+        "interpreter; subprocess: a plain python -m app serve)"
+    )
 
 
 def _served_at(config: appconfig.Config, url: str) -> appconfig.Config:

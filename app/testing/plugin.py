@@ -34,6 +34,7 @@ from app.testing.fixtures import (  # noqa: F401 - registered with the plugin, a
     app_config,
     app_live_server,
     app_store,
+    unknown_start,
 )
 from app.testing.guard import INACTIVE, MARKED, STATE, GuardState
 
@@ -260,6 +261,7 @@ def _refuse_before_the_run(config: pytest.Config) -> None:
     """What refuses an active run before it changes anything: a misspelt ini key, a load."""
     __tracebackhide__ = True
     _refuse_misspelt_ini(config)
+    _refuse_unknown_start(config)
     guard.refuse_early_loads()
 
 
@@ -274,12 +276,30 @@ def _refuse_misspelt_ini(config: pytest.Config) -> None:
     if path is None:
         return
     for key in _ini_keys(path):
-        if key != "app_strict" and get_close_matches(key, ["app_strict"], cutoff=0.8):
+        if key in _INI_KEYS:
+            continue
+        for meant in get_close_matches(key, _INI_KEYS, n=1, cutoff=0.8):
             raise guard.usage_error(
                 f"app: {path} sets {key!r}, which is no ini key of the app (did you mean "
-                "'app_strict'?); the run would go on without what it asks for. Spell it "
-                "app_strict"
+                f"{meant!r}?); the run would go on without what it asks for. Spell it "
+                f"{meant}"
             )
+
+
+#: The plugin's own ini keys, against which a key pytest does not know is compared.
+_INI_KEYS = ["app_strict", "app_live_server"]
+
+
+def _refuse_unknown_start(config: pytest.Config) -> None:
+    """Refuse an ini ``app_live_server`` value that is no way to start a server.
+
+    A wrong ``--app-live-server`` is argparse's usage error; the same value in the ini
+    file failed each test that asked for the fixture, and the others ran (docs62).
+    """
+    __tracebackhide__ = True
+    value = config.getini("app_live_server")
+    if str(value).strip().lower() not in LIVE_SERVER_STARTS:
+        raise guard.usage_error(unknown_start(config, value))
 
 
 def _ini_keys(path: Path) -> list[str]:
