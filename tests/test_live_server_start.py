@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+from waits import until
 
 from app.lock import read_holder
 from app.testing import zygote
@@ -218,3 +219,27 @@ def test_an_ini_value_or_key_the_fixture_cannot_use_stops_the_run(
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([refusal])
     assert "passed" not in result.stdout.str()  # no test ran
+
+
+def test_a_forked_server_is_signalled_through_its_pidfd_never_by_a_pid_reused(
+    tmp_path: Path, run: pytest.Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The zygote reaps its server and then says so: in between, a signal by pid (the run
+    # had no other handle) could reach a process given that pid since. The zygote hands
+    # over a pidfd with the pid, and the run signals through it.
+    import select
+
+    root = tmp_path / "data"
+    process, _ = start_server(_env(root), root, tmp_path / "pidfd.log", warm=run)
+    assert isinstance(process, zygote.WarmServer)
+    assert process.pidfd is not None
+    assert os.readlink(f"/proc/self/fd/{process.pidfd}") == "anon_inode:[pidfd]"
+    os.kill(process.pid, signal.SIGKILL)
+    select.select([process.pidfd], [], [])  # it has exited
+    until(lambda: not Path(f"/proc/{process.pid}").exists(), lambda: "the zygote's reap")
+    # Its exit not yet read here (as in the window): the signal goes nowhere, by its pidfd.
+    monkeypatch.setattr(process, "may_signal", lambda: True)
+    process.send_signal(signal.SIGTERM)  # by pid: ProcessLookupError, or another process
+    monkeypatch.undo()
+    assert process.wait(timeout=60) == -signal.SIGKILL
+    assert process.pidfd is None  # closed once its exit was read

@@ -81,14 +81,24 @@ class Signalled:
     """`subprocess.Popen`'s signals for a child this process did not fork itself."""
 
     pid: int
+    #: A pidfd of the child where its forking process handed one over: a signal sent through
+    #: it reaches that process or none, never another given its pid once it was reaped.
+    pidfd: int | None = None
 
     def may_signal(self) -> bool:
         raise NotImplementedError
 
     def send_signal(self, signum: int) -> None:
         # As Popen does: not once it is known to have exited (its pid may be reused).
-        if self.may_signal():
+        if not self.may_signal():
+            return
+        if self.pidfd is None:
             os.kill(self.pid, signum)
+            return
+        # Reaped by the forking process, its exit not yet read here: a signal by pid could
+        # reach a process given the pid since (stop 50's note); through the pidfd, none.
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(self.pidfd, signum)
 
     def terminate(self) -> None:
         self.send_signal(signal.SIGTERM)
@@ -100,9 +110,10 @@ class Signalled:
 class WarmServer(Signalled):
     """A forked ``app serve``, with the part of `subprocess.Popen` the fixture uses."""
 
-    def __init__(self, zygote: Zygote, pid: int) -> None:
+    def __init__(self, zygote: Zygote, pid: int, pidfd: int | None) -> None:
         self.zygote = zygote
         self.pid = pid
+        self.pidfd = pidfd
         self.args = [sys.executable, *SERVE]
         self.returncode: int | None = None
 
@@ -186,7 +197,7 @@ class Zygote:
                             f"before it started a server (exit status {self.process.wait()})"
                         )
                     if "pid" in message:
-                        child = WarmServer(self, message["pid"])
+                        child = WarmServer(self, message["pid"], message.pop("pidfd", None))
                         self._children[child.pid] = child
                         return child
         finally:
@@ -207,18 +218,24 @@ class Zygote:
     def _receive(self, timeout: float | None) -> dict[str, Any] | None:
         import json
         import select
+        import socket
 
         ready, _, _ = select.select([self.socket], [], [], timeout)
         if not ready:
             return {}
-        data = self.socket.recv(65536)
+        data, fds, _, _ = socket.recv_fds(self.socket, 65536, 1)
         if not data:
+            for fd in fds:
+                os.close(fd)
             return None
         message: dict[str, Any] = json.loads(data)
+        if fds:  # a started server's pidfd, with its pid
+            message["pidfd"] = fds[0]
         if "exited" in message:
             child = self._children.pop(message["exited"], None)
             if child is not None:
                 child.returncode = message["code"]
+                _close_pidfd(child)
         return message
 
     def close(self) -> None:
@@ -228,11 +245,19 @@ class Zygote:
         with self._lock:
             self.closed = True
             self.socket.close()
+            for child in self._children.values():
+                _close_pidfd(child)
         try:
             self.process.wait(timeout=60)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+
+def _close_pidfd(child: Signalled) -> None:
+    if child.pidfd is not None:
+        os.close(child.pidfd)
+        child.pidfd = None
 
 
 def _fork_supported() -> bool:
@@ -505,8 +530,12 @@ def main() -> None:
                 _become(json.loads(data), fds, start)
             for fd_given in fds:
                 os.close(fd_given)
-            children[os.pidfd_open(pid)] = pid
-            say({"pid": pid})
+            pidfd = os.pidfd_open(pid)
+            children[pidfd] = pid
+            # The pidfd goes with the pid (the run signals through it): unreaped until now,
+            # the pid is this child's.
+            with contextlib.suppress(OSError):
+                socket.send_fds(channel, [json.dumps({"pid": pid}).encode()], [pidfd])
 
 
 if __name__ == "__main__":
