@@ -23,12 +23,14 @@ import re
 import stat
 import zlib
 from collections.abc import Callable, Iterator, Mapping
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from app.dataroot import (
     AUDIT_FILE,
     SESSIONS_DIR,
+    STAMP_FILE,
     TMP_DIR,
     TRASH_DIR,
     NotRegularFileError,
@@ -121,6 +123,7 @@ class Checker:
     def run(self) -> None:
         self.check_owners()
         self.check_layout()
+        self.check_stamp()
         self.check_tmp()
         self.check_staging()
         self.check_trash()
@@ -299,6 +302,72 @@ class Checker:
                 "resolve that, then run `app data check --repair` again)",
             )
 
+    def check_stamp(self) -> None:
+        """A stamp that ``app data restamp`` wrote, without the ``restamp`` line that says so.
+
+        The line is written after the stamp: a restamp killed between the two, or whose
+        line failed (a full disk, EIO), handed the root to another profile with no line in
+        the log, and `check` said "clean" (red team 63): the one change of a stamp the log
+        exists to record, recorded nowhere. The stamp names the profile it was taken from
+        (``restamped_from``) and when (``created_at``): a ``restamp`` line from that profile
+        to this one, written then or after, is its line.
+        """
+        stamp = self.root.stamp
+        if not isinstance(stamp, dict) or not isinstance(stamp.get("restamped_from"), str):
+            return
+        made = _when(stamp.get("created_at"))
+        if made is None:
+            return  # a stamp dated by no time it could be matched with: nothing to compare
+        wanted = (stamp["restamped_from"], stamp.get("profile"))
+        if self._restamp_logged(wanted, made, rotated=False) or self._restamp_logged(
+            wanted, made, rotated=True
+        ):
+            return
+        if self.found(
+            "stamp-unaudited",
+            self.root.path / STAMP_FILE,
+            f"stamped {wanted[1]!r} by `app data restamp` from {wanted[0]!r} at "
+            f"{stamp['created_at']}, without its restamp line in audit.jsonl or a rotated copy "
+            "beside it: the command stopped between the stamp and the line, or could not write "
+            "the line (a full disk, an I/O error)",
+            "append the restamp line it should have had",
+        ):
+            self.root.append_audit_line(
+                "restamp",
+                self.root.path / STAMP_FILE,
+                {"from": wanted[0], "to": wanted[1], "recovered": True},
+            )
+
+    def _restamp_logged(self, wanted: tuple[str, object], made: datetime, *, rotated: bool) -> bool:
+        """Whether a ``restamp`` line of ``wanted`` (from, to) dated ``made`` or later (less
+        a minute: a build before red team 63 dated its line before it wrote the stamp) is in
+        the log (``rotated``: in its rotated copies)."""
+        if rotated:
+            lines = [line for older in _rotated_logs(self.root.path) for line in older]
+        else:
+            try:
+                lines = read_regular(self.root.audit_path).splitlines()
+            except FileNotFoundError:
+                return False
+        for line in lines:
+            if b'"restamp"' not in line:
+                continue
+            try:
+                record = json_loads(line)
+            except ValueError:
+                continue
+            details = record.get("details") if isinstance(record, dict) else None
+            if record.get("operation") != "restamp" or not isinstance(details, dict):
+                continue
+            when = _when(record.get("time"))
+            if (
+                (details.get("from"), details.get("to")) == wanted
+                and when is not None
+                and when >= made - timedelta(minutes=1)
+            ):
+                return True
+        return False
+
     def check_tmp(self) -> None:
         if self.repair:
             return  # the writer that opened the root cleared .tmp/ already (audited)
@@ -454,7 +523,8 @@ class Checker:
             if self.found(
                 "trash-emptying",
                 path,
-                "an entry that `empty-trash` had taken out of the trash when it was stopped",
+                "an entry that `empty-trash` had taken out of the trash when it was stopped, or "
+                "whose audit line it could not write (a full disk, an I/O error)",
                 "finish removing it",
             ):
                 # Its line first: the repair's own line comes at the end of the run, and a
@@ -1202,6 +1272,18 @@ def _not_a_blob(path: Path) -> str | None:
 #: How logrotate (and a hand's `mv`) names the audit log's older copies beside it:
 #: ``audit.jsonl.1``, ``audit.jsonl.2.gz``, ``audit.jsonl-20261204``, ``audit.jsonl-20261204.gz``.
 _ROTATED_LOG = re.compile(re.escape(AUDIT_FILE) + r"[.-][0-9A-Za-z._-]+")
+
+
+def _when(value: object) -> datetime | None:
+    """An ISO 8601 time the app wrote (a stamp's ``created_at``, a line's ``time``), aware;
+    ``None`` for anything else."""
+    if not isinstance(value, str):
+        return None
+    try:
+        found = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return found if found.tzinfo is not None else None
 
 
 def _unaudited(name: str, audited: set[str], purged: set[str]) -> bool:

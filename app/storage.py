@@ -362,7 +362,7 @@ class Finding:
     Attributes:
         problem: a stable identifier: ``tmp-leftover``, ``unfinished-create``,
             ``trash-empty``, ``trash-manifest-only``, ``trash-unfinished``,
-            ``trash-unaudited``, ``trash-no-manifest``, ``trash-emptying``,
+            ``trash-unaudited``, ``trash-no-manifest``, ``trash-emptying``, ``stamp-unaudited``,
             ``record-without-file``, ``file-without-record``, ``legacy-layout``,
             ``file-damaged``, ``file-lost-found``, ``session-unreadable``,
             ``permission-denied`` or ``unknown-entry``.

@@ -447,7 +447,7 @@ class Files:
         name: str,
         prepared: Prepared,
         entry_name: str | None = None,
-        audit: Callable[[TrashEntry], None] = lambda entry: None,
+        audit: Callable[[TrashEntry], object] = lambda entry: None,
     ) -> tuple[SessionRecord, TrashEntry]:
         """Move the newest trashed copy of a file (or the one in ``entry_name``) back into
         its session, which must be there; the session with the file, and the trash entry
@@ -547,8 +547,7 @@ class Files:
             # The line before the entry goes: killed between them, `check` finds the entry,
             # which the line names, and removes it; in the other order a kill left the
             # restore logged nowhere (red team 52).
-            audit(entry)
-            self.trash.remove_restored(entry, prepared)
+            self.trash.remove_restored(entry, prepared, audit(entry))
             return self.sessions.with_file(before, directory, record), entry
 
 

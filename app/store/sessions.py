@@ -784,7 +784,7 @@ class Sessions:
         session_id: str,
         prepared: Prepared,
         entry_name: str | None = None,
-        audit: Callable[[TrashEntry], None] = lambda entry: None,
+        audit: Callable[[TrashEntry], object] = lambda entry: None,
     ) -> tuple[SessionRecord | None, StoreError | None, TrashEntry]:
         """Move the newest trashed copy of a session (or the one in ``entry_name``) back;
         refused if a session with its id exists again.
@@ -849,8 +849,8 @@ class Sessions:
             self.state.records.changed(entry.session_id)
             self.state.index_update(add=entry.session_id)
             prepared.sync(self.path)
-            audit(entry)  # before the entry goes, as a file's restore (red team 52)
-            self.trash.remove_restored(entry, prepared)
+            # The line before the entry goes, as a file's restore (red team 52).
+            self.trash.remove_restored(entry, prepared, audit(entry))
             return session, unreadable, entry
 
     def _restore_moment(self, source: Path, entry: TrashEntry) -> datetime | None:

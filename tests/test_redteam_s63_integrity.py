@@ -1,0 +1,151 @@
+"""Red team 63 on integrity (branch rt-integrity63): see docs/explanation/attacks.md.
+
+What broke: the audit line of a change whose only other trace the change itself removes,
+lost without a word from `app data check`. Each line is written after its change, and a
+line that cannot be written (``ENOSPC`` or ``EIO`` at the log's write or fsync) goes to the
+process's log alone; `check` writes again the line of a change it can see (a trash entry
+the log does not name), and a kill before the line leaves such a trace on purpose (red
+teams 51 and 52). A failed line did not:
+
+- an ``empty-trash`` (``POST /trash/empty``, ``app data empty-trash``) removed its emptied
+  directories after the line, written or not: the entries were gone for good, recorded
+  nowhere in the root, and `check` said "clean";
+- a restore (``app sessions restore``) removed its emptied trash entry after the line,
+  written or not: the same;
+- ``app data restamp`` wrote the new stamp, then its line: one that failed (or a kill
+  between) left the root handed to another profile with no line, and `check` "clean".
+
+What changed: `Prepared.audit` and `DataRoot.audit` say whether the line was written. An
+``empty-trash`` whose line was not keeps its emptied ``.emptying-`` directories, and a
+restore its emptied entry, as a kill would: the next ``empty-trash`` or `check --repair`
+(a server's start-up) writes the line (``trash-emptying``, ``trash-manifest-only``). And
+`check` compares a stamp that names the profile it was taken from (``restamped_from``) with
+the log's ``restamp`` lines: ``stamp-unaudited``, whose repair writes the line.
+
+Each fault is a real ``ENOSPC`` from the kernel, injected by strace attached to this
+process for the one call, on the app's own code (no server: these are a store's steps).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from faults import attached, needs_strace
+from test_server_e2e import app_env
+
+from app.config import Config, load
+from app.dataroot import AUDIT_FILE, STAMP_FILE, restamp
+from app.storage import Storage, open_storage
+
+FULL = "write:error=ENOSPC"
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def config(root: Path) -> Config:
+    config = load("testing", environ=app_env(root))
+    if config.data_root != root:
+        pytest.skip("the testing profile is remote here: these are a local root's steps")
+    return config
+
+
+@pytest.fixture
+def store(config: Config) -> Iterator[Storage]:
+    with open_storage(config, writer=True, kind="maintenance", wanted="test it") as opened:
+        yield opened
+
+
+def operations(root: Path) -> list[object]:
+    return [json.loads(line)["operation"] for line in (root / AUDIT_FILE).read_text().splitlines()]
+
+
+def checked(config: Config, *, repair: bool = False) -> list[str]:
+    """What `app data check` (``--repair``) finds, each finding as one line of its report."""
+    with open_storage(config, writer=repair, kind="maintenance", wanted="check it") as store:
+        report = store.check(repair=repair)
+    return [f"{f.problem} {f.target}: {f.detail}; {f.repair}" for f in report.findings]
+
+
+def deleted_file(store: Storage) -> tuple[str, str]:
+    sid = store.create_session("kept")["id"]
+    store.put_file(sid, "a.txt", b"acknowledged")
+    return sid, store.delete_file(sid, "a.txt").name
+
+
+@needs_strace
+def test_an_empty_trash_whose_audit_line_fails_leaves_what_writes_it_again(
+    store: Storage, config: Config, root: Path
+) -> None:
+    _, entry = deleted_file(store)
+    with attached(os.getpid(), FULL, root / AUDIT_FILE):
+        [emptied] = store.empty_trash()
+    assert emptied.name == entry
+    assert operations(root)[-1] == "trash-file"  # no line of the empty-trash
+    # Before: its emptied directory removed at once, and `check` "clean".
+    left = root / ".trash" / f".emptying-{entry}"
+    assert left.is_dir() and not any(left.iterdir())
+    [said] = checked(config)
+    assert said.startswith(f"trash-emptying .trash/.emptying-{entry}: "), said
+    assert "or whose audit line it could not write (a full disk, an I/O error)" in said, said
+    # The next empty-trash writes the line, naming it, and removes what was left.
+    assert store.empty_trash() == []
+    assert not left.exists()
+    line = json.loads((root / AUDIT_FILE).read_text().splitlines()[-1])
+    assert (line["operation"], line["details"]["finished"]) == ("empty-trash", [entry])
+
+
+@needs_strace
+def test_a_restore_whose_audit_line_fails_keeps_its_entry_for_check_to_write_it(
+    store: Storage, config: Config, root: Path
+) -> None:
+    sid, entry = deleted_file(store)
+    with attached(os.getpid(), FULL, root / AUDIT_FILE):
+        store.restore(sid, file="a.txt")
+    store.close()
+    assert operations(root) == ["trash-file"]
+    # Before: the entry removed, the restore recorded nowhere, `check` "clean".
+    assert (root / ".trash" / entry / "trash.json").is_file()
+    [said] = checked(config)
+    assert said.startswith(f"trash-manifest-only .trash/{entry}: a restore of file 'a.txt'"), said
+    assert "the restore's audit line was not written" in said, said
+    assert checked(config, repair=True) == [said]
+    assert operations(root) == ["trash-file", "restore-file", "check-repair"]
+    assert checked(config) == [] and not (root / ".trash" / entry).exists()
+
+
+@needs_strace
+def test_a_restamp_whose_audit_line_fails_is_found_and_its_line_written(
+    store: Storage, config: Config, root: Path
+) -> None:
+    store.close()
+    # The root as another profile's (development's), handed to testing by the command's
+    # own code: its stamp is written, then its line, which the disk refuses.
+    stamp = json.loads((root / STAMP_FILE).read_text())
+    (root / STAMP_FILE).write_text(json.dumps({**stamp, "profile": "development"}))
+    with attached(os.getpid(), FULL, root / AUDIT_FILE):
+        made = restamp(config, "development")
+    assert (made["profile"], made["restamped_from"]) == ("testing", "development")
+    assert not (root / AUDIT_FILE).exists() or "restamp" not in operations(root)
+    # Before: "clean", the hand-over recorded nowhere.
+    [said] = checked(config)
+    assert said.startswith(
+        "stamp-unaudited .app-profile.json: stamped 'testing' by `app data restamp` from "
+        f"'development' at {made['created_at']}, without its restamp line"
+    ), said
+    assert "or could not write the line (a full disk, an I/O error)" in said, said
+    assert checked(config, repair=True) == [said]
+    [line] = [
+        json.loads(text)
+        for text in (root / AUDIT_FILE).read_text().splitlines()
+        if json.loads(text)["operation"] == "restamp"
+    ]
+    assert line["details"] == {"from": "development", "to": "testing", "recovered": True}
+    assert checked(config) == []
