@@ -24,14 +24,24 @@ the log's ``restamp`` lines: ``stamp-unaudited``, whose repair writes the line.
 
 Each fault is a real ``ENOSPC`` from the kernel, injected by strace attached to this
 process for the one call, on the app's own code (no server: these are a store's steps).
+
+And a ``PUT`` with ``If-Match`` retried after its answer was lost (the first try made the
+change): 412 "which another request wrote since", and told to send it again with the
+current ``ETag``, which replaces the file with itself. RFC 9110 (13.1.1) names the case: the
+change is made already. Where the request's ``Repr-Digest`` or ``Content-Digest`` (or, at the
+commit, its body) shows the current version holds the bytes it sends, the refusal now says
+so, and that nothing needs to be sent again; without them, it says how to tell.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from faults import attached, needs_strace
@@ -149,3 +159,28 @@ def test_a_restamp_whose_audit_line_fails_is_found_and_its_line_written(
     ]
     assert line["details"] == {"from": "development", "to": "testing", "recovered": True}
     assert checked(config) == []
+
+
+def test_a_put_retried_after_its_answer_was_lost_is_told_it_was_made(app_client: Any) -> None:
+    http = app_client
+    sid = http.post("/sessions", json={"title": "retried"}).json()["id"]
+    path = f"/sessions/{sid}/files/a.txt"
+    first = http.put(path, content=b"one").json()["sha256"]
+    sent = hashlib.sha256(b"two").digest()
+    headers = {
+        "If-Match": f'"{first}"',
+        "Repr-Digest": f"sha-256=:{base64.b64encode(sent).decode()}:",
+    }
+    assert http.put(path, content=b"two", headers=headers).status_code == 200  # answer lost
+    again = http.put(path, content=b"two", headers=headers)
+    assert again.status_code == 412, again.text
+    said = " ".join(again.json()["message"].split())
+    # Before: "which another request wrote since ... send the PUT again with If-Match: <its
+    # own version>", which replaces the file with itself.
+    assert f'ETag "{sent.hex()}", whose bytes are the very bytes this PUT sends' in said, said
+    assert "this one's own, if its answer was lost). Nothing was changed, and nothing" in said
+    # Without a digest field, the bytes are not known before the body: it says how to tell.
+    bare = http.put(path, content=b"two", headers={"If-Match": f'"{first}"'})
+    said = " ".join(bare.json()["message"].split())
+    assert "(or an earlier try of this PUT, whose answer was lost: an ETag is the" in said, said
+    assert [e["name"] for e in http.get(f"/sessions/{sid}/files").json()["items"]] == ["a.txt"]

@@ -195,7 +195,8 @@ class Files:
             _refuse_new_name(name)
         if if_match is not None:
             # Before the body too, so a stale client is not made to send it for nothing.
-            if_match.require("PUT", session_id, record_path.name, _version(old))
+            sent = None if digests is None else digests.named()
+            if_match.require("PUT", session_id, record_path.name, _version(old), sent)
         if old is not None:
             if not replace:
                 raise FileExistsInSessionError(session_id, record_path.name)
@@ -273,7 +274,7 @@ class Files:
             if upload.if_match is not None:
                 # Under the session's lock, which every switch of this record takes: the
                 # version compared is the one this commit replaces.
-                upload.if_match.require("PUT", session_id, name, _version(old))
+                upload.if_match.require("PUT", session_id, name, _version(old), entry["sha256"])
             if old is not None and not upload.replace:
                 raise FileExistsInSessionError(session_id, name)
             if old is None:

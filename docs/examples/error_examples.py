@@ -249,6 +249,15 @@ EXAMPLES: list[errors.AppError] = [
         '"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"',
         '"60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752"',
     ),
+    # A PUT retried after its answer was lost, its Repr-Digest naming the current bytes.
+    errors.PreconditionFailedError(
+        "PUT",
+        "3f2a9c",
+        "report.pdf",
+        '"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"',
+        '"60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752"',
+        sent="60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752",
+    ),
     errors.DigestMismatchError(
         "PUT",
         "3f2a9c",
