@@ -31,6 +31,13 @@ current ``ETag``, which replaces the file with itself. RFC 9110 (13.1.1) names t
 change is made already. Where the request's ``Repr-Digest`` or ``Content-Digest`` (or, at the
 commit, its body) shows the current version holds the bytes it sends, the refusal now says
 so, and that nothing needs to be sent again; without them, it says how to tell.
+
+And a ``HEAD`` of a file refused for its ``If-Match`` (412) or its ``If-Unmodified-Since``
+(400) was answered with another ``Content-Length`` than the ``GET`` it stands for: its
+message named its own method. RFC 9110 (9.3.2) has a ``HEAD`` answered with the ``GET``'s
+header fields, as every other route's is; the file's ``HEAD`` now gets the ``GET``'s
+refusal, word for word (the app in process: the route's answer, which uvicorn sends as it
+is).
 """
 
 from __future__ import annotations
@@ -184,3 +191,25 @@ def test_a_put_retried_after_its_answer_was_lost_is_told_it_was_made(app_client:
     said = " ".join(bare.json()["message"].split())
     assert "(or an earlier try of this PUT, whose answer was lost: an ETag is the" in said, said
     assert [e["name"] for e in http.get(f"/sessions/{sid}/files").json()["items"]] == ["a.txt"]
+
+
+def test_a_head_refused_for_its_precondition_has_the_get_s_headers(app_client: Any) -> None:
+    http = app_client
+    sid = http.post("/sessions", json={"title": "heads"}).json()["id"]
+    put = http.put(f"/sessions/{sid}/files/a.txt", content=b"0123456789")
+    etag = put.headers.get("etag") or f'"{put.json()["sha256"]}"'
+    for headers in (
+        {"If-Match": '"an-older-version"'},
+        {"If-Match": f"W/{etag}"},
+        {"If-Unmodified-Since": "Sun, 06 Dec 2026 12:00:00 GMT"},
+        {"If-Match": etag, "Range": "bytes=-3"},
+    ):
+        got = http.get(f"/sessions/{sid}/files/a.txt", headers=headers)
+        head = http.head(f"/sessions/{sid}/files/a.txt", headers=headers)
+        fields = ("content-length", "content-type", "etag", "content-range")
+        # Before: a 412's and a 400's Content-Length four bytes over the GET's.
+        assert [head.status_code, *map(head.headers.get, fields)] == [
+            got.status_code,
+            *map(got.headers.get, fields),
+        ], (headers, got.text)
+        assert head.content == b""
