@@ -77,6 +77,7 @@ from app.store.records import (
     public,
     read_meta,
     record_blob,
+    scan_records,
     shape_damage,
 )
 from app.store.trash import EMPTYING_PREFIX, MISSING_MANIFEST, TRASH_NAME_RE
@@ -740,7 +741,7 @@ class Checker:
         # The directories it syncs opened before the move: out of descriptors after it, the
         # repair was reported "not done" of bytes it had moved (red team 48).
         with self.root.prepare(path, blob_path.parent) as prepared:
-            blob_path.rename(path / bytes_in_entry(file))
+            _into_entry(blob_path, path / bytes_in_entry(file), session_dir)
             prepared.sync()
         return True
 
@@ -1272,6 +1273,25 @@ def _not_a_blob(path: Path) -> str | None:
 #: How logrotate (and a hand's `mv`) names the audit log's older copies beside it:
 #: ``audit.jsonl.1``, ``audit.jsonl.2.gz``, ``audit.jsonl-20261204``, ``audit.jsonl-20261204.gz``.
 _ROTATED_LOG = re.compile(re.escape(AUDIT_FILE) + r"[.-][0-9A-Za-z._-]+")
+
+
+def _into_entry(blob_path: Path, target: Path, session_dir: Path) -> None:
+    """Move a change's old bytes into its trash entry; linked there where another file's
+    record names them too (copied outside the app), as the change would have
+    (`app.store.files.Files._retire_blob`; red team 63)."""
+    if _named_by_a_record(session_dir, blob_path.name):
+        os.link(blob_path, target)
+    else:
+        blob_path.rename(target)
+
+
+def _named_by_a_record(session_dir: Path, blob: str) -> bool:
+    """Whether a record of the session in ``session_dir`` names ``blob`` (``True`` where the
+    records cannot be read: the bytes are then kept where they are too)."""
+    try:
+        return any(record.get("blob") == blob for record in scan_records(session_dir))
+    except (OSError, UnreadableSessionError):
+        return True
 
 
 def _when(value: object) -> datetime | None:

@@ -38,6 +38,12 @@ message named its own method. RFC 9110 (9.3.2) has a ``HEAD`` answered with the 
 header fields, as every other route's is; the file's ``HEAD`` now gets the ``GET``'s
 refusal, word for word (the app in process: the route's answer, which uvicorn sends as it
 is).
+
+And a file "copied" within its session outside the app (a second record, of the app's
+shape, naming the same blob): a delete or a replace of one moved the shared bytes into its
+trash entry, and the other, acknowledged and untouched, became a 500 "its bytes are not
+there". The change's old bytes are now linked into the entry where another record still
+names them, and `check --repair`, finishing such a change, links them too.
 """
 
 from __future__ import annotations
@@ -213,3 +219,44 @@ def test_a_head_refused_for_its_precondition_has_the_get_s_headers(app_client: A
             *map(got.headers.get, fields),
         ], (headers, got.text)
         assert head.content == b""
+
+
+@needs_strace
+def test_a_file_whose_record_was_copied_keeps_its_bytes_when_the_other_goes(
+    store: Storage, config: Config, root: Path
+) -> None:
+    sid = store.create_session("copied")["id"]
+    store.put_file(sid, "a.pdf", b"acknowledged once")
+    records = root / "sessions" / sid / "records"
+    # What a tool (or `cp` and an edit) makes of "copy this file": a record of its own, of the
+    # app's shape, that names the same bytes.
+    record = json.loads((records / "a.pdf").read_text())
+    (records / "copy.pdf").write_text(json.dumps({**record, "name": "copy.pdf"}))
+    blob = root / "sessions" / sid / "blobs" / record["blob"]
+
+    def read(name: str) -> bytes:
+        file, _ = store.open_file(sid, name)
+        with file:
+            return file.read()
+
+    assert read("copy.pdf") == b"acknowledged once"
+    # The delete's link into the trash refused once (EIO): its entry waits for the bytes,
+    # and the repair links them as the delete would have.
+    with attached(os.getpid(), "link,linkat:error=EIO", blob):
+        store.delete_file(sid, "a.pdf")
+    # Before: the bytes moved into a.pdf's trash entry, and copy.pdf a 500 "its bytes are not
+    # there (removed from outside the app)"; the repair did the same.
+    assert read("copy.pdf") == b"acknowledged once"
+    store.close()
+    [said] = checked(config)
+    assert said.startswith("trash-unfinished"), said
+    checked(config, repair=True)
+    assert checked(config) == []
+    with open_storage(config, writer=True, kind="maintenance", wanted="test it") as again:
+        file, _ = again.open_file(sid, "copy.pdf")
+        with file:
+            assert file.read() == b"acknowledged once"
+        # A replace of the last file that names them moves them, as ever.
+        again.put_file(sid, "copy.pdf", b"its own bytes", replace=True)
+    assert not blob.exists()
+    assert checked(config) == []

@@ -338,6 +338,14 @@ class Files:
         # With records/'s identity now: its ctime moved with the rename (`records_identity`).
         self.records.changed(session_id, path.name, record, identity_after_change(str(path.parent)))
 
+    def _named_elsewhere(self, directory: Path, blob: str) -> str | None:
+        """The name of a file of the session in ``directory`` whose record names ``blob``
+        (after a change's switch: another file than the one changed), else ``None``."""
+        for record in self.sessions.records_of(directory, directory.name):
+            if record.get("blob") == blob:
+                return str(record.get("name"))
+        return None
+
     def _retire_blob(
         self, directory: Path, blob: str, entry: TrashEntry, name: str, prepared: Prepared
     ) -> None:
@@ -369,6 +377,29 @@ class Files:
                 blob,
                 entry.name,
             )
+            return
+        if (other := self._named_elsewhere(directory, blob)) is not None:
+            # A record copied outside the app (`cp records/a.pdf records/b.pdf`, a tool that
+            # "copies" a file) names these bytes too. Moved into the entry, they left that
+            # file without its bytes: a delete or a replace of one file made another, which
+            # the app had acknowledged, a 500 "removed from outside the app" (red team 63).
+            # Linked, the entry holds them and so does the other file; a blob never changes.
+            log.warning(
+                "file %r of session %s: its bytes (blob %s) are named by file %r too (a record "
+                "copied outside the app); linked into trash entry %s, kept for that file",
+                name,
+                directory.name,
+                blob,
+                other,
+                entry.name,
+            )
+            try:
+                os.link(directory / BLOBS_DIR / blob, entry.path / bytes_in_entry(name))
+                prepared.sync(entry.path)
+            except OSError as error:
+                log.warning(
+                    "could not link blob %s into the trash yet (%s); `check` will", blob, error
+                )
             return
         try:
             (directory / BLOBS_DIR / blob).rename(entry.path / bytes_in_entry(name))
