@@ -53,6 +53,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,11 @@ def checked(config: Config, *, repair: bool = False) -> list[str]:
     return [f"{f.problem} {f.target}: {f.detail}; {f.repair}" for f in report.findings]
 
 
+def log_full(root: Path) -> AbstractContextManager[None]:
+    """The root's audit log on a full disk (ENOSPC at its writes) for the block."""
+    return attached(os.getpid(), FULL, root / AUDIT_FILE)
+
+
 def deleted_file(store: Storage) -> tuple[str, str]:
     sid = store.create_session("kept")["id"]
     store.put_file(sid, "a.txt", b"acknowledged")
@@ -108,7 +114,7 @@ def test_an_empty_trash_whose_audit_line_fails_leaves_what_writes_it_again(
     store: Storage, config: Config, root: Path
 ) -> None:
     _, entry = deleted_file(store)
-    with attached(os.getpid(), FULL, root / AUDIT_FILE):
+    with log_full(root):
         [emptied] = store.empty_trash()
     assert emptied.name == entry
     assert operations(root)[-1] == "trash-file"  # no line of the empty-trash
@@ -130,7 +136,7 @@ def test_a_restore_whose_audit_line_fails_keeps_its_entry_for_check_to_write_it(
     store: Storage, config: Config, root: Path
 ) -> None:
     sid, entry = deleted_file(store)
-    with attached(os.getpid(), FULL, root / AUDIT_FILE):
+    with log_full(root):
         store.restore(sid, file="a.txt")
     store.close()
     assert operations(root) == ["trash-file"]
@@ -153,7 +159,7 @@ def test_a_restamp_whose_audit_line_fails_is_found_and_its_line_written(
     # own code: its stamp is written, then its line, which the disk refuses.
     stamp = json.loads((root / STAMP_FILE).read_text())
     (root / STAMP_FILE).write_text(json.dumps({**stamp, "profile": "development"}))
-    with attached(os.getpid(), FULL, root / AUDIT_FILE):
+    with log_full(root):
         made = restamp(config, "development")
     assert (made["profile"], made["restamped_from"]) == ("testing", "development")
     assert not (root / AUDIT_FILE).exists() or "restamp" not in operations(root)
