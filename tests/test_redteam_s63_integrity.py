@@ -180,8 +180,13 @@ def test_a_restamp_whose_audit_line_fails_is_found_and_its_line_written(
     assert checked(config) == []
 
 
-def test_a_put_retried_after_its_answer_was_lost_is_told_it_was_made(app_client: Any) -> None:
-    http = app_client
+def test_a_file_s_conditional_refusals_say_what_was_done_as_a_get_would(app_client: Any) -> None:
+    # One app for both (its import is most of what they cost).
+    a_put_retried_after_its_answer_was_lost_is_told_it_was_made(app_client)
+    a_head_refused_for_its_precondition_has_the_get_s_headers(app_client)
+
+
+def a_put_retried_after_its_answer_was_lost_is_told_it_was_made(http: Any) -> None:
     sid = http.post("/sessions", json={"title": "retried"}).json()["id"]
     path = f"/sessions/{sid}/files/a.txt"
     first = http.put(path, content=b"one").json()["sha256"]
@@ -205,8 +210,7 @@ def test_a_put_retried_after_its_answer_was_lost_is_told_it_was_made(app_client:
     assert [e["name"] for e in http.get(f"/sessions/{sid}/files").json()["items"]] == ["a.txt"]
 
 
-def test_a_head_refused_for_its_precondition_has_the_get_s_headers(app_client: Any) -> None:
-    http = app_client
+def a_head_refused_for_its_precondition_has_the_get_s_headers(http: Any) -> None:
     sid = http.post("/sessions", json={"title": "heads"}).json()["id"]
     put = http.put(f"/sessions/{sid}/files/a.txt", content=b"0123456789")
     etag = put.headers.get("etag") or f'"{put.json()["sha256"]}"'
