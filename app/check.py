@@ -320,9 +320,7 @@ class Checker:
         if made is None:
             return  # a stamp dated by no time it could be matched with: nothing to compare
         wanted = (stamp["restamped_from"], stamp.get("profile"))
-        if self._restamp_logged(wanted, made, rotated=False) or self._restamp_logged(
-            wanted, made, rotated=True
-        ):
+        if self._restamp_logged(wanted, made):
             return
         if self.found(
             "stamp-unaudited",
@@ -339,35 +337,22 @@ class Checker:
                 {"from": wanted[0], "to": wanted[1], "recovered": True},
             )
 
-    def _restamp_logged(self, wanted: tuple[str, object], made: datetime, *, rotated: bool) -> bool:
-        """Whether a ``restamp`` line of ``wanted`` (from, to) dated ``made`` or later (less
-        a minute: a build before red team 63 dated its line before it wrote the stamp) is in
-        the log (``rotated``: in its rotated copies)."""
-        if rotated:
-            lines = [line for older in _rotated_logs(self.root.path) for line in older]
-        else:
-            try:
-                lines = read_regular(self.root.audit_path).splitlines()
-            except FileNotFoundError:
-                return False
-        for line in lines:
-            if b'"restamp"' not in line:
-                continue
-            try:
-                record = json_loads(line)
-            except ValueError:
-                continue
-            details = record.get("details") if isinstance(record, dict) else None
-            if record.get("operation") != "restamp" or not isinstance(details, dict):
-                continue
-            when = _when(record.get("time"))
-            if (
-                (details.get("from"), details.get("to")) == wanted
-                and when is not None
-                and when >= made - timedelta(minutes=1)
-            ):
-                return True
-        return False
+    def _restamp_logged(self, wanted: tuple[str, object], made: datetime) -> bool:
+        """Whether the log, or a rotated copy beside it, has a ``restamp`` line of ``wanted``
+        (from, to) dated ``made`` or later (less a minute: a build before red team 63 dated
+        its line before it wrote the stamp), or cannot say: every copy of it begins after
+        ``made`` (rotation removed the older ones, as it removes every line in time)."""
+        try:
+            copies = [read_regular(self.root.audit_path).splitlines()]
+        except FileNotFoundError:
+            copies = []
+        if _names_restamp(copies, wanted, made):
+            return True
+        copies += list(_rotated_logs(self.root.path))
+        if _names_restamp(copies[1:], wanted, made):
+            return True
+        begins = [_line_time(lines) for lines in copies]
+        return bool(begins) and all(time is not None and time > made for time in begins)
 
     def check_tmp(self) -> None:
         if self.repair:
@@ -1292,6 +1277,47 @@ def _named_by_a_record(session_dir: Path, blob: str) -> bool:
         return any(record.get("blob") == blob for record in scan_records(session_dir))
     except (OSError, UnreadableSessionError):
         return True
+
+
+def _records_of_restamp(lines: list[bytes]) -> Iterator[dict[str, Any]]:
+    for line in lines:
+        if b'"restamp"' not in line:
+            continue
+        try:
+            record = json_loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("operation") == "restamp":
+            yield record
+
+
+def _names_restamp(copies: list[list[bytes]], wanted: tuple[str, object], made: datetime) -> bool:
+    """Whether a ``restamp`` line of ``wanted`` (from, to), dated ``made`` less a minute or
+    later, is among ``copies`` (each a log's lines)."""
+    for lines in copies:
+        for record in _records_of_restamp(lines):
+            details, when = record.get("details"), _when(record.get("time"))
+            if (
+                isinstance(details, dict)
+                and (details.get("from"), details.get("to")) == wanted
+                and when is not None
+                and when >= made - timedelta(minutes=1)
+            ):
+                return True
+    return False
+
+
+def _line_time(lines: list[bytes]) -> datetime | None:
+    """The time of a log's first line that has one (an append-only log begins with its
+    oldest), ``None`` if none has."""
+    for line in lines:
+        try:
+            record = json_loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and (when := _when(record.get("time"))) is not None:
+            return when
+    return None
 
 
 def _when(value: object) -> datetime | None:

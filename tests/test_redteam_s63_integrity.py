@@ -178,6 +178,12 @@ def test_a_restamp_whose_audit_line_fails_is_found_and_its_line_written(
     ]
     assert line["details"] == {"from": "development", "to": "testing", "recovered": True}
     assert checked(config) == []
+    # Rotated away (logrotate keeps so many copies), with later lines in a new log: the log
+    # no longer reaches back to the restamp, and says nothing of it either way.
+    (root / AUDIT_FILE).unlink()
+    with open_storage(config, writer=True, kind="maintenance", wanted="test it") as again:
+        deleted_file(again)
+    assert checked(config) == []
 
 
 def test_a_file_s_conditional_refusals_say_what_was_done_as_a_get_would(app_client: Any) -> None:

@@ -338,14 +338,6 @@ class Files:
         # With records/'s identity now: its ctime moved with the rename (`records_identity`).
         self.records.changed(session_id, path.name, record, identity_after_change(str(path.parent)))
 
-    def _named_elsewhere(self, directory: Path, blob: str) -> str | None:
-        """The name of a file of the session in ``directory`` whose record names ``blob``
-        (after a change's switch: another file than the one changed), else ``None``."""
-        for record in self.sessions.records_of(directory, directory.name):
-            if record.get("blob") == blob:
-                return str(record.get("name"))
-        return None
-
     def _retire_blob(
         self, directory: Path, blob: str, entry: TrashEntry, name: str, prepared: Prepared
     ) -> None:
@@ -378,7 +370,8 @@ class Files:
                 entry.name,
             )
             return
-        if (other := self._named_elsewhere(directory, blob)) is not None:
+        # After the switch: a record that names them is another file's.
+        if (other := self.sessions.naming(directory, directory.name, blob)) is not None:
             # A record copied outside the app (`cp records/a.pdf records/b.pdf`, a tool that
             # "copies" a file) names these bytes too. Moved into the entry, they left that
             # file without its bytes: a delete or a replace of one file made another, which

@@ -444,6 +444,19 @@ class Sessions:
         """The records of the session in ``directory`` (under its lock: its files now)."""
         return self._records(os.fspath(directory), session_id)
 
+    def naming(self, directory: Path, session_id: str, blob: str) -> str | None:
+        """The name of a file of the session in ``directory`` (under its lock) whose record
+        names ``blob``, else ``None``: from the copy of its records `newest_change` trusts,
+        so that a change reads them again no more often than it does."""
+        where = os.fspath(directory)
+        max_age = self.watched_records_max_age
+        if self.root.writable:
+            max_age = self._records_trust(where, session_id)
+        for record in self._records(where, session_id, max_age):
+            if record.get("blob") == blob:
+                return str(record.get("name"))
+        return None
+
     def newest_change(
         self,
         directory: Path,
