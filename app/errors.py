@@ -2306,10 +2306,13 @@ class FileExistsInSessionError(StoreError):
 
     code = "file_exists"
     http_status = 409
+    # A create retried after its answer was lost (red team 63) meets its own first try:
+    # the message says how a client tells, where it said only to replace or delete it.
     template = (
         "session {session_id!r} already has a file {name!r}; use "
         "PUT /sessions/{session_id}/files/{name} to replace it, or delete it "
-        "first"
+        "first (if this request is a retry of one whose answer was lost, its first try may "
+        "have stored it: HEAD the file, whose ETag is the SHA-256 of its bytes)"
     )
 
     session_id: str

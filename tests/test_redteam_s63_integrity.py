@@ -189,6 +189,7 @@ def test_a_restamp_whose_audit_line_fails_is_found_and_its_line_written(
 def test_a_file_s_conditional_refusals_say_what_was_done_as_a_get_would(app_client: Any) -> None:
     # One app for both (its import is most of what they cost).
     a_put_retried_after_its_answer_was_lost_is_told_it_was_made(app_client)
+    a_create_retried_after_its_answer_was_lost_is_told_how_to_tell(app_client)
     a_head_refused_for_its_precondition_has_the_get_s_headers(app_client)
 
 
@@ -214,6 +215,23 @@ def a_put_retried_after_its_answer_was_lost_is_told_it_was_made(http: Any) -> No
     said = " ".join(bare.json()["message"].split())
     assert "(or an earlier try of this PUT, whose answer was lost: an ETag is the" in said, said
     assert [e["name"] for e in http.get(f"/sessions/{sid}/files").json()["items"]] == ["a.txt"]
+
+
+def a_create_retried_after_its_answer_was_lost_is_told_how_to_tell(http: Any) -> None:
+    sid = http.post("/sessions", json={"title": "created twice"}).json()["id"]
+    creates = [
+        lambda: http.post(f"/sessions/{sid}/files", files={"file": ("m.txt", b"form")}),
+        lambda: http.put(
+            f"/sessions/{sid}/files/p.txt", content=b"raw", headers={"If-None-Match": "*"}
+        ),
+    ]
+    for create in creates:
+        assert create().status_code == 201  # its answer lost
+        again = create()
+        assert again.status_code in (409, 412), again.text
+        said = " ".join(again.json()["message"].split())
+        # Before: told to replace or delete it, and nothing of its own first try.
+        assert "is a retry of one whose answer was lost, its first try may have stored" in said
 
 
 def a_head_refused_for_its_precondition_has_the_get_s_headers(http: Any) -> None:

@@ -171,7 +171,9 @@ def add_file_routes(app: FastAPI, store: Storage, auth: list[Any], slots: Upload
                 "precondition_failed",
                 f"session {error.session_id!r} already has a file {error.name!r}, and "
                 "If-None-Match: * asked to create it only: nothing was replaced. Send the PUT "
-                "without If-None-Match to replace it",
+                "without If-None-Match to replace it (if this PUT is a retry of one whose "
+                "answer was lost, its first try may have stored it: HEAD the file, whose ETag "
+                "is the SHA-256 of its bytes)",
             )
         return _created_file(session_id, entry, 200 if upload.replaced else 201)
 
