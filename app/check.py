@@ -23,12 +23,14 @@ import re
 import stat
 import zlib
 from collections.abc import Callable, Iterator, Mapping
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from app.dataroot import (
     AUDIT_FILE,
     SESSIONS_DIR,
+    STAMP_FILE,
     TMP_DIR,
     TRASH_DIR,
     NotRegularFileError,
@@ -75,6 +77,7 @@ from app.store.records import (
     public,
     read_meta,
     record_blob,
+    scan_records,
     shape_damage,
 )
 from app.store.trash import EMPTYING_PREFIX, MISSING_MANIFEST, TRASH_NAME_RE
@@ -121,6 +124,7 @@ class Checker:
     def run(self) -> None:
         self.check_owners()
         self.check_layout()
+        self.check_stamp()
         self.check_tmp()
         self.check_staging()
         self.check_trash()
@@ -299,6 +303,57 @@ class Checker:
                 "resolve that, then run `app data check --repair` again)",
             )
 
+    def check_stamp(self) -> None:
+        """A stamp that ``app data restamp`` wrote, without the ``restamp`` line that says so.
+
+        The line is written after the stamp: a restamp killed between the two, or whose
+        line failed (a full disk, EIO), handed the root to another profile with no line in
+        the log, and `check` said "clean" (red team 63): the one change of a stamp the log
+        exists to record, recorded nowhere. The stamp names the profile it was taken from
+        (``restamped_from``) and when (``created_at``): a ``restamp`` line from that profile
+        to this one, written then or after, is its line.
+        """
+        stamp = self.root.stamp
+        if not isinstance(stamp, dict) or not isinstance(stamp.get("restamped_from"), str):
+            return
+        made = _when(stamp.get("created_at"))
+        if made is None:
+            return  # a stamp dated by no time it could be matched with: nothing to compare
+        wanted = (stamp["restamped_from"], stamp.get("profile"))
+        if self._restamp_logged(wanted, made):
+            return
+        if self.found(
+            "stamp-unaudited",
+            self.root.path / STAMP_FILE,
+            f"stamped {wanted[1]!r} by `app data restamp` from {wanted[0]!r} at "
+            f"{stamp['created_at']}, without its restamp line in audit.jsonl or a rotated copy "
+            "beside it: the command stopped between the stamp and the line, or could not write "
+            "the line (a full disk, an I/O error)",
+            "append the restamp line it should have had",
+        ):
+            self.root.append_audit_line(
+                "restamp",
+                self.root.path / STAMP_FILE,
+                {"from": wanted[0], "to": wanted[1], "recovered": True},
+            )
+
+    def _restamp_logged(self, wanted: tuple[str, object], made: datetime) -> bool:
+        """Whether the log, or a rotated copy beside it, has a ``restamp`` line of ``wanted``
+        (from, to) dated ``made`` or later (less a minute: a build before red team 63 dated
+        its line before it wrote the stamp), or cannot say: every copy of it begins after
+        ``made`` (rotation removed the older ones, as it removes every line in time)."""
+        try:
+            copies = [read_regular(self.root.audit_path).splitlines()]
+        except FileNotFoundError:
+            copies = []
+        if _names_restamp(copies, wanted, made):
+            return True
+        copies += list(_rotated_logs(self.root.path))
+        if _names_restamp(copies[1:], wanted, made):
+            return True
+        begins = [_line_time(lines) for lines in copies]
+        return bool(begins) and all(time is not None and time > made for time in begins)
+
     def check_tmp(self) -> None:
         if self.repair:
             return  # the writer that opened the root cleared .tmp/ already (audited)
@@ -454,7 +509,8 @@ class Checker:
             if self.found(
                 "trash-emptying",
                 path,
-                "an entry that `empty-trash` had taken out of the trash when it was stopped",
+                "an entry that `empty-trash` had taken out of the trash when it was stopped, or "
+                "whose audit line it could not write (a full disk, an I/O error)",
                 "finish removing it",
             ):
                 # Its line first: the repair's own line comes at the end of the run, and a
@@ -670,7 +726,7 @@ class Checker:
         # The directories it syncs opened before the move: out of descriptors after it, the
         # repair was reported "not done" of bytes it had moved (red team 48).
         with self.root.prepare(path, blob_path.parent) as prepared:
-            blob_path.rename(path / bytes_in_entry(file))
+            _into_entry(blob_path, path / bytes_in_entry(file), session_dir)
             prepared.sync()
         return True
 
@@ -1202,6 +1258,78 @@ def _not_a_blob(path: Path) -> str | None:
 #: How logrotate (and a hand's `mv`) names the audit log's older copies beside it:
 #: ``audit.jsonl.1``, ``audit.jsonl.2.gz``, ``audit.jsonl-20261204``, ``audit.jsonl-20261204.gz``.
 _ROTATED_LOG = re.compile(re.escape(AUDIT_FILE) + r"[.-][0-9A-Za-z._-]+")
+
+
+def _into_entry(blob_path: Path, target: Path, session_dir: Path) -> None:
+    """Move a change's old bytes into its trash entry; linked there where another file's
+    record names them too (copied outside the app), as the change would have
+    (`app.store.files.Files._retire_blob`; red team 63)."""
+    if _named_by_a_record(session_dir, blob_path.name):
+        os.link(blob_path, target)
+    else:
+        blob_path.rename(target)
+
+
+def _named_by_a_record(session_dir: Path, blob: str) -> bool:
+    """Whether a record of the session in ``session_dir`` names ``blob`` (``True`` where the
+    records cannot be read: the bytes are then kept where they are too)."""
+    try:
+        return any(record.get("blob") == blob for record in scan_records(session_dir))
+    except (OSError, UnreadableSessionError):
+        return True
+
+
+def _records_of_restamp(lines: list[bytes]) -> Iterator[dict[str, Any]]:
+    for line in lines:
+        if b'"restamp"' not in line:
+            continue
+        try:
+            record = json_loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("operation") == "restamp":
+            yield record
+
+
+def _names_restamp(copies: list[list[bytes]], wanted: tuple[str, object], made: datetime) -> bool:
+    """Whether a ``restamp`` line of ``wanted`` (from, to), dated ``made`` less a minute or
+    later, is among ``copies`` (each a log's lines)."""
+    for lines in copies:
+        for record in _records_of_restamp(lines):
+            details, when = record.get("details"), _when(record.get("time"))
+            if (
+                isinstance(details, dict)
+                and (details.get("from"), details.get("to")) == wanted
+                and when is not None
+                and when >= made - timedelta(minutes=1)
+            ):
+                return True
+    return False
+
+
+def _line_time(lines: list[bytes]) -> datetime | None:
+    """The time of a log's first line that has one (an append-only log begins with its
+    oldest), ``None`` if none has."""
+    for line in lines:
+        try:
+            record = json_loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and (when := _when(record.get("time"))) is not None:
+            return when
+    return None
+
+
+def _when(value: object) -> datetime | None:
+    """An ISO 8601 time the app wrote (a stamp's ``created_at``, a line's ``time``), aware;
+    ``None`` for anything else."""
+    if not isinstance(value, str):
+        return None
+    try:
+        found = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return found if found.tzinfo is not None else None
 
 
 def _unaudited(name: str, audited: set[str], purged: set[str]) -> bool:

@@ -1226,12 +1226,12 @@ class Prepared:
         for path in paths or tuple(self._dirs):
             fsync(self._dirs[path])
 
-    def audit(self, operation: str, target: str | Path, **details: Any) -> None:
-        """Append the change's line through the log opened before it (see DataRoot.audit)."""
+    def audit(self, operation: str, target: str | Path, **details: Any) -> bool:
+        """Append the change's line through the log opened before it (see DataRoot.audit);
+        whether the line was written."""
         root = self._root
         if self._audit_later:  # opened now that the change freed space (see __init__)
-            root.audit(operation, target, **details)
-            return
+            return root.audit(operation, target, **details)
         assert self._audit is not None, "prepared without the audit log"
         record = _audit_record(root.config.profile, root.kind, operation, target, details)
         try:
@@ -1241,6 +1241,8 @@ class Prepared:
                 self._audit_new = False
         except OSError as error:
             _audit_line_lost(root.audit_path, record, error)
+            return False
+        return True
 
     def close(self) -> None:
         for fd in [*self._dirs.values(), *([] if self._audit is None else [self._audit])]:
@@ -1422,6 +1424,9 @@ def _write_stamp_audited(
     try:
         _refuse_audit_at_limit(fd, path)
         stamp = _write_stamp(root, profile, durable=durable, **extra)
+        # Dated once the stamp is: `app data check` takes a line dated at its stamp's time
+        # or later for the stamp's (`stamp-unaudited`).
+        record = {**record, "time": _now_iso()}
         try:
             _write_audit_line(fd, record, path)
             if not existed:
@@ -2982,12 +2987,13 @@ class DataRoot:
         finally:
             os.close(fd)
 
-    def audit(self, operation: str, target: str | Path, **details: Any) -> None:
-        """Append one JSON line to ``audit.jsonl`` and fsync it.
+    def audit(self, operation: str, target: str | Path, **details: Any) -> bool:
+        """Append one JSON line to ``audit.jsonl`` and fsync it; whether it was written.
 
         The line holds ``time`` (ISO 8601, UTC), ``pid``, ``profile``, ``kind``, ``argv``,
         ``operation``, ``target`` and ``details``. It records a change already made: a line
-        that cannot be written (a full disk) is logged, whole, as a warning, not raised.
+        that cannot be written (a full disk) is logged, whole, as a warning, not raised; a
+        change whose trace lets `app data check --repair` write it again keeps that trace.
 
         Args:
             operation: what was done (``"trash-session"``, ``"empty-trash"``, ...).
@@ -2999,6 +3005,8 @@ class DataRoot:
         except OSError as error:
             record = _audit_record(self.config.profile, self.kind, operation, target, details)
             _audit_line_lost(self.audit_path, record, error)
+            return False
+        return True
 
     def append_audit_line(
         self, operation: str, target: str | Path, details: Mapping[str, Any]

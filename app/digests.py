@@ -109,6 +109,12 @@ class Digests:
             return None
         return cls(method, what, tuple(wanted), trailer)
 
+    def named(self) -> str | None:
+        """The SHA-256 (hex) the request's fields name before its body, where they name one
+        (all alike); ``None`` otherwise. What the body will be, if it comes as sent."""
+        found = {digest for _field, digest in self.wanted}
+        return found.pop().hex() if len(found) == 1 else None
+
     def require(self, session_id: str, name: str, sha256_hex: str) -> None:
         """Refuse the upload unless every digest named equals ``sha256_hex`` (what was
         received); the caller has not committed yet.

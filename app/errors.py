@@ -2306,10 +2306,13 @@ class FileExistsInSessionError(StoreError):
 
     code = "file_exists"
     http_status = 409
+    # A create retried after its answer was lost (red team 63) meets its own first try:
+    # the message says how a client tells, where it said only to replace or delete it.
     template = (
         "session {session_id!r} already has a file {name!r}; use "
         "PUT /sessions/{session_id}/files/{name} to replace it, or delete it "
-        "first"
+        "first (if this request is a retry of one whose answer was lost, its first try may "
+        "have stored it: HEAD the file, whose ETag is the SHA-256 of its bytes)"
     )
 
     session_id: str
@@ -2410,10 +2413,25 @@ class PreconditionFailedError(StoreError):
     """The ``If-Match`` header as the client sent it."""
     current: str | None
     """The current version's ETag, or ``None`` if the session has no such file."""
+    sent: str | None = field(default=None, kw_only=True)
+    """The SHA-256 of the bytes the ``PUT`` sends, where known (its ``Repr-Digest`` or
+    ``Content-Digest``, or the body received), else ``None``."""
 
     @property
     def message(self) -> str:
         what = f"{self.method} of file {self.name!r} in session {self.session_id} refused"
+        if self.sent is not None and self.current == f'"{self.sent}"':
+            # A PUT retried after its answer was lost (a cut connection, a proxy's timeout):
+            # it was told "another request wrote" the version, which is its own bytes, and
+            # to send it again with that ETag, which replaces the file with itself (red
+            # team 63). RFC 9110 (13.1.1) names the case: the change is made already.
+            return (
+                f"{what}: If-Match: {self.wanted} does not name its current version, ETag "
+                f"{self.current}, whose bytes are the very bytes this {self.method} sends "
+                "(the same SHA-256): the change it asks for is made already, by an earlier "
+                f"{self.method} of these bytes (this one's own, if its answer was lost). "
+                "Nothing was changed, and nothing needs to be: the file holds these bytes"
+            )
         if self.current is None:
             return (
                 f"{what}: If-Match: {self.wanted} asked for a version of it, and the session "
@@ -2446,10 +2464,19 @@ class PreconditionFailedError(StoreError):
                 f"nothing was changed. Send the {self.method} again with If-Match: "
                 f"{self.current}, without W/"
             )
+        # Where the bytes a PUT sends are not known before its body, its own earlier try
+        # cannot be told from another client's: the message says how the client tells.
+        own = (
+            f" (or an earlier try of this PUT, whose answer was lost: an ETag is the SHA-256 "
+            f"of the file's bytes, so if {self.current} is that of the bytes this PUT sends, "
+            "they are stored and nothing needs to be sent again)"
+            if self.method == "PUT" and self.sent is None
+            else ""
+        )
         return (
             f"{what}: If-Match: {self.wanted} does not name its current version, ETag "
-            f"{self.current}, which another request wrote since{weak}; nothing was changed. "
-            "GET or HEAD the file for its current bytes and ETag, then send the "
+            f"{self.current}, which another request wrote since{own}{weak}; nothing was "
+            "changed. GET or HEAD the file for its current bytes and ETag, then send the "
             f"{self.method} again with If-Match: {self.current}"
         )
 

@@ -210,9 +210,13 @@ class IfMatch:
                 tags.add(found.group(2))
         return cls(header, frozenset(tags))
 
-    def require(self, method: str, session_id: str, name: str, current: str | None) -> None:
+    def require(
+        self, method: str, session_id: str, name: str, current: str | None, sent: str | None = None
+    ) -> None:
         """Refuse the write unless ``current`` (the file's SHA-256, ``None`` if there is no
-        such file) is a version this condition names.
+        such file) is a version this condition names. ``sent``: the SHA-256 of the bytes a
+        ``PUT`` sends, where known (its digest field before the body, the body at its
+        commit), for the refusal's message.
 
         Raises:
             PreconditionFailedError: it is not (HTTP 412).
@@ -222,7 +226,7 @@ class IfMatch:
         from app.errors import PreconditionFailedError
 
         etag = None if current is None else f'"{current}"'
-        raise PreconditionFailedError(method, session_id, name, self.header, etag)
+        raise PreconditionFailedError(method, session_id, name, self.header, etag, sent=sent)
 
 
 #: Why a page passes over a session it counts: its directory is a symbolic link (moved out
@@ -362,7 +366,7 @@ class Finding:
     Attributes:
         problem: a stable identifier: ``tmp-leftover``, ``unfinished-create``,
             ``trash-empty``, ``trash-manifest-only``, ``trash-unfinished``,
-            ``trash-unaudited``, ``trash-no-manifest``, ``trash-emptying``,
+            ``trash-unaudited``, ``trash-no-manifest``, ``trash-emptying``, ``stamp-unaudited``,
             ``record-without-file``, ``file-without-record``, ``legacy-layout``,
             ``file-damaged``, ``file-lost-found``, ``session-unreadable``,
             ``permission-denied`` or ``unknown-entry``.

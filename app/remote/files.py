@@ -163,7 +163,9 @@ class RemoteFiles:
             raise SessionNotFoundError(session_id)
         if if_match is not None:
             # Before the body too, so a stale client is not made to send it for nothing.
-            if_match.require("PUT", session_id, name, row["sha256"] if row["taken"] else None)
+            sent = None if digests is None else digests.named()
+            current = row["sha256"] if row["taken"] else None
+            if_match.require("PUT", session_id, name, current, sent)
         if row["taken"] and not replace:
             raise FileExistsInSessionError(session_id, name)
         if not row["taken"] and row["live"] >= self.max_files:
@@ -202,7 +204,7 @@ class RemoteFiles:
                 # session's row (every write to its files does): the version compared is
                 # the one this commit replaces.
                 current = None if old is None else old["sha256"]
-                upload.if_match.require("PUT", session_id, name, current)
+                upload.if_match.require("PUT", session_id, name, current, result.sha256)
             if old is not None and not upload.replace:
                 raise FileExistsInSessionError(session_id, name)
             trash = None

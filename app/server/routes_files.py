@@ -171,7 +171,9 @@ def add_file_routes(app: FastAPI, store: Storage, auth: list[Any], slots: Upload
                 "precondition_failed",
                 f"session {error.session_id!r} already has a file {error.name!r}, and "
                 "If-None-Match: * asked to create it only: nothing was replaced. Send the PUT "
-                "without If-None-Match to replace it",
+                "without If-None-Match to replace it (if this PUT is a retry of one whose "
+                "answer was lost, its first try may have stored it: HEAD the file, whose ETag "
+                "is the SHA-256 of its bytes)",
             )
         return _created_file(session_id, entry, 200 if upload.replaced else 201)
 
@@ -289,13 +291,18 @@ def _download(
     cannot tell two versions apart); ``If-None-Match`` and ``If-Modified-Since`` are not
     evaluated (never a 304, which is always correct).
     """
+    # A HEAD's refusal is the GET's, word for word: RFC 9110 (9.3.2) has a HEAD answered
+    # with the GET's header fields, and its method in the message made a 412's and a 400's
+    # Content-Length differ from the GET's (red team 63), where every other route's HEAD is
+    # answered as its GET (`app.server.limits`).
+    method = "GET" if request.method == "HEAD" else request.method
     if "if-unmodified-since" in request.headers and "if-match" not in request.headers:
-        return unsupported_precondition(request, ["if-unmodified-since"])
+        return unsupported_precondition(request, ["if-unmodified-since"], method=method)
     wanted = if_match_of(request)
     file, entry = store.open_file(session_id, name)
     try:
         if wanted is not None:
-            wanted.require(request.method, session_id, name, entry.get("sha256"))
+            wanted.require(method, session_id, name, entry.get("sha256"))
         return OpenFileResponse(
             file,
             session_id=session_id,
@@ -350,7 +357,7 @@ def if_match_of(request: Request) -> IfMatch | None:
 
 
 def unsupported_precondition(
-    request: Request, given: list[str], *, file: bool = True
+    request: Request, given: list[str], *, file: bool = True, method: str | None = None
 ) -> ProblemResponse:
     names = " and ".join("-".join(p.title() for p in name.split("-")) for name in given)
     if not file:
@@ -372,8 +379,9 @@ def unsupported_precondition(
     return problem(
         400,
         "precondition_unsupported",
-        f"{request.method} {request.url.path} does not evaluate {names}: {why}; it refuses "
-        f"rather than act on a version the client did not mean, and nothing was changed. {fix}",
+        f"{method or request.method} {request.url.path} does not evaluate {names}: {why}; it "
+        f"refuses rather than act on a version the client did not mean, and nothing was "
+        f"changed. {fix}",
     )
 
 

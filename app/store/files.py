@@ -195,7 +195,8 @@ class Files:
             _refuse_new_name(name)
         if if_match is not None:
             # Before the body too, so a stale client is not made to send it for nothing.
-            if_match.require("PUT", session_id, record_path.name, _version(old))
+            sent = None if digests is None else digests.named()
+            if_match.require("PUT", session_id, record_path.name, _version(old), sent)
         if old is not None:
             if not replace:
                 raise FileExistsInSessionError(session_id, record_path.name)
@@ -273,7 +274,7 @@ class Files:
             if upload.if_match is not None:
                 # Under the session's lock, which every switch of this record takes: the
                 # version compared is the one this commit replaces.
-                upload.if_match.require("PUT", session_id, name, _version(old))
+                upload.if_match.require("PUT", session_id, name, _version(old), entry["sha256"])
             if old is not None and not upload.replace:
                 raise FileExistsInSessionError(session_id, name)
             if old is None:
@@ -369,6 +370,30 @@ class Files:
                 entry.name,
             )
             return
+        # After the switch: a record that names them is another file's.
+        if (other := self.sessions.naming(directory, directory.name, blob)) is not None:
+            # A record copied outside the app (`cp records/a.pdf records/b.pdf`, a tool that
+            # "copies" a file) names these bytes too. Moved into the entry, they left that
+            # file without its bytes: a delete or a replace of one file made another, which
+            # the app had acknowledged, a 500 "removed from outside the app" (red team 63).
+            # Linked, the entry holds them and so does the other file; a blob never changes.
+            log.warning(
+                "file %r of session %s: its bytes (blob %s) are named by file %r too (a record "
+                "copied outside the app); linked into trash entry %s, kept for that file",
+                name,
+                directory.name,
+                blob,
+                other,
+                entry.name,
+            )
+            try:
+                os.link(directory / BLOBS_DIR / blob, entry.path / bytes_in_entry(name))
+                prepared.sync(entry.path)
+            except OSError as error:
+                log.warning(
+                    "could not link blob %s into the trash yet (%s); `check` will", blob, error
+                )
+            return
         try:
             (directory / BLOBS_DIR / blob).rename(entry.path / bytes_in_entry(name))
             prepared.sync(entry.path, directory / BLOBS_DIR)
@@ -447,7 +472,7 @@ class Files:
         name: str,
         prepared: Prepared,
         entry_name: str | None = None,
-        audit: Callable[[TrashEntry], None] = lambda entry: None,
+        audit: Callable[[TrashEntry], object] = lambda entry: None,
     ) -> tuple[SessionRecord, TrashEntry]:
         """Move the newest trashed copy of a file (or the one in ``entry_name``) back into
         its session, which must be there; the session with the file, and the trash entry
@@ -547,8 +572,7 @@ class Files:
             # The line before the entry goes: killed between them, `check` finds the entry,
             # which the line names, and removes it; in the other order a kill left the
             # restore logged nowhere (red team 52).
-            audit(entry)
-            self.trash.remove_restored(entry, prepared)
+            self.trash.remove_restored(entry, prepared, audit(entry))
             return self.sessions.with_file(before, directory, record), entry
 
 

@@ -444,6 +444,19 @@ class Sessions:
         """The records of the session in ``directory`` (under its lock: its files now)."""
         return self._records(os.fspath(directory), session_id)
 
+    def naming(self, directory: Path, session_id: str, blob: str) -> str | None:
+        """The name of a file of the session in ``directory`` (under its lock) whose record
+        names ``blob``, else ``None``: from the copy of its records `newest_change` trusts,
+        so that a change reads them again no more often than it does."""
+        where = os.fspath(directory)
+        max_age = self.watched_records_max_age
+        if self.root.writable:
+            max_age = self._records_trust(where, session_id)
+        for record in self._records(where, session_id, max_age):
+            if record.get("blob") == blob:
+                return str(record.get("name"))
+        return None
+
     def newest_change(
         self,
         directory: Path,
@@ -784,7 +797,7 @@ class Sessions:
         session_id: str,
         prepared: Prepared,
         entry_name: str | None = None,
-        audit: Callable[[TrashEntry], None] = lambda entry: None,
+        audit: Callable[[TrashEntry], object] = lambda entry: None,
     ) -> tuple[SessionRecord | None, StoreError | None, TrashEntry]:
         """Move the newest trashed copy of a session (or the one in ``entry_name``) back;
         refused if a session with its id exists again.
@@ -849,8 +862,8 @@ class Sessions:
             self.state.records.changed(entry.session_id)
             self.state.index_update(add=entry.session_id)
             prepared.sync(self.path)
-            audit(entry)  # before the entry goes, as a file's restore (red team 52)
-            self.trash.remove_restored(entry, prepared)
+            # The line before the entry goes, as a file's restore (red team 52).
+            self.trash.remove_restored(entry, prepared, audit(entry))
             return session, unreadable, entry
 
     def _restore_moment(self, source: Path, entry: TrashEntry) -> datetime | None:

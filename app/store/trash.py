@@ -472,10 +472,25 @@ class Trash:
         else:
             prepared.sync(self.path)
 
-    def remove_restored(self, entry: TrashEntry, prepared: Prepared) -> None:
-        """Remove an entry whose data a restore has moved back: a failure is logged."""
+    def remove_restored(self, entry: TrashEntry, prepared: Prepared, audited: object) -> None:
+        """Remove an entry whose data a restore has moved back: a failure is logged.
+
+        ``audited``: what the restore's audit line gave (`Prepared.audit`); ``False`` where
+        the line could not be written (a full disk, EIO), and the entry is then kept: the
+        one trace of the restore `check` can write the line from (`trash-manifest-only`).
+        Removed, the restore was in the process's log alone, and `check` said "clean" (red
+        team 63).
+        """
         # The restore is made and must be answered as made; what is left (the manifest
         # alone) holds no data, and `check` removes it (`trash-manifest-only`).
+        if audited is False:
+            log.warning(
+                "kept the trash entry %s, emptied by its restore, for the audit line the "
+                "restore could not write: `app data check --repair` (a server's start-up) "
+                "writes it and removes the entry",
+                entry.name,
+            )
+            return
         try:
             self.remove_empty(entry, prepared)
         except OSError as error:
@@ -669,7 +684,7 @@ class Trash:
             prepared.sync(self.path)
         finished = {"finished": [n.removeprefix(EMPTYING_PREFIX) for n in left]} if left else {}
         # After the bytes are gone: on a full disk, the line needs the space this freed.
-        prepared.audit(
+        written = prepared.audit(
             "empty-trash",
             self.path,
             count=len(removed),
@@ -678,6 +693,21 @@ class Trash:
             via=via,
             **finished,
         )
+        if not written and taken:
+            # The line could not be written (a full disk, EIO at its write or fsync): its
+            # emptied directories are the only trace of the removal in the root. Removed
+            # as after a written line, the entries were gone for good and recorded in the
+            # server's log alone, and `app data check` said "clean" (red team 63). Left,
+            # they are named by the next `empty-trash` or by `check --repair` (a server's
+            # start-up), which write the line, as after a kill before it.
+            log.warning(
+                "empty-trash left %s in %s, emptied, for the audit line it could not write: "
+                "the next `empty-trash`, or `app data check --repair` (a server's start-up), "
+                "writes it and removes them",
+                ", ".join(taken),
+                self.path,
+            )
+            return
         # Not synced: an empty directory a power cut brings back is finished as one a kill
         # left, and a failed fsync here would answer a change that was made as one that failed.
         for name in taken:

@@ -43,6 +43,15 @@ HOLDER = {
     "started_at": "2025-12-04T09:12:03+00:00",
 }
 
+#: A PUT whose If-Match names the version before the current one (old tag, current tag).
+STALE_PUT = (
+    "PUT",
+    "3f2a9c",
+    "report.pdf",
+    '"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"',
+    '"60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752"',
+)
+
 
 def _raised(call: Callable[[], object]) -> errors.AppError:
     """The error a real call raises, where one is cheap to provoke."""
@@ -242,13 +251,9 @@ EXAMPLES: list[errors.AppError] = [
     errors.MetadataTooLargeError(70012, 65536),
     errors.BadRequestError("limit must be at least 1, not 0"),  # Store.list_sessions' words
     errors.FileExistsInSessionError("3f2a9c", "report.pdf"),
-    errors.PreconditionFailedError(
-        "PUT",
-        "3f2a9c",
-        "report.pdf",
-        '"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"',
-        '"60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752"',
-    ),
+    errors.PreconditionFailedError(*STALE_PUT),
+    # A PUT retried after its answer was lost, its Repr-Digest naming the current bytes.
+    errors.PreconditionFailedError(*STALE_PUT, sent=STALE_PUT[-1].strip('"')),
     errors.DigestMismatchError(
         "PUT",
         "3f2a9c",
