@@ -1342,8 +1342,11 @@ def _seals_in_place() -> bool:
     it: an anchored copy (`_anchor`) is the run's then, and only then."""
     if not _SEALS_IN_PLACE:
         uname = getattr(os, "uname", None)  # not on Windows, which has no /proc either
-        release = re.match(r"(\d+)\.(\d+)", uname().release) if uname else None
-        version = (int(release[1]), int(release[2])) if release else (0, 0)
+        # Without a pattern: compiling one cost every process that asks (each since red team
+        # 63, `_forked_run`) more than the rest of the look.
+        major, _, rest = (uname().release if uname else "").partition(".")
+        minor = "".join(itertools.takewhile(str.isdigit, rest))
+        version = (int(major), int(minor)) if major.isdigit() and minor else (0, 0)
         linux = sys.platform.startswith("linux")
         _SEALS_IN_PLACE.append(linux and sys.maxsize > 1 << 32 and version >= (6, 10))
     return _SEALS_IN_PLACE[0]
@@ -1464,6 +1467,126 @@ def _query_mapping(maps: int, name: str) -> tuple[bool, tuple[str, int] | None]:
     if start != address or flags & (readable | writable | shared) != readable | shared:
         return True, None
     return True, (f"{start:x}-{end:x}", inode)
+
+
+#: The end of the addresses `_anchor_address` gives.
+_ANCHOR_END: Final = _ANCHOR_BASE + _ANCHOR_SLOTS * _ANCHOR_STEP
+#: ``PROCMAP_QUERY``'s query flags: the first readable, shared, file-backed mapping at or
+#: after the address asked for (``PROCMAP_QUERY_COVERING_OR_NEXT_VMA``, ``_FILE_BACKED_VMA``,
+#: ``_VMA_READABLE``, ``_VMA_SHARED``).
+_NEXT_SHARED_FILE: Final = 0x10 | 0x20 | 0x01 | 0x08
+#: This process's own anchored copies (`_anchors_mapped_here`), by the pid that read them: a
+#: fork reads its own (it may have mapped nothing since, but an exec'd program starts anew).
+_MAPPED_HERE: dict[int, list[tuple[str, str, bytes]]] = {}
+
+
+def _anything_in_anchor_range(maps: int) -> bool:
+    """Whether this process maps a shared file, readable, at an address an anchored copy may
+    have (one ``PROCMAP_QUERY``); True where the kernel cannot say (the table is read)."""
+    asked = bytearray(struct.pack(_PROCMAP_QUERY, 104, _NEXT_SHARED_FILE, _ANCHOR_BASE, *[0] * 12))
+    try:
+        fcntl.ioctl(maps, _PROCMAP_REQUEST, asked)
+    except OSError as error:
+        return error.errno != errno.ENOENT  # ENOENT: none at or after it
+    return bool(struct.unpack_from("=Q", asked, 24)[0] < _ANCHOR_END)
+
+
+def _anchors_mapped_here() -> list[tuple[str, str, bytes]]:
+    """The anchored copies of runs' entries this very process maps (`_anchor`), each as its
+    addresses, the entry's name and its bytes: its run's own process's, or a fork's of it,
+    which inherits the mapping sealed in place, as no other process has it (``exec`` drops
+    every mapping). A test can map a copy of its own making there too; it can only narrow
+    what this process may open, as `SANDBOX_ENV` can (`_forked_run`)."""
+    pid = os.getpid()
+    if pid in _MAPPED_HERE:
+        return _MAPPED_HERE[pid]
+    found: list[tuple[str, str, bytes]] = []
+    if _seals_in_place():
+        with contextlib.suppress(OSError):
+            fd = os.open(f"{_PROC}/self/maps", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                table = (
+                    b"".join(iter(functools.partial(os.read, fd, 1 << 16), b""))
+                    if _anything_in_anchor_range(fd)
+                    else b""
+                )
+            finally:
+                os.close(fd)
+            found = _anchors_in(table)
+    _MAPPED_HERE.clear()
+    _MAPPED_HERE[pid] = found
+    return found
+
+
+def _anchors_in(table: bytes) -> list[tuple[str, str, bytes]]:
+    # Lines of /proc/self/maps that map an anchored copy, read only and shared, at the
+    # address its entry's name gives; read through this process's own memory file, which
+    # answers EIO rather than fault where a test unmapped a copy of its own meanwhile.
+    prefix = f"/memfd:{_ANCHOR_NAME}".encode()
+    found: list[tuple[str, str, bytes]] = []
+    for line in table.split(b"\n"):
+        words = line.split()
+        if len(words) != 7 or words[6] != b"(deleted)" or not words[5].startswith(prefix):
+            continue
+        name = words[5][len(prefix) :].decode(errors="replace")
+        first, _, last = words[0].partition(b"-")
+        try:
+            start, end = int(first, 16), int(last, 16)
+        except ValueError:
+            continue
+        if start != _anchor_address(name) or words[1][:1] != b"r" or words[1][3:4] != b"s":
+            continue
+        try:
+            memory = os.open(f"{_PROC}/self/mem", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                text = os.pread(memory, min(end - start, _ENTRY_MAX_BYTES), start)
+            finally:
+                os.close(memory)
+        except (OSError, OverflowError):
+            continue
+        found.append((words[0].decode(), name, text.rstrip(b"\0")))
+    return found
+
+
+def _forked_run() -> Run | None:
+    """The run whose anchored copy this process maps (`_anchors_mapped_here`), the latest
+    started where there are several (a fork that ran pytest in itself anchors its own beside
+    its run's), as that run's process or a fork of it; None where it maps none.
+
+    A fork of the run's process (``os.fork`` without ``exec``) keeps the run's mark on
+    ``sys`` and runs the run's own code: a test can delete the mark, forget pytest's
+    modules, and remove the entry the run handed on to the fork as it ended (`_end_entry`),
+    and the walk then found nothing of the run once its process was gone. What the fork
+    cannot lose is the mapping it inherited (red team 63 on the children of tests)."""
+    mapped = _anchors_mapped_here()
+    if not mapped or _in_subinterpreter():
+        return None  # a subinterpreter of the run's process, a sys of its own: the walk names it
+    newest: tuple[int, Run] | None = None
+    for span, name, text in mapped:
+        try:
+            data = json_loads(text)
+            started = int(name.split("-")[1].removesuffix(".json"))
+        except (ValueError, IndexError):
+            continue
+        if not isinstance(data, dict) or type(data.get("pid")) is not int:
+            continue
+        pid = data["pid"]
+        shown = Path(f"{_PROC}/{os.getpid()}/map_files/{span}")
+        run = _read_entry(shown, pid, 1, data=data)
+        if run is None or (newest is not None and newest[0] >= started):
+            continue
+        who = "this process" if pid == os.getpid() else f"this process, a fork of pytest pid {pid}"
+        how = (
+            f"the run's own memory ({who}, which maps the sealed copy of the run's entry "
+            f"{name} that the run anchored as it registered in {RUNS_DIR}, at {shown}: a test "
+            "that removes the run's mark on sys or its entry does not take it out of the run)"
+        )
+        run = run._replace(recognised_by=how, itself=True)
+        gone = _stat_fields(pid)
+        if pid != os.getpid() and (gone is None or gone[1] != started or _exited(pid)):
+            run = run._replace(pid=os.getpid(), ended=pid)  # a fork that outlived the run
+        newest = started, run
+    return newest[1] if newest is not None else None
 
 
 #: What a run's later entries may say otherwise than the one it anchored (`_within`).
@@ -2914,12 +3037,22 @@ def _own_run() -> tuple[Run | None, tuple[Run | None, str | None, str]]:
     was read as "a pytest without the app's plugin", its refusals told it to run without
     `-p no:app`, and its default profile was development, not the run's testing (red team 58
     on the guard).
+
+    Else by the anchored copy of a run's entry that this process maps (`_forked_run`): a
+    fork of the run's process (``os.fork`` without ``exec``) inherits it, sealed in place,
+    and nothing in the fork unmaps it. A fork that outlived its run, its mark deleted, its
+    entry (handed on, `_end_entry`) removed and pytest's modules forgotten, with its
+    environment wiped, found no run, and the purge it ran in its own process moved every
+    production session to the trash; with pytest's modules kept it was refused, but as under
+    "a pytest without the app's plugin" (red team 63 on the children of tests).
     """
     run = _in_process()
     if run is not None:
         return run, (None, None, "")
     walked = _walk_tree()
-    return (walked[0] if walked[0] is not None and walked[0].itself else None), walked
+    if walked[0] is not None and walked[0].itself:
+        return walked[0], walked
+    return _forked_run(), walked
 
 
 def context(environ: Mapping[str, str] | None = None) -> Context:
