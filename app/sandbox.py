@@ -1475,14 +1475,15 @@ _ANCHOR_END: Final = _ANCHOR_BASE + _ANCHOR_SLOTS * _ANCHOR_STEP
 #: after the address asked for (``PROCMAP_QUERY_COVERING_OR_NEXT_VMA``, ``_FILE_BACKED_VMA``,
 #: ``_VMA_READABLE``, ``_VMA_SHARED``).
 _NEXT_SHARED_FILE: Final = 0x10 | 0x20 | 0x01 | 0x08
-#: This process's own anchored copies (`_anchors_mapped_here`), by the pid that read them: a
-#: fork reads its own (it may have mapped nothing since, but an exec'd program starts anew).
+#: This process's own anchored copies (`_anchors_mapped`), by the pid that read them: a fork
+#: reads its own (it may have mapped nothing since, but an exec'd program starts anew).
 _MAPPED_HERE: dict[int, list[tuple[str, str, bytes]]] = {}
 
 
 def _anything_in_anchor_range(maps: int) -> bool:
-    """Whether this process maps a shared file, readable, at an address an anchored copy may
-    have (one ``PROCMAP_QUERY``); True where the kernel cannot say (the table is read)."""
+    """Whether a process maps a shared file, readable, at an address an anchored copy may
+    have (one ``PROCMAP_QUERY`` on `maps`, its open ``/proc/<pid>/maps``); True where the
+    kernel cannot say (the table is read)."""
     asked = bytearray(struct.pack(_PROCMAP_QUERY, 104, _NEXT_SHARED_FILE, _ANCHOR_BASE, *[0] * 12))
     try:
         fcntl.ioctl(maps, _PROCMAP_REQUEST, asked)
@@ -1491,19 +1492,18 @@ def _anything_in_anchor_range(maps: int) -> bool:
     return bool(struct.unpack_from("=Q", asked, 24)[0] < _ANCHOR_END)
 
 
-def _anchors_mapped_here() -> list[tuple[str, str, bytes]]:
-    """The anchored copies of runs' entries this very process maps (`_anchor`), each as its
-    addresses, the entry's name and its bytes: its run's own process's, or a fork's of it,
-    which inherits the mapping sealed in place, as no other process has it (``exec`` drops
-    every mapping). A test can map a copy of its own making there too; it can only narrow
-    what this process may open, as `SANDBOX_ENV` can (`_forked_run`)."""
-    pid = os.getpid()
-    if pid in _MAPPED_HERE:
-        return _MAPPED_HERE[pid]
+def _anchors_mapped(pid: int | None = None) -> list[tuple[str, str, bytes]]:
+    """The anchored copies of runs' entries that process `pid` (None: this one) maps
+    (`_anchor`), each as its addresses, the entry's name and its bytes: a run's own
+    process's, or a fork's of it, which inherits the mapping sealed in place (``exec`` drops
+    every mapping). Any process can map a copy of its own making at such an address; one is
+    taken only where it narrows what a process may open (`_forked_run`, `_fork_above`)."""
+    if pid is None and os.getpid() in _MAPPED_HERE:
+        return _MAPPED_HERE[os.getpid()]
     found: list[tuple[str, str, bytes]] = []
     if _seals_in_place():
         with contextlib.suppress(OSError):
-            fd = os.open(f"{_PROC}/self/maps", os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(f"{_PROC}/{pid or 'self'}/maps", os.O_RDONLY | os.O_CLOEXEC)
             try:
                 table = (
                     b"".join(iter(functools.partial(os.read, fd, 1 << 16), b""))
@@ -1512,16 +1512,17 @@ def _anchors_mapped_here() -> list[tuple[str, str, bytes]]:
                 )
             finally:
                 os.close(fd)
-            found = _anchors_in(table)
-    _MAPPED_HERE.clear()
-    _MAPPED_HERE[pid] = found
+            found = _anchors_in(table, pid)
+    if pid is None:
+        _MAPPED_HERE.clear()
+        _MAPPED_HERE[os.getpid()] = found
     return found
 
 
-def _anchors_in(table: bytes) -> list[tuple[str, str, bytes]]:
-    # Lines of /proc/self/maps that map an anchored copy, read only and shared, at the
-    # address its entry's name gives; read through this process's own memory file, which
-    # answers EIO rather than fault where a test unmapped a copy of its own meanwhile.
+def _anchors_in(table: bytes, pid: int | None) -> list[tuple[str, str, bytes]]:
+    # Lines of a process's maps that map an anchored copy, read only and shared, at the
+    # address its entry's name gives; read through the process's descriptor of it, else its
+    # memory file (which answers EIO rather than fault where a copy was unmapped meanwhile).
     prefix = f"/memfd:{_ANCHOR_NAME}".encode()
     found: list[tuple[str, str, bytes]] = []
     for line in table.split(b"\n"):
@@ -1531,37 +1532,47 @@ def _anchors_in(table: bytes) -> list[tuple[str, str, bytes]]:
         name = words[5][len(prefix) :].decode(errors="replace")
         first, _, last = words[0].partition(b"-")
         try:
-            start, end = int(first, 16), int(last, 16)
+            start, end, inode = int(first, 16), int(last, 16), int(words[4])
         except ValueError:
             continue
         if start != _anchor_address(name) or words[1][:1] != b"r" or words[1][3:4] != b"s":
             continue
-        try:
-            memory = os.open(f"{_PROC}/self/mem", os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                text = os.pread(memory, min(end - start, _ENTRY_MAX_BYTES), start)
-            finally:
-                os.close(memory)
-        except (OSError, OverflowError):
-            continue
-        found.append((words[0].decode(), name, text.rstrip(b"\0")))
+        text = _anchor_text(pid, name, inode, start, min(end - start, _ENTRY_MAX_BYTES))
+        if text is not None:
+            found.append((words[0].decode(), name, text.rstrip(b"\0")))
     return found
 
 
-def _forked_run() -> Run | None:
-    """The run whose anchored copy this process maps (`_anchors_mapped_here`), the latest
-    started where there are several (a fork that ran pytest in itself anchors its own beside
-    its run's), as that run's process or a fork of it; None where it maps none.
+def _anchor_text(pid: int | None, name: str, inode: int, start: int, size: int) -> bytes | None:
+    wanted = f"/memfd:{_ANCHOR_NAME}{name} (deleted)"
+    for path, target in (_descriptors(pid) or ()) if pid is not None else ():
+        if target == wanted:
+            with contextlib.suppress(OSError):
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    if os.fstat(fd).st_ino == inode:
+                        return os.pread(fd, size, 0)
+                finally:
+                    os.close(fd)
+    try:
+        memory = os.open(f"{_PROC}/{pid or 'self'}/mem", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            return os.pread(memory, size, start)
+        finally:
+            os.close(memory)
+    except (OSError, OverflowError):
+        return None  # a process this one may not trace (Yama's ptrace_scope, another user)
 
-    A fork of the run's process (``os.fork`` without ``exec``) keeps the run's mark on
-    ``sys`` and runs the run's own code: a test can delete the mark, forget pytest's
-    modules, and remove the entry the run handed on to the fork as it ended (`_end_entry`),
-    and the walk then found nothing of the run once its process was gone. What the fork
-    cannot lose is the mapping it inherited (red team 63 on the children of tests)."""
-    mapped = _anchors_mapped_here()
-    if not mapped or _in_subinterpreter():
-        return None  # a subinterpreter of the run's process, a sys of its own: the walk names it
-    newest: tuple[int, Run] | None = None
+
+def _anchored_runs(pid: int | None = None) -> list[tuple[int, int, Run]]:
+    """The runs whose anchored copies process `pid` (None: this one) maps, as the pid and
+    start of the run's process and the run its copy describes (its `recognised_by` the
+    path it is read by), latest started first."""
+    mapped = _anchors_mapped(pid)
+    if not mapped or (pid is None and _in_subinterpreter()):
+        return []  # a subinterpreter of the run's process, a sys of its own: the walk names it
+    runs: list[tuple[int, int, Run]] = []
+    own = os.getpid() if pid is None else pid
     for span, name, text in mapped:
         try:
             data = json_loads(text)
@@ -1570,23 +1581,74 @@ def _forked_run() -> Run | None:
             continue
         if not isinstance(data, dict) or type(data.get("pid")) is not int:
             continue
-        pid = data["pid"]
-        shown = Path(f"{_PROC}/{os.getpid()}/map_files/{span}")
-        run = _read_entry(shown, pid, 1, data=data)
-        if run is None or (newest is not None and newest[0] >= started):
+        shown = f"{_PROC}/{own}/map_files/{span}"
+        run = _read_entry(Path(shown), data["pid"], 1, data=data)
+        if run is not None:
+            runs.append((data["pid"], started, run._replace(recognised_by=shown)))
+    return sorted(runs, key=lambda found: found[1], reverse=True)
+
+
+def _remembered_by(own: int, pid: int, started: int, run: Run, who: str) -> Run:
+    """`run`, as process `own` (`who` in messages) knows it by the anchored copy of the
+    entry of run process `pid` started at `started` that `own` maps."""
+    fork = "" if pid == own else f", a fork of pytest pid {pid}"
+    how = (
+        f"the run's own memory ({who}{fork}, which maps the sealed copy of the run's entry "
+        f"{_entry_name(pid, started)} that the run anchored as it registered in {RUNS_DIR}, "
+        f"at {run.recognised_by}: a test that removes the run's mark on sys or its entry "
+        "does not take it out of the run)"
+    )
+    run = run._replace(recognised_by=how, itself=own == os.getpid())
+    if own != os.getpid() or pid == own:
+        return run  # an ancestor that carries on the run in its place; the run's process
+    gone = _stat_fields(pid)
+    if gone is None or gone[1] != started or _exited(pid):
+        run = run._replace(pid=own, ended=pid)  # a fork that outlived the run
+    return run
+
+
+def _forked_run(walked: Run | None) -> Run | None:
+    """The run whose anchored copy this process maps (`_anchored_runs`), the latest started
+    where there are several (a fork that ran pytest in itself anchors its own beside its
+    run's), as that run's process or a fork of it, where the walk found no run; the run the
+    walk found (`walked`), where it is that one; None where this process maps none, or the
+    walk found another run, whose rules stay (a copy mapped here by a test's own code takes
+    nothing away from them).
+
+    A fork of the run's process (``os.fork`` without ``exec``) keeps the run's mark on
+    ``sys`` and runs the run's own code: a test can delete the mark, forget pytest's
+    modules, and remove the entry the run handed on to the fork as it ended (`_end_entry`),
+    and the walk then found nothing of the run once its process was gone. What the fork
+    cannot lose is the mapping it inherited (red team 63 on the children of tests)."""
+    for pid, started, run in _anchored_runs():
+        if walked is None:
+            return _remembered_by(os.getpid(), pid, started, run, "this process")
+        if pid in (walked.pid, walked.ended):
+            # The walk found that run by its entry (the run's, or the one it handed on to
+            # this process): its rules as the entry says, which the walk checked against
+            # the anchored copy; this process is the run's, not a pytest without the plugin.
+            return walked._replace(itself=True)
+    return None
+
+
+def _fork_above(chain: list[tuple[int, int]]) -> tuple[int, Run] | None:
+    """The nearest ancestor in `chain` that runs Python and maps the anchored copy of a
+    run's entry (`_anchored_runs`), and that run: a fork of the run's process that carries
+    on the run in its place, its parent gone (a test that daemonised its own process, as a
+    daemon library's ``fork``, then ``os._exit`` in the parent, does), has no entry of its
+    own. Its children found no run above them and, under a runner script, purged a stopped
+    production root (red team 63 on the children of tests). Only where the walk found no
+    run: a copy a test's code mapped in a process of its own narrows nothing else."""
+    for ancestor, _ in chain[1:]:
+        if not _python_program(ancestor):
             continue
-        who = "this process" if pid == os.getpid() else f"this process, a fork of pytest pid {pid}"
-        how = (
-            f"the run's own memory ({who}, which maps the sealed copy of the run's entry "
-            f"{name} that the run anchored as it registered in {RUNS_DIR}, at {shown}: a test "
-            "that removes the run's mark on sys or its entry does not take it out of the run)"
-        )
-        run = run._replace(recognised_by=how, itself=True)
-        gone = _stat_fields(pid)
-        if pid != os.getpid() and (gone is None or gone[1] != started or _exited(pid)):
-            run = run._replace(pid=os.getpid(), ended=pid)  # a fork that outlived the run
-        newest = started, run
-    return newest[1] if newest is not None else None
+        for pid, started, run in _anchored_runs(ancestor):
+            # Not the run's own process: where its entry cannot be found or read, the
+            # walk's own refusals say why (`_nothing_above`).
+            if pid != ancestor:
+                who = f"an ancestor process, pid {ancestor}"
+                return ancestor, _remembered_by(ancestor, pid, started, run, who)
+    return None
 
 
 #: What a run's later entries may say otherwise than the one it anchored (`_within`).
@@ -1895,7 +1957,24 @@ def _walk_tree_listed() -> tuple[Run | None, str | None, str]:
         elif depth and bare is None and not seen.hidden and _looks_like_unittest(argv, pid):
             bare = f"{_UNITTEST_ANCESTOR} (pid {pid}: {_shown(argv)})"
             bare_argv = argv
+    return _no_entry_above(walked, seen, chain, (bare, bare_argv, starting))
+
+
+def _no_entry_above(
+    walked: set[int],
+    seen: _Seen,
+    chain: list[tuple[int, int]],
+    found: tuple[str | None, list[str], bool],
+) -> tuple[Run | None, str | None, str]:
+    """`_walk_tree`'s answer where no process of `chain` has an entry that names a run:
+    the run that leads its session or group, else one a forked ancestor carries on
+    (`_fork_above`), else none; with what the walk `found` of a pytest without the plugin
+    (its words, its command line, and whether it is still starting)."""
+    bare, bare_argv, starting = found
     led = _led_by_a_run(walked, seen)
+    if led is None and (above := _fork_above(chain)) is not None:
+        # The run's process carrying on in a fork, not a pytest without the plugin.
+        return above[1], (None if bare_argv == _cmdline(above[0]) and not starting else bare), ""
     if led is None and bare is None and (unseen := _nothing_above(seen, chain)) is not None:
         return None, *unseen
     return led, bare, ""
@@ -3052,7 +3131,7 @@ def _own_run() -> tuple[Run | None, tuple[Run | None, str | None, str]]:
     walked = _walk_tree()
     if walked[0] is not None and walked[0].itself:
         return walked[0], walked
-    return _forked_run(), walked
+    return (_forked_run(walked[0]) if walked[1] is None else None), walked
 
 
 def context(environ: Mapping[str, str] | None = None) -> Context:

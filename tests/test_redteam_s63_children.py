@@ -16,14 +16,22 @@ modules kept it was refused, but as under "a pytest without the app's plugin", t
 without ``-p no:app``; so was a fork, while the run still ran, that set ``sys.argv`` to the
 command line it runs (``app.cli.main`` reads it), since the entry's ``argv`` no longer matched.
 
+And: a test that daemonised its own process (a fork, then ``os._exit`` in the parent, as a
+daemon library does) carried the run on in a fork with no entry of its own; under a runner
+script (its run found by its entry alone, red team 42) the fork's child found no run and
+purged; under ``python -m pytest`` it was refused as under a pytest without the plugin.
+
 What changed: a fork inherits the anchored copy of the run's first entry (red team 62), mapped
 read only and sealed in place: nothing in the fork unmaps it, and ``exec`` alone drops it. A
 process without the run's mark that maps such a copy at the address its entry's name gives is
 that run's (`app.sandbox._forked_run`): its sandbox and protected roots apply, and the
 refusal names the copy (``... through the run's own memory (this process, a fork of pytest
 pid N, which maps the sealed copy of the run's entry ...)``), and, where the run has ended,
-that the process outlived it. A copy a test maps there itself can only narrow what the process
-may open.
+that the process outlived it. It is taken only where the walk finds no run (a copy a test's own
+code maps there narrows, never widens); where the walk finds the run it names, by its entry,
+the process is refused as that run's own, not as a bare pytest's. Where the walk
+finds no run, an ancestor that runs Python and maps the anchored copy of another process's run
+(`app.sandbox._fork_above`) is that run carried on.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ from pathlib import Path
 import pytest
 from project_copy import assert_untouched, inner_project, stopped_production
 from test_redteam_s24_guard import _inner_env
+from test_redteam_s61_children import RUNNER, RUNNER_MODULE
 
 from app import sandbox
 
@@ -48,6 +57,7 @@ INNER = """
 import contextlib
 import os
 import select
+import subprocess
 import sys
 from pathlib import Path
 
@@ -103,6 +113,18 @@ def test_after_with_pytest():
 def test_after_forgotten():
     if os.fork() == 0:
         purge("after_forgotten", after=True, forget=True)
+
+
+def test_daemonized():
+    # The run carries on in a fork of its process, whose parent exits (a daemon library's
+    # fork in the test's own process); a child given production's settings alone, from it.
+    run = os.pidfd_open(os.getpid())
+    if os.fork() != 0:
+        os._exit(0)
+    select.select([run], [], [])
+    argv = ["data", "purge", "--profile", "production", "--yes-i-mean-it"]
+    done = subprocess.run([sys.executable, "-m", "app", *argv], env=ENV, capture_output=True)
+    (OUT / "daemonized").write_bytes(done.stdout + done.stderr + b"exit %d\\n" % done.returncode)
 """
 
 #: In a PID namespace of its own, with a registry of its own (a tmpfs over it, ``$1``): the
@@ -120,6 +142,8 @@ _NAMESPACE = 'mount -t tmpfs -o mode=0700 app-runs "$1" && shift && "$@" | cat'
 def test_a_fork_of_the_run_without_its_mark_or_entry_stays_in_the_run(tmp_path: Path) -> None:
     settings, production, token, sessions = stopped_production(tmp_path)
     project = inner_project(tmp_path, "test_forks.py", INNER)
+    (project / "run_tests.py").write_text(RUNNER)
+    (project / "runner_module.py").write_text(RUNNER_MODULE)
     out = tmp_path / "out"
     out.mkdir()
     env = _inner_env(
@@ -132,7 +156,9 @@ def test_a_fork_of_the_run_without_its_mark_or_entry_stays_in_the_run(tmp_path: 
         [
             *("unshare", "--pid", "--fork", "--mount-proc"),
             *("sh", "-c", _NAMESPACE, "sh", str(sandbox.RUNS_DIR)),
-            *(sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:xdist"),
+            # A runner script that calls pytest through another module: its run is found by
+            # its entry alone (red team 42), not by a command line of pytest's.
+            *(sys.executable, "run_tests.py", "-p", "no:cacheprovider", "-p", "no:xdist"),
             *(f"--basetemp={tmp_path / 'inner'}", "test_forks.py"),
         ],
         env=env,
@@ -141,18 +167,27 @@ def test_a_fork_of_the_run_without_its_mark_or_entry_stays_in_the_run(tmp_path: 
         text=True,
         check=False,
     )
-    names = ("during", "after_with_pytest", "after_forgotten")
+    names = ("during", "after_with_pytest", "after_forgotten", "daemonized")
     said = {name: (out / name).read_text() for name in names if (out / name).exists()}
     assert_untouched(production, sessions, str(said))
-    assert "3 passed" in inner.stdout, inner.stdout + inner.stderr
+    assert "4 passed" in inner.stdout, inner.stdout + inner.stderr
     for name in names:
         output = said[name]
         assert output.endswith("exit 78\n"), (name, output)
         assert (
             "error: refused under pytest (sandbox: " + str(tmp_path / "inner") + "): loading "
             "profile 'production'; tests run on the 'testing' profile (this process belongs to "
-            "the test run through the run's own memory (this process, a fork of pytest pid "
+            "the test run through "
         ) in output, (name, output)
+    # While the run runs, found by its entry, as the run's own rather than a bare pytest's.
+    assert (
+        "the test run through the process tree (an ancestor process, pytest pid " in said["during"]
+    ), said["during"]
+    for name in ("after_with_pytest", "after_forgotten", "daemonized"):
+        output = said[name]
+        who = "an ancestor process, pid " if name == "daemonized" else "this process, "
+        assert f"through the run's own memory ({who}" in output, (name, output)
+        assert ", a fork of pytest pid " in output, (name, output)
         assert "which maps the sealed copy of the run's entry " in output, (name, output)
         assert (
             "a test that removes the run's mark on sys or its entry does not take it out of "
