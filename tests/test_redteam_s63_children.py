@@ -38,14 +38,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from project_copy import assert_untouched, inner_project, stopped_production
-from test_redteam_s24_guard import _inner_env
-from test_redteam_s61_children import RUNNER, RUNNER_MODULE
+from test_redteam_s61_children import run_inner
 
 from app import sandbox
 
@@ -63,10 +59,10 @@ from pathlib import Path
 
 from app import sandbox
 
-OUT = Path(os.environ["RT63_OUT"])
+OUT = Path(os.environ["RT61_OUT"])
 ENV = {
-    "APP_SETTINGS_DIR": os.environ["RT63_SETTINGS"],
-    "APP_API_TOKEN": os.environ["RT63_TOKEN"],
+    "APP_SETTINGS_DIR": os.environ["RT61_SETTINGS"],
+    "APP_API_TOKEN": os.environ["RT61_TOKEN"],
     "PATH": "/usr/bin:/bin",
 }
 
@@ -140,36 +136,8 @@ _NAMESPACE = 'mount -t tmpfs -o mode=0700 app-runs "$1" && shift && "$@" | cat'
     "namespace of its own (unshare --pid needs root here)",
 )
 def test_a_fork_of_the_run_without_its_mark_or_entry_stays_in_the_run(tmp_path: Path) -> None:
-    settings, production, token, sessions = stopped_production(tmp_path)
-    project = inner_project(tmp_path, "test_forks.py", INNER)
-    (project / "run_tests.py").write_text(RUNNER)
-    (project / "runner_module.py").write_text(RUNNER_MODULE)
-    out = tmp_path / "out"
-    out.mkdir()
-    env = _inner_env(
-        APP_SETTINGS_DIR=str(settings),
-        RT63_SETTINGS=str(settings),
-        RT63_TOKEN=token,
-        RT63_OUT=str(out),
-    )
-    inner = subprocess.run(
-        [
-            *("unshare", "--pid", "--fork", "--mount-proc"),
-            *("sh", "-c", _NAMESPACE, "sh", str(sandbox.RUNS_DIR)),
-            # A runner script that calls pytest through another module: its run is found by
-            # its entry alone (red team 42), not by a command line of pytest's.
-            *(sys.executable, "run_tests.py", "-p", "no:cacheprovider", "-p", "no:xdist"),
-            *(f"--basetemp={tmp_path / 'inner'}", "test_forks.py"),
-        ],
-        env=env,
-        cwd=project,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
     names = ("during", "after_with_pytest", "after_forgotten", "daemonized")
-    said = {name: (out / name).read_text() for name in names if (out / name).exists()}
-    assert_untouched(production, sessions, str(said))
+    inner, said = run_inner(tmp_path, INNER, names, _NAMESPACE)
     assert "4 passed" in inner.stdout, inner.stdout + inner.stderr
     for name in names:
         output = said[name]
