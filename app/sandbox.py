@@ -4303,7 +4303,11 @@ def restore_entry(run: Run) -> str | None:
     except OSError as error:
         return f"{problem}, and it cannot be put back: {error}"
     _keep_open()
-    return f"{problem}; it was put back"
+    return (
+        f"{problem}; one was written for it"
+        if "goes on in process" in problem
+        else (f"{problem}; it was put back")
+    )
 
 
 def _entry_at(directory: Path, pid: int, started: int) -> Path:
@@ -4324,6 +4328,16 @@ def _entry_at(directory: Path, pid: int, started: int) -> Path:
     return entry
 
 
+#: What `restore_entry` says where the run goes on in a fork of its registered process: a test
+#: daemonised it (a fork, then ``os._exit`` in the parent, as a daemon library does). Nothing
+#: was removed; it said so, and that a test must not change the registry (red team 63).
+_CARRIED_ON: Final = (
+    "this run goes on in process {pid}, a fork of its registered process (pytest pid {run}) "
+    "whose parent exited: the test daemonised the run's own process, and the fork had no "
+    "entry of its own in {registry}"
+)
+
+
 def _entry_problem(found: os.stat_result, pid: int, started: int, run: Run) -> str | None:
     """What a test did to this process's entry in a trusted registry (`found`), if anything
     its children would read otherwise than the run wrote it."""
@@ -4332,6 +4346,8 @@ def _entry_problem(found: os.stat_result, pid: int, started: int, run: Run) -> s
     if hidden is not None:
         return hidden
     state = _entry_state(entry)
+    if state is None and run.pid is not None and run.pid != pid:
+        return _CARRIED_ON.format(pid=pid, run=run.pid, registry=RUNS_DIR)
     if state is None:
         return f"this run's entry in {RUNS_DIR} was removed"
     written, text = _WRITTEN.get(entry, (None, b""))

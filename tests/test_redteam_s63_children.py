@@ -19,7 +19,8 @@ command line it runs (``app.cli.main`` reads it), since the entry's ``argv`` no 
 And: a test that daemonised its own process (a fork, then ``os._exit`` in the parent, as a
 daemon library does) carried the run on in a fork with no entry of its own; under a runner
 script (its run found by its entry alone, red team 42) the fork's child found no run and
-purged; under ``python -m pytest`` it was refused as under a pytest without the plugin.
+purged; under ``python -m pytest`` it was refused as under a pytest without the plugin. The
+run's check after that test said the run's entry "was removed" by a test: nothing was.
 
 What changed: a fork inherits the anchored copy of the run's first entry (red team 62), mapped
 read only and sealed in place: nothing in the fork unmaps it, and ``exec`` alone drops it. A
@@ -31,7 +32,8 @@ that the process outlived it. It is taken only where the walk finds no run (a co
 code maps there narrows, never widens); where the walk finds the run it names, by its entry,
 the process is refused as that run's own, not as a bare pytest's. Where the walk
 finds no run, an ancestor that runs Python and maps the anchored copy of another process's run
-(`app.sandbox._fork_above`) is that run carried on.
+(`app.sandbox._fork_above`) is that run carried on, and the check after the test says that the
+test daemonised the run's process (`app.sandbox.restore_entry`).
 """
 
 from __future__ import annotations
@@ -138,7 +140,19 @@ _NAMESPACE = 'mount -t tmpfs -o mode=0700 app-runs "$1" && shift && "$@" | cat'
 def test_a_fork_of_the_run_without_its_mark_or_entry_stays_in_the_run(tmp_path: Path) -> None:
     names = ("during", "after_with_pytest", "after_forgotten", "daemonized")
     inner, said = run_inner(tmp_path, INNER, names, _NAMESPACE)
-    assert "4 passed" in inner.stdout, inner.stdout + inner.stderr
+    # The run's check after the test that daemonised it says so, not that a test removed
+    # its entry (nothing was).
+    assert "4 passed, 1 error" in inner.stdout, inner.stdout + inner.stderr
+    assert (
+        "app: after test_entry.py::test_daemonized, this run goes on in process "
+    ) in inner.stdout, inner.stdout
+    assert (
+        "whose parent exited: the test daemonised the run's own process, and the fork had no "
+        f"entry of its own in {sandbox.RUNS_DIR}; one was written for it. Until then, a "
+        "process it started with a hand-built environment was part of the run only through "
+        "the anchored copy of the run's entry that the fork maps"
+    ) in inner.stdout, inner.stdout
+    assert "was removed" not in inner.stdout, inner.stdout
     for name in names:
         output = said[name]
         assert output.endswith("exit 78\n"), (name, output)
