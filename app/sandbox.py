@@ -1342,8 +1342,11 @@ def _seals_in_place() -> bool:
     it: an anchored copy (`_anchor`) is the run's then, and only then."""
     if not _SEALS_IN_PLACE:
         uname = getattr(os, "uname", None)  # not on Windows, which has no /proc either
-        release = re.match(r"(\d+)\.(\d+)", uname().release) if uname else None
-        version = (int(release[1]), int(release[2])) if release else (0, 0)
+        # Without a pattern: compiling one cost every process that asks (each since red team
+        # 63, `_forked_run`) more than the rest of the look.
+        major, _, rest = (uname().release if uname else "").partition(".")
+        minor = "".join(itertools.takewhile(str.isdigit, rest))
+        version = (int(major), int(minor)) if major.isdigit() and minor else (0, 0)
         linux = sys.platform.startswith("linux")
         _SEALS_IN_PLACE.append(linux and sys.maxsize > 1 << 32 and version >= (6, 10))
     return _SEALS_IN_PLACE[0]
@@ -1464,6 +1467,188 @@ def _query_mapping(maps: int, name: str) -> tuple[bool, tuple[str, int] | None]:
     if start != address or flags & (readable | writable | shared) != readable | shared:
         return True, None
     return True, (f"{start:x}-{end:x}", inode)
+
+
+#: The end of the addresses `_anchor_address` gives.
+_ANCHOR_END: Final = _ANCHOR_BASE + _ANCHOR_SLOTS * _ANCHOR_STEP
+#: ``PROCMAP_QUERY``'s query flags: the first readable, shared, file-backed mapping at or
+#: after the address asked for (``PROCMAP_QUERY_COVERING_OR_NEXT_VMA``, ``_FILE_BACKED_VMA``,
+#: ``_VMA_READABLE``, ``_VMA_SHARED``).
+_NEXT_SHARED_FILE: Final = 0x10 | 0x20 | 0x01 | 0x08
+#: This process's own anchored copies (`_anchors_mapped`), by the pid that read them: a fork
+#: reads its own (it may have mapped nothing since, but an exec'd program starts anew).
+_MAPPED_HERE: dict[int, list[tuple[str, str, bytes]]] = {}
+
+
+def _anything_in_anchor_range(maps: int) -> bool:
+    """Whether a process maps a shared file, readable, at an address an anchored copy may
+    have (one ``PROCMAP_QUERY`` on `maps`, its open ``/proc/<pid>/maps``); True where the
+    kernel cannot say (the table is read)."""
+    asked = bytearray(struct.pack(_PROCMAP_QUERY, 104, _NEXT_SHARED_FILE, _ANCHOR_BASE, *[0] * 12))
+    try:
+        fcntl.ioctl(maps, _PROCMAP_REQUEST, asked)
+    except OSError as error:
+        return error.errno != errno.ENOENT  # ENOENT: none at or after it
+    return bool(struct.unpack_from("=Q", asked, 24)[0] < _ANCHOR_END)
+
+
+def _anchors_mapped(pid: int | None = None) -> list[tuple[str, str, bytes]]:
+    """The anchored copies of runs' entries that process `pid` (None: this one) maps
+    (`_anchor`), each as its addresses, the entry's name and its bytes: a run's own
+    process's, or a fork's of it, which inherits the mapping sealed in place (``exec`` drops
+    every mapping). Any process can map a copy of its own making at such an address; one is
+    taken only where it narrows what a process may open (`_forked_run`, `_fork_above`)."""
+    if pid is None and os.getpid() in _MAPPED_HERE:
+        return _MAPPED_HERE[os.getpid()]
+    found: list[tuple[str, str, bytes]] = []
+    if _seals_in_place():
+        with contextlib.suppress(OSError):
+            fd = os.open(f"{_PROC}/{pid or 'self'}/maps", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                table = (
+                    b"".join(iter(functools.partial(os.read, fd, 1 << 16), b""))
+                    if _anything_in_anchor_range(fd)
+                    else b""
+                )
+            finally:
+                os.close(fd)
+            found = _anchors_in(table, pid)
+    if pid is None:
+        _MAPPED_HERE.clear()
+        _MAPPED_HERE[os.getpid()] = found
+    return found
+
+
+def _anchors_in(table: bytes, pid: int | None) -> list[tuple[str, str, bytes]]:
+    # Lines of a process's maps that map an anchored copy, read only and shared, at the
+    # address its entry's name gives; read through the process's descriptor of it, else its
+    # memory file (which answers EIO rather than fault where a copy was unmapped meanwhile).
+    prefix = f"/memfd:{_ANCHOR_NAME}".encode()
+    found: list[tuple[str, str, bytes]] = []
+    for line in table.split(b"\n"):
+        words = line.split()
+        if len(words) != 7 or words[6] != b"(deleted)" or not words[5].startswith(prefix):
+            continue
+        name = words[5][len(prefix) :].decode(errors="replace")
+        first, _, last = words[0].partition(b"-")
+        try:
+            start, end, inode = int(first, 16), int(last, 16), int(words[4])
+        except ValueError:
+            continue
+        if start != _anchor_address(name) or words[1][:1] != b"r" or words[1][3:4] != b"s":
+            continue
+        text = _anchor_text(pid, name, inode, start, min(end - start, _ENTRY_MAX_BYTES))
+        if text is not None:
+            found.append((words[0].decode(), name, text.rstrip(b"\0")))
+    return found
+
+
+def _anchor_text(pid: int | None, name: str, inode: int, start: int, size: int) -> bytes | None:
+    wanted = f"/memfd:{_ANCHOR_NAME}{name} (deleted)"
+    for path, target in (_descriptors(pid) or ()) if pid is not None else ():
+        if target == wanted:
+            with contextlib.suppress(OSError):
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    if os.fstat(fd).st_ino == inode:
+                        return os.pread(fd, size, 0)
+                finally:
+                    os.close(fd)
+    try:
+        memory = os.open(f"{_PROC}/{pid or 'self'}/mem", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            return os.pread(memory, size, start)
+        finally:
+            os.close(memory)
+    except (OSError, OverflowError):
+        return None  # a process this one may not trace (Yama's ptrace_scope, another user)
+
+
+def _anchored_runs(pid: int | None = None) -> list[tuple[int, int, Run]]:
+    """The runs whose anchored copies process `pid` (None: this one) maps, as the pid and
+    start of the run's process and the run its copy describes (its `recognised_by` the
+    path it is read by), latest started first."""
+    mapped = _anchors_mapped(pid)
+    if not mapped or (pid is None and _in_subinterpreter()):
+        return []  # a subinterpreter of the run's process, a sys of its own: the walk names it
+    runs: list[tuple[int, int, Run]] = []
+    own = os.getpid() if pid is None else pid
+    for span, name, text in mapped:
+        try:
+            data = json_loads(text)
+            started = int(name.split("-")[1].removesuffix(".json"))
+        except (ValueError, IndexError):
+            continue
+        if not isinstance(data, dict) or type(data.get("pid")) is not int:
+            continue
+        shown = f"{_PROC}/{own}/map_files/{span}"
+        run = _read_entry(Path(shown), data["pid"], 1, data=data)
+        if run is not None:
+            runs.append((data["pid"], started, run._replace(recognised_by=shown)))
+    return sorted(runs, key=lambda found: found[1], reverse=True)
+
+
+def _remembered_by(own: int, pid: int, started: int, run: Run, who: str) -> Run:
+    """`run`, as process `own` (`who` in messages) knows it by the anchored copy of the
+    entry of run process `pid` started at `started` that `own` maps."""
+    fork = "" if pid == own else f", a fork of pytest pid {pid}"
+    how = (
+        f"the run's own memory ({who}{fork}, which maps the sealed copy of the run's entry "
+        f"{_entry_name(pid, started)} that the run anchored as it registered in {RUNS_DIR}, "
+        f"at {run.recognised_by}: a test that removes the run's mark on sys or its entry "
+        "does not take it out of the run)"
+    )
+    run = run._replace(recognised_by=how, itself=own == os.getpid())
+    if own != os.getpid() or pid == own:
+        return run  # an ancestor that carries on the run in its place; the run's process
+    gone = _stat_fields(pid)
+    if gone is None or gone[1] != started or _exited(pid):
+        run = run._replace(pid=own, ended=pid)  # a fork that outlived the run
+    return run
+
+
+def _forked_run(walked: Run | None) -> Run | None:
+    """The run whose anchored copy this process maps (`_anchored_runs`), the latest started
+    where there are several (a fork that ran pytest in itself anchors its own beside its
+    run's), as that run's process or a fork of it, where the walk found no run; the run the
+    walk found (`walked`), where it is that one; None where this process maps none, or the
+    walk found another run, whose rules stay (a copy mapped here by a test's own code takes
+    nothing away from them).
+
+    A fork of the run's process (``os.fork`` without ``exec``) keeps the run's mark on
+    ``sys`` and runs the run's own code: a test can delete the mark, forget pytest's
+    modules, and remove the entry the run handed on to the fork as it ended (`_end_entry`),
+    and the walk then found nothing of the run once its process was gone. What the fork
+    cannot lose is the mapping it inherited (red team 63 on the children of tests)."""
+    for pid, started, run in _anchored_runs():
+        if walked is None:
+            return _remembered_by(os.getpid(), pid, started, run, "this process")
+        if pid in (walked.pid, walked.ended):
+            # The walk found that run by its entry (the run's, or the one it handed on to
+            # this process): its rules as the entry says, which the walk checked against
+            # the anchored copy; this process is the run's, not a pytest without the plugin.
+            return walked._replace(itself=True)
+    return None
+
+
+def _fork_above(chain: list[tuple[int, int]]) -> tuple[int, Run] | None:
+    """The nearest ancestor in `chain` that runs Python and maps the anchored copy of a
+    run's entry (`_anchored_runs`), and that run: a fork of the run's process that carries
+    on the run in its place, its parent gone (a test that daemonised its own process, as a
+    daemon library's ``fork``, then ``os._exit`` in the parent, does), has no entry of its
+    own. Its children found no run above them and, under a runner script, purged a stopped
+    production root (red team 63 on the children of tests). Only where the walk found no
+    run: a copy a test's code mapped in a process of its own narrows nothing else."""
+    for ancestor, _ in chain[1:]:
+        if not _python_program(ancestor):
+            continue
+        for pid, started, run in _anchored_runs(ancestor):
+            # Not the run's own process: where its entry cannot be found or read, the
+            # walk's own refusals say why (`_nothing_above`).
+            if pid != ancestor:
+                who = f"an ancestor process, pid {ancestor}"
+                return ancestor, _remembered_by(ancestor, pid, started, run, who)
+    return None
 
 
 #: What a run's later entries may say otherwise than the one it anchored (`_within`).
@@ -1772,7 +1957,24 @@ def _walk_tree_listed() -> tuple[Run | None, str | None, str]:
         elif depth and bare is None and not seen.hidden and _looks_like_unittest(argv, pid):
             bare = f"{_UNITTEST_ANCESTOR} (pid {pid}: {_shown(argv)})"
             bare_argv = argv
+    return _no_entry_above(walked, seen, chain, (bare, bare_argv, starting))
+
+
+def _no_entry_above(
+    walked: set[int],
+    seen: _Seen,
+    chain: list[tuple[int, int]],
+    found: tuple[str | None, list[str], bool],
+) -> tuple[Run | None, str | None, str]:
+    """`_walk_tree`'s answer where no process of `chain` has an entry that names a run:
+    the run that leads its session or group, else one a forked ancestor carries on
+    (`_fork_above`), else none; with what the walk `found` of a pytest without the plugin
+    (its words, its command line, and whether it is still starting)."""
+    bare, bare_argv, starting = found
     led = _led_by_a_run(walked, seen)
+    if led is None and (above := _fork_above(chain)) is not None:
+        # The run's process carrying on in a fork, not a pytest without the plugin.
+        return above[1], (None if bare_argv == _cmdline(above[0]) and not starting else bare), ""
     if led is None and bare is None and (unseen := _nothing_above(seen, chain)) is not None:
         return None, *unseen
     return led, bare, ""
@@ -2914,12 +3116,22 @@ def _own_run() -> tuple[Run | None, tuple[Run | None, str | None, str]]:
     was read as "a pytest without the app's plugin", its refusals told it to run without
     `-p no:app`, and its default profile was development, not the run's testing (red team 58
     on the guard).
+
+    Else by the anchored copy of a run's entry that this process maps (`_forked_run`): a
+    fork of the run's process (``os.fork`` without ``exec``) inherits it, sealed in place,
+    and nothing in the fork unmaps it. A fork that outlived its run, its mark deleted, its
+    entry (handed on, `_end_entry`) removed and pytest's modules forgotten, with its
+    environment wiped, found no run, and the purge it ran in its own process moved every
+    production session to the trash; with pytest's modules kept it was refused, but as under
+    "a pytest without the app's plugin" (red team 63 on the children of tests).
     """
     run = _in_process()
     if run is not None:
         return run, (None, None, "")
     walked = _walk_tree()
-    return (walked[0] if walked[0] is not None and walked[0].itself else None), walked
+    if walked[0] is not None and walked[0].itself:
+        return walked[0], walked
+    return (_forked_run(walked[0]) if walked[1] is None else None), walked
 
 
 def context(environ: Mapping[str, str] | None = None) -> Context:
@@ -4091,7 +4303,11 @@ def restore_entry(run: Run) -> str | None:
     except OSError as error:
         return f"{problem}, and it cannot be put back: {error}"
     _keep_open()
-    return f"{problem}; it was put back"
+    return (
+        f"{problem}; one was written for it"
+        if "goes on in process" in problem
+        else (f"{problem}; it was put back")
+    )
 
 
 def _entry_at(directory: Path, pid: int, started: int) -> Path:
@@ -4112,6 +4328,16 @@ def _entry_at(directory: Path, pid: int, started: int) -> Path:
     return entry
 
 
+#: What `restore_entry` says where the run goes on in a fork of its registered process: a test
+#: daemonised it (a fork, then ``os._exit`` in the parent, as a daemon library does). Nothing
+#: was removed; it said so, and that a test must not change the registry (red team 63).
+_CARRIED_ON: Final = (
+    "this run goes on in process {pid}, a fork of its registered process (pytest pid {run}) "
+    "whose parent exited: the test daemonised the run's own process, and the fork had no "
+    "entry of its own in {registry}"
+)
+
+
 def _entry_problem(found: os.stat_result, pid: int, started: int, run: Run) -> str | None:
     """What a test did to this process's entry in a trusted registry (`found`), if anything
     its children would read otherwise than the run wrote it."""
@@ -4120,6 +4346,8 @@ def _entry_problem(found: os.stat_result, pid: int, started: int, run: Run) -> s
     if hidden is not None:
         return hidden
     state = _entry_state(entry)
+    if state is None and run.pid is not None and run.pid != pid:
+        return _CARRIED_ON.format(pid=pid, run=run.pid, registry=RUNS_DIR)
     if state is None:
         return f"this run's entry in {RUNS_DIR} was removed"
     written, text = _WRITTEN.get(entry, (None, b""))

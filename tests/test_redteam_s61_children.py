@@ -122,12 +122,13 @@ RUNNER_MODULE = "def main(args):\n    import pytest\n\n    return pytest.main(ar
 
 
 def run_inner(
-    tmp_path: Path, tests: str, names: tuple[str, ...]
+    tmp_path: Path, tests: str, names: tuple[str, ...], shell: str = _OWN_REGISTRY
 ) -> tuple[subprocess.CompletedProcess[str], dict[str, str]]:
-    """An inner pytest of `tests` (a module that begins with `PRELUDE`) next to a stopped
-    production root, under a runner script that calls pytest through another module, out of
-    this run's tree in a PID namespace of its own: the run, and what each of its children
-    `names` said; the root checked untouched."""
+    """An inner pytest of `tests` (a module that begins with `PRELUDE`, or reads the same
+    variables) next to a stopped production root, under a runner script that calls pytest
+    through another module, out of this run's tree in a PID namespace of its own (what
+    `shell` runs there, given the registry's path and the run's command line): the run, and
+    what each of its children `names` said; the root checked untouched."""
     settings, production, token, sessions = stopped_production(tmp_path)
     project = inner_project(tmp_path, "test_entry.py", tests)
     (project / "run_tests.py").write_text(RUNNER)
@@ -149,7 +150,7 @@ def run_inner(
             # and whose pid is dead in its namespace (`_forget_dead_runs`), so the FIFO went
             # before the child looked, which then found the run by the descriptor it keeps
             # open and never read the sealed copy (failed once under load).
-            *("sh", "-c", _OWN_REGISTRY, "sh", str(sandbox.RUNS_DIR)),
+            *("sh", "-c", shell, "sh", str(sandbox.RUNS_DIR)),
             *(sys.executable, "run_tests.py", "-p", "no:cacheprovider", "-p", "no:xdist"),
             *(f"--basetemp={tmp_path / 'inner'}", "test_entry.py"),
         ],

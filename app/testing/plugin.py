@@ -621,15 +621,25 @@ def _after_the_test(item: pytest.Item, state: guard.GuardState) -> list[str]:
             else "was part of the run only through the descriptors of the registry and of "
             "its entry that the run keeps open"
         )
+        if "goes on in process" in lost:
+            failures.append(
+                f"app: after {item.nodeid}, {lost}. Until then, a process it started with a "
+                "hand-built environment was part of the run only through the anchored copy of "
+                "the run's entry that the fork maps, where the kernel seals one (Linux 6.10 "
+                "and later). Tests must not daemonise the run's own process (fork it and end "
+                "the parent): start what must outlive the test as a subprocess"
+            )
+            lost = ""
         # Another run of this user beside this one shares the registry: its test's clean-up
         # of /tmp/app-* is found here, after this run's test, which did nothing.
-        failures.append(
-            f"app: after {item.nodeid}, {lost}. Until then, a process started "
-            f"with a hand-built environment (and any after the run) {meanwhile}. Tests "
-            f"must not remove or change {sandboxing.RUNS_DIR} (if this test did not, "
-            f"another process of user {os.getuid()} did meanwhile, such as a test of another "
-            "run beside this one)"
-        )
+        if lost:
+            failures.append(
+                f"app: after {item.nodeid}, {lost}. Until then, a process started "
+                f"with a hand-built environment (and any after the run) {meanwhile}. Tests "
+                f"must not remove or change {sandboxing.RUNS_DIR} (if this test did not, "
+                f"another process of user {os.getuid()} did meanwhile, such as a test of "
+                "another run beside this one)"
+            )
     if state.run is not None:
         # What the test left running stays in the run even if the run is killed later.
         sandboxing.hand_on(state.run)
