@@ -474,14 +474,18 @@ def compare(args: argparse.Namespace) -> None:
         "pairs": args.pairs,
         "runs": runs,
         "medians": {
-            name: {k: median([r[k] for r in rows]) for k in keys} for name, rows in runs.items()
+            name: {k: round(median([r[k] for r in rows]), 2) for k in keys}
+            for name, rows in runs.items()
         },
         "pair_ratios": {
-            k: median(
-                [
-                    t[k] / a[k] if a[k] else float("nan")
-                    for t, a in zip(runs["this"], runs["against"], strict=True)
-                ]
+            k: round(
+                median(
+                    [
+                        t[k] / a[k] if a[k] else float("nan")
+                        for t, a in zip(runs["this"], runs["against"], strict=True)
+                    ]
+                ),
+                2,
             )
             for k in keys
         },
