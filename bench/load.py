@@ -37,7 +37,14 @@ Every request goes to 127.0.0.1, has a 30 s timeout, and the whole run is bounde
 and count. The client shares the machine's cores with the server, as a real one would not:
 compare runs on one machine, not across machines.
 
-Run: ``.venv/bin/python bench/load.py [--seconds 30] [--clients 50] [--json]``
+With ``--against DIR`` (a worktree of main: ``git worktree add --detach DIR main``; its
+``.venv`` if it has one, else this interpreter importing DIR's ``app``), whole runs of this
+checkout's server and DIR's alternate, ``--pairs`` of each, the order turning every pair
+(ABBA...), so that both meet the same minutes of a shared machine; reported: each run's
+figures, the medians of each tree and the median of the per-pair ratios (this over DIR).
+
+Run: ``.venv/bin/python bench/load.py [--seconds 30] [--clients 50] [--json]
+[--against DIR --pairs 3]``
 """
 
 from __future__ import annotations
@@ -57,9 +64,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import app_server, request_bytes
+from _common import PROJECT, app_server, median, request_bytes
 from listing import seed
 
+#: The small calls whose p99 the targets bound (issue 11).
+SMALL_CALLS = ("create", "get", "list 100", "delete")
 REQUEST_TIMEOUT = 30.0
 UPLOAD = bytes(range(256)) * 16  # 4 KiB
 BOUNDARY = "bench-load-boundary-7d3f"
@@ -342,45 +351,15 @@ def summary(
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=30.0, help="mixed phase, at most")
-    parser.add_argument("--max-requests", type=int, default=200_000, help="mixed phase, at most")
-    parser.add_argument("--clients", type=int, default=50)
-    parser.add_argument("--seed", type=int, default=1200, help="sessions before the run")
-    parser.add_argument("--idle-seconds", type=float, default=5.0)
-    parser.add_argument(
-        "--warmup",
-        type=float,
-        default=2.0,
-        help="first seconds of the mixed phase reported apart (steady_calls, /health's mixed)",
-    )
-    parser.add_argument("--probe-interval", type=float, default=0.01)
-    parser.add_argument("--big-lists", type=int, default=100)
-    parser.add_argument("--big-list-clients", type=int, default=10)
-    parser.add_argument("--work-dir", help="where the data root goes (default: the system temp)")
-    parser.add_argument(
-        "--setting",
-        action="append",
-        default=[],
-        metavar="APP_KEY=VALUE",
-        help="a setting for the server, e.g. APP_MAX_TRANSFERS_AT_ONCE=8 (repeatable)",
-    )
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
-    if not 0 < args.seconds <= 600 or args.clients > 200:
-        parser.error("keep the run bounded: --seconds in (0, 600], --clients at most 200")
-    if any(not setting.startswith("APP_") or "=" not in setting for setting in args.setting):
-        parser.error("--setting takes APP_KEY=VALUE")
-    if not 0 <= args.warmup < args.seconds:
-        parser.error("--warmup must be shorter than --seconds")
-
+def measure(args: argparse.Namespace, checkout: Path | None = None) -> dict[str, Any]:
+    """One whole run (a fresh root, a server of its own, every phase); with ``checkout``,
+    that checkout's server (`app_server`)."""
     with tempfile.TemporaryDirectory(prefix="bench-load-", dir=args.work_dir) as work:
         root = Path(work) / "data"
         seed(root, args.seed)
         ids = sorted(p.name for p in (root / "sessions").iterdir() if len(p.name) == 32)
         settings = dict(setting.split("=", 1) for setting in args.setting)
-        with app_server(root, Path(work) / "app.log", **settings) as app:
+        with app_server(root, Path(work) / "app.log", checkout, **settings) as app:
             context = multiprocessing.get_context("spawn")
             stop = context.Event()
             marks = context.Array("c", 16)
@@ -451,6 +430,123 @@ def main() -> None:
             health["big lists"]["p99_ms"] / health["idle"]["p99_ms"], 1
         ),
     }
+    return result
+
+
+def figures(result: dict[str, Any]) -> dict[str, float]:
+    """What `compare` reports of one run."""
+    health, mixed = result["health"], result["mixed"]
+    row = {
+        "health_idle_p99_ms": health["idle"]["p99_ms"],
+        "health_mixed_p99_ms": health["mixed"]["p99_ms"],
+        "health_p99_ratio_mixed": result["health_p99_ratio_mixed"],
+        "health_p99_ratio_big_lists": result["health_p99_ratio_big_lists"],
+        "calls_per_s": mixed["per_s"],
+        "server_cpu_ms_per_call": mixed["server_cpu_ms_per_call"],
+        "loop_waiting_share": mixed["loop_waiting_share"],
+    }
+    for kind in SMALL_CALLS:
+        row[f"{kind} p99_ms"] = mixed["steady_calls"].get(kind, {}).get("p99_ms", float("nan"))
+    return row
+
+
+def compare(args: argparse.Namespace) -> None:
+    """This checkout and ``--against`` in turn, ``--pairs`` times, the order alternating
+    (ABBA...): each run a whole `measure` with a server of its tree's code; the medians of
+    each tree, and of the per-pair ratios (this checkout's figure over the other's)."""
+    trees = {"this": PROJECT, "against": args.against.resolve()}
+    runs: dict[str, list[dict[str, float]]] = {"this": [], "against": []}
+    for pair in range(args.pairs):
+        order = ("this", "against") if pair % 2 == 0 else ("against", "this")
+        for name in order:
+            started = time.strftime("%H:%M:%S", time.gmtime())
+            row = figures(measure(args, trees[name]))
+            runs[name].append(row)
+            print(
+                f"pair {pair + 1} {name:<8} {started} UTC, load average "
+                f"{os.getloadavg()[0]:.1f}: "
+                + ", ".join(f"{key} {value:g}" for key, value in row.items()),
+                flush=True,
+            )
+    keys = list(runs["this"][0])
+    result = {
+        "against": str(trees["against"]),
+        "pairs": args.pairs,
+        "runs": runs,
+        "medians": {
+            name: {k: round(median([r[k] for r in rows]), 2) for k in keys}
+            for name, rows in runs.items()
+        },
+        "pair_ratios": {
+            k: round(
+                median(
+                    [
+                        t[k] / a[k] if a[k] else float("nan")
+                        for t, a in zip(runs["this"], runs["against"], strict=True)
+                    ]
+                ),
+                2,
+            )
+            for k in keys
+        },
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    print(f"medians of {args.pairs} runs each; this checkout over {trees['against']}, per pair:")
+    print(f"  {'figure':<28} {'this':>10} {'against':>10} {'ratio':>8}")
+    for key in keys:
+        print(
+            f"  {key:<28} {result['medians']['this'][key]:>10g} "
+            f"{result['medians']['against'][key]:>10g} {result['pair_ratios'][key]:>8.2f}"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=30.0, help="mixed phase, at most")
+    parser.add_argument("--max-requests", type=int, default=200_000, help="mixed phase, at most")
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=1200, help="sessions before the run")
+    parser.add_argument("--idle-seconds", type=float, default=5.0)
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=2.0,
+        help="first seconds of the mixed phase reported apart (steady_calls, /health's mixed)",
+    )
+    parser.add_argument("--probe-interval", type=float, default=0.01)
+    parser.add_argument("--big-lists", type=int, default=100)
+    parser.add_argument("--big-list-clients", type=int, default=10)
+    parser.add_argument("--work-dir", help="where the data root goes (default: the system temp)")
+    parser.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        metavar="APP_KEY=VALUE",
+        help="a setting for the server, e.g. APP_MAX_TRANSFERS_AT_ONCE=8 (repeatable)",
+    )
+    parser.add_argument(
+        "--against",
+        type=Path,
+        help="another checkout (a worktree of main): its server and this one's in turn, "
+        "--pairs times, the order alternating; medians and per-pair ratios",
+    )
+    parser.add_argument("--pairs", type=int, default=3, help="with --against: runs of each")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    if not 0 < args.seconds <= 600 or args.clients > 200:
+        parser.error("keep the run bounded: --seconds in (0, 600], --clients at most 200")
+    if any(not setting.startswith("APP_") or "=" not in setting for setting in args.setting):
+        parser.error("--setting takes APP_KEY=VALUE")
+    if not 0 <= args.warmup < args.seconds:
+        parser.error("--warmup must be shorter than --seconds")
+
+    if args.against is not None:
+        compare(args)
+        return
+    result = measure(args)
+    health = result["health"]
     if args.json:
         print(json.dumps(result, indent=2))
         return
