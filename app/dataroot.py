@@ -130,6 +130,7 @@ __all__ = [
     "NotRegularFileError",
     "Prepared",
     "RootStatus",
+    "a_root_s_own",
     "describe",
     "filesystem_type",
     "fsync",
@@ -144,6 +145,7 @@ __all__ = [
     "read_stamp",
     "restamp",
     "served_from",
+    "shown_from_a_session",
     "syncfs",
     "tmp_in_flight",
     "write_all",
@@ -1609,18 +1611,19 @@ def _stamped_root_above(path: Path, *, resolve: bool = True) -> Path | None:
     return None
 
 
-def _laid_out(directory: Path) -> bool:
+def _laid_out(directory: Path | str) -> bool:
     """Whether `directory`, with neither stamp nor lock file, is still a data root by its own
     directories: ``sessions/``, ``.trash/`` and ``.tmp/`` all there (every writer's open makes
     the three), or one of them marked as a root's (`LAYOUT_MARK`).
 
     A stopped root whose stamp and lock file were both deleted (by hand, a restore that
     skipped dotfiles) was nothing above a root inside it: its ``.trash/``, named by its path
-    or through a bind mount, was adopted and written into (red team 63)."""
+    or through a bind mount, was adopted and written into (red team 63). Paths as text: the
+    checks of what pytest writes walk about thirty directories up for each of their paths."""
     found = []
     for name in _MARKED:
         try:
-            mode = os.lstat(directory / name).st_mode
+            mode = os.lstat(os.path.join(directory, name)).st_mode  # noqa: PTH118
         except FileNotFoundError:
             continue
         if stat.S_ISDIR(mode):
@@ -1628,11 +1631,12 @@ def _laid_out(directory: Path) -> bool:
     if not found:
         return False
     return len(found) == len(_MARKED) or any(
-        layout_mark(directory / name) is not None for name in found
+        layout_mark(os.path.join(directory, name)) is not None  # noqa: PTH118
+        for name in found
     )
 
 
-def layout_mark(directory: Path) -> dict[str, Any] | None:
+def layout_mark(directory: Path | str) -> dict[str, Any] | None:
     """The mark (`LAYOUT_MARK`) on `directory`, if it is one of a data root's own
     directories; None where there is none, or the filesystem keeps no extended attributes."""
     try:
@@ -1645,7 +1649,28 @@ def layout_mark(directory: Path) -> dict[str, Any] | None:
         return None
     if not isinstance(mark, dict) or mark.get("dir") not in _MARKED:
         return None
+    if not isinstance(mark.get("profile"), str):
+        mark["profile"] = "unknown"  # written by hand, or damaged: the directory still is one
     return mark
+
+
+def a_root_s_own(directory: Path | str) -> str | None:
+    """Why `directory` is a data root's though it has no stamp nor lock file: one of a root's
+    own directories (`LAYOUT_MARK`), or a root that lost both (`_laid_out`); None where it
+    is neither. For the checks of what pytest writes, which look for a root above a path
+    by its stamp or its holder (red team 63)."""
+    mark = layout_mark(directory)
+    if mark is not None:
+        return (
+            f"it is the {mark['dir']}/ directory of a data root of profile "
+            f"{mark['profile']!r} (extended attribute {LAYOUT_MARK})"
+        )
+    if _laid_out(directory):
+        return (
+            "its stamp and lock file are gone, but it holds a root's own directories, "
+            f"{', '.join(name + '/' for name in _MARKED)}"
+        )
+    return None
 
 
 def _mark_layout(root: Path, profile: str) -> None:
@@ -1689,7 +1714,7 @@ _A_SESSION_S: Final = re.compile(
 )
 
 
-def _shown_from_a_session(here: Path) -> bytes | None:
+def shown_from_a_session(here: Path) -> bytes | None:
     """The directory of its filesystem a mount on the way shows `here` from, where that is a
     session's or a trash entry's of a data root by its place (`_A_SESSION_S`); else None."""
     try:
@@ -1718,7 +1743,7 @@ def _refuse_marked(config: Config, root: Path) -> None:
         here = root.resolve()
     except (OSError, RuntimeError):
         return
-    session_s = _shown_from_a_session(here)
+    session_s = shown_from_a_session(here)
     if session_s is not None:
         raise DataRootStateError(
             root,

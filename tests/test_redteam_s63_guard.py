@@ -20,7 +20,15 @@ newest *not stopped* rows.
   development's root, beside production's live server; and so a session's ``records/`` or
   ``blobs/``, left empty once its files are deleted.
 
-What changed (``app.dataroot``):
+And pytest's own writes there (``--basetemp``, ``--junitxml``, the cache provider's
+``cache_dir``): the plugin looks for a root above them by its stamp or its holder, and
+through a mount whose source is in sight; ``pytest --basetemp=<bind>/run
+--junitxml=<bind>/run.xml`` made the run's sandbox, its testing root and its report in
+production's trash.
+
+What changed (``app.dataroot``, and the plugin's checks of what pytest writes,
+``app.testing.guard`` and ``app.testing.writes``, through ``app.dataroot.a_root_s_own`` and
+``shown_from_a_session``):
 
 - every writer's open marks the root's own directories, ``sessions/``, ``.trash/`` and
   ``.tmp/``, with an extended attribute (``user.app.layout``: the directory's name and the
@@ -35,7 +43,10 @@ What changed (``app.dataroot``):
   is found by its path and through a visible bind mount too;
 - a root that a mount shows from a directory whose place in its filesystem is a session's
   (``sessions/<id>/...``) or a trash entry's (``.trash/<time>-<id>/...``), which the app does
-  not mark, is refused by that place (``_shown_from_a_session``).
+  not mark, is refused by that place (``shown_from_a_session``);
+- the plugin's look for a data root above what pytest writes or empties (``--basetemp``,
+  ``--junitxml``, the cache) counts the same directories as a root's, and refuses the run
+  (exit 4) naming the directory and its mark.
 """
 
 from __future__ import annotations
@@ -44,13 +55,13 @@ import ctypes
 import dataclasses
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 from project_copy import assert_untouched, stopped_production, stopped_then_live
 from test_redteam_s60_guard import COMMON as S60_COMMON
+from test_redteam_s62_guard import _needs_root
 
 from app.dataroot import LAYOUT_MARK
 
@@ -112,6 +123,15 @@ def attempts(stage):
     results[stage + "UNNAMED_TRASH"] = run(
         [*development, "data", "empty-trash", "--yes-i-mean-it"], APP_DATA_ROOT=dev, **unnamed)
     results[stage + "UNNAMED_TMP"] = run(purge, APP_DATA_ROOT=str(points["dev.tmp"]), **unnamed)
+    # A pytest run (outside any other) whose --basetemp and --junitxml lie in it.
+    project = settings.parent / "project"
+    project.mkdir()
+    (project / "test_it.py").write_text("def test_it(tmp_path):\n    pass\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:randomly", "-p", "no:cacheprovider",
+         f"--basetemp={dev}/run", f"--junitxml={dev}/run.xml", str(project)],
+        cwd=project, env={**os.environ, **unnamed}, capture_output=True, text=True)
+    results[stage + "PYTEST"] = [done.returncode, " ".join((done.stdout + done.stderr).split())]
 
 
 def inside():
@@ -127,11 +147,6 @@ results["LIVE_IN"] = inside()
 print("RESULTS", json.dumps(results))
 """
 )
-
-
-def _needs_root() -> None:
-    if os.geteuid() != 0 or any(shutil.which(t) is None for t in ("unshare", "mount")):
-        pytest.skip("needs root, unshare and mount to bind a directory of a root elsewhere")
 
 
 def _marked(root: Path, name: str, profile: str, *, shown: str = "") -> str:
@@ -205,6 +220,16 @@ def test_a_root_at_a_directory_of_a_hidden_or_unstamped_root_is_refused_outside_
     tmp = settings.parent / "dev.tmp"
     code, out = seen["STOPPED_UNNAMED_TMP"]
     assert code == 78 and out.startswith(f"error: {_marked(tmp, '.tmp', 'production')}"), said
+    # Before the fix: the run's sandbox made in production's .trash/ (its testing root with
+    # it), the report written there.
+    code, out = seen["STOPPED_PYTEST"]
+    assert code == 4, said
+    assert (
+        f"ERROR: app: refusing --basetemp {dev}/run: pytest empties it in {dev}/run, which "
+        f"lies inside {dev}, which is the .trash/ directory of a data root of profile "
+        "'production' (extended attribute user.app.layout). Choose a temporary directory "
+        "outside every data root"
+    ) in out, said
 
 
 @pytest.mark.app_profile("production")
@@ -218,6 +243,7 @@ def test_a_testing_root_at_a_directory_of_an_unstamped_or_unmounted_root_is_refu
     from app.config import load
     from app.errors import AppError
     from app.storage import open_storage
+    from app.testing.writes import Target, _conflict
 
     fs = tmp_path / "fs"
     point = tmp_path / "testing-root"
@@ -260,6 +286,10 @@ def test_a_testing_root_at_a_directory_of_an_unstamped_or_unmounted_root_is_refu
             subprocess.run(["umount", "-l", fs], check=True)
             attempt(point)
             attempt(records)
+            # What the plugin says of a report pytest would write there (`--junitxml`).
+            for where in (point, records):
+                target = Target(where / "report.xml", "pytest's --junitxml writes {path}")
+                said.append(["conflict", str(_conflict(target, {}, {}))])
             said.append([*(sorted(p.name for p in d.iterdir()) for d in (point, records))])
             said.append([f"/production/sessions/{session}/records"])
         finally:
@@ -270,8 +300,18 @@ def test_a_testing_root_at_a_directory_of_an_unstamped_or_unmounted_root_is_refu
         seen = json.loads(output.read())
     os.waitpid(pid, 0)
     said = json.dumps(seen, indent=1)
-    assert len(seen) == 6, said
-    *refused, left, (shown,) = seen
+    assert len(seen) == 8, said
+    *refused, (_, in_the_trash), (_, in_the_records), left, (shown,) = seen
+    # Before the fix: "None", nothing above the mount says it is a data root's.
+    assert in_the_trash == (
+        f"which lies in {point}, which is the .trash/ directory of a data root of profile "
+        "'production' (extended attribute user.app.layout)"
+    ), said
+    assert in_the_records == (
+        f"which lies in a directory of a session of a data root, by its place in its "
+        f"filesystem ({shown}/report.xml), seen through a mount (`findmnt -T "
+        f"{records}/report.xml` shows it)"
+    ), said
     # Before the fix: opened, testing's stamp, lock, sessions/ and .tmp/ in the other .trash/
     # (and in the session's records/).
     (entry,), emptied = left  # the deleted file's trash entry alone
