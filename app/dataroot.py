@@ -1795,6 +1795,38 @@ def _a_root_s(directory: Path) -> bool:
         return False
 
 
+def _marked_profile(root: Path) -> str | None:
+    """The profile the marks on `root`'s own directories name (`LAYOUT_MARK`), if any."""
+    for name in _MARKED:
+        mark = layout_mark(root / name)
+        if mark is not None:
+            return str(mark["profile"]).lower()
+    return None
+
+
+def _refuse_stamp_lost(config: Config, root: Path) -> None:
+    """Refuse to adopt a root with no stamp whose own directories were marked by another
+    profile's writers: its stamp was deleted or lost, and the first writer of any profile
+    claimed it, the other profile's sessions with it (red team 63). A root with no marks (a
+    filesystem that keeps none, a release before them) is adopted as before."""
+    marked = _marked_profile(root)
+    if marked is None or marked == config.profile:
+        return  # none, or this profile's own: the open writes its stamp back
+    raise DataRootStateError(
+        root,
+        f"it has no profile stamp ({STAMP_FILE} was deleted or lost), but its own "
+        f"directories are marked as profile {marked!r}'s (extended attribute {LAYOUT_MARK} "
+        f"on {root / SESSIONS_DIR}, written by every writer that opens a root): it is "
+        f"{marked!r}'s data root, and profile {config.profile!r} may not adopt it; nothing "
+        "was opened or changed",
+        f"if it is {marked!r}'s root, a writer of that profile writes the stamp back (`app "
+        f"--profile {marked} data check --repair`, or its server's start); if it is to be "
+        f"{config.profile!r}'s from now on, hand it over: `app data restamp --profile "
+        f"{config.profile} --from {marked} --yes-i-mean-it`; otherwise point data_root of "
+        f"profile {config.profile!r} elsewhere (`app config` shows where it is set)",
+    )
+
+
 def _refuse_other_stamp(config: Config, root: Path) -> None:
     """Refuse `root` if its stamp names another profile than `config`'s (as `_check_stamp`
     does), writing nothing: for a root that did not come through `open_root`."""
@@ -1827,6 +1859,7 @@ def _check_stamp(
         if root.is_dir():
             _refuse_foreign_directory(config, root, reading=True)
         return None
+    _refuse_stamp_lost(config, root)
     _refuse_foreign_directory(config, root)
     legacy = _has_data(root)
     # A root made inside a test run's sandbox says so: a later run that reuses the sandbox as
@@ -2644,6 +2677,7 @@ def _open_checked(
     if root.is_dir() and not (root / STAMP_FILE).exists():
         # Checked again under the lock; this early look only spares a directory that is
         # not ours even the lock file.
+        _refuse_stamp_lost(config, root)
         _refuse_foreign_directory(config, root)
     created = _create_root(root, durable=durable)
     # A root of a run found in the process tree lies in the run's sandbox, which pytest made
@@ -2807,6 +2841,10 @@ def restamp(
         f"re-stamp data root {root} from {from_profile!r} to {config.profile!r}", timeout=timeout
     ):
         stamp = read_stamp(root)
+        if stamp is None and (marked := _marked_profile(root)) not in {None, config.profile}:
+            # A stamp lost from a root whose own directories name its profile: opening it
+            # for another profile is refused (`_refuse_stamp_lost`); this hands it over.
+            stamp = {"profile": marked}
         if stamp is None:
             raise DataRootStateError(
                 root,
@@ -2836,6 +2874,8 @@ def restamp(
             {"from": stamped, "to": config.profile},
         )
         new = _write_stamp_audited(root, config.profile, record, restamped_from=stamped, **made_in)
+        if _marked_profile(root) is not None:
+            _mark_layout(root, config.profile)
         return {**new, "changed": True}
 
 

@@ -26,6 +26,10 @@ through a mount whose source is in sight; ``pytest --basetemp=<bind>/run
 --junitxml=<bind>/run.xml`` made the run's sandbox, its testing root and its report in
 production's trash.
 
+And layer 5's own row: a stopped root whose stamp was lost, named as another profile's
+root where no settings name it, was adopted by the first writer (stamped for it, its
+sessions purged).
+
 What changed (``app.dataroot``, and the plugin's checks of what pytest writes,
 ``app.testing.guard`` and ``app.testing.writes``, through ``app.dataroot.a_root_s_own`` and
 ``shown_from_a_session``):
@@ -46,7 +50,11 @@ What changed (``app.dataroot``, and the plugin's checks of what pytest writes,
   not mark, is refused by that place (``shown_from_a_session``);
 - the plugin's look for a data root above what pytest writes or empties (``--basetemp``,
   ``--junitxml``, the cache) counts the same directories as a root's, and refuses the run
-  (exit 4) naming the directory and its mark.
+  (exit 4) naming the directory and its mark;
+- a writer of another profile refuses a root with no stamp whose own directories are marked
+  as one profile's (``_refuse_stamp_lost``), naming a writer of that profile to write the
+  stamp back and the ``app data restamp`` that hands it over, which reads the marks where
+  the stamp is gone.
 """
 
 from __future__ import annotations
@@ -334,3 +342,43 @@ def test_a_testing_root_at_a_directory_of_an_unstamped_or_unmounted_root_is_refu
         f"{records}` names it), and no data root may be made in another's; nothing was opened "
         "or changed; point data_root of profile 'testing' at a directory outside that data root"
     ), said
+
+
+@pytest.mark.app_profile("production")
+def test_a_root_whose_stamp_was_lost_is_not_adopted_by_another_profile(tmp_path: Path) -> None:
+    """Layer 5: production's root (one no settings of the run name) lost its stamp and its
+    lock file; testing's writer adopted it, stamped it and purged its sessions. The marks on
+    its own directories name production now: refused, handed over only by `restamp`."""
+    from app.config import load
+    from app.dataroot import restamp
+    from app.errors import AppError
+    from app.storage import open_storage
+
+    root = tmp_path / "elsewhere" / "production"
+    made = dataclasses.replace(load("production", serving=False), data_root=root)
+    with open_storage(made, writer=True) as store:
+        session = store.create_session("a review", {})["id"]
+    for name in (".app-profile.json", ".server.lock"):
+        (root / name).unlink()
+    testing = dataclasses.replace(load(serving=False), data_root=root)
+    with pytest.raises(AppError) as refused, open_storage(testing, writer=True) as store:
+        store.purge()
+    # Before the fix: opened, stamped for testing, its session moved to the trash.
+    assert sorted(p.name for p in root.iterdir()) == [".tmp", ".trash", "sessions"]
+    assert [p.name for p in (root / "sessions").iterdir()] == [session]
+    message = " ".join(str(refused.value).split())
+    assert message == (
+        f"data root {root}: it has no profile stamp (.app-profile.json was deleted or lost), "
+        f"but its own directories are marked as profile 'production''s (extended attribute "
+        f"{LAYOUT_MARK} on {root}/sessions, written by every writer that opens a root): it is "
+        "'production''s data root, and profile 'testing' may not adopt it; nothing was opened "
+        "or changed; if it is 'production''s root, a writer of that profile writes the stamp "
+        "back (`app --profile production data check --repair`, or its server's start); if it "
+        "is to be 'testing''s from now on, hand it over: `app data restamp --profile testing "
+        "--from production --yes-i-mean-it`; otherwise point data_root of profile 'testing' "
+        "elsewhere (`app config` shows where it is set)"
+    ), message
+    # The hand-over the refusal names, then testing's own open.
+    assert restamp(testing, "production")["restamped_from"] == "production"
+    with open_storage(testing, writer=True) as store:
+        assert [s["id"] for s in store.list_sessions().items] == [session]
