@@ -138,6 +138,7 @@ __all__ = [
     "json_bytes",
     "layout_mark",
     "link_remedy",
+    "marked_profile",
     "mount_point_at",
     "mounts_inside",
     "open_root",
@@ -1795,7 +1796,7 @@ def _a_root_s(directory: Path) -> bool:
         return False
 
 
-def _marked_profile(root: Path) -> str | None:
+def marked_profile(root: Path) -> str | None:
     """The profile the marks on `root`'s own directories name (`LAYOUT_MARK`), if any."""
     for name in _MARKED:
         mark = layout_mark(root / name)
@@ -1809,7 +1810,7 @@ def _refuse_stamp_lost(config: Config, root: Path) -> None:
     profile's writers: its stamp was deleted or lost, and the first writer of any profile
     claimed it, the other profile's sessions with it (red team 63). A root with no marks (a
     filesystem that keeps none, a release before them) is adopted as before."""
-    marked = _marked_profile(root)
+    marked = marked_profile(root)
     if marked is None or marked == config.profile:
         return  # none, or this profile's own: the open writes its stamp back
     raise DataRootStateError(
@@ -2841,7 +2842,7 @@ def restamp(
         f"re-stamp data root {root} from {from_profile!r} to {config.profile!r}", timeout=timeout
     ):
         stamp = read_stamp(root)
-        if stamp is None and (marked := _marked_profile(root)) not in {None, config.profile}:
+        if stamp is None and (marked := marked_profile(root)) not in {None, config.profile}:
             # A stamp lost from a root whose own directories name its profile: opening it
             # for another profile is refused (`_refuse_stamp_lost`); this hands it over.
             stamp = {"profile": marked}
@@ -2874,7 +2875,7 @@ def restamp(
             {"from": stamped, "to": config.profile},
         )
         new = _write_stamp_audited(root, config.profile, record, restamped_from=stamped, **made_in)
-        if _marked_profile(root) is not None:
+        if marked_profile(root) is not None:
             _mark_layout(root, config.profile)
         return {**new, "changed": True}
 

@@ -66,10 +66,12 @@ import os
 import subprocess
 from pathlib import Path
 
+import forked_app
 import pytest
 from project_copy import assert_untouched, stopped_production, stopped_then_live
 from test_redteam_s60_guard import COMMON as S60_COMMON
 from test_redteam_s62_guard import _needs_root
+from test_server_e2e import app_env
 
 from app.dataroot import LAYOUT_MARK
 
@@ -378,6 +380,14 @@ def test_a_root_whose_stamp_was_lost_is_not_adopted_by_another_profile(tmp_path:
         "--from production --yes-i-mean-it`; otherwise point data_root of profile 'testing' "
         "elsewhere (`app config` shows where it is set)"
     ), message
+    # `app status` said the first writer to open it would stamp it.
+    shown = forked_app.run(app_env(root), ["status"])
+    assert shown.returncode == 0, shown.stderr
+    assert (
+        "stamp: none (deleted or lost: its own directories are marked as profile "
+        "'production''s, so a writer of 'testing' is refused; `app data restamp --profile "
+        "testing --from production` hands it over)"
+    ) in shown.stdout, shown.stdout
     # The hand-over the refusal names, then testing's own open.
     assert restamp(testing, "production")["restamped_from"] == "production"
     with open_storage(testing, writer=True) as store:
