@@ -59,18 +59,17 @@ What changed (``app.dataroot``, and the plugin's checks of what pytest writes,
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import json
 import os
-import subprocess
 from pathlib import Path
 
 import forked_app
+import own_mounts
 import pytest
 from project_copy import assert_untouched, stopped_production, stopped_then_live
 from test_redteam_s60_guard import COMMON as S60_COMMON
-from test_redteam_s62_guard import _needs_root
+from test_redteam_s62_guard import SHELL_BESIDE, _needs_root
 from test_server_e2e import app_env
 
 from app.dataroot import LAYOUT_MARK
@@ -83,13 +82,9 @@ from app.dataroot import LAYOUT_MARK
 #: lock file, bound at `dev.lost` and then unmounted (`umount -l`).
 OUTSIDE = (
     S60_COMMON
+    + SHELL_BESIDE
     + r"""
 import dataclasses
-settings, production = map(Path, sys.argv[1:3])
-shell = settings.parent / "shell"
-shell.mkdir()
-(shell / "settings.toml").write_bytes((settings / "settings.toml").read_bytes())
-results = {}
 points = {}
 for name in ("dev.trash", "dev.tmp", "dev.lost", "lostfs"):
     points[name] = settings.parent / name
@@ -242,6 +237,59 @@ def test_a_root_at_a_directory_of_a_hidden_or_unstamped_root_is_refused_outside_
     ) in out, said
 
 
+#: A test's child, in a mount namespace of its own (`own_mounts`). argv: an empty directory
+#: where it mounts a tmpfs holding a root no settings of the run name (production's), whose
+#: stamp and lock file it deletes; two mount points, for that root's `.trash/` and for an
+#: emptied session's `records/`, bound there before the tmpfs is unmounted (`umount -l`).
+IN_A_RUN = r"""
+import dataclasses, json, subprocess, sys
+from pathlib import Path
+
+from app.config import load
+from app.errors import AppError
+from app.storage import open_storage
+from app.testing.writes import Target, _conflict
+
+fs, point, records = map(Path, sys.argv[1:4])
+other = fs / "production"
+said = []
+
+
+def attempt(where):
+    testing = dataclasses.replace(load(serving=False), data_root=where)
+    try:
+        with open_storage(testing, writer=True):
+            said.append(["opened", *sorted(p.name for p in where.iterdir())])
+    except AppError as error:
+        said.append([type(error).__name__, " ".join(str(error).split())])
+
+
+subprocess.run(["mount", "-t", "tmpfs", "tmpfs", fs], check=True)
+made = dataclasses.replace(load("production", serving=False), data_root=other)
+with open_storage(made, writer=True) as store:
+    session = store.create_session("a review", {})["id"]
+    # Its records/ and blobs/ are left empty, and unmarked.
+    store.put_file(session, "notes.txt", b"kept")
+    store.delete_file(session, "notes.txt")
+for name in (".app-profile.json", ".server.lock"):
+    (other / name).unlink()
+attempt(other / ".trash")
+subprocess.run(["mount", "--bind", other / ".trash", point], check=True)
+attempt(point)
+subprocess.run(["mount", "--bind", other / "sessions" / session / "records", records], check=True)
+subprocess.run(["umount", "-l", fs], check=True)
+attempt(point)
+attempt(records)
+# What the plugin says of a report pytest would write there (`--junitxml`).
+for where in (point, records):
+    target = Target(where / "report.xml", "pytest's --junitxml writes {path}")
+    said.append(["conflict", str(_conflict(target, {}, {}))])
+said.append([*(sorted(p.name for p in d.iterdir()) for d in (point, records))])
+said.append([f"/production/sessions/{session}/records"])
+print(json.dumps(said))
+"""
+
+
 @pytest.mark.app_profile("production")
 def test_a_testing_root_at_a_directory_of_an_unstamped_or_unmounted_root_is_refused_in_a_run(
     tmp_path: Path,
@@ -250,65 +298,16 @@ def test_a_testing_root_at_a_directory_of_an_unstamped_or_unmounted_root_is_refu
     protect, whose stamp and lock file were deleted, by its path and through a bind mount;
     and, its filesystem unmounted after the bind, through the mount alone."""
     _needs_root()
-    from app.config import load
-    from app.errors import AppError
-    from app.storage import open_storage
-    from app.testing.writes import Target, _conflict
-
     fs = tmp_path / "fs"
     point = tmp_path / "testing-root"
     records = tmp_path / "records-root"
     for directory in (fs, point, records):
         directory.mkdir()
+    env = {**os.environ, "PYTEST_APP_ALLOW_PROFILES": "production"}
+    done = own_mounts.python_c(IN_A_RUN, str(fs), str(point), str(records), env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
     other = fs / "production"
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # a test's child, in a mount namespace of its own: nothing outlives it
-        said: list[list[str]] = []
-
-        def attempt(where: Path) -> None:
-            testing = dataclasses.replace(load(serving=False), data_root=where)
-            try:
-                with open_storage(testing, writer=True):
-                    said.append(["opened", *sorted(p.name for p in where.iterdir())])
-            except AppError as error:
-                said.append([type(error).__name__, " ".join(str(error).split())])
-
-        try:
-            os.close(read)
-            if ctypes.CDLL(None, use_errno=True).unshare(0x00020000) != 0:  # CLONE_NEWNS
-                raise OSError(ctypes.get_errno(), "unshare")
-            subprocess.run(["mount", "--make-rprivate", "/"], check=True)
-            subprocess.run(["mount", "-t", "tmpfs", "tmpfs", fs], check=True)
-            made = dataclasses.replace(load("production", serving=False), data_root=other)
-            with open_storage(made, writer=True) as store:
-                session = store.create_session("a review", {})["id"]
-                # Its records/ and blobs/ are left empty, and unmarked.
-                store.put_file(session, "notes.txt", b"kept")
-                store.delete_file(session, "notes.txt")
-            for name in (".app-profile.json", ".server.lock"):
-                (other / name).unlink()
-            attempt(other / ".trash")
-            subprocess.run(["mount", "--bind", other / ".trash", point], check=True)
-            attempt(point)
-            emptied = other / "sessions" / session / "records"
-            subprocess.run(["mount", "--bind", emptied, records], check=True)
-            subprocess.run(["umount", "-l", fs], check=True)
-            attempt(point)
-            attempt(records)
-            # What the plugin says of a report pytest would write there (`--junitxml`).
-            for where in (point, records):
-                target = Target(where / "report.xml", "pytest's --junitxml writes {path}")
-                said.append(["conflict", str(_conflict(target, {}, {}))])
-            said.append([*(sorted(p.name for p in d.iterdir()) for d in (point, records))])
-            said.append([f"/production/sessions/{session}/records"])
-        finally:
-            os.write(write, json.dumps(said).encode())
-            os._exit(0)
-    os.close(write)
-    with os.fdopen(read) as output:
-        seen = json.loads(output.read())
-    os.waitpid(pid, 0)
+    seen = json.loads(done.stdout.splitlines()[-1])
     said = json.dumps(seen, indent=1)
     assert len(seen) == 8, said
     *refused, (_, in_the_trash), (_, in_the_records), left, (shown,) = seen
