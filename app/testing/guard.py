@@ -888,16 +888,19 @@ def _refuse_enclosing_data_root(
     __tracebackhide__ = True
     found = _enclosing_data_root(path, through_mounts=through_mounts)
     if found is not None:
-        root, who = found
-        where = (
-            f"{root}, which {who.removeprefix('it ')}"  # one of a root's own directories
-            if who.startswith("it is the ")
-            else f"the data root {root} ({who})"
-        )
         raise usage_error(
-            f"app: refusing {what}: pytest {does} in {path}, which lies inside {where}. Choose "
-            "a temporary directory outside every data root"
+            f"app: refusing {what}: pytest {does} in {path}, which lies inside "
+            f"{_named_root(*found)}. Choose a temporary directory outside every data root"
         )
+
+
+def _named_root(root: Path, who: str) -> str:
+    """A data root `_enclosing_data_root` found, named for a refusal: "the data root <root>
+    (<who>)", or "<directory>, which is the .trash/ directory of ..." for one of a root's
+    own directories (red team 63)."""
+    if who.startswith("it is the "):
+        return f"{root}, which {who.removeprefix('it ')}"
+    return f"the data root {root} ({who})"
 
 
 def _refuse_data_roots_inside(given: Path, target: Path, *, stamped: bool = True) -> None:
@@ -1292,11 +1295,9 @@ def _check_temproot(roots: dict[str, Path], *, enclosing: bool = False) -> Path:
         name, root = named
         where = f"overlaps the data root of profile {name!r} ({root})"
     elif (on_disk := _enclosing_data_root(rootdir)) is not None:
-        root, who = on_disk
-        where = f"lies inside the data root {root} ({who})"
+        where = f"lies inside {_named_root(*on_disk)}"
     elif not linked and (on_disk := _data_root_at(real)) is not None:
-        root, who = on_disk
-        where = f"is or lies inside the data root {root} ({who})"
+        where = f"is or lies inside {_named_root(*on_disk)}"
     if where is not None:
         if (user := _user_variable()) is not None:
             variable, name = user
