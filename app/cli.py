@@ -912,7 +912,20 @@ def _echo_stamp(seen: Status, profile: str, remote: bool) -> None:
         _echo(f"stamp: unreadable: {seen.stamp_error}")
     elif seen.stamp is None:
         first = "the first open of the database" if remote else "the first writer to open the root"
-        _echo(f"stamp: none ({first} stamps it)")
+        marked = None
+        if not remote and isinstance(path := getattr(seen, "path", None), Path):
+            from app.dataroot import marked_profile
+
+            marked = marked_profile(path)
+        if marked is not None and marked != profile:
+            # Its stamp lost: another profile's writer is refused (red team 63).
+            _echo(
+                f"stamp: none (deleted or lost: its own directories are marked as profile "
+                f"{marked!r}'s, so a writer of {profile!r} is refused; `app data restamp "
+                f"--profile {profile} --from {marked}` hands it over)"
+            )
+        else:
+            _echo(f"stamp: none ({first} stamps it)")
     else:
         stamped = str(seen.stamp.get("profile"))
         # As the backend compares it: a data root's stamp by its lower case, as every other

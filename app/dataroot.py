@@ -86,7 +86,9 @@ from app.mountinfo import (
     by_point,
     nearest,
     parse,
+    showing,
     shown_and_hidden_from,
+    table,
     upper_in_fact,
     upper_of,
     walk_nearest,
@@ -118,6 +120,7 @@ __all__ = [
     "DEEPEST_INSIDE",
     "DIR_MODE",
     "FILE_MODE",
+    "LAYOUT_MARK",
     "LOCAL_FILESYSTEMS",
     "SESSIONS_DIR",
     "STAMP_FILE",
@@ -127,12 +130,15 @@ __all__ = [
     "NotRegularFileError",
     "Prepared",
     "RootStatus",
+    "a_root_s_own",
     "describe",
     "filesystem_type",
     "fsync",
     "fsync_dir",
     "json_bytes",
+    "layout_mark",
     "link_remedy",
+    "marked_profile",
     "mount_point_at",
     "mounts_inside",
     "open_root",
@@ -140,6 +146,7 @@ __all__ = [
     "read_stamp",
     "restamp",
     "served_from",
+    "shown_from_a_session",
     "syncfs",
     "tmp_in_flight",
     "write_all",
@@ -167,6 +174,13 @@ _LAYOUT: Final = frozenset(
 )
 # Entries that do not count as data when deciding whether an unstamped root is new.
 _NOT_DATA: Final = frozenset({LOCK_FILE, TMP_DIR, "lost+found"})
+# The extended attribute every writer's open gives a root's own directories (sessions/,
+# .trash/, .tmp/): JSON naming the directory and the root's profile. It marks such a
+# directory as a root's where nothing above it can be seen (a bind mount of it whose
+# filesystem is mounted nowhere in sight) or where the root above lost its stamp and lock
+# file (red team 63): a directory so marked is never adopted as a data root, nor one in it.
+LAYOUT_MARK: Final = "user.app.layout"
+_MARKED: Final = (SESSIONS_DIR, TRASH_DIR, TMP_DIR)
 
 # How long a read-only check waits for a moment without a change in flight (each takes
 # milliseconds; a longer wait means changes overlap without a gap, and it says so).
@@ -1551,16 +1565,21 @@ def _refuse_inside_another_root(config: Config, root: Path) -> None:
             # /proc/<pid>/root, whose resolving names this namespace's "/" instead.
             outer, seen = _stamped_root_above(source, resolve=False), source
     if outer is None:
+        _refuse_marked(config, root)
         return
     try:
         stamp = read_stamp(outer)
     except DataRootStateError:
         stamp = None
-    whose = (
-        f"stamped for profile {stamp['profile']!r} in {outer / STAMP_FILE}"
-        if stamp is not None
-        else f"it holds {outer / LOCK_FILE}"
-    )
+    if stamp is not None:
+        whose = f"stamped for profile {stamp['profile']!r} in {outer / STAMP_FILE}"
+    elif lexists(outer / LOCK_FILE):
+        whose = f"it holds {outer / LOCK_FILE}"
+    else:
+        whose = (
+            f"its stamp and lock file are gone, but it holds a root's own directories, "
+            f"{', '.join(name + '/' for name in _MARKED)}"
+        )
     through = (
         ""
         if seen is None
@@ -1579,23 +1598,186 @@ def _refuse_inside_another_root(config: Config, root: Path) -> None:
 
 def _stamped_root_above(path: Path, *, resolve: bool = True) -> Path | None:
     """The data root above `path` (a directory up its path, resolved unless `resolve` is
-    False, its own excluded, with a profile stamp, or a lock file of a root's), if any."""
-    if not resolve:
-        try:
-            for directory in path.parents:
-                if lexists(directory / STAMP_FILE) or (
-                    lexists(directory / LOCK_FILE) and _a_root_s(directory)
-                ):
-                    return directory
-        except OSError:
-            pass  # out of this process's reach (another user's /proc/<pid>/root): unknown
+    False, its own excluded, with a profile stamp, a lock file of a root's, or a root's own
+    directories: `_laid_out`), if any."""
+    try:
+        here = path.resolve() if resolve else path
+    except (OSError, RuntimeError):
         return None
-    outer = data_root_of(path.parent)
-    while outer is not None and not (lexists(outer / STAMP_FILE) or _a_root_s(outer)):
-        # An unrelated file named as a lock file, no stamp beside it: not a data root; look
-        # further up (red team 59).
-        outer = None if outer.parent == outer else data_root_of(outer.parent)
-    return outer
+    try:
+        for directory in here.parents:
+            if (
+                lexists(directory / STAMP_FILE)
+                or (lexists(directory / LOCK_FILE) and _a_root_s(directory))
+                or _laid_out(directory)
+            ):
+                return directory
+    except OSError:
+        pass  # out of this process's reach (another user's /proc/<pid>/root): unknown
+    return None
+
+
+def _laid_out(directory: Path | str) -> bool:
+    """Whether `directory`, with neither stamp nor lock file, is still a data root by its own
+    directories: ``sessions/``, ``.trash/`` and ``.tmp/`` all there (every writer's open makes
+    the three), or one of them marked as a root's (`LAYOUT_MARK`).
+
+    A stopped root whose stamp and lock file were both deleted (by hand, a restore that
+    skipped dotfiles) was nothing above a root inside it: its ``.trash/``, named by its path
+    or through a bind mount, was adopted and written into (red team 63). Paths as text: the
+    checks of what pytest writes walk about thirty directories up for each of their paths."""
+    found = []
+    for name in _MARKED:
+        try:
+            mode = os.lstat(os.path.join(directory, name)).st_mode  # noqa: PTH118
+        except FileNotFoundError:
+            continue
+        if stat.S_ISDIR(mode):
+            found.append(name)
+    if not found:
+        return False
+    return len(found) == len(_MARKED) or any(
+        layout_mark(os.path.join(directory, name)) is not None  # noqa: PTH118
+        for name in found
+    )
+
+
+def layout_mark(directory: Path | str) -> dict[str, Any] | None:
+    """The mark (`LAYOUT_MARK`) on `directory`, if it is one of a data root's own
+    directories; None where there is none, or the filesystem keeps no extended attributes."""
+    try:
+        value = os.getxattr(directory, LAYOUT_MARK)
+    except OSError:
+        return None  # no mark (ENODATA), none kept (ENOTSUP), or out of reach
+    try:
+        mark = json.loads(value)
+    except ValueError:
+        return None
+    if not isinstance(mark, dict) or mark.get("dir") not in _MARKED:
+        return None
+    if not isinstance(mark.get("profile"), str):
+        mark["profile"] = "unknown"  # written by hand, or damaged: the directory still is one
+    return mark
+
+
+def a_root_s_own(directory: Path | str) -> str | None:
+    """Why `directory` is a data root's though it has no stamp nor lock file: one of a root's
+    own directories (`LAYOUT_MARK`), or a root that lost both (`_laid_out`); None where it
+    is neither. For the checks of what pytest writes, which look for a root above a path
+    by its stamp or its holder (red team 63)."""
+    mark = layout_mark(directory)
+    if mark is not None:
+        return (
+            f"it is the {mark['dir']}/ directory of a data root of profile "
+            f"{mark['profile']!r} (extended attribute {LAYOUT_MARK})"
+        )
+    if _laid_out(directory):
+        return (
+            "its stamp and lock file are gone, but it holds a root's own directories, "
+            f"{', '.join(name + '/' for name in _MARKED)}"
+        )
+    return None
+
+
+def _mark_layout(root: Path, profile: str) -> None:
+    """Mark the root's own directories (`LAYOUT_MARK`), where they are not marked so yet."""
+    for name in _MARKED:
+        path = root / name
+        wanted = {"dir": name, "profile": profile}
+        if layout_mark(path) == wanted:
+            continue
+        try:
+            os.setxattr(path, LAYOUT_MARK, json.dumps(wanted).encode(), follow_symlinks=False)
+        except OSError as error:
+            if error.errno not in {errno.ENOTSUP, errno.EPERM, errno.EACCES, errno.EROFS}:
+                raise
+            # A filesystem without user extended attributes (or one that refuses them): the
+            # root's directories go unmarked; their names and the stamp still mark it.
+
+
+def _through_a_mount(root: Path, here: Path) -> str:
+    """What a refusal says of a bind mount on the way that shows `here` from another directory
+    of its filesystem, even one mounted nowhere in sight; "" where none does."""
+    try:
+        entry = showing(os.fsencode(here), table())
+    except OSError:
+        return ""
+    if entry is None or not entry.root.rstrip(b"/"):
+        return ""  # the filesystem's own top: no other directory to name
+    inside = entry.root.rstrip(b"/") + os.fsencode(here)[len(entry.point.rstrip(b"/")) :]
+    return (
+        f", seen through a mount on its way that shows {os.fsdecode(inside)} of "
+        f"{os.fsdecode(entry.source)} ({os.fsdecode(entry.fstype)}) there (`findmnt -T "
+        f"{shell_word(str(root))}` names it)"
+    )
+
+
+#: A directory of a data root the app does not mark, by its place in its filesystem: a
+#: session's (``sessions/<id>/records``, empty once its files are deleted), or one in a
+#: trash entry (``.trash/<time>-<id>/session/...``).
+_A_SESSION_S: Final = re.compile(
+    rb"(?:^|/)(?:sessions/(?:\.new-)?[0-9a-f]{32}|\.trash/[^/]+-[0-9a-f]{32}[^/]*)(?:/|$)"
+)
+
+
+def shown_from_a_session(here: Path) -> bytes | None:
+    """The directory of its filesystem a mount on the way shows `here` from, where that is a
+    session's or a trash entry's of a data root by its place (`_A_SESSION_S`); else None."""
+    try:
+        mounts, _, (points, tops) = _MOUNTS.looked_up()
+    except OSError:
+        return None
+    wanted = os.fsencode(here)
+    at = nearest(wanted, points, tops)
+    if at is not None and at < 0:
+        at = walk_nearest(wanted, points, tops)
+    if at is None:
+        return None
+    _, point, shown, _ = mounts[at]
+    if not shown.rstrip(b"/"):
+        return None  # the filesystem's top: no directory above to name
+    inside = shown.rstrip(b"/") + wanted[len(point.rstrip(b"/")) :]
+    return inside if _A_SESSION_S.search(inside) else None
+
+
+def _refuse_marked(config: Config, root: Path) -> None:
+    """Refuse `root` where it, or a directory above it on its path, is one of another data
+    root's own directories (`LAYOUT_MARK`): a bind mount of that root's ``.trash/`` whose
+    filesystem is mounted nowhere this process can see shows nothing above it, and a root
+    whose stamp and lock file were deleted is no root by them (red team 63)."""
+    try:
+        here = root.resolve()
+    except (OSError, RuntimeError):
+        return
+    session_s = shown_from_a_session(here)
+    if session_s is not None:
+        raise DataRootStateError(
+            root,
+            "it is a directory of a session of another data root, by its place in its "
+            f"filesystem (a session's records/ or blobs/, or a trash entry's)"
+            f"{_through_a_mount(root, here)}, and no data root may be made in another's; "
+            "nothing was opened or changed",
+            f"point data_root of profile {config.profile!r} at a directory outside that data "
+            "root (`app config` shows where it is set), not at a mount of one of its "
+            "directories",
+        )
+    for directory in (here, *here.parents):
+        mark = layout_mark(directory)
+        if mark is None:
+            continue
+        through = _through_a_mount(root, here)
+        where = "it is" if directory == here else f"it lies in {directory}, which is"
+        raise DataRootStateError(
+            root,
+            f"{where} the {mark['dir']}/ directory of a data root of profile "
+            f"{mark['profile']!r}{through}: the app marks a root's own directories (extended "
+            f"attribute {LAYOUT_MARK}), and no data root may be made in another's; nothing "
+            "was opened or changed",
+            f"point data_root of profile {config.profile!r} at a directory outside that data "
+            "root (`app config` shows where it is set), not at a mount of one of its "
+            "directories; if the directory is a copy that belongs to no data root now, "
+            f"remove the mark (`setfattr -x {LAYOUT_MARK} {shell_word(str(directory))}`)",
+        )
 
 
 def _a_root_s(directory: Path) -> bool:
@@ -1617,6 +1799,38 @@ def _a_root_s(directory: Path) -> bool:
         ) and stat.S_ISREG(os.lstat(lock).st_mode)
     except OSError:
         return False
+
+
+def marked_profile(root: Path) -> str | None:
+    """The profile the marks on `root`'s own directories name (`LAYOUT_MARK`), if any."""
+    for name in _MARKED:
+        mark = layout_mark(root / name)
+        if mark is not None:
+            return str(mark["profile"]).lower()
+    return None
+
+
+def _refuse_stamp_lost(config: Config, root: Path) -> None:
+    """Refuse to adopt a root with no stamp whose own directories were marked by another
+    profile's writers: its stamp was deleted or lost, and the first writer of any profile
+    claimed it, the other profile's sessions with it (red team 63). A root with no marks (a
+    filesystem that keeps none, a release before them) is adopted as before."""
+    marked = marked_profile(root)
+    if marked is None or marked == config.profile:
+        return  # none, or this profile's own: the open writes its stamp back
+    raise DataRootStateError(
+        root,
+        f"it has no profile stamp ({STAMP_FILE} was deleted or lost), but its own "
+        f"directories are marked as profile {marked!r}'s (extended attribute {LAYOUT_MARK} "
+        f"on {root / SESSIONS_DIR}, written by every writer that opens a root): it is "
+        f"{marked!r}'s data root, and profile {config.profile!r} may not adopt it; nothing "
+        "was opened or changed",
+        f"if it is {marked!r}'s root, a writer of that profile writes the stamp back (`app "
+        f"--profile {marked} data check --repair`, or its server's start); if it is to be "
+        f"{config.profile!r}'s from now on, hand it over: `app data restamp --profile "
+        f"{config.profile} --from {marked} --yes-i-mean-it`; otherwise point data_root of "
+        f"profile {config.profile!r} elsewhere (`app config` shows where it is set)",
+    )
 
 
 def _refuse_other_stamp(config: Config, root: Path) -> None:
@@ -1651,6 +1865,7 @@ def _check_stamp(
         if root.is_dir():
             _refuse_foreign_directory(config, root, reading=True)
         return None
+    _refuse_stamp_lost(config, root)
     _refuse_foreign_directory(config, root)
     legacy = _has_data(root)
     # A root made inside a test run's sandbox says so: a later run that reuses the sandbox as
@@ -2468,6 +2683,7 @@ def _open_checked(
     if root.is_dir() and not (root / STAMP_FILE).exists():
         # Checked again under the lock; this early look only spares a directory that is
         # not ours even the lock file.
+        _refuse_stamp_lost(config, root)
         _refuse_foreign_directory(config, root)
     created = _create_root(root, durable=durable)
     # A root of a run found in the process tree lies in the run's sandbox, which pytest made
@@ -2488,6 +2704,7 @@ def _open_checked(
         _refuse_special_audit_log(root)
         for name in (SESSIONS_DIR, TRASH_DIR, TMP_DIR):
             _layout_dir(root, name)
+        _mark_layout(root, config.profile)
         _refuse_mounts_inside(config, root)
         if durable:
             # The directories just made are in the root only once it is synced, and what a
@@ -2630,6 +2847,10 @@ def restamp(
         f"re-stamp data root {root} from {from_profile!r} to {config.profile!r}", timeout=timeout
     ):
         stamp = read_stamp(root)
+        if stamp is None and (marked := marked_profile(root)) not in {None, config.profile}:
+            # A stamp lost from a root whose own directories name its profile: opening it
+            # for another profile is refused (`_refuse_stamp_lost`); this hands it over.
+            stamp = {"profile": marked}
         if stamp is None:
             raise DataRootStateError(
                 root,
@@ -2659,6 +2880,8 @@ def restamp(
             {"from": stamped, "to": config.profile},
         )
         new = _write_stamp_audited(root, config.profile, record, restamped_from=stamped, **made_in)
+        if marked_profile(root) is not None:
+            _mark_layout(root, config.profile)
         return {**new, "changed": True}
 
 

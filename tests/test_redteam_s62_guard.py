@@ -64,14 +64,18 @@ from test_redteam_s60_guard import COMMON as S60_COMMON
 #: STOPPED, until it reads a line). Development's root is a bind mount of production's
 #: `.trash/` (`.tmp/` for one sample); `shell/` holds settings that do not name production's
 #: root (a shell beside a service configured in its own environment).
-OUTSIDE = (
-    S60_COMMON
-    + r"""
+#: The head of such a script: its argv read, and `shell/` made.
+SHELL_BESIDE = r"""
 settings, production = map(Path, sys.argv[1:3])
 shell = settings.parent / "shell"
 shell.mkdir()
 (shell / "settings.toml").write_bytes((settings / "settings.toml").read_bytes())
 results = {}
+"""
+OUTSIDE = (
+    S60_COMMON
+    + SHELL_BESIDE
+    + r"""
 mounted = {}
 for name in (".trash", ".tmp"):
     point = settings.parent / f"dev{name}"

@@ -773,7 +773,7 @@ def _check_basetemp(given: Path, roots: dict[str, Path], *, stamped_inside: bool
         found = _overlapping([source], roots)
         spelled = f" (it is {source}, seen through a mount)"
         refuse_overlap()
-        _refuse_enclosing_data_root(f"--basetemp {given}", "empties it", target)
+    _refuse_enclosing_data_root(f"--basetemp {given}", "empties it", target)
     if lexical.is_dir():
         _refuse_data_roots_inside(given, lexical, stamped=stamped_inside)
 
@@ -846,7 +846,7 @@ def _refuse_mounts(given: Path, spellings: tuple[Path, ...]) -> None:
 def _enclosing_data_root(path: Path, *, through_mounts: bool = True) -> tuple[Path, str] | None:
     """The data root that ``path`` lies in (held by a live process, or stamped), if any,
     with who holds it: by what is on disk, not by what the settings say."""
-    from app.dataroot import STAMP_FILE, bound_from
+    from app.dataroot import STAMP_FILE, a_root_s_own, bound_from, shown_from_a_session
     from app.lock import LOCK_FILE, probe
 
     def above(path: Path) -> tuple[Path, str] | None:
@@ -864,6 +864,19 @@ def _enclosing_data_root(path: Path, *, through_mounts: bool = True) -> tuple[Pa
     if source is not None and (found := above(source)) is not None:
         root, who = found
         found = root, f"{who}; it is {source}, seen through a mount"
+    if found is None and through_mounts:
+        # A root's .trash/ bound where its filesystem is mounted nowhere in sight, or a root
+        # whose stamp and lock file were deleted: a --basetemp in it was made there, the
+        # run's sandbox and testing root inside it (red team 63). What the directories carry
+        # (the mark), or where a mount shows them from, once nothing above is a root.
+        for directory in path.parents:
+            if (own := a_root_s_own(directory)) is not None:
+                return directory, own
+        if (session_s := shown_from_a_session(path)) is not None:
+            return path, (
+                "a directory of a session of a data root by its place in its filesystem, "
+                f"{os.fsdecode(session_s)}, seen through a mount"
+            )
     return found
 
 
@@ -875,11 +888,19 @@ def _refuse_enclosing_data_root(
     __tracebackhide__ = True
     found = _enclosing_data_root(path, through_mounts=through_mounts)
     if found is not None:
-        root, who = found
         raise usage_error(
-            f"app: refusing {what}: pytest {does} in {path}, which lies inside the data root "
-            f"{root} ({who}). Choose a temporary directory outside every data root"
+            f"app: refusing {what}: pytest {does} in {path}, which lies inside "
+            f"{_named_root(*found)}. Choose a temporary directory outside every data root"
         )
+
+
+def _named_root(root: Path, who: str) -> str:
+    """A data root `_enclosing_data_root` found, named for a refusal: "the data root <root>
+    (<who>)", or "<directory>, which is the .trash/ directory of ..." for one of a root's
+    own directories (red team 63)."""
+    if who.startswith("it is the "):
+        return f"{root}, which {who.removeprefix('it ')}"
+    return f"the data root {root} ({who})"
 
 
 def _refuse_data_roots_inside(given: Path, target: Path, *, stamped: bool = True) -> None:
@@ -1274,11 +1295,9 @@ def _check_temproot(roots: dict[str, Path], *, enclosing: bool = False) -> Path:
         name, root = named
         where = f"overlaps the data root of profile {name!r} ({root})"
     elif (on_disk := _enclosing_data_root(rootdir)) is not None:
-        root, who = on_disk
-        where = f"lies inside the data root {root} ({who})"
+        where = f"lies inside {_named_root(*on_disk)}"
     elif not linked and (on_disk := _data_root_at(real)) is not None:
-        root, who = on_disk
-        where = f"is or lies inside the data root {root} ({who})"
+        where = f"is or lies inside {_named_root(*on_disk)}"
     if where is not None:
         if (user := _user_variable()) is not None:
             variable, name = user

@@ -886,6 +886,30 @@ def _data_root_at_or_above(path: Path, seen: _Seen) -> tuple[Path, str] | None:
         directory = parent
 
 
+def _own_directory_at_or_above(path: Path, seen: _Seen) -> tuple[Path, str] | None:
+    """Where no root above `path` has a stamp or a holder: the directory at or above it that
+    is one of a root's own, or a root whose stamp and lock file were deleted
+    (`app.dataroot.a_root_s_own`). A root's ``.trash/`` bound where its filesystem is
+    mounted nowhere in sight, or the ``.trash/`` of such a root: pytest's --junitxml, cache
+    and --basetemp went into it (red team 63). Kept in `seen` under a key no path has."""
+    from app.dataroot import a_root_s_own
+
+    directory = os.fspath(path)
+    while True:
+        key = "\0" + directory
+        if key not in seen:
+            own = None
+            with contextlib.suppress(OSError):
+                own = a_root_s_own(directory)
+            seen[key] = None if own is None else (Path(directory), own)
+        if seen[key] is not None:
+            return seen[key]
+        parent = os.path.dirname(directory)  # noqa: PTH120 - as the walk above
+        if parent == directory:
+            return None
+        directory = parent
+
+
 #: The errors `Path.is_file` answers False for (pathlib's own list); any other is raised.
 _NOT_THERE = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP})
 
@@ -946,7 +970,7 @@ def _holder(root: Path) -> str:
 
 def _conflict(target: Target, roots: dict[str, Path], seen: _Seen) -> str | None:
     """Where `target` meets a data root, said for a refusal; None where it meets none."""
-    from app.dataroot import bound_from, served_from
+    from app.dataroot import bound_from, served_from, shown_from_a_session
     from app.sandbox import served_by
     from app.testing.guard import unknown_mount_at
 
@@ -972,6 +996,21 @@ def _conflict(target: Target, roots: dict[str, Path], seen: _Seen) -> str | None
                 f"too, and nothing here says which (unmount it: `fusermount -u {point}`, or "
                 f"`umount {point}`)"
             )
+    if found is None and (own := _own_directory_at_or_above(target.path, seen)) is not None:
+        directory, why = own
+        found = (
+            f"which lies in {directory}, which {why.removeprefix('it ')}"
+            if why.startswith("it is the ")  # one of a root's own directories
+            else f"which lies in the data root {directory} ({why})"
+        )
+    if found is None and (session_s := shown_from_a_session(target.path)) is not None:
+        # A session's records/ bound where its filesystem is mounted nowhere in sight: no
+        # mark, nothing above it (red team 63).
+        found = (
+            f"which lies in a directory of a session of a data root, by its place in its "
+            f"filesystem ({os.fsdecode(session_s)}), seen through a mount (`findmnt -T "
+            f"{target.path}` shows it)"
+        )
     return found
 
 
