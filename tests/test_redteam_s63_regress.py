@@ -1,0 +1,86 @@
+"""Red team 63 on regress: session 62's last merges.
+
+What broke:
+
+- Row security on a table that is not the app's (red team 62 on regress runs every
+  connection with ``row_security`` off): a DBA's audit, fed by a trigger after each insert
+  into ``app_files`` as the app's own refusal advises, into a table of the DBA's with row
+  security and a policy that lets the app's role insert, had every upload refused once the
+  server ran (the open leaves such a trigger alone), and the remedy said that row security
+  had been switched on for an app table and to disable it, on the DBA's own table. Such a
+  refusal now names the table as not the app's and the function that reached it, and
+  ``ALTER FUNCTION <it> SET row_security = on``, which, run as written, has the upload stored
+  and the audit written, row security on the DBA's table kept.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from engines import PostgresEngine, S3Engine, new_blob_url
+from test_remote_store import PROFILE, _replica
+
+from app.remote import pg
+from app.remote.errors import DatabaseRefusedError
+
+
+def test_row_security_on_a_table_of_another_s_trigger_is_named_with_its_function(
+    postgres_engine: PostgresEngine, s3_engine: S3Engine
+) -> None:
+    # Before: refused, "row security was switched on for an app table since this process
+    # opened the database ... `ALTER TABLE <that table> DISABLE ROW LEVEL SECURITY`".
+    role = f"rt63r_{os.getpid()}"
+    name = postgres_engine.create_database()
+    with postgres_engine.connect() as admin:
+        admin.execute(f"CREATE ROLE {role} LOGIN")  # type: ignore[arg-type]
+        admin.execute(f'ALTER DATABASE "{name}" OWNER TO {role}')  # type: ignore[arg-type]
+    url = postgres_engine.url(name).replace(f"//{postgres_engine.user}@", f"//{role}@", 1)
+    try:
+        pg.open_database(url, PROFILE)
+        with postgres_engine.connect(name) as admin:
+            admin.execute(
+                "CREATE TABLE dba_audit (who text, what text);"
+                "ALTER TABLE dba_audit ENABLE ROW LEVEL SECURITY;"
+                f"CREATE POLICY dba_audit_insert ON dba_audit FOR INSERT TO {role}"
+                " WITH CHECK (true);"
+                f"GRANT INSERT ON dba_audit TO {role};"
+                "CREATE FUNCTION dba_log() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+                " INSERT INTO dba_audit VALUES (current_user, TG_TABLE_NAME); RETURN NULL;"
+                " END $$;"
+                "CREATE TRIGGER dba_log AFTER INSERT ON app_files FOR EACH ROW"
+                " EXECUTE FUNCTION dba_log()"
+            )  # type: ignore[arg-type]
+        with _replica(s3_engine, (url, new_blob_url(s3_engine))) as store:
+            session_id = store.create_session("t")["id"]
+            with pytest.raises(DatabaseRefusedError) as refused:
+                store.put_file(session_id, "a.txt", b"acknowledged")
+            message = refused.value.message
+            assert 'row-level security policy for table "dba_audit"' in message
+            undo = "ALTER FUNCTION dba_log() SET row_security = on"
+            assert message.endswith(
+                "Row security applies to the app's role on table dba_audit, which is not one "
+                "of the app's: a trigger of another's on the app's tables reaches it as that "
+                "role, through function dba_log(). The app's connections run with row_security "
+                "off, so that no read of an app table returns some of its rows as all of them, "
+                "and with it off PostgreSQL refuses every statement a policy would apply to, "
+                f"that function's too. As that function's owner, `{undo}` has the policies of "
+                "dba_audit apply inside it as before and leaves the app's reads as they are "
+                "(or make it SECURITY DEFINER, owned by the owner of dba_audit); row security "
+                "on dba_audit stays on"
+            ), message
+            assert store.list_files(session_id) == []
+            with postgres_engine.connect(name) as admin:
+                admin.execute(undo)  # type: ignore[arg-type]
+            store.put_file(session_id, "a.txt", b"acknowledged")
+            assert [f["name"] for f in store.list_files(session_id)] == ["a.txt"]
+        with postgres_engine.connect(name) as admin:
+            assert admin.execute("SELECT who, what FROM dba_audit").fetchall() == [
+                (role, "app_files")
+            ]
+            secured = "SELECT relrowsecurity FROM pg_class WHERE relname = 'dba_audit'"
+            assert admin.execute(secured).fetchone() == (True,)  # type: ignore[arg-type]
+    finally:
+        postgres_engine.drop_database(name)
+        with postgres_engine.connect() as admin:
+            admin.execute(f"DROP ROLE {role}")  # type: ignore[arg-type]
