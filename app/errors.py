@@ -128,8 +128,8 @@ def _given(args: object) -> list[str]:
         if isinstance(value, AppError):
             kept.extend(quoted_values(value))
         elif isinstance(value, str | os.PathLike):
-            text = os.fspath(value)
-            kept.extend((str(text), repr(text)))
+            text = str(os.fspath(value))
+            kept.extend((text, repr(text), *_shell_forms(text)))
     return kept
 
 
@@ -200,8 +200,25 @@ def quoted_values(error: AppError) -> list[str]:
             if isinstance(value, list | tuple | set | frozenset)
             else [value]
         )
-        found.extend(repr(item) for item in items if isinstance(item, str))
+        for item in items:
+            if isinstance(item, str):
+                found.append(repr(item))
+                found.extend(form for form in _shell_forms(item) if form != item)
+            elif isinstance(item, os.PathLike):
+                # A path (a data root's, a file's) is a name wherever the message shows it:
+                # as it is, and inside the shell word of a command (`flock -s '<root>/...'`).
+                # Given the profile there, the refusal named another root, and its way to
+                # wait another lock file (red team 63 on regress).
+                text = os.fspath(item)
+                if isinstance(text, str):
+                    found.extend([text, repr(text), *_shell_forms(text)])
     return found
+
+
+def _shell_forms(text: str) -> list[str]:
+    """`text` as `shell_word` writes it inside a word of a longer path (quoted by ``shlex``,
+    or escaped for printf(1)), for `as_selected` to find it there."""
+    return [text.replace("'", "'\"'\"'"), _printf_escaped(text)]
 
 
 @dataclass_transform(eq_default=False, field_specifiers=(field,))
@@ -479,8 +496,14 @@ def shell_word(value: str | os.PathLike[str]) -> str:
     # zsh, ksh and fish 3.4 on): ``"$(printf '/srv/s\377/data')"``; the newlines a command
     # substitution would drop at its end follow it, quoted as they are.
     kept = text.rstrip("\n")
+    newlines = text[len(kept) :]
+    return f"\"$(printf -- '{_printf_escaped(kept)}')\"" + (f"'{newlines}'" if newlines else "")
+
+
+def _printf_escaped(text: str) -> str:
+    """`text` as printf(1)'s format inside single quotes (`shell_word`)."""
     escaped = []
-    for char in kept:
+    for char in text:
         if "\udc80" <= char <= "\udcff":
             escaped.append(f"\\{ord(char) - 0xDC00:03o}")
         elif char in "\\%":
@@ -491,8 +514,7 @@ def shell_word(value: str | os.PathLike[str]) -> str:
             escaped.append("".join(f"\\{byte:03o}" for byte in char.encode(errors="surrogatepass")))
         else:
             escaped.append(char)
-    newlines = text[len(kept) :]
-    return f"\"$(printf -- '{''.join(escaped)}')\"" + (f"'{newlines}'" if newlines else "")
+    return "".join(escaped)
 
 
 def plain_name(name: str) -> bool:

@@ -11,16 +11,30 @@ What broke:
   refusal now names the table as not the app's and the function that reached it, and
   ``ALTER FUNCTION <it> SET row_security = on``, which, run as written, has the upload stored
   and the audit written, row security on the DBA's table kept.
+
+- A data root whose path holds a backticked ``app ...`` (a directory so named), held by
+  another process: red team 62 on regress left every ``str`` field an error quotes as it
+  is, but a root's path is a ``Path``, so the refusal of ``app --profile testing data
+  purge`` named another root and, as its way to wait, a ``flock`` of another lock file,
+  which flock could not open once the holder had let go. `quoted_values` now leaves a path
+  wherever the message shows it, inside a shell word too.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
 
+import forked_app
 import pytest
 from engines import PostgresEngine, S3Engine, new_blob_url
+from test_redteam_s62_ops import held_by_another
 from test_remote_store import PROFILE, _replica
 
+from app.errors import shell_word
 from app.remote import pg
 from app.remote.errors import DatabaseRefusedError
 
@@ -84,3 +98,29 @@ def test_row_security_on_a_table_of_another_s_trigger_is_named_with_its_function
         postgres_engine.drop_database(name)
         with postgres_engine.connect() as admin:
             admin.execute(f"DROP ROLE {role}")  # type: ignore[arg-type]
+
+
+def test_a_root_s_path_in_a_refusal_is_not_given_the_profile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A data root whose path holds "`app ...`", held by another process: the refusal of
+    ``app --profile testing data purge`` gave that part of the path the ``--profile`` (the
+    root's path is no ``str`` field, which `quoted_values` alone left), so it named another
+    root, and its way to wait (``flock -s <root>/.server.lock true``) another lock file:
+    run as written, once the holder had let go, flock could not open it (exit 1)."""
+    if shutil.which("flock") is None:
+        pytest.skip("needs flock(1), which the refusal names")
+    root = tmp_path / "a`app status`b"
+    monkeypatch.setenv("APP_DATA_ROOT", str(root))
+    with held_by_another(tmp_path) as holder:
+        refused = forked_app.run(dict(os.environ), ["--profile", "testing", "data", "purge"])
+    assert holder.wait() == 0
+    assert refused.returncode == 75, refused.stderr
+    message = " ".join(refused.stderr.split())
+    lock_file = shell_word(root / ".server.lock")
+    # Before the fix: "data root .../a`app --profile testing status`b is held by ...".
+    assert f"data root {root} is held by" in message, message
+    (wait,) = re.findall(r"\(`(flock -s .*? true)` returns once it lets go\)", message)
+    assert wait == f"flock -s {lock_file} true", message
+    assert "`app --profile testing status` shows the holder" in message, message
+    assert subprocess.run(["sh", "-c", wait], check=False).returncode == 0
