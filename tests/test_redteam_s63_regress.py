@@ -18,14 +18,27 @@ What broke:
   purge`` named another root and, as its way to wait, a ``flock`` of another lock file,
   which flock could not open once the holder had let go. `quoted_values` now leaves a path
   wherever the message shows it, inside a shell word too.
+
+- A test in a network namespace of its own (``unshare`` for its thread): its live server was
+  forked from the run's warm interpreter in the run's namespace, where the fixture never
+  reached it, and a zygote first started there forked every later server of the run in it.
+  What a child inherits (`app.testing.zygote.inherited`) now includes the thread's
+  namespaces, control groups and privileges; while they differ from the run's, the plain
+  start is made.
 """
 
 from __future__ import annotations
 
+import ctypes
+import fcntl
 import os
 import re
 import shutil
+import socket
+import struct
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import forked_app
@@ -37,6 +50,7 @@ from test_remote_store import PROFILE, _replica
 from app.errors import shell_word
 from app.remote import pg
 from app.remote.errors import DatabaseRefusedError
+from app.testing import zygote
 
 
 def test_row_security_on_a_table_of_another_s_trigger_is_named_with_its_function(
@@ -124,3 +138,69 @@ def test_a_root_s_path_in_a_refusal_is_not_given_the_profile(
     assert wait == f"flock -s {lock_file} true", message
     assert "`app --profile testing status` shows the holder" in message, message
     assert subprocess.run(["sh", "-c", wait], check=False).returncode == 0
+
+
+class _Run:
+    """A run of the test's own for `app.testing.zygote` (its zygote and remembered values),
+    so that the run's own zygote, which other tests share, is left alone."""
+
+
+_CLONE_NEWNET = 0x40000000
+
+
+@contextmanager
+def _network_namespace_of_its_own() -> Iterator[str]:
+    """The calling thread in a new network namespace, its loopback up, inside the block;
+    back in its own after it. Yields the new namespace's name (``net:[...]``)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    back = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        if libc.unshare(_CLONE_NEWNET) != 0:
+            pytest.skip(f"unshare(CLONE_NEWNET): {os.strerror(ctypes.get_errno())}")
+        try:
+            with socket.socket() as any_socket:  # SIOCGIFFLAGS, then SIOCSIFFLAGS with IFF_UP
+                flags = struct.unpack(
+                    "16sH", fcntl.ioctl(any_socket, 0x8913, struct.pack("16sH", b"lo", 0))
+                )[1]
+                fcntl.ioctl(any_socket, 0x8914, struct.pack("16sH", b"lo", flags | 1))
+            yield os.readlink("/proc/thread-self/ns/net")
+        finally:
+            assert libc.setns(back, _CLONE_NEWNET) == 0, os.strerror(ctypes.get_errno())
+    finally:
+        os.close(back)
+
+
+def test_a_live_server_is_not_forked_outside_the_network_namespace_of_its_test(
+    tmp_path: Path,
+) -> None:
+    """A test in a network namespace of its own (``unshare`` for its thread, as a fixture
+    that keeps a test off the network does): its live server was forked from the run's warm
+    interpreter, in the run's namespace, where the fixture's wait never reached it ("app
+    serve did not answer", after 24 s, by hand); a zygote started there served every later
+    test of the run from that namespace. Neither is forked from now: the plain start, which
+    the fixture then makes, is the test thread's child (not started here: its 0.45 s of
+    CPU is the plain start's, tried by hand)."""
+    if not hasattr(os, "pidfd_open"):
+        pytest.skip("the live server's warm interpreter needs os.pidfd_open")
+    env = {**os.environ, "APP_HOST": "127.0.0.1", "ENV_FOR_DYNACONF": "testing"}
+    env["APP_DATA_ROOT"] = str(tmp_path / "live-data")
+    run, later = _Run(), _Run()
+    for each in (run, later):
+        zygote.remember_the_run(each)
+        zygote.expect(each, 2)
+    started = zygote.forking(env, run)  # the run's warm interpreter, started outside
+    assert started is not None
+    try:
+        with _network_namespace_of_its_own() as ours:
+            assert os.readlink(f"/proc/{started.process.pid}/ns/net") != ours
+            # Before the fix: a zygote started here, for the run's later servers too.
+            assert zygote.forking(env, later) is None
+            assert "zygote" not in zygote._RUNS[later]
+            # Before the fix: the zygote outside, whose fork `app_live_server` waited for in
+            # vain; the fixture's plain start (a child of this thread) is made here.
+            assert zygote.forking(env, run) is None
+        assert zygote.forking(env, run) is started  # outside again: forked as before
+    finally:
+        started.process.kill()
+        for each in (run, later):
+            zygote.end_the_run(each)
