@@ -25,6 +25,11 @@ What broke:
   What a child inherits (`app.testing.zygote.inherited`) now includes the thread's
   namespaces, control groups and privileges; while they differ from the run's, the plain
   start is made.
+
+- A settings file's ``page_size = "@merge 1"`` (``@del``, ``@reset``, ``@insert``) in a
+  profile's section, where dynaconf finds nothing to change: the refusal named dynaconf's
+  object, ``Merge([1]) on 140606412562128``. It names the value as written, as an
+  instruction that found nothing to change, and what to write instead.
 """
 
 from __future__ import annotations
@@ -47,7 +52,8 @@ from engines import PostgresEngine, S3Engine, new_blob_url
 from test_redteam_s62_ops import held_by_another
 from test_remote_store import PROFILE, _replica
 
-from app.errors import shell_word
+from app.config import load
+from app.errors import InvalidSettingError, shell_word
 from app.remote import pg
 from app.remote.errors import DatabaseRefusedError
 from app.testing import zygote
@@ -204,3 +210,31 @@ def test_a_live_server_is_not_forked_outside_the_network_namespace_of_its_test(
         started.process.kill()
         for each in (run, later):
             zygote.end_the_run(each)
+
+
+def test_a_merge_instruction_in_a_profile_s_section_is_named_as_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``page_size = "@merge 1"`` (or ``@del``, ``@reset``, ``@insert``) in a profile's
+    section: dynaconf leaves its merge object as the value, and the refusal named it as
+    Python shows it, ``page_size = Merge([1]) on 140606412562128``, text the file does not
+    hold, with no word of what to write instead."""
+    monkeypatch.setenv("APP_SETTINGS_DIR", str(tmp_path))
+    for token in ("@merge 1", "@del"):
+        (tmp_path / "settings.toml").write_text(
+            f'[testing]\ndata_root = "data/testing"\npage_size = "{token}"\n'
+            '[development]\ndata_root = "data/development"\n'
+            '[production]\ndata_root = "data/production"\n'
+        )
+        with pytest.raises(InvalidSettingError) as refused:
+            load("testing")
+        assert refused.value.exit_code == 78
+        kind = token[1:].split()[0].capitalize()
+        assert refused.value.message == (
+            f"profile 'testing': page_size = {token!r} (from settings.toml [testing]): is "
+            f"dynaconf's `{token.split()[0]}`, an instruction to change a value already there "
+            "(merge into it, reset it, insert into it or delete it), which in a profile's "
+            f"section finds none to change: dynaconf leaves its own {kind} object as the "
+            "value. Write the value itself (such as page_size = 50), or remove the line to "
+            "take [default]'s or the built-in one"
+        )
