@@ -30,6 +30,12 @@ What broke:
   profile's section, where dynaconf finds nothing to change: the refusal named dynaconf's
   object, ``Merge([1]) on 140606412562128``. It names the value as written, as an
   instruction that found nothing to change, and what to write instead.
+
+- A worker of ``app --profile production serve --workers N`` (a spawned process) was never
+  told the profile came from ``--profile``, and logged its refusal's text as an argument,
+  which the log filter leaves as it is: it said to run `app data check --repair`,
+  development's as written. It selects the profile for its lines' commands, and logs the
+  error itself.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ from pathlib import Path
 import forked_app
 import pytest
 from engines import PostgresEngine, S3Engine, new_blob_url
+from replicas import production_on
 from test_redteam_s62_ops import held_by_another
 from test_remote_store import PROFILE, _replica
 
@@ -238,3 +245,39 @@ def test_a_merge_instruction_in_a_profile_s_section_is_named_as_written(
             "value. Write the value itself (such as page_size = 50), or remove the line to "
             "take [default]'s or the built-in one"
         )
+
+
+WORKER = """
+import os
+import socket
+from app.server.run import _worker
+listening = socket.create_server(("127.0.0.1", 0))
+try:
+    _worker("production", "--profile", "127.0.0.1", listening, os.getppid())
+except SystemExit as stop:
+    print("exit", stop.code)
+"""
+
+
+def test_a_worker_of_serve_workers_names_the_profile_it_was_given(
+    tmp_path: Path, postgres_engine: PostgresEngine, s3_engine: S3Engine, blob_url: str
+) -> None:
+    """``app --profile production serve --workers 2``: each worker is a process of its own
+    (multiprocessing's spawn), which loads the profile it is given but was never told that
+    it came from ``--profile``. Its log named every `app ...` without it (red team 62 on
+    operations gives them the profile): a worker refused the database for a trigger of the
+    app's switched off said to run `app data check --repair`, which, as written, repairs
+    development. Run here as `serve_workers` starts it, with the arguments it gives."""
+    with production_on(tmp_path, postgres_engine, s3_engine, blob_url) as production:
+        pg.open_database(production.database_url, "production")
+        with postgres_engine.connect(production.database_url.rpartition("/")[2]) as admin:
+            admin.execute("ALTER TABLE app_sessions DISABLE TRIGGER app_session_count")
+        done = forked_app.run_c(WORKER, production.env)
+    assert "exit 78" in done.stdout, done.stdout + done.stderr
+    shown = " ".join(done.stderr.split())
+    assert "the app's trigger app_session_count on app_sessions is off" in shown, shown
+    # Before the fix: "where a trigger of the app's was off, `app data check --repair` ...".
+    assert (
+        "where a trigger of the app's was off, `app --profile production data check --repair` "
+        "(every replica stopped) counts the live sessions again"
+    ) in shown, shown
