@@ -72,12 +72,7 @@ def test_row_security_on_a_table_of_another_s_trigger_is_named_with_its_function
     # Before: refused, "row security was switched on for an app table since this process
     # opened the database ... `ALTER TABLE <that table> DISABLE ROW LEVEL SECURITY`".
     role = f"rt63r_{os.getpid()}"
-    name = postgres_engine.create_database()
-    with postgres_engine.connect() as admin:
-        admin.execute(f"CREATE ROLE {role} LOGIN")  # type: ignore[arg-type]
-        admin.execute(f'ALTER DATABASE "{name}" OWNER TO {role}')  # type: ignore[arg-type]
-    url = postgres_engine.url(name).replace(f"//{postgres_engine.user}@", f"//{role}@", 1)
-    try:
+    with postgres_engine.owned_by_a_role(role) as (name, url):
         pg.open_database(url, PROFILE)
         with postgres_engine.connect(name) as admin:
             admin.execute(
@@ -121,10 +116,6 @@ def test_row_security_on_a_table_of_another_s_trigger_is_named_with_its_function
             ]
             secured = "SELECT relrowsecurity FROM pg_class WHERE relname = 'dba_audit'"
             assert admin.execute(secured).fetchone() == (True,)  # type: ignore[arg-type]
-    finally:
-        postgres_engine.drop_database(name)
-        with postgres_engine.connect() as admin:
-            admin.execute(f"DROP ROLE {role}")  # type: ignore[arg-type]
 
 
 def test_a_root_s_path_in_a_refusal_is_not_given_the_profile(
