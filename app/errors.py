@@ -130,6 +130,11 @@ def _given(args: object) -> list[str]:
         elif isinstance(value, str | os.PathLike):
             text = str(os.fspath(value))
             kept.extend((text, repr(text), *_shell_forms(text)))
+        elif isinstance(value, BaseException):
+            # Another's error (an OSError naming a file, a driver's): its text is no remedy
+            # of the app's, and a file it names was given the profile (red team 63 on
+            # regress: "could not move blob .../`app --profile testing status`").
+            kept.extend((str(value), repr(value)))
     return kept
 
 

@@ -36,6 +36,10 @@ What broke:
   which the log filter leaves as it is: it said to run `app data check --repair`,
   development's as written. It selects the profile for its lines' commands, and logs the
   error itself.
+
+- An ``OSError`` given to a log line's format: the file it names, called `app status`, was
+  logged with the ``--profile`` of ``app --profile testing serve``; only ``str`` and path
+  arguments were left as given. An error of another's is left as it is too.
 """
 
 from __future__ import annotations
@@ -272,3 +276,30 @@ def test_a_worker_of_serve_workers_names_the_profile_it_was_given(
         "where a trigger of the app's was off, `app --profile production data check --repair` "
         "(every replica stopped) counts the live sessions again"
     ) in shown, shown
+
+
+def test_a_file_another_s_error_names_in_a_log_line_is_logged_as_it_is(tmp_path: Path) -> None:
+    """An ``OSError`` given to a log line's format (``could not move blob %s to the trash yet
+    (%s)``): red team 62 on regress left a ``str`` argument as it was, not an error of
+    another's, so the file it names, called `app status`, was logged as `app --profile
+    testing status`, a file that is not there."""
+    import logging
+
+    from app.errors import PrintableLines, select_for_commands
+
+    name = tmp_path / "`app status`"
+    with pytest.raises(OSError) as failed:
+        name.rmdir()  # no such directory: the error names it
+    record = logging.LogRecord(
+        "app", logging.WARNING, __file__, 1, "could not remove %s; `app data check` names it",
+        (failed.value,), None,
+    )  # fmt: skip
+    select_for_commands("testing")
+    try:
+        PrintableLines().filter(record)
+    finally:
+        select_for_commands(None)
+    # Before the fix: "... No such file or directory: '.../`app --profile testing status`'".
+    assert record.getMessage() == (
+        f"could not remove {failed.value}; `app --profile testing data check` names it"
+    )
