@@ -183,11 +183,32 @@ def as_selected(text: str, keep: Sequence[str] = ()) -> str:
 
     def given(command: re.Match[str]) -> str:
         start, end = command.span()
-        if any(first < end and start < last for first, last in kept):
+        if any(first < end and start < last for first, last in kept) or _selects_a_profile(
+            command.group(1)
+        ):
             return command.group()
         return f"\x60app --profile {_SELECTED[0]} {command.group(1)}\x60"
 
-    return re.sub(r"\x60app ((?:(?!--profile)[^\x60])*)\x60", given, text)
+    return re.sub(r"\x60app ([^\x60]*)\x60", given, text)
+
+
+def _selects_a_profile(command: str) -> bool:
+    """Whether the words of `command` (an `app ...` after ``app``) give ``--profile`` a name.
+
+    Not "``--profile`` anywhere in its text": a remedy that names a file or an entry whose
+    name holds it (``--file 'notes--profile.txt'``) was left without the profile, and, run
+    as written, restored into development's root (red team 63 on regress)."""
+    import shlex
+
+    try:
+        words = shlex.split(command)
+    except ValueError:  # a quote a name left open: its words as the shell would not read them
+        words = command.split()
+    return any(
+        word.startswith("--profile=")
+        or (word == "--profile" and at + 1 < len(words) and not words[at + 1].startswith("-"))
+        for at, word in enumerate(words)
+    )
 
 
 def quoted_values(error: AppError) -> list[str]:

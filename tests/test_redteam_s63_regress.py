@@ -40,6 +40,11 @@ What broke:
 - An ``OSError`` given to a log line's format: the file it names, called `app status`, was
   logged with the ``--profile`` of ``app --profile testing serve``; only ``str`` and path
   arguments were left as given. An error of another's is left as it is too.
+
+- A remedy naming a file whose name holds ``--profile`` (``--file notes--profile.txt``):
+  the rewrite took "--profile" anywhere in a command's text for its own selection and left
+  it without the profile; run as written, it acted on development's root. A command keeps
+  its own selection only where its words give ``--profile`` a name.
 """
 
 from __future__ import annotations
@@ -67,6 +72,7 @@ from app.config import load
 from app.errors import InvalidSettingError, shell_word
 from app.remote import pg
 from app.remote.errors import DatabaseRefusedError
+from app.storage import open_storage
 from app.testing import zygote
 
 
@@ -303,3 +309,28 @@ def test_a_file_another_s_error_names_in_a_log_line_is_logged_as_it_is(tmp_path:
     assert record.getMessage() == (
         f"could not remove {failed.value}; `app --profile testing data check` names it"
     )
+
+
+def test_a_remedy_naming_a_file_whose_name_holds_profile_is_given_the_profile(
+    app_config: object,
+) -> None:
+    """A file called ``notes--profile.txt`` deleted, then uploaded again: ``app --profile
+    testing sessions restore ID --file notes--profile.txt`` is refused, and its remedy, the
+    restore of the trash's copy by its entry, was left without ``--profile`` (the rewrite
+    took "--profile" anywhere in the command for the option): run as written, it restored
+    into development's root."""
+    name = "notes--profile.txt"
+    with open_storage(load(), writer=True) as store:
+        session = store.create_session("a review", {})["id"]
+        store.put_file(session, name, b"first")
+        entry = store.delete_file(session, name).name
+        store.put_file(session, name, b"again")
+    refused = forked_app.run(
+        dict(os.environ), ["--profile", "testing", "sessions", "restore", session, "--file", name]
+    )
+    assert refused.returncode != 0
+    shown = " ".join(refused.stderr.split())
+    # Before the fix: "then run `app sessions restore ID --file notes--profile.txt --entry E`".
+    assert (
+        f"then run `app --profile testing sessions restore {session} --file {name} --entry {entry}`"
+    ) in shown, shown
