@@ -45,6 +45,11 @@ What broke:
   the rewrite took "--profile" anywhere in a command's text for its own selection and left
   it without the profile; run as written, it acted on development's root. A command keeps
   its own selection only where its words give ``--profile`` a name.
+
+- The server's log after a failed fsync gives the operator's steps (`AFTER_FAILED_SYNC`) as
+  an argument of its line, which the filter left as given: under ``app --profile
+  production serve`` it said to run `app data check`, development's as written. The app's
+  own text given to a log line is marked (`app.errors.AppText`) and given the profile.
 """
 
 from __future__ import annotations
@@ -334,3 +339,29 @@ def test_a_remedy_naming_a_file_whose_name_holds_profile_is_given_the_profile(
     assert (
         f"then run `app --profile testing sessions restore {session} --file {name} --entry {entry}`"
     ) in shown, shown
+
+
+def test_the_remedy_a_log_line_gives_after_a_failed_fsync_names_the_profile() -> None:
+    """The server's log after a failed fsync (`app.dataroot`'s line, and the start-up
+    check's) gives the operator's steps, `AFTER_FAILED_SYNC`, as an argument of its format,
+    which red team 62 on regress leaves as given: `app --profile production serve` logged
+    "run `app data check`", development's check as written, before the start."""
+    import logging
+
+    from app.errors import AFTER_FAILED_SYNC, PrintableLines, select_for_commands
+
+    record = logging.LogRecord(
+        "app.dataroot", logging.ERROR, __file__, 1, "fsync of %s failed (%s): this process "
+        "acknowledges no more changes to its data root until it is restarted: %s",
+        ("/srv/app/data/x", "Input/output error", AFTER_FAILED_SYNC), None,
+    )  # fmt: skip
+    select_for_commands("production")
+    try:
+        PrintableLines().filter(record)
+    finally:
+        select_for_commands(None)
+    shown = record.getMessage()
+    # Before the fix: "run `app data check` (it reads ...), then start the server (its
+    # start-up runs `app data check --repair`)".
+    assert "run `app --profile production data check` (it reads every" in shown, shown
+    assert "(its start-up runs `app --profile production data check --repair`)" in shown
