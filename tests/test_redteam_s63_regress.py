@@ -294,26 +294,12 @@ def test_a_file_another_s_error_names_in_a_log_line_is_logged_as_it_is(tmp_path:
     (%s)``): red team 62 on regress left a ``str`` argument as it was, not an error of
     another's, so the file it names, called `app status`, was logged as `app --profile
     testing status`, a file that is not there."""
-    import logging
-
-    from app.errors import PrintableLines, select_for_commands
-
     name = tmp_path / "`app status`"
     with pytest.raises(OSError) as failed:
         name.rmdir()  # no such directory: the error names it
-    record = logging.LogRecord(
-        "app", logging.WARNING, __file__, 1, "could not remove %s; `app data check` names it",
-        (failed.value,), None,
-    )  # fmt: skip
-    select_for_commands("testing")
-    try:
-        PrintableLines().filter(record)
-    finally:
-        select_for_commands(None)
+    shown = _logged("testing", "could not remove %s; `app data check` names it", failed.value)
     # Before the fix: "... No such file or directory: '.../`app --profile testing status`'".
-    assert record.getMessage() == (
-        f"could not remove {failed.value}; `app --profile testing data check` names it"
-    )
+    assert shown == f"could not remove {failed.value}; `app --profile testing data check` names it"
 
 
 def test_a_remedy_naming_a_file_whose_name_holds_profile_is_given_the_profile(
@@ -346,22 +332,30 @@ def test_the_remedy_a_log_line_gives_after_a_failed_fsync_names_the_profile() ->
     check's) gives the operator's steps, `AFTER_FAILED_SYNC`, as an argument of its format,
     which red team 62 on regress leaves as given: `app --profile production serve` logged
     "run `app data check`", development's check as written, before the start."""
-    import logging
+    from app.errors import AFTER_FAILED_SYNC
 
-    from app.errors import AFTER_FAILED_SYNC, PrintableLines, select_for_commands
-
-    record = logging.LogRecord(
-        "app.dataroot", logging.ERROR, __file__, 1, "fsync of %s failed (%s): this process "
-        "acknowledges no more changes to its data root until it is restarted: %s",
-        ("/srv/app/data/x", "Input/output error", AFTER_FAILED_SYNC), None,
+    shown = _logged(
+        "production", "fsync of %s failed (%s): this process acknowledges no more changes to "
+        "its data root until it is restarted: %s",
+        "/srv/app/data/x", "Input/output error", AFTER_FAILED_SYNC,
     )  # fmt: skip
-    select_for_commands("production")
-    try:
-        PrintableLines().filter(record)
-    finally:
-        select_for_commands(None)
-    shown = record.getMessage()
     # Before the fix: "run `app data check` (it reads ...), then start the server (its
     # start-up runs `app data check --repair`)".
     assert "run `app --profile production data check` (it reads every" in shown, shown
     assert "(its start-up runs `app --profile production data check --repair`)" in shown
+
+
+def _logged(profile: str, text: str, *args: object) -> str:
+    """A log line of `text` and `args` as the server's log filter shows it (`PrintableLines`)
+    in a process that ``--profile`` `profile` selected."""
+    import logging
+
+    from app.errors import PrintableLines, select_for_commands
+
+    record = logging.LogRecord("app", logging.WARNING, __file__, 1, text, args, None)
+    select_for_commands(profile)
+    try:
+        PrintableLines().filter(record)
+    finally:
+        select_for_commands(None)
+    return record.getMessage()
