@@ -50,6 +50,9 @@ What broke:
   an argument of its line, which the filter left as given: under ``app --profile
   production serve`` it said to run `app data check`, development's as written. The app's
   own text given to a log line is marked (`app.errors.AppText`) and given the profile.
+
+- The HTTP answers of a server started with ``--profile`` (an error's message, the health
+  reason) named every `app ...` without it, where its log names it. They name it now.
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import forked_app
 import pytest
@@ -359,3 +363,24 @@ def _logged(profile: str, text: str, *args: object) -> str:
     finally:
         select_for_commands(None)
     return record.getMessage()
+
+
+def test_an_http_answer_names_the_app_commands_with_the_server_s_profile(
+    app_client: Any,
+) -> None:
+    """``app --profile production serve``: its log names every `app ...` with the profile,
+    its HTTP answers did not (an error's message, the health reason after a failed fsync):
+    a client's operator read development's command. The in-process app, as the server
+    runs it once ``--profile`` selected the profile for its commands."""
+    from app.errors import select_for_commands
+
+    select_for_commands("testing")
+    try:
+        answer = app_client.get(f"/sessions/{'0' * 32}")
+    finally:
+        select_for_commands(None)
+    assert answer.status_code == 404
+    # Before the fix: "`app sessions list` shows the sessions".
+    assert "`app --profile testing sessions list` shows the sessions" in answer.json()["message"], (
+        answer.json()
+    )
