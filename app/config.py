@@ -1053,6 +1053,27 @@ def _unresolved(profile: str, name: str, value: Unresolved, source: str) -> Conf
     if value.cast is not None:
         c = value.cast
         return SettingsCastError(c.path, c.section, c.key, c.value, c.problem, profile)
+    if value.unapplied:
+        import json  # here: only such a refusal pays for it
+
+        token = (str(value.raw).split(maxsplit=1) or ["@"])[0]
+        default = KEYS[name].default
+        example = (
+            f" (such as {name} = {json.dumps(default)})"
+            if isinstance(default, int | float | str) and default is not _REQUIRED
+            else ""
+        )
+        return InvalidSettingError(
+            profile,
+            name,
+            value.raw,
+            f"is dynaconf's `{token}`, an instruction to change a value already there (merge "
+            "into it, reset it, insert into it or delete it), which in a profile's section "
+            f"finds none to change: dynaconf leaves its own {value.error} object as the value. "
+            f"Write the value itself{example}, or remove the line to take [default]'s or the "
+            "built-in one",
+            source,
+        )
     return InvalidSettingError(
         profile,
         name,

@@ -772,6 +772,9 @@ class Unresolved(Record):
     error: str
     #: Set when it is a cast dynaconf could not make as it loaded the file.
     cast: SettingsCastError | None = None
+    #: Set when it is one of dynaconf's instructions to change a value already there
+    #: (``@merge``, ``@reset``, ``@insert``, ``@del``) that found none to change.
+    unapplied: bool = False
 
 
 def plain_roots(files: Files) -> dict[str, tuple[str, str]] | None:
@@ -916,7 +919,7 @@ def _dynaconf_file_values(files: Files, keys: Collection[str]) -> Values:
     # Imported here: the pytest plugin's start-up never pays for them.
     from dynaconf import Dynaconf
     from dynaconf.loaders import toml_loader
-    from dynaconf.utils.parse_conf import DynaconfParseError
+    from dynaconf.utils.parse_conf import DynaconfParseError, MetaValue
 
     # envvar_prefix=None: dynaconf's env loader reads os.environ itself, ignoring the
     # `environ` a caller passed; the app applies APP_* variables itself.
@@ -964,6 +967,10 @@ def _dynaconf_file_values(files: Files, keys: Collection[str]) -> Values:
             except Exception as error:  # any of dynaconf's formatters and casts
                 evaluated[section, key] = Unresolved(raw, f"{type(error).__name__}: {error}")
         found = evaluated[section, key]
+        if isinstance(found, MetaValue):
+            # Dynaconf's object, left as the value: refused as "port = Merge([1]) on
+            # 140606412562128", text the file does not hold (red team 63 on regress).
+            return Unresolved(raw, type(found).__name__, unapplied=True)
         # The section is merged across files: the value that failed is the last file's, and
         # the refusal named the first file's text with the last one's name (`data_root =
         # 'data/development' (from settings.local.toml ...)` for an `@get` there: red team 60).

@@ -114,6 +114,18 @@ def _printable_lines(text: str, keep: Sequence[str] = ()) -> str:
     return "\n".join(printable(line) for line in as_selected(text, keep).split("\n"))
 
 
+class AppText(str):
+    """Text the app writes itself (a remedy, a constant such as `AFTER_FAILED_SYNC`) given to
+    a log line's format as an argument: its `app ...` are given the profile as the format's
+    own are, where every other ``str`` argument is a value shown as given (`_given`).
+
+    The server's log after a failed fsync, `app --profile production serve`'s, said to run
+    `app data check` (development's, as written) before the start: the remedy was an
+    argument of its line, left as given (red team 63 on regress)."""
+
+    __slots__ = ()
+
+
 def _given(args: object) -> list[str]:
     """The text of a log record's arguments, as ``%s`` and ``%r`` show it, for
     `as_selected` to leave: an error's quoted values (`quoted_values`), not its message."""
@@ -125,11 +137,18 @@ def _given(args: object) -> list[str]:
         return []
     kept: list[str] = []
     for value in values:
+        if isinstance(value, AppText):
+            continue
         if isinstance(value, AppError):
             kept.extend(quoted_values(value))
         elif isinstance(value, str | os.PathLike):
-            text = os.fspath(value)
-            kept.extend((str(text), repr(text)))
+            text = str(os.fspath(value))
+            kept.extend((text, repr(text), *_shell_forms(text)))
+        elif isinstance(value, BaseException):
+            # Another's error (an OSError naming a file, a driver's): its text is no remedy
+            # of the app's, and a file it names was given the profile (red team 63 on
+            # regress: "could not move blob .../`app --profile testing status`").
+            kept.extend((str(value), repr(value)))
     return kept
 
 
@@ -178,11 +197,32 @@ def as_selected(text: str, keep: Sequence[str] = ()) -> str:
 
     def given(command: re.Match[str]) -> str:
         start, end = command.span()
-        if any(first < end and start < last for first, last in kept):
+        if any(first < end and start < last for first, last in kept) or _selects_a_profile(
+            command.group(1)
+        ):
             return command.group()
         return f"\x60app --profile {_SELECTED[0]} {command.group(1)}\x60"
 
-    return re.sub(r"\x60app ((?:(?!--profile)[^\x60])*)\x60", given, text)
+    return re.sub(r"\x60app ([^\x60]*)\x60", given, text)
+
+
+def _selects_a_profile(command: str) -> bool:
+    """Whether the words of `command` (an `app ...` after ``app``) give ``--profile`` a name.
+
+    Not "``--profile`` anywhere in its text": a remedy that names a file or an entry whose
+    name holds it (``--file 'notes--profile.txt'``) was left without the profile, and, run
+    as written, restored into development's root (red team 63 on regress)."""
+    import shlex
+
+    try:
+        words = shlex.split(command)
+    except ValueError:  # a quote a name left open: its words as the shell would not read them
+        words = command.split()
+    return any(
+        word.startswith("--profile=")
+        or (word == "--profile" and at + 1 < len(words) and not words[at + 1].startswith("-"))
+        for at, word in enumerate(words)
+    )
 
 
 def quoted_values(error: AppError) -> list[str]:
@@ -200,8 +240,25 @@ def quoted_values(error: AppError) -> list[str]:
             if isinstance(value, list | tuple | set | frozenset)
             else [value]
         )
-        found.extend(repr(item) for item in items if isinstance(item, str))
+        for item in items:
+            if isinstance(item, str):
+                found.append(repr(item))
+                found.extend(form for form in _shell_forms(item) if form != item)
+            elif isinstance(item, os.PathLike):
+                # A path (a data root's, a file's) is a name wherever the message shows it:
+                # as it is, and inside the shell word of a command (`flock -s '<root>/...'`).
+                # Given the profile there, the refusal named another root, and its way to
+                # wait another lock file (red team 63 on regress).
+                text = os.fspath(item)
+                if isinstance(text, str):
+                    found.extend([text, repr(text), *_shell_forms(text)])
     return found
+
+
+def _shell_forms(text: str) -> list[str]:
+    """`text` as `shell_word` writes it inside a word of a longer path (quoted by ``shlex``,
+    or escaped for printf(1)), for `as_selected` to find it there."""
+    return [text.replace("'", "'\"'\"'"), _printf_escaped(text)]
 
 
 @dataclass_transform(eq_default=False, field_specifiers=(field,))
@@ -479,8 +536,14 @@ def shell_word(value: str | os.PathLike[str]) -> str:
     # zsh, ksh and fish 3.4 on): ``"$(printf '/srv/s\377/data')"``; the newlines a command
     # substitution would drop at its end follow it, quoted as they are.
     kept = text.rstrip("\n")
+    newlines = text[len(kept) :]
+    return f"\"$(printf -- '{_printf_escaped(kept)}')\"" + (f"'{newlines}'" if newlines else "")
+
+
+def _printf_escaped(text: str) -> str:
+    """`text` as printf(1)'s format inside single quotes (`shell_word`)."""
     escaped = []
-    for char in kept:
+    for char in text:
         if "\udc80" <= char <= "\udcff":
             escaped.append(f"\\{ord(char) - 0xDC00:03o}")
         elif char in "\\%":
@@ -491,8 +554,7 @@ def shell_word(value: str | os.PathLike[str]) -> str:
             escaped.append("".join(f"\\{byte:03o}" for byte in char.encode(errors="surrogatepass")))
         else:
             escaped.append(char)
-    newlines = text[len(kept) :]
-    return f"\"$(printf -- '{''.join(escaped)}')\"" + (f"'{newlines}'" if newlines else "")
+    return "".join(escaped)
 
 
 def plain_name(name: str) -> bool:
@@ -2867,7 +2929,7 @@ class FsyncFailed(OSError):
         )
 
 
-AFTER_FAILED_SYNC: Final = (
+AFTER_FAILED_SYNC: Final = AppText(
     "mend the cause (`dmesg`: free the thin pool or the quota, replace the device), reboot "
     "(until then the kernel may serve what it failed to write as written, to a restarted "
     "server and to a check alike; a service set to start at boot is disabled first, or its "

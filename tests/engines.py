@@ -216,6 +216,21 @@ class PostgresEngine:
         with self.connect() as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
+    @contextlib.contextmanager
+    def owned_by_a_role(self, role: str) -> Iterator[tuple[str, str]]:
+        """A new database owned by a new login `role` that is no superuser (row security
+        applies to it): its name and the URL that connects as `role`; both dropped after."""
+        name = self.create_database()
+        with self.connect() as admin:
+            admin.execute(f"CREATE ROLE {role} LOGIN")
+            admin.execute(f'ALTER DATABASE "{name}" OWNER TO {role}')
+        try:
+            yield name, self.url(name).replace(f"//{self.user}@", f"//{role}@", 1)
+        finally:
+            self.drop_database(name)
+            with self.connect() as admin:
+                admin.execute(f"DROP ROLE {role}")
+
     def _account(self) -> dict[str, Any]:
         if self.os_user is None:
             return {}

@@ -136,14 +136,9 @@ def test_row_security_on_the_app_s_tables_is_refused_before_a_repair_deletes_hid
     # Before: opened; `app data check --repair` read no file row, took the upload's object
     # for an orphan and deleted it; once row security was off, the row named a missing object.
     role = f"rt62r_{os.getpid()}"
-    name = postgres_engine.create_database()
-    with postgres_engine.connect() as admin:
-        admin.execute(f"CREATE ROLE {role} LOGIN")  # type: ignore[arg-type]
-        admin.execute(f'ALTER DATABASE "{name}" OWNER TO {role}')  # type: ignore[arg-type]
-    url = postgres_engine.url(name).replace(f"//{postgres_engine.user}@", f"//{role}@", 1)
-    where = pg.mask_url(url)
-    blob_url = new_blob_url(s3_engine)
-    try:
+    with postgres_engine.owned_by_a_role(role) as (name, url):
+        where = pg.mask_url(url)
+        blob_url = new_blob_url(s3_engine)
         pg.open_database(url, PROFILE)
         with _replica(s3_engine, (url, blob_url)) as store:
             session_id = store.create_session("t")["id"]
@@ -193,10 +188,6 @@ def test_row_security_on_the_app_s_tables_is_refused_before_a_repair_deletes_hid
                 file, _ = maintenance.open_file(session_id, "kept.txt")
                 with file:
                     assert file.read() == b"acknowledged"
-    finally:
-        postgres_engine.drop_database(name)
-        with postgres_engine.connect() as admin:
-            admin.execute(f"DROP ROLE {role}")  # type: ignore[arg-type]
 
 
 def test_the_app_s_triggers_dropped_replaced_or_impersonated_are_refused_at_the_open(

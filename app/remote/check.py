@@ -13,7 +13,7 @@ import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from app.errors import AppError
+from app.errors import AppError, AppText
 from app.remote import pg
 from app.remote.db import Database
 from app.remote.errors import ObjectMissingError
@@ -259,8 +259,12 @@ def _record(db: Database, findings: list[Finding]) -> str | None:
         reason = str(getattr(error, "reason", "") or error.message)
         sqlstate = getattr(error, "sqlstate", None)
         remedy = getattr(error, "remedy", "")
-        why = reason + (f" (SQLSTATE {sqlstate})" if sqlstate else "")
-        why += f"; {remedy}" if remedy else ""
+        # The remedy's `app ...` (`app doctor`) given the profile in the log line (AppText).
+        why = AppText(
+            reason
+            + (f" (SQLSTATE {sqlstate})" if sqlstate else "")
+            + (f"; {remedy}" if remedy else "")
+        )
         log.warning(
             "could not record the repair in %s's audit table (%s); the row it should hold: %s",
             db.where,

@@ -261,7 +261,7 @@ class RemoteSessions:
 
 def _left_out(error: UnreadableSessionError) -> LeftOut:
     """What a page says of a session whose row is not of the app's shape; the log names it."""
-    log.warning("session %s is left out of GET /sessions: %s", error.session_id, error.message)
+    log.warning("session %s is left out of GET /sessions: %s", error.session_id, error)
     return LeftOut(
         error.session_id,
         LEFT_OUT_UNREADABLE,

@@ -21,6 +21,8 @@ from app.errors import (
     AppError,
     RequestTimeoutError,
     SessionNotFoundError,
+    as_selected,
+    quoted_values,
     storage_error,
     thread_limit,
 )
@@ -118,7 +120,11 @@ def problem_of(error: AppError, headers: dict[str, str] | None = None) -> Proble
     want = getattr(error, "want_digest", None)
     if want is not None:
         headers = {**(headers or {}), "Want-Repr-Digest": want}
-    return problem(error.http_status, shown["code"], shown["message"], headers=headers)
+    # An `app ...` it names given the `--profile` the server was started with, as its log
+    # and every refusal of the command line give it: a client read development's command
+    # (red team 63 on regress).
+    message = as_selected(shown["message"], keep=quoted_values(error))
+    return problem(error.http_status, shown["code"], message, headers=headers)
 
 
 def _allowed_methods(request: Request) -> str:

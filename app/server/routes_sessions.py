@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from app import __version__
-from app.errors import ConfirmationRequiredError
+from app.errors import ConfirmationRequiredError, as_selected
 from app.server.committer import Committer
 from app.server.models import (
     SESSION_ID_PATTERN,
@@ -102,7 +102,7 @@ class HealthResponse:
             status="writes_stopped",
             profile=self.config.profile,
             version=__version__,
-            reason=reason,
+            reason=as_selected(reason),  # `app ...` with the server's --profile, as its log
         )
         return Response(
             health.model_dump_json().encode(), status_code=503, media_type="application/json"

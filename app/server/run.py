@@ -40,6 +40,7 @@ from app.errors import (
     ListenAddressUnresolvedError,
     PortInUseError,
     PrintableLines,
+    select_for_commands,
     thread_limit,
 )
 from app.server.committer import Committer
@@ -543,6 +544,12 @@ def _worker(profile: str, profile_source: str, host: str, sock: socket.socket, p
     from app import config as appconfig
 
     _stop_with_parent(parent)
+    if profile_source == "--profile":
+        # As the command's own process does (`app.cli.load_config`): a spawned worker starts
+        # with none, and its log named every `app ...` without the profile (a worker refused
+        # the database said to run `app data check --repair`, development's as written: red
+        # team 63 on regress).
+        select_for_commands(profile)
     stop = _StopRequest()
     try:
         config = appconfig.load(profile, profile_source=profile_source, serving=True)
@@ -555,7 +562,9 @@ def _worker(profile: str, profile_source: str, host: str, sock: socket.socket, p
             finally:
                 restore_signals()
     except AppError as error:
-        log.error("worker %d: %s", os.getpid(), error.message)
+        # The error, not its text: a log line leaves the text of its arguments as it is
+        # (`PrintableLines`), and its message's own `app ...` are given the profile.
+        log.error("worker %d: %s", os.getpid(), error)
         sys.exit(error.exit_code)
     if stop.restart_signal is not None:
         # As a single server: a `kill -HUP` (or `pkill -USR1 -f 'app serve'`) that reached a

@@ -17,7 +17,8 @@ zygote's (the app never reads it).
 The fixture starts a server the plain way (`subprocess`) instead when the test's environment
 differs from the run's in anything but the variables the app reads when it runs
 (`GIVEN_AT_FORK`), when what a child inherits (umask, resource limits, ignored signals, nice
-value, blocked signals, CPU affinity) differs from the run's, when ``os.pidfd_open`` or
+value, blocked signals, CPU affinity, namespaces, control groups, capabilities and seccomp
+filters) differs from the run's, when ``os.pidfd_open`` or
 descriptor passing is missing, and when the ini option ``app_live_server = subprocess`` (or
 ``--app-live-server=subprocess``) says so; a child whose working directory would import
 another module than the zygote did (``python -m`` puts that directory first on ``sys.path``)
@@ -70,7 +71,41 @@ def inherited() -> tuple[object, ...]:
     ignored = [s for s in signal.valid_signals() if signal.getsignal(s) is signal.SIG_IGN]
     blocked = sorted(signal.pthread_sigmask(signal.SIG_BLOCK, ()))
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    return umask, limits, ignored, os.getpriority(os.PRIO_PROCESS, 0), blocked, cpus
+    nice = os.getpriority(os.PRIO_PROCESS, 0)
+    return umask, limits, ignored, nice, blocked, cpus, *_task()
+
+
+#: The namespaces a child is made in (``/proc/<tid>/ns``): ``pid`` and ``time`` are the
+#: thread's own, which a child does not take; ``*_for_children`` are what it takes.
+_NAMESPACES = (
+    "cgroup", "ipc", "mnt", "net", "pid_for_children", "time_for_children", "user", "uts",
+)  # fmt: skip
+#: What ``/proc/<tid>/status`` says a child inherits of its privileges.
+_PRIVILEGES = ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp")
+
+
+def _task() -> tuple[object, ...]:
+    """The calling thread's namespaces, control groups and privileges, which a process it
+    starts is made in: a test that entered a network namespace of its own (``unshare``, for
+    its thread, then ``setns`` back after it) had its server forked in the run's, where the
+    fixture's wait for it never reached it ("app serve did not answer", after 24 s); a
+    zygote started while a test was in one forked every later server of the run there
+    (red team 63 on regress). A control group (a memory or pids limit a test put itself
+    under) and dropped capabilities or a seccomp filter are handed on the same way."""
+    here = Path("/proc/thread-self")
+    found: list[object] = []
+    for name in _NAMESPACES:
+        try:
+            found.append(str((here / "ns" / name).readlink()))
+        except OSError:
+            found.append(None)  # not this kernel's, or no /proc: nothing to compare
+    try:
+        with (here / "cgroup").open() as groups, (here / "status").open() as status:
+            found.append(groups.read())
+            found.extend(line for line in status if line.partition(":")[0] in _PRIVILEGES)
+    except OSError:
+        found.append(None)
+    return tuple(found)
 
 
 def _own(environ: Mapping[str, str]) -> dict[str, str]:
