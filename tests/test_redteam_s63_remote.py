@@ -12,11 +12,16 @@ What broke: the app's own tables changed by a DBA under a live replica, or befor
 - A ``CHECK`` of another's (a quota on ``size``, ``NOT VALID``), a ``varchar(8)`` name, a
   dropped column, a renamed schema: each write they touch was a bare psycopg error (500, a
   traceback on the command line) with no word of what changed.
+- A sequence behind its table's largest id (logical replication copies rows, never
+  sequences; a data-only restore leaves them too): every upload and every audited change
+  was a bare ``UniqueViolation`` on the table's primary key (500), until as many had failed
+  as the table held rows.
 - The next open (a replica's start, every command) and `app doctor` said nothing of any.
 
 What changed: the open and `app doctor` (``tables``) compare the app's tables with the ones
 it makes (each column's type, ``NOT NULL`` and a nondeterministic collation; a column of
-another's no insert fills; every constraint; the unique index the app's names rely on) and
+another's no insert fills; every constraint; the unique index the app's names rely on; each
+sequence against its table's largest id) and
 refuse a difference (``tables_changed``, 78), naming each and the statements that undo it.
 Under a live replica: every lookup of a file by name compares bytes (``COLLATE "C"``), so
 the case-insensitive unique index refuses ``a.txt`` rather than the lookup replacing
@@ -39,8 +44,9 @@ from app.remote.errors import DatabaseRefusedError, TablesChangedError, WriteNot
 _REMEDY = (
     "nothing was changed. The app's tables are not as the app made them, or not where this "
     "process found them: a column dropped, renamed, of another type or of a case-insensitive "
-    "collation, a constraint or column of another's that refuses the app's rows, a table or "
-    "its schema renamed, since it opened the database. `app doctor` names each difference "
+    "collation, a constraint or column of another's that refuses the app's rows, a sequence "
+    "behind its table's ids (a copy made by logical replication), a table or its schema "
+    "renamed, since it opened the database. `app doctor` names each difference "
     "from the app's tables and the statements that undo it: run them as the tables' owner, "
     "then retry"
 )
@@ -113,10 +119,11 @@ def test_the_app_s_tables_changed_under_a_live_replica_are_refused_at_each_write
                 'column app_files.name is text COLLATE "rt63_ci" (nondeterministic: names '
                 "that differ compare equal), the app's is text; constraint rt63_quota on "
                 "app_files is not the app's: CHECK ((size < 5)) NOT VALID. The app's "
-                "statements rely on each column's type and on its constraints and unique "
-                "indexes: another type stores a row otherwise than the app answered (jsonb "
-                "reorders a session's metadata), and a constraint or column of another's "
-                "refuses the app's writes halfway. Refusing to open it; nothing was changed. "
+                "statements rely on each column's type, on its constraints and unique "
+                "indexes and on its sequences: another type stores a row otherwise than the "
+                "app answered (jsonb reorders a session's metadata), and a constraint or "
+                "column of another's, or a sequence behind, refuses the app's writes halfway. "
+                "Refusing to open it; nothing was changed. "
                 f"As the tables' owner, run `{undo}`; what such a change was for belongs in a "
                 "table or view of its own"
             )
@@ -142,5 +149,35 @@ def test_the_app_s_tables_changed_under_a_live_replica_are_refused_at_each_write
             finally:
                 with postgres_engine.connect(name) as admin:
                     admin.execute("ALTER SCHEMA rt63_elsewhere RENAME TO public")
+    finally:
+        postgres_engine.drop_database(name)
+
+
+def test_a_sequence_behind_its_table_s_ids_is_refused_at_the_open_with_its_setval(
+    postgres_engine: PostgresEngine,
+) -> None:
+    # Before: opened; then every upload and every audited change was a bare UniqueViolation
+    # on app_files_pkey or app_audit_pkey (500), until as many had failed as the table held
+    # rows (each burns a number). Logical replication copies rows, not sequences.
+    name = postgres_engine.create_database()
+    url = postgres_engine.url(name)
+    where = pg.mask_url(url)
+    try:
+        pg.open_database(url, PROFILE)  # its audit row: app_audit's id 1
+        with postgres_engine.connect(name) as admin:
+            admin.execute("ALTER SEQUENCE app_audit_id_seq RESTART")
+        with pytest.raises(TablesChangedError) as refused:
+            pg.open_database(url, PROFILE)
+        setval = "SELECT setval('public.app_audit_id_seq', (SELECT max(id) FROM \"app_audit\"))"
+        assert refused.value.message.startswith(
+            f"profile {PROFILE!r}: database {where} has the app's tables changed from the ones "
+            "the app made: sequence public.app_audit_id_seq is at 0, behind app_audit's "
+            "largest id 1 (logical replication copies no sequence, nor does a data-only "
+            "restore): each insert of the app's there meets a row already numbered. "
+        ), refused.value.message
+        assert f"As the tables' owner, run `{setval}`;" in refused.value.message
+        with postgres_engine.connect(name) as admin:
+            admin.execute(setval)  # type: ignore[arg-type]
+        assert pg.open_database(url, PROFILE).profile == PROFILE
     finally:
         postgres_engine.drop_database(name)

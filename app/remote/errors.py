@@ -1012,11 +1012,12 @@ class TablesChangedError(ConfigError):
         return (
             f"profile {self.profile!r}: database {self.where} has the app's tables "
             f"changed from the ones the app made: {found}. The app's statements rely on "
-            "each column's type and on its constraints and unique indexes: another type "
-            "stores a row otherwise than the app answered (jsonb reorders a session's "
-            "metadata), and a constraint or column of another's refuses the app's writes "
-            "halfway. Refusing to open it; nothing was changed. As the tables' owner, run "
-            f"`{undo}`; what such a change was for belongs in a table or view of its own"
+            "each column's type, on its constraints and unique indexes and on its "
+            "sequences: another type stores a row otherwise than the app answered (jsonb "
+            "reorders a session's metadata), and a constraint or column of another's, or a "
+            "sequence behind, refuses the app's writes halfway. Refusing to open it; nothing "
+            f"was changed. As the tables' owner, run `{undo}`; what such a change was for "
+            "belongs in a table or view of its own"
         )
 
 

@@ -755,8 +755,9 @@ _TIMEOUT = (
 _CHANGED = (
     "The app's tables are not as the app made them, or not where this process found them: "
     "a column dropped, renamed, of another type or of a case-insensitive collation, a "
-    "constraint or column of another's that refuses the app's rows, a table or its schema "
-    "renamed, since it opened the database. "
+    "constraint or column of another's that refuses the app's rows, a sequence behind its "
+    "table's ids (a copy made by logical replication), a table or its schema renamed, since "
+    "it opened the database. "
     "`app doctor` names each difference from the app's tables and the statements that undo "
     "it: run them as the tables' owner, then retry"
 )
@@ -1232,7 +1233,8 @@ def drift(conn: psycopg.Connection[Any]) -> tuple[tuple[str, ...], tuple[str, ..
     app's must fill (``NOT NULL``, no default); a constraint of the app's dropped or changed,
     or one of another's added (a ``CHECK`` as a quota, ``UNIQUE``, a foreign key; ``NOT
     VALID`` ones too: each checks every new row); a unique index of the app's dropped or
-    ``INVALID`` (a failed ``REINDEX CONCURRENTLY``), or one of another's.
+    ``INVALID`` (a failed ``REINDEX CONCURRENTLY``), or one of another's; a sequence behind
+    its table's largest id.
 
     Red team 63: ``ALTER TABLE app_sessions ALTER COLUMN metadata TYPE jsonb`` (the usual
     advice: jsonb can be indexed) stored each session's metadata otherwise than its create
@@ -1250,6 +1252,7 @@ def drift(conn: psycopg.Connection[Any]) -> tuple[tuple[str, ...], tuple[str, ..
     present = _column_drift(cursor, out)
     _constraint_drift(cursor, present, out)
     _index_drift(cursor, present, out)
+    _sequence_drift(conn, present, out)
     return tuple(out[0]), tuple(out[1])
 
 
@@ -1259,6 +1262,50 @@ _IN_SCHEMA = (
     " c.relname = ANY(%s) AND c.relnamespace"
     " = (SELECT oid FROM pg_namespace WHERE nspname = current_schema())"
 )
+
+
+#: The app's tables whose ``id`` a sequence numbers (``serial``, ``bigserial``).
+_NUMBERED: Final = ("app_holders", "app_audit", "app_files")
+
+
+def _sequence_drift(conn: psycopg.Connection[Any], present: set[str], out: _Found) -> None:
+    """A sequence behind its table's largest id: logical replication copies rows, never
+    sequences, and a data-only restore (``COPY``) leaves them too; each insert of the app's
+    then meets a row the copy numbered (red team 63: every upload and every audited change
+    refused on ``app_files_pkey`` or ``app_audit_pkey``, until as many had failed)."""
+    found, undo = out
+    tables = [table for table in _NUMBERED if table in present]
+    if not tables:
+        return
+    rows = (
+        conn.cursor(row_factory=tuple_row)
+        .execute(
+            sql.SQL(" UNION ALL ").join(
+                sql.SQL(
+                    "SELECT {name}, s.seq, coalesce(pg_sequence_last_value(s.seq::regclass),"
+                    " (SELECT seqstart - seqincrement FROM pg_sequence"
+                    " WHERE seqrelid = s.seq::regclass)), (SELECT max(id) FROM {table})"
+                    " FROM (SELECT pg_get_serial_sequence({quoted}, 'id') AS seq) s"
+                    " WHERE s.seq IS NOT NULL"
+                ).format(
+                    name=sql.Literal(table),
+                    table=sql.Identifier(table),
+                    quoted=sql.Literal(f'"{table}"'),
+                )
+                for table in tables
+            )
+        )
+        .fetchall()
+    )
+    for table, sequence, last, largest in rows:
+        if largest is not None and last is not None and last < largest:
+            found.append(
+                f"sequence {sequence} is at {last}, behind {table}'s largest id {largest} "
+                "(logical replication copies no sequence, nor does a data-only restore): "
+                "each insert of the app's there meets a row already numbered"
+            )
+            setval = f"SELECT setval('{sequence}', (SELECT max(id) FROM \"{table}\"))"  # noqa: S608
+            undo.append(setval)
 
 
 def _column_drift(cursor: psycopg.Cursor[Any], out: _Found) -> set[str]:
