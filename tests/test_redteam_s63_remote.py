@@ -23,8 +23,9 @@ it makes (each column's type, ``NOT NULL`` and a nondeterministic collation; a c
 another's no insert fills; every constraint; the unique index the app's names rely on; each
 sequence against its table's largest id) and
 refuse a difference (``tables_changed``, 78), naming each and the statements that undo it.
-Under a live replica: every lookup of a file by name compares bytes (``COLLATE "C"``), so
-the case-insensitive unique index refuses ``a.txt`` rather than the lookup replacing
+Under a live replica: every lookup of a file by name compares in the database's own,
+deterministic collation (``COLLATE "default"``, which the index still serves), so the
+case-insensitive unique index refuses ``a.txt`` rather than the lookup replacing
 ``A.txt``; a session's create reads its row back as stored (``write_not_stored``, 503); and
 a statement the changed tables refuse (SQLSTATE classes 22 and 23, an undefined column or
 table, a type mismatch) is ``database_refused``, naming what changes cause it and `app
