@@ -1286,7 +1286,10 @@ def _sequence_drift(conn: psycopg.Connection[Any], present: set[str], out: _Foun
                     " (SELECT seqstart - seqincrement FROM pg_sequence"
                     " WHERE seqrelid = s.seq::regclass)), (SELECT max(id) FROM {table})"
                     " FROM (SELECT pg_get_serial_sequence({quoted}, 'id') AS seq) s"
+                    # A role that may not read the sequence (one that only reads the
+                    # tables) cannot insert either: nothing of its is refused for it.
                     " WHERE s.seq IS NOT NULL"
+                    " AND has_sequence_privilege(s.seq, 'SELECT, USAGE')"
                 ).format(
                     name=sql.Literal(table),
                     table=sql.Identifier(table),
