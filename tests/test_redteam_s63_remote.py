@@ -140,6 +140,30 @@ def test_the_app_s_tables_changed_under_a_live_replica_are_refused_at_each_write
             store.put_file(session_id, "a.txt", b"lower")
             assert [f["name"] for f in store.list_files(session_id)] == ["A.txt", "a.txt"]
 
+            # A sequence behind its table's ids, as logical replication leaves it. Before: the
+            # open took it; every upload and every audited change was a bare UniqueViolation
+            # on the table's primary key (500), until as many had failed as it held rows.
+            store.delete_file(session_id, "a.txt")  # app_audit's id 2, after the open's
+            with postgres_engine.connect(name) as admin:
+                admin.execute("ALTER SEQUENCE app_audit_id_seq RESTART")
+            with pytest.raises(DatabaseRefusedError, match=r"app_audit_pkey.*\(SQLSTATE 23505\)"):
+                store.delete_session(created["id"])
+            with pytest.raises(TablesChangedError) as behind:
+                pg.open_database(url, PROFILE)
+            assert behind.value.message.startswith(
+                f"profile {PROFILE!r}: database {where} has the app's tables changed from the "
+                "ones the app made: sequence public.app_audit_id_seq is at 1, behind "
+                "app_audit's largest id 2 (logical replication copies no sequence, nor does a "
+                "data-only restore): each insert of the app's there meets a row already "
+                "numbered. "
+            ), behind.value.message
+            setval = "SELECT setval('public.app_audit_id_seq', (SELECT max(id) FROM \"app_audit\"))"
+            assert f"As the tables' owner, run `{setval}`;" in behind.value.message
+            with postgres_engine.connect(name) as admin:
+                admin.execute(setval)  # type: ignore[arg-type]
+            assert pg.open_database(url, PROFILE).profile == PROFILE
+            assert store.delete_session(created["id"]).kind == "session"
+
             # A schema renamed under the replica: its statements' refusal names it.
             with postgres_engine.connect(name) as admin:
                 admin.execute("ALTER SCHEMA public RENAME TO rt63_elsewhere")
@@ -150,35 +174,5 @@ def test_the_app_s_tables_changed_under_a_live_replica_are_refused_at_each_write
             finally:
                 with postgres_engine.connect(name) as admin:
                     admin.execute("ALTER SCHEMA rt63_elsewhere RENAME TO public")
-    finally:
-        postgres_engine.drop_database(name)
-
-
-def test_a_sequence_behind_its_table_s_ids_is_refused_at_the_open_with_its_setval(
-    postgres_engine: PostgresEngine,
-) -> None:
-    # Before: opened; then every upload and every audited change was a bare UniqueViolation
-    # on app_files_pkey or app_audit_pkey (500), until as many had failed as the table held
-    # rows (each burns a number). Logical replication copies rows, not sequences.
-    name = postgres_engine.create_database()
-    url = postgres_engine.url(name)
-    where = pg.mask_url(url)
-    try:
-        pg.open_database(url, PROFILE)  # its audit row: app_audit's id 1
-        with postgres_engine.connect(name) as admin:
-            admin.execute("ALTER SEQUENCE app_audit_id_seq RESTART")
-        with pytest.raises(TablesChangedError) as refused:
-            pg.open_database(url, PROFILE)
-        setval = "SELECT setval('public.app_audit_id_seq', (SELECT max(id) FROM \"app_audit\"))"
-        assert refused.value.message.startswith(
-            f"profile {PROFILE!r}: database {where} has the app's tables changed from the ones "
-            "the app made: sequence public.app_audit_id_seq is at 0, behind app_audit's "
-            "largest id 1 (logical replication copies no sequence, nor does a data-only "
-            "restore): each insert of the app's there meets a row already numbered. "
-        ), refused.value.message
-        assert f"As the tables' owner, run `{setval}`;" in refused.value.message
-        with postgres_engine.connect(name) as admin:
-            admin.execute(setval)  # type: ignore[arg-type]
-        assert pg.open_database(url, PROFILE).profile == PROFILE
     finally:
         postgres_engine.drop_database(name)
