@@ -16,6 +16,10 @@ What broke: the app's own tables changed by a DBA under a live replica, or befor
   sequences; a data-only restore leaves them too): every upload and every audited change
   was a bare ``UniqueViolation`` on the table's primary key (500), until as many had failed
   as the table held rows.
+- The default of ``app_holders.backend_pid`` changed (``SET DEFAULT 0``): every live
+  replica's row named no backend, so none was live to `app status`, and maintenance's
+  refusal (by the lock) called them stopped replicas' writes still committing. A replica's
+  row now names its backend itself.
 - The next open (a replica's start, every command) and `app doctor` said nothing of any.
 
 What changed: the open and `app doctor` (``tables``) compare the app's tables with the ones
@@ -34,13 +38,20 @@ doctor`.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from engines import PostgresEngine, S3Engine, new_blob_url
 from test_redteam_s62_remote import doctor_probes
 from test_remote_store import PROFILE, _replica
 
 from app.remote import pg
-from app.remote.errors import DatabaseRefusedError, TablesChangedError, WriteNotStoredError
+from app.remote.errors import (
+    DatabaseRefusedError,
+    ReplicasLiveError,
+    TablesChangedError,
+    WriteNotStoredError,
+)
 
 _REMEDY = (
     "nothing was changed. The app's tables are not as the app made them, or not where this "
@@ -162,6 +173,21 @@ def test_the_app_s_tables_changed_under_a_live_replica_are_refused_at_each_write
             admin.execute(setval)  # type: ignore[arg-type]
         assert pg.open_database(url, PROFILE).profile == PROFILE
         assert store.delete_session(created["id"]).kind == "session"
+
+        # The default a holder's row took its backend from, changed. Before: the replica was
+        # "not live" (`app status` listed none), and maintenance's refusal called it "a write
+        # of a replica that has stopped ... still committing; retry in a moment".
+        with postgres_engine.connect(name) as admin:
+            admin.execute("ALTER TABLE app_holders ALTER COLUMN backend_pid SET DEFAULT 0")
+        with pg.Holder(url, PROFILE).start() as holder:
+            with pg.connect(url) as conn:
+                assert [h["pid"] for h in pg.live_holders(conn)] == [os.getpid()]
+            with (
+                pytest.raises(ReplicasLiveError, match="1 live replica"),
+                pg.maintenance(url, PROFILE, "empty the trash"),
+            ):
+                pass
+            assert not holder.lost
 
         # A schema renamed under the replica: its statements' refusal names it.
         with postgres_engine.connect(name) as admin:

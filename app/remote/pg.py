@@ -1864,8 +1864,12 @@ class Holder:
                         )
                     with conn.cursor(row_factory=dict_row) as cursor:
                         row = cursor.execute(
-                            "INSERT INTO app_holders (host, pid, profile, url)"
-                            " VALUES (%s, %s, %s, %s)"
+                            # Its backend named here, not by the column's default: one a
+                            # DBA changed (red team 63: DEFAULT 0) left every live replica
+                            # "not live", `app status` listing none and maintenance's
+                            # refusal calling them stopped replicas' writes.
+                            "INSERT INTO app_holders (host, pid, profile, url, backend_pid)"
+                            " VALUES (%s, %s, %s, %s, pg_backend_pid())"
                             " RETURNING id, host, pid, profile, since, url, backend_pid",
                             (socket.gethostname(), os.getpid(), self.profile, self.url),
                         ).fetchone()
