@@ -231,6 +231,20 @@ class PostgresEngine:
             with self.connect() as admin:
                 admin.execute(f"DROP ROLE {role}")
 
+    @contextlib.contextmanager
+    def opened_database(self, profile: str) -> Iterator[tuple[str, str]]:
+        """A new database the app has opened for ``profile`` (its tables and stamp made):
+        its name and its URL; dropped at the end."""
+        from app.remote import pg
+
+        name = self.create_database()
+        try:
+            url = self.url(name)
+            pg.open_database(url, profile)
+            yield name, url
+        finally:
+            self.drop_database(name)
+
     def _account(self) -> dict[str, Any]:
         if self.os_user is None:
             return {}

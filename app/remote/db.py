@@ -590,7 +590,7 @@ class Database:
             if file is not None:
                 newest = conn.execute(
                     "SELECT max(deleted_at) AS at FROM app_files WHERE session_id = %s"
-                    " AND name = %s AND deleted_at IS NOT NULL",
+                    ' AND name = %s COLLATE "default" AND deleted_at IS NOT NULL',
                     (session_id, file),
                 ).fetchone()
                 if newest is not None and newest["at"] is not None:

@@ -991,6 +991,36 @@ class TablesHookedError(ConfigError):
         )
 
 
+class TablesChangedError(ConfigError):
+    """The app's tables are not as the app made them: a column dropped or of another type,
+    collation or ``NOT NULL``, a constraint or a unique index added, dropped or changed, or
+    a unique index of the app's ``INVALID`` (red team 63)."""
+
+    code = "tables_changed"
+
+    profile: str
+    where: str
+    #: Each difference, in words (:func:`app.remote.pg.drift`).
+    found: tuple[str, ...]
+    #: What undoes each, in the same order.
+    statements: tuple[str, ...]
+
+    @property
+    def message(self) -> str:
+        found = "; ".join(self.found)
+        undo = "; ".join(self.statements)
+        return (
+            f"profile {self.profile!r}: database {self.where} has the app's tables "
+            f"changed from the ones the app made: {found}. The app's statements rely on "
+            "each column's type, on its constraints and unique indexes and on its "
+            "sequences: another type stores a row otherwise than the app answered (jsonb "
+            "reorders a session's metadata), and a constraint or column of another's, or a "
+            "sequence behind, refuses the app's writes halfway. Refusing to open it; nothing "
+            f"was changed. As the tables' owner, run `{undo}`; what such a change was for "
+            "belongs in a table or view of its own"
+        )
+
+
 class WriteNotStoredError(AppError):
     """An INSERT or UPDATE of the app's wrote no row: a trigger or rule of another's skipped
     it; or an upload's row was not there as sent once every trigger had run."""
@@ -1008,6 +1038,19 @@ class WriteNotStoredError(AppError):
 
     @property
     def message(self) -> str:
+        if self.after and self.table == "app_sessions":
+            return (
+                f"database {self.where} did not store {self.what}: its {self.statement} "  # noqa: S608
+                f"{self.table} wrote a row, but once every trigger had run that row was gone "
+                "or not as sent (its title or its metadata, kept as sent), as a column of "
+                "another type than the app's (metadata retyped jsonb reorders its keys) or a "
+                "trigger of another's that changes a row before it is stored, or deletes or "
+                "updates it after, makes it; nothing was changed (its transaction was rolled "
+                "back). `app doctor` names a column changed from the app's, and `SELECT "
+                "tgname, pg_get_triggerdef(oid) FROM pg_trigger WHERE tgrelid = "
+                f"'{self.table}'::regclass AND NOT tgisinternal` lists the triggers on that "
+                "table: undo the change, or drop the trigger that changes its rows, then retry"
+            )
         if self.after:
             return (
                 f"database {self.where} did not store {self.what}: its {self.statement} "  # noqa: S608

@@ -36,11 +36,17 @@ from app.store.ids import check_session_id
 
 __all__ = ["RemoteFiles"]
 
+# Every lookup of a file by its name compares in the database's own collation (`COLLATE
+# "default"`, which PostgreSQL keeps deterministic: equal only if the same bytes), whatever
+# the column's: one made case-insensitive (nondeterministic) under a live replica had a PUT
+# of `a.txt` replace the acknowledged `A.txt` (red team 63); the open refuses such a column.
+# On the app's own column it is the index's collation, so the index serves it as before
+# (`COLLATE "C"` made every lookup read each of the session's rows).
 _FILE_SELECT: Final = f"""
 SELECT s.id AS session, f.name, f.size, f.sha256, f.blob, f.uploaded_at,
        {utc("f.uploaded_at")} AS uploaded_iso
 FROM app_sessions s LEFT JOIN app_files f
-  ON f.session_id = s.id AND f.name = %s AND f.deleted_at IS NULL
+  ON f.session_id = s.id AND f.name = %s COLLATE \"default\" AND f.deleted_at IS NULL
 WHERE s.id = %s AND s.deleted_at IS NULL
 """  # noqa: S608 (formatted from constants only)
 
@@ -153,9 +159,9 @@ class RemoteFiles:
                 "SELECT (SELECT count(*) FROM app_files f WHERE f.session_id = s.id"
                 "        AND f.deleted_at IS NULL) AS live,"
                 "       EXISTS (SELECT 1 FROM app_files f WHERE f.session_id = s.id"
-                "        AND f.name = %s AND f.deleted_at IS NULL) AS taken,"
+                '        AND f.name = %s COLLATE "default" AND f.deleted_at IS NULL) AS taken,'
                 "       (SELECT f.sha256 FROM app_files f WHERE f.session_id = s.id"
-                "        AND f.name = %s AND f.deleted_at IS NULL) AS sha256"
+                '        AND f.name = %s COLLATE "default" AND f.deleted_at IS NULL) AS sha256'
                 " FROM app_sessions s WHERE s.id = %s AND s.deleted_at IS NULL",
                 (name, name, session_id),
             ).fetchone()
@@ -195,7 +201,8 @@ class RemoteFiles:
         what = f"the upload of {name!r} into session {session_id}"
         with self.db.change(session_id, what, file=name) as (conn, moment):
             old = conn.execute(
-                "SELECT id, sha256 FROM app_files WHERE session_id = %s AND name = %s"
+                "SELECT id, sha256 FROM app_files WHERE session_id = %s"
+                ' AND name = %s COLLATE "default"'
                 " AND deleted_at IS NULL FOR UPDATE",
                 (session_id, name),
             ).fetchone()
@@ -237,7 +244,8 @@ class RemoteFiles:
             # answered 201, then its bytes deleted as no row's).
             conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
             kept = conn.execute(
-                "SELECT blob, size, sha256 FROM app_files WHERE session_id = %s AND name = %s"
+                "SELECT blob, size, sha256 FROM app_files WHERE session_id = %s"
+                ' AND name = %s COLLATE "default"'
                 " AND deleted_at IS NULL",
                 (session_id, name),
             ).fetchall()
@@ -263,7 +271,8 @@ class RemoteFiles:
             trash = trash_name(moment, session_id, file=True)
             if if_match is not None:
                 found = conn.execute(
-                    "SELECT sha256 FROM app_files WHERE session_id = %s AND name = %s"
+                    "SELECT sha256 FROM app_files WHERE session_id = %s"
+                    ' AND name = %s COLLATE "default"'
                     " AND deleted_at IS NULL",
                     (session_id, name),
                 ).fetchone()
@@ -272,11 +281,12 @@ class RemoteFiles:
                 )
             row = conn.execute(
                 "UPDATE app_files SET deleted_at = %s, deleted_reason = 'delete', trash_name = %s"
-                " WHERE session_id = %s AND name = %s AND deleted_at IS NULL RETURNING id",
+                ' WHERE session_id = %s AND name = %s COLLATE "default" AND deleted_at IS NULL'
+                " RETURNING id",
                 (moment, trash, session_id, name),
             ).fetchone()
             if row is None:
-                where, condition = self.db.where, "session_id = %s AND name = %s"
+                where, condition = self.db.where, 'session_id = %s AND name = %s COLLATE "default"'
                 pg.skipped(conn, where, what, "app_files", condition, (session_id, name))
                 raise FileNotFoundInSessionError(session_id, name)
             self.db.audit(conn, "trash-file", f"{session_id}/{name}", trash=trash)

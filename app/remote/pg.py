@@ -66,6 +66,7 @@ from app.remote.errors import (
     SchemaNotWritableError,
     SchemaTooNewError,
     StorageMismatchError,
+    TablesChangedError,
     TablesHookedError,
     TablesOffSearchPathError,
     TablesShadowedError,
@@ -751,6 +752,15 @@ _TIMEOUT = (
     "{setting} = ..., or the "
     "options in database_url: -c {setting}=...)"
 )
+_CHANGED = (
+    "The app's tables are not as the app made them, or not where this process found them: "
+    "a column dropped, renamed, of another type or of a case-insensitive collation, a "
+    "constraint or column of another's that refuses the app's rows, a sequence behind its "
+    "table's ids (a copy made by logical replication), a table or its schema renamed, since "
+    "it opened the database. "
+    "`app doctor` names each difference from the app's tables and the statements that undo "
+    "it: run them as the tables' owner, then retry"
+)
 # By SQLSTATE (or its class, the first two characters): how a server that was reached refuses
 # a statement, and what resolves it. Everything else is not a refusal: a broken connection
 # (class 08, 57P01-57P03: DatabaseUnavailableError) or a bug (a raw psycopg error).
@@ -807,6 +817,15 @@ _REFUSALS: dict[str, str] = {
     "54": "The statement is past one of the server's limits: " + _RETRY,
     "58": "The database server failed to read or write its files: " + _RETRY,
     "40": "It conflicted with another transaction: retry",
+    # Red team 63: a statement of the app's that does not fit its own tables as they are now
+    # (a CHECK of another's, a column dropped, retyped or NOT NULL, a schema renamed) was a
+    # bare psycopg error, 500, a traceback on the command line. The open refuses each such
+    # change since (pg.drift); under a live replica, made after its open, it is this.
+    "22": _CHANGED,
+    "23": _CHANGED,
+    "42703": _CHANGED,
+    "42P01": _CHANGED,
+    "42804": _CHANGED,
 }
 
 
@@ -1187,6 +1206,247 @@ def hooks(conn: psycopg.Connection[Any]) -> tuple[tuple[str, ...], tuple[str, ..
     return tuple(found), tuple(undo)
 
 
+# The app's tables as `_SCHEMA` makes them, as PostgreSQL's catalog shows them (every open
+# of a new database compares them, so a change to `_SCHEMA` without one here is refused at
+# once): each column's type (`!`: NOT NULL; text columns take the database's default
+# collation), each constraint, and each unique index that backs none.
+_APP_COLUMNS: Final = {
+    "app_stamp": "id integer!, profile text!, schema_version integer!, created timestamptz!,"
+    " restamped_from text",
+    "app_holders": "id integer!, host text!, pid integer!, profile text!, since timestamptz!,"
+    " url text, backend_pid integer!",
+    "app_audit": "id bigint!, at timestamptz!, profile text!, kind text!, operation text!,"
+    " target text!, detail jsonb!, host text!, pid integer!",
+    "app_sessions": "id text!, title text!, metadata json!, created_at timestamptz!,"
+    " updated_at timestamptz!, deleted_at timestamptz, deleted_reason text, trash_name text",
+    "app_files": "id bigint!, session_id text!, name text!, blob text!, size bigint!,"
+    " sha256 text!, uploaded_at timestamptz!, deleted_at timestamptz, deleted_reason text,"
+    " trash_name text",
+    "app_session_counts": "slot integer!, live bigint!",
+    "app_binding": "id integer!, database_id uuid!, bucket text!, prefix text!, bound timestamptz!",
+}
+_PAIRED = "CHECK (((deleted_at IS NULL) = (trash_name IS NULL)))"
+_APP_CONSTRAINTS: Final = {
+    ("app_audit", "app_audit_pkey"): "PRIMARY KEY (id)",
+    ("app_binding", "app_binding_id_check"): "CHECK ((id = 1))",
+    ("app_binding", "app_binding_pkey"): "PRIMARY KEY (id)",
+    ("app_files", "app_files_blob_key"): "UNIQUE (blob)",
+    ("app_files", "app_files_check"): _PAIRED,
+    ("app_files", "app_files_pkey"): "PRIMARY KEY (id)",
+    ("app_files", "app_files_session_id_fkey"): "FOREIGN KEY (session_id) REFERENCES"
+    " app_sessions(id)",
+    ("app_files", "app_files_trash_name_key"): "UNIQUE (trash_name)",
+    ("app_holders", "app_holders_pkey"): "PRIMARY KEY (id)",
+    ("app_session_counts", "app_session_counts_pkey"): "PRIMARY KEY (slot)",
+    ("app_sessions", "app_sessions_check"): _PAIRED,
+    ("app_sessions", "app_sessions_id_check"): "CHECK ((id ~ '^[0-9a-f]{32}$'::text))",
+    ("app_sessions", "app_sessions_pkey"): "PRIMARY KEY (id)",
+    ("app_sessions", "app_sessions_trash_name_key"): "UNIQUE (trash_name)",
+    ("app_stamp", "app_stamp_id_check"): "CHECK ((id = 1))",
+    ("app_stamp", "app_stamp_pkey"): "PRIMARY KEY (id)",
+}
+_APP_UNIQUE_INDEXES: Final = {
+    ("app_files", "app_files_live"): "CREATE UNIQUE INDEX app_files_live ON app_files USING"
+    " btree (session_id, name) WHERE (deleted_at IS NULL)",
+}
+
+
+def _app_columns(table: str) -> dict[str, tuple[str, bool]]:
+    columns = {}
+    for column in _APP_COLUMNS[table].split(", "):
+        name, kind = column.split(" ", 1)
+        kind = kind.replace("timestamptz", "timestamp with time zone")
+        columns[name] = (kind.rstrip("!"), kind.endswith("!"))
+    return columns
+
+
+def drift(conn: psycopg.Connection[Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """How the app's tables (in the connection's current schema) differ from the ones the
+    app made, and the statements that undo each: a column dropped, or its type or ``NOT
+    NULL`` changed, or its collation made nondeterministic (two names that differ, as
+    ``A.txt`` and ``a.txt``, compare equal); a column of another's that every insert of the
+    app's must fill (``NOT NULL``, no default); a constraint of the app's dropped or changed,
+    or one of another's added (a ``CHECK`` as a quota, ``UNIQUE``, a foreign key; ``NOT
+    VALID`` ones too: each checks every new row); a unique index of the app's dropped or
+    ``INVALID`` (a failed ``REINDEX CONCURRENTLY``), or one of another's; a sequence behind
+    its table's largest id.
+
+    Red team 63: ``ALTER TABLE app_sessions ALTER COLUMN metadata TYPE jsonb`` (the usual
+    advice: jsonb can be indexed) stored each session's metadata otherwise than its create
+    answered (its keys reordered, ``1e300`` read back as an integer), and one holding
+    ``\\u0000`` was a bare ``UntranslatableCharacter`` (500); a ``CHECK`` on
+    ``app_files.size``, a ``varchar(8)`` name, a dropped column and a renamed schema made
+    the writes they touch bare psycopg errors (500, a traceback on the command line); the
+    name column given a case-insensitive collation had a ``PUT`` of ``a.txt`` replace the
+    acknowledged ``A.txt``; and the next open said nothing of any of them. A column of
+    another's that may be left empty, and an index that is not unique (a DBA's, for a
+    report), are left alone.
+    """
+    cursor = conn.cursor(row_factory=tuple_row)
+    out: _Found = ([], [])
+    present = _column_drift(cursor, out)
+    _constraint_drift(cursor, present, out)
+    _index_drift(cursor, present, out)
+    _sequence_drift(conn, present, out)
+    return tuple(out[0]), tuple(out[1])
+
+
+#: What :func:`drift` found, in words, and the statements that undo each, in order.
+_Found = tuple[list[str], list[str]]
+_IN_SCHEMA = (
+    " c.relname = ANY(%s) AND c.relnamespace"
+    " = (SELECT oid FROM pg_namespace WHERE nspname = current_schema())"
+)
+
+
+#: The app's tables whose ``id`` a sequence numbers (``serial``, ``bigserial``).
+_NUMBERED: Final = ("app_holders", "app_audit", "app_files")
+
+
+def _sequence_drift(conn: psycopg.Connection[Any], present: set[str], out: _Found) -> None:
+    """A sequence behind its table's largest id: logical replication copies rows, never
+    sequences, and a data-only restore (``COPY``) leaves them too; each insert of the app's
+    then meets a row the copy numbered (red team 63: every upload and every audited change
+    refused on ``app_files_pkey`` or ``app_audit_pkey``, until as many had failed)."""
+    found, undo = out
+    tables = [table for table in _NUMBERED if table in present]
+    if not tables:
+        return
+    rows = (
+        conn.cursor(row_factory=tuple_row)
+        .execute(
+            sql.SQL(" UNION ALL ").join(
+                sql.SQL(
+                    "SELECT {name}, s.seq, coalesce(pg_sequence_last_value(s.seq::regclass),"
+                    " (SELECT seqstart - seqincrement FROM pg_sequence"
+                    " WHERE seqrelid = s.seq::regclass)), (SELECT max(id) FROM {table})"
+                    " FROM (SELECT pg_get_serial_sequence({quoted}, 'id') AS seq) s"
+                    # A role that may not read the sequence (one that only reads the
+                    # tables) cannot insert either: nothing of its is refused for it.
+                    " WHERE s.seq IS NOT NULL"
+                    " AND has_sequence_privilege(s.seq, 'SELECT, USAGE')"
+                ).format(
+                    name=sql.Literal(table),
+                    table=sql.Identifier(table),
+                    quoted=sql.Literal(f'"{table}"'),
+                )
+                for table in tables
+            )
+        )
+        .fetchall()
+    )
+    for table, sequence, last, largest in rows:
+        if largest is not None and last is not None and last < largest:
+            found.append(
+                f"sequence {sequence} is at {last}, behind {table}'s largest id {largest} "
+                "(logical replication copies no sequence, nor does a data-only restore): "
+                "each insert of the app's there meets a row already numbered"
+            )
+            setval = f"SELECT setval('{sequence}', (SELECT max(id) FROM \"{table}\"))"  # noqa: S608
+            undo.append(setval)
+
+
+def _column_drift(cursor: psycopg.Cursor[Any], out: _Found) -> set[str]:
+    found, undo = out
+    rows = cursor.execute(
+        "SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,"  # noqa: S608
+        " a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '', coalesce(co.collname,"
+        " '') FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid LEFT JOIN"
+        " pg_collation co ON co.oid = a.attcollation AND NOT co.collisdeterministic"
+        " WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r', 'p') AND"
+        + _IN_SCHEMA + " ORDER BY c.relname, a.attnum",
+        (list(APP_TABLES),),
+    ).fetchall()  # fmt: skip
+    present: dict[str, dict[str, tuple[str, bool, bool, str]]] = {}
+    for table, column, kind, not_null, filled, collation in rows:
+        present.setdefault(table, {})[column] = (kind, not_null, filled, collation)
+    for table in APP_TABLES:
+        if table not in present:
+            continue  # dropped: no statement of the app's on it runs (42P01's remedy)
+        app, there = _app_columns(table), present[table]
+        for column, (kind, not_null) in app.items():
+            alter = f'ALTER TABLE "{table}" ALTER COLUMN "{column}"'
+            if column not in there:
+                found.append(f"column {table}.{column} is gone")
+                undo.append(f'ALTER TABLE "{table}" ADD COLUMN "{column}" {kind}')
+                continue
+            now, now_not_null, _, collation = there[column]
+            if now != kind or collation:
+                nondeterministic = " (nondeterministic: names that differ compare equal)"
+                how = now + (f' COLLATE "{collation}"{nondeterministic}' if collation else "")
+                found.append(f"column {table}.{column} is {how}, the app's is {kind}")
+                collate = ' COLLATE "default"' if kind == "text" else ""
+                undo.append(f'{alter} TYPE {kind}{collate} USING "{column}"::{kind}')
+            if now_not_null != not_null:
+                how = "NOT NULL" if now_not_null else "nullable"
+                found.append(f"column {table}.{column} is {how}, the app's is not")
+                undo.append(f"{alter} {'DROP' if now_not_null else 'SET'} NOT NULL")
+        for column, (_, not_null, filled, _) in there.items():
+            if column not in app and not_null and not filled:
+                found.append(
+                    f"column {table}.{column}, not the app's, is NOT NULL with no default "
+                    "(no insert of the app's fills it)"
+                )
+                undo.append(f'ALTER TABLE "{table}" ALTER COLUMN "{column}" DROP NOT NULL')
+    return set(present)
+
+
+def _constraint_drift(cursor: psycopg.Cursor[Any], present: set[str], out: _Found) -> None:
+    found, undo = out
+    rows = cursor.execute(
+        "SELECT c.relname, k.conname, pg_get_constraintdef(k.oid) FROM pg_constraint k"  # noqa: S608
+        " JOIN pg_class c ON c.oid = k.conrelid WHERE k.contype IN ('c', 'f', 'p', 'u', 'x')"
+        " AND" + _IN_SCHEMA + " ORDER BY 1, 2",
+        (list(APP_TABLES),),
+    ).fetchall()
+    seen = set()
+    for table, name, definition in rows:
+        app = _APP_CONSTRAINTS.get((table, name))
+        seen.add((table, name))
+        if app != definition:
+            found.append(f"constraint {name} on {table} is not the app's: {definition}")
+            drop = f'ALTER TABLE "{table}" DROP CONSTRAINT "{name}"'
+            undo.append(drop + ("" if app is None else f'; ALTER TABLE "{table}" ADD '
+                                f'CONSTRAINT "{name}" {app}'))  # fmt: skip
+    for (table, name), definition in _APP_CONSTRAINTS.items():
+        if table in present and (table, name) not in seen:
+            found.append(f"the app's constraint {name} on {table} ({definition}) is gone")
+            undo.append(f'ALTER TABLE "{table}" ADD CONSTRAINT "{name}" {definition}')
+
+
+def _index_drift(cursor: psycopg.Cursor[Any], present: set[str], out: _Found) -> None:
+    found, undo = out
+    # Unique indexes that back no constraint (the constraints' are compared above).
+    rows = cursor.execute(
+        "SELECT c.relname, i.relname, pg_get_indexdef(x.indexrelid),"  # noqa: S608
+        " x.indisvalid AND x.indisready FROM pg_index x JOIN pg_class c ON c.oid = x.indrelid"
+        " JOIN pg_class i ON i.oid = x.indexrelid WHERE x.indisunique AND NOT EXISTS"
+        " (SELECT 1 FROM pg_constraint k WHERE k.conindid = x.indexrelid AND k.conrelid"
+        " = x.indrelid) AND" + _IN_SCHEMA + " ORDER BY 1, 2",
+        (list(APP_TABLES),),
+    ).fetchall()
+    seen = set()
+    for table, name, definition, usable in rows:
+        app = _APP_UNIQUE_INDEXES.get((table, name))
+        shown = re.sub(r" ON \S+\.", " ON ", str(definition), count=1)
+        seen.add((table, name))
+        if app is None:
+            found.append(f"a unique index not the app's: {shown}")
+            undo.append(f'DROP INDEX "{name}"')
+        elif shown != app:
+            found.append(f"the app's index {name} is now {shown}")
+            undo.append(f'DROP INDEX "{name}"; {app}')
+        elif not usable:
+            found.append(
+                f"the app's index {name} is INVALID (a failed CREATE INDEX or REINDEX CONCURRENTLY)"
+            )
+            undo.append(f'REINDEX INDEX "{name}"')
+    for (table, name), app in _APP_UNIQUE_INDEXES.items():
+        if table in present and (table, name) not in seen:
+            found.append(f"the app's unique index {name} on {table} is gone")
+            undo.append(app)
+
+
 def stored(
     cursor: psycopg.Cursor[Any], where: str, what: str, table: str, statement: str = "INSERT into"
 ) -> None:
@@ -1315,6 +1575,9 @@ def open_database(
         found, undo = hooks(conn)
         if found:
             raise TablesHookedError(profile, where, found, undo)
+        found, undo = drift(conn)
+        if found:
+            raise TablesChangedError(profile, where, found, undo)
         if objects is None:
             return stamp
         database_id, bound_now = _bind(conn, where, objects)
@@ -1636,8 +1899,12 @@ class Holder:
                         )
                     with conn.cursor(row_factory=dict_row) as cursor:
                         row = cursor.execute(
-                            "INSERT INTO app_holders (host, pid, profile, url)"
-                            " VALUES (%s, %s, %s, %s)"
+                            # Its backend named here, not by the column's default: one a
+                            # DBA changed (red team 63: DEFAULT 0) left every live replica
+                            # "not live", `app status` listing none and maintenance's
+                            # refusal calling them stopped replicas' writes.
+                            "INSERT INTO app_holders (host, pid, profile, url, backend_pid)"
+                            " VALUES (%s, %s, %s, %s, pg_backend_pid())"
                             " RETURNING id, host, pid, profile, since, url, backend_pid",
                             (socket.gethostname(), os.getpid(), self.profile, self.url),
                         ).fetchone()

@@ -17,6 +17,7 @@ from psycopg.types.json import Json
 from app.errors import BadRequestError, SessionNotFoundError, UnreadableSessionError
 from app.remote import pg
 from app.remote.db import TRASH_TIME_FORMAT, Database, now, trash_entry, trash_name, utc
+from app.remote.errors import WriteNotStoredError
 from app.remote.pg import CREATE_LOCK
 from app.remote.rows import FINDING, SESSION_ROW, row_fault, say_left_out, session_fault
 from app.storage import (
@@ -100,6 +101,17 @@ class RemoteSessions:
                 (session_id, title, Json(metadata), moment, moment),
             )
             pg.stored(inserted, self.db.where, what, "app_sessions")
+            # The row as stored once every trigger has run (red team 63: the metadata column
+            # retyped jsonb under a live replica stored each session's metadata otherwise
+            # than this create answers, its keys reordered; a trigger before the insert
+            # changed the title unseen, red team 62's *not stopped* for a session's row).
+            conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
+            kept = conn.execute(
+                "SELECT title, metadata::text AS metadata FROM app_sessions WHERE id = %s",
+                (session_id,),
+            ).fetchall()
+            if [(k["title"], k["metadata"]) for k in kept] != [(title, json.dumps(metadata))]:
+                raise WriteNotStoredError(self.db.where, what, "app_sessions", after=True)
         when = moment.isoformat(timespec="microseconds")
         return _session(
             {

@@ -675,7 +675,12 @@ def _database_silent(config: Config, where: str, seconds: float) -> Probe:
 
 
 def _database_state(conn: Any, config: Config, where: str, seen: dict[str, Any]) -> list[Probe]:
-    from app.remote.errors import SchemaTooNewError, TablesHookedError, UnloggedTablesError
+    from app.remote.errors import (
+        SchemaTooNewError,
+        TablesChangedError,
+        TablesHookedError,
+        UnloggedTablesError,
+    )
 
     source = config.sources.get("database_url", "?")
     version = conn.info.server_version
@@ -718,6 +723,14 @@ def _database_state(conn: Any, config: Config, where: str, seen: dict[str, Any])
         probes.append(
             Probe("triggers", f"{len(found)} not the app's, or off", hooked.message,
                   hooked.exit_code)
+        )  # fmt: skip
+    found, undo = pg.drift(conn)
+    if found:
+        # The open refuses them (red team 63); doctor said "ok".
+        changed = TablesChangedError(config.profile, where, found, undo)
+        probes.append(
+            Probe("tables", f"{len(found)} changed from the app's", changed.message,
+                  changed.exit_code)
         )  # fmt: skip
     if pg.in_recovery(conn):
         from app.errors import EX_UNAVAILABLE

@@ -39,12 +39,15 @@ __all__ = ["RemoteTrash"]
 #: entry``.
 _TRASHED_FILE = (
     "SELECT id, name, trash_name, blob, size, sha256, deleted_at FROM app_files"
-    " WHERE session_id = %s AND name = %s AND deleted_at IS NOT NULL"
+    ' WHERE session_id = %s AND name = %s COLLATE "default" AND deleted_at IS NOT NULL'
     " AND (%s::text IS NULL OR trash_name = %s)"
     " ORDER BY deleted_at DESC, id DESC LIMIT 1"
 )
 #: Whether the file is there (live) again: ``session_id, name``.
-_LIVE_FILE = "SELECT 1 FROM app_files WHERE session_id = %s AND name = %s AND deleted_at IS NULL"
+_LIVE_FILE = (
+    "SELECT 1 FROM app_files WHERE session_id = %s"
+    ' AND name = %s COLLATE "default" AND deleted_at IS NULL'
+)
 
 # The backend's logger, shared with app.remote.transfer.
 log = logging.getLogger("app.remote.store")
@@ -267,7 +270,8 @@ class RemoteTrash:
         older = None
         if entry is None:
             older = conn.execute(
-                "SELECT trash_name FROM app_files WHERE session_id = %s AND name = %s"
+                "SELECT trash_name FROM app_files WHERE session_id = %s"
+                ' AND name = %s COLLATE "default"'
                 " AND deleted_at IS NOT NULL AND (deleted_at, id) < (%s, %s)"
                 " ORDER BY deleted_at DESC, id DESC LIMIT 1",
                 (session_id, name, row["deleted_at"], row["id"]),

@@ -479,8 +479,17 @@ EXAMPLES: list[errors.AppError] = [
         ("CREATE TRIGGER s BEFORE INSERT ON public.app_files FOR EACH ROW EXECUTE FUNCTION s()",),
         ('DROP TRIGGER "s" ON "app_files"',),
     ),
+    remote.TablesChangedError(
+        "production",
+        DATABASE,
+        ("column app_sessions.metadata is jsonb, the app's is json",),
+        ('ALTER TABLE "app_sessions" ALTER COLUMN "metadata" TYPE json USING "metadata"::json',),
+    ),
     remote.WriteNotStoredError(
         DATABASE, "the upload of 'notes.txt' into session 0123456789abcdef", "app_files"
+    ),
+    remote.WriteNotStoredError(
+        DATABASE, "the creation of a session titled 'Review'", "app_sessions", after=True
     ),
     remote.WriteNotStoredError(
         DATABASE,
