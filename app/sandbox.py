@@ -1140,15 +1140,14 @@ def _entry_held_open(pid: int, uid: int, name: str, seen: _Seen | None = None) -
             continue
         if not target.startswith("/"):
             continue  # a pipe, a socket
-        held = Path(path)
         with contextlib.suppress(OSError):
-            found = held.stat()
+            found = os.stat(path)  # noqa: PTH116 - str in: no Path made per descriptor
             # The entry itself, removed or not (`rm -rf /tmp/app-*`, in this run or
             # another's): its bytes stay while it is open.
             if stat.S_ISREG(found.st_mode):
-                opened = Path(target.removesuffix(" (deleted)")).name
+                opened = _word_name(target.removesuffix(" (deleted)"))
                 if opened == name and _trusted(found, uid, stat.S_ISREG):
-                    return held
+                    return Path(path)
                 if seen is not None and opened.startswith(f"{pid}-"):
                     seen.holding.add(pid)
             # Any directory, not only one at the registry's name: a test that moved
@@ -1157,8 +1156,8 @@ def _entry_held_open(pid: int, uid: int, name: str, seen: _Seen | None = None) -
                 # Not the listing of /proc/<pid>/fd this scan held, for this process.
                 if seen is not None and not target.startswith(f"{_PROC}/"):
                     seen.holding.add(pid)
-                if (held / name).is_file():
-                    return held / name
+                if (held := Path(path) / name).is_file():
+                    return held
     return copy  # checked as a copy by `_entry_changed`
 
 
@@ -1624,7 +1623,7 @@ def _python_program(pid: int) -> bool:
     try:
         # Its program, not its command line: a test can write a title over that
         # (setproctitle), as code under test that names its process does.
-        program = (_PROC / str(pid) / "exe").readlink().name
+        program = _word_name(os.readlink(f"{_PROC}/{pid}/exe"))  # noqa: PTH115 - str in, out
     except OSError:
         return False
     # A program replaced on disk while it runs (Python upgraded in place by the system's
