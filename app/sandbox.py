@@ -1140,15 +1140,14 @@ def _entry_held_open(pid: int, uid: int, name: str, seen: _Seen | None = None) -
             continue
         if not target.startswith("/"):
             continue  # a pipe, a socket
-        held = Path(path)
         with contextlib.suppress(OSError):
-            found = held.stat()
+            found = os.stat(path)  # noqa: PTH116 - str in: no Path made per descriptor
             # The entry itself, removed or not (`rm -rf /tmp/app-*`, in this run or
             # another's): its bytes stay while it is open.
             if stat.S_ISREG(found.st_mode):
-                opened = Path(target.removesuffix(" (deleted)")).name
+                opened = _word_name(target.removesuffix(" (deleted)"))
                 if opened == name and _trusted(found, uid, stat.S_ISREG):
-                    return held
+                    return Path(path)
                 if seen is not None and opened.startswith(f"{pid}-"):
                     seen.holding.add(pid)
             # Any directory, not only one at the registry's name: a test that moved
@@ -1157,8 +1156,8 @@ def _entry_held_open(pid: int, uid: int, name: str, seen: _Seen | None = None) -
                 # Not the listing of /proc/<pid>/fd this scan held, for this process.
                 if seen is not None and not target.startswith(f"{_PROC}/"):
                     seen.holding.add(pid)
-                if (held / name).is_file():
-                    return held / name
+                if (held := Path(path) / name).is_file():
+                    return held
     return copy  # checked as a copy by `_entry_changed`
 
 
@@ -1809,7 +1808,7 @@ def _python_program(pid: int) -> bool:
     try:
         # Its program, not its command line: a test can write a title over that
         # (setproctitle), as code under test that names its process does.
-        program = (_PROC / str(pid) / "exe").readlink().name
+        program = _word_name(os.readlink(f"{_PROC}/{pid}/exe"))  # noqa: PTH115 - str in, out
     except OSError:
         return False
     # A program replaced on disk while it runs (Python upgraded in place by the system's
@@ -2595,7 +2594,7 @@ def _script_of(argv: list[str]) -> str | None:
         elif word == "-" or _MODULE_OR_CODE.fullmatch(word) or word == "--":
             return None
         elif not word.startswith("-"):
-            return _coverage_program(words) if Path(word).name == "coverage" else word
+            return _coverage_program(words) if _word_name(word) == "coverage" else word
     return None
 
 
@@ -2648,6 +2647,15 @@ _LOADER_VALUE_OPTIONS: Final = frozenset(
 )  # fmt: skip
 
 
+def _word_name(word: str) -> str:
+    """``Path(word).name``, the last name of a command line's word, without making a path
+    where the text after its last slash is that name (neither empty nor ``.``): the walk
+    reads every word of every ancestor's command line so, and a path made for each cost
+    about a tenth of the walk (bench/README.md, "perf-startup63")."""
+    name = word.rpartition("/")[2]
+    return name if name not in ("", ".") else Path(word).name
+
+
 def _program_words(argv: list[str], pid: int | str | None = None) -> list[str]:
     """`argv` from the program that runs, as process `pid` runs it: past the dynamic loader
     and its options (``/lib64/ld-linux-x86-64.so.2 python -m unittest``), and with Python's
@@ -2662,9 +2670,9 @@ def _program_words(argv: list[str], pid: int | str | None = None) -> list[str]:
     program is read only where the first word is neither Python's nor the loader's and a
     later one names a Python or is Python's ``-m``/``-c`` (a shell's ``sh -c`` is read, a
     shell or an init without them costs no more)."""
-    if not argv or _PYTHON.fullmatch(Path(argv[0]).name) is not None:
+    if not argv or _PYTHON.fullmatch(_word_name(argv[0])) is not None:
         return argv
-    if _LOADER.fullmatch(Path(argv[0]).name) is None:
+    if _LOADER.fullmatch(_word_name(argv[0])) is None:
         program = _program_of(argv, pid)
         if program is not None and _PYTHON.fullmatch(program.name) is not None:
             return [str(program), *argv[1:]]  # renamed (`exec -a`)
@@ -2677,7 +2685,7 @@ def _program_of(argv: list[str], pid: int | str | None) -> Path | None:
     """Process `pid`'s program (`_program_words`), where its command line (`argv`) may hide
     a Python: a later word names one, or is Python's ``-m``/``-c``; else None."""
     if pid is None or not any(
-        _PYTHON.fullmatch(Path(word).name) or _MODULE_OR_CODE.fullmatch(word) for word in argv[1:]
+        _PYTHON.fullmatch(_word_name(word)) or _MODULE_OR_CODE.fullmatch(word) for word in argv[1:]
     ):
         return None
     try:
@@ -2723,9 +2731,9 @@ def _words_run_pytest(argv: tuple[str, ...]) -> tuple[bool, bool]:
     zygote's ``python -c`` program of some 2,000 characters) twice a test, and reading
     them anew was most of its cost (bench/README.md, "the guard's walk and httpx's TLS
     contexts")."""
-    python = _PYTHON.fullmatch(Path(argv[0]).name) is not None
+    python = _PYTHON.fullmatch(_word_name(argv[0])) is not None
     for index, arg in enumerate(argv):
-        if _PYTEST_COMMAND.fullmatch(Path(arg).name) and (
+        if _PYTEST_COMMAND.fullmatch(_word_name(arg)) and (
             index == 0 or "/" in arg or (python and index == 1)
         ):
             return True, python
@@ -2801,9 +2809,9 @@ def _looks_like_unittest(argv: list[str], pid: int | str | None = None) -> bool:
     argv = _program_words(argv, pid)
     if not argv:
         return False
-    if _UNITTEST_SCRIPT.fullmatch(Path(argv[0]).name):
+    if _UNITTEST_SCRIPT.fullmatch(_word_name(argv[0])):
         return True
-    return _PYTHON.fullmatch(Path(argv[0]).name) is not None and _python_runs_unittest(argv[1:])
+    return _PYTHON.fullmatch(_word_name(argv[0])) is not None and _python_runs_unittest(argv[1:])
 
 
 def _python_runs_unittest(arguments: list[str]) -> bool:
@@ -2823,7 +2831,7 @@ def _python_runs_unittest(arguments: list[str]) -> bool:
             if arg.startswith("-"):
                 continue
             # A script: what follows is its own arguments.
-            name = Path(arg).name
+            name = _word_name(arg)
             if _RUNNER_SCRIPT.fullmatch(name):
                 return _runs_unittest_next(list(words))
             return "/" in arg and _UNITTEST_SCRIPT.fullmatch(name) is not None
@@ -2866,7 +2874,7 @@ def _runs_unittest_next(words: list[str], *, any_word: bool = True) -> bool:
             any_word = True
         elif any_word and (
             word in _UNITTEST_MODULES
-            or ("/" in word and _UNITTEST_SCRIPT.fullmatch(Path(word).name))
+            or ("/" in word and _UNITTEST_SCRIPT.fullmatch(_word_name(word)))
         ):
             return True
         elif _names_script(word):
@@ -2886,7 +2894,7 @@ def _names_script(word: str) -> bool:
         return False
     if word.endswith(".py"):
         return True
-    if not word.startswith("/") or _RUNNER_SCRIPT.fullmatch(Path(word).name):
+    if not word.startswith("/") or _RUNNER_SCRIPT.fullmatch(_word_name(word)):
         return False
     return Path(word).is_file() and os.access(word, os.X_OK)
 
