@@ -52,9 +52,10 @@ if TYPE_CHECKING:
     import httpx
 
 #: What the child reads when it runs (the app's settings and the plugin's markers; the
-#: terminal width that click and ``shutil.get_terminal_size`` read when they print): set per
-#: child. Every other variable Python or a library may have read while the zygote imported.
-_GIVEN_AT_FORK = ("APP_", "ENV_FOR_DYNACONF", "PYTEST_", "COLUMNS")
+#: terminal width that click and ``shutil.get_terminal_size`` read when they print; libpq's
+#: ``PG*``, which it reads as it connects, never as psycopg is imported): set per child.
+#: Every other variable Python or a library may have read while the zygote imported.
+_GIVEN_AT_FORK = ("APP_", "ENV_FOR_DYNACONF", "PYTEST_", "COLUMNS", "PG")
 
 
 #: What a child inherits from the process that forks or starts it besides its environment and
