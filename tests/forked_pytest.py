@@ -28,10 +28,7 @@ when its command line is longer than the room this process's holds. What a fork 
 
 from __future__ import annotations
 
-import itertools
-import json
 import os
-import subprocess
 import sys
 import threading
 from collections.abc import Sequence
@@ -51,7 +48,8 @@ READ_AT_START = ("PYTHON", "LC_", "LANG", "LANGUAGE", "LD_", "MALLOC_", "TZ", "T
 #: The room for a child's command line: this process's arguments are padded to it.
 ROOM = 8192
 
-ZYGOTE = r"""
+ZYGOTE = (
+    r"""
 import importlib, json, os, runpy, selectors, signal, sys
 
 import pytest
@@ -69,6 +67,10 @@ def answer(message):
     os.write(1, (json.dumps(message) + "\n").encode())
 
 
+"""
+    + forked_app.TAKE
+    + r"""
+
 def retitle(argv):
     # Over this process's arguments (the kernel's /proc/<pid>/cmdline), padded with NULs;
     # through /proc/self/mem, not ctypes, which a plain pytest does not import at its start.
@@ -83,17 +85,9 @@ def retitle(argv):
 
 
 def become(given):
-    # Like a child the tests' process started: not ended with this process, nothing of the
-    # zygote's open, the test's directory, output files, environment and arguments.
-    selector.close()
-    for fd in given["close"]:
-        os.close(fd)
-    os.chdir(given["cwd"])
-    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
-    for fd, name in ((1, "stdout"), (2, "stderr")):
-        os.dup2(os.open(given[name], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644), fd)
-    os.environ.clear()
-    os.environ.update(given["env"])
+    # Like a child the tests' process started: not ended with this process (no parent-death
+    # signal), and its arguments.
+    take(given)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     retitle(given["argv"])
     sys.orig_argv[:] = given["argv"]
@@ -106,61 +100,29 @@ def become(given):
     sys.exit(0)  # the interpreter's own exit, as `python -mpytest` ends
 
 
-pending = b""
-watched = {}
-while True:
-    for key, _ in selector.select():
-        if key.fd != 0:
-            pid = watched.pop(key.fd)
-            selector.unregister(key.fd)
-            os.close(key.fd)
-            _, status = os.waitpid(pid, 0)
-            answer({"exited": pid, "code": os.waitstatus_to_exitcode(status)})
-            continue
-        data = os.read(0, 65536)
-        if not data:
-            sys.exit(0)
-        pending += data
-        while b"\n" in pending:
-            line, pending = pending.split(b"\n", 1)
-            given = json.loads(line)
-            given["close"] = list(watched)
-            pid = os.fork()
-            if pid == 0:
-                become(given)
-            pidfd = os.pidfd_open(pid)
-            watched[pidfd] = pid
-            selector.register(pidfd, selectors.EVENT_READ)
-            answer({"id": given["id"], "pid": pid})
 """
+)
 
 
-class Zygote:
+class ForkedRun(Forked):
+    """A forked inner run, with the part of `subprocess.Popen` that pytester uses."""
+
+    stdin = None  # as pytester's Popen's, whose pipe it closed at once
+
+
+class Zygote(forked_app.Zygote):
     """The forking process, one per pytest process; it ends when this process does."""
 
-    running: Zygote | None = None
-    broken = False
+    script = ZYGOTE
+    padding = ("#" * ROOM,)  # the room for a child's command line
+    name, shown = "forked-pytest", (sys.executable, "-mpytest")
 
-    def __init__(self) -> None:
-        if not forked_app._RUN:
-            forked_app.remember_the_run()
-        self.environ = {k: v for k, v in forked_app._RUN["environ"].items() if k != "PYTHONPATH"}
-        self.inherited = forked_app._RUN["inherited"]
-        padding = "#" * ROOM
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", ZYGOTE, padding],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=self.environ,
-        )
-        self._lock = threading.Lock()
-        self._ids = itertools.count()
-        self._started: dict[int, ForkedRun | None] = {}
-        self._by_pid: dict[int, ForkedRun] = {}
-        self._answered = threading.Condition(self._lock)
-        threading.Thread(target=self._read, daemon=True, name="forked-pytest").start()
+    def environment(self, run: dict[str, str]) -> dict[str, str]:
+        return {k: v for k, v in run.items() if k != "PYTHONPATH"}  # each child's its own
 
-    def fits(self, env: dict[str, str], argv: list[str]) -> bool:
+    def gives(self, env: dict[str, str], argv: list[str]) -> bool:
+        """Whether a child forked here starts as `argv` in `env` would."""
+
         def read_at_start(environ: dict[str, str]) -> dict[str, str]:
             return {
                 k: v
@@ -176,51 +138,11 @@ class Zygote:
             and inherited() == self.inherited
         )
 
-    def fork(
-        self, env: dict[str, str], argv: list[str], cwd: Path, stdout: Path, stderr: Path
-    ) -> ForkedRun:
-        assert self.process.stdin is not None
-        given = {"env": env, "argv": argv, "cwd": str(cwd), "stdout": str(stdout)}
-        given["stderr"] = str(stderr)
-        with self._lock:
-            ident = next(self._ids)
-            self._started[ident] = None
-            self.process.stdin.write(json.dumps({**given, "id": ident}).encode() + b"\n")
-            self.process.stdin.flush()
-            while (child := self._started[ident]) is None:
-                assert self.process.poll() is None, "the pytest zygote exited"
-                self._answered.wait(1)
-            del self._started[ident]
-        return child
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        try:
-            for line in self.process.stdout:
-                message = json.loads(line)
-                with self._lock:
-                    if "exited" in message:
-                        child = self._by_pid.pop(message["exited"])
-                        child.returncode = message["code"]
-                        child.exited.set()
-                        continue
-                    child = ForkedRun(message["pid"], [sys.executable, "-mpytest"])
-                    self._by_pid[child.pid] = child
-                    self._started[message["id"]] = child
-                    self._answered.notify_all()
-        finally:
-            with self._lock:
-                for child in self._by_pid.values():
-                    child.exited.set()
-                self._by_pid.clear()
+    def child(self, pid: int) -> ForkedRun:
+        return ForkedRun(pid, list(self.shown))
 
 
-class ForkedRun(Forked):
-    """A forked inner run, with the part of `subprocess.Popen` that pytester uses."""
-
-    stdin = None  # as pytester's Popen's, whose pipe it closed at once
-
-
+_running: list[Zygote] = []  # this process's, once started
 _starting = threading.Lock()
 
 
@@ -234,14 +156,17 @@ def start(
     if argv[:2] != [sys.executable, "-mpytest"] or not hasattr(os, "pidfd_open"):
         return None
     with _starting:
-        if Zygote.running is None:
+        if not _running:
             if forked_app._RUN and inherited() != forked_app._RUN["inherited"]:
                 return None  # a zygote started now would inherit this test's values
-            Zygote.running = Zygote()
-    zygote = Zygote.running
-    if not zygote.fits(env, argv):
+            _running.append(Zygote())
+    zygote = _running[0]
+    if not zygote.gives(env, argv):
         return None
-    return zygote.fork(env, argv, cwd, stdout, stderr)
+    given = {"env": env, "argv": argv, "cwd": str(cwd), "stdout": str(stdout)}
+    child = zygote.send({**given, "stderr": str(stderr)})
+    assert isinstance(child, ForkedRun)
+    return child
 
 
 def popen(
