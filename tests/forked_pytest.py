@@ -1,16 +1,18 @@
-"""Inner pytest runs (``pytester.runpytest_subprocess``) forked from an interpreter that
-imported pytest once.
+"""Inner pytest runs started as pytester starts them (``pytester.runpytest_subprocess``,
+tests/test_incident.py's launcher, `side_by_side.pytest_side_by_side`) forked from an
+interpreter that imported pytest once.
 
 An inner ``python -mpytest`` of one trivial test executes about 1,040 M instructions, 570 M of
 them importing pytest's own modules before it reads a single argument (callgrind,
-bench/README.md, "perf-suite63"); the suite starts some two hundred through pytester. This
-process (one per pytest process, started on first use) imports pytest and its built-in
-plugins, nothing else, and forks one child per run: a process of its own (its own pid, exit
-status, signals), in the test's working directory, environment, ``sys.path`` (its directory
-and ``PYTHONPATH``, as ``-m`` builds it) and output files, that runs ``pytest`` as ``python
--mpytest`` does (``runpy``, ``SystemExit``, the interpreter's own exit) with its command line
-in ``/proc/<pid>/cmdline`` written over this process's (padded with NULs, which every reader
-of it in the app strips: `app.sandbox._cmdline`, `app.lock._command_line`).
+bench/README.md, "perf-suite63"); the suite starts over a hundred this way. This process (one
+per pytest process, started on first use) imports pytest and its built-in plugins, nothing
+else, and forks one child per run: a process of its own (its own pid, exit status, signals;
+not ended with the zygote, as a plain child is not with its parent), in the test's working
+directory, environment, ``sys.path`` (its directory and ``PYTHONPATH``, as ``-m`` builds it)
+and output files, that runs ``pytest`` as ``python -mpytest`` does (``runpy``, ``SystemExit``,
+the interpreter's own exit) with its command line in ``/proc/<pid>/cmdline`` written over this
+process's (padded with NULs, which every reader of it in the app strips:
+`app.sandbox._cmdline`, `app.lock._command_line`).
 
 Nothing of the app's is imported before the child's pytest marks its plugins for assertion
 rewriting, as in a plain start, and the guard's ``.pth`` armed pytest's plugin manager when
@@ -23,7 +25,10 @@ loader, allocator, time zone, ``TMPDIR``), when this process's umask, limits, ig
 blocked signals, nice value or CPUs differ from the run's (`app.testing.zygote.inherited`),
 when its standard input is not pytester's closed pipe, when ``os.pidfd_open`` is missing, and
 when its command line is longer than the room this process's holds. What a fork cannot give:
-``/proc/<pid>/environ`` (the kernel shows the zygote's); no test reads an inner run's.
+``/proc/<pid>/environ`` (the kernel shows the zygote's) and ``/proc/<pid>/cmdline``'s length
+(the zygote's room, the rest NULs); no test reads either of an inner run. The red teams' own
+``python -m pytest`` children (a hand-built environment, bytecode on, wrappers, another user
+or namespace) start as they always did: their start is what they check.
 """
 
 from __future__ import annotations
