@@ -5,12 +5,14 @@ from __future__ import annotations
 import gc
 import os
 import shutil
+import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import forked_app
+import forked_pytest
 import head_start
 import httpcore  # noqa: F401  (see below)
 import pytest
@@ -32,6 +34,28 @@ if TYPE_CHECKING:
 # httpx no longer recognised, and a refused connection escaped `except httpx.TransportError`
 # (a server's readiness poll failed at once instead of retrying). Imported here, httpcore
 # predates every inner run.
+
+_plain_popen = pytest.Pytester.popen
+
+
+def _popen(
+    self: pytest.Pytester,
+    cmdargs: Sequence[str | os.PathLike[str]],
+    stdout: Any = subprocess.PIPE,
+    stderr: Any = subprocess.PIPE,
+    stdin: Any = pytest.Pytester.CLOSE_STDIN,
+    **kw: Any,
+) -> Any:
+    # `runpytest_subprocess`'s inner pytest forked from an interpreter that imported pytest
+    # (tests/forked_pytest.py: about half an inner run's start-up), else started as pytester
+    # starts it.
+    forked = forked_pytest.popen(self, cmdargs, stdout, stderr, stdin, kw)
+    if forked is not None:
+        return forked
+    return _plain_popen(self, cmdargs, stdout, stderr, stdin, **kw)
+
+
+pytest.Pytester.popen = _popen  # type: ignore[method-assign]
 
 # Real PostgreSQL and S3 servers, started only by the tests that ask for them.
 pytest_plugins = ["engines"]

@@ -52,9 +52,10 @@ if TYPE_CHECKING:
     import httpx
 
 #: What the child reads when it runs (the app's settings and the plugin's markers; the
-#: terminal width that click and ``shutil.get_terminal_size`` read when they print): set per
-#: child. Every other variable Python or a library may have read while the zygote imported.
-_GIVEN_AT_FORK = ("APP_", "ENV_FOR_DYNACONF", "PYTEST_", "COLUMNS")
+#: terminal width that click and ``shutil.get_terminal_size`` read when they print; libpq's
+#: ``PG*``, which it reads as it connects, never as psycopg is imported): set per child.
+#: Every other variable Python or a library may have read while the zygote imported.
+_GIVEN_AT_FORK = ("APP_", "ENV_FOR_DYNACONF", "PYTEST_", "COLUMNS", "PG")
 
 
 #: What a child inherits from the process that forks or starts it besides its environment and
@@ -107,7 +108,24 @@ def remember_the_run() -> None:
     _RUN["inherited"] = _inherited()
 
 
-ZYGOTE = """
+#: A child's start in a zygote (tests/forked_pytest.py's too): nothing of the zygote's open
+#: (its selector, the other children's pidfds), the test's directory, an empty standard
+#: input, the test's output files and environment.
+TAKE = """
+def take(given):
+    selector.close()
+    for fd in given["close"]:
+        os.close(fd)
+    os.chdir(given["cwd"])
+    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        os.dup2(os.open(given[name], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644), fd)
+    os.environ.clear()
+    os.environ.update(given["env"])
+"""
+
+ZYGOTE = (
+    """
 import atexit, ctypes, json, os, runpy, selectors, signal, sys
 
 import dynaconf, psycopg, boto3, zxcvbn
@@ -146,6 +164,9 @@ def answer(message):
     os.write(1, (json.dumps(message) + "\\n").encode())
 
 
+"""
+    + TAKE
+    + """
 ZYGOTE_PID = os.getpid()
 prctl = ctypes.CDLL(None, use_errno=True).prctl
 
@@ -158,15 +179,7 @@ def become(given):
     if os.getppid() != ZYGOTE_PID:  # the zygote ended before prctl: nobody would signal it
         os._exit(1)
     # The child: only what `python -m app` would have, the test's output files.
-    selector.close()
-    for fd in given["close"]:
-        os.close(fd)
-    os.chdir(given["cwd"])
-    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
-    for fd, name in ((1, "stdout"), (2, "stderr")):
-        os.dup2(os.open(given[name], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644), fd)
-    os.environ.clear()
-    os.environ.update(given["env"])
+    take(given)
     try:
         if given.get("code") is None:
             sys.argv[1:] = given["args"]
@@ -185,6 +198,12 @@ def become(given):
 from app.testing.zygote import leave
 
 
+"""
+)
+
+#: The zygote's loop: a child forked per line read (`become`), its exit reported; the
+#: zygote ends when its standard input does (tests/forked_pytest.py's too).
+LOOP = """
 pending = b""
 watched = {}
 while True:
@@ -248,16 +267,22 @@ class Zygote:
     process does (its standard input closes)."""
 
     running: Zygote | None = None
+    #: What this zygote imports and how its child becomes what it runs (`LOOP` follows).
+    script = ZYGOTE
+    #: Arguments after the script (tests/forked_pytest.py's room for a child's command line).
+    padding: tuple[str, ...] = ()
+    #: Its reader thread's name, and the command line a child is reported under.
+    name, shown = "forked-app", ("app",)
 
     def __init__(self) -> None:
         # The environment of the run, not of the test that happened to come first (which
         # may have changed a variable for its own children only).
         if not _RUN:
             remember_the_run()  # outside this project's conftest: from now on
-        self.environ = _RUN["environ"]
+        self.environ = self.environment(_RUN["environ"])
         self.inherited = _RUN["inherited"]
         self.process = subprocess.Popen(
-            [sys.executable, "-c", ZYGOTE],
+            [sys.executable, "-c", self.script + LOOP, *self.padding],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=self.environ,
@@ -267,7 +292,11 @@ class Zygote:
         self._started: dict[int, Forked | None] = {}
         self._by_pid: dict[int, Forked] = {}
         self._answered = threading.Condition(self._lock)
-        threading.Thread(target=self._read, daemon=True, name="forked-app").start()
+        threading.Thread(target=self._read, daemon=True, name=self.name).start()
+
+    def environment(self, run: dict[str, str]) -> dict[str, str]:
+        """The zygote's own environment, from the run's."""
+        return run
 
     def fits(self, env: dict[str, str]) -> bool:
         def own(environ: dict[str, str]) -> dict[str, str]:
@@ -287,19 +316,25 @@ class Zygote:
         stderr: Path,
         code: str | None = None,
     ) -> Forked:
-        assert self.process.stdin is not None
         given = {"env": env, "args": args, "cwd": os.getcwd(), "code": code}
+        return self.send({**given, "stdout": str(stdout), "stderr": str(stderr)})
+
+    def send(self, given: dict[str, Any]) -> Forked:
+        """The child forked for `given` (what `become` reads), once the zygote named it."""
+        assert self.process.stdin is not None
         with self._lock:
             ident = next(self._ids)
             self._started[ident] = None
-            line = json.dumps({**given, "id": ident, "stdout": str(stdout), "stderr": str(stderr)})
-            self.process.stdin.write(line.encode() + b"\n")
+            self.process.stdin.write(json.dumps({**given, "id": ident}).encode() + b"\n")
             self.process.stdin.flush()
             while (child := self._started[ident]) is None:
-                assert self.process.poll() is None, "the app's zygote exited"
+                assert self.process.poll() is None, "the zygote exited"
                 self._answered.wait(1)
             del self._started[ident]
         return child
+
+    def child(self, pid: int) -> Forked:
+        return Forked(pid, list(self.shown))
 
     def _read(self) -> None:
         assert self.process.stdout is not None
@@ -312,7 +347,7 @@ class Zygote:
                         child.returncode = message["code"]
                         child.exited.set()
                         continue
-                    child = Forked(message["pid"], ["app"])
+                    child = self.child(message["pid"])
                     self._by_pid[child.pid] = child
                     self._started[message["id"]] = child
                     self._answered.notify_all()

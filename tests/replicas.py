@@ -33,6 +33,11 @@ import psycopg
 import pytest
 from engines import PostgresEngine, S3Engine
 
+# With the module, not in `Production.holders`: a serial run's head start
+# (tests/head_start.py) imported it in its thread while a pytester test's end put
+# sys.modules back as it was, taking out the module mid-import (dataclasses' "'NoneType'
+# object has no attribute '__dict__'", red team 63's speed round).
+from app.remote import pg
 from app.testing import wait_until_serving
 
 #: `wait_for`'s first pause, growing by half at each poll up to `POLL_MAX`: most conditions
@@ -135,8 +140,6 @@ class Production:
 
     def holders(self) -> list[dict[str, Any]]:
         """The holder rows of live replicas, as the database shows them."""
-        from app.remote import pg
-
         # One connection for every poll: a connection per poll (every 10 ms while a replica
         # starts) had the cluster fork a backend each time, on the cores the replica needs.
         if self._conn is None or self._conn.closed:

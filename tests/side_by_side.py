@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
+import forked_pytest
 import pytest
 
 #: Options of every inner pytest run (``PYTEST_ADDOPTS``; tests/conftest.py and the incident's
@@ -66,15 +67,20 @@ def pytest_side_by_side(
     for args in runs:
         directory = Path(tempfile.mkdtemp(prefix="runpytest-", dir=path))  # 0700
         out, err = directory.with_suffix(".stdout"), directory.with_suffix(".stderr")
-        with out.open("w", encoding="utf8") as stdout, err.open("w", encoding="utf8") as stderr:
-            process = subprocess.Popen(
-                [sys.executable, "-mpytest", f"--basetemp={directory}", *args],
-                cwd=path,
-                env=env,
-                stdin=subprocess.DEVNULL,  # pytester's is a pipe it closes at once
-                stdout=stdout,
-                stderr=stderr,
-            )
+        argv = [sys.executable, "-mpytest", f"--basetemp={directory}", *args]
+        out.touch()
+        err.touch()
+        process = forked_pytest.start(argv, dict(env), path, out, err)  # or the plain way:
+        if process is None:
+            with out.open("w", encoding="utf8") as stdout, err.open("w", encoding="utf8") as stderr:
+                process = subprocess.Popen(
+                    argv,
+                    cwd=path,
+                    env=env,
+                    stdin=subprocess.DEVNULL,  # pytester's is a pipe it closes at once
+                    stdout=stdout,
+                    stderr=stderr,
+                )
         started.append((process, out, err, time.monotonic()))
     results = []
     for process, out, err, began in started:

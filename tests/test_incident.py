@@ -71,6 +71,7 @@ from pathlib import Path
 from typing import Any
 
 import forked_app
+import forked_pytest
 import httpx
 import pytest
 from forked_app import Forked
@@ -310,7 +311,7 @@ class Case:
 class Launch:
     """A case's inner pytest, started: its links, and where its output goes."""
 
-    process: subprocess.Popen[bytes]
+    process: subprocess.Popen[bytes] | forked_pytest.ForkedRun
     out: Path
     err: Path
     links: list[Path]
@@ -361,10 +362,15 @@ class Launcher:
         else:
             argv = [sys.executable, "-mpytest", f"--basetemp={directory / 'runpytest-0'}", *args]
         out, err = directory / "stdout", directory / "stderr"
-        with out.open("wb") as stdout, err.open("wb") as stderr:
-            process = subprocess.Popen(
-                argv, cwd=directory, env=env, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr
-            )
+        out.touch()
+        err.touch()
+        process = forked_pytest.start(argv, env, directory, out, err)  # or the plain way:
+        if process is None:
+            with out.open("wb") as stdout, err.open("wb") as stderr:
+                process = subprocess.Popen(
+                    argv, cwd=directory, env=env, stdin=subprocess.DEVNULL, stdout=stdout,
+                    stderr=stderr,
+                )  # fmt: skip
         key = case.shared or nodeid
         self.started[key] = Launch(process, out, err, links, time.monotonic())
         return self.started[key]

@@ -1,0 +1,194 @@
+"""Inner pytest runs started as pytester starts them (``pytester.runpytest_subprocess``,
+tests/test_incident.py's launcher, `side_by_side.pytest_side_by_side`) forked from an
+interpreter that imported pytest once.
+
+An inner ``python -mpytest`` of one trivial test executes about 1,040 M instructions, 570 M of
+them importing pytest's own modules before it reads a single argument (callgrind,
+bench/README.md, "perf-suite63"); the suite starts over a hundred this way. This process (one
+per pytest process, started on first use) imports pytest and its built-in plugins, nothing
+else, and forks one child per run: a process of its own (its own pid, exit status, signals;
+not ended with the zygote, as a plain child is not with its parent), in the test's working
+directory, environment, ``sys.path`` (its directory and ``PYTHONPATH``, as ``-m`` builds it)
+and output files, that runs ``pytest`` as ``python -mpytest`` does (``runpy``, ``SystemExit``,
+the interpreter's own exit) with its command line in ``/proc/<pid>/cmdline`` written over this
+process's (padded with NULs, which every reader of it in the app strips:
+`app.sandbox._cmdline`, `app.lock._command_line`).
+
+Nothing of the app's is imported before the child's pytest marks its plugins for assertion
+rewriting, as in a plain start, and the guard's ``.pth`` armed pytest's plugin manager when
+this process imported it, as it does in every Python of the environment. Neither xdist nor any
+other entry point's plugin is imported here (pytest would warn that it cannot rewrite them).
+
+A run starts the plain way when its environment differs from the run's in a variable the
+interpreter or the C library reads as it starts (``PYTHON*`` but ``PYTHONPATH``, locale,
+loader, allocator, time zone, ``TMPDIR``), when this process's umask, limits, ignored or
+blocked signals, nice value or CPUs differ from the run's (`app.testing.zygote.inherited`),
+when its standard input is not pytester's closed pipe, when ``os.pidfd_open`` is missing, and
+when its command line is longer than the room this process's holds. What a fork cannot give:
+``/proc/<pid>/environ`` (the kernel shows the zygote's) and ``/proc/<pid>/cmdline``'s length
+(the zygote's room, the rest NULs); no test reads either of an inner run. The red teams' own
+``python -m pytest`` children (a hand-built environment, bytecode on, wrappers, another user
+or namespace) start as they always did: their start is what they check.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import forked_app
+from forked_app import Forked
+
+from app.testing.zygote import inherited
+
+#: Variables read as an interpreter starts (its flags, its locale and encodings, the dynamic
+#: loader's, the allocator's, the time zone `time` reads on import, the temporary directory
+#: `tempfile` may have cached): a run whose environment differs in one starts the plain way.
+READ_AT_START = ("PYTHON", "LC_", "LANG", "LANGUAGE", "LD_", "MALLOC_", "TZ", "TMPDIR")
+
+#: The room for a child's command line: this process's arguments are padded to it.
+ROOM = 8192
+
+ZYGOTE = (
+    r"""
+import importlib, json, os, runpy, selectors, signal, sys
+
+import pytest
+from _pytest.config import default_plugins
+for _name in default_plugins:
+    importlib.import_module(f"_pytest.{_name}")
+import _pytest.pytester
+
+selector = selectors.DefaultSelector()
+selector.register(0, selectors.EVENT_READ)
+BASE = sys.path[1:]  # after '' (-c): the interpreter's own, site's
+
+
+def answer(message):
+    os.write(1, (json.dumps(message) + "\n").encode())
+
+
+"""
+    + forked_app.TAKE
+    + r"""
+
+def retitle(argv):
+    # Over this process's arguments (the kernel's /proc/<pid>/cmdline), padded with NULs;
+    # through /proc/self/mem, not ctypes, which a plain pytest does not import at its start.
+    fields = open("/proc/self/stat", "rb").read().rpartition(b")")[2].split()
+    start, end = int(fields[45]), int(fields[46])
+    wanted = b"\0".join(os.fsencode(word) for word in argv) + b"\0"
+    if len(wanted) > end - start:  # never: the parent checked it fits
+        os._exit(1)
+    with open("/proc/self/mem", "r+b", buffering=0) as memory:
+        memory.seek(start)
+        memory.write(wanted.ljust(end - start, b"\0"))
+
+
+def become(given):
+    # Like a child the tests' process started: not ended with this process (no parent-death
+    # signal), and its arguments.
+    take(given)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    retitle(given["argv"])
+    sys.orig_argv[:] = given["argv"]
+    first = [] if sys.flags.safe_path else [os.getcwd()]
+    extra = [p for p in given["env"].get("PYTHONPATH", "").split(os.pathsep) if p]
+    sys.path[:] = first + extra + BASE
+    importlib.invalidate_caches()
+    sys.argv[:] = ["-m", *given["argv"][2:]]
+    runpy.run_module("pytest", run_name="__main__", alter_sys=True)
+    sys.exit(0)  # the interpreter's own exit, as `python -mpytest` ends
+
+
+"""
+)
+
+
+class ForkedRun(Forked):
+    """A forked inner run, with the part of `subprocess.Popen` that pytester uses."""
+
+    stdin = None  # as pytester's Popen's, whose pipe it closed at once
+
+
+class Zygote(forked_app.Zygote):
+    """The forking process, one per pytest process; it ends when this process does."""
+
+    script = ZYGOTE
+    padding = ("#" * ROOM,)  # the room for a child's command line
+    name, shown = "forked-pytest", (sys.executable, "-mpytest")
+
+    def environment(self, run: dict[str, str]) -> dict[str, str]:
+        return {k: v for k, v in run.items() if k != "PYTHONPATH"}  # each child's its own
+
+    def gives(self, env: dict[str, str], argv: list[str]) -> bool:
+        """Whether a child forked here starts as `argv` in `env` would."""
+
+        def read_at_start(environ: dict[str, str]) -> dict[str, str]:
+            return {
+                k: v
+                for k, v in environ.items()
+                if k.startswith(READ_AT_START) and k != "PYTHONPATH"
+            }
+
+        wanted = sum(len(os.fsencode(word)) + 1 for word in argv)
+        return (
+            self.process.poll() is None
+            and wanted <= ROOM
+            and read_at_start(env) == read_at_start(self.environ)
+            and inherited() == self.inherited
+        )
+
+    def child(self, pid: int) -> ForkedRun:
+        return ForkedRun(pid, list(self.shown))
+
+
+_running: list[Zygote] = []  # this process's, once started
+_starting = threading.Lock()
+
+
+def start(
+    argv: Sequence[str], env: dict[str, str], cwd: Path, stdout: Path, stderr: Path
+) -> ForkedRun | None:
+    """``python -mpytest ...`` (`argv`) in `cwd` and `env`, its standard input empty, its
+    output appended to `stdout` and `stderr`, forked; None where it must start the plain way
+    (see the module's docstring)."""
+    argv = [os.fspath(arg) for arg in argv]
+    if argv[:2] != [sys.executable, "-mpytest"] or not hasattr(os, "pidfd_open"):
+        return None
+    with _starting:
+        if not _running:
+            if forked_app._RUN and inherited() != forked_app._RUN["inherited"]:
+                return None  # a zygote started now would inherit this test's values
+            _running.append(Zygote())
+    zygote = _running[0]
+    if not zygote.gives(env, argv):
+        return None
+    given = {"env": env, "argv": argv, "cwd": str(cwd), "stdout": str(stdout)}
+    child = zygote.send({**given, "stderr": str(stderr)})
+    assert isinstance(child, ForkedRun)
+    return child
+
+
+def popen(
+    pytester: Any, cmdargs: Sequence[Any], stdout: Any, stderr: Any, stdin: Any, kw: dict[str, Any]
+) -> ForkedRun | None:
+    """`pytester`'s ``popen`` of ``python -mpytest ...`` forked (`start`), or None."""
+    if (
+        kw
+        or stdin is not pytester.CLOSE_STDIN
+        or not isinstance(getattr(stdout, "name", None), str)
+        or not isinstance(getattr(stderr, "name", None), str)
+    ):
+        return None
+    env = os.environ.copy()  # as Pytester.popen builds it
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.getcwd(), env.get("PYTHONPATH", "")]))
+    stdout.flush()
+    stderr.flush()
+    return start(
+        [os.fspath(arg) for arg in cmdargs], env, Path.cwd(), Path(stdout.name), Path(stderr.name)
+    )

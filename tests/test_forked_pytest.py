@@ -1,0 +1,87 @@
+"""tests/forked_pytest.py: an inner run forked from the warm interpreter shows what a plain
+``python -mpytest`` shows (its command line, arguments, ``sys.path``, directory, variables,
+the plugin's header, exit status), and a run whose environment the interpreter reads as it
+starts is started the plain way."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import forked_app
+import forked_pytest
+import pytest
+
+#: What the inner run sees of its own start, one JSON line.
+PROBE = """
+import json, os, sys
+from pathlib import Path
+
+def test_probe():
+    raw = Path("/proc/self/cmdline").read_bytes().rstrip(b"\\0").split(b"\\0")
+    print("PROBE " + json.dumps({
+        "cmdline": [word.decode() for word in raw],
+        "argv": sys.argv[1:],
+        "orig_argv": sys.orig_argv,
+        "path": sys.path[:2],
+        "cwd": os.getcwd(),
+        "marker": os.environ.get("FORKED_PYTEST_MARKER"),
+        "modules": sorted(m for m in ("app", "dynaconf", "filelock") if m in sys.modules),
+    }))
+
+def test_fails():
+    assert False
+"""
+
+
+def _probe(result: pytest.RunResult) -> dict[str, object]:
+    (line,) = [line for line in result.outlines if "PROBE " in line]
+    seen: dict[str, object] = json.loads(line.partition("PROBE ")[2])
+    return seen
+
+
+def test_a_forked_run_shows_what_a_plain_start_shows(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FORKED_PYTEST_MARKER", "given")
+    pytester.makepyfile(test_probe=PROBE)
+    started: list[object] = []
+    fork = forked_pytest.start
+
+    def counted(*args: object, **kwargs: object) -> object:
+        started.append(child := fork(*args, **kwargs))  # type: ignore[arg-type]
+        return child
+
+    monkeypatch.setattr(forked_pytest, "start", counted)
+    forked = pytester.runpytest_subprocess("-s", "-p", "no:xdist")
+    assert isinstance(started[-1], forked_pytest.ForkedRun), "not forked: nothing compared"
+    monkeypatch.setenv("PYTHONHASHSEED", "0")  # read as an interpreter starts: the plain way
+    plain = pytester.runpytest_subprocess("-s", "-p", "no:xdist")
+    assert started[-1] is None
+    for result in (forked, plain):
+        assert result.ret == 1
+        result.assert_outcomes(passed=1, failed=1)
+        result.stdout.fnmatch_lines(["app: profile=testing (forced), *"])
+    seen, expected = _probe(forked), _probe(plain)
+    basetemps = {"forked": seen["argv"][0], "plain": expected["argv"][0]}  # type: ignore[index]
+    assert basetemps["forked"] != basetemps["plain"]  # pytester's, one per run
+    for what in (seen, expected):
+        for key in ("cmdline", "argv", "orig_argv"):
+            words = what[key]
+            assert isinstance(words, list)
+            words[words.index(basetemps["forked"] if what is seen else basetemps["plain"])] = "B"
+    assert seen == expected
+    assert seen["cmdline"][1:] == ["-mpytest", "B", "-s", "-p", "no:xdist"]  # type: ignore[index]
+    assert seen["modules"] == ["app"]  # the plugin, imported as pytest loaded it; not the rest
+
+
+def test_a_run_whose_start_the_zygote_cannot_give_is_left_to_start(tmp_path: Path) -> None:
+    out, err = tmp_path / "out", tmp_path / "err"
+    run = dict(forked_app._RUN["environ"])
+    argv = [sys.executable, "-mpytest", "-q"]
+    for env, words in (
+        ({**run, "PYTHONOPTIMIZE": "1"}, argv),
+        (run, [sys.executable, "-m", "pytest"]),
+    ):
+        assert forked_pytest.start(words, env, tmp_path, out, err) is None
