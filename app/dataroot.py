@@ -1625,7 +1625,14 @@ def _laid_out(directory: Path | str) -> bool:
     A stopped root whose stamp and lock file were both deleted (by hand, a restore that
     skipped dotfiles) was nothing above a root inside it: its ``.trash/``, named by its path
     or through a bind mount, was adopted and written into (red team 63). Paths as text: the
-    checks of what pytest writes walk about thirty directories up for each of their paths."""
+    checks of what pytest writes walk about thirty directories up for each of their paths.
+
+    Unmarked, the three names alone are not enough: another tool's directory (a home
+    directory with ``.tmp/``, ``.trash/`` and a ``sessions/`` of its own) is no root, and
+    every root made under it, and every pytest run whose cache or report went there, was
+    refused as inside a root "whose stamp and lock file are gone" (red team 63 on regress).
+    Such a directory counts only where it also holds what the app writes there
+    (`_holds_the_app_s`)."""
     found = []
     for name in _MARKED:
         try:
@@ -1636,10 +1643,41 @@ def _laid_out(directory: Path | str) -> bool:
             found.append(name)
     if not found:
         return False
-    return len(found) == len(_MARKED) or any(
+    if any(
         layout_mark(os.path.join(directory, name)) is not None  # noqa: PTH118
         for name in found
-    )
+    ):
+        return True
+    return len(found) == len(_MARKED) and _holds_the_app_s(directory)
+
+
+#: How the app names a session's directory in sessions/ (its id, or the id being made), and
+#: a trash entry's in .trash/ (`_A_SESSION_S`, by entry).
+_SESSION_ENTRY: Final = re.compile(r"(?:\.new-)?[0-9a-f]{32}")
+_TRASH_ENTRY: Final = re.compile(r".+-[0-9a-f]{32}.*")
+#: How many entries of sessions/ or .trash/ `_holds_the_app_s` reads at most: a root's
+#: hold nothing else, so the first answers; another tool's may hold many.
+_ENTRIES_READ: Final = 16
+
+
+def _holds_the_app_s(directory: Path | str) -> bool:
+    """Whether `directory`, holding ``sessions/``, ``.trash/`` and ``.tmp/`` unmarked, also
+    holds what only the app writes in a root: its audit log, or a directory in ``sessions/``
+    or ``.trash/`` named as a session's or a trash entry's. A root laid out by a release
+    before the marks and never written into holds neither, and has nothing to lose."""
+    if os.path.isfile(os.path.join(directory, AUDIT_FILE)):  # noqa: PTH113, PTH118
+        return True
+    for name, pattern in ((SESSIONS_DIR, _SESSION_ENTRY), (TRASH_DIR, _TRASH_ENTRY)):
+        try:
+            with os.scandir(os.path.join(directory, name)) as entries:  # noqa: PTH118
+                for read, entry in enumerate(entries):
+                    if read >= _ENTRIES_READ:
+                        break
+                    if pattern.fullmatch(entry.name) and entry.is_dir(follow_symlinks=False):
+                        return True
+        except OSError:
+            continue  # out of reach: not known to be the app's
+    return False
 
 
 def layout_mark(directory: Path | str) -> dict[str, Any] | None:
@@ -1679,10 +1717,15 @@ def a_root_s_own(directory: Path | str) -> str | None:
     return None
 
 
-def _mark_layout(root: Path, profile: str) -> None:
-    """Mark the root's own directories (`LAYOUT_MARK`), where they are not marked so yet."""
+def _mark_layout(root: Path, profile: str, *, present: bool = False) -> None:
+    """Mark the root's own directories (`LAYOUT_MARK`), where they are not marked so yet;
+    with `present`, only those there (a restamp, which makes none: a root restored from a
+    copy of some of them, its stamp lost, lacks the others; its next open makes and marks
+    them. Red team 63 on regress: the restamp failed there after writing the new stamp)."""
     for name in _MARKED:
         path = root / name
+        if present and not path.is_dir():
+            continue
         wanted = {"dir": name, "profile": profile}
         if layout_mark(path) == wanted:
             continue
@@ -2881,7 +2924,7 @@ def restamp(
         )
         new = _write_stamp_audited(root, config.profile, record, restamped_from=stamped, **made_in)
         if marked_profile(root) is not None:
-            _mark_layout(root, config.profile)
+            _mark_layout(root, config.profile, present=True)
         return {**new, "changed": True}
 
 

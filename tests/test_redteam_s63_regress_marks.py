@@ -1,0 +1,131 @@
+"""Red team 63 on regress, the layout marks (branch rt-regress23): what real operators do
+beside red team 63 on the guard's marks (``user.app.layout`` on a root's ``sessions/``,
+``.trash/`` and ``.tmp/``), and its ``_laid_out``, which counts a directory with neither stamp
+nor lock file as a data root where it holds the three directories a writer makes.
+
+What broke:
+
+- false refusals: a directory of the user's that holds ``sessions/``, ``.trash/`` and
+  ``.tmp/`` of another tool's (a home directory with a ``.tmp/``, a ``.trash/`` and a web
+  app's file-backed ``sessions/``), unmarked, was taken for a data root "whose stamp and lock
+  file are gone": every data root made anywhere under it was refused (78), and so was every
+  pytest run whose cache (``.pytest_cache`` of a checkout in it) or ``--junitxml`` lay under
+  it, the app's plugin inactive in that run and the project another;
+- ``app data restamp`` of a root restored in part (its stamp lost, ``cp -a prod/*
+  staging/``, whose glob leaves out ``.trash/``, ``.tmp/`` and the stamp: the copied
+  ``sessions/`` is marked production's, and the refusal of a writer of staging names this
+  restamp) wrote the new stamp, then failed marking the ``.trash/`` that was not there: exit
+  74, "the data root's filesystem failed a call with ENOENT ... A change it met ... may be
+  made in part", for a hand-over that had been made.
+
+What changed (``app.dataroot``): unmarked, the three directories count as a root's only
+where the directory also holds what the app alone writes in a root (its ``audit.jsonl``, or a
+directory in ``sessions/`` or ``.trash/`` named as a session's or a trash entry's, the first
+sixteen entries read: ``_holds_the_app_s``); a mark on any of them still counts alone. A
+restamp marks only the root's own directories that are there; the next writer's open makes
+and marks the others.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from app.config import load
+from app.dataroot import LAYOUT_MARK, layout_mark, restamp
+from app.errors import AppError
+from app.storage import open_storage
+from app.testing.writes import Target, _conflict
+
+#: A session id as the app makes them, and another tool's session file named alike.
+HEX = "0123456789abcdef0123456789abcdef"
+
+
+def _another_tool_s(directory: Path) -> Path:
+    """`directory` holding another tool's ``sessions/`` (a file per session, named by a
+    32-digit hexadecimal digest, as Flask-Session's file cache names them), ``.trash/`` and
+    ``.tmp/``: no data root's, and unmarked."""
+    for name in ("sessions", ".trash", ".tmp"):
+        (directory / name).mkdir(parents=True)
+    (directory / "sessions" / HEX).write_bytes(b"a web app's session")
+    (directory / ".trash" / f"2026-{HEX}").write_bytes(b"a file manager's")
+    return directory
+
+
+def _testing(root: Path) -> object:
+    return dataclasses.replace(load(serving=False), data_root=root)
+
+
+@pytest.mark.app_profile("production")
+def test_another_tool_s_sessions_trash_and_tmp_are_no_data_root(tmp_path: Path) -> None:
+    """A data root under a directory that holds another tool's ``sessions/``, ``.trash/`` and
+    ``.tmp/`` opens, and a pytest run whose cache and report lie there runs; a root that lost
+    its stamp, lock file and marks (a release before the marks), with a session, is still a
+    root above: the class closed is the false one only."""
+    home = _another_tool_s(tmp_path / "home")
+    # Before the fix: refused, "it lies inside data root <home> (its stamp and lock file are
+    # gone, but it holds a root's own directories, sessions/, .trash/, .tmp/)".
+    root = home / "work" / "data"
+    with open_storage(_testing(root), writer=True) as store:
+        store.create_session("kept", {})
+    assert (root / ".app-profile.json").is_file()
+    # What the plugin says of a report pytest would write in it, and of its cache in a
+    # checkout there (before: "which lies in the data root <home> (its stamp and lock file
+    # are gone ...)", and the run refused).
+    for path, what in ((home / "r.xml", "--junitxml"), (home / "proj" / ".pytest_cache", "cache")):
+        assert _conflict(Target(path, f"pytest's {what} writes {{path}}"), {}, {}) is None
+
+    # A real root of production's (a session in it), marks removed, stamp and lock deleted:
+    # the three directories and a session's directory name it a root still.
+    lost = home / "lost"
+    made = dataclasses.replace(load("production", serving=False), data_root=lost)
+    with open_storage(made, writer=True) as store:
+        store.create_session("a review", {})
+    for name in ("sessions", ".trash", ".tmp"):
+        os.removexattr(lost / name, LAYOUT_MARK)
+    for name in (".app-profile.json", ".server.lock"):
+        (lost / name).unlink()
+    with pytest.raises(AppError) as refused, open_storage(_testing(lost / ".trash"), writer=True):
+        pass
+    assert str(refused.value).startswith(
+        f"data root {lost}/.trash: it lies inside data root {lost} (its stamp and lock file are "
+        "gone, but it holds a root's own directories, sessions/, .trash/, .tmp/)"
+    ), refused.value
+    assert sorted(p.name for p in (lost / ".trash").iterdir()) == []
+    said = _conflict(Target(lost / "r.xml", "pytest's --junitxml writes {path}"), {}, {})
+    assert said is not None and f"lies in the data root {lost} (its stamp" in said, said
+
+
+@pytest.mark.app_profile("production")
+def test_a_restamp_of_a_root_restored_in_part_hands_it_over(tmp_path: Path) -> None:
+    """``cp -a production/* staging/`` (the glob leaves ``.trash/``, ``.tmp/`` and the stamp
+    out), a writer of the other profile refused naming ``app data restamp``, which then hands
+    the root over: exit 0, the copied ``sessions/`` marked for the new profile."""
+    production = tmp_path / "production"
+    made = dataclasses.replace(load("production", serving=False), data_root=production)
+    with open_storage(made, writer=True) as store:
+        session = store.create_session("a review", {})["id"]
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    subprocess.run(["cp", "-a", production / "sessions", staging], check=True)
+    assert sorted(p.name for p in staging.iterdir()) == ["sessions"]
+    named = "app data restamp --profile testing --from production"
+    with pytest.raises(AppError, match=named), open_storage(_testing(staging), writer=True):
+        pass
+    # Before the fix: "the data root's filesystem failed a call with ENOENT" (`app data
+    # restamp`: 74), the new stamp written all the same.
+    done = restamp(_testing(staging), "production")
+    assert (done["restamped_from"], done["profile"], done["changed"]) == (
+        "production",
+        "testing",
+        True,
+    ), done
+    assert not (staging / ".trash").exists()  # made by the next writer's open, not here
+    assert layout_mark(staging / "sessions") == {"dir": "sessions", "profile": "testing"}
+    with open_storage(_testing(staging), writer=True) as store:
+        assert [s["id"] for s in store.list_sessions().items] == [session]
+    assert layout_mark(staging / ".trash") == {"dir": ".trash", "profile": "testing"}
