@@ -1654,7 +1654,7 @@ def _laid_out(directory: Path | str) -> bool:
 #: How the app names a session's directory in sessions/ (its id, or the id being made), and
 #: a trash entry's in .trash/ (`_A_SESSION_S`, by entry).
 _SESSION_ENTRY: Final = re.compile(r"(?:\.new-)?[0-9a-f]{32}")
-_TRASH_ENTRY: Final = re.compile(r".+-[0-9a-f]{32}.*")
+_TRASH_ENTRY: Final = re.compile(r"[0-9]{8}T[0-9]{12}Z-[0-9a-f]{32}(?:-file-[0-9a-f]+)?")
 #: How many entries of sessions/ or .trash/ `_holds_the_app_s` reads at most: a root's
 #: hold nothing else, so the first answers; another tool's may hold many.
 _ENTRIES_READ: Final = 16
@@ -1756,16 +1756,24 @@ def _through_a_mount(root: Path, here: Path) -> str:
 
 
 #: A directory of a data root the app does not mark, by its place in its filesystem: a
-#: session's (``sessions/<id>/records``, empty once its files are deleted), or one in a
-#: trash entry (``.trash/<time>-<id>/session/...``).
+#: session's ``records/`` or ``blobs/`` (empty once its files are deleted), or one in a trash
+#: entry (``.trash/<time>-<id>/session/...``), named as the app names them
+#: (``app.store.trash.TRASH_NAME_RE``).
 _A_SESSION_S: Final = re.compile(
-    rb"(?:^|/)(?:sessions/(?:\.new-)?[0-9a-f]{32}|\.trash/[^/]+-[0-9a-f]{32}[^/]*)(?:/|$)"
+    rb"(?:^|/)(?:sessions/(?:\.new-)?[0-9a-f]{32}/(?:records|blobs)"
+    rb"|\.trash/[0-9]{8}T[0-9]{12}Z-[0-9a-f]{32}(?:-file-[0-9a-f]+)?)(?:/|$)"
 )
+#: A session's own directory by its name alone, which other tools give theirs too (a CI
+#: runner's or a notebook server's ``sessions/<uuid>/`` workspace): one only where it holds
+#: a session's ``session.json`` (red team 63 on regress).
+_A_SESSION_DIR: Final = re.compile(rb"(?:^|/)sessions/(?:\.new-)?[0-9a-f]{32}(?=/|$)")
 
 
 def shown_from_a_session(here: Path) -> bytes | None:
     """The directory of its filesystem a mount on the way shows `here` from, where that is a
-    session's or a trash entry's of a data root by its place (`_A_SESSION_S`); else None."""
+    session's or a trash entry's of a data root by its place (`_A_SESSION_S`), or lies in a
+    directory named as a session's that holds a ``session.json`` (`_A_SESSION_DIR`); else
+    None."""
     try:
         mounts, _, (points, tops) = _MOUNTS.looked_up()
     except OSError:
@@ -1777,10 +1785,23 @@ def shown_from_a_session(here: Path) -> bytes | None:
     if at is None:
         return None
     _, point, shown, _ = mounts[at]
-    if not shown.rstrip(b"/"):
+    top = shown.rstrip(b"/")
+    if not top:
         return None  # the filesystem's top: no directory above to name
-    inside = shown.rstrip(b"/") + wanted[len(point.rstrip(b"/")) :]
-    return inside if _A_SESSION_S.search(inside) else None
+    inside = top + wanted[len(point.rstrip(b"/")) :]
+    if _A_SESSION_S.search(inside):
+        return inside
+    for found in _A_SESSION_DIR.finditer(inside):
+        if found.end() < len(top):
+            continue  # the mount shows a directory in it that no session has: not in sight
+        # The directory named as a session's, as this process sees it (at the mount's point
+        # or below): a session's holds its session.json. Before red team 63 on regress, a
+        # workspace bound from another tool's sessions/<uuid>/ refused every root in it, and
+        # every pytest run whose cache or report went there.
+        directory = point.rstrip(b"/") + inside[len(top) : found.end()]
+        if os.path.lexists(os.path.join(directory, b"session.json")):  # noqa: PTH118
+            return inside
+    return None
 
 
 def _refuse_marked(config: Config, root: Path) -> None:

@@ -16,24 +16,33 @@ What broke:
   ``sessions/`` is marked production's, and the refusal of a writer of staging names this
   restamp) wrote the new stamp, then failed marking the ``.trash/`` that was not there: exit
   74, "the data root's filesystem failed a call with ENOENT ... A change it met ... may be
-  made in part", for a hand-over that had been made.
+  made in part", for a hand-over that had been made;
+- a workspace bound from another tool's directory named as a session's (a CI runner's
+  ``sessions/<uuid>/``, the uuid's 32 hexadecimal digits as the app's ids): every data root
+  in it was refused as "a directory of a session of another data root, by its place in its
+  filesystem", and every pytest run whose cache or report went there.
 
 What changed (``app.dataroot``): unmarked, the three directories count as a root's only
 where the directory also holds what the app alone writes in a root (its ``audit.jsonl``, or a
 directory in ``sessions/`` or ``.trash/`` named as a session's or a trash entry's, the first
 sixteen entries read: ``_holds_the_app_s``); a mark on any of them still counts alone. A
 restamp marks only the root's own directories that are there; the next writer's open makes
-and marks the others.
+and marks the others. A place a mount shows a root from counts as a session's only in a
+session's ``records/`` or ``blobs/``, in a trash entry named as the app names them, or in a
+directory named as a session's that holds a ``session.json`` (``shown_from_a_session``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 from pathlib import Path
 
+import own_mounts
 import pytest
+from test_redteam_s62_guard import _needs_root
 
 from app.config import load
 from app.dataroot import LAYOUT_MARK, layout_mark, restamp
@@ -129,3 +138,63 @@ def test_a_restamp_of_a_root_restored_in_part_hands_it_over(tmp_path: Path) -> N
     with open_storage(_testing(staging), writer=True) as store:
         assert [s["id"] for s in store.list_sessions().items] == [session]
     assert layout_mark(staging / ".trash") == {"dir": ".trash", "profile": "testing"}
+
+
+#: A test's child in a mount namespace of its own (`own_mounts`). argv: a CI runner's
+#: workspace (``.../sessions/<uuid>``, another tool's), and the point it is bound at.
+BOUND_WORKSPACE = r"""
+import dataclasses, json, subprocess, sys
+from pathlib import Path
+
+from app.config import load
+from app.errors import AppError
+from app.storage import open_storage
+from app.testing.writes import Target, _conflict
+
+workspace, point = map(Path, sys.argv[1:3])
+said = []
+
+
+def attempt(where):
+    testing = dataclasses.replace(load(serving=False), data_root=where)
+    try:
+        with open_storage(testing, writer=True):
+            said.append("opened")
+    except AppError as error:
+        said.append(" ".join(str(error).split()))
+
+
+subprocess.run(["mount", "--bind", workspace, point], check=True)
+attempt(point / "data")
+cache = Target(point / "proj" / ".pytest_cache", "pytest's cache provider writes {path}")
+said.append(_conflict(cache, {}, {}))
+# The same directory as a session's: it holds its session.json.
+(workspace / "session.json").write_text("{}")
+attempt(point / "again")
+print(json.dumps(said))
+"""
+
+
+def test_a_workspace_bound_from_another_tool_s_sessions_uuid_is_no_session(
+    tmp_path: Path,
+) -> None:
+    """A directory bound from another tool's ``sessions/<uuid>/`` (a CI runner's workspace,
+    the uuid's 32 hexadecimal digits as the app's ids): a data root in it opens, and the
+    cache of a pytest run there is let through; one that holds a ``session.json`` is a
+    session's, and refused."""
+    _needs_root()
+    workspace = tmp_path / "ci" / "sessions" / HEX
+    (workspace / "proj").mkdir(parents=True)
+    point = tmp_path / "point"
+    point.mkdir()
+    done = own_mounts.python_c(BOUND_WORKSPACE, str(workspace), str(point))
+    opened, cache, again = json.loads(done.stdout.splitlines()[-1])
+    # Before the fix: "data root <point>/data: it is a directory of a session of another data
+    # root, by its place in its filesystem ...", and pytest's run refused for its cache.
+    assert (opened, cache) == ("opened", None), done.stdout
+    assert again.startswith(
+        f"data root {point}/again: it is a directory of a session of another data root, by "
+        "its place in its filesystem (a session's records/ or blobs/, or a trash entry's), "
+        f"seen through a mount on its way that shows {workspace}/again of "
+    ), again
+    assert sorted(p.name for p in workspace.iterdir()) == ["data", "proj", "session.json"]
