@@ -1867,10 +1867,18 @@ def _a_root_s(directory: Path) -> bool:
 
 def marked_profile(root: Path) -> str | None:
     """The profile the marks on `root`'s own directories name (`LAYOUT_MARK`), if any."""
+    found = _marked_at(root)
+    return None if found is None else found[0]
+
+
+def _marked_at(root: Path) -> tuple[str, Path] | None:
+    """The profile the first mark on `root`'s own directories names, and that directory: the
+    one a refusal names (a root restored in part may lack ``sessions/``, red team 63 on
+    regress)."""
     for name in _MARKED:
         mark = layout_mark(root / name)
         if mark is not None:
-            return str(mark["profile"]).lower()
+            return str(mark["profile"]).lower(), root / name
     return None
 
 
@@ -1879,14 +1887,15 @@ def _refuse_stamp_lost(config: Config, root: Path) -> None:
     profile's writers: its stamp was deleted or lost, and the first writer of any profile
     claimed it, the other profile's sessions with it (red team 63). A root with no marks (a
     filesystem that keeps none, a release before them) is adopted as before."""
-    marked = marked_profile(root)
-    if marked is None or marked == config.profile:
+    found = _marked_at(root)
+    if found is None or found[0] == config.profile:
         return  # none, or this profile's own: the open writes its stamp back
+    marked, where = found
     raise DataRootStateError(
         root,
         f"it has no profile stamp ({STAMP_FILE} was deleted or lost), but its own "
         f"directories are marked as profile {marked!r}'s (extended attribute {LAYOUT_MARK} "
-        f"on {root / SESSIONS_DIR}, written by every writer that opens a root): it is "
+        f"on {where}, written by every writer that opens a root): it is "
         f"{marked!r}'s data root, and profile {config.profile!r} may not adopt it; nothing "
         "was opened or changed",
         f"if it is {marked!r}'s root, a writer of that profile writes the stamp back (`app "

@@ -16,7 +16,9 @@ What broke:
   ``sessions/`` is marked production's, and the refusal of a writer of staging names this
   restamp) wrote the new stamp, then failed marking the ``.trash/`` that was not there: exit
   74, "the data root's filesystem failed a call with ENOENT ... A change it met ... may be
-  made in part", for a hand-over that had been made;
+  made in part", for a hand-over that had been made; and the refusal of the writer named
+  the mark on ``<root>/sessions`` where the copy was of ``.trash/`` alone, a directory not
+  there;
 - a workspace bound from another tool's directory named as a session's (a CI runner's
   ``sessions/<uuid>/``, the uuid's 32 hexadecimal digits as the app's ids): every data root
   in it was refused as "a directory of a session of another data root, by its place in its
@@ -27,9 +29,10 @@ where the directory also holds what the app alone writes in a root (its ``audit.
 directory in ``sessions/`` or ``.trash/`` named as a session's or a trash entry's, the first
 sixteen entries read: ``_holds_the_app_s``); a mark on any of them still counts alone. A
 restamp marks only the root's own directories that are there; the next writer's open makes
-and marks the others. A place a mount shows a root from counts as a session's only in a
-session's ``records/`` or ``blobs/``, in a trash entry named as the app names them, or in a
-directory named as a session's that holds a ``session.json`` (``shown_from_a_session``).
+and marks the others; the refusal names the directory whose mark it read. A place a mount
+shows a root from counts as a session's only in a session's ``records/`` or ``blobs/``, in
+a trash entry named as the app names them, or in a directory named as a session's that
+holds a ``session.json`` (``shown_from_a_session``).
 """
 
 from __future__ import annotations
@@ -118,6 +121,17 @@ def test_a_restamp_of_a_root_restored_in_part_hands_it_over(tmp_path: Path) -> N
     made = dataclasses.replace(load("production", serving=False), data_root=production)
     with open_storage(made, writer=True) as store:
         session = store.create_session("a review", {})["id"]
+    # Its trash alone first: the refusal names the directory whose mark it read (before:
+    # "<staging>/sessions", which is not there).
+    trash_only = tmp_path / "trash-only"
+    trash_only.mkdir()
+    subprocess.run(["cp", "-a", production / ".trash", trash_only], check=True)
+    with pytest.raises(AppError) as refused, open_storage(_testing(trash_only), writer=True):
+        pass
+    assert (
+        f"marked as profile 'production''s (extended attribute {LAYOUT_MARK} on "
+        f"{trash_only}/.trash, written by every writer"
+    ) in str(refused.value), refused.value
     staging = tmp_path / "staging"
     staging.mkdir()
     subprocess.run(["cp", "-a", production / "sessions", staging], check=True)
