@@ -1765,15 +1765,18 @@ _A_SESSION_S: Final = re.compile(
 )
 #: A session's own directory by its name alone, which other tools give theirs too (a CI
 #: runner's or a notebook server's ``sessions/<uuid>/`` workspace): one only where it holds
-#: a session's ``session.json`` (red team 63 on regress).
+#: what a session's does (`_A_SESSION_S_OWN`; red team 63 on regress).
 _A_SESSION_DIR: Final = re.compile(rb"(?:^|/)sessions/(?:\.new-)?[0-9a-f]{32}(?=/|$)")
+#: What a session's directory holds, any one of which names it a session's (one whose
+#: session.json was lost keeps its records/ and blobs/).
+_A_SESSION_S_OWN: Final = (b"session.json", b"records", b"blobs")
 
 
 def shown_from_a_session(here: Path) -> bytes | None:
     """The directory of its filesystem a mount on the way shows `here` from, where that is a
     session's or a trash entry's of a data root by its place (`_A_SESSION_S`), or lies in a
-    directory named as a session's that holds a ``session.json`` (`_A_SESSION_DIR`); else
-    None."""
+    directory named as a session's that holds a ``session.json``, ``records/`` or
+    ``blobs/`` (`_A_SESSION_DIR`); else None."""
     try:
         mounts, _, (points, tops) = _MOUNTS.looked_up()
     except OSError:
@@ -1795,11 +1798,14 @@ def shown_from_a_session(here: Path) -> bytes | None:
         if found.end() < len(top):
             continue  # the mount shows a directory in it that no session has: not in sight
         # The directory named as a session's, as this process sees it (at the mount's point
-        # or below): a session's holds its session.json. Before red team 63 on regress, a
-        # workspace bound from another tool's sessions/<uuid>/ refused every root in it, and
-        # every pytest run whose cache or report went there.
+        # or below): a session's holds its session.json, records/ and blobs/. Before red
+        # team 63 on regress, a workspace bound from another tool's sessions/<uuid>/ refused
+        # every root in it, and every pytest run whose cache or report went there.
         directory = point.rstrip(b"/") + inside[len(top) : found.end()]
-        if os.path.lexists(os.path.join(directory, b"session.json")):  # noqa: PTH118
+        if any(
+            os.path.lexists(os.path.join(directory, name))  # noqa: PTH118
+            for name in _A_SESSION_S_OWN
+        ):
             return inside
     return None
 

@@ -32,7 +32,7 @@ restamp marks only the root's own directories that are there; the next writer's 
 and marks the others; the refusal names the directory whose mark it read. A place a mount
 shows a root from counts as a session's only in a session's ``records/`` or ``blobs/``, in
 a trash entry named as the app names them, or in a directory named as a session's that
-holds a ``session.json`` (``shown_from_a_session``).
+holds a ``session.json``, ``records/`` or ``blobs/`` (``shown_from_a_session``).
 """
 
 from __future__ import annotations
@@ -182,7 +182,11 @@ subprocess.run(["mount", "--bind", workspace, point], check=True)
 attempt(point / "data")
 cache = Target(point / "proj" / ".pytest_cache", "pytest's cache provider writes {path}")
 said.append(_conflict(cache, {}, {}))
-# The same directory as a session's: it holds its session.json.
+# The same directory as a session's: it holds its records/ (its session.json lost), then
+# its session.json.
+(workspace / "records").mkdir()
+attempt(point / "again")
+(workspace / "records").rmdir()
 (workspace / "session.json").write_text("{}")
 attempt(point / "again")
 print(json.dumps(said))
@@ -194,15 +198,16 @@ def test_a_workspace_bound_from_another_tool_s_sessions_uuid_is_no_session(
 ) -> None:
     """A directory bound from another tool's ``sessions/<uuid>/`` (a CI runner's workspace,
     the uuid's 32 hexadecimal digits as the app's ids): a data root in it opens, and the
-    cache of a pytest run there is let through; one that holds a ``session.json`` is a
-    session's, and refused."""
+    cache of a pytest run there is let through; one that holds a ``records/`` or a
+    ``session.json`` is a session's, and refused."""
     _needs_root()
     workspace = tmp_path / "ci" / "sessions" / HEX
     (workspace / "proj").mkdir(parents=True)
     point = tmp_path / "point"
     point.mkdir()
     done = own_mounts.python_c(BOUND_WORKSPACE, str(workspace), str(point))
-    opened, cache, again = json.loads(done.stdout.splitlines()[-1])
+    opened, cache, by_records, again = json.loads(done.stdout.splitlines()[-1])
+    assert by_records == again, done.stdout
     # Before the fix: "data root <point>/data: it is a directory of a session of another data
     # root, by its place in its filesystem ...", and pytest's run refused for its cache.
     assert (opened, cache) == ("opened", None), done.stdout
