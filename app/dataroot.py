@@ -1717,6 +1717,17 @@ def a_root_s_own(directory: Path | str) -> str | None:
     return None
 
 
+#: Why a mark may not be written, and the open goes on without it: no user extended
+#: attributes there (ENOTSUP, EPERM, EACCES, EROFS), or no room for one: a full filesystem,
+#: a quota, or a directory whose attribute space other tools' attributes fill (ENOSPC,
+#: EDQUOT, E2BIG). A full filesystem refused every writer's open of a root not marked yet,
+#: `app data empty-trash` (which its refusal names to free space) and a server's start among
+#: them (red team 63 on regress).
+_UNMARKED: Final = frozenset(
+    {errno.ENOTSUP, errno.EPERM, errno.EACCES, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.E2BIG}
+)
+
+
 def _mark_layout(root: Path, profile: str, *, present: bool = False) -> None:
     """Mark the root's own directories (`LAYOUT_MARK`), where they are not marked so yet;
     with `present`, only those there (a restamp, which makes none: a root restored from a
@@ -1732,10 +1743,11 @@ def _mark_layout(root: Path, profile: str, *, present: bool = False) -> None:
         try:
             os.setxattr(path, LAYOUT_MARK, json.dumps(wanted).encode(), follow_symlinks=False)
         except OSError as error:
-            if error.errno not in {errno.ENOTSUP, errno.EPERM, errno.EACCES, errno.EROFS}:
+            if error.errno not in _UNMARKED:
                 raise
-            # A filesystem without user extended attributes (or one that refuses them): the
-            # root's directories go unmarked; their names and the stamp still mark it.
+            # A filesystem without user extended attributes (or one that refuses them), or no
+            # room for one: the root's directories go unmarked (until an open finds room);
+            # their names and the stamp still mark it.
 
 
 def _through_a_mount(root: Path, here: Path) -> str:

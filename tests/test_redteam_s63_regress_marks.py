@@ -22,7 +22,11 @@ What broke:
 - a workspace bound from another tool's directory named as a session's (a CI runner's
   ``sessions/<uuid>/``, the uuid's 32 hexadecimal digits as the app's ids): every data root
   in it was refused as "a directory of a session of another data root, by its place in its
-  filesystem", and every pytest run whose cache or report went there.
+  filesystem", and every pytest run whose cache or report went there;
+- a root not marked yet (a release before the marks opened it) on a full filesystem, or
+  whose ``.tmp/`` had no room left for an extended attribute: every writer's open failed
+  with ENOSPC at the mark, ``app data empty-trash`` (the remedy its refusal names) and a
+  server's start among them.
 
 What changed (``app.dataroot``): unmarked, the three directories count as a root's only
 where the directory also holds what the app alone writes in a root (its ``audit.jsonl``, or a
@@ -32,12 +36,15 @@ restamp marks only the root's own directories that are there; the next writer's 
 and marks the others; the refusal names the directory whose mark it read. A place a mount
 shows a root from counts as a session's only in a session's ``records/`` or ``blobs/``, in
 a trash entry named as the app names them, or in a directory named as a session's that
-holds a ``session.json``, ``records/`` or ``blobs/`` (``shown_from_a_session``).
+holds a ``session.json``, ``records/`` or ``blobs/`` (``shown_from_a_session``). Where a
+mark finds no room (ENOSPC, EDQUOT, E2BIG), the open goes on unmarked, as where the
+filesystem keeps no user extended attributes.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import subprocess
@@ -217,3 +224,46 @@ def test_a_workspace_bound_from_another_tool_s_sessions_uuid_is_no_session(
         f"seen through a mount on its way that shows {workspace}/again of "
     ), again
     assert sorted(p.name for p in workspace.iterdir()) == ["data", "proj", "session.json"]
+
+
+def _fill_attributes(directory: Path) -> None:
+    """Fill `directory`'s extended attribute space with attributes of another tool's (halving
+    the size at each refusal, at most 64 of them), or skip where the app's mark still fits."""
+    size, count = 4096, 0
+    while size and count < 64:
+        try:
+            os.setxattr(directory, f"user.other.{count}", b"x" * size)
+            count += 1
+        except OSError as error:
+            if error.errno not in {errno.ENOSPC, errno.E2BIG, errno.ENOTSUP}:
+                raise
+            if error.errno == errno.ENOTSUP:
+                pytest.skip(f"no user extended attributes on {directory}'s filesystem")
+            size //= 2
+    try:
+        os.setxattr(directory, LAYOUT_MARK, b'{"dir": ".tmp", "profile": "production"}')
+    except OSError as error:
+        assert error.errno in {errno.ENOSPC, errno.E2BIG}, error
+    else:
+        pytest.skip(f"{directory}'s filesystem keeps room for the mark beside 64 attributes")
+
+
+@pytest.mark.app_profile("production")
+def test_a_root_whose_directory_has_no_room_for_its_mark_is_opened(tmp_path: Path) -> None:
+    """A root not marked yet (opened by a release before the marks, or its marks removed)
+    whose ``.tmp/`` has no room left for an extended attribute (ext4 keeps a directory's in
+    its inode and one block: full there, or the filesystem full with no block to give): a
+    writer's open goes on unmarked, as where the filesystem keeps none."""
+    root = tmp_path / "production"
+    made = dataclasses.replace(load("production", serving=False), data_root=root)
+    with open_storage(made, writer=True) as store:
+        session = store.create_session("a review", {})["id"]
+    for name in ("sessions", ".trash", ".tmp"):
+        os.removexattr(root / name, LAYOUT_MARK)
+    _fill_attributes(root / ".tmp")
+    # Before the fix: OSError ENOSPC (`app data empty-trash`, the remedy its own refusal
+    # names, and a server's start: 74, "the data root's filesystem is full").
+    with open_storage(made, writer=True) as store:
+        assert [s["id"] for s in store.list_sessions().items] == [session]
+    assert layout_mark(root / ".tmp") is None
+    assert layout_mark(root / ".trash") == {"dir": ".trash", "profile": "production"}
