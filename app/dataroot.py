@@ -1576,10 +1576,7 @@ def _refuse_inside_another_root(config: Config, root: Path) -> None:
     elif lexists(outer / LOCK_FILE):
         whose = f"it holds {outer / LOCK_FILE}"
     else:
-        whose = (
-            f"its stamp and lock file are gone, but it holds a root's own directories, "
-            f"{', '.join(name + '/' for name in _MARKED)}"
-        )
+        whose = _why_laid_out(outer)
     through = (
         ""
         if seen is None
@@ -1710,11 +1707,35 @@ def a_root_s_own(directory: Path | str) -> str | None:
             f"{mark['profile']!r} (extended attribute {LAYOUT_MARK})"
         )
     if _laid_out(directory):
-        return (
-            "its stamp and lock file are gone, but it holds a root's own directories, "
-            f"{', '.join(name + '/' for name in _MARKED)}"
-        )
+        return _why_laid_out(directory)
     return None
+
+
+def _why_laid_out(directory: Path | str) -> str:
+    """What a refusal says of a directory `_laid_out` found: the three directories, or, where
+    fewer are there, the one whose mark counted, and the ``setfattr -x`` that frees a copy.
+    A copy of a root's ``sessions/`` alone (``cp -a /srv/app/sessions /tmp/``) was said to
+    hold all three, and nothing named the mark (red team 63 on regress)."""
+    there = [
+        name
+        for name in _MARKED
+        if os.path.isdir(os.path.join(directory, name))  # noqa: PTH112, PTH118
+    ]
+    if len(there) < len(_MARKED):
+        for name in there:
+            path = os.path.join(directory, name)  # noqa: PTH118
+            if (mark := layout_mark(path)) is not None:
+                return (
+                    f"its stamp and lock file are gone, but it holds {name}/, one of a data "
+                    f"root's own directories, marked as profile {mark['profile']!r}'s "
+                    f"(extended attribute {LAYOUT_MARK}); if that directory is a copy that "
+                    "belongs to no data root now, remove the mark (`setfattr -x "
+                    f"{LAYOUT_MARK} {shell_word(path)}`)"
+                )
+    return (
+        "its stamp and lock file are gone, but it holds a root's own directories, "
+        f"{', '.join(name + '/' for name in _MARKED)}"
+    )
 
 
 #: Why a mark may not be written, and the open goes on without it: no user extended

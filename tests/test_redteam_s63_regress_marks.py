@@ -38,7 +38,8 @@ shows a root from counts as a session's only in a session's ``records/`` or ``bl
 a trash entry named as the app names them, or in a directory named as a session's that
 holds a ``session.json``, ``records/`` or ``blobs/`` (``shown_from_a_session``). Where a
 mark finds no room (ENOSPC, EDQUOT, E2BIG), the open goes on unmarked, as where the
-filesystem keeps no user extended attributes.
+filesystem keeps no user extended attributes. A refusal by a marked directory alone names
+it, its mark, and the ``setfattr -x`` that frees a copy.
 """
 
 from __future__ import annotations
@@ -159,6 +160,39 @@ def test_a_restamp_of_a_root_restored_in_part_hands_it_over(tmp_path: Path) -> N
     with open_storage(_testing(staging), writer=True) as store:
         assert [s["id"] for s in store.list_sessions().items] == [session]
     assert layout_mark(staging / ".trash") == {"dir": ".trash", "profile": "testing"}
+
+
+@pytest.mark.app_profile("production")
+def test_a_copy_of_a_root_s_sessions_alone_is_refused_naming_its_mark(tmp_path: Path) -> None:
+    """``cp -a <root>/sessions <dir>/`` (an operator's copy to look at): ``<dir>`` counts as a
+    root that lost its stamp, lock file and other directories, as red team 63 on the guard
+    meant; the refusal named three directories that are not there and no way out. It names
+    the marked copy and the ``setfattr -x`` now, which frees the directory."""
+    production = tmp_path / "production"
+    made = dataclasses.replace(load("production", serving=False), data_root=production)
+    with open_storage(made, writer=True):
+        pass
+    copies = tmp_path / "copies"
+    copies.mkdir()
+    subprocess.run(["cp", "-a", production / "sessions", copies], check=True)
+    why = (
+        f"its stamp and lock file are gone, but it holds sessions/, one of a data root's own "
+        f"directories, marked as profile 'production''s (extended attribute {LAYOUT_MARK}); "
+        "if that directory is a copy that belongs to no data root now, remove the mark "
+        f"(`setfattr -x {LAYOUT_MARK} {copies}/sessions`)"
+    )
+    with pytest.raises(AppError) as refused, open_storage(_testing(copies / "r"), writer=True):
+        pass
+    # Before the fix: "(its stamp and lock file are gone, but it holds a root's own
+    # directories, sessions/, .trash/, .tmp/)", and nothing of the mark.
+    assert str(refused.value).startswith(
+        f"data root {copies}/r: it lies inside data root {copies} ({why}), and no data root"
+    ), refused.value
+    said = _conflict(Target(copies / "r.xml", "pytest's --junitxml writes {path}"), {}, {})
+    assert said == f"which lies in the data root {copies} ({why})", said
+    os.removexattr(copies / "sessions", LAYOUT_MARK)  # as `setfattr -x` does
+    with open_storage(_testing(copies / "r"), writer=True):
+        pass
 
 
 #: A test's child in a mount namespace of its own (`own_mounts`). argv: a CI runner's
