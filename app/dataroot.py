@@ -1651,7 +1651,9 @@ def _laid_out(directory: Path | str) -> bool:
 #: How the app names a session's directory in sessions/ (its id, or the id being made), and
 #: a trash entry's in .trash/ (`_A_SESSION_S`, by entry).
 _SESSION_ENTRY: Final = re.compile(r"(?:\.new-)?[0-9a-f]{32}")
-_TRASH_ENTRY: Final = re.compile(r"[0-9]{8}T[0-9]{12}Z-[0-9a-f]{32}(?:-file-[0-9a-f]+)?")
+_TRASH_ENTRY: Final = re.compile(
+    r"(?:\.emptying-)?[0-9]{8}T[0-9]{12}Z-[0-9a-f]{32}(?:-file-[0-9a-f]+)?"
+)
 #: How many entries of sessions/ or .trash/ `_holds_the_app_s` reads at most: a root's
 #: hold nothing else, so the first answers; another tool's may hold many.
 _ENTRIES_READ: Final = 16
@@ -1790,11 +1792,12 @@ def _through_a_mount(root: Path, here: Path) -> str:
 
 #: A directory of a data root the app does not mark, by its place in its filesystem: a
 #: session's ``records/`` or ``blobs/`` (empty once its files are deleted), or one in a trash
-#: entry (``.trash/<time>-<id>/session/...``), named as the app names them
-#: (``app.store.trash.TRASH_NAME_RE``).
+#: entry (``.trash/<time>-<id>/session/...``, or one an empty-trash is removing,
+#: ``.trash/.emptying-<time>-<id>/...``), named as the app names them
+#: (``app.store.trash.TRASH_NAME_RE``, ``EMPTYING_PREFIX``).
 _A_SESSION_S: Final = re.compile(
     rb"(?:^|/)(?:sessions/(?:\.new-)?[0-9a-f]{32}/(?:records|blobs)"
-    rb"|\.trash/[0-9]{8}T[0-9]{12}Z-[0-9a-f]{32}(?:-file-[0-9a-f]+)?)(?:/|$)"
+    rb"|\.trash/(?:\.emptying-)?[0-9]{8}T[0-9]{12}Z-[0-9a-f]{32}(?:-file-[0-9a-f]+)?)(?:/|$)"
 )
 #: A session's own directory by its name alone, which other tools give theirs too (a CI
 #: runner's or a notebook server's ``sessions/<uuid>/`` workspace): one only where it holds

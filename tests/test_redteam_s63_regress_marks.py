@@ -206,7 +206,7 @@ from app.errors import AppError
 from app.storage import open_storage
 from app.testing.writes import Target, _conflict
 
-workspace, point = map(Path, sys.argv[1:3])
+workspace, point, emptying, point2 = map(Path, sys.argv[1:5])
 said = []
 
 
@@ -230,6 +230,9 @@ attempt(point / "again")
 (workspace / "records").rmdir()
 (workspace / "session.json").write_text("{}")
 attempt(point / "again")
+# A trash entry an empty-trash is removing still is a root's.
+subprocess.run(["mount", "--bind", emptying, point2], check=True)
+attempt(point2)
 print(json.dumps(said))
 """
 
@@ -246,8 +249,17 @@ def test_a_workspace_bound_from_another_tool_s_sessions_uuid_is_no_session(
     (workspace / "proj").mkdir(parents=True)
     point = tmp_path / "point"
     point.mkdir()
-    done = own_mounts.python_c(BOUND_WORKSPACE, str(workspace), str(point))
-    opened, cache, by_records, again = json.loads(done.stdout.splitlines()[-1])
+    name = f".emptying-20261206T135131666822Z-{HEX}"
+    emptying = tmp_path / "old" / ".trash" / name / "session" / "records"
+    emptying.mkdir(parents=True)
+    point2 = tmp_path / "point2"
+    point2.mkdir()
+    args = (workspace, point, emptying, point2)
+    done = own_mounts.python_c(BOUND_WORKSPACE, *map(str, args))
+    opened, cache, by_records, again, in_emptying = json.loads(done.stdout.splitlines()[-1])
+    assert in_emptying.startswith(
+        f"data root {point2}: it is a directory of a session of another data root"
+    ), in_emptying
     assert by_records == again, done.stdout
     # Before the fix: "data root <point>/data: it is a directory of a session of another data
     # root, by its place in its filesystem ...", and pytest's run refused for its cache.
