@@ -1933,6 +1933,10 @@ def _refuse_stamp_lost(config: Config, root: Path) -> None:
     if found is None or found[0] == config.profile:
         return  # none, or this profile's own: the open writes its stamp back
     marked, where = found
+    # Quoted for the shell: a mark is a file's attribute, which whoever owns the directory
+    # writes, and its profile went unquoted into the commands below (`--from x; rm -rf ~`,
+    # red team 63 on regress), as a stamp's did before session 55's quoting.
+    word = shell_word(marked)
     raise DataRootStateError(
         root,
         f"it has no profile stamp ({STAMP_FILE} was deleted or lost), but its own "
@@ -1941,9 +1945,9 @@ def _refuse_stamp_lost(config: Config, root: Path) -> None:
         f"{marked!r}'s data root, and profile {config.profile!r} may not adopt it; nothing "
         "was opened or changed",
         f"if it is {marked!r}'s root, a writer of that profile writes the stamp back (`app "
-        f"--profile {marked} data check --repair`, or its server's start); if it is to be "
+        f"--profile {word} data check --repair`, or its server's start); if it is to be "
         f"{config.profile!r}'s from now on, hand it over: `app data restamp --profile "
-        f"{config.profile} --from {marked} --yes-i-mean-it`; otherwise point data_root of "
+        f"{config.profile} --from {word} --yes-i-mean-it`; otherwise point data_root of "
         f"profile {config.profile!r} elsewhere (`app config` shows where it is set)",
     )
 

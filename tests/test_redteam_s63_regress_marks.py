@@ -39,7 +39,8 @@ a trash entry named as the app names them, or in a directory named as a session'
 holds a ``session.json``, ``records/`` or ``blobs/`` (``shown_from_a_session``). Where a
 mark finds no room (ENOSPC, EDQUOT, E2BIG), the open goes on unmarked, as where the
 filesystem keeps no user extended attributes. A refusal by a marked directory alone names
-it, its mark, and the ``setfattr -x`` that frees a copy.
+it, its mark, and the ``setfattr -x`` that frees a copy. A mark's profile is quoted for the
+shell in every command a message names.
 """
 
 from __future__ import annotations
@@ -193,6 +194,35 @@ def test_a_copy_of_a_root_s_sessions_alone_is_refused_naming_its_mark(tmp_path: 
     os.removexattr(copies / "sessions", LAYOUT_MARK)  # as `setfattr -x` does
     with open_storage(_testing(copies / "r"), writer=True):
         pass
+
+
+@pytest.mark.app_profile("production")
+def test_a_forged_mark_s_profile_is_quoted_in_the_commands_a_refusal_names(
+    tmp_path: Path,
+) -> None:
+    """A root that lost its stamp, its ``sessions/`` marked by whoever owns it with a profile
+    that is a shell command: the refusal's ``app data restamp --from ...`` and ``app
+    --profile ... data check --repair`` ran it once pasted. They quote it now, as a stamp's
+    profile is quoted (session 55), and the hand-over works as quoted."""
+    root = tmp_path / "root"
+    made = dataclasses.replace(load("production", serving=False), data_root=root)
+    with open_storage(made, writer=True):
+        pass
+    for name in (".app-profile.json", ".server.lock"):
+        (root / name).unlink()
+    forged = "x; touch pwned; echo "
+    mark = {"dir": "sessions", "profile": forged}
+    os.setxattr(root / "sessions", LAYOUT_MARK, json.dumps(mark).encode())
+    with pytest.raises(AppError) as refused, open_storage(_testing(root), writer=True):
+        pass
+    message = str(refused.value)
+    # Before the fix: "`app data restamp --profile testing --from x; touch pwned; echo
+    # --yes-i-mean-it`", unquoted.
+    assert f"`app --profile '{forged}' data check --repair`" in message, message
+    assert f"`app data restamp --profile testing --from '{forged}' --yes-i-mean-it`" in message, (
+        message
+    )
+    assert restamp(_testing(root), forged)["restamped_from"] == forged
 
 
 #: A test's child in a mount namespace of its own (`own_mounts`). argv: a CI runner's
