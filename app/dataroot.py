@@ -3397,6 +3397,8 @@ class RootStatus:
         probe: the lock probe (who held the root at that moment).
         stamp: the profile stamp, ``None`` if absent.
         stamp_error: why the stamp could not be read, if it exists but is broken.
+        marked: with no stamp, the profile the root's own directories are marked as
+            (`LAYOUT_MARK`): its stamp was lost, and another profile's writer is refused.
     """
 
     path: Path
@@ -3404,6 +3406,7 @@ class RootStatus:
     probe: Probe
     stamp: dict[str, Any] | None
     stamp_error: str | None = None
+    marked: str | None = None
 
     @property
     def location(self) -> str:
@@ -3499,6 +3502,13 @@ def describe(root: Path) -> RootStatus:
             f"{root / STAMP_FILE} could not be read ({error.strerror or error}); every "
             "command that opens the data root is refused until it can be"
         )
+    exists = root.is_dir()
+    marked = marked_profile(root) if exists and stamp is None and stamp_error is None else None
     return RootStatus(
-        path=root, exists=root.is_dir(), probe=probe(root), stamp=stamp, stamp_error=stamp_error
+        path=root,
+        exists=exists,
+        probe=probe(root),
+        stamp=stamp,
+        stamp_error=stamp_error,
+        marked=marked,
     )
