@@ -30,32 +30,13 @@ import shutil
 from datetime import datetime, timedelta
 from pathlib import Path
 
-import pytest
-from test_server_e2e import app_env
+from test_redteam_s63_integrity import checked, config, root
 
-from app.config import Config, load
+from app.config import Config
 from app.dataroot import AUDIT_FILE, STAMP_FILE, restamp
 from app.storage import open_storage
 
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    return tmp_path / "data"
-
-
-@pytest.fixture
-def config(root: Path) -> Config:
-    config = load("testing", environ=app_env(root))
-    if config.data_root != root:
-        pytest.skip("the testing profile is remote here: these are a local root's steps")
-    return config
-
-
-def checked(config: Config) -> list[str]:
-    """What `app data check` finds, each finding as one line of its report."""
-    with open_storage(config, writer=False, kind="maintenance", wanted="check it") as store:
-        report = store.check(repair=False)
-    return [f"{f.problem} {f.target}: {f.detail}; {f.repair}" for f in report.findings]
+__all__ = ["config", "root"]  # the fixtures: a testing profile on a local root
 
 
 def restamped(config: Config, root: Path) -> dict[str, object]:
