@@ -30,10 +30,12 @@ import shutil
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import pytest
 from test_redteam_s63_integrity import checked, config, root
 
 from app.config import Config
 from app.dataroot import AUDIT_FILE, STAMP_FILE, restamp
+from app.errors import BadRequestError
 from app.storage import open_storage
 
 __all__ = ["config", "root"]  # the fixtures: a testing profile on a local root
@@ -125,3 +127,25 @@ def test_a_restamp_line_dated_before_its_stamp_by_a_stepped_clock_is_its_line(
     (root / AUDIT_FILE).write_text("\n".join([*text[:-1], json.dumps(line)]) + "\n")
     # Before: stamp-unaudited, its repair a second line "recovered".
     assert checked(config) == []
+
+
+def test_metadata_no_backend_can_store_is_refused_by_the_store_s_own_api(config: Config) -> None:
+    nested: object = 1
+    for _ in range(2000):
+        nested = {"d": nested}
+    with open_storage(config, writer=True, kind="maintenance", wanted="test it") as store:
+        before = store.session_ids()
+        # Before: NaN stored (and its listing not encodable), the surrogates and the nesting
+        # bare UnicodeEncodeError and RecursionError; on PostgreSQL, NaN refused as "the
+        # app's tables are not as the app made them", a surrogate stored.
+        for title, metadata, said in [
+            ("t", {"a": float("nan")}, "metadata is not JSON (Out of range float values are"),
+            ("t", {"\udc00": 1}, "metadata contains the unpaired surrogate U+DC00, which is not"),
+            ("t\ud800", {}, "title contains the unpaired surrogate U+D800, which is not text"),
+            ("t", {"x": nested}, "metadata is nested too deep to be written as JSON (past"),
+        ]:
+            with pytest.raises(BadRequestError) as refused:
+                store.create_session(title, metadata)
+            assert refused.value.message.startswith(said), refused.value.message
+            assert "nothing was stored" in refused.value.message
+        assert store.session_ids() == before
