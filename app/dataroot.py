@@ -1438,8 +1438,14 @@ def _write_stamp_audited(
     try:
         _refuse_audit_at_limit(fd, path)
         stamp = _write_stamp(root, profile, durable=durable, **extra)
-        # Dated once the stamp is: `app data check` takes a line dated at its stamp's time
-        # or later for the stamp's (`stamp-unaudited`).
+        # Dated once the stamp is, and naming it by its time (``details.stamp``): `app data
+        # check` takes the line that names the stamp for its (`stamp-unaudited`), whatever
+        # the clock did between the two (stepped back, the line was dated before the stamp
+        # and taken for an earlier restamp's: red team 63, regress); a line of an earlier
+        # release, which names none, by a time at the stamp's or later.
+        details = record.get("details")
+        if "restamped_from" in extra and isinstance(details, dict) and "created_at" in stamp:
+            record = {**record, "details": {**details, "stamp": stamp["created_at"]}}
         record = {**record, "time": _now_iso()}
         try:
             _write_audit_line(fd, record, path)
