@@ -123,3 +123,23 @@ def test_munmap_of_the_anchored_copy_is_refused() -> None:
     assert _libc.munmap(address, size) == -1
     assert ctypes.get_errno() == 1  # EPERM
     assert sandbox._anchors_mapped()
+
+
+def test_a_known_ini_key_spelt_close_to_the_apps_is_no_misspelling(
+    pytester: pytest.Pytester,
+) -> None:
+    # A project's own keys (its conftest registers them) were refused as misspellings of
+    # app_strict and app_live_server, and no test of the project ran.
+    pytester.makeini("[pytest]\napp_strict_mode = yes\napp_live_servers = 2\n")
+    pytester.makeconftest(
+        "def pytest_addoption(parser):\n"
+        "    parser.addini('app_strict_mode', 'the project own')\n"
+        "    parser.addini('app_live_servers', 'the project own')\n"
+    )
+    pytester.makepyfile(
+        test_keys="def test_keys(request):\n"
+        "    assert request.config.getini('app_live_servers') == '2'\n"
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider", "-p", "no:warnings")
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str() + result.stderr.str()
+    result.assert_outcomes(passed=1)
