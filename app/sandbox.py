@@ -4094,11 +4094,28 @@ def register(
             _become_subreaper()
             atexit.register(_end_entry)
             _also_at_shutdown(_end_entry)
+        elif not _published_here():
+            # A fork of a run's process that starts a run in itself (pytester's in line): its
+            # first entry is the one it anchors (`_anchor`), which its later entries must
+            # keep within. That was the nested run's, and once it ended, the enclosing run's
+            # entry put back (`unregister`) was wider than it: the fork's children were held
+            # to the ended run's sandbox and refused the test's own root (red team 63 on
+            # regress, forks). The fork's first entry is now the run it belongs to.
+            with contextlib.suppress(OSError):
+                _publish(runs[-1])
         runs.append(run)
     setattr(sys, _MARKER, runs)
     _publish(run)
     _keep_open()
     return run
+
+
+def _published_here() -> bool:
+    """Whether this process has written an entry of its own (a fork has not: its parent's
+    entries are named for the parent's pid); True where it cannot tell (no /proc)."""
+    pid = _proc_self()
+    fields = _stat_fields(pid) if pid is not None else None
+    return fields is None or (str(RUNS_DIR), pid, fields[1]) in _NAMED
 
 
 #: The descriptor of its registry this process keeps open while it is a run (`_keep_open`).

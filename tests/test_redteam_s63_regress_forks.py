@@ -17,6 +17,14 @@ before each fork (``os.register_at_fork``, `app.sandbox._anchor_forks`), and a r
 guard pages off its own copy and reads a copy through ``/proc/<pid>/map_files`` (the memfd
 itself, pages untouched) where it may, before ``/proc/<pid>/mem``. A fork made by libc's
 ``fork`` called through ctypes, which runs no at-fork hook, is not stopped (attacks.md).
+
+And: a fork of the run's process that ran a pytest of its own in line anchored the nested
+run's entry as its first; once that run ended, the run's entry put back was wider than the
+anchored copy, and the fork's children were held to the ended run's sandbox (the test's own
+root refused). Such a fork now writes the run it belongs to first (`app.sandbox.register`).
+A project's own ini keys (``parser.addini`` in its conftest) spelt close to the plugin's
+(``app_strict_mode``, ``app_live_servers``) stopped every run as misspellings; the check now
+runs after the initial conftests and passes over keys pytest knows.
 """
 
 from __future__ import annotations
@@ -24,7 +32,9 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -143,3 +153,52 @@ def test_a_known_ini_key_spelt_close_to_the_apps_is_no_misspelling(
     result = pytester.runpytest("-p", "no:cacheprovider", "-p", "no:warnings")
     assert result.ret == pytest.ExitCode.OK, result.stdout.str() + result.stderr.str()
     result.assert_outcomes(passed=1)
+
+
+#: A child that opens a data root of the test's for writing, as the test's own code would.
+_OPEN_ROOT = """
+import os, sys
+os.environ["APP_DATA_ROOT"] = sys.argv[1]
+from app import config
+from app.storage import open_storage
+try:
+    with open_storage(config.load("testing"), writer=True, kind="tests", wanted="a test"):
+        print("opened")
+except Exception as error:
+    print(type(error).__name__, error)
+"""
+
+
+@pytest.mark.skipif(not sandbox._seals_in_place(), reason="no anchored copy on this kernel")
+def test_a_fork_that_ran_pytest_in_line_keeps_its_tests_root(
+    pytester: pytest.Pytester, tmp_path: Path
+) -> None:
+    # A fork of the run's process that runs a pytest of its own in line (pytester's): its
+    # first entry, which it anchors, was the nested run's; once that run ended, the run's
+    # entry put back was wider than the anchored copy, and the fork's children were held to
+    # the ended run's sandbox: the test's own root was refused as outside the test sandbox.
+    pytester.makepyfile(test_inner="def test_inner(tmp_path): pass\n")
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(read)
+            inner = pytester.runpytest_inprocess("-p", "no:randomly", "-p", "no:cacheprovider")
+            root = str(tmp_path / "data")
+            done = subprocess.run(
+                [sys.executable, "-c", _OPEN_ROOT, root],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            said = {"inner": int(inner.ret), "child": done.stdout + done.stderr}
+            os.write(write, json.dumps(said).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as answer:
+        text = answer.read()
+    os.waitpid(pid, 0)
+    said = json.loads(text)
+    assert said["inner"] == 0, said
+    assert said["child"] == "opened\n", said
