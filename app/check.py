@@ -320,7 +320,7 @@ class Checker:
         if made is None:
             return  # a stamp dated by no time it could be matched with: nothing to compare
         wanted = (stamp["restamped_from"], stamp.get("profile"))
-        if self._restamp_logged(wanted, made):
+        if self._restamp_logged(wanted, made, stamp["created_at"]):
             return
         if self.found(
             "stamp-unaudited",
@@ -334,25 +334,31 @@ class Checker:
             self.root.append_audit_line(
                 "restamp",
                 self.root.path / STAMP_FILE,
-                {"from": wanted[0], "to": wanted[1], "recovered": True},
+                {
+                    "from": wanted[0],
+                    "to": wanted[1],
+                    "stamp": stamp["created_at"],
+                    "recovered": True,
+                },
             )
 
-    def _restamp_logged(self, wanted: tuple[str, object], made: datetime) -> bool:
-        """Whether the log, or a rotated copy beside it, has a ``restamp`` line of ``wanted``
-        (from, to) dated ``made`` or later (less a minute: a build before red team 63 dated
-        its line before it wrote the stamp), or cannot say: every copy of it begins after
-        ``made`` (rotation removed the older ones, as it removes every line in time)."""
+    def _restamp_logged(self, wanted: tuple[str, object], made: datetime, stamped: str) -> bool:
+        """Whether the log, or a rotated copy beside it, has the ``restamp`` line of the stamp
+        taken ``stamped`` (`_names_restamp`), or cannot say: every copy of it that holds a
+        dated line begins after ``made`` (rotation removed the older ones, as it removes
+        every line in time; a copy without one, as logrotate's ``copytruncate`` leaves the
+        log until the next change, says nothing either way: red team 63, regress)."""
         try:
             copies = [read_regular(self.root.audit_path).splitlines()]
         except FileNotFoundError:
             copies = []
-        if _names_restamp(copies, wanted, made):
+        if _names_restamp(copies, wanted, made, stamped):
             return True
         copies += list(_rotated_logs(self.root.path))
-        if _names_restamp(copies[1:], wanted, made):
+        if _names_restamp(copies[1:], wanted, made, stamped):
             return True
-        begins = [_line_time(lines) for lines in copies]
-        return bool(begins) and all(time is not None and time > made for time in begins)
+        begins = [time for lines in copies if (time := _line_time(lines)) is not None]
+        return bool(begins) and all(time > made for time in begins)
 
     def check_tmp(self) -> None:
         if self.repair:
@@ -1257,7 +1263,18 @@ def _not_a_blob(path: Path) -> str | None:
 
 #: How logrotate (and a hand's `mv`) names the audit log's older copies beside it:
 #: ``audit.jsonl.1``, ``audit.jsonl.2.gz``, ``audit.jsonl-20261204``, ``audit.jsonl-20261204.gz``.
-_ROTATED_LOG = re.compile(re.escape(AUDIT_FILE) + r"[.-][0-9A-Za-z._-]+")
+_ROTATED_LOG = re.compile(
+    # `audit.jsonl.1`, `audit.jsonl-20261206.gz` (logrotate, `mv`), and the names logrotate's
+    # `extension .jsonl` gives, the extension kept last (`audit.1.jsonl`,
+    # `audit-20261206.jsonl.gz`): not read, their lines were reported lost (red team 63,
+    # regress).
+    re.escape(AUDIT_FILE)
+    + r"[.-][0-9A-Za-z._-]+|"
+    + re.escape(Path(AUDIT_FILE).stem)
+    + r"[.-][0-9A-Za-z_-][0-9A-Za-z._-]*"
+    + re.escape(Path(AUDIT_FILE).suffix)
+    + r"(?:\.[0-9A-Za-z]+)?"
+)
 
 
 def _into_entry(blob_path: Path, target: Path, session_dir: Path) -> None:
@@ -1291,18 +1308,24 @@ def _records_of_restamp(lines: list[bytes]) -> Iterator[dict[str, Any]]:
             yield record
 
 
-def _names_restamp(copies: list[list[bytes]], wanted: tuple[str, object], made: datetime) -> bool:
-    """Whether a ``restamp`` line of ``wanted`` (from, to), dated ``made`` less a minute or
-    later, is among ``copies`` (each a log's lines)."""
+def _names_restamp(
+    copies: list[list[bytes]], wanted: tuple[str, object], made: datetime, stamped: str
+) -> bool:
+    """Whether the ``restamp`` line of the stamp taken ``stamped`` (its ``created_at``),
+    ``wanted`` (from, to), is among ``copies`` (each a log's lines): one that names it
+    (``details.stamp``, whatever its own time: a clock stepped back between the two dated
+    it before the stamp, red team 63, regress), or, naming none (a release before that),
+    one dated ``made`` less a minute or later (a build before red team 63 dated its line
+    before it wrote the stamp)."""
     for lines in copies:
         for record in _records_of_restamp(lines):
             details, when = record.get("details"), _when(record.get("time"))
-            if (
-                isinstance(details, dict)
-                and (details.get("from"), details.get("to")) == wanted
-                and when is not None
-                and when >= made - timedelta(minutes=1)
-            ):
+            if not isinstance(details, dict) or (details.get("from"), details.get("to")) != wanted:
+                continue
+            if "stamp" in details:
+                if details["stamp"] == stamped:
+                    return True
+            elif when is not None and when >= made - timedelta(minutes=1):
                 return True
     return False
 
@@ -1339,8 +1362,9 @@ def _unaudited(name: str, audited: set[str], purged: set[str]) -> bool:
 
 
 def _rotated_logs(root: Path) -> Iterator[list[bytes]]:
-    """The lines of each rotated copy of the audit log in ``root`` (gzip'ed or not), skipping
-    any that is not a regular file or cannot be read: they only spare a false report."""
+    """The lines of each rotated copy of the audit log in ``root`` (gzip'ed, xz'ed, bzip2'ed
+    or not), skipping any that is not a regular file or cannot be read: they only spare a
+    false report."""
     for path in _listing(root):
         if not _ROTATED_LOG.fullmatch(path.name) or path.is_symlink():
             continue  # never followed: it could lead anywhere
@@ -1348,6 +1372,17 @@ def _rotated_logs(root: Path) -> Iterator[list[bytes]]:
             data = read_regular(path)
             if data[:2] == b"\x1f\x8b":  # gzip's magic number
                 data = gzip.decompress(data)
+            elif data[:6] == b"\xfd7zXZ\x00":  # xz's (logrotate's `compresscmd xz`)
+                import lzma  # only for such a copy (its import costs)
+
+                try:
+                    data = lzma.decompress(data)
+                except lzma.LZMAError:
+                    continue
+            elif data[:3] == b"BZh":  # bzip2's (`compresscmd bzip2`)
+                import bz2  # only for such a copy (its import costs)
+
+                data = bz2.decompress(data)  # OSError or EOFError where damaged
         except (OSError, EOFError, zlib.error):  # gzip.BadGzipFile is an OSError
             continue  # a copy damaged or cut short: it spares no report, and stops no check
         yield data.splitlines()

@@ -912,11 +912,7 @@ def _echo_stamp(seen: Status, profile: str, remote: bool) -> None:
         _echo(f"stamp: unreadable: {seen.stamp_error}")
     elif seen.stamp is None:
         first = "the first open of the database" if remote else "the first writer to open the root"
-        marked = None
-        if not remote and isinstance(path := getattr(seen, "path", None), Path):
-            from app.dataroot import marked_profile
-
-            marked = marked_profile(path)
+        marked = seen.marked
         if marked is not None and marked != profile:
             # Its stamp lost: another profile's writer is refused (red team 63).
             _echo(

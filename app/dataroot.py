@@ -1438,8 +1438,14 @@ def _write_stamp_audited(
     try:
         _refuse_audit_at_limit(fd, path)
         stamp = _write_stamp(root, profile, durable=durable, **extra)
-        # Dated once the stamp is: `app data check` takes a line dated at its stamp's time
-        # or later for the stamp's (`stamp-unaudited`).
+        # Dated once the stamp is, and naming it by its time (``details.stamp``): `app data
+        # check` takes the line that names the stamp for its (`stamp-unaudited`), whatever
+        # the clock did between the two (stepped back, the line was dated before the stamp
+        # and taken for an earlier restamp's: red team 63, regress); a line of an earlier
+        # release, which names none, by a time at the stamp's or later.
+        details = record.get("details")
+        if "restamped_from" in extra and isinstance(details, dict) and "created_at" in stamp:
+            record = {**record, "details": {**details, "stamp": stamp["created_at"]}}
         record = {**record, "time": _now_iso()}
         try:
             _write_audit_line(fd, record, path)
@@ -3516,6 +3522,8 @@ class RootStatus:
         probe: the lock probe (who held the root at that moment).
         stamp: the profile stamp, ``None`` if absent.
         stamp_error: why the stamp could not be read, if it exists but is broken.
+        marked: with no stamp, the profile the root's own directories are marked as
+            (`LAYOUT_MARK`): its stamp was lost, and another profile's writer is refused.
     """
 
     path: Path
@@ -3523,6 +3531,7 @@ class RootStatus:
     probe: Probe
     stamp: dict[str, Any] | None
     stamp_error: str | None = None
+    marked: str | None = None
 
     @property
     def location(self) -> str:
@@ -3618,6 +3627,13 @@ def describe(root: Path) -> RootStatus:
             f"{root / STAMP_FILE} could not be read ({error.strerror or error}); every "
             "command that opens the data root is refused until it can be"
         )
+    exists = root.is_dir()
+    marked = marked_profile(root) if exists and stamp is None and stamp_error is None else None
     return RootStatus(
-        path=root, exists=root.is_dir(), probe=probe(root), stamp=stamp, stamp_error=stamp_error
+        path=root,
+        exists=exists,
+        probe=probe(root),
+        stamp=stamp,
+        stamp_error=stamp_error,
+        marked=marked,
     )

@@ -1536,13 +1536,16 @@ def _anchors_in(table: bytes, pid: int | None) -> list[tuple[str, str, bytes]]:
             continue
         if start != _anchor_address(name) or words[1][:1] != b"r" or words[1][3:4] != b"s":
             continue
-        text = _anchor_text(pid, name, inode, start, min(end - start, _ENTRY_MAX_BYTES))
+        size = min(end - start, _ENTRY_MAX_BYTES)
+        text = _anchor_text(pid, name, inode, (start, end), size)
         if text is not None:
             found.append((words[0].decode(), name, text.rstrip(b"\0")))
     return found
 
 
-def _anchor_text(pid: int | None, name: str, inode: int, start: int, size: int) -> bytes | None:
+def _anchor_text(
+    pid: int | None, name: str, inode: int, span: tuple[int, int], size: int
+) -> bytes | None:
     wanted = f"/memfd:{_ANCHOR_NAME}{name} (deleted)"
     for path, target in (_descriptors(pid) or ()) if pid is not None else ():
         if target == wanted:
@@ -1553,6 +1556,22 @@ def _anchor_text(pid: int | None, name: str, inode: int, start: int, size: int) 
                         return os.pread(fd, size, 0)
                 finally:
                     os.close(fd)
+    start, end = span
+    if pid is None:
+        # This process's own: guard pages a test put on it (`_MADV_GUARD_REMOVE`) taken off,
+        # else every read of it failed and the fork found no run (red team 63 on regress).
+        _undo_advice(start, end - start)
+    # The file the mapping maps, read without touching its pages (guard pages or not), where
+    # this process may open it (CAP_SYS_ADMIN); else through the memory file below.
+    with contextlib.suppress(OSError):
+        fd = os.open(
+            f"{_PROC}/{pid or 'self'}/map_files/{start:x}-{end:x}", os.O_RDONLY | os.O_CLOEXEC
+        )
+        try:
+            if os.fstat(fd).st_ino == inode:
+                return os.pread(fd, size, 0)
+        finally:
+            os.close(fd)
     try:
         memory = os.open(f"{_PROC}/{pid or 'self'}/mem", os.O_RDONLY | os.O_CLOEXEC)
         try:
@@ -4075,11 +4094,28 @@ def register(
             _become_subreaper()
             atexit.register(_end_entry)
             _also_at_shutdown(_end_entry)
+        elif not _published_here():
+            # A fork of a run's process that starts a run in itself (pytester's in line): its
+            # first entry is the one it anchors (`_anchor`), which its later entries must
+            # keep within. That was the nested run's, and once it ended, the enclosing run's
+            # entry put back (`unregister`) was wider than it: the fork's children were held
+            # to the ended run's sandbox and refused the test's own root (red team 63 on
+            # regress, forks). The fork's first entry is now the run it belongs to.
+            with contextlib.suppress(OSError):
+                _publish(runs[-1])
         runs.append(run)
     setattr(sys, _MARKER, runs)
     _publish(run)
     _keep_open()
     return run
+
+
+def _published_here() -> bool:
+    """Whether this process has written an entry of its own (a fork has not: its parent's
+    entries are named for the parent's pid); True where it cannot tell (no /proc)."""
+    pid = _proc_self()
+    fields = _stat_fields(pid) if pid is not None else None
+    return fields is None or (str(RUNS_DIR), pid, fields[1]) in _NAMED
 
 
 #: The descriptor of its registry this process keeps open while it is a run (`_keep_open`).
@@ -4157,21 +4193,7 @@ def _anchor(name: str, text: bytes) -> None:
     if not _seals_in_place():
         return
     with contextlib.suppress(Exception):
-        import _ctypes
-
-        class _Long(_ctypes._SimpleCData):  # type: ignore[type-arg]
-            _type_ = "l"
-
-        class _Libc:
-            _handle = _ctypes.dlopen(None, os.RTLD_LOCAL)  # type: ignore[arg-type]
-
-        class _Function(_ctypes.CFuncPtr):
-            _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
-            _restype_ = _Long
-
-        mmap = _Function(("mmap", _Libc()))  # type: ignore[arg-type]
-        munmap = _Function(("munmap", _Libc()))  # type: ignore[arg-type]
-        syscall = _Function(("syscall", _Libc()))  # type: ignore[arg-type]
+        _Long, mmap, munmap, syscall, _ = _libc_calls()
         fd = os.memfd_create(_ANCHOR_NAME + name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
             view = memoryview(text)
@@ -4189,9 +4211,69 @@ def _anchor(name: str, text: bytes) -> None:
                 munmap(_Long(address), _Long(size))
                 return
             _ANCHOR_KEPT.append(fd)
+            _ANCHORED_AT[:] = [address, size]
+            if not _FORK_HOOKED:
+                _FORK_HOOKED.append(True)
+                os.register_at_fork(before=_anchor_forks)
         finally:
             if fd not in _ANCHOR_KEPT:
                 os.close(fd)
+
+
+#: Where this process's own anchored copy lies (`_anchor`): its address and size.
+_ANCHORED_AT: list[int] = []
+#: Whether `_anchor_forks` runs before each fork of this process (registered once).
+_FORK_HOOKED: list[bool] = []
+#: ``madvise``'s advice that undoes what a test may do to a sealed shared mapping: ``mseal``
+#: refuses munmap, mremap, mprotect and a mapping over it, but lets any process mark a
+#: file-backed mapping ``MADV_DONTFORK`` (a fork then maps nothing there) or put guard pages
+#: on it (``MADV_GUARD_INSTALL``, Linux 6.13: every read of it faults).
+_MADV_DOFORK: Final = 11
+_MADV_GUARD_REMOVE: Final = 103
+
+
+def _libc_calls() -> tuple[Any, Any, Any, Any, Any]:
+    """The C long type and libc's ``mmap``, ``munmap``, ``syscall`` and ``madvise``, through
+    ``_ctypes`` alone (importing `ctypes`, its forty C types, cost more than the rest)."""
+    if not _LIBC:
+        import _ctypes
+
+        class _Long(_ctypes._SimpleCData):  # type: ignore[type-arg]
+            _type_ = "l"
+
+        class _Libc:
+            _handle = _ctypes.dlopen(None, os.RTLD_LOCAL)  # type: ignore[arg-type]
+
+        class _Function(_ctypes.CFuncPtr):
+            _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
+            _restype_ = _Long
+
+        names = ("mmap", "munmap", "syscall", "madvise")
+        _LIBC.append(_Long)
+        _LIBC.extend(_Function((name, _Libc())) for name in names)  # type: ignore[arg-type]
+    return tuple(_LIBC)
+
+
+_LIBC: list[Any] = []
+
+
+def _undo_advice(address: int, size: int) -> None:
+    """Take back from this process's mapping at `address` a ``MADV_DONTFORK`` and guard
+    pages (`_MADV_DOFORK`); a kernel without guard pages says EINVAL, which is fine."""
+    with contextlib.suppress(Exception):
+        _Long, _, _, _, madvise = _libc_calls()
+        for advice in (_MADV_DOFORK, _MADV_GUARD_REMOVE):
+            madvise(_Long(address), _Long(size), advice)
+
+
+def _anchor_forks() -> None:
+    """Before each fork of a process that anchored a copy (``os.register_at_fork``): the
+    fork inherits it, readable. A test that marked the run's anchored copy
+    ``MADV_DONTFORK``, then forked, had a fork that mapped nothing of the run; once the run
+    had ended, its mark deleted, its handed-on entry removed and pytest's modules forgotten,
+    it found no run and purged a stopped production root (red team 63 on regress, forks)."""
+    if _ANCHORED_AT:
+        _undo_advice(*_ANCHORED_AT)
 
 
 def keeps_sealed_copy() -> bool:

@@ -100,9 +100,32 @@ def checked_session_fields(title: object, metadata: object) -> dict[str, Any]:
         )
     if "\x00" in title:
         raise BadRequestError(TITLE_NUL)
+    _refuse_surrogate("title", title)
     metadata = {} if metadata is None else metadata
     if not isinstance(metadata, dict):
         raise BadRequestError("metadata must be a JSON object")
+    # As the server's parser refuses them (`app.server.session_body`), for a caller of the
+    # store's own API too (red team 63, regress): NaN and Infinity were stored on a data
+    # root (and its listing then failed to encode them), and refused by PostgreSQL as "the
+    # app's tables are not as the app made them"; an unpaired surrogate was a bare
+    # UnicodeEncodeError on a data root, and stored on PostgreSQL; metadata nested past
+    # Python's recursion limit a bare RecursionError on both.
+    try:
+        text = json.dumps(metadata, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except RecursionError:
+        raise BadRequestError(
+            "metadata is nested too deep to be written as JSON (past Python's recursion "
+            "limit); nothing was stored. Send it nested less deep"
+        ) from None
+    except ValueError as error:
+        raise BadRequestError(
+            f"metadata is not JSON ({error}: RFC 8259 has no NaN or Infinity, and no value "
+            "that holds itself); nothing was stored. Send such a number as a string, or leave "
+            "it out"
+        ) from None
+    except TypeError as error:
+        raise BadRequestError(f"metadata is not JSON-serialisable: {error}") from None
+    _refuse_surrogate("metadata", text)
     try:
         size = len(json.dumps(metadata, separators=(",", ":")).encode())
     except (TypeError, ValueError) as error:
@@ -112,6 +135,20 @@ def checked_session_fields(title: object, metadata: object) -> dict[str, Any]:
             f"metadata is {size} bytes as JSON; the limit is {MAX_METADATA_BYTES}"
         )
     return metadata
+
+
+def _refuse_surrogate(what: str, text: str) -> None:
+    """Refuse an unpaired surrogate in ``text`` (a title, metadata as JSON): not text, it
+    cannot be written as UTF-8 (a data root) and is no character (PostgreSQL)."""
+    found = _SURROGATE.search(text)
+    if found is not None:
+        raise BadRequestError(
+            f"{what} contains the unpaired surrogate U+{ord(found.group()):04X}, which is not "
+            "text; nothing was stored. Send valid UTF-16 pairs or the character itself"
+        )
+
+
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
 
 
 class FileEntry(TypedDict):
@@ -536,6 +573,12 @@ class Status(Protocol):
     def stamp(self) -> dict[str, Any] | None: ...
     @property
     def stamp_error(self) -> str | None: ...
+    @property
+    def marked(self) -> str | None:
+        """With no stamp: the profile its own directories are marked as (a data root that
+        lost its stamp, refused to every other profile's writer), else ``None``."""
+        ...
+
     def to_dict(self) -> dict[str, Any]: ...
 
 

@@ -147,7 +147,8 @@ def test_restamp_hands_the_root_to_another_profile_and_audits_it(tmp_path: Path)
     [line] = audit_lines(path)
     assert line["operation"] == "restamp"
     assert line["target"] == str(path / STAMP_FILE)
-    assert line["details"] == {"from": "production", "to": "staging"}
+    # Naming the stamp it records by its time (red team 63, regress: `check` ties the two).
+    assert line["details"] == {"from": "production", "to": "staging", "stamp": new["created_at"]}
     assert line["profile"] == "staging"
     with open_root(staging) as root:
         assert root.stamp == new

@@ -410,7 +410,7 @@ def test_a_restamp_whose_audit_line_would_not_fit_is_refused_before_it_changes_t
     (line,) = [json.loads(one) for one in audit.read_text().splitlines()[1:]]
     assert (line["operation"], line["details"]) == (
         "restamp",
-        {"from": "testing", "to": "development"},
+        {"from": "testing", "to": "development", "stamp": stamp["created_at"]},
     )
 
 

@@ -176,7 +176,12 @@ def test_a_restamp_whose_audit_line_fails_is_found_and_its_line_written(
         for text in (root / AUDIT_FILE).read_text().splitlines()
         if json.loads(text)["operation"] == "restamp"
     ]
-    assert line["details"] == {"from": "development", "to": "testing", "recovered": True}
+    assert line["details"] == {
+        "from": "development",
+        "to": "testing",
+        "stamp": made["created_at"],
+        "recovered": True,
+    }
     assert checked(config) == []
     # Rotated away (logrotate keeps so many copies), with later lines in a new log: the log
     # no longer reaches back to the restamp, and says nothing of it either way.

@@ -361,6 +361,8 @@ class RemoteStatus:
     holders_unknown: str | None = None
     """Why the live replicas cannot be seen from here (a standby), if they cannot."""
     objects_error: str | None = None
+    marked: str | None = None
+    """None: a database's tables carry no mark of a profile but its stamp."""
 
     @property
     def held(self) -> bool:

@@ -109,6 +109,16 @@ def pytest_load_initial_conftests(
         guard.drop_flocks_ahead()
     result = yield
     watch.after_the_conftests(early_config, args, given)
+    if early_config.stash.get(STATE, None) is not None:
+        # After the conftests: a key one of them registers (``parser.addini``) is known.
+        try:
+            _refuse_misspelt_ini(early_config)
+        except pytest.UsageError:
+            # pytest unconfigures no run it refuses here: the run's variables put back, its
+            # entry and lock given up, as at its end.
+            pytest_unconfigure(early_config)
+            del early_config.stash[STATE]
+            raise
     return result
 
 
@@ -258,9 +268,9 @@ def _refuse_strict(live: list[guard.LiveHolder], unseen: list[guard.UnseenRoot])
 
 
 def _refuse_before_the_run(config: pytest.Config) -> None:
-    """What refuses an active run before it changes anything: a misspelt ini key, a load."""
+    """What refuses an active run before it changes anything: a wrong ini value, a load (a
+    misspelt ini key: after the conftests, `_refuse_misspelt_ini`)."""
     __tracebackhide__ = True
-    _refuse_misspelt_ini(config)
     _refuse_unknown_start(config)
     guard.refuse_early_loads()
 
@@ -276,7 +286,7 @@ def _refuse_misspelt_ini(config: pytest.Config) -> None:
     if path is None:
         return
     for key in _ini_keys(path):
-        if key in _INI_KEYS:
+        if key in _INI_KEYS or _registered(config, key):
             continue
         for meant in get_close_matches(key, _INI_KEYS, n=1, cutoff=0.8):
             raise guard.usage_error(
@@ -284,6 +294,18 @@ def _refuse_misspelt_ini(config: pytest.Config) -> None:
                 f"{meant!r}?); the run would go on without what it asks for. Spell it "
                 f"{meant}"
             )
+
+
+def _registered(config: pytest.Config, key: str) -> bool:
+    """Whether pytest knows ini `key`: a plugin or a conftest registered it (``parser.addini``).
+    A project's own ``app_strict_mode`` or ``app_live_servers`` is no misspelling of the
+    app's, and stopped the run as one (red team 63 on regress, forks); a conftest registers
+    its keys as pytest imports it, so the check runs after the initial conftests."""
+    try:
+        config.getini(key)
+    except ValueError:
+        return False
+    return True
 
 
 #: The plugin's own ini keys, against which a key pytest does not know is compared.
