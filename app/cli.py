@@ -918,7 +918,7 @@ def _echo_stamp(seen: Status, profile: str, remote: bool) -> None:
             _echo(
                 f"stamp: none (deleted or lost: its own directories are marked as profile "
                 f"{marked!r}'s, so a writer of {profile!r} is refused; `app data restamp "
-                f"--profile {profile} --from {marked}` hands it over)"
+                f"--profile {profile} --from {shell_word(marked)}` hands it over)"
             )
         else:
             _echo(f"stamp: none ({first} stamps it)")

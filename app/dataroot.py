@@ -1582,10 +1582,7 @@ def _refuse_inside_another_root(config: Config, root: Path) -> None:
     elif lexists(outer / LOCK_FILE):
         whose = f"it holds {outer / LOCK_FILE}"
     else:
-        whose = (
-            f"its stamp and lock file are gone, but it holds a root's own directories, "
-            f"{', '.join(name + '/' for name in _MARKED)}"
-        )
+        whose = _why_laid_out(outer)
     through = (
         ""
         if seen is None
@@ -1631,7 +1628,14 @@ def _laid_out(directory: Path | str) -> bool:
     A stopped root whose stamp and lock file were both deleted (by hand, a restore that
     skipped dotfiles) was nothing above a root inside it: its ``.trash/``, named by its path
     or through a bind mount, was adopted and written into (red team 63). Paths as text: the
-    checks of what pytest writes walk about thirty directories up for each of their paths."""
+    checks of what pytest writes walk about thirty directories up for each of their paths.
+
+    Unmarked, the three names alone are not enough: another tool's directory (a home
+    directory with ``.tmp/``, ``.trash/`` and a ``sessions/`` of its own) is no root, and
+    every root made under it, and every pytest run whose cache or report went there, was
+    refused as inside a root "whose stamp and lock file are gone" (red team 63 on regress).
+    Such a directory counts only where it also holds what the app writes there
+    (`_holds_the_app_s`)."""
     found = []
     for name in _MARKED:
         try:
@@ -1642,10 +1646,43 @@ def _laid_out(directory: Path | str) -> bool:
             found.append(name)
     if not found:
         return False
-    return len(found) == len(_MARKED) or any(
+    if any(
         layout_mark(os.path.join(directory, name)) is not None  # noqa: PTH118
         for name in found
-    )
+    ):
+        return True
+    return len(found) == len(_MARKED) and _holds_the_app_s(directory)
+
+
+#: How the app names a session's directory in sessions/ (its id, or the id being made), and
+#: a trash entry's in .trash/ (`_A_SESSION_S`, by entry).
+_SESSION_ENTRY: Final = re.compile(r"(?:\.new-)?[0-9a-f]{32}")
+_TRASH_ENTRY: Final = re.compile(
+    r"(?:\.emptying-)?[0-9]{8}T[0-9]{12}Z-[0-9a-f]{32}(?:-file-[0-9a-f]+)?"
+)
+#: How many entries of sessions/ or .trash/ `_holds_the_app_s` reads at most: a root's
+#: hold nothing else, so the first answers; another tool's may hold many.
+_ENTRIES_READ: Final = 16
+
+
+def _holds_the_app_s(directory: Path | str) -> bool:
+    """Whether `directory`, holding ``sessions/``, ``.trash/`` and ``.tmp/`` unmarked, also
+    holds what only the app writes in a root: its audit log, or a directory in ``sessions/``
+    or ``.trash/`` named as a session's or a trash entry's. A root laid out by a release
+    before the marks and never written into holds neither, and has nothing to lose."""
+    if os.path.isfile(os.path.join(directory, AUDIT_FILE)):  # noqa: PTH113, PTH118
+        return True
+    for name, pattern in ((SESSIONS_DIR, _SESSION_ENTRY), (TRASH_DIR, _TRASH_ENTRY)):
+        try:
+            with os.scandir(os.path.join(directory, name)) as entries:  # noqa: PTH118
+                for read, entry in enumerate(entries):
+                    if read >= _ENTRIES_READ:
+                        break
+                    if pattern.fullmatch(entry.name) and entry.is_dir(follow_symlinks=False):
+                        return True
+        except OSError:
+            continue  # out of reach: not known to be the app's
+    return False
 
 
 def layout_mark(directory: Path | str) -> dict[str, Any] | None:
@@ -1678,27 +1715,68 @@ def a_root_s_own(directory: Path | str) -> str | None:
             f"{mark['profile']!r} (extended attribute {LAYOUT_MARK})"
         )
     if _laid_out(directory):
-        return (
-            "its stamp and lock file are gone, but it holds a root's own directories, "
-            f"{', '.join(name + '/' for name in _MARKED)}"
-        )
+        return _why_laid_out(directory)
     return None
 
 
-def _mark_layout(root: Path, profile: str) -> None:
-    """Mark the root's own directories (`LAYOUT_MARK`), where they are not marked so yet."""
+def _why_laid_out(directory: Path | str) -> str:
+    """What a refusal says of a directory `_laid_out` found: the three directories, or, where
+    fewer are there, the one whose mark counted, and the ``setfattr -x`` that frees a copy.
+    A copy of a root's ``sessions/`` alone (``cp -a /srv/app/sessions /tmp/``) was said to
+    hold all three, and nothing named the mark (red team 63 on regress)."""
+    there = [
+        name
+        for name in _MARKED
+        if os.path.isdir(os.path.join(directory, name))  # noqa: PTH112, PTH118
+    ]
+    if len(there) < len(_MARKED):
+        for name in there:
+            path = os.path.join(directory, name)  # noqa: PTH118
+            if (mark := layout_mark(path)) is not None:
+                return (
+                    f"its stamp and lock file are gone, but it holds {name}/, one of a data "
+                    f"root's own directories, marked as profile {mark['profile']!r}'s "
+                    f"(extended attribute {LAYOUT_MARK}); if that directory is a copy that "
+                    "belongs to no data root now, remove the mark (`setfattr -x "
+                    f"{LAYOUT_MARK} {shell_word(path)}`)"
+                )
+    return (
+        "its stamp and lock file are gone, but it holds a root's own directories, "
+        f"{', '.join(name + '/' for name in _MARKED)}"
+    )
+
+
+#: Why a mark may not be written, and the open goes on without it: no user extended
+#: attributes there (ENOTSUP, EPERM, EACCES, EROFS), or no room for one: a full filesystem,
+#: a quota, or a directory whose attribute space other tools' attributes fill (ENOSPC,
+#: EDQUOT, E2BIG). A full filesystem refused every writer's open of a root not marked yet,
+#: `app data empty-trash` (which its refusal names to free space) and a server's start among
+#: them (red team 63 on regress).
+_UNMARKED: Final = frozenset(
+    {errno.ENOTSUP, errno.EPERM, errno.EACCES, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.E2BIG}
+)
+
+
+def _mark_layout(root: Path, profile: str, *, present: bool = False) -> None:
+    """Mark the root's own directories (`LAYOUT_MARK`), where they are not marked so yet;
+    with `present`, only those there (a restamp, which makes none: a root restored from a
+    copy of some of them, its stamp lost, lacks the others; its next open makes and marks
+    them. Red team 63 on regress: the restamp failed there after writing the new stamp)."""
     for name in _MARKED:
         path = root / name
+        if present and not path.is_dir():
+            continue
         wanted = {"dir": name, "profile": profile}
         if layout_mark(path) == wanted:
             continue
         try:
             os.setxattr(path, LAYOUT_MARK, json.dumps(wanted).encode(), follow_symlinks=False)
         except OSError as error:
-            if error.errno not in {errno.ENOTSUP, errno.EPERM, errno.EACCES, errno.EROFS}:
+            if error.errno not in _UNMARKED:
                 raise
-            # A filesystem without user extended attributes (or one that refuses them): the
-            # root's directories go unmarked; their names and the stamp still mark it.
+            # A filesystem without user extended attributes (or one that refuses them), or no
+            # room for one: the root's directories go unmarked (until an open finds room);
+            # their names and the stamp still mark it.
 
 
 def _through_a_mount(root: Path, here: Path) -> str:
@@ -1719,16 +1797,28 @@ def _through_a_mount(root: Path, here: Path) -> str:
 
 
 #: A directory of a data root the app does not mark, by its place in its filesystem: a
-#: session's (``sessions/<id>/records``, empty once its files are deleted), or one in a
-#: trash entry (``.trash/<time>-<id>/session/...``).
+#: session's ``records/`` or ``blobs/`` (empty once its files are deleted), or one in a trash
+#: entry (``.trash/<time>-<id>/session/...``, or one an empty-trash is removing,
+#: ``.trash/.emptying-<time>-<id>/...``), named as the app names them
+#: (``app.store.trash.TRASH_NAME_RE``, ``EMPTYING_PREFIX``).
 _A_SESSION_S: Final = re.compile(
-    rb"(?:^|/)(?:sessions/(?:\.new-)?[0-9a-f]{32}|\.trash/[^/]+-[0-9a-f]{32}[^/]*)(?:/|$)"
+    rb"(?:^|/)(?:sessions/(?:\.new-)?[0-9a-f]{32}/(?:records|blobs)"
+    rb"|\.trash/(?:\.emptying-)?[0-9]{8}T[0-9]{12}Z-[0-9a-f]{32}(?:-file-[0-9a-f]+)?)(?:/|$)"
 )
+#: A session's own directory by its name alone, which other tools give theirs too (a CI
+#: runner's or a notebook server's ``sessions/<uuid>/`` workspace): one only where it holds
+#: what a session's does (`_A_SESSION_S_OWN`; red team 63 on regress).
+_A_SESSION_DIR: Final = re.compile(rb"(?:^|/)sessions/(?:\.new-)?[0-9a-f]{32}(?=/|$)")
+#: What a session's directory holds, any one of which names it a session's (one whose
+#: session.json was lost keeps its records/ and blobs/).
+_A_SESSION_S_OWN: Final = (b"session.json", b"records", b"blobs")
 
 
 def shown_from_a_session(here: Path) -> bytes | None:
     """The directory of its filesystem a mount on the way shows `here` from, where that is a
-    session's or a trash entry's of a data root by its place (`_A_SESSION_S`); else None."""
+    session's or a trash entry's of a data root by its place (`_A_SESSION_S`), or lies in a
+    directory named as a session's that holds a ``session.json``, ``records/`` or
+    ``blobs/`` (`_A_SESSION_DIR`); else None."""
     try:
         mounts, _, (points, tops) = _MOUNTS.looked_up()
     except OSError:
@@ -1740,10 +1830,26 @@ def shown_from_a_session(here: Path) -> bytes | None:
     if at is None:
         return None
     _, point, shown, _ = mounts[at]
-    if not shown.rstrip(b"/"):
+    top = shown.rstrip(b"/")
+    if not top:
         return None  # the filesystem's top: no directory above to name
-    inside = shown.rstrip(b"/") + wanted[len(point.rstrip(b"/")) :]
-    return inside if _A_SESSION_S.search(inside) else None
+    inside = top + wanted[len(point.rstrip(b"/")) :]
+    if _A_SESSION_S.search(inside):
+        return inside
+    for found in _A_SESSION_DIR.finditer(inside):
+        if found.end() < len(top):
+            continue  # the mount shows a directory in it that no session has: not in sight
+        # The directory named as a session's, as this process sees it (at the mount's point
+        # or below): a session's holds its session.json, records/ and blobs/. Before red
+        # team 63 on regress, a workspace bound from another tool's sessions/<uuid>/ refused
+        # every root in it, and every pytest run whose cache or report went there.
+        directory = point.rstrip(b"/") + inside[len(top) : found.end()]
+        if any(
+            os.path.lexists(os.path.join(directory, name))  # noqa: PTH118
+            for name in _A_SESSION_S_OWN
+        ):
+            return inside
+    return None
 
 
 def _refuse_marked(config: Config, root: Path) -> None:
@@ -1809,10 +1915,18 @@ def _a_root_s(directory: Path) -> bool:
 
 def marked_profile(root: Path) -> str | None:
     """The profile the marks on `root`'s own directories name (`LAYOUT_MARK`), if any."""
+    found = _marked_at(root)
+    return None if found is None else found[0]
+
+
+def _marked_at(root: Path) -> tuple[str, Path] | None:
+    """The profile the first mark on `root`'s own directories names, and that directory: the
+    one a refusal names (a root restored in part may lack ``sessions/``, red team 63 on
+    regress)."""
     for name in _MARKED:
         mark = layout_mark(root / name)
         if mark is not None:
-            return str(mark["profile"]).lower()
+            return str(mark["profile"]).lower(), root / name
     return None
 
 
@@ -1821,20 +1935,25 @@ def _refuse_stamp_lost(config: Config, root: Path) -> None:
     profile's writers: its stamp was deleted or lost, and the first writer of any profile
     claimed it, the other profile's sessions with it (red team 63). A root with no marks (a
     filesystem that keeps none, a release before them) is adopted as before."""
-    marked = marked_profile(root)
-    if marked is None or marked == config.profile:
+    found = _marked_at(root)
+    if found is None or found[0] == config.profile:
         return  # none, or this profile's own: the open writes its stamp back
+    marked, where = found
+    # Quoted for the shell: a mark is a file's attribute, which whoever owns the directory
+    # writes, and its profile went unquoted into the commands below (`--from x; rm -rf ~`,
+    # red team 63 on regress), as a stamp's did before session 55's quoting.
+    word = shell_word(marked)
     raise DataRootStateError(
         root,
         f"it has no profile stamp ({STAMP_FILE} was deleted or lost), but its own "
         f"directories are marked as profile {marked!r}'s (extended attribute {LAYOUT_MARK} "
-        f"on {root / SESSIONS_DIR}, written by every writer that opens a root): it is "
+        f"on {where}, written by every writer that opens a root): it is "
         f"{marked!r}'s data root, and profile {config.profile!r} may not adopt it; nothing "
         "was opened or changed",
         f"if it is {marked!r}'s root, a writer of that profile writes the stamp back (`app "
-        f"--profile {marked} data check --repair`, or its server's start); if it is to be "
+        f"--profile {word} data check --repair`, or its server's start); if it is to be "
         f"{config.profile!r}'s from now on, hand it over: `app data restamp --profile "
-        f"{config.profile} --from {marked} --yes-i-mean-it`; otherwise point data_root of "
+        f"{config.profile} --from {word} --yes-i-mean-it`; otherwise point data_root of "
         f"profile {config.profile!r} elsewhere (`app config` shows where it is set)",
     )
 
@@ -2887,7 +3006,7 @@ def restamp(
         )
         new = _write_stamp_audited(root, config.profile, record, restamped_from=stamped, **made_in)
         if marked_profile(root) is not None:
-            _mark_layout(root, config.profile)
+            _mark_layout(root, config.profile, present=True)
         return {**new, "changed": True}
 
 
