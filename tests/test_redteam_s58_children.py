@@ -91,9 +91,15 @@ RUNUSER = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
 PRCTL = ("import ctypes, runpy, sys; libc = ctypes.CDLL(None); libc.prctl(4, 0, 0, 0, 0); "
          "libc.prctl(1, 9, 0, 0, 0); sys.argv = " + repr(["app", *PURGE[3:]]) + "; "
          "runpy.run_module('app', run_name='__main__')")
-ATEXIT = ("import atexit, subprocess; atexit.register(lambda: subprocess.Popen("
-          + repr([*RUNUSER, PY, "-c", PRCTL]) + ", env=" + repr(ENV)
-          + ", stderr=subprocess.STDOUT))")
+# The grandchild outlives the child: it waits until the child has exited (it is another
+# process's then) before it asks for PR_SET_PDEATHSIG, which, asked while the child still
+# ran, killed it as the child exited, before it said anything (a run under load: "atexit: 0"
+# and nothing after).
+OUTLIVES = ("import os, sys, time\n"
+            "while os.getppid() == int(sys.argv[1]): time.sleep(0.005)\n")
+ATEXIT = ("import atexit, os, subprocess; atexit.register(lambda: subprocess.Popen("
+          + repr([*RUNUSER, PY, "-c", OUTLIVES + PRCTL]) + " + [str(os.getpid())], env="
+          + repr(ENV) + ", stderr=subprocess.STDOUT))")
 NESTED = ("import subprocess\ndef test_n():\n    p = subprocess.run(" + repr(PURGE) + ", env="
           + repr(ENV) + ", capture_output=True, text=True)\n"
           "    print('NESTED', p.returncode, p.stderr)\n")
