@@ -219,6 +219,11 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         head_start.begin(config, "schemathesis", lambda: fuzz(factory, environ), _nothing)
     hostile = head_start.collected(session, REMOTE_HOSTILE)
     if isinstance(hostile, pytest.Function):  # it asks for both engines, queued above
+        # Its thread imports the app's modules as it needs them: imported there while a
+        # pytester test of this process put `sys.modules` back as it was at its start, one
+        # was taken out mid-import (serial runs: "KeyError: 'app.remote.errors'"). Imported
+        # here, before any test, no restore takes them out.
+        _import_every_module_of("app")
         run_hostile = hostile.module.run_hostile_next_to_a_pair
 
         def next_to_a_pair() -> object:
@@ -227,6 +232,15 @@ def pytest_collection_finish(session: pytest.Session) -> None:
             return run_hostile(where, postgres, s3, environ)
 
         head_start.begin(config, "remote-hostile", next_to_a_pair, _nothing)
+
+
+def _import_every_module_of(package: str) -> None:
+    import importlib
+    import pkgutil
+
+    for found in pkgutil.walk_packages(importlib.import_module(package).__path__, f"{package}."):
+        if not found.name.endswith(".__main__"):  # `python -m app`'s: it runs the command line
+            importlib.import_module(found.name)
 
 
 #: The order in which xdist hands out the slow files (`scripts/test`: ``-n 3 --dist loadfile``).
