@@ -27,6 +27,8 @@ from test_redteam_s27_guard import _tmpdir
 from test_redteam_s31_guard import stopped  # noqa: F401 - a fixture
 from test_server_e2e import app_env, run_app, snapshot
 
+from app.config import _shortened
+
 
 def _run(project: Path, settings: Path, *args: str, **extra: str) -> tuple[int, str]:
     """pytest in `project`, on `settings`, its output on one line."""
@@ -462,10 +464,12 @@ def test_a_data_root_with_a_variable_nothing_expanded_is_refused(
     value = f"{tmp_path}/{written}/data"
     done = run_app("status", env=app_env(Path(value)))
     assert done.returncode == 78, done.stderr
+    # A path past 100 characters is cut in the message (a runner's long TMPDIR).
+    shown = _shortened(value)
     assert (
-        f"error: profile 'testing': data_root = {value!r} (from environment APP_DATA_ROOT): "
+        f"error: profile 'testing': data_root = {shown!r} (from environment APP_DATA_ROOT): "
         f"holds {written!r}, which a shell or a service manager expands, but nothing did: the "
-        f"app takes a path as written, so this root would be {value}, beside the one meant; "
+        f"app takes a path as written, so this root would be {shown}, beside the one meant; "
         "write the path out in full where the value is set (systemd expands ${VAR} in "
         "ExecStart= only, not in Environment= or an EnvironmentFile=, and docker's --env-file "
         "expands nothing)"
@@ -506,8 +510,8 @@ def test_a_data_root_in_settings_with_a_variable_nothing_expanded_is_refused(
     assert (
         "profile 'development': data_root = '$HOME/dev-data' (from settings.toml "
         "[development]): holds '$HOME', which a shell or a service manager expands, but "
-        f"nothing did: the app takes a path as written, so this root would be {settings}/$HOME"
-        "/dev-data, beside the one meant"
+        "nothing did: the app takes a path as written, so this root would be "
+        f"{_shortened(f'{settings}/$HOME/dev-data')}, beside the one meant"
     ) in done.stdout + done.stderr, done.stdout + done.stderr
 
 
@@ -837,6 +841,13 @@ def _worker(env):
 
 @pytest.mark.parametrize("method", ["spawn", "forkserver"])
 def test_a_process_pool_worker_that_rebuilds_its_environment(method):
+    import tempfile
+
+    # The fork server's socket is made in the temporary directory, the run's sandbox here:
+    # under a long TMPDIR (a runner's) its path passes AF_UNIX's 108 bytes.
+    # (its path: <tmp>/pymp-XXXXXXXX/listener-XXXXXXXX, 32 bytes after <tmp>, under 108)
+    if method == "forkserver" and len(os.fsencode(tempfile.gettempdir())) + 32 > 107:
+        pytest.skip("the fork server's socket path would pass AF_UNIX's limit here")
     context = multiprocessing.get_context(method)
     with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
         assert pool.submit(_worker, hand_built()).result() == "SandboxViolationError"
@@ -938,7 +949,9 @@ def test_what_held(
         ROOT=str(production), OUT=str(out),
     )  # fmt: skip
     assert code == 0, output
-    assert "14 passed" in output, output
+    # 13 and the fork server's case skipped where the sandbox's path is too long for its
+    # socket (a runner's long TMPDIR): the one skip the inner tests have.
+    assert "14 passed" in output or "13 passed, 1 skipped" in output, output
     said = out.read_text().splitlines()
     assert len(said) == (9 if workers else 3), said  # and each worker's (its hooks run too)
     for line in said:
