@@ -3579,6 +3579,9 @@ class RootStatus:
             "lock_file": str(self.probe.path),
             "stamp": self.stamp,
             "stamp_error": self.stamp_error,
+            # With no stamp, the profile the root's own directories are marked as: the
+            # text's "stamp: none (deleted or lost ...)" line, for a script (null otherwise).
+            "marked": self.marked,
         }
 
 

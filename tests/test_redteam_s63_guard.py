@@ -387,6 +387,9 @@ def test_a_root_whose_stamp_was_lost_is_not_adopted_by_another_profile(tmp_path:
         "'production''s, so a writer of 'testing' is refused; `app data restamp --profile "
         "testing --from production` hands it over)"
     ) in shown.stdout, shown.stdout
+    as_json = forked_app.run(app_env(root), ["status", "--json"])
+    assert as_json.returncode == 0, as_json.stderr
+    assert json.loads(as_json.stdout)["marked"] == "production", as_json.stdout
     # The hand-over the refusal names, then testing's own open.
     assert restamp(testing, "production")["restamped_from"] == "production"
     with open_storage(testing, writer=True) as store:
