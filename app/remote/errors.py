@@ -956,20 +956,26 @@ class UnloggedTablesError(ConfigError):
         )
 
 
-class TablesHookedError(ConfigError):
+class _TablesAmissError(ConfigError):
+    """What a check of the app's tables at the open found amiss (:func:`app.remote.pg.hooks`,
+    :func:`app.remote.pg.drift`), each with the statement that undoes it."""
+
+    profile: str
+    where: str
+    #: Each thing found, in words or as PostgreSQL defines it.
+    found: tuple[str, ...]
+    #: What undoes each, in the same order.
+    statements: tuple[str, ...]
+
+
+class TablesHookedError(_TablesAmissError):
     """Triggers or rules on the app's tables that the app did not make (one that can skip or
     change its writes), row level security its role is subject to, or the app's own triggers
     switched off."""
 
+    # Each of `found` as PostgreSQL defines it (``pg_get_triggerdef``, ``pg_get_ruledef``),
+    # or the app's trigger that is off.
     code = "tables_hooked"
-
-    profile: str
-    where: str
-    #: Each, as PostgreSQL defines it (``pg_get_triggerdef``, ``pg_get_ruledef``), or the app's
-    #: trigger that is off.
-    found: tuple[str, ...]
-    #: What undoes each, in the same order.
-    statements: tuple[str, ...]
 
     @property
     def message(self) -> str:
@@ -991,19 +997,13 @@ class TablesHookedError(ConfigError):
         )
 
 
-class TablesChangedError(ConfigError):
+class TablesChangedError(_TablesAmissError):
     """The app's tables are not as the app made them: a column dropped or of another type,
     collation or ``NOT NULL``, a constraint or a unique index added, dropped or changed, or
     a unique index of the app's ``INVALID`` (red team 63)."""
 
+    # Each of `found` a difference in words (:func:`app.remote.pg.drift`).
     code = "tables_changed"
-
-    profile: str
-    where: str
-    #: Each difference, in words (:func:`app.remote.pg.drift`).
-    found: tuple[str, ...]
-    #: What undoes each, in the same order.
-    statements: tuple[str, ...]
 
     @property
     def message(self) -> str:
