@@ -243,3 +243,56 @@ def test_a_forked_server_is_signalled_through_its_pidfd_never_by_a_pid_reused(
     monkeypatch.undo()
     assert process.wait(timeout=60) == -signal.SIGKILL
     assert process.pidfd is None  # closed once its exit was read
+
+
+def test_a_test_s_root_directory_or_groups_are_never_a_forked_server_s(tmp_path: Path) -> None:
+    # What a child inherits was compared without its root directory and its groups (a user
+    # switch showed, as it drops capabilities; a group switch drops none): a test that
+    # `chroot`s into a jail with its own `/proc`, or `setegid`s or `setgroups` to a group of
+    # its own, had its server forked from the run's warm interpreter outside the jail (its
+    # data root's path resolved there) and in the run's groups, where a plain start is the
+    # test's child, made as it is. Each is now compared (here in a forked child: a `chroot`
+    # and the ids are the whole process's, and the run's other threads must not see them).
+    if os.geteuid() != 0:
+        pytest.skip("chroot, setegid and setgroups need root")
+    import ctypes
+
+    jail = tmp_path / "jail"
+    (jail / "proc").mkdir(parents=True)
+    reader, writer = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports through the pipe
+        said = "the child failed"
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            before = zygote.inherited()
+            os.setegid(65534)
+            said = f"{zygote.inherited() != before}"
+            os.setegid(0)
+            groups = os.getgroups()
+            os.setgroups([*groups, 65533])
+            said += f" {zygote.inherited() != before}"
+            os.setgroups(groups)
+            said += f" {zygote.inherited() == before}"
+            # A mount namespace of the child's own (CLONE_NEWNS), made private in it
+            # (MS_PRIVATE | MS_REC), then `/proc` shown in the jail (MS_BIND | MS_REC): the
+            # run's own mounts are never touched.
+            if libc.unshare(0x00020000) != 0:
+                said += " unshare"
+            elif libc.mount(b"none", b"/", None, 0x40000 | 0x4000, None) != 0:
+                said += " private"
+            elif libc.mount(b"/proc", bytes(jail / "proc"), None, 0x1000 | 0x4000, None):
+                said += " mount"
+            else:
+                before = zygote.inherited()  # the new mount namespace, compared alone
+                os.chroot(jail)
+                os.chdir("/")
+                said += f" {Path('/proc/thread-self/ns').is_dir()} {zygote.inherited() != before}"
+        finally:
+            os.write(writer, said.encode())
+            os._exit(0)
+    os.close(writer)
+    with os.fdopen(reader) as report:
+        said = report.read()
+    os.waitpid(child, 0)
+    assert said == "True True True True True", said

@@ -91,9 +91,25 @@ def _task() -> tuple[object, ...]:
     fixture's wait for it never reached it ("app serve did not answer", after 24 s); a
     zygote started while a test was in one forked every later server of the run there
     (red team 63 on regress). A control group (a memory or pids limit a test put itself
-    under) and dropped capabilities or a seccomp filter are handed on the same way."""
+    under) and dropped capabilities or a seccomp filter are handed on the same way, as are
+    its root directory and its user and groups (session 64)."""
     here = Path("/proc/thread-self")
-    found: list[object] = []
+    # Its root directory (a test that ``chroot``s: a forked server resolved its data root's
+    # path outside the test's root) and its user and groups (a test that ``seteuid``s, whose
+    # server would have been forked as the run's user): the mount, device and inode of
+    # "/", which a bind of "/" mounted elsewhere and entered keeps but for its mount.
+    root = os.open("/", os.O_PATH)
+    try:
+        seen = os.fstat(root)
+        try:
+            with (here / "fdinfo" / str(root)).open() as info:
+                mount = next((line for line in info if line.startswith("mnt_id:")), None)
+        except OSError:
+            mount = None  # no /proc: the device and inode alone
+    finally:
+        os.close(root)
+    found: list[object] = [(mount, seen.st_dev, seen.st_ino)]
+    found += [os.getresuid(), os.getresgid(), sorted(os.getgroups())]
     for name in _NAMESPACES:
         try:
             found.append(str((here / "ns" / name).readlink()))
