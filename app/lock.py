@@ -794,41 +794,54 @@ def _held_under_another_name(
     if not others:
         return None
     try:
+        if os.fstatvfs(fd).f_fsid:
+            return None  # a disk or a tmpfs gives an id; FUSE reports none (0)
         here_path = os.readlink(f"/proc/self/fd/{fd}")  # noqa: PTH115 - str in, str out
         ours = os.pread(fd, _MAX_HOLDER_BYTES, 0)
     except OSError:
         return None
     if not ours or (mount := _fuse_mount(found.st_dev, here_path, "self")) is None:
         return None
-    shown = (found.st_size, found.st_mtime_ns, found.st_ctime_ns)
     for pid, inodes in others.items():
-        with contextlib.suppress(OSError), os.scandir(f"/proc/{pid}/fd") as descriptors:
-            for descriptor in descriptors:
-                with contextlib.suppress(OSError, ValueError):
-                    if _fd_inode(pid, descriptor.name) not in inodes:
-                        continue
-                    there = os.stat(descriptor.path)  # noqa: PTH116 - the open file itself
-                    if (
-                        there.st_dev != found.st_dev
-                        or there.st_ino not in inodes
-                        or not stat.S_ISREG(there.st_mode)
-                        or (there.st_size, there.st_mtime_ns, there.st_ctime_ns) != shown
-                    ):
-                        continue
-                    opened = os.open(descriptor.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-                    try:
-                        theirs = os.pread(opened, _MAX_HOLDER_BYTES, 0)
-                    finally:
-                        os.close(opened)
-                    published = _parse_holder(theirs) if theirs == ours else None
-                    if published is None or not _one_spelling(published.get("root"), here_path):
-                        continue  # not a holder's, or a copy of its root (`cp -a`)
-                    return {
-                        **(_seen_here(published, pid) or {"pid": pid}),
-                        "under_another_name": mount,
-                        "lock_file_there": os.readlink(descriptor.path),  # noqa: PTH115
-                        "device_here": f"{os.major(found.st_dev)}:{os.minor(found.st_dev)}",
-                    }
+        if (seen := _same_file_under(pid, inodes, found, ours, here_path)) is not None:
+            there_path, published = seen
+            return {
+                **(_seen_here(published, pid) or {"pid": pid}),
+                "under_another_name": mount,
+                "lock_file_there": there_path,
+                "device_here": f"{os.major(found.st_dev)}:{os.minor(found.st_dev)}",
+            }
+    return None
+
+
+def _same_file_under(
+    pid: int, inodes: set[int], found: os.stat_result, ours: bytes, here_path: str
+) -> tuple[str, dict[str, Any]] | None:
+    """The path, as process `pid` names it, of its open file on one of `inodes` of
+    `found`'s device that shows what `found` shows (`ours` its bytes), with the holder JSON
+    it holds for the root `here_path` lies in under another spelling; None if none."""
+    shown = (found.st_size, found.st_mtime_ns, found.st_ctime_ns)
+    with contextlib.suppress(OSError), os.scandir(f"/proc/{pid}/fd") as descriptors:
+        for descriptor in descriptors:
+            with contextlib.suppress(OSError, ValueError):
+                if _fd_inode(pid, descriptor.name) not in inodes:
+                    continue
+                there = os.stat(descriptor.path)  # noqa: PTH116 - the open file itself
+                if (
+                    there.st_dev != found.st_dev
+                    or there.st_ino not in inodes
+                    or not stat.S_ISREG(there.st_mode)
+                    or (there.st_size, there.st_mtime_ns, there.st_ctime_ns) != shown
+                ):
+                    continue
+                opened = os.open(descriptor.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+                try:
+                    theirs = os.pread(opened, _MAX_HOLDER_BYTES, 0)
+                finally:
+                    os.close(opened)
+                published = _parse_holder(theirs) if theirs == ours else None
+                if published is not None and _one_spelling(published.get("root"), here_path):
+                    return os.readlink(descriptor.path), published  # noqa: PTH115
     return None
 
 
