@@ -47,8 +47,9 @@ from test_redteam_s59_guard import assert_writers_refused, outside_any_run
 from test_redteam_s60_guard import COMMON
 
 #: PID 1 of a PID namespace with its own /proc, in a private mount namespace (outside any
-#: run): an exFAT image served by exfat-fuse at work/v, production's root at v/App/prod, a
-#: live server on it, every writer through v/app/PROD. argv: work, image.
+#: run): an exFAT image served by exfat-fuse at work/v, production's root at v/App/prod held
+#: by a writer of another process (as a server holds it), every writer through v/app/PROD.
+#: argv: work, image.
 FOLDED = (
     COMMON
     + r"""
@@ -58,6 +59,8 @@ mount.mkdir()
 device = subprocess.run(["losetup", "-f", "--show", str(image)], check=True,
                         capture_output=True, text=True).stdout.strip()
 subprocess.run(["mount.exfat-fuse", device, str(mount)], check=True, capture_output=True)
+# Detached once the daemon lets go of it (autoclear), however this script ends.
+subprocess.run(["losetup", "-d", device], check=True)
 root = mount / "App" / "prod"
 root.mkdir(parents=True)
 import app.check, app.dataroot, app.store  # once, before the fork: both use them
@@ -110,7 +113,6 @@ settings.write_text(text.replace('data_root = "data/development"',
 results["APART"] = run(["--profile", "development", "doctor"])
 results["dev_after"] = names(root / "sessions")
 subprocess.run(["umount", str(mount)], check=True)
-subprocess.run(["losetup", "-d", device], check=True)
 print("RESULTS", json.dumps(results))
 """
 )
