@@ -1759,6 +1759,11 @@ def overlaps(
             elif a_own is not None and a_own in b_above:
                 alias = Path(b_above[a_own])
                 yield DataRootOverlapError(first, a, a_source, second, b, b_source, alias, second)
+            elif by_identity and (folded := _folded_as_one(a, b)) is not None:
+                # One directory spelled in two cases on a filesystem that folds case (exFAT
+                # through FUSE numbers it once per spelling): neither the paths nor the
+                # identities showed it (red team 64).
+                yield DataRootOverlapError(first, a, a_source, second, b, b_source, folded=folded)
             elif a in shown or b in shown:
                 # A bind mount of a directory inside the other root (its empty .trash/,
                 # bound into a home directory): neither the paths nor the identities of the
@@ -1773,6 +1778,45 @@ def overlaps(
                 yield DataRootOverlapError(
                     first, a, a_source, second, b, b_source, alias, inner, shown=real
                 )
+
+
+def _fold(name: str) -> str:
+    import unicodedata
+
+    return unicodedata.normalize("NFC", name).casefold()
+
+
+def _folded_as_one(a: Path, b: Path) -> Path | None:
+    """The first directory where `a` and `b` (absolute, resolved, neither inside the other
+    by path) take two spellings of one name that its filesystem answers with one entry (one
+    that folds case: exFAT, FAT, NTFS, a ``casefold`` directory), where every other
+    component is alike and one path is the other or lies inside it that way; None where not.
+
+    A FUSE filesystem that numbers its files by the name they are looked up by (exfat-fuse)
+    gives ``/m/App/prod`` and ``/m/app/PROD`` two inode numbers, so `_identities` saw two
+    directories, and ``app doctor`` said "every data root is distinct" of production's root
+    and development's named in another case (red team 64). Told by the parent's listing:
+    both spellings reach an entry, and the parent lists one entry of that folded name.
+    Nothing is looked at unless the folded paths match (a ``str.casefold`` per part).
+    """
+    short, long = (a.parts, b.parts) if len(a.parts) <= len(b.parts) else (b.parts, a.parts)
+    if [_fold(p) for p in short] != [_fold(p) for p in long[: len(short)]]:
+        return None
+    first = None
+    for i, (one, other) in enumerate(zip(short, long, strict=False)):
+        if one == other:
+            continue
+        parent = Path(*short[:i])
+        try:
+            listed = [entry for entry in parent.iterdir() if _fold(entry.name) == _fold(one)]
+            (parent / one).stat()
+            (parent / other).stat()
+        except (OSError, ValueError):
+            return None
+        if len(listed) != 1:
+            return None  # two directories (a filesystem that keeps case apart)
+        first = first or parent
+    return first
 
 
 def _shown_from(roots: Iterable[Path]) -> dict[Path, Path]:

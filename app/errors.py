@@ -830,12 +830,27 @@ class DataRootOverlapError(ConfigError):
     #: With `alias` and `inner`: the directory a mount on the inner root's way shows it from,
     #: inside the other root, where no identity on either root's path shows it (red team 62).
     shown: Path | None = None
+    #: Where the two paths differ only in case (or Unicode form) on a filesystem that folds
+    #: it: the directory whose entry both spellings reach (red team 64).
+    folded: Path | None = None
 
     @property
     def message(self) -> str:
         first, second = self.first, self.second
         found = ""
-        if self.alias is not None:
+        if self.folded is not None:
+            relation = "share the same data root"
+            a, b = len(self.first_root.parts), len(self.second_root.parts)
+            if a != b:
+                deeper, other = (first, second) if a > b else (second, first)
+                relation = f"overlap: {deeper!r}'s data root lies inside {other!r}'s"
+            relation += (
+                f", spelled two ways that the filesystem of {self.folded} takes for one (it "
+                "folds case, as exFAT, FAT, NTFS or a `casefold` directory do: one entry "
+                "answers both spellings)"
+            )
+            found = f"; `ls -a {shell_word(self.folded)}` lists the one entry"
+        elif self.alias is not None:
             outer_root = self.second_root if self.inner == first else self.first_root
             outer = second if self.inner == first else first
             if self.shown is not None:

@@ -718,7 +718,7 @@ def _held_through_another_device(
         if pid.isdigit() and file.endswith(inode) and not file.startswith(here)
     ]
     if not pids:
-        return None
+        return _held_under_another_name(found, fd, flocks)
     try:
         fsid = os.fstatvfs(fd).f_fsid  # 0: a filesystem that gives no id is not told apart
     except OSError:
@@ -759,7 +759,105 @@ def _held_through_another_device(
                         **({"through_upper": True} if through_upper else {}),
                         **({"through_fuse": mirror} if mirror else {}),
                     }
+    return _held_under_another_name(found, fd, flocks)
+
+
+def _held_under_another_name(
+    found: os.stat_result, fd: int, flocks: list[tuple[str, str]]
+) -> dict[str, Any] | None:
+    """The live process that holds the lock file `fd` opens (`found` its stat) under another
+    name of the same FUSE filesystem, with an inode number of its own, as its published JSON
+    (with ``under_another_name``, the mount point, and ``lock_file_there``); None if none.
+
+    A FUSE daemon that numbers its files by the name they were looked up by (libfuse's own
+    numbering, without ``use_ino``: exfat-fuse, fusefat) gives one file an inode number for
+    each spelling of its name that reaches it, and on a filesystem that folds case
+    (exFAT, FAT) ``/srv/App/data`` and ``/srv/app/DATA`` are one directory: the kernel keeps
+    a flock on each inode number, so a live production server's lock was not seen through
+    the other spelling, and `app data purge`, `data empty-trash` and a second `app serve`
+    took the root beside it (red team 64). Only on a FUSE mount (a kernel filesystem gives
+    a file one inode number), and only against a lock file that shows what this one shows:
+    the same size, modification and change times to the nanosecond, and the same bytes, a
+    live holder's JSON (as `_fuse_mirror` tells a mirror from a copy), published for a root
+    whose path is this one's in another spelling (`_one_spelling`): a ``cp -a`` of the root
+    beside it, its lock file's bytes and times kept, is another root.
+    """
+    here = f"{os.major(found.st_dev):02x}:{os.minor(found.st_dev):02x}:"
+    others: dict[int, set[int]] = {}
+    for listed, file in flocks:
+        number = file.rpartition(":")[2]
+        if listed.isdigit() and file.startswith(here) and number.isdigit():
+            others.setdefault(int(listed), set()).add(int(number))
+    for inodes in others.values():
+        inodes.discard(found.st_ino)
+    others = {pid: inodes for pid, inodes in others.items() if inodes}
+    if not others:
+        return None
+    try:
+        if os.fstatvfs(fd).f_fsid:
+            return None  # a disk or a tmpfs gives an id; FUSE reports none (0)
+        here_path = os.readlink(f"/proc/self/fd/{fd}")  # noqa: PTH115 - str in, str out
+        ours = os.pread(fd, _MAX_HOLDER_BYTES, 0)
+    except OSError:
+        return None
+    if not ours or (mount := _fuse_mount(found.st_dev, here_path, "self")) is None:
+        return None
+    for pid, inodes in others.items():
+        if (seen := _same_file_under(pid, inodes, found, ours, here_path)) is not None:
+            there_path, published = seen
+            return {
+                **(_seen_here(published, pid) or {"pid": pid}),
+                "under_another_name": mount,
+                "lock_file_there": there_path,
+                "device_here": f"{os.major(found.st_dev)}:{os.minor(found.st_dev)}",
+            }
     return None
+
+
+def _same_file_under(
+    pid: int, inodes: set[int], found: os.stat_result, ours: bytes, here_path: str
+) -> tuple[str, dict[str, Any]] | None:
+    """The path, as process `pid` names it, of its open file on one of `inodes` of
+    `found`'s device that shows what `found` shows (`ours` its bytes), with the holder JSON
+    it holds for the root `here_path` lies in under another spelling; None if none."""
+    shown = (found.st_size, found.st_mtime_ns, found.st_ctime_ns)
+    with contextlib.suppress(OSError), os.scandir(f"/proc/{pid}/fd") as descriptors:
+        for descriptor in descriptors:
+            with contextlib.suppress(OSError, ValueError):
+                if _fd_inode(pid, descriptor.name) not in inodes:
+                    continue
+                there = os.stat(descriptor.path)  # noqa: PTH116 - the open file itself
+                if (
+                    there.st_dev != found.st_dev
+                    or there.st_ino not in inodes
+                    or not stat.S_ISREG(there.st_mode)
+                    or (there.st_size, there.st_mtime_ns, there.st_ctime_ns) != shown
+                ):
+                    continue
+                opened = os.open(descriptor.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+                try:
+                    theirs = os.pread(opened, _MAX_HOLDER_BYTES, 0)
+                finally:
+                    os.close(opened)
+                published = _parse_holder(theirs) if theirs == ours else None
+                if published is not None and _one_spelling(published.get("root"), here_path):
+                    return os.readlink(descriptor.path), published  # noqa: PTH115
+    return None
+
+
+def _one_spelling(root: object, lock_path: str) -> bool:
+    """Whether `root` (a holder's published root) and the directory of `lock_path` are one
+    path once each part is put in NFC and case-folded: two spellings of one name, as a
+    filesystem that folds case takes them, and not a copy of the root beside it."""
+    import unicodedata
+
+    if not isinstance(root, str):
+        return False
+
+    def folded(path: str) -> list[str]:
+        return [unicodedata.normalize("NFC", part).casefold() for part in Path(path).parts]
+
+    return folded(root) == folded(str(Path(lock_path).parent))
 
 
 def _forwarded_for(fd: int, found: os.stat_result) -> frozenset[tuple[str, str]]:
@@ -1104,6 +1202,15 @@ def _another_image(one: int, other: int, pid: int) -> bool:
 def through_another_device(path: Path, holder: Mapping[str, Any]) -> str:
     """Appended to the description of a holder `_held_through_another_device` found: why a
     root whose lock file is free here is held."""
+    if holder.get("under_another_name"):
+        return (
+            f", through its lock file {holder['lock_file_there']}, which is {path} under "
+            f"another name on the FUSE filesystem mounted at {holder['under_another_name']} "
+            "(one that folds case, such as exFAT or FAT through FUSE, shows one file under "
+            "each spelling of its name, each with an inode number of its own, and a lock "
+            "taken through one spelling is not seen through another; device "
+            f"{holder['device_here']}): name the root as its holder does"
+        )
     if holder.get("through_fuse"):
         return (
             f", through its lock file {holder['lock_file_there']}, which is {path} seen "

@@ -261,6 +261,22 @@ def outside_any_run(work: Path, production: Path, script: str, *args: str) -> di
     return _results(done)
 
 
+def assert_writers_refused(seen: dict, *wanted_in_each: str) -> None:
+    """That `seen`'s purge and empty-trash exited 75, and its writer was refused as held, each
+    naming what it could not do and holding every text of `wanted_in_each`."""
+    said = json.dumps(seen, indent=1)
+    for tag, wanted in [
+        ("PURGE", "purge every session"),
+        ("TRASH", "empty the trash"),
+        ("WRITER", "open the data root"),
+    ]:
+        code, out = seen[tag]
+        assert code == (75 if tag != "WRITER" else "DataRootInUseError"), said
+        assert f"cannot {wanted}" in out, said
+        for text in wanted_in_each:
+            assert text in out, said
+
+
 def _refusal(second: str) -> str:
     return (
         "do not use this mount, and do not stop that process for it: the filesystem is "
@@ -292,18 +308,13 @@ def test_a_live_root_through_a_second_loop_device_is_refused_outside_any_run(
         f"through its lock file {first}/.server.lock, which is {second}/.server.lock on the "
         "same filesystem mounted again through another device (device 7:"
     )
-    for tag, wanted in [
-        ("PURGE", "purge every session"),
-        ("TRASH", "empty the trash"),
-        ("WRITER", "open the data root"),
-    ]:
-        code, out = seen[tag]
-        assert code == (75 if tag != "WRITER" else "DataRootInUseError"), said
-        assert f"cannot {wanted}" in out, said
-        assert held in out, said
-        assert through in out, said
-        assert "one filesystem id and inode: a disk image attached through a second loop" in out
-        assert _refusal(second) in out, said
+    assert_writers_refused(
+        seen,
+        held,
+        through,
+        "one filesystem id and inode: a disk image attached through a second loop",
+        _refusal(second),
+    )
     assert f"cannot start the server on 127.0.0.1:0: {held}" in seen["SERVE"], said
     assert through in seen["SERVE"], said
     code, out = seen["STATUS"]
