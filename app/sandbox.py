@@ -3905,6 +3905,30 @@ def _end_entry() -> None:
         _entry_at(RUNS_DIR, pid, started).unlink()
 
 
+def _end_of_run() -> None:
+    """atexit's hand-over, the run's last: where a thread the run never joined still runs
+    (a daemon thread a test left), first make the kernel refuse every new process in this
+    process (`app.noforks`), then hand on what started before.
+
+    Such a thread ran on after the hand-over until the interpreter finalised, and a child it
+    started then, given production's settings alone, was re-parented out of the run once
+    the run's process was gone, found nothing of the run, and purged a stopped production
+    root (red team 64 on the children of tests). With the main thread alone (most runs),
+    nothing is refused: a child of a later exit hook (``logging.shutdown``) stays as it was,
+    in the run while the process lives (red team 28).
+    """
+    own = _own_start()
+    run = _in_process()
+    if own is not None and run is not None and run.pid == own[0]:
+        with contextlib.suppress(OSError):
+            threads = Path("/proc/self/task").iterdir()
+            if next(itertools.islice(threads, 1, None), None) is not None:
+                from app.noforks import refuse_new_processes
+
+                refuse_new_processes()
+    _end_entry()
+
+
 def _hand_on_descendants(run: Run, pid: int, *, while_running: bool = False) -> None:
     """Give each descendant of `pid` (this process) an entry of its own, `run`'s, unless it
     is a run of its own; `while_running`: only those without one yet (`hand_on`)."""
@@ -4092,7 +4116,7 @@ def register(
             _REGISTERED_IN[:] = [_view("self")]
             _forget_dead_runs(_own_runs_dir())
             _become_subreaper()
-            atexit.register(_end_entry)
+            atexit.register(_end_of_run)
             _also_at_shutdown(_end_entry)
         elif not _published_here():
             # A fork of a run's process that starts a run in itself (pytester's in line): its
