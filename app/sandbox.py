@@ -3929,6 +3929,31 @@ def _end_of_run() -> None:
     _end_entry()
 
 
+#: How many callbacks ``atexit`` held once the run registered `_end_of_run` (the count
+#: never drops but by ``atexit._clear()``, on the Pythons whose ``unregister`` leaves a slot).
+_ATEXIT_HELD: list[int] = []
+
+
+def _atexit_count() -> int:
+    count = getattr(atexit, "_ncallbacks", None)  # private, CPython
+    return int(count()) if count is not None else 0
+
+
+def _at_threads_shutdown() -> None:
+    """threading's shutdown hook (before ``atexit``'s): hand on, and put the run's last
+    hand-over back into ``atexit`` if a test emptied it.
+
+    A test that ran ``atexit._clear()`` (as tests of exit handlers do) took `_end_of_run`
+    away, seal and all, and a daemon thread's child started after this hand-over escaped
+    the run (red team 64 on the children of tests). ``atexit`` holding fewer callbacks than
+    it did once the run registered says so; where it did not, nothing moves (a second
+    `_end_of_run` would run before the test's own exit hooks, and seal them).
+    """
+    _end_entry()
+    if _ATEXIT_HELD and _atexit_count() < _ATEXIT_HELD[0]:
+        atexit.register(_end_of_run)
+
+
 def _hand_on_descendants(run: Run, pid: int, *, while_running: bool = False) -> None:
     """Give each descendant of `pid` (this process) an entry of its own, `run`'s, unless it
     is a run of its own; `while_running`: only those without one yet (`hand_on`)."""
@@ -4117,7 +4142,8 @@ def register(
             _forget_dead_runs(_own_runs_dir())
             _become_subreaper()
             atexit.register(_end_of_run)
-            _also_at_shutdown(_end_entry)
+            _ATEXIT_HELD[:] = [_atexit_count()]
+            _also_at_shutdown(_at_threads_shutdown)
         elif not _published_here():
             # A fork of a run's process that starts a run in itself (pytester's in line): its
             # first entry is the one it anchors (`_anchor`), which its later entries must

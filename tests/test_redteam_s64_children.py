@@ -23,17 +23,24 @@ process, in all its threads (a seccomp filter, `app.noforks`), then hands on wha
 before: the thread's child is refused at its start (``EPERM``), and nothing can start after
 the hand-over. With the main thread alone (most runs) nothing is refused, and a child of a
 later exit hook stays in the run as red team 28 left it.
+
+And: a test that emptied ``atexit`` (``atexit._clear()``) took that last hand-over away with
+the rest; threading's shutdown hook, which runs first, now puts it back where ``atexit`` holds
+fewer callbacks than it did once the run registered.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import platform
 import shutil
+from collections.abc import Callable
 
 import pytest
 from test_redteam_s61_children import PRELUDE, run_inner
 
+from app import sandbox
 from app.noforks import _ARCH
 
 #: The inner run's test: a daemon thread that starts the purge, left running (a shell whose
@@ -133,3 +140,42 @@ def test_the_seal_refuses_every_new_process_and_keeps_threads() -> None:
         said = got.read()
     os.waitpid(pid, 0)
     assert said == ("None thread subprocess 1 fork 1 posix_spawn 1 execv 1 libc fork -1"), said
+
+
+def _in_a_fork(code: Callable[[], str]) -> str:
+    """What `code` returns, run in a fork of this test's process (then gone)."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the fork's own
+        try:
+            said = code()
+        except BaseException as error:  # said to the test
+            said = repr(error)
+        os.write(write, said.encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as got:
+        said = got.read()
+    os.waitpid(pid, 0)
+    return said
+
+
+def test_a_run_whose_atexit_a_test_emptied_gets_its_last_hand_over_back() -> None:
+    # atexit._clear() took the run's last hand-over (and its seal) away: a daemon thread's
+    # child started after threading's hand-over escaped the run. threading's hook puts it
+    # back where atexit was emptied; where it was not, it adds nothing.
+    def cleared() -> str:
+        atexit._clear()
+        atexit.register(print)  # a test's own exit hook, after
+        sandbox._at_threads_shutdown()
+        return str(atexit._ncallbacks())
+
+    def kept() -> str:
+        before = atexit._ncallbacks()
+        sandbox._at_threads_shutdown()
+        return str(atexit._ncallbacks() - before)
+
+    if not sandbox._ATEXIT_HELD:
+        pytest.skip("this process registered no run (the plugin is off)")
+    assert _in_a_fork(cleared) == "2"
+    assert _in_a_fork(kept) == "0"
