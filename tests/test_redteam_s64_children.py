@@ -85,6 +85,24 @@ def test_thread():
 """
 )
 
+
+def forked(then: Callable[[], str]) -> str:
+    """What `then()` returned in a fork of this test's process (sealed or changed, then gone)."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the fork's own
+        os.close(read)
+        try:
+            os.write(write, then().encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as output:
+        said = output.read()
+    os.waitpid(pid, 0)
+    return said
+
+
 #: In a PID namespace of its own, with a registry of its own (red team 63's): the run as a
 #: child of the namespace's first process, its output through a pipe the child holds open.
 _NAMESPACE = 'mount -t tmpfs -o mode=0700 app-runs "$1" && shift && "$@" | cat'
@@ -99,7 +117,7 @@ _NAMESPACE = 'mount -t tmpfs -o mode=0700 app-runs "$1" && shift && "$@" | cat'
 def test_a_daemon_threads_child_after_the_runs_last_hand_over_is_refused(tmp_path):
     inner, said = run_inner(tmp_path, INNER, ("thread",), _NAMESPACE)
     assert "1 passed" in inner.stdout, inner.stdout + inner.stderr
-    assert said["thread"] == ("not started: PermissionError(1, 'Operation not permitted')\n"), said
+    assert said["thread"] == "not started: PermissionError(1, 'Operation not permitted')\n", said
 
 
 @pytest.mark.skipif(platform.machine() not in _ARCH, reason="a filter for x86_64 and aarch64 only")
@@ -114,9 +132,7 @@ def test_the_seal_refuses_every_new_process_and_keeps_threads() -> None:
 
     from app.noforks import refuse_new_processes
 
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the fork's own
+    def sealed() -> str:
         said = [str(refuse_new_processes())]
         started = threading.Thread(target=said.append, args=("thread",))
         started.start()
@@ -133,31 +149,10 @@ def test_the_seal_refuses_every_new_process_and_keeps_threads() -> None:
             except OSError as error:
                 said.append(f"{name} {error.errno}")
         said.append(f"libc fork {ctypes.CDLL(None).fork()}")
-        os.write(write, " ".join(said).encode())
-        os._exit(0)
-    os.close(write)
-    with os.fdopen(read) as got:
-        said = got.read()
-    os.waitpid(pid, 0)
-    assert said == ("None thread subprocess 1 fork 1 posix_spawn 1 execv 1 libc fork -1"), said
+        return " ".join(said)
 
-
-def _in_a_fork(code: Callable[[], str]) -> str:
-    """What `code` returns, run in a fork of this test's process (then gone)."""
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the fork's own
-        try:
-            said = code()
-        except BaseException as error:  # said to the test
-            said = repr(error)
-        os.write(write, said.encode())
-        os._exit(0)
-    os.close(write)
-    with os.fdopen(read) as got:
-        said = got.read()
-    os.waitpid(pid, 0)
-    return said
+    said = forked(sealed)
+    assert said == "None thread subprocess 1 fork 1 posix_spawn 1 execv 1 libc fork -1", said
 
 
 def test_a_run_whose_atexit_a_test_emptied_gets_its_last_hand_over_back() -> None:
@@ -177,5 +172,5 @@ def test_a_run_whose_atexit_a_test_emptied_gets_its_last_hand_over_back() -> Non
 
     if not sandbox._ATEXIT_HELD:
         pytest.skip("this process registered no run (the plugin is off)")
-    assert _in_a_fork(cleared) == "2"
-    assert _in_a_fork(kept) == "0"
+    assert forked(cleared) == "2"
+    assert forked(kept) == "0"
