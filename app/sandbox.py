@@ -3905,6 +3905,55 @@ def _end_entry() -> None:
         _entry_at(RUNS_DIR, pid, started).unlink()
 
 
+def _end_of_run() -> None:
+    """atexit's hand-over, the run's last: where a thread the run never joined still runs
+    (a daemon thread a test left), first make the kernel refuse every new process in this
+    process (`app.noforks`), then hand on what started before.
+
+    Such a thread ran on after the hand-over until the interpreter finalised, and a child it
+    started then, given production's settings alone, was re-parented out of the run once
+    the run's process was gone, found nothing of the run, and purged a stopped production
+    root (red team 64 on the children of tests). With the main thread alone (most runs),
+    nothing is refused: a child of a later exit hook (``logging.shutdown``) stays as it was,
+    in the run while the process lives (red team 28).
+    """
+    own = _own_start()
+    run = _in_process()
+    if own is not None and run is not None and run.pid == own[0]:
+        with contextlib.suppress(OSError):
+            threads = Path("/proc/self/task").iterdir()
+            if next(itertools.islice(threads, 1, None), None) is not None:
+                from app.noforks import refuse_new_processes
+
+                refuse_new_processes()
+    _end_entry()
+
+
+#: How many callbacks ``atexit`` held once the run registered `_end_of_run` (the count
+#: never drops but by ``atexit._clear()``, on the Pythons whose ``unregister`` leaves a slot).
+_ATEXIT_HELD: list[int] = []
+
+
+def _atexit_count() -> int:
+    count = getattr(atexit, "_ncallbacks", None)  # private, CPython
+    return int(count()) if count is not None else 0
+
+
+def _at_threads_shutdown() -> None:
+    """threading's shutdown hook (before ``atexit``'s): hand on, and put the run's last
+    hand-over back into ``atexit`` if a test emptied it.
+
+    A test that ran ``atexit._clear()`` (as tests of exit handlers do) took `_end_of_run`
+    away, seal and all, and a daemon thread's child started after this hand-over escaped
+    the run (red team 64 on the children of tests). ``atexit`` holding fewer callbacks than
+    it did once the run registered says so; where it did not, nothing moves (a second
+    `_end_of_run` would run before the test's own exit hooks, and seal them).
+    """
+    _end_entry()
+    if _ATEXIT_HELD and _atexit_count() < _ATEXIT_HELD[0]:
+        atexit.register(_end_of_run)
+
+
 def _hand_on_descendants(run: Run, pid: int, *, while_running: bool = False) -> None:
     """Give each descendant of `pid` (this process) an entry of its own, `run`'s, unless it
     is a run of its own; `while_running`: only those without one yet (`hand_on`)."""
@@ -4092,8 +4141,9 @@ def register(
             _REGISTERED_IN[:] = [_view("self")]
             _forget_dead_runs(_own_runs_dir())
             _become_subreaper()
-            atexit.register(_end_entry)
-            _also_at_shutdown(_end_entry)
+            atexit.register(_end_of_run)
+            _ATEXIT_HELD[:] = [_atexit_count()]
+            _also_at_shutdown(_at_threads_shutdown)
         elif not _published_here():
             # A fork of a run's process that starts a run in itself (pytester's in line): its
             # first entry is the one it anchors (`_anchor`), which its later entries must
