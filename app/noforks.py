@@ -14,6 +14,11 @@ Threads are still allowed (``clone`` with ``CLONE_THREAD``); ``clone3``, whose f
 cannot read, answers ``ENOSYS``, which C libraries take for a kernel without it and fall back to
 ``clone``. A refused ``fork``, ``vfork``, ``clone`` or ``exec`` fails with ``EPERM``
 ("Operation not permitted"): nothing in the process can carry another message.
+
+The filter is written here, fifteen BPF instructions, rather than through libseccomp: its
+Python bindings are a distribution's package built with the C library (Debian's
+``python3-seccomp``), not a wheel on PyPI that ``pip install`` could put in a virtual
+environment, and one filter at a run's exit does not warrant a system dependency.
 """
 
 from __future__ import annotations
