@@ -184,7 +184,7 @@ def add_session_routes(app: FastAPI, store: Storage, config: Config, auth: list[
                 "headers": LOCATION,
                 "links": SESSION_LINKS,
             },
-            **errors(400, 401, 413, 415, 422, *STORAGE),
+            **errors(400, 401, 411, 413, 415, 422, *STORAGE),
         },
         openapi_extra={
             "requestBody": {
