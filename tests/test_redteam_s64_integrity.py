@@ -25,14 +25,21 @@ One real ``app serve`` for the module, raw sockets on 127.0.0.1.
 from __future__ import annotations
 
 import json
+import os
 import socket
 from collections.abc import Iterator
 
 import httpx
 import pytest
+from click.testing import CliRunner
+from faults import attached, needs_strace
 from live_http import Answers, a_file, a_session, connect
 from redteam_s19_http import server_and_client
 
+from app.cli import cli
+from app.config import REMOTE, Config
+from app.dataroot import AUDIT_FILE, open_root
+from app.store import Store
 from app.testing import LiveServer
 
 FORM = "multipart/form-data; boundary=B"
@@ -119,3 +126,43 @@ def test_a_body_without_a_length_is_refused_and_nothing_acknowledged_is_emptied(
     status, entry = _sent(server, f"PUT {path}", "Transfer-Encoding: chunked\r\n", chunked)
     assert (status, entry["size"]) == (200, 9)
     assert client.get(path).content == b"version 3"
+
+
+@needs_strace
+def test_a_repair_whose_audit_lines_fail_says_so_rather_than_the_log_lists_them(
+    app_config: Config,
+) -> None:
+    if app_config.backend == REMOTE:
+        pytest.skip("the remote backend's check says so since red team 49")
+    root = app_config.data_root
+    with open_root(app_config, kind="tests") as opened:
+        store = Store(opened)
+        session = store.create_session("kept")["id"]
+        store.put_file(session, "a.txt", b"acknowledged")
+    blobs = root / "sessions" / session / "blobs"
+    orphan = blobs / ("0" * 32)
+    orphan.write_bytes(b"never acknowledged")  # an upload killed before its commit
+    (root / ".tmp" / "upload-leftover").write_bytes(b"partial")
+
+    with attached(os.getpid(), "write:error=ENOSPC", root / AUDIT_FILE):
+        result = CliRunner().invoke(cli, ["data", "check", "--repair"], catch_exceptions=False)
+    # Before: "repaired 1 finding(s); the audit log lists them", which held none of its lines.
+    assert "the audit log lists them" not in result.stdout, result.stdout
+    assert (
+        "repaired 1 finding(s); the audit log could not record them (No space left on device, "
+        "at its clear-tmp line): their record is in this command's log, above"
+    ) in result.stdout, result.stdout
+    assert result.exit_code == 0  # the repairs were made, as on the remote backend
+    assert not orphan.exists() and not (root / ".tmp" / "upload-leftover").exists()
+    assert "check-repair" not in (root / AUDIT_FILE).read_text()
+
+    # The move it made is found again, and its line written (trash-unaudited); nothing lost.
+    again = CliRunner().invoke(cli, ["data", "check", "--repair"], catch_exceptions=False)
+    assert "trash-unaudited" in again.stdout and "the audit log lists them" in again.stdout
+    assert (blobs.parent / "records" / "a.txt").exists()
+    trashed = [
+        p
+        for p in (root / ".trash").rglob("*")
+        if p.is_file() and p.read_bytes() == b"never acknowledged"
+    ]
+    assert len(trashed) == 1

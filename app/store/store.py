@@ -677,7 +677,11 @@ class Store(Storage):
                 self.root.store_state.records.clear()  # repairs change records behind it
         if repair:
             self._audit_repairs(checker)
-        if repair or not checker.findings:
+        if repair:
+            # A line this command could not write (this repair's, or the open's clear-tmp)
+            # went to its own log alone: the report says so, as the remote backend's does.
+            return CheckReport(checker.findings, repair, self.root.line_lost)
+        if not checker.findings:
             return CheckReport(checker.findings, repair)
         # Next to a live writer a change in flight looks like a crashed one: what is still
         # there after a moment without changes in flight is not one (each change leaves
