@@ -20,21 +20,39 @@ only (on HTTP/1.1, ``curl -X POST`` with no body still makes an untitled session
 explicit ``Content-Length: 0`` stores an empty file, as before.
 
 One real ``app serve`` for the module, raw sockets on 127.0.0.1.
+
+And ``app data check --repair`` whose audit lines the log refused (``ENOSPC`` at every write
+to ``audit.jsonl``, strace attached to this process for the one command): the repairs were
+made and their lines went to the command's error output, but its summary said "the audit
+log lists them", and the log held none. The local check's report now carries the first
+line the root could not write (``CheckReport.unaudited``, as the remote backend's does), and
+the command says the log could not record them, and where their record is.
+
+And a data root whose ext4 made itself read-only under a live server (``errors=remount-ro``):
+every change was refused 503 ``storage_read_only``, every acknowledged byte served, but ``GET
+/health`` said ``ok``: Linux 6.x keeps ext4's ``emergency_ro`` to itself, and ``statvfs``
+says read-write. A change refused ``EROFS`` now has the health read the mount table too: 503
+``writes_stopped``. A real ``app serve`` on ext4 on a loop device, in a mount namespace of its
+own (tests/own_mounts.py).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
+import own_mounts
 import pytest
 from click.testing import CliRunner
 from faults import attached, needs_strace
 from live_http import Answers, a_file, a_session, connect
 from redteam_s19_http import server_and_client
+from test_server_e2e import app_env
 
 from app.cli import cli
 from app.config import REMOTE, Config
@@ -166,3 +184,96 @@ def test_a_repair_whose_audit_lines_fail_says_so_rather_than_the_log_lists_them(
         if p.is_file() and p.read_bytes() == b"never acknowledged"
     ]
     assert len(trashed) == 1
+
+
+#: In a mount namespace of its own (tests/own_mounts.py): an ext4 image on a loop device
+#: (``mount -o loop`` detaches it with its mount), a real ``app serve`` forked on a root
+#: there, a file put; then ext4's own error handling (``errors=remount-ro``, set off by
+#: writing its sysfs ``trigger_fs_error``, as a disk error would), a replace and the health.
+_EMERGENCY_READ_ONLY = r"""
+import json, os, runpy, signal, subprocess, sys, time
+from pathlib import Path
+import httpx
+from app.lock import read_holder
+
+image, at, root = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+with open(image, "wb") as sparse:
+    sparse.truncate(16 << 20)
+subprocess.run(["mkfs.ext4", "-q", "-F", image], check=True)
+os.makedirs(at)
+subprocess.run(["mount", "-t", "ext4", "-o", "loop,errors=remount-ro", image, at], check=True)
+server = os.fork()
+if server == 0:
+    import ctypes
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: never outlives the script
+    sys.argv[1:] = ["serve", "--port", "0"]
+    try:
+        runpy.run_module("app", run_name="__main__", alter_sys=True)
+    finally:
+        os._exit(0)
+seen = {}
+try:
+    while not ((holder := read_holder(root) or {}).get("pid") == server and holder.get("port")):
+        assert os.waitpid(server, os.WNOHANG) == (0, 0), "app serve exited"
+        time.sleep(0.01)
+    token = {"Authorization": "Bearer " + os.environ["APP_API_TOKEN"]}
+    url = f"http://127.0.0.1:{holder['port']}"
+    with httpx.Client(base_url=url, headers=token, timeout=30) as http:
+        session = http.post("/sessions", json={}).json()["id"]
+        path = f"/sessions/{session}/files/kept.bin"
+        seen["put"] = http.put(path, content=b"acknowledged").status_code
+        device = os.stat(root).st_dev
+        block = f"/sys/dev/block/{os.major(device)}:{os.minor(device)}"
+        trigger = f"/sys/fs/ext4/{os.path.basename(os.readlink(block))}/trigger_fs_error"
+        if not os.path.exists(trigger):
+            print(json.dumps({"skip": "this kernel's ext4 has no trigger_fs_error"}))
+            sys.exit(0)
+        with open(trigger, "w") as error:
+            error.write("1")
+        seen["statvfs_read_only"] = bool(os.statvfs(root).f_flag & os.ST_RDONLY)
+        seen["health_before"] = http.get("/health").json()
+        replaced = http.put(path, content=b"refused")
+        seen["replace"] = [replaced.status_code, replaced.json()]
+        health = http.get("/health")
+        seen["health"] = [health.status_code, health.json()]
+        seen["served"] = http.get(path).content.decode()
+finally:
+    os.kill(server, signal.SIGKILL)  # its stop is not what this checks
+    os.waitpid(server, 0)
+    subprocess.run(["umount", at], check=False)
+print(json.dumps(seen))
+"""
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("mkfs.ext4") is None or not Path("/sys/fs/ext4").is_dir(),
+    reason="ext4's error handling takes root (a mount), mkfs.ext4(8) and a kernel with ext4",
+)
+def test_health_says_writes_stopped_when_ext4_makes_itself_read_only(
+    app_config: Config, tmp_path: Path
+) -> None:
+    if app_config.backend == REMOTE:
+        pytest.skip("a local root's filesystem")
+    if (
+        not any(Path("/sys/fs/ext4").glob("*/trigger_fs_error"))
+        and not Path("/sys/fs/ext4/features").is_dir()
+    ):
+        pytest.skip("this kernel's ext4 has no trigger_fs_error")
+    at, root = tmp_path / "ext4", tmp_path / "ext4" / "data"
+    env = app_env(root, APP_API_TOKEN=app_config.api_token or "")
+    done = own_mounts.python_c(
+        _EMERGENCY_READ_ONLY, str(tmp_path / "disk.img"), str(at), str(root), env=env
+    )
+    seen = json.loads(done.stdout.splitlines()[-1])
+    if "skip" in seen:
+        pytest.skip(seen["skip"])
+    assert seen["put"] == 201
+    assert seen["statvfs_read_only"] is False  # ext4's emergency_ro: the mount says rw
+    status, problem = seen["replace"]
+    assert (status, problem["code"]) == (503, "storage_read_only"), problem
+    assert "nothing was changed" in problem["message"]
+    # Before: 200 "ok" while every change was refused; a monitor saw nothing.
+    status, health = seen["health"]
+    assert (status, health["status"]) == (503, "writes_stopped"), health
+    assert "the data root's filesystem is read-only" in health["reason"], health
+    assert seen["served"] == "acknowledged"
