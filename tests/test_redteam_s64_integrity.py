@@ -32,7 +32,8 @@ And a data root whose ext4 made itself read-only under a live server (``errors=r
 every change was refused 503 ``storage_read_only``, every acknowledged byte served, but ``GET
 /health`` said ``ok``: Linux 6.x keeps ext4's ``emergency_ro`` to itself, and ``statvfs``
 says read-write. A change refused ``EROFS`` now has the health read the mount table too: 503
-``writes_stopped``. A real ``app serve`` on ext4 on a loop device, in a mount namespace of its
+``writes_stopped``; and ``app doctor``, which said nothing of it where ``app serve`` is
+refused, says so. A real ``app serve`` on ext4 on a loop device, in a mount namespace of its
 own (tests/own_mounts.py).
 """
 
@@ -231,6 +232,10 @@ try:
         with open(trigger, "w") as error:
             error.write("1")
         seen["statvfs_read_only"] = bool(os.statvfs(root).f_flag & os.ST_RDONLY)
+        from app.config import load
+        from app.storage import probe
+
+        seen["doctor"] = [[p.problem, p.exit_code] for p in probe(load("testing"))]
         seen["health_before"] = http.get("/health").json()
         replaced = http.put(path, content=b"refused")
         seen["replace"] = [replaced.status_code, replaced.json()]
@@ -277,3 +282,6 @@ def test_health_says_writes_stopped_when_ext4_makes_itself_read_only(
     assert (status, health["status"]) == (503, "writes_stopped"), health
     assert "the data root's filesystem is read-only" in health["reason"], health
     assert seen["served"] == "acknowledged"
+    # And `app doctor` said nothing of it, where `app serve` is refused (74).
+    [(problem, code)] = seen["doctor"]
+    assert "the data root's filesystem is read-only" in problem and code == 74, seen["doctor"]

@@ -204,7 +204,9 @@ class Store(Storage):
             return True
         if not self._read_only_refused:
             return False
-        if _emergency_read_only(self.root.path):
+        from app import mountinfo
+
+        if mountinfo.emergency_read_only(self.root.path):
             return True
         self._read_only_refused = False  # writable again (or never said so by the table)
         return False
@@ -736,19 +738,6 @@ def _audit_purge(
         entries=[e.name for e in entries],
         stopped=why,
     )
-
-
-def _emergency_read_only(path: Path) -> bool:
-    """Whether the mount table shows `path`'s filesystem made read-only by its own error
-    handling (ext4's ``emergency_ro``, which ``statvfs`` does not show); ``False`` if it
-    cannot say."""
-    from app import mountinfo
-
-    try:
-        shown = mountinfo.showing(os.fsencode(path), mountinfo.table())
-    except OSError:
-        return False
-    return shown is not None and b"emergency_ro" in shown.super_options.split(b",")
 
 
 def _read_only(path: Path) -> bool:
