@@ -1351,7 +1351,14 @@ def data_check(ctx: click.Context, repair: bool, quick: bool, as_json: bool) -> 
             done = "repaired: " if finding.repaired else ("fix: " if repair else "--repair: ")
             _echo(f"{finding.problem}  {finding.target}: {finding.detail}; {done}{finding.repair}")
         unresolved = report.unresolved
-        if not report.findings:
+        if not report.findings and report.unaudited is not None:
+            # Only the open's clear-tmp can have been lost here (red team 64).
+            _echo(
+                f"clean: {_named(config, location)} is consistent; the audit log could not "
+                f"record what its open cleared ({report.unaudited}): its record is in this "
+                "command's log, above"
+            )
+        elif not report.findings:
             _echo(f"clean: {_named(config, location)} is consistent")
         elif not unresolved and report.unaudited is not None:
             _echo(
@@ -1361,7 +1368,13 @@ def data_check(ctx: click.Context, repair: bool, quick: bool, as_json: bool) -> 
         elif not unresolved:
             _echo(f"repaired {len(report.findings)} finding(s); the audit log lists them")
         elif repair:
-            _echo(f"{len(unresolved)} finding(s) need a human; nothing was done about them")
+            lost = (
+                ""
+                if report.unaudited is None
+                else f"; the audit log could not record what was repaired ({report.unaudited}): "
+                "its record is in this command's log, above"
+            )
+            _echo(f"{len(unresolved)} finding(s) need a human; nothing was done about them{lost}")
         else:
             _echo(_unrepaired_summary(unresolved))
     if report.unresolved:

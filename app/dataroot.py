@@ -1255,6 +1255,7 @@ class Prepared:
                 self._audit_new = False
         except OSError as error:
             _audit_line_lost(root.audit_path, record, error)
+            root.note_line_lost(operation, error)
             return False
         return True
 
@@ -3103,6 +3104,10 @@ class DataRoot:
         #: True when the open that made this object created the directory: a server says so,
         #: since on a machine that has served before it means a mistyped path.
         self.created = created
+        #: Why the first audit line this process could not write was lost (its operation
+        #: and the error), or ``None``: `app data check --repair` said "the audit log lists
+        #: them" of repairs whose lines had all gone to its own log alone (red team 64).
+        self.line_lost: str | None = None
         # What the root and the app's directories in it are, by identity, as opened: every
         # destructive operation checks that the same paths still lead to the same places.
         identities = _layout_identities(self._path) if lock is not None else {}
@@ -3353,8 +3358,14 @@ class DataRoot:
         except OSError as error:
             record = _audit_record(self.config.profile, self.kind, operation, target, details)
             _audit_line_lost(self.audit_path, record, error)
+            self.note_line_lost(operation, error)
             return False
         return True
+
+    def note_line_lost(self, operation: str, error: OSError) -> None:
+        """Remember the first audit line that could not be written (`line_lost`)."""
+        if self.line_lost is None:
+            self.line_lost = f"{error.strerror or error}, at its {operation} line"
 
     def append_audit_line(
         self, operation: str, target: str | Path, details: Mapping[str, Any]

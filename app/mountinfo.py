@@ -24,6 +24,7 @@ __all__ = [
     "Entry",
     "Mount",
     "by_point",
+    "emergency_read_only",
     "nearest",
     "option_values",
     "parse",
@@ -278,6 +279,18 @@ def walk_nearest(
     if found is not None and tops is not None:
         return tops.get(points[found].rstrip(b"/"), found)
     return found
+
+
+def emergency_read_only(path: bytes | str | os.PathLike[str]) -> bool:
+    """Whether the table shows `path`'s filesystem made read-only by its own error handling:
+    ext4's ``errors=remount-ro`` on Linux 6.x, which keeps the mount read-write and says
+    ``emergency_ro`` among the superblock's options, where ``statvfs`` shows nothing (red
+    team 64). ``False`` if the table cannot be read or no mount shows `path`."""
+    try:
+        shown = showing(os.fsencode(path), table())
+    except OSError:
+        return False
+    return shown is not None and b"emergency_ro" in shown.super_options.split(b",")
 
 
 def showing(path: bytes | str, entries: Sequence[Entry]) -> Entry | None:

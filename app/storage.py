@@ -851,10 +851,11 @@ def _check_serves_here(root: Path) -> None:
     run by that user, said "ok" of it (red team 56): the deploy guide's first step made by
     hand without ``-o app``, or doctor run with ``sudo`` alone. Serve's first write (the lock
     file's holder) meets a read-only mount (74), which doctor said "ok" of too (a remount
-    after errors, a container's ``:ro``)."""
+    after errors, a container's ``:ro``), and so did it of ext4 made read-only by its errors
+    (``emergency_ro``, red team 64)."""
     import os
 
-    from app import dataroot
+    from app import dataroot, mountinfo
     from app.errors import ReadOnlyStorageError
 
     if not root.exists():
@@ -862,7 +863,8 @@ def _check_serves_here(root: Path) -> None:
     dataroot.refuse_other_owner(
         root, "run `app serve`, or any command that changes the root, as this user"
     )
-    if os.statvfs(root).f_flag & os.ST_RDONLY:
+    # ext4 made read-only by its errors keeps the mount read-write (red team 64).
+    if os.statvfs(root).f_flag & os.ST_RDONLY or mountinfo.emergency_read_only(root):
         raise ReadOnlyStorageError(doing=f"serve or change data root {root}")
 
 

@@ -139,6 +139,7 @@ _READ_ONLY = {
     "lost_error",
     "max_files",
     "max_upload_bytes",
+    "note_read_only",
     "open_file",
     "publish",
     "readiness",

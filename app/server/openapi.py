@@ -51,6 +51,11 @@ _ERRORS: Final = {
         "`ETag`), or `If-None-Match: *` and the file exists (`precondition_failed`); nothing "
         "was changed."
     ),
+    411: (
+        "The request gives neither `Content-Length` nor `Transfer-Encoding` "
+        "(`length_required`), where a body is needed; nothing was changed, and the "
+        "connection is closed."
+    ),
     413: "The body is over a limit (`body_too_large`, `metadata_too_large`, `upload_too_large`).",
     415: "The body is not `application/json` (`unsupported_media_type`).",
     416: "The `Range` is outside the file (`range_not_satisfiable`).",

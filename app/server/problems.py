@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -19,6 +20,7 @@ from starlette.routing import Match
 
 from app.errors import (
     AppError,
+    ReadOnlyStorageError,
     RequestTimeoutError,
     SessionNotFoundError,
     as_selected,
@@ -156,6 +158,14 @@ def _mapped_or_raised(
     return handler
 
 
+def _read_only_refused(store: Storage) -> None:
+    # GET /health then looks further than statvfs (`app.store.Store.note_read_only`); the
+    # remote store has its own look (the database's refusal).
+    note = getattr(store, "note_read_only", None)
+    if note is not None:
+        note()
+
+
 def add_error_handlers(app: FastAPI, store: Storage) -> None:
     @app.exception_handler(AppError)
     async def app_error(request: Request, error: AppError) -> ProblemResponse:
@@ -172,6 +182,8 @@ def add_error_handlers(app: FastAPI, store: Storage) -> None:
             entry = await run_in_threadpool(store.deleted_entry, error.session_id)
             if entry is not None:
                 error = SessionNotFoundError(error.session_id, deleted=entry)
+        if isinstance(error, ReadOnlyStorageError):
+            _read_only_refused(store)
         if isinstance(error, RequestTimeoutError):
             # The rest of the body may still come: the connection cannot carry another request.
             return problem_of(error, {"Connection": "close"})
@@ -179,7 +191,14 @@ def add_error_handlers(app: FastAPI, store: Storage) -> None:
 
     # A full or read-only filesystem is the operator's to fix, not a bug: 507 or 503, and
     # never the path (OSError's message has it; /health hides it on purpose).
-    app.add_exception_handler(OSError, _mapped_or_raised(storage_error))
+    mapped = _mapped_or_raised(storage_error)
+
+    async def os_error(request: Request, error: Exception) -> ProblemResponse:
+        if isinstance(error, OSError) and error.errno == errno.EROFS:
+            _read_only_refused(store)
+        return await mapped(request, error)
+
+    app.add_exception_handler(OSError, os_error)
     # A worker thread (anyio's, Starlette's run_in_threadpool, a remote upload's) that could
     # not start: refused before its work began, so nothing was changed; a 503 to retry
     # rather than a 500 (red team 34).

@@ -33,6 +33,7 @@ from app.server.uploads import (
     UploadSlots,
     refuse_declared_length,
     refuse_put_before_its_body,
+    refuse_unframed_body,
 )
 from app.storage import FileEntry as StoredEntry
 from app.storage import IfMatch, Storage, Upload
@@ -89,7 +90,7 @@ def add_file_routes(app: FastAPI, store: Storage, auth: list[Any], slots: Upload
                 "headers": LOCATION,
                 "links": FILE_LINKS,
             },
-            **errors(400, 401, 404, 409, 413, 415, *STORAGE),
+            **errors(400, 401, 404, 409, 411, 413, 415, *STORAGE),
             503: BUSY,
         },
         openapi_extra=_MULTIPART_SCHEMA,
@@ -99,6 +100,9 @@ def add_file_routes(app: FastAPI, store: Storage, auth: list[Any], slots: Upload
 
         The part's filename is the file's name; an existing name is refused (409).
         """
+        refuse_unframed_body(
+            request, "the form would have been read as empty, and its file refused", required=True
+        )
         boundary = form_boundary(request)
         digests = Digests.parse(request.headers, "POST", "the multipart body", trailer_of(request))
         most = store.max_upload_bytes
@@ -131,7 +135,7 @@ def add_file_routes(app: FastAPI, store: Storage, auth: list[Any], slots: Upload
                 "headers": LOCATION,
                 "links": FILE_LINKS,
             },
-            **errors(400, 401, 404, 409, 412, 413, 415, *STORAGE),
+            **errors(400, 401, 404, 409, 411, 412, 413, 415, *STORAGE),
             503: BUSY,
         },
         openapi_extra={

@@ -124,7 +124,8 @@ def add_session_routes(app: FastAPI, store: Storage, config: Config, auth: list[
             503: {
                 "model": Health,
                 "description": "Writes stopped: an fsync failed, a directory of the data "
-                "root was moved, or the database refused a change as read-only.",
+                "root was moved, its filesystem is read-only, or the database refused a "
+                "change as read-only.",
             }
         },
     )
@@ -184,7 +185,7 @@ def add_session_routes(app: FastAPI, store: Storage, config: Config, auth: list[
                 "headers": LOCATION,
                 "links": SESSION_LINKS,
             },
-            **errors(400, 401, 413, 415, 422, *STORAGE),
+            **errors(400, 401, 411, 413, 415, 422, *STORAGE),
         },
         openapi_extra={
             "requestBody": {

@@ -30,7 +30,11 @@ from app.server.models import (
     SessionCreate,
 )
 from app.server.problems import encodable
-from app.server.uploads import refuse_content_coding, refuse_repeated_parameter
+from app.server.uploads import (
+    refuse_content_coding,
+    refuse_repeated_parameter,
+    refuse_unframed_body,
+)
 from app.storage import MAX_METADATA_BYTES, TITLE_NUL
 
 _SURROGATE: Final = re.compile("[\ud800-\udfff]")
@@ -53,6 +57,11 @@ async def session_create(request: Request) -> SessionCreate:
         raise HTTPException(
             415, f"POST /sessions takes application/json, not {content_type!r}{suffix}"
         )
+    refuse_unframed_body(
+        request,
+        "a session would have been made without the title and metadata its body held",
+        required=False,
+    )
     refuse_repeated_parameter(request)
     _refuse_charset(request.headers.get("content-type"))
     raw = await _read_body(request, MAX_SESSION_BODY_BYTES, "creating a session")

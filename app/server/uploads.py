@@ -57,6 +57,50 @@ class UploadSlots:
             self.used -= 1
 
 
+def refuse_unframed_body(request: Request, what: str, *, required: bool) -> None:
+    """Refuse a request that takes a body and gives it no length (411), before reading it.
+
+    With neither ``Content-Length`` nor ``Transfer-Encoding``, a request has no body (RFC
+    9112, 6.3), and what its client sends after the head is read as the next request. A
+    ``PUT`` of a file so (an HTTP/1.0 client that ends its body by closing, a client that
+    streams without chunks) was a 201 for a file of 0 bytes, or a 200 that replaced the
+    current version with 0 bytes, and the bytes sent were dropped without a word; a
+    ``POST /sessions`` on HTTP/1.0 made a session without the title and metadata its body
+    held (RFC 1945, 7.2.2: an HTTP/1.0 request with a body must give its length). RFC 9110
+    (15.5.12) answers such a request with 411. The connection closes: what follows the head
+    cannot be told from a request.
+
+    Args:
+        request: the request, before its body is read.
+        what: what the body would have been taken for, for the message.
+        required: the route takes a body always (a file's ``PUT``, a form); otherwise (a
+            session's JSON, which may be left out) only HTTP/1.0's is refused, whose client
+            cannot send chunks and would have ended its body by closing.
+    """
+    headers = request.headers
+    if "content-length" in headers or "transfer-encoding" in headers:
+        return
+    old = request.scope.get("http_version") == "1.0"
+    if not required and not old:
+        return
+    rule = (
+        "on HTTP/1.0 the server cannot tell where its body ends (RFC 1945, 7.2.2, asks for "
+        "the length)"
+        if old
+        else "such a request has no body (RFC 9112, 6.3), and what follows its head is read "
+        "as the next request"
+    )
+    how = "Content-Length: <its size>" + ("" if old else ", or Transfer-Encoding: chunked")
+    raise HTTPException(
+        411,
+        f"{request.method} {request.url.path} refused: it gives neither Content-Length nor "
+        f"Transfer-Encoding; {rule}, so {what}. Nothing was changed, and the connection is "
+        f"closed. Send it again with {how} (curl's -T, --data-binary and -d give the length; "
+        "an empty body is Content-Length: 0)",
+        headers={"Connection": "close"},
+    )
+
+
 def refuse_declared_length(request: Request, allowed: int, limit: int) -> None:
     # Refuse before reading a byte when the client says up front that it is too large.
     declared = request.headers.get("content-length")
@@ -129,6 +173,7 @@ def refuse_content_coding(request: Request, stored_as: str) -> None:
 def refuse_put_before_its_body(request: Request, files_url: str, limit: int) -> None:
     """Refuse a ``PUT`` whose body is not the whole file, or too large, before reading it.
 
+    * no length at all, neither ``Content-Length`` nor chunks (`refuse_unframed_body`);
     * a declared length over ``limit`` (`refuse_declared_length`);
     * a content coding (`refuse_content_coding`);
     * ``Content-Range``: part of a file (a client resuming an upload, or patching bytes).
@@ -142,6 +187,12 @@ def refuse_put_before_its_body(request: Request, files_url: str, limit: int) -> 
         files_url: the session's files, where a form is posted.
         limit: ``max_upload_bytes``.
     """
+    refuse_unframed_body(
+        request,
+        "the file would have been stored as 0 bytes (an existing one replaced by them), "
+        "and the bytes sent dropped",
+        required=True,
+    )
     refuse_declared_length(request, limit, limit)
     refuse_content_coding(request, "the file's bytes, and stored them so")
     path = request.url.path

@@ -123,6 +123,7 @@ class Store(Storage):
         self.in_memory = kind if kind in IN_MEMORY_FILESYSTEMS else None
         """The filesystem's type where the root lives in memory (``tmpfs``), which a reboot
         empties: `app serve` warns of it (red team 42)."""
+        self._read_only_refused = False  # see note_read_only
         self.trash = Trash(root)
         self.sessions = Sessions(root, self.trash)
         self.files = Files(
@@ -170,7 +171,7 @@ class Store(Storage):
                     f"{changed} while the server ran: every change is refused until it is "
                     "put back as it was"
                 )
-            if self.root.writable and _read_only(self.root.path):
+            if self.root.writable and self._read_only_now():
                 # Remounted read-only under the server (ext4's errors=remount-ro after a disk
                 # error, a read-only bind): every change was refused 503 while /health and
                 # /ready said ok (red team 59). Said until it is read-write again.
@@ -185,6 +186,30 @@ class Store(Storage):
             "every change is refused until the server is restarted, and a restart alone reads "
             f"what the kernel dropped as written: {AFTER_FAILED_SYNC}"
         )
+
+    def note_read_only(self) -> None:
+        """A change was refused as read-only (``EROFS``): `writes_stopped` reads the mount
+        table too, until it shows the filesystem writable.
+
+        ext4's ``errors=remount-ro`` no longer sets the mount read-only (Linux 6.x: the
+        superblock's options say ``emergency_ro``, and ``statvfs`` says read-write): every
+        change was refused 503 ``storage_read_only`` while ``GET /health`` said ``ok``
+        (red team 64). The table costs about 0.3 ms a read, too much for every
+        ``/health``, so only a refusal makes it read.
+        """
+        self._read_only_refused = True
+
+    def _read_only_now(self) -> bool:
+        if _read_only(self.root.path):
+            return True
+        if not self._read_only_refused:
+            return False
+        from app import mountinfo
+
+        if mountinfo.emergency_read_only(self.root.path):
+            return True
+        self._read_only_refused = False  # writable again (or never said so by the table)
+        return False
 
     def readiness(self) -> dict[str, str | None]:
         """The data root: not ready once its writes have stopped (`writes_stopped`). A
@@ -677,7 +702,11 @@ class Store(Storage):
                 self.root.store_state.records.clear()  # repairs change records behind it
         if repair:
             self._audit_repairs(checker)
-        if repair or not checker.findings:
+        if repair:
+            # A line this command could not write (this repair's, or the open's clear-tmp)
+            # went to its own log alone: the report says so, as the remote backend's does.
+            return CheckReport(checker.findings, repair, self.root.line_lost)
+        if not checker.findings:
             return CheckReport(checker.findings, repair)
         # Next to a live writer a change in flight looks like a crashed one: what is still
         # there after a moment without changes in flight is not one (each change leaves
