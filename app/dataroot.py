@@ -1559,20 +1559,28 @@ def _refuse_inside_another_root(config: Config, root: Path) -> None:
     directories above that one count too: the path's own parents are the mount point's, and
     an empty ``.trash/`` or ``.tmp/`` of production's, so named, was adopted as development's
     root, stamped and written into, beside production's live server (red team 62).
+
+    The path is resolved once for the three looks (the walk up, the mount's source, the
+    marks): each resolved it again, about six lookups a time for a test's root.
     """
-    outer = _stamped_root_above(root)
+    try:
+        here = root.resolve()
+    except (OSError, RuntimeError):
+        here = None
+    outer = None if here is None else _stamped_root_above(here, resolve=False)
     seen = None
-    if outer is None:
+    if outer is None and here is not None:
         try:
-            source = bound_from(root.resolve())
+            source = bound_from(here)
         except (OSError, RuntimeError):
             source = None
-        if source is not None and source != root.resolve():
+        if source is not None and source != here:
             # Not resolved: a directory hidden here is named through an ancestor's
             # /proc/<pid>/root, whose resolving names this namespace's "/" instead.
             outer, seen = _stamped_root_above(source, resolve=False), source
     if outer is None:
-        _refuse_marked(config, root)
+        if here is not None:
+            _refuse_marked(config, root, here)
         return
     try:
         stamp = read_stamp(outer)
@@ -1758,17 +1766,22 @@ _UNMARKED: Final = frozenset(
 )
 
 
-def _mark_layout(root: Path, profile: str, *, present: bool = False) -> None:
+def _mark_layout(root: Path, profile: str, *, present: bool = False, fresh: bool = False) -> None:
     """Mark the root's own directories (`LAYOUT_MARK`), where they are not marked so yet;
     with `present`, only those there (a restamp, which makes none: a root restored from a
     copy of some of them, its stamp lost, lacks the others; its next open makes and marks
-    them. Red team 63 on regress: the restamp failed there after writing the new stamp)."""
+    them. Red team 63 on regress: the restamp failed there after writing the new stamp).
+
+    With `fresh` (a root this open made: its directories were made with it, and carry no
+    mark) each mark is written without reading it first. Reading only spares writing a mark
+    that is there already: whatever a directory carried, it carries the wanted mark after
+    either way."""
     for name in _MARKED:
         path = root / name
         if present and not path.is_dir():
             continue
         wanted = {"dir": name, "profile": profile}
-        if layout_mark(path) == wanted:
+        if not fresh and layout_mark(path) == wanted:
             continue
         try:
             os.setxattr(path, LAYOUT_MARK, json.dumps(wanted).encode(), follow_symlinks=False)
@@ -1853,15 +1866,12 @@ def shown_from_a_session(here: Path) -> bytes | None:
     return None
 
 
-def _refuse_marked(config: Config, root: Path) -> None:
-    """Refuse `root` where it, or a directory above it on its path, is one of another data
-    root's own directories (`LAYOUT_MARK`): a bind mount of that root's ``.trash/`` whose
-    filesystem is mounted nowhere this process can see shows nothing above it, and a root
-    whose stamp and lock file were deleted is no root by them (red team 63)."""
-    try:
-        here = root.resolve()
-    except (OSError, RuntimeError):
-        return
+def _refuse_marked(config: Config, root: Path, here: Path) -> None:
+    """Refuse `root` (resolved: `here`) where it, or a directory above it on its path, is one
+    of another data root's own directories (`LAYOUT_MARK`): a bind mount of that root's
+    ``.trash/`` whose filesystem is mounted nowhere this process can see shows nothing above
+    it, and a root whose stamp and lock file were deleted is no root by them (red team
+    63)."""
     session_s = shown_from_a_session(here)
     if session_s is not None:
         raise DataRootStateError(
@@ -2830,7 +2840,7 @@ def _open_checked(
         _refuse_special_audit_log(root)
         for name in (SESSIONS_DIR, TRASH_DIR, TMP_DIR):
             _layout_dir(root, name)
-        _mark_layout(root, config.profile)
+        _mark_layout(root, config.profile, fresh=created)
         _refuse_mounts_inside(config, root)
         if durable:
             # The directories just made are in the root only once it is synced, and what a
@@ -2853,8 +2863,11 @@ def _refuse_swapped_while_opening(opened: DataRoot, lock: RootLock, run: Run | N
     # Checked again once the identities that every later write compares with are taken:
     # the path must still be the sandbox's, and the lock the file the path leads to now.
     check_root(opened.path, "open data root", run, again=True)
-    _check_mounted(opened.path, "open data root", run)
-    if _lstat_identity(opened.path.resolve() / LOCK_FILE) != lock.identity:
+    # Resolved once for the mounts' check and the lock's: the lock file is looked up through
+    # the path as it is now either way (a directory replaced on it since is followed).
+    resolved = opened.path.resolve()
+    _check_mounted(resolved, "open data root", run, resolved=True)
+    if _lstat_identity(resolved / LOCK_FILE) != lock.identity:
         raise DataRootChangedError(
             opened.path,
             f"{LOCK_FILE} is not the file it locked: a directory on the path was replaced "
@@ -2862,17 +2875,19 @@ def _refuse_swapped_while_opening(opened: DataRoot, lock: RootLock, run: Run | N
         )
 
 
-def _check_mounted(path: Path, what: str, run: Run | None = None) -> None:
+def _check_mounted(
+    path: Path, what: str, run: Run | None = None, *, resolved: bool = False
+) -> None:
     """`check_same_filesystem` (a protected root's filesystem mounted again through another
     device), `check_shown_from` where a mount on the way shows `path` from elsewhere, and
     `check_served` where `path` lies on a filesystem that is not one of this machine's own
-    (`served_from`)."""
-    resolved = path.resolve()
-    check_same_filesystem(resolved, what, run)
-    if (source := bound_from(resolved)) is not None and source != resolved:
-        check_shown_from(resolved, source, what, run)
-    if (served := served_from(resolved)) is not None:
-        check_served(resolved, *served, what, run)
+    (`served_from`). With `resolved`, `path` is the caller's resolving of it, just made."""
+    here = path if resolved else path.resolve()
+    check_same_filesystem(here, what, run)
+    if (source := bound_from(here)) is not None and source != here:
+        check_shown_from(here, source, what, run)
+    if (served := served_from(here)) is not None:
+        check_served(here, *served, what, run)
 
 
 def check_opens(config: Config) -> dict[str, Any] | None:
