@@ -120,19 +120,21 @@ def test_the_performance_numbers_are_the_ones_bench_readme_records() -> None:
 def test_pages_that_include_an_example_file_report_no_skip() -> None:
     """`pytest -rs` showed three skips pointing into site-packages, one per page that
     includes docs/examples/*.py: Sybil could not run a snippet include, so it was skipped."""
-    import subprocess
+    import os
     import sys
+
+    import forked_pytest
 
     pages = ["how-to/restore-session.md", "how-to/switch-profiles.md", "reference/pytest-plugin.md"]
     for page in pages:
         assert '--8<-- "docs/examples/' in (DOCS / page).read_text(encoding="utf-8"), page
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-rs", "-p", "no:cacheprovider"]
+    # Forked from a warm interpreter where it can be (tests/forked_pytest.py): its start is
+    # not what this checks.
+    result = forked_pytest.run(
+        [sys.executable, "-mpytest", "-rs", "-p", "no:cacheprovider"]
         + [str(DOCS / page) for page in pages],
-        cwd=PROJECT,
-        capture_output=True,
-        text=True,
-        check=False,
+        dict(os.environ),
+        PROJECT,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "skipped" not in result.stdout.lower(), result.stdout
@@ -559,9 +561,15 @@ def test_what_a_page_says_a_refusal_names_is_in_the_refusal() -> None:
 
 
 def _output_of(argv: list[str]) -> str:
+    import os
     import subprocess
 
-    result = subprocess.run(argv, cwd=PROJECT, capture_output=True, text=True, check=False)
+    import forked_pytest
+
+    if argv[1:2] == ["-mpytest"]:  # forked where it can be (its start is not checked here)
+        result = forked_pytest.run(argv, dict(os.environ), PROJECT)
+    else:
+        result = subprocess.run(argv, cwd=PROJECT, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
 
@@ -585,7 +593,7 @@ def test_the_pages_pytest_and_bench_commands_name_options_and_files_that_exist(
             words = words[1:]
         if words[:1] == [".venv/bin/pytest"]:
             program, args = "pytest", words[1:]
-            argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider"]
+            argv = [sys.executable, "-mpytest", "-p", "no:cacheprovider"]
         elif words[:1] == [".venv/bin/python"] and words[1:2] and words[1].startswith("bench/"):
             program, args = words[1], words[2:]
             assert (PROJECT / program).is_file(), f"{where}: {line}"
