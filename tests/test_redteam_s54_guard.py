@@ -86,11 +86,9 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _app(settings: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     # Forked from the run's zygote where it can be (tests/forked_app.py): the profile's name
-    # is read as the command loads its settings, not as the interpreter starts. CI's variables
-    # (which no app code reads) as the run has them, so that the zygote fits in CI too.
-    ci = {name: os.environ[name] for name in ("CI", "BUILD_NUMBER") if name in os.environ}
-    return forked_app.run(
-        {**_inner_env(APP_SETTINGS_DIR=str(settings), **env), **ci}, [*args, "config"]
+    # is read as the command loads its settings, not as the interpreter starts.
+    return forked_app.run_inner(
+        _inner_env(APP_SETTINGS_DIR=str(settings), **env), [*args, "config"]
     )
 
 
