@@ -315,8 +315,9 @@ class Zygote:
         stdout: Path,
         stderr: Path,
         code: str | None = None,
+        cwd: Path | None = None,
     ) -> Forked:
-        given = {"env": env, "args": args, "cwd": os.getcwd(), "code": code}
+        given = {"env": env, "args": args, "cwd": str(cwd or os.getcwd()), "code": code}
         return self.send({**given, "stdout": str(stdout), "stderr": str(stderr)})
 
     def send(self, given: dict[str, Any]) -> Forked:
@@ -422,10 +423,21 @@ def start_server(
     return process, url
 
 
-def run(env: dict[str, str], args: list[str]) -> subprocess.CompletedProcess[str]:
-    """``python -m app *args`` in `env` run to its end, its output captured, as
-    ``subprocess.run(..., capture_output=True, text=True)`` would; its standard input empty."""
-    return _run_to_its_end(env, args, None)
+def run(
+    env: dict[str, str], args: list[str], cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python -m app *args`` in `env` (and `cwd`, else this process's) run to its end, its
+    output captured, as ``subprocess.run(..., capture_output=True, text=True)`` would; its
+    standard input empty."""
+    return _run_to_its_end(env, args, None, cwd)
+
+
+def run_inner(env: dict[str, str], args: list[str]) -> subprocess.CompletedProcess[str]:
+    """`run` in an environment built for an inner run (red team 24's ``_inner_env``, which
+    leaves out the outer run's ``CI`` and ``BUILD_NUMBER``): those two put back as the run has
+    them, which no code of the app reads, so that the zygote fits in CI as it does elsewhere."""
+    ci = {name: os.environ[name] for name in ("CI", "BUILD_NUMBER") if name in os.environ}
+    return run({**env, **ci}, args)
 
 
 def run_c(code: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -439,18 +451,18 @@ def run_c(code: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 
 def _run_to_its_end(
-    env: dict[str, str], args: list[str], code: str | None
+    env: dict[str, str], args: list[str], code: str | None, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
     argv = [sys.executable, "-m", "app", *args] if code is None else [sys.executable, "-c", code]
     zygote = _forking(env)
     if zygote is None:
         return subprocess.run(
             argv, env=env, capture_output=True, text=True, timeout=120, check=False,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL, cwd=cwd,
         )  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="forked-app-") as directory:
         out, err = Path(directory) / "stdout", Path(directory) / "stderr"
-        child = zygote.fork(env, args, out, err, code)
+        child = zygote.fork(env, args, out, err, code, cwd)
         try:
             status = child.wait(timeout=120)
         except subprocess.TimeoutExpired:

@@ -34,7 +34,9 @@ or namespace) start as they always did: their start is what they check.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -192,3 +194,23 @@ def popen(
     return start(
         [os.fspath(arg) for arg in cmdargs], env, Path.cwd(), Path(stdout.name), Path(stderr.name)
     )
+
+
+def run(argv: Sequence[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``python -mpytest ...`` (`argv`) in `cwd` and `env` run to its end, its output captured
+    as ``subprocess.run(..., capture_output=True, text=True)`` would, its standard input
+    empty: forked (`start`) where it can be, else started the plain way. For a red team's
+    inner run whose environment is built by hand but whose start is not what it checks (no
+    variable read at an interpreter's start differs, no wrapper, user or namespace)."""
+    with tempfile.TemporaryDirectory(prefix="forked-pytest-") as directory:
+        out, err = Path(directory) / "stdout", Path(directory) / "stderr"
+        out.touch()
+        err.touch()
+        child = start(argv, env, cwd, out, err)
+        if child is None:
+            return subprocess.run(
+                list(argv), cwd=cwd, env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                text=True, check=False,
+            )  # fmt: skip
+        status = child.wait()
+        return subprocess.CompletedProcess(list(argv), status, out.read_text(), err.read_text())

@@ -19,6 +19,7 @@ import re
 import sys
 from pathlib import Path
 
+import forked_app
 import pytest
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -259,7 +260,6 @@ def _run_app(project: Path, *args: str, show: dict[str, str] | None = None, **en
     that directory anyway. `show` replaces the variables shown on the command line (for
     example a token by ``$TOKEN``).
     """
-    import subprocess
 
     clean = {
         name: value
@@ -276,14 +276,9 @@ def _run_app(project: Path, *args: str, show: dict[str, str] | None = None, **en
             **env,
         }
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "app", *args],
-        env=clean,
-        cwd=project,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    # Forked from the run's zygote where it can be (tests/forked_app.py): what it prints is
+    # the command's, whatever started the interpreter.
+    result = forked_app.run(clean, list(args), project)
     shown = " ".join(f"{k}={v}" for k, v in (env if show is None else show).items())
     command = f"$ {shown + ' ' if shown else ''}.venv/bin/app {' '.join(args)}"
     output = (result.stdout + result.stderr).replace(str(project), EXAMPLE_PROJECT)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -59,8 +59,10 @@ def test_the_readme_links_to_the_documentation() -> None:
     assert "docs/index.md" in readme
 
 
-def _error_messages() -> list[str]:
-    """One real message of every error (the catalogue's examples) and the captured outputs."""
+@functools.cache
+def _error_messages() -> tuple[str, ...]:
+    """One real message of every error (the catalogue's examples) and the captured outputs
+    (made once per process: three tests read them)."""
     import importlib.util
     import sys
 
@@ -77,7 +79,7 @@ def _error_messages() -> list[str]:
     messages.append(str(DataRootOverlapError("a", shared, "here", "b", shared, "there")))
     messages.append(str(UnknownProfileError("", ["development"], "ENV_FOR_DYNACONF")))
     messages += [p.read_text() for p in (DOCS / "generated").glob("refusal-*.txt")]
-    return messages
+    return tuple(messages)
 
 
 def test_the_refusal_table_quotes_messages_the_code_produces() -> None:
@@ -120,19 +122,21 @@ def test_the_performance_numbers_are_the_ones_bench_readme_records() -> None:
 def test_pages_that_include_an_example_file_report_no_skip() -> None:
     """`pytest -rs` showed three skips pointing into site-packages, one per page that
     includes docs/examples/*.py: Sybil could not run a snippet include, so it was skipped."""
-    import subprocess
+    import os
     import sys
+
+    import forked_pytest
 
     pages = ["how-to/restore-session.md", "how-to/switch-profiles.md", "reference/pytest-plugin.md"]
     for page in pages:
         assert '--8<-- "docs/examples/' in (DOCS / page).read_text(encoding="utf-8"), page
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-rs", "-p", "no:cacheprovider"]
+    # Forked from a warm interpreter where it can be (tests/forked_pytest.py): its start is
+    # not what this checks.
+    result = forked_pytest.run(
+        [sys.executable, "-mpytest", "-rs", "-p", "no:cacheprovider"]
         + [str(DOCS / page) for page in pages],
-        cwd=PROJECT,
-        capture_output=True,
-        text=True,
-        check=False,
+        dict(os.environ),
+        PROJECT,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "skipped" not in result.stdout.lower(), result.stdout
@@ -474,8 +478,10 @@ def test_the_site_s_tools_are_named_in_their_own_environment() -> None:
     assert wrong == [], "write .venv-docs/bin/mkdocs:\n" + "\n".join(wrong)
 
 
-def _message_literals() -> list[str]:
-    """Every string literal of the app and its pytest guard, f-string fields as `{}`."""
+@functools.cache
+def _message_literals() -> tuple[str, ...]:
+    """Every string literal of the app and its pytest guard, f-string fields as `{}` (parsed
+    once per process: two tests read them)."""
     import ast
 
     sources = [*sorted((PROJECT / "app").rglob("*.py")), PROJECT / "_app_pytest_guard.py"]
@@ -491,7 +497,7 @@ def _message_literals() -> list[str]:
                 )
             elif isinstance(node, ast.Constant) and isinstance(node.value, str):
                 found.append(node.value)
-    return found
+    return tuple(found)
 
 
 def test_messages_quoted_in_the_prose_are_ones_the_code_prints() -> None:
@@ -559,9 +565,15 @@ def test_what_a_page_says_a_refusal_names_is_in_the_refusal() -> None:
 
 
 def _output_of(argv: list[str]) -> str:
+    import os
     import subprocess
 
-    result = subprocess.run(argv, cwd=PROJECT, capture_output=True, text=True, check=False)
+    import forked_pytest
+
+    if argv[1:2] == ["-mpytest"]:  # forked where it can be (its start is not checked here)
+        result = forked_pytest.run(argv, dict(os.environ), PROJECT)
+    else:
+        result = subprocess.run(argv, cwd=PROJECT, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
 
@@ -585,7 +597,7 @@ def test_the_pages_pytest_and_bench_commands_name_options_and_files_that_exist(
             words = words[1:]
         if words[:1] == [".venv/bin/pytest"]:
             program, args = "pytest", words[1:]
-            argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider"]
+            argv = [sys.executable, "-mpytest", "-p", "no:cacheprovider"]
         elif words[:1] == [".venv/bin/python"] and words[1:2] and words[1].startswith("bench/"):
             program, args = words[1], words[2:]
             assert (PROJECT / program).is_file(), f"{where}: {line}"
@@ -641,10 +653,13 @@ def test_run_tests_names_the_files_whose_change_reinstalls() -> None:
     assert set(re.findall(r"`([^`]+)`", sentence.group(1))) == set(listed.group(1).split())
 
 
-def _absolute_imports() -> Iterator[tuple[str, str]]:
-    """Each absolute import of the tests' and the docs' Python files: (file:line, module)."""
+@functools.cache
+def _absolute_imports() -> tuple[tuple[str, str], ...]:
+    """Each absolute import of the tests' and the docs' Python files: (file:line, module)
+    (parsed once per process, about 1 s of CPU: two tests read them)."""
     import ast
 
+    found: list[tuple[str, str]] = []
     for source in sorted((PROJECT / "tests").rglob("*.py")) + sorted(DOCS.rglob("*.py")):
         for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Import):
@@ -653,7 +668,8 @@ def _absolute_imports() -> Iterator[tuple[str, str]]:
                 names = [node.module]
             else:
                 continue
-            yield from ((f"{source.relative_to(PROJECT)}:{node.lineno}", name) for name in names)
+            found += ((f"{source.relative_to(PROJECT)}:{node.lineno}", name) for name in names)
+    return tuple(found)
 
 
 def test_test_modules_import_nothing_that_only_python_m_pytest_finds() -> None:

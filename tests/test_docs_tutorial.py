@@ -17,11 +17,11 @@ import shlex
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import forked_app
 import httpx
 import pytest
 
@@ -183,14 +183,9 @@ class Tutorial:
             "ENV_FOR_DYNACONF": "testing",  # the live server's profile, and its root
             "APP_DATA_ROOT": str(self.server.data_root),
         }
-        result = subprocess.run(
-            [sys.executable, "-m", "app", *args],
-            env=env,
-            cwd=self.cwd,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        # Forked from the run's zygote (tests/forked_app.py): the step checks what the command
+        # prints and its exit code, which the interpreter's start does not change.
+        result = forked_app.run(env, list(args), self.cwd)
         self.last_exit = result.returncode
         return Step(line, result.returncode, result.stdout + result.stderr)
 

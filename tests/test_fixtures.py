@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
+import forked_app
 import httpx
 import pytest
 
@@ -51,13 +50,11 @@ def test_app_live_server_is_a_real_server_holding_its_own_root(app_live_server: 
     )
     assert created.status_code == 201
     assert (app_live_server.data_root / "sessions" / created.json()["id"]).is_dir()
-    status = subprocess.run(
-        [sys.executable, "-m", "app", "status", "--json"],
-        env={**os.environ, "APP_DATA_ROOT": str(app_live_server.data_root)},
-        capture_output=True,
-        text=True,
-        check=True,
+    # Forked from the run's zygote (tests/forked_app.py): what it reads is the root's lock.
+    status = forked_app.run(
+        {**os.environ, "APP_DATA_ROOT": str(app_live_server.data_root)}, ["status", "--json"]
     )
+    assert status.returncode == 0, status.stdout + status.stderr
     holder = json.loads(status.stdout)["holder"]
     assert (holder["pid"], holder["kind"]) == (app_live_server.pid, "server")
 

@@ -34,6 +34,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import forked_app
+import forked_pytest
 import pytest
 from engines import PostgresEngine, S3Engine
 from project_copy import copy_project_settings
@@ -83,12 +85,10 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _app(settings: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "app", *args, "config"],
-        env=_inner_env(APP_SETTINGS_DIR=str(settings), **env),
-        capture_output=True,
-        text=True,
-        check=False,
+    # Forked from the run's zygote where it can be (tests/forked_app.py): the profile's name
+    # is read as the command loads its settings, not as the interpreter starts.
+    return forked_app.run_inner(
+        _inner_env(APP_SETTINGS_DIR=str(settings), **env), [*args, "config"]
     )
 
 
@@ -122,13 +122,10 @@ def test_a_mark_so_written_and_a_tmp_path_outside_the_sandbox_are_refused(
     (tmp_path / "scratch" / "conftest.py").write_text(OWN_TMP_PATH.format(sessions=sessions))
     (tmp_path / "scratch" / "test_scratch.py").write_text(SCRATCH)
     basetemp = f"--basetemp={tmp_path / 'inner'}"
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfE", basetemp],
-        cwd=tmp_path,
-        env=_inner_env(APP_SETTINGS_DIR=str(settings)),
-        capture_output=True,
-        text=True,
-        check=False,
+    done = forked_pytest.run(
+        [sys.executable, "-mpytest", "-q", "-p", "no:cacheprovider", "-rfE", basetemp],
+        _inner_env(APP_SETTINGS_DIR=str(settings)),
+        tmp_path,
     )
     out = done.stdout + done.stderr
     assert done.returncode == 1, out
@@ -195,13 +192,10 @@ def test_a_replica_s_log_is_not_written_in_a_tmp_path_outside_the_sandbox(
     (suite / "conftest.py").write_text(OWN_TMP_PATH.format(sessions=sessions))
     (suite / "test_live.py").write_text("def test_live(app_live_server):\n    pass\n")
     basetemp = f"--basetemp={tmp_path / 'inner'}"
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfE", basetemp],
-        cwd=suite,
-        env=_inner_env(APP_SETTINGS_DIR=str(settings)),
-        capture_output=True,
-        text=True,
-        check=False,
+    done = forked_pytest.run(
+        [sys.executable, "-mpytest", "-q", "-p", "no:cacheprovider", "-rfE", basetemp],
+        _inner_env(APP_SETTINGS_DIR=str(settings)),
+        suite,
     )
     out = done.stdout + done.stderr
     assert done.returncode == 1, out

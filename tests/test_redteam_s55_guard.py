@@ -48,6 +48,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import forked_app
 import pytest
 from project_copy import PROJECT, copy_project_settings
 from test_redteam_s24_guard import _inner_env
@@ -131,13 +132,9 @@ def test_a_data_root_written_as_a_url_or_a_value_nested_too_deep_is_refused(
     text = text.replace('data_root = "data/development"', 'data_root = "data%2Fdevelopment"')
     text = text.replace('data_root = "data/testing"', 'data_root = "data\\\\testing"')
     (settings / "settings.toml").write_text(text)
-    done = subprocess.run(
-        [sys.executable, "-m", "app", "config"],
-        env=_inner_env(APP_SETTINGS_DIR=str(settings)),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    # Forked from the run's zygote (tests/forked_app.py): the settings are read as the
+    # command loads them, not as the interpreter starts.
+    done = forked_app.run_inner(_inner_env(APP_SETTINGS_DIR=str(settings)), ["config"])
     out = done.stdout + done.stderr
     assert done.returncode == 78, out
     assert "Traceback" not in out, out
@@ -165,13 +162,7 @@ def test_a_data_root_written_as_a_url_or_a_value_nested_too_deep_is_refused(
     # (By hand, 2,000 levels: "a value nests deeper than Python's stack lets the parser read".)
     for depth, said in ((400, "the value of [deep] extra nests more than 32 levels deep"),):
         toml.write_text(f"{text}\n[deep]\nextra = {'[' * depth}1{']' * depth}\n")
-        done = subprocess.run(
-            [sys.executable, "-m", "app", "config"],
-            env=_inner_env(APP_SETTINGS_DIR=str(settings)),
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        done = forked_app.run_inner(_inner_env(APP_SETTINGS_DIR=str(settings)), ["config"])
         out = done.stdout + done.stderr
         assert done.returncode == 78, out
         assert f"{toml}: invalid TOML: {said}" in out, out

@@ -21,10 +21,10 @@ keeps ``development``'s default (refused).
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
+import forked_pytest
 from project_copy import copy_project_settings
 from test_redteam_s24_guard import _inner_env
 
@@ -64,11 +64,10 @@ def test_a_test_that_wipes_its_environment_stays_on_testing(tmp_path: Path) -> N
     project.mkdir()
     (project / "test_inner.py").write_text(INNER)
     basetemp = tmp_path / "bt"
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:randomly",
+    done = forked_pytest.run(
+        [sys.executable, "-mpytest", "-q", "-s", "-p", "no:randomly",
          "-p", "no:cacheprovider", f"--basetemp={basetemp}", "test_inner.py"],
-        cwd=project, env=_inner_env(APP_SETTINGS_DIR=str(settings)),
-        capture_output=True, text=True, check=False,
+        _inner_env(APP_SETTINGS_DIR=str(settings)), project,
     )  # fmt: skip
     out = done.stdout + done.stderr
     assert done.returncode == 0, out

@@ -33,10 +33,10 @@ subinterpreter), as it does in a thread.
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
+import forked_pytest
 from project_copy import assert_untouched, stopped_production
 from test_redteam_s24_guard import _inner_env
 
@@ -143,10 +143,10 @@ def test_a_test_that_drops_its_mark_keeps_its_runs_rules(tmp_path: Path) -> None
     (project / "test_inner.py").write_text(INNER)
     basetemp = tmp_path / "bt"
     env = _inner_env(APP_SETTINGS_DIR=str(settings), RT_TOKEN=token)
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:randomly",
+    done = forked_pytest.run(
+        [sys.executable, "-mpytest", "-q", "-s", "-p", "no:randomly",
          "-p", "no:cacheprovider", f"--basetemp={basetemp}", "test_inner.py"],
-        cwd=project, env=env, capture_output=True, text=True, check=False,
+        env, project,
     )  # fmt: skip
     out = done.stdout + done.stderr
     assert done.returncode == 0, out
