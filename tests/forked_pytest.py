@@ -26,9 +26,10 @@ blocked signals, nice value or CPUs differ from the run's (`app.testing.zygote.i
 when its standard input is not pytester's closed pipe, when ``os.pidfd_open`` is missing, and
 when its command line is longer than the room this process's holds. What a fork cannot give:
 ``/proc/<pid>/environ`` (the kernel shows the zygote's) and ``/proc/<pid>/cmdline``'s length
-(the zygote's room, the rest NULs); no test reads either of an inner run. The red teams' own
-``python -m pytest`` children (a hand-built environment, bytecode on, wrappers, another user
-or namespace) start as they always did: their start is what they check.
+(the zygote's room, the rest NULs); no test reads either of an inner run. A red team's own
+``python -m pytest`` with a hand-built environment goes through `run`, forked when `start`
+can fork it; those whose start or parent is what they check (bytecode on, ``-X``, wrappers,
+another user or namespace, a pytest passed off as an xdist worker) start as they always did.
 """
 
 from __future__ import annotations
