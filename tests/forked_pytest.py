@@ -21,14 +21,15 @@ other entry point's plugin is imported here (pytest would warn that it cannot re
 
 A run starts the plain way when its environment differs from the run's in a variable the
 interpreter or the C library reads as it starts (``PYTHON*`` but ``PYTHONPATH``, locale,
-loader, allocator, time zone, ``TMPDIR``), when this process's umask, limits, ignored or
+loader, allocator, time zone), when this process's umask, limits, ignored or
 blocked signals, nice value or CPUs differ from the run's (`app.testing.zygote.inherited`),
 when its standard input is not pytester's closed pipe, when ``os.pidfd_open`` is missing, and
 when its command line is longer than the room this process's holds. What a fork cannot give:
 ``/proc/<pid>/environ`` (the kernel shows the zygote's) and ``/proc/<pid>/cmdline``'s length
-(the zygote's room, the rest NULs); no test reads either of an inner run. The red teams' own
-``python -m pytest`` children (a hand-built environment, bytecode on, wrappers, another user
-or namespace) start as they always did: their start is what they check.
+(the zygote's room, the rest NULs); no test reads either of an inner run. A red team's own
+``python -m pytest`` with a hand-built environment goes through `run`, forked when `start`
+can fork it; those whose start or parent is what they check (bytecode on, ``-X``, wrappers,
+another user or namespace, a pytest passed off as an xdist worker) start as they always did.
 """
 
 from __future__ import annotations
@@ -48,9 +49,14 @@ from forked_app import Forked
 from app.testing.zygote import inherited
 
 #: Variables read as an interpreter starts (its flags, its locale and encodings, the dynamic
-#: loader's, the allocator's, the time zone `time` reads on import, the temporary directory
-#: `tempfile` may have cached): a run whose environment differs in one starts the plain way.
-READ_AT_START = ("PYTHON", "LC_", "LANG", "LANGUAGE", "LD_", "MALLOC_", "TZ", "TMPDIR")
+#: loader's, the allocator's, the time zone `time` reads on import): a run whose environment
+#: differs in one starts the plain way. Not ``TMPDIR``: no interpreter reads it as it starts,
+#: and `tempfile`'s cached copy (``tempfile.tempdir``) is dropped in each child, which reads
+#: its own on first use, as a plain start does.
+READ_AT_START = ("PYTHON", "LC_", "LANG", "LANGUAGE", "LD_", "MALLOC_", "TZ")
+
+#: The two spellings of the command line a child is forked for (`start`).
+SPELLINGS = (["-mpytest"], ["-m", "pytest"])
 
 #: The room for a child's command line: this process's arguments are padded to it.
 ROOM = 8192
@@ -102,7 +108,11 @@ def become(given):
     extra = [p for p in given["env"].get("PYTHONPATH", "").split(os.pathsep) if p]
     sys.path[:] = first + extra + BASE
     importlib.invalidate_caches()
-    sys.argv[:] = ["-m", *given["argv"][2:]]
+    words = given["argv"]
+    sys.argv[:] = ["-m", *words[2 if words[1] == "-mpytest" else 3 :]]  # -mpytest, -m pytest
+    # What `tempfile` read of TMPDIR (never as an interpreter starts): read again, from the
+    # child's environment, on first use.
+    sys.modules["tempfile"].tempdir = None
     runpy.run_module("pytest", run_name="__main__", alter_sys=True)
     sys.exit(0)  # the interpreter's own exit, as `python -mpytest` ends
 
@@ -156,11 +166,12 @@ _starting = threading.Lock()
 def start(
     argv: Sequence[str], env: dict[str, str], cwd: Path, stdout: Path, stderr: Path
 ) -> ForkedRun | None:
-    """``python -mpytest ...`` (`argv`) in `cwd` and `env`, its standard input empty, its
-    output appended to `stdout` and `stderr`, forked; None where it must start the plain way
-    (see the module's docstring)."""
+    """``python -mpytest ...`` or ``python -m pytest ...`` (`argv`) in `cwd` and `env`, its
+    standard input empty, its output appended to `stdout` and `stderr`, forked; None where it
+    must start the plain way (see the module's docstring)."""
     argv = [os.fspath(arg) for arg in argv]
-    if argv[:2] != [sys.executable, "-mpytest"] or not hasattr(os, "pidfd_open"):
+    spelled = argv[:1] == [sys.executable] and any(argv[1 : 1 + len(s)] == s for s in SPELLINGS)
+    if not spelled or not hasattr(os, "pidfd_open"):
         return None
     with _starting:
         if not _running:
@@ -196,21 +207,25 @@ def popen(
     )
 
 
-def run(argv: Sequence[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    """``python -mpytest ...`` (`argv`) in `cwd` and `env` run to its end, its output captured
-    as ``subprocess.run(..., capture_output=True, text=True)`` would, its standard input
-    empty: forked (`start`) where it can be, else started the plain way. For a red team's
-    inner run whose environment is built by hand but whose start is not what it checks (no
-    variable read at an interpreter's start differs, no wrapper, user or namespace)."""
+def run(
+    argv: Sequence[str], env: dict[str, str], cwd: Path, *, merged: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """A red team's own inner run, ``subprocess.run(argv, cwd=cwd, env=env,
+    capture_output=True, text=True, check=False)`` (with ``merged``: its standard error into
+    its standard output, as ``stderr=subprocess.STDOUT`` gives), forked where `start` can
+    (its environment built by hand but in nothing an interpreter reads as it starts), else
+    started so. Its standard input is empty (``/dev/null``) either way. Not for a run whose
+    start, or whose parent, is what a test checks: a forked run's parent is the zygote."""
+    argv = [os.fspath(arg) for arg in argv]
     with tempfile.TemporaryDirectory(prefix="forked-pytest-") as directory:
-        out, err = Path(directory) / "stdout", Path(directory) / "stderr"
-        out.touch()
-        err.touch()
+        out = Path(directory) / "stdout"
+        err = out if merged else Path(directory) / "stderr"
         child = start(argv, env, cwd, out, err)
         if child is None:
             return subprocess.run(
-                list(argv), cwd=cwd, env=env, stdin=subprocess.DEVNULL, capture_output=True,
-                text=True, check=False,
+                argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT if merged else subprocess.PIPE, text=True, check=False,
             )  # fmt: skip
         status = child.wait()
-        return subprocess.CompletedProcess(list(argv), status, out.read_text(), err.read_text())
+        texts = [path.read_text() if path.exists() else "" for path in (out, err)]
+    return subprocess.CompletedProcess(argv, status, texts[0], None if merged else texts[1])

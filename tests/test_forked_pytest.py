@@ -6,6 +6,7 @@ starts is started the plain way."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import pytest
 
 #: What the inner run sees of its own start, one JSON line.
 PROBE = """
-import json, os, sys
+import json, os, sys, tempfile
 from pathlib import Path
 
 def test_probe():
@@ -27,6 +28,7 @@ def test_probe():
         "path": sys.path[:2],
         "cwd": os.getcwd(),
         "marker": os.environ.get("FORKED_PYTEST_MARKER"),
+        "tmp": tempfile.gettempdir(),
         "modules": sorted(m for m in ("app", "dynaconf", "filelock") if m in sys.modules),
     }))
 
@@ -35,8 +37,9 @@ def test_fails():
 """
 
 
-def _probe(result: pytest.RunResult) -> dict[str, object]:
-    (line,) = [line for line in result.outlines if "PROBE " in line]
+def _probe(result: pytest.RunResult | list[str]) -> dict[str, object]:
+    lines = result if isinstance(result, list) else result.outlines
+    (line,) = [line for line in lines if "PROBE " in line]
     seen: dict[str, object] = json.loads(line.partition("PROBE ")[2])
     return seen
 
@@ -45,6 +48,9 @@ def test_a_forked_run_shows_what_a_plain_start_shows(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("FORKED_PYTEST_MARKER", "given")
+    # Read by `tempfile` on first use, never as an interpreter starts: forked, and the
+    # child's own (the zygote's cached one dropped).
+    monkeypatch.setenv("TMPDIR", str(pytester.mkdir("own-tmp")))
     pytester.makepyfile(test_probe=PROBE)
     started: list[object] = []
     fork = forked_pytest.start
@@ -73,7 +79,23 @@ def test_a_forked_run_shows_what_a_plain_start_shows(
             words[words.index(basetemps["forked"] if what is seen else basetemps["plain"])] = "B"
     assert seen == expected
     assert seen["cmdline"][1:] == ["-mpytest", "B", "-s", "-p", "no:xdist"]  # type: ignore[index]
-    assert seen["modules"] == ["app"]  # the plugin, imported as pytest loaded it; not the rest
+    assert seen["tmp"] == str(pytester.path / "own-tmp")
+    # A red team's own run (`forked_pytest.run`), spelled `-m pytest`, its output merged.
+    basetemp = f"--basetemp={pytester.path / 'own-basetemp'}"
+    argv = [sys.executable, "-m", "pytest", basetemp, "-s", "-p", "no:xdist"]
+    monkeypatch.delenv("PYTHONHASHSEED")
+    env = {**os.environ, "PYTHONPATH": str(pytester.path)}
+    own = forked_pytest.run(argv, cwd=pytester.path, env=env, merged=True)
+    assert isinstance(started[-1], forked_pytest.ForkedRun), "not forked: nothing compared"
+    assert own.returncode == 1 and own.stderr is None
+    assert "1 failed, 1 passed" in own.stdout, own.stdout
+    shown = [*argv[:3], "B", *argv[4:]]
+    assert _probe(own.stdout.replace(basetemp, "B").splitlines()) == {
+        **expected,
+        "cmdline": shown,
+        "orig_argv": shown,
+        "argv": shown[3:],
+    }
 
 
 def test_a_run_whose_start_the_zygote_cannot_give_is_left_to_start(tmp_path: Path) -> None:
@@ -82,6 +104,6 @@ def test_a_run_whose_start_the_zygote_cannot_give_is_left_to_start(tmp_path: Pat
     argv = [sys.executable, "-mpytest", "-q"]
     for env, words in (
         ({**run, "PYTHONOPTIMIZE": "1"}, argv),
-        (run, [sys.executable, "-m", "pytest"]),
+        (run, [sys.executable, "-X", "dev", "-m", "pytest"]),
     ):
         assert forked_pytest.start(words, env, tmp_path, out, err) is None

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import forked_pytest
 import pytest
 from _pytest.tmpdir import get_user
 from project_copy import PROJECT
@@ -141,9 +142,9 @@ def test_a_run_whose_plugin_is_inactive_keeps_a_live_root_pytest_would_delete(
     env = _inner_env(PYTEST_DEBUG_TEMPROOT=str(numbered.parent))
     for name in ("APP_SETTINGS_DIR", "PYTEST_APP_SANDBOX", "ENV_FOR_DYNACONF", "APP_DATA_ROOT"):
         env.pop(name, None)
-    done = subprocess.run(
+    done = forked_pytest.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "test_nothing.py"],
-        env=env, cwd=project, capture_output=True, text=True, check=False,
+        env=env, cwd=project,
     )  # fmt: skip
     output = done.stdout + done.stderr
     assert done.returncode == 0, output

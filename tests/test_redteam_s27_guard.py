@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import forked_app
+import forked_pytest
 import pytest
 from project_copy import copy_project_settings
 from test_redteam_s22_guard import OWN_PROC, _own_proc_allowed
@@ -147,13 +148,8 @@ def test_what_pytest_would_write_in_a_stopped_production_root_is_refused(
     )
     env = _inner_env(APP_SETTINGS_DIR=str(settings), TMPDIR=_tmpdir(tmp_path))
     runs = [
-        subprocess.run(
-            [sys.executable, "-m", "pytest", *extra, "test_nothing.py"],
-            env=env,
-            cwd=project,
-            capture_output=True,
-            text=True,
-            check=False,
+        forked_pytest.run(
+            [sys.executable, "-m", "pytest", *extra, "test_nothing.py"], env=env, cwd=project
         )
         for extra in ([], [f"--junitxml={session}/session.json"])
     ]

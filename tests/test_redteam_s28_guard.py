@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
+import forked_pytest
 import pytest
 from test_redteam_s22_guard import OWN_PROC, _own_proc_allowed
 from test_redteam_s24_guard import _inner_env
@@ -251,10 +252,9 @@ def test_pytest_help_leaves_no_entry_saying_a_run_is_starting(tmp_path: Path) ->
 
     mark = f"--rootdir={tmp_path}"
     for option in ("--help", "--version"):
-        done = subprocess.run(
-            [sys.executable, "-m", "pytest", option, mark],
-            env=_inner_env(), cwd=tmp_path, capture_output=True, text=True, check=False,
-        )  # fmt: skip
+        done = forked_pytest.run(
+            [sys.executable, "-m", "pytest", option, mark], env=_inner_env(), cwd=tmp_path
+        )
         assert done.returncode == 0, done.stdout + done.stderr
     # The registry is every run's on the machine: an entry listed may be gone when read
     # (forgotten by a run starting on another worker), or a FIFO another worker's test put

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import forked_app
+import forked_pytest
 import pytest
 from project_copy import copy_project_settings
 from test_redteam_s24_guard import A_TEST, _inner_env, serving_one_session
@@ -185,14 +186,14 @@ def test_the_live_server_fixture_never_writes_its_log_through_a_link(
     (project / "test_serves.py").write_text(LIVE_SERVER_TESTS)
     before = snapshot(live.root), snapshot(production)
     try:
-        done = subprocess.run(
+        done = forked_pytest.run(
             [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "test_serves.py"],
             cwd=project,
             env=_inner_env(
                 APP_SETTINGS_DIR=str(settings), TMPDIR=_tmpdir(tmp_path),
                 LINKS=f"hard={record},symbolic={session}",
             ),
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False,
+            merged=True,
         )  # fmt: skip
     finally:
         shutil.rmtree(tmp_path / "tmp")  # the hard link: other tests count the record's names

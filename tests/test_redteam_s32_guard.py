@@ -18,6 +18,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import forked_pytest
 import pytest
 from test_redteam_s24_guard import A_TEST, _inner_env
 from test_redteam_s27_guard import _tmpdir
@@ -103,14 +104,14 @@ def test_a_root_that_follows_the_current_directory_or_a_descriptor_is_refused(
     settings, production = stopped
     (tmp_path / "test_race.py").write_text(RACE)
     before = snapshot(production)
-    done = subprocess.run(
+    done = forked_pytest.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-s", "-q", "test_race.py"],
         cwd=tmp_path,
         env=_inner_env(
             APP_SETTINGS_DIR=str(settings), TMPDIR=_tmpdir(tmp_path),
             PRODUCTION_ROOT=str(production),
         ),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False,
+        merged=True,
     )  # fmt: skip
     assert snapshot(production) == before, done.stdout
     cases = dict(re.findall(r"CASE (\w+): (.*)", done.stdout))

@@ -19,6 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import forked_pytest
 from test_redteam_s24_guard import A_TEST, _inner_env
 from test_redteam_s27_guard import _tmpdir
 from test_redteam_s31_guard import stopped  # noqa: F401 - a fixture
@@ -70,10 +71,10 @@ def test_the_check_of_what_a_conftests_plugin_writes_cannot_be_blocked_by_name(
     (tmp_path / "conftest.py").write_text('pytest_plugins = ["_pytest.junitxml"]\n')
     before = snapshot(production)
     env = _inner_env(APP_SETTINGS_DIR=str(settings), TMPDIR=_tmpdir(tmp_path))
-    done = subprocess.run(
+    done = forked_pytest.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-p", "no:junitxml",
          "-p", "no:app-pytest-writes", f"--junitxml={record}", "test_inner.py"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, check=False,
+        cwd=tmp_path, env=env,
     )  # fmt: skip
     output = done.stdout + done.stderr
     assert snapshot(production) == before, output
@@ -111,9 +112,9 @@ def test_a_test_that_replaces_the_sandboxs_answer_still_meets_its_checks(
     (tmp_path / "test_inner.py").write_text(SAYS_NO_RUN)
     before = snapshot(production)
     env = _inner_env(APP_SETTINGS_DIR=str(settings), TMPDIR=_tmpdir(tmp_path))
-    done = subprocess.run(
+    done = forked_pytest.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-s", "test_inner.py"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, check=False,
+        cwd=tmp_path, env=env,
     )  # fmt: skip
     output = " ".join((done.stdout + done.stderr).split())
     assert snapshot(production) == before, output

@@ -17,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import forked_pytest
 import pytest
 from project_copy import PROJECT
 from side_by_side import WITH_COVERAGE
@@ -49,9 +50,9 @@ def _run(project: Path, settings: Path, *args: str, **extra: str) -> tuple[int, 
     """pytest in `project`, on `settings`; `WRAP` in `extra` is a command to run it under."""
     wrap = extra.pop("WRAP", "").split()
     env = _inner_env(APP_SETTINGS_DIR=str(settings), TMPDIR=_tmpdir(project), **extra)
-    done = subprocess.run(
+    done = forked_pytest.run(  # a wrapper's (`WRAP`) starts the plain way
         [*wrap, sys.executable, "-m", "pytest", "-p", "cacheprovider", "-q", *args],
-        cwd=project, env=env, capture_output=True, text=True, check=False,
+        cwd=project, env=env,
     )  # fmt: skip
     return done.returncode, " ".join((done.stdout + done.stderr).split())
 

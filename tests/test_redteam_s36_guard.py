@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import forked_app
+import forked_pytest
 import pytest
 from project_copy import copy_project_settings
 from test_redteam_s22_guard import OWN_PROC, _own_proc_allowed
@@ -33,10 +34,9 @@ from app.config import _shortened
 def _run(project: Path, settings: Path, *args: str, **extra: str) -> tuple[int, str]:
     """pytest in `project`, on `settings`, its output on one line."""
     env = _inner_env(APP_SETTINGS_DIR=str(settings), TMPDIR=_tmpdir(project), **extra)
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
-        cwd=project, env=env, capture_output=True, text=True, check=False,
-    )  # fmt: skip
+    done = forked_pytest.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args], cwd=project, env=env
+    )
     return done.returncode, " ".join((done.stdout + done.stderr).split())
 
 
@@ -673,9 +673,9 @@ def test_pytest_s_collection_in_the_project_never_enters_a_data_root(tmp_path: P
     for name in ("PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX"):
         run_env.pop(name, None)
     for args in ([], ["data"]):
-        done = subprocess.run(
+        done = forked_pytest.run(
             [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
-            cwd=settings, env=run_env, capture_output=True, text=True, check=False,
+            cwd=settings, env=run_env,
         )  # fmt: skip
         output = done.stdout + done.stderr
         assert snapshot(production) == before, output

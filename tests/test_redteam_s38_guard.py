@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import forked_app
+import forked_pytest
 import pytest
 from project_copy import copy_project_settings
 from test_redteam_s24_guard import _inner_env
@@ -56,10 +57,9 @@ def _run_with_bytecode(
     for name in ("PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX"):
         env.pop(name, None)
     before = snapshot(production)
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
-        cwd=project, env=env, capture_output=True, text=True, check=False,
-    )  # fmt: skip
+    done = forked_pytest.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args], cwd=project, env=env
+    )
     output = " ".join((done.stdout + done.stderr).split())
     assert snapshot(production) == before, output
     assert not list(production.rglob("__pycache__")), output
@@ -137,9 +137,9 @@ def test_a_sys_path_entry_in_a_data_root_is_refused_naming_what_was_imported_alr
     env = _inner_env(
         APP_SETTINGS_DIR=str(settings), TMPDIR=_tmpdir(tmp_path), PYTHONPATH=str(records)
     )
-    done = subprocess.run(
+    done = forked_pytest.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "test_notes"],
-        cwd=project, env=env, capture_output=True, text=True, check=False,
+        cwd=project, env=env,
     )  # fmt: skip
     output = " ".join((done.stdout + done.stderr).split())
     assert done.returncode == 4, output

@@ -32,6 +32,7 @@ import sys
 from pathlib import Path
 
 import forked_app
+import forked_pytest
 import pytest
 from project_copy import copy_project_settings
 from test_redteam_s24_guard import _inner_env
@@ -231,14 +232,7 @@ def test_a_data_roots_name_cannot_forge_the_header_or_a_refusal(tmp_path: Path) 
         basetemp = f"--basetemp={tmp_path / 'basetemp'}"
         pytest_ = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", basetemp]
         done, strict = (
-            subprocess.run(
-                [*pytest_, *flags, "test_nothing.py"],
-                cwd=tmp_path,
-                env=env,
-                capture_output=True,
-                text=True,
-                check=False,
-            )
+            forked_pytest.run([*pytest_, *flags, "test_nothing.py"], cwd=tmp_path, env=env)
             for flags in ([], ["--app-strict"])
         )
         holder.communicate(b"")

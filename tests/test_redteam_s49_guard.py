@@ -38,6 +38,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import forked_pytest
 import pytest
 from test_redteam_s31_guard import stopped  # noqa: F401 - a fixture
 from test_server_e2e import app_env, run_app, snapshot
@@ -65,6 +66,13 @@ def bindfs(source: Path, point: Path) -> Iterator[Path]:
 def _run(argv: list[str], **how: object) -> tuple[int, str]:
     """`argv` run to its end: its exit status and its output on one line."""
     done = subprocess.run(argv, capture_output=True, text=True, check=False, **how)  # type: ignore[call-overload]
+    return done.returncode, " ".join((done.stdout + done.stderr).split())
+
+
+def _pytest(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[int, str]:
+    """`_run` of a ``python -m pytest`` in `cwd` and `env`, forked where it can be
+    (tests/forked_pytest.py: its start is not what a case checks)."""
+    done = forked_pytest.run(argv, cwd=cwd, env=env)
     return done.returncode, " ".join((done.stdout + done.stderr).split())
 
 
@@ -144,7 +152,7 @@ def test_pytest_writes_nothing_through_a_fuse_daemon_in_the_sandbox(
             (f"--junitxml={shown}/{session}/report.xml", "--junitxml"),
         ):
             basetemp = [] if option.startswith("--basetemp") else [f"--basetemp={tmp_path}/t"]
-            status, output = _run([*PYTEST, option, *basetemp], cwd=tmp_path / "inner", env=env)
+            status, output = _pytest([*PYTEST, option, *basetemp], tmp_path / "inner", env)
             assert status == 4, output
             assert refused in output
             assert f"a filesystem of type fuse mounted at {shown}" in output
@@ -154,7 +162,7 @@ def test_pytest_writes_nothing_through_a_fuse_daemon_in_the_sandbox(
     try:
         with bindfs(production / "sessions", outside / "bf") as shown:
             given = f"--basetemp={shown}/{session}"
-            status, output = _run([*PYTEST, given], cwd=tmp_path / "inner", env=env)
+            status, output = _pytest([*PYTEST, given], tmp_path / "inner", env)
     finally:
         shutil.rmtree(outside)
     assert status == 4, output
