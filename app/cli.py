@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import gc
 import json
 import logging
 import os
@@ -171,8 +172,13 @@ def refuse_repeated(ctx: click.Context, args: list[str]) -> None:
     click keeps the last: ``app data empty-trash --older-than 7d --older-than 0m`` (a
     command line edited from history) emptied the whole trash. The command's own parser
     reads the arguments a first time, so an option's value that looks like an option, and
-    what follows a subcommand's name, are read as click reads them.
+    what follows a subcommand's name, are read as click reads them. Where the words cannot
+    name two options (`_could_name_two_options`), nothing can be repeated and they are not
+    read twice: ``app config``'s two parsers, about 2.5 M instructions of its start
+    (bench/README.md, "perf-startup64").
     """
+    if not _could_name_two_options(args):
+        return
     _, _, order = ctx.command.make_parser(ctx).parse_args(args=list(args))
     counts: dict[str, int] = {}
     for param in order:
@@ -188,6 +194,22 @@ def refuse_repeated(ctx: click.Context, args: list[str]) -> None:
                 f"is ambiguous, so nothing was done. Give {name} once",
                 ctx,
             )
+
+
+def _could_name_two_options(args: list[str]) -> bool:
+    """Whether `args` may name two options (or one twice), as click's parser reads words: an
+    option is a word of two characters or more whose first is no letter or digit
+    (``click.parser``: a prefix is never alphanumeric); a long one (``--name``, ``--name=v``)
+    names one, a short cluster (``-xYz``) one per character after its prefix. An upper
+    bound: a value or an argument that looks like an option counts too."""
+    named = 0
+    for word in args:
+        if len(word) < 2 or word[0].isalnum():
+            continue
+        named += 1 if word[1] == word[0] else len(word) - 1
+        if named > 1:
+            return True
+    return False
 
 
 class AppCommand(_OnceEach, click.Command):
@@ -1519,6 +1541,13 @@ def _standard_descriptors() -> None:
 
 def main() -> None:
     """Console-script entry point."""
+    # What the imports made (modules, classes, click's command tree) lives as long as the
+    # command: out of the cyclic collector's sight, so that its collections, and the one at
+    # the interpreter's exit, no longer walk it again, as a server's start (app.server.run)
+    # and the suite's collection (tests/conftest.py) do. About 27 M instructions of `app
+    # config`'s start (bench/README.md, "perf-startup64"); only where `main` is the
+    # process's entry, never on an import of this module.
+    gc.freeze()
     _standard_descriptors()
     last = logging.lastResort  # where a command's warnings go: it configures no log
     if last is not None and not any(isinstance(f, PrintableLines) for f in last.filters):

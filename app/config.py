@@ -602,6 +602,89 @@ class Config:
     sandbox: Path | None = None
     warnings: tuple[str, ...] = ()
 
+    def __init__(
+        self,
+        profile: str,
+        profile_source: str,
+        settings_dir: Path,
+        sources: Mapping[str, str],
+        roots: Mapping[str, Path],
+        protected_profiles: frozenset[str],
+        profiles: frozenset[str],
+        data_root: Path | None,
+        database_url: str | None,
+        blob_url: str | None,
+        s3_endpoint_url: str | None,
+        s3_access_key_id: str | None,
+        s3_secret_access_key: str | None,
+        database_lock_wait_seconds: float,
+        database_wait_seconds: float,
+        s3_connect_timeout_seconds: float,
+        s3_read_timeout_seconds: float,
+        s3_credential_process_seconds: float,
+        s3_max_attempts: int,
+        host: str,
+        port: int,
+        api_token: str | None,
+        max_upload_bytes: int,
+        page_size: int,
+        page_max_bytes: int,
+        max_header_bytes: int,
+        request_idle_seconds: float,
+        request_seconds: float,
+        max_uploads_in_flight: int,
+        max_transfers_at_once: int,
+        max_files_per_session: int,
+        shutdown_grace_seconds: int,
+        lock_check_seconds: float,
+        log_level: str,
+        protected: bool,
+        sandbox: Path | None = None,
+        warnings: tuple[str, ...] = (),
+    ) -> None:
+        # Written out, where the dataclass decorator would write and compile it at its first
+        # use: about 9 M instructions of `app config`'s start (bench/README.md,
+        # "perf-startup64"). The standard decorator's frozen constructor, line for line;
+        # tests/test_records.py holds it to the one the decorator writes for these fields.
+        _set = object.__setattr__
+        _set(self, "profile", profile)
+        _set(self, "profile_source", profile_source)
+        _set(self, "settings_dir", settings_dir)
+        _set(self, "sources", sources)
+        _set(self, "roots", roots)
+        _set(self, "protected_profiles", protected_profiles)
+        _set(self, "profiles", profiles)
+        _set(self, "data_root", data_root)
+        _set(self, "database_url", database_url)
+        _set(self, "blob_url", blob_url)
+        _set(self, "s3_endpoint_url", s3_endpoint_url)
+        _set(self, "s3_access_key_id", s3_access_key_id)
+        _set(self, "s3_secret_access_key", s3_secret_access_key)
+        _set(self, "database_lock_wait_seconds", database_lock_wait_seconds)
+        _set(self, "database_wait_seconds", database_wait_seconds)
+        _set(self, "s3_connect_timeout_seconds", s3_connect_timeout_seconds)
+        _set(self, "s3_read_timeout_seconds", s3_read_timeout_seconds)
+        _set(self, "s3_credential_process_seconds", s3_credential_process_seconds)
+        _set(self, "s3_max_attempts", s3_max_attempts)
+        _set(self, "host", host)
+        _set(self, "port", port)
+        _set(self, "api_token", api_token)
+        _set(self, "max_upload_bytes", max_upload_bytes)
+        _set(self, "page_size", page_size)
+        _set(self, "page_max_bytes", page_max_bytes)
+        _set(self, "max_header_bytes", max_header_bytes)
+        _set(self, "request_idle_seconds", request_idle_seconds)
+        _set(self, "request_seconds", request_seconds)
+        _set(self, "max_uploads_in_flight", max_uploads_in_flight)
+        _set(self, "max_transfers_at_once", max_transfers_at_once)
+        _set(self, "max_files_per_session", max_files_per_session)
+        _set(self, "shutdown_grace_seconds", shutdown_grace_seconds)
+        _set(self, "lock_check_seconds", lock_check_seconds)
+        _set(self, "log_level", log_level)
+        _set(self, "protected", protected)
+        _set(self, "sandbox", sandbox)
+        _set(self, "warnings", warnings)
+
     def taking_needs_confirmation(self, stamped: str) -> bool:
         """Whether handing storage stamped by profile ``stamped`` to this profile needs
         ``--yes-i-mean-it``: this profile or that one is protected, or these settings do not

@@ -26,7 +26,9 @@ and parameters, so it behaves alike; ``dataclasses.fields``, ``replace`` and the
 ``__dataclass_params__`` are as the standard decorator leaves them. A frozen class's
 ``__setattr__`` and ``__delattr__`` are the standard decorator's, written with the class:
 they name the class itself; a class with a base other than ``object`` is the standard
-decorator's at once, whose constructor calls a base's ``__post_init__`` (red team 59).
+decorator's at once, whose constructor calls a base's ``__post_init__`` (red team 59). A
+class that writes its own ``__init__`` keeps it, and the decorator writes none
+(`app.config.Config`: bench/README.md, "perf-startup64").
 """
 
 from __future__ import annotations
@@ -165,8 +167,12 @@ else:
             # one), and the decorator's own checks saw another class than the one declared
             # (a frozen subclass of it refused, a frozen one of a class that is not allowed,
             # a frozen class's own __eq__ left it unhashable) (red team 59).
+            # A constructor of the class's own (`app.config.Config`'s, written out) is kept
+            # by the standard decorator, which still wrote and compiled its own unless told
+            # init=False.
+            own_init = {"init": False} if "__init__" in own else {}
             made = dataclasses.dataclass(
-                cls, **{**params, **{name.strip("_"): False for name in later}}
+                cls, **{**params, **own_init, **{name.strip("_"): False for name in later}}
             )
             # What the class is, to dataclasses.fields, replace and a subclass's decorator.
             declared = made.__dataclass_params__  # type: ignore[attr-defined]

@@ -254,6 +254,41 @@ def test_empty_trash_refuses_an_age_in_capital_m_and_an_option_given_twice(
     assert (code, out.strip()) == (0, "removed 1 trash entry")
 
 
+def test_words_that_name_two_options_are_always_read_for_a_repeat() -> None:
+    # refuse_repeated skips click's parser where the words cannot name two options; every
+    # list of words click's own parser reads as two options or more must be read (a short
+    # cluster, a long option with '=', a flag pair's two halves, '--' and what follows it).
+    import itertools
+
+    import click
+
+    from app.cli import _could_name_two_options
+
+    @click.command()
+    @click.option("-x/-X", "--ex/--no-ex")
+    @click.option("-p", "--pick")
+    @click.option("-v", is_flag=True)
+    @click.argument("rest", nargs=-1)
+    def command(**_: object) -> None:
+        pass
+
+    words = ["a", "--", "-x", "-xX", "-Xv", "-pq", "-p", "--pick=1", "+x", ""]
+    checked = 0
+    parser = command.make_parser(click.Context(command))
+    for size in range(4):
+        for args in itertools.product(words, repeat=size):
+            try:
+                _, _, order = parser.parse_args(args=list(args))
+            except click.UsageError:
+                continue
+            if sum(isinstance(p, click.Option) for p in order) > 1:
+                checked += 1
+                assert _could_name_two_options(list(args)), args
+    assert checked > 300
+    assert not _could_name_two_options(["config", "--json", "a", "-", ""])
+    assert _could_name_two_options(["-ab"])
+
+
 def test_a_protected_profile_needs_confirmation_before_the_root_is_even_opened(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
