@@ -26,6 +26,7 @@ virtual environment, and one filter at a run's exit does not warrant a system de
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -142,11 +143,21 @@ def explain_refusals(message: str) -> None:
     """From now on, refuse every Python call that starts a process or runs another program
     with ``PermissionError(EPERM, message)`` before it reaches the kernel (an audit hook,
     for the rest of the process's life): the kernel's own refusal says "Operation not
-    permitted" and nothing more. A call no audit event announces (libc's through ``ctypes``)
-    still gets the kernel's."""
+    permitted" and nothing more. ``_posixsubprocess.fork_exec`` (`multiprocessing`'s spawn
+    and forkserver start methods call it, unaudited) is replaced alike; a call neither
+    reaches (libc's through ``ctypes``) still gets the kernel's."""
 
     def refuse(event: str, _args: tuple[object, ...]) -> None:
         if event in _STARTING:
             raise PermissionError(errno.EPERM, message)
 
+    def fork_exec(*_args: object, **_kwargs: object) -> None:
+        raise PermissionError(errno.EPERM, message)
+
     sys.addaudithook(refuse)
+    # What `multiprocessing`'s spawn and forkserver start methods call, which no audit event
+    # announces (subprocess's calls audit first); looked up at each call.
+    with contextlib.suppress(ImportError):
+        import _posixsubprocess
+
+        setattr(_posixsubprocess, "fork_exec", fork_exec)  # noqa: B010

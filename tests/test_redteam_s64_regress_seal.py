@@ -26,6 +26,7 @@ error, naming why and the threads. Either way the hand-over follows.
 from __future__ import annotations
 
 import ctypes
+import multiprocessing
 import os
 import platform
 import subprocess
@@ -75,7 +76,12 @@ def test_a_sealed_runs_refusals_say_why_and_what_to_do() -> None:
         sandbox._seal(4242)
         said = [
             f"{name} {error.errno} {error.strerror}" if error is not None else f"{name} started"
-            for name, error in tried_starts((("system", lambda: os.system("true")),))
+            for name, error in tried_starts(
+                (
+                    ("system", lambda: os.system("true")),
+                    ("spawn", multiprocessing.get_context("spawn").Process(target=print).start),
+                )
+            )
         ]
         said.append(f"libc fork {ctypes.CDLL(None).fork()}")
         return "\n".join(said)
@@ -88,7 +94,7 @@ def test_a_sealed_runs_refusals_say_why_and_what_to_do() -> None:
         "or stop that thread in the test or fixture that started it, or do an exit hook's "
         "work in a fixture's teardown)"
     )
-    names = ("subprocess", "fork", "posix_spawn", "execv", "system")
+    names = ("subprocess", "fork", "posix_spawn", "execv", "system", "spawn")
     assert said == [f"{name} {why}" for name in names] + ["libc fork -1"], said
 
 
