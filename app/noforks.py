@@ -13,20 +13,25 @@ process and every ``exec`` in this process (a seccomp filter on all of its threa
 Threads are still allowed (``clone`` with ``CLONE_THREAD``); ``clone3``, whose flags a filter
 cannot read, answers ``ENOSYS``, which C libraries take for a kernel without it and fall back to
 ``clone``. A refused ``fork``, ``vfork``, ``clone`` or ``exec`` fails with ``EPERM``
-("Operation not permitted"): nothing in the process can carry another message.
+("Operation not permitted"), a message the kernel cannot widen; Python's own calls that
+start a process are refused a moment earlier, with the same ``errno``, by an audit hook
+(`explain_refusals`) whose message says why and what to do, and the kernel's refusal stays
+for what no audit event announces (libc's ``fork`` through ``ctypes``).
 
-The filter is written here, fifteen BPF instructions, rather than through libseccomp: its
-Python bindings are a distribution's package built with the C library (Debian's
-``python3-seccomp``), not a wheel on PyPI that ``pip install`` could put in a virtual
-environment, and one filter at a run's exit does not warrant a system dependency.
+The filter is written here, sixteen BPF instructions (thirteen on aarch64), rather than
+through libseccomp: its Python bindings are a distribution's package built with the C library
+(Debian's ``python3-seccomp``), not a wheel on PyPI that ``pip install`` could put in a
+virtual environment, and one filter at a run's exit does not warrant a system dependency.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
 import platform
+import sys
 from typing import Final
 
 #: Per machine: its audit architecture, the number of ``seccomp``, the calls that start a
@@ -36,6 +41,12 @@ _ARCH: Final = {
     "x86_64": (0xC000003E, 317, (57, 58, 59, 322), 56, 435, 0x40000000),
     "aarch64": (0xC00000B7, 277, (221, 281), 220, 435, None),
 }
+
+#: Python's audit events of the calls that start a process or run another program, each of
+#: them refused by the filter as well: `explain_refusals` answers them first, in words.
+_STARTING: Final = frozenset(
+    {"os.exec", "os.fork", "os.forkpty", "os.posix_spawn", "os.system", "subprocess.Popen"}
+)
 
 _CLONE_THREAD: Final = 0x00010000
 _PR_SET_NO_NEW_PRIVS: Final = 38
@@ -126,3 +137,27 @@ def refuse_new_processes() -> str | None:
     if done > 0:  # TSYNC: a thread with another filter of its own
         return f"seccomp: thread {done} has a filter of its own"
     return None
+
+
+def explain_refusals(message: str) -> None:
+    """From now on, refuse every Python call that starts a process or runs another program
+    with ``PermissionError(EPERM, message)`` before it reaches the kernel (an audit hook,
+    for the rest of the process's life): the kernel's own refusal says "Operation not
+    permitted" and nothing more. ``_posixsubprocess.fork_exec`` (`multiprocessing`'s spawn
+    and forkserver start methods call it, unaudited) is replaced alike; a call neither
+    reaches (libc's through ``ctypes``) still gets the kernel's."""
+
+    def refuse(event: str, _args: tuple[object, ...]) -> None:
+        if event in _STARTING:
+            raise PermissionError(errno.EPERM, message)
+
+    def fork_exec(*_args: object, **_kwargs: object) -> None:
+        raise PermissionError(errno.EPERM, message)
+
+    sys.addaudithook(refuse)
+    # What `multiprocessing`'s spawn and forkserver start methods call, which no audit event
+    # announces (subprocess's calls audit first); looked up at each call.
+    with contextlib.suppress(ImportError):
+        import _posixsubprocess
+
+        setattr(_posixsubprocess, "fork_exec", fork_exec)  # noqa: B010

@@ -3919,14 +3919,60 @@ def _end_of_run() -> None:
     """
     own = _own_start()
     run = _in_process()
-    if own is not None and run is not None and run.pid == own[0]:
-        with contextlib.suppress(OSError):
-            threads = Path("/proc/self/task").iterdir()
-            if next(itertools.islice(threads, 1, None), None) is not None:
-                from app.noforks import refuse_new_processes
+    try:
+        if own is not None and run is not None and run.pid == own[0]:
+            with contextlib.suppress(OSError):
+                threads = Path("/proc/self/task").iterdir()
+                if next(itertools.islice(threads, 1, None), None) is not None:
+                    _seal(run.pid)
+    finally:  # the hand-over, whatever the seal met (a test's audit hook that raises)
+        _end_entry()
 
-                refuse_new_processes()
-    _end_entry()
+
+def _seal(pid: int) -> None:
+    """Refuse every new process in this process (run `pid`'s, a thread besides this one
+    still running), and say why in the refusal; where the kernel could not, say that.
+
+    The kernel's refusal alone said ``PermissionError: [Errno 1] Operation not permitted``,
+    naming neither the run, nor the thread, nor what to do (red team 64 on regress, the
+    seal); and where the filter could not be installed (a thread with a filter of its own,
+    another machine), the run went on unsealed without a word.
+    """
+    from app.noforks import explain_refusals, refuse_new_processes
+
+    running = _other_threads()
+    failed = refuse_new_processes()
+    if failed is None:
+        explain_refusals(
+            f"app: pytest run {pid} has ended and a thread it left still runs ({running}): "
+            "its process refuses every new process and program from its last hand-over on, "
+            "so that nothing a test left starts one outside the run; start it before the run "
+            "ends (join or stop that thread in the test or fixture that started it, or do an "
+            "exit hook's work in a fixture's teardown)"
+        )
+        return
+    line = (
+        f"app: pytest run {pid} could not refuse new processes as it ended ({failed}) with a "
+        f"thread it left still running ({running}): a process that thread starts from now on "
+        "is not held by the run; join or stop that thread in the test or fixture that "
+        "started it\n"
+    )
+    with contextlib.suppress(OSError):
+        os.write(2, line.encode())
+
+
+def _other_threads() -> str:
+    """The threads of this process besides the calling one, in words: Python's by name,
+    the others (a C library's) counted."""
+    import threading
+
+    me = threading.current_thread()
+    named = [repr(t.name) for t in threading.enumerate() if t is not me]
+    with contextlib.suppress(OSError):
+        native = sum(1 for _ in Path("/proc/self/task").iterdir()) - 1 - len(named)
+        if native > 0:
+            named.append(f"{native} not started by Python")
+    return ", ".join(named) or "none by now"
 
 
 #: How many callbacks ``atexit`` held once the run registered `_end_of_run` (the count
