@@ -1,0 +1,97 @@
+"""Red team 64 on regress, unframed bodies and read-only roots (branch rt-regress28): see
+docs/explanation/attacks.md.
+
+What broke: red team 64's 411 for a body without a length (``refuse_unframed_body``) covered
+the routes that read a body (a file's ``PUT``, a form, ``POST /sessions``), not those that
+take none. ``POST /trash/empty`` on HTTP/1.0 with ``{"older_than": 86400}`` and no
+``Content-Length`` (its client ends the body by closing, which the server cannot see) was
+taken as bodiless: the whole trash was emptied for good, its client believing it asked for
+a day's entries only. The same body with its length has been refused 400 since red team 40
+(`app.server.auth.refuse_body`).
+
+What changed: `refuse_body` refuses an HTTP/1.0 ``POST`` that gives neither
+``Content-Length`` nor ``Transfer-Encoding`` (RFC 1945, 8.3, asks every one for its length)
+411 ``length_required``, before anything is done, with ``Connection: close``. A ``GET``,
+``HEAD`` or ``DELETE`` without one is still the bodiless request HTTP/1.0's clients send.
+
+What held, in the same test: the requests real clients make with an empty body (urllib's
+and http.client's ``PUT`` with none send ``Content-Length: 0``) are stored, not refused.
+
+One real ``app serve`` for the module, raw sockets on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import urllib.request
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from live_http import a_file, sent_closed
+from redteam_s19_http import server_and_client
+
+from app.testing import LiveServer
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServer, httpx.Client]]:
+    """One server for the module (one test: a worker of its own would start another)."""
+    with server_and_client(tmp_path_factory) as both:
+        yield both
+
+
+def test_an_http_1_0_post_without_a_length_to_a_route_taking_no_body_is_refused(
+    served: tuple[LiveServer, httpx.Client],
+) -> None:
+    server, client = served
+    path = a_file(server, client, b"deleted, kept in the trash")
+    session = path.split("/")[2]
+    assert client.delete(path).status_code == 200
+    assert server.data_root is not None
+    trash = server.data_root / ".trash"
+
+    def in_trash() -> list[str]:
+        return [entry.name for entry in trash.iterdir() if session in entry.name]
+
+    assert len(in_trash()) == 1
+    # An HTTP/1.0 client that ends its body by closing: the trash was emptied whole.
+    status, problem = sent_closed(
+        server,
+        "POST /trash/empty 1.0",
+        "Content-Type: application/json\r\n",
+        b'{"older_than": 86400}',
+    )
+    assert status == 411, (status, problem)
+    assert problem["code"] == "length_required", problem
+    message = problem["message"]
+    assert message.startswith(
+        "POST /trash/empty refused: it gives neither Content-Length nor Transfer-Encoding; "
+        "on HTTP/1.0 the server cannot tell where its body ends"
+    ), message
+    assert "a body it sent would have been ignored and POST /trash/empty done" in message
+    assert "Nothing was changed, and the connection is closed" in message, message
+    assert "an empty body is Content-Length: 0" in message, message
+    assert len(in_trash()) == 1
+
+    # The remedy: its length (the query string carries what it asks), and the entry, a
+    # moment old, is kept.
+    status, emptied = sent_closed(
+        server, "POST /trash/empty?older_than=86400 1.0", "Content-Length: 0\r\n"
+    )
+    assert (status, emptied["removed"]) == (200, 0), emptied
+    assert len(in_trash()) == 1
+    # A bodiless HTTP/1.0 GET or DELETE needs no length (curl -0 -X DELETE).
+    status, listed = sent_closed(server, f"GET /sessions/{session}/files 1.0")
+    assert (status, listed["items"]) == (200, []), listed
+    status, deleted = sent_closed(server, f"DELETE /sessions/{session} 1.0")
+    assert (status, deleted["id"]) == (200, session), deleted
+
+    # What real clients send for an empty body is stored, not refused: urllib (and
+    # http.client under it) sends Content-Length: 0 for a PUT with no data.
+    path = a_file(server, client, b"version 1")
+    request = urllib.request.Request(
+        f"{server.url}{path}", method="PUT", headers=dict(server.headers)
+    )
+    with urllib.request.urlopen(request, timeout=15) as answer:
+        assert answer.status == 200
+    assert client.get(path).content == b""
