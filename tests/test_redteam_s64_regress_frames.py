@@ -18,18 +18,33 @@ What held, in the same test: the requests real clients make with an empty body (
 and http.client's ``PUT`` with none send ``Content-Length: 0``) are stored, not refused.
 
 One real ``app serve`` for the module, raw sockets on 127.0.0.1.
+
+And ``app data check --repair`` whose open's ``clear-tmp`` line the log refused (``ENOSPC`` at
+the first write to ``audit.jsonl`` only, strace attached to this process for the one
+command), the log writable again for its repairs: it said "the audit log could not record
+them", of repairs whose lines the log held. The report now tells the open's lost line from
+the repairs' (``CheckReport.repairs_audited``, from ``DataRoot.lines_lost``): "the audit log
+lists them, but could not record what its open cleared".
 """
 
 from __future__ import annotations
 
+import json
+import os
 import urllib.request
 from collections.abc import Iterator
 
 import httpx
 import pytest
+from click.testing import CliRunner
+from faults import attached, needs_strace
 from live_http import a_file, sent_closed
 from redteam_s19_http import server_and_client
 
+from app.cli import cli
+from app.config import REMOTE, Config
+from app.dataroot import AUDIT_FILE, open_root
+from app.store import Store
 from app.testing import LiveServer
 
 
@@ -95,3 +110,36 @@ def test_an_http_1_0_post_without_a_length_to_a_route_taking_no_body_is_refused(
     with urllib.request.urlopen(request, timeout=15) as answer:
         assert answer.status == 200
     assert client.get(path).content == b""
+
+
+@needs_strace
+def test_a_repair_whose_logged_lines_were_written_is_not_said_unrecorded(
+    app_config: Config,
+) -> None:
+    if app_config.backend == REMOTE:
+        pytest.skip("a local root's open clears .tmp/")
+    root = app_config.data_root
+    with open_root(app_config, kind="tests") as opened:
+        session = Store(opened).create_session("kept")["id"]
+    orphan = root / "sessions" / session / "blobs" / ("0" * 32)
+    orphan.parent.mkdir(parents=True, exist_ok=True)
+    orphan.write_bytes(b"never acknowledged")  # an upload killed before its commit
+    (root / ".tmp" / "upload-leftover").write_bytes(b"partial")
+
+    # The first line (the open's clear-tmp) refused, the log writable again after it.
+    with attached(os.getpid(), "write:error=ENOSPC:when=1", root / AUDIT_FILE):
+        result = CliRunner().invoke(cli, ["data", "check", "--repair"], catch_exceptions=False)
+    operations = [json.loads(line)["operation"] for line in (root / AUDIT_FILE).open()]
+    assert operations[-2:] == ["trash-file", "check-repair"], operations
+    assert "clear-tmp" not in operations
+    # Before: "repaired 1 finding(s); the audit log could not record them (...)".
+    assert "could not record them" not in result.stdout, result.stdout
+    assert (
+        "repaired 1 finding(s); the audit log lists them, but could not record what its open "
+        "cleared (No space left on device, at its clear-tmp line): its record is in this "
+        "command's log, above"
+    ) in result.stdout, result.stdout
+    assert result.exit_code == 0
+    assert not orphan.exists()
+    again = CliRunner().invoke(cli, ["data", "check", "--json"], catch_exceptions=False)
+    assert json.loads(again.stdout)["clean"] is True, again.stdout
