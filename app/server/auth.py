@@ -144,15 +144,16 @@ async def refuse_body(request: Request, known: tuple[str, ...], operation: str) 
     A ``Content-Length`` over 0 is refused before a byte is read; a chunked body once its
     first chunk holds a byte (an empty one, a last chunk alone, is no body).
 
-    An HTTP/1.0 ``POST`` with neither ``Content-Length`` nor ``Transfer-Encoding`` is refused
-    411 (`refuse_unframed_body`): its client ends a body by closing, which the server cannot
-    see, so ``POST /trash/empty`` with ``{"older_than": 86400}`` so emptied the whole trash
-    for good (red team 64); RFC 1945 (8.3) asks every HTTP/1.0 ``POST`` for its length. A
-    ``GET``, ``HEAD`` or ``DELETE`` without one is the bodiless request its clients send.
+    An HTTP/1.0 ``POST`` with a ``Content-Type`` but neither ``Content-Length`` nor
+    ``Transfer-Encoding`` is refused 411 (`refuse_unframed_body`): its client ends a body by
+    closing, which the server cannot see, so ``POST /trash/empty`` with ``{"older_than":
+    86400}`` so emptied the whole trash for good (red team 64); RFC 1945 (8.3) asks every
+    HTTP/1.0 ``POST`` for its length. One with no type either is what nginx forwards of
+    ``curl -X POST``, and is taken as bodiless; a ``GET``, ``HEAD`` or ``DELETE`` too.
 
     Raises:
         BadRequestError: naming the route, what was sent, and where its parameters go.
-        HTTPException: 411, an HTTP/1.0 ``POST`` without a length.
+        HTTPException: 411, an HTTP/1.0 ``POST`` with a type and no length.
     """
     length = request.headers.get("content-length")
     if length is not None and length.strip("0 ") == "":
