@@ -49,7 +49,7 @@ import httpx
 import own_mounts
 import pytest
 from click.testing import CliRunner
-from faults import attached, needs_strace
+from faults import a_root_to_repair, attached, needs_strace
 from live_http import a_file, a_session
 from live_http import sent_closed as _sent
 from redteam_s19_http import server_and_client
@@ -57,8 +57,7 @@ from test_server_e2e import app_env
 
 from app.cli import cli
 from app.config import REMOTE, Config
-from app.dataroot import AUDIT_FILE, open_root
-from app.store import Store
+from app.dataroot import AUDIT_FILE
 from app.testing import LiveServer
 
 FORM = "multipart/form-data; boundary=B"
@@ -136,14 +135,8 @@ def test_a_repair_whose_audit_lines_fail_says_so_rather_than_the_log_lists_them(
     if app_config.backend == REMOTE:
         pytest.skip("the remote backend's check says so since red team 49")
     root = app_config.data_root
-    with open_root(app_config, kind="tests") as opened:
-        store = Store(opened)
-        session = store.create_session("kept")["id"]
-        store.put_file(session, "a.txt", b"acknowledged")
-    blobs = root / "sessions" / session / "blobs"
-    orphan = blobs / ("0" * 32)
-    orphan.write_bytes(b"never acknowledged")  # an upload killed before its commit
-    (root / ".tmp" / "upload-leftover").write_bytes(b"partial")
+    orphan = a_root_to_repair(app_config)
+    blobs = orphan.parent
 
     with attached(os.getpid(), "write:error=ENOSPC", root / AUDIT_FILE):
         result = CliRunner().invoke(cli, ["data", "check", "--repair"], catch_exceptions=False)

@@ -45,14 +45,13 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from click.testing import CliRunner
-from faults import attached, needs_strace
+from faults import a_root_to_repair, attached, needs_strace
 from live_http import a_file, sent_closed
 from redteam_s19_http import server_and_client
 
 from app.cli import cli
 from app.config import REMOTE, Config
-from app.dataroot import AUDIT_FILE, open_root
-from app.store import Store
+from app.dataroot import AUDIT_FILE
 from app.testing import LiveServer
 
 
@@ -137,12 +136,7 @@ def test_a_repair_whose_logged_lines_were_written_is_not_said_unrecorded(
     if app_config.backend == REMOTE:
         pytest.skip("a local root's open clears .tmp/")
     root = app_config.data_root
-    with open_root(app_config, kind="tests") as opened:
-        session = Store(opened).create_session("kept")["id"]
-    orphan = root / "sessions" / session / "blobs" / ("0" * 32)
-    orphan.parent.mkdir(parents=True, exist_ok=True)
-    orphan.write_bytes(b"never acknowledged")  # an upload killed before its commit
-    (root / ".tmp" / "upload-leftover").write_bytes(b"partial")
+    orphan = a_root_to_repair(app_config)
 
     # The first line (the open's clear-tmp) refused, the log writable again after it.
     with attached(os.getpid(), "write:error=ENOSPC:when=1", root / AUDIT_FILE):
