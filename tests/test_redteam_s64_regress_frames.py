@@ -33,6 +33,12 @@ command), the log writable again for its repairs: it said "the audit log could n
 them", of repairs whose lines the log held. The report now tells the open's lost line from
 the repairs' (``CheckReport.repairs_audited``, from ``DataRoot.lines_lost``): "the audit log
 lists them, but could not record what its open cleared".
+
+And ``POST /trash/empty`` stopped partway by ``EROFS`` (500 ``stopped_partway``: ext4 gone
+read-only after its first entries; here strace's ``EROFS`` at the second entry's move, in
+process): red team 64's look at the mount table after a refusal (``Store.note_read_only``)
+was taken on a 503 ``storage_read_only`` alone, so ``GET /health`` said ``ok`` after it. An
+error made of an ``EROFS`` (its ``__cause__``) now counts as such a refusal.
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ from redteam_s19_http import server_and_client
 from app.cli import cli
 from app.config import REMOTE, Config
 from app.dataroot import AUDIT_FILE
+from app.storage import Storage
 from app.testing import LiveServer
 
 
@@ -155,3 +162,36 @@ def test_a_repair_whose_logged_lines_were_written_is_not_said_unrecorded(
     assert not orphan.exists()
     again = CliRunner().invoke(cli, ["data", "check", "--json"], catch_exceptions=False)
     assert json.loads(again.stdout)["clean"] is True, again.stdout
+
+
+@needs_strace
+def test_an_empty_trash_stopped_partway_read_only_has_health_look_again(
+    app_store: Storage, app_config: Config
+) -> None:
+    if app_config.backend == REMOTE:
+        pytest.skip("a local root's filesystem")
+    from starlette.testclient import TestClient
+
+    from app.server import create_app
+
+    # Without its lifespan (no `with`): its shutdown alone took a second here.
+    client = TestClient(
+        create_app(app_store, app_config),
+        headers={"Authorization": f"Bearer {app_config.api_token}"},
+    )
+    for _ in range(2):
+        session = client.post("/sessions", json={}).json()["id"]
+        assert client.delete(f"/sessions/{session}").status_code == 200
+    entries = sorted((app_config.data_root / ".trash").iterdir())
+    assert len(entries) == 2
+    # The second entry's move refused EROFS: the filesystem went read-only between them.
+    calls = "rename:error=EROFS:when=2"
+    with attached(os.getpid(), calls, *entries, also=("renameat:error=EROFS:when=2",)):
+        answer = client.post("/trash/empty")
+    assert answer.status_code == 500, answer.text
+    problem = answer.json()
+    assert problem["code"] == "stopped_partway", problem
+    assert "EROFS" in problem["message"], problem
+    # Before: only a refusal said read-only (503 storage_read_only) had /health read the
+    # mount table (ext4's emergency_ro), so /health said ok after this one.
+    assert app_store._read_only_refused is True  # type: ignore[attr-defined]
