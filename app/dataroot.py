@@ -3123,6 +3123,9 @@ class DataRoot:
         #: and the error), or ``None``: `app data check --repair` said "the audit log lists
         #: them" of repairs whose lines had all gone to its own log alone (red team 64).
         self.line_lost: str | None = None
+        #: The operations of every audit line this process could not write, in order (red
+        #: team 64, regress: a check can tell its open's lost line from its repairs').
+        self.lines_lost: list[str] = []
         # What the root and the app's directories in it are, by identity, as opened: every
         # destructive operation checks that the same paths still lead to the same places.
         identities = _layout_identities(self._path) if lock is not None else {}
@@ -3378,7 +3381,9 @@ class DataRoot:
         return True
 
     def note_line_lost(self, operation: str, error: OSError) -> None:
-        """Remember the first audit line that could not be written (`line_lost`)."""
+        """Remember the first audit line that could not be written (`line_lost`), and the
+        operation of each (`lines_lost`)."""
+        self.lines_lost.append(operation)
         if self.line_lost is None:
             self.line_lost = f"{error.strerror or error}, at its {operation} line"
 

@@ -438,11 +438,15 @@ class CheckReport:
         repair: whether the check ran with repair.
         unaudited: why the audit refused the repair's record, which went to the process's
             log instead (red team 49: on PostgreSQL, after its objects were deleted).
+        repairs_audited: the lines ``unaudited`` names are the open's alone (a local root's
+            ``clear-tmp``), and every line of the repairs is in the audit log: the report
+            said "could not record them" of repairs the log held (red team 64, regress).
     """
 
     findings: list[Finding]
     repair: bool
     unaudited: str | None = None
+    repairs_audited: bool = False
 
     @property
     def unresolved(self) -> list[Finding]:
@@ -456,6 +460,7 @@ class CheckReport:
             "clean": not self.unresolved,
             "findings": [f.to_dict() for f in self.findings],
             **({} if self.unaudited is None else {"unaudited": self.unaudited}),
+            **({"repairs_audited": True} if self.unaudited and self.repairs_audited else {}),
         }
 
 

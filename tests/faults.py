@@ -21,8 +21,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from app.config import Config
 
 needs_strace = pytest.mark.skipif(
     shutil.which("strace") is None or os.geteuid() != 0,
@@ -120,3 +124,21 @@ def attached(pid: int, inject: str, *paths: Path, also: tuple[str, ...] = ()) ->
         yield
     finally:
         detach(tracer)
+
+
+def a_root_to_repair(config: Config) -> Path:
+    """What ``app data check --repair`` mends in `config`'s (local) root, writing one audit
+    line each: a session with a file, a blob no record names (an upload killed before its
+    commit: ``trash-file``) and a leftover in ``.tmp/`` (the open's ``clear-tmp``); then
+    ``check-repair``. Returns the orphan blob's path."""
+    from app.dataroot import open_root
+    from app.store import Store
+
+    with open_root(config, kind="tests") as opened:
+        store = Store(opened)
+        session = store.create_session("kept")["id"]
+        store.put_file(session, "a.txt", b"acknowledged")
+    orphan = config.data_root / "sessions" / session / "blobs" / ("0" * 32)
+    orphan.write_bytes(b"never acknowledged")
+    (config.data_root / ".tmp" / "upload-leftover").write_bytes(b"partial")
+    return orphan

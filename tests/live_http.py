@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 
 import httpx
@@ -76,3 +77,24 @@ class Answers:
         while self._more():
             pass
         return self.data
+
+
+def sent_closed(
+    server: LiveServer, line: str, extra: str = "", body: bytes = b""
+) -> tuple[int, dict]:
+    """Send ``line``'s head (the token, ``extra`` headers; HTTP/1.0 if it ends ``" 1.0"``),
+    then ``body``, then end the sending side; the answer's status and JSON (after a ``100
+    Continue``), after checking the server closed and read nothing more as a request."""
+    version = "HTTP/1.0" if line.endswith(" 1.0") else "HTTP/1.1"
+    line = line.removesuffix(" 1.0")
+    token = "".join(f"{k}: {v}\r\n" for k, v in server.headers.items())
+    with connect(server) as sock:
+        sock.sendall(f"{line} {version}\r\nHost: x\r\n{token}{extra}\r\n".encode() + body)
+        sock.shutdown(socket.SHUT_WR)
+        answers = Answers(sock)
+        status, headers, content = answers.next()
+        if status == 100:
+            status, headers, content = answers.next()
+        assert headers.get("connection", "").lower() == "close", headers
+        assert answers.rest() == b""  # closed: nothing more was read as a request
+    return status, json.loads(content)

@@ -42,7 +42,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,15 +49,15 @@ import httpx
 import own_mounts
 import pytest
 from click.testing import CliRunner
-from faults import attached, needs_strace
-from live_http import Answers, a_file, a_session, connect
+from faults import a_root_to_repair, attached, needs_strace
+from live_http import a_file, a_session
+from live_http import sent_closed as _sent
 from redteam_s19_http import server_and_client
 from test_server_e2e import app_env
 
 from app.cli import cli
 from app.config import REMOTE, Config
-from app.dataroot import AUDIT_FILE, open_root
-from app.store import Store
+from app.dataroot import AUDIT_FILE
 from app.testing import LiveServer
 
 FORM = "multipart/form-data; boundary=B"
@@ -69,24 +68,6 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServe
     """One server for the module; each test works in sessions of its own."""
     with server_and_client(tmp_path_factory) as both:
         yield both
-
-
-def _sent(server: LiveServer, line: str, extra: str = "", body: bytes = b"") -> tuple[int, dict]:
-    """Send ``line``'s head (the token, ``extra`` headers), then ``body``, then end the
-    sending side; the answer's status and JSON, after checking the server closed."""
-    version = "HTTP/1.0" if line.endswith(" 1.0") else "HTTP/1.1"
-    line = line.removesuffix(" 1.0")
-    token = "".join(f"{k}: {v}\r\n" for k, v in server.headers.items())
-    with connect(server) as sock:
-        sock.sendall(f"{line} {version}\r\nHost: x\r\n{token}{extra}\r\n".encode() + body)
-        sock.shutdown(socket.SHUT_WR)
-        answers = Answers(sock)
-        status, headers, content = answers.next()
-        if status == 100:
-            status, headers, content = answers.next()
-        assert headers.get("connection", "").lower() == "close", headers
-        assert answers.rest() == b""  # closed: nothing more was read as a request
-    return status, json.loads(content)
 
 
 def _sessions(client: httpx.Client) -> list[str]:
@@ -154,14 +135,8 @@ def test_a_repair_whose_audit_lines_fail_says_so_rather_than_the_log_lists_them(
     if app_config.backend == REMOTE:
         pytest.skip("the remote backend's check says so since red team 49")
     root = app_config.data_root
-    with open_root(app_config, kind="tests") as opened:
-        store = Store(opened)
-        session = store.create_session("kept")["id"]
-        store.put_file(session, "a.txt", b"acknowledged")
-    blobs = root / "sessions" / session / "blobs"
-    orphan = blobs / ("0" * 32)
-    orphan.write_bytes(b"never acknowledged")  # an upload killed before its commit
-    (root / ".tmp" / "upload-leftover").write_bytes(b"partial")
+    orphan = a_root_to_repair(app_config)
+    blobs = orphan.parent
 
     with attached(os.getpid(), "write:error=ENOSPC", root / AUDIT_FILE):
         result = CliRunner().invoke(cli, ["data", "check", "--repair"], catch_exceptions=False)

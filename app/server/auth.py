@@ -18,6 +18,7 @@ from starlette.responses import Response
 
 from app.errors import BadRequestError
 from app.server.routes_files import PRECONDITIONS, unsupported_precondition
+from app.server.uploads import refuse_unframed_body
 
 if TYPE_CHECKING:
     from fastapi.dependencies.models import Dependant
@@ -130,6 +131,11 @@ class TokenRoute(APIRoute):
         return checked
 
 
+#: What HTTP/1.0's clients send without a length and mean without a body (RFC 1945, 8.1 and
+#: D.1.2); a ``POST`` must give its length (8.3).
+_BODILESS_ON_HTTP_1_0: Final = frozenset({"GET", "HEAD", "DELETE"})
+
+
 async def refuse_body(request: Request, known: tuple[str, ...], operation: str) -> None:
     """Refuse a body on a route that takes none, rather than ignore it.
 
@@ -138,14 +144,29 @@ async def refuse_body(request: Request, known: tuple[str, ...], operation: str) 
     A ``Content-Length`` over 0 is refused before a byte is read; a chunked body once its
     first chunk holds a byte (an empty one, a last chunk alone, is no body).
 
+    An HTTP/1.0 ``POST`` with a ``Content-Type`` but neither ``Content-Length`` nor
+    ``Transfer-Encoding`` is refused 411 (`refuse_unframed_body`): its client ends a body by
+    closing, which the server cannot see, so ``POST /trash/empty`` with ``{"older_than":
+    86400}`` so emptied the whole trash for good (red team 64); RFC 1945 (8.3) asks every
+    HTTP/1.0 ``POST`` for its length. One with no type either is what nginx forwards of
+    ``curl -X POST``, and is taken as bodiless; a ``GET``, ``HEAD`` or ``DELETE`` too.
+
     Raises:
         BadRequestError: naming the route, what was sent, and where its parameters go.
+        HTTPException: 411, an HTTP/1.0 ``POST`` with a type and no length.
     """
     length = request.headers.get("content-length")
     if length is not None and length.strip("0 ") == "":
         return  # "0": no body
     if length is None:
         if "transfer-encoding" not in request.headers:
+            if request.method not in _BODILESS_ON_HTTP_1_0:
+                refuse_unframed_body(
+                    request,
+                    f"a body it sent would have been ignored and {operation} done without it "
+                    "(it takes none)",
+                    required=False,
+                )
             return
         async for chunk in request.stream():
             if chunk:

@@ -53,8 +53,8 @@ _ERRORS: Final = {
     ),
     411: (
         "The request gives neither `Content-Length` nor `Transfer-Encoding` "
-        "(`length_required`), where a body is needed; nothing was changed, and the "
-        "connection is closed."
+        "(`length_required`), where a body is needed or on an HTTP/1.0 `POST`; nothing "
+        "was changed, and the connection is closed."
     ),
     413: "The body is over a limit (`body_too_large`, `metadata_too_large`, `upload_too_large`).",
     415: "The body is not `application/json` (`unsupported_media_type`).",

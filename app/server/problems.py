@@ -166,6 +166,13 @@ def _read_only_refused(store: Storage) -> None:
         note()
 
 
+def _caused_by_read_only(error: BaseException) -> bool:
+    # A refusal made of an EROFS (`StoppedPartwayError` of an empty-trash whose filesystem
+    # went read-only after its first entries): /health did not look again (red team 64).
+    cause = error.__cause__
+    return isinstance(cause, OSError) and cause.errno == errno.EROFS
+
+
 def add_error_handlers(app: FastAPI, store: Storage) -> None:
     @app.exception_handler(AppError)
     async def app_error(request: Request, error: AppError) -> ProblemResponse:
@@ -182,7 +189,7 @@ def add_error_handlers(app: FastAPI, store: Storage) -> None:
             entry = await run_in_threadpool(store.deleted_entry, error.session_id)
             if entry is not None:
                 error = SessionNotFoundError(error.session_id, deleted=entry)
-        if isinstance(error, ReadOnlyStorageError):
+        if isinstance(error, ReadOnlyStorageError) or _caused_by_read_only(error):
             _read_only_refused(store)
         if isinstance(error, RequestTimeoutError):
             # The rest of the body may still come: the connection cannot carry another request.

@@ -287,7 +287,7 @@ def add_session_routes(app: FastAPI, store: Storage, config: Config, auth: list[
         tags=["trash"],
         operation_id="emptyTrash",
         response_model=TrashEmptied,
-        responses=errors(400, 401, 403, 422, *STORAGE),
+        responses=errors(400, 401, 403, 411, 422, *STORAGE),
     )
     def empty_trash(
         older_than: float | None = Query(

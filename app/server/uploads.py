@@ -74,14 +74,17 @@ def refuse_unframed_body(request: Request, what: str, *, required: bool) -> None
         request: the request, before its body is read.
         what: what the body would have been taken for, for the message.
         required: the route takes a body always (a file's ``PUT``, a form); otherwise (a
-            session's JSON, which may be left out) only HTTP/1.0's is refused, whose client
-            cannot send chunks and would have ended its body by closing.
+            session's JSON, which may be left out; a route that takes none) only HTTP/1.0's
+            is refused, whose client cannot send chunks and would have ended its body by
+            closing, and only if it gives the type of a body (``Content-Type``): nginx's
+            ``proxy_pass`` speaks HTTP/1.0 by default and forwards ``curl -X POST``, no
+            body and no type, without a length, which was refused 411 (red team 64, regress).
     """
     headers = request.headers
     if "content-length" in headers or "transfer-encoding" in headers:
         return
     old = request.scope.get("http_version") == "1.0"
-    if not required and not old:
+    if not required and not (old and "content-type" in headers):
         return
     rule = (
         "on HTTP/1.0 the server cannot tell where its body ends (RFC 1945, 7.2.2, asks for "

@@ -689,6 +689,7 @@ class Store(Storage):
 
         if repair:
             self.root.ensure_held()
+        lost_before = len(self.root.lines_lost)  # the open's (its clear-tmp), if any
         checker = Checker(self, repair, thorough, hash_bytes=hash_bytes)
         try:
             with self.root.changing() if repair else contextlib.nullcontext():
@@ -705,7 +706,10 @@ class Store(Storage):
         if repair:
             # A line this command could not write (this repair's, or the open's clear-tmp)
             # went to its own log alone: the report says so, as the remote backend's does.
-            return CheckReport(checker.findings, repair, self.root.line_lost)
+            # Only the open's lost, the repairs' lines written: the report says which (red
+            # team 64, regress: it said the log could not record repairs it held).
+            audited = len(self.root.lines_lost) == lost_before
+            return CheckReport(checker.findings, repair, self.root.line_lost, audited)
         if not checker.findings:
             return CheckReport(checker.findings, repair)
         # Next to a live writer a change in flight looks like a crashed one: what is still
