@@ -16,6 +16,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -199,7 +200,7 @@ def _listed(store: RemoteStore) -> list[str] | None:
 
 
 def test_a_commit_whose_answer_never_came_is_not_acknowledged(
-    database_url: str, s3_engine: S3Engine, blob_url: str
+    database_url: str, s3_engine: S3Engine, blob_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pg.open_database(database_url, PROFILE)
     with RemoteStore(
@@ -210,16 +211,27 @@ def test_a_commit_whose_answer_never_came_is_not_acknowledged(
         wait_seconds=1,
         lock_wait_seconds=0.5,
     ) as store:
-        backend = 0
-        with (
-            pytest.raises(CommitUnknownError) as unknown,
-            store.db.write("the test's change") as conn,
-        ):
-            conn.execute("UPDATE app_stamp SET restamped_from = 'test'")
-            backend = conn.info.backend_pid
-            # Its backend stops after the change, before the COMMIT's answer.
-            os.kill(backend, signal.SIGSTOP)
-        os.kill(backend, signal.SIGCONT)
+        stopped: list[int] = []
+        checked = store.db._still_held
+
+        def then_stop(conn: psycopg.Connection[Any], what: str) -> None:
+            # Its backend stops after the change and the checks at its commit point (red
+            # team 64 added one for every write), before the COMMIT's answer.
+            checked(conn, what)
+            stopped.append(conn.info.backend_pid)
+            os.kill(stopped[0], signal.SIGSTOP)
+
+        monkeypatch.setattr(store.db, "_still_held", then_stop)
+        try:
+            with (
+                pytest.raises(CommitUnknownError) as unknown,
+                store.db.write("the test's change") as conn,
+            ):
+                conn.execute("UPDATE app_stamp SET restamped_from = 'test'")
+        finally:
+            for backend in stopped:
+                os.kill(backend, signal.SIGCONT)
+        monkeypatch.undo()
         message = unknown.value.message
         assert unknown.value.http_status == 503
         assert "while committing the test's change" in message

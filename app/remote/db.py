@@ -49,6 +49,7 @@ from app.remote.errors import (
     DatabaseUnavailableError,
     HolderLostError,
     StatementConnectionLostError,
+    UnloggedWriteError,
 )
 from app.storage import TrashEntry
 
@@ -133,7 +134,16 @@ _STALE_SETTINGS: Final = (psycopg.errors.ReadOnlySqlTransaction, psycopg.errors.
 # out (see `Database._settle`).
 _BEGIN: Final = (
     "BEGIN; SELECT pg_current_xact_id()::text AS xid, pg_backend_pid() AS pid,"
-    " pg_postmaster_start_time() AS started"
+    " pg_postmaster_start_time() AS started,"
+    # For this transaction, whatever the session's value is now (red team 64): the pool's
+    # connections set it as they open (`pg.configure_session`), but a reload of the server's
+    # configuration (`ALTER SYSTEM SET synchronous_commit = off`, then `pg_reload_conf()`)
+    # changes it under them where they found it `on` and set nothing, and a server session a
+    # pooler hands on keeps what another client set. `local` is `on` for the same reason as
+    # there (a synchronous standby would not have the commit).
+    " set_config('synchronous_commit', CASE current_setting('synchronous_commit')"
+    " WHEN 'off' THEN 'on' WHEN 'local' THEN 'on'"
+    " ELSE current_setting('synchronous_commit') END, true) AS durable"
 )
 # A replica's write holds the database's lock shared to its commit: maintenance, which asks
 # for it exclusively, cannot begin between `_still_held` and the commit, when this replica's
@@ -432,7 +442,7 @@ class Database:
                 try:
                     begun = self._begin(conn, lock)
                     yield conn
-                    self._still_held(conn)
+                    self._still_held(conn, what)
                 except BaseException:
                     with contextlib.suppress(psycopg.Error):
                         conn.rollback()
@@ -601,23 +611,43 @@ class Database:
                 (moment, session_id),
             )
 
-    def _still_held(self, conn: psycopg.Connection[Any]) -> None:
+    def _still_held(self, conn: psycopg.Connection[Any], what: str) -> None:
         # Again at the commit point, and in the database rather than in this process: the
         # holder's watch notices a lost connection within a ping, and a change must not
         # commit in that window, when maintenance may already hold the database.
         if self.maintenance is not None:
             self.maintenance.still_held(conn)
-        if self.holder is None or not self.holder.row:
-            return
-        held = conn.execute(
-            "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2"
-            " AND pid = %s AND classid = %s AND objid = %s",
-            (self.holder.row["backend_pid"], pg.ROW_LOCK_CLASS, self.holder.row["id"]),
-        ).fetchone()
-        if held is None:
+        held = self.holder is not None and bool(self.holder.row)
+        query = f"SELECT EXISTS (SELECT 1 {pg.UNLOGGED_FROM}) AS unlogged"
+        params: dict[str, Any] = {"tables": list(pg.APP_TABLES)}
+        if held:
+            assert self.holder is not None
+            query += (
+                ", EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                " AND objsubid = 2 AND pid = %(pid)s AND classid = %(lock_class)s"
+                " AND objid = %(row)s) AS held"
+            )
+            params.update(
+                pid=self.holder.row["backend_pid"],
+                row=self.holder.row["id"],
+                lock_class=pg.ROW_LOCK_CLASS,
+            )
+        row = conn.execute(query, params).fetchone()
+        assert row is not None
+        if held and not row["held"]:
+            assert self.holder is not None
             raise HolderLostError(
                 self.where, f"backend {self.holder.row['backend_pid']} no longer holds its lock"
             )
+        if row["unlogged"]:
+            # A table of the app's made UNLOGGED under this process, which the open refuses
+            # (red team 62): read at the commit point, after the change's statements took
+            # their locks on what they wrote, so an `ALTER ... SET UNLOGGED` of those
+            # committed before is seen and one after waits for this commit. A replica
+            # acknowledged every write until its next start, each lost by a crash (red team
+            # 64, red team 62's not stopped).
+            tables, sequences = pg.unlogged(conn)
+            raise UnloggedWriteError(self.where, what, tables, sequences)
 
     def audit(
         self, conn: psycopg.Connection[Any], operation: str, target: str, **details: Any

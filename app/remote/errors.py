@@ -928,14 +928,7 @@ class UnloggedTablesError(ConfigError):
 
     @property
     def message(self) -> str:
-        named = [
-            f"{kind}{'s' if len(names) > 1 else ''} {', '.join(names)}"
-            for kind, names in (("table", self.tables), ("sequence", self.sequences))
-            if names
-        ]
-        statements = [f'ALTER TABLE "{t}" SET LOGGED' for t in self.tables] + [
-            f'ALTER SEQUENCE "{s}" SET LOGGED' for s in self.sequences
-        ]
+        named, statements = _unlogged_words(self.tables, self.sequences)
         gone = (
             " Its stamp row in app_stamp is gone, as such a restart leaves an UNLOGGED table: "
             "the server has restarted after a crash since, and the rows of those tables are "
@@ -946,13 +939,58 @@ class UnloggedTablesError(ConfigError):
         )
         return (
             f"profile {self.profile!r}: database {self.where} has the app's "
-            f"{' and '.join(named)} UNLOGGED (`ALTER ... SET UNLOGGED`, as a bulk load or a "
+            f"{named} UNLOGGED (`ALTER ... SET UNLOGGED`, as a bulk load or a "
             "restore is sped up): PostgreSQL writes none of their changes to its WAL, so it "
             "empties them as it starts again after a crash, and a standby or a restore of a "
             "base backup has none of their rows: every session, file or audit row the app "
             "acknowledged there would be lost. Refusing to open it; nothing was changed."
-            f"{gone} As their owner, run `{'; '.join(statements)}` (in this order: a table "
+            f"{gone} As their owner, run `{statements}` (in this order: a table "
             "another references first; each rewrites its table under an exclusive lock)"
+        )
+
+
+def _unlogged_words(tables: tuple[str, ...], sequences: tuple[str, ...]) -> tuple[str, str]:
+    """The app's UNLOGGED tables and sequences in words, and the statements that log them
+    again, in the order given (a table another references first)."""
+    named = [
+        f"{kind}{'s' if len(names) > 1 else ''} {', '.join(names)}"
+        for kind, names in (("table", tables), ("sequence", sequences))
+        if names
+    ]
+    statements = [f'ALTER TABLE "{t}" SET LOGGED' for t in tables] + [
+        f'ALTER SEQUENCE "{s}" SET LOGGED' for s in sequences
+    ]
+    return " and ".join(named), "; ".join(statements)
+
+
+class UnloggedWriteError(AppError):
+    """A change refused at its commit point: a table (or sequence) of the app's it would
+    write was made UNLOGGED since the store opened the database, which refuses that."""
+
+    exit_code = EX_UNAVAILABLE
+    code = "write_unlogged"
+    http_status = 503
+
+    where: str
+    what: str
+    #: The app's tables that are UNLOGGED, a table another references first.
+    tables: tuple[str, ...]
+    #: Its UNLOGGED sequences whose table is logged.
+    sequences: tuple[str, ...] = ()
+
+    @property
+    def message(self) -> str:
+        named, statements = _unlogged_words(self.tables, self.sequences)
+        return (
+            f"database {self.where} did not store {self.what}: the app's {named} "
+            "became UNLOGGED since this process opened the database (`ALTER ... SET "
+            "UNLOGGED`, as a bulk load or a restore is sped up): PostgreSQL writes none of "
+            "their changes to its WAL and empties them as it starts again after a crash, so "
+            "a change acknowledged there would be lost. Refusing it; nothing was changed "
+            "(its transaction was rolled back, and an upload's object deleted). The rows "
+            "already there are lost as well if the server crashes before they are logged "
+            f"again: as their owner, run `{statements}` now (in this order: a table another "
+            "references first; each rewrites its table under an exclusive lock), then retry"
         )
 
 

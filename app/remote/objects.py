@@ -41,7 +41,7 @@ from typing import IO, Any, Final
 from urllib.parse import urlsplit
 
 from app import sandbox
-from app.errors import AppError, InvalidSettingError, UploadTooLargeError, json_loads
+from app.errors import AppError, InvalidSettingError, UploadTooLargeError, json_loads, shell_word
 from app.remote.errors import (
     STATIC_CREDENTIALS,
     DatabaseCopiedError,
@@ -785,6 +785,15 @@ _SERVER_ERROR = (
     "runs and these settings reach it, so it is failing or overloaded. Retry once it answers "
     "(`app doctor` checks it); nothing in the settings needs to change"
 )
+#: The remedy of a write whose multipart upload the store no longer has (red team 64: it said
+#: to check s3_endpoint_url, blob_url and the credentials, which had reached it).
+_UPLOAD_ABORTED = (
+    "The store no longer has the multipart upload this write was streaming into: something "
+    "aborted it meanwhile, as a lifecycle rule's AbortIncompleteMultipartUpload does "
+    "(`aws s3api get-bucket-lifecycle-configuration --bucket {bucket}` shows them), or "
+    "another client's `aws s3api abort-multipart-upload`. These settings reach the store and "
+    "need no change: send it again, and give such a rule more days than an upload takes"
+)
 #: The remedy of a store that did not answer in time.
 NO_ANSWER = (
     "Retry once it answers (`app doctor` checks it); its address and credentials need no "
@@ -957,6 +966,8 @@ class ObjectStore:
             # but a 501 is a request it does not implement, which no retry changes.
             failing = status >= 500 and status != 501
             remedy = _SERVER_ERROR.format(attempts=self._attempts) if failing else ""
+            if code == "NoSuchUpload":
+                remedy = _UPLOAD_ABORTED.format(bucket=shell_word(self.location.bucket))
             return self._unavailable(f"{code} (HTTP {status}): {error}", remedy)
         if isinstance(error, (ConnectTimeoutError, ReadTimeoutError)) or _timed_out(error):
             # A store that is stopped (SIGSTOP, a hung disk) or overloaded, not misconfigured.
@@ -1305,6 +1316,19 @@ class ObjectStore:
                     raise self._fail(error) from error
             except BotoCoreError as error:
                 raise self._fail(error) from error
+
+    def keeps_versions(self) -> str | None:
+        """The bucket's versioning state where it keeps what a delete removes
+        (``"Enabled"``, or ``"Suspended"``, which keeps the versions made before), ``None``
+        where it never did or does not say: one request, never refused (what says that the
+        bytes an ``empty-trash`` deleted are still in the bucket, red team 64)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            status = self._client.get_bucket_versioning(Bucket=self.location.bucket).get("Status")
+        except (BotoCoreError, ClientError):
+            return None
+        return str(status) if status in {"Enabled", "Suspended"} else None
 
     def bucket_versioning(self) -> str | None:
         """Check that the bucket exists and these credentials may use it; return its

@@ -543,9 +543,13 @@ def configure_session(conn: psycopg.Connection[Any], lock_wait_seconds: float) -
     it wins over the role's.
 
     ``synchronous_commit``: a commit answered before its WAL is written is lost by a crash of
-    the server, though the app said it was saved (red team 27). ``off`` is turned ``on``; any
-    other value (local, remote_write, on, remote_apply) waits for at least the primary's WAL,
-    and is kept.
+    the server, though the app said it was saved (red team 27). ``off`` is turned ``on``, and
+    so is ``local`` (red team 64: against a synchronous standby, ``synchronous_standby_names``,
+    a commit is then answered before the standby has it, and a failover to that standby
+    loses it; with none, ``local`` is ``on``); ``remote_write``, ``on`` and ``remote_apply``
+    wait for the standby too, and are kept. Each write sets it again for its own transaction
+    (``app.remote.db``): a session's value can change after this (a reload of the server's
+    configuration, ``ALTER SYSTEM``, changes it where no ``SET`` did).
 
     ``default_transaction_isolation``: the app's changes lock the rows they build on (the
     session's, ``FOR NO KEY UPDATE``) and read again after the wait, which is read committed's
@@ -581,7 +585,7 @@ def configure_session(conn: psycopg.Connection[Any], lock_wait_seconds: float) -
     """
     conn.execute(
         "SELECT set_config('lock_timeout', %s, false), CASE WHEN"
-        " current_setting('synchronous_commit') = 'off' THEN"
+        " current_setting('synchronous_commit') IN ('off', 'local') THEN"
         " set_config('synchronous_commit', 'on', false) END,"
         " set_config('default_transaction_isolation', 'read committed', false),"
         " set_config('DateStyle', 'ISO, MDY', false),"
@@ -1056,6 +1060,21 @@ def _pin_found_schema(conn: psycopg.Connection[Any]) -> None:
             pin_schema(conn, schema)
 
 
+#: The app's UNLOGGED tables and sequences (each with the table that owns it) in the
+#: connection's current schema, given ``%(tables)s`` (:data:`APP_TABLES`): :func:`unlogged`'s,
+#: and a write's check at its commit point (``app.remote.db``).
+UNLOGGED_FROM: Final = (
+    "FROM pg_class c"
+    " LEFT JOIN pg_depend d ON d.classid = 'pg_class'::regclass AND d.objid = c.oid"
+    "  AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')"
+    " LEFT JOIN pg_class owner ON owner.oid = d.refobjid"
+    " WHERE c.relnamespace"
+    "  = (SELECT oid FROM pg_namespace WHERE nspname = current_schema())"
+    "  AND c.relpersistence = 'u' AND c.relkind IN ('r', 'p', 'S')"
+    "  AND (c.relname = ANY(%(tables)s) OR owner.relname = ANY(%(tables)s))"
+)
+
+
 def unlogged(conn: psycopg.Connection[Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The app's tables in its schema (the connection's current one) that are UNLOGGED, in
     :data:`APP_TABLES`' order, and its UNLOGGED sequences whose table is logged.
@@ -1071,14 +1090,7 @@ def unlogged(conn: psycopg.Connection[Any]) -> tuple[tuple[str, ...], tuple[str,
     rows = (
         conn.cursor(row_factory=tuple_row)
         .execute(
-            "SELECT c.relname, c.relkind = 'S', owner.relname FROM pg_class c"
-            " LEFT JOIN pg_depend d ON d.classid = 'pg_class'::regclass AND d.objid = c.oid"
-            "  AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')"
-            " LEFT JOIN pg_class owner ON owner.oid = d.refobjid"
-            " WHERE c.relnamespace"
-            "  = (SELECT oid FROM pg_namespace WHERE nspname = current_schema())"
-            "  AND c.relpersistence = 'u' AND c.relkind IN ('r', 'p', 'S')"
-            "  AND (c.relname = ANY(%(tables)s) OR owner.relname = ANY(%(tables)s))",
+            f"SELECT c.relname, c.relkind = 'S', owner.relname {UNLOGGED_FROM}",
             {"tables": list(APP_TABLES)},
         )
         .fetchall()

@@ -588,7 +588,35 @@ _SOURCES = {
     "database user": "the role's settings in this database",
     "client": "the connection's options (database_url's options or PGOPTIONS)",
     "configuration file": "the server's configuration file",
+    "command line": "the server's command line",
 }
+
+
+def _server_durability(conn: Any) -> list[Probe]:
+    """The server's own settings that let a crash lose or damage what it said was committed,
+    which no session of the app's can set: ``fsync`` and ``full_page_writes`` off (a quick
+    bulk load's advice, a test cluster's). Said, not refused: the app's settings cannot
+    change them, and a profile may run on such a server on purpose (the suite's own cluster
+    does), but doctor said nothing of them (red team 64)."""
+    rows = conn.execute(
+        "SELECT name, source FROM pg_settings"
+        " WHERE name IN ('fsync', 'full_page_writes') AND setting = 'off' ORDER BY name"
+    ).fetchall()
+    if not rows:
+        return []
+    named = " and ".join(f"{name} off (set by {_SOURCES.get(str(source), repr(str(source)))})"
+                         for name, source in rows)  # fmt: skip
+    on = "; ".join(f"ALTER SYSTEM SET {name} = on" for name, _ in rows)
+    return [
+        Probe(
+            "server",
+            f"{named}: a crash of the server's machine (a power cut, a kernel panic) can "
+            "lose or damage changes the app was told were committed, which no setting of "
+            f"the app's connections can prevent. As a superuser run `{on}; SELECT "
+            "pg_reload_conf()` (a `-c` on the server's command line wins over both: remove it "
+            "there and restart the server)",
+        )
+    ]
 
 
 def _read_only_default(conn: Any, config: Config, where: str) -> list[Probe]:
@@ -718,6 +746,7 @@ def _database_state(conn: Any, config: Config, where: str, seen: dict[str, Any])
         probes.append(
             Probe("durability", f"UNLOGGED: {named}", unlogged.message, unlogged.exit_code)
         )
+    probes += _server_durability(conn)
     found, undo = pg.hooks(conn)
     if found:
         # The open refuses them (red team 62); doctor said "ok".

@@ -18,6 +18,7 @@ from app.errors import (
     RestoreOverwriteError,
     SessionNotFoundError,
     TrashCopyLostError,
+    shell_word,
 )
 from app.names import check_file_name
 from app.remote import pg
@@ -396,4 +397,32 @@ class RemoteTrash:
                 "removes them",
                 error,
             )
+        if doomed and refused is None:
+            self._versions_kept(len(doomed))
         return removed, len(doomed), refused
+
+    def _versions_kept(self, deleted: int) -> None:
+        """Say so where the bucket keeps versions: the objects are deleted, their bytes are
+        not. `empty-trash`, "the only command that removes bytes", said only that it removed
+        the entries, of bytes still in the bucket, billed and readable by whoever may read
+        versions (versioning on, as the how-to advises for backups; red team 64)."""
+        status = self.objects.keeps_versions()
+        if status is None:
+            return
+        location = self.objects.location
+        log.warning(
+            "the trash's %d object%s %s deleted, but bucket %r keeps versions (versioning "
+            "%s): %s bytes stay in it as noncurrent versions, billed and readable by whoever "
+            "may read versions, until a lifecycle rule that expires noncurrent versions "
+            "(NoncurrentVersionExpiration) or a delete of each version removes them (`aws "
+            "s3api list-object-versions --bucket %s --prefix %s` lists them); Object Lock's "
+            "retention, where the bucket has it, keeps them until it ends",
+            deleted,
+            "" if deleted == 1 else "s",
+            "is" if deleted == 1 else "are",
+            location.bucket,
+            status,
+            "its" if deleted == 1 else "their",
+            shell_word(location.bucket),
+            shell_word(location.key("blobs/")),
+        )

@@ -497,6 +497,9 @@ EXAMPLES: list[errors.AppError] = [
         "app_files",
         after=True,
     ),
+    remote.UnloggedWriteError(
+        DATABASE, "the upload of 'notes.txt' into session 0123456789abcdef", ("app_files",)
+    ),
     remote.DatabaseTimelineBehindError("production", DATABASE, OBJECTS, 1, 2),
     remote.RestampBoundElsewhereError(
         "staging",
