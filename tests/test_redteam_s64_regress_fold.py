@@ -1,0 +1,169 @@
+"""Red team 64 on regress, case-folded roots (branch rt-regress26): red team 64 on the guard's
+look for a live holder of a root named in another case on a FUSE filesystem that folds it.
+
+What broke (as root, outside any run in a PID namespace with its own ``/proc``, in a private
+mount namespace, on an exFAT filesystem served by ``mount.exfat-fuse``): a live holder of
+``<mount>/App/prod``, the root named ``<mount>/app/PROD``. Red team 64 on the guard
+(``app.lock._held_under_another_name``) took the holder's open file for this one only where
+both showed the same size, times and bytes at the moment of each look, a holder's JSON. So:
+
+- a lock file that shows no holder's JSON under a live holder (emptied by hand, or one whose
+  holder has taken the flock and not yet written it, the instant a server starts) was no
+  holder's: ``APP_DATA_ROOT=<mount>/app/PROD app data purge --yes-i-mean-it`` moved the live
+  holder's sessions to the trash (exit 0), and a writer opened the root beside it;
+- a holder that rewrote its lock file between the writer's look at its own file and its look
+  at the holder's (``RootLock.update(port=...)``, as a server publishes its port once bound)
+  showed another size and other times: the writer took the root beside it.
+
+What changed (``app.lock._one_entry``): the holder's open file, as it names it, is looked up
+here too; where it reaches that very file, its path and this one are alike once each part is
+put in NFC and case-folded, and at each part spelled otherwise both spellings reach an entry
+of a parent that lists one entry of that folded name, it is this file, whatever it shows (as
+``app.config._folded_as_one`` tells two roots apart). The refusal (75) names the holder by
+the kernel's pid, and that it published no details. A filesystem that keeps case apart (a
+bindfs mirror of a directory holding ``App/prod`` and ``app/PROD``, two entries) keeps the two
+roots apart as before (no false refusal).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from test_redteam_s59_guard import outside_any_run
+from test_redteam_s60_guard import COMMON
+
+#: PID 1 of a PID namespace with its own /proc, in a private mount namespace (outside any
+#: run): an exFAT image served by exfat-fuse at work/v, production's root at v/App/prod held
+#: by a writer of a fork (as a server holds it), every writer through v/app/PROD; and a bindfs
+#: mirror of a directory that keeps case apart. argv: work, image.
+FOLDED = (
+    COMMON
+    + r"""
+import fcntl
+work, image = map(Path, sys.argv[1:3])
+mount = work / "v"
+mount.mkdir()
+device = subprocess.run(["losetup", "-f", "--show", str(image)], check=True,
+                        capture_output=True, text=True).stdout.strip()
+subprocess.run(["mount.exfat-fuse", device, str(mount)], check=True, capture_output=True)
+subprocess.run(["losetup", "-d", device], check=True)  # detached once exfat-fuse lets go
+root = mount / "App" / "prod"
+root.mkdir(parents=True)
+# A FUSE mirror (bindfs) of a directory that keeps case apart: App/prod and app/PROD there are
+# two roots.
+kept, mirror = work / "kept", work / "m"
+(kept / "App" / "prod").mkdir(parents=True)
+(kept / "app" / "PROD").mkdir(parents=True)
+mirror.mkdir()
+subprocess.run(["bindfs", str(kept), str(mirror)], check=True, capture_output=True)
+import app.check, app.dataroot, app.lock, app.store  # once, before the fork: both use them
+load(serving=False)
+
+# A fork that holds a writer on production's root (a session in it) and on the mirror's
+# App/prod, as a server holds its root, and publishes a port when asked.
+read, write = os.pipe()
+ask, asked = os.pipe()
+holder = os.fork()
+if holder == 0:
+    os.close(read)
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    with open_storage(load(serving=False), writer=True) as store:
+        store.create_session("a review", {})
+        os.environ["APP_DATA_ROOT"] = str(mirror / "App" / "prod")
+        with open_storage(load(serving=False), writer=True):
+            os.write(write, b"held")
+            while os.read(ask, 1):
+                lock = next(one for one in app.lock.held_here() if one.root == root)
+                lock.update(port=43210)  # "null" -> 5 digits: a new size
+                os.write(write, b"done")
+    os._exit(0)
+os.close(write)
+assert os.read(read, 4) == b"held"
+results = {"before": names(root / "sessions"), "holder": holder}
+other = mount / "app" / "PROD"
+# The writer's look, its flock taken on its own inode number, with the holder's rewrite of its
+# JSON between the writer's stat of its file and its look at the holder's (the order of
+# `RootLock._publish`, with a server's `update(port=...)` in between).
+fd = os.open(other / ".server.lock", os.O_RDWR | os.O_CLOEXEC)
+fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+found = os.fstat(fd)
+os.write(asked, b"x")
+assert os.read(read, 4) == b"done"
+seen = app.lock._held_through_another_device(found, fd)
+results["REWRITTEN"] = seen and {k: seen.get(k) for k in ("pid", "port", "lock_file_there")}
+os.close(fd)
+# The holder's JSON gone from its lock files (emptied by hand; or not written yet).
+os.truncate(root / ".server.lock", 0)
+os.truncate(mirror / "App" / "prod" / ".server.lock", 0)
+there = {"APP_DATA_ROOT": str(other)}
+results["PURGE"] = run(["data", "purge", "--yes-i-mean-it"], **there)
+results["WRITER"] = writer(**there)
+results["STATUS"] = run(["status"], **there)
+# On the mirror that keeps case apart, the other root is opened beside the held one.
+results["APART"] = writer(APP_DATA_ROOT=str(mirror / "app" / "PROD"))
+stop(holder)
+results["after"] = names(root / "sessions")
+results["trash"] = names(root / ".trash")
+subprocess.run(["umount", str(mount)], check=True)
+subprocess.run(["umount", str(mirror)], check=True)
+print("RESULTS", json.dumps(results))
+"""
+)
+
+
+def test_a_holder_whose_lock_file_shows_other_bytes_is_found_under_another_case(
+    tmp_path: Path,
+) -> None:
+    needed = ("unshare", "losetup", "mkfs.exfat", "mount.exfat-fuse", "bindfs")
+    if os.geteuid() != 0 or any(shutil.which(tool) is None for tool in needed):
+        pytest.skip("needs root, unshare, losetup, mkfs.exfat, mount.exfat-fuse and bindfs")
+    if not Path("/dev/fuse").exists():
+        pytest.skip("needs /dev/fuse for exfat-fuse and bindfs")
+    image = tmp_path / "exfat.img"
+    with image.open("wb") as made:
+        made.truncate(8 << 20)
+    subprocess.run(["mkfs.exfat", str(image)], check=True, capture_output=True)
+    root = tmp_path / "v" / "App" / "prod"
+    seen = outside_any_run(tmp_path, root, FOLDED, str(tmp_path), str(image))
+    said = json.dumps(seen, indent=1)
+    pid, other = seen["holder"], tmp_path / "v" / "app" / "PROD"
+    # Before the fix: None (the holder's file showed another size and other times).
+    assert seen["REWRITTEN"] == {
+        "pid": pid,
+        "port": 43210,
+        "lock_file_there": f"{root}/.server.lock",
+    }, said
+    # Before the fix: the purge moved the live holder's session to the trash (exit 0) and
+    # the writer opened the root beside it.
+    assert seen["before"], said
+    assert seen["after"] == seen["before"], said
+    assert seen["trash"] == [], said
+    held = (
+        f"data root {other} is held by pid {pid} (",
+        (
+            "which published no details in the lock file (it took the lock on a full disk, is "
+            "releasing it, or the file was emptied by hand), through its lock file "
+            f"{root}/.server.lock, which is {other}/.server.lock under another name on the "
+            f"FUSE filesystem mounted at {tmp_path / 'v'} (one that folds case"
+        ),
+        f"name the root as its holder does; stop it (kill {pid})",
+    )
+    for tag, code, wanted in [
+        ("PURGE", 75, "cannot purge every session"),
+        ("WRITER", "DataRootInUseError", "cannot open the data root"),
+    ]:
+        got, out = seen[tag]
+        assert got == code, said
+        assert wanted in out, said
+        for text in held:
+            assert text in out, said
+    code, out = seen["STATUS"]
+    assert code == 0, said
+    assert f"held by: pid {pid}" in out, said
+    # A filesystem that keeps case apart: two roots, the other one opened beside the held one.
+    assert seen["APART"] == [0, "opened"], said
