@@ -846,7 +846,10 @@ def _same_file_under(
                 # One entry, by its parents' listings: whatever the file shows meanwhile (a
                 # holder that rewrote its JSON between this process's looks, or had not
                 # written it yet; red team 64 on regress).
-                one_entry = _one_entry(there_path, there, here_path)
+                one_entry = _one_entry(there_path, there, here_path) or (
+                    (seen := _seen_from_here(pid, there_path, there.st_dev, here_path)) is not None
+                    and _one_entry(seen, there, here_path)
+                )
                 if not one_entry and (
                     not ours or (there.st_size, there.st_mtime_ns, there.st_ctime_ns) != shown
                 ):
@@ -862,6 +865,24 @@ def _same_file_under(
                 if published is not None and _one_spelling(published.get("root"), here_path):
                     return there_path, published
     return None
+
+
+def _seen_from_here(pid: int, there_path: str, device: int, here_path: str) -> str | None:
+    """`there_path`, process `pid`'s path of a file on the FUSE mount `device`, as this
+    process names it through its own mount of that filesystem (the one that shows
+    `here_path`); None where it has none that shows that directory. A holder in a mount
+    namespace of its own (a container, a service's ``BindPaths=``) that mounts the filesystem
+    at another point named its file by a path this process does not reach (red team 64 on
+    regress)."""
+    theirs = _fuse_mount_of(device, there_path, pid)
+    ours = _fuse_mount_of(device, here_path, "self")
+    if theirs is None or ours is None:
+        return None
+    try:
+        inside = Path(theirs[1]) / Path(there_path).relative_to(theirs[0])
+        return str(Path(ours[0]) / inside.relative_to(ours[1]))
+    except ValueError:
+        return None  # not under its mount's point, or not shown by this process's mount
 
 
 def _one_entry(there_path: str, there: os.stat_result, here_path: str) -> bool:

@@ -13,13 +13,18 @@ both showed the same size, times and bytes at the moment of each look, a holder'
   holder's sessions to the trash (exit 0), and a writer opened the root beside it;
 - a holder that rewrote its lock file between the writer's look at its own file and its look
   at the holder's (``RootLock.update(port=...)``, as a server publishes its port once bound)
-  showed another size and other times: the writer took the root beside it.
+  showed another size and other times: the writer took the root beside it;
+- a holder in a mount namespace of its own that shows the filesystem at another point (a
+  container's volume, a service's ``BindPaths=``) published a root, and named its lock file
+  by a path, that are none of this process's: the purge moved its sessions beside it.
 
 What changed (``app.lock._one_entry``): the holder's open file, as it names it, is looked up
 here too; where it reaches that very file, its path and this one are alike once each part is
 put in NFC and case-folded, and at each part spelled otherwise both spellings reach an entry
 of a parent that lists one entry of that folded name, it is this file, whatever it shows (as
-``app.config._folded_as_one`` tells two roots apart). The refusal (75) names the holder by
+``app.config._folded_as_one`` tells two roots apart); a holder's path through another mount of
+the filesystem is first put in this process's terms, by its mount's point and root in each
+mount table (``app.lock._seen_from_here``). The refusal (75) names the holder by
 the kernel's pid, and that it published no details. A filesystem that keeps case apart (a
 bindfs mirror of a directory holding ``App/prod`` and ``app/PROD``, two entries) keeps the two
 roots apart as before (no false refusal).
@@ -106,6 +111,31 @@ results["WRITER"] = writer(**there)
 results["STATUS"] = run(["status"], **there)
 # On the mirror that keeps case apart, the other root is opened beside the held one.
 results["APART"] = writer(APP_DATA_ROOT=str(mirror / "app" / "PROD"))
+# A holder in a mount namespace of its own that shows the filesystem at another point (a
+# container's volume): its path for its lock file is none of this process's.
+(mount / "Two" / "prod").mkdir(parents=True)
+(work / "c").mkdir()
+read, write = os.pipe()
+boxed = os.fork()
+if boxed == 0:
+    import ctypes
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(0x00020000) or libc.mount(bytes(mount), bytes(work / "c"), None, 4096, None):
+        os._exit(1)  # CLONE_NEWNS, then MS_BIND
+    os.environ["APP_DATA_ROOT"] = str(work / "c" / "Two" / "prod")
+    with open_storage(load(serving=False), writer=True) as store:
+        store.create_session("a boxed review", {})
+        os.write(write, b"held")
+        while True:
+            signal.pause()
+os.close(write)
+assert os.read(read, 4) == b"held"
+results["boxed"] = boxed
+boxed_other = {"APP_DATA_ROOT": str(mount / "two" / "PROD")}
+results["BOXED"] = run(["data", "purge", "--yes-i-mean-it"], **boxed_other)
+results["boxed_after"] = names(mount / "Two" / "prod" / "sessions")
+stop(boxed)
 stop(holder)
 results["after"] = names(root / "sessions")
 results["trash"] = names(root / ".trash")
@@ -165,5 +195,12 @@ def test_a_holder_whose_lock_file_shows_other_bytes_is_found_under_another_case(
     code, out = seen["STATUS"]
     assert code == 0, said
     assert f"held by: pid {pid}" in out, said
+    # A holder that shows the filesystem at another point, in a mount namespace of its own:
+    # before the fix, its path was none of this process's, and the purge went on (exit 0).
+    code, out = seen["BOXED"]
+    assert code == 75, said
+    assert len(seen["boxed_after"]) == 1, said
+    assert f"is held by pid {seen['boxed']}, kind maintenance, profile production" in out, said
+    assert f"through its lock file {tmp_path / 'c' / 'Two' / 'prod'}/.server.lock, which" in out
     # A filesystem that keeps case apart: two roots, the other one opened beside the held one.
     assert seen["APART"] == [0, "opened"], said
