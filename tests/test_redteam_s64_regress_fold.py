@@ -33,30 +33,21 @@ roots apart as before (no false refusal).
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 from test_redteam_s59_guard import outside_any_run
-from test_redteam_s60_guard import COMMON
+from test_redteam_s64_guard import MOUNTED, exfat_image
 
 #: PID 1 of a PID namespace with its own /proc, in a private mount namespace (outside any
 #: run): an exFAT image served by exfat-fuse at work/v, production's root at v/App/prod held
 #: by a writer of a fork (as a server holds it), every writer through v/app/PROD; and a bindfs
 #: mirror of a directory that keeps case apart. argv: work, image.
 FOLDED = (
-    COMMON
+    MOUNTED
     + r"""
 import fcntl
-work, image = map(Path, sys.argv[1:3])
-mount = work / "v"
-mount.mkdir()
-device = subprocess.run(["losetup", "-f", "--show", str(image)], check=True,
-                        capture_output=True, text=True).stdout.strip()
-subprocess.run(["mount.exfat-fuse", device, str(mount)], check=True, capture_output=True)
-subprocess.run(["losetup", "-d", device], check=True)  # detached once exfat-fuse lets go
 root = mount / "App" / "prod"
 root.mkdir(parents=True)
 # A FUSE mirror (bindfs) of a directory that keeps case apart: App/prod and app/PROD there are
@@ -149,15 +140,9 @@ print("RESULTS", json.dumps(results))
 def test_a_holder_whose_lock_file_shows_other_bytes_is_found_under_another_case(
     tmp_path: Path,
 ) -> None:
-    needed = ("unshare", "losetup", "mkfs.exfat", "mount.exfat-fuse", "bindfs")
-    if os.geteuid() != 0 or any(shutil.which(tool) is None for tool in needed):
-        pytest.skip("needs root, unshare, losetup, mkfs.exfat, mount.exfat-fuse and bindfs")
-    if not Path("/dev/fuse").exists():
-        pytest.skip("needs /dev/fuse for exfat-fuse and bindfs")
-    image = tmp_path / "exfat.img"
-    with image.open("wb") as made:
-        made.truncate(8 << 20)
-    subprocess.run(["mkfs.exfat", str(image)], check=True, capture_output=True)
+    if shutil.which("bindfs") is None:
+        pytest.skip("needs bindfs")
+    image = exfat_image(tmp_path)
     root = tmp_path / "v" / "App" / "prod"
     seen = outside_any_run(tmp_path, root, FOLDED, str(tmp_path), str(image))
     said = json.dumps(seen, indent=1)
