@@ -16,7 +16,10 @@ both showed the same size, times and bytes at the moment of each look, a holder'
   showed another size and other times: the writer took the root beside it;
 - a holder in a mount namespace of its own that shows the filesystem at another point (a
   container's volume, a service's ``BindPaths=``) published a root, and named its lock file
-  by a path, that are none of this process's: the purge moved its sessions beside it.
+  by a path, that are none of this process's: the purge moved its sessions beside it;
+- layer 2: development's root named in the settings through a second mount of the filesystem
+  (a bind mount at another point), in another case: the paths did not fold alike, and the
+  identities differ per spelling, so ``app doctor`` said "every data root is distinct".
 
 What changed (``app.lock._one_entry``): the holder's open file, as it names it, is looked up
 here too; where it reaches that very file, its path and this one are alike once each part is
@@ -24,7 +27,10 @@ put in NFC and case-folded, and at each part spelled otherwise both spellings re
 of a parent that lists one entry of that folded name, it is this file, whatever it shows (as
 ``app.config._folded_as_one`` tells two roots apart); a holder's path through another mount of
 the filesystem is first put in this process's terms, by its mount's point and root in each
-mount table (``app.lock._seen_from_here``). The refusal (75) names the holder by
+mount table (``app.lock._seen_from_here``); and ``app.config._folded_as_one`` puts a root
+shown by another mount of one FUSE device in the other's terms the same way
+(``app.config._through_a_s_mount``: read only for two roots on one device without an id).
+The refusal (75) names the holder by
 the kernel's pid, and that it published no details. A filesystem that keeps case apart (a
 bindfs mirror of a directory holding ``App/prod`` and ``app/PROD``, two entries) keeps the two
 roots apart as before (no false refusal).
@@ -130,6 +136,15 @@ stop(boxed)
 stop(holder)
 results["after"] = names(root / "sessions")
 results["trash"] = names(root / ".trash")
+# Layer 2: development's root through a second mount of the filesystem, in another case.
+bound = work / "w"
+bound.mkdir()
+subprocess.run(["mount", "--bind", str(mount), str(bound)], check=True)
+settings = Path(os.environ["APP_SETTINGS_DIR"]) / "settings.toml"
+settings.write_text(settings.read_text().replace(
+    'data_root = "data/development"', f'data_root = "{bound / "app" / "PROD"}"'))
+results["DOCTOR"] = run(["--profile", "development", "doctor"])
+subprocess.run(["umount", str(bound)], check=True)
 subprocess.run(["umount", str(mount)], check=True)
 subprocess.run(["umount", str(mirror)], check=True)
 print("RESULTS", json.dumps(results))
@@ -187,5 +202,15 @@ def test_a_holder_whose_lock_file_shows_other_bytes_is_found_under_another_case(
     assert len(seen["boxed_after"]) == 1, said
     assert f"is held by pid {seen['boxed']}, kind maintenance, profile production" in out, said
     assert f"through its lock file {tmp_path / 'c' / 'Two' / 'prod'}/.server.lock, which" in out
+    # Layer 2, development's root through a bind mount of the filesystem at another point, in
+    # another case: before the fix, `app doctor` said "every data root is distinct" (exit 0).
+    code, out = seen["DOCTOR"]
+    assert code == 78, said
+    assert (
+        "profiles 'development' and 'production' share the same data root, spelled two ways "
+        f"that the filesystem of {tmp_path / 'w'} takes for one (it folds case"
+    ) in out, said
+    assert f"`ls -a {tmp_path / 'w'}` lists the one entry" in out, said
+    assert f"development -> {tmp_path / 'w' / 'app' / 'PROD'} (from settings.toml" in out, said
     # A filesystem that keeps case apart: two roots, the other one opened beside the held one.
     assert seen["APART"] == [0, "opened"], said
