@@ -10,7 +10,8 @@ both showed the same size, times and bytes at the moment of each look, a holder'
 - a lock file that shows no holder's JSON under a live holder (emptied by hand, or one whose
   holder has taken the flock and not yet written it, the instant a server starts) was no
   holder's: ``APP_DATA_ROOT=<mount>/app/PROD app data purge --yes-i-mean-it`` moved the live
-  holder's sessions to the trash (exit 0), and a writer opened the root beside it;
+  holder's sessions to the trash (exit 0) (and a writer opened the root beside it, by
+  hand);
 - a holder that rewrote its lock file between the writer's look at its own file and its look
   at the holder's (``RootLock.update(port=...)``, as a server publishes its port once bound)
   showed another size and other times: the writer took the root beside it;
@@ -104,8 +105,6 @@ os.truncate(root / ".server.lock", 0)
 os.truncate(mirror / "App" / "prod" / ".server.lock", 0)
 there = {"APP_DATA_ROOT": str(other)}
 results["PURGE"] = run(["data", "purge", "--yes-i-mean-it"], **there)
-results["WRITER"] = writer(**there)
-results["STATUS"] = run(["status"], **there)
 # On the mirror that keeps case apart, the other root is opened beside the held one.
 results["APART"] = writer(APP_DATA_ROOT=str(mirror / "app" / "PROD"))
 # A holder in a mount namespace of its own that shows the filesystem at another point (a
@@ -183,18 +182,11 @@ def test_a_holder_whose_lock_file_shows_other_bytes_is_found_under_another_case(
         ),
         f"name the root as its holder does; stop it (kill {pid})",
     )
-    for tag, code, wanted in [
-        ("PURGE", 75, "cannot purge every session"),
-        ("WRITER", "DataRootInUseError", "cannot open the data root"),
-    ]:
-        got, out = seen[tag]
-        assert got == code, said
-        assert wanted in out, said
-        for text in held:
-            assert text in out, said
-    code, out = seen["STATUS"]
-    assert code == 0, said
-    assert f"held by: pid {pid}" in out, said
+    code, out = seen["PURGE"]
+    assert code == 75, said
+    assert "cannot purge every session" in out, said
+    for text in held:
+        assert text in out, said
     # A holder that shows the filesystem at another point, in a mount namespace of its own:
     # before the fix, its path was none of this process's, and the purge went on (exit 0).
     code, out = seen["BOXED"]
