@@ -1842,7 +1842,7 @@ def overlaps(
             elif a_own is not None and a_own in b_above:
                 alias = Path(b_above[a_own])
                 yield DataRootOverlapError(first, a, a_source, second, b, b_source, alias, second)
-            elif by_identity and (folded := _folded_as_one(a, b)) is not None:
+            elif by_identity and (folded := _folded_as_one(a, b, a_own, b_own)) is not None:
                 # One directory spelled in two cases on a filesystem that folds case (exFAT
                 # through FUSE numbers it once per spelling): neither the paths nor the
                 # identities showed it (red team 64).
@@ -1869,7 +1869,9 @@ def _fold(name: str) -> str:
     return unicodedata.normalize("NFC", name).casefold()
 
 
-def _folded_as_one(a: Path, b: Path) -> Path | None:
+def _folded_as_one(
+    a: Path, b: Path, a_own: _Identity | None = None, b_own: _Identity | None = None
+) -> Path | None:
     """The first directory where `a` and `b` (absolute, resolved, neither inside the other
     by path) take two spellings of one name that its filesystem answers with one entry (one
     that folds case: exFAT, FAT, NTFS, a ``casefold`` directory), where every other
@@ -1884,7 +1886,11 @@ def _folded_as_one(a: Path, b: Path) -> Path | None:
     """
     short, long = (a.parts, b.parts) if len(a.parts) <= len(b.parts) else (b.parts, a.parts)
     if [_fold(p) for p in short] != [_fold(p) for p in long[: len(short)]]:
-        return None
+        # One FUSE filesystem mounted (or bound) at two points, each root through one (red
+        # team 64 on regress): `b` as the mount that shows `a` shows it.
+        if (seen := _through_a_s_mount(a, b, a_own, b_own)) is None:
+            return None
+        return _folded_as_one(a, seen)
     first = None
     for i, (one, other) in enumerate(zip(short, long, strict=False)):
         if one == other:
@@ -1900,6 +1906,35 @@ def _folded_as_one(a: Path, b: Path) -> Path | None:
             return None  # two directories (a filesystem that keeps case apart)
         first = first or parent
     return first
+
+
+def _through_a_s_mount(
+    a: Path, b: Path, a_own: _Identity | None, b_own: _Identity | None
+) -> Path | None:
+    """`b` as the mount that shows `a` shows it, where both roots exist on one device of a
+    filesystem that gives no id (FUSE: exfat-fuse numbers a file once per spelling, so the
+    identities of ``/mnt/usb/App/prod`` and ``/media/usb/app/PROD``, the one filesystem
+    mounted at two points, differ) and two mounts of it show them; None where not. The
+    mount table is read only for such a pair."""
+    if a_own is None or b_own is None or a_own[0] != b_own[0]:
+        return None
+    from app import mountinfo
+
+    try:
+        if os.statvfs(a).f_fsid:
+            return None  # a disk or a tmpfs gives an id: its identities already told
+        entries = mountinfo.table()
+    except OSError:
+        return None
+    one, other = mountinfo.showing(str(a), entries), mountinfo.showing(str(b), entries)
+    if one is None or other is None or one is other or one.device != other.device:
+        return None
+    try:
+        inside = Path(os.fsdecode(other.root)) / b.relative_to(os.fsdecode(other.point))
+        seen = Path(os.fsdecode(one.point)) / inside.relative_to(os.fsdecode(one.root))
+    except ValueError:
+        return None  # a directory the mount that shows `a` does not show
+    return seen if seen != b else None
 
 
 def _shown_from(roots: Iterable[Path]) -> dict[Path, Path]:

@@ -46,11 +46,9 @@ import pytest
 from test_redteam_s59_guard import assert_writers_refused, outside_any_run
 from test_redteam_s60_guard import COMMON
 
-#: PID 1 of a PID namespace with its own /proc, in a private mount namespace (outside any
-#: run): an exFAT image served by exfat-fuse at work/v, production's root at v/App/prod held
-#: by a writer of another process (as a server holds it), every writer through v/app/PROD.
-#: argv: work, image.
-FOLDED = (
+#: COMMON, then an exFAT image (argv[2]) served by exfat-fuse at ``mount``, work/v (argv[1]
+#: is work).
+MOUNTED = (
     COMMON
     + r"""
 work, image = map(Path, sys.argv[1:3])
@@ -61,6 +59,16 @@ device = subprocess.run(["losetup", "-f", "--show", str(image)], check=True,
 subprocess.run(["mount.exfat-fuse", device, str(mount)], check=True, capture_output=True)
 # Detached once the daemon lets go of it (autoclear), however this script ends.
 subprocess.run(["losetup", "-d", device], check=True)
+"""
+)
+
+#: PID 1 of a PID namespace with its own /proc, in a private mount namespace (outside any
+#: run): an exFAT image served by exfat-fuse at work/v, production's root at v/App/prod held
+#: by a writer of another process (as a server holds it), every writer through v/app/PROD.
+#: argv: work, image.
+FOLDED = (
+    MOUNTED
+    + r"""
 root = mount / "App" / "prod"
 root.mkdir(parents=True)
 import app.check, app.dataroot, app.store  # once, before the fork: both use them
@@ -126,7 +134,9 @@ def _needs_exfat_fuse() -> None:
         pytest.skip("needs /dev/fuse for exfat-fuse")
 
 
-def test_a_live_root_named_in_another_case_on_a_fuse_exfat_is_refused(tmp_path: Path) -> None:
+def exfat_image(tmp_path: Path) -> Path:
+    """An empty exFAT image of 8 MiB in `tmp_path`, for `MOUNTED` (skips where exfat-fuse,
+    root or /dev/fuse is missing)."""
     _needs_exfat_fuse()
     import subprocess
 
@@ -134,6 +144,11 @@ def test_a_live_root_named_in_another_case_on_a_fuse_exfat_is_refused(tmp_path: 
     with image.open("wb") as made:
         made.truncate(8 << 20)
     subprocess.run(["mkfs.exfat", str(image)], check=True, capture_output=True)
+    return image
+
+
+def test_a_live_root_named_in_another_case_on_a_fuse_exfat_is_refused(tmp_path: Path) -> None:
+    image = exfat_image(tmp_path)
     root = tmp_path / "v" / "App" / "prod"
     seen = outside_any_run(tmp_path, root, FOLDED, str(tmp_path), str(image))
     said = json.dumps(seen, indent=1)
