@@ -24,7 +24,9 @@ interpreter or the C library reads as it starts (``PYTHON*`` but ``PYTHONPATH``,
 loader, allocator, time zone), when this process's umask, limits, ignored or
 blocked signals, nice value or CPUs differ from the run's (`app.testing.zygote.inherited`),
 when its standard input is not pytester's closed pipe, when ``os.pidfd_open`` is missing, and
-when its command line is longer than the room this process's holds. What a fork cannot give:
+when its command line is longer than the room this process's holds, and when a directory on
+its path (``PYTHONPATH``, its working directory) holds a module that a plain start would
+import from there and the zygote imported already (`shadowing`). What a fork cannot give:
 ``/proc/<pid>/environ`` (the kernel shows the zygote's) and ``/proc/<pid>/cmdline``'s length
 (the zygote's room, the rest NULs); no test reads either of an inner run. A red team's own
 ``python -m pytest`` with a hand-built environment goes through `run`, forked when `start`
@@ -54,6 +56,49 @@ from app.testing.zygote import inherited
 #: and `tempfile`'s cached copy (``tempfile.tempdir``) is dropped in each child, which reads
 #: its own on first use, as a plain start does.
 READ_AT_START = ("PYTHON", "LC_", "LANG", "LANGUAGE", "LD_", "MALLOC_", "TZ")
+
+#: What `site` imports from ``PYTHONPATH`` as an interpreter starts.
+SITE_HOOKS = frozenset({"sitecustomize", "usercustomize"})
+
+#: What ``python -m pytest`` imports once its path holds ``PYTHONPATH`` and its working
+#: directory: pytest, its own packages, and the standard modules it or they import. The
+#: zygote imported these from the interpreter's own path before any child's directory was on
+#: it; a name of the standard library's is taken whole (a few not imported until later cost a
+#: plain start, never a wrong one).
+IMPORTED_BY_PYTEST = frozenset(
+    {"pytest", "_pytest", "pluggy", "iniconfig", "packaging", "py", *sys.stdlib_module_names}
+)
+
+
+def shadowing(env: dict[str, str], cwd: Path) -> Path | None:
+    """A module that a plain ``python -m pytest`` in `cwd` and `env` imports from a directory
+    of its own path where a child forked from the zygote has the zygote's, or None: a
+    ``sitecustomize`` or ``usercustomize`` on ``PYTHONPATH`` (`site` runs it as the interpreter
+    starts: red team 43's import hook that instruments every module), a module named as one
+    pytest's start imports (`IMPORTED_BY_PYTEST`) on ``PYTHONPATH`` or in `cwd` (a pytest from
+    another tree, a ``json.py`` beside the tests), and an entry that is no directory (a
+    pytest from a zip, red team 43). A forked run given one of these ran the zygote's pytest
+    without the hook, and showed what a plain start would not (red team 64 on regress)."""
+    on_path = [Path(cwd, p) for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    for directory, names in [
+        *((p, SITE_HOOKS | IMPORTED_BY_PYTEST) for p in on_path),
+        (Path(cwd), IMPORTED_BY_PYTEST),
+    ]:
+        try:
+            listed = os.listdir(directory)
+        except NotADirectoryError:
+            return directory  # a zip (or another file) on the path: its importer's modules
+        except OSError:
+            continue  # not there, or not readable: nothing is imported from it
+        for name in listed:
+            stem = name.partition(".")[0]
+            if stem in names and (
+                name.endswith((".py", ".pyc", ".so"))
+                or (directory / name / "__init__.py").is_file()
+            ):
+                return directory / name
+    return None
+
 
 #: The two spellings of the command line a child is forked for (`start`).
 SPELLINGS = (["-mpytest"], ["-m", "pytest"])
@@ -179,7 +224,7 @@ def start(
                 return None  # a zygote started now would inherit this test's values
             _running.append(Zygote())
     zygote = _running[0]
-    if not zygote.gives(env, argv):
+    if not zygote.gives(env, argv) or shadowing(env, cwd) is not None:
         return None
     given = {"env": env, "argv": argv, "cwd": str(cwd), "stdout": str(stdout)}
     child = zygote.send({**given, "stderr": str(stderr)})

@@ -1,7 +1,8 @@
 """tests/forked_pytest.py: an inner run forked from the warm interpreter shows what a plain
 ``python -mpytest`` shows (its command line, arguments, ``sys.path``, directory, variables,
 the plugin's header, exit status), and a run whose environment the interpreter reads as it
-starts is started the plain way."""
+starts, or whose path holds a module a plain start would import from there, is started the
+plain way."""
 
 from __future__ import annotations
 
@@ -107,3 +108,21 @@ def test_a_run_whose_start_the_zygote_cannot_give_is_left_to_start(tmp_path: Pat
         (run, [sys.executable, "-X", "dev", "-m", "pytest"]),
     ):
         assert forked_pytest.start(words, env, tmp_path, out, err) is None
+    # A directory on its path holding what a plain start imports from there, which the
+    # zygote imported from its own (red team 64 on regress): `site`'s sitecustomize on
+    # PYTHONPATH (red team 43's import hook), a pytest from a zip, a standard module beside
+    # the tests. Forked, each ran the zygote's modules and none of these.
+    hooks, beside = tmp_path / "hooks", tmp_path / "beside"
+    for directory, name in ((hooks, "sitecustomize.py"), (beside, "json.py")):
+        directory.mkdir()
+        (directory / name).write_text("")
+    (tmp_path / "pytest.zip").write_bytes(b"")
+    for env, cwd in (
+        ({**run, "PYTHONPATH": str(hooks)}, tmp_path),
+        ({**run, "PYTHONPATH": "pytest.zip"}, tmp_path),  # relative: to the run's directory
+        (run, beside),
+    ):
+        assert forked_pytest.start(argv, env, cwd, out, err) is None, (env.get("PYTHONPATH"), cwd)
+    assert (
+        forked_pytest.shadowing({"PYTHONPATH": str(hooks)}, tmp_path) == hooks / "sitecustomize.py"
+    )
