@@ -7,9 +7,10 @@ APP_DATA_ROOT, APP_API_TOKEN, and an APP_SETTINGS_DIR whose [production] data_ro
 root), and afterwards every production file must be byte-identical and the server must
 still answer with the same sessions. The case that runs next starts its pytest while the
 current one runs (`Launcher`): two inner runs side by side, each checked by its own test.
-The suites of `SHARED` that would run alike (no conftest, the same shell, arguments and
-variables) share one pytest subprocess, a module each, and each case asserts on its own
-module's outcomes in that run's ``-rA`` report.
+The suites of `SHARED` that would run alike (the same production, shell, arguments and
+variables, in either test) share one pytest subprocess, a module each (a directory of its
+own for a suite that brings a conftest), and each case asserts on its own module's outcomes
+in that run's ``-rA`` report.
 
 Which layer stops each suite (the design's numbering):
 
@@ -97,17 +98,24 @@ protected = true
 """
 
 
-#: Suites that share one inner run with those of them that would run alike (the same test
-#: of this module, production, shell, arguments and variables), one test module each, about
-#: 0.5 s of CPU less for every inner pytest (and xdist's workers) not started. Each writes
-#: files of its own names, none a conftest; each expects its tests to pass and prints
-#: nothing another's output could stand in for; each case still asserts its own module's
-#: outcomes (`check_shared_run`, from the run's ``-rA`` report) and production after it.
-#: The suites that give pytest a conftest, another exit code or output to match run alone.
+#: Suites that share one inner run with those of them that would run alike (the same
+#: production, shell, arguments and variables, whichever test of this module they are
+#: cases of: the live production's cases of both tests without arguments share one run),
+#: one test module each, about 0.5 s of CPU less for every inner pytest (and xdist's
+#: workers) not started. Each writes files of its own names (a conftest only in a directory
+#: of its own, with its tests: `placed`); each expects its tests to pass, and the only output
+#: it matches is the run's header, which is the plugin's for the whole run; each case still
+#: asserts its own module's outcomes (`check_shared_run`, from the run's ``-rA`` report) and
+#: production after it. The suites whose conftest must be imported at the run's start (it
+#: loads at import time), or that expect another exit code, run alone.
 SHARED = [
     *(
         SUITES[name]
         for name in (
+            # The incident's autouse fixture, in a directory of its own (`placed`): its
+            # conftest's fixture applies to its own tests only; alone and under xdist.
+            "the_incidents_autouse_cleanup_fixture",
+            "the_incident_under_xdist",
             "a_test_that_loads_production_and_deletes_its_root",
             "maintenance_commands_in_a_subprocess",
             "maintenance_commands_with_a_cleared_environment",
@@ -157,6 +165,8 @@ class Production:
     #: Where the settings put the other profiles' roots (development's among them).
     others: Path
     development: dict[str, str]
+    #: The `stopped_production` fixture's: only the second test's cases run next to it.
+    stopped: bool = False
 
     @property
     def live(self) -> bool:
@@ -274,6 +284,7 @@ def _production(tmp_path_factory: pytest.TempPathFactory, *, stop: bool) -> Iter
             sessions,
             others,
             fingerprint(others / "development"),
+            stop,
         )
     finally:
         process.terminate()
@@ -297,14 +308,20 @@ class Case:
         return {**fields, "others": production.others} if self.props else fields
 
     @property
+    def pytester_basetemp(self) -> bool:
+        """Whether the inner run gets pytester's ``--basetemp`` (and its temporary root)."""
+        return self.suite.basetemp or not self.props
+
+    @property
     def shared(self) -> tuple[object, ...] | None:
         """The inner run this case shares with the others of `SHARED` that would run alike
-        (the same test, production, shell, arguments and variables), if it is one of them."""
+        (the same production, shell, arguments and variables: of either test of this
+        module), if it is one of them."""
         suite = self.suite
         if not any(suite is shared for shared in SHARED):
             return None
         env = tuple(sorted(suite.env.items())) if self.props else ()
-        return (self.props, self.production.root, suite.shell, suite.args, env, suite.basetemp)
+        return (self.production.root, suite.shell, suite.args, env, self.pytester_basetemp)
 
 
 @dataclass
@@ -346,9 +363,11 @@ class Launcher:
         suite, fields = case.suite, case.fields
         directory = self.factory.mktemp("case", numbered=True)
         (directory / "hostile_helpers.py").write_text(HELPERS)
-        files = {name: source for each in sharing(case) for name, source in each.files.items()}
+        shared = case.shared is not None
+        files = {name: text for each in sharing(case) for name, text in placed(each, shared)}
         assert sum(len(each.files) for each in sharing(case)) == len(files), "a name twice"
         for name, source in files.items():
+            (directory / name).parent.mkdir(exist_ok=True)
             (directory / name).write_text(source)
         env = self._shell(case, directory)
         links = [Path(link.format(**fields)) for link in suite.links] if case.props else []
@@ -357,7 +376,7 @@ class Launcher:
         args = [arg.format(**fields) for arg in suite.args]
         if case.shared is not None:
             args.append("-rA")  # each module's outcomes, for its own case
-        if case.props and not suite.basetemp:
+        if not case.pytester_basetemp:
             argv = [sys.executable, "-mpytest", "-p", "pytester", *args]
         else:
             argv = [sys.executable, "-mpytest", f"--basetemp={directory / 'runpytest-0'}", *args]
@@ -386,7 +405,7 @@ class Launcher:
         env |= {"HOME": str(directory), "USERPROFILE": str(directory), "PY_COLORS": "0"}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(directory), env.get("PYTHONPATH")]))
         env["PYTEST_DEBUG_TEMPROOT"] = str(self.factory.mktemp("tmp-case", numbered=True))
-        if case.props and not suite.basetemp:
+        if not case.pytester_basetemp:
             # pytester points pytest's default temporary root elsewhere; let TMPDIR decide.
             del env["PYTEST_DEBUG_TEMPROOT"]
         for name in ("PYTEST_APP_SANDBOX", "PYTEST_APP_SANDBOX_OWNER", "PYTEST_CURRENT_TEST"):
@@ -424,16 +443,29 @@ class Launcher:
         return ended
 
 
+def placed(suite: Suite, shared: bool) -> list[tuple[str, str]]:
+    """`suite`'s files by their path in the inner run's directory: in a shared run, a suite
+    that brings a conftest has a directory of its own, where its fixtures apply to its own
+    tests only (the incident's autouse fixture); every other file lies at the top."""
+    if not shared or "conftest.py" not in suite.files:
+        return list(suite.files.items())
+    modules = sorted(name for name in suite.files if name.startswith("test_"))
+    apart = "apart_" + modules[0].removeprefix("test_").removesuffix(".py")
+    return [(f"{apart}/{name}", source) for name, source in suite.files.items()]
+
+
 def sharing(case: Case) -> list[Suite]:
     """The suites whose inner run `case` shares (its own alone if it shares none), in the
-    order of their test function's parameters."""
+    order of the two test functions' parameters."""
     if case.shared is None:
         return [case.suite]
-    suites = SUITES_WITHOUT_PROPS if case.props else SUITES
+    # The first test's cases (without props) run next to the live production only.
+    suites = [] if case.production.stopped else [(suite, False) for suite in SUITES.values()]
+    suites += [(suite, True) for suite in SUITES_WITHOUT_PROPS.values()]
     return [
         suite
-        for suite in suites.values()
-        if Case(suite, case.production, case.props).shared == case.shared
+        for suite, props in suites
+        if Case(suite, case.production, props).shared == case.shared
     ]
 
 
@@ -545,7 +577,7 @@ def check_shared_run(result: pytest.RunResult, suite: Suite) -> None:
     least one test passed where it gives none), none failed and no error; and the run's
     exit code its (0), or 1 where another module's test failed."""
     output = result.stdout.str() + result.stderr.str()
-    modules = {name for name in suite.files if name.startswith("test_")}
+    modules = {name for name, _ in placed(suite, True) if Path(name).name.startswith("test_")}
     _, found, summary = result.stdout.str().partition(" short test summary info ")
     assert found, output
     kinds = {"PASSED": "passed", "FAILED": "failed", "ERROR": "errors"}

@@ -6,10 +6,10 @@ production replica pair, are in tests/test_remote_hostile.py.
 Each test checks a pytest run in a subprocess (two or three tests share one: `JOBS`), with a
 settings directory whose testing profile names a database on the engine's cluster (it need
 not exist: only its scratch copies are made) and whose production profile names another,
-real one, with a row and an object in it. The runs depend on nothing but their own
-settings, so the module starts them all when its first test asks (`runs`), two at a time in
-a serial run, whose tests leave a core idle (tests/step_ahead.py), one at a time under
-xdist; each test then checks its own.
+real one, with a row and an object in it (one for all the runs, which only read it). The
+runs depend on nothing but their own settings, so the module starts them all when its first
+test asks (`runs`), two at a time in a serial run, whose tests leave a core idle
+(tests/step_ahead.py), one at a time under xdist; each test then checks its own.
 """
 
 from __future__ import annotations
@@ -133,12 +133,13 @@ class Remote:
     def drop(self) -> None:
         for name in self.scratch_databases():  # only what a failing run left behind
             self.engine.drop_database(name)
-        self.engine.drop_database(self.production_db)
 
 
-def make_remote(postgres_engine: PostgresEngine, s3_engine: S3Engine, where: Path) -> Remote:
-    """Production (stamped, a row and an object) and testing's names, in settings under
-    `where`."""
+def make_production(
+    postgres_engine: PostgresEngine, s3_engine: S3Engine, where: Path
+) -> tuple[str, str]:
+    """Production's database (stamped, with a row) and prefix (with an object), made once
+    for the module's runs: each only reads it, and checks it is as it was before its run."""
     from app.remote import pg
 
     production_db = postgres_engine.create_database("production")
@@ -146,11 +147,22 @@ def make_remote(postgres_engine: PostgresEngine, s3_engine: S3Engine, where: Pat
     with postgres_engine.connect(production_db) as conn:
         conn.execute("CREATE TABLE ledger (id int PRIMARY KEY, what text)")
         conn.execute("INSERT INTO ledger VALUES (1, 'a production row')")
-    tag = f"{os.getpid()}-{where.name}".replace("_", "-").lower()
-    production_prefix = f"production-{tag}"
+    production_prefix = f"production-{os.getpid()}-{where.name}".replace("_", "-").lower()
     s3_engine.client().put_object(
         Bucket=s3_engine.bucket, Key=f"{production_prefix}/blob", Body=b"production bytes"
     )
+    return production_db, production_prefix
+
+
+def make_remote(
+    postgres_engine: PostgresEngine,
+    s3_engine: S3Engine,
+    where: Path,
+    production: tuple[str, str],
+) -> Remote:
+    """Testing's names and `production` (`make_production`'s), in settings under `where`."""
+    production_db, production_prefix = production
+    tag = f"{os.getpid()}-{where.name}".replace("_", "-").lower()
     testing_db = f"testing_{os.getpid()}_{abs(hash(where.name)) % 10**6}"
     directory = where / "settings"
     directory.mkdir()
@@ -298,10 +310,13 @@ def runs(
     environ = dict(os.environ)
     places = {name: tmp_path_factory.mktemp(f"remote-{name}") for name in JOBS}
     made: list[Remote] = []
+    # One production for the four runs (a database and a prefix less to make and drop for
+    # each): none writes to it, and each test compares it with what it was before its run.
+    production = make_production(postgres_engine, s3_engine, places["plain"])
 
     def run(name: str) -> Run:
         where = places[name]
-        remote = make_remote(postgres_engine, s3_engine, where)
+        remote = make_remote(postgres_engine, s3_engine, where, production)
         made.append(remote)
         job = JOBS[name]
         if job.prepare is not None:
@@ -324,6 +339,7 @@ def runs(
         pool.shutdown(wait=True, cancel_futures=True)
         for remote in made:
             remote.drop()
+        postgres_engine.drop_database(production[0])
 
 
 def _taken(runs: dict[str, Future[Run]], name: str) -> tuple[Remote, tuple[Any, ...], Any]:
