@@ -2136,6 +2136,14 @@ class Maintenance:
                 )
             if stamp.profile == self.profile:
                 return stamp  # a repeated command: nothing to do, nothing to audit
+            tables, sequences = unlogged(self.conn)
+            if tables or sequences:
+                # Refused as the open refuses them (red team 64, regress: the re-stamp of
+                # a database whose app_stamp was UNLOGGED said "is now stamped", exit 0, and
+                # handed the object prefix over too, where every other command refused; a
+                # crash then emptied the stamp the prefix's no longer matched). Before the
+                # prefix is touched, which is handed over after the database.
+                raise UnloggedTablesError(self.profile, self.where, tables, sequences)
             if stamp.profile != from_profile:
                 raise RemoteStampMismatchError(
                     f"database {self.where}", "its table app_stamp", stamp.profile,
