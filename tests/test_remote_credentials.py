@@ -25,25 +25,22 @@ from replicas import Production
 
 production = test_redteam_s37_remote.production  # the fixture, as red team 37 made it
 
-#: A credential_process (AWS's format): keys that expire 30 s from now, each call counted.
+#: A credential_process (AWS's format): keys that expire 30 s from now, each call counted. A
+#: shell script: the client runs it again at every request near the keys' expiry.
 PROCESS = """\
-import datetime, json, sys
-with open(sys.argv[1], "a") as calls:
-    calls.write("call\\n")
-soon = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=30)
-print(json.dumps({{"Version": 1, "AccessKeyId": {key!r}, "SecretAccessKey": {secret!r},
-                  "Expiration": soon.isoformat()}}))
+echo call >> "$1"
+soon=$(date -u -d "+30 seconds" +%Y-%m-%dT%H:%M:%SZ)
+printf '{{"Version": 1, "AccessKeyId": "%s", "SecretAccessKey": "%s", "Expiration": "%s"}}\\n' \\
+    {key} {secret} "$soon"
 """
 
 
 def _chain_env(production: Production, tmp_path: Path, key: str, secret: str) -> dict[str, str]:
     """Production's environment without the S3 keys, with an AWS config whose profile's
     credentials come from `PROCESS` (no other source: no variables, no instance role)."""
-    script, config = tmp_path / "credentials.py", tmp_path / "aws-config"
-    script.write_text(PROCESS.format(key=key, secret=secret))
-    config.write_text(
-        f"[default]\ncredential_process = {sys.executable} {script} {tmp_path / 'calls'}\n"
-    )
+    script, config = tmp_path / "credentials.sh", tmp_path / "aws-config"
+    script.write_text(PROCESS.format(key=shlex.quote(key), secret=shlex.quote(secret)))
+    config.write_text(f"[default]\ncredential_process = /bin/sh {script} {tmp_path / 'calls'}\n")
     env = {k: v for k, v in production.env.items() if not k.startswith(("APP_S3_", "AWS_"))}
     return env | {
         "AWS_CONFIG_FILE": str(config),
