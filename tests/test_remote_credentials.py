@@ -12,6 +12,7 @@ window, so that the client asks for them again as it goes.
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -24,25 +25,22 @@ from replicas import Production
 
 production = test_redteam_s37_remote.production  # the fixture, as red team 37 made it
 
-#: A credential_process (AWS's format): keys that expire 30 s from now, each call counted.
+#: A credential_process (AWS's format): keys that expire 30 s from now, each call counted. A
+#: shell script: the client runs it again at every request near the keys' expiry.
 PROCESS = """\
-import datetime, json, sys
-with open(sys.argv[1], "a") as calls:
-    calls.write("call\\n")
-soon = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=30)
-print(json.dumps({{"Version": 1, "AccessKeyId": {key!r}, "SecretAccessKey": {secret!r},
-                  "Expiration": soon.isoformat()}}))
+echo call >> "$1"
+soon=$(date -u -d "+30 seconds" +%Y-%m-%dT%H:%M:%SZ)
+printf '{{"Version": 1, "AccessKeyId": "%s", "SecretAccessKey": "%s", "Expiration": "%s"}}\\n' \\
+    {key} {secret} "$soon"
 """
 
 
 def _chain_env(production: Production, tmp_path: Path, key: str, secret: str) -> dict[str, str]:
     """Production's environment without the S3 keys, with an AWS config whose profile's
     credentials come from `PROCESS` (no other source: no variables, no instance role)."""
-    script, config = tmp_path / "credentials.py", tmp_path / "aws-config"
-    script.write_text(PROCESS.format(key=key, secret=secret))
-    config.write_text(
-        f"[default]\ncredential_process = {sys.executable} {script} {tmp_path / 'calls'}\n"
-    )
+    script, config = tmp_path / "credentials.sh", tmp_path / "aws-config"
+    script.write_text(PROCESS.format(key=shlex.quote(key), secret=shlex.quote(secret)))
+    config.write_text(f"[default]\ncredential_process = /bin/sh {script} {tmp_path / 'calls'}\n")
     env = {k: v for k, v in production.env.items() if not k.startswith(("APP_S3_", "AWS_"))}
     return env | {
         "AWS_CONFIG_FILE": str(config),
@@ -96,25 +94,22 @@ def test_credentials_the_chain_finds_that_the_store_refuses_are_named_by_where_t
 
 
 #: A credential_process that never exits, as one waiting for an answer no one gives does; it
-#: starts a process of its own first, and writes both pids down.
+#: starts a process of its own first ("escapes": in a session of its own, holding the
+#: output open), and writes both pids down. A shell script, not Python: it has written the
+#: pids within milliseconds, so the limit it is stopped at can be short.
 HANGS = """\
-import os, subprocess, sys, time
-child = subprocess.Popen(["sleep", "600"], start_new_session=sys.argv[2] == "escapes")
-with open(sys.argv[1], "w") as pids:
-    pids.write(f"{os.getpid()} {child.pid}\\n")
-time.sleep(600)
+if [ "$2" = escapes ]; then setsid sleep 600 & else sleep 600 & fi
+echo "$$ $!" > "$1"
+exec sleep 600
 """
 
 #: Keys that expire 30 s from now at the first call, then a wait for ever at every later one.
 HANGS_AT_RENEWAL = """\
-import datetime, json, os, sys, time
-calls = sys.argv[1]
-if os.path.exists(calls):
-    time.sleep(600)
-open(calls, "w").close()
-soon = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=30)
-print(json.dumps({{"Version": 1, "AccessKeyId": {key!r}, "SecretAccessKey": {secret!r},
-                  "Expiration": soon.isoformat()}}))
+if [ -e "$1" ]; then exec sleep 600; fi
+: > "$1"
+soon=$(date -u -d "+30 seconds" +%Y-%m-%dT%H:%M:%SZ)
+printf '{{"Version": 1, "AccessKeyId": "%s", "SecretAccessKey": "%s", "Expiration": "%s"}}\\n' \\
+    {key} {secret} "$soon"
 """
 
 
@@ -135,18 +130,20 @@ def test_a_credential_process_that_never_exits_is_stopped_and_the_command_refuse
     # child that leaves the process's group ("escapes", holding its output open) is out of
     # reach, but the command ends all the same.
     env = _chain_env(production, tmp_path, "unused", "unused")
-    script = tmp_path / "credentials.py"
+    script = tmp_path / "credentials.sh"
     script.write_text(HANGS)
     (tmp_path / "aws-config").write_text(
-        f"[default]\ncredential_process = {sys.executable} {script} {tmp_path / 'pids'} {child}\n"
+        f"[default]\ncredential_process = /bin/sh {script} {tmp_path / 'pids'} {child}\n"
     )
-    env["APP_S3_CREDENTIAL_PROCESS_SECONDS"] = "1"
-    for args in (("data", "check"), ("doctor",)):
+    env["APP_S3_CREDENTIAL_PROCESS_SECONDS"] = "0.5"
+    # Both commands for the child that stays; one for the child that escapes, whose wait
+    # (the second after the kill) is the same whatever the command.
+    for args in (("data", "check"), ("doctor",))[: 2 if child == "stays" else 1]:
         done = _app(env, *args)
         said = " ".join((done.stdout + done.stderr).split())
         assert done.returncode == 69, (args, said)
         assert (
-            "the credential_process ran for longer than 1 s (s3_credential_process_seconds), "
+            "the credential_process ran for longer than 0.5 s (s3_credential_process_seconds), "
             "so it was stopped, with every process it started"
         ) in said, (args, said)
         assert "custom-process" in said, (args, said)
@@ -165,18 +162,21 @@ def test_a_credential_process_that_hangs_when_asked_again_ends_the_request_it_re
     # Keys that expire soon are asked for again as requests go; a process that hangs then
     # held the request (and its command) for ever.
     env = _chain_env(production, tmp_path, "unused", "unused")
-    script = tmp_path / "credentials.py"
+    script = tmp_path / "credentials.sh"
     script.write_text(
-        HANGS_AT_RENEWAL.format(key=s3_engine.access_key_id, secret=s3_engine.secret_access_key)
+        HANGS_AT_RENEWAL.format(
+            key=shlex.quote(s3_engine.access_key_id),
+            secret=shlex.quote(s3_engine.secret_access_key),
+        )
     )
     (tmp_path / "aws-config").write_text(
-        f"[default]\ncredential_process = {sys.executable} {script} {tmp_path / 'calls'}\n"
+        f"[default]\ncredential_process = /bin/sh {script} {tmp_path / 'calls'}\n"
     )
-    env["APP_S3_CREDENTIAL_PROCESS_SECONDS"] = "1"
+    env["APP_S3_CREDENTIAL_PROCESS_SECONDS"] = "0.5"
     done = _app(env, "data", "check")
     said = " ".join((done.stdout + done.stderr).split())
     assert done.returncode == 69, said
-    assert "the credential_process ran for longer than 1 s (s3_credential_process_seconds)" in (
+    assert "the credential_process ran for longer than 0.5 s (s3_credential_process_seconds)" in (
         said
     ), said
 
