@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import threading
-import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -21,7 +20,7 @@ import forked_app
 import psycopg
 import pytest
 from engines import PostgresEngine, S3Engine
-from replicas import Production, production_on
+from replicas import Production, production_on, wait_for
 from test_redteam_s26_remote import _ended_while_waiting
 from test_remote_store import _objects
 
@@ -247,16 +246,38 @@ def test_a_replica_keeps_its_hold_under_an_idle_session_timeout_given_without_it
     # every restart did again.
     _set_for_database(production.database_url, "idle_session_timeout", "300")
     replica = production.start()
-    with production.client(replica) as client:
-        for round_ in range(4):
-            answer = client.post("/sessions", json={"title": f"s{round_}"})
-            assert answer.status_code == 201, answer.text
-            # Idle longer than the timeout and than a heartbeat: not a time limit.
-            time.sleep(1.2)
+    holder = int(production.holders()[0]["backend_pid"])
+    # The test's own look, with no timeout of its own to lose it meanwhile.
+    options = "-c idle_session_timeout=0"
+    with (
+        production.client(replica) as client,
+        psycopg.connect(production.database_url, autocommit=True, options=options) as look,
+    ):
+
+        def idled_past_the_timeout() -> bool:
+            """The replica stopped, or every connection of its (the holding one, between
+            two pings, and the pool's) alive and idle for twice the timeout at least: what
+            four waits of a heartbeat and more showed, as soon as it is so."""
+            if replica.process.poll() is not None:
+                return True
+            idle = dict(
+                look.execute(
+                    "SELECT pid, clock_timestamp() - state_change > interval '600 ms'"
+                    " FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND pid <> pg_backend_pid() AND state = 'idle'"
+                ).fetchall()
+            )
+            return idle.get(holder, False) and all(idle.values())
+
+        answer = client.post("/sessions", json={"title": "s"})
+        assert answer.status_code == 201, answer.text
+        wait_for(idled_past_the_timeout, "the replica's connections to idle 0.6 s")
         assert replica.process.poll() is None, replica.output
         production.close()  # its connection idled too, and was ended: a new one
         assert [row["pid"] for row in production.holders()] == [replica.pid]
-        assert len(client.get("/sessions").json()["items"]) == 4
+        # On a connection of the pool's that idled past the timeout.
+        assert len(client.get("/sessions").json()["items"]) == 1
+        assert client.post("/sessions", json={"title": "t"}).status_code == 201
     assert replica.stop() == 0, replica.output
 
 

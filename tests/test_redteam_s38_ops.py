@@ -373,7 +373,10 @@ def test_a_database_renamed_under_a_replica_is_refused_saying_it_does_not_exist(
     # and was refused as a database that "did not answer ... it may be stopped or frozen (a
     # process stopped with SIGSTOP, a host paused)", while each connect was told at once
     # that the database does not exist.
-    replica = production.start()
+    # The replica's watch looks for its hold's loss every second, not every 5 (the
+    # default): the same stop, four seconds sooner, and still after the request below
+    # came (sent at once; a request in flight is answered as the replica stops).
+    replica = production.start(APP_LOCK_CHECK_SECONDS="1")
     dbname = production.database_url.rpartition("/")[2]
     with production.client(replica) as client:
         sid = client.post("/sessions", json={"title": "kept"}).json()["id"]
