@@ -1863,10 +1863,31 @@ def overlaps(
                 )
 
 
-def _fold(name: str) -> str:
-    import unicodedata
-
+def fold(name: str) -> str:
+    """`name` as a filesystem that folds case compares it: in NFC, then case-folded."""
     return unicodedata.normalize("NFC", name).casefold()
+
+
+def one_entry_each(one: tuple[str, ...], other: tuple[str, ...]) -> bool:
+    """Whether each part at which the paths `one` and `other` (their parts, compared as far
+    as the shorter goes) are spelled otherwise is one directory entry under both spellings:
+    both reach an entry, and their parent lists one entry of that folded name. A filesystem
+    that keeps case apart lists two; a part out of reach is not known to be one. The look
+    `_folded_as_one` makes of two roots and `app.lock` of a holder's lock file (red team
+    64)."""
+    try:
+        for i, (a, b) in enumerate(zip(one, other, strict=False)):
+            if a == b:
+                continue
+            parent = Path(*one[:i])
+            with os.scandir(parent) as entries:
+                if sum(1 for entry in entries if fold(entry.name) == fold(a)) != 1:
+                    return False  # two entries: a filesystem that keeps case apart
+            (parent / a).lstat()
+            (parent / b).lstat()
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def _folded_as_one(
@@ -1885,27 +1906,17 @@ def _folded_as_one(
     Nothing is looked at unless the folded paths match (a ``str.casefold`` per part).
     """
     short, long = (a.parts, b.parts) if len(a.parts) <= len(b.parts) else (b.parts, a.parts)
-    if [_fold(p) for p in short] != [_fold(p) for p in long[: len(short)]]:
+    if [fold(p) for p in short] != [fold(p) for p in long[: len(short)]]:
         # One FUSE filesystem mounted (or bound) at two points, each root through one (red
         # team 64 on regress): `b` as the mount that shows `a` shows it.
         if (seen := _through_a_s_mount(a, b, a_own, b_own)) is None:
             return None
         return _folded_as_one(a, seen)
-    first = None
-    for i, (one, other) in enumerate(zip(short, long, strict=False)):
-        if one == other:
-            continue
-        parent = Path(*short[:i])
-        try:
-            listed = [entry for entry in parent.iterdir() if _fold(entry.name) == _fold(one)]
-            (parent / one).stat()
-            (parent / other).stat()
-        except (OSError, ValueError):
-            return None
-        if len(listed) != 1:
-            return None  # two directories (a filesystem that keeps case apart)
-        first = first or parent
-    return first
+    pairs = zip(short, long, strict=False)
+    differs = next((i for i, (x, y) in enumerate(pairs) if x != y), None)
+    if differs is None or not one_entry_each(short, long):
+        return None
+    return Path(*short[:differs])
 
 
 def _through_a_s_mount(

@@ -894,46 +894,29 @@ def _one_entry(there_path: str, there: os.stat_result, here_path: str) -> bool:
     apart, red team 64). A filesystem that keeps case apart lists two entries; the bytes and
     times the two files show are not asked, so a holder that rewrites its lock file between
     two looks (``update(port=...)`` as a server starts) or has not written it yet is found."""
-    import unicodedata
-
-    def fold(name: str) -> str:
-        return unicodedata.normalize("NFC", name).casefold()
+    from app.config import fold, one_entry_each  # only on a FUSE mount that folds case
 
     one, other = Path(there_path).parts, Path(here_path).parts
     if len(one) != len(other) or [fold(p) for p in one] != [fold(p) for p in other]:
         return False
     try:
         seen = os.stat(there_path)  # noqa: PTH116 - the holder's path, seen from here
-        if (seen.st_dev, seen.st_ino) != (there.st_dev, there.st_ino):
-            return False  # another mount namespace's path, or another file there
-        for i, (a, b) in enumerate(zip(one, other, strict=True)):
-            if a == b:
-                continue
-            parent = Path(*one[:i])
-            with os.scandir(parent) as entries:
-                listed = sum(1 for entry in entries if fold(entry.name) == fold(a))
-            if listed != 1:
-                return False  # two entries: a filesystem that keeps case apart
-            (parent / a).lstat()
-            (parent / b).lstat()
     except (OSError, ValueError):
         return False
-    return True
+    if (seen.st_dev, seen.st_ino) != (there.st_dev, there.st_ino):
+        return False  # another mount namespace's path, or another file there
+    return one_entry_each(one, other)
 
 
 def _one_spelling(root: object, lock_path: str) -> bool:
     """Whether `root` (a holder's published root) and the directory of `lock_path` are one
     path once each part is put in NFC and case-folded: two spellings of one name, as a
     filesystem that folds case takes them, and not a copy of the root beside it."""
-    import unicodedata
+    from app.config import fold
 
     if not isinstance(root, str):
         return False
-
-    def folded(path: str) -> list[str]:
-        return [unicodedata.normalize("NFC", part).casefold() for part in Path(path).parts]
-
-    return folded(root) == folded(str(Path(lock_path).parent))
+    return [fold(p) for p in Path(root).parts] == [fold(p) for p in Path(lock_path).parent.parts]
 
 
 def _forwarded_for(fd: int, found: os.stat_result) -> frozenset[tuple[str, str]]:
