@@ -3119,12 +3119,10 @@ class DataRoot:
         #: True when the open that made this object created the directory: a server says so,
         #: since on a machine that has served before it means a mistyped path.
         self.created = created
-        #: Why the first audit line this process could not write was lost (its operation
-        #: and the error), or ``None``: `app data check --repair` said "the audit log lists
-        #: them" of repairs whose lines had all gone to its own log alone (red team 64).
-        self.line_lost: str | None = None
-        #: The operations of every audit line this process could not write, in order (red
-        #: team 64, regress: a check can tell its open's lost line from its repairs').
+        #: Why each audit line this process could not write was lost (the error, at its
+        #: operation's line), in order: `app data check --repair` said "the audit log lists
+        #: them" of repairs whose lines had all gone to its own log alone (red team 64), and
+        #: a check tells its open's lost line from its repairs' by their count (regress).
         self.lines_lost: list[str] = []
         # What the root and the app's directories in it are, by identity, as opened: every
         # destructive operation checks that the same paths still lead to the same places.
@@ -3380,12 +3378,14 @@ class DataRoot:
             return False
         return True
 
+    @property
+    def line_lost(self) -> str | None:
+        """Why the first audit line this process could not write was lost, or ``None``."""
+        return self.lines_lost[0] if self.lines_lost else None
+
     def note_line_lost(self, operation: str, error: OSError) -> None:
-        """Remember the first audit line that could not be written (`line_lost`), and the
-        operation of each (`lines_lost`)."""
-        self.lines_lost.append(operation)
-        if self.line_lost is None:
-            self.line_lost = f"{error.strerror or error}, at its {operation} line"
+        """Remember an audit line that could not be written (`lines_lost`)."""
+        self.lines_lost.append(f"{error.strerror or error}, at its {operation} line")
 
     def append_audit_line(
         self, operation: str, target: str | Path, details: Mapping[str, Any]
