@@ -3622,7 +3622,7 @@ def _publish(
         # The sealed copy first, the entry next, the copy it replaces last: a child that
         # reads between them finds its entry in one of the two (`_entry_changed`).
         replaced = _keep_copy(name, text) if own_run else None
-        if not placed:
+        if not placed and not (while_running and _link_if_none(parent, temporary, name)):
             os.replace(temporary, name, src_dir_fd=parent, dst_dir_fd=parent)
         if replaced is not None:
             os.close(replaced)
@@ -3635,6 +3635,29 @@ def _publish(
         raise
     finally:
         os.close(parent)
+
+
+def _link_if_none(parent: int, temporary: str, name: str) -> bool:
+    """Put entry `temporary` at `name` of registry `parent` only where no entry is there
+    (a link fails where the name is taken, which a rename never does); True once nothing is
+    left to do: linked, or an entry was there. False where this filesystem makes no links.
+
+    The check after each test hands the run on to a process a test left running only where
+    it has no entry yet (`hand_on`), and then wrote over whatever was there by the time it
+    wrote. A pytest a test started had written its own entry between that look and the
+    write (the run's launcher starts the next case's inner run as a test ends): its entry
+    became a handed-on one of the outer run, and its tests' children, given production's
+    settings alone, were refused as the outer run's, the development profile's forced onto
+    the testing one (CI of stop 51). Its own entry now stays; a later pytest's replaces one
+    handed on first, as it did."""
+    try:
+        os.link(temporary, name, src_dir_fd=parent, dst_dir_fd=parent, follow_symlinks=False)
+    except FileExistsError:
+        pass  # its own came first: it stays
+    except OSError:
+        return False  # no hard links here: written over, as before
+    os.unlink(temporary, dir_fd=parent)
+    return True
 
 
 #: Where `_publish` wrote each entry (of this process, or handed on to a child), by its
