@@ -4060,10 +4060,13 @@ def _hand_on_descendants(run: Run, pid: int, *, while_running: bool = False) -> 
             # on, ever, and one still starting nothing yet: a child that a nested `pytest
             # -p no:app` left running (given production's settings alone, waiting for that
             # pytest to be gone) was passed over with it, and once the run and that pytest
-            # had ended, it purged a stopped production root (red team 65). What it started
-            # gets this run's entry, where it has none (a run inside that registers later
-            # writes its own over it as it ends).
-            pending.extend((grandchild, True) for grandchild in _children(child))
+            # had ended, it purged a stopped production root (red team 65). As the run ends,
+            # what it started gets this run's entry where it has none (a run inside that
+            # registers later writes its own over it as it ends). Not after each test: while
+            # the run goes on, such a pytest's children are its own, and are refused as
+            # under a pytest without the plugin (stop 51's CI named the outer run instead).
+            if not while_running:
+                pending.extend((grandchild, True) for grandchild in _children(child))
             continue
         if not ((while_running or below_bare) and entry.exists()):
             with contextlib.suppress(OSError):

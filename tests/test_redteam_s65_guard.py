@@ -1,13 +1,38 @@
 """Red team 65 on the guard (branch rt-guard65): what a pytest without the app's plugin, left
 running by a test, started before the run ended.
 
-(docstring filled in below once the experiment says what broke)
+A run hands its registry entry on, as it ends, to every descendant still running (red team
+36), but passes over a descendant whose own entry says it is a pytest (red team 46: a head
+start on the next case), and over all that pytest started, "its own to hand on". A pytest
+without the app's plugin (``-p no:app``, autoload off, an inactive plugin) says so in the
+registry from its start (``"starting"``, ``"without_plugin"``, red team 46) and hands
+nothing on, ever: at its exit it removes its entry, and that is all.
+
+What broke: next to a stopped production root of the test's own settings, a real inner pytest
+with the app's plugin active, in a PID namespace of its own (out of this run's tree), under a
+runner script that calls pytest through another module; its test started a nested ``python
+-m pytest -p no:app`` and left it running; the nested test started a child given production's
+settings alone (``APP_SETTINGS_DIR``, production's token, ``PATH``) that waits for the nested
+pytest to be gone, then runs ``python -m app data purge --profile production
+--yes-i-mean-it``, and waited for the run above it to end. The run's hand-over passed over
+the nested pytest and its child; the nested pytest then exited, the child was re-parented to
+the namespace's first process, found no run above it, and the purge moved every production
+session to the trash.
+
+What changed (``app.sandbox._hand_on_descendants``): as the run ends, what a pytest that has
+not registered (without the plugin, or still starting) started gets the run's entry where it
+has none; a pytest that registered is passed over as before (it hands on its own). Not in
+the check after each test: while the run goes on, such a pytest's children are refused as
+its own (stop 51's CI).
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
+import pytest
 from test_redteam_s61_children import PRELUDE, run_inner
 
 #: The nested run's test: a child given production's settings alone that waits for the nested
@@ -49,12 +74,13 @@ import time
 
 def test_nested(tmp_path):
     (tmp_path / "test_nested.py").write_text(NESTED)
-    subprocess.Popen(
+    nested = subprocess.Popen(
         [sys.executable, "-m", "pytest", "-p", "no:app", "-p", "no:cacheprovider", "-q",
          f"--basetemp={tmp_path / 'nested'}", str(tmp_path / "test_nested.py")],
         cwd=tmp_path, stdin=subprocess.DEVNULL,
     )
     while not (OUT / "started").exists():
+        assert nested.poll() is None, "the nested pytest ended before its test started"
         time.sleep(0.02)
 """
 )
@@ -64,13 +90,24 @@ def test_nested(tmp_path):
 #: until every other process of the namespace is gone (what the run left running too).
 _UNTIL_ALONE = (
     'mount -t tmpfs -o mode=0700 app-runs "$1" && shift && "$@"; code=$?; '
-    'while set -- /proc/[0-9]*; [ $# -gt 1 ]; do sleep 0.05; done; exit $code'
+    "while set -- /proc/[0-9]*; [ $# -gt 1 ]; do sleep 0.05; done; exit $code"
 )
 
 
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("unshare") is None,
+    reason="the inner run is kept out of this run's process tree in a PID namespace of its own "
+    "(unshare --pid needs root here)",
+)
 def test_a_child_of_a_pytest_without_the_plugin_left_running_stays_in_the_run(
     tmp_path: Path,
 ) -> None:
+    # Before the fix: "moved 1 session(s) to .../production/.trash", exit 0.
     inner, said = run_inner(tmp_path, f"NESTED = {NESTED!r}\n" + INNER, ("nested",), _UNTIL_ALONE)
     assert "1 passed" in inner.stdout, inner.stdout + inner.stderr
-    print(said)
+    refused = said["nested"]
+    assert refused.endswith("exit 78\n"), refused
+    assert "refused under pytest (sandbox: " in refused, refused
+    assert "loading profile 'production'; tests run on the 'testing' profile" in refused, refused
+    assert ", started by the test run of pytest pid " in refused, refused
+    assert "This process outlived the test run that started it (pytest pid " in refused, refused
