@@ -10,14 +10,16 @@ nothing on, ever: at its exit it removes its entry, and that is all.
 
 What broke: next to a stopped production root of the test's own settings, a real inner pytest
 with the app's plugin active, in a PID namespace of its own (out of this run's tree), under a
-runner script that calls pytest through another module; its test started a nested ``python
--m pytest -p no:app`` and left it running; the nested test started a child given production's
-settings alone (``APP_SETTINGS_DIR``, production's token, ``PATH``) that waits for the nested
-pytest to be gone, then runs ``python -m app data purge --profile production
---yes-i-mean-it``, and waited for the run above it to end. The run's hand-over passed over
-the nested pytest and its child; the nested pytest then exited, the child was re-parented to
-the namespace's first process, found no run above it, and the purge moved every production
-session to the trash.
+runner script that calls pytest through another module; its test started two nested pytests
+and left them running: ``python -m pytest -p no:app``, whose test starts a child, and a pytest
+with the plugin under a runner script (its entry says it is starting) whose ``-p`` plugin
+starts one as pytest imports it, then ends that pytest before it registers. Each child is
+given production's settings alone (``APP_SETTINGS_DIR``, production's token, ``PATH``), waits
+for its nested pytest to be gone, then runs ``python -m app data purge --profile production
+--yes-i-mean-it``; each nested pytest waits for the run above it to end first. The run's
+hand-over passed over both nested pytests and their children; each nested pytest then
+exited, its child was re-parented to the namespace's first process, found no run above it,
+and the purge moved every production session to the trash.
 
 What changed (``app.sandbox._hand_on_descendants``): as the run ends, what a pytest that has
 not registered (without the plugin, or still starting) started gets the run's entry where it
@@ -33,11 +35,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_redteam_s61_children import PRELUDE, run_inner
+from test_redteam_s61_children import PRELUDE, RUNNER, RUNNER_MODULE, run_inner
 
-#: The nested run's test: a child given production's settings alone that waits for the nested
-#: pytest to be gone, then purges; the test itself waits for the run above it to end first.
-NESTED = """
+#: What a nested pytest runs (``leave_a_child(name)``): a child given production's settings
+#: alone that waits for the nested pytest to be gone, then purges (its exit code and output in
+#: OUT/name); then it waits for the run above it to end.
+LEAVE = """
 import os
 import subprocess
 import sys
@@ -53,35 +56,52 @@ ENV = {
 PURGE = [sys.executable, "-m", "app", "data", "purge", "--profile", "production", "--yes-i-mean-it"]
 
 
-def test_leaves_a_child():
+def leave_a_child(name):
     line = (
         f"while kill -0 {os.getpid()} 2>/dev/null; do sleep 0.02; done; "
-        + " ".join(PURGE) + f" > {OUT / 'nested'} 2>&1; echo exit $? >> {OUT / 'nested'}"
+        + " ".join(PURGE) + f" > {OUT / name} 2>&1; echo exit $? >> {OUT / name}"
     )
     subprocess.Popen(["sh", "-c", line], env=ENV, stdin=subprocess.DEVNULL)
-    (OUT / "started").write_text("started")
+    (OUT / f"{name}-started").write_text("started")
     parent = os.getppid()
     while os.getppid() == parent:  # the run that started this pytest has ended
         time.sleep(0.02)
 """
 
-#: The run's test: a pytest without the app's plugin (``-p no:app``), left running once its
-#: test has started its child.
+#: A pytest without the app's plugin: its test leaves the child.
+WITHOUT_PLUGIN = LEAVE + "\n\ndef test_leaves_a_child():\n    leave_a_child('without-plugin')\n"
+#: A ``-p`` plugin that leaves the child as pytest imports it, then ends that pytest while it
+#: starts (it never registers a run).
+STARTING = LEAVE + "\n\nleave_a_child('starting')\nraise SystemExit(3)\n"
+
+#: The run's test: both nested pytests, left running once each has started its child.
 INNER = (
     PRELUDE
     + """
 import time
 
 def test_nested(tmp_path):
-    (tmp_path / "test_nested.py").write_text(NESTED)
-    nested = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-p", "no:app", "-p", "no:cacheprovider", "-q",
-         f"--basetemp={tmp_path / 'nested'}", str(tmp_path / "test_nested.py")],
-        cwd=tmp_path, stdin=subprocess.DEVNULL,
-    )
-    while not (OUT / "started").exists():
-        assert nested.poll() is None, "the nested pytest ended before its test started"
-        time.sleep(0.02)
+    (tmp_path / "test_nested.py").write_text(WITHOUT_PLUGIN)
+    (tmp_path / "stalls.py").write_text(STARTING)
+    # The one with the plugin under a runner script that calls pytest through another module:
+    # no command line shows pytest, so its entry says that it is starting (red team 42).
+    (tmp_path / "run_tests.py").write_text(RUNNER)
+    (tmp_path / "runner_module.py").write_text(RUNNER_MODULE)
+    nested = [
+        subprocess.Popen(
+            [sys.executable, *how, "-p", "no:cacheprovider", "-q",
+             f"--basetemp={tmp_path / name}", str(tmp_path / "test_nested.py")],
+            cwd=tmp_path, stdin=subprocess.DEVNULL,
+        )
+        for name, how in [
+            ("without-plugin", ["-m", "pytest", "-p", "no:app"]),
+            ("starting", ["run_tests.py", "-p", "stalls"]),
+        ]
+    ]
+    for name, started in zip(["without-plugin", "starting"], nested):
+        while not (OUT / f"{name}-started").exists():
+            assert started.poll() is None, f"the nested pytest ({name}) ended before its child"
+            time.sleep(0.02)
 """
 )
 
@@ -99,15 +119,26 @@ _UNTIL_ALONE = (
     reason="the inner run is kept out of this run's process tree in a PID namespace of its own "
     "(unshare --pid needs root here)",
 )
-def test_a_child_of_a_pytest_without_the_plugin_left_running_stays_in_the_run(
+def test_what_a_pytest_that_hands_nothing_on_left_running_stays_in_the_run(
     tmp_path: Path,
 ) -> None:
     # Before the fix: "moved 1 session(s) to .../production/.trash", exit 0.
-    inner, said = run_inner(tmp_path, f"NESTED = {NESTED!r}\n" + INNER, ("nested",), _UNTIL_ALONE)
+    names = ("without-plugin", "starting")
+    given = "".join(
+        f"{name} = {value!r}\n"
+        for name, value in [
+            ("WITHOUT_PLUGIN", WITHOUT_PLUGIN),
+            ("STARTING", STARTING),
+            ("RUNNER", RUNNER),
+            ("RUNNER_MODULE", RUNNER_MODULE),
+        ]
+    )
+    inner, said = run_inner(tmp_path, given + INNER, names, _UNTIL_ALONE)
     assert "1 passed" in inner.stdout, inner.stdout + inner.stderr
-    refused = said["nested"]
-    assert refused.endswith("exit 78\n"), refused
-    assert "refused under pytest (sandbox: " in refused, refused
-    assert "loading profile 'production'; tests run on the 'testing' profile" in refused, refused
-    assert ", started by the test run of pytest pid " in refused, refused
-    assert "This process outlived the test run that started it (pytest pid " in refused, refused
+    for name in names:
+        refused = said[name]
+        assert refused.endswith("exit 78\n"), refused
+        assert "refused under pytest (sandbox: " in refused, refused
+        assert "loading profile 'production'; tests run on the 'testing' profile" in refused
+        assert ", started by the test run of pytest pid " in refused, refused
+        assert "This process outlived the test run that started it (pytest pid " in refused
