@@ -3853,14 +3853,16 @@ def _children(pid: int) -> set[int]:
 _ENTRIES_READ: dict[tuple[str, int, int, int, int], dict[str, Any] | None] = {}
 
 
-def _a_run_inside(entry: Path, run: Run) -> bool:
+def _a_run_inside(entry: Path, run: Run) -> str | None:
     """Whether `entry` is that of a run started inside `run` (a pytest a test started, still
-    starting or keeping `run`'s protected roots): its own to hand on. An entry a test wrote
-    for its daemon (no roots protected) is no run's: the daemon gets `run`'s."""
+    starting or keeping `run`'s protected roots): ``"registered"`` for a run that hands on
+    what it started itself, ``"starting"`` for a pytest that has not registered (still
+    starting, or without the app's plugin for good), None for no run's. An entry a test
+    wrote for its daemon (no roots protected) is no run's: the daemon gets `run`'s."""
     try:
         seen = entry.stat()
     except OSError:
-        return False
+        return None
     # Read again only when it changed: the check after each test looks at every process a
     # test left running and at the run's long-lived ones (its database, its object store),
     # twice a test. An entry is replaced whole (a new inode) or written in place, which
@@ -3872,8 +3874,10 @@ def _a_run_inside(entry: Path, run: Run) -> bool:
         _ENTRIES_READ[key] = _entry_data(entry)
     data = _ENTRIES_READ[key]
     if data is None or "outlived" in data:  # handed on by a run, not a run's own
-        return False
-    return bool(data.get("starting")) or _keeps_roots(data, run)
+        return None
+    if data.get("starting"):
+        return "starting"
+    return "registered" if _keeps_roots(data, run) else None
 
 
 def _also_at_shutdown(hook: Any) -> None:
@@ -4029,13 +4033,11 @@ def _hand_on_descendants(run: Run, pid: int, *, while_running: bool = False) -> 
     # Every descendant, not only the children: a supervisor's worker kept the run only
     # through its supervisor, and when that exited after the run, it was re-parented to
     # init, out of any run.
-    pending, seen = list(_children(pid)), {pid}
+    # Each with whether a pytest that hands nothing on lies between it and this process.
+    pending, seen = [(child, False) for child in _children(pid)], {pid}
     while pending:
-        child = pending.pop()
+        child, below_bare = pending.pop()
         fields = None if child in seen else _stat_fields(child)
-        # A child with an entry of its own (an xdist worker still exiting, a pytest a
-        # test started) is a run of its own: its entry stays as it wrote it, and what
-        # it started is its own to hand on.
         if fields is None:
             continue
         seen.add(child)
@@ -4047,12 +4049,29 @@ def _hand_on_descendants(run: Run, pid: int, *, while_running: bool = False) -> 
         # and once a later test had killed the run, it purged a stopped root given
         # production's settings alone (red team 46); so was a fork of the run's own process
         # (red team 43).
-        if _a_run_inside(entry, run):
+        inside = _a_run_inside(entry, run)
+        if inside == "registered":
+            # A run of its own (an xdist worker still exiting, a pytest with the plugin a
+            # test started): its entry stays as it wrote it, and what it started is its
+            # own to hand on.
             continue
-        if not (while_running and entry.exists()):
+        if inside == "starting":
+            # Its entry stays as it wrote it, but a pytest without the plugin hands nothing
+            # on, ever, and one still starting nothing yet: a child that a nested `pytest
+            # -p no:app` left running (given production's settings alone, waiting for that
+            # pytest to be gone) was passed over with it, and once the run and that pytest
+            # had ended, it purged a stopped production root (red team 65). As the run ends,
+            # what it started gets this run's entry where it has none (a run inside that
+            # registers later writes its own over it as it ends). Not after each test: while
+            # the run goes on, such a pytest's children are its own, and are refused as
+            # under a pytest without the plugin (stop 51's CI named the outer run instead).
+            if not while_running:
+                pending.extend((grandchild, True) for grandchild in _children(child))
+            continue
+        if not ((while_running or below_bare) and entry.exists()):
             with contextlib.suppress(OSError):
                 _publish(run, outlived=child, while_running=while_running)
-        pending.extend(_children(child))
+        pending.extend((grandchild, below_bare) for grandchild in _children(child))
 
 
 def hand_on(run: Run) -> None:
