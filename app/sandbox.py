@@ -4033,10 +4033,9 @@ def _hand_on_descendants(run: Run, pid: int, *, while_running: bool = False) -> 
     # Every descendant, not only the children: a supervisor's worker kept the run only
     # through its supervisor, and when that exited after the run, it was re-parented to
     # init, out of any run.
-    # Each with whether a pytest that hands nothing on lies between it and this process.
-    pending, seen = [(child, False) for child in _children(pid)], {pid}
+    pending, seen = list(_children(pid)), {pid}
     while pending:
-        child, below_bare = pending.pop()
+        child = pending.pop()
         fields = None if child in seen else _stat_fields(child)
         if fields is None:
             continue
@@ -4061,17 +4060,18 @@ def _hand_on_descendants(run: Run, pid: int, *, while_running: bool = False) -> 
             # -p no:app` left running (given production's settings alone, waiting for that
             # pytest to be gone) was passed over with it, and once the run and that pytest
             # had ended, it purged a stopped production root (red team 65). As the run ends,
-            # what it started gets this run's entry where it has none (a run inside that
-            # registers later writes its own over it as it ends). Not after each test: while
-            # the run goes on, such a pytest's children are its own, and are refused as
-            # under a pytest without the plugin (stop 51's CI named the outer run instead).
+            # what it started gets this run's entry, as any other descendant does (a run
+            # inside that registers later writes its own over it as it ends). Not after each
+            # test: while the run goes on, such a pytest's children are its own, and are
+            # refused as under a pytest without the plugin (stop 51's CI named the outer run
+            # instead).
             if not while_running:
-                pending.extend((grandchild, True) for grandchild in _children(child))
+                pending.extend(_children(child))
             continue
-        if not ((while_running or below_bare) and entry.exists()):
+        if not (while_running and entry.exists()):
             with contextlib.suppress(OSError):
                 _publish(run, outlived=child, while_running=while_running)
-        pending.extend((grandchild, below_bare) for grandchild in _children(child))
+        pending.extend(_children(child))
 
 
 def hand_on(run: Run) -> None:
