@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import forked_app
+import forked_pytest
 import head_start
 import httpx
 import pytest
@@ -92,7 +93,10 @@ def run_next_to_live_servers(
         }
         env["APP_SETTINGS_DIR"] = str(project)
         env["PYTEST_ADDOPTS"] = INNER_PLUGINS_OFF  # none of the representative tests uses them
-        done = subprocess.run(
+        # Forked from the run's warm interpreter where it can be (tests/forked_pytest.py): its
+        # import of pytest, 0.08 s of CPU and 0.3 s of wall a run (bench/README.md,
+        # perf-suite65c). Nothing here reads the inner run's parent or command line.
+        done = forked_pytest.run(
             [
                 sys.executable,
                 "-m",
@@ -104,11 +108,8 @@ def run_next_to_live_servers(
                 "no:cacheprovider",
                 f"--basetemp={tmp_path / 'inner'}",
             ],
-            cwd=PROJECT,
-            env=env,
-            capture_output=True,
-            text=True,
-            check=False,
+            env,
+            PROJECT,
         )
         health = {profile: httpx.get(f"{url}/health").status_code for profile, url in urls.items()}
     return done, health
