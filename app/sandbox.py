@@ -3622,7 +3622,11 @@ def _publish(
         # The sealed copy first, the entry next, the copy it replaces last: a child that
         # reads between them finds its entry in one of the two (`_entry_changed`).
         replaced = _keep_copy(name, text) if own_run else None
-        if not placed and not (while_running and _link_if_none(parent, temporary, name)):
+        if not placed and not (
+            outlived is not None
+            and run is not None
+            and _link_if_none(parent, temporary, name, run, while_running=while_running)
+        ):
             os.replace(temporary, name, src_dir_fd=parent, dst_dir_fd=parent)
         if replaced is not None:
             os.close(replaced)
@@ -3637,10 +3641,12 @@ def _publish(
         os.close(parent)
 
 
-def _link_if_none(parent: int, temporary: str, name: str) -> bool:
-    """Put entry `temporary` at `name` of registry `parent` only where no entry is there
-    (a link fails where the name is taken, which a rename never does); True once nothing is
-    left to do: linked, or an entry was there. False where this filesystem makes no links.
+def _link_if_none(parent: int, temporary: str, name: str, run: Run, *, while_running: bool) -> bool:
+    """Put entry `temporary`, `run`'s handed on, at `name` of registry `parent` only where no
+    entry the hand-over keeps is there (`_kept_by_hand_on`; a link fails where the name is
+    taken, which a rename never does); True once nothing is left to do: linked, or such an
+    entry was there. False where what is there is to be written over, or nothing is there
+    in a filesystem that makes no links (the caller renames then).
 
     The check after each test hands the run on to a process a test left running only where
     it has no entry yet (`hand_on`), and then wrote over whatever was there by the time it
@@ -3648,16 +3654,42 @@ def _link_if_none(parent: int, temporary: str, name: str) -> bool:
     write (the run's launcher starts the next case's inner run as a test ends): its entry
     became a handed-on one of the outer run, and its tests' children, given production's
     settings alone, were refused as the outer run's, the development profile's forced onto
-    the testing one (CI of stop 51). Its own entry now stays; a later pytest's replaces one
-    handed on first, as it did."""
+    the testing one (CI of stop 51). Its own entry now stays, at the run's end too (red team
+    65 on regress); a later pytest's replaces one handed on first, as it did. An entry a test
+    wrote there meanwhile for its daemon (nothing protected) is no run's: written over."""
     try:
         os.link(temporary, name, src_dir_fd=parent, dst_dir_fd=parent, follow_symlinks=False)
     except FileExistsError:
-        pass  # its own came first: it stays
+        # Taken, whatever the filesystem (the kernel answers so before asking one that
+        # makes no links, exFAT or FAT through FUSE).
+        try:
+            data = json_loads(_entry_bytes(Path(name), dir_fd=parent, follow=False))
+        except (OSError, ValueError):
+            data = None
+        if not _kept_by_hand_on(data, run, while_running=while_running):
+            return False  # no run's: written over
     except OSError:
-        return False  # no hard links here: written over, as before
+        return False  # none there, and no hard links here: written over, as before
     os.unlink(temporary, dir_fd=parent)
     return True
+
+
+def _kept_by_hand_on(data: object, run: Run, *, while_running: bool = True) -> bool:
+    """Whether the hand-over leaves entry `data` as it is, rather than writing `run`'s over
+    it: a run's that started inside `run` (still starting, or keeping `run`'s protected
+    roots), and, after a test (`while_running`, `hand_on`), one a run handed on (this one,
+    or one inside it); at the run's end (`_end_entry`), one handed on is written again.
+
+    After a test, an entry a test wrote by hand for its daemon (a sandbox holding
+    production's root, nothing protected) was kept as one the process already had: while
+    the run lived, the run above bound it (`_within_enclosing`), but once a later test
+    killed the run (``SIGKILL``), the daemon, with nothing above it, read that entry as its
+    run and, given production's settings and the opt-in alone, purged a stopped production
+    root (red team 65 on regress). It is written over now, as the run's end writes over
+    it."""
+    if not isinstance(data, dict) or ("outlived" in data and not while_running):
+        return False
+    return bool(data.get("starting")) or _keeps_roots(data, run)
 
 
 #: Where `_publish` wrote each entry (of this process, or handed on to a child), by its
@@ -3857,23 +3889,28 @@ def _a_run_inside(entry: Path, run: Run) -> bool:
     """Whether `entry` is that of a run started inside `run` (a pytest a test started, still
     starting or keeping `run`'s protected roots): its own to hand on. An entry a test wrote
     for its daemon (no roots protected) is no run's: the daemon gets `run`'s."""
+    data = _entry_read_once(entry)
+    if data is None or "outlived" in data:  # handed on by a run, not a run's own
+        return False
+    return bool(data.get("starting")) or _keeps_roots(data, run)
+
+
+def _entry_read_once(entry: Path) -> dict[str, Any] | None:
+    """What `entry` says (None: none there, or unreadable), read again only when it changed:
+    the check after each test looks at every process a test left running and at the run's
+    long-lived ones (its database, its object store), twice a test. An entry is replaced
+    whole (a new inode) or written in place, which changes its ctime, which no process can
+    set back."""
     try:
         seen = entry.stat()
     except OSError:
-        return False
-    # Read again only when it changed: the check after each test looks at every process a
-    # test left running and at the run's long-lived ones (its database, its object store),
-    # twice a test. An entry is replaced whole (a new inode) or written in place, which
-    # changes its ctime, which no process can set back.
+        return None
     key = (str(entry), seen.st_ino, seen.st_size, seen.st_mtime_ns, seen.st_ctime_ns)
     if key not in _ENTRIES_READ:
         if len(_ENTRIES_READ) >= 256:
             _ENTRIES_READ.clear()
         _ENTRIES_READ[key] = _entry_data(entry)
-    data = _ENTRIES_READ[key]
-    if data is None or "outlived" in data:  # handed on by a run, not a run's own
-        return False
-    return bool(data.get("starting")) or _keeps_roots(data, run)
+    return _ENTRIES_READ[key]
 
 
 def _also_at_shutdown(hook: Any) -> None:
@@ -4025,7 +4062,8 @@ def _at_threads_shutdown() -> None:
 
 def _hand_on_descendants(run: Run, pid: int, *, while_running: bool = False) -> None:
     """Give each descendant of `pid` (this process) an entry of its own, `run`'s, unless it
-    is a run of its own; `while_running`: only those without one yet (`hand_on`)."""
+    is a run of its own; `while_running`: only those without a run's entry yet (`hand_on`,
+    `_kept_by_hand_on`)."""
     # Every descendant, not only the children: a supervisor's worker kept the run only
     # through its supervisor, and when that exited after the run, it was re-parented to
     # init, out of any run.
@@ -4049,7 +4087,7 @@ def _hand_on_descendants(run: Run, pid: int, *, while_running: bool = False) -> 
         # (red team 43).
         if _a_run_inside(entry, run):
             continue
-        if not (while_running and entry.exists()):
+        if not (while_running and _kept_by_hand_on(_entry_read_once(entry), run)):
             with contextlib.suppress(OSError):
                 _publish(run, outlived=child, while_running=while_running)
         pending.extend(_children(child))
@@ -4063,7 +4101,9 @@ def hand_on(run: Run) -> None:
     hook: a daemon an earlier test left, given production's settings alone, was
     re-parented out of the run's tree once the run was gone and purged a stopped
     production root (red team 41). Handed on now, it stays in the run after that. Only
-    what has no entry yet is written: a test leaves few processes, and each is read once.
+    what has no run's entry yet is written (an entry a test wrote by hand for its daemon is
+    written over, red team 65 on regress): a test leaves few processes, and each entry is
+    read once.
     """
     own = _own_start()
     pid = own[0] if own is not None else None
