@@ -3666,7 +3666,8 @@ def _link_if_none(parent: int, temporary: str, name: str, run: Run, *, while_run
             data = json_loads(_entry_bytes(Path(name), dir_fd=parent, follow=False))
         except (OSError, ValueError):
             data = None
-        if not _kept_by_hand_on(data, run, while_running=while_running):
+        kept = _kept_by_hand_on(data, run, while_running=while_running, entry=RUNS_DIR / name)
+        if not kept:
             return False  # no run's: written over
     except OSError:
         return False  # none there, and no hard links here: written over, as before
@@ -3674,11 +3675,14 @@ def _link_if_none(parent: int, temporary: str, name: str, run: Run, *, while_run
     return True
 
 
-def _kept_by_hand_on(data: object, run: Run, *, while_running: bool = True) -> bool:
-    """Whether the hand-over leaves entry `data` as it is, rather than writing `run`'s over
-    it: a run's that started inside `run` (still starting, or keeping `run`'s protected
-    roots), and, after a test (`while_running`, `hand_on`), one a run handed on (this one,
-    or one inside it); at the run's end (`_end_entry`), one handed on is written again.
+def _kept_by_hand_on(
+    data: object, run: Run, *, while_running: bool = True, entry: Path = RUNS_DIR
+) -> bool:
+    """Whether the hand-over leaves entry `data` (at `entry`, for messages) as it is, rather
+    than writing `run`'s over it: a run's that started inside `run` (still starting, or
+    keeping `run`'s protected roots), and, after a test (`while_running`, `hand_on`), one a
+    run handed on (this one, or one inside it); at the run's end (`_end_entry`), one handed
+    on is written again.
 
     After a test, an entry a test wrote by hand for its daemon (a sandbox holding
     production's root, nothing protected) was kept as one the process already had: while
@@ -3686,10 +3690,18 @@ def _kept_by_hand_on(data: object, run: Run, *, while_running: bool = True) -> b
     killed the run (``SIGKILL``), the daemon, with nothing above it, read that entry as its
     run and, given production's settings and the opt-in alone, purged a stopped production
     root (red team 65 on regress). It is written over now, as the run's end writes over
-    it."""
+    it. Keeping the roots is read as the daemon reads its entry (`_read_entry`): a copy of
+    the run's own entry with a sandbox no run writes (``/``, a relative path) kept the
+    roots by their paths, was kept at the run's end too, and its reader, taking it for no
+    run's, found nothing above once the run had ended and, given production's settings
+    alone, purged a stopped production root (red team 65 on regress)."""
     if not isinstance(data, dict) or ("outlived" in data and not while_running):
         return False
-    return bool(data.get("starting")) or _keeps_roots(data, run)
+    if data.get("starting"):
+        return True  # its readers are refused as under a pytest not ready (`_walk_tree`)
+    pid = data.get("pid")
+    found = _read_entry(entry, pid if type(pid) is int else 0, 1, data=data)
+    return found is not None and _keeps_roots(found, run)
 
 
 #: Where `_publish` wrote each entry (of this process, or handed on to a child), by its
@@ -3889,10 +3901,8 @@ def _a_run_inside(entry: Path, run: Run) -> bool:
     """Whether `entry` is that of a run started inside `run` (a pytest a test started, still
     starting or keeping `run`'s protected roots): its own to hand on. An entry a test wrote
     for its daemon (no roots protected) is no run's: the daemon gets `run`'s."""
-    data = _entry_read_once(entry)
-    if data is None or "outlived" in data:  # handed on by a run, not a run's own
-        return False
-    return bool(data.get("starting")) or _keeps_roots(data, run)
+    # Handed on by a run is not a run's own: written again at the run's end.
+    return _kept_by_hand_on(_entry_read_once(entry), run, while_running=False, entry=entry)
 
 
 def _entry_read_once(entry: Path) -> dict[str, Any] | None:
@@ -4087,7 +4097,7 @@ def _hand_on_descendants(run: Run, pid: int, *, while_running: bool = False) -> 
         # (red team 43).
         if _a_run_inside(entry, run):
             continue
-        if not (while_running and _kept_by_hand_on(_entry_read_once(entry), run)):
+        if not (while_running and _kept_by_hand_on(_entry_read_once(entry), run, entry=entry)):
             with contextlib.suppress(OSError):
                 _publish(run, outlived=child, while_running=while_running)
         pending.extend(_children(child))

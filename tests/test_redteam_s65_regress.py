@@ -8,11 +8,17 @@ registry of test runs. What broke, now held:
   kills the run (``SIGKILL``): the check after each test hands the run on only to a process
   with no entry yet (`app.sandbox.hand_on`), and since 57f9483c also keeps an entry written
   while it writes; the test's entry stayed, and the daemon, once the run was gone, read it
-  as its run and purged the stopped production root.
+  as its run and purged the stopped production root;
+- a test that writes its daemon's entry as a copy of the run's own with a sandbox no run
+  writes (``/``, a relative path), its daemon given production's settings alone, in a run
+  that ends as runs do: both hand-overs kept it (it protects the run's roots, by their
+  paths), its reader took it for no run's, and once the run had ended the daemon was
+  outside any run and purged the stopped production root.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -88,3 +94,51 @@ def test_an_entry_a_test_wrote_for_its_daemon_is_handed_over_before_the_run_is_k
             "data_root of profile 'production' (from pytest sandbox (configured: "
             f"{stopped[1]}, settings.toml [production])"
         ) in answer, (forged, answer)
+
+
+#: A test that starts a daemon given production's settings alone, which purges once the
+#: run's process is gone, and, from an exit hook (which Python runs before the run's last
+#: hand-over, registered earlier), writes its entry as a copy of the run's own with a sandbox
+#: no run writes (`$SHAPE`): the run ends as runs do.
+COPIES_THE_RUN_S_ENTRY = """
+import atexit, json, os, subprocess, sys
+from app import sandbox
+
+WAITS = (
+    'while kill -0 "$RUN" 2>/dev/null; do sleep 0.05; done; '
+    'exec "$0" -m app data purge --yes-i-mean-it >"$OUT" 2>&1'
+)
+
+def test_copies_the_run_s_entry_for_its_daemon_as_the_run_ends():
+    env = {name: os.environ[name] for name in ("PATH", "APP_SETTINGS_DIR", "OUT")}
+    env.update(ENV_FOR_DYNACONF="production", RUN=str(os.getpid()))
+    daemon = subprocess.Popen(["sh", "-c", WAITS, sys.executable], env=env,
+                              start_new_session=True)
+    entry = json.loads(sandbox._own_entry().read_text())
+    entry.update(pid=daemon.pid, sandbox=os.environ["SHAPE"])
+    name = sandbox._entry_name(daemon.pid, sandbox._stat_fields(daemon.pid)[1])
+    atexit.register((sandbox.RUNS_DIR / name).write_text, json.dumps(entry))
+"""
+
+
+@pytest.mark.parametrize("shape", ["/", "relative/sandbox"])
+def test_a_copy_of_the_run_s_entry_with_a_sandbox_no_run_writes_is_handed_over(
+    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    shape: str,
+) -> None:
+    # The hand-over kept an entry that protects the run's roots, by their paths, as a run's
+    # inside it: a copy of the run's own entry a test wrote for its daemon with a sandbox of
+    # `/` (or a relative one) was kept at the run's end, its reader took it for no run's,
+    # found nothing above once the run had ended, and with production's settings alone
+    # purged the stopped production root. Kept now is what its reader reads as a run.
+    monkeypatch.setenv("SHAPE", shape)
+    said = _left_behind_a_run(stopped, tmp_path, COPIES_THE_RUN_S_ENTRY)
+    assert said.startswith("error: refused under pytest (sandbox: "), said
+    assert re.search(
+        r"loading profile 'production'; tests run on the 'testing' profile \(this process "
+        r"belongs to the test run through the process tree \(this process, started by the "
+        r"test run of pytest pid \d+, which has ended, registered in ",
+        said,
+    ), said
