@@ -4096,6 +4096,15 @@ def _hand_on_descendants(run: Run, pid: int, *, while_running: bool = False) -> 
         # production's settings alone (red team 46); so was a fork of the run's own process
         # (red team 43).
         if _a_run_inside(entry, run):
+            # A pytest without the app's plugin (or not ready yet) hands nothing on, and
+            # removes its entry as it exits: a daemon one of its tests left, given
+            # production's settings alone, was out of every run once the run had ended and
+            # that pytest exited, and purged a stopped production root (red team 65 on
+            # regress). At the run's end what it started gets the run's entry; while the
+            # run goes on, its children's refusals name it, as they should (CI of stop 51).
+            data = _entry_read_once(entry)
+            if not while_running and data is not None and data.get("starting"):
+                pending.extend(_children(child))
             continue
         if not (while_running and _kept_by_hand_on(_entry_read_once(entry), run, entry=entry)):
             with contextlib.suppress(OSError):
