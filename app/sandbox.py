@@ -755,14 +755,9 @@ def _read_entry(
 ) -> Run | None:
     """The run an entry names; None for one unreadable, or of a run still starting."""
     data = _entry_data(path) if data is None else data
-    if data is None or data.get("starting") or "sandbox" not in data:
+    if data is None or (parts := _run_parts(data)) is None:
         return None
-    try:
-        sandbox = Path(path_from_text(str(data["sandbox"])))
-    except ValueError:
-        return None  # no run writes a surrogate that escapes no byte: a test wrote it
-    if not sandbox.is_absolute() or sandbox == Path(sandbox.anchor):
-        return None  # no run makes such a sandbox (a test wrote it): not a run's entry
+    sandbox, protected = parts
     how = "this process" if depth == 0 else f"an ancestor process, pytest pid {pid}"
     itself = not leads and "outlived" not in data and (depth == 0 or _forked_from(pid, data))
     if depth == 0 and data.get("argv") not in (sys.argv, _recorded_argv(sys.argv)):
@@ -791,12 +786,6 @@ def _read_entry(
         if fields is not None and fields[1] == run_started and not _exited(ended):
             how = f"{who}, left running by a test of the run of pytest pid {ended}"
             ended = None
-    try:
-        protected = tuple(Protected.from_dict(item) for item in data.get("protected", ()))
-    except (TypeError, ValueError, KeyError, AttributeError):
-        # Not as a run writes it (a test wrote it by hand): no run's, as an unreadable one;
-        # its children once stopped at it with a bare traceback (red team 39).
-        return None
     made = data.get("sandbox_identity")
     registered = f"registered in {_registered_in(path)}"
     if path in _CHANGED:
@@ -827,6 +816,28 @@ def _read_entry(
         ),
         itself=itself and not _in_subinterpreter(),
     )
+
+
+def _run_parts(data: Mapping[str, Any]) -> tuple[Path, tuple[Protected, ...]] | None:
+    """The sandbox and the protected roots entry `data` names, where it names a run's as
+    runs write them; None for one still starting, or one a test wrote by hand that no run
+    writes (`_read_entry` reads it as no run's, and so does the hand-over,
+    `_kept_by_hand_on`)."""
+    if data.get("starting") or "sandbox" not in data:
+        return None
+    try:
+        sandbox = Path(path_from_text(str(data["sandbox"])))
+    except ValueError:
+        return None  # no run writes a surrogate that escapes no byte: a test wrote it
+    if not sandbox.is_absolute() or sandbox == Path(sandbox.anchor):
+        return None  # no run makes such a sandbox (a test wrote it): not a run's entry
+    try:
+        protected = tuple(Protected.from_dict(item) for item in data.get("protected", ()))
+    except (TypeError, ValueError, KeyError, AttributeError):
+        # Not as a run writes it (a test wrote it by hand): no run's, as an unreadable one;
+        # its children once stopped at it with a bare traceback (red team 39).
+        return None
+    return sandbox, protected
 
 
 def _forked_from(pid: int, data: dict[str, Any]) -> bool:
@@ -3666,8 +3677,7 @@ def _link_if_none(parent: int, temporary: str, name: str, run: Run, *, while_run
             data = json_loads(_entry_bytes(Path(name), dir_fd=parent, follow=False))
         except (OSError, ValueError):
             data = None
-        kept = _kept_by_hand_on(data, run, while_running=while_running, entry=RUNS_DIR / name)
-        if not kept:
+        if not _kept_by_hand_on(data, run, while_running=while_running):
             return False  # no run's: written over
     except OSError:
         return False  # none there, and no hard links here: written over, as before
@@ -3675,14 +3685,11 @@ def _link_if_none(parent: int, temporary: str, name: str, run: Run, *, while_run
     return True
 
 
-def _kept_by_hand_on(
-    data: object, run: Run, *, while_running: bool = True, entry: Path = RUNS_DIR
-) -> bool:
-    """Whether the hand-over leaves entry `data` (at `entry`, for messages) as it is, rather
-    than writing `run`'s over it: a run's that started inside `run` (still starting, or
-    keeping `run`'s protected roots), and, after a test (`while_running`, `hand_on`), one a
-    run handed on (this one, or one inside it); at the run's end (`_end_entry`), one handed
-    on is written again.
+def _kept_by_hand_on(data: object, run: Run, *, while_running: bool = True) -> bool:
+    """Whether the hand-over leaves entry `data` as it is, rather than writing `run`'s over
+    it: a run's that started inside `run` (still starting, or keeping `run`'s protected
+    roots), and, after a test (`while_running`, `hand_on`), one a run handed on (this one,
+    or one inside it); at the run's end (`_end_entry`), one handed on is written again.
 
     After a test, an entry a test wrote by hand for its daemon (a sandbox holding
     production's root, nothing protected) was kept as one the process already had: while
@@ -3690,7 +3697,7 @@ def _kept_by_hand_on(
     killed the run (``SIGKILL``), the daemon, with nothing above it, read that entry as its
     run and, given production's settings and the opt-in alone, purged a stopped production
     root (red team 65 on regress). It is written over now, as the run's end writes over
-    it. Keeping the roots is read as the daemon reads its entry (`_read_entry`): a copy of
+    it. Keeping the roots is read as the daemon reads its entry (`_run_parts`): a copy of
     the run's own entry with a sandbox no run writes (``/``, a relative path) kept the
     roots by their paths, was kept at the run's end too, and its reader, taking it for no
     run's, found nothing above once the run had ended and, given production's settings
@@ -3699,9 +3706,10 @@ def _kept_by_hand_on(
         return False
     if data.get("starting"):
         return True  # its readers are refused as under a pytest not ready (`_walk_tree`)
-    pid = data.get("pid")
-    found = _read_entry(entry, pid if type(pid) is int else 0, 1, data=data)
-    return found is not None and _keeps_roots(found, run)
+    parts = _run_parts(data)
+    return parts is not None and {str(item.path) for item in parts[1]} >= {
+        str(item.path) for item in run.protected
+    }
 
 
 #: Where `_publish` wrote each entry (of this process, or handed on to a child), by its
@@ -3902,25 +3910,53 @@ def _a_run_inside(entry: Path, run: Run) -> bool:
     starting or keeping `run`'s protected roots): its own to hand on. An entry a test wrote
     for its daemon (no roots protected) is no run's: the daemon gets `run`'s."""
     # Handed on by a run is not a run's own: written again at the run's end.
-    return _kept_by_hand_on(_entry_read_once(entry), run, while_running=False, entry=entry)
+    return _entry_kept(entry, run, while_running=False)
 
 
 def _entry_read_once(entry: Path) -> dict[str, Any] | None:
     """What `entry` says (None: none there, or unreadable), read again only when it changed:
     the check after each test looks at every process a test left running and at the run's
-    long-lived ones (its database, its object store), twice a test. An entry is replaced
-    whole (a new inode) or written in place, which changes its ctime, which no process can
-    set back."""
-    try:
-        seen = entry.stat()
-    except OSError:
+    long-lived ones (its database, its object store), twice a test."""
+    key = _entry_key(entry)
+    if key is None:
         return None
-    key = (str(entry), seen.st_ino, seen.st_size, seen.st_mtime_ns, seen.st_ctime_ns)
     if key not in _ENTRIES_READ:
         if len(_ENTRIES_READ) >= 256:
             _ENTRIES_READ.clear()
         _ENTRIES_READ[key] = _entry_data(entry)
     return _ENTRIES_READ[key]
+
+
+def _entry_key(entry: Path) -> tuple[str, int, int, int, int] | None:
+    """What tells `entry` as it is now from what it was (None: none there). An entry is
+    replaced whole (a new inode) or written in place, which changes its ctime, which no
+    process can set back."""
+    try:
+        seen = entry.stat()
+    except OSError:
+        return None
+    return (str(entry), seen.st_ino, seen.st_size, seen.st_mtime_ns, seen.st_ctime_ns)
+
+
+#: What `_entry_kept` found of each entry, by what ``stat`` said of it, the hand-over and
+#: the run's roots.
+_KEPT_READ: dict[tuple[object, ...], bool] = {}
+
+
+def _entry_kept(entry: Path, run: Run, *, while_running: bool) -> bool:
+    """`_kept_by_hand_on` of the entry at `entry`, judged again only when it changed: read
+    as its reader reads it, an entry costs some 25 us (its roots parsed), and the run's
+    long-lived processes are looked at twice a test."""
+    key = _entry_key(entry)
+    if key is None:
+        return False
+    memo = (key, while_running, run.protected)
+    if memo not in _KEPT_READ:
+        if len(_KEPT_READ) >= 256:
+            _KEPT_READ.clear()
+        data = _entry_read_once(entry)
+        _KEPT_READ[memo] = _kept_by_hand_on(data, run, while_running=while_running)
+    return _KEPT_READ[memo]
 
 
 def _also_at_shutdown(hook: Any) -> None:
@@ -4106,7 +4142,7 @@ def _hand_on_descendants(run: Run, pid: int, *, while_running: bool = False) -> 
             if not while_running and data is not None and data.get("starting"):
                 pending.extend(_children(child))
             continue
-        if not (while_running and _kept_by_hand_on(_entry_read_once(entry), run, entry=entry)):
+        if not (while_running and _entry_kept(entry, run, while_running=True)):
             with contextlib.suppress(OSError):
                 _publish(run, outlived=child, while_running=while_running)
         pending.extend(_children(child))
