@@ -63,6 +63,8 @@ from app.storage import CheckReport, Finding, TrashEntry
 from app.store.ids import ID_RE
 from app.store.records import (
     BLOBS_DIR,
+    CONTENT_CHANGED,
+    CONTENT_KEY,
     LEGACY_FILES_DIR,
     LEGACY_FILES_KEY,
     NEW_PREFIX,
@@ -909,12 +911,22 @@ class Checker:
             return None
         try:
             meta = read_meta(directory, session_id)
-        except (SessionNotFoundError, UnreadableSessionError):
+        except (SessionNotFoundError, UnreadableSessionError) as error:
+            # A session.json whose title or metadata changed on the disk reads as JSON:
+            # "without a readable session.json" would send an operator looking for another
+            # fault, so it is named (red team 65).
+            changed = getattr(error, "damage", None) == CONTENT_CHANGED
             self.unrepaired(
                 "session-unreadable",
                 directory,
-                "a session directory without a readable session.json",
-                "nothing: left for a human (restore session.json from a backup)",
+                f"a session directory whose session.json {CONTENT_CHANGED}: damage from "
+                "outside the app, or an edit by hand"
+                if changed
+                else "a session directory without a readable session.json",
+                "nothing: left for a human (restore session.json from a backup; after an "
+                f"edit made on purpose, remove its {CONTENT_KEY} line)"
+                if changed
+                else "nothing: left for a human (restore session.json from a backup)",
             )
             return None
         return None if self._linked(directory) else meta

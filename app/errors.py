@@ -2417,7 +2417,9 @@ class DigestMismatchError(StoreError):
 
     method: str
     session_id: str
+    """The file's session; empty for a ``POST /sessions``, which makes one."""
     name: str
+    """The file's name; empty for a ``POST /sessions``, whose body is a session's JSON."""
     header: str
     """The field that named the digest (``Repr-Digest`` or ``Content-Digest``)."""
     what: str
@@ -2434,6 +2436,19 @@ class DigestMismatchError(StoreError):
         "computed over other bytes); nothing was stored and the file is as it was. Send the "
         "upload again, with the SHA-256 of exactly the bytes sent"
     )
+
+    @property
+    def message(self) -> str:
+        if self.name:
+            return self.template.format_map(vars(self))
+        # A POST /sessions (no file, no session yet: `name` and `session_id` are empty).
+        return (
+            f"{self.method} /sessions refused: {self.header}: sha-256=:{self.expected}: is "
+            f"not the SHA-256 of {self.what} the server received, sha-256=:{self.computed}:, "
+            "so the bytes were changed on the way (or the digest was computed over other "
+            "bytes); no session was made. Send the request again, with the SHA-256 of exactly "
+            "the bytes sent"
+        )
 
 
 class DigestUnsupportedError(StoreError):

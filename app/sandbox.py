@@ -3901,16 +3901,22 @@ def _children(pid: int) -> set[int]:
     return found
 
 
-#: Entries `_a_run_inside` read, by their path and what ``stat`` said of them then.
+#: Entries `_entry_read_once` read, by their path and what ``stat`` said of them then.
 _ENTRIES_READ: dict[tuple[str, int, int, int, int], dict[str, Any] | None] = {}
 
 
-def _a_run_inside(entry: Path, run: Run) -> bool:
+def _a_run_inside(entry: Path, run: Run) -> str | None:
     """Whether `entry` is that of a run started inside `run` (a pytest a test started, still
-    starting or keeping `run`'s protected roots): its own to hand on. An entry a test wrote
-    for its daemon (no roots protected) is no run's: the daemon gets `run`'s."""
+    starting or keeping `run`'s protected roots): ``"registered"`` for a run that hands on
+    what it started itself, ``"starting"`` for a pytest that has not registered (still
+    starting, or without the app's plugin for good), None for no run's. An entry a test
+    wrote for its daemon (no roots protected, or a sandbox no run writes) is no run's: the
+    daemon gets `run`'s."""
     # Handed on by a run is not a run's own: written again at the run's end.
-    return _entry_kept(entry, run, while_running=False)
+    if not _entry_kept(entry, run, while_running=False):
+        return None
+    data = _entry_read_once(entry)
+    return "starting" if data is not None and data.get("starting") else "registered"
 
 
 def _entry_read_once(entry: Path) -> dict[str, Any] | None:
@@ -4117,9 +4123,6 @@ def _hand_on_descendants(run: Run, pid: int, *, while_running: bool = False) -> 
     while pending:
         child = pending.pop()
         fields = None if child in seen else _stat_fields(child)
-        # A child with an entry of its own (an xdist worker still exiting, a pytest a
-        # test started) is a run of its own: its entry stays as it wrote it, and what
-        # it started is its own to hand on.
         if fields is None:
             continue
         seen.add(child)
@@ -4131,15 +4134,24 @@ def _hand_on_descendants(run: Run, pid: int, *, while_running: bool = False) -> 
         # and once a later test had killed the run, it purged a stopped root given
         # production's settings alone (red team 46); so was a fork of the run's own process
         # (red team 43).
-        if _a_run_inside(entry, run):
-            # A pytest without the app's plugin (or not ready yet) hands nothing on, and
-            # removes its entry as it exits: a daemon one of its tests left, given
-            # production's settings alone, was out of every run once the run had ended and
-            # that pytest exited, and purged a stopped production root (red team 65 on
-            # regress). At the run's end what it started gets the run's entry; while the
-            # run goes on, its children's refusals name it, as they should (CI of stop 51).
-            data = _entry_read_once(entry)
-            if not while_running and data is not None and data.get("starting"):
+        inside = _a_run_inside(entry, run)
+        if inside == "registered":
+            # A run of its own (an xdist worker still exiting, a pytest with the plugin a
+            # test started): its entry stays as it wrote it, and what it started is its
+            # own to hand on.
+            continue
+        if inside == "starting":
+            # Its entry stays as it wrote it, but a pytest without the plugin hands nothing
+            # on, ever, and one still starting nothing yet: a child that a nested `pytest
+            # -p no:app` left running (given production's settings alone, waiting for that
+            # pytest to be gone) was passed over with it, and once the run and that pytest
+            # had ended, it purged a stopped production root (red team 65). As the run ends,
+            # what it started gets this run's entry, as any other descendant does (a run
+            # inside that registers later writes its own over it as it ends). Not after each
+            # test: while the run goes on, such a pytest's children are its own, and are
+            # refused as under a pytest without the plugin (stop 51's CI named the outer run
+            # instead).
+            if not while_running:
                 pending.extend(_children(child))
             continue
         if not (while_running and _entry_kept(entry, run, while_running=True)):

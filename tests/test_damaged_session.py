@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import http.client
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,17 +20,38 @@ from app.errors import UnreadableSessionError
 from app.store import Store
 from app.testing import LiveServer
 
-DAMAGE = {
+#: What the app says of a session.json whose title, metadata, id or creation time are no
+#: longer those its create acknowledged (red team 65).
+CHANGED = (
+    "holds a title, metadata, id or creation time other than those its create acknowledged "
+    "(their SHA-256 is no longer the content_sha256 written with them; after an edit made on "
+    "purpose, remove that line)"
+)
+
+
+def _flipped(raw: bytes) -> bytes:
+    # A bit flipped on the disk in the title: still JSON, the same size, and served as the
+    # title its create acknowledged, `app data check` finding nothing, before red team 65.
+    assert raw.count(b'"bits-flipped"') == 1, raw
+    return raw.replace(b'"bits-flipped"', b'"bits-flIpped"')
+
+
+DAMAGE: dict[str, tuple[bytes | Callable[[bytes], bytes], str]] = {
     "torn": (b'{"id": "x", "ti', "is not a JSON object"),
     "number-in-updated_at": (
         b'{"title": "t", "metadata": {}, "created_at": "2026-01-01T00:00:00", "updated_at": 5}',
         "has a int in 'updated_at', which the app never writes",
     ),
+    "bits-flipped": (_flipped, CHANGED),
 }
 
 
-def _damage(root: Path, session_id: str, content: bytes) -> None:
-    (root / "sessions" / session_id / "session.json").write_bytes(content)
+def _damage(root: Path, session_id: str, content: bytes | Callable[[bytes], bytes]) -> bytes:
+    """Write ``content`` (or what it makes of the file) as the session's session.json."""
+    path = root / "sessions" / session_id / "session.json"
+    data = content(path.read_bytes()) if callable(content) else content
+    path.write_bytes(data)
+    return data
 
 
 def _answer(connection: http.client.HTTPConnection) -> tuple[int, dict[str, str], bytes]:
@@ -50,8 +72,10 @@ def test_over_http_a_damaged_session_is_named_and_can_be_deleted(
         status, _, body = _answer(connection)
         assert status == 201, body
         ids[name] = json.loads(body)["id"]
-    for name, (content, _) in DAMAGE.items():
-        _damage(app_live_server.data_root, ids[name], content)
+    written = {
+        name: _damage(app_live_server.data_root, ids[name], content)
+        for name, (content, _) in DAMAGE.items()
+    }
 
     for name, (_, damage) in DAMAGE.items():
         session_id = ids[name]
@@ -80,12 +104,12 @@ def test_over_http_a_damaged_session_is_named_and_can_be_deleted(
     assert [s["id"] for s in json.loads(body)["items"]] == [ids["kept"]]
 
     # A delete clears it from the API; its bytes stay in the trash, as they were.
-    for name, (content, _) in DAMAGE.items():
+    for name in DAMAGE:
         connection.request("DELETE", f"/sessions/{ids[name]}", headers=app_live_server.headers)
         status, _, body = _answer(connection)
         assert status == 200, body
         trashed = app_live_server.data_root / ".trash" / json.loads(body)["trash"]
-        assert (trashed / "session" / "session.json").read_bytes() == content
+        assert (trashed / "session" / "session.json").read_bytes() == written[name]
         connection.request("GET", f"/sessions/{ids[name]}", headers=app_live_server.headers)
         status, _, body = _answer(connection)
         assert (status, json.loads(body)["code"]) == (404, "session_not_found")
@@ -97,7 +121,7 @@ def test_a_purge_with_a_damaged_session_is_whole_and_audited(app_store: Store) -
     # the rest were not, and no audit line said what had been moved.
     first, damaged, last = (app_store.create_session(t)["id"] for t in ("a", "b", "c"))
     root = Path(app_store.location)
-    _damage(root, damaged, DAMAGE["torn"][0])
+    _damage(root, damaged, b'{"id": "x", "ti')
     moved = app_store.purge()
     assert sorted(e.session_id for e in moved) == sorted([first, damaged, last])
     (line,) = [json.loads(x) for x in (root / "audit.jsonl").read_bytes().splitlines()]
@@ -110,11 +134,11 @@ def test_restoring_a_damaged_session_brings_it_back_audited_and_says_it_is_unrea
 ) -> None:
     session_id = app_store.create_session("damaged")["id"]
     root = Path(app_store.location)
-    _damage(root, session_id, DAMAGE["torn"][0])
+    torn = _damage(root, session_id, b'{"id": "x", "ti')
     app_store.delete_session(session_id)
     with pytest.raises(UnreadableSessionError, match=f"restored session {session_id} from "):
         app_store.restore(session_id)
-    assert (root / "sessions" / session_id / "session.json").read_bytes() == DAMAGE["torn"][0]
+    assert (root / "sessions" / session_id / "session.json").read_bytes() == torn
     operations = [
         json.loads(x)["operation"] for x in (root / "audit.jsonl").read_bytes().splitlines()
     ]
@@ -133,3 +157,61 @@ def test_a_field_of_another_type_is_left_out_of_pages_even_with_files(app_store:
     _damage(Path(app_store.location), damaged, DAMAGE["number-in-updated_at"][0])
     assert [s["id"] for s in app_store.list_sessions().items] == [kept]
     assert [s["id"] for s in json.loads(app_store.list_sessions_json())["items"]] == [kept]
+
+
+def test_a_title_or_metadata_changed_on_the_disk_is_named_and_never_served(
+    app_store: Store,
+) -> None:
+    # Red team 65: a file's bytes are checked against their SHA-256 by every download and
+    # by `check`; a session's JSON had none, and a bit flipped on the disk in its metadata
+    # (the same size, still JSON) was served as what its create acknowledged, and `check`
+    # found nothing. session.json now keeps the SHA-256 of what was acknowledged.
+    root = Path(app_store.location)
+    damaged = app_store.create_session("sent", {"run": 1})["id"]
+    kept = app_store.create_session("kept", {"run": 1})["id"]
+    assert app_store.check().findings == []
+    path = root / "sessions" / damaged / "session.json"
+    acknowledged = path.read_bytes()
+    assert acknowledged.count(b'"run": 1') == 1, acknowledged
+    path.write_bytes(acknowledged.replace(b'"run": 1', b'"run": 7'))
+
+    with pytest.raises(UnreadableSessionError) as raised:
+        app_store.get_session(damaged)
+    assert f"its session.json {CHANGED} (it was changed outside the app)" in str(raised.value)
+    page = app_store.list_sessions()
+    assert [s["id"] for s in page.items] == [kept]
+    assert [(s.id, s.reason) for s in page.left_out] == [(damaged, "unreadable")]
+    assert [s["id"] for s in json.loads(app_store.list_sessions_json())["items"]] == [kept]
+    found = [(f.problem, f.target, f.detail, f.repair) for f in app_store.check().findings]
+    assert found == [
+        (
+            "session-unreadable",
+            f"sessions/{damaged}",
+            (
+                f"a session directory whose session.json {CHANGED}: damage from outside the "
+                "app, or an edit by hand"
+            ),
+            (
+                "nothing: left for a human (restore session.json from a backup; after an edit "
+                "made on purpose, remove its content_sha256 line)"
+            ),
+        )
+    ]
+
+    # A NaN there (json.loads reads one; no create writes one) is no traceback either.
+    path.write_bytes(acknowledged.replace(b'"run": 1', b'"run": NaN'))
+    with pytest.raises(UnreadableSessionError, match="its create acknowledged"):
+        app_store.get_session(damaged)
+
+    # Put back, it is served again, as acknowledged; the key is never part of an answer.
+    path.write_bytes(acknowledged)
+    assert app_store.get_session(damaged)["metadata"] == {"run": 1}
+    assert app_store.check().findings == []
+    assert "content_sha256" not in app_store.get_session(kept)
+    assert b"content_sha256" not in app_store.list_sessions_json()
+
+    # A session written before red team 65 has no such key: read as it was, unchecked.
+    older = json.loads(acknowledged)
+    del older["content_sha256"]
+    path.write_text(json.dumps({**older, "title": "edited by a tool"}))
+    assert app_store.get_session(damaged)["title"] == "edited by a tool"

@@ -20,6 +20,7 @@ from engines import PostgresEngine, S3Engine
 from live_http import Answers, a_session, connect, head_of
 from redteam_s19_http import one_server
 from replicas import production_on
+from test_redteam_s35_integrity import _chunked
 
 from app.testing import LiveServer
 
@@ -104,6 +105,7 @@ def test_a_wrong_digest_on_postgres_stores_nothing_and_a_right_one_stores(
     remote: httpx.Client,
 ) -> None:
     _right_digest_stores_and_wrong_one_keeps_the_old_bytes(remote)
+    _a_changed_session_json_makes_none(remote)
 
 
 def test_a_range_carries_the_whole_files_digest(local: httpx.Client) -> None:
@@ -194,3 +196,100 @@ def test_a_digest_given_twice_is_refused_naming_it(server: LiveServer) -> None:
         status, _, body = Answers(sock).next()
     assert status == 400, body
     assert b"repr-digest" in body.lower()
+
+
+# --- a session's JSON (red team 65) ---
+
+RIGHT = b'{"title": "sent", "metadata": {"run": 1}}'
+CHANGED = b'{"title": "sENT", "metadata": {"run": 7}}'  # same length, bits flipped on the way
+JSON = {"Content-Type": "application/json"}
+
+
+def _sha256(data: bytes) -> str:
+    return base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+
+def _titles(client: httpx.Client) -> list[str]:
+    titles: list[str] = []
+    params: dict[str, str | int] = {"limit": 1000}
+    while True:
+        page = client.get("/sessions", params=params).json()
+        titles += [item["title"] for item in page["items"]]
+        if page["next"] is None:
+            return titles
+        params["after"] = page["next"]
+
+
+def test_a_session_whose_json_changed_on_the_way_is_refused_and_none_is_made(
+    server: LiveServer, local: httpx.Client
+) -> None:
+    # Red team 65: POST /sessions read no integrity field, and a body changed on the way was
+    # a 201 for a session with a title and metadata its client never sent. Checked now as
+    # an upload's body is, before its JSON is read; no session is made.
+    client = local
+    before = _titles(client)
+    fields = {
+        "Repr-Digest": f"sha-256=:{_sha256(RIGHT)}:",
+        "Content-Digest": f"sha-256=:{_sha256(RIGHT)}:",
+        "Digest": f"SHA-256={_sha256(RIGHT)}",  # RFC 3230's, which clients still send
+    }
+    for field, value in fields.items():
+        answer = client.post("/sessions", content=CHANGED, headers={**JSON, field: value})
+        assert answer.status_code == 400, (field, answer.text)
+        assert answer.headers["want-repr-digest"] == "sha-256=10"
+        problem = answer.json()
+        assert problem["code"] == "digest_mismatch", problem
+        assert problem["message"] == (
+            f"POST /sessions refused: {field}: sha-256=:{_sha256(RIGHT)}: is not the SHA-256 "
+            f"of the session's JSON the server received, sha-256=:{_sha256(CHANGED)}:, so the "
+            "bytes were changed on the way (or the digest was computed over other bytes); no "
+            "session was made. Send the request again, with the SHA-256 of exactly the bytes "
+            "sent"
+        ), problem["message"]
+    # In a chunked body's trailer (RFC 9530 allows it), as the uploads check it.
+    status, problem = _chunked(
+        server,
+        "POST /sessions",
+        CHANGED,
+        f"Repr-Digest: sha-256=:{_sha256(RIGHT)}:\r\n",
+        "Content-Type: application/json\r\n",
+    )
+    assert (status, problem["code"]) == (400, "digest_mismatch"), problem
+    assert "Repr-Digest (in the trailer)" in problem["message"], problem["message"]
+    # A digest the server does not compute is refused rather than taken as checked.
+    unsupported = {
+        "Content-MD5": base64.b64encode(hashlib.md5(RIGHT).digest()).decode(),
+        "Repr-Digest": "md5=:AAAAAAAAAAAAAAAAAAAAAA==:",
+    }
+    for field, value in unsupported.items():
+        answer = client.post("/sessions", content=CHANGED, headers={**JSON, field: value})
+        assert answer.status_code == 400, (field, answer.text)
+        assert answer.json()["code"] == "digest_unsupported", answer.text
+        assert f"{field} names md5, and the server checks sha-256 only" in answer.text
+    assert _titles(client) == before  # nothing of the refused ones was made
+
+    # The bytes the digest names are taken, on every field, and with no body at all.
+    for field, value in fields.items():
+        answer = client.post("/sessions", content=RIGHT, headers={**JSON, field: value})
+        assert answer.status_code == 201, (field, answer.text)
+        assert (answer.json()["title"], answer.json()["metadata"]) == ("sent", {"run": 1})
+    empty = client.post("/sessions", headers={"Repr-Digest": f"sha-256=:{_sha256(b'')}:"})
+    assert empty.status_code == 201, empty.text
+    status, made = _chunked(
+        server,
+        "POST /sessions",
+        RIGHT,
+        f"Content-Digest: sha-256=:{_sha256(RIGHT)}:\r\n",
+        "Content-Type: application/json\r\n",
+    )
+    assert (status, made["title"]) == (201, "sent"), made
+    assert _titles(client) == [*before, "sent", "sent", "sent", "", "sent"]
+
+
+def _a_changed_session_json_makes_none(client: httpx.Client) -> None:
+    """The same check on another backend (one route checks both)."""
+    header = {**JSON, "Repr-Digest": f"sha-256=:{_sha256(RIGHT)}:"}
+    refused = client.post("/sessions", content=CHANGED, headers=header)
+    assert (refused.status_code, refused.json()["code"]) == (400, "digest_mismatch"), refused.text
+    assert "sENT" not in _titles(client)  # the changed title, made by nothing
+    assert client.post("/sessions", content=RIGHT, headers=header).json()["title"] == "sent"

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 from live_http import WAIT
+from session_files import edited
 
 from app import config as appconfig
 from app.dataroot import filesystem_type
@@ -227,7 +228,7 @@ def test_session_json_rewritten_in_place_with_its_times_put_back_is_read_again(
     assert json.loads(app_store.get_session_json(sid))["title"] == "aaaa"
     assert json.loads(app_store.get_session_json(sid))["title"] == "aaaa"  # kept now
     with path.open("r+b") as file:
-        file.write(path.read_bytes().replace(b'"aaaa"', b'"bbbb"'))
+        file.write(edited(path.read_bytes(), b'"aaaa"', b'"bbbb"'))
     os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
     assert path.stat().st_size == before.st_size
     assert json.loads(app_store.get_session_json(sid))["title"] == "bbbb"

@@ -33,6 +33,7 @@ from datetime import UTC, datetime, timedelta
 
 from app.config import Config
 from app.storage import Storage
+from app.store.records import content_sha256
 
 
 def test_a_restored_session_is_dated_after_its_delete(app_store: Storage) -> None:
@@ -68,6 +69,7 @@ def test_an_upload_to_a_session_created_before_the_clock_stepped_back_is_dated_a
     meta = app_config.data_root / "sessions" / session_id / "session.json"
     ahead = (datetime.now(UTC) + timedelta(days=1)).isoformat(timespec="microseconds")
     created = {**json.loads(meta.read_text()), "created_at": ahead, "updated_at": ahead}
+    created["content_sha256"] = content_sha256(created)  # as the app writes it
     meta.write_text(json.dumps(created))
     assert store.get_session(session_id)["updated_at"] == ahead
     first = store.put_file(session_id, "a.txt", b"a")

@@ -59,8 +59,9 @@ from app.remote.objects import ObjectStore
 
 MiB = 1024 * 1024
 
-# A trigger after each row's insert (left alone by the open: a change-data-capture tool's
-# kind) that records the synchronous_commit the app's transaction commits with.
+# A trigger after each row's update (left alone by the open: a change-data-capture tool's
+# kind), deferred to the commit, that records the synchronous_commit the app's transaction
+# commits with (red team 65 on regress: set at the commit point, no longer with the BEGIN).
 _SEEN = """
 CREATE SCHEMA rt64;
 CREATE TABLE rt64.seen (id serial, value text);
@@ -69,27 +70,28 @@ BEGIN
     INSERT INTO rt64.seen (value) VALUES (current_setting('synchronous_commit'));
     RETURN NULL;
 END $$;
-CREATE TRIGGER rt64_seen AFTER INSERT ON app_sessions FOR EACH ROW
-    EXECUTE FUNCTION rt64.seen();
+CREATE CONSTRAINT TRIGGER rt64_seen AFTER UPDATE ON app_sessions
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION rt64.seen();
 """
 
 
 def test_each_write_commits_with_synchronous_commit_on_whatever_its_session_says(
     postgres_engine: PostgresEngine, s3_engine: S3Engine
 ) -> None:
-    # Before: the first create committed with `local` (the database's), the second with
+    # Before: the first delete committed with `local` (the database's), the second with
     # `off` (its session's, changed after the connection opened).
     with postgres_engine.opened_database(PROFILE) as (name, url):
         with postgres_engine.connect(name) as admin:
             admin.execute(f'ALTER DATABASE "{name}" SET synchronous_commit = local')  # type: ignore[arg-type]
             admin.execute(_SEEN)  # type: ignore[arg-type]
         with _replica(s3_engine, (url, new_blob_url(s3_engine)), pool_size=1) as store:
-            store.create_session("with the database's local")
+            first, second = (store.create_session(t)["id"] for t in ("local", "off"))
+            store.delete_session(first)  # with the database's local
             with store.db.conn() as conn:
                 # What a reload of `ALTER SYSTEM SET synchronous_commit = off` does to a
                 # session that set nothing, and a pooler's server session another client set.
                 conn.execute("SET synchronous_commit = off")
-            store.create_session("after the session's value changed")
+            store.delete_session(second)  # after the session's value changed
             with store.db.conn() as conn:
                 # The session's own value is left as it was: only the write's transaction.
                 row = conn.execute("SELECT current_setting('synchronous_commit') AS v").fetchone()

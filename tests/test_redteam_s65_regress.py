@@ -13,11 +13,7 @@ registry of test runs. What broke, now held:
   writes (``/``, a relative path), its daemon given production's settings alone, in a run
   that ends as runs do: both hand-overs kept it (it protects the run's roots, by their
   paths), its reader took it for no run's, and once the run had ended the daemon was
-  outside any run and purged the stopped production root;
-- a daemon left by a test of a ``pytest -p no:app`` that a test of the run left running past
-  the run's end: the run's last hand-over passed over that pytest and what it started, and
-  once it exited (removing its entry, handing nothing on) the daemon purged the stopped
-  production root.
+  outside any run and purged the stopped production root.
 """
 
 from __future__ import annotations
@@ -100,89 +96,50 @@ def test_an_entry_a_test_wrote_for_its_daemon_is_handed_over_before_the_run_is_k
         ) in answer, (forged, answer)
 
 
-#: What a test of a pytest without the app's plugin does: it leaves a daemon given
-#: production's settings alone, which purges once that pytest and the run above it are gone
-#: (and the other daemons have answered), and it outlives the run above.
-WITHOUT_THE_PLUGIN = """
-import os, subprocess, sys, time
-
-WAITS = (
-    'while kill -0 "$RUN" 2>/dev/null || kill -0 "$INNER" 2>/dev/null '
-    '|| [ ! -s "$OUT.root" ] || [ ! -s "$OUT.relative" ]; do sleep 0.05; done; '
-    'exec "$0" -m app data purge --yes-i-mean-it >"$OUT" 2>&1'
-)
-
-def test_leaves_a_daemon_and_outlives_the_run_above():
-    env = {name: os.environ[name] for name in ("PATH", "APP_SETTINGS_DIR", "OUT", "RUN")}
-    env.update(ENV_FOR_DYNACONF="production", INNER=str(os.getpid()))
-    subprocess.Popen(["sh", "-c", WAITS, sys.executable], env=env, start_new_session=True)
-    open(os.environ["OUT"] + ".started", "w").close()
-    while os.path.exists("/proc/" + os.environ["RUN"]):
-        time.sleep(0.05)
-"""
-
-#: Tests that leave daemons given production's settings alone, each of which purges once the
-#: run's process is gone (into ``$OUT.<name>``), and that end as tests do: two whose entries
-#: a test writes from an exit hook (which Python runs before the run's last hand-over,
-#: registered earlier) as copies of the run's own with a sandbox no run writes; and one left
-#: by a test of a ``pytest -p no:app`` the run's test leaves running (`WITHOUT_THE_PLUGIN`,
-#: into ``$OUT``, last).
-LEFT_AS_THE_RUN_ENDS = """
-import atexit, json, os, subprocess, sys, time
+#: A test that leaves two daemons given production's settings alone, each of which purges
+#: once the run's process is gone (into ``$OUT.root``, and into ``$OUT`` once that one has
+#: answered), and writes their entries from an exit hook (which Python runs before the run's
+#: last hand-over, registered earlier) as copies of the run's own with a sandbox no run
+#: writes; the run ends as runs do.
+COPIES_THE_RUN_S_ENTRY = """
+import atexit, json, os, subprocess, sys
 from app import sandbox
 
 WAITS = (
-    'while kill -0 "$RUN" 2>/dev/null; do sleep 0.05; done; '
-    'exec "$0" -m app data purge --yes-i-mean-it >"$TO" 2>&1'
+    'while kill -0 "$RUN" 2>/dev/null || { [ "$AFTER" ] && [ ! -s "$AFTER" ]; }; '
+    'do sleep 0.05; done; exec "$0" -m app data purge --yes-i-mean-it >"$TO" 2>&1'
 )
 
-def test_1_copies_the_run_s_entry_for_its_daemons_as_the_run_ends():
-    for name, shape in (("root", "/"), ("relative", "relative/sandbox")):
+def test_copies_the_run_s_entry_for_its_daemons_as_the_run_ends():
+    out = os.environ["OUT"]
+    for shape, to, after in (("/", out + ".root", ""), ("relative/sandbox", out, out + ".root")):
         env = {name: os.environ[name] for name in ("PATH", "APP_SETTINGS_DIR")}
-        env.update(ENV_FOR_DYNACONF="production", RUN=str(os.getpid()),
-                   TO=f"{os.environ['OUT']}.{name}")
+        env.update(ENV_FOR_DYNACONF="production", RUN=str(os.getpid()), TO=to, AFTER=after)
         daemon = subprocess.Popen(["sh", "-c", WAITS, sys.executable], env=env,
                                   start_new_session=True)
         entry = json.loads(sandbox._own_entry().read_text())
         entry.update(pid=daemon.pid, sandbox=shape)
         at = sandbox.RUNS_DIR / sandbox._entry_name(daemon.pid, sandbox._stat_fields(daemon.pid)[1])
         atexit.register(at.write_text, json.dumps(entry))
-
-def test_2_leaves_a_pytest_without_the_plugin_running(tmp_path):
-    (tmp_path / "test_inner.py").write_text(os.environ["INNER_TESTS"])
-    subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-p", "no:app", "-q", "-p", "no:cacheprovider",
-         "test_inner.py"],
-        env=dict(os.environ, RUN=str(os.getpid())), cwd=tmp_path,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    while not os.path.exists(os.environ["OUT"] + ".started"):  # its test has begun
-        time.sleep(0.05)
 """
 
 
-def test_what_a_test_leaves_as_the_run_ends_is_handed_over(
+def test_a_copy_of_the_run_s_entry_with_a_sandbox_no_run_writes_is_handed_over(
     stopped: tuple[Path, Path],  # noqa: F811 - the fixture
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # Each daemon, once the run had ended, found nothing of the run and purged the stopped
-    # production root (whose snapshot `_left_behind_a_run` compares):
-    # - a copy of the run's entry with a sandbox of `/` or a relative one, written for it:
-    #   the run's last hand-over kept it (it protects the run's roots, by their paths), and
-    #   its reader took it for no run's;
-    # - one a test of a `pytest -p no:app` left, which the run's test had left running: the
-    #   run's last hand-over passed over that pytest and what it started, as a run of its
-    #   own, and that pytest, handing nothing on, removed its entry as it exited.
-    monkeypatch.setenv("INNER_TESTS", WITHOUT_THE_PLUGIN)
-    said = {"without the plugin": _left_behind_a_run(stopped, tmp_path, LEFT_AS_THE_RUN_ENDS)}
-    for name in ("root", "relative"):
-        said[name] = (tmp_path / f"out.txt.{name}").read_text()
-    for left, answer in said.items():
-        assert answer.startswith("error: refused under pytest (sandbox: "), (left, answer)
+    # A copy of the run's entry with a sandbox of `/` or a relative one, written for a daemon:
+    # the run's last hand-over kept it (it protects the run's roots, by their paths), its
+    # reader took it for no run's, and once the run had ended the daemon found nothing of
+    # the run and purged the stopped production root (whose snapshot `_left_behind_a_run`
+    # compares). Kept now is what its reader reads as a run.
+    said = {"relative": _left_behind_a_run(stopped, tmp_path, COPIES_THE_RUN_S_ENTRY)}
+    said["root"] = (tmp_path / "out.txt.root").read_text()
+    for shape, answer in said.items():
+        assert answer.startswith("error: refused under pytest (sandbox: "), (shape, answer)
         assert re.search(
             r"loading profile 'production'; tests run on the 'testing' profile \(this "
             r"process belongs to the test run through the process tree \(this process, "
             r"started by the test run of pytest pid \d+, which has ended, registered in ",
             answer,
-        ), (left, answer)
+        ), (shape, answer)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from session_files import edited
 from starlette.responses import JSONResponse
 from starlette.testclient import TestClient
 
@@ -186,7 +187,7 @@ def test_a_session_rewritten_out_of_process_with_its_size_and_mtime_put_back_is_
     assert json.loads(store.get_session_json(session_id))["title"] == "aaaa"
     assert listed(store)["items"][0]["title"] == "aaaa"
     before = path.stat()
-    path.write_bytes(path.read_bytes().replace(b'"aaaa"', b'"bbbb"'))
+    path.write_bytes(edited(path.read_bytes(), b'"aaaa"', b'"bbbb"'))
     os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
     assert path.stat().st_size == before.st_size
     assert json.loads(store.get_session_json(session_id))["title"] == "bbbb"
@@ -199,7 +200,7 @@ def test_a_session_json_renamed_over_is_read_afresh(store: Store) -> None:
     assert listed(store)["items"][0]["title"] == "old"
     assert json.loads(store.get_session_json(session_id))["title"] == "old"
     replacement = path.with_name("replacement")
-    replacement.write_bytes(path.read_bytes().replace(b'"old"', b'"new"'))
+    replacement.write_bytes(edited(path.read_bytes(), b'"old"', b'"new"'))
     replacement.rename(path)
     assert json.loads(store.get_session_json(session_id))["title"] == "new"
     assert listed(store)["items"][0]["title"] == "new"
@@ -329,7 +330,7 @@ def test_a_watched_kept_page_makes_no_stat_call_until_one_of_its_sessions_change
     assert watched.get_session_json(ids[0]) == one
     assert calls == []
     path = session_json(watched, ids[2])
-    path.write_bytes(path.read_bytes().replace(b'"s2"', b'"t2"'))  # in place, by hand
+    path.write_bytes(edited(path.read_bytes(), b'"s2"', b'"t2"'))  # in place, by hand
     assert titles(watched) == ["s0", "s1", "t2"]
     assert set(calls) == {ids[2]}  # the one changed, checked and read again
     Store(watched.root).put_file(ids[0], "b", b"two")  # another store on the root
@@ -349,7 +350,7 @@ def test_a_watched_session_json_changed_through_a_hard_link_elsewhere_shows(
     with link.open("r+b", buffering=0) as file:  # written, and still open
         data = file.read()
         file.seek(0)
-        file.write(data.replace(b'"aaaa"', b'"bbbb"'))
+        file.write(edited(data, b'"aaaa"', b'"bbbb"'))
         assert titles(watched) == ["bbbb"]
         assert json.loads(watched.get_session_json(session_id))["title"] == "bbbb"
 
@@ -385,7 +386,7 @@ def test_sessions_swapped_for_a_copy_under_a_watch_are_read_from_the_copy(
     sessions.rename(sessions.with_name("put-aside"))
     copy.rename(sessions)
     path = session_json(watched, session_id)
-    path.write_bytes(path.read_bytes().replace(b'"original"', b'"copied!!"'))
+    path.write_bytes(edited(path.read_bytes(), b'"original"', b'"copied!!"'))
     assert titles(watched) == ["copied!!"]
     calls = stat_calls(watched, monkeypatch)
     assert titles(watched) == ["copied!!"]
@@ -420,7 +421,7 @@ def test_a_watched_session_changed_in_the_last_two_seconds_is_kept_on_the_watchs
     assert calls == []
     path = session_json(app_store, session_id)
     before = path.stat()
-    path.write_bytes(path.read_bytes().replace(b'"aaaa"', b'"bbbb"'))
+    path.write_bytes(edited(path.read_bytes(), b'"aaaa"', b'"bbbb"'))
     os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))  # as if in the same tick
     assert titles(app_store) == ["bbbb"]
     assert json.loads(app_store.get_session_json(session_id))["title"] == "bbbb"
@@ -661,7 +662,7 @@ def test_a_session_directory_swapped_by_hand_while_it_is_read_is_read_again(
     other = tmp_path / "other"
     shutil.copytree(directory, other)
     path = other / "session.json"
-    path.write_bytes(path.read_bytes().replace(b'"first"', b'"other"'))
+    path.write_bytes(edited(path.read_bytes(), b'"first"', b'"other"'))
     watch = watched.sessions.watch
     assert watch is not None
     real = watched.sessions.meta.stat
@@ -683,7 +684,7 @@ def test_a_session_directory_swapped_by_hand_while_it_is_read_is_read_again(
     assert json.loads(watched.get_session_json(session_id))["title"] == "other"
     assert titles(watched) == ["other"]
     session_file = directory / "session.json"
-    session_file.write_bytes(session_file.read_bytes().replace(b'"other"', b'"third"'))
+    session_file.write_bytes(edited(session_file.read_bytes(), b'"other"', b'"third"'))
     assert titles(watched) == ["third"]
     assert json.loads(watched.get_session_json(session_id))["title"] == "third"
 

@@ -9,6 +9,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from session_files import edited
 
 from app.errors import (
     BadRequestError,
@@ -29,6 +30,7 @@ from app.store import (
     check_session_id,
     new_session_id,
 )
+from app.store.records import content_sha256
 
 
 def audit_lines(store: Store) -> list[dict[str, object]]:
@@ -102,7 +104,9 @@ def test_a_created_session_is_stored_and_read_back(app_store: Store) -> None:
     assert session["files"] == []
     assert app_store.get_session(session["id"]) == session
     on_disk = json.loads((app_store.sessions_dir / session["id"] / "session.json").read_text())
-    assert on_disk == {k: v for k, v in session.items() if k != "files"}  # files: records/
+    stored = {k: v for k, v in session.items() if k != "files"}  # files: records/
+    # With the SHA-256 of what was acknowledged (red team 65), never part of an answer.
+    assert on_disk == {**stored, "content_sha256": content_sha256(stored)}
 
 
 def test_creating_a_session_leaves_nothing_in_tmp(app_store: Store) -> None:
@@ -515,7 +519,7 @@ def test_a_session_json_changed_on_disk_is_read_afresh_even_with_its_size_and_mt
     before = path.stat()
 
     # Rewritten in place, same size, its mtime put back: only the ctime tells.
-    path.write_bytes(path.read_bytes().replace(b'"aaaa"', b'"bbbb"'))
+    path.write_bytes(edited(path.read_bytes(), b'"aaaa"', b'"bbbb"'))
     os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
     assert app_store.get_session(session["id"])["title"] == "bbbb"
     page = app_store.list_sessions(limit=10)
@@ -523,7 +527,7 @@ def test_a_session_json_changed_on_disk_is_read_afresh_even_with_its_size_and_mt
 
     # Replaced by a rename, as the store writes: another inode.
     replacement = path.with_name("replacement")
-    replacement.write_bytes(path.read_bytes().replace(b'"bbbb"', b'"cccc"'))
+    replacement.write_bytes(edited(path.read_bytes(), b'"bbbb"', b'"cccc"'))
     replacement.rename(path)
     assert app_store.get_session(session["id"])["title"] == "cccc"
 

@@ -134,14 +134,19 @@ _STALE_SETTINGS: Final = (psycopg.errors.ReadOnlySqlTransaction, psycopg.errors.
 # out (see `Database._settle`).
 _BEGIN: Final = (
     "BEGIN; SELECT pg_current_xact_id()::text AS xid, pg_backend_pid() AS pid,"
-    " pg_postmaster_start_time() AS started,"
-    # For this transaction, whatever the session's value is now (red team 64): the pool's
-    # connections set it as they open (`pg.configure_session`), but a reload of the server's
-    # configuration (`ALTER SYSTEM SET synchronous_commit = off`, then `pg_reload_conf()`)
-    # changes it under them where they found it `on` and set nothing, and a server session a
-    # pooler hands on keeps what another client set. `local` is `on` for the same reason as
-    # there (a synchronous standby would not have the commit).
-    " set_config('synchronous_commit', CASE current_setting('synchronous_commit')"
+    " pg_postmaster_start_time() AS started"
+)
+#: ``synchronous_commit`` for the transaction, whatever the session's value is now (red
+#: team 64): the pool's connections set it as they open (`pg.configure_session`), but a
+#: reload of the server's configuration (`ALTER SYSTEM SET synchronous_commit = off`, then
+#: `pg_reload_conf()`) changes it under them where they found it `on` and set nothing, and a
+#: server session a pooler hands on keeps what another client set. `local` is `on` for the
+#: same reason as there (a synchronous standby would not have the commit). Set at the
+#: commit point (`_still_held`), not with the BEGIN: a trigger of another's that says `SET
+#: LOCAL synchronous_commit = off` (a logging tool's cheap write) set it again after the
+#: BEGIN's, and the write committed with `off` (red team 65 on regress).
+_DURABLE: Final = (
+    "set_config('synchronous_commit', CASE current_setting('synchronous_commit')"
     " WHEN 'off' THEN 'on' WHEN 'local' THEN 'on'"
     " ELSE current_setting('synchronous_commit') END, true) AS durable"
 )
@@ -618,7 +623,8 @@ class Database:
         if self.maintenance is not None:
             self.maintenance.still_held(conn)
         held = self.holder is not None and bool(self.holder.row)
-        query = f"SELECT EXISTS (SELECT 1 {pg.UNLOGGED_FROM}) AS unlogged"
+        # After every statement of the change, and every trigger they fired (`_DURABLE`).
+        query = f"SELECT {_DURABLE}, EXISTS (SELECT 1 {pg.UNLOGGED_FROM}) AS unlogged"
         params: dict[str, Any] = {"tables": list(pg.APP_TABLES)}
         if held:
             assert self.holder is not None

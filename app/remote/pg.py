@@ -547,9 +547,10 @@ def configure_session(conn: psycopg.Connection[Any], lock_wait_seconds: float) -
     so is ``local`` (red team 64: against a synchronous standby, ``synchronous_standby_names``,
     a commit is then answered before the standby has it, and a failover to that standby
     loses it; with none, ``local`` is ``on``); ``remote_write``, ``on`` and ``remote_apply``
-    wait for the standby too, and are kept. Each write sets it again for its own transaction
-    (``app.remote.db``): a session's value can change after this (a reload of the server's
-    configuration, ``ALTER SYSTEM``, changes it where no ``SET`` did).
+    wait for the standby too, and are kept. Each write sets it again for its own transaction,
+    at its commit point (``app.remote.db``): a session's value can change after this (a reload
+    of the server's configuration, ``ALTER SYSTEM``, changes it where no ``SET`` did), and a
+    trigger's ``SET LOCAL`` during the write (red team 65 on regress).
 
     ``default_transaction_isolation``: the app's changes lock the rows they build on (the
     session's, ``FOR NO KEY UPDATE``) and read again after the wait, which is read committed's

@@ -34,8 +34,8 @@ _ERRORS: Final = {
         "parameter twice (`bad_request`); a request that names a precondition its operation "
         "does not evaluate (`precondition_unsupported`): a file's operations evaluate "
         "`If-Match` and a PUT's `If-None-Match: *`; every other operation refuses `If-Match`, "
-        "`If-Unmodified-Since`, and `If-None-Match` but on a GET. An upload whose "
-        "`Repr-Digest` or "
+        "`If-Unmodified-Since`, and `If-None-Match` but on a GET. An upload (or a "
+        "session's JSON) whose `Repr-Digest` or "
         "`Content-Digest` is not the SHA-256 of the bytes received (`digest_mismatch`) or "
         "names no `sha-256` (`digest_unsupported`), both with `Want-Repr-Digest: sha-256=10`; "
         "nothing was stored."
@@ -121,7 +121,7 @@ DIGEST_HEADERS: Final[list[dict[str, Any]]] = [
         "in": "header",
         "required": False,
         "description": (
-            f"`{_SHA256}` (RFC 9530) of {what}; the upload is stored only if it is the "
+            f"`{_SHA256}` (RFC 9530) of {what}; the body is stored only if it is the "
             "SHA-256 of what arrived (400 `digest_mismatch` otherwise). Other algorithms "
             "alongside are ignored; a field without `sha-256` is 400 `digest_unsupported`."
         ),

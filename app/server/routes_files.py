@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from functools import partial
 from typing import Any, Final
 from urllib.parse import quote
@@ -27,13 +27,13 @@ from app.server.openapi import (
     errors,
 )
 from app.server.problems import ProblemResponse, problem
-from app.server.protocol import TRAILERS
 from app.server.uploads import (
     Pipeline,
     UploadSlots,
     refuse_declared_length,
     refuse_put_before_its_body,
     refuse_unframed_body,
+    trailer_of,
 )
 from app.storage import FileEntry as StoredEntry
 from app.storage import IfMatch, Storage, Upload
@@ -318,13 +318,6 @@ def _download(
     except BaseException:
         file.close()
         raise
-
-
-def trailer_of(request: Request) -> Callable[[], list[tuple[bytes, bytes]]] | None:
-    """For a chunked body, what gives its trailer fields once it has come (`TRAILERS`)."""
-    if "chunked" not in request.headers.get("transfer-encoding", "").lower():
-        return None
-    return lambda: list(request.scope.get(TRAILERS) or ())
 
 
 def preconditions(request: Request, *, delete: bool = False) -> list[str]:

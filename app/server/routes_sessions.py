@@ -24,7 +24,7 @@ from app.server.models import (
     SessionPage,
     TrashEmptied,
 )
-from app.server.openapi import LOCATION, SESSION_LINKS, STORAGE, errors
+from app.server.openapi import DIGEST_HEADERS, LOCATION, SESSION_LINKS, STORAGE, errors
 from app.server.session_body import session_create
 from app.storage import Storage
 
@@ -188,12 +188,13 @@ def add_session_routes(app: FastAPI, store: Storage, config: Config, auth: list[
             **errors(400, 401, 411, 413, 415, 422, *STORAGE),
         },
         openapi_extra={
+            "parameters": DIGEST_HEADERS,
             "requestBody": {
                 "required": False,
                 "content": {
                     "application/json": {"schema": {"$ref": "#/components/schemas/SessionCreate"}}
                 },
-            }
+            },
         },
     )
     async def create_session(request: Request) -> JSONResponse:

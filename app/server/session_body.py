@@ -7,6 +7,7 @@ stored.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -21,6 +22,7 @@ from pydantic import ValidationError
 from python_multipart.multipart import parse_options_header
 from starlette.exceptions import HTTPException
 
+from app.digests import Digests
 from app.errors import BodyTooLargeError, MetadataTooLargeError
 from app.server.models import (
     MAX_EXACT_INT,
@@ -34,6 +36,7 @@ from app.server.uploads import (
     refuse_content_coding,
     refuse_repeated_parameter,
     refuse_unframed_body,
+    trailer_of,
 )
 from app.storage import MAX_METADATA_BYTES, TITLE_NUL
 
@@ -64,7 +67,17 @@ async def session_create(request: Request) -> SessionCreate:
     )
     refuse_repeated_parameter(request)
     _refuse_charset(request.headers.get("content-type"))
+    # The integrity fields an upload's are (RFC 9530, and RFC 3230's Digest; Content-MD5
+    # refused): ignored here, a body changed on the way, its client's digest sent along, was
+    # a 201 for a session with a title and metadata its client never sent (red team 65).
+    # Malformed: 400 before the body. Checked before the JSON is read, whose refusal would
+    # name a symptom of the damage rather than the damage.
+    digests = Digests.parse(
+        request.headers, "POST", "the session's JSON", trailer=trailer_of(request)
+    )
     raw = await _read_body(request, MAX_SESSION_BODY_BYTES, "creating a session")
+    if digests is not None:
+        digests.require("", "", hashlib.sha256(raw).hexdigest())
     # No body at all is no title and no metadata; anything else must be JSON (whitespace alone
     # is not, and "\x0b" is not even JSON whitespace).
     data = _parse_json(raw) if raw else {}

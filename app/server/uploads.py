@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from email.message import Message
 from email.utils import collapse_rfc2231_value
 from typing import Final
@@ -18,7 +18,7 @@ from fastapi import HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 
 from app.errors import BadRequestError, TooManyUploadsError, UploadTooLargeError
-from app.server.protocol import READ_AHEAD
+from app.server.protocol import READ_AHEAD, TRAILERS
 from app.storage import Upload
 
 # Uploads are hashed and written by a worker thread in batches of this size.
@@ -102,6 +102,13 @@ def refuse_unframed_body(request: Request, what: str, *, required: bool) -> None
         "an empty body is Content-Length: 0)",
         headers={"Connection": "close"},
     )
+
+
+def trailer_of(request: Request) -> Callable[[], list[tuple[bytes, bytes]]] | None:
+    """For a chunked body, what gives its trailer fields once it has come (`TRAILERS`)."""
+    if "chunked" not in request.headers.get("transfer-encoding", "").lower():
+        return None
+    return lambda: list(request.scope.get(TRAILERS) or ())
 
 
 def refuse_declared_length(request: Request, allowed: int, limit: int) -> None:

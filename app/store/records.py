@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
+import json
 import logging
 import os
 import re
@@ -41,6 +43,8 @@ from app.store.ids import ID_RE
 
 __all__ = [
     "BLOBS_DIR",
+    "CONTENT_CHANGED",
+    "CONTENT_KEY",
     "EPOCH",
     "LATEST_FLOOR",
     "LEGACY_FILES_DIR",
@@ -56,6 +60,7 @@ __all__ = [
     "TrashManifest",
     "ValidatedCache",
     "change_floor",
+    "content_sha256",
     "date_records",
     "ensure_dir",
     "listed_entries",
@@ -510,6 +515,19 @@ def read_meta(directory: Path, session_id: str) -> dict[str, Any]:
     return session_object(raw, session_id)
 
 
+#: The key of ``session.json`` that holds the SHA-256 of what its create acknowledged
+#: (:func:`content_sha256`); never shown in an answer.
+CONTENT_KEY: Final = "content_sha256"
+#: What `UnreadableSessionError` says of a session.json whose acknowledged content changed.
+CONTENT_CHANGED: Final = (
+    "holds a title, metadata, id or creation time other than those its create acknowledged "
+    f"(their SHA-256 is no longer the {CONTENT_KEY} written with them; after an edit made "
+    f"on purpose, remove that line)"
+)
+#: What a create acknowledges of a session, and the key holds the SHA-256 of: never changed
+#: once written (``updated_at`` is worked out from the session's records and times).
+_CONTENT_FIELDS: Final = ("id", "title", "metadata", "created_at")
+
 #: What the app writes in ``session.json``, by type: another type there is not ours.
 _SESSION_FIELDS: Final = {
     "id": (str,),
@@ -517,13 +535,49 @@ _SESSION_FIELDS: Final = {
     "metadata": (dict,),
     "created_at": (str,),
     "updated_at": (str,),
+    CONTENT_KEY: (str,),
 }
 
 
-def session_object(raw: bytes, session_id: str) -> dict[str, Any]:
+def content_sha256(session: Mapping[str, Any]) -> str:
+    """The SHA-256 (hex) of a session's id, title, metadata and creation time, as one
+    compact JSON array (keys sorted), which ``session.json`` keeps under `CONTENT_KEY`.
+
+    A file's bytes have their SHA-256 in its record, checked by every download and by `app
+    data check`; a session's title and metadata had none, and a bit flipped on the disk
+    (``"sENT"`` for ``"sent"``, ``7`` for ``1``), or an edit, was served as what its create
+    acknowledged, and `app data check` found nothing (red team 65). Of the parsed values,
+    not of the file's text: its layout (indentation, key order) is no part of what was
+    acknowledged, and JSON's values come back from the file as they went in (numbers
+    included: a create keeps only those a double holds exactly).
+    """
+    canonical = json.dumps(
+        [session.get(key) for key in _CONTENT_FIELDS],
+        ensure_ascii=False,
+        sort_keys=True,
+        separators=(",", ":"),
+        allow_nan=False,
+    )
+    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _content_sha256_or_none(session: Mapping[str, Any]) -> str | None:
+    # A NaN or an Infinity in the file (which json.loads reads, and no create writes), or
+    # nesting too deep to encode: not what was acknowledged, so no hash matches it.
+    try:
+        return content_sha256(session)
+    except (ValueError, RecursionError):
+        return None
+
+
+def session_object(raw: bytes, session_id: str, *, checked: bool = False) -> dict[str, Any]:
     """``session.json``'s content, parsed: a JSON object whose fields have the types the app
     writes, else `UnreadableSessionError` (a number in ``updated_at`` once failed every page
-    that held a session with files)."""
+    that held a session with files); whose id, title, metadata and creation time are those
+    its create acknowledged where it keeps their SHA-256 (`CONTENT_KEY`: a session made
+    before red team 65 has none), else `UnreadableSessionError` too. The key is not
+    returned. ``checked``: these bytes were compared so already (kept by `MetaCache` only
+    once they were), and are not again: a read of a kept session.json costs no hash."""
     try:
         session = json_loads(raw)
     except ValueError:
@@ -539,6 +593,9 @@ def session_object(raw: bytes, session_id: str) -> dict[str, Any]:
         # one's place, listed twice, and this one's own was hidden (red team 44).
         damage = f"names session {session['id']}, not this one (another session's file)"
         raise UnreadableSessionError(session_id=session_id, damage=damage)
+    kept = session.pop(CONTENT_KEY, None)
+    if kept is not None and not checked and kept != _content_sha256_or_none(session):
+        raise UnreadableSessionError(session_id=session_id, damage=CONTENT_CHANGED)
     # The fields the document says every session has: a session.json written by a tool or
     # an earlier build without one (or with a null title) was answered without it, against
     # the schema (red team 59 on the HTTP contract). The id is its directory's; no title and
@@ -631,11 +688,16 @@ class MetaCache:
         """:func:`read_meta`, for the session directory ``directory`` (a string path)."""
         key = self.stat(directory, session_id)
         raw = self._files.get(directory, key)
-        if raw is None:
-            raw = self._load(directory, session_id, key)
-        return session_object(raw, session_id)
+        if raw is not None:
+            return session_object(raw, session_id, checked=True)
+        raw, kept = self._load(directory, session_id, key)
+        session = session_object(raw, session_id)  # checked before it is kept
+        if kept:
+            self._files.put(directory, key, raw, len(raw))
+        return session
 
-    def _load(self, directory: str, session_id: str, key: tuple[int, ...]) -> bytes:
+    def _load(self, directory: str, session_id: str, key: tuple[int, ...]) -> tuple[bytes, bool]:
+        """session.json's bytes, and whether they may be kept under ``key``."""
         try:
             fd = os.open(f"{directory}/{SESSION_FILE}", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except (FileNotFoundError, NotADirectoryError):
@@ -653,9 +715,7 @@ class MetaCache:
             os.close(fd)
         raw = b"".join(chunks)
         opened = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
-        if opened == key and self.settled(opened):
-            self._files.put(directory, key, raw, len(raw))
-        return raw
+        return raw, opened == key and self.settled(opened)
 
 
 def ensure_dir(directory: Path, name: str) -> Path:

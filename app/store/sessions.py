@@ -57,6 +57,7 @@ from app.store.concurrency import SYNCS, records_identity
 from app.store.ids import ID_RE, check_session_id, new_session_id
 from app.store.records import (
     BLOBS_DIR,
+    CONTENT_KEY,
     LATEST_FLOOR,
     LEGACY_FILES_DIR,
     LEGACY_FILES_KEY,
@@ -68,6 +69,7 @@ from app.store.records import (
     MetaCache,
     ValidatedCache,
     change_floor,
+    content_sha256,
     date_records,
     ensure_dir,
     listed_entries,
@@ -1029,7 +1031,8 @@ class _Staging:
     def stage(self, sessions_fd: int, where: str) -> None:
         """Make the staging directory in ``where`` (sessions/, open as ``sessions_fd``) and
         write session.json in it (synced later)."""
-        stored = {k: v for k, v in self.session.items() if k != "files"}  # files: records/
+        stored: dict[str, Any] = {k: v for k, v in self.session.items() if k != "files"}
+        stored[CONTENT_KEY] = content_sha256(stored)  # files: records/; this: red team 65
         try:
             os.mkdir(self.name, mode=0o700, dir_fd=sessions_fd)
         except OSError as error:

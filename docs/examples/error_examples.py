@@ -263,6 +263,16 @@ EXAMPLES: list[errors.AppError] = [
         "n4bQgYhMfWWaL+qgxVrQFaO/TxsrC4Is0V1sFbDwCgg=",
         "YDA64iuZiGG847KPM+7BvnWKITyGyTwHbb6fVYwRx1I=",
     ),
+    # A POST /sessions whose JSON changed on the way (red team 65): no file, no session yet.
+    errors.DigestMismatchError(
+        "POST",
+        "",
+        "",
+        "Repr-Digest",
+        "the session's JSON",
+        "n4bQgYhMfWWaL+qgxVrQFaO/TxsrC4Is0V1sFbDwCgg=",
+        "YDA64iuZiGG847KPM+7BvnWKITyGyTwHbb6fVYwRx1I=",
+    ),
     errors.DigestUnsupportedError("Repr-Digest", "md5", "sha-256"),
     errors.RequestTimeoutError("the client sent no byte of its body", 30, "request_idle_seconds"),
     errors.HeaderTooLargeError(32768),

@@ -1,0 +1,144 @@
+"""Red team 65 on the guard (branch rt-guard65): what a pytest without the app's plugin, left
+running by a test, started before the run ended.
+
+A run hands its registry entry on, as it ends, to every descendant still running (red team
+36), but passes over a descendant whose own entry says it is a pytest (red team 46: a head
+start on the next case), and over all that pytest started, "its own to hand on". A pytest
+without the app's plugin (``-p no:app``, autoload off, an inactive plugin) says so in the
+registry from its start (``"starting"``, ``"without_plugin"``, red team 46) and hands
+nothing on, ever: at its exit it removes its entry, and that is all.
+
+What broke: next to a stopped production root of the test's own settings, a real inner pytest
+with the app's plugin active, in a PID namespace of its own (out of this run's tree), under a
+runner script that calls pytest through another module; its test started two nested pytests
+and left them running: ``python -m pytest -p no:app``, whose test starts a child, and a pytest
+with the plugin under a runner script (its entry says it is starting) whose ``-p`` plugin
+starts one as pytest imports it, then ends that pytest before it registers. Each child is
+given production's settings alone (``APP_SETTINGS_DIR``, production's token, ``PATH``), waits
+for its nested pytest to be gone, then runs ``python -m app data purge --profile production
+--yes-i-mean-it``; each nested pytest waits for the run above it to end first. The run's
+hand-over passed over both nested pytests and their children; each nested pytest then
+exited, its child was re-parented to the namespace's first process, found no run above it,
+and the purge moved every production session to the trash.
+
+What changed (``app.sandbox._hand_on_descendants``): as the run ends, what a pytest that has
+not registered (without the plugin, or still starting) started gets the run's entry where it
+has none; a pytest that registered is passed over as before (it hands on its own). Not in
+the check after each test: while the run goes on, such a pytest's children are refused as
+its own (stop 51's CI).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from test_redteam_s61_children import PRELUDE, RUNNER, RUNNER_MODULE, run_inner
+
+#: What a nested pytest runs (``leave_a_child(name)``): a child given production's settings
+#: alone that waits for the nested pytest to be gone, then purges (its exit code and output in
+#: OUT/name); then it waits for the run above it to end.
+LEAVE = """
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+OUT = Path(os.environ["RT61_OUT"])
+ENV = {
+    "APP_SETTINGS_DIR": os.environ["RT61_SETTINGS"],
+    "APP_API_TOKEN": os.environ["RT61_TOKEN"],
+    "PATH": "/usr/bin:/bin",
+}
+PURGE = [sys.executable, "-m", "app", "data", "purge", "--profile", "production", "--yes-i-mean-it"]
+
+
+def leave_a_child(name):
+    line = (
+        f"while kill -0 {os.getpid()} 2>/dev/null; do sleep 0.02; done; "
+        + " ".join(PURGE) + f" > {OUT / name} 2>&1; echo exit $? >> {OUT / name}"
+    )
+    subprocess.Popen(["sh", "-c", line], env=ENV, stdin=subprocess.DEVNULL)
+    (OUT / f"{name}-started").write_text("started")
+    parent = os.getppid()
+    while os.getppid() == parent:  # the run that started this pytest has ended
+        time.sleep(0.02)
+"""
+
+#: A pytest without the app's plugin: its test leaves the child.
+WITHOUT_PLUGIN = LEAVE + "\n\ndef test_leaves_a_child():\n    leave_a_child('without-plugin')\n"
+#: A ``-p`` plugin that leaves the child as pytest imports it, then ends that pytest while it
+#: starts (it never registers a run).
+STARTING = LEAVE + "\n\nleave_a_child('starting')\nraise SystemExit(3)\n"
+
+#: The run's test: both nested pytests, left running once each has started its child.
+INNER = (
+    PRELUDE
+    + """
+import time
+
+def test_nested(tmp_path):
+    (tmp_path / "test_nested.py").write_text(WITHOUT_PLUGIN)
+    (tmp_path / "stalls.py").write_text(STARTING)
+    # The one with the plugin under a runner script that calls pytest through another module:
+    # no command line shows pytest, so its entry says that it is starting (red team 42).
+    (tmp_path / "run_tests.py").write_text(RUNNER)
+    (tmp_path / "runner_module.py").write_text(RUNNER_MODULE)
+    nested = [
+        subprocess.Popen(
+            [sys.executable, *how, "-p", "no:cacheprovider", "-q",
+             f"--basetemp={tmp_path / name}", str(tmp_path / "test_nested.py")],
+            cwd=tmp_path, stdin=subprocess.DEVNULL,
+        )
+        for name, how in [
+            ("without-plugin", ["-m", "pytest", "-p", "no:app"]),
+            ("starting", ["run_tests.py", "-p", "stalls"]),
+        ]
+    ]
+    for name, started in zip(["without-plugin", "starting"], nested):
+        while not (OUT / f"{name}-started").exists():
+            assert started.poll() is None, f"the nested pytest ({name}) ended before its child"
+            time.sleep(0.02)
+"""
+)
+
+
+#: The run in a PID namespace of its own with a registry of its own, its first process waiting
+#: until every other process of the namespace is gone (what the run left running too).
+_UNTIL_ALONE = (
+    'mount -t tmpfs -o mode=0700 app-runs "$1" && shift && "$@"; code=$?; '
+    "while set -- /proc/[0-9]*; [ $# -gt 1 ]; do sleep 0.05; done; exit $code"
+)
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("unshare") is None,
+    reason="the inner run is kept out of this run's process tree in a PID namespace of its own "
+    "(unshare --pid needs root here)",
+)
+def test_what_a_pytest_that_hands_nothing_on_left_running_stays_in_the_run(
+    tmp_path: Path,
+) -> None:
+    # Before the fix: "moved 1 session(s) to .../production/.trash", exit 0.
+    names = ("without-plugin", "starting")
+    given = "".join(
+        f"{name} = {value!r}\n"
+        for name, value in [
+            ("WITHOUT_PLUGIN", WITHOUT_PLUGIN),
+            ("STARTING", STARTING),
+            ("RUNNER", RUNNER),
+            ("RUNNER_MODULE", RUNNER_MODULE),
+        ]
+    )
+    inner, said = run_inner(tmp_path, given + INNER, names, _UNTIL_ALONE)
+    assert "1 passed" in inner.stdout, inner.stdout + inner.stderr
+    for name in names:
+        refused = said[name]
+        assert refused.endswith("exit 78\n"), refused
+        assert "refused under pytest (sandbox: " in refused, refused
+        assert "loading profile 'production'; tests run on the 'testing' profile" in refused
+        assert ", started by the test run of pytest pid " in refused, refused
+        assert "This process outlived the test run that started it (pytest pid " in refused
