@@ -27,6 +27,7 @@ Who owns which file:
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno
 import fcntl
 import functools
@@ -42,7 +43,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -1838,7 +1839,7 @@ def shown_from_a_session(here: Path) -> bytes | None:
     except OSError:
         return None
     wanted = os.fsencode(here)
-    at = nearest(wanted, points, tops)
+    at = _nearest(wanted, points, tops)
     if at is not None and at < 0:
         at = walk_nearest(wanted, points, tops)
     if at is None:
@@ -2173,6 +2174,15 @@ def _refuse_too_deep(config: Config, root: Path) -> None:
 _MOUNTINFO: Final = "/proc/self/mountinfo"
 
 
+#: What `_MountTable.looked_up` gives: `with_roots`, `with_uppers`, and the mount points
+#: with their `mountinfo.by_point`.
+_Reading = tuple[
+    tuple[tuple[bytes, bytes, bytes, bytes], ...],
+    tuple[tuple[bytes, bytes | None, bytes], ...],
+    tuple[tuple[bytes, ...], dict[bytes, int]],
+]
+
+
 class _MountTable:
     """This process's mount table (Linux's mountinfo), read again only when it changed.
 
@@ -2244,15 +2254,12 @@ class _MountTable:
         with self._lock:
             return self._with_uppers
 
-    def looked_up(
-        self,
-    ) -> tuple[
-        tuple[tuple[bytes, bytes, bytes, bytes], ...],
-        tuple[tuple[bytes, bytes | None, bytes], ...],
-        tuple[tuple[bytes, ...], dict[bytes, int]],
-    ]:
+    def looked_up(self) -> _Reading:
         """`with_roots`, `with_uppers` and their mount points with `mountinfo.by_point` of
-        them, from the same reading of the table."""
+        them, from the same reading of the table (the one `one_reading` holds, in its
+        block)."""
+        if (held := _HELD.get()) is not None:
+            return held
         self.mounts()
         with self._lock:
             return self._with_roots, self._with_uppers, (self._points, self._tops)
@@ -2299,6 +2306,31 @@ class _MountTable:
 
 
 _MOUNTS: Final = _MountTable()
+#: The reading `one_reading` holds in its block (in this thread's context only).
+_HELD: contextvars.ContextVar[_Reading | None] = contextvars.ContextVar(
+    "app-mounts-held", default=None
+)
+
+
+@contextlib.contextmanager
+def one_reading() -> Iterator[None]:
+    """Within the block, `bound_from`, `served_from` and `shown_from_a_session` look at the
+    mount table as it is read (again, where it changed) as the block starts: the checks of
+    what pytest writes ask all three at each path, and each asked whether the table had
+    changed (two stats, ``getpid`` and a poll), 75 times a check where 25 paths are
+    looked at, microseconds apart (`bench/README.md`, "perf-startup65"). A change to the
+    table after the first question was missed by the checks at that path all the same."""
+    try:
+        reading = _MOUNTS.looked_up()
+    except OSError:  # no table: each look says so itself
+        reading = None
+    token = _HELD.set(reading)
+    try:
+        yield
+    finally:
+        _HELD.reset(token)
+
+
 # A fork while another thread reads the table would leave the child's lock held for good.
 os.register_at_fork(after_in_child=lambda: setattr(_MOUNTS, "_lock", threading.Lock()))
 
@@ -2339,6 +2371,29 @@ LOCAL_FILESYSTEMS: Final = frozenset(
 )
 
 
+#: `mountinfo.nearest`'s answers for one reading of the mount table: that reading's
+#: `by_point` (a new object at each reading), and the answer for each path. Replaced whole,
+#: never changed for another reading: a thread that reads it meanwhile keeps a pair that
+#: agrees.
+_NEAREST: tuple[Mapping[bytes, int], dict[bytes, int | None]] = ({}, {})
+#: How many answers are kept at most (a long run's servers open many roots): then afresh.
+_NEAREST_KEPT: Final = 1024
+
+
+def _nearest(wanted: bytes, points: Sequence[bytes], tops: Mapping[bytes, int]) -> int | None:
+    """`mountinfo.nearest` on the table as read now, kept until it is read again: the checks
+    of what pytest writes ask `served_from` and `shown_from_a_session` at each of their
+    paths, the same thirty paths at each of a run's four checks, while the table stays the
+    same (`bench/README.md`, "perf-startup65")."""
+    global _NEAREST  # noqa: PLW0603 - replaced whole, see above
+    kept = _NEAREST
+    if kept[0] is not tops or len(kept[1]) >= _NEAREST_KEPT:
+        kept = _NEAREST = (tops, {})
+    if wanted not in kept[1]:
+        kept[1][wanted] = nearest(wanted, points, tops)
+    return kept[1][wanted]
+
+
 def served_from(path: Path) -> tuple[Path, str] | None:
     """The mount point and type of the filesystem ``path`` (absolute, resolved) lies on,
     where that type is not one of `LOCAL_FILESYSTEMS`; None where it is, or where the mount
@@ -2361,7 +2416,7 @@ def served_from(path: Path) -> tuple[Path, str] | None:
         return None
     wanted = os.fsencode(path)
     # The longest mount point on the way: the nearest mount.
-    if (at := nearest(wanted, points, tops)) is not None and at < 0:
+    if (at := _nearest(wanted, points, tops)) is not None and at < 0:
         at = walk_nearest(wanted, points, tops)
     found = mounts[at] if at is not None else None
     if found is None or found[1] is None:

@@ -4278,6 +4278,7 @@ def register(
     *,
     replacing: Run | None = None,
     scratch: str = "",
+    enclosing_joined: bool = False,
 ) -> Run:
     """Mark this process, and every process it starts, as part of a run on ``sandbox``.
 
@@ -4289,12 +4290,16 @@ def register(
         protected: the roots the run must never open.
         replacing: this process's run to narrow (an xdist worker learns its own sandbox late).
         scratch: the suffix of the run's scratch databases and prefixes (`scratch_suffix`).
+        enclosing_joined: `protected` holds the roots of the run this one starts in already,
+            as the caller found it just before (the plugin: `current_run` walks the
+            process's ancestors, and a second walk cost about 4 M instructions of every
+            run's start, `bench/README.md`, "perf-startup65").
 
     Raises:
         PermissionError: the registry directory may be written by another user.
     """
     protected = tuple(protected)
-    if replacing is None:
+    if replacing is None and not enclosing_joined:
         # A run started inside another keeps the roots that one protects (the plugin adds
         # them too): its children are told apart from a test's own entry by them
         # (`_within_enclosing`).

@@ -39,6 +39,18 @@ def _shared(factory: pytest.TempPathFactory) -> Path:
     return basetemp.parent if os.environ.get("PYTEST_XDIST_WORKER") else basetemp
 
 
+#: ``python -m mkdocs`` (runpy runs it as ``-m`` does: the same ``sys.argv[1:]``, as
+#: ``__main__``) with Python's cyclic garbage collector off. A build makes millions of
+#: objects (ElementTree nodes, Jinja contexts), freed by reference counting; the collector's
+#: passes over the growing heap cost about 8% of the build's CPU (7.2 against 7.9 s, medians
+#: of four alternated pairs; peak RSS 150 against 113 MB), and the site it writes is
+#: byte-identical (``diff -r``). mkdocs has no switch for it, nor Python a variable.
+WITHOUT_GC = (
+    "import gc, runpy; gc.disable(); "
+    "runpy.run_module('mkdocs', run_name='__main__', alter_sys=True)"
+)
+
+
 def mkdocs_python() -> Path:
     """The interpreter of the docs' own environment (the `docs` extra in pyproject.toml)."""
     python = PROJECT / ".venv-docs" / "bin" / "python"
@@ -62,7 +74,16 @@ def build(factory: pytest.TempPathFactory, environ: dict[str, str]) -> Build:
             env = {**environ, "NO_MKDOCS_2_WARNING": "1"}
             site = directory / "site"
             result = subprocess.run(
-                [str(mkdocs_python()), "-m", "mkdocs", "build", "--strict", "-q", "-d", str(site)],
+                [
+                    str(mkdocs_python()),
+                    "-c",
+                    WITHOUT_GC,
+                    "build",
+                    "--strict",
+                    "-q",
+                    "-d",
+                    str(site),
+                ],
                 cwd=PROJECT,
                 env=env,
                 capture_output=True,

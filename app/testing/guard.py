@@ -1916,6 +1916,7 @@ def register(
     *,
     replacing: sandboxing.Run | None = None,
     scratch: str = "",
+    enclosing_joined: bool = False,
 ) -> sandboxing.Run:
     """`app.sandbox.register`, refusing the run, with the fix, where the registry cannot
     take its entry: running on would leave every process a test starts with a hand-built
@@ -1923,7 +1924,13 @@ def register(
     __tracebackhide__ = True
     _guard_basetemps_in_this_process()
     try:
-        return sandboxing.register(sandbox, protected, replacing=replacing, scratch=scratch)
+        return sandboxing.register(
+            sandbox,
+            protected,
+            replacing=replacing,
+            scratch=scratch,
+            enclosing_joined=enclosing_joined,
+        )
     except OSError as error:
         tmp = sandboxing.RUNS_DIR.parent
         if error.strerror is None:  # the registry's own refusal (another user's directory)

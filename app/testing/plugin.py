@@ -229,7 +229,9 @@ def _before_the_conftests(early_config: pytest.Config) -> None:
     )
     os.environ[sandboxing.SCRATCH_ENV] = scratch
     protected = [*guard.protected(roots, files, live, sandbox, spelled), *inherited_protected]
-    state.run = guard.register(sandbox, protected, scratch=scratch)
+    # The enclosing run's roots are joined here (`_enclosing_run`, as the run started): the
+    # registry's own look-up of it would walk the process's ancestors again.
+    state.run = guard.register(sandbox, protected, scratch=scratch, enclosing_joined=True)
     early_config.stash[STATE] = state
     if not worker:  # its controller looked, before any test started a server
         _refuse_live(known.app_strict or early_config.getini("app_strict"), live, unseen)

@@ -139,10 +139,11 @@ def _directories_resolved_once() -> Iterator[None]:
         _RESOLVED.reset(token)
 
 
-def _real(normal: str) -> Path:
+def _real(normal: str, lexical: Path | None = None) -> Path:
     """``Path(normal).resolve()`` for a normalised absolute path: its directory's real path
     (once per check, see `_directories_resolved_once`), then its last name, followed only
-    where it is a symbolic link, as ``realpath`` goes."""
+    where it is a symbolic link, as ``realpath`` goes. `lexical`, ``Path(normal)`` made
+    already, is given back where the real path is the same text, rather than parsed again."""
     cache = _RESOLVED.get()
     head, tail = os.path.split(normal)
     if cache is None or not tail or tail == "..":
@@ -156,7 +157,7 @@ def _real(normal: str) -> Path:
     with contextlib.suppress(OSError):
         if stat.S_ISLNK(os.lstat(here).st_mode):
             return _system_path(here)
-    return Path(here)
+    return lexical if lexical is not None and here == normal else Path(here)
 
 
 def _system_path(text: str) -> Path:
@@ -192,14 +193,21 @@ def _spelled(value: str, base: Path) -> list[Path]:
         joined = os.path.join(base, text)  # noqa: PTH118 - as given
         normal = os.path.normpath(joined)
         path = Path(normal)  # lexical, as junitxml and logging read it
-        found += [path, _real(normal)]
+        found += [path, _real(normal, path)]
         # And as the system opens it, `..` after a link included: `--debug=link/../session.json`
         # (`open` as given), with `link` in a production session, rewrote the session's
         # record, which the lexical spelling put beside the link (red team 38). Without a
         # `..`, the system's path is the lexical one's.
-        if ".." in Path(joined).parts:
+        if _goes_up(joined):
             found.append(_system_path(joined))
     return list(dict.fromkeys(found))
+
+
+def _goes_up(text: str) -> bool:
+    """Whether ``..`` is one of ``Path(text).parts``: a name between slashes, as pathlib
+    drops only empty names and ``.``. Read as text, not parsed as a Path, as the checks'
+    other looks at their thirty paths are (`bench/README.md`, "perf-startup65")."""
+    return ".." in text.split("/")
 
 
 def _strings(value: Any) -> Iterator[str]:
@@ -229,15 +237,29 @@ def _strings(value: Any) -> Iterator[str]:
             yield from _strings(item)
 
 
+#: `_option_names` of the last parser read: that parser, how many options it had, and the
+#: names. Only a refusal's words come from them, never whether it refuses.
+_NAMES_READ: list[tuple[object, int, dict[str, str]]] = []
+
+
 def _option_names(config: pytest.Config) -> dict[str, str]:
-    """Each option's destination and the name a user gives it (private: see pyproject.toml)."""
+    """Each option's destination and the name a user gives it (private: see pyproject.toml).
+
+    Read again only where the parser is another or has options added since (a conftest's):
+    each of a run's four checks read the names of some 150 options, for the words of a
+    refusal alone (`bench/README.md`, "perf-startup65")."""
     parser = config._parser
+    groups = [parser._anonymous, *parser._groups]
+    count = sum(len(group.options) for group in groups)
+    if _NAMES_READ and _NAMES_READ[0][0] is parser and _NAMES_READ[0][1] == count:
+        return _NAMES_READ[0][2]
     names: dict[str, str] = {}
-    for group in [parser._anonymous, *parser._groups]:
+    for group in groups:
         for option in group.options:
             dest = getattr(option, "dest", None)
             if dest and option.names():
                 names.setdefault(dest, max(option.names(), key=len))
+    _NAMES_READ[:] = [(parser, count, names)]
     return names
 
 
@@ -849,41 +871,66 @@ def _named_in(root: Path, wanted: tuple[int, int]) -> Path | None:
     return None
 
 
-#: Directories already looked at for a data root at or above them (as text), with what was
-#: found.
+#: What one pass of a check found walking up from each directory (as text, after the
+#: walk's own mark: `_walked_up`).
 _Seen = dict[str, tuple[Path, str] | None]
+
+
+def _walked_up(
+    path: Path, seen: _Seen, mark: str, look: Callable[[str], tuple[Path, str] | None]
+) -> tuple[Path, str] | None:
+    """The first of `look`'s findings at `path` or a directory above it, None where it finds
+    none up to ``/``; walked up as text, not as `Path.parents`.
+
+    Each directory is looked at once a pass, and what the walk found from it is kept in
+    `seen` (under `mark` and its text): a check's thirty paths lie in two or three
+    directories, and each walked on up to ``/`` again through what it had seen, about 300
+    `os.path.dirname` calls and their look-ups a pass (`bench/README.md`, "perf-startup65").
+    What a walk from a directory finds is what its own look finds, else what the walk from
+    its parent finds, so a walk stops at the first directory walked from already."""
+    directory = os.fspath(path)
+    passed: list[str] = []
+    found = None
+    while (walked := mark + directory) not in seen:
+        passed.append(walked)
+        if (found := look(directory)) is not None:
+            break
+        parent = os.path.dirname(directory)  # noqa: PTH120 - see above
+        if parent == directory:
+            break
+        directory = parent
+    else:
+        found = seen[walked]
+    for walked in passed:
+        seen[walked] = found
+    return found
 
 
 def _data_root_at_or_above(path: Path, seen: _Seen) -> tuple[Path, str] | None:
     """The data root at `path` or above it (held by a live process, or stamped), if any.
 
-    Walked up as text, not as `Path.parents`: every check of what pytest writes walks
-    about thirty paths up to ``/``, four times a run, and pathlib's parsing of each parent
-    was most of the checks' cost (`bench/plugin_startup.py`)."""
+    Walked up as text (`_walked_up`): every check of what pytest writes walks about thirty
+    paths up to ``/``, four times a run, and pathlib's parsing of each parent was most of
+    the checks' cost (`bench/plugin_startup.py`)."""
+    return _walked_up(path, seen, "", _data_root_at)
+
+
+def _data_root_at(directory: str) -> tuple[Path, str] | None:
+    """`directory` (text) as a data root held by a live process, or stamped; else None."""
     from app.dataroot import STAMP_FILE
     from app.lock import LOCK_FILE, probe
 
-    directory = os.fspath(path)
-    while True:
-        if directory not in seen:
-            found = None
-            lock = os.path.join(directory, LOCK_FILE)  # noqa: PTH118 - as text, see above
-            stamp = os.path.join(directory, STAMP_FILE)  # noqa: PTH118
-            # A name past the filesystem's limit (an ini value of text, a long log format,
-            # read as a path) is no directory: it ended the run in a bare OSError traceback
-            # (red team 38). Nothing can be written there either.
-            with contextlib.suppress(OSError):
-                if _is_file(lock) and (held := probe(Path(directory))).held:
-                    found = (Path(directory), f"held by {describe_holder(held.holder)}")
-                elif _is_file(stamp):
-                    found = (Path(directory), f"it has a profile stamp, {STAMP_FILE}")
-            seen[directory] = found
-        if seen[directory] is not None:
-            return seen[directory]
-        parent = os.path.dirname(directory)  # noqa: PTH120 - see above
-        if parent == directory:
-            return None
-        directory = parent
+    lock = os.path.join(directory, LOCK_FILE)  # noqa: PTH118 - as text, see above
+    stamp = os.path.join(directory, STAMP_FILE)  # noqa: PTH118
+    # A name past the filesystem's limit (an ini value of text, a long log format, read as
+    # a path) is no directory: it ended the run in a bare OSError traceback (red team 38).
+    # Nothing can be written there either.
+    with contextlib.suppress(OSError):
+        if _is_file(lock) and (held := probe(Path(directory))).held:
+            return Path(directory), f"held by {describe_holder(held.holder)}"
+        if _is_file(stamp):
+            return Path(directory), f"it has a profile stamp, {STAMP_FILE}"
+    return None
 
 
 def _own_directory_at_or_above(path: Path, seen: _Seen) -> tuple[Path, str] | None:
@@ -891,23 +938,18 @@ def _own_directory_at_or_above(path: Path, seen: _Seen) -> tuple[Path, str] | No
     is one of a root's own, or a root whose stamp and lock file were deleted
     (`app.dataroot.a_root_s_own`). A root's ``.trash/`` bound where its filesystem is
     mounted nowhere in sight, or the ``.trash/`` of such a root: pytest's --junitxml, cache
-    and --basetemp went into it (red team 63). Kept in `seen` under a key no path has."""
+    and --basetemp went into it (red team 63). Kept in `seen` under a mark no path has."""
+    return _walked_up(path, seen, "\0", _own_directory_at)
+
+
+def _own_directory_at(directory: str) -> tuple[Path, str] | None:
+    """`directory` (text) as one of a root's own, or a root that lost its stamp and lock."""
     from app.dataroot import a_root_s_own
 
-    directory = os.fspath(path)
-    while True:
-        key = "\0" + directory
-        if key not in seen:
-            own = None
-            with contextlib.suppress(OSError):
-                own = a_root_s_own(directory)
-            seen[key] = None if own is None else (Path(directory), own)
-        if seen[key] is not None:
-            return seen[key]
-        parent = os.path.dirname(directory)  # noqa: PTH120 - as the walk above
-        if parent == directory:
-            return None
-        directory = parent
+    own = None
+    with contextlib.suppress(OSError):
+        own = a_root_s_own(directory)
+    return None if own is None else (Path(directory), own)
 
 
 #: The errors `Path.is_file` answers False for (pathlib's own list); any other is raised.
@@ -970,6 +1012,14 @@ def _holder(root: Path) -> str:
 
 def _conflict(target: Target, roots: dict[str, Path], seen: _Seen) -> str | None:
     """Where `target` meets a data root, said for a refusal; None where it meets none."""
+    from app.dataroot import one_reading
+
+    with one_reading():
+        return _conflict_seen(target, roots, seen)
+
+
+def _conflict_seen(target: Target, roots: dict[str, Path], seen: _Seen) -> str | None:
+    """`_conflict`, with the mount table read once for its three looks (`one_reading`)."""
     from app.dataroot import bound_from, served_from, shown_from_a_session
     from app.sandbox import served_by
     from app.testing.guard import unknown_mount_at
