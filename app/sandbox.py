@@ -755,14 +755,9 @@ def _read_entry(
 ) -> Run | None:
     """The run an entry names; None for one unreadable, or of a run still starting."""
     data = _entry_data(path) if data is None else data
-    if data is None or data.get("starting") or "sandbox" not in data:
+    if data is None or (parts := _run_parts(data)) is None:
         return None
-    try:
-        sandbox = Path(path_from_text(str(data["sandbox"])))
-    except ValueError:
-        return None  # no run writes a surrogate that escapes no byte: a test wrote it
-    if not sandbox.is_absolute() or sandbox == Path(sandbox.anchor):
-        return None  # no run makes such a sandbox (a test wrote it): not a run's entry
+    sandbox, protected = parts
     how = "this process" if depth == 0 else f"an ancestor process, pytest pid {pid}"
     itself = not leads and "outlived" not in data and (depth == 0 or _forked_from(pid, data))
     if depth == 0 and data.get("argv") not in (sys.argv, _recorded_argv(sys.argv)):
@@ -791,12 +786,6 @@ def _read_entry(
         if fields is not None and fields[1] == run_started and not _exited(ended):
             how = f"{who}, left running by a test of the run of pytest pid {ended}"
             ended = None
-    try:
-        protected = tuple(Protected.from_dict(item) for item in data.get("protected", ()))
-    except (TypeError, ValueError, KeyError, AttributeError):
-        # Not as a run writes it (a test wrote it by hand): no run's, as an unreadable one;
-        # its children once stopped at it with a bare traceback (red team 39).
-        return None
     made = data.get("sandbox_identity")
     registered = f"registered in {_registered_in(path)}"
     if path in _CHANGED:
@@ -827,6 +816,28 @@ def _read_entry(
         ),
         itself=itself and not _in_subinterpreter(),
     )
+
+
+def _run_parts(data: Mapping[str, Any]) -> tuple[Path, tuple[Protected, ...]] | None:
+    """The sandbox and the protected roots entry `data` names, where it names a run's as
+    runs write them; None for one still starting, or one a test wrote by hand that no run
+    writes (`_read_entry` reads it as no run's, and so does the hand-over,
+    `_kept_by_hand_on`)."""
+    if data.get("starting") or "sandbox" not in data:
+        return None
+    try:
+        sandbox = Path(path_from_text(str(data["sandbox"])))
+    except ValueError:
+        return None  # no run writes a surrogate that escapes no byte: a test wrote it
+    if not sandbox.is_absolute() or sandbox == Path(sandbox.anchor):
+        return None  # no run makes such a sandbox (a test wrote it): not a run's entry
+    try:
+        protected = tuple(Protected.from_dict(item) for item in data.get("protected", ()))
+    except (TypeError, ValueError, KeyError, AttributeError):
+        # Not as a run writes it (a test wrote it by hand): no run's, as an unreadable one;
+        # its children once stopped at it with a bare traceback (red team 39).
+        return None
+    return sandbox, protected
 
 
 def _forked_from(pid: int, data: dict[str, Any]) -> bool:
@@ -3622,7 +3633,11 @@ def _publish(
         # The sealed copy first, the entry next, the copy it replaces last: a child that
         # reads between them finds its entry in one of the two (`_entry_changed`).
         replaced = _keep_copy(name, text) if own_run else None
-        if not placed and not (while_running and _link_if_none(parent, temporary, name)):
+        if not placed and not (
+            outlived is not None
+            and run is not None
+            and _link_if_none(parent, temporary, name, run, while_running=while_running)
+        ):
             os.replace(temporary, name, src_dir_fd=parent, dst_dir_fd=parent)
         if replaced is not None:
             os.close(replaced)
@@ -3637,10 +3652,12 @@ def _publish(
         os.close(parent)
 
 
-def _link_if_none(parent: int, temporary: str, name: str) -> bool:
-    """Put entry `temporary` at `name` of registry `parent` only where no entry is there
-    (a link fails where the name is taken, which a rename never does); True once nothing is
-    left to do: linked, or an entry was there. False where this filesystem makes no links.
+def _link_if_none(parent: int, temporary: str, name: str, run: Run, *, while_running: bool) -> bool:
+    """Put entry `temporary`, `run`'s handed on, at `name` of registry `parent` only where no
+    entry the hand-over keeps is there (`_kept_by_hand_on`; a link fails where the name is
+    taken, which a rename never does); True once nothing is left to do: linked, or such an
+    entry was there. False where what is there is to be written over, or nothing is there
+    in a filesystem that makes no links (the caller renames then).
 
     The check after each test hands the run on to a process a test left running only where
     it has no entry yet (`hand_on`), and then wrote over whatever was there by the time it
@@ -3648,16 +3665,51 @@ def _link_if_none(parent: int, temporary: str, name: str) -> bool:
     write (the run's launcher starts the next case's inner run as a test ends): its entry
     became a handed-on one of the outer run, and its tests' children, given production's
     settings alone, were refused as the outer run's, the development profile's forced onto
-    the testing one (CI of stop 51). Its own entry now stays; a later pytest's replaces one
-    handed on first, as it did."""
+    the testing one (CI of stop 51). Its own entry now stays, at the run's end too (red team
+    65 on regress); a later pytest's replaces one handed on first, as it did. An entry a test
+    wrote there meanwhile for its daemon (nothing protected) is no run's: written over."""
     try:
         os.link(temporary, name, src_dir_fd=parent, dst_dir_fd=parent, follow_symlinks=False)
     except FileExistsError:
-        pass  # its own came first: it stays
+        # Taken, whatever the filesystem (the kernel answers so before asking one that
+        # makes no links, exFAT or FAT through FUSE).
+        try:
+            data = json_loads(_entry_bytes(Path(name), dir_fd=parent, follow=False))
+        except (OSError, ValueError):
+            data = None
+        if not _kept_by_hand_on(data, run, while_running=while_running):
+            return False  # no run's: written over
     except OSError:
-        return False  # no hard links here: written over, as before
+        return False  # none there, and no hard links here: written over, as before
     os.unlink(temporary, dir_fd=parent)
     return True
+
+
+def _kept_by_hand_on(data: object, run: Run, *, while_running: bool = True) -> bool:
+    """Whether the hand-over leaves entry `data` as it is, rather than writing `run`'s over
+    it: a run's that started inside `run` (still starting, or keeping `run`'s protected
+    roots), and, after a test (`while_running`, `hand_on`), one a run handed on (this one,
+    or one inside it); at the run's end (`_end_entry`), one handed on is written again.
+
+    After a test, an entry a test wrote by hand for its daemon (a sandbox holding
+    production's root, nothing protected) was kept as one the process already had: while
+    the run lived, the run above bound it (`_within_enclosing`), but once a later test
+    killed the run (``SIGKILL``), the daemon, with nothing above it, read that entry as its
+    run and, given production's settings and the opt-in alone, purged a stopped production
+    root (red team 65 on regress). It is written over now, as the run's end writes over
+    it. Keeping the roots is read as the daemon reads its entry (`_run_parts`): a copy of
+    the run's own entry with a sandbox no run writes (``/``, a relative path) kept the
+    roots by their paths, was kept at the run's end too, and its reader, taking it for no
+    run's, found nothing above once the run had ended and, given production's settings
+    alone, purged a stopped production root (red team 65 on regress)."""
+    if not isinstance(data, dict) or ("outlived" in data and not while_running):
+        return False
+    if data.get("starting"):
+        return True  # its readers are refused as under a pytest not ready (`_walk_tree`)
+    parts = _run_parts(data)
+    return parts is not None and {str(item.path) for item in parts[1]} >= {
+        str(item.path) for item in run.protected
+    }
 
 
 #: Where `_publish` wrote each entry (of this process, or handed on to a child), by its
@@ -3849,7 +3901,7 @@ def _children(pid: int) -> set[int]:
     return found
 
 
-#: Entries `_a_run_inside` read, by their path and what ``stat`` said of them then.
+#: Entries `_entry_read_once` read, by their path and what ``stat`` said of them then.
 _ENTRIES_READ: dict[tuple[str, int, int, int, int], dict[str, Any] | None] = {}
 
 
@@ -3858,26 +3910,59 @@ def _a_run_inside(entry: Path, run: Run) -> str | None:
     starting or keeping `run`'s protected roots): ``"registered"`` for a run that hands on
     what it started itself, ``"starting"`` for a pytest that has not registered (still
     starting, or without the app's plugin for good), None for no run's. An entry a test
-    wrote for its daemon (no roots protected) is no run's: the daemon gets `run`'s."""
-    try:
-        seen = entry.stat()
-    except OSError:
+    wrote for its daemon (no roots protected, or a sandbox no run writes) is no run's: the
+    daemon gets `run`'s."""
+    # Handed on by a run is not a run's own: written again at the run's end.
+    if not _entry_kept(entry, run, while_running=False):
         return None
-    # Read again only when it changed: the check after each test looks at every process a
-    # test left running and at the run's long-lived ones (its database, its object store),
-    # twice a test. An entry is replaced whole (a new inode) or written in place, which
-    # changes its ctime, which no process can set back.
-    key = (str(entry), seen.st_ino, seen.st_size, seen.st_mtime_ns, seen.st_ctime_ns)
+    data = _entry_read_once(entry)
+    return "starting" if data is not None and data.get("starting") else "registered"
+
+
+def _entry_read_once(entry: Path) -> dict[str, Any] | None:
+    """What `entry` says (None: none there, or unreadable), read again only when it changed:
+    the check after each test looks at every process a test left running and at the run's
+    long-lived ones (its database, its object store), twice a test."""
+    key = _entry_key(entry)
+    if key is None:
+        return None
     if key not in _ENTRIES_READ:
         if len(_ENTRIES_READ) >= 256:
             _ENTRIES_READ.clear()
         _ENTRIES_READ[key] = _entry_data(entry)
-    data = _ENTRIES_READ[key]
-    if data is None or "outlived" in data:  # handed on by a run, not a run's own
+    return _ENTRIES_READ[key]
+
+
+def _entry_key(entry: Path) -> tuple[str, int, int, int, int] | None:
+    """What tells `entry` as it is now from what it was (None: none there). An entry is
+    replaced whole (a new inode) or written in place, which changes its ctime, which no
+    process can set back."""
+    try:
+        seen = entry.stat()
+    except OSError:
         return None
-    if data.get("starting"):
-        return "starting"
-    return "registered" if _keeps_roots(data, run) else None
+    return (str(entry), seen.st_ino, seen.st_size, seen.st_mtime_ns, seen.st_ctime_ns)
+
+
+#: What `_entry_kept` found of each entry, by what ``stat`` said of it, the hand-over and
+#: the run's roots.
+_KEPT_READ: dict[tuple[object, ...], bool] = {}
+
+
+def _entry_kept(entry: Path, run: Run, *, while_running: bool) -> bool:
+    """`_kept_by_hand_on` of the entry at `entry`, judged again only when it changed: read
+    as its reader reads it, an entry costs some 25 us (its roots parsed), and the run's
+    long-lived processes are looked at twice a test."""
+    key = _entry_key(entry)
+    if key is None:
+        return False
+    memo = (key, while_running, run.protected)
+    if memo not in _KEPT_READ:
+        if len(_KEPT_READ) >= 256:
+            _KEPT_READ.clear()
+        data = _entry_read_once(entry)
+        _KEPT_READ[memo] = _kept_by_hand_on(data, run, while_running=while_running)
+    return _KEPT_READ[memo]
 
 
 def _also_at_shutdown(hook: Any) -> None:
@@ -4029,7 +4114,8 @@ def _at_threads_shutdown() -> None:
 
 def _hand_on_descendants(run: Run, pid: int, *, while_running: bool = False) -> None:
     """Give each descendant of `pid` (this process) an entry of its own, `run`'s, unless it
-    is a run of its own; `while_running`: only those without one yet (`hand_on`)."""
+    is a run of its own; `while_running`: only those without a run's entry yet (`hand_on`,
+    `_kept_by_hand_on`)."""
     # Every descendant, not only the children: a supervisor's worker kept the run only
     # through its supervisor, and when that exited after the run, it was re-parented to
     # init, out of any run.
@@ -4068,7 +4154,7 @@ def _hand_on_descendants(run: Run, pid: int, *, while_running: bool = False) -> 
             if not while_running:
                 pending.extend(_children(child))
             continue
-        if not (while_running and entry.exists()):
+        if not (while_running and _entry_kept(entry, run, while_running=True)):
             with contextlib.suppress(OSError):
                 _publish(run, outlived=child, while_running=while_running)
         pending.extend(_children(child))
@@ -4082,7 +4168,9 @@ def hand_on(run: Run) -> None:
     hook: a daemon an earlier test left, given production's settings alone, was
     re-parented out of the run's tree once the run was gone and purged a stopped
     production root (red team 41). Handed on now, it stays in the run after that. Only
-    what has no entry yet is written: a test leaves few processes, and each is read once.
+    what has no run's entry yet is written (an entry a test wrote by hand for its daemon is
+    written over, red team 65 on regress): a test leaves few processes, and each entry is
+    read once.
     """
     own = _own_start()
     pid = own[0] if own is not None else None

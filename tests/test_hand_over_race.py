@@ -96,3 +96,40 @@ def test_a_pytest_s_own_entry_written_after_the_hand_over_replaces_it(
     data = _entry(child.pid)
     assert data.get("without_plugin") is True, data
     assert "outlived" not in data, data
+
+
+def test_a_pytest_s_own_entry_written_while_the_run_s_end_hands_on_stays(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The run's last hand-over (`_end_entry`) writes its entry over each descendant's that
+    # is no run's own, looking first: a pytest that wrote its own in between (one a test
+    # left starting as the run ends) had it written over, as CI of stop 51's did after a
+    # test (red team 65 on regress). The child under a shell of its own, whose descendants
+    # alone are handed on here: the run's other processes keep their entries.
+    process = subprocess.Popen(
+        ["sh", "-c", '"$0" -c "$1"; :', sys.executable, CHILD],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        children = list(sandbox._children(process.pid))
+        while not children:  # the shell has not started it yet
+            children = list(sandbox._children(process.pid))
+        (pid,) = children
+        entry_dict = sandbox._entry_dict
+
+        def the_child_writes_first(run: sandbox.Run | None, child: int) -> dict[str, object]:
+            if child == pid:
+                _write_own_entry(process)
+            return entry_dict(run, child)
+
+        monkeypatch.setattr(sandbox, "_entry_dict", the_child_writes_first)
+        sandbox._hand_on_descendants(_this_run(), process.pid)
+        data = _entry(pid)
+        assert data.get("without_plugin") is True, data
+        assert "outlived" not in data, data
+    finally:
+        assert process.stdin is not None
+        process.stdin.close()
+        process.wait(timeout=60)

@@ -296,3 +296,48 @@ def test_a_test_s_root_directory_or_groups_are_never_a_forked_server_s(tmp_path:
         said = report.read()
     os.waitpid(child, 0)
     assert said == "True True True True True", said
+
+
+def test_a_seccomp_filter_a_test_adds_to_a_run_already_filtered_is_never_a_forked_server_s() -> (
+    None
+):
+    # What a child inherits compared the seccomp mode (`Seccomp: 2` once any filter is on),
+    # not the filters: in a run already under one (a container runtime's), a test that added
+    # its own (a call made to fail, to see the server meet the error) had its server forked
+    # from the run's warm interpreter without it, where a plain start is the test's child,
+    # filtered as it is (red team 65 on regress). Here in a forked child, whose filters are
+    # its own: one that allows everything as the run's, then a second as the test's.
+    if not Path("/proc/self/status").read_text().count("Seccomp_filters:"):
+        pytest.skip("this kernel does not count seccomp filters (Linux 5.9+)")
+    import ctypes
+
+    reader, writer = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports through the pipe
+        said = "the child failed"
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            # One instruction, BPF_RET | BPF_K of SECCOMP_RET_ALLOW (struct sock_filter:
+            # code, jt, jf, k), and struct sock_fprog { unsigned short len; filter * }.
+            instruction = ctypes.create_string_buffer(bytes([6, 0, 0, 0, 0, 0, 0xFF, 0x7F]), 8)
+            program = (ctypes.c_uint64 * 2)(1, ctypes.addressof(instruction))
+            ulong = ctypes.c_ulong
+
+            def add_filter() -> bool:
+                # PR_SET_NO_NEW_PRIVS, then PR_SET_SECCOMP with SECCOMP_MODE_FILTER.
+                libc.prctl(38, ulong(1), ulong(0), ulong(0), ulong(0))
+                return libc.prctl(22, ulong(2), ctypes.byref(program), ulong(0), ulong(0)) == 0
+
+            if not add_filter():
+                said = f"seccomp: {os.strerror(ctypes.get_errno())}"
+            else:
+                before = zygote.inherited()  # the run's, under a filter already
+                said = f"{add_filter()} {zygote.inherited() != before}"
+        finally:
+            os.write(writer, said.encode())
+            os._exit(0)
+    os.close(writer)
+    with os.fdopen(reader) as report:
+        said = report.read()
+    os.waitpid(child, 0)
+    assert said == "True True", said

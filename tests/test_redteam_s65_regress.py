@@ -1,0 +1,145 @@
+"""Red team 65 on regress (branch rt-regress65a): the session's own changes to the guard.
+
+Pytest in a subprocess beside a stopped production root, real processes and the real
+registry of test runs. What broke, now held:
+
+- a test that writes a registry entry by hand for a daemon it starts (a sandbox holding
+  production's root, nothing protected, production opted into), then a later test that
+  kills the run (``SIGKILL``): the check after each test hands the run on only to a process
+  with no entry yet (`app.sandbox.hand_on`), and since 57f9483c also keeps an entry written
+  while it writes; the test's entry stayed, and the daemon, once the run was gone, read it
+  as its run and purged the stopped production root;
+- a test that writes its daemon's entry as a copy of the run's own with a sandbox no run
+  writes (``/``, a relative path), its daemon given production's settings alone, in a run
+  that ends as runs do: both hand-overs kept it (it protects the run's roots, by their
+  paths), its reader took it for no run's, and once the run had ended the daemon was
+  outside any run and purged the stopped production root.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from test_redteam_s31_guard import stopped  # noqa: F401 - a fixture
+from test_redteam_s41_guard import _left_behind_a_run
+
+#: A test that starts two daemons given production's settings and the opt-in alone, which
+#: purge once the run's process is gone (the second once the first has answered, into
+#: ``$OUT``, which the caller waits for), and writes each one's registry entry by hand (a
+#: sandbox holding production's root, nothing protected): the first's before the check
+#: after the test, the second's while that check writes (the moment 57f9483c left to
+#: whatever is there; the check's next step, making the entry's text, waits for it). A
+#: later test kills the run.
+FORGES_THEN_KILLED = """
+import json, os, signal, subprocess, sys
+from app import sandbox
+
+WAITS = (
+    'while kill -0 "$RUN" 2>/dev/null || { [ "$AFTER" ] && [ ! -s "$AFTER" ]; }; '
+    'do sleep 0.05; done; '
+    'exec "$0" -m app data purge --yes-i-mean-it >"$TO" 2>&1'
+)
+
+def _daemon(to, after):
+    env = {name: os.environ[name] for name in ("PATH", "APP_SETTINGS_DIR")}
+    env.update(ENV_FOR_DYNACONF="production", PYTEST_APP_ALLOW_PROFILES="production",
+               RUN=str(os.getpid()), TO=to, AFTER=after)
+    daemon = subprocess.Popen(["sh", "-c", WAITS, sys.executable], env=env,
+                              start_new_session=True)
+    entry = {"pid": daemon.pid, "argv": ["sh"], "sandbox": os.environ["ABOVE"], "protected": []}
+    name = sandbox._entry_name(daemon.pid, sandbox._stat_fields(daemon.pid)[1])
+    return daemon.pid, sandbox.RUNS_DIR / name, json.dumps(entry)
+
+def test_1_leaves_daemons_with_entries_of_their_own():
+    first = os.environ["OUT"] + ".before"
+    _, entry, text = _daemon(first, "")
+    entry.write_text(text)
+    pid, entry, text = _daemon(os.environ["OUT"], first)
+    made = sandbox._entry_dict
+
+    def written_meanwhile(run, child):  # between the check's look and its write
+        if child == pid:
+            entry.write_text(text)
+        return made(run, child)
+
+    sandbox._entry_dict = written_meanwhile
+
+def test_2_ends_the_run():
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_an_entry_a_test_wrote_for_its_daemon_is_handed_over_before_the_run_is_killed(
+    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The check after each test gave the run's entry only to a process without one, and
+    # kept an entry a test wrote by hand for its daemon (nothing protected, a sandbox that
+    # holds production's root). While the run lives, the run above binds it
+    # (`_within_enclosing`); once a later test killed the run, the daemon had nothing above
+    # it, read that entry as its run, and purged the stopped production root (whose
+    # snapshot `_left_behind_a_run` compares).
+    monkeypatch.setenv("ABOVE", str(stopped[1].parent))
+    said = {
+        "meanwhile": _left_behind_a_run(stopped, tmp_path, FORGES_THEN_KILLED),
+        "before": (tmp_path / "out.txt.before").read_text(),
+    }
+    # Handed the run's entry: production's root mapped into the run's sandbox.
+    for forged, answer in said.items():
+        assert answer.startswith("error: data root "), (forged, answer)
+        assert (
+            "data_root of profile 'production' (from pytest sandbox (configured: "
+            f"{stopped[1]}, settings.toml [production])"
+        ) in answer, (forged, answer)
+
+
+#: A test that leaves two daemons given production's settings alone, each of which purges
+#: once the run's process is gone (into ``$OUT.root``, and into ``$OUT`` once that one has
+#: answered), and writes their entries from an exit hook (which Python runs before the run's
+#: last hand-over, registered earlier) as copies of the run's own with a sandbox no run
+#: writes; the run ends as runs do.
+COPIES_THE_RUN_S_ENTRY = """
+import atexit, json, os, subprocess, sys
+from app import sandbox
+
+WAITS = (
+    'while kill -0 "$RUN" 2>/dev/null || { [ "$AFTER" ] && [ ! -s "$AFTER" ]; }; '
+    'do sleep 0.05; done; exec "$0" -m app data purge --yes-i-mean-it >"$TO" 2>&1'
+)
+
+def test_copies_the_run_s_entry_for_its_daemons_as_the_run_ends():
+    out = os.environ["OUT"]
+    for shape, to, after in (("/", out + ".root", ""), ("relative/sandbox", out, out + ".root")):
+        env = {name: os.environ[name] for name in ("PATH", "APP_SETTINGS_DIR")}
+        env.update(ENV_FOR_DYNACONF="production", RUN=str(os.getpid()), TO=to, AFTER=after)
+        daemon = subprocess.Popen(["sh", "-c", WAITS, sys.executable], env=env,
+                                  start_new_session=True)
+        entry = json.loads(sandbox._own_entry().read_text())
+        entry.update(pid=daemon.pid, sandbox=shape)
+        at = sandbox.RUNS_DIR / sandbox._entry_name(daemon.pid, sandbox._stat_fields(daemon.pid)[1])
+        atexit.register(at.write_text, json.dumps(entry))
+"""
+
+
+def test_a_copy_of_the_run_s_entry_with_a_sandbox_no_run_writes_is_handed_over(
+    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    # A copy of the run's entry with a sandbox of `/` or a relative one, written for a daemon:
+    # the run's last hand-over kept it (it protects the run's roots, by their paths), its
+    # reader took it for no run's, and once the run had ended the daemon found nothing of
+    # the run and purged the stopped production root (whose snapshot `_left_behind_a_run`
+    # compares). Kept now is what its reader reads as a run.
+    said = {"relative": _left_behind_a_run(stopped, tmp_path, COPIES_THE_RUN_S_ENTRY)}
+    said["root"] = (tmp_path / "out.txt.root").read_text()
+    for shape, answer in said.items():
+        assert answer.startswith("error: refused under pytest (sandbox: "), (shape, answer)
+        assert re.search(
+            r"loading profile 'production'; tests run on the 'testing' profile \(this "
+            r"process belongs to the test run through the process tree \(this process, "
+            r"started by the test run of pytest pid \d+, which has ended, registered in ",
+            answer,
+        ), (shape, answer)
