@@ -71,6 +71,7 @@ from app.store.records import (
     RECORDS_DIR,
     TRASH_MANIFEST,
     TRASHED_SESSION,
+    UNKNOWN_KEY,
     FileRecord,
     bytes_in_entry,
     date_records,
@@ -915,17 +916,28 @@ class Checker:
             # A session.json whose title or metadata changed on the disk reads as JSON:
             # "without a readable session.json" would send an operator looking for another
             # fault, so it is named (red team 65).
-            changed = getattr(error, "damage", None) == CONTENT_CHANGED
+            # So is a key no build writes (a bit of CONTENT_KEY's name flipped: red team 65
+            # on regress).
+            damage = getattr(error, "damage", "")
+            changed = damage == CONTENT_CHANGED
+            unknown = damage.endswith(UNKNOWN_KEY)
             self.unrepaired(
                 "session-unreadable",
                 directory,
                 f"a session directory whose session.json {CONTENT_CHANGED}: damage from "
                 "outside the app, or an edit by hand"
                 if changed
+                else f"a session directory whose session.json {damage.removesuffix(UNKNOWN_KEY)}"
+                "which no build of the app writes: damage from outside the app, or an edit by "
+                "hand"
+                if unknown
                 else "a session directory without a readable session.json",
                 "nothing: left for a human (restore session.json from a backup; after an "
                 f"edit made on purpose, remove its {CONTENT_KEY} line)"
                 if changed
+                else "nothing: left for a human (restore session.json from a backup; after an "
+                "edit made on purpose, remove that key)"
+                if unknown
                 else "nothing: left for a human (restore session.json from a backup)",
             )
             return None

@@ -126,6 +126,7 @@ def checked_session_fields(title: object, metadata: object) -> dict[str, Any]:
     except TypeError as error:
         raise BadRequestError(f"metadata is not JSON-serialisable: {error}") from None
     _refuse_surrogate("metadata", text)
+    _refuse_keys_not_text(metadata)
     # Its size as the ASCII JSON the limit is stated in (what the strict dump above took,
     # this one takes: it cannot fail).
     size = len(json.dumps(metadata, separators=(",", ":")).encode())
@@ -134,6 +135,34 @@ def checked_session_fields(title: object, metadata: object) -> dict[str, Any]:
             f"metadata is {size} bytes as JSON; the limit is {MAX_METADATA_BYTES}"
         )
     return metadata
+
+
+def _refuse_keys_not_text(metadata: dict[Any, Any]) -> None:
+    """Refuse a key of ``metadata`` (at any depth) that is not a string.
+
+    ``json.dumps`` writes ``2``, ``1.5``, ``None`` or ``True`` as a key's text, so the store's
+    own API took ``{2: "a", 10: "b"}``: its create answered keys no read gives back, and on a
+    data root ``session.json`` kept ``{"10": "b", "2": "a"}`` beside the SHA-256 of the keys
+    as given, sorted as numbers, so the session it had just made was ``session_unreadable``
+    for good (red team 65 on regress). A JSON object's keys are strings (RFC 8259, 4); the
+    server's parser never gives another. Called after ``json.dumps`` took ``metadata``: no
+    cycle and no nesting past Python's stack, so this walk ends.
+    """
+    pending: list[Any] = [metadata]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                if not isinstance(key, str):
+                    kind, text = type(key).__name__, json.dumps({key: 0})[1:-4]
+                    raise BadRequestError(
+                        f"metadata has the key {key!r} (of type {kind}), not a string: JSON's "
+                        f"object keys are strings, and it would be read back as the text {text}, "
+                        "not as the key given; nothing was stored. Send the key as a string"
+                    )
+                pending.append(inner)
+        elif isinstance(value, (list, tuple)):
+            pending.extend(value)
 
 
 def _refuse_surrogate(what: str, text: str) -> None:

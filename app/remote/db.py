@@ -145,11 +145,7 @@ _BEGIN: Final = (
 #: commit point (`_still_held`), not with the BEGIN: a trigger of another's that says `SET
 #: LOCAL synchronous_commit = off` (a logging tool's cheap write) set it again after the
 #: BEGIN's, and the write committed with `off` (red team 65 on regress).
-_DURABLE: Final = (
-    "set_config('synchronous_commit', CASE current_setting('synchronous_commit')"
-    " WHEN 'off' THEN 'on' WHEN 'local' THEN 'on'"
-    " ELSE current_setting('synchronous_commit') END, true) AS durable"
-)
+_DURABLE: Final = pg.DURABLE
 # A replica's write holds the database's lock shared to its commit: maintenance, which asks
 # for it exclusively, cannot begin between `_still_held` and the commit, when this replica's
 # own lock may be gone. (Formatted from integer constants only.)

@@ -926,16 +926,35 @@ def refusals(where: str, what: str = "a statement") -> Iterator[None]:
         raise refused from None
 
 
+#: ``synchronous_commit`` made ``on`` for the rest of the transaction where it is ``off`` or
+#: ``local`` (kept where it is stronger), as the last statement before a COMMIT: see
+#: ``app.remote.db._DURABLE``, which each replica's write runs at its commit point.
+DURABLE: Final = (
+    "set_config('synchronous_commit', CASE current_setting('synchronous_commit')"
+    " WHEN 'off' THEN 'on' WHEN 'local' THEN 'on'"
+    " ELSE current_setting('synchronous_commit') END, true) AS durable"
+)
+
+
 @contextlib.contextmanager
 def committed(conn: psycopg.Connection[Any], where: str, what: str) -> Iterator[None]:
     """``conn.transaction()``, under :func:`refusals`, whose COMMIT that got no answer within
     the connection's bound is :class:`CommitUnknownError`: the server may have committed it
-    before it stopped answering, so "nothing was changed" would not be known."""
+    before it stopped answering, so "nothing was changed" would not be known.
+
+    Committed with ``synchronous_commit`` on (`DURABLE`, set after the body's statements):
+    a re-stamp, an open that makes or upgrades the schema, a prefix forgotten set it only as
+    their connection opened (`configure_session`), and a trigger of another's on the app's
+    tables that says ``SET LOCAL synchronous_commit = off`` (a logging tool's on
+    ``app_audit``) made them commit with ``off``, as red team 65 on regress found of the
+    replicas' writes: "is now stamped", then lost by a crash of the server (red team 65 on
+    regress, rt-regress65c)."""
     committing = False
     with refusals(where, what):
         try:
             with conn.transaction():
                 yield
+                conn.execute(f"SELECT {DURABLE}")
                 committing = True
         except WaitTimeoutError as error:
             if not committing:

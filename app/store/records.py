@@ -55,6 +55,7 @@ __all__ = [
     "SESSION_FILE",
     "TRASHED_SESSION",
     "TRASH_MANIFEST",
+    "UNKNOWN_KEY",
     "FileRecord",
     "MetaCache",
     "TrashManifest",
@@ -524,6 +525,11 @@ CONTENT_CHANGED: Final = (
     f"(their SHA-256 is no longer the {CONTENT_KEY} written with them; after an edit made "
     f"on purpose, remove that line)"
 )
+#: What `UnreadableSessionError` says of a session.json's key no build of the app writes,
+#: after the key.
+UNKNOWN_KEY: Final = (
+    "which no build of the app writes (after an edit made on purpose, remove that key)"
+)
 #: What a create acknowledges of a session, and the key holds the SHA-256 of: never changed
 #: once written (``updated_at`` is worked out from the session's records and times).
 _CONTENT_FIELDS: Final = ("id", "title", "metadata", "created_at")
@@ -537,6 +543,9 @@ _SESSION_FIELDS: Final = {
     "updated_at": (str,),
     CONTENT_KEY: (str,),
 }
+
+#: Every key a build of the app ever wrote in ``session.json`` (``files``: before records/).
+_KNOWN_KEYS: Final = frozenset({*_SESSION_FIELDS, LEGACY_FILES_KEY})
 
 
 def content_sha256(session: Mapping[str, Any]) -> str:
@@ -592,6 +601,15 @@ def session_object(raw: bytes, session_id: str, *, checked: bool = False) -> dic
         # Another session's (linked, or copied, by hand): that session was answered in this
         # one's place, listed twice, and this one's own was hidden (red team 44).
         damage = f"names session {session['id']}, not this one (another session's file)"
+        raise UnreadableSessionError(session_id=session_id, damage=damage)
+    if not _KNOWN_KEYS.issuperset(session):
+        # No build of the app ever wrote another key. One bit of `CONTENT_KEY`'s name
+        # flipped ("content_sha257") made the file one "without it", read unchecked, and the
+        # hash, never part of an answer, was served under its new name; a title damaged
+        # after that was served as acknowledged (red team 65 on regress).
+        unknown = min(set(session) - _KNOWN_KEYS)
+        shown = repr(unknown if len(unknown) <= 64 else unknown[:64] + "...")
+        damage = f"has the key {shown}, {UNKNOWN_KEY}"
         raise UnreadableSessionError(session_id=session_id, damage=damage)
     kept = session.pop(CONTENT_KEY, None)
     if kept is not None and not checked and kept != _content_sha256_or_none(session):

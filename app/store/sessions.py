@@ -26,6 +26,7 @@ from app.dataroot import (
     json_bytes,
     lexists,
     link_remedy,
+    read_regular,
     remove_tree,
     write_all,
 )
@@ -38,6 +39,7 @@ from app.errors import (
     SessionNotServedError,
     StoreError,
     UnreadableSessionError,
+    json_loads,
     shell_word,
 )
 from app.lock import special_kind
@@ -577,6 +579,12 @@ class Sessions:
                 fsync_dir(blobs)
         fsync_dir(directory / RECORDS_DIR)
         meta = {k: v for k, v in meta.items() if k != LEGACY_FILES_KEY}
+        if _keyed(directory):
+            # A session this build made, its files then listed by a build from before
+            # records/ (a downgrade): rewritten without its key, it was read unchecked from
+            # then on, a title changed on the disk served as acknowledged (red team 65 on
+            # regress). `meta` passed the comparison as it was read (`read_meta`).
+            meta[CONTENT_KEY] = content_sha256(meta)
         self.root.atomic_write_json(directory / SESSION_FILE, meta)
         with contextlib.suppress(OSError):
             legacy.rmdir()  # anything left there was not listed: kept for a human
@@ -968,6 +976,16 @@ def _no_session_at(place: Path) -> str | None:
     if stat.S_ISREG(held) or stat.S_ISLNK(held):
         return None
     return f"a directory whose {SESSION_FILE} is {special_kind(held) or 'not a file'}"
+
+
+def _keyed(directory: Path) -> bool:
+    """Whether ``directory``'s session.json keeps a `CONTENT_KEY` (which `read_meta` does not
+    return)."""
+    try:
+        found = json_loads(read_regular(directory / SESSION_FILE))
+    except (OSError, ValueError):
+        return False
+    return isinstance(found, dict) and CONTENT_KEY in found
 
 
 def _page_size_bound(session: SessionRecord) -> int:
