@@ -1,0 +1,131 @@
+"""Red team 65 on PostgreSQL and object storage.
+
+What broke:
+
+- An upload whose body was changed on the way to the object store (one byte, its length
+  kept: a faulty gateway, proxy or NIC offload), in a process whose S3 client computes
+  checksums only where an operation requires one (``AWS_REQUEST_CHECKSUM_CALCULATION=
+  when_required``, or ``request_checksum_calculation`` in the AWS config file: a common
+  setting for stores other than AWS). The client sent no checksum, SeaweedFS kept the bytes
+  it received (it did not check the signed payload hash either), the HEAD after the write
+  found the right size, and the upload was acknowledged: its bytes were lost, replaced by
+  others. Every upload now asks for a CRC32 by name, which the client sends whatever its
+  settings say and the store checks.
+
+All real: the suite's cluster and ``weed``, behind an HTTP proxy of the test's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import threading
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from engines import S3Engine
+from test_redteam_s51_remote import _Forward, _Refusing
+
+from app.remote import pg
+from app.remote.errors import ObjectStoreUnavailableError
+from app.remote.objects import ObjectStore
+from app.remote.store import RemoteStore
+
+
+class _Changing(_Forward):
+    """Forwards every request to ``weed``, one byte of an object's upload under ``blobs/``
+    changed on the way (its length kept)."""
+
+    def do_PUT(self) -> None:
+        if "/blobs/" not in self.path:
+            self._any()
+            return
+        body = bytearray(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+        at = body.find(b"acknowledged")
+        assert at >= 0, "the body as sent"
+        body[at] ^= 0x20  # "Acknowledged"
+        self.server.refusals += 1
+        del self.headers["Expect"]  # answered here already
+        status, headers, data = self._forwarded(bytes(body))
+        self.send_response(status)
+        for key, value in headers:
+            if key.lower() not in {"connection", "transfer-encoding", "content-length"}:
+                self.send_header(key, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_HEAD(self) -> None:
+        # The object's own Content-Length, which `_Forward` replaces by its empty body's.
+        status, headers, _ = self._forwarded(b"")
+        self.send_response(status)
+        for key, value in headers:
+            if key.lower() not in {"connection", "transfer-encoding"}:
+                self.send_header(key, value)
+        self.end_headers()
+
+
+@contextlib.contextmanager
+def _changing(s3_engine: S3Engine) -> Iterator[_Refusing]:
+    proxy = _Refusing(s3_engine.endpoint_url, lambda method, path: False, False)
+    proxy.RequestHandlerClass = _Changing
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield proxy
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+        thread.join()
+
+
+def test_an_upload_changed_on_the_way_is_refused_whatever_the_client_s_checksum_setting(
+    database_url: str,
+    blob_url: str,
+    s3_engine: S3Engine,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pg.open_database(database_url, "production")
+    body = b"acknowledged bytes " * 50
+    said: dict[str, str] = {}
+    with _changing(s3_engine) as proxy:
+        for calculation in ("when_supported", "when_required"):
+            # Read as the client is made: each ObjectStore below is made under it.
+            monkeypatch.setenv("AWS_REQUEST_CHECKSUM_CALCULATION", calculation)
+            objects = ObjectStore(
+                blob_url,
+                proxy.url,
+                s3_engine.access_key_id,
+                s3_engine.secret_access_key,
+                max_attempts=1,
+            )
+            objects.open("production")
+            with RemoteStore(database_url, objects, "production") as served:
+                session = served.create_session("a body changed on the way")
+                # Before, with when_required: the upload acknowledged, and its download
+                # "Acknowledged bytes ...": another body than the one acknowledged.
+                with pytest.raises(ObjectStoreUnavailableError) as refused:
+                    served.put_file(session["id"], "a.txt", io.BytesIO(body))
+                said[calculation] = str(refused.value)
+                assert served.list_files(session["id"]) == []
+                served.delete_session(session["id"])
+                served.empty_trash()
+    assert proxy.refusals == 2
+    for message in said.values():
+        assert "BadDigest (HTTP 400)" in message, message
+        assert "the upload of 'a.txt' into session" in message, message
+        assert "was not saved, and the file is as it was" in message, message
+        assert (
+            "The store received other bytes than this process sent: their CRC32 (sent with "
+            "every write) did not match, so it kept nothing of them. Something between the two "
+            "changes what it carries"
+        ) in message, message
+        assert "Nothing names the object, so nothing was saved: the client may send it" in message
+        assert "Check s3_endpoint_url" not in message, message
+    # Nothing kept either: the store refused both bodies.
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM app_files").fetchone() == (0,)
+    bucket, _, prefix = blob_url.removeprefix("s3://").partition("/")
+    listed = s3_engine.client().list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/blobs/")
+    assert listed.get("KeyCount") == 0, listed
