@@ -12,6 +12,10 @@ What broke:
   others; the same of a part of a multipart upload. Every upload now asks for a CRC32 by
   name (each part's too), which the client sends whatever its settings say and the store
   checks.
+- A multipart upload's part that the store (or a proxy in front of it) answered as kept and
+  did not keep: the completion was refused (``InvalidPart``) and nothing saved, but the
+  refusal told to check ``s3_endpoint_url``, ``blob_url`` and the credentials, which had
+  reached the store. It now names the store's failure.
 
 All real: the suite's cluster and ``weed``, behind an HTTP proxy of the test's.
 """
@@ -19,6 +23,7 @@ All real: the suite's cluster and ``weed``, behind an HTTP proxy of the test's.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import itertools
 import threading
@@ -68,10 +73,26 @@ class _Changing(_Forward):
         self.end_headers()
 
 
+class _Swallowing(_Changing):
+    """Answers the upload of a multipart upload's second part 200 itself, with the ETag of
+    its bytes, having sent on nothing; forwards every other request to ``weed``."""
+
+    def do_PUT(self) -> None:
+        if "partNumber=2&" not in self.path and not self.path.endswith("partNumber=2"):
+            self._any()
+            return
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.server.refusals += 1
+        self.send_response(200)
+        self.send_header("ETag", f'"{hashlib.md5(body).hexdigest()}"')
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
 @contextlib.contextmanager
-def _changing(s3_engine: S3Engine) -> Iterator[_Refusing]:
+def _changing(s3_engine: S3Engine, handler: type[_Forward] = _Changing) -> Iterator[_Refusing]:
     proxy = _Refusing(s3_engine.endpoint_url, lambda method, path: False, False)
-    proxy.RequestHandlerClass = _Changing
+    proxy.RequestHandlerClass = handler
     thread = threading.Thread(target=proxy.serve_forever, daemon=True)
     thread.start()
     try:
@@ -136,3 +157,35 @@ def test_an_upload_changed_on_the_way_is_refused_whatever_the_client_s_checksum_
     bucket, _, prefix = blob_url.removeprefix("s3://").partition("/")
     listed = s3_engine.client().list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/blobs/")
     assert listed.get("KeyCount") == 0, listed
+
+
+def test_a_part_the_store_acknowledged_and_did_not_keep_names_the_store_s_failure(
+    database_url: str, blob_url: str, s3_engine: S3Engine
+) -> None:
+    pg.open_database(database_url, "production")
+    body = bytes(S3_MIN_PART_BYTES + 1)  # two parts
+    with _changing(s3_engine, _Swallowing) as proxy:
+        objects = ObjectStore(
+            blob_url,
+            proxy.url,
+            s3_engine.access_key_id,
+            s3_engine.secret_access_key,
+            max_attempts=1,
+            part_bytes=S3_MIN_PART_BYTES,
+        )
+        objects.open("production")
+        with RemoteStore(database_url, objects, "production") as served:
+            session = served.create_session("a store that loses a part")
+            with pytest.raises(ObjectStoreUnavailableError) as refused:
+                served.put_file(session["id"], "a.txt", io.BytesIO(body))
+            assert served.list_files(session["id"]) == []
+    assert proxy.refusals == 1
+    message = str(refused.value)
+    assert "InvalidPart (HTTP 400)" in message, message
+    # Before: "Check s3_endpoint_url, blob_url and the credentials ...", which had reached it.
+    assert "Check s3_endpoint_url" not in message, message
+    assert (
+        "The store answered a part of this write as kept, then did not have it (or had it with "
+        "another ETag) when asked to complete the upload"
+    ) in message, message
+    assert "Nothing names the object, so nothing was saved: the client may send it" in message

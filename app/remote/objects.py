@@ -804,6 +804,16 @@ _BODY_CHANGED = (
     "object, so nothing was saved: the client may send it again. These settings reach the "
     "store and need no change; check what sits between this machine and the store"
 )
+#: The remedy of a multipart upload one of whose parts, acknowledged, the store did not have
+#: when asked to complete it (red team 65: it said to check s3_endpoint_url, blob_url and the
+#: credentials, which had reached it).
+_PART_LOST = (
+    "The store answered a part of this write as kept, then did not have it (or had it with "
+    "another ETag) when asked to complete the upload: a node or disk failing, or a gateway, "
+    "cache or proxy in front of it that answers before the store has kept the bytes. Nothing "
+    "names the object, so nothing was saved: the client may send it again. These settings "
+    "reach the store and need no change; check the store's health and logs"
+)
 #: The remedy of a store that did not answer in time.
 NO_ANSWER = (
     "Retry once it answers (`app doctor` checks it); its address and credentials need no "
@@ -983,6 +993,8 @@ class ObjectStore:
             remedy = _SERVER_ERROR.format(attempts=self._attempts) if failing else ""
             if code in _BODY_CHECKS:
                 remedy = _BODY_CHANGED
+            if code == "InvalidPart":
+                remedy = _PART_LOST
             if code == "NoSuchUpload":
                 remedy = _UPLOAD_ABORTED.format(bucket=shell_word(self.location.bucket))
             return self._unavailable(f"{code} (HTTP {status}): {error}", remedy)
