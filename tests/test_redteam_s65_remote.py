@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import itertools
 import threading
 from collections.abc import Iterator
 
@@ -115,9 +114,9 @@ def test_an_upload_changed_on_the_way_is_refused_whatever_the_client_s_checksum_
     large = small + bytes(S3_MIN_PART_BYTES + 1 - len(small))
     said: dict[tuple[str, int], str] = {}
     with _changing(s3_engine) as proxy:
-        for calculation, body in itertools.product(
-            ("when_supported", "when_required"), (small, large)
-        ):
+        # (The client's default with a small body alone: a part is 5 MiB through this proxy.)
+        cases = [("when_supported", small), ("when_required", small), ("when_required", large)]
+        for calculation, body in cases:
             # Read as the client is made: each ObjectStore below is made under it.
             monkeypatch.setenv("AWS_REQUEST_CHECKSUM_CALCULATION", calculation)
             objects = ObjectStore(
@@ -139,7 +138,7 @@ def test_an_upload_changed_on_the_way_is_refused_whatever_the_client_s_checksum_
                 assert served.list_files(session["id"]) == []
                 served.delete_session(session["id"])
                 served.empty_trash()
-    assert proxy.refusals == 4
+    assert proxy.refusals == 3
     for message in said.values():
         assert "BadDigest (HTTP 400)" in message, message
         assert "the upload of 'a.txt' into session" in message, message
