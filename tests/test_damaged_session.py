@@ -20,12 +20,12 @@ from app.errors import UnreadableSessionError
 from app.store import Store
 from app.testing import LiveServer
 
-#: What the app says of a session.json whose title, metadata, id or creation time are no
-#: longer those its create acknowledged (red team 65).
+#: What the app says of a session.json whose title, metadata, id, creation or update time
+#: are no longer those its create acknowledged (red team 65).
 CHANGED = (
-    "holds a title, metadata, id or creation time other than those its create acknowledged "
-    "(their SHA-256 is no longer the content_sha256 written with them; after an edit made on "
-    "purpose, remove that line)"
+    "holds a title, metadata, id, creation or update time other than those its create "
+    "acknowledged (their SHA-256 is no longer the content_sha256 written with them; after an "
+    "edit made on purpose, remove that line)"
 )
 
 

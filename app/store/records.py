@@ -521,7 +521,8 @@ def read_meta(directory: Path, session_id: str) -> dict[str, Any]:
 CONTENT_KEY: Final = "content_sha256"
 #: What `UnreadableSessionError` says of a session.json whose acknowledged content changed.
 CONTENT_CHANGED: Final = (
-    "holds a title, metadata, id or creation time other than those its create acknowledged "
+    "holds a title, metadata, id, creation or update time other than those its create "
+    "acknowledged "
     f"(their SHA-256 is no longer the {CONTENT_KEY} written with them; after an edit made "
     f"on purpose, remove that line)"
 )
@@ -531,7 +532,7 @@ UNKNOWN_KEY: Final = (
     "which no build of the app writes (after an edit made on purpose, remove that key)"
 )
 #: What a create acknowledges of a session, and the key holds the SHA-256 of: never changed
-#: once written (``updated_at`` is worked out from the session's records and times).
+#: once written. ``updated_at`` too where it is not ``created_at`` (`content_sha256`).
 _CONTENT_FIELDS: Final = ("id", "title", "metadata", "created_at")
 
 #: What the app writes in ``session.json``, by type: another type there is not ours.
@@ -559,9 +560,23 @@ def content_sha256(session: Mapping[str, Any]) -> str:
     not of the file's text: its layout (indentation, key order) is no part of what was
     acknowledged, and JSON's values come back from the file as they went in (numbers
     included: a create keeps only those a double holds exactly).
+
+    And ``updated_at``, where it is not ``created_at``, in a session.json without the list
+    of files of the layout before records/: a create writes the two equal, and nothing
+    rewrites them but the legacy migration, which keeps the ``updated_at`` a build from
+    before records/ gave the session (a downgrade: that build dated its uploads there, the
+    key kept beside the list, of the four fields) and drops the list, hashed then with it.
+    Left out, one bit of it flipped on the disk (2026 made 2036) was every answer's
+    ``updated_at``, the next upload's record dated after it, `app data check` clean (red
+    team 65 on regress, rt-regress65d). Appended only where the two differ, so the key of
+    every session.json written before is still the same.
     """
+    values = [session.get(key) for key in _CONTENT_FIELDS]
+    updated = session.get("updated_at")
+    if updated not in (None, session.get("created_at")) and LEGACY_FILES_KEY not in session:
+        values.append(updated)
     canonical = json.dumps(
-        [session.get(key) for key in _CONTENT_FIELDS],
+        values,
         ensure_ascii=False,
         sort_keys=True,
         separators=(",", ":"),
