@@ -2430,14 +2430,11 @@ def _readable_by_mode(path: Path) -> bool:
     return mode & wanted == wanted and not acls
 
 
-def _keeps_roots(inner: Run | Mapping[str, Any], outer: Run) -> bool:
-    """Whether `inner` (a run, or an entry's data) protects every root `outer` does, as a run
-    started inside `outer` does: it inherits them (its plugin adds the enclosing run's)."""
-    if isinstance(inner, Run):
-        kept = {str(item.path) for item in inner.protected}
-    else:
-        items = inner.get("protected", ())
-        kept = {str(item.get("path")) for item in items if isinstance(item, dict)}
+def _keeps_roots(protected: Iterable[Protected], outer: Run) -> bool:
+    """Whether `protected` (a run's roots, or those an entry names, `_run_parts`) holds every
+    root `outer` protects, as a run started inside `outer` does: it inherits them (its
+    plugin adds the enclosing run's)."""
+    kept = {str(item.path) for item in protected}
     return {str(item.path) for item in outer.protected} <= kept
 
 
@@ -2471,7 +2468,7 @@ def _within_enclosing(
         if found is None or data is None or data.get("starting"):
             continue
         outer = _read_entry(found, pid, depth, data=data)
-        if outer is None or _keeps_roots(run, outer):
+        if outer is None or _keeps_roots(run.protected, outer):
             continue
         protected = _joined(run.protected, outer.protected)
         # The narrower where one holds the other; else the nearer one's.
@@ -3673,11 +3670,7 @@ def _link_if_none(parent: int, temporary: str, name: str, run: Run, *, while_run
     except FileExistsError:
         # Taken, whatever the filesystem (the kernel answers so before asking one that
         # makes no links, exFAT or FAT through FUSE).
-        try:
-            data = json_loads(_entry_bytes(Path(name), dir_fd=parent, follow=False))
-        except (OSError, ValueError):
-            data = None
-        if not _kept_by_hand_on(data, run, while_running=while_running):
+        if not _kept_by_hand_on(_named_entry(parent, name), run, while_running=while_running):
             return False  # no run's: written over
     except OSError:
         return False  # none there, and no hard links here: written over, as before
@@ -3707,9 +3700,7 @@ def _kept_by_hand_on(data: object, run: Run, *, while_running: bool = True) -> b
     if data.get("starting"):
         return True  # its readers are refused as under a pytest not ready (`_walk_tree`)
     parts = _run_parts(data)
-    return parts is not None and {str(item.path) for item in parts[1]} >= {
-        str(item.path) for item in run.protected
-    }
+    return parts is not None and _keeps_roots(parts[1], run)
 
 
 #: Where `_publish` wrote each entry (of this process, or handed on to a child), by its
@@ -3753,12 +3744,18 @@ def _name_to_write(
 def _held_by_another(parent: int, name: str, namespace: int) -> bool:
     """Whether entry `name` of registry `parent` is that of a process of another PID
     namespace than `namespace` (`_name_to_write`)."""
-    try:
-        data = json_loads(_entry_bytes(Path(name), dir_fd=parent, follow=False))
-    except (OSError, ValueError):
-        return False
+    data = _named_entry(parent, name)
     recorded = data.get("own_pid_namespace") if isinstance(data, dict) else None
     return type(recorded) is int and recorded != namespace
+
+
+def _named_entry(parent: int, name: str) -> object:
+    """What entry `name` of registry `parent` holds, parsed, never through a link at its
+    name; None where it cannot be read or is no JSON."""
+    try:
+        return json_loads(_entry_bytes(Path(name), dir_fd=parent, follow=False))
+    except (OSError, ValueError):
+        return None
 
 
 def _entry_dict(run: Run | None, pid: int) -> dict[str, Any]:
