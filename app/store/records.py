@@ -597,11 +597,12 @@ def _content_sha256_or_none(session: Mapping[str, Any]) -> str | None:
 def session_object(raw: bytes, session_id: str, *, checked: bool = False) -> dict[str, Any]:
     """``session.json``'s content, parsed: a JSON object whose fields have the types the app
     writes, else `UnreadableSessionError` (a number in ``updated_at`` once failed every page
-    that held a session with files); whose id, title, metadata and creation time are those
-    its create acknowledged where it keeps their SHA-256 (`CONTENT_KEY`: a session made
-    before red team 65 has none), else `UnreadableSessionError` too. The key is not
-    returned. ``checked``: these bytes were compared so already (kept by `MetaCache` only
-    once they were), and are not again: a read of a kept session.json costs no hash."""
+    that held a session with files); whose id, title, metadata, creation time (and update
+    time, `content_sha256`) are those its create acknowledged where it keeps their SHA-256
+    (`CONTENT_KEY`: a session made before red team 65 has none), else
+    `UnreadableSessionError` too. The key is not returned. ``checked``: these bytes were
+    compared so already (kept by `MetaCache` only once they were), and are not again: a read
+    of a kept session.json costs no hash."""
     try:
         session = json_loads(raw)
     except ValueError:
