@@ -17,6 +17,7 @@ from test_remote_store import PROFILE, _replica
 from app.errors import RestoredUnreadableSessionError, UnreadableSessionError
 from app.remote import pg
 from app.remote.rows import CONTENT_CHANGED
+from app.store.ids import new_session_id
 from app.store.records import content_sha256
 
 # Each a change made in the database to a session created as ("sent", {"n": 1}).
@@ -97,23 +98,27 @@ def test_a_session_row_changed_in_the_database_is_named_and_never_served(
 def test_a_database_from_before_gets_the_column_and_its_rows_are_read_as_before(
     postgres_engine: PostgresEngine, s3_engine: S3Engine
 ) -> None:
-    # A database a release before session 66 made: app_sessions without content_sha256.
+    # A database a release before session 66 made: app_sessions without content_sha256,
+    # and a session's row as that release's create inserted it.
     with postgres_engine.opened_database(PROFILE) as (name, url):
-        blob_url = new_blob_url(s3_engine)
-        with _replica(s3_engine, (url, blob_url)) as store:
-            old = store.create_session("from before", {"n": 1})
+        old = new_session_id()
         with postgres_engine.connect(name) as admin:
             admin.execute("ALTER TABLE app_sessions DROP COLUMN content_sha256")
+            admin.execute(
+                "INSERT INTO app_sessions (id, title, metadata, created_at, updated_at)"
+                " VALUES (%s, 'from before', '{}', now(), now())",
+                (old,),
+            )
         pg.open_database(url, PROFILE)  # adds it, audited
         with postgres_engine.connect(name) as admin:
             audited = admin.execute(
                 "SELECT kind, operation, detail FROM app_audit WHERE operation = 'schema'"
             ).fetchall()
             assert audited == [("open", "schema", {"added": "app_sessions.content_sha256"})]
-            admin.execute("UPDATE app_sessions SET title = 'edited' WHERE id = %s", (old["id"],))
+            admin.execute("UPDATE app_sessions SET title = 'edited' WHERE id = %s", (old,))
             assert pg.drift(admin) == ((), ())
-        with _replica(s3_engine, (url, blob_url)) as store:
-            assert store.get_session(old["id"])["title"] == "edited"  # no hash: as before
+        with _replica(s3_engine, (url, new_blob_url(s3_engine))) as store:
+            assert store.get_session(old)["title"] == "edited"  # no hash: read as before
             new = store.create_session("after", {})
             _edit(url, _EDITS["title"], new["id"])
             with pytest.raises(UnreadableSessionError):
