@@ -278,6 +278,44 @@ def test_the_servers_of_earlier_tests_stopped_and_left_no_row():
 """
 
 
+# Another run whose scratch suffix came out the same (session 66): its marker, written in
+# the run's scratch prefix with an object of its own, before the run's first test
+# (`claimed`), or over the run's own during its test (`taken`: a store that ignores
+# If-None-Match, or a test that removed the run's marker before the other run began).
+OTHER_RUN = """
+import json
+from app.config import load
+from app.remote.objects import RUN_MARKER, ObjectStore
+
+def another_run_s():
+    config = load("testing")
+    store = ObjectStore(config.blob_url, config.s3_endpoint_url,
+                        config.s3_access_key_id, config.s3_secret_access_key)
+    other = {"run": "_pytest_1_abcd", "token": "0" * 32, "host": "ci-other", "pid": 1,
+             "started": "2026-12-06T20:00:00+00:00", "database": "other/testing_pytest_1_abcd"}
+    store.put(RUN_MARKER, json.dumps(other).encode())
+    store.put("theirs.txt", b"another run's")
+"""
+CLAIMED = (
+    OTHER_RUN
+    + """
+def pytest_sessionstart(session):
+    another_run_s()
+"""
+)
+TAKEN = (
+    OTHER_RUN
+    + """
+def test_another_run_takes_the_prefix():
+    another_run_s()
+"""
+)
+_OTHER_NAMED = (
+    "run _pytest_1_abcd of pid 1 on host ci-other, started 2026-12-06T20:00:00+00:00, whose "
+    "scratch database is other/testing_pytest_1_abcd"
+)
+
+
 # Tests that check different things of runs started alike share one run (four runs, not
 # seven: each is a pytest start-up with a scratch database and prefix made and dropped, and
 # under `-n 2` two workers more). The plain run holds the probe, the store and client
@@ -296,6 +334,8 @@ JOBS = {
         {f"test_inner_{n}": LIVE_FIRST + INNER for n in range(4)}, ("-p", "no:randomly", "-n", "2")
     ),
     "refused": Job({"test_inner": INNER}, ("-p", "no:randomly"), _point_testing_at_production),
+    "claimed": Job({"conftest": CLAIMED, "test_inner": INNER}, ("-p", "no:randomly")),
+    "taken": Job({"test_taken": TAKEN}, ("-p", "no:randomly")),
 }
 
 
@@ -450,4 +490,49 @@ def test_live_servers_of_two_xdist_workers_do_not_collide(
     where = {w: {s["location"] for s in live if s["worker"] == w} for w in ("gw0", "gw1")}
     assert len(where["gw0"]) == len(where["gw1"]) == 1 and where["gw0"] != where["gw1"], live
     assert remote.scratch_databases() == []
+    assert remote.production_state() == before
+
+
+def test_a_run_whose_scratch_prefix_is_another_run_s_is_refused_and_empties_nothing(
+    runs: dict[str, Future[Run]],
+) -> None:
+    # Before: the run went on in the other's prefix, and its end emptied it (theirs.txt).
+    remote, before, result = _taken(runs, "claimed")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            (
+                f"*app: the run's scratch prefix s3://*/{remote.testing_prefix}/pytest_* is "
+                "another "
+                f"test run's: its marker .app-pytest-run.json names {_OTHER_NAMED}. The two runs "
+                "drew the same scratch suffix (_pytest_*: a pid and 16 random bits*Nothing was "
+                "created; run again (a new suffix is drawn)*"
+            )
+        ]
+    )
+    assert remote.scratch_databases() == []
+    kept = remote.testing_objects()
+    assert sorted(key.rsplit("/", 1)[1] for key in kept) == [".app-pytest-run.json", "theirs.txt"]
+    assert remote.production_state() == before
+
+
+def test_a_run_s_end_empties_no_scratch_prefix_another_run_s_marker_names(
+    runs: dict[str, Future[Run]],
+) -> None:
+    # Before: its end emptied the prefix, the other run's theirs.txt with it.
+    remote, before, result = _taken(runs, "taken")
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            (
+                "*app: the run's tests are done, but it could not remove the objects under its "
+                f"scratch prefix s3://*/{remote.testing_prefix}/pytest_* (nothing deleted: its "
+                f"marker .app-pytest-run.json names another run, {_OTHER_NAMED}, which drew the "
+                "same suffix: they are that run's, whose end empties them)*"
+            )
+        ]
+    )
+    assert remote.scratch_databases() == []  # its database is its own, and dropped
+    kept = remote.testing_objects()
+    assert sorted(key.rsplit("/", 1)[1] for key in kept) == [".app-pytest-run.json", "theirs.txt"]
     assert remote.production_state() == before

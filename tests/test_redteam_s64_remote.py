@@ -52,6 +52,7 @@ import pytest
 from engines import PostgresEngine, S3Engine, new_blob_url
 from test_redteam_s62_remote import doctor_probes
 from test_remote_store import PROFILE, _replica
+from test_rows66_remote import at_the_commit
 
 from app.remote import pg
 from app.remote.errors import ObjectStoreUnavailableError, UnloggedWriteError
@@ -60,8 +61,9 @@ from app.remote.objects import ObjectStore
 MiB = 1024 * 1024
 
 # A trigger after each row's update (left alone by the open: a change-data-capture tool's
-# kind), deferred to the commit, that records the synchronous_commit the app's transaction
-# commits with (red team 65 on regress: set at the commit point, no longer with the BEGIN).
+# kind), run by the COMMIT itself (`at_the_commit`, session 66), that records the
+# synchronous_commit the app's transaction commits with (red team 65 on regress: set at the
+# commit point, no longer with the BEGIN).
 _SEEN = """
 CREATE SCHEMA rt64;
 CREATE TABLE rt64.seen (id serial, value text);
@@ -70,9 +72,7 @@ BEGIN
     INSERT INTO rt64.seen (value) VALUES (current_setting('synchronous_commit'));
     RETURN NULL;
 END $$;
-CREATE CONSTRAINT TRIGGER rt64_seen AFTER UPDATE ON app_sessions
-    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION rt64.seen();
-"""
+""" + at_the_commit("rt64", "app_sessions", "UPDATE")
 
 
 def test_each_write_commits_with_synchronous_commit_on_whatever_its_session_says(

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 from engines import PostgresEngine, S3Engine, new_blob_url
 from test_remote_store import PROFILE, _replica
+from test_rows66_remote import at_the_commit
 
 # A logging trigger that makes its transaction's commit asynchronous (`SET LOCAL`, in a
-# function: it lasts to the transaction's end), and a constraint trigger deferred to the
-# commit that records the value the commit is made with: of a session's delete, an update
-# of its row (a create and an upload fire deferred triggers before their commit point,
-# with `SET CONSTRAINTS ALL IMMEDIATE`, to read their rows back as stored).
+# function: it lasts to the transaction's end), and an observer that records the value the
+# commit is made with (`at_the_commit`, run by the COMMIT itself since session 66): of a
+# session's delete, an update of its row.
 _LOGGING = """
 CREATE SCHEMA rt65;
 CREATE TABLE rt65.seen (id serial, value text);
@@ -39,9 +39,7 @@ BEGIN
     INSERT INTO rt65.seen (value) VALUES (current_setting('synchronous_commit'));
     RETURN NULL;
 END $$;
-CREATE CONSTRAINT TRIGGER rt65_seen AFTER UPDATE ON app_sessions
-    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION rt65.seen();
-"""
+""" + at_the_commit("rt65", "app_sessions", "UPDATE")
 
 
 def test_a_write_commits_with_synchronous_commit_on_whatever_its_triggers_set(

@@ -14,11 +14,12 @@ What changed: `committed` sets it, as the replicas' writes do, after the body's 
 from __future__ import annotations
 
 from engines import PostgresEngine
+from test_rows66_remote import at_the_commit
 
 from app.remote import pg
 
-# A logging trigger that makes its transaction's commit asynchronous, and a constraint
-# trigger deferred to the commit that records the value the commit is made with.
+# A logging trigger that makes its transaction's commit asynchronous, and an observer run
+# by the COMMIT itself that records the value the commit is made with (`at_the_commit`).
 _LOGGING = """
 CREATE SCHEMA rt65c;
 CREATE TABLE rt65c.seen (id serial, value text);
@@ -34,9 +35,7 @@ BEGIN
     INSERT INTO rt65c.seen (value) VALUES (current_setting('synchronous_commit'));
     RETURN NULL;
 END $$;
-CREATE CONSTRAINT TRIGGER rt65c_seen AFTER INSERT ON app_audit
-    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION rt65c.seen();
-"""
+""" + at_the_commit("rt65c", "app_audit", "INSERT")
 
 
 def test_a_restamp_commits_with_synchronous_commit_on_whatever_a_trigger_set(

@@ -15,11 +15,20 @@ from typing import Any
 
 from app.errors import AppError, AppText
 from app.remote import pg
-from app.remote.db import Database
+from app.remote.db import Database, utc
 from app.remote.errors import ObjectMissingError
 from app.remote.objects import BLOBS, ObjectInfo, ObjectStore, UnfinishedUpload
-from app.remote.rows import FINDING, SESSION_ROW, row_fault, session_fault
+from app.remote.rows import (
+    CONTENT_CHANGED,
+    CONTENT_FINDING,
+    FINDING,
+    SESSION_ROW,
+    content_fault,
+    row_fault,
+    session_fault,
+)
 from app.storage import CheckReport, Finding
+from app.store.records import CONTENT_KEY
 
 __all__ = ["check"]
 
@@ -73,6 +82,23 @@ def check(
             "SELECT id, metadata, deleted_at IS NOT NULL AS trashed FROM app_sessions"
             " WHERE json_typeof(metadata) <> 'object'"
         ).fetchall()
+        # A session's row whose title, metadata, id or creation time are no longer those
+        # its content_sha256 was written with (session 66), live or in the trash: every
+        # row that keeps one is read, as `app data check` reads every session.json.
+        changed = (
+            [
+                row
+                for row in conn.execute(
+                    f"SELECT id, title, metadata, {utc('created_at')} AS created_at,"  # noqa: S608
+                    " content_sha256, deleted_at IS NOT NULL AS trashed FROM app_sessions"
+                    " WHERE content_sha256 IS NOT NULL AND json_typeof(metadata) = 'object'"
+                    " ORDER BY id"
+                )
+                if content_fault(row) is not None
+            ]
+            if thorough
+            else []
+        )
     referenced = {row["blob"] for row in rows}
     findings: list[Finding] = []
     orphans, unfinished = _unnamed(db, objects, referenced, orphan_grace, known_to=known_to)
@@ -111,6 +137,7 @@ def check(
         orphans, unfinished = [], []
     if thorough:
         findings.extend(_session_finding(row) for row in sessions)
+        findings.extend(_changed_finding(row) for row in changed)
         present = {info.name: info.size for info in objects.objects(BLOBS)}
         for name in sorted(n for n in present if not objects.is_blob_name(n)):
             findings.append(
@@ -385,6 +412,22 @@ def _session_finding(row: dict[str, Any]) -> Finding:
         "refused (session_unreadable)",
         "nothing: left for a human (with every replica stopped, give it its metadata back "
         "from a backup, or '{}'; or delete the session, which moves it to the trash as it is)",
+    )
+
+
+def _changed_finding(row: dict[str, Any]) -> Finding:
+    """A session's row whose acknowledged content changed (`rows.content_fault`): the
+    local store's ``session-unreadable`` of a session.json so changed."""
+    state = "trashed session" if row["trashed"] else "session"
+    return Finding(
+        CONTENT_FINDING,
+        row["id"],
+        f"the {SESSION_ROW} of {state} {row['id']} {CONTENT_CHANGED}: damage from outside "
+        "the app, or an edit by hand; it is left out of pages of sessions, and reads of it "
+        "are refused (session_unreadable)",
+        "nothing: left for a human (with every replica stopped, put its title and metadata "
+        f"back from a backup; after an edit made on purpose, set its {CONTENT_KEY} to NULL; "
+        "or delete the session, which moves it to the trash as it is)",
     )
 
 

@@ -634,7 +634,14 @@ class Database:
                 row=self.holder.row["id"],
                 lock_class=pg.ROW_LOCK_CLASS,
             )
-        row = conn.execute(query, params).fetchone()
+        # Every trigger deferred to the commit fires first (`pg.FIRE_DEFERRED`): one that
+        # says `SET LOCAL synchronous_commit = off` ran at the COMMIT, after the setting,
+        # and a session's delete committed with `off` (session 66). Sent with the query in
+        # one pipeline: no round trip more, and the query stays a prepared one.
+        with conn.pipeline():
+            conn.execute(pg.FIRE_DEFERRED.encode())
+            cursor = conn.execute(query, params)
+        row = cursor.fetchone()
         assert row is not None
         if held and not row["held"]:
             assert self.holder is not None

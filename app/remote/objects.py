@@ -64,6 +64,11 @@ from app.remote.errors import (
 from app.remote.hosts import is_this_machine
 
 STAMP_NAME = ".app-profile.json"
+#: What a test run writes first in each scratch prefix it makes, by a create that the store
+#: refuses where the object is there already (`app.testing.fixtures`): which run the prefix
+#: is, so that a run whose suffix came out the same is refused, and a run's end empties
+#: only a prefix that is its own. An open takes a prefix holding it alone as empty.
+RUN_MARKER = ".app-pytest-run.json"
 BLOBS = "blobs/"
 # The names `new_blob_name` makes. Nothing else under blobs/ is the app's to delete: another
 # profile's prefix nested there (`<prefix>/blobs/...`, which no overlap check sees across two
@@ -1475,7 +1480,9 @@ class ObjectStore:
             # The stamp itself may appear between the read above and this listing (another
             # process stamping the empty prefix): it is the app's, and the create below
             # then loses the race and reads the winner's.
-            names = (info.name for info in self.objects() if info.name != STAMP_NAME)
+            names = (
+                info.name for info in self.objects() if info.name not in (STAMP_NAME, RUN_MARKER)
+            )
             foreign = [name for _, name in zip(range(6), names, strict=False)]
             if foreign and all(self.is_blob_name(name) for name in foreign):
                 # The app's own names: a stamp lost, not another application's prefix
@@ -1642,13 +1649,18 @@ class ObjectStore:
     def _create_stamp(self, stamp: dict[str, Any]) -> bool:
         # If-None-Match: of two processes stamping an empty prefix at once, one wins and the
         # other reads the winner's stamp, rather than both believing they own it.
+        return self.create_once(STAMP_NAME, json.dumps(stamp).encode())
+
+    def create_once(self, name: str, body: bytes) -> bool:
+        """Write object ``name`` where it is not there (``If-None-Match: *``), and say
+        whether this call made it: of two processes, one wins."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             self._client.put_object(
                 Bucket=self.location.bucket,
-                Key=self.location.key(STAMP_NAME),
-                Body=json.dumps(stamp).encode(),
+                Key=self.location.key(name),
+                Body=body,
                 IfNoneMatch="*",
             )
         except ClientError as error:

@@ -144,7 +144,9 @@ CREATE TABLE app_sessions (
     deleted_at timestamptz,
     deleted_reason text,
     trash_name text UNIQUE,
-    CHECK ((deleted_at IS NULL) = (trash_name IS NULL))
+    CHECK ((deleted_at IS NULL) = (trash_name IS NULL)),
+    -- The SHA-256 of what its create acknowledged (app.remote.rows.content_sha256).
+    content_sha256 text
 );
 CREATE INDEX app_sessions_live ON app_sessions (id) WHERE deleted_at IS NULL;
 CREATE TABLE app_files (
@@ -936,6 +938,21 @@ DURABLE: Final = (
 )
 
 
+#: Fires every trigger deferred to the commit (``DEFERRABLE INITIALLY DEFERRED``) now,
+#: and any the statements after it queue as they end: the statement each write runs at its
+#: commit point before `DURABLE`, so that no code of another's runs between the setting and
+#: the COMMIT. A constraint trigger of another's deferred to the commit that says ``SET
+#: LOCAL synchronous_commit = off`` ran after the setting, at the COMMIT, and a session's
+#: delete committed with ``off``, answered before its WAL was written (rt-regress65b's *not
+#: stopped*; session 66). Not with each ``BEGIN``: a deferred trigger still runs once every
+#: statement of the change is done, as it would at the COMMIT, and sees what the COMMIT
+#: would. Its error is the write's refusal, the transaction rolled back, as at the COMMIT.
+#: The app's own constraints are none of them deferrable, and a deferrable one of
+#: another's on the app's tables is refused by the open (`drift`); a create and an upload
+#: fire them earlier already, to read their rows back as stored.
+FIRE_DEFERRED: Final = "SET CONSTRAINTS ALL IMMEDIATE"
+
+
 @contextlib.contextmanager
 def committed(conn: psycopg.Connection[Any], where: str, what: str) -> Iterator[None]:
     """``conn.transaction()``, under :func:`refusals`, whose COMMIT that got no answer within
@@ -954,7 +971,9 @@ def committed(conn: psycopg.Connection[Any], where: str, what: str) -> Iterator[
         try:
             with conn.transaction():
                 yield
-                conn.execute(f"SELECT {DURABLE}")
+                # Every trigger deferred to the commit first (`FIRE_DEFERRED`): one that says
+                # `SET LOCAL synchronous_commit = off` ran after the setting (session 66).
+                conn.execute(f"{FIRE_DEFERRED}; SELECT {DURABLE}".encode())
                 committing = True
         except WaitTimeoutError as error:
             if not committing:
@@ -1260,7 +1279,8 @@ _APP_COLUMNS: Final = {
     "app_audit": "id bigint!, at timestamptz!, profile text!, kind text!, operation text!,"
     " target text!, detail jsonb!, host text!, pid integer!",
     "app_sessions": "id text!, title text!, metadata json!, created_at timestamptz!,"
-    " updated_at timestamptz!, deleted_at timestamptz, deleted_reason text, trash_name text",
+    " updated_at timestamptz!, deleted_at timestamptz, deleted_reason text, trash_name text,"
+    " content_sha256 text",
     "app_files": "id bigint!, session_id text!, name text!, blob text!, size bigint!,"
     " sha256 text!, uploaded_at timestamptz!, deleted_at timestamptz, deleted_reason text,"
     " trash_name text",
@@ -1614,6 +1634,7 @@ def open_database(
             )  # fmt: skip
         if tables or sequences:
             raise UnloggedTablesError(profile, where, tables, sequences)
+        _add_columns(conn, profile, where)
         found, undo = hooks(conn)
         if found:
             raise TablesHookedError(profile, where, found, undo)
@@ -1631,6 +1652,32 @@ def open_database(
             timeline=timeline(conn),
             named=named_objects(conn),
         )
+
+
+#: Columns of the app's tables that a database made before them lacks, and the statement
+#: that adds each: the open of such a database adds them, under `SCHEMA_LOCK` and in its
+#: transaction, as it adds `app_binding` (`_bind`), and audits it. Nullable, without a
+#: default: a change of the catalog alone, no row rewritten, and a row from before has NULL
+#: there (a session's ``content_sha256``: read unchecked, as the local store reads a
+#: ``session.json`` without the key). A release from before takes the table with it (a
+#: column of another's that may be left empty is left alone by its `drift`), so the schema
+#: version stays 1: its replicas go on serving beside this one's.
+_ADDED_COLUMNS: Final = {
+    ("app_sessions", "content_sha256"): "ALTER TABLE app_sessions ADD COLUMN content_sha256 text",
+}
+
+
+def _add_columns(conn: psycopg.Connection[Any], profile: str, where: str) -> None:
+    """Add each of `_ADDED_COLUMNS` its table (in the connection's current schema) lacks."""
+    for (table, column), statement in _ADDED_COLUMNS.items():
+        missing = conn.execute(
+            "SELECT to_regclass(%s) IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_attribute"
+            " WHERE attrelid = to_regclass(%s) AND attname = %s AND NOT attisdropped)",
+            (table, table, column),
+        ).fetchone()
+        if missing is not None and missing[0]:
+            conn.execute(statement.encode())
+            audit(conn, profile, "open", "schema", where, {"added": f"{table}.{column}"})
 
 
 def named_objects(conn: psycopg.Connection[Any], count: int = 3) -> tuple[str, ...]:

@@ -25,9 +25,19 @@ from typing import Any, Final
 from app.errors import InvalidNameError
 from app.names import check_file_name
 from app.remote.objects import BLOBS, ObjectStore
-from app.store.records import shape_fault
+from app.store.records import CONTENT_KEY, content_sha256_or_none, shape_fault
 
-__all__ = ["FINDING", "SESSION_ROW", "row_fault", "say_left_out", "session_fault"]
+__all__ = [
+    "CONTENT_CHANGED",
+    "CONTENT_FINDING",
+    "FINDING",
+    "SESSION_ROW",
+    "content_fault",
+    "content_sha256",
+    "row_fault",
+    "say_left_out",
+    "session_fault",
+]
 
 log = logging.getLogger("app.remote.store")
 
@@ -36,6 +46,53 @@ FINDING = "row-of-another-shape"
 
 #: A session's row, as `UnreadableSessionError` names what is damaged.
 SESSION_ROW = "row in app_sessions"
+
+#: What `app data check` calls a session's row whose acknowledged content changed: the
+#: local store's name for a session.json whose content changed (`app.check`).
+CONTENT_FINDING = "session-unreadable"
+#: What `UnreadableSessionError` says of such a row: the local store's words
+#: (`app.store.records.CONTENT_CHANGED`), of a column rather than a line, and without the
+#: update time, which every upload and restore of the session rewrites here.
+CONTENT_CHANGED: Final = (
+    "holds a title, metadata, id or creation time other than those its create acknowledged "
+    f"(their SHA-256 is no longer the {CONTENT_KEY} written with them; after an edit made "
+    f"on purpose, set that column to NULL)"
+)
+
+#: The values of a session's row its ``content_sha256`` is of, as the local store's
+#: ``session.json`` has them: the creation time as `app.remote.db.utc` gives it.
+_CONTENT_COLUMNS: Final = ("id", "title", "metadata", "created_at")
+
+
+def content_sha256(row: Mapping[str, Any]) -> str:
+    """The SHA-256 a create writes in a session's row (its ``content_sha256`` column): the
+    local store's `app.store.records.content_sha256` of the row's id, title, metadata and
+    creation time, one definition for both backends.
+
+    Not of ``updated_at``, which the local store's hash takes where it differs from the
+    creation time: here each upload, delete of a file and restore of the session sets it
+    (`app.remote.db.Database.change`), and a create writes the two equal, so the four
+    values are the hash of a session.json the same create would have written."""
+    value = content_sha256_or_none({key: row.get(key) for key in _CONTENT_COLUMNS})
+    if value is None:  # checked_session_fields refuses what no hash can be made of
+        raise ValueError(f"session {row.get('id')}: no SHA-256 of its content can be made")
+    return value
+
+
+def content_fault(row: Mapping[str, Any]) -> str | None:
+    """`CONTENT_CHANGED` where a session's row keeps a ``content_sha256`` (every row a
+    create wrote since session 66) that is not that of its id, title, metadata and creation
+    time; ``None`` otherwise, and for a row from before, which has none and is read as it
+    was, as the local store reads a session.json without the key.
+
+    A title or metadata changed in the database (a DBA's ``UPDATE``, a page damaged on a
+    cluster without ``data_checksums``) was served as what its create acknowledged, while
+    a data root's session.json so changed was refused (red team 65; session 66)."""
+    kept = row.get(CONTENT_KEY)
+    if kept is None:
+        return None
+    values = {key: row.get(key) for key in _CONTENT_COLUMNS}
+    return None if kept == content_sha256_or_none(values) else CONTENT_CHANGED
 
 
 def session_fault(metadata: Any) -> str | None:

@@ -19,7 +19,16 @@ from app.remote import pg
 from app.remote.db import TRASH_TIME_FORMAT, Database, now, trash_entry, trash_name, utc
 from app.remote.errors import WriteNotStoredError
 from app.remote.pg import CREATE_LOCK
-from app.remote.rows import FINDING, SESSION_ROW, row_fault, say_left_out, session_fault
+from app.remote.rows import (
+    CONTENT_FINDING,
+    FINDING,
+    SESSION_ROW,
+    content_fault,
+    content_sha256,
+    row_fault,
+    say_left_out,
+    session_fault,
+)
 from app.storage import (
     LEFT_OUT_UNREADABLE,
     LeftOut,
@@ -29,6 +38,7 @@ from app.storage import (
     checked_session_fields,
 )
 from app.store.ids import check_session_id, make_later_than, new_session_id
+from app.store.records import CONTENT_KEY
 
 __all__ = ["RemoteSessions"]
 
@@ -43,7 +53,7 @@ _FILE_JSON: Final = (
 # One statement per read, so that a session and its files come from one snapshot.
 _SESSION_SELECT: Final = f"""
 SELECT s.id, s.title, s.metadata, {utc("s.created_at")} AS created_at,
-       {utc("s.updated_at")} AS updated_at,
+       {utc("s.updated_at")} AS updated_at, s.content_sha256,
        coalesce((SELECT json_agg({_FILE_JSON} ORDER BY f.uploaded_at, f.name)
                  FROM app_files f WHERE f.session_id = s.id AND f.deleted_at IS NULL),
                 '[]'::json) AS files
@@ -55,6 +65,12 @@ def _session(row: dict[str, Any]) -> SessionRecord:
     damage = session_fault(row.get("metadata"))
     if damage is not None:
         raise UnreadableSessionError(row["id"], damage, file=SESSION_ROW, finding=FINDING)
+    # Its title, metadata, id and creation time as its create acknowledged them, where the
+    # row keeps their SHA-256 (session 66: one changed in the database was served).
+    changed = content_fault(row)
+    if changed is not None:
+        raise UnreadableSessionError(row["id"], changed, file=SESSION_ROW, finding=CONTENT_FINDING)
+    row = {key: value for key, value in row.items() if key != CONTENT_KEY}
     # A file's row of another shape than the app writes (a tool's) is left out, with a word
     # in the log, as a data root's record is: listed as it was, it broke the document's
     # schema (a negative size) and named a file no request could reach (red team 60).
@@ -95,10 +111,21 @@ class RemoteSessions:
                 make_later_than(newest["id"])
             session_id = new_session_id()
             moment = now()
+            when = moment.isoformat(timespec="microseconds")
+            # What the create acknowledges, as `app.remote.db.utc` reads the time back.
+            acknowledged = {
+                "id": session_id,
+                "title": title,
+                "metadata": metadata,
+                "created_at": when,
+                "updated_at": when,
+            }
+            digest = content_sha256(acknowledged)
             inserted = conn.execute(
-                "INSERT INTO app_sessions (id, title, metadata, created_at, updated_at)"
-                " VALUES (%s, %s, %s, %s, %s)",
-                (session_id, title, Json(metadata), moment, moment),
+                "INSERT INTO app_sessions"
+                " (id, title, metadata, created_at, updated_at, content_sha256)"
+                " VALUES (%s, %s, %s, %s, %s, %s)",
+                (session_id, title, Json(metadata), moment, moment, digest),
             )
             pg.stored(inserted, self.db.where, what, "app_sessions")
             # The row as stored once every trigger has run (red team 63: the metadata column
@@ -107,22 +134,14 @@ class RemoteSessions:
             # changed the title unseen, red team 62's *not stopped* for a session's row).
             conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
             kept = conn.execute(
-                "SELECT title, metadata::text AS metadata FROM app_sessions WHERE id = %s",
+                "SELECT title, metadata::text AS metadata, content_sha256 FROM app_sessions"
+                " WHERE id = %s",
                 (session_id,),
             ).fetchall()
-            if [(k["title"], k["metadata"]) for k in kept] != [(title, json.dumps(metadata))]:
+            stored = [(k["title"], k["metadata"], k["content_sha256"]) for k in kept]
+            if stored != [(title, json.dumps(metadata), digest)]:
                 raise WriteNotStoredError(self.db.where, what, "app_sessions", after=True)
-        when = moment.isoformat(timespec="microseconds")
-        return _session(
-            {
-                "id": session_id,
-                "title": title,
-                "metadata": metadata,
-                "created_at": when,
-                "updated_at": when,
-                "files": [],
-            }
-        )
+        return _session({**acknowledged, "files": []})
 
     def get(self, session_id: str) -> SessionRecord:
         """The live session with its files."""
@@ -212,24 +231,36 @@ class RemoteSessions:
             after = page.next
 
     def left_out(self, listed: set[str]) -> list[tuple[str, str]]:
-        """Each live session whose row is not of the app's shape (`rows.session_fault`) but
-        for those in ``listed``, with why and what puts it back: `app sessions list` left
-        them out without a word (red team 60)."""
+        """Each live session whose row is not of the app's shape (`rows.session_fault`), or
+        whose title, metadata, id or creation time changed since its create
+        (`rows.content_fault`), but for those in ``listed``, with why and what puts it back:
+        `app sessions list` left them out without a word (red team 60; session 66)."""
         with self.db.conn() as conn:
             rows = conn.execute(
-                "SELECT id, metadata FROM app_sessions WHERE deleted_at IS NULL"
-                " AND json_typeof(metadata) <> 'object' ORDER BY id"
+                f"SELECT id, title, metadata, {utc('created_at')} AS created_at,"  # noqa: S608
+                " content_sha256 FROM app_sessions WHERE deleted_at IS NULL"
+                " AND (json_typeof(metadata) <> 'object' OR content_sha256 IS NOT NULL)"
+                " AND NOT (id = ANY(%s)) ORDER BY id",
+                (sorted(listed),),
             ).fetchall()
-        fix = (
+        shape = (
             f"(a tool or an edit wrote it); `app data check` reports it ({FINDING}): give it "
             "its metadata back from a backup, or '{}', with every replica stopped, or delete "
             "the session"
         )
-        return [
-            (row["id"], f"its {SESSION_ROW} {session_fault(row['metadata'])} {fix}")
-            for row in rows
-            if row["id"] not in listed
-        ]
+        changed = (
+            f"(a tool or an edit changed it); `app data check` reports it ({CONTENT_FINDING}): "
+            "put its title and metadata back from a backup with every replica stopped, or "
+            "delete the session"
+        )
+        found = []
+        for row in rows:
+            fault = session_fault(row["metadata"])
+            if fault is not None:
+                found.append((row["id"], f"its {SESSION_ROW} {fault} {shape}"))
+            elif (fault := content_fault(row)) is not None:
+                found.append((row["id"], f"its {SESSION_ROW} {fault} {changed}"))
+        return found
 
     def move_to_trash(self, session_id: str, reason: str) -> TrashEntry:
         """Move a session, files and all, to the trash state; audited."""

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from app.digests import Digests
-from app.errors import AppError
+from app.errors import AppError, RestoredUnreadableSessionError, UnreadableSessionError
 from app.remote import pg
 from app.remote.check import check
 from app.remote.db import Database
@@ -481,8 +481,23 @@ class RemoteStore(Storage):
                 restore the session first).
             BadRequestError: a live file has that name again.
         """
-        self.trash.restore(session_id, file, entry)
-        return self.sessions.get(session_id)
+        taken = self.trash.restore(session_id, file, entry)
+        try:
+            return self.sessions.get(session_id)
+        except UnreadableSessionError as unreadable:
+            # A row whose title or metadata changed in the trash (its content_sha256 no
+            # longer theirs) comes back, and is said to be unreadable, as the local store
+            # says of a damaged session.json: "cannot read session" alone read as a restore
+            # that failed (red team 61). A row of another shape is refused before (`trash`).
+            if taken is None or type(unreadable) is not UnreadableSessionError:
+                raise
+            raise RestoredUnreadableSessionError(
+                session_id,
+                unreadable.damage,
+                file=unreadable.file,
+                finding=unreadable.finding,
+                entry=taken,
+            ) from None
 
     def empty_trash(
         self, older_than: timedelta | None = None, *, via: str = "command"

@@ -94,9 +94,9 @@ class RemoteTrash:
             for r in rows
         ]
 
-    def restore(self, session_id: str, file: str | None, entry: str | None = None) -> None:
+    def restore(self, session_id: str, file: str | None, entry: str | None = None) -> str | None:
         """Bring a session (or the most recently trashed version of a file, or the one in
-        trash entry ``entry``) back; audited.
+        trash entry ``entry``) back; audited. A session's trash entry is returned.
 
         Raises:
             SessionNotFoundError: nothing to restore (or, for a file, its session is not live:
@@ -105,9 +105,9 @@ class RemoteTrash:
         """
         check_session_id(session_id)
         if file is None:
-            self._restore_session(session_id, entry)
-        else:
-            self._restore_file(session_id, check_file_name(file), entry)
+            return self._restore_session(session_id, entry)
+        self._restore_file(session_id, check_file_name(file), entry)
+        return None
 
     def _not_there(self, conn: Any, entry: str, session_id: str, file: str | None) -> AppError:
         """Why trash entry ``entry`` gives nothing to restore: it holds something else (named,
@@ -138,7 +138,7 @@ class RemoteTrash:
         if entry is not None and TRASH_NAME_RE.fullmatch(entry) is None:
             raise NotInTrashError(session_id, file, entry=entry)
 
-    def _restore_session(self, session_id: str, entry: str | None) -> None:
+    def _restore_session(self, session_id: str, entry: str | None) -> str:
         self._refuse_unnamed(entry, session_id, None)
         with self.db.write(f"the restore of session {session_id}") as conn:
             row = conn.execute(
@@ -175,6 +175,7 @@ class RemoteTrash:
             what = f"the restore of session {session_id}"
             pg.stored(restored, self.db.where, what, "app_sessions", "UPDATE of")
             self.db.audit(conn, "restore-session", session_id, trash=row["trash_name"])
+        return str(row["trash_name"])
 
     def _restore_file(self, session_id: str, name: str, entry: str | None) -> None:
         try:

@@ -62,6 +62,7 @@ __all__ = [
     "ValidatedCache",
     "change_floor",
     "content_sha256",
+    "content_sha256_or_none",
     "date_records",
     "ensure_dir",
     "listed_entries",
@@ -585,7 +586,9 @@ def content_sha256(session: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def _content_sha256_or_none(session: Mapping[str, Any]) -> str | None:
+def content_sha256_or_none(session: Mapping[str, Any]) -> str | None:
+    """`content_sha256`, or ``None`` where no create could have written these values: the
+    remote backend's rows are compared with it too (`app.remote.rows.content_fault`)."""
     # A NaN or an Infinity in the file (which json.loads reads, and no create writes), or
     # nesting too deep to encode: not what was acknowledged, so no hash matches it.
     try:
@@ -628,7 +631,7 @@ def session_object(raw: bytes, session_id: str, *, checked: bool = False) -> dic
         damage = f"has the key {shown}, {UNKNOWN_KEY}"
         raise UnreadableSessionError(session_id=session_id, damage=damage)
     kept = session.pop(CONTENT_KEY, None)
-    if kept is not None and not checked and kept != _content_sha256_or_none(session):
+    if kept is not None and not checked and kept != content_sha256_or_none(session):
         raise UnreadableSessionError(session_id=session_id, damage=CONTENT_CHANGED)
     # The fields the document says every session has: a session.json written by a tool or
     # an earlier build without one (or with a null title) was answered without it, against

@@ -4,8 +4,12 @@ with pytest-django's and pytest-flask's ``client`` and ``live_server`` in a shar
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import os
+import secrets
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,7 +52,8 @@ def _app_remote_scratch(request: pytest.FixtureRequest) -> Iterator[None]:
     refused = (
         f"app: testing's blob_url cannot be used by a test run: {problem}. Nothing was created"
         if problem
-        else _create_scratch(state.remote.database_url, suffix, database)
+        else _claim_prefix(prefix, suffix, database)
+        or _create_scratch(state.remote.database_url, suffix, database, prefix)
     )
     if refused:  # not in an except block: pytest would print the exception handled too
         pytest.fail(refused, pytrace=False)
@@ -69,14 +74,120 @@ def _app_remote_scratch(request: pytest.FixtureRequest) -> Iterator[None]:
                 )
 
 
-def _create_scratch(database_url: str, suffix: str, database: str) -> str:
+#: The run's own token, which its marker in each of its scratch prefixes carries
+#: (`_claim_prefix`): drawn by the run's first process, inherited by its xdist workers, so
+#: that a controller knows a crashed worker's prefix for its run's.
+RUN_MARK_ENV = "PYTEST_APP_RUN_MARK"
+
+
+def run_token(worker: bool) -> str:
+    """The run's token (`RUN_MARK_ENV`): a worker's is its controller's, where it has one."""
+    inherited = os.environ.get(RUN_MARK_ENV, "")
+    if worker and len(inherited) == 32 and all(c in "0123456789abcdef" for c in inherited):
+        return inherited
+    return secrets.token_hex(16)
+
+
+def _scratch_store(prefix: str) -> Any:
+    """An object store on the run's scratch prefix, with testing's settings."""
+    from app.remote.objects import ObjectStore
+
+    config = appconfig.load("testing", serving=False)
+    return ObjectStore(
+        prefix, config.s3_endpoint_url, config.s3_access_key_id, config.s3_secret_access_key
+    )
+
+
+def _claim_prefix(prefix: str, suffix: str, database: str) -> str:
+    """Write the run's marker in its scratch prefix before anything else is made there, by
+    a create the store refuses where the marker is there already; what refuses the run
+    (``""``: nothing).
+
+    Two runs whose testing profiles name two databases (two servers, or two names) and one
+    bucket and prefix, whose suffixes (a pid and 16 random bits) came out the same (two CI
+    containers whose pytest is pid 1 draw once in 65,536), had one scratch prefix: the
+    second's opens were refused, and its end emptied the prefix under the first run's tests
+    (rt-remote65's *not stopped*; session 66). The second is now refused before its first
+    test, naming the first, and a run's end empties only a prefix whose marker is its own
+    (`_empty_scratch_prefix`)."""
+    from app.remote.objects import RUN_MARKER
+
+    try:
+        store = _scratch_store(prefix)
+        if store.create_once(RUN_MARKER, _own_mark(suffix, database)):
+            return ""
+        other = _marker(store)
+    except Exception as error:  # the app's refusals, and the S3 client's
+        return (
+            f"app: cannot write the run's marker {RUN_MARKER} in its scratch prefix {prefix}: "
+            f"{_reason(error)}. Nothing was created. Check blob_url and the S3 settings of "
+            "[testing] (`app doctor`)"
+        )
+    return (
+        f"app: the run's scratch prefix {prefix} is another test run's: its marker "
+        f"{RUN_MARKER} names {_named(other)}. The two runs drew the same scratch suffix "
+        f"({suffix}: a pid and 16 random bits, which two CI containers whose pytest is pid 1 "
+        "draw alike once in 65,536) with one bucket and prefix in their testing profiles, "
+        "and this run's end would have emptied that run's prefix under its tests. Nothing "
+        "was created; run again (a new suffix is drawn)"
+    )
+
+
+def _own_mark(suffix: str, database: str) -> bytes:
+    """This run's marker: which run, where, since when, and the run's token."""
+    from datetime import UTC, datetime
+
+    mark = {
+        "run": suffix,
+        "token": os.environ.get(RUN_MARK_ENV, ""),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "database": database,
+    }
+    return json.dumps(mark).encode()
+
+
+def _marker(store: Any) -> dict[str, Any] | None:
+    """The marker in a scratch prefix, or ``None`` where there is none; one that is no JSON
+    object is read as ``{}`` (no run's)."""
+    from app.remote.errors import ObjectMissingError
+    from app.remote.objects import RUN_MARKER
+
+    try:
+        with store.get(RUN_MARKER) as stream:
+            raw = stream.read()
+    except ObjectMissingError:
+        return None
+    try:
+        mark = json.loads(raw)
+    except ValueError:
+        return {}
+    return mark if isinstance(mark, dict) else {}
+
+
+def _named(mark: dict[str, Any] | None) -> str:
+    """A run, as its marker names it."""
+    if not mark:
+        return "no run (it is not a run's marker)"
+    return (
+        f"run {mark.get('run')!s} of pid {mark.get('pid')!s} on host {mark.get('host')!s}, "
+        f"started {mark.get('started')!s}, whose scratch database is {mark.get('database')!s}"
+    )
+
+
+def _create_scratch(
+    database_url: str, suffix: str, database: str, prefix: str | None = None
+) -> str:
     """Create the run's scratch database and connect to it once; what refuses the run
-    (``""``: nothing). `database`: its URL as messages show it."""
+    (``""``: nothing), its marker removed from `prefix` then. `database`: its URL as
+    messages show it."""
     from app.remote.pg import connect, create_scratch_database, drop_scratch_database
 
     try:
         url = create_scratch_database(database_url, suffix)
     except Exception as error:  # psycopg's errors, and the app's (server unreachable)
+        _unclaim(prefix)
         return (
             f"app: cannot create the run's scratch database {database} on the testing "
             f"profile's server: {_reason(error)}.{_password_hint(error, database)} Check "
@@ -87,12 +198,23 @@ def _create_scratch(database_url: str, suffix: str, database: str) -> str:
         connect(url, purpose="app reaching its scratch database").close()
     except Exception as error:
         drop_scratch_database(database_url, suffix)
+        _unclaim(prefix)
         return (
             f"app: created the run's scratch database {database} on the testing profile's "
             f"server, and cannot connect to it: {_reason(error)}."
             f"{_password_hint(error, database)} It was dropped again"
         )
     return ""
+
+
+def _unclaim(prefix: str | None) -> None:
+    """Remove the run's marker (just written, nothing else made there) from `prefix`."""
+    from app.remote.objects import RUN_MARKER
+
+    if prefix is None:
+        return
+    with contextlib.suppress(Exception):  # the refusal being made says what matters
+        _scratch_store(prefix).delete(RUN_MARKER)
 
 
 def _password_hint(error: BaseException, database: str) -> str:
@@ -179,7 +301,7 @@ def _empty_scratch_prefix(prefix: str, suffix: str, configured: str | None = Non
     the bucket keeps versions, and abort every multipart upload left unfinished there (a
     replica a test killed mid-upload): no listing of objects shows either, the store keeps
     them, and nothing else ever looks under a run's prefix for them (red team 56)."""
-    from app.remote.objects import ObjectStore
+    from app.remote.objects import RUN_MARKER, ObjectStore
 
     if prefix.rstrip("/").rpartition("/")[2] != suffix.lstrip("_"):
         raise ValueError(f"refusing to empty {prefix}: not a scratch prefix of {suffix!r}")
@@ -191,7 +313,21 @@ def _empty_scratch_prefix(prefix: str, suffix: str, configured: str | None = Non
     store = ObjectStore(
         prefix, config.s3_endpoint_url, config.s3_access_key_id, config.s3_secret_access_key
     )
-    names = [info.name for info in store.objects()]
+    # Only a prefix whose marker is this run's (`_claim_prefix`): another run that drew the
+    # same suffix has its tests there (session 66).
+    mark = _marker(store)
+    if mark is None and store.create_once(RUN_MARKER, _own_mark(suffix, "")):
+        # Removed by a test (one that empties the prefix): no other run took the prefix
+        # since (its marker would be there), and none can now: it is this run's again.
+        mark = {"token": os.environ.get(RUN_MARK_ENV)}
+    mark = _marker(store) if mark is None else mark
+    if mark is None or mark.get("token") != os.environ.get(RUN_MARK_ENV):
+        raise _Left(
+            "the objects",
+            f"nothing deleted: its marker {RUN_MARKER} names another run, {_named(mark)}, "
+            "which drew the same suffix: they are that run's, whose end empties them",
+        )
+    names = [info.name for info in store.objects() if info.name != RUN_MARKER]
     if names:
         store.delete(*names)
     # In a versioned bucket (as docs/how-to/run-on-postgresql.md sets one up) a delete
@@ -201,9 +337,13 @@ def _empty_scratch_prefix(prefix: str, suffix: str, configured: str | None = Non
     try:
         versions = store.every_version()
         if versions:
-            store.delete(versions=versions)
+            store.delete(versions=[v for v in versions if v[0] != RUN_MARKER])
         what = "the unfinished multipart uploads"
         store.abort_uploads(*store.unfinished_uploads(every_name=True))
+        # The marker last: until the prefix is empty, it still says whose it is.
+        what = f"the run's marker {RUN_MARKER}"
+        own = [v for v in versions if v[0] == RUN_MARKER]
+        store.delete(*([] if own else [RUN_MARKER]), versions=own)
     except Exception as error:  # the app's refusals, and the S3 client's
         raise _Left(what, _reason(error)) from error
 

@@ -25,7 +25,7 @@ from app import config_files
 from app import sandbox as sandboxing
 from app.errors import AppError, printable
 from app.lock import describe_holder
-from app.testing import guard, watch, writes, zygote
+from app.testing import fixtures, guard, watch, writes, zygote
 from app.testing.fixtures import (  # noqa: F401 - registered with the plugin, as pytest-django does
     FORKED,
     LIVE_SERVER_STARTS,
@@ -147,6 +147,13 @@ def _inside(path: Path, sandbox: Path) -> bool:
         return False
 
 
+def _publish_scratch(scratch: str, *, worker: bool) -> None:
+    """The run's scratch suffix, and what marks its scratch prefixes as its own
+    (`fixtures._claim_prefix`; a worker's is its controller's), for its children."""
+    os.environ[sandboxing.SCRATCH_ENV] = scratch
+    os.environ[fixtures.RUN_MARK_ENV] = fixtures.run_token(worker)
+
+
 def _before_the_conftests(early_config: pytest.Config) -> None:
     __tracebackhide__ = True
     known = early_config.known_args_namespace
@@ -167,7 +174,10 @@ def _before_the_conftests(early_config: pytest.Config) -> None:
     _refuse_before_the_run(early_config)
     saved: dict[str, str | None] = {}
     _save_env(saved, [*guard.NEUTRALISED, *appconfig.dynaconf_switches(), appconfig.PROFILE_ENV])
-    _save_env(saved, [appconfig.SANDBOX_ENV, sandboxing.SCRATCH_ENV, guard.OWNER_ENV])
+    _save_env(
+        saved,
+        [appconfig.SANDBOX_ENV, sandboxing.SCRATCH_ENV, guard.OWNER_ENV, fixtures.RUN_MARK_ENV],
+    )
     try:
         switches = guard.remove_switches()
         shell_profile, roots, settings_dir = guard.shell_roots()
@@ -227,7 +237,7 @@ def _before_the_conftests(early_config: pytest.Config) -> None:
         os.environ.get("PYTEST_XDIST_WORKER") if worker else None,
         os.environ.get(sandboxing.SCRATCH_ENV),
     )
-    os.environ[sandboxing.SCRATCH_ENV] = scratch
+    _publish_scratch(scratch, worker=bool(worker))
     protected = [*guard.protected(roots, files, live, sandbox, spelled), *inherited_protected]
     # The enclosing run's roots are joined here (`_enclosing_run`, as the run started): the
     # registry's own look-up of it would walk the process's ancestors again.
