@@ -342,6 +342,16 @@ def test_a_body_lost_on_the_way_to_a_route_that_takes_none_is_refused_by_its_dig
             ).encode() in body, body
             assert b"give what it takes in the query string (older_than and confirm)" in body, body
             assert len(entries()) == 1
+    # Chunked, its last chunk alone, the digest in the trailer (RFC 9530 allows it there).
+    with connect(server) as sock:
+        sock.sendall(
+            head_of(server, "POST /trash/empty", "Transfer-Encoding: chunked\r\n")
+            + f"0\r\nRepr-Digest: sha-256=:{_sha256(meant)}:\r\n\r\n".encode()
+        )
+        status, _, body = Answers(sock).next()
+    assert status == 400, body
+    assert b"but its Repr-Digest (in the trailer) names the SHA-256 of some bytes" in body, body
+    assert len(entries()) == 1
     # A session's delete alike; a digest of no bytes is what a bodiless request names.
     other = a_session(server)
     line = f"DELETE /sessions/{other}"

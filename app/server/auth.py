@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import hashlib
 import hmac
@@ -19,9 +18,9 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
 from app.digests import Digests
-from app.errors import BadRequestError
+from app.errors import BadRequestError, DigestMismatchError
 from app.server.routes_files import PRECONDITIONS, unsupported_precondition
-from app.server.uploads import refuse_unframed_body
+from app.server.uploads import refuse_unframed_body, trailer_of
 
 if TYPE_CHECKING:
     from fastapi.dependencies.models import Dependant
@@ -175,7 +174,8 @@ async def refuse_body(request: Request, known: tuple[str, ...], operation: str) 
             if chunk:
                 break
         else:
-            return refuse_lost_body(request, known, operation)
+            # Its last chunk alone: the trailer has come, and may name bytes too.
+            return refuse_lost_body(request, known, operation, trailer_of(request))
         sent = "a chunked body"
     else:
         sent = f"a body of {length} bytes"
@@ -199,7 +199,12 @@ def _where(known: tuple[str, ...]) -> str:
 _NO_BYTES: Final = hashlib.sha256(b"").digest()
 
 
-def refuse_lost_body(request: Request, known: tuple[str, ...], operation: str) -> None:
+def refuse_lost_body(
+    request: Request,
+    known: tuple[str, ...],
+    operation: str,
+    trailer: Callable[[], list[tuple[bytes, bytes]]] | None = None,
+) -> None:
     """Refuse a request without a body whose integrity fields (``Repr-Digest``,
     ``Content-Digest``, ``Digest``) name the SHA-256 of some bytes: its client sent a body,
     which did not arrive.
@@ -210,25 +215,28 @@ def refuse_lost_body(request: Request, known: tuple[str, ...], operation: str) -
     whole trash was emptied for good, though the client's ``Content-Digest`` named the JSON
     it meant (rt-regress66b; `POST /sessions` and the uploads check theirs since red team 65
     and 35). The fields are read as theirs are (`app.digests.Digests`): a malformed one, or one
-    without ``sha-256``, is refused too, and the SHA-256 of no bytes is taken.
+    without ``sha-256``, is refused too, and the SHA-256 of no bytes is taken; a chunked
+    request of its last chunk alone has its ``trailer`` read too (RFC 9530 allows the fields
+    there).
 
     Raises:
         BadRequestError: naming the field, and the bytes it names that did not arrive.
         DigestUnsupportedError: a field that names no ``sha-256``.
     """
-    digests = Digests.parse(request.headers, request.method, "no body")
+    digests = Digests.parse(request.headers, request.method, "no body", trailer)
     if digests is None:
         return
-    for field, digest in digests.wanted:
-        if digest != _NO_BYTES:
-            named = base64.b64encode(digest).decode()
-            raise BadRequestError(
-                f"request refused: {operation} takes no body, and none arrived, but its "
-                f"{field} names the SHA-256 of some bytes (sha-256=:{named}:): a body its "
-                "client sent was lost on the way, or sent without a Content-Length or chunks, "
-                "and the server would do other than its sender meant; nothing was done. Send "
-                f"no body (and no digest, or that of no bytes): {_where(known)}"
-            )
+    try:
+        digests.require("", "", _NO_BYTES.hex())
+    except DigestMismatchError as error:
+        raise BadRequestError(
+            f"request refused: {operation} takes no body, and none arrived, but its "
+            f"{error.header} names the SHA-256 of some bytes (sha-256=:{error.expected}:): a "
+            "body its client sent was lost on the way, or sent without a Content-Length or "
+            "chunks, and "
+            "the server would do other than its sender meant; nothing was done. Send no body "
+            f"(and no digest, or that of no bytes): {_where(known)}"
+        ) from None
 
 
 def ignored_preconditions(request: Request) -> list[str]:
