@@ -137,7 +137,10 @@ def test_an_upload_time_changed_in_a_trash_entry_is_never_restored_as_acknowledg
         with pytest.raises(TrashCopyLostError) as refused:
             # Before: restored, listed with uploaded_at 2036-... under a key of its own.
             store.restore(sid, file="a.txt")
-        assert f"has a trash.json whose {RECORD_CHANGED.removeprefix('its ')}" in str(refused.value)
+        said = str(refused.value)
+        assert f"has a trash.json whose {RECORD_CHANGED.removeprefix('its ')}" in said, said
+        assert "Put that entry's trash.json back from a backup (after an edit made on" in said
+        assert "Put the bytes back" not in said, said  # they are whole
         assert store.list_files(sid) == []
     manifest_path.write_bytes(acknowledged)
     with open_root(app_config, kind="tests") as opened:
