@@ -68,6 +68,7 @@ from app.store.records import (
     LEGACY_FILES_DIR,
     LEGACY_FILES_KEY,
     NEW_PREFIX,
+    RECORD_CHANGED,
     RECORDS_DIR,
     TRASH_MANIFEST,
     TRASHED_SESSION,
@@ -75,13 +76,14 @@ from app.store.records import (
     FileRecord,
     bytes_in_entry,
     date_records,
+    entry_changed,
     load_record,
     open_regular,
-    public,
     read_meta,
     record_blob,
     scan_records,
     shape_damage,
+    trashed_entry,
 )
 from app.store.trash import EMPTYING_PREFIX, MISSING_MANIFEST, TRASH_NAME_RE
 
@@ -566,6 +568,18 @@ class Checker:
             return
         file, previous = manifest.get("file"), manifest.get("entry")
         if entry.kind == "file" and isinstance(file, str) and isinstance(previous, dict):
+            if entry_changed(previous):
+                # What a restore refuses (`TrashCopyLostError`), named before it is asked
+                # for (rt-regress66b); its bytes are left, as a damaged version's are.
+                self.unrepaired(
+                    "file-damaged",
+                    path / TRASH_MANIFEST,
+                    f"the version of file {file!r} this entry holds has a {TRASH_MANIFEST} "
+                    f"whose {RECORD_CHANGED.removeprefix('its ')}: damage from outside the "
+                    "app, or an edit by hand; a restore of it is refused",
+                    "nothing: left for a human (put the entry's trash.json back from a backup; "
+                    f"after an edit made on purpose, remove its {CONTENT_KEY} line)",
+                )
             # A version a restore would bring back, checked as a file is (red team 35).
             whole = self._verify(path, path / bytes_in_entry(file), file, previous)
             if whole and reason == "lost":
@@ -1191,7 +1205,7 @@ class Checker:
             "file",
             path.name,
             "lost",
-            previous=public(record),
+            previous=trashed_entry(record),
             blob=record["blob"],
             after=self.store.files.floor(path.parent.parent, session_id, record),
         )

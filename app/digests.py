@@ -165,14 +165,31 @@ def _dictionary(name: str, value: str) -> dict[str, object]:
     # not by every `app` command that imports the remote backend.
     import http_sf
 
+    twice: list[str] = []
+
+    def duplicate(key: str, context: str) -> None:
+        if context == "dictionary":
+            twice.append(key)
+
     try:
-        parsed = http_sf.parse(value.encode("latin-1"), tltype="dictionary")
+        parsed = http_sf.parse(
+            value.encode("latin-1"), tltype="dictionary", on_duplicate_key=duplicate
+        )
     except (ValueError, UnicodeEncodeError) as error:  # StructuredFieldError is a ValueError
         raise BadRequestError(
             f"{name}: {value} is not a structured-field dictionary (RFC 9651): {error}; "
             f"nothing was stored. Send {name}: {ALGORITHM}=:<base64 of the SHA-256>:, "
             "e.g. sha-256=:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=: for no bytes"
         ) from None
+    if twice:
+        # RFC 9651 (4.2.2) keeps the last of a key given twice: `sha-256=:<wrong>:,
+        # sha-256=:<right>:` was taken, one of its two digests never compared, though two
+        # `Repr-Digest` lines, which a proxy may join into that one (RFC 9110, 5.3), are
+        # refused, and so is RFC 3230's `Digest` naming SHA-256 twice (rt-regress66b).
+        raise BadRequestError(
+            f"{name}: {value} names {twice[0]} twice, so which one counts is ambiguous; "
+            f"nothing was stored. Send {name} with each algorithm once"
+        )
     assert isinstance(parsed, dict)
     # Each member is (value, parameters); RFC 9530 defines no parameters, so none are read.
     return {key: item[0] if isinstance(item, tuple) else item for key, item in parsed.items()}

@@ -2041,6 +2041,14 @@ class TrashCopyLostError(StoreError):
                 f"{what} ({cause}), {older}. Put the object back from a backup or a bucket "
                 f"version{instead}"
             )
+        if self.damage.startswith("has a trash.json"):
+            # Its bytes are whole; what it says of them is not (rt-regress66b).
+            return (
+                f"{what} (changed from outside the app; `app data check` reports it as "
+                f"file-damaged), {older}. Put that entry's trash.json back from a backup "
+                "(after an edit made on purpose, remove the content_sha256 line of its "
+                f"entry){instead}"
+            )
         return (
             f"{what} ({'removed' if self.damage.startswith('has lost') else 'changed'} "
             "from outside the app; `app data check` reports it as "

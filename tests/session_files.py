@@ -6,14 +6,21 @@ session whose file no longer matches it is damage (500 ``session_unreadable``, `
 check`'s ``session-unreadable``). The tests that change a title on the disk to see that a
 change is read afresh (the caches of session.json, the watch) make the change an operator
 would make on purpose: the text edited, and the key put right for it.
+
+Since rt-regress66b a file's record keeps one too, of its name, size, SHA-256 and upload time
+(`app.store.records.record_sha256`): the tests that change a record on the disk to see how
+the app reads it (a time of another form, a size changed under a cache) make the same edit
+(`record_edited`, `by_hand`).
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
+from typing import Any
 
-from app.store.records import CONTENT_KEY, content_sha256
+from app.store.records import CONTENT_KEY, content_sha256, keyed_record
 
 _KEPT = re.compile(rb'("' + CONTENT_KEY.encode() + rb'": ")([0-9a-f]{64})(")')
 
@@ -28,3 +35,20 @@ def edited(raw: bytes, old: bytes, new: bytes) -> bytes:
     made, count = _KEPT.subn(lambda found: found.group(1) + digest + found.group(3), changed)
     assert count == 1, raw
     return made
+
+
+def record_edited(raw: bytes, old: bytes, new: bytes) -> bytes:
+    """``raw`` (a file's record) with ``old`` replaced by ``new`` once, and its
+    ``content_sha256`` made that of the edited fields (`edited`, for a record)."""
+    assert raw.count(old) == 1, (old, raw)
+    changed = raw.replace(old, new)
+    digest = by_hand(json.loads(changed))[CONTENT_KEY].encode()
+    made, count = _KEPT.subn(lambda found: found.group(1) + digest + found.group(3), changed)
+    assert count == 1, raw
+    return made
+
+
+def by_hand(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A file's record as an edit made on purpose leaves it: its ``content_sha256`` that of
+    the fields it now has (none where they cannot be hashed, as `keyed_record` writes)."""
+    return dict(keyed_record(record))

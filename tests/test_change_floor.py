@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from session_files import by_hand
 
 from app.config import Config
 from app.storage import Storage
@@ -34,7 +35,9 @@ from app.store.records import change_floor
 def _edit(path: Path, uploaded_at: str) -> None:
     """Rewrite a record's ``uploaded_at`` by hand, renamed in as an editor saves it."""
     edited = path.with_name(".edited")
-    edited.write_text(json.dumps({**json.loads(path.read_text()), "uploaded_at": uploaded_at}))
+    edited.write_text(
+        json.dumps(by_hand({**json.loads(path.read_text()), "uploaded_at": uploaded_at}))
+    )
     edited.replace(path)
 
 
@@ -142,7 +145,7 @@ def test_a_change_a_second_after_the_last_does_not_read_the_whole_session_again(
     records = Path(store.location) / "sessions" / session_id / "records"
     copied = {**json.loads((records / "c.txt").read_text()), "name": "d.txt"}
     (records / "d.txt").write_text(
-        json.dumps({**copied, "uploaded_at": "2999-01-01T00:00:00+00:00"})
+        json.dumps(by_hand({**copied, "uploaded_at": "2999-01-01T00:00:00+00:00"}))
     )
     later = store.put_file(session_id, "e.txt", b"e")
     assert len(scans) == 1 and later["uploaded_at"] > "2999", later

@@ -293,3 +293,100 @@ def _a_changed_session_json_makes_none(client: httpx.Client) -> None:
     assert (refused.status_code, refused.json()["code"]) == (400, "digest_mismatch"), refused.text
     assert "sENT" not in _titles(client)  # the changed title, made by nothing
     assert client.post("/sessions", content=RIGHT, headers=header).json()["title"] == "sent"
+
+
+# --- a body lost on its way to a route that takes none (rt-regress66b) ---
+
+
+def _sent_bodiless(server: LiveServer, line: str, extra: str) -> tuple[int, dict[str, str], bytes]:
+    """``line`` sent with ``extra`` headers and no body; its answer."""
+    with connect(server) as sock:
+        sock.sendall(head_of(server, line, extra))
+        return Answers(sock).next()
+
+
+def test_a_body_lost_on_the_way_to_a_route_that_takes_none_is_refused_by_its_digest(
+    server: LiveServer, local: httpx.Client
+) -> None:
+    # POST /trash/empty takes no body: one sent, then lost (a proxy that forwards it with
+    # `Content-Length: 0`, or never framed), was no body, and the whole trash was emptied for
+    # good, though the client's digest named the JSON it meant. Refused now, on every route
+    # that takes no body, as POST /sessions and the uploads refuse theirs.
+    sid = a_session(server)
+    assert local.delete(f"/sessions/{sid}").status_code == 200
+    trash = server.data_root / ".trash"
+
+    def entries() -> list[str]:
+        return [p.name for p in trash.iterdir() if sid in p.name]
+
+    assert len(entries()) == 1
+    meant = b'{"older_than": 86400}'
+    fields = {
+        "Content-Digest": f"sha-256=:{_sha256(meant)}:",
+        "Repr-Digest": f"sha-256=:{_sha256(meant)}:",
+        "Digest": f"SHA-256={_sha256(meant)}",
+    }
+    for field, value in fields.items():
+        for framing in ("Content-Length: 0\r\n", ""):  # a proxy's, or none at all
+            status, _, body = _sent_bodiless(
+                server,
+                "POST /trash/empty",
+                f"{framing}Content-Type: application/json\r\n{field}: {value}\r\n",
+            )
+            # Before: 200, {"removed": [... every entry ...]}.
+            assert status == 400, (field, framing, body)
+            assert (
+                "request refused: POST /trash/empty takes no body, and none arrived, but its "
+                f"{field} names the SHA-256 of some bytes (sha-256=:{_sha256(meant)}:): a body "
+                "its client sent was lost on the way"
+            ).encode() in body, body
+            assert b"give what it takes in the query string (older_than and confirm)" in body, body
+            assert len(entries()) == 1
+    # Chunked, its last chunk alone, the digest in the trailer (RFC 9530 allows it there).
+    with connect(server) as sock:
+        sock.sendall(
+            head_of(server, "POST /trash/empty", "Transfer-Encoding: chunked\r\n")
+            + f"0\r\nRepr-Digest: sha-256=:{_sha256(meant)}:\r\n\r\n".encode()
+        )
+        status, _, body = Answers(sock).next()
+    assert status == 400, body
+    assert b"but its Repr-Digest (in the trailer) names the SHA-256 of some bytes" in body, body
+    assert len(entries()) == 1
+    # A session's delete alike; a digest of no bytes is what a bodiless request names.
+    other = a_session(server)
+    line = f"DELETE /sessions/{other}"
+    status, _, body = _sent_bodiless(server, line, f"Repr-Digest: sha-256=:{_sha256(meant)}:\r\n")
+    assert status == 400 and b"it takes no parameter but its path" in body, body
+    status, _, body = _sent_bodiless(
+        server, line, "Repr-Digest: md5=:AAAAAAAAAAAAAAAAAAAAAA==:\r\n"
+    )
+    assert status == 400 and b"digest_unsupported" in body, body
+    assert local.get(f"/sessions/{other}").status_code == 200
+    status, _, body = _sent_bodiless(server, line, f"Repr-Digest: sha-256=:{_sha256(b'')}:\r\n")
+    assert status == 200, body
+    assert local.post("/trash/empty", headers={"Repr-Digest": f"sha-256=:{_sha256(b'')}:"}).json()[
+        "removed"
+    ]
+    assert entries() == []
+
+
+def test_a_field_naming_sha256_twice_is_refused_whichever_comes_last(local: httpx.Client) -> None:
+    # RFC 9651 keeps the last of a dictionary's key given twice: `sha-256=:<wrong>:,
+    # sha-256=:<right>:` (two Repr-Digest lines a proxy joined into one) was a 201, one digest
+    # never compared. Refused now, as the two lines are (rt-regress66b).
+    sid = _session(local)
+    before = _titles(local)
+    for first, last in ((CHANGED, RIGHT), (RIGHT, CHANGED)):
+        value = f"sha-256=:{_sha256(first)}:, sha-256=:{_sha256(last)}:"
+        for field in ("Repr-Digest", "Content-Digest"):
+            answer = local.post("/sessions", content=RIGHT, headers={**JSON, field: value})
+            assert answer.status_code == 400, (field, answer.text)
+            assert answer.json()["code"] == "bad_request", answer.text
+            assert answer.json()["detail"] == (
+                f"{field}: {value} names sha-256 twice, so which one counts is ambiguous; "
+                f"nothing was stored. Send {field} with each algorithm once"
+            )
+            put = local.put(f"/sessions/{sid}/files/a.txt", content=RIGHT, headers={field: value})
+            assert put.status_code == 400 and "names sha-256 twice" in put.text, put.text
+    assert _titles(local) == before
+    assert local.get(f"/sessions/{sid}/files").json()["items"] == []

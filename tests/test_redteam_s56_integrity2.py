@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
+from session_files import by_hand
 from test_redteam_s18_clock import run
 
 from app.config import Config
@@ -79,7 +80,7 @@ def test_a_time_no_clock_gives_in_a_record_does_not_stop_the_sessions_changes(
     record = app_config.data_root / "sessions" / session_id / "records" / "a.txt"
     last = datetime.max.replace(tzinfo=UTC).isoformat()
     edited = record.with_name(".edited")
-    edited.write_text(json.dumps({**json.loads(record.read_text()), "uploaded_at": last}))
+    edited.write_text(json.dumps(by_hand({**json.loads(record.read_text()), "uploaded_at": last})))
     edited.replace(record)  # renamed in, as an editor saves it: records/ changes
     store.put_file(session_id, "b.txt", b"b")
     replaced = store.put_file(session_id, "a.txt", b"a2", replace=True)

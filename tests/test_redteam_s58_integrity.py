@@ -31,6 +31,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import forked_app
+from session_files import by_hand
 from test_change_floor import _edit
 
 from app.config import Config
@@ -102,7 +103,7 @@ def test_a_record_rewritten_in_place_is_seen_by_the_next_change_with_no_read_bet
             # has since been stepped back: `cp` writes onto the record in place.
             record = root / "sessions" / session_id / "records" / "a.txt"
             ahead = (datetime.now(UTC) + timedelta(days=1)).isoformat(timespec="microseconds")
-            data = json.dumps({**json.loads(record.read_text()), "uploaded_at": ahead})
+            data = json.dumps(by_hand({**json.loads(record.read_text()), "uploaded_at": ahead}))
             fd = os.open(record, os.O_WRONLY | os.O_TRUNC)
             try:
                 os.write(fd, data.encode())

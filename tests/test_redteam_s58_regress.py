@@ -25,6 +25,7 @@ from pathlib import Path
 import faults
 import forked_app
 import httpx
+from session_files import by_hand
 
 
 @faults.needs_strace
@@ -44,7 +45,9 @@ def test_a_record_renamed_onto_by_hand_during_an_upload_is_not_dropped_by_the_co
         ahead = (datetime.now(UTC) + timedelta(days=1)).isoformat(timespec="microseconds")
         backup = tmp_path / "b.txt"
         backup.write_text(
-            json.dumps({**json.loads((records / "b.txt").read_text()), "uploaded_at": ahead})
+            json.dumps(
+                by_hand({**json.loads((records / "b.txt").read_text()), "uploaded_at": ahead})
+            )
         )
         answers: list[httpx.Response] = []
         with faults.attached(process.pid, "fsync,fdatasync:delay_enter=300000", records):

@@ -42,6 +42,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 from redteam_s19_http import one_server
+from session_files import by_hand
 
 from app.config import Config
 from app.storage import open_storage
@@ -125,7 +126,7 @@ def test_a_record_a_tool_wrote_is_listed_per_the_schema_or_refused_by_name(
     for label, edit in DAMAGED_RECORDS.items():
         session_id = _session_with(client, label)
         record = server.data_root / "sessions" / session_id / "records" / "a.txt"
-        record.write_text(json.dumps(edit(json.loads(record.read_text()))))
+        record.write_text(json.dumps(by_hand(edit(json.loads(record.read_text())))))
         # Before: listed as it was ("11" where the schema says integer, -1 under its minimum).
         assert _listed(client, document, session_id)["files"] == [], label
         url = f"/sessions/{session_id}/files/a.txt"
@@ -152,7 +153,7 @@ def test_a_name_no_request_can_name_is_not_listed(
         records = server.data_root / "sessions" / session_id / "records"
         record = json.loads((records / "x").read_text())
         (records / "x").rename(records / name)
-        (records / name).write_text(json.dumps({**record, "name": name}))
+        (records / name).write_text(json.dumps(by_hand({**record, "name": name})))
         # Before: listed, and every GET, HEAD and DELETE of it 404 (the name is taken in NFC)
         # or 400 (a control character in a path).
         assert _listed(client, document, session_id)["files"] == [], name
@@ -168,7 +169,9 @@ def test_a_record_time_that_is_not_text_is_null_and_the_file_readable(
     assert server.data_root is not None
     session_id = _session_with(client, "time")
     record = server.data_root / "sessions" / session_id / "records" / "a.txt"
-    record.write_text(json.dumps({**json.loads(record.read_text()), "uploaded_at": 1733450000}))
+    record.write_text(
+        json.dumps(by_hand({**json.loads(record.read_text()), "uploaded_at": 1733450000}))
+    )
     # Before: `"uploaded_at": 1733450000` where the schema says string or null.
     (entry,) = _listed(client, document, session_id)["files"]
     assert entry["uploaded_at"] is None and entry["size"] == 11
@@ -245,10 +248,10 @@ def test_app_data_check_names_what_is_not_the_apps_and_keeps_the_bytes(
             store.put_file(session_id, name, name.encode())
     records = app_config.data_root / "sessions" / session_id / "records"
     record = json.loads((records / "a.txt").read_text())
-    (records / "a.txt").write_text(json.dumps({**record, "size": "5"}))
+    (records / "a.txt").write_text(json.dumps(by_hand({**record, "size": "5"})))
     record = json.loads((records / "b.txt").read_text())
     (records / "b.txt").rename(records / nfd)
-    (records / nfd).write_text(json.dumps({**record, "name": nfd}))
+    (records / nfd).write_text(json.dumps(by_hand({**record, "name": nfd})))
     blobs = sorted((records.parent / "blobs").iterdir())
     with open_storage(app_config, writer=True, kind="tests", wanted="repair it") as store:
         assert store.list_files(session_id) == []

@@ -59,6 +59,7 @@ from typing import Any
 
 import pytest
 from faults import attached, needs_strace
+from session_files import by_hand
 from test_server_e2e import app_env
 
 from app.config import Config, load
@@ -270,7 +271,7 @@ def test_a_file_whose_record_was_copied_keeps_its_bytes_when_the_other_goes(
     # What a tool (or `cp` and an edit) makes of "copy this file": a record of its own, of the
     # app's shape, that names the same bytes.
     record = json.loads((records / "a.pdf").read_text())
-    (records / "copy.pdf").write_text(json.dumps({**record, "name": "copy.pdf"}))
+    (records / "copy.pdf").write_text(json.dumps(by_hand({**record, "name": "copy.pdf"})))
     blob = root / "sessions" / sid / "blobs" / record["blob"]
 
     def read(name: str) -> bytes:

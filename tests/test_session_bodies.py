@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from session_files import edited
+from session_files import edited, record_edited
 from starlette.responses import JSONResponse
 from starlette.testclient import TestClient
 
@@ -463,7 +463,7 @@ def kept_with_one_record(store: Store) -> tuple[str, Path]:
 
 def resized(data: bytes) -> bytes:
     assert b'"size": 3' in data
-    return data.replace(b'"size": 3', b'"size": 7')
+    return record_edited(data, b'"size": 3', b'"size": 7')  # as an edit made on purpose
 
 
 def rewrite_truncated(path: Path) -> None:
@@ -709,5 +709,5 @@ def test_a_record_linked_elsewhere_after_it_was_read_shows_within_the_minute(
     assert sizes(watched, session_id) == [7]
     watch.max_age = watched.sessions.watched_records_max_age = 60.0
     assert sizes(watched, session_id) == [7]  # linked now: read on every read
-    link.write_bytes(link.read_bytes().replace(b'"size": 7', b'"size": 9'))
+    link.write_bytes(record_edited(link.read_bytes(), b'"size": 7', b'"size": 9'))
     assert sizes(watched, session_id) == [9]

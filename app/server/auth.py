@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import hmac
 import re
 from collections.abc import Callable, Coroutine, Mapping
@@ -16,9 +17,10 @@ from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
-from app.errors import BadRequestError
+from app.digests import Digests
+from app.errors import BadRequestError, DigestMismatchError
 from app.server.routes_files import PRECONDITIONS, unsupported_precondition
-from app.server.uploads import refuse_unframed_body
+from app.server.uploads import refuse_unframed_body, trailer_of
 
 if TYPE_CHECKING:
     from fastapi.dependencies.models import Dependant
@@ -157,7 +159,7 @@ async def refuse_body(request: Request, known: tuple[str, ...], operation: str) 
     """
     length = request.headers.get("content-length")
     if length is not None and length.strip("0 ") == "":
-        return  # "0": no body
+        return refuse_lost_body(request, known, operation)  # "0": no body
     if length is None:
         if "transfer-encoding" not in request.headers:
             if request.method not in _BODILESS_ON_HTTP_1_0:
@@ -167,25 +169,74 @@ async def refuse_body(request: Request, known: tuple[str, ...], operation: str) 
                     "(it takes none)",
                     required=False,
                 )
-            return
+            return refuse_lost_body(request, known, operation)
         async for chunk in request.stream():
             if chunk:
                 break
         else:
-            return
+            # Its last chunk alone: the trailer has come, and may name bytes too.
+            return refuse_lost_body(request, known, operation, trailer_of(request))
         sent = "a chunked body"
     else:
         sent = f"a body of {length} bytes"
-    where = (
+    raise BadRequestError(
+        f"request refused: {operation} takes no body, and this request has {sent}, which "
+        f"the server would ignore, doing other than its sender meant; nothing was done. Send "
+        f"no body: {_where(known)}"
+    )
+
+
+def _where(known: tuple[str, ...]) -> str:
+    """Where a route that takes no body takes its parameters."""
+    return (
         f"give what it takes in the query string ({' and '.join(known)})"
         if known
         else "it takes no parameter but its path"
     )
-    raise BadRequestError(
-        f"request refused: {operation} takes no body, and this request has {sent}, which "
-        f"the server would ignore, doing other than its sender meant; nothing was done. Send "
-        f"no body: {where}"
-    )
+
+
+#: The SHA-256 of no bytes: what the integrity fields of a request without a body name.
+_NO_BYTES: Final = hashlib.sha256(b"").digest()
+
+
+def refuse_lost_body(
+    request: Request,
+    known: tuple[str, ...],
+    operation: str,
+    trailer: Callable[[], list[tuple[bytes, bytes]]] | None = None,
+) -> None:
+    """Refuse a request without a body whose integrity fields (``Repr-Digest``,
+    ``Content-Digest``, ``Digest``) name the SHA-256 of some bytes: its client sent a body,
+    which did not arrive.
+
+    A route that takes no body refuses one (`refuse_body`), but one lost on the way, or never
+    framed (an HTTP/1.1 ``POST /trash/empty`` with ``{"older_than": 86400}`` and neither a
+    length nor chunks, a proxy that forwards it with ``Content-Length: 0``), was no body: the
+    whole trash was emptied for good, though the client's ``Content-Digest`` named the JSON
+    it meant (rt-regress66b; `POST /sessions` and the uploads check theirs since red team 65
+    and 35). The fields are read as theirs are (`app.digests.Digests`): a malformed one, or one
+    without ``sha-256``, is refused too, and the SHA-256 of no bytes is taken; a chunked
+    request of its last chunk alone has its ``trailer`` read too (RFC 9530 allows the fields
+    there).
+
+    Raises:
+        BadRequestError: naming the field, and the bytes it names that did not arrive.
+        DigestUnsupportedError: a field that names no ``sha-256``.
+    """
+    digests = Digests.parse(request.headers, request.method, "no body", trailer)
+    if digests is None:
+        return
+    try:
+        digests.require("", "", _NO_BYTES.hex())
+    except DigestMismatchError as error:
+        raise BadRequestError(
+            f"request refused: {operation} takes no body, and none arrived, but its "
+            f"{error.header} names the SHA-256 of some bytes (sha-256=:{error.expected}:): a "
+            "body its client sent was lost on the way, or sent without a Content-Length or "
+            "chunks, and "
+            "the server would do other than its sender meant; nothing was done. Send no body "
+            f"(and no digest, or that of no bytes): {_where(known)}"
+        ) from None
 
 
 def ignored_preconditions(request: Request) -> list[str]:

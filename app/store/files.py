@@ -44,17 +44,21 @@ from app.store.records import (
     EPOCH,
     LATEST_FLOOR,
     MISSING_ERRNOS,
+    RECORD_CHANGED,
     RECORDS_DIR,
     FileRecord,
     bytes_in_entry,
     change_floor,
     date_records,
     ensure_dir,
+    entry_changed,
+    keyed_record,
     open_regular,
     public,
     record_time,
     record_to_change,
     refuse_linked_dirs,
+    trashed_entry,
 )
 from app.store.upload import Upload
 
@@ -303,7 +307,12 @@ class Files:
                 # the old bytes go, and `check` finishes the move.
                 try:
                     retired = self.trash.new_entry(
-                        session_id, "file", name, "replace", previous=public(old), blob=old["blob"]
+                        session_id,
+                        "file",
+                        name,
+                        "replace",
+                        previous=trashed_entry(old),
+                        blob=old["blob"],
                     )
                     prepared = self.root.prepare(retired.path, blobs, audit=True)
                 except BaseException:
@@ -324,6 +333,8 @@ class Files:
         fsync of the directory) leaves the switch made, and it must then stay made.
         """
         before = _inode(path)
+        # With the SHA-256 of what it acknowledges (rt-regress66b): every record this writes.
+        record = keyed_record(record)
         try:
             self.root.atomic_write_json(path, record)
         except BaseException:
@@ -423,7 +434,7 @@ class Files:
                 "file",
                 name,
                 "delete",
-                previous=public(old),
+                previous=trashed_entry(old),
                 blob=old["blob"],
                 after=self.floor(directory, session_id, old),
             )
@@ -518,7 +529,12 @@ class Files:
             size = kept.stat().st_size
             acknowledged, digest = previous.get("size"), previous.get("sha256")
             damage = None
-            if isinstance(acknowledged, int) and size != acknowledged:
+            if entry_changed(previous):
+                # Restored, the record is written with a key of the fields it is given:
+                # an upload time changed in trash.json was served as acknowledged from then
+                # on (rt-regress66b).
+                damage = f"has a trash.json whose {RECORD_CHANGED.removeprefix('its ')}"
+            elif isinstance(acknowledged, int) and size != acknowledged:
                 # Taken from the disk, the damaged size went into the record under the
                 # acknowledged SHA-256: listed so, and past a download's check of the size
                 # before a byte (red team 36).

@@ -52,6 +52,7 @@ __all__ = [
     "MISSING_ERRNOS",
     "NEW_PREFIX",
     "RECORDS_DIR",
+    "RECORD_CHANGED",
     "SESSION_FILE",
     "TRASHED_SESSION",
     "TRASH_MANIFEST",
@@ -65,12 +66,15 @@ __all__ = [
     "content_sha256_or_none",
     "date_records",
     "ensure_dir",
+    "entry_changed",
+    "keyed_record",
     "listed_entries",
     "load_record",
     "open_regular",
     "public",
     "read_meta",
     "record_blob",
+    "record_sha256",
     "record_time",
     "record_to_change",
     "refuse_linked_dirs",
@@ -78,6 +82,7 @@ __all__ = [
     "scan_records_linked",
     "shape_damage",
     "shape_fault",
+    "trashed_entry",
     "upload_order",
 ]
 
@@ -414,6 +419,11 @@ def _shape_fault(record: Mapping[str, Any]) -> tuple[str, str] | None:
         return f"its sha256 is {str(sha256)[:80]!r}, not 64 lower-case hex digits", backup
     if _CONTROL.search(name):
         return "its name holds a control character, which no request can name", backup
+    if CONTENT_KEY in record and record[CONTENT_KEY] != _record_sha256_or_none(record):
+        return RECORD_CHANGED, (
+            "put the record back from a backup; after an edit made on purpose, remove its "
+            f"{CONTENT_KEY} line"
+        )
     if unicodedata.is_normalized("NFC", name):
         return None
     nfc = unicodedata.normalize("NFC", name)
@@ -424,6 +434,75 @@ def _shape_fault(record: Mapping[str, Any]) -> tuple[str, str] | None:
             "no file has that name"
         ),
     )
+
+
+#: What a record's fault (`shape_fault`) says of a record whose acknowledged fields changed.
+RECORD_CHANGED: Final = (
+    "its name, size, sha256 or uploaded_at is not what its upload acknowledged (their "
+    "SHA-256 is no longer the content_sha256 written with them)"
+)
+#: A file's fields its upload (or restore) acknowledged, which a record's `CONTENT_KEY` keeps
+#: the SHA-256 of (`record_sha256`); its blob is where the bytes are, no part of an answer.
+_RECORD_FIELDS: Final = ("name", "size", "sha256", "uploaded_at")
+
+
+def record_sha256(record: Mapping[str, Any]) -> str:
+    """The SHA-256 (hex) of a file's name, size, SHA-256 and upload time, as one compact JSON
+    array, which its record keeps under `CONTENT_KEY` (as ``session.json`` keeps the
+    session's, `content_sha256`).
+
+    A record's ``size`` and ``sha256`` are compared with its bytes by every download and by
+    `app data check`, its name with the record's own; its ``uploaded_at`` by nothing. One bit
+    of it flipped on the disk (``2026`` made ``2036``) was every listing's and the session's
+    ``updated_at``, the session's next upload was dated after it (the damage written into a
+    new record), and `app data check` said clean (red team 66 on regress, rt-regress66b), the
+    class rt-regress65d closed for ``session.json``. Of the parsed values, as there; raises
+    ``ValueError`` for a NaN (which no upload writes)."""
+    canonical = _RECORD_JSON.encode([record.get(key) for key in _RECORD_FIELDS])
+    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+#: `record_sha256`'s encoder, made once: `json.dumps` with these arguments makes one per call,
+#: a quarter of the hash's CPU time (a record is hashed on every read of it from the disk).
+_RECORD_JSON: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def _record_sha256_or_none(record: Mapping[str, Any]) -> str | None:
+    # Nothing an upload writes makes it raise: a record that does is no acknowledged one.
+    try:
+        return record_sha256(record)
+    except (ValueError, RecursionError):
+        return None
+
+
+def keyed_record(record: Mapping[str, Any]) -> FileRecord:
+    """``record`` as the app writes it: with `CONTENT_KEY`, the SHA-256 of its acknowledged
+    fields (`record_sha256`), computed again (a record read and written on keeps no key of
+    other values). Where they cannot be hashed (a NaN a build before hashes wrote in the list
+    the migration reads), without it, read unchecked as every record written before."""
+    fields = {k: v for k, v in record.items() if k != CONTENT_KEY}
+    key = _record_sha256_or_none(fields)
+    if key is not None:
+        fields[CONTENT_KEY] = key
+    return cast(FileRecord, fields)
+
+
+def trashed_entry(record: Mapping[str, Any]) -> FileEntry:
+    """What a trash entry's manifest keeps of the record of the version it holds: `public`,
+    with the record's `CONTENT_KEY` where it has one. A restore writes the record back from
+    these fields: without the key, an ``uploaded_at`` changed in ``trash.json`` was restored
+    under a key computed for it, as acknowledged (rt-regress66b)."""
+    entry = public(record)
+    kept = record.get(CONTENT_KEY)
+    if isinstance(kept, str):
+        return cast(FileEntry, {**entry, CONTENT_KEY: kept})
+    return entry
+
+
+def entry_changed(entry: Mapping[str, Any]) -> bool:
+    """Whether a trash manifest's entry (`trashed_entry`) keeps a `CONTENT_KEY` that is not
+    the SHA-256 of its fields: one without it (a manifest written before) is not known."""
+    return CONTENT_KEY in entry and entry[CONTENT_KEY] != _record_sha256_or_none(entry)
 
 
 def record_blob(path: Path) -> str | None:

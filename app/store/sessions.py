@@ -74,6 +74,7 @@ from app.store.records import (
     content_sha256,
     date_records,
     ensure_dir,
+    keyed_record,
     listed_entries,
     load_record,
     public,
@@ -572,7 +573,7 @@ class Sessions:
                 # The list's own fields as written (`public` would show a number of
                 # seconds in `uploaded_at` as null, and the migration would lose it).
                 fields = {k: old.get(k) for k in ("size", "sha256", "uploaded_at")}
-                record = cast(FileRecord, {**fields, "name": name, "blob": new_session_id()})
+                record = keyed_record({**fields, "name": name, "blob": new_session_id()})
                 self.root.atomic_write_json(record_path, record)
             if not (blobs / record["blob"]).exists() and source.is_file():
                 source.rename(blobs / record["blob"])
