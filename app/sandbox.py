@@ -3898,68 +3898,60 @@ def _children(pid: int) -> set[int]:
     return found
 
 
-#: Entries `_entry_read_once` read, by their path and what ``stat`` said of them then.
-_ENTRIES_READ: dict[tuple[str, int, int, int, int], dict[str, Any] | None] = {}
-
-
-def _a_run_inside(entry: Path, run: Run) -> str | None:
+def _a_run_inside(entry: Path, run: Run) -> tuple[str | None, bool]:
     """Whether `entry` is that of a run started inside `run` (a pytest a test started, still
     starting or keeping `run`'s protected roots): ``"registered"`` for a run that hands on
     what it started itself, ``"starting"`` for a pytest that has not registered (still
     starting, or without the app's plugin for good), None for no run's. An entry a test
     wrote for its daemon (no roots protected, or a sandbox no run writes) is no run's: the
-    daemon gets `run`'s."""
+    daemon gets `run`'s. And whether the check after a test leaves it as it is
+    (`_kept_by_hand_on` while the run goes on: a run's handed on too), from the same read."""
     # Handed on by a run is not a run's own: written again at the run's end.
-    if not _entry_kept(entry, run, while_running=False):
-        return None
-    data = _entry_read_once(entry)
-    return "starting" if data is not None and data.get("starting") else "registered"
+    at_the_end, after_a_test, starting = _entry_judged(entry, run)
+    if not at_the_end:
+        return None, after_a_test
+    return ("starting" if starting else "registered"), after_a_test
 
 
-def _entry_read_once(entry: Path) -> dict[str, Any] | None:
-    """What `entry` says (None: none there, or unreadable), read again only when it changed:
-    the check after each test looks at every process a test left running and at the run's
-    long-lived ones (its database, its object store), twice a test."""
-    key = _entry_key(entry)
-    if key is None:
-        return None
-    if key not in _ENTRIES_READ:
-        if len(_ENTRIES_READ) >= 256:
-            _ENTRIES_READ.clear()
-        _ENTRIES_READ[key] = _entry_data(entry)
-    return _ENTRIES_READ[key]
+#: What `_entry_judged` found of each entry, by the digest of its bytes and the run's roots.
+_JUDGED: dict[tuple[bytes, tuple[Protected, ...]], tuple[bool, bool, bool]] = {}
 
 
-def _entry_key(entry: Path) -> tuple[str, int, int, int, int] | None:
-    """What tells `entry` as it is now from what it was (None: none there). An entry is
-    replaced whole (a new inode) or written in place, which changes its ctime, which no
-    process can set back."""
+def _entry_judged(entry: Path, run: Run) -> tuple[bool, bool, bool]:
+    """Whether the hand-over keeps the entry at `entry` as the run ends and after a test
+    (`_kept_by_hand_on`; neither where none is there, or it cannot be read), and whether it
+    says its pytest is starting. Read every time, judged again only where its bytes are
+    others than any judged: read as its reader reads it, an entry costs some 25 us to judge
+    (its roots parsed), and the check after each test looks at every process a test left
+    running and at the run's long-lived ones (its database, its object store).
+
+    Judged once per what ``stat`` said of the entry (inode, size, mtime and ctime), a test's
+    entry for its daemon, judged a run's after a test, then rewritten with bytes of the same
+    length that no run writes and its times put back, on a filesystem whose ctime follows
+    its mtime (``bindfs --ctime-from-mtime``; a kernel before Linux 6.13 within one clock
+    tick), stayed the run's at the run's end: the daemon kept it, and once the run had
+    ended, it purged a stopped production root (red team 66 on regress). What it holds is
+    what its reader reads, whatever ``stat`` says."""
+    import hashlib  # the standard library's; an entry may be up to `_ENTRY_MAX_BYTES`
+
     try:
-        seen = entry.stat()
+        raw = _AS_READ[entry] if entry in _AS_READ else _entry_bytes(entry)
     except OSError:
-        return None
-    return (str(entry), seen.st_ino, seen.st_size, seen.st_mtime_ns, seen.st_ctime_ns)
-
-
-#: What `_entry_kept` found of each entry, by what ``stat`` said of it, the hand-over and
-#: the run's roots.
-_KEPT_READ: dict[tuple[object, ...], bool] = {}
-
-
-def _entry_kept(entry: Path, run: Run, *, while_running: bool) -> bool:
-    """`_kept_by_hand_on` of the entry at `entry`, judged again only when it changed: read
-    as its reader reads it, an entry costs some 25 us (its roots parsed), and the run's
-    long-lived processes are looked at twice a test."""
-    key = _entry_key(entry)
-    if key is None:
-        return False
-    memo = (key, while_running, run.protected)
-    if memo not in _KEPT_READ:
-        if len(_KEPT_READ) >= 256:
-            _KEPT_READ.clear()
-        data = _entry_read_once(entry)
-        _KEPT_READ[memo] = _kept_by_hand_on(data, run, while_running=while_running)
-    return _KEPT_READ[memo]
+        return False, False, False
+    memo = (hashlib.sha256(raw).digest(), run.protected)
+    if memo not in _JUDGED:
+        if len(_JUDGED) >= 256:
+            _JUDGED.clear()
+        try:
+            data = json_loads(raw)
+        except ValueError:
+            data = None
+        _JUDGED[memo] = (
+            _kept_by_hand_on(data, run, while_running=False),
+            _kept_by_hand_on(data, run, while_running=True),
+            isinstance(data, dict) and bool(data.get("starting")),
+        )
+    return _JUDGED[memo]
 
 
 def _also_at_shutdown(hook: Any) -> None:
@@ -4131,7 +4123,7 @@ def _hand_on_descendants(run: Run, pid: int, *, while_running: bool = False) -> 
         # and once a later test had killed the run, it purged a stopped root given
         # production's settings alone (red team 46); so was a fork of the run's own process
         # (red team 43).
-        inside = _a_run_inside(entry, run)
+        inside, kept_after_a_test = _a_run_inside(entry, run)
         if inside == "registered":
             # A run of its own (an xdist worker still exiting, a pytest with the plugin a
             # test started): its entry stays as it wrote it, and what it started is its
@@ -4151,7 +4143,7 @@ def _hand_on_descendants(run: Run, pid: int, *, while_running: bool = False) -> 
             if not while_running:
                 pending.extend(_children(child))
             continue
-        if not (while_running and _entry_kept(entry, run, while_running=True)):
+        if not (while_running and kept_after_a_test):
             with contextlib.suppress(OSError):
                 _publish(run, outlived=child, while_running=while_running)
         pending.extend(_children(child))
