@@ -3621,11 +3621,10 @@ def _publish(
             os.fchmod(written, 0o644)
         finally:
             os.close(written)
-        placed = False
-        if name is None:
-            namespace = data["own_pid_namespace"]
-            name, placed = _name_to_write(parent, temporary, pid, started[1], namespace)
-            _NAMED[key] = directory / name
+        name, placed = _entry_name_now(
+            parent, temporary, name, pid, started[1], data["own_pid_namespace"], outlived
+        )
+        _NAMED[key] = directory / name
         own_run = outlived is None and run is not None
         # The sealed copy first, the entry next, the copy it replaces last: a child that
         # reads between them finds its entry in one of the two (`_entry_changed`).
@@ -3647,6 +3646,39 @@ def _publish(
         raise
     finally:
         os.close(parent)
+
+
+def _entry_name_now(
+    parent: int,
+    temporary: str,
+    name: str | None,
+    pid: int,
+    started: int,
+    namespace: int | None,
+    outlived: int | None,
+) -> tuple[str, bool]:
+    """The name process `pid`'s entry (the file `temporary`) is written at in registry
+    `parent`, and whether it was put there already: its first (`_name_to_write`), else
+    `name`, where it was written before.
+
+    But for one handed on again (`outlived`) at its plain name, where an entry there now says
+    its process lives in another PID namespace than `namespace`: its readers take that for
+    another process's (`_of_another`) and look beside it, at the name with its namespace's
+    number. Written over, as it was, an entry a test copied from the run's for its daemon
+    with that number changed was kept as a run's inside this one (after a test, and at the
+    run's end), and the daemon, once the run had ended, found no entry and, given
+    production's settings alone, purged a stopped production root (red team 66 on regress).
+    Another namespace's run at that name is left its own."""
+    if name is None:
+        return _name_to_write(parent, temporary, pid, started, namespace)
+    if (
+        outlived is not None
+        and namespace is not None
+        and name == _entry_name(pid, started)
+        and _held_by_another(parent, name, namespace)
+    ):
+        return _entry_name(pid, started, namespace), False
+    return name, False
 
 
 def _link_if_none(parent: int, temporary: str, name: str, run: Run, *, while_running: bool) -> bool:
@@ -3809,10 +3841,13 @@ def _of_another(pid: int, data: dict[str, Any]) -> bool:
     predates this field, the entry counts, as before: taking a stranger's entry refuses
     more, never less."""
     recorded = data.get("own_pid_namespace")
-    if type(recorded) is not int:
-        return False
-    actual = _own_pid_namespace(pid)
-    return actual is not None and actual != recorded
+    return type(recorded) is int and _elsewhere(recorded, _own_pid_namespace(pid))
+
+
+def _elsewhere(recorded: object, actual: int | None) -> bool:
+    """Whether an entry that says its process lives in PID namespace `recorded` is another
+    process's than one that lives in `actual` (`_of_another`): both known, and not the same."""
+    return type(recorded) is int and actual is not None and actual != recorded
 
 
 #: How much of ``sys.argv`` an entry keeps: its first words, each cut at a length. A run
@@ -3898,32 +3933,38 @@ def _children(pid: int) -> set[int]:
     return found
 
 
-def _a_run_inside(entry: Path, run: Run) -> tuple[str | None, bool]:
-    """Whether `entry` is that of a run started inside `run` (a pytest a test started, still
-    starting or keeping `run`'s protected roots): ``"registered"`` for a run that hands on
-    what it started itself, ``"starting"`` for a pytest that has not registered (still
-    starting, or without the app's plugin for good), None for no run's. An entry a test
-    wrote for its daemon (no roots protected, or a sandbox no run writes) is no run's: the
-    daemon gets `run`'s. And whether the check after a test leaves it as it is
-    (`_kept_by_hand_on` while the run goes on: a run's handed on too), from the same read."""
+def _a_run_inside(entry: Path, run: Run, child: int, started: int) -> tuple[str | None, bool]:
+    """Whether `entry`, process `child`'s (started at `started`), is that of a run started
+    inside `run` (a pytest a test started, still starting or keeping `run`'s protected
+    roots): ``"registered"`` for a run that hands on what it started itself, ``"starting"``
+    for a pytest that has not registered (still starting, or without the app's plugin for
+    good), None for no run's. An entry a test wrote for its daemon (no roots protected, a
+    sandbox no run writes, or another PID namespace's) is no run's: the daemon gets `run`'s.
+    And whether the check after a test leaves it as it is (`_kept_by_hand_on` while the run
+    goes on: a run's handed on too), from the same read."""
     # Handed on by a run is not a run's own: written again at the run's end.
-    at_the_end, after_a_test, starting = _entry_judged(entry, run)
+    at_the_end, after_a_test, starting, recorded = _entry_judged(entry, run)
+    if _elsewhere(recorded, _namespace_of(child, started)):
+        # Its reader takes it for another PID namespace's process's (`_of_another`) and
+        # reads none: no run's.
+        return None, False
     if not at_the_end:
         return None, after_a_test
     return ("starting" if starting else "registered"), after_a_test
 
 
 #: What `_entry_judged` found of each entry, by the digest of its bytes and the run's roots.
-_JUDGED: dict[tuple[bytes, tuple[Protected, ...]], tuple[bool, bool, bool]] = {}
+_JUDGED: dict[tuple[bytes, tuple[Protected, ...]], tuple[bool, bool, bool, object]] = {}
 
 
-def _entry_judged(entry: Path, run: Run) -> tuple[bool, bool, bool]:
+def _entry_judged(entry: Path, run: Run) -> tuple[bool, bool, bool, object]:
     """Whether the hand-over keeps the entry at `entry` as the run ends and after a test
-    (`_kept_by_hand_on`; neither where none is there, or it cannot be read), and whether it
-    says its pytest is starting. Read every time, judged again only where its bytes are
-    others than any judged: read as its reader reads it, an entry costs some 25 us to judge
-    (its roots parsed), and the check after each test looks at every process a test left
-    running and at the run's long-lived ones (its database, its object store).
+    (`_kept_by_hand_on`; neither where none is there, or it cannot be read), whether it
+    says its pytest is starting, and the PID namespace it says its process lives in (to
+    compare with the process's own, `_elsewhere`). Read every time, judged again only where
+    its bytes are others than any judged: read as its reader reads it, an entry costs some
+    25 us to judge (its roots parsed), and the check after each test looks at every process
+    a test left running and at the run's long-lived ones (its database, its object store).
 
     Judged once per what ``stat`` said of the entry (inode, size, mtime and ctime), a test's
     entry for its daemon, judged a run's after a test, then rewritten with bytes of the same
@@ -3937,7 +3978,7 @@ def _entry_judged(entry: Path, run: Run) -> tuple[bool, bool, bool]:
     try:
         raw = _AS_READ[entry] if entry in _AS_READ else _entry_bytes(entry)
     except OSError:
-        return False, False, False
+        return False, False, False, None
     memo = (hashlib.sha256(raw).digest(), run.protected)
     if memo not in _JUDGED:
         if len(_JUDGED) >= 256:
@@ -3946,12 +3987,32 @@ def _entry_judged(entry: Path, run: Run) -> tuple[bool, bool, bool]:
             data = json_loads(raw)
         except ValueError:
             data = None
+        mapping = data if isinstance(data, dict) else {}
         _JUDGED[memo] = (
             _kept_by_hand_on(data, run, while_running=False),
             _kept_by_hand_on(data, run, while_running=True),
-            isinstance(data, dict) and bool(data.get("starting")),
+            bool(mapping.get("starting")),
+            mapping.get("own_pid_namespace"),
         )
     return _JUDGED[memo]
+
+
+#: Each process's own PID namespace by its pid and start time, where it could be read: no
+#: call changes it, and the check after each test looks at the run's long-lived processes.
+_NAMESPACES_READ: dict[tuple[int, int], int] = {}
+
+
+def _namespace_of(pid: int, started: int) -> int | None:
+    """`_own_pid_namespace` of process `pid`, started at `started`, read once while known."""
+    key = (pid, started)
+    if key in _NAMESPACES_READ:
+        return _NAMESPACES_READ[key]
+    found = _own_pid_namespace(pid)
+    if found is not None:
+        if len(_NAMESPACES_READ) >= 256:
+            _NAMESPACES_READ.clear()
+        _NAMESPACES_READ[key] = found
+    return found
 
 
 def _also_at_shutdown(hook: Any) -> None:
@@ -4123,7 +4184,7 @@ def _hand_on_descendants(run: Run, pid: int, *, while_running: bool = False) -> 
         # and once a later test had killed the run, it purged a stopped root given
         # production's settings alone (red team 46); so was a fork of the run's own process
         # (red team 43).
-        inside, kept_after_a_test = _a_run_inside(entry, run)
+        inside, kept_after_a_test = _a_run_inside(entry, run, child, fields[1])
         if inside == "registered":
             # A run of its own (an xdist worker still exiting, a pytest with the plugin a
             # test started): its entry stays as it wrote it, and what it started is its

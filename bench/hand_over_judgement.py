@@ -10,7 +10,7 @@ what ``stat`` said of it; red team 66 on regress read it each time and judges it
 bytes (`app.sandbox._entry_judged`), since ``stat`` can say the same of two contents. This
 times both on one unchanged entry (the common case: a memo hit), alternated in one process,
 in CPU time: main's `stat` key and its two look-ups (copied here as they were) against this
-tree's read and digest.
+tree's read, digest and the process's PID namespace (read once per process).
 """
 
 from __future__ import annotations
@@ -75,6 +75,9 @@ def main() -> None:
     args = parser.parse_args()
     directory = Path(tempfile.mkdtemp(prefix="hand-over-"))
     run = sandbox.Run(directory, os.getpid(), ())
+    fields = sandbox._stat_fields(os.getpid())
+    assert fields is not None
+    child, started = os.getpid(), fields[1]  # a process whose namespace can be read
     written = {"pid": 1, "argv": ["pytest"] * 8, "sandbox": str(directory), "protected": []}
     # A handed-on entry, as the run's long-lived processes have (kept after a test, written
     # again at the end), and a run's inside this one (a pytest a test left running).
@@ -84,15 +87,17 @@ def main() -> None:
         entry.write_text(json.dumps(data))
         ways: dict[str, Callable[[], object]] = {
             "stat (session 65)": lambda entry=entry: by_stat(entry, run),
-            "bytes (red team 66)": lambda entry=entry: sandbox._a_run_inside(entry, run),
+            "bytes (red team 66)": lambda entry=entry: sandbox._a_run_inside(
+                entry, run, child, started
+            ),
         }
         times: dict[str, list[float]] = {name: [] for name in ways}
         for _ in range(args.rounds):
             for name, way in ways.items():
-                started = time.process_time()
+                began = time.process_time()
                 for _ in range(args.calls):
                     way()
-                times[name].append((time.process_time() - started) / args.calls * 1e6)
+                times[name].append((time.process_time() - began) / args.calls * 1e6)
         for name, each in times.items():
             shown = ", ".join(f"{value:.2f}" for value in each)
             median = statistics.median(each)

@@ -25,7 +25,11 @@ Red team 66 on regress (branch rt-regress66a), on those fixes, with a real FUSE 
   puts its times back, on a filesystem whose ctime follows its mtime (``bindfs
   --ctime-from-mtime``; any kernel before Linux 6.13 within one clock tick): the run's last
   hand-over took it for the run's it had judged, and once the run had ended the daemon
-  purged the stopped production root.
+  purged the stopped production root;
+- a test that writes over its daemon's entry, handed on after an earlier test, a copy of the
+  run's own that says its process lives in another PID namespace: its reader takes that for
+  another process's and reads none, the hand-over kept it as a run's (after the test and at
+  the run's end), and once the run had ended the daemon purged the stopped production root.
 """
 
 from __future__ import annotations
@@ -233,3 +237,55 @@ def test_an_entry_rewritten_with_the_same_stat_is_judged_by_what_it_holds(
         "data_root of profile 'production' (from pytest sandbox (configured: "
         f"{stopped[1]}, settings.toml [production])"
     ) in said, said
+
+
+#: A test that leaves a daemon given production's settings alone, which purges once the
+#: run's process is gone (into ``$OUT``); the check after it hands the run's entry on to it.
+#: A later test writes over that entry a copy of the run's own that says its process lives
+#: in another PID namespace. The run ends as runs do.
+SAYS_ANOTHER_NAMESPACE = """
+import json, os, subprocess, sys
+from app import sandbox
+
+WAITS = (
+    'while kill -0 "$RUN" 2>/dev/null; do sleep 0.05; done; '
+    'exec "$0" -m app data purge --yes-i-mean-it >"$TO" 2>&1'
+)
+LEFT = []
+
+
+def test_1_leaves_a_daemon():
+    env = {name: os.environ[name] for name in ("PATH", "APP_SETTINGS_DIR")}
+    env.update(ENV_FOR_DYNACONF="production", RUN=str(os.getpid()), TO=os.environ["OUT"])
+    LEFT.append(subprocess.Popen(["sh", "-c", WAITS, sys.executable], env=env,
+                                 start_new_session=True).pid)
+
+
+def test_2_copies_the_run_s_entry_over_its_own():
+    pid = LEFT[0]
+    at = sandbox.RUNS_DIR / sandbox._entry_name(pid, sandbox._stat_fields(pid)[1])
+    assert "outlived" in json.loads(at.read_text())  # handed on after the first test
+    entry = json.loads(sandbox._own_entry().read_text())
+    entry.update(pid=pid, own_pid_namespace=entry["own_pid_namespace"] + 1)
+    at.write_text(json.dumps(entry))
+"""
+
+
+def test_an_entry_that_says_another_pid_namespace_is_no_run_s_to_keep(
+    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    # Its reader takes an entry that says its process lives in another PID namespace for
+    # another process's (`_of_another`), and reads none; the hand-over kept it as a run's
+    # inside this one (it keeps the run's roots), after the test and at the run's end, where
+    # the run had handed on to that process before (the name it wrote, kept for the
+    # process's life). Once the run had ended, the daemon found no entry and purged the
+    # stopped production root (whose snapshot `_left_behind_a_run` compares).
+    said = _left_behind_a_run(stopped, tmp_path, SAYS_ANOTHER_NAMESPACE)
+    assert said.startswith("error: refused under pytest (sandbox: "), said
+    assert re.search(
+        r"loading profile 'production'; tests run on the 'testing' profile \(this "
+        r"process belongs to the test run through the process tree \(this process, "
+        r"started by the test run of pytest pid \d+, which has ended, registered in ",
+        said,
+    ), said
