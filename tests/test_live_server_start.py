@@ -367,6 +367,11 @@ CHANGED_IN_A_TEST: dict[str, Callable[[Any], object]] = {
     "securebits": lambda libc: libc.prctl(28, ctypes.c_ulong(1), 0, 0, 0),
     # PR_SET_SPECULATION_CTRL of PR_SPEC_STORE_BYPASS: PR_SPEC_DISABLE.
     "speculation": lambda libc: libc.prctl(53, ctypes.c_ulong(0), ctypes.c_ulong(4), 0, 0),
+    # A process group, or a session, of its own: a plain start is in the test's, a forked
+    # server in the zygote's, which was the run's as it started (a signal to the group, a
+    # terminal's hang-up, `killpg` of the test's group reached one and not the other).
+    "process-group": lambda _: os.setpgid(0, 0),
+    "session": lambda _: os.setsid(),
 }
 #: ioprio_set's number on the architectures CI runs on (Python has no call for it).
 _IOPRIO_SET = {"x86_64": 251, "aarch64": 30}

@@ -18,9 +18,10 @@ The fixture starts a server the plain way (`subprocess`) instead when the test's
 differs from the run's in anything but the variables the app reads when it runs
 (`GIVEN_AT_FORK`), when what a child inherits (umask, resource limits, ignored signals, nice
 value, blocked signals, CPU affinity, namespaces, control groups, capabilities and seccomp
-filters, personality, scheduling, OOM score, core dump filter, timer slack, transparent huge
-pages and speculation controls) differs from the run's, or what only a system call reads
-(securebits, ``PR_SET_MDWE``, I/O priority) from the zygote's, when ``os.pidfd_open`` or
+filters, process group and session, personality, scheduling, OOM score, core dump filter,
+timer slack, transparent huge pages and speculation controls) differs from the run's, or
+what only a system call reads (securebits, ``PR_SET_MDWE``, I/O priority) from the
+zygote's, when ``os.pidfd_open`` or
 descriptor passing is missing, and when the ini option ``app_live_server = subprocess`` (or
 ``--app-live-server=subprocess``) says so; a child whose working directory would import
 another module than the zygote did (``python -m`` puts that directory first on ``sys.path``)
@@ -104,13 +105,17 @@ _PROC_INHERITED = (
 
 
 def _scheduled() -> tuple[object, ...]:
-    """The calling thread's scheduling policy and priority (``SCHED_BATCH``, ``SCHED_IDLE``,
-    with ``SCHED_RESET_ON_FORK``) and what `_PROC_INHERITED` names, each None where it cannot
-    be read. A child inherits them all, through ``exec`` too: a test that set one for its
-    server (run idle, killed first under memory pressure, no core dumped, the same addresses
-    each run) had it forked from the run's warm interpreter without it, where a plain start
-    is the test's child, made as it is (red team 66 on regress)."""
-    found: list[object] = []
+    """The process's group and session, the calling thread's scheduling policy and priority
+    (``SCHED_BATCH``, ``SCHED_IDLE``, with ``SCHED_RESET_ON_FORK``) and what
+    `_PROC_INHERITED` names, each None where it cannot be read. A child inherits them all,
+    through ``exec`` too: a test that set one for its server (run idle, killed first under
+    memory pressure, no core dumped, the same addresses each run) had it forked from the
+    run's warm interpreter without it, where a plain start is the test's child, made as it
+    is (red team 66 on regress)."""
+    # Its process group and session: a plain start is in the test's, a forked server in the
+    # zygote's, the run's as it started (a test that leaves its group, `os.setpgid(0, 0)`,
+    # and then signals it, or a terminal's hang-up of its session).
+    found: list[object] = [os.getpgid(0), os.getsid(0)]
     try:
         found += [os.sched_getscheduler(0), os.sched_getparam(0).sched_priority]
     except (AttributeError, OSError):
