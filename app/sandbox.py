@@ -3581,10 +3581,13 @@ def _publish(
     ended_at: float | None = None,
     while_running: bool = False,
     without_plugin: bool = False,
+    ended_by: int | None = None,
 ) -> None:
     """Write ``run`` as this process's registry entry (atomically: readers never see half),
-    or, given `outlived` (a child of this process), as that child's; None: an entry that
-    says this process is a pytest run still starting, without a sandbox yet."""
+    or, given `outlived` (a child of this process), as that child's, handed on by this
+    process's run (or by run `ended_by`'s, which ended first: `_hand_on_what_was_handed`);
+    None: an entry that says this process is a pytest run still starting, without a sandbox
+    yet."""
     pid = outlived or _proc_self()
     started = _stat_fields(pid) if pid is not None else None
     if pid is None or started is None:
@@ -3594,7 +3597,7 @@ def _publish(
         data["without_plugin"] = True
     if outlived is not None:
         own = _proc_self()
-        data["outlived"] = own
+        data["outlived"] = own if ended_by is None else ended_by
         own_fields = _stat_fields(own) if while_running and own is not None else None
         if own_fields is not None:
             # Handed on while the run goes on (`hand_on`): it has ended only once this
@@ -4063,8 +4066,62 @@ def _end_entry() -> None:
         if run.scratch:
             os.environ[SCRATCH_ENV] = run.scratch
         return
+    entry = _entry_at(RUNS_DIR, pid, started)
     with contextlib.suppress(OSError):
-        _entry_at(RUNS_DIR, pid, started).unlink()
+        _hand_on_what_was_handed(entry, pid)
+    with contextlib.suppress(OSError):
+        entry.unlink()
+
+
+#: The key under which a run's end notes, in the entry of a pytest below it that hands
+#: nothing on, the entry it hands on (`_note_handed_on`).
+_HANDED_ON: Final = "handed_on"
+
+
+def _note_handed_on(entry: Path, run: Run, pid: int) -> None:
+    """Note in `entry`, that of pytest `pid` below `run` which has not registered (without
+    the plugin, or still starting), the entry `run` hands on as it ends: that pytest hands
+    it on to what it started since, as it exits (`_hand_on_what_was_handed`).
+
+    The run's end gives what such a pytest started the run's entry; a child it started
+    after that, given production's settings alone and waiting for that pytest to be gone,
+    had nothing once it was: re-parented out of any run's tree, it purged a stopped
+    production root (red team 66 on regress). Written only over the entry as it was read,
+    still starting (a pytest that registers meanwhile writes its own, and hands on its
+    own)."""
+    data = _entry_data(entry)
+    if not isinstance(data, dict) or not data.get("starting") or _HANDED_ON in data:
+        return
+    handed = _entry_dict(run, pid)
+    handed["outlived"] = _proc_self()
+    data[_HANDED_ON] = handed
+    parent = _open_registry(entry.parent)
+    temporary = f".{os.getpid()}-{os.urandom(6).hex()}.tmp"
+    try:
+        written = os.open(temporary, _NEW_ENTRY, 0o644, dir_fd=parent)
+        try:
+            os.write(written, json.dumps(data).encode())
+            os.fchmod(written, 0o644)
+        finally:
+            os.close(written)
+        os.replace(temporary, entry.name, src_dir_fd=parent, dst_dir_fd=parent)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary, dir_fd=parent)
+        os.close(parent)
+
+
+def _hand_on_what_was_handed(entry: Path, pid: int) -> None:
+    """As pytest `pid` (this process, which hands nothing on) exits: hand the entry a run
+    above it noted in `entry` as it ended (`_note_handed_on`) on to this process's
+    descendants, as that run's end did to those it found."""
+    data = _entry_data(entry)
+    handed = data.get(_HANDED_ON) if isinstance(data, dict) else None
+    if not isinstance(handed, dict):
+        return
+    run = _read_entry(entry, pid, 1, data=handed)
+    if run is not None:
+        _hand_on_descendants(run, pid, ended_by=run.ended)
 
 
 def _end_of_run() -> None:
@@ -4162,10 +4219,12 @@ def _at_threads_shutdown() -> None:
         atexit.register(_end_of_run)
 
 
-def _hand_on_descendants(run: Run, pid: int, *, while_running: bool = False) -> None:
+def _hand_on_descendants(
+    run: Run, pid: int, *, while_running: bool = False, ended_by: int | None = None
+) -> None:
     """Give each descendant of `pid` (this process) an entry of its own, `run`'s, unless it
     is a run of its own; `while_running`: only those without a run's entry yet (`hand_on`,
-    `_kept_by_hand_on`)."""
+    `_kept_by_hand_on`); `ended_by`: `run`'s pytest, which has ended (`_publish`)."""
     # Every descendant, not only the children: a supervisor's worker kept the run only
     # through its supervisor, and when that exited after the run, it was re-parented to
     # init, out of any run.
@@ -4203,10 +4262,12 @@ def _hand_on_descendants(run: Run, pid: int, *, while_running: bool = False) -> 
             # instead).
             if not while_running:
                 pending.extend(_children(child))
+                with contextlib.suppress(OSError):
+                    _note_handed_on(entry, run, child)
             continue
         if not (while_running and kept_after_a_test):
             with contextlib.suppress(OSError):
-                _publish(run, outlived=child, while_running=while_running)
+                _publish(run, outlived=child, while_running=while_running, ended_by=ended_by)
         pending.extend(_children(child))
 
 
@@ -4283,6 +4344,20 @@ def announce_start() -> None:
         return
     with contextlib.suppress(OSError):
         _publish(None, _own_runs_dir())  # a registry it cannot use: `register` says so
+        # Ended before it registered (a `-p` plugin's `SystemExit`): what it started once a
+        # run above it had ended gets what that run noted (`_note_handed_on`).
+        atexit.register(_end_never_registered)
+
+
+def _end_never_registered() -> None:
+    """At exit of a pytest that announced its start (`announce_start`) and never registered
+    a run: `_hand_on_what_was_handed`. Nothing where it registered one (its own hand-over
+    ran: `_end_of_run`)."""
+    own = _own_start()
+    if own is None or _in_process() is not None:
+        return
+    with contextlib.suppress(OSError):
+        _hand_on_what_was_handed(_entry_at(RUNS_DIR, *own), own[0])
 
 
 def _own_run_entry() -> bool:
