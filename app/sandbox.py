@@ -3581,10 +3581,13 @@ def _publish(
     ended_at: float | None = None,
     while_running: bool = False,
     without_plugin: bool = False,
+    ended_by: int | None = None,
 ) -> None:
     """Write ``run`` as this process's registry entry (atomically: readers never see half),
-    or, given `outlived` (a child of this process), as that child's; None: an entry that
-    says this process is a pytest run still starting, without a sandbox yet."""
+    or, given `outlived` (a child of this process), as that child's, handed on by this
+    process's run (or by run `ended_by`'s, which ended first: `_hand_on_what_was_handed`);
+    None: an entry that says this process is a pytest run still starting, without a sandbox
+    yet."""
     pid = outlived or _proc_self()
     started = _stat_fields(pid) if pid is not None else None
     if pid is None or started is None:
@@ -3594,7 +3597,7 @@ def _publish(
         data["without_plugin"] = True
     if outlived is not None:
         own = _proc_self()
-        data["outlived"] = own
+        data["outlived"] = own if ended_by is None else ended_by
         own_fields = _stat_fields(own) if while_running and own is not None else None
         if own_fields is not None:
             # Handed on while the run goes on (`hand_on`): it has ended only once this
@@ -3621,11 +3624,10 @@ def _publish(
             os.fchmod(written, 0o644)
         finally:
             os.close(written)
-        placed = False
-        if name is None:
-            namespace = data["own_pid_namespace"]
-            name, placed = _name_to_write(parent, temporary, pid, started[1], namespace)
-            _NAMED[key] = directory / name
+        name, placed = _entry_name_now(
+            parent, temporary, name, pid, started[1], data["own_pid_namespace"], outlived
+        )
+        _NAMED[key] = directory / name
         own_run = outlived is None and run is not None
         # The sealed copy first, the entry next, the copy it replaces last: a child that
         # reads between them finds its entry in one of the two (`_entry_changed`).
@@ -3647,6 +3649,39 @@ def _publish(
         raise
     finally:
         os.close(parent)
+
+
+def _entry_name_now(
+    parent: int,
+    temporary: str,
+    name: str | None,
+    pid: int,
+    started: int,
+    namespace: int | None,
+    outlived: int | None,
+) -> tuple[str, bool]:
+    """The name process `pid`'s entry (the file `temporary`) is written at in registry
+    `parent`, and whether it was put there already: its first (`_name_to_write`), else
+    `name`, where it was written before.
+
+    But for one handed on again (`outlived`) at its plain name, where an entry there now says
+    its process lives in another PID namespace than `namespace`: its readers take that for
+    another process's (`_of_another`) and look beside it, at the name with its namespace's
+    number. Written over, as it was, an entry a test copied from the run's for its daemon
+    with that number changed was kept as a run's inside this one (after a test, and at the
+    run's end), and the daemon, once the run had ended, found no entry and, given
+    production's settings alone, purged a stopped production root (red team 66 on regress).
+    Another namespace's run at that name is left its own."""
+    if name is None:
+        return _name_to_write(parent, temporary, pid, started, namespace)
+    if (
+        outlived is not None
+        and namespace is not None
+        and name == _entry_name(pid, started)
+        and _held_by_another(parent, name, namespace)
+    ):
+        return _entry_name(pid, started, namespace), False
+    return name, False
 
 
 def _link_if_none(parent: int, temporary: str, name: str, run: Run, *, while_running: bool) -> bool:
@@ -3809,10 +3844,13 @@ def _of_another(pid: int, data: dict[str, Any]) -> bool:
     predates this field, the entry counts, as before: taking a stranger's entry refuses
     more, never less."""
     recorded = data.get("own_pid_namespace")
-    if type(recorded) is not int:
-        return False
-    actual = _own_pid_namespace(pid)
-    return actual is not None and actual != recorded
+    return type(recorded) is int and _elsewhere(recorded, _own_pid_namespace(pid))
+
+
+def _elsewhere(recorded: object, actual: int | None) -> bool:
+    """Whether an entry that says its process lives in PID namespace `recorded` is another
+    process's than one that lives in `actual` (`_of_another`): both known, and not the same."""
+    return type(recorded) is int and actual is not None and actual != recorded
 
 
 #: How much of ``sys.argv`` an entry keeps: its first words, each cut at a length. A run
@@ -3898,68 +3936,86 @@ def _children(pid: int) -> set[int]:
     return found
 
 
-#: Entries `_entry_read_once` read, by their path and what ``stat`` said of them then.
-_ENTRIES_READ: dict[tuple[str, int, int, int, int], dict[str, Any] | None] = {}
-
-
-def _a_run_inside(entry: Path, run: Run) -> str | None:
-    """Whether `entry` is that of a run started inside `run` (a pytest a test started, still
-    starting or keeping `run`'s protected roots): ``"registered"`` for a run that hands on
-    what it started itself, ``"starting"`` for a pytest that has not registered (still
-    starting, or without the app's plugin for good), None for no run's. An entry a test
-    wrote for its daemon (no roots protected, or a sandbox no run writes) is no run's: the
-    daemon gets `run`'s."""
+def _a_run_inside(entry: Path, run: Run, child: int, started: int) -> tuple[str | None, bool]:
+    """Whether `entry`, process `child`'s (started at `started`), is that of a run started
+    inside `run` (a pytest a test started, still starting or keeping `run`'s protected
+    roots): ``"registered"`` for a run that hands on what it started itself, ``"starting"``
+    for a pytest that has not registered (still starting, or without the app's plugin for
+    good), None for no run's. An entry a test wrote for its daemon (no roots protected, a
+    sandbox no run writes, or another PID namespace's) is no run's: the daemon gets `run`'s.
+    And whether the check after a test leaves it as it is (`_kept_by_hand_on` while the run
+    goes on: a run's handed on too), from the same read."""
     # Handed on by a run is not a run's own: written again at the run's end.
-    if not _entry_kept(entry, run, while_running=False):
-        return None
-    data = _entry_read_once(entry)
-    return "starting" if data is not None and data.get("starting") else "registered"
+    at_the_end, after_a_test, starting, recorded = _entry_judged(entry, run)
+    if _elsewhere(recorded, _namespace_of(child, started)):
+        # Its reader takes it for another PID namespace's process's (`_of_another`) and
+        # reads none: no run's.
+        return None, False
+    if not at_the_end:
+        return None, after_a_test
+    return ("starting" if starting else "registered"), after_a_test
 
 
-def _entry_read_once(entry: Path) -> dict[str, Any] | None:
-    """What `entry` says (None: none there, or unreadable), read again only when it changed:
-    the check after each test looks at every process a test left running and at the run's
-    long-lived ones (its database, its object store), twice a test."""
-    key = _entry_key(entry)
-    if key is None:
-        return None
-    if key not in _ENTRIES_READ:
-        if len(_ENTRIES_READ) >= 256:
-            _ENTRIES_READ.clear()
-        _ENTRIES_READ[key] = _entry_data(entry)
-    return _ENTRIES_READ[key]
+#: What `_entry_judged` found of each entry, by the digest of its bytes and the run's roots.
+_JUDGED: dict[tuple[bytes, tuple[Protected, ...]], tuple[bool, bool, bool, object]] = {}
 
 
-def _entry_key(entry: Path) -> tuple[str, int, int, int, int] | None:
-    """What tells `entry` as it is now from what it was (None: none there). An entry is
-    replaced whole (a new inode) or written in place, which changes its ctime, which no
-    process can set back."""
+def _entry_judged(entry: Path, run: Run) -> tuple[bool, bool, bool, object]:
+    """Whether the hand-over keeps the entry at `entry` as the run ends and after a test
+    (`_kept_by_hand_on`; neither where none is there, or it cannot be read), whether it
+    says its pytest is starting, and the PID namespace it says its process lives in (to
+    compare with the process's own, `_elsewhere`). Read every time, judged again only where
+    its bytes are others than any judged: read as its reader reads it, an entry costs some
+    25 us to judge (its roots parsed), and the check after each test looks at every process
+    a test left running and at the run's long-lived ones (its database, its object store).
+
+    Judged once per what ``stat`` said of the entry (inode, size, mtime and ctime), a test's
+    entry for its daemon, judged a run's after a test, then rewritten with bytes of the same
+    length that no run writes and its times put back, on a filesystem whose ctime follows
+    its mtime (``bindfs --ctime-from-mtime``; a kernel before Linux 6.13 within one clock
+    tick), stayed the run's at the run's end: the daemon kept it, and once the run had
+    ended, it purged a stopped production root (red team 66 on regress). What it holds is
+    what its reader reads, whatever ``stat`` says."""
+    import hashlib  # the standard library's; an entry may be up to `_ENTRY_MAX_BYTES`
+
     try:
-        seen = entry.stat()
+        raw = _AS_READ[entry] if entry in _AS_READ else _entry_bytes(entry)
     except OSError:
-        return None
-    return (str(entry), seen.st_ino, seen.st_size, seen.st_mtime_ns, seen.st_ctime_ns)
+        return False, False, False, None
+    memo = (hashlib.sha256(raw).digest(), run.protected)
+    if memo not in _JUDGED:
+        if len(_JUDGED) >= 256:
+            _JUDGED.clear()
+        try:
+            data = json_loads(raw)
+        except ValueError:
+            data = None
+        mapping = data if isinstance(data, dict) else {}
+        _JUDGED[memo] = (
+            _kept_by_hand_on(data, run, while_running=False),
+            _kept_by_hand_on(data, run, while_running=True),
+            bool(mapping.get("starting")),
+            mapping.get("own_pid_namespace"),
+        )
+    return _JUDGED[memo]
 
 
-#: What `_entry_kept` found of each entry, by what ``stat`` said of it, the hand-over and
-#: the run's roots.
-_KEPT_READ: dict[tuple[object, ...], bool] = {}
+#: Each process's own PID namespace by its pid and start time, where it could be read: no
+#: call changes it, and the check after each test looks at the run's long-lived processes.
+_NAMESPACES_READ: dict[tuple[int, int], int] = {}
 
 
-def _entry_kept(entry: Path, run: Run, *, while_running: bool) -> bool:
-    """`_kept_by_hand_on` of the entry at `entry`, judged again only when it changed: read
-    as its reader reads it, an entry costs some 25 us (its roots parsed), and the run's
-    long-lived processes are looked at twice a test."""
-    key = _entry_key(entry)
-    if key is None:
-        return False
-    memo = (key, while_running, run.protected)
-    if memo not in _KEPT_READ:
-        if len(_KEPT_READ) >= 256:
-            _KEPT_READ.clear()
-        data = _entry_read_once(entry)
-        _KEPT_READ[memo] = _kept_by_hand_on(data, run, while_running=while_running)
-    return _KEPT_READ[memo]
+def _namespace_of(pid: int, started: int) -> int | None:
+    """`_own_pid_namespace` of process `pid`, started at `started`, read once while known."""
+    key = (pid, started)
+    if key in _NAMESPACES_READ:
+        return _NAMESPACES_READ[key]
+    found = _own_pid_namespace(pid)
+    if found is not None:
+        if len(_NAMESPACES_READ) >= 256:
+            _NAMESPACES_READ.clear()
+        _NAMESPACES_READ[key] = found
+    return found
 
 
 def _also_at_shutdown(hook: Any) -> None:
@@ -4010,8 +4066,62 @@ def _end_entry() -> None:
         if run.scratch:
             os.environ[SCRATCH_ENV] = run.scratch
         return
+    entry = _entry_at(RUNS_DIR, pid, started)
     with contextlib.suppress(OSError):
-        _entry_at(RUNS_DIR, pid, started).unlink()
+        _hand_on_what_was_handed(entry, pid)
+    with contextlib.suppress(OSError):
+        entry.unlink()
+
+
+#: The key under which a run's end notes, in the entry of a pytest below it that hands
+#: nothing on, the entry it hands on (`_note_handed_on`).
+_HANDED_ON: Final = "handed_on"
+
+
+def _note_handed_on(entry: Path, run: Run, pid: int) -> None:
+    """Note in `entry`, that of pytest `pid` below `run` which has not registered (without
+    the plugin, or still starting), the entry `run` hands on as it ends: that pytest hands
+    it on to what it started since, as it exits (`_hand_on_what_was_handed`).
+
+    The run's end gives what such a pytest started the run's entry; a child it started
+    after that, given production's settings alone and waiting for that pytest to be gone,
+    had nothing once it was: re-parented out of any run's tree, it purged a stopped
+    production root (red team 66 on regress). Written only over the entry as it was read,
+    still starting (a pytest that registers meanwhile writes its own, and hands on its
+    own)."""
+    data = _entry_data(entry)
+    if not isinstance(data, dict) or not data.get("starting") or _HANDED_ON in data:
+        return
+    handed = _entry_dict(run, pid)
+    handed["outlived"] = _proc_self()
+    data[_HANDED_ON] = handed
+    parent = _open_registry(entry.parent)
+    temporary = f".{os.getpid()}-{os.urandom(6).hex()}.tmp"
+    try:
+        written = os.open(temporary, _NEW_ENTRY, 0o644, dir_fd=parent)
+        try:
+            os.write(written, json.dumps(data).encode())
+            os.fchmod(written, 0o644)
+        finally:
+            os.close(written)
+        os.replace(temporary, entry.name, src_dir_fd=parent, dst_dir_fd=parent)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary, dir_fd=parent)
+        os.close(parent)
+
+
+def _hand_on_what_was_handed(entry: Path, pid: int) -> None:
+    """As pytest `pid` (this process, which hands nothing on) exits: hand the entry a run
+    above it noted in `entry` as it ended (`_note_handed_on`) on to this process's
+    descendants, as that run's end did to those it found."""
+    data = _entry_data(entry)
+    handed = data.get(_HANDED_ON) if isinstance(data, dict) else None
+    if not isinstance(handed, dict):
+        return
+    run = _read_entry(entry, pid, 1, data=handed)
+    if run is not None:
+        _hand_on_descendants(run, pid, ended_by=run.ended)
 
 
 def _end_of_run() -> None:
@@ -4109,10 +4219,12 @@ def _at_threads_shutdown() -> None:
         atexit.register(_end_of_run)
 
 
-def _hand_on_descendants(run: Run, pid: int, *, while_running: bool = False) -> None:
+def _hand_on_descendants(
+    run: Run, pid: int, *, while_running: bool = False, ended_by: int | None = None
+) -> None:
     """Give each descendant of `pid` (this process) an entry of its own, `run`'s, unless it
     is a run of its own; `while_running`: only those without a run's entry yet (`hand_on`,
-    `_kept_by_hand_on`)."""
+    `_kept_by_hand_on`); `ended_by`: `run`'s pytest, which has ended (`_publish`)."""
     # Every descendant, not only the children: a supervisor's worker kept the run only
     # through its supervisor, and when that exited after the run, it was re-parented to
     # init, out of any run.
@@ -4131,7 +4243,7 @@ def _hand_on_descendants(run: Run, pid: int, *, while_running: bool = False) -> 
         # and once a later test had killed the run, it purged a stopped root given
         # production's settings alone (red team 46); so was a fork of the run's own process
         # (red team 43).
-        inside = _a_run_inside(entry, run)
+        inside, kept_after_a_test = _a_run_inside(entry, run, child, fields[1])
         if inside == "registered":
             # A run of its own (an xdist worker still exiting, a pytest with the plugin a
             # test started): its entry stays as it wrote it, and what it started is its
@@ -4150,10 +4262,12 @@ def _hand_on_descendants(run: Run, pid: int, *, while_running: bool = False) -> 
             # instead).
             if not while_running:
                 pending.extend(_children(child))
+                with contextlib.suppress(OSError):
+                    _note_handed_on(entry, run, child)
             continue
-        if not (while_running and _entry_kept(entry, run, while_running=True)):
+        if not (while_running and kept_after_a_test):
             with contextlib.suppress(OSError):
-                _publish(run, outlived=child, while_running=while_running)
+                _publish(run, outlived=child, while_running=while_running, ended_by=ended_by)
         pending.extend(_children(child))
 
 
@@ -4230,6 +4344,20 @@ def announce_start() -> None:
         return
     with contextlib.suppress(OSError):
         _publish(None, _own_runs_dir())  # a registry it cannot use: `register` says so
+        # Ended before it registered (a `-p` plugin's `SystemExit`): what it started once a
+        # run above it had ended gets what that run noted (`_note_handed_on`).
+        atexit.register(_end_never_registered)
+
+
+def _end_never_registered() -> None:
+    """At exit of a pytest that announced its start (`announce_start`) and never registered
+    a run: `_hand_on_what_was_handed`. Nothing where it registered one (its own hand-over
+    ran: `_end_of_run`)."""
+    own = _own_start()
+    if own is None or _in_process() is not None:
+        return
+    with contextlib.suppress(OSError):
+        _hand_on_what_was_handed(_entry_at(RUNS_DIR, *own), own[0])
 
 
 def _own_run_entry() -> bool:

@@ -26,6 +26,13 @@ not registered (without the plugin, or still starting) started gets the run's en
 has none; a pytest that registered is passed over as before (it hands on its own). Not in
 the check after each test: while the run goes on, such a pytest's children are refused as
 its own (stop 51's CI).
+
+Red team 66 on regress (branch rt-regress66a): a child such a nested pytest starts after the
+run's last hand-over (once the run above it has ended), which purges once that pytest is
+gone, found nothing of the run. The run's end now notes in that pytest's entry the entry it
+hands on (``_note_handed_on``), and that pytest hands it on to what it started as it exits
+(``_hand_on_what_was_handed``: from its exit hook without the plugin, and from one
+`announce_start` registers for a pytest that ends before it registers).
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ from test_redteam_s61_children import PRELUDE, RUNNER, RUNNER_MODULE, run_inner
 
 #: What a nested pytest runs (``leave_a_child(name)``): a child given production's settings
 #: alone that waits for the nested pytest to be gone, then purges (its exit code and output in
-#: OUT/name); then it waits for the run above it to end.
+#: OUT/name); then it waits for the run above it to end, and starts another (OUT/name-late).
 LEAVE = """
 import os
 import subprocess
@@ -56,16 +63,22 @@ ENV = {
 PURGE = [sys.executable, "-m", "app", "data", "purge", "--profile", "production", "--yes-i-mean-it"]
 
 
-def leave_a_child(name):
+def child(name):
     line = (
         f"while kill -0 {os.getpid()} 2>/dev/null; do sleep 0.02; done; "
         + " ".join(PURGE) + f" > {OUT / name} 2>&1; echo exit $? >> {OUT / name}"
     )
     subprocess.Popen(["sh", "-c", line], env=ENV, stdin=subprocess.DEVNULL)
+
+
+def leave_a_child(name):
+    child(name)
     (OUT / f"{name}-started").write_text("started")
     parent = os.getppid()
     while os.getppid() == parent:  # the run that started this pytest has ended
         time.sleep(0.02)
+    # And one started once it has, after its last hand-over (red team 66 on regress).
+    child(f"{name}-late")
 """
 
 #: A pytest without the app's plugin: its test leaves the child.
@@ -122,8 +135,12 @@ _UNTIL_ALONE = (
 def test_what_a_pytest_that_hands_nothing_on_left_running_stays_in_the_run(
     tmp_path: Path,
 ) -> None:
-    # Before the fix: "moved 1 session(s) to .../production/.trash", exit 0.
-    names = ("without-plugin", "starting")
+    # Before the fix: "moved 1 session(s) to .../production/.trash", exit 0. And a child
+    # each nested pytest started once the run above it had ended (after the run's last
+    # hand-over), purging once that pytest was gone: it found nothing of the run (red team
+    # 66 on regress). The run's end notes in such a pytest's entry what it hands on, and
+    # that pytest hands it on as it exits (the pytest that never registers too).
+    names = ("without-plugin", "starting", "without-plugin-late", "starting-late")
     given = "".join(
         f"{name} = {value!r}\n"
         for name, value in [

@@ -18,7 +18,10 @@ The fixture starts a server the plain way (`subprocess`) instead when the test's
 differs from the run's in anything but the variables the app reads when it runs
 (`GIVEN_AT_FORK`), when what a child inherits (umask, resource limits, ignored signals, nice
 value, blocked signals, CPU affinity, namespaces, control groups, capabilities and seccomp
-filters) differs from the run's, when ``os.pidfd_open`` or
+filters, process group and session, personality, scheduling, OOM score, core dump filter,
+timer slack, transparent huge pages and speculation controls) differs from the run's, or
+what only a system call reads (securebits, ``PR_SET_MDWE``, I/O priority) from the
+zygote's, when ``os.pidfd_open`` or
 descriptor passing is missing, and when the ini option ``app_live_server = subprocess`` (or
 ``--app-live-server=subprocess``) says so; a child whose working directory would import
 another module than the zygote did (``python -m`` puts that directory first on ``sys.path``)
@@ -38,7 +41,7 @@ import sys
 import weakref
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 # The plugin's configure imports this module for `remember_the_run` alone: what a server's
 # start needs is imported where it is used.
@@ -72,7 +75,7 @@ def inherited() -> tuple[object, ...]:
     blocked = sorted(signal.pthread_sigmask(signal.SIG_BLOCK, ()))
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     nice = os.getpriority(os.PRIO_PROCESS, 0)
-    return umask, limits, ignored, nice, blocked, cpus, *_task()
+    return umask, limits, ignored, nice, blocked, cpus, *_task(), *_scheduled()
 
 
 #: The namespaces a child is made in (``/proc/<tid>/ns``): ``pid`` and ``time`` are the
@@ -87,7 +90,67 @@ _NAMESPACES = (
 #: regress); ``Seccomp_filters`` counts them (Linux 5.9+).
 _PRIVILEGES = (
     "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp", "Seccomp_filters",
+    # Transparent huge pages switched off (``PR_SET_THP_DISABLE``), and the speculation
+    # controls (``PR_SET_SPECULATION_CTRL``): a child keeps both through ``exec`` (red team 66
+    # on regress).
+    "THP_enabled", "Speculation_Store_Bypass", "SpeculationIndirectBranch",
 )  # fmt: skip
+#: What else ``/proc`` shows of a process that a child keeps through ``fork`` and ``exec``:
+#: its personality (``setarch -R``), OOM score (a server to be killed first), core dump
+#: filter and timer slack (the thread group leader's, the thread that starts servers).
+_PROC_INHERITED = (
+    "thread-self/personality", "self/oom_score_adj", "self/coredump_filter",
+    "self/timerslack_ns",
+)  # fmt: skip
+
+
+def _scheduled() -> tuple[object, ...]:
+    """The process's group and session, the calling thread's scheduling policy and priority
+    (``SCHED_BATCH``, ``SCHED_IDLE``, with ``SCHED_RESET_ON_FORK``) and what
+    `_PROC_INHERITED` names, each None where it cannot be read. A child inherits them all,
+    through ``exec`` too: a test that set one for its server (run idle, killed first under
+    memory pressure, no core dumped, the same addresses each run) had it forked from the
+    run's warm interpreter without it, where a plain start is the test's child, made as it
+    is (red team 66 on regress)."""
+    # Its process group and session: a plain start is in the test's, a forked server in the
+    # zygote's, the run's as it started (a test that leaves its group, `os.setpgid(0, 0)`,
+    # and then signals it, or a terminal's hang-up of its session).
+    found: list[object] = [os.getpgid(0), os.getsid(0)]
+    try:
+        found += [os.sched_getscheduler(0), os.sched_getparam(0).sched_priority]
+    except (AttributeError, OSError):
+        found += [None, None]  # not this system's
+    for name in _PROC_INHERITED:
+        try:
+            with open(f"/proc/{name}", "rb") as shown:  # noqa: PTH123 - one read, no Path
+                found.append(shown.read())
+        except OSError:
+            found.append(None)
+    return tuple(found)
+
+
+#: ``ioprio_get``'s number on the architectures it is known for here (no module wraps it).
+_IOPRIO_GET: Final = {"x86_64": 252, "aarch64": 31}
+
+
+def by_call() -> tuple[object, ...]:
+    """What a child inherits that only a system call reads, through ``exec`` too: the
+    calling thread's securebits (``SECBIT_NOROOT``), whether it may make memory executable
+    that was writable (``PR_SET_MDWE``), and its I/O priority (``ionice``); each None where
+    the call fails. Read with `ctypes`, whose import costs some 8 M instructions: not at
+    every run's start (`inherited`), only where a server would be forked, against what the
+    zygote took as it started (red team 66 on regress)."""
+    import ctypes
+    import platform
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    zero = ctypes.c_ulong(0)
+    # PR_GET_SECUREBITS and PR_GET_MDWE; -1 where this kernel has neither.
+    found: list[object] = [libc.prctl(option, zero, zero, zero, zero) for option in (27, 66)]
+    number = _IOPRIO_GET.get(platform.machine())
+    # IOPRIO_WHO_PROCESS of 0, the calling thread.
+    found.append(None if number is None else libc.syscall(number, 1, 0))
+    return tuple(found)
 
 
 def _task() -> tuple[object, ...]:
@@ -211,6 +274,8 @@ class Zygote:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.environ = dict(environ)
         self.inherited = given
+        # What it inherits of this thread that only a system call reads, as it starts.
+        self.by_call = by_call()
         with theirs:
             self.process = subprocess.Popen(
                 [sys.executable, *ZYGOTE],
@@ -229,6 +294,7 @@ class Zygote:
             self.process.poll() is None
             and _own(env) == _own(self.environ)
             and inherited() == self.inherited
+            and by_call() == self.by_call
         )
 
     def serve(self, env: Mapping[str, str], log_fd: int) -> WarmServer:
