@@ -644,9 +644,9 @@ def test_run_tests_names_the_files_whose_change_reinstalls() -> None:
     """run-tests.md said the environments are set up again when `pyproject.toml` changed;
     scripts/test digests setup.py and the guard's two files too (a change to them needs a
     reinstall: they are copied into site-packages)."""
-    script = (PROJECT / "scripts" / "test").read_text(encoding="utf-8")
+    script = (PROJECT / "scripts" / "environments.sh").read_text(encoding="utf-8")
     listed = re.search(r"^install_files=\((.+)\)$", script, re.M)
-    assert listed, "scripts/test names the files it digests"
+    assert listed, "scripts/environments.sh (scripts/test's set_up) names the files it digests"
     page = (DOCS / "how-to" / "run-tests.md").read_text(encoding="utf-8")
     sentence = re.search(r"\(each reinstalled when(.+?)\.set-up-from", page, re.S)
     assert sentence, "run-tests.md says when the environments are set up again"

@@ -88,7 +88,7 @@ def http_block() -> list[str]:
 def test_every_readme_block_is_run_by_a_test_or_by_ci() -> None:
     blocks = readme_blocks()
     assert commands(blocks[0]) == [
-        "python3 -m venv .venv && .venv/bin/pip install -q -e '.[dev]' && .venv/bin/app serve",
+        "bash scripts/serve",
         "bash scripts/test",
     ], "the README's first two commands are what .ci/run runs; keep them first"
     others = [b for b in blocks[1:] if b not in (config_block_text(), http_block_text())]

@@ -32,7 +32,7 @@ PAGE_URL = "http://127.0.0.1:8000"
 STOP_MARKER = "<!-- tutorial-test: stop the server"
 #: Lines the test does not run, and why: the fixture stands for them, or another test runs them.
 NOT_RUN = {
-    "python3 -m venv .venv &&": "installs and starts the server: the live_server fixture does "
+    "bash scripts/serve": "installs and starts the server: the live_server fixture does "
     "that (on a fresh root, and its log is compared with what section 1 quotes)",
     "python3 -m venv .venv-": "installs the site's and the fuzzer's tools, which the suite's "
     "run needs: compared below with what scripts/test installs",
