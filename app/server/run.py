@@ -488,6 +488,12 @@ def serve_workers(config: Config, *, host: str, port: int, workers: int) -> None
         for sig in (signal.SIGTERM, signal.SIGINT, *_RESTART_SIGNALS)
         if sig not in _ignored([sig])
     }
+    # A signal wakes the wait below at once (its handler's byte on this pipe): without it, the
+    # wait noticed a SIGTERM only when its 0.5 s timeout ran out (PEP 475 retries the select
+    # after the handler ran), so each stop and restart of `serve --workers` took 0.25 s more
+    # on average. The timeout stays as a fallback.
+    woken, wake = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    previous_wakeup = signal.set_wakeup_fd(wake, warn_on_full_buffer=False)
     code = 0
     try:
         for process in processes:
@@ -500,14 +506,20 @@ def serve_workers(config: Config, *, host: str, port: int, workers: int) -> None
             config.profile,
         )
         while not stopping:
-            ended = wait([p.sentinel for p in processes], timeout=0.5)
-            if ended:
-                first = next(p for p in processes if p.sentinel in ended)
+            ended = wait([woken, *(p.sentinel for p in processes)], timeout=0.5)
+            if woken in ended:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(woken, 512)
+            first = next((p for p in processes if p.sentinel in ended), None)
+            if first is not None:
                 first.join()
                 code = first.exitcode or 0
                 _log_worker_stopped(first.pid, code)
                 break
     finally:
+        signal.set_wakeup_fd(previous_wakeup)
+        os.close(woken)
+        os.close(wake)
         for process in processes:
             if process.is_alive() and process.pid is not None:
                 os.kill(process.pid, signal.SIGTERM)
