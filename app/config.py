@@ -768,11 +768,6 @@ class Key(Record):
         return self.default is _REQUIRED
 
     @property
-    def path(self) -> bool:
-        """Whether the key is a path setting (``data_root``): its text is checked as a path."""
-        return self.type.startswith("Path")
-
-    @property
     def text(self) -> bool:
         """Whether an environment value is taken as it is: ``APP_API_TOKEN=0123...`` is a
         token, not a number. Other keys are parsed as TOML, the way dynaconf does."""
@@ -786,6 +781,11 @@ KEYS: Mapping[str, Key] = MappingProxyType(
         if _SETTING in f.metadata
     }
 )
+
+
+#: The path settings (``data_root``): their text is checked as a path's. Named once, not
+#: asked of each key at each load (three profiles of some thirty keys).
+_PATH_KEYS: Final = frozenset(name for name, key in KEYS.items() if key.type.startswith("Path"))
 
 
 def mask(secret: str | None) -> str:
@@ -1221,7 +1221,7 @@ def _resolve_profile(
             value = key.normalise(value)
         elif key.type == "float":
             value = float(value)
-        elif key.path and value is not None:
+        elif name in _PATH_KEYS and value is not None:
             value = root if root is not None else _absolute_root(value, files.directory)
         values[name] = value
     problems.extend(_backend_problems(profile, given, sources))
@@ -1257,13 +1257,16 @@ def _resolve_profile(
 def _value_problem(key: Key, value: Any, directory: Path) -> tuple[str | None, Path | None]:
     """Why one profile's `value` of `key` cannot be used, or None; and, for a path setting's
     text, the directory it resolves to (`_followed`'s, None otherwise)."""
+    path = key.name in _PATH_KEYS and isinstance(value, str)
     # The API token keeps its own rule (`_weak_token`), which says what whitespace costs.
-    problem = (None if key.name == "api_token" else _unseen(_as_utf8(key, value))) or key.check(
-        value
-    )
+    # A path's text is checked as the UTF-8 text of its bytes: under an ASCII locale
+    # (``LC_ALL=C PYTHONUTF8=0``) every byte beyond ASCII is an escape, and ``/srv/données``
+    # was refused as "a byte that is not UTF-8" (red team 56).
+    checked = sandboxing.path_as_text(value) if path else value
+    problem = (None if key.name == "api_token" else _unseen(checked)) or key.check(value)
     if problem is not None:
         return problem, None
-    if key.path and isinstance(value, str):
+    if path:
         # A path setting's text: the same checks in the same order as ever, its links
         # followed once for all of them (`_followed`: one `realpath` and one `stat`, which
         # `_unfollowable`, `_unnameable`, `_not_text_resolved` and the value itself each made
@@ -1456,15 +1459,6 @@ def _from_file(name: str, value: Any) -> Any:
         return sandboxing.path_from_text(value)
     except ValueError:
         return value
-
-
-def _as_utf8(key: Key, value: Any) -> Any:
-    """A path setting's value as the UTF-8 text of its bytes, for the checks of its
-    characters: under an ASCII locale (``LC_ALL=C PYTHONUTF8=0``) every byte beyond ASCII is
-    an escape, and ``/srv/données`` was refused as "a byte that is not UTF-8" (red team 56)."""
-    if not key.type.startswith("Path") or not isinstance(value, str):
-        return value
-    return sandboxing.path_as_text(value)
 
 
 def _absolute_root(value: str, directory: Path) -> Path:
