@@ -783,6 +783,11 @@ KEYS: Mapping[str, Key] = MappingProxyType(
 )
 
 
+#: The path settings (``data_root``): their text is checked as a path's. Named once, not
+#: asked of each key at each load (three profiles of some thirty keys).
+_PATH_KEYS: Final = frozenset(name for name, key in KEYS.items() if key.type.startswith("Path"))
+
+
 def mask(secret: str | None) -> str:
     """How a secret is shown: whether it is set and how long it is, never its characters."""
     return "(not set)" if secret is None else f"****** (set, {len(secret)} characters)"
@@ -1207,18 +1212,7 @@ def _resolve_profile(
             )
             continue
         sources.setdefault(name, "built-in default")
-        # The API token keeps its own rule (`_weak_token`), which says what whitespace costs.
-        problem = (
-            (None if name == "api_token" else _unseen(_as_utf8(key, value)))
-            or key.check(value)
-            or _unfollowable(key, value, files.directory)
-            or _spelled_as_url(key, value, files.directory)
-            or _escaped(key, value, files.directory)
-            or _unexpanded(key, value, files.directory)
-            or _unnameable(key, value, files.directory)
-            or _not_text_resolved(key, value, files.directory)
-            or _misresolved(key, value, files.directory)
-        )
+        problem, root = _value_problem(key, value, files.directory)
         if problem is not None:
             shown = _shortened(key.show(value)) if isinstance(value, str) else value
             problems.append(InvalidSettingError(profile, name, shown, problem, sources[name]))
@@ -1227,8 +1221,8 @@ def _resolve_profile(
             value = key.normalise(value)
         elif key.type == "float":
             value = float(value)
-        elif key.type.startswith("Path") and value is not None:
-            value = _absolute_root(value, files.directory)
+        elif name in _PATH_KEYS and value is not None:
+            value = root if root is not None else _absolute_root(value, files.directory)
         values[name] = value
     problems.extend(_backend_problems(profile, given, sources))
     problems.extend(_committed_secrets(profile, values, sources))
@@ -1258,6 +1252,40 @@ def _resolve_profile(
         tuple(deferred),
         tuple(serving),
     )
+
+
+def _value_problem(key: Key, value: Any, directory: Path) -> tuple[str | None, Path | None]:
+    """Why one profile's `value` of `key` cannot be used, or None; and, for a path setting's
+    text, the directory it resolves to (`_followed`'s, None otherwise)."""
+    path = key.name in _PATH_KEYS and isinstance(value, str)
+    # The API token keeps its own rule (`_weak_token`), which says what whitespace costs.
+    # A path's text is checked as the UTF-8 text of its bytes: under an ASCII locale
+    # (``LC_ALL=C PYTHONUTF8=0``) every byte beyond ASCII is an escape, and ``/srv/données``
+    # was refused as "a byte that is not UTF-8" (red team 56).
+    checked = sandboxing.path_as_text(value) if path else value
+    problem = (None if key.name == "api_token" else _unseen(checked)) or key.check(value)
+    if problem is not None:
+        return problem, None
+    if path:
+        # A path setting's text: the same checks in the same order as ever, its links
+        # followed once for all of them (`_followed`: one `realpath` and one `stat`, which
+        # `_unfollowable`, `_unnameable`, `_not_text_resolved` and the value itself each made
+        # before, four walks of the same path within one profile's resolving; issue 11).
+        root, unfollowable = _followed(value, directory)
+        return (
+            unfollowable
+            or _spelled_as_url(key, value, directory)
+            or _escaped(key, value, directory)
+            or _unexpanded(key, value, directory)
+            or _unnameable(key, value, directory, root)
+            or _not_text_resolved(key, value, directory, root)
+            or _misresolved(key, value, directory)
+        ), root
+    if key.name == "blob_url":
+        # The only check left for a value that is no path's text: each other one returned
+        # at once for such a value (seven calls a key and profile before).
+        return _unexpanded(key, value, directory), None
+    return None, None
 
 
 def _backend_problems(
@@ -1433,15 +1461,6 @@ def _from_file(name: str, value: Any) -> Any:
         return value
 
 
-def _as_utf8(key: Key, value: Any) -> Any:
-    """A path setting's value as the UTF-8 text of its bytes, for the checks of its
-    characters: under an ASCII locale (``LC_ALL=C PYTHONUTF8=0``) every byte beyond ASCII is
-    an escape, and ``/srv/données`` was refused as "a byte that is not UTF-8" (red team 56)."""
-    if not key.type.startswith("Path") or not isinstance(value, str):
-        return value
-    return sandboxing.path_as_text(value)
-
-
 def _absolute_root(value: str, directory: Path) -> Path:
     """A configured root made absolute: ``~`` expanded, relative to the settings directory
     (never the current one), symlinks resolved; as spelled where a link on its way is one
@@ -1454,6 +1473,32 @@ def _absolute_root(value: str, directory: Path) -> Path:
         return spelled.resolve()
     except (OSError, RuntimeError):
         return Path(os.path.normpath(spelled))
+
+
+def _followed(value: str, directory: Path) -> tuple[Path, str | None]:
+    """A path setting's `value` with its links followed once: `_absolute_root`'s answer and
+    `_unfollowable`'s (why a link on its way cannot be followed, or None), from the one
+    ``realpath`` and ``stat`` that ``Path.resolve`` and `config_files.unresolvable` each
+    made of the same spelled path (pathlib's ``resolve`` is ``os.path.realpath`` and, for a
+    loop, a ``stat`` that fails with ``ELOOP``). Nothing is kept: every call walks the path
+    as it is then. ``tests/test_config_followed.py`` holds both answers to the two
+    functions' for links, loops, unreadable links and missing directories."""
+    spelled = _spelled_root(value, directory)
+    try:
+        resolved = os.path.realpath(spelled)  # what Path.resolve reads
+    except PermissionError as e:
+        return Path(os.path.normpath(spelled)), config_files.unfollowable_reason(
+            str(e.filename or spelled)
+        )
+    except OSError as e:
+        return Path(os.path.normpath(spelled)), config_files.unreadable_link_reason(
+            str(e.filename or spelled), e
+        )
+    loop = config_files.loop_at(resolved)
+    if loop is not None:
+        # Path.resolve's RuntimeError (a loop), where `_absolute_root` keeps the spelling.
+        return Path(os.path.normpath(spelled)), config_files.loop_reason(loop)
+    return Path(resolved), None
 
 
 def _spelled_settings_dir(env: Mapping[str, str], directory: Path) -> Path:
@@ -1686,7 +1731,7 @@ _WHERE_EXPANDED = (
 )
 
 
-def _unnameable(key: Key, value: Any, directory: Path) -> str | None:
+def _unnameable(key: Key, value: Any, directory: Path, root: Path | None = None) -> str | None:
     """Why the system cannot name the directory a path setting's `value` names, or None.
 
     A name past ``NAME_MAX`` or a path past ``PATH_MAX`` was taken as any other root: `app
@@ -1695,7 +1740,7 @@ def _unnameable(key: Key, value: Any, directory: Path) -> str | None:
     """
     if not key.type.startswith("Path") or not isinstance(value, str):
         return None
-    root = _absolute_root(value, directory)
+    root = _absolute_root(value, directory) if root is None else root  # `_followed`'s
     encoded = os.fsencode(root)
     path_max = _limit(root, "PC_PATH_MAX", 4096)
     if len(encoded) >= path_max:
@@ -1716,7 +1761,9 @@ def _unnameable(key: Key, value: Any, directory: Path) -> str | None:
     return None
 
 
-def _not_text_resolved(key: Key, value: Any, directory: Path) -> str | None:
+def _not_text_resolved(
+    key: Key, value: Any, directory: Path, root: Path | None = None
+) -> str | None:
     """Why the directory a path setting's `value` resolves to has a name that is not text
     (a byte that is not UTF-8), where `value` itself is text, or None.
 
@@ -1729,12 +1776,14 @@ def _not_text_resolved(key: Key, value: Any, directory: Path) -> str | None:
     """
     if not key.type.startswith("Path") or not isinstance(value, str):
         return None
-    root = _absolute_root(value, directory)
+    root = _absolute_root(value, directory) if root is None else root  # `_followed`'s
     # Its bytes read as UTF-8, not as this process's locale reads them: under an ASCII one
     # (``LC_ALL=C PYTHONUTF8=0``) every byte beyond ASCII is an escape, and a settings
     # directory under ``données/`` was refused as "the byte 0xC3, which is not UTF-8" (red
     # team 60 on regress, red team 56's tests).
     text = sandboxing.path_as_text(root)
+    if text.isascii():  # no U+DC80 to U+DCFF in it: one pass in C, not a call a character
+        return None
     position = next((i for i, char in enumerate(text) if not_utf8_byte(char)), None)
     if position is None:
         return None
@@ -2502,7 +2551,10 @@ def inspect_profiles(
         ConfigError: only for what makes the rest meaningless: a dynaconf switch variable,
             no settings directory, a settings file that is not TOML, an unknown profile.
     """
-    env = os.environ if environ is None else environ
+    # One copy of the environment for the load, read once: each look at `os.environ`
+    # decodes every name again (six scans of it a load made about 300 decodes; issue 11).
+    # Nothing is kept: the next load copies it again.
+    env = dict(os.environ) if environ is None else environ
     switches = dynaconf_switches(env)
     if switches:  # every profile built with them would be wrong, so stop here
         raise DynaconfSwitchError(switches)

@@ -1548,7 +1548,7 @@ def _refuse_foreign_directory(config: Config, root: Path, *, reading: bool = Fal
     )
 
 
-def _refuse_inside_another_root(config: Config, root: Path) -> None:
+def _refuse_inside_another_root(config: Config, root: Path, here: Path | None = None) -> None:
     """Refuse to write a data root at `root` inside another one (a directory above it with
     a profile stamp or a lock file): `load` refuses one profile's root nested in another's,
     but a configuration changed in code skipped that, and under unittest a testing root at
@@ -1562,12 +1562,21 @@ def _refuse_inside_another_root(config: Config, root: Path) -> None:
     root, stamped and written into, beside production's live server (red team 62).
 
     The path is resolved once for the three looks (the walk up, the mount's source, the
-    marks): each resolved it again, about six lookups a time for a test's root.
+    marks): each resolved it again, about six lookups a time for a test's root. `here`: the
+    caller's resolving of `root`, made a moment before with nothing made since (an open's
+    `_check_mounted`). The mount's source and the marks' look ask one reading of the mount
+    table (`one_reading`), read again where it changed.
     """
-    try:
-        here = root.resolve()
-    except (OSError, RuntimeError):
-        here = None
+    with one_reading():
+        _refuse_inside_another_root_at(config, root, here)
+
+
+def _refuse_inside_another_root_at(config: Config, root: Path, here: Path | None) -> None:
+    if here is None:
+        try:
+            here = root.resolve()
+        except (OSError, RuntimeError):
+            here = None
     outer = None if here is None else _stamped_root_above(here, resolve=False)
     seen = None
     if outer is None and here is not None:
@@ -2854,7 +2863,7 @@ def _open_checked(
     # Before the lock: taken through a mount that shows another root (a FUSE daemon keeps
     # its own locks), it published this process in that root's lock file, and cleared it
     # again as the stamp was refused, under its live server (red team 49).
-    _check_mounted(root, "open data root", run)
+    here = _check_mounted(root, "open data root", run)
     refuse_not_directory(config, root)
     # A power loss ends the test run with it: nothing will open its sandbox again. Only a
     # run found in the process tree counts; the variable alone could be set by anyone.
@@ -2868,7 +2877,8 @@ def _open_checked(
 
     # Before anything is made in it: a root-run command left root's files in the service
     # user's root, which the server then could not write (red team 55).
-    _refuse_inside_another_root(config, root)
+    # Nothing was made since `_check_mounted` resolved the path: its resolving is the look's.
+    _refuse_inside_another_root(config, root, here)
     refuse_other_owner(root, wanted or f"open the data root as a {kind} process")
     refuse_foreign_entries(root)
     if root.is_dir() and not (root / STAMP_FILE).exists():
@@ -2917,10 +2927,11 @@ def _refuse_swapped_while_opening(opened: DataRoot, lock: RootLock, run: Run | N
     # in between (by a link to another root, in a race a test can time with an audit hook).
     # Checked again once the identities that every later write compares with are taken:
     # the path must still be the sandbox's, and the lock the file the path leads to now.
-    check_root(opened.path, "open data root", run, again=True)
-    # Resolved once for the mounts' check and the lock's: the lock file is looked up through
+    checked_as = check_root(opened.path, "open data root", run, again=True)
+    # Resolved once for the sandbox's check, the mounts' and the lock's (`check_root`'s
+    # resolving, made a moment ago; outside a run, here): the lock file is looked up through
     # the path as it is now either way (a directory replaced on it since is followed).
-    resolved = opened.path.resolve()
+    resolved = checked_as if checked_as is not None else opened.path.resolve()
     _check_mounted(resolved, "open data root", run, resolved=True)
     if _lstat_identity(resolved / LOCK_FILE) != lock.identity:
         raise DataRootChangedError(
@@ -2932,17 +2943,24 @@ def _refuse_swapped_while_opening(opened: DataRoot, lock: RootLock, run: Run | N
 
 def _check_mounted(
     path: Path, what: str, run: Run | None = None, *, resolved: bool = False
-) -> None:
+) -> Path:
     """`check_same_filesystem` (a protected root's filesystem mounted again through another
     device), `check_shown_from` where a mount on the way shows `path` from elsewhere, and
     `check_served` where `path` lies on a filesystem that is not one of this machine's own
-    (`served_from`). With `resolved`, `path` is the caller's resolving of it, just made."""
+    (`served_from`). With `resolved`, `path` is the caller's resolving of it, just made.
+    Returns `path` resolved, as it was checked.
+
+    `bound_from` and `served_from` look at one reading of the mount table (`one_reading`):
+    each asked whether it had changed (two stats, ``getpid`` and a poll), microseconds
+    apart, at every open twice (issue 11). Each call reads it again where it changed."""
     here = path if resolved else path.resolve()
     check_same_filesystem(here, what, run)
-    if (source := bound_from(here)) is not None and source != here:
-        check_shown_from(here, source, what, run)
-    if (served := served_from(here)) is not None:
-        check_served(here, *served, what, run)
+    with one_reading():
+        if (source := bound_from(here)) is not None and source != here:
+            check_shown_from(here, source, what, run)
+        if (served := served_from(here)) is not None:
+            check_served(here, *served, what, run)
+    return here
 
 
 def check_opens(config: Config) -> dict[str, Any] | None:

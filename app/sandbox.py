@@ -5023,7 +5023,9 @@ def just_checked(path: Path) -> bool:
     return _CHECKED.get() == path
 
 
-def check_root(path: Path, what: str, run: Run | None = None, *, again: bool = False) -> None:
+def check_root(
+    path: Path, what: str, run: Run | None = None, *, again: bool = False
+) -> Path | None:
     """Refuse ``path`` if this process belongs to a run and ``path`` is not the run's to open.
 
     Refused: a path that resolves outside the sandbox; a path inside it that is one of the
@@ -5036,14 +5038,19 @@ def check_root(path: Path, what: str, run: Run | None = None, *, again: bool = F
         again: check even inside a :func:`checked` block for ``path`` (the path may lead
             elsewhere since: a directory on it replaced by a link).
 
+    Returns:
+        `path` resolved, as it was checked; None where nothing was checked (no run, or
+        inside a `checked` block for it): a caller that goes on with the same path looks it
+        up once (`app.dataroot._refuse_swapped_while_opening`).
+
     Raises:
         SandboxViolationError: naming the path, the protected root and the fix.
     """
     if not again and _CHECKED.get() == path:
-        return  # inside a `checked` block for this path: checked a moment ago
+        return None  # inside a `checked` block for this path: checked a moment ago
     run = _run_to_check(run)
     if run is None:
-        return
+        return None
     # The path as it will be opened: the code that opens it never expands `~`, so a check
     # that did approved `~/..` with $HOME in the sandbox, and then opened ./~/.. (the
     # current directory, production's root after a chdir).
@@ -5098,6 +5105,7 @@ def check_root(path: Path, what: str, run: Run | None = None, *, again: bool = F
         )
     if run.protected:
         _refuse_same_directory(resolved, sandbox, run.protected, what)
+    return resolved
 
 
 def _refuse_same_directory(

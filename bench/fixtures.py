@@ -37,6 +37,12 @@ work shares, wall times move by whole milliseconds per test between rounds while
 time says whether a difference is real. ``--fixtures tmp_path,app_store`` runs only those
 suites (the baseline always), for a run short enough to repeat side by side.
 
+With ``--instructions``, each suite runs once under Valgrind's callgrind instead (suites of
+``--small`` and ``--large`` tests, default 5 and 25; needs ``valgrind``), and the report is
+the instructions per test above ``tmp_path`` (`instructions.instructions`): what the load
+on the machine does not move, to compare two trees side by side (run the other tree's code
+with ``PYTHONPATH=<tree>``, which the suites inherit).
+
 The environment is this process's without ``APP_*``, ``DYNACONF_*``, ``*_FOR_DYNACONF``,
 pytest's variables and ``PYTHONDONTWRITEBYTECODE``.
 """
@@ -175,6 +181,51 @@ def live_server(args: argparse.Namespace) -> None:
     write_json(args.json, {"rounds": args.rounds, "live_server": results})
 
 
+def count_instructions(args: argparse.Namespace) -> None:
+    """``--instructions``: each suite once under callgrind; instructions per test above
+    ``tmp_path``'s."""
+    from instructions import instructions
+
+    small, large = args.small or 5, args.large or 25
+    chosen = [name.strip() for name in (args.fixtures or "app_config,app_store").split(",")]
+    fixtures = [name for name in BODIES if name in chosen or name == BASELINE]
+    env = clean_environment()
+    work = Path(tempfile.mkdtemp(prefix="bench-fixtures-", dir=args.work_dir))
+    name_the_settings(env, work)
+    per_test: dict[str, float] = {}
+    try:
+        for fixture in fixtures:
+            counts = []
+            for size in (small, large):
+                suite = work / f"{fixture}-{size}"
+                write_suite(suite, fixture, size)
+                basetemp = work / "basetemp"
+                argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+                argv += ["-p", "no:randomly", f"--basetemp={basetemp}", f"test_{fixture}.py"]
+                if fixture == BARE:
+                    argv = without_the_app(argv)
+                run_timed(argv, suite, env)  # the bytecode caches written
+                shutil.rmtree(basetemp, ignore_errors=True)
+                counts.append(instructions(argv, suite, env))
+                shutil.rmtree(basetemp, ignore_errors=True)
+            per_test[fixture] = (counts[1] - counts[0]) / (large - small)
+            print(
+                f"{fixture:12} {counts[0]:>16,} {counts[1]:>16,} {per_test[fixture]:>14,.0f}",
+                file=sys.stderr,
+                flush=True,
+            )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"instructions (callgrind), {small} vs {large} tests; Python {sys.version.split()[0]}")
+    results = {}
+    for fixture in fixtures:
+        above = per_test[fixture] - per_test[BASELINE]
+        results[fixture] = {"per_test": per_test[fixture], "above_baseline": above}
+        shown = "(baseline)" if fixture == BASELINE else f"{above / 1e6:.2f} M above tmp_path"
+        print(f"{fixture:12} {per_test[fixture] / 1e6:8.2f} M a test  {shown}")
+    write_json(args.json, {"small": small, "large": large, "instructions": results})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5, help="at least 3")
@@ -183,6 +234,9 @@ def main() -> None:
     parser.add_argument("--large", type=int, help="default 250 (--live-server: 8)")
     parser.add_argument(
         "--live-server", action="store_true", help="app_live_server's two ways instead"
+    )
+    parser.add_argument(
+        "--instructions", action="store_true", help="count instructions (callgrind) instead"
     )
     parser.add_argument(
         "--work-dir", help="where the suites and their --basetemp go (default: the system temp)"
@@ -198,6 +252,9 @@ def main() -> None:
         if args.rounds < 3 or (args.large or 8) <= (args.small or 2):
             parser.error("use --rounds 3 or more and --large above --small")
         live_server(args)
+        return
+    if args.instructions:
+        count_instructions(args)
         return
     args.small, args.large = args.small or 50, args.large or 250
     if args.rounds < 3 or args.large <= args.small:

@@ -1,0 +1,111 @@
+"""A path setting's links followed once a profile (`app.config._followed`, issue 11).
+
+`_resolve_profile` used to follow a root's links four times a profile: `_unfollowable`
+(through `config_files.unresolvable`), `_unnameable`, `_not_text_resolved` and the value
+itself (each through `_absolute_root`). They now share one `realpath` and one `stat`. These
+tests hold `_followed`'s two answers to the two functions' for every kind of path they tell
+apart, and show that nothing is kept from one load to the next: a link changed between two
+loads is followed as it is at the second.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from app import config as appconfig
+from app.config import KEYS, _absolute_root, _followed, _unfollowable, load
+from app.errors import ConfigError, DataRootOverlapError
+from app.sandbox import SANDBOX_ENV
+
+
+def _kinds(tmp_path: Path) -> list[str]:
+    """Path settings' texts of every kind: plain, missing, relative, through a link, a
+    dangling link, a loop of links, `..` after a link, and a file where a directory goes."""
+    (tmp_path / "real" / "deep").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    (tmp_path / "file").write_text("x")
+    return [
+        str(tmp_path / "real"),
+        str(tmp_path / "real" / "missing" / "root"),
+        "relative/root",
+        "./real/../link/deep",
+        str(tmp_path / "link" / "deep" / "root"),
+        str(tmp_path / "link" / ".." / "real"),
+        str(tmp_path / "dangling" / "root"),
+        str(tmp_path / "a" / "root"),
+        str(tmp_path / "a"),
+        str(tmp_path / "file" / "root"),
+        "/proc/self/cwd/relative",
+    ]
+
+
+def test_followed_answers_as_the_root_and_the_link_check_each_did(tmp_path: Path) -> None:
+    key = KEYS["data_root"]
+    kinds = _kinds(tmp_path)
+    for value in kinds:
+        root, unfollowable = _followed(value, tmp_path)
+        assert root == _absolute_root(value, tmp_path), value
+        assert unfollowable == _unfollowable(key, value, tmp_path), value
+    # The loop is told apart (a reason), and its root kept as spelled, as pathlib's
+    # RuntimeError had `_absolute_root` keep it.
+    root, reason = _followed(str(tmp_path / "a" / "root"), tmp_path)
+    assert reason is not None and "loop of links" in reason
+    assert root == tmp_path / "a" / "root"
+    assert _followed(str(tmp_path / "link" / "deep"), tmp_path) == (
+        tmp_path / "real" / "deep",
+        None,
+    )
+
+
+@pytest.fixture
+def own_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Settings of three profiles under `tmp_path`, testing's root through a link."""
+    sandbox = Path(os.environ[SANDBOX_ENV]).resolve()
+    assert tmp_path.resolve().is_relative_to(sandbox)
+    for name in list(os.environ):
+        if name.startswith(("APP_", "DYNACONF_")):
+            monkeypatch.delenv(name)
+    settings = tmp_path / "settings"
+    settings.mkdir()
+    roots = tmp_path / "roots"
+    for name in ("development", "production", "elsewhere"):
+        (roots / name).mkdir(parents=True)
+    (tmp_path / "link").symlink_to(roots / "elsewhere")
+    (settings / "settings.toml").write_text(
+        '[default]\nhost = "127.0.0.1"\nport = 8000\n\n'
+        f'[development]\ndata_root = "{roots / "development"}"\n\n'
+        f'[testing]\ndata_root = "{tmp_path / "link" / "testing"}"\n\n'
+        f'[production]\ndata_root = "{roots / "production"}"\nprotected = true\nport = 8080\n'
+    )
+    (settings / ".secrets.toml").write_text('[testing]\napi_token = "testing-token-not-secret"\n')
+    monkeypatch.setenv(appconfig.config_files.SETTINGS_DIR_ENV, str(settings))
+    monkeypatch.setenv("ENV_FOR_DYNACONF", "testing")
+    return roots
+
+
+def test_a_link_changed_between_two_loads_is_followed_as_it_is_at_the_second(
+    own_settings: Path, tmp_path: Path
+) -> None:
+    roots = own_settings
+    assert load("testing").data_root == roots / "elsewhere" / "testing"
+    # The same settings' text, the same process: the link now leads into production's root.
+    (tmp_path / "link").unlink()
+    (tmp_path / "link").symlink_to(roots / "production")
+    with pytest.raises(DataRootOverlapError) as caught:
+        load("testing")
+    assert caught.value.first_root == roots / "production" / "testing" or (
+        caught.value.second_root == roots / "production" / "testing"
+    )
+    # And now a loop of links: refused as one, naming the link.
+    (tmp_path / "link").unlink()
+    (tmp_path / "link").symlink_to(tmp_path / "link")
+    with pytest.raises(ConfigError) as looped:
+        load("testing")
+    assert "loop of links" in str(looped.value)
+    assert str(tmp_path / "link") in str(looped.value)
