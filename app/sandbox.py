@@ -251,7 +251,9 @@ def identity(path: Path | str) -> tuple[int, int] | None:
     symbolic links and hard links all share it.
     """
     try:
-        found = Path(path).stat()
+        # A text as `Path` would spell it (`_link_text`), without a `Path` made: seven of a
+        # walk's looks come here.
+        found = os.stat(path if isinstance(path, Path) else _link_text(path))  # noqa: PTH116
     except OSError:
         return None
     return found.st_dev, found.st_ino
@@ -921,7 +923,10 @@ def _registered(directory: Path, uid: int, seen: _Seen) -> set[str]:
         seen[directory] = set()
         if _runs_dir_trusted(directory, uid):
             try:
-                seen[directory] = {entry.name for entry in directory.iterdir()}
+                # The names alone (what `Path.iterdir` lists, without a `Path` made for each
+                # of the run's, and every other run's, entries: 112 on this machine under a
+                # suite's run, a tenth of a walk's CPU).
+                seen[directory] = set(os.listdir(directory))  # noqa: PTH208 - names only
             except OSError:
                 # Denied, or failed otherwise though it is there (too many open files, a
                 # tracer's injected fault): its entries are looked for by name. A failed
@@ -1073,13 +1078,16 @@ def _view(pid: int | str) -> _View | None:
     stopped production root (red team 47). The root directory itself does not tell: a jail
     made by binding ``/`` has the same one, with another filesystem on its ``/tmp``.
     """
-    base = _PROC / str(pid)
+    # Spelled as text: read for each ancestor and this process in every walk, and each
+    # `Path` joined here cost more than the `stat` it named (the names are plain: no
+    # component that pathlib would spell otherwise).
+    base = f"{_PROC}/{pid}"
     try:
-        namespace = (base / "ns" / "mnt").stat().st_ino
+        namespace = os.stat(f"{base}/ns/mnt").st_ino  # noqa: PTH116 - str in
     except OSError:
         return None
-    tmp = identity(base / "root" / RUNS_DIR.parent.relative_to("/"))
-    if tmp is None and not os.access(base / "root", os.F_OK):
+    tmp = identity(f"{base}/root{RUNS_DIR.parent}")
+    if tmp is None and not os.access(f"{base}/root", os.F_OK):
         return None  # not this process's to read
     return _View(namespace, tmp)
 
@@ -1224,12 +1232,27 @@ def _descriptors(pid: int) -> list[tuple[str, str]] | None:
         with os.scandir(f"{_PROC}/{pid}/fd") as descriptors:
             for descriptor in descriptors:
                 with contextlib.suppress(OSError):
-                    listed.append((descriptor.path, str(Path(descriptor.path).readlink())))
+                    text = os.readlink(descriptor.path)  # noqa: PTH115 - str in, out
+                    listed.append((descriptor.path, _link_text(text)))
     except OSError:
         found = None
     if memo is not None:
         memo[pid] = found
     return found
+
+
+def _link_text(text: str) -> str:
+    """`text`, a link's as ``os.readlink`` gives it, spelled as ``str(Path(text))`` spells it
+    (what the descriptors' texts were compared as): the same text where it has no empty
+    component but a leading root and no ``.`` one, as the kernel spells every link of
+    ``/proc/<pid>/fd`` (``/tmp/...``, ``pipe:[...]``, ``/memfd:... (deleted)``); through
+    pathlib otherwise (a link a test bound over such a directory). A `Path` made for each of
+    every Python ancestor's descriptors, and its text made again, was a fifth of a walk's
+    CPU (`bench/README.md`, "perf-child66")."""
+    parts = text.split("/")
+    if not text or "." in parts or "" in parts[1:]:
+        return str(Path(text))
+    return text
 
 
 def _sealed_copies(pid: int, name: str) -> list[tuple[Path, bytes]]:
@@ -1852,7 +1875,7 @@ def _python_program(pid: int) -> bool:
 def _entry_named(pid: int, name: str, seen: _Seen, parent: int | None) -> Path | None:
     """Registry entry `name` of process `pid`, where it is (`_entry_of`)."""
     try:
-        owner = (_PROC / str(pid)).stat().st_uid
+        owner = os.stat(f"{_PROC}/{pid}").st_uid  # noqa: PTH116 - str in
     except OSError:
         # Gone since the chain was read (a run that has just ended and been reaped): its
         # entry, named by its start time too, is still there and still names it.
@@ -3815,9 +3838,9 @@ def _own_pid_namespace(pid: int | str) -> int | None:
     """The PID namespace process `pid` lives in (its own, which no call changes: `unshare`
     and `setns` move only the children it starts next), or None where this process may not
     read it (another user's process, one of an enclosing user namespace)."""
-    link = _PROC / str(pid) / "ns" / "pid"
+    link = f"{_PROC}/{pid}/ns/pid"  # its text, ``pid:[N]``, is what `Path` would spell
     try:
-        shown, number = str(link.readlink()), link.stat().st_ino
+        shown, number = os.readlink(link), os.stat(link).st_ino  # noqa: PTH115, PTH116
     except OSError:
         return None
     # Read twice, by its link's text (``pid:[N]``) and by the inode its `stat` gives, and

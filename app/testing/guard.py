@@ -200,7 +200,9 @@ def enclosing_roots_here() -> dict[str, Path]:
     return enclosing_roots(enclosing) if enclosing is not None else {}
 
 
-def refuse_deletions_inactive(config: pytest.Config, reason: str) -> None:
+def refuse_deletions_inactive(
+    config: pytest.Config, reason: str, enclosing: dict[str, Path] | None = None
+) -> None:
     """In a run where the plugin stays inactive: refuse a ``--basetemp`` that pytest's
     emptying would take into a data root on disk, as an active run does.
 
@@ -211,17 +213,20 @@ def refuse_deletions_inactive(config: pytest.Config, reason: str) -> None:
     ``--basetemp=/srv/app/data/sessions`` there emptied a live server's sessions. Only what
     is on disk counts (a held lock, a stamp at or above it, a mount, another run's sandbox):
     the settings are not this run's to read. Inside a run of the plugin (a pytest a test
-    started), so do the roots that run protects.
+    started), so do the roots that run protects: `enclosing`, where the caller has just
+    read them (`enclosing_roots_here`), else read here.
     """
     __tracebackhide__ = True
     given = config.known_args_namespace.basetemp
+    if enclosing is None:
+        enclosing = enclosing_roots_here()
     if not given:
         # Without one, pytest makes pytest-of-<user> in its temporary root: a test's child
         # pytest, inactive (no settings where it runs), given TMPDIR=<production> by hand,
         # wrote there (red team 40). Inside a run, the roots that run protects are known;
         # outside, what is on disk counts.
         try:
-            _check_temproot(enclosing_roots_here(), enclosing=True)
+            _check_temproot(enclosing, enclosing=True)
         except pytest.UsageError as refused:
             raise usage_error(
                 f"{refused}. The app's plugin is inactive in this run ({reason}), and "
@@ -233,7 +238,7 @@ def refuse_deletions_inactive(config: pytest.Config, reason: str) -> None:
     # enclosing run protects are known exactly, stamped or not, and pytest's emptying of a
     # --basetemp above a stopped production root deleted it.
     try:
-        _check_basetemp(Path(given), enclosing_roots_here(), stamped_inside=False)
+        _check_basetemp(Path(given), enclosing, stamped_inside=False)
     except pytest.UsageError as refused:
         raise usage_error(
             f"{refused}. The app's plugin is inactive in this run ({reason}), and pytest "
