@@ -390,3 +390,59 @@ def test_a_field_naming_sha256_twice_is_refused_whichever_comes_last(local: http
             assert put.status_code == 400 and "names sha-256 twice" in put.text, put.text
     assert _titles(local) == before
     assert local.get(f"/sessions/{sid}/files").json()["items"] == []
+
+
+# --- the reads answered before FastAPI, a body lost on the way (rt-regress66c) ---
+
+
+def _sent_as(server: LiveServer, line: str, extra: str, version: str = "1.1") -> tuple[int, bytes]:
+    """``line`` sent with ``extra`` headers and no body, as HTTP/``version``; its answer."""
+    head = head_of(server, line, extra).replace(
+        b" HTTP/1.1\r\n", f" HTTP/{version}\r\n".encode(), 1
+    )
+    with connect(server) as sock:
+        sock.sendall(head)
+        status, _, body = Answers(sock).next()
+    return status, body
+
+
+def test_the_reads_answered_before_fastapi_refuse_a_lost_body_as_its_routes_do(
+    server: LiveServer,
+) -> None:
+    sid = a_session(server)
+    meant = b'{"x": 1}'
+    lost = {
+        "Content-Digest": f"sha-256=:{_sha256(meant)}:",
+        "Repr-Digest": f"sha-256=:{_sha256(meant)}:",
+        "Digest": f"SHA-256={_sha256(meant)}",
+    }
+    # The two reads answered before FastAPI, and one FastAPI answers, for comparison.
+    for line in (f"GET /sessions/{sid}", "GET /sessions", "GET /sessions?limit=5"):
+        plain = _sent_as(server, line, "")
+        assert plain[0] == 200, plain
+        for field, value in lost.items():
+            for framing, version in (("Content-Length: 0\r\n", "1.1"), ("", "1.1"), ("", "1.0")):
+                status, body = _sent_as(server, line, f"{framing}{field}: {value}\r\n", version)
+                # Before: 200, the session or the page, as if nothing had been sent.
+                assert status == 400, (line, field, framing, version, body)
+                assert b"takes no body, and none arrived, but its " + field.encode() in body
+                assert (
+                    f"names the SHA-256 of some bytes (sha-256=:{_sha256(meant)}:)".encode() in body
+                )
+        # A field without sha-256 is refused as FastAPI's routes refuse it (before: 200).
+        sha512 = base64.b64encode(hashlib.sha512(b"").digest()).decode()
+        status, body = _sent_as(server, line, f"Repr-Digest: sha-512=:{sha512}:\r\n")
+        assert (status, b"digest_unsupported" in body) == (400, True), (line, body)
+        # A digest of no bytes is what a bodiless request names: answered as without it.
+        assert _sent_as(server, line, f"Repr-Digest: sha-256=:{_sha256(b'')}:\r\n") == plain
+    # HEAD comes to the direct reads as the GET it is answered as.
+    with connect(server) as sock:
+        extra = f"Content-Digest: {lost['Content-Digest']}\r\n"
+        sock.sendall(head_of(server, f"HEAD /sessions/{sid}", extra))
+        answered = b""
+        while b"\r\n" not in answered:
+            answered += sock.recv(4096)
+    assert answered.startswith(b"HTTP/1.1 400 "), answered
+    # The route FastAPI answers, which refused it already.
+    status, body = _sent_as(server, f"GET /sessions/{sid}/files", f"Digest: {lost['Digest']}\r\n")
+    assert status == 400 and b"takes no body, and none arrived" in body, body

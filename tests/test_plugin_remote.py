@@ -316,6 +316,39 @@ _OTHER_NAMED = (
 )
 
 
+# A process of another profile whose blob_url (set where no settings file shows it to the
+# run) names the run's scratch prefix: its stamp and an upload of its own there, before the
+# run's first test (`occupied`), or during its test (`adopted`: as the open of a release
+# that took a prefix holding the run's marker alone as empty made them; rt-regress66c).
+ANOTHER_PROFILE = """
+import json
+from app.config import load
+from app.remote.objects import STAMP_NAME, ObjectStore
+
+def another_profile_s():
+    config = load("testing")
+    store = ObjectStore(config.blob_url, config.s3_endpoint_url,
+                        config.s3_access_key_id, config.s3_secret_access_key)
+    store.put(STAMP_NAME, json.dumps({"profile": "production"}).encode())
+    store.put("blobs/" + "ab" * 16, b"production's upload")
+"""
+OCCUPIED = (
+    ANOTHER_PROFILE
+    + """
+def pytest_sessionstart(session):
+    another_profile_s()
+"""
+)
+ADOPTED = (
+    ANOTHER_PROFILE
+    + """
+def test_another_profile_takes_the_prefix():
+    another_profile_s()
+"""
+)
+_ANOTHER_PROFILE_S = [".app-profile.json", "blobs/" + "ab" * 16]
+
+
 # Tests that check different things of runs started alike share one run (four runs, not
 # seven: each is a pytest start-up with a scratch database and prefix made and dropped, and
 # under `-n 2` two workers more). The plain run holds the probe, the store and client
@@ -336,6 +369,8 @@ JOBS = {
     "refused": Job({"test_inner": INNER}, ("-p", "no:randomly"), _point_testing_at_production),
     "claimed": Job({"conftest": CLAIMED, "test_inner": INNER}, ("-p", "no:randomly")),
     "taken": Job({"test_taken": TAKEN}, ("-p", "no:randomly")),
+    "occupied": Job({"conftest": OCCUPIED, "test_inner": INNER}, ("-p", "no:randomly")),
+    "adopted": Job({"test_adopted": ADOPTED}, ("-p", "no:randomly")),
 }
 
 
@@ -535,4 +570,53 @@ def test_a_run_s_end_empties_no_scratch_prefix_another_run_s_marker_names(
     assert remote.scratch_databases() == []  # its database is its own, and dropped
     kept = remote.testing_objects()
     assert sorted(key.rsplit("/", 1)[1] for key in kept) == [".app-pytest-run.json", "theirs.txt"]
+    assert remote.production_state() == before
+
+
+def _kept(remote: Remote) -> list[str]:
+    """The objects under testing's prefix, below the run's scratch prefix."""
+    return sorted(key.split("/", 2)[2] for key in remote.testing_objects())
+
+
+def test_a_run_whose_scratch_prefix_holds_another_profile_s_objects_is_refused(
+    runs: dict[str, Future[Run]],
+) -> None:
+    # Before: marked as the run's, its end emptied it, production's stamp and upload with it.
+    remote, before, result = _taken(runs, "occupied")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            (
+                f"*app: the run's scratch prefix s3://*/{remote.testing_prefix}/pytest_* holds "
+                "objects already (.app-profile.json, blobs/abab*), and no run's marker; its "
+                "stamp .app-profile.json names profile 'production'. A run's scratch prefix is "
+                "new, and its end empties it: this run's would have deleted them. Nothing was "
+                "created, and they are left as they are*"
+            )
+        ]
+    )
+    assert remote.scratch_databases() == []
+    assert _kept(remote) == _ANOTHER_PROFILE_S  # its marker removed, theirs left
+    assert remote.production_state() == before
+
+
+def test_a_run_s_end_empties_no_scratch_prefix_another_profile_stamped(
+    runs: dict[str, Future[Run]],
+) -> None:
+    # Before: its end emptied the prefix, production's stamp and upload with it.
+    remote, before, result = _taken(runs, "adopted")
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            (
+                "*app: the run's tests are done, but it could not remove the objects under its "
+                f"scratch prefix s3://*/{remote.testing_prefix}/pytest_* (nothing deleted: its "
+                "stamp .app-profile.json names profile 'production', not 'testing': a process "
+                "of that profile took the prefix as its own (its blob_url names it), and they "
+                "are that profile's. Leave them*"
+            )
+        ]
+    )
+    assert remote.scratch_databases() == []  # its database is its own, and dropped
+    assert _kept(remote) == sorted([".app-pytest-run.json", *_ANOTHER_PROFILE_S])
     assert remote.production_state() == before

@@ -41,6 +41,7 @@ from typing import IO, Any, Final
 from urllib.parse import urlsplit
 
 from app import sandbox
+from app.config import RUN_PROFILE
 from app.errors import AppError, InvalidSettingError, UploadTooLargeError, json_loads, shell_word
 from app.remote.errors import (
     STATIC_CREDENTIALS,
@@ -1480,9 +1481,12 @@ class ObjectStore:
             # The stamp itself may appear between the read above and this listing (another
             # process stamping the empty prefix): it is the app's, and the create below
             # then loses the race and reads the winner's.
-            names = (
-                info.name for info in self.objects() if info.name not in (STAMP_NAME, RUN_MARKER)
-            )
+            # A run's marker is testing's alone to pass over: the scratch prefix it marks is
+            # that run's, whose end empties it. Another profile's open took a prefix holding
+            # it alone as empty, stamped it, and the run's end then deleted that profile's
+            # stamp and uploads (red team 66 on regress, rt-regress66c).
+            ours = (STAMP_NAME, RUN_MARKER) if profile == RUN_PROFILE else (STAMP_NAME,)
+            names = (info.name for info in self.objects() if info.name not in ours)
             foreign = [name for _, name in zip(range(6), names, strict=False)]
             if foreign and all(self.is_blob_name(name) for name in foreign):
                 # The app's own names: a stamp lost, not another application's prefix
@@ -1492,8 +1496,14 @@ class ObjectStore:
                     profile, self.where, foreign, protected=needs_confirmation(protected, profile)
                 )
             if foreign:
+                marked = (
+                    f", a test run's scratch prefix (its marker {RUN_MARKER} is there, and that "
+                    "run's end empties it),"
+                    if RUN_MARKER in foreign
+                    else ""
+                )
                 raise UnstampedNotEmptyError(
-                    profile, "blob_url", f"object prefix {self.where}", foreign
+                    profile, "blob_url", f"object prefix {self.where}{marked}", foreign
                 )
             if named:
                 # The store lost the objects the database's rows name, or is another one

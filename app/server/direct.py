@@ -28,6 +28,7 @@ import re
 from typing import TYPE_CHECKING, Final
 from urllib.parse import parse_qsl
 
+from app.digests import FIELDS, LEGACY_FIELDS
 from app.server.auth import bearer_credentials
 from app.server.routes_files import PRECONDITIONS
 from app.server.routes_sessions import UNBOUNDED_PAGE, EncodedJSON
@@ -43,10 +44,18 @@ if TYPE_CHECKING:
 #: A session's path, as the route takes it when its id is well formed (`SESSION_ID_PATTERN`).
 _SESSION_PATH: Final = re.compile("/sessions/([0-9a-f]{32})")
 #: Headers that send the request on to FastAPI: a chunked body (`app.server.auth.refuse_body`),
-#: a precondition (`app.server.auth.ignored_preconditions`). ``Content-Length: 0`` (which
-#: some clients send with every request) is no body, as `refuse_body` reads it; any other
-#: length goes on too.
-_FOR_FASTAPI: Final = frozenset({b"transfer-encoding", *(name.encode() for name in PRECONDITIONS)})
+#: a precondition (`app.server.auth.ignored_preconditions`), an integrity field, which names
+#: the bytes of a body that may have been lost on the way (`app.server.auth.refuse_lost_body`:
+#: answered here, a get whose ``Content-Digest`` named some bytes was a 200, while the same
+#: request of a session's files was refused, red team 66 on regress, rt-regress66c).
+#: ``Content-Length: 0`` (which some clients send with every request) is no body, as
+#: `refuse_body` reads it; any other length goes on too.
+_FOR_FASTAPI: Final = frozenset(
+    {
+        b"transfer-encoding",
+        *(name.lower().encode() for name in (*PRECONDITIONS, *FIELDS, *LEGACY_FIELDS)),
+    }
+)
 
 
 class DirectReads:

@@ -115,7 +115,7 @@ def _claim_prefix(prefix: str, suffix: str, database: str) -> str:
     try:
         store = _scratch_store(prefix)
         if store.create_once(RUN_MARKER, _own_mark(suffix, database)):
-            return ""
+            return _found_there(store, prefix)
         other = _marker(store)
     except Exception as error:  # the app's refusals, and the S3 client's
         return (
@@ -130,6 +130,40 @@ def _claim_prefix(prefix: str, suffix: str, database: str) -> str:
         "draw alike once in 65,536) with one bucket and prefix in their testing profiles, "
         "and this run's end would have emptied that run's prefix under its tests. Nothing "
         "was created; run again (a new suffix is drawn)"
+    )
+
+
+def _found_there(store: Any, prefix: str) -> str:
+    """What refuses a run whose scratch prefix, just marked as its own, held objects already
+    (``""``: none); its marker is removed then, and the objects are left as they are.
+
+    A new suffix's prefix is empty: one that is not is another's, whose end will not empty
+    it (a process of another profile whose blob_url names it, set where no settings file
+    shows it to the run; a run killed before runs marked their prefixes), and this run's end
+    deleted every object there, another profile's stamp and uploads with them (red team 66
+    on regress, rt-regress66c)."""
+    from app.remote.objects import RUN_MARKER, STAMP_NAME
+
+    found = [info.name for _, info in zip(range(6), store.objects(), strict=False)]
+    found = [name for name in found if name != RUN_MARKER]
+    if not found:
+        return ""
+    with contextlib.suppress(Exception):  # the refusal being made says what matters
+        store.delete(RUN_MARKER)
+    stamp: dict[str, Any] | None = None
+    with contextlib.suppress(AppError):  # a stamp that is no JSON names no profile
+        stamp = store.read_stamp()
+    whose = (
+        f"its stamp {STAMP_NAME} names profile {stamp['profile']!r}"
+        if stamp is not None
+        else "it has no stamp"
+    )
+    shown = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
+    return (
+        f"app: the run's scratch prefix {prefix} holds objects already ({shown}), and no run's "
+        f"marker; {whose}. A run's scratch prefix is new, and its end empties it: this run's "
+        "would have deleted them. Nothing was created, and they are left as they are; run "
+        "again (a new suffix is drawn), and see whose they are before clearing them by hand"
     )
 
 
@@ -301,7 +335,7 @@ def _empty_scratch_prefix(prefix: str, suffix: str, configured: str | None = Non
     the bucket keeps versions, and abort every multipart upload left unfinished there (a
     replica a test killed mid-upload): no listing of objects shows either, the store keeps
     them, and nothing else ever looks under a run's prefix for them (red team 56)."""
-    from app.remote.objects import RUN_MARKER, ObjectStore
+    from app.remote.objects import RUN_MARKER, STAMP_NAME, ObjectStore
 
     if prefix.rstrip("/").rpartition("/")[2] != suffix.lstrip("_"):
         raise ValueError(f"refusing to empty {prefix}: not a scratch prefix of {suffix!r}")
@@ -327,6 +361,22 @@ def _empty_scratch_prefix(prefix: str, suffix: str, configured: str | None = Non
             f"nothing deleted: its marker {RUN_MARKER} names another run, {_named(mark)}, "
             "which drew the same suffix: they are that run's, whose end empties them",
         )
+    # Nor a prefix another profile took as its own: its stamp names that profile, whose
+    # objects these are (its blob_url, set where no settings file shows it to the run, names
+    # the run's scratch prefix). Its replica's open took the prefix holding the run's marker
+    # alone as empty, and the run's end deleted its stamp and uploads (red team 66 on
+    # regress, rt-regress66c). A stamp that is no JSON (a test's) names no profile.
+    with contextlib.suppress(AppError):
+        stamp = store.read_stamp()
+        if stamp is not None and stamp["profile"] != appconfig.RUN_PROFILE:
+            raise _Left(
+                "the objects",
+                f"nothing deleted: its stamp {STAMP_NAME} names profile {stamp['profile']!r}, "
+                f"not {appconfig.RUN_PROFILE!r}: a process of that profile took the prefix "
+                "as its own (its blob_url names it), and they are that profile's. Leave them; "
+                f"point that profile's blob_url, or {appconfig.RUN_PROFILE}'s, where the other's "
+                "prefix is not",
+            )
     names = [info.name for info in store.objects() if info.name != RUN_MARKER]
     if names:
         store.delete(*names)
