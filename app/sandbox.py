@@ -3823,6 +3823,9 @@ def _entry_dict(run: Run | None, pid: int) -> dict[str, Any]:
         data["argv_cut"] = len(sys.argv)
     if run is None:
         data["starting"] = True
+        handed = _handed_to_this_pytest(pid)
+        if handed is not None:
+            data[_HANDED_ON] = handed
     else:
         data["sandbox"] = path_as_text(run.sandbox)
         data["protected"] = [item.to_dict() for item in run.protected]
@@ -4113,8 +4116,11 @@ def _note_handed_on(entry: Path, run: Run, pid: int) -> None:
     still starting (a pytest that registers meanwhile writes its own, and hands on its
     own)."""
     data = _entry_data(entry)
-    if not isinstance(data, dict) or not data.get("starting") or _HANDED_ON in data:
+    if not isinstance(data, dict) or not data.get("starting"):
         return
+    noted = data.get(_HANDED_ON)
+    if isinstance(noted, dict) and "run_started" not in noted:
+        return  # noted at a run's end already; one handed on after a test is written over
     handed = _entry_dict(run, pid)
     handed["outlived"] = _proc_self()
     data[_HANDED_ON] = handed
@@ -4134,6 +4140,31 @@ def _note_handed_on(entry: Path, run: Run, pid: int) -> None:
         os.close(parent)
 
 
+def _handed_to_this_pytest(pid: int) -> dict[str, Any] | None:
+    """What a run handed on to this process (`pid`, a pytest that has not registered) before
+    its entry said it is a pytest: the entry in place, where a run's hand-over wrote it
+    (``outlived``), or what a run's end noted in it (`_note_handed_on`); carried into the
+    entry that replaces it (`_entry_dict`, for `_publish`), for this pytest to hand on as it exits.
+
+    A pytest started as a run ended (a shell a test left that runs ``exec pytest -p no:app``
+    once the run is gone, or any nested pytest slower to start than the run to end) was a
+    plain descendant at the run's last hand-over and got the run's entry; then its start
+    wrote "starting" over it (`announce_start`, `note_without_plugin`), and what the run had
+    handed on was gone. A child its test started, given production's settings alone, found
+    nothing once that pytest had exited, and purged a stopped production root (red team 66
+    on the guard). So did a note written between `announce_start` and `note_without_plugin`."""
+    fields = _stat_fields(pid)
+    data = _entry_data(_entry_at(RUNS_DIR, pid, fields[1])) if fields is not None else None
+    if not isinstance(data, dict):
+        return None
+    noted = data.get(_HANDED_ON)
+    if isinstance(noted, dict):
+        return noted
+    if "outlived" in data and not data.get("starting"):
+        return data
+    return None
+
+
 def _hand_on_what_was_handed(entry: Path, pid: int) -> None:
     """As pytest `pid` (this process, which hands nothing on) exits: hand the entry a run
     above it noted in `entry` as it ended (`_note_handed_on`) on to this process's
@@ -4143,7 +4174,9 @@ def _hand_on_what_was_handed(entry: Path, pid: int) -> None:
     if not isinstance(handed, dict):
         return
     run = _read_entry(entry, pid, 1, data=handed)
-    if run is not None:
+    # Not while that run goes on (one handed on after a test, carried by `_entry_dict`): what
+    # this pytest started is re-parented to it, and its own end hands it on.
+    if run is not None and run.ended is not None:
         _hand_on_descendants(run, pid, ended_by=run.ended)
 
 
@@ -4369,7 +4402,32 @@ def announce_start() -> None:
         _publish(None, _own_runs_dir())  # a registry it cannot use: `register` says so
         # Ended before it registered (a `-p` plugin's `SystemExit`): what it started once a
         # run above it had ended gets what that run noted (`_note_handed_on`).
-        atexit.register(_end_never_registered)
+        _at_exit_kept(_end_never_registered)
+
+
+def _at_exit_kept(hook: Callable[[], None]) -> None:
+    """Register `hook`, the exit hook of a pytest that hands nothing on of its own (without
+    the plugin, or not registered yet), in ``atexit``, and keep it there: at interpreter
+    shutdown (threading's hooks, before ``atexit``'s), hand on what a run noted for this
+    pytest now, and put `hook` back into ``atexit`` if a test emptied it.
+
+    A test of a nested ``pytest -p no:app`` that ran ``atexit._clear()`` (as tests of exit
+    handlers do) took the hook away: what the run above had noted for that pytest
+    (`_note_handed_on`) was never handed on, and its child, given production's settings
+    alone, purged a stopped production root once that pytest had exited (red team 66 on the
+    guard), as the run's own hand-over once did (red team 39, `_at_threads_shutdown`)."""
+    atexit.register(hook)
+    held = _atexit_count()
+
+    def at_threads_shutdown() -> None:
+        own = _own_start()
+        if own is not None and _in_process() is None:
+            with contextlib.suppress(OSError):
+                _hand_on_what_was_handed(_entry_at(RUNS_DIR, *own), own[0])
+        if _atexit_count() < held:
+            atexit.register(hook)
+
+    _also_at_shutdown(at_threads_shutdown)
 
 
 def _end_never_registered() -> None:
@@ -4413,7 +4471,7 @@ def note_without_plugin() -> None:
             # Gone with the process: in another PID namespace, no later run could tell it
             # dead, and it would stay in the registry for good.
             _REMOVED_AT_EXIT.append(True)
-            atexit.register(_end_entry)
+            _at_exit_kept(_end_entry)
 
 
 #: Whether `note_without_plugin` registered the removal of its entry at exit already.

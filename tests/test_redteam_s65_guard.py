@@ -87,7 +87,22 @@ WITHOUT_PLUGIN = LEAVE + "\n\ndef test_leaves_a_child():\n    leave_a_child('wit
 #: starts (it never registers a run).
 STARTING = LEAVE + "\n\nleave_a_child('starting')\nraise SystemExit(3)\n"
 
-#: The run's test: both nested pytests, left running once each has started its child.
+#: A pytest without the app's plugin that a shell the run's test left runs in its place
+#: (``exec``) once the run has ended: a plain descendant at the run's last hand-over, given the
+#: run's entry, which its start then wrote "starting" over (red team 66 on the guard).
+RACED = LEAVE + "\n\ndef test_started_as_the_run_ended():\n    child('raced')\n"
+#: A pytest without the app's plugin whose test empties ``atexit`` once it has left a child
+#: after the run's end, as tests of exit handlers do: its exit hook was gone (red team 66 on
+#: the guard).
+CLEARED = (
+    LEAVE
+    + "\n\ndef test_empties_atexit():\n    import atexit\n\n"
+    + "    parent = os.getppid()\n    (OUT / 'cleared-started').write_text('started')\n"
+    + "    while os.getppid() == parent:\n        time.sleep(0.02)\n"
+    + "    child('cleared-late')\n    atexit._clear()\n"
+)
+
+#: The run's test: the nested pytests, left running once each has started its child.
 INNER = (
     PRELUDE
     + """
@@ -95,6 +110,8 @@ import time
 
 def test_nested(tmp_path):
     (tmp_path / "test_nested.py").write_text(WITHOUT_PLUGIN)
+    (tmp_path / "test_cleared.py").write_text(CLEARED)
+    (tmp_path / "test_raced.py").write_text(RACED)
     (tmp_path / "stalls.py").write_text(STARTING)
     # The one with the plugin under a runner script that calls pytest through another module:
     # no command line shows pytest, so its entry says that it is starting (red team 42).
@@ -103,15 +120,22 @@ def test_nested(tmp_path):
     nested = [
         subprocess.Popen(
             [sys.executable, *how, "-p", "no:cacheprovider", "-q",
-             f"--basetemp={tmp_path / name}", str(tmp_path / "test_nested.py")],
+             f"--basetemp={tmp_path / name}", str(tmp_path / module)],
             cwd=tmp_path, stdin=subprocess.DEVNULL,
         )
-        for name, how in [
-            ("without-plugin", ["-m", "pytest", "-p", "no:app"]),
-            ("starting", ["run_tests.py", "-p", "stalls"]),
+        for name, how, module in [
+            ("without-plugin", ["-m", "pytest", "-p", "no:app"], "test_nested.py"),
+            ("starting", ["run_tests.py", "-p", "stalls"], "test_nested.py"),
+            ("cleared", ["-m", "pytest", "-p", "no:app"], "test_cleared.py"),
         ]
     ]
-    for name, started in zip(["without-plugin", "starting"], nested):
+    raced = (
+        f"while kill -0 {os.getpid()} 2>/dev/null; do sleep 0.02; done; "
+        f'exec "$0" -m pytest -p no:app -p no:cacheprovider -q --basetemp={tmp_path / "raced"} '
+        + str(tmp_path / "test_raced.py")
+    )
+    subprocess.Popen(["sh", "-c", raced, sys.executable], cwd=tmp_path, stdin=subprocess.DEVNULL)
+    for name, started in zip(["without-plugin", "starting", "cleared"], nested):
         while not (OUT / f"{name}-started").exists():
             assert started.poll() is None, f"the nested pytest ({name}) ended before its child"
             time.sleep(0.02)
@@ -140,12 +164,24 @@ def test_what_a_pytest_that_hands_nothing_on_left_running_stays_in_the_run(
     # hand-over), purging once that pytest was gone: it found nothing of the run (red team
     # 66 on regress). The run's end notes in such a pytest's entry what it hands on, and
     # that pytest hands it on as it exits (the pytest that never registers too).
-    names = ("without-plugin", "starting", "without-plugin-late", "starting-late")
+    # And (red team 66 on the guard) a nested pytest without the plugin that started as the
+    # run ended, its start writing over what the run had handed on to it ("raced"), and one
+    # whose test emptied `atexit` ("cleared-late"): each purged once that pytest was gone.
+    names = (
+        "without-plugin",
+        "starting",
+        "without-plugin-late",
+        "starting-late",
+        "cleared-late",
+        "raced",
+    )
     given = "".join(
         f"{name} = {value!r}\n"
         for name, value in [
             ("WITHOUT_PLUGIN", WITHOUT_PLUGIN),
             ("STARTING", STARTING),
+            ("CLEARED", CLEARED),
+            ("RACED", RACED),
             ("RUNNER", RUNNER),
             ("RUNNER_MODULE", RUNNER_MODULE),
         ]
