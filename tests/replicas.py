@@ -142,8 +142,13 @@ class Production:
         """The holder rows of live replicas, as the database shows them."""
         # One connection for every poll: a connection per poll (every 10 ms while a replica
         # starts) had the cluster fork a backend each time, on the cores the replica needs.
+        # With no idle timeout of its own: a test that sets one for the database (red team
+        # 37's 300 ms) lost this connection between the start's last poll and its next look
+        # on a loaded machine (IdleSessionTimeout in the test, not in the replica).
         if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(self.database_url, autocommit=True)
+            self._conn = psycopg.connect(
+                self.database_url, autocommit=True, options="-c idle_session_timeout=0"
+            )
         return pg.live_holders(self._conn)
 
     def close(self) -> None:

@@ -324,8 +324,8 @@ def test_the_readme_commands_fit_their_code_blocks(
         for text, wide in blocks.evaluate_all(
             "codes => codes.map(c => [c.innerText, c.scrollWidth > c.clientWidth])"
         )
-        if wide and ("scripts/test" in text or "app serve" in text)
+        if wide and ("scripts/test" in text or "scripts/serve" in text)
     ]
-    assert any("app serve" in t for t in blocks.all_inner_texts()), path
+    assert any("scripts/serve" in t for t in blocks.all_inner_texts()), path
     assert not browser.foreign, f"requests left 127.0.0.1: {browser.foreign}"
     assert overflowing == [], f"{path or 'index'}: these code blocks scroll sideways: {overflowing}"
