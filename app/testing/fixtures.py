@@ -565,7 +565,9 @@ def app_live_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[
     # default profile does) got a server of development, refused, whose refusal told it to
     # opt into development; opted in, its server ran on development's profile and token
     # while `config` and `headers` named testing's (red team 53).
-    env = {**os.environ, "APP_HOST": "127.0.0.1", appconfig.PROFILE_ENV: "testing"}
+    # A copy that a variable removed meanwhile by another of the test's threads leaves
+    # whole (`environment_now`), not a KeyError.
+    env = {**appconfig.environment_now(), "APP_HOST": "127.0.0.1", appconfig.PROFILE_ENV: "testing"}
     if state is not None and state.remote is not None:
         # Every process of the run maps testing's database and prefix to the run's scratch
         # ones; exporting them says so to the server explicitly, as app_config does.
