@@ -788,6 +788,17 @@ KEYS: Mapping[str, Key] = MappingProxyType(
 _PATH_KEYS: Final = frozenset(name for name, key in KEYS.items() if key.type.startswith("Path"))
 
 
+def environment_now() -> dict[str, str]:
+    """A copy of this process's environment as it is now, whichever variable another thread
+    removes meanwhile: ``dict(os.environ)`` lists the names, then reads each value, and a
+    variable removed in between (another thread's ``os.environ.pop``, a test's
+    ``monkeypatch.delenv`` beside a live server's thread) was a bare ``KeyError`` traceback out
+    of `load` (red team 66 on regress, rt-regress66d). Such a variable is left out, as a copy
+    made a moment later would leave it."""
+    environ = os.environ
+    return {name: value for name in environ if (value := environ.get(name)) is not None}
+
+
 def mask(secret: str | None) -> str:
     """How a secret is shown: whether it is set and how long it is, never its characters."""
     return "(not set)" if secret is None else f"****** (set, {len(secret)} characters)"
@@ -2554,7 +2565,7 @@ def inspect_profiles(
     # One copy of the environment for the load, read once: each look at `os.environ`
     # decodes every name again (six scans of it a load made about 300 decodes; issue 11).
     # Nothing is kept: the next load copies it again.
-    env = dict(os.environ) if environ is None else environ
+    env = environment_now() if environ is None else environ
     switches = dynaconf_switches(env)
     if switches:  # every profile built with them would be wrong, so stop here
         raise DynaconfSwitchError(switches)

@@ -11,6 +11,7 @@ loads is followed as it is at the second.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -109,3 +110,31 @@ def test_a_link_changed_between_two_loads_is_followed_as_it_is_at_the_second(
         load("testing")
     assert "loop of links" in str(looped.value)
     assert str(tmp_path / "link") in str(looped.value)
+
+
+class _RemovedOnceListed(os._Environ):  # type: ignore[type-arg]
+    """This process's environment, where another thread removes variable `gone` just after
+    a reader has listed the names (the interleaving a thread that calls ``os.environ.pop``
+    makes, here at once and every time): read one by one, its value is no longer there."""
+
+    gone = "APP_RT66D_GONE"
+
+    def __iter__(self) -> Iterator[str]:
+        names = list(super().__iter__())
+        self._data.pop(self.encodekey(self.gone), None)  # as `unsetenv` by another thread
+        yield from names
+
+
+def test_a_load_survives_a_variable_another_thread_removes_as_it_copies_the_environment(
+    own_settings: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    roots = own_settings
+    monkeypatch.setenv(_RemovedOnceListed.gone, "1")
+    real = os.environ
+    racing = _RemovedOnceListed(
+        dict(real._data), real.encodekey, real.decodekey, real.encodevalue, real.decodevalue
+    )
+    monkeypatch.setattr(os, "environ", racing)
+    # Before: a bare KeyError traceback, from the copy of the environment each load makes.
+    assert load("testing").data_root == roots / "elsewhere" / "testing"
+    assert _RemovedOnceListed.gone not in os.environ

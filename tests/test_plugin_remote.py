@@ -347,6 +347,18 @@ def test_another_profile_takes_the_prefix():
 """
 )
 _ANOTHER_PROFILE_S = [".app-profile.json", "blobs/" + "ab" * 16]
+# The same process whose blob_url names a prefix inside the run's (``<scratch>/replica``,
+# outside the run: a process of the run is refused such a prefix): its open lists that prefix
+# alone, which the run's marker is not in, and stamps it (rt-regress66d).
+BELOW = (
+    ANOTHER_PROFILE.replace("put(STAMP_NAME", 'put("replica/" + STAMP_NAME').replace(
+        'put("blobs/', 'put("replica/blobs/'
+    )
+    + """
+def test_another_profile_takes_a_prefix_below():
+    another_profile_s()
+"""
+)
 
 
 # Tests that check different things of runs started alike share one run (four runs, not
@@ -371,6 +383,7 @@ JOBS = {
     "taken": Job({"test_taken": TAKEN}, ("-p", "no:randomly")),
     "occupied": Job({"conftest": OCCUPIED, "test_inner": INNER}, ("-p", "no:randomly")),
     "adopted": Job({"test_adopted": ADOPTED}, ("-p", "no:randomly")),
+    "below": Job({"test_below": BELOW}, ("-p", "no:randomly")),
 }
 
 
@@ -619,4 +632,30 @@ def test_a_run_s_end_empties_no_scratch_prefix_another_profile_stamped(
     )
     assert remote.scratch_databases() == []  # its database is its own, and dropped
     assert _kept(remote) == sorted([".app-pytest-run.json", *_ANOTHER_PROFILE_S])
+    assert remote.production_state() == before
+
+
+def test_a_run_s_end_empties_no_prefix_another_profile_stamped_below_its_own(
+    runs: dict[str, Future[Run]],
+) -> None:
+    # Before: its end's listing, every key under the scratch prefix, held the other
+    # profile's stamp and upload, and deleted them.
+    remote, before, result = _taken(runs, "below")
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            (
+                "*app: the run's tests are done, but it could not remove the objects under its "
+                f"scratch prefix s3://*/{remote.testing_prefix}/pytest_* (nothing deleted: "
+                "replica/.app-profile.json, inside it, names profile 'production', not "
+                "'testing': a process of that profile took the prefix replica/ below the run's "
+                "as its own (its blob_url names it), and the objects there are that profile's. "
+                "Leave them*"
+            )
+        ]
+    )
+    assert remote.scratch_databases() == []
+    assert _kept(remote) == sorted(
+        [".app-pytest-run.json", *(f"replica/{name}" for name in _ANOTHER_PROFILE_S)]
+    )
     assert remote.production_state() == before

@@ -378,6 +378,22 @@ def _empty_scratch_prefix(prefix: str, suffix: str, configured: str | None = Non
                 "prefix is not",
             )
     names = [info.name for info in store.objects() if info.name != RUN_MARKER]
+    # Nor one another profile stamped below it: a prefix inside the run's is a prefix of its
+    # own to that profile's open, which lists it alone (the run's marker, one level up, is
+    # not in it), found empty and stamped; the run's end, whose listing is every key under
+    # the scratch prefix, deleted that profile's stamp and uploads (red team 66 on regress,
+    # rt-regress66d). A look only where a stamp is below: none in a run of the app's
+    # fixtures, which use the scratch prefix itself.
+    nested = _stamped_below(store, names)
+    if nested is not None:
+        raise _Left(
+            "the objects",
+            f"nothing deleted: {nested[0]}, inside it, names profile {nested[1]!r}, not "
+            f"{appconfig.RUN_PROFILE!r}: a process of that profile took the prefix "
+            f"{nested[0].rpartition('/')[0]}/ below the run's as its own (its blob_url names "
+            "it), and the objects there are that profile's. Leave them; point that profile's "
+            "blob_url where no test run's scratch prefix is",
+        )
     if names:
         store.delete(*names)
     # In a versioned bucket (as docs/how-to/run-on-postgresql.md sets one up) a delete
@@ -396,6 +412,24 @@ def _empty_scratch_prefix(prefix: str, suffix: str, configured: str | None = Non
         store.delete(*([] if own else [RUN_MARKER]), versions=own)
     except Exception as error:  # the app's refusals, and the S3 client's
         raise _Left(what, _reason(error)) from error
+
+
+def _stamped_below(store: Any, names: list[str]) -> tuple[str, str] | None:
+    """The first stamp below the top of `store`'s prefix among `names` (its objects) that
+    names a profile other than the run's, as (its name, that profile); None where none does.
+    A stamp that is no JSON names no profile, as the prefix's own (`_empty_scratch_prefix`)."""
+    from app.remote.objects import STAMP_NAME
+
+    for name in names:
+        if not name.endswith(f"/{STAMP_NAME}"):
+            continue
+        with contextlib.suppress(AppError, ValueError):
+            with store.get(name) as stream:
+                stamp = json.loads(stream.read())
+            profile = stamp.get("profile") if isinstance(stamp, dict) else None
+            if isinstance(profile, str) and profile != appconfig.RUN_PROFILE:
+                return name, profile
+    return None
 
 
 class _Left(Exception):
@@ -531,7 +565,9 @@ def app_live_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[
     # default profile does) got a server of development, refused, whose refusal told it to
     # opt into development; opted in, its server ran on development's profile and token
     # while `config` and `headers` named testing's (red team 53).
-    env = {**os.environ, "APP_HOST": "127.0.0.1", appconfig.PROFILE_ENV: "testing"}
+    # A copy that a variable removed meanwhile by another of the test's threads leaves
+    # whole (`environment_now`), not a KeyError.
+    env = {**appconfig.environment_now(), "APP_HOST": "127.0.0.1", appconfig.PROFILE_ENV: "testing"}
     if state is not None and state.remote is not None:
         # Every process of the run maps testing's database and prefix to the run's scratch
         # ones; exporting them says so to the server explicitly, as app_config does.
