@@ -195,7 +195,10 @@ class _Forward(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(error)
             return
-        status, headers, data = self._forwarded(body)
+        self._answer(*self._forwarded(body))
+
+    def _answer(self, status: int, headers: list[tuple[str, str]], data: bytes) -> None:
+        """Send the store's answer on: its status and headers, `data` as the body."""
         self.send_response(status)
         for key, value in headers:
             if key.lower() not in {"connection", "transfer-encoding", "content-length"}:

@@ -53,14 +53,7 @@ class _Changing(_Forward):
             body[at] ^= 0x20  # "Acknowledged"
             self.server.refusals += 1
         del self.headers["Expect"]  # answered here already
-        status, headers, data = self._forwarded(bytes(body))
-        self.send_response(status)
-        for key, value in headers:
-            if key.lower() not in {"connection", "transfer-encoding", "content-length"}:
-                self.send_header(key, value)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        self._answer(*self._forwarded(bytes(body)))
 
     def do_HEAD(self) -> None:
         # The object's own Content-Length, which `_Forward` replaces by its empty body's.

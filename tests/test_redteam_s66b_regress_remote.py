@@ -37,14 +37,7 @@ class _ChangingStamp(_Changing):
             body[at + len(b'"productio')] ^= 0x01
             self.server.refusals += 1
         del self.headers["Expect"]
-        status, headers, data = self._forwarded(bytes(body))
-        self.send_response(status)
-        for key, value in headers:
-            if key.lower() not in {"connection", "transfer-encoding", "content-length"}:
-                self.send_header(key, value)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        self._answer(*self._forwarded(bytes(body)))
 
 
 def test_a_stamp_changed_on_the_way_is_refused_whatever_the_client_s_checksum_setting(
