@@ -18,6 +18,7 @@ fi
 # Which Python an interpreter is: its installation and build (empty where it cannot import its
 # own extension modules, as in an environment made over one of another installation).
 built_as() { "$1" -c 'import math, ssl, sys; print(sys.base_prefix, sys.version)' 2>/dev/null || true; }
+chosen=$(built_as "$python")
 # pip runs only when what an install copies differs from what an environment was last set
 # up from (its digest is kept in the environment): an unchanged check still costs pip 5 to
 # 20 s, as it builds the editable wheel again. The package's code needs no reinstall
@@ -32,7 +33,7 @@ set_up() { # set_up VENV PIP-ARGUMENTS...
     # hand with another python3) is made afresh: `python -m venv` over one of another
     # installation keeps its links to the old executable and points them at the new one's
     # standard library, which then fails to import its own extension modules (`_ssl`).
-    if [ -e "$venv" ] && [ "$(built_as "$venv/bin/python")" != "$(built_as "$python")" ]; then
+    if [ -e "$venv" ] && [ "$(built_as "$venv/bin/python")" != "$chosen" ]; then
         echo "$0: $venv was made from another Python than $python; making it afresh" >&2
         rm -rf "$venv"
     fi
