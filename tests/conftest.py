@@ -98,7 +98,7 @@ def _children_keep_their_bytecode(config: pytest.Config) -> None:
 
 
 #: Written in CHILDREN_BYTECODE once it holds the installed bytecode (`_seed_with_installed_
-#: bytecode`), with the interpreter's cache tag.
+#: bytecode`), with the interpreter's cache tag and the directories it was linked from.
 SEEDED = ".seeded"
 
 
@@ -116,14 +116,22 @@ def _seed_with_installed_bytecode(prefix: Path, project: Path) -> None:
     is on another filesystem, nothing is linked and the children compile as before. The
     project's own modules are left to compile: they change between runs."""
     tag = sys.implementation.cache_tag
-    marker = prefix / SEEDED
-    if tag is None or (marker.exists() and marker.read_text() == tag):
+    if tag is None:
         return
     roots = {os.path.realpath(entry) for entry in sys.path if entry and os.path.isdir(entry)}
+    # The docs' and schemathesis' environments (scripts/test), whose children (mkdocs, the
+    # fuzzer) run under the prefix too: unseeded, a fresh clone's first of them compiled
+    # mkdocs, griffe, pydantic, schemathesis, hypothesis and rich again (about 1,000 modules).
+    for other in (".venv-docs", ".venv-fuzz"):
+        roots.update(map(os.path.realpath, project.glob(f"{other}/lib/python3*/site-packages")))
     inside = str(project.resolve()) + os.sep
+    # Not the project's own code (its virtualenvs' packages are linked).
+    roots = {r for r in roots if not (r + os.sep).startswith(inside) or "site-packages" in r}
+    marker = prefix / SEEDED
+    seeded = "\n".join([tag, *sorted(roots)])  # seeded again where an environment is new
+    if marker.exists() and marker.read_text() == seeded:
+        return
     for root in sorted(roots):
-        if (root + os.sep).startswith(inside) and "site-packages" not in root:
-            continue  # the project's own code (its virtualenv's packages are linked)
         for here, dirs, files in os.walk(root):
             # Another environment's packages (the interpreter's own, below its standard
             # library) are used only where they are on sys.path, as a root of their own.
@@ -144,7 +152,7 @@ def _seed_with_installed_bytecode(prefix: Path, project: Path) -> None:
                     continue
                 except OSError:
                     return  # another filesystem, or no right to link: compile as before
-    marker.write_text(tag)
+    marker.write_text(seeded)
 
 
 #: schemathesis against a real server (tests/test_openapi.py), the suite's longest wait.
