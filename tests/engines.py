@@ -189,6 +189,9 @@ class PostgresEngine:
             "synchronous_commit": "off",
             "full_page_writes": "off",
             "max_connections": "200",
+            # Its WAL in memory (`_clusters_dir`): every database made writes its template's
+            # 7.5 MB there, recycled at a checkpoint once this much is written (1 GB by default).
+            "max_wal_size": "256MB",
         }
     )
 
@@ -360,6 +363,26 @@ _CLUSTER_PREFIX = "app-pg-"
 _OWNER = "owner"
 
 
+def _clusters_dir() -> Path:
+    """Where a cluster is made: in memory (``/dev/shm``, a tmpfs) where there is one, else
+    the temporary directory.
+
+    A throwaway cluster's files are nothing the tests check (its fsync is off already: the
+    durability under test is the app's own, on the app's files, which stay where each test
+    puts them). On this machine kind's disk, an ext4 without a journal, the kernel looks at
+    every inode freed in the last seconds before it reuses one (``recently_deleted``), and a
+    database made after another was dropped pays for each of its ~300 files: profiled over a
+    whole run (``perf record -g``), the clusters' processes spent 4% of the run's CPU, about
+    23 s, in that search alone (bench/README.md, "The suite's time", session 67)."""
+    from app.dataroot import filesystem_type  # the workers import it anyway; this module is
+    # a plugin of every run, kept light at import
+
+    memory = Path("/dev/shm")
+    if os.access(memory, os.W_OK | os.X_OK) and filesystem_type(memory) == "tmpfs":
+        return memory
+    return Path(tempfile.gettempdir())
+
+
 def _process_identity(pid: int) -> str | None:
     """What names process `pid` for as long as it lives, and no process after it: its PID
     namespace, pid and start time; None if it is gone."""
@@ -380,7 +403,8 @@ def _remove_clusters_of_dead_runs() -> None:
         ours = os.readlink("/proc/self/ns/pid")
     except OSError:
         return  # no /proc: nothing tells a live owner from a dead one
-    for base in Path(tempfile.gettempdir()).glob(f"{_CLUSTER_PREFIX}*"):
+    places = {_clusters_dir(), Path(tempfile.gettempdir())}  # /tmp: made before /dev/shm was
+    for base in [base for place in places for base in place.glob(f"{_CLUSTER_PREFIX}*")]:
         try:
             owner = (base / _OWNER).read_text().split()
         except OSError:
@@ -410,7 +434,7 @@ def start_postgres() -> PostgresEngine:
     _remove_clusters_of_dead_runs()
     # Not under pytest's basetemp: that lies in a 0700 directory of root's, which the server's
     # own account cannot enter.
-    base = Path(tempfile.mkdtemp(prefix=_CLUSTER_PREFIX))
+    base = Path(tempfile.mkdtemp(prefix=_CLUSTER_PREFIX, dir=_clusters_dir()))
     (base / _OWNER).write_text(_process_identity(os.getpid()) or "")
     if account is not None:
         entry = pwd.getpwnam(account)
