@@ -60,6 +60,7 @@ from app.records import Record
 __all__ = [
     "ALLOW_PROFILES_ENV",
     "RUNS_DIR",
+    "RUN_MARK_ENV",
     "SANDBOX_ENV",
     "SCRATCH_ENV",
     "Context",
@@ -172,6 +173,11 @@ ALLOW_PROFILES_ENV: Final = "PYTEST_APP_ALLOW_PROFILES"
 #: The run's scratch suffix (see `Run.scratch`), inherited by children: read only where the
 #: process tree says nothing, like `SANDBOX_ENV`.
 SCRATCH_ENV: Final = "PYTEST_APP_SCRATCH"
+#: The run's own token (32 hex digits), drawn by its first process and inherited by its
+#: xdist workers and children: what its marker in each scratch prefix carries, and what
+#: every object the app writes in a run's scratch prefix is marked with
+#: (`app.remote.objects.ObjectStore.written_here`), so that the run's end deletes only them.
+RUN_MARK_ENV: Final = "PYTEST_APP_RUN_MARK"
 _SCRATCH_FORM: Final = LazyPattern(r"_pytest_\d+_[0-9a-f]{4}(_gw\d+)?", starts=("_pytest_",))
 
 
@@ -5692,9 +5698,10 @@ def check_remote(database_url: str, blob_url: str, what: str, run: Run | None = 
         )
 
 
-def check_scratch(key: str, value: str, what: str, run: Run | None = None) -> None:
+def check_scratch(key: str, value: str, what: str, run: Run | None = None) -> Run | None:
     """Refuse one database (`key` ``"database_url"``) or object prefix (``"blob_url"``) that
-    is not one of this run's scratch ones, if this process belongs to a run.
+    is not one of this run's scratch ones, if this process belongs to a run; the run it
+    belongs to (``None``: none).
 
     :func:`check_remote` for the classes of `app.remote` that a test can build by hand
     (``RemoteStore``, ``pg.Holder``, ``pg.maintenance``, ``ObjectStore``), each of which
@@ -5705,7 +5712,7 @@ def check_scratch(key: str, value: str, what: str, run: Run | None = None) -> No
     """
     run = _run_to_check(run)
     if run is None or (run.scratch and _is_scratch(key, value, run.scratch)):
-        return
+        return run
     from app.remote.pg import mask_url
 
     kind = _REMOTE_KEYS[key]

@@ -73,10 +73,12 @@ def test_leaves_an_unfinished_upload(app_config, key):
         app_config.s3_secret_access_key,
     )
     client, bucket = store._client, store.location.bucket
-    name = store.location.key(key + uuid.uuid4().hex)
+    # A name the app makes (since guard67 the run's end aborts only uploads whose name
+    # shows the run made it: S3 lists no upload's metadata); `key` says where the test ends.
+    name = store.location.key(store.new_blob_name())
     upload = client.create_multipart_upload(Bucket=bucket, Key=name)["UploadId"]
     client.upload_part(Bucket=bucket, Key=name, UploadId=upload, PartNumber=1, Body=b"x" * 64)
-    store.put("blobs/" + uuid.uuid4().hex, b"an object")
+    store.put("blobs/" + uuid.uuid4().hex, b"an object")  # marked in its metadata
     listed = client.list_multipart_uploads(Bucket=bucket, Prefix=store.location.key(""))
     assert name in [u["Key"] for u in listed.get("Uploads", ())]
     if key == "crash/":

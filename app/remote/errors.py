@@ -131,6 +131,30 @@ class UnstampedNotEmptyError(ConfigError):
         )
 
 
+class InsideTestRunError(ConfigError):
+    """A profile other than testing opening an object prefix at or below a test run's
+    scratch prefix, which that run's tests write in and its end empties."""
+
+    code = "inside_test_run"
+
+    profile: str
+    where: str
+    scratch: str
+    run: str
+
+    @property
+    def message(self) -> str:
+        relation = "is" if self.where == self.scratch else "lies inside"
+        return (
+            f"profile {self.profile!r}: object prefix {self.where} {relation} a test run's "
+            f"scratch prefix, {self.scratch} (its marker .app-pytest-run.json names "
+            f"{self.run}): that run's tests write there, and its end empties what it wrote; "
+            f"refusing to open it, and nothing was written. Point blob_url of profile "
+            f"{self.profile!r} at a prefix outside testing's scratch prefixes (outside "
+            "testing's blob_url, under which each test run draws its own)"
+        )
+
+
 def from_pgoptions(options: str) -> str:
     """The sentence a refusal adds when ``options``, libpq's ``PGOPTIONS`` in this process's
     environment, sets the setting it names: no ``ALTER`` of the database or the role undoes

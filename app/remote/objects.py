@@ -25,7 +25,9 @@ failed multipart upload. Its import costs 0.3-0.5 s, so it happens in
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
+import hmac
 import io
 import json
 import os
@@ -47,6 +49,7 @@ from app.remote.errors import (
     STATIC_CREDENTIALS,
     DatabaseCopiedError,
     DatabaseTimelineBehindError,
+    InsideTestRunError,
     ObjectMissingError,
     ObjectStoreUnavailableError,
     PrefixEmptiedError,
@@ -75,6 +78,13 @@ BLOBS = "blobs/"
 # profile's prefix nested there (`<prefix>/blobs/...`, which no overlap check sees across two
 # sets of settings), or a copy made by hand.
 _BLOB_NAME = re.compile(r"blobs/[0-9a-f]{32}")
+#: The last segment of a test run's scratch prefix inside testing's (`app.sandbox.
+#: scratch_blob_url`): where alone a run's marker is ever written.
+_RUN_SEGMENT = re.compile(r"pytest_\d+_[0-9a-f]{4}(_gw\d+)?")
+#: The metadata every object a store writes in a test run's scratch prefix carries
+#: (``x-amz-meta-app-run``): a MAC of its name under the run's token, what the run's end
+#: takes for proof that the run wrote it (`ObjectStore.written_here`).
+RUN_METADATA = "app-run"
 _CHUNK = 1024 * 1024
 
 # S3's limits on one object and its multipart upload (AWS's; MinIO, R2 and SeaweedFS take
@@ -700,12 +710,19 @@ class ObjectStream:
     the bytes this stream yields. Iterate it, then close it (or use ``with``)."""
 
     def __init__(
-        self, body: Any, size: int, length: int, refusal: Callable[[str], AppError] | None = None
+        self,
+        body: Any,
+        size: int,
+        length: int,
+        refusal: Callable[[str], AppError] | None = None,
+        metadata: dict[str, str] | None = None,
     ) -> None:
         self._body = body
         self.size = size
         self.length = length
         self._refusal = refusal
+        #: The object's user metadata (``x-amz-meta-*``), as the store answered it.
+        self.metadata = metadata or {}
         #: What the store's own checksum said of the bytes it served, once they were all
         #: read and it did not match them (``None``: it matched, or there was none).
         self.checksum_mismatch: str | None = None
@@ -853,6 +870,31 @@ def _timed_out(error: Exception) -> bool:
     return any(isinstance(part, TimeoutError) for part in getattr(cause, "args", ()))
 
 
+def _run_key() -> bytes | None:
+    """The key of a test run's marks: its token (`app.sandbox.RUN_MARK_ENV`), where this
+    process has one; ``None`` where not (a child given a hand-built environment: what it
+    writes carries no mark, and the run's end leaves it, naming it)."""
+    token = os.environ.get(sandbox.RUN_MARK_ENV, "")
+    if len(token) != 32 or any(c not in "0123456789abcdef" for c in token):
+        return None
+    return bytes.fromhex(token)
+
+
+def _mac(key: bytes, text: str) -> str:
+    # hmac from the standard library: a keyed hash is what proves a name to its key's holder.
+    return hmac.new(key, text.encode("utf-8", "surrogateescape"), hashlib.sha256).hexdigest()
+
+
+def run_named(mark: dict[str, Any] | None) -> str:
+    """A test run, as its marker (`RUN_MARKER`) names it."""
+    if not mark:
+        return "no run (it is not a run's marker)"
+    return (
+        f"run {mark.get('run')!s} of pid {mark.get('pid')!s} on host {mark.get('host')!s}, "
+        f"started {mark.get('started')!s}, whose scratch database is {mark.get('database')!s}"
+    )
+
+
 class ObjectStore:
     """One profile's objects: ``s3://bucket/prefix`` on an S3-compatible endpoint.
 
@@ -896,9 +938,12 @@ class ObjectStore:
         self.location = parse_blob_url(blob_url, endpoint_url)
         # Before the client exists: every request goes through it, so none can reach a
         # prefix that the test run does not own.
-        sandbox.check_scratch("blob_url", blob_url, "opening")
+        run = sandbox.check_scratch("blob_url", blob_url, "opening")
         sandbox.check_scratch_apart(self._overlaps, blob_url, "opening")
         self.where = str(self.location)
+        #: In a test run (a process of it, its token inherited): the key of the mark every
+        #: object this store writes carries (`written_here`); ``None`` outside any run.
+        self._run_key = _run_key() if run is not None else None
         self._static = access_key_id is not None
         from botocore.exceptions import (
             BotoCoreError,
@@ -1082,10 +1127,52 @@ class ObjectStore:
         """Whether ``name`` is one that :meth:`new_blob_name` makes."""
         return _BLOB_NAME.fullmatch(name) is not None
 
-    @staticmethod
-    def new_blob_name() -> str:
-        """A fresh, never reused name for an upload's object (``blobs/<hex>``)."""
-        return BLOBS + secrets.token_hex(16)
+    def new_blob_name(self) -> str:
+        """A fresh, never reused name for an upload's object (``blobs/<hex>``). In a test
+        run, its last 16 hex digits are a MAC of the first 16 under the run's token: the
+        proof that the run wrote it, read off the listing's names at the run's end, no
+        request more (`written_here`)."""
+        if self._run_key is None:
+            return BLOBS + secrets.token_hex(16)
+        drawn = secrets.token_hex(8)
+        return BLOBS + drawn + _mac(self._run_key, drawn)[:16]
+
+    def _mark(self, name: str) -> dict[str, str]:
+        """The user metadata of object `name` as this store writes it: a test run's mark."""
+        if self._run_key is None:
+            return {}
+        return {RUN_METADATA: _mac(self._run_key, name)}
+
+    def written_here(self, name: str, metadata: dict[str, str] | None = None) -> bool:
+        """Whether this process's test run wrote object `name`, as its blob name (no
+        request) or, given, its `metadata` says (`_mark`); never outside a run.
+
+        A run's end deleted every object in its scratch prefix: another program's written
+        there while the run went on, and, on a store that ignores ``If-None-Match``, another
+        run's of the same suffix (attacks.md, layer 3; branch guard67). A mark is a MAC of
+        the name under the run's token, not a bare token: a name another run's store wrote
+        carries another run's."""
+        if self._run_key is None:
+            return False
+        if metadata is None:
+            expected = _mac(self._run_key, name[len(BLOBS) : len(BLOBS) + 16])[:16]
+            return self.is_blob_name(name) and hmac.compare_digest(name[-16:], expected)
+        return hmac.compare_digest(metadata.get(RUN_METADATA, ""), _mac(self._run_key, name))
+
+    def mark_of(self, name: str) -> dict[str, str] | None:
+        """Object `name`'s user metadata (one HEAD), or ``None`` where it is not there."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            answer = self._client.head_object(
+                Bucket=self.location.bucket, Key=self.location.key(name)
+            )
+        except (BotoCoreError, ClientError) as error:
+            failed = self._fail(error, name)
+            if isinstance(failed, ObjectMissingError):
+                return None
+            raise failed from error
+        return dict(answer.get("Metadata") or {})
 
     def _transfer(self, length: int | None) -> Any:
         # Parts large enough for `length` in S3's 10,000 (red team 42: 8 MiB parts alone
@@ -1141,7 +1228,7 @@ class ObjectStore:
                 # sent no checksum at all, and SeaweedFS kept a body changed on the way (one
                 # byte, its length kept), which the HEAD below cannot tell (red team 65). The
                 # store checks each request's (each part's) CRC32 against what it received.
-                ExtraArgs={"ChecksumAlgorithm": "CRC32"},
+                ExtraArgs={"ChecksumAlgorithm": "CRC32", "Metadata": self._mark(name)},
             )
         except (BotoCoreError, ClientError) as error:
             raise self._fail(error) from error
@@ -1213,7 +1300,7 @@ class ObjectStore:
             )
 
         size = int(total) if total.isdigit() else length
-        return ObjectStream(answer["Body"], size, length, refusal)
+        return ObjectStream(answer["Body"], size, length, refusal, answer.get("Metadata"))
 
     def exists(self, name: str) -> bool:
         """Whether the object is there (a HEAD: no byte of it read)."""
@@ -1476,6 +1563,8 @@ class ObjectStore:
             UnstampedNotEmptyError: it holds objects and no stamp.
             ObjectStoreUnavailableError: the bucket or the credentials cannot be used.
         """
+        if profile != RUN_PROFILE:
+            self._refuse_inside_a_run(profile)
         stamp = self.read_stamp()
         if stamp is None:
             # The stamp itself may appear between the read above and this listing (another
@@ -1535,6 +1624,45 @@ class ObjectStore:
         if database is None:
             return stamp
         return self._bind(profile, stamp, database, protected)
+
+    def _refuse_inside_a_run(self, profile: str) -> None:
+        """Refuse `profile`'s open of a prefix at or below a test run's scratch prefix: one
+        whose marker (`RUN_MARKER`) is there, at a segment of the prefix named as a run's
+        (`_RUN_SEGMENT`; one request each, none for a prefix that has none, as every
+        profile's own has).
+
+        A process of another profile, outside the run, whose blob_url named a prefix inside
+        the run's (set where no settings file shows it to the run) listed that prefix alone,
+        where the marker one level up is not, found it empty and stamped it: it wrote
+        among the run's tests, and the run's end failed, naming it (rt-regress66d's *not
+        stopped*; branch guard67)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        segments = self.location.prefix.split("/") if self.location.prefix else []
+        for depth, segment in enumerate(segments, 1):
+            if not _RUN_SEGMENT.fullmatch(segment):
+                continue
+            scratch = "/".join(segments[:depth])
+            try:
+                answer = self._client.get_object(
+                    Bucket=self.location.bucket, Key=f"{scratch}/{RUN_MARKER}"
+                )
+                raw = answer["Body"].read()
+            except (BotoCoreError, ClientError) as error:
+                failed = self._fail(error, RUN_MARKER)
+                if isinstance(failed, ObjectMissingError):
+                    continue
+                raise failed from error
+            try:
+                mark = json_loads(raw)
+            except ValueError:
+                mark = {}
+            raise InsideTestRunError(
+                profile,
+                self.where,
+                str(dataclasses.replace(self.location, prefix=scratch)),
+                run_named(mark if isinstance(mark, dict) else {}),
+            )
 
     def _bind(
         self,
@@ -1672,6 +1800,7 @@ class ObjectStore:
                 Key=self.location.key(name),
                 Body=body,
                 IfNoneMatch="*",
+                Metadata=self._mark(name),
                 # As every upload's (`put`): asked for by name, the client sends it whatever
                 # AWS_REQUEST_CHECKSUM_CALCULATION says, and the store refuses a stamp changed
                 # on the way, which it kept under when_required (rt-regress66b).

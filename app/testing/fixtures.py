@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from app import config as appconfig
+from app import sandbox as sandboxing
 from app.errors import AppError, printable
 from app.sandbox import scratch_blob_url, scratch_prefix_refusal
 from app.testing.guard import (
@@ -77,7 +78,7 @@ def _app_remote_scratch(request: pytest.FixtureRequest) -> Iterator[None]:
 #: The run's own token, which its marker in each of its scratch prefixes carries
 #: (`_claim_prefix`): drawn by the run's first process, inherited by its xdist workers, so
 #: that a controller knows a crashed worker's prefix for its run's.
-RUN_MARK_ENV = "PYTEST_APP_RUN_MARK"
+RUN_MARK_ENV = sandboxing.RUN_MARK_ENV
 
 
 def run_token(worker: bool) -> str:
@@ -98,7 +99,7 @@ def _scratch_store(prefix: str) -> Any:
     )
 
 
-def _claim_prefix(prefix: str, suffix: str, database: str) -> str:
+def _claim_prefix(prefix: str, suffix: str, database: str, store: Any = None) -> str:
     """Write the run's marker in its scratch prefix before anything else is made there, by
     a create the store refuses where the marker is there already; what refuses the run
     (``""``: nothing).
@@ -109,14 +110,26 @@ def _claim_prefix(prefix: str, suffix: str, database: str) -> str:
     second's opens were refused, and its end emptied the prefix under the first run's tests
     (rt-remote65's *not stopped*; session 66). The second is now refused before its first
     test, naming the first, and a run's end empties only a prefix whose marker is its own
+    (`_empty_scratch_prefix`).
+
+    The claim is read, not taken from the store's answer: a store that takes
+    ``If-None-Match: *`` without honouring it (an S3 imitation older than conditional
+    writes) let the second run's marker replace the first's, and the second's end emptied
+    the first's prefix under its tests (rows66's *not stopped*; branch guard67). The marker
+    is read before it is written (one there is another run's), and read back after (one
+    that another run's write replaced meanwhile is that run's); two writes that straddle
+    both reads are left to the end, which deletes only what its own run wrote
     (`_empty_scratch_prefix`)."""
     from app.remote.objects import RUN_MARKER
 
     try:
-        store = _scratch_store(prefix)
-        if store.create_once(RUN_MARKER, _own_mark(suffix, database)):
-            return _found_there(store, prefix)
+        store = _scratch_store(prefix) if store is None else store
         other = _marker(store)
+        if other is None and store.create_once(RUN_MARKER, _own_mark(suffix, database)):
+            other = _marker(store)
+            if _is_own(other):
+                return _found_there(store, prefix)
+        other = _marker(store) if other is None else other
     except Exception as error:  # the app's refusals, and the S3 client's
         return (
             f"app: cannot write the run's marker {RUN_MARKER} in its scratch prefix {prefix}: "
@@ -167,6 +180,12 @@ def _found_there(store: Any, prefix: str) -> str:
     )
 
 
+def _is_own(mark: dict[str, Any] | None) -> bool:
+    """Whether `mark` (a marker as `_marker` read it) is this run's: its token."""
+    token = os.environ.get(RUN_MARK_ENV)
+    return mark is not None and bool(token) and mark.get("token") == token
+
+
 def _own_mark(suffix: str, database: str) -> bytes:
     """This run's marker: which run, where, since when, and the run's token."""
     from datetime import UTC, datetime
@@ -202,12 +221,9 @@ def _marker(store: Any) -> dict[str, Any] | None:
 
 def _named(mark: dict[str, Any] | None) -> str:
     """A run, as its marker names it."""
-    if not mark:
-        return "no run (it is not a run's marker)"
-    return (
-        f"run {mark.get('run')!s} of pid {mark.get('pid')!s} on host {mark.get('host')!s}, "
-        f"started {mark.get('started')!s}, whose scratch database is {mark.get('database')!s}"
-    )
+    from app.remote.objects import run_named
+
+    return run_named(mark)
 
 
 def _create_scratch(
@@ -329,13 +345,14 @@ def _remove_scratch(remote: RemoteTesting, suffix: str, *, crashed: bool = False
 
 
 def _empty_scratch_prefix(prefix: str, suffix: str, configured: str | None = None) -> None:
-    """Delete every object under the run's scratch prefix (the scratch one alone: its last
-    segment is the run's suffix, checked again here; in a controller, a crashed worker's:
-    `configured`), every earlier version of them where
-    the bucket keeps versions, and abort every multipart upload left unfinished there (a
-    replica a test killed mid-upload): no listing of objects shows either, the store keeps
-    them, and nothing else ever looks under a run's prefix for them (red team 56)."""
-    from app.remote.objects import RUN_MARKER, STAMP_NAME, ObjectStore
+    """Delete every object the run wrote under its scratch prefix (the scratch one alone:
+    its last segment is the run's suffix, checked again here; in a controller, a crashed
+    worker's: `configured`), every earlier version of them where the bucket keeps versions,
+    and abort every multipart upload of a name it made left unfinished there (a replica a
+    test killed mid-upload): no listing of objects shows either, the store keeps them, and
+    nothing else ever looks under a run's prefix for them (red team 56). What the run did
+    not write is left, and named (`_not_written`; branch guard67)."""
+    from app.remote.objects import ObjectStore
 
     if prefix.rstrip("/").rpartition("/")[2] != suffix.lstrip("_"):
         raise ValueError(f"refusing to empty {prefix}: not a scratch prefix of {suffix!r}")
@@ -347,15 +364,23 @@ def _empty_scratch_prefix(prefix: str, suffix: str, configured: str | None = Non
     store = ObjectStore(
         prefix, config.s3_endpoint_url, config.s3_access_key_id, config.s3_secret_access_key
     )
+    _empty_owned(store, suffix)
+
+
+def _empty_owned(store: Any, suffix: str) -> None:
+    """`_empty_scratch_prefix` once its prefix is checked: `store` on it."""
+    from app.remote.objects import RUN_MARKER, STAMP_NAME
+
     # Only a prefix whose marker is this run's (`_claim_prefix`): another run that drew the
     # same suffix has its tests there (session 66).
     mark = _marker(store)
     if mark is None and store.create_once(RUN_MARKER, _own_mark(suffix, "")):
         # Removed by a test (one that empties the prefix): no other run took the prefix
-        # since (its marker would be there), and none can now: it is this run's again.
-        mark = {"token": os.environ.get(RUN_MARK_ENV)}
+        # since (its marker would be there), and none can now: it is this run's again,
+        # once read back (a store that ignores If-None-Match took another's meanwhile too).
+        mark = _marker(store)
     mark = _marker(store) if mark is None else mark
-    if mark is None or mark.get("token") != os.environ.get(RUN_MARK_ENV):
+    if not _is_own(mark):
         raise _Left(
             "the objects",
             f"nothing deleted: its marker {RUN_MARKER} names another run, {_named(mark)}, "
@@ -366,8 +391,9 @@ def _empty_scratch_prefix(prefix: str, suffix: str, configured: str | None = Non
     # the run's scratch prefix). Its replica's open took the prefix holding the run's marker
     # alone as empty, and the run's end deleted its stamp and uploads (red team 66 on
     # regress, rt-regress66c). A stamp that is no JSON (a test's) names no profile.
+    stamp_mark: dict[str, str] | None = None
     with contextlib.suppress(AppError):
-        stamp = store.read_stamp()
+        stamp, stamp_mark = _stamp_and_mark(store)
         if stamp is not None and stamp["profile"] != appconfig.RUN_PROFILE:
             raise _Left(
                 "the objects",
@@ -394,24 +420,92 @@ def _empty_scratch_prefix(prefix: str, suffix: str, configured: str | None = Non
             "it), and the objects there are that profile's. Leave them; point that profile's "
             "blob_url where no test run's scratch prefix is",
         )
-    if names:
-        store.delete(*names)
+    # Only what the run wrote: every object the app writes in a run's scratch prefix
+    # carries the run's mark (`ObjectStore.written_here`: its blob name, read off the
+    # listing, or its metadata, read with the stamp or by one HEAD for another name).
+    # Another program's objects written there while the run went on were deleted as the
+    # run's (attacks.md, layer 3; branch guard67); a run of the same suffix, on a store
+    # that ignores If-None-Match, has its own mark.
+    own = {name for name in names if _written(store, name, stamp_mark)}
+    foreign = [name for name in names if name not in own]
+    if own:
+        store.delete(*sorted(own))
     # In a versioned bucket (as docs/how-to/run-on-postgresql.md sets one up) a delete
     # only hides an object behind a marker: every version the run wrote stayed, shown by no
-    # listing of objects (red team 56). Object Lock's retention is left to decide.
+    # listing of objects (red team 56). Object Lock's retention is left to decide. The
+    # versions of a name the run wrote alone (one gone by now, a blob's name says so).
     what = "the earlier versions of the objects"
     try:
         versions = store.every_version()
-        if versions:
-            store.delete(versions=[v for v in versions if v[0] != RUN_MARKER])
+        mine = [v for v in versions if v[0] in own or store.written_here(v[0])]
+        foreign += sorted(
+            {v[0] for v in versions if v not in mine and v[0] not in (RUN_MARKER, *foreign)}
+        )
+        if mine:
+            store.delete(versions=mine)
         what = "the unfinished multipart uploads"
-        store.abort_uploads(*store.unfinished_uploads(every_name=True))
+        uploads = store.unfinished_uploads(every_name=True)
+        store.abort_uploads(*(u for u in uploads if store.written_here(u.name)))
+        foreign += [u.name for u in uploads if not store.written_here(u.name)]
+        if foreign:
+            raise _Left("the objects it did not write", _not_written(foreign))
         # The marker last: until the prefix is empty, it still says whose it is.
         what = f"the run's marker {RUN_MARKER}"
-        own = [v for v in versions if v[0] == RUN_MARKER]
-        store.delete(*([] if own else [RUN_MARKER]), versions=own)
+        marker = [v for v in versions if v[0] == RUN_MARKER]
+        store.delete(*([] if marker else [RUN_MARKER]), versions=marker)
+    except _Left:
+        raise
     except Exception as error:  # the app's refusals, and the S3 client's
         raise _Left(what, _reason(error)) from error
+
+
+def _stamp_and_mark(store: Any) -> tuple[dict[str, Any] | None, dict[str, str] | None]:
+    """The stamp of `store`'s prefix and its metadata (one GET, as `ObjectStore.read_stamp`
+    reads it); a stamp that is no JSON, or names no profile (a test's), is ``None``."""
+    from app.remote.errors import ObjectMissingError
+    from app.remote.objects import STAMP_NAME
+
+    try:
+        with store.get(STAMP_NAME) as stream:
+            raw, metadata = stream.read(), stream.metadata
+    except ObjectMissingError:
+        return None, None
+    try:
+        stamp = json.loads(raw)
+    except ValueError:
+        return None, metadata
+    named = isinstance(stamp, dict) and isinstance(stamp.get("profile"), str)
+    return (stamp if named else None), metadata
+
+
+def _written(store: Any, name: str, stamp_mark: dict[str, str] | None) -> bool:
+    """Whether the run wrote object `name` (`ObjectStore.written_here`): its blob name says
+    so, or its metadata does (the stamp's, read with it; another's, one HEAD: a name the
+    app's `new_blob_name` did not make, `put` by a test)."""
+    from app.remote.objects import STAMP_NAME
+
+    if store.written_here(name):
+        return True
+    metadata = stamp_mark if name == STAMP_NAME and stamp_mark is not None else None
+    if metadata is None:
+        metadata = store.mark_of(name)
+    return metadata is not None and bool(store.written_here(name, metadata))
+
+
+def _not_written(names: list[str]) -> str:
+    """Why a run's end leaves `names` in its scratch prefix, and what to do."""
+    from app.remote.objects import RUN_MARKER
+
+    shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+    return (
+        f"left as they are: {shown} carry no mark of this run, which every object the "
+        "app writes in a run's scratch prefix carries (in its blob name or its metadata): a "
+        "program other than the app, or a process of another run, wrote them there while "
+        f"the run went on, and they are its. The run's own objects are deleted; its marker "
+        f"{RUN_MARKER} is left with them. See whose they are before clearing them by hand, "
+        "and point that program's bucket and prefix away from testing's blob_url, under "
+        "which each test run draws its scratch prefix"
+    )
 
 
 def _stamped_below(store: Any, names: list[str]) -> tuple[str, str] | None:

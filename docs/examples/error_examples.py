@@ -337,6 +337,13 @@ EXAMPLES: list[errors.AppError] = [
     remote.UnstampedNotEmptyError(
         "production", "database_url", f"database {DATABASE}", ["public.orders", "public.users"]
     ),
+    remote.InsideTestRunError(
+        "production",
+        "s3://app-data/testing/pytest_1_a3f9/replica at https://s3.internal",
+        "s3://app-data/testing/pytest_1_a3f9 at https://s3.internal",
+        "run _pytest_1_a3f9 of pid 1 on host ci-7, started 2026-12-06T20:00:00+00:00, whose "
+        "scratch database is postgresql://app@db.internal:5432/app_testing_pytest_1_a3f9",
+    ),
     remote.SchemaTooNewError(f"database {DATABASE}", 2, 1),
     remote.TablesOffSearchPathError(DATABASE, ["public"], "reporting"),
     remote.TablesOffSearchPathError(DATABASE, [], "nowhere"),
