@@ -18,6 +18,10 @@ What broke:
 - what a child of the run given an environment without ``PYTEST_APP_RUN_MARK`` writes
   carries no mark, and the run's end named another program or run alone as its writer,
   and no way to give the child the token. The message names both now.
+- ``app doctor`` of a profile other than testing whose prefix lies inside a run's scratch
+  prefix said "empty; the first open stamps it", exit 0, where its open is refused
+  (``inside_test_run``); and its ``app data restamp --from testing`` wrote its stamp over
+  the run's there, no open before it. Both ask what the open asks now.
 - tests/engines.py made its throwaway PostgreSQL clusters in ``/dev/shm`` wherever that is
   a tmpfs, and a container's is one of 64 MB unless given more (Docker's default, so CI
   runners' too): the cluster's databases failed with "No space left on device" from its
@@ -39,13 +43,16 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import forked_app
 import own_mounts
 import pytest
 from engines import S3Engine, new_blob_url
 from test_redteam_s51_remote import _Forward, _Refusing
+from test_remote_doctor import doctor  # noqa: F401 (a fixture, used by name)
 
-from app.remote.objects import RUN_MARKER, ObjectStore
+from app.remote.objects import RUN_MARKER, STAMP_NAME, ObjectStore
 from app.sandbox import RUN_MARK_ENV
 from app.testing import fixtures
 
@@ -172,3 +179,41 @@ def _title_cased(s3_engine: S3Engine) -> Iterator[_Refusing]:
         proxy.shutdown()
         proxy.server_close()
         thread.join()
+
+
+def test_doctor_and_restamp_do_as_the_open_does_inside_a_run_s_scratch_prefix(
+    doctor: Any,  # noqa: F811 (the fixture imported above)
+    s3_engine: S3Engine,
+) -> None:
+    base = f"rt67a-doctor-{os.getpid()}/pytest_1_abcd"
+    client = s3_engine.client()
+    client.put_object(Bucket=s3_engine.bucket, Key=f"{base}/{RUN_MARKER}", Body=b'{"run": "x"}')
+    found = doctor(profile="production", prefix=f"{base}/replica")
+    where = found.objects().where
+    done = found.run()
+    # Before: "prefix: ...: empty; the first open stamps it for 'production'", exit 0,
+    # where every command of the profile was then refused, inside_test_run.
+    assert done.returncode == 78, done.stdout + done.stderr
+    assert f"  prefix: {where}: inside a test run's scratch prefix" in done.stdout
+    refusal = (
+        f"profile 'production': object prefix {where} lies inside a test run's scratch "
+        f"prefix, s3://{s3_engine.bucket}/{base} at "
+    )
+    assert refusal in " ".join((done.stdout + done.stderr).split())
+    # A stamp of the run's there (a test's open, which names no database), and another
+    # profile's re-stamp from testing: before, it wrote its stamp over the run's, no open
+    # before it, and said so, exit 0.
+    stamp = found.objects().location.key(STAMP_NAME)
+    ours = b'{"profile": "testing", "created": "2026-12-06T00:00:00+00:00"}'
+    client.put_object(Bucket=s3_engine.bucket, Key=stamp, Body=ours)
+    done = forked_app.run(
+        found.environment(),
+        ["--profile", "production", "data", "restamp", "--from", "testing", "--yes-i-mean-it"],
+    )
+    assert done.returncode == 78, done.stdout + done.stderr
+    assert refusal in " ".join(done.stderr.split())
+    assert client.get_object(Bucket=s3_engine.bucket, Key=stamp)["Body"].read() == ours
+    client.delete_objects(
+        Bucket=s3_engine.bucket,
+        Delete={"Objects": [{"Key": f"{base}/{RUN_MARKER}"}, {"Key": stamp}]},
+    )

@@ -1582,8 +1582,7 @@ class ObjectStore:
             UnstampedNotEmptyError: it holds objects and no stamp.
             ObjectStoreUnavailableError: the bucket or the credentials cannot be used.
         """
-        if profile != RUN_PROFILE:
-            self._refuse_inside_a_run(profile)
+        self.refuse_inside_a_run(profile)
         stamp = self.read_stamp()
         if stamp is None:
             # The stamp itself may appear between the read above and this listing (another
@@ -1644,11 +1643,12 @@ class ObjectStore:
             return stamp
         return self._bind(profile, stamp, database, protected)
 
-    def _refuse_inside_a_run(self, profile: str) -> None:
+    def refuse_inside_a_run(self, profile: str) -> None:
         """Refuse `profile`'s open of a prefix at or below a test run's scratch prefix: one
         whose marker (`RUN_MARKER`) is there, at a segment of the prefix named as a run's
         (`_RUN_SEGMENT`; one request each, none for a prefix that has none, as every
-        profile's own has).
+        profile's own has). Testing's is never refused here (a run's own processes open
+        its scratch prefix); ``app doctor`` asks it too, as the open would.
 
         A process of another profile, outside the run, whose blob_url named a prefix inside
         the run's (set where no settings file shows it to the run) listed that prefix alone,
@@ -1657,6 +1657,8 @@ class ObjectStore:
         stopped*; branch guard67)."""
         from botocore.exceptions import BotoCoreError, ClientError
 
+        if profile == RUN_PROFILE:
+            return
         segments = self.location.prefix.split("/") if self.location.prefix else []
         for depth, segment in enumerate(segments, 1):
             if not _RUN_SEGMENT.fullmatch(segment):
