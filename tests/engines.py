@@ -417,7 +417,10 @@ def _remove_clusters_of_dead_runs() -> None:
         ours = os.readlink("/proc/self/ns/pid")
     except OSError:
         return  # no /proc: nothing tells a live owner from a dead one
-    places = {_clusters_dir(), Path(tempfile.gettempdir())}  # /tmp: made before /dev/shm was
+    # Both, whichever this run makes its own in: /tmp's made before /dev/shm was, and
+    # /dev/shm's once it has less than `_MEMORY_FLOOR` free, which dead runs' clusters
+    # left there make so (red team 67 on regress: none was ever removed again).
+    places = {Path("/dev/shm"), Path(tempfile.gettempdir())}
     for base in [base for place in places for base in place.glob(f"{_CLUSTER_PREFIX}*")]:
         try:
             owner = (base / _OWNER).read_text().split()

@@ -126,12 +126,19 @@ def test_a_run_s_end_judges_each_version_by_its_mark_whatever_the_case_of_its_na
 # Two tmpfs on /dev/shm, in a mount namespace of the child's own: a container's default,
 # then one with room; where tests/engines.py makes its clusters on each.
 _SHM = """
-import subprocess, sys
+import os, subprocess, sys
 sys.path.insert(0, TESTS)
 import engines
 for size in ("64m", "2g"):
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=" + size, "tmpfs", "/dev/shm"], check=True)
     print(size, engines._clusters_dir())
+    # A dead run's cluster left there (its owner's start time is no live process's).
+    dead = "/dev/shm/" + engines._CLUSTER_PREFIX + "dead"
+    os.mkdir(dead)
+    with open(dead + "/" + engines._OWNER, "w") as owner:
+        owner.write(os.readlink("/proc/self/ns/pid") + " " + str(os.getpid()) + " 0")
+    engines._remove_clusters_of_dead_runs()
+    print(size, "left" if os.path.exists(dead) else "removed")
     subprocess.run(["umount", "/dev/shm"], check=True)
 """
 
@@ -142,8 +149,14 @@ for size in ("64m", "2g"):
 def test_the_clusters_are_made_in_memory_only_where_it_has_room() -> None:
     code = _SHM.replace("TESTS", repr(str(Path(__file__).parent)))
     done = own_mounts.python_c(code)
-    # Before: "64m /dev/shm", where a cluster's second test's databases found no space.
-    assert done.stdout.split("\n")[:2] == [f"64m {tempfile.gettempdir()}", "2g /dev/shm"]
+    # Before: "64m /dev/shm", where a cluster's second test's databases found no space;
+    # and, with the floor alone, a dead run's cluster in a /dev/shm short of room "left".
+    assert done.stdout.split("\n")[:4] == [
+        f"64m {tempfile.gettempdir()}",
+        "64m removed",
+        "2g /dev/shm",
+        "2g removed",
+    ]
 
 
 class _TitleCased(_Forward):
