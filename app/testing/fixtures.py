@@ -10,6 +10,7 @@ import json
 import os
 import secrets
 import socket
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -460,21 +461,26 @@ def _empty_owned(store: Any, suffix: str) -> None:
 def _versions_written(store: Any, versions: list[Any]) -> tuple[list[Any], list[Any]]:
     """`versions` (`ObjectVersion`, the run's marker's aside) split into those the run
     wrote and those it did not: a version by its own metadata (one HEAD each, in a bucket
-    that keeps versions alone), a delete marker by its name's versions (the run's where the
-    run wrote one of them or nobody else did: a marker holds no byte, and one over a name
-    the run wrote, the run's end's own, hid another program's version written over it).
+    that keeps versions alone; none for the one version of a name the run made, an
+    upload's, which nothing wrote over), a delete marker by its name's versions (the run's
+    where the run wrote one of them or nobody else did: a marker holds no byte, and one
+    over a name the run wrote, the run's end's own, hid another program's version written
+    over it).
 
     A version was the run's where its name was (listed, or a blob's name the run made):
     the run's end took the versions of an object the run wrote and then deleted, under a
     name of its own, for another program's, failed naming it, and left them for ever; and
     deleted for good another program's version of a name the run wrote, one written over
     the run's (red team 67 on regress, rt-regress67a)."""
+    real = [v for v in versions if not v.deleted]
+    counts = Counter(v.name for v in real)
     mine = [
         v
-        for v in versions
-        if not v.deleted and store.written_here(v.name, store.mark_of(v.name, v.version_id) or {})
+        for v in real
+        if (counts[v.name] == 1 and store.written_here(v.name))
+        or store.written_here(v.name, store.mark_of(v.name, v.version_id) or {})
     ]
-    theirs = [v for v in versions if not v.deleted and v not in mine]
+    theirs = [v for v in real if v not in mine]
     held = {v.name for v in theirs} - {v.name for v in mine}
     mine += [v for v in versions if v.deleted and v.name not in held]
     return mine, [*theirs, *(v for v in versions if v.deleted and v.name in held)]
