@@ -97,6 +97,7 @@ from app.mountinfo import (
 from app.names import MAX_NAME_BYTES
 from app.records import dataclass
 from app.sandbox import (
+    LazyPattern,
     check_given_profile,
     check_root,
     check_same_filesystem,
@@ -1675,8 +1676,10 @@ def _laid_out(directory: Path | str) -> bool:
 
 #: How the app names a session's directory in sessions/ (its id, or the id being made), and
 #: a trash entry's in .trash/ (`_A_SESSION_S`, by entry).
-_SESSION_ENTRY: Final = re.compile(r"(?:\.new-)?[0-9a-f]{32}")
-_TRASH_ENTRY: Final = re.compile(
+#: Compiled when first needed (`LazyPattern`), as the two below: a pytest run's checks reach
+#: them only for a root laid out without its marks, or seen through a mount of a directory.
+_SESSION_ENTRY: Final = LazyPattern(r"(?:\.new-)?[0-9a-f]{32}")
+_TRASH_ENTRY: Final = LazyPattern(
     r"(?:\.emptying-)?[0-9]{8}T[0-9]{12}Z-[0-9a-f]{32}(?:-file-[0-9a-f]+)?"
 )
 #: How many entries of sessions/ or .trash/ `_holds_the_app_s` reads at most: a root's
@@ -1825,14 +1828,17 @@ def _through_a_mount(root: Path, here: Path) -> str:
 #: entry (``.trash/<time>-<id>/session/...``, or one an empty-trash is removing,
 #: ``.trash/.emptying-<time>-<id>/...``), named as the app names them
 #: (``app.store.trash.TRASH_NAME_RE``, ``EMPTYING_PREFIX``).
-_A_SESSION_S: Final = re.compile(
+_A_SESSION_S: Final = LazyPattern(
     rb"(?:^|/)(?:sessions/(?:\.new-)?[0-9a-f]{32}/(?:records|blobs)"
-    rb"|\.trash/(?:\.emptying-)?[0-9]{8}T[0-9]{12}Z-[0-9a-f]{32}(?:-file-[0-9a-f]+)?)(?:/|$)"
+    rb"|\.trash/(?:\.emptying-)?[0-9]{8}T[0-9]{12}Z-[0-9a-f]{32}(?:-file-[0-9a-f]+)?)(?:/|$)",
+    needs=(b"sessions/", b".trash/"),
 )
 #: A session's own directory by its name alone, which other tools give theirs too (a CI
 #: runner's or a notebook server's ``sessions/<uuid>/`` workspace): one only where it holds
 #: what a session's does (`_A_SESSION_S_OWN`; red team 63 on regress).
-_A_SESSION_DIR: Final = re.compile(rb"(?:^|/)sessions/(?:\.new-)?[0-9a-f]{32}(?=/|$)")
+_A_SESSION_DIR: Final = LazyPattern(
+    rb"(?:^|/)sessions/(?:\.new-)?[0-9a-f]{32}(?=/|$)", needs=(b"sessions/",)
+)
 #: What a session's directory holds, any one of which names it a session's (one whose
 #: session.json was lost keeps its records/ and blobs/).
 _A_SESSION_S_OWN: Final = (b"session.json", b"records", b"blobs")
