@@ -21,6 +21,7 @@ from app.remote.objects import BLOBS, ObjectInfo, ObjectStore, UnfinishedUpload
 from app.remote.rows import (
     CONTENT_CHANGED,
     CONTENT_FINDING,
+    CONTENT_MISSING,
     FINDING,
     SESSION_ROW,
     content_fault,
@@ -28,7 +29,7 @@ from app.remote.rows import (
     session_fault,
 )
 from app.storage import CheckReport, Finding
-from app.store.records import CONTENT_KEY
+from app.store.records import CONTENT_KEY, content_sha256_or_none
 
 __all__ = ["check"]
 
@@ -63,6 +64,7 @@ def check(
     exclusive = db.kind == "maintenance"
     if not thorough and not exclusive:
         return CheckReport([], repair)
+    hashed = db.hashed
     with db.conn("the check's read of every file's row and of the live sessions' count") as conn:
         rows = conn.execute(
             "SELECT blob, session_id, name, size, sha256, deleted_at IS NOT NULL AS trashed"
@@ -91,10 +93,11 @@ def check(
                 for row in conn.execute(
                     f"SELECT id, title, metadata, {utc('created_at')} AS created_at,"  # noqa: S608
                     " content_sha256, deleted_at IS NOT NULL AS trashed FROM app_sessions"
-                    " WHERE content_sha256 IS NOT NULL AND json_typeof(metadata) = 'object'"
-                    " ORDER BY id"
+                    " WHERE (content_sha256 IS NOT NULL OR %s)"
+                    " AND json_typeof(metadata) = 'object' ORDER BY id",
+                    (hashed,),
                 )
-                if content_fault(row) is not None
+                if content_fault(row, hashed=hashed) is not None
             ]
             if thorough
             else []
@@ -166,6 +169,7 @@ def check(
     # after the orphans were deleted, and no row recorded their deletion (red team 51). The
     # deletions, which nothing undoes, come last, just before the row that records them.
     findings = _recount(db, findings) if repair and exclusive and drift else findings
+    findings += _hash_unkeyed(db) if repair and exclusive and not hashed else []
     if repair and (orphans or unfinished):
         repaired, refused = _repair_unnamed(objects, orphans, unfinished)
         findings = [
@@ -415,10 +419,65 @@ def _session_finding(row: dict[str, Any]) -> Finding:
     )
 
 
+_CONTENT_COLUMNS = ("id", "title", "metadata", "created_at")  # `rows.content_sha256`'s
+
+
+def _hash_unkeyed(db: Database) -> list[Finding]:
+    """In a database not marked yet (`pg.content_sha256_since`: made by an earlier build),
+    give every session's row without a ``content_sha256`` one, of what it holds now (as it
+    is read today, unchecked), then mark the stamp, in one transaction, audited: from then
+    on a row without one is damage (rows67). A row no hash can be made of is left, as the
+    reads leave it. Under maintenance's exclusive hold only: a replica of an earlier build
+    serving beside it writes rows without the key."""
+    with db.write("the hashing of the sessions' rows written without content_sha256") as conn:
+        rows = conn.execute(
+            f"SELECT id, title, metadata, {utc('created_at')} AS created_at"  # noqa: S608
+            " FROM app_sessions WHERE content_sha256 IS NULL FOR UPDATE"
+        ).fetchall()
+        hashed = 0
+        for row in rows:
+            key = content_sha256_or_none(
+                {k: row[k] for k in ("id", "title", "metadata", "created_at")}
+            )
+            if key is not None and isinstance(row["metadata"], dict):
+                conn.execute(
+                    "UPDATE app_sessions SET content_sha256 = %s WHERE id = %s", (key, row["id"])
+                )
+                hashed += 1
+        conn.execute("UPDATE app_stamp SET content_sha256_since = now()")
+        if hashed:
+            db.audit(conn, "hash", db.where, sessions=hashed)
+    db.marked_hashed()
+    if not hashed:
+        return []
+    return [
+        Finding(
+            "content-unhashed",
+            "app_stamp",
+            f"{hashed} session rows an earlier build wrote without their {CONTENT_KEY}, read "
+            "unchecked: one set to NULL by an edit read so too",
+            "hash each as it is now, then mark the stamp (content_sha256_since): from then on "
+            "a row without it is damage",
+            True,
+        )
+    ]
+
+
 def _changed_finding(row: dict[str, Any]) -> Finding:
     """A session's row whose acknowledged content changed (`rows.content_fault`): the
     local store's ``session-unreadable`` of a session.json so changed."""
     state = "trashed session" if row["trashed"] else "session"
+    if row.get(CONTENT_KEY) is None:
+        return Finding(
+            CONTENT_FINDING,
+            row["id"],
+            f"the {SESSION_ROW} of {state} {row['id']} {CONTENT_MISSING.split(' (')[0]}: "
+            "damage from outside the app, or an edit by hand; it is left out of pages of "
+            "sessions, and reads of it are refused (session_unreadable)",
+            "nothing: left for a human (with every replica stopped, put the row back from a "
+            "backup; after an edit made on purpose, set app_stamp.content_sha256_since to "
+            "NULL, then run `app data check --repair`, which hashes the row again)",
+        )
     return Finding(
         CONTENT_FINDING,
         row["id"],

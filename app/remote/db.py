@@ -218,6 +218,8 @@ class Database:
         self._lending = threading.Lock()
         #: The sandbox's refusal of a database the pool reached, raised to its waiters.
         self._violation: SandboxViolationError | None = None
+        #: Whether the stamp requires every session's row's key (`hashed`): read once.
+        self._hashed: bool | None = None
 
         # lock_timeout and synchronous_commit, as on every connection of the app's own code.
         def configure(conn: Connection) -> None:
@@ -296,6 +298,20 @@ class Database:
     def close(self) -> None:
         """Close the pool (not the holder)."""
         self._pool.close()
+
+    @property
+    def hashed(self) -> bool:
+        """Whether the stamp says every session's row keeps its ``content_sha256``
+        (`app.remote.pg.content_sha256_since`): read once, since only `app data check
+        --repair`, under maintenance's exclusive hold, marks a database (and says so here)."""
+        if self._hashed is None:
+            with self.conn("the read of the stamp's content_sha256_since") as conn:
+                self._hashed = pg.content_sha256_since(conn)
+        return self._hashed
+
+    def marked_hashed(self) -> None:
+        """What `app data check --repair` says once it has marked the stamp."""
+        self._hashed = True
 
     @contextlib.contextmanager
     def conn(self, what: str = "a read", outcome: str | None = None) -> Iterator[Connection]:

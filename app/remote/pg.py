@@ -111,7 +111,10 @@ CREATE TABLE app_stamp (
     profile text NOT NULL,
     schema_version integer NOT NULL,
     created timestamptz NOT NULL DEFAULT now(),
-    restamped_from text
+    restamped_from text,
+    -- Since when every session's row keeps its content_sha256 (NULL: rows of a build from
+    -- before it may have none, read unchecked): see content_sha256_since.
+    content_sha256_since timestamptz
 );
 CREATE TABLE app_holders (
     id serial PRIMARY KEY,
@@ -1273,7 +1276,7 @@ def hooks(conn: psycopg.Connection[Any]) -> tuple[tuple[str, ...], tuple[str, ..
 # collation), each constraint, and each unique index that backs none.
 _APP_COLUMNS: Final = {
     "app_stamp": "id integer!, profile text!, schema_version integer!, created timestamptz!,"
-    " restamped_from text",
+    " restamped_from text, content_sha256_since timestamptz",
     "app_holders": "id integer!, host text!, pid integer!, profile text!, since timestamptz!,"
     " url text, backend_pid integer!",
     "app_audit": "id bigint!, at timestamptz!, profile text!, kind text!, operation text!,"
@@ -1619,7 +1622,9 @@ def open_database(
                 raise SchemaNotWritableError(profile, where, str(schema), info.user, info.dbname)
             conn.execute(_SCHEMA)
             conn.execute(
-                "INSERT INTO app_stamp (profile, schema_version) VALUES (%s, %s)",
+                # Marked before its first row: every row it will hold keeps its key.
+                "INSERT INTO app_stamp (profile, schema_version, content_sha256_since)"
+                " VALUES (%s, %s, now())",
                 (profile, SCHEMA_VERSION),
             )
             audit(conn, profile, "open", "stamp", where, {"schema_version": SCHEMA_VERSION})
@@ -1664,7 +1669,22 @@ def open_database(
 #: version stays 1: its replicas go on serving beside this one's.
 _ADDED_COLUMNS: Final = {
     ("app_sessions", "content_sha256"): "ALTER TABLE app_sessions ADD COLUMN content_sha256 text",
+    ("app_stamp", "content_sha256_since"): (
+        "ALTER TABLE app_stamp ADD COLUMN content_sha256_since timestamptz"
+    ),
 }
+
+
+def content_sha256_since(conn: psycopg.Connection[Any]) -> bool:
+    """Whether the stamp says every session's row keeps its ``content_sha256`` (a database
+    this build made, or one `app data check --repair` marked once it hashed the rows an
+    earlier build wrote without it): a row without one is then damage (rows67)."""
+    row = (
+        conn.cursor(row_factory=tuple_row)
+        .execute("SELECT content_sha256_since IS NOT NULL FROM app_stamp")
+        .fetchone()
+    )
+    return bool(row and row[0])
 
 
 def _add_columns(conn: psycopg.Connection[Any], profile: str, where: str) -> None:

@@ -30,6 +30,7 @@ from app.store.records import CONTENT_KEY, content_sha256_or_none, shape_fault
 __all__ = [
     "CONTENT_CHANGED",
     "CONTENT_FINDING",
+    "CONTENT_MISSING",
     "FINDING",
     "SESSION_ROW",
     "content_fault",
@@ -59,6 +60,15 @@ CONTENT_CHANGED: Final = (
     f"on purpose, set that column to NULL)"
 )
 
+#: What `UnreadableSessionError` says of a session's row without ``content_sha256`` in a
+#: database whose stamp requires it.
+CONTENT_MISSING: Final = (
+    f"has no {CONTENT_KEY}, which every session's row of this database keeps since its "
+    "app_stamp's content_sha256_since (after an edit made on purpose, set "
+    "app_stamp.content_sha256_since to NULL with every replica stopped, then run `app data "
+    "check --repair`, which hashes the row again and marks the stamp)"
+)
+
 #: The values of a session's row its ``content_sha256`` is of, as the local store's
 #: ``session.json`` has them: the creation time as `app.remote.db.utc` gives it.
 _CONTENT_COLUMNS: Final = ("id", "title", "metadata", "created_at")
@@ -79,7 +89,7 @@ def content_sha256(row: Mapping[str, Any]) -> str:
     return value
 
 
-def content_fault(row: Mapping[str, Any]) -> str | None:
+def content_fault(row: Mapping[str, Any], *, hashed: bool = False) -> str | None:
     """`CONTENT_CHANGED` where a session's row keeps a ``content_sha256`` (every row a
     create wrote since session 66) that is not that of its id, title, metadata and creation
     time; ``None`` otherwise, and for a row from before, which has none and is read as it
@@ -90,7 +100,10 @@ def content_fault(row: Mapping[str, Any]) -> str | None:
     a data root's session.json so changed was refused (red team 65; session 66)."""
     kept = row.get(CONTENT_KEY)
     if kept is None:
-        return None
+        # Where the stamp requires it (``hashed``: `app.remote.pg.content_sha256_since`), a
+        # row without one is damage: read unchecked, a NULL set by an edit served whatever
+        # else it changed as acknowledged (rows67).
+        return CONTENT_MISSING if hashed else None
     values = {key: row.get(key) for key in _CONTENT_COLUMNS}
     return None if kept == content_sha256_or_none(values) else CONTENT_CHANGED
 

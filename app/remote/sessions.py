@@ -61,13 +61,13 @@ FROM app_sessions s
 """  # noqa: S608 (formatted from constants only)
 
 
-def _session(row: dict[str, Any]) -> SessionRecord:
+def _session(row: dict[str, Any], *, hashed: bool) -> SessionRecord:
     damage = session_fault(row.get("metadata"))
     if damage is not None:
         raise UnreadableSessionError(row["id"], damage, file=SESSION_ROW, finding=FINDING)
     # Its title, metadata, id and creation time as its create acknowledged them, where the
     # row keeps their SHA-256 (session 66: one changed in the database was served).
-    changed = content_fault(row)
+    changed = content_fault(row, hashed=hashed)
     if changed is not None:
         raise UnreadableSessionError(row["id"], changed, file=SESSION_ROW, finding=CONTENT_FINDING)
     row = {key: value for key, value in row.items() if key != CONTENT_KEY}
@@ -141,18 +141,19 @@ class RemoteSessions:
             stored = [(k["title"], k["metadata"], k["content_sha256"]) for k in kept]
             if stored != [(title, json.dumps(metadata), digest)]:
                 raise WriteNotStoredError(self.db.where, what, "app_sessions", after=True)
-        return _session({**acknowledged, "files": []})
+        return _session({**acknowledged, "files": []}, hashed=False)  # keyed by this create
 
     def get(self, session_id: str) -> SessionRecord:
         """The live session with its files."""
         check_session_id(session_id)
+        hashed = self.db.hashed
         with self.db.conn() as conn:
             row = conn.execute(
                 _SESSION_SELECT + " WHERE s.id = %s AND s.deleted_at IS NULL", (session_id,)
             ).fetchone()
         if row is None:
             raise SessionNotFoundError(session_id)
-        return _session(row)
+        return _session(row, hashed=hashed)
 
     def require(self, session_id: str) -> None:
         """Check that the live session exists (its row only)."""
@@ -177,6 +178,7 @@ class RemoteSessions:
         if limit < 1:
             raise BadRequestError(f"limit must be at least 1, not {limit}")
         cursor = "" if after is None else check_session_id(after)
+        hashed = self.db.hashed  # read once, before the page's own connection
         with self.db.conn() as conn:
             # Taken before the transaction and given up by its first statement, at whose start
             # the snapshot is taken: the creates under way have committed by then (see
@@ -205,7 +207,7 @@ class RemoteSessions:
         size = 0
         for row in rows[:limit]:
             try:
-                session = _session(row)
+                session = _session(row, hashed=hashed)
             except UnreadableSessionError as error:
                 # One row a tool wrote must not fail every page that holds it (red team 60).
                 passed.append(_left_out(error))
@@ -235,13 +237,14 @@ class RemoteSessions:
         whose title, metadata, id or creation time changed since its create
         (`rows.content_fault`), but for those in ``listed``, with why and what puts it back:
         `app sessions list` left them out without a word (red team 60; session 66)."""
+        hashed = self.db.hashed
         with self.db.conn() as conn:
             rows = conn.execute(
                 f"SELECT id, title, metadata, {utc('created_at')} AS created_at,"  # noqa: S608
                 " content_sha256 FROM app_sessions WHERE deleted_at IS NULL"
-                " AND (json_typeof(metadata) <> 'object' OR content_sha256 IS NOT NULL)"
+                " AND (json_typeof(metadata) <> 'object' OR content_sha256 IS NOT NULL OR %s)"
                 " AND NOT (id = ANY(%s)) ORDER BY id",
-                (sorted(listed),),
+                (hashed, sorted(listed)),
             ).fetchall()
         shape = (
             f"(a tool or an edit wrote it); `app data check` reports it ({FINDING}): give it "
@@ -258,7 +261,7 @@ class RemoteSessions:
             fault = session_fault(row["metadata"])
             if fault is not None:
                 found.append((row["id"], f"its {SESSION_ROW} {fault} {shape}"))
-            elif (fault := content_fault(row)) is not None:
+            elif (fault := content_fault(row, hashed=hashed)) is not None:
                 found.append((row["id"], f"its {SESSION_ROW} {fault} {changed}"))
         return found
 
