@@ -5,7 +5,9 @@ Usage (from the project directory)::
     .venv/bin/python bench/rows67_checksums.py [--calls 20000] [--rounds 7]
 
 A delete (of a session or a file) now writes its trash entry's ``trash.json`` with the
-SHA-256 of its fields (`app.store.records.manifest_sha256`), and a listing of the trash
+SHA-256 of its fields (`app.store.records.manifest_sha256`); an upload on PostgreSQL writes
+its file row's key (`app.store.records.record_sha256`), which every read of the row
+compares; and a listing of the trash
 compares each entry's, locally, or each trashed session's row's ``content_sha256``, on
 PostgreSQL (`app.remote.rows.content_fault`); the reads of ``session.json`` and records
 only test one more flag. These are the calls added, each timed on its own (the best of
@@ -25,7 +27,13 @@ from collections.abc import Callable
 
 from app.dataroot import json_bytes
 from app.remote.rows import content_fault
-from app.store.records import CONTENT_KEY, content_sha256, manifest_changed, manifest_sha256
+from app.store.records import (
+    CONTENT_KEY,
+    content_sha256,
+    manifest_changed,
+    manifest_sha256,
+    record_sha256,
+)
 
 
 def _best(call: Callable[[], object], calls: int, rounds: int) -> float:
@@ -77,6 +85,9 @@ def main() -> None:
         ),
         "manifest_changed (each entry a local trash listing reads)": _best(
             lambda: manifest_changed(keyed, hashed=True), args.calls, args.rounds
+        ),
+        "record_sha256 (each upload's file row on PostgreSQL, and each read of one)": _best(
+            lambda: record_sha256(manifest["entry"]), args.calls, args.rounds
         ),
         "content_fault (each trashed row a PostgreSQL trash listing reads)": _best(
             lambda: content_fault(row, hashed=True), args.calls, args.rounds

@@ -116,8 +116,8 @@ def test_a_record_without_its_key_is_named_with_what_resolves_it(app_config: Any
     assert code == 65, out  # before: 0, clean
     assert f"unknown-entry  sessions/{sid}/records/a.txt" in out, out
     assert (
-        f"it has no {CONTENT_KEY}, which every record of this data root carries since its "
-        "stamp's content_sha256_since"
+        f"it has no {CONTENT_KEY}, which every record of this data root (on PostgreSQL, every "
+        "file's row of this database) carries since its stamp's content_sha256_since"
     ) in out, out
     assert "with no server on the root, the content_sha256_since line of the root's" in out, out
     # What resolves it, done: the stamp's line removed, the repair hashes it and marks again.

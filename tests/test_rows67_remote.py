@@ -23,6 +23,8 @@ from test_remote_store import PROFILE, _replica
 
 from app.errors import UnreadableSessionError
 from app.remote import pg
+from app.remote.errors import FileRowOfAnotherShapeError
+from app.store.records import record_sha256
 
 
 def _sql(url: str, statement: str, *args: object) -> None:
@@ -72,13 +74,16 @@ def test_a_database_an_earlier_build_made_reads_as_before_until_the_repair_marks
         blob_url = new_blob_url(s3_engine)
         with _replica(s3_engine, (url, blob_url)) as store:
             old = store.create_session("from before", {})["id"]
-        # As a build from before made it: no mark, no column, no key on its row.
+            made = store.put_file(old, "a.txt", b"bytes")
+        # As a build from before made it: no mark, no columns, no key on its rows.
         with postgres_engine.connect(name) as admin:
             admin.execute("ALTER TABLE app_stamp DROP COLUMN content_sha256_since")
+            admin.execute("ALTER TABLE app_files DROP COLUMN content_sha256")
             admin.execute("UPDATE app_sessions SET content_sha256 = NULL")
-        pg.open_database(url, PROFILE)  # adds the column, unmarked
+        pg.open_database(url, PROFILE)  # adds the columns, unmarked
         with _replica(s3_engine, (url, blob_url)) as store:
             assert store.get_session(old)["title"] == "from before"  # read as before
+            assert store.list_files(old) == [made]
             assert store.check().findings == []
         hold = contextlib.ExitStack()
         hold.enter_context(pg.maintenance(url, PROFILE, "check and repair"))
@@ -89,9 +94,9 @@ def test_a_database_an_earlier_build_made_reads_as_before_until_the_repair_marks
             assert [(f.problem, f.target, f.repaired) for f in report.findings] == [
                 ("content-unhashed", "app_stamp", True)
             ]
-            assert "1 session rows an earlier build wrote without their content_sha256" in (
-                report.findings[0].detail
-            )
+            assert (
+                "1 session rows and 1 file rows an earlier build wrote without their content_sha256"
+            ) in report.findings[0].detail
         with postgres_engine.connect(name) as admin:
             assert admin.execute(
                 "SELECT content_sha256 IS NOT NULL FROM app_sessions"
@@ -99,7 +104,10 @@ def test_a_database_an_earlier_build_made_reads_as_before_until_the_repair_marks
             audited = admin.execute(
                 "SELECT detail FROM app_audit WHERE operation = 'hash'"
             ).fetchall()
-            assert audited == [({"sessions": 1},)]
+            assert audited == [({"sessions": 1, "files": 1},)]
+            assert admin.execute("SELECT content_sha256 FROM app_files").fetchall() == [
+                (record_sha256(made),)
+            ]
         _sql(url, "UPDATE app_sessions SET title = 'edited', content_sha256 = NULL")
         with (
             _replica(s3_engine, (url, blob_url)) as store,
@@ -125,3 +133,37 @@ def test_a_trashed_session_s_title_changed_in_the_database_is_not_listed(
         findings = store.check().findings
         assert [(f.problem, f.target) for f in findings] == [("session-unreadable", gone)]
         assert f"the row in app_sessions of trashed session {gone}" in findings[0].detail
+
+
+def test_a_file_row_s_upload_time_changed_in_the_database_is_named_never_served(
+    postgres_engine: PostgresEngine, s3_engine: S3Engine
+) -> None:
+    with (
+        postgres_engine.opened_database(PROFILE) as (_, url),
+        _replica(s3_engine, (url, new_blob_url(s3_engine))) as store,
+    ):
+        session_id = store.create_session("files", {})["id"]
+        made = store.put_file(session_id, "a.txt", b"acknowledged")
+        kept = store.put_file(session_id, "b.txt", b"kept")
+        assert store.list_files(session_id) == [made, kept]
+        _sql(
+            url,
+            "UPDATE app_files SET uploaded_at = uploaded_at + interval '10 years'"
+            " WHERE name = 'a.txt'",
+        )
+        # Before: listed and served dated ten years on, and the session's updated_at too.
+        assert store.list_files(session_id) == [kept]
+        with pytest.raises(FileRowOfAnotherShapeError) as refused:
+            store.open_file(session_id, "a.txt")
+        message = str(refused.value)
+        assert "its row in the database is of another shape than the app writes" in message
+        assert "uploaded_at is not what its upload acknowledged" in message
+        [finding] = store.check().findings
+        assert (finding.problem, finding.target) == (
+            "row-of-another-shape",
+            f"{session_id}/a.txt",
+        )
+        # Its key set to NULL with the change, in a database this build made: the same.
+        _sql(url, "UPDATE app_files SET content_sha256 = NULL WHERE name = 'a.txt'")
+        with pytest.raises(FileRowOfAnotherShapeError, match="it has no content_sha256"):
+            store.open_file(session_id, "a.txt")

@@ -29,7 +29,7 @@ from app.remote.rows import (
     session_fault,
 )
 from app.storage import CheckReport, Finding
-from app.store.records import CONTENT_KEY, content_sha256_or_none
+from app.store.records import CONTENT_KEY, content_sha256_or_none, record_sha256
 
 __all__ = ["check"]
 
@@ -67,8 +67,8 @@ def check(
     hashed = db.hashed
     with db.conn("the check's read of every file's row and of the live sessions' count") as conn:
         rows = conn.execute(
-            "SELECT blob, session_id, name, size, sha256, deleted_at IS NOT NULL AS trashed"
-            " FROM app_files"
+            "SELECT blob, session_id, name, size, sha256, deleted_at IS NOT NULL AS trashed,"  # noqa: S608
+            f" {utc('uploaded_at')} AS uploaded_at, content_sha256 FROM app_files"
         ).fetchall()
         # One statement, one snapshot: the count is kept by trigger in the same transactions
         # as the rows, so the two agree under live replicas too, unless no trigger fired.
@@ -162,7 +162,9 @@ def check(
         for row in rows:
             if row["blob"] in gone:
                 continue
-            finding = _compare(row, present.get(row["blob"]), objects, hash_bytes=hash_bytes)
+            finding = _compare(
+                row, present.get(row["blob"]), objects, hash_bytes=hash_bytes, hashed=hashed
+            )
             if finding is not None:
                 findings.append(finding)
     # The recount first: the database may refuse it ("nothing was changed"), which was said
@@ -351,11 +353,16 @@ def _recount(db: Database, findings: list[Finding]) -> list[Finding]:
 
 
 def _compare(
-    row: dict[str, Any], found: int | None, objects: ObjectStore, *, hash_bytes: bool
+    row: dict[str, Any],
+    found: int | None,
+    objects: ObjectStore,
+    *,
+    hash_bytes: bool,
+    hashed: bool = False,
 ) -> Finding | None:
     """A row against its object's size (``found``, None if missing) and, of that size, its
     bytes' SHA-256: what the thorough check reports of it, if anything."""
-    fault = row_fault(row)
+    fault = row_fault(row, hashed=hashed)
     if fault is not None:
         return _misshapen(row, fault, found, objects, hash_bytes=hash_bytes)
     target = f"{row['session_id']}/{row['name']}"
@@ -444,18 +451,29 @@ def _hash_unkeyed(db: Database) -> list[Finding]:
                     "UPDATE app_sessions SET content_sha256 = %s WHERE id = %s", (key, row["id"])
                 )
                 hashed += 1
+        files = 0
+        for row in conn.execute(
+            f"SELECT id, name, size, sha256, {utc('uploaded_at')} AS uploaded_at, blob"  # noqa: S608
+            " FROM app_files WHERE content_sha256 IS NULL FOR UPDATE"
+        ).fetchall():
+            if row_fault(row) is None:
+                conn.execute(
+                    "UPDATE app_files SET content_sha256 = %s WHERE id = %s",
+                    (record_sha256(row), row["id"]),
+                )
+                files += 1
         conn.execute("UPDATE app_stamp SET content_sha256_since = now()")
-        if hashed:
-            db.audit(conn, "hash", db.where, sessions=hashed)
+        if hashed or files:
+            db.audit(conn, "hash", db.where, sessions=hashed, files=files)
     db.marked_hashed()
-    if not hashed:
+    if not (hashed or files):
         return []
     return [
         Finding(
             "content-unhashed",
             "app_stamp",
-            f"{hashed} session rows an earlier build wrote without their {CONTENT_KEY}, read "
-            "unchecked: one set to NULL by an edit read so too",
+            f"{hashed} session rows and {files} file rows an earlier build wrote without their "
+            f"{CONTENT_KEY}, read unchecked: one set to NULL by an edit read so too",
             "hash each as it is now, then mark the stamp (content_sha256_since): from then on "
             "a row without it is damage",
             True,

@@ -163,7 +163,9 @@ CREATE TABLE app_files (
     deleted_at timestamptz,
     deleted_reason text,
     trash_name text UNIQUE,
-    CHECK ((deleted_at IS NULL) = (trash_name IS NULL))
+    CHECK ((deleted_at IS NULL) = (trash_name IS NULL)),
+    -- The SHA-256 of what its upload acknowledged (app.store.records.record_sha256).
+    content_sha256 text
 );
 -- At most one live file per name: two replicas racing to add a name cannot both commit.
 CREATE UNIQUE INDEX app_files_live ON app_files (session_id, name) WHERE deleted_at IS NULL;
@@ -1286,7 +1288,7 @@ _APP_COLUMNS: Final = {
     " content_sha256 text",
     "app_files": "id bigint!, session_id text!, name text!, blob text!, size bigint!,"
     " sha256 text!, uploaded_at timestamptz!, deleted_at timestamptz, deleted_reason text,"
-    " trash_name text",
+    " trash_name text, content_sha256 text",
     "app_session_counts": "slot integer!, live bigint!",
     "app_binding": "id integer!, database_id uuid!, bucket text!, prefix text!, bound timestamptz!",
 }
@@ -1669,6 +1671,7 @@ def open_database(
 #: version stays 1: its replicas go on serving beside this one's.
 _ADDED_COLUMNS: Final = {
     ("app_sessions", "content_sha256"): "ALTER TABLE app_sessions ADD COLUMN content_sha256 text",
+    ("app_files", "content_sha256"): "ALTER TABLE app_files ADD COLUMN content_sha256 text",
     ("app_stamp", "content_sha256_since"): (
         "ALTER TABLE app_stamp ADD COLUMN content_sha256_since timestamptz"
     ),

@@ -121,7 +121,7 @@ def session_fault(metadata: Any) -> str | None:
     return f"has a {kind} in 'metadata', which the app never writes"
 
 
-def row_fault(row: Mapping[str, Any]) -> str | None:
+def row_fault(row: Mapping[str, Any], *, hashed: bool = False) -> str | None:
     """Why a file's row (``name``, ``size``, ``sha256``, and ``blob`` where given) is not of
     the app's shape, in words; ``None`` where it is the app's.
 
@@ -137,7 +137,16 @@ def row_fault(row: Mapping[str, Any]) -> str | None:
     if not (isinstance(blob, str) and ObjectStore.is_blob_name(blob)):
         shown = str(blob)[:80]
         return f"its object's name {shown!r} is not one the app makes ({BLOBS}<32 hex digits>)"
-    fault = shape_fault(row)
+    # Its content_sha256 (since session 67, a local record's `record_sha256` of its name,
+    # size, SHA-256 and upload time as `db.utc` reads it: ``uploaded_iso`` where the query
+    # reads the time as a timestamp too); NULL, a row from before, read unchecked unless the
+    # stamp requires it (``hashed``; only a query that reads the column passes it).
+    record = {key: value for key, value in row.items() if key != CONTENT_KEY}
+    if row.get(CONTENT_KEY) is not None:
+        record[CONTENT_KEY] = row[CONTENT_KEY]
+    if "uploaded_iso" in row:
+        record["uploaded_at"] = row["uploaded_iso"]
+    fault = shape_fault(record, hashed=hashed)
     if fault is not None:
         return fault
     try:

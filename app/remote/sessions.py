@@ -48,7 +48,7 @@ _ITER_BATCH: Final = 500
 
 _FILE_JSON: Final = (
     "json_build_object('name', f.name, 'size', f.size, 'sha256', f.sha256, "
-    f"'uploaded_at', {utc('f.uploaded_at')}, 'blob', f.blob)"
+    f"'uploaded_at', {utc('f.uploaded_at')}, 'blob', f.blob, 'content_sha256', f.content_sha256)"
 )
 # One statement per read, so that a session and its files come from one snapshot.
 _SESSION_SELECT: Final = f"""
@@ -59,6 +59,10 @@ SELECT s.id, s.title, s.metadata, {utc("s.created_at")} AS created_at,
                 '[]'::json) AS files
 FROM app_sessions s
 """  # noqa: S608 (formatted from constants only)
+
+
+#: What a file's row the session's read gives is not part of its entry.
+_NOT_ANSWERED: Final = frozenset({"blob", CONTENT_KEY})
 
 
 def _session(row: dict[str, Any], *, hashed: bool) -> SessionRecord:
@@ -78,9 +82,9 @@ def _session(row: dict[str, Any], *, hashed: bool) -> SessionRecord:
     if files is not None:
         kept = []
         for file in files:
-            fault = row_fault(file)
+            fault = row_fault(file, hashed=hashed)
             if fault is None:
-                kept.append({key: value for key, value in file.items() if key != "blob"})
+                kept.append({key: value for key, value in file.items() if key not in _NOT_ANSWERED})
             else:
                 say_left_out(row["id"], file.get("name"), fault)
         row = {**row, "files": kept}

@@ -39,7 +39,8 @@ __all__ = ["RemoteTrash"]
 #: A file's newest trashed version (or the one in a named entry): ``session_id, name, entry,
 #: entry``.
 _TRASHED_FILE = (
-    "SELECT id, name, trash_name, blob, size, sha256, deleted_at FROM app_files"
+    "SELECT id, name, trash_name, blob, size, sha256, deleted_at, content_sha256,"  # noqa: S608
+    f" {utc('uploaded_at')} AS uploaded_at FROM app_files"
     ' WHERE session_id = %s AND name = %s COLLATE "default" AND deleted_at IS NOT NULL'
     " AND (%s::text IS NULL OR trash_name = %s)"
     " ORDER BY deleted_at DESC, id DESC LIMIT 1"
@@ -238,7 +239,7 @@ class RemoteTrash:
         with self.db.conn() as conn:
             candidate = conn.execute(_TRASHED_FILE, (session_id, name, entry, entry)).fetchone()
             live = conn.execute(_LIVE_FILE, (session_id, name)).fetchone()
-        fault = None if candidate is None else row_fault(candidate)
+        fault = None if candidate is None else row_fault(candidate, hashed=self.db.hashed)
         if fault is not None:
             # Its copy read against a SHA-256 in capitals (or a key another file's) was "lost"
             # or "damaged", of sound bytes (red team 60): the row is what is not the app's.

@@ -465,9 +465,9 @@ REHASH: Final = (
 )
 #: What a record's fault says of one without `CONTENT_KEY` in a root that requires it.
 RECORD_UNKEYED: Final = (
-    f"it has no {CONTENT_KEY}, which every record of this data root carries since its stamp's "
-    "content_sha256_since (a line removed outside the app, read unchecked, would be served "
-    "as acknowledged)"
+    f"it has no {CONTENT_KEY}, which every record of this data root (on PostgreSQL, every "
+    "file's row of this database) carries since its stamp's content_sha256_since (one "
+    "removed outside the app, read unchecked, would be served as acknowledged)"
 )
 #: What a record's fault (`shape_fault`) says of a record whose acknowledged fields changed.
 RECORD_CHANGED: Final = (
