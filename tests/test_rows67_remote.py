@@ -43,7 +43,17 @@ def test_a_row_whose_key_was_set_to_null_is_refused_in_a_database_this_build_mad
             marked = admin.execute("SELECT content_sha256_since FROM app_stamp").fetchone()
         assert marked is not None and marked[0] is not None  # with the stamp, before a row
         edited = store.create_session("sent", {})["id"]
+        dated = store.create_session("dated", {})["id"]
         kept = store.create_session("kept", {})["id"]
+        _sql(
+            url,
+            "UPDATE app_sessions SET updated_at = updated_at + interval '10 years' WHERE id = %s",
+            dated,
+        )
+        # Before: served dated ten years on, every upload's time after it.
+        with pytest.raises(UnreadableSessionError) as moved:
+            store.get_session(dated)
+        assert "holds an updated_at other than the one its last change wrote" in str(moved.value)
         _sql(
             url,
             "UPDATE app_sessions SET title = 'edited', content_sha256 = NULL WHERE id = %s",
@@ -60,11 +70,14 @@ def test_a_row_whose_key_was_set_to_null_is_refused_in_a_database_this_build_mad
         assert "`app data check --repair`, which hashes the row again" in message
         page = store.list_sessions()
         assert [item["id"] for item in page.items] == [kept]
-        assert [left.id for left in page.left_out] == [edited]
-        findings = store.check().findings
-        assert [(f.problem, f.target) for f in findings] == [("session-unreadable", edited)]
-        assert "has no content_sha256, which every session's row" in findings[0].detail
-        assert "set app_stamp.content_sha256_since to NULL" in findings[0].repair
+        assert sorted(left.id for left in page.left_out) == sorted([edited, dated])
+        findings = {f.target: f for f in store.check().findings}
+        assert sorted((f.problem, t) for t, f in findings.items()) == sorted(
+            [("session-unreadable", edited), ("session-unreadable", dated)]
+        )
+        assert "has no content_sha256, which every session's row" in findings[edited].detail
+        assert "set app_stamp.content_sha256_since to NULL" in findings[edited].repair
+        assert "put its updated_at back from a backup" in findings[dated].repair
 
 
 def test_a_database_an_earlier_build_made_reads_as_before_until_the_repair_marks_it(
@@ -79,6 +92,7 @@ def test_a_database_an_earlier_build_made_reads_as_before_until_the_repair_marks
         with postgres_engine.connect(name) as admin:
             admin.execute("ALTER TABLE app_stamp DROP COLUMN content_sha256_since")
             admin.execute("ALTER TABLE app_files DROP COLUMN content_sha256")
+            admin.execute("ALTER TABLE app_sessions DROP COLUMN updated_sha256")
             admin.execute("UPDATE app_sessions SET content_sha256 = NULL")
         pg.open_database(url, PROFILE)  # adds the columns, unmarked
         with _replica(s3_engine, (url, blob_url)) as store:
@@ -95,7 +109,9 @@ def test_a_database_an_earlier_build_made_reads_as_before_until_the_repair_marks
                 ("content-unhashed", "app_stamp", True)
             ]
             assert (
-                "1 session rows and 1 file rows an earlier build wrote without their content_sha256"
+                "1 session rows and 1 file rows an earlier build wrote without their "
+                "content_sha256, and 1 session rows whose updated_at it set without its "
+                "updated_sha256"
             ) in report.findings[0].detail
         with postgres_engine.connect(name) as admin:
             assert admin.execute(
@@ -104,7 +120,7 @@ def test_a_database_an_earlier_build_made_reads_as_before_until_the_repair_marks
             audited = admin.execute(
                 "SELECT detail FROM app_audit WHERE operation = 'hash'"
             ).fetchall()
-            assert audited == [({"sessions": 1, "files": 1},)]
+            assert audited == [({"sessions": 1, "files": 1, "updated": 1},)]
             assert admin.execute("SELECT content_sha256 FROM app_files").fetchall() == [
                 (record_sha256(made),)
             ]

@@ -24,9 +24,13 @@ from app.remote.rows import (
     CONTENT_MISSING,
     FINDING,
     SESSION_ROW,
+    UPDATED_CHANGED,
+    UPDATED_KEY,
     content_fault,
     row_fault,
     session_fault,
+    updated_fault,
+    updated_sha256,
 )
 from app.storage import CheckReport, Finding
 from app.store.records import CONTENT_KEY, content_sha256_or_none, record_sha256
@@ -92,12 +96,13 @@ def check(
                 row
                 for row in conn.execute(
                     f"SELECT id, title, metadata, {utc('created_at')} AS created_at,"  # noqa: S608
+                    f" {utc('updated_at')} AS updated_at, updated_sha256,"
                     " content_sha256, deleted_at IS NOT NULL AS trashed FROM app_sessions"
                     " WHERE (content_sha256 IS NOT NULL OR %s)"
                     " AND json_typeof(metadata) = 'object' ORDER BY id",
                     (hashed,),
                 )
-                if content_fault(row, hashed=hashed) is not None
+                if content_fault(row, hashed=hashed) or updated_fault(row, hashed=hashed)
             ]
             if thorough
             else []
@@ -441,7 +446,7 @@ def _hash_unkeyed(db: Database) -> list[Finding]:
             f"SELECT id, title, metadata, {utc('created_at')} AS created_at"  # noqa: S608
             " FROM app_sessions WHERE content_sha256 IS NULL FOR UPDATE"
         ).fetchall()
-        hashed = 0
+        hashed = times = 0
         for row in rows:
             key = content_sha256_or_none(
                 {k: row[k] for k in ("id", "title", "metadata", "created_at")}
@@ -451,6 +456,18 @@ def _hash_unkeyed(db: Database) -> list[Finding]:
                     "UPDATE app_sessions SET content_sha256 = %s WHERE id = %s", (key, row["id"])
                 )
                 hashed += 1
+        # Every row's updated_sha256 too, where it is not that of its updated_at: before the
+        # mark, a replica of an earlier build sets the time without it.
+        for row in conn.execute(
+            f"SELECT id, {utc('updated_at')} AS updated_at, updated_sha256"  # noqa: S608
+            " FROM app_sessions FOR UPDATE"
+        ).fetchall():
+            key = updated_sha256(row["id"], row["updated_at"])
+            if row["updated_sha256"] != key:
+                conn.execute(
+                    "UPDATE app_sessions SET updated_sha256 = %s WHERE id = %s", (key, row["id"])
+                )
+                times += 1
         files = 0
         for row in conn.execute(
             f"SELECT id, name, size, sha256, {utc('uploaded_at')} AS uploaded_at, blob"  # noqa: S608
@@ -463,17 +480,18 @@ def _hash_unkeyed(db: Database) -> list[Finding]:
                 )
                 files += 1
         conn.execute("UPDATE app_stamp SET content_sha256_since = now()")
-        if hashed or files:
-            db.audit(conn, "hash", db.where, sessions=hashed, files=files)
+        if hashed or files or times:
+            db.audit(conn, "hash", db.where, sessions=hashed, files=files, updated=times)
     db.marked_hashed()
-    if not (hashed or files):
+    if not (hashed or files or times):
         return []
     return [
         Finding(
             "content-unhashed",
             "app_stamp",
             f"{hashed} session rows and {files} file rows an earlier build wrote without their "
-            f"{CONTENT_KEY}, read unchecked: one set to NULL by an edit read so too",
+            f"{CONTENT_KEY}, and {times} session rows whose updated_at it set without its "
+            f"{UPDATED_KEY}, read unchecked: one set to NULL by an edit read so too",
             "hash each as it is now, then mark the stamp (content_sha256_since): from then on "
             "a row without it is damage",
             True,
@@ -485,6 +503,17 @@ def _changed_finding(row: dict[str, Any]) -> Finding:
     """A session's row whose acknowledged content changed (`rows.content_fault`): the
     local store's ``session-unreadable`` of a session.json so changed."""
     state = "trashed session" if row["trashed"] else "session"
+    if content_fault(row, hashed=True) is None:  # its updated_at alone (`updated_fault`)
+        return Finding(
+            CONTENT_FINDING,
+            row["id"],
+            f"the {SESSION_ROW} of {state} {row['id']} {UPDATED_CHANGED}: damage from outside "
+            "the app, or an edit by hand; it is left out of pages of sessions, and reads of "
+            "it are refused (session_unreadable)",
+            "nothing: left for a human (with every replica stopped, put its updated_at back "
+            "from a backup; after an edit made on purpose, set app_stamp.content_sha256_since "
+            "to NULL, then run `app data check --repair`, which hashes it again)",
+        )
     if row.get(CONTENT_KEY) is None:
         return Finding(
             CONTENT_FINDING,

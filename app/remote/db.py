@@ -51,6 +51,7 @@ from app.remote.errors import (
     StatementConnectionLostError,
     UnloggedWriteError,
 )
+from app.remote.rows import updated_sha256
 from app.storage import TrashEntry
 
 if TYPE_CHECKING:
@@ -623,9 +624,11 @@ class Database:
                 if newest is not None and newest["at"] is not None:
                     moment = max(moment, just_after(newest["at"]))
             yield conn, moment
+            # Its key with it (rows67: a time changed in the database was served).
+            updated = updated_sha256(session_id, moment.isoformat(timespec="microseconds"))
             conn.execute(
-                "UPDATE app_sessions SET updated_at = %s WHERE id = %s",
-                (moment, session_id),
+                "UPDATE app_sessions SET updated_at = %s, updated_sha256 = %s WHERE id = %s",
+                (moment, updated, session_id),
             )
 
     def _still_held(self, conn: psycopg.Connection[Any], what: str) -> None:

@@ -149,7 +149,10 @@ CREATE TABLE app_sessions (
     trash_name text UNIQUE,
     CHECK ((deleted_at IS NULL) = (trash_name IS NULL)),
     -- The SHA-256 of what its create acknowledged (app.remote.rows.content_sha256).
-    content_sha256 text
+    content_sha256 text,
+    -- The SHA-256 of its id and updated_at, written with every write that sets it
+    -- (app.remote.rows.updated_sha256).
+    updated_sha256 text
 );
 CREATE INDEX app_sessions_live ON app_sessions (id) WHERE deleted_at IS NULL;
 CREATE TABLE app_files (
@@ -1285,7 +1288,7 @@ _APP_COLUMNS: Final = {
     " target text!, detail jsonb!, host text!, pid integer!",
     "app_sessions": "id text!, title text!, metadata json!, created_at timestamptz!,"
     " updated_at timestamptz!, deleted_at timestamptz, deleted_reason text, trash_name text,"
-    " content_sha256 text",
+    " content_sha256 text, updated_sha256 text",
     "app_files": "id bigint!, session_id text!, name text!, blob text!, size bigint!,"
     " sha256 text!, uploaded_at timestamptz!, deleted_at timestamptz, deleted_reason text,"
     " trash_name text, content_sha256 text",
@@ -1672,6 +1675,7 @@ def open_database(
 _ADDED_COLUMNS: Final = {
     ("app_sessions", "content_sha256"): "ALTER TABLE app_sessions ADD COLUMN content_sha256 text",
     ("app_files", "content_sha256"): "ALTER TABLE app_files ADD COLUMN content_sha256 text",
+    ("app_sessions", "updated_sha256"): "ALTER TABLE app_sessions ADD COLUMN updated_sha256 text",
     ("app_stamp", "content_sha256_since"): (
         "ALTER TABLE app_stamp ADD COLUMN content_sha256_since timestamptz"
     ),

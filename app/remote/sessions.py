@@ -23,11 +23,14 @@ from app.remote.rows import (
     CONTENT_FINDING,
     FINDING,
     SESSION_ROW,
+    UPDATED_KEY,
     content_fault,
     content_sha256,
     row_fault,
     say_left_out,
     session_fault,
+    updated_fault,
+    updated_sha256,
 )
 from app.storage import (
     LEFT_OUT_UNREADABLE,
@@ -53,7 +56,7 @@ _FILE_JSON: Final = (
 # One statement per read, so that a session and its files come from one snapshot.
 _SESSION_SELECT: Final = f"""
 SELECT s.id, s.title, s.metadata, {utc("s.created_at")} AS created_at,
-       {utc("s.updated_at")} AS updated_at, s.content_sha256,
+       {utc("s.updated_at")} AS updated_at, s.content_sha256, s.updated_sha256,
        coalesce((SELECT json_agg({_FILE_JSON} ORDER BY f.uploaded_at, f.name)
                  FROM app_files f WHERE f.session_id = s.id AND f.deleted_at IS NULL),
                 '[]'::json) AS files
@@ -71,10 +74,10 @@ def _session(row: dict[str, Any], *, hashed: bool) -> SessionRecord:
         raise UnreadableSessionError(row["id"], damage, file=SESSION_ROW, finding=FINDING)
     # Its title, metadata, id and creation time as its create acknowledged them, where the
     # row keeps their SHA-256 (session 66: one changed in the database was served).
-    changed = content_fault(row, hashed=hashed)
+    changed = content_fault(row, hashed=hashed) or updated_fault(row, hashed=hashed)
     if changed is not None:
         raise UnreadableSessionError(row["id"], changed, file=SESSION_ROW, finding=CONTENT_FINDING)
-    row = {key: value for key, value in row.items() if key != CONTENT_KEY}
+    row = {key: value for key, value in row.items() if key not in (CONTENT_KEY, UPDATED_KEY)}
     # A file's row of another shape than the app writes (a tool's) is left out, with a word
     # in the log, as a data root's record is: listed as it was, it broke the document's
     # schema (a negative size) and named a file no request could reach (red team 60).
@@ -127,9 +130,17 @@ class RemoteSessions:
             digest = content_sha256(acknowledged)
             inserted = conn.execute(
                 "INSERT INTO app_sessions"
-                " (id, title, metadata, created_at, updated_at, content_sha256)"
-                " VALUES (%s, %s, %s, %s, %s, %s)",
-                (session_id, title, Json(metadata), moment, moment, digest),
+                " (id, title, metadata, created_at, updated_at, content_sha256, updated_sha256)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                (
+                    session_id,
+                    title,
+                    Json(metadata),
+                    moment,
+                    moment,
+                    digest,
+                    updated_sha256(session_id, when),
+                ),
             )
             pg.stored(inserted, self.db.where, what, "app_sessions")
             # The row as stored once every trigger has run (red team 63: the metadata column
@@ -245,7 +256,8 @@ class RemoteSessions:
         with self.db.conn() as conn:
             rows = conn.execute(
                 f"SELECT id, title, metadata, {utc('created_at')} AS created_at,"  # noqa: S608
-                " content_sha256 FROM app_sessions WHERE deleted_at IS NULL"
+                f" {utc('updated_at')} AS updated_at, content_sha256, updated_sha256"
+                " FROM app_sessions WHERE deleted_at IS NULL"
                 " AND (json_typeof(metadata) <> 'object' OR content_sha256 IS NOT NULL OR %s)"
                 " AND NOT (id = ANY(%s)) ORDER BY id",
                 (hashed, sorted(listed)),
@@ -265,7 +277,9 @@ class RemoteSessions:
             fault = session_fault(row["metadata"])
             if fault is not None:
                 found.append((row["id"], f"its {SESSION_ROW} {fault} {shape}"))
-            elif (fault := content_fault(row, hashed=hashed)) is not None:
+            elif (
+                fault := content_fault(row, hashed=hashed) or updated_fault(row, hashed=hashed)
+            ) is not None:
                 found.append((row["id"], f"its {SESSION_ROW} {fault} {changed}"))
         return found
 

@@ -29,7 +29,14 @@ from app.remote.errors import (
     TrashedSessionRowOfAnotherShapeError,
 )
 from app.remote.objects import ObjectStore
-from app.remote.rows import FINDING, SESSION_ROW, content_fault, row_fault, session_fault
+from app.remote.rows import (
+    FINDING,
+    SESSION_ROW,
+    content_fault,
+    row_fault,
+    session_fault,
+    updated_sha256,
+)
 from app.storage import TrashEntry, entry_holds_other
 from app.store.ids import check_session_id
 from app.store.trash import TRASH_NAME_RE
@@ -185,8 +192,12 @@ class RemoteTrash:
                     moment = max(moment, just_after(earlier))
             restored = conn.execute(
                 "UPDATE app_sessions SET deleted_at = NULL, deleted_reason = NULL,"
-                " trash_name = NULL, updated_at = %s WHERE id = %s",
-                (moment, session_id),
+                " trash_name = NULL, updated_at = %s, updated_sha256 = %s WHERE id = %s",
+                (
+                    moment,
+                    updated_sha256(session_id, moment.isoformat(timespec="microseconds")),
+                    session_id,
+                ),
             )
             what = f"the restore of session {session_id}"
             pg.stored(restored, self.db.where, what, "app_sessions", "UPDATE of")
