@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 
 from app.dataroot import json_bytes
-from app.remote.rows import content_fault
+from app.remote.rows import content_fault, updated_sha256
 from app.store.records import (
     CONTENT_KEY,
     content_sha256,
@@ -88,6 +88,9 @@ def main() -> None:
         ),
         "record_sha256 (each upload's file row on PostgreSQL, and each read of one)": _best(
             lambda: record_sha256(manifest["entry"]), args.calls, args.rounds
+        ),
+        "updated_sha256 (each write that sets a session's updated_at, each read of one)": _best(
+            lambda: updated_sha256(row["id"], row["created_at"]), args.calls, args.rounds
         ),
         "content_fault (each trashed row a PostgreSQL trash listing reads)": _best(
             lambda: content_fault(row, hashed=True), args.calls, args.rounds
