@@ -217,3 +217,18 @@ def test_a_trashed_session_s_title_changed_in_its_trash_json_is_not_listed(
         assert store.list_trash()[0].title == "acknowledged"
         store.restore(gone)
         assert store.get_session(gone)["title"] == "acknowledged"
+
+
+def test_a_restamp_keeps_the_mark(app_config: Any) -> None:
+    """Held: `app data restamp` writes a new stamp; what the root holds is as hashed under
+    any profile, so the new one keeps `content_sha256_since` (without it, every key removed
+    after the hand-over would read unchecked)."""
+    from app.dataroot import restamp
+
+    _made(app_config)
+    path = app_config.data_root / STAMP_FILE
+    stamp = json.loads(path.read_bytes())
+    path.write_text(json.dumps({**stamp, "profile": "development"}))
+    made = restamp(app_config, "development")
+    assert (made["profile"], made[HASHED_KEY]) == ("testing", stamp[HASHED_KEY])
+    assert json.loads(path.read_bytes())[HASHED_KEY] == stamp[HASHED_KEY]
