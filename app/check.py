@@ -149,7 +149,8 @@ class Checker:
                 if self.repair and not (self.store.sessions_dir / session_id).is_dir():
                     continue  # deleted meanwhile (read again under the lock)
                 self.check_session(session_id)
-        self.hash_unkeyed()
+        with self.item():  # a full disk: reported as not done, the root left unmarked
+            self.hash_unkeyed()
 
     def hash_unkeyed(self) -> None:
         """In a root not marked yet (no `HASHED_KEY` in its stamp: laid out by an earlier
@@ -162,10 +163,11 @@ class Checker:
         if not self.repair or self.root.hashed or self.root.stamp is None:
             return
         hashed = {"session.json": 0, "record": 0, TRASH_MANIFEST: 0}
+        keyed = []
         for path, kind in _keyable(self.root.path):
-            keyed = _keyed_copy(path, kind)
-            if keyed is not None:
-                self.root.atomic_write_json(path, keyed)
+            copy = _keyed_copy(path, kind)
+            if copy is not None:
+                keyed.append((path, copy))
                 hashed[kind] += 1
         done = {kind: count for kind, count in hashed.items() if count}
         if done:
@@ -178,6 +180,8 @@ class Checker:
                 f"hash each as it is now, then mark the stamp ({HASHED_KEY}): from then on "
                 "one without it is damage",
             )
+            for path, copy in keyed:
+                self.root.atomic_write_json(path, copy)
             self.root.append_audit_line("hash", self.root.path / STAMP_FILE, done)
         self.root.stamp = mark_hashed(self.root.path)
         self.store.sessions.meta.hashed = True
