@@ -224,6 +224,9 @@ class TrashManifest(TypedDict):
     entry: FileEntry | None
     blob: NotRequired[str]  # a file entry: the blob that moves in (`check` finishes a move)
     boot: NotRequired[dict[str, Any]]  # {"id": boot id, "seconds": CLOCK_BOOTTIME} when made
+    #: The SHA-256 of its other fields but ``entry`` and ``boot`` (`manifest_sha256`); since
+    #: session 67. Named by `CONTENT_KEY`.
+    content_sha256: NotRequired[str | None]
 
 
 def public(record: Mapping[str, Any]) -> FileEntry:

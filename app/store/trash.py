@@ -45,7 +45,6 @@ from app.errors import (
 from app.lock import BOOT_ID_FILE, special_kind
 from app.storage import LINKED, FileEntry, TrashEntry, entry_holds_other
 from app.store.records import (
-    CONTENT_KEY,
     LATEST_FLOOR,
     MANIFEST_CHANGED,
     TRASH_MANIFEST,
@@ -190,7 +189,7 @@ class Trash:
         }
         if blob is not None:
             manifest["blob"] = blob
-        manifest[CONTENT_KEY] = manifest_sha256(manifest)  # type: ignore[typeddict-unknown-key]
+        manifest["content_sha256"] = manifest_sha256(manifest)  # CONTENT_KEY
         since_boot = _since_boot()
         if since_boot is not None:
             manifest["boot"] = {"id": since_boot[0], "seconds": since_boot[1]}
