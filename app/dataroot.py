@@ -122,6 +122,7 @@ __all__ = [
     "DEEPEST_INSIDE",
     "DIR_MODE",
     "FILE_MODE",
+    "HASHED_KEY",
     "LAYOUT_MARK",
     "LOCAL_FILESYSTEMS",
     "SESSIONS_DIR",
@@ -140,6 +141,7 @@ __all__ = [
     "json_bytes",
     "layout_mark",
     "link_remedy",
+    "mark_hashed",
     "marked_profile",
     "mount_point_at",
     "mounts_inside",
@@ -161,6 +163,13 @@ LAYOUT_VERSION: Final = 1
 in a way an earlier one would misread writes a higher ``layout_version`` into its stamp, and
 earlier releases refuse it (:class:`~app.errors.DataRootTooNewError`). A stamp without one
 was written before layouts were numbered: layout 1."""
+HASHED_KEY: Final = "content_sha256_since"
+"""The stamp's key that says every ``session.json``, file record and trash manifest in the
+root carries its ``content_sha256`` (`app.store.records.CONTENT_KEY`), with the time it was
+written: in a new root's first stamp (before its first write), or by `app data check
+--repair` once it has hashed what an earlier build wrote without one. Without it a missing
+key reads as "written before keys existed", unchecked: one removed from a file by an edit
+made that file read as acknowledged (rows67). An earlier build keeps the key as it is."""
 AUDIT_FILE: Final = "audit.jsonl"
 SESSIONS_DIR: Final = "sessions"
 TRASH_DIR: Final = ".trash"
@@ -2030,7 +2039,23 @@ def _check_stamp(
         # An unstamped root with data predates stamps; adopting it is worth a trace.
         record = _audit_record(config.profile, kind, "stamp", root / STAMP_FILE, {"legacy": True})
         return _write_stamp_audited(root, config.profile, record, durable=durable, **made_in)
-    return _write_stamp(root, config.profile, durable=durable, **made_in)
+    # A new root holds nothing an earlier build wrote: every key is required from the start.
+    return _write_stamp(
+        root, config.profile, durable=durable, **made_in, **{HASHED_KEY: _now_iso()}
+    )
+
+
+def mark_hashed(root: Path) -> dict[str, Any]:
+    """Write `HASHED_KEY` into ``root``'s stamp, the rest of it as it is (the caller,
+    `app data check --repair`, holds the root's lock and has hashed every record, session
+    and trash manifest that had no key). Returns the stamp written."""
+    stamp = read_stamp(root)
+    if stamp is None:
+        raise DataRootStateError(root, "it has no profile stamp to mark", _WRITE_STAMP)
+    stamp = {**stamp, HASHED_KEY: _now_iso()}
+    data = (json.dumps(stamp, indent=2, sort_keys=True) + "\n").encode()
+    _replace(_write_temp_file(_layout_dir(root, TMP_DIR), data), root / STAMP_FILE)
+    return stamp
 
 
 # --- opening -----------------------------------------------------------------------------
@@ -3092,6 +3117,8 @@ def restamp(
             confirm(stamped)
         # Where the root was made (a test run's sandbox) does not change with its profile.
         made_in = {"sandbox": stamp["sandbox"]} if "sandbox" in stamp else {}
+        if HASHED_KEY in stamp:  # what the root holds is as hashed under any profile
+            made_in[HASHED_KEY] = stamp[HASHED_KEY]
         record = _audit_record(
             config.profile,
             "maintenance",
@@ -3230,6 +3257,12 @@ class DataRoot:
     def writable(self) -> bool:
         """Whether this root was opened as a writer and its lock is still held."""
         return self.lock is not None and self.lock.held
+
+    @property
+    def hashed(self) -> bool:
+        """Whether every record, session.json and trash manifest here must carry its
+        ``content_sha256`` (the stamp's `HASHED_KEY`): one without it is damage."""
+        return self.stamp is not None and HASHED_KEY in self.stamp
 
     @property
     def sessions_dir(self) -> Path:
