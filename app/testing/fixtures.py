@@ -500,11 +500,14 @@ def _not_written(names: list[str]) -> str:
     return (
         f"left as they are: {shown} carry no mark of this run, which every object the "
         "app writes in a run's scratch prefix carries (in its blob name or its metadata): a "
-        "program other than the app, or a process of another run, wrote them there while "
-        f"the run went on, and they are its. The run's own objects are deleted; its marker "
-        f"{RUN_MARKER} is left with them. See whose they are before clearing them by hand, "
-        "and point that program's bucket and prefix away from testing's blob_url, under "
-        "which each test run draws its scratch prefix"
+        "program other than the app (a test's own S3 client among them), a child of this run "
+        f"given an environment without {RUN_MARK_ENV}, or a process of another run wrote them "
+        "there while the run went on. The run's own objects are deleted; its marker "
+        f"{RUN_MARKER} is left with them. See whose they are before clearing them by hand; a "
+        "test that writes there itself deletes what it wrote before it ends, or writes it "
+        "through the app's ObjectStore, which marks it; point any other program's bucket and "
+        "prefix away from testing's blob_url, under which each test run draws its scratch "
+        "prefix"
     )
 
 
