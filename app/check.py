@@ -25,10 +25,11 @@ import zlib
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from app.dataroot import (
     AUDIT_FILE,
+    HASHED_KEY,
     SESSIONS_DIR,
     STAMP_FILE,
     TMP_DIR,
@@ -39,6 +40,7 @@ from app.dataroot import (
     foreign_root_entries,
     lexists,
     link_remedy,
+    mark_hashed,
     read_regular,
     refusal_words,
     remove_tree,
@@ -65,23 +67,32 @@ from app.store.records import (
     BLOBS_DIR,
     CONTENT_CHANGED,
     CONTENT_KEY,
+    CONTENT_MISSING,
     LEGACY_FILES_DIR,
     LEGACY_FILES_KEY,
+    MANIFEST_CHANGED,
     NEW_PREFIX,
     RECORD_CHANGED,
     RECORDS_DIR,
+    REHASH,
+    SESSION_FILE,
     TRASH_MANIFEST,
     TRASHED_SESSION,
     UNKNOWN_KEY,
     FileRecord,
     bytes_in_entry,
+    content_sha256_or_none,
     date_records,
     entry_changed,
+    keyed_record,
     load_record,
+    manifest_changed,
+    manifest_sha256,
     open_regular,
     read_meta,
     record_blob,
     scan_records,
+    session_object,
     shape_damage,
     trashed_entry,
 )
@@ -138,6 +149,42 @@ class Checker:
                 if self.repair and not (self.store.sessions_dir / session_id).is_dir():
                     continue  # deleted meanwhile (read again under the lock)
                 self.check_session(session_id)
+        with self.item():  # a full disk: reported as not done, the root left unmarked
+            self.hash_unkeyed()
+
+    def hash_unkeyed(self) -> None:
+        """In a root not marked yet (no `HASHED_KEY` in its stamp: laid out by an earlier
+        build), with ``repair``: give every ``session.json``, file record and trash manifest
+        an earlier build wrote without its ``content_sha256`` one, of what it holds now (as
+        each is read today, unchecked), then mark the stamp, from which on one without it is
+        damage (rows67). Every server start-up runs this repair: the first one by this build
+        marks the root. What cannot be hashed (damaged: not the app's shape) is left as it is,
+        refused as it was."""
+        if not self.repair or self.root.hashed or self.root.stamp is None:
+            return
+        hashed = {"session.json": 0, "record": 0, TRASH_MANIFEST: 0}
+        keyed = []
+        for path, kind in _keyable(self.root.path):
+            copy = _keyed_copy(path, kind)
+            if copy is not None:
+                keyed.append((path, copy))
+                hashed[kind] += 1
+        done = {kind: count for kind, count in hashed.items() if count}
+        if done:
+            counts = ", ".join(f"{count} {kind}" for kind, count in done.items())
+            self.found(
+                "content-unhashed",
+                self.root.path / STAMP_FILE,
+                f"files an earlier build wrote without their {CONTENT_KEY} ({counts}), read "
+                "unchecked: one whose line was removed by an edit read so too",
+                f"hash each as it is now, then mark the stamp ({HASHED_KEY}): from then on "
+                "one without it is damage",
+            )
+            for path, copy in keyed:
+                self.root.atomic_write_json(path, copy)
+            self.root.append_audit_line("hash", self.root.path / STAMP_FILE, done)
+        self.root.stamp = mark_hashed(self.root.path)
+        self.store.sessions.meta.hashed = True
 
     def check_owners(self) -> None:
         """Run as another user than the root's owner (root's `sudo app data check`, which
@@ -559,8 +606,7 @@ class Checker:
         except (*MISSING_MANIFEST, ValueError):
             manifest = None
         contents = {p.name for p in path.iterdir()} - {TRASH_MANIFEST}
-        if not _app_shaped(manifest, entry.session_id):
-            self._no_manifest(entry, contents)
+        if not self._manifest_usable(manifest, entry, contents):
             return
         reason = manifest.get("reason")
         purge = reason == "purge" and entry.session_id in purged
@@ -568,7 +614,7 @@ class Checker:
             return
         file, previous = manifest.get("file"), manifest.get("entry")
         if entry.kind == "file" and isinstance(file, str) and isinstance(previous, dict):
-            if entry_changed(previous):
+            if entry_changed(previous, hashed=self.root.hashed):
                 # What a restore refuses (`TrashCopyLostError`), named before it is asked
                 # for (rt-regress66b); its bytes are left, as a damaged version's are.
                 self.unrepaired(
@@ -603,6 +649,29 @@ class Checker:
             target = entry.session_id + ("" if entry.file is None else f"/{entry.file}")
             details = {"trash": name, "reason": reason, "recovered": True}
             self.root.append_audit_line(operation, target, details)
+
+    def _manifest_usable(
+        self, manifest: object, entry: TrashEntry, contents: set[str]
+    ) -> TypeGuard[dict[str, Any]]:
+        """Whether ``manifest`` is the app's for ``entry`` as its delete wrote it; a finding
+        where it is not."""
+        if not isinstance(manifest, dict) or not _app_shaped(manifest, entry.session_id):
+            self._no_manifest(entry, contents)
+            return False
+        if manifest_changed(manifest, hashed=self.root.hashed):
+            # Listed by its name alone (`Trash._entry`): its title was listed as what the
+            # session had when it was deleted, whatever an edit made it (rows67).
+            self.unrepaired(
+                "trash-no-manifest",
+                entry.path / TRASH_MANIFEST,
+                f"a trash entry whose {TRASH_MANIFEST} is not what its delete wrote "
+                f"({MANIFEST_CHANGED}): damage from outside the app, or an edit by hand; it is "
+                "listed by its name alone, and a restore of a file from it is refused",
+                f"nothing: left for a human (put the entry's {TRASH_MANIFEST} back from a "
+                f"backup; {REHASH})",
+            )
+            return False
+        return True
 
     def _no_manifest(self, entry: TrashEntry, contents: set[str]) -> None:
         """A trash entry whose trash.json is missing, unreadable or not the app's manifest."""
@@ -925,7 +994,7 @@ class Checker:
             )
             return None
         try:
-            meta = read_meta(directory, session_id)
+            meta = read_meta(directory, session_id, hashed=self.root.hashed)
         except (SessionNotFoundError, UnreadableSessionError) as error:
             # A session.json whose title or metadata changed on the disk reads as JSON:
             # "without a readable session.json" would send an operator looking for another
@@ -933,6 +1002,19 @@ class Checker:
             # So is a key no build writes (a bit of CONTENT_KEY's name flipped: red team 65
             # on regress).
             damage = getattr(error, "damage", "")
+            if damage == CONTENT_MISSING:
+                # Its line removed by an edit in a root that requires it (rows67).
+                self.unrepaired(
+                    "session-unreadable",
+                    directory,
+                    f"a session directory whose session.json {CONTENT_MISSING.split(' (')[0]}: "
+                    "damage from outside the app, or an edit by hand",
+                    "nothing: left for a human (restore session.json from a backup; after an "
+                    f"edit made on purpose, remove the {HASHED_KEY} line of the root's stamp, "
+                    f"{STAMP_FILE}, with no server on the root, then run `app data check "
+                    "--repair`, which hashes the session again)",
+                )
+                return None
             changed = damage == CONTENT_CHANGED
             unknown = damage.endswith(UNKNOWN_KEY)
             self.unrepaired(
@@ -1058,10 +1140,10 @@ class Checker:
         unreadable: list[str] = []
         dangling: list[tuple[Path, FileRecord]] = []
         for path in records:
-            record = load_record(path)
+            record = load_record(path, hashed=self.root.hashed)
             if record is None:
                 unreadable.append(path.name)
-                shape = shape_damage(path)
+                shape = shape_damage(path, hashed=self.root.hashed)
                 self.unrepaired(
                     "unknown-entry",
                     path,
@@ -1484,6 +1566,54 @@ def _held_bytes(path: Path) -> bool:
     except (FileNotFoundError, NotADirectoryError):
         return False
     return stat.S_ISREG(found.st_mode) and found.st_size > 0
+
+
+def _keyable(root: Path) -> Iterator[tuple[Path, str]]:
+    """Every ``session.json``, file record and trash manifest in ``root``, live or in the
+    trash, with its kind (`Checker.hash_unkeyed`); nothing through a link."""
+
+    def session(directory: Path) -> Iterator[tuple[Path, str]]:
+        yield directory / SESSION_FILE, "session.json"
+        for record in _listing(directory / RECORDS_DIR):
+            yield record, "record"
+
+    for directory in _listing(root / SESSIONS_DIR):
+        if ID_RE.fullmatch(directory.name):
+            yield from session(directory)
+    for entry in _listing(root / TRASH_DIR):
+        if TRASH_NAME_RE.fullmatch(entry.name) and not entry.is_symlink():
+            yield entry / TRASH_MANIFEST, TRASH_MANIFEST
+            yield from session(entry / TRASHED_SESSION)
+
+
+def _keyed_copy(path: Path, kind: str) -> dict[str, Any] | None:
+    """What ``path`` (`_keyable`) holds, with its ``content_sha256`` added; ``None`` where it
+    has one, is not there, is no regular file, or is not of the app's shape (damage, left
+    for a human and reported as such)."""
+    if path.is_symlink():
+        return None
+    try:
+        raw = read_regular(path)
+        found = json_loads(raw)
+    except (OSError, ValueError):  # NotRegularFileError is an OSError
+        return None
+    if not isinstance(found, dict) or CONTENT_KEY in found:
+        return None
+    if kind == "session.json":
+        try:
+            session_object(
+                raw, path.parent.name if ID_RE.fullmatch(path.parent.name) else str(found.get("id"))
+            )
+        except UnreadableSessionError:
+            return None
+        key = content_sha256_or_none(found)
+    elif kind == "record":
+        record = load_record(path)
+        kept = None if record is None else keyed_record(record).get(CONTENT_KEY)
+        key = kept if isinstance(kept, str) else None
+    else:
+        key = manifest_sha256(found) if _app_shaped(found, str(found.get("session_id"))) else None
+    return None if key is None else {**found, CONTENT_KEY: key}
 
 
 def _app_shaped(manifest: object, session_id: str) -> bool:

@@ -97,6 +97,7 @@ from app.mountinfo import (
 from app.names import MAX_NAME_BYTES
 from app.records import dataclass
 from app.sandbox import (
+    LazyPattern,
     check_given_profile,
     check_root,
     check_same_filesystem,
@@ -121,6 +122,7 @@ __all__ = [
     "DEEPEST_INSIDE",
     "DIR_MODE",
     "FILE_MODE",
+    "HASHED_KEY",
     "LAYOUT_MARK",
     "LOCAL_FILESYSTEMS",
     "SESSIONS_DIR",
@@ -139,6 +141,7 @@ __all__ = [
     "json_bytes",
     "layout_mark",
     "link_remedy",
+    "mark_hashed",
     "marked_profile",
     "mount_point_at",
     "mounts_inside",
@@ -160,6 +163,13 @@ LAYOUT_VERSION: Final = 1
 in a way an earlier one would misread writes a higher ``layout_version`` into its stamp, and
 earlier releases refuse it (:class:`~app.errors.DataRootTooNewError`). A stamp without one
 was written before layouts were numbered: layout 1."""
+HASHED_KEY: Final = "content_sha256_since"
+"""The stamp's key that says every ``session.json``, file record and trash manifest in the
+root carries its ``content_sha256`` (`app.store.records.CONTENT_KEY`), with the time it was
+written: in a new root's first stamp (before its first write), or by `app data check
+--repair` once it has hashed what an earlier build wrote without one. Without it a missing
+key reads as "written before keys existed", unchecked: one removed from a file by an edit
+made that file read as acknowledged (rows67). An earlier build keeps the key as it is."""
 AUDIT_FILE: Final = "audit.jsonl"
 SESSIONS_DIR: Final = "sessions"
 TRASH_DIR: Final = ".trash"
@@ -1675,8 +1685,10 @@ def _laid_out(directory: Path | str) -> bool:
 
 #: How the app names a session's directory in sessions/ (its id, or the id being made), and
 #: a trash entry's in .trash/ (`_A_SESSION_S`, by entry).
-_SESSION_ENTRY: Final = re.compile(r"(?:\.new-)?[0-9a-f]{32}")
-_TRASH_ENTRY: Final = re.compile(
+#: Compiled when first needed (`LazyPattern`), as the two below: a pytest run's checks reach
+#: them only for a root laid out without its marks, or seen through a mount of a directory.
+_SESSION_ENTRY: Final = LazyPattern(r"(?:\.new-)?[0-9a-f]{32}")
+_TRASH_ENTRY: Final = LazyPattern(
     r"(?:\.emptying-)?[0-9]{8}T[0-9]{12}Z-[0-9a-f]{32}(?:-file-[0-9a-f]+)?"
 )
 #: How many entries of sessions/ or .trash/ `_holds_the_app_s` reads at most: a root's
@@ -1825,14 +1837,17 @@ def _through_a_mount(root: Path, here: Path) -> str:
 #: entry (``.trash/<time>-<id>/session/...``, or one an empty-trash is removing,
 #: ``.trash/.emptying-<time>-<id>/...``), named as the app names them
 #: (``app.store.trash.TRASH_NAME_RE``, ``EMPTYING_PREFIX``).
-_A_SESSION_S: Final = re.compile(
+_A_SESSION_S: Final = LazyPattern(
     rb"(?:^|/)(?:sessions/(?:\.new-)?[0-9a-f]{32}/(?:records|blobs)"
-    rb"|\.trash/(?:\.emptying-)?[0-9]{8}T[0-9]{12}Z-[0-9a-f]{32}(?:-file-[0-9a-f]+)?)(?:/|$)"
+    rb"|\.trash/(?:\.emptying-)?[0-9]{8}T[0-9]{12}Z-[0-9a-f]{32}(?:-file-[0-9a-f]+)?)(?:/|$)",
+    needs=(b"sessions/", b".trash/"),
 )
 #: A session's own directory by its name alone, which other tools give theirs too (a CI
 #: runner's or a notebook server's ``sessions/<uuid>/`` workspace): one only where it holds
 #: what a session's does (`_A_SESSION_S_OWN`; red team 63 on regress).
-_A_SESSION_DIR: Final = re.compile(rb"(?:^|/)sessions/(?:\.new-)?[0-9a-f]{32}(?=/|$)")
+_A_SESSION_DIR: Final = LazyPattern(
+    rb"(?:^|/)sessions/(?:\.new-)?[0-9a-f]{32}(?=/|$)", needs=(b"sessions/",)
+)
 #: What a session's directory holds, any one of which names it a session's (one whose
 #: session.json was lost keeps its records/ and blobs/).
 _A_SESSION_S_OWN: Final = (b"session.json", b"records", b"blobs")
@@ -2024,7 +2039,23 @@ def _check_stamp(
         # An unstamped root with data predates stamps; adopting it is worth a trace.
         record = _audit_record(config.profile, kind, "stamp", root / STAMP_FILE, {"legacy": True})
         return _write_stamp_audited(root, config.profile, record, durable=durable, **made_in)
-    return _write_stamp(root, config.profile, durable=durable, **made_in)
+    # A new root holds nothing an earlier build wrote: every key is required from the start.
+    return _write_stamp(
+        root, config.profile, durable=durable, **made_in, **{HASHED_KEY: _now_iso()}
+    )
+
+
+def mark_hashed(root: Path) -> dict[str, Any]:
+    """Write `HASHED_KEY` into ``root``'s stamp, the rest of it as it is (the caller,
+    `app data check --repair`, holds the root's lock and has hashed every record, session
+    and trash manifest that had no key). Returns the stamp written."""
+    stamp = read_stamp(root)
+    if stamp is None:
+        raise DataRootStateError(root, "it has no profile stamp to mark", _WRITE_STAMP)
+    stamp = {**stamp, HASHED_KEY: _now_iso()}
+    data = (json.dumps(stamp, indent=2, sort_keys=True) + "\n").encode()
+    _replace(_write_temp_file(_layout_dir(root, TMP_DIR), data), root / STAMP_FILE)
+    return stamp
 
 
 # --- opening -----------------------------------------------------------------------------
@@ -3086,6 +3117,8 @@ def restamp(
             confirm(stamped)
         # Where the root was made (a test run's sandbox) does not change with its profile.
         made_in = {"sandbox": stamp["sandbox"]} if "sandbox" in stamp else {}
+        if HASHED_KEY in stamp:  # what the root holds is as hashed under any profile
+            made_in[HASHED_KEY] = stamp[HASHED_KEY]
         record = _audit_record(
             config.profile,
             "maintenance",
@@ -3224,6 +3257,12 @@ class DataRoot:
     def writable(self) -> bool:
         """Whether this root was opened as a writer and its lock is still held."""
         return self.lock is not None and self.lock.held
+
+    @property
+    def hashed(self) -> bool:
+        """Whether every record, session.json and trash manifest here must carry its
+        ``content_sha256`` (the stamp's `HASHED_KEY`): one without it is damage."""
+        return self.stamp is not None and HASHED_KEY in self.stamp
 
     @property
     def sessions_dir(self) -> Path:

@@ -377,8 +377,9 @@ def _clusters_dir() -> Path:
     puts them). On this machine kind's disk, an ext4 without a journal, the kernel looks at
     every inode freed in the last seconds before it reuses one (``recently_deleted``), and a
     database made after another was dropped pays for each of its ~300 files: profiled over a
-    whole run (``perf record -g``), the clusters' processes spent 4% of the run's CPU, about
-    23 s, in that search alone (bench/README.md, "The suite's time", session 67).
+    whole run (``perf record -g``), the clusters' processes spent 3.6% of the run's CPU,
+    about 21 s, allocating inodes, most of it in that search (bench/README.md, "The suite's
+    time", session 67).
 
     Only where it has `_MEMORY_FLOOR` free: a container's ``/dev/shm`` is a tmpfs of 64 MB
     unless it is given more (Docker's ``--shm-size``, and so GitHub's and GitLab's

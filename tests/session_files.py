@@ -20,7 +20,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from app.store.records import CONTENT_KEY, content_sha256, keyed_record
+from app.store.records import CONTENT_KEY, content_sha256, keyed_record, manifest_sha256
 
 _KEPT = re.compile(rb'("' + CONTENT_KEY.encode() + rb'": ")([0-9a-f]{64})(")')
 
@@ -52,3 +52,18 @@ def by_hand(record: Mapping[str, Any]) -> dict[str, Any]:
     """A file's record as an edit made on purpose leaves it: its ``content_sha256`` that of
     the fields it now has (none where they cannot be hashed, as `keyed_record` writes)."""
     return dict(keyed_record(record))
+
+
+def manifest_by_hand(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """A trash entry's ``trash.json`` as an edit made on purpose leaves it: its
+    ``content_sha256`` that of the fields it now has (`app.store.records.manifest_sha256`),
+    as a delete writes it (rows67)."""
+    fields = {key: value for key, value in manifest.items() if key != CONTENT_KEY}
+    return {**fields, CONTENT_KEY: manifest_sha256(fields)}
+
+
+def session_by_hand(session: Mapping[str, Any]) -> dict[str, Any]:
+    """A ``session.json`` written by hand as a create writes it: with its
+    ``content_sha256``, which a root this build laid out requires of every one (rows67)."""
+    fields = {key: value for key, value in session.items() if key != CONTENT_KEY}
+    return {**fields, CONTENT_KEY: content_sha256(fields)}

@@ -122,7 +122,9 @@ def _watched_session(
         store.put_file(session_id, name, b"x")
     scans: list[object] = []
     scan = sessions.scan_records_linked
-    monkeypatch.setattr(sessions, "scan_records_linked", lambda d: scans.append(d) or scan(d))
+    monkeypatch.setattr(
+        sessions, "scan_records_linked", lambda d, **kw: scans.append(d) or scan(d, **kw)
+    )
     return session_id, scans
 
 

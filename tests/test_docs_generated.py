@@ -423,7 +423,14 @@ def _normalise_record(record: dict, ids: dict[str, str]) -> dict:  # type: ignor
     for key, value in record.items():
         if isinstance(value, dict):
             fixed[key] = _normalise_record(value, ids)
-        elif key in {"time", "started_at", "created_at", "uploaded_at", "deleted_at"}:
+        elif key in {
+            "time",
+            "started_at",
+            "created_at",
+            "uploaded_at",
+            "deleted_at",
+            "content_sha256_since",
+        }:
             fixed[key] = example_time(value)
         elif key == "pid":
             fixed[key] = 4242

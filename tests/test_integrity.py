@@ -24,6 +24,7 @@ import engines
 import head_start
 import httpx
 import pytest
+from session_files import by_hand
 from test_server_e2e import TLS, Server, app_env, open_upload, run_app, wait_for
 
 from app import dataroot
@@ -368,7 +369,7 @@ def crash_leftovers(config: Any) -> dict[str, Any]:
     (staging / "session.json").write_text("{}")
     (root / "sessions" / sid / "blobs" / new_session_id()).write_bytes(b"never acknowledged")
     ghost = {"name": "ghost", "size": 1, "sha256": "0" * 64, "uploaded_at": "", "blob": "0" * 32}
-    (root / "sessions" / sid / "records" / "ghost").write_text(json.dumps(ghost))
+    (root / "sessions" / sid / "records" / "ghost").write_text(json.dumps(by_hand(ghost)))
     return {"sid": sid, "gone": gone, "replaced": replaced.name, "deleted": deleted.name}
 
 

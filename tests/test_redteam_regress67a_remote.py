@@ -16,8 +16,9 @@ What broke:
   wrote by a name, its stamp first, was taken for another program's, and every run's end
   failed. It is read in any case now.
 - what a child of the run given an environment without ``PYTEST_APP_RUN_MARK`` writes
-  carries no mark, and the run's end named another program or run alone as its writer,
-  and no way to give the child the token. The message names both now.
+  carries no mark, and the run's end named another program or run alone as its writer
+  (main's 451df6a7 names the child too, found in the same hour), and nowhere what gives
+  the child the token. The message says it now.
 - ``app doctor`` of a profile other than testing whose prefix lies inside a run's scratch
   prefix said "empty; the first open stamps it", exit 0, where its open is refused
   (``inside_test_run``); and its ``app data restamp --from testing`` wrote its stamp over
@@ -111,16 +112,19 @@ def test_a_run_s_end_judges_each_version_by_its_mark_whatever_the_case_of_its_na
     # left for ever; and every version of the blob was deleted for good, the other
     # program's with the run's.
     assert left.value.what == "the objects it did not write"
-    # Before, too: the message named another program or run alone, never the run's own
-    # child, nor what gives the child the run's token.
+    # Before, too: the message named the run's child as a writer (since 451df6a7), and
+    # nowhere what gives a child the run's token.
     assert left.value.reason.startswith(
         f"left as they are: child/out.txt, {blob} carry no mark of this run"
     )
     assert (
-        "; or a child of this run's tests given an environment without PYTEST_APP_RUN_MARK (an "
-        "env= built by hand) wrote them through the app, which marks nothing without it."
+        "a child of this run given an environment without PYTEST_APP_RUN_MARK, or a process of "
+        "another run wrote them"
     ) in left.value.reason
-    assert left.value.reason.endswith("or pass PYTEST_APP_RUN_MARK on in the child's environment")
+    assert (
+        "; a child given an environment of its own is given PYTEST_APP_RUN_MARK in it, and what "
+        "it writes through the app is marked; "
+    ) in left.value.reason
 
 
 # Two tmpfs on /dev/shm, in a mount namespace of the child's own: a container's default,

@@ -34,6 +34,7 @@ from typing import Any
 
 import pytest
 import step_ahead
+from session_files import manifest_by_hand
 from test_redteam_s18_crash_points import RUN_OPERATION, WARM_UP, contents
 
 from app.config import Config, load
@@ -365,7 +366,8 @@ def damaged(template: tuple[dict[str, str], Path]) -> Path:
             half = entry.with_name(entry.name[:-8] + "0badcafe")
             half.mkdir()
             current = json.loads((blobs.parent / "records" / "a.txt").read_text())["blob"]
-            (half / "trash.json").write_text(json.dumps({**manifest, "blob": current}))
+            half_manifest = manifest_by_hand({**manifest, "blob": current})
+            (half / "trash.json").write_text(json.dumps(half_manifest))
     (blobs / "01a20000000070008000000000000001").write_bytes(b"bytes no record names")
     audit = root / "audit.jsonl"
     lines = audit.read_text().splitlines(keepends=True)

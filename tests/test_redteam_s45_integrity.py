@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
+from session_files import manifest_by_hand
 from test_redteam_s18_crash_points import (
     _ZYGOTE,
     Zygote,
@@ -150,7 +151,8 @@ def test_a_newest_entry_whose_manifest_is_damaged_is_refused_never_passed_over(
 def test_a_newest_entry_whose_manifest_names_another_file_is_refused(app_store: Store) -> None:
     sid, names = _three_versions(app_store)
     manifest = app_store.trash.path / names[-1] / "trash.json"
-    manifest.write_text(manifest.read_text().replace('"file": "a.txt"', '"file": "b.txt"'))
+    edited = json.loads(manifest.read_text().replace('"file": "a.txt"', '"file": "b.txt"'))
+    manifest.write_text(json.dumps(manifest_by_hand(edited)))  # its key kept right (rows67)
     for entry in (None, names[-1]):
         with pytest.raises(TrashManifestDamagedError) as refused:
             app_store.restore(sid, file="a.txt", entry=entry)

@@ -44,6 +44,7 @@ from typing import Any
 import pytest
 from faults import app_with_fault, killed_app, needs_strace
 from psycopg.conninfo import conninfo_to_dict
+from session_files import by_hand, session_by_hand
 
 from app.config import Config
 from app.errors import FileRecordUnreadableError, UnreadableSessionError
@@ -58,8 +59,11 @@ def _edited(path: Path, key: str, value: Any) -> None:
     content = json.loads(path.read_text())
     content.pop("content_sha256", None)  # such a tool writes no SHA-256 (red team 65)
     content.pop(key) if value is ... else content.update({key: value})
+    # Its key put right for the edit: a root this build laid out refuses a file without
+    # one (rows67), as it would any tool's edit that did not.
+    keyed = session_by_hand(content) if path.name == "session.json" else by_hand(content)
     edit = path.with_name(".edit")
-    edit.write_text(json.dumps(content))
+    edit.write_text(json.dumps(keyed))
     os.replace(edit, path)
 
 

@@ -73,7 +73,9 @@ from app.errors import (
     shell_word,
 )
 from app.lock import _through_deleted
+from app.remote.db import utc
 from app.remote.store import RemoteStore
+from app.store.records import record_sha256
 
 #: The shells a printed command is run by: POSIX sh (dash where it is /bin/sh), and bash.
 _SHELLS = [shell for shell in ("sh", "dash", "bash") if shutil.which(shell)]
@@ -198,6 +200,17 @@ def test_a_name_a_newer_python_s_replica_took_is_listed_not_called_a_tool_s(
     name = f"blue {_NEWER}.txt"
     with psycopg.connect(store.database_url, autocommit=True) as admin:
         admin.execute("UPDATE app_files SET name = %s WHERE session_id = %s", (name, session_id))
+        # With the key that replica's upload writes of its row (rows67).
+        size, sha256, uploaded_at = admin.execute(
+            f"SELECT size, sha256, {utc('uploaded_at')} FROM app_files WHERE session_id = %s",
+            (session_id,),
+        ).fetchone()  # type: ignore[misc]
+        key = record_sha256(
+            {"name": name, "size": size, "sha256": sha256, "uploaded_at": uploaded_at}
+        )
+        admin.execute(
+            "UPDATE app_files SET content_sha256 = %s WHERE session_id = %s", (key, session_id)
+        )
     assert [f["name"] for f in client.get(f"/sessions/{session_id}").json()["files"]] == [name]
     assert _findings(store, session_id) == {}
     refused = client.get(f"{path}/{quote(name)}")

@@ -37,7 +37,7 @@ from app.errors import (
     TrashCopyLostError,
     UploadTooLargeError,
 )
-from app.remote import pg
+from app.remote import pg, rows
 from app.remote.errors import (
     HolderLostError,
     MaintenanceRunningError,
@@ -844,11 +844,18 @@ def test_a_session_made_by_a_replica_whose_clock_is_behind_lists_after_the_newes
     first, second = pair
     # Another replica, its clock a minute ahead, made the newest session.
     ahead = f"{int(new_session_id(), 16) + (60_000 << 80):032x}"
+    # As that replica's create writes it: with the keys of its content and time (rows67).
+    moment = datetime.now(UTC)
+    when = moment.isoformat(timespec="microseconds")
+    content = rows.content_sha256(
+        {"id": ahead, "title": "ahead", "metadata": {}, "created_at": when}
+    )
     with psycopg.connect(first.database_url) as conn:
         conn.execute(
-            "INSERT INTO app_sessions (id, title, metadata, created_at, updated_at)"
-            " VALUES (%s, 'ahead', '{}', now(), now())",
-            (ahead,),
+            "INSERT INTO app_sessions"
+            " (id, title, metadata, created_at, updated_at, content_sha256, updated_sha256)"
+            " VALUES (%s, 'ahead', '{}', %s, %s, %s, %s)",
+            (ahead, moment, moment, content, rows.updated_sha256(ahead, when)),
         )
     seen, cursor = _walk_ids(second, None)
     assert seen == [ahead]

@@ -179,14 +179,15 @@ def test_a_run_s_end_deletes_only_what_the_run_wrote_where_another_run_wrote_too
     assert left.value.reason == (
         f"left as they are: {STAMP_NAME}, {their_blob}, notes/first.txt carry no mark of this "
         "run, which every object the app writes in a run's scratch prefix carries (in its "
-        "blob name or its metadata): a program other than the app, or a process of another "
-        "run, wrote them there while the run went on, and they are its; or a child of this "
-        "run's tests given an environment without PYTEST_APP_RUN_MARK (an env= built by "
-        "hand) wrote them through the app, which marks nothing without it. The run's own "
+        "blob name or its metadata): a program other than the app (a test's own S3 client "
+        "among them), a child of this run given an environment without PYTEST_APP_RUN_MARK, "
+        "or a process of another run wrote them there while the run went on. The run's own "
         f"objects are deleted; its marker {RUN_MARKER} is left with them. See whose they are "
-        "before clearing them by hand: point that program's bucket and prefix away from "
-        "testing's blob_url, under which each test run draws its scratch prefix, or pass "
-        "PYTEST_APP_RUN_MARK on in the child's environment"
+        "before clearing them by hand; a test that writes there itself deletes what it wrote "
+        "before it ends, or writes it through the app's ObjectStore, which marks it; a child "
+        "given an environment of its own is given PYTEST_APP_RUN_MARK in it, and what it "
+        "writes through the app is marked; point any other program's bucket and prefix away "
+        "from testing's blob_url, under which each test run draws its scratch prefix"
     )
     kept = sorted([RUN_MARKER, STAMP_NAME, their_blob, "notes/first.txt"])
     assert _names(s3_engine, ours) == kept

@@ -21,14 +21,19 @@ from app.remote.objects import BLOBS, ObjectInfo, ObjectStore, UnfinishedUpload
 from app.remote.rows import (
     CONTENT_CHANGED,
     CONTENT_FINDING,
+    CONTENT_MISSING,
     FINDING,
     SESSION_ROW,
+    UPDATED_CHANGED,
+    UPDATED_KEY,
     content_fault,
     row_fault,
     session_fault,
+    updated_fault,
+    updated_sha256,
 )
 from app.storage import CheckReport, Finding
-from app.store.records import CONTENT_KEY
+from app.store.records import CONTENT_KEY, content_sha256_or_none, record_sha256
 
 __all__ = ["check"]
 
@@ -63,10 +68,11 @@ def check(
     exclusive = db.kind == "maintenance"
     if not thorough and not exclusive:
         return CheckReport([], repair)
+    hashed = db.hashed
     with db.conn("the check's read of every file's row and of the live sessions' count") as conn:
         rows = conn.execute(
-            "SELECT blob, session_id, name, size, sha256, deleted_at IS NOT NULL AS trashed"
-            " FROM app_files"
+            "SELECT blob, session_id, name, size, sha256, deleted_at IS NOT NULL AS trashed,"  # noqa: S608
+            f" {utc('uploaded_at')} AS uploaded_at, content_sha256 FROM app_files"
         ).fetchall()
         # One statement, one snapshot: the count is kept by trigger in the same transactions
         # as the rows, so the two agree under live replicas too, unless no trigger fired.
@@ -90,11 +96,13 @@ def check(
                 row
                 for row in conn.execute(
                     f"SELECT id, title, metadata, {utc('created_at')} AS created_at,"  # noqa: S608
+                    f" {utc('updated_at')} AS updated_at, updated_sha256,"
                     " content_sha256, deleted_at IS NOT NULL AS trashed FROM app_sessions"
-                    " WHERE content_sha256 IS NOT NULL AND json_typeof(metadata) = 'object'"
-                    " ORDER BY id"
+                    " WHERE (content_sha256 IS NOT NULL OR %s)"
+                    " AND json_typeof(metadata) = 'object' ORDER BY id",
+                    (hashed,),
                 )
-                if content_fault(row) is not None
+                if content_fault(row, hashed=hashed) or updated_fault(row, hashed=hashed)
             ]
             if thorough
             else []
@@ -159,13 +167,16 @@ def check(
         for row in rows:
             if row["blob"] in gone:
                 continue
-            finding = _compare(row, present.get(row["blob"]), objects, hash_bytes=hash_bytes)
+            finding = _compare(
+                row, present.get(row["blob"]), objects, hash_bytes=hash_bytes, hashed=hashed
+            )
             if finding is not None:
                 findings.append(finding)
     # The recount first: the database may refuse it ("nothing was changed"), which was said
     # after the orphans were deleted, and no row recorded their deletion (red team 51). The
     # deletions, which nothing undoes, come last, just before the row that records them.
     findings = _recount(db, findings) if repair and exclusive and drift else findings
+    findings += _hash_unkeyed(db) if repair and exclusive and not hashed else []
     if repair and (orphans or unfinished):
         repaired, refused = _repair_unnamed(objects, orphans, unfinished)
         findings = [
@@ -347,11 +358,16 @@ def _recount(db: Database, findings: list[Finding]) -> list[Finding]:
 
 
 def _compare(
-    row: dict[str, Any], found: int | None, objects: ObjectStore, *, hash_bytes: bool
+    row: dict[str, Any],
+    found: int | None,
+    objects: ObjectStore,
+    *,
+    hash_bytes: bool,
+    hashed: bool = False,
 ) -> Finding | None:
     """A row against its object's size (``found``, None if missing) and, of that size, its
     bytes' SHA-256: what the thorough check reports of it, if anything."""
-    fault = row_fault(row)
+    fault = row_fault(row, hashed=hashed)
     if fault is not None:
         return _misshapen(row, fault, found, objects, hash_bytes=hash_bytes)
     target = f"{row['session_id']}/{row['name']}"
@@ -415,10 +431,100 @@ def _session_finding(row: dict[str, Any]) -> Finding:
     )
 
 
+_CONTENT_COLUMNS = ("id", "title", "metadata", "created_at")  # `rows.content_sha256`'s
+
+
+def _hash_unkeyed(db: Database) -> list[Finding]:
+    """In a database not marked yet (`pg.content_sha256_since`: made by an earlier build),
+    give every session's row without a ``content_sha256`` one, of what it holds now (as it
+    is read today, unchecked), then mark the stamp, in one transaction, audited: from then
+    on a row without one is damage (rows67). A row no hash can be made of is left, as the
+    reads leave it. Under maintenance's exclusive hold only: a replica of an earlier build
+    serving beside it writes rows without the key."""
+    with db.write("the hashing of the sessions' rows written without content_sha256") as conn:
+        rows = conn.execute(
+            f"SELECT id, title, metadata, {utc('created_at')} AS created_at"  # noqa: S608
+            " FROM app_sessions WHERE content_sha256 IS NULL FOR UPDATE"
+        ).fetchall()
+        hashed = times = 0
+        for row in rows:
+            key = content_sha256_or_none(
+                {k: row[k] for k in ("id", "title", "metadata", "created_at")}
+            )
+            if key is not None and isinstance(row["metadata"], dict):
+                conn.execute(
+                    "UPDATE app_sessions SET content_sha256 = %s WHERE id = %s", (key, row["id"])
+                )
+                hashed += 1
+        # Every row's updated_sha256 too, where it is not that of its updated_at: before the
+        # mark, a replica of an earlier build sets the time without it.
+        for row in conn.execute(
+            f"SELECT id, {utc('updated_at')} AS updated_at, updated_sha256"  # noqa: S608
+            " FROM app_sessions FOR UPDATE"
+        ).fetchall():
+            key = updated_sha256(row["id"], row["updated_at"])
+            if row["updated_sha256"] != key:
+                conn.execute(
+                    "UPDATE app_sessions SET updated_sha256 = %s WHERE id = %s", (key, row["id"])
+                )
+                times += 1
+        files = 0
+        for row in conn.execute(
+            f"SELECT id, name, size, sha256, {utc('uploaded_at')} AS uploaded_at, blob"  # noqa: S608
+            " FROM app_files WHERE content_sha256 IS NULL FOR UPDATE"
+        ).fetchall():
+            if row_fault(row) is None:
+                conn.execute(
+                    "UPDATE app_files SET content_sha256 = %s WHERE id = %s",
+                    (record_sha256(row), row["id"]),
+                )
+                files += 1
+        conn.execute("UPDATE app_stamp SET content_sha256_since = now()")
+        if hashed or files or times:
+            db.audit(conn, "hash", db.where, sessions=hashed, files=files, updated=times)
+    db.marked_hashed()
+    if not (hashed or files or times):
+        return []
+    return [
+        Finding(
+            "content-unhashed",
+            "app_stamp",
+            f"{hashed} session rows and {files} file rows an earlier build wrote without their "
+            f"{CONTENT_KEY}, and {times} session rows whose updated_at it set without its "
+            f"{UPDATED_KEY}, read unchecked: one set to NULL by an edit read so too",
+            "hash each as it is now, then mark the stamp (content_sha256_since): from then on "
+            "a row without it is damage",
+            True,
+        )
+    ]
+
+
 def _changed_finding(row: dict[str, Any]) -> Finding:
     """A session's row whose acknowledged content changed (`rows.content_fault`): the
     local store's ``session-unreadable`` of a session.json so changed."""
     state = "trashed session" if row["trashed"] else "session"
+    if content_fault(row, hashed=True) is None:  # its updated_at alone (`updated_fault`)
+        return Finding(
+            CONTENT_FINDING,
+            row["id"],
+            f"the {SESSION_ROW} of {state} {row['id']} {UPDATED_CHANGED}: damage from outside "
+            "the app, or an edit by hand; it is left out of pages of sessions, and reads of "
+            "it are refused (session_unreadable)",
+            "nothing: left for a human (with every replica stopped, put its updated_at back "
+            "from a backup; after an edit made on purpose, set app_stamp.content_sha256_since "
+            "to NULL, then run `app data check --repair`, which hashes it again)",
+        )
+    if row.get(CONTENT_KEY) is None:
+        return Finding(
+            CONTENT_FINDING,
+            row["id"],
+            f"the {SESSION_ROW} of {state} {row['id']} {CONTENT_MISSING.split(' (')[0]}: "
+            "damage from outside the app, or an edit by hand; it is left out of pages of "
+            "sessions, and reads of it are refused (session_unreadable)",
+            "nothing: left for a human (with every replica stopped, put the row back from a "
+            "backup; after an edit made on purpose, set app_stamp.content_sha256_since to "
+            "NULL, then run `app data check --repair`, which hashes the row again)",
+        )
     return Finding(
         CONTENT_FINDING,
         row["id"],

@@ -51,6 +51,7 @@ from app.remote.errors import (
     StatementConnectionLostError,
     UnloggedWriteError,
 )
+from app.remote.rows import updated_sha256
 from app.storage import TrashEntry
 
 if TYPE_CHECKING:
@@ -218,6 +219,8 @@ class Database:
         self._lending = threading.Lock()
         #: The sandbox's refusal of a database the pool reached, raised to its waiters.
         self._violation: SandboxViolationError | None = None
+        #: Whether the stamp requires every session's row's key (`hashed`): read once.
+        self._hashed: bool | None = None
 
         # lock_timeout and synchronous_commit, as on every connection of the app's own code.
         def configure(conn: Connection) -> None:
@@ -296,6 +299,20 @@ class Database:
     def close(self) -> None:
         """Close the pool (not the holder)."""
         self._pool.close()
+
+    @property
+    def hashed(self) -> bool:
+        """Whether the stamp says every session's row keeps its ``content_sha256``
+        (`app.remote.pg.content_sha256_since`): read once, since only `app data check
+        --repair`, under maintenance's exclusive hold, marks a database (and says so here)."""
+        if self._hashed is None:
+            with self.conn("the read of the stamp's content_sha256_since") as conn:
+                self._hashed = pg.content_sha256_since(conn)
+        return self._hashed
+
+    def marked_hashed(self) -> None:
+        """What `app data check --repair` says once it has marked the stamp."""
+        self._hashed = True
 
     @contextlib.contextmanager
     def conn(self, what: str = "a read", outcome: str | None = None) -> Iterator[Connection]:
@@ -607,9 +624,11 @@ class Database:
                 if newest is not None and newest["at"] is not None:
                     moment = max(moment, just_after(newest["at"]))
             yield conn, moment
+            # Its key with it (rows67: a time changed in the database was served).
+            updated = updated_sha256(session_id, moment.isoformat(timespec="microseconds"))
             conn.execute(
-                "UPDATE app_sessions SET updated_at = %s WHERE id = %s",
-                (moment, session_id),
+                "UPDATE app_sessions SET updated_at = %s, updated_sha256 = %s WHERE id = %s",
+                (moment, updated, session_id),
             )
 
     def _still_held(self, conn: psycopg.Connection[Any], what: str) -> None:

@@ -33,6 +33,7 @@ from app.remote.rows import row_fault
 from app.remote.transfer import ObjectFile, RemoteUpload
 from app.storage import FileEntry, IfMatch, TrashEntry
 from app.store.ids import check_session_id
+from app.store.records import record_sha256
 
 __all__ = ["RemoteFiles"]
 
@@ -44,7 +45,7 @@ __all__ = ["RemoteFiles"]
 # (`COLLATE "C"` made every lookup read each of the session's rows).
 _FILE_SELECT: Final = f"""
 SELECT s.id AS session, f.name, f.size, f.sha256, f.blob, f.uploaded_at,
-       {utc("f.uploaded_at")} AS uploaded_iso
+       {utc("f.uploaded_at")} AS uploaded_iso, f.content_sha256
 FROM app_sessions s LEFT JOIN app_files f
   ON f.session_id = s.id AND f.name = %s COLLATE \"default\" AND f.deleted_at IS NULL
 WHERE s.id = %s AND s.deleted_at IS NULL
@@ -106,7 +107,7 @@ class RemoteFiles:
     def _open_row(self, session_id: str, name: str, row: Any) -> tuple[BinaryIO, FileEntry]:
         # A row a tool wrote (a SHA-256 in capitals or no hex, a negative size): its download
         # was a 500 internal_error or cut before its last byte (red team 60).
-        fault = row_fault(row)
+        fault = row_fault(row, hashed=self.db.hashed)
         if fault is not None:
             raise FileRowOfAnotherShapeError(session_id, name, fault)
         file = ObjectFile(
@@ -231,10 +232,27 @@ class RemoteFiles:
                     (moment, trash, old["id"]),
                 )
                 pg.stored(replaced, self.db.where, what, "app_files", "UPDATE of")
+            acknowledged = {
+                "name": name,
+                "size": result.size,
+                "sha256": result.sha256,
+                "uploaded_at": moment.isoformat(timespec="microseconds"),
+            }
+            # Its upload time covered as the local record's is (session 67: one changed in
+            # the database was every listing's and the session's updated_at).
             inserted = conn.execute(
-                "INSERT INTO app_files (session_id, name, blob, size, sha256, uploaded_at)"
-                " VALUES (%s, %s, %s, %s, %s, %s)",
-                (session_id, name, result.name, result.size, result.sha256, moment),
+                "INSERT INTO app_files"
+                " (session_id, name, blob, size, sha256, uploaded_at, content_sha256)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                (
+                    session_id,
+                    name,
+                    result.name,
+                    result.size,
+                    result.sha256,
+                    moment,
+                    record_sha256(acknowledged),
+                ),
             )
             pg.stored(inserted, self.db.where, what, "app_files")
             if trash is not None:
@@ -254,12 +272,7 @@ class RemoteFiles:
             ]:
                 raise WriteNotStoredError(self.db.where, what, "app_files", after=True)
         upload.replaced = trash is not None
-        return {
-            "name": name,
-            "size": result.size,
-            "sha256": result.sha256,
-            "uploaded_at": moment.isoformat(timespec="microseconds"),
-        }
+        return cast(FileEntry, acknowledged)
 
     def delete(self, session_id: str, name: str, *, if_match: IfMatch | None = None) -> TrashEntry:
         """Move one file to the trash state (its object stays; only a version ``if_match``

@@ -111,7 +111,10 @@ CREATE TABLE app_stamp (
     profile text NOT NULL,
     schema_version integer NOT NULL,
     created timestamptz NOT NULL DEFAULT now(),
-    restamped_from text
+    restamped_from text,
+    -- Since when every session's row keeps its content_sha256 (NULL: rows of a build from
+    -- before it may have none, read unchecked): see content_sha256_since.
+    content_sha256_since timestamptz
 );
 CREATE TABLE app_holders (
     id serial PRIMARY KEY,
@@ -146,7 +149,10 @@ CREATE TABLE app_sessions (
     trash_name text UNIQUE,
     CHECK ((deleted_at IS NULL) = (trash_name IS NULL)),
     -- The SHA-256 of what its create acknowledged (app.remote.rows.content_sha256).
-    content_sha256 text
+    content_sha256 text,
+    -- The SHA-256 of its id and updated_at, written with every write that sets it
+    -- (app.remote.rows.updated_sha256).
+    updated_sha256 text
 );
 CREATE INDEX app_sessions_live ON app_sessions (id) WHERE deleted_at IS NULL;
 CREATE TABLE app_files (
@@ -160,7 +166,9 @@ CREATE TABLE app_files (
     deleted_at timestamptz,
     deleted_reason text,
     trash_name text UNIQUE,
-    CHECK ((deleted_at IS NULL) = (trash_name IS NULL))
+    CHECK ((deleted_at IS NULL) = (trash_name IS NULL)),
+    -- The SHA-256 of what its upload acknowledged (app.store.records.record_sha256).
+    content_sha256 text
 );
 -- At most one live file per name: two replicas racing to add a name cannot both commit.
 CREATE UNIQUE INDEX app_files_live ON app_files (session_id, name) WHERE deleted_at IS NULL;
@@ -1273,17 +1281,17 @@ def hooks(conn: psycopg.Connection[Any]) -> tuple[tuple[str, ...], tuple[str, ..
 # collation), each constraint, and each unique index that backs none.
 _APP_COLUMNS: Final = {
     "app_stamp": "id integer!, profile text!, schema_version integer!, created timestamptz!,"
-    " restamped_from text",
+    " restamped_from text, content_sha256_since timestamptz",
     "app_holders": "id integer!, host text!, pid integer!, profile text!, since timestamptz!,"
     " url text, backend_pid integer!",
     "app_audit": "id bigint!, at timestamptz!, profile text!, kind text!, operation text!,"
     " target text!, detail jsonb!, host text!, pid integer!",
     "app_sessions": "id text!, title text!, metadata json!, created_at timestamptz!,"
     " updated_at timestamptz!, deleted_at timestamptz, deleted_reason text, trash_name text,"
-    " content_sha256 text",
+    " content_sha256 text, updated_sha256 text",
     "app_files": "id bigint!, session_id text!, name text!, blob text!, size bigint!,"
     " sha256 text!, uploaded_at timestamptz!, deleted_at timestamptz, deleted_reason text,"
-    " trash_name text",
+    " trash_name text, content_sha256 text",
     "app_session_counts": "slot integer!, live bigint!",
     "app_binding": "id integer!, database_id uuid!, bucket text!, prefix text!, bound timestamptz!",
 }
@@ -1619,7 +1627,9 @@ def open_database(
                 raise SchemaNotWritableError(profile, where, str(schema), info.user, info.dbname)
             conn.execute(_SCHEMA)
             conn.execute(
-                "INSERT INTO app_stamp (profile, schema_version) VALUES (%s, %s)",
+                # Marked before its first row: every row it will hold keeps its key.
+                "INSERT INTO app_stamp (profile, schema_version, content_sha256_since)"
+                " VALUES (%s, %s, now())",
                 (profile, SCHEMA_VERSION),
             )
             audit(conn, profile, "open", "stamp", where, {"schema_version": SCHEMA_VERSION})
@@ -1664,7 +1674,24 @@ def open_database(
 #: version stays 1: its replicas go on serving beside this one's.
 _ADDED_COLUMNS: Final = {
     ("app_sessions", "content_sha256"): "ALTER TABLE app_sessions ADD COLUMN content_sha256 text",
+    ("app_files", "content_sha256"): "ALTER TABLE app_files ADD COLUMN content_sha256 text",
+    ("app_sessions", "updated_sha256"): "ALTER TABLE app_sessions ADD COLUMN updated_sha256 text",
+    ("app_stamp", "content_sha256_since"): (
+        "ALTER TABLE app_stamp ADD COLUMN content_sha256_since timestamptz"
+    ),
 }
+
+
+def content_sha256_since(conn: psycopg.Connection[Any]) -> bool:
+    """Whether the stamp says every session's row keeps its ``content_sha256`` (a database
+    this build made, or one `app data check --repair` marked once it hashed the rows an
+    earlier build wrote without it): a row without one is then damage (rows67)."""
+    row = (
+        conn.cursor(row_factory=tuple_row)
+        .execute("SELECT content_sha256_since IS NOT NULL FROM app_stamp")
+        .fetchone()
+    )
+    return bool(row and row[0])
 
 
 def _add_columns(conn: psycopg.Connection[Any], profile: str, where: str) -> None:

@@ -17,6 +17,8 @@ its object kept.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import unicodedata
 from collections.abc import Mapping
@@ -30,13 +32,18 @@ from app.store.records import CONTENT_KEY, content_sha256_or_none, shape_fault
 __all__ = [
     "CONTENT_CHANGED",
     "CONTENT_FINDING",
+    "CONTENT_MISSING",
     "FINDING",
     "SESSION_ROW",
+    "UPDATED_CHANGED",
+    "UPDATED_KEY",
     "content_fault",
     "content_sha256",
     "row_fault",
     "say_left_out",
     "session_fault",
+    "updated_fault",
+    "updated_sha256",
 ]
 
 log = logging.getLogger("app.remote.store")
@@ -59,6 +66,15 @@ CONTENT_CHANGED: Final = (
     f"on purpose, set that column to NULL)"
 )
 
+#: What `UnreadableSessionError` says of a session's row without ``content_sha256`` in a
+#: database whose stamp requires it.
+CONTENT_MISSING: Final = (
+    f"has no {CONTENT_KEY}, which every session's row of this database keeps since its "
+    "app_stamp's content_sha256_since (after an edit made on purpose, set "
+    "app_stamp.content_sha256_since to NULL with every replica stopped, then run `app data "
+    "check --repair`, which hashes the row again and marks the stamp)"
+)
+
 #: The values of a session's row its ``content_sha256`` is of, as the local store's
 #: ``session.json`` has them: the creation time as `app.remote.db.utc` gives it.
 _CONTENT_COLUMNS: Final = ("id", "title", "metadata", "created_at")
@@ -79,7 +95,7 @@ def content_sha256(row: Mapping[str, Any]) -> str:
     return value
 
 
-def content_fault(row: Mapping[str, Any]) -> str | None:
+def content_fault(row: Mapping[str, Any], *, hashed: bool = False) -> str | None:
     """`CONTENT_CHANGED` where a session's row keeps a ``content_sha256`` (every row a
     create wrote since session 66) that is not that of its id, title, metadata and creation
     time; ``None`` otherwise, and for a row from before, which has none and is read as it
@@ -90,9 +106,45 @@ def content_fault(row: Mapping[str, Any]) -> str | None:
     a data root's session.json so changed was refused (red team 65; session 66)."""
     kept = row.get(CONTENT_KEY)
     if kept is None:
-        return None
+        # Where the stamp requires it (``hashed``: `app.remote.pg.content_sha256_since`), a
+        # row without one is damage: read unchecked, a NULL set by an edit served whatever
+        # else it changed as acknowledged (rows67).
+        return CONTENT_MISSING if hashed else None
     values = {key: row.get(key) for key in _CONTENT_COLUMNS}
     return None if kept == content_sha256_or_none(values) else CONTENT_CHANGED
+
+
+#: The key of a session's row that holds `updated_sha256`.
+UPDATED_KEY: Final = "updated_sha256"
+#: What `UnreadableSessionError` says of a row whose ``updated_at`` is not the one written.
+UPDATED_CHANGED: Final = (
+    f"holds an updated_at other than the one its last change wrote (its SHA-256 is no longer "
+    f"the {UPDATED_KEY} written with it, or it has none, which every row of this database "
+    "keeps since its app_stamp's content_sha256_since)"
+)
+
+
+def updated_sha256(session_id: str, updated_at: str) -> str:
+    """The SHA-256 (hex) of a session's id and ``updated_at`` (as `app.remote.db.utc` reads
+    it back), one compact JSON array, which each write that sets the time writes with it:
+    a create, a change of its files (`app.remote.db.Database.change`), a restore. Not in
+    `content_sha256`, whose values no write changes: recomputing that one at each upload
+    would read the metadata back, and trust it, to hash it again (rows67)."""
+    canonical = json.dumps([session_id, updated_at], separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def updated_fault(row: Mapping[str, Any], *, hashed: bool) -> str | None:
+    """`UPDATED_CHANGED` where the database is marked (``hashed``: before, a replica of an
+    earlier build serving beside this one's sets ``updated_at`` without the key) and the
+    row's ``updated_at`` is not the one its key was written with, or it has none; ``None``
+    otherwise, and for a query that did not read the key."""
+    if not hashed or UPDATED_KEY not in row:
+        return None
+    kept, updated = row[UPDATED_KEY], row.get("updated_at")
+    if isinstance(updated, str) and kept == updated_sha256(str(row.get("id")), updated):
+        return None
+    return UPDATED_CHANGED
 
 
 def session_fault(metadata: Any) -> str | None:
@@ -108,7 +160,7 @@ def session_fault(metadata: Any) -> str | None:
     return f"has a {kind} in 'metadata', which the app never writes"
 
 
-def row_fault(row: Mapping[str, Any]) -> str | None:
+def row_fault(row: Mapping[str, Any], *, hashed: bool = False) -> str | None:
     """Why a file's row (``name``, ``size``, ``sha256``, and ``blob`` where given) is not of
     the app's shape, in words; ``None`` where it is the app's.
 
@@ -124,14 +176,24 @@ def row_fault(row: Mapping[str, Any]) -> str | None:
     if not (isinstance(blob, str) and ObjectStore.is_blob_name(blob)):
         shown = str(blob)[:80]
         return f"its object's name {shown!r} is not one the app makes ({BLOBS}<32 hex digits>)"
-    fault = shape_fault(row)
+    # Its content_sha256 (since session 67, a local record's `record_sha256` of its name,
+    # size, SHA-256 and upload time as `db.utc` reads it: ``uploaded_iso`` where the query
+    # reads the time as a timestamp too); NULL, a row from before, read unchecked unless the
+    # stamp requires it (``hashed``; only a query that reads the column passes it).
+    # Compared last: a tool's row of another shape is named by what is not the app's.
+    record = {key: value for key, value in row.items() if key != CONTENT_KEY}
+    if "uploaded_iso" in row:
+        record["uploaded_at"] = row["uploaded_iso"]
+    fault = shape_fault(record)
     if fault is not None:
         return fault
     try:
         check_file_name(_known(name))
     except InvalidNameError as error:
         return f"its name is not one a request can name ({error.problem})"
-    return None
+    if row.get(CONTENT_KEY) is not None:
+        record[CONTENT_KEY] = row[CONTENT_KEY]
+    return shape_fault(record, hashed=hashed)
 
 
 def _known(name: str) -> str:

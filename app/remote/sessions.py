@@ -23,11 +23,14 @@ from app.remote.rows import (
     CONTENT_FINDING,
     FINDING,
     SESSION_ROW,
+    UPDATED_KEY,
     content_fault,
     content_sha256,
     row_fault,
     say_left_out,
     session_fault,
+    updated_fault,
+    updated_sha256,
 )
 from app.storage import (
     LEFT_OUT_UNREADABLE,
@@ -48,12 +51,12 @@ _ITER_BATCH: Final = 500
 
 _FILE_JSON: Final = (
     "json_build_object('name', f.name, 'size', f.size, 'sha256', f.sha256, "
-    f"'uploaded_at', {utc('f.uploaded_at')}, 'blob', f.blob)"
+    f"'uploaded_at', {utc('f.uploaded_at')}, 'blob', f.blob, 'content_sha256', f.content_sha256)"
 )
 # One statement per read, so that a session and its files come from one snapshot.
 _SESSION_SELECT: Final = f"""
 SELECT s.id, s.title, s.metadata, {utc("s.created_at")} AS created_at,
-       {utc("s.updated_at")} AS updated_at, s.content_sha256,
+       {utc("s.updated_at")} AS updated_at, s.content_sha256, s.updated_sha256,
        coalesce((SELECT json_agg({_FILE_JSON} ORDER BY f.uploaded_at, f.name)
                  FROM app_files f WHERE f.session_id = s.id AND f.deleted_at IS NULL),
                 '[]'::json) AS files
@@ -61,16 +64,20 @@ FROM app_sessions s
 """  # noqa: S608 (formatted from constants only)
 
 
-def _session(row: dict[str, Any]) -> SessionRecord:
+#: What a file's row the session's read gives is not part of its entry.
+_NOT_ANSWERED: Final = frozenset({"blob", CONTENT_KEY})
+
+
+def _session(row: dict[str, Any], *, hashed: bool) -> SessionRecord:
     damage = session_fault(row.get("metadata"))
     if damage is not None:
         raise UnreadableSessionError(row["id"], damage, file=SESSION_ROW, finding=FINDING)
     # Its title, metadata, id and creation time as its create acknowledged them, where the
     # row keeps their SHA-256 (session 66: one changed in the database was served).
-    changed = content_fault(row)
+    changed = content_fault(row, hashed=hashed) or updated_fault(row, hashed=hashed)
     if changed is not None:
         raise UnreadableSessionError(row["id"], changed, file=SESSION_ROW, finding=CONTENT_FINDING)
-    row = {key: value for key, value in row.items() if key != CONTENT_KEY}
+    row = {key: value for key, value in row.items() if key not in (CONTENT_KEY, UPDATED_KEY)}
     # A file's row of another shape than the app writes (a tool's) is left out, with a word
     # in the log, as a data root's record is: listed as it was, it broke the document's
     # schema (a negative size) and named a file no request could reach (red team 60).
@@ -78,9 +85,9 @@ def _session(row: dict[str, Any]) -> SessionRecord:
     if files is not None:
         kept = []
         for file in files:
-            fault = row_fault(file)
+            fault = row_fault(file, hashed=hashed)
             if fault is None:
-                kept.append({key: value for key, value in file.items() if key != "blob"})
+                kept.append({key: value for key, value in file.items() if key not in _NOT_ANSWERED})
             else:
                 say_left_out(row["id"], file.get("name"), fault)
         row = {**row, "files": kept}
@@ -123,9 +130,17 @@ class RemoteSessions:
             digest = content_sha256(acknowledged)
             inserted = conn.execute(
                 "INSERT INTO app_sessions"
-                " (id, title, metadata, created_at, updated_at, content_sha256)"
-                " VALUES (%s, %s, %s, %s, %s, %s)",
-                (session_id, title, Json(metadata), moment, moment, digest),
+                " (id, title, metadata, created_at, updated_at, content_sha256, updated_sha256)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                (
+                    session_id,
+                    title,
+                    Json(metadata),
+                    moment,
+                    moment,
+                    digest,
+                    updated_sha256(session_id, when),
+                ),
             )
             pg.stored(inserted, self.db.where, what, "app_sessions")
             # The row as stored once every trigger has run (red team 63: the metadata column
@@ -141,18 +156,19 @@ class RemoteSessions:
             stored = [(k["title"], k["metadata"], k["content_sha256"]) for k in kept]
             if stored != [(title, json.dumps(metadata), digest)]:
                 raise WriteNotStoredError(self.db.where, what, "app_sessions", after=True)
-        return _session({**acknowledged, "files": []})
+        return _session({**acknowledged, "files": []}, hashed=False)  # keyed by this create
 
     def get(self, session_id: str) -> SessionRecord:
         """The live session with its files."""
         check_session_id(session_id)
+        hashed = self.db.hashed
         with self.db.conn() as conn:
             row = conn.execute(
                 _SESSION_SELECT + " WHERE s.id = %s AND s.deleted_at IS NULL", (session_id,)
             ).fetchone()
         if row is None:
             raise SessionNotFoundError(session_id)
-        return _session(row)
+        return _session(row, hashed=hashed)
 
     def require(self, session_id: str) -> None:
         """Check that the live session exists (its row only)."""
@@ -177,6 +193,7 @@ class RemoteSessions:
         if limit < 1:
             raise BadRequestError(f"limit must be at least 1, not {limit}")
         cursor = "" if after is None else check_session_id(after)
+        hashed = self.db.hashed  # read once, before the page's own connection
         with self.db.conn() as conn:
             # Taken before the transaction and given up by its first statement, at whose start
             # the snapshot is taken: the creates under way have committed by then (see
@@ -205,7 +222,7 @@ class RemoteSessions:
         size = 0
         for row in rows[:limit]:
             try:
-                session = _session(row)
+                session = _session(row, hashed=hashed)
             except UnreadableSessionError as error:
                 # One row a tool wrote must not fail every page that holds it (red team 60).
                 passed.append(_left_out(error))
@@ -235,13 +252,15 @@ class RemoteSessions:
         whose title, metadata, id or creation time changed since its create
         (`rows.content_fault`), but for those in ``listed``, with why and what puts it back:
         `app sessions list` left them out without a word (red team 60; session 66)."""
+        hashed = self.db.hashed
         with self.db.conn() as conn:
             rows = conn.execute(
                 f"SELECT id, title, metadata, {utc('created_at')} AS created_at,"  # noqa: S608
-                " content_sha256 FROM app_sessions WHERE deleted_at IS NULL"
-                " AND (json_typeof(metadata) <> 'object' OR content_sha256 IS NOT NULL)"
+                f" {utc('updated_at')} AS updated_at, content_sha256, updated_sha256"
+                " FROM app_sessions WHERE deleted_at IS NULL"
+                " AND (json_typeof(metadata) <> 'object' OR content_sha256 IS NOT NULL OR %s)"
                 " AND NOT (id = ANY(%s)) ORDER BY id",
-                (sorted(listed),),
+                (hashed, sorted(listed)),
             ).fetchall()
         shape = (
             f"(a tool or an edit wrote it); `app data check` reports it ({FINDING}): give it "
@@ -258,7 +277,9 @@ class RemoteSessions:
             fault = session_fault(row["metadata"])
             if fault is not None:
                 found.append((row["id"], f"its {SESSION_ROW} {fault} {shape}"))
-            elif (fault := content_fault(row)) is not None:
+            elif (
+                fault := content_fault(row, hashed=hashed) or updated_fault(row, hashed=hashed)
+            ) is not None:
                 found.append((row["id"], f"its {SESSION_ROW} {fault} {changed}"))
         return found
 

@@ -122,7 +122,7 @@ class Files:
         record_path = self.record_path(session_id, name)
         directory = self.sessions.directory(session_id)
         self.sessions.require(session_id)
-        record = record_to_change(record_path, session_id, "send")
+        record = record_to_change(record_path, session_id, "send", hashed=self.root.hashed)
         if record is not None:
             blob = directory / BLOBS_DIR / record["blob"]
             if not blob.parent.is_symlink() and blob.is_file() and not blob.is_symlink():
@@ -142,7 +142,7 @@ class Files:
             record = (
                 None
                 if record_path.parent.is_symlink()
-                else record_to_change(record_path, session_id, "send")
+                else record_to_change(record_path, session_id, "send", hashed=self.root.hashed)
             )
             if record is not None and not blobs.is_symlink():
                 try:
@@ -194,7 +194,7 @@ class Files:
         directory = self.sessions.directory(session_id)
         self.sessions.require(session_id)
         self._own_dirs(directory)
-        old = record_to_change(record_path, session_id, "store")
+        old = record_to_change(record_path, session_id, "store", hashed=self.root.hashed)
         if old is None:
             _refuse_new_name(name)
         if if_match is not None:
@@ -272,7 +272,7 @@ class Files:
         retired: TrashEntry | None = None
         with self.root.changing(), self.sessions.locked(session_id) as directory:  # gone: 404
             self._own_dirs(directory)
-            old = record_to_change(record_path, session_id, "store")
+            old = record_to_change(record_path, session_id, "store", hashed=self.root.hashed)
             if old is None:
                 _refuse_new_name(name)
             if upload.if_match is not None:
@@ -418,7 +418,7 @@ class Files:
         name = record_path.name
         with self.sessions.locked(session_id) as directory:
             self._own_dirs(directory)
-            old = record_to_change(record_path, session_id, "delete")
+            old = record_to_change(record_path, session_id, "delete", hashed=self.root.hashed)
             if if_match is not None:
                 if_match.require("DELETE", session_id, name, _version(old))
             # lexists: a link or a FIFO at the blob's name (from outside the app) is listed,
@@ -498,7 +498,10 @@ class Files:
         record_path = self.record_path(session_id, name)
         with self.sessions.locked(session_id) as directory:
             self._own_dirs(directory)
-            if record_to_change(record_path, session_id, "restore") is not None:
+            if (
+                record_to_change(record_path, session_id, "restore", hashed=self.root.hashed)
+                is not None
+            ):
                 newest = self.trash.chosen(session_id, name, entry_name)
                 copy = None if newest is None else newest.path / bytes_in_entry(name)
                 raise RestoreOverwriteError(
@@ -529,7 +532,7 @@ class Files:
             size = kept.stat().st_size
             acknowledged, digest = previous.get("size"), previous.get("sha256")
             damage = None
-            if entry_changed(previous):
+            if entry_changed(previous, hashed=self.root.hashed):
                 # Restored, the record is written with a key of the fields it is given:
                 # an upload time changed in trash.json was served as acknowledged from then
                 # on (rt-regress66b).

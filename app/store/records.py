@@ -45,14 +45,18 @@ __all__ = [
     "BLOBS_DIR",
     "CONTENT_CHANGED",
     "CONTENT_KEY",
+    "CONTENT_MISSING",
     "EPOCH",
     "LATEST_FLOOR",
     "LEGACY_FILES_DIR",
     "LEGACY_FILES_KEY",
+    "MANIFEST_CHANGED",
     "MISSING_ERRNOS",
     "NEW_PREFIX",
     "RECORDS_DIR",
     "RECORD_CHANGED",
+    "RECORD_UNKEYED",
+    "REHASH",
     "SESSION_FILE",
     "TRASHED_SESSION",
     "TRASH_MANIFEST",
@@ -70,6 +74,8 @@ __all__ = [
     "keyed_record",
     "listed_entries",
     "load_record",
+    "manifest_changed",
+    "manifest_sha256",
     "open_regular",
     "public",
     "read_meta",
@@ -97,6 +103,9 @@ LEGACY_FILES_KEY: Final = "files"
 LEGACY_FILES_DIR: Final = "files"
 TRASH_MANIFEST: Final = "trash.json"
 TRASHED_SESSION: Final = "session"
+#: The key of ``session.json`` that holds the SHA-256 of what its create acknowledged
+#: (:func:`content_sha256`); never shown in an answer.
+CONTENT_KEY: Final = "content_sha256"
 NEW_PREFIX: Final = ".new-"
 
 LATEST_FLOOR: Final = datetime(9999, 1, 1, tzinfo=UTC)
@@ -215,6 +224,9 @@ class TrashManifest(TypedDict):
     entry: FileEntry | None
     blob: NotRequired[str]  # a file entry: the blob that moves in (`check` finishes a move)
     boot: NotRequired[dict[str, Any]]  # {"id": boot id, "seconds": CLOCK_BOOTTIME} when made
+    #: The SHA-256 of its other fields but ``entry`` and ``boot`` (`manifest_sha256`); since
+    #: session 67. Named by `CONTENT_KEY`.
+    content_sha256: NotRequired[str | None]
 
 
 def public(record: Mapping[str, Any]) -> FileEntry:
@@ -235,7 +247,7 @@ def public(record: Mapping[str, Any]) -> FileEntry:
     }
 
 
-def shape_damage(path: Path) -> tuple[str, str] | None:
+def shape_damage(path: Path, *, hashed: bool = False) -> tuple[str, str] | None:
     """Why the record at ``path``, a JSON object naming its file and a blob, is not of the
     app's shape (`_of_our_shape`), and what resolves it; ``None`` where it is torn, is no
     record at all, or is the app's (`app data check` says "cannot be read" of those)."""
@@ -243,7 +255,7 @@ def shape_damage(path: Path) -> tuple[str, str] | None:
         record = load_record(path, shaped=False)  # never through a link, as a read of it
     except OSError:
         return None
-    return None if record is None else _shape_fault(record)
+    return None if record is None else _shape_fault(record, hashed=hashed)
 
 
 def listed_entries(listed: list[Any], session_id: str) -> list[FileEntry]:
@@ -279,7 +291,7 @@ def open_regular(path: str, flags: int) -> int:
     return os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
 
 
-def load_record(path: Path, *, shaped: bool = True) -> FileRecord | None:
+def load_record(path: Path, *, shaped: bool = True, hashed: bool = False) -> FileRecord | None:
     """The record at ``path``, or ``None`` if there is none (or it is not a record of ours).
 
     ``shaped=False``: one that names its file and a blob, whatever its other fields (a size
@@ -289,10 +301,12 @@ def load_record(path: Path, *, shaped: bool = True) -> FileRecord | None:
     had committed, and the bytes it names moved to the trash, where `empty-trash` removes
     them; a migration's repeated step wrote a record over it naming bytes not there (red team
     59 on regress, the HTTP contract)."""
-    return _load_record(path, shaped=shaped)[0]
+    return _load_record(path, shaped=shaped, hashed=hashed)[0]
 
 
-def record_to_change(path: Path, session_id: str, action: str) -> FileRecord | None:
+def record_to_change(
+    path: Path, session_id: str, action: str, *, hashed: bool = False
+) -> FileRecord | None:
     """The record at ``path`` for a change of (or a read of) its file: ``None`` only where
     nothing is at its name.
 
@@ -306,7 +320,7 @@ def record_to_change(path: Path, session_id: str, action: str) -> FileRecord | N
     # that found nothing (the file deleted by a change under way) met the next change's new
     # record, and a PUT's check before its body was refused as "damaged outside the app" (a
     # race of two clients, seen in red team 30's history test).
-    record, opened = _opened_record(path)
+    record, opened = _opened_record(path, hashed=hashed)
     if (
         record is None
         and opened is not None
@@ -316,14 +330,16 @@ def record_to_change(path: Path, session_id: str, action: str) -> FileRecord | N
     return record
 
 
-def _load_record(path: Path, *, shaped: bool = True) -> tuple[FileRecord | None, bool]:
+def _load_record(
+    path: Path, *, shaped: bool = True, hashed: bool = False
+) -> tuple[FileRecord | None, bool]:
     """:func:`load_record`, and whether the file is linked elsewhere too (``st_nlink`` > 1)."""
-    record, opened = _opened_record(path, shaped=shaped)
+    record, opened = _opened_record(path, shaped=shaped, hashed=hashed)
     return record, opened is not None and opened.st_nlink > 1
 
 
 def _opened_record(
-    path: Path, *, shaped: bool = True
+    path: Path, *, shaped: bool = True, hashed: bool = False
 ) -> tuple[FileRecord | None, os.stat_result | None]:
     """The record at ``path`` (None where what is there is none of ours), and what the open
     that read it found there (None where it opened nothing: no name, a link, a socket)."""
@@ -353,10 +369,12 @@ def _opened_record(
         raise
     finally:
         os.close(fd)
-    return _parsed_record(raw, path.name, shaped=shaped), info
+    return _parsed_record(raw, path.name, shaped=shaped, hashed=hashed), info
 
 
-def _parsed_record(raw: bytes, name: str, *, shaped: bool = True) -> FileRecord | None:
+def _parsed_record(
+    raw: bytes, name: str, *, shaped: bool = True, hashed: bool = False
+) -> FileRecord | None:
     try:
         record = json_loads(raw)
     except ValueError:
@@ -366,7 +384,7 @@ def _parsed_record(raw: bytes, name: str, *, shaped: bool = True) -> FileRecord 
         or record.get("name") != name
         or not isinstance(record.get("blob"), str)
         or not ID_RE.fullmatch(record["blob"])
-        or (shaped and not _of_our_shape(record))
+        or (shaped and not _of_our_shape(record, hashed=hashed))
     ):
         return None
     return cast(FileRecord, record)  # what the code relies on, name, blob and types, checked
@@ -378,7 +396,7 @@ _SHA256_HEX: Final = re.compile(r"[0-9a-f]{64}", re.ASCII)
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
-def _of_our_shape(record: Mapping[str, Any]) -> bool:
+def _of_our_shape(record: Mapping[str, Any], *, hashed: bool = False) -> bool:
     """Whether a record's fields are of the kinds the app writes, the ones a download checks
     and the API shows: a size (a whole number, not negative), a SHA-256 (64 lower-case hex
     digits, or null where a build before hashes had none), and a name a request can name.
@@ -393,17 +411,18 @@ def _of_our_shape(record: Mapping[str, Any]) -> bool:
     name (`record_to_change`), reported by `app data check` (``unknown-entry``), with the
     bytes it names kept.
     """
-    return _shape_fault(record) is None
+    return _shape_fault(record, hashed=hashed) is None
 
 
-def shape_fault(record: Mapping[str, Any]) -> str | None:
+def shape_fault(record: Mapping[str, Any], *, hashed: bool = False) -> str | None:
     """What makes a file's record (or, on PostgreSQL, its row: `app.remote.rows`) not of
-    the app's shape, in words; ``None`` where it is of the app's shape."""
-    fault = _shape_fault(record)
+    the app's shape, in words; ``None`` where it is of the app's shape. ``hashed``: its
+    root requires every record's `CONTENT_KEY` (`app.dataroot.HASHED_KEY`)."""
+    fault = _shape_fault(record, hashed=hashed)
     return None if fault is None else fault[0]
 
 
-def _shape_fault(record: Mapping[str, Any]) -> tuple[str, str] | None:
+def _shape_fault(record: Mapping[str, Any], *, hashed: bool = False) -> tuple[str, str] | None:
     """What makes a record (one naming its file and a blob) not of the app's shape
     (`_of_our_shape`), and what resolves it; ``None`` where it is of the app's shape."""
     backup = "put the record back from a backup (a tool or an edit wrote it)"
@@ -420,10 +439,13 @@ def _shape_fault(record: Mapping[str, Any]) -> tuple[str, str] | None:
     if _CONTROL.search(name):
         return "its name holds a control character, which no request can name", backup
     if CONTENT_KEY in record and record[CONTENT_KEY] != _record_sha256_or_none(record):
-        return RECORD_CHANGED, (
-            "put the record back from a backup; after an edit made on purpose, remove its "
-            f"{CONTENT_KEY} line"
-        )
+        fault: str | None = RECORD_CHANGED
+    else:
+        # Read as "written before keys", a record whose line was removed was served as
+        # acknowledged, whatever else the edit changed (rows67).
+        fault = RECORD_UNKEYED if hashed and CONTENT_KEY not in record else None
+    if fault is not None:
+        return fault, f"put the record back from a backup; {REHASH}"
     if unicodedata.is_normalized("NFC", name):
         return None
     nfc = unicodedata.normalize("NFC", name)
@@ -436,6 +458,20 @@ def _shape_fault(record: Mapping[str, Any]) -> tuple[str, str] | None:
     )
 
 
+#: What resolves a record's or a session.json's missing or changed `CONTENT_KEY` after an
+#: edit made on purpose: in a root whose stamp requires keys, removing the line is refused as
+#: damage too (`RECORD_UNKEYED`); the repair hashes what has none, then marks the root again.
+REHASH: Final = (
+    f"after an edit made on purpose, remove its {CONTENT_KEY} line, and, with no server on "
+    "the root, the content_sha256_since line of the root's stamp (.app-profile.json), then "
+    "run `app data check --repair`, which hashes it again"
+)
+#: What a record's fault says of one without `CONTENT_KEY` in a root that requires it.
+RECORD_UNKEYED: Final = (
+    f"it has no {CONTENT_KEY}, which every record of this data root (on PostgreSQL, every "
+    "file's row of this database) carries since its stamp's content_sha256_since (one "
+    "removed outside the app, read unchecked, would be served as acknowledged)"
+)
 #: What a record's fault (`shape_fault`) says of a record whose acknowledged fields changed.
 RECORD_CHANGED: Final = (
     "its name, size, sha256 or uploaded_at is not what its upload acknowledged (their "
@@ -499,10 +535,47 @@ def trashed_entry(record: Mapping[str, Any]) -> FileEntry:
     return entry
 
 
-def entry_changed(entry: Mapping[str, Any]) -> bool:
+def entry_changed(entry: Mapping[str, Any], *, hashed: bool = False) -> bool:
     """Whether a trash manifest's entry (`trashed_entry`) keeps a `CONTENT_KEY` that is not
-    the SHA-256 of its fields: one without it (a manifest written before) is not known."""
-    return CONTENT_KEY in entry and entry[CONTENT_KEY] != _record_sha256_or_none(entry)
+    the SHA-256 of its fields: one without it (a manifest written before) is not known, but
+    where its root requires keys (``hashed``)."""
+    if CONTENT_KEY not in entry:
+        return hashed and bool(entry)  # none at all: no version acknowledged (an orphan's)
+    return bool(entry[CONTENT_KEY] != _record_sha256_or_none(entry))
+
+
+#: What a trash entry's delete wrote of it in ``trash.json``, which its `CONTENT_KEY` keeps
+#: the SHA-256 of (`manifest_sha256`): the version's own record (``entry``) keeps its own.
+_MANIFEST_FIELDS: Final = ("kind", "session_id", "file", "deleted_at", "reason", "title", "blob")
+
+
+#: What is wrong with a trash manifest `manifest_changed` finds.
+MANIFEST_CHANGED: Final = (
+    f"its {CONTENT_KEY} is not the SHA-256 of its fields, or it has none where the root's "
+    "stamp says every one does (content_sha256_since)"
+)
+
+
+def manifest_sha256(manifest: Mapping[str, Any]) -> str | None:
+    """The SHA-256 (hex) of a trash manifest's kind, session, file, time, reason, title and
+    blob, as one compact JSON array, which ``trash.json`` keeps under `CONTENT_KEY`; ``None``
+    where no delete could have written them (a NaN). Left out, a session's title changed in
+    its entry's trash.json was listed by `app sessions list --trash` as the title it had
+    when it was deleted (rows67)."""
+    try:
+        canonical = _RECORD_JSON.encode([manifest.get(key) for key in _MANIFEST_FIELDS])
+    except (ValueError, RecursionError):
+        return None
+    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def manifest_changed(manifest: Mapping[str, Any], *, hashed: bool = False) -> bool:
+    """Whether a trash manifest is not what its delete wrote: it keeps a `CONTENT_KEY` that
+    is not `manifest_sha256` of its fields, or none where its root requires one
+    (``hashed``; one written by an earlier build, in a root not marked so, is not known)."""
+    if CONTENT_KEY not in manifest:
+        return hashed
+    return bool(manifest[CONTENT_KEY] != manifest_sha256(manifest))
 
 
 def record_blob(path: Path) -> str | None:
@@ -516,12 +589,12 @@ def record_blob(path: Path) -> str | None:
     return None if record is None else str(record["blob"])
 
 
-def scan_records(directory: Path) -> list[FileRecord]:
+def scan_records(directory: Path, *, hashed: bool = False) -> list[FileRecord]:
     """Every record of the session in ``directory``, oldest upload first."""
-    return scan_records_linked(directory)[0]
+    return scan_records_linked(directory, hashed=hashed)[0]
 
 
-def scan_records_linked(directory: Path) -> tuple[list[FileRecord], bool]:
+def scan_records_linked(directory: Path, *, hashed: bool = False) -> tuple[list[FileRecord], bool]:
     """:func:`scan_records`, and whether one of the records is linked elsewhere too: a write
     through the other name raises no event on records/ (`app.store.watch`)."""
     records_dir = directory / RECORDS_DIR
@@ -538,7 +611,7 @@ def scan_records_linked(directory: Path) -> tuple[list[FileRecord], bool]:
     records = []
     linked = False
     for name in names:
-        record, more = _load_record(records_dir / name)
+        record, more = _load_record(records_dir / name, hashed=hashed)
         linked |= more
         if record is not None:
             records.append(record)
@@ -583,7 +656,7 @@ def upload_order(record: FileRecord) -> tuple[str, str]:
     return str(record.get("uploaded_at") or ""), record["name"]
 
 
-def read_meta(directory: Path, session_id: str) -> dict[str, Any]:
+def read_meta(directory: Path, session_id: str, *, hashed: bool = False) -> dict[str, Any]:
     """``session.json`` as on disk: whether the session exists, without reading its files."""
     if directory.is_symlink():
         # Not one of ours (a create renames a real directory): it could lead anywhere.
@@ -593,18 +666,23 @@ def read_meta(directory: Path, session_id: str) -> dict[str, Any]:
     except (FileNotFoundError, NotADirectoryError, NotRegularFileError):
         # A session.json that is no file is no session, as MetaCache.stat says too.
         raise SessionNotFoundError(session_id) from None
-    return session_object(raw, session_id)
+    return session_object(raw, session_id, hashed=hashed)
 
 
-#: The key of ``session.json`` that holds the SHA-256 of what its create acknowledged
-#: (:func:`content_sha256`); never shown in an answer.
-CONTENT_KEY: Final = "content_sha256"
 #: What `UnreadableSessionError` says of a session.json whose acknowledged content changed.
 CONTENT_CHANGED: Final = (
     "holds a title, metadata, id, creation or update time other than those its create "
     "acknowledged "
     f"(their SHA-256 is no longer the {CONTENT_KEY} written with them; after an edit made "
     f"on purpose, remove that line)"
+)
+#: What `UnreadableSessionError` says of a session.json without `CONTENT_KEY` in a root that
+#: requires it (`app.dataroot.HASHED_KEY`).
+CONTENT_MISSING: Final = (
+    f"has no {CONTENT_KEY}, which every session.json of this data root carries since its "
+    "stamp's content_sha256_since (after an edit made on purpose, remove the "
+    "content_sha256_since line of the root's stamp, .app-profile.json, with no server on the "
+    "root, then run `app data check --repair`, which hashes the session again)"
 )
 #: What `UnreadableSessionError` says of a session.json's key no build of the app writes,
 #: after the key.
@@ -676,7 +754,9 @@ def content_sha256_or_none(session: Mapping[str, Any]) -> str | None:
         return None
 
 
-def session_object(raw: bytes, session_id: str, *, checked: bool = False) -> dict[str, Any]:
+def session_object(
+    raw: bytes, session_id: str, *, checked: bool = False, hashed: bool = False
+) -> dict[str, Any]:
     """``session.json``'s content, parsed: a JSON object whose fields have the types the app
     writes, else `UnreadableSessionError` (a number in ``updated_at`` once failed every page
     that held a session with files); whose id, title, metadata, creation time (and update
@@ -684,7 +764,8 @@ def session_object(raw: bytes, session_id: str, *, checked: bool = False) -> dic
     (`CONTENT_KEY`: a session made before red team 65 has none), else
     `UnreadableSessionError` too. The key is not returned. ``checked``: these bytes were
     compared so already (kept by `MetaCache` only once they were), and are not again: a read
-    of a kept session.json costs no hash."""
+    of a kept session.json costs no hash. ``hashed``: its root requires the key
+    (`app.dataroot.HASHED_KEY`), and one without it is `UnreadableSessionError` too."""
     try:
         session = json_loads(raw)
     except ValueError:
@@ -712,6 +793,10 @@ def session_object(raw: bytes, session_id: str, *, checked: bool = False) -> dic
     kept = session.pop(CONTENT_KEY, None)
     if kept is not None and not checked and kept != content_sha256_or_none(session):
         raise UnreadableSessionError(session_id=session_id, damage=CONTENT_CHANGED)
+    if kept is None and hashed:
+        # Read as "made before red team 65", a file whose line was removed by an edit was
+        # served as acknowledged, whatever the edit changed (rows67).
+        raise UnreadableSessionError(session_id=session_id, damage=CONTENT_MISSING)
     # The fields the document says every session has: a session.json written by a tool or
     # an earlier build without one (or with a null title) was answered without it, against
     # the schema (red team 59 on the HTTP contract). The id is its directory's; no title and
@@ -776,8 +861,11 @@ class MetaCache:
     Bounded by the bytes it holds (LRU).
     """
 
-    def __init__(self, limit: int = _META_CACHE_BYTES, settled_ns: int = _SETTLED_NS) -> None:
+    def __init__(
+        self, limit: int = _META_CACHE_BYTES, settled_ns: int = _SETTLED_NS, *, hashed: bool = False
+    ) -> None:
         self.settled_ns = settled_ns
+        self.hashed = hashed  # the root requires every session.json's key (`session_object`)
         self._files: ValidatedCache[bytes] = ValidatedCache(limit)
 
     def stat(self, directory: str, session_id: str) -> tuple[int, ...]:
@@ -807,7 +895,7 @@ class MetaCache:
         if raw is not None:
             return session_object(raw, session_id, checked=True)
         raw, kept = self._load(directory, session_id, key)
-        session = session_object(raw, session_id)  # checked before it is kept
+        session = session_object(raw, session_id, hashed=self.hashed)  # checked, then kept
         if kept:
             self._files.put(directory, key, raw, len(raw))
         return session

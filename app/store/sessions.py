@@ -122,7 +122,7 @@ class Sessions:
         self.trash = trash
         self.path = root.sessions_dir
         self.where = os.fspath(self.path)  # string paths on the read paths: see _read
-        self.meta = MetaCache()
+        self.meta = MetaCache(hashed=root.hashed)
         # Each session as the server answers it (see _encoded), with its _page_size_bound.
         self.bodies: ValidatedCache[tuple[bytes, int]] = ValidatedCache(_BODY_CACHE_BYTES)
         # The kernel's word on which kept answers may have changed (`Store.watch_sessions`,
@@ -314,7 +314,7 @@ class Sessions:
 
     def require(self, session_id: str) -> None:
         with self.served(session_id):
-            read_meta(self.directory(session_id), session_id)
+            read_meta(self.directory(session_id), session_id, hashed=self.root.hashed)
 
     @contextlib.contextmanager
     def served(self, session_id: str) -> Iterator[None]:
@@ -528,7 +528,7 @@ class Sessions:
         if cache is not None and identity is None:
             records, linked = [], False  # no records/ (no upload yet): nothing to scan
         else:
-            records, linked = scan_records_linked(Path(directory))
+            records, linked = scan_records_linked(Path(directory), hashed=self.root.hashed)
         if cache is not None:
             cache.store(session_id, records, token, identity, linked)
         return records

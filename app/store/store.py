@@ -605,7 +605,7 @@ class Store(Storage):
         """Whether the session's files are still listed in its session.json (bytes in
         files/), as the first build wrote them."""
         try:
-            meta = read_meta(self.sessions_dir / session_id, session_id)
+            meta = read_meta(self.sessions_dir / session_id, session_id, hashed=self.root.hashed)
         except (SessionNotFoundError, UnreadableSessionError):
             return False
         return isinstance(meta.get(LEGACY_FILES_KEY), list)

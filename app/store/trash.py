@@ -46,10 +46,13 @@ from app.lock import BOOT_ID_FILE, special_kind
 from app.storage import LINKED, FileEntry, TrashEntry, entry_holds_other
 from app.store.records import (
     LATEST_FLOOR,
+    MANIFEST_CHANGED,
     TRASH_MANIFEST,
     TRASHED_SESSION,
     TrashManifest,
     bytes_in_entry,
+    manifest_changed,
+    manifest_sha256,
 )
 
 if TYPE_CHECKING:
@@ -186,6 +189,7 @@ class Trash:
         }
         if blob is not None:
             manifest["blob"] = blob
+        manifest["content_sha256"] = manifest_sha256(manifest)  # CONTENT_KEY
         since_boot = _since_boot()
         if since_boot is not None:
             manifest["boot"] = {"id": since_boot[0], "seconds": since_boot[1]}
@@ -546,6 +550,21 @@ class Trash:
         # A link is never followed (it may lead into another data root): listed by its name.
         linked = path.is_symlink()
         manifest = {"reason": LINKED} if linked else self._manifest(path, strict=strict)
+        if (
+            manifest
+            and manifest.get("reason") not in (LINKED, UNREADABLE)
+            and manifest_changed(manifest, hashed=self.root.hashed)
+        ):
+            # Its title was listed as the session's when it was deleted, whatever an edit
+            # made it (rows67): read as a damaged manifest is, by its name alone.
+            log.warning(
+                "trash entry %s: its %s is not what its delete wrote (%s); listed by its "
+                "name alone, and `app data check` names it (trash-no-manifest)",
+                name,
+                TRASH_MANIFEST,
+                MANIFEST_CHANGED,
+            )
+            manifest = {}
         return TrashEntry(
             name=name,
             path=path,

@@ -523,21 +523,21 @@ def _not_written(names: list[str]) -> str:
     """Why a run's end leaves `names` in its scratch prefix, and what to do."""
     from app.remote.objects import RUN_MARKER
 
-    # The run's own child too (red team 67 on regress, rt-regress67a): one given an
-    # environment of its own writes through the app with no mark, and the message named
-    # another program alone, and no way to give the child its run's token.
+    # A child given an environment of its own writes through the app with no mark: what
+    # gives it its run's token was named nowhere (red team 67 on regress, rt-regress67a).
     shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
     return (
         f"left as they are: {shown} carry no mark of this run, which every object the "
         "app writes in a run's scratch prefix carries (in its blob name or its metadata): a "
-        "program other than the app, or a process of another run, wrote them there while "
-        "the run went on, and they are its; or a child of this run's tests given an "
-        f"environment without {RUN_MARK_ENV} (an env= built by hand) wrote them through the "
-        f"app, which marks nothing without it. The run's own objects are deleted; its "
-        f"marker {RUN_MARKER} is left with them. See whose they are before clearing them by "
-        "hand: point that program's bucket and prefix away from testing's blob_url, under "
-        f"which each test run draws its scratch prefix, or pass {RUN_MARK_ENV} on in the "
-        "child's environment"
+        "program other than the app (a test's own S3 client among them), a child of this run "
+        f"given an environment without {RUN_MARK_ENV}, or a process of another run wrote them "
+        "there while the run went on. The run's own objects are deleted; its marker "
+        f"{RUN_MARKER} is left with them. See whose they are before clearing them by hand; a "
+        "test that writes there itself deletes what it wrote before it ends, or writes it "
+        "through the app's ObjectStore, which marks it; a child given an environment of its "
+        f"own is given {RUN_MARK_ENV} in it, and what it writes through the app is marked; "
+        "point any other program's bucket and prefix away from testing's blob_url, under "
+        "which each test run draws its scratch prefix"
     )
 
 
