@@ -363,6 +363,11 @@ _CLUSTER_PREFIX = "app-pg-"
 _OWNER = "owner"
 
 
+#: The free space `_clusters_dir` asks of ``/dev/shm``: a cluster's 40 MB and its WAL's
+#: ``max_wal_size`` (256 MB), each worker's, with the databases its tests hold at once.
+_MEMORY_FLOOR = 1 << 30
+
+
 def _clusters_dir() -> Path:
     """Where a cluster is made: in memory (``/dev/shm``, a tmpfs) where there is one, else
     the temporary directory.
@@ -374,13 +379,22 @@ def _clusters_dir() -> Path:
     database made after another was dropped pays for each of its ~300 files: profiled over a
     whole run (``perf record -g``), the clusters' processes spent 3.6% of the run's CPU,
     about 21 s, allocating inodes, most of it in that search (bench/README.md, "The suite's
-    time", session 67)."""
+    time", session 67).
+
+    Only where it has `_MEMORY_FLOOR` free: a container's ``/dev/shm`` is a tmpfs of 64 MB
+    unless it is given more (Docker's ``--shm-size``, and so GitHub's and GitLab's
+    runners'), where a cluster (40 MB, its WAL up to ``max_wal_size``, 7.5 MB a database)
+    failed its second test's databases with "No space left on device", and every remote
+    test after it (red team 67 on regress, rt-regress67a)."""
     from app.dataroot import filesystem_type  # the workers import it anyway; this module is
     # a plugin of every run, kept light at import
 
     memory = Path("/dev/shm")
     if os.access(memory, os.W_OK | os.X_OK) and filesystem_type(memory) == "tmpfs":
-        return memory
+        with contextlib.suppress(OSError):
+            free = os.statvfs(memory)
+            if free.f_bavail * free.f_frsize >= _MEMORY_FLOOR:
+                return memory
     return Path(tempfile.gettempdir())
 
 
@@ -404,7 +418,10 @@ def _remove_clusters_of_dead_runs() -> None:
         ours = os.readlink("/proc/self/ns/pid")
     except OSError:
         return  # no /proc: nothing tells a live owner from a dead one
-    places = {_clusters_dir(), Path(tempfile.gettempdir())}  # /tmp: made before /dev/shm was
+    # Both, whichever this run makes its own in: /tmp's made before /dev/shm was, and
+    # /dev/shm's once it has less than `_MEMORY_FLOOR` free, which dead runs' clusters
+    # left there make so (red team 67 on regress: none was ever removed again).
+    places = {Path("/dev/shm"), Path(tempfile.gettempdir())}
     for base in [base for place in places for base in place.glob(f"{_CLUSTER_PREFIX}*")]:
         try:
             owner = (base / _OWNER).read_text().split()

@@ -82,7 +82,8 @@ class Doctor:
     engine: PostgresEngine
     s3: S3Engine
 
-    def run(self, **env: str) -> subprocess.CompletedProcess[str]:
+    def environment(self, **env: str) -> dict[str, str]:
+        """The environment of an `app` command on these settings."""
         clean = {
             name: value
             for name, value in os.environ.items()
@@ -91,9 +92,11 @@ class Doctor:
         }
         if self.profile != "testing":
             env = {"PYTEST_APP_ALLOW_PROFILES": self.profile, "APP_API_TOKEN": TOKEN, **env}
+        return {**clean, "APP_SETTINGS_DIR": str(self.directory), "COLUMNS": "100", **env}
+
+    def run(self, **env: str) -> subprocess.CompletedProcess[str]:
         return forked_app.run(  # `python -m app` (tests/forked_app.py)
-            {**clean, "APP_SETTINGS_DIR": str(self.directory), "COLUMNS": "100", **env},
-            ["--profile", self.profile, "doctor"],
+            self.environment(**env), ["--profile", self.profile, "doctor"]
         )
 
     def objects(self) -> ObjectStore:
@@ -146,6 +149,7 @@ def doctor(
         database: str | None = None,
         endpoint: str | None = None,
         bucket: str | None = None,
+        prefix: str | None = None,
     ) -> Doctor:
         name = f"doctor_{os.getpid()}_{len(made)}"
         configured = database or postgres_engine.url(name)
@@ -153,7 +157,8 @@ def doctor(
         if database is None:
             pg.create_scratch_database(configured, run.scratch)
             made.append(configured)
-        blob_url = f"s3://{bucket or s3_engine.bucket}/doctor-{os.getpid()}-{tmp_path.name}"
+        prefix = prefix or f"doctor-{os.getpid()}-{tmp_path.name}"
+        blob_url = f"s3://{bucket or s3_engine.bucket}/{prefix}"
         directory = tmp_path / f"settings-{name}"
         directory.mkdir()
         (directory / "settings.toml").write_text(

@@ -184,9 +184,10 @@ def test_a_run_s_end_deletes_only_what_the_run_wrote_where_another_run_wrote_too
         "or a process of another run wrote them there while the run went on. The run's own "
         f"objects are deleted; its marker {RUN_MARKER} is left with them. See whose they are "
         "before clearing them by hand; a test that writes there itself deletes what it wrote "
-        "before it ends, or writes it through the app's ObjectStore, which marks it; point any "
-        "other program's bucket and prefix away from testing's blob_url, under which each "
-        "test run draws its scratch prefix"
+        "before it ends, or writes it through the app's ObjectStore, which marks it; a child "
+        "given an environment of its own is given PYTEST_APP_RUN_MARK in it, and what it "
+        "writes through the app is marked; point any other program's bucket and prefix away "
+        "from testing's blob_url, under which each test run draws its scratch prefix"
     )
     kept = sorted([RUN_MARKER, STAMP_NAME, their_blob, "notes/first.txt"])
     assert _names(s3_engine, ours) == kept

@@ -697,6 +697,16 @@ class ObjectInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class ObjectVersion:
+    """One version of an object, or a delete marker (`deleted`), in a bucket that keeps
+    versions (`ObjectStore.every_version`)."""
+
+    name: str
+    version_id: str
+    deleted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class UnfinishedUpload:
     """A multipart upload begun and never completed nor aborted."""
 
@@ -1157,15 +1167,21 @@ class ObjectStore:
         if metadata is None:
             expected = _mac(self._run_key, name[len(BLOBS) : len(BLOBS) + 16])[:16]
             return self.is_blob_name(name) and hmac.compare_digest(name[-16:], expected)
-        return hmac.compare_digest(metadata.get(RUN_METADATA, ""), _mac(self._run_key, name))
+        # A header's name in any case: botocore keeps the case the store sent it in, and
+        # MinIO sends Go's canonical one (`App-Run`); the run's end took every object its
+        # run wrote there for another program's (red team 67 on regress, rt-regress67a).
+        mark = next((v for k, v in metadata.items() if k.lower() == RUN_METADATA), "")
+        return hmac.compare_digest(mark, _mac(self._run_key, name))
 
-    def mark_of(self, name: str) -> dict[str, str] | None:
-        """Object `name`'s user metadata (one HEAD), or ``None`` where it is not there."""
+    def mark_of(self, name: str, version_id: str | None = None) -> dict[str, str] | None:
+        """Object `name`'s user metadata (one HEAD), or that of its version `version_id`;
+        ``None`` where it is not there."""
         from botocore.exceptions import BotoCoreError, ClientError
 
+        version = {} if version_id is None else {"VersionId": version_id}
         try:
             answer = self._client.head_object(
-                Bucket=self.location.bucket, Key=self.location.key(name)
+                Bucket=self.location.bucket, Key=self.location.key(name), **version
             )
         except (BotoCoreError, ClientError) as error:
             failed = self._fail(error, name)
@@ -1355,8 +1371,8 @@ class ObjectStore:
         except (BotoCoreError, ClientError) as error:
             raise self._fail(error) from error
 
-    def every_version(self) -> list[tuple[str, str]]:
-        """(name, version id) of every version and delete marker under the prefix, where the
+    def every_version(self) -> list[ObjectVersion]:
+        """Every version and delete marker under the prefix, where the
         bucket keeps versions (``[]`` where it never did): what deleting an object in a
         versioned bucket leaves, shown by no listing of objects (red team 56). For a test
         run's own scratch prefix alone: a profile's versions are its backups."""
@@ -1379,12 +1395,15 @@ class ObjectStore:
         if lock.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled":
             return []
         base = self.location.key("")
-        found = []
+        found: list[ObjectVersion] = []
         paginator = self._client.get_paginator("list_object_versions")
         try:
             for page in paginator.paginate(Bucket=self.location.bucket, Prefix=base):
-                for item in (*page.get("Versions", ()), *page.get("DeleteMarkers", ())):
-                    found.append((item["Key"][len(base) :], item["VersionId"]))
+                for kind, deleted in (("Versions", False), ("DeleteMarkers", True)):
+                    found += [
+                        ObjectVersion(item["Key"][len(base) :], item["VersionId"], deleted)
+                        for item in page.get(kind, ())
+                    ]
         except (BotoCoreError, ClientError) as error:
             raise self._fail(error) from error
         return found
@@ -1563,8 +1582,7 @@ class ObjectStore:
             UnstampedNotEmptyError: it holds objects and no stamp.
             ObjectStoreUnavailableError: the bucket or the credentials cannot be used.
         """
-        if profile != RUN_PROFILE:
-            self._refuse_inside_a_run(profile)
+        self.refuse_inside_a_run(profile)
         stamp = self.read_stamp()
         if stamp is None:
             # The stamp itself may appear between the read above and this listing (another
@@ -1625,11 +1643,12 @@ class ObjectStore:
             return stamp
         return self._bind(profile, stamp, database, protected)
 
-    def _refuse_inside_a_run(self, profile: str) -> None:
+    def refuse_inside_a_run(self, profile: str) -> None:
         """Refuse `profile`'s open of a prefix at or below a test run's scratch prefix: one
         whose marker (`RUN_MARKER`) is there, at a segment of the prefix named as a run's
         (`_RUN_SEGMENT`; one request each, none for a prefix that has none, as every
-        profile's own has).
+        profile's own has). Testing's is never refused here (a run's own processes open
+        its scratch prefix); ``app doctor`` asks it too, as the open would.
 
         A process of another profile, outside the run, whose blob_url named a prefix inside
         the run's (set where no settings file shows it to the run) listed that prefix alone,
@@ -1638,6 +1657,8 @@ class ObjectStore:
         stopped*; branch guard67)."""
         from botocore.exceptions import BotoCoreError, ClientError
 
+        if profile == RUN_PROFILE:
+            return
         segments = self.location.prefix.split("/") if self.location.prefix else []
         for depth, segment in enumerate(segments, 1):
             if not _RUN_SEGMENT.fullmatch(segment):

@@ -250,6 +250,10 @@ def restamp(
     bounds = _bounds(config)
     objects = _objects(config)
     location = objects.location
+    # As its open does, before the database changes: another profile's re-stamp wrote its
+    # stamp over a test run's, inside that run's scratch prefix, no open before it (red
+    # team 67 on regress, rt-regress67a).
+    objects.refuse_inside_a_run(config.profile)
     with (
         pg.connect(database_url, purpose="app restamp", bounds=bounds) as conn,
         pg.refusals(pg.mask_url(database_url), "the read of its stamp"),
@@ -842,7 +846,6 @@ def _diagnose_objects(config: Config, seen: dict[str, Any]) -> list[Probe]:
         S3ClientSettingsError,
         S3EndpointElsewhereError,
         StoreClockSkewError,
-        UnstampedNotEmptyError,
     )
     from app.remote.objects import ObjectStore
 
@@ -906,6 +909,34 @@ def _diagnose_objects(config: Config, seen: dict[str, Any]) -> list[Probe]:
         str(versioning), "versioning off"
     )
     probes = [Probe("bucket", f"{shown}: reachable, {state}")]
+    return [*probes, *_diagnose_prefix(config, objects, source, seen)]
+
+
+def _diagnose_prefix(
+    config: Config, objects: ObjectStore, source: str, seen: dict[str, Any]
+) -> list[Probe]:
+    """`_diagnose_objects`' probe of the prefix, once the bucket answered."""
+    from app.errors import EX_UNAVAILABLE
+    from app.remote.errors import (
+        InsideTestRunError,
+        ObjectStoreUnavailableError,
+        UnstampedNotEmptyError,
+    )
+
+    probes: list[Probe] = []
+    try:
+        # As its open does: a prefix inside a test run's scratch prefix was "empty; the
+        # first open stamps it", exit 0, and every command then refused it (red team 67
+        # on regress, rt-regress67a).
+        objects.refuse_inside_a_run(config.profile)
+    except InsideTestRunError as error:
+        probes.append(
+            Probe("prefix", f"{objects.where}: inside a test run's scratch prefix",
+                  error.message, error.exit_code)
+        )  # fmt: skip
+        return probes
+    except ObjectStoreUnavailableError:
+        pass  # the read below says so, naming the prefix
     try:
         stamp = objects.read_stamp()
         names = [] if stamp is not None else objects.first_names(_SHOWN_NAMES + 1)

@@ -10,6 +10,7 @@ import json
 import os
 import secrets
 import socket
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -432,17 +433,15 @@ def _empty_owned(store: Any, suffix: str) -> None:
         store.delete(*sorted(own))
     # In a versioned bucket (as docs/how-to/run-on-postgresql.md sets one up) a delete
     # only hides an object behind a marker: every version the run wrote stayed, shown by no
-    # listing of objects (red team 56). Object Lock's retention is left to decide. The
-    # versions of a name the run wrote alone (one gone by now, a blob's name says so).
+    # listing of objects (red team 56). Object Lock's retention is left to decide.
     what = "the earlier versions of the objects"
     try:
-        versions = store.every_version()
-        mine = [v for v in versions if v[0] in own or store.written_here(v[0])]
-        foreign += sorted(
-            {v[0] for v in versions if v not in mine and v[0] not in (RUN_MARKER, *foreign)}
-        )
+        listed = store.every_version()
+        versions = [v for v in listed if v.name != RUN_MARKER]
+        mine, theirs = _versions_written(store, versions)
+        foreign += sorted({v.name for v in theirs} - {*foreign})
         if mine:
-            store.delete(versions=mine)
+            store.delete(versions=[(v.name, v.version_id) for v in mine])
         what = "the unfinished multipart uploads"
         uploads = store.unfinished_uploads(every_name=True)
         store.abort_uploads(*(u for u in uploads if store.written_here(u.name)))
@@ -451,12 +450,40 @@ def _empty_owned(store: Any, suffix: str) -> None:
             raise _Left("the objects it did not write", _not_written(foreign))
         # The marker last: until the prefix is empty, it still says whose it is.
         what = f"the run's marker {RUN_MARKER}"
-        marker = [v for v in versions if v[0] == RUN_MARKER]
+        marker = [(v.name, v.version_id) for v in listed if v.name == RUN_MARKER]
         store.delete(*([] if marker else [RUN_MARKER]), versions=marker)
     except _Left:
         raise
     except Exception as error:  # the app's refusals, and the S3 client's
         raise _Left(what, _reason(error)) from error
+
+
+def _versions_written(store: Any, versions: list[Any]) -> tuple[list[Any], list[Any]]:
+    """`versions` (`ObjectVersion`, the run's marker's aside) split into those the run
+    wrote and those it did not: a version by its own metadata (one HEAD each, in a bucket
+    that keeps versions alone; none for the one version of a name the run made, an
+    upload's, which nothing wrote over), a delete marker by its name's versions (the run's
+    where the run wrote one of them or nobody else did: a marker holds no byte, and one
+    over a name the run wrote, the run's end's own, hid another program's version written
+    over it).
+
+    A version was the run's where its name was (listed, or a blob's name the run made):
+    the run's end took the versions of an object the run wrote and then deleted, under a
+    name of its own, for another program's, failed naming it, and left them for ever; and
+    deleted for good another program's version of a name the run wrote, one written over
+    the run's (red team 67 on regress, rt-regress67a)."""
+    real = [v for v in versions if not v.deleted]
+    counts = Counter(v.name for v in real)
+    mine = [
+        v
+        for v in real
+        if (counts[v.name] == 1 and store.written_here(v.name))
+        or store.written_here(v.name, store.mark_of(v.name, v.version_id) or {})
+    ]
+    theirs = [v for v in real if v not in mine]
+    held = {v.name for v in theirs} - {v.name for v in mine}
+    mine += [v for v in versions if v.deleted and v.name not in held]
+    return mine, [*theirs, *(v for v in versions if v.deleted and v.name in held)]
 
 
 def _stamp_and_mark(store: Any) -> tuple[dict[str, Any] | None, dict[str, str] | None]:
@@ -496,6 +523,8 @@ def _not_written(names: list[str]) -> str:
     """Why a run's end leaves `names` in its scratch prefix, and what to do."""
     from app.remote.objects import RUN_MARKER
 
+    # A child given an environment of its own writes through the app with no mark: what
+    # gives it its run's token was named nowhere (red team 67 on regress, rt-regress67a).
     shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
     return (
         f"left as they are: {shown} carry no mark of this run, which every object the "
@@ -505,9 +534,10 @@ def _not_written(names: list[str]) -> str:
         "there while the run went on. The run's own objects are deleted; its marker "
         f"{RUN_MARKER} is left with them. See whose they are before clearing them by hand; a "
         "test that writes there itself deletes what it wrote before it ends, or writes it "
-        "through the app's ObjectStore, which marks it; point any other program's bucket and "
-        "prefix away from testing's blob_url, under which each test run draws its scratch "
-        "prefix"
+        "through the app's ObjectStore, which marks it; a child given an environment of its "
+        f"own is given {RUN_MARK_ENV} in it, and what it writes through the app is marked; "
+        "point any other program's bucket and prefix away from testing's blob_url, under "
+        "which each test run draws its scratch prefix"
     )
 
 
