@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from types import FrameType
 
     from app.lock import RootLock
+    from app.testing.planted import Planted
 
 #: The app's own overrides (``APP_<KEY>``), dynaconf's names for the same keys
 #: (``DYNACONF_<KEY>``, which the app refuses), and a shell's opt-in. Other ``APP_*`` and
@@ -114,6 +115,9 @@ class GuardState:
     #: Whether a test was already failed for replacing the sandbox (said once; `mktemp`
     #: refuses on every call).
     replaced_reported: bool = False
+    #: The environment's start-up files and commands as the run began, looked at after
+    #: every test and at the run's end (`app.testing.planted`).
+    planted: Planted | None = None
 
     @property
     def own_runs(self) -> tuple[sandboxing.Run | None, ...]:

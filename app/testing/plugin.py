@@ -25,7 +25,7 @@ from app import config_files
 from app import sandbox as sandboxing
 from app.errors import AppError, printable
 from app.lock import describe_holder
-from app.testing import fixtures, guard, watch, writes, zygote
+from app.testing import fixtures, guard, planted, watch, writes, zygote
 from app.testing.fixtures import (  # noqa: F401 - registered with the plugin, as pytest-django does
     FORKED,
     LIVE_SERVER_STARTS,
@@ -402,6 +402,8 @@ def pytest_configure(config: pytest.Config) -> None:
     if hasattr(config, "_tmpdirhandler"):
         config._tmpdirhandler = pytest.TempdirFactory(state.factory, _ispytest=True)
     state.session_lock = guard.hold_session_root(state.data_root, state.sandbox)
+    # What a test might leave for the environment's later processes, as the run begins.
+    state.planted = planted.Planted().take()
     # What a live server forked from the run's warm interpreter must match: the run's
     # environment now that the plugin set its own variables, before any test changed one.
     zygote.remember_the_run(config)
@@ -460,6 +462,12 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         watch.say(session.config, kept)
         if session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    if state is not None and state.planted is not None:
+        said = state.planted.check("a test of this run", commands=True)
+        if said is not None:
+            watch.say(session.config, said)
+            if session.exitstatus == pytest.ExitCode.OK:
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -680,6 +688,8 @@ def _after_the_test(item: pytest.Item, state: guard.GuardState) -> list[str]:
                 f"another process of user {os.getuid()} did meanwhile, such as a test of "
                 "another run beside this one)"
             )
+    if state.planted is not None and (said := state.planted.check(item.nodeid)):
+        failures.append(said)
     if state.run is not None:
         # What the test left running stays in the run even if the run is killed later.
         sandboxing.hand_on(state.run)

@@ -1,0 +1,214 @@
+"""What a test leaves behind for the environment's later Python processes to run.
+
+Every Python of the environment runs, as it starts, each ``.pth`` file of its site-packages
+and a ``sitecustomize`` or ``usercustomize`` module found on its path; the environment's
+commands (``bin/app``, ``bin/pytest``) are scripts any later shell runs. A test that writes
+one of them hands its code to processes outside any test run: a ``.pth`` that runs ``app
+--profile production data purge --yes-i-mean-it`` ran in the developer's next command after
+the run, where no guard of a run applies, and purged a stopped production root (session 67's
+own hostile case; attacks.md, layer 3). The guard cannot stop a write it does not make, so it
+looks after every test (`Planted.check`), and at the run's end for the commands, and puts
+back what changed: a file the test added is moved aside (renamed ``<name>.app-planted``,
+which nothing runs), one it changed or removed gets its bytes as the run began again (the
+test's version moved aside too). The test fails, naming the file.
+
+Looked at cheaply: each place's directory ``mtime`` (a file added, removed or renamed) and
+each start-up file's ``stat`` per test, about ten system calls; the commands' files only at
+the run's end. Not covered: code planted elsewhere that a later process runs (a shell's rc
+file, a crontab, the app's own source in an editable install, another environment).
+"""
+
+from __future__ import annotations
+
+import os
+import site
+import stat
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+#: The modules Python imports as it starts, wherever they are on its path (`site`).
+_CUSTOMIZE: Final = frozenset(
+    {"sitecustomize.py", "usercustomize.py", "sitecustomize", "usercustomize"}
+)
+#: What a file put aside is renamed with: no ``.pth`` and no importable name.
+ASIDE: Final = ".app-planted"
+
+
+def _start_up_file(name: str) -> bool:
+    return name.endswith(".pth") or name in _CUSTOMIZE
+
+
+def _identity(path: Path) -> tuple[int, int, int, int] | None:
+    try:
+        st = path.lstat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_mode)
+
+
+#: A file's contents as the run began: its bytes, or a link's target (``("link", target)``);
+#: None for what cannot be put back (a directory: a ``sitecustomize`` package).
+_Contents = bytes | tuple[str, str] | None
+
+
+def _contents(path: Path) -> _Contents:
+    try:
+        if path.is_symlink():
+            return ("link", str(path.readlink()))
+        return path.read_bytes()
+    except OSError:  # a directory, or gone
+        return None
+
+
+@dataclass
+class _Place:
+    """A directory whose files later processes run: its ``mtime`` and the files of it that
+    count, each with its identity and contents as the run began."""
+
+    path: Path
+    start_up_only: bool  # site-packages and the standard library: .pth and customize only
+    mtime: int | None = None
+    files: dict[str, tuple[tuple[int, int, int, int] | None, _Contents]] = field(
+        default_factory=dict
+    )
+
+    def counts(self, name: str) -> bool:
+        if name.endswith((ASIDE, _RESTORING)):
+            return False
+        return _start_up_file(name) if self.start_up_only else True
+
+    def take(self) -> None:
+        try:
+            self.mtime = self.path.stat().st_mtime_ns
+            entries = list(self.path.iterdir())
+        except OSError:
+            self.mtime, entries = None, []
+        # A command's bytes are not kept (a virtualenv's bin/ holds binaries of megabytes:
+        # ruff's): one changed in place is said, not put back.
+        self.files = {
+            entry.name: (_identity(entry), _contents(entry) if self.start_up_only else None)
+            for entry in entries
+            if self.counts(entry.name)
+        }
+
+
+def _places() -> list[_Place]:
+    """Where this environment's later processes find code they run as they start: the
+    directories that exist of site-packages, the user's site where Python reads it, and
+    the standard library's (``sitecustomize``), and a virtualenv's commands."""
+    start_up = list(site.getsitepackages())
+    if site.ENABLE_USER_SITE:
+        start_up.append(site.getusersitepackages())
+    # The standard library's (where os is; sysconfig's import costs about a millisecond).
+    start_up.append(str(Path(os.__file__).parent))
+    places = [_Place(Path(path), True) for path in dict.fromkeys(start_up)]
+    if sys.prefix != sys.base_prefix:  # a virtualenv's own commands, not /usr/bin's
+        places.append(_Place(Path(sys.prefix, "bin"), False))
+    return places
+
+
+@dataclass
+class Planted:
+    """The environment's start-up files and commands as the run began (`take`)."""
+
+    places: list[_Place] = field(default_factory=_places)
+
+    def take(self) -> Planted:
+        for place in self.places:
+            place.take()
+        # A directory that is not there is looked at no more: a test that makes one
+        # (a user's site-packages) makes it for processes that read it at their start.
+        self.places = [place for place in self.places if place.mtime is not None]
+        return self
+
+    def check(self, who: str, *, commands: bool = False) -> str | None:
+        """What changed since the run began, put back, and said (None: nothing). Commands
+        (a virtualenv's ``bin/``) are compared file by file only with `commands` (at the
+        run's end); after each test, only for a command added or removed."""
+        changes: list[str] = []
+        for place in self.places:
+            changes += _put_back(place, whole=place.start_up_only or commands)
+        if not changes:
+            return None
+        return (
+            f"app: {who} changed what later Python processes of this environment run as they "
+            f"start, or its commands, outside any test run: {'; '.join(changes)}. Tests must "
+            "not write an environment's .pth files, sitecustomize or usercustomize, or its "
+            "bin/ commands: install what a test needs into an environment it makes for "
+            "itself. If this test did not, another process did meanwhile (a test of another "
+            "xdist worker, or a pip install into this environment during the run): install "
+            "it again once the run has ended"
+        )
+
+
+def _put_back(place: _Place, *, whole: bool) -> list[str]:
+    """`Planted.check` for one place. `whole`: every file's identity compared, not only the
+    directory's ``mtime``."""
+    try:
+        mtime = place.path.stat().st_mtime_ns
+    except OSError:
+        return []
+    if mtime == place.mtime and not whole:
+        return []
+    try:
+        listed = [e.name for e in place.path.iterdir()] if mtime != place.mtime else []
+    except OSError:
+        return []
+    names = listed or list(place.files)
+    changes = []
+    for name in sorted(set(names) | set(place.files)):
+        if not place.counts(name):
+            continue
+        full = place.path / name
+        now = _identity(full)
+        before = place.files.get(name)
+        if before is None:
+            if now is not None and (aside := _aside(full)) is not None:
+                changes.append(f"{full} was added (moved aside to {aside}, which nothing runs)")
+        elif now != before[0]:
+            if before[1] is None:
+                changes.append(
+                    f"{full} was {'changed' if now is not None else 'removed'} (not put back: "
+                    "install this environment again)"
+                )
+                continue
+            aside = _aside(full) if now is not None else None
+            _write_back(full, before[1], before[0])
+            kept = f"; the test's version moved aside to {aside}" if aside else ""
+            verb = "changed" if now is not None else "removed"
+            changes.append(f"{full} was {verb} (as the run began again{kept})")
+    if changes:
+        place.take()  # as it is now: what was put back, and nothing planted
+    else:
+        place.mtime = mtime  # something else changed there (a package installed): listed once
+    return changes
+
+
+def _aside(path: Path) -> Path | None:
+    """Rename `path` to a name nothing runs; the new name (None: it went meanwhile)."""
+    try:
+        return path.replace(path.with_name(path.name + ASIDE))
+    except FileNotFoundError:
+        return None
+
+
+#: The temporary name a file is written under before it replaces the one a test changed.
+_RESTORING: Final = ".app-restoring"
+
+
+def _write_back(path: Path, contents: bytes | tuple[str, str], was: tuple[int, ...] | None) -> None:
+    """Put `contents` back at `path`, its mode as `was` gave it, by a rename."""
+    temporary = path.with_name(path.name + _RESTORING)
+    temporary.unlink(missing_ok=True)
+    if isinstance(contents, tuple):
+        temporary.symlink_to(contents[1])
+    else:
+        temporary.write_bytes(contents)
+        if was is not None:
+            temporary.chmod(stat.S_IMODE(was[3]))
+    temporary.replace(path)
+
+
+__all__ = ["ASIDE", "Planted"]
