@@ -11,7 +11,9 @@ part as the whole file, and one with ``Content-Encoding: gzip`` stored the coded
 the same field in the head is evaluated (412) or refused (400, 415). Each is now refused,
 400, before the commit, naming the field and where to send it; nothing is stored.
 
-One real ``app serve`` for the module, raw sockets on 127.0.0.1 (httpx sends no trailers).
+One real ``app serve`` for the module, raw sockets on 127.0.0.1 (httpx sends no trailers);
+and each backend's upload given such a trailer directly, the remote one on the suite's
+PostgreSQL and ``weed`` (tests/engines.py).
 """
 
 from __future__ import annotations
@@ -23,9 +25,14 @@ from typing import Any
 
 import httpx
 import pytest
+from engines import PostgresEngine, S3Engine, new_blob_url
 from live_http import Answers, connect
 from redteam_s19_http import server_and_client
+from test_remote_store import PROFILE, _blobs, _replica
 
+from app.digests import Digests
+from app.errors import BadRequestError
+from app.storage import Storage
 from app.testing import LiveServer
 
 
@@ -138,3 +145,38 @@ def test_an_empty_trash_whose_trailer_has_a_precondition_empties_nothing(
     assert (status, problem.get("code")) == (400, "bad_request"), problem
     assert "the trailer of no body has If-Match" in problem["message"], problem
     assert sorted(p.name for p in trash.iterdir()) == entries
+
+
+def _refused_on(store: Storage) -> None:
+    """A replace whose trailer has If-Match, on ``store``: refused at the commit, the
+    acknowledged version kept."""
+    session = store.create_session("t", {})["id"]
+    store.put_file(session, "a.txt", b"acknowledged", replace=False)
+    trailer = [(b"If-Match", b'"' + hashlib.sha256(b"another").hexdigest().encode() + b'"')]
+    digests = Digests.parse({}, "PUT", trailer=lambda: trailer)
+    upload = store.begin_upload(session, "a.txt", replace=True, digests=digests)
+    upload.write(b"replaced?")
+    with pytest.raises(BadRequestError) as refused:
+        upload.commit()
+    assert "PUT refused: the trailer of the body has If-Match: " in str(refused.value)
+    file, entry = store.open_file(session, "a.txt")
+    with file:
+        assert file.read() == b"acknowledged"
+    assert entry["sha256"] == hashlib.sha256(b"acknowledged").hexdigest()
+    assert store.list_trash() == []
+
+
+def test_the_local_backend_refuses_such_a_trailer_before_its_commit(app_store: Storage) -> None:
+    _refused_on(app_store)
+
+
+def test_the_remote_backend_refuses_such_a_trailer_before_its_row(
+    postgres_engine: PostgresEngine, s3_engine: S3Engine
+) -> None:
+    with (
+        postgres_engine.opened_database(PROFILE) as (_, url),
+        _replica(s3_engine, (url, new_blob_url(s3_engine))) as store,
+    ):
+        _refused_on(store)
+        # The upload's object is deleted with it: the one left is the acknowledged file's.
+        assert len(_blobs(store)) == 1
