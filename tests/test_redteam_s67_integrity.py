@@ -131,11 +131,23 @@ def test_a_trailer_field_read_from_the_head_alone_is_refused_and_nothing_is_repl
     assert entry["sha256"] == hashlib.sha256(b"version 3").hexdigest()
 
 
-def test_an_empty_trash_whose_trailer_has_a_precondition_empties_nothing(
+def test_a_delete_or_an_empty_trash_whose_trailer_has_a_precondition_changes_nothing(
     served: tuple[LiveServer, httpx.Client],
 ) -> None:
     server, client = served
     session = client.post("/sessions", json={}).json()["id"]
+    path = f"/sessions/{session}/files/kept.txt"
+    assert client.put(path, content=b"version 1").status_code == 201
+    seen = client.head(path).headers["etag"]
+    assert client.put(path, content=b"version 2, another client's").status_code == 200
+    # Before: 200, the current version deleted by a client whose If-Match named the one
+    # before it; the session deleted alike; the whole trash emptied for good.
+    for line in (f"DELETE {path}", f"DELETE /sessions/{session}"):
+        status, problem = _chunked(server, line, b"", f"If-Match: {seen}\r\n")
+        assert (status, problem.get("code")) == (400, "bad_request"), (line, problem)
+        assert "DELETE refused: the trailer of no body has If-Match: " in problem["message"]
+    assert client.get(path).content == b"version 2, another client's"
+
     assert client.delete(f"/sessions/{session}").status_code in (200, 204)
     assert server.data_root is not None
     trash = server.data_root / ".trash"
