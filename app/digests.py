@@ -29,6 +29,25 @@ FIELDS: Final = ("Repr-Digest", "Content-Digest")
 #: 1864's ``Content-MD5`` (S3 checks it; this server computes no MD5: refused). Ignored, a
 #: body changed on the way was stored and acknowledged under them (red team 46).
 LEGACY_FIELDS: Final = ("Digest", "Content-MD5")
+#: The fields a chunked body's trailer may not carry, with what each says: RFC 9110 (6.5.1)
+#: has them read from the head alone (framing, the content's format, the request's
+#: preconditions), so the server never acts on one sent after the body. Read past as any
+#: other trailer field, each made the request do other than its sender asked, where the
+#: same field in the head is evaluated or refused (red team 67): ``If-Match`` replaced a
+#: version it did not name, ``If-None-Match: *`` replaced an existing file, ``Content-Range``
+#: stored a part as the whole file, ``Content-Encoding: gzip`` stored the coded bytes.
+HEAD_ONLY: Final = {
+    "if-match": ("If-Match", "is a precondition: the change is made only at the versions it names"),
+    "if-none-match": ("If-None-Match", "is a precondition: a PUT with it only creates"),
+    "if-unmodified-since": ("If-Unmodified-Since", "is a precondition on the file's date"),
+    "if-modified-since": ("If-Modified-Since", "is a precondition on the file's date"),
+    "if-range": ("If-Range", "is a precondition of a range"),
+    "content-range": ("Content-Range", "says the body is a part of a file"),
+    "content-encoding": ("Content-Encoding", "says the body is coded"),
+    "content-type": ("Content-Type", "says what the body is"),
+    "content-length": ("Content-Length", "frames the body"),
+    "transfer-encoding": ("Transfer-Encoding", "frames the body"),
+}
 #: The one algorithm the server computes (the file's ETag and ``sha256`` are made of it).
 #: A refusal says so in ``Want-Repr-Digest`` (the errors' ``want_digest``).
 ALGORITHM: Final = "sha-256"
@@ -147,6 +166,8 @@ class Digests:
         found: dict[str, str] = {}
         for raw_name, raw_value in fields:
             name = raw_name.decode("latin-1").lower()
+            if name in HEAD_ONLY:
+                self._refuse_head_only(name, raw_value.decode("latin-1"))
             shown = next((f for f in (*FIELDS, *LEGACY_FIELDS) if f.lower() == name), None)
             if shown is None:
                 continue
@@ -158,6 +179,17 @@ class Digests:
             found[name] = raw_value.decode("latin-1")
         parsed = Digests.parse(found, self.method, self.what)
         return [] if parsed is None else [(f"{f} (in the trailer)", d) for f, d in parsed.wanted]
+
+    def _refuse_head_only(self, name: str, value: str) -> None:
+        """Refuse a trailer field of `HEAD_ONLY`: read past, the request did other than its
+        sender asked (a conditional replace made unconditionally, a part stored whole)."""
+        shown, says = HEAD_ONLY[name]
+        raise BadRequestError(
+            f"{self.method} refused: the trailer of {self.what} has {shown}: {value}, which "
+            f"{says}; RFC 9110 (6.5.1) has it read from the request's head, never after the "
+            "body, so the server would have ignored it and done other than the client asked. "
+            f"Nothing was done. Send {shown} in the head, before the body"
+        )
 
 
 def _dictionary(name: str, value: str) -> dict[str, object]:
