@@ -86,6 +86,7 @@ from app.store.records import (
     entry_changed,
     keyed_record,
     load_record,
+    record_sha256_or_none,
     manifest_changed,
     manifest_sha256,
     open_regular,
@@ -1597,7 +1598,11 @@ def _keyed_copy(path: Path, kind: str) -> dict[str, Any] | None:
         found = json_loads(raw)
     except (OSError, ValueError):  # NotRegularFileError is an OSError
         return None
-    if not isinstance(found, dict) or CONTENT_KEY in found:
+    if not isinstance(found, dict):
+        return None
+    if kind == TRASH_MANIFEST:
+        return _keyed_manifest(found)
+    if CONTENT_KEY in found:
         return None
     if kind == "session.json":
         try:
@@ -1607,13 +1612,33 @@ def _keyed_copy(path: Path, kind: str) -> dict[str, Any] | None:
         except UnreadableSessionError:
             return None
         key = content_sha256_or_none(found)
-    elif kind == "record":
+    else:  # a record
         record = load_record(path)
         kept = None if record is None else keyed_record(record).get(CONTENT_KEY)
         key = kept if isinstance(kept, str) else None
-    else:
-        key = manifest_sha256(found) if _app_shaped(found, str(found.get("session_id"))) else None
     return None if key is None else {**found, CONTENT_KEY: key}
+
+
+def _keyed_manifest(found: dict[str, Any]) -> dict[str, Any] | None:
+    """A trash manifest (`_keyed_copy`) with its own key and its ``entry``'s, each where it
+    has none; ``None`` where neither is added. The entry, the record of the version a file's
+    entry holds, is keyed on its own: a record from before keys deleted by an earlier build
+    (or by this one before the mark) kept none there, the manifest's own key was added
+    without it, and once the root was marked the restore of that acknowledged version was
+    refused as damaged (`entry_changed`; red team 67 on regress)."""
+    if not _app_shaped(found, str(found.get("session_id"))):
+        return None
+    copy = dict(found)
+    previous = found.get("entry")
+    if isinstance(previous, dict) and previous and CONTENT_KEY not in previous:
+        key = record_sha256_or_none(previous)
+        if key is not None:
+            copy["entry"] = {**previous, CONTENT_KEY: key}
+    if CONTENT_KEY not in found:
+        key = manifest_sha256(found)
+        if key is not None:
+            copy[CONTENT_KEY] = key
+    return None if copy == found else copy
 
 
 def _app_shaped(manifest: object, session_id: str) -> bool:

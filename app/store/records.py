@@ -80,6 +80,7 @@ __all__ = [
     "public",
     "read_meta",
     "record_blob",
+    "record_sha256_or_none",
     "record_sha256",
     "record_time",
     "record_to_change",
@@ -438,7 +439,7 @@ def _shape_fault(record: Mapping[str, Any], *, hashed: bool = False) -> tuple[st
         return f"its sha256 is {str(sha256)[:80]!r}, not 64 lower-case hex digits", backup
     if _CONTROL.search(name):
         return "its name holds a control character, which no request can name", backup
-    if CONTENT_KEY in record and record[CONTENT_KEY] != _record_sha256_or_none(record):
+    if CONTENT_KEY in record and record[CONTENT_KEY] != record_sha256_or_none(record):
         fault: str | None = RECORD_CHANGED
     else:
         # Read as "written before keys", a record whose line was removed was served as
@@ -503,7 +504,8 @@ def record_sha256(record: Mapping[str, Any]) -> str:
 _RECORD_JSON: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
-def _record_sha256_or_none(record: Mapping[str, Any]) -> str | None:
+def record_sha256_or_none(record: Mapping[str, Any]) -> str | None:
+    """`record_sha256`, or ``None`` where its fields cannot be hashed (a NaN)."""
     # Nothing an upload writes makes it raise: a record that does is no acknowledged one.
     try:
         return record_sha256(record)
@@ -517,7 +519,7 @@ def keyed_record(record: Mapping[str, Any]) -> FileRecord:
     other values). Where they cannot be hashed (a NaN a build before hashes wrote in the list
     the migration reads), without it, read unchecked as every record written before."""
     fields = {k: v for k, v in record.items() if k != CONTENT_KEY}
-    key = _record_sha256_or_none(fields)
+    key = record_sha256_or_none(fields)
     if key is not None:
         fields[CONTENT_KEY] = key
     return cast(FileRecord, fields)
@@ -541,7 +543,7 @@ def entry_changed(entry: Mapping[str, Any], *, hashed: bool = False) -> bool:
     where its root requires keys (``hashed``)."""
     if CONTENT_KEY not in entry:
         return hashed and bool(entry)  # none at all: no version acknowledged (an orphan's)
-    return bool(entry[CONTENT_KEY] != _record_sha256_or_none(entry))
+    return bool(entry[CONTENT_KEY] != record_sha256_or_none(entry))
 
 
 #: What a trash entry's delete wrote of it in ``trash.json``, which its `CONTENT_KEY` keeps
