@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from app.dataroot import STAMP_FILE
 from app.store.records import CONTENT_KEY
 
@@ -67,3 +69,37 @@ def test_a_file_trashed_before_keys_is_restorable_after_the_repair_marks_the_roo
         store = Store(opened)
         store.restore(sid, file="a.txt")  # before: refused (trash_copy_lost)
         assert store.list_files(sid) == [made]
+
+
+def test_a_marked_root_is_refused_by_a_build_that_writes_files_without_keys(
+    app_config: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found with the build before rows67 (7c21408b^1) run on a root this one marked: it
+    opened the root (its stamp said layout 1), and a file it deleted left a trash.json
+    without a key, which the mark makes damage: listed by its name alone, its restore refused
+    (`trash_manifest_damaged`), `app data check` exit 65. A marked root is layout 2 now,
+    which that build refuses before it writes; a root not marked stays layout 1."""
+    from app import dataroot
+    from app.dataroot import open_root
+    from app.errors import DataRootTooNewError
+    from app.store import Store
+
+    with open_root(app_config, kind="tests") as opened:
+        Store(opened).create_session("kept", {})
+    root = app_config.data_root
+    stamp = json.loads((root / STAMP_FILE).read_bytes())
+    assert (stamp["layout_version"], HASHED_KEY in stamp) == (2, True)  # before: 1
+    # A root an earlier build laid out: layout 1, open to it, until the repair marks it.
+    (root / STAMP_FILE).write_text(json.dumps({**stamp, "layout_version": 1, HASHED_KEY: None}))
+    _earlier_build(root)
+    code, out = invoke("data", "check", "--repair")
+    assert code == 0, out
+    assert json.loads((root / STAMP_FILE).read_bytes())["layout_version"] == 2  # before: 1
+    # The earlier build, which reads layout 1 and earlier (its check is this one's, with
+    # its own number): refused before anything is written.
+    monkeypatch.setattr(dataroot, "LAYOUT_VERSION", 1)
+    with pytest.raises(DataRootTooNewError) as refused:
+        open_root(app_config, kind="tests")
+    said = str(refused.value)
+    assert "(layout 2, in " in said and "which reads layout 1 and earlier only" in said, said
+    assert "Run the build that laid it out (`app --version` there)" in said, said

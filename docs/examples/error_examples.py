@@ -172,7 +172,7 @@ EXAMPLES: list[errors.AppError] = [
         ROOT, f"sessions/ was replaced or moved since it was opened ({ROOT / 'sessions'})"
     ),
     errors.ProfileStampMismatchError(ROOT, "production", "development", protected=True),
-    errors.DataRootTooNewError(ROOT, "0.2.0", "2", "0.1.0", 1),
+    errors.DataRootTooNewError(ROOT, "0.2.0", "3", "0.1.0", 2),
     errors.DataRootStateError(
         ROOT,
         f"its profile stamp {ROOT / '.app-profile.json'} names no profile",
