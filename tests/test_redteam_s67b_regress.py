@@ -7,14 +7,18 @@ left keyless, and what then read as damage: an acknowledged version in the trash
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
+from engines import PostgresEngine, S3Engine, new_blob_url
+from test_remote_store import PROFILE, _replica
 
 from app.dataroot import STAMP_FILE
+from app.remote import pg
 from app.store.records import CONTENT_KEY
 
 HASHED_KEY = "content_sha256_since"  # spelt out: these tests run against the build before
@@ -103,3 +107,38 @@ def test_a_marked_root_is_refused_by_a_build_that_writes_files_without_keys(
     said = str(refused.value)
     assert "(layout 2, in " in said and "which reads layout 1 and earlier only" in said, said
     assert "Run the build that laid it out (`app --version` there)" in said, said
+
+
+def test_a_marked_database_is_refused_by_a_release_that_writes_rows_without_keys(
+    postgres_engine: PostgresEngine, s3_engine: S3Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found with the build before rows67 (7c21408b^1) as a replica beside this one's, on a
+    database this one made (marked from its stamp): it opened it (schema version 1, its own),
+    and its upload's 201 left a file row without a key and the session's updated_at without
+    updated_sha256, which the mark makes damage: the whole session refused
+    (`session_unreadable`), the file too, and the session it created. A marked database is
+    schema version 2 now, which that release refuses at its start; one not marked stays 1."""
+    from app.remote.errors import SchemaTooNewError
+
+    with postgres_engine.opened_database(PROFILE) as (name, url):
+        with postgres_engine.connect(name) as admin:
+            stamp = "SELECT schema_version, content_sha256_since IS NOT NULL FROM app_stamp"
+            assert admin.execute(stamp).fetchone() == (2, True)  # before: (1, True)
+            # As an earlier build made it: schema version 1, open to it, until the repair.
+            admin.execute("UPDATE app_stamp SET schema_version = 1, content_sha256_since = NULL")
+        hold = contextlib.ExitStack()
+        hold.enter_context(pg.maintenance(url, PROFILE, "check and repair"))
+        with _replica(
+            s3_engine, (url, new_blob_url(s3_engine)), kind="maintenance", on_close=hold.close
+        ) as maintenance:
+            assert maintenance.check(repair=True).findings == []
+        with postgres_engine.connect(name) as admin:
+            assert admin.execute(stamp).fetchone() == (2, True)  # before: (1, True)
+        # The earlier release, whose start's check is this one's with its own number.
+        monkeypatch.setattr(pg, "SCHEMA_VERSION", 1)
+        with pytest.raises(SchemaTooNewError) as refused:
+            pg.open_database(url, PROFILE)
+        assert (
+            "has schema version 2, this release of the app knows up to 1; nothing was changed. "
+            "Upgrade the app (every replica) to the release that wrote it"
+        ) in str(refused.value)

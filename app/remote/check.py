@@ -479,7 +479,12 @@ def _hash_unkeyed(db: Database) -> list[Finding]:
                     (record_sha256(row), row["id"]),
                 )
                 files += 1
-        conn.execute("UPDATE app_stamp SET content_sha256_since = now()")
+        # Its schema version with it: a release from before the mark, which writes rows
+        # without keys, refuses the database from now on (`pg.SCHEMA_VERSION`).
+        conn.execute(
+            "UPDATE app_stamp SET content_sha256_since = now(), schema_version = %s",
+            (pg.SCHEMA_VERSION,),
+        )
         if hashed or files or times:
             db.audit(conn, "hash", db.where, sessions=hashed, files=files, updated=times)
     db.marked_hashed()
