@@ -68,11 +68,11 @@ from app.store.records import (
     CONTENT_CHANGED,
     CONTENT_KEY,
     CONTENT_MISSING,
+    ENTRY_REHASH,
     LEGACY_FILES_DIR,
     LEGACY_FILES_KEY,
     MANIFEST_CHANGED,
     NEW_PREFIX,
-    RECORD_CHANGED,
     RECORDS_DIR,
     REHASH,
     SESSION_FILE,
@@ -83,15 +83,15 @@ from app.store.records import (
     bytes_in_entry,
     content_sha256_or_none,
     date_records,
-    entry_changed,
+    entry_fault,
     keyed_record,
     load_record,
-    record_sha256_or_none,
     manifest_changed,
     manifest_sha256,
     open_regular,
     read_meta,
     record_blob,
+    record_sha256_or_none,
     scan_records,
     session_object,
     shape_damage,
@@ -615,17 +615,17 @@ class Checker:
             return
         file, previous = manifest.get("file"), manifest.get("entry")
         if entry.kind == "file" and isinstance(file, str) and isinstance(previous, dict):
-            if entry_changed(previous, hashed=self.root.hashed):
+            if (fault := entry_fault(previous, hashed=self.root.hashed)) is not None:
                 # What a restore refuses (`TrashCopyLostError`), named before it is asked
                 # for (rt-regress66b); its bytes are left, as a damaged version's are.
                 self.unrepaired(
                     "file-damaged",
                     path / TRASH_MANIFEST,
                     f"the version of file {file!r} this entry holds has a {TRASH_MANIFEST} "
-                    f"whose {RECORD_CHANGED.removeprefix('its ')}: damage from outside the "
-                    "app, or an edit by hand; a restore of it is refused",
+                    f"whose {fault}: damage from outside the app, or an edit by hand; a "
+                    "restore of it is refused",
                     "nothing: left for a human (put the entry's trash.json back from a backup; "
-                    f"after an edit made on purpose, remove its {CONTENT_KEY} line)",
+                    f"{ENTRY_REHASH})",
                 )
             # A version a restore would bring back, checked as a file is (red team 35).
             whole = self._verify(path, path / bytes_in_entry(file), file, previous)
@@ -1029,8 +1029,7 @@ class Checker:
                 "hand"
                 if unknown
                 else "a session directory without a readable session.json",
-                "nothing: left for a human (restore session.json from a backup; after an "
-                f"edit made on purpose, remove its {CONTENT_KEY} line)"
+                f"nothing: left for a human (restore session.json from a backup; {REHASH})"
                 if changed
                 else "nothing: left for a human (restore session.json from a backup; after an "
                 "edit made on purpose, remove that key)"
@@ -1591,20 +1590,21 @@ def _keyed_copy(path: Path, kind: str) -> dict[str, Any] | None:
     """What ``path`` (`_keyable`) holds, with its ``content_sha256`` added; ``None`` where it
     has one, is not there, is no regular file, or is not of the app's shape (damage, left
     for a human and reported as such)."""
-    if path.is_symlink():
-        return None
+    raw, found = b"", None
     try:
-        raw = read_regular(path)
-        found = json_loads(raw)
+        if not path.is_symlink():
+            raw = read_regular(path)
+            found = json_loads(raw)
     except (OSError, ValueError):  # NotRegularFileError is an OSError
-        return None
+        found = None
     if not isinstance(found, dict):
         return None
     if kind == TRASH_MANIFEST:
         return _keyed_manifest(found)
+    key: str | None = None  # where it has one already, none is added
     if CONTENT_KEY in found:
-        return None
-    if kind == "session.json":
+        key = None
+    elif kind == "session.json":
         try:
             session_object(
                 raw, path.parent.name if ID_RE.fullmatch(path.parent.name) else str(found.get("id"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +110,87 @@ def test_a_marked_root_is_refused_by_a_build_that_writes_files_without_keys(
     assert "Run the build that laid it out (`app --version` there)" in said, said
 
 
+#: What each refusal of an edit now says resolves it (`app.store.records.REHASH`, spelt out).
+REHASH = (
+    "remove its content_sha256 line, and, with no server on the root, the "
+    "content_sha256_since line of the root's stamp (.app-profile.json), then run `app data "
+    "check --repair`, which hashes it again"
+)
+ENTRY_REHASH = REHASH.replace("its content_sha256 line", "the content_sha256 line of its entry")
+
+
+def _rewritten(path: Path, change: Any) -> None:
+    found = json.loads(path.read_bytes())
+    change(found)
+    path.write_text(json.dumps(found, indent=2))
+
+
+def test_each_remedy_of_an_edit_made_on_purpose_resolves_it_in_a_marked_root(
+    app_config: Any,
+) -> None:
+    """A session.json or a trash entry's version changed by hand was refused with "after an
+    edit made on purpose, remove that line" (its content_sha256): done, in a marked root, it
+    was refused again, as a file without its key, and the version's refusal still said its
+    fields were "not what its upload acknowledged". Each now names the whole remedy, which
+    the repair carries out (the entry's key too, since this round)."""
+    from app.dataroot import open_root
+    from app.errors import TrashCopyLostError, UnreadableSessionError
+    from app.store import Store
+
+    with open_root(app_config, kind="tests") as opened:
+        store = Store(opened)
+        sid = store.create_session("kept", {})["id"]
+        store.put_file(sid, "a.txt", io.BytesIO(b"bytes"))
+        entry = store.delete_file(sid, "a.txt")
+    root = app_config.data_root
+    later = "2036-01-01T00:00:00.000000+00:00"
+    _rewritten(entry.path / "trash.json", lambda m: m["entry"].update(uploaded_at=later))
+    with open_root(app_config, kind="tests") as opened, pytest.raises(TrashCopyLostError) as lost:
+        Store(opened).restore(sid, file="a.txt")
+    # Before: "(after an edit made on purpose, remove the content_sha256 line of its entry)".
+    assert f"from a backup (after an edit made on purpose, {ENTRY_REHASH})" in str(lost.value)
+    acknowledged = (root / "sessions" / sid / "session.json").read_bytes()
+    _rewritten(root / "sessions" / sid / "session.json", lambda s: s.update(title="edited"))
+    with (
+        open_root(app_config, kind="tests") as opened,
+        pytest.raises(UnreadableSessionError) as refused,
+    ):
+        Store(opened).get_session(sid)
+    # Before: "after an edit made on purpose, remove that line".
+    assert f"after an edit made on purpose, {REHASH})" in str(refused.value)
+    code, out = invoke("data", "check")
+    assert code == 65, out
+    assert f"restore session.json from a backup; after an edit made on purpose, {REHASH})" in out
+    assert f"trash.json back from a backup; after an edit made on purpose, {ENTRY_REHASH})" in out
+    # The lines alone removed (what the refusals said): refused still, now for what it is.
+    _rewritten(root / "sessions" / sid / "session.json", lambda s: s.pop(CONTENT_KEY))
+    with open_root(app_config, kind="tests") as opened, pytest.raises(UnreadableSessionError):
+        Store(opened).get_session(sid)
+    (root / "sessions" / sid / "session.json").write_bytes(acknowledged)
+    _rewritten(entry.path / "trash.json", lambda m: m["entry"].pop(CONTENT_KEY))
+    with open_root(app_config, kind="tests") as opened, pytest.raises(TrashCopyLostError) as lost:
+        Store(opened).restore(sid, file="a.txt")
+    assert (  # before: "... not what its upload acknowledged ..."
+        "has a trash.json whose entry has no content_sha256, which every one of this data root "
+        "carries since its stamp's content_sha256_since"
+    ) in str(lost.value)
+    _rewritten(
+        root / "sessions" / sid / "session.json",
+        lambda s: s.update(title="edited") or s.pop(CONTENT_KEY),
+    )
+    # The whole remedy: served as edited, restored as edited.
+    _earlier_build(root)
+    code, out = invoke("data", "check", "--repair")
+    assert code == 0, out
+    code, out = invoke("data", "check")
+    assert code == 0, out
+    with open_root(app_config, kind="tests") as opened:
+        store = Store(opened)
+        assert store.get_session(sid)["title"] == "edited"
+        store.restore(sid, file="a.txt")
+        assert [f["uploaded_at"] for f in store.list_files(sid)] == [later]
+
+
 def test_a_marked_database_is_refused_by_a_release_that_writes_rows_without_keys(
     postgres_engine: PostgresEngine, s3_engine: S3Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -118,22 +200,43 @@ def test_a_marked_database_is_refused_by_a_release_that_writes_rows_without_keys
     updated_sha256, which the mark makes damage: the whole session refused
     (`session_unreadable`), the file too, and the session it created. A marked database is
     schema version 2 now, which that release refuses at its start; one not marked stays 1."""
+    from app.errors import UnreadableSessionError
     from app.remote.errors import SchemaTooNewError
 
     with postgres_engine.opened_database(PROFILE) as (name, url):
+        blob_url = new_blob_url(s3_engine)
+        with _replica(s3_engine, (url, blob_url)) as store:
+            edited = store.create_session("acknowledged", {})["id"]
         with postgres_engine.connect(name) as admin:
             stamp = "SELECT schema_version, content_sha256_since IS NOT NULL FROM app_stamp"
             assert admin.execute(stamp).fetchone() == (2, True)  # before: (1, True)
-            # As an earlier build made it: schema version 1, open to it, until the repair.
+            admin.execute("UPDATE app_sessions SET title = 'edited'")
+        # What its refusal says resolves an edit made on purpose, the whole of it (before:
+        # "set that column to NULL", then refused as a row without its key).
+        remedy = (
+            "set that column and app_stamp.content_sha256_since to NULL with every replica "
+            "stopped, then run `app data check --repair`, which hashes the row again"
+        )
+        with (
+            _replica(s3_engine, (url, blob_url)) as store,
+            pytest.raises(UnreadableSessionError, match=re.escape(remedy)),
+        ):
+            store.get_session(edited)
+        with postgres_engine.connect(name) as admin:
+            # Done; and the stamp as an earlier build made it: schema version 1, open to it.
+            admin.execute("UPDATE app_sessions SET content_sha256 = NULL")
             admin.execute("UPDATE app_stamp SET schema_version = 1, content_sha256_since = NULL")
         hold = contextlib.ExitStack()
         hold.enter_context(pg.maintenance(url, PROFILE, "check and repair"))
         with _replica(
-            s3_engine, (url, new_blob_url(s3_engine)), kind="maintenance", on_close=hold.close
+            s3_engine, (url, blob_url), kind="maintenance", on_close=hold.close
         ) as maintenance:
-            assert maintenance.check(repair=True).findings == []
+            found = maintenance.check(repair=True).findings
+            assert [(f.problem, f.repaired) for f in found] == [("content-unhashed", True)]
         with postgres_engine.connect(name) as admin:
             assert admin.execute(stamp).fetchone() == (2, True)  # before: (1, True)
+        with _replica(s3_engine, (url, blob_url)) as store:
+            assert store.get_session(edited)["title"] == "edited"
         # The earlier release, whose start's check is this one's with its own number.
         monkeypatch.setattr(pg, "SCHEMA_VERSION", 1)
         with pytest.raises(SchemaTooNewError) as refused:

@@ -537,8 +537,9 @@ def _changed_finding(row: dict[str, Any]) -> Finding:
         "the app, or an edit by hand; it is left out of pages of sessions, and reads of it "
         "are refused (session_unreadable)",
         "nothing: left for a human (with every replica stopped, put its title and metadata "
-        f"back from a backup; after an edit made on purpose, set its {CONTENT_KEY} to NULL; "
-        "or delete the session, which moves it to the trash as it is)",
+        f"back from a backup; after an edit made on purpose, set its {CONTENT_KEY} and "
+        "app_stamp.content_sha256_since to NULL, then run `app data check --repair`, which "
+        "hashes it again; or delete the session, which moves it to the trash as it is)",
     )
 
 
