@@ -245,3 +245,35 @@ def test_a_marked_database_is_refused_by_a_release_that_writes_rows_without_keys
             "has schema version 2, this release of the app knows up to 1; nothing was changed. "
             "Upgrade the app (every replica) to the release that wrote it"
         ) in str(refused.value)
+
+
+def test_a_deletion_time_changed_in_the_database_neither_lists_nor_empties_an_entry(
+    postgres_engine: PostgresEngine, s3_engine: S3Engine
+) -> None:
+    """Found on the suite's PostgreSQL: a trashed session's and file's ``deleted_at`` moved
+    ten years back in the database (no key covers it) were listed so, `app data check` said
+    clean, and `empty-trash --older-than 30d` deleted both for good, a second after their
+    delete. The trash is now listed and emptied by the time its entry's name gives, written
+    in the same statement and answered by the delete, as a data root's trash always was."""
+    from datetime import timedelta
+
+    with (
+        postgres_engine.opened_database(PROFILE) as (name, url),
+        _replica(s3_engine, (url, new_blob_url(s3_engine))) as store,
+    ):
+        sid = store.create_session("kept", {})["id"]
+        store.put_file(sid, "a.txt", b"bytes")
+        store.delete_file(sid, "a.txt")
+        gone = store.create_session("gone", {})["id"]
+        store.delete_session(gone)
+        listed = [(e.name, e.deleted_at) for e in store.list_trash()]
+        with postgres_engine.connect(name) as admin:
+            for table in ("app_sessions", "app_files"):
+                admin.execute(
+                    f"UPDATE {table} SET deleted_at = deleted_at - interval '10 years'"
+                    " WHERE deleted_at IS NOT NULL"
+                )
+        assert [(e.name, e.deleted_at) for e in store.list_trash()] == listed  # before: 2016
+        assert store.empty_trash(timedelta(days=30)) == []  # before: both deleted for good
+        assert len(store.list_trash()) == 2
+        assert sorted(e.name for e in store.empty_trash(None)) == sorted(n for n, _ in listed)

@@ -22,7 +22,16 @@ from app.errors import (
 )
 from app.names import check_file_name
 from app.remote import pg
-from app.remote.db import Database, just_after, now, trash_entry, utc
+from app.remote.db import (
+    NAMED_TIME_LENGTH,
+    TRASH_TIME_FORMAT,
+    Database,
+    just_after,
+    named_time,
+    now,
+    trash_entry,
+    utc,
+)
 from app.remote.errors import (
     FileRowOfAnotherShapeError,
     ObjectMissingError,
@@ -104,18 +113,19 @@ class RemoteTrash:
                     r["session_id"],
                 )
                 r["title"] = None
-        return [
+        listed = [
             trash_entry(
                 r["trash_name"],
                 "session" if r["kind"] == "session" else "file",
                 r["session_id"],
                 r["file"],
-                r["deleted_at"].astimezone(UTC),
+                _deleted_at(r),
                 r["deleted_reason"],
                 r["title"],
             )
             for r in rows
         ]
+        return sorted(listed, key=lambda e: (e.deleted_at, e.name))
 
     def restore(self, session_id: str, file: str | None, entry: str | None = None) -> str | None:
         """Bring a session (or the most recently trashed version of a file, or the one in
@@ -350,17 +360,23 @@ class RemoteTrash:
             refusal of their deletion (None where it deleted them).
         """
         cutoff = datetime.max.replace(tzinfo=UTC) if older_than is None else now() - older_than
+        # Older by its name's time too (`named_time`): by its deleted_at alone, one changed
+        # in the database was deleted for good a second after its delete (red team 67 on
+        # regress). Both must say so: a tool's name without a time is compared as it reads.
+        named = cutoff.strftime(TRASH_TIME_FORMAT)
         with self.db.write("the emptying of the trash") as conn:
             sessions = conn.execute(
                 "SELECT id, trash_name, deleted_at, deleted_reason, title FROM app_sessions"
-                " WHERE deleted_at <= %s ORDER BY deleted_at, trash_name FOR UPDATE",
-                (cutoff,),
+                ' WHERE deleted_at <= %s AND left(trash_name, %s) COLLATE "C" <= %s'
+                " ORDER BY deleted_at, trash_name FOR UPDATE",
+                (cutoff, NAMED_TIME_LENGTH, named),
             ).fetchall()
             ids = [row["id"] for row in sessions]
             files = conn.execute(
-                "DELETE FROM app_files WHERE deleted_at <= %s OR session_id = ANY(%s)"
+                "DELETE FROM app_files WHERE (deleted_at <= %s AND left(trash_name, %s)"
+                ' COLLATE "C" <= %s) OR session_id = ANY(%s)'
                 " RETURNING blob, trash_name, session_id, name, deleted_at, deleted_reason",
-                (cutoff, ids),
+                (cutoff, NAMED_TIME_LENGTH, named, ids),
             ).fetchall()
             conn.execute("DELETE FROM app_sessions WHERE id = ANY(%s)", (ids,))
             removed = [
@@ -369,7 +385,7 @@ class RemoteTrash:
                     "session",
                     r["id"],
                     None,
-                    r["deleted_at"].astimezone(UTC),
+                    _deleted_at(r),
                     r["deleted_reason"],
                     r["title"],
                 )
@@ -380,7 +396,7 @@ class RemoteTrash:
                     "file",
                     r["session_id"],
                     r["name"],
-                    r["deleted_at"].astimezone(UTC),
+                    _deleted_at(r),
                     r["deleted_reason"],
                 )
                 for r in files
@@ -454,3 +470,18 @@ class RemoteTrash:
             shell_word(location.bucket),
             shell_word(location.key("blobs/")),
         )
+
+
+def _deleted_at(row: dict[str, Any]) -> datetime:
+    """A trashed row's deletion time as its entry's name gives it (`named_time`), with a word
+    in the log where its ``deleted_at`` says another (changed in the database)."""
+    column = row["deleted_at"].astimezone(UTC)
+    named = named_time(row["trash_name"], column)
+    if named != column:
+        log.warning(
+            "trash entry %s: its row's deleted_at (%s) is not the time its name gives; "
+            "listed and emptied by its name's, as a data root's are",
+            row["trash_name"],
+            column.isoformat(),
+        )
+    return named
