@@ -277,3 +277,25 @@ def test_a_deletion_time_changed_in_the_database_neither_lists_nor_empties_an_en
         assert store.empty_trash(timedelta(days=30)) == []  # before: both deleted for good
         assert len(store.list_trash()) == 2
         assert sorted(e.name for e in store.empty_trash(None)) == sorted(n for n, _ in listed)
+        # A file's newest version, dated back so in the database: restored all the same.
+        store.put_file(sid, "b.txt", b"older")
+        store.delete_file(sid, "b.txt")
+        store.put_file(sid, "b.txt", b"newest")
+        newest = store.delete_file(sid, "b.txt")
+        _sql_at(
+            url,
+            "UPDATE app_files SET deleted_at = deleted_at - interval '10 years'"
+            " WHERE trash_name = %s",
+            newest.name,
+        )
+        store.restore(sid, file="b.txt")
+        file, _ = store.open_file(sid, "b.txt")
+        with file:
+            assert file.read() == b"newest"  # before: b"older"
+
+
+def _sql_at(url: str, statement: str, *args: object) -> None:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute(statement, args)  # type: ignore[arg-type]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
 from app.errors import (
     AppError,
@@ -52,14 +52,17 @@ from app.store.trash import TRASH_NAME_RE
 
 __all__ = ["RemoteTrash"]
 
+#: The time at the start of a trash entry's name (`named_time`), in SQL, compared bytewise.
+_NAMED: Final = f'left(trash_name, {NAMED_TIME_LENGTH}) COLLATE "C"'
 #: A file's newest trashed version (or the one in a named entry): ``session_id, name, entry,
-#: entry``.
+#: entry``. Newest by its name's time, as a data root's entries are: by ``deleted_at``, one
+#: changed in the database made an older version the one restored (red team 67 on regress).
 _TRASHED_FILE = (
     "SELECT id, name, trash_name, blob, size, sha256, deleted_at, content_sha256,"  # noqa: S608
     f" {utc('uploaded_at')} AS uploaded_at FROM app_files"
     ' WHERE session_id = %s AND name = %s COLLATE "default" AND deleted_at IS NOT NULL'
     " AND (%s::text IS NULL OR trash_name = %s)"
-    " ORDER BY deleted_at DESC, id DESC LIMIT 1"
+    f" ORDER BY {_NAMED} DESC, id DESC LIMIT 1"
 )
 #: Whether the file is there (live) again: ``session_id, name``.
 _LIVE_FILE = (
@@ -197,7 +200,7 @@ class RemoteTrash:
             # before its delete, and a client that looks for the sessions changed since the
             # newest `updated_at` it saw never saw it come back (red team 59).
             moment = now()
-            for earlier in (row["updated_at"], row["deleted_at"]):
+            for earlier in (row["updated_at"], named_time(row["trash_name"], row["deleted_at"])):
                 if earlier is not None:
                     moment = max(moment, just_after(earlier))
             restored = conn.execute(
@@ -309,11 +312,11 @@ class RemoteTrash:
         older = None
         if entry is None:
             older = conn.execute(
-                "SELECT trash_name FROM app_files WHERE session_id = %s"
+                "SELECT trash_name FROM app_files WHERE session_id = %s"  # noqa: S608
                 ' AND name = %s COLLATE "default"'
-                " AND deleted_at IS NOT NULL AND (deleted_at, id) < (%s, %s)"
-                " ORDER BY deleted_at DESC, id DESC LIMIT 1",
-                (session_id, name, row["deleted_at"], row["id"]),
+                f" AND deleted_at IS NOT NULL AND ({_NAMED}, id) < (%s, %s)"
+                f" ORDER BY {_NAMED} DESC, id DESC LIMIT 1",
+                (session_id, name, row["trash_name"][:NAMED_TIME_LENGTH], row["id"]),
             ).fetchone()
         raise TrashCopyLostError(
             session_id,
