@@ -68,11 +68,11 @@ from app.store.records import (
     CONTENT_CHANGED,
     CONTENT_KEY,
     CONTENT_MISSING,
+    ENTRY_REHASH,
     LEGACY_FILES_DIR,
     LEGACY_FILES_KEY,
     MANIFEST_CHANGED,
     NEW_PREFIX,
-    RECORD_CHANGED,
     RECORDS_DIR,
     REHASH,
     SESSION_FILE,
@@ -83,7 +83,7 @@ from app.store.records import (
     bytes_in_entry,
     content_sha256_or_none,
     date_records,
-    entry_changed,
+    entry_fault,
     keyed_record,
     load_record,
     manifest_changed,
@@ -91,6 +91,7 @@ from app.store.records import (
     open_regular,
     read_meta,
     record_blob,
+    record_sha256_or_none,
     scan_records,
     session_object,
     shape_damage,
@@ -614,17 +615,17 @@ class Checker:
             return
         file, previous = manifest.get("file"), manifest.get("entry")
         if entry.kind == "file" and isinstance(file, str) and isinstance(previous, dict):
-            if entry_changed(previous, hashed=self.root.hashed):
+            if (fault := entry_fault(previous, hashed=self.root.hashed)) is not None:
                 # What a restore refuses (`TrashCopyLostError`), named before it is asked
                 # for (rt-regress66b); its bytes are left, as a damaged version's are.
                 self.unrepaired(
                     "file-damaged",
                     path / TRASH_MANIFEST,
                     f"the version of file {file!r} this entry holds has a {TRASH_MANIFEST} "
-                    f"whose {RECORD_CHANGED.removeprefix('its ')}: damage from outside the "
-                    "app, or an edit by hand; a restore of it is refused",
+                    f"whose {fault}: damage from outside the app, or an edit by hand; a "
+                    "restore of it is refused",
                     "nothing: left for a human (put the entry's trash.json back from a backup; "
-                    f"after an edit made on purpose, remove its {CONTENT_KEY} line)",
+                    f"{ENTRY_REHASH})",
                 )
             # A version a restore would bring back, checked as a file is (red team 35).
             whole = self._verify(path, path / bytes_in_entry(file), file, previous)
@@ -1028,8 +1029,7 @@ class Checker:
                 "hand"
                 if unknown
                 else "a session directory without a readable session.json",
-                "nothing: left for a human (restore session.json from a backup; after an "
-                f"edit made on purpose, remove its {CONTENT_KEY} line)"
+                f"nothing: left for a human (restore session.json from a backup; {REHASH})"
                 if changed
                 else "nothing: left for a human (restore session.json from a backup; after an "
                 "edit made on purpose, remove that key)"
@@ -1590,16 +1590,21 @@ def _keyed_copy(path: Path, kind: str) -> dict[str, Any] | None:
     """What ``path`` (`_keyable`) holds, with its ``content_sha256`` added; ``None`` where it
     has one, is not there, is no regular file, or is not of the app's shape (damage, left
     for a human and reported as such)."""
-    if path.is_symlink():
-        return None
+    raw, found = b"", None
     try:
-        raw = read_regular(path)
-        found = json_loads(raw)
+        if not path.is_symlink():
+            raw = read_regular(path)
+            found = json_loads(raw)
     except (OSError, ValueError):  # NotRegularFileError is an OSError
+        found = None
+    if not isinstance(found, dict):
         return None
-    if not isinstance(found, dict) or CONTENT_KEY in found:
-        return None
-    if kind == "session.json":
+    if kind == TRASH_MANIFEST:
+        return _keyed_manifest(found)
+    key: str | None = None  # where it has one already, none is added
+    if CONTENT_KEY in found:
+        key = None
+    elif kind == "session.json":
         try:
             session_object(
                 raw, path.parent.name if ID_RE.fullmatch(path.parent.name) else str(found.get("id"))
@@ -1607,13 +1612,33 @@ def _keyed_copy(path: Path, kind: str) -> dict[str, Any] | None:
         except UnreadableSessionError:
             return None
         key = content_sha256_or_none(found)
-    elif kind == "record":
+    else:  # a record
         record = load_record(path)
         kept = None if record is None else keyed_record(record).get(CONTENT_KEY)
         key = kept if isinstance(kept, str) else None
-    else:
-        key = manifest_sha256(found) if _app_shaped(found, str(found.get("session_id"))) else None
     return None if key is None else {**found, CONTENT_KEY: key}
+
+
+def _keyed_manifest(found: dict[str, Any]) -> dict[str, Any] | None:
+    """A trash manifest (`_keyed_copy`) with its own key and its ``entry``'s, each where it
+    has none; ``None`` where neither is added. The entry, the record of the version a file's
+    entry holds, is keyed on its own: a record from before keys deleted by an earlier build
+    (or by this one before the mark) kept none there, the manifest's own key was added
+    without it, and once the root was marked the restore of that acknowledged version was
+    refused as damaged (`entry_changed`; red team 67 on regress)."""
+    if not _app_shaped(found, str(found.get("session_id"))):
+        return None
+    copy = dict(found)
+    previous = found.get("entry")
+    if isinstance(previous, dict) and previous and CONTENT_KEY not in previous:
+        key = record_sha256_or_none(previous)
+        if key is not None:
+            copy["entry"] = {**previous, CONTENT_KEY: key}
+    if CONTENT_KEY not in found:
+        key = manifest_sha256(found)
+        if key is not None:
+            copy[CONTENT_KEY] = key
+    return None if copy == found else copy
 
 
 def _app_shaped(manifest: object, session_id: str) -> bool:

@@ -158,11 +158,16 @@ __all__ = [
 ]
 
 STAMP_FILE: Final = ".app-profile.json"
-LAYOUT_VERSION: Final = 1
+LAYOUT_VERSION: Final = 2
 """The layout of a data root this release writes and reads: a release that lays out a root
 in a way an earlier one would misread writes a higher ``layout_version`` into its stamp, and
 earlier releases refuse it (:class:`~app.errors.DataRootTooNewError`). A stamp without one
-was written before layouts were numbered: layout 1."""
+was written before layouts were numbered: layout 1. Layout 2 is a root marked `HASHED_KEY`
+(every file keyed): a build from before the mark writes files without keys (a trash.json
+until session 67), which the mark makes damage, so it must not open one (red team 67 on
+regress: a file that build deleted was unrestorable once this one ran again). A root not
+marked stays layout 1, open to them."""
+_UNMARKED_LAYOUT: Final = 1
 HASHED_KEY: Final = "content_sha256_since"
 """The stamp's key that says every ``session.json``, file record and trash manifest in the
 root carries its ``content_sha256`` (`app.store.records.CONTENT_KEY`), with the time it was
@@ -1422,7 +1427,7 @@ def _write_stamp(root: Path, profile: str, *, durable: bool = True, **extra: Any
         "profile": profile,
         "created_at": _now_iso(),
         "app_version": __version__,
-        "layout_version": LAYOUT_VERSION,
+        "layout_version": LAYOUT_VERSION if HASHED_KEY in extra else _UNMARKED_LAYOUT,
         **extra,
     }
     tmp_dir = _layout_dir(root, TMP_DIR)
@@ -2052,7 +2057,8 @@ def mark_hashed(root: Path) -> dict[str, Any]:
     stamp = read_stamp(root)
     if stamp is None:
         raise DataRootStateError(root, "it has no profile stamp to mark", _WRITE_STAMP)
-    stamp = {**stamp, HASHED_KEY: _now_iso()}
+    # Its layout with it: a build that reads layout 1 only refuses the root from now on.
+    stamp = {**stamp, HASHED_KEY: _now_iso(), "layout_version": LAYOUT_VERSION}
     data = (json.dumps(stamp, indent=2, sort_keys=True) + "\n").encode()
     _replace(_write_temp_file(_layout_dir(root, TMP_DIR), data), root / STAMP_FILE)
     return stamp

@@ -2026,7 +2026,7 @@ class TrashCopyLostError(StoreError):
         # The name an entry keeps the bytes under: put back as "trash.json", a file of that
         # name went over the entry's manifest, the record of the SHA-256 that finds them
         # (red team 48). Imported here: the store's modules import this one.
-        from app.store.records import bytes_in_entry
+        from app.store.records import ENTRY_REHASH, bytes_in_entry
 
         kept = bytes_in_entry(self.file)
         if self.object_store is not None:
@@ -2046,8 +2046,7 @@ class TrashCopyLostError(StoreError):
             return (
                 f"{what} (changed from outside the app; `app data check` reports it as "
                 f"file-damaged), {older}. Put that entry's trash.json back from a backup "
-                "(after an edit made on purpose, remove the content_sha256 line of its "
-                f"entry){instead}"
+                f"({ENTRY_REHASH}){instead}"
             )
         return (
             f"{what} ({'removed' if self.damage.startswith('has lost') else 'changed'} "

@@ -25,7 +25,9 @@ from app.testing import LiveServer
 CHANGED = (
     "holds a title, metadata, id, creation or update time other than those its create "
     "acknowledged (their SHA-256 is no longer the content_sha256 written with them; after an "
-    "edit made on purpose, remove that line)"
+    "edit made on purpose, remove its content_sha256 line, and, with no server on the root, "
+    "the content_sha256_since line of the root's stamp (.app-profile.json), then run `app data "
+    "check --repair`, which hashes it again)"
 )
 
 
@@ -193,7 +195,9 @@ def test_a_title_or_metadata_changed_on_the_disk_is_named_and_never_served(
             ),
             (
                 "nothing: left for a human (restore session.json from a backup; after an edit "
-                "made on purpose, remove its content_sha256 line)"
+                "made on purpose, remove its content_sha256 line, and, with no server on the "
+                "root, the content_sha256_since line of the root's stamp (.app-profile.json), "
+                "then run `app data check --repair`, which hashes it again)"
             ),
         )
     ]

@@ -635,7 +635,7 @@ def test_a_database_whose_stamp_row_was_deleted_is_refused_as_the_apps_naming_th
             assert "has the app's tables, but its stamp row in app_stamp is gone" in shown
             assert "nothing was changed" in shown
             assert "not the app's" not in shown
-        remedy = "INSERT INTO app_stamp (profile, schema_version) VALUES ('production', 1)"
+        remedy = "INSERT INTO app_stamp (profile, schema_version) VALUES ('production', 2)"
         assert remedy in shown
         # Not "not stamped yet" and "served by: nobody" (before).
         status = production.run("status")

@@ -151,10 +151,10 @@ def _lay_out(
 @pytest.mark.parametrize(
     ("later", "shown"),
     [
-        ({"app_version": "9.0.0", "layout_version": 2, "blob_index": "v2"}, "layout 2"),
+        ({"app_version": "9.0.0", "layout_version": 3, "blob_index": "v2"}, "layout 3"),
         ({"app_version": "9.0.0", "blob_index": "v2"}, "layout not recorded"),
     ],
-    ids=["layout-2", "later-version-no-layout"],
+    ids=["layout-3", "later-version-no-layout"],
 )
 def test_a_data_root_laid_out_by_a_later_release_is_refused_naming_both_versions(
     servers: list[Server], tmp_path: Path, later: dict[str, object], shown: str
@@ -162,7 +162,8 @@ def test_a_data_root_laid_out_by_a_later_release_is_refused_naming_both_versions
     # A root a later release stamped (an upgrade, then a rollback of the package): opened,
     # served, checked and re-stamped without a word, as if this release could read it.
     root, env, stamp_file, stamp = _lay_out(servers, tmp_path)
-    assert (stamp["app_version"], stamp["layout_version"]) == (__version__, 1)
+    # Layout 2: a root this release makes is marked (`content_sha256_since`) from the start.
+    assert (stamp["app_version"], stamp["layout_version"]) == (__version__, 2)
     del stamp["layout_version"]
     stamp_file.write_text(json.dumps({**stamp, **later}))
     before = snapshot(root)
@@ -177,7 +178,7 @@ def test_a_data_root_laid_out_by_a_later_release_is_refused_naming_both_versions
         message = " ".join(done.stderr.split())
         assert (
             f"data root {root} was laid out by app 9.0.0 ({shown}, in {stamp_file}), "
-            f"and this is app {__version__}, which reads layout 1 and earlier only"
+            f"and this is app {__version__}, which reads layout 2 and earlier only"
         ) in message
         assert "Refusing to open it; nothing was changed. Run app 9.0.0 or later on it" in message
         assert "restore the backup taken before the upgrade into a new data root" in message

@@ -96,11 +96,11 @@ def test_a_later_layout_under_this_release_s_own_version_names_no_release_to_ins
     root = _copy(app_config, tmp_path)
     stamp = root / ".app-profile.json"
     stamped = json.loads(stamp.read_text())
-    stamp.write_text(json.dumps({**stamped, "layout_version": 2}))
+    stamp.write_text(json.dumps({**stamped, "layout_version": 3}))
     refused = run_app("sessions", "list", env=app_env(root))
     assert refused.returncode == 78, refused.stderr
     said = " ".join(refused.stderr.split())
-    assert f"laid out by app {__version__} (layout 2" in said
+    assert f"laid out by app {__version__} (layout 3" in said
     assert "pip install" not in said and f"Run app {__version__} or later" not in said
     assert "installing one would not help" in said
     assert "Run the build that laid it out (`app --version` there)" in said

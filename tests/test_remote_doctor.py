@@ -209,7 +209,7 @@ def test_doctor_shows_the_stamp_and_every_live_replica(doctor) -> None:
     done = found.run_with_replicas("testing", "http://replica-1:8080", "http://replica-2:8080")
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
-    assert "  stamp: profile testing, schema version 1 (this release: 1), created " in out
+    assert "  stamp: profile testing, schema version 2 (this release: 2), created " in out
     replicas = [line for line in out.splitlines() if line.startswith("  replica: ")]
     assert len(replicas) == 2, out
     assert "serving http://replica-1:8080" in replicas[0]

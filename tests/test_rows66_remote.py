@@ -66,7 +66,7 @@ def test_a_session_row_changed_in_the_database_is_named_and_never_served(
             assert refused.value.code == "session_unreadable"
             assert f"cannot read session {session_id}: its row in app_sessions" in message
             assert CONTENT_CHANGED in message
-            assert "set that column to NULL" in message
+            assert "set that column and app_stamp.content_sha256_since to NULL" in message
             assert "reports it as session-unreadable" in message
         page = store.list_sessions()
         assert [item["id"] for item in page.items] == [kept["id"]]

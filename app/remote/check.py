@@ -479,7 +479,12 @@ def _hash_unkeyed(db: Database) -> list[Finding]:
                     (record_sha256(row), row["id"]),
                 )
                 files += 1
-        conn.execute("UPDATE app_stamp SET content_sha256_since = now()")
+        # Its schema version with it: a release from before the mark, which writes rows
+        # without keys, refuses the database from now on (`pg.SCHEMA_VERSION`).
+        conn.execute(
+            "UPDATE app_stamp SET content_sha256_since = now(), schema_version = %s",
+            (pg.SCHEMA_VERSION,),
+        )
         if hashed or files or times:
             db.audit(conn, "hash", db.where, sessions=hashed, files=files, updated=times)
     db.marked_hashed()
@@ -532,8 +537,9 @@ def _changed_finding(row: dict[str, Any]) -> Finding:
         "the app, or an edit by hand; it is left out of pages of sessions, and reads of it "
         "are refused (session_unreadable)",
         "nothing: left for a human (with every replica stopped, put its title and metadata "
-        f"back from a backup; after an edit made on purpose, set its {CONTENT_KEY} to NULL; "
-        "or delete the session, which moves it to the trash as it is)",
+        f"back from a backup; after an edit made on purpose, set its {CONTENT_KEY} and "
+        "app_stamp.content_sha256_since to NULL, then run `app data check --repair`, which "
+        "hashes it again; or delete the session, which moves it to the trash as it is)",
     )
 
 

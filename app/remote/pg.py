@@ -81,7 +81,13 @@ from app.remote.hosts import is_this_machine
 
 log = logging.getLogger("app.remote.store")
 
-SCHEMA_VERSION = 1
+#: The schema this release writes and reads; a release refuses a database stamped later
+#: (`SchemaTooNewError`). 2: a database marked ``content_sha256_since`` (every row keyed),
+#: with the mark: a release from before it writes rows without keys (an upload's file row,
+#: a session's ``updated_at`` without ``updated_sha256``), which the mark makes damage, so
+#: it must not serve beside it (red team 67 on regress: a session such a replica uploaded to
+#: was refused whole, and its file). A database not marked stays 1, open to them.
+SCHEMA_VERSION = 2
 
 # Advisory locks in the two-int4 form, so they cannot collide with another application's
 # single-bigint keys; the class is derived from the app's name.
@@ -1671,7 +1677,8 @@ def open_database(
 #: there (a session's ``content_sha256``: read unchecked, as the local store reads a
 #: ``session.json`` without the key). A release from before takes the table with it (a
 #: column of another's that may be left empty is left alone by its `drift`), so the schema
-#: version stays 1: its replicas go on serving beside this one's.
+#: version stays 1: its replicas go on serving beside this one's, until the repair marks
+#: the database (`content_sha256_since`), which raises it to 2 (`SCHEMA_VERSION`).
 _ADDED_COLUMNS: Final = {
     ("app_sessions", "content_sha256"): "ALTER TABLE app_sessions ADD COLUMN content_sha256 text",
     ("app_files", "content_sha256"): "ALTER TABLE app_files ADD COLUMN content_sha256 text",

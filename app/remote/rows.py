@@ -63,7 +63,9 @@ CONTENT_FINDING = "session-unreadable"
 CONTENT_CHANGED: Final = (
     "holds a title, metadata, id or creation time other than those its create acknowledged "
     f"(their SHA-256 is no longer the {CONTENT_KEY} written with them; after an edit made "
-    f"on purpose, set that column to NULL)"
+    "on purpose, set that column and app_stamp.content_sha256_since to NULL with every "
+    "replica stopped, then run `app data check --repair`, which hashes the row again and "
+    "marks the stamp)"
 )
 
 #: What `UnreadableSessionError` says of a session's row without ``content_sha256`` in a

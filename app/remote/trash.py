@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
 from app.errors import (
     AppError,
@@ -22,7 +22,16 @@ from app.errors import (
 )
 from app.names import check_file_name
 from app.remote import pg
-from app.remote.db import Database, just_after, now, trash_entry, utc
+from app.remote.db import (
+    NAMED_TIME_LENGTH,
+    TRASH_TIME_FORMAT,
+    Database,
+    just_after,
+    named_time,
+    now,
+    trash_entry,
+    utc,
+)
 from app.remote.errors import (
     FileRowOfAnotherShapeError,
     ObjectMissingError,
@@ -43,14 +52,17 @@ from app.store.trash import TRASH_NAME_RE
 
 __all__ = ["RemoteTrash"]
 
+#: The time at the start of a trash entry's name (`named_time`), in SQL, compared bytewise.
+_NAMED: Final = f'left(trash_name, {NAMED_TIME_LENGTH}) COLLATE "C"'
 #: A file's newest trashed version (or the one in a named entry): ``session_id, name, entry,
-#: entry``.
+#: entry``. Newest by its name's time, as a data root's entries are: by ``deleted_at``, one
+#: changed in the database made an older version the one restored (red team 67 on regress).
 _TRASHED_FILE = (
     "SELECT id, name, trash_name, blob, size, sha256, deleted_at, content_sha256,"  # noqa: S608
     f" {utc('uploaded_at')} AS uploaded_at FROM app_files"
     ' WHERE session_id = %s AND name = %s COLLATE "default" AND deleted_at IS NOT NULL'
     " AND (%s::text IS NULL OR trash_name = %s)"
-    " ORDER BY deleted_at DESC, id DESC LIMIT 1"
+    f" ORDER BY {_NAMED} DESC, id DESC LIMIT 1"
 )
 #: Whether the file is there (live) again: ``session_id, name``.
 _LIVE_FILE = (
@@ -104,18 +116,19 @@ class RemoteTrash:
                     r["session_id"],
                 )
                 r["title"] = None
-        return [
+        listed = [
             trash_entry(
                 r["trash_name"],
                 "session" if r["kind"] == "session" else "file",
                 r["session_id"],
                 r["file"],
-                r["deleted_at"].astimezone(UTC),
+                _deleted_at(r),
                 r["deleted_reason"],
                 r["title"],
             )
             for r in rows
         ]
+        return sorted(listed, key=lambda e: (e.deleted_at, e.name))
 
     def restore(self, session_id: str, file: str | None, entry: str | None = None) -> str | None:
         """Bring a session (or the most recently trashed version of a file, or the one in
@@ -187,7 +200,7 @@ class RemoteTrash:
             # before its delete, and a client that looks for the sessions changed since the
             # newest `updated_at` it saw never saw it come back (red team 59).
             moment = now()
-            for earlier in (row["updated_at"], row["deleted_at"]):
+            for earlier in (row["updated_at"], named_time(row["trash_name"], row["deleted_at"])):
                 if earlier is not None:
                     moment = max(moment, just_after(earlier))
             restored = conn.execute(
@@ -299,11 +312,11 @@ class RemoteTrash:
         older = None
         if entry is None:
             older = conn.execute(
-                "SELECT trash_name FROM app_files WHERE session_id = %s"
+                "SELECT trash_name FROM app_files WHERE session_id = %s"  # noqa: S608
                 ' AND name = %s COLLATE "default"'
-                " AND deleted_at IS NOT NULL AND (deleted_at, id) < (%s, %s)"
-                " ORDER BY deleted_at DESC, id DESC LIMIT 1",
-                (session_id, name, row["deleted_at"], row["id"]),
+                f" AND deleted_at IS NOT NULL AND ({_NAMED}, id) < (%s, %s)"
+                f" ORDER BY {_NAMED} DESC, id DESC LIMIT 1",
+                (session_id, name, row["trash_name"][:NAMED_TIME_LENGTH], row["id"]),
             ).fetchone()
         raise TrashCopyLostError(
             session_id,
@@ -350,17 +363,23 @@ class RemoteTrash:
             refusal of their deletion (None where it deleted them).
         """
         cutoff = datetime.max.replace(tzinfo=UTC) if older_than is None else now() - older_than
+        # Older by its name's time too (`named_time`): by its deleted_at alone, one changed
+        # in the database was deleted for good a second after its delete (red team 67 on
+        # regress). Both must say so: a tool's name without a time is compared as it reads.
+        named = cutoff.strftime(TRASH_TIME_FORMAT)
         with self.db.write("the emptying of the trash") as conn:
             sessions = conn.execute(
                 "SELECT id, trash_name, deleted_at, deleted_reason, title FROM app_sessions"
-                " WHERE deleted_at <= %s ORDER BY deleted_at, trash_name FOR UPDATE",
-                (cutoff,),
+                ' WHERE deleted_at <= %s AND left(trash_name, %s) COLLATE "C" <= %s'
+                " ORDER BY deleted_at, trash_name FOR UPDATE",
+                (cutoff, NAMED_TIME_LENGTH, named),
             ).fetchall()
             ids = [row["id"] for row in sessions]
             files = conn.execute(
-                "DELETE FROM app_files WHERE deleted_at <= %s OR session_id = ANY(%s)"
+                "DELETE FROM app_files WHERE (deleted_at <= %s AND left(trash_name, %s)"
+                ' COLLATE "C" <= %s) OR session_id = ANY(%s)'
                 " RETURNING blob, trash_name, session_id, name, deleted_at, deleted_reason",
-                (cutoff, ids),
+                (cutoff, NAMED_TIME_LENGTH, named, ids),
             ).fetchall()
             conn.execute("DELETE FROM app_sessions WHERE id = ANY(%s)", (ids,))
             removed = [
@@ -369,7 +388,7 @@ class RemoteTrash:
                     "session",
                     r["id"],
                     None,
-                    r["deleted_at"].astimezone(UTC),
+                    _deleted_at(r),
                     r["deleted_reason"],
                     r["title"],
                 )
@@ -380,7 +399,7 @@ class RemoteTrash:
                     "file",
                     r["session_id"],
                     r["name"],
-                    r["deleted_at"].astimezone(UTC),
+                    _deleted_at(r),
                     r["deleted_reason"],
                 )
                 for r in files
@@ -454,3 +473,18 @@ class RemoteTrash:
             shell_word(location.bucket),
             shell_word(location.key("blobs/")),
         )
+
+
+def _deleted_at(row: dict[str, Any]) -> datetime:
+    """A trashed row's deletion time as its entry's name gives it (`named_time`), with a word
+    in the log where its ``deleted_at`` says another (changed in the database)."""
+    column = row["deleted_at"].astimezone(UTC)
+    named = named_time(row["trash_name"], column)
+    if named != column:
+        log.warning(
+            "trash entry %s: its row's deleted_at (%s) is not the time its name gives; "
+            "listed and emptied by its name's, as a data root's are",
+            row["trash_name"],
+            column.isoformat(),
+        )
+    return named

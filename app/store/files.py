@@ -44,14 +44,13 @@ from app.store.records import (
     EPOCH,
     LATEST_FLOOR,
     MISSING_ERRNOS,
-    RECORD_CHANGED,
     RECORDS_DIR,
     FileRecord,
     bytes_in_entry,
     change_floor,
     date_records,
     ensure_dir,
-    entry_changed,
+    entry_fault,
     keyed_record,
     open_regular,
     public,
@@ -532,11 +531,11 @@ class Files:
             size = kept.stat().st_size
             acknowledged, digest = previous.get("size"), previous.get("sha256")
             damage = None
-            if entry_changed(previous, hashed=self.root.hashed):
+            if (fault := entry_fault(previous, hashed=self.root.hashed)) is not None:
                 # Restored, the record is written with a key of the fields it is given:
                 # an upload time changed in trash.json was served as acknowledged from then
                 # on (rt-regress66b).
-                damage = f"has a trash.json whose {RECORD_CHANGED.removeprefix('its ')}"
+                damage = f"has a trash.json whose {fault}"
             elif isinstance(acknowledged, int) and size != acknowledged:
                 # Taken from the disk, the damaged size went into the record under the
                 # acknowledged SHA-256: listed so, and past a download's check of the size

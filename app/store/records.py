@@ -46,6 +46,7 @@ __all__ = [
     "CONTENT_CHANGED",
     "CONTENT_KEY",
     "CONTENT_MISSING",
+    "ENTRY_REHASH",
     "EPOCH",
     "LATEST_FLOOR",
     "LEGACY_FILES_DIR",
@@ -71,6 +72,7 @@ __all__ = [
     "date_records",
     "ensure_dir",
     "entry_changed",
+    "entry_fault",
     "keyed_record",
     "listed_entries",
     "load_record",
@@ -81,6 +83,7 @@ __all__ = [
     "read_meta",
     "record_blob",
     "record_sha256",
+    "record_sha256_or_none",
     "record_time",
     "record_to_change",
     "refuse_linked_dirs",
@@ -438,7 +441,7 @@ def _shape_fault(record: Mapping[str, Any], *, hashed: bool = False) -> tuple[st
         return f"its sha256 is {str(sha256)[:80]!r}, not 64 lower-case hex digits", backup
     if _CONTROL.search(name):
         return "its name holds a control character, which no request can name", backup
-    if CONTENT_KEY in record and record[CONTENT_KEY] != _record_sha256_or_none(record):
+    if CONTENT_KEY in record and record[CONTENT_KEY] != record_sha256_or_none(record):
         fault: str | None = RECORD_CHANGED
     else:
         # Read as "written before keys", a record whose line was removed was served as
@@ -465,6 +468,14 @@ REHASH: Final = (
     f"after an edit made on purpose, remove its {CONTENT_KEY} line, and, with no server on "
     "the root, the content_sha256_since line of the root's stamp (.app-profile.json), then "
     "run `app data check --repair`, which hashes it again"
+)
+#: `REHASH` of a trash manifest's ``entry`` (the record of the version a file's entry holds):
+#: removing its line alone is refused in a marked root (`entry_changed`), and the repair
+#: keys an entry without one (red team 67 on regress).
+ENTRY_REHASH: Final = (
+    f"after an edit made on purpose, remove the {CONTENT_KEY} line of its entry, and, with no "
+    "server on the root, the content_sha256_since line of the root's stamp (.app-profile.json), "
+    "then run `app data check --repair`, which hashes it again"
 )
 #: What a record's fault says of one without `CONTENT_KEY` in a root that requires it.
 RECORD_UNKEYED: Final = (
@@ -503,7 +514,8 @@ def record_sha256(record: Mapping[str, Any]) -> str:
 _RECORD_JSON: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
-def _record_sha256_or_none(record: Mapping[str, Any]) -> str | None:
+def record_sha256_or_none(record: Mapping[str, Any]) -> str | None:
+    """`record_sha256`, or ``None`` where its fields cannot be hashed (a NaN)."""
     # Nothing an upload writes makes it raise: a record that does is no acknowledged one.
     try:
         return record_sha256(record)
@@ -517,7 +529,7 @@ def keyed_record(record: Mapping[str, Any]) -> FileRecord:
     other values). Where they cannot be hashed (a NaN a build before hashes wrote in the list
     the migration reads), without it, read unchecked as every record written before."""
     fields = {k: v for k, v in record.items() if k != CONTENT_KEY}
-    key = _record_sha256_or_none(fields)
+    key = record_sha256_or_none(fields)
     if key is not None:
         fields[CONTENT_KEY] = key
     return cast(FileRecord, fields)
@@ -539,9 +551,24 @@ def entry_changed(entry: Mapping[str, Any], *, hashed: bool = False) -> bool:
     """Whether a trash manifest's entry (`trashed_entry`) keeps a `CONTENT_KEY` that is not
     the SHA-256 of its fields: one without it (a manifest written before) is not known, but
     where its root requires keys (``hashed``)."""
+    return entry_fault(entry, hashed=hashed) is not None
+
+
+def entry_fault(entry: Mapping[str, Any], *, hashed: bool = False) -> str | None:
+    """What `entry_changed` finds, as the words after "a trash.json whose": that the entry
+    has no key where the root requires one, or that its fields are not those of its key;
+    ``None`` where it finds nothing. "Not what its upload acknowledged" was said of an entry
+    that merely had no key (red team 67 on regress)."""
     if CONTENT_KEY not in entry:
-        return hashed and bool(entry)  # none at all: no version acknowledged (an orphan's)
-    return bool(entry[CONTENT_KEY] != _record_sha256_or_none(entry))
+        if not (hashed and entry):  # none at all: no version acknowledged (an orphan's)
+            return None
+        return (
+            f"entry has no {CONTENT_KEY}, which every one of this data root carries since "
+            "its stamp's content_sha256_since"
+        )
+    if entry[CONTENT_KEY] == record_sha256_or_none(entry):
+        return None
+    return RECORD_CHANGED.removeprefix("its ")
 
 
 #: What a trash entry's delete wrote of it in ``trash.json``, which its `CONTENT_KEY` keeps
@@ -673,8 +700,7 @@ def read_meta(directory: Path, session_id: str, *, hashed: bool = False) -> dict
 CONTENT_CHANGED: Final = (
     "holds a title, metadata, id, creation or update time other than those its create "
     "acknowledged "
-    f"(their SHA-256 is no longer the {CONTENT_KEY} written with them; after an edit made "
-    f"on purpose, remove that line)"
+    f"(their SHA-256 is no longer the {CONTENT_KEY} written with them; {REHASH})"
 )
 #: What `UnreadableSessionError` says of a session.json without `CONTENT_KEY` in a root that
 #: requires it (`app.dataroot.HASHED_KEY`).

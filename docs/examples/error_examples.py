@@ -172,7 +172,7 @@ EXAMPLES: list[errors.AppError] = [
         ROOT, f"sessions/ was replaced or moved since it was opened ({ROOT / 'sessions'})"
     ),
     errors.ProfileStampMismatchError(ROOT, "production", "development", protected=True),
-    errors.DataRootTooNewError(ROOT, "0.2.0", "2", "0.1.0", 1),
+    errors.DataRootTooNewError(ROOT, "0.2.0", "3", "0.1.0", 2),
     errors.DataRootStateError(
         ROOT,
         f"its profile stamp {ROOT / '.app-profile.json'} names no profile",
@@ -344,7 +344,7 @@ EXAMPLES: list[errors.AppError] = [
         "run _pytest_1_a3f9 of pid 1 on host ci-7, started 2026-12-06T20:00:00+00:00, whose "
         "scratch database is postgresql://app@db.internal:5432/app_testing_pytest_1_a3f9",
     ),
-    remote.SchemaTooNewError(f"database {DATABASE}", 2, 1),
+    remote.SchemaTooNewError(f"database {DATABASE}", 3, 2),
     remote.TablesOffSearchPathError(DATABASE, ["public"], "reporting"),
     remote.TablesOffSearchPathError(DATABASE, [], "nowhere"),
     remote.TablesShadowedError(DATABASE, ["app", "public"], '"$user", public'),
@@ -373,7 +373,7 @@ EXAMPLES: list[errors.AppError] = [
         "s3://app-data/production at https://s3.internal",
         "is not JSON (Expecting value: line 1 column 1 (char 0))",
     ),
-    remote.DatabaseStampMissingError("production", DATABASE, 1),
+    remote.DatabaseStampMissingError("production", DATABASE, 2),
     remote.DatabaseEncodingError(DATABASE, "LATIN1", "UTF8"),
     remote.DatabaseEncodingError(DATABASE, "UTF8", "LATIN1"),
     remote.TransactionPoolerError(
