@@ -9,11 +9,11 @@ whose list the walk read first: they were in no list the walk read, and got no e
 
 What broke: next to a stopped production root of the test's own settings, a real inner
 pytest in a PID namespace of its own, whose test leaves S running, with fifty sleepers and
-P as its children (P first: the walk visits it last). Once the check after the test has
-written P's entry, P starts X, given production's settings alone, which waits for the run to
-be gone, then runs ``python -m app data purge --profile production --yes-i-mean-it``. P then
-watches S's entry, and exits as the run's last hand-over writes it (its second write without
-``run_started``: threading's shutdown hook hands on first, atexit's last). The walk went on
+P as its children (P first: the walk visits it last). Once the run's first hand-over at its
+end is done (threading's shutdown hook hands on first, atexit's last), P starts X, given
+production's settings alone, which waits for the run to be gone, then runs ``python -m app
+data purge --profile production --yes-i-mean-it``. P then watches S's entry, and exits as
+the run's last hand-over writes it. The walk went on
 through the sleepers and found P gone, X was the run's child by then, in a list read before:
 X got no entry, and once the run had ended, re-parented out of its tree, it found nothing of
 the run and moved every production session to the trash.
@@ -33,9 +33,9 @@ from test_redteam_s61_children import PRELUDE, run_inner
 
 from app import sandbox
 
-#: P (its arguments: the registry, S's pid, the run's pid, X's output file): once the check
-#: after the test wrote its own entry, it starts X; it exits as the run's last hand-over
-#: writes S's entry.
+#: P (its arguments: the registry, S's pid, the run's pid, X's output file): once the run's
+#: first hand-over at its end is done (its entry says ``ended_at``), it starts X; it exits as
+#: the run's last hand-over writes S's entry.
 P = r"""
 import json, os, subprocess, sys, time
 from pathlib import Path
@@ -65,13 +65,13 @@ line = (
     f"while kill -0 {runner} 2>/dev/null; do sleep 0.02; done; "
     f"{purge} > {out} 2>&1; echo exit $? >> {out}"
 )
-sibling, ends = entry(spid), set()
-while len(ends) < 2:  # the end's hand-overs: threading's shutdown hook, then atexit's
-    inode, data = written(sibling)
-    if data is not None and "outlived" in data and "run_started" not in data:
-        ends.add(inode)
+own_run, sibling = entry(runner), entry(spid)
+while "ended_at" not in (written(own_run)[1] or {}):  # the run's first end hand-over is done
     time.sleep(0.0002)
-os.posix_spawn("/bin/sh", ["sh", "-c", line], env)  # X, after the last check of a test
+before = written(sibling)[0]
+os.posix_spawn("/bin/sh", ["sh", "-c", line], env)  # X, after every check of a test
+while written(sibling)[0] in (before, None):  # its last: threading's shutdown hook, then atexit's
+    time.sleep(0.0002)
 os._exit(0)
 """
 
