@@ -8,7 +8,7 @@ children re-parented by the kernel to the nearest subreaper above it, the run's 
 whose list the walk read first: they were in no list the walk read, and got no entry.
 
 What broke: next to a stopped production root of the test's own settings, a real inner
-pytest in a PID namespace of its own, whose test leaves S running, with fifty sleepers and
+pytest in a PID namespace of its own, whose test leaves S running, with a hundred sleepers and
 P as its children (P first: the walk visits it last). Once the run's first hand-over at its
 end is done (threading's shutdown hook hands on first, atexit's last), P starts X, given
 production's settings alone, which waits for the run to be gone, then runs ``python -m app
@@ -65,11 +65,19 @@ line = (
     f"while kill -0 {runner} 2>/dev/null; do sleep 0.02; done; "
     f"{purge} > {out} 2>&1; echo exit $? >> {out}"
 )
+# Woken on time on a loaded machine: the run's last hand-over must not pass P before it has
+# started X (that is the limit the docs list, not this one).
+try:
+    # Not handed on to X (reset on fork).
+    os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(1))
+except OSError:
+    pass  # no real-time time here (a control group without it): woken as the others are
 own_run, sibling = entry(runner), entry(spid)
 while "ended_at" not in (written(own_run)[1] or {}):  # the run's first end hand-over is done
     time.sleep(0.0002)
 before = written(sibling)[0]
-os.posix_spawn("/bin/sh", ["sh", "-c", line], env)  # X, after every check of a test
+# X, after every check of a test
+os.posix_spawn("/bin/sh", ["sh", "-c", line], env)
 while written(sibling)[0] in (before, None):  # its last: threading's shutdown hook, then atexit's
     time.sleep(0.0002)
 os._exit(0)
@@ -82,7 +90,7 @@ from pathlib import Path
 
 code, registry, runner, out = sys.argv[1:]
 p = subprocess.Popen([sys.executable, "-c", code, registry, str(os.getpid()), runner, out])
-sleepers = [subprocess.Popen(["sleep", "30"]) for _ in range(50)]
+sleepers = [subprocess.Popen(["sleep", "30"]) for _ in range(100)]
 Path(sys.argv[-1] + "-started").write_text("started")
 p.wait()
 for sleeper in sleepers:
