@@ -4289,22 +4289,69 @@ def _at_threads_shutdown() -> None:
         atexit.register(_end_of_run)
 
 
+#: How many times, at most, the run's last hand-over walks its descendants (`_hand_on_descendants`).
+_END_WALKS: Final = 8
+
+
 def _hand_on_descendants(
     run: Run, pid: int, *, while_running: bool = False, ended_by: int | None = None
 ) -> None:
     """Give each descendant of `pid` (this process) an entry of its own, `run`'s, unless it
     is a run of its own; `while_running`: only those without a run's entry yet (`hand_on`,
-    `_kept_by_hand_on`); `ended_by`: `run`'s pytest, which has ended (`_publish`)."""
+    `_kept_by_hand_on`); `ended_by`: `run`'s pytest, which has ended (`_publish`).
+
+    As the run ends, walked again until a walk in which no process it saw exited (at most
+    `_END_WALKS` walks): a walk reads each process's children once, and a process that
+    exits after its parent's list was read and before its own is re-parents its children
+    to the nearest subreaper above it (the run's process), whose list was read first. A
+    descendant that waited for the run's last hand-over to write an entry, then started a
+    child and exited at once, left that child outside every list the walk read: it got no
+    entry, and once the run had ended, given production's settings alone, it purged a
+    stopped production root (red team 67 on the guard). A walk in which nothing exited saw
+    the tree as it was; one that hands on nothing new costs one read of each process's
+    state more. After a test (`while_running`) one walk, as before: the next test's looks
+    again."""
+    handed: set[tuple[int, int]] = set()
+    if while_running:
+        _hand_on_walk(run, pid, handed, while_running=True, ended_by=ended_by)
+        return
+    dead: set[int] = set()
+    for _ in range(_END_WALKS):
+        seen = _hand_on_walk(run, pid, handed, while_running=False, ended_by=ended_by)
+        # Gone before the walk came to it (reaped by its parent), or exited since.
+        exited = {child for child in seen if child < 0 or _exited(child)}
+        if exited <= dead:
+            return
+        dead |= exited
+
+
+def _hand_on_walk(
+    run: Run,
+    pid: int,
+    handed: set[tuple[int, int]],
+    *,
+    while_running: bool,
+    ended_by: int | None,
+) -> set[int]:
+    """One walk of `_hand_on_descendants`: the descendants of `pid` it saw (each written an
+    entry, unless in `handed` by an earlier walk of the same hand-over, which it adds to),
+    and, negated, those listed as a child that were gone before it came to them."""
     # Every descendant, not only the children: a supervisor's worker kept the run only
     # through its supervisor, and when that exited after the run, it was re-parented to
     # init, out of any run.
     pending, seen = list(_children(pid)), {pid}
     while pending:
         child = pending.pop()
-        fields = None if child in seen else _stat_fields(child)
+        if child in seen:
+            continue
+        fields = _stat_fields(child)
         if fields is None:
+            seen.add(-child)
             continue
         seen.add(child)
+        if (child, fields[1]) in handed:
+            pending.extend(_children(child))
+            continue
         entry = _entry_at(RUNS_DIR, child, fields[1])
         # A pytest a test started (a head start on the next case, left running) says what
         # it is in the registry, with the plugin or without it, from its start (`_a_run_inside`);
@@ -4338,7 +4385,10 @@ def _hand_on_descendants(
         if not (while_running and kept_after_a_test):
             with contextlib.suppress(OSError):
                 _publish(run, outlived=child, while_running=while_running, ended_by=ended_by)
+        handed.add((child, fields[1]))
         pending.extend(_children(child))
+    seen.discard(pid)
+    return seen
 
 
 def hand_on(run: Run) -> None:
