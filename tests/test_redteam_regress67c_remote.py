@@ -21,8 +21,11 @@ as a store that ignores ``versionId`` does for the second.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import threading
+from collections.abc import Iterator
 from urllib.parse import unquote, urlsplit
 
 import pytest
@@ -53,11 +56,66 @@ def _current(store: ObjectStore, name: str) -> bytes | None:
     return bytes(answer["Body"].read())
 
 
+class _Headed(_Forward):
+    """Forwards every request to ``weed``, a ``HEAD``'s answer with the object's length."""
+
+    def _answer(self, status: int, headers: list[tuple[str, str]], data: bytes) -> None:
+        if self.command != "HEAD":
+            super()._answer(status, headers, data)
+            return
+        self.send_response(status)  # a HEAD's length is the object's, and no body follows
+        for name, value in headers:
+            if name.lower() not in {"connection", "transfer-encoding"}:
+                self.send_header(name, value)
+        self.end_headers()
+
+
+class _Unnamed(_Headed):
+    """Forwards every request to ``weed``, and its answers with the delete markers a
+    delete made named nowhere in them, as a store that sends no
+    ``DeleteMarkerVersionId`` answers."""
+
+    def _answer(self, status: int, headers: list[tuple[str, str]], data: bytes) -> None:
+        if self.command == "POST" and "delete" in self.path:
+            data = re.sub(rb"<DeleteMarkerVersionId>[^<]*</DeleteMarkerVersionId>", b"", data)
+        super()._answer(status, headers, data)
+
+
+@contextlib.contextmanager
+def _through(s3_engine: S3Engine, handler: type[_Forward] | None) -> Iterator[str]:
+    """The URL of `s3_engine`, or of a proxy to it answering with `handler`."""
+    if handler is None:
+        yield s3_engine.endpoint_url
+        return
+    proxy = _Refusing(s3_engine.endpoint_url, lambda method, path: False, False)
+    proxy.RequestHandlerClass = handler
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield proxy.url
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+        thread.join()
+
+
+@pytest.mark.parametrize("answer", ["markers named", "markers unnamed"])
 def test_a_run_s_end_leaves_another_program_s_delete_marker_where_it_wrote_too(
-    s3_engine: S3Engine, monkeypatch: pytest.MonkeyPatch
+    s3_engine: S3Engine, monkeypatch: pytest.MonkeyPatch, answer: str
 ) -> None:
     monkeypatch.setenv(RUN_MARK_ENV, "e" * 32)
-    store = _versioned_store(s3_engine)
+    direct = _versioned_store(s3_engine, f"rt67c-{answer.split()[1]}")
+    with _through(s3_engine, _Unnamed if answer == "markers unnamed" else None) as url:
+        store = ObjectStore(
+            direct.where.partition(" at ")[0],
+            url,
+            s3_engine.access_key_id,
+            s3_engine.secret_access_key,
+        )
+        _wrote_over_and_deleted(s3_engine, store)
+
+
+def _wrote_over_and_deleted(s3_engine: S3Engine, store: ObjectStore) -> None:
     assert store.create_once(RUN_MARKER, fixtures._own_mark("_pytest_1_abcd", "db"))
     store.open("testing")
     other = s3_engine.client()
@@ -76,7 +134,9 @@ def test_a_run_s_end_leaves_another_program_s_delete_marker_where_it_wrote_too(
     assert left.value.reason.startswith(
         "left as they are: shared/deleted.txt, shared/over.txt carry no mark of this run"
     )
-    # Before: "another's, deleted", its delete marker deleted for good as the run's.
+    # Before: "another's, deleted", its delete marker deleted for good as the run's. And,
+    # with the markers unnamed, the end's own without its listing's: "shared/over.txt"
+    # hidden behind it.
     assert _current(store, "shared/deleted.txt") is None
     assert _current(store, "shared/over.txt") == b"another's, kept"
     listed = store.every_version()
@@ -90,20 +150,10 @@ def test_a_run_s_end_leaves_another_program_s_delete_marker_where_it_wrote_too(
     assert all(store.mark_of(v.name, v.version_id) == {} for v in mine)
 
 
-class _IgnoringVersions(_Forward):
+class _IgnoringVersions(_Headed):
     """Forwards every request to ``weed`` but a ``HEAD`` of a version, which it answers as a
     store that ignores ``versionId`` does: with the current version's headers (its own
     version id among them). `server.first` runs before the first such answer."""
-
-    def _answer(self, status: int, headers: list[tuple[str, str]], data: bytes) -> None:
-        if self.command != "HEAD":
-            super()._answer(status, headers, data)
-            return
-        self.send_response(status)  # a HEAD's length is the object's, and no body follows
-        for name, value in headers:
-            if name.lower() not in {"connection", "transfer-encoding"}:
-                self.send_header(name, value)
-        self.end_headers()
 
     def _any(self) -> None:
         if self.command != "HEAD" or "versionId=" not in self.path:

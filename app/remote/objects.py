@@ -704,6 +704,7 @@ class ObjectVersion:
     name: str
     version_id: str
     deleted: bool = False
+    latest: bool = False  # the current one of its name (a delete marker: the name's deleted)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1420,7 +1421,12 @@ class ObjectStore:
             for page in paginator.paginate(Bucket=self.location.bucket, Prefix=base):
                 for kind, deleted in (("Versions", False), ("DeleteMarkers", True)):
                     found += [
-                        ObjectVersion(item["Key"][len(base) :], item["VersionId"], deleted)
+                        ObjectVersion(
+                            item["Key"][len(base) :],
+                            item["VersionId"],
+                            deleted,
+                            bool(item.get("IsLatest")),
+                        )
                         for item in page.get(kind, ())
                     ]
         except (BotoCoreError, ClientError) as error:

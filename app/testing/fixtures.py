@@ -439,6 +439,14 @@ def _empty_owned(store: Any, suffix: str) -> None:
     try:
         listed = store.every_version()
         versions = [v for v in listed if v.name != RUN_MARKER]
+        # A store that names no marker in its answer: the current one of each name the
+        # end deleted, as listed right after, is the end's own.
+        named = {name for name, _ in made}
+        made += [
+            (v.name, v.version_id)
+            for v in versions
+            if v.deleted and v.latest and v.name in own and v.name not in named
+        ]
         mine, theirs = _versions_written(store, versions, {*made})
         foreign += sorted({v.name for v in theirs} - {*foreign})
         if mine:
