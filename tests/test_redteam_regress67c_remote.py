@@ -7,7 +7,8 @@ wrote over the run's object and then deleted its own had its object back, as if 
 never deleted it: its delete marker, which holds no byte of the run's, was taken for the
 run's. A marker is the run's now where its name holds no version of another program, or
 where the run's end made it itself (the store's answer to its delete names the markers it
-made).
+made; where it names none, as a proxy here makes it, the current marker of each name the
+end deleted, as listed right after).
 
 And a version was judged by whatever metadata a ``HEAD`` with its id answered: a store
 that ignores ``versionId`` (or a proxy that drops it) answers with the current version's,
