@@ -127,6 +127,15 @@ PATH_SAMPLES = (
     b"/srv/data/.trash/x",
     f"/srv/mysessions/{_ID}/records".encode(),
     f"/a/sessions/{_ID}/sessions/{_ID}".encode(),
+    # Red team 67 on regress (rt-regress67c): the filters' words in another case, after a
+    # NUL, before a final newline (which `$` matches before), as one word twice.
+    f"/srv/Sessions/{_ID}/records".encode(),
+    f"/srv/.TRASH/20261206T225100123456Z-{_ID}".encode(),
+    f"/srv/x\x00sessions/{_ID}/blobs".encode(),
+    f"/srv/\x00/sessions/{_ID}/blobs".encode(),
+    f"/srv/sessions/{_ID}/records\n".encode(),
+    f"/srv/sessions/{_ID}\n".encode(),
+    f"sessions/sessions/{_ID}/.trash/".encode(),
 )
 
 

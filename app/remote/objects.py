@@ -704,6 +704,7 @@ class ObjectVersion:
     name: str
     version_id: str
     deleted: bool = False
+    latest: bool = False  # the current one of its name (a delete marker: the name's deleted)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1175,7 +1176,12 @@ class ObjectStore:
 
     def mark_of(self, name: str, version_id: str | None = None) -> dict[str, str] | None:
         """Object `name`'s user metadata (one HEAD), or that of its version `version_id`;
-        ``None`` where it is not there."""
+        ``None`` where it is not there, ``{}`` where the answer names another version.
+
+        A store that ignores ``versionId`` (or a proxy that drops it) answers with the
+        current version's: a run's end took another program's earlier version of a name for
+        the run's wherever the current one was the run's, and deleted it for good (red team
+        67 on regress, rt-regress67c)."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         version = {} if version_id is None else {"VersionId": version_id}
@@ -1188,6 +1194,8 @@ class ObjectStore:
             if isinstance(failed, ObjectMissingError):
                 return None
             raise failed from error
+        if version_id is not None and answer.get("VersionId") != version_id:
+            return {}
         return dict(answer.get("Metadata") or {})
 
     def _transfer(self, length: int | None) -> Any:
@@ -1331,20 +1339,26 @@ class ObjectStore:
             raise failed from error
         return True
 
-    def delete(self, *names: str, versions: Iterable[tuple[str, str]] = ()) -> None:
+    def delete(
+        self, *names: str, versions: Iterable[tuple[str, str]] = (), quiet: bool = True
+    ) -> list[tuple[str, str]]:
         """Delete objects (a missing one is no error: deletes are retried after crashes).
 
         `versions`: (name, version id) pairs, each version (or delete marker) deleted for
-        good, what :meth:`every_version` lists."""
+        good, what :meth:`every_version` lists. Returns, not `quiet`, the (name, version id)
+        of each delete marker the deletes of `names` made (in a bucket that keeps versions;
+        ``[]`` where `quiet`): a run's end tells its own from another program's by them."""
         from botocore.exceptions import BotoCoreError, ClientError
 
+        base = self.location.key("")
         batches = [{"Key": self.location.key(name)} for name in names]
         batches += [{"Key": self.location.key(n), "VersionId": v} for n, v in versions]
+        made: list[tuple[str, str]] = []
         for start in range(0, len(batches), 1000):  # DeleteObjects takes at most 1000 keys
             batch = batches[start : start + 1000]
             try:
                 answer = self._client.delete_objects(
-                    Bucket=self.location.bucket, Delete={"Objects": batch, "Quiet": True}
+                    Bucket=self.location.bucket, Delete={"Objects": batch, "Quiet": quiet}
                 )
             except (BotoCoreError, ClientError) as error:
                 raise self._fail(error) from error
@@ -1353,6 +1367,12 @@ class ObjectStore:
                 raise self._unavailable(
                     f"could not delete {first.get('Key')}: {first.get('Message')}"
                 )
+            made += [
+                (done["Key"][len(base) :], done["DeleteMarkerVersionId"])
+                for done in answer.get("Deleted", ())
+                if "VersionId" not in done and done.get("DeleteMarkerVersionId")
+            ]
+        return made
 
     def objects(self, under: str = "") -> Iterator[ObjectInfo]:
         """Every object whose name starts with ``under``, in key order."""
@@ -1401,7 +1421,12 @@ class ObjectStore:
             for page in paginator.paginate(Bucket=self.location.bucket, Prefix=base):
                 for kind, deleted in (("Versions", False), ("DeleteMarkers", True)):
                     found += [
-                        ObjectVersion(item["Key"][len(base) :], item["VersionId"], deleted)
+                        ObjectVersion(
+                            item["Key"][len(base) :],
+                            item["VersionId"],
+                            deleted,
+                            bool(item.get("IsLatest")),
+                        )
                         for item in page.get(kind, ())
                     ]
         except (BotoCoreError, ClientError) as error:

@@ -429,8 +429,9 @@ def _empty_owned(store: Any, suffix: str) -> None:
     # that ignores If-None-Match, has its own mark.
     own = {name for name in names if _written(store, name, stamp_mark)}
     foreign = [name for name in names if name not in own]
-    if own:
-        store.delete(*sorted(own))
+    # The delete markers it makes, known by the store's answer: its own alone, of those
+    # over a name another program wrote too (`_versions_written`).
+    made = store.delete(*sorted(own), quiet=False) if own else []
     # In a versioned bucket (as docs/how-to/run-on-postgresql.md sets one up) a delete
     # only hides an object behind a marker: every version the run wrote stayed, shown by no
     # listing of objects (red team 56). Object Lock's retention is left to decide.
@@ -438,7 +439,15 @@ def _empty_owned(store: Any, suffix: str) -> None:
     try:
         listed = store.every_version()
         versions = [v for v in listed if v.name != RUN_MARKER]
-        mine, theirs = _versions_written(store, versions)
+        # A store that names no marker in its answer: the current one of each name the
+        # end deleted, as listed right after, is the end's own.
+        named = {name for name, _ in made}
+        made += [
+            (v.name, v.version_id)
+            for v in versions
+            if v.deleted and v.latest and v.name in own and v.name not in named
+        ]
+        mine, theirs = _versions_written(store, versions, {*made})
         foreign += sorted({v.name for v in theirs} - {*foreign})
         if mine:
             store.delete(versions=[(v.name, v.version_id) for v in mine])
@@ -458,14 +467,22 @@ def _empty_owned(store: Any, suffix: str) -> None:
         raise _Left(what, _reason(error)) from error
 
 
-def _versions_written(store: Any, versions: list[Any]) -> tuple[list[Any], list[Any]]:
+def _versions_written(
+    store: Any, versions: list[Any], made: set[tuple[str, str]]
+) -> tuple[list[Any], list[Any]]:
     """`versions` (`ObjectVersion`, the run's marker's aside) split into those the run
     wrote and those it did not: a version by its own metadata (one HEAD each, in a bucket
     that keeps versions alone; none for the one version of a name the run made, an
     upload's, which nothing wrote over), a delete marker by its name's versions (the run's
-    where the run wrote one of them or nobody else did: a marker holds no byte, and one
-    over a name the run wrote, the run's end's own, hid another program's version written
-    over it).
+    where no other program wrote one of them: a marker holds no byte), or, over a name
+    another program wrote too, where the run's end made it (`made`, (name, version id) as
+    `ObjectStore.delete` answers): one that hid another program's version written over the
+    run's after the run's end read it.
+
+    Before red team 67 on regress's third round (rt-regress67c), a marker was the run's
+    wherever the run wrote one version of its name: another program that wrote over the
+    run's object and deleted its own had it back after the run's end, its marker deleted
+    for good.
 
     A version was the run's where its name was (listed, or a blob's name the run made):
     the run's end took the versions of an object the run wrote and then deleted, under a
@@ -481,9 +498,10 @@ def _versions_written(store: Any, versions: list[Any]) -> tuple[list[Any], list[
         or store.written_here(v.name, store.mark_of(v.name, v.version_id) or {})
     ]
     theirs = [v for v in real if v not in mine]
-    held = {v.name for v in theirs} - {v.name for v in mine}
-    mine += [v for v in versions if v.deleted and v.name not in held]
-    return mine, [*theirs, *(v for v in versions if v.deleted and v.name in held)]
+    held = {v.name for v in theirs}
+    markers = [v for v in versions if v.deleted]
+    ours = [v for v in markers if v.name not in held or (v.name, v.version_id) in made]
+    return [*mine, *ours], [*theirs, *(v for v in markers if v not in ours)]
 
 
 def _stamp_and_mark(store: Any) -> tuple[dict[str, Any] | None, dict[str, str] | None]:
