@@ -467,6 +467,25 @@ def _remove_clusters_of_dead_runs() -> None:
         shutil.rmtree(base, ignore_errors=True)
 
 
+def cluster_directory(account: str | None) -> Path:
+    """A new directory for a cluster's files (`_clusters_dir`), the server's `account`'s,
+    named as one this run owns, so that a run killed before its teardown leaves it for the
+    next start's clean-up (`_remove_clusters_of_dead_runs`), which this runs first.
+
+    Not under pytest's basetemp: that lies in a 0700 directory of root's, which the server's
+    own account cannot enter. A standby's too (red team 39's ``pg_basebackup``): made in
+    /tmp, on this machine kind's journal-less ext4, its ~1,000 new files cost ``pg_basebackup``
+    0.6 s of CPU each time, most of it in ext4's search of recently freed inodes (a perf
+    profile of the files that use the engines, bench/README.md, branch perf-engines67)."""
+    _remove_clusters_of_dead_runs()
+    base = Path(tempfile.mkdtemp(prefix=_CLUSTER_PREFIX, dir=_clusters_dir()))
+    (base / _OWNER).write_text(_process_identity(os.getpid()) or "")
+    if account is not None:
+        entry = pwd.getpwnam(account)
+        os.chown(base, entry.pw_uid, entry.pw_gid)
+    return base
+
+
 def start_postgres() -> PostgresEngine:
     """Start a cluster (``initdb`` + ``postgres``), or skip/fail naming what is missing."""
     bindir = _postgres_bindir()
@@ -482,14 +501,7 @@ def start_postgres() -> PostgresEngine:
             "the tests run as root, initdb refuses root, and there is no `postgres` account to "
             "run it as; `apt-get install postgresql` creates one"
         )
-    _remove_clusters_of_dead_runs()
-    # Not under pytest's basetemp: that lies in a 0700 directory of root's, which the server's
-    # own account cannot enter.
-    base = Path(tempfile.mkdtemp(prefix=_CLUSTER_PREFIX, dir=_clusters_dir()))
-    (base / _OWNER).write_text(_process_identity(os.getpid()) or "")
-    if account is not None:
-        entry = pwd.getpwnam(account)
-        os.chown(base, entry.pw_uid, entry.pw_gid)
+    base = cluster_directory(account)
     engine = PostgresEngine(bindir, base, 0, "app", account, itertools.count())
     init = engine._run(
         str(bindir / "initdb"),
