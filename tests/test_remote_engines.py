@@ -3,6 +3,7 @@ engine listens only where it was told, and ends with the run that started it."""
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import subprocess
 import sys
@@ -119,3 +120,32 @@ def test_ports_for_a_child_lie_outside_the_ephemeral_range_in_a_slice_of_each_wo
         slices.append(set(engines._port_range()))
         assert all(port in slices[-1] for port in engines.free_ports(3))
     assert slices[0] and slices[1] and not slices[0] & slices[1]
+
+
+def test_the_fixtures_keep_one_admin_connection_and_open_it_again_once_a_test_ends_it(
+    postgres_engine: engines.PostgresEngine,
+) -> None:
+    # The fixtures make and drop each test's database on one kept connection (a new backend
+    # each time cost twice the server's CPU); a test that ends every backend, or restarts the
+    # server, must not leave the next test's database_url failing on a dead one.
+    first = postgres_engine.create_database()
+    admin = postgres_engine._admin
+    assert admin is not None
+    pid = admin.info.backend_pid
+    second = postgres_engine.create_database()
+    assert postgres_engine._admin is admin and admin.info.backend_pid == pid
+    with postgres_engine.connect() as other:
+        other.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    until_ended(pid)  # the server's process for that connection
+    third = postgres_engine.create_database()
+    assert postgres_engine._admin.info.backend_pid != pid
+    for name in (first, second, third):
+        postgres_engine.drop_database(name)
+    with postgres_engine.connect() as other:
+        left = other.execute(
+            "SELECT count(*) FROM pg_database WHERE datname = ANY(%s)", ([first, second, third],)
+        ).fetchone()
+    assert left == (0,)
+    # A standby made from this engine (dataclasses.replace, red team 39) is another server:
+    # it does not inherit this one's connection.
+    assert dataclasses.replace(postgres_engine, port=1)._admin is None
