@@ -214,6 +214,27 @@ class PostgresEngine:
 
         return psycopg.connect(self.url(dbname), autocommit=True, **kwargs)
 
+    #: Held by a serial run's head start while it runs on this cluster (the hostile suites
+    #: next to production's replica pair, the PostgreSQL how-to: tests/conftest.py), and by
+    #: `restart`: a test's restart waits until the head start ends, and none starts mid-restart.
+    _head_start: threading.Lock = field(
+        default_factory=threading.Lock, init=False, repr=False, compare=False
+    )
+
+    @contextlib.contextmanager
+    def for_a_head_start(self) -> Iterator[PostgresEngine]:
+        """This cluster, not restarted while the caller, a head start, uses it.
+
+        A serial run starts the hostile suites next to a replica pair on this cluster in a
+        thread (tests/head_start.py, 19 s), while the tests go on on the main thread; red
+        teams 20 and 27 restart the cluster (a crash, new settings), and one that came in
+        the middle ended every connection of the pair: its servers answered 503, "lost its
+        connection to the database", or the inner runs could not make their scratch
+        database, "server closed the connection unexpectedly" (a serial run of the remote
+        files, or of red teams 20 and 27 with tests/test_remote_hostile.py, on main too)."""
+        with self._head_start:
+            yield self
+
     def _as_admin(self, *statements: str | Callable[[Any], str]) -> None:
         """Run `statements` on the fixtures' one kept connection to ``postgres``.
 
@@ -357,13 +378,14 @@ class PostgresEngine:
         checkpoint, recovery at the next start); SIGINT a fast one, as ``pg_ctl -m fast``.
         (Not ``pg_ctl restart``: its postmaster would not end with the run.)"""
         assert self.process is not None
-        self._close_admin()  # a smart shutdown (SIGTERM) would wait for it
-        self.process.send_signal(shutdown)
-        self.process.wait()
-        if settings is not None:
-            self.settings = settings
-        if not self.start():
-            raise AssertionError(self.log())
+        with self._head_start:  # a head start on it ends first (`for_a_head_start`)
+            self._close_admin()  # a smart shutdown (SIGTERM) would wait for it
+            self.process.send_signal(shutdown)
+            self.process.wait()
+            if settings is not None:
+                self.settings = settings
+            if not self.start():
+                raise AssertionError(self.log())
 
     def log(self) -> str:
         return (self.base / "server.log").read_text(errors="replace")[-2000:]

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import engines
@@ -149,3 +152,33 @@ def test_the_fixtures_keep_one_admin_connection_and_open_it_again_once_a_test_en
     # A standby made from this engine (dataclasses.replace, red team 39) is another server:
     # it does not inherit this one's connection.
     assert dataclasses.replace(postgres_engine, port=1)._admin is None
+
+
+def test_a_restart_waits_for_a_head_start_running_on_the_cluster(
+    postgres_engine: engines.PostgresEngine,
+) -> None:
+    # A serial run's head start (the hostile suites next to a replica pair) runs on the
+    # cluster in a thread while a test on the main thread restarts it (red teams 20, 27):
+    # the restart ended the pair's connections mid-run. Now it waits for the head start.
+    asked, seen = threading.Event(), []
+
+    def head_start() -> None:
+        with postgres_engine.for_a_head_start(), postgres_engine.connect() as conn:
+            holding.set()
+            asked.wait()
+            time.sleep(0.5)  # the restart's turn, had it not waited
+            seen.append(conn.execute("SELECT 1").fetchone())
+
+    holding = threading.Event()
+    thread = threading.Thread(target=head_start)
+    thread.start()
+    holding.wait()
+    assert postgres_engine.process is not None
+    before = postgres_engine.process.pid
+    asked.set()
+    postgres_engine.restart(signal.SIGINT)
+    thread.join()
+    assert seen == [(1,)]  # its connection lived until it was done
+    assert postgres_engine.process.pid != before  # and the cluster was restarted after
+    with postgres_engine.connect() as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
