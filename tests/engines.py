@@ -223,7 +223,8 @@ class PostgresEngine:
 
     @contextlib.contextmanager
     def for_a_head_start(self) -> Iterator[PostgresEngine]:
-        """This cluster, not restarted while the caller, a head start, uses it.
+        """This cluster, neither restarted nor stopped (`disrupted`) while the caller, a head
+        start, uses it.
 
         A serial run starts the hostile suites next to a replica pair on this cluster in a
         thread (tests/head_start.py, 19 s), while the tests go on on the main thread; red
@@ -231,7 +232,17 @@ class PostgresEngine:
         the middle ended every connection of the pair: its servers answered 503, "lost its
         connection to the database", or the inner runs could not make their scratch
         database, "server closed the connection unexpectedly" (a serial run of the remote
-        files, or of red teams 20 and 27 with tests/test_remote_hostile.py, on main too)."""
+        files, or of red teams 20 and 27 with tests/test_remote_hostile.py, on main too);
+        red team 28's SIGSTOP of the whole cluster kept a replica of the pair from
+        publishing its URL ("gave up waiting for replica ... to publish its URL")."""
+        with self._head_start:
+            yield self
+
+    @contextlib.contextmanager
+    def disrupted(self) -> Iterator[PostgresEngine]:
+        """For a test that stops the whole cluster for a while (red team 28's SIGSTOP of
+        every process of it; `restart` holds it too): a head start on the cluster
+        (`for_a_head_start`) ends first, and none starts until the test is done."""
         with self._head_start:
             yield self
 
@@ -378,7 +389,7 @@ class PostgresEngine:
         checkpoint, recovery at the next start); SIGINT a fast one, as ``pg_ctl -m fast``.
         (Not ``pg_ctl restart``: its postmaster would not end with the run.)"""
         assert self.process is not None
-        with self._head_start:  # a head start on it ends first (`for_a_head_start`)
+        with self.disrupted():  # a head start on it ends first (`for_a_head_start`)
             self._close_admin()  # a smart shutdown (SIGTERM) would wait for it
             self.process.send_signal(shutdown)
             self.process.wait()
