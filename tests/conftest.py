@@ -207,7 +207,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
         def run_the_how_to() -> object:
             postgres, s3 = (head_start.shared(config, name) for name in ("postgres", "s3"))
-            return run_how_to(postgres, s3, factory.mktemp("postgresql-how-to"), environ)
+            with postgres.for_a_head_start():  # no test restarts it meanwhile
+                return run_how_to(postgres, s3, factory.mktemp("postgresql-how-to"), environ)
 
         head_start.begin(config, "postgresql-how-to", run_the_how_to, _nothing)
     kill_9 = head_start.collected(session, KILL_9)
@@ -237,7 +238,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         def next_to_a_pair() -> object:
             postgres, s3 = (head_start.shared(config, name) for name in ("postgres", "s3"))
             where = factory.mktemp("remote-hostile")
-            return run_hostile(where, postgres, s3, environ)
+            with postgres.for_a_head_start():  # no test restarts it meanwhile
+                return run_hostile(where, postgres, s3, environ)
 
         head_start.begin(config, "remote-hostile", next_to_a_pair, _nothing)
 

@@ -40,6 +40,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -195,6 +196,14 @@ class PostgresEngine:
         }
     )
 
+    #: The fixtures' own connection to ``postgres`` for CREATE/DROP DATABASE and roles, kept
+    #: open (`_as_admin`). Not an init field: `dataclasses.replace` (a standby, red team 39)
+    #: makes an engine of another server, which must not talk to this one's.
+    _admin: Any = field(default=None, init=False, repr=False, compare=False)
+    _admin_lock: threading.Lock = field(
+        default_factory=threading.Lock, init=False, repr=False, compare=False
+    )
+
     host = "127.0.0.1"
 
     def url(self, dbname: str = "postgres") -> str:
@@ -205,34 +214,101 @@ class PostgresEngine:
 
         return psycopg.connect(self.url(dbname), autocommit=True, **kwargs)
 
+    #: Held by a serial run's head start while it runs on this cluster (the hostile suites
+    #: next to production's replica pair, the PostgreSQL how-to: tests/conftest.py), and by
+    #: `restart`: a test's restart waits until the head start ends, and none starts mid-restart.
+    _head_start: threading.Lock = field(
+        default_factory=threading.Lock, init=False, repr=False, compare=False
+    )
+
+    @contextlib.contextmanager
+    def for_a_head_start(self) -> Iterator[PostgresEngine]:
+        """This cluster, neither restarted nor stopped (`disrupted`) while the caller, a head
+        start, uses it.
+
+        A serial run starts the hostile suites next to a replica pair on this cluster in a
+        thread (tests/head_start.py, 19 s), while the tests go on on the main thread; red
+        teams 20 and 27 restart the cluster (a crash, new settings), and one that came in
+        the middle ended every connection of the pair: its servers answered 503, "lost its
+        connection to the database", or the inner runs could not make their scratch
+        database, "server closed the connection unexpectedly" (a serial run of the remote
+        files, or of red teams 20 and 27 with tests/test_remote_hostile.py, on main too);
+        red team 28's SIGSTOP of the whole cluster kept a replica of the pair from
+        publishing its URL ("gave up waiting for replica ... to publish its URL")."""
+        with self._head_start:
+            yield self
+
+    @contextlib.contextmanager
+    def disrupted(self) -> Iterator[PostgresEngine]:
+        """For a test that stops the whole cluster for a while (red team 28's SIGSTOP of
+        every process of it; `restart` holds it too): a head start on the cluster
+        (`for_a_head_start`) ends first, and none starts until the test is done."""
+        with self._head_start:
+            yield self
+
+    def _as_admin(self, *statements: str | Callable[[Any], str]) -> None:
+        """Run `statements` on the fixtures' one kept connection to ``postgres``.
+
+        A new connection for each was a new backend each: with a test database made and
+        dropped for each test that asks for one (some 300 a run), measured on this 2-core
+        machine at 33-36 ms of the server's CPU and 4-4.5 ms of the client's per database,
+        against 16-18 ms and 0.5 ms on one kept connection (bench/README.md, "The suite's
+        time", branch perf-engines67). What a test gets does not change: its database is
+        still made new for it, and this connection is no test's (only the fixtures use it,
+        idle in autocommit between statements, in ``postgres``, which no test's own query
+        counts: those ask about their own database). A connection a test ended (a restart,
+        ``pg_terminate_backend`` of every backend) is opened again, once."""
+        import psycopg
+
+        with self._admin_lock:
+            for attempt in range(2):
+                if self._admin is None or self._admin.closed:
+                    self._admin = self.connect()
+                try:
+                    for statement in statements:
+                        text = statement if isinstance(statement, str) else statement(self._admin)
+                        self._admin.execute(text)
+                    return
+                except psycopg.OperationalError:
+                    if attempt or not self._admin.broken:
+                        raise
+                    self._admin.close()
+
+    def _close_admin(self) -> None:
+        with self._admin_lock:
+            if self._admin is not None:
+                self._admin.close()
+                self._admin = None
+
     def create_database(self, prefix: str = "t", *, outside_the_run: bool = False) -> str:
         """A new, empty database, named as one of the test run's scratch databases (see
         `scratch`): the only databases the app's own code connects to under pytest.
-        ``outside_the_run``: named as none of them, as production's is (the app refuses it)."""
+        ``outside_the_run``: named as none of them, as production's is (the app refuses it).
+
+        A copy of ``template1`` as a plain ``CREATE DATABASE`` makes, the files copied
+        (``STRATEGY FILE_COPY``, PostgreSQL 15's other way) rather than written through the
+        WAL (its default, ``WAL_LOG``): the same database, 3-4 ms less of the server's CPU
+        each on this machine (the checkpoint it costs writes to memory, `_clusters_dir`, and
+        fsync is off)."""
         suffix = "" if outside_the_run else scratch()
         name = f"{prefix}_{os.getpid()}_{next(self._databases)}{suffix}"
-        with self.connect() as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
+        self._as_admin(lambda admin: f'CREATE DATABASE "{name}"{_file_copy(admin)}')
         return name
 
     def drop_database(self, name: str) -> None:
-        with self.connect() as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        self._as_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
     @contextlib.contextmanager
     def owned_by_a_role(self, role: str) -> Iterator[tuple[str, str]]:
         """A new database owned by a new login `role` that is no superuser (row security
         applies to it): its name and the URL that connects as `role`; both dropped after."""
         name = self.create_database()
-        with self.connect() as admin:
-            admin.execute(f"CREATE ROLE {role} LOGIN")
-            admin.execute(f'ALTER DATABASE "{name}" OWNER TO {role}')
+        self._as_admin(f"CREATE ROLE {role} LOGIN", f'ALTER DATABASE "{name}" OWNER TO {role}')
         try:
             yield name, self.url(name).replace(f"//{self.user}@", f"//{role}@", 1)
         finally:
             self.drop_database(name)
-            with self.connect() as admin:
-                admin.execute(f"DROP ROLE {role}")
+            self._as_admin(f"DROP ROLE {role}")
 
     @contextlib.contextmanager
     def opened_database(self, profile: str) -> Iterator[tuple[str, str]]:
@@ -313,12 +389,14 @@ class PostgresEngine:
         checkpoint, recovery at the next start); SIGINT a fast one, as ``pg_ctl -m fast``.
         (Not ``pg_ctl restart``: its postmaster would not end with the run.)"""
         assert self.process is not None
-        self.process.send_signal(shutdown)
-        self.process.wait()
-        if settings is not None:
-            self.settings = settings
-        if not self.start():
-            raise AssertionError(self.log())
+        with self.disrupted():  # a head start on it ends first (`for_a_head_start`)
+            self._close_admin()  # a smart shutdown (SIGTERM) would wait for it
+            self.process.send_signal(shutdown)
+            self.process.wait()
+            if settings is not None:
+                self.settings = settings
+            if not self.start():
+                raise AssertionError(self.log())
 
     def log(self) -> str:
         return (self.base / "server.log").read_text(errors="replace")[-2000:]
@@ -326,6 +404,7 @@ class PostgresEngine:
     def stop(self) -> None:
         if not self.base.exists():
             return  # stopped already
+        self._close_admin()
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)  # fast shutdown: what pg_ctl -m fast sends
             self.process.wait()
@@ -333,6 +412,11 @@ class PostgresEngine:
             data = str(self.base / "data")
             self._run(str(self.bindir / "pg_ctl"), "-D", data, "-m", "fast", "stop", check=False)
         shutil.rmtree(self.base, ignore_errors=True)
+
+
+def _file_copy(conn: Any) -> str:
+    """``CREATE DATABASE``'s clause that copies the files, where the server has it."""
+    return " STRATEGY FILE_COPY" if conn.info.server_version >= 150000 else ""  # 14: none
 
 
 def _postgres_bindir() -> Path | None:
@@ -434,6 +518,25 @@ def _remove_clusters_of_dead_runs() -> None:
         shutil.rmtree(base, ignore_errors=True)
 
 
+def cluster_directory(account: str | None) -> Path:
+    """A new directory for a cluster's files (`_clusters_dir`), the server's `account`'s,
+    named as one this run owns, so that a run killed before its teardown leaves it for the
+    next start's clean-up (`_remove_clusters_of_dead_runs`), which this runs first.
+
+    Not under pytest's basetemp: that lies in a 0700 directory of root's, which the server's
+    own account cannot enter. A standby's too (red team 39's ``pg_basebackup``): made in
+    /tmp, on this machine kind's journal-less ext4, its ~1,000 new files cost ``pg_basebackup``
+    0.6 s of CPU each time, most of it in ext4's search of recently freed inodes (a perf
+    profile of the files that use the engines, bench/README.md, branch perf-engines67)."""
+    _remove_clusters_of_dead_runs()
+    base = Path(tempfile.mkdtemp(prefix=_CLUSTER_PREFIX, dir=_clusters_dir()))
+    (base / _OWNER).write_text(_process_identity(os.getpid()) or "")
+    if account is not None:
+        entry = pwd.getpwnam(account)
+        os.chown(base, entry.pw_uid, entry.pw_gid)
+    return base
+
+
 def start_postgres() -> PostgresEngine:
     """Start a cluster (``initdb`` + ``postgres``), or skip/fail naming what is missing."""
     bindir = _postgres_bindir()
@@ -449,14 +552,7 @@ def start_postgres() -> PostgresEngine:
             "the tests run as root, initdb refuses root, and there is no `postgres` account to "
             "run it as; `apt-get install postgresql` creates one"
         )
-    _remove_clusters_of_dead_runs()
-    # Not under pytest's basetemp: that lies in a 0700 directory of root's, which the server's
-    # own account cannot enter.
-    base = Path(tempfile.mkdtemp(prefix=_CLUSTER_PREFIX, dir=_clusters_dir()))
-    (base / _OWNER).write_text(_process_identity(os.getpid()) or "")
-    if account is not None:
-        entry = pwd.getpwnam(account)
-        os.chown(base, entry.pw_uid, entry.pw_gid)
+    base = cluster_directory(account)
     engine = PostgresEngine(bindir, base, 0, "app", account, itertools.count())
     init = engine._run(
         str(bindir / "initdb"),

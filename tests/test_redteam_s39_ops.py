@@ -52,12 +52,10 @@ import dataclasses
 import glob
 import json
 import os
-import pwd
 import shlex
 import shutil
 import socket
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -66,7 +64,7 @@ import forked_app
 import psycopg
 import pytest
 import test_redteam_s37_remote
-from engines import PostgresEngine, S3Engine, free_ports
+from engines import PostgresEngine, S3Engine, cluster_directory, free_ports
 from replicas import Production, Replica
 
 from app import sandbox
@@ -369,10 +367,7 @@ def standby_of(
 ) -> Iterator[PostgresEngine]:
     """A streaming standby of the suite's cluster (``pg_basebackup``), promoted, as a
     failover does, the original left running."""
-    base = Path(tempfile.mkdtemp(prefix="ro23-standby-"))
-    if postgres_engine.os_user is not None:
-        entry = pwd.getpwnam(postgres_engine.os_user)
-        os.chown(base, entry.pw_uid, entry.pw_gid)
+    base = cluster_directory(postgres_engine.os_user)  # in memory, as the engines' own
     standby = dataclasses.replace(postgres_engine, base=base, port=free_ports(1)[0], process=None)
     try:
         standby._run(

@@ -3,9 +3,13 @@ engine listens only where it was told, and ends with the run that started it."""
 
 from __future__ import annotations
 
+import dataclasses
 import glob
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import engines
@@ -119,3 +123,62 @@ def test_ports_for_a_child_lie_outside_the_ephemeral_range_in_a_slice_of_each_wo
         slices.append(set(engines._port_range()))
         assert all(port in slices[-1] for port in engines.free_ports(3))
     assert slices[0] and slices[1] and not slices[0] & slices[1]
+
+
+def test_the_fixtures_keep_one_admin_connection_and_open_it_again_once_a_test_ends_it(
+    postgres_engine: engines.PostgresEngine,
+) -> None:
+    # The fixtures make and drop each test's database on one kept connection (a new backend
+    # each time cost twice the server's CPU); a test that ends every backend, or restarts the
+    # server, must not leave the next test's database_url failing on a dead one.
+    first = postgres_engine.create_database()
+    admin = postgres_engine._admin
+    assert admin is not None
+    pid = admin.info.backend_pid
+    second = postgres_engine.create_database()
+    assert postgres_engine._admin is admin and admin.info.backend_pid == pid
+    with postgres_engine.connect() as other:
+        other.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    until_ended(pid)  # the server's process for that connection
+    third = postgres_engine.create_database()
+    assert postgres_engine._admin.info.backend_pid != pid
+    for name in (first, second, third):
+        postgres_engine.drop_database(name)
+    with postgres_engine.connect() as other:
+        left = other.execute(
+            "SELECT count(*) FROM pg_database WHERE datname = ANY(%s)", ([first, second, third],)
+        ).fetchone()
+    assert left == (0,)
+    # A standby made from this engine (dataclasses.replace, red team 39) is another server:
+    # it does not inherit this one's connection.
+    assert dataclasses.replace(postgres_engine, port=1)._admin is None
+
+
+def test_a_restart_waits_for_a_head_start_running_on_the_cluster(
+    postgres_engine: engines.PostgresEngine,
+) -> None:
+    # A serial run's head start (the hostile suites next to a replica pair) runs on the
+    # cluster in a thread while a test on the main thread restarts it (red teams 20, 27):
+    # the restart ended the pair's connections mid-run. Now it waits for the head start.
+    asked, seen = threading.Event(), []
+
+    def head_start() -> None:
+        with postgres_engine.for_a_head_start(), postgres_engine.connect() as conn:
+            holding.set()
+            asked.wait()
+            time.sleep(0.5)  # the restart's turn, had it not waited
+            seen.append(conn.execute("SELECT 1").fetchone())
+
+    holding = threading.Event()
+    thread = threading.Thread(target=head_start)
+    thread.start()
+    holding.wait()
+    assert postgres_engine.process is not None
+    before = postgres_engine.process.pid
+    asked.set()
+    postgres_engine.restart(signal.SIGINT)
+    thread.join()
+    assert seen == [(1,)]  # its connection lived until it was done
+    assert postgres_engine.process.pid != before  # and the cluster was restarted after
+    with postgres_engine.connect() as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
