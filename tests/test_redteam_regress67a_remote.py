@@ -41,7 +41,6 @@ import contextlib
 import os
 import shutil
 import tempfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -50,7 +49,7 @@ import forked_app
 import own_mounts
 import pytest
 from engines import S3Engine, new_blob_url
-from test_redteam_s51_remote import _Forward, _Refusing
+from test_redteam_s51_remote import _Forward, _Refusing, proxy_to, serving
 from test_remote_doctor import doctor  # noqa: F401 (a fixture, used by name)
 
 from app.remote.objects import RUN_MARKER, STAMP_NAME, ObjectStore
@@ -186,16 +185,8 @@ class _TitleCased(_Forward):
 
 @contextlib.contextmanager
 def _title_cased(s3_engine: S3Engine) -> Iterator[_Refusing]:
-    proxy = _Refusing(s3_engine.endpoint_url, lambda method, path: False, False)
-    proxy.RequestHandlerClass = _TitleCased
-    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(proxy_to(s3_engine, _TitleCased)) as proxy:
         yield proxy
-    finally:
-        proxy.shutdown()
-        proxy.server_close()
-        thread.join()
 
 
 def test_doctor_and_restamp_do_as_the_open_does_inside_a_run_s_scratch_prefix(

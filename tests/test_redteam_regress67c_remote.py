@@ -31,7 +31,7 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 from engines import S3Engine, new_blob_url
-from test_redteam_s51_remote import _Forward, _Refusing
+from test_redteam_s51_remote import _Forward, _Refusing, proxy_to, serving
 
 from app.remote.objects import RUN_MARKER, ObjectStore
 from app.sandbox import RUN_MARK_ENV
@@ -88,16 +88,8 @@ def _through(s3_engine: S3Engine, handler: type[_Forward] | None) -> Iterator[st
     if handler is None:
         yield s3_engine.endpoint_url
         return
-    proxy = _Refusing(s3_engine.endpoint_url, lambda method, path: False, False)
-    proxy.RequestHandlerClass = handler
-    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(proxy_to(s3_engine, handler)) as proxy:
         yield proxy.url
-    finally:
-        proxy.shutdown()
-        proxy.server_close()
-        thread.join()
 
 
 @pytest.mark.parametrize("answer", ["markers named", "markers unnamed"])

@@ -52,6 +52,7 @@ import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import forked_app
@@ -226,7 +227,17 @@ class _Forward(BaseHTTPRequestHandler):
 def _refusing(
     s3_engine: S3Engine, refused: Callable[[str, str], bool], *, after: bool = False
 ) -> Iterator[_Refusing]:
-    proxy = _Refusing(s3_engine.endpoint_url, refused, after)
+    with serving(_Refusing(s3_engine.endpoint_url, refused, after)) as proxy:
+        yield proxy
+
+
+_Served = TypeVar("_Served", bound=ThreadingHTTPServer)
+
+
+@contextlib.contextmanager
+def serving(proxy: _Served) -> Iterator[_Served]:
+    """`proxy` served from a thread of its own for the block, then stopped and closed (the
+    proxies of red teams 51, 52, 65 and 67 alike)."""
     thread = threading.Thread(target=proxy.serve_forever, daemon=True)
     thread.start()
     try:
@@ -235,6 +246,16 @@ def _refusing(
         proxy.shutdown()
         proxy.server_close()
         thread.join()
+
+
+def proxy_to(s3_engine: S3Engine, handler: type[_Forward], **read: Any) -> _Refusing:
+    """A proxy to `s3_engine` that refuses nothing and answers with `handler`, the
+    attributes `read` set on it for the handler to read (``self.server.<name>``)."""
+    proxy = _Refusing(s3_engine.endpoint_url, lambda method, path: False, False)
+    proxy.RequestHandlerClass = handler
+    for name, value in read.items():
+        setattr(proxy, name, value)
+    return proxy
 
 
 def _audited_repairs(database_url: str) -> list[dict[str, bool]]:

@@ -54,7 +54,7 @@ import test_remote_store
 from engines import PostgresEngine, S3Engine, new_blob_url
 from replicas import Production, production_on, wait_for
 from test_redteam_s39_ops import _overlaps, _settings
-from test_redteam_s51_remote import _Forward, _Refusing, _refusing
+from test_redteam_s51_remote import _Forward, _Refusing, _refusing, proxy_to, serving
 
 from app.remote import hosts, pg
 from app.remote.errors import ObjectStoreUnavailableError
@@ -211,17 +211,8 @@ class _Losing(_Forward):
 
 @contextlib.contextmanager
 def _losing(s3_engine: S3Engine) -> Iterator[_Refusing]:
-    proxy = _Refusing(s3_engine.endpoint_url, lambda method, path: False, False)
-    proxy.RequestHandlerClass = _Losing
-    setattr(proxy, "client", s3_engine.client())  # noqa: B010 - read by `_Losing`
-    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(proxy_to(s3_engine, _Losing, client=s3_engine.client())) as proxy:
         yield proxy
-    finally:
-        proxy.shutdown()
-        proxy.server_close()
-        thread.join()
 
 
 def test_a_write_the_object_store_acknowledges_and_does_not_keep_is_refused(

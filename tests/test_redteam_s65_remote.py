@@ -25,13 +25,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import threading
 from collections.abc import Iterator
 
 import psycopg
 import pytest
 from engines import S3Engine
-from test_redteam_s51_remote import _Forward, _Refusing
+from test_redteam_s51_remote import _Forward, _Refusing, proxy_to, serving
 
 from app.remote import pg
 from app.remote.errors import ObjectStoreUnavailableError
@@ -83,16 +82,8 @@ class _Swallowing(_Changing):
 
 @contextlib.contextmanager
 def _changing(s3_engine: S3Engine, handler: type[_Forward] = _Changing) -> Iterator[_Refusing]:
-    proxy = _Refusing(s3_engine.endpoint_url, lambda method, path: False, False)
-    proxy.RequestHandlerClass = handler
-    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(proxy_to(s3_engine, handler)) as proxy:
         yield proxy
-    finally:
-        proxy.shutdown()
-        proxy.server_close()
-        thread.join()
 
 
 def test_an_upload_changed_on_the_way_is_refused_whatever_the_client_s_checksum_setting(

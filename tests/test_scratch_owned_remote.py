@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -33,7 +32,7 @@ from urllib.parse import unquote, urlsplit
 import pytest
 from engines import PostgresEngine, S3Engine, new_blob_url, remote_testing_run, scratch
 from side_by_side import pytest_side_by_side
-from test_redteam_s51_remote import _Forward, _Refusing
+from test_redteam_s51_remote import _Forward, _Refusing, proxy_to, serving
 
 from app.remote.errors import InsideTestRunError
 from app.remote.objects import RUN_MARKER, STAMP_NAME, ObjectStore
@@ -86,18 +85,9 @@ class _Unconditional(_Forward):
 
 @contextlib.contextmanager
 def _ignoring_if_none_match(s3_engine: S3Engine, *, after_marker: bool) -> Iterator[_Refusing]:
-    proxy = _Refusing(s3_engine.endpoint_url, lambda method, path: False, False)
-    proxy.RequestHandlerClass = _Unconditional
-    proxy.engine = s3_engine  # type: ignore[attr-defined]
-    proxy.after_marker = after_marker  # type: ignore[attr-defined]
-    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
-    thread.start()
-    try:
+    proxy = proxy_to(s3_engine, _Unconditional, engine=s3_engine, after_marker=after_marker)
+    with serving(proxy):
         yield proxy
-    finally:
-        proxy.shutdown()
-        proxy.server_close()
-        thread.join()
 
 
 def _store(blob_url: str, endpoint: str, s3_engine: S3Engine) -> ObjectStore:
