@@ -62,16 +62,22 @@ def _chunked(
     return status, json.loads(answer)
 
 
-def test_a_trailer_field_read_from_the_head_alone_is_refused_and_nothing_is_replaced(
-    served: tuple[LiveServer, httpx.Client],
-) -> None:
-    server, client = served
+def _replaced_since_seen(client: httpx.Client) -> tuple[str, str, str]:
+    """A session, a file of it, and the ETag a client read of the file before another client
+    replaced it: an If-Match of that ETag now names no current version."""
     session = client.post("/sessions", json={}).json()["id"]
     path = f"/sessions/{session}/files/kept.txt"
     assert client.put(path, content=b"version 1").status_code == 201
     seen = client.head(path).headers["etag"]
-    # Another client replaces it: the first one's If-Match now names no current version.
     assert client.put(path, content=b"version 2, another client's").status_code == 200
+    return session, path, seen
+
+
+def test_a_trailer_field_read_from_the_head_alone_is_refused_and_nothing_is_replaced(
+    served: tuple[LiveServer, httpx.Client],
+) -> None:
+    server, client = served
+    session, path, seen = _replaced_since_seen(client)
     assert client.put(path, content=b"x", headers={"If-Match": seen}).status_code == 412
 
     refused = [
@@ -135,11 +141,7 @@ def test_a_delete_or_an_empty_trash_whose_trailer_has_a_precondition_changes_not
     served: tuple[LiveServer, httpx.Client],
 ) -> None:
     server, client = served
-    session = client.post("/sessions", json={}).json()["id"]
-    path = f"/sessions/{session}/files/kept.txt"
-    assert client.put(path, content=b"version 1").status_code == 201
-    seen = client.head(path).headers["etag"]
-    assert client.put(path, content=b"version 2, another client's").status_code == 200
+    session, path, seen = _replaced_since_seen(client)
     # Before: 200, the current version deleted by a client whose If-Match named the one
     # before it; the session deleted alike; the whole trash emptied for good.
     for line in (f"DELETE {path}", f"DELETE /sessions/{session}"):
