@@ -126,3 +126,86 @@ def test_a_command_changed_in_place_fails_the_run_at_its_end(
     assert "1 passed" in flat, out
     assert "app: a test of this run changed what later Python processes" in flat, out
     assert f"{command} was changed (not put back: install this environment again)" in flat, out
+
+
+#: The inner run's tests for what the first checks missed (red team 67, rt-regress67d): each
+#: plants code a later process of the environment runs, somewhere other than a start-up
+#: file's name in site-packages, or unseen by its identity then.
+HIDDEN = """
+import os
+import site
+from pathlib import Path
+
+SITE = Path(site.getsitepackages()[0])
+EXTRA = Path(os.environ["PLANTED_EXTRA"])
+RUNS = "import os; os.makedirs(os.environ['PLANTED_RAN'], exist_ok=True)\\n"
+
+def test_rewrites_a_pth_and_sets_its_mtime_back():
+    link = SITE / "link.pth"
+    before = link.stat()
+    text = link.read_text()
+    planted = RUNS + text[len(RUNS):]  # the same size
+    assert len(planted) == len(text)
+    with open(link, "r+") as stream:
+        stream.write(planted)
+    os.utime(link, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+def test_appends_to_a_module_a_pth_imports():
+    with open(SITE / "zz_startup.py", "a") as stream:
+        stream.write(RUNS)
+
+def test_plants_a_pth_in_a_directory_a_pth_adds():
+    (EXTRA / "zz_planted.pth").write_text(RUNS)
+
+def test_plants_sitecustomize_in_a_directory_a_pth_adds():
+    (EXTRA / "sitecustomize.py").write_text(RUNS)
+
+def test_plants_a_sourceless_sitecustomize_pyc(tmp_path):
+    import py_compile
+    source = tmp_path / "source.py"
+    source.write_text(RUNS)
+    py_compile.compile(str(source), cfile=str(SITE / "sitecustomize.pyc"), doraise=True)
+"""
+
+
+def test_start_up_code_planted_beside_the_start_up_files_is_put_back_too(
+    pytester: pytest.Pytester, environment: Path, tmp_path: Path
+) -> None:
+    """Red team 67 (rt-regress67d), each found by hand against the first version: a ``.pth``
+    rewritten at its size with its mtime set back (``os.utime``), a module a ``.pth`` imports
+    (as an editable install's finder, ``_distutils_hack`` and ``_app_pytest_guard`` are),
+    a ``.pth`` or ``sitecustomize`` in a directory a ``.pth`` adds, and a sourceless
+    ``sitecustomize.pyc``: each ran in the environment's next process after a passing run."""
+    (own,) = environment.glob("lib/python3*/site-packages")
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    (own / "zz_startup.pth").write_text(
+        f"import zz_startup; import site; site.addsitedir({str(extra)!r})\n"
+    )
+    (own / "zz_startup.py").write_text("STARTED = True\n")
+    link_before = (own / "link.pth").read_bytes()
+    ran = tmp_path / "planted-ran"
+    pytester.makepyfile(test_hidden=HIDDEN)
+    os.environ["PLANTED_RAN"] = str(ran)  # pytester's monkeypatch puts os.environ back
+    os.environ["PLANTED_EXTRA"] = str(extra)
+    result = pytester.run(str(environment / "bin" / "python"), "-m", "pytest", "-p", "no:randomly")
+    out = result.stdout.str()
+    flat = " ".join(out.split())
+    result.assert_outcomes(passed=5, errors=5)
+    link = own / "link.pth"
+    assert f"{link} was changed (as the run began again; the test's version moved" in flat, out
+    assert f"{own / 'zz_startup.py'} was changed (as the run began again;" in flat, out
+    assert f"{extra / 'zz_planted.pth'} was added (moved aside to" in flat, out
+    assert f"{extra / 'sitecustomize.py'} was added (moved aside to" in flat, out
+    assert f"{own / 'sitecustomize.pyc'} was added (moved aside to" in flat, out
+    assert link.read_bytes() == link_before
+    assert (own / "zz_startup.py").read_text() == "STARTED = True\n"
+    later = subprocess.run(
+        [str(environment / "bin" / "python"), "-c", "import app"],
+        env={**os.environ, "PLANTED_RAN": str(ran)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert later.returncode == 0, later.stderr
+    assert not ran.exists(), "the planted code ran in a later process"

@@ -13,14 +13,22 @@ which nothing runs), one it changed or removed gets its bytes as the run began a
 test's version moved aside too). The test fails, naming the file.
 
 Looked at cheaply: each place's directory ``mtime`` (a file added, removed or renamed) and
-each start-up file's ``stat`` per test, about ten system calls; the commands' files only at
-the run's end. Not covered: code planted elsewhere that a later process runs (a shell's rc
-file, a crontab, the app's own source in an editable install, another environment).
+each start-up file's ``lstat`` per test (with its ctime, which no process sets back: a file
+rewritten at its size and given its mtime back with ``os.utime`` is seen), about sixteen
+system calls; the commands' files only at the run's end. The places are every directory on
+the path as the run began (a ``.pth`` adds some with ``site.addsitedir``, and they read
+their own ``.pth`` files) and the modules the ``.pth`` files import (red team 67 on regress).
+Not covered: code planted elsewhere that a later process runs (a shell's rc file, a crontab,
+the app's own source in an editable install, another environment, a ``__pycache__``'s
+bytecode, the standard library's modules), or written by a process a test left running
+after the run's last look (attacks.md, layer 3).
 """
 
 from __future__ import annotations
 
+import importlib.machinery
 import os
+import re
 import site
 import stat
 import sys
@@ -28,24 +36,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-#: The modules Python imports as it starts, wherever they are on its path (`site`).
-_CUSTOMIZE: Final = frozenset(
-    {"sitecustomize.py", "usercustomize.py", "sitecustomize", "usercustomize"}
-)
+#: The modules Python imports as it starts, wherever they are on its path (`site`), in
+#: any form an import finds: a package, a ``.py``, a sourceless ``.pyc`` beside it, an
+#: extension module (``sitecustomize.cpython-311-x86_64-linux-gnu.so``).
+_CUSTOMIZE: Final = frozenset({"sitecustomize", "usercustomize"})
 #: What a file put aside is renamed with: no ``.pth`` and no importable name.
 ASIDE: Final = ".app-planted"
 
 
 def _start_up_file(name: str) -> bool:
-    return name.endswith(".pth") or name in _CUSTOMIZE
+    return name.endswith(".pth") or name.partition(".")[0] in _CUSTOMIZE
 
 
-def _identity(path: Path) -> tuple[int, int, int, int] | None:
+def _identity(path: Path | str) -> tuple[int, int, int, int, int] | None:
+    """A file's inode, size, mtime, mode and ctime: the ctime too, which no process sets
+    back (``os.utime`` sets the mtime a rewrite of the same size changed back, and the same
+    inode written through a hard link elsewhere changes nothing else here)."""
     try:
-        st = path.lstat()
+        st = os.lstat(path)  # os's, not pathlib's: after every test, every file
     except OSError:
         return None
-    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_mode)
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_mode, st.st_ctime_ns)
 
 
 #: A file's contents as the run began: its bytes, or a link's target (``("link", target)``);
@@ -69,14 +80,18 @@ class _Place:
 
     path: Path
     start_up_only: bool  # site-packages and the standard library: .pth and customize only
+    #: Files that count besides the start-up files: the modules ``.pth`` files import.
+    also: frozenset[str] = frozenset()
     mtime: int | None = None
-    files: dict[str, tuple[tuple[int, int, int, int] | None, _Contents]] = field(
+    files: dict[str, tuple[tuple[int, int, int, int, int] | None, _Contents]] = field(
         default_factory=dict
     )
 
     def counts(self, name: str) -> bool:
         if name.endswith((ASIDE, _RESTORING)):
             return False
+        if name in self.also:
+            return True
         return _start_up_file(name) if self.start_up_only else True
 
     def take(self) -> None:
@@ -94,16 +109,65 @@ class _Place:
         }
 
 
+#: What a ``.pth`` line imports: ``import a, b`` (also inside an ``exec``'s string) and
+#: ``__import__('a')``; the top-level name is the module a later process loads from a file.
+_IMPORTED: Final = re.compile(r"""(?:\bimport\s+|__import__\(\s*['"])([A-Za-z_]\w*)""")
+
+
+def _imported_by_pth(directories: list[str]) -> dict[str, set[str]]:
+    """The files of the modules the ``.pth`` files of `directories` import as every process
+    starts (an editable install's finder, setuptools' ``_distutils_hack``, the guard's own
+    ``_app_pytest_guard``, ``coverage``), by directory. Found without importing them
+    (`PathFinder`), as the run begins."""
+    names: dict[str, None] = {}
+    for directory in directories:
+        try:
+            pths = [entry for entry in os.scandir(directory) if entry.name.endswith(".pth")]
+        except OSError:
+            continue
+        for pth in pths:
+            try:
+                text = Path(pth.path).read_text(errors="replace")
+            except OSError:
+                continue
+            names.update(dict.fromkeys(_IMPORTED.findall(text)))
+    files: dict[str, set[str]] = {}
+    for name in names:
+        try:
+            # Searched where a later process searches as its .pth files run: site-packages
+            # first, never the current directory ('' on this process's path).
+            spec = importlib.machinery.PathFinder.find_spec(name, directories)
+        except (ImportError, ValueError):
+            continue
+        if spec is not None and spec.origin and spec.has_location:
+            parent, base = os.path.split(spec.origin)
+            files.setdefault(parent, set()).add(base)
+    return files
+
+
 def _places() -> list[_Place]:
     """Where this environment's later processes find code they run as they start: the
-    directories that exist of site-packages, the user's site where Python reads it, and
-    the standard library's (``sitecustomize``), and a virtualenv's commands."""
+    directories that exist of site-packages, the user's site where Python reads it, the
+    standard library's (``sitecustomize``), every other directory on the path as the run
+    began (one a ``.pth`` adds with ``site.addsitedir`` reads its own ``.pth`` files, and a
+    ``sitecustomize`` is imported from any), the modules the ``.pth`` files import, and a
+    virtualenv's commands."""
     start_up = list(site.getsitepackages())
     if site.ENABLE_USER_SITE:
         start_up.append(site.getusersitepackages())
     # The standard library's (where os is; sysconfig's import costs about a millisecond).
     start_up.append(str(Path(os.__file__).parent))
-    places = [_Place(Path(path), True) for path in dict.fromkeys(start_up)]
+    # The path's directories (not its zip files, nor '' the current directory, which a
+    # later process's start-up does not search).
+    # os.path.isdir: False for any error (pathlib's raises on a name too long, which a
+    # pythonpath ini value can put on the path).
+    start_up += [entry for entry in sys.path if entry and os.path.isdir(entry)]  # noqa: PTH112
+    directories = list(dict.fromkeys(str(Path(path).absolute()) for path in start_up))
+    modules = _imported_by_pth(directories)
+    places = [
+        _Place(Path(path), True, frozenset(modules.get(path, ())))
+        for path in dict.fromkeys(directories + list(modules))
+    ]
     if sys.prefix != sys.base_prefix:  # a virtualenv's own commands, not /usr/bin's
         places.append(_Place(Path(sys.prefix, "bin"), False))
     return places
@@ -147,7 +211,7 @@ def _put_back(place: _Place, *, whole: bool) -> list[str]:
     """`Planted.check` for one place. `whole`: every file's identity compared, not only the
     directory's ``mtime``."""
     try:
-        mtime = place.path.stat().st_mtime_ns
+        mtime = os.stat(place.path).st_mtime_ns  # noqa: PTH116 - as in _identity
     except OSError:
         return []
     if mtime == place.mtime and not whole:
@@ -161,9 +225,11 @@ def _put_back(place: _Place, *, whole: bool) -> list[str]:
     for name in sorted(set(names) | set(place.files)):
         if not place.counts(name):
             continue
-        full = place.path / name
-        now = _identity(full)
+        now = _identity(os.path.join(place.path, name))  # noqa: PTH118 - as in _identity
         before = place.files.get(name)
+        if now == (None if before is None else before[0]):
+            continue
+        full = place.path / name
         if before is None:
             if now is not None and (aside := _aside(full)) is not None:
                 changes.append(f"{full} was added (moved aside to {aside}, which nothing runs)")
