@@ -165,6 +165,11 @@ def test_plants_a_sourceless_sitecustomize_pyc(tmp_path):
     source = tmp_path / "source.py"
     source.write_text(RUNS)
     py_compile.compile(str(source), cfile=str(SITE / "sitecustomize.pyc"), doraise=True)
+
+def test_turns_on_the_system_site_packages():
+    import sys
+    cfg = Path(sys.prefix, "pyvenv.cfg")
+    cfg.write_text(cfg.read_text().replace("= false", "= true"))
 """
 
 
@@ -174,8 +179,10 @@ def test_start_up_code_planted_beside_the_start_up_files_is_put_back_too(
     """Red team 67 (rt-regress67d), each found by hand against the first version: a ``.pth``
     rewritten at its size with its mtime set back (``os.utime``), a module a ``.pth`` imports
     (as an editable install's finder, ``_distutils_hack`` and ``_app_pytest_guard`` are),
-    a ``.pth`` or ``sitecustomize`` in a directory a ``.pth`` adds, and a sourceless
-    ``sitecustomize.pyc``: each ran in the environment's next process after a passing run."""
+    a ``.pth`` or ``sitecustomize`` in a directory a ``.pth`` adds, a sourceless
+    ``sitecustomize.pyc``, and ``pyvenv.cfg`` turned to the system's site-packages (whose
+    ``.pth`` files then run): each ran in the environment's next process after a passing
+    run, or let another environment's start-up files run there."""
     (own,) = environment.glob("lib/python3*/site-packages")
     extra = tmp_path / "extra"
     extra.mkdir()
@@ -184,6 +191,9 @@ def test_start_up_code_planted_beside_the_start_up_files_is_put_back_too(
     )
     (own / "zz_startup.py").write_text("STARTED = True\n")
     link_before = (own / "link.pth").read_bytes()
+    cfg = environment / "pyvenv.cfg"
+    cfg_before = cfg.read_bytes()
+    assert b"include-system-site-packages = false" in cfg_before
     ran = tmp_path / "planted-ran"
     pytester.makepyfile(test_hidden=HIDDEN)
     os.environ["PLANTED_RAN"] = str(ran)  # pytester's monkeypatch puts os.environ back
@@ -191,14 +201,16 @@ def test_start_up_code_planted_beside_the_start_up_files_is_put_back_too(
     result = pytester.run(str(environment / "bin" / "python"), "-m", "pytest", "-p", "no:randomly")
     out = result.stdout.str()
     flat = " ".join(out.split())
-    result.assert_outcomes(passed=5, errors=5)
+    result.assert_outcomes(passed=6, errors=6)
     link = own / "link.pth"
     assert f"{link} was changed (as the run began again; the test's version moved" in flat, out
     assert f"{own / 'zz_startup.py'} was changed (as the run began again;" in flat, out
     assert f"{extra / 'zz_planted.pth'} was added (moved aside to" in flat, out
     assert f"{extra / 'sitecustomize.py'} was added (moved aside to" in flat, out
     assert f"{own / 'sitecustomize.pyc'} was added (moved aside to" in flat, out
+    assert f"{cfg} was changed (as the run began again;" in flat, out
     assert link.read_bytes() == link_before
+    assert cfg.read_bytes() == cfg_before
     assert (own / "zz_startup.py").read_text() == "STARTED = True\n"
     later = subprocess.run(
         [str(environment / "bin" / "python"), "-c", "import app"],

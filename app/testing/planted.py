@@ -14,10 +14,11 @@ test's version moved aside too). The test fails, naming the file.
 
 Looked at cheaply: each place's directory ``mtime`` (a file added, removed or renamed) and
 each start-up file's ``lstat`` per test (with its ctime, which no process sets back: a file
-rewritten at its size and given its mtime back with ``os.utime`` is seen), about sixteen
+rewritten at its size and given its mtime back with ``os.utime`` is seen), about eighteen
 system calls; the commands' files only at the run's end. The places are every directory on
 the path as the run began (a ``.pth`` adds some with ``site.addsitedir``, and they read
-their own ``.pth`` files) and the modules the ``.pth`` files import (red team 67 on regress).
+their own ``.pth`` files), the modules the ``.pth`` files import, and a virtualenv's
+``pyvenv.cfg`` (red team 67 on regress).
 Not covered: code planted elsewhere that a later process runs (a shell's rc file, a crontab,
 the app's own source in an editable install, another environment, a ``__pycache__``'s
 bytecode, the standard library's modules), or written by a process a test left running
@@ -82,6 +83,8 @@ class _Place:
     start_up_only: bool  # site-packages and the standard library: .pth and customize only
     #: Files that count besides the start-up files: the modules ``.pth`` files import.
     also: frozenset[str] = frozenset()
+    #: Only `also` counts here (a virtualenv's own directory: its ``pyvenv.cfg``).
+    only_also: bool = False
     mtime: int | None = None
     files: dict[str, tuple[tuple[int, int, int, int, int] | None, _Contents]] = field(
         default_factory=dict
@@ -92,6 +95,8 @@ class _Place:
             return False
         if name in self.also:
             return True
+        if self.only_also:
+            return False
         return _start_up_file(name) if self.start_up_only else True
 
     def take(self) -> None:
@@ -170,6 +175,10 @@ def _places() -> list[_Place]:
     ]
     if sys.prefix != sys.base_prefix:  # a virtualenv's own commands, not /usr/bin's
         places.append(_Place(Path(sys.prefix, "bin"), False))
+        # Its pyvenv.cfg: `include-system-site-packages = true` has every later process
+        # run the base interpreter's .pth files too, and `home` names the standard library
+        # it loads (red team 67 on regress).
+        places.append(_Place(Path(sys.prefix), True, frozenset({"pyvenv.cfg"}), only_also=True))
     return places
 
 
