@@ -221,3 +221,45 @@ def test_start_up_code_planted_beside_the_start_up_files_is_put_back_too(
     )
     assert later.returncode == 0, later.stderr
     assert not ran.exists(), "the planted code ran in a later process"
+
+
+def test_a_start_up_file_put_back_is_never_missing_meanwhile(tmp_path: Path) -> None:
+    """Red team 67 on regress (rt-regress67d), found by reading `_put_back`: the test's
+    version was renamed aside before the file's bytes were written back, so for that while
+    the name was missing, and a Python starting then (another xdist worker's subprocess)
+    ran without it: without an editable install's ``.pth``, with no ``app``. The name is
+    now replaced in one rename, the test's version kept by a second name first. Seen by the
+    system calls (strace): no rename or unlink of the file's own name."""
+    place = tmp_path / "site"
+    place.mkdir()
+    pth = place / "x.pth"
+    pth.write_text("import os\n")
+    script = textwrap.dedent(
+        f"""
+        from pathlib import Path
+        from app.testing.planted import Planted, _Place
+        place = Path({str(place)!r})
+        planted = Planted(places=[_Place(place, True)]).take()
+        (place / "x.pth").write_text("import os; planted = 1\\n")
+        print(planted.check("the test"))
+        """
+    )
+    trace = tmp_path / "trace"
+    done = subprocess.run(
+        [
+            *("strace", "-f", "-qq", "-o", str(trace)),
+            *("-e", "trace=rename,renameat,renameat2,unlink,unlinkat"),
+            *(sys.executable, "-c", script),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"{pth} was changed (as the run began again; the test's version moved aside" in (
+        done.stdout
+    ), done.stdout
+    calls = trace.read_text()
+    assert f'"{pth}"' not in calls.replace(f'"{pth}.app-restoring", "{pth}"', ""), calls
+    assert pth.read_text() == "import os\n"
+    assert (place / "x.pth.app-planted").read_text() == "import os; planted = 1\n"

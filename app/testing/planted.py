@@ -30,6 +30,7 @@ from __future__ import annotations
 import importlib.machinery
 import os
 import re
+import shutil
 import site
 import stat
 import sys
@@ -249,7 +250,7 @@ def _put_back(place: _Place, *, whole: bool) -> list[str]:
                     "install this environment again)"
                 )
                 continue
-            aside = _aside(full) if now is not None else None
+            aside = _kept_aside(full) if now is not None else None
             _write_back(full, before[1], before[0])
             kept = f"; the test's version moved aside to {aside}" if aside else ""
             verb = "changed" if now is not None else "removed"
@@ -267,6 +268,26 @@ def _aside(path: Path) -> Path | None:
         return path.replace(path.with_name(path.name + ASIDE))
     except FileNotFoundError:
         return None
+
+
+def _kept_aside(path: Path) -> Path | None:
+    """A second name for the test's version of `path`, which nothing runs, `path` left in
+    place for `_write_back` to replace in one rename: moved aside first, the name was
+    missing while its bytes were written back, and a Python starting then (another xdist
+    worker's subprocess) ran without the ``.pth`` (an editable install's: no ``app``; red
+    team 67 on regress). A hard link, or a copy where the filesystem has none."""
+    aside = path.with_name(path.name + ASIDE)
+    aside.unlink(missing_ok=True)
+    try:
+        os.link(path, aside, follow_symlinks=False)
+    except FileNotFoundError:
+        return None  # it went meanwhile
+    except OSError:  # no hard links here (EPERM, EMLINK): a copy of it
+        try:
+            shutil.copy2(path, aside, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+    return aside
 
 
 #: The temporary name a file is written under before it replaces the one a test changed.
