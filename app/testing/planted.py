@@ -103,16 +103,17 @@ class _Place:
     def take(self) -> None:
         try:
             self.mtime = self.path.stat().st_mtime_ns
-            entries = list(self.path.iterdir())
+            # Names, not paths: the standard library's directory lists hundreds, of which
+            # one or two count (pathlib's objects for all of them cost half its start).
+            names = [name for name in os.listdir(self.path) if self.counts(name)]  # noqa: PTH208
         except OSError:
-            self.mtime, entries = None, []
+            self.mtime, names = None, []
         # A command's bytes are not kept (a virtualenv's bin/ holds binaries of megabytes:
         # ruff's): one changed in place is said, not put back.
-        self.files = {
-            entry.name: (_identity(entry), _contents(entry) if self.start_up_only else None)
-            for entry in entries
-            if self.counts(entry.name)
-        }
+        self.files = {}
+        for name in names:
+            entry = self.path / name
+            self.files[name] = (_identity(entry), _contents(entry) if self.start_up_only else None)
 
 
 #: What a ``.pth`` line imports: ``import a, b`` (also inside an ``exec``'s string) and
@@ -227,7 +228,7 @@ def _put_back(place: _Place, *, whole: bool) -> list[str]:
     if mtime == place.mtime and not whole:
         return []
     try:
-        listed = [e.name for e in place.path.iterdir()] if mtime != place.mtime else []
+        listed = os.listdir(place.path) if mtime != place.mtime else []  # noqa: PTH208 - as in take
     except OSError:
         return []
     names = listed or list(place.files)
