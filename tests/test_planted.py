@@ -166,6 +166,10 @@ def test_plants_a_sourceless_sitecustomize_pyc(tmp_path):
     source.write_text(RUNS)
     py_compile.compile(str(source), cfile=str(SITE / "sitecustomize.pyc"), doraise=True)
 
+def test_writes_through_a_linked_pth():
+    with open(SITE / "zz_linked.pth", "a") as stream:
+        stream.write(RUNS)
+
 def test_turns_on_the_system_site_packages():
     import sys
     cfg = Path(sys.prefix, "pyvenv.cfg")
@@ -180,9 +184,11 @@ def test_start_up_code_planted_beside_the_start_up_files_is_put_back_too(
     rewritten at its size with its mtime set back (``os.utime``), a module a ``.pth`` imports
     (as an editable install's finder, ``_distutils_hack`` and ``_app_pytest_guard`` are),
     a ``.pth`` or ``sitecustomize`` in a directory a ``.pth`` adds, a sourceless
-    ``sitecustomize.pyc``, and ``pyvenv.cfg`` turned to the system's site-packages (whose
-    ``.pth`` files then run): each ran in the environment's next process after a passing
-    run, or let another environment's start-up files run there."""
+    ``sitecustomize.pyc``, a ``.pth`` written through its link (Debian's standard
+    library's ``sitecustomize.py`` links to /etc), and ``pyvenv.cfg`` turned to the
+    system's site-packages (whose ``.pth`` files then run): each ran in the environment's
+    next process after a passing run, or let another environment's start-up files run
+    there."""
     (own,) = environment.glob("lib/python3*/site-packages")
     extra = tmp_path / "extra"
     extra.mkdir()
@@ -191,6 +197,9 @@ def test_start_up_code_planted_beside_the_start_up_files_is_put_back_too(
     )
     (own / "zz_startup.py").write_text("STARTED = True\n")
     link_before = (own / "link.pth").read_bytes()
+    linked = tmp_path / "linked.pth"  # as Debian's sitecustomize.py links to /etc
+    linked.write_text("import os\n")
+    (own / "zz_linked.pth").symlink_to(linked)
     cfg = environment / "pyvenv.cfg"
     cfg_before = cfg.read_bytes()
     assert b"include-system-site-packages = false" in cfg_before
@@ -201,7 +210,7 @@ def test_start_up_code_planted_beside_the_start_up_files_is_put_back_too(
     result = pytester.run(str(environment / "bin" / "python"), "-m", "pytest", "-p", "no:randomly")
     out = result.stdout.str()
     flat = " ".join(out.split())
-    result.assert_outcomes(passed=6, errors=6)
+    result.assert_outcomes(passed=7, errors=7)
     link = own / "link.pth"
     assert f"{link} was changed (as the run began again; the test's version moved" in flat, out
     assert f"{own / 'zz_startup.py'} was changed (as the run began again;" in flat, out
@@ -211,6 +220,11 @@ def test_start_up_code_planted_beside_the_start_up_files_is_put_back_too(
     assert f"{cfg} was changed (as the run began again;" in flat, out
     assert link.read_bytes() == link_before
     assert cfg.read_bytes() == cfg_before
+    assert (
+        f"{own / 'zz_linked.pth'} was changed through its link, in {linked} (as the run "
+        f"began again; the test's version kept aside as {linked}.app-planted)"
+    ) in flat, out
+    assert linked.read_text() == "import os\n"
     assert (own / "zz_startup.py").read_text() == "STARTED = True\n"
     later = subprocess.run(
         [str(environment / "bin" / "python"), "-c", "import app"],

@@ -50,7 +50,7 @@ def _start_up_file(name: str) -> bool:
     return name.endswith(".pth") or name.partition(".")[0] in _CUSTOMIZE
 
 
-def _identity(path: Path | str) -> tuple[int, int, int, int, int] | None:
+def _identity(path: Path | str) -> tuple[int, ...] | None:
     """A file's inode, size, mtime, mode and ctime: the ctime too, which no process sets
     back (``os.utime`` sets the mtime a rewrite of the same size changed back, and the same
     inode written through a hard link elsewhere changes nothing else here)."""
@@ -58,18 +58,32 @@ def _identity(path: Path | str) -> tuple[int, int, int, int, int] | None:
         st = os.lstat(path)  # os's, not pathlib's: after every test, every file
     except OSError:
         return None
-    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_mode, st.st_ctime_ns)
+    own = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_mode, st.st_ctime_ns)
+    if not stat.S_ISLNK(st.st_mode):
+        return own
+    # A link: its target's too. Debian's /usr/lib/python3.X/sitecustomize.py links to
+    # /etc/python3.X/sitecustomize.py, which a write through the link changed unseen.
+    try:
+        to = os.stat(path)  # noqa: PTH116 - as above
+    except OSError:
+        return (*own, -1, -1, -1, -1, -1)
+    return (*own, to.st_ino, to.st_size, to.st_mtime_ns, to.st_mode, to.st_ctime_ns)
 
 
-#: A file's contents as the run began: its bytes, or a link's target (``("link", target)``);
+#: A file's contents as the run began: its bytes, or a link's target with the target's bytes
+#: (``("link", target, bytes)``, None for bytes it has none of);
 #: None for what cannot be put back (a directory: a ``sitecustomize`` package).
-_Contents = bytes | tuple[str, str] | None
+_Contents = bytes | tuple[str, str, bytes | None] | None
 
 
 def _contents(path: Path) -> _Contents:
     try:
         if path.is_symlink():
-            return ("link", str(path.readlink()))
+            try:
+                through = path.read_bytes()
+            except OSError:  # dangling, or a directory
+                through = None
+            return ("link", str(path.readlink()), through)
         return path.read_bytes()
     except OSError:  # a directory, or gone
         return None
@@ -87,9 +101,7 @@ class _Place:
     #: Only `also` counts here (a virtualenv's own directory: its ``pyvenv.cfg``).
     only_also: bool = False
     mtime: int | None = None
-    files: dict[str, tuple[tuple[int, int, int, int, int] | None, _Contents]] = field(
-        default_factory=dict
-    )
+    files: dict[str, tuple[tuple[int, ...] | None, _Contents]] = field(default_factory=dict)
 
     def counts(self, name: str) -> bool:
         if name.endswith((ASIDE, _RESTORING)):
@@ -245,17 +257,7 @@ def _put_back(place: _Place, *, whole: bool) -> list[str]:
             if now is not None and (aside := _aside(full)) is not None:
                 changes.append(f"{full} was added (moved aside to {aside}, which nothing runs)")
         elif now != before[0]:
-            if before[1] is None:
-                changes.append(
-                    f"{full} was {'changed' if now is not None else 'removed'} (not put back: "
-                    "install this environment again)"
-                )
-                continue
-            aside = _kept_aside(full) if now is not None else None
-            _write_back(full, before[1], before[0])
-            kept = f"; the test's version moved aside to {aside}" if aside else ""
-            verb = "changed" if now is not None else "removed"
-            changes.append(f"{full} was {verb} (as the run began again{kept})")
+            changes.append(_changed(full, before, now))
     if changes:
         place.take()  # as it is now: what was put back, and nothing planted
     else:
@@ -295,7 +297,44 @@ def _kept_aside(path: Path) -> Path | None:
 _RESTORING: Final = ".app-restoring"
 
 
-def _write_back(path: Path, contents: bytes | tuple[str, str], was: tuple[int, ...] | None) -> None:
+def _changed(
+    full: Path, before: tuple[tuple[int, ...] | None, _Contents], now: tuple[int, ...] | None
+) -> str:
+    """A file the run began with that the test changed or removed: put back, and said."""
+    if before[1] is None:
+        return (
+            f"{full} was {'changed' if now is not None else 'removed'} (not put back: "
+            "install this environment again)"
+        )
+    if (through := _written_through(full, before, now)) is not None:
+        return through
+    aside = _kept_aside(full) if now is not None else None
+    _write_back(full, before[1], before[0])
+    kept = f"; the test's version moved aside to {aside}" if aside else ""
+    verb = "changed" if now is not None else "removed"
+    return f"{full} was {verb} (as the run began again{kept})"
+
+
+def _written_through(
+    full: Path, before: tuple[tuple[int, ...] | None, _Contents], now: tuple[int, ...] | None
+) -> str | None:
+    """For a link the test left as it was whose target it changed (written through the
+    link): the target put back, and said; None otherwise."""
+    was, contents = before
+    if not (isinstance(contents, tuple) and contents[2] is not None and was and now):
+        return None
+    if now[:5] != was[:5]:
+        return None  # the link itself changed: put back as a link
+    target = Path(os.path.realpath(full))
+    aside = _kept_aside(target)
+    _write_back(target, contents[2], was[5:])
+    kept = f"; the test's version kept aside as {aside}" if aside else ""
+    return f"{full} was changed through its link, in {target} (as the run began again{kept})"
+
+
+def _write_back(
+    path: Path, contents: bytes | tuple[str, str, bytes | None], was: tuple[int, ...] | None
+) -> None:
     """Put `contents` back at `path`, its mode as `was` gave it, by a rename."""
     temporary = path.with_name(path.name + _RESTORING)
     temporary.unlink(missing_ok=True)
