@@ -14,7 +14,7 @@ test's version moved aside too). The test fails, naming the file.
 
 Looked at cheaply: each place's directory ``mtime`` (a file added, removed or renamed) and
 each start-up file's ``lstat`` per test (with its ctime, which no process sets back: a file
-rewritten at its size and given its mtime back with ``os.utime`` is seen), about eighteen
+rewritten at its size and given its mtime back with ``os.utime`` is seen), about twenty
 system calls; the commands' files only at the run's end. The places are every directory on
 the path as the run began (a ``.pth`` adds some with ``site.addsitedir``, and they read
 their own ``.pth`` files), the modules the ``.pth`` files import, and a virtualenv's
