@@ -146,6 +146,7 @@ __all__ = [
     "mount_point_at",
     "mounts_inside",
     "open_root",
+    "raise_layout",
     "read_regular",
     "read_stamp",
     "restamp",
@@ -2059,6 +2060,21 @@ def mark_hashed(root: Path) -> dict[str, Any]:
         raise DataRootStateError(root, "it has no profile stamp to mark", _WRITE_STAMP)
     # Its layout with it: a build that reads layout 1 only refuses the root from now on.
     stamp = {**stamp, HASHED_KEY: _now_iso(), "layout_version": LAYOUT_VERSION}
+    data = (json.dumps(stamp, indent=2, sort_keys=True) + "\n").encode()
+    _replace(_write_temp_file(_layout_dir(root, TMP_DIR), data), root / STAMP_FILE)
+    return stamp
+
+
+def raise_layout(root: Path) -> dict[str, Any]:
+    """Write this release's `LAYOUT_VERSION` into a marked root's stamp, the rest of it (the
+    mark's time too) as it is: the builds between the mark and layout 2 marked roots at
+    layout 1, which a build from before the mark opens and writes files without keys into.
+    The caller holds the root's lock (`app data check --repair`, a server's start-up).
+    Returns the stamp written."""
+    stamp = read_stamp(root)
+    if stamp is None or HASHED_KEY not in stamp:
+        raise DataRootStateError(root, "it has no marked profile stamp to raise", _WRITE_STAMP)
+    stamp = {**stamp, "layout_version": LAYOUT_VERSION}
     data = (json.dumps(stamp, indent=2, sort_keys=True) + "\n").encode()
     _replace(_write_temp_file(_layout_dir(root, TMP_DIR), data), root / STAMP_FILE)
     return stamp

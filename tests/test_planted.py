@@ -126,3 +126,154 @@ def test_a_command_changed_in_place_fails_the_run_at_its_end(
     assert "1 passed" in flat, out
     assert "app: a test of this run changed what later Python processes" in flat, out
     assert f"{command} was changed (not put back: install this environment again)" in flat, out
+
+
+#: The inner run's tests for what the first checks missed (red team 67, rt-regress67d): each
+#: plants code a later process of the environment runs, somewhere other than a start-up
+#: file's name in site-packages, or unseen by its identity then.
+HIDDEN = """
+import os
+import site
+from pathlib import Path
+
+SITE = Path(site.getsitepackages()[0])
+EXTRA = Path(os.environ["PLANTED_EXTRA"])
+RUNS = "import os; os.makedirs(os.environ['PLANTED_RAN'], exist_ok=True)\\n"
+
+def test_rewrites_a_pth_and_sets_its_mtime_back():
+    link = SITE / "link.pth"
+    before = link.stat()
+    text = link.read_text()
+    planted = RUNS + text[len(RUNS):]  # the same size
+    assert len(planted) == len(text)
+    with open(link, "r+") as stream:
+        stream.write(planted)
+    os.utime(link, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+def test_appends_to_a_module_a_pth_imports():
+    with open(SITE / "zz_startup.py", "a") as stream:
+        stream.write(RUNS)
+
+def test_plants_a_pth_in_a_directory_a_pth_adds():
+    (EXTRA / "zz_planted.pth").write_text(RUNS)
+
+def test_plants_sitecustomize_in_a_directory_a_pth_adds():
+    (EXTRA / "sitecustomize.py").write_text(RUNS)
+
+def test_plants_a_sourceless_sitecustomize_pyc(tmp_path):
+    import py_compile
+    source = tmp_path / "source.py"
+    source.write_text(RUNS)
+    py_compile.compile(str(source), cfile=str(SITE / "sitecustomize.pyc"), doraise=True)
+
+def test_writes_through_a_linked_pth():
+    with open(SITE / "zz_linked.pth", "a") as stream:
+        stream.write(RUNS)
+
+def test_turns_on_the_system_site_packages():
+    import sys
+    cfg = Path(sys.prefix, "pyvenv.cfg")
+    cfg.write_text(cfg.read_text().replace("= false", "= true"))
+"""
+
+
+def test_start_up_code_planted_beside_the_start_up_files_is_put_back_too(
+    pytester: pytest.Pytester, environment: Path, tmp_path: Path
+) -> None:
+    """Red team 67 (rt-regress67d), each found by hand against the first version: a ``.pth``
+    rewritten at its size with its mtime set back (``os.utime``), a module a ``.pth`` imports
+    (as an editable install's finder, ``_distutils_hack`` and ``_app_pytest_guard`` are),
+    a ``.pth`` or ``sitecustomize`` in a directory a ``.pth`` adds, a sourceless
+    ``sitecustomize.pyc``, a ``.pth`` written through its link (Debian's standard
+    library's ``sitecustomize.py`` links to /etc), and ``pyvenv.cfg`` turned to the
+    system's site-packages (whose ``.pth`` files then run): each ran in the environment's
+    next process after a passing run, or let another environment's start-up files run
+    there."""
+    (own,) = environment.glob("lib/python3*/site-packages")
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    (own / "zz_startup.pth").write_text(
+        f"import zz_startup; import site; site.addsitedir({str(extra)!r})\n"
+    )
+    (own / "zz_startup.py").write_text("STARTED = True\n")
+    link_before = (own / "link.pth").read_bytes()
+    linked = tmp_path / "linked.pth"  # as Debian's sitecustomize.py links to /etc
+    linked.write_text("import os\n")
+    (own / "zz_linked.pth").symlink_to(linked)
+    cfg = environment / "pyvenv.cfg"
+    cfg_before = cfg.read_bytes()
+    assert b"include-system-site-packages = false" in cfg_before
+    ran = tmp_path / "planted-ran"
+    pytester.makepyfile(test_hidden=HIDDEN)
+    os.environ["PLANTED_RAN"] = str(ran)  # pytester's monkeypatch puts os.environ back
+    os.environ["PLANTED_EXTRA"] = str(extra)
+    result = pytester.run(str(environment / "bin" / "python"), "-m", "pytest", "-p", "no:randomly")
+    out = result.stdout.str()
+    flat = " ".join(out.split())
+    result.assert_outcomes(passed=7, errors=7)
+    link = own / "link.pth"
+    assert f"{link} was changed (as the run began again; the test's version moved" in flat, out
+    assert f"{own / 'zz_startup.py'} was changed (as the run began again;" in flat, out
+    assert f"{extra / 'zz_planted.pth'} was added (moved aside to" in flat, out
+    assert f"{extra / 'sitecustomize.py'} was added (moved aside to" in flat, out
+    assert f"{own / 'sitecustomize.pyc'} was added (moved aside to" in flat, out
+    assert f"{cfg} was changed (as the run began again;" in flat, out
+    assert link.read_bytes() == link_before
+    assert cfg.read_bytes() == cfg_before
+    assert (
+        f"{own / 'zz_linked.pth'} was changed through its link, in {linked} (as the run "
+        f"began again; the test's version kept aside as {linked}.app-planted)"
+    ) in flat, out
+    assert linked.read_text() == "import os\n"
+    assert (own / "zz_startup.py").read_text() == "STARTED = True\n"
+    later = subprocess.run(
+        [str(environment / "bin" / "python"), "-c", "import app"],
+        env={**os.environ, "PLANTED_RAN": str(ran)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert later.returncode == 0, later.stderr
+    assert not ran.exists(), "the planted code ran in a later process"
+
+
+def test_a_start_up_file_put_back_is_never_missing_meanwhile(tmp_path: Path) -> None:
+    """Red team 67 on regress (rt-regress67d), found by reading `_put_back`: the test's
+    version was renamed aside before the file's bytes were written back, so for that while
+    the name was missing, and a Python starting then (another xdist worker's subprocess)
+    ran without it: without an editable install's ``.pth``, with no ``app``. The name is
+    now replaced in one rename, the test's version kept by a second name first. Seen by the
+    system calls (strace): no rename or unlink of the file's own name."""
+    place = tmp_path / "site"
+    place.mkdir()
+    pth = place / "x.pth"
+    pth.write_text("import os\n")
+    script = textwrap.dedent(
+        f"""
+        from pathlib import Path
+        from app.testing.planted import Planted, _Place
+        place = Path({str(place)!r})
+        planted = Planted(places=[_Place(place, True)]).take()
+        (place / "x.pth").write_text("import os; planted = 1\\n")
+        print(planted.check("the test"))
+        """
+    )
+    trace = tmp_path / "trace"
+    done = subprocess.run(
+        [
+            *("strace", "-f", "-qq", "-o", str(trace)),
+            *("-e", "trace=rename,renameat,renameat2,unlink,unlinkat"),
+            *(sys.executable, "-c", script),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"{pth} was changed (as the run began again; the test's version moved aside" in (
+        done.stdout
+    ), done.stdout
+    calls = trace.read_text()
+    assert f'"{pth}"' not in calls.replace(f'"{pth}.app-restoring", "{pth}"', ""), calls
+    assert pth.read_text() == "import os\n"
+    assert (place / "x.pth.app-planted").read_text() == "import os; planted = 1\n"

@@ -176,7 +176,7 @@ def check(
     # after the orphans were deleted, and no row recorded their deletion (red team 51). The
     # deletions, which nothing undoes, come last, just before the row that records them.
     findings = _recount(db, findings) if repair and exclusive and drift else findings
-    findings += _hash_unkeyed(db) if repair and exclusive and not hashed else []
+    findings += _marked(db, hashed=hashed) if repair and exclusive else []
     if repair and (orphans or unfinished):
         repaired, refused = _repair_unnamed(objects, orphans, unfinished)
         findings = [
@@ -432,6 +432,26 @@ def _session_finding(row: dict[str, Any]) -> Finding:
 
 
 _CONTENT_COLUMNS = ("id", "title", "metadata", "created_at")  # `rows.content_sha256`'s
+
+
+def _marked(db: Database, *, hashed: bool) -> list[Finding]:
+    """The database marked (`_hash_unkeyed`), or, marked already, its schema raised."""
+    if not hashed:
+        return _hash_unkeyed(db)
+    _raise_schema(db)
+    return []
+
+
+def _raise_schema(db: Database) -> None:
+    """A marked database's schema version raised to this release's (`pg.SCHEMA_VERSION`):
+    the releases between the mark (rows67) and schema 2 marked at 1, which a release from
+    before the mark opens, and writes rows without keys beside the mark (red team 67 on
+    regress, rt-regress67d). Under maintenance's exclusive hold, as the mark itself."""
+    with db.write("the raise of a marked database's schema version") as conn:
+        conn.execute(
+            "UPDATE app_stamp SET schema_version = %s WHERE schema_version < %s",
+            (pg.SCHEMA_VERSION, pg.SCHEMA_VERSION),
+        )
 
 
 def _hash_unkeyed(db: Database) -> list[Finding]:

@@ -13,14 +13,24 @@ which nothing runs), one it changed or removed gets its bytes as the run began a
 test's version moved aside too). The test fails, naming the file.
 
 Looked at cheaply: each place's directory ``mtime`` (a file added, removed or renamed) and
-each start-up file's ``stat`` per test, about ten system calls; the commands' files only at
-the run's end. Not covered: code planted elsewhere that a later process runs (a shell's rc
-file, a crontab, the app's own source in an editable install, another environment).
+each start-up file's ``lstat`` per test (with its ctime, which no process sets back: a file
+rewritten at its size and given its mtime back with ``os.utime`` is seen), about twenty
+system calls; the commands' files only at the run's end. The places are every directory on
+the path as the run began (a ``.pth`` adds some with ``site.addsitedir``, and they read
+their own ``.pth`` files), the modules the ``.pth`` files import, and a virtualenv's
+``pyvenv.cfg`` (red team 67 on regress).
+Not covered: code planted elsewhere that a later process runs (a shell's rc file, a crontab,
+the app's own source in an editable install, another environment, a ``__pycache__``'s
+bytecode, the standard library's modules), or written by a process a test left running
+after the run's last look (attacks.md, layer 3).
 """
 
 from __future__ import annotations
 
+import importlib.machinery
 import os
+import re
+import shutil
 import site
 import stat
 import sys
@@ -28,35 +38,52 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-#: The modules Python imports as it starts, wherever they are on its path (`site`).
-_CUSTOMIZE: Final = frozenset(
-    {"sitecustomize.py", "usercustomize.py", "sitecustomize", "usercustomize"}
-)
+#: The modules Python imports as it starts, wherever they are on its path (`site`), in
+#: any form an import finds: a package, a ``.py``, a sourceless ``.pyc`` beside it, an
+#: extension module (``sitecustomize.cpython-311-x86_64-linux-gnu.so``).
+_CUSTOMIZE: Final = frozenset({"sitecustomize", "usercustomize"})
 #: What a file put aside is renamed with: no ``.pth`` and no importable name.
 ASIDE: Final = ".app-planted"
 
 
 def _start_up_file(name: str) -> bool:
-    return name.endswith(".pth") or name in _CUSTOMIZE
+    return name.endswith(".pth") or name.partition(".")[0] in _CUSTOMIZE
 
 
-def _identity(path: Path) -> tuple[int, int, int, int] | None:
+def _identity(path: Path | str) -> tuple[int, ...] | None:
+    """A file's inode, size, mtime, mode and ctime: the ctime too, which no process sets
+    back (``os.utime`` sets the mtime a rewrite of the same size changed back, and the same
+    inode written through a hard link elsewhere changes nothing else here)."""
     try:
-        st = path.lstat()
+        st = os.lstat(path)  # os's, not pathlib's: after every test, every file
     except OSError:
         return None
-    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_mode)
+    own = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_mode, st.st_ctime_ns)
+    if not stat.S_ISLNK(st.st_mode):
+        return own
+    # A link: its target's too. Debian's /usr/lib/python3.X/sitecustomize.py links to
+    # /etc/python3.X/sitecustomize.py, which a write through the link changed unseen.
+    try:
+        to = os.stat(path)  # noqa: PTH116 - as above
+    except OSError:
+        return (*own, -1, -1, -1, -1, -1)
+    return (*own, to.st_ino, to.st_size, to.st_mtime_ns, to.st_mode, to.st_ctime_ns)
 
 
-#: A file's contents as the run began: its bytes, or a link's target (``("link", target)``);
+#: A file's contents as the run began: its bytes, or a link's target with the target's bytes
+#: (``("link", target, bytes)``, None for bytes it has none of);
 #: None for what cannot be put back (a directory: a ``sitecustomize`` package).
-_Contents = bytes | tuple[str, str] | None
+_Contents = bytes | tuple[str, str, bytes | None] | None
 
 
 def _contents(path: Path) -> _Contents:
     try:
         if path.is_symlink():
-            return ("link", str(path.readlink()))
+            try:
+                through = path.read_bytes()
+            except OSError:  # dangling, or a directory
+                through = None
+            return ("link", str(path.readlink()), through)
         return path.read_bytes()
     except OSError:  # a directory, or gone
         return None
@@ -69,43 +96,103 @@ class _Place:
 
     path: Path
     start_up_only: bool  # site-packages and the standard library: .pth and customize only
+    #: Files that count besides the start-up files: the modules ``.pth`` files import.
+    also: frozenset[str] = frozenset()
+    #: Only `also` counts here (a virtualenv's own directory: its ``pyvenv.cfg``).
+    only_also: bool = False
     mtime: int | None = None
-    files: dict[str, tuple[tuple[int, int, int, int] | None, _Contents]] = field(
-        default_factory=dict
-    )
+    files: dict[str, tuple[tuple[int, ...] | None, _Contents]] = field(default_factory=dict)
 
     def counts(self, name: str) -> bool:
         if name.endswith((ASIDE, _RESTORING)):
+            return False
+        if name in self.also:
+            return True
+        if self.only_also:
             return False
         return _start_up_file(name) if self.start_up_only else True
 
     def take(self) -> None:
         try:
             self.mtime = self.path.stat().st_mtime_ns
-            entries = list(self.path.iterdir())
+            # Names, not paths: the standard library's directory lists hundreds, of which
+            # one or two count (pathlib's objects for all of them cost half its start).
+            names = [name for name in os.listdir(self.path) if self.counts(name)]  # noqa: PTH208
         except OSError:
-            self.mtime, entries = None, []
+            self.mtime, names = None, []
         # A command's bytes are not kept (a virtualenv's bin/ holds binaries of megabytes:
         # ruff's): one changed in place is said, not put back.
-        self.files = {
-            entry.name: (_identity(entry), _contents(entry) if self.start_up_only else None)
-            for entry in entries
-            if self.counts(entry.name)
-        }
+        self.files = {}
+        for name in names:
+            entry = self.path / name
+            self.files[name] = (_identity(entry), _contents(entry) if self.start_up_only else None)
+
+
+#: What a ``.pth`` line imports: ``import a, b`` (also inside an ``exec``'s string) and
+#: ``__import__('a')``; the top-level name is the module a later process loads from a file.
+_IMPORTED: Final = re.compile(r"""(?:\bimport\s+|__import__\(\s*['"])([A-Za-z_]\w*)""")
+
+
+def _imported_by_pth(directories: list[str]) -> dict[str, set[str]]:
+    """The files of the modules the ``.pth`` files of `directories` import as every process
+    starts (an editable install's finder, setuptools' ``_distutils_hack``, the guard's own
+    ``_app_pytest_guard``, ``coverage``), by directory. Found without importing them
+    (`PathFinder`), as the run begins."""
+    names: dict[str, None] = {}
+    for directory in directories:
+        try:
+            pths = [entry for entry in os.scandir(directory) if entry.name.endswith(".pth")]
+        except OSError:
+            continue
+        for pth in pths:
+            try:
+                text = Path(pth.path).read_text(errors="replace")
+            except OSError:
+                continue
+            names.update(dict.fromkeys(_IMPORTED.findall(text)))
+    files: dict[str, set[str]] = {}
+    for name in names:
+        try:
+            # Searched where a later process searches as its .pth files run: site-packages
+            # first, never the current directory ('' on this process's path).
+            spec = importlib.machinery.PathFinder.find_spec(name, directories)
+        except (ImportError, ValueError):
+            continue
+        if spec is not None and spec.origin and spec.has_location:
+            parent, base = os.path.split(spec.origin)
+            files.setdefault(parent, set()).add(base)
+    return files
 
 
 def _places() -> list[_Place]:
     """Where this environment's later processes find code they run as they start: the
-    directories that exist of site-packages, the user's site where Python reads it, and
-    the standard library's (``sitecustomize``), and a virtualenv's commands."""
+    directories that exist of site-packages, the user's site where Python reads it, the
+    standard library's (``sitecustomize``), every other directory on the path as the run
+    began (one a ``.pth`` adds with ``site.addsitedir`` reads its own ``.pth`` files, and a
+    ``sitecustomize`` is imported from any), the modules the ``.pth`` files import, and a
+    virtualenv's commands."""
     start_up = list(site.getsitepackages())
     if site.ENABLE_USER_SITE:
         start_up.append(site.getusersitepackages())
     # The standard library's (where os is; sysconfig's import costs about a millisecond).
     start_up.append(str(Path(os.__file__).parent))
-    places = [_Place(Path(path), True) for path in dict.fromkeys(start_up)]
+    # The path's directories (not its zip files, nor '' the current directory, which a
+    # later process's start-up does not search).
+    # os.path.isdir: False for any error (pathlib's raises on a name too long, which a
+    # pythonpath ini value can put on the path).
+    start_up += [entry for entry in sys.path if entry and os.path.isdir(entry)]  # noqa: PTH112
+    directories = list(dict.fromkeys(str(Path(path).absolute()) for path in start_up))
+    modules = _imported_by_pth(directories)
+    places = [
+        _Place(Path(path), True, frozenset(modules.get(path, ())))
+        for path in dict.fromkeys(directories + list(modules))
+    ]
     if sys.prefix != sys.base_prefix:  # a virtualenv's own commands, not /usr/bin's
         places.append(_Place(Path(sys.prefix, "bin"), False))
+        # Its pyvenv.cfg: `include-system-site-packages = true` has every later process
+        # run the base interpreter's .pth files too, and `home` names the standard library
+        # it loads (red team 67 on regress).
+        places.append(_Place(Path(sys.prefix), True, frozenset({"pyvenv.cfg"}), only_also=True))
     return places
 
 
@@ -147,13 +234,13 @@ def _put_back(place: _Place, *, whole: bool) -> list[str]:
     """`Planted.check` for one place. `whole`: every file's identity compared, not only the
     directory's ``mtime``."""
     try:
-        mtime = place.path.stat().st_mtime_ns
+        mtime = os.stat(place.path).st_mtime_ns  # noqa: PTH116 - as in _identity
     except OSError:
         return []
     if mtime == place.mtime and not whole:
         return []
     try:
-        listed = [e.name for e in place.path.iterdir()] if mtime != place.mtime else []
+        listed = os.listdir(place.path) if mtime != place.mtime else []  # noqa: PTH208 - as in take
     except OSError:
         return []
     names = listed or list(place.files)
@@ -161,24 +248,16 @@ def _put_back(place: _Place, *, whole: bool) -> list[str]:
     for name in sorted(set(names) | set(place.files)):
         if not place.counts(name):
             continue
-        full = place.path / name
-        now = _identity(full)
+        now = _identity(os.path.join(place.path, name))  # noqa: PTH118 - as in _identity
         before = place.files.get(name)
+        if now == (None if before is None else before[0]):
+            continue
+        full = place.path / name
         if before is None:
             if now is not None and (aside := _aside(full)) is not None:
                 changes.append(f"{full} was added (moved aside to {aside}, which nothing runs)")
         elif now != before[0]:
-            if before[1] is None:
-                changes.append(
-                    f"{full} was {'changed' if now is not None else 'removed'} (not put back: "
-                    "install this environment again)"
-                )
-                continue
-            aside = _aside(full) if now is not None else None
-            _write_back(full, before[1], before[0])
-            kept = f"; the test's version moved aside to {aside}" if aside else ""
-            verb = "changed" if now is not None else "removed"
-            changes.append(f"{full} was {verb} (as the run began again{kept})")
+            changes.append(_changed(full, before, now))
     if changes:
         place.take()  # as it is now: what was put back, and nothing planted
     else:
@@ -194,11 +273,68 @@ def _aside(path: Path) -> Path | None:
         return None
 
 
+def _kept_aside(path: Path) -> Path | None:
+    """A second name for the test's version of `path`, which nothing runs, `path` left in
+    place for `_write_back` to replace in one rename: moved aside first, the name was
+    missing while its bytes were written back, and a Python starting then (another xdist
+    worker's subprocess) ran without the ``.pth`` (an editable install's: no ``app``; red
+    team 67 on regress). A hard link, or a copy where the filesystem has none."""
+    aside = path.with_name(path.name + ASIDE)
+    aside.unlink(missing_ok=True)
+    try:
+        os.link(path, aside, follow_symlinks=False)
+    except FileNotFoundError:
+        return None  # it went meanwhile
+    except OSError:  # no hard links here (EPERM, EMLINK): a copy of it
+        try:
+            shutil.copy2(path, aside, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+    return aside
+
+
 #: The temporary name a file is written under before it replaces the one a test changed.
 _RESTORING: Final = ".app-restoring"
 
 
-def _write_back(path: Path, contents: bytes | tuple[str, str], was: tuple[int, ...] | None) -> None:
+def _changed(
+    full: Path, before: tuple[tuple[int, ...] | None, _Contents], now: tuple[int, ...] | None
+) -> str:
+    """A file the run began with that the test changed or removed: put back, and said."""
+    if before[1] is None:
+        return (
+            f"{full} was {'changed' if now is not None else 'removed'} (not put back: "
+            "install this environment again)"
+        )
+    if (through := _written_through(full, before, now)) is not None:
+        return through
+    aside = _kept_aside(full) if now is not None else None
+    _write_back(full, before[1], before[0])
+    kept = f"; the test's version moved aside to {aside}" if aside else ""
+    verb = "changed" if now is not None else "removed"
+    return f"{full} was {verb} (as the run began again{kept})"
+
+
+def _written_through(
+    full: Path, before: tuple[tuple[int, ...] | None, _Contents], now: tuple[int, ...] | None
+) -> str | None:
+    """For a link the test left as it was whose target it changed (written through the
+    link): the target put back, and said; None otherwise."""
+    was, contents = before
+    if not (isinstance(contents, tuple) and contents[2] is not None and was and now):
+        return None
+    if now[:5] != was[:5]:
+        return None  # the link itself changed: put back as a link
+    target = Path(os.path.realpath(full))
+    aside = _kept_aside(target)
+    _write_back(target, contents[2], was[5:])
+    kept = f"; the test's version kept aside as {aside}" if aside else ""
+    return f"{full} was changed through its link, in {target} (as the run began again{kept})"
+
+
+def _write_back(
+    path: Path, contents: bytes | tuple[str, str, bytes | None], was: tuple[int, ...] | None
+) -> None:
     """Put `contents` back at `path`, its mode as `was` gave it, by a rename."""
     temporary = path.with_name(path.name + _RESTORING)
     temporary.unlink(missing_ok=True)
