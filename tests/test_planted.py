@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from app.testing.planted import Planted, _imported_by_pth, _Place
+
 #: The inner run's tests: one plants a start-up file and a command, one changes an existing
 #: .pth, one changes nothing.
 PLANTING = """
@@ -277,3 +279,57 @@ def test_a_start_up_file_put_back_is_never_missing_meanwhile(tmp_path: Path) -> 
     assert f'"{pth}"' not in calls.replace(f'"{pth}.app-restoring", "{pth}"', ""), calls
     assert pth.read_text() == "import os\n"
     assert (place / "x.pth.app-planted").read_text() == "import os; planted = 1\n"
+
+
+def test_a_put_back_through_a_link_never_writes_where_the_test_made_it_lead(
+    tmp_path: Path,
+) -> None:
+    """Red team 67 on regress (rt-regress67e), found by reading `_written_through`: a
+    start-up file that is a link (Debian's ``sitecustomize.py`` to /etc) whose target a
+    test replaced with a link to another file (/etc/passwd) was put back by writing the
+    start-up file's bytes over that other file, outside the environment. Now written back
+    where the link led as the run began, the test's link there replaced."""
+    place, outside = tmp_path / "site", tmp_path / "etc"
+    place.mkdir()
+    outside.mkdir()
+    target, victim = outside / "real.pth", outside / "passwd"
+    target.write_text("import os\n")
+    victim.write_text("root:x:0:0\n")
+    (place / "zz.pth").symlink_to(target)
+    planted = Planted(places=[_Place(place, True)]).take()
+    target.unlink()
+    target.symlink_to(victim)
+    said = planted.check("the test")
+    assert said is not None
+    assert f"{place / 'zz.pth'} was changed through its link, in {target} (as the run" in said
+    assert victim.read_text() == "root:x:0:0\n"
+    assert not target.is_symlink() and target.read_text() == "import os\n"
+    assert not (outside / "passwd.app-planted").exists()
+    assert planted.check("the next test") is None
+
+
+def test_every_module_a_pth_imports_is_looked_at(tmp_path: Path) -> None:
+    """Red team 67 on regress (rt-regress67e), found by trying the forms of an import on
+    `_imported_by_pth`: ``import os, b``, ``from c import x`` and
+    ``importlib.import_module('d')`` each run a module's file in every later process, and
+    only ``import a`` and ``__import__('a')`` were found; a test appending to the others'
+    files went unseen."""
+    place = tmp_path / "site"
+    place.mkdir()
+    (place / "zz.pth").write_text(
+        "import os, zz_b; from zz_c import x; import importlib; "
+        "importlib.import_module('zz_d')\n"
+    )
+    for name in ("zz_b", "zz_c", "zz_d"):
+        (place / f"{name}.py").write_text("x = 1\n")
+    modules = _imported_by_pth([str(place)])
+    assert modules[str(place)] >= {"zz_b.py", "zz_c.py", "zz_d.py"}, modules
+    planted = Planted(places=[_Place(place, True, frozenset(modules[str(place)]))]).take()
+    for name in ("zz_b", "zz_c", "zz_d"):
+        with (place / f"{name}.py").open("a") as stream:
+            stream.write("import os; os.system('true')\n")
+    said = planted.check("the test")
+    assert said is not None
+    for name in ("zz_b", "zz_c", "zz_d"):
+        assert f"{place / name}.py was changed (as the run began again;" in said, said
+        assert (place / f"{name}.py").read_text() == "x = 1\n"

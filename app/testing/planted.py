@@ -71,9 +71,9 @@ def _identity(path: Path | str) -> tuple[int, ...] | None:
 
 
 #: A file's contents as the run began: its bytes, or a link's target with the target's bytes
-#: (``("link", target, bytes)``, None for bytes it has none of);
-#: None for what cannot be put back (a directory: a ``sitecustomize`` package).
-_Contents = bytes | tuple[str, str, bytes | None] | None
+#: and the file the link led to (``("link", target, bytes, resolved)``, None for bytes it has
+#: none of); None for what cannot be put back (a directory: a ``sitecustomize`` package).
+_Contents = bytes | tuple[str, str, bytes | None, str] | None
 
 
 def _contents(path: Path) -> _Contents:
@@ -83,7 +83,9 @@ def _contents(path: Path) -> _Contents:
                 through = path.read_bytes()
             except OSError:  # dangling, or a directory
                 through = None
-            return ("link", str(path.readlink()), through)
+            # Where it led as the run began: a put-back writes there, never where it leads
+            # after the test (red team 67e).
+            return ("link", str(path.readlink()), through, os.path.realpath(path))  # noqa: PTH118
         return path.read_bytes()
     except OSError:  # a directory, or gone
         return None
@@ -128,9 +130,15 @@ class _Place:
             self.files[name] = (_identity(entry), _contents(entry) if self.start_up_only else None)
 
 
-#: What a ``.pth`` line imports: ``import a, b`` (also inside an ``exec``'s string) and
-#: ``__import__('a')``; the top-level name is the module a later process loads from a file.
-_IMPORTED: Final = re.compile(r"""(?:\bimport\s+|__import__\(\s*['"])([A-Za-z_]\w*)""")
+#: What a ``.pth`` line imports: ``import a.b``, ``from a import b`` (also inside an
+#: ``exec``'s string), ``__import__('a')`` and ``importlib.import_module('a')``; the top-level
+#: name is the module a later process loads from a file. ``import a, b as c`` names more
+#: than one (`_IMPORT_LIST`; red team 67e: only the first was found).
+_IMPORTED: Final = re.compile(
+    r"""(?:\bfrom\s+|\bimport\s+|(?:__import__|import_module)\(\s*['"])([A-Za-z_]\w*)"""
+)
+_IMPORT_LIST: Final = re.compile(r"\bimport\s+([\w.]+(?:\s+as\s+\w+)?(?:\s*,\s*[\w.]+(?:\s+as\s+\w+)?)*)")
+_LISTED: Final = re.compile(r",\s*([A-Za-z_]\w*)")
 
 
 def _imported_by_pth(directories: list[str]) -> dict[str, set[str]]:
@@ -150,6 +158,8 @@ def _imported_by_pth(directories: list[str]) -> dict[str, set[str]]:
             except OSError:
                 continue
             names.update(dict.fromkeys(_IMPORTED.findall(text)))
+            for listed in _IMPORT_LIST.findall(text):
+                names.update(dict.fromkeys(_LISTED.findall(listed)))
     files: dict[str, set[str]] = {}
     for name in names:
         try:
@@ -325,7 +335,18 @@ def _written_through(
         return None
     if now[:5] != was[:5]:
         return None  # the link itself changed: put back as a link
-    target = Path(os.path.realpath(full))
+    # The file the link led to as the run began, not where it leads now: a test that made
+    # that file a link to another (/etc/passwd) had the put-back write the start-up file's
+    # bytes over that other, outside the environment (red team 67 on regress, 67e). The
+    # rename below replaces a link at `target` itself; a directory on its way turned into a
+    # link is not written through either.
+    target = Path(contents[3])
+    if os.path.realpath(target.parent) != str(target.parent):  # noqa: PTH120
+        return (
+            f"{full} was changed through its link, in {target}, whose directory now leads "
+            f"to {os.path.realpath(target.parent)} (not put back: install this environment "  # noqa: PTH120
+            "again)"
+        )
     aside = _kept_aside(target)
     _write_back(target, contents[2], was[5:])
     kept = f"; the test's version kept aside as {aside}" if aside else ""
@@ -333,7 +354,7 @@ def _written_through(
 
 
 def _write_back(
-    path: Path, contents: bytes | tuple[str, str, bytes | None], was: tuple[int, ...] | None
+    path: Path, contents: bytes | tuple[str, str, bytes | None, str], was: tuple[int, ...] | None
 ) -> None:
     """Put `contents` back at `path`, its mode as `was` gave it, by a rename."""
     temporary = path.with_name(path.name + _RESTORING)
