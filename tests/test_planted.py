@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from app.testing.planted import Planted, _imported_by_pth, _Place
+from app.testing.planted import Planted, _imported_by_pth, _Place, _places_of
 
 #: The inner run's tests: one plants a start-up file and a command, one changes an existing
 #: .pth, one changes nothing.
@@ -306,6 +306,16 @@ def test_a_put_back_through_a_link_never_writes_where_the_test_made_it_lead(
     assert not target.is_symlink() and target.read_text() == "import os\n"
     assert not (outside / "passwd.app-planted").exists()
     assert planted.check("the next test") is None
+    # The directory on the way made a link to another: not written through either.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "real.pth").write_text("root:x:0:0\n")
+    outside.rename(tmp_path / "was-etc")
+    outside.symlink_to(other)
+    said = planted.check("a third test")
+    assert said is not None
+    assert f"in {target}, whose directory now leads to {other} (not put back: install" in said
+    assert (other / "real.pth").read_text() == "root:x:0:0\n"
 
 
 def test_every_module_a_pth_imports_is_looked_at(tmp_path: Path) -> None:
@@ -317,12 +327,11 @@ def test_every_module_a_pth_imports_is_looked_at(tmp_path: Path) -> None:
     place = tmp_path / "site"
     place.mkdir()
     (place / "zz.pth").write_text(
-        "import os, zz_b; from zz_c import x; import importlib; "
-        "importlib.import_module('zz_d')\n"
+        "import os, zz_b; from zz_c import x; import importlib; importlib.import_module('zz_d')\n"
     )
     for name in ("zz_b", "zz_c", "zz_d"):
         (place / f"{name}.py").write_text("x = 1\n")
-    modules = _imported_by_pth([str(place)])
+    modules, _ = _imported_by_pth([str(place)])
     assert modules[str(place)] >= {"zz_b.py", "zz_c.py", "zz_d.py"}, modules
     planted = Planted(places=[_Place(place, True, frozenset(modules[str(place)]))]).take()
     for name in ("zz_b", "zz_c", "zz_d"):
@@ -333,3 +342,26 @@ def test_every_module_a_pth_imports_is_looked_at(tmp_path: Path) -> None:
     for name in ("zz_b", "zz_c", "zz_d"):
         assert f"{place / name}.py was changed (as the run began again;" in said, said
         assert (place / f"{name}.py").read_text() == "x = 1\n"
+
+
+def test_a_module_a_pth_imports_shadowed_earlier_on_the_path_is_seen(tmp_path: Path) -> None:
+    """Red team 67 on regress (rt-regress67e), found by reading `_places`: a ``.pth``'s
+    ``import zz_mod`` loads the first ``zz_mod`` on the path, and a test that wrote
+    ``zz_mod.py`` into a directory before site-packages (the standard library's, a
+    ``PYTHONPATH`` one) had its code run by every later process; only the module's file as
+    found at the start was watched. A file of that name added in any watched directory
+    counts now."""
+    earlier, site_packages = tmp_path / "earlier", tmp_path / "site"
+    earlier.mkdir()
+    site_packages.mkdir()
+    (site_packages / "zz.pth").write_text("import zz_mod\n")
+    (site_packages / "zz_mod.py").write_text("x = 1\n")
+    planted = Planted(places=_places_of([str(earlier), str(site_packages)])).take()
+    (earlier / "zz_mod.py").write_text("import os; os.system('true')\n")
+    (earlier / "zz_other.py").write_text("x = 1\n")  # no .pth imports it: not a start-up file
+    said = planted.check("the test")
+    assert said is not None
+    shadow = earlier / "zz_mod.py"
+    assert f"{shadow} was added (moved aside to {shadow}.app-planted, which nothing runs)" in said
+    assert "zz_other" not in said, said
+    assert not shadow.exists() and (earlier / "zz_other.py").exists()

@@ -17,8 +17,9 @@ each start-up file's ``lstat`` per test (with its ctime, which no process sets b
 rewritten at its size and given its mtime back with ``os.utime`` is seen), about twenty
 system calls; the commands' files only at the run's end. The places are every directory on
 the path as the run began (a ``.pth`` adds some with ``site.addsitedir``, and they read
-their own ``.pth`` files), the modules the ``.pth`` files import, and a virtualenv's
-``pyvenv.cfg`` (red team 67 on regress).
+their own ``.pth`` files), the modules the ``.pth`` files import (and a file of such a
+module's name added in any of those directories, which shadows it if earlier on the path),
+and a virtualenv's ``pyvenv.cfg`` (red team 67 on regress).
 Not covered: code planted elsewhere that a later process runs (a shell's rc file, a crontab,
 the app's own source in an editable install, another environment, a ``__pycache__``'s
 bytecode, the standard library's modules), or written by a process a test left running
@@ -85,7 +86,7 @@ def _contents(path: Path) -> _Contents:
                 through = None
             # Where it led as the run began: a put-back writes there, never where it leads
             # after the test (red team 67e).
-            return ("link", str(path.readlink()), through, os.path.realpath(path))  # noqa: PTH118
+            return ("link", str(path.readlink()), through, os.path.realpath(path))
         return path.read_bytes()
     except OSError:  # a directory, or gone
         return None
@@ -102,6 +103,10 @@ class _Place:
     also: frozenset[str] = frozenset()
     #: Only `also` counts here (a virtualenv's own directory: its ``pyvenv.cfg``).
     only_also: bool = False
+    #: The top-level names the ``.pth`` files import, not the standard library's: a file of
+    #: that name (``x.py``, ``x.pyc``, ``x.*.so``) added in any directory of the path shadows
+    #: the module a later process imported, if earlier on its path (red team 67e).
+    shadows: frozenset[str] = frozenset()
     mtime: int | None = None
     files: dict[str, tuple[tuple[int, ...] | None, _Contents]] = field(default_factory=dict)
 
@@ -112,6 +117,8 @@ class _Place:
             return True
         if self.only_also:
             return False
+        if "." in name and name.partition(".")[0] in self.shadows:
+            return True
         return _start_up_file(name) if self.start_up_only else True
 
     def take(self) -> None:
@@ -137,15 +144,17 @@ class _Place:
 _IMPORTED: Final = re.compile(
     r"""(?:\bfrom\s+|\bimport\s+|(?:__import__|import_module)\(\s*['"])([A-Za-z_]\w*)"""
 )
-_IMPORT_LIST: Final = re.compile(r"\bimport\s+([\w.]+(?:\s+as\s+\w+)?(?:\s*,\s*[\w.]+(?:\s+as\s+\w+)?)*)")
+_IMPORT_LIST: Final = re.compile(
+    r"\bimport\s+([\w.]+(?:\s+as\s+\w+)?(?:\s*,\s*[\w.]+(?:\s+as\s+\w+)?)*)"
+)
 _LISTED: Final = re.compile(r",\s*([A-Za-z_]\w*)")
 
 
-def _imported_by_pth(directories: list[str]) -> dict[str, set[str]]:
+def _imported_by_pth(directories: list[str]) -> tuple[dict[str, set[str]], frozenset[str]]:
     """The files of the modules the ``.pth`` files of `directories` import as every process
     starts (an editable install's finder, setuptools' ``_distutils_hack``, the guard's own
-    ``_app_pytest_guard``, ``coverage``), by directory. Found without importing them
-    (`PathFinder`), as the run begins."""
+    ``_app_pytest_guard``, ``coverage``), by directory, and their names (not the standard
+    library's). Found without importing them (`PathFinder`), as the run begins."""
     names: dict[str, None] = {}
     for directory in directories:
         try:
@@ -171,7 +180,7 @@ def _imported_by_pth(directories: list[str]) -> dict[str, set[str]]:
         if spec is not None and spec.origin and spec.has_location:
             parent, base = os.path.split(spec.origin)
             files.setdefault(parent, set()).add(base)
-    return files
+    return files, frozenset(names).difference(sys.stdlib_module_names)
 
 
 def _places() -> list[_Place]:
@@ -191,12 +200,7 @@ def _places() -> list[_Place]:
     # os.path.isdir: False for any error (pathlib's raises on a name too long, which a
     # pythonpath ini value can put on the path).
     start_up += [entry for entry in sys.path if entry and os.path.isdir(entry)]  # noqa: PTH112
-    directories = list(dict.fromkeys(str(Path(path).absolute()) for path in start_up))
-    modules = _imported_by_pth(directories)
-    places = [
-        _Place(Path(path), True, frozenset(modules.get(path, ())))
-        for path in dict.fromkeys(directories + list(modules))
-    ]
+    places = _places_of(list(dict.fromkeys(str(Path(path).absolute()) for path in start_up)))
     if sys.prefix != sys.base_prefix:  # a virtualenv's own commands, not /usr/bin's
         places.append(_Place(Path(sys.prefix, "bin"), False))
         # Its pyvenv.cfg: `include-system-site-packages = true` has every later process
@@ -204,6 +208,15 @@ def _places() -> list[_Place]:
         # it loads (red team 67 on regress).
         places.append(_Place(Path(sys.prefix), True, frozenset({"pyvenv.cfg"}), only_also=True))
     return places
+
+
+def _places_of(directories: list[str]) -> list[_Place]:
+    """`directories` as places, with the modules their ``.pth`` files import."""
+    modules, names = _imported_by_pth(directories)
+    return [
+        _Place(Path(path), True, frozenset(modules.get(path, ())), shadows=names)
+        for path in dict.fromkeys(directories + list(modules))
+    ]
 
 
 @dataclass
@@ -341,10 +354,10 @@ def _written_through(
     # rename below replaces a link at `target` itself; a directory on its way turned into a
     # link is not written through either.
     target = Path(contents[3])
-    if os.path.realpath(target.parent) != str(target.parent):  # noqa: PTH120
+    if os.path.realpath(target.parent) != str(target.parent):
         return (
             f"{full} was changed through its link, in {target}, whose directory now leads "
-            f"to {os.path.realpath(target.parent)} (not put back: install this environment "  # noqa: PTH120
+            f"to {os.path.realpath(target.parent)} (not put back: install this environment "
             "again)"
         )
     aside = _kept_aside(target)
