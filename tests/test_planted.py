@@ -13,6 +13,7 @@ and blamed on their own tests by the other workers of this run.
 
 from __future__ import annotations
 
+import importlib.machinery
 import os
 import site
 import subprocess
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from app.testing.planted import Planted, _imported_by_pth, _Place, _places_of
+from app.testing.planted import Planted, _imported_by_pth, _Place, _places, _places_of
 
 #: The inner run's tests: one plants a start-up file and a command, one changes an existing
 #: .pth, one changes nothing.
@@ -365,3 +366,26 @@ def test_a_module_a_pth_imports_shadowed_earlier_on_the_path_is_seen(tmp_path: P
     assert f"{shadow} was added (moved aside to {shadow}.app-planted, which nothing runs)" in said
     assert "zz_other" not in said, said
     assert not shadow.exists() and (earlier / "zz_other.py").exists()
+
+
+def test_a_file_of_a_pth_module_s_name_counts_only_where_a_pth_s_import_searches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The other side of the shadowing check (red team 67e, its first version): a
+    directory on the run's path that a ``.pth``'s import does not search (the project's
+    root, put there by ``python -m pytest``, holds ``_app_pytest_guard.py``, which a
+    developer edits during a run) and a file that is no module (``coverage.xml``, which a
+    run writes beside it) do not count."""
+    project = tmp_path / "project"
+    project.mkdir()
+    monkeypatch.syspath_prepend(str(project))
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    (place,) = [place for place in _places() if place.path == project]
+    assert not place.counts("_app_pytest_guard.py") and not place.shadows
+    (site_packages,) = [
+        place for place in _places() if place.path == Path(site.getsitepackages()[0])
+    ]
+    assert site_packages.counts("_app_pytest_guard.py"), site_packages.shadows
+    extension = importlib.machinery.EXTENSION_SUFFIXES[0]  # .cpython-311-x86_64-linux-gnu.so
+    assert site_packages.counts(f"_app_pytest_guard{extension}")
+    assert not site_packages.counts("coverage.xml") and site_packages.counts("coverage.py")

@@ -18,7 +18,7 @@ rewritten at its size and given its mtime back with ``os.utime`` is seen), about
 system calls; the commands' files only at the run's end. The places are every directory on
 the path as the run began (a ``.pth`` adds some with ``site.addsitedir``, and they read
 their own ``.pth`` files), the modules the ``.pth`` files import (and a file of such a
-module's name added in any of those directories, which shadows it if earlier on the path),
+module's name added where their import searches, which shadows it if earlier on the path),
 and a virtualenv's ``pyvenv.cfg`` (red team 67 on regress).
 Not covered: code planted elsewhere that a later process runs (a shell's rc file, a crontab,
 the app's own source in an editable install, another environment, a ``__pycache__``'s
@@ -43,6 +43,9 @@ from typing import Final
 #: any form an import finds: a package, a ``.py``, a sourceless ``.pyc`` beside it, an
 #: extension module (``sitecustomize.cpython-311-x86_64-linux-gnu.so``).
 _CUSTOMIZE: Final = frozenset({"sitecustomize", "usercustomize"})
+#: The endings of a module's file an import loads (``.py``, ``.pyc``, ``.cpython-311-...so``):
+#: a ``coverage.xml`` the run writes is no module ``coverage``.
+_MODULE_SUFFIXES: Final = tuple(importlib.machinery.all_suffixes())
 #: What a file put aside is renamed with: no ``.pth`` and no importable name.
 ASIDE: Final = ".app-planted"
 
@@ -117,7 +120,7 @@ class _Place:
             return True
         if self.only_also:
             return False
-        if "." in name and name.partition(".")[0] in self.shadows:
+        if name.partition(".")[0] in self.shadows and name.endswith(_MODULE_SUFFIXES):
             return True
         return _start_up_file(name) if self.start_up_only else True
 
@@ -195,12 +198,24 @@ def _places() -> list[_Place]:
         start_up.append(site.getusersitepackages())
     # The standard library's (where os is; sysconfig's import costs about a millisecond).
     start_up.append(str(Path(os.__file__).parent))
+    # Where a module a .pth imports is searched as it runs: site-packages and the standard
+    # library's, and PYTHONPATH's, before them; not the directory of the run's script or
+    # the current one (put on the path after the .pth files ran), nor the ones pytest adds:
+    # the project's own `_app_pytest_guard.py` there, which a developer edits during a run,
+    # is no module a later process's start-up imports.
+    interpreters = (os.path.join(sys.prefix, ""), os.path.join(sys.base_prefix, ""))  # noqa: PTH118
+    searched = [
+        *start_up,
+        *os.environ.get("PYTHONPATH", "").split(os.pathsep),
+        *(entry for entry in sys.path if entry.startswith(interpreters)),
+    ]
     # The path's directories (not its zip files, nor '' the current directory, which a
     # later process's start-up does not search).
     # os.path.isdir: False for any error (pathlib's raises on a name too long, which a
     # pythonpath ini value can put on the path).
     start_up += [entry for entry in sys.path if entry and os.path.isdir(entry)]  # noqa: PTH112
-    places = _places_of(list(dict.fromkeys(str(Path(path).absolute()) for path in start_up)))
+    directories = list(dict.fromkeys(str(Path(path).absolute()) for path in start_up))
+    places = _places_of(directories, {str(Path(path).absolute()) for path in searched if path})
     if sys.prefix != sys.base_prefix:  # a virtualenv's own commands, not /usr/bin's
         places.append(_Place(Path(sys.prefix, "bin"), False))
         # Its pyvenv.cfg: `include-system-site-packages = true` has every later process
@@ -210,11 +225,18 @@ def _places() -> list[_Place]:
     return places
 
 
-def _places_of(directories: list[str]) -> list[_Place]:
-    """`directories` as places, with the modules their ``.pth`` files import."""
+def _places_of(directories: list[str], searched: set[str] | None = None) -> list[_Place]:
+    """`directories` as places, with the modules their ``.pth`` files import; a file of
+    such a module's name counts in those of them `searched` (all: None) as the ``.pth``
+    files run."""
     modules, names = _imported_by_pth(directories)
     return [
-        _Place(Path(path), True, frozenset(modules.get(path, ())), shadows=names)
+        _Place(
+            Path(path),
+            True,
+            frozenset(modules.get(path, ())),
+            shadows=names if searched is None or path in searched else frozenset(),
+        )
         for path in dict.fromkeys(directories + list(modules))
     ]
 
