@@ -366,6 +366,15 @@ def test_a_module_a_pth_imports_shadowed_earlier_on_the_path_is_seen(tmp_path: P
     assert f"{shadow} was added (moved aside to {shadow}.app-planted, which nothing runs)" in said
     assert "zz_other" not in said, said
     assert not shadow.exists() and (earlier / "zz_other.py").exists()
+    # A namespace package a .pth imports, given an __init__.py: a package that runs.
+    (site_packages / "zz_ns").mkdir()
+    (site_packages / "zz.pth").write_text("import zz_mod, zz_ns\n")
+    planted = Planted(places=_places_of([str(earlier), str(site_packages)])).take()
+    init = site_packages / "zz_ns" / "__init__.py"
+    init.write_text("import os; os.system('true')\n")
+    said = planted.check("the test")
+    assert said is not None and f"{init} was added (moved aside to" in said, said
+    assert not init.exists()
 
 
 def test_a_file_of_a_pth_module_s_name_counts_only_where_a_pth_s_import_searches(

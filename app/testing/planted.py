@@ -46,6 +46,8 @@ _CUSTOMIZE: Final = frozenset({"sitecustomize", "usercustomize"})
 #: The endings of a module's file an import loads (``.py``, ``.pyc``, ``.cpython-311-...so``):
 #: a ``coverage.xml`` the run writes is no module ``coverage``.
 _MODULE_SUFFIXES: Final = tuple(importlib.machinery.all_suffixes())
+#: A package's own module, in any form an import loads.
+_INITS: Final = frozenset(f"__init__{suffix}" for suffix in _MODULE_SUFFIXES)
 #: What a file put aside is renamed with: no ``.pth`` and no importable name.
 ASIDE: Final = ".app-planted"
 
@@ -183,6 +185,11 @@ def _imported_by_pth(directories: list[str]) -> tuple[dict[str, set[str]], froze
         if spec is not None and spec.origin and spec.has_location:
             parent, base = os.path.split(spec.origin)
             files.setdefault(parent, set()).add(base)
+        elif spec is not None and spec.submodule_search_locations:
+            # A namespace package: an ``__init__.py`` added to one of its directories makes
+            # it a package whose code every later process runs (red team 67e).
+            for portion in spec.submodule_search_locations:
+                files.setdefault(portion, set()).update(_INITS)
     return files, frozenset(names).difference(sys.stdlib_module_names)
 
 
