@@ -13,6 +13,7 @@ and blamed on their own tests by the other workers of this run.
 
 from __future__ import annotations
 
+import importlib.machinery
 import os
 import site
 import subprocess
@@ -21,6 +22,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
+from app.testing.planted import Planted, _imported_by_pth, _Place, _places, _places_of
 
 #: The inner run's tests: one plants a start-up file and a command, one changes an existing
 #: .pth, one changes nothing.
@@ -277,3 +280,121 @@ def test_a_start_up_file_put_back_is_never_missing_meanwhile(tmp_path: Path) -> 
     assert f'"{pth}"' not in calls.replace(f'"{pth}.app-restoring", "{pth}"', ""), calls
     assert pth.read_text() == "import os\n"
     assert (place / "x.pth.app-planted").read_text() == "import os; planted = 1\n"
+
+
+def test_a_put_back_through_a_link_never_writes_where_the_test_made_it_lead(
+    tmp_path: Path,
+) -> None:
+    """Red team 67 on regress (rt-regress67e), found by reading `_written_through`: a
+    start-up file that is a link (Debian's ``sitecustomize.py`` to /etc) whose target a
+    test replaced with a link to another file (/etc/passwd) was put back by writing the
+    start-up file's bytes over that other file, outside the environment. Now written back
+    where the link led as the run began, the test's link there replaced."""
+    place, outside = tmp_path / "site", tmp_path / "etc"
+    place.mkdir()
+    outside.mkdir()
+    target, victim = outside / "real.pth", outside / "passwd"
+    target.write_text("import os\n")
+    victim.write_text("root:x:0:0\n")
+    (place / "zz.pth").symlink_to(target)
+    planted = Planted(places=[_Place(place, True)]).take()
+    target.unlink()
+    target.symlink_to(victim)
+    said = planted.check("the test")
+    assert said is not None
+    assert f"{place / 'zz.pth'} was changed through its link, in {target} (as the run" in said
+    assert victim.read_text() == "root:x:0:0\n"
+    assert not target.is_symlink() and target.read_text() == "import os\n"
+    assert not (outside / "passwd.app-planted").exists()
+    assert planted.check("the next test") is None
+    # The directory on the way made a link to another: not written through either.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "real.pth").write_text("root:x:0:0\n")
+    outside.rename(tmp_path / "was-etc")
+    outside.symlink_to(other)
+    said = planted.check("a third test")
+    assert said is not None
+    assert f"in {target}, whose directory now leads to {other} (not put back: install" in said
+    assert (other / "real.pth").read_text() == "root:x:0:0\n"
+
+
+def test_every_module_a_pth_imports_is_looked_at(tmp_path: Path) -> None:
+    """Red team 67 on regress (rt-regress67e), found by trying the forms of an import on
+    `_imported_by_pth`: ``import os, b``, ``from c import x`` and
+    ``importlib.import_module('d')`` each run a module's file in every later process, and
+    only ``import a`` and ``__import__('a')`` were found; a test appending to the others'
+    files went unseen."""
+    place = tmp_path / "site"
+    place.mkdir()
+    (place / "zz.pth").write_text(
+        "import os, zz_b; from zz_c import x; import importlib; importlib.import_module('zz_d')\n"
+    )
+    for name in ("zz_b", "zz_c", "zz_d"):
+        (place / f"{name}.py").write_text("x = 1\n")
+    modules, _ = _imported_by_pth([str(place)])
+    assert modules[str(place)] >= {"zz_b.py", "zz_c.py", "zz_d.py"}, modules
+    planted = Planted(places=[_Place(place, True, frozenset(modules[str(place)]))]).take()
+    for name in ("zz_b", "zz_c", "zz_d"):
+        with (place / f"{name}.py").open("a") as stream:
+            stream.write("import os; os.system('true')\n")
+    said = planted.check("the test")
+    assert said is not None
+    for name in ("zz_b", "zz_c", "zz_d"):
+        assert f"{place / name}.py was changed (as the run began again;" in said, said
+        assert (place / f"{name}.py").read_text() == "x = 1\n"
+
+
+def test_a_module_a_pth_imports_shadowed_earlier_on_the_path_is_seen(tmp_path: Path) -> None:
+    """Red team 67 on regress (rt-regress67e), found by reading `_places`: a ``.pth``'s
+    ``import zz_mod`` loads the first ``zz_mod`` on the path, and a test that wrote
+    ``zz_mod.py`` into a directory before site-packages (the standard library's, a
+    ``PYTHONPATH`` one) had its code run by every later process; only the module's file as
+    found at the start was watched. A file of that name added in any watched directory
+    counts now."""
+    earlier, site_packages = tmp_path / "earlier", tmp_path / "site"
+    earlier.mkdir()
+    site_packages.mkdir()
+    (site_packages / "zz.pth").write_text("import zz_mod\n")
+    (site_packages / "zz_mod.py").write_text("x = 1\n")
+    planted = Planted(places=_places_of([str(earlier), str(site_packages)])).take()
+    (earlier / "zz_mod.py").write_text("import os; os.system('true')\n")
+    (earlier / "zz_other.py").write_text("x = 1\n")  # no .pth imports it: not a start-up file
+    said = planted.check("the test")
+    assert said is not None
+    shadow = earlier / "zz_mod.py"
+    assert f"{shadow} was added (moved aside to {shadow}.app-planted, which nothing runs)" in said
+    assert "zz_other" not in said, said
+    assert not shadow.exists() and (earlier / "zz_other.py").exists()
+    # A namespace package a .pth imports, given an __init__.py: a package that runs.
+    (site_packages / "zz_ns").mkdir()
+    (site_packages / "zz.pth").write_text("import zz_mod, zz_ns\n")
+    planted = Planted(places=_places_of([str(earlier), str(site_packages)])).take()
+    init = site_packages / "zz_ns" / "__init__.py"
+    init.write_text("import os; os.system('true')\n")
+    said = planted.check("the test")
+    assert said is not None and f"{init} was added (moved aside to" in said, said
+    assert not init.exists()
+
+
+def test_a_file_of_a_pth_module_s_name_counts_only_where_a_pth_s_import_searches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The other side of the shadowing check (red team 67e, its first version): a
+    directory on the run's path that a ``.pth``'s import does not search (the project's
+    root, put there by ``python -m pytest``, holds ``_app_pytest_guard.py``, which a
+    developer edits during a run) and a file that is no module (``coverage.xml``, which a
+    run writes beside it) do not count."""
+    project = tmp_path / "project"
+    project.mkdir()
+    monkeypatch.syspath_prepend(str(project))
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    (place,) = [place for place in _places() if place.path == project]
+    assert not place.counts("_app_pytest_guard.py") and not place.shadows
+    (site_packages,) = [
+        place for place in _places() if place.path == Path(site.getsitepackages()[0])
+    ]
+    assert site_packages.counts("_app_pytest_guard.py"), site_packages.shadows
+    extension = importlib.machinery.EXTENSION_SUFFIXES[0]  # .cpython-311-x86_64-linux-gnu.so
+    assert site_packages.counts(f"_app_pytest_guard{extension}")
+    assert not site_packages.counts("coverage.xml") and site_packages.counts("coverage.py")

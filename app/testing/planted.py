@@ -17,8 +17,9 @@ each start-up file's ``lstat`` per test (with its ctime, which no process sets b
 rewritten at its size and given its mtime back with ``os.utime`` is seen), about twenty
 system calls; the commands' files only at the run's end. The places are every directory on
 the path as the run began (a ``.pth`` adds some with ``site.addsitedir``, and they read
-their own ``.pth`` files), the modules the ``.pth`` files import, and a virtualenv's
-``pyvenv.cfg`` (red team 67 on regress).
+their own ``.pth`` files), the modules the ``.pth`` files import (and a file of such a
+module's name added where their import searches, which shadows it if earlier on the path),
+and a virtualenv's ``pyvenv.cfg`` (red team 67 on regress).
 Not covered: code planted elsewhere that a later process runs (a shell's rc file, a crontab,
 the app's own source in an editable install, another environment, a ``__pycache__``'s
 bytecode, the standard library's modules), or written by a process a test left running
@@ -42,6 +43,11 @@ from typing import Final
 #: any form an import finds: a package, a ``.py``, a sourceless ``.pyc`` beside it, an
 #: extension module (``sitecustomize.cpython-311-x86_64-linux-gnu.so``).
 _CUSTOMIZE: Final = frozenset({"sitecustomize", "usercustomize"})
+#: The endings of a module's file an import loads (``.py``, ``.pyc``, ``.cpython-311-...so``):
+#: a ``coverage.xml`` the run writes is no module ``coverage``.
+_MODULE_SUFFIXES: Final = tuple(importlib.machinery.all_suffixes())
+#: A package's own module, in any form an import loads.
+_INITS: Final = frozenset(f"__init__{suffix}" for suffix in _MODULE_SUFFIXES)
 #: What a file put aside is renamed with: no ``.pth`` and no importable name.
 ASIDE: Final = ".app-planted"
 
@@ -71,9 +77,9 @@ def _identity(path: Path | str) -> tuple[int, ...] | None:
 
 
 #: A file's contents as the run began: its bytes, or a link's target with the target's bytes
-#: (``("link", target, bytes)``, None for bytes it has none of);
-#: None for what cannot be put back (a directory: a ``sitecustomize`` package).
-_Contents = bytes | tuple[str, str, bytes | None] | None
+#: and the file the link led to (``("link", target, bytes, resolved)``, None for bytes it has
+#: none of); None for what cannot be put back (a directory: a ``sitecustomize`` package).
+_Contents = bytes | tuple[str, str, bytes | None, str] | None
 
 
 def _contents(path: Path) -> _Contents:
@@ -83,7 +89,9 @@ def _contents(path: Path) -> _Contents:
                 through = path.read_bytes()
             except OSError:  # dangling, or a directory
                 through = None
-            return ("link", str(path.readlink()), through)
+            # Where it led as the run began: a put-back writes there, never where it leads
+            # after the test (red team 67e).
+            return ("link", str(path.readlink()), through, os.path.realpath(path))
         return path.read_bytes()
     except OSError:  # a directory, or gone
         return None
@@ -100,6 +108,10 @@ class _Place:
     also: frozenset[str] = frozenset()
     #: Only `also` counts here (a virtualenv's own directory: its ``pyvenv.cfg``).
     only_also: bool = False
+    #: The top-level names the ``.pth`` files import, not the standard library's: a file of
+    #: that name (``x.py``, ``x.pyc``, ``x.*.so``) added in any directory of the path shadows
+    #: the module a later process imported, if earlier on its path (red team 67e).
+    shadows: frozenset[str] = frozenset()
     mtime: int | None = None
     files: dict[str, tuple[tuple[int, ...] | None, _Contents]] = field(default_factory=dict)
 
@@ -110,6 +122,8 @@ class _Place:
             return True
         if self.only_also:
             return False
+        if name.partition(".")[0] in self.shadows and name.endswith(_MODULE_SUFFIXES):
+            return True
         return _start_up_file(name) if self.start_up_only else True
 
     def take(self) -> None:
@@ -128,16 +142,24 @@ class _Place:
             self.files[name] = (_identity(entry), _contents(entry) if self.start_up_only else None)
 
 
-#: What a ``.pth`` line imports: ``import a, b`` (also inside an ``exec``'s string) and
-#: ``__import__('a')``; the top-level name is the module a later process loads from a file.
-_IMPORTED: Final = re.compile(r"""(?:\bimport\s+|__import__\(\s*['"])([A-Za-z_]\w*)""")
+#: What a ``.pth`` line imports: ``import a.b``, ``from a import b`` (also inside an
+#: ``exec``'s string), ``__import__('a')`` and ``importlib.import_module('a')``; the top-level
+#: name is the module a later process loads from a file. ``import a, b as c`` names more
+#: than one (`_IMPORT_LIST`; red team 67e: only the first was found).
+_IMPORTED: Final = re.compile(
+    r"""(?:\bfrom\s+|\bimport\s+|(?:__import__|import_module)\(\s*['"])([A-Za-z_]\w*)"""
+)
+_IMPORT_LIST: Final = re.compile(
+    r"\bimport\s+([\w.]+(?:\s+as\s+\w+)?(?:\s*,\s*[\w.]+(?:\s+as\s+\w+)?)*)"
+)
+_LISTED: Final = re.compile(r",\s*([A-Za-z_]\w*)")
 
 
-def _imported_by_pth(directories: list[str]) -> dict[str, set[str]]:
+def _imported_by_pth(directories: list[str]) -> tuple[dict[str, set[str]], frozenset[str]]:
     """The files of the modules the ``.pth`` files of `directories` import as every process
     starts (an editable install's finder, setuptools' ``_distutils_hack``, the guard's own
-    ``_app_pytest_guard``, ``coverage``), by directory. Found without importing them
-    (`PathFinder`), as the run begins."""
+    ``_app_pytest_guard``, ``coverage``), by directory, and their names (not the standard
+    library's). Found without importing them (`PathFinder`), as the run begins."""
     names: dict[str, None] = {}
     for directory in directories:
         try:
@@ -150,6 +172,8 @@ def _imported_by_pth(directories: list[str]) -> dict[str, set[str]]:
             except OSError:
                 continue
             names.update(dict.fromkeys(_IMPORTED.findall(text)))
+            for listed in _IMPORT_LIST.findall(text):
+                names.update(dict.fromkeys(_LISTED.findall(listed)))
     files: dict[str, set[str]] = {}
     for name in names:
         try:
@@ -161,7 +185,12 @@ def _imported_by_pth(directories: list[str]) -> dict[str, set[str]]:
         if spec is not None and spec.origin and spec.has_location:
             parent, base = os.path.split(spec.origin)
             files.setdefault(parent, set()).add(base)
-    return files
+        elif spec is not None and spec.submodule_search_locations:
+            # A namespace package: an ``__init__.py`` added to one of its directories makes
+            # it a package whose code every later process runs (red team 67e).
+            for portion in spec.submodule_search_locations:
+                files.setdefault(portion, set()).update(_INITS)
+    return files, frozenset(names).difference(sys.stdlib_module_names)
 
 
 def _places() -> list[_Place]:
@@ -176,17 +205,24 @@ def _places() -> list[_Place]:
         start_up.append(site.getusersitepackages())
     # The standard library's (where os is; sysconfig's import costs about a millisecond).
     start_up.append(str(Path(os.__file__).parent))
+    # Where a module a .pth imports is searched as it runs: site-packages and the standard
+    # library's, and PYTHONPATH's, before them; not the directory of the run's script or
+    # the current one (put on the path after the .pth files ran), nor the ones pytest adds:
+    # the project's own `_app_pytest_guard.py` there, which a developer edits during a run,
+    # is no module a later process's start-up imports.
+    interpreters = (os.path.join(sys.prefix, ""), os.path.join(sys.base_prefix, ""))  # noqa: PTH118
+    searched = [
+        *start_up,
+        *os.environ.get("PYTHONPATH", "").split(os.pathsep),
+        *(entry for entry in sys.path if entry.startswith(interpreters)),
+    ]
     # The path's directories (not its zip files, nor '' the current directory, which a
     # later process's start-up does not search).
     # os.path.isdir: False for any error (pathlib's raises on a name too long, which a
     # pythonpath ini value can put on the path).
     start_up += [entry for entry in sys.path if entry and os.path.isdir(entry)]  # noqa: PTH112
     directories = list(dict.fromkeys(str(Path(path).absolute()) for path in start_up))
-    modules = _imported_by_pth(directories)
-    places = [
-        _Place(Path(path), True, frozenset(modules.get(path, ())))
-        for path in dict.fromkeys(directories + list(modules))
-    ]
+    places = _places_of(directories, {str(Path(path).absolute()) for path in searched if path})
     if sys.prefix != sys.base_prefix:  # a virtualenv's own commands, not /usr/bin's
         places.append(_Place(Path(sys.prefix, "bin"), False))
         # Its pyvenv.cfg: `include-system-site-packages = true` has every later process
@@ -194,6 +230,22 @@ def _places() -> list[_Place]:
         # it loads (red team 67 on regress).
         places.append(_Place(Path(sys.prefix), True, frozenset({"pyvenv.cfg"}), only_also=True))
     return places
+
+
+def _places_of(directories: list[str], searched: set[str] | None = None) -> list[_Place]:
+    """`directories` as places, with the modules their ``.pth`` files import; a file of
+    such a module's name counts in those of them `searched` (all: None) as the ``.pth``
+    files run."""
+    modules, names = _imported_by_pth(directories)
+    return [
+        _Place(
+            Path(path),
+            True,
+            frozenset(modules.get(path, ())),
+            shadows=names if searched is None or path in searched else frozenset(),
+        )
+        for path in dict.fromkeys(directories + list(modules))
+    ]
 
 
 @dataclass
@@ -325,7 +377,18 @@ def _written_through(
         return None
     if now[:5] != was[:5]:
         return None  # the link itself changed: put back as a link
-    target = Path(os.path.realpath(full))
+    # The file the link led to as the run began, not where it leads now: a test that made
+    # that file a link to another (/etc/passwd) had the put-back write the start-up file's
+    # bytes over that other, outside the environment (red team 67 on regress, 67e). The
+    # rename below replaces a link at `target` itself; a directory on its way turned into a
+    # link is not written through either.
+    target = Path(contents[3])
+    if os.path.realpath(target.parent) != str(target.parent):
+        return (
+            f"{full} was changed through its link, in {target}, whose directory now leads "
+            f"to {os.path.realpath(target.parent)} (not put back: install this environment "
+            "again)"
+        )
     aside = _kept_aside(target)
     _write_back(target, contents[2], was[5:])
     kept = f"; the test's version kept aside as {aside}" if aside else ""
@@ -333,7 +396,7 @@ def _written_through(
 
 
 def _write_back(
-    path: Path, contents: bytes | tuple[str, str, bytes | None], was: tuple[int, ...] | None
+    path: Path, contents: bytes | tuple[str, str, bytes | None, str], was: tuple[int, ...] | None
 ) -> None:
     """Put `contents` back at `path`, its mode as `was` gave it, by a rename."""
     temporary = path.with_name(path.name + _RESTORING)
