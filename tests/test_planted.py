@@ -52,6 +52,20 @@ def test_nothing():
 """
 
 
+def _nothing_planted_runs(environment: Path, ran: Path) -> None:
+    """A later process of `environment`, outside any run, starts (``import app``) and runs
+    nothing a test planted (which would make the directory `ran`)."""
+    later = subprocess.run(
+        [str(environment / "bin" / "python"), "-c", "import app"],
+        env={**os.environ, "PLANTED_RAN": str(ran)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert later.returncode == 0, later.stderr
+    assert not ran.exists(), "the planted code ran in a later process"
+
+
 @pytest.fixture
 def environment(tmp_path: Path) -> Path:
     """A virtualenv of the suite's interpreter that sees the suite's packages (the app and
@@ -95,15 +109,7 @@ def test_a_test_that_plants_start_up_code_is_failed_and_the_environment_put_back
     assert (own / "link.pth").read_bytes() == link_before
     assert not (own / "zz_planted.pth").exists() and not (own / "sitecustomize.py").exists()
     assert not command.exists() and (environment / "bin" / "app-later.app-planted").exists()
-    later = subprocess.run(
-        [str(environment / "bin" / "python"), "-c", "import app"],
-        env={**os.environ, "PLANTED_RAN": str(ran)},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert later.returncode == 0, later.stderr
-    assert not ran.exists(), "the planted code ran in a later process"
+    _nothing_planted_runs(environment, ran)
 
 
 def test_a_command_changed_in_place_fails_the_run_at_its_end(
@@ -229,15 +235,7 @@ def test_start_up_code_planted_beside_the_start_up_files_is_put_back_too(
     ) in flat, out
     assert linked.read_text() == "import os\n"
     assert (own / "zz_startup.py").read_text() == "STARTED = True\n"
-    later = subprocess.run(
-        [str(environment / "bin" / "python"), "-c", "import app"],
-        env={**os.environ, "PLANTED_RAN": str(ran)},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert later.returncode == 0, later.stderr
-    assert not ran.exists(), "the planted code ran in a later process"
+    _nothing_planted_runs(environment, ran)
 
 
 def test_a_start_up_file_put_back_is_never_missing_meanwhile(tmp_path: Path) -> None:
