@@ -208,6 +208,15 @@ class _Forward(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def _answer_head(self, status: int, headers: list[tuple[str, str]]) -> None:
+        """Send the store's answer to a HEAD on: its headers with the object's own
+        Content-Length, which `_answer` would replace by the empty body's."""
+        self.send_response(status)
+        for key, value in headers:
+            if key.lower() not in {"connection", "transfer-encoding"}:
+                self.send_header(key, value)
+        self.end_headers()
+
     def _forwarded(self, body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
         target = self.server.target
         upstream = http.client.HTTPConnection(target.hostname or "", target.port, timeout=30)

@@ -55,13 +55,8 @@ class _Changing(_Forward):
         self._answer(*self._forwarded(bytes(body)))
 
     def do_HEAD(self) -> None:
-        # The object's own Content-Length, which `_Forward` replaces by its empty body's.
         status, headers, _ = self._forwarded(b"")
-        self.send_response(status)
-        for key, value in headers:
-            if key.lower() not in {"connection", "transfer-encoding"}:
-                self.send_header(key, value)
-        self.end_headers()
+        self._answer_head(status, headers)
 
 
 class _Swallowing(_Changing):
