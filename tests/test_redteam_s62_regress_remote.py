@@ -48,7 +48,6 @@ What broke:
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
 
@@ -56,7 +55,7 @@ import pytest
 from engines import PostgresEngine, S3Engine, new_blob_url, scratch
 from test_config_remote import REMOTE, SECRETS_FILE
 from test_redteam_s62_remote import doctor_probes
-from test_remote_store import PROFILE, _replica
+from test_remote_store import PROFILE, _maintenance, _replica
 
 from app.errors import InvalidSettingError
 from app.remote import objects, pg
@@ -159,12 +158,10 @@ def test_row_security_on_the_app_s_tables_is_refused_before_a_repair_deletes_hid
         with pytest.raises(TablesHookedError) as refused:
             pg.open_database(url, PROFILE)
         # A maintenance store made past it: its repair is refused, nothing deleted.
-        with contextlib.ExitStack() as hold:
-            hold.enter_context(pg.maintenance(url, PROFILE, "check and repair"))
-            with _replica(s3_engine, (url, blob_url), kind="maintenance") as maintenance:
-                with pytest.raises(DatabaseRefusedError, match="row-level security policy"):
-                    maintenance.check(repair=True)
-                assert len(list(maintenance.objects.objects())) == 2  # the upload, the stamp
+        with _maintenance(s3_engine, (url, blob_url)) as maintenance:
+            with pytest.raises(DatabaseRefusedError, match="row-level security policy"):
+                maintenance.check(repair=True)
+            assert len(list(maintenance.objects.objects())) == 2  # the upload, the stamp
         message = refused.value.message
         assert refused.value.exit_code == 78
         assert message.startswith(
@@ -181,13 +178,11 @@ def test_row_security_on_the_app_s_tables_is_refused_before_a_repair_deletes_hid
         # The remedy, run as written, opens it again, the upload and its bytes kept.
         with postgres_engine.connect(name) as admin:
             admin.execute(undo)  # type: ignore[arg-type]
-        with contextlib.ExitStack() as hold:
-            hold.enter_context(pg.maintenance(url, PROFILE, "check and repair"))
-            with _replica(s3_engine, (url, blob_url), kind="maintenance") as maintenance:
-                assert maintenance.check(repair=True).findings == []
-                file, _ = maintenance.open_file(session_id, "kept.txt")
-                with file:
-                    assert file.read() == b"acknowledged"
+        with _maintenance(s3_engine, (url, blob_url)) as maintenance:
+            assert maintenance.check(repair=True).findings == []
+            file, _ = maintenance.open_file(session_id, "kept.txt")
+            with file:
+                assert file.read() == b"acknowledged"
 
 
 def test_the_app_s_triggers_dropped_replaced_or_impersonated_are_refused_at_the_open(

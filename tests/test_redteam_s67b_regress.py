@@ -7,7 +7,6 @@ left keyless, and what then read as damage: an acknowledged version in the trash
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import re
@@ -16,7 +15,7 @@ from typing import Any
 
 import pytest
 from engines import PostgresEngine, S3Engine, new_blob_url
-from test_remote_store import PROFILE, _replica
+from test_remote_store import PROFILE, _maintenance, _replica
 
 from app.dataroot import STAMP_FILE
 from app.remote import pg
@@ -226,11 +225,7 @@ def test_a_marked_database_is_refused_by_a_release_that_writes_rows_without_keys
             # Done; and the stamp as an earlier build made it: schema version 1, open to it.
             admin.execute("UPDATE app_sessions SET content_sha256 = NULL")
             admin.execute("UPDATE app_stamp SET schema_version = 1, content_sha256_since = NULL")
-        hold = contextlib.ExitStack()
-        hold.enter_context(pg.maintenance(url, PROFILE, "check and repair"))
-        with _replica(
-            s3_engine, (url, blob_url), kind="maintenance", on_close=hold.close
-        ) as maintenance:
+        with _maintenance(s3_engine, (url, blob_url)) as maintenance:
             found = maintenance.check(repair=True).findings
             assert [(f.problem, f.repaired) for f in found] == [("content-unhashed", True)]
         with postgres_engine.connect(name) as admin:

@@ -12,17 +12,15 @@ root's layout (a marked database's schema) to this release's, as the mark does.
 
 from __future__ import annotations
 
-import contextlib
 import json
 from typing import Any
 
 import pytest
 from engines import PostgresEngine, S3Engine, new_blob_url
 from test_redteam_s67b_regress import invoke
-from test_remote_store import PROFILE, _replica
+from test_remote_store import PROFILE, _maintenance, _replica
 
 from app.dataroot import STAMP_FILE
-from app.remote import pg
 
 HASHED_KEY = "content_sha256_since"
 
@@ -62,11 +60,7 @@ def test_a_database_marked_at_schema_1_is_raised_by_the_repair(
         with postgres_engine.connect(name) as admin:
             # As the releases between the mark and schema 2 left it: marked, schema 1.
             admin.execute("UPDATE app_stamp SET schema_version = 1")
-        hold = contextlib.ExitStack()
-        hold.enter_context(pg.maintenance(url, PROFILE, "check and repair"))
-        with _replica(
-            s3_engine, (url, blob_url), kind="maintenance", on_close=hold.close
-        ) as maintenance:
+        with _maintenance(s3_engine, (url, blob_url)) as maintenance:
             assert maintenance.check(repair=True).findings == []
         with postgres_engine.connect(name) as admin:
             assert admin.execute(stamp).fetchone() == (2, True)  # before: (1, True)

@@ -74,6 +74,17 @@ def _replica(s3_engine: S3Engine, opened: tuple[str, str], **kwargs: Any) -> Rem
     return RemoteStore(database_url, _objects(s3_engine, blob_url), PROFILE, **kwargs)
 
 
+@contextlib.contextmanager
+def _maintenance(s3_engine: S3Engine, opened: tuple[str, str]) -> Iterator[RemoteStore]:
+    """A maintenance store on `opened` under maintenance's exclusive hold, as `app data
+    check --repair` runs: the hold taken before the store opens, let go after it closes."""
+    with (
+        pg.maintenance(opened[0], PROFILE, "check and repair"),
+        _replica(s3_engine, opened, kind="maintenance") as store,
+    ):
+        yield store
+
+
 @pytest.fixture
 def store(s3_engine: S3Engine, opened: tuple[str, str]) -> Iterator[RemoteStore]:
     with _replica(s3_engine, opened) as replica:

@@ -14,12 +14,10 @@ trashed session's row with its key as a read of a live one does.
 
 from __future__ import annotations
 
-import contextlib
-
 import psycopg
 import pytest
 from engines import PostgresEngine, S3Engine, new_blob_url
-from test_remote_store import PROFILE, _replica
+from test_remote_store import PROFILE, _maintenance, _replica
 
 from app.errors import UnreadableSessionError
 from app.remote import pg
@@ -99,11 +97,7 @@ def test_a_database_an_earlier_build_made_reads_as_before_until_the_repair_marks
             assert store.get_session(old)["title"] == "from before"  # read as before
             assert store.list_files(old) == [made]
             assert store.check().findings == []
-        hold = contextlib.ExitStack()
-        hold.enter_context(pg.maintenance(url, PROFILE, "check and repair"))
-        with _replica(
-            s3_engine, (url, blob_url), kind="maintenance", on_close=hold.close
-        ) as maintenance:
+        with _maintenance(s3_engine, (url, blob_url)) as maintenance:
             report = maintenance.check(repair=True)
             assert [(f.problem, f.target, f.repaired) for f in report.findings] == [
                 ("content-unhashed", "app_stamp", True)
