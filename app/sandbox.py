@@ -4310,19 +4310,34 @@ def _hand_on_descendants(
     stopped production root (red team 67 on the guard). A walk in which nothing exited saw
     the tree as it was; one that hands on nothing new costs one read of each process's
     state more. After a test (`while_running`) one walk, as before: the next test's looks
-    again."""
+    again.
+
+    A walk that saw no exit does not prove the tree whole: a process that exits and is
+    reaped by its parent between the read of its grandparent's list and its parent's is in
+    neither, and its children, re-parented to the run's process, are in no list the walk
+    read either. A descendant that did so once the run's last hand-over had written its
+    sibling's entry (its parent reaping it while the walk wrote a hundred other entries)
+    left its child outside the run, and once the run had ended, that child purged a stopped
+    production root (stop 53's CI, on the test of red team 67 on the guard). So a walk ends
+    the hand-over only when it saw no exit it did not know of and the same live processes
+    as the walk before it (one that the walk before saw and this one did not may have
+    started a child since, and left it to the run's process): at least two walks, the
+    second writing nothing."""
     handed: set[tuple[int, int]] = set()
     if while_running:
         _hand_on_walk(run, pid, handed, while_running=True, ended_by=ended_by)
         return
     dead: set[int] = set()
+    before: set[int] | None = None
     for _ in range(_END_WALKS):
         seen = _hand_on_walk(run, pid, handed, while_running=False, ended_by=ended_by)
         # Gone before the walk came to it (reaped by its parent), or exited since.
         exited = {child for child in seen if child < 0 or _exited(child)}
-        if exited <= dead:
+        alive = {child for child in seen if child > 0} - exited
+        if exited <= dead and alive == before:
             return
         dead |= exited
+        before = alive
 
 
 def _hand_on_walk(

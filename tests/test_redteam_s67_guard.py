@@ -33,9 +33,9 @@ from test_redteam_s61_children import PRELUDE, run_inner
 
 from app import sandbox
 
-#: P (its arguments: the registry, S's pid, the run's pid, X's output file): once the run's
-#: first hand-over at its end is done (its entry says ``ended_at``), it starts X; it exits as
-#: the run's last hand-over writes S's entry.
+#: P (its arguments: the registry, S's pid or a file holding it, the run's pid, X's output
+#: file): once the run's first hand-over at its end is done (its entry says ``ended_at``), it
+#: starts X; it exits as the run's last hand-over writes S's entry.
 P = r"""
 import json, os, subprocess, sys, time
 from pathlib import Path
@@ -72,7 +72,7 @@ try:
     os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(1))
 except OSError:
     pass  # no real-time time here (a control group without it): woken as the others are
-own_run, sibling = entry(runner), entry(spid)
+own_run = entry(runner)
 # Never polling for ever at a real-time priority: a run killed before its end, a store of
 # entries moved, and P gives up (the test then finds no purge attempted, and says so).
 deadline = time.monotonic() + 120
@@ -80,6 +80,9 @@ while "ended_at" not in (written(own_run)[1] or {}):  # the run's first end hand
     if time.monotonic() > deadline:
         os._exit(3)
     time.sleep(0.0002)
+if not spid.isdigit():  # the sibling's pid in a file (written once the sibling has started)
+    spid = Path(spid).read_text()
+sibling = entry(spid)
 before = written(sibling)[0]
 # X, after every check of a test
 os.posix_spawn("/bin/sh", ["sh", "-c", line], env)
@@ -146,5 +149,56 @@ def test_a_process_that_exits_during_the_last_hand_over_leaves_no_child_outside_
         "profile 'production'; tests run on the 'testing' profile (this process belongs to the "
         "test run through the process tree (an ancestor process, pid "
     ) in said["late"], said
+    assert "started by the test run of pytest pid " in said["late"], said
+    assert ", which has ended, registered in " + str(sandbox.RUNS_DIR) in said["late"], said
+
+
+#: A: P's parent, which reaps it at once and lives on. The run's children, as its last
+#: hand-over lists them: A first (the lowest pid: visited last), a hundred sleepers, then S, a
+#: sleeper of its own (the highest: visited first), whose pid P reads from a file.
+A = r"""
+import subprocess, sys, time
+
+subprocess.run([sys.executable, "-c", *sys.argv[1:]], check=False)
+time.sleep(30)  # alive as the walk comes to it: only P exited
+"""
+
+REAPED = (
+    PRELUDE
+    + f"P = {P!r}\nA = {A!r}\n"
+    + r"""
+import time
+
+
+def test_leaves_a_process_reaped_before_the_walk_reads_its_parent():
+    out = str(OUT / "late")
+    a = subprocess.Popen(
+        [sys.executable, "-c", A, P, str(sandbox.RUNS_DIR), out + "-s", str(os.getpid()), out],
+        stdin=subprocess.DEVNULL,
+    )
+    sleepers = [subprocess.Popen(["sleep", "30"]) for _ in range(100)]
+    s = subprocess.Popen(["sleep", "30"])
+    Path(out + "-s").write_text(str(s.pid))
+    assert a.poll() is None and all(p.poll() is None for p in sleepers)
+"""
+)
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "memfd_create") or os.geteuid() != 0 or shutil.which("unshare") is None,
+    reason="the inner run is kept out of this run's process tree in a PID namespace of its own "
+    "(unshare --pid needs root here)",
+)
+def test_a_process_reaped_before_the_walk_reads_its_parent_leaves_no_child_outside_the_run(
+    tmp_path: Path,
+) -> None:
+    """Stop 53's CI: P exits as the run's last hand-over writes S's entry, and A reaps it
+    while the walk writes the sleepers' entries; the walk then reads A's children (none),
+    having seen no process exit, and X, re-parented to the run's process after its list was
+    read, got no entry: once the run had ended, it purged the stopped production root."""
+    inner, said = run_inner(tmp_path, REAPED, ("late",), shell=_SHELL)
+    assert " passed" in inner.stdout, inner.stdout
+    code = said["late"].rstrip().rpartition("\n")[2]
+    assert code == "exit 78", said
     assert "started by the test run of pytest pid " in said["late"], said
     assert ", which has ended, registered in " + str(sandbox.RUNS_DIR) in said["late"], said
