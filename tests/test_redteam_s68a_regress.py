@@ -24,6 +24,12 @@ What changed: a walk ends the hand-over only once the children of each process w
 read, read again after it in the reverse order (a process's own after its children's, the
 run's process last), are all processes it saw: a process that exits during the walk leaves
 its children to the nearest subreaper above it, whose list is then read after its exit.
+
+Then pids were not enough: the inner run's test, as root, ended N (a child of A) as the
+second walk read it and gave X its pid (``ns_last_pid``), X's parent W born after A's list
+was read and reaped before it was read again. The lists read again held only pids the walk
+had seen, N's "alive" (X's), and X got no entry: it purged the production root. A process
+is alive to the hand-over now only while its pid has the start time the walk read.
 """
 
 from __future__ import annotations
@@ -174,6 +180,136 @@ def test_a_process_born_and_gone_between_two_walks_leaves_no_child_outside_the_r
     tmp_path: Path,
 ) -> None:
     inner, said = run_inner(tmp_path, INNER, ("late",), shell=_SHELL)
+    assert " passed" in inner.stdout, inner.stdout
+    code = said["late"].rstrip().rpartition("\n")[2]
+    assert code == "exit 78", said
+    assert "started by the test run of pytest pid " in said["late"], said
+    assert ", which has ended, registered in " + str(sandbox.RUNS_DIR) in said["late"], said
+
+
+#: A again (its arguments: the registry, the run's pid, N's script, X's output file), with B
+#: and N as its children this time (B first: the walk visits it after N). As the last
+#: hand-over's second walk reads N's entry (the first wrote B's after N's), A holds the run's
+#: process, ends N and reaps it, and starts W, which starts X at N's pid (``ns_last_pid``)
+#: and exits; A reaps it and lets the run go on.
+REUSED_A = r"""
+import ctypes, os, select, signal, struct, subprocess, sys, time
+from pathlib import Path
+
+registry, runner, script, out = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+deadline = time.monotonic() + 120  # a run killed before its end: A gives up, said by the test
+
+
+def name(pid):
+    raw = Path(f"/proc/{pid}/stat").read_bytes()
+    return f"{pid}-{int(raw[raw.rfind(b')') + 2:].split()[19])}.json"
+
+
+libc = ctypes.CDLL(None, use_errno=True)
+watch = libc.inotify_init1(os.O_CLOEXEC)
+IN_OPEN, IN_CREATE, IN_MOVED_TO = 0x20, 0x100, 0x80
+assert libc.inotify_add_watch(watch, bytes(registry), IN_OPEN | IN_CREATE | IN_MOVED_TO) >= 0
+
+
+def events():
+    while True:
+        if not select.select([watch], [], [], max(deadline - time.monotonic(), 0))[0]:
+            os._exit(3)
+        buf = os.read(watch, 1 << 16)
+        at = 0
+        while at < len(buf):
+            _, mask, _, size = struct.unpack_from("iIII", buf, at)
+            yield mask, buf[at + 16 : at + 16 + size].rstrip(b"\0").decode()
+            at += 16 + size
+
+
+b = subprocess.Popen(["sleep", "30"])
+n = subprocess.Popen([sys.executable, script, out + "-n"])
+while not Path(out + "-n").exists():
+    time.sleep(0.01)
+try:
+    os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(1))
+except OSError:
+    pass  # no real-time time here: woken as the others are
+own_run, written, starting = name(runner), name(b.pid), name(n.pid)
+seen = events()
+for mask, found in seen:  # the run's first hand-over at its end is done
+    if mask & (IN_CREATE | IN_MOVED_TO) and found == own_run:
+        if b"ended_at" in (registry / found).read_bytes():
+            break
+for mask, found in seen:  # the last hand-over's first walk is past N
+    if mask & (IN_CREATE | IN_MOVED_TO) and found == written:
+        break
+for mask, found in seen:  # the second walk reads N's entry: it has read N's stat
+    if mask & IN_OPEN and found == starting:
+        break
+os.kill(runner, signal.SIGSTOP)
+try:
+    stat = Path(f"/proc/{runner}/stat")
+    while stat.read_bytes().rpartition(b")")[2].split()[0] not in (b"T", b"t"):
+        time.sleep(0.0001)
+    n.kill()
+    n.wait()
+    w = os.fork()
+    if w == 0:
+        # X: no child of its own while the walk reads its list
+        code = (
+            "import os, subprocess, sys, time\n"
+            f"while os.path.exists('/proc/{runner}'):\n"
+            "    time.sleep(0.02)\n"
+            "done = subprocess.run([sys.executable, '-m', 'app', 'data', 'purge', '--profile', "
+            "'production', '--yes-i-mean-it'], capture_output=True, text=True)\n"
+            f"open({out!r}, 'w').write(done.stdout + done.stderr"
+            " + f'exit {done.returncode}\\n')\n"
+        )
+        env = {
+            "APP_SETTINGS_DIR": os.environ["RT61_SETTINGS"],
+            "APP_API_TOKEN": os.environ["RT61_TOKEN"],
+            "PATH": "/usr/bin:/bin",
+        }
+        Path("/proc/sys/kernel/ns_last_pid").write_text(str(n.pid - 1))
+        x = os.posix_spawn(sys.executable, [sys.executable, "-c", code], env)
+        Path(out + "-x").write_text(f"{x} {n.pid}")
+        os._exit(0)
+    os.waitpid(w, 0)
+finally:
+    os.kill(runner, signal.SIGCONT)
+time.sleep(30)  # alive as the walk comes to it
+"""
+
+REUSED = (
+    PRELUDE
+    + f"A = {REUSED_A!r}\nN = {N!r}\n"
+    + r"""
+import time
+
+
+def test_leaves_a_process_at_the_pid_of_one_the_walk_saw():
+    out = str(OUT / "late")
+    script = OUT / "pytest"
+    script.write_text(N)
+    a = subprocess.Popen(
+        [sys.executable, "-c", A, str(sandbox.RUNS_DIR), str(os.getpid()), str(script), out],
+        stdin=subprocess.DEVNULL,
+    )
+    while not Path(out + "-n").exists():
+        assert a.poll() is None
+        time.sleep(0.01)
+"""
+)
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "memfd_create") or os.geteuid() != 0 or shutil.which("unshare") is None,
+    reason="the inner run is kept out of this run's process tree in a PID namespace of its own "
+    "(unshare --pid needs root here)",
+)
+def test_a_process_at_the_pid_of_one_the_last_walk_saw_leaves_no_child_outside_the_run(
+    tmp_path: Path,
+) -> None:
+    inner, said = run_inner(tmp_path, REUSED, ("late", "late-x"), shell=_SHELL)
+    x, n = said["late-x"].split()
+    assert x == n, said  # X had N's pid
     assert " passed" in inner.stdout, inner.stdout
     code = said["late"].rstrip().rpartition("\n")[2]
     assert code == "exit 78", said
