@@ -576,15 +576,25 @@ def _proc_bytes(pid: int | str, name: str, *, misshown: bool = False) -> bytes:
         os.close(fd)
 
 
-def _exited(pid: int) -> bool:
+def _exited(pid: int, started: int | None = None) -> bool:
     """Whether ``pid`` has exited: gone, or a zombie its parent has not reaped yet. A daemon
     that waited on a pidfd of its run (readable at the exit, before the reaping) was told
-    its ended run was "left running" (a whole run under load failed on it)."""
+    its ended run was "left running" (a whole run under load failed on it). Given the start
+    time it had (`started`, as `_stat_fields` gives it), also where the pid is another
+    process's now: the run's last hand-over took a process that a test started at the pid
+    of one its walk had seen exit (``ns_last_pid``) for that one (red team 68 on the run's
+    end, `_hand_on_descendants`)."""
     try:
         raw = _proc_bytes(pid, "stat", misshown=True)
     except OSError:
         return True
-    return raw.rpartition(b")")[2].split()[:1] in ([b"Z"], [b"X"])
+    rest = raw.rpartition(b")")[2].split()
+    if rest[:1] in ([b"Z"], [b"X"]):
+        return True
+    try:
+        return started is not None and started not in _start_ticks(int(rest[19]))
+    except (IndexError, ValueError):
+        return True
 
 
 def _stat_fields(pid: int) -> tuple[int, int] | None:
@@ -4322,7 +4332,24 @@ def _hand_on_descendants(
     the hand-over only when it saw no exit it did not know of and the same live processes
     as the walk before it (one that the walk before saw and this one did not may have
     started a child since, and left it to the run's process): at least two walks, the
-    second writing nothing."""
+    second writing nothing.
+
+    Nor did two such walks: a process that a survivor started once the first walk had read
+    the survivor's children, and that started a child, then exited and was reaped by that
+    survivor after the second walk had read the run's children and before it read the
+    survivor's, was in neither walk; both saw the same processes and no exit, and its
+    child, re-parented to the run's process after its list was read, got no entry: once
+    the run had ended, it purged a stopped production root (red team 68 on the run's end).
+    So the walk that would end the hand-over is checked too (`_settled`): each list it
+    read is read again, in the reverse order (a process's own after its children's, the
+    run's process last), and a child none of its walk saw means another walk.
+
+    Nor are pids enough to compare: a test run as root that gave the process it left to
+    the run's process the pid of one the walk had seen exit meanwhile (``ns_last_pid``,
+    ``clone3``'s ``set_tid``) had it taken for that one, alive, in the list read again,
+    and once the run had ended, it purged a stopped production root (red team 68 on the
+    run's end). A process is alive to the hand-over while its pid has the start time the
+    walk read."""
     handed: set[tuple[int, int]] = set()
     if while_running:
         _hand_on_walk(run, pid, handed, while_running=True, ended_by=ended_by)
@@ -4330,14 +4357,30 @@ def _hand_on_descendants(
     dead: set[int] = set()
     before: set[int] | None = None
     for _ in range(_END_WALKS):
-        seen = _hand_on_walk(run, pid, handed, while_running=False, ended_by=ended_by)
-        # Gone before the walk came to it (reaped by its parent), or exited since.
-        exited = {child for child in seen if child < 0 or _exited(child)}
+        seen, read = _hand_on_walk(run, pid, handed, while_running=False, ended_by=ended_by)
+        # Gone before the walk came to it (reaped by its parent), or exited since (its pid
+        # another process's now, or none's).
+        exited = {child for child, started in seen.items() if child < 0 or _exited(child, started)}
         alive = {child for child in seen if child > 0} - exited
-        if exited <= dead and alive == before:
+        if exited <= dead and alive == before and _settled(read, seen):
             return
         dead |= exited
         before = alive
+
+
+def _settled(read: list[int], seen: dict[int, int]) -> bool:
+    """Whether the children of each process in `read` (whose lists a walk read, in that
+    order), read again now in the reverse order, are all processes of `seen` (that walk's).
+
+    A process that exits leaves its children to the nearest subreaper above it (the run's
+    process, or a descendant that made itself one): where it was still listed as its
+    parent's child when that list is read again, it is a process the walk never saw (born
+    after the walk had read that list), and where it was not, it had exited before that
+    read, so that its children were in its subreaper's list, read later, whatever the
+    walk had read before. A child born after the list of its parent was read again is one
+    a survivor started once the last hand-over had walked past it: left as such (the
+    limit the docs list)."""
+    return all(_children(parent) <= seen.keys() for parent in reversed(read))
 
 
 def _hand_on_walk(
@@ -4347,25 +4390,28 @@ def _hand_on_walk(
     *,
     while_running: bool,
     ended_by: int | None,
-) -> set[int]:
+) -> tuple[dict[int, int], list[int]]:
     """One walk of `_hand_on_descendants`: the descendants of `pid` it saw (each written an
     entry, unless in `handed` by an earlier walk of the same hand-over, which it adds to),
-    and, negated, those listed as a child that were gone before it came to them."""
+    with the start time it read of each, and, negated (with 0), those listed as a child that
+    were gone before it came to them; and the processes whose children it read, in the
+    order it read them (`_settled`)."""
     # Every descendant, not only the children: a supervisor's worker kept the run only
     # through its supervisor, and when that exited after the run, it was re-parented to
     # init, out of any run.
-    pending, seen = list(_children(pid)), {pid}
+    pending, seen, read = list(_children(pid)), {pid: 0}, [pid]
     while pending:
         child = pending.pop()
         if child in seen:
             continue
         fields = _stat_fields(child)
         if fields is None:
-            seen.add(-child)
+            seen[-child] = 0
             continue
-        seen.add(child)
+        seen[child] = fields[1]
         if (child, fields[1]) in handed:
             pending.extend(_children(child))
+            read.append(child)
             continue
         entry = _entry_at(RUNS_DIR, child, fields[1])
         # A pytest a test started (a head start on the next case, left running) says what
@@ -4394,6 +4440,7 @@ def _hand_on_walk(
             # instead).
             if not while_running:
                 pending.extend(_children(child))
+                read.append(child)
                 with contextlib.suppress(OSError):
                     _note_handed_on(entry, run, child)
             continue
@@ -4402,8 +4449,9 @@ def _hand_on_walk(
                 _publish(run, outlived=child, while_running=while_running, ended_by=ended_by)
         handed.add((child, fields[1]))
         pending.extend(_children(child))
-    seen.discard(pid)
-    return seen
+        read.append(child)
+    del seen[pid]
+    return seen, read
 
 
 def hand_on(run: Run) -> None:
