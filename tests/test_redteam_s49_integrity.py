@@ -42,6 +42,7 @@ from test_redteam_s48_integrity import _app_under_strace, _half_replaced
 from test_server_e2e import app_env, run_app
 
 from app.config import Config, load
+from app.dataroot import _AUDIT_LINE_ROOM
 from app.lock import read_holder
 from app.storage import open_storage
 from app.testing.live_server import stop_server
@@ -224,6 +225,15 @@ def test_a_server_whose_start_up_fsync_failed_refuses_every_write_route_and_says
         process.wait()
 
 
+def _opened(pid: int, path: Path) -> int:
+    """How many descriptors of ``pid`` are open on ``path``."""
+    count = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            count += os.readlink(fd) == str(path)
+    return count
+
+
 def _in_write_to(pid: int, path: Path) -> bool:
     """Whether a thread of ``pid`` is in a ``write`` to ``path`` (stopped there by strace)."""
     for task in Path(f"/proc/{pid}/task").iterdir():
@@ -249,24 +259,50 @@ def test_an_audit_line_that_does_not_fit_takes_back_only_itself_not_anothers(
             one = http.post("/sessions", json={"title": "one"}).json()["id"]
             two = http.post("/sessions", json={"title": "t" * 300}).json()["id"]
             assert http.put(f"/sessions/{one}/files/{long_name}", content=b"a").status_code == 201
-            # Room for one line of about 600 bytes more, not for two: each change passes the
-            # check of room made before it (`_refuse_audit_at_limit`), both at this size.
+            # Each line's length, from a change of each kind made before: a line holds the
+            # server's command line, whose length is the checkout's (a fixed room of 1,240
+            # bytes held both lines in /work/main and one in /check/work/main).
+            three = http.post("/sessions", json={"title": "three"}).json()["id"]
+            four = http.post("/sessions", json={"title": "t" * 300}).json()["id"]
+            assert http.put(f"/sessions/{three}/files/{long_name}", content=b"a").status_code == 201
+            lengths = []
+            for change in (f"/sessions/{three}/files/{long_name}", f"/sessions/{four}"):
+                before = audit.stat().st_size
+                assert http.delete(change).status_code == 200
+                lengths.append(audit.stat().st_size - before)
+            argv = json.loads(audit.read_text().splitlines()[-1])["argv"]
+            # Room for the longer line and for the check's own reserve, not for both lines:
+            # each change passes the check of room made before it (`_refuse_audit_at_limit`),
+            # both at this size.
+            room = max(*lengths, _AUDIT_LINE_ROOM + len(json.dumps(argv))) + 8
+            assert room < sum(lengths), (room, lengths)
             size = audit.stat().st_size
             # (The limit is every file's: the file's trash manifest, 1,177 bytes with its
             # own content_sha256 since rows67, must fit under it too.)
-            limit = f"--fsize={size + 1240}:unlimited"
+            limit = f"--fsize={size + room}:unlimited"
             subprocess.run(["prlimit", f"--pid={process.pid}", limit], check=True)
-            # Each thread's first write to the log held back half a second: both changes have
-            # read the log's size before either line is written.
-            tracer = attach(process.pid, "write:delay_enter=500000:when=1", audit)
+            # The first change's write to the log held (a minute at most) until the second
+            # has opened the log for its own line, whose room it checks at once: both changes
+            # have read the log's size before either line is written. A half-second hold
+            # instead failed under load (the second change came after the first's line, and
+            # both fitted).
+            tracer = attach(process.pid, "write:delay_enter=60000000:when=1", audit)
             try:
-                with ThreadPoolExecutor(1) as pool:
+                with (
+                    ThreadPoolExecutor(2) as pool,
+                    httpx.Client(base_url=url, headers=_headers(config), timeout=60) as other,
+                ):
                     first = pool.submit(http.delete, f"/sessions/{one}/files/{long_name}")
                     while not _in_write_to(process.pid, audit):
                         assert not first.done(), first.result().text
-                    with httpx.Client(base_url=url, headers=_headers(config)) as other:
-                        second = other.delete(f"/sessions/{two}", timeout=60)
-                    assert first.result().status_code == 200 and second.status_code == 200
+                    second = pool.submit(other.delete, f"/sessions/{two}")
+                    while _opened(process.pid, audit) < 2:
+                        assert not (first.done() or second.done()), second.result().text
+                        time.sleep(0.005)
+                    time.sleep(0.2)  # from its open to its check: a few lines of Python
+                    detach(tracer)
+                    assert first.result().status_code == 200
+                    assert second.result().status_code == 200
             finally:
                 detach(tracer)
     finally:
