@@ -21,6 +21,7 @@ restores' last read was answered as a failure of a change that was made.
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import threading
 from collections.abc import Iterator
@@ -33,6 +34,7 @@ from test_remote_store import PROFILE, _replica
 
 from app.errors import UnreadableSessionError
 from app.remote.store import RemoteStore
+from app.storage import Storage
 
 #: The empty query the pool sends to check a connection before it lends it (passed on: a
 #: connection it finds cut is replaced, and the statement after it goes on a new one).
@@ -144,3 +146,18 @@ def test_a_file_s_restore_into_a_session_not_as_acknowledged_changes_nothing(
         assert f"cannot read session {session}: its row in app_sessions" in str(refused.value)
         assert _restores(url) == []
         assert [(e.kind, e.file) for e in store.list_trash()] == [("file", "a.txt")]
+
+
+def test_a_data_root_s_create_answers_the_metadata_in_the_order_every_read_gives(
+    app_store: Storage,
+) -> None:
+    # Before: answered in the order sent ({"zeta", "alpha"}), and by every read after it in
+    # session.json's, its keys sorted, as PostgreSQL's column retyped jsonb did (red team 63).
+    sent = {"zeta": 1, "alpha": {"y": [{"b": 2, "a": 1}], "b": 3}}
+    made = app_store.create_session("t", sent)
+    assert made["metadata"] == sent
+    read = app_store.get_session(made["id"])
+    listed = app_store.list_sessions().items
+    for answer in (read, *listed):
+        assert json.dumps(answer["metadata"]) == json.dumps(made["metadata"])
+    assert json.dumps(made["metadata"]) == '{"alpha": {"b": 3, "y": [{"a": 1, "b": 2}]}, "zeta": 1}'
