@@ -69,9 +69,11 @@ class _ReadAfterCommitCut(Relay):
                     self._armed = False
                     self.cut_read.set()
                     break
-                server.sendall(data)
                 if self._armed and _COMMIT in data:
+                    # Before it is forwarded: set after, the client could have its answer,
+                    # and the test look, first.
                     self.committed.set()
+                server.sendall(data)
         _close(client, server)
 
 
