@@ -30,7 +30,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
@@ -621,14 +621,22 @@ class Database:
 
     @contextlib.contextmanager
     def change(
-        self, session_id: str, what: str = "a change", *, file: str | None = None
+        self,
+        session_id: str,
+        what: str = "a change",
+        *,
+        file: str | None = None,
+        then: Callable[[Connection], object] | None = None,
     ) -> Iterator[tuple[Connection, datetime]]:
         """:meth:`write` a change to a live session's files, then bump its ``updated_at``.
 
         The session's row is locked first: replicas serialise on it, and a session deleted
         meanwhile is refused here (:class:`~app.errors.SessionNotFoundError`). Yields the
         connection and the change's moment, taken once the lock is held, and for a change
-        of ``file``, later than every trashed version of it.
+        of ``file``, later than every trashed version of it. ``then``: run on the
+        connection last, before the commit, with the new ``updated_at`` written (what a
+        change answers with is read there: read after the commit, a read that failed
+        answered a change that was made as one that changed nothing).
         """
         with self.write(what) as conn:
             row = conn.execute(
@@ -667,6 +675,8 @@ class Database:
                 "UPDATE app_sessions SET updated_at = %s, updated_sha256 = %s WHERE id = %s",
                 (moment, updated, session_id),
             )
+            if then is not None:
+                then(conn)
 
     def _still_held(self, conn: psycopg.Connection[Any], what: str) -> None:
         # Again at the commit point, and in the database rather than in this process: the

@@ -43,7 +43,7 @@ from app.storage import (
 from app.store.ids import check_session_id, make_later_than, new_session_id
 from app.store.records import CONTENT_KEY
 
-__all__ = ["RemoteSessions"]
+__all__ = ["RemoteSessions", "session_record", "session_row"]
 
 log = logging.getLogger("app.remote.store")
 
@@ -93,6 +93,28 @@ def _session(row: dict[str, Any], *, hashed: bool) -> SessionRecord:
         row = {**row, "files": kept}
     # The key order session.json always had.
     return cast(SessionRecord, dict(sorted(row.items())))
+
+
+def session_row(conn: Any, session_id: str) -> dict[str, Any] | None:
+    """The live session's row with its files, read on ``conn`` as `RemoteSessions.get`
+    reads it; ``None`` where there is none. A restore reads it so in its own transaction,
+    after its change: read on another connection once the restore had committed, a read
+    that failed there (its connection lost, a statement timeout) answered a restore that was
+    made, and audited, as one that failed, "a read changes nothing, so nothing was changed.
+    Retry it" (red team 68), where a data root's restore answers with what it read before
+    its move (`app.store.files.Files.restore`)."""
+    return cast(
+        "dict[str, Any] | None",
+        conn.execute(
+            _SESSION_SELECT + " WHERE s.id = %s AND s.deleted_at IS NULL", (session_id,)
+        ).fetchone(),
+    )
+
+
+def session_record(row: dict[str, Any], *, hashed: bool) -> SessionRecord:
+    """The session a row `session_row` read holds, checked as every read checks it
+    (`UnreadableSessionError` where it is not what its writes acknowledged)."""
+    return _session(row, hashed=hashed)
 
 
 class RemoteSessions:
@@ -163,9 +185,7 @@ class RemoteSessions:
         check_session_id(session_id)
         hashed = self.db.hashed
         with self.db.conn() as conn:
-            row = conn.execute(
-                _SESSION_SELECT + " WHERE s.id = %s AND s.deleted_at IS NULL", (session_id,)
-            ).fetchone()
+            row = session_row(conn, session_id)
         if row is None:
             raise SessionNotFoundError(session_id)
         return _session(row, hashed=hashed)

@@ -50,7 +50,7 @@ from app.remote.errors import (
 )
 from app.remote.files import RemoteFiles
 from app.remote.objects import ObjectStore
-from app.remote.sessions import RemoteSessions
+from app.remote.sessions import RemoteSessions, session_record
 from app.remote.transfer import RemoteUpload
 from app.remote.trash import RemoteTrash
 from app.storage import (
@@ -481,9 +481,11 @@ class RemoteStore(Storage):
                 restore the session first).
             BadRequestError: a live file has that name again.
         """
-        taken = self.trash.restore(session_id, file, entry)
+        # Answered with the row the restore's transaction read: read here after its commit,
+        # a read that failed said "nothing was changed" of a restore made (red team 68).
+        taken, row = self.trash.restore(session_id, file, entry)
         try:
-            return self.sessions.get(session_id)
+            return session_record(row, hashed=self.db.hashed)
         except UnreadableSessionError as unreadable:
             # A row whose title or metadata changed in the trash (its content_sha256 no
             # longer theirs) comes back, and is said to be unreadable, as the local store

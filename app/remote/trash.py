@@ -36,6 +36,7 @@ from app.remote.errors import (
     FileRowOfAnotherShapeError,
     ObjectMissingError,
     TrashedSessionRowOfAnotherShapeError,
+    WriteNotStoredError,
 )
 from app.remote.objects import ObjectStore
 from app.remote.rows import (
@@ -46,6 +47,7 @@ from app.remote.rows import (
     session_fault,
     updated_sha256,
 )
+from app.remote.sessions import session_record, session_row
 from app.storage import TrashEntry, entry_holds_other
 from app.store.ids import check_session_id
 from app.store.trash import TRASH_NAME_RE
@@ -130,9 +132,18 @@ class RemoteTrash:
         ]
         return sorted(listed, key=lambda e: (e.deleted_at, e.name))
 
-    def restore(self, session_id: str, file: str | None, entry: str | None = None) -> str | None:
+    def restore(
+        self, session_id: str, file: str | None, entry: str | None = None
+    ) -> tuple[str | None, dict[str, Any]]:
         """Bring a session (or the most recently trashed version of a file, or the one in
-        trash entry ``entry``) back; audited. A session's trash entry is returned.
+        trash entry ``entry``) back; audited. Returns a session's trash entry (``None`` for
+        a file), and the session's row as the restore's transaction left it
+        (`app.remote.sessions.session_row`): the restore's answer, read before its commit.
+
+        A file's restore reads its session as every read does, and refuses a session that
+        is not what its writes acknowledged before it changes anything, as a data root's
+        restore does; a session's restore brings it back all the same (red team 61), and the
+        caller says it is unreadable (`app.remote.sessions.session_record`).
 
         Raises:
             SessionNotFoundError: nothing to restore (or, for a file, its session is not live:
@@ -140,10 +151,10 @@ class RemoteTrash:
             BadRequestError: a live file has that name again.
         """
         check_session_id(session_id)
+        hashed = self.db.hashed  # read before the restore's transaction (its own read)
         if file is None:
             return self._restore_session(session_id, entry)
-        self._restore_file(session_id, check_file_name(file), entry)
-        return None
+        return None, self._restore_file(session_id, check_file_name(file), entry, hashed)
 
     def _not_there(self, conn: Any, entry: str, session_id: str, file: str | None) -> AppError:
         """Why trash entry ``entry`` gives nothing to restore: it holds something else (named,
@@ -174,7 +185,7 @@ class RemoteTrash:
         if entry is not None and TRASH_NAME_RE.fullmatch(entry) is None:
             raise NotInTrashError(session_id, file, entry=entry)
 
-    def _restore_session(self, session_id: str, entry: str | None) -> str:
+    def _restore_session(self, session_id: str, entry: str | None) -> tuple[str, dict[str, Any]]:
         self._refuse_unnamed(entry, session_id, None)
         with self.db.write(f"the restore of session {session_id}") as conn:
             row = conn.execute(
@@ -215,11 +226,16 @@ class RemoteTrash:
             what = f"the restore of session {session_id}"
             pg.stored(restored, self.db.where, what, "app_sessions", "UPDATE of")
             self.db.audit(conn, "restore-session", session_id, trash=row["trash_name"])
-        return str(row["trash_name"])
+            read = session_row(conn, session_id)
+            if read is None:  # a trigger of another's undid it: refused, rolled back
+                raise WriteNotStoredError(self.db.where, what, "app_sessions", after=True)
+        return str(row["trash_name"]), read
 
-    def _restore_file(self, session_id: str, name: str, entry: str | None) -> None:
+    def _restore_file(
+        self, session_id: str, name: str, entry: str | None, hashed: bool
+    ) -> dict[str, Any]:
         try:
-            self._restore_file_into(session_id, name, entry)
+            return self._restore_file_into(session_id, name, entry, hashed)
         except SessionNotFoundError as missing:
             # The session itself is not live: where it is in the trash, said so with its
             # entry, as the local store says it (red team 45: "`app sessions list` shows the
@@ -244,8 +260,23 @@ class RemoteTrash:
             return None
         return None if trashed is None else str(trashed["trash_name"])
 
-    def _restore_file_into(self, session_id: str, name: str, entry: str | None) -> None:
+    def _restore_file_into(
+        self, session_id: str, name: str, entry: str | None, hashed: bool
+    ) -> dict[str, Any]:
         what = f"the restore of {name!r} into session {session_id}"
+        answer: list[dict[str, Any]] = []
+
+        def read(conn: Any) -> None:
+            # The session as the restore leaves it, its new updated_at written, read and
+            # checked before the commit: one not what its writes acknowledged refuses the
+            # restore with nothing changed, as a data root's does (it reads session.json
+            # before its move).
+            row = session_row(conn, session_id)
+            if row is None:
+                raise WriteNotStoredError(self.db.where, what, "app_sessions", after=True)
+            session_record(row, hashed=hashed)
+            answer.append(row)
+
         if entry is not None:
             # Before the session is looked at, as the local store does: a named entry of the
             # deleted session itself (or of another session's file) was "no session ... in
@@ -273,7 +304,7 @@ class RemoteTrash:
         if candidate is not None and live is None:  # a file there again is refused unread
             whole = self._damage(candidate["blob"], candidate["size"], candidate["sha256"])
             verified = candidate["id"] if whole is None else None
-        with self.db.change(session_id, what) as (conn, _):
+        with self.db.change(session_id, what, then=read) as (conn, _):
             row = conn.execute(
                 _TRASHED_FILE + " FOR UPDATE", (session_id, name, entry, entry)
             ).fetchone()
@@ -295,6 +326,7 @@ class RemoteTrash:
             )
             pg.stored(restored, self.db.where, what, "app_files", "UPDATE of")
             self.db.audit(conn, "restore-file", f"{session_id}/{name}", trash=row["trash_name"])
+        return answer[0]
 
     def _refuse_damaged(
         self, conn: Any, row: Any, session_id: str, name: str, entry: str | None

@@ -1022,11 +1022,24 @@ def _new_session(title: str, metadata: dict[str, Any]) -> SessionRecord:
     return {
         "id": new_session_id(),
         "title": title,
-        "metadata": metadata,
+        # As session.json keeps it (`json_bytes` sorts every object's keys), which every
+        # read answers: the create answered the order sent, and each read after it another
+        # (red team 68; red team 63 had the same of PostgreSQL's column retyped jsonb).
+        "metadata": _keys_sorted(metadata),
         "created_at": now,
         "updated_at": now,
         "files": [],
     }
+
+
+def _keys_sorted(value: Any) -> Any:
+    """``value`` with every object's keys in the order `json_bytes` writes them (sorted), as
+    a read of the ``session.json`` it is written into gives it back."""
+    if type(value) is dict:
+        return {key: _keys_sorted(value[key]) for key in sorted(value)}
+    if type(value) is list:
+        return [_keys_sorted(item) for item in value]
+    return value
 
 
 def _raise(error: Exception) -> Callable[[_Staging], None]:
