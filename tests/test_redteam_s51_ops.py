@@ -66,8 +66,14 @@ from app.testing.live_server import published_port
 #: depends on neither.
 LIMIT, DEPTH = 120, 160
 
-#: ``app *argv`` as the console script runs it, under Python's recursion limit `LIMIT`.
-UNDER_LIMIT = f"import sys; sys.setrecursionlimit({LIMIT}); from app.cli import main; main()"
+#: ``app *argv`` as the console script runs it, under Python's recursion limit `LIMIT`, with
+#: dynaconf imported first: the app imports it when it first reads a settings file, about a
+#: hundred frames of nested imports, which a plain start (not forked from the run's zygote,
+#: where it is imported already) ran out of under the limit (a whole run with a process census
+#: on).
+UNDER_LIMIT = (
+    f"import sys, dynaconf; sys.setrecursionlimit({LIMIT}); from app.cli import main; main()"
+)
 
 
 def _deep_tree(top: Path) -> None:
