@@ -105,8 +105,22 @@ def kind(row: dict[str, Any]) -> str:
     return "other"
 
 
+def _rows() -> list[dict[str, Any]]:
+    """The log's lines; a line cut short (a test's process under a file size limit,
+    ``RLIMIT_FSIZE``, writes only part of it) is counted and left out."""
+    rows, cut = [], 0
+    for line in LOG.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            cut += bool(line)
+    if cut:
+        print(f"{cut} line(s) of {LOG} cut short, left out")
+    return rows
+
+
 def report(top: int) -> None:
-    rows = [json.loads(line) for line in LOG.read_text().splitlines() if line]
+    rows = _rows()
     by_pid = {row["pid"]: row for row in rows}
 
     by_dir = _test_files_by_directory_name()
