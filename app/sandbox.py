@@ -4349,19 +4349,28 @@ def _hand_on_descendants(
     ``clone3``'s ``set_tid``) had it taken for that one, alive, in the list read again,
     and once the run had ended, it purged a stopped production root (red team 68 on the
     run's end). A process is alive to the hand-over while its pid has the start time the
-    walk read."""
+    walk read; and an exit it knows of is a process's too, its pid and start time: by pid
+    alone, a process the test started at the pid of one an earlier walk had seen exit, and
+    ended as the next walk went on, was an exit known already, and a child started at that
+    pid once more, re-parented to the run's process, was taken for it in the lists read
+    again (red team 68 on regress)."""
     handed: set[tuple[int, int]] = set()
     if while_running:
         _hand_on_walk(run, pid, handed, while_running=True, ended_by=ended_by)
         return
-    dead: set[int] = set()
-    before: set[int] | None = None
+    # Processes, each its pid and start time (see above).
+    dead: set[tuple[int, int]] = set()
+    before: set[tuple[int, int]] | None = None
     for _ in range(_END_WALKS):
         seen, read = _hand_on_walk(run, pid, handed, while_running=False, ended_by=ended_by)
         # Gone before the walk came to it (reaped by its parent), or exited since (its pid
         # another process's now, or none's).
-        exited = {child for child, started in seen.items() if child < 0 or _exited(child, started)}
-        alive = {child for child in seen if child > 0} - exited
+        exited = {
+            (child, started)
+            for child, started in seen.items()
+            if child < 0 or _exited(child, started)
+        }
+        alive = {(child, started) for child, started in seen.items() if child > 0} - exited
         if exited <= dead and alive == before and _settled(read, seen):
             return
         dead |= exited

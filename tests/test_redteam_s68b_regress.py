@@ -1,0 +1,271 @@
+"""Red team 68 on regress, the run's end and the restores (branch rt-regress68b): see
+docs/explanation/attacks.md.
+
+What broke:
+
+- The run's last hand-over knew the exits it had seen by pid alone: a test, as root, started
+  a process at the pid of one the first walk saw exit (``ns_last_pid``), ended it during the
+  second walk, and started a child at that pid once more, re-parented to the run's process:
+  an exit known, the same live processes, the lists read again holding only pids seen. The
+  child got no entry, and purged a stopped production root. Exits and live processes are now
+  compared as processes, a pid and its start time.
+- On PostgreSQL, a restore read its answer before the triggers deferred to the commit had
+  fired: one of another's that put the row back in the trash had the restore answered (and
+  audited) as made. Every deferred trigger fires before the read now, and a row not out of
+  the trash then refuses the restore, rolled back.
+- A data root's create sorted its metadata's keys by a copy that recursed, two frames a
+  level: metadata nested 480 to 990 levels deep, which the store's checks take, was a bare
+  RecursionError, and in a batch (`Store.create_sessions`) the creates before it stayed
+  registered as in creation for good, every later session left out of every listing. An
+  ``OrderedDict`` was answered in the order sent. The copy is now made without recursion.
+
+The first on an inner pytest in a PID namespace of its own (red team 68 on the run's end's
+harness); the second on the suite's PostgreSQL and SeaweedFS; the third on a real root.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections import OrderedDict
+from pathlib import Path
+
+import psycopg
+import pytest
+from engines import PostgresEngine, S3Engine, new_blob_url
+from test_redteam_s61_children import PRELUDE, run_inner
+from test_redteam_s67_guard import _SHELL
+from test_remote_store import PROFILE, _replica
+
+from app import sandbox
+from app.remote import pg
+from app.remote.errors import WriteNotStoredError
+from app.store.store import Store
+
+
+def test_a_create_s_metadata_nested_as_deep_as_its_checks_take_is_made_and_answered_as_read(
+    app_store: Store,
+) -> None:
+    nested: object = [1]
+    for _ in range(600):  # past the copy's recursion (about 480), short of json.dumps's
+        nested = {"b": 2, "a": nested}
+    sent = {"z": nested, "o": OrderedDict([("y", (1, {"q": 1, "p": 2})), ("x", 0)])}
+    # Before: RecursionError, the batch's first create registered as in creation for good.
+    made = app_store.create_sessions([("first", {}), ("deep", sent)])
+    assert all(isinstance(one, dict) for one in made), made
+    first, deep = made
+    assert isinstance(first, dict) and isinstance(deep, dict)
+    read = app_store.get_session(deep["id"])
+    # Before: the OrderedDict answered as sent ("y" before "x"), read back sorted.
+    assert json.dumps(deep["metadata"]) == json.dumps(read["metadata"])
+    assert json.dumps(read["metadata"]).startswith('{"o": {"x": 0, "y": [1, {"p": 2, "q": 1}]}')
+    later = app_store.create_session("later", {})
+    listed = [item["id"] for item in app_store.list_sessions().items]
+    assert listed == sorted([first["id"], deep["id"], later["id"]])
+
+
+#: A (its arguments: the registry, the run's pid, X's output file): T, then D1, its highest
+#: pid (the walk visits it first of A's children). As the run's last
+#: hand-over's first walk writes D1's entry, A holds the run's process, ends D1 and starts D2
+#: at its pid (``ns_last_pid``): the walk finds D1 exited. As the second walk writes D2's
+#: entry, A holds the run's process again, ends D2, and starts W, which starts X at that pid
+#: again and exits; A reaps it and lets the run go on.
+DEAD_PID_A = r"""
+import ctypes, os, select, signal, struct, subprocess, sys, time
+from pathlib import Path
+
+registry, runner, out = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+deadline = time.monotonic() + 120  # a run killed before its end: A gives up, said by the test
+
+
+def name(pid):
+    raw = Path(f"/proc/{pid}/stat").read_bytes()
+    return f"{pid}-{int(raw[raw.rfind(b')') + 2:].split()[19])}.json"
+
+
+libc = ctypes.CDLL(None, use_errno=True)
+watch = libc.inotify_init1(os.O_CLOEXEC)
+IN_CREATE, IN_MOVED_TO = 0x100, 0x80
+assert libc.inotify_add_watch(watch, bytes(registry), IN_CREATE | IN_MOVED_TO) >= 0
+
+
+def written():
+    while True:
+        if not select.select([watch], [], [], max(deadline - time.monotonic(), 0))[0]:
+            os._exit(3)
+        buf = os.read(watch, 1 << 16)
+        at = 0
+        while at < len(buf):
+            _, _, _, size = struct.unpack_from("iIII", buf, at)
+            yield buf[at + 16 : at + 16 + size].rstrip(b"\0").decode()
+            at += 16 + size
+
+
+def held():
+    os.kill(runner, signal.SIGSTOP)
+    stat = Path(f"/proc/{runner}/stat")
+    while stat.read_bytes().rpartition(b")")[2].split()[0] not in (b"T", b"t"):
+        time.sleep(0.0001)
+
+
+def at(pid, argv, env=None):
+    Path("/proc/sys/kernel/ns_last_pid").write_text(str(pid - 1))
+    return os.posix_spawn(argv[0], argv, os.environ if env is None else env)
+
+
+# T, the walk's next process after D1 (and D2): its 300 threads' lists of children hold the
+# walk long enough for A to be woken and hold it, on a loaded machine too.
+threads = "import threading, time; [threading.Thread(target=time.sleep, args=(30,)).start() "
+threads += "for _ in range(300)]; print(flush=True)"
+t = subprocess.Popen([sys.executable, "-c", threads], stdout=subprocess.PIPE)
+t.stdout.readline()
+d1 = subprocess.Popen(["sleep", "30"])
+p = d1.pid
+try:
+    os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(1))
+except OSError:
+    pass  # no real-time time here: woken as the others are
+own_run, first = name(runner), name(p)
+Path(out + "-ready").write_text("")
+seen = written()
+for found in seen:  # the run's first hand-over at its end is done
+    if found == own_run and b"ended_at" in (registry / found).read_bytes():
+        break
+for found in seen:  # the last hand-over's first walk has written D1's entry
+    if found == first:
+        break
+held()
+try:
+    d1.kill()
+    d1.wait()
+    d2 = at(p, ["/bin/sleep", "30"])
+    second = name(d2)
+finally:
+    os.kill(runner, signal.SIGCONT)
+for found in seen:  # the second walk has written D2's entry
+    if found == second:
+        break
+held()
+try:
+    os.kill(d2, signal.SIGKILL)
+    os.waitpid(d2, 0)
+    w = os.fork()
+    if w == 0:
+        code = (
+            "import os, subprocess, sys, time\n"
+            f"while os.path.exists('/proc/{runner}'):\n"
+            "    time.sleep(0.02)\n"
+            "done = subprocess.run([sys.executable, '-m', 'app', 'data', 'purge', '--profile', "
+            "'production', '--yes-i-mean-it'], capture_output=True, text=True)\n"
+            f"open({out!r}, 'w').write(done.stdout + done.stderr"
+            " + f'exit {done.returncode}\\n')\n"
+        )
+        env = {
+            "APP_SETTINGS_DIR": os.environ["RT61_SETTINGS"],
+            "APP_API_TOKEN": os.environ["RT61_TOKEN"],
+            "PATH": "/usr/bin:/bin",
+        }
+        # In a later clock tick than D2's start: a process at D2's pid and start time is D2
+        # to the registry (and held by its entry).
+        time.sleep(0.03)
+        x = at(p, [sys.executable, "-c", code], env)
+        Path(out + "-x").write_text(f"{x} {d2} {p}")
+        os._exit(0)
+    os.waitpid(w, 0)
+finally:
+    os.kill(runner, signal.SIGCONT)
+time.sleep(30)  # alive as the walks come to it
+"""
+
+DEAD_PID = (
+    PRELUDE
+    + f"A = {DEAD_PID_A!r}\n"
+    + r"""
+import time
+
+
+def test_leaves_a_process_at_the_pid_of_one_an_earlier_walk_saw_exit():
+    out = str(OUT / "late")
+    a = subprocess.Popen(
+        [sys.executable, "-c", A, str(sandbox.RUNS_DIR), str(os.getpid()), out],
+        stdin=subprocess.DEVNULL,
+    )
+    while not Path(out + "-ready").exists():
+        assert a.poll() is None
+        time.sleep(0.01)
+"""
+)
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "memfd_create") or os.geteuid() != 0 or shutil.which("unshare") is None,
+    reason="the inner run is kept out of this run's process tree in a PID namespace of its own "
+    "(unshare --pid needs root here)",
+)
+def test_a_process_at_the_pid_of_one_an_earlier_walk_saw_exit_leaves_no_child_outside_the_run(
+    tmp_path: Path,
+) -> None:
+    inner, said = run_inner(tmp_path, DEAD_PID, ("late", "late-x"), shell=_SHELL)
+    x, d2, p = said["late-x"].split()
+    assert x == d2 == p, said  # D2 and X each had D1's pid
+    assert " passed" in inner.stdout, inner.stdout
+    code = said["late"].rstrip().rpartition("\n")[2]
+    assert code == "exit 78", said
+    assert "started by the test run of pytest pid " in said["late"], said
+    assert ", which has ended, registered in " + str(sandbox.RUNS_DIR) in said["late"], said
+
+
+#: A function that puts a row taken out of the trash back.
+_BACK = """
+CREATE FUNCTION rt68b_back() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
+  EXECUTE format('UPDATE %I SET deleted_at = $1, trash_name = $2, deleted_reason = $3'
+                 ' WHERE id = $4', TG_TABLE_NAME)
+    USING OLD.deleted_at, OLD.trash_name, OLD.deleted_reason, NEW.id;
+  RETURN NULL; END $$;
+"""
+
+#: A trigger of another's after each update of `table`, deferred to the commit (the kind the
+#: open leaves alone: a change-data-capture tool's), that runs it.
+_BACK_TO_THE_TRASH = """
+CREATE CONSTRAINT TRIGGER rt68b_back AFTER UPDATE ON {table} DEFERRABLE INITIALLY DEFERRED
+  FOR EACH ROW WHEN (OLD.deleted_at IS NOT NULL AND NEW.deleted_at IS NULL)
+  EXECUTE FUNCTION rt68b_back();
+"""
+
+
+def test_a_restore_that_a_trigger_deferred_to_the_commit_undoes_is_refused_unchanged(
+    postgres_engine: PostgresEngine, s3_engine: S3Engine
+) -> None:
+    with postgres_engine.opened_database(PROFILE) as (name, url):
+        with _replica(s3_engine, (url, new_blob_url(s3_engine))) as store:
+            session = store.create_session("kept", {})["id"]
+            store.put_file(session, "a.txt", b"acknowledged bytes")
+            store.delete_file(session, "a.txt")
+            with postgres_engine.connect(name) as admin:
+                admin.execute(_BACK + _BACK_TO_THE_TRASH.format(table="app_files"))  # type: ignore[arg-type]
+            # Before: answered with a.txt live, its restore audited; a.txt still in the trash.
+            with pytest.raises(WriteNotStoredError) as refused:
+                store.restore(session, file="a.txt")
+            assert refused.value.message.startswith(
+                f"database {pg.mask_url(url)} did not store the restore of 'a.txt' into session "
+                f"{session}: its UPDATE of app_files changed a row, but once every trigger had "
+                "run that row was not as the change left it"
+            ), refused.value.message
+            assert "nothing was changed (its transaction was rolled back)" in str(refused.value)
+            assert [(e.kind, e.file) for e in store.list_trash()] == [("file", "a.txt")]
+
+            store.delete_session(session)
+            with postgres_engine.connect(name) as admin:
+                admin.execute(_BACK_TO_THE_TRASH.format(table="app_sessions"))  # type: ignore[arg-type]
+            # Before: answered with the session live, its restore audited; still in the trash.
+            with pytest.raises(WriteNotStoredError) as refused:
+                store.restore(session)
+            assert f"did not store the restore of session {session}: its UPDATE of " in str(
+                refused.value
+            )
+            assert sorted(e.kind for e in store.list_trash()) == ["file", "session"]
+        with psycopg.connect(url) as conn:
+            assert not conn.execute(
+                "SELECT 1 FROM app_audit WHERE operation LIKE 'restore-%'"
+            ).fetchall()
