@@ -4349,28 +4349,26 @@ def _hand_on_descendants(
     ``clone3``'s ``set_tid``) had it taken for that one, alive, in the list read again,
     and once the run had ended, it purged a stopped production root (red team 68 on the
     run's end). A process is alive to the hand-over while its pid has the start time the
-    walk read; and an exit it knows of is a process's too, its pid and start time: by pid
-    alone, a process the test started at the pid of one an earlier walk had seen exit, and
-    ended as the next walk went on, was an exit known already, and a child started at that
-    pid once more, re-parented to the run's process, was taken for it in the lists read
-    again (red team 68 on regress)."""
+    walk read.
+
+    Nor are pids enough in the lists read again: a test run as root that left a child
+    ended and unreaped (a zombie: an exit each walk sees, and knows), reaped it as the
+    second walk went on, and gave its pid to a process that it left to the run's process
+    had that one taken for the zombie in the run's list read again, and once the run had
+    ended, it purged a stopped production root (red team 68 on regress). A child in a list
+    read again is one the walk saw only where its pid has the start time the walk read."""
     handed: set[tuple[int, int]] = set()
     if while_running:
         _hand_on_walk(run, pid, handed, while_running=True, ended_by=ended_by)
         return
-    # Processes, each its pid and start time (see above).
-    dead: set[tuple[int, int]] = set()
-    before: set[tuple[int, int]] | None = None
+    dead: set[int] = set()
+    before: set[int] | None = None
     for _ in range(_END_WALKS):
         seen, read = _hand_on_walk(run, pid, handed, while_running=False, ended_by=ended_by)
         # Gone before the walk came to it (reaped by its parent), or exited since (its pid
         # another process's now, or none's).
-        exited = {
-            (child, started)
-            for child, started in seen.items()
-            if child < 0 or _exited(child, started)
-        }
-        alive = {(child, started) for child, started in seen.items() if child > 0} - exited
+        exited = {child for child, started in seen.items() if child < 0 or _exited(child, started)}
+        alive = {child for child in seen if child > 0} - exited
         if exited <= dead and alive == before and _settled(read, seen):
             return
         dead |= exited
@@ -4388,8 +4386,16 @@ def _settled(read: list[int], seen: dict[int, int]) -> bool:
     read, so that its children were in its subreaper's list, read later, whatever the
     walk had read before. A child born after the list of its parent was read again is one
     a survivor started once the last hand-over had walked past it: left as such (the
-    limit the docs list)."""
-    return all(_children(parent) <= seen.keys() for parent in reversed(read))
+    limit the docs list). Each child's start time is read again too: one at the pid of a
+    process the walk saw exit is another (red team 68 on regress)."""
+    for parent in reversed(read):
+        for child in _children(parent):
+            if child not in seen:
+                return False
+            fields = _stat_fields(child)
+            if fields is not None and fields[1] != seen[child]:
+                return False  # another process, at the pid of one the walk saw exit
+    return True
 
 
 def _hand_on_walk(

@@ -3,12 +3,13 @@ docs/explanation/attacks.md.
 
 What broke:
 
-- The run's last hand-over knew the exits it had seen by pid alone: a test, as root, started
-  a process at the pid of one the first walk saw exit (``ns_last_pid``), ended it during the
-  second walk, and started a child at that pid once more, re-parented to the run's process:
-  an exit known, the same live processes, the lists read again holding only pids seen. The
-  child got no entry, and purged a stopped production root. Exits and live processes are now
-  compared as processes, a pid and its start time.
+- The run's last hand-over's lists read again (`_settled`) compared pids alone: a test, as
+  root, left a child ended and unreaped (a zombie, an exit every walk sees and knows),
+  reaped it as the second walk went on, and gave its pid to a child re-parented to the
+  run's process; or started a process at the pid of one the first walk saw exit and ended
+  it during the second, then gave that pid to such a child. Taken for the process the walk
+  saw, the child got no entry, and purged a stopped production root. Each child in a list
+  read again is now checked by its start time too.
 - On PostgreSQL, a restore read its answer before the triggers deferred to the commit had
   fired: one of another's that put the row back in the trash had the restore answered (and
   audited) as made. Every deferred trigger fires before the read now, and a row not out of
@@ -36,6 +37,7 @@ import pytest
 from engines import PostgresEngine, S3Engine, new_blob_url
 from test_redteam_s61_children import PRELUDE, run_inner
 from test_redteam_s67_guard import _SHELL
+from test_redteam_s68a_regress import N
 from test_remote_store import PROFILE, _replica
 
 from app import sandbox
@@ -209,6 +211,153 @@ def test_a_process_at_the_pid_of_one_an_earlier_walk_saw_exit_leaves_no_child_ou
     inner, said = run_inner(tmp_path, DEAD_PID, ("late", "late-x"), shell=_SHELL)
     x, d2, p = said["late-x"].split()
     assert x == d2 == p, said  # D2 and X each had D1's pid
+    assert " passed" in inner.stdout, inner.stdout
+    code = said["late"].rstrip().rpartition("\n")[2]
+    assert code == "exit 78", said
+    assert "started by the test run of pytest pid " in said["late"], said
+    assert ", which has ended, registered in " + str(sandbox.RUNS_DIR) in said["late"], said
+
+
+#: A again (its arguments: the registry, the run's pid, N's script, X's output file), with T,
+#: N and D1 as its children, in that order (the walk visits D1 first, then N, then T). Once
+#: the run's first hand-over at its end is done, A ends D1 and leaves it a zombie: each walk
+#: sees its pid exit, from the first on. As the second walk reads N's entry (the first's
+#: reads came before it wrote T's), A holds the run's process, reaps D1, and starts W, which
+#: starts X at D1's pid and exits; A reaps it and lets the run go on.
+ZOMBIE_A = r"""
+import ctypes, os, select, signal, struct, subprocess, sys, time
+from pathlib import Path
+
+registry, runner, script, out = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+deadline = time.monotonic() + 120  # a run killed before its end: A gives up, said by the test
+
+
+def name(pid):
+    raw = Path(f"/proc/{pid}/stat").read_bytes()
+    return f"{pid}-{int(raw[raw.rfind(b')') + 2:].split()[19])}.json"
+
+
+libc = ctypes.CDLL(None, use_errno=True)
+watch = libc.inotify_init1(os.O_CLOEXEC)
+IN_OPEN, IN_CREATE, IN_MOVED_TO = 0x20, 0x100, 0x80
+assert libc.inotify_add_watch(watch, bytes(registry), IN_OPEN | IN_CREATE | IN_MOVED_TO) >= 0
+
+
+def events():
+    while True:
+        if not select.select([watch], [], [], max(deadline - time.monotonic(), 0))[0]:
+            os._exit(3)
+        buf = os.read(watch, 1 << 16)
+        at = 0
+        while at < len(buf):
+            _, mask, _, size = struct.unpack_from("iIII", buf, at)
+            yield mask, buf[at + 16 : at + 16 + size].rstrip(b"\0").decode()
+            at += 16 + size
+
+
+threads = "import threading, time; [threading.Thread(target=time.sleep, args=(30,)).start() "
+threads += "for _ in range(300)]; print(flush=True)"
+t = subprocess.Popen([sys.executable, "-c", threads], stdout=subprocess.PIPE)
+t.stdout.readline()
+n = subprocess.Popen([sys.executable, script, out + "-n"])  # N, with C
+while not Path(out + "-n").exists():
+    time.sleep(0.01)
+d1 = subprocess.Popen(["sleep", "30"])
+p = d1.pid
+try:
+    os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(1))
+except OSError:
+    pass  # no real-time time here: woken as the others are
+npid, cpid = map(int, Path(out + "-n").read_text().split())
+own_run, zombie, starting, child = name(runner), name(p), name(npid), name(cpid)
+Path(out + "-ready").write_text("")
+seen = events()
+for mask, found in seen:  # the run's first hand-over at its end is done
+    if mask & (IN_CREATE | IN_MOVED_TO) and found == own_run:
+        if b"ended_at" in (registry / found).read_bytes():
+            break
+os.kill(p, signal.SIGKILL)  # not reaped: a zombie, an exit each walk sees
+for mask, found in seen:  # the last hand-over's first walk has written D1's entry
+    if mask & (IN_CREATE | IN_MOVED_TO) and found == zombie:
+        break
+for mask, found in seen:  # ... and, after N's, that of N's child C
+    if mask & (IN_CREATE | IN_MOVED_TO) and found == child:
+        break
+for mask, found in seen:  # the second walk reads N's entry: it has read D1's stat
+    if mask & IN_OPEN and found == starting:
+        break
+os.kill(runner, signal.SIGSTOP)
+try:
+    stat = Path(f"/proc/{runner}/stat")
+    while stat.read_bytes().rpartition(b")")[2].split()[0] not in (b"T", b"t"):
+        time.sleep(0.0001)
+    d1.wait()
+    w = os.fork()
+    if w == 0:
+        code = (
+            "import os, subprocess, sys, time\n"
+            f"while os.path.exists('/proc/{runner}'):\n"
+            "    time.sleep(0.02)\n"
+            "done = subprocess.run([sys.executable, '-m', 'app', 'data', 'purge', '--profile', "
+            "'production', '--yes-i-mean-it'], capture_output=True, text=True)\n"
+            f"open({out!r}, 'w').write(done.stdout + done.stderr"
+            " + f'exit {done.returncode}\\n')\n"
+        )
+        env = {
+            "APP_SETTINGS_DIR": os.environ["RT61_SETTINGS"],
+            "APP_API_TOKEN": os.environ["RT61_TOKEN"],
+            "PATH": "/usr/bin:/bin",
+        }
+        Path("/proc/sys/kernel/ns_last_pid").write_text(str(p - 1))
+        x = os.posix_spawn(sys.executable, [sys.executable, "-c", code], env)
+        Path(out + "-x").write_text(f"{x} {p}")
+        os._exit(0)
+    os.waitpid(w, 0)
+finally:
+    os.kill(runner, signal.SIGCONT)
+time.sleep(30)  # alive as the walks come to it
+"""
+
+#: N, as red team 68's, with a child C (the walk visits it right after N), whose pid it
+#: writes after its own.
+N_WITH_C = N.replace(
+    "f.write(str(os.getpid()))",
+    'f.write(f\'{os.getpid()} {subprocess.Popen(["sleep", "30"]).pid}\')',
+).replace("import os, sys, time", "import os, subprocess, sys, time")
+
+ZOMBIE = (
+    PRELUDE
+    + f"A = {ZOMBIE_A!r}\nN = {N_WITH_C!r}\n"
+    + r"""
+import time
+
+
+def test_leaves_a_process_at_the_pid_of_a_zombie_the_walks_saw():
+    out = str(OUT / "late")
+    script = OUT / "pytest"
+    script.write_text(N)
+    a = subprocess.Popen(
+        [sys.executable, "-c", A, str(sandbox.RUNS_DIR), str(os.getpid()), str(script), out],
+        stdin=subprocess.DEVNULL,
+    )
+    while not Path(out + "-ready").exists():
+        assert a.poll() is None
+        time.sleep(0.01)
+"""
+)
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "memfd_create") or os.geteuid() != 0 or shutil.which("unshare") is None,
+    reason="the inner run is kept out of this run's process tree in a PID namespace of its own "
+    "(unshare --pid needs root here)",
+)
+def test_a_process_at_the_pid_of_a_zombie_the_walks_saw_leaves_no_child_outside_the_run(
+    tmp_path: Path,
+) -> None:
+    inner, said = run_inner(tmp_path, ZOMBIE, ("late", "late-x"), shell=_SHELL)
+    x, p = said["late-x"].split()
+    assert x == p, said  # X had the zombie's pid
     assert " passed" in inner.stdout, inner.stdout
     code = said["late"].rstrip().rpartition("\n")[2]
     assert code == "exit 78", said
