@@ -4349,7 +4349,14 @@ def _hand_on_descendants(
     ``clone3``'s ``set_tid``) had it taken for that one, alive, in the list read again,
     and once the run had ended, it purged a stopped production root (red team 68 on the
     run's end). A process is alive to the hand-over while its pid has the start time the
-    walk read."""
+    walk read.
+
+    Nor are pids enough in the lists read again: a test run as root that left a child
+    ended and unreaped (a zombie: an exit each walk sees, and knows), reaped it as the
+    second walk went on, and gave its pid to a process that it left to the run's process
+    had that one taken for the zombie in the run's list read again, and once the run had
+    ended, it purged a stopped production root (red team 68 on regress). A child in a list
+    read again is one the walk saw only where its pid has the start time the walk read."""
     handed: set[tuple[int, int]] = set()
     if while_running:
         _hand_on_walk(run, pid, handed, while_running=True, ended_by=ended_by)
@@ -4379,8 +4386,16 @@ def _settled(read: list[int], seen: dict[int, int]) -> bool:
     read, so that its children were in its subreaper's list, read later, whatever the
     walk had read before. A child born after the list of its parent was read again is one
     a survivor started once the last hand-over had walked past it: left as such (the
-    limit the docs list)."""
-    return all(_children(parent) <= seen.keys() for parent in reversed(read))
+    limit the docs list). Each child's start time is read again too: one at the pid of a
+    process the walk saw exit is another (red team 68 on regress)."""
+    for parent in reversed(read):
+        for child in _children(parent):
+            if child not in seen:
+                return False
+            fields = _stat_fields(child)
+            if fields is not None and fields[1] != seen[child]:
+                return False  # another process, at the pid of one the walk saw exit
+    return True
 
 
 def _hand_on_walk(

@@ -634,9 +634,10 @@ class Database:
         meanwhile is refused here (:class:`~app.errors.SessionNotFoundError`). Yields the
         connection and the change's moment, taken once the lock is held, and for a change
         of ``file``, later than every trashed version of it. ``then``: run on the
-        connection last, before the commit, with the new ``updated_at`` written (what a
-        change answers with is read there: read after the commit, a read that failed
-        answered a change that was made as one that changed nothing).
+        connection last, before the commit, with the new ``updated_at`` written and every
+        trigger deferred to the commit fired (what a change answers with is read there: read
+        after the commit, a read that failed answered a change that was made as one that
+        changed nothing).
         """
         with self.write(what) as conn:
             row = conn.execute(
@@ -676,6 +677,10 @@ class Database:
                 (moment, updated, session_id),
             )
             if then is not None:
+                # Every trigger deferred to the commit first (`pg.FIRE_DEFERRED`): read
+                # before them, a restore that one of another's undid at the commit (a row
+                # put back in the trash) was answered as made (red team 68 on regress).
+                conn.execute(pg.FIRE_DEFERRED.encode())
                 then(conn)
 
     def _still_held(self, conn: psycopg.Connection[Any], what: str) -> None:

@@ -1085,7 +1085,8 @@ class TablesChangedError(_TablesAmissError):
 
 class WriteNotStoredError(AppError):
     """An INSERT or UPDATE of the app's wrote no row: a trigger or rule of another's skipped
-    it; or an upload's row was not there as sent once every trigger had run."""
+    it; or an upload's row was not there as sent once every trigger had run (or a restore's
+    not out of the trash)."""
 
     exit_code = EX_UNAVAILABLE
     code = "write_not_stored"
@@ -1100,6 +1101,18 @@ class WriteNotStoredError(AppError):
 
     @property
     def message(self) -> str:
+        if self.after and self.statement == "UPDATE of":
+            # A restore's: the row it took out of the trash (red team 68 on regress).
+            return (
+                f"database {self.where} did not store {self.what}: its {self.statement} "  # noqa: S608
+                f"{self.table} changed a row, but once every trigger had run that row was not "
+                "as the change left it (gone, or back as it was), as a trigger of another's "
+                "that updates or deletes it after the change, deferred to the commit, makes "
+                "it; nothing was changed (its transaction was rolled back). `SELECT tgname, "
+                f"pg_get_triggerdef(oid) FROM pg_trigger WHERE tgrelid = '{self.table}'"
+                "::regclass AND NOT tgisinternal` lists the triggers on that table: drop the "
+                f"one that changes its rows (`DROP TRIGGER <name> ON {self.table}`), then retry"
+            )
         if self.after and self.table == "app_sessions":
             return (
                 f"database {self.where} did not store {self.what}: its {self.statement} "  # noqa: S608

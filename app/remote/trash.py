@@ -226,9 +226,15 @@ class RemoteTrash:
             what = f"the restore of session {session_id}"
             pg.stored(restored, self.db.where, what, "app_sessions", "UPDATE of")
             self.db.audit(conn, "restore-session", session_id, trash=row["trash_name"])
+            # Read once every trigger deferred to the commit has fired: read before, a
+            # restore that one of another's undid there was answered as made (red team 68
+            # on regress).
+            conn.execute(pg.FIRE_DEFERRED.encode())
             read = session_row(conn, session_id)
             if read is None:  # a trigger of another's undid it: refused, rolled back
-                raise WriteNotStoredError(self.db.where, what, "app_sessions", after=True)
+                raise WriteNotStoredError(
+                    self.db.where, what, "app_sessions", "UPDATE of", after=True
+                )
         return str(row["trash_name"]), read
 
     def _restore_file(
@@ -265,15 +271,25 @@ class RemoteTrash:
     ) -> dict[str, Any]:
         what = f"the restore of {name!r} into session {session_id}"
         answer: list[dict[str, Any]] = []
+        restored_id: list[object] = []
 
         def read(conn: Any) -> None:
             # The session as the restore leaves it, its new updated_at written, read and
             # checked before the commit: one not what its writes acknowledged refuses the
             # restore with nothing changed, as a data root's does (it reads session.json
-            # before its move).
+            # before its move). Every trigger deferred to the commit has fired: the file
+            # put back in the trash by one of another's was answered as restored (red team
+            # 68 on regress).
+            back = conn.execute(
+                "SELECT 1 FROM app_files WHERE id = %s AND deleted_at IS NULL", restored_id
+            ).fetchone()
+            if back is None:
+                raise WriteNotStoredError(self.db.where, what, "app_files", "UPDATE of", after=True)
             row = session_row(conn, session_id)
             if row is None:
-                raise WriteNotStoredError(self.db.where, what, "app_sessions", after=True)
+                raise WriteNotStoredError(
+                    self.db.where, what, "app_sessions", "UPDATE of", after=True
+                )
             session_record(row, hashed=hashed)
             answer.append(row)
 
@@ -325,6 +341,7 @@ class RemoteTrash:
                 (row["id"],),
             )
             pg.stored(restored, self.db.where, what, "app_files", "UPDATE of")
+            restored_id.append(row["id"])
             self.db.audit(conn, "restore-file", f"{session_id}/{name}", trash=row["trash_name"])
         return answer[0]
 

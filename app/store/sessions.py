@@ -1033,13 +1033,45 @@ def _new_session(title: str, metadata: dict[str, Any]) -> SessionRecord:
 
 
 def _keys_sorted(value: Any) -> Any:
-    """``value`` with every object's keys in the order `json_bytes` writes them (sorted), as
-    a read of the ``session.json`` it is written into gives it back."""
-    if type(value) is dict:
-        return {key: _keys_sorted(value[key]) for key in sorted(value)}
-    if type(value) is list:
-        return [_keys_sorted(item) for item in value]
-    return value
+    """``value`` with every object's keys in the order `json_bytes` writes them (sorted), and
+    every array a list, as a read of the ``session.json`` it is written into gives it back.
+
+    Copied level by level, not by recursion: a copy that recursed (two frames a level) was
+    a bare RecursionError at about 480 levels, of metadata that `checked_session_fields`
+    takes up to about 990 (``json.dumps`` in C, a frame a level) and that was stored before;
+    in a batch, the creates before it stayed registered as in creation for good, and every
+    session made after them was left out of every listing (red team 68 on regress). What
+    ``json.dumps`` writes as an object or an array (a ``dict`` subclass, a tuple) is copied
+    as one: an ``OrderedDict`` was answered in the order sent."""
+    if not isinstance(value, dict | list | tuple):
+        return value
+    top: Any = {} if isinstance(value, dict) else []
+    pending: list[tuple[Any, Any]] = [(value, top)]
+    new: Any
+    while pending:
+        source, target = pending.pop()
+        if type(target) is dict:
+            for key in sorted(source):
+                item = source[key]
+                if isinstance(item, dict):
+                    target[key] = new = {}
+                    pending.append((item, new))
+                elif isinstance(item, list | tuple):
+                    target[key] = new = []
+                    pending.append((item, new))
+                else:
+                    target[key] = item
+        else:
+            for item in source:
+                if isinstance(item, dict):
+                    target.append(new := {})
+                    pending.append((item, new))
+                elif isinstance(item, list | tuple):
+                    target.append(new := [])
+                    pending.append((item, new))
+                else:
+                    target.append(item)
+    return top
 
 
 def _raise(error: Exception) -> Callable[[_Staging], None]:

@@ -514,6 +514,13 @@ EXAMPLES: list[errors.AppError] = [
         "app_files",
         after=True,
     ),
+    remote.WriteNotStoredError(
+        DATABASE,
+        "the restore of 'notes.txt' into session 0123456789abcdef",
+        "app_files",
+        "UPDATE of",
+        after=True,
+    ),
     remote.UnloggedWriteError(
         DATABASE, "the upload of 'notes.txt' into session 0123456789abcdef", ("app_files",)
     ),

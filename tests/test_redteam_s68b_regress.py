@@ -1,0 +1,274 @@
+"""Red team 68 on regress, the run's end and the restores (branch rt-regress68b): see
+docs/explanation/attacks.md.
+
+What broke:
+
+- The run's last hand-over's lists read again (`_settled`) compared pids alone: a test, as
+  root, left a child ended and unreaped (a zombie, an exit every walk sees and knows),
+  reaped it as the second walk went on, and gave its pid to a child re-parented to the
+  run's process. Taken for the process the walk saw, the child got no entry, and purged a
+  stopped production root. Each child in a list read again is now checked by its start
+  time too. (A process started at the pid of one the first walk saw exit, ended during
+  the second, its pid given to such a child, is held by the same change: its test, in
+  this branch's history, is not kept.)
+- On PostgreSQL, a restore read its answer before the triggers deferred to the commit had
+  fired: one of another's that put the row back in the trash had the restore answered (and
+  audited) as made. Every deferred trigger fires before the read now, and a row not out of
+  the trash then refuses the restore, rolled back.
+- A data root's create sorted its metadata's keys by a copy that recursed, two frames a
+  level: metadata nested 480 to 990 levels deep, which the store's checks take, was a bare
+  RecursionError, and in a batch (`Store.create_sessions`) the creates before it stayed
+  registered as in creation for good, every later session left out of every listing. An
+  ``OrderedDict`` was answered in the order sent. The copy is now made without recursion.
+
+The first on an inner pytest in a PID namespace of its own (red team 68 on the run's end's
+harness); the second on the suite's PostgreSQL and SeaweedFS; the third on a real root.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections import OrderedDict
+from pathlib import Path
+
+import psycopg
+import pytest
+from engines import PostgresEngine, S3Engine, new_blob_url
+from test_redteam_s61_children import PRELUDE, run_inner
+from test_redteam_s67_guard import _SHELL
+from test_redteam_s68a_regress import N
+from test_remote_store import PROFILE, _replica
+
+from app import sandbox
+from app.remote import pg
+from app.remote.errors import WriteNotStoredError
+from app.store.store import Store
+
+
+def test_a_create_s_metadata_nested_as_deep_as_its_checks_take_is_made_and_answered_as_read(
+    app_store: Store,
+) -> None:
+    nested: object = [1]
+    for _ in range(600):  # past the copy's recursion (about 480), short of json.dumps's
+        nested = {"b": 2, "a": nested}
+    sent = {"z": nested, "o": OrderedDict([("y", (1, {"q": 1, "p": 2})), ("x", 0)])}
+    # Before: RecursionError, the batch's first create registered as in creation for good.
+    made = app_store.create_sessions([("first", {}), ("deep", sent)])
+    assert all(isinstance(one, dict) for one in made), made
+    first, deep = made
+    assert isinstance(first, dict) and isinstance(deep, dict)
+    read = app_store.get_session(deep["id"])
+    # Before: the OrderedDict answered as sent ("y" before "x"), read back sorted.
+    assert json.dumps(deep["metadata"]) == json.dumps(read["metadata"])
+    assert json.dumps(read["metadata"]).startswith('{"o": {"x": 0, "y": [1, {"p": 2, "q": 1}]}')
+    later = app_store.create_session("later", {})
+    listed = [item["id"] for item in app_store.list_sessions().items]
+    assert listed == sorted([first["id"], deep["id"], later["id"]])
+
+
+#: A again (its arguments: the registry, the run's pid, N's script, X's output file), with N
+#: and D1 as its children (the walk visits D1 first, then N and N's child C). Once
+#: the run's first hand-over at its end is done, A ends D1 and leaves it a zombie: each walk
+#: sees its pid exit, from the first on. As the second walk reads N's entry (the first's
+#: reads came before it wrote C's), A holds the run's process, reaps D1, and starts W, which
+#: starts X at D1's pid and exits; A reaps it and lets the run go on.
+ZOMBIE_A = r"""
+import ctypes, os, select, signal, struct, subprocess, sys, time
+from pathlib import Path
+
+registry, runner, script, out = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+deadline = time.monotonic() + 120  # a run killed before its end: A gives up, said by the test
+
+
+def name(pid):
+    raw = Path(f"/proc/{pid}/stat").read_bytes()
+    return f"{pid}-{int(raw[raw.rfind(b')') + 2:].split()[19])}.json"
+
+
+libc = ctypes.CDLL(None, use_errno=True)
+watch = libc.inotify_init1(os.O_CLOEXEC)
+IN_OPEN, IN_CREATE, IN_MOVED_TO = 0x20, 0x100, 0x80
+assert libc.inotify_add_watch(watch, bytes(registry), IN_OPEN | IN_CREATE | IN_MOVED_TO) >= 0
+
+
+def events():
+    while True:
+        if not select.select([watch], [], [], max(deadline - time.monotonic(), 0))[0]:
+            os._exit(3)
+        buf = os.read(watch, 1 << 16)
+        at = 0
+        while at < len(buf):
+            _, mask, _, size = struct.unpack_from("iIII", buf, at)
+            yield mask, buf[at + 16 : at + 16 + size].rstrip(b"\0").decode()
+            at += 16 + size
+
+
+n = subprocess.Popen([sys.executable, script, out + "-n"])  # N, with C
+while not Path(out + "-n").exists():
+    time.sleep(0.01)
+d1 = subprocess.Popen(["sleep", "30"])
+p = d1.pid
+try:
+    os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(1))
+except OSError:
+    pass  # no real-time time here: woken as the others are
+npid, cpid = map(int, Path(out + "-n").read_text().split())
+own_run, zombie, starting, child = name(runner), name(p), name(npid), name(cpid)
+Path(out + "-ready").write_text("")
+seen = events()
+for mask, found in seen:  # the run's first hand-over at its end is done
+    if mask & (IN_CREATE | IN_MOVED_TO) and found == own_run:
+        if b"ended_at" in (registry / found).read_bytes():
+            break
+os.kill(p, signal.SIGKILL)  # not reaped: a zombie, an exit each walk sees
+for mask, found in seen:  # the last hand-over's first walk has written D1's entry
+    if mask & (IN_CREATE | IN_MOVED_TO) and found == zombie:
+        break
+for mask, found in seen:  # ... and, after N's, that of N's child C
+    if mask & (IN_CREATE | IN_MOVED_TO) and found == child:
+        break
+for mask, found in seen:  # the second walk reads N's entry: it has read D1's stat
+    if mask & IN_OPEN and found == starting:
+        break
+os.kill(runner, signal.SIGSTOP)
+try:
+    stat = Path(f"/proc/{runner}/stat")
+    while stat.read_bytes().rpartition(b")")[2].split()[0] not in (b"T", b"t"):
+        time.sleep(0.0001)
+    d1.wait()
+    w = os.fork()
+    if w == 0:
+        code = (
+            "import os, subprocess, sys, time\n"
+            f"while os.path.exists('/proc/{runner}'):\n"
+            "    time.sleep(0.02)\n"
+            "done = subprocess.run([sys.executable, '-m', 'app', 'data', 'purge', '--profile', "
+            "'production', '--yes-i-mean-it'], capture_output=True, text=True)\n"
+            f"open({out!r}, 'w').write(done.stdout + done.stderr"
+            " + f'exit {done.returncode}\\n')\n"
+        )
+        env = {
+            "APP_SETTINGS_DIR": os.environ["RT61_SETTINGS"],
+            "APP_API_TOKEN": os.environ["RT61_TOKEN"],
+            "PATH": "/usr/bin:/bin",
+        }
+        Path("/proc/sys/kernel/ns_last_pid").write_text(str(p - 1))
+        x = os.posix_spawn(sys.executable, [sys.executable, "-c", code], env)
+        Path(out + "-x").write_text(f"{x} {p}")
+        os._exit(0)
+    os.waitpid(w, 0)
+finally:
+    os.kill(runner, signal.SIGCONT)
+time.sleep(30)  # alive as the walks come to it
+"""
+
+#: C: 300 threads, whose lists of children hold the walk a moment after N, for A to be
+#: woken and hold it on a loaded machine too.
+THREADS = (
+    "import threading, time\n"
+    "for _ in range(300):\n"
+    "    threading.Thread(target=time.sleep, args=(30,)).start()\n"
+)
+
+#: N, as red team 68's, with C as its child (the walk visits it right after N), whose pid it
+#: writes after its own.
+N_WITH_C = N.replace(
+    "f.write(str(os.getpid()))",
+    "f.write(f'{os.getpid()} {subprocess.Popen([sys.executable, \"-c\", THREADS]).pid}')",
+).replace("import os, sys, time", f"import os, subprocess, sys, time\n\nTHREADS = {THREADS!r}")
+
+ZOMBIE = (
+    PRELUDE
+    + f"A = {ZOMBIE_A!r}\nN = {N_WITH_C!r}\n"
+    + r"""
+import time
+
+
+def test_leaves_a_process_at_the_pid_of_a_zombie_the_walks_saw():
+    out = str(OUT / "late")
+    script = OUT / "pytest"
+    script.write_text(N)
+    a = subprocess.Popen(
+        [sys.executable, "-c", A, str(sandbox.RUNS_DIR), str(os.getpid()), str(script), out],
+        stdin=subprocess.DEVNULL,
+    )
+    while not Path(out + "-ready").exists():
+        assert a.poll() is None
+        time.sleep(0.01)
+"""
+)
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "memfd_create") or os.geteuid() != 0 or shutil.which("unshare") is None,
+    reason="the inner run is kept out of this run's process tree in a PID namespace of its own "
+    "(unshare --pid needs root here)",
+)
+def test_a_process_at_the_pid_of_a_zombie_the_walks_saw_leaves_no_child_outside_the_run(
+    tmp_path: Path,
+) -> None:
+    inner, said = run_inner(tmp_path, ZOMBIE, ("late", "late-x"), shell=_SHELL)
+    x, p = said["late-x"].split()
+    assert x == p, said  # X had the zombie's pid
+    assert " passed" in inner.stdout, inner.stdout
+    code = said["late"].rstrip().rpartition("\n")[2]
+    assert code == "exit 78", said
+    assert "started by the test run of pytest pid " in said["late"], said
+    assert ", which has ended, registered in " + str(sandbox.RUNS_DIR) in said["late"], said
+
+
+#: A function that puts a row taken out of the trash back.
+_BACK = """
+CREATE FUNCTION rt68b_back() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
+  EXECUTE format('UPDATE %I SET deleted_at = $1, trash_name = $2, deleted_reason = $3'
+                 ' WHERE id = $4', TG_TABLE_NAME)
+    USING OLD.deleted_at, OLD.trash_name, OLD.deleted_reason, NEW.id;
+  RETURN NULL; END $$;
+"""
+
+#: A trigger of another's after each update of `table`, deferred to the commit (the kind the
+#: open leaves alone: a change-data-capture tool's), that runs it.
+_BACK_TO_THE_TRASH = """
+CREATE CONSTRAINT TRIGGER rt68b_back AFTER UPDATE ON {table} DEFERRABLE INITIALLY DEFERRED
+  FOR EACH ROW WHEN (OLD.deleted_at IS NOT NULL AND NEW.deleted_at IS NULL)
+  EXECUTE FUNCTION rt68b_back();
+"""
+
+
+def test_a_restore_that_a_trigger_deferred_to_the_commit_undoes_is_refused_unchanged(
+    postgres_engine: PostgresEngine, s3_engine: S3Engine
+) -> None:
+    with postgres_engine.opened_database(PROFILE) as (name, url):
+        with _replica(s3_engine, (url, new_blob_url(s3_engine))) as store:
+            session = store.create_session("kept", {})["id"]
+            store.put_file(session, "a.txt", b"acknowledged bytes")
+            store.delete_file(session, "a.txt")
+            with postgres_engine.connect(name) as admin:
+                admin.execute(_BACK + _BACK_TO_THE_TRASH.format(table="app_files"))  # type: ignore[arg-type]
+            # Before: answered with a.txt live, its restore audited; a.txt still in the trash.
+            with pytest.raises(WriteNotStoredError) as refused:
+                store.restore(session, file="a.txt")
+            assert refused.value.message.startswith(
+                f"database {pg.mask_url(url)} did not store the restore of 'a.txt' into session "
+                f"{session}: its UPDATE of app_files changed a row, but once every trigger had "
+                "run that row was not as the change left it"
+            ), refused.value.message
+            assert "nothing was changed (its transaction was rolled back)" in str(refused.value)
+            assert [(e.kind, e.file) for e in store.list_trash()] == [("file", "a.txt")]
+
+            store.delete_session(session)
+            with postgres_engine.connect(name) as admin:
+                admin.execute(_BACK_TO_THE_TRASH.format(table="app_sessions"))  # type: ignore[arg-type]
+            # Before: answered with the session live, its restore audited; still in the trash.
+            with pytest.raises(WriteNotStoredError) as refused:
+                store.restore(session)
+            assert f"did not store the restore of session {session}: its UPDATE of " in str(
+                refused.value
+            )
+            assert sorted(e.kind for e in store.list_trash()) == ["file", "session"]
+        with psycopg.connect(url) as conn:
+            assert not conn.execute(
+                "SELECT 1 FROM app_audit WHERE operation LIKE 'restore-%'"
+            ).fetchall()
