@@ -154,8 +154,16 @@ try:
             "APP_API_TOKEN": os.environ["RT61_TOKEN"],
             "PATH": "/usr/bin:/bin",
         }
-        Path("/proc/sys/kernel/ns_last_pid").write_text(str(p - 1))
-        x = os.posix_spawn(sys.executable, [sys.executable, "-c", code], env)
+        # At D1's pid, tried again while another process took it (it got another once in
+        # ten runs under -n 2); the last one made is kept whatever its pid.
+        for attempt in range(400):
+            Path("/proc/sys/kernel/ns_last_pid").write_text(str(p - 1))
+            x = os.posix_spawn(sys.executable, [sys.executable, "-c", code], env)
+            if x == p or attempt == 399:
+                break
+            os.kill(x, signal.SIGKILL)
+            os.waitpid(x, 0)
+            time.sleep(0.005)
         Path(out + "-x").write_text(f"{x} {p}")
         os._exit(0)
     os.waitpid(w, 0)
@@ -210,13 +218,14 @@ def test_a_process_at_the_pid_of_a_zombie_the_walks_saw_leaves_no_child_outside_
     tmp_path: Path,
 ) -> None:
     inner, said = run_inner(tmp_path, ZOMBIE, ("late", "late-x"), shell=_SHELL)
-    x, p = said["late-x"].split()
-    assert x == p, said  # X had the zombie's pid
     assert " passed" in inner.stdout, inner.stdout
     code = said["late"].rstrip().rpartition("\n")[2]
     assert code == "exit 78", said
     assert "started by the test run of pytest pid " in said["late"], said
     assert ", which has ended, registered in " + str(sandbox.RUNS_DIR) in said["late"], said
+    x, p = said["late-x"].split()
+    if x != p:  # refused all the same, but not the attack this test is for
+        pytest.skip(f"X got pid {x}, not the zombie's {p}, in 400 tries (another process had it)")
 
 
 #: A function that puts a row taken out of the trash back.
