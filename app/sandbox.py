@@ -4387,14 +4387,21 @@ def _settled(read: list[int], seen: dict[int, int]) -> bool:
     walk had read before. A child born after the list of its parent was read again is one
     a survivor started once the last hand-over had walked past it: left as such (the
     limit the docs list). Each child's start time is read again too: one at the pid of a
-    process the walk saw exit is another (red team 68 on regress)."""
+    process the walk saw exit is another (red team 68 on regress). One whose start time
+    cannot be read again is not known to be the one the walk saw: taken for it, a process
+    at a zombie's pid that exited once the run's list was read (its child left to that
+    list, read already), or whose ``/proc/<pid>/stat`` a test as root had mounted over,
+    got no entry, nor did its child (red team 68 on regress, rt-regress68c)."""
     for parent in reversed(read):
         for child in _children(parent):
             if child not in seen:
                 return False
             fields = _stat_fields(child)
-            if fields is not None and fields[1] != seen[child]:
-                return False  # another process, at the pid of one the walk saw exit
+            if fields is None or fields[1] != seen[child]:
+                # Another process, at the pid of one the walk saw exit; or one whose start
+                # time cannot be read again (gone since its parent's list was read, its
+                # children left to a list read already): not told apart, another walk.
+                return False
     return True
 
 
