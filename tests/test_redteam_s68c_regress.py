@@ -13,8 +13,13 @@ What broke:
   whatever a create's copy raises is that create's answer alone (a key of a ``str``
   subclass whose order raises, which the checks, not sorting, take, did the same before
   rt-regress68b).
+- The run's last hand-over's lists read again (`_settled`) took a child whose start time
+  could not be read again (gone since its parent's list was read) for the process the walk
+  saw at its pid: one at a zombie's pid, ended after the run's list (read last) was read,
+  left its child in no list. Such a child now means another walk.
 
-On a real root (the suite's ``app_store``).
+The first two on a real root (the suite's ``app_store``); the third on `_settled` itself, a
+real child's reads made to fail by strace.
 """
 
 from __future__ import annotations
