@@ -17,9 +17,14 @@ What broke:
   could not be read again (gone since its parent's list was read) for the process the walk
   saw at its pid: one at a zombie's pid, ended after the run's list (read last) was read,
   left its child in no list. Such a child now means another walk.
+- A child whose ``/proc/<pid>/stat`` a test as root had bound a copy over (a file of
+  another filesystem) was passed over by every walk of the hand-over (no start time, so no
+  entry); unmounted once the run had ended, it purged a stopped production root. Its start
+  time is now read from its main thread's ``stat``.
 
 The first two on a real root (the suite's ``app_store``); the third on `_settled` itself, a
-real child's reads made to fail by strace.
+real child's reads made to fail by strace; the fourth on an inner pytest in a PID namespace
+of its own beside a stopped production root (red team 61's harness).
 """
 
 from __future__ import annotations
@@ -29,10 +34,14 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
+from test_redteam_s61_children import PRELUDE, run_inner
+from test_redteam_s67_guard import _SHELL
 
+from app import sandbox
 from app.store.store import Store
 
 
@@ -140,3 +149,41 @@ def test_a_child_listed_again_whose_start_time_cannot_be_read_is_not_taken_as_se
     # Before: "True True", a child at the pid of one the walk saw, gone before its start
     # time was read again (its children left to a list read already), taken as seen.
     assert done.stdout.split() == ["True", "False"], done.stdout
+
+
+#: The inner run's test: X (waits for the run's process to be gone, unmounts what is bound
+#: over its `stat`, then runs a purge given production's settings alone), a copy of X's
+#: `stat` bound over `/proc/<X>/stat` (a file of another filesystem: `_MISSHOWN`).
+MOUNTED_OVER = (
+    PRELUDE
+    + r"""
+
+def test_leaves_a_child_whose_stat_is_mounted_over():
+    out = str(OUT / "late")
+    purge = f"{sys.executable} -m app data purge --profile production --yes-i-mean-it"
+    line = (
+        f"while kill -0 {os.getpid()} 2>/dev/null; do sleep 0.02; done; "
+        f"umount /proc/$$/stat && {purge} > {out} 2>&1; echo exit $? >> {out}"
+    )
+    x = subprocess.Popen(["sh", "-c", line], env=ENV)
+    fake = OUT / "stat"
+    fake.write_bytes(Path(f"/proc/{x.pid}/stat").read_bytes())
+    subprocess.run(["mount", "--bind", str(fake), f"/proc/{x.pid}/stat"], check=True)
+    assert sandbox._stat_fields(x.pid) is None  # not its own: read as missing
+"""
+)
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "memfd_create") or os.geteuid() != 0 or shutil.which("unshare") is None,
+    reason="only root mounts over /proc, here in the mount namespace of an inner run kept out "
+    "of this run's process tree in a PID namespace of its own (unshare --pid --mount-proc)",
+)
+def test_a_child_whose_stat_a_test_mounts_over_is_handed_on_all_the_same(tmp_path: Path) -> None:
+    # Before: every walk passed X over (no start time, so no entry); unmounted once the run
+    # had ended, it purged the stopped production root (`run_inner` checks it untouched).
+    inner, said = run_inner(tmp_path, MOUNTED_OVER, ("late",), shell=_SHELL)
+    assert " passed" in inner.stdout, inner.stdout
+    assert said["late"].rstrip().rpartition("\n")[2] == "exit 78", said
+    assert "started by the test run of pytest pid " in said["late"], said
+    assert ", which has ended, registered in " + str(sandbox.RUNS_DIR) in said["late"], said
