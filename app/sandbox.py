@@ -3636,7 +3636,9 @@ def _publish(
     None: an entry that says this process is a pytest run still starting, without a sandbox
     yet."""
     pid = outlived or _proc_self()
-    started = _stat_fields(pid) if pid is not None else None
+    # A child's as its walk read it (`_descendant_fields`: its `stat` may be mounted over).
+    fields = _stat_fields if outlived is None else _descendant_fields
+    started = fields(pid) if pid is not None else None
     if pid is None or started is None:
         return  # no /proc: children fall back to the environment
     data = _entry_dict(run, pid)
@@ -4387,15 +4389,49 @@ def _settled(read: list[int], seen: dict[int, int]) -> bool:
     walk had read before. A child born after the list of its parent was read again is one
     a survivor started once the last hand-over had walked past it: left as such (the
     limit the docs list). Each child's start time is read again too: one at the pid of a
-    process the walk saw exit is another (red team 68 on regress)."""
+    process the walk saw exit is another (red team 68 on regress). One whose start time
+    cannot be read again is not known to be the one the walk saw: taken for it, a process
+    at a zombie's pid that exited once the run's list was read (its child left to that
+    list, read already), or whose ``/proc/<pid>/stat`` a test as root had mounted over,
+    got no entry, nor did its child (red team 68 on regress, rt-regress68c)."""
     for parent in reversed(read):
         for child in _children(parent):
             if child not in seen:
                 return False
-            fields = _stat_fields(child)
-            if fields is not None and fields[1] != seen[child]:
-                return False  # another process, at the pid of one the walk saw exit
+            fields = _descendant_fields(child)
+            if fields is None or fields[1] != seen[child]:
+                # Another process, at the pid of one the walk saw exit; or one whose start
+                # time cannot be read again (gone since its parent's list was read, its
+                # children left to a list read already): not told apart, another walk.
+                return False
     return True
+
+
+def _descendant_fields(pid: int) -> tuple[int, int] | None:
+    """`_stat_fields` of a descendant the run's hand-over walks; where its ``stat`` is not
+    its own (a file bound over it: `_MISSHOWN`), its main thread's, which is the same.
+
+    A test run as root that bound a copy of its child's ``stat`` over ``/proc/<pid>/stat``
+    through the run's last hand-over had that child passed over by every walk (no start
+    time, so no entry, and its children unread); once the run had ended, the child
+    unmounted it and purged a stopped production root (red team 68 on regress,
+    rt-regress68c). One whose whole entry of ``/proc`` is mounted over is read as before
+    (the limit the docs list)."""
+    fields = _stat_fields(pid)
+    if fields is not None or pid not in _MISSHOWN:
+        return fields
+    try:
+        raw = _proc_bytes(pid, f"task/{pid}/stat", misshown=True)
+    except OSError:
+        return None
+    if not raw.startswith(b"%d (" % pid):
+        return None
+    rest = raw[raw.rfind(b")") + 2 :].split()
+    try:
+        starts = _start_ticks(int(rest[19]))
+        return (int(rest[1]), starts[0]) if starts else None
+    except (IndexError, ValueError):
+        return None
 
 
 def _hand_on_walk(
@@ -4419,7 +4455,7 @@ def _hand_on_walk(
         child = pending.pop()
         if child in seen:
             continue
-        fields = _stat_fields(child)
+        fields = _descendant_fields(child)
         if fields is None:
             seen[-child] = 0
             continue

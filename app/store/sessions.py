@@ -199,7 +199,13 @@ class Sessions:
         fields: list[tuple[int, str, dict[str, Any]]] = []
         for index, (title, metadata) in enumerate(wanted):
             try:
-                fields.append((index, title, checked_session_fields(title, metadata)))
+                # Its keys sorted here (`_keys_sorted`), not under the lock below: raised
+                # there, the creates before it stayed registered as in creation for good,
+                # every later session left out of every listing (red team 68 on regress,
+                # rt-regress68c: a key of a str subclass whose order raises, which the
+                # checks, not sorting, take).
+                checked = _keys_sorted(checked_session_fields(title, metadata))
+                fields.append((index, title, checked))
             except Exception as error:  # this one's answer; the others go on
                 results[index] = error
         # The ids are made and registered as in creation in one step, and stay registered
@@ -1018,6 +1024,7 @@ def _iso(moment: datetime) -> str:
 
 
 def _new_session(title: str, metadata: dict[str, Any]) -> SessionRecord:
+    """A new session's record; ``metadata`` as `_keys_sorted` gives it."""
     now = _iso(datetime.now(UTC))
     return {
         "id": new_session_id(),
@@ -1025,7 +1032,7 @@ def _new_session(title: str, metadata: dict[str, Any]) -> SessionRecord:
         # As session.json keeps it (`json_bytes` sorts every object's keys), which every
         # read answers: the create answered the order sent, and each read after it another
         # (red team 68; red team 63 had the same of PostgreSQL's column retyped jsonb).
-        "metadata": _keys_sorted(metadata),
+        "metadata": metadata,
         "created_at": now,
         "updated_at": now,
         "files": [],
@@ -1042,7 +1049,10 @@ def _keys_sorted(value: Any) -> Any:
     in a batch, the creates before it stayed registered as in creation for good, and every
     session made after them was left out of every listing (red team 68 on regress). What
     ``json.dumps`` writes as an object or an array (a ``dict`` subclass, a tuple) is copied
-    as one: an ``OrderedDict`` was answered in the order sent."""
+    as one: an ``OrderedDict`` was answered in the order sent. Its values are read as
+    ``json.dumps`` reads them, by ``items()``: read by ``[]``, a subclass whose ``[]`` is
+    another view of it was answered with values no read gives back, or raised (red team 68
+    on regress, rt-regress68c)."""
     if not isinstance(value, dict | list | tuple):
         return value
     top: Any = {} if isinstance(value, dict) else []
@@ -1051,8 +1061,11 @@ def _keys_sorted(value: Any) -> Any:
     while pending:
         source, target = pending.pop()
         if type(target) is dict:
-            for key in sorted(source):
-                item = source[key]
+            # A subclass's items as `json.dumps` reads them (``items()``); an exact dict's
+            # by ``[]``, the same, sooner.
+            view = source if type(source) is dict else dict(source.items())
+            for key in sorted(view):
+                item = view[key]
                 if isinstance(item, dict):
                     target[key] = new = {}
                     pending.append((item, new))
