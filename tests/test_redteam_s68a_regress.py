@@ -34,24 +34,28 @@ is alive to the hand-over now only while its pid has the start time the walk rea
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
-import pytest
 from test_redteam_s61_children import PRELUDE, run_inner
-from test_redteam_s67_guard import _SHELL
+from test_redteam_s67_guard import (
+    _SHELL,
+    assert_refused_after_the_run,
+    needs_pid_namespace,
+    skip_unless_at_the_pid,
+)
 
-from app import sandbox
-
-#: A (its arguments: the registry, the run's pid, a file holding N's pid, X's output file):
-#: watches the registry; once the run's last hand-over has written its child's entry, starts
-#: W. W starts X, and exits as the next walk reads N's entry; A reaps it at once.
-A = r"""
+#: What A's scripts begin with (their arguments: the registry, the run's pid, a third, X's
+#: output file): ``name(pid)``, the entry's name of a process; ``realtime()``; ``events()``, the
+#: registry's opens and new names in the order they happened; ``hold_the_run()`` (``SIGSTOP``,
+#: until the kernel has stopped it); ``x_at(pid)``, X started at `pid`
+#: (``ns_last_pid``) by W, given production's settings alone, waiting for the run to be gone,
+#: then purging (tried again while another process holds that pid; the last kept whatever its
+#: pid, which X's output file ``-x`` says beside `pid`).
+WATCHER = r"""
 import ctypes, json, os, select, signal, struct, subprocess, sys, time
 from pathlib import Path
 
-registry, runner, npid, out = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+registry, runner, given, out = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
 deadline = time.monotonic() + 120  # a run killed before its end: A gives up, said by the test
 
 
@@ -87,6 +91,51 @@ def events():
             at += 16 + size
 
 
+def hold_the_run():
+    os.kill(runner, signal.SIGSTOP)
+    stat = Path(f"/proc/{runner}/stat")
+    while stat.read_bytes().rpartition(b")")[2].split()[0] not in (b"T", b"t"):
+        time.sleep(0.0001)
+
+
+def x_at(pid):
+    w = os.fork()
+    if w == 0:
+        code = (
+            "import os, subprocess, sys, time\n"
+            f"while os.path.exists('/proc/{runner}'):\n"
+            "    time.sleep(0.02)\n"
+            "done = subprocess.run([sys.executable, '-m', 'app', 'data', 'purge', '--profile', "
+            "'production', '--yes-i-mean-it'], capture_output=True, text=True)\n"
+            f"open({out!r}, 'w').write(done.stdout + done.stderr"
+            " + f'exit {done.returncode}\\n')\n"
+        )
+        env = {
+            "APP_SETTINGS_DIR": os.environ["RT61_SETTINGS"],
+            "APP_API_TOKEN": os.environ["RT61_TOKEN"],
+            "PATH": "/usr/bin:/bin",
+        }
+        for attempt in range(400):
+            Path("/proc/sys/kernel/ns_last_pid").write_text(str(pid - 1))
+            x = os.posix_spawn(sys.executable, [sys.executable, "-c", code], env)
+            if x == pid or attempt == 399:
+                break
+            os.kill(x, signal.SIGKILL)
+            os.waitpid(x, 0)
+            time.sleep(0.005)
+        Path(out + "-x").write_text(f"{x} {pid}")
+        os._exit(0)
+    os.waitpid(w, 0)
+"""
+
+
+#: A (its arguments: the registry, the run's pid, a file holding N's pid, X's output file):
+#: watches the registry; once the run's last hand-over has written its child's entry, starts
+#: W. W starts X, and exits as the next walk reads N's entry; A reaps it at once.
+A = (
+    WATCHER
+    + r"""
+npid = given
 d = subprocess.Popen(["sleep", "30"])  # written once A's list is read
 realtime()
 own_run, child = name(runner), name(d.pid)
@@ -119,10 +168,7 @@ if w == 0:
     for mask, found in seen:  # the next walk reads N's entry: it has read the run's list
         if mask & IN_OPEN and found == starting:
             break
-    os.kill(runner, signal.SIGSTOP)
-    stat = Path(f"/proc/{runner}/stat")
-    while stat.read_bytes().rpartition(b")")[2].split()[0] not in (b"T", b"t"):
-        time.sleep(0.0001)
+    hold_the_run()
     os._exit(0)
 try:
     os.waitpid(w, 0)
@@ -130,6 +176,7 @@ finally:
     os.kill(runner, signal.SIGCONT)
 time.sleep(30)  # alive as the walk comes to it: W left no trace
 """
+)
 
 #: N: a pytest still starting, as the registry knows one (`sandbox.announce_start`, what a
 #: nested pytest's start writes; its script is named pytest): the walk reads its entry each
@@ -171,20 +218,13 @@ def test_leaves_a_process_born_and_gone_between_two_walks():
 )
 
 
-@pytest.mark.skipif(
-    not hasattr(os, "memfd_create") or os.geteuid() != 0 or shutil.which("unshare") is None,
-    reason="the inner run is kept out of this run's process tree in a PID namespace of its own "
-    "(unshare --pid needs root here)",
-)
+@needs_pid_namespace
 def test_a_process_born_and_gone_between_two_walks_leaves_no_child_outside_the_run(
     tmp_path: Path,
 ) -> None:
     inner, said = run_inner(tmp_path, INNER, ("late",), shell=_SHELL)
     assert " passed" in inner.stdout, inner.stdout
-    code = said["late"].rstrip().rpartition("\n")[2]
-    assert code == "exit 78", said
-    assert "started by the test run of pytest pid " in said["late"], said
-    assert ", which has ended, registered in " + str(sandbox.RUNS_DIR) in said["late"], said
+    assert_refused_after_the_run(said)
 
 
 #: A again (its arguments: the registry, the run's pid, N's script, X's output file), with B
@@ -192,45 +232,15 @@ def test_a_process_born_and_gone_between_two_walks_leaves_no_child_outside_the_r
 #: hand-over's second walk reads N's entry (the first wrote B's after N's), A holds the run's
 #: process, ends N and reaps it, and starts W, which starts X at N's pid (``ns_last_pid``)
 #: and exits; A reaps it and lets the run go on.
-REUSED_A = r"""
-import ctypes, os, select, signal, struct, subprocess, sys, time
-from pathlib import Path
-
-registry, runner, script, out = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
-deadline = time.monotonic() + 120  # a run killed before its end: A gives up, said by the test
-
-
-def name(pid):
-    raw = Path(f"/proc/{pid}/stat").read_bytes()
-    return f"{pid}-{int(raw[raw.rfind(b')') + 2:].split()[19])}.json"
-
-
-libc = ctypes.CDLL(None, use_errno=True)
-watch = libc.inotify_init1(os.O_CLOEXEC)
-IN_OPEN, IN_CREATE, IN_MOVED_TO = 0x20, 0x100, 0x80
-assert libc.inotify_add_watch(watch, bytes(registry), IN_OPEN | IN_CREATE | IN_MOVED_TO) >= 0
-
-
-def events():
-    while True:
-        if not select.select([watch], [], [], max(deadline - time.monotonic(), 0))[0]:
-            os._exit(3)
-        buf = os.read(watch, 1 << 16)
-        at = 0
-        while at < len(buf):
-            _, mask, _, size = struct.unpack_from("iIII", buf, at)
-            yield mask, buf[at + 16 : at + 16 + size].rstrip(b"\0").decode()
-            at += 16 + size
-
-
+REUSED_A = (
+    WATCHER
+    + r"""
+script = given
 b = subprocess.Popen(["sleep", "30"])
 n = subprocess.Popen([sys.executable, script, out + "-n"])
 while not Path(out + "-n").exists():
     time.sleep(0.01)
-try:
-    os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(1))
-except OSError:
-    pass  # no real-time time here: woken as the others are
+realtime()
 own_run, written, starting = name(runner), name(b.pid), name(n.pid)
 seen = events()
 for mask, found in seen:  # the run's first hand-over at its end is done
@@ -243,39 +253,16 @@ for mask, found in seen:  # the last hand-over's first walk is past N
 for mask, found in seen:  # the second walk reads N's entry: it has read N's stat
     if mask & IN_OPEN and found == starting:
         break
-os.kill(runner, signal.SIGSTOP)
+hold_the_run()
 try:
-    stat = Path(f"/proc/{runner}/stat")
-    while stat.read_bytes().rpartition(b")")[2].split()[0] not in (b"T", b"t"):
-        time.sleep(0.0001)
     n.kill()
     n.wait()
-    w = os.fork()
-    if w == 0:
-        # X: no child of its own while the walk reads its list
-        code = (
-            "import os, subprocess, sys, time\n"
-            f"while os.path.exists('/proc/{runner}'):\n"
-            "    time.sleep(0.02)\n"
-            "done = subprocess.run([sys.executable, '-m', 'app', 'data', 'purge', '--profile', "
-            "'production', '--yes-i-mean-it'], capture_output=True, text=True)\n"
-            f"open({out!r}, 'w').write(done.stdout + done.stderr"
-            " + f'exit {done.returncode}\\n')\n"
-        )
-        env = {
-            "APP_SETTINGS_DIR": os.environ["RT61_SETTINGS"],
-            "APP_API_TOKEN": os.environ["RT61_TOKEN"],
-            "PATH": "/usr/bin:/bin",
-        }
-        Path("/proc/sys/kernel/ns_last_pid").write_text(str(n.pid - 1))
-        x = os.posix_spawn(sys.executable, [sys.executable, "-c", code], env)
-        Path(out + "-x").write_text(f"{x} {n.pid}")
-        os._exit(0)
-    os.waitpid(w, 0)
+    x_at(n.pid)  # X: no child of its own while the walk reads its list
 finally:
     os.kill(runner, signal.SIGCONT)
 time.sleep(30)  # alive as the walk comes to it
 """
+)
 
 REUSED = (
     PRELUDE
@@ -299,19 +286,11 @@ def test_leaves_a_process_at_the_pid_of_one_the_walk_saw():
 )
 
 
-@pytest.mark.skipif(
-    not hasattr(os, "memfd_create") or os.geteuid() != 0 or shutil.which("unshare") is None,
-    reason="the inner run is kept out of this run's process tree in a PID namespace of its own "
-    "(unshare --pid needs root here)",
-)
+@needs_pid_namespace
 def test_a_process_at_the_pid_of_one_the_last_walk_saw_leaves_no_child_outside_the_run(
     tmp_path: Path,
 ) -> None:
     inner, said = run_inner(tmp_path, REUSED, ("late", "late-x"), shell=_SHELL)
-    x, n = said["late-x"].split()
-    assert x == n, said  # X had N's pid
     assert " passed" in inner.stdout, inner.stdout
-    code = said["late"].rstrip().rpartition("\n")[2]
-    assert code == "exit 78", said
-    assert "started by the test run of pytest pid " in said["late"], said
-    assert ", which has ended, registered in " + str(sandbox.RUNS_DIR) in said["late"], said
+    assert_refused_after_the_run(said)
+    skip_unless_at_the_pid(said)  # X had N's pid

@@ -28,8 +28,6 @@ harness); the second on the suite's PostgreSQL and SeaweedFS; the third on a rea
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from collections import OrderedDict
 from pathlib import Path
 
@@ -37,11 +35,15 @@ import psycopg
 import pytest
 from engines import PostgresEngine, S3Engine, new_blob_url
 from test_redteam_s61_children import PRELUDE, run_inner
-from test_redteam_s67_guard import _SHELL
-from test_redteam_s68a_regress import N
+from test_redteam_s67_guard import (
+    _SHELL,
+    assert_refused_after_the_run,
+    needs_pid_namespace,
+    skip_unless_at_the_pid,
+)
+from test_redteam_s68a_regress import WATCHER, N
 from test_remote_store import PROFILE, _replica
 
-from app import sandbox
 from app.remote import pg
 from app.remote.errors import WriteNotStoredError
 from app.store.store import Store
@@ -74,46 +76,16 @@ def test_a_create_s_metadata_nested_as_deep_as_its_checks_take_is_made_and_answe
 #: sees its pid exit, from the first on. As the second walk reads N's entry (the first's
 #: reads came before it wrote C's), A holds the run's process, reaps D1, and starts W, which
 #: starts X at D1's pid and exits; A reaps it and lets the run go on.
-ZOMBIE_A = r"""
-import ctypes, os, select, signal, struct, subprocess, sys, time
-from pathlib import Path
-
-registry, runner, script, out = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
-deadline = time.monotonic() + 120  # a run killed before its end: A gives up, said by the test
-
-
-def name(pid):
-    raw = Path(f"/proc/{pid}/stat").read_bytes()
-    return f"{pid}-{int(raw[raw.rfind(b')') + 2:].split()[19])}.json"
-
-
-libc = ctypes.CDLL(None, use_errno=True)
-watch = libc.inotify_init1(os.O_CLOEXEC)
-IN_OPEN, IN_CREATE, IN_MOVED_TO = 0x20, 0x100, 0x80
-assert libc.inotify_add_watch(watch, bytes(registry), IN_OPEN | IN_CREATE | IN_MOVED_TO) >= 0
-
-
-def events():
-    while True:
-        if not select.select([watch], [], [], max(deadline - time.monotonic(), 0))[0]:
-            os._exit(3)
-        buf = os.read(watch, 1 << 16)
-        at = 0
-        while at < len(buf):
-            _, mask, _, size = struct.unpack_from("iIII", buf, at)
-            yield mask, buf[at + 16 : at + 16 + size].rstrip(b"\0").decode()
-            at += 16 + size
-
-
+ZOMBIE_A = (
+    WATCHER
+    + r"""
+script = given
 n = subprocess.Popen([sys.executable, script, out + "-n"])  # N, with C
 while not Path(out + "-n").exists():
     time.sleep(0.01)
 d1 = subprocess.Popen(["sleep", "30"])
 p = d1.pid
-try:
-    os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(1))
-except OSError:
-    pass  # no real-time time here: woken as the others are
+realtime()
 npid, cpid = map(int, Path(out + "-n").read_text().split())
 own_run, zombie, starting, child = name(runner), name(p), name(npid), name(cpid)
 Path(out + "-ready").write_text("")
@@ -132,45 +104,15 @@ for mask, found in seen:  # ... and, after N's, that of N's child C
 for mask, found in seen:  # the second walk reads N's entry: it has read D1's stat
     if mask & IN_OPEN and found == starting:
         break
-os.kill(runner, signal.SIGSTOP)
+hold_the_run()
 try:
-    stat = Path(f"/proc/{runner}/stat")
-    while stat.read_bytes().rpartition(b")")[2].split()[0] not in (b"T", b"t"):
-        time.sleep(0.0001)
     d1.wait()
-    w = os.fork()
-    if w == 0:
-        code = (
-            "import os, subprocess, sys, time\n"
-            f"while os.path.exists('/proc/{runner}'):\n"
-            "    time.sleep(0.02)\n"
-            "done = subprocess.run([sys.executable, '-m', 'app', 'data', 'purge', '--profile', "
-            "'production', '--yes-i-mean-it'], capture_output=True, text=True)\n"
-            f"open({out!r}, 'w').write(done.stdout + done.stderr"
-            " + f'exit {done.returncode}\\n')\n"
-        )
-        env = {
-            "APP_SETTINGS_DIR": os.environ["RT61_SETTINGS"],
-            "APP_API_TOKEN": os.environ["RT61_TOKEN"],
-            "PATH": "/usr/bin:/bin",
-        }
-        # At D1's pid, tried again while another process took it (it got another once in
-        # ten runs under -n 2); the last one made is kept whatever its pid.
-        for attempt in range(400):
-            Path("/proc/sys/kernel/ns_last_pid").write_text(str(p - 1))
-            x = os.posix_spawn(sys.executable, [sys.executable, "-c", code], env)
-            if x == p or attempt == 399:
-                break
-            os.kill(x, signal.SIGKILL)
-            os.waitpid(x, 0)
-            time.sleep(0.005)
-        Path(out + "-x").write_text(f"{x} {p}")
-        os._exit(0)
-    os.waitpid(w, 0)
+    x_at(p)
 finally:
     os.kill(runner, signal.SIGCONT)
 time.sleep(30)  # alive as the walks come to it
 """
+)
 
 #: C: 300 threads, whose lists of children hold the walk a moment after N, for A to be
 #: woken and hold it on a loaded machine too.
@@ -209,23 +151,14 @@ def test_leaves_a_process_at_the_pid_of_a_zombie_the_walks_saw():
 )
 
 
-@pytest.mark.skipif(
-    not hasattr(os, "memfd_create") or os.geteuid() != 0 or shutil.which("unshare") is None,
-    reason="the inner run is kept out of this run's process tree in a PID namespace of its own "
-    "(unshare --pid needs root here)",
-)
+@needs_pid_namespace
 def test_a_process_at_the_pid_of_a_zombie_the_walks_saw_leaves_no_child_outside_the_run(
     tmp_path: Path,
 ) -> None:
     inner, said = run_inner(tmp_path, ZOMBIE, ("late", "late-x"), shell=_SHELL)
     assert " passed" in inner.stdout, inner.stdout
-    code = said["late"].rstrip().rpartition("\n")[2]
-    assert code == "exit 78", said
-    assert "started by the test run of pytest pid " in said["late"], said
-    assert ", which has ended, registered in " + str(sandbox.RUNS_DIR) in said["late"], said
-    x, p = said["late-x"].split()
-    if x != p:  # refused all the same, but not the attack this test is for
-        pytest.skip(f"X got pid {x}, not the zombie's {p}, in 400 tries (another process had it)")
+    assert_refused_after_the_run(said)
+    skip_unless_at_the_pid(said)  # X had the zombie's pid
 
 
 #: A function that puts a row taken out of the trash back.

@@ -39,9 +39,8 @@ from typing import Any
 
 import pytest
 from test_redteam_s61_children import PRELUDE, run_inner
-from test_redteam_s67_guard import _SHELL
+from test_redteam_s67_guard import _SHELL, assert_refused_after_the_run
 
-from app import sandbox
 from app.store.store import Store
 
 
@@ -184,6 +183,4 @@ def test_a_child_whose_stat_a_test_mounts_over_is_handed_on_all_the_same(tmp_pat
     # had ended, it purged the stopped production root (`run_inner` checks it untouched).
     inner, said = run_inner(tmp_path, MOUNTED_OVER, ("late",), shell=_SHELL)
     assert " passed" in inner.stdout, inner.stdout
-    assert said["late"].rstrip().rpartition("\n")[2] == "exit 78", said
-    assert "started by the test run of pytest pid " in said["late"], said
-    assert ", which has ended, registered in " + str(sandbox.RUNS_DIR) in said["late"], said
+    assert_refused_after_the_run(said)
