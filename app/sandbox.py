@@ -3559,7 +3559,7 @@ def _forget_dead_runs(directory: Path) -> None:
         pid, _, _ = name.partition("-")
         if not pid.isdigit():
             continue
-        found = _starts(int(pid))
+        found = _starts_unhidden(int(pid))  # its main thread's where its stat is not its own
         # Named with a PID namespace's number (`_name_to_write`): alive if that is where
         # the process at this pid lives.
         beside = found is not None and name.count("-") == 2
@@ -3980,11 +3980,45 @@ def _entry_state(entry: Path) -> tuple[int, int, int] | None:
 
 
 def _children(pid: int) -> set[int]:
+    """The children of `pid`, from ``/proc/<pid>/task/<tid>/children`` of each thread; where
+    one of those is not ``/proc``'s (a file bound over it), from the parent each process of
+    ``/proc`` names (`_children_by_parent`).
+
+    A test run as root that bound an empty file over its child's ``children`` through the
+    run's last hand-over had that child's own child passed over by every walk (no entry);
+    once the run and the child had ended, it purged a stopped production root (red team 68
+    on regress, rt-regress68d). A file of ``/proc``'s own bound there (another process's
+    list) is read as it says (the limit the docs list)."""
     found: set[int] = set()
+    proc = None
     with contextlib.suppress(OSError), os.scandir(f"{_PROC}/{pid}/task") as tasks:
         for task in tasks:  # a child is listed under the thread that started it
             with contextlib.suppress(OSError, ValueError):
-                found.update(map(int, _proc_bytes(pid, f"task/{task.name}/children").split()))
+                fd = os.open(f"{task.path}/children", os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    proc = _PROC.stat().st_dev if proc is None else proc
+                    if os.fstat(fd).st_dev != proc:
+                        return _children_by_parent(pid)
+                    chunks = []
+                    while chunk := os.read(fd, 65536):
+                        chunks.append(chunk)
+                finally:
+                    os.close(fd)
+                found.update(map(int, b"".join(chunks).split()))
+    return found
+
+
+def _children_by_parent(pid: int) -> set[int]:
+    """The processes of ``/proc`` whose parent is `pid` (`_descendant_fields`): read where a
+    ``children`` file of `pid`'s is not ``/proc``'s (`_children`); every process's ``stat``,
+    so not on every walk."""
+    found: set[int] = set()
+    with contextlib.suppress(OSError), os.scandir(_PROC) as entries:
+        for entry in entries:
+            if entry.name.isdigit():
+                fields = _descendant_fields(int(entry.name))
+                if fields is not None and fields[0] == pid:
+                    found.add(int(entry.name))
     return found
 
 
@@ -4417,9 +4451,21 @@ def _descendant_fields(pid: int) -> tuple[int, int] | None:
     unmounted it and purged a stopped production root (red team 68 on regress,
     rt-regress68c). One whose whole entry of ``/proc`` is mounted over is read as before
     (the limit the docs list)."""
-    fields = _stat_fields(pid)
-    if fields is not None or pid not in _MISSHOWN:
-        return fields
+    found = _starts_unhidden(pid)
+    return (found[0], found[1][0]) if found is not None else None
+
+
+def _starts_unhidden(pid: int) -> tuple[int, tuple[int, ...]] | None:
+    """`_starts` of `pid`; where its ``stat`` is not its own (`_MISSHOWN`), its main
+    thread's (`_descendant_fields`). Read so by the hand-over that writes an entry by that
+    start time, and by `_forget_dead_runs`, which tells by it whether the entry's process
+    lives: read by `_starts` alone, a run that started in the same mount namespace once the
+    run had ended removed the entry the run's end had written for a child whose ``stat`` a
+    test had mounted over, and the child, unmounting it, purged a stopped production root
+    (red team 68 on regress, rt-regress68d)."""
+    found = _starts(pid)
+    if found is not None or pid not in _MISSHOWN:
+        return found
     try:
         raw = _proc_bytes(pid, f"task/{pid}/stat", misshown=True)
     except OSError:
@@ -4429,7 +4475,7 @@ def _descendant_fields(pid: int) -> tuple[int, int] | None:
     rest = raw[raw.rfind(b")") + 2 :].split()
     try:
         starts = _start_ticks(int(rest[19]))
-        return (int(rest[1]), starts[0]) if starts else None
+        return (int(rest[1]), starts) if starts else None
     except (IndexError, ValueError):
         return None
 
