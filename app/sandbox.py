@@ -619,6 +619,11 @@ def _starts(pid: int) -> tuple[int, tuple[int, ...]] | None:
         what = f"it shows process {shown}'s" if shown.isdigit() else f"it reads as {raw[:20]!r}"
         _MISSHOWN.setdefault(int(pid), what)
         return None
+    return _starts_in(raw)
+
+
+def _starts_in(raw: bytes) -> tuple[int, tuple[int, ...]] | None:
+    """``(ppid, the start times it may have)`` that a process's ``stat`` line `raw` gives."""
     # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
     rest = raw[raw.rfind(b")") + 2 :].split()
     try:
@@ -4470,14 +4475,7 @@ def _starts_unhidden(pid: int) -> tuple[int, tuple[int, ...]] | None:
         raw = _proc_bytes(pid, f"task/{pid}/stat", misshown=True)
     except OSError:
         return None
-    if not raw.startswith(b"%d (" % pid):
-        return None
-    rest = raw[raw.rfind(b")") + 2 :].split()
-    try:
-        starts = _start_ticks(int(rest[19]))
-        return (int(rest[1]), starts) if starts else None
-    except (IndexError, ValueError):
-        return None
+    return _starts_in(raw) if raw.startswith(b"%d (" % pid) else None
 
 
 def _hand_on_walk(

@@ -264,14 +264,18 @@ time.sleep(30)  # alive as the walk comes to it
 """
 )
 
-REUSED = (
-    PRELUDE
-    + f"A = {REUSED_A!r}\nN = {N!r}\n"
-    + r"""
+
+def with_a(a: str, n: str, test: str, ready: str) -> str:
+    """An inner run's module whose test `test` starts A (source `a`; its third argument N's
+    script, source `n`, named pytest) and returns once A has written ``late<ready>``."""
+    return (
+        PRELUDE
+        + f"A = {a!r}\nN = {n!r}\n"
+        + f"""
 import time
 
 
-def test_leaves_a_process_at_the_pid_of_one_the_walk_saw():
+def {test}():
     out = str(OUT / "late")
     script = OUT / "pytest"
     script.write_text(N)
@@ -279,11 +283,14 @@ def test_leaves_a_process_at_the_pid_of_one_the_walk_saw():
         [sys.executable, "-c", A, str(sandbox.RUNS_DIR), str(os.getpid()), str(script), out],
         stdin=subprocess.DEVNULL,
     )
-    while not Path(out + "-n").exists():
+    while not Path(out + {ready!r}).exists():
         assert a.poll() is None
         time.sleep(0.01)
 """
-)
+    )
+
+
+REUSED = with_a(REUSED_A, N, "test_leaves_a_process_at_the_pid_of_one_the_walk_saw", "-n")
 
 
 @needs_pid_namespace

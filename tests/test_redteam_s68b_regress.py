@@ -34,14 +34,14 @@ from pathlib import Path
 import psycopg
 import pytest
 from engines import PostgresEngine, S3Engine, new_blob_url
-from test_redteam_s61_children import PRELUDE, run_inner
+from test_redteam_s61_children import run_inner
 from test_redteam_s67_guard import (
     _SHELL,
     assert_refused_after_the_run,
     needs_pid_namespace,
     skip_unless_at_the_pid,
 )
-from test_redteam_s68a_regress import WATCHER, N
+from test_redteam_s68a_regress import WATCHER, N, with_a
 from test_remote_store import PROFILE, _replica
 
 from app.remote import pg
@@ -129,25 +129,8 @@ N_WITH_C = N.replace(
     "f.write(f'{os.getpid()} {subprocess.Popen([sys.executable, \"-c\", THREADS]).pid}')",
 ).replace("import os, sys, time", f"import os, subprocess, sys, time\n\nTHREADS = {THREADS!r}")
 
-ZOMBIE = (
-    PRELUDE
-    + f"A = {ZOMBIE_A!r}\nN = {N_WITH_C!r}\n"
-    + r"""
-import time
-
-
-def test_leaves_a_process_at_the_pid_of_a_zombie_the_walks_saw():
-    out = str(OUT / "late")
-    script = OUT / "pytest"
-    script.write_text(N)
-    a = subprocess.Popen(
-        [sys.executable, "-c", A, str(sandbox.RUNS_DIR), str(os.getpid()), str(script), out],
-        stdin=subprocess.DEVNULL,
-    )
-    while not Path(out + "-ready").exists():
-        assert a.poll() is None
-        time.sleep(0.01)
-"""
+ZOMBIE = with_a(
+    ZOMBIE_A, N_WITH_C, "test_leaves_a_process_at_the_pid_of_a_zombie_the_walks_saw", "-ready"
 )
 
 
