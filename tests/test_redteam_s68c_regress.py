@@ -150,11 +150,35 @@ def test_a_child_listed_again_whose_start_time_cannot_be_read_is_not_taken_as_se
     assert done.stdout.split() == ["True", "False"], done.stdout
 
 
+#: Root mounting over /proc, in the mount namespace of an inner run kept out of this run's
+#: process tree in a PID namespace of its own.
+needs_root_over_proc = pytest.mark.skipif(
+    not hasattr(os, "memfd_create") or os.geteuid() != 0 or shutil.which("unshare") is None,
+    reason="only root mounts over /proc, here in the mount namespace of an inner run kept out "
+    "of this run's process tree in a PID namespace of its own (unshare --pid --mount-proc)",
+)
+
+#: What an inner module whose test mounts over its child's `stat` holds after `PRELUDE`:
+#: ``x_with_stat_mounted_over(line)`` starts X (``sh -c line``, production's settings alone)
+#: and binds a copy of X's `stat` (a file of another filesystem: `_MISSHOWN`) over
+#: ``/proc/<X>/stat``.
+STAT_MOUNTED_OVER = r"""
+
+def x_with_stat_mounted_over(line):
+    x = subprocess.Popen(["sh", "-c", line], env=ENV)
+    fake = OUT / "stat"
+    fake.write_bytes(Path(f"/proc/{x.pid}/stat").read_bytes())
+    subprocess.run(["mount", "--bind", str(fake), f"/proc/{x.pid}/stat"], check=True)
+    assert sandbox._stat_fields(x.pid) is None  # not its own: read as missing
+"""
+
+
 #: The inner run's test: X (waits for the run's process to be gone, unmounts what is bound
 #: over its `stat`, then runs a purge given production's settings alone), a copy of X's
 #: `stat` bound over `/proc/<X>/stat` (a file of another filesystem: `_MISSHOWN`).
 MOUNTED_OVER = (
     PRELUDE
+    + STAT_MOUNTED_OVER
     + r"""
 
 def test_leaves_a_child_whose_stat_is_mounted_over():
@@ -164,20 +188,12 @@ def test_leaves_a_child_whose_stat_is_mounted_over():
         f"while kill -0 {os.getpid()} 2>/dev/null; do sleep 0.02; done; "
         f"umount /proc/$$/stat && {purge} > {out} 2>&1; echo exit $? >> {out}"
     )
-    x = subprocess.Popen(["sh", "-c", line], env=ENV)
-    fake = OUT / "stat"
-    fake.write_bytes(Path(f"/proc/{x.pid}/stat").read_bytes())
-    subprocess.run(["mount", "--bind", str(fake), f"/proc/{x.pid}/stat"], check=True)
-    assert sandbox._stat_fields(x.pid) is None  # not its own: read as missing
+    x_with_stat_mounted_over(line)
 """
 )
 
 
-@pytest.mark.skipif(
-    not hasattr(os, "memfd_create") or os.geteuid() != 0 or shutil.which("unshare") is None,
-    reason="only root mounts over /proc, here in the mount namespace of an inner run kept out "
-    "of this run's process tree in a PID namespace of its own (unshare --pid --mount-proc)",
-)
+@needs_root_over_proc
 def test_a_child_whose_stat_a_test_mounts_over_is_handed_on_all_the_same(tmp_path: Path) -> None:
     # Before: every walk passed X over (no start time, so no entry); unmounted once the run
     # had ended, it purged the stopped production root (`run_inner` checks it untouched).

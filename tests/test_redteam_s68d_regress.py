@@ -18,15 +18,11 @@ production root (red team 61's harness), by a test run as root:
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
-import pytest
 from test_redteam_s61_children import PRELUDE, run_inner
-from test_redteam_s67_guard import _SHELL
-
-from app import sandbox
+from test_redteam_s67_guard import _SHELL, assert_refused_after_the_run
+from test_redteam_s68c_regress import STAT_MOUNTED_OVER, needs_root_over_proc
 
 #: The inner run's test: X (a shell that starts Y, then waits for the run's process to be
 #: gone and exits), an empty file bound over X's ``/proc/<X>/task/<X>/children`` (where Y
@@ -61,19 +57,13 @@ def test_leaves_a_grandchild_whose_parent_s_children_file_is_mounted_over():
 )
 
 
-@pytest.mark.skipif(
-    not hasattr(os, "memfd_create") or os.geteuid() != 0 or shutil.which("unshare") is None,
-    reason="only root mounts over /proc, here in the mount namespace of an inner run kept out "
-    "of this run's process tree in a PID namespace of its own (unshare --pid --mount-proc)",
-)
+@needs_root_over_proc
 def test_a_grandchild_hidden_by_a_children_file_mounted_over_is_handed_on_all_the_same(
     tmp_path: Path,
 ) -> None:
     inner, said = run_inner(tmp_path, CHILDREN_MOUNTED_OVER, ("late",), shell=_SHELL)
     assert " passed" in inner.stdout, inner.stdout
-    assert said["late"].rstrip().rpartition("\n")[2] == "exit 78", said
-    assert "started by the test run of pytest pid " in said["late"], said
-    assert ", which has ended, registered in " + str(sandbox.RUNS_DIR) in said["late"], said
+    assert_refused_after_the_run(said)
 
 
 #: The inner run's test: X (a shell that waits for the run's process to be gone, has another
@@ -82,6 +72,7 @@ def test_a_grandchild_hidden_by_a_children_file_mounted_over_is_handed_on_all_th
 #: over `/proc/<X>/stat`.
 FORGOTTEN = (
     PRELUDE
+    + STAT_MOUNTED_OVER
     + r"""
 
 def test_leaves_a_child_whose_stat_is_mounted_over_and_another_run_registers():
@@ -97,20 +88,12 @@ def test_leaves_a_child_whose_stat_is_mounted_over_and_another_run_registers():
         f'{sys.executable} -c "{register}" > {OUT / "registered"} 2>&1; '
         f"umount /proc/$$/stat && {purge} > {out} 2>&1; echo exit $? >> {out}"
     )
-    x = subprocess.Popen(["sh", "-c", line], env=ENV)
-    fake = OUT / "stat"
-    fake.write_bytes(Path(f"/proc/{x.pid}/stat").read_bytes())
-    subprocess.run(["mount", "--bind", str(fake), f"/proc/{x.pid}/stat"], check=True)
-    assert sandbox._stat_fields(x.pid) is None  # not its own: read as missing
+    x_with_stat_mounted_over(line)
 """
 )
 
 
-@pytest.mark.skipif(
-    not hasattr(os, "memfd_create") or os.geteuid() != 0 or shutil.which("unshare") is None,
-    reason="only root mounts over /proc, here in the mount namespace of an inner run kept out "
-    "of this run's process tree in a PID namespace of its own (unshare --pid --mount-proc)",
-)
+@needs_root_over_proc
 def test_a_run_that_registers_later_keeps_the_entry_of_a_child_whose_stat_is_mounted_over(
     tmp_path: Path,
 ) -> None:
@@ -119,6 +102,4 @@ def test_a_run_that_registers_later_keeps_the_entry_of_a_child_whose_stat_is_mou
     inner, said = run_inner(tmp_path, FORGOTTEN, ("late", "registered"), shell=_SHELL)
     assert " passed" in inner.stdout, inner.stdout
     assert said["registered"] == "", said
-    assert said["late"].rstrip().rpartition("\n")[2] == "exit 78", said
-    assert "started by the test run of pytest pid " in said["late"], said
-    assert ", which has ended, registered in " + str(sandbox.RUNS_DIR) in said["late"], said
+    assert_refused_after_the_run(said)
