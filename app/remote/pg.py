@@ -1551,6 +1551,44 @@ def skipped(conn: psycopg.Connection[Any], where: str, what: str, table: str, ke
         raise WriteNotStoredError(where, what, table, "UPDATE of")
 
 
+def trashed(
+    conn: psycopg.Connection[Any],
+    where: str,
+    what: str,
+    table: str,
+    ids: list[Any],
+    moment: datetime,
+    *,
+    fired: bool = False,
+    files: int | None = None,
+) -> None:
+    """After an UPDATE that moved rows ``ids`` of ``table`` to the trash at ``moment``:
+    refuse it, rolled back, where once every trigger has run (``fired``: the caller fired
+    the deferred ones, `FIRE_DEFERRED`) they are not all there so, or (``files``, for
+    sessions) where their file rows are no longer the ``files`` counted before the update.
+
+    A trigger of another's after the update (the kind the open leaves alone: an archiving
+    tool's that moves a trashed row, or a trashed session's files, into a table of its own,
+    at once or deferred to the commit) took the rows away: a replace was answered 200 and a
+    delete with its trash entry, both audited, of versions no entry held, whose objects `app
+    data check --repair` then deleted as no row's (red team 69 on integrity). ``ids`` are
+    the app's own row ids, never a caller's text."""
+    if not fired:
+        conn.execute(FIRE_DEFERRED.encode())
+    found = conn.execute(
+        sql.SQL(
+            "SELECT (SELECT count(*) FROM {} WHERE id = ANY(%s) AND deleted_at = %s) AS n,"
+            " (SELECT count(*) FROM app_files WHERE session_id = ANY(%s)) AS files"
+        ).format(sql.Identifier(table)),
+        (ids, moment, ids if files is not None else []),
+    ).fetchone()
+    if found is None or found["n"] != len(ids):
+        raise WriteNotStoredError(where, what, table, "UPDATE of", after=True)
+    if files is not None and found["files"] != files:
+        counted = (files, found["files"])
+        raise WriteNotStoredError(where, what, table, "UPDATE of", after=True, files=counted)
+
+
 def read_stamp(conn: psycopg.Connection[Any]) -> Stamp | None:
     """The stamp, or ``None`` for a database the app never opened.
 

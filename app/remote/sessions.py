@@ -310,10 +310,20 @@ class RemoteSessions:
         name = trash_name(moment, session_id, file=False)
         what = f"the delete of session {session_id}"
         with self.db.write(what) as conn:
+            # Its files are counted with the update, to be found again once every trigger
+            # has run; its row locked first, so that the count's snapshot is taken with no
+            # change of the app's to its files in flight (each locks that row first,
+            # `Database.change`): the update's own snapshot, taken before it waited for
+            # an upload's commit, counted without that upload's row.
+            conn.execute(
+                "SELECT 1 FROM app_sessions WHERE id = %s AND deleted_at IS NULL FOR NO KEY UPDATE",
+                (session_id,),
+            )
             row = conn.execute(
-                "UPDATE app_sessions SET deleted_at = %s, deleted_reason = %s, trash_name = %s"
-                " WHERE id = %s AND deleted_at IS NULL RETURNING title",
-                (moment, reason, name, session_id),
+                "WITH f AS (SELECT count(*) AS n FROM app_files WHERE session_id = %s)"
+                " UPDATE app_sessions SET deleted_at = %s, deleted_reason = %s, trash_name = %s"
+                " WHERE id = %s AND deleted_at IS NULL RETURNING title, (SELECT n FROM f) AS files",
+                (session_id, moment, reason, name, session_id),
             ).fetchone()
             if row is None:
                 pg.skipped(conn, self.db.where, what, "app_sessions", "id = %s", (session_id,))
@@ -321,22 +331,36 @@ class RemoteSessions:
             self.db.audit(
                 conn, "trash-session", session_id, trash=name, reason=reason, title=row["title"]
             )
+            # Once every trigger has run, the session in the trash with every file it had:
+            # one after the update that took them away (an archiving tool's) had the delete
+            # answered with an entry that held nothing (red team 69 on integrity).
+            pg.trashed(
+                conn, self.db.where, what, "app_sessions", [session_id], moment, files=row["files"]
+            )
         return trash_entry(name, "session", session_id, None, moment, reason, row["title"])
 
     def purge(self) -> list[TrashEntry]:
         """Move every live session to the trash state, in one transaction; one audit row."""
         moment = now()
         prefix = moment.strftime(TRASH_TIME_FORMAT) + "-"
-        with self.db.write("the purge of every live session") as conn:
+        what = "the purge of every live session"
+        with self.db.write(what) as conn:
             rows = conn.execute(
-                "UPDATE app_sessions SET deleted_at = %s, deleted_reason = 'purge',"
-                " trash_name = %s || id WHERE deleted_at IS NULL RETURNING id, title, trash_name",
+                # The live sessions' files counted as the update finds them (one snapshot):
+                # under maintenance's exclusive hold, no replica writes meanwhile.
+                "WITH f AS (SELECT count(*) AS n FROM app_files f JOIN app_sessions s"
+                " ON s.id = f.session_id WHERE s.deleted_at IS NULL)"
+                " UPDATE app_sessions SET deleted_at = %s, deleted_reason = 'purge',"
+                " trash_name = %s || id WHERE deleted_at IS NULL"
+                " RETURNING id, title, trash_name, (SELECT n FROM f) AS files",
                 (moment, prefix),
             ).fetchall()
             rows.sort(key=lambda row: row["id"])
-            self.db.audit(
-                conn, "purge", self.db.where, count=len(rows), sessions=[r["id"] for r in rows]
-            )
+            ids = [r["id"] for r in rows]
+            self.db.audit(conn, "purge", self.db.where, count=len(rows), sessions=ids)
+            # As a session's delete (red team 69 on integrity).
+            files = rows[0]["files"] if rows else 0
+            pg.trashed(conn, self.db.where, what, "app_sessions", ids, moment, files=files)
         return [
             trash_entry(r["trash_name"], "session", r["id"], None, moment, "purge", r["title"])
             for r in rows

@@ -521,6 +521,14 @@ EXAMPLES: list[errors.AppError] = [
         "UPDATE of",
         after=True,
     ),
+    remote.WriteNotStoredError(
+        DATABASE,
+        "the delete of session 0123456789abcdef",
+        "app_sessions",
+        "UPDATE of",
+        after=True,
+        files=(2, 0),
+    ),
     remote.UnloggedWriteError(
         DATABASE, "the upload of 'notes.txt' into session 0123456789abcdef", ("app_files",)
     ),

@@ -1,0 +1,147 @@
+"""Red team 69 on integrity (branch rt-integrity69): see docs/explanation/attacks.md.
+
+What broke: on PostgreSQL, a trigger of another's after the update that moves a row to the
+trash (the kind the open leaves alone: an archiving tool's that moves a trashed row into a
+table of its own) took that row away. A replace was answered as saved, a file's or a
+session's delete with its trash entry, each audited, and no entry held the version it
+named; `app data check --repair` then deleted the objects as no row's. Red team 62 on
+regress had an upload's new row read back once every trigger had run, red team 68 on
+regress a restore's: every change that moves rows to the trash (a replace's old version, a
+file's delete, a session's delete with its files, a purge) now reads its rows in the trash
+too, once every trigger has run, and is refused, rolled back, where they are not there.
+
+On the suite's PostgreSQL and SeaweedFS.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import psycopg
+import pytest
+from engines import PostgresEngine, S3Engine, new_blob_url
+from test_remote_store import PROFILE, _maintenance, _read, _replica
+
+from app.remote.errors import WriteNotStoredError
+
+#: An archiving tool's: what the app moves to the trash is copied into a table of its own
+#: and deleted from the app's, by a trigger after the update (deferred to the commit, or not).
+_ARCHIVE = """
+CREATE TABLE archived_app_files AS SELECT * FROM app_files WITH NO DATA;
+CREATE FUNCTION archive_file() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
+  INSERT INTO archived_app_files SELECT NEW.*;
+  DELETE FROM app_files WHERE id = NEW.id;
+  RETURN NULL; END $$;
+CREATE TRIGGER archive_file AFTER UPDATE OF deleted_at ON app_files
+  FOR EACH ROW WHEN (OLD.deleted_at IS NULL AND NEW.deleted_at IS NOT NULL)
+  EXECUTE FUNCTION archive_file();
+CREATE FUNCTION archive_files_of() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
+  INSERT INTO archived_app_files SELECT * FROM app_files WHERE session_id = NEW.id;
+  DELETE FROM app_files WHERE session_id = NEW.id;
+  RETURN NULL; END $$;
+CREATE CONSTRAINT TRIGGER archive_files_of AFTER UPDATE OF deleted_at ON app_sessions
+  DEFERRABLE INITIALLY DEFERRED
+  FOR EACH ROW WHEN (OLD.deleted_at IS NULL AND NEW.deleted_at IS NOT NULL)
+  EXECUTE FUNCTION archive_files_of();
+"""
+
+
+def _refused(error: pytest.ExceptionInfo[WriteNotStoredError], what: str, table: str) -> None:
+    message = error.value.message
+    assert f"did not store {what}: its UPDATE of {table} " in message, message
+    assert "nothing was changed (its transaction was rolled back)" in message, message
+    assert f"WHERE tgrelid = '{table}'::regclass AND NOT tgisinternal" in message, message
+
+
+def test_a_change_whose_trashed_row_a_trigger_takes_away_is_refused_and_keeps_the_bytes(
+    postgres_engine: PostgresEngine, s3_engine: S3Engine
+) -> None:
+    with postgres_engine.opened_database(PROFILE) as (name, url):
+        opened = (url, new_blob_url(s3_engine))
+        with _replica(s3_engine, opened) as store:
+            session = store.create_session("kept", {})["id"]
+            store.put_file(session, "a.txt", b"first, acknowledged")
+            store.put_file(session, "b.txt", b"second, acknowledged")
+            with postgres_engine.connect(name) as admin:
+                admin.execute(_ARCHIVE)  # type: ignore[arg-type]
+            # Before: 200, audited as replaced into a trash entry that never was; the trash
+            # empty, the first version's object no row's.
+            with pytest.raises(WriteNotStoredError) as refused:
+                store.put_file(session, "a.txt", b"its replacement", replace=True)
+            _refused(refused, f"the upload of 'a.txt' into session {session}", "app_files")
+            assert "(gone, or back as it was)" in str(refused.value)
+            # Before: answered with its trash entry, audited; the trash empty.
+            with pytest.raises(WriteNotStoredError) as refused:
+                store.delete_file(session, "b.txt")
+            _refused(refused, f"the delete of 'b.txt' from session {session}", "app_files")
+            # Before (the trigger deferred to the commit): the session in the trash without
+            # its files, their objects no row's.
+            with pytest.raises(WriteNotStoredError) as refused:
+                store.delete_session(session)
+            _refused(refused, f"the delete of session {session}", "app_sessions")
+            assert "moved the session to the trash with 2 file row(s), but once every " in (
+                str(refused.value)
+            )
+            assert store.list_trash() == []
+        with _maintenance(s3_engine, opened) as store:
+            with pytest.raises(WriteNotStoredError) as refused:
+                store.purge()
+            _refused(refused, "the purge of every live session", "app_sessions")
+            # The repair that deleted the objects no row named deletes none.
+            store.check(repair=True)
+            assert [f["name"] for f in store.get_session(session)["files"]] == ["a.txt", "b.txt"]
+            assert _read(store, session, "a.txt") == b"first, acknowledged"
+            assert _read(store, session, "b.txt") == b"second, acknowledged"
+        with psycopg.connect(url) as conn:
+            audited = conn.execute("SELECT operation FROM app_audit ORDER BY id").fetchall()
+            assert [row[0] for row in audited] == ["stamp"]
+            assert conn.execute("SELECT count(*) FROM archived_app_files").fetchone() == (0,)
+
+
+def test_a_session_s_delete_that_waits_behind_a_change_of_its_files_counts_them_after_it(
+    postgres_engine: PostgresEngine, s3_engine: S3Engine
+) -> None:
+    """The check's count of a session's files is not taken before the delete waited for a
+    change of them (an upload's commit): counted in the update's snapshot, taken before the
+    wait, it missed the upload's row and refused the delete as one a trigger undid."""
+    with postgres_engine.opened_database(PROFILE) as (name, url):
+        opened = (url, new_blob_url(s3_engine))
+        with _replica(s3_engine, opened) as store:
+            session = store.create_session("kept", {})["id"]
+            store.put_file(session, "a.txt", b"acknowledged")
+            answers: list[object] = []
+
+            def delete() -> None:
+                try:
+                    answers.append(store.delete_session(session))
+                except Exception as error:  # the answer, whatever it is
+                    answers.append(error)
+
+            with postgres_engine.connect(name) as change:
+                # What an upload's commit does first (`Database.change`), then its row.
+                change.execute("BEGIN")
+                change.execute(
+                    "SELECT 1 FROM app_sessions WHERE id = %s FOR NO KEY UPDATE", (session,)
+                )
+                deleting = threading.Thread(target=delete)
+                deleting.start()
+                with psycopg.connect(url, autocommit=True) as look:
+                    while (
+                        deleting.is_alive()
+                        and not look.execute(
+                            "SELECT 1 FROM pg_stat_activity WHERE datname = current_database()"
+                            " AND wait_event_type = 'Lock'"
+                        ).fetchone()
+                    ):
+                        time.sleep(0.01)
+                change.execute(
+                    "INSERT INTO app_files (session_id, name, blob, size, sha256, uploaded_at)"
+                    " SELECT session_id, 'b.txt', 'blobs/' || md5(name), size, sha256,"
+                    " uploaded_at FROM app_files WHERE session_id = %s",
+                    (session,),
+                )
+                change.execute("COMMIT")
+                deleting.join()
+            assert [type(answer).__name__ for answer in answers] == ["TrashEntry"], answers
+            assert [e.kind for e in store.list_trash()] == ["session"]
