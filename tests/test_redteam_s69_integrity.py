@@ -11,19 +11,27 @@ file's delete, a session's delete with its files, a purge) now reads its rows in
 too, once every trigger has run, and is refused, rolled back, where they are not there.
 
 On the suite's PostgreSQL and SeaweedFS.
+
+And a file's `DELETE` whose answer was lost, sent again, was told 404 "has no file ...;
+GET ... lists its files", as of a file that never was, where a session's names its trash
+entry and the restore: a file's 404 now does the same, on both backends.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import psycopg
 import pytest
 from engines import PostgresEngine, S3Engine, new_blob_url
+from starlette.testclient import TestClient
 from test_remote_store import PROFILE, _maintenance, _read, _replica
 
+from app.config import Config
 from app.remote.errors import WriteNotStoredError
+from app.server import create_app
 
 #: An archiving tool's: what the app moves to the trash is copied into a table of its own
 #: and deleted from the app's, by a trigger after the update (deferred to the commit, or not).
@@ -145,3 +153,42 @@ def test_a_session_s_delete_that_waits_behind_a_change_of_its_files_counts_them_
                 deleting.join()
             assert [type(answer).__name__ for answer in answers] == ["TrashEntry"], answers
             assert [e.kind for e in store.list_trash()] == ["session"]
+
+
+def _a_delete_retried_is_told_it_was_made(client: Any) -> None:
+    sid = client.post("/sessions", json={"title": "retried"}).json()["id"]
+    path = f"/sessions/{sid}/files/my notes.txt"
+    assert client.put(path, content=b"acknowledged").status_code == 201
+    first = client.delete(path)  # its answer lost
+    assert first.status_code == 200, first.text
+    entry = first.json()["trash"]
+    # Before: 404 "session ... has no file 'my notes.txt'; GET ... lists its files".
+    for again in (client.delete(path), client.get(path)):
+        assert again.status_code == 404, again.text
+        assert again.json()["code"] == "file_not_found"
+        assert again.json()["message"] == (
+            f"session '{sid}' has no file 'my notes.txt': its newest version is in the trash "
+            f"(entry {entry}), and a DELETE sent again after its answer was lost deleted it on "
+            f"its first try. `app sessions restore {sid} --file 'my notes.txt'` brings it "
+            "back; `app sessions list --trash` shows the trash"
+        )
+    never = client.delete(f"/sessions/{sid}/files/never.txt")
+    assert never.json()["message"].endswith(f"has no file 'never.txt'; GET /sessions/{sid}/files "
+                                            "lists its files")  # fmt: skip
+
+
+def test_a_file_s_delete_sent_again_is_told_where_its_first_try_put_it(app_client: Any) -> None:
+    _a_delete_retried_is_told_it_was_made(app_client)
+
+
+def test_a_file_s_delete_sent_again_is_told_so_on_postgresql(
+    postgres_engine: PostgresEngine, s3_engine: S3Engine, app_config: Config
+) -> None:
+    with postgres_engine.opened_database(PROFILE) as (_, url):
+        opened = (url, new_blob_url(s3_engine))
+        headers = {"Authorization": f"Bearer {app_config.api_token}"}
+        with (
+            _replica(s3_engine, opened) as store,
+            TestClient(create_app(store, app_config), headers=headers) as client,
+        ):
+            _a_delete_retried_is_told_it_was_made(client)

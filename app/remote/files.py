@@ -275,7 +275,7 @@ class RemoteFiles:
                 # The version it replaced in the trash too: a trigger after the update that
                 # took that row away (an archiving tool's) had the replace answered 200 and
                 # audited of a version no entry held (red team 69 on integrity).
-                pg.trashed(conn, self.db.where, what, "app_files", [old["id"]], moment, fired=True)
+                pg.trashed(conn, self.db.where, what, "app_files", [old["id"]], moment)
         upload.replaced = trash is not None
         return cast(FileEntry, acknowledged)
 
@@ -288,12 +288,12 @@ class RemoteFiles:
         deleted: list[Any] = []
 
         def in_the_trash(conn: Any) -> None:
-            # Once every trigger has run: one after the update that took the row away (an
-            # archiving tool's) had the delete answered with an entry that held nothing
-            # (red team 69 on integrity).
-            pg.trashed(conn, self.db.where, what, "app_files", deleted, moment, fired=True)
+            # At the commit point, every trigger run: one after the update that took the row
+            # away (an archiving tool's) had the delete answered with an entry that held
+            # nothing (red team 69 on integrity).
+            pg.trashed(conn, self.db.where, what, "app_files", deleted, moment)
 
-        with self.db.change(session_id, what, file=name, then=in_the_trash) as (conn, moment):
+        with self.db.change(session_id, what, file=name, settled=in_the_trash) as (conn, moment):
             trash = trash_name(moment, session_id, file=True)
             if if_match is not None:
                 found = conn.execute(

@@ -1559,13 +1559,13 @@ def trashed(
     ids: list[Any],
     moment: datetime,
     *,
-    fired: bool = False,
     files: int | None = None,
 ) -> None:
-    """After an UPDATE that moved rows ``ids`` of ``table`` to the trash at ``moment``:
-    refuse it, rolled back, where once every trigger has run (``fired``: the caller fired
-    the deferred ones, `FIRE_DEFERRED`) they are not all there so, or (``files``, for
-    sessions) where their file rows are no longer the ``files`` counted before the update.
+    """After an UPDATE that moved rows ``ids`` of ``table`` to the trash at ``moment``,
+    once every trigger has run (the deferred ones fired: at the commit point, `Database.write`'s
+    ``settled``, or by the caller): refuse it, rolled back, where they are not all there
+    so, or (``files``, for sessions) where their file rows are no longer the ``files``
+    counted before the update.
 
     A trigger of another's after the update (the kind the open leaves alone: an archiving
     tool's that moves a trashed row, or a trashed session's files, into a table of its own,
@@ -1573,8 +1573,6 @@ def trashed(
     delete with its trash entry, both audited, of versions no entry held, whose objects `app
     data check --repair` then deleted as no row's (red team 69 on integrity). ``ids`` are
     the app's own row ids, never a caller's text."""
-    if not fired:
-        conn.execute(FIRE_DEFERRED.encode())
     found = conn.execute(
         sql.SQL(
             "SELECT (SELECT count(*) FROM {} WHERE id = ANY(%s) AND deleted_at = %s) AS n,"

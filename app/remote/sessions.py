@@ -309,7 +309,17 @@ class RemoteSessions:
         moment = now()
         name = trash_name(moment, session_id, file=False)
         what = f"the delete of session {session_id}"
-        with self.db.write(what) as conn:
+        counted: list[int] = []
+
+        def in_the_trash(conn: Any) -> None:
+            # At the commit point, every trigger run: the session in the trash with every
+            # file it had. One after the update that took them away (an archiving tool's)
+            # had the delete answered with an entry that held nothing (red team 69 on
+            # integrity).
+            trashed = [session_id]
+            pg.trashed(conn, self.db.where, what, "app_sessions", trashed, moment, files=counted[0])
+
+        with self.db.write(what, settled=in_the_trash) as conn:
             # Its files are counted with the update, to be found again once every trigger
             # has run; its row locked first, so that the count's snapshot is taken with no
             # change of the app's to its files in flight (each locks that row first,
@@ -328,14 +338,9 @@ class RemoteSessions:
             if row is None:
                 pg.skipped(conn, self.db.where, what, "app_sessions", "id = %s", (session_id,))
                 raise SessionNotFoundError(session_id)
+            counted.append(row["files"])
             self.db.audit(
                 conn, "trash-session", session_id, trash=name, reason=reason, title=row["title"]
-            )
-            # Once every trigger has run, the session in the trash with every file it had:
-            # one after the update that took them away (an archiving tool's) had the delete
-            # answered with an entry that held nothing (red team 69 on integrity).
-            pg.trashed(
-                conn, self.db.where, what, "app_sessions", [session_id], moment, files=row["files"]
             )
         return trash_entry(name, "session", session_id, None, moment, reason, row["title"])
 
@@ -344,7 +349,14 @@ class RemoteSessions:
         moment = now()
         prefix = moment.strftime(TRASH_TIME_FORMAT) + "-"
         what = "the purge of every live session"
-        with self.db.write(what) as conn:
+        trashed: list[str] = []
+        counted: list[int] = []
+
+        def in_the_trash(conn: Any) -> None:
+            # As a session's delete (red team 69 on integrity).
+            pg.trashed(conn, self.db.where, what, "app_sessions", trashed, moment, files=counted[0])
+
+        with self.db.write(what, settled=in_the_trash) as conn:
             rows = conn.execute(
                 # The live sessions' files counted as the update finds them (one snapshot):
                 # under maintenance's exclusive hold, no replica writes meanwhile.
@@ -356,11 +368,9 @@ class RemoteSessions:
                 (moment, prefix),
             ).fetchall()
             rows.sort(key=lambda row: row["id"])
-            ids = [r["id"] for r in rows]
-            self.db.audit(conn, "purge", self.db.where, count=len(rows), sessions=ids)
-            # As a session's delete (red team 69 on integrity).
-            files = rows[0]["files"] if rows else 0
-            pg.trashed(conn, self.db.where, what, "app_sessions", ids, moment, files=files)
+            trashed.extend(r["id"] for r in rows)
+            counted.append(rows[0]["files"] if rows else 0)
+            self.db.audit(conn, "purge", self.db.where, count=len(rows), sessions=trashed)
         return [
             trash_entry(r["trash_name"], "session", r["id"], None, moment, "purge", r["title"])
             for r in rows

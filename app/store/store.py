@@ -591,12 +591,12 @@ class Store(Storage):
         entry = self.deleted_entry(session_id)
         return None if entry is None else SessionNotFoundError(session_id, in_trash=entry)
 
-    def deleted_entry(self, session_id: str) -> str | None:
-        """The newest trash entry that holds the deleted session (its manifests read by name
-        first, as a restore finds it); None where none does or the trash cannot be read
-        now (its own refusal is the restore's to give)."""
+    def deleted_entry(self, session_id: str, file: str | None = None) -> str | None:
+        """The newest trash entry that holds the deleted session (or its ``file``; its
+        manifests read by name first, as a restore finds it); None where none does or the
+        trash cannot be read now (its own refusal is the restore's to give)."""
         try:
-            entry = self.trash.latest(session_id, None)
+            entry = self.trash.latest(session_id, file)
         except (AppError, OSError):
             return None
         return None if entry is None else entry.name
