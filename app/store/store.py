@@ -86,6 +86,10 @@ _R = TypeVar("_R")
 #: Filesystems held in memory: whatever a server acknowledges there is gone at a reboot.
 IN_MEMORY_FILESYSTEMS: Final = frozenset({"tmpfs", "ramfs"})
 
+#: How many of a session's newest trash entries of files a file's 404 looks at for the one
+#: that holds it (`Store.deleted_entry`).
+FILE_ENTRIES_LOOKED_AT: Final = 32
+
 
 def _changes(
     method: Callable[Concatenate[Store, _P], _R],
@@ -596,7 +600,12 @@ class Store(Storage):
         manifests read by name first, as a restore finds it); None where none does or the
         trash cannot be read now (its own refusal is the restore's to give)."""
         try:
-            entry = self.trash.latest(session_id, file)
+            # A file's among the session's newest entries of files alone: a 404 of a name
+            # never used read every manifest of the session's trash (0.15 s of CPU next to
+            # 2,000), a cost any client could ask for. A DELETE sent again after its lost
+            # answer finds its entry the newest, or next to it.
+            within = None if file is None else FILE_ENTRIES_LOOKED_AT
+            entry = self.trash.latest(session_id, file, within=within)
         except (AppError, OSError):
             return None
         return None if entry is None else entry.name
