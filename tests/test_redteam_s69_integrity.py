@@ -155,6 +155,47 @@ def test_a_session_s_delete_that_waits_behind_a_change_of_its_files_counts_them_
             assert [e.kind for e in store.list_trash()] == ["session"]
 
 
+#: The same tool's trigger written "whenever a trashed row is touched": after any update.
+_ARCHIVE_TOUCHED = """
+CREATE TABLE archived_app_files AS SELECT * FROM app_files WITH NO DATA;
+CREATE FUNCTION archive_touched() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
+  INSERT INTO archived_app_files SELECT NEW.*;
+  DELETE FROM app_files WHERE id = NEW.id;
+  RETURN NULL; END $$;
+CREATE TRIGGER archive_touched AFTER UPDATE ON app_files
+  FOR EACH ROW WHEN (NEW.deleted_at IS NOT NULL) EXECUTE FUNCTION archive_touched();
+"""
+
+
+def test_a_repair_whose_keyed_rows_a_trigger_takes_away_is_refused_and_keeps_them(
+    postgres_engine: PostgresEngine, s3_engine: S3Engine
+) -> None:
+    with postgres_engine.opened_database(PROFILE) as (name, url):
+        opened = (url, new_blob_url(s3_engine))
+        with _replica(s3_engine, opened) as store:
+            session = store.create_session("kept", {})["id"]
+            store.put_file(session, "a.txt", b"deleted, restorable")
+            store.delete_file(session, "a.txt")
+        with postgres_engine.connect(name) as admin:
+            # A database an earlier build left: not marked, its rows without keys.
+            admin.execute("UPDATE app_stamp SET schema_version = 1, content_sha256_since = NULL")
+            admin.execute("UPDATE app_files SET content_sha256 = NULL")
+            admin.execute(_ARCHIVE_TOUCHED)  # type: ignore[arg-type]
+        with _maintenance(s3_engine, opened) as store:
+            # Before: the repair keyed the trashed row, the trigger took it away, and the
+            # next repair deleted its object as no row's.
+            with pytest.raises(WriteNotStoredError) as refused:
+                store.check(repair=True)
+            _refused(
+                refused,
+                "the hashing of the sessions' rows written without content_sha256",
+                "app_files",
+            )
+            assert [(e.kind, e.file) for e in store.list_trash()] == [("file", "a.txt")]
+            store.restore(session, file="a.txt")
+            assert _read(store, session, "a.txt") == b"deleted, restorable"
+
+
 def _a_delete_retried_is_told_it_was_made(client: Any) -> None:
     sid = client.post("/sessions", json={"title": "retried"}).json()["id"]
     path = f"/sessions/{sid}/files/my notes.txt"

@@ -1587,6 +1587,23 @@ def trashed(
         raise WriteNotStoredError(where, what, table, "UPDATE of", after=True, files=counted)
 
 
+def kept(conn: psycopg.Connection[Any], where: str, what: str, table: str, ids: set[Any]) -> None:
+    """After UPDATEs of rows ``ids`` of ``table`` that change none of what a trigger's
+    ``WHEN`` would tell apart (a repair's keys), once every trigger has run: refuse them,
+    rolled back, where a row is gone. A trigger of another's after any update of a trashed
+    row (an archiving tool's, "whenever a trashed row is touched") took trashed rows away as
+    the repair keyed them, and the next repair deleted their objects as no row's (red team
+    69 on integrity)."""
+    if not ids:
+        return
+    found = conn.execute(
+        sql.SQL("SELECT count(*) AS n FROM {} WHERE id = ANY(%s)").format(sql.Identifier(table)),
+        (list(ids),),
+    ).fetchone()
+    if found is None or found["n"] != len(ids):
+        raise WriteNotStoredError(where, what, table, "UPDATE of", after=True)
+
+
 def read_stamp(conn: psycopg.Connection[Any]) -> Stamp | None:
     """The stamp, or ``None`` for a database the app never opened.
 
