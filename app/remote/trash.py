@@ -266,7 +266,14 @@ class RemoteTrash:
                         (session_id,),
                     ).fetchone()
                 else:
-                    trashed = conn.execute(_TRASHED_FILE, (session_id, file, None, None)).fetchone()
+                    trashed = conn.execute(
+                        "SELECT trash_name, deleted_reason FROM app_files WHERE session_id = %s"  # noqa: S608
+                        ' AND name = %s COLLATE "default" AND deleted_at IS NOT NULL'
+                        f" ORDER BY {_NAMED} DESC, id DESC LIMIT 1",
+                        (session_id, file),
+                    ).fetchone()
+                    if trashed is not None and trashed["deleted_reason"] != "delete":
+                        return None  # its newest version replaced: not its DELETE's
         except AppError:
             return None
         return None if trashed is None else str(trashed["trash_name"])

@@ -608,7 +608,9 @@ class Store(Storage):
             entry = self.trash.latest(session_id, file, within=within)
         except (AppError, OSError):
             return None
-        return None if entry is None else entry.name
+        if entry is None or (file is not None and entry.reason != "delete"):
+            return None  # a file's newest version replaced, not deleted: not its DELETE's
+        return entry.name
 
     def _in_first_layout(self, session_id: str) -> bool:
         """Whether the session's files are still listed in its session.json (bytes in
