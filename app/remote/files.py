@@ -200,7 +200,16 @@ class RemoteFiles:
     def _record_upload(self, upload: RemoteUpload, result: PutResult) -> FileEntry:
         session_id, name = upload.session_id, upload.name
         what = f"the upload of {name!r} into session {session_id}"
-        with self.db.change(session_id, what, file=name) as (conn, moment):
+        retired: list[Any] = []
+
+        def in_the_trash(conn: Any) -> None:
+            # The version it replaced in the trash too, at the commit point, every trigger
+            # run (one after the session's own update among them): a trigger after the
+            # update that took that row away (an archiving tool's) had the replace answered
+            # 200 and audited of a version no entry held (red team 69 on integrity).
+            pg.trashed(conn, self.db.where, what, "app_files", retired, moment)
+
+        with self.db.change(session_id, what, file=name, settled=in_the_trash) as (conn, moment):
             old = conn.execute(
                 "SELECT id, sha256 FROM app_files WHERE session_id = %s"
                 ' AND name = %s COLLATE "default"'
@@ -272,10 +281,7 @@ class RemoteFiles:
             ]:
                 raise WriteNotStoredError(self.db.where, what, "app_files", after=True)
             if old is not None:
-                # The version it replaced in the trash too: a trigger after the update that
-                # took that row away (an archiving tool's) had the replace answered 200 and
-                # audited of a version no entry held (red team 69 on integrity).
-                pg.trashed(conn, self.db.where, what, "app_files", [old["id"]], moment)
+                retired.append(old["id"])
         upload.replaced = trash is not None
         return cast(FileEntry, acknowledged)
 

@@ -1572,7 +1572,10 @@ def trashed(
     at once or deferred to the commit) took the rows away: a replace was answered 200 and a
     delete with its trash entry, both audited, of versions no entry held, whose objects `app
     data check --repair` then deleted as no row's (red team 69 on integrity). ``ids`` are
-    the app's own row ids, never a caller's text."""
+    the app's own row ids, never a caller's text; none (an upload of a new name, a purge of
+    no session) asks nothing."""
+    if not ids:
+        return
     found = conn.execute(
         sql.SQL(
             "SELECT (SELECT count(*) FROM {} WHERE id = ANY(%s) AND deleted_at = %s) AS n,"
