@@ -1940,10 +1940,12 @@ def _capabilities_withheld(pid: int) -> str | None:
     capability dropped (``setpriv --bounding-set=-all``, ``capsh --drop``) had a child that
     could not read the descriptors the run keeps of its entry (`_entry_held_open`): it found
     no run, and given production's settings alone it purged a stopped production root (red
-    team 69 on the guard). Not the namespace's init (pid 1): a service that a unit gives
-    fewer capabilities (``CapabilityBoundingSet=``) than systemd's, run as root, would be
-    refused every command; a run that is pid 1 itself is the limit the docs list."""
-    if pid == 1 or pid not in _EXE_DENIED:
+    team 69 on the guard). The namespace's init (pid 1) only where its name is Python's or
+    pytest's (a container's ``pytest`` as pid 1): a service that a unit gives fewer
+    capabilities (``CapabilityBoundingSet=``) than systemd's, run as root, would be refused
+    every command; a run at pid 1 that a test renamed (``prctl(PR_SET_NAME)``) is the limit
+    the docs list."""
+    if pid not in _EXE_DENIED or (pid == 1 and not _named_as_python(pid)):
         return None
     theirs, ours = _permitted(pid), _permitted("self")
     if theirs is None or ours is None or not theirs & ~ours:
@@ -1957,6 +1959,16 @@ def _capabilities_withheld(pid: int) -> str | None:
         f"so /proc/{pid}/exe and the descriptors it keeps open, where a run keeps its entry, "
         "are closed to this process"
     )
+
+
+def _named_as_python(pid: int) -> bool:
+    """Whether process `pid`'s name (``/proc/<pid>/comm``, which every process may read) is
+    a Python interpreter's, pytest's or the dynamic loader's (`_capabilities_withheld`)."""
+    try:
+        name = _proc_bytes(pid, "comm").rstrip(b"\n").decode(errors="replace")
+    except OSError:
+        return False
+    return any(pattern.fullmatch(name) for pattern in (_PYTHON, _PYTEST_COMMAND, _LOADER))
 
 
 #: How `_capabilities_withheld` begins its reasons, which `_hidden_run` tells apart.

@@ -12,10 +12,11 @@ fallback), found no run, and ``app data purge --profile production --yes-i-mean-
 every session of a stopped production root to its trash. With its capabilities kept, the
 same child read the entry through that descriptor and was refused.
 
-What changed: a walk that finds no entry for an ancestor of its own user (not the namespace's
-init) whose program it may not read, and which holds capabilities it lacks, notes it as an
-ancestor that may be a run unseen; where no run is found above, the child is refused, naming
-that ancestor, the capabilities it lacks, and what resolves it.
+What changed: a walk that finds no entry for an ancestor of its own user whose program it may
+not read, and which holds capabilities it lacks, notes it as an ancestor that may be a run
+unseen (the namespace's init only where its name is Python's or pytest's, as the inner
+pytest's here is: it runs as pid 1); where no run is found above, the child is refused,
+naming that ancestor, the capabilities it lacks, and what resolves it.
 """
 
 from __future__ import annotations
@@ -47,10 +48,6 @@ def test_removed_then_a_child_without_capabilities():
 """
 )
 
-#: `run_inner`'s registry of its own, with the inner pytest kept off pid 1: the namespace's
-#: init is passed over by this check (a service given fewer capabilities than systemd's).
-_NOT_INIT = 'mount -t tmpfs -o mode=0700 app-runs "$1" && shift && "$@"; exit $?'
-
 
 @pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("setpriv") is None,
@@ -60,10 +57,10 @@ _NOT_INIT = 'mount -t tmpfs -o mode=0700 app-runs "$1" && shift && "$@"; exit $?
 def test_a_child_without_its_runs_capabilities_is_refused_where_the_entry_is_gone(
     tmp_path: Path,
 ) -> None:
-    inner, said = run_inner(tmp_path, INNER, ("nocaps",), shell=_NOT_INIT)
+    inner, said = run_inner(tmp_path, INNER, ("nocaps",))
     code, _, text = said["nocaps"].partition("\n")
     assert code == "78", said
-    # The run's pytest, by its pid in the namespace (after the shell and its `mount`).
+    # The run's pytest, its namespace's init (pid 1): counted, as its name is Python's.
     found = re.search(r"while a test run may be above this process \(ancestor pid (\d+): ", text)
     assert found is not None, text
     pid = found[1]
