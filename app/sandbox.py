@@ -1940,12 +1940,12 @@ def _capabilities_withheld(pid: int) -> str | None:
     capability dropped (``setpriv --bounding-set=-all``, ``capsh --drop``) had a child that
     could not read the descriptors the run keeps of its entry (`_entry_held_open`): it found
     no run, and given production's settings alone it purged a stopped production root (red
-    team 69 on the guard). The namespace's init (pid 1) only where its name is Python's or
-    pytest's (a container's ``pytest`` as pid 1): a service that a unit gives fewer
-    capabilities (``CapabilityBoundingSet=``) than systemd's, run as root, would be refused
-    every command; a run at pid 1 that a test renamed (``prctl(PR_SET_NAME)``) is the limit
-    the docs list."""
-    if pid not in _EXE_DENIED or (pid == 1 and not _named_as_python(pid)):
+    team 69 on the guard). Only a process named as Python or pytest (`_named_as_python`)
+    counts: a root shell's command run with fewer capabilities (``capsh --drop``), or a
+    service that a unit gives fewer than systemd's (``CapabilityBoundingSet=``), would be
+    refused every command; a run whose name and command line a test both rewrote is the
+    limit the docs list."""
+    if pid not in _EXE_DENIED or not _named_as_python(pid):
         return None
     theirs, ours = _permitted(pid), _permitted("self")
     if theirs is None or ours is None or not theirs & ~ours:
@@ -1962,13 +1962,19 @@ def _capabilities_withheld(pid: int) -> str | None:
 
 
 def _named_as_python(pid: int) -> bool:
-    """Whether process `pid`'s name (``/proc/<pid>/comm``, which every process may read) is
-    a Python interpreter's, pytest's or the dynamic loader's (`_capabilities_withheld`)."""
+    """Whether process `pid`'s name (``/proc/<pid>/comm``) or the first word of its command
+    line, which every process may read where its program is closed to it, is a Python
+    interpreter's, pytest's or the dynamic loader's (`_capabilities_withheld`): the first
+    word is the interpreter's for a script run by its ``#!`` line (pytest's, coverage's, a
+    runner's), whose name is the script's."""
     try:
         name = _proc_bytes(pid, "comm").rstrip(b"\n").decode(errors="replace")
     except OSError:
-        return False
-    return any(pattern.fullmatch(name) for pattern in (_PYTHON, _PYTEST_COMMAND, _LOADER))
+        name = ""
+    words = _cmdline(pid)
+    first = _word_name(words[0]) if words else ""
+    patterns = (_PYTHON, _PYTEST_COMMAND, _LOADER)
+    return any(pattern.fullmatch(word) for pattern in patterns for word in (name, first) if word)
 
 
 #: How `_capabilities_withheld` begins its reasons, which `_hidden_run` tells apart.

@@ -14,9 +14,9 @@ same child read the entry through that descriptor and was refused.
 
 What changed: a walk that finds no entry for an ancestor of its own user whose program it may
 not read, and which holds capabilities it lacks, notes it as an ancestor that may be a run
-unseen (the namespace's init only where its name is Python's or pytest's, as the inner
-pytest's here is: it runs as pid 1); where no run is found above, the child is refused,
-naming that ancestor, the capabilities it lacks, and what resolves it.
+unseen, where its name or its command line's first word is Python's or pytest's (the inner
+pytest runs as its namespace's pid 1, as a container's does); where no run is found above,
+the child is refused, naming that ancestor, the capabilities it lacks, and what resolves it.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def test_a_child_without_its_runs_capabilities_is_refused_where_the_entry_is_gon
     inner, said = run_inner(tmp_path, INNER, ("nocaps",))
     code, _, text = said["nocaps"].partition("\n")
     assert code == "78", said
-    # The run's pytest, its namespace's init (pid 1): counted, as its name is Python's.
+    # The run's pytest, its namespace's init (pid 1), named as Python.
     found = re.search(r"while a test run may be above this process \(ancestor pid (\d+): ", text)
     assert found is not None, text
     pid = found[1]
