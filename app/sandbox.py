@@ -1886,11 +1886,15 @@ def _may_be_named_beside(pid: int, started: int, seen: _Seen, parent: int | None
 
 
 def _python_program(pid: int) -> bool:
-    """Whether process `pid` runs Python, by its program (`_entry_held_open`)."""
+    """Whether process `pid` runs Python, by its program (`_entry_held_open`); one whose
+    program this process may not read is noted in `_EXE_DENIED`."""
     try:
         # Its program, not its command line: a test can write a title over that
         # (setproctitle), as code under test that names its process does.
         program = _word_name(os.readlink(f"{_PROC}/{pid}/exe"))  # noqa: PTH115 - str in, out
+    except PermissionError:
+        _EXE_DENIED.add(pid)
+        return False
     except OSError:
         return False
     # A program replaced on disk while it runs (Python upgraded in place by the system's
@@ -1899,6 +1903,82 @@ def _python_program(pid: int) -> bool:
     program = program.removesuffix(" (deleted)")
     # A Python run through the loader shows the loader (`_program_words`).
     return bool(_PYTHON.fullmatch(program) or _LOADER.fullmatch(program))
+
+
+#: The processes whose program one walk was denied (`_python_program`): a process of this
+#: user may not read ``/proc/<pid>/exe`` (nor ``fd``) of one that holds capabilities it
+#: lacks (`_capabilities_withheld`). Emptied as each walk begins.
+_EXE_DENIED: set[int] = set()
+
+
+def _permitted(pid: int | str) -> int | None:
+    """Process `pid`'s permitted capabilities (``CapPrm`` of ``/proc/<pid>/status``, which
+    every process may read), or None where they cannot be read."""
+    try:
+        raw = _proc_bytes(pid, "status")
+    except OSError:
+        return None
+    for line in raw.splitlines():
+        if line.startswith(b"CapPrm:"):
+            with contextlib.suppress(IndexError, ValueError):
+                return int(line.split()[1], 16)
+    return None
+
+
+#: Linux's number of ``CAP_SYS_PTRACE``, the capability that reads any process's ``fd``.
+_CAP_SYS_PTRACE: Final = 19
+
+
+def _capabilities_withheld(pid: int) -> str | None:
+    """Why this process may not read the descriptors of process `pid`, one of its own user
+    (`_entry_named`), where `pid` holds capabilities that it lacks; else None.
+
+    Linux lets a process read another's ``/proc/<pid>/exe`` and the links of its ``fd``
+    only where its permitted capabilities hold all of the other's (or it has
+    ``CAP_SYS_PTRACE``), whatever their user. A test of a run as root that removed its run's
+    entry (or hid the registry: a tmpfs mounted over it) and started a child with every
+    capability dropped (``setpriv --bounding-set=-all``, ``capsh --drop``) had a child that
+    could not read the descriptors the run keeps of its entry (`_entry_held_open`): it found
+    no run, and given production's settings alone it purged a stopped production root (red
+    team 69 on the guard). Only a process named as Python or pytest (`_named_as_python`)
+    counts: a root shell's command run with fewer capabilities (``capsh --drop``), or a
+    service that a unit gives fewer than systemd's (``CapabilityBoundingSet=``), would be
+    refused every command; a run whose name and command line a test both rewrote is the
+    limit the docs list."""
+    if pid not in _EXE_DENIED or not _named_as_python(pid):
+        return None
+    theirs, ours = _permitted(pid), _permitted("self")
+    if theirs is None or ours is None or not theirs & ~ours:
+        return None
+    lacked = theirs & ~ours
+    count = bin(lacked).count("1")
+    which = ", CAP_SYS_PTRACE among them" if lacked >> _CAP_SYS_PTRACE & 1 else ""
+    many = "capability" if count == 1 else "capabilities"
+    return (
+        f"{_CAPS_WITHHELD} (it holds {count} {many} that this process lacks{which}), "
+        f"so /proc/{pid}/exe and the descriptors it keeps open, where a run keeps its entry, "
+        "are closed to this process"
+    )
+
+
+def _named_as_python(pid: int) -> bool:
+    """Whether process `pid`'s name (``/proc/<pid>/comm``) or the first word of its command
+    line, which every process may read where its program is closed to it, is a Python
+    interpreter's, pytest's or the dynamic loader's (`_capabilities_withheld`): the first
+    word is the interpreter's for a script run by its ``#!`` line (pytest's, coverage's, a
+    runner's), whose name is the script's."""
+    try:
+        name = _proc_bytes(pid, "comm").rstrip(b"\n").decode(errors="replace")
+    except OSError:
+        name = ""
+    words = _cmdline(pid)
+    first = _word_name(words[0]) if words else ""
+    patterns = (_PYTHON, _PYTEST_COMMAND, _LOADER)
+    return any(pattern.fullmatch(word) for pattern in patterns for word in (name, first) if word)
+
+
+#: How `_capabilities_withheld` begins its reasons, which `_hidden_run` tells apart.
+_CAPS_WITHHELD: Final = "its capabilities are not all this process's"
 
 
 def _entry_named(pid: int, name: str, seen: _Seen, parent: int | None) -> Path | None:
@@ -1920,6 +2000,10 @@ def _entry_named(pid: int, name: str, seen: _Seen, parent: int | None) -> Path |
             entry = _entry_held_open(pid, uid, name, seen)
         if entry is not None:
             return entry
+    if owner == os.getuid() and (withheld := _capabilities_withheld(pid)) is not None:
+        # It may be a run whose entry a test removed or hid, kept open where this process
+        # may not look: refused, naming it (`_hidden_run`), if no run is found above.
+        seen.hidden.setdefault(pid, (Path(f"{_PROC}/{pid}/fd"), withheld))
     # And root's: a run as root hands its entry on, in its own registry, to a daemon a test
     # started as another user (`sudo -u`, `setpriv`), which looked under its own user alone
     # and, once the run had ended, purged the production root that user owns (red team 46).
@@ -1978,6 +2062,7 @@ def _walk_tree() -> tuple[Run | None, str | None, str]:
 def _walk_tree_listed() -> tuple[Run | None, str | None, str]:
     """`_walk_tree`, each process's descriptors listed once (`_descriptors`)."""
     _MISSHOWN.clear()
+    _EXE_DENIED.clear()
     _CHANGED.clear()
     _AS_READ.clear()
     _READ_SHORT.clear()
@@ -2400,7 +2485,7 @@ def _hidden_run(hidden: Mapping[int, tuple[Path, str]]) -> tuple[str, str]:
             "does; a test must not change it"
         )
         return said, fix
-    if why.startswith(_SEARCH_DENIED):
+    if why.startswith((_SEARCH_DENIED, _CAPS_WITHHELD)):
         return _search_denied(pid, registry, why)
     said = (
         f"{_HIDDEN_RUN} (ancestor pid {pid}: {_shown(_cmdline(pid))}), whose entry in the "
@@ -2445,7 +2530,21 @@ def _search_denied(pid: int, registry: Path, why: str) -> tuple[str, str]:
     """`_hidden_run`'s words where the registry's own look was denied: the directory on its
     way that this process may not search. A service whose user may not search ``/tmp`` was
     told that the read of the registry failed and to let it read the registry, which no
-    ``chmod`` of the registry opens (red team 60 on regress)."""
+    ``chmod`` of the registry opens (red team 60 on regress). And where the ancestor holds
+    capabilities this process lacks (`_capabilities_withheld`): those it needs."""
+    if why.startswith(_CAPS_WITHHELD):
+        said = (
+            f"{_HIDDEN_RUN} (ancestor pid {pid}: {_shown(_cmdline(pid))}), whose entry in "
+            f"the registry of test runs this process (user {os.getuid()}) cannot look for: "
+            f"the registry does not show one, and {why}"
+        )
+        fix = (
+            f"Start this process with the capabilities of pid {pid} (not under `setpriv "
+            "--bounding-set=-all`, `capsh --drop` or a unit's CapabilityBoundingSet= below a "
+            "process that holds them), or outside the test run; a test must leave the "
+            f"registry of test runs ({RUNS_DIR}) and its entries alone"
+        )
+        return said, fix
     blocked = _unsearchable(registry)
     said = (
         f"{_HIDDEN_RUN} (ancestor pid {pid}: {_shown(_cmdline(pid))}), whose entry in the "

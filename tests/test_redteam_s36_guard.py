@@ -580,8 +580,9 @@ def test_a_rewritten_entry_is_put_back_after_a_reload_of_the_app_s_modules(
         " was changed (the sandbox and the protected roots that its children read there); it "
         "was put back. Until then, a process started with a hand-built environment (and any "
         "after the run) read the run's rules from the sealed copy of its entry that the run "
-        "keeps, where it could read this process's descriptors (a process of another user "
-        "could not, and followed the changed entry)"
+        "keeps, where it could read this process's descriptors (a process of another user, "
+        "or one without this process's capabilities, could not, and followed the changed "
+        "entry)"
         if hasattr(os, "memfd_create")  # the copy since red team 61 on the children of tests
         else "after the run) followed the changed entry, not the run's rules"
     ) in output, output

@@ -1104,64 +1104,59 @@ class WriteNotStoredError(AppError):
 
     @property
     def message(self) -> str:
+        said = f"database {self.where} did not store {self.what}: its {self.statement} {self.table}"
+        # The query that lists the table's triggers, which each `after` form names.
+        triggers = (
+            "`SELECT tgname, pg_get_triggerdef(oid) FROM pg_trigger WHERE tgrelid = "  # noqa: S608
+            f"'{self.table}'::regclass AND NOT tgisinternal` lists the triggers on that table"
+        )
         if self.files is not None:
             before, after = self.files
             return (
-                f"database {self.where} did not store {self.what}: its {self.statement} "  # noqa: S608
-                f"{self.table} moved the session to the trash with {before} file row(s), but "
-                f"once every trigger had run {after} were there, as a trigger of another's "
-                "after the change that moves or deletes a trashed session's files (at once, or "
-                "deferred to the commit: an archiving tool's) makes it; nothing was changed "
-                "(its transaction was rolled back). `SELECT tgname, pg_get_triggerdef(oid) "
-                f"FROM pg_trigger WHERE tgrelid = '{self.table}'::regclass AND NOT "
-                "tgisinternal` lists the triggers on that table: drop the one that changes "
-                f"its rows (`DROP TRIGGER <name> ON {self.table}`), then retry"
+                f"{said} moved the session to the trash with {before} file row(s), but once every "
+                f"trigger had run {after} were there, as a trigger of another's after the change "
+                "that moves or deletes a trashed session's files (at once, or deferred to the "
+                "commit: an archiving tool's) makes it; nothing was changed (its transaction was "
+                f"rolled back). {triggers}: drop the one that changes its rows (`DROP TRIGGER "
+                f"<name> ON {self.table}`), then retry"
             )
         if self.after and self.statement == "UPDATE of":
-            # A restore's: the row it took out of the trash (red team 68 on regress).
+            # A restore's: the row it took out of the trash (red team 68 on regress); a
+            # replace's, a delete's or a repair's, a row it moved to the trash or keyed (red
+            # team 69 on integrity).
             return (
-                f"database {self.where} did not store {self.what}: its {self.statement} "  # noqa: S608
-                f"{self.table} changed a row, but once every trigger had run that row was not "
-                "as the change left it (gone, or back as it was), as a trigger of another's "
-                "that updates or deletes it after the change (at once, or deferred to the "
-                "commit: an archiving tool's that moves a trashed row elsewhere) makes it; "
-                "nothing was changed (its transaction was rolled back). `SELECT tgname, "
-                f"pg_get_triggerdef(oid) FROM pg_trigger WHERE tgrelid = '{self.table}'"
-                "::regclass AND NOT tgisinternal` lists the triggers on that table: drop the "
-                f"one that changes its rows (`DROP TRIGGER <name> ON {self.table}`), then retry"
+                f"{said} changed a row, but once every trigger had run that row was not as the "
+                "change left it (gone, or back as it was), as a trigger of another's that updates "
+                "or deletes it after the change (at once, or deferred to the commit: an archiving "
+                "tool's that moves a trashed row elsewhere) makes it; nothing was changed (its "
+                f"transaction was rolled back). {triggers}: drop the one that changes its rows "
+                f"(`DROP TRIGGER <name> ON {self.table}`), then retry"
             )
         if self.after and self.table == "app_sessions":
             return (
-                f"database {self.where} did not store {self.what}: its {self.statement} "  # noqa: S608
-                f"{self.table} wrote a row, but once every trigger had run that row was gone "
-                "or not as sent (its title or its metadata, kept as sent), as a column of "
-                "another type than the app's (metadata retyped jsonb reorders its keys) or a "
-                "trigger of another's that changes a row before it is stored, or deletes or "
-                "updates it after, makes it; nothing was changed (its transaction was rolled "
-                "back). `app doctor` names a column changed from the app's, and `SELECT "
-                "tgname, pg_get_triggerdef(oid) FROM pg_trigger WHERE tgrelid = "
-                f"'{self.table}'::regclass AND NOT tgisinternal` lists the triggers on that "
-                "table: undo the change, or drop the trigger that changes its rows, then retry"
+                f"{said} wrote a row, but once every trigger had run that row was gone or not as "
+                "sent (its title or its metadata, kept as sent), as a column of another type than "
+                "the app's (metadata retyped jsonb reorders its keys) or a trigger of another's "
+                "that changes a row before it is stored, or deletes or updates it after, makes "
+                "it; nothing was changed (its transaction was rolled back). `app doctor` names a "
+                f"column changed from the app's, and {triggers}: undo the change, or drop the "
+                "trigger that changes its rows, then retry"
             )
         if self.after:
             return (
-                f"database {self.where} did not store {self.what}: its {self.statement} "  # noqa: S608
-                f"{self.table} wrote a row, but once every trigger had run that row was gone "
-                "or not as sent (its object, size or digest), as a trigger of another's that "
-                "changes a row before it is stored, or deletes or updates it after, makes it; "
-                "nothing was changed (its transaction was rolled back, and "
-                "the upload's object deleted). `SELECT tgname, pg_get_triggerdef(oid) FROM "
-                f"pg_trigger WHERE tgrelid = '{self.table}'::regclass AND NOT tgisinternal` "
-                "lists the triggers on that table: drop the one that changes its rows (`DROP "
-                f"TRIGGER <name> ON {self.table}`), then retry"
+                f"{said} wrote a row, but once every trigger had run that row was gone or not as "
+                "sent (its object, size or digest), as a trigger of another's that changes a row "
+                "before it is stored, or deletes or updates it after, makes it; nothing was "
+                "changed (its transaction was rolled back, and the upload's object deleted). "
+                f"{triggers}: drop the one that changes its rows (`DROP TRIGGER <name> ON "
+                f"{self.table}`), then retry"
             )
         return (
-            f"database {self.where} did not store {self.what}: its {self.statement} "
-            f"{self.table} wrote no row, as a trigger that returns NULL before it or a rule DO "
-            "INSTEAD on that table makes it; nothing was changed (its transaction was rolled "
-            "back, and an upload's object deleted). `app doctor` names the triggers and rules "
-            "on the app's tables that the app did not make: drop them (`DROP TRIGGER <name> "
-            f"ON {self.table}`), then retry"
+            f"{said} wrote no row, as a trigger that returns NULL before it or a rule DO INSTEAD "
+            "on that table makes it; nothing was changed (its transaction was rolled back, and an "
+            "upload's object deleted). `app doctor` names the triggers and rules on the app's "
+            f"tables that the app did not make: drop them (`DROP TRIGGER <name> ON {self.table}`), "
+            "then retry"
         )
 
 

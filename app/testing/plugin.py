@@ -661,8 +661,8 @@ def _after_the_test(item: pytest.Item, state: guard.GuardState) -> list[str]:
     if state.run is not None and (lost := sandboxing.restore_entry(state.run)):
         meanwhile = (
             "read the run's rules from the sealed copy of its entry that the run keeps, where "
-            "it could read this process's descriptors (a process of another user could not, "
-            "and followed the changed entry)"
+            "it could read this process's descriptors (a process of another user, or one "
+            "without this process's capabilities, could not, and followed the changed entry)"
             if "was changed" in lost and sandboxing.keeps_sealed_copy()
             else "followed the changed entry, not the run's rules"
             if "was changed" in lost
