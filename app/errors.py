@@ -2233,18 +2233,35 @@ class FileRecordUnreadableError(StoreError):
 
 
 class FileNotFoundInSessionError(StoreError):
-    """The session has no file of that name."""
+    """The session has no file of that name; a deleted one is named with its trash entry
+    and the restore, over HTTP (red team 69 on integrity)."""
 
     exit_code = EX_NOINPUT
     code = "file_not_found"
     http_status = 404
-    template = (
-        "session {session_id!r} has no file {name!r}; "
-        "GET /sessions/{session_id}/files lists its files"
-    )
 
     session_id: str
     name: str
+    deleted: str | None = field(default=None, kw_only=True)
+    """The newest trash entry that holds the file, for a request to its name."""
+
+    @property
+    def message(self) -> str:
+        if self.deleted is not None:
+            # As a deleted session is named (`SessionNotFoundError.deleted`): a DELETE whose
+            # answer was lost, sent again, was told "has no file" as if it had never been,
+            # where a session's was told it is in the trash.
+            return (
+                f"session {self.session_id!r} has no file {self.name!r}: its newest version "
+                f"is in the trash (entry {self.deleted}), and a DELETE sent again after its "
+                "answer was lost deleted it on its first try. `app sessions restore "
+                f"{self.session_id} --file {shell_word(self.name)}` brings it back; `app "
+                "sessions list --trash` shows the trash"
+            )
+        return (
+            f"session {self.session_id!r} has no file {self.name!r}; "
+            f"GET /sessions/{self.session_id}/files lists its files"
+        )
 
 
 class InvalidNameError(StoreError):

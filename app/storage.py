@@ -727,10 +727,11 @@ class Storage(Protocol):
 
     # trash
     def list_trash(self) -> list[TrashEntry]: ...
-    def deleted_entry(self, session_id: str) -> str | None:
-        """The name of the newest trash entry that holds the deleted session ``session_id``,
-        for a refusal of a request to it to name (``app sessions restore`` brings it back);
-        None where it is not in the trash, or the trash cannot say now."""
+    def deleted_entry(self, session_id: str, file: str | None = None) -> str | None:
+        """The name of the newest trash entry that holds the deleted session ``session_id``
+        (or its ``file``, where a delete made it), for a refusal of a request to it to name
+        (``app sessions restore`` brings it back); None where it is not in the trash, or the
+        trash cannot say now."""
         ...
 
     def restore(

@@ -461,7 +461,15 @@ def _hash_unkeyed(db: Database) -> list[Finding]:
     on a row without one is damage (rows67). A row no hash can be made of is left, as the
     reads leave it. Under maintenance's exclusive hold only: a replica of an earlier build
     serving beside it writes rows without the key."""
-    with db.write("the hashing of the sessions' rows written without content_sha256") as conn:
+    what = "the hashing of the sessions' rows written without content_sha256"
+    keyed: dict[str, set[Any]] = {"app_sessions": set(), "app_files": set()}
+
+    def still_there(conn: Any) -> None:
+        # At the commit point, every trigger run (red team 69 on integrity).
+        for table, ids in keyed.items():
+            pg.kept(conn, db.where, what, table, ids)
+
+    with db.write(what, settled=still_there) as conn:
         rows = conn.execute(
             f"SELECT id, title, metadata, {utc('created_at')} AS created_at"  # noqa: S608
             " FROM app_sessions WHERE content_sha256 IS NULL FOR UPDATE"
@@ -475,6 +483,7 @@ def _hash_unkeyed(db: Database) -> list[Finding]:
                 conn.execute(
                     "UPDATE app_sessions SET content_sha256 = %s WHERE id = %s", (key, row["id"])
                 )
+                keyed["app_sessions"].add(row["id"])
                 hashed += 1
         # Every row's updated_sha256 too, where it is not that of its updated_at: before the
         # mark, a replica of an earlier build sets the time without it.
@@ -487,6 +496,7 @@ def _hash_unkeyed(db: Database) -> list[Finding]:
                 conn.execute(
                     "UPDATE app_sessions SET updated_sha256 = %s WHERE id = %s", (key, row["id"])
                 )
+                keyed["app_sessions"].add(row["id"])
                 times += 1
         files = 0
         for row in conn.execute(
@@ -498,6 +508,7 @@ def _hash_unkeyed(db: Database) -> list[Finding]:
                     "UPDATE app_files SET content_sha256 = %s WHERE id = %s",
                     (record_sha256(row), row["id"]),
                 )
+                keyed["app_files"].add(row["id"])
                 files += 1
         # Its schema version with it: a release from before the mark, which writes rows
         # without keys, refuses the database from now on (`pg.SCHEMA_VERSION`).

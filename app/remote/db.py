@@ -481,12 +481,18 @@ class Database:
 
     @contextlib.contextmanager
     def write(
-        self, what: str = "a change", *, lock: tuple[int, int] | None = None
+        self,
+        what: str = "a change",
+        *,
+        lock: tuple[int, int] | None = None,
+        settled: Callable[[Connection], object] | None = None,
     ) -> Iterator[Connection]:
         """A transaction for a change, after checking that this process still holds.
 
         ``what`` names the change if the connection breaks while it commits. ``lock``: an
         advisory lock taken shared, to the commit, before the first statement of the change.
+        ``settled``: run at the commit point, once every trigger deferred to the commit has
+        fired there (a check that only reads; what it raises rolls the change back).
         """
         self.ensure_held()
         begun: dict[str, Any] = {}
@@ -498,6 +504,12 @@ class Database:
                     begun = self._begin(conn, lock)
                     yield conn
                     self._still_held(conn, what)
+                    if settled is not None:
+                        # Only reads: nothing of another's runs between the setting of
+                        # `_still_held` and the COMMIT, and deferred triggers fire there, at
+                        # the commit point, as every write's do (a test's observer of the
+                        # commit's setting among them).
+                        settled(conn)
                 except BaseException:
                     with contextlib.suppress(psycopg.Error):
                         conn.rollback()
@@ -627,6 +639,7 @@ class Database:
         *,
         file: str | None = None,
         then: Callable[[Connection], object] | None = None,
+        settled: Callable[[Connection], object] | None = None,
     ) -> Iterator[tuple[Connection, datetime]]:
         """:meth:`write` a change to a live session's files, then bump its ``updated_at``.
 
@@ -637,9 +650,9 @@ class Database:
         connection last, before the commit, with the new ``updated_at`` written and every
         trigger deferred to the commit fired (what a change answers with is read there: read
         after the commit, a read that failed answered a change that was made as one that
-        changed nothing).
+        changed nothing). ``settled``: as :meth:`write`'s.
         """
-        with self.write(what) as conn:
+        with self.write(what, settled=settled) as conn:
             row = conn.execute(
                 "SELECT id, updated_at FROM app_sessions WHERE id = %s AND deleted_at IS NULL"
                 " FOR NO KEY UPDATE",

@@ -1086,7 +1086,7 @@ class TablesChangedError(_TablesAmissError):
 class WriteNotStoredError(AppError):
     """An INSERT or UPDATE of the app's wrote no row: a trigger or rule of another's skipped
     it; or an upload's row was not there as sent once every trigger had run (or a restore's
-    not out of the trash)."""
+    not out of the trash, or a row a replace or a delete moved to the trash not there)."""
 
     exit_code = EX_UNAVAILABLE
     code = "write_not_stored"
@@ -1098,6 +1098,9 @@ class WriteNotStoredError(AppError):
     statement: str = "INSERT into"
     #: Whether a row was written, but not the one sent, or deleted after (by a trigger).
     after: bool = False
+    #: A session's move to the trash whose file rows a trigger took away: how many it had
+    #: before the update, and how many once every trigger had run (red team 69).
+    files: tuple[int, int] | None = None
 
     @property
     def message(self) -> str:
@@ -1107,14 +1110,27 @@ class WriteNotStoredError(AppError):
             "`SELECT tgname, pg_get_triggerdef(oid) FROM pg_trigger WHERE tgrelid = "  # noqa: S608
             f"'{self.table}'::regclass AND NOT tgisinternal` lists the triggers on that table"
         )
+        if self.files is not None:
+            before, after = self.files
+            return (
+                f"{said} moved the session to the trash with {before} file row(s), but once every "
+                f"trigger had run {after} were there, as a trigger of another's after the change "
+                "that moves or deletes a trashed session's files (at once, or deferred to the "
+                "commit: an archiving tool's) makes it; nothing was changed (its transaction was "
+                f"rolled back). {triggers}: drop the one that changes its rows (`DROP TRIGGER "
+                f"<name> ON {self.table}`), then retry"
+            )
         if self.after and self.statement == "UPDATE of":
-            # A restore's: the row it took out of the trash (red team 68 on regress).
+            # A restore's: the row it took out of the trash (red team 68 on regress); a
+            # replace's, a delete's or a repair's, a row it moved to the trash or keyed (red
+            # team 69 on integrity).
             return (
                 f"{said} changed a row, but once every trigger had run that row was not as the "
                 "change left it (gone, or back as it was), as a trigger of another's that updates "
-                "or deletes it after the change, deferred to the commit, makes it; nothing was "
-                f"changed (its transaction was rolled back). {triggers}: drop the one that changes "
-                f"its rows (`DROP TRIGGER <name> ON {self.table}`), then retry"
+                "or deletes it after the change (at once, or deferred to the commit: an archiving "
+                "tool's that moves a trashed row elsewhere) makes it; nothing was changed (its "
+                f"transaction was rolled back). {triggers}: drop the one that changes its rows "
+                f"(`DROP TRIGGER <name> ON {self.table}`), then retry"
             )
         if self.after and self.table == "app_sessions":
             return (

@@ -200,7 +200,16 @@ class RemoteFiles:
     def _record_upload(self, upload: RemoteUpload, result: PutResult) -> FileEntry:
         session_id, name = upload.session_id, upload.name
         what = f"the upload of {name!r} into session {session_id}"
-        with self.db.change(session_id, what, file=name) as (conn, moment):
+        retired: list[Any] = []
+
+        def in_the_trash(conn: Any) -> None:
+            # The version it replaced in the trash too, at the commit point, every trigger
+            # run (one after the session's own update among them): a trigger after the
+            # update that took that row away (an archiving tool's) had the replace answered
+            # 200 and audited of a version no entry held (red team 69 on integrity).
+            pg.trashed(conn, self.db.where, what, "app_files", retired, moment)
+
+        with self.db.change(session_id, what, file=name, settled=in_the_trash) as (conn, moment):
             old = conn.execute(
                 "SELECT id, sha256 FROM app_files WHERE session_id = %s"
                 ' AND name = %s COLLATE "default"'
@@ -271,6 +280,8 @@ class RemoteFiles:
                 (result.name, result.size, result.sha256)
             ]:
                 raise WriteNotStoredError(self.db.where, what, "app_files", after=True)
+            if old is not None:
+                retired.append(old["id"])
         upload.replaced = trash is not None
         return cast(FileEntry, acknowledged)
 
@@ -280,7 +291,15 @@ class RemoteFiles:
         check_session_id(session_id)
         name = check_file_name(name)
         what = f"the delete of {name!r} from session {session_id}"
-        with self.db.change(session_id, what, file=name) as (conn, moment):
+        deleted: list[Any] = []
+
+        def in_the_trash(conn: Any) -> None:
+            # At the commit point, every trigger run: one after the update that took the row
+            # away (an archiving tool's) had the delete answered with an entry that held
+            # nothing (red team 69 on integrity).
+            pg.trashed(conn, self.db.where, what, "app_files", deleted, moment)
+
+        with self.db.change(session_id, what, file=name, settled=in_the_trash) as (conn, moment):
             trash = trash_name(moment, session_id, file=True)
             if if_match is not None:
                 found = conn.execute(
@@ -302,5 +321,6 @@ class RemoteFiles:
                 where, condition = self.db.where, 'session_id = %s AND name = %s COLLATE "default"'
                 pg.skipped(conn, where, what, "app_files", condition, (session_id, name))
                 raise FileNotFoundInSessionError(session_id, name)
+            deleted.append(row["id"])
             self.db.audit(conn, "trash-file", f"{session_id}/{name}", trash=trash)
         return trash_entry(trash, "file", session_id, name, moment, "delete")

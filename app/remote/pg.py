@@ -1551,6 +1551,62 @@ def skipped(conn: psycopg.Connection[Any], where: str, what: str, table: str, ke
         raise WriteNotStoredError(where, what, table, "UPDATE of")
 
 
+def trashed(
+    conn: psycopg.Connection[Any],
+    where: str,
+    what: str,
+    table: str,
+    ids: list[Any],
+    moment: datetime,
+    *,
+    files: int | None = None,
+) -> None:
+    """After an UPDATE that moved rows ``ids`` of ``table`` to the trash at ``moment``,
+    once every trigger has run (the deferred ones fired: at the commit point, `Database.write`'s
+    ``settled``, or by the caller): refuse it, rolled back, where they are not all there
+    so, or (``files``, for sessions) where their file rows are no longer the ``files``
+    counted before the update.
+
+    A trigger of another's after the update (the kind the open leaves alone: an archiving
+    tool's that moves a trashed row, or a trashed session's files, into a table of its own,
+    at once or deferred to the commit) took the rows away: a replace was answered 200 and a
+    delete with its trash entry, both audited, of versions no entry held, whose objects `app
+    data check --repair` then deleted as no row's (red team 69 on integrity). ``ids`` are
+    the app's own row ids, never a caller's text; none (an upload of a new name, a purge of
+    no session) asks nothing."""
+    if not ids:
+        return
+    found = conn.execute(
+        sql.SQL(
+            "SELECT (SELECT count(*) FROM {} WHERE id = ANY(%s) AND deleted_at = %s) AS n,"
+            " (SELECT count(*) FROM app_files WHERE session_id = ANY(%s)) AS files"
+        ).format(sql.Identifier(table)),
+        (ids, moment, ids if files is not None else []),
+    ).fetchone()
+    if found is None or found["n"] != len(ids):
+        raise WriteNotStoredError(where, what, table, "UPDATE of", after=True)
+    if files is not None and found["files"] != files:
+        counted = (files, found["files"])
+        raise WriteNotStoredError(where, what, table, "UPDATE of", after=True, files=counted)
+
+
+def kept(conn: psycopg.Connection[Any], where: str, what: str, table: str, ids: set[Any]) -> None:
+    """After UPDATEs of rows ``ids`` of ``table`` that change none of what a trigger's
+    ``WHEN`` would tell apart (a repair's keys), once every trigger has run: refuse them,
+    rolled back, where a row is gone. A trigger of another's after any update of a trashed
+    row (an archiving tool's, "whenever a trashed row is touched") took trashed rows away as
+    the repair keyed them, and the next repair deleted their objects as no row's (red team
+    69 on integrity)."""
+    if not ids:
+        return
+    found = conn.execute(
+        sql.SQL("SELECT count(*) AS n FROM {} WHERE id = ANY(%s)").format(sql.Identifier(table)),
+        (list(ids),),
+    ).fetchone()
+    if found is None or found["n"] != len(ids):
+        raise WriteNotStoredError(where, what, table, "UPDATE of", after=True)
+
+
 def read_stamp(conn: psycopg.Connection[Any]) -> Stamp | None:
     """The stamp, or ``None`` for a database the app never opened.
 

@@ -309,15 +309,36 @@ class RemoteSessions:
         moment = now()
         name = trash_name(moment, session_id, file=False)
         what = f"the delete of session {session_id}"
-        with self.db.write(what) as conn:
+        counted: list[int] = []
+
+        def in_the_trash(conn: Any) -> None:
+            # At the commit point, every trigger run: the session in the trash with every
+            # file it had. One after the update that took them away (an archiving tool's)
+            # had the delete answered with an entry that held nothing (red team 69 on
+            # integrity).
+            trashed = [session_id]
+            pg.trashed(conn, self.db.where, what, "app_sessions", trashed, moment, files=counted[0])
+
+        with self.db.write(what, settled=in_the_trash) as conn:
+            # Its files are counted with the update, to be found again once every trigger
+            # has run; its row locked first, so that the count's snapshot is taken with no
+            # change of the app's to its files in flight (each locks that row first,
+            # `Database.change`): the update's own snapshot, taken before it waited for
+            # an upload's commit, counted without that upload's row.
+            conn.execute(
+                "SELECT 1 FROM app_sessions WHERE id = %s AND deleted_at IS NULL FOR NO KEY UPDATE",
+                (session_id,),
+            )
             row = conn.execute(
-                "UPDATE app_sessions SET deleted_at = %s, deleted_reason = %s, trash_name = %s"
-                " WHERE id = %s AND deleted_at IS NULL RETURNING title",
-                (moment, reason, name, session_id),
+                "WITH f AS (SELECT count(*) AS n FROM app_files WHERE session_id = %s)"
+                " UPDATE app_sessions SET deleted_at = %s, deleted_reason = %s, trash_name = %s"
+                " WHERE id = %s AND deleted_at IS NULL RETURNING title, (SELECT n FROM f) AS files",
+                (session_id, moment, reason, name, session_id),
             ).fetchone()
             if row is None:
                 pg.skipped(conn, self.db.where, what, "app_sessions", "id = %s", (session_id,))
                 raise SessionNotFoundError(session_id)
+            counted.append(row["files"])
             self.db.audit(
                 conn, "trash-session", session_id, trash=name, reason=reason, title=row["title"]
             )
@@ -327,16 +348,29 @@ class RemoteSessions:
         """Move every live session to the trash state, in one transaction; one audit row."""
         moment = now()
         prefix = moment.strftime(TRASH_TIME_FORMAT) + "-"
-        with self.db.write("the purge of every live session") as conn:
+        what = "the purge of every live session"
+        trashed: list[str] = []
+        counted: list[int] = []
+
+        def in_the_trash(conn: Any) -> None:
+            # As a session's delete (red team 69 on integrity).
+            pg.trashed(conn, self.db.where, what, "app_sessions", trashed, moment, files=counted[0])
+
+        with self.db.write(what, settled=in_the_trash) as conn:
             rows = conn.execute(
-                "UPDATE app_sessions SET deleted_at = %s, deleted_reason = 'purge',"
-                " trash_name = %s || id WHERE deleted_at IS NULL RETURNING id, title, trash_name",
+                # The live sessions' files counted as the update finds them (one snapshot):
+                # under maintenance's exclusive hold, no replica writes meanwhile.
+                "WITH f AS (SELECT count(*) AS n FROM app_files f JOIN app_sessions s"
+                " ON s.id = f.session_id WHERE s.deleted_at IS NULL)"
+                " UPDATE app_sessions SET deleted_at = %s, deleted_reason = 'purge',"
+                " trash_name = %s || id WHERE deleted_at IS NULL"
+                " RETURNING id, title, trash_name, (SELECT n FROM f) AS files",
                 (moment, prefix),
             ).fetchall()
             rows.sort(key=lambda row: row["id"])
-            self.db.audit(
-                conn, "purge", self.db.where, count=len(rows), sessions=[r["id"] for r in rows]
-            )
+            trashed.extend(r["id"] for r in rows)
+            counted.append(rows[0]["files"] if rows else 0)
+            self.db.audit(conn, "purge", self.db.where, count=len(rows), sessions=trashed)
         return [
             trash_entry(r["trash_name"], "session", r["id"], None, moment, "purge", r["title"])
             for r in rows

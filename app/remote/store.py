@@ -465,10 +465,10 @@ class RemoteStore(Storage):
         """Every trashed session and file, oldest first."""
         return self.trash.entries()
 
-    def deleted_entry(self, session_id: str) -> str | None:
-        """The trash entry of the deleted session; None where it is not deleted, or the
-        database cannot say now."""
-        return self.trash.deleted_entry(session_id)
+    def deleted_entry(self, session_id: str, file: str | None = None) -> str | None:
+        """The trash entry of the deleted session (or the newest of its ``file``); None where
+        it is not deleted, or the database cannot say now."""
+        return self.trash.deleted_entry(session_id, file)
 
     def restore(
         self, session_id: str, *, file: str | None = None, entry: str | None = None

@@ -253,15 +253,27 @@ class RemoteTrash:
                 raise
             raise SessionNotFoundError(session_id, in_trash=trashed) from None
 
-    def deleted_entry(self, session_id: str) -> str | None:
-        """The trash entry of the deleted session ``session_id``; None where it is not
-        deleted, or the database cannot say now (the request's own refusal stands)."""
+    def deleted_entry(self, session_id: str, file: str | None = None) -> str | None:
+        """The trash entry of the deleted session ``session_id`` (or the newest of its
+        ``file``, as a restore finds it); None where it is not deleted, or the database
+        cannot say now (the request's own refusal stands)."""
         try:
             with self.db.conn() as conn:
-                trashed = conn.execute(
-                    "SELECT trash_name FROM app_sessions WHERE id = %s AND deleted_at IS NOT NULL",
-                    (session_id,),
-                ).fetchone()
+                if file is None:
+                    trashed = conn.execute(
+                        "SELECT trash_name FROM app_sessions"
+                        " WHERE id = %s AND deleted_at IS NOT NULL",
+                        (session_id,),
+                    ).fetchone()
+                else:
+                    trashed = conn.execute(
+                        "SELECT trash_name, deleted_reason FROM app_files WHERE session_id = %s"  # noqa: S608
+                        ' AND name = %s COLLATE "default" AND deleted_at IS NOT NULL'
+                        f" ORDER BY {_NAMED} DESC, id DESC LIMIT 1",
+                        (session_id, file),
+                    ).fetchone()
+                    if trashed is not None and trashed["deleted_reason"] != "delete":
+                        return None  # its newest version replaced: not its DELETE's
         except AppError:
             return None
         return None if trashed is None else str(trashed["trash_name"])

@@ -20,6 +20,7 @@ from starlette.routing import Match
 
 from app.errors import (
     AppError,
+    FileNotFoundInSessionError,
     ReadOnlyStorageError,
     RequestTimeoutError,
     SessionNotFoundError,
@@ -189,6 +190,12 @@ def add_error_handlers(app: FastAPI, store: Storage) -> None:
             entry = await run_in_threadpool(store.deleted_entry, error.session_id)
             if entry is not None:
                 error = SessionNotFoundError(error.session_id, deleted=entry)
+        if type(error) is FileNotFoundInSessionError and error.deleted is None:
+            # The same of a file (red team 69 on integrity): a DELETE whose answer was lost,
+            # sent again, was "has no file", as of a file that never was.
+            entry = await run_in_threadpool(store.deleted_entry, error.session_id, error.name)
+            if entry is not None:
+                error = FileNotFoundInSessionError(error.session_id, error.name, deleted=entry)
         if isinstance(error, ReadOnlyStorageError) or _caused_by_read_only(error):
             _read_only_refused(store)
         if isinstance(error, RequestTimeoutError):

@@ -86,6 +86,10 @@ _R = TypeVar("_R")
 #: Filesystems held in memory: whatever a server acknowledges there is gone at a reboot.
 IN_MEMORY_FILESYSTEMS: Final = frozenset({"tmpfs", "ramfs"})
 
+#: How many of a session's newest trash entries of files a file's 404 looks at for the one
+#: that holds it (`Store.deleted_entry`).
+FILE_ENTRIES_LOOKED_AT: Final = 32
+
 
 def _changes(
     method: Callable[Concatenate[Store, _P], _R],
@@ -591,15 +595,22 @@ class Store(Storage):
         entry = self.deleted_entry(session_id)
         return None if entry is None else SessionNotFoundError(session_id, in_trash=entry)
 
-    def deleted_entry(self, session_id: str) -> str | None:
-        """The newest trash entry that holds the deleted session (its manifests read by name
-        first, as a restore finds it); None where none does or the trash cannot be read
-        now (its own refusal is the restore's to give)."""
+    def deleted_entry(self, session_id: str, file: str | None = None) -> str | None:
+        """The newest trash entry that holds the deleted session (or its ``file``; its
+        manifests read by name first, as a restore finds it); None where none does or the
+        trash cannot be read now (its own refusal is the restore's to give)."""
         try:
-            entry = self.trash.latest(session_id, None)
+            # A file's among the session's newest entries of files alone: a 404 of a name
+            # never used read every manifest of the session's trash (0.15 s of CPU next to
+            # 2,000), a cost any client could ask for. A DELETE sent again after its lost
+            # answer finds its entry the newest, or next to it.
+            within = None if file is None else FILE_ENTRIES_LOOKED_AT
+            entry = self.trash.latest(session_id, file, within=within)
         except (AppError, OSError):
             return None
-        return None if entry is None else entry.name
+        if entry is None or (file is not None and entry.reason != "delete"):
+            return None  # a file's newest version replaced, not deleted: not its DELETE's
+        return entry.name
 
     def _in_first_layout(self, session_id: str) -> bool:
         """Whether the session's files are still listed in its session.json (bytes in

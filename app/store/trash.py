@@ -260,7 +260,13 @@ class Trash:
         ]
 
     def latest(
-        self, session_id: str, file: str | None, *, lost: bool = False, odd: bool = False
+        self,
+        session_id: str,
+        file: str | None,
+        *,
+        lost: bool = False,
+        odd: bool = False,
+        within: int | None = None,
     ) -> TrashEntry | None:
         """The most recent entry that still holds the session (or its ``file``).
 
@@ -270,7 +276,9 @@ class Trash:
         the app (red team 36: the restore brought back the version before it, as the one
         deleted). ``odd``: refuse only where that entry holds something that is not a
         regular file (a FIFO, a link), which no change in flight leaves: safe without the
-        lock.
+        lock. ``within``: look only at the session's newest entries of that kind, as many
+        (a refusal's look, which must stay cheap: a file's entry is known by its manifest
+        alone).
         """
         # By name first (it says the session and the kind): only this session's manifests
         # are read. Reading every one made a restore cost 0.4 s next to 10,000 entries.
@@ -280,6 +288,10 @@ class Trash:
                 continue
             if (found.group(3) is None) != (file is None):
                 continue
+            if within is not None:
+                if within <= 0:
+                    return None
+                within -= 1
             entry = self.read_entry(name)
             if entry is None:
                 continue

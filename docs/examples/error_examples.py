@@ -238,6 +238,9 @@ EXAMPLES: list[errors.AppError] = [
         older="20261204T091500000000Z-3f2a9c-file-0a1b2c3d",
     ),
     errors.FileNotFoundInSessionError("3f2a9c", "report.pdf"),
+    errors.FileNotFoundInSessionError(
+        "3f2a9c", "report.pdf", deleted="20261207T101500000000Z-3f2a9c-file-9dad0132"
+    ),
     errors.UnreadableSessionError("3f2a9c"),
     errors.RestoredUnreadableSessionError("3f2a9c", entry="20261204T101500000000Z-3f2a9c"),
     errors.SessionNotServedError("3f2a9c"),
@@ -520,6 +523,14 @@ EXAMPLES: list[errors.AppError] = [
         "app_files",
         "UPDATE of",
         after=True,
+    ),
+    remote.WriteNotStoredError(
+        DATABASE,
+        "the delete of session 0123456789abcdef",
+        "app_sessions",
+        "UPDATE of",
+        after=True,
+        files=(2, 0),
     ),
     remote.UnloggedWriteError(
         DATABASE, "the upload of 'notes.txt' into session 0123456789abcdef", ("app_files",)
