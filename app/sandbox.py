@@ -1982,7 +1982,7 @@ def _capabilities_withheld(pid: int) -> str | None:
     # purged (red team 69 on regress).
     (theirs,), (ours, permitted) = _capabilities(pid), _capabilities("self", b"CapEff", b"CapPrm")
     if theirs is None or ours is None or not theirs & ~ours:
-        return None
+        return _ids_withheld(pid) or _nested_namespace(pid)
     lacked = theirs & ~ours
     count = bin(lacked).count("1")
     which = ", CAP_SYS_PTRACE among them" if lacked >> _CAP_SYS_PTRACE & 1 else ""
@@ -1993,6 +1993,75 @@ def _capabilities_withheld(pid: int) -> str | None:
         f"{_CAPS_WITHHELD} (it holds {count} {many} that this process {lacks}{which}), "
         f"so /proc/{pid}/exe and the descriptors it keeps open, where a run keeps its entry, "
         "are closed to this process"
+    )
+
+
+def _ids(pid: int | str) -> dict[bytes, list[int]]:
+    """Process `pid`'s user and group ids (``Uid``, ``Gid`` of ``/proc/<pid>/status``:
+    real, effective, saved and file-system), or none where they cannot be read."""
+    try:
+        raw = _proc_bytes(pid, "status")
+    except OSError:
+        return {}
+    found: dict[bytes, list[int]] = {}
+    for line in raw.splitlines():
+        name, _, value = line.partition(b":")
+        if name in (b"Uid", b"Gid"):
+            with contextlib.suppress(ValueError):
+                found[name] = [int(word) for word in value.split()]
+    return found
+
+
+def _ids_withheld(pid: int) -> str | None:
+    """`_capabilities_withheld`'s reason where process `pid` holds no capability this
+    process lacks, but its ids are not all this process's file-system ones: Linux lets a
+    process without ``CAP_SYS_PTRACE`` read another's ``exe`` and ``fd`` only where its
+    file-system user and group are the other's real, effective and saved ones. A child
+    of a run of a user other than root, started through a setgid program (a copy a user
+    makes of one of its groups, ``sg``), was denied the descriptors the run keeps of its
+    entry, with the same capabilities (none), and was taken for outside any run once a
+    test removed the entry (red team 69 on regress); else None."""
+    theirs, ours = _ids(pid), _ids("self")
+    if len(theirs) < 2 or len(ours) < 2 or min(map(len, (*theirs.values(), *ours.values()))) < 4:
+        return None
+    differ = [
+        f"{kind} {'/'.join(map(str, theirs[key][:3]))} where this process's is {ours[key][3]}"
+        for key, kind in ((b"Uid", "user ids"), (b"Gid", "group ids"))
+        if set(theirs[key][:3]) != {ours[key][3]}
+    ]
+    if not differ:
+        return None
+    return (
+        f"{_IDS_DIFFER} (it runs with {' and '.join(differ)}: a setgid program, `sg` or "
+        f"`newgrp` between them), so /proc/{pid}/exe and the descriptors it keeps open, where "
+        "a run keeps its entry, are closed to this process"
+    )
+
+
+#: The number Linux gives its first user namespace (``PROC_USER_INIT_INO``), which every
+#: other user namespace descends from.
+_FIRST_USER_NAMESPACE: Final = "user:[4026531837]"
+
+
+def _nested_namespace(pid: int) -> str | None:
+    """`_capabilities_withheld`'s last reason: this process lives in a user namespace other
+    than Linux's first, where nothing else explains the denial. A map of every id to itself
+    (``0 0 4294967295``, written by root for a child's namespace) reads the same as the
+    first namespace's seen from it, so `_other_user_namespace` did not tell them apart, and
+    such a child, with every capability in its own namespace, purged (red team 69 on
+    regress); else None."""
+    try:
+        own = os.readlink(f"{_PROC}/self/ns/user")  # noqa: PTH115 - str in, out
+    except OSError:
+        return None
+    if own == _FIRST_USER_NAMESPACE:
+        return None
+    return (
+        f"{_OTHER_NAMESPACE} than this process, as far as it can tell (this process's, "
+        f"{own}, is not Linux's first, and nothing else it may read explains why "
+        f"/proc/{pid}/exe is closed to it), where this process's capabilities count for "
+        f"nothing, so /proc/{pid}/exe and the descriptors it keeps open, where a run keeps "
+        "its entry, are closed to this process"
     )
 
 
@@ -2022,9 +2091,15 @@ _UNNAMED_PYTEST: Final = "; Python, its command line naming no pytest"
 #: The runner a refusal is made under where `_UNNAMED_PYTEST` is all it knows of one.
 _MAY_RUN_TESTS: Final = "a Python process that may run tests"
 
+#: How `_ids_withheld` begins its reason (`_capabilities_withheld`'s, told apart).
+_IDS_DIFFER: Final = "its user or group ids are not this process's"
+
 #: How `_capabilities_withheld` begins its reason where the other lives in another user
 #: namespace.
-_OTHER_NAMESPACE: Final = f"{_CAPS_WITHHELD}: it lives in another user namespace"
+_OTHER_NAMESPACE: Final = "it lives in another user namespace"
+
+#: `_capabilities_withheld`'s reasons, by how each begins (`_hidden_run`, `_search_denied`).
+_PTRACE_DENIED: Final = (_CAPS_WITHHELD, _OTHER_NAMESPACE, _IDS_DIFFER)
 
 
 def _entry_named(pid: int, name: str, seen: _Seen, parent: int | None) -> Path | None:
@@ -2531,7 +2606,7 @@ def _hidden_run(hidden: Mapping[int, tuple[Path, str]]) -> tuple[str, str]:
             "does; a test must not change it"
         )
         return said, fix
-    if why.startswith((_SEARCH_DENIED, _CAPS_WITHHELD)):
+    if why.startswith((_SEARCH_DENIED, *_PTRACE_DENIED)):
         return _search_denied(pid, registry, why)
     said = (
         f"{_HIDDEN_RUN} (ancestor pid {pid}: {_shown(_cmdline(pid))}), whose entry in the "
@@ -2578,7 +2653,7 @@ def _search_denied(pid: int, registry: Path, why: str) -> tuple[str, str]:
     told that the read of the registry failed and to let it read the registry, which no
     ``chmod`` of the registry opens (red team 60 on regress). And where the ancestor holds
     capabilities this process lacks (`_capabilities_withheld`): those it needs."""
-    if why.startswith(_CAPS_WITHHELD):
+    if why.startswith(_PTRACE_DENIED):
         # Named as Python, or as pytest: where its command line names no pytest (a Python
         # supervisor's, a runner script's), the refusal says so, and is not made "under
         # pytest" (`context`).
@@ -2593,6 +2668,9 @@ def _search_denied(pid: int, registry: Path, why: str) -> tuple[str, str]:
             f"Start this process in the user namespace of pid {pid} (not under `unshare "
             "--user`, `bwrap --unshare-user` or a rootless container's runtime)"
             if why.startswith(_OTHER_NAMESPACE)
+            else f"Start this process with the user and groups of pid {pid} (not through a "
+            "setgid or setuid program, `sg` or `newgrp`)"
+            if why.startswith(_IDS_DIFFER)
             else f"Start this process with the capabilities of pid {pid} in effect (not under "
             "`setpriv --bounding-set=-all`, `capsh --drop`, a unit's CapabilityBoundingSet= "
             "or a `capset` that clears the effective set below a process that holds them)"
@@ -2607,6 +2685,8 @@ def _search_denied(pid: int, registry: Path, why: str) -> tuple[str, str]:
             other = (
                 f"start this process in its user namespace, or pid {pid} in this one"
                 if why.startswith(_OTHER_NAMESPACE)
+                else "start this process with its user and groups"
+                if why.startswith(_IDS_DIFFER)
                 else "start this process with its capabilities in effect, or start pid "
                 f"{pid} without those this process lacks (a unit's CapabilityBoundingSet=, "
                 "`setpriv --bounding-set`)"
