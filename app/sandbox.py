@@ -1948,8 +1948,9 @@ _CAP_SYS_PTRACE: Final = 19
 
 def _capabilities_withheld(pid: int) -> str | None:
     """Why this process may not read the descriptors of process `pid`, one of its own user
-    (`_entry_named`), where `pid` holds capabilities that it lacks in effect, or lives in
-    another user namespace; else None.
+    (`_entry_named`), where `pid` holds capabilities that it lacks in effect, lives in
+    another user namespace (`_nested_namespace`), or runs with other ids (`_ids_withheld`);
+    else None.
 
     Linux lets a process read another's ``/proc/<pid>/exe`` and the links of its ``fd``
     only where its effective capabilities hold all of the other's permitted ones, in one
