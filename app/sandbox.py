@@ -1911,18 +1911,35 @@ def _python_program(pid: int) -> bool:
 _EXE_DENIED: set[int] = set()
 
 
-def _permitted(pid: int | str) -> int | None:
-    """Process `pid`'s permitted capabilities (``CapPrm`` of ``/proc/<pid>/status``, which
-    every process may read), or None where they cannot be read."""
+def _capabilities(pid: int | str, *which: bytes) -> tuple[int | None, ...]:
+    """Process `pid`'s capabilities of each set `which` (``CapPrm`` where none is named;
+    ``CapEff``) from one read of ``/proc/<pid>/status``, which every process may read: None
+    for a set that cannot be read."""
+    which = which or (b"CapPrm",)
+    found: dict[bytes, int] = {}
     try:
         raw = _proc_bytes(pid, "status")
     except OSError:
-        return None
+        raw = b""
     for line in raw.splitlines():
-        if line.startswith(b"CapPrm:"):
-            with contextlib.suppress(IndexError, ValueError):
-                return int(line.split()[1], 16)
-    return None
+        name, _, value = line.partition(b":")
+        if name in which:
+            with contextlib.suppress(ValueError):
+                found[name] = int(value.strip(), 16)
+    return tuple(found.get(name) for name in which)
+
+
+def _other_user_namespace(pid: int) -> bool:
+    """Whether process `pid` lives in another user namespace than this process's, by their
+    maps of user ids (``/proc/<pid>/uid_map``, which every process may read where its
+    ``ns`` links are closed to it): each shows ids as the reader's namespace sees them, so
+    the maps of two processes of one namespace read the same. Linux counts a process's
+    capabilities in its own user namespace alone: a child that ``unshare --user`` made holds
+    all of its own, none in its run's (`_capabilities_withheld`)."""
+    try:
+        return _proc_bytes(pid, "uid_map") != _proc_bytes("self", "uid_map")
+    except OSError:
+        return False
 
 
 #: Linux's number of ``CAP_SYS_PTRACE``, the capability that reads any process's ``fd``.
@@ -1931,33 +1948,121 @@ _CAP_SYS_PTRACE: Final = 19
 
 def _capabilities_withheld(pid: int) -> str | None:
     """Why this process may not read the descriptors of process `pid`, one of its own user
-    (`_entry_named`), where `pid` holds capabilities that it lacks; else None.
+    (`_entry_named`), where `pid` holds capabilities that it lacks in effect, lives in
+    another user namespace (`_nested_namespace`), or runs with other ids (`_ids_withheld`);
+    else None.
 
     Linux lets a process read another's ``/proc/<pid>/exe`` and the links of its ``fd``
-    only where its permitted capabilities hold all of the other's (or it has
-    ``CAP_SYS_PTRACE``), whatever their user. A test of a run as root that removed its run's
-    entry (or hid the registry: a tmpfs mounted over it) and started a child with every
-    capability dropped (``setpriv --bounding-set=-all``, ``capsh --drop``) had a child that
-    could not read the descriptors the run keeps of its entry (`_entry_held_open`): it found
-    no run, and given production's settings alone it purged a stopped production root (red
-    team 69 on the guard). Only a process named as Python or pytest (`_named_as_python`)
+    only where its effective capabilities hold all of the other's permitted ones, in one
+    user namespace (or it has ``CAP_SYS_PTRACE`` in the other's), whatever their user. A
+    test of a run as root that removed its run's entry (or hid the registry: a tmpfs
+    mounted over it) and started a child with every capability dropped (``setpriv
+    --bounding-set=-all``, ``capsh --drop``) had a child that could not read the
+    descriptors the run keeps of its entry (`_entry_held_open`): it found no run, and given
+    production's settings alone it purged a stopped production root (red team 69 on the
+    guard). Only a process named as Python or pytest (`_named_as_python`)
     counts: a root shell's command run with fewer capabilities (``capsh --drop``), or a
     service that a unit gives fewer than systemd's (``CapabilityBoundingSet=``), would be
     refused every command; a run whose name and command line a test both rewrote is the
     limit the docs list."""
     if pid not in _EXE_DENIED or not _named_as_python(pid):
         return None
-    theirs, ours = _permitted(pid), _permitted("self")
+    if _other_user_namespace(pid):
+        # Its capabilities and CAP_SYS_PTRACE count in its own namespace, this process's in
+        # another: a child that `unshare --user --map-root-user` made, holding every
+        # capability in its namespace, found no run and purged (red team 69 on regress).
+        return (
+            f"{_OTHER_NAMESPACE} than this process "
+            "(`unshare --user`, a container's), where this process's capabilities count for "
+            f"nothing, so /proc/{pid}/exe and the descriptors it keeps open, where a run keeps "
+            "its entry, are closed to this process"
+        )
+    # Linux holds the other's permitted set against this process's effective one (its
+    # file-system credentials, PTRACE_MODE_FSCREDS): a child that kept every capability
+    # permitted but none in effect (`capset`) was let read nothing, was not refused, and
+    # purged (red team 69 on regress).
+    (theirs,), (ours, permitted) = _capabilities(pid), _capabilities("self", b"CapEff", b"CapPrm")
     if theirs is None or ours is None or not theirs & ~ours:
-        return None
+        return _ids_withheld(pid) or _nested_namespace(pid)
     lacked = theirs & ~ours
     count = bin(lacked).count("1")
     which = ", CAP_SYS_PTRACE among them" if lacked >> _CAP_SYS_PTRACE & 1 else ""
     many = "capability" if count == 1 else "capabilities"
+    held = permitted is not None and not lacked & ~permitted
+    lacks = "holds permitted but not in effect" if held else "lacks"
     return (
-        f"{_CAPS_WITHHELD} (it holds {count} {many} that this process lacks{which}), "
+        f"{_CAPS_WITHHELD} (it holds {count} {many} that this process {lacks}{which}), "
         f"so /proc/{pid}/exe and the descriptors it keeps open, where a run keeps its entry, "
         "are closed to this process"
+    )
+
+
+def _ids(pid: int | str) -> dict[bytes, list[int]]:
+    """Process `pid`'s user and group ids (``Uid``, ``Gid`` of ``/proc/<pid>/status``:
+    real, effective, saved and file-system), or none where they cannot be read."""
+    try:
+        raw = _proc_bytes(pid, "status")
+    except OSError:
+        return {}
+    found: dict[bytes, list[int]] = {}
+    for line in raw.splitlines():
+        name, _, value = line.partition(b":")
+        if name in (b"Uid", b"Gid"):
+            with contextlib.suppress(ValueError):
+                found[name] = [int(word) for word in value.split()]
+    return found
+
+
+def _ids_withheld(pid: int) -> str | None:
+    """`_capabilities_withheld`'s reason where process `pid` holds no capability this
+    process lacks, but its ids are not all this process's file-system ones: Linux lets a
+    process without ``CAP_SYS_PTRACE`` read another's ``exe`` and ``fd`` only where its
+    file-system user and group are the other's real, effective and saved ones. A child
+    of a run of a user other than root, started through a setgid program (a copy a user
+    makes of one of its groups, ``sg``), was denied the descriptors the run keeps of its
+    entry, with the same capabilities (none), and was taken for outside any run once a
+    test removed the entry (red team 69 on regress); else None."""
+    theirs, ours = _ids(pid), _ids("self")
+    if len(theirs) < 2 or len(ours) < 2 or min(map(len, (*theirs.values(), *ours.values()))) < 4:
+        return None
+    differ = [
+        f"{kind} {'/'.join(map(str, theirs[key][:3]))} where this process's is {ours[key][3]}"
+        for key, kind in ((b"Uid", "user ids"), (b"Gid", "group ids"))
+        if set(theirs[key][:3]) != {ours[key][3]}
+    ]
+    if not differ:
+        return None
+    return (
+        f"{_IDS_DIFFER} (it runs with {' and '.join(differ)}: a setgid program, `sg` or "
+        f"`newgrp` between them), so /proc/{pid}/exe and the descriptors it keeps open, where "
+        "a run keeps its entry, are closed to this process"
+    )
+
+
+#: The number Linux gives its first user namespace (``PROC_USER_INIT_INO``), which every
+#: other user namespace descends from.
+_FIRST_USER_NAMESPACE: Final = "user:[4026531837]"
+
+
+def _nested_namespace(pid: int) -> str | None:
+    """`_capabilities_withheld`'s last reason: this process lives in a user namespace other
+    than Linux's first, where nothing else explains the denial. A map of every id to itself
+    (``0 0 4294967295``, written by root for a child's namespace) reads the same as the
+    first namespace's seen from it, so `_other_user_namespace` did not tell them apart, and
+    such a child, with every capability in its own namespace, purged (red team 69 on
+    regress); else None."""
+    try:
+        own = os.readlink(f"{_PROC}/self/ns/user")  # noqa: PTH115 - str in, out
+    except OSError:
+        return None
+    if own == _FIRST_USER_NAMESPACE:
+        return None
+    return (
+        f"{_OTHER_NAMESPACE} than this process, as far as it can tell (this process's, "
+        f"{own}, is not Linux's first, and nothing else it may read explains why "
+        f"/proc/{pid}/exe is closed to it), where this process's capabilities count for "
+        f"nothing, so /proc/{pid}/exe and the descriptors it keeps open, where a run keeps "
+        "its entry, are closed to this process"
     )
 
 
@@ -1979,6 +2084,23 @@ def _named_as_python(pid: int) -> bool:
 
 #: How `_capabilities_withheld` begins its reasons, which `_hidden_run` tells apart.
 _CAPS_WITHHELD: Final = "its capabilities are not all this process's"
+
+#: How `_search_denied` marks an ancestor named as Python whose command line names no
+#: pytest, which `context` then refuses under `_MAY_RUN_TESTS`, not "under pytest".
+_UNNAMED_PYTEST: Final = "; Python, its command line naming no pytest"
+
+#: The runner a refusal is made under where `_UNNAMED_PYTEST` is all it knows of one.
+_MAY_RUN_TESTS: Final = "a Python process that may run tests"
+
+#: How `_ids_withheld` begins its reason (`_capabilities_withheld`'s, told apart).
+_IDS_DIFFER: Final = "its user or group ids are not this process's"
+
+#: How `_capabilities_withheld` begins its reason where the other lives in another user
+#: namespace.
+_OTHER_NAMESPACE: Final = "it lives in another user namespace"
+
+#: `_capabilities_withheld`'s reasons, by how each begins (`_hidden_run`, `_search_denied`).
+_PTRACE_DENIED: Final = (_CAPS_WITHHELD, _OTHER_NAMESPACE, _IDS_DIFFER)
 
 
 def _entry_named(pid: int, name: str, seen: _Seen, parent: int | None) -> Path | None:
@@ -2485,7 +2607,7 @@ def _hidden_run(hidden: Mapping[int, tuple[Path, str]]) -> tuple[str, str]:
             "does; a test must not change it"
         )
         return said, fix
-    if why.startswith((_SEARCH_DENIED, _CAPS_WITHHELD)):
+    if why.startswith((_SEARCH_DENIED, *_PTRACE_DENIED)):
         return _search_denied(pid, registry, why)
     said = (
         f"{_HIDDEN_RUN} (ancestor pid {pid}: {_shown(_cmdline(pid))}), whose entry in the "
@@ -2532,18 +2654,48 @@ def _search_denied(pid: int, registry: Path, why: str) -> tuple[str, str]:
     told that the read of the registry failed and to let it read the registry, which no
     ``chmod`` of the registry opens (red team 60 on regress). And where the ancestor holds
     capabilities this process lacks (`_capabilities_withheld`): those it needs."""
-    if why.startswith(_CAPS_WITHHELD):
+    if why.startswith(_PTRACE_DENIED):
+        # Named as Python, or as pytest: where its command line names no pytest (a Python
+        # supervisor's, a runner script's), the refusal says so, and is not made "under
+        # pytest" (`context`).
+        argv = _cmdline(pid)
+        named = "" if _looks_like_pytest(argv, pid) else _UNNAMED_PYTEST
         said = (
-            f"{_HIDDEN_RUN} (ancestor pid {pid}: {_shown(_cmdline(pid))}), whose entry in "
+            f"{_HIDDEN_RUN} (ancestor pid {pid}: {_shown(argv)}{named}), whose entry in "
             f"the registry of test runs this process (user {os.getuid()}) cannot look for: "
             f"the registry does not show one, and {why}"
         )
-        fix = (
-            f"Start this process with the capabilities of pid {pid} (not under `setpriv "
-            "--bounding-set=-all`, `capsh --drop` or a unit's CapabilityBoundingSet= below a "
-            "process that holds them), or outside the test run; a test must leave the "
-            f"registry of test runs ({RUNS_DIR}) and its entries alone"
+        start = (
+            f"Start this process in the user namespace of pid {pid} (not under `unshare "
+            "--user`, `bwrap --unshare-user` or a rootless container's runtime)"
+            if why.startswith(_OTHER_NAMESPACE)
+            else f"Start this process with the user and groups of pid {pid} (not through a "
+            "setgid or setuid program, `sg` or `newgrp`)"
+            if why.startswith(_IDS_DIFFER)
+            else f"Start this process with the capabilities of pid {pid} in effect (not under "
+            "`setpriv --bounding-set=-all`, `capsh --drop`, a unit's CapabilityBoundingSet= "
+            "or a `capset` that clears the effective set below a process that holds them)"
         )
+        fix = (
+            f"{start}, or outside the test run; a test must leave the registry of test runs "
+            f"({RUNS_DIR}) and its entries alone"
+        )
+        if _UNNAMED_PYTEST in said:
+            # A Python supervisor that runs no tests (one that starts this command with
+            # fewer capabilities than its own) is refused too: say so, and what lets it be.
+            other = (
+                f"start this process in its user namespace, or pid {pid} in this one"
+                if why.startswith(_OTHER_NAMESPACE)
+                else "start this process with its user and groups"
+                if why.startswith(_IDS_DIFFER)
+                else "start this process with its capabilities in effect, or start pid "
+                f"{pid} without those this process lacks (a unit's CapabilityBoundingSet=, "
+                "`setpriv --bounding-set`)"
+            )
+            fix += (
+                f". If pid {pid} runs no tests, this process still cannot tell it from a run "
+                f"whose entry a test removed: {other}"
+            )
         return said, fix
     blocked = _unsearchable(registry)
     said = (
@@ -3119,7 +3271,8 @@ class Context(Record):
     run: Run | None
     bare: str | None
     remedy: str = ""
-    #: The test runner `bare` names: ``pytest`` (without the app's plugin) or ``unittest``.
+    #: The test runner `bare` names: ``pytest`` (without the app's plugin), ``unittest``, or
+    #: `_MAY_RUN_TESTS` (a Python process, named as no pytest, that may run them).
     runner: str = "pytest"
     #: What resolves a refusal under `bare`, where that is all of it (a run still starting).
     fix: str = ""
@@ -3335,7 +3488,7 @@ def context(environ: Mapping[str, str] | None = None) -> Context:
     own, (run, ancestor, hidden_fix) = _own_run()
     if own is not None:
         return Context(_narrowed(own, env), None)
-    runner = "unittest" if ancestor and ancestor.startswith(_UNITTEST_ANCESTOR) else "pytest"
+    runner = _runner_named(ancestor, hidden_fix)
     bare = f"while {runner} runs without the app's sandbox ({ancestor})" if ancestor else None
     fix = ""
     if ancestor and (hidden_fix or ancestor.startswith(_STARTING)):
@@ -3377,6 +3530,18 @@ def context(environ: Mapping[str, str] | None = None) -> Context:
                     "processes they start)",
                 )
     return Context(None, bare, runner=runner, fix=fix)
+
+
+def _runner_named(ancestor: str | None, hidden_fix: str) -> str:
+    """The runner `context` names for what the walk found above (`ancestor`): ``unittest``,
+    `_MAY_RUN_TESTS` where all it saw is a Python process that may be a run
+    (`_search_denied`; a Python supervisor's command run with fewer capabilities was
+    refused "under pytest", with no pytest anywhere), else ``pytest``."""
+    if ancestor and ancestor.startswith(_UNITTEST_ANCESTOR):
+        return "unittest"
+    if hidden_fix and ancestor and _UNNAMED_PYTEST in ancestor:
+        return _MAY_RUN_TESTS
+    return "pytest"
 
 
 def _given_sandbox(path: Path) -> Path | None:
@@ -5740,7 +5905,9 @@ def check_profile(profile: str, storage: str, source: str, where: Context) -> No
                 runner="unittest",
             )
         if profile != "testing" and where.fix:
-            raise SandboxViolationError(f"loading profile {profile!r} {without}", None, where.fix)
+            raise SandboxViolationError(
+                f"loading profile {profile!r} {without}", None, where.fix, runner=where.runner
+            )
         if profile != "testing":
             plugin = f"the app's pytest plugin: {why_no_plugin()}"
             raise SandboxViolationError(

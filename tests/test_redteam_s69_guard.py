@@ -2,7 +2,7 @@
 process holds.
 
 Linux lets a process read another's ``/proc/<pid>/exe`` and the links of its
-``/proc/<pid>/fd`` only where its permitted capabilities hold all of the other's (or it has
+``/proc/<pid>/fd`` only where its effective capabilities hold all of the other's (or it has
 ``CAP_SYS_PTRACE``), whatever their user. A test of a run as root removed its run's entry
 from the registry of test runs (a tmpfs mounted over the registry did the same) and started
 a child with every capability dropped (``setpriv --bounding-set=-all``), given production's
@@ -67,6 +67,9 @@ def test_a_child_without_its_runs_capabilities_is_refused_where_the_entry_is_gon
     assert f"{pid}: {sys.executable} run_tests.py -p no:cacheprovider" in text, text
     assert "its capabilities are not all this process's (it holds " in text, text
     assert f"CAP_SYS_PTRACE among them), so /proc/{pid}/exe and the descriptors" in text, text
-    assert f"Start this process with the capabilities of pid {pid} (not under `setpriv" in text
+    assert (
+        f"Start this process with the capabilities of pid {pid} in effect (not under `setpriv"
+        in text
+    )
     # The run's own check after the test names the removed entry and puts it back.
     assert "this run's entry in " in inner.stdout, inner.stdout

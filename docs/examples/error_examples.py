@@ -143,6 +143,26 @@ EXAMPLES: list[errors.AppError] = [
         "To test another profile, mark the test @pytest.mark.app_profile('production'); "
         "its data root is then mapped into the sandbox",
     ),
+    # Below a Python process (not named as pytest) whose program this one may not read.
+    errors.SandboxViolationError(
+        "loading profile 'production' while a test run may be above this process (ancestor "
+        "pid 4242: /usr/bin/python3 supervise.py; Python, its command line naming no pytest), "
+        "whose entry in the registry of test runs this process (user 0) cannot look for: the "
+        "registry does not show one, and its capabilities are not all this process's (it "
+        "holds 40 capabilities that this process lacks, CAP_SYS_PTRACE among them), so "
+        "/proc/4242/exe and the descriptors it keeps open, where a run keeps its entry, are "
+        "closed to this process",
+        None,
+        "Start this process with the capabilities of pid 4242 in effect (not under `setpriv "
+        "--bounding-set=-all`, `capsh --drop`, a unit's CapabilityBoundingSet= or a `capset` "
+        "that clears the effective set below a process that holds them), or outside the test "
+        "run; a test must leave the registry of test runs (/tmp/app-pytest-runs-0) and its "
+        "entries alone. If pid 4242 runs no tests, this process still cannot tell it from a "
+        "run whose entry a test removed: start this process with its capabilities in effect, "
+        "or start pid 4242 without those this process lacks (a unit's "
+        "CapabilityBoundingSet=, `setpriv --bounding-set`)",
+        runner="a Python process that may run tests",
+    ),
     errors.DataRootInUseError(ROOT, HOLDER, "purge sessions", held_by=describe_holder(HOLDER)),
     errors.LockUnavailableError(ROOT / ".server.lock", "flock failed: No locks available"),
     errors.LockFileAliasedError(
