@@ -25,6 +25,7 @@ it knows (a Python process that may run tests) and what resolves it where none r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -278,6 +279,11 @@ def test_a_child_of_another_group_than_its_runs_is_refused_where_the_entry_is_go
         by_group = (out / "setgid").read_text()
     finally:
         shutil.rmtree(top)
+        # The registry's mount point, made on this machine's /tmp before the tmpfs went over
+        # it in the run's own mount namespace: empty here, and no one's (no account has
+        # that user), so not left behind.
+        with contextlib.suppress(OSError):
+            Path(f"/tmp/app-pytest-runs-{_USER}").rmdir()
     assert "this run's entry in " in run.stdout, run.stdout
     code, _, said = by_group.partition("\n")
     assert code == "78", by_group
