@@ -35,9 +35,11 @@ import shutil
 import site
 import stat
 import sys
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Final
+
+from app.records import dataclass
 
 #: The modules Python imports as it starts, wherever they are on its path (`site`), in
 #: any form an import finds: a package, a ``.py``, a sourceless ``.pyc`` beside it, an
