@@ -36,7 +36,6 @@ import logging
 import os
 import re
 import resource
-import secrets
 import signal
 import stat
 import sys
@@ -958,8 +957,15 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+def _token() -> str:
+    """A temporary file's random part: `secrets.token_hex(8)`, which is `os.urandom(8)`'s hex,
+    without importing `secrets` (and hmac, base64) at every pytest run's start, which writes
+    nothing here (bench/README.md, "Session 69")."""
+    return os.urandom(8).hex()
+
+
 def _write_temp_file(dir_: Path, data: bytes, *, durable: bool = True) -> Path:
-    tmp = dir_ / f"write-{secrets.token_hex(8)}.part"
+    tmp = dir_ / f"write-{_token()}.part"
     write_new_file(tmp, data, durable=durable)
     return tmp
 
@@ -3635,7 +3641,7 @@ class DataRoot:
         self._require_writer(f"write {dest}")
         dest = self._check_dest(dest)
         self.ensure_held()
-        tmp = self.tmp_dir / f"write-{secrets.token_hex(8)}.part"
+        tmp = self.tmp_dir / f"write-{_token()}.part"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
         try:
             # Held until the rename: another writer's clean-up skips it (see _clear_tmp).

@@ -7,8 +7,10 @@ at one point the later line, the one on top, which is the one the kernel shows.
 `app.lock`, `app.sandbox` and `app.dataroot` each read the table by hand, and two of those
 readers told stacked mounts apart by opposite rules (session 61).
 
-No import of the app's: `app.sandbox` (the registry) and `app.dataroot` (its cached table)
-both use it.
+No import of the app's but `app.records` (which imports none): `app.sandbox` (the registry)
+and `app.dataroot` (its cached table) both use it. `Entry` is a `Record`, a
+`typing.NamedTuple` without its ten annotations compiled at every pytest run's start
+(bench/README.md, "Session 69").
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import re
 import stat
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import NamedTuple
+
+from app.records import Record
 
 __all__ = [
     "Entry",
@@ -45,7 +48,7 @@ __all__ = [
 Mount = tuple[bytes, bytes, bytes, bytes]
 
 
-class Entry(NamedTuple):
+class Entry(Record):
     """One line of the table (proc(5)), its paths' octal escapes undone."""
 
     mount_id: int

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from app.testing.planted import Planted, _imported_by_pth, _Place, _places, _places_of
+from app.testing.planted import ASIDE, Planted, _imported_by_pth, _Place, _places, _places_of
 
 #: The inner run's tests: one plants a start-up file and a command, one changes an existing
 #: .pth, one changes nothing.
@@ -396,3 +396,24 @@ def test_a_file_of_a_pth_module_s_name_counts_only_where_a_pth_s_import_searches
     extension = importlib.machinery.EXTENSION_SUFFIXES[0]  # .cpython-311-x86_64-linux-gnu.so
     assert site_packages.counts(f"_app_pytest_guard{extension}")
     assert not site_packages.counts("coverage.xml") and site_packages.counts("coverage.py")
+
+
+def test_a_place_keeps_every_name_it_counts_of_a_long_listing(tmp_path: Path) -> None:
+    # `_Place.take` asks `counts` only of the names it may take (about 400 method calls of
+    # every run's start, bench/README.md "Session 69"): what it keeps is what `counts` takes
+    # of the whole listing, in site-packages' and the standard library's kind of place.
+    names = [
+        "a.pth", "b.PTH", "sitecustomize.py", "usercustomize.cpython-311-x86_64-linux-gnu.so",
+        "sitecustomize", "hook.py", "hook.pyc", "hook", "hook.txt", "hooky.py", "pyvenv.cfg",
+        f"a.pth{ASIDE}", "x.pth.app-restoring", "plain.py", ".pth", "README", "sitecustomize.pth",
+    ]  # fmt: skip
+    names += [f"module{n}.py" for n in range(50)]
+    for name in names:
+        (tmp_path / name).write_text("")
+    (tmp_path / "pkg").mkdir()
+    for also, shadows in [(frozenset(), frozenset()), (frozenset({"pyvenv.cfg"}), {"hook"})]:
+        place = _Place(tmp_path, True, also, shadows=frozenset(shadows))
+        place.take()
+        expected = {name for name in os.listdir(tmp_path) if place.counts(name)}
+        assert set(place.files) == expected
+        assert "a.pth" in expected and "README" not in expected

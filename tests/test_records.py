@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import pytest
 
-from app import cli, config, config_files, records, sandbox
+from app import cli, config, config_files, mountinfo, records, sandbox
 from app.records import Record
 from app.testing import guard, writes
 
@@ -95,6 +95,7 @@ def test_every_record_of_the_app_resolves_its_annotations() -> None:
         guard.LiveHolder,
         guard.UnseenRoot,
         writes.Target,
+        mountinfo.Entry,
     ]
     for record in records:
         assert issubclass(record, tuple) and record._fields, record
@@ -175,7 +176,9 @@ def test_the_app_s_dataclasses_write_their_methods_when_used() -> None:
     # their own (this one's tests may have used them).
     code = (
         "import app.config as c, app.testing.guard as g, app.lock as l, app.dataroot as d\n"
-        "print(sorted(n for k in (c.Config, g.GuardState, l.Probe, d.RootStatus)"
+        "import app.testing.planted as p\n"
+        "print(sorted(n for k in (c.Config, g.GuardState, l.Probe, d.RootStatus, p._Place,"
+        " p.Planted)"
         " for n in ('__init__', '__repr__', '__eq__') if callable(vars(k)[n])))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -8,7 +8,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import secrets
 import socket
 from collections import Counter
 from collections.abc import Iterator
@@ -87,7 +86,10 @@ def run_token(worker: bool) -> str:
     inherited = os.environ.get(RUN_MARK_ENV, "")
     if worker and len(inherited) == 32 and all(c in "0123456789abcdef" for c in inherited):
         return inherited
-    return secrets.token_hex(16)
+    # secrets.token_hex(16) is os.urandom(16)'s hex: not `secrets`, whose import (with hmac,
+    # base64 and random's) cost 1.25 M instructions of every run's start (bench/README.md,
+    # "Session 69"); the sandbox draws its names the same way.
+    return os.urandom(16).hex()
 
 
 def _scratch_store(prefix: str) -> Any:
