@@ -328,10 +328,18 @@ class RemoteSessions:
             # those its entry holds: the versions already in the trash are entries of their
             # own, which another replica's empty-trash deletes without that lock; counted,
             # the delete was refused as one a trigger undid (red team 69 on regress, b).
-            conn.execute(
+            live = conn.execute(
                 "SELECT 1 FROM app_sessions WHERE id = %s AND deleted_at IS NULL FOR NO KEY UPDATE",
                 (session_id,),
-            )
+            ).fetchone()
+            if live is None:
+                # Not live as it is locked: not found, and the look for a row the update
+                # skipped is not made. Made after an update that found none, it found the
+                # session live all the same where another replica's restore of it had
+                # committed in between, and refused the delete as a trigger's doing, 503
+                # `write_not_stored` (red team 69 on regress, b). Locked, the row stays live
+                # to the update, which only a trigger or a rule can make skip it.
+                raise SessionNotFoundError(session_id)
             row = conn.execute(
                 "WITH f AS (SELECT count(*) AS n FROM app_files WHERE session_id = %s"
                 " AND deleted_at IS NULL)"
