@@ -169,13 +169,13 @@ def test_a_file_s_404_lists_the_trash_once_until_it_changes_and_its_command_rest
             missing = client.get(f"/sessions/{sid}/files/{never}")
             assert missing.json()["message"].endswith("lists its files"), missing.text
         said = client.get(f"/sessions/{sid}/files/{name}").json()["message"]
-        assert f"(entry {entry})" in said, said
+        assert f"(entry {entry};" in said, said
         # Before: five listings of the trash, one a 404.
         assert len(listings) == 1, listings
         # A change of the server's: the next look lists it again, and finds the new entry.
         b_entry = client.delete(f"/sessions/{sid}/files/b.txt").json()["trash"]
         said_b = client.get(f"/sessions/{sid}/files/b.txt").json()["message"]
-        assert f"(entry {b_entry})" in said_b, said_b
+        assert f"(entry {b_entry};" in said_b, said_b
         assert len(listings) == 2, listings
         # A hand that takes an entry out of the trash: not named as if it were there.
         trash = Path(listings[0])
