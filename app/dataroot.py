@@ -3258,6 +3258,12 @@ class DataRoot:
         #: them" of repairs whose lines had all gone to its own log alone (red team 64), and
         #: a check tells its open's lost line from its repairs' by their count (regress).
         self.lines_lost: list[str] = []
+        # This process's changes of the root (`changing`): how many began or ended, and how
+        # many are in flight; what is read once and kept (`Trash`'s index of its entries)
+        # holds while the mark stays the same (`change_mark`).
+        self._changes = threading.Lock()
+        self._changes_made = 0
+        self._changes_in_flight = 0
         # What the root and the app's directories in it are, by identity, as opened: every
         # destructive operation checks that the same paths still lead to the same places.
         identities = _layout_identities(self._path) if lock is not None else {}
@@ -3460,16 +3466,33 @@ class DataRoot:
         if not self.writable:
             yield  # a reader's change is refused by the change itself
             return
+        with self._changes:
+            self._changes_made += 1
+            self._changes_in_flight += 1
         try:
-            fd = os.open(self.tmp_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            self.ensure_held()  # .tmp/ removed or moved by hand: names it (data_root_changed)
-            raise
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH)
-            yield
+            try:
+                fd = os.open(self.tmp_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                self.ensure_held()  # .tmp/ removed or moved by hand: names it
+                raise
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH)
+                yield
+            finally:
+                os.close(fd)
         finally:
-            os.close(fd)
+            with self._changes:
+                self._changes_made += 1
+                self._changes_in_flight -= 1
+
+    def change_mark(self) -> int | None:
+        """A number that differs after any change of this process's to the root has begun or
+        ended since it was taken; None while one is in flight (nothing read now can be kept),
+        and always for a reader, whose root the writer changes unseen."""
+        if not self.writable:
+            return None  # a reader: another process (the server) changes it unseen
+        with self._changes:
+            return None if self._changes_in_flight else self._changes_made
 
     def quiescent(self, timeout: float = _QUIESCENT_SECONDS) -> bool:
         """Wait for a moment when no change is in flight on this root (see :meth:`changing`).

@@ -2250,13 +2250,15 @@ class FileNotFoundInSessionError(StoreError):
         if self.deleted is not None:
             # As a deleted session is named (`SessionNotFoundError.deleted`): a DELETE whose
             # answer was lost, sent again, was told "has no file" as if it had never been,
-            # where a session's was told it is in the trash.
+            # where a session's was told it is in the trash. Said of any request to the
+            # name, a GET and a delete of another client's among them: it told each of them
+            # that its own DELETE had been sent again (red team 69 on regress, b).
             return (
-                f"session {self.session_id!r} has no file {self.name!r}: its newest version "
-                f"is in the trash (entry {self.deleted}), and a DELETE sent again after its "
-                "answer was lost deleted it on its first try. `app sessions restore "
-                f"{self.session_id} --file {shell_word(self.name)}` brings it back; `app "
-                "sessions list --trash` shows the trash"
+                f"session {self.session_id!r} has no file {self.name!r}: it was deleted, and "
+                f"its newest version is in the trash (entry {self.deleted}; a DELETE sent "
+                "again after its answer was lost finds it there, deleted on its first try). "
+                f"`app sessions restore {self.session_id} --file {shell_word(self.name)}` "
+                "brings it back; `app sessions list --trash` shows the trash"
             )
         return (
             f"session {self.session_id!r} has no file {self.name!r}; "

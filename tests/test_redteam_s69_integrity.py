@@ -200,10 +200,10 @@ def _a_delete_retried_is_told_it_was_made(client: Any) -> tuple[str, str]:
         assert again.status_code == 404, again.text
         assert again.json()["code"] == "file_not_found"
         assert again.json()["message"] == (
-            f"session '{sid}' has no file 'my notes.txt': its newest version is in the trash "
-            f"(entry {entry}), and a DELETE sent again after its answer was lost deleted it on "
-            f"its first try. `app sessions restore {sid} --file 'my notes.txt'` brings it "
-            "back; `app sessions list --trash` shows the trash"
+            f"session '{sid}' has no file 'my notes.txt': it was deleted, and its newest "
+            f"version is in the trash (entry {entry}; a DELETE sent again after its answer was "
+            f"lost finds it there, deleted on its first try). `app sessions restore {sid} "
+            "--file 'my notes.txt'` brings it back; `app sessions list --trash` shows the trash"
         )
     never = client.delete(f"/sessions/{sid}/files/never.txt")
     assert never.json()["message"].endswith(f"has no file 'never.txt'; GET /sessions/{sid}/files "

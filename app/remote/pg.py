@@ -1564,8 +1564,11 @@ def trashed(
     """After an UPDATE that moved rows ``ids`` of ``table`` to the trash at ``moment``,
     once every trigger has run (the deferred ones fired: at the commit point, `Database.write`'s
     ``settled``, or by the caller): refuse it, rolled back, where they are not all there
-    so, or (``files``, for sessions) where their file rows are no longer the ``files``
-    counted before the update.
+    so, or (``files``, for sessions) where their live file rows (those their entries hold)
+    are no longer the ``files`` counted before the update. Their versions already in the
+    trash are not counted: they are entries of their own, which an empty-trash of another
+    replica deletes without the session's lock, and a delete counted with them was refused
+    as one a trigger undid (red team 69 on regress, b).
 
     A trigger of another's after the update (the kind the open leaves alone: an archiving
     tool's that moves a trashed row, or a trashed session's files, into a table of its own,
@@ -1579,7 +1582,8 @@ def trashed(
     found = conn.execute(
         sql.SQL(
             "SELECT (SELECT count(*) FROM {} WHERE id = ANY(%s) AND deleted_at = %s) AS n,"
-            " (SELECT count(*) FROM app_files WHERE session_id = ANY(%s)) AS files"
+            " (SELECT count(*) FROM app_files WHERE session_id = ANY(%s)"
+            " AND deleted_at IS NULL) AS files"
         ).format(sql.Identifier(table)),
         (ids, moment, ids if files is not None else []),
     ).fetchone()

@@ -324,13 +324,25 @@ class RemoteSessions:
             # has run; its row locked first, so that the count's snapshot is taken with no
             # change of the app's to its files in flight (each locks that row first,
             # `Database.change`): the update's own snapshot, taken before it waited for
-            # an upload's commit, counted without that upload's row.
-            conn.execute(
+            # an upload's commit, counted without that upload's row. Its live files only,
+            # those its entry holds: the versions already in the trash are entries of their
+            # own, which another replica's empty-trash deletes without that lock; counted,
+            # the delete was refused as one a trigger undid (red team 69 on regress, b).
+            live = conn.execute(
                 "SELECT 1 FROM app_sessions WHERE id = %s AND deleted_at IS NULL FOR NO KEY UPDATE",
                 (session_id,),
-            )
+            ).fetchone()
+            if live is None:
+                # Not live as it is locked: not found, and the look for a row the update
+                # skipped is not made. Made after an update that found none, it found the
+                # session live all the same where another replica's restore of it had
+                # committed in between, and refused the delete as a trigger's doing, 503
+                # `write_not_stored` (red team 69 on regress, b). Locked, the row stays live
+                # to the update, which only a trigger or a rule can make skip it.
+                raise SessionNotFoundError(session_id)
             row = conn.execute(
-                "WITH f AS (SELECT count(*) AS n FROM app_files WHERE session_id = %s)"
+                "WITH f AS (SELECT count(*) AS n FROM app_files WHERE session_id = %s"
+                " AND deleted_at IS NULL)"
                 " UPDATE app_sessions SET deleted_at = %s, deleted_reason = %s, trash_name = %s"
                 " WHERE id = %s AND deleted_at IS NULL RETURNING title, (SELECT n FROM f) AS files",
                 (session_id, moment, reason, name, session_id),
@@ -361,7 +373,7 @@ class RemoteSessions:
                 # The live sessions' files counted as the update finds them (one snapshot):
                 # under maintenance's exclusive hold, no replica writes meanwhile.
                 "WITH f AS (SELECT count(*) AS n FROM app_files f JOIN app_sessions s"
-                " ON s.id = f.session_id WHERE s.deleted_at IS NULL)"
+                " ON s.id = f.session_id WHERE s.deleted_at IS NULL AND f.deleted_at IS NULL)"
                 " UPDATE app_sessions SET deleted_at = %s, deleted_reason = 'purge',"
                 " trash_name = %s || id WHERE deleted_at IS NULL"
                 " RETURNING id, title, trash_name, (SELECT n FROM f) AS files",

@@ -605,7 +605,7 @@ class Store(Storage):
             # 2,000), a cost any client could ask for. A DELETE sent again after its lost
             # answer finds its entry the newest, or next to it.
             within = None if file is None else FILE_ENTRIES_LOOKED_AT
-            entry = self.trash.latest(session_id, file, within=within)
+            entry = self.trash.latest(session_id, file, within=within, indexed=True)
         except (AppError, OSError):
             return None
         if entry is None or (file is not None and entry.reason != "delete"):
