@@ -1949,8 +1949,8 @@ _CAP_SYS_PTRACE: Final = 19
 def _capabilities_withheld(pid: int) -> str | None:
     """Why this process may not read the descriptors of process `pid`, one of its own user
     (`_entry_named`), where `pid` holds capabilities that it lacks in effect, lives in
-    another user namespace (`_nested_namespace`), or runs with other ids (`_ids_withheld`);
-    else None.
+    another user namespace (`_nested_namespace`), runs with other ids (`_ids_withheld`), or
+    runs pytest and is not dumpable to it (`_undumpable`); else None.
 
     Linux lets a process read another's ``/proc/<pid>/exe`` and the links of its ``fd``
     only where its effective capabilities hold all of the other's permitted ones, in one
@@ -1983,7 +1983,15 @@ def _capabilities_withheld(pid: int) -> str | None:
     # purged (red team 69 on regress).
     (theirs,), (ours, permitted) = _capabilities(pid), _capabilities("self", b"CapEff", b"CapPrm")
     if theirs is None or ours is None or not theirs & ~ours:
-        return _ids_withheld(pid) or _nested_namespace(pid)
+        if (why := _ids_withheld(pid)) is not None:
+            return why
+        if _shown_not_dumpable(pid):
+            # That explains the denial, not a user namespace: a Python daemon that dropped
+            # root's ids itself (`celery --uid`) in a rootless container was refused every app
+            # command it started, as in "another user namespace" (red team 69 on regress,
+            # the third round). Only a pytest's counts (`_undumpable`).
+            return _undumpable(pid, shown=True)
+        return _nested_namespace(pid) or _undumpable(pid, shown=False)
     lacked = theirs & ~ours
     count = bin(lacked).count("1")
     which = ", CAP_SYS_PTRACE among them" if lacked >> _CAP_SYS_PTRACE & 1 else ""
@@ -2044,6 +2052,48 @@ def _ids_withheld(pid: int) -> str | None:
 _FIRST_USER_NAMESPACE: Final = "user:[4026531837]"
 
 
+def _undumpable(pid: int, *, shown: bool) -> str | None:
+    """`_capabilities_withheld`'s reason where process `pid` runs pytest by its command line
+    (`_looks_like_pytest`), and is `shown` not dumpable (`_shown_not_dumpable`) or nothing
+    else explains the denial: Linux also closes ``/proc/<pid>/exe`` and ``fd`` of a process
+    that is not dumpable to one without ``CAP_SYS_PTRACE`` (``prctl(PR_SET_DUMPABLE, 0)``;
+    ids changed without an exec), and a security module (AppArmor, SELinux) may close them.
+    A test of a run that made its own process not dumpable after it removed the run's entry
+    had a child of the run's user, or of root without ``CAP_SYS_PTRACE`` (a container's
+    default capabilities), that found no run and loaded any profile (red team 69 on regress,
+    the third round); else None.
+
+    Only a pytest's: a Python daemon that drops root's ids itself (``celery --uid``,
+    gunicorn's workers under ``--user``) is not dumpable either, and the app commands it
+    starts are no test's."""
+    if not _looks_like_pytest(_cmdline(pid), pid):
+        return None
+    why = (
+        f"its /proc/{pid}/status is root's while it runs as user {os.getuid()}, as Linux shows "
+        "a process that is not dumpable"
+        if shown
+        else "nothing else this process may read explains why it is closed to it"
+    )
+    return (
+        f"{_UNDUMPABLE} ({why}: `prctl(PR_SET_DUMPABLE, 0)`, ids changed without an exec, "
+        f"or a security module such as AppArmor or SELinux), so /proc/{pid}/exe and the "
+        "descriptors it keeps open, where a run keeps its entry, are closed to this process"
+    )
+
+
+def _shown_not_dumpable(pid: int) -> bool:
+    """Whether process `pid`, of this process's user (not root), is shown not dumpable:
+    Linux makes the files of such a process's ``/proc/<pid>`` root's (its directory stays
+    its user's), and ``status`` still shows its ids."""
+    if os.getuid() == 0:
+        return False
+    try:
+        owner = os.stat(f"{_PROC}/{pid}/status").st_uid  # noqa: PTH116 - str in
+    except OSError:
+        return False
+    return owner == 0 and set(_ids(pid).get(b"Uid", [0])) == {os.getuid()}
+
+
 def _nested_namespace(pid: int) -> str | None:
     """`_capabilities_withheld`'s last reason: this process lives in a user namespace other
     than Linux's first, where nothing else explains the denial. A map of every id to itself
@@ -2099,8 +2149,11 @@ _IDS_DIFFER: Final = "its user or group ids are not this process's"
 #: namespace.
 _OTHER_NAMESPACE: Final = "it lives in another user namespace"
 
+#: How `_undumpable` begins its reason (`_capabilities_withheld`'s, told apart).
+_UNDUMPABLE: Final = "it is not dumpable to this process, as far as it can tell"
+
 #: `_capabilities_withheld`'s reasons, by how each begins (`_hidden_run`, `_search_denied`).
-_PTRACE_DENIED: Final = (_CAPS_WITHHELD, _OTHER_NAMESPACE, _IDS_DIFFER)
+_PTRACE_DENIED: Final = (_CAPS_WITHHELD, _OTHER_NAMESPACE, _IDS_DIFFER, _UNDUMPABLE)
 
 
 def _entry_named(pid: int, name: str, seen: _Seen, parent: int | None) -> Path | None:
@@ -2672,6 +2725,10 @@ def _search_denied(pid: int, registry: Path, why: str) -> tuple[str, str]:
             else f"Start this process with the user and groups of pid {pid} (not through a "
             "setgid or setuid program, `sg` or `newgrp`)"
             if why.startswith(_IDS_DIFFER)
+            else f"Start this process where pid {pid} is dumpable (no test may call "
+            "`prctl(PR_SET_DUMPABLE, 0)` in its run's process) and no security module confines "
+            "this process apart from it, or with CAP_SYS_PTRACE"
+            if why.startswith(_UNDUMPABLE)
             else f"Start this process with the capabilities of pid {pid} in effect (not under "
             "`setpriv --bounding-set=-all`, `capsh --drop`, a unit's CapabilityBoundingSet= "
             "or a `capset` that clears the effective set below a process that holds them)"

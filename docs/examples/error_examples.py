@@ -163,6 +163,22 @@ EXAMPLES: list[errors.AppError] = [
         "CapabilityBoundingSet=, `setpriv --bounding-set`)",
         runner="a Python process that may run tests",
     ),
+    # Below a pytest that a test made not dumpable, its entry removed.
+    errors.SandboxViolationError(
+        "loading profile 'production' while a test run may be above this process (ancestor "
+        "pid 4242: /usr/bin/python3 -m pytest tests), whose entry in the registry of test "
+        "runs this process (user 1000) cannot look for: the registry does not show one, and "
+        "it is not dumpable to this process, as far as it can tell (its /proc/4242/status is "
+        "root's while it runs as user 1000, as Linux shows a process that is not dumpable: "
+        "`prctl(PR_SET_DUMPABLE, 0)`, ids changed without an exec, or a security module such "
+        "as AppArmor or SELinux), so /proc/4242/exe and the descriptors it keeps open, where a "
+        "run keeps its entry, are closed to this process",
+        None,
+        "Start this process where pid 4242 is dumpable (no test may call "
+        "`prctl(PR_SET_DUMPABLE, 0)` in its run's process) and no security module confines "
+        "this process apart from it, or with CAP_SYS_PTRACE, or outside the test run; a test "
+        "must leave the registry of test runs (/tmp/app-pytest-runs-1000) and its entries alone",
+    ),
     errors.DataRootInUseError(ROOT, HOLDER, "purge sessions", held_by=describe_holder(HOLDER)),
     errors.LockUnavailableError(ROOT / ".server.lock", "flock failed: No locks available"),
     errors.LockFileAliasedError(
