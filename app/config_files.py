@@ -889,20 +889,37 @@ def _load_setting_aside(
 ) -> None:
     """Load ``path``, parsed as `parsed`, as dynaconf's TOML loader does, without the values
     in ``failed`` (deleted from `parsed`: a copy of the caller's own)."""
-    from dynaconf.loaders.base import BaseLoader
-
     for section, body in parsed.items():
         if isinstance(body, dict):
             for key in [k for k in body if (section.lower(), k.lower()) in failed]:
                 del body[key]
-    # toml_loader.load is this BaseLoader with tomllib's reader; the reader here hands it
-    # the parsed file less the values it cannot cast, and the rest is dynaconf's own load.
-    loader = BaseLoader(
+    _load_parsed(settings, path, parsed)
+
+
+def _load_parsed(settings: Any, path: Path, parsed: dict[str, Any]) -> None:
+    """Load ``path`` into `settings` as dynaconf's TOML loader does, from `parsed` (the
+    tables `read_files` parsed from the bytes it read), never from the file again.
+
+    ``toml_loader.load(settings, filename=...)`` opened and read the file itself: a file
+    rewritten between `read_files` and that read gave the profiles, the layers and the
+    memo's key one file's bytes and the values another's, and `file_values` kept those
+    values under the first bytes for the rest of the process (red team 69: testing's root
+    resolved to production's once the rewrite was undone, with no overlap seen).
+    dynaconf has no loader of tables already parsed: `toml_loader.load` is this `BaseLoader`
+    with tomllib's reader, and its one read of the file (`get_source_data`) is replaced.
+    """
+    from dynaconf.loaders.base import BaseLoader
+
+    class Parsed(BaseLoader):  # type: ignore[misc]  # dynaconf ships no type hints
+        def get_source_data(self, files: Any) -> dict[str, Any]:
+            return {str(path): parsed} if parsed else {}
+
+    loader = Parsed(
         obj=settings,
         env=None,
         identifier="toml",
         extensions=(".toml",),
-        file_reader=lambda _file: parsed,
+        file_reader=tomllib.load,
         string_reader=tomllib.loads,
         opener_params={"mode": "rb"},
     )
@@ -918,7 +935,6 @@ def _dynaconf_file_values(files: Files, keys: Collection[str]) -> Values:
     # be a later layer. One load for every profile keeps `load` close to one dynaconf load.
     # Imported here: the pytest plugin's start-up never pays for them.
     from dynaconf import Dynaconf
-    from dynaconf.loaders import toml_loader
     from dynaconf.utils.parse_conf import DynaconfParseError, MetaValue
 
     # envvar_prefix=None: dynaconf's env loader reads os.environ itself, ignoring the
@@ -947,7 +963,8 @@ def _dynaconf_file_values(files: Files, keys: Collection[str]) -> Values:
     failed: dict[tuple[Path, str, str], SettingsCastError] = {}
     for path in files.paths:
         try:
-            toml_loader.load(settings, filename=str(path))
+            # A copy: dynaconf keeps tables it is given, and `files.data` stays as parsed.
+            _load_parsed(settings, path, copy.deepcopy(files.data[path]))
         except DynaconfParseError as error:
             # The file as `read_files` parsed it (the tables `layers` reads), not read again.
             parsed = copy.deepcopy(files.data[path])

@@ -1610,3 +1610,29 @@ def test_secrets_toml_wins_over_settings_local_toml_and_is_named_for_it(
     (where / "settings.local.toml").write_text("[testing]\nport = 8111\n")
     shell = config_files.file_values(config_files.read_files(os.environ, sandboxed=False), KEYS)
     assert shell["testing"]["port"] == (8333, ".secrets.toml [testing]")
+
+
+def test_a_settings_file_rewritten_between_its_read_and_dynaconf_s_is_read_once(
+    make_settings: SettingsMaker, roots: dict[str, Path], tmp_path: Path
+) -> None:
+    # The load reads each file's bytes (the profiles, the layers, the memo's key) and then
+    # handed dynaconf the file's name, which read it again: a rewrite between the two (an
+    # editor saving, a deploy's `cp`) gave the checks one file's structure and the other's
+    # values, and the memo kept the second file's values under the first's bytes for the
+    # rest of the process. Here the rewrite swaps testing's root with production's; written
+    # between the two reads (the calls a load makes, one after the other), then undone.
+    where = make_settings()
+    settings = where / "settings.toml"
+    before = settings.read_bytes()
+    elsewhere = tmp_path / "elsewhere"
+    swapped = before.decode().replace(toml_str(roots["production"]), toml_str(elsewhere))
+    swapped = swapped.replace(toml_str(roots["testing"]), toml_str(roots["production"]))
+    files = config_files.read_files(os.environ, sandboxed=True)
+    settings.write_text(swapped)
+    values = config_files.file_values(files, KEYS)
+    assert values["testing"]["data_root"] == (str(roots["testing"]), "settings.toml [testing]")
+    assert values["production"]["data_root"][0] == str(roots["production"])
+    settings.write_bytes(before)  # the rewrite undone: the bytes the memo was keyed on
+    config = load("testing")
+    assert config.data_root == roots["testing"]
+    assert config.roots["production"] == roots["production"]
