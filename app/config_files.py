@@ -529,9 +529,32 @@ _TOML_MEMO_SIZE = 16
 _MEMO_LOCK = threading.Lock()  # loads may run on several threads (a server's, tests')
 
 
+#: dynaconf's own settings whose names neither end in ``_FOR_DYNACONF`` nor start with
+#: ``DYNACONF`` (the rest of ``dynaconf.default_settings``, and what `Dynaconf` reads besides;
+#: tests/test_config.py checks that `dynaconf_s_own` covers every one the installed release
+#: has).
+_DYNACONF_OWN: frozenset[str] = frozenset(
+    {"PROJECT_ROOT", "RENAMED_VARS", "SETTINGS_MODULE", "DYNABOXIFY", "_REGISTERED_HOOKS"}
+)
+
+
+def dynaconf_s_own(name: str) -> bool:
+    """Whether a section named `name` would be one of dynaconf's own settings.
+
+    Every profile's sections are loaded in ONE dynaconf load, each section a key at the top
+    of it (`file_values`), where dynaconf reads its own settings: a profile named
+    ``[environments_for_dynaconf]`` turned the loads of the next files per-environment, and
+    ``.secrets.toml``'s or ``settings.local.toml``'s ``[production] data_root`` was then
+    credited to that file but held settings.toml's value, so the check of the roots compared
+    a production root that is not production's (red team 69).
+    """
+    upper = name.upper()
+    return upper.endswith("_FOR_DYNACONF") or upper.startswith("DYNACONF") or upper in _DYNACONF_OWN
+
+
 def _refuse_unclear_names(path: Path, parsed: Mapping[str, Any]) -> None:
-    """Refuse a section whose name is not plain, and sections, or keys of one section, that
-    differ only in case (`layers` folds it)."""
+    """Refuse a section whose name is not plain or is one of dynaconf's own settings, and
+    sections, or keys of one section, that differ only in case (`layers` folds it)."""
 
     def clash(names: Iterable[str]) -> list[str] | None:
         seen: dict[str, list[str]] = {}
@@ -541,6 +564,8 @@ def _refuse_unclear_names(path: Path, parsed: Mapping[str, Any]) -> None:
 
     tables = {name: body for name, body in parsed.items() if isinstance(body, dict)}
     for name in tables:
+        if plain_name(name) and dynaconf_s_own(name) and name.lower() not in NOT_PROFILES:
+            raise SettingsNameError(path, name, None)
         if not plain_name(name):
             import difflib  # here: only a refusal pays for it
 

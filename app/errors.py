@@ -484,6 +484,8 @@ class SettingsNameError(ConfigError):
     ``["production "]`` was a profile of its own: it printed as ``production`` in every list of
     known profiles, the real ``[production]`` was then unknown, and a name copied from that
     list selected a profile that production's protection, keyed on its name, did not cover.
+    A plain name that is one of dynaconf's own settings (``[environments_for_dynaconf]``)
+    is refused too: dynaconf obeyed it as a switch (red team 69).
     """
 
     code = "settings_name_not_plain"
@@ -498,6 +500,15 @@ class SettingsNameError(ConfigError):
         import unicodedata  # here: only a refusal pays for it
 
         odd = [c for c in dict.fromkeys(self.section) if not plain_name(c)]
+        if not odd and self.section:
+            # Plain, but one of dynaconf's own settings (`config_files.dynaconf_s_own`).
+            return (
+                f"{self.path}: section [{self.section}] is named as one of dynaconf's own "
+                f"settings ({self.section.upper()}), which dynaconf obeys when it loads every "
+                "section at once: it would change how the settings files are read, not "
+                "configure a profile; rename the section (a profile's name may not end in "
+                "'_for_dynaconf' or start with 'dynaconf'), and run `app doctor`"
+            )
         held = ", ".join(f"U+{ord(c):04X} {unicodedata.name(c, 'with no name')}" for c in odd)
         what = f"it holds {held}" if odd else "it is empty"
         like = f", and only looks like [{self.looks_like}]" if self.looks_like else ""

@@ -1636,3 +1636,47 @@ def test_a_settings_file_rewritten_between_its_read_and_dynaconf_s_is_read_once(
     config = load("testing")
     assert config.data_root == roots["testing"]
     assert config.roots["production"] == roots["production"]
+
+
+@pytest.mark.parametrize(
+    "section",
+    ["environments_for_dynaconf", "Includes_For_Dynaconf", "dynaconf_include", "dynaboxify"],
+)
+def test_a_section_named_as_one_of_dynaconf_s_own_settings_is_refused(
+    make_settings: SettingsMaker, roots: dict[str, Path], tmp_path: Path, section: str
+) -> None:
+    # Every profile's sections are loaded in one dynaconf load, each a key at its top, where
+    # dynaconf reads its own settings. `[environments_for_dynaconf]` made it load the next
+    # file per environment: .secrets.toml's production root was credited to that file but
+    # held settings.toml's, so the overlap check compared a root production does not use,
+    # and testing's APP_DATA_ROOT onto production's real root passed.
+    real = tmp_path / "real-production"
+    where = make_settings(
+        secrets=f'[production]\ndata_root = {toml_str(real)}\n[testing]\napi_token = "t-token"\n'
+    )
+    with (where / "settings.toml").open("a") as settings:
+        settings.write(f'\n[{section}]\ndata_root = "data/x"\n')
+    with pytest.raises(SettingsNameError) as caught:
+        load("testing", environ={**os.environ, "APP_DATA_ROOT": str(real)})
+    assert str(caught.value) == (
+        f"{where / 'settings.toml'}: section [{section}] is named as one of dynaconf's own "
+        f"settings ({section.upper()}), which dynaconf obeys when it loads every section at "
+        "once: it would change how the settings files are read, not configure a profile; "
+        "rename the section (a profile's name may not end in '_for_dynaconf' or start with "
+        "'dynaconf'), and run `app doctor`"
+    )
+    assert caught.value.code == "settings_name_not_plain"
+    make_settings(  # settings.toml written again, without the section: the overlap is seen
+        secrets=f'[production]\ndata_root = {toml_str(real)}\n[testing]\napi_token = "t-token"\n'
+    )
+    with pytest.raises(DataRootOverlapError):
+        load("testing", environ={**os.environ, "APP_DATA_ROOT": str(real)})
+
+
+def test_every_setting_of_the_installed_dynaconf_is_a_name_no_section_may_take() -> None:
+    from dynaconf import default_settings
+
+    names = [name for name in vars(default_settings) if name.isupper()]
+    assert len(names) > 50
+    assert [name for name in names if not config_files.dynaconf_s_own(name)] == []
+    assert not any(config_files.dynaconf_s_own(n) for n in ("production", "dynamic", "conf"))
