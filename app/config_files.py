@@ -652,12 +652,42 @@ def _too_deep(parsed: dict[str, Any]) -> str | None:
     return None
 
 
-def _read_toml(path: Path) -> tuple[bytes, dict[str, Any]]:
+def _read_bytes(path: Path) -> bytes:
+    """The bytes of the settings file at `path`, which `_settings_file` found regular.
+
+    What is read is looked at again as it is opened: a name replaced after that look (a
+    link switched, ``mkfifo`` in its place) by a FIFO held every command, and the pytest
+    plugin before the run, waiting for a writer for ever, and a file removed there was a
+    bare ``FileNotFoundError`` traceback (red team 69). Opened without waiting, then
+    refused as `_refuse_not_a_file` refuses such a name.
+    """
     try:
-        raw = path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except PermissionError:
         # A link's target, named: `ls -ld` of the link shows a link's mode (red team 59).
         raise _unreadable(path, path) from None
+    except OSError as error:
+        _refuse_not_a_file(path)  # a dangling link, or what is there now
+        raise SettingsNotAFileError(
+            path,
+            f"gone ({error.strerror}): it was removed or replaced as it was read",
+            "Run the command again once the file is in place, then `app doctor`",
+        ) from None
+    with os.fdopen(fd, "rb") as opened:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            _refuse_not_a_file(path)  # names what is there now, with its remedy
+            raise SettingsNotAFileError(
+                path,
+                f"{_kind(mode)} as it was read (it was replaced as it was read)",
+                f"Put the settings file there, or remove it (`rm {shell_word(str(path))}`) if "
+                "none belongs, then run `app doctor`",
+            )
+        return opened.read()
+
+
+def _read_toml(path: Path) -> tuple[bytes, dict[str, Any]]:
+    raw = _read_bytes(path)
     parsed = _TOML_MEMO.get(raw)
     if parsed is None:
         if (not_utf8 := _not_utf8(path, raw)) is not None:

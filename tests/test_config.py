@@ -1680,3 +1680,61 @@ def test_every_setting_of_the_installed_dynaconf_is_a_name_no_section_may_take()
     assert len(names) > 50
     assert [name for name in names if not config_files.dynaconf_s_own(name)] == []
     assert not any(config_files.dynaconf_s_own(n) for n in ("production", "dynamic", "conf"))
+
+
+def test_a_settings_file_replaced_by_a_fifo_as_it_is_read_is_refused_not_waited_on(
+    make_settings: SettingsMaker,
+) -> None:
+    # `read_files` looks at each name (a FIFO there is refused, red team 59) and then reads
+    # it: a name replaced in between (a link switched, `mkfifo`) was read as a FIFO, which
+    # waits for a writer for ever. The read is made here on the name as it is after the
+    # swap; a writer thread stands by, so that the read without the fix ends (it read the
+    # writer's TOML as settings) rather than hanging.
+    import threading
+
+    where = make_settings()
+    secrets = where / ".secrets.toml"
+    secrets.unlink()
+    os.mkfifo(secrets)
+    wrote: list[BaseException] = []
+
+    def writer() -> None:
+        try:
+            with secrets.open("w") as fifo:  # waits for a reader
+                fifo.write('[testing]\napi_token = "from-a-fifo"\n')
+        except OSError as error:  # the reader closed first: nothing to check here
+            wrote.append(error)
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(config_files.SettingsNotAFileError) as caught:
+            config_files._read_toml(secrets)
+    finally:
+        # A reader held open until the writer is done: it opens, writes and closes whenever
+        # it gets there (it may not have reached its `open` yet).
+        reader = os.open(secrets, os.O_RDONLY | os.O_NONBLOCK)
+        thread.join()
+        os.close(reader)
+    assert str(caught.value) == (
+        f"cannot read the settings file {secrets}: it is a FIFO (named pipe), where a regular "
+        "file belongs; left out, the values it sets (a token, a data_root) would silently be "
+        f"missing, so nothing was opened or changed. Put the settings file there, or remove "
+        f"it (`rm {secrets}`) if none belongs, then run `app doctor`"
+    )
+
+
+def test_a_settings_file_removed_as_it_is_read_is_refused_naming_it(
+    make_settings: SettingsMaker,
+) -> None:
+    where = make_settings()
+    secrets = where / ".secrets.toml"
+    secrets.unlink()  # after `read_files` found it: the read is made on the name as it is now
+    with pytest.raises(config_files.SettingsNotAFileError) as caught:
+        config_files._read_toml(secrets)
+    assert str(caught.value) == (
+        f"cannot read the settings file {secrets}: it is gone (No such file or directory): it "
+        "was removed or replaced as it was read, where a regular file belongs; left out, the "
+        "values it sets (a token, a data_root) would silently be missing, so nothing was "
+        "opened or changed. Run the command again once the file is in place, then `app doctor`"
+    )
