@@ -562,10 +562,11 @@ def _refuse_unclear_names(path: Path, parsed: Mapping[str, Any]) -> None:
             seen.setdefault(name.lower(), []).append(name)
         return next((spellings for spellings in seen.values() if len(spellings) > 1), None)
 
+    for name, body in parsed.items():  # a key outside any section too: the same load's
+        if plain_name(name) and dynaconf_s_own(name) and name.lower() not in NOT_PROFILES:
+            raise SettingsNameError(path, name, None, isinstance(body, dict))
     tables = {name: body for name, body in parsed.items() if isinstance(body, dict)}
     for name in tables:
-        if plain_name(name) and dynaconf_s_own(name) and name.lower() not in NOT_PROFILES:
-            raise SettingsNameError(path, name, None)
         if not plain_name(name):
             import difflib  # here: only a refusal pays for it
 

@@ -494,6 +494,8 @@ class SettingsNameError(ConfigError):
     section: str
     #: A plain section of the same files it looks like, or None.
     looks_like: str | None
+    #: False for a key outside any section named as one of dynaconf's settings.
+    table: bool = True
 
     @property
     def message(self) -> str:
@@ -502,12 +504,19 @@ class SettingsNameError(ConfigError):
         odd = [c for c in dict.fromkeys(self.section) if not plain_name(c)]
         if not odd and self.section:
             # Plain, but one of dynaconf's own settings (`config_files.dynaconf_s_own`).
+            what = f"section [{self.section}]" if self.table else f"key {self.section}"
+            fix = (
+                "rename the section (a profile's name may not end in '_for_dynaconf' or start "
+                "with 'dynaconf')"
+                if self.table
+                else "remove it (the app's keys sit in a [section]; dynaconf's switches are "
+                "not settings of the app)"
+            )
             return (
-                f"{self.path}: section [{self.section}] is named as one of dynaconf's own "
-                f"settings ({self.section.upper()}), which dynaconf obeys when it loads every "
-                "section at once: it would change how the settings files are read, not "
-                "configure a profile; rename the section (a profile's name may not end in "
-                "'_for_dynaconf' or start with 'dynaconf'), and run `app doctor`"
+                f"{self.path}: {what} is named as one of dynaconf's own settings "
+                f"({self.section.upper()}), which dynaconf obeys when it loads every section "
+                "at once: it would change how the settings files are read, not configure a "
+                f"profile; {fix}, and run `app doctor`"
             )
         held = ", ".join(f"U+{ord(c):04X} {unicodedata.name(c, 'with no name')}" for c in odd)
         what = f"it holds {held}" if odd else "it is empty"

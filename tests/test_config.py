@@ -1738,3 +1738,28 @@ def test_a_settings_file_removed_as_it_is_read_is_refused_naming_it(
         "values it sets (a token, a data_root) would silently be missing, so nothing was "
         "opened or changed. Run the command again once the file is in place, then `app doctor`"
     )
+
+
+def test_a_key_outside_any_section_named_as_a_dynaconf_setting_is_refused_to_the_plugin_too(
+    make_settings: SettingsMaker, roots: dict[str, Path], tmp_path: Path
+) -> None:
+    # Outside any section, `load` refused it as a key with no section, but only after the
+    # load; `configured_roots`, which the plugin reads to know every profile's root, took
+    # it, and where a root is in dynaconf's syntax (read by dynaconf) it named settings.toml's
+    # production root as the secrets file's, which sets another.
+    real = tmp_path / "real-production"
+    where = make_settings(
+        secrets=f'[production]\ndata_root = {toml_str(real)}\n[testing]\napi_token = "t-token"\n',
+        data_roots={"testing": f"@format {roots['testing']}"},
+    )
+    settings = where / "settings.toml"
+    settings.write_text("environments_for_dynaconf = true\n" + settings.read_text())
+    with pytest.raises(SettingsNameError) as caught:
+        appconfig.configured_roots()
+    assert str(caught.value) == (
+        f"{settings}: key environments_for_dynaconf is named as one of dynaconf's own settings "
+        "(ENVIRONMENTS_FOR_DYNACONF), which dynaconf obeys when it loads every section at once: "
+        "it would change how the settings files are read, not configure a profile; remove it "
+        "(the app's keys sit in a [section]; dynaconf's switches are not settings of the app), "
+        "and run `app doctor`"
+    )
