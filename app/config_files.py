@@ -529,9 +529,32 @@ _TOML_MEMO_SIZE = 16
 _MEMO_LOCK = threading.Lock()  # loads may run on several threads (a server's, tests')
 
 
+#: dynaconf's own settings whose names neither end in ``_FOR_DYNACONF`` nor start with
+#: ``DYNACONF`` (the rest of ``dynaconf.default_settings``, and what `Dynaconf` reads besides;
+#: tests/test_config.py checks that `dynaconf_s_own` covers every one the installed release
+#: has).
+_DYNACONF_OWN: frozenset[str] = frozenset(
+    {"PROJECT_ROOT", "RENAMED_VARS", "SETTINGS_MODULE", "DYNABOXIFY", "_REGISTERED_HOOKS"}
+)
+
+
+def dynaconf_s_own(name: str) -> bool:
+    """Whether a section named `name` would be one of dynaconf's own settings.
+
+    Every profile's sections are loaded in ONE dynaconf load, each section a key at the top
+    of it (`file_values`), where dynaconf reads its own settings: a profile named
+    ``[environments_for_dynaconf]`` turned the loads of the next files per-environment, and
+    ``.secrets.toml``'s or ``settings.local.toml``'s ``[production] data_root`` was then
+    credited to that file but held settings.toml's value, so the check of the roots compared
+    a production root that is not production's (red team 69).
+    """
+    upper = name.upper()
+    return upper.endswith("_FOR_DYNACONF") or upper.startswith("DYNACONF") or upper in _DYNACONF_OWN
+
+
 def _refuse_unclear_names(path: Path, parsed: Mapping[str, Any]) -> None:
-    """Refuse a section whose name is not plain, and sections, or keys of one section, that
-    differ only in case (`layers` folds it)."""
+    """Refuse a section whose name is not plain or is one of dynaconf's own settings, and
+    sections, or keys of one section, that differ only in case (`layers` folds it)."""
 
     def clash(names: Iterable[str]) -> list[str] | None:
         seen: dict[str, list[str]] = {}
@@ -539,6 +562,9 @@ def _refuse_unclear_names(path: Path, parsed: Mapping[str, Any]) -> None:
             seen.setdefault(name.lower(), []).append(name)
         return next((spellings for spellings in seen.values() if len(spellings) > 1), None)
 
+    for name, body in parsed.items():  # a key outside any section too: the same load's
+        if plain_name(name) and dynaconf_s_own(name) and name.lower() not in NOT_PROFILES:
+            raise SettingsNameError(path, name, None, isinstance(body, dict))
     tables = {name: body for name, body in parsed.items() if isinstance(body, dict)}
     for name in tables:
         if not plain_name(name):
@@ -627,12 +653,42 @@ def _too_deep(parsed: dict[str, Any]) -> str | None:
     return None
 
 
-def _read_toml(path: Path) -> tuple[bytes, dict[str, Any]]:
+def _read_bytes(path: Path) -> bytes:
+    """The bytes of the settings file at `path`, which `_settings_file` found regular.
+
+    What is read is looked at again as it is opened: a name replaced after that look (a
+    link switched, ``mkfifo`` in its place) by a FIFO held every command, and the pytest
+    plugin before the run, waiting for a writer for ever, and a file removed there was a
+    bare ``FileNotFoundError`` traceback (red team 69). Opened without waiting, then
+    refused as `_refuse_not_a_file` refuses such a name.
+    """
     try:
-        raw = path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except PermissionError:
         # A link's target, named: `ls -ld` of the link shows a link's mode (red team 59).
         raise _unreadable(path, path) from None
+    except OSError as error:
+        _refuse_not_a_file(path)  # a dangling link, or what is there now
+        raise SettingsNotAFileError(
+            path,
+            f"gone ({error.strerror}): it was removed or replaced as it was read",
+            "Run the command again once the file is in place, then `app doctor`",
+        ) from None
+    with os.fdopen(fd, "rb") as opened:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            _refuse_not_a_file(path)  # names what is there now, with its remedy
+            raise SettingsNotAFileError(
+                path,
+                f"{_kind(mode)} as it was read (it was replaced as it was read)",
+                f"Put the settings file there, or remove it (`rm {shell_word(str(path))}`) if "
+                "none belongs, then run `app doctor`",
+            )
+        return opened.read()
+
+
+def _read_toml(path: Path) -> tuple[bytes, dict[str, Any]]:
+    raw = _read_bytes(path)
     parsed = _TOML_MEMO.get(raw)
     if parsed is None:
         if (not_utf8 := _not_utf8(path, raw)) is not None:
@@ -889,20 +945,37 @@ def _load_setting_aside(
 ) -> None:
     """Load ``path``, parsed as `parsed`, as dynaconf's TOML loader does, without the values
     in ``failed`` (deleted from `parsed`: a copy of the caller's own)."""
-    from dynaconf.loaders.base import BaseLoader
-
     for section, body in parsed.items():
         if isinstance(body, dict):
             for key in [k for k in body if (section.lower(), k.lower()) in failed]:
                 del body[key]
-    # toml_loader.load is this BaseLoader with tomllib's reader; the reader here hands it
-    # the parsed file less the values it cannot cast, and the rest is dynaconf's own load.
-    loader = BaseLoader(
+    _load_parsed(settings, path, parsed)
+
+
+def _load_parsed(settings: Any, path: Path, parsed: dict[str, Any]) -> None:
+    """Load ``path`` into `settings` as dynaconf's TOML loader does, from `parsed` (the
+    tables `read_files` parsed from the bytes it read), never from the file again.
+
+    ``toml_loader.load(settings, filename=...)`` opened and read the file itself: a file
+    rewritten between `read_files` and that read gave the profiles, the layers and the
+    memo's key one file's bytes and the values another's, and `file_values` kept those
+    values under the first bytes for the rest of the process (red team 69: testing's root
+    resolved to production's once the rewrite was undone, with no overlap seen).
+    dynaconf has no loader of tables already parsed: `toml_loader.load` is this `BaseLoader`
+    with tomllib's reader, and its one read of the file (`get_source_data`) is replaced.
+    """
+    from dynaconf.loaders.base import BaseLoader
+
+    class Parsed(BaseLoader):  # type: ignore[misc]  # dynaconf ships no type hints
+        def get_source_data(self, files: Any) -> dict[str, Any]:
+            return {str(path): parsed} if parsed else {}
+
+    loader = Parsed(
         obj=settings,
         env=None,
         identifier="toml",
         extensions=(".toml",),
-        file_reader=lambda _file: parsed,
+        file_reader=tomllib.load,
         string_reader=tomllib.loads,
         opener_params={"mode": "rb"},
     )
@@ -918,7 +991,6 @@ def _dynaconf_file_values(files: Files, keys: Collection[str]) -> Values:
     # be a later layer. One load for every profile keeps `load` close to one dynaconf load.
     # Imported here: the pytest plugin's start-up never pays for them.
     from dynaconf import Dynaconf
-    from dynaconf.loaders import toml_loader
     from dynaconf.utils.parse_conf import DynaconfParseError, MetaValue
 
     # envvar_prefix=None: dynaconf's env loader reads os.environ itself, ignoring the
@@ -947,7 +1019,8 @@ def _dynaconf_file_values(files: Files, keys: Collection[str]) -> Values:
     failed: dict[tuple[Path, str, str], SettingsCastError] = {}
     for path in files.paths:
         try:
-            toml_loader.load(settings, filename=str(path))
+            # A copy: dynaconf keeps tables it is given, and `files.data` stays as parsed.
+            _load_parsed(settings, path, copy.deepcopy(files.data[path]))
         except DynaconfParseError as error:
             # The file as `read_files` parsed it (the tables `layers` reads), not read again.
             parsed = copy.deepcopy(files.data[path])

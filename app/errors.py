@@ -484,6 +484,8 @@ class SettingsNameError(ConfigError):
     ``["production "]`` was a profile of its own: it printed as ``production`` in every list of
     known profiles, the real ``[production]`` was then unknown, and a name copied from that
     list selected a profile that production's protection, keyed on its name, did not cover.
+    A plain name that is one of dynaconf's own settings (``[environments_for_dynaconf]``)
+    is refused too: dynaconf obeyed it as a switch (red team 69).
     """
 
     code = "settings_name_not_plain"
@@ -492,12 +494,30 @@ class SettingsNameError(ConfigError):
     section: str
     #: A plain section of the same files it looks like, or None.
     looks_like: str | None
+    #: False for a key outside any section named as one of dynaconf's settings.
+    table: bool = True
 
     @property
     def message(self) -> str:
         import unicodedata  # here: only a refusal pays for it
 
         odd = [c for c in dict.fromkeys(self.section) if not plain_name(c)]
+        if not odd and self.section:
+            # Plain, but one of dynaconf's own settings (`config_files.dynaconf_s_own`).
+            what = f"section [{self.section}]" if self.table else f"key {self.section}"
+            fix = (
+                "rename the section (a profile's name may not end in '_for_dynaconf' or start "
+                "with 'dynaconf')"
+                if self.table
+                else "remove it (the app's keys sit in a [section]; dynaconf's switches are "
+                "not settings of the app)"
+            )
+            return (
+                f"{self.path}: {what} is named as one of dynaconf's own settings "
+                f"({self.section.upper()}), which dynaconf obeys when it loads every section "
+                "at once: it would change how the settings files are read, not configure a "
+                f"profile; {fix}, and run `app doctor`"
+            )
         held = ", ".join(f"U+{ord(c):04X} {unicodedata.name(c, 'with no name')}" for c in odd)
         what = f"it holds {held}" if odd else "it is empty"
         like = f", and only looks like [{self.looks_like}]" if self.looks_like else ""

@@ -1610,3 +1610,156 @@ def test_secrets_toml_wins_over_settings_local_toml_and_is_named_for_it(
     (where / "settings.local.toml").write_text("[testing]\nport = 8111\n")
     shell = config_files.file_values(config_files.read_files(os.environ, sandboxed=False), KEYS)
     assert shell["testing"]["port"] == (8333, ".secrets.toml [testing]")
+
+
+def test_a_settings_file_rewritten_between_its_read_and_dynaconf_s_is_read_once(
+    make_settings: SettingsMaker, roots: dict[str, Path], tmp_path: Path
+) -> None:
+    # The load reads each file's bytes (the profiles, the layers, the memo's key) and then
+    # handed dynaconf the file's name, which read it again: a rewrite between the two (an
+    # editor saving, a deploy's `cp`) gave the checks one file's structure and the other's
+    # values, and the memo kept the second file's values under the first's bytes for the
+    # rest of the process. Here the rewrite swaps testing's root with production's; written
+    # between the two reads (the calls a load makes, one after the other), then undone.
+    where = make_settings()
+    settings = where / "settings.toml"
+    before = settings.read_bytes()
+    elsewhere = tmp_path / "elsewhere"
+    swapped = before.decode().replace(toml_str(roots["production"]), toml_str(elsewhere))
+    swapped = swapped.replace(toml_str(roots["testing"]), toml_str(roots["production"]))
+    files = config_files.read_files(os.environ, sandboxed=True)
+    settings.write_text(swapped)
+    values = config_files.file_values(files, KEYS)
+    assert values["testing"]["data_root"] == (str(roots["testing"]), "settings.toml [testing]")
+    assert values["production"]["data_root"][0] == str(roots["production"])
+    settings.write_bytes(before)  # the rewrite undone: the bytes the memo was keyed on
+    config = load("testing")
+    assert config.data_root == roots["testing"]
+    assert config.roots["production"] == roots["production"]
+
+
+@pytest.mark.parametrize(
+    "section",
+    ["environments_for_dynaconf", "Includes_For_Dynaconf", "dynaconf_include", "dynaboxify"],
+)
+def test_a_section_named_as_one_of_dynaconf_s_own_settings_is_refused(
+    make_settings: SettingsMaker, roots: dict[str, Path], tmp_path: Path, section: str
+) -> None:
+    # Every profile's sections are loaded in one dynaconf load, each a key at its top, where
+    # dynaconf reads its own settings. `[environments_for_dynaconf]` made it load the next
+    # file per environment: .secrets.toml's production root was credited to that file but
+    # held settings.toml's, so the overlap check compared a root production does not use,
+    # and testing's APP_DATA_ROOT onto production's real root passed.
+    real = tmp_path / "real-production"
+    where = make_settings(
+        secrets=f'[production]\ndata_root = {toml_str(real)}\n[testing]\napi_token = "t-token"\n'
+    )
+    with (where / "settings.toml").open("a") as settings:
+        settings.write(f'\n[{section}]\ndata_root = "data/x"\n')
+    with pytest.raises(SettingsNameError) as caught:
+        load("testing", environ={**os.environ, "APP_DATA_ROOT": str(real)})
+    assert str(caught.value) == (
+        f"{where / 'settings.toml'}: section [{section}] is named as one of dynaconf's own "
+        f"settings ({section.upper()}), which dynaconf obeys when it loads every section at "
+        "once: it would change how the settings files are read, not configure a profile; "
+        "rename the section (a profile's name may not end in '_for_dynaconf' or start with "
+        "'dynaconf'), and run `app doctor`"
+    )
+    assert caught.value.code == "settings_name_not_plain"
+    make_settings(  # settings.toml written again, without the section: the overlap is seen
+        secrets=f'[production]\ndata_root = {toml_str(real)}\n[testing]\napi_token = "t-token"\n'
+    )
+    with pytest.raises(DataRootOverlapError):
+        load("testing", environ={**os.environ, "APP_DATA_ROOT": str(real)})
+
+
+def test_every_setting_of_the_installed_dynaconf_is_a_name_no_section_may_take() -> None:
+    from dynaconf import default_settings
+
+    names = [name for name in vars(default_settings) if name.isupper()]
+    assert len(names) > 50
+    assert [name for name in names if not config_files.dynaconf_s_own(name)] == []
+    assert not any(config_files.dynaconf_s_own(n) for n in ("production", "dynamic", "conf"))
+
+
+def test_a_settings_file_replaced_by_a_fifo_as_it_is_read_is_refused_not_waited_on(
+    make_settings: SettingsMaker,
+) -> None:
+    # `read_files` looks at each name (a FIFO there is refused, red team 59) and then reads
+    # it: a name replaced in between (a link switched, `mkfifo`) was read as a FIFO, which
+    # waits for a writer for ever. The read is made here on the name as it is after the
+    # swap; a writer thread stands by, so that the read without the fix ends (it read the
+    # writer's TOML as settings) rather than hanging.
+    import threading
+
+    where = make_settings()
+    secrets = where / ".secrets.toml"
+    secrets.unlink()
+    os.mkfifo(secrets)
+    wrote: list[BaseException] = []
+
+    def writer() -> None:
+        try:
+            with secrets.open("w") as fifo:  # waits for a reader
+                fifo.write('[testing]\napi_token = "from-a-fifo"\n')
+        except OSError as error:  # the reader closed first: nothing to check here
+            wrote.append(error)
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(config_files.SettingsNotAFileError) as caught:
+            config_files._read_toml(secrets)
+    finally:
+        # A reader held open until the writer is done: it opens, writes and closes whenever
+        # it gets there (it may not have reached its `open` yet).
+        reader = os.open(secrets, os.O_RDONLY | os.O_NONBLOCK)
+        thread.join()
+        os.close(reader)
+    assert str(caught.value) == (
+        f"cannot read the settings file {secrets}: it is a FIFO (named pipe), where a regular "
+        "file belongs; left out, the values it sets (a token, a data_root) would silently be "
+        f"missing, so nothing was opened or changed. Put the settings file there, or remove "
+        f"it (`rm {secrets}`) if none belongs, then run `app doctor`"
+    )
+
+
+def test_a_settings_file_removed_as_it_is_read_is_refused_naming_it(
+    make_settings: SettingsMaker,
+) -> None:
+    where = make_settings()
+    secrets = where / ".secrets.toml"
+    secrets.unlink()  # after `read_files` found it: the read is made on the name as it is now
+    with pytest.raises(config_files.SettingsNotAFileError) as caught:
+        config_files._read_toml(secrets)
+    assert str(caught.value) == (
+        f"cannot read the settings file {secrets}: it is gone (No such file or directory): it "
+        "was removed or replaced as it was read, where a regular file belongs; left out, the "
+        "values it sets (a token, a data_root) would silently be missing, so nothing was "
+        "opened or changed. Run the command again once the file is in place, then `app doctor`"
+    )
+
+
+def test_a_key_outside_any_section_named_as_a_dynaconf_setting_is_refused_to_the_plugin_too(
+    make_settings: SettingsMaker, roots: dict[str, Path], tmp_path: Path
+) -> None:
+    # Outside any section, `load` refused it as a key with no section, but only after the
+    # load; `configured_roots`, which the plugin reads to know every profile's root, took
+    # it, and where a root is in dynaconf's syntax (read by dynaconf) it named settings.toml's
+    # production root as the secrets file's, which sets another.
+    real = tmp_path / "real-production"
+    where = make_settings(
+        secrets=f'[production]\ndata_root = {toml_str(real)}\n[testing]\napi_token = "t-token"\n',
+        data_roots={"testing": f"@format {roots['testing']}"},
+    )
+    settings = where / "settings.toml"
+    settings.write_text("environments_for_dynaconf = true\n" + settings.read_text())
+    with pytest.raises(SettingsNameError) as caught:
+        appconfig.configured_roots()
+    assert str(caught.value) == (
+        f"{settings}: key environments_for_dynaconf is named as one of dynaconf's own settings "
+        "(ENVIRONMENTS_FOR_DYNACONF), which dynaconf obeys when it loads every section at once: "
+        "it would change how the settings files are read, not configure a profile; remove it "
+        "(the app's keys sit in a [section]; dynaconf's switches are not settings of the app), "
+        "and run `app doctor`"
+    )
