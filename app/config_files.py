@@ -660,10 +660,14 @@ def _read_bytes(path: Path) -> bytes:
     link switched, ``mkfifo`` in its place) by a FIFO held every command, and the pytest
     plugin before the run, waiting for a writer for ever, and a file removed there was a
     bare ``FileNotFoundError`` traceback (red team 69). Opened without waiting, then
-    refused as `_refuse_not_a_file` refuses such a name.
+    refused as `_refuse_not_a_file` refuses such a name. ``O_NOCTTY``: a name switched to
+    a terminal (a link to ``/dev/pts/N``) was refused, but its open had already made that
+    terminal the controlling one of a process that had none (``app serve`` as a service,
+    a session leader), so its hang-up or a ``^C`` typed there stopped the server (red team
+    69, the fourth round).
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except PermissionError:
         # A link's target, named: `ls -ld` of the link shows a link's mode (red team 59).
         raise _unreadable(path, path) from None

@@ -505,9 +505,15 @@ class SettingsNameError(ConfigError):
         if not odd and self.section:
             # Plain, but one of dynaconf's own settings (`config_files.dynaconf_s_own`).
             what = f"section [{self.section}]" if self.table else f"key {self.section}"
+            upper = self.section.upper()
+            if upper.endswith("_FOR_DYNACONF"):
+                rule = "may not end in '_for_dynaconf'"
+            elif upper.startswith("DYNACONF"):
+                rule = "may not start with 'dynaconf'"
+            else:  # `[dynaboxify]`, `[project_root]`: the rule above named neither
+                rule = f"may not be {self.section.lower()}, a name dynaconf keeps for itself"
             fix = (
-                "rename the section (a profile's name may not end in '_for_dynaconf' or start "
-                "with 'dynaconf')"
+                f"rename the section (a profile's name {rule})"
                 if self.table
                 else "remove it (the app's keys sit in a [section]; dynaconf's switches are "
                 "not settings of the app)"

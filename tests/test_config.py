@@ -1639,11 +1639,20 @@ def test_a_settings_file_rewritten_between_its_read_and_dynaconf_s_is_read_once(
 
 
 @pytest.mark.parametrize(
-    "section",
-    ["environments_for_dynaconf", "Includes_For_Dynaconf", "dynaconf_include", "dynaboxify"],
+    ("section", "rule"),
+    [
+        ("environments_for_dynaconf", "may not end in '_for_dynaconf'"),
+        ("Includes_For_Dynaconf", "may not end in '_for_dynaconf'"),
+        ("dynaconf_include", "may not start with 'dynaconf'"),
+        # Red team 69's fourth round, found by reading this test: these two were told that
+        # a profile's name "may not end in '_for_dynaconf' or start with 'dynaconf'", a rule
+        # they keep, so the refusal named no name to rename them to.
+        ("dynaboxify", "may not be dynaboxify, a name dynaconf keeps for itself"),
+        ("Project_Root", "may not be project_root, a name dynaconf keeps for itself"),
+    ],
 )
 def test_a_section_named_as_one_of_dynaconf_s_own_settings_is_refused(
-    make_settings: SettingsMaker, roots: dict[str, Path], tmp_path: Path, section: str
+    make_settings: SettingsMaker, roots: dict[str, Path], tmp_path: Path, section: str, rule: str
 ) -> None:
     # Every profile's sections are loaded in one dynaconf load, each a key at its top, where
     # dynaconf reads its own settings. `[environments_for_dynaconf]` made it load the next
@@ -1662,8 +1671,7 @@ def test_a_section_named_as_one_of_dynaconf_s_own_settings_is_refused(
         f"{where / 'settings.toml'}: section [{section}] is named as one of dynaconf's own "
         f"settings ({section.upper()}), which dynaconf obeys when it loads every section at "
         "once: it would change how the settings files are read, not configure a profile; "
-        "rename the section (a profile's name may not end in '_for_dynaconf' or start with "
-        "'dynaconf'), and run `app doctor`"
+        f"rename the section (a profile's name {rule}), and run `app doctor`"
     )
     assert caught.value.code == "settings_name_not_plain"
     make_settings(  # settings.toml written again, without the section: the overlap is seen
@@ -1722,6 +1730,47 @@ def test_a_settings_file_replaced_by_a_fifo_as_it_is_read_is_refused_not_waited_
         f"missing, so nothing was opened or changed. Put the settings file there, or remove "
         f"it (`rm {secrets}`) if none belongs, then run `app doctor`"
     )
+
+
+_TERMINAL_SWAPPED_IN = """
+import os
+from pathlib import Path
+from app import config_files
+
+os.setsid()  # a session leader with no controlling terminal, as a service's server is
+main, other = os.openpty()  # glibc opens its side with O_NOCTTY
+name = os.ttyname(other)
+try:
+    config_files._read_bytes(Path(name))  # the settings file's name, switched to a terminal
+except config_files.SettingsNotAFileError as error:
+    print(error)
+try:
+    os.close(os.open("/dev/tty", os.O_RDONLY))
+except OSError as error:
+    print("no controlling terminal:", error.strerror)
+else:
+    print("controlling terminal:", name)
+"""
+
+
+def test_a_settings_file_switched_to_a_terminal_does_not_become_the_controlling_one() -> None:
+    # Red team 69's fourth round, found by reading `_read_bytes`: the name switched to a
+    # terminal after `read_files` looked (a link to /dev/pts/N) was refused, but its open
+    # without O_NOCTTY had already made that terminal the controlling one of a session
+    # leader that had none (`app serve` as a service): a hang-up of it, or a ^C typed
+    # there, then stopped the server. A process of its own: it makes a session.
+    import subprocess
+    import sys
+
+    if not Path("/dev/ptmx").exists():
+        pytest.skip("no pseudo-terminals here")
+    ran = subprocess.run(
+        [sys.executable, "-c", _TERMINAL_SWAPPED_IN], capture_output=True, text=True, check=True
+    )
+    lines = ran.stdout.splitlines()
+    assert lines[0].startswith("cannot read the settings file /dev/pts/"), ran.stdout
+    assert ": it is a character device, where a regular file belongs" in lines[0]
+    assert lines[1:] == ["no controlling terminal: No such device or address"], ran.stdout
 
 
 def test_a_settings_file_removed_as_it_is_read_is_refused_naming_it(
