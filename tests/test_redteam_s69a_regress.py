@@ -58,9 +58,12 @@ sys.argv = ["app", *sys.argv[1:]]
 runpy.run_module("app", run_name="__main__", alter_sys=True)
 """
 
-#: A child in a user namespace of its own whose map takes every id to itself (written by its
-#: parent, root in the run's namespace), then the app there: the map reads as the run's does.
-FULL_MAP = """
+
+def in_user_namespace(mapping: str) -> str:
+    """A script that runs its arguments (a Python command line) in a user namespace of its
+    own, whose user and group maps its parent (root in the run's namespace) writes as
+    `mapping` (lines of ``inside outside count``, as newuidmap writes them for a user)."""
+    return """
 import ctypes, os, sys
 
 ready, go = os.pipe(), os.pipe()
@@ -73,10 +76,15 @@ if pid == 0:
 os.read(ready[0], 1)
 for name in ("uid_map", "gid_map"):
     with open(f"/proc/{pid}/{name}", "w") as file:
-        file.write("0 0 4294967295\\n")
+        file.write(MAPPING)
 os.write(go[1], b"x")
 sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
-"""
+""".replace("MAPPING", repr(mapping))
+
+
+#: A child in a user namespace of its own whose map takes every id to itself (written by its
+#: parent, root in the run's namespace), then the app there: the map reads as the run's does.
+FULL_MAP = in_user_namespace("0 0 4294967295\n")
 
 #: The inner run's tests: its entry removed (what the run keeps open of it left open), then
 #: a child given production's settings alone, its effective capabilities cleared, or in a
@@ -237,8 +245,29 @@ _AS_USER = (
 )
 
 
+def skip_unless_reachable_as(uid: int, gid: int) -> None:
+    """Skip, saying why, where user `uid` may not run this checkout's interpreter and import
+    the app from it: a checkout under a directory closed to other users (root's home, a CI
+    runner's workspace of mode 0700), where the run of that user could not start at all."""
+    as_user = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups"]
+    done = subprocess.run(
+        [*as_user, sys.executable, "-c", "import app.sandbox"],
+        env={"PATH": "/usr/bin:/bin"},
+        cwd="/",
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(
+            f"user {uid} may not run {sys.executable} and import the app from this checkout "
+            f"(a directory above it is closed to other users): {done.stderr.strip()[-200:]}"
+        )
+
+
 @_ROOT
 def test_a_child_of_another_group_than_its_runs_is_refused_where_the_entry_is_gone() -> None:
+    skip_unless_reachable_as(_USER, _USER)
     # Not under tmp_path: its directories are root's alone (0700), closed to the run's user.
     top = Path(tempfile.mkdtemp(prefix="rt69a-"))
     try:

@@ -31,6 +31,7 @@ from pathlib import Path
 import pytest
 from project_copy import copy_project_settings
 from side_by_side import INNER_PLUGINS_OFF
+from test_redteam_s69a_regress import in_user_namespace, skip_unless_reachable_as
 
 #: The inner run's test: its entry removed, its own process made not dumpable, then a child
 #: with the development profile (loaded outside any run, refused in one).
@@ -49,7 +50,7 @@ def test_children():
 """
 
 #: A user no account has here, the run's in the first case.
-_USER = 54321
+_USER = 54323  # not red team 69a's 54321: their registries' mount points differ
 
 #: As root in the run's own mount namespace: the registry of the run's user made its own (a
 #: tmpfs over it), then the run, as that user or as root without CAP_SYS_PTRACE.
@@ -112,6 +113,8 @@ def _run(user: int) -> tuple[str, str]:
 @_ROOT
 @pytest.mark.parametrize("user", [_USER, 0], ids=["of-a-user", "root-without-ptrace"])
 def test_a_child_of_a_run_made_not_dumpable_is_refused(user: int) -> None:
+    if user:
+        skip_unless_reachable_as(user, user)
     stdout, said = _run(user)
     assert "this run's entry in " in stdout, stdout
     assert said.startswith(
@@ -150,8 +153,8 @@ DAEMON = """
 import os, subprocess, sys
 
 os.setgroups([])
-os.setgid(54321)
-os.setuid(54321)
+os.setgid(54323)
+os.setuid(54323)
 env = {"PATH": "/usr/bin:/bin", "APP_SETTINGS_DIR": sys.argv[1]}
 done = subprocess.run([sys.executable, "-m", "app", "--profile", "development", "config"],
                       env=env, capture_output=True, text=True)
@@ -161,27 +164,12 @@ print(done.returncode, done.stderr)
 #: A rootless container's runtime, as far as this machine allows: the daemon in a user
 #: namespace of its own whose map holds root and the daemon's user (root writes it here;
 #: newuidmap does for a user), with setgroups allowed as a container's are.
-CONTAINER = """
-import ctypes, os, sys
-
-ready, go = os.pipe(), os.pipe()
-pid = os.fork()
-if pid == 0:
-    assert ctypes.CDLL(None, use_errno=True).unshare(0x10000000) == 0  # CLONE_NEWUSER
-    os.write(ready[1], b"x")
-    os.read(go[0], 1)
-    os.execv(sys.executable, [sys.executable, *sys.argv[1:]])
-os.read(ready[0], 1)
-for name in ("uid_map", "gid_map"):
-    with open(f"/proc/{pid}/{name}", "w") as file:
-        file.write("0 0 1\\n54321 54321 1\\n")
-os.write(go[1], b"x")
-sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
-"""
+CONTAINER = in_user_namespace("0 0 1\n54323 54323 1\n")
 
 
 @_ROOT
 def test_a_python_daemon_not_dumpable_in_a_rootless_container_runs_the_app() -> None:
+    skip_unless_reachable_as(_USER, _USER)
     # Not under tmp_path: its directories are root's alone (0700), closed to the daemon's user.
     top = Path(tempfile.mkdtemp(prefix="rt69c-"))
     try:
