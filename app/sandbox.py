@@ -1916,17 +1916,22 @@ def _capabilities(pid: int | str, *which: bytes) -> tuple[int | None, ...]:
     ``CapEff``) from one read of ``/proc/<pid>/status``, which every process may read: None
     for a set that cannot be read."""
     which = which or (b"CapPrm",)
+    fields = _status(pid)
     found: dict[bytes, int] = {}
+    for name in which:
+        with contextlib.suppress(KeyError, ValueError):
+            found[name] = int(fields[name].strip(), 16)
+    return tuple(found.get(name) for name in which)
+
+
+def _status(pid: int | str) -> dict[bytes, bytes]:
+    """The fields of ``/proc/<pid>/status``, which every process may read, by name (their
+    values as written); none where it cannot be read (`_capabilities`, `_ids`)."""
     try:
         raw = _proc_bytes(pid, "status")
     except OSError:
-        raw = b""
-    for line in raw.splitlines():
-        name, _, value = line.partition(b":")
-        if name in which:
-            with contextlib.suppress(ValueError):
-                found[name] = int(value.strip(), 16)
-    return tuple(found.get(name) for name in which)
+        return {}
+    return {name: value for name, _, value in (line.partition(b":") for line in raw.splitlines())}
 
 
 def _other_user_namespace(pid: int) -> bool:
@@ -2008,16 +2013,11 @@ def _capabilities_withheld(pid: int) -> str | None:
 def _ids(pid: int | str) -> dict[bytes, list[int]]:
     """Process `pid`'s user and group ids (``Uid``, ``Gid`` of ``/proc/<pid>/status``:
     real, effective, saved and file-system), or none where they cannot be read."""
-    try:
-        raw = _proc_bytes(pid, "status")
-    except OSError:
-        return {}
+    fields = _status(pid)
     found: dict[bytes, list[int]] = {}
-    for line in raw.splitlines():
-        name, _, value = line.partition(b":")
-        if name in (b"Uid", b"Gid"):
-            with contextlib.suppress(ValueError):
-                found[name] = [int(word) for word in value.split()]
+    for name in (b"Uid", b"Gid"):
+        with contextlib.suppress(KeyError, ValueError):
+            found[name] = [int(word) for word in fields[name].split()]
     return found
 
 
