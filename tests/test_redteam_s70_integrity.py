@@ -75,6 +75,19 @@ try:
         if replaced:  # before: none, the entry listed as of no file ("unknown")
             store.restore(sid, file="TRASH.JSON", entry=replaced[0])
             seen["older"] = read(store, sid, "TRASH.JSON")
+        # A second name of the live file's, once folded: each read and change refused.
+        refused = []
+        for change in (
+            lambda: store.put_file(sid, "trash.JSON", b"another", replace=True),
+            lambda: store.open_file(sid, "Trash.JSON"),
+            lambda: store.delete_file(sid, "trash.json"),
+        ):
+            try:
+                change()
+            except AppError as error:
+                refused.append([error.code, " ".join(str(error).split())])
+        seen["folded"] = refused
+        seen["kept"] = read(store, sid, "TRASH.JSON"), [f.to_dict() for f in store.check().findings]
 finally:
     subprocess.run(["umount", str(mount)], check=True)
 print("RESULTS", json.dumps(seen))
@@ -111,6 +124,23 @@ def test_a_file_named_as_the_manifest_once_folded_keeps_its_entry_on_exfat(
     # Before: the replace's entry as damaged as the delete's.
     assert seen["replaced"] == [[], 1], said
     assert seen["older"] == "acknowledged, then replaced", said
+    # Before: "its record is there but the app cannot read it (it was damaged or replaced
+    # outside the app)", of a record nothing had damaged.
+    folded = (
+        "the data root's filesystem folds case, and takes that name for the session's file "
+        "'TRASH.JSON', whose record it reads there, so nothing was changed. Give the file a "
+        "name that no file of the session has in any case, or move the data root to a "
+        "filesystem that keeps case (ext4, xfs, btrfs without casefold)"
+    )
+    assert [code for code, _ in seen["folded"]] == ["file_record_unreadable"] * 3, said
+    for (_, message), (action, name) in zip(
+        seen["folded"],
+        [("store", "trash.JSON"), ("send", "Trash.JSON"), ("delete", "trash.json")],
+        strict=True,
+    ):
+        assert message.startswith(f"cannot {action} file {name!r} of session "), said
+        assert message.endswith(folded), said
+    assert seen["kept"] == ["acknowledged, then replaced", []], said
 
 
 def test_an_entry_made_before_keeps_a_folded_name_s_bytes_under_it(app_config: Config) -> None:

@@ -34,6 +34,7 @@ from typing import Any, Final, Generic, Literal, NotRequired, TypedDict, TypeVar
 from app.dataroot import NotRegularFileError, fsync_dir, lexists, read_regular
 from app.errors import (
     DataRootChangedError,
+    FileNameFoldedError,
     FileRecordUnreadableError,
     SessionNotFoundError,
     UnreadableSessionError,
@@ -354,8 +355,27 @@ def record_to_change(
         and opened is not None
         and (stat.S_ISREG(opened.st_mode) or stat.S_ISDIR(opened.st_mode))
     ):
+        if stat.S_ISREG(opened.st_mode) and (held := _folded_twin(path)) is not None:
+            raise FileNameFoldedError(session_id, path.name, held, action)
         raise FileRecordUnreadableError(session_id, path.name, action)
     return record
+
+
+def _folded_twin(path: Path) -> str | None:
+    """The name of the session's other file whose record a filesystem that folds case
+    found at ``path``: its directory lists that name and not ``path``'s, the two fold
+    alike, and the record there is the app's, of that name. None where it is not that (a
+    record damaged from outside the app). Looked at only on the way to that refusal."""
+    try:
+        names = [entry.name for entry in path.parent.iterdir()]
+    except OSError:
+        return None
+    folded = _folded(path.name)
+    twins = [name for name in names if name != path.name and _folded(name) == folded]
+    if path.name in names or len(twins) != 1:
+        return None
+    record, _ = _opened_record(path.with_name(twins[0]), shaped=False)
+    return twins[0] if record is not None else None
 
 
 def _load_record(
