@@ -57,6 +57,12 @@ try:
         sid = store.create_session("folded", {})["id"]
         store.put_file(sid, "Trash.json", b"acknowledged, then deleted")
         seen["deleted"] = store.delete_file(sid, "Trash.json").name
+        # As a crash leaves a delete after its commit: the bytes not yet in the entry.
+        entry = mount / "root" / ".trash" / seen["deleted"]
+        blob = json.loads((entry / "trash.json").read_bytes())["blob"]
+        (entry / ".Trash.json").rename(mount / "root" / "sessions" / sid / "blobs" / blob)
+        repaired = store.check(repair=True).findings
+        seen["finished"] = [f.problem for f in repaired], sorted(os.listdir(entry))
         seen["trash"] = [[e.name, e.file, e.reason] for e in store.list_trash()]
         seen["said"] = store.deleted_entry(sid, "Trash.json")
         seen["check"] = [f.to_dict() for f in store.check().findings]
@@ -88,6 +94,13 @@ try:
                 refused.append([error.code, " ".join(str(error).split())])
         seen["folded"] = refused
         seen["kept"] = read(store, sid, "TRASH.JSON"), [f.to_dict() for f in store.check().findings]
+        # A copy that lost its bytes (removed by hand) is said to, not read from the manifest.
+        lost = mount / "root" / ".trash" / store.delete_file(sid, "TRASH.JSON").name
+        (lost / ".TRASH.JSON").unlink()
+        try:
+            store.restore(sid, file="TRASH.JSON")
+        except AppError as error:
+            seen["lost"] = [error.code, " ".join(str(error).split())]
 finally:
     subprocess.run(["umount", str(mount)], check=True)
 print("RESULTS", json.dumps(seen))
@@ -116,6 +129,8 @@ def test_a_file_named_as_the_manifest_once_folded_keeps_its_entry_on_exfat(
     deleted = seen["deleted"]
     # Before: [deleted, None, "unknown"], its manifest the file's bytes; so the replaced one.
     assert seen["trash"] == [[deleted, "Trash.json", "delete"]], said
+    # The repair finishes the delete: before, it took the manifest for the bytes moved in.
+    assert seen["finished"] == [["trash-unfinished"], [".Trash.json", "trash.json"]], said
     # Before: None (no entry holds it), and two trash-no-manifest findings.
     assert seen["said"] == deleted, said
     assert seen["check"] == [], said
@@ -141,6 +156,9 @@ def test_a_file_named_as_the_manifest_once_folded_keeps_its_entry_on_exfat(
         assert message.startswith(f"cannot {action} file {name!r} of session "), said
         assert message.endswith(folded), said
     assert seen["kept"] == ["acknowledged, then replaced", []], said
+    code, message = seen["lost"]
+    assert code == "trash_copy_lost", said
+    assert "has lost its bytes" in message, said
 
 
 def test_an_entry_made_before_keeps_a_folded_name_s_bytes_under_it(app_config: Config) -> None:

@@ -222,11 +222,16 @@ def bytes_in_entry(file: str) -> str:
 def entry_bytes(entry: Path, file: str) -> Path:
     """Where trash entry ``entry`` keeps ``file``'s bytes: `bytes_in_entry`, or, for a name
     that only folds to the manifest's, the file's own name where the entry was made before
-    red team 70 (and holds nothing under the new one)."""
+    red team 70 (it holds nothing under the new one, and lists that name: on a filesystem
+    that folds case, a look at it would find the manifest)."""
     kept = entry / bytes_in_entry(file)
-    if file not in (TRASH_MANIFEST, kept.name) and not lexists(kept):
-        return entry / file
-    return kept
+    if file in (TRASH_MANIFEST, kept.name) or lexists(kept):
+        return kept
+    try:
+        listed = [each.name for each in entry.iterdir()]
+    except OSError:
+        return kept
+    return entry / file if file in listed else kept
 
 
 def _folded(name: str) -> str:
