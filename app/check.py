@@ -85,6 +85,7 @@ from app.store.records import (
     bytes_in_entry,
     content_sha256_or_none,
     date_records,
+    entry_bytes,
     entry_fault,
     keyed_record,
     load_record,
@@ -637,7 +638,7 @@ class Checker:
                     f"{ENTRY_REHASH})",
                 )
             # A version a restore would bring back, checked as a file is (red team 35).
-            whole = self._verify(path, path / bytes_in_entry(file), file, previous)
+            whole = self._verify(path, entry_bytes(path, file), file, previous)
             if whole and reason == "lost":
                 self._lost_and_found(entry, file)
         if name in audited or purge:
@@ -774,7 +775,7 @@ class Checker:
                 self.store.trash.remove_empty(entry)
             return False
         file, blob = manifest.get("file"), manifest.get("blob")
-        if isinstance(file, str) and bytes_in_entry(file) in contents:
+        if isinstance(file, str) and entry_bytes(path, file).name in contents:
             return True
         named = isinstance(blob, str) and ID_RE.fullmatch(blob) is not None
         if named and not session_dir.exists():
@@ -880,7 +881,7 @@ class Checker:
         """
         if not isinstance(blob, str) or self._not_lost_here(entry, file, blob):
             return False
-        if lexists(entry.path / bytes_in_entry(file)):
+        if lexists(entry_bytes(entry.path, file)):
             return False  # moved in since the entry was listed (a delete next to a read-only check)
         if self._trashed_copy(entry.session_id, blob) is not None or self._kept(entry, blob):
             return False
@@ -933,7 +934,7 @@ class Checker:
             if (
                 manifest.get("blob") == blob
                 and isinstance(held, str)
-                and (path / bytes_in_entry(held)).exists()
+                and entry_bytes(path, held).exists()
             ):
                 return True
         return False

@@ -2258,6 +2258,31 @@ class FileRecordUnreadableError(StoreError):
     action: str = "change"
 
 
+class FileNameFoldedError(StoreError):
+    """A file's name that the data root's filesystem takes for another file's of the
+    session, as one that folds case does (exFAT, FAT, NTFS, APFS, a ``casefold``
+    directory): ``notes.txt`` beside ``Notes.txt``. The record read under that name is the
+    other file's, and every read and change of it was refused as a record "damaged or
+    replaced outside the app" that nothing had damaged (red team 70): now said as it is.
+    Nothing is changed; the code stays ``file_record_unreadable``."""
+
+    code = "file_record_unreadable"
+    http_status = 500
+    # No path: the message reaches HTTP clients.
+    template = (
+        "cannot {action} file {name!r} of session {session_id}: the data root's filesystem "
+        "folds case, and takes that name for the session's file {held!r}, whose record it "
+        "reads there, so nothing was changed. Give the file a name that no file of the "
+        "session has in any case, or move the data root to a filesystem that keeps case "
+        "(ext4, xfs, btrfs without casefold)"
+    )
+
+    session_id: str
+    name: str
+    held: str
+    action: str = "change"
+
+
 class FileNotFoundInSessionError(StoreError):
     """The session has no file of that name; a deleted one is named with its trash entry
     and the restore, over HTTP (red team 69 on integrity)."""

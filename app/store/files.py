@@ -50,6 +50,7 @@ from app.store.records import (
     change_floor,
     date_records,
     ensure_dir,
+    entry_bytes,
     entry_fault,
     keyed_record,
     open_regular,
@@ -502,7 +503,7 @@ class Files:
                 is not None
             ):
                 newest = self.trash.chosen(session_id, name, entry_name)
-                copy = None if newest is None else newest.path / bytes_in_entry(name)
+                copy = None if newest is None else entry_bytes(newest.path, name)
                 raise RestoreOverwriteError(
                     session_id,
                     name,
@@ -527,7 +528,7 @@ class Files:
             blob = manifest.get("blob")
             if not (isinstance(blob, str) and ID_RE.fullmatch(blob)) or (blobs / blob).exists():
                 blob = new_session_id()
-            kept = entry.path / bytes_in_entry(name)
+            kept = entry_bytes(entry.path, name)
             size = kept.stat().st_size
             acknowledged, digest = previous.get("size"), previous.get("sha256")
             damage = None

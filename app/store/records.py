@@ -8,7 +8,8 @@
     sessions/.new-<id>/             a session being created (renamed to <id> when complete)
     .trash/<timestamp>-<id>/        a deleted session: trash.json + session/
     .trash/<timestamp>-<id>-file-<hex>/   a deleted or replaced file: trash.json + <name>
-                                          (`bytes_in_entry`: .trash.json for trash.json)
+                                          (`bytes_in_entry`: .trash.json for trash.json,
+                                          and for a name that folds to it: .Trash.json)
 """
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final, Generic, Literal, NotRequired, TypedDict, TypeVar, cast
 
-from app.dataroot import NotRegularFileError, fsync_dir, read_regular
+from app.dataroot import NotRegularFileError, fsync_dir, lexists, read_regular
 from app.errors import (
     DataRootChangedError,
+    FileNameFoldedError,
     FileRecordUnreadableError,
     SessionNotFoundError,
     UnreadableSessionError,
@@ -71,6 +73,7 @@ __all__ = [
     "content_sha256_or_none",
     "date_records",
     "ensure_dir",
+    "entry_bytes",
     "entry_changed",
     "entry_fault",
     "keyed_record",
@@ -200,13 +203,41 @@ V = TypeVar("V")
 
 
 def bytes_in_entry(file: str) -> str:
-    """The name under which a file's trash entry keeps its bytes: the file's own, but for a
-    file named as the entry's manifest, ``trash.json``, whose bytes went over the manifest:
-    the delete (or replace) was acknowledged, `restore --file` found nothing, and `check
-    --repair` removed the entry as one "that holds no data" (red team 38). Its bytes are
-    kept as ``.trash.json``, a name no file may have (a file name never begins with a dot).
+    """The name under which a file's trash entry keeps its bytes (a new entry's): the file's
+    own, but for a file named as the entry's manifest, ``trash.json``, whose bytes went over
+    the manifest: the delete (or replace) was acknowledged, `restore --file` found nothing,
+    and `check --repair` removed the entry as one "that holds no data" (red team 38). Its
+    bytes are kept as ``.trash.json``, a name no file may have (a file name never begins
+    with a dot).
+
+    So is a file whose name a filesystem that folds case takes for the manifest's
+    (``Trash.json``, ``TRASH.JSON``, ``tra\u017fh.json``: exFAT, FAT, NTFS, APFS, a ``casefold``
+    directory), as ``.Trash.json``: on exFAT its delete was answered with its entry, whose
+    manifest its bytes had replaced, and the restore was refused (red team 70). An entry
+    made before keeps them under the file's name: `entry_bytes` finds either.
     """
-    return f".{file}" if file == TRASH_MANIFEST else file
+    return f".{file}" if _folded(file) == TRASH_MANIFEST else file
+
+
+def entry_bytes(entry: Path, file: str) -> Path:
+    """Where trash entry ``entry`` keeps ``file``'s bytes: `bytes_in_entry`, or, for a name
+    that only folds to the manifest's, the file's own name where the entry was made before
+    red team 70 (it holds nothing under the new one, and lists that name: on a filesystem
+    that folds case, a look at it would find the manifest)."""
+    kept = entry / bytes_in_entry(file)
+    if file in (TRASH_MANIFEST, kept.name) or lexists(kept):
+        return kept
+    try:
+        listed = [each.name for each in entry.iterdir()]
+    except OSError:
+        return kept
+    return entry / file if file in listed else kept
+
+
+def _folded(name: str) -> str:
+    """``name`` as a filesystem that folds case may compare it (NFC, then `str.casefold`,
+    which folds more than any such filesystem: the long s, U+017F, to ``s``)."""
+    return unicodedata.normalize("NFC", name).casefold()
 
 
 class FileRecord(FileEntry):
@@ -329,8 +360,27 @@ def record_to_change(
         and opened is not None
         and (stat.S_ISREG(opened.st_mode) or stat.S_ISDIR(opened.st_mode))
     ):
+        if stat.S_ISREG(opened.st_mode) and (held := _folded_twin(path)) is not None:
+            raise FileNameFoldedError(session_id, path.name, held, action)
         raise FileRecordUnreadableError(session_id, path.name, action)
     return record
+
+
+def _folded_twin(path: Path) -> str | None:
+    """The name of the session's other file whose record a filesystem that folds case
+    found at ``path``: its directory lists that name and not ``path``'s, the two fold
+    alike, and the record there is the app's, of that name. None where it is not that (a
+    record damaged from outside the app). Looked at only on the way to that refusal."""
+    try:
+        names = [entry.name for entry in path.parent.iterdir()]
+    except OSError:
+        return None
+    folded = _folded(path.name)
+    twins = [name for name in names if name != path.name and _folded(name) == folded]
+    if path.name in names or len(twins) != 1:
+        return None
+    record, _ = _opened_record(path.with_name(twins[0]), shaped=False)
+    return twins[0] if record is not None else None
 
 
 def _load_record(

@@ -50,7 +50,7 @@ from app.store.records import (
     TRASH_MANIFEST,
     TRASHED_SESSION,
     TrashManifest,
-    bytes_in_entry,
+    entry_bytes,
     manifest_changed,
     manifest_sha256,
 )
@@ -326,7 +326,7 @@ class Trash:
             if entry is None or entry.reason in (LINKED, UNREADABLE):
                 continue
             whole = entry.kind == "file" and entry.file == file
-            if whole and _not_bytes(entry.path / bytes_in_entry(file)) is None:
+            if whole and _not_bytes(entry_bytes(entry.path, file)) is None:
                 return name
         return None
 
@@ -383,9 +383,9 @@ class Trash:
         ``file``'s name."""
         if entry.kind != "file" or entry.file == file or entry.reason == LINKED:
             return False
-        if isinstance(entry.file, str) and lexists(entry.path / bytes_in_entry(entry.file)):
+        if isinstance(entry.file, str) and lexists(entry_bytes(entry.path, entry.file)):
             return False  # another file's copy, as its manifest says
-        return lexists(entry.path / bytes_in_entry(file))
+        return lexists(entry_bytes(entry.path, file))
 
     def _damaged(
         self,
@@ -451,7 +451,7 @@ class Trash:
             return entry.kind == "session" and held.is_dir()
         if entry.kind != "file" or entry.file != file:
             return False
-        damage = _not_bytes(entry.path / bytes_in_entry(file))
+        damage = _not_bytes(entry_bytes(entry.path, file))
         if damage is None:
             return True
         if lost or (odd and not damage.startswith("has lost")):

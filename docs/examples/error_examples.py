@@ -284,6 +284,7 @@ EXAMPLES: list[errors.AppError] = [
         "3f2a9c", "report.pdf", "are 4096 bytes long, where 81920 were acknowledged"
     ),
     errors.FileRecordUnreadableError("3f2a9c", "report.pdf", "store"),
+    errors.FileNameFoldedError("3f2a9c", "Report.pdf", "report.pdf", "store"),
     _raised(lambda: check_file_name("../notes.txt")),
     errors.UploadTooLargeError(104857600, 104923136),
     errors.BodyTooLargeError("creating a session", 262144, 262145),
