@@ -2239,7 +2239,10 @@ def _refuse_too_deep(config: Config, root: Path) -> None:
         )
 
 
-_MOUNTINFO: Final = "/proc/self/mountinfo"
+#: The calling thread's, not the process's: a thread may be in a mount namespace, and under a
+#: root directory, of its own (``unshare(CLONE_NEWNS)``, ``chroot`` after
+#: ``unshare(CLONE_FS)``), and ``/proc/self`` shows the first thread's (red team 70).
+_MOUNTINFO: Final = "/proc/thread-self/mountinfo"
 
 
 #: What `_MountTable.looked_up` gives: `with_roots`, `with_uppers`, and the mount points
@@ -2261,7 +2264,9 @@ class _MountTable:
     in its namespace (proc(5); tests/test_integrity.py mounts to check it). The file shows
     the mounts as the process that opened it sees them, from its mount namespace and its
     root directory, so it is opened again when the process, the namespace or the root is
-    not the same (a fork, ``unshare``, ``chroot``). No library offers this (psutil reads the
+    not the same (a fork, ``unshare``, ``chroot``), each the calling thread's: a thread
+    may have a namespace and root of its own, and one thread's open file serves another
+    while both are the same. No library offers this (psutil reads the
     file at every call); it costs a poll, a stat, a readlink and ``getpid``.
     """
 
@@ -2286,8 +2291,10 @@ class _MountTable:
         # Called at every open and before every write: plain os calls, as a Path per call
         # costs as much again. The namespace's link names it (``mnt:[4026531841]``), read
         # in half the time of a stat of it (3 us against 6, through /proc's magic links).
+        # This thread's, as `_MOUNTINFO` is: /proc/self/ns/mnt is the first thread's, and a
+        # thread that entered a namespace of its own wrote unseen through its mounts.
         top = os.stat("/")  # noqa: PTH116
-        ns = os.readlink("/proc/self/ns/mnt")  # noqa: PTH115
+        ns = os.readlink("/proc/thread-self/ns/mnt")  # noqa: PTH115
         return os.getpid(), ns, top.st_dev, top.st_ino
 
     def mounts(self) -> list[tuple[bytes, bytes, bytes | None]]:

@@ -1681,6 +1681,38 @@ def test_a_section_named_as_one_of_dynaconf_s_own_settings_is_refused(
         load("testing", environ={**os.environ, "APP_DATA_ROOT": str(real)})
 
 
+def test_a_section_named_with_dynaconf_s_nested_separator_is_refused_naming_what_it_sets(
+    make_settings: SettingsMaker, roots: dict[str, Path]
+) -> None:
+    # Red team 70, found by reading `_dynaconf_file_values` (each section a key at the top of
+    # one dynaconf load): dynaconf stores a key `production__data_root` as data_root of
+    # production. `[production__data_root]` made production's root that section's table,
+    # refused as "data_root = {'data_root': 'data/x'} (from settings.toml [production])": a
+    # value settings.toml's [production] does not hold, and no word of the section to rename.
+    where = make_settings()
+    with (where / "settings.toml").open("a") as settings:
+        settings.write('\n[production__data_root]\ndata_root = "data/x"\n')
+    with pytest.raises(SettingsNameError) as caught:
+        load("testing")
+    assert str(caught.value) == (
+        f"{where / 'settings.toml'}: section [production__data_root] holds '__', dynaconf's "
+        "separator of nested keys: dynaconf, which loads every section at once, reads it as "
+        "key data_root of section [production] and sets that, so it would change "
+        "[production]'s data_root, not as a profile of its own; rename the section (a "
+        "profile's name may not hold '__'), and run `app doctor`"
+    )
+    # A key at the top of a file, as the pytest plugin reads the roots (no dynaconf there):
+    # it took production's root as settings.toml's, where dynaconf's load set another.
+    make_settings(secrets=f"production__data_root = {toml_str(roots['testing'])}\n")
+    with pytest.raises(
+        SettingsNameError,
+        match=r"key production__data_root holds '__'.*"
+        r"not as a setting of the app; remove it \(the app's keys sit in a "
+        r"\[section\]\)",
+    ):
+        appconfig.configured_roots()
+
+
 def test_every_setting_of_the_installed_dynaconf_is_a_name_no_section_may_take() -> None:
     from dynaconf import default_settings
 
