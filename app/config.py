@@ -1235,7 +1235,8 @@ def _resolve_profile(
         elif name in _PATH_KEYS and value is not None:
             value = root if root is not None else _absolute_root(value, files.directory)
         values[name] = value
-    problems.extend(_backend_problems(profile, given, sources))
+    unset = _unset_root(files, profile) if given.get("data_root") is None else None
+    problems.extend(_backend_problems(profile, given, sources, unset))
     problems.extend(_committed_secrets(profile, values, sources))
     problems.extend(_wait_problems(profile, values, sources))
     problems.extend(_upload_problems(profile, values, sources))
@@ -1299,13 +1300,27 @@ def _value_problem(key: Key, value: Any, directory: Path) -> tuple[str | None, P
     return None, None
 
 
+def _unset_root(files: Files, profile: str) -> Any:
+    """The text of the file's ``data_root`` of `profile` that dynaconf gave no value
+    (``@del``, ``@none``), or None where no file sets one: for the refusal."""
+    return next(
+        (
+            layer.body["data_root"]
+            for layer in reversed(list(config_files.layers(files, profile)))
+            if "data_root" in layer.body
+        ),
+        None,
+    )
+
+
 def _backend_problems(
-    profile: str, given: Mapping[str, Any], sources: Mapping[str, str]
+    profile: str, given: Mapping[str, Any], sources: Mapping[str, str], unset: Any = None
 ) -> Iterator[ConfigError]:
     """The backend rule: `data_root` (local) or every remote key, never both, never neither.
 
     `given` holds what the files and the environment set, valid or not: a key set to a bad
-    value is reported once, by its own check, not again as missing.
+    value is reported once, by its own check, not again as missing. `unset`: the text of
+    the file's ``data_root`` that dynaconf gave no value (``@del``), where one did.
     """
     chosen = [name for name in REMOTE_CHOOSERS if given.get(name) is not None]
     if given.get("data_root") is not None and chosen:
@@ -1321,7 +1336,22 @@ def _backend_problems(
         )
         return
     if not chosen:
-        if given.get("data_root") is None:
+        if given.get("data_root") is None and unset is not None:
+            # "is not set (from nowhere) ... set data_root in [production] of settings.toml",
+            # where it is set and a later file's `@del` undid it (red team 70).
+            where = sources.get("data_root", "nowhere")
+            yield InvalidSettingError(
+                profile,
+                "data_root",
+                None,
+                f"is required, and {unset!r} there leaves it with no value (dynaconf's "
+                "syntax: `@del` and `@none` remove the value an earlier file or section "
+                f"gives); remove that line from {where}, or give data_root a path there, for "
+                "the local backend (or database_url, blob_url, s3_endpoint_url and the S3 "
+                "credentials for PostgreSQL and object storage)",
+                where,
+            )
+        elif given.get("data_root") is None:
             yield InvalidSettingError(
                 profile,
                 "data_root",

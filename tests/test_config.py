@@ -1713,6 +1713,30 @@ def test_a_section_named_with_dynaconf_s_nested_separator_is_refused_naming_what
         appconfig.configured_roots()
 
 
+@pytest.mark.parametrize("unset", ["@del", "@none", "@json null"])
+def test_a_root_a_later_file_unsets_is_refused_naming_that_file_not_nowhere(
+    make_settings: SettingsMaker, unset: str
+) -> None:
+    # Red team 70, found by hand with `app config --all` on a settings.local.toml of
+    # `[production] data_root = "@del"`: the table credited production's missing root to
+    # that file, but every command was refused with "data_root is not set (from nowhere): is
+    # required: set data_root in [production] of settings.toml", where it is set, so the
+    # fix named was already made and the line that undid it went unnamed.
+    make_settings(
+        secrets=f'[production]\ndata_root = "{unset}"\n[testing]\napi_token = "t-token"\n'
+    )
+    with pytest.raises(InvalidSettingError) as caught:
+        load("testing")
+    assert str(caught.value) == (
+        "profile 'production': data_root is not set (from .secrets.toml [production]): is "
+        f"required, and {unset!r} there leaves it with no value (dynaconf's syntax: `@del` "
+        "and `@none` remove the value an earlier file or section gives); remove that line "
+        "from .secrets.toml [production], or give data_root a path there, for the local "
+        "backend (or database_url, blob_url, s3_endpoint_url and the S3 credentials for "
+        "PostgreSQL and object storage)"
+    )
+
+
 def test_every_setting_of_the_installed_dynaconf_is_a_name_no_section_may_take() -> None:
     from dynaconf import default_settings
 
