@@ -2371,7 +2371,20 @@ def _readable_secrets(resolved: Mapping[str, Resolved], paths: Iterable[Path]) -
     return tuple(out)
 
 
-def _env_warnings(environ: Mapping[str, str]) -> tuple[str, ...]:
+def _another_profile_s(key: str, profiles: Iterable[str]) -> tuple[str, str] | None:
+    """``(profile, key)`` where `key` (of ``APP_<KEY>``, in lower case) reads as a profile's
+    name and one of the app's keys (``production__data_root``, ``production_port``)."""
+    for profile in profiles:
+        for joint in ("__", "_"):
+            rest = key.removeprefix(profile.lower() + joint)
+            if rest != key and rest in KEYS:
+                return profile, rest
+    return None
+
+
+def _env_warnings(
+    environ: Mapping[str, str], selected: str, profiles: Iterable[str] = ()
+) -> tuple[str, ...]:
     out = []
     for name in sorted(environ):
         if name.startswith(f"{ENV_PREFIX}_") and name not in _META_ENV:
@@ -2381,6 +2394,17 @@ def _env_warnings(environ: Mapping[str, str]) -> tuple[str, ...]:
 
                 near = difflib.get_close_matches(folded(key), list(KEYS), n=1)
                 hint = f" (did you mean {KEYS[near[0]].env}?)" if near else ""
+                if (meant := _another_profile_s(key, profiles)) is not None:
+                    # `APP_PRODUCTION__DATA_ROOT`: "did you mean APP_DATA_ROOT?" named a
+                    # variable that sets the selected profile's root, not production's
+                    # (red team 70).
+                    other, wanted = meant
+                    hint = (
+                        f" (APP_ variables set the selected profile's keys only, {selected!r} "
+                        f"here: for profile {other!r}, select it, `ENV_FOR_DYNACONF={other}` "
+                        f"or `--profile {other}`, with {KEYS[wanted].env}, or set {wanted} in "
+                        f"[{other}] of a settings file)"
+                    )
                 what = noting_odd(name, name)
                 out.append(f"environment variable {what} is not an app setting; ignored{hint}")
     return tuple(out)
@@ -2652,7 +2676,7 @@ def inspect_profiles(
         files.skipped,
         MappingProxyType(resolved),
         tuple(problems),
-        _env_warnings(env)
+        _env_warnings(env, selected, files.profiles)
         + _readable_secrets(resolved, files.paths)
         + _roots_at_home(resolved)
         + _roots_writable_by_others(resolved),

@@ -1107,6 +1107,29 @@ def test_an_unknown_app_variable_is_a_warning_with_a_suggestion(
     assert config.warnings == (expected,)
 
 
+def test_an_app_variable_named_for_another_profile_is_not_told_to_drop_the_profile(
+    make_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch, roots: dict[str, Path]
+) -> None:
+    # Red team 70, found by hand: `APP_PRODUCTION__DATA_ROOT` (dynaconf's nested spelling)
+    # was told "did you mean APP_DATA_ROOT?", which sets the selected profile's root: followed
+    # in that shell, it made testing's (or development's) root the path meant for production.
+    make_settings()
+    monkeypatch.setenv("APP_PRODUCTION__DATA_ROOT", str(roots["production"]))
+    monkeypatch.setenv("APP_Production_Port", "9000")
+    config = load("testing")
+    assert config.data_root == roots["testing"]
+    assert config.warnings == tuple(
+        f"environment variable {name} is not an app setting; ignored (APP_ variables set the "
+        "selected profile's keys only, 'testing' here: for profile 'production', select it, "
+        f"`ENV_FOR_DYNACONF=production` or `--profile production`, with {env}, or set {key} "
+        "in [production] of a settings file)"
+        for name, env, key in [
+            ("APP_PRODUCTION__DATA_ROOT", "APP_DATA_ROOT", "data_root"),
+            ("APP_Production_Port", "APP_PORT", "port"),
+        ]
+    )
+
+
 def test_app_settings_dir_is_not_reported_as_an_unknown_variable(
     make_settings: SettingsMaker,
 ) -> None:
