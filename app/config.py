@@ -1300,10 +1300,12 @@ def _value_problem(key: Key, value: Any, directory: Path) -> tuple[str | None, P
     return None, None
 
 
-def _unset_root(files: Files, profile: str) -> Any:
+def _unset_root(files: Files, profile: str) -> str | None:
     """The text of the file's ``data_root`` of `profile` that dynaconf gave no value
-    (``@del``, ``@none``), or None where no file sets one: for the refusal."""
-    return next(
+    (``@del``, ``@none``), for the refusal; None where the last file to set it wrote no
+    dynaconf syntax (a key outside any section named as the profile replaced the section
+    in dynaconf's load: refused as such, "keys must sit in a [section]")."""
+    raw = next(
         (
             layer.body["data_root"]
             for layer in reversed(list(config_files.layers(files, profile)))
@@ -1311,10 +1313,11 @@ def _unset_root(files: Files, profile: str) -> Any:
         ),
         None,
     )
+    return raw if isinstance(raw, str) and raw.lstrip().startswith("@") else None
 
 
 def _backend_problems(
-    profile: str, given: Mapping[str, Any], sources: Mapping[str, str], unset: Any = None
+    profile: str, given: Mapping[str, Any], sources: Mapping[str, str], unset: str | None = None
 ) -> Iterator[ConfigError]:
     """The backend rule: `data_root` (local) or every remote key, never both, never neither.
 
