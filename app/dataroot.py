@@ -2300,35 +2300,44 @@ class _MountTable:
     def mounts(self) -> list[tuple[bytes, bytes, bytes | None]]:
         """Each mount's device (``major:minor``), mount point and filesystem type, parsed
         once per change; OSError where there is no table (no /proc)."""
-        import select
-
         key = self._whose()
         with self._lock:
-            if key != self._key:
-                if self._fd >= 0:
-                    os.close(self._fd)  # in a forked child, its own copy
-                self._key, self._fd = None, -1
-                self._fd = os.open(_MOUNTINFO, os.O_RDONLY | os.O_CLOEXEC)
-                self._poll = select.poll()
-                self._poll.register(self._fd, select.POLLPRI)
-            elif not self._poll.poll(0):
-                return self._mounts
-            self._read_locked(key)
+            self._current_locked(key)
             return self._mounts
+
+    def _current_locked(self, key: tuple[int, str, int, int]) -> None:
+        # The table of `key` (the calling thread's), opened again where the last caller's
+        # was another's, and read again where it changed. Each reader asks and answers
+        # under one hold of the lock: threads in two namespaces each switch the table to
+        # theirs, and an answer read after a second hold could be the other's.
+        import select
+
+        if key != self._key:
+            if self._fd >= 0:
+                os.close(self._fd)  # in a forked child, its own copy
+            self._key, self._fd = None, -1
+            self._fd = os.open(_MOUNTINFO, os.O_RDONLY | os.O_CLOEXEC)
+            self._poll = select.poll()
+            self._poll.register(self._fd, select.POLLPRI)
+        elif not self._poll.poll(0):
+            return
+        self._read_locked(key)
 
     def with_roots(self) -> tuple[tuple[bytes, bytes, bytes, bytes], ...]:
         """Each mount's device, mount point, the directory of its filesystem it shows
         (mountinfo's fourth field: not ``/`` for a bind mount of a directory), and the
         directory that takes its writes where that is another (an overlay's ``upperdir``)."""
-        self.mounts()
+        key = self._whose()
         with self._lock:
+            self._current_locked(key)
             return self._with_roots
 
     def with_uppers(self) -> tuple[tuple[bytes, bytes | None, bytes], ...]:
         """Each mount's mount point, filesystem type and an overlay's upper directory
         (``b""`` for any other mount), from one reading of the table."""
-        self.mounts()
+        key = self._whose()
         with self._lock:
+            self._current_locked(key)
             return self._with_uppers
 
     def looked_up(self) -> _Reading:
@@ -2337,8 +2346,9 @@ class _MountTable:
         block)."""
         if (held := _HELD.get()) is not None:
             return held
-        self.mounts()
+        key = self._whose()
         with self._lock:
+            self._current_locked(key)
             return self._with_roots, self._with_uppers, (self._points, self._tops)
 
     def generation(self) -> int:
@@ -2349,16 +2359,13 @@ class _MountTable:
         a mount namespace of its own after its open (``unshare``, ``setns``) polled the
         table of the one it left, which never changes for what is mounted in the new one,
         and a bind mount of its root's ``.trash/`` made there went unseen, a delete
-        acknowledged across it (red team 69). OSError where there is no table (no /proc).
+        acknowledged across it (red team 69); the calling thread's, as a thread may have
+        its own (red team 70). OSError where there is no table (no /proc).
         """
         key = self._whose()
         with self._lock:
-            if self._fd >= 0 and key == self._key:
-                if self._poll.poll(0):
-                    self._read_locked(key)
-                return self._generation
-        self.mounts()
-        return self._generation
+            self._current_locked(key)
+            return self._generation
 
     def _read_locked(self, key: tuple[int, str, int, int]) -> None:
         # Read from the start, every time it changed (or is new): a seq file reads again.
