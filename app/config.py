@@ -2397,7 +2397,10 @@ def _env_warnings(
 
                 near = difflib.get_close_matches(folded(key), list(KEYS), n=1)
                 hint = f" (did you mean {KEYS[near[0]].env}?)" if near else ""
-                if (meant := _another_profile_s(key, profiles)) is not None:
+                meant = _another_profile_s(key, profiles)
+                if meant is not None and meant[0] == selected:
+                    hint = f" (did you mean {KEYS[meant[1]].env}? it sets the selected profile's, {selected!r})"
+                elif meant is not None:
                     # `APP_PRODUCTION__DATA_ROOT`: "did you mean APP_DATA_ROOT?" named a
                     # variable that sets the selected profile's root, not production's
                     # (red team 70).

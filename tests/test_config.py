@@ -1116,9 +1116,14 @@ def test_an_app_variable_named_for_another_profile_is_not_told_to_drop_the_profi
     make_settings()
     monkeypatch.setenv("APP_PRODUCTION__DATA_ROOT", str(roots["production"]))
     monkeypatch.setenv("APP_Production_Port", "9000")
+    monkeypatch.setenv("APP_TESTING__PORT", "9001")
     config = load("testing")
     assert config.data_root == roots["testing"]
-    assert config.warnings == tuple(
+    assert config.warnings[-1] == (
+        "environment variable APP_TESTING__PORT is not an app setting; ignored (did you mean "
+        "APP_PORT? it sets the selected profile's, 'testing')"
+    )
+    assert config.warnings[:-1] == tuple(
         f"environment variable {name} is not an app setting; ignored (APP_ variables set the "
         "selected profile's keys only, 'testing' here: for profile 'production', select it, "
         f"`ENV_FOR_DYNACONF=production` or `--profile production`, with {env}, or set {key} "
