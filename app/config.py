@@ -2399,7 +2399,8 @@ def _env_warnings(
                 hint = f" (did you mean {KEYS[near[0]].env}?)" if near else ""
                 meant = _another_profile_s(key, profiles)
                 if meant is not None and meant[0] == selected:
-                    hint = f" (did you mean {KEYS[meant[1]].env}? it sets the selected profile's, {selected!r})"
+                    env = KEYS[meant[1]].env
+                    hint = f" (did you mean {env}? it sets the selected profile's, {selected!r})"
                 elif meant is not None:
                     # `APP_PRODUCTION__DATA_ROOT`: "did you mean APP_DATA_ROOT?" named a
                     # variable that sets the selected profile's root, not production's
