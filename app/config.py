@@ -1235,7 +1235,8 @@ def _resolve_profile(
         elif name in _PATH_KEYS and value is not None:
             value = root if root is not None else _absolute_root(value, files.directory)
         values[name] = value
-    problems.extend(_backend_problems(profile, given, sources))
+    unset = _unset_root(files, profile) if given.get("data_root") is None else None
+    problems.extend(_backend_problems(profile, given, sources, unset))
     problems.extend(_committed_secrets(profile, values, sources))
     problems.extend(_wait_problems(profile, values, sources))
     problems.extend(_upload_problems(profile, values, sources))
@@ -1299,13 +1300,30 @@ def _value_problem(key: Key, value: Any, directory: Path) -> tuple[str | None, P
     return None, None
 
 
+def _unset_root(files: Files, profile: str) -> str | None:
+    """The text of the file's ``data_root`` of `profile` that dynaconf gave no value
+    (``@del``, ``@none``), for the refusal; None where the last file to set it wrote no
+    dynaconf syntax (a key outside any section named as the profile replaced the section
+    in dynaconf's load: refused as such, "keys must sit in a [section]")."""
+    raw = next(
+        (
+            layer.body["data_root"]
+            for layer in reversed(list(config_files.layers(files, profile)))
+            if "data_root" in layer.body
+        ),
+        None,
+    )
+    return raw if isinstance(raw, str) and raw.lstrip().startswith("@") else None
+
+
 def _backend_problems(
-    profile: str, given: Mapping[str, Any], sources: Mapping[str, str]
+    profile: str, given: Mapping[str, Any], sources: Mapping[str, str], unset: str | None = None
 ) -> Iterator[ConfigError]:
     """The backend rule: `data_root` (local) or every remote key, never both, never neither.
 
     `given` holds what the files and the environment set, valid or not: a key set to a bad
-    value is reported once, by its own check, not again as missing.
+    value is reported once, by its own check, not again as missing. `unset`: the text of
+    the file's ``data_root`` that dynaconf gave no value (``@del``), where one did.
     """
     chosen = [name for name in REMOTE_CHOOSERS if given.get(name) is not None]
     if given.get("data_root") is not None and chosen:
@@ -1321,7 +1339,22 @@ def _backend_problems(
         )
         return
     if not chosen:
-        if given.get("data_root") is None:
+        if given.get("data_root") is None and unset is not None:
+            # "is not set (from nowhere) ... set data_root in [production] of settings.toml",
+            # where it is set and a later file's `@del` undid it (red team 70).
+            where = sources.get("data_root", "nowhere")
+            yield InvalidSettingError(
+                profile,
+                "data_root",
+                None,
+                f"is required, and {unset!r} there leaves it with no value (dynaconf's "
+                "syntax: `@del` and `@none` remove the value an earlier file or section "
+                f"gives); remove that line from {where}, or give data_root a path there, for "
+                "the local backend (or database_url, blob_url, s3_endpoint_url and the S3 "
+                "credentials for PostgreSQL and object storage)",
+                where,
+            )
+        elif given.get("data_root") is None:
             yield InvalidSettingError(
                 profile,
                 "data_root",
@@ -2341,7 +2374,20 @@ def _readable_secrets(resolved: Mapping[str, Resolved], paths: Iterable[Path]) -
     return tuple(out)
 
 
-def _env_warnings(environ: Mapping[str, str]) -> tuple[str, ...]:
+def _another_profile_s(key: str, profiles: Iterable[str]) -> tuple[str, str] | None:
+    """``(profile, key)`` where `key` (of ``APP_<KEY>``, in lower case) reads as a profile's
+    name and one of the app's keys (``production__data_root``, ``production_port``)."""
+    for profile in profiles:
+        for joint in ("__", "_"):
+            rest = key.removeprefix(profile.lower() + joint)
+            if rest != key and rest in KEYS:
+                return profile, rest
+    return None
+
+
+def _env_warnings(
+    environ: Mapping[str, str], selected: str, profiles: Iterable[str] = ()
+) -> tuple[str, ...]:
     out = []
     for name in sorted(environ):
         if name.startswith(f"{ENV_PREFIX}_") and name not in _META_ENV:
@@ -2351,6 +2397,21 @@ def _env_warnings(environ: Mapping[str, str]) -> tuple[str, ...]:
 
                 near = difflib.get_close_matches(folded(key), list(KEYS), n=1)
                 hint = f" (did you mean {KEYS[near[0]].env}?)" if near else ""
+                meant = _another_profile_s(key, profiles)
+                if meant is not None and meant[0] == selected:
+                    env = KEYS[meant[1]].env
+                    hint = f" (did you mean {env}? it sets the selected profile's, {selected!r})"
+                elif meant is not None:
+                    # `APP_PRODUCTION__DATA_ROOT`: "did you mean APP_DATA_ROOT?" named a
+                    # variable that sets the selected profile's root, not production's
+                    # (red team 70).
+                    other, wanted = meant
+                    hint = (
+                        f" (APP_ variables set the selected profile's keys only, {selected!r} "
+                        f"here: for profile {other!r}, select it, `ENV_FOR_DYNACONF={other}` "
+                        f"or `--profile {other}`, with {KEYS[wanted].env}, or set {wanted} in "
+                        f"[{other}] of a settings file)"
+                    )
                 what = noting_odd(name, name)
                 out.append(f"environment variable {what} is not an app setting; ignored{hint}")
     return tuple(out)
@@ -2622,7 +2683,7 @@ def inspect_profiles(
         files.skipped,
         MappingProxyType(resolved),
         tuple(problems),
-        _env_warnings(env)
+        _env_warnings(env, selected, files.profiles)
         + _readable_secrets(resolved, files.paths)
         + _roots_at_home(resolved)
         + _roots_writable_by_others(resolved),

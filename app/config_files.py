@@ -546,10 +546,24 @@ def dynaconf_s_own(name: str) -> bool:
     ``[environments_for_dynaconf]`` turned the loads of the next files per-environment, and
     ``.secrets.toml``'s or ``settings.local.toml``'s ``[production] data_root`` was then
     credited to that file but held settings.toml's value, so the check of the roots compared
-    a production root that is not production's (red team 69).
+    a production root that is not production's (red team 69). A name that holds
+    `NESTED_SEPARATOR` is a key of another section there (red team 70).
     """
     upper = name.upper()
-    return upper.endswith("_FOR_DYNACONF") or upper.startswith("DYNACONF") or upper in _DYNACONF_OWN
+    return (
+        upper.endswith("_FOR_DYNACONF")
+        or upper.startswith("DYNACONF")
+        or upper in _DYNACONF_OWN
+        or NESTED_SEPARATOR in name
+    )
+
+
+#: dynaconf's separator of nested keys (``NESTED_SEPARATOR_FOR_DYNACONF``'s default): it
+#: stores a key ``production__data_root`` as ``data_root`` of ``production``. A section
+#: ``[production__data_root]`` set production's root to that section's table, refused as
+#: "data_root = {...} (from settings.toml [production])", a value that file does not hold,
+#: and ``[production__protected]`` unset production's protection (red team 70).
+NESTED_SEPARATOR = "__"
 
 
 def _refuse_unclear_names(path: Path, parsed: Mapping[str, Any]) -> None:

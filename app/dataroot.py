@@ -2239,7 +2239,10 @@ def _refuse_too_deep(config: Config, root: Path) -> None:
         )
 
 
-_MOUNTINFO: Final = "/proc/self/mountinfo"
+#: The calling thread's, not the process's: a thread may be in a mount namespace, and under a
+#: root directory, of its own (``unshare(CLONE_NEWNS)``, ``chroot`` after
+#: ``unshare(CLONE_FS)``), and ``/proc/self`` shows the first thread's (red team 70).
+_MOUNTINFO: Final = "/proc/thread-self/mountinfo"
 
 
 #: What `_MountTable.looked_up` gives: `with_roots`, `with_uppers`, and the mount points
@@ -2261,7 +2264,9 @@ class _MountTable:
     in its namespace (proc(5); tests/test_integrity.py mounts to check it). The file shows
     the mounts as the process that opened it sees them, from its mount namespace and its
     root directory, so it is opened again when the process, the namespace or the root is
-    not the same (a fork, ``unshare``, ``chroot``). No library offers this (psutil reads the
+    not the same (a fork, ``unshare``, ``chroot``), each the calling thread's: a thread
+    may have a namespace and root of its own, and one thread's open file serves another
+    while both are the same. No library offers this (psutil reads the
     file at every call); it costs a poll, a stat, a readlink and ``getpid``.
     """
 
@@ -2286,42 +2291,53 @@ class _MountTable:
         # Called at every open and before every write: plain os calls, as a Path per call
         # costs as much again. The namespace's link names it (``mnt:[4026531841]``), read
         # in half the time of a stat of it (3 us against 6, through /proc's magic links).
+        # This thread's, as `_MOUNTINFO` is: /proc/self/ns/mnt is the first thread's, and a
+        # thread that entered a namespace of its own wrote unseen through its mounts.
         top = os.stat("/")  # noqa: PTH116
-        ns = os.readlink("/proc/self/ns/mnt")  # noqa: PTH115
+        ns = os.readlink("/proc/thread-self/ns/mnt")  # noqa: PTH115
         return os.getpid(), ns, top.st_dev, top.st_ino
 
     def mounts(self) -> list[tuple[bytes, bytes, bytes | None]]:
         """Each mount's device (``major:minor``), mount point and filesystem type, parsed
         once per change; OSError where there is no table (no /proc)."""
-        import select
-
         key = self._whose()
         with self._lock:
-            if key != self._key:
-                if self._fd >= 0:
-                    os.close(self._fd)  # in a forked child, its own copy
-                self._key, self._fd = None, -1
-                self._fd = os.open(_MOUNTINFO, os.O_RDONLY | os.O_CLOEXEC)
-                self._poll = select.poll()
-                self._poll.register(self._fd, select.POLLPRI)
-            elif not self._poll.poll(0):
-                return self._mounts
-            self._read_locked(key)
+            self._current_locked(key)
             return self._mounts
+
+    def _current_locked(self, key: tuple[int, str, int, int]) -> None:
+        # The table of `key` (the calling thread's), opened again where the last caller's
+        # was another's, and read again where it changed. Each reader asks and answers
+        # under one hold of the lock: threads in two namespaces each switch the table to
+        # theirs, and an answer read after a second hold could be the other's.
+        import select
+
+        if key != self._key:
+            if self._fd >= 0:
+                os.close(self._fd)  # in a forked child, its own copy
+            self._key, self._fd = None, -1
+            self._fd = os.open(_MOUNTINFO, os.O_RDONLY | os.O_CLOEXEC)
+            self._poll = select.poll()
+            self._poll.register(self._fd, select.POLLPRI)
+        elif not self._poll.poll(0):
+            return
+        self._read_locked(key)
 
     def with_roots(self) -> tuple[tuple[bytes, bytes, bytes, bytes], ...]:
         """Each mount's device, mount point, the directory of its filesystem it shows
         (mountinfo's fourth field: not ``/`` for a bind mount of a directory), and the
         directory that takes its writes where that is another (an overlay's ``upperdir``)."""
-        self.mounts()
+        key = self._whose()
         with self._lock:
+            self._current_locked(key)
             return self._with_roots
 
     def with_uppers(self) -> tuple[tuple[bytes, bytes | None, bytes], ...]:
         """Each mount's mount point, filesystem type and an overlay's upper directory
         (``b""`` for any other mount), from one reading of the table."""
-        self.mounts()
+        key = self._whose()
         with self._lock:
+            self._current_locked(key)
             return self._with_uppers
 
     def looked_up(self) -> _Reading:
@@ -2330,8 +2346,9 @@ class _MountTable:
         block)."""
         if (held := _HELD.get()) is not None:
             return held
-        self.mounts()
+        key = self._whose()
         with self._lock:
+            self._current_locked(key)
             return self._with_roots, self._with_uppers, (self._points, self._tops)
 
     def generation(self) -> int:
@@ -2342,16 +2359,13 @@ class _MountTable:
         a mount namespace of its own after its open (``unshare``, ``setns``) polled the
         table of the one it left, which never changes for what is mounted in the new one,
         and a bind mount of its root's ``.trash/`` made there went unseen, a delete
-        acknowledged across it (red team 69). OSError where there is no table (no /proc).
+        acknowledged across it (red team 69); the calling thread's, as a thread may have
+        its own (red team 70). OSError where there is no table (no /proc).
         """
         key = self._whose()
         with self._lock:
-            if self._fd >= 0 and key == self._key:
-                if self._poll.poll(0):
-                    self._read_locked(key)
-                return self._generation
-        self.mounts()
-        return self._generation
+            self._current_locked(key)
+            return self._generation
 
     def _read_locked(self, key: tuple[int, str, int, int]) -> None:
         # Read from the start, every time it changed (or is new): a seq file reads again.

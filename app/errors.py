@@ -502,6 +502,28 @@ class SettingsNameError(ConfigError):
         import unicodedata  # here: only a refusal pays for it
 
         odd = [c for c in dict.fromkeys(self.section) if not plain_name(c)]
+        if not odd and "__" in self.section:
+            # dynaconf's separator of nested keys (`config_files.NESTED_SEPARATOR`).
+            what = f"section [{self.section}]" if self.table else f"key {self.section}"
+            outer, _, inner = self.section.lower().partition("__")
+            read = (
+                f"key {inner} of section [{outer}] and sets that, so it would change "
+                f"[{outer}]'s {inner}"
+                if outer and inner and "_" not in (inner[0], inner[-1])
+                else "a key nested in another section ('a__b' is key b of section [a]) and "
+                "sets that"
+            )
+            fix = (
+                "rename the section (a profile's name may not hold '__')"
+                if self.table
+                else "remove it (the app's keys sit in a [section])"
+            )
+            return (
+                f"{self.path}: {what} holds '__', dynaconf's separator of nested keys: "
+                f"dynaconf, which loads every section at once, reads it as {read}, not as "
+                f"{'a profile of its own' if self.table else 'a setting of the app'}; {fix}, "
+                "and run `app doctor`"
+            )
         if not odd and self.section:
             # Plain, but one of dynaconf's own settings (`config_files.dynaconf_s_own`).
             what = f"section [{self.section}]" if self.table else f"key {self.section}"

@@ -470,7 +470,7 @@ def _frozen_cgroup(pid: int) -> tuple[str, str] | None:
     """
     try:
         groups = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
-        table = mountinfo.table("self")
+        table = mountinfo.table()  # the calling thread's, which reads the paths below
     except OSError:
         return None
     for group in groups:

@@ -103,9 +103,15 @@ def parse(line: bytes) -> Entry | None:
     )
 
 
-def table(pid: int | str = "self") -> list[Entry]:
-    """The mount table of process `pid` (``"self"``), read now, as that process names its
-    mounts (from its mount namespace and its root); OSError where it cannot be read."""
+def table(pid: int | str = "thread-self") -> list[Entry]:
+    """The mount table of process `pid` (``"thread-self"``: the calling thread), read now, as
+    that process names its mounts (from its mount namespace and its root); OSError where it
+    cannot be read.
+
+    The calling thread's by default, not ``"self"`` (the process's first thread): a thread
+    may have a mount namespace and a root directory of its own (``unshare(CLONE_NEWNS)``,
+    ``chroot`` after ``unshare(CLONE_FS)``), and a check it makes is about what it reaches
+    (red team 70)."""
     with open(f"/proc/{pid}/mountinfo", "rb") as opened:  # noqa: PTH123 - a seq file, bytes
         lines = opened.read().splitlines()
     return [entry for line in lines if (entry := parse(line)) is not None]
@@ -130,7 +136,7 @@ def upper_of(entry: Entry) -> bytes:
 
 
 def read() -> list[Mount]:
-    """This process's mount table, read now; empty where there is none (no ``/proc``)."""
+    """This thread's mount table (`table`), read now; empty where there is none (no ``/proc``)."""
     try:
         entries = table()
     except OSError:

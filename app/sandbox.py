@@ -2412,7 +2412,7 @@ def _proc_entry_mounted() -> tuple[str, str] | None:
     # it, after a space, with a space or a `/` after the entry): 0.8 M instructions of an
     # `app config` (callgrind, one run each way).
     try:
-        raw = _proc_bytes("self", "mountinfo")
+        raw = _proc_bytes("thread-self", "mountinfo")  # as `mountinfo.read`
     except OSError:
         return None  # unread: the walk's other checks stand
     if re.search(rb" /proc/(?:\d+|self|thread-self)[ /]", raw) is None:
@@ -2854,7 +2854,7 @@ def proc_hides_processes() -> str | None:
     # Every test run's header asks: the table's raw bytes are looked at first, and parsed
     # (`app.mountinfo`, imported then) only where some mount has the option at all.
     try:
-        raw = _proc_bytes("self", "mountinfo")
+        raw = _proc_bytes("thread-self", "mountinfo")  # as `mountinfo.read`
     except OSError:
         return None
     if b"hidepid=" not in raw:

@@ -1107,6 +1107,34 @@ def test_an_unknown_app_variable_is_a_warning_with_a_suggestion(
     assert config.warnings == (expected,)
 
 
+def test_an_app_variable_named_for_another_profile_is_not_told_to_drop_the_profile(
+    make_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch, roots: dict[str, Path]
+) -> None:
+    # Red team 70, found by hand: `APP_PRODUCTION__DATA_ROOT` (dynaconf's nested spelling)
+    # was told "did you mean APP_DATA_ROOT?", which sets the selected profile's root: followed
+    # in that shell, it made testing's (or development's) root the path meant for production.
+    make_settings()
+    monkeypatch.setenv("APP_PRODUCTION__DATA_ROOT", str(roots["production"]))
+    monkeypatch.setenv("APP_Production_Port", "9000")
+    monkeypatch.setenv("APP_TESTING__PORT", "9001")
+    config = load("testing")
+    assert config.data_root == roots["testing"]
+    assert config.warnings[-1] == (
+        "environment variable APP_TESTING__PORT is not an app setting; ignored (did you mean "
+        "APP_PORT? it sets the selected profile's, 'testing')"
+    )
+    assert config.warnings[:-1] == tuple(
+        f"environment variable {name} is not an app setting; ignored (APP_ variables set the "
+        "selected profile's keys only, 'testing' here: for profile 'production', select it, "
+        f"`ENV_FOR_DYNACONF=production` or `--profile production`, with {env}, or set {key} "
+        "in [production] of a settings file)"
+        for name, env, key in [
+            ("APP_PRODUCTION__DATA_ROOT", "APP_DATA_ROOT", "data_root"),
+            ("APP_Production_Port", "APP_PORT", "port"),
+        ]
+    )
+
+
 def test_app_settings_dir_is_not_reported_as_an_unknown_variable(
     make_settings: SettingsMaker,
 ) -> None:
@@ -1679,6 +1707,62 @@ def test_a_section_named_as_one_of_dynaconf_s_own_settings_is_refused(
     )
     with pytest.raises(DataRootOverlapError):
         load("testing", environ={**os.environ, "APP_DATA_ROOT": str(real)})
+
+
+def test_a_section_named_with_dynaconf_s_nested_separator_is_refused_naming_what_it_sets(
+    make_settings: SettingsMaker, roots: dict[str, Path]
+) -> None:
+    # Red team 70, found by reading `_dynaconf_file_values` (each section a key at the top of
+    # one dynaconf load): dynaconf stores a key `production__data_root` as data_root of
+    # production. `[production__data_root]` made production's root that section's table,
+    # refused as "data_root = {'data_root': 'data/x'} (from settings.toml [production])": a
+    # value settings.toml's [production] does not hold, and no word of the section to rename.
+    where = make_settings()
+    with (where / "settings.toml").open("a") as settings:
+        settings.write('\n[production__data_root]\ndata_root = "data/x"\n')
+    with pytest.raises(SettingsNameError) as caught:
+        load("testing")
+    assert str(caught.value) == (
+        f"{where / 'settings.toml'}: section [production__data_root] holds '__', dynaconf's "
+        "separator of nested keys: dynaconf, which loads every section at once, reads it as "
+        "key data_root of section [production] and sets that, so it would change "
+        "[production]'s data_root, not as a profile of its own; rename the section (a "
+        "profile's name may not hold '__'), and run `app doctor`"
+    )
+    # A key at the top of a file, as the pytest plugin reads the roots (no dynaconf there):
+    # it took production's root as settings.toml's, where dynaconf's load set another.
+    make_settings(secrets=f"production__data_root = {toml_str(roots['testing'])}\n")
+    with pytest.raises(
+        SettingsNameError,
+        match=r"key production__data_root holds '__'.*"
+        r"not as a setting of the app; remove it \(the app's keys sit in a "
+        r"\[section\]\)",
+    ):
+        appconfig.configured_roots()
+
+
+@pytest.mark.parametrize("unset", ["@del", "@none", "@json null"])
+def test_a_root_a_later_file_unsets_is_refused_naming_that_file_not_nowhere(
+    make_settings: SettingsMaker, unset: str
+) -> None:
+    # Red team 70, found by hand with `app config --all` on a settings.local.toml of
+    # `[production] data_root = "@del"`: the table credited production's missing root to
+    # that file, but every command was refused with "data_root is not set (from nowhere): is
+    # required: set data_root in [production] of settings.toml", where it is set, so the
+    # fix named was already made and the line that undid it went unnamed.
+    make_settings(
+        secrets=f'[production]\ndata_root = "{unset}"\n[testing]\napi_token = "t-token"\n'
+    )
+    with pytest.raises(InvalidSettingError) as caught:
+        load("testing")
+    assert str(caught.value) == (
+        "profile 'production': data_root is not set (from .secrets.toml [production]): is "
+        f"required, and {unset!r} there leaves it with no value (dynaconf's syntax: `@del` "
+        "and `@none` remove the value an earlier file or section gives); remove that line "
+        "from .secrets.toml [production], or give data_root a path there, for the local "
+        "backend (or database_url, blob_url, s3_endpoint_url and the S3 credentials for "
+        "PostgreSQL and object storage)"
+    )
 
 
 def test_every_setting_of_the_installed_dynaconf_is_a_name_no_section_may_take() -> None:
