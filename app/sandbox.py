@@ -1263,7 +1263,11 @@ def _descriptors(pid: int) -> list[tuple[str, str]] | None:
                 with contextlib.suppress(OSError):
                     text = os.readlink(descriptor.path)  # noqa: PTH115 - str in, out
                     listed.append((descriptor.path, _link_text(text)))
-    except OSError:
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        found = None  # gone, or closed to this process (`_capabilities_withheld`)
+    except OSError as error:
+        # A failed read is no empty list: noted, for a refusal (`_proc_read_failed`).
+        _PROC_FAILED.setdefault(pid, ("fd", error))
         found = None
     if memo is not None:
         memo[pid] = found
@@ -1895,7 +1899,10 @@ def _python_program(pid: int) -> bool:
     except PermissionError:
         _EXE_DENIED.add(pid)
         return False
-    except OSError:
+    except (FileNotFoundError, ProcessLookupError):
+        return False  # gone, or a process without a program of its own (a kernel thread)
+    except OSError as error:
+        _PROC_FAILED.setdefault(pid, ("exe", error))  # `_proc_read_failed`
         return False
     # A program replaced on disk while it runs (Python upgraded in place by the system's
     # packages during a long run) is shown with this suffix: its process was passed over,
@@ -1903,6 +1910,34 @@ def _python_program(pid: int) -> bool:
     program = program.removesuffix(" (deleted)")
     # A Python run through the loader shows the loader (`_program_words`).
     return bool(_PYTHON.fullmatch(program) or _LOADER.fullmatch(program))
+
+
+#: The ancestors whose ``/proc/<pid>/exe`` or ``fd`` one walk could not read, where the read
+#: was neither denied nor found gone (`_proc_read_failed`): which, and how it failed.
+#: Emptied as each walk begins.
+_PROC_FAILED: dict[int, tuple[str, OSError]] = {}
+
+
+def _proc_read_failed(pid: int) -> str | None:
+    """Why this process could not read ``/proc/<pid>/exe`` or ``/proc/<pid>/fd`` of ancestor
+    `pid`, one of its own user, where the read failed otherwise than denied or gone (EIO,
+    ENOSYS, EINTR: a tracer's injected fault, a seccomp filter's errno): it may be a run
+    whose entry a test removed, kept open where this process could not look; else None.
+
+    A test that removed its run's entry and started a child under a tracer that failed its
+    read of the run's ``/proc/<pid>/exe``, or of its ``fd``, alone (``strace -P
+    /proc/<pid>/exe -e inject=readlinkat:error=EIO``) had a child that took the run for a
+    process that is not Python, or that keeps nothing open: it found no run, and given
+    production's settings alone it purged a stopped production root (red team 70 on the
+    guard). Only a process named as Python or pytest (`_named_as_python`) counts where its
+    program could not be read, as for a denial (`_capabilities_withheld`)."""
+    if pid not in _PROC_FAILED:
+        return None
+    which, error = _PROC_FAILED[pid]
+    if which == "exe" and not _named_as_python(pid):
+        return None
+    code = errno.errorcode.get(error.errno or 0, str(error.errno))
+    return f"its read of {_PROC}/{pid}/{which} failed ({code}: {error.strerror or error})"
 
 
 #: The processes whose program one walk was denied (`_python_program`): a process of this
@@ -2179,6 +2214,9 @@ def _entry_named(pid: int, name: str, seen: _Seen, parent: int | None) -> Path |
         # It may be a run whose entry a test removed or hid, kept open where this process
         # may not look: refused, naming it (`_hidden_run`), if no run is found above.
         seen.hidden.setdefault(pid, (Path(f"{_PROC}/{pid}/fd"), withheld))
+    elif owner == os.getuid() and (failed := _proc_read_failed(pid)) is not None:
+        # As for a denial: refused, naming it and the failed read, if no run is found above.
+        seen.hidden.setdefault(pid, (Path(f"{_PROC}/{pid}"), failed))
     # And root's: a run as root hands its entry on, in its own registry, to a daemon a test
     # started as another user (`sudo -u`, `setpriv`), which looked under its own user alone
     # and, once the run had ended, purged the production root that user owns (red team 46).
@@ -2238,6 +2276,7 @@ def _walk_tree_listed() -> tuple[Run | None, str | None, str]:
     """`_walk_tree`, each process's descriptors listed once (`_descriptors`)."""
     _MISSHOWN.clear()
     _EXE_DENIED.clear()
+    _PROC_FAILED.clear()
     _CHANGED.clear()
     _AS_READ.clear()
     _READ_SHORT.clear()
@@ -2440,6 +2479,9 @@ def _unseen_run(seen: _Seen, chain: list[tuple[int, int]]) -> tuple[str, str] | 
     """A refusal's words where no run was found but one may be there unseen: an entry this
     process may not read (`_hidden_run`), or an ancestor (`_walk_denied`)."""
     if seen.hidden:
+        pid, (where, why) = next(iter(seen.hidden.items()))
+        if where == _PROC / str(pid):  # its own /proc, not an entry (`_proc_read_failed`)
+            return _proc_failed(pid, why)
         return _hidden_run(seen.hidden)
     denied = _walk_denied(chain)
     return _proc_denied(denied) if denied is not None else None
@@ -2697,6 +2739,27 @@ def _hidden_run(hidden: Mapping[int, tuple[Path, str]]) -> tuple[str, str]:
         f"Let every user read {registry} and its entries again (setfacl -b {registry}; "
         f"chmod 755 {registry}; chmod 644 {registry}/*.json), as the run's check after "
         "each test does; a test must not hide it from the processes it starts"
+    )
+    return said, fix
+
+
+def _proc_failed(pid: int, why: str) -> tuple[str, str]:
+    """`_hidden_run`'s words where this process's read of ancestor `pid`'s ``/proc/<pid>/exe``
+    or ``fd`` failed (`_proc_read_failed`), neither denied nor gone: it may be a run whose
+    entry a test removed, kept open where this process could not look."""
+    argv = _cmdline(pid)
+    named = "" if _looks_like_pytest(argv, pid) else _UNNAMED_PYTEST
+    said = (
+        f"{_HIDDEN_RUN} (ancestor pid {pid}: {_shown(argv)}{named}), whose entry in the "
+        f"registry of test runs this process (user {os.getuid()}) cannot look for: the "
+        f"registry does not show one, and {why}, where a run keeps its entry open"
+    )
+    fix = (
+        f"Let this process read {_PROC}/{pid}/exe and {_PROC}/{pid}/fd: a tracer that injects "
+        "faults (`strace --inject`) must keep to the calls the test means (`-P <the file>`, "
+        f"never a run's {_PROC}/<pid>), and a seccomp filter must not fail those reads; or "
+        f"start it outside the test run; a test must leave the registry of test runs "
+        f"({RUNS_DIR}) and its entries alone"
     )
     return said, fix
 

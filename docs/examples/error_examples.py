@@ -179,6 +179,20 @@ EXAMPLES: list[errors.AppError] = [
         "this process apart from it, or with CAP_SYS_PTRACE, or outside the test run; a test "
         "must leave the registry of test runs (/tmp/app-pytest-runs-1000) and its entries alone",
     ),
+    # Below a Python process whose /proc/<pid>/exe this one could not read (an injected fault).
+    errors.SandboxViolationError(
+        "loading profile 'production' while a test run may be above this process (ancestor "
+        "pid 4242: /usr/bin/python3 -m pytest tests), whose entry in the registry of test "
+        "runs this process (user 1000) cannot look for: the registry does not show one, and "
+        "its read of /proc/4242/exe failed (EIO: Input/output error), where a run keeps its "
+        "entry open",
+        None,
+        "Let this process read /proc/4242/exe and /proc/4242/fd: a tracer that injects faults "
+        "(`strace --inject`) must keep to the calls the test means (`-P <the file>`, never a "
+        "run's /proc/<pid>), and a seccomp filter must not fail those reads; or start it "
+        "outside the test run; a test must leave the registry of test runs "
+        "(/tmp/app-pytest-runs-1000) and its entries alone",
+    ),
     errors.DataRootInUseError(ROOT, HOLDER, "purge sessions", held_by=describe_holder(HOLDER)),
     errors.LockUnavailableError(ROOT / ".server.lock", "flock failed: No locks available"),
     errors.LockFileAliasedError(
