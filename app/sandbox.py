@@ -2210,11 +2210,16 @@ def _entry_named(pid: int, name: str, seen: _Seen, parent: int | None) -> Path |
             entry = _entry_held_open(pid, uid, name, seen)
         if entry is not None:
             return entry
-    if owner == os.getuid() and (withheld := _capabilities_withheld(pid)) is not None:
+    # Its own user by either id: a child of a run as root given another real user and root's
+    # effective one (`setpriv --ruid`, `os.setresuid`, a setuid-root program), without the
+    # run's capabilities, acts on root's files as root, but was judged by its real user
+    # alone, found no run, and purged a stopped production root (red team 70 on the guard).
+    own = owner in (os.getuid(), os.geteuid())
+    if own and (withheld := _capabilities_withheld(pid)) is not None:
         # It may be a run whose entry a test removed or hid, kept open where this process
         # may not look: refused, naming it (`_hidden_run`), if no run is found above.
         seen.hidden.setdefault(pid, (Path(f"{_PROC}/{pid}/fd"), withheld))
-    elif owner == os.getuid() and (failed := _proc_read_failed(pid)) is not None:
+    elif own and (failed := _proc_read_failed(pid)) is not None:
         # As for a denial: refused, naming it and the failed read, if no run is found above.
         seen.hidden.setdefault(pid, (Path(f"{_PROC}/{pid}"), failed))
     # And root's: a run as root hands its entry on, in its own registry, to a daemon a test

@@ -46,17 +46,26 @@ def test_removed_then_a_child_whose_reads_fail():
     sandbox._own_entry().unlink()
     traced("exe", f"/proc/{os.getpid()}/exe", "readlink,readlinkat")
     traced("fd", f"/proc/{os.getpid()}/fd", "open,openat")
+    # Root's effective user, another real one, and none of the run's capabilities.
+    drop = ["--bounding-set=-all", "--inh-caps=-all", "--ambient-caps=-all"]
+    done = subprocess.run(
+        ["setpriv", "--ruid=54370", *drop, *PURGE], env=ENV, capture_output=True, text=True
+    )
+    (OUT / "ruid").write_text(f"{done.returncode}\\n{done.stdout}{done.stderr}")
 """
 )
 
 
 @pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("strace") is None,
-    reason="the fault is injected by strace; the inner run is kept out of this run's process "
-    "tree in a PID namespace of its own (unshare --pid, root's)",
+    os.geteuid() != 0 or not all(map(shutil.which, ("unshare", "strace", "setpriv"))),
+    reason="the faults are injected by strace and the ids changed by setpriv, as root; the "
+    "inner run is kept out of this run's process tree in a PID namespace of its own "
+    "(unshare --pid, root's)",
 )
-def test_a_child_whose_read_of_its_runs_proc_fails_is_refused(tmp_path: Path) -> None:
-    inner, said = run_inner(tmp_path, INNER, ("exe", "fd"))
+def test_a_child_whose_read_of_its_runs_proc_fails_or_of_another_real_user_is_refused(
+    tmp_path: Path,
+) -> None:
+    inner, said = run_inner(tmp_path, INNER, ("exe", "fd", "ruid"))
     for which in ("exe", "fd"):
         code, _, text = said[which].partition("\n")
         assert code == "78", said
@@ -72,5 +81,12 @@ def test_a_child_whose_read_of_its_runs_proc_fails_is_refused(tmp_path: Path) ->
         ), text
         assert f"Let this process read /proc/{pid}/exe and /proc/{pid}/fd: a tracer" in text
         assert "refused under a Python process that may run tests" in text, text
+    # Judged as of its effective user too: the run's capabilities it lacks are named.
+    code, _, text = said["ruid"].partition("\n")
+    assert code == "78", said
+    assert "(ancestor pid 1: " in text, text
+    assert "this process (user 54370) cannot look for: the registry does not show one" in text
+    assert "its capabilities are not all this process's (it holds " in text, text
+    assert "Start this process with the capabilities of pid 1 in effect" in text, text
     # The run's own check after the test names the removed entry and puts it back.
     assert "this run's entry in " in inner.stdout, inner.stdout
