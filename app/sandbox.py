@@ -1915,12 +1915,13 @@ def _python_program(pid: int) -> bool:
 #: The ancestors whose ``/proc/<pid>/exe`` or ``fd`` one walk could not read, where the read
 #: was neither denied nor found gone (`_proc_read_failed`): which, and how it failed.
 #: Emptied as each walk begins.
-_PROC_FAILED: dict[int, tuple[str, OSError]] = {}
+_PROC_FAILED: dict[int | str, tuple[str, OSError]] = {}
 
 
 def _proc_read_failed(pid: int) -> str | None:
-    """Why this process could not read ``/proc/<pid>/exe`` or ``/proc/<pid>/fd`` of ancestor
-    `pid`, one of its own user, where the read failed otherwise than denied or gone (EIO,
+    """Why this process could not read ``/proc/<pid>/exe``, ``fd`` or ``status`` of ancestor
+    `pid`, one of its own user (or its own ``status``, where that ancestor's program was
+    closed to it), where the read failed otherwise than denied or gone (EIO,
     ENOSYS, EINTR: a tracer's injected fault, a seccomp filter's errno): it may be a run
     whose entry a test removed, kept open where this process could not look; else None.
 
@@ -1931,13 +1932,16 @@ def _proc_read_failed(pid: int) -> str | None:
     production's settings alone it purged a stopped production root (red team 70 on the
     guard). Only a process named as Python or pytest (`_named_as_python`) counts where its
     program could not be read, as for a denial (`_capabilities_withheld`)."""
-    if pid not in _PROC_FAILED:
+    # Its own `status` too, where its program was closed to this process: a child whose
+    # read of either failed could not tell why (`_capabilities_withheld`).
+    key: int | str = pid if pid in _PROC_FAILED or pid not in _EXE_DENIED else "self"
+    if key not in _PROC_FAILED:
         return None
-    which, error = _PROC_FAILED[pid]
-    if which == "exe" and not _named_as_python(pid):
-        return None
+    which, error = _PROC_FAILED[key]
+    if which != "fd" and not _named_as_python(pid):
+        return None  # its program unread: only a Python's counts, as for a denial
     code = errno.errorcode.get(error.errno or 0, str(error.errno))
-    return f"its read of {_PROC}/{pid}/{which} failed ({code}: {error.strerror or error})"
+    return f"its read of {_PROC}/{key}/{which} failed ({code}: {error.strerror or error})"
 
 
 #: The processes whose program one walk was denied (`_python_program`): a process of this
@@ -1964,7 +1968,10 @@ def _status(pid: int | str) -> dict[bytes, bytes]:
     values as written); none where it cannot be read (`_capabilities`, `_ids`)."""
     try:
         raw = _proc_bytes(pid, "status")
-    except OSError:
+    except (FileNotFoundError, ProcessLookupError):
+        return {}
+    except OSError as error:
+        _PROC_FAILED.setdefault(pid, ("status", error))  # `_proc_read_failed`
         return {}
     return {name: value for name, _, value in (line.partition(b":") for line in raw.splitlines())}
 
@@ -2159,8 +2166,12 @@ def _named_as_python(pid: int) -> bool:
     runner's), whose name is the script's."""
     try:
         name = _proc_bytes(pid, "comm").rstrip(b"\n").decode(errors="replace")
-    except OSError:
+    except (FileNotFoundError, ProcessLookupError):
         name = ""
+    except OSError:
+        # Every process may read it: a read that failed otherwise (a tracer's injected
+        # EIO) leaves its name unknown, which counts, as a failed read does elsewhere.
+        return True
     words = _cmdline(pid)
     first = _word_name(words[0]) if words else ""
     patterns = (_PYTHON, _PYTEST_COMMAND, _LOADER)
@@ -2749,20 +2760,23 @@ def _hidden_run(hidden: Mapping[int, tuple[Path, str]]) -> tuple[str, str]:
 
 
 def _proc_failed(pid: int, why: str) -> tuple[str, str]:
-    """`_hidden_run`'s words where this process's read of ancestor `pid`'s ``/proc/<pid>/exe``
-    or ``fd`` failed (`_proc_read_failed`), neither denied nor gone: it may be a run whose
-    entry a test removed, kept open where this process could not look."""
+    """`_hidden_run`'s words where this process's read of ancestor `pid`'s ``/proc/<pid>/exe``,
+    ``fd`` or ``status`` (or its own ``status``) failed (`_proc_read_failed`), neither denied
+    nor gone: it may be a run whose entry a test removed, kept open where this process could
+    not look."""
     argv = _cmdline(pid)
     named = "" if _looks_like_pytest(argv, pid) else _UNNAMED_PYTEST
     said = (
         f"{_HIDDEN_RUN} (ancestor pid {pid}: {_shown(argv)}{named}), whose entry in the "
         f"registry of test runs this process (user {os.getuid()}) cannot look for: the "
-        f"registry does not show one, and {why}, where a run keeps its entry open"
+        f"registry does not show one, and {why}, so it cannot tell whether that process "
+        "keeps a run's entry open"
     )
     fix = (
-        f"Let this process read {_PROC}/{pid}/exe and {_PROC}/{pid}/fd: a tracer that injects "
-        "faults (`strace --inject`) must keep to the calls the test means (`-P <the file>`, "
-        f"never a run's {_PROC}/<pid>), and a seccomp filter must not fail those reads; or "
+        f"Let this process read {_PROC}/{pid} (its exe, fd, status and comm) and its own "
+        "status: a tracer that injects faults (`strace --inject`) must keep to the calls the "
+        f"test means (`-P <the file>`, never a run's {_PROC}/<pid>), and a seccomp filter "
+        "must not fail those reads; or "
         f"start it outside the test run; a test must leave the registry of test runs "
         f"({RUNS_DIR}) and its entries alone"
     )

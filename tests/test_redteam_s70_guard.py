@@ -1,18 +1,24 @@
-"""Red team 70 on the guard (branch rt-guard70): a child whose read of its run's
-``/proc/<pid>/exe`` or ``/proc/<pid>/fd`` fails, neither denied nor gone.
+"""Red team 70 on the guard (branch rt-guard70): a child whose read of its run's ``/proc``
+fails, neither denied nor gone, and one judged by its real user alone.
 
 A test removed its run's entry from the registry of test runs (the descriptors the run keeps
 of it left open, which red team 47's fallback reads) and started a child, given production's
 settings alone, under a tracer that failed one read of the run's ``/proc`` with ``EIO``
-(``strace -P /proc/<pid>/exe -e inject=readlinkat:error=EIO``, or ``-P /proc/<pid>/fd -e
-inject=openat:error=EIO``): the child took the run for a process that is not Python, or for
-one that keeps nothing open, found no run, and ``app data purge --profile production
---yes-i-mean-it`` moved every session of a stopped production root to its trash. A denied
-read was refused since red team 69 on the guard; a gone process is passed over as before.
+(``strace -P /proc/<pid>/exe -e inject=readlinkat:error=EIO``; ``-P /proc/<pid>/fd``,
+``-P /proc/<pid>/status`` or ``-P /proc/<pid>/comm -P /proc/<pid>/cmdline`` with
+``inject=openat:error=EIO``, the last two without the run's capabilities): the child took the
+run for a process that is not Python, for one that keeps nothing open, or for one whose
+denial nothing explains, found no run, and ``app data purge --profile production
+--yes-i-mean-it`` moved every session of a stopped production root to its trash. So did a
+child given another real user, root's effective one and none of the run's capabilities
+(``setpriv --ruid``): the check of an ancestor whose program it may not read looked only at
+ancestors of its real user.
 
-What changed: a read of an ancestor's ``exe`` or ``fd`` that fails otherwise (``EIO``,
-``ENOSYS``, ``EINTR``) is noted, and where no run is found above, the child is refused,
-naming that ancestor, the read and how it failed, and what resolves it.
+What changed: a read of an ancestor's ``exe``, ``fd`` or ``status`` (or of the child's own
+``status``) that fails otherwise (``EIO``, ``ENOSYS``, ``EINTR``) is noted, and where no run
+is found above, the child is refused, naming that ancestor, the read and how it failed, and
+what resolves it; a ``comm`` whose read failed so counts as a Python's; and an ancestor of
+the child's effective user counts as one of its own.
 """
 
 from __future__ import annotations
@@ -31,27 +37,37 @@ INNER = (
     PRELUDE
     + """
 
-def traced(name, path, calls):
-    done = subprocess.run(
-        ["strace", "-f", "-qq", "-o", "/dev/null", "-P", path,
-         "-e", f"inject={calls}:error=EIO", *PURGE],
-        env=ENV,
-        capture_output=True,
-        text=True,
-    )
-    (OUT / name).write_text(f"{done.returncode}\\n{done.stdout}{done.stderr}")
+#: Every capability dropped, for the child and what it runs.
+DROP = ["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--ambient-caps=-all"]
+
+
+def traced(calls, *files, drop=()):
+    paths = [word for file in files for word in ("-P", f"/proc/{os.getpid()}/{file}")]
+    inject = ["strace", "-f", "-qq", "-o", "/dev/null", *paths, "-e", f"inject={calls}:error=EIO"]
+    return [*inject, *drop]
 
 
 def test_removed_then_a_child_whose_reads_fail():
     sandbox._own_entry().unlink()
-    traced("exe", f"/proc/{os.getpid()}/exe", "readlink,readlinkat")
-    traced("fd", f"/proc/{os.getpid()}/fd", "open,openat")
-    # Root's effective user, another real one, and none of the run's capabilities.
-    drop = ["--bounding-set=-all", "--inh-caps=-all", "--ambient-caps=-all"]
-    done = subprocess.run(
-        ["setpriv", "--ruid=54370", *drop, *PURGE], env=ENV, capture_output=True, text=True
-    )
-    (OUT / "ruid").write_text(f"{done.returncode}\\n{done.stdout}{done.stderr}")
+    children = {
+        "exe": traced("readlink,readlinkat", "exe"),
+        "fd": traced("open,openat", "fd"),
+        # Without the run's capabilities: their reads of the run's status, or of its name.
+        "status": traced("open,openat", "status", drop=DROP),
+        "comm": traced("open,openat", "comm", "cmdline", drop=DROP),
+        # Root's effective user, another real one, and none of the run's capabilities.
+        "ruid": ["setpriv", "--ruid=54370", *DROP[1:]],
+    }
+    # All at once, each to its end: none of them changes what the others read.
+    started = {
+        name: subprocess.Popen(
+            [*words, *PURGE], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for name, words in children.items()
+    }
+    for name, child in started.items():
+        said, _ = child.communicate()
+        (OUT / name).write_text(f"{child.returncode}\\n{said}")
 """
 )
 
@@ -65,8 +81,8 @@ def test_removed_then_a_child_whose_reads_fail():
 def test_a_child_whose_read_of_its_runs_proc_fails_or_of_another_real_user_is_refused(
     tmp_path: Path,
 ) -> None:
-    inner, said = run_inner(tmp_path, INNER, ("exe", "fd", "ruid"))
-    for which in ("exe", "fd"):
+    inner, said = run_inner(tmp_path, INNER, ("exe", "fd", "status", "comm", "ruid"))
+    for which in ("exe", "fd", "status"):
         code, _, text = said[which].partition("\n")
         assert code == "78", said
         found = re.search(
@@ -77,10 +93,16 @@ def test_a_child_whose_read_of_its_runs_proc_fails_or_of_another_real_user_is_re
         assert "; Python, its command line naming no pytest), whose entry" in text, text
         assert (
             f"the registry does not show one, and its read of /proc/{pid}/{which} failed "
-            "(EIO: Input/output error), where a run keeps its entry open" in text
+            "(EIO: Input/output error), so it cannot tell whether that process keeps a run's "
+            "entry open" in text
         ), text
-        assert f"Let this process read /proc/{pid}/exe and /proc/{pid}/fd: a tracer" in text
+        assert f"Let this process read /proc/{pid} (its exe, fd, status and comm) and" in text
         assert "refused under a Python process that may run tests" in text, text
+    # Its name unread: counted as a Python's, the capabilities it lacks named.
+    code, _, text = said["comm"].partition("\n")
+    assert code == "78", said
+    assert "while a test run may be above this process (ancestor pid 1: " in text, text
+    assert "its capabilities are not all this process's (it holds " in text, text
     # Judged as of its effective user too: the run's capabilities it lacks are named.
     code, _, text = said["ruid"].partition("\n")
     assert code == "78", said

@@ -184,13 +184,13 @@ EXAMPLES: list[errors.AppError] = [
         "loading profile 'production' while a test run may be above this process (ancestor "
         "pid 4242: /usr/bin/python3 -m pytest tests), whose entry in the registry of test "
         "runs this process (user 1000) cannot look for: the registry does not show one, and "
-        "its read of /proc/4242/exe failed (EIO: Input/output error), where a run keeps its "
-        "entry open",
+        "its read of /proc/4242/exe failed (EIO: Input/output error), so it cannot tell "
+        "whether that process keeps a run's entry open",
         None,
-        "Let this process read /proc/4242/exe and /proc/4242/fd: a tracer that injects faults "
-        "(`strace --inject`) must keep to the calls the test means (`-P <the file>`, never a "
-        "run's /proc/<pid>), and a seccomp filter must not fail those reads; or start it "
-        "outside the test run; a test must leave the registry of test runs "
+        "Let this process read /proc/4242 (its exe, fd, status and comm) and its own status: a "
+        "tracer that injects faults (`strace --inject`) must keep to the calls the test means "
+        "(`-P <the file>`, never a run's /proc/<pid>), and a seccomp filter must not fail those "
+        "reads; or start it outside the test run; a test must leave the registry of test runs "
         "(/tmp/app-pytest-runs-1000) and its entries alone",
     ),
     errors.DataRootInUseError(ROOT, HOLDER, "purge sessions", held_by=describe_holder(HOLDER)),
