@@ -2166,8 +2166,8 @@ def _named_as_python(pid: int) -> bool:
     runner's), whose name is the script's."""
     try:
         name = _proc_bytes(pid, "comm").rstrip(b"\n").decode(errors="replace")
-    except (FileNotFoundError, ProcessLookupError):
-        name = ""
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        name = ""  # gone, or a security policy's denial, which names nothing
     except OSError:
         # Every process may read it: a read that failed otherwise (a tracer's injected
         # EIO) leaves its name unknown, which counts, as a failed read does elsewhere.
