@@ -2408,10 +2408,11 @@ def _cut_short(chain: list[tuple[int, int]]) -> tuple[str, str] | None:
         # denied by design). Refused here, every command of a service so confined was
         # refused "under pytest", with no pytest anywhere.
         return None
-    if not (_PROC / str(parent)).exists() and proc_hides_processes() is not None:
+    if not (_PROC / str(parent)).exists() and (hides := proc_hides_processes()) is not None:
         # `hidepid=invisible`: another user's process (a service's parent, init) is not
-        # shown at all, as before; refused, a server under systemd would never start.
-        return None
+        # shown at all, as before; refused, a server under systemd would never start. But
+        # not where a run of its pid is registered (`_hidden_parent`).
+        return _hidden_parent(parent, hides)
     said = (
         f"while /proc/{parent}/stat cannot be read though process {child} still names "
         f"{parent} its parent (its read failed: a tracer that injects faults, such as "
@@ -2423,6 +2424,87 @@ def _cut_short(chain: list[tuple[int, int]]) -> tuple[str, str] | None:
         "test means, e.g. `strace -P <the file>`), or start it outside the test run"
     )
     return said, fix
+
+
+#: How `_hidden_parent` begins its refusal, which `context` tells apart.
+_HIDDEN_PARENT: Final = "while /proc does not show this process's "
+
+
+def _hidden_parent(parent: int, hides: str) -> tuple[str, str] | None:
+    """A refusal's words where ``/proc`` does not show this process's `parent` at all
+    (`hides`, a ``hidepid=`` option) and a registry of this process's user (real or
+    effective) or root's holds an entry for a run of that pid, or of its session's or
+    process group's leader where ``/proc`` hides that too, that started no later than this
+    process did: it may be this process's run, else None.
+
+    ``hidepid=invisible`` hides a process of this process's own user too where this one
+    may not read it (`_capabilities_withheld`): a test of a run as root that started a child
+    in a mount namespace of its own, with ``/proc`` mounted there ``hidepid=invisible,gid=``
+    a group the child is not in, and every capability dropped (``setpriv
+    --bounding-set=-all``), had a child that saw no ancestor at all: with the run's entry in
+    place, it found no run, and given production's settings alone it purged a stopped
+    production root (red team 70 on the guard). Only the pid is known (from this process's
+    own ``stat``), not the start time an entry is named by; an entry of a run that has
+    ended is removed as the next run starts (`_forget_dead_runs`)."""
+    own, namespace = _own_start(), _pid_namespace()
+    # Its session's and process group's leaders too, where /proc hides them: a run
+    # started from a terminal leads its group, and a shell between the run and this
+    # process, hidden as well, names no run (`_led_by_a_run`).
+    leaders = {pid: leads for leads, pid in _leaders() if pid > 0}
+    hidden = {pid: leads for pid, leads in leaders.items() if not (_PROC / str(pid)).exists()}
+    candidates = {**{pid: f"{leads} leader" for pid, leads in hidden.items()}, parent: "parent"}
+    for uid in dict.fromkeys((os.getuid(), os.geteuid(), 0)):
+        for directory in _registries(uid):
+            if not _runs_dir_trusted(directory, uid):
+                continue
+            try:
+                names = os.listdir(directory)  # noqa: PTH208 - names only
+            except OSError:
+                continue
+            for name in sorted(names):
+                number, _, rest = name.removesuffix(".json").partition("-")
+                started = rest.partition("-")[0]
+                if not (number.isdigit() and started.isdigit() and name.endswith(".json")):
+                    continue
+                pid = int(number)
+                if pid not in candidates or (own is not None and int(started) > own[1] + 1):
+                    continue  # another's, or started after this process: not its ancestor
+                if not _running_here(directory / name, namespace):
+                    continue  # ended, or in another PID namespace (a container's)
+                said = (
+                    f"{_HIDDEN_PARENT}{candidates[pid]}, pid {pid} "
+                    f"(/proc is mounted here with {hides}, which hides a process this one may "
+                    "not read: another user's, or one that holds capabilities this process "
+                    "lacks), and the registry of test runs holds an entry for a run of that "
+                    f"pid ({directory / name}), so this process cannot tell whether that run "
+                    "is above it"
+                )
+                fix = (
+                    f"Start this process where /proc shows its {candidates[pid]} (/proc "
+                    f"mounted without {hides}, or with gid= a group of this process, or with "
+                    f"the capabilities of pid {pid} in effect), or outside the test run; a "
+                    "test must not hide its run from the processes it starts. If no test run "
+                    f"of pid {pid} is running, remove {directory / name}"
+                )
+                return said, fix
+    return None
+
+
+def _running_here(entry: Path, namespace: int | None) -> bool:
+    """Whether registry `entry` is of a run that has not ended, in PID namespace
+    `namespace` (this process's, `_pid_namespace`), as it records them; so where either is
+    unknown. Runs in other PID namespaces (containers, or tests' inner runs, sharing
+    ``/tmp``) have pids of their own, and a namespace's number is given again once it is
+    gone, so only a run that has not ended (its namespace still there) counts: a service of
+    user 65534 whose init ``hidepid=invisible`` hides, in a PID namespace of its own, was
+    refused by an ended run at pid 1 of an earlier namespace of that number
+    (`_hidden_parent`)."""
+    try:
+        data = json_loads(_entry_bytes(entry))
+        recorded, ended = data.get("pid_namespace"), data.get("ended_at")
+    except (OSError, ValueError, AttributeError):
+        return True  # unreadable: it may be this process's run
+    return ended is None and (namespace is None or recorded is None or recorded == namespace)
 
 
 def _misshown() -> tuple[str, str] | None:
@@ -3644,6 +3726,10 @@ def context(environ: Mapping[str, str] | None = None) -> Context:
     if run is not None:
         return Context(_narrowed(run, env), bare, runner=runner, fix=fix)
     raw = env.get(SANDBOX_ENV)
+    # In a run by its environment, whose sandbox's refusal names it: the run `/proc` hides
+    # may be that one (`_hidden_parent`).
+    hidden = raw is not None and bare is not None and bare.startswith(_HIDDEN_PARENT)
+    bare, fix = (None, "") if hidden else (bare, fix)
     if raw is not None:
         resolved = _given_sandbox(Path(raw))
         if resolved is None:

@@ -112,3 +112,57 @@ def test_a_child_whose_read_of_its_runs_proc_fails_or_of_another_real_user_is_re
     assert "Start this process with the capabilities of pid 1 in effect" in text, text
     # The run's own check after the test names the removed entry and puts it back.
     assert "this run's entry in " in inner.stdout, inner.stdout
+
+
+#: The inner run's test, its entry left in place: a child in a mount namespace of its own
+#: with /proc mounted `hidepid=invisible` for a group it is not in, without the run's
+#: capabilities (with them it sees the run: red team 69's harness).
+HIDDEN = (
+    PRELUDE
+    + """
+
+MOUNT = "mount -t proc -o hidepid=invisible,gid=54370 proc /proc"
+DROP = ["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--ambient-caps=-all"]
+
+
+def test_a_child_that_cannot_see_the_run():
+    # Started by exec (its parent is the run), and below a shell that keeps the run's
+    # capabilities, hidden too (the run leads the session).
+    shells = {"hidden": f'{MOUNT} && exec "$@"', "between": f'{MOUNT} && "$@"; exit $?'}
+    for name, shell in shells.items():
+        own = ["unshare", "--mount", "--propagation", "private", "sh", "-c", shell, "sh"]
+        done = subprocess.run([*own, *DROP, *PURGE], env=ENV, capture_output=True, text=True)
+        (OUT / name).write_text(f"{done.returncode}\\n{done.stdout}{done.stderr}")
+"""
+)
+
+
+#: The inner run made its session's leader (`setsid`, without a fork: pid 1 of its PID
+#: namespace leads no group), with a registry of its own (`run_inner`'s).
+_LEADING = 'mount -t tmpfs -o mode=0700 app-runs "$1" && shift && exec setsid "$@"'
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not all(map(shutil.which, ("unshare", "setpriv", "setsid"))),
+    reason="only root mounts /proc in a mount namespace of its own and has capabilities to "
+    "drop; the inner run is kept out of this run's process tree in a PID namespace of its "
+    "own (unshare --pid, root's)",
+)
+def test_a_child_that_proc_hides_its_run_from_is_refused_by_the_runs_entry(
+    tmp_path: Path,
+) -> None:
+    # The run leads its session, as a run from a terminal leads its process group.
+    _, said = run_inner(tmp_path, HIDDEN, ("hidden", "between"), _LEADING)
+    for name, which in (("hidden", "parent"), ("between", "session leader")):
+        code, _, text = said[name].partition("\n")
+        assert code == "78", said
+        assert (
+            f"while /proc does not show this process's {which}, pid 1 (/proc is mounted here "
+            "with hidepid=invisible, which hides a process this one may not read" in text
+        ), text
+        found = re.search(
+            r"holds an entry for a run of that pid \((/tmp/[^)]+/1-\d+\.json)\)", text
+        )
+        assert found is not None, text
+        assert f"Start this process where /proc shows its {which} (/proc mounted without" in text
+        assert f"If no test run of pid 1 is running, remove {found[1]}" in text, text

@@ -193,6 +193,21 @@ EXAMPLES: list[errors.AppError] = [
         "reads; or start it outside the test run; a test must leave the registry of test runs "
         "(/tmp/app-pytest-runs-1000) and its entries alone",
     ),
+    # Where /proc hides this process's parent, whose pid a registered run has.
+    errors.SandboxViolationError(
+        "loading profile 'production' while /proc does not show this process's parent, pid "
+        "4242 (/proc is mounted here with hidepid=invisible, which hides a process this one "
+        "may not read: another user's, or one that holds capabilities this process lacks), "
+        "and the registry of test runs holds an entry for a run of that pid "
+        "(/tmp/app-pytest-runs-0/4242-1234567.json), so this process cannot tell whether that "
+        "run is above it",
+        None,
+        "Start this process where /proc shows its parent (/proc mounted without "
+        "hidepid=invisible, or with gid= a group of this process, or with the capabilities of "
+        "pid 4242 in effect), or outside the test run; a test must not hide its run from the "
+        "processes it starts. If no test run of pid 4242 is running, remove "
+        "/tmp/app-pytest-runs-0/4242-1234567.json",
+    ),
     errors.DataRootInUseError(ROOT, HOLDER, "purge sessions", held_by=describe_holder(HOLDER)),
     errors.LockUnavailableError(ROOT / ".server.lock", "flock failed: No locks available"),
     errors.LockFileAliasedError(
