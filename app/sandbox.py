@@ -2599,7 +2599,11 @@ def _walk_denied(chain: list[tuple[int, int]]) -> int | None:
         owner = (_PROC / str(parent)).stat().st_uid
     except OSError:
         return None
-    return parent if owner == os.getuid() else None
+    # Its own user by either id (`_entry_named`): a child given another real user, root's
+    # effective one and none of a root run's capabilities, where /proc is mounted
+    # `hidepid=noaccess`, was denied the run's `stat`, passed over as another user's, and
+    # purged a stopped production root (red team 70 on the guard).
+    return parent if owner in (os.getuid(), os.geteuid()) else None
 
 
 def _may_not_read(pid: int | str, name: str = "stat") -> bool:
@@ -2619,6 +2623,21 @@ def _proc_denied(pid: int | str) -> tuple[str, str]:
     sandbox a test sets up, as code that confines its workers does) walked no ancestor,
     and given production's settings alone purged a stopped production root (red team 48)."""
     which = "/proc/self" if pid == "self" else f"/proc/{pid} (an ancestor)"
+    if pid != "self" and (hides := proc_hides_processes()) is not None:
+        # Not a Landlock ruleset: `hidepid=noaccess` denies a process of this one's own user
+        # too where it may not read it (it lacks capabilities that process holds), and was
+        # told to add /proc to a ruleset that did not exist (red team 70 on the guard).
+        said = (
+            f"while this process may not read {which}: /proc is mounted here with {hides}, "
+            "which denies a process this one may not read (one that holds capabilities this "
+            "process lacks, or another user's), so it cannot tell whether a test run is above it"
+        )
+        fix = (
+            f"Start this process where /proc lets it read its ancestors (/proc mounted without "
+            f"{hides}, or with gid= a group of this process, or with the capabilities of pid "
+            f"{pid} in effect), or outside the test run"
+        )
+        return said, fix
     said = (
         f"while this process may not read {which}: a Landlock ruleset, or another security "
         "policy, denies it, so it cannot tell whether a test run is above it"

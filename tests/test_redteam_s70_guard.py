@@ -114,24 +114,31 @@ def test_a_child_whose_read_of_its_runs_proc_fails_or_of_another_real_user_is_re
     assert "this run's entry in " in inner.stdout, inner.stdout
 
 
-#: The inner run's test, its entry left in place: a child in a mount namespace of its own
-#: with /proc mounted `hidepid=invisible` for a group it is not in, without the run's
-#: capabilities (with them it sees the run: red team 69's harness).
+#: The inner run's test, its entry left in place: children in a mount namespace of their own
+#: with /proc mounted `hidepid=invisible` (or `noaccess`) for a group they are not in,
+#: without the run's capabilities (with them they see the run: red team 69's harness).
 HIDDEN = (
     PRELUDE
     + """
 
-MOUNT = "mount -t proc -o hidepid=invisible,gid=54370 proc /proc"
+MOUNT = "mount -t proc -o hidepid={},gid=54370 proc /proc"
 DROP = ["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--ambient-caps=-all"]
 
 
 def test_a_child_that_cannot_see_the_run():
-    # Started by exec (its parent is the run), and below a shell that keeps the run's
-    # capabilities, hidden too (the run leads the session).
-    shells = {"hidden": f'{MOUNT} && exec "$@"', "between": f'{MOUNT} && "$@"; exit $?'}
-    for name, shell in shells.items():
+    hidden = MOUNT.format("invisible")
+    children = {
+        # Started by exec (its parent is the run), and below a shell that keeps the run's
+        # capabilities, hidden too (the run leads the session).
+        "hidden": (f'{hidden} && exec "$@"', DROP),
+        "between": (f'{hidden} && "$@"; exit $?', DROP),
+        # Shown but denied: as root, and with another real user (root's effective one).
+        "noaccess": (MOUNT.format("noaccess") + ' && exec "$@"', DROP),
+        "ruid": (MOUNT.format("noaccess") + ' && exec "$@"', [*DROP, "--ruid=54370"]),
+    }
+    for name, (shell, drop) in children.items():
         own = ["unshare", "--mount", "--propagation", "private", "sh", "-c", shell, "sh"]
-        done = subprocess.run([*own, *DROP, *PURGE], env=ENV, capture_output=True, text=True)
+        done = subprocess.run([*own, *drop, *PURGE], env=ENV, capture_output=True, text=True)
         (OUT / name).write_text(f"{done.returncode}\\n{done.stdout}{done.stderr}")
 """
 )
@@ -148,11 +155,11 @@ _LEADING = 'mount -t tmpfs -o mode=0700 app-runs "$1" && shift && exec setsid "$
     "drop; the inner run is kept out of this run's process tree in a PID namespace of its "
     "own (unshare --pid, root's)",
 )
-def test_a_child_that_proc_hides_its_run_from_is_refused_by_the_runs_entry(
+def test_a_child_that_proc_hides_its_run_from_is_refused(
     tmp_path: Path,
 ) -> None:
     # The run leads its session, as a run from a terminal leads its process group.
-    _, said = run_inner(tmp_path, HIDDEN, ("hidden", "between"), _LEADING)
+    _, said = run_inner(tmp_path, HIDDEN, ("hidden", "between", "noaccess", "ruid"), _LEADING)
     for name, which in (("hidden", "parent"), ("between", "session leader")):
         code, _, text = said[name].partition("\n")
         assert code == "78", said
@@ -166,3 +173,12 @@ def test_a_child_that_proc_hides_its_run_from_is_refused_by_the_runs_entry(
         assert found is not None, text
         assert f"Start this process where /proc shows its {which} (/proc mounted without" in text
         assert f"If no test run of pid 1 is running, remove {found[1]}" in text, text
+    # Shown but denied (`hidepid=noaccess`): refused naming the option, not a Landlock ruleset.
+    for name in ("noaccess", "ruid"):
+        code, _, text = said[name].partition("\n")
+        assert code == "78", said
+        assert (
+            "while this process may not read /proc/1 (an ancestor): /proc is mounted here with "
+            "hidepid=noaccess, which denies a process this one may not read" in text
+        ), text
+        assert "Start this process where /proc lets it read its ancestors (/proc mounted" in text

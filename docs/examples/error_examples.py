@@ -208,6 +208,17 @@ EXAMPLES: list[errors.AppError] = [
         "processes it starts. If no test run of pid 4242 is running, remove "
         "/tmp/app-pytest-runs-0/4242-1234567.json",
     ),
+    # Where /proc (hidepid=noaccess) denies this process an ancestor it shows.
+    errors.SandboxViolationError(
+        "loading profile 'production' while this process may not read /proc/4242 (an "
+        "ancestor): /proc is mounted here with hidepid=noaccess, which denies a process this "
+        "one may not read (one that holds capabilities this process lacks, or another user's), "
+        "so it cannot tell whether a test run is above it",
+        None,
+        "Start this process where /proc lets it read its ancestors (/proc mounted without "
+        "hidepid=noaccess, or with gid= a group of this process, or with the capabilities of "
+        "pid 4242 in effect), or outside the test run",
+    ),
     errors.DataRootInUseError(ROOT, HOLDER, "purge sessions", held_by=describe_holder(HOLDER)),
     errors.LockUnavailableError(ROOT / ".server.lock", "flock failed: No locks available"),
     errors.LockFileAliasedError(
