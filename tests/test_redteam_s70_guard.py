@@ -136,10 +136,21 @@ def test_a_child_that_cannot_see_the_run():
         "noaccess": (MOUNT.format("noaccess") + ' && exec "$@"', DROP),
         "ruid": (MOUNT.format("noaccess") + ' && exec "$@"', [*DROP, "--ruid=54370"]),
     }
-    for name, (shell, drop) in children.items():
-        own = ["unshare", "--mount", "--propagation", "private", "sh", "-c", shell, "sh"]
-        done = subprocess.run([*own, *drop, *PURGE], env=ENV, capture_output=True, text=True)
-        (OUT / name).write_text(f"{done.returncode}\\n{done.stdout}{done.stderr}")
+    # All at once, each to its end: none of them changes what the others read.
+    own = ["unshare", "--mount", "--propagation", "private", "sh", "-c"]
+    started = {
+        name: subprocess.Popen(
+            [*own, shell, "sh", *drop, *PURGE],
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for name, (shell, drop) in children.items()
+    }
+    for name, child in started.items():
+        said, _ = child.communicate()
+        (OUT / name).write_text(f"{child.returncode}\\n{said}")
 """
 )
 
