@@ -1263,7 +1263,11 @@ def _descriptors(pid: int) -> list[tuple[str, str]] | None:
                 with contextlib.suppress(OSError):
                     text = os.readlink(descriptor.path)  # noqa: PTH115 - str in, out
                     listed.append((descriptor.path, _link_text(text)))
-    except OSError:
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        found = None  # gone, or closed to this process (`_capabilities_withheld`)
+    except OSError as error:
+        # A failed read is no empty list: noted, for a refusal (`_proc_read_failed`).
+        _PROC_FAILED.setdefault(pid, ("fd", error))
         found = None
     if memo is not None:
         memo[pid] = found
@@ -1895,7 +1899,10 @@ def _python_program(pid: int) -> bool:
     except PermissionError:
         _EXE_DENIED.add(pid)
         return False
-    except OSError:
+    except (FileNotFoundError, ProcessLookupError):
+        return False  # gone, or a process without a program of its own (a kernel thread)
+    except OSError as error:
+        _PROC_FAILED.setdefault(pid, ("exe", error))  # `_proc_read_failed`
         return False
     # A program replaced on disk while it runs (Python upgraded in place by the system's
     # packages during a long run) is shown with this suffix: its process was passed over,
@@ -1903,6 +1910,38 @@ def _python_program(pid: int) -> bool:
     program = program.removesuffix(" (deleted)")
     # A Python run through the loader shows the loader (`_program_words`).
     return bool(_PYTHON.fullmatch(program) or _LOADER.fullmatch(program))
+
+
+#: The ancestors whose ``/proc/<pid>/exe`` or ``fd`` one walk could not read, where the read
+#: was neither denied nor found gone (`_proc_read_failed`): which, and how it failed.
+#: Emptied as each walk begins.
+_PROC_FAILED: dict[int | str, tuple[str, OSError]] = {}
+
+
+def _proc_read_failed(pid: int) -> str | None:
+    """Why this process could not read ``/proc/<pid>/exe``, ``fd`` or ``status`` of ancestor
+    `pid`, one of its own user (or its own ``status``, where that ancestor's program was
+    closed to it), where the read failed otherwise than denied or gone (EIO,
+    ENOSYS, EINTR: a tracer's injected fault, a seccomp filter's errno): it may be a run
+    whose entry a test removed, kept open where this process could not look; else None.
+
+    A test that removed its run's entry and started a child under a tracer that failed its
+    read of the run's ``/proc/<pid>/exe``, or of its ``fd``, alone (``strace -P
+    /proc/<pid>/exe -e inject=readlinkat:error=EIO``) had a child that took the run for a
+    process that is not Python, or that keeps nothing open: it found no run, and given
+    production's settings alone it purged a stopped production root (red team 70 on the
+    guard). Only a process named as Python or pytest (`_named_as_python`) counts where its
+    program could not be read, as for a denial (`_capabilities_withheld`)."""
+    # Its own `status` too, where its program was closed to this process: a child whose
+    # read of either failed could not tell why (`_capabilities_withheld`).
+    key: int | str = pid if pid in _PROC_FAILED or pid not in _EXE_DENIED else "self"
+    if key not in _PROC_FAILED:
+        return None
+    which, error = _PROC_FAILED[key]
+    if which != "fd" and not _named_as_python(pid):
+        return None  # its program unread: only a Python's counts, as for a denial
+    code = errno.errorcode.get(error.errno or 0, str(error.errno))
+    return f"its read of {_PROC}/{key}/{which} failed ({code}: {error.strerror or error})"
 
 
 #: The processes whose program one walk was denied (`_python_program`): a process of this
@@ -1929,7 +1968,10 @@ def _status(pid: int | str) -> dict[bytes, bytes]:
     values as written); none where it cannot be read (`_capabilities`, `_ids`)."""
     try:
         raw = _proc_bytes(pid, "status")
-    except OSError:
+    except (FileNotFoundError, ProcessLookupError):
+        return {}
+    except OSError as error:
+        _PROC_FAILED.setdefault(pid, ("status", error))  # `_proc_read_failed`
         return {}
     return {name: value for name, _, value in (line.partition(b":") for line in raw.splitlines())}
 
@@ -2124,8 +2166,12 @@ def _named_as_python(pid: int) -> bool:
     runner's), whose name is the script's."""
     try:
         name = _proc_bytes(pid, "comm").rstrip(b"\n").decode(errors="replace")
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        name = ""  # gone, or a security policy's denial, which names nothing
     except OSError:
-        name = ""
+        # Every process may read it: a read that failed otherwise (a tracer's injected
+        # EIO) leaves its name unknown, which counts, as a failed read does elsewhere.
+        return True
     words = _cmdline(pid)
     first = _word_name(words[0]) if words else ""
     patterns = (_PYTHON, _PYTEST_COMMAND, _LOADER)
@@ -2175,10 +2221,18 @@ def _entry_named(pid: int, name: str, seen: _Seen, parent: int | None) -> Path |
             entry = _entry_held_open(pid, uid, name, seen)
         if entry is not None:
             return entry
-    if owner == os.getuid() and (withheld := _capabilities_withheld(pid)) is not None:
+    # Its own user by either id: a child of a run as root given another real user and root's
+    # effective one (`setpriv --ruid`, `os.setresuid`, a setuid-root program), without the
+    # run's capabilities, acts on root's files as root, but was judged by its real user
+    # alone, found no run, and purged a stopped production root (red team 70 on the guard).
+    own = owner in (os.getuid(), os.geteuid())
+    if own and (withheld := _capabilities_withheld(pid)) is not None:
         # It may be a run whose entry a test removed or hid, kept open where this process
         # may not look: refused, naming it (`_hidden_run`), if no run is found above.
         seen.hidden.setdefault(pid, (Path(f"{_PROC}/{pid}/fd"), withheld))
+    elif own and (failed := _proc_read_failed(pid)) is not None:
+        # As for a denial: refused, naming it and the failed read, if no run is found above.
+        seen.hidden.setdefault(pid, (Path(f"{_PROC}/{pid}"), failed))
     # And root's: a run as root hands its entry on, in its own registry, to a daemon a test
     # started as another user (`sudo -u`, `setpriv`), which looked under its own user alone
     # and, once the run had ended, purged the production root that user owns (red team 46).
@@ -2238,6 +2292,7 @@ def _walk_tree_listed() -> tuple[Run | None, str | None, str]:
     """`_walk_tree`, each process's descriptors listed once (`_descriptors`)."""
     _MISSHOWN.clear()
     _EXE_DENIED.clear()
+    _PROC_FAILED.clear()
     _CHANGED.clear()
     _AS_READ.clear()
     _READ_SHORT.clear()
@@ -2353,10 +2408,11 @@ def _cut_short(chain: list[tuple[int, int]]) -> tuple[str, str] | None:
         # denied by design). Refused here, every command of a service so confined was
         # refused "under pytest", with no pytest anywhere.
         return None
-    if not (_PROC / str(parent)).exists() and proc_hides_processes() is not None:
+    if not (_PROC / str(parent)).exists() and (hides := proc_hides_processes()) is not None:
         # `hidepid=invisible`: another user's process (a service's parent, init) is not
-        # shown at all, as before; refused, a server under systemd would never start.
-        return None
+        # shown at all, as before; refused, a server under systemd would never start. But
+        # not where a run of its pid is registered (`_hidden_parent`).
+        return _hidden_parent(parent, hides)
     said = (
         f"while /proc/{parent}/stat cannot be read though process {child} still names "
         f"{parent} its parent (its read failed: a tracer that injects faults, such as "
@@ -2368,6 +2424,87 @@ def _cut_short(chain: list[tuple[int, int]]) -> tuple[str, str] | None:
         "test means, e.g. `strace -P <the file>`), or start it outside the test run"
     )
     return said, fix
+
+
+#: How `_hidden_parent` begins its refusal, which `context` tells apart.
+_HIDDEN_PARENT: Final = "while /proc does not show this process's "
+
+
+def _hidden_parent(parent: int, hides: str) -> tuple[str, str] | None:
+    """A refusal's words where ``/proc`` does not show this process's `parent` at all
+    (`hides`, a ``hidepid=`` option) and a registry of this process's user (real or
+    effective) or root's holds an entry for a run of that pid, or of its session's or
+    process group's leader where ``/proc`` hides that too, that started no later than this
+    process did: it may be this process's run, else None.
+
+    ``hidepid=invisible`` hides a process of this process's own user too where this one
+    may not read it (`_capabilities_withheld`): a test of a run as root that started a child
+    in a mount namespace of its own, with ``/proc`` mounted there ``hidepid=invisible,gid=``
+    a group the child is not in, and every capability dropped (``setpriv
+    --bounding-set=-all``), had a child that saw no ancestor at all: with the run's entry in
+    place, it found no run, and given production's settings alone it purged a stopped
+    production root (red team 70 on the guard). Only the pid is known (from this process's
+    own ``stat``), not the start time an entry is named by; an entry of a run that has
+    ended is removed as the next run starts (`_forget_dead_runs`)."""
+    own, namespace = _own_start(), _pid_namespace()
+    # Its session's and process group's leaders too, where /proc hides them: a run
+    # started from a terminal leads its group, and a shell between the run and this
+    # process, hidden as well, names no run (`_led_by_a_run`).
+    leaders = {pid: leads for leads, pid in _leaders() if pid > 0}
+    hidden = {pid: leads for pid, leads in leaders.items() if not (_PROC / str(pid)).exists()}
+    candidates = {**{pid: f"{leads} leader" for pid, leads in hidden.items()}, parent: "parent"}
+    for uid in dict.fromkeys((os.getuid(), os.geteuid(), 0)):
+        for directory in _registries(uid):
+            if not _runs_dir_trusted(directory, uid):
+                continue
+            try:
+                names = os.listdir(directory)  # noqa: PTH208 - names only
+            except OSError:
+                continue
+            for name in sorted(names):
+                number, _, rest = name.removesuffix(".json").partition("-")
+                started = rest.partition("-")[0]
+                if not (number.isdigit() and started.isdigit() and name.endswith(".json")):
+                    continue
+                pid = int(number)
+                if pid not in candidates or (own is not None and int(started) > own[1] + 1):
+                    continue  # another's, or started after this process: not its ancestor
+                if not _running_here(directory / name, namespace):
+                    continue  # ended, or in another PID namespace (a container's)
+                said = (
+                    f"{_HIDDEN_PARENT}{candidates[pid]}, pid {pid} "
+                    f"(/proc is mounted here with {hides}, which hides a process this one may "
+                    "not read: another user's, or one that holds capabilities this process "
+                    "lacks), and the registry of test runs holds an entry for a run of that "
+                    f"pid ({directory / name}), so this process cannot tell whether that run "
+                    "is above it"
+                )
+                fix = (
+                    f"Start this process where /proc shows its {candidates[pid]} (/proc "
+                    f"mounted without {hides}, or with gid= a group of this process, or with "
+                    f"the capabilities of pid {pid} in effect), or outside the test run; a "
+                    "test must not hide its run from the processes it starts. If no test run "
+                    f"of pid {pid} is running, remove {directory / name}"
+                )
+                return said, fix
+    return None
+
+
+def _running_here(entry: Path, namespace: int | None) -> bool:
+    """Whether registry `entry` is of a run that has not ended, in PID namespace
+    `namespace` (this process's, `_pid_namespace`), as it records them; so where either is
+    unknown. Runs in other PID namespaces (containers, or tests' inner runs, sharing
+    ``/tmp``) have pids of their own, and a namespace's number is given again once it is
+    gone, so only a run that has not ended (its namespace still there) counts: a service of
+    user 65534 whose init ``hidepid=invisible`` hides, in a PID namespace of its own, was
+    refused by an ended run at pid 1 of an earlier namespace of that number
+    (`_hidden_parent`)."""
+    try:
+        data = json_loads(_entry_bytes(entry))
+        recorded, ended = data.get("pid_namespace"), data.get("ended_at")
+    except (OSError, ValueError, AttributeError):
+        return True  # unreadable: it may be this process's run
+    return ended is None and (namespace is None or recorded is None or recorded == namespace)
 
 
 def _misshown() -> tuple[str, str] | None:
@@ -2440,6 +2577,9 @@ def _unseen_run(seen: _Seen, chain: list[tuple[int, int]]) -> tuple[str, str] | 
     """A refusal's words where no run was found but one may be there unseen: an entry this
     process may not read (`_hidden_run`), or an ancestor (`_walk_denied`)."""
     if seen.hidden:
+        pid, (where, why) = next(iter(seen.hidden.items()))
+        if where == _PROC / str(pid):  # its own /proc, not an entry (`_proc_read_failed`)
+            return _proc_failed(pid, why)
         return _hidden_run(seen.hidden)
     denied = _walk_denied(chain)
     return _proc_denied(denied) if denied is not None else None
@@ -2459,7 +2599,11 @@ def _walk_denied(chain: list[tuple[int, int]]) -> int | None:
         owner = (_PROC / str(parent)).stat().st_uid
     except OSError:
         return None
-    return parent if owner == os.getuid() else None
+    # Its own user by either id (`_entry_named`): a child given another real user, root's
+    # effective one and none of a root run's capabilities, where /proc is mounted
+    # `hidepid=noaccess`, was denied the run's `stat`, passed over as another user's, and
+    # purged a stopped production root (red team 70 on the guard).
+    return parent if owner in (os.getuid(), os.geteuid()) else None
 
 
 def _may_not_read(pid: int | str, name: str = "stat") -> bool:
@@ -2479,6 +2623,21 @@ def _proc_denied(pid: int | str) -> tuple[str, str]:
     sandbox a test sets up, as code that confines its workers does) walked no ancestor,
     and given production's settings alone purged a stopped production root (red team 48)."""
     which = "/proc/self" if pid == "self" else f"/proc/{pid} (an ancestor)"
+    if pid != "self" and (hides := proc_hides_processes()) is not None:
+        # Not a Landlock ruleset: `hidepid=noaccess` denies a process of this one's own user
+        # too where it may not read it (it lacks capabilities that process holds), and was
+        # told to add /proc to a ruleset that did not exist (red team 70 on the guard).
+        said = (
+            f"while this process may not read {which}: /proc is mounted here with {hides}, "
+            "which denies a process this one may not read (one that holds capabilities this "
+            "process lacks, or another user's), so it cannot tell whether a test run is above it"
+        )
+        fix = (
+            f"Start this process where /proc lets it read its ancestors (/proc mounted without "
+            f"{hides}, or with gid= a group of this process, or with the capabilities of pid "
+            f"{pid} in effect), or outside the test run"
+        )
+        return said, fix
     said = (
         f"while this process may not read {which}: a Landlock ruleset, or another security "
         "policy, denies it, so it cannot tell whether a test run is above it"
@@ -2697,6 +2856,30 @@ def _hidden_run(hidden: Mapping[int, tuple[Path, str]]) -> tuple[str, str]:
         f"Let every user read {registry} and its entries again (setfacl -b {registry}; "
         f"chmod 755 {registry}; chmod 644 {registry}/*.json), as the run's check after "
         "each test does; a test must not hide it from the processes it starts"
+    )
+    return said, fix
+
+
+def _proc_failed(pid: int, why: str) -> tuple[str, str]:
+    """`_hidden_run`'s words where this process's read of ancestor `pid`'s ``/proc/<pid>/exe``,
+    ``fd`` or ``status`` (or its own ``status``) failed (`_proc_read_failed`), neither denied
+    nor gone: it may be a run whose entry a test removed, kept open where this process could
+    not look."""
+    argv = _cmdline(pid)
+    named = "" if _looks_like_pytest(argv, pid) else _UNNAMED_PYTEST
+    said = (
+        f"{_HIDDEN_RUN} (ancestor pid {pid}: {_shown(argv)}{named}), whose entry in the "
+        f"registry of test runs this process (user {os.getuid()}) cannot look for: the "
+        f"registry does not show one, and {why}, so it cannot tell whether that process "
+        "keeps a run's entry open"
+    )
+    fix = (
+        f"Let this process read {_PROC}/{pid} (its exe, fd, status and comm) and its own "
+        "status: a tracer that injects faults (`strace --inject`) must keep to the calls the "
+        f"test means (`-P <the file>`, never a run's {_PROC}/<pid>), and a seccomp filter "
+        "must not fail those reads; or "
+        f"start it outside the test run; a test must leave the registry of test runs "
+        f"({RUNS_DIR}) and its entries alone"
     )
     return said, fix
 
@@ -3562,6 +3745,10 @@ def context(environ: Mapping[str, str] | None = None) -> Context:
     if run is not None:
         return Context(_narrowed(run, env), bare, runner=runner, fix=fix)
     raw = env.get(SANDBOX_ENV)
+    # In a run by its environment, whose sandbox's refusal names it: the run `/proc` hides
+    # may be that one (`_hidden_parent`).
+    hidden = raw is not None and bare is not None and bare.startswith(_HIDDEN_PARENT)
+    bare, fix = (None, "") if hidden else (bare, fix)
     if raw is not None:
         resolved = _given_sandbox(Path(raw))
         if resolved is None:

@@ -179,6 +179,46 @@ EXAMPLES: list[errors.AppError] = [
         "this process apart from it, or with CAP_SYS_PTRACE, or outside the test run; a test "
         "must leave the registry of test runs (/tmp/app-pytest-runs-1000) and its entries alone",
     ),
+    # Below a Python process whose /proc/<pid>/exe this one could not read (an injected fault).
+    errors.SandboxViolationError(
+        "loading profile 'production' while a test run may be above this process (ancestor "
+        "pid 4242: /usr/bin/python3 -m pytest tests), whose entry in the registry of test "
+        "runs this process (user 1000) cannot look for: the registry does not show one, and "
+        "its read of /proc/4242/exe failed (EIO: Input/output error), so it cannot tell "
+        "whether that process keeps a run's entry open",
+        None,
+        "Let this process read /proc/4242 (its exe, fd, status and comm) and its own status: a "
+        "tracer that injects faults (`strace --inject`) must keep to the calls the test means "
+        "(`-P <the file>`, never a run's /proc/<pid>), and a seccomp filter must not fail those "
+        "reads; or start it outside the test run; a test must leave the registry of test runs "
+        "(/tmp/app-pytest-runs-1000) and its entries alone",
+    ),
+    # Where /proc hides this process's parent, whose pid a registered run has.
+    errors.SandboxViolationError(
+        "loading profile 'production' while /proc does not show this process's parent, pid "
+        "4242 (/proc is mounted here with hidepid=invisible, which hides a process this one "
+        "may not read: another user's, or one that holds capabilities this process lacks), "
+        "and the registry of test runs holds an entry for a run of that pid "
+        "(/tmp/app-pytest-runs-0/4242-1234567.json), so this process cannot tell whether that "
+        "run is above it",
+        None,
+        "Start this process where /proc shows its parent (/proc mounted without "
+        "hidepid=invisible, or with gid= a group of this process, or with the capabilities of "
+        "pid 4242 in effect), or outside the test run; a test must not hide its run from the "
+        "processes it starts. If no test run of pid 4242 is running, remove "
+        "/tmp/app-pytest-runs-0/4242-1234567.json",
+    ),
+    # Where /proc (hidepid=noaccess) denies this process an ancestor it shows.
+    errors.SandboxViolationError(
+        "loading profile 'production' while this process may not read /proc/4242 (an "
+        "ancestor): /proc is mounted here with hidepid=noaccess, which denies a process this "
+        "one may not read (one that holds capabilities this process lacks, or another user's), "
+        "so it cannot tell whether a test run is above it",
+        None,
+        "Start this process where /proc lets it read its ancestors (/proc mounted without "
+        "hidepid=noaccess, or with gid= a group of this process, or with the capabilities of "
+        "pid 4242 in effect), or outside the test run",
+    ),
     errors.DataRootInUseError(ROOT, HOLDER, "purge sessions", held_by=describe_holder(HOLDER)),
     errors.LockUnavailableError(ROOT / ".server.lock", "flock failed: No locks available"),
     errors.LockFileAliasedError(
