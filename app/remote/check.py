@@ -83,6 +83,10 @@ def check(
         # Of the server that gave the rows: behind a URL that reaches several servers, the
         # next connection may be another's (red team 59).
         known_to = _rows_known_to(conn)
+        # A database made before the index of trashed rows by name (red team 70 on regress).
+        indexed = conn.execute(
+            "SELECT to_regclass('app_files_trashed') IS NOT NULL AS there"
+        ).fetchone() == {"there": True}
         # A session's row a tool wrote (red team 60): its metadata not an object.
         sessions = conn.execute(
             "SELECT id, metadata, deleted_at IS NOT NULL AS trashed FROM app_sessions"
@@ -176,6 +180,7 @@ def check(
     # after the orphans were deleted, and no row recorded their deletion (red team 51). The
     # deletions, which nothing undoes, come last, just before the row that records them.
     findings = _recount(db, findings) if repair and exclusive and drift else findings
+    findings += [] if indexed else [_trashed_index(db, made=repair and exclusive)]
     findings += _marked(db, hashed=hashed) if repair and exclusive else []
     if repair and (orphans or unfinished):
         repaired, refused = _repair_unnamed(objects, orphans, unfinished)
@@ -428,6 +433,31 @@ def _session_finding(row: dict[str, Any]) -> Finding:
         "refused (session_unreadable)",
         "nothing: left for a human (with every replica stopped, give it its metadata back "
         "from a backup, or '{}'; or delete the session, which moves it to the trash as it is)",
+    )
+
+
+def _trashed_index(db: Database, *, made: bool) -> Finding:
+    """The finding of a database made before ``app_files_trashed`` (`pg.TRASHED_INDEX`),
+    which ``made`` (a maintenance repair) gives it. Without it, each upload of a name new
+    to a session that held 200,000 trashed rows looked for the name's newest trashed row
+    through the index of trashed rows by time (every session's), and took 100 to 125 ms of
+    the database's time, under the session's lock (red team 70 on regress); a file's 404
+    and a restore sorted the session's rows. Built under maintenance's exclusive hold (it holds
+    writes to app_files for the while: a second or two a million rows), never at a
+    replica's open, which would hold every other replica's uploads."""
+    if made:
+        with db.write("the index of trashed files' rows by session and name") as conn:
+            conn.execute(pg.TRASHED_INDEX.replace("INDEX", "INDEX IF NOT EXISTS", 1).encode())
+    return Finding(
+        "index-missing",
+        "app_files_trashed",
+        "the database has no index app_files_trashed (of trashed files' rows by session and "
+        "name: made before it): an upload of a name new to a session that holds many "
+        "trashed rows looks through every trashed row, and a file's 404 and a restore sort "
+        "the session's, slower as the trash grows",
+        "make it (`app data check --repair`, with every replica stopped: it holds writes to "
+        "app_files while it is built)",
+        made,
     )
 
 

@@ -60,6 +60,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "NAMED_TIME_LENGTH",
+    "NEWEST_DELETE",
     "TRASH_TIME_FORMAT",
     "Connection",
     "Database",
@@ -73,6 +74,14 @@ __all__ = [
 TRASH_TIME_FORMAT: Final = "%Y%m%dT%H%M%S%fZ"
 #: How long the time at the start of a trash entry's name is (``20261207T000000000000Z``).
 NAMED_TIME_LENGTH: Final = 22
+#: A file's newest trashed row's time, which each change of the file follows (`Database.
+#: change`): ``session_id, name``. Through `pg.TRASHED_INDEX`: without it, the look of an
+#: upload of a new name went through every trashed row of the database (red team 70 on
+#: regress).
+NEWEST_DELETE: Final = (
+    "SELECT max(deleted_at) AS at FROM app_files WHERE session_id = %s"
+    ' AND name = %s COLLATE "default" AND deleted_at IS NOT NULL'
+)
 
 Connection = psycopg.Connection[dict[str, Any]]
 
@@ -675,11 +684,7 @@ class Database:
             if row["updated_at"] is not None:
                 moment = max(moment, just_after(row["updated_at"]))
             if file is not None:
-                newest = conn.execute(
-                    "SELECT max(deleted_at) AS at FROM app_files WHERE session_id = %s"
-                    ' AND name = %s COLLATE "default" AND deleted_at IS NOT NULL',
-                    (session_id, file),
-                ).fetchone()
+                newest = conn.execute(NEWEST_DELETE, (session_id, file)).fetchone()
                 if newest is not None and newest["at"] is not None:
                     moment = max(moment, just_after(newest["at"]))
             yield conn, moment
