@@ -197,11 +197,17 @@ def describe_holder(holder: Mapping[str, Any] | None) -> str:
         )
     if "pid_written_over" in holder:  # see `_seen_here`
         over = holder["pid_written_over"]
+        # Red team 70: a server killed (-9) left its JSON, and `flock .server.lock <backup>`
+        # took the lock since: it was named as that server, its port and URL, "a server
+        # names itself again", and `app status` said it served where nothing did.
+        argv = holder.get("holder_argv") or command_line(holder["pid"]) or "command line unknown"
         described = (
-            f"pid {holder['pid']} (the lock file names pid {over}, which does not hold the "
-            "lock: its bytes were written over, as a backup copied into a live data root "
-            "does, so the details below may be the copy's; a server names itself again "
-            "within lock_check_seconds)"
+            f"pid {holder['pid']} ({argv}; the lock file names pid {over}, which does not "
+            "hold the lock, so the details after this are not this process's: they were "
+            "written over, as a backup copied into a live data root does, or left by a "
+            "holder that was killed, and the lock taken since by a program that writes "
+            "nothing in it, such as `flock`; a server names itself again within "
+            "lock_check_seconds, another program never does)"
         )
         parts = [described]
     if "pid_in_its_namespace" in holder:  # see `_seen_here`
@@ -516,8 +522,15 @@ def _seen_here_as_published(
         return holder
     if pid_here and _innermost_pid(pid_here) == pid_here:
         # In this PID namespace, so it published this very pid: the bytes are another
-        # process's, written over the file (a backup copied into a live root).
-        return {**holder, "pid": pid_here, "pid_written_over": holder.get("pid")}
+        # process's, written over the file (a backup copied into a live root), or left by a
+        # holder that was killed, under a lock taken since by a program that writes nothing
+        # (`flock(1)` around a backup). Its own command line is said, not the file's.
+        return {
+            **holder,
+            "pid": pid_here,
+            "pid_written_over": holder.get("pid"),
+            "holder_argv": command_line(pid_here) or "command line unknown",
+        }
     return {**holder, "pid": pid_here or None, "pid_in_its_namespace": holder.get("pid")}
 
 
@@ -2056,6 +2069,11 @@ def local_url(holder: Mapping[str, Any], configured_host: str) -> str | None:
     """
     port = holder.get("port")
     if holder.get("kind") != "server" or not isinstance(port, int) or not port:
+        return None
+    if {"took_lock", "pid_written_over", "unpublished"} & holder.keys():
+        # The port is the file's, not the live holder's: a killed server's, whose port
+        # another program may listen on now (red team 70: `app status` said "serving" there,
+        # and `empty-trash`'s refusal printed a `curl` to POST /trash/empty at it).
         return None
     address = holder.get("address")
     if not isinstance(address, str):
