@@ -183,6 +183,22 @@ def describe_holder(holder: Mapping[str, Any] | None) -> str:
             "no longer holds it (it exited, or closed it), and the descriptor was inherited "
             "or passed on"
         )
+    if holder.get("shared_lock"):  # see `_shared_holder`
+        others = holder.get("shared_with") or []
+        listed = ", ".join(map(str, others))
+        also = f" (and pid{'s' if len(others) > 1 else ''} {listed})" if others else ""
+        named = holder.get("file_names")
+        stale = (
+            f"; the lock file names pid {named}, which does not hold the lock (a holder that "
+            "was killed left it so)"
+            if named is not None
+            else ""
+        )
+        return (
+            f"pid {holder['pid']} ({holder.get('holder_argv') or 'command line unknown'}){also}"
+            ", which holds a shared lock on the lock file, as `flock -s` takes one: not a "
+            f"holder of the app, it keeps every writer off the root until it lets go{stale}"
+        )
     parts = [f"pid {holder.get('pid', '?')}"]
     if holder.get("unreadable"):
         return (
@@ -411,6 +427,49 @@ def _exclusive_flocks() -> list[tuple[str, str]]:
         for parts in map(str.split, _PROC_LOCKS.read_text().splitlines())
         if len(parts) > 5 and parts[1:4] == ["FLOCK", "ADVISORY", "WRITE"]
     ]
+
+
+def _shared_flock_pids(found: os.stat_result) -> list[int]:
+    """The pids, as this process numbers them, of the processes other than this one that
+    hold a shared flock on the file whose stat is `found` (``flock -s``), from
+    ``/proc/locks``; empty where none does or the list cannot be read."""
+    key = f"{os.major(found.st_dev):02x}:{os.minor(found.st_dev):02x}:{found.st_ino}"
+    try:
+        lines = _PROC_LOCKS.read_text().splitlines()
+    except OSError:
+        return []
+    pids = [
+        int(parts[4])
+        for parts in map(str.split, lines)
+        if len(parts) > 5
+        and parts[1:4] == ["FLOCK", "ADVISORY", "READ"]
+        and parts[5] == key
+        and parts[4].isdigit()
+    ]
+    return sorted({pid for pid in pids if pid and pid != os.getpid()})
+
+
+def _shared_holder(fd: int, holder: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Who holds the lock of `fd`'s file shared, where no process holds it exclusively, or
+    None: a program that keeps every writer off the root (`flock -s <lock> <backup>`), which
+    `app status` said was "nobody", and every refusal named the pid a killed holder's JSON
+    names "in a PID namespace this process cannot see" (red team 70)."""
+    try:
+        pids = _shared_flock_pids(os.fstat(fd))
+    except OSError:
+        return None
+    if not pids:
+        return None
+    shared: dict[str, Any] = {
+        "pid": pids[0],
+        "shared_lock": True,
+        "holder_argv": command_line(pids[0]) or "command line unknown",
+    }
+    if len(pids) > 1:
+        shared["shared_with"] = pids[1:]
+    if holder and isinstance(holder.get("pid"), int):
+        shared["file_names"] = holder["pid"]
+    return shared
 
 
 def _flock_pid_of(found: os.stat_result) -> int | None:
@@ -1418,7 +1477,11 @@ def _holder_here(path: Path) -> dict[str, Any] | None:
     if fd is None:
         return None
     try:
-        return _kept_by(fd, path, _seen_here(_read_holder_fd(fd), _flock_pid_here(fd)))
+        pid_here = _flock_pid_here(fd)
+        published = _read_holder_fd(fd)
+        if pid_here == 0 and (shared := _shared_holder(fd, published)) is not None:
+            return shared
+        return _kept_by(fd, path, _seen_here(published, pid_here))
     finally:
         os.close(fd)
 
@@ -1481,7 +1544,15 @@ def probe(root: Path) -> Probe:
             if error.errno in _UNSUPPORTED_ERRNOS:
                 raise LockUnavailableError(path, os.strerror(error.errno)) from error
             raise
-        # Free: whatever the file still contains was left by a holder that crashed.
+        # Free: whatever the file still contains was left by a holder that crashed. Free of
+        # an exclusive holder only, where another program holds it shared; a probe's own
+        # instant of shared hold is let pass by one look after a poll interval, as
+        # `RootLock._take` lets it pass.
+        if _shared_holder(fd, None) is not None:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            time.sleep(_POLL_INTERVAL)
+            if (shared := _shared_holder(fd, _read_holder_fd(fd))) is not None:
+                return Probe(path=path, held=True, holder=shared)
         fcntl.flock(fd, fcntl.LOCK_UN)
         with contextlib.suppress(OSError):
             # Free here, held through a second mount of the same filesystem (red team 59).
@@ -2070,7 +2141,7 @@ def local_url(holder: Mapping[str, Any], configured_host: str) -> str | None:
     port = holder.get("port")
     if holder.get("kind") != "server" or not isinstance(port, int) or not port:
         return None
-    if {"took_lock", "pid_written_over", "unpublished"} & holder.keys():
+    if {"took_lock", "pid_written_over", "unpublished", "shared_lock"} & holder.keys():
         # The port is the file's, not the live holder's: a killed server's, whose port
         # another program may listen on now (red team 70: `app status` said "serving" there,
         # and `empty-trash`'s refusal printed a `curl` to POST /trash/empty at it).

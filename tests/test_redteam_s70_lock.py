@@ -28,15 +28,11 @@ def _exited_pid() -> int:
     return done.pid
 
 
-def test_a_killed_servers_record_under_a_lock_flock_took_since_is_not_said_to_serve(
-    app_config: appconfig.Config,
-) -> None:
-    # Before: `app status` said "serving: http://127.0.0.1:<the dead server's port>" and
-    # named `flock` as that server ("kind server ... a server names itself again"), and the
-    # refusal of `empty-trash` printed a `curl -X POST .../trash/empty` at that port, where
-    # another program may listen now.
-    root = app_config.data_root
-    with open_root(app_config):
+def _killed_servers_root(config: appconfig.Config) -> tuple[Path, int]:
+    """`config`'s root, its lock file as a server killed with SIGKILL leaves it (its JSON,
+    naming a pid that no longer runs; port 1): the lock file and that pid."""
+    root = config.data_root
+    with open_root(config):
         pass
     lock = root / LOCK_FILE
     killed = _exited_pid()
@@ -46,8 +42,17 @@ def test_a_killed_servers_record_under_a_lock_flock_took_since_is_not_said_to_se
         "address": "127.0.0.1",
     }
     lock.write_text(json.dumps(record) + "\n")  # in place: the inode stays the lock's
+    return lock, killed
+
+
+def _run_under_flock(
+    lock: Path, option: list[str], *commands: list[str]
+) -> tuple[int, list[subprocess.CompletedProcess[str]]]:
+    """Each of `commands` (`app` arguments) run while util-linux's flock(1) holds `lock`
+    (with `option`: ``-s`` for a shared lock), as an operator's backup does: flock's pid and
+    what each command did."""
     flock = subprocess.Popen(
-        ["flock", str(lock), "-c", "echo locked; exec sleep 600"],
+        ["flock", *option, str(lock), "-c", "echo locked; exec sleep 600"],
         stdout=subprocess.PIPE,
         text=True,
         start_new_session=True,
@@ -55,15 +60,25 @@ def test_a_killed_servers_record_under_a_lock_flock_took_since_is_not_said_to_se
     try:
         assert flock.stdout is not None
         assert flock.stdout.readline() == "locked\n"
-        env = app_env(root)
-        status = run_app("status", env=env)
-        emptied = run_app("data", "empty-trash", env=env)
+        env = app_env(lock.parent)
+        return flock.pid, [run_app(*command, env=env) for command in commands]
     finally:
         os.killpg(flock.pid, signal.SIGKILL)
         flock.wait()
+
+
+def test_a_killed_servers_record_under_a_lock_flock_took_since_is_not_said_to_serve(
+    app_config: appconfig.Config,
+) -> None:
+    # Before: `app status` said "serving: http://127.0.0.1:<the dead server's port>" and
+    # named `flock` as that server ("kind server ... a server names itself again"), and the
+    # refusal of `empty-trash` printed a `curl -X POST .../trash/empty` at that port, where
+    # another program may listen now.
+    lock, killed = _killed_servers_root(app_config)
+    pid, (status, emptied) = _run_under_flock(lock, [], ["status"], ["data", "empty-trash"])
     assert status.returncode == 0, status.stderr
     assert (
-        f"held by: pid {flock.pid} (flock {lock} -c 'echo locked; exec sleep 600'; the lock "
+        f"held by: pid {pid} (flock {lock} -c 'echo locked; exec sleep 600'; the lock "
         f"file names pid {killed}, which does not hold the lock, so the details after this "
         "are not this process's: they were written over, as a backup copied into a live data "
         "root does, or left by a holder that was killed, and the lock taken since by a "
@@ -71,5 +86,32 @@ def test_a_killed_servers_record_under_a_lock_flock_took_since_is_not_said_to_se
     ) in status.stdout, status.stdout
     assert "serving:" not in status.stdout, status.stdout
     assert emptied.returncode == 75, emptied.stderr
-    assert f"stop it (kill {flock.pid})" in emptied.stderr, emptied.stderr
+    assert f"stop it (kill {pid})" in emptied.stderr, emptied.stderr
     assert "curl" not in emptied.stderr, emptied.stderr
+
+
+def test_a_root_held_shared_by_flock_s_is_said_held_and_its_refusal_waits_for_it(
+    app_config: appconfig.Config,
+) -> None:
+    # `flock -s <root>/.server.lock <backup>` keeps every writer off the root (the refusals
+    # name the shared flock `flock -s ... true` as the wait). Before: `app status` said "held
+    # by: nobody", each refusal named the killed server's pid "in a PID namespace this
+    # process cannot see ...: stop it there", and the wait it named returned at once, so the
+    # command run after it was refused again.
+    lock, killed = _killed_servers_root(app_config)
+    pid, (status, purged) = _run_under_flock(lock, ["-s"], ["status"], ["data", "purge"])
+    assert status.returncode == 0, status.stderr
+    holder = (
+        f"pid {pid} (flock -s {lock} -c 'echo locked; exec sleep 600'), which holds a shared "
+        "lock on the lock file, as `flock -s` takes one: not a holder of the app, it keeps "
+        f"every writer off the root until it lets go; the lock file names pid {killed}, "
+        "which does not hold the lock (a holder that was killed left it so)"
+    )
+    assert f"held by: {holder}\n" in status.stdout, status.stdout
+    assert purged.returncode == 75, purged.stderr
+    assert (
+        f"held by {holder}; stop it (kill {pid}) or wait for it to finish (`flock {lock} "
+        "true` returns once it lets go: an exclusive flock, since a shared one would not wait "
+        "for it) and retry"
+    ) in purged.stderr, purged.stderr
+    assert "PID namespace" not in purged.stderr, purged.stderr
