@@ -194,11 +194,12 @@ def describe_holder(holder: Mapping[str, Any] | None) -> str:
             if named is not None
             else ""
         )
+        paused = _details({k: v for k, v in holder.items() if k in _PAUSED_KEYS})
         return (
             f"pid {holder['pid']} ({holder.get('holder_argv') or 'command line unknown'}){also}"
             ", which holds a shared lock on the lock file, as `flock -s` takes one: not a "
             f"holder of the app, it keeps every writer off the root until it lets go{stale}"
-        )
+        ) + "".join(f", {part}" for part in paused)
     parts = [f"pid {holder.get('pid', '?')}"]
     if holder.get("unreadable"):
         return (
@@ -236,6 +237,10 @@ def describe_holder(holder: Mapping[str, Any] | None) -> str:
         ]
     parts.extend(_details(holder))
     return ", ".join(parts)
+
+
+#: The fields `_paused` adds to a holder: how its process is kept from running.
+_PAUSED_KEYS: Final = frozenset({"stopped", "traced_by", "frozen", "thaw"})
 
 
 def _details(holder: Mapping[str, Any]) -> list[str]:
@@ -469,7 +474,7 @@ def _shared_holder(fd: int, holder: dict[str, Any] | None) -> dict[str, Any] | N
         shared["shared_with"] = pids[1:]
     if holder and isinstance(holder.get("pid"), int):
         shared["file_names"] = holder["pid"]
-    return shared
+    return {**shared, **_paused(pids[0])}  # Ctrl-Z on the backup holds the root for ever too
 
 
 def _flock_pid_of(found: os.stat_result) -> int | None:
