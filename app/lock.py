@@ -210,7 +210,9 @@ def describe_holder(holder: Mapping[str, Any] | None) -> str:
         argv = _command_line(holder["pid"])
         return (
             f"pid {holder['pid']} ({argv}), which published no details in the lock file (it "
-            "took the lock on a full disk, is releasing it, or the file was emptied by hand)"
+            "took the lock on a full disk, is releasing it, or the file was emptied by hand; "
+            "or it is not a holder of the app but a program that writes nothing there, as "
+            "`flock` around a backup)"
         )
     if "pid_written_over" in holder:  # see `_seen_here`
         over = holder["pid_written_over"]

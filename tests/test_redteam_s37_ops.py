@@ -321,7 +321,8 @@ def test_a_server_that_could_not_name_itself_on_a_full_disk_is_named_by_the_kern
     assert (
         f"held by: pid {pid} (" in full
         and "), which published no details in the lock file (it took the lock on a full "
-        "disk, is releasing it, or the file was emptied by hand)"
+        "disk, is releasing it, or the file was emptied by hand; or it is not a holder of "
+        "the app but a program that writes nothing there, as `flock` around a backup)"
         in full
     ), full
     assert f"held by: pid {pid}, kind server, profile testing" in room, room

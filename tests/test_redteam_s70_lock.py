@@ -17,7 +17,7 @@ from pathlib import Path
 from test_server_e2e import app_env, run_app
 
 from app import config as appconfig
-from app.dataroot import open_root
+from app.dataroot import describe, open_root
 from app.lock import LOCK_FILE, holder_info
 
 
@@ -115,3 +115,33 @@ def test_a_root_held_shared_by_flock_s_is_said_held_and_its_refusal_waits_for_it
         "for it) and retry"
     ) in purged.stderr, purged.stderr
     assert "PID namespace" not in purged.stderr, purged.stderr
+
+
+def test_a_flock_on_an_emptied_lock_file_is_named_as_a_program_that_writes_nothing(
+    app_config: appconfig.Config,
+) -> None:
+    # A root stopped cleanly (its lock file emptied), then `flock <lock> <backup>`: it was
+    # said to have taken the lock on a full disk, or to be releasing it.
+    root = app_config.data_root
+    with open_root(app_config):
+        pass
+    lock = root / LOCK_FILE
+    flock = subprocess.Popen(
+        ["flock", str(lock), "-c", "echo locked; exec sleep 600"],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert flock.stdout is not None
+        assert flock.stdout.readline() == "locked\n"
+        held_by = describe(root).held_by
+    finally:
+        os.killpg(flock.pid, signal.SIGKILL)
+        flock.wait()
+    assert held_by == (
+        f"pid {flock.pid} (flock {lock} -c echo locked; exec sleep 600), which published no "
+        "details in the lock file (it took the lock on a full disk, is releasing it, or the "
+        "file was emptied by hand; or it is not a holder of the app but a program that writes "
+        "nothing there, as `flock` around a backup)"
+    )
