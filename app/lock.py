@@ -111,6 +111,9 @@ _READ_RETRY_DELAY: Final = 0.02
 _MAX_HOLDER_BYTES: Final = 64 * 1024
 
 _POLL_INTERVAL: Final = 0.05
+# A shared flock seen by a probe is another probe's instant unless its process still holds
+# it after these pauses (seconds): paid only where another process holds one.
+_SHARED_PAUSES: Final = (0.05, 0.2)
 
 
 @functools.cache  # a process lives within one boot: read once, not on every publish
@@ -456,15 +459,18 @@ def _shared_flock_pids(found: os.stat_result) -> list[int]:
     return sorted({pid for pid in pids if pid and pid != os.getpid()})
 
 
-def _shared_holder(fd: int, holder: dict[str, Any] | None) -> dict[str, Any] | None:
+def _shared_holder(
+    fd: int, holder: dict[str, Any] | None, pids: list[int] | None = None
+) -> dict[str, Any] | None:
     """Who holds the lock of `fd`'s file shared, where no process holds it exclusively, or
     None: a program that keeps every writer off the root (`flock -s <lock> <backup>`), which
     `app status` said was "nobody", and every refusal named the pid a killed holder's JSON
     names "in a PID namespace this process cannot see" (red team 70)."""
-    try:
-        pids = _shared_flock_pids(os.fstat(fd))
-    except OSError:
-        return None
+    if pids is None:
+        try:
+            pids = _shared_flock_pids(os.fstat(fd))
+        except OSError:
+            return None
     if not pids:
         return None
     shared: dict[str, Any] = {
@@ -1552,15 +1558,11 @@ def probe(root: Path) -> Probe:
                 raise LockUnavailableError(path, os.strerror(error.errno)) from error
             raise
         # Free: whatever the file still contains was left by a holder that crashed. Free of
-        # an exclusive holder only, where another program holds it shared; a probe's own
-        # instant of shared hold is let pass by one look after a poll interval, as
-        # `RootLock._take` lets it pass.
-        if _shared_holder(fd, None) is not None:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            time.sleep(_POLL_INTERVAL)
-            if (shared := _shared_holder(fd, _read_holder_fd(fd))) is not None:
-                return Probe(path=path, held=True, holder=shared)
+        # an exclusive holder only, where another program holds it shared (`flock -s`
+        # around a backup): that keeps every writer off too (red team 70).
         fcntl.flock(fd, fcntl.LOCK_UN)
+        if (shared := _shared_holder_still(fd)) is not None:
+            return Probe(path=path, held=True, holder=shared)
         with contextlib.suppress(OSError):
             # Free here, held through a second mount of the same filesystem (red team 59).
             if (holder := _held_through_another_device(os.fstat(fd), fd)) is not None:
@@ -1568,6 +1570,26 @@ def probe(root: Path) -> Probe:
         return _deleted_or_free(path)
     finally:
         os.close(fd)
+
+
+def _shared_holder_still(fd: int) -> dict[str, Any] | None:
+    """`_shared_holder` of `fd`'s file where the same process still holds the shared lock
+    after each of `_SHARED_PAUSES`: another probe (a second `app status`, each pytest-xdist
+    worker's start) holds one for an instant, which must not read as a holder (the run's
+    guards refuse a run beside a held root)."""
+    try:
+        found = os.fstat(fd)
+    except OSError:
+        return None
+    kept = set(_shared_flock_pids(found))
+    if not kept:
+        return None  # the usual case: one read of /proc/locks, no pause
+    for pause in _SHARED_PAUSES:
+        time.sleep(pause)
+        kept &= set(_shared_flock_pids(found))
+        if not kept:
+            return None
+    return _shared_holder(fd, _read_holder_fd(fd), sorted(kept))
 
 
 def _unreadable_probe(path: Path) -> Probe | None:
