@@ -1040,7 +1040,9 @@ def _another_device_stop(holder: Mapping[str, Any], root: Path) -> str:
     )
 
 
-def _waits(root: Path, pid: object = None, *, lock_elsewhere: bool = False) -> str:
+def _waits(
+    root: Path, pid: object = None, *, lock_elsewhere: bool = False, shared: bool = False
+) -> str:
     """The command that waits until the holder of `root` lets go, as a refusal's "wait for
     it to finish" names it: it named none, and an operator's `sleep` and retry either waited
     too long or was refused again (red team 62). flock(1) (util-linux) takes a shared lock,
@@ -1060,6 +1062,13 @@ def _waits(root: Path, pid: object = None, *, lock_elsewhere: bool = False) -> s
             "file at that path now, so a flock there would not wait for it)"
         )
     lock_file = shell_word(Path(root) / ".server.lock")
+    if shared:
+        # Held shared (`flock -s` around a backup): a shared flock returns at once beside
+        # it, and the command run after it was refused again (red team 70).
+        return (
+            f" (`flock {lock_file} true` returns once it lets go: an exclusive flock, since "
+            "a shared one would not wait for it)"
+        )
     return f" (`flock -s {lock_file} true` returns once it lets go)"
 
 
@@ -1094,10 +1103,12 @@ class DataRootInUseError(AppError):
         kind = (
             self.holder.get("kind")
             if self.holder
-            and not {"took_lock", "unpublished", "pid_written_over"} & self.holder.keys()
+            and not {"took_lock", "unpublished", "pid_written_over", "shared_lock"}
+            & self.holder.keys()
             else None
         )
-        waits = _waits(self.root, pid, lock_elsewhere=self.lock_elsewhere)
+        shared = bool(self.holder and self.holder.get("shared_lock"))
+        waits = _waits(self.root, pid, lock_elsewhere=self.lock_elsewhere, shared=shared)
         if self.holder and "through_device" in self.holder:
             stop = _another_device_stop(self.holder, self.root)
         elif pid == os.getpid() and self.holder and self.holder.get("host") == socket.gethostname():

@@ -111,6 +111,9 @@ _READ_RETRY_DELAY: Final = 0.02
 _MAX_HOLDER_BYTES: Final = 64 * 1024
 
 _POLL_INTERVAL: Final = 0.05
+# A shared flock seen by a probe is another probe's instant unless its process still holds
+# it after these pauses (seconds): paid only where another process holds one.
+_SHARED_PAUSES: Final = (0.05, 0.2)
 
 
 @functools.cache  # a process lives within one boot: read once, not on every publish
@@ -183,6 +186,23 @@ def describe_holder(holder: Mapping[str, Any] | None) -> str:
             "no longer holds it (it exited, or closed it), and the descriptor was inherited "
             "or passed on"
         )
+    if holder.get("shared_lock"):  # see `_shared_holder`
+        others = holder.get("shared_with") or []
+        listed = ", ".join(map(str, others))
+        also = f" (and pid{'s' if len(others) > 1 else ''} {listed})" if others else ""
+        named = holder.get("file_names")
+        stale = (
+            f"; the lock file names pid {named}, which does not hold the lock (a holder that "
+            "was killed left it so)"
+            if named is not None
+            else ""
+        )
+        paused = _details({k: v for k, v in holder.items() if k in _PAUSED_KEYS})
+        return (
+            f"pid {holder['pid']} ({holder.get('holder_argv') or 'command line unknown'}){also}"
+            ", which holds a shared lock on the lock file, as `flock -s` takes one: not a "
+            f"holder of the app, it keeps every writer off the root until it lets go{stale}"
+        ) + "".join(f", {part}" for part in paused)
     parts = [f"pid {holder.get('pid', '?')}"]
     if holder.get("unreadable"):
         return (
@@ -193,15 +213,23 @@ def describe_holder(holder: Mapping[str, Any] | None) -> str:
         argv = _command_line(holder["pid"])
         return (
             f"pid {holder['pid']} ({argv}), which published no details in the lock file (it "
-            "took the lock on a full disk, is releasing it, or the file was emptied by hand)"
+            "took the lock on a full disk, is releasing it, or the file was emptied by hand; "
+            "or it is not a holder of the app but a program that writes nothing there, as "
+            "`flock` around a backup)"
         )
     if "pid_written_over" in holder:  # see `_seen_here`
         over = holder["pid_written_over"]
+        # Red team 70: a server killed (-9) left its JSON, and `flock .server.lock <backup>`
+        # took the lock since: it was named as that server, its port and URL, "a server
+        # names itself again", and `app status` said it served where nothing did.
+        argv = holder.get("holder_argv") or command_line(holder["pid"]) or "command line unknown"
         described = (
-            f"pid {holder['pid']} (the lock file names pid {over}, which does not hold the "
-            "lock: its bytes were written over, as a backup copied into a live data root "
-            "does, so the details below may be the copy's; a server names itself again "
-            "within lock_check_seconds)"
+            f"pid {holder['pid']} ({argv}; the lock file names pid {over}, which does not "
+            "hold the lock, so the details after this are not this process's: they were "
+            "written over, as a backup copied into a live data root does, or left by a "
+            "holder that was killed, and the lock taken since by a program that writes "
+            "nothing in it, such as `flock`; a server names itself again within "
+            "lock_check_seconds, another program never does)"
         )
         parts = [described]
     if "pid_in_its_namespace" in holder:  # see `_seen_here`
@@ -214,6 +242,10 @@ def describe_holder(holder: Mapping[str, Any] | None) -> str:
         ]
     parts.extend(_details(holder))
     return ", ".join(parts)
+
+
+#: The fields `_paused` adds to a holder: how its process is kept from running.
+_PAUSED_KEYS: Final = frozenset({"stopped", "traced_by", "frozen", "thaw"})
 
 
 def _details(holder: Mapping[str, Any]) -> list[str]:
@@ -407,6 +439,52 @@ def _exclusive_flocks() -> list[tuple[str, str]]:
     ]
 
 
+def _shared_flock_pids(found: os.stat_result) -> list[int]:
+    """The pids, as this process numbers them, of the processes other than this one that
+    hold a shared flock on the file whose stat is `found` (``flock -s``), from
+    ``/proc/locks``; empty where none does or the list cannot be read."""
+    key = f"{os.major(found.st_dev):02x}:{os.minor(found.st_dev):02x}:{found.st_ino}"
+    try:
+        lines = _PROC_LOCKS.read_text().splitlines()
+    except OSError:
+        return []
+    pids = [
+        int(parts[4])
+        for parts in map(str.split, lines)
+        if len(parts) > 5
+        and parts[1:4] == ["FLOCK", "ADVISORY", "READ"]
+        and parts[5] == key
+        and parts[4].isdigit()
+    ]
+    return sorted({pid for pid in pids if pid and pid != os.getpid()})
+
+
+def _shared_holder(
+    fd: int, holder: dict[str, Any] | None, pids: list[int] | None = None
+) -> dict[str, Any] | None:
+    """Who holds the lock of `fd`'s file shared, where no process holds it exclusively, or
+    None: a program that keeps every writer off the root (`flock -s <lock> <backup>`), which
+    `app status` said was "nobody", and every refusal named the pid a killed holder's JSON
+    names "in a PID namespace this process cannot see" (red team 70)."""
+    if pids is None:
+        try:
+            pids = _shared_flock_pids(os.fstat(fd))
+        except OSError:
+            return None
+    if not pids:
+        return None
+    shared: dict[str, Any] = {
+        "pid": pids[0],
+        "shared_lock": True,
+        "holder_argv": command_line(pids[0]) or "command line unknown",
+    }
+    if len(pids) > 1:
+        shared["shared_with"] = pids[1:]
+    if holder and isinstance(holder.get("pid"), int):
+        shared["file_names"] = holder["pid"]
+    return {**shared, **_paused(pids[0])}  # Ctrl-Z on the backup holds the root for ever too
+
+
 def _flock_pid_of(found: os.stat_result) -> int | None:
     """`_flock_pid_here` for the file whose stat is `found`."""
     try:
@@ -516,8 +594,15 @@ def _seen_here_as_published(
         return holder
     if pid_here and _innermost_pid(pid_here) == pid_here:
         # In this PID namespace, so it published this very pid: the bytes are another
-        # process's, written over the file (a backup copied into a live root).
-        return {**holder, "pid": pid_here, "pid_written_over": holder.get("pid")}
+        # process's, written over the file (a backup copied into a live root), or left by a
+        # holder that was killed, under a lock taken since by a program that writes nothing
+        # (`flock(1)` around a backup). Its own command line is said, not the file's.
+        return {
+            **holder,
+            "pid": pid_here,
+            "pid_written_over": holder.get("pid"),
+            "holder_argv": command_line(pid_here) or "command line unknown",
+        }
     return {**holder, "pid": pid_here or None, "pid_in_its_namespace": holder.get("pid")}
 
 
@@ -1405,7 +1490,11 @@ def _holder_here(path: Path) -> dict[str, Any] | None:
     if fd is None:
         return None
     try:
-        return _kept_by(fd, path, _seen_here(_read_holder_fd(fd), _flock_pid_here(fd)))
+        pid_here = _flock_pid_here(fd)
+        published = _read_holder_fd(fd)
+        if pid_here == 0 and (shared := _shared_holder(fd, published)) is not None:
+            return shared
+        return _kept_by(fd, path, _seen_here(published, pid_here))
     finally:
         os.close(fd)
 
@@ -1468,8 +1557,12 @@ def probe(root: Path) -> Probe:
             if error.errno in _UNSUPPORTED_ERRNOS:
                 raise LockUnavailableError(path, os.strerror(error.errno)) from error
             raise
-        # Free: whatever the file still contains was left by a holder that crashed.
+        # Free: whatever the file still contains was left by a holder that crashed. Free of
+        # an exclusive holder only, where another program holds it shared (`flock -s`
+        # around a backup): that keeps every writer off too (red team 70).
         fcntl.flock(fd, fcntl.LOCK_UN)
+        if (shared := _shared_holder_still(fd)) is not None:
+            return Probe(path=path, held=True, holder=shared)
         with contextlib.suppress(OSError):
             # Free here, held through a second mount of the same filesystem (red team 59).
             if (holder := _held_through_another_device(os.fstat(fd), fd)) is not None:
@@ -1477,6 +1570,26 @@ def probe(root: Path) -> Probe:
         return _deleted_or_free(path)
     finally:
         os.close(fd)
+
+
+def _shared_holder_still(fd: int) -> dict[str, Any] | None:
+    """`_shared_holder` of `fd`'s file where the same process still holds the shared lock
+    after each of `_SHARED_PAUSES`: another probe (a second `app status`, each pytest-xdist
+    worker's start) holds one for an instant, which must not read as a holder (the run's
+    guards refuse a run beside a held root)."""
+    try:
+        found = os.fstat(fd)
+    except OSError:
+        return None
+    kept = set(_shared_flock_pids(found))
+    if not kept:
+        return None  # the usual case: one read of /proc/locks, no pause
+    for pause in _SHARED_PAUSES:
+        time.sleep(pause)
+        kept &= set(_shared_flock_pids(found))
+        if not kept:
+            return None
+    return _shared_holder(fd, _read_holder_fd(fd), sorted(kept))
 
 
 def _unreadable_probe(path: Path) -> Probe | None:
@@ -2056,6 +2169,11 @@ def local_url(holder: Mapping[str, Any], configured_host: str) -> str | None:
     """
     port = holder.get("port")
     if holder.get("kind") != "server" or not isinstance(port, int) or not port:
+        return None
+    if {"took_lock", "pid_written_over", "unpublished", "shared_lock"} & holder.keys():
+        # The port is the file's, not the live holder's: a killed server's, whose port
+        # another program may listen on now (red team 70: `app status` said "serving" there,
+        # and `empty-trash`'s refusal printed a `curl` to POST /trash/empty at it).
         return None
     address = holder.get("address")
     if not isinstance(address, str):

@@ -26,6 +26,7 @@ from faults import attached, needs_strace
 from test_server_e2e import Server, app_env, run_app, wait_for
 
 from app.lock import RootLock
+from app.sandbox import command_line
 from app.testing import published_port
 from app.testing.live_server import make_first_deploy_root
 
@@ -100,12 +101,16 @@ def test_a_lock_file_written_over_is_said_so_by_the_probe_naming_the_real_holder
             lock_file.truncate(0)
             lock_file.write(json.dumps(copied) + "\n")
         status = run_app("status", env=app_env(root))
+    # Its own command line, not the file's (red team 70: a `flock` was named as the server).
     assert (
-        f"held by: pid {os.getpid()} (the lock file names pid 999999, which does not hold "
-        "the lock: its bytes were written over, as a backup copied into a live data root "
-        "does, so the details below may be the copy's; a server names itself again within "
-        "lock_check_seconds), kind server, profile testing"
+        f"held by: pid {os.getpid()} ({command_line(os.getpid())}; the lock file names pid "
+        "999999, which does not hold the lock, so the details after this are not this "
+        "process's: they were written over, as a backup copied into a live data root does, "
+        "or left by a holder that was killed, and the lock taken since by a program that "
+        "writes nothing in it, such as `flock`; a server names itself again within "
+        "lock_check_seconds, another program never does), kind server, profile testing"
     ) in status.stdout, status.stdout
+    assert "serving:" not in status.stdout, status.stdout
     assert "PID namespace" not in status.stdout
 
 
@@ -316,7 +321,8 @@ def test_a_server_that_could_not_name_itself_on_a_full_disk_is_named_by_the_kern
     assert (
         f"held by: pid {pid} (" in full
         and "), which published no details in the lock file (it took the lock on a full "
-        "disk, is releasing it, or the file was emptied by hand)"
+        "disk, is releasing it, or the file was emptied by hand; or it is not a holder of "
+        "the app but a program that writes nothing there, as `flock` around a backup)"
         in full
     ), full
     assert f"held by: pid {pid}, kind server, profile testing" in room, room
