@@ -429,12 +429,9 @@ class Finding:
     """One thing a check found that consistent storage does not hold.
 
     Attributes:
-        problem: a stable identifier: ``tmp-leftover``, ``unfinished-create``,
-            ``trash-empty``, ``trash-manifest-only``, ``trash-unfinished``,
-            ``trash-unaudited``, ``trash-no-manifest``, ``trash-emptying``, ``stamp-unaudited``,
-            ``record-without-file``, ``file-without-record``, ``legacy-layout``,
-            ``file-damaged``, ``file-lost-found``, ``session-unreadable``,
-            ``permission-denied`` or ``unknown-entry``.
+        problem: a stable identifier, such as ``tmp-leftover`` on a data root or
+            ``index-missing`` on PostgreSQL; docs/reference/on-disk-layout.md lists each
+            backend's, with what ``--repair`` does about it.
         target: what it concerns, relative to the data root.
         detail: what it is and how it came about.
         repair: what ``--repair`` does about it (``"nothing: ..."`` if it needs a human).
