@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 import forked_app
 import pytest
+from test_redteam_s59_guard import outside_any_run
 
 from app.config import Config
 from app.storage import open_storage
@@ -121,3 +123,75 @@ def test_a_writer_s_thread_that_cannot_read_the_mount_table_is_refused(
         "symbolic links or mounts inside a data root) and restart"
     )
     assert out.splitlines() == [refusal], err
+
+
+#: PID 1 of a PID namespace of its own (`outside_any_run`): a holder of production's root
+#: (a fork), then a thread in a mount namespace of its own that mirrors the root's parent
+#: with bindfs and opens the root through the mirror as a writer.
+_MIRROR_IN_A_THREAD = r"""
+import ctypes, json, os, signal, subprocess, sys, threading
+from pathlib import Path
+from app.config import load
+from app.storage import open_storage
+
+work = Path(sys.argv[1])
+real, mirror = work / "real", work / "mirror"
+libc = ctypes.CDLL(None, use_errno=True)
+read, write = os.pipe()
+holder = os.fork()
+if holder == 0:
+    with open_storage(load(serving=False), writer=True):
+        os.write(write, b"held")
+        signal.pause()
+    os._exit(0)
+assert os.read(read, 4) == b"held"
+said = []
+
+def challenger():
+    assert libc.unshare(0x00020000) == 0, os.strerror(ctypes.get_errno())  # CLONE_NEWNS
+    assert libc.mount(b"none", b"/", None, 0x4000 | 0x40000, None) == 0  # MS_REC | MS_PRIVATE
+    subprocess.run(["bindfs", str(real), str(mirror)], check=True)
+    os.environ["APP_DATA_ROOT"] = str(mirror / "production")
+    try:
+        with open_storage(load(serving=False), writer=True):
+            said.append("opened")
+    except Exception as error:
+        said.append(f"{type(error).__name__} {error}")
+    finally:
+        subprocess.run(["fusermount", "-u", str(mirror)], check=True)
+
+thread = threading.Thread(target=challenger)
+thread.start()
+thread.join()
+os.kill(holder, signal.SIGKILL)
+os.waitpid(holder, 0)
+print("RESULTS", json.dumps({"holder": holder, "said": said}))
+"""
+
+
+def test_a_live_root_through_a_mirror_a_writer_s_thread_mounted_is_refused(
+    tmp_path: Path,
+) -> None:
+    # Found by reading app/lock.py after rt-config70 made `mountinfo.table` the calling
+    # thread's: the looks for a holder through a FUSE mount still read `"self"`'s table,
+    # the first thread's. A thread in a mount namespace of its own that mirrored a live
+    # root with bindfs (which passes no flock on) opened the mirror as a second writer
+    # beside the holder ("opened"), where the same open from the first thread is refused.
+    needed = ("unshare", "bindfs", "fusermount")
+    if os.geteuid() != 0 or any(shutil.which(tool) is None for tool in needed):
+        pytest.skip("needs root, unshare, bindfs and fusermount for a FUSE mirror")
+    if not Path("/dev/fuse").exists():
+        pytest.skip("needs /dev/fuse for a FUSE mirror")
+    (tmp_path / "real").mkdir()
+    (tmp_path / "mirror").mkdir()
+    root, through = tmp_path / "real" / "production", tmp_path / "mirror" / "production"
+    seen = outside_any_run(tmp_path, root, _MIRROR_IN_A_THREAD, str(tmp_path))
+    [said] = seen["said"]
+    assert said.startswith(
+        "DataRootInUseError cannot open the data root as a maintenance process: data root "
+        f"{through} is held by pid {seen['holder']}, kind maintenance, profile production"
+    ), said
+    assert (
+        f"through its lock file {root}/.server.lock, which is {through}/.server.lock seen "
+        "through a FUSE mount"
+    ) in said, said
