@@ -3518,7 +3518,10 @@ class DataRoot:
                 what = "the data root" if not name else f"the data root's {name}/"
                 return f"{what} {how}"
         if isinstance(mount := self._mount_inside(), OSError):
-            return f"the mount table cannot be read ({mount.strerror})"
+            return (
+                f"the mount table cannot be read ({mount.strerror}: /proc is not mounted, or "
+                "not readable, where the thread that asks runs)"
+            )
         if mount is not None:
             inside = mount.relative_to(self._path)
             return f"a filesystem was mounted inside the data root, at its {inside}/"

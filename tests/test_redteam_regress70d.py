@@ -55,6 +55,7 @@ def writer(store):
         said.append(f"{type(error).__name__} {error}")
     else:
         said.append("deleted")
+    said.append(f"health: {store.writes_stopped}")  # what GET /health says
 
 with open_storage(load(), writer=True, kind="tests", wanted="use it") as store:
     store.put_file(session, "a.txt", b"version 2", replace=True)  # the table read here
@@ -98,7 +99,11 @@ def test_a_mount_seen_from_a_writer_s_thread_s_own_root_is_refused(app_config: C
         "the directory back (the app never uses symbolic links or mounts inside a data root) "
         "and restart"
     )
-    assert out.splitlines() == [refusal], err
+    health = (
+        "health: a filesystem was mounted inside the data root, at its .trash/ while the "
+        "server ran: every change is refused until it is put back as it was"
+    )
+    assert out.splitlines() == [refusal, health], err
 
 
 @needs_mounts
@@ -122,7 +127,12 @@ def test_a_writer_s_thread_that_cannot_read_the_mount_table_is_refused(
         "this process stops writing to it. Put the directory back (the app never uses "
         "symbolic links or mounts inside a data root) and restart"
     )
-    assert out.splitlines() == [refusal], err
+    health = (
+        "health: the mount table cannot be read (No such file or directory: /proc is not "
+        "mounted, or not readable, where the thread that asks runs) while the server ran: "
+        "every change is refused until it is put back as it was"
+    )
+    assert out.splitlines() == [refusal, health], err
 
 
 #: PID 1 of a PID namespace of its own (`outside_any_run`): a holder of production's root
