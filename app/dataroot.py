@@ -2245,6 +2245,62 @@ def _refuse_too_deep(config: Config, root: Path) -> None:
 _MOUNTINFO: Final = "/proc/thread-self/mountinfo"
 
 
+#: Whose mount table `_MountTable` holds: the process, the mount namespace, and the mount
+#: and directory of the root directory (`_root_mount`).
+_Whose = tuple[int, str, bytes]
+
+
+def _root_mount() -> bytes:
+    """The calling thread's root directory as the mount table sees it: its device, inode
+    and mount id (``statx(2)``'s ``stx_mnt_id``), raw.
+
+    The device and inode alone do not tell two mounts of one directory apart: a thread
+    that ``chroot``s (after ``unshare(CLONE_FS)``) into a bind mount of ``/`` has a ``/``
+    of that very device and inode, but its table names each mount from there, and the
+    first thread's, read in its stead, named a bind mount of the root's ``.trash/`` it made
+    at a path outside the root: a file's delete was acknowledged across it (EXDEV; red team
+    70 on regress). The mount id is ``statx``'s alone (no ``os.statx`` before Python 3.15,
+    and ``os.stat`` has none): libc's, through ctypes, as `syncfs` is; about 0.7 us more
+    than ``os.stat`` (`bench/README.md`). Where libc has no ``statx``, or the kernel gives
+    no mount id (before Linux 5.8), the device and inode as before.
+    """
+    call = _STATX[0] if _STATX else _statx()
+    if call is None:
+        top = os.stat("/")  # noqa: PTH116
+        return top.st_dev.to_bytes(8, "little") + top.st_ino.to_bytes(8, "little")
+    import ctypes
+
+    try:
+        buffer = _STATX_BUFFER.buffer  # struct statx, the calling thread's
+    except AttributeError:
+        buffer = _STATX_BUFFER.buffer = ctypes.create_string_buffer(256)
+    if call(_AT_FDCWD, b"/", 0, _STATX_INO | _STATX_MNT_ID, buffer) != 0:
+        number = ctypes.get_errno()
+        raise OSError(number, f"statx of /: {os.strerror(number)}")
+    raw: bytes = buffer.raw
+    return raw[136:144] + raw[32:40] + raw[144:152]  # stx_dev_*, stx_ino, stx_mnt_id
+
+
+_AT_FDCWD: Final = -100
+_STATX_INO: Final = 0x100
+_STATX_MNT_ID: Final = 0x1000
+#: libc's ``statx``, once looked up (None where it has none).
+_STATX: list[Any] = []
+#: Each thread's buffer for it (a new one per call cost a third of a microsecond more).
+_STATX_BUFFER: Final = threading.local()
+
+
+def _statx() -> Any:
+    import ctypes
+
+    try:
+        call = getattr(ctypes.CDLL(None, use_errno=True), "statx", None)
+    except OSError:
+        call = None
+    _STATX[:] = [call]
+    return call
+
+
 #: What `_MountTable.looked_up` gives: `with_roots`, `with_uppers`, and the mount points
 #: with their `mountinfo.by_point`.
 _Reading = tuple[
@@ -2267,12 +2323,12 @@ class _MountTable:
     not the same (a fork, ``unshare``, ``chroot``), each the calling thread's: a thread
     may have a namespace and root of its own, and one thread's open file serves another
     while both are the same. No library offers this (psutil reads the
-    file at every call); it costs a poll, a stat, a readlink and ``getpid``.
+    file at every call); it costs a poll, a ``statx`` (`_root_mount`), a readlink and ``getpid``.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._key: tuple[int, str, int, int] | None = None
+        self._key: _Whose | None = None
         self._fd = -1
         self._poll: Any = None
         self._mounts: list[tuple[bytes, bytes, bytes | None]] = []
@@ -2287,15 +2343,14 @@ class _MountTable:
         self._generation = 0
 
     @staticmethod
-    def _whose() -> tuple[int, str, int, int]:
+    def _whose() -> _Whose:
         # Called at every open and before every write: plain os calls, as a Path per call
         # costs as much again. The namespace's link names it (``mnt:[4026531841]``), read
         # in half the time of a stat of it (3 us against 6, through /proc's magic links).
         # This thread's, as `_MOUNTINFO` is: /proc/self/ns/mnt is the first thread's, and a
         # thread that entered a namespace of its own wrote unseen through its mounts.
-        top = os.stat("/")  # noqa: PTH116
         ns = os.readlink("/proc/thread-self/ns/mnt")  # noqa: PTH115
-        return os.getpid(), ns, top.st_dev, top.st_ino
+        return os.getpid(), ns, _root_mount()
 
     def mounts(self) -> list[tuple[bytes, bytes, bytes | None]]:
         """Each mount's device (``major:minor``), mount point and filesystem type, parsed
@@ -2305,7 +2360,7 @@ class _MountTable:
             self._current_locked(key)
             return self._mounts
 
-    def _current_locked(self, key: tuple[int, str, int, int]) -> None:
+    def _current_locked(self, key: _Whose) -> None:
         # The table of `key` (the calling thread's), opened again where the last caller's
         # was another's, and read again where it changed. Each reader asks and answers
         # under one hold of the lock: threads in two namespaces each switch the table to
@@ -2367,7 +2422,7 @@ class _MountTable:
             self._current_locked(key)
             return self._generation
 
-    def _read_locked(self, key: tuple[int, str, int, int]) -> None:
+    def _read_locked(self, key: _Whose) -> None:
         # Read from the start, every time it changed (or is new): a seq file reads again.
         os.lseek(self._fd, 0, os.SEEK_SET)
         chunks = []
@@ -2393,6 +2448,29 @@ class _MountTable:
 
 
 _MOUNTS: Final = _MountTable()
+
+
+def _table_readable() -> bool:
+    """Whether the calling thread reads a mount table (`_MountTable.generation`)."""
+    try:
+        _MOUNTS.generation()
+    except OSError:
+        return False
+    return True
+
+
+def _table_unread(error: OSError) -> str:
+    """Why a writer whose mount table was read as its root was opened refuses to write
+    where it cannot read it now (`DataRoot._mount_inside`), and what resolves it."""
+    return (
+        f"the mount table ({_MOUNTINFO}), read when it was opened, cannot be read from the "
+        f"thread that writes now ({error.strerror}: a chroot with no /proc mounted in it, "
+        "/proc unmounted, or its reads refused), so a filesystem mounted inside the root "
+        "would go unseen and a rename across it lose data; write from where /proc is "
+        "mounted (in a chroot: `mount -t proc proc <chroot>/proc`)"
+    )
+
+
 #: The reading `one_reading` holds in its block (in this thread's context only).
 _HELD: contextvars.ContextVar[_Reading | None] = contextvars.ContextVar(
     "app-mounts-held", default=None
@@ -3297,6 +3375,7 @@ class DataRoot:
         )
         self._layout_intact_until = 0.0  # see layout_changed
         self._mounts_checked = -1  # the mount table's generation found with none inside
+        self._table_read = lock is not None and _table_readable()  # see _mount_inside
         from app.store.concurrency import RootState  # app.store builds on this module
 
         self.store_state: RootState = RootState(self.sessions_dir)
@@ -3378,7 +3457,10 @@ class DataRoot:
                 raise DataRootChangedError(
                     self.path, f"{what} was replaced or moved since it was opened ({path})"
                 )
-        if (mount := self._mount_inside()) is not None:
+        if isinstance(mount := self._mount_inside(), OSError):
+            self._layout_intact_until = 0.0
+            raise DataRootChangedError(self.path, _table_unread(mount))
+        if mount is not None:
             self._layout_intact_until = 0.0
             raise DataRootChangedError(
                 self.path,
@@ -3387,19 +3469,26 @@ class DataRoot:
                 "which cannot cross a mount point (EXDEV), even one of the same filesystem",
             )
 
-    def _mount_inside(self) -> Path | None:
+    def _mount_inside(self) -> Path | OSError | None:
         """A mount point inside the root made since it was opened (open_root refuses one
         there before), or ``None``; one poll of the mount table while it has not changed.
+        The error where the table, read as the root was opened, cannot be read now.
 
         A directory's identity does not tell: a bind mount of ``.trash/`` onto itself, made
         under a live server, kept its device and inode, and every delete and replace was
         acknowledged with its old bytes left among the session's (EXDEV), a session's
         delete a bare 500 (red team 38).
+
+        A table that cannot be read passed as one with nothing inside the root: a thread
+        that ``chroot``s where no ``/proc`` is mounted (or whose reads of it fail: a
+        seccomp filter's errno) wrote across a bind mount of the root's ``.trash/`` it made
+        there (red team 70 on regress). Only a process that never had a table (no /proc at
+        all, as the root was opened) goes without the check.
         """
         try:
             generation = _MOUNTS.generation()
-        except OSError:
-            return None
+        except OSError as error:
+            return error if self._table_read else None
         if generation == self._mounts_checked:
             return None
         if inside := mounts_inside(self._path):
@@ -3428,7 +3517,12 @@ class DataRoot:
             if (how := _how_changed(where, opened)) is not None:
                 what = "the data root" if not name else f"the data root's {name}/"
                 return f"{what} {how}"
-        if (mount := self._mount_inside()) is not None:
+        if isinstance(mount := self._mount_inside(), OSError):
+            return (
+                f"the mount table cannot be read ({mount.strerror}: /proc is not mounted, or "
+                "not readable, where the thread that asks runs)"
+            )
+        if mount is not None:
             inside = mount.relative_to(self._path)
             return f"a filesystem was mounted inside the data root, at its {inside}/"
         self._layout_intact_until = now + 0.05

@@ -104,6 +104,13 @@ _FULL_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 log = logging.getLogger("app.lock")
 
+#: Whose view the holder looks compare with the holder's (``/proc/<pid>``): the calling
+#: thread's, as `mountinfo.table`'s. A thread may have a mount namespace of its own
+#: (``unshare(CLONE_NEWNS)``), and ``"self"``, the first thread's table, did not hold the
+#: FUSE mirror of a live root that thread had mounted: it opened the mirror as a second
+#: writer beside the holder (red team 70 on regress).
+_HERE: Final = "thread-self"
+
 # A reader can catch the holder between truncating and writing its JSON (or, on update,
 # with a stale tail after a shorter record). A few short retries ride that window out.
 _READ_ATTEMPTS: Final = 5
@@ -890,11 +897,11 @@ def _held_under_another_name(
     try:
         if os.fstatvfs(fd).f_fsid:
             return None  # a disk or a tmpfs gives an id; FUSE reports none (0)
-        here_path = os.readlink(f"/proc/self/fd/{fd}")  # noqa: PTH115 - str in, str out
+        here_path = os.readlink(f"/proc/thread-self/fd/{fd}")  # noqa: PTH115 - str in, str out
         ours = os.pread(fd, _MAX_HOLDER_BYTES, 0)
     except OSError:
         return None
-    if (mount := _fuse_mount(found.st_dev, here_path, "self")) is None:
+    if (mount := _fuse_mount(found.st_dev, here_path, _HERE)) is None:
         return None
     for pid, inodes in others.items():
         if (seen := _same_file_under(pid, inodes, found, ours, here_path)) is not None:
@@ -960,7 +967,7 @@ def _seen_from_here(pid: int, there_path: str, device: int, here_path: str) -> s
     at another point named its file by a path this process does not reach (red team 64 on
     regress)."""
     theirs = _fuse_mount_of(device, there_path, pid)
-    ours = _fuse_mount_of(device, here_path, "self")
+    ours = _fuse_mount_of(device, here_path, _HERE)
     if theirs is None or ours is None:
         return None
     try:
@@ -1039,7 +1046,7 @@ def _forwarded_for(fd: int, found: os.stat_result) -> frozenset[tuple[str, str]]
 
 
 def _fuse_mount(device: int, path: str, pid: int | str) -> str | None:
-    """The mount point, as process `pid` (``"self"``) names it, of the FUSE mount on
+    """The mount point, as process `pid` (`_HERE`) names it, of the FUSE mount on
     `device` that shows the file at `path`; None where `device` is no FUSE mount."""
     mount = _fuse_mount_of(device, path, pid)
     return mount[0] if mount is not None else None
@@ -1111,7 +1118,7 @@ def _fuse_origin(
         inside = path[len(at.rstrip("/")) :].lstrip("/")
         path = str(Path(source, shown.lstrip("/"), inside))
         try:
-            reached = path if pid == "self" else f"/proc/{pid}/root{path}"
+            reached = path if pid == _HERE else f"/proc/{pid}/root{path}"
             seen = os.stat(reached, follow_symlinks=False)  # noqa: PTH116 - another root's
         except (OSError, ValueError):
             return None
@@ -1124,7 +1131,7 @@ def _fuse_source_shows(
     """The FUSE mount point through which this file (`found`, at `here_path`) and the
     holder's (`there`, at `there_path` as process `pid` names it) are one file, by the
     sources of their FUSE mounts (`_fuse_origin`): one shows the other, or both show one."""
-    here = _fuse_origin(found, here_path, "self")
+    here = _fuse_origin(found, here_path, _HERE)
     theirs = _fuse_origin(there, there_path, pid)
     if here is not None and here[1] in ((there.st_dev, there.st_ino), theirs and theirs[1]):
         return here[0]
@@ -1158,7 +1165,7 @@ def _fuse_mirror(
     a mirror shows other times (`_fuse_source_shows`), by the directory its daemon names.
     """
     try:
-        here_path = os.readlink(f"/proc/self/fd/{fd}")  # noqa: PTH115 - str in, str out
+        here_path = os.readlink(f"/proc/thread-self/fd/{fd}")  # noqa: PTH115 - str in, str out
     except OSError:
         return None
     if (there.st_size, there.st_mtime_ns, there.st_ctime_ns) != (
@@ -1167,7 +1174,7 @@ def _fuse_mirror(
         found.st_ctime_ns,
     ):
         return _fuse_source_shows(found, here_path, there, there_path, pid)
-    mount = _fuse_mount(found.st_dev, here_path, "self")
+    mount = _fuse_mount(found.st_dev, here_path, _HERE)
     if mount is None and (mount := _fuse_mount(there.st_dev, there_path, pid)) is None:
         return None
     theirs = os.open(opened, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
@@ -1191,7 +1198,7 @@ def _loop_backing(device: int) -> tuple[int, int, int] | None:
 
 
 def _overlay_mounts(device: int, pid: int | str) -> list[tuple[str, str, list[str]]]:
-    """Each mount of the overlay `device` in the mount namespace of process `pid` (``"self"``):
+    """Each mount of the overlay `device` in the mount namespace of process `pid` (`_HERE`):
     its mount point, the directory of the overlay it shows, and its layers' directories, the
     upper one first, as that process names them (none where `device` is no overlay with an
     upper directory)."""
@@ -1236,7 +1243,7 @@ def _overlay_entries(
 def _seen_by(pid: int | str, path: str) -> tuple[int, int] | None:
     """The (device, inode) of `path` as process `pid` names it (through its root)."""
     try:
-        found = os.stat(path if pid == "self" else f"/proc/{pid}/root{path}")  # noqa: PTH116
+        found = os.stat(path if pid == _HERE else f"/proc/{pid}/root{path}")  # noqa: PTH116
     except OSError:
         return None
     return found.st_dev, found.st_ino
@@ -1244,7 +1251,7 @@ def _seen_by(pid: int | str, path: str) -> tuple[int, int] | None:
 
 def _overlay_upper(device: int, pid: int | str) -> tuple[int, int] | None:
     """The upper directory (device, inode) of the overlay mounted from `device` in the mount
-    namespace of process `pid` (``"self"``), None for another filesystem or where not seen."""
+    namespace of process `pid` (`_HERE`), None for another filesystem or where not seen."""
     mounts = _overlay_mounts(device, pid)
     return _seen_by(pid, mounts[0][2][0]) if mounts else None
 
@@ -1282,15 +1289,15 @@ def _through_upper(
     if (found.st_dev, found.st_ino) in _layer_files(there.st_dev, there_path, pid):
         return True
     try:
-        here_path = os.readlink(f"/proc/self/fd/{fd}")  # noqa: PTH115 - str in, str out
+        here_path = os.readlink(f"/proc/thread-self/fd/{fd}")  # noqa: PTH115 - str in, str out
     except OSError:
         return False
-    return (there.st_dev, there.st_ino) in _layer_files(found.st_dev, here_path, "self")
+    return (there.st_dev, there.st_ino) in _layer_files(found.st_dev, here_path, _HERE)
 
 
 def _block_device(device: int, path: str, pid: int | str) -> int:
     """The block device the filesystem of the file at `path` (on `device`) reads, as process
-    `pid` (``"self"``) names and mounts it: btrfs gives each subvolume an anonymous device
+    `pid` (`_HERE`) names and mounts it: btrfs gives each subvolume an anonymous device
     number, and only the mount table names its block device; `device` itself where it is a
     block device, or no other is found."""
     if Path(f"/sys/dev/block/{os.major(device)}:{os.minor(device)}").exists():
@@ -1303,7 +1310,7 @@ def _block_device(device: int, path: str, pid: int | str) -> int:
     if not source.startswith("/"):
         return device
     try:
-        found = os.stat(source if pid == "self" else f"/proc/{pid}/root{source}")  # noqa: PTH116
+        found = os.stat(source if pid == _HERE else f"/proc/{pid}/root{source}")  # noqa: PTH116
     except OSError:
         return device
     return found.st_rdev if stat.S_ISBLK(found.st_mode) else device
@@ -1321,11 +1328,11 @@ def _one_image(one: int, there_path: str, pid: int, other: int, fd: int) -> bool
     if first is None:
         return False
     try:
-        here_path = os.readlink(f"/proc/self/fd/{fd}")  # noqa: PTH115 - str in, str out
+        here_path = os.readlink(f"/proc/thread-self/fd/{fd}")  # noqa: PTH115 - str in, str out
     except OSError:
         return False
     # One device: one superblock, whose subvolumes (btrfs snapshots) are other files.
-    ours = _block_device(other, here_path, "self")
+    ours = _block_device(other, here_path, _HERE)
     return ours != holders and first == _loop_backing(ours)
 
 
@@ -1339,7 +1346,7 @@ def _another_image(one: int, other: int, pid: int) -> bool:
     first, second = _loop_backing(one), _loop_backing(other)
     if first is not None and second is not None:
         return first != second
-    upper, upper_here = _overlay_upper(one, pid), _overlay_upper(other, "self")
+    upper, upper_here = _overlay_upper(one, pid), _overlay_upper(other, _HERE)
     return upper is not None and upper_here is not None and upper != upper_here
 
 
