@@ -52,6 +52,7 @@ from app import __version__
 from app.config_files import loop_at
 from app.errors import (
     AFTER_FAILED_SYNC,
+    AppError,
     AuditLogAtLimit,
     DataRootChangedError,
     DataRootOwnerError,
@@ -64,6 +65,7 @@ from app.errors import (
     LockUncheckedError,
     ProfileStampMismatchError,
     SpecialFileFound,
+    StampChangedError,
     json_loads,
     shell_word,
     user_words,
@@ -3376,6 +3378,10 @@ class DataRoot:
         self._layout_intact_until = 0.0  # see layout_changed
         self._mounts_checked = -1  # the mount table's generation found with none inside
         self._table_read = lock is not None and _table_readable()  # see _mount_inside
+        # See `stamp_changed`: the stamp file as last read (its lstat), and the refusal of
+        # every write once it names another profile.
+        self._stamp_seen: tuple[int, ...] | None = None
+        self._stamp_lost: StampChangedError | None = None
         from app.store.concurrency import RootState  # app.store builds on this module
 
         self.store_state: RootState = RootState(self.sessions_dir)
@@ -3441,6 +3447,8 @@ class DataRoot:
         self._require_writer("check the lock")
         if (failed := self.sync_failed) is not None:
             raise _earlier(failed)
+        if self._stamp_lost is not None:
+            raise self._stamp_lost
         assert self.lock is not None
         if (reason := self.lock.still_ours()) is not None:
             raise self.lost_error(reason)
@@ -3506,6 +3514,10 @@ class DataRoot:
         """
         if not self.writable:
             return None
+        if self._stamp_lost is not None:  # see stamp_changed
+            return (
+                f"the data root's {STAMP_FILE} was stamped for profile {self._stamp_lost.stamped!r}"
+            )
         # Asked at every GET /health, on the event loop: four lstats cost 24 us, a fifth of
         # what answering it costs. A layout found intact is trusted for 50 ms (a monitor
         # polls every few seconds); one found changed is looked at every time, and a write
@@ -3517,6 +3529,13 @@ class DataRoot:
             if (how := _how_changed(where, opened)) is not None:
                 what = "the data root" if not name else f"the data root's {name}/"
                 return f"{what} {how}"
+        if (mounted := self._mount_said()) is not None:
+            return mounted
+        self._layout_intact_until = now + 0.05
+        return None
+
+    def _mount_said(self) -> str | None:
+        """`layout_changed`'s words for `_mount_inside`'s answer, or ``None``."""
         if isinstance(mount := self._mount_inside(), OSError):
             return (
                 f"the mount table cannot be read ({mount.strerror}: /proc is not mounted, or "
@@ -3525,16 +3544,60 @@ class DataRoot:
         if mount is not None:
             inside = mount.relative_to(self._path)
             return f"a filesystem was mounted inside the data root, at its {inside}/"
-        self._layout_intact_until = now + 0.05
         return None
 
+    def stamp_changed(self) -> str | None:
+        """Why this writer must stop writing for its stamp, or ``None``: the stamp now
+        names another profile than its own, as another profile's stamp copied over the root
+        leaves it (``cp -a <another profile's backup>/. <root>/``, red team 70). Every write
+        is refused from then on (:meth:`ensure_held`, :meth:`lost_error` says why).
+
+        A server's lock watcher asks it every ``lock_check_seconds``: one ``lstat`` while
+        the file is as last read (its inode, size and change time: cp writes in place, a
+        restamp renames), a read only when it changed. A stamp gone, damaged or unreadable
+        says nothing here: the next open refuses it, as before.
+        """
+        if self._stamp_lost is not None or self.lock is None:
+            return None if self._stamp_lost is None else self._stamp_lost.reason
+        stamped = self._stamp_if_changed()
+        if stamped is None or stamped == self.config.profile:
+            return None
+        self._stamp_lost = StampChangedError(
+            self._path / STAMP_FILE,
+            f"now names profile {stamped!r}, and this process writes for profile "
+            f"{self.config.profile!r}",
+            stamped=stamped,
+            profile=self.config.profile,
+            protected=self.config.taking_needs_confirmation(stamped),
+        )
+        return self._stamp_lost.reason
+
+    def _stamp_if_changed(self) -> str | None:
+        """The profile the stamp names, where it changed since last read; else ``None``."""
+        try:
+            seen = os.lstat(f"{self._path}/{STAMP_FILE}")
+        except OSError:
+            return None
+        key = (seen.st_dev, seen.st_ino, seen.st_size, seen.st_mtime_ns, seen.st_ctime_ns)
+        if key == self._stamp_seen:
+            return None
+        try:
+            stamp = read_stamp(self._path)
+        except (OSError, AppError):
+            return None
+        self._stamp_seen = key
+        return None if stamp is None else str(stamp["profile"]).lower()
+
     def lost_error(self, reason: str) -> LockLostError | DataRootChangedError:
-        """The error for a lock file found lost for `reason` (:meth:`RootLock.still_ours`).
+        """The error for a lock file found lost for `reason` (:meth:`RootLock.still_ours`),
+        or for a stamp found changed (:meth:`stamp_changed`).
 
         Where the root itself moved (``mv``, a rename, ``rm -rf``), its lock file went with
         it: that is said, rather than that someone deleted ``.server.lock``.
         """
         assert self.lock is not None, "only a writer holds a lock to lose"
+        if self._stamp_lost is not None and reason == self._stamp_lost.reason:
+            return self._stamp_lost
         opened = self._held_paths[0][2] if self._held_paths else None
         try:
             now = _present_identity(self._path)

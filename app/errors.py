@@ -1474,6 +1474,57 @@ class LockUncheckedError(LockLostError):
         }
 
 
+class StampChangedError(LockLostError):
+    """A running writer's root was found stamped for another profile; writes are refused.
+
+    Another profile's stamp copied over it (``cp -a <another profile's backup>/. <root>/``):
+    writes are refused and the server stops, as a replica does when its prefix's stamp is handed to
+    another database, and as it does when its lock file is replaced (red team 70): it went
+    on writing into a root stamped for another profile, refused only at its next start."""
+
+    code = "stamp_changed"
+    template = (
+        "profile stamp {path} {reason}: another profile's stamp was copied over it while "
+        "this process ran (as `cp -a <another profile's backup>/. <root>/` writes it), so "
+        "it refuses every write and stops rather than write into a root stamped for "
+        "another profile; nothing more was written. Its next start is refused until the "
+        "stamp names {profile!r} again: if the copy was a mistake, bring back this root's "
+        "own files from its own backup (the copy may have written over some); if it is to "
+        "serve {profile!r} still, hand it back once this process has stopped: {restamp}"
+    )
+
+    stamped: str = field(kw_only=True)
+    profile: str = field(kw_only=True)
+    protected: bool = field(default=False, kw_only=True)
+    restamp: str = field(init=False)  # the command, as `restamp_advice` words it
+
+    def __post_init__(self) -> None:
+        import shlex  # here: only a refusal pays for it
+
+        self.restamp = (
+            f"`app data restamp --profile {self.profile} --from {shlex.quote(self.stamped)}`"
+        )
+        if self.protected:
+            self.restamp += (
+                " (add --yes-i-mean-it, which it asks for where a protected profile may be "
+                "involved, only once you are sure)"
+            )
+        super().__post_init__()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Over HTTP: the same refusal without the path (``/health`` never shows it either)."""
+        return {
+            "code": self.code,
+            "message": (
+                f"this server's data root is now stamped for profile {self.stamped!r} (its "
+                f"{self.path.name} was written over while the server ran), not for "
+                f"{self.profile!r}, which it serves, so it refuses every write and is "
+                "stopping; nothing was written. The operator restores the root's own backup, "
+                f"or hands it back with {self.restamp}, then restarts the server"
+            ),
+        }
+
+
 class ProfileStampMismatchError(ConfigError):
     """The data root is stamped with another profile than the one opening it."""
 

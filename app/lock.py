@@ -2345,13 +2345,22 @@ class LockWatcher:
         >>> watcher.stop()
     """
 
-    def __init__(self, lock: RootLock, interval: float, on_lost: Callable[[str], object]) -> None:
+    def __init__(
+        self,
+        lock: RootLock,
+        interval: float,
+        on_lost: Callable[[str], object],
+        also: Callable[[], str | None] | None = None,
+    ) -> None:
         """Prepare the watcher; :meth:`start` starts the thread.
 
         Args:
             lock: the held lock to watch.
             interval: seconds between checks (positive).
             on_lost: called once, from the watcher thread, with the reason.
+            also: a further check made at each look while the lock is still ours (a
+                root's stamp, `app.dataroot.DataRoot.stamp_changed`): a reason it returns
+                is a loss too.
         """
         if not interval > 0:
             msg = f"interval must be a positive number of seconds, not {interval!r}"
@@ -2359,6 +2368,7 @@ class LockWatcher:
         self.lock = lock
         self.interval = interval
         self.on_lost = on_lost
+        self.also = also
         self.lost: str | None = None
         self._names_warned = 1
         self._stop = threading.Event()
@@ -2387,6 +2397,8 @@ class LockWatcher:
             if not self.lock.held:
                 return
             reason = self._check()
+            if reason is None and self.also is not None:
+                reason = self.also()
             if reason is not None and self.lock.held and not self._stop.is_set():
                 self.lost = reason
                 self.on_lost(reason)

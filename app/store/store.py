@@ -231,7 +231,8 @@ class Store(Storage):
         from app.lock import LockWatcher
 
         assert self.root.lock is not None, "only a writer is watched"
-        return LockWatcher(self.root.lock, interval, on_lost).start()
+        # Its stamp too (red team 70): another profile's copied over the root while it ran.
+        return LockWatcher(self.root.lock, interval, on_lost, self.root.stamp_changed).start()
 
     def lost_error(self, reason: str) -> AppError:
         return self.root.lost_error(reason)

@@ -593,8 +593,8 @@ def port_served(
         token = files_token if isinstance(files_token, str) and files_token else None
     if sockets and all(s in _OWN_SOCKETS or (s, token) in _REFUSING for s in sockets):
         return None
-    holders = [h for h in live if (h.holder or {}).get("port") == port]
     pids = _holding(sockets)
+    holders = [h for h in live if _serves(h.holder, port, pids)]
     if _opens_with(host, port, token) is False:
         # Not the run's, but no request with this token gets in.
         _REFUSING.update((s, token) for s in sockets)
@@ -625,6 +625,23 @@ def port_served(
         f"serve --port N`); or give [{profile}] a port no other server uses in settings.toml "
         "(the app_live_server fixture picks a free one for itself)"
     )
+
+
+def _serves(holder: dict[str, Any] | None, port: int, pids: list[int]) -> bool:
+    """Whether the live `holder` of a root is what serves `port`: its record names that port
+    and is its own, and, where the processes listening there are known, it is one of them.
+
+    A record that is not the live holder's (a server killed with SIGKILL left it, and
+    `flock <root>/.server.lock <backup>` holds the lock since; a copy written over it; a
+    descriptor kept past its server) names a port nobody of that root serves: the run's
+    refusal named the `flock` process as "serving the data root of profile 'testing'", and
+    left out the process that listens there (red team 70 on regress).
+    """
+    if holder is None or holder.get("port") != port:
+        return False
+    if {"took_lock", "pid_written_over", "unpublished", "shared_lock"} & holder.keys():
+        return False  # as `app.lock.local_url` builds no URL from it
+    return not pids or holder.get("pid") in pids
 
 
 def refuse_testing_port_served(live: list[LiveHolder]) -> None:

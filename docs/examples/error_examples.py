@@ -247,6 +247,13 @@ EXAMPLES: list[errors.AppError] = [
     errors.DataRootChangedError(
         ROOT, f"sessions/ was replaced or moved since it was opened ({ROOT / 'sessions'})"
     ),
+    errors.StampChangedError(
+        ROOT / ".app-profile.json",
+        "now names profile 'development', and this process writes for profile 'production'",
+        stamped="development",
+        profile="production",
+        protected=True,
+    ),
     errors.ProfileStampMismatchError(ROOT, "production", "development", protected=True),
     errors.DataRootTooNewError(ROOT, "0.2.0", "3", "0.1.0", 2),
     errors.DataRootStateError(
