@@ -2606,6 +2606,7 @@ def inspect_profiles(
     environ: Mapping[str, str] | None = None,
     *,
     profile_source: str = "load(profile=...)",
+    refusing: bool = False,
 ) -> Report:
     """Resolve every profile and collect every problem instead of stopping at the first.
 
@@ -2618,10 +2619,14 @@ def inspect_profiles(
             (defaults to ``os.environ``). The pytest sandbox is always read from
             ``os.environ``: it is a fact about this process, not a configuration value.
         profile_source: how to name an explicit `profile` in messages (``--profile``).
+        refusing: raise the sandbox's refusal of the selected profile as soon as the profile
+            is known (`load`'s), rather than leave it to the caller.
 
     Raises:
         ConfigError: only for what makes the rest meaningless: a dynaconf switch variable,
             no settings directory, a settings file that is not TOML, an unknown profile.
+        SandboxViolationError: with `refusing`, a profile other than testing that tests may
+            not load here.
     """
     # One copy of the environment for the load, read once: each look at `os.environ`
     # decodes every name again (six scans of it a load made about 300 decodes; issue 11).
@@ -2641,6 +2646,14 @@ def inspect_profiles(
         and DEFAULT_PROFILE not in sandboxing.allowed_profiles(run)
     )
     selected, source = _select(profile, profile_source, env, files.profiles, in_run=in_run)
+    if refusing and selected != "testing":
+        # `load` refuses such a profile, under a pytest without the plugin or one the test
+        # did not opt into, whatever its storage and wherever that came from (only testing's
+        # refusal names them): refused here, before the files' values are resolved, the
+        # refused command never imports dynaconf (about 70 ms of CPU, most of a refused
+        # child's; bench/README.md, "perf-suite70"). The same refusal `load` raised after
+        # the resolution, which raises nothing of its own (every problem is collected).
+        sandboxing.check_profile(selected, "", "", where)
     problems: list[ConfigError] = [*_dynaconf_key_problems(env), *_file_problems(files)]
     if run is None:  # under a run every root is the sandbox's, whatever a variable says
         problems.extend(_misspelt_resource_variables(env, selected))
@@ -2726,7 +2739,7 @@ def load(
         >>> load().profile  # under pytest the plugin forces the testing profile
         'testing'
     """
-    report = inspect_profiles(profile, environ, profile_source=profile_source)
+    report = inspect_profiles(profile, environ, profile_source=profile_source, refusing=True)
     selected = report.profiles[report.selected]
     sandboxing.check_profile(selected.profile, *_storage(selected), report.where)
     problems = report.problems + (report.serving_problems if serving else ())

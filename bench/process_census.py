@@ -11,9 +11,11 @@ Usage (from the project directory)::
 that no test that wipes or rebuilds its children's environment loses it, and none sees a
 variable of it): each Python process of the virtualenv that ends through ``atexit`` appends
 one JSON line (its command line, its own user + system CPU, ``PYTEST_CURRENT_TEST`` if it
-inherited one, its parent) to `LOG`. Processes that end by a signal's default action, by
-``os._exit`` (the zygote's forks, tests/forked_app.py, when they skip ``atexit``) or
-under SIGKILL are not counted, nor are non-Python children (PostgreSQL, weed, Chromium).
+inherited one, its parent, whether it imported dynaconf) to `LOG`. A zygote's child
+(tests/forked_app.py, tests/forked_pytest.py) runs the ``atexit`` functions it inherited and
+is counted too, as forked. Processes that end by a signal's default action, by ``os._exit``
+without ``atexit`` or under SIGKILL are not counted, nor are non-Python children
+(PostgreSQL, weed, Chromium).
 Measurement only: always ``off`` after the run (the hook costs each process an ``open`` at
 exit while `FLAG` exists, and nothing otherwise).
 
@@ -29,29 +31,40 @@ from __future__ import annotations
 
 import argparse
 import collections
+import hashlib
 import json
 import re
 import site
 from pathlib import Path
 from typing import Any
 
-LOG = Path("/tmp/app-process-census.jsonl")
-FLAG = Path("/tmp/app-process-census.on")
+#: In /tmp, which every user a test runs as can write, named for this checkout: another
+#: checkout's census on the same machine (a hook of its own, its own flag) counts apart.
+_CHECKOUT = hashlib.sha256(str(Path(__file__).resolve().parents[1]).encode()).hexdigest()[:8]
+LOG = Path(f"/tmp/app-process-census-{_CHECKOUT}.jsonl")
+FLAG = Path(f"/tmp/app-process-census-{_CHECKOUT}.on")
 HOOK = "zz_app_process_census"
 SOURCE = f"""\
 import os, sys
 if os.path.exists({str(FLAG)!r}):
     import atexit, json
 
-    _app_census_start = (os.environ.get("PYTEST_CURRENT_TEST", ""), os.getcwd())
+    _app_census_start = (os.environ.get("PYTEST_CURRENT_TEST", ""), os.getcwd(), os.getpid())
 
     def _app_process_census():
         times = os.times()
         line = json.dumps({{
             "pid": os.getpid(), "ppid": os.getppid(), "argv": sys.orig_argv[:8],
             "cpu": times.user + times.system,
-            "test": os.environ.get("PYTEST_CURRENT_TEST", "") or _app_census_start[0],
-            "cwd": _app_census_start[1],
+            # a fork's own environment and directory, not its zygote's at the zygote's start
+            "test": os.environ.get("PYTEST_CURRENT_TEST", "") or (
+                "" if os.getpid() != _app_census_start[2] else _app_census_start[0]
+            ),
+            "cwd": os.getcwd() if os.getpid() != _app_census_start[2] else _app_census_start[1],
+            # a fork of a zygote (tests/forked_app.py, tests/forked_pytest.py) runs the
+            # atexit functions it inherited (`app.testing.zygote.leave`), in another pid
+            "forked": os.getpid() != _app_census_start[2],
+            "dynaconf": "dynaconf" in sys.modules,
         }})
         try:
             fd = os.open({str(LOG)!r}, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
@@ -85,6 +98,11 @@ def off() -> None:
 def kind(row: dict[str, Any]) -> str:
     argv: list[str] = row["argv"]
     line = " ".join(argv[1:])
+    if row.get("forked"):  # a zygote's child: an app command's argv is the zygote's own,
+        # an inner run's the one it was given (tests/forked_pytest.py's `become`)
+        if "import atexit, ctypes" in line:
+            return "forked app (tests/forked_app.py)"
+        return "forked pytest" if "pytest" in line else "forked " + kind({**row, "forked": False})
     if line.startswith("-u -c import sys;exec"):
         return "xdist worker (execnet)"
     if "pytest" in line.split(" ", 2)[:2] or "-mpytest" in line or argv[0].endswith("pytest"):
@@ -137,7 +155,7 @@ def report(top: int) -> None:
         # test's tmp_path (pytest names it after the test, cut to 30 characters).
         return by_dir.get(_test_directory_name(first.get("cwd", "")), "?")
 
-    kinds: dict[str, list[float]] = collections.defaultdict(lambda: [0, 0.0])
+    kinds: dict[str, list[float]] = collections.defaultdict(lambda: [0, 0.0, 0])
     files: dict[str, dict[str, list[float]]] = collections.defaultdict(
         lambda: collections.defaultdict(lambda: [0, 0.0])
     )
@@ -145,12 +163,14 @@ def report(top: int) -> None:
         name = kind(row)
         kinds[name][0] += 1
         kinds[name][1] += row["cpu"]
+        kinds[name][2] += bool(row.get("dynaconf"))
         files[started_by(row)][name][0] += 1
         files[started_by(row)][name][1] += row["cpu"]
     print(f"{len(rows)} processes, {sum(row['cpu'] for row in rows):.1f} s of CPU\n")
-    print("| kind | processes | CPU (s) | mean (s) |\n|---|---:|---:|---:|")
-    for name, (count, cpu) in sorted(kinds.items(), key=lambda item: -item[1][1])[:top]:
-        print(f"| {name} | {count:.0f} | {cpu:.1f} | {cpu / count:.3f} |")
+    print("| kind | processes | CPU (s) | mean (s) | imported dynaconf |")
+    print("|---|---:|---:|---:|---:|")
+    for name, (count, cpu, dynaconf) in sorted(kinds.items(), key=lambda item: -item[1][1])[:top]:
+        print(f"| {name} | {count:.0f} | {cpu:.1f} | {cpu / count:.3f} | {dynaconf:.0f} |")
     print()
     totals = {name: sum(cpu for _, cpu in each.values()) for name, each in files.items()}
     for name in sorted(totals, key=lambda name: -totals[name])[:top]:

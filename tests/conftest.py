@@ -350,6 +350,30 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     item.stash[NEXT_ITEM] = nextitem
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    # At the end of each file (its module fixtures torn down too): a variable a test left in
+    # this process's environment (``os.environ[...] = ...`` rather than monkeypatch's
+    # ``setenv``) made every later `app` command of this worker start plainly rather than
+    # forked, for the rest of the run (tests/forked_app.py, `Zygote.fits`): test_planted.py's
+    # ``PLANTED_RAN``, about 120 plain starts and some 15 s of CPU of a whole run
+    # (bench/README.md, "perf-suite70"). An error of the file's last test, naming them; the
+    # run's values are put back, so that the next file is neither slowed nor blamed.
+    result = yield
+    if nextitem is None or nextitem.path != item.path:
+        left = forked_app.left_in_the_environment()
+        if left:
+            forked_app.put_back_the_environment(left)
+            pytest.fail(
+                f"{item.path.name} left {', '.join(left)} in this process's environment: "
+                "every later `app` command of this worker would start plainly rather than "
+                "forked (tests/forked_app.py). Set it with monkeypatch.setenv, or in the "
+                "environment of the child that needs it",
+                pytrace=False,
+            )
+    return result
+
+
 @pytest.fixture(autouse=True)
 def _inner_runs_use_a_copy_of_the_project_settings(request: pytest.FixtureRequest) -> None:
     # A pytester run's rootdir is a temporary directory: another project, as far as the

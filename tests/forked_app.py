@@ -80,6 +80,29 @@ def as_the_run_for_the_rest(env: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in _RUN["environ"].items() if not k.startswith(_GIVEN_AT_FORK)} | given
 
 
+def left_in_the_environment() -> list[str]:
+    """The variables of this process's environment that differ from the run's, outside those
+    given at fork (`_GIVEN_AT_FORK`): while one does, no command of this process fits its
+    zygote (`Zygote.fits`), and every later one starts plainly."""
+    if not _RUN:
+        return []
+    run = _RUN["environ"]
+    return sorted(
+        name
+        for name in set(os.environ) | set(run)
+        if not name.startswith(_GIVEN_AT_FORK) and os.environ.get(name) != run.get(name)
+    )
+
+
+def put_back_the_environment(names: list[str]) -> None:
+    """`names` (`left_in_the_environment`) as the run's environment has them, or unset."""
+    for name in names:
+        if name in _RUN["environ"]:
+            os.environ[name] = _RUN["environ"][name]
+        else:
+            os.environ.pop(name, None)
+
+
 def children_take_sigint() -> None:
     """Give SIGINT its Python handler again in a run started with it ignored, so that every
     child the tests start (exec'd, or forked from a zygote this run starts) takes it.

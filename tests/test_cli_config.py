@@ -322,6 +322,37 @@ def test_config_and_doctor_do_not_import_the_server_stack_or_the_remote_backend(
     assert imported == []
 
 
+def test_a_profile_refused_under_the_run_is_refused_before_dynaconf_is_imported(
+    base_env: dict[str, str], project_copy: Path
+) -> None:
+    # The sandbox refuses a profile other than testing whatever its storage, so `load`
+    # refuses it before resolving the files' values: the refused command (most of the guard's
+    # children) never pays for dynaconf's import, about 70 ms of its CPU (bench/README.md,
+    # "perf-suite70"). The refusal is the one a resolved load gave: its message, its exit.
+    code = (
+        "import json, sys\n"
+        "from app.cli import main\n"
+        "sys.argv = ['app', '--profile', 'production', 'data', 'purge', '--yes-i-mean-it']\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit as exit:\n"
+        "    code = exit.code\n"
+        "print(json.dumps([code, 'dynaconf' in sys.modules]), file=sys.stderr)\n"
+    )
+    env = {**base_env, SETTINGS_DIR_ENV: str(project_copy)}
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
+    )
+    *refusal, last = result.stderr.splitlines()
+    assert json.loads(last) == [78, False], result.stderr
+    assert " ".join(refusal).startswith("error: refused under pytest (sandbox: "), result.stderr
+    assert (
+        "loading profile 'production'; tests run on the 'testing' profile (this process "
+        "belongs to the test run through "
+    ) in " ".join(refusal), result.stderr
+    assert project_copy.joinpath("data").exists() is False
+
+
 FORMAT_SETTINGS = """\
 [development]
 data_root = "data/development"

@@ -79,13 +79,16 @@ def environment(tmp_path: Path) -> Path:
 
 
 def test_a_test_that_plants_start_up_code_is_failed_and_the_environment_put_back(
-    pytester: pytest.Pytester, environment: Path, tmp_path: Path
+    pytester: pytest.Pytester, environment: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (own,) = environment.glob("lib/python3*/site-packages")
     link_before = (own / "link.pth").read_bytes()
     ran = tmp_path / "planted-ran"
     pytester.makepyfile(test_planting=PLANTING)
-    os.environ["PLANTED_RAN"] = str(ran)  # pytester's monkeypatch puts os.environ back
+    # The test's own monkeypatch: pytester's puts back only what it set itself, and a
+    # variable left in this process's environment made every later `app` command of the
+    # worker start plainly, not forked (tests/conftest.py's `pytest_runtest_teardown`).
+    monkeypatch.setenv("PLANTED_RAN", str(ran))
     result = pytester.run(str(environment / "bin" / "python"), "-m", "pytest", "-p", "no:randomly")
     out = result.stdout.str()
     result.assert_outcomes(passed=4, errors=3)
@@ -187,7 +190,7 @@ def test_turns_on_the_system_site_packages():
 
 
 def test_start_up_code_planted_beside_the_start_up_files_is_put_back_too(
-    pytester: pytest.Pytester, environment: Path, tmp_path: Path
+    pytester: pytest.Pytester, environment: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Red team 67 (rt-regress67d), each found by hand against the first version: a ``.pth``
     rewritten at its size with its mtime set back (``os.utime``), a module a ``.pth`` imports
@@ -214,8 +217,8 @@ def test_start_up_code_planted_beside_the_start_up_files_is_put_back_too(
     assert b"include-system-site-packages = false" in cfg_before
     ran = tmp_path / "planted-ran"
     pytester.makepyfile(test_hidden=HIDDEN)
-    os.environ["PLANTED_RAN"] = str(ran)  # pytester's monkeypatch puts os.environ back
-    os.environ["PLANTED_EXTRA"] = str(extra)
+    monkeypatch.setenv("PLANTED_RAN", str(ran))  # put back after the test, as above
+    monkeypatch.setenv("PLANTED_EXTRA", str(extra))
     result = pytester.run(str(environment / "bin" / "python"), "-m", "pytest", "-p", "no:randomly")
     out = result.stdout.str()
     flat = " ".join(out.split())
