@@ -113,6 +113,12 @@ def check(
     referenced = {row["blob"] for row in rows}
     findings: list[Finding] = []
     orphans, unfinished = _unnamed(db, objects, referenced, orphan_grace, known_to=known_to)
+    # Written before this database was adopted as a copy of the prefix's (red team 70 on the
+    # remote backend): an object the original named, acknowledged after the copy was made.
+    adopted = _adopted_at(db) if orphans else None
+    original = [info for info in orphans if adopted is not None and info.last_modified < adopted]
+    orphans = [info for info in orphans if info.name not in {i.name for i in original}]
+    findings.extend(_of_the_original(info, objects, adopted) for info in original if adopted)
     for info in orphans:
         findings.append(
             Finding(
@@ -436,6 +442,36 @@ def _session_finding(row: dict[str, Any]) -> Finding:
         "refused (session_unreadable)",
         "nothing: left for a human (with every replica stopped, give it its metadata back "
         "from a backup, or '{}'; or delete the session, which moves it to the trash as it is)",
+    )
+
+
+def _adopted_at(db: Database) -> datetime | None:
+    """When this database was last adopted as a copy of the one its prefix belonged to
+    (``app data restamp`` of a restore: its ``adopt-copy`` row), or None."""
+    with db.conn("the read of the database's adoption as a copy") as conn:
+        row = conn.execute(
+            "SELECT max(at) AS at FROM app_audit WHERE operation = 'adopt-copy'"
+        ).fetchone()
+    return None if row is None or row["at"] is None else row["at"].astimezone(UTC)
+
+
+def _of_the_original(info: ObjectInfo, objects: ObjectStore, adopted: datetime) -> Finding:
+    """An object no row names, written before this database was adopted as a copy of the
+    prefix's (a restore of a dump): the original may have acknowledged it after the copy
+    was made, its row lost with the original. `app data check --repair` deleted it as "an
+    upload whose transaction never committed (nobody could ever read it)": the last bytes
+    of a file a client was told were saved (red team 70 on the remote backend)."""
+    return Finding(
+        "object-of-the-original",
+        info.name,
+        f"object {info.name} ({info.size} bytes, written "
+        f"{info.last_modified:%Y-%m-%d %H:%M:%S}) is named by no row, and was written before "
+        f"this database was adopted as a copy of the one the prefix belonged to (app data "
+        f"restamp, {adopted:%Y-%m-%d %H:%M:%S}): it may be a file the original acknowledged "
+        "after the copy was made (a dump restored), whose row went with the original",
+        "nothing: the app never deletes it; its bytes are at "
+        f"s3://{objects.location.bucket}/{objects.location.key(info.name)}: upload them "
+        "again where they belong, or delete it by hand once it is no one's",
     )
 
 
