@@ -83,10 +83,9 @@ def check(
         # Of the server that gave the rows: behind a URL that reaches several servers, the
         # next connection may be another's (red team 59).
         known_to = _rows_known_to(conn)
-        # A database made before the index of trashed rows by name (red team 70 on regress).
-        indexed = conn.execute(
-            "SELECT to_regclass('app_files_trashed') IS NOT NULL AS there"
-        ).fetchone() == {"there": True}
+        # A database made before the index of trashed rows by name (red team 70 on regress),
+        # or one whose index of that name is no use (red team 70 on the remote backend).
+        index_problem = pg.trashed_index_problem(conn)
         # A session's row a tool wrote (red team 60): its metadata not an object.
         sessions = conn.execute(
             "SELECT id, metadata, deleted_at IS NOT NULL AS trashed FROM app_sessions"
@@ -114,6 +113,12 @@ def check(
     referenced = {row["blob"] for row in rows}
     findings: list[Finding] = []
     orphans, unfinished = _unnamed(db, objects, referenced, orphan_grace, known_to=known_to)
+    # Written before this database was adopted as a copy of the prefix's (red team 70 on the
+    # remote backend): an object the original named, acknowledged after the copy was made.
+    adopted = _adopted_at(db) if orphans else None
+    original = [info for info in orphans if adopted is not None and info.last_modified < adopted]
+    orphans = [info for info in orphans if info.name not in {i.name for i in original}]
+    findings.extend(_of_the_original(info, objects, adopted) for info in original if adopted)
     for info in orphans:
         findings.append(
             Finding(
@@ -180,7 +185,11 @@ def check(
     # after the orphans were deleted, and no row recorded their deletion (red team 51). The
     # deletions, which nothing undoes, come last, just before the row that records them.
     findings = _recount(db, findings) if repair and exclusive and drift else findings
-    findings += [] if indexed else [_trashed_index(db, made=repair and exclusive)]
+    findings += (
+        []
+        if index_problem is None
+        else [_trashed_index(db, index_problem, made=repair and exclusive)]
+    )
     findings += _marked(db, hashed=hashed) if repair and exclusive else []
     if repair and (orphans or unfinished):
         repaired, refused = _repair_unnamed(objects, orphans, unfinished)
@@ -436,27 +445,77 @@ def _session_finding(row: dict[str, Any]) -> Finding:
     )
 
 
-def _trashed_index(db: Database, *, made: bool) -> Finding:
-    """The finding of a database made before ``app_files_trashed`` (`pg.TRASHED_INDEX`),
-    which ``made`` (a maintenance repair) gives it. Without it, each upload of a name new
-    to a session that held 200,000 trashed rows looked for the name's newest trashed row
-    through the index of trashed rows by time (every session's), and took 100 to 125 ms of
-    the database's time, under the session's lock (red team 70 on regress); a file's 404
-    and a restore sorted the session's rows. Built under maintenance's exclusive hold (it holds
-    writes to app_files for the while: a second or two a million rows), never at a
-    replica's open, which would hold every other replica's uploads."""
+def _adopted_at(db: Database) -> datetime | None:
+    """When this database was last adopted as a copy of the one its prefix belonged to
+    (``app data restamp`` of a restore: its ``adopt-copy`` row), or None."""
+    with db.conn("the read of the database's adoption as a copy") as conn:
+        row = conn.execute(
+            "SELECT max(at) AS at FROM app_audit WHERE operation = 'adopt-copy'"
+        ).fetchone()
+    return None if row is None or row["at"] is None else row["at"].astimezone(UTC)
+
+
+def _of_the_original(info: ObjectInfo, objects: ObjectStore, adopted: datetime) -> Finding:
+    """An object no row names, written before this database was adopted as a copy of the
+    prefix's (a restore of a dump): the original may have acknowledged it after the copy
+    was made, its row lost with the original. `app data check --repair` deleted it as "an
+    upload whose transaction never committed (nobody could ever read it)": the last bytes
+    of a file a client was told were saved (red team 70 on the remote backend)."""
+    return Finding(
+        "object-of-the-original",
+        info.name,
+        f"object {info.name} ({info.size} bytes, written "
+        f"{info.last_modified:%Y-%m-%d %H:%M:%S}) is named by no row, and was written before "
+        f"this database was adopted as a copy of the one the prefix belonged to (app data "
+        f"restamp, {adopted:%Y-%m-%d %H:%M:%S}): it may be a file the original acknowledged "
+        "after the copy was made (a dump restored), whose row went with the original",
+        "nothing: the app never deletes it; its bytes are at "
+        f"s3://{objects.location.bucket}/{objects.location.key(info.name)}: upload them "
+        "again where they belong, or delete it by hand once it is no one's",
+    )
+
+
+def _trashed_index(db: Database, problem: tuple[str, bool], *, made: bool) -> Finding:
+    """The finding of a database whose index ``app_files_trashed`` (`pg.TRASHED_INDEX`) is
+    missing (made before it) or no use (`pg.trashed_index_problem`: INVALID, another
+    definition, a relation of someone's of that name), which ``made`` (a maintenance
+    repair) mends where it may: it drops the index that is there and makes the app's.
+    Without it, each upload of a name new to a session that held 200,000 trashed rows
+    looked for the name's newest trashed row through the index of trashed rows by time
+    (every session's), and took 100 to 125 ms of the database's time, under the session's
+    lock (red team 70 on regress); a file's 404 and a restore sorted the session's rows.
+    Built under maintenance's exclusive hold (it holds writes to app_files for the while: a
+    second or two a million rows), never at a replica's open, which would hold every other
+    replica's uploads."""
+    detail, mendable = problem
+    missing = detail.startswith("the database has no index")
+    made = made and mendable
     if made:
         with db.write("the index of trashed files' rows by session and name") as conn:
-            conn.execute(pg.TRASHED_INDEX.replace("INDEX", "INDEX IF NOT EXISTS", 1).encode())
+            if not missing:
+                conn.execute("DROP INDEX app_files_trashed")
+            conn.execute(pg.TRASHED_INDEX.encode())
+    consequence = (
+        "an upload of a name new to a session that holds many trashed rows looks through "
+        "every trashed row, and a file's 404 and a restore sort the session's, slower as the "
+        "trash grows"
+    )
+    holds = "with every replica stopped: it holds writes to app_files while it is built"
+    if not mendable:
+        repair = (
+            "nothing: rename or drop that app_files_trashed (not the app's, which never drops "
+            "it), then run `app data check --repair` with every replica stopped to make the "
+            "index"
+        )
+    elif missing:
+        repair = f"make it (`app data check --repair`, {holds})"
+    else:
+        repair = f"drop it and make it again (`app data check --repair`, {holds})"
     return Finding(
-        "index-missing",
+        "index-missing" if missing else "index-unusable",
         "app_files_trashed",
-        "the database has no index app_files_trashed (of trashed files' rows by session and "
-        "name: made before it): an upload of a name new to a session that holds many "
-        "trashed rows looks through every trashed row, and a file's 404 and a restore sort "
-        "the session's, slower as the trash grows",
-        "make it (`app data check --repair`, with every replica stopped: it holds writes to "
-        "app_files while it is built)",
+        f"{detail}: {consequence}",
+        repair,
         made,
     )
 

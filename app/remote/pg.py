@@ -238,6 +238,68 @@ TRASHED_INDEX: Final = " ".join(
     _SCHEMA[_SCHEMA.index("CREATE INDEX app_files_trashed") :].split(";", 1)[0].split()
 )
 
+#: `TRASHED_INDEX` as ``pg_get_indexdef`` gives it, its schema left out (as
+#: `_APP_UNIQUE_INDEXES`' are): what `trashed_index_problem` compares an index of that name to.
+TRASHED_INDEX_DEFINITION: Final = (
+    "CREATE INDEX app_files_trashed ON app_files USING btree (session_id, name,"
+    ' "left"(trash_name, 22) COLLATE "C" DESC, id DESC) WHERE (deleted_at IS NOT NULL)'
+)
+
+
+def trashed_index_problem(conn: psycopg.Connection[Any]) -> tuple[str, bool] | None:
+    """What is wrong with the index `TRASHED_INDEX` in the connection's schema, and whether
+    ``app data check --repair`` may mend it (drop what is there, if anything, and make the
+    app's), or None where it is the app's and usable.
+
+    The name alone said nothing (red team 70 on the remote backend): a DBA's ``CREATE INDEX
+    CONCURRENTLY`` of it beside live replicas that failed (a lock timeout behind an upload,
+    a cancel) leaves an INVALID index of that name, which the planner never uses, and one
+    built by hand may index other columns; the check took either for the index, and the
+    repair's ``IF NOT EXISTS`` made none. A relation of that name that is no index of
+    app_files (a table of someone's) is named and left alone: the app drops only its own.
+    """
+    row = conn.cursor(row_factory=dict_row).execute(_TRASHED_INDEX_STATE).fetchone()
+    if row is None:
+        missing = (
+            "the database has no index app_files_trashed (of trashed files' rows by session "
+            "and name: made before it)"
+        )
+        return missing, True
+    if row["kind"] != "i" or not row["ours"]:
+        what = _RELATION_KINDS.get(row["kind"], f"a relation of kind {row['kind']!r}")
+        return f"app_files_trashed is {what}, not the app's index of trashed files' rows", False
+    shown = re.sub(r" ON \S+\.", " ON ", str(row["definition"]), count=1)
+    if shown != TRASHED_INDEX_DEFINITION:
+        return f"the index app_files_trashed is not the app's: {shown}", True
+    if not row["usable"]:
+        invalid = (
+            "the index app_files_trashed is INVALID (a failed CREATE INDEX or REINDEX "
+            "CONCURRENTLY): the database never uses it"
+        )
+        return invalid, True
+    return None
+
+
+#: What `trashed_index_problem` reads of the relation named ``app_files_trashed``, if any.
+_TRASHED_INDEX_STATE: Final = (
+    "SELECT c.relkind::text AS kind, x.indrelid = to_regclass('app_files') AS ours,"
+    " pg_get_indexdef(c.oid) AS definition, x.indisvalid AND x.indisready AS usable"
+    " FROM pg_class c LEFT JOIN pg_index x ON x.indexrelid = c.oid"
+    " WHERE c.oid = to_regclass('app_files_trashed')"
+)
+#: What `trashed_index_problem` calls a relation by its ``pg_class.relkind``.
+_RELATION_KINDS: Final = {
+    "i": "an index of another table",
+    "r": "a table",
+    "p": "a partitioned table",
+    "v": "a view",
+    "m": "a materialized view",
+    "S": "a sequence",
+    "f": "a foreign table",
+    "c": "a composite type",
+    "I": "a partitioned index",
+}
+
 #: The app's tables, in the order `_SCHEMA` creates them: a table another references comes
 #: first, so ``SET LOGGED`` in this order never makes a logged table reference an unlogged one.
 APP_TABLES = tuple(re.findall(r"^CREATE TABLE (\w+)", _SCHEMA, re.MULTILINE))

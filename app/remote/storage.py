@@ -1039,24 +1039,34 @@ def _hand_over_prefix(
         )
         changed = True
     else:
-        # A copy of the database the prefix belongs to (a restore) made the one whose
-        # rows name its objects (red team 39): the original is refused from now on.
-        location = objects.location
-        bound = maintenance.bound_to(location.bucket, location.prefix)
-        here = pg.instance(maintenance.conn)
-        old = (
-            None
-            if bound is None
-            else objects.adopt(config.profile, bound, here, pg.timeline(maintenance.conn))
-        )
-        if old is not None:
-            unaudited = maintenance.audit_made(
-                "adopt-copy",
-                objects.where,
-                {"database": bound, "from": old.get("instance"), "to": here},
-            )
-            changed = True
+        changed, unaudited = adopt_copy(config.profile, objects, maintenance)
     return changed, unaudited
+
+
+def adopt_copy(
+    profile: str, objects: ObjectStore, maintenance: pg.Maintenance
+) -> tuple[bool, str | None]:
+    """`restamp`'s adoption of a copy of the database the prefix belongs to (a restore),
+    which makes it the one whose rows name its objects (red team 39): the original is
+    refused from now on. Whether it changed the prefix's stamp, and why the audit log could
+    not record it (None if it did). The ``adopt-copy`` row's time is what `app data check`
+    keeps the objects no row names from before (red team 70 on the remote backend)."""
+    location = objects.location
+    bound = maintenance.bound_to(location.bucket, location.prefix)
+    here = pg.instance(maintenance.conn)
+    old = (
+        None
+        if bound is None
+        else objects.adopt(profile, bound, here, pg.timeline(maintenance.conn))
+    )
+    if old is None:
+        return False, None
+    unaudited = maintenance.audit_made(
+        "adopt-copy",
+        objects.where,
+        {"database": bound, "from": old.get("instance"), "to": here},
+    )
+    return True, unaudited
 
 
 @contextlib.contextmanager
