@@ -31,6 +31,7 @@ import contextvars
 import errno
 import fcntl
 import functools
+import itertools
 import json
 import logging
 import os
@@ -48,7 +49,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Final, Self
 
-from app import __version__
+from app import __version__, libc
 from app.config_files import loop_at
 from app.errors import (
     AFTER_FAILED_SYNC,
@@ -2262,22 +2263,21 @@ def _root_mount() -> bytes:
     first thread's, read in its stead, named a bind mount of the root's ``.trash/`` it made
     at a path outside the root: a file's delete was acknowledged across it (EXDEV; red team
     70 on regress). The mount id is ``statx``'s alone (no ``os.statx`` before Python 3.15,
-    and ``os.stat`` has none): libc's, through ctypes, as `syncfs` is; about 0.7 us more
-    than ``os.stat`` (`bench/README.md`). Where libc has no ``statx``, or the kernel gives
+    and ``os.stat`` has none): libc's, through `app.libc` (``_ctypes`` alone: the plugin's
+    start reads the table, and importing ``ctypes`` costs it more than the rest); about 0.7
+    us more than ``os.stat`` (`bench/README.md`). Where libc has no ``statx``, or the kernel gives
     no mount id (before Linux 5.8), the device and inode as before.
     """
     call = _STATX[0] if _STATX else _statx()
     if call is None:
         top = os.stat("/")  # noqa: PTH116
         return top.st_dev.to_bytes(8, "little") + top.st_ino.to_bytes(8, "little")
-    import ctypes
-
     try:
         buffer = _STATX_BUFFER.buffer  # struct statx, the calling thread's
     except AttributeError:
-        buffer = _STATX_BUFFER.buffer = ctypes.create_string_buffer(256)
+        buffer = _STATX_BUFFER.buffer = libc.buffer(256)
     if call(_AT_FDCWD, b"/", 0, _STATX_INO | _STATX_MNT_ID, buffer) != 0:
-        number = ctypes.get_errno()
+        number = libc.get_errno()
         raise OSError(number, f"statx of /: {os.strerror(number)}")
     raw: bytes = buffer.raw
     return raw[136:144] + raw[32:40] + raw[144:152]  # stx_dev_*, stx_ino, stx_mnt_id
@@ -2293,11 +2293,9 @@ _STATX_BUFFER: Final = threading.local()
 
 
 def _statx() -> Any:
-    import ctypes
-
     try:
-        call = getattr(ctypes.CDLL(None, use_errno=True), "statx", None)
-    except OSError:
+        call = libc.function("statx")
+    except (AttributeError, OSError):
         call = None
     _STATX[:] = [call]
     return call
@@ -2351,7 +2349,15 @@ class _MountTable:
         # in half the time of a stat of it (3 us against 6, through /proc's magic links).
         # This thread's, as `_MOUNTINFO` is: /proc/self/ns/mnt is the first thread's, and a
         # thread that entered a namespace of its own wrote unseen through its mounts.
-        ns = os.readlink("/proc/thread-self/ns/mnt")  # noqa: PTH115
+        try:
+            ns = os.readlink("/proc/thread-self/ns/mnt")  # noqa: PTH115
+        except OSError:
+            # Its namespace unknown (the link's read failed, /proc still mounted: a tracer's
+            # injected fault): a key no other call has, so the table is opened and read
+            # afresh, never another namespace's; whether it can be read is the table's own
+            # read to say (`DataRoot._mount_inside`). Refused here, every write failed as a
+            # root "mounted over" where red team 61's fsync failure was the cause to report.
+            ns = f"unknown {next(_UNKNOWN_NAMESPACES)}"
         return os.getpid(), ns, _root_mount()
 
     def mounts(self) -> list[tuple[bytes, bytes, bytes | None]]:
@@ -2450,6 +2456,8 @@ class _MountTable:
 
 
 _MOUNTS: Final = _MountTable()
+#: Keys for `_MountTable._whose` where a thread's mount namespace could not be read.
+_UNKNOWN_NAMESPACES: Final = itertools.count()
 
 
 def _table_readable() -> bool:

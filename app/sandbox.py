@@ -54,6 +54,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, AnyStr, Final, Generic
 
+from app import libc
 from app.errors import SandboxViolationError, json_loads
 from app.records import Record
 
@@ -4117,20 +4118,9 @@ def _forget_dead_runs(directory: Path) -> None:
 def _become_subreaper() -> None:
     # A child that double-forks would be re-parented to init and leave the run's tree; as
     # the run's subreaper, the pytest process adopts it instead (Linux only, best effort).
-    # `_ctypes`, the module `ctypes` is built on, called as `ctypes.CDLL(None).prctl` calls
-    # it (its default result is a C int): importing `ctypes` itself, its forty C types, cost
-    # about 5 M instructions of every run's start (bench/README.md, "perf-startup60").
+    # Through `app.libc` (`_ctypes` alone: importing `ctypes` cost every run's start).
     with contextlib.suppress(Exception):
-        import _ctypes
-
-        class _Libc:  # what a function pointer is looked up in: a handle, as CDLL has
-            _handle = _ctypes.dlopen(None, os.RTLD_LOCAL)  # type: ignore[arg-type]
-
-        class _Function(_ctypes.CFuncPtr):
-            _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
-
-        prctl = _Function(("prctl", _Libc()))  # type: ignore[arg-type]  # any `_handle`
-        prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+        libc.function("prctl")(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
 
 
 def _publish(
@@ -5408,16 +5398,9 @@ def _libc_calls() -> tuple[Any, Any, Any, Any, Any]:
         class _Long(_ctypes._SimpleCData):  # type: ignore[type-arg]
             _type_ = "l"
 
-        class _Libc:
-            _handle = _ctypes.dlopen(None, os.RTLD_LOCAL)  # type: ignore[arg-type]
-
-        class _Function(_ctypes.CFuncPtr):
-            _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
-            _restype_ = _Long
-
         names = ("mmap", "munmap", "syscall", "madvise")
         _LIBC.append(_Long)
-        _LIBC.extend(_Function((name, _Libc())) for name in names)  # type: ignore[arg-type]
+        _LIBC.extend(libc.function(name, _Long) for name in names)
     return tuple(_LIBC)
 
 
