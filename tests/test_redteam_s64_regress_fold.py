@@ -176,7 +176,9 @@ def test_a_holder_whose_lock_file_shows_other_bytes_is_found_under_another_case(
         f"data root {other} is held by pid {pid} (",
         (
             "which published no details in the lock file (it took the lock on a full disk, is "
-            "releasing it, or the file was emptied by hand), through its lock file "
+            "releasing it, or the file was emptied by hand; or it is not a holder of the app "
+            "but a program that writes nothing there, as `flock` around a backup), through "
+            "its lock file "
             f"{root}/.server.lock, which is {other}/.server.lock under another name on the "
             f"FUSE filesystem mounted at {tmp_path / 'v'} (one that folds case"
         ),
