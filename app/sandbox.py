@@ -2539,10 +2539,38 @@ def _running_here(entry: Path, namespace: int | None) -> bool:
     (`_hidden_parent`)."""
     try:
         data = json_loads(_entry_bytes(entry))
-        recorded, ended = data.get("pid_namespace"), data.get("ended_at")
+        recorded, ended, booted = data.get("pid_namespace"), data.get("ended_at"), data.get(_BOOT)
     except (OSError, ValueError, AttributeError):
         return True  # unreadable: it may be this process's run
+    now = _boot_id()
+    if isinstance(booted, str) and now is not None and booted != now:
+        # A run of an earlier boot (killed with its machine: no end recorded), on a /tmp kept
+        # across boots (RHEL's): the first PID namespace has the same number in every boot,
+        # and a service whose hidden parent (a supervisor) had that run's pid was refused
+        # every command (red team 70 on regress, the guard).
+        return False
     return ended is None and (namespace is None or recorded is None or recorded == namespace)
+
+
+#: The field of a registry entry that names the boot its run started in (`_boot_id`).
+_BOOT: Final = "boot_id"
+
+
+#: `_boot_id`, read once: a process (and its forks) lives in one boot.
+_BOOT_ID: list[str | None] = []
+
+
+def _boot_id() -> str | None:
+    """Linux's random id of this boot (``/proc/sys/kernel/random/boot_id``), the same in
+    every namespace; None where it cannot be read. Read once: the plugin writes its entry's
+    expected fields after every test (`_entry_dict`)."""
+    if not _BOOT_ID:
+        try:
+            text = (_PROC / "sys" / "kernel" / "random" / "boot_id").read_text().strip()
+        except OSError:
+            text = ""
+        _BOOT_ID.append(text or None)
+    return _BOOT_ID[0]
 
 
 def _misshown() -> tuple[str, str] | None:
@@ -4411,6 +4439,8 @@ def _entry_dict(run: Run | None, pid: int) -> dict[str, Any]:
             data["sandbox_identity"] = list(run.sandbox_identity)
     data["pid_namespace"] = _pid_namespace()
     data["own_pid_namespace"] = _own_pid_namespace(pid)
+    if (booted := _boot_id()) is not None:
+        data[_BOOT] = booted  # `_running_here`
     return data
 
 
