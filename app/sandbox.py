@@ -35,6 +35,7 @@ a module that loaded a profile at import time.
 
 from __future__ import annotations
 
+import _thread
 import atexit
 import contextlib
 import contextvars
@@ -2284,18 +2285,32 @@ def _led_by_a_run(walked: set[int], seen: _Seen) -> Run | None:
     return None
 
 
+#: One walk at a time in a process (`_walk_tree`): a walk's notes (`_PROC_FAILED`,
+#: `_EXE_DENIED`, `_CHANGED`, `_AS_READ`, `_LISTED`) are the module's, emptied as each begins.
+#: `_thread`'s, not `threading`'s: a command's start does not import `threading`.
+_WALKING: list[Any] = [_thread.RLock()]
+# A fork made while another thread walked has that thread's lock held, by no thread of its own.
+os.register_at_fork(after_in_child=lambda: _WALKING.__setitem__(0, _thread.RLock()))
+
+
 def _walk_tree() -> tuple[Run | None, str | None, str]:
     """The nearest registered run among this process and its ancestors (else the run that
     leads its session or process group, `_led_by_a_run`), whether a pytest without the
     plugin sits between (its rules then apply as well), and what resolves a refusal where
-    that is all of it (an ancestor's entry this process may not read, `_hidden_run`)."""
-    _LISTED.append({})
-    try:
-        return _walk_tree_listed()
-    finally:
-        _LISTED.pop()
-        _AS_READ.clear()
-        _READ_SHORT.clear()
+    that is all of it (an ancestor's entry this process may not read, `_hidden_run`).
+
+    One at a time: a walk begun in another thread (a server's workers check each storage or
+    connection they open, `check_root`, `check_scratch`) emptied the notes of one under way,
+    and a walk that a failed read of its run's ``/proc/<pid>/exe`` refused alone found no run
+    (red team 70 on regress, the guard)."""
+    with _WALKING[0]:
+        _LISTED.append({})
+        try:
+            return _walk_tree_listed()
+        finally:
+            _LISTED.pop()
+            _AS_READ.clear()
+            _READ_SHORT.clear()
 
 
 def _walk_tree_listed() -> tuple[Run | None, str | None, str]:

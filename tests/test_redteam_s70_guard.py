@@ -24,15 +24,20 @@ Red team 70 on regress (branch rt-regress70a): a run started by its ``#!`` line 
 script, its interpreter only in its command line) whose command line a tracer failed to read,
 with its ``exe``, was taken for no Python's; and where ``/proc`` hides the run, a look in the
 registry that failed (``EIO`` on its ``openat`` or ``newfstatat``) for an empty one: each
-child purged. Both now refuse. Every child here comes from one inner run (hidden first, its
+child purged. Both now refuse. And a walk begun in another thread emptied the notes of one under way
+(a server's workers walk as they open storage): one walk at a time in a process now. Every
+child here comes from one inner run (hidden first, its
 entry in place; then its entry removed), started by its ``#!`` line, leading its session.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 
 import pytest
 from test_redteam_s61_children import PRELUDE, run_inner
@@ -234,3 +239,74 @@ def test_a_child_whose_look_for_a_hidden_run_or_at_its_name_fails_is_refused(
         ), text
         assert "run of that pid failed (EIO: Input/output error), so this process" in text
         assert f"Let this process list {found[1]}: a tracer that injects faults" in text, text
+
+
+#: Two walks of one process tree in two threads, under a tracer that fails every read of pid
+#: 1's `exe` (a Python, outside any run, in a PID namespace of its own): walk A is held (by
+#: `sys.settrace`) just before it asks whether its read of pid 1 failed, until walk B has
+#: emptied the walk's notes (or, where walks take turns, B waits for A). What each said.
+TWO_WALKS = """
+import json, sys, threading
+from app import sandbox
+
+serial = sandbox._walk_tree()[1]
+stops = {"A": "_proc_read_failed", "B": "_unwalkable"}
+at = {name: threading.Event() for name in stops}
+go = {name: threading.Event() for name in stops}
+said = {}
+
+
+def walker(name):
+    def trace(frame, event, arg):
+        held = name == "B" or frame.f_locals.get("pid") == 1
+        here = event == "call" and frame.f_code.co_name == stops[name]
+        if here and held and not at[name].is_set():
+            at[name].set()
+            go[name].wait()
+
+    sys.settrace(trace)
+    said[name] = sandbox._walk_tree()[1]
+
+
+a = threading.Thread(target=walker, args=("A",))
+a.start()
+at["A"].wait()
+b = threading.Thread(target=walker, args=("B",))
+b.start()
+if not hasattr(sandbox, "_WALKING"):
+    at["B"].wait()
+go["A"].set()
+a.join()
+go["B"].set()
+b.join()
+print(json.dumps({"serial": serial, **said}))
+"""
+
+#: The tracer, as `traced`: only the faulted calls stop the process.
+_FAULT_EXE = (
+    "strace", "-f", "--seccomp-bpf", "-qq", "-o", "/dev/null", "-P", "/proc/1/exe",
+    "-e", "trace=readlink,readlinkat", "-e", "inject=readlink,readlinkat:error=EIO",
+)  # fmt: skip
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not all(map(shutil.which, ("unshare", "strace"))),
+    reason="the faults are injected by strace; the process is kept out of this run's "
+    "process tree in a PID namespace of its own (unshare --pid, root's)",
+)
+def test_a_walk_in_another_thread_leaves_a_walk_under_way_its_notes() -> None:
+    """Red team 70 on regress, the guard (branch rt-regress70a): a walk that a failed read
+    refused alone found no run where another thread began a walk meanwhile."""
+    parent = "import subprocess, sys; sys.exit(subprocess.run(sys.argv[1:]).returncode)"
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run(
+        ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", parent,
+         *_FAULT_EXE, sys.executable, "-c", TWO_WALKS],
+        env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    said = json.loads(done.stdout)
+    for name in ("serial", "A", "B"):
+        assert said[name] is not None, said
+        assert "while a test run may be above this process (ancestor pid 1: " in said[name]
+        assert "its read of /proc/1/exe failed (EIO: Input/output error)" in said[name], said
