@@ -2755,7 +2755,40 @@ def _unwalkable() -> tuple[str, str] | None:
         return _misshown()
     if _may_not_read("self") or _may_not_read("self", "timens_offsets"):
         return _proc_denied("self")
+    if (failed := _own_stat_failed()) is not None:
+        return failed
     return _TIME_UNKNOWN if _boot_offset() is None else None
+
+
+def _own_stat_failed() -> tuple[str, str] | None:
+    """A refusal's words where this process's read of its own ``/proc/<pid>/stat`` fails
+    otherwise than denied (`_proc_denied`): it knows no parent, so no ancestor, and a
+    failed read is no answer (`_cut_short`, `_proc_read_failed`); else None.
+
+    A test's child under a tracer that failed only that read (``sh -c 'exec strace -D -P
+    /proc/$$/stat -e inject=openat:error=EIO "$@"'``), the run's entry in place, walked no
+    ancestor, found no run, and given production's settings alone purged a stopped
+    production root (red team 70 on regress, the guard)."""
+    own = _proc_self()
+    try:
+        _proc_bytes(own if own is not None else "self", "stat")
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    except OSError as error:
+        code = errno.errorcode.get(error.errno or 0, str(error.errno))
+        which = f"{_PROC}/{own if own is not None else 'self'}/stat"
+        said = (
+            f"while this process's read of its own {which} failed ({code}: "
+            f"{error.strerror or error}; a tracer that injects faults, such as `strace "
+            "--inject`, or a seccomp filter), so it cannot tell its parent, nor whether a "
+            "test run is above it"
+        )
+        fix = (
+            f"Let this process read {which} (inject faults only into the calls the test "
+            "means, e.g. `strace -P <the file>`), or start it outside the test run"
+        )
+        return said, fix
+    return None
 
 
 def _proc_hidden() -> tuple[str, str] | None:

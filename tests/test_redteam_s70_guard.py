@@ -102,6 +102,9 @@ def test_hidden_then_removed():
             f'{hidden} && exec "$@"',
             traced("newfstatat,statx", runs, drop=DROP, detached=True),
         ),
+        # Its read of its own stat failed, the run shown and its entry in place (red team 70
+        # on regress): the tracer detached, so that the child keeps the shell's pid.
+        "own-stat": (f'exec {" ".join(traced("openat", "/proc/$$/stat", detached=True))} "$@"', []),
     })
     sandbox._own_entry().unlink()
     run({
@@ -131,7 +134,7 @@ _LEADING = (
 )
 
 _NAMES = (
-    "hidden", "between", "noaccess", "ruid", "listing", "lstat",
+    "hidden", "between", "noaccess", "ruid", "listing", "lstat", "own-stat",
     "exe", "fd", "status", "comm", "ruid-exe", "cmdline", "cmdline-drop",
 )  # fmt: skip
 
@@ -239,6 +242,13 @@ def test_a_child_whose_look_for_a_hidden_run_or_at_its_name_fails_is_refused(
         ), text
         assert "run of that pid failed (EIO: Input/output error), so this process" in text
         assert f"Let this process list {found[1]}: a tracer that injects faults" in text, text
+    # Its own stat unread: no parent known, refused naming the read.
+    code, _, text = said["own-stat"].partition("\n")
+    assert code == "78", said
+    found = re.search(r"while this process's read of its own /proc/(\d+)/stat failed \(EIO", text)
+    assert found is not None, text
+    assert "so it cannot tell its parent, nor whether a test run is above it" in text, text
+    assert f"Let this process read /proc/{found[1]}/stat (inject faults only" in text, text
 
 
 #: Two walks of one process tree in two threads, under a tracer that fails every read of pid

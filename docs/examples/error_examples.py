@@ -224,6 +224,16 @@ EXAMPLES: list[errors.AppError] = [
         "injects faults (`strace --inject`) must keep to the calls the test means "
         "(`-P <the file>`)",
     ),
+    # Where this process's read of its own stat failed (an injected fault).
+    errors.SandboxViolationError(
+        "loading profile 'production' while this process's read of its own /proc/4243/stat "
+        "failed (EIO: Input/output error; a tracer that injects faults, such as `strace "
+        "--inject`, or a seccomp filter), so it cannot tell its parent, nor whether a test "
+        "run is above it",
+        None,
+        "Let this process read /proc/4243/stat (inject faults only into the calls the test "
+        "means, e.g. `strace -P <the file>`), or start it outside the test run",
+    ),
     # Where /proc (hidepid=noaccess) denies this process an ancestor it shows.
     errors.SandboxViolationError(
         "loading profile 'production' while this process may not read /proc/4242 (an "
