@@ -35,6 +35,7 @@ a module that loaded a profile at import time.
 
 from __future__ import annotations
 
+import _thread
 import atexit
 import contextlib
 import contextvars
@@ -2173,8 +2174,18 @@ def _named_as_python(pid: int) -> bool:
         # Every process may read it: a read that failed otherwise (a tracer's injected
         # EIO) leaves its name unknown, which counts, as a failed read does elsewhere.
         return True
-    words = _cmdline(pid)
-    first = _word_name(words[0]) if words else ""
+    try:
+        raw = _proc_bytes(pid, "cmdline").rstrip(b"\0")
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        raw = b""
+    except OSError:
+        # As for `comm`: a run started by its `#!` line (`./run_tests.py`) is named as the
+        # script, its interpreter shown only here; a child under a tracer that failed this
+        # read and its read of the run's `exe` (`-P /proc/<pid>/cmdline -e
+        # inject=openat:error=EIO`) took the run for no Python's, found no run, and purged
+        # a stopped production root (red team 70 on regress, the guard).
+        return True
+    first = _word_name(raw.partition(b"\0")[0].decode(errors="replace")) if raw else ""
     patterns = (_PYTHON, _PYTEST_COMMAND, _LOADER)
     return any(pattern.fullmatch(word) for pattern in patterns for word in (name, first) if word)
 
@@ -2275,18 +2286,32 @@ def _led_by_a_run(walked: set[int], seen: _Seen) -> Run | None:
     return None
 
 
+#: One walk at a time in a process (`_walk_tree`): a walk's notes (`_PROC_FAILED`,
+#: `_EXE_DENIED`, `_CHANGED`, `_AS_READ`, `_LISTED`) are the module's, emptied as each begins.
+#: `_thread`'s, not `threading`'s: a command's start does not import `threading`.
+_WALKING: list[Any] = [_thread.RLock()]
+# A fork made while another thread walked has that thread's lock held, by no thread of its own.
+os.register_at_fork(after_in_child=lambda: _WALKING.__setitem__(0, _thread.RLock()))
+
+
 def _walk_tree() -> tuple[Run | None, str | None, str]:
     """The nearest registered run among this process and its ancestors (else the run that
     leads its session or process group, `_led_by_a_run`), whether a pytest without the
     plugin sits between (its rules then apply as well), and what resolves a refusal where
-    that is all of it (an ancestor's entry this process may not read, `_hidden_run`)."""
-    _LISTED.append({})
-    try:
-        return _walk_tree_listed()
-    finally:
-        _LISTED.pop()
-        _AS_READ.clear()
-        _READ_SHORT.clear()
+    that is all of it (an ancestor's entry this process may not read, `_hidden_run`).
+
+    One at a time: a walk begun in another thread (a server's workers check each storage or
+    connection they open, `check_root`, `check_scratch`) emptied the notes of one under way,
+    and a walk that a failed read of its run's ``/proc/<pid>/exe`` refused alone found no run
+    (red team 70 on regress, the guard)."""
+    with _WALKING[0]:
+        _LISTED.append({})
+        try:
+            return _walk_tree_listed()
+        finally:
+            _LISTED.pop()
+            _AS_READ.clear()
+            _READ_SHORT.clear()
 
 
 def _walk_tree_listed() -> tuple[Run | None, str | None, str]:
@@ -2456,12 +2481,18 @@ def _hidden_parent(parent: int, hides: str) -> tuple[str, str] | None:
     candidates = {**{pid: f"{leads} leader" for pid, leads in hidden.items()}, parent: "parent"}
     for uid in dict.fromkeys((os.getuid(), os.geteuid(), 0)):
         for directory in _registries(uid):
-            if not _runs_dir_trusted(directory, uid):
-                continue
             try:
+                if not _trusted(os.lstat(directory), uid):
+                    continue
                 names = os.listdir(directory)  # noqa: PTH208 - names only
-            except OSError:
-                continue
+            except (FileNotFoundError, PermissionError, NotADirectoryError):
+                continue  # none there, or closed to this process (a security policy's)
+            except OSError as error:
+                # A failed look is no empty registry: a child under a tracer that failed
+                # its open of the registry (`strace -P /tmp/app-pytest-runs-0 -e
+                # inject=openat:error=EIO`) found no entry for its hidden parent, and
+                # purged a stopped production root (red team 70 on regress, the guard).
+                return _hidden_parent_words(candidates[parent], parent, hides, directory, error)
             for name in sorted(names):
                 number, _, rest = name.removesuffix(".json").partition("-")
                 started = rest.partition("-")[0]
@@ -2472,23 +2503,45 @@ def _hidden_parent(parent: int, hides: str) -> tuple[str, str] | None:
                     continue  # another's, or started after this process: not its ancestor
                 if not _running_here(directory / name, namespace):
                     continue  # ended, or in another PID namespace (a container's)
-                said = (
-                    f"{_HIDDEN_PARENT}{candidates[pid]}, pid {pid} "
-                    f"(/proc is mounted here with {hides}, which hides a process this one may "
-                    "not read: another user's, or one that holds capabilities this process "
-                    "lacks), and the registry of test runs holds an entry for a run of that "
-                    f"pid ({directory / name}), so this process cannot tell whether that run "
-                    "is above it"
-                )
-                fix = (
-                    f"Start this process where /proc shows its {candidates[pid]} (/proc "
-                    f"mounted without {hides}, or with gid= a group of this process, or with "
-                    f"the capabilities of pid {pid} in effect), or outside the test run; a "
-                    "test must not hide its run from the processes it starts. If no test run "
-                    f"of pid {pid} is running, remove {directory / name}"
-                )
-                return said, fix
+                return _hidden_parent_words(candidates[pid], pid, hides, directory / name)
     return None
+
+
+def _hidden_parent_words(
+    which: str, pid: int, hides: str, entry: Path, failed: OSError | None = None
+) -> tuple[str, str]:
+    """`_hidden_parent`'s words for hidden ancestor `pid` (`which`: its parent, or its
+    session's or process group's leader): `entry`, a registry entry for a run of that pid,
+    or the registry itself whose look `failed` (neither missing nor denied)."""
+    shown = (
+        f"/proc is mounted here with {hides}, which hides a process this one may not read: "
+        "another user's, or one that holds capabilities this process lacks"
+    )
+    start = f"{_HIDDEN_PARENT}{which}, pid {pid} ({shown}), and "
+    if failed is not None:
+        code = errno.errorcode.get(failed.errno or 0, str(failed.errno))
+        said = (
+            f"{start}its look in the registry of test runs ({entry}) for a run of that pid "
+            f"failed ({code}: {failed.strerror or failed}), so this process cannot tell "
+            "whether a test run is above it"
+        )
+        remove = (
+            f"Let this process list {entry}: a tracer that injects faults (`strace --inject`) "
+            "must keep to the calls the test means (`-P <the file>`)"
+        )
+    else:
+        said = (
+            f"{start}the registry of test runs holds an entry for a run of that pid ({entry}), "
+            "so this process cannot tell whether that run is above it"
+        )
+        remove = f"If no test run of pid {pid} is running, remove {entry}"
+    fix = (
+        f"Start this process where /proc shows its {which} (/proc mounted without {hides}, or "
+        f"with gid= a group of this process, or with the capabilities of pid {pid} in effect), "
+        "or outside the test run; a test must not hide its run from the processes it starts. "
+        f"{remove}"
+    )
+    return said, fix
 
 
 def _running_here(entry: Path, namespace: int | None) -> bool:
@@ -2502,10 +2555,38 @@ def _running_here(entry: Path, namespace: int | None) -> bool:
     (`_hidden_parent`)."""
     try:
         data = json_loads(_entry_bytes(entry))
-        recorded, ended = data.get("pid_namespace"), data.get("ended_at")
+        recorded, ended, booted = data.get("pid_namespace"), data.get("ended_at"), data.get(_BOOT)
     except (OSError, ValueError, AttributeError):
         return True  # unreadable: it may be this process's run
+    now = _boot_id()
+    if isinstance(booted, str) and now is not None and booted != now:
+        # A run of an earlier boot (killed with its machine: no end recorded), on a /tmp kept
+        # across boots (RHEL's): the first PID namespace has the same number in every boot,
+        # and a service whose hidden parent (a supervisor) had that run's pid was refused
+        # every command (red team 70 on regress, the guard).
+        return False
     return ended is None and (namespace is None or recorded is None or recorded == namespace)
+
+
+#: The field of a registry entry that names the boot its run started in (`_boot_id`).
+_BOOT: Final = "boot_id"
+
+
+#: `_boot_id`, read once: a process (and its forks) lives in one boot.
+_BOOT_ID: list[str | None] = []
+
+
+def _boot_id() -> str | None:
+    """Linux's random id of this boot (``/proc/sys/kernel/random/boot_id``), the same in
+    every namespace; None where it cannot be read. Read once: the plugin writes its entry's
+    expected fields after every test (`_entry_dict`)."""
+    if not _BOOT_ID:
+        try:
+            text = (_PROC / "sys" / "kernel" / "random" / "boot_id").read_text().strip()
+        except OSError:
+            text = ""
+        _BOOT_ID.append(text or None)
+    return _BOOT_ID[0]
 
 
 def _misshown() -> tuple[str, str] | None:
@@ -2675,7 +2756,40 @@ def _unwalkable() -> tuple[str, str] | None:
         return _misshown()
     if _may_not_read("self") or _may_not_read("self", "timens_offsets"):
         return _proc_denied("self")
+    if (failed := _own_stat_failed()) is not None:
+        return failed
     return _TIME_UNKNOWN if _boot_offset() is None else None
+
+
+def _own_stat_failed() -> tuple[str, str] | None:
+    """A refusal's words where this process's read of its own ``/proc/<pid>/stat`` fails
+    otherwise than denied (`_proc_denied`): it knows no parent, so no ancestor, and a
+    failed read is no answer (`_cut_short`, `_proc_read_failed`); else None.
+
+    A test's child under a tracer that failed only that read (``sh -c 'exec strace -D -P
+    /proc/$$/stat -e inject=openat:error=EIO "$@"'``), the run's entry in place, walked no
+    ancestor, found no run, and given production's settings alone purged a stopped
+    production root (red team 70 on regress, the guard)."""
+    own = _proc_self()
+    try:
+        _proc_bytes(own if own is not None else "self", "stat")
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    except OSError as error:
+        code = errno.errorcode.get(error.errno or 0, str(error.errno))
+        which = f"{_PROC}/{own if own is not None else 'self'}/stat"
+        said = (
+            f"while this process's read of its own {which} failed ({code}: "
+            f"{error.strerror or error}; a tracer that injects faults, such as `strace "
+            "--inject`, or a seccomp filter), so it cannot tell its parent, nor whether a "
+            "test run is above it"
+        )
+        fix = (
+            f"Let this process read {which} (inject faults only into the calls the test "
+            "means, e.g. `strace -P <the file>`), or start it outside the test run"
+        )
+        return said, fix
+    return None
 
 
 def _proc_hidden() -> tuple[str, str] | None:
@@ -4363,6 +4477,8 @@ def _entry_dict(run: Run | None, pid: int) -> dict[str, Any]:
             data["sandbox_identity"] = list(run.sandbox_identity)
     data["pid_namespace"] = _pid_namespace()
     data["own_pid_namespace"] = _own_pid_namespace(pid)
+    if (booted := _boot_id()) is not None:
+        data[_BOOT] = booted  # `_running_here`
     return data
 
 

@@ -90,3 +90,54 @@ def test_a_mount_over_a_process_s_entry_of_proc_is_found_past_the_first_look() -
     assert done.returncode == 0, done.stderr
     assert f"while something is mounted over /proc/{other.pid} " in done.stdout, done.stdout
     assert f"umount /proc/{other.pid}" in done.stdout, done.stdout
+
+
+#: As `AS_A_CONFINED_SERVICE` under `hidepid=invisible`, with root's registry of test runs (a
+#: tmpfs of its own there) holding an entry at pid 1 of this PID namespace that names no end,
+#: written in an earlier boot: a run killed with its machine, on a /tmp kept across boots.
+WITH_A_STALE_ENTRY = """
+mount -o remount,hidepid=invisible /proc || exit 9
+mount --bind "$1" "$2" || exit 9
+mount -t tmpfs -o mode=0755 stale "$3" || exit 9
+printf '{"pid": 1, "pid_namespace": %s, "boot_id": "%s"}' \
+    "$(stat -L -c %i /proc/self/ns/pid)" "$4" > "$3/1-5.json" || exit 9
+shift 4
+"$@"
+"""
+
+
+def test_a_service_whose_hidden_parent_a_run_of_an_earlier_boot_had_the_pid_of_is_not_refused(
+    tmp_path: Path,
+) -> None:
+    """Red team 70 on regress, the guard (branch rt-regress70a): `_hidden_parent` counted an
+    entry of an earlier boot's run that ended with its machine (no end recorded) whose pid
+    the service's hidden parent has now."""
+    python, path = nobody_in_a_pid_namespace()
+    registry = Path("/tmp/app-pytest-runs-0")  # root's, this run's: a tmpfs mounted over it
+    if not registry.is_dir():
+        pytest.skip(f"{registry} (root's registry of test runs) is where the tmpfs is mounted")
+    work = tmp_path / "work"
+    copy_project_settings(work)
+    subprocess.run(["chown", "-R", "65534:65534", str(work)], check=True)
+    seen = Path(tempfile.mkdtemp(prefix="app-stale-", dir="/tmp"))  # a mount point, empty
+    seen.chmod(0o755)
+    env = {
+        "PATH": os.environ["PATH"], "PYTHONPATH": path, "HOME": str(seen),
+        "APP_SETTINGS_DIR": str(seen), "ENV_FOR_DYNACONF": "development",
+    }  # fmt: skip
+    earlier = "0f0f0f0f-0000-4000-8000-000000000000"  # no boot's: random UUIDs, version 4
+    try:
+        done = subprocess.run(
+            ["unshare", "--mount", "--propagation", "private", "--pid", "--fork",
+             "--mount-proc", "sh", "-c", WITH_A_STALE_ENTRY, "sh", str(work), str(seen),
+             str(registry), earlier, *NOBODY, "env", "-i",
+             *(f"{k}={v}" for k, v in env.items()), python, "-m", "app", "config"],
+            capture_output=True, text=True, check=False, cwd="/",
+        )  # fmt: skip
+    finally:
+        seen.rmdir()
+    # Before the fix: 78, "while /proc does not show this process's parent, pid 1 ... and
+    # the registry of test runs holds an entry for a run of that pid (.../1-5.json)".
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("profile: development"), done.stdout
+    assert "refused" not in done.stderr, done.stderr

@@ -19,69 +19,146 @@ What changed: a read of an ancestor's ``exe``, ``fd`` or ``status`` (or of the c
 is found above, the child is refused, naming that ancestor, the read and how it failed, and
 what resolves it; a ``comm`` whose read failed so counts as a Python's; and an ancestor of
 the child's effective user counts as one of its own.
+
+Red team 70 on regress (branch rt-regress70a): a run started by its ``#!`` line (named as its
+script, its interpreter only in its command line) whose command line a tracer failed to read,
+with its ``exe``, was taken for no Python's; and where ``/proc`` hides the run, a look in the
+registry that failed (``EIO`` on its ``openat`` or ``newfstatat``) for an empty one: each
+child purged. Both now refuse. And a walk begun in another thread emptied the notes of one under way
+(a server's workers walk as they open storage): one walk at a time in a process now. Every
+child here comes from one inner run (hidden first, its
+entry in place; then its entry removed), started by its ``#!`` line, leading its session.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
-from pathlib import Path
+import subprocess
+import sys
 
 import pytest
 from test_redteam_s61_children import PRELUDE, run_inner
 
-#: The inner run's test: its entry removed (the descriptors the run keeps of it left open),
-#: then a child under a tracer that fails one read of the run's /proc, for each of them.
+#: The inner run's test. First, its entry in place: children in a mount namespace of their
+#: own with /proc mounted `hidepid=invisible` (or `noaccess`) for a group they are not in,
+#: without the run's capabilities (with them they see the run: red team 69's harness). Then
+#: its entry removed (the descriptors the run keeps of it left open): children under a
+#: tracer that fails one read of the run's /proc. One run for both (red team 70 on regress:
+#: an inner run is most of what each test cost).
 INNER = (
     PRELUDE
     + """
 
+MOUNT = "mount -t proc -o hidepid={},gid=54370 proc /proc"
 #: Every capability dropped, for the child and what it runs.
 DROP = ["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--ambient-caps=-all"]
 
 
-def traced(calls, *files, drop=()):
-    paths = [word for file in files for word in ("-P", f"/proc/{os.getpid()}/{file}")]
-    inject = ["strace", "-f", "-qq", "-o", "/dev/null", *paths, "-e", f"inject={calls}:error=EIO"]
-    return [*inject, *drop]
+def traced(calls, *paths, drop=(), detached=False):
+    # Only the calls faulted stop the child (`--seccomp-bpf`): a tracer that stops every
+    # call made each child's start slower.
+    files = [word for path in paths for word in ("-P", path)]
+    inject = ["strace", "-f", "--seccomp-bpf", *(["-D"] if detached else []), "-qq"]
+    faults = ["-e", f"trace={calls}", "-e", f"inject={calls}:error=EIO"]
+    return [*inject, "-o", "/dev/null", *files, *faults, *drop]
 
 
-def test_removed_then_a_child_whose_reads_fail():
-    sandbox._own_entry().unlink()
-    children = {
-        "exe": traced("readlink,readlinkat", "exe"),
-        "fd": traced("open,openat", "fd"),
-        # Without the run's capabilities: their reads of the run's status, or of its name.
-        "status": traced("open,openat", "status", drop=DROP),
-        "comm": traced("open,openat", "comm", "cmdline", drop=DROP),
-        # Root's effective user, another real one, and none of the run's capabilities.
-        "ruid": ["setpriv", "--ruid=54370", *DROP[1:]],
-    }
+def run(children):
     # All at once, each to its end: none of them changes what the others read.
+    own = ["unshare", "--mount", "--propagation", "private", "sh", "-c"]
     started = {
         name: subprocess.Popen(
-            [*words, *PURGE], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            [*(own + [shell, "sh"] if shell else []), *words, *PURGE],
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
-        for name, words in children.items()
+        for name, (shell, words) in children.items()
     }
     for name, child in started.items():
         said, _ = child.communicate()
         (OUT / name).write_text(f"{child.returncode}\\n{said}")
+
+
+def test_hidden_then_removed():
+    hidden, proc = MOUNT.format("invisible"), f"/proc/{os.getpid()}"
+    runs = str(sandbox.RUNS_DIR)
+    run({
+        # Started by exec (its parent is the run), and below a shell that keeps the run's
+        # capabilities, hidden too (the run leads the session).
+        "hidden": (f'{hidden} && exec "$@"', DROP),
+        "between": (f'{hidden} && "$@"; exit $?', DROP),
+        # Shown but denied: as root, and with another real user (root's effective one).
+        "noaccess": (MOUNT.format("noaccess") + ' && exec "$@"', DROP),
+        "ruid": (MOUNT.format("noaccess") + ' && exec "$@"', [*DROP, "--ruid=54370"]),
+        # Hidden, its look in the registry failed (red team 70 on regress): the tracer
+        # detached (-D), so that the child's parent is still the run.
+        "listing": (f'{hidden} && exec "$@"', traced("openat", runs, drop=DROP, detached=True)),
+        "lstat": (
+            f'{hidden} && exec "$@"',
+            traced("newfstatat,statx", runs, drop=DROP, detached=True),
+        ),
+        # Its read of its own stat failed, the run shown and its entry in place (red team 70
+        # on regress): the tracer detached, so that the child keeps the shell's pid.
+        "own-stat": (f'exec {" ".join(traced("openat", "/proc/$$/stat", detached=True))} "$@"', []),
+    })
+    sandbox._own_entry().unlink()
+    run({
+        "exe": (None, traced("readlink,readlinkat", f"{proc}/exe")),
+        "fd": (None, traced("open,openat", f"{proc}/fd")),
+        # Without the run's capabilities: their reads of the run's status, or of its name.
+        "status": (None, traced("open,openat", f"{proc}/status", drop=DROP)),
+        "comm": (None, traced("open,openat", f"{proc}/comm", f"{proc}/cmdline", drop=DROP)),
+        # Root's effective user, another real one, and none of the run's capabilities.
+        "ruid-exe": (None, ["setpriv", "--ruid=54370", *DROP[1:]]),
+        # The run named as its script (`#!`), its command line unread (red team 70 on
+        # regress): with its program unread too, and without its capabilities.
+        "cmdline": (None, traced("readlink,readlinkat,openat", f"{proc}/exe", f"{proc}/cmdline")),
+        "cmdline-drop": (None, traced("openat", f"{proc}/cmdline", drop=DROP)),
+    })
 """
 )
 
-
-@pytest.mark.skipif(
-    os.geteuid() != 0 or not all(map(shutil.which, ("unshare", "strace", "setpriv"))),
-    reason="the faults are injected by strace and the ids changed by setpriv, as root; the "
-    "inner run is kept out of this run's process tree in a PID namespace of its own "
-    "(unshare --pid, root's)",
+#: The inner run started by its `#!` line (as `./run_tests.py` is: its name, `comm`, is the
+#: script's, its interpreter only in its command line) and made its session's leader
+#: (`setsid`, without a fork: pid 1 of its PID namespace leads no group), with a registry of
+#: its own (`run_inner`'s).
+_LEADING = (
+    'mount -t tmpfs -o mode=0700 app-runs "$1" && python="$2" && script="$3" && shift 3 && '
+    '{ printf "#!%s\\n" "$python"; cat "$script"; } > run-tests && chmod +x run-tests && '
+    'exec setsid ./run-tests "$@"'
 )
+
+_NAMES = (
+    "hidden", "between", "noaccess", "ruid", "listing", "lstat", "own-stat",
+    "exe", "fd", "status", "comm", "ruid-exe", "cmdline", "cmdline-drop",
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def said(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """What each child of one inner run said (`INNER`), the root checked untouched; the
+    suite runs a file's tests in one worker (`--dist loadfile`), so one run serves them."""
+    if os.geteuid() != 0 or not all(map(shutil.which, ("unshare", "strace", "setpriv"))):
+        pytest.skip(
+            "only root mounts /proc in a mount namespace of its own, has capabilities to drop "
+            "and changes ids by setpriv; the faults are injected by strace; the inner run is "
+            "kept out of this run's process tree in a PID namespace of its own (unshare "
+            "--pid, root's)"
+        )
+    inner, said = run_inner(tmp_path_factory.mktemp("s70"), INNER, _NAMES, _LEADING)
+    # The run's own check after the test names the removed entry and puts it back.
+    assert "this run's entry in " in inner.stdout, inner.stdout
+    return said
+
+
 def test_a_child_whose_read_of_its_runs_proc_fails_or_of_another_real_user_is_refused(
-    tmp_path: Path,
+    said: dict[str, str],
 ) -> None:
-    inner, said = run_inner(tmp_path, INNER, ("exe", "fd", "status", "comm", "ruid"))
     for which in ("exe", "fd", "status"):
         code, _, text = said[which].partition("\n")
         assert code == "78", said
@@ -104,73 +181,16 @@ def test_a_child_whose_read_of_its_runs_proc_fails_or_of_another_real_user_is_re
     assert "while a test run may be above this process (ancestor pid 1: " in text, text
     assert "its capabilities are not all this process's (it holds " in text, text
     # Judged as of its effective user too: the run's capabilities it lacks are named.
-    code, _, text = said["ruid"].partition("\n")
+    code, _, text = said["ruid-exe"].partition("\n")
     assert code == "78", said
     assert "(ancestor pid 1: " in text, text
     assert "this process (user 54370) cannot look for: the registry does not show one" in text
     assert "its capabilities are not all this process's (it holds " in text, text
     assert "Start this process with the capabilities of pid 1 in effect" in text, text
-    # The run's own check after the test names the removed entry and puts it back.
-    assert "this run's entry in " in inner.stdout, inner.stdout
 
 
-#: The inner run's test, its entry left in place: children in a mount namespace of their own
-#: with /proc mounted `hidepid=invisible` (or `noaccess`) for a group they are not in,
-#: without the run's capabilities (with them they see the run: red team 69's harness).
-HIDDEN = (
-    PRELUDE
-    + """
-
-MOUNT = "mount -t proc -o hidepid={},gid=54370 proc /proc"
-DROP = ["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--ambient-caps=-all"]
-
-
-def test_a_child_that_cannot_see_the_run():
-    hidden = MOUNT.format("invisible")
-    children = {
-        # Started by exec (its parent is the run), and below a shell that keeps the run's
-        # capabilities, hidden too (the run leads the session).
-        "hidden": (f'{hidden} && exec "$@"', DROP),
-        "between": (f'{hidden} && "$@"; exit $?', DROP),
-        # Shown but denied: as root, and with another real user (root's effective one).
-        "noaccess": (MOUNT.format("noaccess") + ' && exec "$@"', DROP),
-        "ruid": (MOUNT.format("noaccess") + ' && exec "$@"', [*DROP, "--ruid=54370"]),
-    }
-    # All at once, each to its end: none of them changes what the others read.
-    own = ["unshare", "--mount", "--propagation", "private", "sh", "-c"]
-    started = {
-        name: subprocess.Popen(
-            [*own, shell, "sh", *drop, *PURGE],
-            env=ENV,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for name, (shell, drop) in children.items()
-    }
-    for name, child in started.items():
-        said, _ = child.communicate()
-        (OUT / name).write_text(f"{child.returncode}\\n{said}")
-"""
-)
-
-
-#: The inner run made its session's leader (`setsid`, without a fork: pid 1 of its PID
-#: namespace leads no group), with a registry of its own (`run_inner`'s).
-_LEADING = 'mount -t tmpfs -o mode=0700 app-runs "$1" && shift && exec setsid "$@"'
-
-
-@pytest.mark.skipif(
-    os.geteuid() != 0 or not all(map(shutil.which, ("unshare", "setpriv", "setsid"))),
-    reason="only root mounts /proc in a mount namespace of its own and has capabilities to "
-    "drop; the inner run is kept out of this run's process tree in a PID namespace of its "
-    "own (unshare --pid, root's)",
-)
-def test_a_child_that_proc_hides_its_run_from_is_refused(
-    tmp_path: Path,
-) -> None:
+def test_a_child_that_proc_hides_its_run_from_is_refused(said: dict[str, str]) -> None:
     # The run leads its session, as a run from a terminal leads its process group.
-    _, said = run_inner(tmp_path, HIDDEN, ("hidden", "between", "noaccess", "ruid"), _LEADING)
     for name, which in (("hidden", "parent"), ("between", "session leader")):
         code, _, text = said[name].partition("\n")
         assert code == "78", said
@@ -193,3 +213,110 @@ def test_a_child_that_proc_hides_its_run_from_is_refused(
             "hidepid=noaccess, which denies a process this one may not read" in text
         ), text
         assert "Start this process where /proc lets it read its ancestors (/proc mounted" in text
+
+
+def test_a_child_whose_look_for_a_hidden_run_or_at_its_name_fails_is_refused(
+    said: dict[str, str],
+) -> None:
+    """Red team 70 on regress, the guard (branch rt-regress70a): a failed read of the run's
+    command line, or of the registry where /proc hides the run, was taken as an answer."""
+    # The run named by its `#!` line: its command line unread counts as a Python's.
+    code, _, text = said["cmdline"].partition("\n")
+    assert code == "78", said
+    assert "while a test run may be above this process (ancestor pid 1: " in text, text
+    failed = "its read of /proc/1/exe failed (EIO: Input/output error), so it cannot tell"
+    assert failed in text, text
+    code, _, text = said["cmdline-drop"].partition("\n")
+    assert code == "78", said
+    assert "(ancestor pid 1: " in text, text
+    assert "its capabilities are not all this process's (it holds " in text, text
+    # Hidden, its look in the registry failed: refused, naming the registry and the error.
+    for name in ("listing", "lstat"):
+        code, _, text = said[name].partition("\n")
+        assert code == "78", said
+        found = re.search(r"its look in the registry of test runs \((/tmp/[^)]+)\) for a", text)
+        assert found is not None, text
+        assert (
+            "while /proc does not show this process's parent, pid 1 (/proc is mounted here "
+            "with hidepid=invisible, which hides" in text
+        ), text
+        assert "run of that pid failed (EIO: Input/output error), so this process" in text
+        assert f"Let this process list {found[1]}: a tracer that injects faults" in text, text
+    # Its own stat unread: no parent known, refused naming the read.
+    code, _, text = said["own-stat"].partition("\n")
+    assert code == "78", said
+    found = re.search(r"while this process's read of its own /proc/(\d+)/stat failed \(EIO", text)
+    assert found is not None, text
+    assert "so it cannot tell its parent, nor whether a test run is above it" in text, text
+    assert f"Let this process read /proc/{found[1]}/stat (inject faults only" in text, text
+
+
+#: Two walks of one process tree in two threads, under a tracer that fails every read of pid
+#: 1's `exe` (a Python, outside any run, in a PID namespace of its own): walk A is held (by
+#: `sys.settrace`) just before it asks whether its read of pid 1 failed, until walk B has
+#: emptied the walk's notes (or, where walks take turns, B waits for A). What each said.
+TWO_WALKS = """
+import json, sys, threading
+from app import sandbox
+
+serial = sandbox._walk_tree()[1]
+stops = {"A": "_proc_read_failed", "B": "_unwalkable"}
+at = {name: threading.Event() for name in stops}
+go = {name: threading.Event() for name in stops}
+said = {}
+
+
+def walker(name):
+    def trace(frame, event, arg):
+        held = name == "B" or frame.f_locals.get("pid") == 1
+        here = event == "call" and frame.f_code.co_name == stops[name]
+        if here and held and not at[name].is_set():
+            at[name].set()
+            go[name].wait()
+
+    sys.settrace(trace)
+    said[name] = sandbox._walk_tree()[1]
+
+
+a = threading.Thread(target=walker, args=("A",))
+a.start()
+at["A"].wait()
+b = threading.Thread(target=walker, args=("B",))
+b.start()
+if not hasattr(sandbox, "_WALKING"):
+    at["B"].wait()
+go["A"].set()
+a.join()
+go["B"].set()
+b.join()
+print(json.dumps({"serial": serial, **said}))
+"""
+
+#: The tracer, as `traced`: only the faulted calls stop the process.
+_FAULT_EXE = (
+    "strace", "-f", "--seccomp-bpf", "-qq", "-o", "/dev/null", "-P", "/proc/1/exe",
+    "-e", "trace=readlink,readlinkat", "-e", "inject=readlink,readlinkat:error=EIO",
+)  # fmt: skip
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not all(map(shutil.which, ("unshare", "strace"))),
+    reason="the faults are injected by strace; the process is kept out of this run's "
+    "process tree in a PID namespace of its own (unshare --pid, root's)",
+)
+def test_a_walk_in_another_thread_leaves_a_walk_under_way_its_notes() -> None:
+    """Red team 70 on regress, the guard (branch rt-regress70a): a walk that a failed read
+    refused alone found no run where another thread began a walk meanwhile."""
+    parent = "import subprocess, sys; sys.exit(subprocess.run(sys.argv[1:]).returncode)"
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run(
+        ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", parent,
+         *_FAULT_EXE, sys.executable, "-c", TWO_WALKS],
+        env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    said = json.loads(done.stdout)
+    for name in ("serial", "A", "B"):
+        assert said[name] is not None, said
+        assert "while a test run may be above this process (ancestor pid 1: " in said[name]
+        assert "its read of /proc/1/exe failed (EIO: Input/output error)" in said[name], said

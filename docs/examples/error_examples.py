@@ -208,6 +208,32 @@ EXAMPLES: list[errors.AppError] = [
         "processes it starts. If no test run of pid 4242 is running, remove "
         "/tmp/app-pytest-runs-0/4242-1234567.json",
     ),
+    # Where /proc hides this process's parent and its look in the registry failed.
+    errors.SandboxViolationError(
+        "loading profile 'production' while /proc does not show this process's parent, pid "
+        "4242 (/proc is mounted here with hidepid=invisible, which hides a process this one "
+        "may not read: another user's, or one that holds capabilities this process lacks), "
+        "and its look in the registry of test runs (/tmp/app-pytest-runs-0) for a run of that "
+        "pid failed (EIO: Input/output error), so this process cannot tell whether a test run "
+        "is above it",
+        None,
+        "Start this process where /proc shows its parent (/proc mounted without "
+        "hidepid=invisible, or with gid= a group of this process, or with the capabilities of "
+        "pid 4242 in effect), or outside the test run; a test must not hide its run from the "
+        "processes it starts. Let this process list /tmp/app-pytest-runs-0: a tracer that "
+        "injects faults (`strace --inject`) must keep to the calls the test means "
+        "(`-P <the file>`)",
+    ),
+    # Where this process's read of its own stat failed (an injected fault).
+    errors.SandboxViolationError(
+        "loading profile 'production' while this process's read of its own /proc/4243/stat "
+        "failed (EIO: Input/output error; a tracer that injects faults, such as `strace "
+        "--inject`, or a seccomp filter), so it cannot tell its parent, nor whether a test "
+        "run is above it",
+        None,
+        "Let this process read /proc/4243/stat (inject faults only into the calls the test "
+        "means, e.g. `strace -P <the file>`), or start it outside the test run",
+    ),
     # Where /proc (hidepid=noaccess) denies this process an ancestor it shows.
     errors.SandboxViolationError(
         "loading profile 'production' while this process may not read /proc/4242 (an "
