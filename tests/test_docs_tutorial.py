@@ -317,17 +317,21 @@ def test_the_tutorial_installs_the_environments_the_suite_needs_as_scripts_test_
     installs = [step for step in tutorial_steps() if step.startswith(maker)]
     assert installs == [
         maker + ".venv-docs && .venv-docs/bin/pip install -q -e '.[docs]'",
-        maker + ".venv-fuzz && .venv-fuzz/bin/pip install -q "
+        maker
+        + ".venv-fuzz && .venv-fuzz/bin/pip install -q "
         + " ".join(shlex.quote(spec) for spec in fuzz),
     ], installs
     # What scripts/environments.sh compares (`built_as`) before it keeps an environment.
     built_as = "import math, ssl, sys; print(sys.base_prefix, sys.version)"
-    ours = subprocess.run([sys.executable, "-c", built_as], capture_output=True, text=True)
+    ours = subprocess.run(
+        [sys.executable, "-c", built_as], check=True, capture_output=True, text=True
+    )
     for step in installs:
         made = tmp_path / shlex.split(step)[4]
         venv = [sys.executable, "-m", "venv", "--without-pip", str(made)]
         subprocess.run(venv, check=True, capture_output=True)
-        theirs = subprocess.run([made / "bin" / "python", "-c", built_as], capture_output=True)
+        python = made / "bin" / "python"
+        theirs = subprocess.run([python, "-c", built_as], check=True, capture_output=True)
         assert theirs.stdout.decode() == ours.stdout != "", (step, theirs, ours)
     steps = tutorial_steps()
     assert max(map(steps.index, installs)) < next(
