@@ -16,11 +16,13 @@ import importlib.util
 import inspect
 import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
 import forked_app
 import pytest
+import waits
 
 PROJECT = Path(__file__).resolve().parent.parent
 GENERATED = PROJECT / "docs" / "generated"
@@ -691,6 +693,44 @@ def _example_holder(text: str, root: Path) -> str:
     return text
 
 
+def _proc_locks() -> list[str]:
+    return Path("/proc/locks").read_text().splitlines()
+
+
+def _start_the_pages_flock_then_purge(
+    project: Path, root: Path, env: dict[str, str]
+) -> subprocess.Popen[str]:
+    """resolve-refusals.md's `flock -s ... && .venv/bin/app data purge --yes-i-mean-it`, in
+    bash, on `root` and with this environment's `app`, started in the background."""
+    page = (PROJECT / "docs" / "how-to" / "resolve-refusals.md").read_text(encoding="utf-8")
+    found = re.search(r"`(flock -s /var/lib/app/\.server\.lock true && [^`]+)`", page)
+    assert found, "resolve-refusals.md shows the flock to run before the command"
+    line = found.group(1).replace("/var/lib/app", str(root))
+    line = line.replace(".venv/bin/app", str(Path(sys.executable).parent / "app"))
+    clean = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("APP_", "DYNACONF_", "PYTEST_"))
+        and not name.endswith("_FOR_DYNACONF")
+    }
+    clean.update(
+        {
+            "APP_SETTINGS_DIR": str(project),
+            "PYTEST_APP_SANDBOX": str(project.parent),
+            "PYTEST_APP_ALLOW_PROFILES": "development,testing,production",
+            **env,
+        }
+    )
+    return subprocess.Popen(
+        ["bash", "-c", line],
+        env=clean,
+        cwd=project,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
 def test_refusals_next_to_a_live_production_server(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -721,6 +761,20 @@ def test_refusals_next_to_a_live_production_server(
     monkeypatch.setattr(sys, "argv", maintenance)  # what the holder publishes as its command
     with RootLock(root, kind="maintenance", profile="production").acquire("example"):
         wait = _run_app(project, "data", "purge", "--yes-i-mean-it", show=PRODUCTION_ENV, **env)
+        # The page's own line, `flock -s <root>/.server.lock true && .venv/bin/app data purge
+        # ...`, was run by no test (docs review 70): run as written, it waits on the holder,
+        # then purges once it lets go.
+        waiter = _start_the_pages_flock_then_purge(project, root, env)
+        lock_file = f":{(root / '.server.lock').stat().st_ino} "
+        waits.until(
+            lambda: any("->" in line and lock_file in line for line in _proc_locks()),
+            lambda: f"no flock waits on the lock: {waiter.communicate()}",
+            alive=lambda: waiter.poll() is None,
+        )
+        assert waiter.poll() is None, "the page's flock returned while the holder held"
+    out, _ = waiter.communicate()
+    assert waiter.returncode == 0, out
+    assert out.startswith("moved 0 session(s) to "), out
     assert wait.endswith("$ echo $?\n75\n"), wait
     assert f"`flock -s {root}/.server.lock true`" in wait, wait
     assert list((root / "sessions").iterdir()) == []

@@ -34,8 +34,9 @@ STOP_MARKER = "<!-- tutorial-test: stop the server"
 NOT_RUN = {
     "bash scripts/serve": "installs and starts the server: the live_server fixture does "
     "that (on a fresh root, and its log is compared with what section 1 quotes)",
-    "python3 -m venv .venv-": "installs the site's and the fuzzer's tools, which the suite's "
-    "run needs: compared below with what scripts/test installs",
+    ".venv/bin/python -m venv .venv-": "installs the site's and the fuzzer's tools, which the "
+    "suite's run needs: compared below with what scripts/test installs, and the environment "
+    "made without pip",
     ".venv/bin/pytest": "a whole test run: tests/test_docs_generated.py runs pytest next to a "
     "held root and checks the header this step shows (with `python -m pytest`, which puts the "
     "project directory on sys.path: tests/test_docs_pages.py checks that no test module needs "
@@ -289,11 +290,21 @@ def check_step_1(server: LiveServer) -> None:
         )
 
 
-def test_the_tutorial_installs_the_environments_the_suite_needs_as_scripts_test_does() -> None:
+def test_the_tutorial_installs_the_environments_the_suite_needs_as_scripts_test_does(
+    tmp_path: Path,
+) -> None:
     """Section 4 ran the whole suite in a clone that had only `.venv`: the site's build and the
     fuzzing test failed ("mkdocs is not installed", "schemathesis is not installed"), as they
     do wherever `bash scripts/test` has not run. The page now makes `.venv-docs` and
-    `.venv-fuzz` first, with what scripts/test installs there."""
+    `.venv-fuzz` first, with what scripts/test installs there.
+
+    It made them with `python3 -m venv`: where PATH's python3 is not the interpreter `.venv`
+    was made from (pyenv's 3.11.7 before Debian's /usr/bin/python3, which scripts/serve
+    chose, on this machine kind), the reader's next `bash scripts/test` found both "made
+    from another Python" and made them afresh (docs review 70). They are made from `.venv`'s
+    own Python now: the venv step of each line is run here (without pip, which the page's
+    install then runs), and the environment it makes is of the same build as this one's."""
+    import sys
     import tomllib
 
     project = PAGE.parent.parent
@@ -302,12 +313,26 @@ def test_the_tutorial_installs_the_environments_the_suite_needs_as_scripts_test_
     ]["fuzz"]
     script = (project / "scripts" / "test").read_text()
     assert "set_up .venv-docs -e '.[docs]'" in script and "set_up .venv-fuzz" in script
-    installs = [step for step in tutorial_steps() if step.startswith("python3 -m venv .venv-")]
+    maker = ".venv/bin/python -m venv "
+    installs = [step for step in tutorial_steps() if step.startswith(maker)]
     assert installs == [
-        "python3 -m venv .venv-docs && .venv-docs/bin/pip install -q -e '.[docs]'",
-        "python3 -m venv .venv-fuzz && .venv-fuzz/bin/pip install -q "
+        maker + ".venv-docs && .venv-docs/bin/pip install -q -e '.[docs]'",
+        maker
+        + ".venv-fuzz && .venv-fuzz/bin/pip install -q "
         + " ".join(shlex.quote(spec) for spec in fuzz),
     ], installs
+    # What scripts/environments.sh compares (`built_as`) before it keeps an environment.
+    built_as = "import math, ssl, sys; print(sys.base_prefix, sys.version)"
+    ours = subprocess.run(
+        [sys.executable, "-c", built_as], check=True, capture_output=True, text=True
+    )
+    for step in installs:
+        made = tmp_path / shlex.split(step)[4]
+        venv = [sys.executable, "-m", "venv", "--without-pip", str(made)]
+        subprocess.run(venv, check=True, capture_output=True)
+        python = made / "bin" / "python"
+        theirs = subprocess.run([python, "-c", built_as], check=True, capture_output=True)
+        assert theirs.stdout.decode() == ours.stdout != "", (step, theirs, ours)
     steps = tutorial_steps()
     assert max(map(steps.index, installs)) < next(
         i for i, step in enumerate(steps) if ".venv/bin/pytest" in step
