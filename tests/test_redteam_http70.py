@@ -1,0 +1,64 @@
+"""Red team 70 on the HTTP contract: requests a real ``app serve`` must answer as its routes
+do, sent raw (httpx would not send them so). One server for the module; each test works in a
+session of its own.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from live_http import Answers, a_session, connect, head_of
+from redteam_s19_http import one_server
+
+from app.testing import LiveServer
+
+# What a WebSocket client (a browser's `new WebSocket(...)`) sends with its GET (RFC 6455, 4.1).
+WEBSOCKET = (
+    "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    with one_server(tmp_path_factory) as live:
+        yield live
+
+
+def _answer(server: LiveServer, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    with connect(server) as sock:
+        sock.sendall(request)
+        return Answers(sock).next()
+
+
+def test_a_websocket_handshake_is_answered_as_the_request_it_is(server: LiveServer) -> None:
+    # Found by hand, sending RFC 6455's handshake to each route: uvicorn handed it to the
+    # websockets library before any check of the app. `GET /sessions` with a good token was
+    # a 403 with no body, a file's DELETE a plain-text 405 with `Allow: GET`, a PUT with its
+    # body a 408 saying its head had not come (the protocol's timer for a head, firing on a
+    # connection it no longer read), and nothing was stored. The server speaks no WebSocket:
+    # it ignores `Upgrade` (RFC 9110, 7.8) and answers each as its route does.
+    session_id = a_session(server)
+    files = f"/sessions/{session_id}/files"
+    status, headers, body = _answer(server, head_of(server, "GET /sessions?limit=1", WEBSOCKET))
+    assert (status, headers["content-type"]) == (200, "application/json"), body
+    assert "items" in json.loads(body)
+
+    put = head_of(server, f"PUT {files}/ws.txt", f"{WEBSOCKET}Content-Length: 5\r\n") + b"hello"
+    status, _, body = _answer(server, put)
+    assert status == 201, body
+    assert httpx.get(f"{server.url}{files}/ws.txt", headers=server.headers).content == b"hello"
+
+    status, headers, body = _answer(server, head_of(server, f"PATCH {files}/ws.txt", WEBSOCKET))
+    assert (status, headers["allow"]) == (405, "DELETE, GET, HEAD, PUT"), body
+    assert json.loads(body)["code"] == "method_not_allowed"
+
+    # The token is still read first: without it, the problem every route answers.
+    status, headers, body = _answer(
+        server, f"GET {files} HTTP/1.1\r\nHost: x\r\n{WEBSOCKET}\r\n".encode()
+    )
+    assert (status, headers["content-type"]) == (401, "application/problem+json"), body
+    assert json.loads(body)["code"] == "unauthorized"
