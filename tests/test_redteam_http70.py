@@ -62,3 +62,31 @@ def test_a_websocket_handshake_is_answered_as_the_request_it_is(server: LiveServ
     )
     assert (status, headers["content-type"]) == (401, "application/problem+json"), body
     assert json.loads(body)["code"] == "unauthorized"
+
+
+def test_a_405_of_the_docs_assets_names_the_methods_they_take(server: LiveServer) -> None:
+    # Found by hand, sending each method to each path: `/docs-assets/` (Swagger UI's files,
+    # a mount rather than a route) answered `Allow:` empty and "allowed: .", which says the
+    # path takes no method at all, where GET and HEAD serve it.
+    for method in ("POST", "DELETE", "OPTIONS"):
+        line = f"{method} /docs-assets/favicon.png"
+        status, headers, body = _answer(server, head_of(server, line, "Content-Length: 0\r\n"))
+        assert (status, headers["allow"]) == (405, "GET, HEAD"), (method, body)
+        assert b"allowed: GET, HEAD." in body
+    assert httpx.head(f"{server.url}/docs-assets/favicon.png").status_code == 200
+
+
+def test_a_404_names_the_path_without_its_slash_only_where_that_is_a_route(
+    server: LiveServer,
+) -> None:
+    # Found by hand: `GET /docs-assets/` answered "without the trailing slash: /docs-assets",
+    # and `GET /nope/` named `/nope`, both 404 as well: a remedy that is none.
+    for path in ("/docs-assets/", "/nope/", "/docs-assets/nope/"):
+        status, _, body = _answer(server, head_of(server, f"GET {path}"))
+        assert status == 404, body
+        assert json.loads(body)["message"] == f"no route {path}; GET /docs lists the API"
+    message = json.loads(_answer(server, head_of(server, "GET /sessions/"))[2])["message"]
+    assert (
+        message
+        == "no route /sessions/; without the trailing slash: /sessions; GET /docs lists the API"
+    )
