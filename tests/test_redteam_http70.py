@@ -90,3 +90,40 @@ def test_a_404_names_the_path_without_its_slash_only_where_that_is_a_route(
         message
         == "no route /sessions/; without the trailing slash: /sessions; GET /docs lists the API"
     )
+
+
+def _form(*parts: bytes) -> bytes:
+    body = b"".join(b"--B\r\n" + part + b"\r\n" for part in parts)
+    return body + b"--B--\r\n"
+
+
+_FILE = b'Content-Disposition: form-data; name="file"; filename="kept.txt"\r\n\r\nkept'
+
+
+@pytest.mark.parametrize(
+    ("form", "said"),
+    [
+        # A part with no Content-Disposition (RFC 7578, 4.2, requires one), beside the file:
+        # its bytes were dropped as a text field's, and the answer a 201 for the file alone.
+        (_form(b"Content-Type: text/plain\r\n\r\nlost", _FILE), "has no Content-Disposition"),
+        (_form(b'Content-Disposition: attachment; name="x"\r\n\r\nlost', _FILE), "not form-data"),
+        # Unquoted, `a;b.txt` was stored as `a`, where a reader of the whole value saw a;b.txt.
+        (
+            _form(b"Content-Disposition: form-data; name=file; filename=a;b.txt\r\n\r\nx"),
+            "'b.txt' in its Content-Disposition, which is not a parameter",
+        ),
+    ],
+)
+def test_a_form_part_rfc_7578_does_not_allow_is_refused_and_nothing_stored(
+    server: LiveServer, form: bytes, said: str
+) -> None:
+    session_id = a_session(server)
+    line = f"POST /sessions/{session_id}/files"
+    head = f"Content-Type: multipart/form-data; boundary=B\r\nContent-Length: {len(form)}\r\n"
+    status, _, body = _answer(server, head_of(server, line, head) + form)
+    assert status == 400, body
+    problem = json.loads(body)
+    assert problem["code"] == "bad_request" and said in problem["message"], problem
+    assert "Nothing was stored" in problem["message"]
+    files = httpx.get(f"{server.url}/sessions/{session_id}/files", headers=server.headers)
+    assert files.json()["items"] == []
