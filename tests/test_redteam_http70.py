@@ -127,3 +127,19 @@ def test_a_form_part_rfc_7578_does_not_allow_is_refused_and_nothing_stored(
     assert "Nothing was stored" in problem["message"]
     files = httpx.get(f"{server.url}/sessions/{session_id}/files", headers=server.headers)
     assert files.json()["items"] == []
+
+
+def test_a_target_in_absolute_form_is_served_as_its_path(server: LiveServer) -> None:
+    # Found by hand: RFC 9112 (3.2.2) asks a server to accept `GET http://host/path`, which a
+    # client sends to a proxy (the server given as its HTTP_PROXY) and some proxies forward.
+    # uvicorn took the whole URL for the path: a 404 "no route /http://host/sessions/...".
+    session_id = a_session(server)
+    path = f"/sessions/{session_id}/files/kept.txt"
+    put = head_of(server, f"PUT HTTPS://other.example{path}", "Content-Length: 4\r\n") + b"kept"
+    assert _answer(server, put)[0] == 201
+    status, _, body = _answer(server, head_of(server, f"GET http://other.example{path}"))
+    assert (status, body) == (200, b"kept")
+    assert _answer(server, head_of(server, "GET http://other.example/health"))[0] == 200
+    # The path's checks still hold: a percent-encoded separator is refused as in origin form.
+    status, _, body = _answer(server, head_of(server, f"GET http://h/sessions/{session_id}%2Ff"))
+    assert (status, json.loads(body)["code"]) == (400, "invalid_name"), body
