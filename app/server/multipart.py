@@ -169,7 +169,7 @@ def _refuse_a_malformed_disposition(disposition: bytes | None) -> None:
         raise BadRequestError(
             "a part of the multipart body has no Content-Disposition header, which RFC 7578 "
             "(4.2) requires of every part: it names no field, and its bytes would have been "
-            'dropped. Nothing was stored; send the file as Content-Disposition: form-data; '
+            "dropped. Nothing was stored; send the file as Content-Disposition: form-data; "
             'name="file"; filename="..."'
         )
     kind, _, parameters = _QUOTED.sub(b'""', disposition).partition(b";")
@@ -178,7 +178,7 @@ def _refuse_a_malformed_disposition(disposition: bytes | None) -> None:
             f"a part of the multipart body has Content-Disposition: "
             f"{disposition.decode('latin-1')!r}, not form-data as RFC 7578 (4.2) requires "
             "of a form's parts, so it is not a field of the form and its bytes would have "
-            'been dropped. Nothing was stored; send the file as Content-Disposition: '
+            "been dropped. Nothing was stored; send the file as Content-Disposition: "
             'form-data; name="file"; filename="..."'
         )
     for piece in parameters.split(b";"):
