@@ -143,3 +143,22 @@ def test_a_target_in_absolute_form_is_served_as_its_path(server: LiveServer) -> 
     # The path's checks still hold: a percent-encoded separator is refused as in origin form.
     status, _, body = _answer(server, head_of(server, f"GET http://h/sessions/{session_id}%2Ff"))
     assert (status, json.loads(body)["code"]) == (400, "invalid_name"), body
+
+
+def test_http_1_0_with_a_transfer_encoding_is_refused_and_nothing_stored(
+    server: LiveServer,
+) -> None:
+    # Found by hand: RFC 9112 (6.1) says a request of HTTP/1.0, which has no transfer coding,
+    # that comes with a Transfer-Encoding has faulty framing. h11 read its chunks and the PUT
+    # was a 201, where a proxy in front that speaks HTTP/1.0 framed the body by its length
+    # (`3`, the chunk's size line) or by the connection's end, and passed other bytes.
+    session_id = a_session(server)
+    files = f"/sessions/{session_id}/files"
+    token = "".join(f"{k}: {v}\r\n" for k, v in server.headers.items())
+    chunked = "Transfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+    request = f"PUT {files}/old.txt HTTP/1.0\r\nHost: x\r\n{token}{chunked}".encode()
+    status, headers, body = _answer(server, request)
+    assert (status, headers["connection"]) == (400, "close"), body
+    message = json.loads(body)["message"]
+    assert f"PUT {files}/old.txt refused: it is HTTP/1.0 with a Transfer-Encoding" in message
+    assert httpx.get(f"{server.url}{files}", headers=server.headers).json()["items"] == []
