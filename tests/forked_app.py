@@ -170,7 +170,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", UserWarning)
     from pydantic import v1
 import encodings.idna, importlib.readers, fastapi_offline.core, h11, uvicorn.config, uvicorn.main
-import uvicorn.protocols.http.h11_impl, uvicorn.protocols.websockets.websockets_sansio_impl
+import uvicorn.protocols.http.h11_impl
 import uvicorn.loops.uvloop, anyio._core._sockets, anyio._core._streams
 
 # The process-wide boto3 session, with botocore's S3 model loaded: its children's stores make

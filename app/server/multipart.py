@@ -154,6 +154,43 @@ def _refuse_a_second_name(disposition: bytes) -> None:
         )
 
 
+def _refuse_a_malformed_disposition(disposition: bytes | None) -> None:
+    """Refuse a part that RFC 7578 (4.2) does not allow: every part has a
+    ``Content-Disposition`` of type ``form-data``, and each of its parameters is
+    ``name=value``.
+
+    python-multipart read past the rest: a part with no such header, or of another type
+    (``attachment``), was taken for a text field and its bytes dropped unsaid, beside a 201
+    for the ``file`` part; and ``filename=a;b.txt`` (unquoted) was stored as ``a``, the
+    ``b.txt`` dropped, where a reader that took the value to the end of the line (a proxy, a
+    scanner) saw ``a;b.txt`` (red team 70 on the HTTP contract).
+    """
+    if disposition is None:
+        raise BadRequestError(
+            "a part of the multipart body has no Content-Disposition header, which RFC 7578 "
+            "(4.2) requires of every part: it names no field, and its bytes would have been "
+            "dropped. Nothing was stored; send the file as Content-Disposition: form-data; "
+            'name="file"; filename="..."'
+        )
+    kind, _, parameters = _QUOTED.sub(b'""', disposition).partition(b";")
+    if kind.strip().lower() != b"form-data":
+        raise BadRequestError(
+            f"a part of the multipart body has Content-Disposition: "
+            f"{disposition.decode('latin-1')!r}, not form-data as RFC 7578 (4.2) requires "
+            "of a form's parts, so it is not a field of the form and its bytes would have "
+            "been dropped. Nothing was stored; send the file as Content-Disposition: "
+            'form-data; name="file"; filename="..."'
+        )
+    for piece in parameters.split(b";"):
+        if piece.strip() and b"=" not in piece:
+            raise BadRequestError(
+                f"a part of the multipart body has {piece.strip().decode('latin-1')!r} in its "
+                "Content-Disposition, which is not a parameter (name=value): a name with a "
+                "';' must be quoted, or readers of the part cut it in different places. "
+                'Nothing was stored; send filename="..." in quotes'
+            )
+
+
 def _refuse_an_epilogue(boundary: bytes, after: bytes) -> None:
     """Refuse bytes other than white space after the closing boundary (``--B--``).
 
@@ -361,6 +398,7 @@ class MultipartSink:
         self._field = self._value = b""
 
     def _headers_finished(self) -> None:
+        _refuse_a_malformed_disposition(self._headers.get(b"content-disposition"))
         _refuse_a_second_name(self._headers.get(b"content-disposition", b""))
         disposition, params = parse_options_header(self._headers.get(b"content-disposition"))
         if disposition != b"form-data" or params.get(b"name") != b"file":

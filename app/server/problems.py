@@ -16,7 +16,8 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
-from starlette.routing import Match
+from starlette.routing import Match, Mount
+from starlette.staticfiles import StaticFiles
 
 from app.errors import (
     AppError,
@@ -134,13 +135,37 @@ def _allowed_methods(request: Request) -> str:
     # Starlette's 405 names the methods of the first route that matched the path only; the
     # path may have several (GET and POST /sessions), and a client needs them all.
     methods: set[str] = set()
+    scope = _app_scope(request, request.scope["path"])
     for route in request.app.router.routes:
-        match, _ = route.matches(request.scope)
+        match, _ = route.matches(scope)
         if match is not Match.NONE:
             methods |= getattr(route, "methods", None) or set()
+            if isinstance(route, Mount) and isinstance(route.app, StaticFiles):
+                # A mount has no methods of its own: its files (/docs-assets/) answer GET
+                # and HEAD, and their 405 said `Allow:` empty, "allowed: ." (red team 70
+                # on the HTTP contract), which says that the path takes no method at all.
+                methods |= {"GET"}
     if "GET" in methods:
         methods.add("HEAD")  # answered as the GET (`app.server.limits.RequestGuard`)
     return ", ".join(sorted(methods))
+
+
+def _app_scope(request: Request, path: str) -> dict[str, Any]:
+    """``request``'s scope for the app's own routes, at ``path``: a mount the request went
+    into (`/docs-assets/`) set its ``root_path`` to its own, and no route matched there."""
+    root = request.scope.get("app_root_path", request.scope.get("root_path", ""))
+    return {**request.scope, "path": path, "root_path": root}
+
+
+def _routed(request: Request, path: str) -> bool:
+    """Whether some route of the app takes ``path``, with any method (a mount's files, which
+    may not be there, are no route)."""
+    scope = _app_scope(request, path)
+    return any(
+        route.matches(scope)[0] is not Match.NONE
+        for route in request.app.router.routes
+        if not isinstance(route, Mount)
+    )
 
 
 def _mapped_or_raised(
@@ -230,7 +255,10 @@ def add_error_handlers(app: FastAPI, store: Storage) -> None:
             # request's Host header (an open redirect, before any token was asked for).
             # `/` itself has no path without its slash: the API's routes are listed instead.
             bare = path.rstrip("/")
-            bare = f"; without the trailing slash: {bare}" if bare and bare != path else ""
+            # Named only where it is a route: `/docs-assets/` and `/nope/` named `/docs-assets`
+            # and `/nope`, 404 as well (red team 70 on the HTTP contract).
+            routed = bare != path and _routed(request, bare)
+            bare = f"; without the trailing slash: {bare}" if routed else ""
             message = f"no route {path}{bare}; GET /docs lists the API"
         elif error.status_code == 405:
             headers["Allow"] = _allowed_methods(request)

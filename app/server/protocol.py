@@ -676,6 +676,25 @@ def bounded_h11(
                 and repeated_header(self.headers) is None  # the request's, as a list
             )
 
+        def _should_upgrade(self) -> bool:
+            """Never: the API speaks HTTP/1.1 alone, and a request that offers another protocol
+            (``Connection: Upgrade`` with ``Upgrade: websocket`` or ``h2c``) is answered as the
+            request it is, with its route's guards, token and answers (RFC 9110, 7.8, lets a
+            server ignore ``Upgrade``).
+
+            uvicorn handed a WebSocket handshake to the websockets library (``uvicorn[standard]``
+            installs it) before any of this server's checks: every route answered it in that
+            library's words, ``GET /sessions`` with a good token a 403 with no body, a
+            ``DELETE`` a 405 in plain text with ``Allow: GET``, a missing key a 400 naming
+            it, none in the problem shape, none with a ``code``; and a ``PUT`` with a body
+            was cut by this protocol's timer for a head, which it answered 408 "the request
+            line and headers did not arrive", into a connection it no longer read (red team
+            70 on the HTTP contract). ``ws="none"`` (`app.server.run`) alone would answer
+            as this does, but log two warnings, one telling the operator to install a
+            WebSocket library, for every such request any client sends.
+            """
+            return False
+
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             super().connection_made(transport)  # type: ignore[arg-type]
             self._wait_for_head()

@@ -316,6 +316,9 @@ def _run(
             # requests of a connection included. Typed int, used as call_later's float.
             timeout_keep_alive=min(_KEEP_ALIVE_SECONDS, config.request_idle_seconds),  # type: ignore[arg-type]
             server_header=False,
+            # No WebSocket: the protocol answers an Upgrade as a plain request
+            # (`_should_upgrade`), and uvicorn need not import a WebSocket library.
+            ws="none",
             http=bounded_h11(
                 config.max_header_bytes,
                 config.request_idle_seconds,

@@ -556,8 +556,7 @@ def _warm_up() -> None:
         "_strptime", "dynaconf.loaders.toml_loader", "filelock", "app.check", "app.cli",
         "app.config_files", "app.dataroot", "app.server", "app.server.run", "app.store",
         "encodings.idna", "importlib.readers", "fastapi_offline.core", "h11", "uvicorn.config",
-        "uvicorn.main", "uvicorn.protocols.http.h11_impl",
-        "uvicorn.protocols.websockets.websockets_sansio_impl", "uvicorn.loops.uvloop",
+        "uvicorn.main", "uvicorn.protocols.http.h11_impl", "uvicorn.loops.uvloop",
         "anyio._core._sockets", "anyio._core._streams",
     ):  # fmt: skip
         importlib.import_module(name)

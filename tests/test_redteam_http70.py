@@ -1,0 +1,164 @@
+"""Red team 70 on the HTTP contract: requests a real ``app serve`` must answer as its routes
+do, sent raw (httpx would not send them so). One server for the module; each test works in a
+session of its own.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from live_http import Answers, a_session, connect, head_of
+from redteam_s19_http import one_server
+
+from app.testing import LiveServer
+
+# What a WebSocket client (a browser's `new WebSocket(...)`) sends with its GET (RFC 6455, 4.1).
+WEBSOCKET = (
+    "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    with one_server(tmp_path_factory) as live:
+        yield live
+
+
+def _answer(server: LiveServer, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    with connect(server) as sock:
+        sock.sendall(request)
+        return Answers(sock).next()
+
+
+def test_a_websocket_handshake_is_answered_as_the_request_it_is(server: LiveServer) -> None:
+    # Found by hand, sending RFC 6455's handshake to each route: uvicorn handed it to the
+    # websockets library before any check of the app. `GET /sessions` with a good token was
+    # a 403 with no body, a file's DELETE a plain-text 405 with `Allow: GET`, a PUT with its
+    # body a 408 saying its head had not come (the protocol's timer for a head, firing on a
+    # connection it no longer read), and nothing was stored. The server speaks no WebSocket:
+    # it ignores `Upgrade` (RFC 9110, 7.8) and answers each as its route does.
+    session_id = a_session(server)
+    files = f"/sessions/{session_id}/files"
+    status, headers, body = _answer(server, head_of(server, "GET /sessions?limit=1", WEBSOCKET))
+    assert (status, headers["content-type"]) == (200, "application/json"), body
+    assert "items" in json.loads(body)
+
+    put = head_of(server, f"PUT {files}/ws.txt", f"{WEBSOCKET}Content-Length: 5\r\n") + b"hello"
+    status, _, body = _answer(server, put)
+    assert status == 201, body
+    assert httpx.get(f"{server.url}{files}/ws.txt", headers=server.headers).content == b"hello"
+
+    status, headers, body = _answer(server, head_of(server, f"PATCH {files}/ws.txt", WEBSOCKET))
+    assert (status, headers["allow"]) == (405, "DELETE, GET, HEAD, PUT"), body
+    assert json.loads(body)["code"] == "method_not_allowed"
+
+    # The token is still read first: without it, the problem every route answers.
+    status, headers, body = _answer(
+        server, f"GET {files} HTTP/1.1\r\nHost: x\r\n{WEBSOCKET}\r\n".encode()
+    )
+    assert (status, headers["content-type"]) == (401, "application/problem+json"), body
+    assert json.loads(body)["code"] == "unauthorized"
+
+
+def test_a_405_of_the_docs_assets_names_the_methods_they_take(server: LiveServer) -> None:
+    # Found by hand, sending each method to each path: `/docs-assets/` (Swagger UI's files,
+    # a mount rather than a route) answered `Allow:` empty and "allowed: .", which says the
+    # path takes no method at all, where GET and HEAD serve it.
+    for method in ("POST", "DELETE", "OPTIONS"):
+        line = f"{method} /docs-assets/favicon.png"
+        status, headers, body = _answer(server, head_of(server, line, "Content-Length: 0\r\n"))
+        assert (status, headers["allow"]) == (405, "GET, HEAD"), (method, body)
+        assert b"allowed: GET, HEAD." in body
+    assert httpx.head(f"{server.url}/docs-assets/favicon.png").status_code == 200
+
+
+def test_a_404_names_the_path_without_its_slash_only_where_that_is_a_route(
+    server: LiveServer,
+) -> None:
+    # Found by hand: `GET /docs-assets/` answered "without the trailing slash: /docs-assets",
+    # and `GET /nope/` named `/nope`, both 404 as well: a remedy that is none.
+    for path in ("/docs-assets/", "/nope/", "/docs-assets/nope/"):
+        status, _, body = _answer(server, head_of(server, f"GET {path}"))
+        assert status == 404, body
+        assert json.loads(body)["message"] == f"no route {path}; GET /docs lists the API"
+    message = json.loads(_answer(server, head_of(server, "GET /sessions/"))[2])["message"]
+    assert (
+        message
+        == "no route /sessions/; without the trailing slash: /sessions; GET /docs lists the API"
+    )
+
+
+def _form(*parts: bytes) -> bytes:
+    body = b"".join(b"--B\r\n" + part + b"\r\n" for part in parts)
+    return body + b"--B--\r\n"
+
+
+_FILE = b'Content-Disposition: form-data; name="file"; filename="kept.txt"\r\n\r\nkept'
+
+
+@pytest.mark.parametrize(
+    ("form", "said"),
+    [
+        # A part with no Content-Disposition (RFC 7578, 4.2, requires one), beside the file:
+        # its bytes were dropped as a text field's, and the answer a 201 for the file alone.
+        (_form(b"Content-Type: text/plain\r\n\r\nlost", _FILE), "has no Content-Disposition"),
+        (_form(b'Content-Disposition: attachment; name="x"\r\n\r\nlost', _FILE), "not form-data"),
+        # Unquoted, `a;b.txt` was stored as `a`, where a reader of the whole value saw a;b.txt.
+        (
+            _form(b"Content-Disposition: form-data; name=file; filename=a;b.txt\r\n\r\nx"),
+            "'b.txt' in its Content-Disposition, which is not a parameter",
+        ),
+    ],
+)
+def test_a_form_part_rfc_7578_does_not_allow_is_refused_and_nothing_stored(
+    server: LiveServer, form: bytes, said: str
+) -> None:
+    session_id = a_session(server)
+    line = f"POST /sessions/{session_id}/files"
+    head = f"Content-Type: multipart/form-data; boundary=B\r\nContent-Length: {len(form)}\r\n"
+    status, _, body = _answer(server, head_of(server, line, head) + form)
+    assert status == 400, body
+    problem = json.loads(body)
+    assert problem["code"] == "bad_request" and said in problem["message"], problem
+    assert "Nothing was stored" in problem["message"]
+    files = httpx.get(f"{server.url}/sessions/{session_id}/files", headers=server.headers)
+    assert files.json()["items"] == []
+
+
+def test_a_target_in_absolute_form_is_served_as_its_path(server: LiveServer) -> None:
+    # Found by hand: RFC 9112 (3.2.2) asks a server to accept `GET http://host/path`, which a
+    # client sends to a proxy (the server given as its HTTP_PROXY) and some proxies forward.
+    # uvicorn took the whole URL for the path: a 404 "no route /http://host/sessions/...".
+    session_id = a_session(server)
+    path = f"/sessions/{session_id}/files/kept.txt"
+    put = head_of(server, f"PUT HTTPS://other.example{path}", "Content-Length: 4\r\n") + b"kept"
+    assert _answer(server, put)[0] == 201
+    status, _, body = _answer(server, head_of(server, f"GET http://other.example{path}"))
+    assert (status, body) == (200, b"kept")
+    assert _answer(server, head_of(server, "GET http://other.example/health"))[0] == 200
+    # The path's checks still hold: a percent-encoded separator is refused as in origin form.
+    status, _, body = _answer(server, head_of(server, f"GET http://h/sessions/{session_id}%2Ff"))
+    assert (status, json.loads(body)["code"]) == (400, "invalid_name"), body
+
+
+def test_http_1_0_with_a_transfer_encoding_is_refused_and_nothing_stored(
+    server: LiveServer,
+) -> None:
+    # Found by hand: RFC 9112 (6.1) says a request of HTTP/1.0, which has no transfer coding,
+    # that comes with a Transfer-Encoding has faulty framing. h11 read its chunks and the PUT
+    # was a 201, where a proxy in front that speaks HTTP/1.0 framed the body by its length
+    # (`3`, the chunk's size line) or by the connection's end, and passed other bytes.
+    session_id = a_session(server)
+    files = f"/sessions/{session_id}/files"
+    token = "".join(f"{k}: {v}\r\n" for k, v in server.headers.items())
+    chunked = "Transfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+    request = f"PUT {files}/old.txt HTTP/1.0\r\nHost: x\r\n{token}{chunked}".encode()
+    status, headers, body = _answer(server, request)
+    assert (status, headers["connection"]) == (400, "close"), body
+    message = json.loads(body)["message"]
+    assert f"PUT {files}/old.txt refused: it is HTTP/1.0 with a Transfer-Encoding" in message
+    assert httpx.get(f"{server.url}{files}", headers=server.headers).json()["items"] == []
