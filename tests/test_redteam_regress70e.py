@@ -15,6 +15,7 @@ import pytest
 from app import config as appconfig
 from app.dataroot import STAMP_FILE, open_root, read_stamp
 from app.errors import StampChangedError
+from app.remote import errors as remote_errors
 from app.store import Store
 
 
@@ -50,3 +51,59 @@ def test_a_write_after_another_profiles_stamp_landed_is_refused_before_the_watch
         stamp.write_text(json.dumps({**developments, "profile": "testing", "note": 1}))
         assert store.create_session("same profile")["id"]
         assert len(store.session_ids()) == 2
+
+
+@pytest.mark.parametrize(
+    ("said", "remedy", "restart"),
+    [
+        (
+            (
+                "this server's object prefix was handed to another database (as `app data "
+                "restamp` run on a copy of its database leaves it)"
+            ),
+            None,
+            (
+                "Its restart is refused until database_url names the database the prefix belongs "
+                "to now (`app doctor` on the server says which)"
+            ),
+        ),
+        (
+            (
+                "this server's database session moved to another PostgreSQL backend (a pooler in "
+                "transaction mode), which does not hold its locks"
+            ),
+            remote_errors.POOLER_REMEDY,
+            remote_errors.POOLER_REMEDY,
+        ),
+    ],
+)
+def test_a_replica_whose_prefix_was_handed_away_says_so_over_http(
+    said: str, remedy: str | None, restart: str
+) -> None:
+    # The remote backend's `stamp_changed`: a replica whose object prefix a copy of its
+    # database was handed (or whose session a pooler moved) answered its writes "this server
+    # lost its connection to the database ... Retry once the server is restarted", and its
+    # restart is refused. Its log said why (the reason, with the addresses); the answer now
+    # says it too, without them, as the local server's does.
+    reason = (
+        "object prefix s3://bucket/app was handed to another database: its stamp object "
+        "now names database 7300000000000000001/16384 (db-copy:5432)"
+    )
+    refused = remote_errors.HolderLostError(
+        "postgresql://app@db.internal:5432/app_production",
+        reason,
+        handed_away=True,
+        remedy=remedy,
+        said=said,
+    )
+    answer = refused.to_dict()
+    assert answer == {
+        "code": "holder_lost",
+        "message": (
+            f"{said} while this server ran, so it refuses every write and is stopping; "
+            f"nothing was written. {restart}"
+        ),
+    }
+    assert "lost its connection" not in answer["message"]
+    assert "db.internal" not in answer["message"] and "s3://" not in answer["message"]
+    assert refused.message.startswith(reason)  # the log's, with the addresses
