@@ -3450,7 +3450,8 @@ class DataRoot:
 
         A lock file deleted or replaced is :class:`LockLostError`; the root or a directory
         of the app's in it replaced is :class:`DataRootChangedError`; a failed fsync is
-        :class:`~app.errors.FsyncFailed`.
+        :class:`~app.errors.FsyncFailed`; the stamp found naming another profile
+        (:meth:`stamp_changed`) is :class:`~app.errors.StampChangedError`.
         """
         self._require_writer("check the lock")
         if (failed := self.sync_failed) is not None:
@@ -3484,6 +3485,13 @@ class DataRoot:
                 f"`umount {shell_word(mount)}`): the app moves data within the root by rename, "
                 "which cannot cross a mount point (EXDEV), even one of the same filesystem",
             )
+        # Its stamp too, as the lock watcher looks at it (`stamp_changed`): one lstat, a
+        # read only when it changed. Between another profile's stamp copied over the root
+        # and the watcher's next look (`lock_check_seconds`), every write went through (red
+        # team 70 on regress, branch rt-regress70e); a CLI writer, which has no watcher,
+        # never looked at all.
+        if self.stamp_changed() is not None and (lost := self._stamp_lost) is not None:
+            raise lost
 
     def _mount_inside(self) -> Path | OSError | None:
         """A mount point inside the root made since it was opened (open_root refuses one
@@ -3560,7 +3568,8 @@ class DataRoot:
         leaves it (``cp -a <another profile's backup>/. <root>/``, red team 70). Every write
         is refused from then on (:meth:`ensure_held`, :meth:`lost_error` says why).
 
-        A server's lock watcher asks it every ``lock_check_seconds``: one ``lstat`` while
+        A server's lock watcher asks it every ``lock_check_seconds``, and every write's
+        :meth:`ensure_held` (red team 70 on regress, rt-regress70e): one ``lstat`` while
         the file is as last read (its inode, size and change time: cp writes in place, a
         restamp renames), a read only when it changed. A stamp gone, damaged or unreadable
         says nothing here: the next open refuses it, as before.

@@ -754,6 +754,9 @@ class HolderLostError(AppError):
     copy adopted, a promoted standby), or lost its stamp: ``reason`` says which."""
     remedy: str | None = field(default=None, kw_only=True)
     """What lets it restart, where that is not another database_url."""
+    said: str | None = field(default=None, kw_only=True)
+    """With `handed_away`: what happened, as the HTTP answer says it (no database's or
+    store's address)."""
 
     @property
     def message(self) -> str:
@@ -770,7 +773,27 @@ class HolderLostError(AppError):
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """Over HTTP: the refusal without the database's address."""
+        """Over HTTP: the refusal without the database's address.
+
+        One whose prefix was handed away said that the server "lost its connection to the
+        database" and to retry once it is restarted, a restart that is refused (red team 70
+        on regress, the latest merges): it says what happened now, as a local server's
+        ``stamp_changed`` does.
+        """
+        if self.handed_away:
+            return {
+                "code": self.code,
+                "message": (
+                    f"{self.said or 'the database this server holds is no longer its own'} "
+                    "while this server ran, so it refuses every write and is stopping; nothing "
+                    "was written. "
+                    + (
+                        self.remedy
+                        or "Its restart is refused until database_url names the database the "
+                        "prefix belongs to now (`app doctor` on the server says which)"
+                    )
+                ),
+            }
         return {
             "code": self.code,
             "message": (

@@ -1744,9 +1744,10 @@ class ObjectStore:
         )
         return stamp
 
-    def handed_away(self) -> tuple[str, str | None] | None:
-        """Why the prefix no longer belongs to the database it was opened for, and what
-        lets a replica restart if not another ``database_url``; or ``None``.
+    def handed_away(self) -> tuple[str, str | None, str] | None:
+        """Why the prefix no longer belongs to the database it was opened for, what lets
+        a replica restart if not another ``database_url``, and what happened without the
+        store's or the database's address (the HTTP answer); or ``None``.
 
         Its stamp names another database, or a copy of this one that ``app data restamp``
         adopted: what a replica writes from then on only its own database names, and the
@@ -1786,6 +1787,10 @@ class ObjectStore:
                     "`app data check --repair` would delete it"
                 ),
                 None,
+                (
+                    "this server's object prefix was opened by a promoted standby of its "
+                    "database (a failover) and is now that one's"
+                ),
             )
         return (
             (
@@ -1796,9 +1801,13 @@ class ObjectStore:
                 "check --repair` would delete it"
             ),
             None,
+            (
+                "this server's object prefix was handed to another database (as `app data "
+                "restamp` run on a copy of its database leaves it)"
+            ),
         )
 
-    def _store_lost(self) -> tuple[str, str] | None:
+    def _store_lost(self) -> tuple[str, str, str] | None:
         """With the stamp gone: why the store lost its data too, and what resolves it, or
         ``None`` if an object it held is still there (or it cannot be asked now)."""
         # The stamp alone deleted (by hand, a lifecycle rule) is the open's to refuse; a
@@ -1827,6 +1836,10 @@ class ObjectStore:
                 "data restamp --profile "
                 f"{profile} --from {profile}{confirm}` (`app doctor` on this server says "
                 "which)"
+            ),
+            (
+                "this server's object prefix lost its stamp, and the object store its data (or "
+                "it is not the store this server opened)"
             ),
         )
 

@@ -2201,7 +2201,12 @@ class Holder:
                 return
             self.answered = time.monotonic()
             if moved is not None:
-                self.lose(moved, POOLER_REMEDY)
+                self.lose(
+                    moved,
+                    POOLER_REMEDY,
+                    "this server's database session moved to another PostgreSQL backend (a "
+                    "pooler in transaction mode), which does not hold its locks",
+                )
                 return
 
     def silent_for(self) -> float:
@@ -2209,15 +2214,24 @@ class Holder:
         asked, answered = self.asked, self.answered
         return 0.0 if answered >= asked else time.monotonic() - asked
 
-    def lose(self, reason: str, remedy: str | None = None) -> None:
+    def lose(self, reason: str, remedy: str | None = None, said: str | None = None) -> None:
         """End the hold's use: the object prefix was handed to another database, or lost
         its stamp, for ``reason``; every write is refused from now on (the connection stays
         until :meth:`close`). ``remedy``: what lets the server restart, if not another
-        ``database_url``."""
-        self._lose(reason, handed_away=True, remedy=remedy)
+        ``database_url``; ``said``: what happened, without addresses (the HTTP answer)."""
+        self._lose(reason, handed_away=True, remedy=remedy, said=said)
 
-    def _lose(self, reason: str, *, handed_away: bool = False, remedy: str | None = None) -> None:
-        self.error = HolderLostError(self.where, reason, handed_away=handed_away, remedy=remedy)
+    def _lose(
+        self,
+        reason: str,
+        *,
+        handed_away: bool = False,
+        remedy: str | None = None,
+        said: str | None = None,
+    ) -> None:
+        self.error = HolderLostError(
+            self.where, reason, handed_away=handed_away, remedy=remedy, said=said
+        )
         if self.on_lost is not None:
             self.on_lost(self.error)
 
