@@ -2290,8 +2290,25 @@ def _led_by_a_run(walked: set[int], seen: _Seen) -> Run | None:
 #: `_EXE_DENIED`, `_CHANGED`, `_AS_READ`, `_LISTED`) are the module's, emptied as each begins.
 #: `_thread`'s, not `threading`'s: a command's start does not import `threading`.
 _WALKING: list[Any] = [_thread.RLock()]
-# A fork made while another thread walked has that thread's lock held, by no thread of its own.
-os.register_at_fork(after_in_child=lambda: _WALKING.__setitem__(0, _thread.RLock()))
+#: How many walks this process's walking thread is in: more than one where a walk began in
+#: the middle of another (a signal handler's, which Python runs in the main thread between
+#: two steps of whatever it was doing; a ``__del__`` the collector ran there).
+_WALKS: list[int] = [0]
+
+
+def _walking_anew() -> None:
+    """In a fork's child: a fork made while another thread walked has that thread's lock
+    held, by no thread of its own, and its count of walks under way."""
+    _WALKING[0] = _thread.RLock()
+    _WALKS[0] = 0
+
+
+os.register_at_fork(after_in_child=_walking_anew)
+
+
+def _notes() -> tuple[dict[Any, Any] | set[int], ...]:
+    """The module's notes of a walk (`_walk_tree`), each container itself, in one order."""
+    return _MISSHOWN, _EXE_DENIED, _PROC_FAILED, _CHANGED, _AS_READ, _READ_SHORT
 
 
 def _walk_tree() -> tuple[Run | None, str | None, str]:
@@ -2305,13 +2322,24 @@ def _walk_tree() -> tuple[Run | None, str | None, str]:
     and a walk that a failed read of its run's ``/proc/<pid>/exe`` refused alone found no run
     (red team 70 on regress, the guard)."""
     with _WALKING[0]:
+        # A walk begun in the middle of another in its own thread (the lock is re-entrant,
+        # so a signal handler's walk waits for no walk of its own thread to end, which never
+        # would) keeps that walk's notes and gives them back: a handler's walk emptied them,
+        # and a walk that a failed read of its run's `exe` refused alone, its handler's walk
+        # not failing that read, found no run (red team 70 on regress, the guard again).
+        kept = [note.copy() for note in _notes()] if _WALKS[0] else None
+        _WALKS[0] += 1
         _LISTED.append({})
         try:
             return _walk_tree_listed()
         finally:
             _LISTED.pop()
+            _WALKS[0] -= 1
             _AS_READ.clear()
             _READ_SHORT.clear()
+            for note, was in zip(_notes(), kept or (), strict=False):
+                note.clear()
+                note.update(was)  # type: ignore[arg-type]
 
 
 def _walk_tree_listed() -> tuple[Run | None, str | None, str]:
@@ -2503,16 +2531,46 @@ def _hidden_parent(parent: int, hides: str) -> tuple[str, str] | None:
                     continue  # another's, or started after this process: not its ancestor
                 if not _running_here(directory / name, namespace):
                     continue  # ended, or in another PID namespace (a container's)
-                return _hidden_parent_words(candidates[pid], pid, hides, directory / name)
+                return _hidden_parent_words(
+                    candidates[pid],
+                    pid,
+                    hides,
+                    directory / name,
+                    boot=_boot_unknown(directory / name),
+                )
     return None
 
 
+def _boot_unknown(entry: Path) -> bool:
+    """Whether registry `entry` names the boot its run started in while this process cannot
+    read its own (`_boot_id`), so `_running_here` could not tell an entry of an earlier boot.
+
+    systemd's ``ProcSubset=pid`` (``/proc`` mounted ``subset=pid``), most often set with
+    ``ProtectProc=invisible``, leaves no ``/proc/sys``: a service whose hidden parent had the
+    pid of a run of an earlier boot was refused as before red team 70's mend, in words that
+    did not say why nor name the setting that lets the boot be told (red team 70 on regress,
+    the guard again)."""
+    if _boot_id() is not None:
+        return False
+    try:
+        return isinstance(json_loads(_entry_bytes(entry)).get(_BOOT), str)
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _hidden_parent_words(
-    which: str, pid: int, hides: str, entry: Path, failed: OSError | None = None
+    which: str,
+    pid: int,
+    hides: str,
+    entry: Path,
+    failed: OSError | None = None,
+    *,
+    boot: bool = False,
 ) -> tuple[str, str]:
     """`_hidden_parent`'s words for hidden ancestor `pid` (`which`: its parent, or its
     session's or process group's leader): `entry`, a registry entry for a run of that pid,
-    or the registry itself whose look `failed` (neither missing nor denied)."""
+    or the registry itself whose look `failed` (neither missing nor denied); `boot`, whether
+    the entry names a boot this process cannot compare with its own (`_boot_unknown`)."""
     shown = (
         f"/proc is mounted here with {hides}, which hides a process this one may not read: "
         "another user's, or one that holds capabilities this process lacks"
@@ -2535,6 +2593,16 @@ def _hidden_parent_words(
             "so this process cannot tell whether that run is above it"
         )
         remove = f"If no test run of pid {pid} is running, remove {entry}"
+        if boot:
+            said += (
+                f" (nor whether that run is of this boot: this process cannot read {_BOOT_FILE}, "
+                "as where /proc is mounted with subset=pid)"
+            )
+            remove += (
+                f", or let this process read {_BOOT_FILE} (/proc mounted without subset=pid; "
+                "systemd: ProcSubset=all, its default), by which an entry of an earlier boot "
+                "does not count"
+            )
     fix = (
         f"Start this process where /proc shows its {which} (/proc mounted without {hides}, or "
         f"with gid= a group of this process, or with the capabilities of pid {pid} in effect), "
@@ -2572,6 +2640,10 @@ def _running_here(entry: Path, namespace: int | None) -> bool:
 _BOOT: Final = "boot_id"
 
 
+#: Where Linux shows its random id of this boot (`_boot_id`).
+_BOOT_FILE: Final = f"{_PROC}/sys/kernel/random/boot_id"
+
+
 #: `_boot_id`, read once: a process (and its forks) lives in one boot.
 _BOOT_ID: list[str | None] = []
 
@@ -2582,7 +2654,7 @@ def _boot_id() -> str | None:
     expected fields after every test (`_entry_dict`)."""
     if not _BOOT_ID:
         try:
-            text = (_PROC / "sys" / "kernel" / "random" / "boot_id").read_text().strip()
+            text = Path(_BOOT_FILE).read_text().strip()
         except OSError:
             text = ""
         _BOOT_ID.append(text or None)
