@@ -5,6 +5,8 @@ session of its own.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 from collections.abc import Iterator
 
@@ -277,3 +279,32 @@ def test_a_form_part_named_ambiguously_or_not_at_all_is_refused_and_nothing_stor
     message = json.loads(body)["message"]
     assert said in message and "Nothing was stored" in message, message
     assert _stored(server, session_id) == []
+
+
+def test_a_chunked_trailer_is_read_for_a_target_in_absolute_form(server: LiveServer) -> None:
+    # Found by reading where the protocol hands the application what it learns after the
+    # head: it sets a chunked body's trailer (`TRAILERS`) on the request's own scope, and
+    # reads the request's place among the transfers there, and `origin_form` gave the
+    # application a copy. `PUT http://host/...` whose trailer came once the application read
+    # the body was stored unchecked, 201, with bytes changed on the way beside its
+    # `Repr-Digest`; in origin form it is refused 400 `digest_mismatch`.
+    session_id = a_session(server)
+    path = f"/sessions/{session_id}/files/t.txt"
+    sent = base64.b64encode(hashlib.sha256(b"sent").digest()).decode()
+    body = b"changed on the way"
+    trailer = f"0\r\nRepr-Digest: sha-256=:{sent}:\r\n\r\n".encode()
+    chunked = "Transfer-Encoding: chunked\r\nExpect: 100-continue\r\n"
+    for target in (path, f"http://other.example{path}"):
+        with connect(server) as sock:
+            sock.sendall(head_of(server, f"PUT {target}", chunked))
+            answers = Answers(sock)
+            assert answers.next()[0] == 100  # the application reads the body: it runs
+            sock.sendall(f"{len(body):x}\r\n".encode() + body + b"\r\n" + trailer)
+            status, _, answer = answers.next()
+        assert (status, json.loads(answer)["code"]) == (400, "digest_mismatch"), (target, answer)
+    assert _stored(server, session_id) == []
+    # uvicorn's access log reads the same scope: it names the path served, not the URL
+    # (`"PUT http%3A//other.example/sessions/..."`).
+    logged = server.log.read_text()
+    assert logged.count(f'"PUT {path} HTTP/1.1" 400') == 2, logged[-2000:]
+    assert "other.example" not in logged

@@ -44,7 +44,6 @@ _PARAMETER: Final = re.compile(rb";\s*([^\s=;]+)\s*=")
 # One parameter of a Content-Disposition, its quoted value emptied (`_QUOTED`): a name, then
 # one quoted value or one token (RFC 2183, 7578), white space around either.
 _TOKEN_PARAMETER: Final = re.compile(rb'\s*[^\s=;"]+\s*=\s*(?:""|[^\s=;"]+)\s*')
-_EMPTY_NAME: Final = re.compile(rb';\s*name\s*=\s*(?:""|;|$)', re.I)
 
 
 def form_boundary(request: Request) -> bytes:
@@ -222,7 +221,7 @@ def _refuse_a_malformed_disposition(disposition: bytes | None) -> None:
                 "and nothing after the closing quote but ';'"
             )
         names.add(piece.partition(b"=")[0].strip().lower())
-    if b"name" not in names or _EMPTY_NAME.search(disposition) is not None:
+    if b"name" not in names or not parse_options_header(disposition)[1].get(b"name"):
         # RFC 7578 (4.2): every part MUST name its field. A part without one, beside the
         # file, was read past as a text field and its bytes dropped, with a 201 for the
         # file alone (red team 70 on regress).
