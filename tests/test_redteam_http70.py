@@ -5,6 +5,8 @@ session of its own.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 from collections.abc import Iterator
 
@@ -162,3 +164,147 @@ def test_http_1_0_with_a_transfer_encoding_is_refused_and_nothing_stored(
     message = json.loads(body)["message"]
     assert f"PUT {files}/old.txt refused: it is HTTP/1.0 with a Transfer-Encoding" in message
     assert httpx.get(f"{server.url}{files}", headers=server.headers).json()["items"] == []
+
+
+# Red team 70 on regress, the HTTP contract (branch rt-regress70f): what the merge above left
+# through, on the same server.
+
+
+def _stored(server: LiveServer, session_id: str) -> list[str]:
+    files = httpx.get(f"{server.url}/sessions/{session_id}/files", headers=server.headers)
+    return [item["name"] for item in files.json()["items"]]
+
+
+@pytest.mark.parametrize("version", ["0.9", "2.0"])
+def test_a_request_line_of_another_version_than_1_x_is_refused_and_nothing_stored(
+    server: LiveServer, version: str
+) -> None:
+    # Found by sending each version h11 reads (`HTTP/d.d`, any digits): red team 70 refused
+    # HTTP/1.0 with a Transfer-Encoding, but `PUT ... HTTP/0.9` or `HTTP/2.0` with chunks
+    # was read by them and stored, 201, where HTTP/0.9 has no headers and HTTP/2 no such line
+    # nor Transfer-Encoding: a proxy in front that read the version framed it otherwise.
+    session_id = a_session(server)
+    path = f"/sessions/{session_id}/files/v.txt"
+    token = "".join(f"{k}: {v}\r\n" for k, v in server.headers.items())
+    chunks = "Transfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n"
+    with connect(server) as sock:
+        sock.sendall(f"PUT {path} HTTP/{version}\r\nHost: x\r\n{token}{chunks}".encode())
+        answers = Answers(sock)
+        status, headers, body = answers.next()
+        assert (status, headers["connection"].lower()) == (400, "close"), body
+        assert answers.rest() == b""  # closed: the bytes after the head read as nothing
+    message = json.loads(body)["message"]
+    assert message.startswith(
+        f"PUT {path} refused: its request line says HTTP/{version}, and this server speaks "
+        "HTTP/1.1 (and 1.0) alone"
+    ), message
+    assert "Nothing was done" in message
+    assert _stored(server, session_id) == []
+
+
+def test_a_higher_minor_version_is_served_as_http_1_1(server: LiveServer) -> None:
+    # RFC 9112 (2.3): a minor version above the one implemented is read as the highest.
+    session_id = a_session(server)
+    with connect(server) as sock:
+        sock.sendall(head_of(server, f"GET /sessions/{session_id}").replace(b"/1.1", b"/1.2"))
+        status, _, body = Answers(sock).next()
+    assert (status, json.loads(body)["id"]) == (200, session_id)
+
+
+@pytest.mark.parametrize(
+    ("head", "said"),
+    [
+        (
+            "GET /health HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            "GET /health refused: it is HTTP/1.0 with a Transfer-Encoding",
+        ),
+        (
+            'GET /health HTTP/1.1\r\nHost: x\r\nIf_None_Match: "a"\r\n\r\n',
+            "it has a header 'if_none_match', which is not If-None-Match",
+        ),
+    ],
+)
+def test_health_answered_in_the_protocol_refuses_what_the_application_refuses(
+    server: LiveServer, head: str, said: str
+) -> None:
+    # Found by sending red team 70's refused heads to each route: `GET /health` is answered
+    # in the protocol, which checked only for a repeated header, and said 200 where every
+    # other route (and `GET http://host/health`, which reaches the application) said 400.
+    with connect(server) as sock:
+        sock.sendall(head.encode())
+        status, _, body = Answers(sock).next()
+    assert status == 400, body
+    assert said in json.loads(body)["message"]
+
+
+@pytest.mark.parametrize(
+    ("form", "said"),
+    [
+        # RFC 7578 (4.2): every part MUST have a name. Without one (or with an empty one),
+        # beside the file, its bytes were dropped as a text field's and the file stored, 201.
+        (_form(b"Content-Disposition: form-data\r\n\r\nlost", _FILE), "without a name"),
+        (_form(_FILE, b'Content-Disposition: form-data; name=""\r\n\r\nlost'), "without a name"),
+        # Stored as `"j.txt" x.exe`, read as j.txt by a reader that ends the value at its quote.
+        (
+            _form(b'Content-Disposition: form-data; name="file"; filename="j.txt" x.exe\r\n\r\nx'),
+            (
+                "'filename=\"\" x.exe' in its Content-Disposition (its quoted values shown as "
+                '""), which is not name= followed by one quoted value or one token'
+            ),
+        ),
+        # Stored as `a b.txt`, read as `a` by a reader that ends a token at white space.
+        (
+            _form(b"Content-Disposition: form-data; name=file; filename=a b.txt\r\n\r\nx"),
+            "'filename=a b.txt' in its Content-Disposition",
+        ),
+        # Stored as `q"p.txt`; a browser's reader (WHATWG) ends the name at that quote: `q\`.
+        (
+            _form(b'Content-Disposition: form-data; name="file"; filename="q\\"p.txt"\r\n\r\nx'),
+            "with the escape '\\\"' in a quoted value, which readers of the part undo differently",
+        ),
+    ],
+)
+def test_a_form_part_named_ambiguously_or_not_at_all_is_refused_and_nothing_stored(
+    server: LiveServer, form: bytes, said: str
+) -> None:
+    # Found by sending each Content-Disposition the brief lists, and python-multipart's
+    # reading of each beside a strict reader's.
+    session_id = a_session(server)
+    line = f"POST /sessions/{session_id}/files"
+    head = f"Content-Type: multipart/form-data; boundary=B\r\nContent-Length: {len(form)}\r\n"
+    with connect(server) as sock:
+        sock.sendall(head_of(server, line, head) + form)
+        status, _, body = Answers(sock).next()
+    assert status == 400, body
+    message = json.loads(body)["message"]
+    assert said in message and "Nothing was stored" in message, message
+    assert _stored(server, session_id) == []
+
+
+def test_a_chunked_trailer_is_read_for_a_target_in_absolute_form(server: LiveServer) -> None:
+    # Found by reading where the protocol hands the application what it learns after the
+    # head: it sets a chunked body's trailer (`TRAILERS`) on the request's own scope, and
+    # reads the request's place among the transfers there, and `origin_form` gave the
+    # application a copy. `PUT http://host/...` whose trailer came once the application read
+    # the body was stored unchecked, 201, with bytes changed on the way beside its
+    # `Repr-Digest`; in origin form it is refused 400 `digest_mismatch`.
+    session_id = a_session(server)
+    path = f"/sessions/{session_id}/files/t.txt"
+    sent = base64.b64encode(hashlib.sha256(b"sent").digest()).decode()
+    body = b"changed on the way"
+    trailer = f"0\r\nRepr-Digest: sha-256=:{sent}:\r\n\r\n".encode()
+    chunked = "Transfer-Encoding: chunked\r\nExpect: 100-continue\r\n"
+    for target in (path, f"http://other.example{path}"):
+        with connect(server) as sock:
+            sock.sendall(head_of(server, f"PUT {target}", chunked))
+            answers = Answers(sock)
+            assert answers.next()[0] == 100  # the application reads the body: it runs
+            sock.sendall(f"{len(body):x}\r\n".encode() + body + b"\r\n" + trailer)
+            status, _, answer = answers.next()
+        assert (status, json.loads(answer)["code"]) == (400, "digest_mismatch"), (target, answer)
+    assert _stored(server, session_id) == []
+    # uvicorn's access log reads the same scope: it names the path served, not the URL
+    # (`"PUT http%3A//other.example/sessions/..."`).
+    logged = server.log.read_text()
+    assert logged.count(f'"PUT {path} HTTP/1.1" 400') == 2, logged[-2000:]
+    assert "other.example" not in logged

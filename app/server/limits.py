@@ -186,6 +186,13 @@ def origin_form(scope: Scope) -> Scope:
     some proxies forward as they got it. uvicorn took the whole URL for the path: every such
     request was a 404 "no route /http://host/sessions" (red team 70 on the HTTP contract).
     The authority goes: the app reads no ``Host``.
+
+    Changed in place, not copied: the protocol sets what it learns after the head on the
+    request's own scope (a chunked body's trailer, `app.server.protocol.TRAILERS`) and reads
+    the request's place among the transfers there (``TURN``), and uvicorn's access log reads
+    the path there. A copy kept the trailer from the route: ``PUT http://host/...`` with a
+    wrong ``Repr-Digest`` in a trailer that came once the body was being read was stored,
+    201 (red team 70 on regress).
     """
     raw: bytes = (scope.get("raw_path") if scope["type"] == "http" else None) or b""
     scheme, _, rest = raw.partition(b"://")
@@ -193,7 +200,8 @@ def origin_form(scope: Scope) -> Scope:
         return scope
     path = b"/" + rest.partition(b"/")[2]
     # As uvicorn decodes a path (its h11 protocol); `_refused_path` then checks the bytes.
-    return {**scope, "raw_path": path, "path": unquote(path.decode("ascii"))}
+    scope["raw_path"], scope["path"] = path, unquote(path.decode("ascii"))
+    return scope
 
 
 def _refused_path(raw: bytes) -> InvalidNameError | None:
@@ -241,7 +249,7 @@ def _refused_path(raw: bytes) -> InvalidNameError | None:
     )
 
 
-def _refused_head(scope: Scope) -> BadRequestError | None:
+def refused_head(scope: Scope) -> BadRequestError | None:
     """Why a request's head is refused before any route reads it, if it is."""
     headers = scope["headers"]
     if (twice := repeated_header(headers)) is not None:
@@ -260,7 +268,18 @@ def _refused_head(scope: Scope) -> BadRequestError | None:
             f"for the other (CGI and WSGI name both HTTP_{odd.decode('ascii').upper()}); "
             f"nothing was done. Send {meant}, with '-'"
         )
-    if scope["http_version"] == "1.0" and any(n == b"transfer-encoding" for n, _ in headers):
+    version: str = scope["http_version"]
+    if not version.startswith("1."):
+        # h11 reads any `HTTP/d.d` and frames it as HTTP/1.1: `PUT ... HTTP/2.0` (or 0.9)
+        # with chunks was stored (red team 70 on regress), where HTTP/2 has no such line and
+        # no Transfer-Encoding (RFC 9113, 8.2.2), and HTTP/0.9 no headers at all. A proxy in
+        # front that read the version would have framed the request otherwise.
+        return BadRequestError(
+            f"{scope['method']} {scope['path']} refused: its request line says HTTP/{version}, "
+            "and this server speaks HTTP/1.1 (and 1.0) alone, so how the request is framed is "
+            "ambiguous. Nothing was done, and the connection is closed. Send it as HTTP/1.1"
+        )
+    if version == "1.0" and any(n == b"transfer-encoding" for n, _ in headers):
         # RFC 9112 (6.1): HTTP/1.0 has no transfer coding, and a recipient MUST take such a
         # request's framing for faulty. h11 read its chunks, and a PUT was stored (red team
         # 70 on the HTTP contract) where a proxy in front that speaks HTTP/1.0 framed the
@@ -309,8 +328,12 @@ class RequestGuard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope = origin_form(scope)
-        if scope["type"] == "http" and (faulty := _refused_head(scope)) is not None:
-            await problem_of(faulty)(scope, receive, send)
+        if scope["type"] == "http" and (faulty := refused_head(scope)) is not None:
+            # HTTP/1.0 (and 0.9) connections close after the answer; another version's would
+            # stay open for bytes framed as its own (`refused_head`).
+            other = not scope["http_version"].startswith("1.")
+            closing = {"Connection": "close"} if other else None
+            await problem_of(faulty, closing)(scope, receive, send)
             return
         raw = scope.get("raw_path") if scope["type"] == "http" else None
         # Without a percent sign an ASCII path is its own UTF-8 (h11 admits ASCII only).

@@ -41,6 +41,9 @@ _MAX_BOUNDARY_CHARS: Final = 70
 _QUOTED_FILENAME: Final = re.compile(rb';\s*filename\s*=\s*"((?:[^"\\]|\\.)*)"', re.I)
 _QUOTED: Final = re.compile(rb'"(?:[^"\\]|\\.)*"')
 _PARAMETER: Final = re.compile(rb";\s*([^\s=;]+)\s*=")
+# One parameter of a Content-Disposition, its quoted value emptied (`_QUOTED`): a name, then
+# one quoted value or one token (RFC 2183, 7578), white space around either.
+_TOKEN_PARAMETER: Final = re.compile(rb'\s*[^\s=;"]+\s*=\s*(?:""|[^\s=;"]+)\s*')
 
 
 def form_boundary(request: Request) -> bytes:
@@ -181,14 +184,54 @@ def _refuse_a_malformed_disposition(disposition: bytes | None) -> None:
             "been dropped. Nothing was stored; send the file as Content-Disposition: "
             'form-data; name="file"; filename="..."'
         )
+    if b'\\"' in disposition:
+        # python-multipart undoes `\"` in a quoted name (`q\"p.txt` was stored as `q"p.txt`)
+        # where a browser's reader (WHATWG, which escapes `"` as %22) ends the name at that
+        # quote, `q\` (red team 70 on regress). curl before 7.81 sent it so; curl since, and
+        # browsers, send %22. Its other escapes leave a `\`, which no file name holds
+        # (`check_file_name`).
+        raise BadRequestError(
+            f"a part of the multipart body has Content-Disposition: "
+            f"{disposition.decode('latin-1')!r}, with the escape '\\\"' in a quoted value, "
+            "which readers of the part undo differently, so they name different files. "
+            'Nothing was stored; send filename="..." without it, or a name with a \'"\' by '
+            "PUT /sessions/{id}/files/{name}, the '\"' as %22"
+        )
+    names = set()
     for piece in parameters.split(b";"):
-        if piece.strip() and b"=" not in piece:
+        if not piece.strip():
+            continue
+        if b"=" not in piece:
             raise BadRequestError(
                 f"a part of the multipart body has {piece.strip().decode('latin-1')!r} in its "
                 "Content-Disposition, which is not a parameter (name=value): a name with a "
                 "';' must be quoted, or readers of the part cut it in different places. "
                 'Nothing was stored; send filename="..." in quotes'
             )
+        if _TOKEN_PARAMETER.fullmatch(piece) is None:
+            # `filename="j.txt" x.exe` was stored as `"j.txt" x.exe` and read `j.txt` by a
+            # reader that ends a quoted value at its quote; `filename=a b.txt` was stored as
+            # `a b.txt` and read `a` by one that ends a token at white space (red team 70 on
+            # regress).
+            raise BadRequestError(
+                f"a part of the multipart body has {piece.strip().decode('latin-1')!r} in its "
+                'Content-Disposition (its quoted values shown as ""), which is not name= '
+                "followed by one quoted value or one token: readers of the part end the value "
+                'in different places. Nothing was stored; send filename="..." in quotes, '
+                "and nothing after the closing quote but ';'"
+            )
+        names.add(piece.partition(b"=")[0].strip().lower())
+    if b"name" not in names or not parse_options_header(disposition)[1].get(b"name"):
+        # RFC 7578 (4.2): every part MUST name its field. A part without one, beside the
+        # file, was read past as a text field and its bytes dropped, with a 201 for the
+        # file alone (red team 70 on regress).
+        raise BadRequestError(
+            f"a part of the multipart body has Content-Disposition: "
+            f"{disposition.decode('latin-1')!r}, without a name, which RFC 7578 (4.2) requires "
+            "of every part: it names no field, and its bytes would have been dropped. Nothing "
+            'was stored; send the file as Content-Disposition: form-data; name="file"; '
+            'filename="..."'
+        )
 
 
 def _refuse_an_epilogue(boundary: bytes, after: bytes) -> None:

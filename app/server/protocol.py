@@ -541,7 +541,7 @@ def bounded_h11(
     from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
-    from app.server.limits import repeated_header  # which imports this module
+    from app.server.limits import refused_head  # which imports this module
 
     # A request read whole: the client may send another (DONE) or has said it will not
     # (MUST_CLOSE: "Connection: close", HTTP/1.0).
@@ -658,9 +658,11 @@ def bounded_h11(
             Its head and its body (none) all came, nothing follows it in h11's buffer (what
             follows is read once it is answered, as by the application), the transport takes
             writes without waiting, and the application would answer it as the route does:
-            the raw path is ``/health`` itself (not ``/heal%74h``), no header of `ONCE_ONLY`
-            is repeated (``RequestGuard`` answers 400), and uvicorn did not refuse it
-            (``limit_concurrency``, unset here).
+            the raw path is ``/health`` itself (not ``/heal%74h``), ``RequestGuard`` would not
+            refuse its head (`refused_head`: a header of `ONCE_ONLY` repeated, one spelt with
+            ``_``, HTTP/1.0 with a Transfer-Encoding, another version than 1.x: each was
+            answered 200 here and 400 by the application, red team 70 on regress), and
+            uvicorn did not refuse it (``limit_concurrency``, unset here).
             """
             scope = cycle.scope
             return (
@@ -673,7 +675,7 @@ def bounded_h11(
                 and not cycle.flow.write_paused
                 and not cycle.disconnected
                 and not self.transport.is_closing()
-                and repeated_header(self.headers) is None  # the request's, as a list
+                and refused_head(cast("Any", scope)) is None
             )
 
         def _should_upgrade(self) -> bool:
