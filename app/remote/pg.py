@@ -258,6 +258,7 @@ def trashed_index_problem(conn: psycopg.Connection[Any]) -> tuple[str, bool] | N
     repair's ``IF NOT EXISTS`` made none. A relation of that name that is no index of
     app_files (a table of someone's) is named and left alone: the app drops only its own.
     """
+    printed_plainly(conn)
     row = conn.cursor(row_factory=dict_row).execute(_TRASHED_INDEX_STATE).fetchone()
     if row is None:
         missing = (
@@ -278,6 +279,19 @@ def trashed_index_problem(conn: psycopg.Connection[Any]) -> tuple[str, bool] | N
         )
         return invalid, True
     return None
+
+
+def printed_plainly(conn: psycopg.Connection[Any]) -> None:
+    """Turn ``quote_all_identifiers`` off for the connection: `drift` and
+    `trashed_index_problem` compare what ``pg_get_indexdef`` and ``pg_get_constraintdef``
+    print with the app's definitions. On (``ALTER DATABASE ... SET``, the role's, or
+    ``postgresql.conf``, as a dump tool's habit leaves it), each identifier printed quoted:
+    a database the app had just made was refused at every open as "the app's tables changed",
+    every column, constraint and index named, its undo a rewrite of every table (red team 70
+    on regress, the remote backend). Any role may set it; it changes nothing else of the
+    app's, whose statements never print identifiers. Set for the session, not the
+    transaction: a connection in autocommit ends a ``SET LOCAL`` with its statement."""
+    conn.execute("SELECT set_config('quote_all_identifiers', 'off', false)")
 
 
 #: What `trashed_index_problem` reads of the relation named ``app_files_trashed``, if any.
@@ -1439,6 +1453,7 @@ def drift(conn: psycopg.Connection[Any]) -> tuple[tuple[str, ...], tuple[str, ..
     another's that may be left empty, and an index that is not unique (a DBA's, for a
     report), are left alone.
     """
+    printed_plainly(conn)
     cursor = conn.cursor(row_factory=tuple_row)
     out: _Found = ([], [])
     present = _column_drift(cursor, out)
