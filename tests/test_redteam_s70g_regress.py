@@ -130,9 +130,13 @@ def test_an_object_of_a_commit_a_new_timeline_lost_is_kept_not_deleted(
                 assert "as the first open after a failover or a point-in-time recovery" in (
                     found[0].detail
                 )
-                assert found[0].repair.startswith(
-                    "nothing: the app never deletes it; its bytes are at "
-                    f"s3://{objects.location.bucket}/{objects.location.key(blob)}: "
+                url = f"s3://{objects.location.bucket}/{objects.location.key(blob)}"
+                # What a human does with it, with the commands (before: no command).
+                assert found[0].repair == (
+                    f"nothing: the app never deletes it; its bytes are at {url}: upload them "
+                    f"again where they belong (`aws s3 cp {url} <file>`, then a PUT of the file "
+                    f"to its session), or delete it by hand once it is no one's (`aws s3 rm "
+                    f"{url}`)"
                 )
                 repaired = maintenance.check(repair=True).findings
                 assert [(f.problem, f.repaired) for f in repaired] == [

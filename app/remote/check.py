@@ -497,15 +497,16 @@ def _of_the_original(info: ObjectInfo, objects: ObjectStore, since: str) -> Find
     as "an upload whose transaction never committed (nobody could ever read it)": the last
     bytes of a file a client was told were saved (red team 70 on the remote backend; on
     regress, for a new timeline)."""
+    url = f"s3://{objects.location.bucket}/{objects.location.key(info.name)}"
     return Finding(
         "object-of-the-original",
         info.name,
         f"object {info.name} ({info.size} bytes, written "
         f"{info.last_modified:%Y-%m-%d %H:%M:%S}) is named by no row, and was written before "
         f"{since}",
-        "nothing: the app never deletes it; its bytes are at "
-        f"s3://{objects.location.bucket}/{objects.location.key(info.name)}: upload them "
-        "again where they belong, or delete it by hand once it is no one's",
+        f"nothing: the app never deletes it; its bytes are at {url}: upload them again where "
+        f"they belong (`aws s3 cp {url} <file>`, then a PUT of the file to its session), or "
+        f"delete it by hand once it is no one's (`aws s3 rm {url}`)",
     )
 
 
