@@ -28,6 +28,7 @@ clock (`ObjectStore.stamp_rewritten`), is ``object-of-the-original``, never dele
 from __future__ import annotations
 
 import json
+import threading
 import time
 from datetime import UTC, datetime
 
@@ -147,3 +148,49 @@ def test_an_object_of_a_commit_a_new_timeline_lost_is_kept_not_deleted(
                     assert stream.read() == b"acknowledged, then lost"
     finally:
         postgres_engine.drop_database(name)
+
+
+def test_an_index_build_under_way_is_told_as_one_and_left_to_end(
+    postgres_engine: PostgresEngine, s3_engine: S3Engine
+) -> None:
+    with (
+        postgres_engine.opened_database(PROFILE) as (name, url),
+        _maintenance(s3_engine, (url, new_blob_url(s3_engine))) as maintenance,
+        postgres_engine.connect(name) as writer,
+        postgres_engine.connect(name) as dba,
+    ):
+        # A DBA's CREATE INDEX CONCURRENTLY of the app's index, waiting for a transaction
+        # that writes app_files (a replica's upload) to end before it builds.
+        dba.execute("DROP INDEX app_files_trashed")  # as a database made before it
+        writer.execute("BEGIN")
+        writer.execute("LOCK TABLE app_files IN ROW EXCLUSIVE MODE")
+        concurrently = pg.TRASHED_INDEX.replace("INDEX", "INDEX CONCURRENTLY", 1).encode()
+        pid = dba.info.backend_pid
+        build = threading.Thread(target=dba.execute, args=(concurrently,))
+        build.start()
+        try:
+            with postgres_engine.connect(name) as look:
+                waiting = "SELECT phase FROM pg_stat_progress_create_index WHERE pid = %s"
+                while look.execute(waiting, (pid,)).fetchone() != (
+                    "waiting for writers before build",
+                ):
+                    time.sleep(0.01)
+            for repair in (False, True):
+                found = maintenance.check(repair=repair).findings
+                # Before: "INVALID (a failed CREATE INDEX or REINDEX CONCURRENTLY)", and
+                # "drop it and make it again", the DBA's build under way.
+                assert [(f.problem, f.repaired) for f in found] == [("index-unusable", False)]
+                assert found[0].detail.startswith(
+                    "the index app_files_trashed is being built (a CREATE INDEX CONCURRENTLY "
+                    f"under way, by process {pid}, waiting for writers before "
+                    "build): the database uses it once the build ends: "
+                ), found[0].detail
+                assert found[0].repair == (
+                    "nothing while it is built: let the build end (`SELECT pid, phase FROM "
+                    "pg_stat_progress_create_index` shows it; it waits for every transaction "
+                    "that writes app_files), then run `app data check` again"
+                )
+        finally:
+            writer.execute("ROLLBACK")
+            build.join()
+        assert maintenance.check().findings == []

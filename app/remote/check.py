@@ -536,7 +536,13 @@ def _trashed_index(db: Database, problem: tuple[str, bool], *, made: bool) -> Fi
         "trash grows"
     )
     holds = "with every replica stopped: it holds writes to app_files while it is built"
-    if not mendable:
+    if detail.startswith("the index app_files_trashed is being built"):
+        repair = (
+            "nothing while it is built: let the build end (`SELECT pid, phase FROM "
+            "pg_stat_progress_create_index` shows it; it waits for every transaction that "
+            "writes app_files), then run `app data check` again"
+        )
+    elif not mendable:
         repair = (
             "nothing: rename or drop that app_files_trashed (not the app's, which never drops "
             "it), then run `app data check --repair` with every replica stopped to make the "

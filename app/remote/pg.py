@@ -272,6 +272,17 @@ def trashed_index_problem(conn: psycopg.Connection[Any]) -> tuple[str, bool] | N
     shown = re.sub(r" ON \S+\.", " ON ", str(row["definition"]), count=1)
     if shown != TRASHED_INDEX_DEFINITION:
         return f"the index app_files_trashed is not the app's: {shown}", True
+    if not row["usable"] and row["building"] is not None:
+        # A DBA's CREATE INDEX CONCURRENTLY still running (it waits for every transaction
+        # that writes app_files to end, then builds): "INVALID (a failed ...)" and "drop it"
+        # before (red team 70 on regress, the remote backend). Seen for the builds of the
+        # app's role (or with pg_read_all_stats): another role's shows no relation here.
+        building = (
+            f"the index app_files_trashed is being built (a CREATE INDEX CONCURRENTLY under "
+            f"way, by process {row['building']}, {row['phase']}): the database uses it once "
+            "the build ends"
+        )
+        return building, False
     if not row["usable"]:
         invalid = (
             "the index app_files_trashed is INVALID (a failed CREATE INDEX or REINDEX "
@@ -297,8 +308,10 @@ def printed_plainly(conn: psycopg.Connection[Any]) -> None:
 #: What `trashed_index_problem` reads of the relation named ``app_files_trashed``, if any.
 _TRASHED_INDEX_STATE: Final = (
     "SELECT c.relkind::text AS kind, x.indrelid = to_regclass('app_files') AS ours,"
-    " pg_get_indexdef(c.oid) AS definition, x.indisvalid AND x.indisready AS usable"
-    " FROM pg_class c LEFT JOIN pg_index x ON x.indexrelid = c.oid"
+    " pg_get_indexdef(c.oid) AS definition, x.indisvalid AND x.indisready AS usable,"
+    " b.pid AS building, b.phase FROM pg_class c LEFT JOIN pg_index x ON x.indexrelid = c.oid"
+    " LEFT JOIN LATERAL (SELECT pid, phase FROM pg_stat_progress_create_index"
+    " WHERE index_relid = c.oid ORDER BY pid LIMIT 1) b ON true"
     " WHERE c.oid = to_regclass('app_files_trashed')"
 )
 #: What `trashed_index_problem` calls a relation by its ``pg_class.relkind``.
