@@ -114,11 +114,14 @@ def check(
     findings: list[Finding] = []
     orphans, unfinished = _unnamed(db, objects, referenced, orphan_grace, known_to=known_to)
     # Written before this database was adopted as a copy of the prefix's (red team 70 on the
-    # remote backend): an object the original named, acknowledged after the copy was made.
+    # remote backend), or before the prefix's stamp was last rewritten (a failover's or a
+    # point-in-time recovery's first open, red team 70 on regress, the remote backend): an
+    # object of a file acknowledged in commits this database does not have.
     adopted = _adopted_at(db) if orphans else None
-    original = [info for info in orphans if adopted is not None and info.last_modified < adopted]
-    orphans = [info for info in orphans if info.name not in {i.name for i in original}]
-    findings.extend(_of_the_original(info, objects, adopted) for info in original if adopted)
+    stamped = objects.stamp_rewritten() if orphans else None
+    original = [(i, _before(i, adopted, stamped)) for i in orphans]
+    findings.extend(_of_the_original(i, objects, since) for i, since in original if since)
+    orphans = [info for info, since in original if since is None]
     for info in orphans:
         findings.append(
             Finding(
@@ -455,23 +458,55 @@ def _adopted_at(db: Database) -> datetime | None:
     return None if row is None or row["at"] is None else row["at"].astimezone(UTC)
 
 
-def _of_the_original(info: ObjectInfo, objects: ObjectStore, adopted: datetime) -> Finding:
+def _before(info: ObjectInfo, adopted: datetime | None, stamped: datetime | None) -> str | None:
+    """What an object no row names was written before that its row may have been lost
+    with, in the words of `_of_the_original`, or None (an orphan).
+
+    ``adopted`` (the database's clock, microseconds): its newest ``adopt-copy`` row; an
+    object the store dates in the same second counts as before. ``stamped`` (the store's
+    clock, as the object's: `ObjectStore.stamp_rewritten`): the prefix's stamp's last write
+    where it was the first open on a new timeline (a failover to a standby that had not
+    received the last commits, a point-in-time recovery to an earlier moment: the same
+    database, no restamp, no row of an adoption; red team 70 on regress) or an adoption
+    (whose row may be missing: the audit's write failed, as `restamp` then says). Strictly
+    before that second: an orphan of a crashed upload in the same second as the open is
+    an orphan, as an object of a commit lost in it is too (a window of under a second)."""
+    if adopted is not None and info.last_modified < adopted:
+        return (
+            "this database was adopted as a copy of the one the prefix belonged to (app "
+            f"data restamp, {adopted:%Y-%m-%d %H:%M:%S}): it may be a file the original "
+            "acknowledged after the copy was made (a dump restored), whose row went with "
+            "the original"
+        )
+    if stamped is not None and info.last_modified < stamped:
+        return (
+            "the object prefix's stamp was last rewritten (the store's clock, "
+            f"{stamped:%Y-%m-%d %H:%M:%S}), as the first open after a failover or a "
+            "point-in-time recovery of the database (a new timeline) and an adoption of a "
+            "copy rewrite it: it may be a file acknowledged in commits the database no "
+            "longer has, whose row went with them"
+        )
+    return None
+
+
+def _of_the_original(info: ObjectInfo, objects: ObjectStore, since: str) -> Finding:
     """An object no row names, written before this database was adopted as a copy of the
-    prefix's (a restore of a dump): the original may have acknowledged it after the copy
-    was made, its row lost with the original. `app data check --repair` deleted it as "an
-    upload whose transaction never committed (nobody could ever read it)": the last bytes
-    of a file a client was told were saved (red team 70 on the remote backend)."""
+    prefix's (a restore of a dump), or before the prefix's stamp was last rewritten (a
+    failover, a point-in-time recovery; `_before` says which): the database it was
+    acknowledged in may have had its row, lost since. `app data check --repair` deleted it
+    as "an upload whose transaction never committed (nobody could ever read it)": the last
+    bytes of a file a client was told were saved (red team 70 on the remote backend; on
+    regress, for a new timeline)."""
+    url = f"s3://{objects.location.bucket}/{objects.location.key(info.name)}"
     return Finding(
         "object-of-the-original",
         info.name,
         f"object {info.name} ({info.size} bytes, written "
         f"{info.last_modified:%Y-%m-%d %H:%M:%S}) is named by no row, and was written before "
-        f"this database was adopted as a copy of the one the prefix belonged to (app data "
-        f"restamp, {adopted:%Y-%m-%d %H:%M:%S}): it may be a file the original acknowledged "
-        "after the copy was made (a dump restored), whose row went with the original",
-        "nothing: the app never deletes it; its bytes are at "
-        f"s3://{objects.location.bucket}/{objects.location.key(info.name)}: upload them "
-        "again where they belong, or delete it by hand once it is no one's",
+        f"{since}",
+        f"nothing: the app never deletes it; its bytes are at {url}: upload them again where "
+        f"they belong (`aws s3 cp {url} <file>`, then a PUT of the file to its session), or "
+        f"delete it by hand once it is no one's (`aws s3 rm {url}`)",
     )
 
 
@@ -501,7 +536,13 @@ def _trashed_index(db: Database, problem: tuple[str, bool], *, made: bool) -> Fi
         "trash grows"
     )
     holds = "with every replica stopped: it holds writes to app_files while it is built"
-    if not mendable:
+    if detail.startswith("the index app_files_trashed is being built"):
+        repair = (
+            "nothing while it is built: let the build end (`SELECT pid, phase FROM "
+            "pg_stat_progress_create_index` shows it; it waits for every transaction that "
+            "writes app_files), then run `app data check` again"
+        )
+    elif not mendable:
         repair = (
             "nothing: rename or drop that app_files_trashed (not the app's, which never drops "
             "it), then run `app data check --repair` with every replica stopped to make the "

@@ -68,6 +68,10 @@ from app.remote.errors import (
 from app.remote.hosts import is_this_machine
 
 STAMP_NAME = ".app-profile.json"
+#: The stamp's ``rewritten`` of its last write, where that write was of a database that may
+#: have lost commits: its first open on a new timeline, an adoption of a copy
+#: (`ObjectStore.stamp_rewritten`).
+REWRITTEN: Final = ("timeline", "adopt-copy")
 #: What a test run writes first in each scratch prefix it makes, by a create that the store
 #: refuses where the object is there already (`app.testing.fixtures`): which run the prefix
 #: is, so that a run whose suffix came out the same is refused, and a run's end empties
@@ -1569,6 +1573,32 @@ class ObjectStore:
 
     # --- the stamp ---------------------------------------------------------------------
 
+    def stamp_rewritten(self) -> datetime | None:
+        """When the prefix's stamp was last written, by the store's clock (its
+        ``LastModified``, whole seconds on most stores), where that write was one of a
+        database that may have lost commits (`REWRITTEN`: the first open on a new
+        timeline, after a failover or a point-in-time recovery; an adoption of a copy by
+        ``app data restamp``); otherwise ``None``. What `app data check` keeps the objects
+        no row names from before (red team 70 on regress, the remote backend). Its other
+        writes (the first, a claim by a stamp of an older release, a re-stamp to another
+        profile) drop the mark, and the time counts for nothing then: a re-stamp after a
+        stamp lost kept every orphan before it for good."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        if (self.read_stamp() or {}).get("rewritten") not in REWRITTEN:
+            return None
+        try:
+            answer = self._client.head_object(
+                Bucket=self.location.bucket, Key=self.location.key(STAMP_NAME)
+            )
+        except (BotoCoreError, ClientError) as error:
+            failed = self._fail(error, STAMP_NAME)
+            if isinstance(failed, ObjectMissingError):
+                return None
+            raise failed from error
+        written = answer.get("LastModified")
+        return written.astimezone(UTC) if isinstance(written, datetime) else None
+
     def read_stamp(self) -> dict[str, Any] | None:
         """The stamp object's content, or ``None`` where there is none."""
         try:
@@ -1736,6 +1766,10 @@ class ObjectStore:
             # A failover (or a point-in-time recovery) began a new timeline: from now on,
             # the old one's primary is refused, and its replicas stop at their next check.
             stamp = {**stamp, "timeline": timeline}
+            if recorded is not None:
+                # Not the first record of one (a stamp of before stamps kept it, or just
+                # made): commits the old timeline acknowledged may be lost (`REWRITTEN`).
+                stamp["rewritten"] = "timeline"
             self.put(STAMP_NAME, json.dumps(stamp).encode())
         self._owner = (database_id, instance, timeline)
         self._opened_for = (
@@ -1927,6 +1961,7 @@ class ObjectStore:
         # The copy's timeline is its own server's: the original's means nothing to it.
         new = {key: value for key, value in stamp.items() if key != "timeline"}
         new["instance"] = instance
+        new["rewritten"] = "adopt-copy"
         if timeline is not None:
             new["timeline"] = timeline
         self.put(STAMP_NAME, json.dumps(new).encode())

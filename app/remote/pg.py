@@ -258,6 +258,7 @@ def trashed_index_problem(conn: psycopg.Connection[Any]) -> tuple[str, bool] | N
     repair's ``IF NOT EXISTS`` made none. A relation of that name that is no index of
     app_files (a table of someone's) is named and left alone: the app drops only its own.
     """
+    printed_plainly(conn)
     row = conn.cursor(row_factory=dict_row).execute(_TRASHED_INDEX_STATE).fetchone()
     if row is None:
         missing = (
@@ -271,6 +272,17 @@ def trashed_index_problem(conn: psycopg.Connection[Any]) -> tuple[str, bool] | N
     shown = re.sub(r" ON \S+\.", " ON ", str(row["definition"]), count=1)
     if shown != TRASHED_INDEX_DEFINITION:
         return f"the index app_files_trashed is not the app's: {shown}", True
+    if not row["usable"] and row["building"] is not None:
+        # A DBA's CREATE INDEX CONCURRENTLY still running (it waits for every transaction
+        # that writes app_files to end, then builds): "INVALID (a failed ...)" and "drop it"
+        # before (red team 70 on regress, the remote backend). Seen for the builds of the
+        # app's role (or with pg_read_all_stats): another role's shows no relation here.
+        building = (
+            f"the index app_files_trashed is being built (a CREATE INDEX CONCURRENTLY under "
+            f"way, by process {row['building']}, {row['phase']}): the database uses it once "
+            "the build ends"
+        )
+        return building, False
     if not row["usable"]:
         invalid = (
             "the index app_files_trashed is INVALID (a failed CREATE INDEX or REINDEX "
@@ -280,11 +292,26 @@ def trashed_index_problem(conn: psycopg.Connection[Any]) -> tuple[str, bool] | N
     return None
 
 
+def printed_plainly(conn: psycopg.Connection[Any]) -> None:
+    """Turn ``quote_all_identifiers`` off for the connection: `drift` and
+    `trashed_index_problem` compare what ``pg_get_indexdef`` and ``pg_get_constraintdef``
+    print with the app's definitions. On (``ALTER DATABASE ... SET``, the role's, or
+    ``postgresql.conf``, as a dump tool's habit leaves it), each identifier printed quoted:
+    a database the app had just made was refused at every open as "the app's tables changed",
+    every column, constraint and index named, its undo a rewrite of every table (red team 70
+    on regress, the remote backend). Any role may set it; it changes nothing else of the
+    app's, whose statements never print identifiers. Set for the session, not the
+    transaction: a connection in autocommit ends a ``SET LOCAL`` with its statement."""
+    conn.execute("SELECT set_config('quote_all_identifiers', 'off', false)")
+
+
 #: What `trashed_index_problem` reads of the relation named ``app_files_trashed``, if any.
 _TRASHED_INDEX_STATE: Final = (
     "SELECT c.relkind::text AS kind, x.indrelid = to_regclass('app_files') AS ours,"
-    " pg_get_indexdef(c.oid) AS definition, x.indisvalid AND x.indisready AS usable"
-    " FROM pg_class c LEFT JOIN pg_index x ON x.indexrelid = c.oid"
+    " pg_get_indexdef(c.oid) AS definition, x.indisvalid AND x.indisready AS usable,"
+    " b.pid AS building, b.phase FROM pg_class c LEFT JOIN pg_index x ON x.indexrelid = c.oid"
+    " LEFT JOIN LATERAL (SELECT pid, phase FROM pg_stat_progress_create_index"
+    " WHERE index_relid = c.oid ORDER BY pid LIMIT 1) b ON true"
     " WHERE c.oid = to_regclass('app_files_trashed')"
 )
 #: What `trashed_index_problem` calls a relation by its ``pg_class.relkind``.
@@ -1439,6 +1466,7 @@ def drift(conn: psycopg.Connection[Any]) -> tuple[tuple[str, ...], tuple[str, ..
     another's that may be left empty, and an index that is not unique (a DBA's, for a
     report), are left alone.
     """
+    printed_plainly(conn)
     cursor = conn.cursor(row_factory=tuple_row)
     out: _Found = ([], [])
     present = _column_drift(cursor, out)
