@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 import forked_app
 import pytest
@@ -51,15 +52,33 @@ def test_a_mount_in_a_namespace_the_writer_entered_after_its_open_is_refused(
     # after its open (`unshare`, `setns`) polled the table of the one it left, which never
     # changes for what is mounted in the new one: a bind mount of its `.trash/` made there
     # went unseen, and a file's delete was acknowledged across it (EXDEV, red team 38).
-    root = app_config.data_root
+    out, err = delete_beside_a_mount(app_config, _UNSHARE_UNDER_A_WRITER)
+    assert out.splitlines() == [mounted_inside(app_config.data_root)], err
+
+
+def delete_beside_a_mount(app_config: Config, code: str, *more: str) -> tuple[str, str]:
+    """A session of two files in `app_config`'s root; then `code` run in a forked child,
+    given (the session, the root's `.trash/`, `more`) for its ``ARGS``, which mounts over
+    `.trash/` and deletes ``b.txt``: what it printed, and its standard error. ``b.txt`` is
+    checked kept, and the root consistent, after it (the delete refused, nothing lost)."""
     with open_storage(app_config, writer=True, kind="tests", wanted="fill it") as store:
         session = store.create_session("kept")["id"]
         store.put_file(session, "a.txt", b"version 1")
         store.put_file(session, "b.txt", b"b")
+    mount = app_config.data_root / ".trash"
+    child = forked_app.run_c(
+        code.replace("ARGS", repr((session, str(mount), *more))), dict(os.environ)
+    )
+    with open_storage(app_config, writer=True, kind="tests", wanted="look") as store:
+        assert store.file_path(session, "b.txt")[0].read_bytes() == b"b", child.stderr
+        assert not store.check(repair=False).findings, child.stderr
+    return child.stdout, child.stderr
+
+
+def mounted_inside(root: Path) -> str:
+    """How a writer refuses a delete across a mount made over `root`'s `.trash/`."""
     mount = root / ".trash"
-    code = _UNSHARE_UNDER_A_WRITER.replace("ARGS", repr((session, str(mount))))
-    child = forked_app.run_c(code, dict(os.environ))
-    refusal = (
+    return (
         f"DataRootChangedError data root {root} changed while open: a filesystem was "
         f"mounted inside it since it was opened ({mount}; `umount {mount}`): the app moves "
         "data within the root by rename, which cannot cross a mount point (EXDEV), even one "
@@ -67,7 +86,3 @@ def test_a_mount_in_a_namespace_the_writer_entered_after_its_open_is_refused(
         "the directory back (the app never uses symbolic links or mounts inside a data root) "
         "and restart"
     )
-    assert child.stdout.splitlines() == [refusal], child.stderr
-    with open_storage(app_config, writer=True, kind="tests", wanted="look") as store:
-        assert store.file_path(session, "b.txt")[0].read_bytes() == b"b"
-        assert not store.check(repair=False).findings

@@ -10,11 +10,10 @@ from __future__ import annotations
 import os
 import shutil
 
-import forked_app
 import pytest
+from test_redteam_config69 import delete_beside_a_mount, mounted_inside
 
 from app.config import Config
-from app.storage import open_storage
 
 needs_mounts = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("mount") is None, reason="mounting takes root"
@@ -63,23 +62,5 @@ def test_a_mount_in_a_namespace_a_writer_s_thread_entered_is_refused(
     # thread does) wrote through mounts the first thread never sees: a bind mount of the
     # root's `.trash/` made there went unseen, and a file's delete was acknowledged across
     # it (EXDEV, red team 38).
-    root = app_config.data_root
-    with open_storage(app_config, writer=True, kind="tests", wanted="fill it") as store:
-        session = store.create_session("kept")["id"]
-        store.put_file(session, "a.txt", b"version 1")
-        store.put_file(session, "b.txt", b"b")
-    mount = root / ".trash"
-    code = _UNSHARE_IN_A_THREAD.replace("ARGS", repr((session, str(mount))))
-    child = forked_app.run_c(code, dict(os.environ))
-    refusal = (
-        f"DataRootChangedError data root {root} changed while open: a filesystem was "
-        f"mounted inside it since it was opened ({mount}; `umount {mount}`): the app moves "
-        "data within the root by rename, which cannot cross a mount point (EXDEV), even one "
-        "of the same filesystem. Nothing was changed; this process stops writing to it. Put "
-        "the directory back (the app never uses symbolic links or mounts inside a data root) "
-        "and restart"
-    )
-    assert child.stdout.splitlines() == [refusal], child.stderr
-    with open_storage(app_config, writer=True, kind="tests", wanted="look") as store:
-        assert store.file_path(session, "b.txt")[0].read_bytes() == b"b"
-        assert not store.check(repair=False).findings
+    out, err = delete_beside_a_mount(app_config, _UNSHARE_IN_A_THREAD)
+    assert out.splitlines() == [mounted_inside(app_config.data_root)], err

@@ -10,12 +10,11 @@ import os
 import shutil
 from pathlib import Path
 
-import forked_app
 import pytest
+from test_redteam_config69 import delete_beside_a_mount, mounted_inside
 from test_redteam_s59_guard import outside_any_run
 
 from app.config import Config
-from app.storage import open_storage
 
 needs_mounts = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("mount") is None, reason="mounting takes root"
@@ -67,17 +66,7 @@ print(*said, sep="\\n")
 
 
 def _delete_from_a_chroot(app_config: Config, how: str) -> tuple[str, str]:
-    root = app_config.data_root
-    with open_storage(app_config, writer=True, kind="tests", wanted="fill it") as store:
-        session = store.create_session("kept")["id"]
-        store.put_file(session, "a.txt", b"version 1")
-        store.put_file(session, "b.txt", b"b")
-    mount = root / ".trash"
-    code = _CHROOT_IN_A_THREAD.replace("ARGS", repr((session, str(mount), how)))
-    child = forked_app.run_c(code, dict(os.environ))
-    with open_storage(app_config, writer=True, kind="tests", wanted="look") as store:
-        assert store.file_path(session, "b.txt")[0].read_bytes() == b"b"
-    return child.stdout, child.stderr
+    return delete_beside_a_mount(app_config, _CHROOT_IN_A_THREAD, how)
 
 
 @needs_mounts
@@ -89,16 +78,8 @@ def test_a_mount_seen_from_a_writer_s_thread_s_own_root_is_refused(app_config: C
     # of the root's `.trash/` it made went unseen, and a file's delete was acknowledged
     # across it (EXDEV, red team 38). The key holds the root's mount id now (statx).
     root = app_config.data_root
-    mount = root / ".trash"
     out, err = _delete_from_a_chroot(app_config, "--rbind")
-    refusal = (
-        f"DataRootChangedError data root {root} changed while open: a filesystem was "
-        f"mounted inside it since it was opened ({mount}; `umount {mount}`): the app moves "
-        "data within the root by rename, which cannot cross a mount point (EXDEV), even one "
-        "of the same filesystem. Nothing was changed; this process stops writing to it. Put "
-        "the directory back (the app never uses symbolic links or mounts inside a data root) "
-        "and restart"
-    )
+    refusal = mounted_inside(root)
     health = (
         "health: a filesystem was mounted inside the data root, at its .trash/ while the "
         "server ran: every change is refused until it is put back as it was"
