@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pytest
 from project_copy import copy_project_settings
+from test_proc_noaccess import WITH_A_STALE_ENTRY
 from test_redteam_s22_guard import _own_proc_allowed
 
 #: The service's user: one no other test file runs as.
@@ -54,15 +55,10 @@ def _service_python() -> tuple[str, str]:
 
 #: As test_proc_noaccess's `WITH_A_STALE_ENTRY`, /proc mounted with systemd's
 #: ProtectProc=invisible and ProcSubset=pid (`subset=pid`: no /proc/sys, so no boot id).
-WITH_A_STALE_ENTRY_SUBSET = """
-mount -o remount,hidepid=invisible,subset=pid /proc || exit 9
-mount --bind "$1" "$2" || exit 9
-mount -t tmpfs -o mode=0755 stale "$3" || exit 9
-printf '{"pid": 1, "pid_namespace": %s, "boot_id": "%s"}' \
-    "$(stat -L -c %i /proc/self/ns/pid)" "$4" > "$3/1-5.json" || exit 9
-shift 4
-"$@"
-"""
+WITH_A_STALE_ENTRY_SUBSET = WITH_A_STALE_ENTRY.replace(
+    "hidepid=invisible /proc", "hidepid=invisible,subset=pid /proc", 1
+)
+assert WITH_A_STALE_ENTRY_SUBSET != WITH_A_STALE_ENTRY
 
 
 def test_a_service_under_proc_subset_pid_is_told_why_an_entry_of_an_earlier_boot_counts(
