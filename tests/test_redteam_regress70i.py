@@ -87,3 +87,28 @@ def test_a_stamp_that_is_a_link_is_compared_by_what_it_names(
             "for profile 'testing'"
         ), refused.value
         assert len(store.session_ids()) == 1  # nothing more was written
+
+
+def test_a_first_record_of_a_timeline_keeps_an_adoptions_mark_at_its_time(
+    s3_engine: S3Engine,
+) -> None:
+    objects = ObjectStore(
+        new_blob_url(s3_engine),
+        s3_engine.endpoint_url,
+        s3_engine.access_key_id,
+        s3_engine.secret_access_key,
+    )
+    objects.open("production", database=(*DATABASE, 1))
+    # A copy adopted by a role that may not read its timeline (`pg.timeline` is None), then
+    # opened once it may: the first record of a timeline, no new mark of its own.
+    copy = (DATABASE[0], DATABASE[1], "7302/16384")
+    assert objects.adopt("production", DATABASE[0], copy[2], None) is not None
+    adopted = objects.stamp_rewritten()
+    assert adopted is not None and (objects.read_stamp() or {})["rewritten"] == "adopt-copy"
+    objects.open("production", database=(*copy, 4))
+    stamp = objects.read_stamp() or {}
+    assert stamp["timeline"] == 4 and stamp["rewritten"] == "adopt-copy"
+    # Before: the stamp's LastModified moved to this write, and every orphan written since
+    # the adoption was kept for good; the adoption's time is now written into the stamp.
+    assert stamp.get("rewritten_at") == adopted.isoformat()
+    assert objects.stamp_rewritten() == adopted
