@@ -20,11 +20,13 @@ import json
 from pathlib import Path
 
 import pytest
-from engines import S3Engine, new_blob_url
+from engines import PostgresEngine, S3Engine, new_blob_url
+from test_remote_store import PROFILE, _maintenance
 
 from app import config as appconfig
 from app.dataroot import STAMP_FILE, open_root, read_stamp
 from app.errors import StampChangedError
+from app.remote import pg
 from app.remote.objects import ObjectStore
 from app.store import Store
 
@@ -112,3 +114,21 @@ def test_a_first_record_of_a_timeline_keeps_an_adoptions_mark_at_its_time(
     # the adoption was kept for good; the adoption's time is now written into the stamp.
     assert stamp.get("rewritten_at") == adopted.isoformat()
     assert objects.stamp_rewritten() == adopted
+
+
+def test_the_app_s_schema_named_with_a_space_opens_and_checks_clean(
+    postgres_engine: PostgresEngine, s3_engine: S3Engine
+) -> None:
+    name = postgres_engine.create_database()
+    try:
+        with postgres_engine.connect() as admin:
+            admin.execute(f'ALTER DATABASE "{name}" SET search_path = "App files", public'.encode())
+        with postgres_engine.connect(name) as conn:
+            conn.execute('CREATE SCHEMA "App files"')
+        url = postgres_engine.url(name)
+        pg.open_database(url, PROFILE)
+        pg.open_database(url, PROFILE)  # the second open compares what the first made
+        with _maintenance(s3_engine, (url, new_blob_url(s3_engine))) as maintenance:
+            assert maintenance.check().findings == []
+    finally:
+        postgres_engine.drop_database(name)
