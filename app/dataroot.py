@@ -3485,7 +3485,7 @@ class DataRoot:
                 f"`umount {shell_word(mount)}`): the app moves data within the root by rename, "
                 "which cannot cross a mount point (EXDEV), even one of the same filesystem",
             )
-        # Its stamp too, as the lock watcher looks at it (`stamp_changed`): one lstat, a
+        # Its stamp too, as the lock watcher looks at it (`stamp_changed`): one stat, a
         # read only when it changed. Between another profile's stamp copied over the root
         # and the watcher's next look (`lock_check_seconds`), every write went through (red
         # team 70 on regress, branch rt-regress70e); a CLI writer, which has no watcher,
@@ -3569,10 +3569,11 @@ class DataRoot:
         is refused from then on (:meth:`ensure_held`, :meth:`lost_error` says why).
 
         A server's lock watcher asks it every ``lock_check_seconds``, and every write's
-        :meth:`ensure_held` (red team 70 on regress, rt-regress70e): one ``lstat`` while
+        :meth:`ensure_held` (red team 70 on regress, rt-regress70e): one ``stat`` while
         the file is as last read (its inode, size and change time: cp writes in place, a
-        restamp renames), a read only when it changed. A stamp gone, damaged or unreadable
-        says nothing here: the next open refuses it, as before.
+        restamp renames; of the file a link at its name points to, rt-regress70i), a read
+        only when it changed. A stamp gone, damaged or unreadable says nothing here: the
+        next open refuses it, as before.
         """
         if self._stamp_lost is not None or self.lock is None:
             return None if self._stamp_lost is None else self._stamp_lost.reason
@@ -3592,7 +3593,11 @@ class DataRoot:
     def _stamp_if_changed(self) -> str | None:
         """The profile the stamp names, where it changed since last read; else ``None``."""
         try:
-            seen = os.lstat(f"{self._path}/{STAMP_FILE}")
+            # stat, not lstat: the open reads a stamp that is a symbolic link to a regular
+            # file (`read_regular` follows it), and a copy over it writes through the link;
+            # the link's own lstat never changed, and neither this look nor the watcher's
+            # saw another profile's stamp land (red team 70 on regress, rt-regress70i).
+            seen = os.stat(f"{self._path}/{STAMP_FILE}")  # noqa: PTH116 - per write, no Path
         except OSError:
             return None
         key = (seen.st_dev, seen.st_ino, seen.st_size, seen.st_mtime_ns, seen.st_ctime_ns)

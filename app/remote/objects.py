@@ -505,6 +505,17 @@ def scratch_prefix_problem(configured: str, scratch: str) -> str | None:
     return None
 
 
+def _rewritten_at(stamp: dict[str, Any]) -> datetime | None:
+    """A marked stamp's pinned time (`ObjectStore._pinned`), or ``None`` (none, or not a
+    date with its zone: the stamp's own ``LastModified`` counts then)."""
+    value = stamp.get("rewritten_at")
+    try:
+        at = datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+    return None if at is None or at.tzinfo is None else at.astimezone(UTC)
+
+
 def _timeline(stamp: dict[str, Any]) -> int | None:
     value = stamp.get("timeline")
     return value if isinstance(value, int) and not isinstance(value, bool) else None
@@ -1580,13 +1591,24 @@ class ObjectStore:
         timeline, after a failover or a point-in-time recovery; an adoption of a copy by
         ``app data restamp``); otherwise ``None``. What `app data check` keeps the objects
         no row names from before (red team 70 on regress, the remote backend). Its other
-        writes (the first, a claim by a stamp of an older release, a re-stamp to another
-        profile) drop the mark, and the time counts for nothing then: a re-stamp after a
-        stamp lost kept every orphan before it for good."""
+        writes of a marked stamp (a re-stamp to another profile, a claim by a stamp of an
+        older release, a first record of a timeline) keep the mark and pin its time
+        (``rewritten_at``, read from the store before the write: `_pinned`): they dropped
+        the mark, or moved its time to theirs, before, and ``--repair`` deleted the object
+        of a commit a failover lost once ``app data restamp`` had run (red team 70 on
+        regress, branch rt-regress70i). A stamp written anew (the first, a restore after
+        a stamp lost) has none."""
+        stamp = self.read_stamp() or {}
+        if stamp.get("rewritten") not in REWRITTEN:
+            return None
+        if (pinned := _rewritten_at(stamp)) is not None:
+            return pinned
+        return self._stamp_written()
+
+    def _stamp_written(self) -> datetime | None:
+        """The stamp object's ``LastModified`` (the store's clock), or ``None``."""
         from botocore.exceptions import BotoCoreError, ClientError
 
-        if (self.read_stamp() or {}).get("rewritten") not in REWRITTEN:
-            return None
         try:
             answer = self._client.head_object(
                 Bucket=self.location.bucket, Key=self.location.key(STAMP_NAME)
@@ -1598,6 +1620,15 @@ class ObjectStore:
             raise failed from error
         written = answer.get("LastModified")
         return written.astimezone(UTC) if isinstance(written, datetime) else None
+
+    def _pinned(self, stamp: dict[str, Any]) -> dict[str, Any]:
+        """`stamp`, about to be written again by a write that is no new mark of its own,
+        with its mark's time pinned (``rewritten_at``: the store's date of the marked
+        write, which this write is about to move): see `stamp_rewritten`."""
+        if stamp.get("rewritten") not in REWRITTEN or _rewritten_at(stamp) is not None:
+            return stamp
+        written = self._stamp_written()
+        return stamp if written is None else {**stamp, "rewritten_at": written.isoformat()}
 
     def read_stamp(self) -> dict[str, Any] | None:
         """The stamp object's content, or ``None`` where there is none."""
@@ -1755,21 +1786,25 @@ class ObjectStore:
             # Stamped before stamps named their database: this one, the first to open it
             # since, claims it (a plain PUT; two databases claiming one prefix in the same
             # instant is the race of two first stamps, see remote.md).
-            stamp = {**stamp, "database": database_id, "instance": instance}
+            stamp = {**self._pinned(stamp), "database": database_id, "instance": instance}
             self.put(STAMP_NAME, json.dumps(stamp).encode())
         elif "instance" not in stamp and instance is not None:
             # Stamped before stamps named the database itself: claimed as above.
-            stamp = {**stamp, "instance": instance}
+            stamp = {**self._pinned(stamp), "instance": instance}
             self.put(STAMP_NAME, json.dumps(stamp).encode())
         recorded = _timeline(stamp)
         if timeline is not None and (recorded is None or timeline > recorded):
             # A failover (or a point-in-time recovery) began a new timeline: from now on,
             # the old one's primary is refused, and its replicas stop at their next check.
-            stamp = {**stamp, "timeline": timeline}
             if recorded is not None:
                 # Not the first record of one (a stamp of before stamps kept it, or just
-                # made): commits the old timeline acknowledged may be lost (`REWRITTEN`).
+                # made): commits the old timeline acknowledged may be lost (`REWRITTEN`),
+                # this write the mark's time.
+                stamp = {k: v for k, v in stamp.items() if k != "rewritten_at"}
                 stamp["rewritten"] = "timeline"
+            else:
+                stamp = self._pinned(stamp)
+            stamp = {**stamp, "timeline": timeline}
             self.put(STAMP_NAME, json.dumps(stamp).encode())
         self._owner = (database_id, instance, timeline)
         self._opened_for = (
@@ -1937,7 +1972,10 @@ class ObjectStore:
             "created": datetime.now(UTC).isoformat(),
             "restamped_from": from_profile,
         }
-        for kept in ("database", "instance", "timeline"):
+        # The same database: a mark (`stamp_rewritten`) still says which objects no row
+        # names may be of commits it lost.
+        stamp = self._pinned(stamp)
+        for kept in ("database", "instance", "timeline", "rewritten", "rewritten_at"):
             if kept in stamp:
                 new[kept] = stamp[kept]
         self.put(STAMP_NAME, json.dumps(new).encode())
@@ -1959,7 +1997,7 @@ class ObjectStore:
         ):
             return None
         # The copy's timeline is its own server's: the original's means nothing to it.
-        new = {key: value for key, value in stamp.items() if key != "timeline"}
+        new = {k: v for k, v in stamp.items() if k not in {"timeline", "rewritten_at"}}
         new["instance"] = instance
         new["rewritten"] = "adopt-copy"
         if timeline is not None:
