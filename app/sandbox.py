@@ -2298,9 +2298,17 @@ _WALKS: list[int] = [0]
 
 def _walking_anew() -> None:
     """In a fork's child: a fork made while another thread walked has that thread's lock
-    held, by no thread of its own, and its count of walks under way."""
-    _WALKING[0] = _thread.RLock()
-    _WALKS[0] = 0
+    held, by no thread of its own, and its count of walks under way.
+
+    Not where the forking thread was walking itself (a signal handler that forked in the
+    middle of its thread's walk, the child carrying on): the child goes on with that walk,
+    which gives the lock back and counts itself out as it ends. Reset, its end took the count
+    to -1, and every later walk there took itself for a nested one, while a handler's walk
+    in the middle of the walk carried on took that one for none and emptied its notes
+    (red team 70 on regress, rt-regress70j)."""
+    if not _WALKING[0]._is_owned():
+        _WALKING[0] = _thread.RLock()
+        _WALKS[0] = 0
 
 
 os.register_at_fork(after_in_child=_walking_anew)
