@@ -329,6 +329,7 @@ def test_a_dotnet_form_naming_its_file_twice_alike_is_stored_and_apart_is_refuse
         (b'form-data; name=file; filename="\xe2\x82\xac b.txt"; ' + euro_star, 201),
         (b'form-data; name=file; filename="=?utf-8?B?4oKsLnR4dA==?="; ' + dotnet_star, 400),
         (b"form-data; name=file; filename=c.txt; filename*=utf-8''d.txt", 400),
+        (b"form-data; name=file; filename=\"\xc3\xa9.txt\"; filename*=us-ascii''%C3%A9.txt", 400),
     ):
         form = (
             b"--B\r\nContent-Type: text/plain\r\nContent-Disposition: " + disposition

@@ -176,7 +176,8 @@ def _star_names_the_same_file(disposition: bytes) -> bool:
     plain = parse_options_header(disposition)[1].get(b"filename")
     if star is None or plain is None or star[1].lower() not in (b"utf-8", b"us-ascii"):
         return False
-    return unquote_to_bytes(star[2]) == plain
+    named = unquote_to_bytes(star[2])
+    return named == plain and (named.isascii() or star[1].lower() == b"utf-8")
 
 
 def _refuse_a_malformed_disposition(disposition: bytes | None) -> None:
