@@ -2336,18 +2336,25 @@ def _walk_tree() -> tuple[Run | None, str | None, str]:
         # and a walk that a failed read of its run's `exe` refused alone, its handler's walk
         # not failing that read, found no run (red team 70 on regress, the guard again).
         kept = [note.copy() for note in _notes()] if _WALKS[0] else None
+        depth = len(_LISTED)
         _WALKS[0] += 1
-        _LISTED.append({})
         try:
+            _LISTED.append({})
             return _walk_tree_listed()
         finally:
-            _LISTED.pop()
+            # Bytecode alone, no call, before anything that calls: Python runs a signal
+            # handler as a call returns, and one that raised (Ctrl-C's KeyboardInterrupt) as
+            # `_LISTED.pop()` returned skipped the rest, so the count stayed at 1 and every
+            # later walk took itself for a nested one (red team 70 on regress, rt-regress70j).
             _WALKS[0] -= 1
-            _AS_READ.clear()
-            _READ_SHORT.clear()
-            for note, was in zip(_notes(), kept or (), strict=False):
-                note.clear()
-                note.update(was)  # type: ignore[arg-type]
+            del _LISTED[depth:]
+            try:
+                _AS_READ.clear()
+                _READ_SHORT.clear()
+            finally:
+                for note, was in zip(_notes(), kept or (), strict=False):
+                    note.clear()
+                    note.update(was)  # type: ignore[arg-type]
 
 
 def _walk_tree_listed() -> tuple[Run | None, str | None, str]:

@@ -5,7 +5,8 @@ child), and whose every later walk took itself for a nested one.
 
 A fork's child starts its count of walks under way at 0 and takes a new lock (rt-regress70h),
 right where another thread was walking; where the forking thread was walking itself, the
-child carries that walk on, whose end took the count to -1.
+child carries that walk on, whose end took the count to -1. And a KeyboardInterrupt raised as
+a call in a walk's ``finally`` returned left the count at 1.
 """
 
 from __future__ import annotations
@@ -94,3 +95,51 @@ def test_a_child_forked_by_a_handler_mid_walk_keeps_the_walk_s_notes_and_count(
     assert said["walk"] is not None, said
     assert "while a test run may be above this process (ancestor pid 1: " in said["walk"], said
     assert "its read of /proc/1/exe failed (EIO: Input/output error)" in said["walk"], said
+
+
+#: A walk whose `finally` is cut by a KeyboardInterrupt as its first call returns, as where a
+#: SIGINT came then: Python runs a signal handler's raise as a call returns, which a profile
+#: function's raise on that call's ``c_return`` stands for here, deterministically. The count
+#: of walks under way, the memo stack and the lock, after it.
+INTERRUPTED_WALK_END = """
+import json, sys
+from app import sandbox
+
+seen = {}
+
+
+def profile(frame, event, arg):
+    if event == "return" and frame.f_code.co_name == "_walk_tree_listed":
+        seen["walked"] = True
+    elif event == "c_return" and frame.f_code.co_name == "_walk_tree" and "walked" in seen:
+        if "cut" not in seen:
+            seen["cut"] = arg.__name__
+            raise KeyboardInterrupt
+
+
+sys.setprofile(profile)
+try:
+    sandbox._walk_tree()
+except KeyboardInterrupt:
+    seen["interrupted"] = True
+sys.setprofile(None)
+seen.update(walks=sandbox._WALKS[0], listed=len(sandbox._LISTED))
+seen["held"] = sandbox._WALKING[0]._is_owned()
+print(json.dumps(seen))
+"""
+
+
+def test_a_walk_whose_end_a_keyboard_interrupt_cuts_counts_itself_out(tmp_path: Path) -> None:
+    """Found by reading the walk's `finally` for the brief's "does it stay incremented":
+    a KeyboardInterrupt as ``_LISTED.pop()`` returned skipped the count's decrement, which
+    stayed at 1, and every later walk of the process took itself for a nested one."""
+    done = subprocess.run(
+        [sys.executable, "-c", INTERRUPTED_WALK_END],
+        capture_output=True, text=True, check=False, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    assert seen["interrupted"], seen
+    # Before the fix: {"cut": "pop", "walks": 1}.
+    assert (seen["walks"], seen["listed"], seen["held"]) == (0, 0, False), seen
