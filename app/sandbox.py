@@ -2298,9 +2298,17 @@ _WALKS: list[int] = [0]
 
 def _walking_anew() -> None:
     """In a fork's child: a fork made while another thread walked has that thread's lock
-    held, by no thread of its own, and its count of walks under way."""
-    _WALKING[0] = _thread.RLock()
-    _WALKS[0] = 0
+    held, by no thread of its own, and its count of walks under way.
+
+    Not where the forking thread was walking itself (a signal handler that forked in the
+    middle of its thread's walk, the child carrying on): the child goes on with that walk,
+    which gives the lock back and counts itself out as it ends. Reset, its end took the count
+    to -1, and every later walk there took itself for a nested one, while a handler's walk
+    in the middle of the walk carried on took that one for none and emptied its notes
+    (red team 70 on regress, rt-regress70j)."""
+    if not _WALKING[0]._is_owned():
+        _WALKING[0] = _thread.RLock()
+        _WALKS[0] = 0
 
 
 os.register_at_fork(after_in_child=_walking_anew)
@@ -2328,18 +2336,25 @@ def _walk_tree() -> tuple[Run | None, str | None, str]:
         # and a walk that a failed read of its run's `exe` refused alone, its handler's walk
         # not failing that read, found no run (red team 70 on regress, the guard again).
         kept = [note.copy() for note in _notes()] if _WALKS[0] else None
+        depth = len(_LISTED)
         _WALKS[0] += 1
-        _LISTED.append({})
         try:
+            _LISTED.append({})
             return _walk_tree_listed()
         finally:
-            _LISTED.pop()
+            # Bytecode alone, no call, before anything that calls: Python runs a signal
+            # handler as a call returns, and one that raised (Ctrl-C's KeyboardInterrupt) as
+            # `_LISTED.pop()` returned skipped the rest, so the count stayed at 1 and every
+            # later walk took itself for a nested one (red team 70 on regress, rt-regress70j).
             _WALKS[0] -= 1
-            _AS_READ.clear()
-            _READ_SHORT.clear()
-            for note, was in zip(_notes(), kept or (), strict=False):
-                note.clear()
-                note.update(was)  # type: ignore[arg-type]
+            del _LISTED[depth:]
+            try:
+                _AS_READ.clear()
+                _READ_SHORT.clear()
+            finally:
+                for note, was in zip(_notes(), kept or (), strict=False):
+                    note.clear()
+                    note.update(was)  # type: ignore[arg-type]
 
 
 def _walk_tree_listed() -> tuple[Run | None, str | None, str]:

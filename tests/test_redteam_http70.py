@@ -308,3 +308,38 @@ def test_a_chunked_trailer_is_read_for_a_target_in_absolute_form(server: LiveSer
     logged = server.log.read_text()
     assert logged.count(f'"PUT {path} HTTP/1.1" 400') == 2, logged[-2000:]
     assert "other.example" not in logged
+
+
+def test_a_dotnet_form_naming_its_file_twice_alike_is_stored_and_apart_is_refused(
+    server: LiveServer,
+) -> None:
+    # Red team 70 on regress (rt-regress70j), found by sending each client's form: .NET's
+    # MultipartFormDataContent gives every file `filename=` and `filename*=` (RFC 8187) both,
+    # and `filename*` was refused whatever it said, so every upload of .NET's HttpClient was
+    # a 400. Where the two name one file it is stored; where they differ (.NET's own for a
+    # name not ASCII, an RFC 2047 word in `filename=`), refused as before.
+    session_id = a_session(server)
+    line = f"POST /sessions/{session_id}/files"
+    euro_star, dotnet_star = (
+        b"filename*=UTF-8'en'%E2%82%AC%20b.txt",
+        b"filename*=utf-8''%E2%82%AC.txt",
+    )
+    for disposition, status in (
+        (b"form-data; name=file; filename=a.txt; filename*=utf-8''a.txt", 201),
+        (b'form-data; name=file; filename="\xe2\x82\xac b.txt"; ' + euro_star, 201),
+        (b'form-data; name=file; filename="=?utf-8?B?4oKsLnR4dA==?="; ' + dotnet_star, 400),
+        (b"form-data; name=file; filename=c.txt; filename*=utf-8''d.txt", 400),
+        (b"form-data; name=file; filename=\"\xc3\xa9.txt\"; filename*=us-ascii''%C3%A9.txt", 400),
+    ):
+        form = (
+            b"--B\r\nContent-Type: text/plain\r\nContent-Disposition: " + disposition
+            + b"\r\n\r\nhello\r\n--B--\r\n"
+        )  # fmt: skip
+        head = f"Content-Type: multipart/form-data; boundary=B\r\nContent-Length: {len(form)}\r\n"
+        with connect(server) as sock:
+            sock.sendall(head_of(server, line, head) + form)
+            answer = Answers(sock).next()
+        assert answer[0] == status, (disposition, answer)
+        if status == 400:
+            assert "filename*=, which RFC 7578" in json.loads(answer[2])["message"], answer
+    assert sorted(_stored(server, session_id)) == ["a.txt", "€ b.txt"]

@@ -16,6 +16,7 @@ import hashlib
 import re
 from collections.abc import Callable
 from typing import Any, Final
+from urllib.parse import unquote_to_bytes
 
 from fastapi import HTTPException, Request
 from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
@@ -44,6 +45,9 @@ _PARAMETER: Final = re.compile(rb";\s*([^\s=;]+)\s*=")
 # One parameter of a Content-Disposition, its quoted value emptied (`_QUOTED`): a name, then
 # one quoted value or one token (RFC 2183, 7578), white space around either.
 _TOKEN_PARAMETER: Final = re.compile(rb'\s*[^\s=;"]+\s*=\s*(?:""|[^\s=;"]+)\s*')
+# `filename*=` (RFC 8187): a charset, a language (either may be empty), then the name
+# percent-encoded; a token, so it stands whole once quoted values are emptied (`_QUOTED`).
+_STAR_FILENAME: Final = re.compile(rb";\s*filename\*\s*=\s*([^\s;']*)'[^\s;']*'([^\s;]*)", re.I)
 
 
 def form_boundary(request: Request) -> bytes:
@@ -144,10 +148,12 @@ def _refuse_a_second_name(disposition: bytes) -> None:
     # notice of `filename*`: a proxy or a scanner that read another one checked another name
     # than the one stored.
     names = [n.lower() for n in _PARAMETER.findall(_QUOTED.sub(b'""', disposition))]
-    if b"filename*" in names:
+    if b"filename*" in names and not _star_names_the_same_file(disposition):
         raise BadRequestError(
             "a multipart part names its file with filename*=, which RFC 7578 (4.2) does not "
-            'allow in a form; send the name, UTF-8 encoded, as filename="..."'
+            "allow in a form, and not as its filename= names it (or it has no filename=), so "
+            "readers of the part name different files. Nothing was stored; send the name, "
+            'UTF-8 encoded, as filename="..." (beside a filename*= only where that names the same)'
         )
     twice = next((n for n in names if names.count(n) > 1), None)
     if twice is not None:
@@ -155,6 +161,23 @@ def _refuse_a_second_name(disposition: bytes) -> None:
             f"a multipart part gives {twice.decode('ascii', 'replace')!r} twice in its "
             "Content-Disposition, so it names its field or file more than once; send it once"
         )
+
+
+def _star_names_the_same_file(disposition: bytes) -> bool:
+    """Whether the part's ``filename*=`` names, decoded, the file its ``filename=`` names as
+    stored: a reader of either then reads one name.
+
+    .NET's ``MultipartFormDataContent`` (its ``HttpClient``'s forms) sends both with every
+    file, ``filename=a.txt; filename*=utf-8''a.txt`` (dotnet/runtime#121484), and each of its
+    uploads was refused (red team 70 on regress, rt-regress70j). RFC 7578 (4.2) forbids
+    ``filename*`` in a form, so one that says another name (``.NET``'s own for a name not
+    ASCII: ``filename="=?utf-8?B?...?="``) is still refused."""
+    star = _STAR_FILENAME.search(_QUOTED.sub(b'""', disposition))
+    plain = parse_options_header(disposition)[1].get(b"filename")
+    if star is None or plain is None or star[1].lower() not in (b"utf-8", b"us-ascii"):
+        return False
+    named = unquote_to_bytes(star[2])
+    return named == plain and (named.isascii() or star[1].lower() == b"utf-8")
 
 
 def _refuse_a_malformed_disposition(disposition: bytes | None) -> None:
