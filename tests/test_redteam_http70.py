@@ -343,3 +343,34 @@ def test_a_dotnet_form_naming_its_file_twice_alike_is_stored_and_apart_is_refuse
         if status == 400:
             assert "filename*=, which RFC 7578" in json.loads(answer[2])["message"], answer
     assert sorted(_stored(server, session_id)) == ["a.txt", "€ b.txt"]
+
+
+def test_a_filename_cut_in_rfc_2231_continuations_is_refused(server: LiveServer) -> None:
+    # Red team 70 on regress (rt-regress70k), found by trying RFC 2231 on the `filename*`
+    # check: `filename*0*=utf-8''b; filename*1=.exe` beside `filename="a.txt"` was stored as
+    # a.txt (python-multipart reads past continuations), where Werkzeug and Python's email
+    # package join them and read a second name, b.exe. A part naming its file in pieces is
+    # refused, and the .NET form (`filename*=` alone, naming the same) is still stored.
+    session_id = a_session(server)
+    line = f"POST /sessions/{session_id}/files"
+    for disposition, refused in (
+        (b"name=file; filename=\"a.txt\"; filename*0*=utf-8''b; filename*1=.exe", b"filename*0*"),
+        (b'name=file; filename*0="b"; filename*1=".exe"; filename="a.txt"', b"filename*0"),
+        (b"name=file; filename=e.txt; filename*=utf-8''e.txt", None),
+    ):
+        form = (
+            b"--B\r\nContent-Disposition: form-data; " + disposition
+            + b"\r\n\r\nhello\r\n--B--\r\n"
+        )  # fmt: skip
+        head = f"Content-Type: multipart/form-data; boundary=B\r\nContent-Length: {len(form)}\r\n"
+        with connect(server) as sock:
+            sock.sendall(head_of(server, line, head) + form)
+            status, _, body = Answers(sock).next()
+        if refused is None:
+            assert status == 201, (disposition, body)
+            continue
+        assert status == 400, (disposition, body)
+        message = json.loads(body)["message"]
+        assert f"gives {refused.decode()!r} in its Content-Disposition" in message, message
+        assert "RFC 2231 continuation" in message and "Nothing was stored" in message, message
+    assert _stored(server, session_id) == ["e.txt"]

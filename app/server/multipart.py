@@ -148,6 +148,19 @@ def _refuse_a_second_name(disposition: bytes) -> None:
     # notice of `filename*`: a proxy or a scanner that read another one checked another name
     # than the one stored.
     names = [n.lower() for n in _PARAMETER.findall(_QUOTED.sub(b'""', disposition))]
+    split = next((n for n in names if b"*" in n and n != b"filename*"), None)
+    if split is not None:
+        # RFC 2231's continuations (`filename*0*=utf-8''b; filename*1=.exe`): python-multipart
+        # reads past them and stored the file as its `filename=` names it, where a reader
+        # that joins them (Werkzeug, Python's email package) read `b.exe` (red team 70 on
+        # regress, rt-regress70k).
+        raise BadRequestError(
+            f"a multipart part gives {split.decode('ascii', 'replace')!r} in its "
+            "Content-Disposition, an RFC 2231 continuation or encoding, which RFC 7578 (4.2) "
+            "does not allow in a form: this server reads past it, so readers of the part "
+            "name different files or fields. Nothing was stored; send the name, UTF-8 "
+            'encoded, as filename="..."'
+        )
     if b"filename*" in names and not _star_names_the_same_file(disposition):
         raise BadRequestError(
             "a multipart part names its file with filename*=, which RFC 7578 (4.2) does not "
