@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_redteam_s70h_guard import under_a_failed_read_of_pid_1s_exe
 
 #: A Python outside any run, in a PID namespace of its own below pid 1 (another Python), as in
 #: tests/test_redteam_s70h_guard.py, whose walk is interrupted twice: as it begins by a
@@ -74,21 +75,7 @@ def test_a_child_forked_by_a_handler_mid_walk_keeps_the_walk_s_notes_and_count(
     carried on ended, and a handler's walk in the middle of that walk, counted as none,
     emptied its notes: the walk that the failed read of pid 1's `exe` refused alone found no
     run and no refusal."""
-    # As in test_redteam_s70h_guard: pid 1 runs a copy of the interpreter, so that strace's
-    # -P (which follows /proc/1/exe to its file) faults pid 1's link alone.
-    interpreter = tmp_path / Path(os.path.realpath(sys.executable)).name
-    shutil.copy2(os.path.realpath(sys.executable), interpreter)
-    parent = "import subprocess, sys; sys.exit(subprocess.run(sys.argv[1:]).returncode)"
-    env = {"PATH": os.environ["PATH"], "PYTHONPATH": os.pathsep.join(sys.path)}
-    done = subprocess.run(
-        ["unshare", "--pid", "--fork", "--mount-proc", str(interpreter), "-c", parent,
-         "strace", "-f", "--seccomp-bpf", "-qq", "-o", "/dev/null", "-P", "/proc/1/exe",
-         "-e", "trace=readlink,readlinkat", "-e", "inject=readlink,readlinkat:error=EIO:when=1",
-         sys.executable, "-c", FORKED_HANDLER_WALKS],
-        env=env, capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    said = json.loads(done.stdout)
+    said = under_a_failed_read_of_pid_1s_exe(tmp_path, FORKED_HANDLER_WALKS)
     assert said["forked"] and said["handler"] is None, said  # its own read did not fail
     # Before the fix: -1, and None (the note of the failed read gone with the handler's walk).
     assert said["walks"] == 0, said

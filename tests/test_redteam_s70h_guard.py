@@ -149,8 +149,19 @@ def test_a_signal_handler_s_walk_leaves_the_walk_it_interrupted_its_notes(tmp_pa
     handler, run by Python in the thread whose walk it interrupted, went ahead and emptied
     that walk's notes: a walk that the failed read of pid 1's `exe` refused alone (the
     handler's own read of it not failing) found no run and no refusal."""
-    # Pid 1 runs a copy of the interpreter: strace's -P follows /proc/1/exe to its file, and
-    # the walker's own start reads the link of its interpreter's (which would take the fault).
+    said = under_a_failed_read_of_pid_1s_exe(tmp_path, HANDLER_WALKS)
+    assert said["handler"] is None, said  # its read of pid 1's exe did not fail: no note
+    # Before the fix: None, the note of the failed read gone with the handler's walk.
+    assert said["walk"] is not None, said
+    assert "while a test run may be above this process (ancestor pid 1: " in said["walk"], said
+    assert "its read of /proc/1/exe failed (EIO: Input/output error)" in said["walk"], said
+
+
+def under_a_failed_read_of_pid_1s_exe(tmp_path: Path, code: str) -> dict[str, object]:
+    """What `code` printed (JSON), run in a PID namespace of its own under strace, which
+    fails the first read of pid 1's ``/proc/1/exe`` (EIO). Pid 1 runs a copy of the
+    interpreter: strace's -P follows /proc/1/exe to its file, and the walker's own start
+    reads the link of its interpreter's (which would take the fault)."""
     interpreter = tmp_path / Path(os.path.realpath(sys.executable)).name
     shutil.copy2(os.path.realpath(sys.executable), interpreter)
     parent = "import subprocess, sys; sys.exit(subprocess.run(sys.argv[1:]).returncode)"
@@ -159,13 +170,9 @@ def test_a_signal_handler_s_walk_leaves_the_walk_it_interrupted_its_notes(tmp_pa
         ["unshare", "--pid", "--fork", "--mount-proc", str(interpreter), "-c", parent,
          "strace", "-f", "--seccomp-bpf", "-qq", "-o", "/dev/null", "-P", "/proc/1/exe",
          "-e", "trace=readlink,readlinkat", "-e", "inject=readlink,readlinkat:error=EIO:when=1",
-         sys.executable, "-c", HANDLER_WALKS],
+         sys.executable, "-c", code],
         env=env, capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    said = json.loads(done.stdout)
-    assert said["handler"] is None, said  # its read of pid 1's exe did not fail: no note
-    # Before the fix: None, the note of the failed read gone with the handler's walk.
-    assert said["walk"] is not None, said
-    assert "while a test run may be above this process (ancestor pid 1: " in said["walk"], said
-    assert "its read of /proc/1/exe failed (EIO: Input/output error)" in said["walk"], said
+    said: dict[str, object] = json.loads(done.stdout)
+    return said
