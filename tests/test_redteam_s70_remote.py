@@ -139,15 +139,8 @@ def test_a_restored_copy_adopted_by_restamp_keeps_what_the_original_acknowledged
     original = (postgres_engine.url(name), blob_url)
     restored = (postgres_engine.url(copy), blob_url)
     try:
-        objects = ObjectStore(
-            blob_url, s3_engine.endpoint_url, s3_engine.access_key_id, s3_engine.secret_access_key
-        )
+        objects, _ = opened_and_bound(s3_engine, original, name)
         where = objects.location
-        # Both opened and bound to each other, as `open_remote` does.
-        stamp = pg.open_database(
-            original[0], PROFILE, objects=(where.bucket, where.prefix, objects.where)
-        )
-        objects.open(PROFILE, database=(stamp.database_id, name, stamp.instance, stamp.timeline))
         with _replica(s3_engine, original) as replica:
             sid = replica.create_session("kept")["id"]
             replica.put_file(sid, "a.txt", b"kept")
@@ -205,3 +198,19 @@ def test_a_restored_copy_adopted_by_restamp_keeps_what_the_original_acknowledged
     finally:
         postgres_engine.drop_database(copy)
         postgres_engine.drop_database(name)
+
+
+def opened_and_bound(
+    s3_engine: S3Engine, opened: tuple[str, str], name: str
+) -> tuple[ObjectStore, pg.Stamp]:
+    """The database `name` (at ``opened[0]``) and the prefix at ``opened[1]`` opened and bound
+    to each other, as `open_remote` does: the store, and the database's stamp."""
+    objects = ObjectStore(
+        opened[1], s3_engine.endpoint_url, s3_engine.access_key_id, s3_engine.secret_access_key
+    )
+    where = objects.location
+    stamp = pg.open_database(
+        opened[0], PROFILE, objects=(where.bucket, where.prefix, objects.where)
+    )
+    objects.open(PROFILE, database=(stamp.database_id, name, stamp.instance, stamp.timeline))
+    return objects, stamp

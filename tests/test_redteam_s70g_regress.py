@@ -33,10 +33,11 @@ import time
 from datetime import UTC, datetime
 
 from engines import PostgresEngine, S3Engine, new_blob_url
+from test_redteam_s70_remote import opened_and_bound
 from test_remote_store import PROFILE, _maintenance, _replica
 
 from app.remote import pg
-from app.remote.objects import STAMP_NAME, ObjectStore
+from app.remote.objects import STAMP_NAME
 
 
 def test_a_database_whose_identifiers_print_quoted_opens_and_checks_clean(
@@ -90,15 +91,7 @@ def test_an_object_of_a_commit_a_new_timeline_lost_is_kept_not_deleted(
     name, blob_url = postgres_engine.create_database(), new_blob_url(s3_engine)
     opened = (postgres_engine.url(name), blob_url)
     try:
-        objects = ObjectStore(
-            blob_url, s3_engine.endpoint_url, s3_engine.access_key_id, s3_engine.secret_access_key
-        )
-        where = objects.location
-        # Both opened and bound to each other, as `open_remote` does.
-        made = pg.open_database(
-            opened[0], PROFILE, objects=(where.bucket, where.prefix, objects.where)
-        )
-        objects.open(PROFILE, database=(made.database_id, name, made.instance, made.timeline))
+        objects, made = opened_and_bound(s3_engine, opened, name)
         with _replica(s3_engine, opened) as replica:
             sid = replica.create_session("lost")["id"]
             replica.put_file(sid, "b.txt", b"acknowledged, then lost")
