@@ -33,7 +33,9 @@ Red team 71 on the guard (branch rt-guard71): a hidden child that also bound a f
 ``/proc/sys/kernel/random/boot_id`` (another boot's id, or ``/proc/sys/kernel/random/uuid``)
 took its run's entry for one of an earlier boot, and purged. An entry now records when its
 boot began by the wall clock as well, which no mount covers, and counts as an earlier boot's
-only where that differs too.
+only where that differs too. And a hidden child in a session of its own below a shell that
+keeps the run's capabilities found no entry for its parent or leaders, and purged: where the
+kernel tells a process's parent by a pidfd (Linux 6.13), every hidden ancestor is looked for.
 """
 
 from __future__ import annotations
@@ -107,6 +109,10 @@ def test_hidden_then_removed():
             '--boottime -50000 "$@"',
             DROP,
         ),
+        # Below a shell that keeps the run's capabilities, in a session of its own (red team
+        # 71): neither its parent nor its leaders are the run; the kernel tells the shell's
+        # parent by a pidfd all the same.
+        "setsid": (f'{hidden} && setsid "$@"; exit $?', DROP),
         # A container's /proc/sys, read-only (its own, bound over itself): the boot is told.
         "ro-sys": (f'{hidden} && mount -o bind,ro /proc/sys /proc/sys && exec "$@"', DROP),
         # Started by exec (its parent is the run), and below a shell that keeps the run's
@@ -155,7 +161,7 @@ _LEADING = (
 )
 
 _NAMES = (
-    "boot", "uuid", "timens", "ro-sys",
+    "boot", "uuid", "timens", "ro-sys", "setsid",
     "hidden", "between", "noaccess", "ruid", "listing", "lstat", "own-stat",
     "exe", "fd", "status", "comm", "ruid-exe", "cmdline", "cmdline-drop",
 )  # fmt: skip
@@ -271,6 +277,32 @@ def test_a_child_that_binds_a_file_over_the_boot_id_is_refused_by_its_hidden_run
     assert code == "78", said
     assert "holds an entry for a run of that pid (" in text, text
     assert "of this boot" not in text, text
+
+
+def _pidfd_tells_parents() -> bool:
+    """Whether this kernel tells a process's parent through a pidfd (Linux 6.13)."""
+    from app import sandbox
+
+    return bool(sandbox._ancestors_by_pidfd(os.getpid()))
+
+
+def test_a_child_in_a_session_of_its_own_below_a_hidden_shell_is_refused_by_its_runs_entry(
+    said: dict[str, str],
+) -> None:
+    """Red team 71 on the guard (branch rt-guard71): below a shell that keeps the run's
+    capabilities, a hidden child in a session of its own had no hidden parent, session
+    leader or group leader that a run's entry named, and purged; where the kernel tells a
+    process's parent by a pidfd, the run is found above the shell."""
+    if not _pidfd_tells_parents():
+        pytest.skip("this kernel tells no process's parent through a pidfd (before Linux 6.13)")
+    code, _, text = said["setsid"].partition("\n")
+    assert code == "78", said
+    assert (
+        "while /proc does not show this process's ancestor, pid 1 (/proc is mounted here with "
+        "hidepid=invisible, which hides a process this one may not read" in text
+    ), text
+    assert "holds an entry for a run of that pid (/tmp/" in text, text
+    assert "Start this process where /proc shows its ancestor (/proc mounted without" in text
 
 
 def test_a_child_whose_look_for_a_hidden_run_or_at_its_name_fails_is_refused(
