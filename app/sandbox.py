@@ -2522,7 +2522,10 @@ def _hidden_parent(parent: int, hides: str) -> tuple[str, str] | None:
     leaders = {pid: leads for leads, pid in _leaders() if pid > 0}
     hidden = {pid: leads for pid, leads in leaders.items() if not (_PROC / str(pid)).exists()}
     candidates = {**{pid: f"{leads} leader" for pid, leads in hidden.items()}, parent: "parent"}
-    for pid in _ancestors_by_pidfd(parent):
+    # A pidfd numbers pids as this process's PID namespace does: not where /proc numbers an
+    # enclosing one's (`_proc_self`).
+    above = _ancestors_by_pidfd(parent) if own is not None and own[0] == os.getpid() else []
+    for pid in above:
         # And every ancestor above it that /proc hides too, where the kernel tells a hidden
         # process's parent (`_ancestors_by_pidfd`): a shell with the run's capabilities
         # between the run and this process, under a run that leads neither its session nor
