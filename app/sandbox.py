@@ -2652,9 +2652,10 @@ def _hidden_parent_words(
     boot: bool = False,
     covered: bool = False,
 ) -> tuple[str, str]:
-    """`_hidden_parent`'s words for hidden ancestor `pid` (`which`: its parent, or its
-    session's or process group's leader): `entry`, a registry entry for a run of that pid,
-    or the registry itself whose look `failed` (neither missing nor denied); `boot`, whether
+    """`_hidden_parent`'s words for hidden ancestor `pid` (`which`: its parent, its session's
+    or process group's leader, or an ancestor further up, `_ancestors_by_pidfd`): `entry`,
+    a registry entry for a run of that pid, or the registry itself whose look `failed`
+    (neither missing nor denied); `boot`, whether
     the entry names a boot this process cannot compare with its own (`_boot_unknown`);
     `covered`, whether it names another boot that began with this one (`_boot_covered`)."""
     shown = (
