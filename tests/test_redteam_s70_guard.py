@@ -92,6 +92,23 @@ def run(children):
         (OUT / name).write_text(f"{child.returncode}\\n{said}")
 
 
+def pidfd_tells_parents():
+    # This run is pid 1 of its PID namespace (no parent in it): asked of itself.
+    import fcntl
+    import struct
+
+    info = bytearray(sandbox._PIDFD_INFO_SIZE)
+    struct.pack_into("=Q", info, 0, sandbox._PIDFD_INFO_PID)
+    fd = os.pidfd_open(os.getpid())
+    try:
+        fcntl.ioctl(fd, sandbox._PIDFD_GET_INFO, info)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
 def test_hidden_then_removed():
     hidden, proc = MOUNT.format("invisible"), f"/proc/{os.getpid()}"
     runs = str(sandbox.RUNS_DIR)
@@ -99,7 +116,17 @@ def test_hidden_then_removed():
     fake, boot = OUT / "boot_id", "/proc/sys/kernel/random/boot_id"
     uuid = "/proc/sys/kernel/random/uuid"
     fake.write_text("0f0f0f0f-0000-4000-8000-000000000000\\n")
+    # Below a shell that keeps the run's capabilities, in a session of its own (red team
+    # 71): neither its parent nor its leaders are the run; where the kernel tells the
+    # shell's parent by a pidfd (Linux 6.13) it is found all the same, and before, it
+    # purges (a row of attacks.md): not started there.
+    setsid = {}
+    if pidfd_tells_parents():
+        setsid["setsid"] = (f'{hidden} && setsid "$@"; exit $?', DROP)
+    else:
+        (OUT / "setsid").write_text("skipped\\n")
     run({
+        **setsid,
         "boot": (f'{hidden} && mount --bind {fake} {boot} && exec "$@"', DROP),
         "uuid": (f'{hidden} && mount --bind {uuid} {boot} && exec "$@"', DROP),
         # And in a time namespace of its own, its boot-time clock set back: the start of its
@@ -109,10 +136,6 @@ def test_hidden_then_removed():
             '--boottime -50000 "$@"',
             DROP,
         ),
-        # Below a shell that keeps the run's capabilities, in a session of its own (red team
-        # 71): neither its parent nor its leaders are the run; the kernel tells the shell's
-        # parent by a pidfd all the same.
-        "setsid": (f'{hidden} && setsid "$@"; exit $?', DROP),
         # A container's /proc/sys, read-only (its own, bound over itself): the boot is told.
         "ro-sys": (f'{hidden} && mount -o bind,ro /proc/sys /proc/sys && exec "$@"', DROP),
         # Started by exec (its parent is the run), and below a shell that keeps the run's
