@@ -2522,6 +2522,16 @@ def _hidden_parent(parent: int, hides: str) -> tuple[str, str] | None:
     leaders = {pid: leads for leads, pid in _leaders() if pid > 0}
     hidden = {pid: leads for pid, leads in leaders.items() if not (_PROC / str(pid)).exists()}
     candidates = {**{pid: f"{leads} leader" for pid, leads in hidden.items()}, parent: "parent"}
+    # A pidfd numbers pids as this process's PID namespace does: not where /proc numbers an
+    # enclosing one's (`_proc_self`).
+    above = _ancestors_by_pidfd(parent) if own is not None and own[0] == os.getpid() else []
+    for pid in above:
+        # And every ancestor above it that /proc hides too, where the kernel tells a hidden
+        # process's parent (`_ancestors_by_pidfd`): a shell with the run's capabilities
+        # between the run and this process, under a run that leads neither its session nor
+        # its process group, hid the run, and no entry named the shell (red team 71).
+        if pid not in candidates and not (_PROC / str(pid)).exists():
+            candidates[pid] = "ancestor"
     for uid in dict.fromkeys((os.getuid(), os.geteuid(), 0)):
         for directory in _registries(uid):
             try:
@@ -2552,8 +2562,53 @@ def _hidden_parent(parent: int, hides: str) -> tuple[str, str] | None:
                     hides,
                     directory / name,
                     boot=_boot_unknown(directory / name),
+                    covered=_boot_covered(directory / name),
                 )
     return None
+
+
+#: ``PIDFD_GET_INFO`` (Linux 6.13): ``_IOWR(0xFF, 11, struct pidfd_info)`` as x86-64 and
+#: AArch64 number it, for the structure's first version (64 bytes); elsewhere it fails.
+_PIDFD_GET_INFO: Final = 0xC040FF0B
+_PIDFD_INFO_SIZE: Final = 64
+#: ``PIDFD_INFO_PID``: ask for the process's pid, thread group and parent.
+_PIDFD_INFO_PID: Final = 1
+#: Where ``struct pidfd_info`` holds the parent's pid (after the mask, the cgroup's id, the
+#: pid and the thread group's id).
+_PIDFD_PPID_AT: Final = 24
+#: How many ancestors `_ancestors_by_pidfd` follows at most (a cycle cannot be, but a
+#: process re-parented as it is read may be met again: each is followed once).
+_PIDFD_ANCESTORS: Final = 4096
+
+
+def _ancestors_by_pidfd(pid: int) -> list[int]:
+    """The ancestors of process `pid` (its parent first), in this process's PID namespace, as
+    the kernel tells a process's parent through a pidfd (``PIDFD_GET_INFO``, Linux 6.13),
+    which ``hidepid=`` does not hide and which needs no right to read the process; empty
+    where it cannot (an older kernel, another architecture's numbering, no ``pidfd_open``).
+    Nothing here tells when a process started, so an ancestor found so is matched with a
+    registry entry by its pid alone, as `_hidden_parent` matches its parent."""
+    found: list[int] = []
+    seen = {pid}
+    while len(found) < _PIDFD_ANCESTORS:
+        try:
+            fd = os.pidfd_open(pid)
+        except (OSError, AttributeError):  # gone, or no pidfd_open (before Linux 5.3)
+            break
+        info = bytearray(_PIDFD_INFO_SIZE)
+        struct.pack_into("=Q", info, 0, _PIDFD_INFO_PID)
+        try:
+            fcntl.ioctl(fd, _PIDFD_GET_INFO, info)
+        except OSError:  # ENOTTY before Linux 6.13; ESRCH once it has exited
+            break
+        finally:
+            os.close(fd)
+        pid = struct.unpack_from("=I", info, _PIDFD_PPID_AT)[0]
+        if pid <= 0 or pid in seen:  # the top of this PID namespace
+            break
+        seen.add(pid)
+        found.append(pid)
+    return found
 
 
 def _boot_unknown(entry: Path) -> bool:
@@ -2573,6 +2628,20 @@ def _boot_unknown(entry: Path) -> bool:
         return False
 
 
+def _boot_covered(entry: Path) -> bool:
+    """Whether registry `entry` names another boot than this process reads, one that did not
+    begin before this one (`_began_before`): what this process reads as the boot's id is not
+    this boot's (a file mounted over it)."""
+    if _boot_id() is None:
+        return False
+    try:
+        data = json_loads(_entry_bytes(entry))
+        booted = data.get(_BOOT)
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(booted, str) and booted != _boot_id() and not _began_before(data)
+
+
 def _hidden_parent_words(
     which: str,
     pid: int,
@@ -2581,11 +2650,14 @@ def _hidden_parent_words(
     failed: OSError | None = None,
     *,
     boot: bool = False,
+    covered: bool = False,
 ) -> tuple[str, str]:
-    """`_hidden_parent`'s words for hidden ancestor `pid` (`which`: its parent, or its
-    session's or process group's leader): `entry`, a registry entry for a run of that pid,
-    or the registry itself whose look `failed` (neither missing nor denied); `boot`, whether
-    the entry names a boot this process cannot compare with its own (`_boot_unknown`)."""
+    """`_hidden_parent`'s words for hidden ancestor `pid` (`which`: its parent, its session's
+    or process group's leader, or an ancestor further up, `_ancestors_by_pidfd`): `entry`,
+    a registry entry for a run of that pid, or the registry itself whose look `failed`
+    (neither missing nor denied); `boot`, whether
+    the entry names a boot this process cannot compare with its own (`_boot_unknown`);
+    `covered`, whether it names another boot that began with this one (`_boot_covered`)."""
     shown = (
         f"/proc is mounted here with {hides}, which hides a process this one may not read: "
         "another user's, or one that holds capabilities this process lacks"
@@ -2618,6 +2690,12 @@ def _hidden_parent_words(
                 "systemd: ProcSubset=all, its default), by which an entry of an earlier boot "
                 "does not count"
             )
+        if covered:
+            said += (
+                f" (it names another boot than {_BOOT_FILE} shows here, but one that began "
+                "when this one did by the wall clock, so it may be this boot's: a file mounted "
+                "over the boot id, or a machine whose clock starts from nothing at each boot)"
+            )
     fix = (
         f"Start this process where /proc shows its {which} (/proc mounted without {hides}, or "
         f"with gid= a group of this process, or with the capabilities of pid {pid} in effect), "
@@ -2642,11 +2720,12 @@ def _running_here(entry: Path, namespace: int | None) -> bool:
     except (OSError, ValueError, AttributeError):
         return True  # unreadable: it may be this process's run
     now = _boot_id()
-    if isinstance(booted, str) and now is not None and booted != now:
+    if isinstance(booted, str) and now is not None and booted != now and _began_before(data):
         # A run of an earlier boot (killed with its machine: no end recorded), on a /tmp kept
         # across boots (RHEL's): the first PID namespace has the same number in every boot,
         # and a service whose hidden parent (a supervisor) had that run's pid was refused
-        # every command (red team 70 on regress, the guard).
+        # every command (red team 70 on regress, the guard). And of a boot that began before
+        # this one: a boot id is a file that a mount covers (`_began_before`).
         return False
     return ended is None and (namespace is None or recorded is None or recorded == namespace)
 
@@ -2655,12 +2734,60 @@ def _running_here(entry: Path, namespace: int | None) -> bool:
 _BOOT: Final = "boot_id"
 
 
+#: The field of a registry entry that says when that boot began (`_boot_began`).
+_BOOT_BEGAN: Final = "boot_began"
+
+
+#: How much earlier than this boot's another's must have begun to count as earlier, in
+#: nanoseconds: the wall clock is stepped (NTP) and slewed, and a reboot takes longer.
+_BOOTS_APART: Final = 10 * 10**9
+
+
+def _boot_began() -> int | None:
+    """When this boot began by the wall clock, in nanoseconds since the epoch, from clocks no
+    mount can cover: the wall clock less the time since boot (``CLOCK_BOOTTIME``, less this
+    process's time namespace's offset, `_boot_offset`); None where that cannot be known."""
+    offset = _boot_offset()
+    if offset is None or not hasattr(time, "CLOCK_BOOTTIME"):  # not Linux
+        return None
+    return time.time_ns() - (time.clock_gettime_ns(time.CLOCK_BOOTTIME) - offset)
+
+
+def _began_before(data: Mapping[str, Any]) -> bool:
+    """Whether registry entry `data`'s boot began before this one (`_boot_began`, recorded
+    as `_BOOT_BEGAN`); False where either is unknown, or it records none (written before red
+    team 71).
+
+    A child of a test of a run as root, in a mount namespace of its own with ``/proc``
+    mounted ``hidepid=invisible`` for a group it is not in and every capability dropped, is
+    refused by its hidden run's entry (red team 70); with a file bound over
+    ``/proc/sys/kernel/random/boot_id`` there too (another boot's id, or
+    ``/proc/sys/kernel/random/uuid``, a new one at each read), that entry, of this boot, was
+    taken for one of an earlier boot, and the child purged a stopped production root (red
+    team 71). A container manager binds a boot id of its own there (LXC, systemd-nspawn), so
+    what covers that file does not tell a test from it; when the boot began does."""
+    began, now = data.get(_BOOT_BEGAN), _boot_began()
+    return type(began) is int and now is not None and began < now - _BOOTS_APART
+
+
 #: Where Linux shows its random id of this boot (`_boot_id`).
 _BOOT_FILE: Final = f"{_PROC}/sys/kernel/random/boot_id"
 
 
 #: `_boot_id`, read once: a process (and its forks) lives in one boot.
 _BOOT_ID: list[str | None] = []
+
+
+#: `_boot_began`, read once: an entry is rewritten after every test, and its fields compared
+#: with what is expected (`_rewritten`); the wall clock may be stepped in between.
+_BOOT_BEGAN_ONCE: list[int | None] = []
+
+
+def _boot_began_once() -> int | None:
+    """`_boot_began`, as this process first read it."""
+    if not _BOOT_BEGAN_ONCE:
+        _BOOT_BEGAN_ONCE.append(_boot_began())
+    return _BOOT_BEGAN_ONCE[0]
 
 
 def _boot_id() -> str | None:
@@ -4566,6 +4693,8 @@ def _entry_dict(run: Run | None, pid: int) -> dict[str, Any]:
     data["own_pid_namespace"] = _own_pid_namespace(pid)
     if (booted := _boot_id()) is not None:
         data[_BOOT] = booted  # `_running_here`
+        if (began := _boot_began_once()) is not None:
+            data[_BOOT_BEGAN] = began  # `_began_before`
     return data
 
 

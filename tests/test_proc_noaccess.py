@@ -94,12 +94,13 @@ def test_a_mount_over_a_process_s_entry_of_proc_is_found_past_the_first_look() -
 
 #: As `AS_A_CONFINED_SERVICE` under `hidepid=invisible`, with root's registry of test runs (a
 #: tmpfs of its own there) holding an entry at pid 1 of this PID namespace that names no end,
-#: written in an earlier boot: a run killed with its machine, on a /tmp kept across boots.
+#: written in an earlier boot (its id, and a start long before this one's): a run killed
+#: with its machine, on a /tmp kept across boots.
 WITH_A_STALE_ENTRY = """
 mount -o remount,hidepid=invisible /proc || exit 9
 mount --bind "$1" "$2" || exit 9
 mount -t tmpfs -o mode=0755 stale "$3" || exit 9
-printf '{"pid": 1, "pid_namespace": %s, "boot_id": "%s"}' \
+printf '{"pid": 1, "pid_namespace": %s, "boot_id": "%s", "boot_began": 1}' \
     "$(stat -L -c %i /proc/self/ns/pid)" "$4" > "$3/1-5.json" || exit 9
 shift 4
 "$@"

@@ -28,6 +28,14 @@ child purged. Both now refuse. And a walk begun in another thread emptied the no
 (a server's workers walk as they open storage): one walk at a time in a process now. Every
 child here comes from one inner run (hidden first, its
 entry in place; then its entry removed), started by its ``#!`` line, leading its session.
+
+Red team 71 on the guard (branch rt-guard71): a hidden child that also bound a file over
+``/proc/sys/kernel/random/boot_id`` (another boot's id, or ``/proc/sys/kernel/random/uuid``)
+took its run's entry for one of an earlier boot, and purged. An entry now records when its
+boot began by the wall clock as well, which no mount covers, and counts as an earlier boot's
+only where that differs too. And a hidden child in a session of its own below a shell that
+keeps the run's capabilities found no entry for its parent or leaders, and purged: where the
+kernel tells a process's parent by a pidfd (Linux 6.13), every hidden ancestor is looked for.
 """
 
 from __future__ import annotations
@@ -84,10 +92,52 @@ def run(children):
         (OUT / name).write_text(f"{child.returncode}\\n{said}")
 
 
+def pidfd_tells_parents():
+    # This run is pid 1 of its PID namespace (no parent in it): asked of itself.
+    import fcntl
+    import struct
+
+    info = bytearray(sandbox._PIDFD_INFO_SIZE)
+    struct.pack_into("=Q", info, 0, sandbox._PIDFD_INFO_PID)
+    fd = os.pidfd_open(os.getpid())
+    try:
+        fcntl.ioctl(fd, sandbox._PIDFD_GET_INFO, info)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
 def test_hidden_then_removed():
     hidden, proc = MOUNT.format("invisible"), f"/proc/{os.getpid()}"
     runs = str(sandbox.RUNS_DIR)
+    # Another boot's id, or a new one at each read (red team 71), bound over the boot id.
+    fake, boot = OUT / "boot_id", "/proc/sys/kernel/random/boot_id"
+    uuid = "/proc/sys/kernel/random/uuid"
+    fake.write_text("0f0f0f0f-0000-4000-8000-000000000000\\n")
+    # Below a shell that keeps the run's capabilities, in a session of its own (red team
+    # 71): neither its parent nor its leaders are the run; where the kernel tells the
+    # shell's parent by a pidfd (Linux 6.13) it is found all the same, and before, it
+    # purges (a row of attacks.md): not started there.
+    setsid = {}
+    if pidfd_tells_parents():
+        setsid["setsid"] = (f'{hidden} && setsid "$@"; exit $?', DROP)
+    else:
+        (OUT / "setsid").write_text("skipped\\n")
     run({
+        **setsid,
+        "boot": (f'{hidden} && mount --bind {fake} {boot} && exec "$@"', DROP),
+        "uuid": (f'{hidden} && mount --bind {uuid} {boot} && exec "$@"', DROP),
+        # And in a time namespace of its own, its boot-time clock set back: the start of its
+        # boot is the machine's all the same.
+        "timens": (
+            f'{hidden} && mount --bind {fake} {boot} && exec unshare --time --fork '
+            '--boottime -50000 "$@"',
+            DROP,
+        ),
+        # A container's /proc/sys, read-only (its own, bound over itself): the boot is told.
+        "ro-sys": (f'{hidden} && mount -o bind,ro /proc/sys /proc/sys && exec "$@"', DROP),
         # Started by exec (its parent is the run), and below a shell that keeps the run's
         # capabilities, hidden too (the run leads the session).
         "hidden": (f'{hidden} && exec "$@"', DROP),
@@ -134,6 +184,7 @@ _LEADING = (
 )
 
 _NAMES = (
+    "boot", "uuid", "timens", "ro-sys", "setsid",
     "hidden", "between", "noaccess", "ruid", "listing", "lstat", "own-stat",
     "exe", "fd", "status", "comm", "ruid-exe", "cmdline", "cmdline-drop",
 )  # fmt: skip
@@ -213,6 +264,68 @@ def test_a_child_that_proc_hides_its_run_from_is_refused(said: dict[str, str]) -
             "hidepid=noaccess, which denies a process this one may not read" in text
         ), text
         assert "Start this process where /proc lets it read its ancestors (/proc mounted" in text
+
+
+def test_a_child_that_binds_a_file_over_the_boot_id_is_refused_by_its_hidden_runs_entry(
+    said: dict[str, str],
+) -> None:
+    """Red team 71 on the guard (branch rt-guard71): where /proc hides the run, its entry
+    counts unless it names an earlier boot (red team 70 on regress); a child that bound
+    another file over /proc/sys/kernel/random/boot_id in its mount namespace took the run's
+    entry, of this boot, for one of an earlier boot, and purged the stopped production
+    root."""
+    boot = "/proc/sys/kernel/random/boot_id"
+    # A kernel without time namespaces (before Linux 5.6) cannot make the third.
+    timens = () if "unshare failed" in said["timens"] else ("timens",)
+    for name in ("boot", "uuid", *timens):
+        code, _, text = said[name].partition("\n")
+        assert code == "78", said
+        assert (
+            "while /proc does not show this process's parent, pid 1 (/proc is mounted here "
+            "with hidepid=invisible, which hides"
+            in text
+            # unshare --fork: the session's leader, the run, hidden too
+            or "while /proc does not show this process's session leader, pid 1" in text
+        ), text
+        assert (
+            "so this process cannot tell whether that run is above it (it names another boot "
+            f"than {boot} shows here, but one that began when this one did by the wall clock, "
+            "so it may be this boot's: a file mounted over the boot id, or a machine whose "
+            "clock starts from nothing at each boot)" in text
+        ), text
+        assert "If no test run of pid 1 is running, remove /tmp/" in text, text
+    # A read-only /proc/sys of proc's own (a container's) shows the boot id: refused by the
+    # run's entry alone, with no word of the boot.
+    code, _, text = said["ro-sys"].partition("\n")
+    assert code == "78", said
+    assert "holds an entry for a run of that pid (" in text, text
+    assert "of this boot" not in text, text
+
+
+def _pidfd_tells_parents() -> bool:
+    """Whether this kernel tells a process's parent through a pidfd (Linux 6.13)."""
+    from app import sandbox
+
+    return bool(sandbox._ancestors_by_pidfd(os.getpid()))
+
+
+def test_a_child_in_a_session_of_its_own_below_a_hidden_shell_is_refused_by_its_runs_entry(
+    said: dict[str, str],
+) -> None:
+    """Red team 71 on the guard (branch rt-guard71): below a shell that keeps the run's
+    capabilities, a hidden child in a session of its own had no hidden parent, session
+    leader or group leader that a run's entry named, and purged; where the kernel tells a
+    process's parent by a pidfd, the run is found above the shell."""
+    if not _pidfd_tells_parents():
+        pytest.skip("this kernel tells no process's parent through a pidfd (before Linux 6.13)")
+    code, _, text = said["setsid"].partition("\n")
+    assert code == "78", said
+    assert (
+        "while /proc does not show this process's ancestor, pid 1 (/proc is mounted here with "
+        "hidepid=invisible, which hides a process this one may not read" in text
+    ), text
+    assert "holds an entry for a run of that pid (/tmp/" in text, text
+    assert "Start this process where /proc shows its ancestor (/proc mounted without" in text
 
 
 def test_a_child_whose_look_for_a_hidden_run_or_at_its_name_fails_is_refused(
