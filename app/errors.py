@@ -2669,6 +2669,9 @@ class PreconditionFailedError(StoreError):
     sent: str | None = field(default=None, kw_only=True)
     """The SHA-256 of the bytes the ``PUT`` sends, where known (its ``Repr-Digest`` or
     ``Content-Digest``, or the body received), else ``None``."""
+    deleted: str | None = field(default=None, kw_only=True)
+    """Where the session has no such file, the newest trash entry that holds it where a
+    delete put it there (`Storage.deleted_entry`, looked up over HTTP), else ``None``."""
 
     @property
     def message(self) -> str:
@@ -2684,6 +2687,31 @@ class PreconditionFailedError(StoreError):
                 "(the same SHA-256): the change it asks for is made already, by an earlier "
                 f"{self.method} of these bytes (this one's own, if its answer was lost). "
                 "Nothing was changed, and nothing needs to be: the file holds these bytes"
+            )
+        if self.current is None and self.deleted is not None:
+            # As a file's 404 names it (red team 69 on integrity): a DELETE with If-Match
+            # whose answer was lost, sent again, was told "nothing was changed" and "to
+            # create it, send the PUT", where its first try had deleted the file, and a PUT
+            # with If-Match of a file another client deleted was not told where it went
+            # (red team 71 on integrity).
+            again = (
+                "a DELETE sent again after its answer was lost finds it there, deleted on its "
+                "first try"
+                if self.method == "DELETE"
+                else "a PUT with If-Match changes only a version that is there"
+            )
+            return (
+                f"{what}: If-Match: {self.wanted} asked for a version of it, and the session "
+                f"has no file {self.name!r}: it was deleted, and its newest version is in the "
+                f"trash (entry {self.deleted}; {again}); nothing was changed. "
+                f"`app sessions restore {self.session_id} --file {shell_word(self.name)}` "
+                "brings it back"
+                + (
+                    "; to create it anew, send the PUT without If-Match (with If-None-Match: "
+                    "* to create it only)"
+                    if self.method == "PUT"
+                    else ""
+                )
             )
         if self.current is None:
             return (

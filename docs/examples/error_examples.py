@@ -367,6 +367,10 @@ EXAMPLES: list[errors.AppError] = [
     errors.PreconditionFailedError(*STALE_PUT),
     # A PUT retried after its answer was lost, its Repr-Digest naming the current bytes.
     errors.PreconditionFailedError(*STALE_PUT, sent=STALE_PUT[-1].strip('"')),
+    # A DELETE with If-Match sent again after its answer was lost: its first try deleted it.
+    errors.PreconditionFailedError(
+        "DELETE", *STALE_PUT[1:4], None, deleted="20261207T101500000000Z-3f2a9c-file-9dad0132"
+    ),
     errors.DigestMismatchError(
         "PUT",
         "3f2a9c",
