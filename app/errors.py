@@ -2698,7 +2698,7 @@ class PreconditionFailedError(StoreError):
                 "a DELETE sent again after its answer was lost finds it there, deleted on its "
                 "first try"
                 if self.method == "DELETE"
-                else "a PUT with If-Match changes only a version that is there"
+                else f"a {self.method} with If-Match changes only a version that is there"
             )
             return (
                 f"{what}: If-Match: {self.wanted} asked for a version of it, and the session "
