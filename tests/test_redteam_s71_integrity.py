@@ -11,12 +11,25 @@ that finds no file now names the file's newest trash entry where a delete put it
 the restore that brings it back, on both backends (the remote case runs in red team 69's
 test on the suite's PostgreSQL and SeaweedFS, which calls `a_conditional_change_retried_is_
 told_where_the_file_went`).
+
+And a `PUT` with ``If-Match`` of a file an earlier build named (a no-break space), deleted
+since, was 400 ``invalid_name``, the rule for new names checked before the condition, of a
+name the file had kept for its whole life; it is the 412 above now (a data root's; the remote
+backend never stored such a name).
 """
 
 from __future__ import annotations
 
 import hashlib
 from typing import Any
+from urllib.parse import quote
+
+import pytest
+from test_redteam_s38_integrity import _first_builds_session
+
+from app.errors import PreconditionFailedError
+from app.storage import IfMatch
+from app.store import Store
 
 
 def _etag(data: bytes) -> str:
@@ -69,3 +82,36 @@ def a_conditional_change_retried_is_told_where_the_file_went(client: Any) -> Non
 
 def test_a_conditional_change_retried_is_told_where_the_file_went(app_client: Any) -> None:
     a_conditional_change_retried_is_told_where_the_file_went(app_client)
+
+
+def test_a_conditional_put_of_an_earlier_builds_name_deleted_since_is_412_not_a_bad_name(
+    app_store: Store, app_client: Any
+) -> None:
+    nbsp = "report\u00a0final.pdf"
+    session = _first_builds_session(app_store, {nbsp: b"no-break", "b.txt": b"b"})
+    app_store.check(repair=True)  # migrated, as every start-up does
+    condition = IfMatch.parse(_etag(b"no-break"))
+    upload = app_store.begin_upload(session, nbsp, replace=True, if_match=condition)
+    upload.write(b"the conditional replace that lost the race")
+    entry = app_store.delete_file(session, nbsp)  # another client's, while the PUT streams
+    # Before: InvalidNameError "... U+00A0 ...", at the commit and at a PUT's start alike.
+    with pytest.raises(PreconditionFailedError) as refused:
+        upload.commit()
+    assert refused.value.current is None
+    with pytest.raises(PreconditionFailedError):
+        app_store.begin_upload(session, nbsp, replace=True, if_match=condition)
+    again = app_client.put(
+        f"/sessions/{session}/files/{quote(nbsp)}",
+        content=b"x",
+        headers={"If-Match": condition.header},
+    )
+    assert again.status_code == 412, again.text
+    assert (
+        f"it was deleted, and its newest version is in the trash (entry {entry.name};"
+        in (again.json()["message"])
+    )
+    # A new file of that name is refused still, naming the character; nothing was stored.
+    new = app_client.put(f"/sessions/{session}/files/{quote(nbsp)}", content=b"x")
+    assert new.status_code == 400, new.text
+    assert "U+00A0" in new.json()["message"]
+    assert [f["name"] for f in app_store.list_files(session)] == ["b.txt"]

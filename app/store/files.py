@@ -195,12 +195,15 @@ class Files:
         self.sessions.require(session_id)
         self._own_dirs(directory)
         old = record_to_change(record_path, session_id, "store", hashed=self.root.hashed)
-        if old is None:
-            _refuse_new_name(name)
         if if_match is not None:
             # Before the body too, so a stale client is not made to send it for nothing.
+            # And before the rule for new names: a PUT with If-Match makes no new file, and
+            # of a file an earlier build named (a no-break space) deleted since, it was told
+            # 400 "invalid name" (red team 71 on integrity).
             sent = None if digests is None else digests.named()
             if_match.require("PUT", session_id, record_path.name, _version(old), sent)
+        if old is None:
+            _refuse_new_name(name)
         if old is not None:
             if not replace:
                 raise FileExistsInSessionError(session_id, record_path.name)
@@ -273,12 +276,13 @@ class Files:
         with self.root.changing(), self.sessions.locked(session_id) as directory:  # gone: 404
             self._own_dirs(directory)
             old = record_to_change(record_path, session_id, "store", hashed=self.root.hashed)
-            if old is None:
-                _refuse_new_name(name)
             if upload.if_match is not None:
                 # Under the session's lock, which every switch of this record takes: the
-                # version compared is the one this commit replaces.
+                # version compared is the one this commit replaces (before the rule for new
+                # names, which a PUT with If-Match never makes: red team 71 on integrity).
                 upload.if_match.require("PUT", session_id, name, _version(old), entry["sha256"])
+            if old is None:
+                _refuse_new_name(name)
             if old is not None and not upload.replace:
                 raise FileExistsInSessionError(session_id, name)
             if old is None:
