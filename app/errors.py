@@ -2498,12 +2498,29 @@ class RestoreOverwriteError(BadRequestError):
     """Where the copy's data lies (a data root's trash entry), if the store can say."""
     entry: str | None = field(default=None, kw_only=True)
     """The trash entry that holds the copy (``app sessions restore --entry`` takes it)."""
+    restored: str | None = field(default=None, kw_only=True)
+    """Where the audit log's newest line of a change to the file is a restore's, the trash
+    entry it took the file from (a file's restore only)."""
 
     @property
     def message(self) -> str:
         what = f"session {self.session_id!r}"
         if self.file is None:
             refused = f"{what} exists again; refusing to overwrite it with its copy in the trash"
+        elif self.restored is not None:
+            # A restore run again after its output was lost (a dropped ssh session) was told
+            # the file was there "again", and to delete it and restore the copy named: an
+            # older version than the one it had brought back (red team 71 on integrity).
+            refused = (
+                f"{what} has a file {self.file!r}, and the audit log's newest change to it "
+                f"is its restore from trash entry {self.restored}, which may be an earlier run "
+                "of this command whose output was lost: then nothing needs doing (`app "
+                "sessions show` lists the file, with its SHA-256). Refusing to overwrite it "
+                "with "
+            )
+            if self.entry is None:
+                return f"{refused}a copy in the trash: there is none left; nothing was changed"
+            refused += f"the copy in trash entry {self.entry}"
         else:
             refused = (
                 f"{what} has a file {self.file!r} again; refusing to overwrite it with its "

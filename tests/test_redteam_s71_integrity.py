@@ -16,6 +16,14 @@ And a `PUT` with ``If-Match`` of a file an earlier build named (a no-break space
 since, was 400 ``invalid_name``, the rule for new names checked before the condition, of a
 name the file had kept for its whole life; it is the 412 above now (a data root's; the remote
 backend never stored such a name).
+
+And `app sessions restore ID --file NAME` run again after its output was lost (a dropped ssh
+session) was refused, rightly, as the file is there, but told "has a file 'a.txt' again" and
+to delete it and run `restore --entry` of the copy it named: an older version than the one
+its first run had brought back. Where the audit log's newest change to the file is a
+restore, the refusal says so now, with that restore's entry, and that nothing may need
+doing (on PostgreSQL from `app_audit`, in `tests/test_remote_store.py`'s
+`test_restore_a_session_and_a_file`, which calls `a_restore_run_again_is_told_it_may_be_made`).
 """
 
 from __future__ import annotations
@@ -27,8 +35,8 @@ from urllib.parse import quote
 import pytest
 from test_redteam_s38_integrity import _first_builds_session
 
-from app.errors import PreconditionFailedError
-from app.storage import IfMatch
+from app.errors import PreconditionFailedError, RestoreOverwriteError
+from app.storage import IfMatch, Storage
 from app.store import Store
 
 
@@ -115,3 +123,38 @@ def test_a_conditional_put_of_an_earlier_builds_name_deleted_since_is_412_not_a_
     assert new.status_code == 400, new.text
     assert "U+00A0" in new.json()["message"]
     assert [f["name"] for f in app_store.list_files(session)] == ["b.txt"]
+
+
+def a_restore_run_again_is_told_it_may_be_made(store: Storage) -> None:
+    """A file's restore run twice: the second is refused naming the first's entry and time,
+    and the copy it names is the older one; after another change, as before."""
+    sid = store.create_session("restored twice")["id"]
+    store.put_file(sid, "a.txt", b"first")
+    store.put_file(sid, "a.txt", b"second, deleted", replace=True)
+    store.delete_file(sid, "a.txt")
+    taken = max(e.name for e in store.list_trash() if e.session_id == sid)
+    older = min(e.name for e in store.list_trash() if e.session_id == sid)
+    store.restore(sid, file="a.txt")  # its output lost
+    with pytest.raises(RestoreOverwriteError) as again:
+        store.restore(sid, file="a.txt")
+    said = str(again.value)
+    # Before: "... has a file 'a.txt' again; refusing to overwrite it with its copy in the
+    # trash ... delete the current file ..., then run `app sessions restore ... --entry`" of
+    # the first version, which the one brought back had replaced.
+    assert said.startswith(
+        f"session {sid!r} has a file 'a.txt', and the audit log's newest change to it is its "
+        f"restore from trash entry {taken}, which may be an earlier run of this command whose "
+        "output was lost: then nothing needs doing (`app sessions show` lists the file, with "
+        f"its SHA-256). Refusing to overwrite it with the copy in trash entry {older}. "
+    ), said
+    assert again.value.restored == taken
+    # Another change since: the restore is no longer the newest, and is not named.
+    store.put_file(sid, "a.txt", b"third", replace=True)
+    with pytest.raises(RestoreOverwriteError) as replaced:
+        store.restore(sid, file="a.txt")
+    assert replaced.value.restored is None
+    assert str(replaced.value).startswith(f"session {sid!r} has a file 'a.txt' again;")
+
+
+def test_a_restore_run_again_is_told_it_may_be_made(app_store: Store) -> None:
+    a_restore_run_again_is_told_it_may_be_made(app_store)

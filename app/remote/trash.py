@@ -79,6 +79,12 @@ _LIVE_FILE = (
     ' AND name = %s COLLATE "default" AND deleted_at IS NULL'
 )
 
+#: The newest audit row of a change to a file (``<session>/<name>``), for a restore's refusal.
+_LAST_FILE_CHANGE = (
+    "SELECT operation, detail->>'trash' AS trash FROM app_audit WHERE target = %s"
+    " AND operation IN ('restore-file', 'trash-file', 'replace-file') ORDER BY id DESC LIMIT 1"
+)
+
 # The backend's logger, shared with app.remote.transfer.
 log = logging.getLogger("app.remote.store")
 
@@ -342,8 +348,18 @@ class RemoteTrash:
             if row is None and entry is not None:
                 raise self._not_there(conn, entry, session_id, name)
             if conn.execute(_LIVE_FILE, (session_id, name)).fetchone():
+                # The newest change to the file, where it is a restore (see the local
+                # store's `_restored_last`): a restore run again after its output was lost
+                # was told to delete the file and restore an older copy (red team 71).
+                last = conn.execute(_LAST_FILE_CHANGE, (f"{session_id}/{name}",)).fetchone()
+                made = None
+                if last is not None and last["operation"] == "restore-file":
+                    made = last["trash"]
                 raise RestoreOverwriteError(
-                    session_id, name, entry=None if row is None else row["trash_name"]
+                    session_id,
+                    name,
+                    entry=None if row is None else row["trash_name"],
+                    restored=made,
                 )
             if row is None:
                 raise SessionNotFoundError(f"{session_id}/{name}", where="the trash")
