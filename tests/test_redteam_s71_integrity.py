@@ -35,7 +35,7 @@ from urllib.parse import quote
 import pytest
 from test_redteam_s38_integrity import _first_builds_session
 
-from app.errors import PreconditionFailedError, RestoreOverwriteError
+from app.errors import NotInTrashError, PreconditionFailedError, RestoreOverwriteError
 from app.storage import IfMatch, Storage
 from app.store import Store
 
@@ -154,6 +154,24 @@ def a_restore_run_again_is_told_it_may_be_made(store: Storage) -> None:
         store.restore(sid, file="a.txt")
     assert replaced.value.restored is None
     assert str(replaced.value).startswith(f"session {sid!r} has a file 'a.txt' again;")
+    # A session's restore run again, and a file never deleted: the refusal `app sessions
+    # restore` reads for "restored already" (`NotInTrashError`), in the same words on both
+    # backends. Before, on PostgreSQL: a SessionNotFoundError, which the command passed on as
+    # "no session ... in the trash; `app sessions list --trash` shows what can be restored",
+    # and "no session '<id>/never' in the trash" of the file.
+    store.delete_session(sid)
+    store.restore(sid)
+    with pytest.raises(NotInTrashError) as session_again:
+        store.restore(sid)
+    assert str(session_again.value) == (
+        f"no session {sid!r} in the trash; `app sessions list --trash` shows what can be restored"
+    )
+    with pytest.raises(NotInTrashError) as never:
+        store.restore(sid, file="never.txt")
+    assert str(never.value) == (
+        f"no file 'never.txt' of session {sid!r} in the trash; `app sessions list --trash` "
+        "shows what can be restored"
+    )
 
 
 def test_a_restore_run_again_is_told_it_may_be_made(app_store: Store) -> None:

@@ -211,7 +211,10 @@ class RemoteTrash:
             if row is None and entry is not None:
                 raise self._not_there(conn, entry, session_id, None)
             if row is None:
-                raise SessionNotFoundError(session_id, where="the trash")
+                # As the local store says it (red team 71 on integrity): a SessionNotFoundError
+                # slipped past `app sessions restore`'s look for a live session, so a restore
+                # run again after its lost output was told to look in the trash.
+                raise NotInTrashError(session_id)
             # A row a tool rewrote in the trash: made live and audited, then unreadable, the
             # restore failed on a session it had taken out of the trash (red team 61).
             fault = session_fault(row["metadata"])
@@ -362,7 +365,7 @@ class RemoteTrash:
                     restored=made,
                 )
             if row is None:
-                raise SessionNotFoundError(f"{session_id}/{name}", where="the trash")
+                raise NotInTrashError(session_id, name)  # as the local store words it
             if verified != row["id"] or not self.objects.exists(row["blob"]):
                 self._refuse_damaged(conn, row, session_id, name, entry)
             restored = conn.execute(
