@@ -258,6 +258,17 @@ class RemoteTrash:
     ) -> dict[str, Any]:
         try:
             return self._restore_file_into(session_id, name, entry, hashed)
+        except RestoreOverwriteError as refused:
+            # Where the newest change to the file is a restore, said so (see the local
+            # store's `_restored_last`): a restore run again after its output was lost was
+            # told to delete the file and restore an older copy (red team 71 on integrity).
+            # Looked up once the session's row is let go: app_audit is read whole.
+            made = self._restored_last(f"{session_id}/{name}")
+            if made is None:
+                raise
+            raise RestoreOverwriteError(
+                session_id, name, refused.copy, entry=refused.entry, restored=made
+            ) from None
         except SessionNotFoundError as missing:
             # The session itself is not live: where it is in the trash, said so with its
             # entry, as the local store says it (red team 45: "`app sessions list` shows the
@@ -268,6 +279,19 @@ class RemoteTrash:
             if trashed is None:
                 raise
             raise SessionNotFoundError(session_id, in_trash=trashed) from None
+
+    def _restored_last(self, target: str) -> str | None:
+        """The trash entry of the restore of ``target`` (``<session>/<name>``) where it is
+        the newest audit row of a change to that file; None otherwise, or where the database
+        cannot say now (the refusal stands as it is)."""
+        try:
+            with self.db.conn() as conn:
+                last = conn.execute(_LAST_FILE_CHANGE, (target,)).fetchone()
+        except AppError:
+            return None
+        if last is None or last["operation"] != "restore-file":
+            return None
+        return str(last["trash"]) if last["trash"] is not None else None
 
     def deleted_entry(self, session_id: str, file: str | None = None) -> str | None:
         """The trash entry of the deleted session ``session_id`` (or the newest of its
@@ -351,18 +375,8 @@ class RemoteTrash:
             if row is None and entry is not None:
                 raise self._not_there(conn, entry, session_id, name)
             if conn.execute(_LIVE_FILE, (session_id, name)).fetchone():
-                # The newest change to the file, where it is a restore (see the local
-                # store's `_restored_last`): a restore run again after its output was lost
-                # was told to delete the file and restore an older copy (red team 71).
-                last = conn.execute(_LAST_FILE_CHANGE, (f"{session_id}/{name}",)).fetchone()
-                made = None
-                if last is not None and last["operation"] == "restore-file":
-                    made = last["trash"]
                 raise RestoreOverwriteError(
-                    session_id,
-                    name,
-                    entry=None if row is None else row["trash_name"],
-                    restored=made,
+                    session_id, name, entry=None if row is None else row["trash_name"]
                 )
             if row is None:
                 raise NotInTrashError(session_id, name)  # as the local store words it
