@@ -2498,12 +2498,29 @@ class RestoreOverwriteError(BadRequestError):
     """Where the copy's data lies (a data root's trash entry), if the store can say."""
     entry: str | None = field(default=None, kw_only=True)
     """The trash entry that holds the copy (``app sessions restore --entry`` takes it)."""
+    restored: str | None = field(default=None, kw_only=True)
+    """Where the audit log's newest line of a change to the file is a restore's, the trash
+    entry it took the file from (a file's restore only)."""
 
     @property
     def message(self) -> str:
         what = f"session {self.session_id!r}"
         if self.file is None:
             refused = f"{what} exists again; refusing to overwrite it with its copy in the trash"
+        elif self.restored is not None:
+            # A restore run again after its output was lost (a dropped ssh session) was told
+            # the file was there "again", and to delete it and restore the copy named: an
+            # older version than the one it had brought back (red team 71 on integrity).
+            refused = (
+                f"{what} has a file {self.file!r}, and the audit log's newest change to it "
+                f"is its restore from trash entry {self.restored}, which may be an earlier run "
+                "of this command whose output was lost: then nothing needs doing (`app "
+                "sessions show` lists the file, with its SHA-256). Refusing to overwrite it "
+                "with "
+            )
+            if self.entry is None:
+                return f"{refused}a copy in the trash: there is none left; nothing was changed"
+            refused += f"the copy in trash entry {self.entry}"
         else:
             refused = (
                 f"{what} has a file {self.file!r} again; refusing to overwrite it with its "
@@ -2669,6 +2686,9 @@ class PreconditionFailedError(StoreError):
     sent: str | None = field(default=None, kw_only=True)
     """The SHA-256 of the bytes the ``PUT`` sends, where known (its ``Repr-Digest`` or
     ``Content-Digest``, or the body received), else ``None``."""
+    deleted: str | None = field(default=None, kw_only=True)
+    """Where the session has no such file, the newest trash entry that holds it where a
+    delete put it there (`Storage.deleted_entry`, looked up over HTTP), else ``None``."""
 
     @property
     def message(self) -> str:
@@ -2684,6 +2704,31 @@ class PreconditionFailedError(StoreError):
                 "(the same SHA-256): the change it asks for is made already, by an earlier "
                 f"{self.method} of these bytes (this one's own, if its answer was lost). "
                 "Nothing was changed, and nothing needs to be: the file holds these bytes"
+            )
+        if self.current is None and self.deleted is not None:
+            # As a file's 404 names it (red team 69 on integrity): a DELETE with If-Match
+            # whose answer was lost, sent again, was told "nothing was changed" and "to
+            # create it, send the PUT", where its first try had deleted the file, and a PUT
+            # with If-Match of a file another client deleted was not told where it went
+            # (red team 71 on integrity).
+            again = (
+                "a DELETE sent again after its answer was lost finds it there, deleted on its "
+                "first try"
+                if self.method == "DELETE"
+                else f"a {self.method} with If-Match changes only a version that is there"
+            )
+            return (
+                f"{what}: If-Match: {self.wanted} asked for a version of it, and the session "
+                f"has no file {self.name!r}: it was deleted, and its newest version is in the "
+                f"trash (entry {self.deleted}; {again}); nothing was changed. "
+                f"`app sessions restore {self.session_id} --file {shell_word(self.name)}` "
+                "brings it back"
+                + (
+                    "; to create it anew, send the PUT without If-Match (with If-None-Match: "
+                    "* to create it only)"
+                    if self.method == "PUT"
+                    else ""
+                )
             )
         if self.current is None:
             return (

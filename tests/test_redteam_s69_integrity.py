@@ -29,6 +29,7 @@ import psycopg
 import pytest
 from engines import PostgresEngine, S3Engine, new_blob_url
 from starlette.testclient import TestClient
+from test_redteam_s71_integrity import a_conditional_change_retried_is_told_where_the_file_went
 from test_remote_store import PROFILE, _maintenance, _read, _replica
 
 from app.config import Config
@@ -86,6 +87,8 @@ def test_changes_whose_trashed_rows_a_trigger_takes_away_are_refused_and_keep_th
             headers = {"Authorization": f"Bearer {app_config.api_token}"}
             with TestClient(create_app(store, app_config), headers=headers) as client:
                 trashed = _a_delete_retried_is_told_it_was_made(client)
+                # And with If-Match (red team 71 on integrity).
+                a_conditional_change_retried_is_told_where_the_file_went(client)
             session = store.create_session("kept", {})["id"]
             store.put_file(session, "a.txt", b"first, acknowledged")
             store.put_file(session, "b.txt", b"second, acknowledged")
@@ -122,9 +125,11 @@ def test_changes_whose_trashed_rows_a_trigger_takes_away_are_refused_and_keep_th
             audited = [
                 row[0] for row in conn.execute("SELECT operation FROM app_audit ORDER BY id")
             ]
-            # Those of the session and the file deleted before the triggers, no more.
+            # Those of the session and the files deleted before the triggers (red team 71's
+            # conditional delete too), no more.
             assert [op for op in audited if op.startswith(("trash-", "replace-", "purge"))] == [
                 "trash-session",
+                "trash-file",
                 "trash-file",
             ], audited
             assert conn.execute("SELECT count(*) FROM archived_app_files").fetchone() == (0,)
@@ -140,7 +145,8 @@ def test_changes_whose_trashed_rows_a_trigger_takes_away_are_refused_and_keep_th
                 store.check(repair=True)
             what = "the hashing of the sessions' rows written without content_sha256"
             _refused(refused, what, "app_files")
-            assert [e.file for e in store.list_trash() if e.kind == "file"] == [trashed[1]]
+            files = [(e.session_id, e.file) for e in store.list_trash() if e.kind == "file"]
+            assert files.count(trashed) == 1 and len(files) == 2, files  # and red team 71's
             store.restore(trashed[0], file=trashed[1])
             assert _read(store, *trashed) == b"acknowledged"
 

@@ -22,6 +22,7 @@ import pytest
 from engines import S3Engine
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from test_redteam_s71_integrity import a_restore_run_again_is_told_it_may_be_made
 from test_restore_entry import restore_by_entry
 from waits import until, until_set
 
@@ -431,6 +432,7 @@ def test_restore_a_session_and_a_file(store: RemoteStore) -> None:
     operations = [op for op, _ in _audit(store.database_url)]
     assert operations.count("restore-session") == 1
     assert operations.count("restore-file") == 2
+    a_restore_run_again_is_told_it_may_be_made(store)  # red team 71 on integrity
 
 
 def test_an_older_copy_comes_back_by_its_trash_entry(store: RemoteStore) -> None:

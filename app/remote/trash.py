@@ -79,6 +79,12 @@ _LIVE_FILE = (
     ' AND name = %s COLLATE "default" AND deleted_at IS NULL'
 )
 
+#: The newest audit row of a change to a file (``<session>/<name>``), for a restore's refusal.
+_LAST_FILE_CHANGE = (
+    "SELECT operation, detail->>'trash' AS trash FROM app_audit WHERE target = %s"
+    " AND operation IN ('restore-file', 'trash-file', 'replace-file') ORDER BY id DESC LIMIT 1"
+)
+
 # The backend's logger, shared with app.remote.transfer.
 log = logging.getLogger("app.remote.store")
 
@@ -205,7 +211,10 @@ class RemoteTrash:
             if row is None and entry is not None:
                 raise self._not_there(conn, entry, session_id, None)
             if row is None:
-                raise SessionNotFoundError(session_id, where="the trash")
+                # As the local store says it (red team 71 on integrity): a SessionNotFoundError
+                # slipped past `app sessions restore`'s look for a live session, so a restore
+                # run again after its lost output was told to look in the trash.
+                raise NotInTrashError(session_id)
             # A row a tool rewrote in the trash: made live and audited, then unreadable, the
             # restore failed on a session it had taken out of the trash (red team 61).
             fault = session_fault(row["metadata"])
@@ -249,6 +258,17 @@ class RemoteTrash:
     ) -> dict[str, Any]:
         try:
             return self._restore_file_into(session_id, name, entry, hashed)
+        except RestoreOverwriteError as refused:
+            # Where the newest change to the file is a restore, said so (see the local
+            # store's `_restored_last`): a restore run again after its output was lost was
+            # told to delete the file and restore an older copy (red team 71 on integrity).
+            # Looked up once the session's row is let go: app_audit is read whole.
+            made = self._restored_last(f"{session_id}/{name}")
+            if made is None:
+                raise
+            raise RestoreOverwriteError(
+                session_id, name, refused.copy, entry=refused.entry, restored=made
+            ) from None
         except SessionNotFoundError as missing:
             # The session itself is not live: where it is in the trash, said so with its
             # entry, as the local store says it (red team 45: "`app sessions list` shows the
@@ -259,6 +279,19 @@ class RemoteTrash:
             if trashed is None:
                 raise
             raise SessionNotFoundError(session_id, in_trash=trashed) from None
+
+    def _restored_last(self, target: str) -> str | None:
+        """The trash entry of the restore of ``target`` (``<session>/<name>``) where it is
+        the newest audit row of a change to that file; None otherwise, or where the database
+        cannot say now (the refusal stands as it is)."""
+        try:
+            with self.db.conn() as conn:
+                last = conn.execute(_LAST_FILE_CHANGE, (target,)).fetchone()
+        except AppError:
+            return None
+        if last is None or last["operation"] != "restore-file":
+            return None
+        return str(last["trash"]) if last["trash"] is not None else None
 
     def deleted_entry(self, session_id: str, file: str | None = None) -> str | None:
         """The trash entry of the deleted session ``session_id`` (or the newest of its
@@ -346,7 +379,7 @@ class RemoteTrash:
                     session_id, name, entry=None if row is None else row["trash_name"]
                 )
             if row is None:
-                raise SessionNotFoundError(f"{session_id}/{name}", where="the trash")
+                raise NotInTrashError(session_id, name)  # as the local store words it
             if verified != row["id"] or not self.objects.exists(row["blob"]):
                 self._refuse_damaged(conn, row, session_id, name, entry)
             restored = conn.execute(

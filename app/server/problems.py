@@ -22,6 +22,7 @@ from starlette.staticfiles import StaticFiles
 from app.errors import (
     AppError,
     FileNotFoundInSessionError,
+    PreconditionFailedError,
     ReadOnlyStorageError,
     RequestTimeoutError,
     SessionNotFoundError,
@@ -221,6 +222,25 @@ def add_error_handlers(app: FastAPI, store: Storage) -> None:
             entry = await run_in_threadpool(store.deleted_entry, error.session_id, error.name)
             if entry is not None:
                 error = FileNotFoundInSessionError(error.session_id, error.name, deleted=entry)
+        if (
+            type(error) is PreconditionFailedError
+            and error.current is None
+            and error.deleted is None
+        ):
+            # The same of an If-Match that found no file (red team 71 on integrity): a
+            # DELETE with If-Match sent again after its lost answer was told "nothing was
+            # changed" and "to create it, send the PUT", of the file its first try deleted.
+            entry = await run_in_threadpool(store.deleted_entry, error.session_id, error.name)
+            if entry is not None:
+                error = PreconditionFailedError(
+                    error.method,
+                    error.session_id,
+                    error.name,
+                    error.wanted,
+                    None,
+                    sent=error.sent,
+                    deleted=entry,
+                )
         if isinstance(error, ReadOnlyStorageError) or _caused_by_read_only(error):
             _read_only_refused(store)
         if isinstance(error, RequestTimeoutError):

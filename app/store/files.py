@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import stat
@@ -22,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Final
 
-from app.dataroot import lexists
+from app.dataroot import lexists, read_regular
 from app.errors import (
     AppError,
     DamagedFileError,
@@ -33,6 +34,7 @@ from app.errors import (
     RestoreOverwriteError,
     TooManyFilesError,
     TrashCopyLostError,
+    json_loads,
 )
 from app.lock import special_kind
 from app.names import check_file_name, check_stored_name
@@ -195,12 +197,15 @@ class Files:
         self.sessions.require(session_id)
         self._own_dirs(directory)
         old = record_to_change(record_path, session_id, "store", hashed=self.root.hashed)
-        if old is None:
-            _refuse_new_name(name)
         if if_match is not None:
             # Before the body too, so a stale client is not made to send it for nothing.
+            # And before the rule for new names: a PUT with If-Match makes no new file, and
+            # of a file an earlier build named (a no-break space) deleted since, it was told
+            # 400 "invalid name" (red team 71 on integrity).
             sent = None if digests is None else digests.named()
             if_match.require("PUT", session_id, record_path.name, _version(old), sent)
+        if old is None:
+            _refuse_new_name(name)
         if old is not None:
             if not replace:
                 raise FileExistsInSessionError(session_id, record_path.name)
@@ -273,12 +278,13 @@ class Files:
         with self.root.changing(), self.sessions.locked(session_id) as directory:  # gone: 404
             self._own_dirs(directory)
             old = record_to_change(record_path, session_id, "store", hashed=self.root.hashed)
-            if old is None:
-                _refuse_new_name(name)
             if upload.if_match is not None:
                 # Under the session's lock, which every switch of this record takes: the
-                # version compared is the one this commit replaces.
+                # version compared is the one this commit replaces (before the rule for new
+                # names, which a PUT with If-Match never makes: red team 71 on integrity).
                 upload.if_match.require("PUT", session_id, name, _version(old), entry["sha256"])
+            if old is None:
+                _refuse_new_name(name)
             if old is not None and not upload.replace:
                 raise FileExistsInSessionError(session_id, name)
             if old is None:
@@ -509,6 +515,7 @@ class Files:
                     name,
                     None if copy is None else str(copy),
                     entry=None if newest is None else newest.name,
+                    restored=_restored_last(self.root.audit_path, f"{session_id}/{name}"),
                 )
             # Chosen under the session's lock, which a delete and a replace take: chosen
             # before it, a delete that committed meanwhile put a newer version in the trash,
@@ -601,6 +608,48 @@ LOST_BYTES: Final = (
     "a backup may have left them out; `app data check --repair` keeps the file's record, "
     "with their SHA-256, in the trash for them)"
 )
+
+
+#: The audit lines that change which version a file is.
+_FILE_CHANGES: Final = ("restore-file", "trash-file", "replace-file")
+
+
+def _restored_last(log: Path, target: str) -> str | None:
+    """The trash entry of the restore of ``target`` (``<session>/<name>``) where it is the
+    newest line of a change to that file in the audit log at ``log``; None
+    where another is, or none, or the log cannot be read (a refusal's look: never raised).
+
+    A restore run again after its output was lost is refused as the file is there; it was
+    told the file was there "again", and to delete it and restore the copy it named, older
+    than the one its first run had brought back (red team 71 on integrity). A file's version
+    changes only with a line of its own (a create needs the name free, which a delete or a
+    session's delete, then its restore of the same version, makes), so a restore's line
+    newest says that restore's version may be the current one; a line a full disk lost
+    makes it "may"."""
+    try:
+        lines = read_regular(log).splitlines()
+    except OSError:
+        return None
+    # The target as the line spells it (`DataRoot.audit` writes ASCII JSON): only lines
+    # that hold it are parsed.
+    spelt = json.dumps(target).encode()
+    for line in reversed(lines):
+        if spelt not in line:
+            continue
+        try:
+            record = json_loads(line)
+        except ValueError:
+            continue
+        if not isinstance(record, dict) or record.get("target") != target:
+            continue
+        operation, details = record.get("operation"), record.get("details")
+        if operation not in _FILE_CHANGES:
+            continue
+        if operation != "restore-file" or not isinstance(details, dict):
+            return None
+        taken = details.get("trash")
+        return taken if isinstance(taken, str) else None
+    return None
 
 
 def _sha256(path: Path) -> str:

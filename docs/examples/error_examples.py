@@ -327,6 +327,14 @@ EXAMPLES: list[errors.AppError] = [
         "/srv/app/data/.trash/20261204T101500000000Z-3f2a9c-file-5967e864/report.pdf",
         entry="20261204T101500000000Z-3f2a9c-file-5967e864",
     ),
+    # The same restore run again after its output was lost: its first run brought it back.
+    errors.RestoreOverwriteError(
+        "3f2a9c",
+        "report.pdf",
+        "/srv/app/data/.trash/20261204T101500000000Z-3f2a9c-file-5967e864/report.pdf",
+        entry="20261204T101500000000Z-3f2a9c-file-5967e864",
+        restored="20261207T101500000000Z-3f2a9c-file-9dad0132",
+    ),
     errors.TrashEntryLinkedError(
         "3f2a9c",
         "report.pdf",
@@ -367,6 +375,10 @@ EXAMPLES: list[errors.AppError] = [
     errors.PreconditionFailedError(*STALE_PUT),
     # A PUT retried after its answer was lost, its Repr-Digest naming the current bytes.
     errors.PreconditionFailedError(*STALE_PUT, sent=STALE_PUT[-1].strip('"')),
+    # A DELETE with If-Match sent again after its answer was lost: its first try deleted it.
+    errors.PreconditionFailedError(
+        "DELETE", *STALE_PUT[1:4], None, deleted="20261207T101500000000Z-3f2a9c-file-9dad0132"
+    ),
     errors.DigestMismatchError(
         "PUT",
         "3f2a9c",
