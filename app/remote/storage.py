@@ -786,6 +786,19 @@ def _database_state(conn: Any, config: Config, where: str, seen: dict[str, Any])
             Probe("maintenance", f"holds the database exclusively now ({holder}); replicas "
                   "cannot start until it ends")
         )  # fmt: skip
+    # A lock of the app's that a prepared transaction holds is no process's, and outlives
+    # restarts: every refusal behind it named a process to wait for (red team 71 on the
+    # remote backend).
+    for prepared in pg.prepared_holders(conn):
+        from app.errors import EX_UNAVAILABLE
+
+        probes.append(
+            Probe("prepared", prepared.split(" (", 1)[0],
+                  f"profile {config.profile!r}: database {where}: a {prepared}. It holds a "
+                  "lock on the app's tables or one of the app's own locks: what waits for "
+                  "it (a write, a replica's start, maintenance) is refused until it ends",
+                  EX_UNAVAILABLE)
+        )  # fmt: skip
     return probes
 
 

@@ -1,0 +1,170 @@
+"""Red team 71 on the remote backend (branch rt-remote71): see docs/explanation/attacks.md,
+Layer 4.
+
+What got through: a prepared transaction (two-phase commit: ``PREPARE TRANSACTION``, as an
+XA transaction manager, a DBA's data fix run by one, or a logical replica's ``two_phase``
+leaves one) that holds a lock of the app's. It belongs to no process: ``pg_locks`` shows its
+locks with no pid, ``pg_stat_activity`` has no row for it, and a restart of the server keeps
+it, until its owner commits or rolls it back. Holding a session's row, every write of that
+session was refused (55P03) with "`pg_stat_activity` shows who ... retry once it is done",
+which shows nobody and is never done; holding the app's own lock, maintenance was refused as
+held by "a connection that has since gone", "wait for that maintenance command to finish",
+and each replica's start as behind "a maintenance command (a connection that has since
+gone)": for good, and `app doctor` said nothing.
+
+What changed: the refusals and `app doctor` name the prepared transaction (its gid, owner
+and time) and the ``ROLLBACK PREPARED`` or ``COMMIT PREPARED`` that ends it
+(`pg.prepared_holders`); a lock timeout's remedy says how to find one.
+
+What got through too: a DBA's tuning of an index of the app's beside live replicas, ``ALTER
+INDEX app_files_live SET (fillfactor = 70)`` (or ``deduplicate_items``), which changes how
+the index is laid out and never which rows it holds or refuses. Every open, each replica's
+restart, was refused as "the app's tables changed", its remedy to drop the index that keeps
+two live files of one name apart and make it again; on ``app_files_trashed``, `app data
+check` called the index not the app's and ``--repair`` built it again. Index definitions are
+now compared without their storage parameters (`pg.unqualified`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator
+
+import pytest
+from engines import PostgresEngine, S3Engine, new_blob_url
+from test_redteam_s62_remote import doctor_probes
+from test_remote_store import PROFILE, _maintenance, _replica
+
+from app.remote import pg
+from app.remote.errors import (
+    DatabaseRefusedError,
+    MaintenanceRunningError,
+    ReplicasLiveError,
+    TablesChangedError,
+)
+
+# A gid with a quote in it: the statement the refusal gives must run as it is printed.
+GID = "xa:dba's fix"
+ENDS = (
+    r"prepared transaction 'xa:dba''s fix' of role (\w+), prepared \d{4}-\d\d-\d\d "
+    r"\d\d:\d\d:\d\d UTC \(two-phase commit: no process holds it, and a restart of the "
+    r"server keeps it\); as that role or a superuser, `ROLLBACK PREPARED 'xa:dba''s fix'` "
+    r"ends it, or `COMMIT PREPARED 'xa:dba''s fix'` where the transaction manager that "
+    r"prepared it committed its other parts"
+)
+
+
+@contextlib.contextmanager
+def _prepared(postgres_engine: PostgresEngine, name: str, *statements: str) -> Iterator[None]:
+    """``statements`` run in a transaction prepared as `GID`, rolled back at the end (as the
+    refusals say, which the test runs word for word)."""
+    with postgres_engine.connect(name) as dba:
+        dba.execute("BEGIN")
+        for statement in statements:
+            dba.execute(statement.encode())
+        dba.execute(f"PREPARE TRANSACTION '{GID.replace(chr(39), chr(39) * 2)}'".encode())
+    try:
+        yield
+    finally:
+        with postgres_engine.connect(name) as dba:
+            dba.execute("ROLLBACK PREPARED 'xa:dba''s fix'")
+
+
+def test_a_lock_a_prepared_transaction_holds_is_named_with_what_ends_it(
+    postgres_engine: PostgresEngine, s3_engine: S3Engine
+) -> None:
+    with postgres_engine.opened_database(PROFILE) as (name, url):
+        where = pg.mask_url(url)
+        with _replica(s3_engine, (url, new_blob_url(s3_engine)), lock_wait_seconds=0.05) as one:
+            session = one.create_session("s")["id"]
+            row = f"SELECT 1 FROM app_sessions WHERE id = '{session}' FOR UPDATE"
+            with _prepared(postgres_engine, name, row):
+                with pytest.raises(DatabaseRefusedError) as refused:
+                    one.put_file(session, "a.txt", b"a")
+                # Before: "`pg_stat_activity` ... shows who; retry once it is done" alone.
+                assert refused.value.sqlstate == "55P03"
+                assert (
+                    "A blocker no process holds (`pg_blocking_pids` says 0) is a prepared "
+                    "transaction (two-phase commit), which a restart of the server keeps and "
+                    "which never ends on its own: `SELECT gid, owner, prepared FROM "
+                    "pg_prepared_xacts WHERE database = current_database()` lists them (`app "
+                    "doctor` names those that hold the app's tables), and `ROLLBACK PREPARED "
+                    "'<gid>'` (or `COMMIT PREPARED`, where the transaction manager that "
+                    "prepared it committed its other parts), as its owner, ends one"
+                ) in refused.value.message
+                # Before: doctor said nothing of it.
+                [found] = [p for p in doctor_probes(url, where) if p.subject == "prepared"]
+                assert re.fullmatch(ENDS.split(r" \(", 1)[0], found.found)
+                assert found.exit_code == 69
+                assert found.problem is not None
+                assert re.fullmatch(
+                    f"profile {PROFILE!r}: database {re.escape(where)}: a {ENDS}. It holds a "
+                    "lock on the app's tables or one of the app's own locks: what waits for "
+                    r"it \(a write, a replica's start, maintenance\) is refused until it ends",
+                    found.problem,
+                )
+            one.put_file(session, "a.txt", b"a")  # ended as said: the write goes through
+
+        # The app's own lock, held shared as a replica's write holds it to its commit.
+        shared = "SELECT pg_advisory_xact_lock_shared({}, {})".format(*pg.HOLDERS_LOCK)
+        with _prepared(postgres_engine, name, shared):
+            with pytest.raises(ReplicasLiveError) as live, pg.maintenance(url, PROFILE, "check"):
+                pass
+            # Before: "held by a connection that has since gone ... wait for that
+            # maintenance command to finish".
+            assert re.fullmatch(
+                f"cannot check: database {re.escape(where)} is in use; it is held by a {ENDS}. "
+                "Nothing was changed; nothing ends it on its own: end it as said, then retry. "
+                "`app status` lists the live replicas",
+                live.value.message,
+            )
+        # Held exclusively, as maintenance holds it.
+        with _prepared(postgres_engine, name, shared.replace("_shared", "")):
+            with pytest.raises(MaintenanceRunningError) as running:
+                pg.Holder(url, PROFILE).start()
+            # Before: "a maintenance command holds it exclusively (a connection that has
+            # since gone). Wait for it to finish".
+            assert re.fullmatch(
+                f"cannot serve database {re.escape(where)}: a {ENDS} holds it exclusively, as "
+                "a maintenance command would; nothing ends it on its own: end it as said, "
+                "then start the server again",
+                running.value.message,
+            )
+        with pg.Holder(url, PROFILE):
+            pass  # ended as said: a replica starts
+
+
+def test_an_index_of_the_apps_tuned_by_a_dba_is_still_the_apps(
+    postgres_engine: PostgresEngine, s3_engine: S3Engine
+) -> None:
+    with postgres_engine.opened_database(PROFILE) as (name, url):
+        opened = (url, new_blob_url(s3_engine))
+        with _replica(s3_engine, opened) as live:
+            session = live.create_session("s")["id"]
+            live.put_file(session, "a.txt", b"a")
+            with postgres_engine.connect(name) as dba:
+                # Beside the live replica, as a DBA tunes them: no replica goes down.
+                dba.execute("ALTER INDEX app_files_live SET (fillfactor = 70)")
+                dba.execute("ALTER INDEX app_files_live SET (deduplicate_items = off)")
+                dba.execute("ALTER INDEX app_files_trashed SET (fillfactor = 60)")
+                before = dba.execute("SELECT 'app_files_trashed'::regclass::oid").fetchone()
+            live.put_file(session, "b.txt", b"b")
+        # Before: refused, "the app's index app_files_live is now CREATE UNIQUE INDEX ...
+        # WITH (fillfactor='70', deduplicate_items=off) ...", every replica's restart too.
+        pg.open_database(url, PROFILE)
+        assert [p.subject for p in doctor_probes(url, pg.mask_url(url)) if p.problem] == []
+        with _maintenance(s3_engine, opened) as maintenance:
+            # Before: "index-unusable", "the index app_files_trashed is not the app's", and
+            # the repair dropped it and built it again.
+            assert maintenance.check(repair=True).findings == []
+        with postgres_engine.connect(name) as dba:
+            assert dba.execute("SELECT 'app_files_trashed'::regclass::oid").fetchone() == before
+            # Still the app's in every other way: another index of that name is not.
+            dba.execute("DROP INDEX app_files_live")
+            dba.execute(
+                "CREATE UNIQUE INDEX app_files_live ON app_files (session_id, name)"
+                " WITH (fillfactor = 70)"
+            )
+        with pytest.raises(TablesChangedError, match="the app's index app_files_live is now"):
+            pg.open_database(url, PROFILE)
