@@ -28,6 +28,7 @@ now compared without their storage parameters (`pg.unqualified`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import re
 from collections.abc import Iterator
 
@@ -36,13 +37,16 @@ from engines import PostgresEngine, S3Engine, new_blob_url
 from test_redteam_s62_remote import doctor_probes
 from test_remote_store import PROFILE, _maintenance, _replica
 
-from app.remote import pg
+from app.config import load
+from app.remote import pg, storage
 from app.remote.errors import (
     DatabaseRefusedError,
     MaintenanceRunningError,
     ReplicasLiveError,
     TablesChangedError,
 )
+from app.remote.objects import ObjectStore
+from app.storage import Probe
 
 # A gid with a quote in it: the statement the refusal gives must run as it is printed.
 GID = "xa:dba's fix"
@@ -168,3 +172,69 @@ def test_an_index_of_the_apps_tuned_by_a_dba_is_still_the_apps(
             )
         with pytest.raises(TablesChangedError, match="the app's index app_files_live is now"):
             pg.open_database(url, PROFILE)
+
+
+def test_a_lifecycle_rule_that_expires_the_prefix_is_told_by_doctor(s3_engine: S3Engine) -> None:
+    blob_url = new_blob_url(s3_engine)
+    objects = ObjectStore(
+        blob_url, s3_engine.endpoint_url, s3_engine.access_key_id, s3_engine.secret_access_key
+    )
+    config = dataclasses.replace(
+        load("testing"),
+        profile=PROFILE,
+        database_url="postgresql://app@127.0.0.1:1/never_reached",  # the bucket's lines only
+        blob_url=blob_url,
+        s3_endpoint_url=s3_engine.endpoint_url,
+        s3_access_key_id=s3_engine.access_key_id,
+        s3_secret_access_key=s3_engine.secret_access_key,
+    )
+    ours = objects.location.prefix
+
+    def told() -> list[Probe]:
+        """`app doctor`'s lines of the bucket and the prefix with a lifecycle."""
+        return [p for p in storage._diagnose_objects(config, {}) if p.subject == "lifecycle"]
+
+    assert told() == []
+    expire = {"Status": "Enabled", "Expiration": {"Days": 30}}
+    rules = [
+        {"ID": "old uploads", "Filter": {"Prefix": ours}, **expire},
+        {
+            "ID": "scratch",
+            "Filter": {"Prefix": f"{ours}/blobs/"},
+            "Status": "Enabled",
+            "Expiration": {"Days": 1},
+        },
+        # Neither touches a file of the prefix: another prefix beside it, an old version.
+        {"ID": "beside", "Filter": {"Prefix": f"{ours}-other/"}, **expire},
+        {
+            "ID": "versions",
+            "Filter": {"Prefix": ""},
+            "Status": "Enabled",
+            "NoncurrentVersionExpiration": {"NoncurrentDays": 7},
+        },
+        {"ID": "off", "Filter": {"Prefix": ""}, **expire, "Status": "Disabled"},
+    ]
+    client = s3_engine.client()
+    client.put_bucket_lifecycle_configuration(
+        Bucket=s3_engine.bucket, LifecycleConfiguration={"Rules": rules}
+    )
+    try:
+        # Before: doctor said nothing of it ("bucket ...: reachable, versioning off").
+        [probe] = told()
+    finally:
+        client.delete_bucket_lifecycle(Bucket=s3_engine.bucket)
+    named = (
+        f"rule 'old uploads' (prefix {ours!r}) expires objects after 30 days; rule 'scratch' "
+        f"(prefix '{ours}/blobs/') expires objects after 1 days"
+    )
+    assert (probe.subject, probe.found, probe.exit_code) == ("lifecycle", named, 78)
+    assert probe.problem == (
+        f"profile {PROFILE!r}: the lifecycle of bucket {s3_engine.bucket!r} expires the "
+        f"objects of prefix {objects.where}: {named}. The store deletes each file the app "
+        "acknowledged there once that old (in a bucket that keeps versions, hides it behind a "
+        "delete marker), the prefix's stamp object with them, which no lock of the app's "
+        "stops: remove the Expiration from that rule, or narrow its prefix away from the "
+        "profile's (`aws s3api get-bucket-lifecycle-configuration --bucket "
+        f"{s3_engine.bucket}` shows the rules). A rule that expires only noncurrent versions "
+        "(NoncurrentVersionExpiration) or aborts unfinished uploads leaves every file as it is"
+    )
