@@ -23,6 +23,15 @@ restart, was refused as "the app's tables changed", its remedy to drop the index
 two live files of one name apart and make it again; on ``app_files_trashed``, `app data
 check` called the index not the app's and ``--repair`` built it again. Index definitions are
 now compared without their storage parameters (`pg.unqualified`).
+
+What got through too: `app doctor` said nothing of a lifecycle rule of the bucket that
+expires the prefix's current objects, which deletes every acknowledged file once that old;
+it now names each one (`ObjectStore.expiring_rules`). And code of another's that raises
+(PL/pgSQL's ``RAISE EXCEPTION``, SQLSTATE P0001): an AFTER trigger on app_files that freezes
+writes for a migration made every upload a bare ``RaiseException`` (a 500), and an event
+trigger that guards the database's DDL against ``DROP`` made `app data check --repair` a
+traceback; each is now a refusal naming the function and the statements that find and end
+it (`pg._raised_by_code`).
 """
 
 from __future__ import annotations
@@ -238,3 +247,71 @@ def test_a_lifecycle_rule_that_expires_the_prefix_is_told_by_doctor(s3_engine: S
         f"{s3_engine.bucket}` shows the rules). A rule that expires only noncurrent versions "
         "(NoncurrentVersionExpiration) or aborts unfinished uploads leaves every file as it is"
     )
+
+
+_FREEZE = """CREATE FUNCTION dba_freeze() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN RAISE EXCEPTION 'writes are frozen for the migration (ask the DBA)'; END $$"""
+_GUARD = """CREATE FUNCTION no_drop() RETURNS event_trigger LANGUAGE plpgsql AS $$
+BEGIN RAISE EXCEPTION 'DROP is not allowed on this database: ask the DBA'; END $$"""
+
+
+def _raised(function: str) -> str:
+    return (
+        f"Code of another's raised it, in function {function}: a trigger on the app's tables "
+        "(`SELECT tgrelid::regclass, tgname FROM pg_trigger WHERE NOT tgisinternal AND "
+        f"tgfoid = '{function}'::regprocedure` names it; `app doctor` lists those run before "
+        "a row's change) or an event trigger on the database's DDL (`SELECT evtname, "
+        f"evtevent, evttags FROM pg_event_trigger WHERE evtfoid = '{function}'::regprocedure`). "
+        "Its message is its owner's: retry once they allow it, or, as the owner of the app's "
+        "tables or a superuser, `ALTER TABLE <table> DISABLE TRIGGER <name>` or `ALTER EVENT "
+        "TRIGGER <name> DISABLE`"
+    )
+
+
+def test_code_of_anothers_that_raises_is_a_refusal_that_names_it(
+    postgres_engine: PostgresEngine, s3_engine: S3Engine
+) -> None:
+    with postgres_engine.opened_database(PROFILE) as (name, url):
+        opened = (url, new_blob_url(s3_engine))
+        with _replica(s3_engine, opened) as live:
+            session = live.create_session("s")["id"]
+            with postgres_engine.connect(name) as dba:
+                # A freeze of writes for a migration, added under the live replica: an AFTER
+                # trigger, which the open lets be.
+                dba.execute(_FREEZE)
+                dba.execute(
+                    "CREATE TRIGGER dba_freeze AFTER INSERT ON app_files"
+                    " FOR EACH ROW EXECUTE FUNCTION dba_freeze()"
+                )
+            # Before: a bare psycopg RaiseException (a 500 over HTTP).
+            with pytest.raises(DatabaseRefusedError) as refused:
+                live.put_file(session, "a.txt", b"a")
+            assert refused.value.sqlstate == "P0001"
+            assert refused.value.message.startswith(
+                f"database {pg.mask_url(url)} refused the upload of 'a.txt' into session "
+                f"{session}: writes are frozen for the migration (ask the DBA)"
+            )
+            assert refused.value.message.endswith(
+                "; nothing was changed. " + _raised("dba_freeze()")
+            )
+            # Refused as any refusal of its row: its object deleted, no orphan left.
+            assert live.check().findings == []
+            with postgres_engine.connect(name) as dba:
+                dba.execute("DROP TRIGGER dba_freeze ON app_files")
+                dba.execute("DROP INDEX app_files_trashed")  # for the repair to make
+                dba.execute(_GUARD)
+                dba.execute(
+                    "CREATE EVENT TRIGGER no_drop ON ddl_command_start"
+                    " WHEN TAG IN ('DROP INDEX', 'CREATE INDEX') EXECUTE FUNCTION no_drop()"
+                )
+            live.put_file(session, "a.txt", b"a")
+        # Before: a bare RaiseException out of `app data check --repair`, a traceback.
+        with (
+            _maintenance(s3_engine, opened) as maintenance,
+            pytest.raises(DatabaseRefusedError) as refused,
+        ):
+            maintenance.check(repair=True)
+        assert "DROP is not allowed on this database: ask the DBA" in refused.value.message
+        assert refused.value.message.endswith("; nothing was changed. " + _raised("no_drop()"))
+        with postgres_engine.connect(name) as dba:
+            dba.execute("DROP EVENT TRIGGER no_drop")

@@ -1000,10 +1000,41 @@ def refusal(
     """:class:`DatabaseRefusedError` for an error by which the server refused a statement,
     naming why and what resolves it; ``None`` for any other error."""
     state = error.sqlstate or ""
-    remedy = _row_security_elsewhere(error) or refusal_remedy(state, where)
+    remedy = (
+        _row_security_elsewhere(error) or _raised_by_code(error) or refusal_remedy(state, where)
+    )
     if remedy is None:
         return None
     return DatabaseRefusedError(where, _reason(error), state, remedy, what)
+
+
+def _raised_by_code(error: psycopg.Error) -> str | None:
+    """What resolves a statement refused by code of another's that raised it (SQLSTATE class
+    P0, PL/pgSQL's ``RAISE EXCEPTION``): an AFTER trigger on the app's tables (which the open
+    lets be, as a DBA's audit or a freeze of writes for a migration) or an event trigger on
+    the database's DDL (a guard against ``DROP``, which refuses `app data check --repair`'s
+    rebuild of an index); ``None`` for any other error.
+
+    Its message is the other code's own: the refusal was a bare ``RaiseException``, a 500
+    and a traceback of `app data check --repair` that named neither the trigger nor what
+    ends it, and said nothing of what had been changed (red team 71 on the remote backend).
+    """
+    if not (error.sqlstate or "").startswith("P0"):
+        return None
+    context = " ".join((error.diag.context or "").split())
+    called = re.search(r"(?:PL/pgSQL )?function (\S.*?\))", context)
+    function = called.group(1) if called else "<the function the reason's CONTEXT names>"
+    literal = function.replace("'", "''")  # a message's statement, as psql takes it
+    return (
+        f"Code of another's raised it, in function {function}: a trigger on the app's tables "  # noqa: S608
+        "(`SELECT tgrelid::regclass, tgname FROM pg_trigger WHERE NOT tgisinternal AND "
+        f"tgfoid = '{literal}'::regprocedure` names it; `app doctor` lists those run before "
+        "a row's change) or an event trigger on the database's DDL (`SELECT evtname, "
+        f"evtevent, evttags FROM pg_event_trigger WHERE evtfoid = '{literal}'::regprocedure`). "
+        "Its message is its owner's: retry once they allow it, or, as the owner of the app's "
+        "tables or a superuser, `ALTER TABLE <table> DISABLE TRIGGER <name>` or `ALTER EVENT "
+        "TRIGGER <name> DISABLE`"
+    )
 
 
 def _row_security_elsewhere(error: psycopg.Error) -> str | None:
