@@ -31,7 +31,7 @@ it now names each one (`ObjectStore.expiring_rules`). And code of another's that
 writes for a migration made every upload a bare ``RaiseException`` (a 500), and an event
 trigger that guards the database's DDL against ``DROP`` made `app data check --repair` a
 traceback; each is now a refusal naming the function and the statements that find and end
-it (`pg._raised_by_code`).
+it (`pg._raised_by_code`), as is an error raised there with a SQLSTATE of its own choosing.
 """
 
 from __future__ import annotations
@@ -295,6 +295,19 @@ def test_code_of_anothers_that_raises_is_a_refusal_that_names_it(
             )
             # Refused as any refusal of its row: its object deleted, no orphan left.
             assert live.check().findings == []
+            # A SQLSTATE of its own choosing, which no refusal of the app's has words for.
+            with postgres_engine.connect(name) as dba:
+                dba.execute(
+                    _FREEZE.replace("CREATE", "CREATE OR REPLACE").replace(
+                        "(ask the DBA)'", "(ask the DBA)' USING ERRCODE = 'AB001'"
+                    )
+                )
+            with pytest.raises(DatabaseRefusedError) as refused:
+                live.put_file(session, "a.txt", b"a")
+            assert refused.value.sqlstate == "AB001"
+            assert refused.value.message.endswith(
+                "; nothing was changed. " + _raised("dba_freeze()")
+            )
             with postgres_engine.connect(name) as dba:
                 dba.execute("DROP TRIGGER dba_freeze ON app_files")
                 dba.execute("DROP INDEX app_files_trashed")  # for the repair to make

@@ -1018,11 +1018,16 @@ def _raised_by_code(error: psycopg.Error) -> str | None:
     Its message is the other code's own: the refusal was a bare ``RaiseException``, a 500
     and a traceback of `app data check --repair` that named neither the trigger nor what
     ends it, and said nothing of what had been changed (red team 71 on the remote backend).
+    So is any error raised in such a function with a SQLSTATE of its own choosing
+    (``RAISE ... USING ERRCODE = 'AB001'``) that no refusal of the app's has words for: its
+    ``CONTEXT`` names a function that is not one of the app's.
     """
-    if not (error.sqlstate or "").startswith("P0"):
-        return None
+    state = error.sqlstate or ""
     context = " ".join((error.diag.context or "").split())
-    called = re.search(r"(?:PL/pgSQL )?function (\S.*?\))", context)
+    called = re.search(r"PL/pgSQL function (\S.*?\))", context)
+    anothers = called is not None and called.group(1).removesuffix("()") not in _APP_FUNCTIONS
+    if not (state.startswith("P0") or (anothers and _refusal_text(state) is None)):
+        return None
     function = called.group(1) if called else "<the function the reason's CONTEXT names>"
     literal = function.replace("'", "''")  # a message's statement, as psql takes it
     return (
@@ -1072,9 +1077,13 @@ def _row_security_elsewhere(error: psycopg.Error) -> str | None:
     )
 
 
+def _refusal_text(state: str) -> str | None:
+    return _REFUSALS.get(state) or _REFUSALS.get(state[:2])
+
+
 def refusal_remedy(state: str, where: str) -> str | None:
     """What resolves a refusal with SQLSTATE ``state`` of database ``where`` (masked)."""
-    remedy = _REFUSALS.get(state) or _REFUSALS.get(state[:2])
+    remedy = _refusal_text(state)
     if remedy is None:
         return None
     dbname = where.rpartition("/")[2]  # mask_url's form
