@@ -190,6 +190,9 @@ class PostgresEngine:
             "synchronous_commit": "off",
             "full_page_writes": "off",
             "max_connections": "200",
+            # Red team 71 on the remote backend: a prepared transaction (two-phase commit, as
+            # an XA transaction manager leaves one) holding a lock on the app's tables.
+            "max_prepared_transactions": "4",
             # Its WAL in memory (`_clusters_dir`): every database made writes its template's
             # 7.5 MB there, recycled at a checkpoint once this much is written (1 GB by default).
             "max_wal_size": "256MB",

@@ -696,6 +696,10 @@ class ReplicasLiveError(AppError):
     others: str = ""
     writing: str = ""
     """Who holds it shared without a live row: a write whose replica has just stopped."""
+    prepared: str = ""
+    """The prepared transactions that hold it (`app.remote.pg.prepared_holders`), named with
+    what ends them: no process holds one, and none ends on its own (red team 71 on the
+    remote backend)."""
 
     def __post_init__(self) -> None:
         self.replicas = tuple(dict(replica) for replica in self.replicas)
@@ -710,6 +714,9 @@ class ReplicasLiveError(AppError):
         elif self.writing:
             held = f"a write of a replica that has stopped is still committing ({self.writing})"
             stop = "retry in a moment"
+        elif self.prepared:
+            held = f"it is held by a {self.prepared}"
+            stop = "nothing ends it on its own: end it as said, then retry"
         else:
             by = self.others or "another connection that published no details"
             held = f"it is held by {by}"
@@ -733,6 +740,19 @@ class MaintenanceRunningError(AppError):
 
     where: str
     holder: str
+    prepared: bool = field(default=False, kw_only=True)
+    """``holder`` names prepared transactions (`app.remote.pg.prepared_holders`), not a
+    command: nothing finishes it (red team 71 on the remote backend)."""
+
+    @property
+    def message(self) -> str:
+        if not self.prepared:
+            return super().message
+        return (
+            f"cannot serve database {self.where}: a {self.holder} holds it exclusively, as a "
+            "maintenance command would; nothing ends it on its own: end it as said, then "
+            "start the server again"
+        )
 
 
 class HolderLostError(AppError):

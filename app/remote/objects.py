@@ -1518,6 +1518,49 @@ class ObjectStore:
             return None
         return str(status) if status in {"Enabled", "Suspended"} else None
 
+    def expiring_rules(self) -> list[str] | None:
+        """The bucket's enabled lifecycle rules that expire current objects (an
+        ``Expiration`` by ``Days`` or ``Date``) under this prefix, each said in a few words
+        (its id, its prefix, when it expires them); ``[]`` where none does, ``None`` where
+        the store does not say (no permission, not implemented). Reads only (``app doctor``).
+
+        Such a rule deletes every file of the prefix once old enough, each acknowledged
+        upload and the stamp object with them, which no lock of the app's stops, and nothing
+        said so before it did (red team 71 on the remote backend). A rule that needs a tag
+        matches none of the app's objects, which carry none; one that expires only
+        noncurrent versions or delete markers leaves every file as it is."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            answer = self._client.get_bucket_lifecycle_configuration(Bucket=self.location.bucket)
+        except ClientError as error:
+            code = str(error.response.get("Error", {}).get("Code", ""))
+            return [] if code == "NoSuchLifecycleConfiguration" else None
+        except BotoCoreError:
+            return None
+        ours = self.location.key("")
+        found = []
+        for rule in answer.get("Rules", []):
+            expiration = rule.get("Expiration") or {}
+            when = (
+                f"after {expiration['Days']} days"
+                if "Days" in expiration
+                else f"from {expiration['Date']}"
+                if "Date" in expiration
+                else None
+            )
+            if rule.get("Status") != "Enabled" or when is None:
+                continue
+            given = rule.get("Filter", {})
+            given = given.get("And", given)
+            if "Tag" in given or given.get("Tags"):
+                continue
+            prefix = str(given.get("Prefix", rule.get("Prefix", "")))
+            if ours.startswith(prefix) or prefix.startswith(ours):
+                named = f"{rule['ID']!r}" if rule.get("ID") else "without an ID"
+                found.append(f"rule {named} (prefix {prefix!r}) expires objects {when}")
+        return found
+
     def bucket_versioning(self) -> str | None:
         """Check that the bucket exists and these credentials may use it; return its
         versioning state: ``"Enabled"``, ``"Suspended"``, ``None`` if never enabled (or the

@@ -37,7 +37,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, Self
 
@@ -297,14 +297,28 @@ def trashed_index_problem(conn: psycopg.Connection[Any]) -> tuple[str, bool] | N
 _QUALIFIED: Final = re.compile(r' ON (?:"(?:[^"]|"")*"|[^\s".]+)\.')
 
 
+#: An index's storage parameters as ``pg_get_indexdef`` prints them, right after its column
+#: list (before its ``WHERE``, if any): ``WITH (fillfactor='60', deduplicate_items=off)``,
+#: each value plain or a quoted literal.
+_STORAGE_PARAMETERS: Final = re.compile(r"\) WITH \((?:[^()']|'(?:[^']|'')*')*\)(?= WHERE |$)")
+
+
 def unqualified(definition: str) -> str:
-    """An index's definition as ``pg_get_indexdef`` prints it, its table's schema left out,
-    to be compared with the app's. Cut as a run of non-spaces before a dot, a schema whose
-    name has a space (``"App files"``, quoted) was left in, and a database the app had just
-    made there was refused at its second open as "the app's tables changed", each unique
-    index named, the remedy to drop and make it again printing the same (red team 70 on
-    regress, branch rt-regress70i)."""
-    return _QUALIFIED.sub(" ON ", definition, count=1)
+    """An index's definition as ``pg_get_indexdef`` prints it, its table's schema and its
+    storage parameters left out, to be compared with the app's. Cut as a run of non-spaces
+    before a dot, a schema whose name has a space (``"App files"``, quoted) was left in, and
+    a database the app had just made there was refused at its second open as "the app's
+    tables changed", each unique index named, the remedy to drop and make it again printing
+    the same (red team 70 on regress, branch rt-regress70i).
+
+    The storage parameters (``ALTER INDEX ... SET (fillfactor = 70)``, ``deduplicate_items``,
+    a DBA's tuning beside live replicas, which takes no replica down) change how the index is
+    laid out, never which rows it holds or refuses: with one set on ``app_files_live``, every
+    open (each replica's restart) was refused as "the app's tables changed", its remedy to
+    drop the index that keeps two live files of one name apart and make it again, and on
+    ``app_files_trashed`` the check called the index not the app's and ``--repair`` built it
+    again (red team 71 on the remote backend)."""
+    return _STORAGE_PARAMETERS.sub(")", _QUALIFIED.sub(" ON ", definition, count=1), count=1)
 
 
 def printed_plainly(conn: psycopg.Connection[Any]) -> None:
@@ -935,7 +949,14 @@ _REFUSALS: dict[str, str] = {
         "waited for: `SELECT pid, state, wait_event, query FROM pg_stat_activity WHERE "
         "datname = current_database()` shows who, and `pg_blocking_pids(<pid>)` which one "
         "blocks; retry once it is done, or raise database_lock_wait_seconds "
-        "(APP_DATABASE_LOCK_WAIT_SECONDS), which the app sets as its lock_timeout"
+        "(APP_DATABASE_LOCK_WAIT_SECONDS), which the app sets as its lock_timeout. A blocker "
+        "no process holds (`pg_blocking_pids` says 0) is a prepared transaction (two-phase "
+        "commit), which a restart of the server keeps and which never ends on its own: "
+        "`SELECT gid, owner, prepared FROM pg_prepared_xacts WHERE database = "
+        "current_database()` lists them (`app doctor` names those that hold the app's "
+        "tables), and `ROLLBACK PREPARED '<gid>'` (or `COMMIT PREPARED`, where the "
+        "transaction manager that prepared it committed its other parts), as its owner, "
+        "ends one"
     ),
     "42501": (
         "The app's role lacks the privilege the reason names: grant it, or connect as the "
@@ -979,10 +1000,46 @@ def refusal(
     """:class:`DatabaseRefusedError` for an error by which the server refused a statement,
     naming why and what resolves it; ``None`` for any other error."""
     state = error.sqlstate or ""
-    remedy = _row_security_elsewhere(error) or refusal_remedy(state, where)
+    remedy = (
+        _row_security_elsewhere(error) or _raised_by_code(error) or refusal_remedy(state, where)
+    )
     if remedy is None:
         return None
     return DatabaseRefusedError(where, _reason(error), state, remedy, what)
+
+
+def _raised_by_code(error: psycopg.Error) -> str | None:
+    """What resolves a statement refused by code of another's that raised it (SQLSTATE class
+    P0, PL/pgSQL's ``RAISE EXCEPTION``): an AFTER trigger on the app's tables (which the open
+    lets be, as a DBA's audit or a freeze of writes for a migration) or an event trigger on
+    the database's DDL (a guard against ``DROP``, which refuses `app data check --repair`'s
+    rebuild of an index); ``None`` for any other error.
+
+    Its message is the other code's own: the refusal was a bare ``RaiseException``, a 500
+    and a traceback of `app data check --repair` that named neither the trigger nor what
+    ends it, and said nothing of what had been changed (red team 71 on the remote backend).
+    So is any error raised in such a function with a SQLSTATE of its own choosing
+    (``RAISE ... USING ERRCODE = 'AB001'``) that no refusal of the app's has words for: its
+    ``CONTEXT`` names a function that is not one of the app's.
+    """
+    state = error.sqlstate or ""
+    context = " ".join((error.diag.context or "").split())
+    called = re.search(r"PL/pgSQL function (\S.*?\))", context)
+    anothers = called is not None and called.group(1).removesuffix("()") not in _APP_FUNCTIONS
+    if not (state.startswith("P0") or (anothers and _refusal_text(state) is None)):
+        return None
+    function = called.group(1) if called else "<the function the reason's CONTEXT names>"
+    literal = function.replace("'", "''")  # a message's statement, as psql takes it
+    return (
+        f"Code of another's raised it, in function {function}: a trigger on the app's tables "  # noqa: S608
+        "(`SELECT tgrelid::regclass, tgname FROM pg_trigger WHERE NOT tgisinternal AND "
+        f"tgfoid = '{literal}'::regprocedure` names it; `app doctor` lists those run before "
+        "a row's change) or an event trigger on the database's DDL (`SELECT evtname, "
+        f"evtevent, evttags FROM pg_event_trigger WHERE evtfoid = '{literal}'::regprocedure`). "
+        "Its message is its owner's: retry once they allow it, or, as the owner of the app's "
+        "tables or a superuser, `ALTER TABLE <table> DISABLE TRIGGER <name>` or `ALTER EVENT "
+        "TRIGGER <name> DISABLE`"
+    )
 
 
 def _row_security_elsewhere(error: psycopg.Error) -> str | None:
@@ -1020,9 +1077,13 @@ def _row_security_elsewhere(error: psycopg.Error) -> str | None:
     )
 
 
+def _refusal_text(state: str) -> str | None:
+    return _REFUSALS.get(state) or _REFUSALS.get(state[:2])
+
+
 def refusal_remedy(state: str, where: str) -> str | None:
     """What resolves a refusal with SQLSTATE ``state`` of database ``where`` (masked)."""
-    remedy = _REFUSALS.get(state) or _REFUSALS.get(state[:2])
+    remedy = _refusal_text(state)
     if remedy is None:
         return None
     dbname = where.rpartition("/")[2]  # mask_url's form
@@ -2142,6 +2203,52 @@ def lock_holders(conn: psycopg.Connection[Any], mode: str = "ExclusiveLock") -> 
     return [f"backend pid {pid}" + (f", {name}" if name else "") for pid, name in rows]
 
 
+def prepared_holders(conn: psycopg.Connection[Any], mode: str | None = None) -> list[str]:
+    """The prepared transactions (two-phase commit, ``PREPARE TRANSACTION``) of this
+    database that hold :data:`HOLDERS_LOCK` in ``mode``, or, with ``mode`` None, any lock on
+    a relation of the app's schema or any of the app's advisory locks: each as
+    :func:`describe_prepared` says it.
+
+    Such a transaction belongs to no process (``pg_locks`` shows its locks with no pid,
+    ``pg_stat_activity`` has no row for it, ``pg_blocking_pids`` names it as 0) and a restart
+    of the server keeps it, with its locks, until its owner (or a superuser) commits or rolls
+    it back: a transaction manager that lost track of one leaves it for good. Maintenance was
+    refused as held by "a connection that has since gone", a replica's start as behind "a
+    maintenance command" to wait for, and neither ever ended (red team 71 on the remote
+    backend). Only reads ``pg_locks`` and ``pg_prepared_xacts``: takes no lock."""
+    held = (
+        "l.locktype = 'advisory' AND l.objsubid = 2 AND l.mode = %s"
+        " AND l.classid = %s AND l.objid = %s"
+        if mode is not None
+        else "(l.locktype = 'advisory' AND l.classid = %s OR l.relation IN (SELECT c.oid"
+        " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = current_schema()))"
+    )
+    rows = conn.execute(
+        "SELECT DISTINCT p.gid, p.owner, p.prepared FROM pg_prepared_xacts p"  # noqa: S608
+        " JOIN pg_locks x ON x.locktype = 'transactionid' AND x.pid IS NULL"
+        " AND x.transactionid = p.transaction"
+        " JOIN pg_locks l ON l.virtualtransaction = x.virtualtransaction AND l.pid IS NULL"
+        " AND l.granted AND l.database = (SELECT oid FROM pg_database"
+        " WHERE datname = current_database())"
+        f" WHERE p.database = current_database() AND {held} ORDER BY 3, 1",
+        (mode, *HOLDERS_LOCK) if mode is not None else (LOCK_CLASS,),
+    ).fetchall()
+    return [describe_prepared(str(gid), str(owner), prepared) for gid, owner, prepared in rows]
+
+
+def describe_prepared(gid: str, owner: str, prepared: datetime) -> str:
+    """A prepared transaction, named with what ends it."""
+    literal = "'" + gid.replace("'", "''") + "'"
+    return (
+        f"prepared transaction {literal} of role {owner}, prepared "
+        f"{prepared.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC (two-phase commit: no process "
+        "holds it, and a restart of the server keeps it); as that role or a superuser, "
+        f"`ROLLBACK PREPARED {literal}` ends it, or `COMMIT PREPARED {literal}` where the "
+        "transaction manager that prepared it committed its other parts"
+    )
+
+
 class Holder:
     """A replica's hold on the database: shared lock + row, for the process's whole life.
 
@@ -2201,8 +2308,11 @@ class Holder:
                         "SELECT pg_try_advisory_lock_shared(%s, %s)", HOLDERS_LOCK
                     ).fetchone()
                     if taken != (True,):
+                        prepared = "; ".join(prepared_holders(conn, "ExclusiveLock"))
                         raise MaintenanceRunningError(
-                            self.where, _lock_holders(conn, "ExclusiveLock")
+                            self.where,
+                            prepared or _lock_holders(conn, "ExclusiveLock"),
+                            prepared=bool(prepared),
                         )
                     with conn.cursor(row_factory=dict_row) as cursor:
                         row = cursor.execute(
@@ -2482,7 +2592,7 @@ def maintenance(
             backend_pid = fresh_session(conn, where, f"the hold to {wanted}")
             taken = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", HOLDERS_LOCK).fetchone()
         if taken != (True,):
-            others = writing = ""
+            others = writing = prepared = ""
             with refusals(where, f"the hold to {wanted}"):
                 replicas = live_holders(conn) if read_stamp(conn) is not None else []
                 if not replicas:
@@ -2490,8 +2600,15 @@ def maintenance(
                     # A replica's write holds the lock shared to its commit (app.remote.db),
                     # so that no maintenance begins between its check and its commit.
                     writing = "" if others else "; ".join(lock_holders(conn, "ShareLock"))
-                    others = others or ("" if writing else "a connection that has since gone")
-            raise ReplicasLiveError(wanted, where, replicas, others, writing)
+                    if not (others or writing):
+                        prepared = "; ".join(
+                            prepared_holders(conn, "ExclusiveLock")
+                            + prepared_holders(conn, "ShareLock")
+                        )
+                    others = others or (
+                        "" if writing or prepared else "a connection that has since gone"
+                    )
+            raise ReplicasLiveError(wanted, where, replicas, others, writing, prepared)
         try:
             with refusals(where, f"the hold to {wanted}"):
                 clean_stale_holders(conn)

@@ -786,6 +786,19 @@ def _database_state(conn: Any, config: Config, where: str, seen: dict[str, Any])
             Probe("maintenance", f"holds the database exclusively now ({holder}); replicas "
                   "cannot start until it ends")
         )  # fmt: skip
+    # A lock of the app's that a prepared transaction holds is no process's, and outlives
+    # restarts: every refusal behind it named a process to wait for (red team 71 on the
+    # remote backend).
+    for prepared in pg.prepared_holders(conn):
+        from app.errors import EX_UNAVAILABLE
+
+        probes.append(
+            Probe("prepared", prepared.split(" (", 1)[0],
+                  f"profile {config.profile!r}: database {where}: a {prepared}. It holds a "
+                  "lock on the app's tables or one of the app's own locks: what waits for "
+                  "it (a write, a replica's start, maintenance) is refused until it ends",
+                  EX_UNAVAILABLE)
+        )  # fmt: skip
     return probes
 
 
@@ -909,7 +922,35 @@ def _diagnose_objects(config: Config, seen: dict[str, Any]) -> list[Probe]:
         str(versioning), "versioning off"
     )
     probes = [Probe("bucket", f"{shown}: reachable, {state}")]
-    return [*probes, *_diagnose_prefix(config, objects, source, seen)]
+    return [*probes, *_lifecycle(config, objects), *_diagnose_prefix(config, objects, source, seen)]
+
+
+def _lifecycle(config: Config, objects: ObjectStore) -> list[Probe]:
+    """Doctor's ``lifecycle`` line: the bucket's rules that expire the prefix's objects
+    (`ObjectStore.expiring_rules`), which delete files the app acknowledged once they are
+    old enough; the bucket's policy, not refused (red team 71 on the remote backend)."""
+    from app.errors import EX_CONFIG
+
+    rules = objects.expiring_rules()
+    if not rules:
+        return []
+    bucket = objects.location.bucket
+    return [
+        Probe(
+            "lifecycle",
+            "; ".join(rules),
+            f"profile {config.profile!r}: the lifecycle of bucket {bucket!r} expires the "
+            f"objects of prefix {objects.where}: {'; '.join(rules)}. The store deletes each "
+            "file the app acknowledged there once that old (in a bucket that keeps versions, "
+            "hides it behind a delete marker), the prefix's stamp object with them, which no "
+            "lock of the app's stops: remove the Expiration from that rule, or narrow its "
+            "prefix away from the profile's (`aws s3api get-bucket-lifecycle-configuration "
+            f"--bucket {bucket}` shows the rules). A rule that expires only noncurrent "
+            "versions (NoncurrentVersionExpiration) or aborts unfinished uploads leaves "
+            "every file as it is",
+            EX_CONFIG,
+        )
+    ]
 
 
 def _diagnose_prefix(

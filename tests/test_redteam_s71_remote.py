@@ -1,0 +1,329 @@
+"""Red team 71 on the remote backend (branch rt-remote71): see docs/explanation/attacks.md,
+Layer 4.
+
+What got through: a prepared transaction (two-phase commit: ``PREPARE TRANSACTION``, as an
+XA transaction manager, a DBA's data fix run by one, or a logical replica's ``two_phase``
+leaves one) that holds a lock of the app's. It belongs to no process: ``pg_locks`` shows its
+locks with no pid, ``pg_stat_activity`` has no row for it, and a restart of the server keeps
+it, until its owner commits or rolls it back. Holding a session's row, every write of that
+session was refused (55P03) with "`pg_stat_activity` shows who ... retry once it is done",
+which shows nobody and is never done; holding the app's own lock, maintenance was refused as
+held by "a connection that has since gone", "wait for that maintenance command to finish",
+and each replica's start as behind "a maintenance command (a connection that has since
+gone)": for good, and `app doctor` said nothing.
+
+What changed: the refusals and `app doctor` name the prepared transaction (its gid, owner
+and time) and the ``ROLLBACK PREPARED`` or ``COMMIT PREPARED`` that ends it
+(`pg.prepared_holders`); a lock timeout's remedy says how to find one.
+
+What got through too: a DBA's tuning of an index of the app's beside live replicas, ``ALTER
+INDEX app_files_live SET (fillfactor = 70)`` (or ``deduplicate_items``), which changes how
+the index is laid out and never which rows it holds or refuses. Every open, each replica's
+restart, was refused as "the app's tables changed", its remedy to drop the index that keeps
+two live files of one name apart and make it again; on ``app_files_trashed``, `app data
+check` called the index not the app's and ``--repair`` built it again. Index definitions are
+now compared without their storage parameters (`pg.unqualified`).
+
+What got through too: `app doctor` said nothing of a lifecycle rule of the bucket that
+expires the prefix's current objects, which deletes every acknowledged file once that old;
+it now names each one (`ObjectStore.expiring_rules`). And code of another's that raises
+(PL/pgSQL's ``RAISE EXCEPTION``, SQLSTATE P0001): an AFTER trigger on app_files that freezes
+writes for a migration made every upload a bare ``RaiseException`` (a 500), and an event
+trigger that guards the database's DDL against ``DROP`` made `app data check --repair` a
+traceback; each is now a refusal naming the function and the statements that find and end
+it (`pg._raised_by_code`), as is an error raised there with a SQLSTATE of its own choosing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import re
+from collections.abc import Iterator
+
+import pytest
+from engines import PostgresEngine, S3Engine, new_blob_url
+from test_redteam_s62_remote import doctor_probes
+from test_remote_store import PROFILE, _maintenance, _replica
+
+from app.config import load
+from app.remote import pg, storage
+from app.remote.errors import (
+    DatabaseRefusedError,
+    MaintenanceRunningError,
+    ReplicasLiveError,
+    TablesChangedError,
+)
+from app.remote.objects import ObjectStore
+from app.storage import Probe
+
+# A gid with a quote in it: the statement the refusal gives must run as it is printed.
+GID = "xa:dba's fix"
+ENDS = (
+    r"prepared transaction 'xa:dba''s fix' of role (\w+), prepared \d{4}-\d\d-\d\d "
+    r"\d\d:\d\d:\d\d UTC \(two-phase commit: no process holds it, and a restart of the "
+    r"server keeps it\); as that role or a superuser, `ROLLBACK PREPARED 'xa:dba''s fix'` "
+    r"ends it, or `COMMIT PREPARED 'xa:dba''s fix'` where the transaction manager that "
+    r"prepared it committed its other parts"
+)
+
+
+@contextlib.contextmanager
+def _prepared(postgres_engine: PostgresEngine, name: str, *statements: str) -> Iterator[None]:
+    """``statements`` run in a transaction prepared as `GID`, rolled back at the end (as the
+    refusals say, which the test runs word for word)."""
+    with postgres_engine.connect(name) as dba:
+        dba.execute("BEGIN")
+        for statement in statements:
+            dba.execute(statement.encode())
+        dba.execute(f"PREPARE TRANSACTION '{GID.replace(chr(39), chr(39) * 2)}'".encode())
+    try:
+        yield
+    finally:
+        with postgres_engine.connect(name) as dba:
+            dba.execute("ROLLBACK PREPARED 'xa:dba''s fix'")
+
+
+def test_a_lock_a_prepared_transaction_holds_is_named_with_what_ends_it(
+    postgres_engine: PostgresEngine, s3_engine: S3Engine
+) -> None:
+    with postgres_engine.opened_database(PROFILE) as (name, url):
+        where = pg.mask_url(url)
+        with _replica(s3_engine, (url, new_blob_url(s3_engine)), lock_wait_seconds=0.05) as one:
+            session = one.create_session("s")["id"]
+            row = f"SELECT 1 FROM app_sessions WHERE id = '{session}' FOR UPDATE"
+            with _prepared(postgres_engine, name, row):
+                with pytest.raises(DatabaseRefusedError) as refused:
+                    one.put_file(session, "a.txt", b"a")
+                # Before: "`pg_stat_activity` ... shows who; retry once it is done" alone.
+                assert refused.value.sqlstate == "55P03"
+                assert (
+                    "A blocker no process holds (`pg_blocking_pids` says 0) is a prepared "
+                    "transaction (two-phase commit), which a restart of the server keeps and "
+                    "which never ends on its own: `SELECT gid, owner, prepared FROM "
+                    "pg_prepared_xacts WHERE database = current_database()` lists them (`app "
+                    "doctor` names those that hold the app's tables), and `ROLLBACK PREPARED "
+                    "'<gid>'` (or `COMMIT PREPARED`, where the transaction manager that "
+                    "prepared it committed its other parts), as its owner, ends one"
+                ) in refused.value.message
+                # Before: doctor said nothing of it.
+                [found] = [p for p in doctor_probes(url, where) if p.subject == "prepared"]
+                assert re.fullmatch(ENDS.split(r" \(", 1)[0], found.found)
+                assert found.exit_code == 69
+                assert found.problem is not None
+                assert re.fullmatch(
+                    f"profile {PROFILE!r}: database {re.escape(where)}: a {ENDS}. It holds a "
+                    "lock on the app's tables or one of the app's own locks: what waits for "
+                    r"it \(a write, a replica's start, maintenance\) is refused until it ends",
+                    found.problem,
+                )
+            one.put_file(session, "a.txt", b"a")  # ended as said: the write goes through
+
+        # The app's own lock, held shared as a replica's write holds it to its commit.
+        shared = "SELECT pg_advisory_xact_lock_shared({}, {})".format(*pg.HOLDERS_LOCK)
+        with _prepared(postgres_engine, name, shared):
+            with pytest.raises(ReplicasLiveError) as live, pg.maintenance(url, PROFILE, "check"):
+                pass
+            # Before: "held by a connection that has since gone ... wait for that
+            # maintenance command to finish".
+            assert re.fullmatch(
+                f"cannot check: database {re.escape(where)} is in use; it is held by a {ENDS}. "
+                "Nothing was changed; nothing ends it on its own: end it as said, then retry. "
+                "`app status` lists the live replicas",
+                live.value.message,
+            )
+        # Held exclusively, as maintenance holds it.
+        with _prepared(postgres_engine, name, shared.replace("_shared", "")):
+            with pytest.raises(MaintenanceRunningError) as running:
+                pg.Holder(url, PROFILE).start()
+            # Before: "a maintenance command holds it exclusively (a connection that has
+            # since gone). Wait for it to finish".
+            assert re.fullmatch(
+                f"cannot serve database {re.escape(where)}: a {ENDS} holds it exclusively, as "
+                "a maintenance command would; nothing ends it on its own: end it as said, "
+                "then start the server again",
+                running.value.message,
+            )
+        with pg.Holder(url, PROFILE):
+            pass  # ended as said: a replica starts
+
+
+def test_an_index_of_the_apps_tuned_by_a_dba_is_still_the_apps(
+    postgres_engine: PostgresEngine, s3_engine: S3Engine
+) -> None:
+    with postgres_engine.opened_database(PROFILE) as (name, url):
+        opened = (url, new_blob_url(s3_engine))
+        with _replica(s3_engine, opened) as live:
+            session = live.create_session("s")["id"]
+            live.put_file(session, "a.txt", b"a")
+            with postgres_engine.connect(name) as dba:
+                # Beside the live replica, as a DBA tunes them: no replica goes down.
+                dba.execute("ALTER INDEX app_files_live SET (fillfactor = 70)")
+                dba.execute("ALTER INDEX app_files_live SET (deduplicate_items = off)")
+                dba.execute("ALTER INDEX app_files_trashed SET (fillfactor = 60)")
+                before = dba.execute("SELECT 'app_files_trashed'::regclass::oid").fetchone()
+            live.put_file(session, "b.txt", b"b")
+        # Before: refused, "the app's index app_files_live is now CREATE UNIQUE INDEX ...
+        # WITH (fillfactor='70', deduplicate_items=off) ...", every replica's restart too.
+        pg.open_database(url, PROFILE)  # `app doctor`'s `tables` line reads the same `drift`
+        with _maintenance(s3_engine, opened) as maintenance:
+            # Before: "index-unusable", "the index app_files_trashed is not the app's", and
+            # the repair dropped it and built it again.
+            assert maintenance.check(repair=True).findings == []
+        with postgres_engine.connect(name) as dba:
+            assert dba.execute("SELECT 'app_files_trashed'::regclass::oid").fetchone() == before
+            # Still the app's in every other way: another index of that name is not.
+            dba.execute("DROP INDEX app_files_live")
+            dba.execute(
+                "CREATE UNIQUE INDEX app_files_live ON app_files (session_id, name)"
+                " WITH (fillfactor = 70)"
+            )
+        with pytest.raises(TablesChangedError, match="the app's index app_files_live is now"):
+            pg.open_database(url, PROFILE)
+
+
+def test_a_lifecycle_rule_that_expires_the_prefix_is_told_by_doctor(s3_engine: S3Engine) -> None:
+    blob_url = new_blob_url(s3_engine)
+    objects = ObjectStore(
+        blob_url, s3_engine.endpoint_url, s3_engine.access_key_id, s3_engine.secret_access_key
+    )
+    config = dataclasses.replace(
+        load("testing"),
+        profile=PROFILE,
+        database_url="postgresql://app@127.0.0.1:1/never_reached",  # the bucket's lines only
+        blob_url=blob_url,
+        s3_endpoint_url=s3_engine.endpoint_url,
+        s3_access_key_id=s3_engine.access_key_id,
+        s3_secret_access_key=s3_engine.secret_access_key,
+    )
+    ours = objects.location.prefix
+
+    def told() -> list[Probe]:
+        """`app doctor`'s lines of the bucket and the prefix with a lifecycle."""
+        return [p for p in storage._diagnose_objects(config, {}) if p.subject == "lifecycle"]
+
+    assert told() == []
+    expire = {"Status": "Enabled", "Expiration": {"Days": 30}}
+    rules = [
+        {"ID": "old uploads", "Filter": {"Prefix": ours}, **expire},
+        {
+            "ID": "scratch",
+            "Filter": {"Prefix": f"{ours}/blobs/"},
+            "Status": "Enabled",
+            "Expiration": {"Days": 1},
+        },
+        # Neither touches a file of the prefix: another prefix beside it, an old version.
+        {"ID": "beside", "Filter": {"Prefix": f"{ours}-other/"}, **expire},
+        {
+            "ID": "versions",
+            "Filter": {"Prefix": ""},
+            "Status": "Enabled",
+            "NoncurrentVersionExpiration": {"NoncurrentDays": 7},
+        },
+        {"ID": "off", "Filter": {"Prefix": ""}, **expire, "Status": "Disabled"},
+    ]
+    client = s3_engine.client()
+    client.put_bucket_lifecycle_configuration(
+        Bucket=s3_engine.bucket, LifecycleConfiguration={"Rules": rules}
+    )
+    try:
+        # Before: doctor said nothing of it ("bucket ...: reachable, versioning off").
+        [probe] = told()
+    finally:
+        client.delete_bucket_lifecycle(Bucket=s3_engine.bucket)
+    named = (
+        f"rule 'old uploads' (prefix {ours!r}) expires objects after 30 days; rule 'scratch' "
+        f"(prefix '{ours}/blobs/') expires objects after 1 days"
+    )
+    assert (probe.subject, probe.found, probe.exit_code) == ("lifecycle", named, 78)
+    assert probe.problem == (
+        f"profile {PROFILE!r}: the lifecycle of bucket {s3_engine.bucket!r} expires the "
+        f"objects of prefix {objects.where}: {named}. The store deletes each file the app "
+        "acknowledged there once that old (in a bucket that keeps versions, hides it behind a "
+        "delete marker), the prefix's stamp object with them, which no lock of the app's "
+        "stops: remove the Expiration from that rule, or narrow its prefix away from the "
+        "profile's (`aws s3api get-bucket-lifecycle-configuration --bucket "
+        f"{s3_engine.bucket}` shows the rules). A rule that expires only noncurrent versions "
+        "(NoncurrentVersionExpiration) or aborts unfinished uploads leaves every file as it is"
+    )
+
+
+_FREEZE = """CREATE FUNCTION dba_freeze() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN RAISE EXCEPTION 'writes are frozen for the migration (ask the DBA)'; END $$"""
+_GUARD = """CREATE FUNCTION no_drop() RETURNS event_trigger LANGUAGE plpgsql AS $$
+BEGIN RAISE EXCEPTION 'DROP is not allowed on this database: ask the DBA'; END $$"""
+
+
+def _raised(function: str) -> str:
+    return (
+        f"Code of another's raised it, in function {function}: a trigger on the app's tables "
+        "(`SELECT tgrelid::regclass, tgname FROM pg_trigger WHERE NOT tgisinternal AND "
+        f"tgfoid = '{function}'::regprocedure` names it; `app doctor` lists those run before "
+        "a row's change) or an event trigger on the database's DDL (`SELECT evtname, "
+        f"evtevent, evttags FROM pg_event_trigger WHERE evtfoid = '{function}'::regprocedure`). "
+        "Its message is its owner's: retry once they allow it, or, as the owner of the app's "
+        "tables or a superuser, `ALTER TABLE <table> DISABLE TRIGGER <name>` or `ALTER EVENT "
+        "TRIGGER <name> DISABLE`"
+    )
+
+
+def test_code_of_anothers_that_raises_is_a_refusal_that_names_it(
+    postgres_engine: PostgresEngine, s3_engine: S3Engine
+) -> None:
+    with postgres_engine.opened_database(PROFILE) as (name, url):
+        opened = (url, new_blob_url(s3_engine))
+        with _replica(s3_engine, opened) as live:
+            session = live.create_session("s")["id"]
+            with postgres_engine.connect(name) as dba:
+                # A freeze of writes for a migration, added under the live replica: an AFTER
+                # trigger, which the open lets be.
+                dba.execute(_FREEZE)
+                dba.execute(
+                    "CREATE TRIGGER dba_freeze AFTER INSERT ON app_files"
+                    " FOR EACH ROW EXECUTE FUNCTION dba_freeze()"
+                )
+            # Before: a bare psycopg RaiseException (a 500 over HTTP).
+            with pytest.raises(DatabaseRefusedError) as refused:
+                live.put_file(session, "a.txt", b"a")
+            assert refused.value.sqlstate == "P0001"
+            assert refused.value.message.startswith(
+                f"database {pg.mask_url(url)} refused the upload of 'a.txt' into session "
+                f"{session}: writes are frozen for the migration (ask the DBA)"
+            )
+            assert refused.value.message.endswith(
+                "; nothing was changed. " + _raised("dba_freeze()")
+            )
+            # Refused as any refusal of its row: its object deleted, no orphan left.
+            assert live.check().findings == []
+            # A SQLSTATE of its own choosing, which no refusal of the app's has words for.
+            with postgres_engine.connect(name) as dba:
+                dba.execute(
+                    _FREEZE.replace("CREATE", "CREATE OR REPLACE").replace(
+                        "(ask the DBA)'", "(ask the DBA)' USING ERRCODE = 'AB001'"
+                    )
+                )
+            with pytest.raises(DatabaseRefusedError) as refused:
+                live.put_file(session, "a.txt", b"a")
+            assert refused.value.sqlstate == "AB001"
+            assert refused.value.message.endswith(
+                "; nothing was changed. " + _raised("dba_freeze()")
+            )
+            with postgres_engine.connect(name) as dba:
+                dba.execute("DROP TRIGGER dba_freeze ON app_files")
+                dba.execute("DROP INDEX app_files_trashed")  # for the repair to make
+                dba.execute(_GUARD)
+                dba.execute(
+                    "CREATE EVENT TRIGGER no_drop ON ddl_command_start"
+                    " WHEN TAG IN ('DROP INDEX', 'CREATE INDEX') EXECUTE FUNCTION no_drop()"
+                )
+            live.put_file(session, "a.txt", b"a")
+        # Before: a bare RaiseException out of `app data check --repair`, a traceback.
+        with (
+            _maintenance(s3_engine, opened) as maintenance,
+            pytest.raises(DatabaseRefusedError) as refused,
+        ):
+            maintenance.check(repair=True)
+        assert "DROP is not allowed on this database: ask the DBA" in refused.value.message
+        assert refused.value.message.endswith("; nothing was changed. " + _raised("no_drop()"))
+        with postgres_engine.connect(name) as dba:
+            dba.execute("DROP EVENT TRIGGER no_drop")
