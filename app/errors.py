@@ -2878,12 +2878,15 @@ class TooManyUploadsError(StoreError):
     http_status = 503
     template = (
         "upload refused: the server already receives {limit} uploads at once, its "
-        "limit; nothing was kept. Retry after {retry_after} seconds (see "
-        "Retry-After); an operator can raise max_uploads_in_flight "
-        "(APP_MAX_UPLOADS_IN_FLIGHT)"
+        "limit ({held_by}); nothing was kept. Retry after {retry_after} seconds (see "
+        "Retry-After). An operator can raise max_uploads_in_flight "
+        "(APP_MAX_UPLOADS_IN_FLIGHT); a client that holds many for long may be sending "
+        "its bodies a byte at a time, each for up to request_seconds: limit uploads per "
+        "client in a proxy in front"
     )
 
     limit: int
+    held_by: str  # the clients in flight and the oldest's age
     retry_after: int
 
 

@@ -99,3 +99,32 @@ def test_downloads_during_a_storm_of_replaces_are_each_one_version_whole(
         assert answer.headers["etag"] == f'"{digest}"'
         assert answer.headers["content-length"] == str(len(answer.content))
         assert known[digest] == answer.content
+
+
+def test_a_range_with_one_range_in_the_file_is_served_that_range(http: httpx.Client) -> None:
+    # Red team 71 on the HTTP contract, found by sending ranges of which one was past the end:
+    # RFC 9110 calls a Range satisfiable if one of its ranges is (14.1.1), and has the 206
+    # carry those (14.2); Starlette answered 416 if any one was not, saying "each range
+    # starts past its end or is -0", which the other range belied.
+    session_id = http.post("/sessions", json={}).json()["id"]
+    url = f"/sessions/{session_id}/files/ranges.bin"
+    data = os.urandom(SIZE)
+    assert http.put(url, content=data).status_code == 201
+    for wanted in (f"bytes=0-1,{SIZE}-", f"bytes={SIZE + 5}-{SIZE + 9},0-1", "bytes=-0,0-1"):
+        part = http.get(url, headers={"Range": wanted})
+        assert (part.status_code, part.content) == (206, data[:2]), (wanted, part.text)
+        assert part.headers["content-range"] == f"bytes 0-1/{SIZE}", wanted
+    # Several in the file: those, in a multipart answer; all of them past it: still 416.
+    several = http.get(url, headers={"Range": f"bytes=0-1,{SIZE}-,-2"})
+    assert several.status_code == 206, several.text
+    assert several.headers["content-type"].startswith("multipart/byteranges")
+    assert data[:2] in several.content and data[-2:] in several.content
+    assert f"bytes {SIZE}-".encode() not in several.content
+    # The whole file among them is checked against its SHA-256 as a whole download is.
+    whole = http.get(url, headers={"Range": f"bytes=0-,{SIZE * 2}-"})
+    assert (whole.status_code, whole.content) == (206, data)
+    for wanted in (f"bytes={SIZE}-,-0", "bytes=-0,-0", f"bytes={SIZE}-{SIZE}"):
+        refused = http.get(url, headers={"Range": wanted})
+        assert refused.status_code == 416, (wanted, refused.text)
+        assert refused.headers["content-range"] == f"bytes */{SIZE}"
+        assert "each range starts past its end or is -0" in refused.json()["message"]

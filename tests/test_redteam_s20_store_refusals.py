@@ -197,6 +197,18 @@ def child(op, at, mode, args):
         busy = True
         thaw()
     after = view(store)
+    # What the operation left in sessions/ as a create on its way (an open repairs it).
+    sessions = load().data_root / "sessions"
+    staged = sorted(n for n in os.listdir(sessions) if n.startswith(".new-"))
+    # An entry an empty-trash's line says it finished must hold no byte any more.
+    trash = load().data_root / ".trash"
+    unfinished = []
+    audit = load().data_root / "audit.jsonl"
+    for line in audit.read_text().splitlines() if audit.exists() else []:
+        for name in json.loads(line).get("details", {}).get("finished", []):
+            place = trash / (".emptying-" + name)
+            if place.is_dir() and any(p.is_file() for p in place.rglob("*")):
+                unfinished.append(name)
     store.close()
     # What a process that starts now reads from the disk, before any repair.
     with open_storage(load(), writer=True, kind="tests", wanted="read it again") as fresh:
@@ -207,6 +219,8 @@ def child(op, at, mode, args):
     return {
         "answer": answer,
         "starved": starved,
+        "staged": staged,
+        "unfinished": unfinished,
         "before": before,
         "after": after,
         "disk": disk,
@@ -348,6 +362,18 @@ OPERATIONS: dict[str, list[str]] = {
 
 
 @pytest.fixture(scope="module")
+def half_emptied(template: tuple[dict[str, str], Path]) -> Path:
+    """The template with a trash entry an empty-trash took out of the trash and was stopped
+    before it removed its bytes (``.emptying-<entry>``), which the next one finishes."""
+    _, saved = template
+    root = saved.with_name("half-emptied")
+    shutil.copytree(saved, root, symlinks=True)
+    entry = next(p for p in sorted((root / ".trash").iterdir()) if "-file-" in p.name)
+    entry.rename(entry.with_name(".emptying-" + entry.name))
+    return root
+
+
+@pytest.fixture(scope="module")
 def damaged(template: tuple[dict[str, str], Path]) -> Path:
     """The template with what interrupted writes leave for `check --repair`: a replace that
     stopped after its switch (the old bytes still among the session's blobs), bytes that no
@@ -390,6 +416,8 @@ def test_an_operation_refused_at_any_step_changed_nothing_or_says_what_it_did(
     ids, saved = template
     if op == "repair":
         saved = request.getfixturevalue("damaged")
+    if op == "empty-trash":
+        saved = request.getfixturevalue("half_emptied")
     args = [arg.format(**ids) for arg in OPERATIONS[op]]
     kept = contents(saved, trash=op != "empty-trash")
     roots = step_ahead.lanes(app_config.data_root)
@@ -446,6 +474,15 @@ def test_an_operation_refused_at_any_step_changed_nothing_or_says_what_it_did(
                 assert resolve in result["answer"]
             if result["left"]:
                 problems.append(f"{what}: not clean after repair: {result['left']}")
+            if result["unfinished"]:
+                # Named "finished" in the audit log, its bytes still in the root (red team
+                # 71 on the HTTP contract): the next empty-trash said so again.
+                problems.append(f"{what}: said it finished {result['unfinished']}")
+            if result["staged"] and mode == "out-of-descriptors":
+                # A create refused out of descriptors answered "nothing was changed" beside
+                # its staging directory (red team 71 on the HTTP contract). Made immutable,
+                # the directory cannot be removed: that is the refusal itself.
+                problems.append(f"{what}: left {result['staged']} in sessions/")
             if not kept <= contents(root):
                 problems.append(f"{what}: bytes lost")
             if not result["starved"]:

@@ -368,6 +368,10 @@ def test_uploads_over_max_uploads_in_flight_are_503_with_retry_after(tight: Live
         assert refused.headers["retry-after"].isdigit()
         assert refused.headers["content-type"] == "application/problem+json"
         problem(refused.content, "too_many_uploads", "2 uploads at once", "Retry after")
+        # Who holds them (red team 71 on the HTTP contract): one client that trickled its
+        # bodies held every slot, and the refusal said only to raise the limit.
+        held = "its limit (2 from 127.0.0.1; the oldest began "
+        problem(refused.content, "too_many_uploads", held, "limit uploads per client")
         multipart = httpx.post(url, files={"file": ("m.txt", b"m")}, headers=tight.headers)
         assert multipart.status_code == 503
         problem(multipart.content, "too_many_uploads", "max_uploads_in_flight")

@@ -58,7 +58,7 @@ _ERRORS: Final = {
     ),
     413: "The body is over a limit (`body_too_large`, `metadata_too_large`, `upload_too_large`).",
     415: "The body is not `application/json` (`unsupported_media_type`).",
-    416: "The `Range` is outside the file (`range_not_satisfiable`).",
+    416: "No range of the `Range` is in the file (`range_not_satisfiable`).",
     422: "The request did not validate (`validation_error`, with `errors`).",
     403: "A protected profile needs the confirmation (`confirmation_required`).",
     503: (

@@ -8,7 +8,9 @@ temporary file of its own first, so each byte would be written to disk twice.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import time
 from collections.abc import Callable, Iterator
 from email.message import Message
 from email.utils import collapse_rfc2231_value
@@ -34,11 +36,21 @@ class UploadSlots:
     Each upload in flight holds a connection and a temporary file: 150 slow ones used up a
     256-descriptor limit and other requests got 500. The count lives on the event loop, which
     is the only place it changes, so it needs no lock.
+
+    The refusal says who holds the slots: one client that trickles the bodies of
+    ``max_uploads_in_flight`` uploads, a byte within each ``request_idle_seconds``, holds
+    them all for up to ``request_seconds`` each, and every other client's upload was refused
+    with a 503 that said only to raise the limit (red team 71 on the HTTP contract).
     """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.used = 0
+        #: Each upload in flight: its client's address and when it took its slot.
+        self.holders: dict[object, tuple[str, float]] = {}
+
+    @property
+    def used(self) -> int:
+        return len(self.holders)
 
     @contextlib.contextmanager
     def hold(self, request: Request) -> Iterator[None]:
@@ -47,14 +59,29 @@ class UploadSlots:
         The read-ahead is one batch (`app.server.protocol.READ_AHEAD`): the next batch
         arrives while the worker thread writes the last one, and the slots bound the memory.
         """
-        if self.used >= self.limit:
-            raise TooManyUploadsError(self.limit, _RETRY_AFTER_SECONDS)
-        self.used += 1
+        if len(self.holders) >= self.limit:
+            raise TooManyUploadsError(self.limit, self._held_by(), _RETRY_AFTER_SECONDS)
+        key = object()
+        client = request.client.host if request.client is not None else "an unknown client"
+        self.holders[key] = (client, time.monotonic())
         request.scope[READ_AHEAD] = _BATCH_BYTES
         try:
             yield
         finally:
-            self.used -= 1
+            del self.holders[key]
+
+    def _held_by(self) -> str:
+        """Who holds the slots, for the refusal: the clients with the most, and the age of
+        the oldest (``"31 from 192.0.2.7 and 1 from 127.0.0.1; the oldest began 412 s
+        ago"``)."""
+        counts = collections.Counter(client for client, _ in self.holders.values())
+        most = counts.most_common(3)
+        named = " and ".join(f"{n} from {client}" for client, n in most)
+        others = sum(counts.values()) - sum(n for _, n in most)
+        if others:
+            named += f" and {others} from {len(counts) - len(most)} other clients"
+        oldest = min((since for _, since in self.holders.values()), default=time.monotonic())
+        return f"{named}; the oldest began {time.monotonic() - oldest:.0f} s ago"
 
 
 def refuse_unframed_body(request: Request, what: str, *, required: bool) -> None:

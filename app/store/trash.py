@@ -745,11 +745,13 @@ class Trash:
         --repair` (``trash-emptying``), which audit it (red team 51). An empty directory frees
         no space the line waits for.
         """
+        unfinished = set()
         for name in taken:
             try:
                 _remove_contents(self.path / name)
             except OSError as error:
                 # Out of the trash already (the rename before): `check` finishes it.
+                unfinished.add(name)
                 log.warning(
                     "could not finish removing %s yet (%s); `app data check --repair` finishes "
                     "it once that is resolved (a server's start-up runs it)",
@@ -758,7 +760,11 @@ class Trash:
                 )
         if taken:
             prepared.sync(self.path)
-        finished = {"finished": [n.removeprefix(EMPTYING_PREFIX) for n in left]} if left else {}
+        # Only those whose bytes went: one an earlier empty-trash left that this one could not
+        # empty either (out of descriptors again) was named "finished" in every line until
+        # one did, its bytes still there (red team 71 on the HTTP contract).
+        done = [n.removeprefix(EMPTYING_PREFIX) for n in left if n not in unfinished]
+        finished = {"finished": done} if done else {}
         # After the bytes are gone: on a full disk, the line needs the space this freed.
         written = prepared.audit(
             "empty-trash",

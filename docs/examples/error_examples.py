@@ -402,7 +402,9 @@ EXAMPLES: list[errors.AppError] = [
     errors.RequestTimeoutError("the client sent no byte of its body", 30, "request_idle_seconds"),
     errors.HeaderTooLargeError(32768),
     errors.BodyLineTooLargeError(32768, "PUT /sessions/3f2a9c/files/report.pdf"),
-    errors.TooManyUploadsError(32, 5),
+    errors.TooManyUploadsError(
+        32, "31 from 192.0.2.7 and 1 from 127.0.0.1; the oldest began 412 s ago", 5
+    ),
     errors.ThreadLimitError("POST /sessions", "can't start new thread"),
     errors.TooManyFilesError("3f2a9c", 10000, 10000),
     errors.TooManyFilesError("3f2a9c", 2, 3),
