@@ -1226,7 +1226,13 @@ def _resolve_profile(
         problem, root = _value_problem(key, value, files.directory)
         if problem is not None:
             shown = _shortened(key.show(value)) if isinstance(value, str) else value
-            problems.append(InvalidSettingError(profile, name, shown, problem, sources[name]))
+            invalid = InvalidSettingError(profile, name, shown, problem, sources[name])
+            # A home this process cannot expand (`~appsvc/data` where no user appsvc exists:
+            # a developer's machine, a CI container) is resolved where the profile runs, as
+            # `@format {env[NAME]}` is: refused for that profile's commands, and listed by
+            # `app doctor` elsewhere. It refused every command of every profile, and every
+            # test run, on each machine without that user (red team 71).
+            (deferred if problem == _home_unknown(key, value) else problems).append(invalid)
             continue
         if key.normalise is not None:
             value = key.normalise(value)
@@ -1607,8 +1613,7 @@ def _unexpanded(key: Key, value: Any, directory: Path) -> str | None:
         )
     if not key.type.startswith("Path") or not isinstance(value, str):
         return None
-    home = value.split("/", 1)[0]
-    if home.startswith("~") and (problem := _home_problem(home)) is not None:
+    if (problem := _home_unknown(key, value)) is not None:
         return problem
     found = _UNEXPANDED.search(value)
     if found is None:
@@ -1729,6 +1734,15 @@ def _really_named(
     if marked(str(spelled)[len(str(existing)) :]):
         return False
     return not os.path.lexists(meant(str(existing)))
+
+
+def _home_unknown(key: Key, value: Any) -> str | None:
+    """Why this process cannot expand the ``~`` or ``~user`` a path setting's `value` starts
+    with (`_home_problem`), or None: a fact about where the app runs, not about the text."""
+    if not key.type.startswith("Path") or not isinstance(value, str):
+        return None
+    home = value.split("/", 1)[0]
+    return _home_problem(home) if home.startswith("~") else None
 
 
 def _home_problem(home: str) -> str | None:

@@ -431,6 +431,47 @@ def test_a_tilde_in_app_data_root_is_expanded_too(
     assert load("testing").data_root == tmp_path / "home" / "from-env"
 
 
+def test_a_root_under_the_home_of_a_user_this_machine_lacks_stops_only_its_own_profile(
+    make_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Production's `~appsvc/data`, right where production runs (red team 36): on a machine
+    # without that user (a developer's, a CI container) every load of every profile, and
+    # every test, was refused for it, where `@format {env[NAME]}` naming a variable only the
+    # service sets stops production's loads alone (red team 71).
+    user = "app-rt71-no-such-user"
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))  # `~/x` of this shell is expanded as before
+    make_settings(data_roots={"production": f"~{user}/data", "development": "~/dev"})
+    config = load("testing", serving=False)
+    assert "production" not in config.roots
+    assert config.roots["development"] == home / "dev"
+    refusal = (
+        f"profile 'production': data_root = '~{user}/data' (from settings.toml "
+        f"[production]): starts with '~{user}', but this system knows no home directory of "
+        f"user '{user}' (a user of another machine, or one a container lacks): write the path "
+        "out in full where the value is set"
+    )
+    assert [str(p) for p in inspect_profiles("testing").elsewhere] == [refusal]
+    # `app doctor` lists it where production runs, and no longer calls every root distinct.
+    from click.testing import CliRunner
+
+    from app.cli import cli
+
+    doctor = CliRunner().invoke(cli, ["doctor"])
+    assert doctor.exit_code == 0, doctor.output
+    assert (
+        "ok for profile testing: the settings are valid and every data root resolved here is "
+        "distinct (not compared: the data_root of profile 'production', which cannot be "
+        "resolved here)\n"
+    ) in doctor.output
+    assert f"\n  - {refusal}\n" in doctor.output
+    allow(monkeypatch, "production")
+    with pytest.raises(InvalidSettingError) as refused:
+        load("production", serving=False)
+    assert str(refused.value) == refusal
+    assert refused.value.exit_code == 78
+
+
 def test_a_symlinked_root_is_resolved_to_its_target(
     make_settings: SettingsMaker, tmp_path: Path
 ) -> None:
