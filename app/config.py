@@ -2671,6 +2671,8 @@ def inspect_profiles(
     problems: list[ConfigError] = [*_dynaconf_key_problems(env), *_file_problems(files)]
     if run is None:  # under a run every root is the sandbox's, whatever a variable says
         problems.extend(_misspelt_resource_variables(env, selected))
+    # A run reads no local file, whatever its name (its header names those it left out).
+    problems.extend(config_files.misnamed_files(files, local=run is None))
     # In a run too: it names no root, and a test's child given such a name meant the setting.
     problems.extend(_hidden_character_variables(env, selected))
     from_files = config_files.file_values(files, KEYS)

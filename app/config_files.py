@@ -30,6 +30,7 @@ from app.errors import (
     SettingsAmbiguousError,
     SettingsCastError,
     SettingsDirEmptyError,
+    SettingsFileMisnamedError,
     SettingsNameError,
     SettingsNotAFileError,
     SettingsNotFoundError,
@@ -810,6 +811,51 @@ def read_files(environ: Mapping[str, str], sandboxed: bool) -> Files:
         if isinstance(section, dict) and name.lower() not in NOT_PROFILES
     )
     return Files(directory, paths, skipped, MappingProxyType(data), profiles, MappingProxyType(raw))
+
+
+def _file_key(name: str) -> str:
+    """A settings file's name as `misnamed_files` compares it: lower case, no dot before it,
+    ``-`` and ``_`` read as ``.``."""
+    return name.strip().lower().lstrip(".").replace("-", ".").replace("_", ".")
+
+
+def misnamed_files(files: Files, *, local: bool = True) -> Iterator[SettingsFileMisnamedError]:
+    """A file of the settings directory whose name looks meant as one of the optional
+    settings files, while that one is not there: ``secrets.toml``, ``Settings.local.toml``,
+    ``settings_local.toml``, ``settings.lcoal.toml``. Nothing reads it, and its values were
+    ignored with nothing said, as a misspelt variable's were (red team 71).
+
+    Only names ending in ``.toml`` are compared (an editor's ``settings.local.toml~`` or a
+    ``.bak`` is a copy, not a misspelling), the way `misspelt` compares a variable's; one
+    listing of the directory, and ``difflib`` only for a name of about the length. With
+    `local` False (a test run, which reads no local file whatever its name), only
+    ``.secrets.toml`` is looked for.
+    """
+    read = {path.name for path in (*files.paths, *files.skipped)}
+    wanted = (LOCAL_FILES[0], SECRETS_FILE, LOCAL_FILES[1]) if local else (SECRETS_FILE,)
+    missing = [name for name in wanted if name not in read]
+    if not missing:
+        return
+    try:
+        names = sorted(os.listdir(files.directory))  # noqa: PTH208 - names only, once a load
+    except OSError:  # the files were read: a directory gone since says so at the next load
+        return
+    keys = {_file_key(name): name for name in missing}
+    for name in names:
+        if name in (SETTINGS_FILE, SECRETS_FILE, *LOCAL_FILES):
+            continue
+        if not name.rstrip().lower().endswith(".toml"):
+            continue
+        key = _file_key(name)
+        meant = keys.get(key)
+        near = [other for other in keys if abs(len(key) - len(other)) <= 2]
+        if meant is None and near:
+            import difflib  # here: only a name of about the length pays for it
+
+            ratio, best = max((difflib.SequenceMatcher(None, key, o).ratio(), o) for o in near)
+            meant = keys[best] if ratio >= _NEAR_MISS else None
+        if meant is not None:
+            yield SettingsFileMisnamedError(files.directory / name, meant)
 
 
 def display(path: Path, directory: Path) -> str:

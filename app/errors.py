@@ -820,6 +820,35 @@ class VariableMisspeltError(ConfigError):
         )
 
 
+class SettingsFileMisnamedError(ConfigError):
+    """A file of the settings directory whose name looks meant as a settings file the app
+    reads, while that file is not there.
+
+    ``secrets.toml`` (no leading dot), ``Settings.local.toml`` or ``settings_local.toml``
+    is read by nothing: its ``[production] data_root`` or ``api_token`` was ignored, and the
+    profiles took settings.toml's values with nothing said, as a misspelt variable's
+    (`VariableMisspeltError`) did (red team 71).
+    """
+
+    code = "settings_file_misnamed"
+
+    path: Path
+    #: The settings file it looks meant as (a bare name, in the same directory).
+    meant: str
+
+    @property
+    def message(self) -> str:
+        directory = self.path.parent
+        return (
+            f"settings file {shell_word(str(self.path))} looks meant as {self.meant}, which is "
+            "not there; the "
+            "app reads only settings.toml, .secrets.toml, settings.local.toml and "
+            f".secrets.local.toml, so as it is, every value in {self.path.name} is ignored. To "
+            f"use it: `mv {shell_word(str(self.path))} {shell_word(str(directory / self.meant))}`. "
+            "If it is not the app's, move it out of the settings directory"
+        )
+
+
 class DynaconfSwitchError(ConfigError):
     """A dynaconf switch variable that would silently change how settings load."""
 

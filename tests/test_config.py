@@ -41,6 +41,7 @@ from app.errors import (
     SandboxViolationError,
     SettingsAmbiguousError,
     SettingsCastError,
+    SettingsFileMisnamedError,
     SettingsNameError,
     SettingsNotFoundError,
     SettingsSyntaxError,
@@ -334,6 +335,50 @@ def test_a_variable_that_selects_nothing_different_is_left_alone(
     monkeypatch.delenv("ENV_FOR_DYNACONF")
     monkeypatch.setenv(name, value)
     assert (load().profile, load().profile_source) == ("development", "default")
+
+
+def test_a_settings_file_under_a_near_miss_of_its_name_is_refused_not_ignored(
+    make_settings: SettingsMaker, tmp_path: Path
+) -> None:
+    # `secrets.toml` (no dot), `Settings.local.toml`, `settings_local.toml`: read by nothing,
+    # their values were ignored with nothing said, as a misspelt variable's were (red team
+    # 71): here production's token, and a root meant to keep development off another one.
+    settings = make_settings(secrets="")
+    misnamed = settings / "secrets.toml"
+    misnamed.write_text('[testing]\napi_token = "testing-token-not-secret"\ndata_root = "x"\n')
+    with pytest.raises(SettingsFileMisnamedError) as refused:
+        load("testing")
+    assert str(refused.value) == (
+        f"settings file {misnamed} looks meant as .secrets.toml, which is not there; the app "
+        "reads only settings.toml, .secrets.toml, settings.local.toml and .secrets.local.toml, "
+        "so as it is, every value in secrets.toml is ignored. To use it: "
+        f"`mv {misnamed} {settings / '.secrets.toml'}`. If it is not the app's, move it out of "
+        "the settings directory"
+    )
+    assert refused.value.exit_code == 78
+    misnamed.rename(settings / ".secrets.toml")
+    config = load("testing")  # as the refusal said: the file is read under its name
+    assert (config.data_root, config.sources["data_root"]) == (
+        settings / "x",
+        ".secrets.toml [testing]",
+    )
+    # Outside a run (`local`), the local files' near misses too; copies and other names not.
+    for name in ("Settings.local.toml", "settings_local.toml", ".secrets.lcoal.toml"):
+        (settings / name).write_text("[development]\n")
+    for name in ("settings.local.toml~", "settings.local.toml.bak", "settings.prod.toml"):
+        (settings / name).write_text("[development]\n")
+    files = config_files.read_files(os.environ, sandboxed=False)
+    found = [(e.path.name, e.meant) for e in config_files.misnamed_files(files)]
+    assert found == [
+        (".secrets.lcoal.toml", ".secrets.local.toml"),
+        ("Settings.local.toml", "settings.local.toml"),
+        ("settings_local.toml", "settings.local.toml"),
+    ]
+    assert list(config_files.misnamed_files(files, local=False)) == []
+    (settings / "settings.local.toml").write_text("[development]\n")
+    (settings / ".secrets.local.toml").write_text("[development]\n")
+    files = config_files.read_files(os.environ, sandboxed=False)
+    assert list(config_files.misnamed_files(files)) == []  # the real ones are there
 
 
 # --- data roots: resolved once, absolutely ----------------------------------------------------
