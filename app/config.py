@@ -1613,7 +1613,7 @@ def _unexpanded(key: Key, value: Any, directory: Path) -> str | None:
         )
     if not key.type.startswith("Path") or not isinstance(value, str):
         return None
-    if (problem := _home_unknown(key, value)) is not None:
+    if (problem := _shell_shorthand(value) or _home_unknown(key, value)) is not None:
         return problem
     found = _UNEXPANDED.search(value)
     if found is None:
@@ -1734,6 +1734,31 @@ def _really_named(
     if marked(str(spelled)[len(str(existing)) :]):
         return False
     return not os.path.lexists(meant(str(existing)))
+
+
+def _shell_shorthand(value: str) -> str | None:
+    """Why `value` starts with a shell's shorthand for a directory of its own (bash's
+    ``~+``, ``~-``, ``~N``), or None where a user of that name has a home here.
+
+    Python expands ``~`` and ``~user`` only: ``APP_DATA_ROOT='~+/data'`` was refused as
+    under the home of "user '+'", a user of another machine, which named nothing to fix
+    (red team 71). Text, not a fact about where the app runs: refused for every profile.
+    """
+    home = value.split("/", 1)[0]
+    rest = home[1:]
+    if not home.startswith("~") or not (rest in ("+", "-") or rest.lstrip("+-").isdigit()):
+        return None
+    try:
+        Path(home).expanduser()
+    except RuntimeError:
+        meant = {"+": "the current directory, $PWD", "-": "the previous current directory, $OLDPWD"}
+        return (
+            f"starts with {home!r}, a shell's shorthand for "
+            f"{meant.get(rest, 'an entry of its directory stack (`dirs`)')}, which only a "
+            "shell expands, and none did here: the app would take it for the home of a user "
+            f"{rest!r}; write the path out in full where the value is set"
+        )
+    return None  # a user of that name
 
 
 def _home_unknown(key: Key, value: Any) -> str | None:

@@ -517,6 +517,31 @@ def test_a_root_under_the_home_of_a_user_this_machine_lacks_stops_only_its_own_p
     assert refused.value.exit_code == 78
 
 
+@pytest.mark.parametrize(
+    ("written", "meant"),
+    [
+        ("~+", "the current directory, $PWD"),
+        ("~-", "the previous current directory, $OLDPWD"),
+        ("~1", "an entry of its directory stack (`dirs`)"),
+    ],
+)
+def test_a_shell_s_shorthand_for_a_directory_is_refused_naming_it_in_every_profile(
+    make_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch, written: str, meant: str
+) -> None:
+    # bash's `~+/data` ($PWD/data), which Python does not expand, was refused as the home of
+    # "user '+'" (a user of another machine), naming nothing to fix (red team 71). Text
+    # written wrong, not a fact of where the app runs: another profile's is refused too.
+    make_settings(data_roots={"production": f"{written}/data"})
+    with pytest.raises(InvalidSettingError) as refused:
+        load("testing")
+    assert str(refused.value) == (
+        f"profile 'production': data_root = '{written}/data' (from settings.toml "
+        f"[production]): starts with '{written}', a shell's shorthand for {meant}, which only "
+        f"a shell expands, and none did here: the app would take it for the home of a user "
+        f"'{written[1:]}'; write the path out in full where the value is set"
+    )
+
+
 def test_a_symlinked_root_is_resolved_to_its_target(
     make_settings: SettingsMaker, tmp_path: Path
 ) -> None:
