@@ -186,8 +186,26 @@ def settings_dir(environ: Mapping[str, str] | None = None) -> Path:
                 if where.name == SETTINGS_FILE
                 else "; that is a file, not a directory"
             )
+        else:
+            reason += _settings_misnamed(where)
         raise SettingsNotFoundError(where, reason)
     return where
+
+
+def _settings_misnamed(where: Path) -> str:
+    """What the refusal of a settings directory without settings.toml adds for a file there
+    that looks meant as it (``Settings.toml``, ``setings.toml``), or ``""`` (red team 71)."""
+    try:
+        names = sorted(os.listdir(where))  # noqa: PTH208 - names only, for a refusal
+    except OSError:
+        return ""
+    for name, _ in _near_names(names, (SETTINGS_FILE,)):
+        return (
+            f"; {shell_word(name)} there looks meant as {SETTINGS_FILE}, which the app reads "
+            f"under that name only: `mv {shell_word(str(where / name))} "
+            f"{shell_word(str(where / SETTINGS_FILE))}`"
+        )
+    return ""
 
 
 def _refuse_through_proc(where: Path, reason: str) -> None:
@@ -840,22 +858,30 @@ def misnamed_files(files: Files, *, local: bool = True) -> Iterator[SettingsFile
         names = sorted(os.listdir(files.directory))  # noqa: PTH208 - names only, once a load
     except OSError:  # the files were read: a directory gone since says so at the next load
         return
-    keys = {_file_key(name): name for name in missing}
+    for name, meant in _near_names(names, missing):
+        yield SettingsFileMisnamedError(files.directory / name, meant)
+
+
+def _near_names(names: Iterable[str], meant: Iterable[str]) -> Iterator[tuple[str, str]]:
+    """Each of `names` (a directory's) that looks meant as one of `meant` (`_file_key`
+    alike, or a near miss of it), with the one it looks meant as; the settings files' own
+    names and names not ending in ``.toml`` are passed over."""
+    keys = {_file_key(name): name for name in meant}
     for name in names:
         if name in (SETTINGS_FILE, SECRETS_FILE, *LOCAL_FILES):
             continue
         if not name.rstrip().lower().endswith(".toml"):
             continue
         key = _file_key(name)
-        meant = keys.get(key)
+        found = keys.get(key)
         near = [other for other in keys if abs(len(key) - len(other)) <= 2]
-        if meant is None and near:
+        if found is None and near:
             import difflib  # here: only a name of about the length pays for it
 
             ratio, best = max((difflib.SequenceMatcher(None, key, o).ratio(), o) for o in near)
-            meant = keys[best] if ratio >= _NEAR_MISS else None
-        if meant is not None:
-            yield SettingsFileMisnamedError(files.directory / name, meant)
+            found = keys[best] if ratio >= _NEAR_MISS else None
+        if found is not None:
+            yield name, found
 
 
 def display(path: Path, directory: Path) -> str:

@@ -379,6 +379,18 @@ def test_a_settings_file_under_a_near_miss_of_its_name_is_refused_not_ignored(
     (settings / ".secrets.local.toml").write_text("[development]\n")
     files = config_files.read_files(os.environ, sandboxed=False)
     assert list(config_files.misnamed_files(files)) == []  # the real ones are there
+    # settings.toml itself is required: its refusal names the file meant as it.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "Settings.toml").write_text("[development]\n")
+    with pytest.raises(SettingsNotFoundError) as missing:
+        config_files.settings_dir({SETTINGS_DIR_ENV: str(other)})
+    assert str(missing.value) == (
+        f"no settings.toml found: looked in {other} (from APP_SETTINGS_DIR; Settings.toml "
+        "there looks meant as settings.toml, which the app reads under that name only: "
+        f"`mv {other / 'Settings.toml'} {other / 'settings.toml'}`); set APP_SETTINGS_DIR to "
+        "the directory that holds settings.toml"
+    )
 
 
 # --- data roots: resolved once, absolutely ----------------------------------------------------
