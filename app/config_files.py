@@ -589,10 +589,14 @@ def _refuse_unclear_names(path: Path, parsed: Mapping[str, Any]) -> None:
     """Refuse a section whose name is not plain or is one of dynaconf's own settings, and
     sections, or keys of one section, that differ only in case (`layers` folds it)."""
 
-    def clash(names: Iterable[str]) -> list[str] | None:
+    def clash(names: Iterable[str], separators: bool = False) -> list[str] | None:
         seen: dict[str, list[str]] = {}
         for name in names:
-            seen.setdefault(name.lower(), []).append(name)
+            key = name.lower()
+            # Sections `[prod-eu]` and `[prod_eu]` were two profiles, each a typo of the
+            # other's name away: `ENV_FOR_DYNACONF=prod-eu`, meant for the staging one,
+            # selected the protected one (red team 71).
+            seen.setdefault(key.replace("-", "_") if separators else key, []).append(name)
         return next((spellings for spellings in seen.values() if len(spellings) > 1), None)
 
     for name, body in parsed.items():  # a key outside any section too: the same load's
@@ -609,7 +613,7 @@ def _refuse_unclear_names(path: Path, parsed: Mapping[str, Any]) -> None:
             plain += [*NOT_PROFILES, ALWAYS_PROTECTED]
             near = difflib.get_close_matches(folded(name), plain, n=1)
             raise SettingsNameError(path, name, near[0] if near else None)
-    if spellings := clash(tables):
+    if spellings := clash(tables, separators=True):
         raise SettingsAmbiguousError(path, spellings, None)
     for name, body in tables.items():
         if spellings := clash(body):

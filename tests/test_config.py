@@ -826,6 +826,29 @@ def test_sections_or_keys_that_differ_only_in_case_are_refused(
     assert caught.value.path == where / ".secrets.toml"
 
 
+def test_two_profiles_whose_names_differ_only_in_a_hyphen_and_an_underscore_are_refused(
+    make_settings: SettingsMaker, tmp_path: Path
+) -> None:
+    # [prod-eu] (protected) and [prod_eu] (its staging) were two profiles a typo apart:
+    # `ENV_FOR_DYNACONF=prod-eu`, meant for the staging one, selected the protected one and
+    # its root with nothing said (red team 71). Refused as names differing in case are.
+    roots = {name: toml_str(tmp_path / name) for name in ("t", "p", "q")}
+    where = make_settings(
+        f"[testing]\ndata_root = {roots['t']}\n[prod-eu]\ndata_root = {roots['p']}\n"
+        f"protected = true\n[Prod_EU]\ndata_root = {roots['q']}\n",
+        secrets="",
+    )
+    with pytest.raises(SettingsAmbiguousError) as caught:
+        load("testing")
+    assert str(caught.value) == (
+        f"{where / 'settings.toml'}: sections [prod-eu] and [Prod_EU] name profiles that "
+        "differ only in '-' and '_', so a name typed for one selects the other (the "
+        "protection, token and data_root of another profile than meant); rename one so that "
+        "the names differ otherwise, and run `app doctor`"
+    )
+    assert caught.value.exit_code == 78
+
+
 @pytest.mark.parametrize(
     ("section", "held"),
     [
