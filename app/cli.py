@@ -585,10 +585,21 @@ def doctor(ctx: click.Context) -> None:
         for listed in failing:
             _echo(f"  - {listed.message}", err=True)
     elif elsewhere:
-        _echo(
-            f"ok for profile {report.selected}: the settings are valid and every data root "
-            f"is distinct{reached}"
+        # A root resolved only where its profile runs (`@format {env[NAME]}`, `~appsvc`) was
+        # not compared: "every data root is distinct" said so of it too (red team 71).
+        unresolved = [
+            name
+            for name, problems in elsewhere.items()
+            if any(getattr(p, "key", None) == "data_root" for p in problems)
+        ]
+        compared = (
+            "every data root resolved here is distinct (not compared: the data_root of "
+            f"profile {' and '.join(repr(name) for name in unresolved)}, which cannot be "
+            "resolved here)"
+            if unresolved
+            else "every data root is distinct"
         )
+        _echo(f"ok for profile {report.selected}: the settings are valid and {compared}{reached}")
     else:
         _echo(f"ok: every profile is valid and every data root is distinct{reached}")
     to_stderr = bool(failing)  # next to the problems that fail the run

@@ -1226,7 +1226,13 @@ def _resolve_profile(
         problem, root = _value_problem(key, value, files.directory)
         if problem is not None:
             shown = _shortened(key.show(value)) if isinstance(value, str) else value
-            problems.append(InvalidSettingError(profile, name, shown, problem, sources[name]))
+            invalid = InvalidSettingError(profile, name, shown, problem, sources[name])
+            # A home this process cannot expand (`~appsvc/data` where no user appsvc exists:
+            # a developer's machine, a CI container) is resolved where the profile runs, as
+            # `@format {env[NAME]}` is: refused for that profile's commands, and listed by
+            # `app doctor` elsewhere. It refused every command of every profile, and every
+            # test run, on each machine without that user (red team 71).
+            (deferred if problem == _home_unknown(key, value) else problems).append(invalid)
             continue
         if key.normalise is not None:
             value = key.normalise(value)
@@ -1607,8 +1613,7 @@ def _unexpanded(key: Key, value: Any, directory: Path) -> str | None:
         )
     if not key.type.startswith("Path") or not isinstance(value, str):
         return None
-    home = value.split("/", 1)[0]
-    if home.startswith("~") and (problem := _home_problem(home)) is not None:
+    if (problem := _shell_shorthand(value) or _home_unknown(key, value)) is not None:
         return problem
     found = _UNEXPANDED.search(value)
     if found is None:
@@ -1729,6 +1734,40 @@ def _really_named(
     if marked(str(spelled)[len(str(existing)) :]):
         return False
     return not os.path.lexists(meant(str(existing)))
+
+
+def _shell_shorthand(value: str) -> str | None:
+    """Why `value` starts with a shell's shorthand for a directory of its own (bash's
+    ``~+``, ``~-``, ``~N``), or None where a user of that name has a home here.
+
+    Python expands ``~`` and ``~user`` only: ``APP_DATA_ROOT='~+/data'`` was refused as
+    under the home of "user '+'", a user of another machine, which named nothing to fix
+    (red team 71). Text, not a fact about where the app runs: refused for every profile.
+    """
+    home = value.split("/", 1)[0]
+    rest = home[1:]
+    if not home.startswith("~") or not (rest in ("+", "-") or rest.lstrip("+-").isdigit()):
+        return None
+    try:
+        Path(home).expanduser()
+    except RuntimeError:
+        meant = {"+": "the current directory, $PWD", "-": "the previous current directory, $OLDPWD"}
+        return (
+            f"starts with {home!r}, a shell's shorthand for "
+            f"{meant.get(rest, 'an entry of its directory stack (`dirs`)')}, which only a "
+            "shell expands, and none did here: the app would take it for the home of a user "
+            f"{rest!r}; write the path out in full where the value is set"
+        )
+    return None  # a user of that name
+
+
+def _home_unknown(key: Key, value: Any) -> str | None:
+    """Why this process cannot expand the ``~`` or ``~user`` a path setting's `value` starts
+    with (`_home_problem`), or None: a fact about where the app runs, not about the text."""
+    if not key.type.startswith("Path") or not isinstance(value, str):
+        return None
+    home = value.split("/", 1)[0]
+    return _home_problem(home) if home.startswith("~") else None
 
 
 def _home_problem(home: str) -> str | None:
@@ -2657,6 +2696,8 @@ def inspect_profiles(
     problems: list[ConfigError] = [*_dynaconf_key_problems(env), *_file_problems(files)]
     if run is None:  # under a run every root is the sandbox's, whatever a variable says
         problems.extend(_misspelt_resource_variables(env, selected))
+    # A run reads no local file, whatever its name (its header names those it left out).
+    problems.extend(config_files.misnamed_files(files, local=run is None))
     # In a run too: it names no root, and a test's child given such a name meant the setting.
     problems.extend(_hidden_character_variables(env, selected))
     from_files = config_files.file_values(files, KEYS)

@@ -30,6 +30,7 @@ from app.errors import (
     SettingsAmbiguousError,
     SettingsCastError,
     SettingsDirEmptyError,
+    SettingsFileMisnamedError,
     SettingsNameError,
     SettingsNotAFileError,
     SettingsNotFoundError,
@@ -185,8 +186,26 @@ def settings_dir(environ: Mapping[str, str] | None = None) -> Path:
                 if where.name == SETTINGS_FILE
                 else "; that is a file, not a directory"
             )
+        else:
+            reason += _settings_misnamed(where)
         raise SettingsNotFoundError(where, reason)
     return where
+
+
+def _settings_misnamed(where: Path) -> str:
+    """What the refusal of a settings directory without settings.toml adds for a file there
+    that looks meant as it (``Settings.toml``, ``setings.toml``), or ``""`` (red team 71)."""
+    try:
+        names = sorted(os.listdir(where))  # noqa: PTH208 - names only, for a refusal
+    except OSError:
+        return ""
+    for name, _ in _near_names(names, (SETTINGS_FILE,)):
+        return (
+            f"; {shell_word(name)} there looks meant as {SETTINGS_FILE}, which the app reads "
+            f"under that name only: `mv {shell_word(str(where / name))} "
+            f"{shell_word(str(where / SETTINGS_FILE))}`"
+        )
+    return ""
 
 
 def _refuse_through_proc(where: Path, reason: str) -> None:
@@ -570,10 +589,14 @@ def _refuse_unclear_names(path: Path, parsed: Mapping[str, Any]) -> None:
     """Refuse a section whose name is not plain or is one of dynaconf's own settings, and
     sections, or keys of one section, that differ only in case (`layers` folds it)."""
 
-    def clash(names: Iterable[str]) -> list[str] | None:
+    def clash(names: Iterable[str], separators: bool = False) -> list[str] | None:
         seen: dict[str, list[str]] = {}
         for name in names:
-            seen.setdefault(name.lower(), []).append(name)
+            key = name.lower()
+            # Sections `[prod-eu]` and `[prod_eu]` were two profiles, each a typo of the
+            # other's name away: `ENV_FOR_DYNACONF=prod-eu`, meant for the staging one,
+            # selected the protected one (red team 71).
+            seen.setdefault(key.replace("-", "_") if separators else key, []).append(name)
         return next((spellings for spellings in seen.values() if len(spellings) > 1), None)
 
     for name, body in parsed.items():  # a key outside any section too: the same load's
@@ -590,7 +613,7 @@ def _refuse_unclear_names(path: Path, parsed: Mapping[str, Any]) -> None:
             plain += [*NOT_PROFILES, ALWAYS_PROTECTED]
             near = difflib.get_close_matches(folded(name), plain, n=1)
             raise SettingsNameError(path, name, near[0] if near else None)
-    if spellings := clash(tables):
+    if spellings := clash(tables, separators=True):
         raise SettingsAmbiguousError(path, spellings, None)
     for name, body in tables.items():
         if spellings := clash(body):
@@ -810,6 +833,59 @@ def read_files(environ: Mapping[str, str], sandboxed: bool) -> Files:
         if isinstance(section, dict) and name.lower() not in NOT_PROFILES
     )
     return Files(directory, paths, skipped, MappingProxyType(data), profiles, MappingProxyType(raw))
+
+
+def _file_key(name: str) -> str:
+    """A settings file's name as `misnamed_files` compares it: lower case, no dot before it,
+    ``-`` and ``_`` read as ``.``."""
+    return name.strip().lower().lstrip(".").replace("-", ".").replace("_", ".")
+
+
+def misnamed_files(files: Files, *, local: bool = True) -> Iterator[SettingsFileMisnamedError]:
+    """A file of the settings directory whose name looks meant as one of the optional
+    settings files, while that one is not there: ``secrets.toml``, ``Settings.local.toml``,
+    ``settings_local.toml``, ``settings.lcoal.toml``. Nothing reads it, and its values were
+    ignored with nothing said, as a misspelt variable's were (red team 71).
+
+    Only names ending in ``.toml`` are compared (an editor's ``settings.local.toml~`` or a
+    ``.bak`` is a copy, not a misspelling), the way `misspelt` compares a variable's; one
+    listing of the directory, and ``difflib`` only for a name of about the length. With
+    `local` False (a test run, which reads no local file whatever its name), only
+    ``.secrets.toml`` is looked for.
+    """
+    read = {path.name for path in (*files.paths, *files.skipped)}
+    wanted = (LOCAL_FILES[0], SECRETS_FILE, LOCAL_FILES[1]) if local else (SECRETS_FILE,)
+    missing = [name for name in wanted if name not in read]
+    if not missing:
+        return
+    try:
+        names = sorted(os.listdir(files.directory))  # noqa: PTH208 - names only, once a load
+    except OSError:  # the files were read: a directory gone since says so at the next load
+        return
+    for name, meant in _near_names(names, missing):
+        yield SettingsFileMisnamedError(files.directory / name, meant)
+
+
+def _near_names(names: Iterable[str], meant: Iterable[str]) -> Iterator[tuple[str, str]]:
+    """Each of `names` (a directory's) that looks meant as one of `meant` (`_file_key`
+    alike, or a near miss of it), with the one it looks meant as; the settings files' own
+    names and names not ending in ``.toml`` are passed over."""
+    keys = {_file_key(name): name for name in meant}
+    for name in names:
+        if name in (SETTINGS_FILE, SECRETS_FILE, *LOCAL_FILES):
+            continue
+        if not name.rstrip().lower().endswith(".toml"):
+            continue
+        key = _file_key(name)
+        found = keys.get(key)
+        near = [other for other in keys if abs(len(key) - len(other)) <= 2]
+        if found is None and near:
+            import difflib  # here: only a name of about the length pays for it
+
+            ratio, best = max((difflib.SequenceMatcher(None, key, o).ratio(), o) for o in near)
+            found = keys[best] if ratio >= _NEAR_MISS else None
+        if found is not None:
+            yield name, found
 
 
 def display(path: Path, directory: Path) -> str:

@@ -2748,9 +2748,10 @@ def _refuse_unfixed_path(config: Config, root: Path) -> None:
     )
 
 
-def _command_line() -> str:
+def _command_line(root: Path | None = None) -> str:
     """This process's command as a shell would run it again (``python -m app`` for a
-    ``__main__``), for the ``sudo -u`` a refusal names.
+    ``__main__``), for the ``sudo -u`` a refusal names; on `root`, the refused data root,
+    given whole as ``APP_DATA_ROOT``.
 
     With the variables of this process that chose what it opens (the profile, the settings
     directory, an ``APP_<KEY>`` such as ``APP_DATA_ROOT``) before it, through ``env``: sudo
@@ -2768,7 +2769,13 @@ def _command_line() -> str:
     names += [key.env for key in KEYS.values() if not key.secret and key.name != "database_url"]
     found = {name: os.environ[name] for name in names if name in os.environ}
     if found.get(SETTINGS_DIR_ENV, "").strip():  # relative: to the cwd, which may change
-        found[SETTINGS_DIR_ENV] = str(Path(found[SETTINGS_DIR_ENV]).absolute())
+        with contextlib.suppress(RuntimeError):  # `~user` unknown: refused before any open
+            found[SETTINGS_DIR_ENV] = str(Path(found[SETTINGS_DIR_ENV]).expanduser().absolute())
+    if root is not None:
+        # A `~` (in APP_DATA_ROOT or the settings' data_root) is expanded with HOME, and
+        # sudo gives the owner's: `APP_DATA_ROOT='~/data'`, passed on as written, named
+        # another root than the one refused (red team 71). The refused one, whole.
+        found[KEYS["data_root"].env] = str(root)
     chosen = [f"{name}={value}" for name, value in found.items()]
     words = ["env", *chosen, *argv] if chosen else argv
     return " ".join(shell_word(word) for word in words)
@@ -2807,7 +2814,7 @@ def refuse_other_owner(root: Path, wanted: str) -> None:
         uid,
         login(uid),
         wanted,
-        _command_line(),
+        _command_line(root),
         owner_group=found.st_gid,
         user_group=os.getegid(),
         by_entries=user != found.st_uid,

@@ -444,7 +444,8 @@ class SettingsSyntaxError(ConfigError):
 
 
 class SettingsAmbiguousError(ConfigError):
-    """A settings file names one section, or one key, twice in different case.
+    """A settings file names one section, or one key, twice in different case, or two
+    sections whose names differ only in ``-`` and ``_``.
 
     Profile and key names are case-insensitive (dynaconf's and the app's), so TOML's two
     spellings are one name, and one silently replaced the other: the source a value is
@@ -463,6 +464,15 @@ class SettingsAmbiguousError(ConfigError):
 
     @property
     def message(self) -> str:
+        if self.section is None and len({name.lower() for name in self.spellings}) > 1:
+            # Two profiles whose names differ in '-' and '_' (and case) only (red team 71).
+            named = " and ".join(f"[{name}]" for name in self.spellings)
+            return (
+                f"{self.path}: sections {named} name profiles that differ only in '-' and '_', "
+                "so a name typed for one selects the other (the protection, token and "
+                "data_root of another profile than meant); rename one so that the names "
+                "differ otherwise, and run `app doctor`"
+            )
         if self.section is None:
             named = " and ".join(f"[{name}]" for name in self.spellings)
             what = f"sections {named} are one profile"
@@ -817,6 +827,35 @@ class VariableMisspeltError(ConfigError):
             f"environment variable {name} looks meant as {self.meant}, "
             f"but only {self.meant} {self.role}; as it is, the app would use {self.fallback}. "
             f"To use what it names: {self.fix}. To use {self.fallback}: unset {self.name}"
+        )
+
+
+class SettingsFileMisnamedError(ConfigError):
+    """A file of the settings directory whose name looks meant as a settings file the app
+    reads, while that file is not there.
+
+    ``secrets.toml`` (no leading dot), ``Settings.local.toml`` or ``settings_local.toml``
+    is read by nothing: its ``[production] data_root`` or ``api_token`` was ignored, and the
+    profiles took settings.toml's values with nothing said, as a misspelt variable's
+    (`VariableMisspeltError`) did (red team 71).
+    """
+
+    code = "settings_file_misnamed"
+
+    path: Path
+    #: The settings file it looks meant as (a bare name, in the same directory).
+    meant: str
+
+    @property
+    def message(self) -> str:
+        directory = self.path.parent
+        return (
+            f"settings file {shell_word(str(self.path))} looks meant as {self.meant}, which is "
+            "not there; the "
+            "app reads only settings.toml, .secrets.toml, settings.local.toml and "
+            f".secrets.local.toml, so as it is, every value in {self.path.name} is ignored. To "
+            f"use it: `mv {shell_word(str(self.path))} {shell_word(str(directory / self.meant))}`. "
+            "If it is not the app's, move it out of the settings directory"
         )
 
 

@@ -41,6 +41,7 @@ from app.errors import (
     SandboxViolationError,
     SettingsAmbiguousError,
     SettingsCastError,
+    SettingsFileMisnamedError,
     SettingsNameError,
     SettingsNotFoundError,
     SettingsSyntaxError,
@@ -336,6 +337,62 @@ def test_a_variable_that_selects_nothing_different_is_left_alone(
     assert (load().profile, load().profile_source) == ("development", "default")
 
 
+def test_a_settings_file_under_a_near_miss_of_its_name_is_refused_not_ignored(
+    make_settings: SettingsMaker, tmp_path: Path
+) -> None:
+    # `secrets.toml` (no dot), `Settings.local.toml`, `settings_local.toml`: read by nothing,
+    # their values were ignored with nothing said, as a misspelt variable's were (red team
+    # 71): here production's token, and a root meant to keep development off another one.
+    settings = make_settings(secrets="")
+    misnamed = settings / "secrets.toml"
+    misnamed.write_text('[testing]\napi_token = "testing-token-not-secret"\ndata_root = "x"\n')
+    with pytest.raises(SettingsFileMisnamedError) as refused:
+        load("testing")
+    assert str(refused.value) == (
+        f"settings file {misnamed} looks meant as .secrets.toml, which is not there; the app "
+        "reads only settings.toml, .secrets.toml, settings.local.toml and .secrets.local.toml, "
+        "so as it is, every value in secrets.toml is ignored. To use it: "
+        f"`mv {misnamed} {settings / '.secrets.toml'}`. If it is not the app's, move it out of "
+        "the settings directory"
+    )
+    assert refused.value.exit_code == 78
+    misnamed.rename(settings / ".secrets.toml")
+    config = load("testing")  # as the refusal said: the file is read under its name
+    assert (config.data_root, config.sources["data_root"]) == (
+        settings / "x",
+        ".secrets.toml [testing]",
+    )
+    # Outside a run (`local`), the local files' near misses too; copies and other names not.
+    for name in ("Settings.local.toml", "settings_local.toml", ".secrets.lcoal.toml"):
+        (settings / name).write_text("[development]\n")
+    for name in ("settings.local.toml~", "settings.local.toml.bak", "settings.prod.toml"):
+        (settings / name).write_text("[development]\n")
+    files = config_files.read_files(os.environ, sandboxed=False)
+    found = [(e.path.name, e.meant) for e in config_files.misnamed_files(files)]
+    assert found == [
+        (".secrets.lcoal.toml", ".secrets.local.toml"),
+        ("Settings.local.toml", "settings.local.toml"),
+        ("settings_local.toml", "settings.local.toml"),
+    ]
+    assert list(config_files.misnamed_files(files, local=False)) == []
+    (settings / "settings.local.toml").write_text("[development]\n")
+    (settings / ".secrets.local.toml").write_text("[development]\n")
+    files = config_files.read_files(os.environ, sandboxed=False)
+    assert list(config_files.misnamed_files(files)) == []  # the real ones are there
+    # settings.toml itself is required: its refusal names the file meant as it.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "Settings.toml").write_text("[development]\n")
+    with pytest.raises(SettingsNotFoundError) as missing:
+        config_files.settings_dir({SETTINGS_DIR_ENV: str(other)})
+    assert str(missing.value) == (
+        f"no settings.toml found: looked in {other} (from APP_SETTINGS_DIR; Settings.toml "
+        "there looks meant as settings.toml, which the app reads under that name only: "
+        f"`mv {other / 'Settings.toml'} {other / 'settings.toml'}`); set APP_SETTINGS_DIR to "
+        "the directory that holds settings.toml"
+    )
+
+
 # --- data roots: resolved once, absolutely ----------------------------------------------------
 
 
@@ -429,6 +486,72 @@ def test_a_tilde_in_app_data_root_is_expanded_too(
     make_settings()
     monkeypatch.setenv("APP_DATA_ROOT", "~/from-env")
     assert load("testing").data_root == tmp_path / "home" / "from-env"
+
+
+def test_a_root_under_the_home_of_a_user_this_machine_lacks_stops_only_its_own_profile(
+    make_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Production's `~appsvc/data`, right where production runs (red team 36): on a machine
+    # without that user (a developer's, a CI container) every load of every profile, and
+    # every test, was refused for it, where `@format {env[NAME]}` naming a variable only the
+    # service sets stops production's loads alone (red team 71).
+    user = "app-rt71-no-such-user"
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))  # `~/x` of this shell is expanded as before
+    make_settings(data_roots={"production": f"~{user}/data", "development": "~/dev"})
+    config = load("testing", serving=False)
+    assert "production" not in config.roots
+    assert config.roots["development"] == home / "dev"
+    refusal = (
+        f"profile 'production': data_root = '~{user}/data' (from settings.toml "
+        f"[production]): starts with '~{user}', but this system knows no home directory of "
+        f"user '{user}' (a user of another machine, or one a container lacks): write the path "
+        "out in full where the value is set"
+    )
+    assert [str(p) for p in inspect_profiles("testing").elsewhere] == [refusal]
+    # `app doctor` lists it where production runs, and no longer calls every root distinct.
+    from click.testing import CliRunner
+
+    from app.cli import cli
+
+    doctor = CliRunner().invoke(cli, ["doctor"])
+    assert doctor.exit_code == 0, doctor.output
+    assert (
+        "ok for profile testing: the settings are valid and every data root resolved here is "
+        "distinct (not compared: the data_root of profile 'production', which cannot be "
+        "resolved here)\n"
+    ) in doctor.output
+    assert f"\n  - {refusal}\n" in doctor.output
+    allow(monkeypatch, "production")
+    with pytest.raises(InvalidSettingError) as refused:
+        load("production", serving=False)
+    assert str(refused.value) == refusal
+    assert refused.value.exit_code == 78
+
+
+@pytest.mark.parametrize(
+    ("written", "meant"),
+    [
+        ("~+", "the current directory, $PWD"),
+        ("~-", "the previous current directory, $OLDPWD"),
+        ("~1", "an entry of its directory stack (`dirs`)"),
+    ],
+)
+def test_a_shell_s_shorthand_for_a_directory_is_refused_naming_it_in_every_profile(
+    make_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch, written: str, meant: str
+) -> None:
+    # bash's `~+/data` ($PWD/data), which Python does not expand, was refused as the home of
+    # "user '+'" (a user of another machine), naming nothing to fix (red team 71). Text
+    # written wrong, not a fact of where the app runs: another profile's is refused too.
+    make_settings(data_roots={"production": f"{written}/data"})
+    with pytest.raises(InvalidSettingError) as refused:
+        load("testing")
+    assert str(refused.value) == (
+        f"profile 'production': data_root = '{written}/data' (from settings.toml "
+        f"[production]): starts with '{written}', a shell's shorthand for {meant}, which only "
+        f"a shell expands, and none did here: the app would take it for the home of a user "
+        f"'{written[1:]}'; write the path out in full where the value is set"
+    )
 
 
 def test_a_symlinked_root_is_resolved_to_its_target(
@@ -701,6 +824,29 @@ def test_sections_or_keys_that_differ_only_in_case_are_refused(
         load("testing")
     assert "keys 'data_root' and 'DATA_ROOT' of [testing] are one setting" in str(caught.value)
     assert caught.value.path == where / ".secrets.toml"
+
+
+def test_two_profiles_whose_names_differ_only_in_a_hyphen_and_an_underscore_are_refused(
+    make_settings: SettingsMaker, tmp_path: Path
+) -> None:
+    # [prod-eu] (protected) and [prod_eu] (its staging) were two profiles a typo apart:
+    # `ENV_FOR_DYNACONF=prod-eu`, meant for the staging one, selected the protected one and
+    # its root with nothing said (red team 71). Refused as names differing in case are.
+    roots = {name: toml_str(tmp_path / name) for name in ("t", "p", "q")}
+    where = make_settings(
+        f"[testing]\ndata_root = {roots['t']}\n[prod-eu]\ndata_root = {roots['p']}\n"
+        f"protected = true\n[Prod_EU]\ndata_root = {roots['q']}\n",
+        secrets="",
+    )
+    with pytest.raises(SettingsAmbiguousError) as caught:
+        load("testing")
+    assert str(caught.value) == (
+        f"{where / 'settings.toml'}: sections [prod-eu] and [Prod_EU] name profiles that "
+        "differ only in '-' and '_', so a name typed for one selects the other (the "
+        "protection, token and data_root of another profile than meant); rename one so that "
+        "the names differ otherwise, and run `app doctor`"
+    )
+    assert caught.value.exit_code == 78
 
 
 @pytest.mark.parametrize(

@@ -127,23 +127,25 @@ def test_a_pytest_run_whose_settings_name_such_a_root_says_so_rather_than_crash(
     tmp_path: Path,
 ) -> None:
     # The plugin reads every profile's root before the run: the same RuntimeError stopped
-    # pytest with a traceback before any test, naming neither the file nor the key.
+    # pytest with a traceback before any test, naming neither the file nor the key. Since
+    # red team 71 production's root, resolved where production runs, stops production's
+    # loads only: refused as an invalid setting here, it stopped every test of every run on
+    # a machine without that user (a developer's, a CI container).
     settings = copy_project_settings(tmp_path / "settings")
     text = (settings / "settings.toml").read_text()
     (settings / "settings.toml").write_text(
         text.replace('data_root = "data/production"', f'data_root = "~{_NO_SUCH_USER}/data"')
     )
+    # (Production's own refusal: tests/test_config.py, red team 71's test.)
     (tmp_path / "test_inner.py").write_text(
-        "from app.config import load\n\n\ndef test_loads():\n    load(serving=False)\n"
+        "from app.config import load\n\n\n"
+        "def test_loads():\n"
+        "    assert load(serving=False).profile == 'testing'\n"
     )
     code, output = _run(tmp_path, settings, "test_inner.py")
-    assert code == 1, output
+    assert code == 0, output
     assert "RuntimeError" not in output, output
-    assert (
-        f"app.errors.InvalidSettingError: profile 'production': data_root = "
-        f"'~{_NO_SUCH_USER}/data' (from settings.toml [production]): starts with "
-        f"'~{_NO_SUCH_USER}', but this system knows no home directory"
-    ) in output, output
+    assert "1 passed" in output, output
 
 
 # --- layer 1: a variable meant to say where the data is ------------------------------

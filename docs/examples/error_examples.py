@@ -78,6 +78,7 @@ EXAMPLES: list[errors.AppError] = [
         Path("/opt/app/settings.toml"), ["production", "Production"], None
     ),
     errors.SettingsNameError(Path("/opt/app/settings.toml"), "pr\u043eduction", "production"),
+    errors.SettingsFileMisnamedError(Path("/opt/app/secrets.toml"), ".secrets.toml"),
     errors.SettingsCastError(
         Path("/opt/app/settings.toml"),
         "production",
