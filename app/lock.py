@@ -110,6 +110,8 @@ log = logging.getLogger("app.lock")
 #: FUSE mirror of a live root that thread had mounted: it opened the mirror as a second
 #: writer beside the holder (red team 70 on regress).
 _HERE: Final = "thread-self"
+#: Opens a file to name it only: no read, no write, no wait (a FIFO), a link itself.
+_PATH_ONLY: Final = os.O_PATH | os.O_CLOEXEC | os.O_NOFOLLOW
 
 # A reader can catch the holder between truncating and writing its JSON (or, on update,
 # with a stale tail after a shorter record). A few short retries ride that window out.
@@ -356,7 +358,7 @@ def _unreadable(path: Path) -> OSError | LockFileUnreadableError:
         found = path.lstat()
     except OSError as error:
         return error  # the directory is out of reach too: the storage refusal says so
-    pid = _flock_pid_of(found)
+    pid = _flock_pid_of(found, path)
     return LockFileUnreadableError(
         path,
         f"{stat.S_IMODE(found.st_mode):04o}",
@@ -431,7 +433,7 @@ def _flock_pid_here(fd: int) -> int | None:
         found = os.fstat(fd)
     except OSError:
         return None
-    return _flock_pid_of(found)
+    return _flock_pid_of(found, fd)
 
 
 def _exclusive_flocks() -> list[tuple[str, str]]:
@@ -446,23 +448,21 @@ def _exclusive_flocks() -> list[tuple[str, str]]:
     ]
 
 
-def _shared_flock_pids(found: os.stat_result) -> list[int]:
+def _shared_flock_pids(found: os.stat_result, fd: int) -> list[int]:
     """The pids, as this process numbers them, of the processes other than this one that
-    hold a shared flock on the file whose stat is `found` (``flock -s``), from
+    hold a shared flock on the file whose stat is `found` (``flock -s``; `fd` opens it), from
     ``/proc/locks``; empty where none does or the list cannot be read."""
-    key = f"{os.major(found.st_dev):02x}:{os.minor(found.st_dev):02x}:{found.st_ino}"
     try:
         lines = _PROC_LOCKS.read_text().splitlines()
     except OSError:
         return []
-    pids = [
-        int(parts[4])
+    shared = [
+        (parts[4], parts[5])
         for parts in map(str.split, lines)
-        if len(parts) > 5
-        and parts[1:4] == ["FLOCK", "ADVISORY", "READ"]
-        and parts[5] == key
-        and parts[4].isdigit()
+        if len(parts) > 5 and parts[1:4] == ["FLOCK", "ADVISORY", "READ"]
     ]
+    key = _listed_key(found, [file for _, file in shared], fd)
+    pids = [int(pid) for pid, file in shared if file == key and pid.isdigit()]
     return sorted({pid for pid in pids if pid and pid != os.getpid()})
 
 
@@ -475,7 +475,7 @@ def _shared_holder(
     names "in a PID namespace this process cannot see" (red team 70)."""
     if pids is None:
         try:
-            pids = _shared_flock_pids(os.fstat(fd))
+            pids = _shared_flock_pids(os.fstat(fd), fd)
         except OSError:
             return None
     if not pids:
@@ -492,17 +492,69 @@ def _shared_holder(
     return {**shared, **_paused(pids[0])}  # Ctrl-Z on the backup holds the root for ever too
 
 
-def _flock_pid_of(found: os.stat_result) -> int | None:
-    """`_flock_pid_here` for the file whose stat is `found`."""
+def _flock_pid_of(found: os.stat_result, where: int | Path) -> int | None:
+    """`_flock_pid_here` for the file whose stat is `found` (`where`: a descriptor of it, or
+    its path)."""
     try:
         flocks = _exclusive_flocks()
     except OSError:
         return None
-    key = f"{os.major(found.st_dev):02x}:{os.minor(found.st_dev):02x}:{found.st_ino}"
+    key = _listed_key(found, [file for _, file in flocks], where)
     for pid, file in flocks:
         if file == key:
             return int(pid) if pid.isdigit() else None
     return 0
+
+
+def _lock_key(device: int, inode: int) -> str:
+    """A file's key in ``/proc/locks`` and in a descriptor's ``fdinfo`` lock lines
+    (``<major>:<minor>:<inode>``, hex device numbers), on `device` as those name it."""
+    return f"{os.major(device):02x}:{os.minor(device):02x}:{inode}"
+
+
+def _listed_key(found: os.stat_result, files: list[str], where: int | Path) -> str:
+    """The key the kernel's lock lists give the file whose stat is `found` (`where`: a
+    descriptor of it, or its path), among `files`, the keys listed now.
+
+    Linux names a lock's file by its superblock's device, which is the device ``stat``
+    gives on most filesystems but not on btrfs: each of its subvolumes, the top one too,
+    gives an anonymous device of its own. A key built from ``st_dev`` matched no lock there,
+    and a live holder on btrfs was named "in a PID namespace this process cannot see", a
+    shared ``flock -s`` was "nobody", and a lock file deleted under its live holder let a
+    second writer take the root beside it (red team 71). The mount table is read only where
+    the key from ``st_dev`` is not listed and this inode number is, on another device."""
+    key = _lock_key(found.st_dev, found.st_ino)
+    inode = f":{found.st_ino}"
+    if key in files or not any(file.endswith(inode) for file in files):
+        return key
+    return _lock_key(_listed_device(where, found.st_dev), found.st_ino)
+
+
+def _listed_device(where: int | Path, device: int) -> int:
+    """The device the kernel's lock lists name a file by (its superblock's), `where` a
+    descriptor of the file or its path, `device` its ``st_dev``: the mount table's device of
+    the mount the file is reached through (its ``mnt_id`` in ``fdinfo``), which is the
+    superblock's. `device` where that cannot be read (no ``/proc``, a mount of another
+    namespace than this thread's)."""
+    try:
+        fd = where if isinstance(where, int) else os.open(where, _PATH_ONLY)
+    except OSError:
+        return device
+    try:
+        with open(f"/proc/{_HERE}/fdinfo/{fd}", "rb") as info:  # noqa: PTH123 - a seq file
+            ids = [line.split()[1] for line in info if line.startswith(b"mnt_id:")]
+        entries = mountinfo.table(_HERE) if ids and ids[0].isdigit() else []
+    except (OSError, IndexError):
+        return device
+    finally:
+        if not isinstance(where, int):
+            os.close(fd)
+    for entry in entries:
+        if entry.mount_id == int(ids[0]):
+            major, _, minor = entry.device.partition(b":")
+            if major.isdigit() and minor.isdigit():
+                return os.makedev(int(major), int(minor))
+    return device
 
 
 def _seen_here(holder: dict[str, Any] | None, pid_here: int | None) -> dict[str, Any] | None:
@@ -701,9 +753,9 @@ def _kept_by(fd: int, path: Path, holder: dict[str, Any] | None) -> dict[str, An
         return holder  # unknown, or in a PID namespace this one cannot see
     try:
         found = os.fstat(fd)
+        key = _listed_key(found, [file for _, file in _exclusive_flocks()], fd)
     except OSError:
         return holder
-    key = f"{os.major(found.st_dev):02x}:{os.minor(found.st_dev):02x}:{found.st_ino}"
     if _lock_line(pid, key) is not False:
         return holder  # it holds it, or it cannot be told (another user's process)
     keepers = _keepers(path, key)
@@ -735,7 +787,11 @@ def _deleted_lock_holder(path: Path) -> dict[str, Any] | None:
         # process costs 12 to 18 ms here (every pytest start probes each profile's root,
         # and a production root is seldom on a developer's machine).
         device = path.parent.stat().st_dev
-        locked = _flocks_on(device)
+        # The device the kernel's lock list names the root's files by, where it is not
+        # stat's (btrfs; red team 71): a directory's st_dev with a major number is a block
+        # device's, its superblock's, so the mount table is read only for the others.
+        listed = device if os.major(device) else _listed_device(path.parent, device)
+        locked = _flocks_on(listed)
     except OSError:
         return None
     try:
@@ -1395,7 +1451,8 @@ def a_root_s_lock_file(path: Path) -> bool:
         found = os.lstat(path)
         if not stat.S_ISREG(found.st_mode):
             return False
-        if any(found.st_ino in inodes for inodes in _flocks_on(found.st_dev).values()):
+        flocks = _exclusive_flocks()
+        if _listed_key(found, [file for _, file in flocks], path) in {f for _, f in flocks}:
             return True
         with path.open("rb") as opened:
             text = opened.read(1 << 16)
@@ -1588,12 +1645,12 @@ def _shared_holder_still(fd: int) -> dict[str, Any] | None:
         found = os.fstat(fd)
     except OSError:
         return None
-    kept = set(_shared_flock_pids(found))
+    kept = set(_shared_flock_pids(found, fd))
     if not kept:
         return None  # the usual case: one read of /proc/locks, no pause
     for pause in _SHARED_PAUSES:
         time.sleep(pause)
-        kept &= set(_shared_flock_pids(found))
+        kept &= set(_shared_flock_pids(found, fd))
         if not kept:
             return None
     return _shared_holder(fd, _read_holder_fd(fd), sorted(kept))
