@@ -461,8 +461,9 @@ def _shared_flock_pids(found: os.stat_result, fd: int) -> list[int]:
         for parts in map(str.split, lines)
         if len(parts) > 5 and parts[1:4] == ["FLOCK", "ADVISORY", "READ"]
     ]
-    key = _listed_key(found, [file for _, file in shared], fd)
-    pids = [int(pid) for pid, file in shared if file == key and pid.isdigit()]
+    key, alike = _listed_key(found, [file for _, file in shared], fd)
+    listed = [pid for pid, file in shared if file == key]
+    pids = [int(pid) for pid in (_of_this_file(found, key, listed) if alike else listed)]
     return sorted({pid for pid in pids if pid and pid != os.getpid()})
 
 
@@ -499,10 +500,10 @@ def _flock_pid_of(found: os.stat_result, where: int | Path) -> int | None:
         flocks = _exclusive_flocks()
     except OSError:
         return None
-    key = _listed_key(found, [file for _, file in flocks], where)
-    for pid, file in flocks:
-        if file == key:
-            return int(pid) if pid.isdigit() else None
+    key, alike = _listed_key(found, [file for _, file in flocks], where)
+    listed = [pid for pid, file in flocks if file == key]
+    for pid in _of_this_file(found, key, listed) if alike else listed:
+        return int(pid) if pid.isdigit() else None
     return 0
 
 
@@ -512,9 +513,10 @@ def _lock_key(device: int, inode: int) -> str:
     return f"{os.major(device):02x}:{os.minor(device):02x}:{inode}"
 
 
-def _listed_key(found: os.stat_result, files: list[str], where: int | Path) -> str:
+def _listed_key(found: os.stat_result, files: list[str], where: int | Path) -> tuple[str, bool]:
     """The key the kernel's lock lists give the file whose stat is `found` (`where`: a
-    descriptor of it, or its path), among `files`, the keys listed now.
+    descriptor of it, or its path), among `files`, the keys listed now; and whether that key
+    may name other files too, told apart by `_of_this_file`.
 
     Linux names a lock's file by its superblock's device, which is the device ``stat``
     gives on most filesystems but not on btrfs: each of its subvolumes, the top one too,
@@ -522,12 +524,58 @@ def _listed_key(found: os.stat_result, files: list[str], where: int | Path) -> s
     and a live holder on btrfs was named "in a PID namespace this process cannot see", a
     shared ``flock -s`` was "nobody", and a lock file deleted under its live holder let a
     second writer take the root beside it (red team 71). The mount table is read only where
-    the key from ``st_dev`` is not listed and this inode number is, on another device."""
+    the key from ``st_dev`` is not listed and this inode number is, on another device.
+
+    Such a key names a file of each subvolume with that inode number (each numbers its files
+    from 256: a snapshot, or two roots made alike in two subvolumes, repeat them), all on
+    one superblock: a holder listed for it is this file's only where `_of_this_file` says."""
     key = _lock_key(found.st_dev, found.st_ino)
     inode = f":{found.st_ino}"
     if key in files or not any(file.endswith(inode) for file in files):
-        return key
-    return _lock_key(_listed_device(where, found.st_dev), found.st_ino)
+        return key, False
+    listed = _lock_key(_listed_device(where, found.st_dev), found.st_ino)
+    return listed, listed != key
+
+
+def _of_this_file(found: os.stat_result, key: str, pids: list[str]) -> list[str]:
+    """Of `pids`, the processes listed for a lock on `key` (``/proc/locks``' words), those
+    with an open file description of the file whose stat is `found` that holds it, then
+    those whose descriptors cannot be told (another user's, or gone: a descriptor kept past
+    its taker, `_kept_by`), in their order. Where `key` names other files too (`_listed_key`:
+    btrfs's subvolumes), another root's holder was named for this one, and its pid given
+    to `kill` (red team 71)."""
+    mine, unknown = [], []
+    for pid in pids:
+        holds = _holds_file(pid, found, key) if pid.isdigit() else None
+        if holds:
+            mine.append(pid)
+        elif holds is None:
+            unknown.append(pid)
+    return mine + unknown
+
+
+def _holds_file(pid: str, found: os.stat_result, key: str) -> bool | None:
+    """Whether process `pid` has a descriptor of the file whose stat is `found` whose open
+    file description holds a flock on `key` (its ``fdinfo`` lists it); None where its
+    descriptors cannot be read (another user's process) or it is gone."""
+    try:
+        names = os.listdir(f"/proc/{pid}/fd")  # noqa: PTH208 - text, per descriptor
+    except OSError:
+        return None
+    for name in names:
+        with contextlib.suppress(OSError):
+            if _fd_inode(int(pid), name) not in (None, found.st_ino):
+                continue  # not this inode: never stat'ed (it may hang, on NFS)
+            there = os.stat(f"/proc/{pid}/fd/{name}")  # noqa: PTH116 - the open file itself
+            if (there.st_dev, there.st_ino) != (found.st_dev, found.st_ino):
+                continue
+            with open(f"/proc/{pid}/fdinfo/{name}") as info:  # noqa: PTH123 - a seq file
+                if any(
+                    line.startswith("lock:") and " FLOCK " in line and f" {key} " in line
+                    for line in info
+                ):
+                    return True
+    return False
 
 
 def _listed_device(where: int | Path, device: int) -> int:
@@ -535,7 +583,11 @@ def _listed_device(where: int | Path, device: int) -> int:
     descriptor of the file or its path, `device` its ``st_dev``: the mount table's device of
     the mount the file is reached through (its ``mnt_id`` in ``fdinfo``), which is the
     superblock's. `device` where that cannot be read (no ``/proc``, a mount of another
-    namespace than this thread's)."""
+    namespace than this thread's).
+
+    Only that mount's line is parsed (`mountinfo.parse`): a probe of a free root on a
+    filesystem with no block device (tmpfs) asks this each time, and parsing the whole
+    table cost about as much as the rest of the probe."""
     try:
         fd = where if isinstance(where, int) else os.open(where, _PATH_ONLY)
     except OSError:
@@ -543,17 +595,24 @@ def _listed_device(where: int | Path, device: int) -> int:
     try:
         with open(f"/proc/{_HERE}/fdinfo/{fd}", "rb") as info:  # noqa: PTH123 - a seq file
             ids = [line.split()[1] for line in info if line.startswith(b"mnt_id:")]
-        entries = mountinfo.table(_HERE) if ids and ids[0].isdigit() else []
+        if not ids or not ids[0].isdigit():
+            return device
+        with open(f"/proc/{_HERE}/mountinfo", "rb") as opened:  # noqa: PTH123 - a seq file
+            table = opened.read()
     except (OSError, IndexError):
         return device
     finally:
         if not isinstance(where, int):
             os.close(fd)
-    for entry in entries:
-        if entry.mount_id == int(ids[0]):
-            major, _, minor = entry.device.partition(b":")
-            if major.isdigit() and minor.isdigit():
-                return os.makedev(int(major), int(minor))
+    at = (b"\n" + table).find(b"\n" + ids[0] + b" ")  # its line, where it starts in `table`
+    if at < 0:
+        return device
+    end = table.find(b"\n", at)
+    entry = mountinfo.parse(table[at:] if end < 0 else table[at:end])
+    if entry is not None:
+        major, _, minor = entry.device.partition(b":")
+        if major.isdigit() and minor.isdigit():
+            return os.makedev(int(major), int(minor))
     return device
 
 
@@ -709,7 +768,7 @@ def _lock_line(pid: int | str, key: str) -> bool | None:
     return False
 
 
-def _keepers(path: Path, key: str) -> list[int]:
+def _keepers(path: Path, key: str, device: int) -> list[int]:
     """The processes with a descriptor of the open file description that holds the flock on
     the lock file at `path` (or at it once, deleted since): read from every process's open
     files, so only where the process the kernel lists for the lock does not hold it."""
@@ -720,19 +779,25 @@ def _keepers(path: Path, key: str) -> list[int]:
             if not process.name.isdigit():
                 continue
             with contextlib.suppress(OSError), os.scandir(f"{process.path}/fd") as descriptors:
-                opened = any(_names_lock(Path(d.path), path.name, inode) for d in descriptors)
+                opened = any(
+                    _names_lock(Path(d.path), path.name, inode, device) for d in descriptors
+                )
                 if opened and _lock_line(process.name, key):
                     found.append(int(process.name))
     return found
 
 
-def _names_lock(descriptor: Path, name: str, inode: int) -> bool:
+def _names_lock(descriptor: Path, name: str, inode: int, device: int) -> bool:
     """Whether a descriptor opens a file called `name` (deleted or not) whose inode is
-    `inode`: by the file itself, since the root may be reached at another path than the
-    descriptor names (a bind mount, red team 46). Only a file of that name is looked at."""
+    `inode` on `device`: by the file itself, since the root may be reached at another path
+    than the descriptor names (a bind mount, red team 46). Only a file of that name is looked
+    at. The device too: btrfs's subvolumes repeat inode numbers (red team 71)."""
     try:
         named = str(descriptor.readlink()).removesuffix(" (deleted)")
-        return Path(named).name == name and descriptor.stat().st_ino == inode
+        if Path(named).name != name:
+            return False
+        seen = descriptor.stat()
+        return (seen.st_ino, seen.st_dev) == (inode, device)
     except OSError:
         return False
 
@@ -753,12 +818,12 @@ def _kept_by(fd: int, path: Path, holder: dict[str, Any] | None) -> dict[str, An
         return holder  # unknown, or in a PID namespace this one cannot see
     try:
         found = os.fstat(fd)
-        key = _listed_key(found, [file for _, file in _exclusive_flocks()], fd)
+        key, _ = _listed_key(found, [file for _, file in _exclusive_flocks()], fd)
     except OSError:
         return holder
     if _lock_line(pid, key) is not False:
         return holder  # it holds it, or it cannot be told (another user's process)
-    keepers = _keepers(path, key)
+    keepers = _keepers(path, key, found.st_dev)
     kept = {**(holder or {}), "pid": keepers[0] if keepers else None, "took_lock": pid}
     if keepers:
         kept["keeper_argv"] = command_line(keepers[0])
@@ -1452,7 +1517,9 @@ def a_root_s_lock_file(path: Path) -> bool:
         if not stat.S_ISREG(found.st_mode):
             return False
         flocks = _exclusive_flocks()
-        if _listed_key(found, [file for _, file in flocks], path) in {f for _, f in flocks}:
+        key, alike = _listed_key(found, [file for _, file in flocks], path)
+        listed = [pid for pid, file in flocks if file == key]
+        if _of_this_file(found, key, listed) if alike else listed:
             return True
         with path.open("rb") as opened:
             text = opened.read(1 << 16)
