@@ -463,8 +463,20 @@ def _shared_flock_pids(found: os.stat_result, fd: int) -> list[int]:
     ]
     key, alike = _listed_key(found, [file for _, file in shared], fd)
     listed = [pid for pid, file in shared if file == key]
-    pids = [int(pid) for pid in (_of_this_file(found, key, listed) if alike else listed)]
-    return sorted({pid for pid in pids if pid and pid != os.getpid()})
+    pids = {int(pid) for pid in (_of_this_file(found, key, listed) if alike else listed)}
+    pids.discard(os.getpid())
+    # The pid listed is the process that took the lock, which may have exited since while
+    # another keeps its descriptor: flock(1)'s own example, `exec 9<lock; flock -s 9`, leaves
+    # the shell holding it. It was named "pid N (command line unknown)" with `kill N` for a
+    # process that no longer runs (one that took its number since, after a while), and in a
+    # PID namespace, where the kernel lists such a lock's pid as 0, "nobody" (red team 71).
+    # The processes that keep its open file description are named instead, as `_kept_by`
+    # names an exclusive lock's.
+    if gone := {pid for pid in pids if _lock_line(pid, key) is False}:
+        pids -= gone
+        pids.update(_keepers(Path(LOCK_FILE), key, found.st_dev))
+        pids.discard(os.getpid())
+    return sorted(pids)
 
 
 def _shared_holder(

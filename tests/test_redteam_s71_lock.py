@@ -9,8 +9,11 @@ writer holding production's root there, opened as ``app serve`` and every ``app 
 command open one (a fork: its lock is the same `RootLock`); a second writer; util-linux's
 ``flock -s``; a snapshot of the filesystem, whose copy of the root has the live lock file's
 inode number (btrfs numbers each subvolume's files from 256 on one superblock). One child
-for the four tests, no server start: about 2 s of wall under load, most of it the waits the
-probes make by design (a shared holder is looked at three times over 0.25 s).
+for those four tests, no server start: about 2 s of wall under load, most of it the waits
+the probes make by design (a shared holder is looked at three times over 0.25 s).
+
+And, on the run's own root, a shared lock kept by the shell of flock(1)'s own example
+(``exec 9<lock; flock -s 9``), whose taker exited at once.
 """
 
 from __future__ import annotations
@@ -18,12 +21,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
 from test_redteam_s59_guard import outside_any_run
 
 from app.config import Config
+from app.dataroot import open_root
+from app.errors import DataRootInUseError
+from app.lock import LOCK_FILE, describe_holder, probe
 from app.storage import REMOTE
 
 #: PID 1 of a PID namespace of its own, outside any run (`outside_any_run`: production's
@@ -208,3 +216,44 @@ def test_a_holder_of_a_btrfs_snapshot_s_root_is_not_named_for_the_live_root(
     both = on_btrfs["snapshot"] + on_btrfs["snapshot_writer"]
     assert f"pid {live}" not in both, said
     assert f"kill {live}" not in both, said
+
+
+def test_a_shared_lock_kept_by_the_shell_of_flock_s_own_example_names_the_shell(
+    app_config: Config,
+) -> None:
+    # Found by experiment: `exec 9<lock; flock -s 9` (flock(1)'s own example, around a
+    # backup) takes the lock in a `flock` process that exits at once, and the shell keeps
+    # it. The kernel lists the exited pid: `app status` and every refusal named "pid N
+    # (command line unknown)" and said `kill N`, a process that no longer runs (or, once
+    # its number is taken again, another). The shell, which keeps the lock, is named now.
+    root = app_config.data_root
+    with open_root(app_config):
+        pass
+    lock = root / LOCK_FILE
+    idiom = f"exec 9<{lock}; flock -s 9; echo locked; exec sleep 600"
+    shell = subprocess.Popen(
+        ["bash", "-c", idiom], stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        assert shell.stdout is not None
+        assert shell.stdout.readline() == "locked\n"
+        found = lock.stat()
+        key = f"{os.major(found.st_dev):02x}:{os.minor(found.st_dev):02x}:{found.st_ino}"
+        if f" {key} " not in Path("/proc/locks").read_text():
+            # In a PID namespace Linux lists no line for a lock whose taker it cannot name.
+            pytest.skip("this PID namespace's /proc/locks hides a lock whose taker exited")
+        seen = probe(root)
+        with pytest.raises(DataRootInUseError) as refused:
+            open_root(app_config, wanted="empty the trash", timeout=0.0)
+    finally:
+        os.killpg(shell.pid, signal.SIGKILL)
+        shell.wait()
+    shared = (
+        f"pid {shell.pid} (sleep 600), which holds a shared lock on the lock file, as "
+        "`flock -s` takes one"
+    )
+    assert seen.held
+    assert describe_holder(seen.holder).startswith(shared), seen.holder
+    said = str(refused.value)
+    assert f"is held by {shared}" in said, said
+    assert f"stop it (kill {shell.pid})" in said, said
