@@ -110,6 +110,8 @@ log = logging.getLogger("app.lock")
 #: FUSE mirror of a live root that thread had mounted: it opened the mirror as a second
 #: writer beside the holder (red team 70 on regress).
 _HERE: Final = "thread-self"
+#: Opens a file to name it only: no read, no write, no wait (a FIFO), a link itself.
+_PATH_ONLY: Final = os.O_PATH | os.O_CLOEXEC | os.O_NOFOLLOW
 
 # A reader can catch the holder between truncating and writing its JSON (or, on update,
 # with a stale tail after a shorter record). A few short retries ride that window out.
@@ -356,7 +358,7 @@ def _unreadable(path: Path) -> OSError | LockFileUnreadableError:
         found = path.lstat()
     except OSError as error:
         return error  # the directory is out of reach too: the storage refusal says so
-    pid = _flock_pid_of(found)
+    pid = _flock_pid_of(found, path)
     return LockFileUnreadableError(
         path,
         f"{stat.S_IMODE(found.st_mode):04o}",
@@ -431,7 +433,7 @@ def _flock_pid_here(fd: int) -> int | None:
         found = os.fstat(fd)
     except OSError:
         return None
-    return _flock_pid_of(found)
+    return _flock_pid_of(found, fd)
 
 
 def _exclusive_flocks() -> list[tuple[str, str]]:
@@ -446,24 +448,35 @@ def _exclusive_flocks() -> list[tuple[str, str]]:
     ]
 
 
-def _shared_flock_pids(found: os.stat_result) -> list[int]:
+def _shared_flock_pids(found: os.stat_result, fd: int) -> list[int]:
     """The pids, as this process numbers them, of the processes other than this one that
-    hold a shared flock on the file whose stat is `found` (``flock -s``), from
+    hold a shared flock on the file whose stat is `found` (``flock -s``; `fd` opens it), from
     ``/proc/locks``; empty where none does or the list cannot be read."""
-    key = f"{os.major(found.st_dev):02x}:{os.minor(found.st_dev):02x}:{found.st_ino}"
     try:
         lines = _PROC_LOCKS.read_text().splitlines()
     except OSError:
         return []
-    pids = [
-        int(parts[4])
+    shared = [
+        (parts[4], parts[5])
         for parts in map(str.split, lines)
-        if len(parts) > 5
-        and parts[1:4] == ["FLOCK", "ADVISORY", "READ"]
-        and parts[5] == key
-        and parts[4].isdigit()
+        if len(parts) > 5 and parts[1:4] == ["FLOCK", "ADVISORY", "READ"]
     ]
-    return sorted({pid for pid in pids if pid and pid != os.getpid()})
+    key, alike = _listed_key(found, [file for _, file in shared], fd)
+    listed = [pid for pid, file in shared if file == key]
+    pids = {int(pid) for pid in (_of_this_file(found, key, listed) if alike else listed)}
+    pids.discard(os.getpid())
+    # The pid listed is the process that took the lock, which may have exited since while
+    # another keeps its descriptor: flock(1)'s own example, `exec 9<lock; flock -s 9`, leaves
+    # the shell holding it. It was named "pid N (command line unknown)" with `kill N` for a
+    # process that no longer runs (one that took its number since, after a while), and in a
+    # PID namespace, where the kernel lists such a lock's pid as 0, "nobody" (red team 71).
+    # The processes that keep its open file description are named instead, as `_kept_by`
+    # names an exclusive lock's.
+    if gone := {pid for pid in pids if _lock_line(pid, key) is False}:
+        pids -= gone
+        pids.update(_keepers(Path(LOCK_FILE), key, found.st_dev))
+        pids.discard(os.getpid())
+    return sorted(pids)
 
 
 def _shared_holder(
@@ -475,7 +488,7 @@ def _shared_holder(
     names "in a PID namespace this process cannot see" (red team 70)."""
     if pids is None:
         try:
-            pids = _shared_flock_pids(os.fstat(fd))
+            pids = _shared_flock_pids(os.fstat(fd), fd)
         except OSError:
             return None
     if not pids:
@@ -492,17 +505,127 @@ def _shared_holder(
     return {**shared, **_paused(pids[0])}  # Ctrl-Z on the backup holds the root for ever too
 
 
-def _flock_pid_of(found: os.stat_result) -> int | None:
-    """`_flock_pid_here` for the file whose stat is `found`."""
+def _flock_pid_of(found: os.stat_result, where: int | Path) -> int | None:
+    """`_flock_pid_here` for the file whose stat is `found` (`where`: a descriptor of it, or
+    its path)."""
     try:
         flocks = _exclusive_flocks()
     except OSError:
         return None
-    key = f"{os.major(found.st_dev):02x}:{os.minor(found.st_dev):02x}:{found.st_ino}"
-    for pid, file in flocks:
-        if file == key:
-            return int(pid) if pid.isdigit() else None
+    key, alike = _listed_key(found, [file for _, file in flocks], where)
+    listed = [pid for pid, file in flocks if file == key]
+    for pid in _of_this_file(found, key, listed) if alike else listed:
+        return int(pid) if pid.isdigit() else None
     return 0
+
+
+def _lock_key(device: int, inode: int) -> str:
+    """A file's key in ``/proc/locks`` and in a descriptor's ``fdinfo`` lock lines
+    (``<major>:<minor>:<inode>``, hex device numbers), on `device` as those name it."""
+    return f"{os.major(device):02x}:{os.minor(device):02x}:{inode}"
+
+
+def _listed_key(found: os.stat_result, files: list[str], where: int | Path) -> tuple[str, bool]:
+    """The key the kernel's lock lists give the file whose stat is `found` (`where`: a
+    descriptor of it, or its path), among `files`, the keys listed now; and whether that key
+    may name other files too, told apart by `_of_this_file`.
+
+    Linux names a lock's file by its superblock's device, which is the device ``stat``
+    gives on most filesystems but not on btrfs: each of its subvolumes, the top one too,
+    gives an anonymous device of its own. A key built from ``st_dev`` matched no lock there,
+    and a live holder on btrfs was named "in a PID namespace this process cannot see", a
+    shared ``flock -s`` was "nobody", and a lock file deleted under its live holder let a
+    second writer take the root beside it (red team 71). The mount table is read only where
+    the key from ``st_dev`` is not listed and this inode number is, on another device.
+
+    Such a key names a file of each subvolume with that inode number (each numbers its files
+    from 256: a snapshot, or two roots made alike in two subvolumes, repeat them), all on
+    one superblock: a holder listed for it is this file's only where `_of_this_file` says."""
+    key = _lock_key(found.st_dev, found.st_ino)
+    inode = f":{found.st_ino}"
+    if key in files or not any(file.endswith(inode) for file in files):
+        return key, False
+    listed = _lock_key(_listed_device(where, found.st_dev), found.st_ino)
+    return listed, listed != key
+
+
+def _of_this_file(found: os.stat_result, key: str, pids: list[str]) -> list[str]:
+    """Of `pids`, the processes listed for a lock on `key` (``/proc/locks``' words), those
+    with an open file description of the file whose stat is `found` that holds it, then
+    those whose descriptors cannot be told (another user's, or gone: a descriptor kept past
+    its taker, `_kept_by`), in their order. Where `key` names other files too (`_listed_key`:
+    btrfs's subvolumes), another root's holder was named for this one, and its pid given
+    to `kill` (red team 71)."""
+    mine, unknown = [], []
+    for pid in pids:
+        holds = _holds_file(pid, found, key) if pid.isdigit() else None
+        if holds:
+            mine.append(pid)
+        elif holds is None:
+            unknown.append(pid)
+    return mine + unknown
+
+
+def _holds_file(pid: str, found: os.stat_result, key: str) -> bool | None:
+    """Whether process `pid` has a descriptor of the file whose stat is `found` whose open
+    file description holds a flock on `key` (its ``fdinfo`` lists it); None where its
+    descriptors cannot be read (another user's process) or it is gone."""
+    try:
+        names = os.listdir(f"/proc/{pid}/fd")  # noqa: PTH208 - text, per descriptor
+    except OSError:
+        return None
+    for name in names:
+        with contextlib.suppress(OSError):
+            if _fd_inode(int(pid), name) not in (None, found.st_ino):
+                continue  # not this inode: never stat'ed (it may hang, on NFS)
+            there = os.stat(f"/proc/{pid}/fd/{name}")  # noqa: PTH116 - the open file itself
+            if (there.st_dev, there.st_ino) != (found.st_dev, found.st_ino):
+                continue
+            with open(f"/proc/{pid}/fdinfo/{name}") as info:  # noqa: PTH123 - a seq file
+                if any(
+                    line.startswith("lock:") and " FLOCK " in line and f" {key} " in line
+                    for line in info
+                ):
+                    return True
+    return False
+
+
+def _listed_device(where: int | Path, device: int) -> int:
+    """The device the kernel's lock lists name a file by (its superblock's), `where` a
+    descriptor of the file or its path, `device` its ``st_dev``: the mount table's device of
+    the mount the file is reached through (its ``mnt_id`` in ``fdinfo``), which is the
+    superblock's. `device` where that cannot be read (no ``/proc``, a mount of another
+    namespace than this thread's).
+
+    Only that mount's line is parsed (`mountinfo.parse`): a probe of a free root on a
+    filesystem with no block device (tmpfs) asks this each time, and parsing the whole
+    table cost about as much as the rest of the probe."""
+    try:
+        fd = where if isinstance(where, int) else os.open(where, _PATH_ONLY)
+    except OSError:
+        return device
+    try:
+        with open(f"/proc/{_HERE}/fdinfo/{fd}", "rb") as info:  # noqa: PTH123 - a seq file
+            ids = [line.split()[1] for line in info if line.startswith(b"mnt_id:")]
+        if not ids or not ids[0].isdigit():
+            return device
+        with open(f"/proc/{_HERE}/mountinfo", "rb") as opened:  # noqa: PTH123 - a seq file
+            table = opened.read()
+    except (OSError, IndexError):
+        return device
+    finally:
+        if not isinstance(where, int):
+            os.close(fd)
+    at = (b"\n" + table).find(b"\n" + ids[0] + b" ")  # its line, where it starts in `table`
+    if at < 0:
+        return device
+    end = table.find(b"\n", at)
+    entry = mountinfo.parse(table[at:] if end < 0 else table[at:end])
+    if entry is not None:
+        major, _, minor = entry.device.partition(b":")
+        if major.isdigit() and minor.isdigit():
+            return os.makedev(int(major), int(minor))
+    return device
 
 
 def _seen_here(holder: dict[str, Any] | None, pid_here: int | None) -> dict[str, Any] | None:
@@ -657,7 +780,7 @@ def _lock_line(pid: int | str, key: str) -> bool | None:
     return False
 
 
-def _keepers(path: Path, key: str) -> list[int]:
+def _keepers(path: Path, key: str, device: int) -> list[int]:
     """The processes with a descriptor of the open file description that holds the flock on
     the lock file at `path` (or at it once, deleted since): read from every process's open
     files, so only where the process the kernel lists for the lock does not hold it."""
@@ -668,19 +791,25 @@ def _keepers(path: Path, key: str) -> list[int]:
             if not process.name.isdigit():
                 continue
             with contextlib.suppress(OSError), os.scandir(f"{process.path}/fd") as descriptors:
-                opened = any(_names_lock(Path(d.path), path.name, inode) for d in descriptors)
+                opened = any(
+                    _names_lock(Path(d.path), path.name, inode, device) for d in descriptors
+                )
                 if opened and _lock_line(process.name, key):
                     found.append(int(process.name))
     return found
 
 
-def _names_lock(descriptor: Path, name: str, inode: int) -> bool:
+def _names_lock(descriptor: Path, name: str, inode: int, device: int) -> bool:
     """Whether a descriptor opens a file called `name` (deleted or not) whose inode is
-    `inode`: by the file itself, since the root may be reached at another path than the
-    descriptor names (a bind mount, red team 46). Only a file of that name is looked at."""
+    `inode` on `device`: by the file itself, since the root may be reached at another path
+    than the descriptor names (a bind mount, red team 46). Only a file of that name is looked
+    at. The device too: btrfs's subvolumes repeat inode numbers (red team 71)."""
     try:
         named = str(descriptor.readlink()).removesuffix(" (deleted)")
-        return Path(named).name == name and descriptor.stat().st_ino == inode
+        if Path(named).name != name:
+            return False
+        seen = descriptor.stat()
+        return (seen.st_ino, seen.st_dev) == (inode, device)
     except OSError:
         return False
 
@@ -701,12 +830,12 @@ def _kept_by(fd: int, path: Path, holder: dict[str, Any] | None) -> dict[str, An
         return holder  # unknown, or in a PID namespace this one cannot see
     try:
         found = os.fstat(fd)
+        key, _ = _listed_key(found, [file for _, file in _exclusive_flocks()], fd)
     except OSError:
         return holder
-    key = f"{os.major(found.st_dev):02x}:{os.minor(found.st_dev):02x}:{found.st_ino}"
     if _lock_line(pid, key) is not False:
         return holder  # it holds it, or it cannot be told (another user's process)
-    keepers = _keepers(path, key)
+    keepers = _keepers(path, key, found.st_dev)
     kept = {**(holder or {}), "pid": keepers[0] if keepers else None, "took_lock": pid}
     if keepers:
         kept["keeper_argv"] = command_line(keepers[0])
@@ -735,7 +864,11 @@ def _deleted_lock_holder(path: Path) -> dict[str, Any] | None:
         # process costs 12 to 18 ms here (every pytest start probes each profile's root,
         # and a production root is seldom on a developer's machine).
         device = path.parent.stat().st_dev
-        locked = _flocks_on(device)
+        # The device the kernel's lock list names the root's files by, where it is not
+        # stat's (btrfs; red team 71): a directory's st_dev with a major number is a block
+        # device's, its superblock's, so the mount table is read only for the others.
+        listed = device if os.major(device) else _listed_device(path.parent, device)
+        locked = _flocks_on(listed)
     except OSError:
         return None
     try:
@@ -1395,7 +1528,10 @@ def a_root_s_lock_file(path: Path) -> bool:
         found = os.lstat(path)
         if not stat.S_ISREG(found.st_mode):
             return False
-        if any(found.st_ino in inodes for inodes in _flocks_on(found.st_dev).values()):
+        flocks = _exclusive_flocks()
+        key, alike = _listed_key(found, [file for _, file in flocks], path)
+        listed = [pid for pid, file in flocks if file == key]
+        if _of_this_file(found, key, listed) if alike else listed:
             return True
         with path.open("rb") as opened:
             text = opened.read(1 << 16)
@@ -1588,12 +1724,12 @@ def _shared_holder_still(fd: int) -> dict[str, Any] | None:
         found = os.fstat(fd)
     except OSError:
         return None
-    kept = set(_shared_flock_pids(found))
+    kept = set(_shared_flock_pids(found, fd))
     if not kept:
         return None  # the usual case: one read of /proc/locks, no pause
     for pause in _SHARED_PAUSES:
         time.sleep(pause)
-        kept &= set(_shared_flock_pids(found))
+        kept &= set(_shared_flock_pids(found, fd))
         if not kept:
             return None
     return _shared_holder(fd, _read_holder_fd(fd), sorted(kept))
