@@ -273,9 +273,7 @@ def shell_roots(*, resolved: bool = True) -> tuple[str | None, dict[str, Path], 
     return shell_profile, readings[0], directory
 
 
-def shell_roots_and_spellings() -> tuple[
-    str | None, dict[str, Path], Path | None, dict[str, Path]
-]:
+def shell_roots_and_spellings() -> tuple[str | None, dict[str, Path], Path | None, dict[str, Path]]:
     """`shell_roots` and its roots as spelled (``shell_roots(resolved=False)[1]``), from one
     reading of the settings files (`appconfig.configured_root_readings`)."""
     shell_profile, (roots, spelled), directory = _shell_root_readings((True, False))
