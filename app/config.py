@@ -2478,6 +2478,19 @@ def configured_roots(
         ConfigError: a dynaconf switch, no settings directory, a file that is not TOML, an
             unknown `profile`, a root with a NUL in it.
     """
+    return configured_root_readings(profile, environ, (resolved,))[0]
+
+
+def configured_root_readings(
+    profile: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    readings: tuple[bool, ...] = (True, False),
+) -> list[dict[str, tuple[Path, str]]]:
+    """`configured_roots` once for each of `readings` (its `resolved`), from one reading of
+    the settings files: the pytest plugin's first hook wants the roots resolved and as
+    spelled, and read the files, found their directory and picked the profile twice over
+    for them (bench/README.md, "perf-start71"). Nothing runs between the two readings, so
+    one read of the files gives each what its own read gave."""
     env = os.environ if environ is None else environ
     switches = dynaconf_switches(env)
     if switches:
@@ -2495,22 +2508,26 @@ def configured_roots(
             # No path can hold it, so no root to protect can be named: refused here, not
             # skipped, or the plugin would take the profile for one with no data root.
             raise InvalidSettingError(name, "data_root", value, str(_unseen(value)), source)
-    absolute = _absolute_root if resolved else _spelled_root
-    directory = files.directory if resolved else _spelled_settings_dir(env, files.directory)
-    roots = {
-        name: (absolute(_from_file("data_root", value), directory), source)
-        for name, (value, source) in plain.items()
-        if isinstance(value, str) and value.strip()
-    }
+    found = []
+    for resolved in readings:
+        absolute = _absolute_root if resolved else _spelled_root
+        directory = files.directory if resolved else _spelled_settings_dir(env, files.directory)
+        roots = {
+            name: (absolute(_from_file("data_root", value), directory), source)
+            for name, (value, source) in plain.items()
+            if isinstance(value, str) and value.strip()
+        }
+        found.append((roots, absolute, directory))
     if profile is not None:
         selected, _ = _select(profile, PROFILE_ENV, env, files.profiles)
         override = env.get(KEYS["data_root"].env, "")
         if override.strip():
-            roots[selected] = (
-                absolute(override, directory),
-                f"environment {KEYS['data_root'].env}",
-            )
-    return roots
+            for roots, absolute, directory in found:
+                roots[selected] = (
+                    absolute(override, directory),
+                    f"environment {KEYS['data_root'].env}",
+                )
+    return [roots for roots, _, _ in found]
 
 
 def configured_remote(

@@ -1707,6 +1707,46 @@ def test_configured_roots_apply_app_data_root_to_the_selected_profile_only(
     assert appconfig.configured_roots(None, shell)["production"][0] == roots["production"]
 
 
+def test_the_roots_resolved_and_as_spelled_come_from_one_reading_of_the_files(
+    make_settings: SettingsMaker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The plugin's first hook wants both (perf-start71): one reading gives each what
+    # `configured_roots` gives, the environment's override and a settings directory reached
+    # through a link included, and reads the files once.
+    where = make_settings(data_roots={name: f"data/{name}" for name in KNOWN})
+    link = tmp_path / "current"
+    link.symlink_to(where)
+    shell = {**os.environ, "APP_SETTINGS_DIR": str(link), "APP_DATA_ROOT": "moved"}
+    reads: list[object] = []
+    real_read = config_files.read_files
+
+    def counted(*args: object, **kwargs: object) -> config_files.Files:
+        reads.append(args)
+        return real_read(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(config_files, "read_files", counted)
+    both = appconfig.configured_root_readings("testing", shell)
+    assert len(reads) == 1
+    assert both == [
+        appconfig.configured_roots("testing", shell),
+        appconfig.configured_roots("testing", shell, resolved=False),
+    ]
+    assert both[0]["production"][0] == where / "data" / "production"
+    assert both[1]["production"][0] == link / "data" / "production"
+    assert both[1]["testing"] == (link / "moved", "environment APP_DATA_ROOT")
+    with pytest.raises(UnknownProfileError):
+        appconfig.configured_root_readings("tseting", shell)
+    # The plugin's own reading, as the shell has it: the same as its two readings were.
+    monkeypatch.setenv("APP_SETTINGS_DIR", str(link))
+    monkeypatch.setenv("ENV_FOR_DYNACONF", "tseting")  # a typo: the files alone
+    from app.testing import guard
+
+    profile, resolved, directory, spelled = guard.shell_roots_and_spellings()
+    assert (profile, resolved, directory) == guard.shell_roots()
+    assert spelled == guard.shell_roots(resolved=False)[1]
+    assert spelled["production"] == link / "data" / "production"
+
+
 # --- the file values are read once per content (the app_config fixture's cost, issue 11) ---
 
 

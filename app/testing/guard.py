@@ -269,22 +269,36 @@ def refuse_early_loads() -> None:
 def shell_roots(*, resolved: bool = True) -> tuple[str | None, dict[str, Path], Path | None]:
     """Every profile's root as the shell would resolve it, before anything is neutralised
     (`resolved` False: as spelled, see `appconfig.configured_roots`)."""
+    shell_profile, readings, directory = _shell_root_readings((resolved,))
+    return shell_profile, readings[0], directory
+
+
+def shell_roots_and_spellings() -> tuple[str | None, dict[str, Path], Path | None, dict[str, Path]]:
+    """`shell_roots` and its roots as spelled (``shell_roots(resolved=False)[1]``), from one
+    reading of the settings files (`appconfig.configured_root_readings`)."""
+    shell_profile, (roots, spelled), directory = _shell_root_readings((True, False))
+    return shell_profile, roots, directory, spelled
+
+
+def _shell_root_readings(
+    readings: tuple[bool, ...],
+) -> tuple[str | None, list[dict[str, Path]], Path | None]:
     shell_profile = os.environ.get(appconfig.PROFILE_ENV)
     try:
-        roots = appconfig.configured_roots(
-            shell_profile or appconfig.DEFAULT_PROFILE, resolved=resolved
+        found = appconfig.configured_root_readings(
+            shell_profile or appconfig.DEFAULT_PROFILE, readings=readings
         )
     except UnknownProfileError:
         # The shell's profile name is a typo: its overrides apply to no profile, so the files
         # alone say where the roots are.
-        roots = appconfig.configured_roots(None, resolved=resolved)
+        found = appconfig.configured_root_readings(None, readings=readings)
     except SettingsNotFoundError:
         # The package is installed where it has no settings (a dependency of another
         # project): nothing to probe, but the sandbox and the forcing still apply.
-        return shell_profile, {}, None
+        return shell_profile, [{} for _ in readings], None
     return (
         shell_profile,
-        {name: root for name, (root, _) in roots.items()},
+        [{name: root for name, (root, _) in roots.items()} for roots in found],
         appconfig.settings_dir(),
     )
 

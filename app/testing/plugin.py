@@ -180,8 +180,7 @@ def _before_the_conftests(early_config: pytest.Config) -> None:
     )
     try:
         switches = guard.remove_switches()
-        shell_profile, roots, settings_dir = guard.shell_roots()
-        spelled = guard.shell_roots(resolved=False)[1]
+        shell_profile, roots, settings_dir, spelled = guard.shell_roots_and_spellings()
     except AppError as error:
         raise guard.usage_error(f"app: cannot read the settings before the run: {error}") from None
     live, unseen = guard.probe_live(roots)
