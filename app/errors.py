@@ -2560,6 +2560,16 @@ class RestoreOverwriteError(BadRequestError):
             if self.entry is None:
                 return f"{refused}a copy in the trash: there is none left; nothing was changed"
             refused += f"the copy in trash entry {self.entry}"
+        elif self.entry is None:
+            # No copy of it in the trash, and no restore of it the log's newest change (a
+            # file never deleted, or restored before the log was rotated): it was told it was
+            # there "again", and to have "that copy back" by a PUT of bytes at no path (red
+            # team 71 on regress, round b).
+            return (
+                f"{what} has a file {self.file!r} (restored already, or never deleted), and "
+                "the trash holds no copy of it to restore; nothing was changed. `app sessions "
+                f"show {self.session_id}` lists the file, with its SHA-256"
+            )
         else:
             refused = (
                 f"{what} has a file {self.file!r} again; refusing to overwrite it with its "

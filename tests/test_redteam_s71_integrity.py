@@ -24,6 +24,11 @@ its first run had brought back. Where the audit log's newest change to the file 
 restore, the refusal says so now, with that restore's entry, and that nothing may need
 doing (on PostgreSQL from `app_audit`, in `tests/test_remote_store.py`'s
 `test_restore_a_session_and_a_file`, which calls `a_restore_run_again_is_told_it_may_be_made`).
+
+Red team 71 on regress, round b (branch rt-regress71b): that refusal was never reached on a
+data root by the commonest retry, the first run having taken the only copy ("no file ... in
+the trash"), and a file there with no copy in the trash was told on PostgreSQL to have "that
+copy back" by a PUT; both are cases of `a_restore_run_again_is_told_it_may_be_made` now.
 """
 
 from __future__ import annotations
@@ -154,6 +159,32 @@ def a_restore_run_again_is_told_it_may_be_made(store: Storage) -> None:
         store.restore(sid, file="a.txt")
     assert replaced.value.restored is None
     assert str(replaced.value).startswith(f"session {sid!r} has a file 'a.txt' again;")
+    # The commonest retry: the one copy in the trash taken by the first run. On a data root
+    # it was "no file 'c.txt' ... in the trash; `app sessions list --trash` shows what can
+    # be restored", of the file just brought back; on PostgreSQL, where no restore was the
+    # log's newest change (a file never deleted), "has a file 'b.txt' again ... To have that
+    # copy back, upload its bytes with a PUT", of no copy (red team 71 on regress, round b).
+    store.put_file(sid, "c.txt", b"deleted once")
+    only = store.delete_file(sid, "c.txt").name
+    store.restore(sid, file="c.txt")  # its output lost
+    with pytest.raises(RestoreOverwriteError) as once:
+        store.restore(sid, file="c.txt")
+    assert once.value.restored == only
+    assert str(once.value) == (
+        f"session {sid!r} has a file 'c.txt', and the audit log's newest change to it is its "
+        f"restore from trash entry {only}, which may be an earlier run of this command whose "
+        "output was lost: then nothing needs doing (`app sessions show` lists the file, with "
+        "its SHA-256). Refusing to overwrite it with a copy in the trash: there is none left; "
+        "nothing was changed"
+    )
+    store.put_file(sid, "b.txt", b"never deleted")
+    with pytest.raises(RestoreOverwriteError) as never_deleted:
+        store.restore(sid, file="b.txt")
+    assert str(never_deleted.value) == (
+        f"session {sid!r} has a file 'b.txt' (restored already, or never deleted), and the "
+        f"trash holds no copy of it to restore; nothing was changed. `app sessions show {sid}` "
+        "lists the file, with its SHA-256"
+    )
     # A session's restore run again, and a file never deleted: the refusal `app sessions
     # restore` reads for "restored already" (`NotInTrashError`), in the same words on both
     # backends. Before, on PostgreSQL: a SessionNotFoundError, which the command passed on as

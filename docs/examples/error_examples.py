@@ -336,6 +336,8 @@ EXAMPLES: list[errors.AppError] = [
         entry="20261204T101500000000Z-3f2a9c-file-5967e864",
         restored="20261207T101500000000Z-3f2a9c-file-9dad0132",
     ),
+    # A file's restore where the file is there and the trash holds no copy of it.
+    errors.RestoreOverwriteError("3f2a9c", "notes.txt"),
     errors.TrashEntryLinkedError(
         "3f2a9c",
         "report.pdf",
