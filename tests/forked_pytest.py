@@ -27,11 +27,14 @@ when its standard input is not pytester's closed pipe, when ``os.pidfd_open`` is
 when its command line is longer than the room this process's holds, and when a directory on
 its path (``PYTHONPATH``, its working directory) holds a module that a plain start would
 import from there and the zygote imported already (`shadowing`). What a fork cannot give:
-``/proc/<pid>/environ`` (the kernel shows the zygote's) and ``/proc/<pid>/cmdline``'s length
-(the zygote's room, the rest NULs); no test reads either of an inner run. A red team's own
-``python -m pytest`` with a hand-built environment goes through `run`, forked when `start`
-can fork it; those whose start or parent is what they check (bytecode on, ``-X``, wrappers,
-another user or namespace, a pytest passed off as an xdist worker) start as they always did.
+``/proc/<pid>/environ`` (the kernel shows the zygote's), ``/proc/<pid>/cmdline``'s length
+(the zygote's room, the rest NULs) and ``gc.get_freeze_count()`` (the zygote's imports, kept
+out of the cyclic collector's walk: tests/forked_app.py's `LOOP`; what the run itself makes
+is collected, and finalised, as in a plain start); no test reads any of them of an inner
+run. A red team's own ``python -m pytest`` with a hand-built environment goes through `run`,
+forked when `start` can fork it; those whose start or parent is what they check (bytecode
+on, ``-X``, wrappers, another user or namespace, a pytest passed off as an xdist worker)
+start as they always did.
 """
 
 from __future__ import annotations
