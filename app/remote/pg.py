@@ -1008,6 +1008,10 @@ def refusal(
     return DatabaseRefusedError(where, _reason(error), state, remedy, what)
 
 
+#: A frame of PL/pgSQL's in an error's ``CONTEXT``: a line of its own, that begins so.
+_PLPGSQL_FRAME: Final = re.compile(r"^PL/pgSQL function (\S.*?\))", re.M)
+
+
 def _raised_by_code(error: psycopg.Error) -> str | None:
     """What resolves a statement refused by code of another's that raised it (SQLSTATE class
     P0, PL/pgSQL's ``RAISE EXCEPTION``): an AFTER trigger on the app's tables (which the open
@@ -1023,12 +1027,20 @@ def _raised_by_code(error: psycopg.Error) -> str | None:
     ``CONTEXT`` names a function that is not one of the app's.
     """
     state = error.sqlstate or ""
-    context = " ".join((error.diag.context or "").split())
-    called = re.search(r"PL/pgSQL function (\S.*?\))", context)
-    anothers = called is not None and called.group(1).removesuffix("()") not in _APP_FUNCTIONS
-    if not (state.startswith("P0") or (anothers and _refusal_text(state) is None)):
+    # Each frame of the stack, innermost first, one a line: the function that raised it may
+    # be the app's own, run by another's (``app_audit_append_only``, under a DBA's trigger
+    # that prunes app_audit), whose caller is the code to name; a statement's text quoted
+    # on a line of its own (``SQL statement "..."``) names no frame (red team 71 on regress).
+    frames = [
+        called.group(1)
+        for called in _PLPGSQL_FRAME.finditer(error.diag.context or "")
+        if called.group(1).removesuffix("()") not in _APP_FUNCTIONS
+    ]
+    if not frames and (error.diag.context or "").startswith("PL/pgSQL function "):
+        return None  # the app's own function alone: not another's code
+    if not (state.startswith("P0") or (frames and _refusal_text(state) is None)):
         return None
-    function = called.group(1) if called else "<the function the reason's CONTEXT names>"
+    function = frames[0] if frames else "<the function the reason's CONTEXT names>"
     literal = function.replace("'", "''")  # a message's statement, as psql takes it
     return (
         f"Code of another's raised it, in function {function}: a trigger on the app's tables "  # noqa: S608
@@ -2237,9 +2249,40 @@ def prepared_holders(conn: psycopg.Connection[Any], mode: str | None = None) -> 
     return [describe_prepared(str(gid), str(owner), prepared) for gid, owner, prepared in rows]
 
 
+def _literal(text: str) -> str:
+    """``text`` as a string literal to paste as it is printed: quoted, its quotes doubled;
+    an escape string (``E'...'``) where it has a character a terminal acts on or hides, or a
+    backslash. A gid is any text of up to 200 bytes: one with an escape character or a
+    newline, printed raw in a literal, was shown by `app doctor` and each refusal as
+    ``printable`` writes it (``\\x1b``), which pasted ends no transaction (``ROLLBACK
+    PREPARED 'a\\x1bb'``: no such gid), and a newline split doctor's line in two; a
+    backslash is a plain character only where ``standard_conforming_strings`` is on (red team
+    71 on regress)."""
+    if text.isprintable() and "\\" not in text:
+        return "'" + text.replace("'", "''") + "'"
+    escaped = "".join(_escaped_char(char) for char in text)
+    return f"E'{escaped}'"
+
+
+def _escaped_char(char: str) -> str:
+    """A character as an escape string (``E'...'``) holds it, printable as it is printed."""
+    if char in "\\'":
+        return "\\" + char
+    if char.isprintable():
+        return char
+    code = ord(char)
+    return (
+        f"\\x{code:02x}"
+        if code < 0x80
+        else f"\\u{code:04x}"
+        if code <= 0xFFFF
+        else f"\\U{code:08x}"
+    )
+
+
 def describe_prepared(gid: str, owner: str, prepared: datetime) -> str:
     """A prepared transaction, named with what ends it."""
-    literal = "'" + gid.replace("'", "''") + "'"
+    literal = _literal(gid)
     return (
         f"prepared transaction {literal} of role {owner}, prepared "
         f"{prepared.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC (two-phase commit: no process "

@@ -1,0 +1,109 @@
+"""Red team 71 on regress, round c (branch rt-regress71c): see docs/explanation/attacks.md,
+Layers 4 and 7.
+
+What got through: `pg._raised_by_code` (red team 71 on the remote backend) named the first
+PL/pgSQL function of an error's ``CONTEXT`` as another's code, the innermost frame. Where
+that is the app's own function run by another's code, as ``app_audit_append_only`` (which
+refuses any change of app_audit but an insert) under a DBA's trigger that prunes app_audit
+after each record, the refusal called the app's guard "code of another's", and its remedy
+found the app's own trigger and said to ``DISABLE`` it: an append-only audit made
+writable, the DBA's trigger never named. The frame named is now the innermost that is not
+the app's, each read from a line of its own.
+
+What got through too: a prepared transaction's gid is any text; one with an escape
+character or a newline was printed raw in the ``ROLLBACK PREPARED '...'`` that ends it, as
+the terminal shows it (``\\x1b``, `app.errors.printable`): pasted, it named no transaction.
+It is now an escape string (``E'...'``), which pastes as printed (`pg.describe_prepared`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from engines import PostgresEngine
+from test_redteam_s71_remote import _raised
+from test_remote_store import PROFILE
+
+from app.errors import printable
+from app.remote import pg
+from app.remote.errors import DatabaseRefusedError, ReplicasLiveError
+
+# Audit kept to 90 days by a trigger after each record, as a DBA may: app_audit refuses it.
+_PRUNE = """CREATE FUNCTION dba_prune() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN DELETE FROM app_audit WHERE at < now() - interval '90 days'; RETURN NULL; END $$"""
+
+
+@pytest.fixture(scope="module")
+def database(postgres_engine: PostgresEngine) -> Iterator[tuple[str, str]]:
+    """One database the app opened, for this module's tests (its name and URL)."""
+    with postgres_engine.opened_database(PROFILE) as opened:
+        yield opened
+
+
+def test_the_apps_own_guard_run_by_anothers_trigger_names_the_trigger(
+    postgres_engine: PostgresEngine, database: tuple[str, str]
+) -> None:
+    name, url = database
+    where = pg.mask_url(url)
+    with postgres_engine.connect(name) as dba:
+        dba.execute(_PRUNE)
+        dba.execute(
+            "CREATE TRIGGER dba_prune AFTER INSERT ON app_audit"
+            " FOR EACH STATEMENT EXECUTE FUNCTION dba_prune()"
+        )
+        with (
+            pytest.raises(DatabaseRefusedError) as refused,
+            pg.refusals(where, "the audit record"),
+        ):
+            pg.audit(dba, PROFILE, "test", "adopt-copy", "x")
+        assert refused.value.sqlstate == "P0001"
+        assert "app_audit is append-only: DELETE refused" in refused.value.message
+        # Before: "in function app_audit_append_only()", and its remedy to disable the
+        # app's own trigger, which keeps app_audit append-only.
+        assert refused.value.message.endswith("; nothing was changed. " + _raised("dba_prune()"))
+        remedy = refused.value.message.split("; nothing was changed. ", 1)[1]
+        assert "app_audit_append_only" not in remedy
+        # The app's own guard alone (a DBA's DELETE): not another's code, and not the
+        # app's refusal of a statement of its own.
+        with pytest.raises(psycopg.errors.RaiseException) as own:
+            dba.execute("DELETE FROM app_audit")
+        assert pg.refusal(where, own.value, "a statement") is None
+        dba.execute("DROP TRIGGER dba_prune ON app_audit")
+
+
+# A gid as a transaction manager may make one: an escape, a newline, a backslash, a quote.
+GID = "xa:\x1b[2J\nfix\\1 'b' \u202e"
+
+
+def test_a_gid_a_terminal_acts_on_is_printed_to_paste_as_it_shows(
+    postgres_engine: PostgresEngine, database: tuple[str, str]
+) -> None:
+    name, url = database
+    shared = "SELECT pg_advisory_xact_lock_shared({}, {})".format(*pg.HOLDERS_LOCK)
+    with postgres_engine.connect(name) as dba:
+        dba.execute("BEGIN")
+        dba.execute(shared)
+        dba.execute(psycopg.sql.SQL("PREPARE TRANSACTION {}").format(GID))
+    try:
+        with pytest.raises(ReplicasLiveError) as live, pg.maintenance(url, PROFILE, "check"):
+            pass
+        # As `app` prints a refusal (`app.cli.fail`): each line printable.
+        shown = "\n".join(printable(line) for line in live.value.message.split("\n"))
+        assert "\n" not in shown  # one line, as doctor's `prepared` line too
+        [statement] = re.findall(r"`(ROLLBACK PREPARED [^`]*)` ends it", shown)
+        assert statement == ("ROLLBACK PREPARED E'xa:\\x1b[2J\\x0afix\\\\1 \\'b\\' \\u202e'")
+        with postgres_engine.connect(name) as dba:
+            # Before: "ROLLBACK PREPARED 'xa:\\x1b[2J" and "fix\\1 ''b'' \\u202e'" on two
+            # lines, which named no prepared transaction.
+            dba.execute(statement.encode())
+    finally:
+        with postgres_engine.connect(name) as dba:
+            left = dba.execute(
+                "SELECT gid FROM pg_prepared_xacts WHERE database = current_database()"
+            ).fetchall()
+            for (gid,) in left:
+                dba.execute(psycopg.sql.SQL("ROLLBACK PREPARED {}").format(gid))
+    assert left == []
