@@ -199,7 +199,7 @@ def _settings_misnamed(where: Path) -> str:
         names = sorted(os.listdir(where))  # noqa: PTH208 - names only, for a refusal
     except OSError:
         return ""
-    for name, _ in _near_names(names, (SETTINGS_FILE,)):
+    for name, _ in _near_names(where, names, (SETTINGS_FILE,)):
         return (
             f"; {shell_word(name)} there looks meant as {SETTINGS_FILE}, which the app reads "
             f"under that name only: `mv {shell_word(str(where / name))} "
@@ -595,8 +595,12 @@ def _refuse_unclear_names(path: Path, parsed: Mapping[str, Any]) -> None:
             key = name.lower()
             # Sections `[prod-eu]` and `[prod_eu]` were two profiles, each a typo of the
             # other's name away: `ENV_FOR_DYNACONF=prod-eu`, meant for the staging one,
-            # selected the protected one (red team 71).
-            seen.setdefault(key.replace("-", "_") if separators else key, []).append(name)
+            # selected the protected one (red team 71). So were `[prod-eu]` and `[prodeu]`,
+            # or `[production_]` beside `[production]`: a separator left out or added is as
+            # near a typo (red team 71, round e).
+            if separators:
+                key = key.replace("-", "").replace("_", "")
+            seen.setdefault(key, []).append(name)
         return next((spellings for spellings in seen.values() if len(spellings) > 1), None)
 
     for name, body in parsed.items():  # a key outside any section too: the same load's
@@ -862,14 +866,16 @@ def misnamed_files(files: Files, *, local: bool = True) -> Iterator[SettingsFile
         names = sorted(os.listdir(files.directory))  # noqa: PTH208 - names only, once a load
     except OSError:  # the files were read: a directory gone since says so at the next load
         return
-    for name, meant in _near_names(names, missing):
+    for name, meant in _near_names(files.directory, names, missing):
         yield SettingsFileMisnamedError(files.directory / name, meant)
 
 
-def _near_names(names: Iterable[str], meant: Iterable[str]) -> Iterator[tuple[str, str]]:
-    """Each of `names` (a directory's) that looks meant as one of `meant` (`_file_key`
+def _near_names(
+    directory: Path, names: Iterable[str], meant: Iterable[str]
+) -> Iterator[tuple[str, str]]:
+    """Each of `names` (`directory`'s) that looks meant as one of `meant` (`_file_key`
     alike, or a near miss of it), with the one it looks meant as; the settings files' own
-    names and names not ending in ``.toml`` are passed over."""
+    names, names not ending in ``.toml`` and directories are passed over."""
     keys = {_file_key(name): name for name in meant}
     for name in names:
         if name in (SETTINGS_FILE, SECRETS_FILE, *LOCAL_FILES):
@@ -882,9 +888,19 @@ def _near_names(names: Iterable[str], meant: Iterable[str]) -> Iterator[tuple[st
         if found is None and near:
             import difflib  # here: only a name of about the length pays for it
 
-            ratio, best = max((difflib.SequenceMatcher(None, key, o).ratio(), o) for o in near)
+            # Without the ``.toml`` every name compared ends in: those five letters matched
+            # by construction and raised the ratio of another word to a near miss's, so a
+            # backup `settings.old.toml` (0.89 with them, 0.846 without) was refused as meant
+            # for settings.local.toml at every load (red team 71, round e).
+            stem = key.removesuffix(".toml")
+            ratio, best = max(
+                (difflib.SequenceMatcher(None, stem, o.removesuffix(".toml")).ratio(), o)
+                for o in near
+            )
             found = keys[best] if ratio >= _NEAR_MISS else None
-        if found is not None:
+        # A directory holds no settings to be ignored, and the `mv` would make the settings
+        # file a directory: one `stat` for a name found only (red team 71, round e).
+        if found is not None and not os.path.isdir(directory / name):  # noqa: PTH112
             yield name, found
 
 

@@ -445,7 +445,8 @@ class SettingsSyntaxError(ConfigError):
 
 class SettingsAmbiguousError(ConfigError):
     """A settings file names one section, or one key, twice in different case, or two
-    sections whose names differ only in ``-`` and ``_``.
+    sections whose names differ only in their ``-`` and ``_`` (one for the other, or one
+    left out).
 
     Profile and key names are case-insensitive (dynaconf's and the app's), so TOML's two
     spellings are one name, and one silently replaced the other: the source a value is
@@ -465,13 +466,15 @@ class SettingsAmbiguousError(ConfigError):
     @property
     def message(self) -> str:
         if self.section is None and len({name.lower() for name in self.spellings}) > 1:
-            # Two profiles whose names differ in '-' and '_' (and case) only (red team 71).
+            # Two profiles whose names differ in '-' and '_' (and case) only (red team 71;
+            # one left out or added too, round e).
             named = " and ".join(f"[{name}]" for name in self.spellings)
             return (
-                f"{self.path}: sections {named} name profiles that differ only in '-' and '_', "
-                "so a name typed for one selects the other (the protection, token and "
-                "data_root of another profile than meant); rename one so that the names "
-                "differ otherwise, and run `app doctor`"
+                f"{self.path}: sections {named} name profiles that differ only in their '-' "
+                "and '_' (one for the other, or one left out), so a name typed for one "
+                "selects the other (the protection, token and data_root of another profile "
+                "than meant); rename one so that the names differ otherwise, and run "
+                "`app doctor`"
             )
         if self.section is None:
             named = " and ".join(f"[{name}]" for name in self.spellings)

@@ -367,6 +367,13 @@ def test_a_settings_file_under_a_near_miss_of_its_name_is_refused_not_ignored(
         (settings / name).write_text("[development]\n")
     for name in ("settings.local.toml~", "settings.local.toml.bak", "settings.prod.toml"):
         (settings / name).write_text("[development]\n")
+    # A backup of settings.toml and another tool's file are no near miss of a name: with the
+    # `.toml` every name ends in counted as matching, `settings.old.toml` was refused at every
+    # load, saying to `mv` it to settings.local.toml, where its old values would override the
+    # current ones; a directory named so holds no settings (red team 71, round e).
+    for name in ("settings.old.toml", "settings.docs.toml"):
+        (settings / name).write_text("[development]\n")
+    (settings / "secrets.local.toml").mkdir()
     files = config_files.read_files(os.environ, sandboxed=False)
     found = [(e.path.name, e.meant) for e in config_files.misnamed_files(files)]
     assert found == [
@@ -382,6 +389,7 @@ def test_a_settings_file_under_a_near_miss_of_its_name_is_refused_not_ignored(
     # settings.toml itself is required: its refusal names the file meant as it.
     other = tmp_path / "other"
     other.mkdir()
+    (other / "SETTINGS.toml").mkdir()  # a directory, listed first: passed over
     (other / "Settings.toml").write_text("[development]\n")
     with pytest.raises(SettingsNotFoundError) as missing:
         config_files.settings_dir({SETTINGS_DIR_ENV: str(other)})
@@ -842,11 +850,26 @@ def test_two_profiles_whose_names_differ_only_in_a_hyphen_and_an_underscore_are_
         load("testing")
     assert str(caught.value) == (
         f"{where / 'settings.toml'}: sections [prod-eu] and [Prod_EU] name profiles that "
-        "differ only in '-' and '_', so a name typed for one selects the other (the "
-        "protection, token and data_root of another profile than meant); rename one so that "
-        "the names differ otherwise, and run `app doctor`"
+        "differ only in their '-' and '_' (one for the other, or one left out), so a name "
+        "typed for one selects the other (the protection, token and data_root of another "
+        "profile than meant); rename one so that the names differ otherwise, and run "
+        "`app doctor`"
     )
     assert caught.value.exit_code == 78
+    # A separator left out or added is as near a typo: `ENV_FOR_DYNACONF=prod-eu`, typed for a
+    # staging [prodeu], selected the protected [prod-eu] and its root; [production_] beside
+    # [production] passed for the always-protected profile (red team 71, round e).
+    for first, second in (("prod-eu", "prodeu"), ("production", "production_")):
+        make_settings(
+            f"[testing]\ndata_root = {roots['t']}\n[{first}]\ndata_root = {roots['p']}\n"
+            f"[{second}]\ndata_root = {roots['q']}\n",
+            secrets="",
+        )
+        with pytest.raises(SettingsAmbiguousError) as caught:
+            load("testing")
+        assert f"sections [{first}] and [{second}] name profiles that differ only in" in str(
+            caught.value
+        )
 
 
 @pytest.mark.parametrize(
