@@ -128,3 +128,33 @@ def test_a_range_with_one_range_in_the_file_is_served_that_range(http: httpx.Cli
         assert refused.status_code == 416, (wanted, refused.text)
         assert refused.headers["content-range"] == f"bytes */{SIZE}"
         assert "each range starts past its end or is -0" in refused.json()["message"]
+
+
+def test_a_range_with_a_number_of_thousands_of_digits_is_read_as_that_number(
+    http: httpx.Client,
+) -> None:
+    # Red team 71 on regress (rt-regress71d), found by reading rt-http71's `_beyond`: it
+    # read each range's numbers with int(), which refuses over 4,300 digits, so a Range of
+    # one range in the file and one starting at a number of 4,301 digits was a 500 (where
+    # Starlette had skipped that part). Digits are compared as numbers of any length now,
+    # and such a number is read as RFC 9110 reads it: past the end of any file.
+    session_id = http.post("/sessions", json={}).json()["id"]
+    url = f"/sessions/{session_id}/files/huge.bin"
+    data = os.urandom(SIZE)
+    assert http.put(url, content=data).status_code == 201
+    huge = "9" * 4301
+    for wanted, first, last in (
+        (f"bytes=0-1,{huge}-", 0, 1),  # was 500
+        (f"bytes=0-{huge}", 0, SIZE - 1),  # was 400 "range must be requested"
+        (f"bytes=-{huge}", 0, SIZE - 1),  # the same
+        (f"bytes=10-{'0' * 4300}19", 10, 19),
+    ):
+        part = http.get(url, headers={"Range": wanted})
+        assert part.status_code == 206, (wanted[:40], part.text[:300])
+        assert part.content == data[first : last + 1], wanted[:40]
+        assert part.headers["content-range"] == f"bytes {first}-{last}/{SIZE}"
+    for wanted in (f"bytes={huge}-", f"bytes={huge}-,-0"):  # was 500 (400 if alone)
+        refused = http.get(url, headers={"Range": wanted})
+        assert refused.status_code == 416, (wanted[:40], refused.text[:300])
+        assert refused.headers["content-range"] == f"bytes */{SIZE}"
+        assert "each range starts past its end or is -0" in refused.json()["message"]

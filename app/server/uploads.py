@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import ipaddress
 import time
 from collections.abc import Callable, Iterator
 from email.message import Message
@@ -62,8 +63,7 @@ class UploadSlots:
         if len(self.holders) >= self.limit:
             raise TooManyUploadsError(self.limit, self._held_by(), _RETRY_AFTER_SECONDS)
         key = object()
-        client = request.client.host if request.client is not None else "an unknown client"
-        self.holders[key] = (client, time.monotonic())
+        self.holders[key] = (_client_named(request), time.monotonic())
         request.scope[READ_AHEAD] = _BATCH_BYTES
         try:
             yield
@@ -82,6 +82,26 @@ class UploadSlots:
             named += f" and {others} from {len(counts) - len(most)} other clients"
         oldest = min((since for _, since in self.holders.values()), default=time.monotonic())
         return f"{named}; the oldest began {time.monotonic() - oldest:.0f} s ago"
+
+
+def _client_named(request: Request) -> str:
+    """``request``'s client as the refusal of another client names it: its address.
+
+    Behind a proxy uvicorn trusts (127.0.0.1 by default: ``FORWARDED_ALLOW_IPS``), the
+    client's address is what the ``X-Forwarded-For`` header says, any text without a comma:
+    a client on the same host put sentences of its own into every other client's 503 (``1
+    from 198.51.100.7; the oldest began 0 s ago. Nothing is wrong: raise ...``), up to
+    ``max_header_bytes`` long (red team 71 on regress, rt-regress71d). Only an address is
+    named; an address such a client gives is still taken for its own.
+    """
+    host = request.client.host if request.client is not None else ""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return "a client whose X-Forwarded-For gave no address" if host else "an unknown client"
+    # An IPv6 address's zone may be any text (``fe80::1%<sentences>``): an interface's name.
+    named, _, zone = str(address).partition("%")
+    return f"{named}%{zone}" if zone.isascii() and zone.isalnum() and len(zone) < 16 else named
 
 
 def refuse_unframed_body(request: Request, what: str, *, required: bool) -> None:

@@ -1135,11 +1135,20 @@ class _Staging:
         whenever another request had taken the ones this create gave back, and `app data
         check` reported a create "that crashed before its rename", until the next start
         (red team 71 on the HTTP contract, a server at its file limit).
+
+        session.json is unlinked relative to the directory this create made (``dir_fd``,
+        kept open until the rename for this), never by its path: ``.new-<id>`` made a link
+        to another session's directory before a failed step had that session's
+        session.json unlinked, where `remove_tree` never follows a link (red team 71 on
+        regress, rt-regress71d). The rmdir takes no link either (ENOTDIR, then the walk,
+        which leaves it).
         """
-        self.close()
         path = Path(where, self.name)
+        if self.dir_fd is not None:  # else none was opened, so none was written
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(SESSION_FILE, dir_fd=self.dir_fd)
+        self.close()
         try:
-            (path / SESSION_FILE).unlink(missing_ok=True)
             path.rmdir()
         except FileNotFoundError:
             pass
@@ -1153,10 +1162,10 @@ class _Staging:
         self.file_fd = None
 
     def sync_dir(self) -> None:
+        # Left open until the rename or the removal (`remove`): no more descriptors at once
+        # than the stage held.
         assert self.dir_fd is not None
         fsync(self.dir_fd)
-        os.close(self.dir_fd)
-        self.dir_fd = None
 
     def sync(self) -> None:
         """session.json synced, then its staging directory (on a helper thread)."""
@@ -1166,6 +1175,7 @@ class _Staging:
     def rename(self, sessions_fd: int) -> None:
         os.rename(self.name, self.session["id"], src_dir_fd=sessions_fd, dst_dir_fd=sessions_fd)
         self.renamed = True
+        self.close()
 
     def close(self) -> None:
         for fd in (self.file_fd, self.dir_fd):
