@@ -884,14 +884,37 @@ def _deleted_lock_holder(path: Path) -> dict[str, Any] | None:
                     opened = Path(descriptor.path)
                     found = opened.stat()  # the open file itself, not a name
                     if (
-                        found.st_dev == device
-                        and found.st_ino in inodes
+                        found.st_ino in inodes
+                        and _on_device(found, device, listed, pid, descriptor.name)
                         and found.st_ino != current
                         and stat.S_ISREG(found.st_mode)
                         and (seen := _moved_lock_file(opened, path)) is not None
                     ):
                         return {**(_seen_here(seen[0], pid) or {"pid": pid}), **seen[1]}
     return None
+
+
+def _on_device(found: os.stat_result, device: int, listed: int, pid: int, fd: str) -> bool:
+    """Whether the file a holder's descriptor `fd` opens (`found` its stat) is on the root's
+    filesystem: the root directory's `device`, whose files the lock list names by `listed`.
+
+    An overlay whose layers are two filesystems (xino off, Linux's default) gives its files
+    another device than its directories (each layer's own), while `/proc/locks` names them
+    by the overlay's, the directory's: a live writer whose lock file was deleted went unseen
+    there and a second writer took the root beside it (red team 71 on regress). Where the
+    directory's device is the listed one, the descriptor's own lock (its ``fdinfo``) on that
+    device and inode says it; `_moved_lock_file` then tells whose root the file was, as for
+    every holder. On btrfs each subvolume has a device of its own and all one listed device,
+    so there the device must be the directory's (a snapshot's file has the same inode)."""
+    if found.st_dev == device:
+        return True
+    if listed != device:
+        return False
+    key = f" {_lock_key(listed, found.st_ino)} "
+    text = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
+    return any(
+        line.startswith("lock:") and " FLOCK " in line and key in line for line in text.splitlines()
+    )
 
 
 def _fd_inode(pid: int, fd: str) -> int | None:

@@ -128,6 +128,35 @@ finally:
     for each in holders:
         os.kill(each, signal.SIGKILL)
         os.waitpid(each, 0)
+# An overlay whose layers are two filesystems (a container's upper directory on another
+# filesystem than its image's layers), xino off as Linux's default is: its `stat` gives a
+# file another device than its directory's, and `/proc/locks` the directory's.
+lower, upper, merged = work / "lower", work / "upper", work / "merged"
+for each in (lower, upper, merged):
+    each.mkdir()
+for layer in (lower, upper):
+    subprocess.run(["mount", "-t", "tmpfs", "layer", str(layer)], check=True)
+(upper / "up").mkdir()
+(upper / "work").mkdir()
+subprocess.run(
+    ["mount", "-t", "overlay", "overlay", "-o",
+     f"lowerdir={lower},upperdir={upper / 'up'},workdir={upper / 'work'}", str(merged)],
+    check=True,
+)
+layered = merged / "production"
+holder = hold(layered)
+try:
+    seen["overlay_holder"] = holder
+    devices = [os.stat(layered).st_dev, os.stat(layered / ".server.lock").st_dev]
+    seen["overlay_devices"] = [f"{os.major(d)}:{os.minor(d)}" for d in devices]
+    os.environ["APP_DATA_ROOT"] = str(layered)
+    seen["overlay_held"] = looked(layered)
+    os.unlink(layered / ".server.lock")
+    seen["overlay_deleted"] = looked(layered)
+    seen["overlay_writer"] = second_writer()
+finally:
+    os.kill(holder, signal.SIGKILL)
+    os.waitpid(holder, 0)
 print("RESULTS", json.dumps(seen))
 """
 
@@ -257,3 +286,28 @@ def test_a_shared_lock_kept_by_the_shell_of_flock_s_own_example_names_the_shell(
     said = str(refused.value)
     assert f"is held by {shared}" in said, said
     assert f"stop it (kill {shell.pid})" in said, said
+
+
+def test_a_lock_file_deleted_under_a_live_writer_on_an_overlay_of_two_filesystems(
+    on_btrfs: dict,
+) -> None:
+    # Found by experiment (the brief's "overlayfs"): an overlay whose upper directory is on
+    # another filesystem than its lower one, xino off (Linux's default), gives its files
+    # another `st_dev` than their directory's, which `/proc/locks` names. The look for a
+    # holder of a deleted lock file compared the holder's file's device with the root
+    # directory's: with the lock file deleted under a live writer, `app status` said
+    # "nobody" and a second writer opened the root beside it ("opened").
+    said = json.dumps(on_btrfs, indent=1)
+    holder = on_btrfs["overlay_holder"]
+    root = on_btrfs["root"].replace("/btrfs/production", "/merged/production")
+    directory, file = on_btrfs["overlay_devices"]
+    assert directory != file, said  # the case itself
+    named = f"pid {holder}, kind maintenance, profile production"
+    assert on_btrfs["overlay_held"].startswith(named), said  # held before: its own fdinfo
+    assert on_btrfs["overlay_deleted"].startswith(named), said
+    assert on_btrfs["overlay_writer"].startswith(
+        f"DataRootInUseError: cannot empty the trash: data root {root} is held by {named}"
+    ), said
+    assert (
+        f"through its lock file {root}/.server.lock, which was deleted while it held it"
+    ) in on_btrfs["overlay_writer"], said
