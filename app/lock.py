@@ -555,13 +555,26 @@ def _of_this_file(found: os.stat_result, key: str, pids: list[str]) -> list[str]
     those whose descriptors cannot be told (another user's, or gone: a descriptor kept past
     its taker, `_kept_by`), in their order. Where `key` names other files too (`_listed_key`:
     btrfs's subvolumes), another root's holder was named for this one, and its pid given
-    to `kill` (red team 71)."""
+    to `kill` (red team 71).
+
+    A pid that exited (not 0: a taker another PID namespace hides) holds nothing itself: a
+    process keeps its lock through an inherited descriptor (flock(1)'s own example, `exec
+    9<lock; flock 9`, in a shell). It counts only where a process keeps this very file's
+    (`_keepers`): one kept on another subvolume's file of that inode number made another
+    program's empty ``.server.lock`` a root's lock file, and every root beneath it was
+    refused as inside a data root (red team 71 on regress)."""
     mine, unknown = [], []
+    kept: bool | None = None
     for pid in pids:
         holds = _holds_file(pid, found, key) if pid.isdigit() else None
         if holds:
             mine.append(pid)
         elif holds is None:
+            if pid.isdigit() and int(pid) and _lock_line(pid, key) is False:
+                if kept is None:  # read once: it looks at every process's descriptors
+                    kept = bool(_keepers(Path(LOCK_FILE), key, found.st_dev))
+                if not kept:
+                    continue
             unknown.append(pid)
     return mine + unknown
 

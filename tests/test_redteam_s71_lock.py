@@ -14,6 +14,11 @@ the probes make by design (a shared holder is looked at three times over 0.25 s)
 
 And, on the run's own root, a shared lock kept by the shell of flock(1)'s own example
 (``exec 9<lock; flock -s 9``), whose taker exited at once.
+
+Red team 71 on regress (round f) added to that child an overlay whose layers are two
+filesystems (its files' ``st_dev`` is neither its directories' nor the lock list's), and a
+second child, the image mounted again outside a PID namespace (where a lock whose taker
+exited is listed): another program's ``.server.lock`` sharing a kept lock's key.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -157,6 +163,59 @@ try:
 finally:
     os.kill(holder, signal.SIGKILL)
     os.waitpid(holder, 0)
+print("RESULTS", json.dumps(seen))
+"""
+
+
+#: argv: the work directory of `on_btrfs`, its image mounted again (its snapshot made), in
+#: a mount namespace of its own but this PID namespace, where Linux lists a lock whose taker
+#: exited. In the snapshot, another program's empty `.server.lock` (not a root's) with the
+#: inode number of the live root's lock file, which a shell holds as flock(1)'s own example
+#: does (`exec 9<lock; flock 9`: the `flock` process exits at once): is a root under that
+#: directory said to lie inside a data root?
+_BESIDE_A_KEPT_LOCK = r"""
+import json, os, subprocess, sys
+from pathlib import Path
+from app.dataroot import _stamped_root_above
+from app.lock import a_root_s_lock_file
+
+work = Path(sys.argv[1])
+at = work / "again"
+at.mkdir()
+subprocess.run(["mount", "-o", "loop", str(work / "disk.img"), str(at)], check=True)
+live, home = at / "production" / ".server.lock", at / "snap" / "home"
+home.mkdir()
+other = home / ".server.lock"
+os.rename(at / "snap" / "production" / ".server.lock", other)  # its inode, as it was
+os.truncate(other, 0)
+seen = {"inodes": [live.stat().st_ino, other.stat().st_ino]}
+# Its stdin a pipe of this process: it ends with it, whatever happens here.
+shell = subprocess.Popen(
+    ["bash", "-c", f"exec 9<{live}; flock 9; echo locked; read"],
+    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+)
+try:
+    assert shell.stdout.readline() == "locked\n"
+    found = live.stat()
+    seen["listed"] = f":{found.st_ino} " in Path("/proc/locks").read_text()
+    seen["a_root_s"] = a_root_s_lock_file(other)
+    # What a writer's open of a root there asks (`open_root` refuses a root inside one;
+    # this process's PID namespace is the test run's, whose guard refuses production).
+    seen["root_above"] = str(_stamped_root_above(home / "data"))
+    # And the same idiom on that very file: it is a lock file in use, as it is elsewhere.
+    kept = subprocess.Popen(
+        ["bash", "-c", f"exec 9<{other}; flock 9; echo locked; read"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert kept.stdout.readline() == "locked\n"
+        seen["a_root_s_kept"] = a_root_s_lock_file(other)
+    finally:
+        kept.stdin.close()
+        kept.wait()
+finally:
+    shell.stdin.close()
+    shell.wait()
 print("RESULTS", json.dumps(seen))
 """
 
@@ -311,3 +370,30 @@ def test_a_lock_file_deleted_under_a_live_writer_on_an_overlay_of_two_filesystem
     assert (
         f"through its lock file {root}/.server.lock, which was deleted while it held it"
     ) in on_btrfs["overlay_writer"], said
+
+
+def test_a_lock_kept_past_its_taker_in_another_subvolume_makes_no_root_of_a_plain_file(
+    on_btrfs: dict,
+) -> None:
+    # Found by reading `_of_this_file`, then by experiment: a pid listed for the shared key
+    # that cannot be looked at counted as this file's holder, and one that exited cannot be.
+    # A shell around a job (`exec 9<lock; flock 9`, flock(1)'s own example) keeps a lock
+    # whose taker exited; another program's empty `.server.lock` in another subvolume with
+    # that inode number (each numbers its files from 256) was "a root's lock file", and a
+    # root beneath it was refused: "it lies inside data root ... (it holds ...)".
+    work = Path(on_btrfs["root"]).parent.parent
+    done = subprocess.run(
+        ["unshare", "-m", "--propagation", "private",
+         sys.executable, "-c", _BESIDE_A_KEPT_LOCK, str(work)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    found = [line for line in done.stdout.splitlines() if line.startswith("RESULTS ")]
+    assert found, done.stdout + done.stderr
+    seen = json.loads(found[0].removeprefix("RESULTS "))
+    said = json.dumps(seen, indent=1)
+    assert seen["inodes"][0] == seen["inodes"][1], said  # the case itself
+    if not seen["listed"]:
+        pytest.skip("this PID namespace's /proc/locks hides a lock whose taker exited")
+    assert seen["a_root_s"] is False, said
+    assert seen["root_above"] == "None", said
+    assert seen["a_root_s_kept"] is True, said  # kept on this very file: a lock file in use
