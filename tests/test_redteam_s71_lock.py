@@ -37,7 +37,7 @@ from test_redteam_s59_guard import outside_any_run
 from app.config import Config
 from app.dataroot import open_root
 from app.errors import DataRootInUseError
-from app.lock import LOCK_FILE, describe_holder, probe
+from app.lock import LOCK_FILE, RootLock, describe_holder, probe
 from app.storage import REMOTE
 
 #: PID 1 of a PID namespace of its own, outside any run (`outside_any_run`: production's
@@ -397,3 +397,43 @@ def test_a_lock_kept_past_its_taker_in_another_subvolume_makes_no_root_of_a_plai
     assert seen["a_root_s"] is False, said
     assert seen["root_above"] == "None", said
     assert seen["a_root_s_kept"] is True, said  # kept on this very file: a lock file in use
+
+
+def test_a_lock_file_deleted_under_a_shell_that_keeps_its_lock_keeps_a_writer_off(
+    tmp_path: Path,
+) -> None:
+    # Found by experiment (the brief's "inherited descriptor after the original holder
+    # exits"), on ext4: `exec 9<lock; flock 9` (flock(1)'s own example, a shell around a
+    # backup) takes the lock in a `flock` process that exits at once, and the shell keeps
+    # it. With that lock file deleted, the look for a deleted lock file's holder read the
+    # descriptors of the pid the kernel lists, which has none: `app status` said "nobody"
+    # and a writer took the root beside the shell ("acquired").
+    lock = tmp_path / LOCK_FILE
+    lock.touch()
+    shell = subprocess.Popen(
+        ["bash", "-c", f"exec 9<{lock}; flock 9; echo locked; read"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert shell.stdout is not None
+        assert shell.stdout.readline() == "locked\n"
+        found = lock.stat()
+        key = f"{os.major(found.st_dev):02x}:{os.minor(found.st_dev):02x}:{found.st_ino}"
+        if f" {key} " not in Path("/proc/locks").read_text():
+            pytest.skip("this PID namespace's /proc/locks hides a lock whose taker exited")
+        lock.unlink()
+        seen = probe(tmp_path)
+        described = describe_holder(seen.holder)  # while the shell runs: its command line
+        second = RootLock(tmp_path, kind="maintenance", profile="testing")
+        with pytest.raises(DataRootInUseError) as refused:
+            second.acquire(wanted="empty the trash", timeout=0.0)
+    finally:
+        assert shell.stdin is not None
+        shell.stdin.close()
+        shell.wait()
+    assert seen.held, seen
+    named = f"pid {shell.pid} (bash -c exec 9<{lock}; flock 9; echo locked; read)"
+    assert described.startswith(named), seen.holder
+    said = str(refused.value)
+    assert f"data root {tmp_path} is held by {named}" in said, said
+    assert f"through its lock file {lock}, which was deleted while it held it" in said, said
