@@ -555,13 +555,26 @@ def _of_this_file(found: os.stat_result, key: str, pids: list[str]) -> list[str]
     those whose descriptors cannot be told (another user's, or gone: a descriptor kept past
     its taker, `_kept_by`), in their order. Where `key` names other files too (`_listed_key`:
     btrfs's subvolumes), another root's holder was named for this one, and its pid given
-    to `kill` (red team 71)."""
+    to `kill` (red team 71).
+
+    A pid that exited (not 0: a taker another PID namespace hides) holds nothing itself: a
+    process keeps its lock through an inherited descriptor (flock(1)'s own example, `exec
+    9<lock; flock 9`, in a shell). It counts only where a process keeps this very file's
+    (`_keepers`): one kept on another subvolume's file of that inode number made another
+    program's empty ``.server.lock`` a root's lock file, and every root beneath it was
+    refused as inside a data root (red team 71 on regress)."""
     mine, unknown = [], []
+    kept: bool | None = None
     for pid in pids:
         holds = _holds_file(pid, found, key) if pid.isdigit() else None
         if holds:
             mine.append(pid)
         elif holds is None:
+            if pid.isdigit() and int(pid) and _lock_line(pid, key) is False:
+                if kept is None:  # read once: it looks at every process's descriptors
+                    kept = bool(_keepers(Path(LOCK_FILE), key, found.st_dev))
+                if not kept:
+                    continue
             unknown.append(pid)
     return mine + unknown
 
@@ -875,7 +888,7 @@ def _deleted_lock_holder(path: Path) -> dict[str, Any] | None:
         current: int | None = path.lstat().st_ino  # the file at the path is not moved
     except OSError:
         current = None
-    for pid, inodes in locked.items():
+    for pid, inodes in _keeping(locked, path, listed, device).items():
         with contextlib.suppress(OSError), os.scandir(f"/proc/{pid}/fd") as descriptors:
             for descriptor in descriptors:
                 with contextlib.suppress(OSError):
@@ -884,14 +897,61 @@ def _deleted_lock_holder(path: Path) -> dict[str, Any] | None:
                     opened = Path(descriptor.path)
                     found = opened.stat()  # the open file itself, not a name
                     if (
-                        found.st_dev == device
-                        and found.st_ino in inodes
+                        found.st_ino in inodes
+                        and _on_device(found, device, listed, pid, descriptor.name)
                         and found.st_ino != current
                         and stat.S_ISREG(found.st_mode)
                         and (seen := _moved_lock_file(opened, path)) is not None
                     ):
                         return {**(_seen_here(seen[0], pid) or {"pid": pid}), **seen[1]}
     return None
+
+
+def _keeping(
+    locked: dict[int, set[int]], path: Path, listed: int, device: int
+) -> dict[int, set[int]]:
+    """`locked` (`_flocks_on`), each pid that exited replaced by the processes that keep
+    its locks on files once named like the lock file at `path` (`_keepers`).
+
+    The kernel lists a flock under the pid that took it, which may have exited while another
+    process keeps its descriptor: flock(1)'s own example, ``exec 9<lock; flock 9``, in a
+    shell around a backup. With the lock file deleted under such a shell, `app status` said
+    "nobody" and a writer took the root beside it (red team 71 on regress). Read only where
+    a listed pid is gone: it looks at every process's descriptors."""
+    found: dict[int, set[int]] = {}
+    for pid, inodes in locked.items():
+        if os.path.isdir(f"/proc/{pid}/fd"):  # noqa: PTH112 - text, as the loop's
+            found.setdefault(pid, set()).update(inodes)
+            continue
+        if not pid:
+            continue  # a taker another PID namespace hides: its keepers are out of sight too
+        for inode in inodes:
+            for keeper in _keepers(path, _lock_key(listed, inode), device):
+                found.setdefault(keeper, set()).add(inode)
+    return found
+
+
+def _on_device(found: os.stat_result, device: int, listed: int, pid: int, fd: str) -> bool:
+    """Whether the file a holder's descriptor `fd` opens (`found` its stat) is on the root's
+    filesystem: the root directory's `device`, whose files the lock list names by `listed`.
+
+    An overlay whose layers are two filesystems (xino off, Linux's default) gives its files
+    another device than its directories (each layer's own), while `/proc/locks` names them
+    by the overlay's, the directory's: a live writer whose lock file was deleted went unseen
+    there and a second writer took the root beside it (red team 71 on regress). Where the
+    directory's device is the listed one, the descriptor's own lock (its ``fdinfo``) on that
+    device and inode says it; `_moved_lock_file` then tells whose root the file was, as for
+    every holder. On btrfs each subvolume has a device of its own and all one listed device,
+    so there the device must be the directory's (a snapshot's file has the same inode)."""
+    if found.st_dev == device:
+        return True
+    if listed != device:
+        return False
+    key = f" {_lock_key(listed, found.st_ino)} "
+    text = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
+    return any(
+        line.startswith("lock:") and " FLOCK " in line and key in line for line in text.splitlines()
+    )
 
 
 def _fd_inode(pid: int, fd: str) -> int | None:

@@ -14,6 +14,11 @@ the probes make by design (a shared holder is looked at three times over 0.25 s)
 
 And, on the run's own root, a shared lock kept by the shell of flock(1)'s own example
 (``exec 9<lock; flock -s 9``), whose taker exited at once.
+
+Red team 71 on regress (round f) added to that child an overlay whose layers are two
+filesystems (its files' ``st_dev`` is neither its directories' nor the lock list's), and a
+second child, the image mounted again outside a PID namespace (where a lock whose taker
+exited is listed): another program's ``.server.lock`` sharing a kept lock's key.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -31,7 +37,7 @@ from test_redteam_s59_guard import outside_any_run
 from app.config import Config
 from app.dataroot import open_root
 from app.errors import DataRootInUseError
-from app.lock import LOCK_FILE, describe_holder, probe
+from app.lock import LOCK_FILE, RootLock, describe_holder, probe
 from app.storage import REMOTE
 
 #: PID 1 of a PID namespace of its own, outside any run (`outside_any_run`: production's
@@ -128,6 +134,87 @@ finally:
     for each in holders:
         os.kill(each, signal.SIGKILL)
         os.waitpid(each, 0)
+# An overlay whose layers are two filesystems (a container's upper directory on another
+# filesystem than its image's layers), xino off as Linux's default is: its `stat` gives a
+# file another device than its directory's, and `/proc/locks` the directory's.
+lower, upper, merged = work / "lower", work / "upper", work / "merged"
+for each in (lower, upper, merged):
+    each.mkdir()
+for layer in (lower, upper):
+    subprocess.run(["mount", "-t", "tmpfs", "layer", str(layer)], check=True)
+(upper / "up").mkdir()
+(upper / "work").mkdir()
+subprocess.run(
+    ["mount", "-t", "overlay", "overlay", "-o",
+     f"lowerdir={lower},upperdir={upper / 'up'},workdir={upper / 'work'}", str(merged)],
+    check=True,
+)
+layered = merged / "production"
+holder = hold(layered)
+try:
+    seen["overlay_holder"] = holder
+    devices = [os.stat(layered).st_dev, os.stat(layered / ".server.lock").st_dev]
+    seen["overlay_devices"] = [f"{os.major(d)}:{os.minor(d)}" for d in devices]
+    os.environ["APP_DATA_ROOT"] = str(layered)
+    seen["overlay_held"] = looked(layered)
+    os.unlink(layered / ".server.lock")
+    seen["overlay_deleted"] = looked(layered)
+    seen["overlay_writer"] = second_writer()
+finally:
+    os.kill(holder, signal.SIGKILL)
+    os.waitpid(holder, 0)
+print("RESULTS", json.dumps(seen))
+"""
+
+
+#: argv: the work directory of `on_btrfs`, its image mounted again (its snapshot made), in
+#: a mount namespace of its own but this PID namespace, where Linux lists a lock whose taker
+#: exited. In the snapshot, another program's empty `.server.lock` (not a root's) with the
+#: inode number of the live root's lock file, which a shell holds as flock(1)'s own example
+#: does (`exec 9<lock; flock 9`: the `flock` process exits at once): is a root under that
+#: directory said to lie inside a data root?
+_BESIDE_A_KEPT_LOCK = r"""
+import json, os, subprocess, sys
+from pathlib import Path
+from app.dataroot import _stamped_root_above
+from app.lock import a_root_s_lock_file
+
+work = Path(sys.argv[1])
+at = work / "again"
+at.mkdir()
+subprocess.run(["mount", "-o", "loop", str(work / "disk.img"), str(at)], check=True)
+live, home = at / "production" / ".server.lock", at / "snap" / "home"
+home.mkdir()
+other = home / ".server.lock"
+os.rename(at / "snap" / "production" / ".server.lock", other)  # its inode, as it was
+os.truncate(other, 0)
+seen = {"inodes": [live.stat().st_ino, other.stat().st_ino]}
+# Its stdin a pipe of this process: it ends with it, whatever happens here.
+shell = subprocess.Popen(
+    ["bash", "-c", f"exec 9<{live}; flock 9; echo locked; read"],
+    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+)
+try:
+    assert shell.stdout.readline() == "locked\n"
+    found = live.stat()
+    seen["listed"] = f":{found.st_ino} " in Path("/proc/locks").read_text()
+    # What a writer's open of a root there asks (`open_root` refuses a root inside one;
+    # this process's PID namespace is the test run's, whose guard refuses production).
+    seen["root_above"] = str(_stamped_root_above(home / "data"))
+    # And the same idiom on that very file: it is a lock file in use, as it is elsewhere.
+    kept = subprocess.Popen(
+        ["bash", "-c", f"exec 9<{other}; flock 9; echo locked; read"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert kept.stdout.readline() == "locked\n"
+        seen["a_root_s_kept"] = a_root_s_lock_file(other)
+    finally:
+        kept.stdin.close()
+        kept.wait()
+finally:
+    shell.stdin.close()
+    shell.wait()
 print("RESULTS", json.dumps(seen))
 """
 
@@ -257,3 +344,94 @@ def test_a_shared_lock_kept_by_the_shell_of_flock_s_own_example_names_the_shell(
     said = str(refused.value)
     assert f"is held by {shared}" in said, said
     assert f"stop it (kill {shell.pid})" in said, said
+
+
+def test_a_lock_file_deleted_under_a_live_writer_on_an_overlay_of_two_filesystems(
+    on_btrfs: dict,
+) -> None:
+    # Found by experiment (the brief's "overlayfs"): an overlay whose upper directory is on
+    # another filesystem than its lower one, xino off (Linux's default), gives its files
+    # another `st_dev` than their directory's, which `/proc/locks` names. The look for a
+    # holder of a deleted lock file compared the holder's file's device with the root
+    # directory's: with the lock file deleted under a live writer, `app status` said
+    # "nobody" and a second writer opened the root beside it ("opened").
+    said = json.dumps(on_btrfs, indent=1)
+    holder = on_btrfs["overlay_holder"]
+    root = on_btrfs["root"].replace("/btrfs/production", "/merged/production")
+    directory, file = on_btrfs["overlay_devices"]
+    assert directory != file, said  # the case itself
+    named = f"pid {holder}, kind maintenance, profile production"
+    assert on_btrfs["overlay_held"].startswith(named), said  # held before: its own fdinfo
+    assert on_btrfs["overlay_deleted"].startswith(named), said
+    assert on_btrfs["overlay_writer"].startswith(
+        f"DataRootInUseError: cannot empty the trash: data root {root} is held by {named}"
+    ), said
+    assert (
+        f"through its lock file {root}/.server.lock, which was deleted while it held it"
+    ) in on_btrfs["overlay_writer"], said
+
+
+def test_a_lock_kept_past_its_taker_in_another_subvolume_makes_no_root_of_a_plain_file(
+    on_btrfs: dict,
+) -> None:
+    # Found by reading `_of_this_file`, then by experiment: a pid listed for the shared key
+    # that cannot be looked at counted as this file's holder, and one that exited cannot be.
+    # A shell around a job (`exec 9<lock; flock 9`, flock(1)'s own example) keeps a lock
+    # whose taker exited; another program's empty `.server.lock` in another subvolume with
+    # that inode number (each numbers its files from 256) was "a root's lock file", and a
+    # root beneath it was refused: "it lies inside data root ... (it holds ...)".
+    work = Path(on_btrfs["root"]).parent.parent
+    done = subprocess.run(
+        ["unshare", "-m", "--propagation", "private",
+         sys.executable, "-c", _BESIDE_A_KEPT_LOCK, str(work)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    found = [line for line in done.stdout.splitlines() if line.startswith("RESULTS ")]
+    assert found, done.stdout + done.stderr
+    seen = json.loads(found[0].removeprefix("RESULTS "))
+    said = json.dumps(seen, indent=1)
+    assert seen["inodes"][0] == seen["inodes"][1], said  # the case itself
+    if not seen["listed"]:
+        pytest.skip("this PID namespace's /proc/locks hides a lock whose taker exited")
+    assert seen["root_above"] == "None", said
+    assert seen["a_root_s_kept"] is True, said  # kept on this very file: a lock file in use
+
+
+def test_a_lock_file_deleted_under_a_shell_that_keeps_its_lock_keeps_a_writer_off(
+    tmp_path: Path,
+) -> None:
+    # Found by experiment (the brief's "inherited descriptor after the original holder
+    # exits"), on ext4: `exec 9<lock; flock 9` (flock(1)'s own example, a shell around a
+    # backup) takes the lock in a `flock` process that exits at once, and the shell keeps
+    # it. With that lock file deleted, the look for a deleted lock file's holder read the
+    # descriptors of the pid the kernel lists, which has none: `app status` said "nobody"
+    # and a writer took the root beside the shell ("acquired").
+    lock = tmp_path / LOCK_FILE
+    lock.touch()
+    shell = subprocess.Popen(
+        ["bash", "-c", f"exec 9<{lock}; flock 9; echo locked; read"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert shell.stdout is not None
+        assert shell.stdout.readline() == "locked\n"
+        found = lock.stat()
+        key = f"{os.major(found.st_dev):02x}:{os.minor(found.st_dev):02x}:{found.st_ino}"
+        if f" {key} " not in Path("/proc/locks").read_text():
+            pytest.skip("this PID namespace's /proc/locks hides a lock whose taker exited")
+        lock.unlink()
+        seen = probe(tmp_path)
+        described = describe_holder(seen.holder)  # while the shell runs: its command line
+        second = RootLock(tmp_path, kind="maintenance", profile="testing")
+        with pytest.raises(DataRootInUseError) as refused:
+            second.acquire(wanted="empty the trash", timeout=0.0)
+    finally:
+        assert shell.stdin is not None
+        shell.stdin.close()
+        shell.wait()
+    assert seen.held, seen
+    named = f"pid {shell.pid} (bash -c exec 9<{lock}; flock 9; echo locked; read)"
+    assert described.startswith(named), seen.holder
+    said = str(refused.value)
+    assert f"data root {tmp_path} is held by {named}" in said, said
+    assert f"through its lock file {lock}, which was deleted while it held it" in said, said
