@@ -2647,18 +2647,41 @@ def _boot_unknown(entry: Path) -> bool:
         return False
 
 
-def _boot_covered(entry: Path) -> bool:
-    """Whether registry `entry` names another boot than this process reads, one that did not
-    begin before this one (`_began_before`): what this process reads as the boot's id is not
-    this boot's (a file mounted over it)."""
+def _boot_covered(entry: Path) -> str | None:
+    """Why registry `entry`, which names another boot than this process reads, counts as
+    this boot's all the same (`_began_before`): what this process reads as the boot's id may
+    not be this boot's (a file mounted over it); None where it names this boot, or none.
+
+    Each way that holds gets its own words: an entry that records no start of its boot (of
+    a build before red team 71) was said to name "one that began when this one did by the
+    wall clock", which nothing had compared (red team 71 on regress)."""
     if _boot_id() is None:
-        return False
+        return None
     try:
         data = json_loads(_entry_bytes(entry))
         booted = data.get(_BOOT)
     except (OSError, ValueError, AttributeError):
-        return False
-    return isinstance(booted, str) and booted != _boot_id() and not _began_before(data)
+        return None
+    if not isinstance(booted, str) or booted == _boot_id() or _began_before(data):
+        return None
+    another = f"it names another boot than {_BOOT_FILE} shows here"
+    if type(data.get(_BOOT_BEGAN)) is not int:
+        return (
+            f"{another}, but not when that boot began (written by a build of the app before "
+            "entries recorded it, or by a run that could not tell), so it may be this boot's: "
+            "a file mounted over the boot id"
+        )
+    if _boot_began() is None:
+        return (
+            f"{another}, and this process cannot tell when its own boot began (its time "
+            "namespace's offsets unread), so it may be this boot's: a file mounted over the "
+            "boot id"
+        )
+    return (
+        f"{another}, but one that began when this one did by the wall clock, so it may be "
+        "this boot's: a file mounted over the boot id, or a machine whose clock starts from "
+        "nothing at each boot"
+    )
 
 
 def _hidden_parent_words(
@@ -2669,7 +2692,7 @@ def _hidden_parent_words(
     failed: OSError | None = None,
     *,
     boot: bool = False,
-    covered: bool = False,
+    covered: str | None = None,
     asked: tuple[int, str, OSError] | None = None,
 ) -> tuple[str, str]:
     """`_hidden_parent`'s words for hidden ancestor `pid` (`which`: its parent, its session's
@@ -2677,7 +2700,7 @@ def _hidden_parent_words(
     a registry entry for a run of that pid, or the registry itself whose look `failed`
     (neither missing nor denied); `boot`, whether
     the entry names a boot this process cannot compare with its own (`_boot_unknown`);
-    `covered`, whether it names another boot that began with this one (`_boot_covered`);
+    `covered`, why it counts where it names another boot (`_boot_covered`);
     `asked`, the pid whose parent this process asked the kernel for, the call and its error,
     where that failed and `entry` names a run of another pid (`_ancestors_by_pidfd`)."""
     shown = (
@@ -2726,12 +2749,8 @@ def _hidden_parent_words(
                 "systemd: ProcSubset=all, its default), by which an entry of an earlier boot "
                 "does not count"
             )
-        if covered:
-            said += (
-                f" (it names another boot than {_BOOT_FILE} shows here, but one that began "
-                "when this one did by the wall clock, so it may be this boot's: a file mounted "
-                "over the boot id, or a machine whose clock starts from nothing at each boot)"
-            )
+        if covered is not None:
+            said += f" ({covered})"
     fix = (
         f"Start this process where /proc shows its {which} (/proc mounted without {hides}, or "
         f"with gid= a group of this process, or with the capabilities of pid {pid} in effect), "
