@@ -36,6 +36,11 @@ boot began by the wall clock as well, which no mount covers, and counts as an ea
 only where that differs too. And a hidden child in a session of its own below a shell that
 keeps the run's capabilities found no entry for its parent or leaders, and purged: where the
 kernel tells a process's parent by a pidfd (Linux 6.13), every hidden ancestor is looked for.
+
+Red team 71 on regress (branch rt-regress71a): the same child under a tracer that failed its
+``pidfd_open`` or its ``PIDFD_GET_INFO`` ioctl with ``EIO`` found no ancestor above the
+shell, and purged: a running entry now counts where that ask failed otherwise than an older
+kernel fails it.
 """
 
 from __future__ import annotations
