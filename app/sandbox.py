@@ -2524,7 +2524,9 @@ def _hidden_parent(parent: int, hides: str) -> tuple[str, str] | None:
     candidates = {**{pid: f"{leads} leader" for pid, leads in hidden.items()}, parent: "parent"}
     # A pidfd numbers pids as this process's PID namespace does: not where /proc numbers an
     # enclosing one's (`_proc_self`).
-    above = _ancestors_by_pidfd(parent) if own is not None and own[0] == os.getpid() else []
+    above, asked = (
+        _ancestors_by_pidfd(parent) if own is not None and own[0] == os.getpid() else ([], None)
+    )
     for pid in above:
         # And every ancestor above it that /proc hides too, where the kernel tells a hidden
         # process's parent (`_ancestors_by_pidfd`): a shell with the run's capabilities
@@ -2552,10 +2554,19 @@ def _hidden_parent(parent: int, hides: str) -> tuple[str, str] | None:
                 if not (number.isdigit() and started.isdigit() and name.endswith(".json")):
                     continue
                 pid = int(number)
-                if pid not in candidates or (own is not None and int(started) > own[1] + 1):
-                    continue  # another's, or started after this process: not its ancestor
+                late = own is not None and int(started) > own[1] + 1
+                if late or (pid not in candidates and asked is None):
+                    continue  # started after this process (not its ancestor), or another's
                 if not _running_here(directory / name, namespace):
                     continue  # ended, or in another PID namespace (a container's)
+                if pid not in candidates:
+                    # Any run may be an ancestor further up where the kernel's answer was
+                    # not had: under a tracer that failed the ask (`strace --inject=ioctl:
+                    # error=EIO`), a child below a hidden shell in a session of its own found
+                    # no ancestor above the shell, and purged (red team 71 on regress).
+                    return _hidden_parent_words(
+                        candidates[parent], parent, hides, directory / name, asked=asked
+                    )
                 return _hidden_parent_words(
                     candidates[pid],
                     pid,
@@ -2581,26 +2592,34 @@ _PIDFD_PPID_AT: Final = 24
 _PIDFD_ANCESTORS: Final = 4096
 
 
-def _ancestors_by_pidfd(pid: int) -> list[int]:
+def _ancestors_by_pidfd(pid: int) -> tuple[list[int], tuple[int, str, OSError] | None]:
     """The ancestors of process `pid` (its parent first), in this process's PID namespace, as
     the kernel tells a process's parent through a pidfd (``PIDFD_GET_INFO``, Linux 6.13),
     which ``hidepid=`` does not hide and which needs no right to read the process; empty
     where it cannot (an older kernel, another architecture's numbering, no ``pidfd_open``).
     Nothing here tells when a process started, so an ancestor found so is matched with a
-    registry entry by its pid alone, as `_hidden_parent` matches its parent."""
+    registry entry by its pid alone, as `_hidden_parent` matches its parent. And where an
+    ask failed otherwise (a tracer's fault, a seccomp filter's, out of descriptors): the
+    pid asked about, the call, and its error, for `_hidden_parent` to refuse by."""
     found: list[int] = []
     seen = {pid}
     while len(found) < _PIDFD_ANCESTORS:
         try:
             fd = os.pidfd_open(pid)
-        except (OSError, AttributeError):  # gone, or no pidfd_open (before Linux 5.3)
+        except AttributeError:  # no pidfd_open (not Linux)
             break
+        except OSError as error:
+            if error.errno in (errno.ESRCH, errno.ENOSYS):  # gone, or before Linux 5.3
+                break
+            return found, (pid, "pidfd_open", error)
         info = bytearray(_PIDFD_INFO_SIZE)
         struct.pack_into("=Q", info, 0, _PIDFD_INFO_PID)
         try:
             fcntl.ioctl(fd, _PIDFD_GET_INFO, info)
-        except OSError:  # ENOTTY before Linux 6.13; ESRCH once it has exited
-            break
+        except OSError as error:
+            if error.errno in (errno.ENOTTY, errno.ESRCH):  # before Linux 6.13; exited
+                break
+            return found, (pid, "its PIDFD_GET_INFO ioctl", error)
         finally:
             os.close(fd)
         pid = struct.unpack_from("=I", info, _PIDFD_PPID_AT)[0]
@@ -2608,7 +2627,7 @@ def _ancestors_by_pidfd(pid: int) -> list[int]:
             break
         seen.add(pid)
         found.append(pid)
-    return found
+    return found, None
 
 
 def _boot_unknown(entry: Path) -> bool:
@@ -2628,18 +2647,41 @@ def _boot_unknown(entry: Path) -> bool:
         return False
 
 
-def _boot_covered(entry: Path) -> bool:
-    """Whether registry `entry` names another boot than this process reads, one that did not
-    begin before this one (`_began_before`): what this process reads as the boot's id is not
-    this boot's (a file mounted over it)."""
+def _boot_covered(entry: Path) -> str | None:
+    """Why registry `entry`, which names another boot than this process reads, counts as
+    this boot's all the same (`_began_before`): what this process reads as the boot's id may
+    not be this boot's (a file mounted over it); None where it names this boot, or none.
+
+    Each way that holds gets its own words: an entry that records no start of its boot (of
+    a build before red team 71) was said to name "one that began when this one did by the
+    wall clock", which nothing had compared (red team 71 on regress)."""
     if _boot_id() is None:
-        return False
+        return None
     try:
         data = json_loads(_entry_bytes(entry))
         booted = data.get(_BOOT)
     except (OSError, ValueError, AttributeError):
-        return False
-    return isinstance(booted, str) and booted != _boot_id() and not _began_before(data)
+        return None
+    if not isinstance(booted, str) or booted == _boot_id() or _began_before(data):
+        return None
+    another = f"it names another boot than {_BOOT_FILE} shows here"
+    if type(data.get(_BOOT_BEGAN)) is not int:
+        return (
+            f"{another}, but not when that boot began (written by a build of the app before "
+            "entries recorded it, or by a run that could not tell), so it may be this boot's: "
+            "a file mounted over the boot id"
+        )
+    if _boot_began() is None:
+        return (
+            f"{another}, and this process cannot tell when its own boot began (its time "
+            "namespace's offsets unread), so it may be this boot's: a file mounted over the "
+            "boot id"
+        )
+    return (
+        f"{another}, but one that began when this one did by the wall clock, so it may be "
+        "this boot's: a file mounted over the boot id, or a machine whose clock starts from "
+        "nothing at each boot"
+    )
 
 
 def _hidden_parent_words(
@@ -2650,20 +2692,37 @@ def _hidden_parent_words(
     failed: OSError | None = None,
     *,
     boot: bool = False,
-    covered: bool = False,
+    covered: str | None = None,
+    asked: tuple[int, str, OSError] | None = None,
 ) -> tuple[str, str]:
     """`_hidden_parent`'s words for hidden ancestor `pid` (`which`: its parent, its session's
     or process group's leader, or an ancestor further up, `_ancestors_by_pidfd`): `entry`,
     a registry entry for a run of that pid, or the registry itself whose look `failed`
     (neither missing nor denied); `boot`, whether
     the entry names a boot this process cannot compare with its own (`_boot_unknown`);
-    `covered`, whether it names another boot that began with this one (`_boot_covered`)."""
+    `covered`, why it counts where it names another boot (`_boot_covered`);
+    `asked`, the pid whose parent this process asked the kernel for, the call and its error,
+    where that failed and `entry` names a run of another pid (`_ancestors_by_pidfd`)."""
     shown = (
         f"/proc is mounted here with {hides}, which hides a process this one may not read: "
         "another user's, or one that holds capabilities this process lacks"
     )
     start = f"{_HIDDEN_PARENT}{which}, pid {pid} ({shown}), and "
-    if failed is not None:
+    if asked is not None:
+        whose, call, error = asked
+        code = errno.errorcode.get(error.errno or 0, str(error.errno))
+        said = (
+            f"{start}its ask of the kernel for the parent of pid {whose} through a pidfd "
+            f"({call}) failed ({code}: {error.strerror or error}), so this process cannot tell "
+            f"whether the run of an entry in the registry of test runs ({entry}) is above it"
+        )
+        remove = (
+            f"Let this process ask for a process's parent (pidfd_open and its PIDFD_GET_INFO "
+            "ioctl): a tracer that injects faults (`strace --inject`) must keep to the calls "
+            "the test means (`-P <the file>`), and a seccomp filter must not fail those. If "
+            f"the run of that entry is not running, remove {entry}"
+        )
+    elif failed is not None:
         code = errno.errorcode.get(failed.errno or 0, str(failed.errno))
         said = (
             f"{start}its look in the registry of test runs ({entry}) for a run of that pid "
@@ -2690,12 +2749,8 @@ def _hidden_parent_words(
                 "systemd: ProcSubset=all, its default), by which an entry of an earlier boot "
                 "does not count"
             )
-        if covered:
-            said += (
-                f" (it names another boot than {_BOOT_FILE} shows here, but one that began "
-                "when this one did by the wall clock, so it may be this boot's: a file mounted "
-                "over the boot id, or a machine whose clock starts from nothing at each boot)"
-            )
+        if covered is not None:
+            said += f" ({covered})"
     fix = (
         f"Start this process where /proc shows its {which} (/proc mounted without {hides}, or "
         f"with gid= a group of this process, or with the capabilities of pid {pid} in effect), "

@@ -94,25 +94,24 @@ def test_a_mount_over_a_process_s_entry_of_proc_is_found_past_the_first_look() -
 
 #: As `AS_A_CONFINED_SERVICE` under `hidepid=invisible`, with root's registry of test runs (a
 #: tmpfs of its own there) holding an entry at pid 1 of this PID namespace that names no end,
-#: written in an earlier boot (its id, and a start long before this one's): a run killed
-#: with its machine, on a /tmp kept across boots.
+#: written in an earlier boot (its id, and a start long before this one's, given as "$5"):
+#: a run killed with its machine, on a /tmp kept across boots.
 WITH_A_STALE_ENTRY = """
 mount -o remount,hidepid=invisible /proc || exit 9
 mount --bind "$1" "$2" || exit 9
 mount -t tmpfs -o mode=0755 stale "$3" || exit 9
-printf '{"pid": 1, "pid_namespace": %s, "boot_id": "%s", "boot_began": 1}' \
-    "$(stat -L -c %i /proc/self/ns/pid)" "$4" > "$3/1-5.json" || exit 9
-shift 4
+printf '{"pid": 1, "pid_namespace": %s, "boot_id": "%s"%s}' \
+    "$(stat -L -c %i /proc/self/ns/pid)" "$4" "$5" > "$3/1-5.json" || exit 9
+shift 5
 "$@"
 """
 
 
-def test_a_service_whose_hidden_parent_a_run_of_an_earlier_boot_had_the_pid_of_is_not_refused(
-    tmp_path: Path,
-) -> None:
-    """Red team 70 on regress, the guard (branch rt-regress70a): `_hidden_parent` counted an
-    entry of an earlier boot's run that ended with its machine (no end recorded) whose pid
-    the service's hidden parent has now."""
+def _with_a_stale_entry(
+    tmp_path: Path, began: str
+) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """`app config` run as a service under `WITH_A_STALE_ENTRY`, its entry's `began`
+    (JSON fields after its boot id), and root's registry, where the tmpfs is mounted."""
     python, path = nobody_in_a_pid_namespace()
     registry = Path("/tmp/app-pytest-runs-0")  # root's, this run's: a tmpfs mounted over it
     if not registry.is_dir():
@@ -128,17 +127,47 @@ def test_a_service_whose_hidden_parent_a_run_of_an_earlier_boot_had_the_pid_of_i
     }  # fmt: skip
     earlier = "0f0f0f0f-0000-4000-8000-000000000000"  # no boot's: random UUIDs, version 4
     try:
-        done = subprocess.run(
+        return registry, subprocess.run(
             ["unshare", "--mount", "--propagation", "private", "--pid", "--fork",
              "--mount-proc", "sh", "-c", WITH_A_STALE_ENTRY, "sh", str(work), str(seen),
-             str(registry), earlier, *NOBODY, "env", "-i",
+             str(registry), earlier, began, *NOBODY, "env", "-i",
              *(f"{k}={v}" for k, v in env.items()), python, "-m", "app", "config"],
             capture_output=True, text=True, check=False, cwd="/",
         )  # fmt: skip
     finally:
         seen.rmdir()
+
+
+def test_a_service_whose_hidden_parent_a_run_of_an_earlier_boot_had_the_pid_of_is_not_refused(
+    tmp_path: Path,
+) -> None:
+    """Red team 70 on regress, the guard (branch rt-regress70a): `_hidden_parent` counted an
+    entry of an earlier boot's run that ended with its machine (no end recorded) whose pid
+    the service's hidden parent has now."""
+    _, done = _with_a_stale_entry(tmp_path, ', "boot_began": 1')
     # Before the fix: 78, "while /proc does not show this process's parent, pid 1 ... and
     # the registry of test runs holds an entry for a run of that pid (.../1-5.json)".
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("profile: development"), done.stdout
     assert "refused" not in done.stderr, done.stderr
+
+
+def test_a_stale_entry_of_an_older_build_is_said_not_to_tell_when_its_boot_began(
+    tmp_path: Path,
+) -> None:
+    """Red team 71 on regress (branch rt-regress71a): as above, with an entry of a build
+    before red team 71, which records no start of its boot: it counts (rt-guard71: a boot id
+    may be a file mounted over), and the refusal said it named a boot "that began when this
+    one did by the wall clock", which nothing had compared. It now says the entry does not
+    tell when its boot began."""
+    registry, done = _with_a_stale_entry(tmp_path, "")
+    assert done.returncode == 78, done.stderr
+    assert (
+        "the registry of test runs holds an entry for a run of that pid "
+        f"({registry}/1-5.json), so this process cannot tell whether that run is above it "
+        "(it names another boot than /proc/sys/kernel/random/boot_id shows here, but not "
+        "when that boot began (written by a build of the app before entries recorded it, "
+        "or by a run that could not tell), so it may be this boot's: a file mounted over "
+        "the boot id)" in done.stderr
+    ), done.stderr
+    assert f"If no test run of pid 1 is running, remove {registry}/1-5.json" in done.stderr

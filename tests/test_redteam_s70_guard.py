@@ -36,6 +36,11 @@ boot began by the wall clock as well, which no mount covers, and counts as an ea
 only where that differs too. And a hidden child in a session of its own below a shell that
 keeps the run's capabilities found no entry for its parent or leaders, and purged: where the
 kernel tells a process's parent by a pidfd (Linux 6.13), every hidden ancestor is looked for.
+
+Red team 71 on regress (branch rt-regress71a): the same child under a tracer that failed its
+``pidfd_open`` or its ``PIDFD_GET_INFO`` ioctl with ``EIO`` found no ancestor above the
+shell, and purged: a running entry now counts where that ask failed otherwise than an older
+kernel fails it.
 """
 
 from __future__ import annotations
@@ -123,8 +128,16 @@ def test_hidden_then_removed():
     setsid = {}
     if pidfd_tells_parents():
         setsid["setsid"] = (f'{hidden} && setsid "$@"; exit $?', DROP)
+        # Red team 71 on regress: and its asks of the kernel for a parent failed (a tracer
+        # that injects faults, the tracer detached so that the shell stays its parent).
+        for call in ("pidfd_open", "ioctl"):
+            setsid[f"setsid-{call}"] = (
+                f'{hidden} && setsid "$@"; exit $?',
+                traced(call, drop=DROP, detached=True),
+            )
     else:
-        (OUT / "setsid").write_text("skipped\\n")
+        for name in ("setsid", "setsid-pidfd_open", "setsid-ioctl"):
+            (OUT / name).write_text("skipped\\n")
     run({
         **setsid,
         "boot": (f'{hidden} && mount --bind {fake} {boot} && exec "$@"', DROP),
@@ -184,7 +197,7 @@ _LEADING = (
 )
 
 _NAMES = (
-    "boot", "uuid", "timens", "ro-sys", "setsid",
+    "boot", "uuid", "timens", "ro-sys", "setsid", "setsid-pidfd_open", "setsid-ioctl",
     "hidden", "between", "noaccess", "ruid", "listing", "lstat", "own-stat",
     "exe", "fd", "status", "comm", "ruid-exe", "cmdline", "cmdline-drop",
 )  # fmt: skip
@@ -306,7 +319,7 @@ def _pidfd_tells_parents() -> bool:
     """Whether this kernel tells a process's parent through a pidfd (Linux 6.13)."""
     from app import sandbox
 
-    return bool(sandbox._ancestors_by_pidfd(os.getpid()))
+    return bool(sandbox._ancestors_by_pidfd(os.getpid())[0])
 
 
 def test_a_child_in_a_session_of_its_own_below_a_hidden_shell_is_refused_by_its_runs_entry(
@@ -326,6 +339,38 @@ def test_a_child_in_a_session_of_its_own_below_a_hidden_shell_is_refused_by_its_
     ), text
     assert "holds an entry for a run of that pid (/tmp/" in text, text
     assert "Start this process where /proc shows its ancestor (/proc mounted without" in text
+
+
+def test_a_child_below_a_hidden_shell_whose_ask_for_a_parent_by_pidfd_fails_is_refused(
+    said: dict[str, str],
+) -> None:
+    """Red team 71 on regress (branch rt-regress71a): as the child above, under a tracer that
+    failed its ``pidfd_open``, or its ``PIDFD_GET_INFO`` ioctl (``strace
+    --inject=ioctl:error=EIO``): the walk up by pidfd stopped as if the kernel told no
+    parent, no entry named the hidden shell, and the child purged the stopped production
+    root. A running entry in the registry now counts as an ancestor's where that ask
+    failed."""
+    if not _pidfd_tells_parents():
+        pytest.skip("this kernel tells no process's parent through a pidfd (before Linux 6.13)")
+    for name, call in (
+        ("setsid-pidfd_open", "pidfd_open"),
+        ("setsid-ioctl", "its PIDFD_GET_INFO ioctl"),
+    ):
+        code, _, text = said[name].partition("\n")
+        assert code == "78", said
+        shell = re.search(r"while /proc does not show this process's parent, pid (\d+) \(", text)
+        assert shell is not None, text
+        assert (
+            f"and its ask of the kernel for the parent of pid {shell[1]} through a pidfd "
+            f"({call}) failed (EIO: Input/output error), so this process cannot tell whether "
+            "the run of an entry in the registry of test runs (/tmp/" in text
+        ), text
+        assert (
+            "Let this process ask for a process's parent (pidfd_open and its PIDFD_GET_INFO "
+            "ioctl): a tracer that injects faults (`strace --inject`) must keep to the calls "
+            "the test means" in text
+        ), text
+        assert "If the run of that entry is not running, remove /tmp/" in text, text
 
 
 def test_a_child_whose_look_for_a_hidden_run_or_at_its_name_fails_is_refused(

@@ -88,7 +88,7 @@ def test_a_service_under_proc_subset_pid_is_told_why_an_entry_of_an_earlier_boot
         done = subprocess.run(
             ["unshare", "--mount", "--propagation", "private", "--pid", "--fork",
              "--mount-proc", "sh", "-c", WITH_A_STALE_ENTRY_SUBSET, "sh", str(work), str(seen),
-             str(registry), earlier, *AS_THE_SERVICE, "env", "-i",
+             str(registry), earlier, ', "boot_began": 1', *AS_THE_SERVICE, "env", "-i",
              *(f"{k}={v}" for k, v in env.items()), python, "-m", "app", "config"],
             capture_output=True, text=True, check=False, cwd="/",
         )  # fmt: skip

@@ -225,6 +225,26 @@ EXAMPLES: list[errors.AppError] = [
         "injects faults (`strace --inject`) must keep to the calls the test means "
         "(`-P <the file>`)",
     ),
+    # Where /proc hides this process's parent and its ask for a hidden ancestor's parent by
+    # pidfd failed (an injected fault), with a running run's entry in the registry.
+    errors.SandboxViolationError(
+        "loading profile 'production' while /proc does not show this process's parent, pid "
+        "4242 (/proc is mounted here with hidepid=invisible, which hides a process this one "
+        "may not read: another user's, or one that holds capabilities this process lacks), "
+        "and its ask of the kernel for the parent of pid 4242 through a pidfd (its "
+        "PIDFD_GET_INFO ioctl) failed (EIO: Input/output error), so this process cannot tell "
+        "whether the run of an entry in the registry of test runs "
+        "(/tmp/app-pytest-runs-0/4000-1234500.json) is above it",
+        None,
+        "Start this process where /proc shows its parent (/proc mounted without "
+        "hidepid=invisible, or with gid= a group of this process, or with the capabilities of "
+        "pid 4242 in effect), or outside the test run; a test must not hide its run from the "
+        "processes it starts. Let this process ask for a process's parent (pidfd_open and its "
+        "PIDFD_GET_INFO ioctl): a tracer that injects faults (`strace --inject`) must keep to "
+        "the calls the test means (`-P <the file>`), and a seccomp filter must not fail "
+        "those. If the run of that entry is not running, remove "
+        "/tmp/app-pytest-runs-0/4000-1234500.json",
+    ),
     # Where this process's read of its own stat failed (an injected fault).
     errors.SandboxViolationError(
         "loading profile 'production' while this process's read of its own /proc/4243/stat "
