@@ -183,7 +183,12 @@ def describe_holder(holder: Mapping[str, Any] | None) -> str:
     if "took_lock" in holder:  # see `_kept_by`
         took = holder["took_lock"]
         original = {k: v for k, v in holder.items() if k not in ("pid", "took_lock")}
-        details = describe_holder({**original, "pid": took}).removeprefix(f"pid {took}, ")
+        # Its own words for the taker, which start "pid N, " only where it published details:
+        # an empty lock file's taker was "pid N (pid N (command line unknown), which published
+        # ...)" (red team 71 on regress, round i).
+        taker = describe_holder({**original, "pid": took})
+        if taker.startswith(f"pid {took}, "):
+            taker = f"pid {took} ({taker.removeprefix(f'pid {took}, ')})"
         keeper = (
             f"pid {holder['pid']} ({holder.get('keeper_argv') or 'command line unknown'})"
             if holder.get("pid")
@@ -191,7 +196,7 @@ def describe_holder(holder: Mapping[str, Any] | None) -> str:
             "on the lock file names it)"
         )
         return (
-            f"{keeper}, which keeps open the lock taken by pid {took} ({details}); pid {took} "
+            f"{keeper}, which keeps open the lock taken by {taker}; pid {took} "
             "no longer holds it (it exited, or closed it), and the descriptor was inherited "
             "or passed on"
         )
@@ -750,14 +755,12 @@ def _seen_here_as_published(
 
 
 def _command_line(pid: int) -> str:
-    """`pid`'s command line, on one line, or what says it cannot be read."""
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        raw = b""
-    return " ".join(raw.decode(errors="replace").replace("\0", " ").split())[:200] or (
-        "command line unknown"
-    )
+    """`pid`'s command line as a shell would read it (`command_line`), or what says it
+    cannot be read. Its words were joined with spaces, so that a holder found through a
+    deleted lock file was "pid N (bash -c exec 9<lock; flock 9; ...)" where the same
+    holder, its lock file in place, was "pid N (bash -c 'exec 9<lock; flock 9; ...')" (red
+    team 71 on regress, round i)."""
+    return command_line(pid) or "command line unknown"
 
 
 def _innermost_pid(pid: int) -> int | None:
@@ -793,10 +796,12 @@ def _lock_line(pid: int | str, key: str) -> bool | None:
     return False
 
 
-def _keepers(path: Path, key: str, device: int) -> list[int]:
+def _keepers(path: Path, key: str, device: int, listed: int | None = None) -> list[int]:
     """The processes with a descriptor of the open file description that holds the flock on
     the lock file at `path` (or at it once, deleted since): read from every process's open
-    files, so only where the process the kernel lists for the lock does not hold it."""
+    files, so only where the process the kernel lists for the lock does not hold it.
+    `device`: the file's, or its directory's where `listed` (the device the lock list names
+    its files by) is given (`_on_device`)."""
     inode = int(key.rpartition(":")[2])
     found = []
     with contextlib.suppress(OSError), os.scandir(_PROC_LOCKS.parent) as processes:
@@ -805,25 +810,34 @@ def _keepers(path: Path, key: str, device: int) -> list[int]:
                 continue
             with contextlib.suppress(OSError), os.scandir(f"{process.path}/fd") as descriptors:
                 opened = any(
-                    _names_lock(Path(d.path), path.name, inode, device) for d in descriptors
+                    _names_lock(Path(d.path), path.name, inode, device, listed) for d in descriptors
                 )
                 if opened and _lock_line(process.name, key):
                     found.append(int(process.name))
     return found
 
 
-def _names_lock(descriptor: Path, name: str, inode: int, device: int) -> bool:
+def _names_lock(
+    descriptor: Path, name: str, inode: int, device: int, listed: int | None = None
+) -> bool:
     """Whether a descriptor opens a file called `name` (deleted or not) whose inode is
     `inode` on `device`: by the file itself, since the root may be reached at another path
     than the descriptor names (a bind mount, red team 46). Only a file of that name is looked
-    at. The device too: btrfs's subvolumes repeat inode numbers (red team 71)."""
+    at. The device too: btrfs's subvolumes repeat inode numbers (red team 71). Where
+    `device` is a directory's and `listed` the lock list's, as `_on_device` tells it: on an
+    overlay of two filesystems a file's device is its layer's, and a shell that kept the
+    lock of a deleted lock file there went unseen, so that a writer took the root beside it
+    (red team 71 on regress, round i)."""
     try:
         named = str(descriptor.readlink()).removesuffix(" (deleted)")
         if Path(named).name != name:
             return False
         seen = descriptor.stat()
-        return (seen.st_ino, seen.st_dev) == (inode, device)
-    except OSError:
+        if listed is None:
+            return (seen.st_ino, seen.st_dev) == (inode, device)
+        pid = int(descriptor.parent.parent.name)
+        return seen.st_ino == inode and _on_device(seen, device, listed, pid, descriptor.name)
+    except (OSError, ValueError):
         return False
 
 
@@ -926,7 +940,7 @@ def _keeping(
         if not pid:
             continue  # a taker another PID namespace hides: its keepers are out of sight too
         for inode in inodes:
-            for keeper in _keepers(path, _lock_key(listed, inode), device):
+            for keeper in _keepers(path, _lock_key(listed, inode), device, listed):
                 found.setdefault(keeper, set()).add(inode)
     return found
 

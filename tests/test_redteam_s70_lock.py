@@ -143,7 +143,7 @@ def test_a_flock_on_an_emptied_lock_file_is_named_as_a_program_that_writes_nothi
     with _flock(root / LOCK_FILE) as pid:
         held_by = describe(root).held_by
     assert held_by == (
-        f"pid {pid} (flock {root / LOCK_FILE} -c echo locked; exec sleep 600), which "
+        f"pid {pid} (flock {root / LOCK_FILE} -c 'echo locked; exec sleep 600'), which "
         "published no details in the lock file (it took the lock on a full disk, is releasing "
         "it, or the file was emptied by hand; or it is not a holder of the app but a program "
         "that writes nothing there, as `flock` around a backup)"

@@ -19,6 +19,10 @@ Red team 71 on regress (round f) added to that child an overlay whose layers are
 filesystems (its files' ``st_dev`` is neither its directories' nor the lock list's), and a
 second child, the image mounted again outside a PID namespace (where a lock whose taker
 exited is listed): another program's ``.server.lock`` sharing a kept lock's key.
+
+Round i added to that second child (now a module fixture) a shell that keeps an overlay's
+root's lock past its taker, its lock file deleted; and to the ext4 test the words for a lock
+kept past a taker that published nothing.
 """
 
 from __future__ import annotations
@@ -177,7 +181,8 @@ _BESIDE_A_KEPT_LOCK = r"""
 import json, os, subprocess, sys
 from pathlib import Path
 from app.dataroot import _stamped_root_above
-from app.lock import a_root_s_lock_file
+from app.errors import DataRootInUseError
+from app.lock import RootLock, a_root_s_lock_file, describe_holder, probe
 
 work = Path(sys.argv[1])
 at = work / "again"
@@ -212,6 +217,45 @@ try:
     finally:
         kept.stdin.close()
         kept.wait()
+finally:
+    shell.stdin.close()
+    shell.wait()
+# Round i: round f's overlay of two filesystems (a file's device is its layer's), its root's
+# lock kept by the same shell idiom, and the lock file deleted: is a writer kept off?
+layers = [work / name for name in ("ov_lower", "ov_upper", "ov_merged")]
+for each in layers:
+    each.mkdir()
+for layer in layers[:2]:
+    subprocess.run(["mount", "-t", "tmpfs", "layer", str(layer)], check=True)
+(layers[1] / "up").mkdir()
+(layers[1] / "work").mkdir()
+subprocess.run(
+    ["mount", "-t", "overlay", "overlay", "-o",
+     f"lowerdir={layers[0]},upperdir={layers[1] / 'up'},workdir={layers[1] / 'work'}",
+     str(layers[2])],
+    check=True,
+)
+layered = layers[2] / "root"
+layered.mkdir()
+(layered / ".server.lock").touch()
+seen["overlay_devices"] = [os.stat(layered).st_dev, os.stat(layered / ".server.lock").st_dev]
+shell = subprocess.Popen(
+    ["bash", "-c", f"exec 9<{layered / '.server.lock'}; flock 9; echo locked; read"],
+    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+)
+try:
+    assert shell.stdout.readline() == "locked\n"
+    seen["overlay_shell"] = shell.pid
+    os.unlink(layered / ".server.lock")
+    found = probe(layered)
+    seen["overlay_kept_deleted"] = describe_holder(found.holder) if found.held else "nobody"
+    writer = RootLock(layered, kind="maintenance", profile="testing")
+    try:
+        writer.acquire(wanted="empty the trash", timeout=0.0)
+        writer.release()
+        seen["overlay_kept_writer"] = "acquired"
+    except DataRootInUseError as error:
+        seen["overlay_kept_writer"] = str(error)
 finally:
     shell.stdin.close()
     shell.wait()
@@ -371,15 +415,9 @@ def test_a_lock_file_deleted_under_a_live_writer_on_an_overlay_of_two_filesystem
     ) in on_btrfs["overlay_writer"], said
 
 
-def test_a_lock_kept_past_its_taker_in_another_subvolume_makes_no_root_of_a_plain_file(
-    on_btrfs: dict,
-) -> None:
-    # Found by reading `_of_this_file`, then by experiment: a pid listed for the shared key
-    # that cannot be looked at counted as this file's holder, and one that exited cannot be.
-    # A shell around a job (`exec 9<lock; flock 9`, flock(1)'s own example) keeps a lock
-    # whose taker exited; another program's empty `.server.lock` in another subvolume with
-    # that inode number (each numbers its files from 256) was "a root's lock file", and a
-    # root beneath it was refused: "it lies inside data root ... (it holds ...)".
+@pytest.fixture(scope="module")
+def beside_a_kept_lock(on_btrfs: dict) -> dict:
+    """What `_BESIDE_A_KEPT_LOCK` saw: one child for the two tests below."""
     work = Path(on_btrfs["root"]).parent.parent
     done = subprocess.run(
         ["unshare", "-m", "--propagation", "private",
@@ -388,7 +426,20 @@ def test_a_lock_kept_past_its_taker_in_another_subvolume_makes_no_root_of_a_plai
     )  # fmt: skip
     found = [line for line in done.stdout.splitlines() if line.startswith("RESULTS ")]
     assert found, done.stdout + done.stderr
-    seen = json.loads(found[0].removeprefix("RESULTS "))
+    seen: dict = json.loads(found[0].removeprefix("RESULTS "))
+    return seen
+
+
+def test_a_lock_kept_past_its_taker_in_another_subvolume_makes_no_root_of_a_plain_file(
+    beside_a_kept_lock: dict,
+) -> None:
+    # Found by reading `_of_this_file`, then by experiment: a pid listed for the shared key
+    # that cannot be looked at counted as this file's holder, and one that exited cannot be.
+    # A shell around a job (`exec 9<lock; flock 9`, flock(1)'s own example) keeps a lock
+    # whose taker exited; another program's empty `.server.lock` in another subvolume with
+    # that inode number (each numbers its files from 256) was "a root's lock file", and a
+    # root beneath it was refused: "it lies inside data root ... (it holds ...)".
+    seen = beside_a_kept_lock
     said = json.dumps(seen, indent=1)
     assert seen["inodes"][0] == seen["inodes"][1], said  # the case itself
     if not seen["listed"]:
@@ -417,8 +468,11 @@ def test_a_lock_file_deleted_under_a_shell_that_keeps_its_lock_keeps_a_writer_of
         assert shell.stdout.readline() == "locked\n"
         found = lock.stat()
         key = f"{os.major(found.st_dev):02x}:{os.minor(found.st_dev):02x}:{found.st_ino}"
-        if f" {key} " not in Path("/proc/locks").read_text():
+        listed = [line.split() for line in Path("/proc/locks").read_text().splitlines()]
+        takers = [parts[4] for parts in listed if len(parts) > 5 and parts[5] == key]
+        if not takers:
             pytest.skip("this PID namespace's /proc/locks hides a lock whose taker exited")
+        live = describe_holder(probe(tmp_path).holder)  # round i: its lock file in place
         lock.unlink()
         seen = probe(tmp_path)
         described = describe_holder(seen.holder)  # while the shell runs: its command line
@@ -430,8 +484,41 @@ def test_a_lock_file_deleted_under_a_shell_that_keeps_its_lock_keeps_a_writer_of
         shell.stdin.close()
         shell.wait()
     assert seen.held, seen
-    named = f"pid {shell.pid} (bash -c exec 9<{lock}; flock 9; echo locked; read)"
+    # Round i: the command line was unquoted here, shell-quoted where the lock file is in
+    # place; and there the taker was "pid N (pid N (command line unknown), which ...)".
+    named = f"pid {shell.pid} (bash -c 'exec 9<{lock}; flock 9; echo locked; read')"
     assert described.startswith(named), seen.holder
+    (taker,) = takers
+    assert live.startswith(
+        f"{named}, which keeps open the lock taken by pid {taker} (command line unknown), "
+        "which published no details in the lock file (it took the lock on a full disk, "
+    ), live
+    assert f"a backup); pid {taker} no longer holds it (it exited, or closed it)" in live, live
     said = str(refused.value)
     assert f"data root {tmp_path} is held by {named}" in said, said
     assert f"through its lock file {lock}, which was deleted while it held it" in said, said
+
+
+def test_a_lock_file_deleted_under_a_shell_that_keeps_its_lock_on_an_overlay_keeps_a_writer_off(
+    beside_a_kept_lock: dict,
+) -> None:
+    # Found by reading `_keeping` beside `_on_device` (round f's two fixes), then by
+    # experiment: on an overlay of two filesystems (a file's device is its layer's, not its
+    # directory's), the keeper of an exited taker's lock was looked for among descriptors of
+    # a file on the directory's device, and found none. With the lock file deleted under a
+    # shell keeping its lock (`exec 9<lock; flock 9`), `app status` said "nobody" and a
+    # writer took the root beside it ("acquired").
+    seen = beside_a_kept_lock
+    said = json.dumps(seen, indent=1)
+    directory, file = seen["overlay_devices"]
+    assert directory != file, said  # the case itself
+    if not seen["listed"]:
+        pytest.skip("this PID namespace's /proc/locks hides a lock whose taker exited")
+    named = f"pid {seen['overlay_shell']} (bash -c 'exec 9<"
+    assert seen["overlay_kept_deleted"].startswith(named), said
+    assert "which published no details in the lock file" in seen["overlay_kept_deleted"], said
+    writer = seen["overlay_kept_writer"]
+    assert writer.startswith("cannot empty the trash: data root "), said
+    assert f"/ov_merged/root is held by {named}" in writer, said
+    assert "/ov_merged/root/.server.lock, which was deleted while it held it" in writer, said
+    assert f"stop it (kill {seen['overlay_shell']})" in writer, said
