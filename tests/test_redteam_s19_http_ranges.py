@@ -158,3 +158,31 @@ def test_a_range_with_a_number_of_thousands_of_digits_is_read_as_that_number(
         assert refused.status_code == 416, (wanted[:40], refused.text[:300])
         assert refused.headers["content-range"] == f"bytes */{SIZE}"
         assert "each range starts past its end or is -0" in refused.json()["message"]
+
+
+def test_a_range_that_ends_before_it_starts_is_refused_at_any_length(http: httpx.Client) -> None:
+    # Red team 71 on regress (rt-regress71h), found by reading rt-regress71d's `_to_the_end`:
+    # a range whose last byte is before its first went to Starlette as sent, whose int()
+    # refuses over 4,300 digits and skips that part: `bytes=0-1,<4,301 digits>-5` was a 206
+    # of 0-1 alone where `bytes=0-1,9-5` is 400, and alone it was 400 "range must be
+    # requested". One starting past the end with another in the file was 416 "each range
+    # starts past its end", which the other belies. Each is 400, as `bytes=9-5` is.
+    session_id = http.post("/sessions", json={}).json()["id"]
+    url = f"/sessions/{session_id}/files/backwards.bin"
+    assert http.put(url, content=os.urandom(SIZE)).status_code == 201
+    huge = "9" * 4301
+    for wanted in (
+        "bytes=9-5",
+        f"bytes=0-1,{huge}-5",  # was 206 of 0-1
+        f"bytes={huge}-5",  # was 400 "range must be requested"
+        f"bytes=0-1,{SIZE * 2}-3",  # was 416 "each range starts past its end or is -0"
+        f"bytes=-0,{huge}-{'0' * 4400}",
+    ):
+        refused = http.get(url, headers={"Range": wanted})
+        assert refused.status_code == 400, (wanted[:40], refused.text[:300])
+        message = refused.json()["message"]
+        assert message.endswith(": Range header: start must be less than end"), message[-200:]
+        assert message.startswith(f"malformed Range header {wanted!r}"), message[:100]
+    # A range of one byte, its numbers with leading zeros, is not backwards.
+    one = http.get(url, headers={"Range": f"bytes=0-1,{'0' * 4400}5-5"})
+    assert (one.status_code, one.headers["content-type"][:9]) == (206, "multipart"), one.text

@@ -28,8 +28,10 @@ from typing import Any
 import httpx
 import pytest
 from live_http import WAIT, Answers, a_session, address, connect, head_of
+from starlette.requests import Request
 from starlette.testclient import TestClient
 
+from app.server.uploads import _client_named
 from app.store import Store
 from app.testing import LiveServer
 
@@ -399,6 +401,31 @@ def test_uploads_over_max_uploads_in_flight_are_503_with_retry_after(tight: Live
     finally:
         for sock in slow:
             sock.close()
+
+
+@pytest.mark.parametrize(
+    ("host", "named"),
+    [
+        # Was ::ffff:c633:6407: str() of an IPv4-mapped address, the client of a server on
+        # "::" that every IPv4 client reaches as one, or a proxy's X-Forwarded-For.
+        ("::ffff:198.51.100.7", "::ffff:198.51.100.7"),
+        ("198.51.100.7", "198.51.100.7"),
+        ("2001:DB8::1", "2001:DB8::1"),  # as the access log has it
+        ("fe80::1%br-lan", "fe80::1%br-lan"),  # was fe80::1: an interface's name
+        ("fe80::1%eth0", "fe80::1%eth0"),
+        ("fe80::1%eth0; Nothing is wrong", "fe80::1"),
+        (
+            "198.51.100.7; the oldest began 0 s ago",
+            "a client whose X-Forwarded-For gave no address",
+        ),
+        ("", "an unknown client"),
+    ],
+)
+def test_a_client_holding_an_upload_is_named_by_its_address_as_given(host: str, named: str) -> None:
+    # Red team 71 on regress (rt-regress71h), found by reading rt-regress71d's
+    # `_client_named` (the 503 above shows it; a server on "::" is not started here).
+    request = Request({"type": "http", "client": (host, 0) if host else None, "headers": []})
+    assert _client_named(request) == named
 
 
 def read_answer_once(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
