@@ -877,8 +877,9 @@ def _near_names(
     alike, or a near miss of it), with the one it looks meant as; the settings files' own
     names, names not ending in ``.toml`` and directories are passed over.
 
-    A near miss is the name with a separator left out or doubled (``settingslocal.toml``),
-    or one slip of the fingers (`_one_slip`) in one of its words (``setings.local.toml``,
+    A near miss is the name with a separator left out, doubled, or typed as a space or a
+    comma (``settingslocal.toml``, ``settings local.toml``), or with at most one slip of the
+    fingers (`_one_slip`) in each of its words (``setings.local.toml``,
     ``settings.lcoal.toml``, ``secret.toml``): a name whose word differs otherwise is
     another file's, ``settings.global.toml`` or ``settings.lock.toml`` (red team 71, round
     j). No ``difflib`` ratio: over whole names it rated such words near misses of ``local``
@@ -891,7 +892,8 @@ def _near_names(
             continue
         if not name.rstrip().lower().endswith(".toml"):
             continue
-        stem = _file_key(name).removesuffix(".toml")
+        # A space, or a comma (the key beside `.`), typed for a `.` is a separator too.
+        stem = _file_key(name).removesuffix(".toml").replace(" ", ".").replace(",", ".")
         words = stem.split(".")
         found = keys.get(stem)
         for key, file in keys.items():
@@ -903,7 +905,7 @@ def _near_names(
             others = key.split(".")
             if len(others) == len(words):
                 slips = [(a, b) for a, b in zip(words, others, strict=True) if a != b]
-                found = file if len(slips) == 1 and _one_slip(*slips[0]) else None
+                found = file if all(_one_slip(*slip) for slip in slips) else None
         # A directory holds no settings to be ignored, and the `mv` would make the settings
         # file a directory: one `stat` for a name found only (red team 71, round e).
         if found is not None and not os.path.isdir(directory / name):  # noqa: PTH112

@@ -375,18 +375,21 @@ def test_a_settings_file_under_a_near_miss_of_its_name_is_refused_not_ignored(
         (settings / name).write_text("[development]\n")
     # Nor are other words a letter or two from `local`: the ratio over whole names refused
     # these at every load too, `settings.global.toml` at 0.90 (red team 71, round j); a
-    # separator left out and a letter left out of the word are near misses still.
+    # separator left out or typed as a space, and a letter left out of a word, are near
+    # misses still.
     for name in ("settings.global.toml", "settings.lock.toml", "settings.vocal.toml"):
         (settings / name).write_text("[development]\n")
     for name in ("settings.locale.toml", "secrets.global.toml", "settingslocal.toml"):
         (settings / name).write_text("[development]\n")
-    (settings / "settings.locl.toml").write_text("[development]\n")
+    for name in ("settings.locl.toml", "settings local.toml"):
+        (settings / name).write_text("[development]\n")
     (settings / "secrets.local.toml").mkdir()
     files = config_files.read_files(os.environ, sandboxed=False)
     found = [(e.path.name, e.meant) for e in config_files.misnamed_files(files)]
     assert found == [
         (".secrets.lcoal.toml", ".secrets.local.toml"),
         ("Settings.local.toml", "settings.local.toml"),
+        ("settings local.toml", "settings.local.toml"),
         ("settings.locl.toml", "settings.local.toml"),
         ("settings_local.toml", "settings.local.toml"),
         ("settingslocal.toml", "settings.local.toml"),
