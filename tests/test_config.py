@@ -863,9 +863,9 @@ def test_two_profiles_whose_names_differ_only_in_a_hyphen_and_an_underscore_are_
         load("testing")
     assert str(caught.value) == (
         f"{where / 'settings.toml'}: sections [prod-eu] and [Prod_EU] name profiles that "
-        "differ only in their '-' and '_' (one for the other, or one left out), so a name "
-        "typed for one selects the other (the protection, token and data_root of another "
-        "profile than meant); rename one so that the names differ otherwise, and run "
+        "differ only in their '-' and '_' (one for the other, or one left out) and in case, "
+        "so a name typed for one selects the other (the protection, token and data_root of "
+        "another profile than meant); rename one so that the names differ otherwise, and run "
         "`app doctor`"
     )
     assert caught.value.exit_code == 78
@@ -883,6 +883,9 @@ def test_two_profiles_whose_names_differ_only_in_a_hyphen_and_an_underscore_are_
         assert f"sections [{first}] and [{second}] name profiles that differ only in" in str(
             caught.value
         )
+        # In case as well only where they do ([prod-eu] and [Prod_EU] above: said to differ
+        # "only in their '-' and '_'", red team 71, round j).
+        assert "left out), so a name typed" in str(caught.value)
 
 
 @pytest.mark.parametrize(
