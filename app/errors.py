@@ -469,10 +469,14 @@ class SettingsAmbiguousError(ConfigError):
             # Two profiles whose names differ in '-' and '_' (and case) only (red team 71;
             # one left out or added too, round e).
             named = " and ".join(f"[{name}]" for name in self.spellings)
+            # [PROD-EU] and [prodeu] were said to differ "only in their '-' and '_'"
+            # (red team 71, round j).
+            folded = {name.replace("-", "").replace("_", "") for name in self.spellings}
+            cased = " and in case" if len(folded) > 1 else ""
             return (
                 f"{self.path}: sections {named} name profiles that differ only in their '-' "
-                "and '_' (one for the other, or one left out), so a name typed for one "
-                "selects the other (the protection, token and data_root of another profile "
+                f"and '_' (one for the other, or one left out){cased}, so a name typed for "
+                "one selects the other (the protection, token and data_root of another profile "
                 "than meant); rename one so that the names differ otherwise, and run "
                 "`app doctor`"
             )
