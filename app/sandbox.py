@@ -2609,16 +2609,31 @@ def _ancestors_by_pidfd(pid: int) -> tuple[list[int], tuple[int, str, OSError] |
         except AttributeError:  # no pidfd_open (not Linux)
             break
         except OSError as error:
-            if error.errno in (errno.ESRCH, errno.ENOSYS):  # gone, or before Linux 5.3
-                break
+            release = _kernel_release()
+            if error.errno == errno.ESRCH or (error.errno == errno.ENOSYS and release < (5, 3)):
+                break  # gone, or before Linux 5.3
+            if error.errno == errno.ENOSYS:
+                # A kernel that has the call, failed as one without it (`_kernel_release`).
+                return found, (pid, f"pidfd_open, which Linux {_spelt(release)} has", error)
             return found, (pid, "pidfd_open", error)
         info = bytearray(_PIDFD_INFO_SIZE)
         struct.pack_into("=Q", info, 0, _PIDFD_INFO_PID)
         try:
             fcntl.ioctl(fd, _PIDFD_GET_INFO, info)
         except OSError as error:
-            if error.errno in (errno.ENOTTY, errno.ESRCH):  # before Linux 6.13; exited
-                break
+            release, machine = _kernel_release(), os.uname().machine
+            answers = release >= (6, 13) and machine in _PIDFD_GET_INFO_MACHINES
+            if error.errno == errno.ESRCH or (error.errno == errno.ENOTTY and not answers):
+                break  # exited; or before Linux 6.13, or numbered otherwise
+            if error.errno == errno.ENOTTY:
+                # A kernel that answers it, failed as one that does not: a tracer's fault
+                # (`strace --inject=ioctl:error=ENOTTY`) or a seccomp filter's let a child
+                # below a hidden shell in a session of its own purge (round g of red team 71
+                # on regress), as EIO had (round a).
+                said = (
+                    f"its PIDFD_GET_INFO ioctl, which Linux {_spelt(release)} on {machine} answers"
+                )
+                return found, (pid, said, error)
             return found, (pid, "its PIDFD_GET_INFO ioctl", error)
         finally:
             os.close(fd)
@@ -2628,6 +2643,36 @@ def _ancestors_by_pidfd(pid: int) -> tuple[list[int], tuple[int, str, OSError] |
         seen.add(pid)
         found.append(pid)
     return found, None
+
+
+#: Where `_PIDFD_GET_INFO` is the ioctl's number (`_ancestors_by_pidfd`), as ``uname -m``
+#: names them.
+_PIDFD_GET_INFO_MACHINES: Final = ("x86_64", "aarch64")
+
+
+def _kernel_release() -> tuple[int, int]:
+    """This kernel's release (major, minor), the later of what ``uname`` says and what
+    ``/proc/sys/kernel/osrelease`` shows; (0, 0) where neither tells.
+
+    `_ancestors_by_pidfd` reads ENOSYS from ``pidfd_open`` (before Linux 5.3) and ENOTTY
+    from its ioctl (before Linux 6.13) as a kernel that cannot tell a process's parent,
+    only where the release is earlier: a tracer or a seccomp filter that fails the calls
+    with those errors is otherwise a failure. The later of the two: a personality lowers
+    what ``uname`` says (``setarch --uname-2.6``), and a file mounted over the other."""
+    said = [os.uname().release]
+    with contextlib.suppress(OSError):
+        said.append(Path(f"{_PROC}/sys/kernel/osrelease").read_text())
+    found = [(0, 0)]
+    for text in said:
+        numbers = re.match(r"(\d+)\.(\d+)", text.strip())
+        if numbers is not None:
+            found.append((int(numbers[1]), int(numbers[2])))
+    return max(found)
+
+
+def _spelt(release: tuple[int, int]) -> str:
+    """Kernel `release` as Linux numbers it (6.13)."""
+    return ".".join(map(str, release))
 
 
 def _boot_unknown(entry: Path) -> bool:
@@ -2782,7 +2827,48 @@ def _running_here(entry: Path, namespace: int | None) -> bool:
         # every command (red team 70 on regress, the guard). And of a boot that began before
         # this one: a boot id is a file that a mount covers (`_began_before`).
         return False
-    return ended is None and (namespace is None or recorded is None or recorded == namespace)
+    if ended is not None or not (namespace is None or recorded is None or recorded == namespace):
+        return False
+    # A namespace's number is given again once it is gone, with the same first pids: an entry
+    # of a run killed in a namespace that has since died (no end recorded) counted where a
+    # new namespace had that number, and a service whose hidden parent had the run's pid was
+    # refused (round a of red team 71 on regress, flaky in tests/test_proc_noaccess.py). Its
+    # first process tells them apart (`_namespace_init`); unknown on either side, it counts.
+    init = data.get(_INIT)
+    return type(init) is not int or (here := _namespace_init()) is None or here == init
+
+
+#: The field of a registry entry that names the first process of the PID namespace its
+#: pids are numbered in (`_namespace_init`).
+_INIT: Final = "pid_namespace_init"
+
+
+def _namespace_init() -> int | None:
+    """Which process is pid 1 of the PID namespace ``/proc`` numbers pids in, as the kernel
+    numbers its pidfd (pidfs, Linux 6.9: an inode number no other process of this boot is
+    given, where a namespace's own number is given again once it is gone); None where
+    ``/proc`` numbers an enclosing namespace's pids (`_proc_self`) or it cannot be read.
+
+    A pidfd needs no right to read the process, and ``hidepid=`` does not hide it: a
+    service's init is another user's. Before Linux 6.9 every pidfd has the same inode, so
+    every entry names the same: it tells nothing, and counts, as before. Read twice, by
+    ``fstat`` and by the descriptor's ``fdinfo``, and known only where both agree: a ``stat``
+    a tracer made succeed without filling anything in (as against `_own_pid_namespace`)
+    would otherwise pass a live run's entry over as another namespace's."""
+    if _proc_self() != os.getpid():
+        return None
+    try:
+        fd = os.pidfd_open(1)
+    except (OSError, AttributeError):  # no pidfd_open (before Linux 5.3, not Linux), denied
+        return None
+    try:
+        number = os.fstat(fd).st_ino
+        shown = (_PROC / "self" / "fdinfo" / str(fd)).read_bytes()
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return number if f"\nino:\t{number}\n".encode() in shown else None
 
 
 #: The field of a registry entry that names the boot its run started in (`_boot_id`).
@@ -4746,6 +4832,7 @@ def _entry_dict(run: Run | None, pid: int) -> dict[str, Any]:
             data["sandbox_identity"] = list(run.sandbox_identity)
     data["pid_namespace"] = _pid_namespace()
     data["own_pid_namespace"] = _own_pid_namespace(pid)
+    data[_INIT] = _namespace_init()  # `_running_here`
     if (booted := _boot_id()) is not None:
         data[_BOOT] = booted  # `_running_here`
         if (began := _boot_began_once()) is not None:

@@ -107,11 +107,16 @@ shift 5
 """
 
 
+#: The id of no boot: random UUIDs are of version 4.
+EARLIER = "0f0f0f0f-0000-4000-8000-000000000000"
+
+
 def _with_a_stale_entry(
-    tmp_path: Path, began: str
+    tmp_path: Path, began: str, booted: str = EARLIER
 ) -> tuple[Path, subprocess.CompletedProcess[str]]:
-    """`app config` run as a service under `WITH_A_STALE_ENTRY`, its entry's `began`
-    (JSON fields after its boot id), and root's registry, where the tmpfs is mounted."""
+    """`app config` run as a service under `WITH_A_STALE_ENTRY`, its entry's `booted` (its
+    boot's id) and `began` (JSON fields after it), and root's registry, where the tmpfs is
+    mounted."""
     python, path = nobody_in_a_pid_namespace()
     registry = Path("/tmp/app-pytest-runs-0")  # root's, this run's: a tmpfs mounted over it
     if not registry.is_dir():
@@ -125,12 +130,11 @@ def _with_a_stale_entry(
         "PATH": os.environ["PATH"], "PYTHONPATH": path, "HOME": str(seen),
         "APP_SETTINGS_DIR": str(seen), "ENV_FOR_DYNACONF": "development",
     }  # fmt: skip
-    earlier = "0f0f0f0f-0000-4000-8000-000000000000"  # no boot's: random UUIDs, version 4
     try:
         return registry, subprocess.run(
             ["unshare", "--mount", "--propagation", "private", "--pid", "--fork",
              "--mount-proc", "sh", "-c", WITH_A_STALE_ENTRY, "sh", str(work), str(seen),
-             str(registry), earlier, began, *NOBODY, "env", "-i",
+             str(registry), booted, began, *NOBODY, "env", "-i",
              *(f"{k}={v}" for k, v in env.items()), python, "-m", "app", "config"],
             capture_output=True, text=True, check=False, cwd="/",
         )  # fmt: skip
@@ -171,3 +175,32 @@ def test_a_stale_entry_of_an_older_build_is_said_not_to_tell_when_its_boot_began
         "the boot id)" in done.stderr
     ), done.stderr
     assert f"If no test run of pid 1 is running, remove {registry}/1-5.json" in done.stderr
+
+
+#: Which process was pid 1 of a PID namespace that has ended (`sandbox._namespace_init`).
+ITS_INIT = "import os; fd = os.pidfd_open(1); print(os.fstat(fd).st_ino)"
+
+
+def test_a_stale_entry_of_a_namespace_since_given_its_number_again_does_not_refuse(
+    tmp_path: Path,
+) -> None:
+    """Red team 71 on regress, round g (branch rt-regress71g): an entry of a run killed in a
+    PID namespace that has since died (no end recorded), found where a new namespace has its
+    number and the service's hidden parent its pid (found by round a, flaky as the
+    `invisible` case above). The entry is written with this namespace's number, and the
+    first process of a namespace that ended: the kernel's giving the number again is not
+    waited for."""
+    if shutil.which("unshare") is None or not hasattr(os, "pidfd_open"):
+        pytest.skip("needs unshare and pidfd_open, for a namespace that ends")
+    ended = subprocess.run(
+        ["unshare", "--pid", "--fork", sys.executable, "-c", ITS_INIT],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    booted = Path("/proc/sys/kernel/random/boot_id").read_text().strip()  # this boot's
+    init = int(ended.stdout)
+    _, done = _with_a_stale_entry(tmp_path, f', "pid_namespace_init": {init}', booted)
+    # Before the fix: 78, "while /proc does not show this process's parent, pid 1 ... and
+    # the registry of test runs holds an entry for a run of that pid (.../1-5.json)".
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("profile: development"), done.stdout
+    assert "refused" not in done.stderr, done.stderr

@@ -70,12 +70,12 @@ MOUNT = "mount -t proc -o hidepid={},gid=54370 proc /proc"
 DROP = ["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--ambient-caps=-all"]
 
 
-def traced(calls, *paths, drop=(), detached=False):
+def traced(calls, *paths, drop=(), detached=False, error="EIO"):
     # Only the calls faulted stop the child (`--seccomp-bpf`): a tracer that stops every
     # call made each child's start slower.
     files = [word for path in paths for word in ("-P", path)]
     inject = ["strace", "-f", "--seccomp-bpf", *(["-D"] if detached else []), "-qq"]
-    faults = ["-e", f"trace={calls}", "-e", f"inject={calls}:error=EIO"]
+    faults = ["-e", f"trace={calls}", "-e", f"inject={calls}:error={error}"]
     return [*inject, "-o", "/dev/null", *files, *faults, *drop]
 
 
@@ -130,13 +130,21 @@ def test_hidden_then_removed():
         setsid["setsid"] = (f'{hidden} && setsid "$@"; exit $?', DROP)
         # Red team 71 on regress: and its asks of the kernel for a parent failed (a tracer
         # that injects faults, the tracer detached so that the shell stays its parent).
-        for call in ("pidfd_open", "ioctl"):
-            setsid[f"setsid-{call}"] = (
+        # Round g: and with the errors of a kernel that cannot tell (ENOSYS, before Linux
+        # 5.3; ENOTTY, before 6.13), which this one can.
+        for name, call, error in (
+            ("pidfd_open", "pidfd_open", "EIO"),
+            ("ioctl", "ioctl", "EIO"),
+            ("ENOSYS", "pidfd_open", "ENOSYS"),
+            ("ENOTTY", "ioctl", "ENOTTY"),
+        ):
+            setsid[f"setsid-{name}"] = (
                 f'{hidden} && setsid "$@"; exit $?',
-                traced(call, drop=DROP, detached=True),
+                traced(call, drop=DROP, detached=True, error=error),
             )
     else:
-        for name in ("setsid", "setsid-pidfd_open", "setsid-ioctl"):
+        for name in ("setsid", "setsid-pidfd_open", "setsid-ioctl", "setsid-ENOSYS",
+                     "setsid-ENOTTY"):
             (OUT / name).write_text("skipped\\n")
     run({
         **setsid,
@@ -198,6 +206,7 @@ _LEADING = (
 
 _NAMES = (
     "boot", "uuid", "timens", "ro-sys", "setsid", "setsid-pidfd_open", "setsid-ioctl",
+    "setsid-ENOSYS", "setsid-ENOTTY",
     "hidden", "between", "noaccess", "ruid", "listing", "lstat", "own-stat",
     "exe", "fd", "status", "comm", "ruid-exe", "cmdline", "cmdline-drop",
 )  # fmt: skip
@@ -352,9 +361,22 @@ def test_a_child_below_a_hidden_shell_whose_ask_for_a_parent_by_pidfd_fails_is_r
     failed."""
     if not _pidfd_tells_parents():
         pytest.skip("this kernel tells no process's parent through a pidfd (before Linux 6.13)")
-    for name, call in (
-        ("setsid-pidfd_open", "pidfd_open"),
-        ("setsid-ioctl", "its PIDFD_GET_INFO ioctl"),
+    release = ".".join(os.uname().release.split(".")[:2])
+    for name, call, error in (
+        ("setsid-pidfd_open", "pidfd_open", "EIO: Input/output error"),
+        ("setsid-ioctl", "its PIDFD_GET_INFO ioctl", "EIO: Input/output error"),
+        # Round g (branch rt-regress71g): the errors of a kernel that cannot tell, from a
+        # kernel that can (its release, on an architecture that numbers the ioctl so).
+        (
+            "setsid-ENOSYS",
+            f"pidfd_open, which Linux {release} has",
+            "ENOSYS: Function not implemented",
+        ),
+        (
+            "setsid-ENOTTY",
+            f"its PIDFD_GET_INFO ioctl, which Linux {release} on {os.uname().machine} answers",
+            "ENOTTY: Inappropriate ioctl for device",
+        ),
     ):
         code, _, text = said[name].partition("\n")
         assert code == "78", said
@@ -362,7 +384,7 @@ def test_a_child_below_a_hidden_shell_whose_ask_for_a_parent_by_pidfd_fails_is_r
         assert shell is not None, text
         assert (
             f"and its ask of the kernel for the parent of pid {shell[1]} through a pidfd "
-            f"({call}) failed (EIO: Input/output error), so this process cannot tell whether "
+            f"({call}) failed ({error}), so this process cannot tell whether "
             "the run of an entry in the registry of test runs (/tmp/" in text
         ), text
         assert (
