@@ -14,6 +14,10 @@ What got through too: a prepared transaction's gid is any text; one with an esca
 character or a newline was printed raw in the ``ROLLBACK PREPARED '...'`` that ends it, as
 the terminal shows it (``\\x1b``, `app.errors.printable`): pasted, it named no transaction.
 It is now an escape string (``E'...'``), which pastes as printed (`pg.describe_prepared`).
+
+Round k (branch rt-regress71k): a DBA's function that pins its own ``search_path`` runs the
+app's guard under it, whose frame then names its schema (``public.app_audit_append_only()``)
+and was taken for another's again; a frame named as the app's in any schema is passed over.
 """
 
 from __future__ import annotations
@@ -107,3 +111,59 @@ def test_a_gid_a_terminal_acts_on_is_printed_to_paste_as_it_shows(
             for (gid,) in left:
                 dba.execute(psycopg.sql.SQL("ROLLBACK PREPARED {}").format(gid))
     assert left == []
+
+
+# Red team 71 on regress, round k: the DBA's trigger function pins its own search_path, as
+# PostgreSQL's docs advise for a SECURITY DEFINER function; the app's guard it runs is
+# compiled under that path, which leaves the app's schema out: its frame names the schema.
+_PINNED = """CREATE FUNCTION dba.prune() RETURNS trigger LANGUAGE plpgsql
+SET search_path = dba, pg_temp AS $$
+BEGIN DELETE FROM {}.app_audit WHERE at < now() - interval '90 days'; RETURN NULL; END $$"""
+# Another's function in another schema, named as the app's guard is: its own code.
+_NAMESAKE = """CREATE FUNCTION dba.app_audit_append_only() RETURNS trigger LANGUAGE plpgsql
+AS $$ BEGIN RAISE EXCEPTION 'audit frozen for a migration'; END $$"""
+
+
+def test_the_apps_own_guard_under_a_pinned_search_path_is_the_apps(
+    postgres_engine: PostgresEngine, database: tuple[str, str]
+) -> None:
+    name, url = database
+    where = pg.mask_url(url)
+    with postgres_engine.connect(name) as dba:
+        [(schema,)] = dba.execute("SELECT current_schema()").fetchall()
+        dba.execute("CREATE SCHEMA dba")
+        try:
+            dba.execute(psycopg.sql.SQL(_PINNED).format(psycopg.sql.Identifier(schema)))
+            dba.execute(
+                "CREATE TRIGGER dba_prune AFTER INSERT ON app_audit"
+                " FOR EACH STATEMENT EXECUTE FUNCTION dba.prune()"
+            )
+            with (
+                pytest.raises(DatabaseRefusedError) as refused,
+                pg.refusals(where, "the audit record"),
+            ):
+                pg.audit(dba, PROFILE, "test", "adopt-copy", "x")
+            context = f"PL/pgSQL function {schema}.app_audit_append_only() line 3 at RAISE"
+            assert context in refused.value.message
+            # Before: "in function public.app_audit_append_only()", its remedy to disable
+            # the app's own trigger. The DBA's function is named as its pinned path shows it.
+            assert refused.value.message.endswith("; nothing was changed. " + _raised("prune()"))
+            remedy = refused.value.message.split("; nothing was changed. ", 1)[1]
+            assert "app_audit_append_only" not in remedy
+            # A namesake of the app's guard in another schema, raising alone: named.
+            dba.execute("DROP TRIGGER dba_prune ON app_audit")
+            dba.execute(_NAMESAKE)
+            dba.execute(
+                "CREATE TRIGGER dba_freeze AFTER INSERT ON app_audit"
+                " FOR EACH STATEMENT EXECUTE FUNCTION dba.app_audit_append_only()"
+            )
+            with (
+                pytest.raises(DatabaseRefusedError) as frozen,
+                pg.refusals(where, "the audit record"),
+            ):
+                pg.audit(dba, PROFILE, "test", "adopt-copy", "x")
+            assert frozen.value.message.endswith(
+                "; nothing was changed. " + _raised("dba.app_audit_append_only()")
+            )
+        finally:
+            dba.execute("DROP SCHEMA dba CASCADE")

@@ -1010,6 +1010,14 @@ def refusal(
 
 #: A frame of PL/pgSQL's in an error's ``CONTEXT``: a line of its own, that begins so.
 _PLPGSQL_FRAME: Final = re.compile(r"^PL/pgSQL function (\S.*?\))", re.M)
+#: A frame's function named as one of the app's, in any schema: ``name()`` or, where the
+#: search_path it was compiled under leaves its schema out, ``schema.name()``.
+_APP_NAMED: Final = re.compile(r'(?:(?:"(?:[^"]|"")*"|[^"\s.(]+)\.)?(\w+)\(\)')
+
+
+def _app_named(function: str) -> bool:
+    named = _APP_NAMED.fullmatch(function)
+    return named is not None and named.group(1) in _APP_FUNCTIONS
 
 
 def _raised_by_code(error: psycopg.Error) -> str | None:
@@ -1031,13 +1039,18 @@ def _raised_by_code(error: psycopg.Error) -> str | None:
     # be the app's own, run by another's (``app_audit_append_only``, under a DBA's trigger
     # that prunes app_audit), whose caller is the code to name; a statement's text quoted
     # on a line of its own (``SQL statement "..."``) names no frame (red team 71 on regress).
-    frames = [
-        called.group(1)
-        for called in _PLPGSQL_FRAME.finditer(error.diag.context or "")
-        if called.group(1).removesuffix("()") not in _APP_FUNCTIONS
-    ]
-    if not frames and (error.diag.context or "").startswith("PL/pgSQL function "):
+    # A function's frame names it as its search_path then showed it: the app's, run by a
+    # DBA's function that pins its own (``SET search_path = dba, pg_temp``, as PostgreSQL's
+    # docs advise for SECURITY DEFINER), is ``public.app_audit_append_only()``, and was named
+    # as another's, its remedy to disable the app's guard (red team 71 on regress, round k).
+    # So a frame named as one of the app's, in any schema, is passed over for the one that
+    # ran it; alone, one with a schema is another's (the app's own statements run with the
+    # app's schema on their path: the app's function is named bare).
+    called = [frame.group(1) for frame in _PLPGSQL_FRAME.finditer(error.diag.context or "")]
+    frames = [function for function in called if not _app_named(function)]
+    if not frames and called and called[0].removesuffix("()") in _APP_FUNCTIONS:
         return None  # the app's own function alone: not another's code
+    frames = frames or called
     if not (state.startswith("P0") or (frames and _refusal_text(state) is None)):
         return None
     function = frames[0] if frames else "<the function the reason's CONTEXT names>"
