@@ -18,6 +18,8 @@ It is now an escape string (``E'...'``), which pastes as printed (`pg.describe_p
 Round k (branch rt-regress71k): a DBA's function that pins its own ``search_path`` runs the
 app's guard under it, whose frame then names its schema (``public.app_audit_append_only()``)
 and was taken for another's again; a frame named as the app's in any schema is passed over.
+Doctor's ``prepared`` line, cut at the description's first `` (``, was cut inside a gid
+that holds one: it is now made from the gid, owner and time (`pg.name_prepared`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 from engines import PostgresEngine
+from test_redteam_s62_remote import doctor_probes
 from test_redteam_s71_remote import _raised
 from test_remote_store import PROFILE
 
@@ -167,3 +170,30 @@ def test_the_apps_own_guard_under_a_pinned_search_path_is_the_apps(
             )
         finally:
             dba.execute("DROP SCHEMA dba CASCADE")
+
+
+# Round k: a gid with " (" in it, as a transaction manager's retry count may give one.
+RETRIED = "xa (retry 2) of role x, prepared"
+
+
+def test_doctors_prepared_line_gives_a_gid_with_a_parenthesis_whole(
+    postgres_engine: PostgresEngine, database: tuple[str, str]
+) -> None:
+    name, url = database
+    shared = "SELECT pg_advisory_xact_lock_shared({}, {})".format(*pg.HOLDERS_LOCK)
+    with postgres_engine.connect(name) as dba:
+        dba.execute("BEGIN")
+        dba.execute(shared)
+        dba.execute(psycopg.sql.SQL("PREPARE TRANSACTION {}").format(RETRIED))
+    try:
+        [found] = [p for p in doctor_probes(url, pg.mask_url(url)) if p.subject == "prepared"]
+        # Before: "prepared transaction 'xa", cut at the gid's own " (".
+        assert re.fullmatch(
+            r"prepared transaction 'xa \(retry 2\) of role x, prepared' of role \w+, "
+            r"prepared \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC",
+            found.found,
+        )
+        assert found.exit_code == 69
+    finally:
+        with postgres_engine.connect(name) as dba:
+            dba.execute(psycopg.sql.SQL("ROLLBACK PREPARED {}").format(RETRIED))
