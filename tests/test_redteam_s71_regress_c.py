@@ -19,7 +19,9 @@ Round k (branch rt-regress71k): a DBA's function that pins its own ``search_path
 app's guard under it, whose frame then names its schema (``public.app_audit_append_only()``)
 and was taken for another's again; a frame named as the app's in any schema is passed over.
 Doctor's ``prepared`` line, cut at the description's first `` (``, was cut inside a gid
-that holds one: it is now made from the gid, owner and time (`pg.name_prepared`).
+that holds one: it is now made from the gid, owner and time (`pg.name_prepared`). A frame
+ended at the first ``)`` of its line, inside a quoted name holding a newline: it is read
+whole, and given in the remedy's queries as an escape string where it needs one.
 """
 
 from __future__ import annotations
@@ -197,3 +199,41 @@ def test_doctors_prepared_line_gives_a_gid_with_a_parenthesis_whole(
     finally:
         with postgres_engine.connect(name) as dba:
             dba.execute(psycopg.sql.SQL("ROLLBACK PREPARED {}").format(RETRIED))
+
+
+# Round k: a DBA's function whose quoted name holds a newline, then the app's guard's frame.
+FORGED = '"f\nPL/pgSQL function app_audit_append_only"()'
+
+
+def test_a_function_whose_quoted_name_holds_a_newline_is_named_whole(
+    postgres_engine: PostgresEngine, database: tuple[str, str]
+) -> None:
+    name, url = database
+    with postgres_engine.connect(name) as dba:
+        dba.execute(
+            f"CREATE FUNCTION {FORGED} RETURNS trigger LANGUAGE plpgsql"
+            " AS $$ BEGIN RAISE EXCEPTION 'audit frozen'; END $$"
+        )
+        dba.execute(
+            f"CREATE TRIGGER dba_freeze AFTER INSERT ON app_audit"
+            f" FOR EACH STATEMENT EXECUTE FUNCTION {FORGED}"
+        )
+        try:
+            with (
+                pytest.raises(DatabaseRefusedError) as refused,
+                pg.refusals(pg.mask_url(url), "the audit record"),
+            ):
+                pg.audit(dba, PROFILE, "test", "adopt-copy", "x")
+            # Before: "in function app_audit_append_only\"()", the frame ended at the newline
+            # inside its name, and a query that named no function.
+            assert f"Code of another's raised it, in function {FORGED}: " in refused.value.message
+            [found] = re.findall(r"tgfoid = (.*?)::regprocedure", refused.value.message)
+            assert found == "E'\"f\\x0aPL/pgSQL function app_audit_append_only\"()'"
+            # Pasted as printed, it names the trigger.
+            named = dba.execute(
+                "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal"
+                f" AND tgfoid = {found}::regprocedure"
+            ).fetchall()
+            assert named == [("dba_freeze",)]
+        finally:
+            dba.execute(f"DROP FUNCTION {FORGED} CASCADE")

@@ -1008,8 +1008,14 @@ def refusal(
     return DatabaseRefusedError(where, _reason(error), state, remedy, what)
 
 
-#: A frame of PL/pgSQL's in an error's ``CONTEXT``: a line of its own, that begins so.
-_PLPGSQL_FRAME: Final = re.compile(r"^PL/pgSQL function (\S.*?\))", re.M)
+#: A frame of PL/pgSQL's in an error's ``CONTEXT``: a line of its own, that begins so. Its
+#: function's name and argument types, each quoted (``"..."``, a quote doubled) where it is
+#: not a plain identifier: a quoted name may hold a newline or a parenthesis, which ended
+#: the frame inside it (``"f<newline>PL/pgSQL function app_audit_append_only"()`` was named
+#: ``app_audit_append_only"()``; red team 71 on regress, round k).
+_PLPGSQL_FRAME: Final = re.compile(
+    r'^PL/pgSQL function ((?:"(?:[^"]|"")*"|[^"\n(])+\((?:"(?:[^"]|"")*"|[^"\n)])*\))', re.M
+)
 #: A frame's function named as one of the app's, in any schema: ``name()`` or, where the
 #: search_path it was compiled under leaves its schema out, ``schema.name()``.
 _APP_NAMED: Final = re.compile(r'(?:(?:"(?:[^"]|"")*"|[^"\s.(]+)\.)?(\w+)\(\)')
@@ -1054,13 +1060,13 @@ def _raised_by_code(error: psycopg.Error) -> str | None:
     if not (state.startswith("P0") or (frames and _refusal_text(state) is None)):
         return None
     function = frames[0] if frames else "<the function the reason's CONTEXT names>"
-    literal = function.replace("'", "''")  # a message's statement, as psql takes it
+    literal = _literal(function)  # a message's statement, to paste as it is printed
     return (
         f"Code of another's raised it, in function {function}: a trigger on the app's tables "  # noqa: S608
         "(`SELECT tgrelid::regclass, tgname FROM pg_trigger WHERE NOT tgisinternal AND "
-        f"tgfoid = '{literal}'::regprocedure` names it; `app doctor` lists those run before "
+        f"tgfoid = {literal}::regprocedure` names it; `app doctor` lists those run before "
         "a row's change) or an event trigger on the database's DDL (`SELECT evtname, "
-        f"evtevent, evttags FROM pg_event_trigger WHERE evtfoid = '{literal}'::regprocedure`). "
+        f"evtevent, evttags FROM pg_event_trigger WHERE evtfoid = {literal}::regprocedure`). "
         "Its message is its owner's: retry once they allow it, or, as the owner of the app's "
         "tables or a superuser, `ALTER TABLE <table> DISABLE TRIGGER <name>` or `ALTER EVENT "
         "TRIGGER <name> DISABLE`"
