@@ -14,6 +14,14 @@ What got through too: a prepared transaction's gid is any text; one with an esca
 character or a newline was printed raw in the ``ROLLBACK PREPARED '...'`` that ends it, as
 the terminal shows it (``\\x1b``, `app.errors.printable`): pasted, it named no transaction.
 It is now an escape string (``E'...'``), which pastes as printed (`pg.describe_prepared`).
+
+Round k (branch rt-regress71k): a DBA's function that pins its own ``search_path`` runs the
+app's guard under it, whose frame then names its schema (``public.app_audit_append_only()``)
+and was taken for another's again; a frame named as the app's in any schema is passed over.
+Doctor's ``prepared`` line, cut at the description's first `` (``, was cut inside a gid
+that holds one: it is now made from the gid, owner and time (`pg.name_prepared`). A frame
+ended at the first ``)`` of its line, inside a quoted name holding a newline: it is read
+whole, and given in the remedy's queries as an escape string where it needs one.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 from engines import PostgresEngine
+from test_redteam_s62_remote import doctor_probes
 from test_redteam_s71_remote import _raised
 from test_remote_store import PROFILE
 
@@ -107,3 +116,124 @@ def test_a_gid_a_terminal_acts_on_is_printed_to_paste_as_it_shows(
             for (gid,) in left:
                 dba.execute(psycopg.sql.SQL("ROLLBACK PREPARED {}").format(gid))
     assert left == []
+
+
+# Red team 71 on regress, round k: the DBA's trigger function pins its own search_path, as
+# PostgreSQL's docs advise for a SECURITY DEFINER function; the app's guard it runs is
+# compiled under that path, which leaves the app's schema out: its frame names the schema.
+_PINNED = """CREATE FUNCTION dba.prune() RETURNS trigger LANGUAGE plpgsql
+SET search_path = dba, pg_temp AS $$
+BEGIN DELETE FROM {}.app_audit WHERE at < now() - interval '90 days'; RETURN NULL; END $$"""
+# Another's function in another schema, named as the app's guard is: its own code.
+_NAMESAKE = """CREATE FUNCTION dba.app_audit_append_only() RETURNS trigger LANGUAGE plpgsql
+AS $$ BEGIN RAISE EXCEPTION 'audit frozen for a migration'; END $$"""
+
+
+def test_the_apps_own_guard_under_a_pinned_search_path_is_the_apps(
+    postgres_engine: PostgresEngine, database: tuple[str, str]
+) -> None:
+    name, url = database
+    where = pg.mask_url(url)
+    with postgres_engine.connect(name) as dba:
+        [(schema,)] = dba.execute("SELECT current_schema()").fetchall()
+        dba.execute("CREATE SCHEMA dba")
+        try:
+            dba.execute(psycopg.sql.SQL(_PINNED).format(psycopg.sql.Identifier(schema)))
+            dba.execute(
+                "CREATE TRIGGER dba_prune AFTER INSERT ON app_audit"
+                " FOR EACH STATEMENT EXECUTE FUNCTION dba.prune()"
+            )
+            with (
+                pytest.raises(DatabaseRefusedError) as refused,
+                pg.refusals(where, "the audit record"),
+            ):
+                pg.audit(dba, PROFILE, "test", "adopt-copy", "x")
+            context = f"PL/pgSQL function {schema}.app_audit_append_only() line 3 at RAISE"
+            assert context in refused.value.message
+            # Before: "in function public.app_audit_append_only()", its remedy to disable
+            # the app's own trigger. The DBA's function is named as its pinned path shows it.
+            assert refused.value.message.endswith("; nothing was changed. " + _raised("prune()"))
+            remedy = refused.value.message.split("; nothing was changed. ", 1)[1]
+            assert "app_audit_append_only" not in remedy
+            # A namesake of the app's guard in another schema, raising alone: named.
+            dba.execute("DROP TRIGGER dba_prune ON app_audit")
+            dba.execute(_NAMESAKE)
+            dba.execute(
+                "CREATE TRIGGER dba_freeze AFTER INSERT ON app_audit"
+                " FOR EACH STATEMENT EXECUTE FUNCTION dba.app_audit_append_only()"
+            )
+            with (
+                pytest.raises(DatabaseRefusedError) as frozen,
+                pg.refusals(where, "the audit record"),
+            ):
+                pg.audit(dba, PROFILE, "test", "adopt-copy", "x")
+            assert frozen.value.message.endswith(
+                "; nothing was changed. " + _raised("dba.app_audit_append_only()")
+            )
+        finally:
+            dba.execute("DROP SCHEMA dba CASCADE")
+
+
+# Round k: a gid with " (" in it, as a transaction manager's retry count may give one.
+RETRIED = "xa (retry 2) of role x, prepared"
+
+
+def test_doctors_prepared_line_gives_a_gid_with_a_parenthesis_whole(
+    postgres_engine: PostgresEngine, database: tuple[str, str]
+) -> None:
+    name, url = database
+    shared = "SELECT pg_advisory_xact_lock_shared({}, {})".format(*pg.HOLDERS_LOCK)
+    with postgres_engine.connect(name) as dba:
+        dba.execute("BEGIN")
+        dba.execute(shared)
+        dba.execute(psycopg.sql.SQL("PREPARE TRANSACTION {}").format(RETRIED))
+    try:
+        [found] = [p for p in doctor_probes(url, pg.mask_url(url)) if p.subject == "prepared"]
+        # Before: "prepared transaction 'xa", cut at the gid's own " (".
+        assert re.fullmatch(
+            r"prepared transaction 'xa \(retry 2\) of role x, prepared' of role \w+, "
+            r"prepared \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC",
+            found.found,
+        )
+        assert found.exit_code == 69
+    finally:
+        with postgres_engine.connect(name) as dba:
+            dba.execute(psycopg.sql.SQL("ROLLBACK PREPARED {}").format(RETRIED))
+
+
+# Round k: a DBA's function whose quoted name holds a newline, then the app's guard's frame.
+FORGED = '"f\nPL/pgSQL function app_audit_append_only"()'
+
+
+def test_a_function_whose_quoted_name_holds_a_newline_is_named_whole(
+    postgres_engine: PostgresEngine, database: tuple[str, str]
+) -> None:
+    name, url = database
+    with postgres_engine.connect(name) as dba:
+        dba.execute(
+            f"CREATE FUNCTION {FORGED} RETURNS trigger LANGUAGE plpgsql"
+            " AS $$ BEGIN RAISE EXCEPTION 'audit frozen'; END $$"
+        )
+        dba.execute(
+            f"CREATE TRIGGER dba_freeze AFTER INSERT ON app_audit"
+            f" FOR EACH STATEMENT EXECUTE FUNCTION {FORGED}"
+        )
+        try:
+            with (
+                pytest.raises(DatabaseRefusedError) as refused,
+                pg.refusals(pg.mask_url(url), "the audit record"),
+            ):
+                pg.audit(dba, PROFILE, "test", "adopt-copy", "x")
+            # Before: "in function app_audit_append_only\"()", the frame ended at the newline
+            # inside its name, and a query that named no function.
+            assert f"Code of another's raised it, in function {FORGED}: " in refused.value.message
+            [found] = re.findall(r"tgfoid = (.*?)::regprocedure", refused.value.message)
+            assert found == "E'\"f\\x0aPL/pgSQL function app_audit_append_only\"()'"
+            # Pasted as printed, it names the trigger.
+            named = dba.execute(
+                "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal"
+                f" AND tgfoid = {found}::regprocedure"
+            ).fetchall()
+            assert named == [("dba_freeze",)]
+        finally:
+            dba.execute(f"DROP FUNCTION {FORGED} CASCADE")

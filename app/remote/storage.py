@@ -789,12 +789,13 @@ def _database_state(conn: Any, config: Config, where: str, seen: dict[str, Any])
     # A lock of the app's that a prepared transaction holds is no process's, and outlives
     # restarts: every refusal behind it named a process to wait for (red team 71 on the
     # remote backend).
-    for prepared in pg.prepared_holders(conn):
+    for held in pg.prepared_transactions(conn):
         from app.errors import EX_UNAVAILABLE
 
         probes.append(
-            Probe("prepared", prepared.split(" (", 1)[0],
-                  f"profile {config.profile!r}: database {where}: a {prepared}. It holds a "
+            Probe("prepared", pg.name_prepared(*held),
+                  f"profile {config.profile!r}: database {where}: a "
+                  f"{pg.describe_prepared(*held)}. It holds a "
                   "lock on the app's tables or one of the app's own locks: what waits for "
                   "it (a write, a replica's start, maintenance) is refused until it ends",
                   EX_UNAVAILABLE)
