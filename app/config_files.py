@@ -866,8 +866,12 @@ def misnamed_files(files: Files, *, local: bool = True) -> Iterator[SettingsFile
         names = sorted(os.listdir(files.directory))  # noqa: PTH208 - names only, once a load
     except OSError:  # the files were read: a directory gone since says so at the next load
         return
-    for name, meant in _near_names(files.directory, names, missing):
-        yield SettingsFileMisnamedError(files.directory / name, meant)
+    near = list(_near_names(files.directory, names, missing))
+    for name, meant in near:
+        # Each told to `mv` itself to the one name, the second `mv` replaced the first file
+        # with nothing said: each names the others (red team 71, round o).
+        also = tuple(other for other, same in near if same == meant and other != name)
+        yield SettingsFileMisnamedError(files.directory / name, meant, also=also)
 
 
 def _near_names(
@@ -890,10 +894,11 @@ def _near_names(
     for name in names:
         if name in (SETTINGS_FILE, SECRETS_FILE, *LOCAL_FILES):
             continue
-        if not name.rstrip().lower().endswith(".toml"):
+        typed = name if name.isascii() else _as_seen(name)
+        if not typed.rstrip().lower().endswith(".toml"):
             continue
         # A space, or a comma (the key beside `.`), typed for a `.` is a separator too.
-        stem = _file_key(name).removesuffix(".toml").replace(" ", ".").replace(",", ".")
+        stem = _file_key(typed).removesuffix(".toml").replace(" ", ".").replace(",", ".")
         words = stem.split(".")
         found = keys.get(stem)
         for key, file in keys.items():
@@ -910,6 +915,20 @@ def _near_names(
         # file a directory: one `stat` for a name found only (red team 71, round e).
         if found is not None and not os.path.isdir(directory / name):  # noqa: PTH112
             yield name, found
+
+
+def _as_seen(name: str) -> str:
+    """A name that is not ASCII as it reads on a screen: without the characters that show as
+    nothing (Unicode's format characters: a zero-width space U+200B, a byte-order mark U+FEFF,
+    pasted with a name from a web page or chat) and in its compatibility form (NFKC: the
+    no-break space U+00A0 that macOS types for Option-Space is a space, a full-width
+    ``\uff54`` is ``t``). ``settings\u00a0local.toml`` and ``settings.local.toml\u200b``
+    were not near misses, though ``settings local.toml`` is: their values were ignored with
+    nothing said (red team 71, round o)."""
+    import unicodedata  # here: only a name that is not ASCII pays for it
+
+    shown = "".join(c for c in name if unicodedata.category(c) != "Cf")
+    return unicodedata.normalize("NFKC", shown)
 
 
 def _one_slip(typed: str, meant: str) -> bool:

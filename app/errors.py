@@ -852,17 +852,33 @@ class SettingsFileMisnamedError(ConfigError):
     path: Path
     #: The settings file it looks meant as (a bare name, in the same directory).
     meant: str
+    #: The other files of the directory that look meant as it too (bare names).
+    also: tuple[str, ...] = field(default=(), kw_only=True)
 
     @property
     def message(self) -> str:
         directory = self.path.parent
+        others = ""
+        if self.also:
+            # Two near misses of one name were each told to `mv` themselves to it: the second
+            # `mv` replaced the first file, its values lost with nothing said (red team 71,
+            # round o).
+            named = ", ".join(shell_word(name) for name in self.also)
+            others = (
+                f" ({named} {'looks' if len(self.also) == 1 else 'look'} meant as "
+                f"{self.meant} too: `mv` one only, since the next `mv` would replace it, "
+                "once what the others set is copied into it)"
+            )
         return (
             f"settings file {shell_word(str(self.path))} looks meant as {self.meant}, which is "
             "not there; the "
             "app reads only settings.toml, .secrets.toml, settings.local.toml and "
-            f".secrets.local.toml, so as it is, every value in {self.path.name} is ignored. To "
-            f"use it: `mv {shell_word(str(self.path))} {shell_word(str(directory / self.meant))}`. "
-            "If it is not the app's, move it out of the settings directory"
+            # Its name as a shell word: ``.secrets.local.toml\u200b`` read as the very name
+            # the sentence said "is not there" (red team 71, round o).
+            f".secrets.local.toml, so as it is, every value in {shell_word(self.path.name)} is "
+            "ignored. To "
+            f"use it: `mv {shell_word(str(self.path))} {shell_word(str(directory / self.meant))}`"
+            f"{others}. If it is not the app's, move it out of the settings directory"
         )
 
 

@@ -383,17 +383,35 @@ def test_a_settings_file_under_a_near_miss_of_its_name_is_refused_not_ignored(
         (settings / name).write_text("[development]\n")
     for name in ("settings.locl.toml", "settings local.toml"):
         (settings / name).write_text("[development]\n")
+    # Nor are they when a character shows as nothing or as another: the no-break space
+    # macOS types for Option-Space, a zero-width space pasted with the name (red team 71,
+    # round o: ignored with nothing said).
+    for name in ("settings\u00a0local.toml", ".secrets.local.toml\u200b"):
+        (settings / name).write_text("[development]\n")
     (settings / "secrets.local.toml").mkdir()
     files = config_files.read_files(os.environ, sandboxed=False)
     found = [(e.path.name, e.meant) for e in config_files.misnamed_files(files)]
     assert found == [
         (".secrets.lcoal.toml", ".secrets.local.toml"),
+        (".secrets.local.toml\u200b", ".secrets.local.toml"),
         ("Settings.local.toml", "settings.local.toml"),
         ("settings local.toml", "settings.local.toml"),
         ("settings.locl.toml", "settings.local.toml"),
         ("settings_local.toml", "settings.local.toml"),
         ("settingslocal.toml", "settings.local.toml"),
+        ("settings\u00a0local.toml", "settings.local.toml"),
     ]
+    hidden = next(e for e in config_files.misnamed_files(files) if "\u200b" in e.path.name)
+    word = "\"$(printf -- '.secrets.local.toml\\342\\200\\213')\""
+    assert f"so as it is, every value in {word} is ignored. To use it: `mv " in str(hidden)
+    # Two near misses of one name: each told to `mv` itself there, the second `mv` replaced
+    # the first file with nothing said; each names the other (red team 71, round o).
+    assert str(hidden).endswith(
+        f"{settings / '.secrets.local.toml'}` (.secrets.lcoal.toml looks meant as "
+        ".secrets.local.toml too: `mv` one only, since the next `mv` would replace it, once "
+        "what the others set is copied into it). If it is not the app's, move it out of the "
+        "settings directory"
+    )
     assert list(config_files.misnamed_files(files, local=False)) == []
     (settings / "settings.local.toml").write_text("[development]\n")
     (settings / ".secrets.local.toml").write_text("[development]\n")
