@@ -173,13 +173,20 @@ class OpenFileResponse(FileResponse):
         ``9-5``, at any length: ``bytes=0-1,<4,301 digits>-5`` was a 206 of ``0-1`` alone
         (Starlette skipped the part its int() refused), ``bytes=<4,301 digits>-5`` 400 "range
         must be requested", and ``bytes=0-1,20-3`` of a 10-byte file 416 "each range starts
-        past its end", which ``0-1`` belies (red team 71 on regress, rt-regress71h).
+        past its end", which ``0-1`` belies (red team 71 on regress, rt-regress71h). The
+        refusal names the range, and asks for last at least first: Starlette's words, "start
+        must be less than end", of its end past the last byte, refused ``5-5``, one byte,
+        to the letter, and named no range of several (rt-regress71m).
         """
         unit, _, specs = http_range.partition("=")
         parts = specs.split(",")
         if len(parts) <= cls.max_ranges and unit.strip().lower() == "bytes":
-            if any(_backwards(part) for part in parts):
-                raise MalformedRangeHeader("Range header: start must be less than end")
+            if backwards := next((part.strip(" \t") for part in parts if _backwards(part)), ""):
+                raise MalformedRangeHeader(
+                    f"{backwards!r} ends before it starts; each range is "
+                    "first-last with last at least first (bytes=5-9, or bytes=5-5 for one "
+                    "byte). Nothing was sent"
+                )
             kept = [_to_the_end(part, file_size) for part in parts if not _beyond(part, file_size)]
             if not any(part.strip(" \t") for part in kept):
                 if any(part.strip(" \t") for part in parts):
