@@ -2584,6 +2584,9 @@ _PIDFD_GET_INFO: Final = 0xC040FF0B
 _PIDFD_INFO_SIZE: Final = 64
 #: ``PIDFD_INFO_PID``: ask for the process's pid, thread group and parent.
 _PIDFD_INFO_PID: Final = 1
+#: Where ``struct pidfd_info`` holds the process's own pid (after the mask and the cgroup's
+#: id), as this process's PID namespace numbers it.
+_PIDFD_PID_AT: Final = 16
 #: Where ``struct pidfd_info`` holds the parent's pid (after the mask, the cgroup's id, the
 #: pid and the thread group's id).
 _PIDFD_PPID_AT: Final = 24
@@ -2637,6 +2640,13 @@ def _ancestors_by_pidfd(pid: int) -> tuple[list[int], tuple[int, str, OSError] |
             return found, (pid, "its PIDFD_GET_INFO ioctl", error)
         finally:
             os.close(fd)
+        if (told := struct.unpack_from("=I", info, _PIDFD_PID_AT)[0]) != pid:
+            # A descriptor of another process: a tracer that answered pidfd_open with a
+            # pidfd of the child itself (`strace --inject=pidfd_open:retval=9`) made the
+            # walk up follow the child's own parent, the hidden shell, and never reach the
+            # run: the child purged (round l of red team 71 on regress).
+            wrong = OSError(errno.EBADF, f"a descriptor of pid {told}, not of pid {pid}")
+            return found, (pid, "pidfd_open", wrong)
         pid = struct.unpack_from("=I", info, _PIDFD_PPID_AT)[0]
         if pid <= 0 or pid in seen:  # the top of this PID namespace
             break
@@ -2854,7 +2864,12 @@ def _namespace_init() -> int | None:
     every entry names the same: it tells nothing, and counts, as before. Read twice, by
     ``fstat`` and by the descriptor's ``fdinfo``, and known only where both agree: a ``stat``
     a tracer made succeed without filling anything in (as against `_own_pid_namespace`)
-    would otherwise pass a live run's entry over as another namespace's."""
+    would otherwise pass a live run's entry over as another namespace's. And only where the
+    ``fdinfo`` names pid 1 (``Pid:``, as this ``/proc`` numbers it): a tracer that answered
+    ``pidfd_open`` with a pidfd of another process (``strace
+    --inject=pidfd_open:retval=9``, its closes made to do nothing) gave that process's
+    inode, both reads agreed, the run's live entry did not count, and a hidden child purged
+    (round l of red team 71 on regress)."""
     if _proc_self() != os.getpid():
         return None
     try:
@@ -2868,7 +2883,8 @@ def _namespace_init() -> int | None:
         return None
     finally:
         os.close(fd)
-    return number if f"\nino:\t{number}\n".encode() in shown else None
+    agree = f"\nino:\t{number}\n".encode() in shown and b"\nPid:\t1\n" in shown
+    return number if agree else None
 
 
 #: The field of a registry entry that names the boot its run started in (`_boot_id`).

@@ -79,6 +79,19 @@ def traced(calls, *paths, drop=(), detached=False, error="EIO"):
     return [*inject, "-o", "/dev/null", *files, *faults, *drop]
 
 
+#: A pidfd of this process at 9, kept across exec (round l of red team 71 on regress).
+SWAP = (
+    "import os, sys; os.dup2(os.pidfd_open(os.getpid()), 9); "
+    "os.execvp(sys.argv[1], sys.argv[1:])"
+)
+#: A tracer (detached: the child keeps its pid) that answers every pidfd_open with 9.
+SWAPPED = [
+    "strace", "-f", "--seccomp-bpf", "-D", "-qq", "-o", "/dev/null", "-e",
+    "trace=pidfd_open,close", "-e", "inject=pidfd_open:retval=9", "-e",
+    "inject=close:retval=0", *DROP,
+]
+
+
 def run(children):
     # All at once, each to its end: none of them changes what the others read.
     own = ["unshare", "--mount", "--propagation", "private", "sh", "-c"]
@@ -142,9 +155,14 @@ def test_hidden_then_removed():
                 f'{hidden} && setsid "$@"; exit $?',
                 traced(call, drop=DROP, detached=True, error=error),
             )
+        # Round l: every pidfd_open answered by a pidfd of the child itself.
+        setsid["setsid-swapped"] = (
+            f'{hidden} && setsid {sys.executable} -c "{SWAP}" "$@"; exit $?',
+            SWAPPED,
+        )
     else:
         for name in ("setsid", "setsid-pidfd_open", "setsid-ioctl", "setsid-ENOSYS",
-                     "setsid-ENOTTY"):
+                     "setsid-ENOTTY", "setsid-swapped"):
             (OUT / name).write_text("skipped\\n")
     run({
         **setsid,
@@ -163,6 +181,10 @@ def test_hidden_then_removed():
         # capabilities, hidden too (the run leads the session).
         "hidden": (f'{hidden} && exec "$@"', DROP),
         "between": (f'{hidden} && "$@"; exit $?', DROP),
+        # Round l of red team 71 on regress: every pidfd_open answered by a pidfd of the
+        # child itself (kept at 9, its closes made to do nothing), so that pid 1 of its
+        # namespace seemed another process than the run's entry names.
+        "init-swapped": (f'{hidden} && exec {sys.executable} -c "{SWAP}" "$@"', SWAPPED),
         # Shown but denied: as root, and with another real user (root's effective one).
         "noaccess": (MOUNT.format("noaccess") + ' && exec "$@"', DROP),
         "ruid": (MOUNT.format("noaccess") + ' && exec "$@"', [*DROP, "--ruid=54370"]),
@@ -206,8 +228,8 @@ _LEADING = (
 
 _NAMES = (
     "boot", "uuid", "timens", "ro-sys", "setsid", "setsid-pidfd_open", "setsid-ioctl",
-    "setsid-ENOSYS", "setsid-ENOTTY",
-    "hidden", "between", "noaccess", "ruid", "listing", "lstat", "own-stat",
+    "setsid-ENOSYS", "setsid-ENOTTY", "setsid-swapped",
+    "hidden", "between", "init-swapped", "noaccess", "ruid", "listing", "lstat", "own-stat",
     "exe", "fd", "status", "comm", "ruid-exe", "cmdline", "cmdline-drop",
 )  # fmt: skip
 
@@ -377,14 +399,21 @@ def test_a_child_below_a_hidden_shell_whose_ask_for_a_parent_by_pidfd_fails_is_r
             f"its PIDFD_GET_INFO ioctl, which Linux {release} on {os.uname().machine} answers",
             "ENOTTY: Inappropriate ioctl for device",
         ),
+        # Round l (branch rt-regress71l): a pidfd of another process, the child's own.
+        ("setsid-swapped", "pidfd_open", "EBADF: a descriptor of pid {}, not of pid {}"),
     ):
         code, _, text = said[name].partition("\n")
         assert code == "78", said
         shell = re.search(r"while /proc does not show this process's parent, pid (\d+) \(", text)
         assert shell is not None, text
+        failed = error
+        if name == "setsid-swapped":  # the child's own pid, which its words do not give
+            own = re.search(r"\(EBADF: a descriptor of pid (\d+), not of pid", text)
+            assert own is not None, text
+            failed = error.format(own[1], shell[1])
         assert (
             f"and its ask of the kernel for the parent of pid {shell[1]} through a pidfd "
-            f"({call}) failed ({error}), so this process cannot tell whether "
+            f"({call}) failed ({failed}), so this process cannot tell whether "
             "the run of an entry in the registry of test runs (/tmp/" in text
         ), text
         assert (
@@ -500,3 +529,22 @@ def test_a_walk_in_another_thread_leaves_a_walk_under_way_its_notes() -> None:
         assert said[name] is not None, said
         assert "while a test run may be above this process (ancestor pid 1: " in said[name]
         assert "its read of /proc/1/exe failed (EIO: Input/output error)" in said[name], said
+
+
+def test_a_hidden_child_whose_pidfd_of_pid_1_is_another_process_is_refused(
+    said: dict[str, str],
+) -> None:
+    """Red team 71 on regress, round l (branch rt-regress71l): the hidden child under a
+    tracer that answered every ``pidfd_open`` with a pidfd of the child itself (``strace
+    --inject=pidfd_open:retval=9``, its closes made to do nothing): the inode it read for
+    pid 1 of its namespace was its own, not the run's entry's (round g's
+    ``pid_namespace_init``), the run's live entry did not count, and it purged. A pidfd
+    counts as pid 1's only where its ``fdinfo`` says so."""
+    code, _, text = said["init-swapped"].partition("\n")
+    assert code == "78", said
+    assert (
+        "while /proc does not show this process's parent, pid 1 (/proc is mounted here "
+        "with hidepid=invisible, which hides a process this one may not read" in text
+    ), text
+    assert "holds an entry for a run of that pid (/tmp/" in text, text
+    assert "If no test run of pid 1 is running, remove /tmp/" in text, text
