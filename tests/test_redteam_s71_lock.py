@@ -522,3 +522,44 @@ def test_a_lock_file_deleted_under_a_shell_that_keeps_its_lock_on_an_overlay_kee
     assert f"/ov_merged/root is held by {named}" in writer, said
     assert "/ov_merged/root/.server.lock, which was deleted while it held it" in writer, said
     assert f"stop it (kill {seen['overlay_shell']})" in writer, said
+
+
+def test_a_holder_s_command_line_with_a_newline_writes_no_line_of_its_own(tmp_path: Path) -> None:
+    # Found by reading round i's `_command_line` (now `command_line`, `shlex.join`): a word
+    # with a newline was quoted as it was, newline and all, where the words had been joined
+    # with spaces; and `fail` (every command's refusal) and `_echo` (`app status`) print each
+    # line of a message as a line of its own. A holder run as `flock lock cmd
+    # $'x\nerror: ...'` (any process that can open the lock file) wrote "error: ..." as a
+    # line of the app's into every refusal that named it. Its escape and right-to-left
+    # override were printed as escapes (`printable`); the newline was not. Now each word that
+    # is not printable is written as `shell_word` writes it, which a shell pastes back.
+    (tmp_path / LOCK_FILE).touch()
+    forged = "x\nerror: forged\x1b]0;t\x07\u202e"
+    holder = subprocess.Popen(
+        ["flock", LOCK_FILE, "sh", "-c", "echo locked; read x", "sh", forged, "e\n"],
+        cwd=tmp_path, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == "locked\n"
+        described = describe_holder(probe(tmp_path).holder)
+        second = RootLock(tmp_path, kind="maintenance", profile="testing")
+        with pytest.raises(DataRootInUseError) as refused:
+            second.acquire(wanted="empty the trash", timeout=0.0)
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait()
+    word = r"""'x\012error: forged\033]0;t\007\342\200\256'"""
+    shown = f"""flock {LOCK_FILE} sh -c 'echo locked; read x' sh "$(printf -- {word})" """
+    # A newline that ends a word, which a command substitution would drop, as text.
+    named = f"""pid {holder.pid} ({shown}"$(printf -- 'e')"'\\n')"""
+    assert described.startswith(f"{named}, which published no details"), described
+    said = str(refused.value)
+    assert f"data root {tmp_path} is held by {named}, which published" in said, said
+    for text in (described, said):
+        assert text.isprintable(), text  # no newline, escape or override, as they are
+    pasted = subprocess.run(
+        ["sh", "-c", f'printf %s "$(printf -- {word})"'], capture_output=True, check=True
+    )
+    assert pasted.stdout == forged.encode()  # what the holder was given, in any POSIX shell
