@@ -563,3 +563,47 @@ def test_a_holder_s_command_line_with_a_newline_writes_no_line_of_its_own(tmp_pa
         ["sh", "-c", f'printf %s "$(printf -- {word})"'], capture_output=True, check=True
     )
     assert pasted.stdout == forged.encode()  # what the holder was given, in any POSIX shell
+
+
+def test_a_lock_file_moved_within_the_root_under_a_shell_that_keeps_its_lock_keeps_a_writer_off(
+    tmp_path: Path,
+) -> None:
+    # Round f's not-stopped row, by its own steps: the lock file of a shell that keeps its
+    # lock past its `flock` (`exec 9<lock; flock 9`) moved aside within the root (`mv
+    # .server.lock .server.lock.old`, as one sets a stale pid file aside). Its keeper was
+    # looked for among descriptors of a file named `.server.lock` only: `app status` said
+    # "nobody" and a writer took the root beside the shell ("acquired"). A descriptor of a
+    # file in the root's directory (as the descriptor's link names it) counts too now.
+    lock = tmp_path / LOCK_FILE
+    lock.touch()
+    shell = subprocess.Popen(
+        ["bash", "-c", f"exec 9<{lock}; flock 9; echo locked; read"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert shell.stdout is not None
+        assert shell.stdout.readline() == "locked\n"
+        found = lock.stat()
+        key = f"{os.major(found.st_dev):02x}:{os.minor(found.st_dev):02x}:{found.st_ino}"
+        if f" {key} " not in Path("/proc/locks").read_text():
+            pytest.skip("this PID namespace's /proc/locks hides a lock whose taker exited")
+        aside = lock.with_name(f"{LOCK_FILE}.old")
+        lock.rename(aside)
+        seen = probe(tmp_path)
+        described = describe_holder(seen.holder)  # while the shell runs: its command line
+        second = RootLock(tmp_path, kind="maintenance", profile="testing")
+        with pytest.raises(DataRootInUseError) as refused:
+            second.acquire(wanted="empty the trash", timeout=0.0)
+    finally:
+        assert shell.stdin is not None
+        shell.stdin.close()
+        shell.wait()
+    assert seen.held, seen
+    named = f"pid {shell.pid} (bash -c 'exec 9<{lock}; flock 9; echo locked; read')"
+    assert described.startswith(named), seen.holder
+    said = str(refused.value)
+    assert f"data root {tmp_path} is held by {named}" in said, said
+    assert (
+        f"through its lock file {lock}, which was moved to {aside} while it held it (never move "
+        "or delete the lock file: a free one is never in the way); stop it "
+    ) in said, said  # not "it stops within lock_check_seconds": only the app's holder does
