@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Any, AnyStr, Final, Generic
 
 from app import libc
-from app.errors import SandboxViolationError, json_loads
+from app.errors import SandboxViolationError, json_loads, printable, shell_word
 from app.records import Record
 
 __all__ = [
@@ -3544,10 +3544,14 @@ def proc_hides_processes() -> str | None:
 
 def _shown(argv: list[str]) -> str:
     # A command line for a message: the one taken for pytest (so that a wrong guess can be
-    # seen as one), a lock's keeper (`command_line`).
-    import shlex
-
-    shown = shlex.join(argv)
+    # seen as one), a lock's keeper (`command_line`). Each word as `shell_word` quotes it:
+    # as `shlex.join` quoted them, a newline in one stayed a newline, and `fail` and `_echo`
+    # print each line of a message as a line, so that a holder run as `flock lock cmd
+    # $'x\nerror: ...'` wrote a line of its own words into every refusal and `app status`
+    # that named it (red team 71 on regress, round n). A word that is printable is quoted
+    # as `shlex.quote` quotes it, as before. `printable` for the newlines that end a word,
+    # which `shell_word` leaves as they are after its printf.
+    shown = printable(" ".join(shell_word(word) for word in argv))
     return shown if len(shown) <= 160 else f"{shown[:157]}..."
 
 

@@ -522,3 +522,88 @@ def test_a_lock_file_deleted_under_a_shell_that_keeps_its_lock_on_an_overlay_kee
     assert f"/ov_merged/root is held by {named}" in writer, said
     assert "/ov_merged/root/.server.lock, which was deleted while it held it" in writer, said
     assert f"stop it (kill {seen['overlay_shell']})" in writer, said
+
+
+def test_a_holder_s_command_line_with_a_newline_writes_no_line_of_its_own(tmp_path: Path) -> None:
+    # Found by reading round i's `_command_line` (now `command_line`, `shlex.join`): a word
+    # with a newline was quoted as it was, newline and all, where the words had been joined
+    # with spaces; and `fail` (every command's refusal) and `_echo` (`app status`) print each
+    # line of a message as a line of its own. A holder run as `flock lock cmd
+    # $'x\nerror: ...'` (any process that can open the lock file) wrote "error: ..." as a
+    # line of the app's into every refusal that named it. Its escape and right-to-left
+    # override were printed as escapes (`printable`); the newline was not. Now each word that
+    # is not printable is written as `shell_word` writes it, which a shell pastes back.
+    (tmp_path / LOCK_FILE).touch()
+    forged = "x\nerror: forged\x1b]0;t\x07\u202e"
+    holder = subprocess.Popen(
+        ["flock", LOCK_FILE, "sh", "-c", "echo locked; read x", "sh", forged, "e\n"],
+        cwd=tmp_path, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == "locked\n"
+        described = describe_holder(probe(tmp_path).holder)
+        second = RootLock(tmp_path, kind="maintenance", profile="testing")
+        with pytest.raises(DataRootInUseError) as refused:
+            second.acquire(wanted="empty the trash", timeout=0.0)
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait()
+    word = r"""'x\012error: forged\033]0;t\007\342\200\256'"""
+    shown = f"""flock {LOCK_FILE} sh -c 'echo locked; read x' sh "$(printf -- {word})" """
+    # A newline that ends a word, which a command substitution would drop, as text.
+    named = f"""pid {holder.pid} ({shown}"$(printf -- 'e')"'\\n')"""
+    assert described.startswith(f"{named}, which published no details"), described
+    said = str(refused.value)
+    assert f"data root {tmp_path} is held by {named}, which published" in said, said
+    for text in (described, said):
+        assert text.isprintable(), text  # no newline, escape or override, as they are
+    pasted = subprocess.run(
+        ["sh", "-c", f'printf %s "$(printf -- {word})"'], capture_output=True, check=True
+    )
+    assert pasted.stdout == forged.encode()  # what the holder was given, in any POSIX shell
+
+
+def test_a_lock_file_moved_within_the_root_under_a_shell_that_keeps_its_lock_keeps_a_writer_off(
+    tmp_path: Path,
+) -> None:
+    # Round f's not-stopped row, by its own steps: the lock file of a shell that keeps its
+    # lock past its `flock` (`exec 9<lock; flock 9`) moved aside within the root (`mv
+    # .server.lock .server.lock.old`, as one sets a stale pid file aside). Its keeper was
+    # looked for among descriptors of a file named `.server.lock` only: `app status` said
+    # "nobody" and a writer took the root beside the shell ("acquired"). A descriptor of a
+    # file in the root's directory (as the descriptor's link names it) counts too now.
+    lock = tmp_path / LOCK_FILE
+    lock.touch()
+    shell = subprocess.Popen(
+        ["bash", "-c", f"exec 9<{lock}; flock 9; echo locked; read"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert shell.stdout is not None
+        assert shell.stdout.readline() == "locked\n"
+        found = lock.stat()
+        key = f"{os.major(found.st_dev):02x}:{os.minor(found.st_dev):02x}:{found.st_ino}"
+        if f" {key} " not in Path("/proc/locks").read_text():
+            pytest.skip("this PID namespace's /proc/locks hides a lock whose taker exited")
+        aside = lock.with_name(f"{LOCK_FILE}.old")
+        lock.rename(aside)
+        seen = probe(tmp_path)
+        described = describe_holder(seen.holder)  # while the shell runs: its command line
+        second = RootLock(tmp_path, kind="maintenance", profile="testing")
+        with pytest.raises(DataRootInUseError) as refused:
+            second.acquire(wanted="empty the trash", timeout=0.0)
+    finally:
+        assert shell.stdin is not None
+        shell.stdin.close()
+        shell.wait()
+    assert seen.held, seen
+    named = f"pid {shell.pid} (bash -c 'exec 9<{lock}; flock 9; echo locked; read')"
+    assert described.startswith(named), seen.holder
+    said = str(refused.value)
+    assert f"data root {tmp_path} is held by {named}" in said, said
+    assert (
+        f"through its lock file {lock}, which was moved to {aside} while it held it (never move "
+        "or delete the lock file: a free one is never in the way); stop it "
+    ) in said, said  # not "it stops within lock_check_seconds": only the app's holder does
