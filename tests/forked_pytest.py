@@ -38,9 +38,9 @@ import from there and the zygote imported already (`shadowing`). What a fork can
 out of the cyclic collector's walk: tests/forked_app.py's `LOOP`; what the run itself makes
 is collected, and finalised, as in a plain start); no test reads any of them of an inner
 run. A red team's own ``python -m pytest`` with a hand-built environment goes through `run`,
-forked when `start` can fork it; those whose start or parent is what they check (bytecode
-on, ``-X``, wrappers, another user or namespace, a pytest passed off as an xdist worker)
-start as they always did.
+forked when `start` can fork it (bytecode on, from `BytecodeOn`); those whose start or parent
+is what they check (a bytecode prefix of their own, ``-X``, wrappers, another user or
+namespace, a pytest passed off as an xdist worker) start as they always did.
 """
 
 from __future__ import annotations
