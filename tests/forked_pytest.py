@@ -19,7 +19,13 @@ rewriting, as in a plain start, and the guard's ``.pth`` armed pytest's plugin m
 this process imported it, as it does in every Python of the environment. Neither xdist nor any
 other entry point's plugin is imported here (pytest would warn that it cannot rewrite them).
 
-A run starts the plain way when its environment differs from the run's in a variable the
+A run whose environment has bytecode on where the run's has it off or moved (neither
+``PYTHONDONTWRITEBYTECODE`` nor ``PYTHONPYCACHEPREFIX``, which tests/conftest.py gives the
+run's children: red teams 36 and 38 check what pytest writes where bytecode is on, as it is by
+default) is forked from a second zygote, started so on first use (`BytecodeOn`): its
+interpreter read the same variables as it started as a plain start of that run reads, so
+``sys.flags``, ``sys.dont_write_bytecode`` and ``sys.pycache_prefix`` are a plain start's.
+Any other run starts the plain way when its environment differs from the run's in a variable the
 interpreter or the C library reads as it starts (``PYTHON*`` but ``PYTHONPATH``, locale,
 loader, allocator, time zone), when this process's umask, limits, ignored or
 blocked signals, nice value or CPUs differ from the run's (`app.testing.zygote.inherited`),
@@ -32,9 +38,9 @@ import from there and the zygote imported already (`shadowing`). What a fork can
 out of the cyclic collector's walk: tests/forked_app.py's `LOOP`; what the run itself makes
 is collected, and finalised, as in a plain start); no test reads any of them of an inner
 run. A red team's own ``python -m pytest`` with a hand-built environment goes through `run`,
-forked when `start` can fork it; those whose start or parent is what they check (bytecode
-on, ``-X``, wrappers, another user or namespace, a pytest passed off as an xdist worker)
-start as they always did.
+forked when `start` can fork it (bytecode on, from `BytecodeOn`); those whose start or parent
+is what they check (a bytecode prefix of their own, ``-X``, wrappers, another user or
+namespace, a pytest passed off as an xdist worker) start as they always did.
 """
 
 from __future__ import annotations
@@ -169,6 +175,11 @@ def become(given):
 )
 
 
+def read_at_start(environ: dict[str, str]) -> dict[str, str]:
+    """What of `environ` an interpreter (or the C library) reads as it starts."""
+    return {k: v for k, v in environ.items() if k.startswith(READ_AT_START) and k != "PYTHONPATH"}
+
+
 class ForkedRun(Forked):
     """A forked inner run, with the part of `subprocess.Popen` that pytester uses."""
 
@@ -187,14 +198,6 @@ class Zygote(forked_app.Zygote):
 
     def gives(self, env: dict[str, str], argv: list[str]) -> bool:
         """Whether a child forked here starts as `argv` in `env` would."""
-
-        def read_at_start(environ: dict[str, str]) -> dict[str, str]:
-            return {
-                k: v
-                for k, v in environ.items()
-                if k.startswith(READ_AT_START) and k != "PYTHONPATH"
-            }
-
         wanted = sum(len(os.fsencode(word)) + 1 for word in argv)
         return (
             self.process.poll() is None
@@ -207,7 +210,22 @@ class Zygote(forked_app.Zygote):
         return ForkedRun(pid, list(self.shown))
 
 
-_running: list[Zygote] = []  # this process's, once started
+#: What turns a run's bytecode off or moves it: tests/conftest.py gives the run's children
+#: both (or the first alone in a run without pytest's cache).
+BYTECODE = ("PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX")
+
+
+class BytecodeOn(Zygote):
+    """The zygote for runs with bytecode on, in the default place (neither of `BYTECODE`),
+    which the red teams' checks of what pytest writes build by hand: the 23 runs of red teams
+    36 and 38 started plainly, about 2 s of CPU more than forked, this zygote's start included
+    (bench/README.md, "perf-suite71b"). Started as one of them would be, without either."""
+
+    def environment(self, run: dict[str, str]) -> dict[str, str]:
+        return {k: v for k, v in super().environment(run).items() if k not in BYTECODE}
+
+
+_running: dict[type[Zygote], Zygote] = {}  # this process's, each once started
 _starting = threading.Lock()
 
 
@@ -221,12 +239,17 @@ def start(
     spelled = argv[:1] == [sys.executable] and any(argv[1 : 1 + len(s)] == s for s in SPELLINGS)
     if not spelled or not hasattr(os, "pidfd_open"):
         return None
+    kind: type[Zygote] = Zygote
+    if forked_app._RUN and not any(name in env for name in BYTECODE):
+        run = read_at_start(forked_app._RUN["environ"])
+        if read_at_start(env) == {k: v for k, v in run.items() if k not in BYTECODE} != run:
+            kind = BytecodeOn  # the run's own start but bytecode on: a zygote started so
     with _starting:
-        if not _running:
+        if kind not in _running:
             if forked_app._RUN and inherited() != forked_app._RUN["inherited"]:
                 return None  # a zygote started now would inherit this test's values
-            _running.append(Zygote())
-    zygote = _running[0]
+            _running[kind] = kind()
+    zygote = _running[kind]
     if not zygote.gives(env, argv) or shadowing(env, cwd) is not None:
         return None
     given = {"env": env, "argv": argv, "cwd": str(cwd), "stdout": str(stdout)}

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -139,3 +141,52 @@ def test_a_run_whose_start_the_zygote_cannot_give_is_left_to_start(tmp_path: Pat
     assert (
         forked_pytest.shadowing({"PYTHONPATH": str(hooks)}, tmp_path) == hooks / "sitecustomize.py"
     )
+
+
+#: What an inner run sees of its bytecode, one JSON line.
+BYTECODE_PROBE = """
+import json, sys
+
+def test_probe():
+    print("PROBE " + json.dumps({
+        "flag": sys.flags.dont_write_bytecode,
+        "dont_write": sys.dont_write_bytecode,
+        "prefix": sys.pycache_prefix,
+        "argv": sys.argv[1:],
+    }))
+"""
+
+
+def test_a_run_with_bytecode_on_is_forked_from_a_zygote_started_so(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Red teams 36 and 38 check what pytest writes where bytecode is on, in a hand-built
+    # environment without the run's PYTHONDONTWRITEBYTECODE and PYTHONPYCACHEPREFIX: forked,
+    # the child must be what a plain start of it is, bytecode written beside the tests.
+    pytester.makepyfile(test_probe=BYTECODE_PROBE)
+    env = {k: v for k, v in os.environ.items() if k not in forked_pytest.BYTECODE}
+    env["PYTHONPATH"] = str(pytester.path)
+    started: list[object] = []
+    fork = forked_pytest.start
+
+    def counted(*args: object, **kwargs: object) -> object:
+        started.append(child := fork(*args, **kwargs))  # type: ignore[arg-type]
+        return child
+
+    monkeypatch.setattr(forked_pytest, "start", counted)
+    argv = [sys.executable, "-m", "pytest", "-s", "-p", "no:xdist", "-p", "no:cacheprovider"]
+    forked = forked_pytest.run(argv, cwd=pytester.path, env=env, merged=True)
+    assert isinstance(started[-1], forked_pytest.ForkedRun), "not forked: nothing compared"
+    written = sorted(p.name for p in (pytester.path / "__pycache__").iterdir())
+    assert [name.partition(".")[0] for name in written] == ["test_probe"], written
+    shutil.rmtree(pytester.path / "__pycache__")
+    plain = subprocess.run(
+        argv, cwd=pytester.path, env=env, stdin=subprocess.DEVNULL, capture_output=True,
+        text=True, check=False,
+    )  # fmt: skip
+    assert sorted(p.name for p in (pytester.path / "__pycache__").iterdir()) == written
+    assert forked.returncode == plain.returncode == 0, forked.stdout + plain.stdout
+    seen, expected = _probe(forked.stdout.splitlines()), _probe(plain.stdout.splitlines())
+    assert seen == expected == {"flag": 0, "dont_write": False, "prefix": None, "argv": argv[3:]}
+    if any(name in forked_app._RUN["environ"] for name in forked_pytest.BYTECODE):
+        assert type(forked_pytest._running[forked_pytest.BytecodeOn]) is forked_pytest.BytecodeOn

@@ -31,6 +31,7 @@ import sys
 from pathlib import Path
 
 import forked_app
+import forked_pytest
 import pytest
 from project_copy import copy_project_settings
 from test_redteam_s24_guard import _inner_env
@@ -133,9 +134,9 @@ def test_an_overlay_whose_upper_directory_is_spelled_another_way_is_refused(
     (project / "test_overlaid.py").write_text(OVERLAID)
     (tmp_path / "tmp").mkdir()
     env = _inner_env(APP_SETTINGS_DIR=str(settings), REAL=str(real), TMPDIR=str(tmp_path / "tmp"))
-    done = subprocess.run(
+    done = forked_pytest.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-s"],
-        cwd=project, env=env, capture_output=True, text=True, check=False,
+        cwd=project, env=env,
     )  # fmt: skip
     output = " ".join((done.stdout + done.stderr).split())
     cases = dict(re.findall(r"CASE (\w+) (.*?)(?=\.? ?CASE \w+ /|\.\s*2 passed|$)", output))
@@ -232,9 +233,9 @@ def test_a_root_on_its_filesystem_mounted_again_through_another_device_is_refuse
             APP_SETTINGS_DIR=str(settings), IMAGE=str(image), INSIDE="srv/production",
             TMPDIR=str(tmp_path / "tmp"),
         )  # fmt: skip
-        done = subprocess.run(
+        done = forked_pytest.run(
             [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-s"],
-            cwd=project, env=inner, capture_output=True, text=True, check=False,
+            cwd=project, env=inner,
         )  # fmt: skip
         output = " ".join((done.stdout + done.stderr).split())
         subprocess.run(["umount", str(disk)], check=True)  # what the disk holds now

@@ -60,11 +60,11 @@ from __future__ import annotations
 
 import codecs
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import forked_app
+import forked_pytest
 import pytest
 from project_copy import copy_project_settings
 from side_by_side import WITH_COVERAGE
@@ -135,9 +135,9 @@ def test_an_option_argparse_opens_for_writing_is_refused_before_it_is_opened(
         "plugin, app off": ["-p", "fileplug", "-p", "no:app"],
     }
     for what, options in runs.items():
-        done = subprocess.run(
+        done = forked_pytest.run(
             [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *options],
-            cwd=project, env=env, capture_output=True, text=True, check=False,
+            cwd=project, env=env,
         )  # fmt: skip
         output = " ".join((done.stdout + done.stderr).split())
         assert done.returncode == 4, (what, output)
@@ -231,9 +231,9 @@ def test_a_user_name_that_leads_pytest_s_directories_into_a_root_is_refused(
     env = _inner_env(APP_SETTINGS_DIR=str(settings), TMPDIR=str(tmp), LOGNAME=name)
     # One run: under -p no:app the fallback's wrapper of getbasetemp asks the same check
     # (tried by hand: refused as the first test asks for tmp_path, nothing made).
-    done = subprocess.run(
+    done = forked_pytest.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
-        cwd=project, env=env, capture_output=True, text=True, check=False,
+        cwd=project, env=env,
     )  # fmt: skip
     output = " ".join((done.stdout + done.stderr).split())
     assert done.returncode == 4, output
@@ -259,10 +259,10 @@ def test_coverage_s_debug_file_in_a_root_is_refused(
     env |= {"COVERAGE_DEBUG": "sys", "COVERAGE_DEBUG_FILE": str(record)}
     env.pop("COVERAGE_PROCESS_START", None)
     # One run: the plugin's fallback (-p no:app) reads coverage's paths with the same code.
-    done = subprocess.run(
+    done = forked_pytest.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--cov=app",
          "--cov-report="],
-        cwd=tmp_path, env=env, capture_output=True, text=True, check=False,
+        cwd=tmp_path, env=env,
     )  # fmt: skip
     output = " ".join((done.stdout + done.stderr).split())
     assert done.returncode == 4, output
@@ -284,10 +284,10 @@ def test_a_temporary_root_in_a_root_is_refused_with_a_basetemp_too(
         "import tempfile\n\ndef test_temporary():\n    tempfile.mkdtemp(prefix='suite-')\n"
     )
     env = _inner_env(APP_SETTINGS_DIR=str(settings), TMPDIR=str(production / "sessions"))
-    done = subprocess.run(
+    done = forked_pytest.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
          f"--basetemp={tmp_path / 'bt'}"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, check=False,
+        cwd=tmp_path, env=env,
     )  # fmt: skip
     output = " ".join((done.stdout + done.stderr).split())
     assert done.returncode == 4, output
@@ -307,10 +307,9 @@ def test_a_basetemp_that_is_a_file_is_a_refusal_not_a_traceback(
     given = settings / "settings.toml"
     kept = given.read_bytes()
     (tmp_path / "test_nothing.py").write_text("def test_nothing(tmp_path):\n    pass\n")
-    done = subprocess.run(
+    done = forked_pytest.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--basetemp={given}"],
         cwd=tmp_path, env=_inner_env(APP_SETTINGS_DIR=str(settings), TMPDIR=str(tmp)),
-        capture_output=True, text=True, check=False,
     )  # fmt: skip
     output = " ".join((done.stdout + done.stderr).split())
     assert done.returncode == 4, output
@@ -342,10 +341,10 @@ def test_a_basetemp_that_holds_a_production_root_is_refused_without_the_plugin(
         "inactive": ([], {}, 4),
     }
     for what, (options, extra, code) in runs.items():
-        done = subprocess.run(
+        done = forked_pytest.run(
             [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *options,
              f"--basetemp={data}"],
-            cwd=tmp_path, env={**env, **extra}, capture_output=True, text=True, check=False,
+            cwd=tmp_path, env={**env, **extra},
         )  # fmt: skip
         output = " ".join((done.stdout + done.stderr).split())
         assert done.returncode == code, (what, output)

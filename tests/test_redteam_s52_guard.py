@@ -34,6 +34,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import forked_pytest
 import pytest
 from engines import free_ports
 from project_copy import copy_project_settings
@@ -95,13 +96,10 @@ def _port(settings: Path) -> int:
 def _run_suite(settings: Path) -> subprocess.CompletedProcess[str]:
     temporary = settings.parent / "tmp"  # pytest's own, outside the settings' roots
     temporary.mkdir(exist_ok=True)
-    return subprocess.run(
+    return forked_pytest.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfE", "test_user.py"],
         cwd=settings.parent / "suite",
         env=_inner_env(APP_SETTINGS_DIR=str(settings), TMPDIR=str(temporary)),
-        capture_output=True,
-        text=True,
-        check=False,
     )
 
 
@@ -209,7 +207,7 @@ def test_a_server_that_starts_on_the_testing_port_during_the_run_fails_app_confi
     try:
         temporary = tmp_path / "tmp"
         temporary.mkdir()
-        done = subprocess.run(
+        done = forked_pytest.run(
             [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rE"],
             cwd=tmp_path / "suite",
             env=_inner_env(
@@ -218,9 +216,6 @@ def test_a_server_that_starts_on_the_testing_port_during_the_run_fails_app_confi
                 RT_GO=str(go),
                 RT_READY=str(ready),
             ),
-            capture_output=True,
-            text=True,
-            check=False,
         )
     finally:
         listener.communicate(b"")

@@ -47,6 +47,7 @@ import sys
 import threading
 from pathlib import Path
 
+import forked_pytest
 import pytest
 from engines import free_ports
 from project_copy import copy_project_settings
@@ -116,13 +117,10 @@ def test_the_configuration_a_fixture_hands_a_test_reaches_no_server_outside_the_
     try:
         with server.client() as client:
             client.post("/sessions", json={"title": "the developer's"}).raise_for_status()
-        done = subprocess.run(
+        done = forked_pytest.run(
             [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfE"],
             cwd=suite,
             env=_inner_env(APP_SETTINGS_DIR=str(settings), TMPDIR=str(temporary)),
-            capture_output=True,
-            text=True,
-            check=False,
         )
         with server.client() as client:
             titles = [s["title"] for s in client.get("/sessions").json()["items"]]
