@@ -564,6 +564,55 @@ def test_what_a_page_says_a_refusal_names_is_in_the_refusal() -> None:
     assert checked >= 2, checked
 
 
+def _hidden_parent_refusals(entries: Path) -> list[str]:
+    """The words of the refusal under a /proc that hides this process's parent, as
+    `app.sandbox` makes them for each hidden ancestor it names and each way an entry of
+    another boot id counts as this boot's (entries in `entries`, read as the code reads them)."""
+    import json
+
+    from app import sandbox
+
+    entry = entries / "4242-1234567.json"
+    covered: list[str | None] = [None]
+    if sandbox._boot_id() is not None and sandbox._boot_began_once() is not None:
+        for began in ({}, {sandbox._BOOT_BEGAN: sandbox._boot_began_once()}):
+            entry.write_text(json.dumps({sandbox._BOOT: "another-boot", **began}))
+            covered.append(sandbox._boot_covered(entry))
+    assert len(covered) in (1, 3), covered
+    return [
+        " ".join(sandbox._hidden_parent_words(which, 4242, "hidepid=invisible", entry,
+                                              boot=boot, covered=why))
+        for which in ("parent", "session leader", "process group leader", "ancestor")
+        for boot in (False, True)
+        for why in covered
+    ]  # fmt: skip
+
+
+def test_what_a_page_says_a_refusal_adds_is_in_the_refusal(tmp_path: Path) -> None:
+    """resolve-refusals.md and pytest-plugin.md tell the guard's refusals apart by words one
+    "adds" or "says" (`nor whether that run is of this boot`, `session leader`, the boot id
+    covered by a mount, red team 71), which no check compared with the code: the table's check
+    reads only each row's first cell. Each such quote must be in a message the code makes, or
+    in one literal of its source (`...` and `<...>` stand for what it names)."""
+    messages = _error_messages() + tuple(_hidden_parent_refusals(tmp_path))
+    literals = _message_literals()
+    checked = 0
+    said = re.compile(
+        r"(?:refusal|message|it) (?:then )?(?:adds|says) (?:so )?(?:`([^`]+)`|\(?\"([^\"]+)\")"
+    )
+    for page in (DOCS / "how-to" / "resolve-refusals.md", DOCS / "reference" / "pytest-plugin.md"):
+        prose = re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.S)
+        for quoted in said.findall(" ".join(prose.split())):
+            span = quoted[0] or quoted[1]
+            checked += 1
+            parts = [p for p in re.split(r"\.\.\.|<[^<>]+>", span) if p.strip()]
+            regex = re.compile(".+?".join(re.escape(p) for p in parts))
+            assert any(regex.search(m) for m in messages) or any(
+                all(part in literal for part in parts) for literal in literals
+            ), f"docs/{page.relative_to(DOCS)} says a refusal adds `{span}`, which none does"
+    assert checked >= 8, checked
+
+
 def _output_of(argv: list[str]) -> str:
     import os
     import subprocess

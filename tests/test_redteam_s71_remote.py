@@ -233,7 +233,7 @@ def test_a_lifecycle_rule_that_expires_the_prefix_is_told_by_doctor(s3_engine: S
         client.delete_bucket_lifecycle(Bucket=s3_engine.bucket)
     named = (
         f"rule 'old uploads' (prefix {ours!r}) expires objects after 30 days; rule 'scratch' "
-        f"(prefix '{ours}/blobs/') expires objects after 1 days"
+        f"(prefix '{ours}/blobs/') expires objects after 1 day"  # "1 days" before (docs review 71)
     )
     assert (probe.subject, probe.found, probe.exit_code) == ("lifecycle", named, 78)
     assert probe.problem == (

@@ -1543,7 +1543,7 @@ class ObjectStore:
         for rule in answer.get("Rules", []):
             expiration = rule.get("Expiration") or {}
             when = (
-                f"after {expiration['Days']} days"
+                f"after {expiration['Days']} day{'' if expiration['Days'] == 1 else 's'}"
                 if "Days" in expiration
                 else f"from {expiration['Date']}"
                 if "Date" in expiration
