@@ -27,6 +27,7 @@ from types import MappingProxyType
 from typing import Any
 
 from app.errors import (
+    SHOWS_AS_NOTHING,
     SettingsAmbiguousError,
     SettingsCastError,
     SettingsDirEmptyError,
@@ -924,11 +925,19 @@ def _as_seen(name: str) -> str:
     no-break space U+00A0 that macOS types for Option-Space is a space, a full-width
     ``\uff54`` is ``t``). ``settings\u00a0local.toml`` and ``settings.local.toml\u200b``
     were not near misses, though ``settings local.toml`` is: their values were ignored with
-    nothing said (red team 71, round o)."""
+    nothing said (red team 71, round o).
+
+    Unicode's other characters that show as nothing are left out too (`_IGNORABLE`): a
+    combining grapheme joiner U+034F, a variation selector U+FE0F or a Hangul filler U+3164
+    after ``.toml`` is no format character, and ``settings.local.toml\u034f`` was passed
+    over as not ending in ``.toml`` (red team 71 on regress, round r)."""
     import unicodedata  # here: only a name that is not ASCII pays for it
 
-    shown = "".join(c for c in name if unicodedata.category(c) != "Cf")
+    shown = "".join(c for c in name if unicodedata.category(c) != "Cf" and not _IGNORABLE.match(c))
     return unicodedata.normalize("NFKC", shown)
+
+
+_IGNORABLE = re.compile(SHOWS_AS_NOTHING)
 
 
 def _one_slip(typed: str, meant: str) -> bool:

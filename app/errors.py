@@ -580,6 +580,18 @@ def user_words(name: str, uid: int) -> str:
     return f"user {name!r} (uid {uid})" if name else f"uid {uid}"
 
 
+#: Unicode's default-ignorable code points (DerivedCoreProperties.txt, 15.1) that are not
+#: format characters (``Cf``), as a character class of `re`: each shows as nothing (the
+#: combining grapheme joiner, the Hangul fillers, the Khmer inherent vowels, the Mongolian free
+#: variation selectors, the variation selectors, code points reserved as ignorable), though
+#: `str.isprintable` says it prints. ``unicodedata`` has no such property, and the ``regex``
+#: package's ``\p{Default_Ignorable_Code_Point}`` would be a dependency for one line.
+SHOWS_AS_NOTHING = (
+    "[\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180d\u180f\u2065\u3164"
+    "\ufe00-\ufe0f\uffa0\ufff0-\ufff8\U000e0000-\U000e0fff]"
+)
+
+
 def shell_word(value: str | os.PathLike[str]) -> str:
     """``value`` as one word of a POSIX shell command a message tells a human to run.
 
@@ -587,10 +599,14 @@ def shell_word(value: str | os.PathLike[str]) -> str:
     ``rm /srv/my data/.trash/<entry> && mv ...``, whose ``rm`` took the link out of the trash
     and whose ``mv`` then failed, the entry's data left where nothing names it (red team 42).
     """
+    import re
     import shlex  # here: only a refusal pays for it
 
     text = os.fspath(value)
-    if text.isprintable():
+    # A character that shows as nothing, quoted as it is, read as the name without it:
+    # ``'settings.local.toml\u034f'`` as the very file the refusal said is not there (red team
+    # 71 on regress, round r).
+    if text.isprintable() and (text.isascii() or not re.search(SHOWS_AS_NOTHING, text)):
         return shlex.quote(text)
     # A byte that is not UTF-8 (Python's U+DC80 to U+DCFF for it) or a control character:
     # quoted as it was, ``'/srv/s\udcff/data'``, the command acted on a path of those six
@@ -607,6 +623,8 @@ def shell_word(value: str | os.PathLike[str]) -> str:
 
 def _printf_escaped(text: str) -> str:
     """`text` as printf(1)'s format inside single quotes (`shell_word`)."""
+    import re  # here: only a refusal pays for it
+
     escaped = []
     for char in text:
         if "\udc80" <= char <= "\udcff":
@@ -615,7 +633,7 @@ def _printf_escaped(text: str) -> str:
             escaped.append(char * 2)  # printf's format: ``\\`` and ``%%`` are the characters
         elif char == "'":
             escaped.append("'\\''")
-        elif not char.isprintable():
+        elif not char.isprintable() or (not char.isascii() and re.match(SHOWS_AS_NOTHING, char)):
             escaped.append("".join(f"\\{byte:03o}" for byte in char.encode(errors="surrogatepass")))
         else:
             escaped.append(char)

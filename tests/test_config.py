@@ -388,6 +388,11 @@ def test_a_settings_file_under_a_near_miss_of_its_name_is_refused_not_ignored(
     # round o: ignored with nothing said).
     for name in ("settings\u00a0local.toml", ".secrets.local.toml\u200b"):
         (settings / name).write_text("[development]\n")
+    # Nor when it is no format character but shows as nothing all the same: a combining
+    # grapheme joiner, a Hangul filler (red team 71 on regress, round r: passed over as not
+    # ending in `.toml`).
+    for name in ("settings.local.toml\u034f", "settings.local.toml\u3164"):
+        (settings / name).write_text("[development]\n")
     (settings / "secrets.local.toml").mkdir()
     files = config_files.read_files(os.environ, sandboxed=False)
     found = [(e.path.name, e.meant) for e in config_files.misnamed_files(files)]
@@ -396,6 +401,8 @@ def test_a_settings_file_under_a_near_miss_of_its_name_is_refused_not_ignored(
         (".secrets.local.toml\u200b", ".secrets.local.toml"),
         ("Settings.local.toml", "settings.local.toml"),
         ("settings local.toml", "settings.local.toml"),
+        ("settings.local.toml\u034f", "settings.local.toml"),
+        ("settings.local.toml\u3164", "settings.local.toml"),
         ("settings.locl.toml", "settings.local.toml"),
         ("settings_local.toml", "settings.local.toml"),
         ("settingslocal.toml", "settings.local.toml"),
@@ -404,6 +411,11 @@ def test_a_settings_file_under_a_near_miss_of_its_name_is_refused_not_ignored(
     hidden = next(e for e in config_files.misnamed_files(files) if "\u200b" in e.path.name)
     word = "\"$(printf -- '.secrets.local.toml\\342\\200\\213')\""
     assert f"so as it is, every value in {word} is ignored. To use it: `mv " in str(hidden)
+    # A combining grapheme joiner prints as nothing though `str.isprintable` says it prints:
+    # quoted as it was, the name read as the one said not to be there (round r).
+    joined = next(e for e in config_files.misnamed_files(files) if "\u034f" in e.path.name)
+    word = "\"$(printf -- 'settings.local.toml\\315\\217')\""
+    assert f"so as it is, every value in {word} is ignored. To use it: `mv " in str(joined)
     # Two near misses of one name: each told to `mv` itself there, the second `mv` replaced
     # the first file with nothing said; each names the other (red team 71, round o).
     assert str(hidden).endswith(

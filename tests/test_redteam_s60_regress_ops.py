@@ -168,7 +168,9 @@ def test_a_printed_command_naming_a_path_that_is_no_plain_text_runs_in_posix_sh(
         assert ran.returncode == 0, (shell, rmdir, ran.stderr)
         assert not (settings / "settings.toml").exists()
 
-    names = ["-r\udcfe 100% it's a\\b\x1b]0;t\x07", "two\nlines\n\n"]
+    # A character that shows as nothing, written as octal escapes since red team 71 on
+    # regress, round r: each shell prints its bytes back.
+    names = ["-r\udcfe 100% it's a\\b\x1b]0;t\x07", "two\nlines\n\n", "l\u034fo\u2764\ufe0f%"]
     for shell in _SHELLS:
         for name in names:
             said = subprocess.run(
