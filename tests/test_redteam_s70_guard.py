@@ -150,6 +150,8 @@ def test_hidden_then_removed():
             ("ioctl", "ioctl", "EIO"),
             ("ENOSYS", "pidfd_open", "ENOSYS"),
             ("ENOTTY", "ioctl", "ENOTTY"),
+            # Round p: and with an exited process's error, the shell running.
+            ("ESRCH", "pidfd_open", "ESRCH"),
         ):
             setsid[f"setsid-{name}"] = (
                 f'{hidden} && setsid "$@"; exit $?',
@@ -162,7 +164,7 @@ def test_hidden_then_removed():
         )
     else:
         for name in ("setsid", "setsid-pidfd_open", "setsid-ioctl", "setsid-ENOSYS",
-                     "setsid-ENOTTY", "setsid-swapped"):
+                     "setsid-ENOTTY", "setsid-ESRCH", "setsid-swapped"):
             (OUT / name).write_text("skipped\\n")
     run({
         **setsid,
@@ -228,7 +230,7 @@ _LEADING = (
 
 _NAMES = (
     "boot", "uuid", "timens", "ro-sys", "setsid", "setsid-pidfd_open", "setsid-ioctl",
-    "setsid-ENOSYS", "setsid-ENOTTY", "setsid-swapped",
+    "setsid-ENOSYS", "setsid-ENOTTY", "setsid-ESRCH", "setsid-swapped",
     "hidden", "between", "init-swapped", "noaccess", "ruid", "listing", "lstat", "own-stat",
     "exe", "fd", "status", "comm", "ruid-exe", "cmdline", "cmdline-drop",
 )  # fmt: skip
@@ -398,6 +400,12 @@ def test_a_child_below_a_hidden_shell_whose_ask_for_a_parent_by_pidfd_fails_is_r
             "setsid-ENOTTY",
             f"its PIDFD_GET_INFO ioctl, which Linux {release} on {os.uname().machine} answers",
             "ENOTTY: Inappropriate ioctl for device",
+        ),
+        # Round p (branch rt-regress71p): an exited process's error, of the running shell.
+        (
+            "setsid-ESRCH",
+            "pidfd_open, of a process that signal 0 finds",
+            "ESRCH: No such process",
         ),
         # Round l (branch rt-regress71l): a pidfd of another process, the child's own.
         ("setsid-swapped", "pidfd_open", "EBADF: a descriptor of pid {}, not of pid {}"),
