@@ -307,6 +307,13 @@ class Zygote:
     padding: tuple[str, ...] = ()
     #: Its reader thread's name, and the command line a child is reported under.
     name, shown = "forked-app", ("app",)
+    #: Where it starts, whatever directory the test that started it was in: ``python -c``
+    #: imports from its working directory first, and a zygote started by a pytester test (in
+    #: a directory of that test's files) imported that test's ``json.py`` in place of the
+    #: standard one, for every later child of the process; tests/forked_pytest.py's check
+    #: of such a module (`shadowing`) reads each child's directory, never the zygote's (red
+    #: team 71 on regress, round s). Each child changes into its own.
+    directory = "/"
 
     def __init__(self) -> None:
         # The environment of the run, not of the test that happened to come first (which
@@ -320,6 +327,7 @@ class Zygote:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=self.environ,
+            cwd=self.directory,
         )
         self._lock = threading.Lock()
         self._ids = itertools.count()

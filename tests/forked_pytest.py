@@ -40,7 +40,9 @@ is collected, and finalised, as in a plain start); no test reads any of them of 
 run. A red team's own ``python -m pytest`` with a hand-built environment goes through `run`,
 forked when `start` can fork it (bytecode on, from `BytecodeOn`); those whose start or parent
 is what they check (a bytecode prefix of their own, ``-X``, wrappers, another user or
-namespace, a pytest passed off as an xdist worker) start as they always did.
+namespace) start as they always did, and a pytest passed off as an xdist worker of this
+process's run starts plainly whoever asks for it (`passed_off_as_a_worker`): a forked one's
+parent is the zygote, and the guard took it for no worker.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ from typing import Any
 import forked_app
 from forked_app import Forked
 
+from app.testing.guard import OWNER_ENV
 from app.testing.zygote import inherited
 
 #: Variables read as an interpreter starts (its flags, its locale and encodings, the dynamic
@@ -225,6 +228,17 @@ class BytecodeOn(Zygote):
         return {k: v for k, v in super().environment(run).items() if k not in BYTECODE}
 
 
+def passed_off_as_a_worker(env: dict[str, str]) -> bool:
+    """Whether a plain start of a pytest in `env` passes for an xdist worker where a forked
+    one would not: the guard takes a pytest for a worker of the run that owns its sandbox
+    when ``PYTEST_XDIST_WORKER`` is set and its parent is that owner (`OWNER_ENV`), and a
+    forked child's parent is the zygote. A red team 33 run (a test of a run without xdist
+    that sets the one variable) forked took the path of a run of its own, which checks what
+    pytest writes anyway: it passed with the fix it covers reverted (red team 71 on regress,
+    round s). Such a run starts the plain way, whoever calls `run` or pytester for it."""
+    return bool(env.get("PYTEST_XDIST_WORKER")) and env.get(OWNER_ENV) == str(os.getpid())
+
+
 _running: dict[type[Zygote], Zygote] = {}  # this process's, each once started
 _starting = threading.Lock()
 
@@ -237,7 +251,7 @@ def start(
     must start the plain way (see the module's docstring)."""
     argv = [os.fspath(arg) for arg in argv]
     spelled = argv[:1] == [sys.executable] and any(argv[1 : 1 + len(s)] == s for s in SPELLINGS)
-    if not spelled or not hasattr(os, "pidfd_open"):
+    if not spelled or not hasattr(os, "pidfd_open") or passed_off_as_a_worker(env):
         return None
     kind: type[Zygote] = Zygote
     if forked_app._RUN and not any(name in env for name in BYTECODE):

@@ -17,6 +17,8 @@ import forked_app
 import forked_pytest
 import pytest
 
+from app.testing.guard import OWNER_ENV
+
 #: What the inner run sees of its own start, one JSON line.
 PROBE = """
 import gc, json, os, sys, tempfile
@@ -118,11 +120,21 @@ def test_a_run_whose_start_the_zygote_cannot_give_is_left_to_start(tmp_path: Pat
     out, err = tmp_path / "out", tmp_path / "err"
     run = dict(forked_app._RUN["environ"])
     argv = [sys.executable, "-mpytest", "-q"]
+    # A pytest passed off as an xdist worker of this process's run (red team 33's, a test of
+    # a run without xdist that sets the one variable): the guard takes it for one by its
+    # parent, the zygote where forked. Forked, red team 33's test passed with its fix
+    # reverted (red team 71 on regress, round s).
+    forged = {**run, "PYTEST_XDIST_WORKER": "gw0", OWNER_ENV: str(os.getpid())}
     for env, words in (
         ({**run, "PYTHONOPTIMIZE": "1"}, argv),
         (run, [sys.executable, "-X", "dev", "-m", "pytest"]),
+        (forged, argv),
     ):
-        assert forked_pytest.start(words, env, tmp_path, out, err) is None
+        assert forked_pytest.start(words, env, tmp_path, out, err) is None, words
+    # Only that: a serial run's own inner runs name it as their owner too, a worker's its
+    # controller; neither passes for a worker, forked or not.
+    for env in ({**forged, "PYTEST_XDIST_WORKER": ""}, {**forged, OWNER_ENV: str(os.getppid())}):
+        assert not forked_pytest.passed_off_as_a_worker(env), env
     # A directory on its path holding what a plain start imports from there, which the
     # zygote imported from its own (red team 64 on regress): `site`'s sitecustomize on
     # PYTHONPATH (red team 43's import hook), a pytest from a zip, a standard module beside
@@ -190,3 +202,24 @@ def test_a_run_with_bytecode_on_is_forked_from_a_zygote_started_so(
     assert seen == expected == {"flag": 0, "dont_write": False, "prefix": None, "argv": argv[3:]}
     if any(name in forked_app._RUN["environ"] for name in forked_pytest.BYTECODE):
         assert type(forked_pytest._running[forked_pytest.BytecodeOn]) is forked_pytest.BytecodeOn
+
+
+def test_a_zygote_imports_nothing_from_the_directory_of_the_test_that_started_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `python -c` imports from its working directory first: a zygote started by a pytester
+    # test (in a directory of that test's files, a `json.py` among them) imported it in
+    # place of the standard module, for every later child of the process. `shadowing` only
+    # reads each child's directory, after the zygote started (red team 71 on regress,
+    # round s): here the module says so, and ends the zygote.
+    (tmp_path / "json.py").write_text(
+        "import os, pathlib\n\n"
+        "pathlib.Path(__file__).with_name('imported').write_text('by the zygote')\n"
+        "os._exit(3)\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    zygote = forked_pytest.Zygote()  # one of its own: this process's may be running already
+    assert zygote.process.stdin is not None
+    zygote.process.stdin.close()  # it ends once it has imported what it imports
+    assert zygote.process.wait() == 0
+    assert not (tmp_path / "imported").exists()
