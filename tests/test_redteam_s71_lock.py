@@ -616,12 +616,11 @@ def test_a_lock_file_moved_into_a_directory_of_the_root_under_a_shell_keeps_a_wr
     # file of a shell that keeps its lock past its `flock` (`exec 9<lock; flock 9`) moved
     # into a directory of the root (`mkdir old; mv .server.lock old/.server.lock.old`), not
     # beside it. Its keeper was looked for among descriptors of files in the root's
-    # directory only, and a
-    # holder that published nothing with its file anywhere but there was taken for another
-    # program's lock moved out of the root: `app status` said "nobody" and a writer took the
-    # root beside the shell. A file beneath the root's directory counts now, where it reads
-    # as a lock file (empty, or a holder's JSON): another program's flock on a file of data
-    # there does not keep a writer off.
+    # directory only, and a holder that published nothing with its file anywhere but there
+    # was taken for another program's lock moved out of the root: `app status` said
+    # "nobody" and a writer took the root beside the shell. A file beneath the root's
+    # directory counts now, where it reads as a lock file (empty, or a holder's JSON):
+    # another program's flock on a file of data there does not keep a writer off.
     lock = tmp_path / LOCK_FILE
     lock.touch()
     (tmp_path / "old").mkdir()
