@@ -804,9 +804,13 @@ def _keepers(path: Path, key: str, device: int, listed: int | None = None) -> li
     its files by) is given (`_on_device`)."""
     inode = int(key.rpartition(":")[2])
     # The root's directory as a descriptor's link names it (the real path, no symbolic link
-    # in it): a file there of another name is a lock file moved aside (`_names_lock`). Not
-    # for a bare name, whose directory would be this process's.
-    within = {str(path.parent), os.path.realpath(path.parent)} if path.is_absolute() else set()
+    # in it), each with a slash: a file beneath it of another name is a lock file moved
+    # aside (`_names_lock`). Not for a bare name, whose directory would be this process's.
+    within = (
+        {f"{str(path.parent).rstrip('/')}/", f"{os.path.realpath(path.parent).rstrip('/')}/"}
+        if path.is_absolute()
+        else set()
+    )
     found = []
     with contextlib.suppress(OSError), os.scandir(_PROC_LOCKS.parent) as processes:
         for process in processes:
@@ -839,14 +843,16 @@ def _names_lock(
     lock of a deleted lock file there went unseen, so that a writer took the root beside it
     (red team 71 on regress, round i).
 
-    A file of another name in a directory `within` (the root's, as the link names it) is
-    looked at too: a shell's lock file moved aside (`mv .server.lock .server.lock.old`) went
-    unseen, and a writer took the root beside it (red team 71 on regress, round n). By the
-    link's text, which costs no more than the name's: a look at every descriptor's file would
-    stat every open file of every process at each probe (red team 64 on regress)."""
+    A file of another name beneath a directory `within` (the root's, as the link names it,
+    ending in a slash) is looked at too: a shell's lock file moved aside (`mv .server.lock
+    .server.lock.old`) went unseen, and a writer took the root beside it (red team 71 on
+    regress, round n); so did one moved into a directory of the root (`mv .server.lock
+    old/`), whose link's directory is not the root's (round q). By the link's text, which
+    costs no more than the name's: a look at every descriptor's file would stat every open
+    file of every process at each probe (red team 64 on regress)."""
     try:
         named = str(descriptor.readlink()).removesuffix(" (deleted)")
-        if Path(named).name != name and os.path.dirname(named) not in within:  # noqa: PTH120
+        if Path(named).name != name and not named.startswith(tuple(within)):
             return False
         seen = descriptor.stat()
         if listed is None:
@@ -886,6 +892,7 @@ def _kept_by(fd: int, path: Path, holder: dict[str, Any] | None) -> dict[str, An
 
 
 _STAMP_NAME: Final = ".app-profile.json"  # app.dataroot.STAMP_FILE (this module is below it)
+_TMP_NAME: Final = ".tmp"  # app.dataroot.TMP_DIR
 
 
 def _deleted_lock_holder(path: Path) -> dict[str, Any] | None:
@@ -999,10 +1006,16 @@ def _fd_inode(pid: int, fd: str) -> int | None:
 
 
 def _flocks_on(device: int) -> dict[int, set[int]]:
-    """Each process's exclusive flocks on ``device``, by inode, from ``/proc/locks``."""
+    """Each process's flocks on ``device``, by inode, from ``/proc/locks``: shared ones too,
+    which keep a writer off as an exclusive one does (``flock -s``, a backup's). With only
+    the exclusive ones read, a shared holder's lock file deleted or moved aside under it
+    let a writer take the root beside it (red team 71 on regress, round q)."""
     on_device = f"{os.major(device):02x}:{os.minor(device):02x}:"
     locked: dict[int, set[int]] = {}
-    for pid, file in _exclusive_flocks():
+    for parts in map(str.split, _PROC_LOCKS.read_text().splitlines()):
+        if len(parts) < 6 or parts[1:3] != ["FLOCK", "ADVISORY"]:
+            continue  # a waiter's line ("1: -> FLOCK ...") is none
+        pid, file = parts[4], parts[5]
         if pid.isdigit() and file.startswith(on_device):
             locked.setdefault(int(pid), set()).add(int(file.rpartition(":")[2]))
     return locked
@@ -1649,9 +1662,10 @@ def _moved_lock_file(
     named = str(opened.readlink())
     fd = os.open(opened, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     try:
-        holder = _parse_holder(os.pread(fd, _MAX_HOLDER_BYTES, 0))
+        text = os.pread(fd, _MAX_HOLDER_BYTES, 0)
     finally:
         os.close(fd)
+    holder = _parse_holder(text)
     deleted = named.endswith(" (deleted)")  # as the kernel names it
     moved = Path(named.removesuffix(" (deleted)"))
     published = (holder or {}).get("root_id")
@@ -1673,12 +1687,25 @@ def _moved_lock_file(
         # and never a root that moved away whole: a new one at its path is another.
         return (holder, {"lock_file_moved_to": named}) if same_root else None
     # A holder that published no root_id (an earlier build, or one without its JSON):
-    # told apart by where the file is.
-    if not _same_dir(moved.parent, root) and (
-        # Moved out of the root: ours only if it names this root, and the root did not
-        # move with it (then it is another root, its stamp beside it).
-        not _same_dir(Path(str((holder or {}).get("root") or "/nonexistent")), root)
-        or (moved.parent / _STAMP_NAME).exists()
+    # told apart by where the file is. Beneath the root is in it: a shell's lock file moved
+    # into a directory of the root (`mv .server.lock old/`) was taken for one moved out, and
+    # a writer took the root beside the shell (red team 71 on regress, round q). There, only
+    # a lock file's text (none, or a holder's JSON) and not in `.tmp/`: a writer's files
+    # there and those it put in place hold its flocks until it closes them.
+    beneath = not _same_dir(moved.parent, root) and (
+        (holder is not None or not text)
+        and not _same_dir(moved.parent, root / _TMP_NAME)
+        and any(_same_dir(parent, root) for parent in moved.parents[1:])
+    )
+    if (
+        not _same_dir(moved.parent, root)
+        and not beneath
+        and (
+            # Moved out of the root: ours only if it names this root, and the root did not
+            # move with it (then it is another root, its stamp beside it).
+            not _same_dir(Path(str((holder or {}).get("root") or "/nonexistent")), root)
+            or (moved.parent / _STAMP_NAME).exists()
+        )
     ):
         return None  # another program's lock, or another root's
     return holder, {"lock_file_moved_to": named}

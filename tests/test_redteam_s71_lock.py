@@ -607,3 +607,98 @@ def test_a_lock_file_moved_within_the_root_under_a_shell_that_keeps_its_lock_kee
         f"through its lock file {lock}, which was moved to {aside} while it held it (never move "
         "or delete the lock file: a free one is never in the way); stop it "
     ) in said, said  # not "it stops within lock_check_seconds": only the app's holder does
+
+
+def test_a_lock_file_moved_into_a_directory_of_the_root_under_a_shell_keeps_a_writer_off(
+    tmp_path: Path,
+) -> None:
+    # Found by trying round n's fix another road (red team 71 on regress, round q): the lock
+    # file of a shell that keeps its lock past its `flock` (`exec 9<lock; flock 9`) moved
+    # into a directory of the root (`mkdir old; mv .server.lock old/.server.lock.old`), not
+    # beside it. Its keeper was looked for among descriptors of files in the root's
+    # directory only, and a holder that published nothing with its file anywhere but there
+    # was taken for another program's lock moved out of the root: `app status` said
+    # "nobody" and a writer took the root beside the shell. A file beneath the root's
+    # directory counts now, where it reads as a lock file (empty, or a holder's JSON):
+    # another program's flock on a file of data there does not keep a writer off.
+    lock = tmp_path / LOCK_FILE
+    lock.touch()
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "data.bin").write_bytes(b"data")
+    other = subprocess.Popen(
+        ["flock", "old/data.bin", "sh", "-c", "echo locked; read x"],
+        cwd=tmp_path, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    shell = subprocess.Popen(
+        ["bash", "-c", f"exec 9<{lock}; flock 9; echo locked; read"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert shell.stdout is not None
+        assert shell.stdout.readline() == "locked\n"
+        found = lock.stat()
+        key = f"{os.major(found.st_dev):02x}:{os.minor(found.st_dev):02x}:{found.st_ino}"
+        if f" {key} " not in Path("/proc/locks").read_text():
+            pytest.skip("this PID namespace's /proc/locks hides a lock whose taker exited")
+        aside = tmp_path / "old" / f"{LOCK_FILE}.old"
+        lock.rename(aside)
+        seen = probe(tmp_path)
+        second = RootLock(tmp_path, kind="maintenance", profile="testing")
+        with pytest.raises(DataRootInUseError) as refused:
+            second.acquire(wanted="empty the trash", timeout=0.0)
+        assert shell.stdin is not None
+        shell.stdin.close()
+        shell.wait()
+        assert other.stdout is not None
+        assert other.stdout.readline() == "locked\n"
+        with RootLock(tmp_path, kind="maintenance", profile="testing").acquire(
+            wanted="empty the trash", timeout=0.0
+        ):
+            pass  # only another program's lock on a file of data is left beneath the root
+    finally:
+        for process in (shell, other):
+            assert process.stdin is not None
+            process.stdin.close()
+            process.wait()
+    assert seen.held, seen
+    named = f"pid {shell.pid} (bash -c 'exec 9<{lock}; flock 9; echo locked; read')"
+    said = str(refused.value)
+    assert f"data root {tmp_path} is held by {named}" in said, said
+    assert (
+        f"through its lock file {lock}, which was moved to {aside} while it held it (never move "
+        f"or delete the lock file: a free one is never in the way); stop it (kill {shell.pid})"
+    ) in said, said
+
+
+def test_a_lock_file_deleted_under_a_shared_holder_keeps_a_writer_off(tmp_path: Path) -> None:
+    # Found by trying round n's steps with `flock -s` (red team 71 on regress, round q): a
+    # shared lock keeps a writer off as long as its file is at the root's path, but the look
+    # for the holder of a deleted or moved lock file read the exclusive locks only: with
+    # `rm .server.lock` under `flock -s .server.lock <backup>`, `app status` said "nobody"
+    # and a writer took the root beside the backup. Shared locks are read there too.
+    lock = tmp_path / LOCK_FILE
+    lock.touch()
+    backup = subprocess.Popen(
+        ["flock", "-s", str(lock), "sh", "-c", "echo locked; read x"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert backup.stdout is not None
+        assert backup.stdout.readline() == "locked\n"
+        lock.unlink()
+        seen = probe(tmp_path)
+        second = RootLock(tmp_path, kind="maintenance", profile="testing")
+        with pytest.raises(DataRootInUseError) as refused:
+            second.acquire(wanted="empty the trash", timeout=0.0)
+    finally:
+        assert backup.stdin is not None
+        backup.stdin.close()
+        backup.wait()
+    assert seen.held, seen
+    said = str(refused.value)
+    named = f"pid {backup.pid} (flock -s {lock} sh -c 'echo locked; read x')"
+    assert f"data root {tmp_path} is held by {named}, which published no details" in said, said
+    assert (
+        f"through its lock file {lock}, which was deleted while it held it (never delete the "
+        f"lock file: a free one is never in the way); stop it (kill {backup.pid})"
+    ) in said, said
