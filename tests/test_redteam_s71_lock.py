@@ -27,12 +27,14 @@ kept past a taker that published nothing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -51,6 +53,7 @@ from app.storage import REMOTE
 #: file deleted, and beside `flock -s` once the holder is gone.
 _ON_BTRFS = r"""
 import json, os, signal, subprocess, sys
+from collections.abc import Iterator
 from pathlib import Path
 from app.config import load
 from app.lock import describe_holder, probe
@@ -179,6 +182,7 @@ print("RESULTS", json.dumps(seen))
 #: directory said to lie inside a data root?
 _BESIDE_A_KEPT_LOCK = r"""
 import json, os, subprocess, sys
+from collections.abc import Iterator
 from pathlib import Path
 from app.dataroot import _stamped_root_above
 from app.errors import DataRootInUseError
@@ -448,16 +452,16 @@ def test_a_lock_kept_past_its_taker_in_another_subvolume_makes_no_root_of_a_plai
     assert seen["a_root_s_kept"] is True, said  # kept on this very file: a lock file in use
 
 
-def test_a_lock_file_deleted_under_a_shell_that_keeps_its_lock_keeps_a_writer_off(
-    tmp_path: Path,
-) -> None:
-    # Found by experiment (the brief's "inherited descriptor after the original holder
-    # exits"), on ext4: `exec 9<lock; flock 9` (flock(1)'s own example, a shell around a
-    # backup) takes the lock in a `flock` process that exits at once, and the shell keeps
-    # it. With that lock file deleted, the look for a deleted lock file's holder read the
-    # descriptors of the pid the kernel lists, which has none: `app status` said "nobody"
-    # and a writer took the root beside the shell ("acquired").
-    lock = tmp_path / LOCK_FILE
+#: flock(1)'s own example in a shell, as its keeper is named: `a_shell_keeping_its_lock`.
+KEPT_BY = "bash -c 'exec 9<{lock}; flock 9; echo locked; read'"
+
+
+@contextlib.contextmanager
+def a_shell_keeping_its_lock(lock: Path) -> Iterator[tuple[subprocess.Popen[str], list[str]]]:
+    """A shell that keeps the lock of `lock` past its taker: `exec 9<lock; flock 9`, flock(1)'s
+    own example, takes it in a `flock` process that exits at once. Yields the shell and the
+    pids ``/proc/locks`` lists as the lock's takers; skips where this PID namespace's
+    ``/proc/locks`` hides a lock whose taker exited. The shell ends as the block does."""
     lock.touch()
     shell = subprocess.Popen(
         ["bash", "-c", f"exec 9<{lock}; flock 9; echo locked; read"],
@@ -472,6 +476,24 @@ def test_a_lock_file_deleted_under_a_shell_that_keeps_its_lock_keeps_a_writer_of
         takers = [parts[4] for parts in listed if len(parts) > 5 and parts[5] == key]
         if not takers:
             pytest.skip("this PID namespace's /proc/locks hides a lock whose taker exited")
+        yield shell, takers
+    finally:
+        assert shell.stdin is not None
+        shell.stdin.close()
+        shell.wait()
+
+
+def test_a_lock_file_deleted_under_a_shell_that_keeps_its_lock_keeps_a_writer_off(
+    tmp_path: Path,
+) -> None:
+    # Found by experiment (the brief's "inherited descriptor after the original holder
+    # exits"), on ext4: `exec 9<lock; flock 9` (flock(1)'s own example, a shell around a
+    # backup) takes the lock in a `flock` process that exits at once, and the shell keeps
+    # it. With that lock file deleted, the look for a deleted lock file's holder read the
+    # descriptors of the pid the kernel lists, which has none: `app status` said "nobody"
+    # and a writer took the root beside the shell ("acquired").
+    lock = tmp_path / LOCK_FILE
+    with a_shell_keeping_its_lock(lock) as (shell, takers):
         live = describe_holder(probe(tmp_path).holder)  # round i: its lock file in place
         lock.unlink()
         seen = probe(tmp_path)
@@ -479,14 +501,10 @@ def test_a_lock_file_deleted_under_a_shell_that_keeps_its_lock_keeps_a_writer_of
         second = RootLock(tmp_path, kind="maintenance", profile="testing")
         with pytest.raises(DataRootInUseError) as refused:
             second.acquire(wanted="empty the trash", timeout=0.0)
-    finally:
-        assert shell.stdin is not None
-        shell.stdin.close()
-        shell.wait()
     assert seen.held, seen
     # Round i: the command line was unquoted here, shell-quoted where the lock file is in
     # place; and there the taker was "pid N (pid N (command line unknown), which ...)".
-    named = f"pid {shell.pid} (bash -c 'exec 9<{lock}; flock 9; echo locked; read')"
+    named = f"pid {shell.pid} ({KEPT_BY.format(lock=lock)})"
     assert described.startswith(named), seen.holder
     (taker,) = takers
     assert live.startswith(
@@ -575,18 +593,7 @@ def test_a_lock_file_moved_within_the_root_under_a_shell_that_keeps_its_lock_kee
     # "nobody" and a writer took the root beside the shell ("acquired"). A descriptor of a
     # file in the root's directory (as the descriptor's link names it) counts too now.
     lock = tmp_path / LOCK_FILE
-    lock.touch()
-    shell = subprocess.Popen(
-        ["bash", "-c", f"exec 9<{lock}; flock 9; echo locked; read"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert shell.stdout is not None
-        assert shell.stdout.readline() == "locked\n"
-        found = lock.stat()
-        key = f"{os.major(found.st_dev):02x}:{os.minor(found.st_dev):02x}:{found.st_ino}"
-        if f" {key} " not in Path("/proc/locks").read_text():
-            pytest.skip("this PID namespace's /proc/locks hides a lock whose taker exited")
+    with a_shell_keeping_its_lock(lock) as (shell, _):
         aside = lock.with_name(f"{LOCK_FILE}.old")
         lock.rename(aside)
         seen = probe(tmp_path)
@@ -594,12 +601,8 @@ def test_a_lock_file_moved_within_the_root_under_a_shell_that_keeps_its_lock_kee
         second = RootLock(tmp_path, kind="maintenance", profile="testing")
         with pytest.raises(DataRootInUseError) as refused:
             second.acquire(wanted="empty the trash", timeout=0.0)
-    finally:
-        assert shell.stdin is not None
-        shell.stdin.close()
-        shell.wait()
     assert seen.held, seen
-    named = f"pid {shell.pid} (bash -c 'exec 9<{lock}; flock 9; echo locked; read')"
+    named = f"pid {shell.pid} ({KEPT_BY.format(lock=lock)})"
     assert described.startswith(named), seen.holder
     said = str(refused.value)
     assert f"data root {tmp_path} is held by {named}" in said, said
@@ -629,26 +632,16 @@ def test_a_lock_file_moved_into_a_directory_of_the_root_under_a_shell_keeps_a_wr
         ["flock", "old/data.bin", "sh", "-c", "echo locked; read x"],
         cwd=tmp_path, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
-    shell = subprocess.Popen(
-        ["bash", "-c", f"exec 9<{lock}; flock 9; echo locked; read"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    stack = contextlib.ExitStack()
     try:
-        assert shell.stdout is not None
-        assert shell.stdout.readline() == "locked\n"
-        found = lock.stat()
-        key = f"{os.major(found.st_dev):02x}:{os.minor(found.st_dev):02x}:{found.st_ino}"
-        if f" {key} " not in Path("/proc/locks").read_text():
-            pytest.skip("this PID namespace's /proc/locks hides a lock whose taker exited")
+        shell, _ = stack.enter_context(a_shell_keeping_its_lock(lock))
         aside = tmp_path / "old" / f"{LOCK_FILE}.old"
         lock.rename(aside)
         seen = probe(tmp_path)
         second = RootLock(tmp_path, kind="maintenance", profile="testing")
         with pytest.raises(DataRootInUseError) as refused:
             second.acquire(wanted="empty the trash", timeout=0.0)
-        assert shell.stdin is not None
-        shell.stdin.close()
-        shell.wait()
+        stack.close()  # the shell gone: its lock with it
         assert other.stdout is not None
         assert other.stdout.readline() == "locked\n"
         with RootLock(tmp_path, kind="maintenance", profile="testing").acquire(
@@ -656,12 +649,12 @@ def test_a_lock_file_moved_into_a_directory_of_the_root_under_a_shell_keeps_a_wr
         ):
             pass  # only another program's lock on a file of data is left beneath the root
     finally:
-        for process in (shell, other):
-            assert process.stdin is not None
-            process.stdin.close()
-            process.wait()
+        stack.close()
+        assert other.stdin is not None
+        other.stdin.close()
+        other.wait()
     assert seen.held, seen
-    named = f"pid {shell.pid} (bash -c 'exec 9<{lock}; flock 9; echo locked; read')"
+    named = f"pid {shell.pid} ({KEPT_BY.format(lock=lock)})"
     said = str(refused.value)
     assert f"data root {tmp_path} is held by {named}" in said, said
     assert (
