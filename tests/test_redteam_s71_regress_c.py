@@ -83,6 +83,16 @@ def test_the_apps_own_guard_run_by_anothers_trigger_names_the_trigger(
         dba.execute("DROP TRIGGER dba_prune ON app_audit")
 
 
+def prepare_holding_the_lock_shared(postgres_engine: PostgresEngine, name: str, gid: str) -> None:
+    """Leave prepared transaction `gid` in database `name` holding the app's lock shared, as a
+    transaction manager's crash between its two phases leaves one."""
+    shared = "SELECT pg_advisory_xact_lock_shared({}, {})".format(*pg.HOLDERS_LOCK)
+    with postgres_engine.connect(name) as dba:
+        dba.execute("BEGIN")
+        dba.execute(shared)
+        dba.execute(psycopg.sql.SQL("PREPARE TRANSACTION {}").format(gid))
+
+
 # A gid as a transaction manager may make one: an escape, a newline, a backslash, a quote.
 GID = "xa:\x1b[2J\nfix\\1 'b' \u202e"
 
@@ -91,11 +101,7 @@ def test_a_gid_a_terminal_acts_on_is_printed_to_paste_as_it_shows(
     postgres_engine: PostgresEngine, database: tuple[str, str]
 ) -> None:
     name, url = database
-    shared = "SELECT pg_advisory_xact_lock_shared({}, {})".format(*pg.HOLDERS_LOCK)
-    with postgres_engine.connect(name) as dba:
-        dba.execute("BEGIN")
-        dba.execute(shared)
-        dba.execute(psycopg.sql.SQL("PREPARE TRANSACTION {}").format(GID))
+    prepare_holding_the_lock_shared(postgres_engine, name, GID)
     try:
         with pytest.raises(ReplicasLiveError) as live, pg.maintenance(url, PROFILE, "check"):
             pass
@@ -182,11 +188,7 @@ def test_doctors_prepared_line_gives_a_gid_with_a_parenthesis_whole(
     postgres_engine: PostgresEngine, database: tuple[str, str]
 ) -> None:
     name, url = database
-    shared = "SELECT pg_advisory_xact_lock_shared({}, {})".format(*pg.HOLDERS_LOCK)
-    with postgres_engine.connect(name) as dba:
-        dba.execute("BEGIN")
-        dba.execute(shared)
-        dba.execute(psycopg.sql.SQL("PREPARE TRANSACTION {}").format(RETRIED))
+    prepare_holding_the_lock_shared(postgres_engine, name, RETRIED)
     try:
         [found] = [p for p in doctor_probes(url, pg.mask_url(url)) if p.subject == "prepared"]
         # Before: "prepared transaction 'xa", cut at the gid's own " (".
