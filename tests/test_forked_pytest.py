@@ -55,6 +55,20 @@ def test_fails():
 """
 
 
+def starts_counted(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """What `forked_pytest.start` gives from now on, each in turn: a test that compares a
+    forked run with a plain one asks whether the run it compared was forked at all."""
+    started: list[object] = []
+    fork = forked_pytest.start
+
+    def counted(*args: object, **kwargs: object) -> object:
+        started.append(child := fork(*args, **kwargs))  # type: ignore[arg-type]
+        return child
+
+    monkeypatch.setattr(forked_pytest, "start", counted)
+    return started
+
+
 def _probe(result: pytest.RunResult | list[str]) -> dict[str, object]:
     lines = result if isinstance(result, list) else result.outlines
     (line,) = [line for line in lines if "PROBE " in line]
@@ -70,14 +84,7 @@ def test_a_forked_run_shows_what_a_plain_start_shows(
     # child's own (the zygote's cached one dropped).
     monkeypatch.setenv("TMPDIR", str(pytester.mkdir("own-tmp")))
     pytester.makepyfile(test_probe=PROBE)
-    started: list[object] = []
-    fork = forked_pytest.start
-
-    def counted(*args: object, **kwargs: object) -> object:
-        started.append(child := fork(*args, **kwargs))  # type: ignore[arg-type]
-        return child
-
-    monkeypatch.setattr(forked_pytest, "start", counted)
+    started = starts_counted(monkeypatch)
     forked = pytester.runpytest_subprocess("-s", "-p", "no:xdist")
     assert isinstance(started[-1], forked_pytest.ForkedRun), "not forked: nothing compared"
     monkeypatch.setenv("PYTHONHASHSEED", "0")  # read as an interpreter starts: the plain way
@@ -178,14 +185,7 @@ def test_a_run_with_bytecode_on_is_forked_from_a_zygote_started_so(
     pytester.makepyfile(test_probe=BYTECODE_PROBE)
     env = {k: v for k, v in os.environ.items() if k not in forked_pytest.BYTECODE}
     env["PYTHONPATH"] = str(pytester.path)
-    started: list[object] = []
-    fork = forked_pytest.start
-
-    def counted(*args: object, **kwargs: object) -> object:
-        started.append(child := fork(*args, **kwargs))  # type: ignore[arg-type]
-        return child
-
-    monkeypatch.setattr(forked_pytest, "start", counted)
+    started = starts_counted(monkeypatch)
     argv = [sys.executable, "-m", "pytest", "-s", "-p", "no:xdist", "-p", "no:cacheprovider"]
     forked = forked_pytest.run(argv, cwd=pytester.path, env=env, merged=True)
     assert isinstance(started[-1], forked_pytest.ForkedRun), "not forked: nothing compared"
