@@ -1691,9 +1691,13 @@ def _moved_lock_file(
     # into a directory of the root (`mv .server.lock old/`) was taken for one moved out, and
     # a writer took the root beside the shell (red team 71 on regress, round q). There, only
     # a lock file's text (none, or a holder's JSON) and not in `.tmp/`: a writer's files
-    # there and those it put in place hold its flocks until it closes them.
+    # there and those it put in place hold its flocks until it closes them. And only under
+    # a name that keeps the lock file's (`old/.server.lock.old`): any empty file a program
+    # flocked there (an upload of no bytes, a `.lock` a user's script keeps in a session's
+    # directory) counted, and no writer could take the root (red team 71, round u).
     beneath = not _same_dir(moved.parent, root) and (
-        (holder is not None or not text)
+        path.name in moved.name
+        and (holder is not None or not text)
         and not _same_dir(moved.parent, root / _TMP_NAME)
         and any(_same_dir(parent, root) for parent in moved.parents[1:])
     )

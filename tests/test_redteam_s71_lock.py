@@ -695,3 +695,43 @@ def test_a_lock_file_deleted_under_a_shared_holder_keeps_a_writer_off(tmp_path: 
         f"through its lock file {lock}, which was deleted while it held it (never delete the "
         f"lock file: a free one is never in the way); stop it (kill {backup.pid})"
     ) in said, said
+
+
+def test_another_program_s_flock_on_an_empty_file_of_a_session_keeps_no_writer_off(
+    tmp_path: Path,
+) -> None:
+    # Found by attacking round q's rule in the other direction (red team 71 on regress,
+    # round u): a file beneath the root that reads as a lock file (empty) and is flocked,
+    # exclusively or shared, counted as the root's lock file moved there, whatever its name.
+    # An empty file of a session's (an upload of no bytes, a `.lock` a user's script keeps
+    # there) under `flock`, with no writer on the root: `app status` said it held, and every
+    # writer was refused, told to kill the script. Only a file that keeps the lock file's name
+    # in its own (`mv .server.lock old/.server.lock.old`) counts there now.
+    files = tmp_path / "sessions" / "abc123" / "files"
+    files.mkdir(parents=True)
+    (files / "empty.txt").touch()
+    (files / ".lock").touch()
+    commands = [
+        ["flock", *shared, str(files / name), "sh", "-c", "echo locked; read x"]
+        for shared, name in (([], "empty.txt"), (["-s"], ".lock"))
+    ]
+    scripts = [
+        subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        for command in commands
+    ]
+    try:
+        for script in scripts:
+            assert script.stdout is not None
+            assert script.stdout.readline() == "locked\n"
+        seen = probe(tmp_path)
+        with RootLock(tmp_path, kind="maintenance", profile="testing").acquire(
+            wanted="empty the trash", timeout=0.0
+        ):
+            taken = True
+    finally:
+        for script in scripts:
+            assert script.stdin is not None
+            script.stdin.close()
+            script.wait()
+    assert not seen.held, seen
+    assert taken
