@@ -2525,7 +2525,9 @@ def _hidden_parent(parent: int, hides: str) -> tuple[str, str] | None:
     # A pidfd numbers pids as this process's PID namespace does: not where /proc numbers an
     # enclosing one's (`_proc_self`).
     above, asked = (
-        _ancestors_by_pidfd(parent) if own is not None and own[0] == os.getpid() else ([], None)
+        _ancestors_by_pidfd(parent, os.getpid())
+        if own is not None and own[0] == os.getpid()
+        else ([], None)
     )
     for pid in above:
         # And every ancestor above it that /proc hides too, where the kernel tells a hidden
@@ -2595,7 +2597,9 @@ _PIDFD_PPID_AT: Final = 24
 _PIDFD_ANCESTORS: Final = 4096
 
 
-def _ancestors_by_pidfd(pid: int) -> tuple[list[int], tuple[int, str, OSError] | None]:
+def _ancestors_by_pidfd(
+    pid: int, below: int | None = None
+) -> tuple[list[int], tuple[int, str, OSError] | None]:
     """The ancestors of process `pid` (its parent first), in this process's PID namespace, as
     the kernel tells a process's parent through a pidfd (``PIDFD_GET_INFO``, Linux 6.13),
     which ``hidepid=`` does not hide and which needs no right to read the process; empty
@@ -2603,7 +2607,8 @@ def _ancestors_by_pidfd(pid: int) -> tuple[list[int], tuple[int, str, OSError] |
     Nothing here tells when a process started, so an ancestor found so is matched with a
     registry entry by its pid alone, as `_hidden_parent` matches its parent. And where an
     ask failed otherwise (a tracer's fault, a seccomp filter's, out of descriptors): the
-    pid asked about, the call, and its error, for `_hidden_parent` to refuse by."""
+    pid asked about, the call, and its error, for `_hidden_parent` to refuse by. `below`: a
+    child of `pid` (this process), which the kernel re-parents where `pid` exits."""
     found: list[int] = []
     seen = {pid}
     while len(found) < _PIDFD_ANCESTORS:
@@ -2617,14 +2622,30 @@ def _ancestors_by_pidfd(pid: int) -> tuple[list[int], tuple[int, str, OSError] |
             # --inject=pidfd_open:error=ESRCH`) ended the walk at a hidden shell, as if it
             # had exited, and the child below it purged (round p of red team 71 on
             # regress). A pid given again in between names a process that is no ancestor:
-            # refused the more, as round g weighed.
-            gone = error.errno == errno.ESRCH and not _running(pid)
+            # refused the more, as round g weighed. And where its child below still has it
+            # as its parent: a tracer that failed signal 0's `kill` with ESRCH as well let
+            # the child purge (round t). A process that exits has its children re-parented
+            # (to a subreaper, or pid 1) before its pid is freed; a fault injected into that
+            # ask is a failure, and an answer left unwritten tells pid 0. Not asked of a
+            # kernel that tells no parent (before Linux 6.13), whose walk ends at the first.
+            found_by_kill = error.errno == errno.ESRCH and _running(pid)
+            answers = release >= (6, 13) and os.uname().machine in _PIDFD_GET_INFO_MACHINES
+            kept = (
+                error.errno == errno.ESRCH
+                and answers
+                and below is not None
+                and _parent_told(below) in (None, pid)
+            )
+            gone = error.errno == errno.ESRCH and not found_by_kill and not kept
             if gone or (error.errno == errno.ENOSYS and release < (5, 3)):
                 break  # gone, or before Linux 5.3
             said = {
                 # A kernel that has the call, failed as one without it (`_kernel_release`).
                 errno.ENOSYS: f"pidfd_open, which Linux {_spelt(release)} has",
-                errno.ESRCH: "pidfd_open, of a process that signal 0 finds",
+                errno.ESRCH: "pidfd_open, of a process that signal 0 finds"
+                if found_by_kill
+                else f"pidfd_open, of a process whose child, pid {below}, the kernel does not "
+                "tell re-parented",
             }.get(error.errno or 0, "pidfd_open")
             return found, (pid, said, error)
         info = bytearray(_PIDFD_INFO_SIZE)
@@ -2655,12 +2676,30 @@ def _ancestors_by_pidfd(pid: int) -> tuple[list[int], tuple[int, str, OSError] |
             # run: the child purged (round l of red team 71 on regress).
             wrong = OSError(errno.EBADF, f"a descriptor of pid {told}, not of pid {pid}")
             return found, (pid, "pidfd_open", wrong)
-        pid = struct.unpack_from("=I", info, _PIDFD_PPID_AT)[0]
+        below, pid = pid, struct.unpack_from("=I", info, _PIDFD_PPID_AT)[0]
         if pid <= 0 or pid in seen:  # the top of this PID namespace
             break
         seen.add(pid)
         found.append(pid)
     return found, None
+
+
+def _parent_told(pid: int) -> int | None:
+    """Process `pid`'s parent as the kernel tells it through a pidfd (``PIDFD_GET_INFO``);
+    None where the ask failed or told another process (`_ancestors_by_pidfd`)."""
+    info = bytearray(_PIDFD_INFO_SIZE)
+    struct.pack_into("=Q", info, 0, _PIDFD_INFO_PID)
+    try:
+        fd = os.pidfd_open(pid)
+        try:
+            fcntl.ioctl(fd, _PIDFD_GET_INFO, info)
+        finally:
+            os.close(fd)
+    except (AttributeError, OSError):
+        return None
+    if struct.unpack_from("=I", info, _PIDFD_PID_AT)[0] != pid:
+        return None
+    return int(struct.unpack_from("=I", info, _PIDFD_PPID_AT)[0])
 
 
 def _running(pid: int) -> bool:

@@ -152,6 +152,8 @@ def test_hidden_then_removed():
             ("ENOTTY", "ioctl", "ENOTTY"),
             # Round p: and with an exited process's error, the shell running.
             ("ESRCH", "pidfd_open", "ESRCH"),
+            # Round t: and signal 0's look at the shell answered so too.
+            ("kill", "pidfd_open,kill", "ESRCH"),
         ):
             setsid[f"setsid-{name}"] = (
                 f'{hidden} && setsid "$@"; exit $?',
@@ -164,7 +166,7 @@ def test_hidden_then_removed():
         )
     else:
         for name in ("setsid", "setsid-pidfd_open", "setsid-ioctl", "setsid-ENOSYS",
-                     "setsid-ENOTTY", "setsid-ESRCH", "setsid-swapped"):
+                     "setsid-ENOTTY", "setsid-ESRCH", "setsid-kill", "setsid-swapped"):
             (OUT / name).write_text("skipped\\n")
     run({
         **setsid,
@@ -230,7 +232,7 @@ _LEADING = (
 
 _NAMES = (
     "boot", "uuid", "timens", "ro-sys", "setsid", "setsid-pidfd_open", "setsid-ioctl",
-    "setsid-ENOSYS", "setsid-ENOTTY", "setsid-ESRCH", "setsid-swapped",
+    "setsid-ENOSYS", "setsid-ENOTTY", "setsid-ESRCH", "setsid-kill", "setsid-swapped",
     "hidden", "between", "init-swapped", "noaccess", "ruid", "listing", "lstat", "own-stat",
     "exe", "fd", "status", "comm", "ruid-exe", "cmdline", "cmdline-drop",
 )  # fmt: skip
@@ -407,6 +409,12 @@ def test_a_child_below_a_hidden_shell_whose_ask_for_a_parent_by_pidfd_fails_is_r
             "pidfd_open, of a process that signal 0 finds",
             "ESRCH: No such process",
         ),
+        # Round t (branch rt-regress71t): and signal 0's look at the shell failed so too.
+        (
+            "setsid-kill",
+            "pidfd_open, of a process whose child, pid {}, the kernel does not tell re-parented",
+            "ESRCH: No such process",
+        ),
         # Round l (branch rt-regress71l): a pidfd of another process, the child's own.
         ("setsid-swapped", "pidfd_open", "EBADF: a descriptor of pid {}, not of pid {}"),
     ):
@@ -414,14 +422,18 @@ def test_a_child_below_a_hidden_shell_whose_ask_for_a_parent_by_pidfd_fails_is_r
         assert code == "78", said
         shell = re.search(r"while /proc does not show this process's parent, pid (\d+) \(", text)
         assert shell is not None, text
-        failed = error
+        failed, words = error, call
+        if name == "setsid-kill":  # the child itself, whose pid its words give once
+            child = re.search(r"whose child, pid (\d+), the kernel", text)
+            assert child is not None and child[1] != shell[1], text
+            words = call.format(child[1])
         if name == "setsid-swapped":  # the child's own pid, which its words do not give
             own = re.search(r"\(EBADF: a descriptor of pid (\d+), not of pid", text)
             assert own is not None, text
             failed = error.format(own[1], shell[1])
         assert (
             f"and its ask of the kernel for the parent of pid {shell[1]} through a pidfd "
-            f"({call}) failed ({failed}), so this process cannot tell whether "
+            f"({words}) failed ({failed}), so this process cannot tell whether "
             "the run of an entry in the registry of test runs (/tmp/" in text
         ), text
         assert (
