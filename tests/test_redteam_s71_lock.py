@@ -452,6 +452,15 @@ def test_a_lock_kept_past_its_taker_in_another_subvolume_makes_no_root_of_a_plai
     assert seen["a_root_s_kept"] is True, said  # kept on this very file: a lock file in use
 
 
+def a_writer_s_refusal(root: Path) -> str:
+    """The words a maintenance writer beside `root`'s holder is refused in (it must be)."""
+    with pytest.raises(DataRootInUseError) as refused:
+        RootLock(root, kind="maintenance", profile="testing").acquire(
+            wanted="empty the trash", timeout=0.0
+        )
+    return str(refused.value)
+
+
 #: flock(1)'s own example in a shell, as its keeper is named: `a_shell_keeping_its_lock`.
 KEPT_BY = "bash -c 'exec 9<{lock}; flock 9; echo locked; read'"
 
@@ -498,9 +507,7 @@ def test_a_lock_file_deleted_under_a_shell_that_keeps_its_lock_keeps_a_writer_of
         lock.unlink()
         seen = probe(tmp_path)
         described = describe_holder(seen.holder)  # while the shell runs: its command line
-        second = RootLock(tmp_path, kind="maintenance", profile="testing")
-        with pytest.raises(DataRootInUseError) as refused:
-            second.acquire(wanted="empty the trash", timeout=0.0)
+        said = a_writer_s_refusal(tmp_path)
     assert seen.held, seen
     # Round i: the command line was unquoted here, shell-quoted where the lock file is in
     # place; and there the taker was "pid N (pid N (command line unknown), which ...)".
@@ -512,7 +519,6 @@ def test_a_lock_file_deleted_under_a_shell_that_keeps_its_lock_keeps_a_writer_of
         "which published no details in the lock file (it took the lock on a full disk, "
     ), live
     assert f"a backup); pid {taker} no longer holds it (it exited, or closed it)" in live, live
-    said = str(refused.value)
     assert f"data root {tmp_path} is held by {named}" in said, said
     assert f"through its lock file {lock}, which was deleted while it held it" in said, said
 
@@ -561,9 +567,7 @@ def test_a_holder_s_command_line_with_a_newline_writes_no_line_of_its_own(tmp_pa
         assert holder.stdout is not None
         assert holder.stdout.readline() == "locked\n"
         described = describe_holder(probe(tmp_path).holder)
-        second = RootLock(tmp_path, kind="maintenance", profile="testing")
-        with pytest.raises(DataRootInUseError) as refused:
-            second.acquire(wanted="empty the trash", timeout=0.0)
+        said = a_writer_s_refusal(tmp_path)
     finally:
         assert holder.stdin is not None
         holder.stdin.close()
@@ -573,7 +577,6 @@ def test_a_holder_s_command_line_with_a_newline_writes_no_line_of_its_own(tmp_pa
     # A newline that ends a word, which a command substitution would drop, as text.
     named = f"""pid {holder.pid} ({shown}"$(printf -- 'e')"'\\n')"""
     assert described.startswith(f"{named}, which published no details"), described
-    said = str(refused.value)
     assert f"data root {tmp_path} is held by {named}, which published" in said, said
     for text in (described, said):
         assert text.isprintable(), text  # no newline, escape or override, as they are
@@ -598,13 +601,10 @@ def test_a_lock_file_moved_within_the_root_under_a_shell_that_keeps_its_lock_kee
         lock.rename(aside)
         seen = probe(tmp_path)
         described = describe_holder(seen.holder)  # while the shell runs: its command line
-        second = RootLock(tmp_path, kind="maintenance", profile="testing")
-        with pytest.raises(DataRootInUseError) as refused:
-            second.acquire(wanted="empty the trash", timeout=0.0)
+        said = a_writer_s_refusal(tmp_path)
     assert seen.held, seen
     named = f"pid {shell.pid} ({KEPT_BY.format(lock=lock)})"
     assert described.startswith(named), seen.holder
-    said = str(refused.value)
     assert f"data root {tmp_path} is held by {named}" in said, said
     assert (
         f"through its lock file {lock}, which was moved to {aside} while it held it (never move "
@@ -638,9 +638,7 @@ def test_a_lock_file_moved_into_a_directory_of_the_root_under_a_shell_keeps_a_wr
         aside = tmp_path / "old" / f"{LOCK_FILE}.old"
         lock.rename(aside)
         seen = probe(tmp_path)
-        second = RootLock(tmp_path, kind="maintenance", profile="testing")
-        with pytest.raises(DataRootInUseError) as refused:
-            second.acquire(wanted="empty the trash", timeout=0.0)
+        said = a_writer_s_refusal(tmp_path)
         stack.close()  # the shell gone: its lock with it
         assert other.stdout is not None
         assert other.stdout.readline() == "locked\n"
@@ -655,7 +653,6 @@ def test_a_lock_file_moved_into_a_directory_of_the_root_under_a_shell_keeps_a_wr
         other.wait()
     assert seen.held, seen
     named = f"pid {shell.pid} ({KEPT_BY.format(lock=lock)})"
-    said = str(refused.value)
     assert f"data root {tmp_path} is held by {named}" in said, said
     assert (
         f"through its lock file {lock}, which was moved to {aside} while it held it (never move "
@@ -680,15 +677,12 @@ def test_a_lock_file_deleted_under_a_shared_holder_keeps_a_writer_off(tmp_path: 
         assert backup.stdout.readline() == "locked\n"
         lock.unlink()
         seen = probe(tmp_path)
-        second = RootLock(tmp_path, kind="maintenance", profile="testing")
-        with pytest.raises(DataRootInUseError) as refused:
-            second.acquire(wanted="empty the trash", timeout=0.0)
+        said = a_writer_s_refusal(tmp_path)
     finally:
         assert backup.stdin is not None
         backup.stdin.close()
         backup.wait()
     assert seen.held, seen
-    said = str(refused.value)
     named = f"pid {backup.pid} (flock -s {lock} sh -c 'echo locked; read x')"
     assert f"data root {tmp_path} is held by {named}, which published no details" in said, said
     assert (
