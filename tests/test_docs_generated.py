@@ -253,6 +253,27 @@ def _project_copy(tmp_path: Path) -> Path:
     return project
 
 
+def _app_environment(project: Path, env: dict[str, str]) -> dict[str, str]:
+    """This process's environment without the app's, dynaconf's and pytest's variables, given
+    the settings in `project` and a sandbox narrowed to its directory and every profile (see
+    `_run_app`), then `env`."""
+    clean = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("APP_", "DYNACONF_", "PYTEST_"))
+        and not name.endswith("_FOR_DYNACONF")
+    }
+    clean.update(
+        {
+            "APP_SETTINGS_DIR": str(project),
+            "PYTEST_APP_SANDBOX": str(project.parent),
+            "PYTEST_APP_ALLOW_PROFILES": "development,testing,production",
+            **env,
+        }
+    )
+    return clean
+
+
 def _run_app(project: Path, *args: str, show: dict[str, str] | None = None, **env: str) -> str:
     """Run the real `app` command against a copy of the settings; return what a user sees.
 
@@ -263,21 +284,7 @@ def _run_app(project: Path, *args: str, show: dict[str, str] | None = None, **en
     example a token by ``$TOKEN``).
     """
 
-    clean = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith(("APP_", "DYNACONF_", "PYTEST_"))
-        and not name.endswith("_FOR_DYNACONF")
-    }
-    clean.update(
-        {
-            "APP_SETTINGS_DIR": str(project),
-            "COLUMNS": "100",
-            "PYTEST_APP_SANDBOX": str(project.parent),
-            "PYTEST_APP_ALLOW_PROFILES": "development,testing,production",
-            **env,
-        }
-    )
+    clean = _app_environment(project, {"COLUMNS": "100", **env})
     # Forked from the run's zygote where it can be (tests/forked_app.py): what it prints is
     # the command's, whatever started the interpreter.
     result = forked_app.run(clean, list(args), project)
@@ -707,20 +714,7 @@ def _start_the_pages_flock_then_purge(
     assert found, "resolve-refusals.md shows the flock to run before the command"
     line = found.group(1).replace("/var/lib/app", str(root))
     line = line.replace(".venv/bin/app", str(Path(sys.executable).parent / "app"))
-    clean = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith(("APP_", "DYNACONF_", "PYTEST_"))
-        and not name.endswith("_FOR_DYNACONF")
-    }
-    clean.update(
-        {
-            "APP_SETTINGS_DIR": str(project),
-            "PYTEST_APP_SANDBOX": str(project.parent),
-            "PYTEST_APP_ALLOW_PROFILES": "development,testing,production",
-            **env,
-        }
-    )
+    clean = _app_environment(project, env)
     return subprocess.Popen(
         ["bash", "-c", line],
         env=clean,

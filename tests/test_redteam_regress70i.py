@@ -33,7 +33,8 @@ from app.store import Store
 DATABASE = ("5f0c8a4e-a1b2-4c3d-9e8f-0a1b2c3d4e5f", "files", "7301/16384")
 
 
-def test_a_restamp_after_a_failover_keeps_the_mark_and_its_time(s3_engine: S3Engine) -> None:
+def _opened_on_timeline_1(s3_engine: S3Engine) -> ObjectStore:
+    """A fresh prefix opened for production, bound to `DATABASE` on its first timeline."""
     objects = ObjectStore(
         new_blob_url(s3_engine),
         s3_engine.endpoint_url,
@@ -41,6 +42,11 @@ def test_a_restamp_after_a_failover_keeps_the_mark_and_its_time(s3_engine: S3Eng
         s3_engine.secret_access_key,
     )
     objects.open("production", database=(*DATABASE, 1))
+    return objects
+
+
+def test_a_restamp_after_a_failover_keeps_the_mark_and_its_time(s3_engine: S3Engine) -> None:
+    objects = _opened_on_timeline_1(s3_engine)
     assert objects.stamp_rewritten() is None  # the first open marks nothing
     # The first open on a new timeline (a failover to a standby that had not received the
     # last commits): the mark, dated by the store.
@@ -94,13 +100,7 @@ def test_a_stamp_that_is_a_link_is_compared_by_what_it_names(
 def test_a_first_record_of_a_timeline_keeps_an_adoptions_mark_at_its_time(
     s3_engine: S3Engine,
 ) -> None:
-    objects = ObjectStore(
-        new_blob_url(s3_engine),
-        s3_engine.endpoint_url,
-        s3_engine.access_key_id,
-        s3_engine.secret_access_key,
-    )
-    objects.open("production", database=(*DATABASE, 1))
+    objects = _opened_on_timeline_1(s3_engine)
     # A copy adopted by a role that may not read its timeline (`pg.timeline` is None), then
     # opened once it may: the first record of a timeline, no new mark of its own.
     copy = (DATABASE[0], DATABASE[1], "7302/16384")
