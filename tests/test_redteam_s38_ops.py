@@ -563,13 +563,16 @@ def test_a_database_made_read_only_then_writable_under_a_replica_takes_changes_a
         assert "refused a change as read-only" in ready.json()["checks"]["database"]
         assert client.get(f"/sessions/{sid}").status_code == 200  # reads are served
         _database_read_only(production.database_url, "DEFAULT")
-        # Each refused change gives back its read-only connection: within the pool's size,
-        # one is accepted.
+        # A refused change renews every connection of the pool, not just its own: at most
+        # one more is refused. Each sibling used to refuse one in turn, and when the last
+        # PUT met the last of them, /health said writes_stopped while the database took
+        # changes (a flaky CI run).
         answers = [
             client.put(f"/sessions/{sid}/files/a.txt", content=b"new").status_code for _ in range(4)
         ]
-        assert 201 in answers, answers
-        assert client.get(f"/sessions/{sid}/files/a.txt").content == b"new"
+        assert answers.count(503) <= 1 and set(answers) <= {200, 201, 503}, answers
+        assert client.put(f"/sessions/{sid}/files/a.txt", content=b"newer").status_code == 200
+        assert client.get(f"/sessions/{sid}/files/a.txt").content == b"newer"
         assert client.get("/health").json()["status"] == "ok"
         assert client.get("/ready").status_code == 200
     assert replica.stop() == 0, replica.output

@@ -382,10 +382,15 @@ class Database:
                     # it began with: once the operator reset them, as the refusal says to,
                     # the pool's connections opened meanwhile refused every change for their
                     # whole life (an hour; red team 38). Closed, it is discarded; its
-                    # successor takes the settings as they are now.
+                    # successor takes the settings as they are now. So are its siblings, idle
+                    # or lent (psycopg_pool's drain, made for re-configuration): closing only
+                    # this one let each sibling refuse one change more after the reset, and
+                    # the last refused said "writes stopped" for ten seconds while the database
+                    # took changes (a flaky CI run of red team 38's test).
                     if isinstance(error, psycopg.errors.ReadOnlySqlTransaction):
                         self.read_only_refusal = (time.monotonic(), _reason(error))
                     conn.close()
+                    self._pool.drain()
                     raise
                 finally:
                     with self._lending:
