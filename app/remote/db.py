@@ -30,6 +30,7 @@ import re
 import secrets
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -177,6 +178,20 @@ _FAILING_WAIT_SECONDS: Final = 1.0
 # Refusals that may come from a setting the connection took when it began (see `conn`).
 _STALE_SETTINGS: Final = (psycopg.errors.ReadOnlySqlTransaction, psycopg.errors.QueryCanceled)
 
+#: The settings ``ALTER DATABASE ... SET`` and ``ALTER ROLE ... SET`` give the sessions of
+#: this database and role, as one text: what a session takes once, when it begins, and keeps
+#: (a reload of the server's configuration reaches the sessions that are open; these do not).
+#: Read as each pooled connection opens, and again where one refuses a statement as
+#: `_STALE_SETTINGS` do: changed since, its siblings took the settings that are gone too.
+_SESSION_DEFAULTS: Final = (
+    "SELECT coalesce(pg_catalog.string_agg(s.setdatabase::text || '/' || s.setrole::text"
+    " || ':' || pg_catalog.array_to_string(s.setconfig, ','), ';'"
+    " ORDER BY s.setdatabase, s.setrole), '') AS defaults"
+    " FROM pg_catalog.pg_db_role_setting s WHERE s.setdatabase IN (0, (SELECT oid"
+    " FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database()))"
+    " AND s.setrole IN (0, (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = session_user))"
+)
+
 # With the server's start: a transaction id means something only to the server that gave it
 # out (see `Database._settle`).
 _BEGIN: Final = (
@@ -200,6 +215,12 @@ _BEGIN_HELD: Final = (
     f"{_BEGIN}, pg_try_advisory_xact_lock_shared({pg.HOLDERS_LOCK[0]}, {pg.HOLDERS_LOCK[1]})"
     " AS shared"
 )
+
+
+def _session_defaults(conn: Connection) -> str:
+    """`_SESSION_DEFAULTS` read on ``conn``."""
+    row = conn.execute(_SESSION_DEFAULTS).fetchone()
+    return "" if row is None else str(row["defaults"])
 
 
 def _reason(error: BaseException) -> str:
@@ -275,6 +296,7 @@ class Database:
                 pg.configure_session(conn, lock_wait_seconds)
                 if self._schema is not None:
                     pg.pin_schema(conn, self._schema)
+                self._keep_session_defaults(conn)
                 self._record(None)
             except psycopg.Error as error:
                 # The server answered and refused the settings (a statement_timeout of 1 ms
@@ -290,6 +312,8 @@ class Database:
         self._failure: tuple[float, psycopg.Error] | None = None
 
         self._schema: str | None = None
+        #: What `_SESSION_DEFAULTS` read as each pooled connection opened.
+        self._began_with: weakref.WeakKeyDictionary[Connection, str] = weakref.WeakKeyDictionary()
         #: When the database last refused a change as read-only, and why; None once a change
         #: commits (`GET /health` and `/ready` say so meanwhile).
         self.read_only_refusal: tuple[float, str] | None = None
@@ -389,8 +413,17 @@ class Database:
                     # took changes (a flaky CI run of red team 38's test).
                     if isinstance(error, psycopg.errors.ReadOnlySqlTransaction):
                         self.read_only_refusal = (time.monotonic(), _reason(error))
+                    # Only where the database's or the role's settings changed since this
+                    # one opened (red team 72 on integrity): a statement past a
+                    # statement_timeout that was always there (a slow database, a DBA's
+                    # pg_cancel_backend) renewed every connection of the pool, each refusal,
+                    # and a database that stays read-only (a standby, a freeze) did the same
+                    # at each refused change: read throughput halved, three connections
+                    # opened per refusal, on a database already slow.
+                    stale = self._settings_changed(conn)
                     conn.close()
-                    self._pool.drain()
+                    if stale:
+                        self._pool.drain()
                     raise
                 finally:
                     with self._lending:
@@ -435,6 +468,29 @@ class Database:
             raise DatabaseUnavailableError(
                 self.where, _reason(error), environment=pg.libpq_environment(self.database_url)
             ) from None
+
+    def _keep_session_defaults(self, conn: Connection) -> None:
+        """Keep what `_SESSION_DEFAULTS` reads on ``conn``, opening. Not a refusal of the
+        connection where it cannot be read: its refusals then renew the pool, as all did
+        before this was kept."""
+        with contextlib.suppress(psycopg.Error):
+            self._began_with[conn] = _session_defaults(conn)
+
+    def _settings_changed(self, conn: Connection) -> bool:
+        """Whether the database's or the role's settings (`_SESSION_DEFAULTS`) are not those
+        ``conn`` began with, read on it; True where that cannot be told (the look fails, or
+        ``conn`` opened before this was kept), as then the pool is renewed as before."""
+        began = self._began_with.get(conn)
+        if began is None:
+            return True
+        try:
+            if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                conn.rollback()
+            # Its own statement_timeout may be the stale one: this look is not bound by it.
+            conn.execute("SET statement_timeout = 0")
+            return _session_defaults(conn) != began
+        except psycopg.Error:
+            return True
 
     @contextlib.contextmanager
     def _pooled(self) -> Iterator[Connection]:
