@@ -216,8 +216,12 @@ def describe_holder(holder: Mapping[str, Any] | None) -> str:
         also = f" (and pid{'s' if len(others) > 1 else ''} {listed})" if others else ""
         named = holder.get("file_names")
         stale = (
-            f"; the lock file names pid {named}, which does not hold the lock (a holder that "
-            "was killed left it so)"
+            f"; the lock file names pid {named}, which did not write it (a holder of the app "
+            "never holds the lock shared): a holder that was killed left it, and its pid was "
+            "given again since"
+            if holder.get("file_names_reused")
+            else f"; the lock file names pid {named}, which does not hold the lock (a holder "
+            "that was killed left it so)"
             if named is not None
             else ""
         )
@@ -543,6 +547,11 @@ def _shared_holder(
         shared["shared_with"] = pids[1:]
     if holder and isinstance(holder.get("pid"), int):
         shared["file_names"] = holder["pid"]
+        if holder["pid"] in pids:
+            # A holder of the app takes the lock exclusive: the process at the pid its
+            # record names, holding it shared, is another, given that pid since (red team
+            # 72), which was said not to hold the lock.
+            shared["file_names_reused"] = True
     return {**shared, **_paused(pids[0])}  # Ctrl-Z on the backup holds the root for ever too
 
 

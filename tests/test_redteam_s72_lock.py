@@ -112,3 +112,25 @@ def test_a_killed_containers_record_at_pid_1_of_the_next_container_is_not_said_t
         "holder that was killed) ended, and the lock taken by a program that writes nothing "
         "in it, such as `flock`), kind server, profile testing, "
     ), describe_holder(holder)
+
+
+def test_a_killed_servers_record_at_a_pid_given_to_flock_s_since_is_said_not_its_own(
+    app_config: appconfig.Config,
+) -> None:
+    # The same, `flock -s` (red team 70's shared holder) given the killed server's pid.
+    # Before: "pid N (flock -s ...), which holds a shared lock ...; the lock file names pid N,
+    # which does not hold the lock (a holder that was killed left it so)": it does hold it.
+    root = app_config.data_root
+    with open_root(app_config):
+        pass
+    lock = root / LOCK_FILE
+    with _flock(lock, "-s") as pid:
+        _killed_servers_record(root, pid)
+        held_by = describe(root).held_by
+    assert held_by == (
+        f"pid {pid} (flock -s {lock} -c 'echo locked; exec sleep 600'), which holds a shared "
+        "lock on the lock file, as `flock -s` takes one: not a holder of the app, it keeps "
+        f"every writer off the root until it lets go; the lock file names pid {pid}, which "
+        "did not write it (a holder of the app never holds the lock shared): a holder that "
+        "was killed left it, and its pid was given again since"
+    ), held_by
