@@ -275,9 +275,17 @@ def describe_holder(holder: Mapping[str, Any] | None) -> str:
             if holder.get("pid_reused")
             else ""
         )
+        host = holder.get("host")
         parts = [
             f"pid {holder['pid']} (pid {theirs} in a PID namespace of its own{reused})"
             if holder.get("pid")
+            # The kernel lists no process here for a lock of another machine that mounts
+            # the same share (NFS), whose holder was said to be in a PID namespace of this
+            # one, "another container's, or the host's" (red team 72).
+            else f"pid {theirs} on another host than this one, {host}, as the lock file "
+            "names it (a machine that shares this filesystem, as over NFS, or a container "
+            "with a host name of its own, whose processes this one cannot see: stop it there)"
+            if isinstance(host, str) and host and host != socket.gethostname()
             else f"pid {theirs} in a PID namespace this process cannot see (another "
             "container's, or the host's: stop it there)"
         ]

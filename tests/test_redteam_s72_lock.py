@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -134,3 +135,44 @@ def test_a_killed_servers_record_at_a_pid_given_to_flock_s_since_is_said_not_its
         "did not write it (a holder of the app never holds the lock shared): a holder that "
         "was killed left it, and its pid was given again since"
     ), held_by
+
+
+#: A probe from a PID namespace of its own (`unshare --pid --mount-proc`), which sees no
+#: process of this one, as a machine that shares the filesystem sees none of another's.
+_HIDDEN_PROBE = """
+import sys
+from pathlib import Path
+from app.lock import describe_holder, probe
+seen = probe(Path(sys.argv[1]))
+print(seen.held, describe_holder(seen.holder))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a PID namespace of its own needs root here")
+def test_a_holder_on_another_host_is_not_said_to_be_in_a_pid_namespace_of_this_one(
+    app_config: appconfig.Config,
+) -> None:
+    # A root on a share that two machines mount (NFS, whose locks hold across them): the
+    # kernel here lists no process for the other machine's lock. Before: "pid N in a PID
+    # namespace this process cannot see (another container's, or the host's: stop it
+    # there)", where the lock file said which machine it was.
+    root = app_config.data_root
+    with open_root(app_config):
+        pass
+    lock = root / LOCK_FILE
+    with _flock(lock):
+        record = {**holder_info("server", "production", port=8000, root=root), "pid": 77}
+        lock.write_text(json.dumps({**record, "host": "web-2"}) + "\n")
+        seen = subprocess.run(
+            ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", sys.executable,
+             "-c", _HIDDEN_PROBE, str(root)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )  # fmt: skip
+    assert seen.stdout.startswith(
+        "True pid 77 on another host than this one, web-2, as the lock file names it (a "
+        "machine that shares this filesystem, as over NFS, or a container with a host name of "
+        "its own, whose processes this one cannot see: stop it there), kind server, profile "
+        "production, host web-2, port 8000, since "
+    ), seen.stdout
