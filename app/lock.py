@@ -60,7 +60,14 @@ from app.errors import (
     shell_word,
 )
 from app.records import dataclass
-from app.sandbox import check_given_profile, check_root, command_line, identity
+from app.sandbox import (
+    _own_start,
+    _starts,
+    check_given_profile,
+    check_root,
+    command_line,
+    identity,
+)
 
 if TYPE_CHECKING:
     from filelock import UnixFileLock
@@ -148,8 +155,10 @@ def holder_info(kind: str, profile: str, *, port: int | None = None, root: Path)
 
     Returns:
         A JSON-ready mapping with ``pid``, ``host``, ``boot_id``, ``profile``, ``kind``,
-        ``started_at`` (ISO 8601, UTC), ``argv``, ``version``, ``port``, ``root`` and
-        ``root_id`` (the root directory's device and inode).
+        ``started_at`` (ISO 8601, UTC), ``argv``, ``version``, ``port``, ``root``,
+        ``root_id`` (the root directory's device and inode) and ``pid_started`` (when this
+        process started, in clock ticks since boot as ``/proc/<pid>/stat`` gives it: with the
+        pid, it names this process and no other that is given the pid later).
     """
     if kind not in KINDS:
         msg = f"holder kind must be one of {', '.join(KINDS)}, not {kind!r}"
@@ -166,6 +175,7 @@ def holder_info(kind: str, profile: str, *, port: int | None = None, root: Path)
         "port": port if kind == "server" else None,
         "root": str(root),
         "root_id": _dir_id(root),
+        "pid_started": own[1] if (own := _own_start()) is not None else None,
     }
 
 
@@ -206,8 +216,12 @@ def describe_holder(holder: Mapping[str, Any] | None) -> str:
         also = f" (and pid{'s' if len(others) > 1 else ''} {listed})" if others else ""
         named = holder.get("file_names")
         stale = (
-            f"; the lock file names pid {named}, which does not hold the lock (a holder that "
-            "was killed left it so)"
+            f"; the lock file names pid {named}, which did not write it (a holder of the app "
+            "never holds the lock shared): a holder that was killed left it, and its pid was "
+            "given again since"
+            if holder.get("file_names_reused")
+            else f"; the lock file names pid {named}, which does not hold the lock (a holder "
+            "that was killed left it so)"
             if named is not None
             else ""
         )
@@ -231,31 +245,65 @@ def describe_holder(holder: Mapping[str, Any] | None) -> str:
             "or it is not a holder of the app but a program that writes nothing there, as "
             "`flock` around a backup)"
         )
-    if "pid_written_over" in holder:  # see `_seen_here`
+    if "pid_written_over" in holder and "pid_in_its_namespace" not in holder:
         over = holder["pid_written_over"]
         # Red team 70: a server killed (-9) left its JSON, and `flock .server.lock <backup>`
         # took the lock since: it was named as that server, its port and URL, "a server
         # names itself again", and `app status` said it served where nothing did.
         argv = holder.get("holder_argv") or command_line(holder["pid"]) or "command line unknown"
+        said = (
+            _REUSED.format(pid=over)
+            if holder.get("pid_reused")
+            else (
+                f"the lock file names pid {over}, which does not hold the lock, so the details "
+                "after this are not this process's: they were written over, as a backup "
+                "copied into a live data root does, or left by a holder that was killed, and "
+                "the lock taken since"
+            )
+        )
         described = (
-            f"pid {holder['pid']} ({argv}; the lock file names pid {over}, which does not "
-            "hold the lock, so the details after this are not this process's: they were "
-            "written over, as a backup copied into a live data root does, or left by a "
-            "holder that was killed, and the lock taken since by a program that writes "
-            "nothing in it, such as `flock`; a server names itself again within "
-            "lock_check_seconds, another program never does)"
+            f"pid {holder['pid']} ({argv}; {said} by a program that writes nothing in it, such "
+            "as `flock`; a server names itself again within lock_check_seconds, another "
+            "program never does)"
         )
         parts = [described]
     if "pid_in_its_namespace" in holder:  # see `_seen_here`
         theirs = holder["pid_in_its_namespace"]
+        reused = (
+            f"; {_REUSED.format(pid=theirs)} by a program that writes nothing in it, such as "
+            "`flock`"
+            if holder.get("pid_reused")
+            else ""
+        )
+        host = holder.get("host")
         parts = [
-            f"pid {holder['pid']} (pid {theirs} in a PID namespace of its own)"
+            f"pid {holder['pid']} (pid {theirs} in a PID namespace of its own{reused})"
             if holder.get("pid")
+            # The kernel lists no process here for a lock of another machine that mounts
+            # the same share (NFS), whose holder was said to be in a PID namespace of this
+            # one, "another container's, or the host's" (red team 72).
+            else f"pid {theirs} on another host than this one, {host}, as the lock file "
+            "names it (a machine that shares this filesystem, as over NFS, or a container "
+            "with a host name of its own, whose processes this one cannot see: stop it there)"
+            if isinstance(host, str) and host and host != socket.gethostname()
             else f"pid {theirs} in a PID namespace this process cannot see (another "
             "container's, or the host's: stop it there)"
         ]
     parts.extend(_details(holder))
     return ", ".join(parts)
+
+
+#: How `describe_holder` says a record names the pid of the holder, as another process
+#: (`_started_otherwise`): a holder killed, its pid given again since.
+_REUSED: Final = (
+    "the lock file names pid {pid} as a process that started at another time than this one, "
+    "so the details after this are not this process's: the pid was given again since the "
+    "process that wrote them (a holder that was killed) ended, and the lock taken"
+)
+
+
+#: The fields `_seen_here` adds to a record that names the pid of another process.
+_REUSED_KEYS: Final = frozenset({"pid_written_over", "pid_reused", "holder_argv"})
 
 
 #: The fields `_paused` adds to a holder: how its process is kept from running.
@@ -507,6 +555,11 @@ def _shared_holder(
         shared["shared_with"] = pids[1:]
     if holder and isinstance(holder.get("pid"), int):
         shared["file_names"] = holder["pid"]
+        if holder["pid"] in pids:
+            # A holder of the app takes the lock exclusive: the process at the pid its
+            # record names, holding it shared, is another, given that pid since (red team
+            # 72), which was said not to hold the lock.
+            shared["file_names_reused"] = True
     return {**shared, **_paused(pids[0])}  # Ctrl-Z on the backup holds the root for ever too
 
 
@@ -738,20 +791,49 @@ def _seen_here_as_published(
         # An empty lock file under a live lock: its holder took it on a full disk, which
         # left no room for its JSON (`_write_in_place`). The kernel still names it.
         return {"pid": pid_here, "unpublished": True}
-    if holder is None or pid_here is None or holder.get("pid") == pid_here:
+    if holder is None or pid_here is None:
         return holder
-    if pid_here and _innermost_pid(pid_here) == pid_here:
+    own_pid = holder.get("pid") == pid_here
+    if own_pid and not _started_otherwise(holder, pid_here):
+        return holder
+    if own_pid or (pid_here and _innermost_pid(pid_here) == pid_here):
         # In this PID namespace, so it published this very pid: the bytes are another
         # process's, written over the file (a backup copied into a live root), or left by a
         # holder that was killed, under a lock taken since by a program that writes nothing
-        # (`flock(1)` around a backup). Its own command line is said, not the file's.
+        # (`flock(1)` around a backup). Its own command line is said, not the file's. Where
+        # the record names the very pid but another start, that holder's pid was given since
+        # to such a program (a wrap of the pid numbers, a reboot: red team 72), which was
+        # named as the killed server, "serving" at its port.
         return {
             **holder,
             "pid": pid_here,
             "pid_written_over": holder.get("pid"),
             "holder_argv": command_line(pid_here) or "command line unknown",
+            **({"pid_reused": True} if own_pid else {}),
         }
-    return {**holder, "pid": pid_here or None, "pid_in_its_namespace": holder.get("pid")}
+    seen = {**holder, "pid": pid_here or None, "pid_in_its_namespace": holder.get("pid")}
+    if pid_here and _started_otherwise(holder, pid_here):
+        # A container's server as its pid 1, killed, and the next container's pid 1 a
+        # program that writes nothing: the pid in its namespace is the record's again (red
+        # team 72). Its start time, unlike its pid, is the same seen from every namespace.
+        return {**seen, "pid_written_over": holder.get("pid"), "pid_reused": True}
+    return seen
+
+
+def _started_otherwise(holder: Mapping[str, Any], pid: int) -> bool:
+    """Whether the record `holder` names a process that started at another time than `pid`,
+    which holds the lock now: so the record is not its own. False where the record names no
+    start (a holder of a release before red team 72's) or `pid`'s cannot be read.
+
+    A tick apart is the same start: a holder in a time namespace whose offset is not a whole
+    number of ticks (a checkpoint restored) records the earlier of its two possible starts
+    (`_own_start`), and a process given a pid its holder had starts after that holder has
+    gone, not within a tick of its start."""
+    recorded = holder.get("pid_started")
+    if type(recorded) is not int:
+        return False
+    found = _starts(pid)
+    return found is not None and all(abs(recorded - start) > 1 for start in found[1])
 
 
 def _command_line(pid: int) -> str:
@@ -885,7 +967,13 @@ def _kept_by(fd: int, path: Path, holder: dict[str, Any] | None) -> dict[str, An
     if _lock_line(pid, key) is not False:
         return holder  # it holds it, or it cannot be told (another user's process)
     keepers = _keepers(path, key, found.st_dev)
-    kept = {**(holder or {}), "pid": keepers[0] if keepers else None, "took_lock": pid}
+    taken = holder or {}
+    if taken.get("pid_reused"):
+        # The listed pid took the lock and wrote the record, then exited, and the pid is
+        # another process's since, which holds nothing: the taker is the record's (red
+        # team 72), not that process.
+        taken = {k: v for k, v in taken.items() if k not in _REUSED_KEYS}
+    kept = {**taken, "pid": keepers[0] if keepers else None, "took_lock": pid}
     if keepers:
         kept["keeper_argv"] = command_line(keepers[0])
     return kept

@@ -449,6 +449,8 @@ def _normalise_record(record: dict, ids: dict[str, str]) -> dict:  # type: ignor
             fixed[key] = "5c1a7c1e-3e55-4d7a-9d53-0f0b8f7a1d2e"
         elif key == "root_id":
             fixed[key] = "2049:131074"
+        elif key == "pid_started":
+            fixed[key] = 91377
         elif key == "argv":
             fixed[key] = ["/opt/app/.venv/bin/app", "serve"]
         elif isinstance(value, str):

@@ -1,0 +1,178 @@
+"""Red team 72 on the live holder's lock (layer 4): a holder's record whose pid was given again.
+
+Real parts: a data root opened by the app, a lock file as a server killed with SIGKILL leaves
+it (its JSON), and util-linux's ``flock(1)`` taking the lock since, as an operator keeps
+servers off a root around a backup, at the very pid that record names: the pid was given
+again (after a wrap of the pid numbers, a reboot, or in a container's next PID namespace,
+where the first processes have the same small numbers each time). ``app status``'s
+look (`app.dataroot.describe`, what ``app status`` prints) and a writer's refusal are taken
+in this process, the refusal with no retries, as in tests/test_redteam_s70_lock.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from test_redteam_s70_lock import _flock, _refusal
+
+from app import config as appconfig
+from app.dataroot import describe, open_root
+from app.lock import LOCK_FILE, describe_holder, holder_info, probe
+from app.storage import serving_url
+
+
+def _killed_servers_record(root: Path, pid: int) -> Path:
+    """Write into `root`'s lock file, in place, the record a server of this test's process
+    published (its start time is this process's) under the pid `pid`, port 1: what a server
+    killed at `pid` left, before the pid was given to another process."""
+    lock = root / LOCK_FILE
+    record = {**holder_info("server", "testing", port=1, root=root), "pid": pid}
+    lock.write_text(json.dumps({**record, "address": "127.0.0.1"}) + "\n")
+    return lock
+
+
+def test_a_killed_servers_record_at_a_pid_given_to_flock_since_is_not_said_to_serve(
+    app_config: appconfig.Config,
+) -> None:
+    # Before: the record's pid was the one the kernel lists for the lock, so the record was
+    # taken as the holder's own: `app status` said "pid N, kind server, ... port 1, since
+    # <the killed server's start>" and "serving: http://127.0.0.1:1", and the refusal named
+    # it as a server that stops within lock_check_seconds, and `empty-trash`'s hint a URL.
+    root = app_config.data_root
+    with open_root(app_config):
+        pass
+    lock = root / LOCK_FILE
+    with _flock(lock) as pid:
+        _killed_servers_record(root, pid)
+        status = describe(root)  # what `app status` prints
+        refused = _refusal(app_config)
+    holder = (
+        f"pid {pid} (flock {lock} -c 'echo locked; exec sleep 600'; the lock file names pid "
+        f"{pid} as a process that started at another time than this one, so the details "
+        "after this are not this process's: the pid was given again since the process that "
+        "wrote them (a holder that was killed) ended, and the lock taken by a program that "
+        "writes nothing in it, such as `flock`; a server names itself again within "
+        "lock_check_seconds, another program never does)"
+    )
+    assert (status.held_by or "").startswith(f"{holder}, kind server, "), status.held_by
+    assert serving_url(status.probe.holder or {}, app_config.host) is None  # "serving:"
+    assert f"held by {holder}" in refused.message, refused.message
+    assert f"stop it (kill {pid})" in refused.message, refused.message
+    assert serving_url(refused.holder or {}, app_config.host) is None  # empty-trash's hint
+
+
+@contextmanager
+def _flock_in_a_pid_namespace(lock: Path) -> Iterator[int]:
+    """`flock(1)` holding `lock`, as pid 1 of a PID namespace of its own (a container's first
+    process): its pid here."""
+    flock = subprocess.Popen(
+        ["unshare", "--pid", "--fork", "--kill-child", "flock", str(lock), "-c",
+         "echo locked; exec sleep 600"],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        assert flock.stdout is not None
+        assert flock.stdout.readline() == "locked\n"
+        yield int(Path(f"/proc/{flock.pid}/task/{flock.pid}/children").read_text().split()[0])
+    finally:
+        os.killpg(flock.pid, signal.SIGKILL)
+        flock.wait()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a PID namespace of its own needs root here")
+def test_a_killed_containers_record_at_pid_1_of_the_next_container_is_not_said_to_serve(
+    app_config: appconfig.Config,
+) -> None:
+    # A server as pid 1 of a container, killed (the OOM killer), leaves "pid": 1; the next
+    # container's pid 1 is `flock <lock> <backup>`. Before: "pid N (pid 1 in a PID namespace
+    # of its own), kind server, ... port 1" and `app status` said "serving: ...:1".
+    root = app_config.data_root
+    with open_root(app_config):
+        pass
+    with _flock_in_a_pid_namespace(root / LOCK_FILE) as pid:
+        _killed_servers_record(root, 1)
+        seen = probe(root)
+    assert seen.held, seen
+    holder = seen.holder or {}
+    assert holder.get("pid") == pid, holder
+    assert serving_url(holder, app_config.host) is None
+    assert describe_holder(holder).startswith(
+        f"pid {pid} (pid 1 in a PID namespace of its own; the lock file names pid 1 as a "
+        "process that started at another time than this one, so the details after this are "
+        "not this process's: the pid was given again since the process that wrote them (a "
+        "holder that was killed) ended, and the lock taken by a program that writes nothing "
+        "in it, such as `flock`), kind server, profile testing, "
+    ), describe_holder(holder)
+
+
+def test_a_killed_servers_record_at_a_pid_given_to_flock_s_since_is_said_not_its_own(
+    app_config: appconfig.Config,
+) -> None:
+    # The same, `flock -s` (red team 70's shared holder) given the killed server's pid.
+    # Before: "pid N (flock -s ...), which holds a shared lock ...; the lock file names pid N,
+    # which does not hold the lock (a holder that was killed left it so)": it does hold it.
+    root = app_config.data_root
+    with open_root(app_config):
+        pass
+    lock = root / LOCK_FILE
+    with _flock(lock, "-s") as pid:
+        _killed_servers_record(root, pid)
+        held_by = describe(root).held_by
+    assert held_by == (
+        f"pid {pid} (flock -s {lock} -c 'echo locked; exec sleep 600'), which holds a shared "
+        "lock on the lock file, as `flock -s` takes one: not a holder of the app, it keeps "
+        f"every writer off the root until it lets go; the lock file names pid {pid}, which "
+        "did not write it (a holder of the app never holds the lock shared): a holder that "
+        "was killed left it, and its pid was given again since"
+    ), held_by
+
+
+#: A probe from a PID namespace of its own (`unshare --pid --mount-proc`), which sees no
+#: process of this one, as a machine that shares the filesystem sees none of another's.
+_HIDDEN_PROBE = """
+import sys
+from pathlib import Path
+from app.lock import describe_holder, probe
+seen = probe(Path(sys.argv[1]))
+print(seen.held, describe_holder(seen.holder))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a PID namespace of its own needs root here")
+def test_a_holder_on_another_host_is_not_said_to_be_in_a_pid_namespace_of_this_one(
+    app_config: appconfig.Config,
+) -> None:
+    # A root on a share that two machines mount (NFS, whose locks hold across them): the
+    # kernel here lists no process for the other machine's lock. Before: "pid N in a PID
+    # namespace this process cannot see (another container's, or the host's: stop it
+    # there)", where the lock file said which machine it was.
+    root = app_config.data_root
+    with open_root(app_config):
+        pass
+    lock = root / LOCK_FILE
+    with _flock(lock):
+        record = {**holder_info("server", "production", port=8000, root=root), "pid": 77}
+        lock.write_text(json.dumps({**record, "host": "web-2"}) + "\n")
+        seen = subprocess.run(
+            ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", sys.executable,
+             "-c", _HIDDEN_PROBE, str(root)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )  # fmt: skip
+    assert seen.stdout.startswith(
+        "True pid 77 on another host than this one, web-2, as the lock file names it (a "
+        "machine that shares this filesystem, as over NFS, or a container with a host name of "
+        "its own, whose processes this one cannot see: stop it there), kind server, profile "
+        "production, host web-2, port 8000, since "
+    ), seen.stdout
