@@ -192,6 +192,25 @@ _SESSION_DEFAULTS: Final = (
     " AND s.setrole IN (0, (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = session_user))"
 )
 
+#: Whether the session is read-only by a setting of the database or the role (``source``)
+#: that they no longer give it: a session takes them as its server process starts, and
+#: `_SESSION_DEFAULTS` is read after, in the pool's ``configure``, so a ``RESET`` committed
+#: between the two is in the text the connection began with, not in the session (red team 72
+#: on regress). The value that wins is the most specific: the role in this database, the
+#: role, the database, then every role (``ALTER ROLE ALL``); read as PostgreSQL reads a
+#: boolean.
+_READ_ONLY_GONE: Final = (
+    "SELECT s.setting = 'on' AND s.source IN ('database', 'user', 'database user', 'global')"
+    " AND NOT coalesce((SELECT pg_catalog.split_part(c.kv, '=', 2)::boolean"
+    " FROM pg_catalog.pg_db_role_setting d, pg_catalog.unnest(d.setconfig) AS c(kv)"
+    " WHERE pg_catalog.split_part(c.kv, '=', 1) = 'default_transaction_read_only'"
+    " AND d.setdatabase IN (0, (SELECT"
+    " oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database()))"
+    " AND d.setrole IN (0, (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = session_user))"
+    " ORDER BY d.setrole <> 0 DESC, d.setdatabase <> 0 DESC LIMIT 1), false) AS gone"
+    " FROM pg_catalog.pg_settings s WHERE s.name = 'default_transaction_read_only'"
+)
+
 # With the server's start: a transaction id means something only to the server that gave it
 # out (see `Database._settle`).
 _BEGIN: Final = (
@@ -478,7 +497,9 @@ class Database:
 
     def _settings_changed(self, conn: Connection) -> bool:
         """Whether the database's or the role's settings (`_SESSION_DEFAULTS`) are not those
-        ``conn`` began with, read on it; True where that cannot be told (the look fails, or
+        ``conn`` began with, read on it, or its session is read-only by one of them that they
+        no longer give (`_READ_ONLY_GONE`: a change committed as it opened is in the text it
+        began with, not in its session); True where that cannot be told (the look fails, or
         ``conn`` opened before this was kept), as then the pool is renewed as before."""
         began = self._began_with.get(conn)
         if began is None:
@@ -488,7 +509,10 @@ class Database:
                 conn.rollback()
             # Its own statement_timeout may be the stale one: this look is not bound by it.
             conn.execute("SET statement_timeout = 0")
-            return _session_defaults(conn) != began
+            if _session_defaults(conn) != began:
+                return True
+            row = conn.execute(_READ_ONLY_GONE).fetchone()
+            return row is not None and bool(row["gone"])
         except psycopg.Error:
             return True
 

@@ -1,0 +1,94 @@
+"""Red team 72 on regress, round a (branch rt-regress72a): see docs/explanation/attacks.md.
+
+What broke: red team 72 on integrity renews the pool after a refusal as read-only only where
+the text of ``pg_db_role_setting`` (the database's and the role's settings) is not what the
+refusing connection read as it opened. A session takes those settings as its server process
+starts, and the pool reads the text later, in its ``configure``: an ``ALTER DATABASE ... RESET
+default_transaction_read_only`` committed between the two (a reset made while the pool opens
+connections) left connections that are read-only for life with the reset's text as theirs.
+Each then refused one change after the reset, alone, its siblings kept: the flake session 72's
+drain was made for (red team 38's test), and ``/health`` said ``writes_stopped`` again after
+each though writes were back. The refusing session's own setting is now asked
+too: read-only by the database's or the role's setting, which no longer says so, it is stale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+
+import psycopg
+import pytest
+
+from app.remote.db import Connection, Database
+from app.remote.errors import DatabaseRefusedError
+
+
+def _admin(database_url: str) -> psycopg.Connection[tuple[object, ...]]:
+    # A session that may write whatever the database's setting is.
+    options = "-c default_transaction_read_only=off"
+    return psycopg.connect(database_url, autocommit=True, options=options)
+
+
+def _alter(database_url: str, setting: str, *, role: bool = False) -> None:
+    """``ALTER DATABASE`` (or the connecting role in it) ``setting``."""
+    dbname = database_url.rpartition("/")[2]
+    who = f'ROLE CURRENT_USER IN DATABASE "{dbname}"' if role else f'DATABASE "{dbname}"'
+    with _admin(database_url) as admin:
+        admin.execute(f"ALTER {who} {setting}")
+
+
+@contextmanager
+def _pool(database_url: str) -> Iterator[tuple[Database, list[Connection]]]:
+    """A pool whose three connections are open and idle, and those connections."""
+    db = Database(database_url, "test", holder=None, kind="test", pool_size=3)
+    try:
+        with ExitStack() as lent:
+            opened = [lent.enter_context(db.conn()) for _ in range(3)]
+        yield db, opened
+    finally:
+        db.close()
+
+
+def _insert(db: Database, value: int) -> None:
+    with db.write("an insert") as conn:
+        conn.execute("INSERT INTO t VALUES (%s)", (value,))
+
+
+def test_a_reset_between_a_sessions_start_and_the_pools_look_still_renews_the_pool(
+    database_url: str,
+) -> None:
+    with _admin(database_url) as admin:
+        admin.execute("CREATE TABLE t (x int)")
+    _alter(database_url, "SET default_transaction_read_only = on")
+    with _pool(database_url) as (db, opened):
+        _alter(database_url, "RESET default_transaction_read_only")
+        # The interleaving of a RESET committed while each of them opened: its server process
+        # had taken the setting, and the pool's configure read the catalog after the commit.
+        for conn in opened:
+            db._keep_session_defaults(conn)
+        with pytest.raises(DatabaseRefusedError, match=r"read-only transaction \(SQLSTATE 25006\)"):
+            _insert(db, 1)
+        # Before: the refusing one alone, its two siblings each to refuse a change of its own.
+        assert all(c.closed for c in opened), [c.closed for c in opened]
+        _insert(db, 2)
+        _insert(db, 3)
+    with _admin(database_url) as admin:
+        assert admin.execute("SELECT array_agg(x ORDER BY x) FROM t").fetchone() == ([2, 3],)
+
+
+def test_a_role_read_only_in_this_database_still_keeps_its_pool_at_a_refusal(
+    database_url: str,
+) -> None:
+    # Read-only by ALTER ROLE ... IN DATABASE, which still says so: not stale, and the pool's
+    # siblings (as read-only as new ones would be) stay.
+    with _admin(database_url) as admin:
+        admin.execute("CREATE TABLE t (x int)")
+    _alter(database_url, "SET default_transaction_read_only = on", role=True)
+    try:
+        with _pool(database_url) as (db, opened):
+            with pytest.raises(DatabaseRefusedError, match=r"SQLSTATE 25006"):
+                _insert(db, 1)
+            assert [c.closed for c in opened].count(True) == 1, [c.closed for c in opened]
+    finally:
+        _alter(database_url, "RESET ALL", role=True)
