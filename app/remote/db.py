@@ -236,6 +236,11 @@ _BEGIN_HELD: Final = (
 )
 
 
+#: What `Database._began_with` keeps for a connection whose session took a read-only setting
+#: the catalog no longer gives as it opened: it is never lent.
+_BORN_STALE: Final = "\0born stale"
+
+
 def _session_defaults(conn: Connection) -> str:
     """`_SESSION_DEFAULTS` read on ``conn``."""
     row = conn.execute(_SESSION_DEFAULTS).fetchone()
@@ -331,7 +336,7 @@ class Database:
         self._failure: tuple[float, psycopg.Error] | None = None
 
         self._schema: str | None = None
-        #: What `_SESSION_DEFAULTS` read as each pooled connection opened.
+        #: What `_SESSION_DEFAULTS` read as each pooled connection opened, or `_BORN_STALE`.
         self._began_with: weakref.WeakKeyDictionary[Connection, str] = weakref.WeakKeyDictionary()
         #: When the database last refused a change as read-only, and why; None once a change
         #: commits (`GET /health` and `/ready` say so meanwhile).
@@ -493,7 +498,14 @@ class Database:
         connection where it cannot be read: its refusals then renew the pool, as all did
         before this was kept."""
         with contextlib.suppress(psycopg.Error):
-            self._began_with[conn] = _session_defaults(conn)
+            began = _session_defaults(conn)
+            row = conn.execute(_READ_ONLY_GONE).fetchone()
+            # Its server process took a read-only setting reset since, as it started: the
+            # RESET committed between the two. A drain at another's refusal misses it
+            # (psycopg_pool adds a connection that was opening then as new), and it refused
+            # one change more after the reset (a flaky run of red team 38's test, session
+            # 72). Never lent (`_pooled`).
+            self._began_with[conn] = _BORN_STALE if row is not None and row["gone"] else began
 
     def _settings_changed(self, conn: Connection) -> bool:
         """Whether the database's or the role's settings (`_SESSION_DEFAULTS`) are not those
@@ -530,12 +542,16 @@ class Database:
             step = left if self._lent >= self.pool_size else min(left, _FAILING_WAIT_SECONDS)
             try:
                 conn = self._pool.getconn(timeout=step)
-                break
             except PoolTimeout:
                 if self._violation is not None:
                     raise
                 if self._failing() is not None or time.monotonic() >= deadline:
                     raise
+                continue
+            if self._began_with.get(conn) is not _BORN_STALE:
+                break
+            conn.close()  # given back closed, it is replaced by one that takes the settings now
+            self._pool.putconn(conn)
         try:
             with conn:
                 yield conn
