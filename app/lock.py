@@ -283,14 +283,28 @@ def describe_holder(holder: Mapping[str, Any] | None) -> str:
             # the same share (NFS), whose holder was said to be in a PID namespace of this
             # one, "another container's, or the host's" (red team 72).
             else f"pid {theirs} on another host than this one, {host}, as the lock file "
-            "names it (a machine that shares this filesystem, as over NFS, or a container "
-            "with a host name of its own, whose processes this one cannot see: stop it there)"
-            if isinstance(host, str) and host and host != socket.gethostname()
+            "names it (a machine that shares this filesystem, as over NFS, or a container on "
+            "such a machine, whose processes this one cannot see: stop it there)"
+            if _on_another_host(holder)
             else f"pid {theirs} in a PID namespace this process cannot see (another "
             "container's, or the host's: stop it there)"
         ]
     parts.extend(_details(holder))
     return ", ".join(parts)
+
+
+def _on_another_host(holder: Mapping[str, Any]) -> bool:
+    """Whether the record `holder` names another machine than this one: another host name,
+    and not this boot's id. A container with a host name of its own (Docker gives each one)
+    runs on this kernel, whose boot id every namespace reads alike: a probe there of a root
+    held by the host's server, or a probe on a host whose name was changed under a live
+    server, was told that server ran "on another host than this one", when it was in a PID
+    namespace of this machine (red team 72 on regress, round b)."""
+    host = holder.get("host")
+    if not isinstance(host, str) or not host or host == socket.gethostname():
+        return False
+    ours = _boot_id()
+    return ours is None or holder.get("boot_id") != ours
 
 
 #: How `describe_holder` says a record names the pid of the holder, as another process

@@ -138,13 +138,19 @@ def test_a_killed_servers_record_at_a_pid_given_to_flock_s_since_is_said_not_its
 
 
 #: A probe from a PID namespace of its own (`unshare --pid --mount-proc`), which sees no
-#: process of this one, as a machine that shares the filesystem sees none of another's.
+#: process of this one, as a machine that shares the filesystem sees none of another's: for
+#: each line it is given, it takes the host name the line holds, if any (in a UTS namespace
+#: of its own, as a container has its own name), and prints what it sees of the root.
 _HIDDEN_PROBE = """
+import socket
 import sys
 from pathlib import Path
 from app.lock import describe_holder, probe
-seen = probe(Path(sys.argv[1]))
-print(seen.held, describe_holder(seen.holder))
+for line in sys.stdin:
+    if line.strip():
+        socket.sethostname(line.strip())
+    seen = probe(Path(sys.argv[1]))
+    print(seen.held, describe_holder(seen.holder), flush=True)
 """
 
 
@@ -160,19 +166,47 @@ def test_a_holder_on_another_host_is_not_said_to_be_in_a_pid_namespace_of_this_o
     with open_root(app_config):
         pass
     lock = root / LOCK_FILE
-    with _flock(lock):
-        record = {**holder_info("server", "production", port=8000, root=root), "pid": 77}
-        lock.write_text(json.dumps({**record, "host": "web-2"}) + "\n")
-        seen = subprocess.run(
-            ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", sys.executable,
-             "-c", _HIDDEN_PROBE, str(root)],
-            capture_output=True,
-            text=True,
-            check=True,
-        )  # fmt: skip
-    assert seen.stdout.startswith(
+    hidden = subprocess.Popen(
+        ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", "--uts",
+         sys.executable, "-c", _HIDDEN_PROBE, str(root)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    assert hidden.stdin is not None
+    assert hidden.stdout is not None
+    try:
+        with _flock(lock) as pid:
+            ours = holder_info("server", "production", port=8000, root=root)
+            # Another machine: another host name, and another boot's id (each kernel its own).
+            other = {"host": "web-2", "boot_id": "0f1e2d3c-4b5a-4697-8879-a1b2c3d4e5f6"}
+            lock.write_text(json.dumps({**ours, **other, "pid": 77}) + "\n")
+            hidden.stdin.write("\n")
+            hidden.stdin.flush()
+            elsewhere = hidden.stdout.readline()
+            # Red team 72 on regress, round b: this machine's server (here `flock`, under
+            # the record a server of this machine writes), seen from a container of the same
+            # machine with a PID namespace and a host name of its own (Docker's default), or
+            # from this host after its name was changed under the server. Before: "pid N on
+            # another host than this one, <this machine's name>, ... (a machine that shares
+            # this filesystem, as over NFS, ...)", where the record's boot id, which every
+            # namespace of one kernel reads alike, said it was this machine.
+            lock.write_text(json.dumps({**ours, "pid": pid}) + "\n")
+            hidden.stdin.write("ctr-1\n")
+            hidden.stdin.flush()
+            here = hidden.stdout.readline()
+    finally:
+        hidden.stdin.close()
+        hidden.wait()
+    assert elsewhere.startswith(
         "True pid 77 on another host than this one, web-2, as the lock file names it (a "
-        "machine that shares this filesystem, as over NFS, or a container with a host name of "
-        "its own, whose processes this one cannot see: stop it there), kind server, profile "
+        "machine that shares this filesystem, as over NFS, or a container on such a machine, "
+        "whose processes this one cannot see: stop it there), kind server, profile "
         "production, host web-2, port 8000, since "
-    ), seen.stdout
+    ), elsewhere
+    assert here.startswith(
+        f"True pid {pid} in a PID namespace this process cannot see (another container's, or "
+        f"the host's: stop it there), kind server, profile production, host {ours['host']}, "
+        "port 8000, since "
+    ), here
+    assert hidden.returncode == 0
