@@ -4635,6 +4635,16 @@ def _forget_dead_runs(directory: Path) -> None:
             # namespace's entry at its plain name was gone (red team 60 on regress). Kept
             # while a process started then lives at its pid.
             alive = name.rsplit("-", 1)[0] in {f"{pid}-{started}" for started in starts}
+        if not alive and found is None and _hidden_alive(int(pid)):
+            # A process this `/proc` does not show, or shows but denies (`hidepid=`, a
+            # run without the capabilities of the process at that pid), that is there all
+            # the same: its start time unknown, it may be the entry's. A run started
+            # without capabilities under `/proc` mounted `hidepid=invisible` took a daemon
+            # that another run's end had handed its entry on to (a test's, root's, with
+            # them) for dead and removed its entry, and the daemon, given production's
+            # settings alone, purged a stopped production root (red team 72 on the guard).
+            # The next run that sees it forgets it, where it is dead.
+            continue
         if not alive:
             # Only a run of this PID namespace is known dead by its pid: a run in another
             # (a container sharing /tmp, `unshare`) has pids this /proc does not show, and
@@ -4660,6 +4670,17 @@ def _forget_dead_runs(directory: Path) -> None:
             if recorded in (None, ours) or long_ago:
                 with contextlib.suppress(OSError):
                     (directory / name).unlink()
+
+
+def _hidden_alive(pid: int) -> bool:
+    """Whether process `pid`, whose start time ``/proc`` did not give (`_starts_unhidden`),
+    is there all the same: ``/proc`` shows its entry (its ``stat`` denied, ``hidepid=
+    noaccess``), or signal 0 finds it (``hidepid=invisible`` hides it). Signal 0 numbers
+    pids in this process's PID namespace: only where ``/proc`` numbers them so too
+    (`_proc_self`), else False, as before."""
+    if (_PROC / str(pid)).exists():
+        return True
+    return _proc_self() == os.getpid() and _running(pid)
 
 
 def _become_subreaper() -> None:
