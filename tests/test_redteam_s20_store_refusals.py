@@ -175,8 +175,8 @@ def child(op, at, mode, args):
             starved = True
 
     # The settings loaded once, their root used for every look below: each `load()` in this
-    # child, which no run marks, walks the process tree again to find its run (about 15 ms
-    # of CPU), and five a step were a third of this file's CPU (bench/README.md,
+    # child, which no run marks, resolves every profile and walks the process tree again to
+    # find its run, and five a step were about a quarter of this file's CPU (bench/README.md,
     # "perf-suite72"). The Store reopened below is still a fresh one reading the disk.
     config = load()
     store = open_storage(config, writer=True, kind="tests", wanted="run one operation")
