@@ -174,7 +174,12 @@ def child(op, at, mode, args):
             resource.setrlimit(resource.RLIMIT_NOFILE, (free, HARD))
             starved = True
 
-    store = open_storage(load(), writer=True, kind="tests", wanted="run one operation")
+    # The settings loaded once, their root used for every look below: each `load()` in this
+    # child, which no run marks, resolves every profile and walks the process tree again to
+    # find its run, and five a step were about a quarter of this file's CPU (bench/README.md,
+    # "perf-suite72"). The Store reopened below is still a fresh one reading the disk.
+    config = load()
+    store = open_storage(config, writer=True, kind="tests", wanted="run one operation")
     before = view(store) if at == 0 else None  # each case starts from the same root
     sys.addaudithook(starve)
     answer = "ok"
@@ -198,12 +203,12 @@ def child(op, at, mode, args):
         thaw()
     after = view(store)
     # What the operation left in sessions/ as a create on its way (an open repairs it).
-    sessions = load().data_root / "sessions"
+    sessions = config.data_root / "sessions"
     staged = sorted(n for n in os.listdir(sessions) if n.startswith(".new-"))
     # An entry an empty-trash's line says it finished must hold no byte any more.
-    trash = load().data_root / ".trash"
+    trash = config.data_root / ".trash"
     unfinished = []
-    audit = load().data_root / "audit.jsonl"
+    audit = config.data_root / "audit.jsonl"
     for line in audit.read_text().splitlines() if audit.exists() else []:
         for name in json.loads(line).get("details", {}).get("finished", []):
             place = trash / (".emptying-" + name)
@@ -211,7 +216,7 @@ def child(op, at, mode, args):
                 unfinished.append(name)
     store.close()
     # What a process that starts now reads from the disk, before any repair.
-    with open_storage(load(), writer=True, kind="tests", wanted="read it again") as fresh:
+    with open_storage(config, writer=True, kind="tests", wanted="read it again") as fresh:
         disk = view(fresh)
         # Then as a server's start-up finds it: repaired, and clean after.
         fresh.check(repair=True)
