@@ -87,6 +87,16 @@ def waited_for_a_core(pid: int) -> float:
     return int(Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()[1]) / 1e9
 
 
+def loop_switches(pid: int) -> tuple[int, int]:
+    """The voluntary and involuntary context switches of the main thread of ``pid`` (the
+    server's event loop) so far (``/proc/<pid>/task/<pid>/status``). An involuntary one is a
+    preemption: the loop taken off its core while it had work, by another process's thread
+    or by one of the server's own woken up (a worker back from its fsync)."""
+    status = Path(f"/proc/{pid}/task/{pid}/status").read_text().splitlines()
+    count = dict(line.split(":\t") for line in status if line.endswith(tuple("0123456789")))
+    return int(count["voluntary_ctxt_switches"]), int(count["nonvoluntary_ctxt_switches"])
+
+
 def quantile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
@@ -316,6 +326,7 @@ def summary(
     client_cpu: float | None = None,
     loop_cpu: float | None = None,
     loop_waited: float | None = None,
+    loop_preempted: int | None = None,
 ) -> dict[str, Any]:
     kinds = {
         kind: {
@@ -344,6 +355,10 @@ def summary(
         "loop_cpu_share": None if loop_cpu is None else round(loop_cpu / elapsed, 2),
         # ... and the share of the time it was ready to run but waited for a core.
         "loop_waiting_share": None if loop_waited is None else round(loop_waited / elapsed, 2),
+        # ... and how often it was taken off its core while it had work, per call.
+        "loop_preempted_per_call": None
+        if loop_preempted is None
+        else round(loop_preempted / max(recorder.count, 1), 3),
         "calls": kinds,
         # The same without the first --warmup seconds, when every client's first call is a
         # create and all fifty arrive at once.
@@ -374,11 +389,13 @@ def measure(args: argparse.Namespace, checkout: Path | None = None) -> dict[str,
                 pid = app.process.pid
                 cpu, loop, own = cpu_seconds(pid), cpu_seconds(pid, pid), time.process_time()
                 waited = waited_for_a_core(pid)
+                switches = loop_switches(pid)
                 mixed, mixed_s, steady = asyncio.run(run_mixed(app.port, args, ids, marks))
                 mixed_cpu = cpu_seconds(pid) - cpu
                 mixed_loop_cpu = cpu_seconds(pid, pid) - loop
                 mixed_client_cpu = time.process_time() - own
                 mixed_loop_waited = waited_for_a_core(pid) - waited
+                mixed_loop_preempted = loop_switches(pid)[1] - switches[1]
                 marks.value = b"big lists"
                 cpu = cpu_seconds(app.process.pid)
                 big, big_s = asyncio.run(run_big_lists(app.port, args))
@@ -416,6 +433,7 @@ def measure(args: argparse.Namespace, checkout: Path | None = None) -> dict[str,
             mixed_client_cpu,
             mixed_loop_cpu,
             mixed_loop_waited,
+            mixed_loop_preempted,
         ),
         "big_lists": summary(big, big_s, big_cpu, args.big_list_clients),
         "health": health,
@@ -444,6 +462,7 @@ def figures(result: dict[str, Any]) -> dict[str, float]:
         "calls_per_s": mixed["per_s"],
         "server_cpu_ms_per_call": mixed["server_cpu_ms_per_call"],
         "loop_waiting_share": mixed["loop_waiting_share"],
+        "loop_preempted_per_call": mixed["loop_preempted_per_call"],
     }
     for kind in SMALL_CALLS:
         row[f"{kind} p99_ms"] = mixed["steady_calls"].get(kind, {}).get("p99_ms", float("nan"))
@@ -556,7 +575,8 @@ def main() -> None:
         f"{result['mixed']['server_cpu_ms_per_call']} ms per call "
         f"({result['mixed']['server_cpu_share']} of a core, its event loop's thread "
         f"{result['mixed']['loop_cpu_share']}, waiting for a core "
-        f"{result['mixed']['loop_waiting_share']}; the clients "
+        f"{result['mixed']['loop_waiting_share']}, taken off it "
+        f"{result['mixed']['loop_preempted_per_call']} times per call; the clients "
         f"{result['mixed']['client_cpu_share']}); load average "
         f"{', '.join(map(str, result['load_average']))}"
     )
