@@ -927,17 +927,19 @@ def _as_seen(name: str) -> str:
     were not near misses, though ``settings local.toml`` is: their values were ignored with
     nothing said (red team 71, round o).
 
-    Unicode's other characters that show as nothing are left out too (`_IGNORABLE`): a
+    Unicode's other characters that show as nothing are left out too (`SHOWS_AS_NOTHING`): a
     combining grapheme joiner U+034F, a variation selector U+FE0F or a Hangul filler U+3164
     after ``.toml`` is no format character, and ``settings.local.toml\u034f`` was passed
     over as not ending in ``.toml`` (red team 71 on regress, round r)."""
     import unicodedata  # here: only a name that is not ASCII pays for it
 
-    shown = "".join(c for c in name if unicodedata.category(c) != "Cf" and not _IGNORABLE.match(c))
+    # The pattern through `re`'s own cache, compiled at the first name that is not ASCII:
+    # compiled as this module was imported, it cost every pytest start and `app` command
+    # 2.5 M instructions for names they never see (bench/README.md, "perf-start72").
+    shown = "".join(
+        c for c in name if unicodedata.category(c) != "Cf" and not re.match(SHOWS_AS_NOTHING, c)
+    )
     return unicodedata.normalize("NFKC", shown)
-
-
-_IGNORABLE = re.compile(SHOWS_AS_NOTHING)
 
 
 def _one_slip(typed: str, meant: str) -> bool:

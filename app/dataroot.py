@@ -1681,9 +1681,20 @@ def _laid_out(directory: Path | str) -> bool:
     Such a directory counts only where it also holds what the app writes there
     (`_holds_the_app_s`)."""
     found = []
+    looked = False
     for name in _MARKED:
+        path = os.path.join(directory, name)  # noqa: PTH118
+        # Once one name was looked at, `directory` is known to be reached (an earlier name
+        # there, or missing: ENOENT), and a name `access` says is not there is missing: no
+        # `lstat` raising FileNotFoundError (11 K instructions, against 2 K) for the two
+        # names after the first, at each of some 150 directories the checks of what pytest
+        # writes walk a run (bench/README.md, "perf-start72"). The first name is the longest,
+        # so a path too long for the system fails there, as it did.
+        if looked and not os.access(path, os.F_OK, follow_symlinks=False):
+            continue
+        looked = True
         try:
-            mode = os.lstat(os.path.join(directory, name)).st_mode  # noqa: PTH118
+            mode = os.lstat(path).st_mode
         except FileNotFoundError:
             continue
         if stat.S_ISDIR(mode):
@@ -1735,6 +1746,11 @@ def layout_mark(directory: Path | str) -> dict[str, Any] | None:
     """The mark (`LAYOUT_MARK`) on `directory`, if it is one of a data root's own
     directories; None where there is none, or the filesystem keeps no extended attributes."""
     try:
+        # Listed first: a directory without the mark (nearly every one the checks of what
+        # pytest writes walk up, some 150 a run) answers an empty list, where `getxattr`
+        # raised ENODATA, 8 K instructions against 2 K (bench/README.md, "perf-start72").
+        if LAYOUT_MARK not in os.listxattr(directory):
+            return None
         value = os.getxattr(directory, LAYOUT_MARK)
     except OSError:
         return None  # no mark (ENODATA), none kept (ENOTSUP), or out of reach
@@ -2487,23 +2503,28 @@ _HELD: contextvars.ContextVar[_Reading | None] = contextvars.ContextVar(
 )
 
 
-@contextlib.contextmanager
-def one_reading() -> Iterator[None]:
+class one_reading:  # lower case: used as the function it was, `with one_reading():`
     """Within the block, `bound_from`, `served_from` and `shown_from_a_session` look at the
     mount table as it is read (again, where it changed) as the block starts: the checks of
     what pytest writes ask all three at each path, and each asked whether the table had
     changed (two stats, ``getpid`` and a poll), 75 times a check where 25 paths are
     looked at, microseconds apart (`bench/README.md`, "perf-startup65"). A change to the
-    table after the first question was missed by the checks at that path all the same."""
-    try:
-        reading = _MOUNTS.looked_up()
-    except OSError:  # no table: each look says so itself
-        reading = None
-    token = _HELD.set(reading)
-    try:
-        yield
-    finally:
-        _HELD.reset(token)
+    table after the first question was missed by the checks at that path all the same.
+
+    A class, not a `contextlib.contextmanager`: its generator's end is a StopIteration
+    raised and caught at each of the hundred paths a check looks at (perf-start72)."""
+
+    __slots__ = ("_token",)
+
+    def __enter__(self) -> None:
+        try:
+            reading = _MOUNTS.looked_up()
+        except OSError:  # no table: each look says so itself
+            reading = None
+        self._token = _HELD.set(reading)
+
+    def __exit__(self, *_exc: object) -> None:
+        _HELD.reset(self._token)
 
 
 # A fork while another thread reads the table would leave the child's lock held for good.

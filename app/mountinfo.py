@@ -358,8 +358,10 @@ def shown_and_hidden_from(
     inside = (shown.rstrip(b"/") + wanted[len(point.rstrip(b"/")) :]) or b"/"
     first = None
     for other_device, other_point, other_shown, _ in mounts:
+        if other_device != device:
+            continue  # first: at each of the checks' hundred paths, most mounts are another's
         top = other_shown.rstrip(b"/")
-        if other_device == device and (inside == other_shown or inside.startswith(top + b"/")):
+        if inside == other_shown or inside.startswith(top + b"/"):
             there = (other_point.rstrip(b"/") + inside[len(top) :]).rstrip(b"/") or b"/"
             # That path may be hidden in turn (another mount over it, in this namespace):
             # only one that leads to the same file counts, unless where it is hidden is

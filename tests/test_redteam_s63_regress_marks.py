@@ -343,3 +343,33 @@ def test_a_root_whose_directory_has_no_room_for_its_mark_is_opened(tmp_path: Pat
         assert [s["id"] for s in store.list_sessions().items] == [session]
     assert layout_mark(root / ".tmp") is None
     assert layout_mark(root / ".trash") == {"dir": ".trash", "profile": "production"}
+
+
+def test_a_mark_on_the_last_of_a_root_s_directories_alone_or_beside_others_counts(
+    tmp_path: Path,
+) -> None:
+    """perf-start72 looks at a directory's second and third names with ``access`` once the
+    first was looked at, and lists a directory's extended attributes before reading the mark:
+    a marked ``.tmp/`` alone (the last name looked at), beside another tool's attribute,
+    still makes its directory a root's; another tool's attribute alone, or none, does not."""
+    from app.dataroot import a_root_s_own
+
+    alone = tmp_path / "alone"
+    (alone / ".tmp").mkdir(parents=True)
+    os.setxattr(alone / ".tmp", "user.other.tool", b"x")
+    assert layout_mark(alone / ".tmp") is None
+    assert a_root_s_own(alone) is None
+    os.setxattr(alone / ".tmp", LAYOUT_MARK, b'{"dir": ".tmp", "profile": "production"}')
+    assert layout_mark(alone / ".tmp") == {"dir": ".tmp", "profile": "production"}
+    assert a_root_s_own(alone) == (
+        "its stamp and lock file are gone, but it holds .tmp/, one of a data root's own "
+        f"directories, marked as profile 'production''s (extended attribute {LAYOUT_MARK}); "
+        "if that directory is a copy that belongs to no data root now, remove the mark "
+        f"(`setfattr -x {LAYOUT_MARK} {alone}/.tmp`)"
+    )
+    assert a_root_s_own(alone / ".tmp") == (
+        f"it is the .tmp/ directory of a data root of profile 'production' (extended "
+        f"attribute {LAYOUT_MARK})"
+    )
+    assert a_root_s_own(tmp_path / "nowhere") is None
+    assert a_root_s_own(alone / ".tmp" / "nowhere") is None

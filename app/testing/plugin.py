@@ -88,8 +88,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def _save_env(saved: dict[str, str | None], names: Iterable[str]) -> None:
+    # From one copy of the environment: `os.environ.get` of a name not set raises and catches
+    # a KeyError inside, 6 K instructions, for most of some 120 names at every start
+    # (bench/README.md, "perf-start72").
+    environ = os.environ.copy()
     for name in names:
-        saved.setdefault(name, os.environ.get(name))
+        saved.setdefault(name, environ.get(name))
 
 
 @pytest.hookimpl(wrapper=True)
@@ -705,9 +709,11 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         state.session_lock = None
     if state.run is not None:
         sandboxing.unregister(state.run)
+    present = set(os.environ)  # as in `_save_env`: no KeyError raised for each name not set
     for name, value in state.saved_env.items():
         if value is None:
-            os.environ.pop(name, None)
+            if name in present:
+                del os.environ[name]
         else:
             os.environ[name] = value
 
