@@ -1745,12 +1745,14 @@ def _holds_the_app_s(directory: Path | str) -> bool:
 def layout_mark(directory: Path | str) -> dict[str, Any] | None:
     """The mark (`LAYOUT_MARK`) on `directory`, if it is one of a data root's own
     directories; None where there is none, or the filesystem keeps no extended attributes."""
-    try:
-        # Listed first: a directory without the mark (nearly every one the checks of what
-        # pytest writes walk up, some 150 a run) answers an empty list, where `getxattr`
-        # raised ENODATA, 8 K instructions against 2 K (bench/README.md, "perf-start72").
+    # Listed first: a directory without the mark (nearly every one the checks of what pytest
+    # writes walk up, some 150 a run) answers an empty list, where `getxattr` raised
+    # ENODATA, 8 K instructions against 2 K (bench/README.md, "perf-start72"). Where the
+    # list cannot be had (a FUSE filesystem without it), the mark is asked for all the same.
+    with contextlib.suppress(OSError):
         if LAYOUT_MARK not in os.listxattr(directory):
             return None
+    try:
         value = os.getxattr(directory, LAYOUT_MARK)
     except OSError:
         return None  # no mark (ENODATA), none kept (ENOTSUP), or out of reach
