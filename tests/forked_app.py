@@ -32,6 +32,7 @@ still paid them once per command, which ``-n 2``, both cores busy, could not hid
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -122,6 +123,27 @@ def children_take_sigint() -> None:
             signal.signal(signal.SIGINT, signal.default_int_handler)
         except ValueError:  # not the main thread (an xdist worker's execnet): left as it is
             return
+
+
+@contextlib.contextmanager
+def sighup_at_default() -> Iterator[None]:
+    """SIGHUP at its default for the children started meanwhile, in a run started with it
+    ignored (``nohup pytest ...``), where a test sends a server ``kill -HUP``.
+
+    The server honours an inherited ignored SIGHUP on purpose (`app.server.run._ignored`, as
+    ``nohup app serve`` asks), so under ``nohup`` red team 38's three reload tests each
+    waited 30 s for a worker that never stopped and red team 37's HUP case waited for an
+    exit that never came (session 72). Not given back to the whole run, as SIGINT is
+    (`children_take_sigint`): what ``nohup`` is for, the run living on once its terminal
+    hangs up, holds for every other test."""
+    ignored = signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        if ignored:
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
 def remember_the_run() -> None:

@@ -20,6 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import forked_app
 import httpx
 import pytest
 from faults import attached, needs_strace
@@ -179,7 +180,8 @@ def test_a_reload_signal_stops_the_server_gracefully_for_a_restart_saying_so(
     # the server at once with the signal's default action: requests in flight cut, the
     # lock released by the kernel only, and not a line in the log about why it ended.
     root = tmp_path / "data"
-    server = _start(servers, tmp_path, root)
+    with forked_app.sighup_at_default():  # in a run started by `nohup`
+        server = _start(servers, tmp_path, root)
     server.process.send_signal(sent)
     assert server.wait_exit() == 128 + sent
     assert (

@@ -33,6 +33,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import forked_app
 import httpx
 import psycopg
 import pytest
@@ -208,7 +209,8 @@ def test_a_stamp_of_this_release_or_written_by_hand_is_opened_as_before(
 
 
 def _workers(production: Production) -> tuple[Replica, list[int], str]:
-    server = production.start("--workers", "2", ready=False)
+    with forked_app.sighup_at_default():  # the reload tests send it (`nohup pytest ...`)
+        server = production.start("--workers", "2", ready=False)
     rows = _workers_rows(production, server, 2)
     return server, sorted(int(row["pid"]) for row in rows), str(rows[0]["url"])
 

@@ -18,6 +18,11 @@ Nothing of the app broke. Two of the three were not load at all:
   and the inner run, pid 1 of a PID namespace of its own, is dead to every other run. Its
   inner run now has a registry of its own (a tmpfs in its mount namespace).
 
+Session 72 (branch flaky72): ``nohup pytest ...`` starts the run with SIGHUP ignored, which
+the server keeps as well: red team 38's three reload tests and red team 37's HUP case failed
+(4 of 6, every such run). Those tests start their servers with SIGHUP at its default
+(``forked_app.sighup_at_default``); the run's own stays ignored, as ``nohup`` asked.
+
 The unbounded waits of the same kind are bounded (tests/waits.py's ``until``), failing with
 the output that explains.
 """
@@ -47,4 +52,28 @@ def test_a_run_started_with_sigint_ignored_gives_it_back_to_its_children(tmp_pat
     log = tmp_path / "child.log"
     code = "import signal; print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)"
     assert forked_app.python_c(code, [], log).wait(timeout=120) == 0, log.read_text()
+    assert log.read_text() == "True\n", log.read_text()
+
+
+def test_a_server_started_in_a_run_under_nohup_takes_the_sighup_its_test_sends(
+    tmp_path: Path,
+) -> None:
+    """Session 72: under ``nohup pytest ...`` red team 38's reload tests and red team 37's HUP
+    case failed, as the server keeps an inherited ignored SIGHUP ignored. Their servers start
+    within `forked_app.sighup_at_default`: a child started there takes SIGHUP, and the run's
+    own stays ignored, as ``nohup`` asked."""
+    found = signal.getsignal(signal.SIGHUP)
+    try:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    except ValueError:
+        pytest.skip("this run's tests do not run in its main thread: signals are not theirs")
+    log = tmp_path / "child.log"
+    code = "import signal; print(signal.getsignal(signal.SIGHUP) is signal.SIG_DFL)"
+    try:
+        with forked_app.sighup_at_default():
+            child = forked_app.python_c(code, [], log)
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, found)
+    assert child.wait(timeout=120) == 0, log.read_text()
     assert log.read_text() == "True\n", log.read_text()
