@@ -1689,8 +1689,13 @@ def _laid_out(directory: Path | str) -> bool:
         # `lstat` raising FileNotFoundError (11 K instructions, against 2 K) for the two
         # names after the first, at each of some 150 directories the checks of what pytest
         # writes walk a run (bench/README.md, "perf-start72"). The first name is the longest,
-        # so a path too long for the system fails there, as it did.
-        if looked and not os.access(path, os.F_OK, follow_symlinks=False):
+        # so a path too long for the system fails there, as it did. As this process's
+        # effective ids and capabilities, as `lstat` looks: `access` by default asks as the
+        # real ids, with the capabilities of a user that is not root dropped, and a process
+        # whose real id may not search `directory` (a setuid run, one holding
+        # CAP_DAC_READ_SEARCH) was told its ``.trash/`` and ``.tmp/`` were not there: a root
+        # known by a mark on either was missed (red team 72 on regress, round d).
+        if looked and not os.access(path, os.F_OK, effective_ids=True, follow_symlinks=False):
             continue
         looked = True
         try:
@@ -1745,14 +1750,22 @@ def _holds_the_app_s(directory: Path | str) -> bool:
 def layout_mark(directory: Path | str) -> dict[str, Any] | None:
     """The mark (`LAYOUT_MARK`) on `directory`, if it is one of a data root's own
     directories; None where there is none, or the filesystem keeps no extended attributes."""
-    # Listed first: a directory without the mark (nearly every one the checks of what pytest
-    # writes walk up, some 150 a run) answers an empty list, where `getxattr` raised
-    # ENODATA, 8 K instructions against 2 K (bench/README.md, "perf-start72"). Where the
-    # list cannot be had (a FUSE filesystem without it), the mark is asked for all the same.
-    with contextlib.suppress(OSError):
-        if LAYOUT_MARK not in os.listxattr(directory):
-            return None
     try:
+        # Listed first: a directory without the mark (nearly every one the checks of what
+        # pytest writes walk up, some 150 a run) answers an empty list, where `getxattr`
+        # raised ENODATA, 8 K instructions against 2 K (bench/README.md, "perf-start72").
+        # Where the list cannot be read, the mark is read all the same: past 64 KiB of
+        # attribute names (another tool's, on tmpfs, XFS or btrfs) the list fails with E2BIG,
+        # while the mark is read, and a marked directory was no root's (red team 72 on
+        # regress, round d).
+        try:
+            listed = os.listxattr(directory)
+        except OSError as error:
+            if error.errno in (errno.ENOENT, errno.ENOTDIR):
+                return None  # nothing there: its `getxattr` would raise the same
+            listed = [LAYOUT_MARK]  # not known to be missing (E2BIG, a FUSE list not kept)
+        if LAYOUT_MARK not in listed:
+            return None
         value = os.getxattr(directory, LAYOUT_MARK)
     except OSError:
         return None  # no mark (ENODATA), none kept (ENOTSUP), or out of reach

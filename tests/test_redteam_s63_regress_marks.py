@@ -373,3 +373,69 @@ def test_a_mark_on_the_last_of_a_root_s_directories_alone_or_beside_others_count
     )
     assert a_root_s_own(tmp_path / "nowhere") is None
     assert a_root_s_own(alone / ".tmp" / "nowhere") is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run as real id nobody, effective root")
+def test_a_root_marked_on_its_trash_alone_counts_for_a_process_whose_real_id_may_not_reach_it(
+    tmp_path: Path,
+) -> None:
+    """perf-start72 asked ``access`` whether a root's ``.trash/`` and ``.tmp/`` were there,
+    which asks as the real ids, with the capabilities of a user that is not root dropped: a
+    setuid run (real id nobody, effective root), whose ``lstat`` reaches the directory, was
+    told both were missing, and a root known by the mark on its ``.trash/`` was no root's
+    (red team 72 on regress, round d). Asked as the effective ids, it is found."""
+    from app.dataroot import a_root_s_own
+
+    root = tmp_path / "private" / "root"
+    (root / ".trash").mkdir(parents=True)
+    os.chmod(root.parent, 0o700)  # root's own: nobody may not search it
+    os.setxattr(root / ".trash", LAYOUT_MARK, b'{"dir": ".trash", "profile": "production"}')
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child's answer is read below
+        try:
+            os.close(read)
+            os.setresuid(65534, 0, 0)
+            os.write(write, repr(a_root_s_own(root)).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as answer:
+        said = answer.read().decode()
+    assert os.waitpid(child, 0)[1] == 0
+    assert said == repr(
+        "its stamp and lock file are gone, but it holds .trash/, one of a data root's own "
+        f"directories, marked as profile 'production''s (extended attribute {LAYOUT_MARK}); "
+        "if that directory is a copy that belongs to no data root now, remove the mark "
+        f"(`setfattr -x {LAYOUT_MARK} {root}/.trash`)"
+    )
+
+
+def test_a_mark_among_more_names_than_a_list_of_them_holds_still_counts() -> None:
+    """perf-start72 listed a directory's extended attributes before reading the mark, and
+    took a list that failed for no mark: past 64 KiB of names (another tool's, on tmpfs,
+    XFS or btrfs) ``listxattr`` fails with E2BIG, and a marked ``.trash/`` was no root's
+    directory, while its ``getxattr`` reads the mark (red team 72 on regress, round d)."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or not os.access(shm, os.W_OK):
+        pytest.skip("no /dev/shm to write in")
+    import shutil
+    import tempfile
+
+    place = Path(tempfile.mkdtemp(dir=shm, prefix="rt-regress72d-"))
+    try:
+        trash = place / ".trash"
+        trash.mkdir()
+        try:
+            os.setxattr(trash, LAYOUT_MARK, b'{"dir": ".trash", "profile": "production"}')
+            for number in range(270):  # 270 names of 250 bytes: past the 64 KiB a list holds
+                os.setxattr(trash, f"user.other.{number:03}.".ljust(250, "x"), b"")
+        except OSError as error:
+            pytest.skip(f"/dev/shm keeps no such attributes here ({error})")
+        with pytest.raises(OSError) as listed:
+            os.listxattr(trash)
+        assert listed.value.errno == errno.E2BIG
+        assert layout_mark(trash) == {"dir": ".trash", "profile": "production"}
+        assert layout_mark(place / "nowhere") is None
+    finally:
+        shutil.rmtree(place)

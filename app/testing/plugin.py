@@ -713,7 +713,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     for name, value in state.saved_env.items():
         if value is None:
             if name in present:
-                del os.environ[name]
+                os.environ.pop(name, None)  # not `del`: another thread may have unset it since
         else:
             os.environ[name] = value
 
