@@ -63,11 +63,14 @@ def test_the_apps_own_guard_run_by_anothers_trigger_names_the_trigger(
             "CREATE TRIGGER dba_prune AFTER INSERT ON app_audit"
             " FOR EACH STATEMENT EXECUTE FUNCTION dba_prune()"
         )
-        with (
-            pytest.raises(DatabaseRefusedError) as refused,
-            pg.refusals(where, "the audit record"),
-        ):
-            pg.audit(dba, PROFILE, "test", "adopt-copy", "x")
+        try:
+            with (
+                pytest.raises(DatabaseRefusedError) as refused,
+                pg.refusals(where, "the audit record"),
+            ):
+                pg.audit(dba, PROFILE, "test", "adopt-copy", "x")
+        finally:  # the module's database, which its other tests share, as it was
+            dba.execute("DROP TRIGGER dba_prune ON app_audit")
         assert refused.value.sqlstate == "P0001"
         assert "app_audit is append-only: DELETE refused" in refused.value.message
         # Before: "in function app_audit_append_only()", and its remedy to disable the
@@ -80,7 +83,6 @@ def test_the_apps_own_guard_run_by_anothers_trigger_names_the_trigger(
         # remote backend: `test_a_rule_that_makes_a_change_of_the_audit_is_named`).
         with pytest.raises(psycopg.errors.RaiseException) as own:
             dba.execute("DELETE FROM app_audit")
-        dba.execute("DROP TRIGGER dba_prune ON app_audit")
         refused_own = pg.refusal(where, own.value, "a statement")
         assert refused_own is not None
         assert "refused a change to app_audit that the app never makes" in refused_own.message
@@ -231,6 +233,18 @@ def test_the_apps_own_guard_under_a_pinned_search_path_is_the_apps(
             assert refused.value.message.endswith("; nothing was changed. " + _raised("prune()"))
             remedy = refused.value.message.split("; nothing was changed. ", 1)[1]
             assert "app_audit_append_only" not in remedy
+            # Its query, pasted as printed into a session whose path leaves `dba` out (psql's
+            # default), names the trigger. Before (round k's *not stopped*, closed by red team
+            # 72 on the remote backend): `'prune()'::regprocedure`, an error there,
+            # `function "prune()" does not exist`.
+            [query] = re.findall(r"\(`(SELECT tgrelid.*?)` names it", remedy)
+            dba.execute('SET search_path = "$user", public')
+            try:
+                assert [row[1] for row in dba.execute(query)] == ["dba_prune"]
+            finally:
+                dba.execute(
+                    psycopg.sql.SQL("SET search_path = {}").format(psycopg.sql.Identifier(schema))
+                )
             # A namesake of the app's guard in another schema, raising alone: named.
             dba.execute("DROP TRIGGER dba_prune ON app_audit")
             dba.execute(_NAMESAKE)
@@ -299,12 +313,14 @@ def test_a_function_whose_quoted_name_holds_a_newline_is_named_whole(
             # Before: "in function app_audit_append_only\"()", the frame ended at the newline
             # inside its name, and a query that named no function.
             assert f"Code of another's raised it, in function {FORGED}: " in refused.value.message
-            [found] = re.findall(r"tgfoid = (.*?)::regprocedure", refused.value.message)
-            assert found == "E'\"f\\x0aPL/pgSQL function app_audit_append_only\"()'"
+            [found] = re.findall(r"tgfoid (.*?)` names it", refused.value.message)
+            assert found == (
+                "IN (SELECT oid FROM pg_proc WHERE proname = "
+                "E'f\\x0aPL/pgSQL function app_audit_append_only' AND pronargs = 0)"
+            )
             # Pasted as printed, it names the trigger.
             named = dba.execute(
-                "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal"
-                f" AND tgfoid = {found}::regprocedure"
+                f"SELECT tgname FROM pg_trigger WHERE NOT tgisinternal AND tgfoid {found}"
             ).fetchall()
             assert named == [("dba_freeze",)]
         finally:
