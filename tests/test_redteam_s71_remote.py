@@ -255,12 +255,19 @@ BEGIN RAISE EXCEPTION 'DROP is not allowed on this database: ask the DBA'; END $
 
 
 def _raised(function: str) -> str:
+    # Named without its schema: looked up by name in every schema (red team 72 on the remote
+    # backend), so that a session whose search_path leaves the function's schema out finds it.
+    found = (
+        f"IN (SELECT oid FROM pg_proc WHERE proname = '{function[:-2]}' AND pronargs = 0)"
+        if function.endswith("()") and "." not in function
+        else f"= '{function}'::regprocedure"
+    )
     return (
         f"Code of another's raised it, in function {function}: a trigger on the app's tables "
         "(`SELECT tgrelid::regclass, tgname FROM pg_trigger WHERE NOT tgisinternal AND "
-        f"tgfoid = '{function}'::regprocedure` names it; `app doctor` lists those run before "
+        f"tgfoid {found}` names it; `app doctor` lists those run before "
         "a row's change) or an event trigger on the database's DDL (`SELECT evtname, "
-        f"evtevent, evttags FROM pg_event_trigger WHERE evtfoid = '{function}'::regprocedure`). "
+        f"evtevent, evttags FROM pg_event_trigger WHERE evtfoid {found}`). "
         "Its message is its owner's: retry once they allow it, or, as the owner of the app's "
         "tables or a superuser, `ALTER TABLE <table> DISABLE TRIGGER <name>` or `ALTER EVENT "
         "TRIGGER <name> DISABLE`"
