@@ -444,6 +444,43 @@ def test_a_settings_file_under_a_near_miss_of_its_name_is_refused_not_ignored(
     )
 
 
+def test_a_settings_file_with_its_words_in_another_order_is_refused_not_ignored(
+    make_settings: SettingsMaker,
+) -> None:
+    # Azure Functions' `local.settings.json` gives `local.settings.toml`, `.env.local`'s habit
+    # `settings.toml.local`: neither a near miss word by word, so development's own root and
+    # the secrets in them were ignored with nothing said (red team 72). A test run reads no
+    # local file: the check outside one (`local`) is asked directly.
+    settings = make_settings()
+    misnamed = settings / "local.settings.toml"
+    misnamed.write_text('[development]\ndata_root = "mine"\n')
+    files = config_files.read_files(os.environ, sandboxed=False)
+    (refused,) = config_files.misnamed_files(files)
+    assert str(refused) == (
+        f"settings file {misnamed} looks meant as settings.local.toml, which is not there; the "
+        "app reads only settings.toml, .secrets.toml, settings.local.toml and "
+        ".secrets.local.toml, so as it is, every value in local.settings.toml is ignored. To "
+        f"use it: `mv {misnamed} {settings / 'settings.local.toml'}`. If it is not the app's, "
+        "move it out of the settings directory"
+    )
+    misnamed.rename(settings / "settings.toml.local")
+    # Copies and templates have a word of their own; a directory holds no settings.
+    for name in ("local.secrets.toml", "settings.toml.bak", "settings.toml.example"):
+        (settings / name).write_text("[development]\n")
+    (settings / "toml.secrets").mkdir()
+    files = config_files.read_files(os.environ, sandboxed=False)
+    found = [(e.path.name, e.meant) for e in config_files.misnamed_files(files)]
+    assert found == [
+        ("local.secrets.toml", ".secrets.local.toml"),
+        ("settings.toml.local", "settings.local.toml"),
+    ]
+    (settings / "settings.toml.local").rename(settings / "settings.local.toml")
+    (settings / "local.secrets.toml").rename(settings / ".secrets.local.toml")
+    files = config_files.read_files(os.environ, sandboxed=False)
+    assert list(config_files.misnamed_files(files)) == []  # as the refusals said: read now
+    assert {p.name for p in files.paths} >= {"settings.local.toml", ".secrets.local.toml"}
+
+
 # --- data roots: resolved once, absolutely ----------------------------------------------------
 
 
