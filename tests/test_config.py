@@ -1251,6 +1251,68 @@ def test_a_dynaconf_switch_variable_is_refused_by_name(
     assert f"unset {switch}" in str(refusal)
 
 
+@pytest.mark.parametrize(
+    ("name", "odd"),
+    [
+        (
+            "\u0415NV_FOR_DYNACONF",
+            " (written with U+0415 CYRILLIC CAPITAL LETTER IE, not plain ASCII)",
+        ),
+        ("ENB_FOR_DYNACONF", ""),
+    ],
+)
+def test_a_switch_that_looks_meant_as_the_profile_s_variable_is_refused_as_that(
+    make_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch, name: str, odd: str
+) -> None:
+    # A look-alike or typo of ENV_FOR_DYNACONF ends in _FOR_DYNACONF: it was refused as a
+    # switch that "would change which files or profile dynaconf loads", with `unset` (for
+    # the default profile) the one fix named and no word of the name meant (red team 72).
+    make_settings()
+    monkeypatch.delenv("ENV_FOR_DYNACONF")
+    monkeypatch.setenv(name, "production")
+    with pytest.raises(VariableMisspeltError) as caught:
+        load()
+    # (A name no shell can unset says so after: the next test.)
+    assert str(caught.value).startswith(
+        f"environment variable {name}='production'{odd} looks meant as ENV_FOR_DYNACONF, but "
+        "only ENV_FOR_DYNACONF (or --profile) selects the profile; as it is, the app would "
+        "use the default profile 'testing'. To use what it names: export "
+        f"ENV_FOR_DYNACONF=production; unset {name}. To use the default profile 'testing': "
+        f"unset {name}"
+    )
+    # With the profile chosen otherwise, it is a switch as before: still refused.
+    with pytest.raises(DynaconfSwitchError):
+        load("testing")
+
+
+def test_a_variable_no_shell_can_unset_is_refused_with_a_command_that_removes_it(
+    make_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `unset` of ENV_FOR_DYNACONF with a Cyrillic first letter, as both refusals said: bash
+    # returns 0 and leaves it set, dash refuses the name; `env -u` removes it (red team 72).
+    name = "\u0415NV_FOR_DYNACONF"
+    make_settings()
+    monkeypatch.setenv(name, "production")
+    note = (
+        f"('{name}' is no shell identifier, so no shell can `unset` it: bash's `unset` leaves "
+        "it set and says nothing. Remove it where it is set (an environment file, a unit's "
+        f"Environment=, a container's -e), or run the command under `env -u '{name}'`)"
+    )
+    with pytest.raises(DynaconfSwitchError) as switch:
+        load("testing")
+    assert str(switch.value).endswith(f"Unset them: unset {name} {note}")
+    monkeypatch.delenv("ENV_FOR_DYNACONF")
+    with pytest.raises(VariableMisspeltError) as misspelt:
+        load()
+    assert str(misspelt.value).endswith(f"unset {name} {note}")
+    monkeypatch.setenv("ENV_FOR_DYNACONF", "testing")
+    monkeypatch.delenv(name)
+    monkeypatch.setenv("INCLUDES_FOR_DYNACONF", "x.toml")  # a name a shell can unset
+    with pytest.raises(DynaconfSwitchError) as plain:
+        load("testing")
+    assert str(plain.value).endswith("Unset them: unset INCLUDES_FOR_DYNACONF")
+
+
 @pytest.mark.filterwarnings("ignore:DYNACONF_.* is deprecated:DeprecationWarning")
 @pytest.mark.parametrize(
     ("variable", "value"),
