@@ -901,6 +901,8 @@ def _near_names(
         if name in (SETTINGS_FILE, SECRETS_FILE, *LOCAL_FILES):
             continue
         typed = name if name.isascii() else _as_seen(name)
+        if "toml" not in typed.lower():  # most names of a directory, at one look each
+            continue
         # A space, or a comma (the key beside `.`), typed for a `.` is a separator too.
         spaced = _file_key(typed).replace(" ", ".").replace(",", ".")
         found = orders.get(tuple(sorted(word for word in spaced.split(".") if word)))
