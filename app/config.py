@@ -963,6 +963,34 @@ def _refuse_misspelt_selector(
         )
 
 
+def _refuse_selector_among_switches(environ: Mapping[str, str], switches: list[str]) -> None:
+    """Refuse a switch variable that looks meant as ``ENV_FOR_DYNACONF`` as the misspelt
+    selector it is (`_refuse_misspelt_selector`), where that is not set.
+
+    ``\u0415NV_FOR_DYNACONF=production`` (a Cyrillic first letter) or ``ENB_FOR_DYNACONF``
+    ends in ``_FOR_DYNACONF``: it was refused as a switch that "would change which files or
+    profile dynaconf loads", and the fix named was to unset it, for the default profile,
+    with no word of the name it looks meant as, while its look-alikes elsewhere in the name
+    name it and the ``export`` (red team 72). Still refused when the settings cannot be read
+    (that refusal comes next, once the switch is gone).
+    """
+    candidates = {name: environ[name] for name in switches if name in environ}
+    if config_files.misspelt(candidates, PROFILE_ENV, (), lambda _: False) is None:
+        return
+    where = sandboxing.context()
+    run = where.run
+    try:
+        known = config_files.read_files(environ, sandboxed=run is not None).profiles
+    except ConfigError:
+        return
+    in_run = (
+        run is not None
+        and where.bare is None
+        and DEFAULT_PROFILE not in sandboxing.allowed_profiles(run)
+    )
+    _refuse_misspelt_selector(candidates, known, RUN_PROFILE if in_run else DEFAULT_PROFILE)
+
+
 # Switches dynaconf honours that do not end in _FOR_DYNACONF: old spellings it still maps
 # (dynaconf.utils.RENAMED_VARS; DYNACONF_SILENT_ERRORS=false made it crash on a missing
 # section). The app loads with environments=False, so no env switcher applies. SETTINGS_MODULE and
@@ -2690,6 +2718,8 @@ def inspect_profiles(
     env = environment_now() if environ is None else environ
     switches = dynaconf_switches(env)
     if switches:  # every profile built with them would be wrong, so stop here
+        if profile is None and PROFILE_ENV not in env:
+            _refuse_selector_among_switches(env, switches)
         raise DynaconfSwitchError(switches)
     where = sandboxing.context()
     run = where.run

@@ -892,14 +892,27 @@ def _near_names(
     ``settings.vocal.toml`` (0.93) alone.
     """
     keys = {_file_key(name).removesuffix(".toml"): name for name in meant}
+    # The same words in another order, ``.toml`` one of them: Azure Functions' habit of
+    # ``local.settings.json`` gives ``local.settings.toml``, and ``.env.local``'s gives
+    # ``settings.toml.local``; each was ignored with nothing said (red team 72). No name of
+    # another file or a copy has exactly these words (``settings.toml.bak`` has a third).
+    orders = {tuple(sorted(_file_key(name).split("."))): name for name in meant}
     for name in names:
         if name in (SETTINGS_FILE, SECRETS_FILE, *LOCAL_FILES):
             continue
         typed = name if name.isascii() else _as_seen(name)
-        if not typed.rstrip().lower().endswith(".toml"):
+        if "toml" not in typed.lower():  # most names of a directory, at one look each
             continue
         # A space, or a comma (the key beside `.`), typed for a `.` is a separator too.
-        stem = _file_key(typed).removesuffix(".toml").replace(" ", ".").replace(",", ".")
+        spaced = _file_key(typed).replace(" ", ".").replace(",", ".")
+        found = orders.get(tuple(sorted(word for word in spaced.split(".") if word)))
+        if found is not None:
+            if not os.path.isdir(directory / name):  # noqa: PTH112 - as below
+                yield name, found
+            continue
+        if not typed.rstrip().lower().endswith(".toml"):
+            continue
+        stem = spaced.removesuffix(".toml")
         words = stem.split(".")
         found = keys.get(stem)
         for key, file in keys.items():

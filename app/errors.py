@@ -621,6 +621,27 @@ def shell_word(value: str | os.PathLike[str]) -> str:
     return f"\"$(printf -- '{_printf_escaped(kept)}')\"" + (f"'{newlines}'" if newlines else "")
 
 
+def unset_note(names: Sequence[str]) -> str:
+    """What a message that says ``unset NAME`` adds where a name is no shell identifier, or
+    ``""``: no shell can unset such a variable (``ENV_FOR_DYNACONF`` spelled with a
+    Cyrillic U+0415 through ``env``, a docker ``-e``): bash's ``unset`` leaves it set and
+    says nothing, dash's refuses it: the command a refusal named resolved nothing
+    (red team 72)."""
+    import re  # here: only a refusal pays for it
+
+    odd = [name for name in names if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name)]
+    if not odd:
+        return ""
+    words = ", ".join(shell_word(name) for name in odd)
+    without = " ".join(f"-u {shell_word(name)}" for name in odd)
+    return (
+        f" ({words} {'is' if len(odd) == 1 else 'are'} no shell identifier, so no shell can "
+        "`unset` it: bash's `unset` leaves it set and says nothing. Remove it where it is set "
+        "(an environment file, a unit's Environment=, a container's -e), or run the command "
+        f"under `env {without}`)"
+    )
+
+
 def _printf_escaped(text: str) -> str:
     """`text` as printf(1)'s format inside single quotes (`shell_word`)."""
     import re  # here: only a refusal pays for it
@@ -852,6 +873,7 @@ class VariableMisspeltError(ConfigError):
             f"environment variable {name} looks meant as {self.meant}, "
             f"but only {self.meant} {self.role}; as it is, the app would use {self.fallback}. "
             f"To use what it names: {self.fix}. To use {self.fallback}: unset {self.name}"
+            f"{unset_note([self.name])}"
         )
 
 
@@ -917,7 +939,7 @@ class DynaconfSwitchError(ConfigError):
             f"environment variable(s) {', '.join(self.names)} would change which files or "
             "profile dynaconf loads behind the app's back; the app configures dynaconf itself "
             "and selects the profile with ENV_FOR_DYNACONF or --profile only. "
-            f"Unset them: unset {' '.join(self.names)}"
+            f"Unset them: unset {' '.join(self.names)}{unset_note(self.names)}"
         )
 
 

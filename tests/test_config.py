@@ -444,6 +444,43 @@ def test_a_settings_file_under_a_near_miss_of_its_name_is_refused_not_ignored(
     )
 
 
+def test_a_settings_file_with_its_words_in_another_order_is_refused_not_ignored(
+    make_settings: SettingsMaker,
+) -> None:
+    # Azure Functions' `local.settings.json` gives `local.settings.toml`, `.env.local`'s habit
+    # `settings.toml.local`: neither a near miss word by word, so development's own root and
+    # the secrets in them were ignored with nothing said (red team 72). A test run reads no
+    # local file: the check outside one (`local`) is asked directly.
+    settings = make_settings()
+    misnamed = settings / "local.settings.toml"
+    misnamed.write_text('[development]\ndata_root = "mine"\n')
+    files = config_files.read_files(os.environ, sandboxed=False)
+    (refused,) = config_files.misnamed_files(files)
+    assert str(refused) == (
+        f"settings file {misnamed} looks meant as settings.local.toml, which is not there; the "
+        "app reads only settings.toml, .secrets.toml, settings.local.toml and "
+        ".secrets.local.toml, so as it is, every value in local.settings.toml is ignored. To "
+        f"use it: `mv {misnamed} {settings / 'settings.local.toml'}`. If it is not the app's, "
+        "move it out of the settings directory"
+    )
+    misnamed.rename(settings / "settings.toml.local")
+    # Copies and templates have a word of their own; a directory holds no settings.
+    for name in ("local.secrets.toml", "settings.toml.bak", "settings.toml.example"):
+        (settings / name).write_text("[development]\n")
+    (settings / "toml.secrets").mkdir()
+    files = config_files.read_files(os.environ, sandboxed=False)
+    found = [(e.path.name, e.meant) for e in config_files.misnamed_files(files)]
+    assert found == [
+        ("local.secrets.toml", ".secrets.local.toml"),
+        ("settings.toml.local", "settings.local.toml"),
+    ]
+    (settings / "settings.toml.local").rename(settings / "settings.local.toml")
+    (settings / "local.secrets.toml").rename(settings / ".secrets.local.toml")
+    files = config_files.read_files(os.environ, sandboxed=False)
+    assert list(config_files.misnamed_files(files)) == []  # as the refusals said: read now
+    assert {p.name for p in files.paths} >= {"settings.local.toml", ".secrets.local.toml"}
+
+
 # --- data roots: resolved once, absolutely ----------------------------------------------------
 
 
@@ -1212,6 +1249,68 @@ def test_a_dynaconf_switch_variable_is_refused_by_name(
     assert isinstance(refusal, DynaconfSwitchError)
     assert refusal.names == (switch,)
     assert f"unset {switch}" in str(refusal)
+
+
+@pytest.mark.parametrize(
+    ("name", "odd"),
+    [
+        (
+            "\u0415NV_FOR_DYNACONF",
+            " (written with U+0415 CYRILLIC CAPITAL LETTER IE, not plain ASCII)",
+        ),
+        ("ENB_FOR_DYNACONF", ""),
+    ],
+)
+def test_a_switch_that_looks_meant_as_the_profile_s_variable_is_refused_as_that(
+    make_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch, name: str, odd: str
+) -> None:
+    # A look-alike or typo of ENV_FOR_DYNACONF ends in _FOR_DYNACONF: it was refused as a
+    # switch that "would change which files or profile dynaconf loads", with `unset` (for
+    # the default profile) the one fix named and no word of the name meant (red team 72).
+    make_settings()
+    monkeypatch.delenv("ENV_FOR_DYNACONF")
+    monkeypatch.setenv(name, "production")
+    with pytest.raises(VariableMisspeltError) as caught:
+        load()
+    # (A name no shell can unset says so after: the next test.)
+    assert str(caught.value).startswith(
+        f"environment variable {name}='production'{odd} looks meant as ENV_FOR_DYNACONF, but "
+        "only ENV_FOR_DYNACONF (or --profile) selects the profile; as it is, the app would "
+        "use the default profile 'testing'. To use what it names: export "
+        f"ENV_FOR_DYNACONF=production; unset {name}. To use the default profile 'testing': "
+        f"unset {name}"
+    )
+    # With the profile chosen otherwise, it is a switch as before: still refused.
+    with pytest.raises(DynaconfSwitchError):
+        load("testing")
+
+
+def test_a_variable_no_shell_can_unset_is_refused_with_a_command_that_removes_it(
+    make_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `unset` of ENV_FOR_DYNACONF with a Cyrillic first letter, as both refusals said: bash
+    # returns 0 and leaves it set, dash refuses the name; `env -u` removes it (red team 72).
+    name = "\u0415NV_FOR_DYNACONF"
+    make_settings()
+    monkeypatch.setenv(name, "production")
+    note = (
+        f"('{name}' is no shell identifier, so no shell can `unset` it: bash's `unset` leaves "
+        "it set and says nothing. Remove it where it is set (an environment file, a unit's "
+        f"Environment=, a container's -e), or run the command under `env -u '{name}'`)"
+    )
+    with pytest.raises(DynaconfSwitchError) as switch:
+        load("testing")
+    assert str(switch.value).endswith(f"Unset them: unset {name} {note}")
+    monkeypatch.delenv("ENV_FOR_DYNACONF")
+    with pytest.raises(VariableMisspeltError) as misspelt:
+        load()
+    assert str(misspelt.value).endswith(f"unset {name} {note}")
+    monkeypatch.setenv("ENV_FOR_DYNACONF", "testing")
+    monkeypatch.delenv(name)
+    monkeypatch.setenv("INCLUDES_FOR_DYNACONF", "x.toml")  # a name a shell can unset
+    with pytest.raises(DynaconfSwitchError) as plain:
+        load("testing")
+    assert str(plain.value).endswith("Unset them: unset INCLUDES_FOR_DYNACONF")
 
 
 @pytest.mark.filterwarnings("ignore:DYNACONF_.* is deprecated:DeprecationWarning")
