@@ -57,6 +57,7 @@ import asyncio
 import contextlib
 import fcntl
 import logging
+import re
 import socket
 import struct
 import termios
@@ -113,6 +114,8 @@ ANSWERED: Final = "app.answered"
 uvicorn created as it parsed the head, then leaves the application alone (`_UnlessAnswered`)."""
 
 HEALTH_PATH: Final = b"/health"
+#: A CR that the next byte shows is not the start of a CRLF (RFC 9112, 2.2: a bare CR).
+_BARE_CR: Final = re.compile(rb"\r[^\n]")
 
 
 # How long an idle timer that fired late waits again, once bytes were found unread: one turn
@@ -597,10 +600,16 @@ def bounded_h11(
             self._crlf = 2 if kind is h11.Data and event.chunk_end else self._crlf - ended
             framing = self._framing + took
             self._framing = framing if event is h11.NEED_DATA else 0
-            if event is h11.NEED_DATA and self._size_line_bare_lf():
-                self.bare_lf = True
-                self._process_error(self.their_role)
-                raise h11.RemoteProtocolError("a chunk size line ended by a bare LF")
+            if event is h11.NEED_DATA and len(self._receive_buffer):
+                # Bytes that cannot end the line or lines h11 waits for (none between
+                # requests on a kept-alive connection, nothing looked at then).
+                if self._size_line_bare_lf():
+                    self.bare_lf = True
+                    self._process_error(self.their_role)
+                    raise h11.RemoteProtocolError("a chunk size line ended by a bare LF")
+                if self._lines_bare_cr():
+                    self._process_error(self.their_role)
+                    raise h11.RemoteProtocolError("a bare CR in a head or a trailer")
             if framing > max_header_bytes:
                 self.oversized = framing
                 self._process_error(self.their_role)
@@ -610,6 +619,22 @@ def bounded_h11(
             if kind is h11.EndOfMessage and event.headers:
                 self.trailer = list(event.headers)
             return event
+
+        def _lines_bare_cr(self) -> bool:
+            """Whether h11 waits for the end of a head or a trailer that has a bare CR.
+
+            h11 ends their lines at LF (a CRLF or a bare LF), so a head whose lines ended
+            with CRs alone (``GET /health HTTP/1.1\\rHost: x\\r\\r``) was waited on as one
+            still coming, and its client got 408 "the request line and headers did not
+            arrive" after ``request_idle_seconds``, and a trailer so ended 408 too, where
+            RFC 9112 (2.2) calls an element with a bare CR invalid, and a bare CR in a head
+            that came whole was a 400 at once (red team 72 on the HTTP contract).
+            """
+            reader = self._reader
+            waiting = self.their_state is h11.IDLE or (
+                type(reader) is ChunkedReader and reader._reading_trailer
+            )
+            return waiting and _BARE_CR.search(bytes(self._receive_buffer)) is not None
 
         def _size_line_bare_lf(self) -> bool:
             """Whether h11 waits for the CRLF of a chunk's size line that a bare LF ended.
