@@ -374,3 +374,55 @@ def test_a_filename_cut_in_rfc_2231_continuations_is_refused(server: LiveServer)
         assert f"gives {refused.decode()!r} in its Content-Disposition" in message, message
         assert "RFC 2231 continuation" in message and "Nothing was stored" in message, message
     assert _stored(server, session_id) == ["e.txt"]
+
+
+# Red team 72 on the HTTP contract (branch rt-http72), on the same server.
+
+
+@pytest.mark.parametrize("chunks", [b"5\nabcde\n0\n\n", b"5\r\nabcde\r\n0\n\n"])
+def test_a_chunk_size_line_ended_by_a_bare_lf_is_refused_at_once(
+    server: LiveServer, chunks: bytes
+) -> None:
+    # Found by hand (`printf` of chunks into `nc`): h11 ends a chunk's size line at a CRLF
+    # alone, so a body whose size lines end with bare LFs was waited on as one line still
+    # coming, and its client, which had sent the whole body, got 408 "sent no more of its
+    # body" after request_idle_seconds (30 s; nothing at all had it shut its side).
+    session_id = a_session(server)
+    path = f"/sessions/{session_id}/files/lf.txt"
+    head = head_of(server, f"PUT {path}", "Transfer-Encoding: chunked\r\n")
+    with connect(server) as sock:
+        sock.sendall(head + chunks)
+        answers = Answers(sock)
+        status, headers, body = answers.next()  # a socket timeout (WAIT) fails here
+        assert (status, headers["connection"].lower()) == (400, "close"), body
+        assert answers.rest() == b""
+    assert json.loads(body)["message"] == (
+        f"PUT {path} refused: a chunk's size line of its body ends with a bare LF; RFC 9112 "
+        "(7.1) ends it with CRLF. Nothing of it was kept and the connection is closed. "
+        "Check the client"
+    )
+    assert _stored(server, session_id) == []
+
+
+def test_a_head_or_a_trailer_whose_lines_end_with_bare_crs_is_refused_at_once(
+    server: LiveServer,
+) -> None:
+    # Found by hand, as the test above: h11 ends a head's and a trailer's lines at an LF, so
+    # lines ended by CRs alone were waited on as a head or a trailer still coming, and 408
+    # "the request line and headers did not arrive" after request_idle_seconds, where RFC
+    # 9112 (2.2) calls a bare CR invalid (and one in a head that came whole was 400 at once).
+    with connect(server) as sock:
+        sock.sendall(b"GET /sessions HTTP/1.1\rHost: x\r\r")
+        answers = Answers(sock)
+        status, headers, body = answers.next()  # a socket timeout (WAIT) fails here
+        assert (status, headers["connection"].lower()) == (400, "close"), body
+        assert json.loads(body)["message"].startswith("malformed HTTP request: it is not")
+    session_id = a_session(server)
+    path = f"/sessions/{session_id}/files/cr.txt"
+    head = head_of(server, f"PUT {path}", "Transfer-Encoding: chunked\r\n")
+    with connect(server) as sock:
+        sock.sendall(head + b"2\r\nhi\r\n0\r\nX-A: 1\rX-B: 2\r\r")
+        status, headers, body = Answers(sock).next()
+        assert (status, headers["connection"].lower()) == (400, "close"), body
+    assert json.loads(body)["message"].startswith(f"PUT {path} refused: its chunked body is")
+    assert _stored(server, session_id) == []

@@ -57,6 +57,7 @@ import asyncio
 import contextlib
 import fcntl
 import logging
+import re
 import socket
 import struct
 import termios
@@ -113,6 +114,8 @@ ANSWERED: Final = "app.answered"
 uvicorn created as it parsed the head, then leaves the application alone (`_UnlessAnswered`)."""
 
 HEALTH_PATH: Final = b"/health"
+#: A CR that the next byte shows is not the start of a CRLF (RFC 9112, 2.2: a bare CR).
+_BARE_CR: Final = re.compile(rb"\r[^\n]")
 
 
 # How long an idle timer that fired late waits again, once bytes were found unread: one turn
@@ -537,7 +540,7 @@ def bounded_h11(
     """
     # Imported here: only `serve` needs uvicorn, and the in-process test client does not.
     import h11
-    from h11._readers import ContentLengthReader
+    from h11._readers import ChunkedReader, ContentLengthReader
     from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -580,6 +583,8 @@ def bounded_h11(
         _framing = 0
         #: The bytes of the CRLF that ends a chunk's data h11 has still to take first.
         _crlf = 0
+        #: A chunk's size line was ended by a bare LF (refused, 400).
+        bare_lf = False
 
         def next_event(self) -> Any:
             before = len(self._receive_buffer)
@@ -595,6 +600,16 @@ def bounded_h11(
             self._crlf = 2 if kind is h11.Data and event.chunk_end else self._crlf - ended
             framing = self._framing + took
             self._framing = framing if event is h11.NEED_DATA else 0
+            if event is h11.NEED_DATA and len(self._receive_buffer):
+                # Bytes that cannot end the line or lines h11 waits for (none between
+                # requests on a kept-alive connection, nothing looked at then).
+                if self._size_line_bare_lf():
+                    self.bare_lf = True
+                    self._process_error(self.their_role)
+                    raise h11.RemoteProtocolError("a chunk size line ended by a bare LF")
+                if self._lines_bare_cr():
+                    self._process_error(self.their_role)
+                    raise h11.RemoteProtocolError("a bare CR in a head or a trailer")
             if framing > max_header_bytes:
                 self.oversized = framing
                 self._process_error(self.their_role)
@@ -604,6 +619,42 @@ def bounded_h11(
             if kind is h11.EndOfMessage and event.headers:
                 self.trailer = list(event.headers)
             return event
+
+        def _lines_bare_cr(self) -> bool:
+            """Whether h11 waits for the end of a head or a trailer that has a bare CR.
+
+            h11 ends their lines at LF (a CRLF or a bare LF), so a head whose lines ended
+            with CRs alone (``GET /health HTTP/1.1\\rHost: x\\r\\r``) was waited on as one
+            still coming, and its client got 408 "the request line and headers did not
+            arrive" after ``request_idle_seconds``, and a trailer so ended 408 too, where
+            RFC 9112 (2.2) calls an element with a bare CR invalid, and a bare CR in a head
+            that came whole was a 400 at once (red team 72 on the HTTP contract).
+            """
+            reader = self._reader
+            waiting = self.their_state is h11.IDLE or (
+                type(reader) is ChunkedReader and reader._reading_trailer
+            )
+            return waiting and _BARE_CR.search(bytes(self._receive_buffer)) is not None
+
+        def _size_line_bare_lf(self) -> bool:
+            """Whether h11 waits for the CRLF of a chunk's size line that a bare LF ended.
+
+            h11 ends that line at a CRLF alone (a head's lines and a trailer's may end at a
+            bare LF, as RFC 9112 2.2 lets it): ``5\\nabcde\\n0\\n\\n`` (``printf`` into
+            ``nc``) was waited on as one line still coming, and its client, which had sent
+            its whole body, got 408 "sent no more of its body" after ``request_idle_seconds``
+            (or nothing, had it shut its side) rather than the 400 a malformed chunk gets
+            (red team 72 on the HTTP contract). While h11 waits for that line, its buffer
+            holds no CRLF (it would have taken the line), so any LF there ends it bare.
+            """
+            reader = self._reader
+            return (
+                type(reader) is ChunkedReader
+                and reader._bytes_in_chunk == 0
+                and not reader._bytes_to_discard
+                and not reader._reading_trailer
+                and b"\n" in bytes(self._receive_buffer)
+            )
 
     class BoundedH11Protocol(H11Protocol):
         _head_timer: asyncio.TimerHandle | None = None
@@ -820,6 +871,12 @@ def bounded_h11(
                     "refused %s: a line of its chunked body over %d bytes", request, received
                 )
                 error = BodyLineTooLargeError(max_header_bytes, request)
+            elif getattr(self.conn, "bare_lf", False):
+                error = BadRequestError(
+                    f"{request} refused: a chunk's size line of its body ends with a bare LF; "
+                    "RFC 9112 (7.1) ends it with CRLF. Nothing of it was kept and the "
+                    "connection is closed. Check the client"
+                )
             else:
                 error = BadRequestError(
                     f"{request} refused: its chunked body is malformed (chunk framing, a size "
