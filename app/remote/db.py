@@ -499,13 +499,26 @@ class Database:
         before this was kept."""
         with contextlib.suppress(psycopg.Error):
             began = _session_defaults(conn)
-            row = conn.execute(_READ_ONLY_GONE).fetchone()
             # Its server process took a read-only setting reset since, as it started: the
             # RESET committed between the two. A drain at another's refusal misses it
             # (psycopg_pool adds a connection that was opening then as new), and it refused
             # one change more after the reset (a flaky run of red team 38's test, session
             # 72). Never lent (`_pooled`).
-            self._began_with[conn] = _BORN_STALE if row is not None and row["gone"] else began
+            # Asked only of a session that may be read-only: `_READ_ONLY_GONE` reads
+            # pg_settings, which the server builds whole (some 350 rows) for each look, and
+            # cost every connection opened about a fifth more server time, though a session
+            # that is not read-only cannot be stale so (red team 72 on regress, round e).
+            # PostgreSQL 14 and later report the session's value as it starts and at each
+            # change (ParameterStatus): ``off`` is the session's own word; an older server
+            # or a pooler that does not pass it on says nothing, and is asked. Nor of a
+            # reader's: it changes nothing, so a read-only session serves it as well, and
+            # closing it cost a connection opened for nothing.
+            said = conn.info.parameter_status("default_transaction_read_only")
+            if not self.read_only and said != "off":
+                row = conn.execute(_READ_ONLY_GONE).fetchone()
+                if row is not None and row["gone"]:
+                    began = _BORN_STALE
+            self._began_with[conn] = began
 
     def _settings_changed(self, conn: Connection) -> bool:
         """Whether the database's or the role's settings (`_SESSION_DEFAULTS`) are not those
