@@ -16,6 +16,7 @@ import forked_pytest
 import head_start
 import httpcore  # noqa: F401  (see below)
 import pytest
+from children_bytecode import CHILDREN_BYTECODE, seed_with_installed_bytecode
 from docs_site import build
 from project_copy import copy_project_settings
 from side_by_side import INNER_ADDOPTS, NEXT_ITEM
@@ -72,10 +73,6 @@ def pytest_configure(config: pytest.Config) -> None:
     forked_app.remember_the_run()  # the environment every test's children start from
 
 
-#: Where the run's Python children keep their bytecode, in the rootdir (.gitignore).
-CHILDREN_BYTECODE = ".pytest_children_pycache"
-
-
 def _children_keep_their_bytecode(config: pytest.Config) -> None:
     # Under PYTHONDONTWRITEBYTECODE every Python child (hundreds of pytest runs, `app serve`s,
     # CLI calls) compiled its imports afresh, and every pytest child rewrote the assertions of
@@ -86,15 +83,18 @@ def _children_keep_their_bytecode(config: pytest.Config) -> None:
     # plugin checks every file in pytest's cache at each start (app.testing.writes), and the
     # thousands there (a run adds about 180, its inner runs' modules under /tmp) cost each
     # start in the tree 2 to 3 s of CPU (bench/README.md, branch suite7).
+    # scripts/test gives this process the prefix from its start where the variable is set
+    # (tests/children_bytecode.py): the same state, reached before pytest's own start.
     cache = getattr(config, "cache", None)  # None with -p no:cacheprovider
-    if not os.environ.get("PYTHONDONTWRITEBYTECODE") or cache is None:
+    prefix = config.rootpath / CHILDREN_BYTECODE
+    given = os.environ.get("PYTHONPYCACHEPREFIX") == str(prefix)
+    if not (os.environ.get("PYTHONDONTWRITEBYTECODE") or given) or cache is None:
         return
     shutil.rmtree(cache.mkdir("pycache"), ignore_errors=True)  # the earlier place, emptied
-    prefix = config.rootpath / CHILDREN_BYTECODE
     prefix.mkdir(exist_ok=True)
-    _seed_with_installed_bytecode(prefix, config.rootpath)
+    seed_with_installed_bytecode(prefix, config.rootpath)
     os.environ["PYTHONPYCACHEPREFIX"] = str(prefix)
-    del os.environ["PYTHONDONTWRITEBYTECODE"]
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     # This process too, from here on: what it imports and rewrites (the test modules it
     # collects) is written where the workers look for it. scripts/test collects once so in a
     # fresh clone while lint and types run, instead of each of the three workers rewriting
@@ -102,64 +102,6 @@ def _children_keep_their_bytecode(config: pytest.Config) -> None:
     # (bench/README.md, "session 68").
     sys.pycache_prefix = str(prefix)
     sys.dont_write_bytecode = False
-
-
-#: Written in CHILDREN_BYTECODE once it holds the installed bytecode (`_seed_with_installed_
-#: bytecode`), with the interpreter's cache tag and the directories it was linked from.
-SEEDED = ".seeded"
-
-
-def _seed_with_installed_bytecode(prefix: Path, project: Path) -> None:
-    """Hard links in `prefix`, laid out as ``PYTHONPYCACHEPREFIX`` wants, to the bytecode the
-    standard library and the virtualenv already hold in their ``__pycache__`` directories.
-
-    Under a prefix, Python looks for every module's bytecode there and nowhere else: in a
-    fresh clone (CI's) the empty prefix had the first children (the three workers, the
-    zygotes, the head starts) each compile the standard library and every package they
-    import, fastapi, pydantic, boto3 and pytest among them, about 2.3 s of CPU a process,
-    side by side: a cold run took 291.2 s where a warm one took 266.5 s (bench/README.md).
-    A link is checked as any bytecode is (its source's size and mtime), is never written
-    through (Python replaces a stale one by a rename), and costs no copy; where the prefix
-    is on another filesystem, nothing is linked and the children compile as before. The
-    project's own modules are left to compile: they change between runs."""
-    tag = sys.implementation.cache_tag
-    if tag is None:
-        return
-    roots = {os.path.realpath(entry) for entry in sys.path if entry and os.path.isdir(entry)}
-    # The docs' and schemathesis' environments (scripts/test), whose children (mkdocs, the
-    # fuzzer) run under the prefix too: unseeded, a fresh clone's first of them compiled
-    # mkdocs, griffe, pydantic, schemathesis, hypothesis and rich again (about 1,000 modules).
-    for other in (".venv-docs", ".venv-fuzz"):
-        roots.update(map(os.path.realpath, project.glob(f"{other}/lib/python3*/site-packages")))
-    inside = str(project.resolve()) + os.sep
-    # Not the project's own code (its virtualenvs' packages are linked).
-    roots = {r for r in roots if not (r + os.sep).startswith(inside) or "site-packages" in r}
-    marker = prefix / SEEDED
-    seeded = "\n".join([tag, *sorted(roots)])  # seeded again where an environment is new
-    if marker.exists() and marker.read_text() == seeded:
-        return
-    for root in sorted(roots):
-        for here, dirs, files in os.walk(root):
-            # Another environment's packages (the interpreter's own, below its standard
-            # library) are used only where they are on sys.path, as a root of their own.
-            dirs[:] = [name for name in dirs if name != "site-packages"]
-            if os.path.basename(here) != "__pycache__":
-                continue
-            # Not another interpreter's, nor an optimised one (.opt-1).
-            suffix = f".{tag}.pyc"
-            names = [name for name in files if name.endswith(suffix) and name.count(".") == 2]
-            if not names:
-                continue
-            target = prefix / os.path.dirname(here).lstrip(os.sep)
-            target.mkdir(parents=True, exist_ok=True)
-            for name in names:
-                try:
-                    os.link(os.path.join(here, name), target / name)
-                except FileExistsError:
-                    continue
-                except OSError:
-                    return  # another filesystem, or no right to link: compile as before
-    marker.write_text(seeded)
 
 
 #: schemathesis against a real server (tests/test_openapi.py), the suite's longest wait.
