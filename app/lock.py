@@ -33,6 +33,7 @@ import contextlib
 import errno
 import fcntl
 import functools
+import ipaddress
 import json
 import logging
 import os
@@ -2546,12 +2547,40 @@ def local_url(holder: Mapping[str, Any], configured_host: str) -> str | None:
         # and `empty-trash`'s refusal printed a `curl` to POST /trash/empty at it).
         return None
     address = holder.get("address")
+    if not holder.get("pid") and _on_another_host(holder):
+        # A server of another machine (`describe_holder`: the kernel lists no process here
+        # for its lock, and its record names another host): its loopback, or every
+        # interface's loopback, is that machine's, and the URL built from it here reached
+        # this machine's port, where nothing or another server listens (`app status` said
+        # "serving: http://127.0.0.1:PORT"; found by trying the on-disk layout page's words
+        # by experiment, docs review 72).
+        return _url_on_another_host(holder, address, port)
     if not isinstance(address, str):
         published = holder.get("url")
         if isinstance(published, str) and published.startswith("http"):
             return published
         address = configured_host
     return http_url(_LOOPBACK_FOR.get(address, address), port)
+
+
+def _url_on_another_host(holder: Mapping[str, Any], address: object, port: int) -> str | None:
+    """Where this machine reaches a server of another host listening on ``address``: nowhere
+    where that is its own loopback (or unknown, an earlier build's record), by the URL it
+    published (its host name) where it listens on every interface, else at that address."""
+    if not isinstance(address, str) or _is_loopback(address):
+        return None
+    if address in _LOOPBACK_FOR:
+        published = holder.get("url")
+        return published if isinstance(published, str) and published.startswith("http") else None
+    return http_url(address, port)
+
+
+def _is_loopback(address: str) -> bool:
+    """Whether a server listening on ``address`` is reached only from its own machine."""
+    try:
+        return ipaddress.ip_address(address.strip("[]")).is_loopback
+    except ValueError:
+        return address == "localhost"
 
 
 def special_kind(mode: int) -> str | None:

@@ -484,6 +484,10 @@ def test_data_root_files_match_what_the_app_writes(app_config) -> None:  # type:
         entry.name: "20251204T091203512113Z-0193a5f0c2d87b3e9a41c6d2e8f01b27",
         session["id"]: "0193a5f0c2d87b3e9a41c6d2e8f01b27",
     }
+    # The on-disk layout page: `pid_started` is field 22 of the holder's /proc/<pid>/stat.
+    assert holder["pid"] == os.getpid()
+    fields = Path(f"/proc/{holder['pid']}/stat").read_text().rpartition(")")[2].split()
+    assert holder["pid_started"] == int(fields[19]), (holder, fields)
     holder = _normalise_record(holder, ids)
     check_generated("lock-file.json", json.dumps(holder, indent=2) + "\n")
     # A service's stamp, as on /var/lib/app: a test's root also names the run's sandbox.

@@ -145,12 +145,13 @@ _HIDDEN_PROBE = """
 import socket
 import sys
 from pathlib import Path
-from app.lock import describe_holder, probe
+from app.lock import describe_holder, local_url, probe
 for line in sys.stdin:
     if line.strip():
         socket.sethostname(line.strip())
     seen = probe(Path(sys.argv[1]))
-    print(seen.held, describe_holder(seen.holder), flush=True)
+    url = local_url(seen.holder, "127.0.0.1")
+    print(seen.held, describe_holder(seen.holder), "url:", url, flush=True)
 """
 
 
@@ -180,10 +181,19 @@ def test_a_holder_on_another_host_is_not_said_to_be_in_a_pid_namespace_of_this_o
             ours = holder_info("server", "production", port=8000, root=root)
             # Another machine: another host name, and another boot's id (each kernel its own).
             other = {"host": "web-2", "boot_id": "0f1e2d3c-4b5a-4697-8879-a1b2c3d4e5f6"}
-            lock.write_text(json.dumps({**ours, **other, "pid": 77}) + "\n")
+            on_loopback = {"address": "127.0.0.1", "url": "http://127.0.0.1:8000"}
+            lock.write_text(json.dumps({**ours, **other, **on_loopback, "pid": 77}) + "\n")
             hidden.stdin.write("\n")
             hidden.stdin.flush()
             elsewhere = hidden.stdout.readline()
+            # Docs review 72: its loopback is that machine's; the URL was built from it here,
+            # and `app status` said "serving: http://127.0.0.1:8000", this machine's port.
+            # Listening on every interface, it is reached by the URL it published.
+            everywhere = {"address": "0.0.0.0", "url": "http://web-2:8000"}
+            lock.write_text(json.dumps({**ours, **other, **everywhere, "pid": 77}) + "\n")
+            hidden.stdin.write("\n")
+            hidden.stdin.flush()
+            published = hidden.stdout.readline()
             # Red team 72 on regress, round b: this machine's server (here `flock`, under
             # the record a server of this machine writes), seen from a container of the same
             # machine with a PID namespace and a host name of its own (Docker's default), or
@@ -204,6 +214,8 @@ def test_a_holder_on_another_host_is_not_said_to_be_in_a_pid_namespace_of_this_o
         "whose processes this one cannot see: stop it there), kind server, profile "
         "production, host web-2, port 8000, since "
     ), elsewhere
+    assert elsewhere.rstrip().endswith(" url: None"), elsewhere
+    assert published.rstrip().endswith(" url: http://web-2:8000"), published
     assert here.startswith(
         f"True pid {pid} in a PID namespace this process cannot see (another container's, or "
         f"the host's: stop it there), kind server, profile production, host {ours['host']}, "
