@@ -15,6 +15,7 @@ from __future__ import annotations
 import codecs
 import copy
 import errno
+import functools
 import itertools
 import os
 import re
@@ -895,7 +896,8 @@ def _near_names(
     # The same words in another order, ``.toml`` one of them: Azure Functions' habit of
     # ``local.settings.json`` gives ``local.settings.toml``, and ``.env.local``'s gives
     # ``settings.toml.local``; each was ignored with nothing said (red team 72). No name of
-    # another file or a copy has exactly these words (``settings.toml.bak`` has a third).
+    # another file or a copy has exactly these words (``settings.toml.bak`` has a third);
+    # nor these with a slip of one (`_reordered`, red team 72 on regress, round f).
     orders = {tuple(sorted(_file_key(name).split("."))): name for name in meant}
     for name in names:
         if name in (SETTINGS_FILE, SECRETS_FILE, *LOCAL_FILES):
@@ -905,7 +907,10 @@ def _near_names(
             continue
         # A space, or a comma (the key beside `.`), typed for a `.` is a separator too.
         spaced = _file_key(typed).replace(" ", ".").replace(",", ".")
-        found = orders.get(tuple(sorted(word for word in spaced.split(".") if word)))
+        given = [word for word in spaced.split(".") if word]
+        found = orders.get(tuple(sorted(given)))
+        if found is None and "toml" in given:
+            found = _reordered(given, _other_orders(tuple(meant)))
         if found is not None:
             if not os.path.isdir(directory / name):  # noqa: PTH112 - as below
                 yield name, found
@@ -929,6 +934,37 @@ def _near_names(
         # file a directory: one `stat` for a name found only (red team 71, round e).
         if found is not None and not os.path.isdir(directory / name):  # noqa: PTH112
             yield name, found
+
+
+@functools.cache  # the same three names every load: their orders built once a process
+def _other_orders(
+    meant: tuple[str, ...],
+) -> Mapping[tuple[int, int], list[tuple[tuple[str, ...], str]]]:
+    """The orders of each of `meant`'s words but its own, by the count of words and where
+    ``toml`` is among them (`_reordered`)."""
+    orders: dict[tuple[int, int], list[tuple[tuple[str, ...], str]]] = {}
+    for file in meant:
+        words = tuple(_file_key(file).split("."))
+        for order in itertools.permutations(words):  # six at most
+            if order != words:
+                orders.setdefault((len(order), order.index("toml")), []).append((order, file))
+    return orders
+
+
+def _reordered(
+    given: list[str], orders: Mapping[tuple[int, int], list[tuple[tuple[str, ...], str]]]
+) -> str | None:
+    """The file whose words `given` (``toml`` one of them) are in another order
+    (`_other_orders`), ``toml`` exact and at most one slip (`_one_slip`) in each other
+    word, or None: ``lcoal.settings.toml`` was ignored with nothing said, though the other
+    order and the slip were each refused alone (red team 72 on regress, round f). The
+    file's own order is the near-miss rule's (`_near_names`, with its exceptions)."""
+    for order, file in orders.get((len(given), given.index("toml")), ()):
+        if all(
+            a == b or (b != "toml" and _one_slip(a, b)) for a, b in zip(given, order, strict=True)
+        ):
+            return file
+    return None
 
 
 def _as_seen(name: str) -> str:

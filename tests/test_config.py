@@ -481,6 +481,33 @@ def test_a_settings_file_with_its_words_in_another_order_is_refused_not_ignored(
     assert {p.name for p in files.paths} >= {"settings.local.toml", ".secrets.local.toml"}
 
 
+def test_a_settings_file_with_its_words_in_another_order_and_a_slip_is_refused(
+    make_settings: SettingsMaker,
+) -> None:
+    # Another order and a slip in a word, each refused alone, were ignored together with
+    # nothing said: `lcoal.settings.toml` (red team 72 on regress, round f). `.toml` itself
+    # is exact, and the copies and templates a project keeps beside its settings (editors',
+    # merge tools', packagers') have a word of their own, so are left alone.
+    settings = make_settings()
+    (settings / ".secrets.toml").unlink()  # each of the three optional files missing
+    refused = {
+        "lcoal.settings.toml": "settings.local.toml",
+        "toml.secerts": ".secrets.toml",
+        "local.sercets.toml": ".secrets.local.toml",
+    }
+    kept = [
+        *(f"settings.toml.{end}" for end in ("orig", "rej", "dist", "sample", "template")),
+        *(f"settings.toml.{end}" for end in ("old", "new", "save", "lock", "locale", "vocal")),
+        *("settings.toml~", ".settings.toml.swp", "#settings.toml#", "settings.local.tmol"),
+        *("settings.local.toml.example", "local.settings.toml.bak", "toml.settings.loc"),
+    ]
+    for name in (*refused, *kept):
+        (settings / name).write_text("[development]\n")
+    files = config_files.read_files(os.environ, sandboxed=False)
+    found = {e.path.name: e.meant for e in config_files.misnamed_files(files)}
+    assert found == refused
+
+
 # --- data roots: resolved once, absolutely ----------------------------------------------------
 
 
