@@ -426,3 +426,28 @@ def test_a_head_or_a_trailer_whose_lines_end_with_bare_crs_is_refused_at_once(
         assert (status, headers["connection"].lower()) == (400, "close"), body
     assert json.loads(body)["message"].startswith(f"PUT {path} refused: its chunked body is")
     assert _stored(server, session_id) == []
+
+
+# Red team 72 on regress, round g (branch rt-regress72g), on the same server.
+
+
+def test_a_chunk_size_line_ended_by_a_bare_cr_is_refused_at_once(server: LiveServer) -> None:
+    # Found reading rt-http72's checks: a size line waited on is looked at for an LF only, and
+    # h11 ends it at a CRLF alone, so chunks framed with bare CRs (`5\rabcde\r0\r\r`) were
+    # waited on as one size line still coming: 408 "sent no more of its body" after
+    # request_idle_seconds (30 s), where a head or a trailer so ended is a 400 at once.
+    session_id = a_session(server)
+    path = f"/sessions/{session_id}/files/cr.txt"
+    head = head_of(server, f"PUT {path}", "Transfer-Encoding: chunked\r\n")
+    with connect(server) as sock:
+        sock.sendall(head + b"5\rabcde\r0\r\r")
+        answers = Answers(sock)
+        status, headers, body = answers.next()  # a socket timeout (WAIT) fails here
+        assert (status, headers["connection"].lower()) == (400, "close"), body
+        assert answers.rest() == b""
+    assert json.loads(body)["message"] == (
+        f"PUT {path} refused: a chunk's size line of its body ends with a bare CR; RFC 9112 "
+        "(7.1) ends it with CRLF. Nothing of it was kept and the connection is closed. "
+        "Check the client"
+    )
+    assert _stored(server, session_id) == []

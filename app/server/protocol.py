@@ -583,8 +583,8 @@ def bounded_h11(
         _framing = 0
         #: The bytes of the CRLF that ends a chunk's data h11 has still to take first.
         _crlf = 0
-        #: A chunk's size line was ended by a bare LF (refused, 400).
-        bare_lf = False
+        #: What ended a chunk's size line bare, ``"LF"`` or ``"CR"`` (refused, 400).
+        bare_ending = ""
 
         def next_event(self) -> Any:
             before = len(self._receive_buffer)
@@ -603,10 +603,12 @@ def bounded_h11(
             if event is h11.NEED_DATA and len(self._receive_buffer):
                 # Bytes that cannot end the line or lines h11 waits for (none between
                 # requests on a kept-alive connection, nothing looked at then).
-                if self._size_line_bare_lf():
-                    self.bare_lf = True
+                self.bare_ending = self._size_line_bare()
+                if self.bare_ending:
                     self._process_error(self.their_role)
-                    raise h11.RemoteProtocolError("a chunk size line ended by a bare LF")
+                    raise h11.RemoteProtocolError(
+                        f"a chunk size line ended by a bare {self.bare_ending}"
+                    )
                 if self._lines_bare_cr():
                     self._process_error(self.their_role)
                     raise h11.RemoteProtocolError("a bare CR in a head or a trailer")
@@ -636,8 +638,8 @@ def bounded_h11(
             )
             return waiting and _BARE_CR.search(bytes(self._receive_buffer)) is not None
 
-        def _size_line_bare_lf(self) -> bool:
-            """Whether h11 waits for the CRLF of a chunk's size line that a bare LF ended.
+        def _size_line_bare(self) -> str:
+            """What ended bare a chunk's size line h11 waits for the CRLF of (``""``: nothing).
 
             h11 ends that line at a CRLF alone (a head's lines and a trailer's may end at a
             bare LF, as RFC 9112 2.2 lets it): ``5\\nabcde\\n0\\n\\n`` (``printf`` into
@@ -645,16 +647,23 @@ def bounded_h11(
             its whole body, got 408 "sent no more of its body" after ``request_idle_seconds``
             (or nothing, had it shut its side) rather than the 400 a malformed chunk gets
             (red team 72 on the HTTP contract). While h11 waits for that line, its buffer
-            holds no CRLF (it would have taken the line), so any LF there ends it bare.
+            holds no CRLF (it would have taken the line), so any LF there ends it bare; and a
+            CR followed by anything but LF is a bare CR, which no size line or chunk extension
+            may hold (``5\\rabcde\\r0\\r\\r`` waited for a 408 as well, red team 72 on
+            regress, round g). A CR last in the buffer may be a CRLF's first half: not looked at.
             """
             reader = self._reader
-            return (
+            if not (
                 type(reader) is ChunkedReader
                 and reader._bytes_in_chunk == 0
                 and not reader._bytes_to_discard
                 and not reader._reading_trailer
-                and b"\n" in bytes(self._receive_buffer)
-            )
+            ):
+                return ""
+            waited = bytes(self._receive_buffer)
+            if b"\n" in waited:
+                return "LF"
+            return "CR" if _BARE_CR.search(waited) is not None else ""
 
     class BoundedH11Protocol(H11Protocol):
         _head_timer: asyncio.TimerHandle | None = None
@@ -871,9 +880,10 @@ def bounded_h11(
                     "refused %s: a line of its chunked body over %d bytes", request, received
                 )
                 error = BodyLineTooLargeError(max_header_bytes, request)
-            elif getattr(self.conn, "bare_lf", False):
+            elif ending := getattr(self.conn, "bare_ending", ""):
                 error = BadRequestError(
-                    f"{request} refused: a chunk's size line of its body ends with a bare LF; "
+                    f"{request} refused: a chunk's size line of its body ends with a bare "
+                    f"{ending}; "
                     "RFC 9112 (7.1) ends it with CRLF. Nothing of it was kept and the "
                     "connection is closed. Check the client"
                 )
