@@ -325,3 +325,50 @@ def test_a_function_whose_quoted_name_holds_a_newline_is_named_whole(
             assert named == [("dba_freeze",)]
         finally:
             dba.execute(f"DROP FUNCTION {FORGED} CASCADE")
+
+
+# Red team 72 on regress, round h: the rule of red team 72 on the remote backend, calling a
+# DBA's SQL function that pins its own search_path, as PostgreSQL's docs advise for one that
+# is SECURITY DEFINER (a function with SET is never inlined: it runs under its own path).
+_PINNED_SQL = """CREATE FUNCTION dba72h.keep_90_days() RETURNS void LANGUAGE sql
+SECURITY DEFINER SET search_path = dba72h, pg_temp AS $$
+DELETE FROM {}.app_audit WHERE at < now() - interval '90 days' $$"""
+
+
+def test_a_rule_calling_a_pinned_sql_function_is_a_rewrite_not_the_guards_code(
+    postgres_engine: PostgresEngine, database: tuple[str, str]
+) -> None:
+    """Red team 72 on regress, round h (branch rt-regress72h). The app's guard, compiled
+    first in a session under the DBA's function's path (which leaves the app's schema out),
+    is named ``<schema>.app_audit_append_only()`` there, and was not the bare name the
+    rewrite's refusal looked for: it was "Code of another's raised it, in function
+    public.app_audit_append_only()", whose remedy found the app's own trigger and said to
+    DISABLE it, and never named the rule. First found by reading `_raised_by_code`'s
+    ``called == [_AUDIT_GUARD]`` beside round k's pinned-path test, then run here."""
+    name, url = database
+    where = pg.mask_url(url)
+    with postgres_engine.connect(name) as dba:  # a session of its own: the guard compiled here
+        [(schema,)] = dba.execute("SELECT current_schema()").fetchall()
+        dba.execute("CREATE SCHEMA dba72h")
+        try:
+            dba.execute(psycopg.sql.SQL(_PINNED_SQL).format(psycopg.sql.Identifier(schema)))
+            dba.execute(
+                "CREATE RULE dba_keep_90_days AS ON INSERT TO app_audit"
+                " DO ALSO SELECT dba72h.keep_90_days()"
+            )
+            with (
+                pytest.raises(DatabaseRefusedError) as refused,
+                pg.refusals(where, "the audit record"),
+            ):
+                pg.audit(dba, PROFILE, "test", "adopt-copy", "x")
+            message = refused.value.message
+            context = f"PL/pgSQL function {schema}.app_audit_append_only() line 3 at RAISE"
+            assert context in message  # the frame as its path showed it
+            assert "refused a change to app_audit that the app never makes" in message
+            remedy = message.split("; nothing was changed. ", 1)[1]
+            assert "DISABLE" not in remedy  # never the app's guard switched off
+            assert "app_audit_append_only()" not in remedy
+            rules = remedy.split("(`", 1)[1].split("`", 1)[0]
+            assert [row[:2] for row in dba.execute(rules)] == [("app_audit", "dba_keep_90_days")]
+        finally:
+            dba.execute("DROP SCHEMA dba72h CASCADE")  # and the rule that calls its function

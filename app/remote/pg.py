@@ -1055,6 +1055,30 @@ _REWRITTEN_INTO_AUDIT: Final = (
 )
 
 
+#: The app's guard's own words (`_SCHEMA`'s ``RAISE EXCEPTION``).
+_GUARD_RAISED: Final = re.compile(r"app_audit is append-only: (?:UPDATE|DELETE|TRUNCATE) refused")
+
+
+def _guard_alone(called: list[str], error: psycopg.Error) -> bool:
+    """Whether the app's guard of app_audit alone raised ``error``, its frame naming its schema.
+
+    PL/pgSQL names a function as the ``search_path`` it was first compiled under in a session
+    showed it: under a rule of another's that calls a DBA's SQL function pinning its own path
+    (``SET search_path = dba, pg_temp``, as PostgreSQL's docs advise for SECURITY DEFINER), the
+    app's guard is ``public.app_audit_append_only()``, and was "code of another's", its remedy
+    to disable the app's own trigger, the rule never named (red team 72 on regress, round h).
+    A namesake of another's in another schema raising words of its own stays another's.
+    """
+    if len(called) != 1:
+        return False
+    named = _APP_NAMED.fullmatch(called[0])
+    return (
+        named is not None
+        and named.group(1) == _AUDIT_GUARD.removesuffix("()")
+        and _GUARD_RAISED.fullmatch(error.diag.message_primary or "") is not None
+    )
+
+
 #: A frame's function named without its schema and with no argument, as every trigger's and
 #: event trigger's is: its name, quoted or not.
 _UNQUALIFIED: Final = re.compile(r'("(?:[^"]|"")*"|[^"\s.(]+)\(\)')
@@ -1106,7 +1130,7 @@ def _raised_by_code(error: psycopg.Error) -> str | None:
     # app's schema on their path: the app's function is named bare).
     called = [frame.group(1) for frame in _PLPGSQL_FRAME.finditer(error.diag.context or "")]
     frames = [function for function in called if not _app_named(function)]
-    if not frames and called == [_AUDIT_GUARD]:
+    if not frames and (called == [_AUDIT_GUARD] or _guard_alone(called, error)):
         return _REWRITTEN_INTO_AUDIT
     if not frames and called and called[0].removesuffix("()") in _APP_FUNCTIONS:
         return None  # the app's own function alone: not another's code
