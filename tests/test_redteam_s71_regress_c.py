@@ -137,18 +137,18 @@ def test_a_rule_that_makes_a_change_of_the_audit_is_named(
             )
             assert "DISABLE" not in message  # never the app's guard switched off
             assert message.endswith(
-                "As the owner of the app's tables, `DROP RULE <name> ON <table>` or `ALTER "
-                "TABLE app_audit DROP CONSTRAINT <name>` resolves it; leave the app's trigger "
-                "as it is. A function of another's in another language than PL/pgSQL that such "
-                "a rule calls, or that a trigger of another's runs, is named in the reason's "
-                "CONTEXT"
+                "As the owner of the app's tables, `DROP RULE <name> ON <schema>.<table>` or "
+                "`ALTER TABLE <schema>.app_audit DROP CONSTRAINT <name>` resolves it; leave "
+                "the app's trigger as it is. A function of another's in another language than "
+                "PL/pgSQL that such a rule calls, or that a trigger of another's runs, is named "
+                "in the reason's CONTEXT"
             )
             # Nothing was changed, as it says.
             kept = f"SELECT count(*) FROM app_sessions WHERE id = '{_SESSION}'"
             assert dba.execute(kept).fetchone() == (0,)
             # Its queries, run as they are printed, name the rule, and no foreign key.
             rules, keys = (part.split("`", 1)[0] for part in message.split("(`")[1:3])
-            assert [row[:2] for row in dba.execute(rules)] == [("app_audit", "dba_keep_90_days")]
+            assert [row[1:3] for row in dba.execute(rules)] == [("app_audit", "dba_keep_90_days")]
             assert dba.execute(keys).fetchall() == []
         finally:
             dba.execute("DROP RULE dba_keep_90_days ON app_audit")
@@ -344,7 +344,9 @@ def test_a_rule_calling_a_pinned_sql_function_is_a_rewrite_not_the_guards_code(
     rewrite's refusal looked for: it was "Code of another's raised it, in function
     public.app_audit_append_only()", whose remedy found the app's own trigger and said to
     DISABLE it, and never named the rule. First found by reading `_raised_by_code`'s
-    ``called == [_AUDIT_GUARD]`` beside round k's pinned-path test, then run here."""
+    ``called == [_AUDIT_GUARD]`` beside round k's pinned-path test, then run here. Its queries
+    leaned on the path of the session they were pasted into (``current_schema()``,
+    ``'app_audit'::regclass``): they now name no schema and need none."""
     name, url = database
     where = pg.mask_url(url)
     with postgres_engine.connect(name) as dba:  # a session of its own: the guard compiled here
@@ -368,7 +370,20 @@ def test_a_rule_calling_a_pinned_sql_function_is_a_rewrite_not_the_guards_code(
             remedy = message.split("; nothing was changed. ", 1)[1]
             assert "DISABLE" not in remedy  # never the app's guard switched off
             assert "app_audit_append_only()" not in remedy
-            rules = remedy.split("(`", 1)[1].split("`", 1)[0]
-            assert [row[:2] for row in dba.execute(rules)] == [("app_audit", "dba_keep_90_days")]
+            # Its queries, pasted as printed into a session whose path leaves the app's schema
+            # out (the app's given in its URL's options; psql's own), name the rule and run.
+            # Before: `schemaname = current_schema()` found none there, and
+            # `'app_audit'::regclass` was an error, `relation "app_audit" does not exist`.
+            rules, keys = (part.split("`", 1)[0] for part in remedy.split("(`")[1:3])
+            dba.execute("SET search_path = pg_catalog")
+            try:
+                assert [row[:3] for row in dba.execute(rules)] == [
+                    (schema, "app_audit", "dba_keep_90_days")
+                ]
+                assert dba.execute(keys).fetchall() == []
+            finally:
+                dba.execute(
+                    psycopg.sql.SQL("SET search_path = {}").format(psycopg.sql.Identifier(schema))
+                )
         finally:
             dba.execute("DROP SCHEMA dba72h CASCADE")  # and the rule that calls its function

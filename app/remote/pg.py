@@ -1038,20 +1038,24 @@ _AUDIT_GUARD: Final = "app_audit_append_only()"
 #: nothing of what had been changed (red team 71 on regress, round k's *not stopped*; red
 #: team 72 on the remote backend). A foreign key of another's whose action changes app_audit
 #: reaches it the same way (its ``SQL statement`` line is no frame), as does a function in
-#: another language (SQL, PL/Python), whose frame is not PL/pgSQL's.
+#: another language (SQL, PL/Python), whose frame is not PL/pgSQL's. Its queries name no
+#: schema and need none on the path: pasted into a session whose path leaves the app's schema
+#: out (given in the URL's options; psql's own), ``current_schema()`` found no rule and
+#: ``'app_audit'::regclass`` was an error (red team 72 on regress, round h).
 _REWRITTEN_INTO_AUDIT: Final = (
     "The app's guard of app_audit (its trigger app_audit_append_only, which keeps the audit "
     "append-only) refused a change to app_audit that the app never makes: it only inserts "
     "there. Something of another's on the app's tables made one of the app's statement: a "
-    "rule (`SELECT tablename, rulename, definition FROM pg_rules WHERE schemaname = "
-    "current_schema() AND tablename LIKE 'app\\_%'` lists them; `app doctor` names them, and "
-    "each replica's start refuses them), or a foreign key of another's on app_audit whose ON "
-    "DELETE or ON UPDATE action changes it (`SELECT conname, pg_get_constraintdef(oid) FROM "
-    "pg_constraint WHERE conrelid = 'app_audit'::regclass AND contype = 'f'`). As the owner "
-    "of the app's tables, `DROP RULE <name> ON <table>` or `ALTER TABLE app_audit DROP "
-    "CONSTRAINT <name>` resolves it; leave the app's trigger as it is. A function of "
-    "another's in another language than PL/pgSQL that such a rule calls, or that a trigger "
-    "of another's runs, is named in the reason's CONTEXT"
+    "rule (`SELECT schemaname, tablename, rulename, definition FROM pg_rules WHERE tablename "
+    "LIKE 'app\\_%'` lists them; `app doctor` names them, and each replica's start refuses "
+    "them), or a foreign key of another's on app_audit whose ON DELETE or ON UPDATE action "
+    "changes it (`SELECT conrelid::regclass, conname, pg_get_constraintdef(oid) FROM "
+    "pg_constraint WHERE contype = 'f' AND conrelid IN (SELECT oid FROM pg_class WHERE "
+    "relname = 'app_audit')`). As the owner of the app's tables, `DROP RULE <name> ON "
+    "<schema>.<table>` or `ALTER TABLE <schema>.app_audit DROP CONSTRAINT <name>` resolves "
+    "it; leave the app's trigger as it is. A function of another's in another language than "
+    "PL/pgSQL that such a rule calls, or that a trigger of another's runs, is named in the "
+    "reason's CONTEXT"
 )
 
 
