@@ -137,18 +137,18 @@ def test_a_rule_that_makes_a_change_of_the_audit_is_named(
             )
             assert "DISABLE" not in message  # never the app's guard switched off
             assert message.endswith(
-                "As the owner of the app's tables, `DROP RULE <name> ON <table>` or `ALTER "
-                "TABLE app_audit DROP CONSTRAINT <name>` resolves it; leave the app's trigger "
-                "as it is. A function of another's in another language than PL/pgSQL that such "
-                "a rule calls, or that a trigger of another's runs, is named in the reason's "
-                "CONTEXT"
+                "As the owner of the app's tables, `DROP RULE <name> ON <schema>.<table>` or "
+                "`ALTER TABLE <schema>.app_audit DROP CONSTRAINT <name>` resolves it; leave "
+                "the app's trigger as it is. A function of another's in another language than "
+                "PL/pgSQL that such a rule calls, or that a trigger of another's runs, is named "
+                "in the reason's CONTEXT"
             )
             # Nothing was changed, as it says.
             kept = f"SELECT count(*) FROM app_sessions WHERE id = '{_SESSION}'"
             assert dba.execute(kept).fetchone() == (0,)
             # Its queries, run as they are printed, name the rule, and no foreign key.
             rules, keys = (part.split("`", 1)[0] for part in message.split("(`")[1:3])
-            assert [row[:2] for row in dba.execute(rules)] == [("app_audit", "dba_keep_90_days")]
+            assert [row[1:3] for row in dba.execute(rules)] == [("app_audit", "dba_keep_90_days")]
             assert dba.execute(keys).fetchall() == []
         finally:
             dba.execute("DROP RULE dba_keep_90_days ON app_audit")
@@ -325,3 +325,65 @@ def test_a_function_whose_quoted_name_holds_a_newline_is_named_whole(
             assert named == [("dba_freeze",)]
         finally:
             dba.execute(f"DROP FUNCTION {FORGED} CASCADE")
+
+
+# Red team 72 on regress, round h: the rule of red team 72 on the remote backend, calling a
+# DBA's SQL function that pins its own search_path, as PostgreSQL's docs advise for one that
+# is SECURITY DEFINER (a function with SET is never inlined: it runs under its own path).
+_PINNED_SQL = """CREATE FUNCTION dba72h.keep_90_days() RETURNS void LANGUAGE sql
+SECURITY DEFINER SET search_path = dba72h, pg_temp AS $$
+DELETE FROM {}.app_audit WHERE at < now() - interval '90 days' $$"""
+
+
+def test_a_rule_calling_a_pinned_sql_function_is_a_rewrite_not_the_guards_code(
+    postgres_engine: PostgresEngine, database: tuple[str, str]
+) -> None:
+    """Red team 72 on regress, round h (branch rt-regress72h). The app's guard, compiled
+    first in a session under the DBA's function's path (which leaves the app's schema out),
+    is named ``<schema>.app_audit_append_only()`` there, and was not the bare name the
+    rewrite's refusal looked for: it was "Code of another's raised it, in function
+    public.app_audit_append_only()", whose remedy found the app's own trigger and said to
+    DISABLE it, and never named the rule. First found by reading `_raised_by_code`'s
+    ``called == [_AUDIT_GUARD]`` beside round k's pinned-path test, then run here. Its queries
+    leaned on the path of the session they were pasted into (``current_schema()``,
+    ``'app_audit'::regclass``): they now name no schema and need none."""
+    name, url = database
+    where = pg.mask_url(url)
+    with postgres_engine.connect(name) as dba:  # a session of its own: the guard compiled here
+        [(schema,)] = dba.execute("SELECT current_schema()").fetchall()
+        dba.execute("CREATE SCHEMA dba72h")
+        try:
+            dba.execute(psycopg.sql.SQL(_PINNED_SQL).format(psycopg.sql.Identifier(schema)))
+            dba.execute(
+                "CREATE RULE dba_keep_90_days AS ON INSERT TO app_audit"
+                " DO ALSO SELECT dba72h.keep_90_days()"
+            )
+            with (
+                pytest.raises(DatabaseRefusedError) as refused,
+                pg.refusals(where, "the audit record"),
+            ):
+                pg.audit(dba, PROFILE, "test", "adopt-copy", "x")
+            message = refused.value.message
+            context = f"PL/pgSQL function {schema}.app_audit_append_only() line 3 at RAISE"
+            assert context in message  # the frame as its path showed it
+            assert "refused a change to app_audit that the app never makes" in message
+            remedy = message.split("; nothing was changed. ", 1)[1]
+            assert "DISABLE" not in remedy  # never the app's guard switched off
+            assert "app_audit_append_only()" not in remedy
+            # Its queries, pasted as printed into a session whose path leaves the app's schema
+            # out (the app's given in its URL's options; psql's own), name the rule and run.
+            # Before: `schemaname = current_schema()` found none there, and
+            # `'app_audit'::regclass` was an error, `relation "app_audit" does not exist`.
+            rules, keys = (part.split("`", 1)[0] for part in remedy.split("(`")[1:3])
+            dba.execute("SET search_path = pg_catalog")
+            try:
+                assert [row[:3] for row in dba.execute(rules)] == [
+                    (schema, "app_audit", "dba_keep_90_days")
+                ]
+                assert dba.execute(keys).fetchall() == []
+            finally:
+                dba.execute(
+                    psycopg.sql.SQL("SET search_path = {}").format(psycopg.sql.Identifier(schema))
+                )
+        finally:
+            dba.execute("DROP SCHEMA dba72h CASCADE")  # and the rule that calls its function

@@ -1038,21 +1038,49 @@ _AUDIT_GUARD: Final = "app_audit_append_only()"
 #: nothing of what had been changed (red team 71 on regress, round k's *not stopped*; red
 #: team 72 on the remote backend). A foreign key of another's whose action changes app_audit
 #: reaches it the same way (its ``SQL statement`` line is no frame), as does a function in
-#: another language (SQL, PL/Python), whose frame is not PL/pgSQL's.
+#: another language (SQL, PL/Python), whose frame is not PL/pgSQL's. Its queries name no
+#: schema and need none on the path: pasted into a session whose path leaves the app's schema
+#: out (given in the URL's options; psql's own), ``current_schema()`` found no rule and
+#: ``'app_audit'::regclass`` was an error (red team 72 on regress, round h).
 _REWRITTEN_INTO_AUDIT: Final = (
     "The app's guard of app_audit (its trigger app_audit_append_only, which keeps the audit "
     "append-only) refused a change to app_audit that the app never makes: it only inserts "
     "there. Something of another's on the app's tables made one of the app's statement: a "
-    "rule (`SELECT tablename, rulename, definition FROM pg_rules WHERE schemaname = "
-    "current_schema() AND tablename LIKE 'app\\_%'` lists them; `app doctor` names them, and "
-    "each replica's start refuses them), or a foreign key of another's on app_audit whose ON "
-    "DELETE or ON UPDATE action changes it (`SELECT conname, pg_get_constraintdef(oid) FROM "
-    "pg_constraint WHERE conrelid = 'app_audit'::regclass AND contype = 'f'`). As the owner "
-    "of the app's tables, `DROP RULE <name> ON <table>` or `ALTER TABLE app_audit DROP "
-    "CONSTRAINT <name>` resolves it; leave the app's trigger as it is. A function of "
-    "another's in another language than PL/pgSQL that such a rule calls, or that a trigger "
-    "of another's runs, is named in the reason's CONTEXT"
+    "rule (`SELECT schemaname, tablename, rulename, definition FROM pg_rules WHERE tablename "
+    "LIKE 'app\\_%'` lists them; `app doctor` names them, and each replica's start refuses "
+    "them), or a foreign key of another's on app_audit whose ON DELETE or ON UPDATE action "
+    "changes it (`SELECT conrelid::regclass, conname, pg_get_constraintdef(oid) FROM "
+    "pg_constraint WHERE contype = 'f' AND conrelid IN (SELECT oid FROM pg_class WHERE "
+    "relname = 'app_audit')`). As the owner of the app's tables, `DROP RULE <name> ON "
+    "<schema>.<table>` or `ALTER TABLE <schema>.app_audit DROP CONSTRAINT <name>` resolves "
+    "it; leave the app's trigger as it is. A function of another's in another language than "
+    "PL/pgSQL that such a rule calls, or that a trigger of another's runs, is named in the "
+    "reason's CONTEXT"
 )
+
+
+#: The app's guard's own words (`_SCHEMA`'s ``RAISE EXCEPTION``).
+_GUARD_RAISED: Final = re.compile(r"app_audit is append-only: (?:UPDATE|DELETE|TRUNCATE) refused")
+
+
+def _guard_alone(called: list[str], error: psycopg.Error) -> bool:
+    """Whether the app's guard of app_audit alone raised ``error``, its frame naming its schema.
+
+    PL/pgSQL names a function as the ``search_path`` it was first compiled under in a session
+    showed it: under a rule of another's that calls a DBA's SQL function pinning its own path
+    (``SET search_path = dba, pg_temp``, as PostgreSQL's docs advise for SECURITY DEFINER), the
+    app's guard is ``public.app_audit_append_only()``, and was "code of another's", its remedy
+    to disable the app's own trigger, the rule never named (red team 72 on regress, round h).
+    A namesake of another's in another schema raising words of its own stays another's.
+    """
+    if len(called) != 1:
+        return False
+    named = _APP_NAMED.fullmatch(called[0])
+    return (
+        named is not None
+        and named.group(1) == _AUDIT_GUARD.removesuffix("()")
+        and _GUARD_RAISED.fullmatch(error.diag.message_primary or "") is not None
+    )
 
 
 #: A frame's function named without its schema and with no argument, as every trigger's and
@@ -1106,7 +1134,7 @@ def _raised_by_code(error: psycopg.Error) -> str | None:
     # app's schema on their path: the app's function is named bare).
     called = [frame.group(1) for frame in _PLPGSQL_FRAME.finditer(error.diag.context or "")]
     frames = [function for function in called if not _app_named(function)]
-    if not frames and called == [_AUDIT_GUARD]:
+    if not frames and (called == [_AUDIT_GUARD] or _guard_alone(called, error)):
         return _REWRITTEN_INTO_AUDIT
     if not frames and called and called[0].removesuffix("()") in _APP_FUNCTIONS:
         return None  # the app's own function alone: not another's code
