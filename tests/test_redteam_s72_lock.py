@@ -29,6 +29,14 @@ from app.lock import LOCK_FILE, describe_holder, holder_info, probe
 from app.storage import serving_url
 
 
+def _laid_out(app_config: appconfig.Config) -> tuple[Path, Path]:
+    """The test's data root, opened once and closed (laid out, its lock file there, free),
+    and its lock file."""
+    with open_root(app_config):
+        pass
+    return app_config.data_root, app_config.data_root / LOCK_FILE
+
+
 def _killed_servers_record(root: Path, pid: int) -> Path:
     """Write into `root`'s lock file, in place, the record a server of this test's process
     published (its start time is this process's) under the pid `pid`, port 1: what a server
@@ -46,10 +54,7 @@ def test_a_killed_servers_record_at_a_pid_given_to_flock_since_is_not_said_to_se
     # taken as the holder's own: `app status` said "pid N, kind server, ... port 1, since
     # <the killed server's start>" and "serving: http://127.0.0.1:1", and the refusal named
     # it as a server that stops within lock_check_seconds, and `empty-trash`'s hint a URL.
-    root = app_config.data_root
-    with open_root(app_config):
-        pass
-    lock = root / LOCK_FILE
+    root, lock = _laid_out(app_config)
     with _flock(lock) as pid:
         _killed_servers_record(root, pid)
         status = describe(root)  # what `app status` prints
@@ -96,10 +101,8 @@ def test_a_killed_containers_record_at_pid_1_of_the_next_container_is_not_said_t
     # A server as pid 1 of a container, killed (the OOM killer), leaves "pid": 1; the next
     # container's pid 1 is `flock <lock> <backup>`. Before: "pid N (pid 1 in a PID namespace
     # of its own), kind server, ... port 1" and `app status` said "serving: ...:1".
-    root = app_config.data_root
-    with open_root(app_config):
-        pass
-    with _flock_in_a_pid_namespace(root / LOCK_FILE) as pid:
+    root, lock = _laid_out(app_config)
+    with _flock_in_a_pid_namespace(lock) as pid:
         _killed_servers_record(root, 1)
         seen = probe(root)
     assert seen.held, seen
@@ -121,10 +124,7 @@ def test_a_killed_servers_record_at_a_pid_given_to_flock_s_since_is_said_not_its
     # The same, `flock -s` (red team 70's shared holder) given the killed server's pid.
     # Before: "pid N (flock -s ...), which holds a shared lock ...; the lock file names pid N,
     # which does not hold the lock (a holder that was killed left it so)": it does hold it.
-    root = app_config.data_root
-    with open_root(app_config):
-        pass
-    lock = root / LOCK_FILE
+    root, lock = _laid_out(app_config)
     with _flock(lock, "-s") as pid:
         _killed_servers_record(root, pid)
         held_by = describe(root).held_by
@@ -163,10 +163,7 @@ def test_a_holder_on_another_host_is_not_said_to_be_in_a_pid_namespace_of_this_o
     # kernel here lists no process for the other machine's lock. Before: "pid N in a PID
     # namespace this process cannot see (another container's, or the host's: stop it
     # there)", where the lock file said which machine it was.
-    root = app_config.data_root
-    with open_root(app_config):
-        pass
-    lock = root / LOCK_FILE
+    root, lock = _laid_out(app_config)
     hidden = subprocess.Popen(
         ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", "--uts",
          sys.executable, "-c", _HIDDEN_PROBE, str(root)],

@@ -50,6 +50,28 @@ def _pool(database_url: str) -> Iterator[tuple[Database, list[Connection]]]:
         db.close()
 
 
+@contextmanager
+def _opened_read_only_then_reset(database_url: str) -> Iterator[tuple[Database, list[Connection]]]:
+    """A table ``t``, and `_pool`'s three connections opened while the database was
+    read-only, then looked at by the pool's configure after the RESET: the interleaving of a
+    RESET committed while each of them opened (its server process had taken the setting,
+    and the pool read the catalog after the commit)."""
+    with _admin(database_url) as admin:
+        admin.execute("CREATE TABLE t (x int)")
+    _alter(database_url, "SET default_transaction_read_only = on")
+    with _pool(database_url) as (db, opened):
+        _alter(database_url, "RESET default_transaction_read_only")
+        for conn in opened:
+            db._keep_session_defaults(conn)
+        yield db, opened
+
+
+def _stored(database_url: str) -> list[int]:
+    with _admin(database_url) as admin:
+        row = admin.execute("SELECT array_agg(x ORDER BY x) FROM t").fetchone()
+    return list(row[0] or []) if row else []
+
+
 def _insert(db: Database, value: int) -> None:
     with db.write("an insert") as conn:
         conn.execute("INSERT INTO t VALUES (%s)", (value,))
@@ -58,15 +80,8 @@ def _insert(db: Database, value: int) -> None:
 def test_a_reset_between_a_sessions_start_and_the_pools_look_still_renews_the_pool(
     database_url: str,
 ) -> None:
-    with _admin(database_url) as admin:
-        admin.execute("CREATE TABLE t (x int)")
-    _alter(database_url, "SET default_transaction_read_only = on")
-    with _pool(database_url) as (db, opened):
-        _alter(database_url, "RESET default_transaction_read_only")
-        # The interleaving of a RESET committed while each of them opened: its server process
-        # had taken the setting, and the pool's configure read the catalog after the commit.
+    with _opened_read_only_then_reset(database_url) as (db, opened):
         for conn in opened:
-            db._keep_session_defaults(conn)
             # As it was before the pool kept such a connection from being lent (session 72,
             # below): where the look at its opening failed, its refusal is still judged.
             db._began_with[conn] = _session_defaults(conn)
@@ -76,8 +91,7 @@ def test_a_reset_between_a_sessions_start_and_the_pools_look_still_renews_the_po
         assert all(c.closed for c in opened), [c.closed for c in opened]
         _insert(db, 2)
         _insert(db, 3)
-    with _admin(database_url) as admin:
-        assert admin.execute("SELECT array_agg(x ORDER BY x) FROM t").fetchone() == ([2, 3],)
+    assert _stored(database_url) == [2, 3]
 
 
 def test_a_connection_that_opened_with_a_read_only_setting_reset_since_is_never_lent(
@@ -87,17 +101,10 @@ def test_a_connection_that_opened_with_a_read_only_setting_reset_since_is_never_
     # opening then (psycopg_pool adds it as new), and one change more was refused after the
     # reset (a flaky run of red team 38's test). Seen as it opens, such a connection is closed
     # as the pool gives it, and the change goes to one opened since: none is refused.
-    with _admin(database_url) as admin:
-        admin.execute("CREATE TABLE t (x int)")
-    _alter(database_url, "SET default_transaction_read_only = on")
-    with _pool(database_url) as (db, opened):
-        _alter(database_url, "RESET default_transaction_read_only")
-        for conn in opened:
-            db._keep_session_defaults(conn)
+    with _opened_read_only_then_reset(database_url) as (db, opened):
         _insert(db, 1)
         assert all(c.closed for c in opened), [c.closed for c in opened]
-    with _admin(database_url) as admin:
-        assert admin.execute("SELECT array_agg(x ORDER BY x) FROM t").fetchone() == ([1],)
+    assert _stored(database_url) == [1]
 
 
 def test_a_role_read_only_in_this_database_still_keeps_its_pool_at_a_refusal(
