@@ -387,3 +387,44 @@ def test_a_rule_calling_a_pinned_sql_function_is_a_rewrite_not_the_guards_code(
                 )
         finally:
             dba.execute("DROP SCHEMA dba72h CASCADE")  # and the rule that calls its function
+
+
+# Red team 72 on regress, round j: another application's tables in the same database, named
+# as Django names an app `app`'s (`app_<model>`), or beginning so (`apps_log`), each with a
+# rule of its own, as its owner may.
+_OTHERS = """CREATE SCHEMA other72j;
+CREATE TABLE other72j.app_user (id integer);
+CREATE TABLE other72j.apps_log (id integer);
+CREATE RULE other_user_kept AS ON DELETE TO other72j.app_user DO INSTEAD NOTHING;
+CREATE RULE other_log_kept AS ON DELETE TO other72j.apps_log DO INSTEAD NOTHING"""
+
+
+def test_the_rewrites_query_names_no_rule_of_another_applications_table(
+    postgres_engine: PostgresEngine, database: tuple[str, str]
+) -> None:
+    """Red team 72 on regress, round j (branch rt-regress72j). The rewrite's query of rules,
+    ``pg_rules WHERE tablename LIKE 'app\\_%'`` in every schema since round h, listed the
+    rules of another application's tables named so (`other72j.app_user`), beside the one on
+    app_audit, each with the remedy's ``DROP RULE <name> ON <schema>.<table>`` said to
+    resolve it; pasted under ``standard_conforming_strings`` off, its ``\\_`` was a bare
+    ``_``, any character, and it listed `other72j.apps_log`'s too. First found by reading
+    round h's query beside its brief, then run here. It names the app's tables now."""
+    name, url = database
+    where = pg.mask_url(url)
+    with postgres_engine.connect(name) as dba:
+        dba.execute(_OTHERS)
+        dba.execute(_RULE)
+        try:
+            with pytest.raises(DatabaseRefusedError) as refused, pg.refusals(where, "the audit"):
+                pg.audit(dba, PROFILE, "server", "trash-session", _SESSION)
+            rules = refused.value.message.split("(`")[1].split("`", 1)[0]
+            found = [("app_audit", "dba_keep_90_days")]
+            assert [row[1:3] for row in dba.execute(rules)] == found
+            dba.execute("SET standard_conforming_strings = off")
+            try:
+                assert [row[1:3] for row in dba.execute(rules)] == found
+            finally:
+                dba.execute("RESET standard_conforming_strings")
+        finally:
+            dba.execute("DROP RULE dba_keep_90_days ON app_audit")
+            dba.execute("DROP SCHEMA other72j CASCADE")

@@ -1042,15 +1042,21 @@ _AUDIT_GUARD: Final = "app_audit_append_only()"
 #: schema and need none on the path: pasted into a session whose path leaves the app's schema
 #: out (given in the URL's options; psql's own), ``current_schema()`` found no rule and
 #: ``'app_audit'::regclass`` was an error (red team 72 on regress, round h).
+#: They name the app's tables, not ``LIKE 'app\_%'``: that listed the rules of another
+#: application's tables in any schema (Django names an app ``app``'s tables ``app_<model>``),
+#: each with the ``DROP RULE`` said to resolve it, and under ``standard_conforming_strings``
+#: off its ``\_`` was a bare ``_``, any character (red team 72 on regress, round j).
+_APP_TABLES_LISTED: Final = ", ".join(f"'{table}'" for table in APP_TABLES)  # plain names
+# A message's text to paste, never run by the app: the names in it are the app's own tables.
 _REWRITTEN_INTO_AUDIT: Final = (
-    "The app's guard of app_audit (its trigger app_audit_append_only, which keeps the audit "
+    "The app's guard of app_audit (its trigger app_audit_append_only, which keeps the audit "  # noqa: S608
     "append-only) refused a change to app_audit that the app never makes: it only inserts "
     "there. Something of another's on the app's tables made one of the app's statement: a "
     "rule (`SELECT schemaname, tablename, rulename, definition FROM pg_rules WHERE tablename "
-    "LIKE 'app\\_%'` lists them; `app doctor` names them, and each replica's start refuses "
-    "them), or a foreign key of another's on app_audit whose ON DELETE or ON UPDATE action "
-    "changes it (`SELECT conrelid::regclass, conname, pg_get_constraintdef(oid) FROM "
-    "pg_constraint WHERE contype = 'f' AND conrelid IN (SELECT oid FROM pg_class WHERE "
+    f"IN ({_APP_TABLES_LISTED})` lists them; `app doctor` names them, and each replica's "
+    "start refuses them), or a foreign key of another's on app_audit whose ON DELETE or ON "
+    "UPDATE action changes it (`SELECT conrelid::regclass, conname, pg_get_constraintdef(oid) "
+    "FROM pg_constraint WHERE contype = 'f' AND conrelid IN (SELECT oid FROM pg_class WHERE "
     "relname = 'app_audit')`). As the owner of the app's tables, `DROP RULE <name> ON "
     "<schema>.<table>` or `ALTER TABLE <schema>.app_audit DROP CONSTRAINT <name>` resolves "
     "it; leave the app's trigger as it is. A function of another's in another language than "
