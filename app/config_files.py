@@ -909,8 +909,8 @@ def _near_names(
         spaced = _file_key(typed).replace(" ", ".").replace(",", ".")
         given = [word for word in spaced.split(".") if word]
         found = orders.get(tuple(sorted(given)))
-        if found is None and "toml" in given:
-            found = _reordered(given, _other_orders(tuple(meant)))
+        if found is None:
+            found = _in_another_order(given, tuple(meant))
         if found is not None:
             if not os.path.isdir(directory / name):  # noqa: PTH112 - as below
                 yield name, found
@@ -949,6 +949,26 @@ def _other_orders(
             if order != words:
                 orders.setdefault((len(order), order.index("toml")), []).append((order, file))
     return orders
+
+
+def _in_another_order(given: list[str], meant: tuple[str, ...]) -> str | None:
+    """The file of `meant` whose words `given` are in another order, with a slip
+    (`_reordered`) or with the separators left out (``localsettings.toml``), or None. The
+    latter needs no guess at where the words part: the other orders' words run together are
+    compared with `given`'s, as the near-miss rule compares its own order's (red team 72 on
+    regress, round k: it was ignored with nothing said)."""
+    if "toml" in given and (found := _reordered(given, _other_orders(meant))) is not None:
+        return found
+    return _run_together(meant).get("".join(given))
+
+
+@functools.cache  # as `_other_orders`: built once a process
+def _run_together(meant: tuple[str, ...]) -> Mapping[str, str]:
+    """Each other order of `meant`'s words (`_other_orders`) with no separator between them
+    (``localsettingstoml``), and the file it is an order of."""
+    return {
+        "".join(order): file for orders in _other_orders(meant).values() for order, file in orders
+    }
 
 
 def _reordered(
