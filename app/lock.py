@@ -2528,6 +2528,41 @@ def http_url(host: str, port: int) -> str:
 
 
 def local_url(holder: Mapping[str, Any], configured_host: str) -> str | None:
+    """Where a command on this machine reaches the server ``holder`` describes, or ``None``:
+    `_reached_at`'s URL, where it is one (`well_formed_url`)."""
+    url = _reached_at(holder, configured_host)
+    port = holder.get("port")
+    return url if url is not None and isinstance(port, int) and well_formed_url(url, port) else None
+
+
+#: A host name as DNS spells one (RFC 1123 labels, an underscore too, which `hostname`
+#: takes: `docker run --hostname web_2`), the words a URL here is built from.
+_LABEL: Final = r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)"
+_HOST_NAME: Final = re.compile(rf"{_LABEL}(\.{_LABEL})*\.?")
+
+
+def well_formed_url(url: str, port: int | None = None) -> bool:
+    """Whether ``url`` is ``http://host:port`` (``port`` the holder's, where given) with
+    ``host`` a host name or an IP address, nothing else: the URL and the address come from the lock
+    file, which whoever writes the data root writes, and `empty-trash`'s refusal prints
+    them in a ``curl`` the operator pastes, inside double quotes, with the token's header.
+    A record copied or written with ``"url": "http://web-2:8000\"; rm -rf ~; \""`` (or a
+    ``$(...)``, or an ``address`` so spelled) had the pasted line run that command, as the
+    operator (red team 72 on regress, round l)."""
+    scheme, _, rest = url.partition("://")
+    host, _, given = rest.rpartition(":")
+    if scheme != "http" or not given.isdigit() or given != str(port or given):
+        return False
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            return False
+        return True
+    return _HOST_NAME.fullmatch(host) is not None
+
+
+def _reached_at(holder: Mapping[str, Any], configured_host: str) -> str | None:
     """Where a command on this machine reaches the server ``holder`` describes, or ``None``.
 
     From the address the server listens on, which it publishes (``address``): `app status`
@@ -2569,18 +2604,43 @@ def _url_on_another_host(holder: Mapping[str, Any], address: object, port: int) 
     published (its host name) where it listens on every interface, else at that address."""
     if not isinstance(address, str) or _is_loopback(address):
         return None
-    if address in _LOOPBACK_FOR:
+    if address in _LOOPBACK_FOR or _ip(address) in _EVERY_INTERFACE:
         published = holder.get("url")
-        return published if isinstance(published, str) and published.startswith("http") else None
+        if not isinstance(published, str) or not published.startswith("http"):
+            return None
+        # Its server names itself by the address where that is no wildcard of its own
+        # spelling (`::ffff:0.0.0.0`): this machine's, as its loopback is.
+        named = published.partition("://")[2].rpartition(":")[0]
+        return None if _is_loopback(named) or _ip(named) in _EVERY_INTERFACE else published
     return http_url(address, port)
 
 
-def _is_loopback(address: str) -> bool:
-    """Whether a server listening on ``address`` is reached only from its own machine."""
+#: The addresses of every interface, as `_ip` reads them.
+_EVERY_INTERFACE: Final = frozenset(
+    {ipaddress.ip_address("0.0.0.0"), ipaddress.ip_address("::")}  # noqa: S104
+)
+
+
+def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The IP address ``address`` spells (in brackets or not), an IPv4-mapped IPv6 one as
+    its IPv4 address (``::ffff:127.0.0.1`` is 127.0.0.1, which a server binds on an IPv6
+    socket), or None for a host name."""
     try:
-        return ipaddress.ip_address(address.strip("[]")).is_loopback
+        ip = ipaddress.ip_address(address.strip("[]"))
     except ValueError:
-        return address == "localhost"
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def _is_loopback(address: str) -> bool:
+    """Whether a server listening on ``address`` is reached only from its own machine: a
+    loopback address, IPv4-mapped too (red team 72 on regress, round l: a server of another
+    host on ``--host ::ffff:127.0.0.1`` was said to serve at ``http://[::ffff:127.0.0.1]:PORT``,
+    this machine's loopback, which `ipaddress` does not call one before Python 3.13)."""
+    ip = _ip(address)
+    return ip.is_loopback if ip is not None else address == "localhost"
 
 
 def special_kind(mode: int) -> str | None:

@@ -24,8 +24,10 @@ import pytest
 from test_redteam_s70_lock import _flock, _refusal
 
 from app import config as appconfig
+from app.cli import _serving_url
 from app.dataroot import describe, open_root
 from app.lock import LOCK_FILE, describe_holder, holder_info, probe
+from app.remote.errors import ReplicasLiveError
 from app.storage import serving_url
 
 
@@ -219,3 +221,45 @@ def test_a_holder_on_another_host_is_not_said_to_be_in_a_pid_namespace_of_this_o
         "port 8000, since "
     ), here
     assert hidden.returncode == 0
+
+
+def test_a_records_url_or_address_that_is_no_host_name_is_never_printed_to_be_pasted(
+    app_config: appconfig.Config,
+) -> None:
+    # Red team 72 on regress, round l: `empty-trash`'s refusal prints the URL in a `curl`
+    # the operator pastes, inside double quotes, with the token's header. The URL a holder
+    # of another host published, and the address any holder published, are the lock file's,
+    # which whoever writes the data root writes: one with a quote, or a `$(...)`, ran a
+    # command of its writer's in the operator's shell, as the operator.
+    elsewhere = {"kind": "server", "port": 8000, "host": "web-2", "boot_id": "0f1e2d3c"}
+    breaking = 'http://web-2:8000"; touch ~/owned; "'
+    substituted = "http://$(touch ~/owned):8000"
+    assert serving_url({**elsewhere, "address": "0.0.0.0", "url": breaking}, "::1") is None
+    assert serving_url({**elsewhere, "address": "0.0.0.0", "url": substituted}, "::1") is None
+    # The port is the record's; an earlier build's record (no address) is read alike.
+    assert serving_url({**elsewhere, "address": "::", "url": "http://web-2:22"}, "::1") is None
+    assert serving_url({**elsewhere, "pid": 9, "url": breaking}, "127.0.0.1") is None
+    assert serving_url({**elsewhere, "address": '10.0.0.7";id;"'}, "127.0.0.1") is None
+    assert serving_url({**elsewhere, "pid": 9, "address": "$(id)"}, "127.0.0.1") is None
+    # What servers publish is still given: a host name, an IPv4 or IPv6 address, every
+    # interface reached at this machine's loopback of the family.
+    published = {**elsewhere, "address": "0.0.0.0", "url": "http://web-2.example.org:8000"}
+    assert serving_url(published, "::1") == "http://web-2.example.org:8000"
+    assert serving_url({**published, "url": "http://web_2:8000"}, "::1") == "http://web_2:8000"
+    assert serving_url({**elsewhere, "address": "fd00::7"}, "::1") == "http://[fd00::7]:8000"
+    assert serving_url({**elsewhere, "address": "10.0.0.7"}, "::1") == "http://10.0.0.7:8000"
+    assert serving_url({**elsewhere, "pid": 9, "address": "::"}, "x") == "http://[::1]:8000"
+    assert serving_url({**elsewhere, "pid": 9, "address": ""}, "x") == "http://127.0.0.1:8000"
+    # A server of another host bound on an IPv6 socket to IPv4's loopback or any address
+    # (`--host ::ffff:127.0.0.1`, which its record and URL name so): this machine's loopback,
+    # not that host's, was given as its URL.
+    mapped = {**elsewhere, "address": "::ffff:127.0.0.1", "url": "http://[::ffff:127.0.0.1]:8000"}
+    assert serving_url(mapped, "::1") is None
+    mapped_any = {**elsewhere, "address": "::ffff:0.0.0.0", "url": "http://[::ffff:0.0.0.0]:8000"}
+    assert serving_url(mapped_any, "::1") is None
+    assert serving_url({**mapped_any, "url": "http://web-2:8000"}, "::1") == "http://web-2:8000"
+    # A replica's row on PostgreSQL, which any client of the database's role writes, is
+    # pasted in the same `curl`.
+    rows = [{"url": breaking}, {"url": "http://web-3:8000"}]
+    live = ReplicasLiveError(wanted="empty the trash", where="database app", replicas=rows)
+    assert _serving_url(app_config, live) == "http://web-3:8000"
