@@ -353,3 +353,58 @@ def test_a_clean_stream_is_taken_in_whatever_reads_it_arrives() -> None:
     )
     for cuts in [[], *([cut] for cut in range(1, len(stream))), list(range(1, len(stream)))]:
         _fed(stream, cuts)
+
+
+def _fed_pipelined(stream: bytes, cuts: list[int]) -> int:
+    """Feed ``stream``, requests one after another on one connection, in the pieces ``cuts``
+    makes, answering each request in uvicorn's order: h11 holds the next request's bytes
+    (PAUSED) until the answer ends, then starts the next cycle without taking a byte. Returns
+    how many requests ended; raises h11.RemoteProtocolError where it refuses them."""
+    conn = bounded_h11(16 * 1024, 30.0, 600.0).connection_class(h11.SERVER)
+    ended = 0
+    for start, end in zip([0, *cuts], [*cuts, len(stream)], strict=True):
+        conn.receive_data(stream[start:end])
+        while (event := conn.next_event()) is not h11.NEED_DATA or conn.their_state is h11.DONE:
+            if type(event) is h11.EndOfMessage:
+                ended += 1
+            elif event is h11.PAUSED or event is h11.NEED_DATA:
+                conn.send(h11.Response(status_code=204, headers=[]))
+                conn.send(h11.EndOfMessage())
+                conn.start_next_cycle()
+    return ended
+
+
+@pytest.mark.parametrize(
+    ("second", "refused"),
+    [
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", False),
+        (b"GET / HTTP/1.1\rHost: x\r\r", True),
+        (b"PUT /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\nabcde\n0\n\n", True),
+        (b"PUT /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX: 1\rY\r\r", True),
+        (
+            (
+                b"PUT /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"0;extension=longer-than-the-trailer\r\nX: 1\rY\r\r"
+            ),
+            True,
+        ),
+    ],
+)
+def test_a_pipelined_request_is_judged_under_its_own_rule(second: bytes, refused: bool) -> None:
+    # Red team 72 on regress, round i: what a call found clean is kept (`_clean`) only while
+    # h11 waits for the same line; h11 also changes what it waits for taking no byte (a
+    # request's end, PAUSED, the next cycle started): a first request that ends in a chunk
+    # whose data holds CRs and LFs (clean there) is followed by a second whose head, size
+    # line or trailer ends bare, each cut at every byte and a byte a read; and a last chunk's
+    # size line found clean as it came, longer than the trailer h11 takes it for.
+    first = (
+        b"PUT /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"6\r\na\rb\nc\r\r\n0\r\n\r\n"
+    )
+    stream = first + second
+    for cuts in [[], *([cut] for cut in range(1, len(stream))), list(range(1, len(stream)))]:
+        if refused:
+            with pytest.raises(h11.RemoteProtocolError, match="bare"):
+                _fed_pipelined(stream, cuts)
+        else:
+            assert _fed_pipelined(stream, cuts) == 2

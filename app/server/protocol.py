@@ -607,8 +607,11 @@ def bounded_h11(
             framing = self._framing + took
             self._framing = framing if event is h11.NEED_DATA else 0
             # What was looked at is the buffer's start still only where this call took
-            # nothing from it; h11 changes what it waits for only as it takes a line. A CR
-            # last of what was looked at is looked at again, with the byte after it.
+            # nothing from it. h11 changes what it waits for without taking a byte too (a
+            # body's end, PAUSED, the next cycle started), but `_clean` is kept only from a
+            # call that ended waiting with bytes in the buffer, for one line h11 leaves only
+            # as it takes it (red team 72 on regress, round i). A CR last of what was looked
+            # at is looked at again, with the byte after it.
             start = max(self._clean - 1, 0) if before == len(self._receive_buffer) else 0
             self._clean = 0
             if event is h11.NEED_DATA and len(self._receive_buffer):
