@@ -1322,7 +1322,7 @@ def _named(config: appconfig.Config, location: str) -> str:
 
 def _serving_url(config: appconfig.Config, error: AppError) -> str | None:
     """The URL of a server that holds the storage ``error`` refused, if one published it."""
-    from app.lock import well_formed_url
+    from app.storage import serving_url, well_formed_url
 
     replicas = getattr(error, "replicas", ())
     for replica in replicas:
@@ -1330,8 +1330,6 @@ def _serving_url(config: appconfig.Config, error: AppError) -> str | None:
         # pastes it in a `curl` (red team 72 on regress, round l, as `app.lock.local_url`).
         if well_formed_url(str(replica.get("url") or "")):
             return str(replica["url"])
-    from app.storage import serving_url
-
     return serving_url(getattr(error, "holder", None) or {}, config.host)
 
 

@@ -850,6 +850,14 @@ def serving_url(holder: Mapping[str, Any], configured_host: str) -> str | None:
     return local_url(holder, configured_host)
 
 
+def well_formed_url(url: str) -> bool:
+    """Whether ``url`` may be printed for a user to paste (`app.lock.well_formed_url`): a
+    replica's URL comes from the database's rows, which any client of its role writes."""
+    from app.lock import well_formed_url as well_formed
+
+    return well_formed(url)
+
+
 def probe(config: Config) -> list[Probe]:
     """Reach the profile's storage as ``app doctor`` does: read-only, each wait bounded.
 
