@@ -108,6 +108,7 @@ from app.sandbox import (
     checked,
     current_run,
     just_checked,
+    name_there,
     path_as_text,
     process_link,
     seen_from_outside,
@@ -1690,12 +1691,10 @@ def _laid_out(directory: Path | str) -> bool:
         # names after the first, at each of some 150 directories the checks of what pytest
         # writes walk a run (bench/README.md, "perf-start72"). The first name is the longest,
         # so a path too long for the system fails there, as it did. As this process's
-        # effective ids and capabilities, as `lstat` looks: `access` by default asks as the
-        # real ids, with the capabilities of a user that is not root dropped, and a process
-        # whose real id may not search `directory` (a setuid run, one holding
-        # CAP_DAC_READ_SEARCH) was told its ``.trash/`` and ``.tmp/`` were not there: a root
-        # known by a mark on either was missed (red team 72 on regress, round d).
-        if looked and not os.access(path, os.F_OK, effective_ids=True, follow_symlinks=False):
+        # effective ids (`name_there`): asked as the real ids, a setuid run's ``.trash/``
+        # and ``.tmp/`` were not there, and a root known by a mark on either was missed (red
+        # team 72 on regress, round d).
+        if looked and not name_there(path):
             continue
         looked = True
         try:

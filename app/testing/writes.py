@@ -39,7 +39,7 @@ import pytest
 
 from app.lock import describe_holder
 from app.records import Record
-from app.sandbox import RUNS_DIR, no_link_on_the_way, process_link
+from app.sandbox import RUNS_DIR, name_there, no_link_on_the_way, process_link
 from app.testing.guard import pytest_ini, usage_error
 
 #: Option destinations pytest only reads, or that a rule below checks by what it does.
@@ -154,22 +154,13 @@ def _real(normal: str, lexical: Path | None = None) -> Path:
         except OSError:
             return _system_path(normal)
     here = os.path.join(parent, tail)  # noqa: PTH118 - str in, str out
-    # Asked first whether the name is there (`_there`): most values a check reads as paths
+    # Asked first whether the name is there (`name_there`): most values a check reads as paths
     # (``auto``, ``no``) name nothing, where `lstat` raised.
-    if _there(here):
+    if name_there(here):
         with contextlib.suppress(OSError):
             if stat.S_ISLNK(os.lstat(here).st_mode):
                 return _system_path(here)
     return lexical if lexical is not None and here == normal else Path(here)
-
-
-def _there(path: str | Path) -> bool:
-    """Whether `path`'s last name is there at all, not followed where it is a link
-    (``faccessat``, as this process's effective ids): where not, its ``lstat`` raises, which
-    each caller takes as nothing there. Asked instead of the ``lstat`` that raised, 11 K
-    instructions against 2 K, for each of the paths every check of what pytest writes reads
-    that name nothing (bench/README.md, "perf-start72")."""
-    return os.access(path, os.F_OK, effective_ids=True, follow_symlinks=False)
 
 
 def _system_path(text: str) -> Path:
@@ -845,7 +836,7 @@ def _other_names(path: Path, roots: dict[str, Path]) -> tuple[str, str] | None:
     for in `roots` (only then is a root walked: a file with two names is rare).
     """
     try:
-        if not _there(path):
+        if not name_there(path):
             return None
         found = path.lstat()
     except OSError:
@@ -1247,7 +1238,7 @@ def _as_written(path: Path, directories: dict[str, bool] | None) -> bool:
     if not plain:
         return False
     try:
-        return not _there(text) or not stat.S_ISLNK(os.lstat(text).st_mode)
+        return not name_there(text) or not stat.S_ISLNK(os.lstat(text).st_mode)
     except OSError:
         return True  # nothing there (or not this user's to see): the kernel stops there too
 
