@@ -800,7 +800,7 @@ def _keeps_own_copy(pid: int) -> bool:
     (``monkeypatch.setattr(sys, "argv", ...)``); one that also deleted the run's mark on
     ``sys`` was refused, rightly, but as the run's process "until it ran another program in
     its place (exec)": a cause that was not there (red team 73 on the guard)."""
-    listed = _descriptors(os.getpid())
+    listed = _descriptors(pid)  # as /proc numbers this process (a PID namespace's differs)
     own = f"/memfd:{_COPY_NAME}{pid}-"
     return listed is not None and any(target.startswith(own) for _, target in listed)
 
