@@ -1952,9 +1952,8 @@ def _misresolved(key: Key, value: Any, directory: Path) -> str | None:
         return gone
     return (
         f"leads through {_shortened(here, 400)} to another directory than the one it resolves "
-        f"to in this process, {_shortened(resolved, 400)}: a link of /proc (/proc/<pid>/root "
-        "or cwd) into another mount namespace, a container's, names the directory as that "
-        "namespace does, which is another directory here; name the directory as this "
+        f"to in this process, {_shortened(resolved, 400)}: {config_files.elsewhere_link(here)}, "
+        "which is another directory here; name the directory as this "
         "machine sees it (where the container's volume is mounted, `findmnt` or `docker "
         "inspect` shows it)"
     )

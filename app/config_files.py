@@ -224,10 +224,9 @@ def _refuse_through_proc(where: Path, reason: str) -> None:
         raise SettingsNotFoundError(
             where,
             f"{reason}; it leads through {elsewhere[0]} to another directory than the one "
-            f"it resolves to in this process, {elsewhere[1]}: a link of /proc "
-            "(/proc/<pid>/root or cwd) into another mount namespace, a container's, names "
-            "the directory as that namespace does; name the directory as this machine sees "
-            "it, where the container's volume is mounted",
+            f"it resolves to in this process, {elsewhere[1]}: {elsewhere_link(elsewhere[0])}; "
+            "name the directory as this machine sees it, where the container's volume is "
+            "mounted",
         )
 
 
@@ -349,6 +348,29 @@ def deleted_reason(here: str, resolved: str) -> str | None:
         f"leads through {here} to a directory that was removed (it reads {resolved}): a "
         "process still has it (as its current directory, its root or an open descriptor), "
         "but no path names it and nothing can be made in it; name a directory that exists"
+    )
+
+
+#: A path through a descriptor's link: ``/proc/<pid>/fd/<n>`` (of a thread too), ``/dev/fd/<n>``
+#: (compiled by `re`'s cache when a refusal first needs it, not at every command's import).
+_DESCRIPTOR_LINK = r"/(?:proc/[^/]+/(?:task/[^/]+/)?fd|dev/fd)/[0-9]+(?:/|$)"
+
+
+def elsewhere_link(here: str) -> str:
+    """What kind of link of ``/proc`` `here` (`resolved_elsewhere`'s) passes through, for a
+    refusal: a process's root or current directory, or a descriptor of a directory opened in
+    another mount namespace (one a process there holds, or one passed over a UNIX socket, or
+    inherited), which a refusal named as "/proc/<pid>/root or cwd" (red team 73)."""
+    if re.match(_DESCRIPTOR_LINK, here):
+        return (
+            "a link of /proc to a descriptor (/proc/<pid>/fd/<n>, /dev/fd/<n>) of a directory "
+            "opened in another mount namespace (a container's process holds it, or it was "
+            "passed over a UNIX socket or inherited from there) names the directory as that "
+            "namespace does"
+        )
+    return (
+        "a link of /proc (/proc/<pid>/root or cwd) into another mount namespace, a "
+        "container's, names the directory as that namespace does"
     )
 
 

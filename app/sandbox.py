@@ -793,6 +793,18 @@ def _entry_data(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def _keeps_own_copy(pid: int) -> bool:
+    """Whether this process (the run's, pid `pid` as ``/proc`` numbers it) still holds the
+    sealed copy of its run's entry (`_keep_copy`): made ``MFD_CLOEXEC``, so no ``exec``
+    happened since it was made. A test of a command line sets ``sys.argv`` to the command's
+    (``monkeypatch.setattr(sys, "argv", ...)``); one that also deleted the run's mark on
+    ``sys`` was refused, rightly, but as the run's process "until it ran another program in
+    its place (exec)": a cause that was not there (red team 73 on the guard)."""
+    listed = _descriptors(pid)  # as /proc numbers this process (a PID namespace's differs)
+    own = f"/memfd:{_COPY_NAME}{pid}-"
+    return listed is not None and any(target.startswith(own) for _, target in listed)
+
+
 def _read_entry(
     path: Path, pid: int, depth: int, leads: str = "", data: dict[str, Any] | None = None
 ) -> Run | None:
@@ -804,15 +816,18 @@ def _read_entry(
     how = "this process" if depth == 0 else f"an ancestor process, pytest pid {pid}"
     itself = not leads and "outlived" not in data and (depth == 0 or _forked_from(pid, data))
     if depth == 0 and data.get("argv") not in (sys.argv, _recorded_argv(sys.argv)):
-        itself = False
         # Unmarked, with a run's entry of its own: the run's process after an exec, or a
-        # subinterpreter of it, whose `sys` is its own (the refusal once blamed an exec).
-        how = (
-            f"this process, pytest pid {pid}, in a subinterpreter (it has a sys module of "
-            "its own, without the run's mark)"
-            if _in_subinterpreter()
-            else f"this process, pytest pid {pid} until it ran another program in its place (exec)"
-        )
+        # subinterpreter of it, whose `sys` is its own (the refusal once blamed an exec), or
+        # the run's own program whose `sys.argv` a test set (it keeps the run's sealed copy).
+        if _in_subinterpreter():
+            itself = False
+            how = (
+                f"this process, pytest pid {pid}, in a subinterpreter (it has a sys module of "
+                "its own, without the run's mark)"
+            )
+        elif not _keeps_own_copy(pid):
+            itself = False
+            how = f"this process, pytest pid {pid} until it ran another program in its place (exec)"
     if leads:
         how = (
             f"pytest pid {pid}, which leads this process's {leads} though it is not its "

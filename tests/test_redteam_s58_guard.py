@@ -73,6 +73,13 @@ def test_a_wiped_environment_and_mark():
         run("PROD", ["--profile", "production", "data", "purge", "--yes-i-mean-it"])
         run("DEFAULT", ["data", "purge", "--yes-i-mean-it"])
         run("TRASH", ["data", "empty-trash", "--yes-i-mean-it"])
+        # The command line's own argv, as a test of a command line sets it (red team 73).
+        argv, sys.argv = sys.argv, ["app", "data", "purge", "--yes-i-mean-it"]
+        try:
+            run("ARGVPROD", ["--profile", "production", "data", "purge", "--yes-i-mean-it"])
+            run("ARGVDEFAULT", ["data", "purge", "--yes-i-mean-it"])
+        finally:
+            sys.argv = argv
     finally:
         sys._app_pytest_runs = mark
         sys.modules.update(plugin)
@@ -161,6 +168,14 @@ def test_a_test_that_drops_its_mark_keeps_its_runs_rules(tmp_path: Path) -> None
     assert lines["PROD"].startswith("PROD 78 error: refused under pytest (sandbox: "), out
     assert "loading profile 'production'; tests run on the 'testing' profile" in out, out
     assert "(this process, registered in " in lines["PROD"], out
+    # The same with `sys.argv` set to the command's, as a test of a command line sets it:
+    # before red team 73's fix, "(this process, pytest pid N until it ran another program in
+    # its place (exec), ...", an exec that never happened.
+    assert lines["ARGVPROD"].startswith("ARGVPROD 78 error: refused under pytest (sandbox: "), out
+    assert "(this process, registered in " in lines["ARGVPROD"], out
+    assert "another program" not in out, out
+    assert lines["ARGVDEFAULT"].startswith("ARGVDEFAULT 75 error: "), out
+    assert "that is this process" in lines["ARGVDEFAULT"], out
     assert "without the app's sandbox" not in out, out
     # Before the fix: development's default, refused (78) as under a pytest without the
     # plugin. Now the run's testing root in its sandbox, which this very process holds.

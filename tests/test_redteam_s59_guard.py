@@ -200,7 +200,7 @@ CONTAINER = (
 settings, copy = sys.argv[1:3]
 container = subprocess.Popen(
     ["unshare", "-m", "--propagation", "private", "sh", "-c",
-     'mount --bind "$1" "$2" && echo ready && exec cat', "sh", copy, settings],
+     'mount --bind "$1" "$2" && exec 3<"$2" && echo ready && exec cat', "sh", copy, settings],
     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 assert container.stdout.readline() == "ready\n"
 inside = f"/proc/{container.pid}/root{settings}"
@@ -210,6 +210,9 @@ for tag, profile in [("PRODUCTION", "production"), ("DEVELOPMENT", "development"
     results[tag] = run(["--profile", profile, *purge],
                        APP_DATA_ROOT=f"{inside}/data/production")
 results["SETTINGS"] = run(["--profile", "production", *purge], APP_SETTINGS_DIR=inside)
+# A descriptor of the container's settings directory (as one passed over a UNIX socket).
+results["DESCRIPTOR"] = run(["--profile", "production", *purge],
+                            APP_DATA_ROOT=f"/proc/{container.pid}/fd/3/data/production")
 container.stdin.close()
 container.wait()
 print("RESULTS", json.dumps(results))
@@ -374,6 +377,16 @@ def test_a_root_named_through_a_container_s_proc_root_is_refused(tmp_path: Path)
             "container's, names the directory as that namespace does, which is another "
             "directory here; name the directory as this machine sees it"
         ) in out, said
+    # Named as a process's root or current directory before red team 73's change.
+    code, out = seen["DESCRIPTOR"]
+    assert code == 78, said
+    assert (
+        f"to another directory than the one it resolves to in this process, {production}: a "
+        "link of /proc to a descriptor (/proc/<pid>/fd/<n>, /dev/fd/<n>) of a directory "
+        "opened in another mount namespace (a container's process holds it, or it was passed "
+        "over a UNIX socket or inherited from there) names the directory as that namespace "
+        "does, which is another directory here"
+    ) in out, said
     code, out = seen["SETTINGS"]
     assert code == 78, said
     assert (
