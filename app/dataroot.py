@@ -3320,6 +3320,22 @@ def _lstat_identity(path: Path | str) -> tuple[int, int] | None:
     return found.st_dev, found.st_ino
 
 
+def _mounted_over(path: Path) -> Path | None:
+    """The deepest mount point of this thread's mount table at `path` or above it (the one a
+    mount over a live root or its parent made), ``None`` where the table cannot be read."""
+    try:
+        entries = table()
+    except OSError:
+        return None
+    wanted = os.fsencode(path)
+    points = [
+        entry.point
+        for entry in entries
+        if entry.point == wanted or wanted.startswith(entry.point.rstrip(b"/") + b"/")
+    ]
+    return Path(os.fsdecode(max(points, key=len))) if points else None
+
+
 def _present_identity(path: Path | str) -> tuple[int, int] | None:
     """`path`'s device and inode, ``None`` if nothing is there; raises if it cannot be looked
     at (EIO, ESTALE, ENOTCONN, EACCES). A look that failed once made every write say the
@@ -3668,14 +3684,7 @@ class DataRoot:
         except OSError:
             now = opened  # a root that cannot be looked at is not said to be moved (red team 39)
         if opened is not None and now != opened:
-            why = (
-                "the data root itself was moved, renamed or deleted since it was opened, so "
-                "nothing is at its path now"
-                if now is None
-                else "the data root itself was replaced since it was opened: its path names "
-                "another directory now"
-            )
-            return DataRootChangedError(self.path, why)
+            return DataRootChangedError(self.path, self._replaced_how(opened, gone=now is None))
         try:
             os.lstat(self.lock.path)
         except PermissionError:
@@ -3692,6 +3701,56 @@ class DataRoot:
         if reason.startswith("could not be checked"):
             return LockUncheckedError(self.lock.path, reason)
         return LockLostError(self.lock.path, reason)
+
+    def _replaced_how(self, opened: tuple[int, int], *, gone: bool) -> str:
+        """How the root's path came to name another directory than the one opened (or none),
+        and where that one is now, as its lock file's descriptor names it.
+
+        "Put the directory back" alone was said of a root moved aside (`mv`, `renameat2`'s
+        exchange of two directories, `mv --exchange`) and of one a filesystem was mounted
+        over (`mount --bind`), where nothing had moved: the operator was told neither where
+        the directory was nor that an `umount` showed it again (red team 73)."""
+        assert self.lock is not None
+        lock_now = self.lock.now_at()
+        path = shell_word(str(self._path))
+        if lock_now is not None and lock_now == self.lock.path:
+            # The kernel names the file by the path it had: the directory is still there,
+            # hidden by a mount at its path or above it.
+            point = _mounted_over(self._path)
+            where = f" (at {point})" if point is not None else ""
+            undo = f"`umount {shell_word(str(point))}`" if point is not None else "`umount` it"
+            return (
+                f"a filesystem was mounted over it, or over a directory above it, since it was "
+                f"opened{where}: the directory this process opened is still at its path, "
+                f"hidden under the mount; {undo} shows it again (`findmnt --target {path}` "
+                "names the mount)"
+            )
+        moved_to = lock_now.parent if lock_now is not None else None
+        try:
+            there = _present_identity(moved_to) if moved_to is not None else None
+        except OSError:
+            there = None
+        if moved_to is None or there != opened:
+            return (
+                "the data root itself was moved, renamed or deleted since it was opened, so "
+                "nothing is at its path now"
+                if gone
+                else "the data root itself was replaced since it was opened: its path names "
+                "another directory now"
+            )
+        back = shell_word(str(moved_to))
+        if gone:
+            return (
+                "the data root itself was moved, renamed or deleted since it was opened, so "
+                f"nothing is at its path now: the directory this process opened is at "
+                f"{moved_to} (`mv {back} {path}` puts it back)"
+            )
+        return (
+            "the data root itself was replaced since it was opened: its path names another "
+            f"directory now, and the directory this process opened is at {moved_to} (moved "
+            "aside, or exchanged with the other one): move the other one out of the way, then "
+            f"`mv {back} {path}`"
+        )
 
     @contextlib.contextmanager
     def changing(self) -> Iterator[None]:

@@ -2419,11 +2419,21 @@ class RootLock:
         # Said "was deleted" of a file renamed (`mv .server.lock .server.lock.old`): one then
         # looks for who deleted a file that is still there (red team 46).
         # A whole root moved is told apart by the caller (`DataRoot.lost_error`).
+        now = self.now_at()
+        return None if now is None else f"was moved to {now} (never move it)"
+
+    def now_at(self) -> Path | None:
+        """Where the file this holder locked is now, as the kernel names its descriptor
+        (``/proc/self/fd``), or ``None`` where it was deleted, is not held, or cannot be
+        named. A file under a directory something was mounted over keeps its old name."""
+        fd = self._fd
+        if fd is None:
+            return None
         try:
-            now = str(Path(f"/proc/self/fd/{self._fd}").readlink())
+            now = str(Path(f"/proc/self/fd/{fd}").readlink())
         except OSError:
             return None
-        return None if now.endswith(" (deleted)") else f"was moved to {now} (never move it)"
+        return None if now.endswith(" (deleted)") or not now.startswith("/") else Path(now)
 
     def __repr__(self) -> str:
         state = "held" if self.held else "not held"

@@ -1,0 +1,90 @@
+"""Red team 73 on the holder's lock (layer 4): a live holder's root replaced under it.
+
+Real parts: a data root opened as a writer by the app (its lock taken, as `app data purge`
+and a server's start take it), in a child with a mount namespace of its own
+(tests/own_mounts.py); the root then moved aside (`mv`), exchanged with another directory
+(`renameat2`'s ``RENAME_EXCHANGE``, as `mv --exchange` makes it), or hidden by a bind mount
+over it, as an operator does to a live server. The writer's next check before a write
+(`DataRoot.ensure_held`, which a server's lock watcher makes too) refuses it; what it says is
+what this file holds.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import own_mounts
+from test_redteam_s62_guard import _needs_root
+
+#: The child: opens the root as a writer, replaces it each way, records what the next check
+#: before a write says, puts it back. argv: the root, a directory beside it.
+REPLACED = r"""
+import ctypes, dataclasses, json, os, subprocess, sys
+from pathlib import Path
+
+from app.config import load
+from app.dataroot import open_root
+from app.errors import AppError
+
+root, other = map(Path, sys.argv[1:3])
+aside = root.with_name("data.old")
+libc = ctypes.CDLL(None, use_errno=True)
+said = []
+
+
+def check(opened):
+    try:
+        opened.ensure_held()
+        said.append("held")
+    except AppError as error:
+        said.append(" ".join(str(error).split()))
+
+
+with open_root(dataclasses.replace(load(serving=False), data_root=root)) as opened:
+    root.rename(aside)
+    check(opened)
+    aside.rename(root)
+    # RENAME_EXCHANGE (<linux/fs.h>): both names stay, each on the other's directory.
+    assert libc.renameat2(-100, bytes(root), -100, bytes(other), 2) == 0, ctypes.get_errno()
+    check(opened)
+    assert libc.renameat2(-100, bytes(root), -100, bytes(other), 2) == 0, ctypes.get_errno()
+    subprocess.run(["mount", "--bind", other, root], check=True)
+    check(opened)
+    subprocess.run(["umount", root], check=True)
+    check(opened)
+print(json.dumps(said))
+"""
+
+
+def test_a_root_replaced_under_its_writer_is_said_where_it_is_and_how_to_put_it_back(
+    tmp_path: Path,
+) -> None:
+    # Before: each was "the data root itself was moved, renamed or deleted since it was
+    # opened, so nothing is at its path now" or "... was replaced since it was opened: its
+    # path names another directory now", then "Put the directory back", with no word on
+    # where it was, nor that a mount hid it (nothing had moved: `umount` shows it again).
+    _needs_root()
+    root, other = tmp_path / "data", tmp_path / "other"
+    other.mkdir()
+    done = own_mounts.python_c(REPLACED, str(root), str(other))
+    moved, exchanged, mounted, put_back = json.loads(done.stdout.splitlines()[-1])
+    changed = f"data root {root} changed while open: "
+    assert moved.startswith(
+        f"{changed}the data root itself was moved, renamed or deleted since it was opened, so "
+        f"nothing is at its path now: the directory this process opened is at {root}.old "
+        f"(`mv {root}.old {root}` puts it back). Nothing was changed; "
+    ), moved
+    assert exchanged.startswith(
+        f"{changed}the data root itself was replaced since it was opened: its path names "
+        f"another directory now, and the directory this process opened is at {other} (moved "
+        f"aside, or exchanged with the other one): move the other one out of the way, then "
+        f"`mv {other} {root}`. Nothing was changed; "
+    ), exchanged
+    assert mounted.startswith(
+        f"{changed}a filesystem was mounted over it, or over a directory above it, since it "
+        f"was opened (at {root}): the directory this process opened is still at its path, "
+        f"hidden under the mount; `umount {root}` shows it again (`findmnt --target {root}` "
+        "names the mount). Nothing was changed; "
+    ), mounted
+    assert put_back == "held", done.stdout
