@@ -220,13 +220,14 @@ class NotRegularFileError(SpecialFileFound):
         super().__init__(path, special_kind(mode) or "something else")
 
 
-def read_regular(path: Path | str) -> bytes:
+def read_regular(path: Path | str, limit: int | None = None) -> bytes:
     """The bytes of one of the app's own files, which must be a regular file.
 
     Opened without blocking and checked before it is read: a FIFO at the name (a log
     shipper's, a test's ``os.mkfifo``) would otherwise wait for a writer for good, hanging
     a request, a start-up or ``app data check``, and then hand over whatever the other end
-    sent as the file's content.
+    sent as the file's content. With `limit`, at most ``limit + 1`` bytes are read: one
+    more than `limit` says the file is longer.
 
     Raises:
         NotRegularFileError: the name is a FIFO, a directory, a socket or a device.
@@ -237,7 +238,7 @@ def read_regular(path: Path | str) -> bytes:
         if not stat.S_ISREG(mode):
             raise NotRegularFileError(path, mode)
         with os.fdopen(fd, "rb", closefd=False) as file:
-            return file.read()
+            return file.read() if limit is None else file.read(limit + 1)
     except OSError as error:
         # A read or fstat that fails (EIO) names no file: `app data check` could then not
         # say which one it missed, and stopped whole (red team 39).
@@ -1303,6 +1304,9 @@ class Prepared:
 # --- the profile stamp -------------------------------------------------------------------
 
 
+#: More than any stamp the app writes (about 300 bytes) or a hand-written one holds.
+_MAX_STAMP_BYTES: Final = 64 * 1024
+
 _WRITE_STAMP: Final = (
     'restore the file from a backup, or write {"profile": "<the profile this root belongs '
     'to>"} into it by hand'
@@ -1334,11 +1338,22 @@ def read_stamp(root: Path) -> dict[str, Any] | None:
     """
     path = root / STAMP_FILE
     try:
-        raw = read_regular(path)
+        # Bounded: a stamp is a few hundred bytes. One grown to a gigabyte (`truncate -s`,
+        # a file copied over it by a slip) was read whole at each open and, under a live
+        # server, at each write: 13 s and 2.6 GB a request, acknowledged (red team 73).
+        raw = read_regular(path, _MAX_STAMP_BYTES)
     except (FileNotFoundError, NotADirectoryError):
         return None
     except NotRegularFileError as error:
         raise DataRootStateError(root, str(error), f"move it away, then {_WRITE_STAMP}") from None
+    if len(raw) > _MAX_STAMP_BYTES:
+        raise DataRootStateError(
+            root,
+            f"its profile stamp {path} is longer than {_MAX_STAMP_BYTES // 1024} KiB, which "
+            "no stamp is (the app writes a few hundred bytes): it was written over or grown "
+            "by something else",
+            f"move it away (`mv {shell_word(str(path))} <elsewhere>`), then {_WRITE_STAMP}",
+        )
     try:
         stamp = json_loads(raw)
     except ValueError as error:
@@ -3663,7 +3678,11 @@ class DataRoot:
             return None
         try:
             stamp = read_stamp(self._path)
-        except (OSError, AppError):
+        except AppError:
+            # Damaged: read once, not again at every write until it changes (red team 73).
+            self._stamp_seen = key
+            return None
+        except OSError:
             return None
         self._stamp_seen = key
         return None if stamp is None else str(stamp["profile"]).lower()

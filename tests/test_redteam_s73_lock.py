@@ -24,7 +24,7 @@ import ctypes, dataclasses, json, os, subprocess, sys
 from pathlib import Path
 
 from app.config import load
-from app.dataroot import open_root
+from app.dataroot import open_root, read_stamp
 from app.errors import AppError
 
 root, other = map(Path, sys.argv[1:3])
@@ -53,6 +53,22 @@ with open_root(dataclasses.replace(load(serving=False), data_root=root)) as open
     check(opened)
     subprocess.run(["umount", root], check=True)
     check(opened)
+    # The stamp grown past any stamp's size (`truncate -s`): each write's check read it
+    # whole, and again at the next, for as long as it stayed so.
+    stamp = os.fspath(root / ".app-profile.json")
+    reads = []
+    sys.addaudithook(
+        lambda event, args: reads.append(1)
+        if event == "open" and args[0] == stamp else None
+    )
+    os.truncate(stamp, 256 * 1024)
+    for _ in range(3):
+        check(opened)
+    said.append(len(reads))
+try:
+    read_stamp(root)
+except AppError as error:
+    said.append(" ".join(str(error).split()))
 print(json.dumps(said))
 """
 
@@ -68,7 +84,8 @@ def test_a_root_replaced_under_its_writer_is_said_where_it_is_and_how_to_put_it_
     root, other = tmp_path / "data", tmp_path / "other"
     other.mkdir()
     done = own_mounts.python_c(REPLACED, str(root), str(other))
-    moved, exchanged, mounted, put_back = json.loads(done.stdout.splitlines()[-1])
+    said = json.loads(done.stdout.splitlines()[-1])
+    moved, exchanged, mounted, put_back, *grown, reads, refused = said
     changed = f"data root {root} changed while open: "
     assert moved.startswith(
         f"{changed}the data root itself was moved, renamed or deleted since it was opened, so "
@@ -88,3 +105,14 @@ def test_a_root_replaced_under_its_writer_is_said_where_it_is_and_how_to_put_it_
         "names the mount). Nothing was changed; "
     ), mounted
     assert put_back == "held", done.stdout
+    # A stamp grown to 256 KiB under a live writer: its writes go on (a damaged stamp is the
+    # next open's to refuse), and the stamp is read once, not at every write; the open is
+    # refused by its size, without reading it whole.
+    assert (grown, reads) == (["held"] * 3, 1), said
+    stamp = root / ".app-profile.json"
+    assert refused == (
+        f"data root {root}: its profile stamp {stamp} is longer than 64 KiB, which no stamp is "
+        "(the app writes a few hundred bytes): it was written over or grown by something else; "
+        f"move it away (`mv {stamp} <elsewhere>`), then restore the file from a backup, or "
+        'write {"profile": "<the profile this root belongs to>"} into it by hand'
+    ), refused
