@@ -80,6 +80,7 @@ from app.lock import (
     hard_links_fix,
     hard_links_said,
     held_here,
+    locked_for_said,
     probe,
     shared_with,
     special_kind,
@@ -4071,6 +4072,8 @@ class RootStatus:
         said = describe_holder(self.probe.holder)
         if self.probe.holder and "through_device" in self.probe.holder:
             return said + through_another_device(self.probe.path, self.probe.holder)
+        if self.probe.holder and "locked_for" in self.probe.holder:
+            return said + locked_for_said(Path(self.probe.holder["locked_for"]))
         if (other := shared_with(self.path, self.probe.path, self.probe.holder)) is not None:
             # A hard-link copy of a live root: its holder is the other root's (red team 41).
             said += (

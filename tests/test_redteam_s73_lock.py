@@ -11,11 +11,20 @@ what this file holds.
 
 from __future__ import annotations
 
+import ctypes
+import dataclasses
 import json
 from pathlib import Path
 
 import own_mounts
+import pytest
 from test_redteam_s62_guard import _needs_root
+
+from app import config as appconfig
+from app.dataroot import describe, open_root
+from app.errors import DataRootInUseError
+from app.lock import LOCK_FILE
+from app.storage import serving_url
 
 #: The child: opens the root as a writer, replaces it each way, records what the next check
 #: before a write says, puts it back. argv: the root, a directory beside it.
@@ -116,3 +125,40 @@ def test_a_root_replaced_under_its_writer_is_said_where_it_is_and_how_to_put_it_
         f"move it away (`mv {stamp} <elsewhere>`), then restore the file from a backup, or "
         'write {"profile": "<the profile this root belongs to>"} into it by hand'
     ), refused
+
+
+def test_a_lock_file_exchanged_with_another_live_root_s_names_that_root_and_no_url(
+    app_config: appconfig.Config,
+) -> None:
+    # Two live roots, their lock files exchanged (`mv --exchange`, renameat2): each root's
+    # path names the file the other's server locked. Before: `app status` said "held by:
+    # pid N, kind server, ..." and "serving: <the other root's server>", a refusal said "a
+    # server holds its data root until it is stopped: stop it (kill N)", of a server of
+    # another root that stops by itself, and `empty-trash`'s hint was a `curl` that POSTed
+    # /trash/empty (with the confirmation) to that other root's server.
+    here, there = app_config.data_root, app_config.data_root.with_name("there")
+    other = dataclasses.replace(app_config, data_root=there)
+    with open_root(app_config, kind="server", port=1), open_root(other, kind="server", port=2):
+        libc = ctypes.CDLL(None, use_errno=True)
+        here_lock, there_lock = (bytes(root / LOCK_FILE) for root in (here, there))
+        assert libc.renameat2(-100, here_lock, -100, there_lock, 2) == 0, ctypes.get_errno()
+        status = describe(here)  # what `app status` prints
+        with pytest.raises(DataRootInUseError) as refused:
+            open_root(app_config, wanted="empty the trash", timeout=0.0)
+        assert libc.renameat2(-100, here_lock, -100, there_lock, 2) == 0, ctypes.get_errno()
+    moved = (
+        f", for data root {there}, not this one: this root's .server.lock is the file that "
+        f"process locked in {there}, moved or exchanged here since (`mv`, `mv --exchange`)"
+    )
+    since = (status.probe.holder or {}).get("started_at")
+    assert (status.held_by or "").endswith(f", port 2, since {since}{moved}"), status.held_by
+    assert serving_url(status.probe.holder or {}, app_config.host) is None  # "serving:"
+    message = refused.value.message
+    assert (
+        f"{moved}; leave it running: it stops by itself at its next look at its lock file "
+        "(within its lock_check_seconds) or its next write, which find the file gone from "
+        f"{there} (`flock -s {here}/.server.lock true` returns once it lets go); then put "
+        "each root's .server.lock back in its own root (or remove the one here: the app "
+        "makes a new one where it opens a root) and retry"
+    ) in message, message
+    assert serving_url(refused.value.holder or {}, app_config.host) is None  # empty-trash's hint
