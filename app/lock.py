@@ -2752,9 +2752,13 @@ def locked_for(root: Path, path: Path, holder: Mapping[str, Any] | None) -> Path
     if not isinstance(published, str) or not isinstance(published_id, str):
         return None
     try:
-        if path.stat().st_nlink != 1:
-            return None
+        found, there = path.stat(), Path(published).stat()
     except OSError:
+        return None
+    # A rename never leaves its filesystem: a lock file seen through another device (an
+    # overlay or a FUSE mirror of the live root, whose directory has another identity) was
+    # not moved here, and is the through-device look's to name.
+    if found.st_nlink != 1 or found.st_dev != there.st_dev:
         return None
     here = _dir_id(root)
     return None if here is None or published_id == here else Path(published)
