@@ -2424,6 +2424,16 @@ class RootLock:
         # looks for who deleted a file that is still there (red team 46).
         # A whole root moved is told apart by the caller (`DataRoot.lost_error`).
         now = self.now_at()
+        if now is not None and now == self.path:
+            # Still at its name, as the kernel names it, yet another file is there: something
+            # is mounted over it (a file bound over the lock, a filesystem over the root:
+            # `DataRoot.lost_error` says so of the root). It was said "moved to" its own
+            # path, "never move it" (red team 73).
+            path = shell_word(self.path)
+            return (
+                f"is hidden by a file mounted over it since it was locked (`umount {path}` "
+                f"shows it again; `findmnt {path}` names the mount)"
+            )
         return None if now is None else f"was moved to {now} (never move it)"
 
     def now_at(self) -> Path | None:

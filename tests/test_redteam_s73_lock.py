@@ -62,6 +62,11 @@ with open_root(dataclasses.replace(load(serving=False), data_root=root)) as open
     check(opened)
     subprocess.run(["umount", root], check=True)
     check(opened)
+    # A file bound over the lock file alone.
+    (other / "lock").write_text("{}")
+    subprocess.run(["mount", "--bind", other / "lock", root / ".server.lock"], check=True)
+    check(opened)
+    subprocess.run(["umount", root / ".server.lock"], check=True)
     # The stamp grown past any stamp's size (`truncate -s`): each write's check read it
     # whole, and again at the next, for as long as it stayed so.
     stamp = os.fspath(root / ".app-profile.json")
@@ -94,7 +99,7 @@ def test_a_root_replaced_under_its_writer_is_said_where_it_is_and_how_to_put_it_
     other.mkdir()
     done = own_mounts.python_c(REPLACED, str(root), str(other))
     said = json.loads(done.stdout.splitlines()[-1])
-    moved, exchanged, mounted, put_back, *grown, reads, refused = said
+    moved, exchanged, mounted, put_back, lock_hidden, *grown, reads, refused = said
     changed = f"data root {root} changed while open: "
     assert moved.startswith(
         f"{changed}the data root itself was moved, renamed or deleted since it was opened, so "
@@ -114,6 +119,13 @@ def test_a_root_replaced_under_its_writer_is_said_where_it_is_and_how_to_put_it_
         "names the mount). Nothing was changed; "
     ), mounted
     assert put_back == "held", done.stdout
+    # Before: "lock file <root>/.server.lock was moved to <root>/.server.lock (never move it)".
+    lock = root / ".server.lock"
+    assert lock_hidden.startswith(
+        f"lock file {lock} is hidden by a file mounted over it since it was locked (`umount "
+        f"{lock}` shows it again; `findmnt {lock}` names the mount); another process could "
+        "now take the data root, so this one stops"
+    ), lock_hidden
     # A stamp grown to 256 KiB under a live writer: its writes go on (a damaged stamp is the
     # next open's to refuse), and the stamp is read once, not at every write; the open is
     # refused by its size, without reading it whole.
