@@ -129,8 +129,7 @@ def _positive_number(value: Any) -> str | None:
         or value > _MAX_SECONDS
     ):
         return (
-            f"must be a finite number of seconds greater than 0 and at most {_MAX_SECONDS} "
-            "(a week)"
+            f"must be a finite number of seconds greater than 0 and at most {_MAX_SECONDS} (a week)"
         )
     return None
 
