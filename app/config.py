@@ -109,16 +109,28 @@ def _int_in(low: int, high: int) -> Callable[[Any], str | None]:
     return check
 
 
+#: The longest any number of seconds may be: every wait it feeds accepts it (a thread's
+#: wait takes at most `threading.TIMEOUT_MAX`, about 292 years; PostgreSQL's
+#: lock_timeout and statement_timeout at most 2**31 - 1 ms, about 24 days).
+_MAX_SECONDS: Final = 7 * 86_400
+
+
 def _positive_number(value: Any) -> str | None:
     # TOML and the environment both give nan and inf: lock_check_seconds = nan passed
-    # `app config` and crashed `app serve`; inf never checked the lock file again.
+    # `app config` and crashed `app serve`; inf never checked the lock file again. Nor did
+    # 1e10 ("never", written as a large number): past threading.TIMEOUT_MAX the lock
+    # watcher's first wait raised OverflowError, its thread died with a traceback, and the
+    # server served on without it (red team 73).
     if (
         isinstance(value, bool)
         or not isinstance(value, int | float)
         or not math.isfinite(value)
         or value <= 0
+        or value > _MAX_SECONDS
     ):
-        return "must be a finite number of seconds greater than 0"
+        return (
+            f"must be a finite number of seconds greater than 0 and at most {_MAX_SECONDS} (a week)"
+        )
     return None
 
 

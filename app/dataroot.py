@@ -80,6 +80,7 @@ from app.lock import (
     hard_links_fix,
     hard_links_said,
     held_here,
+    locked_for_said,
     probe,
     shared_with,
     special_kind,
@@ -220,13 +221,14 @@ class NotRegularFileError(SpecialFileFound):
         super().__init__(path, special_kind(mode) or "something else")
 
 
-def read_regular(path: Path | str) -> bytes:
+def read_regular(path: Path | str, limit: int | None = None) -> bytes:
     """The bytes of one of the app's own files, which must be a regular file.
 
     Opened without blocking and checked before it is read: a FIFO at the name (a log
     shipper's, a test's ``os.mkfifo``) would otherwise wait for a writer for good, hanging
     a request, a start-up or ``app data check``, and then hand over whatever the other end
-    sent as the file's content.
+    sent as the file's content. With `limit`, at most ``limit + 1`` bytes are read: one
+    more than `limit` says the file is longer.
 
     Raises:
         NotRegularFileError: the name is a FIFO, a directory, a socket or a device.
@@ -237,7 +239,7 @@ def read_regular(path: Path | str) -> bytes:
         if not stat.S_ISREG(mode):
             raise NotRegularFileError(path, mode)
         with os.fdopen(fd, "rb", closefd=False) as file:
-            return file.read()
+            return file.read() if limit is None else file.read(limit + 1)
     except OSError as error:
         # A read or fstat that fails (EIO) names no file: `app data check` could then not
         # say which one it missed, and stopped whole (red team 39).
@@ -1303,6 +1305,9 @@ class Prepared:
 # --- the profile stamp -------------------------------------------------------------------
 
 
+#: More than any stamp the app writes (about 300 bytes) or a hand-written one holds.
+_MAX_STAMP_BYTES: Final = 64 * 1024
+
 _WRITE_STAMP: Final = (
     'restore the file from a backup, or write {"profile": "<the profile this root belongs '
     'to>"} into it by hand'
@@ -1334,11 +1339,22 @@ def read_stamp(root: Path) -> dict[str, Any] | None:
     """
     path = root / STAMP_FILE
     try:
-        raw = read_regular(path)
+        # Bounded: a stamp is a few hundred bytes. One grown to a gigabyte (`truncate -s`,
+        # a file copied over it by a slip) was read whole at each open and, under a live
+        # server, at each write: 13 s and 2.6 GB a request, acknowledged (red team 73).
+        raw = read_regular(path, _MAX_STAMP_BYTES)
     except (FileNotFoundError, NotADirectoryError):
         return None
     except NotRegularFileError as error:
         raise DataRootStateError(root, str(error), f"move it away, then {_WRITE_STAMP}") from None
+    if len(raw) > _MAX_STAMP_BYTES:
+        raise DataRootStateError(
+            root,
+            f"its profile stamp {path} is longer than {_MAX_STAMP_BYTES // 1024} KiB, which "
+            "no stamp is (the app writes a few hundred bytes): it was written over or grown "
+            "by something else",
+            f"move it away (`mv {shell_word(str(path))} <elsewhere>`), then {_WRITE_STAMP}",
+        )
     try:
         stamp = json_loads(raw)
     except ValueError as error:
@@ -3320,6 +3336,22 @@ def _lstat_identity(path: Path | str) -> tuple[int, int] | None:
     return found.st_dev, found.st_ino
 
 
+def _mounted_over(path: Path) -> Path | None:
+    """The deepest mount point of this thread's mount table at `path` or above it (the one a
+    mount over a live root or its parent made), ``None`` where the table cannot be read."""
+    try:
+        entries = table()
+    except OSError:
+        return None
+    wanted = os.fsencode(path)
+    points = [
+        entry.point
+        for entry in entries
+        if entry.point == wanted or wanted.startswith(entry.point.rstrip(b"/") + b"/")
+    ]
+    return Path(os.fsdecode(max(points, key=len))) if points else None
+
+
 def _present_identity(path: Path | str) -> tuple[int, int] | None:
     """`path`'s device and inode, ``None`` if nothing is there; raises if it cannot be looked
     at (EIO, ESTALE, ENOTCONN, EACCES). A look that failed once made every write say the
@@ -3647,7 +3679,11 @@ class DataRoot:
             return None
         try:
             stamp = read_stamp(self._path)
-        except (OSError, AppError):
+        except AppError:
+            # Damaged: read once, not again at every write until it changes (red team 73).
+            self._stamp_seen = key
+            return None
+        except OSError:
             return None
         self._stamp_seen = key
         return None if stamp is None else str(stamp["profile"]).lower()
@@ -3668,14 +3704,7 @@ class DataRoot:
         except OSError:
             now = opened  # a root that cannot be looked at is not said to be moved (red team 39)
         if opened is not None and now != opened:
-            why = (
-                "the data root itself was moved, renamed or deleted since it was opened, so "
-                "nothing is at its path now"
-                if now is None
-                else "the data root itself was replaced since it was opened: its path names "
-                "another directory now"
-            )
-            return DataRootChangedError(self.path, why)
+            return DataRootChangedError(self.path, self._replaced_how(opened, gone=now is None))
         try:
             os.lstat(self.lock.path)
         except PermissionError:
@@ -3692,6 +3721,56 @@ class DataRoot:
         if reason.startswith("could not be checked"):
             return LockUncheckedError(self.lock.path, reason)
         return LockLostError(self.lock.path, reason)
+
+    def _replaced_how(self, opened: tuple[int, int], *, gone: bool) -> str:
+        """How the root's path came to name another directory than the one opened (or none),
+        and where that one is now, as its lock file's descriptor names it.
+
+        "Put the directory back" alone was said of a root moved aside (`mv`, `renameat2`'s
+        exchange of two directories, `mv --exchange`) and of one a filesystem was mounted
+        over (`mount --bind`), where nothing had moved: the operator was told neither where
+        the directory was nor that an `umount` showed it again (red team 73)."""
+        assert self.lock is not None
+        lock_now = self.lock.now_at()
+        path = shell_word(str(self._path))
+        if lock_now is not None and lock_now == self.lock.path:
+            # The kernel names the file by the path it had: the directory is still there,
+            # hidden by a mount at its path or above it.
+            point = _mounted_over(self._path)
+            where = f" (at {point})" if point is not None else ""
+            undo = f"`umount {shell_word(str(point))}`" if point is not None else "`umount` it"
+            return (
+                f"a filesystem was mounted over it, or over a directory above it, since it was "
+                f"opened{where}: the directory this process opened is still at its path, "
+                f"hidden under the mount; {undo} shows it again (`findmnt --target {path}` "
+                "names the mount)"
+            )
+        moved_to = lock_now.parent if lock_now is not None else None
+        try:
+            there = _present_identity(moved_to) if moved_to is not None else None
+        except OSError:
+            there = None
+        if moved_to is None or there != opened:
+            return (
+                "the data root itself was moved, renamed or deleted since it was opened, so "
+                "nothing is at its path now"
+                if gone
+                else "the data root itself was replaced since it was opened: its path names "
+                "another directory now"
+            )
+        back = shell_word(str(moved_to))
+        if gone:
+            return (
+                "the data root itself was moved, renamed or deleted since it was opened, so "
+                f"nothing is at its path now: the directory this process opened is at "
+                f"{moved_to} (`mv {back} {path}` puts it back)"
+            )
+        return (
+            "the data root itself was replaced since it was opened: its path names another "
+            f"directory now, and the directory this process opened is at {moved_to} (moved "
+            "aside, or exchanged with the other one): move the other one out of the way, then "
+            f"`mv {back} {path}`"
+        )
 
     @contextlib.contextmanager
     def changing(self) -> Iterator[None]:
@@ -3993,6 +4072,8 @@ class RootStatus:
         said = describe_holder(self.probe.holder)
         if self.probe.holder and "through_device" in self.probe.holder:
             return said + through_another_device(self.probe.path, self.probe.holder)
+        if self.probe.holder and "locked_for" in self.probe.holder:
+            return said + locked_for_said(Path(self.probe.holder["locked_for"]))
         if (other := shared_with(self.path, self.probe.path, self.probe.holder)) is not None:
             # A hard-link copy of a live root: its holder is the other root's (red team 41).
             said += (

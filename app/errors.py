@@ -1174,6 +1174,24 @@ def _waits(
     return f" (`flock -s {lock_file} true` returns once it lets go)"
 
 
+def _held_elsewhere(holder: Mapping[str, Any] | None, root: Path, waits: str) -> str | None:
+    """What to do about a holder that holds another directory than `root` through the lock
+    file there (another device's, or another root's lock file moved here), or ``None``."""
+    if holder and "through_device" in holder:
+        return _another_device_stop(holder, root)
+    if holder and "locked_for" in holder:
+        # It holds another root: "stop it" sent the operator to stop that root's server,
+        # which stops by itself once it sees its lock file gone (red team 73).
+        return (
+            "leave it running: it stops by itself at its next look at its lock file (within "
+            "its lock_check_seconds) or its next write, which find the file gone from "
+            f"{holder['locked_for']}{waits}; then put each root's .server.lock back in its own "
+            "root (or remove the one here: the app makes a new one where it opens a root) and "
+            "retry"
+        )
+    return None
+
+
 class DataRootInUseError(AppError):
     """Another live process holds the data root's lock."""
 
@@ -1211,8 +1229,8 @@ class DataRootInUseError(AppError):
         )
         shared = bool(self.holder and self.holder.get("shared_lock"))
         waits = _waits(self.root, pid, lock_elsewhere=self.lock_elsewhere, shared=shared)
-        if self.holder and "through_device" in self.holder:
-            stop = _another_device_stop(self.holder, self.root)
+        if (elsewhere := _held_elsewhere(self.holder, self.root, waits)) is not None:
+            stop = elsewhere
         elif pid == os.getpid() and self.holder and self.holder.get("host") == socket.gethostname():
             # `kill` would stop the very process that asks: the first writer is its own.
             stop = (

@@ -1923,8 +1923,8 @@ def probe(root: Path) -> Probe:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except OSError as error:
             if error.errno in _CONTENDED_ERRNOS:
-                holder = _seen_here(_read_holder_fd(fd), _flock_pid_here(fd))
-                return Probe(path=path, held=True, holder=_kept_by(fd, path, holder))
+                holder = _kept_by(fd, path, _seen_here(_read_holder_fd(fd), _flock_pid_here(fd)))
+                return Probe(path=path, held=True, holder=_marked_locked_for(root, path, holder))
             if error.errno in _UNSUPPORTED_ERRNOS:
                 raise LockUnavailableError(path, os.strerror(error.errno)) from error
             raise
@@ -2195,7 +2195,11 @@ class RootLock:
                     taken = True
             if not taken:
                 _refuse_shared_with_another_root(self.root, self.path, holder)
-                raise DataRootInUseError(self.root, holder, wanted, held_by=describe_holder(holder))
+                holder = _marked_locked_for(self.root, self.path, holder)
+                held_by = describe_holder(holder)
+                if holder and "locked_for" in holder:
+                    held_by += locked_for_said(Path(holder["locked_for"]))
+                raise DataRootInUseError(self.root, holder, wanted, held_by=held_by)
             _LIVE_LOCKS.add(self)
             _TAKEN[0] += 1
             return self
@@ -2419,11 +2423,31 @@ class RootLock:
         # Said "was deleted" of a file renamed (`mv .server.lock .server.lock.old`): one then
         # looks for who deleted a file that is still there (red team 46).
         # A whole root moved is told apart by the caller (`DataRoot.lost_error`).
+        now = self.now_at()
+        if now is not None and now == self.path:
+            # Still at its name, as the kernel names it, yet another file is there: something
+            # is mounted over it (a file bound over the lock, a filesystem over the root:
+            # `DataRoot.lost_error` says so of the root). It was said "moved to" its own
+            # path, "never move it" (red team 73).
+            path = shell_word(self.path)
+            return (
+                f"is hidden by a file mounted over it since it was locked (`umount {path}` "
+                f"shows it again; `findmnt {path}` names the mount)"
+            )
+        return None if now is None else f"was moved to {now} (never move it)"
+
+    def now_at(self) -> Path | None:
+        """Where the file this holder locked is now, as the kernel names its descriptor
+        (``/proc/self/fd``), or ``None`` where it was deleted, is not held, or cannot be
+        named. A file under a directory something was mounted over keeps its old name."""
+        fd = self._fd
+        if fd is None:
+            return None
         try:
-            now = str(Path(f"/proc/self/fd/{self._fd}").readlink())
+            now = str(Path(f"/proc/self/fd/{fd}").readlink())
         except OSError:
             return None
-        return None if now.endswith(" (deleted)") else f"was moved to {now} (never move it)"
+        return None if now.endswith(" (deleted)") or not now.startswith("/") else Path(now)
 
     def __repr__(self) -> str:
         state = "held" if self.held else "not held"
@@ -2576,10 +2600,18 @@ def _reached_at(holder: Mapping[str, Any], configured_host: str) -> str | None:
     port = holder.get("port")
     if holder.get("kind") != "server" or not isinstance(port, int) or not port:
         return None
-    if {"took_lock", "pid_written_over", "unpublished", "shared_lock"} & holder.keys():
+    if {
+        "took_lock",
+        "pid_written_over",
+        "unpublished",
+        "shared_lock",
+        "locked_for",
+    } & holder.keys():
         # The port is the file's, not the live holder's: a killed server's, whose port
         # another program may listen on now (red team 70: `app status` said "serving" there,
-        # and `empty-trash`'s refusal printed a `curl` to POST /trash/empty at it).
+        # and `empty-trash`'s refusal printed a `curl` to POST /trash/empty at it). Or the
+        # server of another root whose lock file was moved here: that `curl` emptied the
+        # other root's trash (red team 73).
         return None
     address = holder.get("address")
     if not holder.get("pid") and _on_another_host(holder):
@@ -2717,6 +2749,50 @@ def shared_with(root: Path, path: Path, holder: Mapping[str, Any] | None) -> Pat
     except OSError:
         return None  # the other root out of sight (another mount namespace): not told apart
     return Path(published)
+
+
+def locked_for(root: Path, path: Path, holder: Mapping[str, Any] | None) -> Path | None:
+    """The other data root whose holder locked ``path`` there before the file was moved or
+    exchanged into ``root`` (`mv`, `mv --exchange`), by the root and the directory identity
+    its record published, if that identity is not ``root``'s; ``None`` otherwise (a record
+    that is not the holder's own, one with no ``root_id``, a hard link: `shared_with`)."""
+    if not holder or {"pid_written_over", "unpublished", "shared_lock"} & holder.keys():
+        return None
+    published, published_id = holder.get("root"), holder.get("root_id")
+    if not isinstance(published, str) or not isinstance(published_id, str):
+        return None
+    try:
+        found, there = path.stat(), Path(published).stat()
+    except OSError:
+        return None
+    # A rename never leaves its filesystem: a lock file seen through another device (an
+    # overlay or a FUSE mirror of the live root, whose directory has another identity) was
+    # not moved here, and is the through-device look's to name.
+    if found.st_nlink != 1 or found.st_dev != there.st_dev:
+        return None
+    here = _dir_id(root)
+    return None if here is None or published_id == here else Path(published)
+
+
+def _marked_locked_for(
+    root: Path, path: Path, holder: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """`holder` with ``locked_for`` (`locked_for`) where it locked the file as another
+    root's: no URL is built from it (`local_url`), and no refusal tells to stop it."""
+    if holder and (other := locked_for(root, path, holder)) is not None:
+        return {**holder, "locked_for": str(other)}
+    return holder
+
+
+def locked_for_said(other: Path) -> str:
+    """What follows a holder's description where it locked this root's lock file as
+    `other`'s (`locked_for`): a writer told "a server holds its data root until it is
+    stopped: stop it (kill <pid>)" was sent to stop the server of another root, after lock
+    files exchanged between two live roots (red team 73)."""
+    return (
+        f", for data root {other}, not this one: this root's {LOCK_FILE} is the file that "
+        f"process locked in {other}, moved or exchanged here since (`mv`, `mv --exchange`)"
+    )
 
 
 def hard_links_said(path: Path, count: int) -> str:

@@ -248,6 +248,20 @@ def test_a_number_of_seconds_that_is_not_finite_is_refused(value: str) -> None:
     ) in str(refused.value)
 
 
+def test_a_number_of_seconds_longer_than_any_wait_takes_is_refused() -> None:
+    # Red team 73: lock_check_seconds = 1e10 ("never") passed every check, then the server's
+    # lock watcher died at its first wait (OverflowError, past threading.TIMEOUT_MAX) and it
+    # served on with its lock file never checked. A week is the most any setting waits.
+    for key in ("lock_check_seconds", "request_seconds"):
+        with pytest.raises(ConfigError) as refused:
+            load("testing", environ={f"APP_{key.upper()}": "1e10"})
+        assert (
+            f"{key} = 10000000000.0 (from environment APP_{key.upper()}): must be a finite "
+            "number of seconds greater than 0 and at most 604800 (a week)"
+        ) in str(refused.value)
+    assert load("testing", environ={"APP_LOCK_CHECK_SECONDS": "604800"}).lock_check_seconds
+
+
 def test_a_number_in_an_environment_variable_is_ascii_only() -> None:
     # dynaconf's @int is Python's int(): APP_PORT='@int <Arabic-Indic 1234>' was port 1234.
     with pytest.raises(ConfigError) as refused:

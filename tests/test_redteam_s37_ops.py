@@ -127,8 +127,9 @@ def test_a_data_root_moved_under_its_server_is_said_to_be_moved_not_its_lock_del
     assert server.wait_exit() == 70
     assert (
         f"stopping: data root {root} changed while open: the data root itself was moved, "
-        "renamed or deleted since it was opened, so nothing is at its path now. Nothing was "
-        "changed; this process stops writing to it. Put the directory back"
+        "renamed or deleted since it was opened, so nothing is at its path now: the directory "
+        f"this process opened is at {tmp_path}/moved (`mv {tmp_path}/moved {root}` puts it "
+        "back). Nothing was changed; this process stops writing to it. Put the directory back"
     ) in server.output, server.output
     assert "Never delete .server.lock" not in server.output
 

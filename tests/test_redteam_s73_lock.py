@@ -1,0 +1,176 @@
+"""Red team 73 on the holder's lock (layer 4): a live holder's root replaced under it.
+
+Real parts: a data root opened as a writer by the app (its lock taken, as `app data purge`
+and a server's start take it), in a child with a mount namespace of its own
+(tests/own_mounts.py); the root then moved aside (`mv`), exchanged with another directory
+(`renameat2`'s ``RENAME_EXCHANGE``, as `mv --exchange` makes it), or hidden by a bind mount
+over it, as an operator does to a live server. The writer's next check before a write
+(`DataRoot.ensure_held`, which a server's lock watcher makes too) refuses it; what it says is
+what this file holds.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import json
+from pathlib import Path
+
+import own_mounts
+import pytest
+from test_redteam_s62_guard import _needs_root
+
+from app import config as appconfig
+from app.dataroot import describe, open_root
+from app.errors import DataRootInUseError
+from app.lock import LOCK_FILE
+from app.storage import serving_url
+
+#: The child: opens the root as a writer, replaces it each way, records what the next check
+#: before a write says, puts it back. argv: the root, a directory beside it.
+REPLACED = r"""
+import ctypes, dataclasses, json, os, subprocess, sys
+from pathlib import Path
+
+from app.config import load
+from app.dataroot import open_root, read_stamp
+from app.errors import AppError
+
+root, other = map(Path, sys.argv[1:3])
+aside = root.with_name("data.old")
+libc = ctypes.CDLL(None, use_errno=True)
+said = []
+
+
+def check(opened):
+    try:
+        opened.ensure_held()
+        said.append("held")
+    except AppError as error:
+        said.append(" ".join(str(error).split()))
+
+
+with open_root(dataclasses.replace(load(serving=False), data_root=root)) as opened:
+    root.rename(aside)
+    check(opened)
+    aside.rename(root)
+    # RENAME_EXCHANGE (<linux/fs.h>): both names stay, each on the other's directory.
+    assert libc.renameat2(-100, bytes(root), -100, bytes(other), 2) == 0, ctypes.get_errno()
+    check(opened)
+    assert libc.renameat2(-100, bytes(root), -100, bytes(other), 2) == 0, ctypes.get_errno()
+    subprocess.run(["mount", "--bind", other, root], check=True)
+    check(opened)
+    subprocess.run(["umount", root], check=True)
+    check(opened)
+    # A file bound over the lock file alone.
+    (other / "lock").write_text("{}")
+    subprocess.run(["mount", "--bind", other / "lock", root / ".server.lock"], check=True)
+    check(opened)
+    subprocess.run(["umount", root / ".server.lock"], check=True)
+    # The stamp grown past any stamp's size (`truncate -s`): each write's check read it
+    # whole, and again at the next, for as long as it stayed so.
+    stamp = os.fspath(root / ".app-profile.json")
+    reads = []
+    sys.addaudithook(
+        lambda event, args: reads.append(1)
+        if event == "open" and args[0] == stamp else None
+    )
+    os.truncate(stamp, 256 * 1024)
+    for _ in range(3):
+        check(opened)
+    said.append(len(reads))
+try:
+    read_stamp(root)
+except AppError as error:
+    said.append(" ".join(str(error).split()))
+print(json.dumps(said))
+"""
+
+
+def test_a_root_replaced_under_its_writer_is_said_where_it_is_and_how_to_put_it_back(
+    tmp_path: Path,
+) -> None:
+    # Before: each was "the data root itself was moved, renamed or deleted since it was
+    # opened, so nothing is at its path now" or "... was replaced since it was opened: its
+    # path names another directory now", then "Put the directory back", with no word on
+    # where it was, nor that a mount hid it (nothing had moved: `umount` shows it again).
+    _needs_root()
+    root, other = tmp_path / "data", tmp_path / "other"
+    other.mkdir()
+    done = own_mounts.python_c(REPLACED, str(root), str(other))
+    said = json.loads(done.stdout.splitlines()[-1])
+    moved, exchanged, mounted, put_back, lock_hidden, *grown, reads, refused = said
+    changed = f"data root {root} changed while open: "
+    assert moved.startswith(
+        f"{changed}the data root itself was moved, renamed or deleted since it was opened, so "
+        f"nothing is at its path now: the directory this process opened is at {root}.old "
+        f"(`mv {root}.old {root}` puts it back). Nothing was changed; "
+    ), moved
+    assert exchanged.startswith(
+        f"{changed}the data root itself was replaced since it was opened: its path names "
+        f"another directory now, and the directory this process opened is at {other} (moved "
+        f"aside, or exchanged with the other one): move the other one out of the way, then "
+        f"`mv {other} {root}`. Nothing was changed; "
+    ), exchanged
+    assert mounted.startswith(
+        f"{changed}a filesystem was mounted over it, or over a directory above it, since it "
+        f"was opened (at {root}): the directory this process opened is still at its path, "
+        f"hidden under the mount; `umount {root}` shows it again (`findmnt --target {root}` "
+        "names the mount). Nothing was changed; "
+    ), mounted
+    assert put_back == "held", done.stdout
+    # Before: "lock file <root>/.server.lock was moved to <root>/.server.lock (never move it)".
+    lock = root / ".server.lock"
+    assert lock_hidden.startswith(
+        f"lock file {lock} is hidden by a file mounted over it since it was locked (`umount "
+        f"{lock}` shows it again; `findmnt {lock}` names the mount); another process could "
+        "now take the data root, so this one stops"
+    ), lock_hidden
+    # A stamp grown to 256 KiB under a live writer: its writes go on (a damaged stamp is the
+    # next open's to refuse), and the stamp is read once, not at every write; the open is
+    # refused by its size, without reading it whole.
+    assert (grown, reads) == (["held"] * 3, 1), said
+    stamp = root / ".app-profile.json"
+    assert refused == (
+        f"data root {root}: its profile stamp {stamp} is longer than 64 KiB, which no stamp is "
+        "(the app writes a few hundred bytes): it was written over or grown by something else; "
+        f"move it away (`mv {stamp} <elsewhere>`), then restore the file from a backup, or "
+        'write {"profile": "<the profile this root belongs to>"} into it by hand'
+    ), refused
+
+
+def test_a_lock_file_exchanged_with_another_live_root_s_names_that_root_and_no_url(
+    app_config: appconfig.Config,
+) -> None:
+    # Two live roots, their lock files exchanged (`mv --exchange`, renameat2): each root's
+    # path names the file the other's server locked. Before: `app status` said "held by:
+    # pid N, kind server, ..." and "serving: <the other root's server>", a refusal said "a
+    # server holds its data root until it is stopped: stop it (kill N)", of a server of
+    # another root that stops by itself, and `empty-trash`'s hint was a `curl` that POSTed
+    # /trash/empty (with the confirmation) to that other root's server.
+    here, there = app_config.data_root, app_config.data_root.with_name("there")
+    other = dataclasses.replace(app_config, data_root=there)
+    with open_root(app_config, kind="server", port=1), open_root(other, kind="server", port=2):
+        libc = ctypes.CDLL(None, use_errno=True)
+        here_lock, there_lock = (bytes(root / LOCK_FILE) for root in (here, there))
+        assert libc.renameat2(-100, here_lock, -100, there_lock, 2) == 0, ctypes.get_errno()
+        status = describe(here)  # what `app status` prints
+        with pytest.raises(DataRootInUseError) as refused:
+            open_root(app_config, wanted="empty the trash", timeout=0.0)
+        assert libc.renameat2(-100, here_lock, -100, there_lock, 2) == 0, ctypes.get_errno()
+    moved = (
+        f", for data root {there}, not this one: this root's .server.lock is the file that "
+        f"process locked in {there}, moved or exchanged here since (`mv`, `mv --exchange`)"
+    )
+    since = (status.probe.holder or {}).get("started_at")
+    assert (status.held_by or "").endswith(f", port 2, since {since}{moved}"), status.held_by
+    assert serving_url(status.probe.holder or {}, app_config.host) is None  # "serving:"
+    message = refused.value.message
+    assert (
+        f"{moved}; leave it running: it stops by itself at its next look at its lock file "
+        "(within its lock_check_seconds) or its next write, which find the file gone from "
+        f"{there} (`flock -s {here}/.server.lock true` returns once it lets go); then put "
+        "each root's .server.lock back in its own root (or remove the one here: the app "
+        "makes a new one where it opens a root) and retry"
+    ) in message, message
+    assert serving_url(refused.value.holder or {}, app_config.host) is None  # empty-trash's hint
