@@ -738,8 +738,12 @@ class Store(Storage):
             if not isinstance(error, OSError):
                 raise
             cause, maybe_done = partway_cause(error)
+            # A server's start-up runs this repair: said as its own, as `app serve` stopped.
+            starting = self.root.kind == "server"
             raise RepairStoppedPartwayError(
-                doing="`app data check --repair`",
+                doing="the start-up repair of `app serve`"
+                if starting
+                else "`app data check --repair`",
                 done=made,
                 total=made,
                 cause=f"{cause}: {error.filename}" if error.filename else cause,
