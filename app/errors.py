@@ -3434,6 +3434,23 @@ class StoppedPartwayError(StorageError):
     rest: str = "the rest are unchanged"
 
 
+class RepairStoppedPartwayError(StoppedPartwayError):
+    """`app data check --repair` (or a server's start-up repair) stopped by a storage error
+    after it had made some repairs, at a step of no one repair: a listing of ``sessions/`` or
+    ``.trash/``, a read of the audit log. Each repair made stays made, and is audited.
+
+    It was said as the storage error alone, "nothing was changed", of repairs already made,
+    and their ``check-repair`` line was never written (red team 73).
+    """
+
+    template = (
+        "{doing} stopped after {done} repair(s) ({cause}): the {done} made are kept, and "
+        "audited (a check-repair line in the audit log); {rest}. {fix}"
+    )
+
+    rest: str = "the rest of the data root was not checked"
+
+
 PARTWAY_RESOLVE: Final = (
     "Resolve the cause (`ulimit -n`, free space, permissions, a filesystem gone read-only: "
     "`mount -o remount,rw` once `dmesg` says why; `dmesg` for a disk fault)"

@@ -45,6 +45,7 @@ from app.errors import (
     AppError,
     FsyncFailed,
     NotInTrashError,
+    RepairStoppedPartwayError,
     RestoredUnreadableSessionError,
     SessionNotFoundError,
     StoppedPartwayError,
@@ -727,6 +728,37 @@ class Store(Storage):
             if repair:
                 self._audit_repairs(checker)  # to the process's log: the audit log refuses
             raise
+        except BaseException as error:
+            made = sum(1 for finding in checker.findings if finding.repaired)
+            if not made:
+                raise  # nothing changed: the error says so
+            # Stopped between its repairs (a listing of sessions/ or .trash/ refused, Ctrl-C):
+            # those made are audited, and not said as "nothing was changed" (red team 73).
+            self._audit_repairs(checker)
+            if not isinstance(error, OSError):
+                raise
+            cause, maybe_done = partway_cause(error)
+            # A server's start-up runs this repair: said as its own, as `app serve` stopped.
+            starting = self.root.kind == "server"
+            raise RepairStoppedPartwayError(
+                doing="the start-up repair of `app serve`"
+                if starting
+                else "`app data check --repair`",
+                done=made,
+                total=made,
+                cause=f"{cause}: {error.filename}" if error.filename else cause,
+                where="kept",
+                fix=f"{PARTWAY_RESOLVE}, then run `app data check --repair` again to "
+                "check the rest",
+                **(
+                    {
+                        "rest": "the call it stopped at may have been made (`app data check` "
+                        "says), and the rest of the data root was not checked"
+                    }
+                    if maybe_done
+                    else {}
+                ),
+            ) from error
         finally:
             if repair:
                 self.root.store_state.records.clear()  # repairs change records behind it

@@ -471,6 +471,14 @@ EXAMPLES: list[errors.AppError] = [
         fix=f"{errors.PARTWAY_RESOLVE}, then run `app data purge` again to move the rest; "
         "`app sessions restore ID` brings one back",
     ),
+    errors.RepairStoppedPartwayError(
+        doing="`app data check --repair`",
+        done=3,
+        total=3,
+        cause="EACCES: Permission denied: /srv/app-data/sessions",
+        where="kept",
+        fix=f"{errors.PARTWAY_RESOLVE}, then run `app data check --repair` again to check the rest",
+    ),
     # The PostgreSQL + object storage backend (app.remote.errors).
     remote.ResourceOverlapError(
         "database",

@@ -1,0 +1,64 @@
+"""Red team 73 on integrity: a repair stopped between its repairs.
+
+Found by running red team 28's harness (a system call failed at each N in turn) at every
+``openat`` of ``app data check --repair`` with ``EACCES``: a refusal at a step of no one
+repair (the listing of ``sessions/`` after the trash's pass, the trash's listing after the
+pass over ``sessions/.new-*``) escaped the per-repair guard (`app.check.Checker.item`). The
+command then said the storage error's "nothing was changed" of the repairs it had made, and
+their ``check-repair`` line was never written (docs/explanation/attacks.md, red team 73).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from faults import NO_BYTECODE, needs_strace, strace_prefix
+from test_redteam_s51_integrity import _replace_stopped_after_its_commit
+
+from app.config import Config
+from app.storage import open_storage
+
+
+@needs_strace
+def test_a_repair_stopped_between_its_repairs_says_what_it_made_and_audits_it(
+    app_config: Config,
+) -> None:
+    root = app_config.data_root
+    with open_storage(app_config, writer=True, kind="tests", wanted="fill it") as store:
+        session, entry, blob = _replace_stopped_after_its_commit(store, root)
+    # The opens of sessions/: the store's open (2), the pass over sessions/.new-* (3), then,
+    # after the trash's pass has finished the replace, the listing of the sessions (4).
+    fault = strace_prefix("openat:error=EACCES:when=4+", root / "sessions", seccomp=True)
+    stopped = subprocess.run(
+        [*fault, sys.executable, "-m", "app", "data", "check", "--repair"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **NO_BYTECODE, "APP_DATA_ROOT": str(root)},
+        check=False,
+    )
+    assert stopped.returncode == 74, (stopped.stdout, stopped.stderr)
+    # Before: "cannot run `app data check` (.../sessions): the data root's filesystem refused
+    # it (permission denied ...); nothing was changed", and no check-repair line.
+    assert (
+        "error: `app data check --repair` stopped after 1 repair(s) (EACCES: Permission "
+        f"denied: {root / 'sessions'}): the 1 made are kept, and audited (a check-repair line "
+        "in the audit log); the rest of the data root was not checked. Resolve the cause"
+    ) in stopped.stderr, stopped.stderr
+    assert "then run `app data check --repair` again to check the rest" in stopped.stderr
+    assert "nothing was changed" not in stopped.stderr
+    assert not blob.exists()  # the repair was made: the old bytes are in their entry
+    assert (entry / "a.txt").read_bytes() == b"version 1"
+    lines = [json.loads(line) for line in (root / "audit.jsonl").read_text().splitlines()]
+    (repair,) = [line for line in lines if line["operation"] == "check-repair"]
+    (finding,) = repair["details"]["findings"]
+    assert (finding["problem"], finding["repaired"]) == ("trash-unfinished", True)
+    assert finding["target"] == str(entry.relative_to(root))
+    # Run again, it checks the rest and finds the root clean.
+    with open_storage(app_config, writer=True, kind="tests", wanted="repair") as store:
+        assert store.check(repair=True).findings == []
+        body, _ = store.open_file(session, "a.txt")
+        with body:
+            assert body.read() == b"version 2"
