@@ -464,3 +464,28 @@ def test_a_form_of_many_empty_parts_beside_its_file_is_refused_and_nothing_store
     assert _stored(server, session_id) == []
     root = server.data_root
     assert root is None or not [p for p in root.rglob(".tmp/*") if p.is_file()]
+
+
+def test_a_chunked_body_of_tiny_chunks_is_refused_and_nothing_stored(server: LiveServer) -> None:
+    # Red team 73, found by hand: h11, the protocol and uvicorn each handle every chunk in
+    # Python on the event loop, so a PUT of 1 MB in one-byte chunks took 28 s and held the
+    # server's other clients up to 5.9 s for a `GET /health`, and was stored. Past their first
+    # 1,024, a body's chunks must average 64 bytes.
+    session_id = a_session(server)
+    for size, count, status in ((64, 2_000, 201), (1, 1_025, 400)):
+        path = f"/sessions/{session_id}/files/of-{size}.bin"
+        chunks = f"{size:x}\r\n".encode() + b"x" * size + b"\r\n"
+        head = head_of(server, f"PUT {path}", "Transfer-Encoding: chunked\r\n")
+        with connect(server) as sock:
+            sock.sendall(head + chunks * count + b"0\r\n\r\n")
+            status_got, _, body = Answers(sock).next()
+        assert status_got == status, body
+    assert json.loads(body)["message"] == (
+        f"PUT {path} refused: its chunked body came in chunks of fewer than 64 bytes on average "
+        "past its first 1024 chunks (1025 bytes in 1025 chunks), each of which this server "
+        "handles in turn while its other clients wait. Nothing of it was kept and the "
+        "connection is closed. Send the body in larger chunks, or with a Content-Length"
+    )
+    assert _stored(server, session_id) == ["of-64.bin"]
+    root = server.data_root
+    assert root is None or not [p for p in root.rglob(".tmp/*") if p.is_file()]
