@@ -459,8 +459,10 @@ class MultipartSink:
 
     def _refuse_overhead(self, parsed: int) -> None:
         """Refuse a body more than `MULTIPART_OVERHEAD` of whose first ``parsed`` bytes are
-        not the file's own (a delimiter the parser still holds is at most 74 bytes)."""
-        if self._ended or parsed - self._file_bytes <= MULTIPART_OVERHEAD:
+        not the file's own (a delimiter the parser still holds is at most 74 bytes), the
+        white space after its closing boundary too: a form that came whole in one read is
+        parsed to its end in the same loop."""
+        if parsed - self._file_bytes <= MULTIPART_OVERHEAD:
             return
         raise BadRequestError(
             f"POST /sessions/{self.session_id}/files refused: the multipart body holds more "
