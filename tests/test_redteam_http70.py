@@ -436,3 +436,56 @@ def test_a_head_or_a_trailer_whose_lines_end_with_bare_crs_is_refused_at_once(
         assert (status, headers["connection"].lower()) == (400, "close"), body
     assert json.loads(body)["message"].startswith(f"PUT {path} refused: its chunked body is")
     assert _stored(server, session_id) == []
+
+
+def test_a_form_of_many_empty_parts_beside_its_file_is_refused_and_nothing_stored(
+    server: LiveServer,
+) -> None:
+    # Red team 73, found by hand: only the whole body was held to max_upload_bytes plus 128
+    # KiB, so a 5-byte file could come with 100 MiB of empty parts, which python-multipart
+    # parses a byte at a time on the event loop (15 s for 200,000 parts, 10 MiB): the
+    # server's other clients waited up to 2.3 s for a `GET /health` meanwhile, and the form was
+    # stored. What is not the file's own is now held to the 128 KiB, as it comes.
+    empty = b'Content-Disposition: form-data; name="x"\r\n\r\n'
+    for count, status in ((100, 201), (2_700, 400)):
+        session_id = a_session(server)
+        line = f"POST /sessions/{session_id}/files"
+        form = _form(_FILE, *[empty] * count)
+        head = f"Content-Type: multipart/form-data; boundary=B\r\nContent-Length: {len(form)}\r\n"
+        answer = _answer(server, head_of(server, line, head) + form)
+        assert answer[0] == status, answer
+    assert json.loads(answer[2])["message"] == (
+        f"POST /sessions/{session_id}/files refused: the multipart body holds more than 131072 "
+        "bytes (128 KiB) besides the file's own: boundaries, part headers and fields other "
+        "than 'file', which this server parses and ignores, and whose parsing would hold its "
+        "other clients. Nothing was stored; send the file in the field 'file' with few other "
+        f"fields, or its bytes alone with PUT /sessions/{session_id}/files/{{name}}"
+    )
+    assert _stored(server, session_id) == []
+    root = server.data_root
+    assert root is None or not [p for p in (root / ".tmp").rglob("*") if p.is_file()]
+
+
+def test_a_chunked_body_of_tiny_chunks_is_refused_and_nothing_stored(server: LiveServer) -> None:
+    # Red team 73, found by hand: h11, the protocol and uvicorn each handle every chunk in
+    # Python on the event loop, so a PUT of 1 MB in one-byte chunks took 28 s and held the
+    # server's other clients up to 5.9 s for a `GET /health`, and was stored. Past their first
+    # 1,024, a body's chunks must average 64 bytes.
+    session_id = a_session(server)
+    for size, count, status in ((64, 2_000, 201), (1, 1_025, 400)):
+        path = f"/sessions/{session_id}/files/of-{size}.bin"
+        chunks = f"{size:x}\r\n".encode() + b"x" * size + b"\r\n"
+        head = head_of(server, f"PUT {path}", "Transfer-Encoding: chunked\r\n")
+        with connect(server) as sock:
+            sock.sendall(head + chunks * count + b"0\r\n\r\n")
+            status_got, _, body = Answers(sock).next()
+        assert status_got == status, body
+    assert json.loads(body)["message"] == (
+        f"PUT {path} refused: its chunked body came in chunks of fewer than 64 bytes on average "
+        "past its first 1024 chunks (1025 bytes in 1025 chunks), each of which this server "
+        "handles in turn while its other clients wait. Nothing of it was kept and the "
+        "connection is closed. Send the body in larger chunks, or with a Content-Length"
+    )
+    assert _stored(server, session_id) == ["of-64.bin"]
+    root = server.data_root
+    assert root is None or not [p for p in (root / ".tmp").rglob("*") if p.is_file()]

@@ -31,10 +31,16 @@ from app.storage import Storage, Upload
 # Form fields other than `file` are ignored, but they still cost memory while parsed.
 _MAX_OTHER_FIELD_BYTES: Final = 64 * 1024
 MULTIPART_OVERHEAD: Final = 2 * _MAX_OTHER_FIELD_BYTES
-"""How far a multipart body may exceed max_upload_bytes before its size alone refuses it.
+"""How many bytes of a multipart body may be other than the file's own: its boundaries, part
+headers and other fields, held to it however small the file (`MultipartSink._refuse_overhead`).
 
 Boundaries and part headers are small, and other fields are capped.
 """
+# The parser is fed at most this much at once, so that the bytes besides the file's own are
+# counted as they come: python-multipart parses a part's boundary and headers a byte at a
+# time on the event loop (about 1.3 s a MiB of empty parts), and a form of many empty parts
+# beside a small file held the server's other clients for as long (red team 73).
+_PARSE_SLICE: Final = 16 * 1024
 # RFC 2046, section 5.1.1: a boundary is 1 to 70 characters.
 _MAX_BOUNDARY_CHARS: Final = 70
 # A parameter's name in any case, with spaces around "=" (RFC 2183, 2231), as the parser
@@ -338,6 +344,7 @@ class MultipartSink:
         self._pending_name: str | None = None
         self._early: list[bytes | memoryview] = []
         self._other_bytes = 0
+        self._file_bytes = 0  # of the body, in the `file` part's content
         self._field = b""
         self._value = b""
         self._headers: dict[bytes, bytes] = {}
@@ -375,7 +382,11 @@ class MultipartSink:
                 if self._body_hash is not None:
                     self._body_hash.update(chunk)
                 if not self._content_only(parser, chunk):
-                    _parse(parser.write, chunk)  # the callbacks queue the file's bytes
+                    before = received - len(chunk)
+                    for start in range(0, len(chunk), _PARSE_SLICE):
+                        piece = chunk[start : start + _PARSE_SLICE]
+                        _parse(parser.write, piece)  # the callbacks queue the file's bytes
+                        self._refuse_overhead(before + start + len(piece))
                     if self._ended:  # the closing delimiter is in this chunk, or ends in it
                         seen = tail + bytes(chunk)
                         _refuse_an_epilogue(boundary, seen[seen.find(close) + len(close) :])
@@ -445,6 +456,23 @@ class MultipartSink:
     def abort(self) -> None:
         if self.upload is not None:
             self.upload.abort()  # a no-op once committed
+
+    def _refuse_overhead(self, parsed: int) -> None:
+        """Refuse a body more than `MULTIPART_OVERHEAD` of whose first ``parsed`` bytes are
+        not the file's own (a delimiter the parser still holds is at most 74 bytes), the
+        white space after its closing boundary too: a form that came whole in one read is
+        parsed to its end in the same loop."""
+        if parsed - self._file_bytes <= MULTIPART_OVERHEAD:
+            return
+        raise BadRequestError(
+            f"POST /sessions/{self.session_id}/files refused: the multipart body holds more "
+            f"than {MULTIPART_OVERHEAD} bytes ({MULTIPART_OVERHEAD // 1024} KiB) besides the "
+            "file's own: boundaries, part headers and fields other than 'file', which this "
+            "server parses and ignores, and whose parsing would hold its other clients. "
+            "Nothing was stored; send the file in the field 'file' with few other fields, or "
+            "its bytes alone with PUT "
+            f"/sessions/{self.session_id}/files/{{name}}"
+        )
 
     def _part_begin(self) -> None:
         self._headers = {}
@@ -543,6 +571,7 @@ class MultipartSink:
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         if self._in_file:
+            self._file_bytes += end - start
             piece = data if start == 0 and end == len(data) else memoryview(data)[start:end]
             if self.pipeline is None:
                 self._early.append(piece)

@@ -116,6 +116,15 @@ uvicorn created as it parsed the head, then leaves the application alone (`_Unle
 HEALTH_PATH: Final = b"/health"
 #: A CR that the next byte shows is not the start of a CRLF (RFC 9112, 2.2: a bare CR).
 _BARE_CR: Final = re.compile(rb"\r[^\n]")
+#: A chunked body's chunks may average fewer than `MEAN_CHUNK_BYTES` bytes for its first
+#: `FREE_CHUNKS` chunks only. h11, this protocol and uvicorn each handle every chunk in
+#: Python on the event loop, about 28 µs a chunk whatever its size: a body of one-byte
+#: chunks (1 MB of data) took 28 s, and the server's other clients waited up to 5.9 s for a
+#: `GET /health` meanwhile (red team 73). At 64 bytes a chunk, a read of 256 KiB holds the
+#: loop about 0.1 s. Chunks of a line of text (a client's generator) pass; curl's and
+#: httpx's are 64 KiB or 8 KiB.
+FREE_CHUNKS: Final = 1024
+MEAN_CHUNK_BYTES: Final = 64
 
 
 # How long an idle timer that fired late waits again, once bytes were found unread: one turn
@@ -585,6 +594,11 @@ def bounded_h11(
         _crlf = 0
         #: What ended a chunk's size line bare, ``"LF"`` or ``"CR"`` (refused, 400).
         bare_ending = ""
+        #: The chunks of the request body being read, and their data's bytes (`FREE_CHUNKS`);
+        #: ``tiny`` says how many once they are refused.
+        _chunks = 0
+        _chunk_bytes = 0
+        tiny = ""
         #: How much of the buffer `_size_line_bare` and `_lines_bare_cr` looked at and found
         #: clean, as the last call that took nothing ended: only the bytes after it are
         #: looked at next (a head sent a byte a read was scanned whole at each byte, its
@@ -633,6 +647,19 @@ def bounded_h11(
                 raise h11.RemoteProtocolError(
                     f"{framing} bytes of head or body framing", error_status_hint=431
                 )
+            if kind is h11.Data and type(self._reader) is ChunkedReader:
+                self._chunks += event.chunk_start
+                self._chunk_bytes += len(event.data)
+                if (  # each chunk whole: h11 splits one that comes in two reads
+                    event.chunk_end
+                    and self._chunks > FREE_CHUNKS
+                    and self._chunk_bytes < MEAN_CHUNK_BYTES * self._chunks
+                ):
+                    self.tiny = f"{self._chunk_bytes} bytes in {self._chunks} chunks"
+                    self._process_error(self.their_role)
+                    raise h11.RemoteProtocolError("a chunked body of chunks too small")
+            elif kind is h11.Request:
+                self._chunks = self._chunk_bytes = 0
             if kind is h11.EndOfMessage and event.headers:
                 self.trailer = list(event.headers)
             return event
@@ -904,6 +931,15 @@ def bounded_h11(
                     f"{ending}; "
                     "RFC 9112 (7.1) ends it with CRLF. Nothing of it was kept and the "
                     "connection is closed. Check the client"
+                )
+            elif tiny := getattr(self.conn, "tiny", ""):
+                error = BadRequestError(
+                    f"{request} refused: its chunked body came in chunks of fewer than "
+                    f"{MEAN_CHUNK_BYTES} bytes on average past its first {FREE_CHUNKS} chunks "
+                    f"({tiny}), each of "
+                    "which this server handles in turn while its other clients wait. Nothing "
+                    "of it was kept and the connection is closed. Send the body in larger "
+                    "chunks, or with a Content-Length"
                 )
             else:
                 error = BadRequestError(
