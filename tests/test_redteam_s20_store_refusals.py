@@ -177,7 +177,7 @@ def child(op, at, mode, args, config):
     # The settings their case's process loaded (`case`), their root used for every look
     # below: each `load()` in a child, which no run marks, resolves every profile and walks
     # the process tree again to find its run; five a step were about a quarter of this
-    # file's CPU (bench/README.md, "perf-suite72"), one a step still about a fifth
+    # file's CPU (bench/README.md, "perf-suite72"), one a step still about 2 s of its 24
     # ("perf-suite73a"). Every step of a case has the same environment, and its root is a
     # fresh copy of the same template at the same path: what its own load would find. The
     # Stores below are still opened afresh by the step, each checking the root and walking.
