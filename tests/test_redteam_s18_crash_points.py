@@ -79,15 +79,45 @@ def warm_up(env):
             pass  # the child meets it again, and answers it
 """
 
+#: For a zygote (after `from app.config import load`, `import json, os`): the settings of an
+#: environment loaded once in the zygote, with that environment, for each child forked with
+#: it to take. The steps of one case share an environment (their root is a fresh copy of one
+#: template at one path, which is what a load there finds), and each child's own load walked
+#: the process tree again to find its run; each child still opens its store afresh, checking
+#: the root and walking (bench/README.md, "perf-suite73a"). A load that failed is raised in
+#: the child, as its own load raised it.
+SETTINGS_ONCE = """
+SETTINGS = {}
+
+
+def settings(env):
+    key = json.dumps(env, sort_keys=True)
+    if key not in SETTINGS:
+        os.environ.clear()
+        os.environ.update(env)
+        try:
+            SETTINGS[key] = load()
+        except Exception as error:
+            SETTINGS[key] = error
+    return SETTINGS[key]
+
+
+def loaded(config):
+    if isinstance(config, Exception):
+        raise config
+    return config
+"""
+
 # Each case runs in a child forked from one "zygote" that has already imported the app: a
 # fresh interpreter per case (~0.4 s of start-up, 176 cases) made this file the slowest
 # of the suite. The child is still a process of its own, with the test's environment, that
 # SIGKILLs itself in its audit hook, just before the syscall of its N-th change; the zygote only
-# imports, and loads the settings once (which writes nothing), so every child starts from the
-# state a fresh interpreter has after its imports and makes every change of its own.
+# imports, and loads the settings of each environment once (which writes nothing,
+# `SETTINGS_ONCE`), so every child starts from the state a fresh interpreter has after its
+# imports and its load, and makes every change of its own.
 _ZYGOTE = (
     RUN_OPERATION
-    + WARM_UP
+    + SETTINGS_ONCE
     + """
 import json, os, re, signal, sys, traceback
 
@@ -109,7 +139,7 @@ ALIKE = re.compile(r"[0-9a-f]{8,}|[0-9]{8}T[0-9]+Z|(?<=-)[a-z0-9_]{8}(?=[.]part$
 CHANGES = []  # the child's changes so far: said once it has run to its end
 
 
-def child(op, crash_at, args):
+def child(op, crash_at, args, config):
     changes = CHANGES
 
     def crash_before_the_change(event, details):
@@ -124,10 +154,12 @@ def child(op, crash_at, args):
             changes.append(f"{event} {ALIKE.sub('*', str(where))}")
 
     if op != "start":  # a start-up's own changes (the lock, .tmp/, the repair) are crashed too
-        store = open_storage(load(), writer=True, kind="tests", wanted="run one operation")
+        store = open_storage(loaded(config), writer=True, kind="tests", wanted="run one operation")
     sys.addaudithook(crash_before_the_change)
     if op == "start":
-        store = open_storage(load(), writer=True, kind="tests", wanted="start as a server does")
+        store = open_storage(
+            loaded(config), writer=True, kind="tests", wanted="start as a server does"
+        )
         store.check(repair=True, thorough=False)
     else:
         run_operation(store, op, args)
@@ -136,7 +168,7 @@ def child(op, crash_at, args):
 
 for line in sys.stdin:
     request = json.loads(line)
-    warm_up(request["env"])
+    config = settings(request["env"])
     errors_r, errors_w = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -147,7 +179,7 @@ for line in sys.stdin:
         os.environ.update(request["env"])
         code = 0
         try:
-            child(request["op"], request["crash_at"], request["args"])
+            child(request["op"], request["crash_at"], request["args"], config)
         except BaseException:
             traceback.print_exc()
             code = 1

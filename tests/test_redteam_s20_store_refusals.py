@@ -131,7 +131,7 @@ def targets(event, details):
     return [(os.path.dirname(os.fsdecode(path)) or ".", dir_fd)]
 
 
-def child(op, at, mode, args):
+def child(op, at, mode, args, config):
     opens = 0
     starved = False
     frozen = []
@@ -174,11 +174,13 @@ def child(op, at, mode, args):
             resource.setrlimit(resource.RLIMIT_NOFILE, (free, HARD))
             starved = True
 
-    # The settings loaded once, their root used for every look below: each `load()` in this
-    # child, which no run marks, resolves every profile and walks the process tree again to
-    # find its run, and five a step were about a quarter of this file's CPU (bench/README.md,
-    # "perf-suite72"). The Store reopened below is still a fresh one reading the disk.
-    config = load()
+    # The settings their case's process loaded (`case`), their root used for every look
+    # below: each `load()` in a child, which no run marks, resolves every profile and walks
+    # the process tree again to find its run; five a step were about a quarter of this
+    # file's CPU (bench/README.md, "perf-suite72"), one a step still about 2 s of its 24
+    # ("perf-suite73a"). Every step of a case has the same environment, and its root is a
+    # fresh copy of the same template at the same path: what its own load would find. The
+    # Stores below are still opened afresh by the step, each checking the root and walking.
     store = open_storage(config, writer=True, kind="tests", wanted="run one operation")
     before = view(store) if at == 0 else None  # each case starts from the same root
     sys.addaudithook(starve)
@@ -235,17 +237,17 @@ def child(op, at, mode, args):
     }
 
 
-for line in sys.stdin:
-    request = json.loads(line)
-    warm_up(request["env"])
+def step(config, request):
+    # One step: a child of the case's process, with the settings it loaded, answering on a
+    # pipe of its own; it ends with os._exit, never returning to its parent's loop.
     out_r, out_w = os.pipe()
     pid = os.fork()
     if pid == 0:
         os.close(out_r)
-        os.environ.clear()
-        os.environ.update(request["env"])
         try:
-            result = child(request["op"], request["at"], request["mode"], request["args"])
+            if isinstance(config, str):
+                raise RuntimeError("the case's settings did not load:\n" + config)
+            result = child(request["op"], request["at"], request["mode"], request["args"], config)
         except BaseException:
             result = {"crash": traceback.format_exc()}
         with os.fdopen(out_w, "w") as out:
@@ -255,13 +257,67 @@ for line in sys.stdin:
     with os.fdopen(out_r) as out:
         result = out.read()
     os.waitpid(pid, 0)
-    print(result.replace("\n", " "), flush=True)
+    return result
+
+
+def case(requests_r):
+    # A case's process, forked from the zygote with the case's environment (its root): it
+    # loads the settings once, as each step's child did before, and forks every step of the
+    # case from there, answering on the zygote's stdout. It ends when the zygote closes its
+    # pipe (the next case, or the zygote's end), never returning to the zygote's loop.
+    code = 1
+    try:
+        try:
+            config = load()
+        except Exception:
+            config = traceback.format_exc()  # each step answers it as its crash
+        with os.fdopen(requests_r) as requests:
+            for line in requests:
+                print(step(config, json.loads(line)).replace("\n", " "), flush=True)
+        code = 0
+    finally:
+        os._exit(code)
+
+
+# The case under way: its environment, its process and the pipe its requests go down.
+current = {"env": None, "pid": None, "requests": None}
+
+
+def end_case():
+    if current["pid"] is not None:
+        current["requests"].close()
+        _, status = os.waitpid(current["pid"], 0)
+        current.update(env=None, pid=None, requests=None)
+        if status != 0:
+            sys.exit(f"a case's process ended with status {status}")
+
+
+for line in sys.stdin:
+    request = json.loads(line)
+    if request["env"] != current["env"]:
+        end_case()
+        warm_up(request["env"])
+        requests_r, requests_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(requests_w)
+            os.environ.clear()
+            os.environ.update(request["env"])
+            case(requests_r)
+        os.close(requests_r)
+        current.update(env=request["env"], pid=pid, requests=os.fdopen(requests_w, "w"))
+    current["requests"].write(line if line.endswith("\n") else line + "\n")
+    current["requests"].flush()
+    # The case's process answers on stdout (the zygote itself writes nothing there, and
+    # reads its next request only once the test has read this answer).
+end_case()
 """
 )
 
 
 class Zygote:
-    """A Python process that has imported the app and forks one child per request.
+    """A Python process that has imported the app and forks one child per request (this
+    module's: through a process per case, which loads the case's settings once).
 
     `command` starts it (``python -c`` of a script that reads one JSON request per line and
     prints one JSON answer), by default the one this module's children need."""

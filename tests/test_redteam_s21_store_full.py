@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 import test_redteam_s20_store_refusals as refusals
-from test_redteam_s18_crash_points import RUN_OPERATION
+from test_redteam_s18_crash_points import RUN_OPERATION, SETTINGS_ONCE
 from test_redteam_s20_store_refusals import CLIENT_VIEW, damaged
 
 from app.config import Config, load
@@ -94,6 +94,7 @@ def contents(root, trash=True):
 _ZYGOTE = (
     RUN_OPERATION
     + ZYGOTE_IMPORTS
+    + SETTINGS_ONCE
     + r"""
 
 DISK = sys.argv[1]
@@ -232,7 +233,11 @@ def stream(root, session_id, name):
     return {"said": said}
 
 
-def child(op, at, args, root):
+# The children that load their own settings: the rest take the zygote's (`SETTINGS_ONCE`).
+ONESELF = {"stream", "way-out", "unreadable"}
+
+
+def child(op, at, args, root, config):
     if op == "stream":
         return stream(root, *args)
     if op == "way-out":
@@ -258,10 +263,10 @@ def child(op, at, args, root):
             busy = False
 
     kept = contents(root, trash=op != "empty-trash")
-    # The settings loaded once a child, as red team 20's children do: each load walks the
-    # process tree again (bench/README.md, "perf-suite72"); the Store reopened below is still
-    # a fresh one reading the disk.
-    config = load()
+    # The settings loaded once for the case's environment, in the zygote (`SETTINGS_ONCE`):
+    # each load walks the process tree again (bench/README.md, "perf-suite72" and
+    # "perf-suite73a"); the Store reopened below is still a fresh one reading the disk.
+    config = loaded(config)
     store = open_storage(config, writer=True, kind="tests", wanted="run one operation")
     before = view(store) if at == 0 else None
     sys.addaudithook(fill_before)
@@ -302,6 +307,7 @@ for line in sys.stdin:
     root = request["env"]["APP_DATA_ROOT"]
     shutil.rmtree(root, ignore_errors=True)
     shutil.copytree(request["template"], root, symlinks=True)
+    config = settings(request["env"]) if request["op"] not in ONESELF else None
     out_r, out_w = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -309,7 +315,7 @@ for line in sys.stdin:
         os.environ.clear()
         os.environ.update(request["env"])
         try:
-            result = child(request["op"], request["at"], request["args"], root)
+            result = child(request["op"], request["at"], request["args"], root, config)
         except BaseException:
             result = {"crash": traceback.format_exc()}
         with os.fdopen(out_w, "w") as out:

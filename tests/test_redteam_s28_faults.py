@@ -33,7 +33,7 @@ import forked_app
 import httpx
 import pytest
 import test_redteam_s20_store_refusals as refusals
-from test_redteam_s18_crash_points import RUN_OPERATION, WARM_UP
+from test_redteam_s18_crash_points import RUN_OPERATION
 from test_redteam_s20_store_refusals import CLIENT_VIEW
 from test_redteam_s21_store_full import CONTENTS, OPERATIONS, ZYGOTE_IMPORTS, template
 
@@ -96,7 +96,6 @@ def _zygote_source() -> str:
     return "\n".join(
         [
             RUN_OPERATION,
-            WARM_UP,
             ZYGOTE_IMPORTS,
             "import time\nfrom pathlib import Path\nfrom app.errors import AppError\n",
             CLIENT_VIEW,
@@ -129,8 +128,8 @@ def answer_of(error):
     return f"{type(error).__name__}: {error}"
 
 
-def operation(op, args, ready, go, out):
-    store = open_storage(load(), writer=True, kind="tests", wanted="run one operation")
+def operation(config, op, args, ready, go, out):
+    store = open_storage(config, writer=True, kind="tests", wanted="run one operation")
     before = view(store)
     os.write(ready, b"r")
     os.read(go, 1)
@@ -153,8 +152,8 @@ def operation(op, args, ready, go, out):
     os.write(out, json.dumps({**result, "probe": probe}).encode())
 
 
-def start_up(out):
-    store = open_storage(load(), writer=True, kind="tests", wanted="start as a server does")
+def start_up(config, out):
+    store = open_storage(config, writer=True, kind="tests", wanted="start as a server does")
     store.check(repair=True, thorough=False)
     left = [f"{f.problem} {f.target}" for f in store.check(repair=False).findings]
     seen = view(store)
@@ -181,6 +180,21 @@ def in_child(function, *args):
     return json.loads(text) if text else None
 
 
+# The settings of each environment, loaded once in this process. Each step's two children
+# loaded them (the same environment, the same root path: a fresh copy of one template), each
+# load walking the process tree again to find its run; they take these now, and still open
+# their stores afresh, each open checking the root and walking (bench/README.md,
+# "perf-suite73a").
+SETTINGS = {}
+
+
+def settings(env):
+    key = json.dumps(env, sort_keys=True)
+    if key not in SETTINGS:
+        SETTINGS[key] = load()
+    return SETTINGS[key]
+
+
 def case(request):
     root = os.path.join(WORK, "app-data")
     shutil.rmtree(root, ignore_errors=True)
@@ -188,8 +202,8 @@ def case(request):
     os.environ.clear()
     os.environ.update(request["env"])
     os.environ["APP_DATA_ROOT"] = root
-    # The children's own loads come before strace attaches: what it counts is the operation's.
-    warm_up(dict(os.environ))
+    # The settings loaded before strace attaches: what it counts is the operation's.
+    config = settings(dict(os.environ))
     kept = contents(root, trash=request["op"] != "empty-trash")
     ready_r, ready_w = os.pipe()
     go_r, go_w = os.pipe()
@@ -199,7 +213,7 @@ def case(request):
         os.close(out_r)
         code = 0
         try:
-            operation(request["op"], request["args"], ready_w, go_r, out_w)
+            operation(config, request["op"], request["args"], ready_w, go_r, out_w)
         except BaseException:
             traceback.print_exc()
             code = 1
@@ -223,7 +237,7 @@ def case(request):
         return {"crash": "the operation's child died"}
     result = json.loads(text)
     result["injected"] = injected(log)
-    result["restart"] = in_child(start_up)
+    result["restart"] = in_child(start_up, config)
     result["lost"] = sorted(kept - contents(root, trash=request["op"] != "empty-trash"))
     return result
 
