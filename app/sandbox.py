@@ -816,6 +816,24 @@ def _keeps_own_copy(pid: int, name: str) -> bool:
     )
 
 
+def _registered_name(path: Path) -> str:
+    """The name of the entry `path` (`_read_entry`'s) was read as: the entry's own, else
+    where a test changed or removed it, that of what the run keeps open read in its place
+    (the entry, its sealed or anchored copy: ``/proc/<pid>/fd/<n>``, ``map_files``), which
+    its link's text names."""
+    changed = _CHANGED.get(path)
+    if changed is not None and changed[0] is not None:
+        return changed[0].name
+    if path.is_relative_to(_PROC):
+        with contextlib.suppress(OSError):
+            text = os.readlink(path).removesuffix(" (deleted)")  # noqa: PTH115 - str out
+            for prefix in (f"/memfd:{_COPY_NAME}", f"/memfd:{_ANCHOR_NAME}"):
+                if text.startswith(prefix):
+                    return text.removeprefix(prefix)
+            return os.path.basename(text)  # noqa: PTH119 - the entry the run keeps open
+    return path.name
+
+
 def _closes_on_exec(pid: int, fd: str) -> bool:
     """Whether process `pid`'s descriptor `fd` (its ``/proc`` path, or its number) is one an
     ``exec`` closes (``O_CLOEXEC`` in its ``fdinfo``'s octal flags)."""
@@ -852,7 +870,7 @@ def _read_entry(
                 f"this process, pytest pid {pid}, in a subinterpreter (it has a sys module of "
                 "its own, without the run's mark)"
             )
-        elif not _keeps_own_copy(pid, path.name):
+        elif not _keeps_own_copy(pid, _registered_name(path)):
             itself = False
             how = f"this process, pytest pid {pid} until it ran another program in its place (exec)"
     if leads:
