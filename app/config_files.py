@@ -360,8 +360,14 @@ def elsewhere_link(here: str) -> str:
     """What kind of link of ``/proc`` `here` (`resolved_elsewhere`'s) passes through, for a
     refusal: a process's root or current directory, or a descriptor of a directory opened in
     another mount namespace (one a process there holds, or one passed over a UNIX socket, or
-    inherited), which a refusal named as "/proc/<pid>/root or cwd" (red team 73)."""
-    if re.match(_DESCRIPTOR_LINK, here):
+    inherited), which a refusal named as "/proc/<pid>/root or cwd" (red team 73).
+
+    By the link the path's way passes through (`sandbox.process_link`), not by its text: a
+    link of one's own to ``/proc/<pid>/fd/<n>``, ``/dev/stdin`` or ``..`` into ``/proc``
+    were named as a process's root or current directory (red team 73 on regress)."""
+    from app.sandbox import process_link  # here, not above: app.sandbox imports this module
+
+    if re.match(_DESCRIPTOR_LINK, process_link(here) or here):
         return (
             "a link of /proc to a descriptor (/proc/<pid>/fd/<n>, /dev/fd/<n>) of a directory "
             "opened in another mount namespace (a container's process holds it, or it was "

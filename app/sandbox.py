@@ -793,16 +793,61 @@ def _entry_data(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _keeps_own_copy(pid: int) -> bool:
-    """Whether this process (the run's, pid `pid` as ``/proc`` numbers it) still holds the
-    sealed copy of its run's entry (`_keep_copy`): made ``MFD_CLOEXEC``, so no ``exec``
-    happened since it was made. A test of a command line sets ``sys.argv`` to the command's
-    (``monkeypatch.setattr(sys, "argv", ...)``); one that also deleted the run's mark on
-    ``sys`` was refused, rightly, but as the run's process "until it ran another program in
-    its place (exec)": a cause that was not there (red team 73 on the guard)."""
+def _keeps_own_copy(pid: int, name: str) -> bool:
+    """Whether this process (the run's, pid `pid` as ``/proc`` numbers it) has run no other
+    program since it registered its run as entry `name`: it still maps the run's anchored
+    copy (`_anchor`), which an ``exec`` drops and nothing else unmaps, else (where the kernel
+    seals no mapping in place) it holds the sealed copy (`_keep_copy`) with the
+    ``close-on-exec`` flag it was made with. A test of a command line sets ``sys.argv`` to
+    the command's (``monkeypatch.setattr(sys, "argv", ...)``); one that also deleted the
+    run's mark on ``sys`` was refused, rightly, but as the run's process "until it ran
+    another program in its place (exec)": a cause that was not there (red team 73 on the
+    guard).
+
+    The copy alone is no word: a test that cleared its flag (``os.set_inheritable``) kept it
+    across a real ``exec`` of the app, which was then named "this process" and took the
+    run's own rules (red team 73 on regress)."""
+    if _seals_in_place() and _anchor_mapped(pid, name) is not None:
+        return True
     listed = _descriptors(pid)  # as /proc numbers this process (a PID namespace's differs)
     own = f"/memfd:{_COPY_NAME}{pid}-"
-    return listed is not None and any(target.startswith(own) for _, target in listed)
+    return listed is not None and any(
+        target.startswith(own) and _closes_on_exec(pid, fd) for fd, target in listed
+    )
+
+
+def _registered_name(path: Path) -> str:
+    """The name of the entry `path` (`_read_entry`'s) was read as: the entry's own, else
+    where a test changed or removed it, that of what the run keeps open read in its place
+    (the entry, its sealed or anchored copy: ``/proc/<pid>/fd/<n>``, ``map_files``), which
+    its link's text names."""
+    changed = _CHANGED.get(path)
+    if changed is not None and changed[0] is not None:
+        return changed[0].name
+    if path.is_relative_to(_PROC):
+        with contextlib.suppress(OSError):
+            text = os.readlink(path).removesuffix(" (deleted)")  # noqa: PTH115 - str out
+            for prefix in (f"/memfd:{_COPY_NAME}", f"/memfd:{_ANCHOR_NAME}"):
+                if text.startswith(prefix):
+                    return text.removeprefix(prefix)
+            return os.path.basename(text)  # noqa: PTH119 - the entry the run keeps open
+    return path.name
+
+
+def _closes_on_exec(pid: int, fd: str) -> bool:
+    """Whether process `pid`'s descriptor `fd` (its ``/proc`` path, or its number) is one an
+    ``exec`` closes (``O_CLOEXEC`` in its ``fdinfo``'s octal flags)."""
+    try:
+        text = (_PROC / str(pid) / "fdinfo" / fd.rpartition("/")[2]).read_bytes()
+    except OSError:
+        return False
+    for line in text.splitlines():
+        if line.startswith(b"flags:"):
+            try:
+                return bool(int(line.split()[1], 8) & os.O_CLOEXEC)
+            except (IndexError, ValueError):
+                return False
+    return False
 
 
 def _read_entry(
@@ -825,7 +870,7 @@ def _read_entry(
                 f"this process, pytest pid {pid}, in a subinterpreter (it has a sys module of "
                 "its own, without the run's mark)"
             )
-        elif not _keeps_own_copy(pid):
+        elif not _keeps_own_copy(pid, _registered_name(path)):
             itself = False
             how = f"this process, pytest pid {pid} until it ran another program in its place (exec)"
     if leads:

@@ -28,11 +28,16 @@ from test_server_e2e import snapshot
 #: The test of the enclosing run: it runs the runner in its own place, as a wrapper that
 #: `exec`s its real command does, with PATH and the settings' directory alone.
 EXECS = """
-import os, sys
+import contextlib, os, sys
 
 
 def test_runs_another_program_in_its_place():
     os.chdir(os.environ["S29_OTHER"])
+    # The run's sealed copy of its entry kept across the exec (red team 73 on regress).
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:app-run-entry:"):
+                os.set_inheritable(int(fd), True)
     env = {"PATH": os.environ["PATH"], "S29_SETTINGS": os.environ["APP_SETTINGS_DIR"]}
     os.execve(sys.executable, [sys.executable, "runner.py", os.environ["S29_DATA"]], env)
 """
@@ -159,7 +164,9 @@ def test_a_basetemp_of_a_pytest_the_run_execs_keeps_the_runs_roots(exec_run: Out
 def test_the_app_the_run_execs_by_libc_is_refused_naming_the_exec(exec_run: Outcome) -> None:
     # Held before the fix when the test itself execs the app (the entry is the process's
     # own): libc's execve raises no audit event, and the new interpreter has no mark on
-    # sys, but its pid and start time are the run's. The refusal now says so.
+    # sys, but its pid and start time are the run's. The refusal now says so. The test
+    # kept the run's sealed copy of its entry open across both execs: before red team 73
+    # on regress, "(this process, registered in ...", as if it had run no other program.
     _, _, _, cases, output = exec_run
     assert cases.get("exit") == "78", output
     assert (

@@ -213,6 +213,11 @@ results["SETTINGS"] = run(["--profile", "production", *purge], APP_SETTINGS_DIR=
 # A descriptor of the container's settings directory (as one passed over a UNIX socket).
 results["DESCRIPTOR"] = run(["--profile", "production", *purge],
                             APP_DATA_ROOT=f"/proc/{container.pid}/fd/3/data/production")
+# The same descriptor through a link of one's own to it (red team 73 on regress).
+link = os.path.join(os.path.dirname(copy), "descriptor-link")
+os.symlink(f"/proc/{container.pid}/fd/3", link)
+results["LINKED"] = run(["--profile", "production", *purge],
+                        APP_DATA_ROOT=f"{link}/data/production")
 container.stdin.close()
 container.wait()
 print("RESULTS", json.dumps(results))
@@ -387,6 +392,12 @@ def test_a_root_named_through_a_container_s_proc_root_is_refused(tmp_path: Path)
         "over a UNIX socket or inherited from there) names the directory as that namespace "
         "does, which is another directory here"
     ) in out, said
+    # Through a link of one's own to that descriptor: named as a process's root or current
+    # directory before red team 73 on regress (the link's text was read, not its way).
+    code, out = seen["LINKED"]
+    assert code == 78, said
+    assert "names the directory as that namespace does, which is another directory here" in out
+    assert "a link of /proc to a descriptor (/proc/<pid>/fd/<n>, /dev/fd/<n>)" in out, said
     code, out = seen["SETTINGS"]
     assert code == 78, said
     assert (
