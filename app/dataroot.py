@@ -107,6 +107,7 @@ from app.sandbox import (
     check_shown_from,
     checked,
     current_run,
+    inside,
     just_checked,
     name_there,
     path_as_text,
@@ -2078,7 +2079,7 @@ def _check_stamp(
     # its --basetemp empties only the stamped roots that name it, never one a service made
     # (see app.testing.guard._refuse_data_roots_inside).
     made_in = {}
-    if sandbox is not None and root.is_relative_to(sandbox):
+    if sandbox is not None and inside(root, sandbox):
         made_in["sandbox"] = path_as_text(sandbox)
     if legacy:
         # An unstamped root with data predates stamps; adopting it is worth a trace.
