@@ -1655,10 +1655,12 @@ def _stamped_root_above(path: Path, *, resolve: bool = True) -> Path | None:
         return None
     try:
         for directory in here.parents:
+            # Looked up as text: two paths joined a directory, ten a test's open (issue 11).
+            text = os.fspath(directory)
             if (
-                lexists(directory / STAMP_FILE)
-                or (lexists(directory / LOCK_FILE) and _a_root_s(directory))
-                or _laid_out(directory)
+                lexists(os.path.join(text, STAMP_FILE))  # noqa: PTH118
+                or (lexists(os.path.join(text, LOCK_FILE)) and _a_root_s(directory))  # noqa: PTH118
+                or _laid_out(text)
             ):
                 return directory
     except OSError:
