@@ -1613,13 +1613,21 @@ def _spelled_root(value: str, directory: Path) -> Path:
 
 
 def _limit(path: Path, name: str, default: int) -> int:
-    # Asked of the nearest directory that exists: the limits are the filesystem's.
-    for directory in (path, *path.parents):
+    # Asked of the nearest directory that exists: the limits are the filesystem's. `path` is
+    # absolute (`_absolute_root`'s), walked up as text, one name at a time: `os.path.dirname`
+    # of pathlib's spelling gives its `parents` in order, where `(path, *path.parents)` built
+    # every parent before the first question, six times a load (bench/README.md,
+    # "perf-fixture73").
+    directory = os.fspath(path)
+    while True:
         try:
             return os.pathconf(directory, name)
         except (OSError, ValueError):
-            continue
-    return default
+            pass
+        parent = os.path.dirname(directory)  # noqa: PTH120 - text, as above
+        if parent == directory:
+            return default
+        directory = parent
 
 
 #: What a shell or a service manager expands and the app never does: ``$NAME``, ``${...}``,
@@ -2001,7 +2009,7 @@ def overlaps(
     for i, first in enumerate(names):
         for second in names[i + 1 :]:
             (a, a_source), (b, b_source) = roots[first], roots[second]
-            if a.is_relative_to(b) or b.is_relative_to(a):
+            if sandboxing.inside(a, b) or sandboxing.inside(b, a):
                 yield DataRootOverlapError(first, a, a_source, second, b, b_source)
                 continue
             (a_own, a_above), (b_own, b_above) = found[first], found[second]
@@ -2023,9 +2031,9 @@ def overlaps(
                 # bound into a home directory): neither the paths nor the identities of the
                 # two roots and their parents show it (red team 62).
                 a_is, b_is = shown.get(a, a), shown.get(b, b)
-                if a_is.is_relative_to(b_is):
+                if sandboxing.inside(a_is, b_is):
                     inner, alias, real = first, a, a_is
-                elif b_is.is_relative_to(a_is):
+                elif sandboxing.inside(b_is, a_is):
                     inner, alias, real = second, b, b_is
                 else:
                     continue

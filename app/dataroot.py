@@ -108,6 +108,7 @@ from app.sandbox import (
     check_shown_from,
     checked,
     current_run,
+    inside,
     just_checked,
     name_there,
     path_as_text,
@@ -1670,10 +1671,12 @@ def _stamped_root_above(path: Path, *, resolve: bool = True) -> Path | None:
         return None
     try:
         for directory in here.parents:
+            # Looked up as text: two paths joined a directory, ten a test's open (issue 11).
+            text = os.fspath(directory)
             if (
-                lexists(directory / STAMP_FILE)
-                or (lexists(directory / LOCK_FILE) and _a_root_s(directory))
-                or _laid_out(directory)
+                lexists(os.path.join(text, STAMP_FILE))  # noqa: PTH118
+                or (lexists(os.path.join(text, LOCK_FILE)) and _a_root_s(directory))  # noqa: PTH118
+                or _laid_out(text)
             ):
                 return directory
     except OSError:
@@ -2094,7 +2097,7 @@ def _check_stamp(
     # its --basetemp empties only the stamped roots that name it, never one a service made
     # (see app.testing.guard._refuse_data_roots_inside).
     made_in = {}
-    if sandbox is not None and root.is_relative_to(sandbox):
+    if sandbox is not None and inside(root, sandbox):
         made_in["sandbox"] = path_as_text(sandbox)
     if legacy:
         # An unstamped root with data predates stamps; adopting it is worth a trace.

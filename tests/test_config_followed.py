@@ -138,3 +138,61 @@ def test_a_load_survives_a_variable_another_thread_removes_as_it_copies_the_envi
     # Before: a bare KeyError traceback, from the copy of the environment each load makes.
     assert load("testing").data_root == roots / "elsewhere" / "testing"
     assert _RemovedOnceListed.gone not in os.environ
+
+
+#: Spellings `inside` must judge as pathlib does: absolute and relative, the root, POSIX's
+#: two leading slashes, `..`, a sibling whose name begins with the other's, the empty path.
+_SPELLINGS = (
+    "/",
+    "//",
+    "//srv",
+    "/srv",
+    "/srv/app",
+    "/srv/app/data",
+    "/srv/application",
+    "/srv/app/../app/data",
+    "/srv/app/..",
+    "srv/app",
+    "srv",
+    "",
+    ".",
+    "..",
+)
+
+
+def test_inside_judges_every_pair_of_paths_as_is_relative_to_does() -> None:
+    from pathlib import PurePosixPath
+
+    from app.sandbox import inside
+
+    for first in _SPELLINGS:
+        for second in _SPELLINGS:
+            a, b = PurePosixPath(first), PurePosixPath(second)
+            assert inside(a, b) == a.is_relative_to(b), (first, second)
+
+
+def test_a_path_s_limits_are_asked_of_the_nearest_directory_there(tmp_path: Path) -> None:
+    from app.config import _limit
+
+    def walked(path: Path, name: str, default: int) -> int:
+        # The walk before issue 11's cut, by pathlib's parents.
+        for directory in (path, *path.parents):
+            try:
+                return os.pathconf(directory, name)
+            except (OSError, ValueError):
+                continue
+        return default
+
+    (tmp_path / "real").mkdir()
+    (tmp_path / "file").write_text("x")
+    for path in (
+        tmp_path / "real",
+        tmp_path / "missing" / "deeper" / "root",
+        tmp_path / "file" / "under",
+        tmp_path / "real" / ".." / "missing",
+        Path("/"),
+        Path("//"),
+        Path(str(tmp_path) + "/nul\0name/root"),
+    ):
+        for name, default in (("PC_PATH_MAX", 4096), ("PC_NAME_MAX", 255)):
+            assert _limit(path, name, default) == walked(path, name, default), path

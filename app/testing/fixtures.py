@@ -601,7 +601,7 @@ def _refuse_tmp_path_outside(request: pytest.FixtureRequest, tmp_path: Path, fix
     if state is None:
         return
     resolved = tmp_path.resolve()
-    if resolved.is_relative_to(state.sandbox.resolve()):
+    if sandboxing.inside(resolved, state.sandbox.resolve()):
         return
     info = getattr(request.node, "_fixtureinfo", None)  # private: see pyproject.toml
     defs = info.name2fixturedefs.get("tmp_path") if info is not None else None
