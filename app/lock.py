@@ -62,12 +62,12 @@ from app.errors import (
 )
 from app.records import dataclass
 from app.sandbox import (
-    _own_start,
-    _starts,
     check_given_profile,
     check_root,
     command_line,
     identity,
+    own_start,
+    process_starts,
 )
 
 if TYPE_CHECKING:
@@ -176,7 +176,7 @@ def holder_info(kind: str, profile: str, *, port: int | None = None, root: Path)
         "port": port if kind == "server" else None,
         "root": str(root),
         "root_id": _dir_id(root),
-        "pid_started": own[1] if (own := _own_start()) is not None else None,
+        "pid_started": own[1] if (own := own_start()) is not None else None,
     }
 
 
@@ -842,12 +842,12 @@ def _started_otherwise(holder: Mapping[str, Any], pid: int) -> bool:
 
     A tick apart is the same start: a holder in a time namespace whose offset is not a whole
     number of ticks (a checkpoint restored) records the earlier of its two possible starts
-    (`_own_start`), and a process given a pid its holder had starts after that holder has
+    (`own_start`), and a process given a pid its holder had starts after that holder has
     gone, not within a tick of its start."""
     recorded = holder.get("pid_started")
     if type(recorded) is not int:
         return False
-    found = _starts(pid)
+    found = process_starts(pid)
     return found is not None and all(abs(recorded - start) > 1 for start in found[1])
 
 

@@ -576,7 +576,7 @@ def _start_ticks(shown: int) -> tuple[int, ...]:
     return (shown - whole,) if part == 0 else (shown - whole - 1, shown - whole)
 
 
-#: Processes whose ``/proc/<pid>/stat`` is not their own (`_starts`), and what it is instead:
+#: Processes whose ``/proc/<pid>/stat`` is not their own (`process_starts`), and what it is instead:
 #: something mounted over the entry. Emptied at each walk of the tree (`_walk_tree`).
 _MISSHOWN: dict[int, str] = {}
 
@@ -628,13 +628,13 @@ def _stat_fields(pid: int) -> tuple[int, int] | None:
 
     The start time as the machine counts it: ``/proc`` shows it shifted by the reader's
     time namespace (``unshare --time``), where a child then found no ancestor's entry.
-    Where that is one of two (`_start_ticks`), the earlier; `_starts` gives both.
+    Where that is one of two (`_start_ticks`), the earlier; `process_starts` gives both.
     """
-    found = _starts(pid)
+    found = process_starts(pid)
     return (found[0], found[1][0]) if found is not None else None
 
 
-def _starts(pid: int) -> tuple[int, tuple[int, ...]] | None:
+def process_starts(pid: int) -> tuple[int, tuple[int, ...]] | None:
     """``(ppid, the start times it may have)`` of ``pid`` (`_start_ticks`), or None."""
     try:
         raw = _proc_bytes(pid, "stat", misshown=True)
@@ -674,13 +674,13 @@ def _proc_self() -> int | None:
         return None
 
 
-#: This process's `_own_start`, keyed by ``os.getpid()`` as it was read: emptied in a
+#: This process's `own_start`, keyed by ``os.getpid()`` as it was read: emptied in a
 #: forked child, which reads its own.
 _OWN_START: list[tuple[int, tuple[int, int]]] = []
 os.register_at_fork(after_in_child=_OWN_START.clear)
 
 
-def _own_start() -> tuple[int, int] | None:
+def own_start() -> tuple[int, int] | None:
     """This process's pid as ``/proc`` numbers it (`_proc_self`) and its start time, or None
     without ``/proc``; read once. Neither changes while the process lives (its parent does:
     never cached), and a fork, which has another ``os.getpid()``, reads its own. The plugin
@@ -2599,7 +2599,7 @@ def _hidden_parent(parent: int, hides: str) -> tuple[str, str] | None:
     production root (red team 70 on the guard). Only the pid is known (from this process's
     own ``stat``), not the start time an entry is named by; an entry of a run that has
     ended is removed as the next run starts (`_forget_dead_runs`)."""
-    own, namespace = _own_start(), _pid_namespace()
+    own, namespace = own_start(), _pid_namespace()
     # Its session's and process group's leaders too, where /proc hides them: a run
     # started from a terminal leads its group, and a shell between the run and this
     # process, hidden as well, names no run (`_led_by_a_run`).
@@ -3275,7 +3275,7 @@ def _unwalkable() -> tuple[str, str] | None:
     `_proc_denied`, `_TIME_UNKNOWN`), else None."""
     if _proc_self() is None:
         return _proc_hidden()
-    if _own_start() is not None:
+    if own_start() is not None:
         return None  # its own start read (once a process), so its ancestors' can be
     if _MISSHOWN:
         return _misshown()
@@ -5305,7 +5305,7 @@ def _end_entry() -> None:
     then). Only this process's descendants: no walk of all of /proc, so a run ends at the
     cost of one read per thread of each.
     """
-    own = _own_start()
+    own = own_start()
     if own is None:
         return
     pid, started = own
@@ -5426,7 +5426,7 @@ def _end_of_run() -> None:
     nothing is refused: a child of a later exit hook (``logging.shutdown``) stays as it was,
     in the run while the process lives (red team 28).
     """
-    own = _own_start()
+    own = own_start()
     run = _in_process()
     try:
         if own is not None and run is not None and run.pid == own[0]:
@@ -5630,14 +5630,14 @@ def _descendant_fields(pid: int) -> tuple[int, int] | None:
 
 
 def _starts_unhidden(pid: int) -> tuple[int, tuple[int, ...]] | None:
-    """`_starts` of `pid`; where its ``stat`` is not its own (`_MISSHOWN`), its main
+    """`process_starts` of `pid`; where its ``stat`` is not its own (`_MISSHOWN`), its main
     thread's (`_descendant_fields`). Read so by the hand-over that writes an entry by that
     start time, and by `_forget_dead_runs`, which tells by it whether the entry's process
-    lives: read by `_starts` alone, a run that started in the same mount namespace once the
+    lives: read by `process_starts` alone, a run that started in the same mount namespace once the
     run had ended removed the entry the run's end had written for a child whose ``stat`` a
     test had mounted over, and the child, unmounting it, purged a stopped production root
     (red team 68 on regress, rt-regress68d)."""
-    found = _starts(pid)
+    found = process_starts(pid)
     if found is not None or pid not in _MISSHOWN:
         return found
     try:
@@ -5730,7 +5730,7 @@ def hand_on(run: Run) -> None:
     written over, red team 65 on regress): a test leaves few processes, and each entry is
     read once.
     """
-    own = _own_start()
+    own = own_start()
     pid = own[0] if own is not None else None
     runs: list[Run] | None = getattr(sys, _MARKER, None)
     # Only the process's outermost run: a test's daemon handed on by a run nested in it
@@ -5764,7 +5764,7 @@ def _childless() -> bool:
 
 
 def _own_entry() -> Path | None:
-    own = _own_start()
+    own = own_start()
     return _entry_at(RUNS_DIR, *own) if own is not None else None
 
 
@@ -5811,7 +5811,7 @@ def _at_exit_kept(hook: Callable[[], None]) -> None:
     held = _atexit_count()
 
     def at_threads_shutdown() -> None:
-        own = _own_start()
+        own = own_start()
         if own is not None and _in_process() is None:
             with contextlib.suppress(OSError):
                 _hand_on_what_was_handed(_entry_at(RUNS_DIR, *own), own[0])
@@ -5825,7 +5825,7 @@ def _end_never_registered() -> None:
     """At exit of a pytest that announced its start (`announce_start`) and never registered
     a run: `_hand_on_what_was_handed`. Nothing where it registered one (its own hand-over
     ran: `_end_of_run`)."""
-    own = _own_start()
+    own = own_start()
     if own is None or _in_process() is not None:
         return
     with contextlib.suppress(OSError):
@@ -6171,7 +6171,7 @@ def restore_entry(run: Run) -> str | None:
     the registry, an ``lstat`` and a ``stat`` of the entry, and a look for access control
     lists on each (a read more for an entry only touched).
     """
-    own = _own_start()
+    own = own_start()
     if own is None:
         return None
     pid, started = own

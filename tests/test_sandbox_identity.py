@@ -26,12 +26,12 @@ def _read_now() -> tuple[int, int]:
 
 
 def test_the_process_s_identity_is_read_once_and_a_fork_reads_its_own() -> None:
-    assert sandbox._own_start() == _read_now()
+    assert sandbox.own_start() == _read_now()
     reader, writer = os.pipe()
     child = os.fork()
     if child == 0:  # the forked child: its own pid and start time, not the parent's
         try:
-            verdict = b"ok" if sandbox._own_start() == _read_now() else b"parent's"
+            verdict = b"ok" if sandbox.own_start() == _read_now() else b"parent's"
         except BaseException:
             verdict = b"failed"
         os.write(writer, verdict)
@@ -41,7 +41,7 @@ def test_the_process_s_identity_is_read_once_and_a_fork_reads_its_own() -> None:
         said = answer.read()
     os.waitpid(child, 0)
     assert said == b"ok"
-    assert sandbox._own_start() == _read_now()
+    assert sandbox.own_start() == _read_now()
 
 
 def test_a_process_with_any_child_running_or_exited_is_not_taken_for_childless() -> None:
