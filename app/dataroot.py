@@ -3352,6 +3352,30 @@ def _mounted_over(path: Path) -> Path | None:
     return Path(os.fsdecode(max(points, key=len))) if points else None
 
 
+def _unmounted_said(root: Path, inside: Path, *, gone: bool) -> str:
+    """How a root whose filesystem was unmounted under its writer (``umount -l``) is said:
+    `inside` is where the root is within that filesystem. It was "moved, renamed or deleted
+    ... Put the directory back": one looked for a directory nobody had moved (red team 73
+    on regress)."""
+    text, within = str(root), str(inside)
+    point: Path | None = root
+    if within != "/":
+        point = Path(text[: -len(within)] or "/") if text.endswith(within) else None
+    at = f" from {point}" if point is not None else ""
+    now = "nothing is at its path now" if gone else "its path names another directory now"
+    again = (
+        f"mount that filesystem at {point} again (`findmnt {shell_word(str(point))}` says "
+        "what is mounted there now)"
+        if point is not None
+        else "mount that filesystem again where it was"
+    )
+    return (
+        f"the filesystem that holds it was unmounted{at} since it was opened (`umount -l`, or "
+        f"its device went away), so {now}: this process still has the directory open on the "
+        f"detached filesystem, at {inside} of it; {again}"
+    )
+
+
 def _present_identity(path: Path | str) -> tuple[int, int] | None:
     """`path`'s device and inode, ``None`` if nothing is there; raises if it cannot be looked
     at (EIO, ESTALE, ENOTCONN, EACCES). A look that failed once made every write say the
@@ -3731,6 +3755,8 @@ class DataRoot:
         over (`mount --bind`), where nothing had moved: the operator was told neither where
         the directory was nor that an `umount` showed it again (red team 73)."""
         assert self.lock is not None
+        if (inside := self.lock.unmounted_at()) is not None:
+            return _unmounted_said(self._path, inside.parent, gone=gone)
         lock_now = self.lock.now_at()
         path = shell_word(str(self._path))
         if lock_now is not None and lock_now == self.lock.path:
@@ -3760,10 +3786,14 @@ class DataRoot:
             )
         back = shell_word(str(moved_to))
         if gone:
+            # Its parent moved with it (`mv /srv/app /srv/app.old`): `mv` into a directory
+            # that is not there fails, "No such file or directory" (red team 73 on regress).
+            parent = self._path.parent
+            make = "" if os.path.lexists(parent) else f"mkdir -p {shell_word(str(parent))} && "
             return (
                 "the data root itself was moved, renamed or deleted since it was opened, so "
                 f"nothing is at its path now: the directory this process opened is at "
-                f"{moved_to} (`mv {back} {path}` puts it back)"
+                f"{moved_to} (`{make}mv {back} {path}` puts it back)"
             )
         return (
             "the data root itself was replaced since it was opened: its path names another "
