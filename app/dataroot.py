@@ -82,6 +82,7 @@ from app.lock import (
     held_here,
     locked_for_said,
     probe,
+    refuse_shared_with_another_root,
     shared_with,
     special_kind,
     through_another_device,
@@ -3225,6 +3226,11 @@ def check_opens(config: Config) -> dict[str, Any] | None:
     if (kind := special_kind(found.st_mode)) is not None:
         raise LockFileKindError(lock_file, kind)
     if found.st_nlink > 1:
+        # Of a copy made with links while its root lives: "remove each of them but <this
+        # copy's>" told to delete the live root's lock file, which stops its server (red
+        # team 73 on regress). Its holder is looked at, as a writer's open does.
+        if (seen := probe(root)).held:
+            refuse_shared_with_another_root(root, lock_file, seen.holder)
         raise LockFileAliasedError(
             lock_file, hard_links_said(lock_file, found.st_nlink), hard_links_fix(lock_file)
         )

@@ -2194,7 +2194,7 @@ class RootLock:
                     holder = None
                     taken = True
             if not taken:
-                _refuse_shared_with_another_root(self.root, self.path, holder)
+                refuse_shared_with_another_root(self.root, self.path, holder)
                 holder = _marked_locked_for(self.root, self.path, holder)
                 held_by = describe_holder(holder)
                 if holder and "locked_for" in holder:
@@ -2753,7 +2753,7 @@ def _refuse_aliased(path: Path, locked: os.stat_result) -> None:
         )
 
 
-def _refuse_shared_with_another_root(
+def refuse_shared_with_another_root(
     root: Path, path: Path, holder: Mapping[str, Any] | None
 ) -> None:
     """Refuse a lock file that is also another root's, held there (a hard-link copy of a

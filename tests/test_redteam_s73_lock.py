@@ -21,8 +21,8 @@ import pytest
 from test_redteam_s62_guard import _needs_root
 
 from app import config as appconfig
-from app.dataroot import describe, open_root
-from app.errors import DataRootInUseError
+from app.dataroot import check_opens, describe, open_root
+from app.errors import DataRootInUseError, LockFileAliasedError
 from app.lock import LOCK_FILE
 from app.storage import serving_url
 
@@ -197,6 +197,14 @@ def test_a_lock_file_exchanged_with_another_live_root_s_names_that_root_and_no_u
         copy.mkdir()
         (copy / LOCK_FILE).hardlink_to(there / LOCK_FILE)
         linked, live = describe(copy), describe(there)
+        # And `app doctor` of the copy said to remove every name of the file but the copy's:
+        # the live root's lock file, which stops its server.
+        with pytest.raises(LockFileAliasedError) as doctor:
+            check_opens(dataclasses.replace(app_config, data_root=copy))
+    assert (
+        f"Leave that process running: it holds {there}, not {copy}. Remove this root's name "
+        f"for the file (`rm {copy}/.server.lock`: the app makes a new one where it opens {copy})"
+    ) in doctor.value.message, doctor.value.message
     assert "is a hard link of that root's" in (linked.held_by or ""), linked.held_by
     assert serving_url(linked.probe.holder or {}, app_config.host) is None
     assert serving_url(live.probe.holder or {}, app_config.host) == "http://127.0.0.1:2"
