@@ -120,13 +120,15 @@ def _positive_number(value: Any) -> str | None:
     # `app config` and crashed `app serve`; inf never checked the lock file again. Nor did
     # 1e10 ("never", written as a large number): past threading.TIMEOUT_MAX the lock
     # watcher's first wait raised OverflowError, its thread died with a traceback, and the
-    # server served on without it (red team 73).
+    # server served on without it (red team 73). The bounds before `isfinite`: an integer
+    # past a float's range (TOML's and `@int`'s have no limit) made it raise OverflowError,
+    # a traceback from `app config`, `app serve` and every command (red team 73 on regress).
     if (
         isinstance(value, bool)
         or not isinstance(value, int | float)
+        or value > _MAX_SECONDS
         or not math.isfinite(value)
         or value <= 0
-        or value > _MAX_SECONDS
     ):
         return (
             f"must be a finite number of seconds greater than 0 and at most {_MAX_SECONDS} (a week)"

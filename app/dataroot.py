@@ -82,6 +82,7 @@ from app.lock import (
     held_here,
     locked_for_said,
     probe,
+    refuse_shared_with_another_root,
     shared_with,
     special_kind,
     through_another_device,
@@ -3228,6 +3229,11 @@ def check_opens(config: Config) -> dict[str, Any] | None:
     if (kind := special_kind(found.st_mode)) is not None:
         raise LockFileKindError(lock_file, kind)
     if found.st_nlink > 1:
+        # Of a copy made with links while its root lives: "remove each of them but <this
+        # copy's>" told to delete the live root's lock file, which stops its server (red
+        # team 73 on regress). Its holder is looked at, as a writer's open does.
+        if (seen := probe(root)).held:
+            refuse_shared_with_another_root(root, lock_file, seen.holder)
         raise LockFileAliasedError(
             lock_file, hard_links_said(lock_file, found.st_nlink), hard_links_fix(lock_file)
         )
@@ -3353,6 +3359,30 @@ def _mounted_over(path: Path) -> Path | None:
         if entry.point == wanted or wanted.startswith(entry.point.rstrip(b"/") + b"/")
     ]
     return Path(os.fsdecode(max(points, key=len))) if points else None
+
+
+def _unmounted_said(root: Path, inside: Path, *, gone: bool) -> str:
+    """How a root whose filesystem was unmounted under its writer (``umount -l``) is said:
+    `inside` is where the root is within that filesystem. It was "moved, renamed or deleted
+    ... Put the directory back": one looked for a directory nobody had moved (red team 73
+    on regress)."""
+    text, within = str(root), str(inside)
+    point: Path | None = root
+    if within != "/":
+        point = Path(text[: -len(within)] or "/") if text.endswith(within) else None
+    at = f" from {point}" if point is not None else ""
+    now = "nothing is at its path now" if gone else "its path names another directory now"
+    again = (
+        f"mount that filesystem at {point} again (`findmnt {shell_word(str(point))}` says "
+        "what is mounted there now)"
+        if point is not None
+        else "mount that filesystem again where it was"
+    )
+    return (
+        f"the filesystem that holds it was unmounted{at} since it was opened (`umount -l`, or "
+        f"its device went away), so {now}: this process still has the directory open on the "
+        f"detached filesystem, at {inside} of it; {again}"
+    )
 
 
 def _present_identity(path: Path | str) -> tuple[int, int] | None:
@@ -3734,6 +3764,8 @@ class DataRoot:
         over (`mount --bind`), where nothing had moved: the operator was told neither where
         the directory was nor that an `umount` showed it again (red team 73)."""
         assert self.lock is not None
+        if (inside := self.lock.unmounted_at()) is not None:
+            return _unmounted_said(self._path, inside.parent, gone=gone)
         lock_now = self.lock.now_at()
         path = shell_word(str(self._path))
         if lock_now is not None and lock_now == self.lock.path:
@@ -3763,10 +3795,14 @@ class DataRoot:
             )
         back = shell_word(str(moved_to))
         if gone:
+            # Its parent moved with it (`mv /srv/app /srv/app.old`): `mv` into a directory
+            # that is not there fails, "No such file or directory" (red team 73 on regress).
+            parent = self._path.parent
+            make = "" if os.path.lexists(parent) else f"mkdir -p {shell_word(str(parent))} && "
             return (
                 "the data root itself was moved, renamed or deleted since it was opened, so "
                 f"nothing is at its path now: the directory this process opened is at "
-                f"{moved_to} (`mv {back} {path}` puts it back)"
+                f"{moved_to} (`{make}mv {back} {path}` puts it back)"
             )
         return (
             "the data root itself was replaced since it was opened: its path names another "

@@ -2194,7 +2194,7 @@ class RootLock:
                     holder = None
                     taken = True
             if not taken:
-                _refuse_shared_with_another_root(self.root, self.path, holder)
+                refuse_shared_with_another_root(self.root, self.path, holder)
                 holder = _marked_locked_for(self.root, self.path, holder)
                 held_by = describe_holder(holder)
                 if holder and "locked_for" in holder:
@@ -2438,8 +2438,24 @@ class RootLock:
 
     def now_at(self) -> Path | None:
         """Where the file this holder locked is now, as the kernel names its descriptor
-        (``/proc/self/fd``), or ``None`` where it was deleted, is not held, or cannot be
-        named. A file under a directory something was mounted over keeps its old name."""
+        (``/proc/self/fd``), or ``None`` where it was deleted, is not held, cannot be named,
+        or its filesystem was unmounted (`unmounted_at`). A file under a directory something
+        was mounted over keeps its old name."""
+        named = self._named()
+        return None if named is None or self._detached() else named
+
+    def unmounted_at(self) -> Path | None:
+        """Where the file this holder locked is inside its own filesystem, where that
+        filesystem is no longer in this thread's mount table (``umount -l`` of a busy one,
+        its device gone); ``None`` otherwise.
+
+        The kernel then names the descriptor from the detached filesystem's top: a root at
+        ``/mnt/disk/data`` was "at /data" to `now_at`, a directory that is not it (red team
+        73 on regress)."""
+        named = self._named()
+        return named if named is not None and self._detached() else None
+
+    def _named(self) -> Path | None:
         fd = self._fd
         if fd is None:
             return None
@@ -2448,6 +2464,25 @@ class RootLock:
         except OSError:
             return None
         return None if now.endswith(" (deleted)") or not now.startswith("/") else Path(now)
+
+    def _detached(self) -> bool:
+        """Whether the mount the locked descriptor was opened through (its ``mnt_id``,
+        ``/proc/self/fdinfo``) is gone from this thread's mount table; ``False`` where
+        either cannot be read."""
+        fd = self._fd
+        if fd is None:
+            return False
+        try:
+            with open(f"/proc/self/fdinfo/{fd}", "rb") as opened:  # noqa: PTH123 - a seq file
+                info = opened.read()
+            entries = mountinfo.table()
+        except OSError:
+            return False
+        found = re.search(rb"^mnt_id:\s*(\d+)$", info, re.MULTILINE)
+        if found is None:
+            return False
+        mount = int(found.group(1))
+        return all(entry.mount_id != mount for entry in entries)
 
     def __repr__(self) -> str:
         state = "held" if self.held else "not held"
@@ -2606,12 +2641,14 @@ def _reached_at(holder: Mapping[str, Any], configured_host: str) -> str | None:
         "unpublished",
         "shared_lock",
         "locked_for",
+        "linked_for",
     } & holder.keys():
         # The port is the file's, not the live holder's: a killed server's, whose port
         # another program may listen on now (red team 70: `app status` said "serving" there,
         # and `empty-trash`'s refusal printed a `curl` to POST /trash/empty at it). Or the
         # server of another root whose lock file was moved here: that `curl` emptied the
-        # other root's trash (red team 73).
+        # other root's trash (red team 73), or linked here (`cp -al`: `app status` of the
+        # copy said "serving:" at the live root's server, red team 73 on regress).
         return None
     address = holder.get("address")
     if not holder.get("pid") and _on_another_host(holder):
@@ -2716,7 +2753,7 @@ def _refuse_aliased(path: Path, locked: os.stat_result) -> None:
         )
 
 
-def _refuse_shared_with_another_root(
+def refuse_shared_with_another_root(
     root: Path, path: Path, holder: Mapping[str, Any] | None
 ) -> None:
     """Refuse a lock file that is also another root's, held there (a hard-link copy of a
@@ -2778,9 +2815,13 @@ def _marked_locked_for(
     root: Path, path: Path, holder: dict[str, Any] | None
 ) -> dict[str, Any] | None:
     """`holder` with ``locked_for`` (`locked_for`) where it locked the file as another
-    root's: no URL is built from it (`local_url`), and no refusal tells to stop it."""
+    root's, or ``linked_for`` where the file is also that root's by a hard link
+    (`shared_with`): no URL is built from it (`local_url`), and no refusal tells to stop
+    it."""
     if holder and (other := locked_for(root, path, holder)) is not None:
         return {**holder, "locked_for": str(other)}
+    if holder and (other := shared_with(root, path, holder)) is not None:
+        return {**holder, "linked_for": str(other)}
     return holder
 
 

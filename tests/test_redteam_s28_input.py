@@ -259,6 +259,15 @@ def test_a_number_of_seconds_longer_than_any_wait_takes_is_refused() -> None:
             f"{key} = 10000000000.0 (from environment APP_{key.upper()}): must be a finite "
             "number of seconds greater than 0 and at most 604800 (a week)"
         ) in str(refused.value)
+    # Red team 73 on regress: an integer past a float's range (`@int`, or TOML's, which has
+    # no limit) was an OverflowError traceback from `math.isfinite`, from every command.
+    huge = "1" + "0" * 400
+    with pytest.raises(ConfigError) as refused:
+        load("testing", environ={"APP_LOCK_CHECK_SECONDS": f"@int {huge}"})
+    assert (
+        f"lock_check_seconds = {huge} (from environment APP_LOCK_CHECK_SECONDS): must be a "
+        "finite number of seconds greater than 0 and at most 604800 (a week)"
+    ) in str(refused.value)
     assert load("testing", environ={"APP_LOCK_CHECK_SECONDS": "604800"}).lock_check_seconds
 
 

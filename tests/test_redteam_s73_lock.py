@@ -21,8 +21,8 @@ import pytest
 from test_redteam_s62_guard import _needs_root
 
 from app import config as appconfig
-from app.dataroot import describe, open_root
-from app.errors import DataRootInUseError
+from app.dataroot import check_opens, describe, open_root
+from app.errors import DataRootInUseError, LockFileAliasedError
 from app.lock import LOCK_FILE
 from app.storage import serving_url
 
@@ -83,6 +83,21 @@ try:
     read_stamp(root)
 except AppError as error:
     said.append(" ".join(str(error).split()))
+# Red team 73 on regress: the root's parent moved with it (`mv /srv/app /srv/app.old`),
+# and the filesystem holding a root unmounted lazily (`umount -l`, as a busy one must be).
+app = other / "app"
+for data_root in (app / "data", other / "disk" / "data"):
+    data_root.parent.mkdir()
+    if data_root.parent.name == "disk":
+        subprocess.run(["mount", "-t", "tmpfs", "none", data_root.parent], check=True)
+    with open_root(dataclasses.replace(load(serving=False), data_root=data_root)) as opened:
+        if data_root.parent == app:
+            app.rename(other / "app.old")
+            check(opened)
+            (other / "app.old").rename(app)
+        else:
+            subprocess.run(["umount", "-l", data_root.parent], check=True)
+            check(opened)
 print(json.dumps(said))
 """
 
@@ -99,7 +114,8 @@ def test_a_root_replaced_under_its_writer_is_said_where_it_is_and_how_to_put_it_
     other.mkdir()
     done = own_mounts.python_c(REPLACED, str(root), str(other))
     said = json.loads(done.stdout.splitlines()[-1])
-    moved, exchanged, mounted, put_back, lock_hidden, *grown, reads, refused = said
+    moved, exchanged, mounted, put_back, lock_hidden, *grown, reads, refused = said[:-2]
+    parent_moved, unmounted = said[-2:]
     changed = f"data root {root} changed while open: "
     assert moved.startswith(
         f"{changed}the data root itself was moved, renamed or deleted since it was opened, so "
@@ -137,6 +153,23 @@ def test_a_root_replaced_under_its_writer_is_said_where_it_is_and_how_to_put_it_
         f"move it away (`mv {stamp} <elsewhere>`), then restore the file from a backup, or "
         'write {"profile": "<the profile this root belongs to>"} into it by hand'
     ), refused
+    # Red team 73 on regress. Before: "`mv <other>/app.old/data <other>/app/data` puts it
+    # back", which fails with <other>/app gone; and of the unmounted filesystem, "the data
+    # root itself was moved, renamed or deleted ...", where nothing had moved.
+    app, disk = other / "app", other / "disk"
+    assert parent_moved.startswith(
+        f"data root {app}/data changed while open: the data root itself was moved, renamed or "
+        f"deleted since it was opened, so nothing is at its path now: the directory this "
+        f"process opened is at {other}/app.old/data (`mkdir -p {app} && mv {other}/app.old/data "
+        f"{app}/data` puts it back). Nothing was changed; "
+    ), parent_moved
+    assert unmounted.startswith(
+        f"data root {disk}/data changed while open: the filesystem that holds it was unmounted "
+        f"from {disk} since it was opened (`umount -l`, or its device went away), so nothing "
+        "is at its path now: this process still has the directory open on the detached "
+        f"filesystem, at /data of it; mount that filesystem at {disk} again (`findmnt {disk}` "
+        "says what is mounted there now). Nothing was changed; "
+    ), unmounted
 
 
 def test_a_lock_file_exchanged_with_another_live_root_s_names_that_root_and_no_url(
@@ -158,6 +191,23 @@ def test_a_lock_file_exchanged_with_another_live_root_s_names_that_root_and_no_u
         with pytest.raises(DataRootInUseError) as refused:
             open_root(app_config, wanted="empty the trash", timeout=0.0)
         assert libc.renameat2(-100, here_lock, -100, there_lock, 2) == 0, ctypes.get_errno()
+        # Red team 73 on regress: a copy made with links (`cp -al there copy`) was said
+        # "serving: <there's server>" by its `app status`; there itself still is.
+        copy = here.with_name("copy")
+        copy.mkdir()
+        (copy / LOCK_FILE).hardlink_to(there / LOCK_FILE)
+        linked, live = describe(copy), describe(there)
+        # And `app doctor` of the copy said to remove every name of the file but the copy's:
+        # the live root's lock file, which stops its server.
+        with pytest.raises(LockFileAliasedError) as doctor:
+            check_opens(dataclasses.replace(app_config, data_root=copy))
+    assert (
+        f"Leave that process running: it holds {there}, not {copy}. Remove this root's name "
+        f"for the file (`rm {copy}/.server.lock`: the app makes a new one where it opens {copy})"
+    ) in doctor.value.message, doctor.value.message
+    assert "is a hard link of that root's" in (linked.held_by or ""), linked.held_by
+    assert serving_url(linked.probe.holder or {}, app_config.host) is None
+    assert serving_url(live.probe.holder or {}, app_config.host) == "http://127.0.0.1:2"
     moved = (
         f", for data root {there}, not this one: this root's .server.lock is the file that "
         f"process locked in {there}, moved or exchanged here since (`mv`, `mv --exchange`)"
