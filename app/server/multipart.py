@@ -11,6 +11,7 @@ than the C library's ``memmem`` (0.065 ms), which runs without the GIL.
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import hashlib
 import re
@@ -39,7 +40,10 @@ Boundaries and part headers are small, and other fields are capped.
 # The parser is fed at most this much at once, so that the bytes besides the file's own are
 # counted as they come: python-multipart parses a part's boundary and headers a byte at a
 # time on the event loop (about 1.3 s a MiB of empty parts), and a form of many empty parts
-# beside a small file held the server's other clients for as long (red team 73).
+# beside a small file held the server's other clients for as long (red team 73). Between
+# two slices the other clients have a turn: a read of 256 KiB, the 128 KiB of parts allowed
+# in it, was parsed in one turn and held `GET /health` up to 1.5 s (red team 73 on
+# regress, round d).
 _PARSE_SLICE: Final = 16 * 1024
 # RFC 2046, section 5.1.1: a boundary is 1 to 70 characters.
 _MAX_BOUNDARY_CHARS: Final = 70
@@ -384,6 +388,8 @@ class MultipartSink:
                 if not self._content_only(parser, chunk):
                     before = received - len(chunk)
                     for start in range(0, len(chunk), _PARSE_SLICE):
+                        if start:
+                            await asyncio.sleep(0)  # the other clients' turn (`_PARSE_SLICE`)
                         piece = chunk[start : start + _PARSE_SLICE]
                         _parse(parser.write, piece)  # the callbacks queue the file's bytes
                         self._refuse_overhead(before + start + len(piece))

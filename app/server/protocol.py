@@ -116,15 +116,16 @@ uvicorn created as it parsed the head, then leaves the application alone (`_Unle
 HEALTH_PATH: Final = b"/health"
 #: A CR that the next byte shows is not the start of a CRLF (RFC 9112, 2.2: a bare CR).
 _BARE_CR: Final = re.compile(rb"\r[^\n]")
-#: A chunked body's chunks may average fewer than `MEAN_CHUNK_BYTES` bytes for its first
-#: `FREE_CHUNKS` chunks only. h11, this protocol and uvicorn each handle every chunk in
-#: Python on the event loop, about 28 µs a chunk whatever its size: a body of one-byte
-#: chunks (1 MB of data) took 28 s, and the server's other clients waited up to 5.9 s for a
-#: `GET /health` meanwhile (red team 73). At 64 bytes a chunk, a read of 256 KiB holds the
-#: loop about 0.1 s. Chunks of a line of text (a client's generator) pass; curl's and
-#: httpx's are 64 KiB or 8 KiB.
-FREE_CHUNKS: Final = 1024
-MEAN_CHUNK_BYTES: Final = 64
+#: The chunks of a chunked body one turn of the event loop reads: h11, this protocol and
+#: uvicorn each handle every chunk in Python, about 28 µs a chunk whatever its size, and a
+#: read of 256 KiB of one-byte chunks (43,000) held the server's other clients for over a
+#: second; a body of 1 MB of them held a `GET /health` up to 5.9 s (red team 73). Past this
+#: many, the rest waits for the next turn with reading paused (`_go_on`), so a body of small
+#: chunks costs its own client time and the others about 7 ms a turn. Red team 73 refused
+#: such a body instead, and with it every client that streams a file a line at a time (httpx
+#: or requests given a generator of lines, curl -T - from a pipe): a CSV of 5,000 lines was
+#: refused at its 1,025th (red team 73 on regress, round d).
+TURN_CHUNKS: Final = 256
 
 
 # How long an idle timer that fired late waits again, once bytes were found unread: one turn
@@ -594,11 +595,10 @@ def bounded_h11(
         _crlf = 0
         #: What ended a chunk's size line bare, ``"LF"`` or ``"CR"`` (refused, 400).
         bare_ending = ""
-        #: The chunks of the request body being read, and their data's bytes (`FREE_CHUNKS`);
-        #: ``tiny`` says how many once they are refused.
-        _chunks = 0
-        _chunk_bytes = 0
-        tiny = ""
+        #: The chunks this turn of the event loop may still read (`TURN_CHUNKS`), and whether
+        #: it stopped with a chunked body's bytes left in the buffer for the next turn.
+        turn_left = TURN_CHUNKS
+        backlog = False
         #: How much of the buffer `_size_line_bare` and `_lines_bare_cr` looked at and found
         #: clean, as the last call that took nothing ended: only the bytes after it are
         #: looked at next (a head sent a byte a read was scanned whole at each byte, its
@@ -608,6 +608,9 @@ def bounded_h11(
 
         def next_event(self) -> Any:
             before = len(self._receive_buffer)
+            if self.turn_left <= 0 and before and type(self._reader) is ChunkedReader:
+                self.backlog = True
+                return h11.NEED_DATA  # uvicorn stops reading events; `_go_on` goes on
             event: Any = super().next_event()
             kind = type(event)
             # What the call took beside a body's data: a head, a chunk's size line, a
@@ -648,18 +651,7 @@ def bounded_h11(
                     f"{framing} bytes of head or body framing", error_status_hint=431
                 )
             if kind is h11.Data and type(self._reader) is ChunkedReader:
-                self._chunks += event.chunk_start
-                self._chunk_bytes += len(event.data)
-                if (  # each chunk whole: h11 splits one that comes in two reads
-                    event.chunk_end
-                    and self._chunks > FREE_CHUNKS
-                    and self._chunk_bytes < MEAN_CHUNK_BYTES * self._chunks
-                ):
-                    self.tiny = f"{self._chunk_bytes} bytes in {self._chunks} chunks"
-                    self._process_error(self.their_role)
-                    raise h11.RemoteProtocolError("a chunked body of chunks too small")
-            elif kind is h11.Request:
-                self._chunks = self._chunk_bytes = 0
+                self.turn_left -= event.chunk_start
             if kind is h11.EndOfMessage and event.headers:
                 self.trailer = list(event.headers)
             return event
@@ -715,6 +707,7 @@ def bounded_h11(
         _taken: _Taken | None = None
         _deadline = 0.0  # when the current request's body must have come whole
         _refused: RequestResponseCycle | None = None  # answered before its body came
+        _soon: asyncio.Handle | None = None  # the next turn's reading of a backlog (`_go_on`)
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
@@ -726,9 +719,18 @@ def bounded_h11(
 
         def handle_events(self) -> None:
             before, known = self.cycle, set(self.tasks)
-            super().handle_events()
-            cycle = self.cycle
             conn = self.conn
+            if isinstance(conn, _TrailerKeeping):
+                conn.turn_left = TURN_CHUNKS
+            super().handle_events()
+            if isinstance(conn, _TrailerKeeping) and conn.backlog:
+                # Not the flow control's pause: the application's receive resumes that,
+                # and each read would add up to 256 KiB to what waits (`_go_on` resumes).
+                conn.backlog = False
+                self.transport.pause_reading()
+                if self._soon is None:
+                    self._soon = self.loop.call_soon(self._go_on)
+            cycle = self.cycle
             if isinstance(conn, _TrailerKeeping) and conn.trailer is not None:
                 # The application runs only once this returns, and finds the trailer of the
                 # body that just ended (h11 pauses after it: the cycle is still its own).
@@ -801,6 +803,17 @@ def bounded_h11(
             WebSocket library, for every such request any client sends.
             """
             return False
+
+        def _go_on(self) -> None:
+            """Read the next `TURN_CHUNKS` chunks of the backlog, then reading again once it
+            is all read (unless the flow control paused it: the application's receive
+            resumes it then)."""
+            self._soon = None
+            if self.transport.is_closing():
+                return
+            self.handle_events()
+            if self._soon is None and not self.flow.read_paused:
+                self.transport.resume_reading()
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             super().connection_made(transport)  # type: ignore[arg-type]
@@ -931,15 +944,6 @@ def bounded_h11(
                     f"{ending}; "
                     "RFC 9112 (7.1) ends it with CRLF. Nothing of it was kept and the "
                     "connection is closed. Check the client"
-                )
-            elif tiny := getattr(self.conn, "tiny", ""):
-                error = BadRequestError(
-                    f"{request} refused: its chunked body came in chunks of fewer than "
-                    f"{MEAN_CHUNK_BYTES} bytes on average past its first {FREE_CHUNKS} chunks "
-                    f"({tiny}), each of "
-                    "which this server handles in turn while its other clients wait. Nothing "
-                    "of it was kept and the connection is closed. Send the body in larger "
-                    "chunks, or with a Content-Length"
                 )
             else:
                 error = BadRequestError(
