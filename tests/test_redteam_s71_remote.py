@@ -334,3 +334,54 @@ def test_code_of_anothers_that_raises_is_a_refusal_that_names_it(
         assert refused.value.message.endswith("; nothing was changed. " + _raised("no_drop()"))
         with postgres_engine.connect(name) as dba:
             dba.execute("DROP EVENT TRIGGER no_drop")
+
+
+def test_a_connection_limit_of_the_apps_role_is_named_at_once(
+    postgres_engine: PostgresEngine, s3_engine: S3Engine
+) -> None:
+    """Red team 73 on the remote backend: the role's CONNECTION LIMIT 1, the replica's holder
+    takes it, and its pool's first connection is refused. Before: after 10 s, "pool
+    initialization incomplete after 10 sec. Check that the server runs"."""
+    with postgres_engine.owned_by_a_role("limited73") as (name, url):
+        pg.open_database(url, PROFILE)
+        opened = (url, new_blob_url(s3_engine))
+        postgres_engine._as_admin("ALTER ROLE limited73 CONNECTION LIMIT 1")
+        with pg.Holder(url, PROFILE) as holder, pytest.raises(DatabaseRefusedError) as refused:
+            _replica(s3_engine, opened, holder=holder)
+        assert refused.value.sqlstate == "53300"
+        assert re.fullmatch(
+            f"database {re.escape(pg.mask_url(url))} refused a connection of its pool "
+            r"\(app server\): connection failed: "
+            r'connection to server at "127\.0\.0\.1", port \d+ failed: FATAL: too many '
+            'connections for role "limited73" \\(SQLSTATE 53300\\); nothing was changed. '
+            + re.escape(
+                "The role limited73 is at its own connection limit (not the server's "
+                "max_connections): `SELECT pid, usename, datname, application_name, "
+                "client_addr, backend_start FROM pg_stat_activity WHERE usename = "
+                "'limited73'` lists who holds its connections (each replica holds one for "
+                "its lock and up to 8 in its pool, each `app` command one or two); end those "
+                "that should not run, or raise the limit as a superuser: `ALTER ROLE "
+                '"limited73" CONNECTION LIMIT <n>` (-1 for none), then retry'
+            ),
+            refused.value.message,
+        )
+        # The database's limit, met by a command's own connection (`pg.connect`).
+        postgres_engine._as_admin(
+            "ALTER ROLE limited73 CONNECTION LIMIT -1",
+            f'ALTER DATABASE "{name}" CONNECTION LIMIT 1',
+        )
+        with pg.Holder(url, PROFILE), pytest.raises(DatabaseRefusedError) as refused:
+            pg.connect(url, purpose="app status")
+        assert refused.value.message.endswith(
+            f"The database {name} is at its own connection limit (not the server's "
+            "max_connections): `SELECT pid, usename, datname, application_name, client_addr, "
+            f"backend_start FROM pg_stat_activity WHERE datname = '{name}'` lists who holds "
+            "its connections (each replica holds one for its lock and up to 8 in its pool, "
+            "each `app` command one or two); end those that should not run, or raise the "
+            f'limit as a superuser: `ALTER DATABASE "{name}" CONNECTION LIMIT <n>` (-1 for '
+            "none), then retry"
+        )
+        assert "refused a connection (app status): connection failed" in refused.value.message
+        postgres_engine._as_admin(f'ALTER DATABASE "{name}" CONNECTION LIMIT -1')  # as said
+        with pg.Holder(url, PROFILE) as holder, _replica(s3_engine, opened, holder=holder) as one:
+            one.create_session("s")

@@ -358,7 +358,7 @@ class Database:
             timeout=pool_wait_seconds,
         )
         try:
-            self._pool.open(wait=True, timeout=10)
+            self._open_pool()
             # Its connections reach one database, with the conninfo's client_encoding: one
             # looked at is all of them (pg.check_encoding sends no query).
             with self._pool.connection() as conn:
@@ -374,11 +374,35 @@ class Database:
             if self._violation is not None:
                 raise self._violation from None
             raise DatabaseUnavailableError(
-                self.where, _reason(error), environment=pg.libpq_environment(self.database_url)
+                self.where,
+                _reason(self._failing() or error),
+                environment=pg.libpq_environment(self.database_url),
             ) from None
         except BaseException:
             self._pool.close()
             raise
+
+    def _open_pool(self) -> None:
+        """Open the pool and wait, up to 10 s, for its first connection.
+
+        A connection limit of the role's or the database's reached (a replica's holder took
+        the last one) refuses the pool's first connection at once: said so then, naming the
+        limit, not after 10 s as "pool initialization incomplete ... Check that the server
+        runs" (red team 73 on the remote backend). Any other failure is retried for the 10 s,
+        as before."""
+        opening = time.monotonic()
+        #: Set once the pool's first connection is opened or refused (`_record`).
+        self._first = threading.Event()
+        self._pool.open(wait=False)
+        self._first.wait(10)
+        failed = self._failing()
+        if failed is not None:
+            limited = pg.connection_limit(
+                self.where, failed, self.pool_size, f"a connection of its pool (app {self.kind})"
+            )
+            if limited is not None:
+                raise limited
+        self._pool.wait(timeout=max(0.0, 10 - (time.monotonic() - opening)))
 
     def _check_reached(self, conn: Connection) -> None:
         """Refuse, under a test run, a connection the pool opened to a database outside it,
@@ -457,7 +481,12 @@ class Database:
                 raise self._violation from None
             failed = self._failing()
             if failed is not None and self._lent < self.pool_size:
-                refused = pg.refusal(self.where, failed, "the settings of a new connection")
+                refused = pg.connection_limit(
+                    self.where,
+                    failed,
+                    self.pool_size,
+                    f"a connection of its pool (app {self.kind})",
+                ) or pg.refusal(self.where, failed, "the settings of a new connection")
                 raise refused or DatabaseUnavailableError(
                     self.where,
                     _reason(failed),
@@ -573,6 +602,7 @@ class Database:
 
     def _record(self, error: psycopg.Error | None) -> None:
         self._failure = None if error is None else (time.monotonic(), error)
+        self._first.set()
 
     def _failing(self) -> psycopg.Error | None:
         """Why the last connection could not be opened, if that was within the pool's own

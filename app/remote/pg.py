@@ -852,8 +852,11 @@ def _connect(
     try:
         return kind.connect(info, autocommit=autocommit)
     except psycopg.OperationalError as error:
-        raise DatabaseUnavailableError(
-            mask_url(database_url), _reason(error), environment=libpq_environment(database_url)
+        where = mask_url(database_url)
+        raise connection_limit(where, error, what=f"a connection ({purpose})") or (
+            DatabaseUnavailableError(
+                where, _reason(error), environment=libpq_environment(database_url)
+            )
         ) from None
 
 
@@ -992,6 +995,45 @@ _REFUSALS: dict[str, str] = {
     "42P01": _CHANGED,
     "42804": _CHANGED,
 }
+
+
+#: The server's words for a connection refused at a connection limit of the role's or of the
+#: database's (``ALTER ROLE ... CONNECTION LIMIT``, ``ALTER DATABASE ... CONNECTION LIMIT``;
+#: SQLSTATE 53300, which libpq does not hand psycopg for a refused connect: read in its
+#: message): which object, and its name as the server quotes it.
+_CONNECTION_LIMIT: Final = re.compile(r'too many connections for (role|database) "((?:[^"]|"")*)"')
+
+
+def connection_limit(
+    where: str, error: psycopg.Error, pool_size: int = 8, what: str = "a connection"
+) -> DatabaseRefusedError | None:
+    """:class:`DatabaseRefusedError` for a connection refused at a connection limit of the
+    role's or the database's, naming it, who holds its connections, and what raises it;
+    ``None`` for any other error. ``pool_size``: a replica's (`RemoteStore`'s, 8 unless
+    given). Red team 73 on the remote backend: under ``CONNECTION LIMIT
+    1`` for the app's role, a replica's holder took the one connection and its pool's were
+    refused, said after 10 s as "pool initialization incomplete ... Check that the server
+    runs", and the 53300 remedy named max_connections, which is not the limit reached."""
+    found = _CONNECTION_LIMIT.search(str(error))
+    if found is None:
+        return None
+    kind, name = found.group(1), found.group(2).replace('""', '"')
+    column = "usename" if kind == "role" else "datname"
+    literal = "'" + name.replace("'", "''") + "'"
+    quoted = '"' + name.replace('"', '""') + '"'
+    # What the user runs, quoted in the message: not a statement this process sends.
+    holders = (
+        "SELECT pid, usename, datname, application_name, client_addr, backend_start FROM "  # noqa: S608
+        f"pg_stat_activity WHERE {column} = {literal}"
+    )
+    remedy = (
+        f"The {kind} {name} is at its own connection limit (not the server's "
+        f"max_connections): `{holders}` lists who holds its connections (each replica holds "
+        f"one for its lock and up to {pool_size} in its pool, each `app` command one or two); "
+        "end those that should not run, or raise the limit as a superuser: "
+        f"`ALTER {kind.upper()} {quoted} CONNECTION LIMIT <n>` (-1 for none), then retry"
+    )
+    return DatabaseRefusedError(where, _reason(error), "53300", remedy, what)
 
 
 def refusal(

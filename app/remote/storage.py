@@ -545,8 +545,12 @@ def _diagnose_database(config: Config, seen: dict[str, Any]) -> list[Probe]:
     except DatabaseRefusedError as error:
         # Connected, then refused (a statement_timeout of a millisecond): not "cannot
         # connect ... check that PostgreSQL runs" (red team 42).
+        # Or refused the connection at a connection limit of the role's or the database's,
+        # which names it (red team 73 on the remote backend).
+        limited = error.sqlstate == "53300"
         return [
-            Probe("database", f"{where}: connected, then refused the app's settings",
+            Probe("database", f"{where}: refused a connection at its limit" if limited
+                  else f"{where}: connected, then refused the app's settings",
                   f"profile {config.profile!r}: {error.message}", EX_UNAVAILABLE)
         ]  # fmt: skip
     except DatabaseUnavailableError as error:
