@@ -73,3 +73,35 @@ def test_a_repair_stopped_between_its_repairs_says_what_it_made_and_audits_it(
         body, _ = store.open_file(session, "a.txt")
         with body:
             assert body.read() == b"version 2"
+
+
+@needs_strace
+def test_a_ctrl_c_as_a_repair_opens_the_audit_log_leaves_its_line_written(
+    app_config: Config,
+) -> None:
+    """Red team 73 on regress c: a Ctrl-C as `check --repair` opened the audit log for its
+    ``check-repair`` line cut the line (held only over its write), and no later run writes
+    it: the repair was recorded nowhere."""
+    root = app_config.data_root
+    with open_storage(app_config, writer=True, kind="tests", wanted="fill it") as store:
+        _, entry, blob = _replace_stopped_after_its_commit(store, root)
+    # The log's calls: the store's open writes its line (1, a write), then the repair's
+    # line is opened (2), where the Ctrl-C comes. Not under --seccomp-bpf, which counts
+    # the calls otherwise.
+    stopped = subprocess.run(
+        [
+            *strace_prefix("openat,write,fsync:signal=INT:when=2", root / "audit.jsonl"),
+            *(sys.executable, "-m", "app", "data", "check", "--repair"),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **NO_BYTECODE, "APP_DATA_ROOT": str(root)},
+        check=False,
+    )
+    assert stopped.returncode == 130, (stopped.stdout, stopped.stderr)
+    assert "`app data check` was interrupted (Ctrl-C, SIGINT)" in stopped.stderr
+    assert not blob.exists()  # the repair was made
+    lines = [json.loads(line) for line in (root / "audit.jsonl").read_text().splitlines()]
+    (repair,) = [line for line in lines if line["operation"] == "check-repair"]
+    (finding,) = repair["details"]["findings"]
+    assert finding["target"] == str(entry.relative_to(root))
