@@ -1037,16 +1037,20 @@ def _open_for_append(path: Path) -> int:
 
 def _append_audit(root: Path, record: Mapping[str, Any]) -> None:
     path = root / AUDIT_FILE
-    existed = path.exists()
-    # O_APPEND and one write() per line: concurrent appenders (there are none while the
-    # lock is held, but a reader's tooling may tail it) never interleave inside a line.
-    fd = _open_for_append(path)
-    try:
-        _write_audit_line(fd, record, path)
-    finally:
-        os.close(fd)
-    if not existed:
-        fsync_dir(root)
+    # From the open on, as the write: a Ctrl-C at the log's open cut the line of a change
+    # already made (a repair's `check-repair`, which no later run writes), held only over
+    # the write (red team 73 on regress c).
+    with _signals_held():
+        existed = path.exists()
+        # O_APPEND and one write() per line: concurrent appenders (there are none while
+        # the lock is held, but a reader's tooling may tail it) never interleave in a line.
+        fd = _open_for_append(path)
+        try:
+            _write_audit_line(fd, record, path)
+        finally:
+            os.close(fd)
+        if not existed:
+            fsync_dir(root)
 
 
 _AUDIT_APPEND_LOCK: Final = threading.RLock()

@@ -3422,7 +3422,7 @@ class StoppedPartwayError(StorageError):
     code = "stopped_partway"
     template = (
         "{doing} stopped after {done} of {total} ({cause}): the {done} done are {where}, "
-        "and audited; {rest}. {fix}"
+        "{audited}; {rest}. {fix}"
     )
 
     doing: str
@@ -3432,6 +3432,9 @@ class StoppedPartwayError(StorageError):
     where: str
     fix: str
     rest: str = "the rest are unchanged"
+    #: Whether the line of those done was written; `unaudited` says it was not. Said
+    #: "and audited" of a line the audit log had refused (red team 73 on regress c).
+    audited: str = "and audited"
 
 
 class RepairStoppedPartwayError(StoppedPartwayError):
@@ -3444,11 +3447,26 @@ class RepairStoppedPartwayError(StoppedPartwayError):
     """
 
     template = (
-        "{doing} stopped after {done} repair(s) ({cause}): the {done} made are kept, and "
-        "audited (a check-repair line in the audit log); {rest}. {fix}"
+        "{doing} stopped after {done} repair(s) ({cause}): the {done} made are kept, "
+        "{audited}; {rest}. {fix}"
     )
 
     rest: str = "the rest of the data root was not checked"
+    audited: str = "and audited (a check-repair line in the audit log)"
+
+
+def unaudited(why: str, log: str) -> str:
+    """A `StoppedPartwayError`'s ``audited`` when the line of what it did was refused (a full
+    disk, EIO): ``why`` (`DataRoot.line_lost`), and ``log``, where the line went instead.
+
+    Said "and audited" of a line the audit log had refused, which went to the process's
+    log alone (red team 73 on regress c)."""
+    return f"but the audit log could not record them ({why}): their record is in {log}"
+
+
+#: Where `DataRoot.audit` puts a line the audit log refused, as `unaudited`'s ``log``.
+COMMAND_LOG: Final = "this command's log, above"
+SERVER_LOG: Final = "the server's log"
 
 
 PARTWAY_RESOLVE: Final = (

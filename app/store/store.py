@@ -41,7 +41,9 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Concatenate, Final, ParamSpec, 
 from app.dataroot import LOCAL_FILESYSTEMS, Prepared, filesystem_type, lexists, link_remedy
 from app.errors import (
     AFTER_FAILED_SYNC,
+    COMMAND_LOG,
     PARTWAY_RESOLVE,
+    SERVER_LOG,
     AppError,
     FsyncFailed,
     NotInTrashError,
@@ -51,6 +53,7 @@ from app.errors import (
     StoppedPartwayError,
     UnreadableSessionError,
     partway_cause,
+    unaudited,
 )
 from app.names import check_stored_name
 from app.storage import (
@@ -390,7 +393,7 @@ class Store(Storage):
             except OSError as error:
                 if not entries:
                     raise  # nothing moved: the storage error says so
-                _audit_purge(prepared, self.sessions_dir, entries, str(error))
+                written = _audit_purge(prepared, self.sessions_dir, entries, str(error))
                 if isinstance(error, FsyncFailed):
                     # The session it failed on may have moved as well: "the rest are
                     # unchanged" would be untrue, and "run it again" is refused until restart.
@@ -404,6 +407,7 @@ class Store(Storage):
                     where=f"in the trash ({self.trash_location})",
                     fix=f"{PARTWAY_RESOLVE}, then run `app data purge` again to move the "
                     "rest; `app sessions restore ID` brings one back",
+                    **({} if written else {"audited": self._unaudited(self.root.lines_lost[-1])}),
                     **(
                         {
                             "rest": "the session it stopped at may be in the trash too (the "
@@ -684,6 +688,10 @@ class Store(Storage):
                 "check-repair", self.root.path, findings=[f.to_dict() for f in checker.findings]
             )
 
+    def _unaudited(self, why: str) -> str:
+        """A stopped command's ``audited`` when its line went to the process's log alone."""
+        return unaudited(why, SERVER_LOG if self.root.kind == "server" else COMMAND_LOG)
+
     # -- consistency --------------------------------------------------------------------
 
     def check(
@@ -734,9 +742,13 @@ class Store(Storage):
                 raise  # nothing changed: the error says so
             # Stopped between its repairs (a listing of sessions/ or .trash/ refused, Ctrl-C):
             # those made are audited, and not said as "nothing was changed" (red team 73).
+            lost = len(self.root.lines_lost)
             self._audit_repairs(checker)
             if not isinstance(error, OSError):
                 raise
+            # The line refused too (the disk that refused the listing): said so, with where
+            # it went, not "audited" (red team 73 on regress c).
+            refused = self.root.lines_lost[lost:]
             cause, maybe_done = partway_cause(error)
             # A server's start-up runs this repair: said as its own, as `app serve` stopped.
             starting = self.root.kind == "server"
@@ -750,6 +762,7 @@ class Store(Storage):
                 where="kept",
                 fix=f"{PARTWAY_RESOLVE}, then run `app data check --repair` again to "
                 "check the rest",
+                **({"audited": self._unaudited(refused[0])} if refused else {}),
                 **(
                     {
                         "rest": "the call it stopped at may have been made (`app data check` "
@@ -793,9 +806,10 @@ class Store(Storage):
 
 def _audit_purge(
     prepared: Prepared, sessions_dir: Path, entries: list[TrashEntry], why: str
-) -> None:
-    """The line of a purge stopped partway, for the sessions it moved (`stopped`: why)."""
-    prepared.audit(
+) -> bool:
+    """The line of a purge stopped partway, for the sessions it moved (`stopped`: why);
+    whether it was written."""
+    return prepared.audit(
         "purge",
         sessions_dir,
         count=len(entries),

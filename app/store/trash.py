@@ -33,7 +33,9 @@ from app.dataroot import (
     write_new_file,
 )
 from app.errors import (
+    COMMAND_LOG,
     PARTWAY_RESOLVE,
+    SERVER_LOG,
     PermissionDeniedStorageError,
     StoppedPartwayError,
     TrashCopyLostError,
@@ -41,6 +43,7 @@ from app.errors import (
     TrashManifestDamagedError,
     json_loads,
     partway_cause,
+    unaudited,
 )
 from app.lock import BOOT_ID_FILE, special_kind
 from app.storage import LINKED, FileEntry, TrashEntry, entry_holds_other
@@ -735,9 +738,9 @@ class Trash:
         removed: list[TrashEntry],
         older_than: timedelta | None,
         via: str,
-    ) -> None:
+    ) -> bool:
         """Remove the bytes of the entries ``taken`` out of the trash, write the line that
-        names them, then remove their emptied directories.
+        names them, then remove their emptied directories; whether the line was written.
 
         Each entry's directory goes after the line that names it: removed with its bytes, a
         kill (or a power cut) before the line removed the entries for good and recorded that
@@ -789,12 +792,13 @@ class Trash:
                 ", ".join(taken),
                 self.path,
             )
-            return
+            return False
         # Not synced: an empty directory a power cut brings back is finished as one a kill
         # left, and a failed fsync here would answer a change that was made as one that failed.
         for name in taken:
             with contextlib.suppress(OSError):
                 (self.path / name).rmdir()  # what could not be emptied stays for `check`
+        return written
 
     def _empty(
         self,
@@ -842,7 +846,9 @@ class Trash:
             prepared.sync(self.path)
         names = [f"{EMPTYING_PREFIX}{entry.name}" for entry in removed]
         try:
-            self._remove_and_audit([*left, *names], prepared, left, removed, older_than, via)
+            written = self._remove_and_audit(
+                [*left, *names], prepared, left, removed, older_than, via
+            )
         finally:
             with state.emptying_lock:
                 state.emptying.difference_update(names)
@@ -855,6 +861,17 @@ class Trash:
                 cause=cause,
                 where="removed for good",
                 fix=f"{PARTWAY_RESOLVE}, then empty the trash again to remove the rest",
+                # Its line refused too: not "audited" (red team 73 on regress c).
+                **(
+                    {}
+                    if written
+                    else {
+                        "audited": unaudited(
+                            self.root.lines_lost[-1],
+                            SERVER_LOG if self.root.kind == "server" else COMMAND_LOG,
+                        )
+                    }
+                ),
                 **(
                     {
                         "rest": "the entry it stopped at may be removed too (the filesystem "
