@@ -400,6 +400,21 @@ class PostgresEngine:
                 self.settings = settings
             if not self.start():
                 raise AssertionError(self.log())
+            self.warm_template()  # a start removes every database's relcache init file
+
+    def warm_template(self) -> None:
+        """Connect once to ``template1``, which writes its relcache init file
+        (``pg_internal.init``): every database made from it (`create_database`, ``STRATEGY
+        FILE_COPY``) is a copy of its directory, that file with it, so that its first backend
+        reads the catalogs' descriptors instead of building them and writing the file. A
+        first connection to a new database cost the server 4.5 to 7 ms more CPU than the next
+        ones, as much as a whole connection; with template1 warm, about nothing more
+        (bench/README.md, "The suite's time", branch perf-engines73), over the ~220 databases
+        the fixtures make a run. What a test gets is the same database: PostgreSQL writes
+        the file at any database's first connection, template1's too, and a cluster's
+        start removes them all (hence after `restart` too)."""
+        with self.connect("template1") as conn:
+            conn.execute("SELECT 1")
 
     def log(self) -> str:
         return (self.base / "server.log").read_text(errors="replace")[-2000:]
@@ -576,6 +591,7 @@ def start_postgres() -> PostgresEngine:
     for _ in range(3):  # a free port can be taken between choosing and binding it
         engine.port = free_ports(1)[0]
         if engine.start():
+            engine.warm_template()
             return engine
     last = engine.log()
     shutil.rmtree(base, ignore_errors=True)

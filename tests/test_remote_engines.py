@@ -182,3 +182,26 @@ def test_a_restart_waits_for_a_head_start_running_on_the_cluster(
     assert postgres_engine.process.pid != before  # and the cluster was restarted after
     with postgres_engine.connect() as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
+    assert _made_with_a_relcache_init_file(postgres_engine)  # a start removed template1's
+
+
+def _made_with_a_relcache_init_file(engine: engines.PostgresEngine) -> bool:
+    """Whether a database `create_database` makes has its relcache init file before any
+    connection to it: template1's, copied (`PostgresEngine.warm_template`)."""
+    name = engine.create_database()
+    try:
+        with engine.connect() as conn:  # to ``postgres``, not to the new database
+            row = conn.execute("SELECT oid FROM pg_database WHERE datname = %s", (name,))
+            oid = row.fetchone()[0]
+        return (engine.base / "data" / "base" / str(oid) / "pg_internal.init").exists()
+    finally:
+        engine.drop_database(name)
+
+
+def test_a_new_database_has_its_relcache_init_file_from_a_warm_template(
+    postgres_engine: engines.PostgresEngine,
+) -> None:
+    # Its first backend built the catalogs' descriptors and wrote the file: 4.5 to 7 ms of
+    # the server's CPU more than a connection to a database used before, at each of the
+    # ~220 databases the fixtures make a run.
+    assert _made_with_a_relcache_init_file(postgres_engine)
