@@ -283,7 +283,12 @@ def test_search_finds_the_profile_variable(browser: Browser, indexed: Any) -> No
         " return m && m.textContent.trim() !== '' && !/Initializing/i.test(m.textContent); }"
     )
     try:
-        search.press_sequentially("ENV_FOR_DYNACONF")  # Material listens to key events
+        # Material searches on each key released in the field, not on input events: the
+        # query is filled whole, then one key (End) released, where typing it key by key
+        # ran sixteen searches of the whole index (about 3 s of the renderer's CPU against
+        # 0.2 s, measured; bench/README.md, branch perf-browser73).
+        search.fill("ENV_FOR_DYNACONF")
+        search.press("End")
         results = page.locator(".md-search-result__item")
         results.first.wait_for()
         assert results.count() > 0
