@@ -360,7 +360,7 @@ def elsewhere_link(here: str) -> str:
     """What kind of link of ``/proc`` `here` (`resolved_elsewhere`'s) passes through, for a
     refusal: a process's root or current directory, or a descriptor of a directory opened in
     another mount namespace (one a process there holds, or one passed over a UNIX socket, or
-    inherited), which a refusal named as "/proc/<pid>/root or cwd" (red team 73).
+    inherited), which a refusal named as "``/proc/<pid>/root`` or cwd" (red team 73).
 
     By the link the path's way passes through (`sandbox.process_link`), not by its text: a
     link of one's own to ``/proc/<pid>/fd/<n>``, ``/dev/stdin`` or ``..`` into ``/proc``

@@ -2757,7 +2757,7 @@ def refuse_shared_with_another_root(
     root: Path, path: Path, holder: Mapping[str, Any] | None
 ) -> None:
     """Refuse a lock file that is also another root's, held there (a hard-link copy of a
-    live root opened): "stop it (kill <pid>)" named the server of the other root, which
+    live root opened): "stop it (``kill <pid>``)" named the server of the other root, which
     serves on rightly (red team 41)."""
     other = shared_with(root, path, holder)
     if other is None:
@@ -2828,7 +2828,7 @@ def _marked_locked_for(
 def locked_for_said(other: Path) -> str:
     """What follows a holder's description where it locked this root's lock file as
     `other`'s (`locked_for`): a writer told "a server holds its data root until it is
-    stopped: stop it (kill <pid>)" was sent to stop the server of another root, after lock
+    stopped: stop it (``kill <pid>``)" was sent to stop the server of another root, after lock
     files exchanged between two live roots (red team 73)."""
     return (
         f", for data root {other}, not this one: this root's {LOCK_FILE} is the file that "

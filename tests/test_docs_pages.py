@@ -593,7 +593,8 @@ def test_what_a_page_says_a_refusal_adds_is_in_the_refusal(tmp_path: Path) -> No
     "adds" or "says" (`nor whether that run is of this boot`, `session leader`, the boot id
     covered by a mount, red team 71), which no check compared with the code: the table's check
     reads only each row's first cell. Each such quote must be in a message the code makes, or
-    in one literal of its source (`...` and `<...>` stand for what it names)."""
+    in one literal of its source (`...`, `<...>` and its escaped `&lt;...&gt;` stand for what
+    it names)."""
     messages = _error_messages() + tuple(_hidden_parent_refusals(tmp_path))
     literals = _message_literals()
     checked = 0
@@ -605,7 +606,7 @@ def test_what_a_page_says_a_refusal_adds_is_in_the_refusal(tmp_path: Path) -> No
         for quoted in said.findall(" ".join(prose.split())):
             span = quoted[0] or quoted[1]
             checked += 1
-            parts = [p for p in re.split(r"\.\.\.|<[^<>]+>", span) if p.strip()]
+            parts = [p for p in re.split(r"\.\.\.|<[^<>]+>|&lt;.+?&gt;", span) if p.strip()]
             regex = re.compile(".+?".join(re.escape(p) for p in parts))
             assert any(regex.search(m) for m in messages) or any(
                 all(part in literal for part in parts) for literal in literals
