@@ -2455,6 +2455,32 @@ class RootLock:
         named = self._named()
         return named if named is not None and self._detached() else None
 
+    def reachable_through(self) -> Path | None:
+        """Another mount point of the filesystem `unmounted_at` was unmounted from, through
+        which the locked file is still at the same place (a second bind mount of it), or
+        ``None``. "Mount that filesystem again" named no command where `mount --bind` of
+        that other mount puts the root back (red team 73 on regress, round e)."""
+        inside, fd = self.unmounted_at(), self._fd
+        if inside is None or fd is None:
+            return None
+        try:
+            locked = os.fstat(fd)
+            entries = mountinfo.table()
+        except OSError:
+            return None
+        device = f"{os.major(locked.st_dev)}:{os.minor(locked.st_dev)}".encode()
+        for entry in entries:
+            if entry.device != device:
+                continue  # only the same filesystem's mounts are looked at (no other is waited on)
+            point = Path(os.fsdecode(entry.point))
+            try:
+                found = (point / inside.relative_to("/")).stat()
+            except (OSError, ValueError):
+                continue
+            if (found.st_dev, found.st_ino) == (locked.st_dev, locked.st_ino):
+                return point
+        return None
+
     def _named(self) -> Path | None:
         fd = self._fd
         if fd is None:

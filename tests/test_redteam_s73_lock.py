@@ -98,6 +98,14 @@ for data_root in (app / "data", other / "disk" / "data"):
         else:
             subprocess.run(["umount", "-l", data_root.parent], check=True)
             check(opened)
+# Round e: a second bind of that filesystem stays (`mount --bind /mnt/disk /mnt/twin`).
+disk, twin = other / "disk", other / "twin"
+twin.mkdir()
+subprocess.run(["mount", "-t", "tmpfs", "none", disk], check=True)
+subprocess.run(["mount", "--bind", disk, twin], check=True)
+with open_root(dataclasses.replace(load(serving=False), data_root=disk / "data")) as opened:
+    subprocess.run(["umount", "-l", disk], check=True)
+    check(opened)
 print(json.dumps(said))
 """
 
@@ -114,8 +122,8 @@ def test_a_root_replaced_under_its_writer_is_said_where_it_is_and_how_to_put_it_
     other.mkdir()
     done = own_mounts.python_c(REPLACED, str(root), str(other))
     said = json.loads(done.stdout.splitlines()[-1])
-    moved, exchanged, mounted, put_back, lock_hidden, *grown, reads, refused = said[:-2]
-    parent_moved, unmounted = said[-2:]
+    moved, exchanged, mounted, put_back, lock_hidden, *grown, reads, refused = said[:-3]
+    parent_moved, unmounted, bound_too = said[-3:]
     changed = f"data root {root} changed while open: "
     assert moved.startswith(
         f"{changed}the data root itself was moved, renamed or deleted since it was opened, so "
@@ -170,6 +178,11 @@ def test_a_root_replaced_under_its_writer_is_said_where_it_is_and_how_to_put_it_
         f"filesystem, at /data of it; mount that filesystem at {disk} again (`findmnt {disk}` "
         "says what is mounted there now). Nothing was changed; "
     ), unmounted
+    # Round e: "mount that filesystem at <disk> again", where another bind of it stayed.
+    assert (
+        f"at /data of it; it is still mounted at {other}/twin too, where the directory is "
+        f"{other}/twin/data: `mount --bind {other}/twin {disk}` puts it back at its path. "
+    ) in bound_too, bound_too
 
 
 def test_a_lock_file_exchanged_with_another_live_root_s_names_that_root_and_no_url(
