@@ -3365,7 +3365,7 @@ def _mounted_over(path: Path) -> Path | None:
     return Path(os.fsdecode(max(points, key=len))) if points else None
 
 
-def _unmounted_said(root: Path, inside: Path, *, gone: bool) -> str:
+def _unmounted_said(root: Path, inside: Path, *, gone: bool, through: Path | None) -> str:
     """How a root whose filesystem was unmounted under its writer (``umount -l``) is said:
     `inside` is where the root is within that filesystem. It was "moved, renamed or deleted
     ... Put the directory back": one looked for a directory nobody had moved (red team 73
@@ -3382,6 +3382,13 @@ def _unmounted_said(root: Path, inside: Path, *, gone: bool) -> str:
         if point is not None
         else "mount that filesystem again where it was"
     )
+    if through is not None and point is not None:
+        # Another bind of it stays (red team 73 on regress, round e): the exact command.
+        again = (
+            f"it is still mounted at {through} too, where the directory is "
+            f"{through / inside.relative_to('/')}: `mount --bind {shell_word(str(through))} "
+            f"{shell_word(str(point))}` puts it back at its path"
+        )
     return (
         f"the filesystem that holds it was unmounted{at} since it was opened (`umount -l`, or "
         f"its device went away), so {now}: this process still has the directory open on the "
@@ -3769,7 +3776,8 @@ class DataRoot:
         the directory was nor that an `umount` showed it again (red team 73)."""
         assert self.lock is not None
         if (inside := self.lock.unmounted_at()) is not None:
-            return _unmounted_said(self._path, inside.parent, gone=gone)
+            through = self.lock.reachable_through()
+            return _unmounted_said(self._path, inside.parent, gone=gone, through=through)
         lock_now = self.lock.now_at()
         path = shell_word(str(self._path))
         if lock_now is not None and lock_now == self.lock.path:

@@ -2455,6 +2455,32 @@ class RootLock:
         named = self._named()
         return named if named is not None and self._detached() else None
 
+    def reachable_through(self) -> Path | None:
+        """Another mount point of the filesystem `unmounted_at` was unmounted from, through
+        which the locked file is still at the same place (a second bind mount of it), or
+        ``None``. "Mount that filesystem again" named no command where `mount --bind` of
+        that other mount puts the root back (red team 73 on regress, round e)."""
+        inside, fd = self.unmounted_at(), self._fd
+        if inside is None or fd is None:
+            return None
+        try:
+            locked = os.fstat(fd)
+            entries = mountinfo.table()
+        except OSError:
+            return None
+        device = f"{os.major(locked.st_dev)}:{os.minor(locked.st_dev)}".encode()
+        for entry in entries:
+            if entry.device != device:
+                continue  # only the same filesystem's mounts are looked at (no other is waited on)
+            point = Path(os.fsdecode(entry.point))
+            try:
+                found = (point / inside.relative_to("/")).stat()
+            except (OSError, ValueError):
+                continue
+            if (found.st_dev, found.st_ino) == (locked.st_dev, locked.st_ino):
+                return point
+        return None
+
     def _named(self) -> Path | None:
         fd = self._fd
         if fd is None:
@@ -2781,11 +2807,30 @@ def shared_with(root: Path, path: Path, holder: Mapping[str, Any] | None) -> Pat
     if not isinstance(published, str):
         return None
     try:
-        if path.stat().st_nlink < 2 or root.samefile(published):
+        if path.stat().st_nlink < 2:
             return None
+        if root.samefile(published):
+            return None
+    except FileNotFoundError:
+        # Nothing at the published path: that root removed or renamed since its copy was made
+        # with links, or out of sight (another mount namespace). Told apart by the identity
+        # it published: the copy's `app status` said "serving:" at that root's server (red
+        # team 73 on regress, round e).
+        return _published_elsewhere(root, holder)
     except OSError:
-        return None  # the other root out of sight (another mount namespace): not told apart
+        return None
     return Path(published)
+
+
+def _published_elsewhere(root: Path, holder: Mapping[str, Any] | None) -> Path | None:
+    """The root `holder` published, where nothing is at its path now, if the directory
+    identity it published is not ``root``'s; ``None`` otherwise (no identity published)."""
+    published = holder.get("root") if holder else None
+    published_id = holder.get("root_id") if holder else None
+    if not isinstance(published, str) or not isinstance(published_id, str):
+        return None
+    here = _dir_id(root)
+    return None if here is None or published_id == here else Path(published)
 
 
 def locked_for(root: Path, path: Path, holder: Mapping[str, Any] | None) -> Path | None:
@@ -2799,13 +2844,22 @@ def locked_for(root: Path, path: Path, holder: Mapping[str, Any] | None) -> Path
     if not isinstance(published, str) or not isinstance(published_id, str):
         return None
     try:
-        found, there = path.stat(), Path(published).stat()
+        found = path.stat()
+    except OSError:
+        return None
+    try:
+        there_dev = Path(published).stat().st_dev
+    except FileNotFoundError:
+        # That root removed since, this root's lock file the last name of the file its
+        # server locked (`cp -al` of the live root, then `rm -rf` of it): said "serving:"
+        # at that server (red team 73 on regress, round e). Its published device instead.
+        there_dev = int(device) if (device := published_id.partition(":")[0]).isdigit() else -1
     except OSError:
         return None
     # A rename never leaves its filesystem: a lock file seen through another device (an
     # overlay or a FUSE mirror of the live root, whose directory has another identity) was
     # not moved here, and is the through-device look's to name.
-    if found.st_nlink != 1 or found.st_dev != there.st_dev:
+    if found.st_nlink != 1 or found.st_dev != there_dev:
         return None
     here = _dir_id(root)
     return None if here is None or published_id == here else Path(published)
@@ -2830,10 +2884,18 @@ def locked_for_said(other: Path) -> str:
     `other`'s (`locked_for`): a writer told "a server holds its data root until it is
     stopped: stop it (``kill <pid>``)" was sent to stop the server of another root, after lock
     files exchanged between two live roots (red team 73)."""
-    return (
+    said = (
         f", for data root {other}, not this one: this root's {LOCK_FILE} is the file that "
         f"process locked in {other}, moved or exchanged here since (`mv`, `mv --exchange`)"
     )
+    if not os.path.lexists(other):
+        # Or its last name: a copy made with links while that root lived, which was then
+        # removed (red team 73 on regress, round e).
+        said += (
+            f", or linked here (`cp -al`, `ln`) before {other} was removed or renamed; that "
+            "process serves nothing of this root"
+        )
+    return said
 
 
 def hard_links_said(path: Path, count: int) -> str:

@@ -98,6 +98,14 @@ for data_root in (app / "data", other / "disk" / "data"):
         else:
             subprocess.run(["umount", "-l", data_root.parent], check=True)
             check(opened)
+# Round e: a second bind of that filesystem stays (`mount --bind /mnt/disk /mnt/twin`).
+disk, twin = other / "disk", other / "twin"
+twin.mkdir()
+subprocess.run(["mount", "-t", "tmpfs", "none", disk], check=True)
+subprocess.run(["mount", "--bind", disk, twin], check=True)
+with open_root(dataclasses.replace(load(serving=False), data_root=disk / "data")) as opened:
+    subprocess.run(["umount", "-l", disk], check=True)
+    check(opened)
 print(json.dumps(said))
 """
 
@@ -114,8 +122,8 @@ def test_a_root_replaced_under_its_writer_is_said_where_it_is_and_how_to_put_it_
     other.mkdir()
     done = own_mounts.python_c(REPLACED, str(root), str(other))
     said = json.loads(done.stdout.splitlines()[-1])
-    moved, exchanged, mounted, put_back, lock_hidden, *grown, reads, refused = said[:-2]
-    parent_moved, unmounted = said[-2:]
+    moved, exchanged, mounted, put_back, lock_hidden, *grown, reads, refused = said[:-3]
+    parent_moved, unmounted, bound_too = said[-3:]
     changed = f"data root {root} changed while open: "
     assert moved.startswith(
         f"{changed}the data root itself was moved, renamed or deleted since it was opened, so "
@@ -170,6 +178,11 @@ def test_a_root_replaced_under_its_writer_is_said_where_it_is_and_how_to_put_it_
         f"filesystem, at /data of it; mount that filesystem at {disk} again (`findmnt {disk}` "
         "says what is mounted there now). Nothing was changed; "
     ), unmounted
+    # Round e: "mount that filesystem at <disk> again", where another bind of it stayed.
+    assert (
+        f"at /data of it; it is still mounted at {other}/twin too, where the directory is "
+        f"{other}/twin/data: `mount --bind {other}/twin {disk}` puts it back at its path. "
+    ) in bound_too, bound_too
 
 
 def test_a_lock_file_exchanged_with_another_live_root_s_names_that_root_and_no_url(
@@ -201,12 +214,35 @@ def test_a_lock_file_exchanged_with_another_live_root_s_names_that_root_and_no_u
         # the live root's lock file, which stops its server.
         with pytest.raises(LockFileAliasedError) as doctor:
             check_opens(dataclasses.replace(app_config, data_root=copy))
+        # Round e: that root renamed (`mv there there.old`), then removed (`rm -rf`: the
+        # copy's name the file's last) while its server lives. Before: the copy's `app
+        # status` said "serving:" at that server, which serves nothing of the copy's.
+        gone = there.with_name("there.old")
+        there.rename(gone)
+        renamed = describe(copy)
+        renamed_by = renamed.held_by  # what `app status` prints, said while there is gone
+        (gone / LOCK_FILE).unlink()
+        removed = describe(copy)
+        removed_by = removed.held_by
+        with pytest.raises(DataRootInUseError) as serve:
+            open_root(dataclasses.replace(app_config, data_root=copy), timeout=0.0)
+        (gone / LOCK_FILE).hardlink_to(copy / LOCK_FILE)
+        gone.rename(there)
     assert (
         f"Leave that process running: it holds {there}, not {copy}. Remove this root's name "
         f"for the file (`rm {copy}/.server.lock`: the app makes a new one where it opens {copy})"
     ) in doctor.value.message, doctor.value.message
     assert "is a hard link of that root's" in (linked.held_by or ""), linked.held_by
     assert serving_url(linked.probe.holder or {}, app_config.host) is None
+    for seen in (renamed, removed):
+        assert serving_url(seen.probe.holder or {}, app_config.host) is None, seen.probe.holder
+    assert "is a hard link of that root's" in renamed_by, renamed_by
+    assert (
+        f"moved or exchanged here since (`mv`, `mv --exchange`), or linked here (`cp -al`, "
+        f"`ln`) before {there} was removed or renamed; that process serves nothing of this "
+        "root"
+    ) in removed_by, removed_by
+    assert "leave it running: it stops by itself" in serve.value.message, serve.value.message
     assert serving_url(live.probe.holder or {}, app_config.host) == "http://127.0.0.1:2"
     moved = (
         f", for data root {there}, not this one: this root's .server.lock is the file that "
