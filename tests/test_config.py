@@ -481,6 +481,15 @@ def test_a_settings_file_with_its_words_in_another_order_is_refused_not_ignored(
     assert {p.name for p in files.paths} >= {"settings.local.toml", ".secrets.local.toml"}
 
 
+def _misnamed_among(settings: Path, names: list[str]) -> dict[str, str]:
+    """Each of `names` written in `settings`; those refused as misnamed, each with the name it
+    was taken for."""
+    for name in names:
+        (settings / name).write_text("[development]\n")
+    files = config_files.read_files(os.environ, sandboxed=False)
+    return {e.path.name: e.meant for e in config_files.misnamed_files(files)}
+
+
 def test_a_settings_file_with_its_words_in_another_order_and_a_slip_is_refused(
     make_settings: SettingsMaker,
 ) -> None:
@@ -501,11 +510,7 @@ def test_a_settings_file_with_its_words_in_another_order_and_a_slip_is_refused(
         *("settings.toml~", ".settings.toml.swp", "#settings.toml#", "settings.local.tmol"),
         *("settings.local.toml.example", "local.settings.toml.bak", "toml.settings.loc"),
     ]
-    for name in (*refused, *kept):
-        (settings / name).write_text("[development]\n")
-    files = config_files.read_files(os.environ, sandboxed=False)
-    found = {e.path.name: e.meant for e in config_files.misnamed_files(files)}
-    assert found == refused
+    assert _misnamed_among(settings, [*refused, *kept]) == refused
 
 
 def test_a_settings_file_with_its_words_in_another_order_run_together_is_refused(
@@ -524,11 +529,7 @@ def test_a_settings_file_with_its_words_in_another_order_run_together_is_refused
         "tomlsecrets": ".secrets.toml",
     }
     kept = ["localsettings.toml~", "localsettings.toml.bak", "localsetings.toml"]
-    for name in (*refused, *kept):
-        (settings / name).write_text("[development]\n")
-    files = config_files.read_files(os.environ, sandboxed=False)
-    found = {e.path.name: e.meant for e in config_files.misnamed_files(files)}
-    assert found == refused
+    assert _misnamed_among(settings, [*refused, *kept]) == refused
 
 
 # --- data roots: resolved once, absolutely ----------------------------------------------------
