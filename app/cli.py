@@ -1492,6 +1492,12 @@ def data_restamp(ctx: click.Context, from_profile: str, confirmed: bool) -> None
                 f"the audit log could not record it ({stamp['unaudited']}): its record is in "
                 "this command's log, above"
             )
+    elif stamp.get("finished"):
+        # One stopped after its stamp (killed, a full disk), finished (red team 74).
+        _echo(
+            f"{where} is already stamped {stamp['profile']!r}; finished what an earlier run "
+            f"stopped before: {' and '.join(stamp['finished'])}"
+        )
     else:
         # A repeated command (one interrupted halfway is finished above, and says "now").
         _echo(f"{where} is already stamped {stamp['profile']!r}: nothing was changed")

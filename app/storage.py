@@ -919,7 +919,8 @@ def restamp(
     PostgreSQL and object storage alike.
 
     Returns the new stamp, with ``changed``: ``False`` when it was this profile's already (a
-    repeated command, which changes nothing and audits nothing).
+    repeated command, which changes nothing and audits nothing, or finishes, on a data root,
+    what a run stopped after its stamp left undone: ``finished`` says what).
     """
     if config.backend == REMOTE:
         from app.remote import storage as remote
@@ -927,8 +928,9 @@ def restamp(
         return remote.restamp(config, from_profile, confirm=confirm)
 
     from app import dataroot
+    from app.check import restamp_logged
 
-    return dataroot.restamp(config, from_profile, confirm=confirm)
+    return dataroot.restamp(config, from_profile, confirm=confirm, logged=restamp_logged)
 
 
 def holder_lost(error: BaseException) -> bool:
