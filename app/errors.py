@@ -2153,15 +2153,25 @@ class NotInTrashError(SessionNotFoundError):
     entry: str | None = field(default=None, kw_only=True)
     #: The session is live: restored already (by a restore run at the same time, say).
     live: bool = field(default=False, kw_only=True)
+    #: How many repairs the restore made first, of what a restore stopped partway (killed
+    #: after its move) left in the session's trash entries (red team 74).
+    finished: int = field(default=0, kw_only=True)
 
     @property
     def message(self) -> str:
         if self.live and self.entry is None and self.file is None:
             # Once "`app sessions list --trash` shows what can be restored": the loser of
             # two restores at once looked for it there (red team 48).
+            changed = (
+                "so it was not restored again; this run first finished what an earlier "
+                f"restore, stopped after it had moved the session back, left in the trash "
+                f"({self.finished} repair(s), in a check-repair line in the audit log)"
+                if self.finished
+                else "so nothing was changed"
+            )
             return (
                 f"no session {self.session_id!r} in the trash: it is in sessions (restored "
-                "already, or never deleted), so nothing was changed. `app sessions show "
+                f"already, or never deleted), {changed}. `app sessions show "
                 f"{self.session_id}` shows it"
             )
         if self.entry is not None:

@@ -77,3 +77,43 @@ def test_a_restamp_stopped_after_its_stamp_is_finished_by_running_it_again(
     # Finished, the next run has nothing left to do, and says so.
     last = CliRunner().invoke(cli, ["data", "restamp", "--from", "development"])
     assert last.stdout == f"data root {root} is already stamped 'testing': nothing was changed\n"
+
+
+def test_a_restore_stopped_after_its_move_is_said_as_such_when_run_again(
+    app_config: Config,
+) -> None:
+    root = app_config.data_root
+    with open_storage(app_config, writer=True, kind="maintenance", wanted="test it") as store:
+        sid = store.create_session("kept")["id"]
+        entry = store.delete_session(sid).name
+        manifest = (root / ".trash" / entry / "trash.json").read_bytes()
+        store.restore(sid)
+    # Killed after its move and its line (SIGKILL at the unlink of the entry's trash.json):
+    # the entry left with its manifest alone. Run again, the restore removed it (audited),
+    # then said "nothing was changed".
+    (root / ".trash" / entry).mkdir()
+    (root / ".trash" / entry / "trash.json").write_bytes(manifest)
+    again = CliRunner().invoke(cli, ["sessions", "restore", sid])
+    assert again.exit_code == 66, again.output
+    assert " ".join(again.stderr.split()) == (
+        f"error: no session {sid!r} in the trash: it is in sessions (restored already, or "
+        "never deleted), so it was not restored again; this run first finished what an "
+        "earlier restore, stopped after it had moved the session back, left in the trash (1 "
+        f"repair(s), in a check-repair line in the audit log). `app sessions show {sid}` "
+        "shows it"
+    )
+    assert not (root / ".trash" / entry).exists()
+    # Killed a step later (at the rmdir of the entry): the empty directory was said to be
+    # "a delete that stopped before its manifest", a delete nobody made.
+    (root / ".trash" / entry).mkdir()
+    with open_storage(app_config, writer=False, kind="maintenance", wanted="check it") as store:
+        [found] = store.check().findings
+    assert (found.problem, found.detail) == (
+        "trash-empty",
+        (
+            "an empty trash entry: a restore from it (its line is in the audit log) that "
+            "stopped before it removed the entry's directory"
+        ),
+    )
+    last = CliRunner().invoke(cli, ["sessions", "restore", sid])
+    assert "so nothing was changed" in last.stderr, last.output
