@@ -88,6 +88,10 @@ def test_a_restore_stopped_after_its_move_is_said_as_such_when_run_again(
         entry = store.delete_session(sid).name
         manifest = (root / ".trash" / entry / "trash.json").read_bytes()
         store.restore(sid)
+        store.put_file(sid, "a.txt", b"acknowledged")
+        file_entry = store.delete_file(sid, "a.txt").name
+        file_manifest = (root / ".trash" / file_entry / "trash.json").read_bytes()
+        store.restore(sid, file="a.txt")
     # Killed after its move and its line (SIGKILL at the unlink of the entry's trash.json):
     # the entry left with its manifest alone. Run again, the restore removed it (audited),
     # then said "nothing was changed".
@@ -117,3 +121,14 @@ def test_a_restore_stopped_after_its_move_is_said_as_such_when_run_again(
     )
     last = CliRunner().invoke(cli, ["sessions", "restore", sid])
     assert "so nothing was changed" in last.stderr, last.output
+    # A file's restore, the same: "there is none left; nothing was changed".
+    (root / ".trash" / file_entry).mkdir()
+    (root / ".trash" / file_entry / "trash.json").write_bytes(file_manifest)
+    again = CliRunner().invoke(cli, ["sessions", "restore", sid, "--file", "a.txt"])
+    assert again.exit_code == 65, again.output
+    assert " ".join(again.stderr.split()).endswith(
+        "Refusing to overwrite it with a copy in the trash: there is none left; this run first "
+        "finished what an earlier restore, stopped after it had moved the file back, left in "
+        "the trash (1 repair(s), in a check-repair line in the audit log)"
+    ), again.output
+    assert not (root / ".trash" / file_entry).exists()

@@ -49,6 +49,7 @@ from app.errors import (
     NotInTrashError,
     RepairStoppedPartwayError,
     RestoredUnreadableSessionError,
+    RestoreOverwriteError,
     SessionNotFoundError,
     StoppedPartwayError,
     UnreadableSessionError,
@@ -529,7 +530,7 @@ class Store(Storage):
         finished = self._finish_half_entries(session_id)
         try:
             return self._restore(session_id, name, entry)
-        except NotInTrashError as missing:
+        except (NotInTrashError, RestoreOverwriteError) as missing:
             if not finished:
                 raise
             # A restore run again after one stopped between its move and its entry's removal
