@@ -1258,7 +1258,17 @@ def data_empty_trash(ctx: click.Context, older_than: timedelta | None, confirmed
         raise
     with store:
         removed = store.empty_trash(older_than=older_than)
-    _echo(f"removed {len(removed)} trash entr{'y' if len(removed) == 1 else 'ies'}")
+    said = f"removed {len(removed)} trash entr{'y' if len(removed) == 1 else 'ies'}"
+    from app.storage import Emptied
+
+    if isinstance(removed, Emptied) and (finished := removed.finished):
+        # Run again after one stopped once it had taken them out of the trash: "removed 0"
+        # of the entries whose bytes this run removed (red team 74).
+        said += (
+            f", and finished removing {len(finished)} that an earlier run, stopped partway, "
+            f"had taken out of the trash ({', '.join(finished)}; this run's audit line names them)"
+        )
+    _echo(said)
 
 
 def _token_header(config: appconfig.Config) -> str:

@@ -50,6 +50,7 @@ __all__ = [
     "MAX_TITLE_CHARS",
     "TITLE_NUL",
     "CheckReport",
+    "Emptied",
     "FileEntry",
     "Finding",
     "HolderWatch",
@@ -422,6 +423,16 @@ class TrashEntry:
             "reason": self.reason,
             "title": self.title,
         }
+
+
+class Emptied(list[TrashEntry]):
+    """The entries an ``empty_trash`` removed, and ``finished``: the names of those an earlier
+    one, stopped after it had taken them out of the trash (SIGKILL), left for it to finish
+    (a data root's; none elsewhere). Run again after such a stop, `app data empty-trash`
+    said "removed 0 trash entries" of the entries whose bytes it had just removed (red team
+    74). A list, so that every caller that counts or lists the entries reads it as before."""
+
+    finished: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

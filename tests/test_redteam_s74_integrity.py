@@ -132,3 +132,27 @@ def test_a_restore_stopped_after_its_move_is_said_as_such_when_run_again(
         "the trash (1 repair(s), in a check-repair line in the audit log)"
     ), again.output
     assert not (root / ".trash" / file_entry).exists()
+
+
+def test_an_empty_trash_run_again_names_what_it_finished(app_config: Config) -> None:
+    root = app_config.data_root
+    with open_storage(app_config, writer=True, kind="maintenance", wanted="test it") as store:
+        sid = store.create_session("gone")["id"]
+        entry = store.delete_session(sid).name
+    # Killed once it had taken the entry out of the trash (SIGKILL at its first unlinkat).
+    (root / ".trash" / entry).rename(root / ".trash" / f".emptying-{entry}")
+    again = CliRunner().invoke(cli, ["data", "empty-trash"])
+    assert again.exit_code == 0, again.output
+    # Before: "removed 0 trash entries", of the entry whose bytes it had just removed.
+    assert again.stdout == (
+        "removed 0 trash entries, and finished removing 1 that an earlier run, stopped "
+        f"partway, had taken out of the trash ({entry}; this run's audit line names them)\n"
+    )
+    assert not (root / ".trash" / f".emptying-{entry}").exists()
+    assert _lines(root)[-1]["details"] == {
+        "count": 0,
+        "entries": [],
+        "finished": [entry],
+        "older_than": None,
+        "via": "command",
+    }
