@@ -383,7 +383,7 @@ class Checker:
         if made is None:
             return  # a stamp dated by no time it could be matched with: nothing to compare
         wanted = (stamp["restamped_from"], stamp.get("profile"))
-        if self._restamp_logged(wanted, made, stamp["created_at"]):
+        if restamp_logged(self.root.path, stamp):
             return
         if self.found(
             "stamp-unaudited",
@@ -404,24 +404,6 @@ class Checker:
                     "recovered": True,
                 },
             )
-
-    def _restamp_logged(self, wanted: tuple[str, object], made: datetime, stamped: str) -> bool:
-        """Whether the log, or a rotated copy beside it, has the ``restamp`` line of the stamp
-        taken ``stamped`` (`_names_restamp`), or cannot say: every copy of it that holds a
-        dated line begins after ``made`` (rotation removed the older ones, as it removes
-        every line in time; a copy without one, as logrotate's ``copytruncate`` leaves the
-        log until the next change, says nothing either way: red team 63, regress)."""
-        try:
-            copies = [read_regular(self.root.audit_path).splitlines()]
-        except FileNotFoundError:
-            copies = []
-        if _names_restamp(copies, wanted, made, stamped):
-            return True
-        copies += list(_rotated_logs(self.root.path))
-        if _names_restamp(copies[1:], wanted, made, stamped):
-            return True
-        begins = [time for lines in copies if (time := _line_time(lines)) is not None]
-        return bool(begins) and all(time > made for time in begins)
 
     def check_tmp(self) -> None:
         if self.repair:
@@ -699,10 +681,19 @@ class Checker:
                 "nothing: left for a human (its bytes are kept; restore them by hand)",
             )
         elif not contents:
+            # A restore removes its entry's manifest, then the directory: one stopped between
+            # the two (SIGKILL) was said to be "a delete that stopped before its manifest", a
+            # delete nobody made (red team 74). Its line in the log names the entry.
+            why = (
+                "a restore from it (its line is in the audit log) that stopped before it "
+                "removed the entry's directory"
+                if entry.name in self.restored_from
+                else "a delete that stopped before its manifest"
+            )
             if self.found(
                 "trash-empty",
                 path,
-                "an empty trash entry: a delete that stopped before its manifest",
+                f"an empty trash entry: {why}",
                 "remove the empty directory",
             ):
                 self.store.trash.remove_empty(entry)
@@ -1424,6 +1415,35 @@ def _named_by_a_record(session_dir: Path, blob: str) -> bool:
         return any(record.get("blob") == blob for record in scan_records(session_dir))
     except (OSError, UnreadableSessionError):
         return True
+
+
+def restamp_logged(root: Path, stamp: Mapping[str, Any]) -> bool:
+    """Whether the log of the data root at ``root``, or a rotated copy beside it, has the
+    ``restamp`` line of ``stamp`` (one `app data restamp` wrote: ``restamped_from`` the
+    profile it was taken from, ``created_at`` when; `_names_restamp`), or cannot say: every
+    copy of it that holds a dated line begins after the stamp (rotation removed the older
+    ones, as it removes every line in time; a copy without one, as logrotate's
+    ``copytruncate`` leaves the log until the next change, says nothing either way: red team
+    63, regress). ``True`` for a stamp no restamp wrote, or dated by no time to compare.
+
+    Read by `app data check` (``stamp-unaudited``) and by `app data restamp` run again on a
+    root stamped already, which writes the line a run stopped before it (red team 74)."""
+    made = _when(stamp.get("created_at"))
+    source = stamp.get("restamped_from")
+    if made is None or not isinstance(source, str):
+        return True  # no restamp's, or dated by no time it could be matched with
+    wanted, stamped = (source, stamp.get("profile")), str(stamp["created_at"])
+    try:
+        copies = [read_regular(root / AUDIT_FILE).splitlines()]
+    except FileNotFoundError:
+        copies = []
+    if _names_restamp(copies, wanted, made, stamped):
+        return True
+    copies += list(_rotated_logs(root))
+    if _names_restamp(copies[1:], wanted, made, stamped):
+        return True
+    begins = [time for lines in copies if (time := _line_time(lines)) is not None]
+    return bool(begins) and all(time > made for time in begins)
 
 
 def _records_of_restamp(lines: list[bytes]) -> Iterator[dict[str, Any]]:

@@ -1168,7 +1168,7 @@ def sessions_restore(
         except NotInTrashError as missing:
             if file_name is not None or entry is not None or not _is_live(store, session_id):
                 raise
-            raise NotInTrashError(session_id, live=True) from missing
+            raise NotInTrashError(session_id, live=True, finished=missing.finished) from missing
     restored = f"file {file_name!r} of session" if file_name else "session"
     taken = "" if entry is None else f" from trash entry {entry}"
     title = _printable(session["title"]) or "untitled"
@@ -1258,7 +1258,17 @@ def data_empty_trash(ctx: click.Context, older_than: timedelta | None, confirmed
         raise
     with store:
         removed = store.empty_trash(older_than=older_than)
-    _echo(f"removed {len(removed)} trash entr{'y' if len(removed) == 1 else 'ies'}")
+    said = f"removed {len(removed)} trash entr{'y' if len(removed) == 1 else 'ies'}"
+    from app.storage import Emptied
+
+    if isinstance(removed, Emptied) and (finished := removed.finished):
+        # Run again after one stopped once it had taken them out of the trash: "removed 0"
+        # of the entries whose bytes this run removed (red team 74).
+        said += (
+            f", and finished removing {len(finished)} that an earlier run, stopped partway, "
+            f"had taken out of the trash ({', '.join(finished)}; this run's audit line names them)"
+        )
+    _echo(said)
 
 
 def _token_header(config: appconfig.Config) -> str:
@@ -1492,6 +1502,12 @@ def data_restamp(ctx: click.Context, from_profile: str, confirmed: bool) -> None
                 f"the audit log could not record it ({stamp['unaudited']}): its record is in "
                 "this command's log, above"
             )
+    elif stamp.get("finished"):
+        # One stopped after its stamp (killed, a full disk), finished (red team 74).
+        _echo(
+            f"{where} is already stamped {stamp['profile']!r}; finished what an earlier run "
+            f"stopped before: {' and '.join(stamp['finished'])}"
+        )
     else:
         # A repeated command (one interrupted halfway is finished above, and says "now").
         _echo(f"{where} is already stamped {stamp['profile']!r}: nothing was changed")

@@ -3250,6 +3250,7 @@ def restamp(
     *,
     timeout: float = 1.0,
     confirm: Callable[[str], None] | None = None,
+    logged: Callable[[Path, Mapping[str, Any]], bool] | None = None,
 ) -> dict[str, Any]:
     """Re-stamp the root of ``config.profile`` that is stamped ``from_profile``.
 
@@ -3266,10 +3267,15 @@ def restamp(
             the stamp was read, a mistyped ``--from prodution`` was told to confirm a
             hand-over from a profile the root was not stamped with, and the command, re-run
             with the confirmation as told, met another refusal (red team 61).
+        logged: whether the root's audit log holds the ``restamp`` line of a stamp
+            (`app.check.restamp_logged`, which `app.storage.restamp` passes): a root stamped
+            for ``config.profile`` already gets the line there where it has none.
 
     Returns:
         The new stamp, with ``changed``: ``False`` when the root was stamped for
-        ``config.profile`` already (a repeated command, which changes nothing).
+        ``config.profile`` already (a repeated command), and then ``finished``: what an
+        earlier run, stopped after its stamp, had left undone and this one did (its audit
+        line, the marks on the root's directories), empty where nothing was changed.
     """
     root = _local_root(config, "re-stamp a data root")
     check_root(root, "re-stamp data root")
@@ -3313,7 +3319,12 @@ def restamp(
         _refuse_later_layout(root, stamp)
         stamped = str(stamp["profile"]).lower()
         if stamped == config.profile:
-            return {**stamp, "changed": False}  # a repeated command; nothing to audit
+            # A repeated command, or one after a run stopped between its stamp and its line
+            # or its marks (killed, a full disk), which said "nothing was changed" of a
+            # hand-over logged nowhere and left the directories marked for the profile the
+            # root was taken from (red team 74): finished now, as the remote backend's is.
+            finished = _finish_restamp(root, stamp, config.profile, logged)
+            return {**stamp, "changed": False, "finished": finished}
         if stamped != from_profile:
             # Names the stamp actually found, so the message gives the right --from.
             raise ProfileStampMismatchError(
@@ -3336,6 +3347,38 @@ def restamp(
         if marked_profile(root) is not None:
             _mark_layout(root, config.profile, present=True)
         return {**new, "changed": True}
+
+
+def _finish_restamp(
+    root: Path,
+    stamp: Mapping[str, Any],
+    profile: str,
+    logged: Callable[[Path, Mapping[str, Any]], bool] | None,
+) -> list[str]:
+    """What a restamp of ``root`` to ``profile`` stopped after its stamp left undone, done
+    now under the restamp's lock: its audit line (as `app data check --repair` writes it,
+    ``recovered``) and its directories' marks. Returns what it did, in words."""
+    finished: list[str] = []
+    source = stamp.get("restamped_from")
+    if logged is not None and isinstance(source, str) and not logged(root, stamp):
+        details = {"from": source, "to": profile, "stamp": stamp.get("created_at")}
+        record = _audit_record(
+            profile, "maintenance", "restamp", root / STAMP_FILE, {**details, "recovered": True}
+        )
+        try:
+            _append_audit(root, record)
+            finished.append("its restamp line in the audit log")
+        except OSError as error:
+            _audit_line_lost(root / AUDIT_FILE, record, error)
+    stale = [
+        name
+        for name in _MARKED
+        if (mark := layout_mark(root / name)) is not None and mark.get("profile") != profile
+    ]
+    if stale:
+        _mark_layout(root, profile, present=True)
+        finished.append(f"the mark of profile {profile!r} on {', '.join(stale)}")
+    return finished
 
 
 # --- the open root -----------------------------------------------------------------------

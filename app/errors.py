@@ -2153,15 +2153,25 @@ class NotInTrashError(SessionNotFoundError):
     entry: str | None = field(default=None, kw_only=True)
     #: The session is live: restored already (by a restore run at the same time, say).
     live: bool = field(default=False, kw_only=True)
+    #: How many repairs the restore made first, of what a restore stopped partway (killed
+    #: after its move) left in the session's trash entries (red team 74).
+    finished: int = field(default=0, kw_only=True)
 
     @property
     def message(self) -> str:
         if self.live and self.entry is None and self.file is None:
             # Once "`app sessions list --trash` shows what can be restored": the loser of
             # two restores at once looked for it there (red team 48).
+            changed = (
+                "so it was not restored again; this run first finished what an earlier "
+                f"restore, stopped after it had moved the session back, left in the trash "
+                f"({self.finished} repair(s), in a check-repair line in the audit log)"
+                if self.finished
+                else "so nothing was changed"
+            )
             return (
                 f"no session {self.session_id!r} in the trash: it is in sessions (restored "
-                "already, or never deleted), so nothing was changed. `app sessions show "
+                f"already, or never deleted), {changed}. `app sessions show "
                 f"{self.session_id}` shows it"
             )
         if self.entry is not None:
@@ -2621,6 +2631,9 @@ class RestoreOverwriteError(BadRequestError):
     restored: str | None = field(default=None, kw_only=True)
     """Where the audit log's newest line of a change to the file is a restore's, the trash
     entry it took the file from (a file's restore only)."""
+    finished: int = field(default=0, kw_only=True)
+    """How many repairs the restore made first, of what a restore stopped partway (killed
+    after its move) left in the session's trash entries (red team 74)."""
 
     @property
     def message(self) -> str:
@@ -2638,6 +2651,15 @@ class RestoreOverwriteError(BadRequestError):
                 "sessions show` lists the file, with its SHA-256). Refusing to overwrite it "
                 "with "
             )
+            if self.entry is None and self.finished:
+                # Run again after one killed between its move and its entry's removal: "nothing
+                # was changed" of the entry it had just removed (red team 74).
+                return (
+                    f"{refused}a copy in the trash: there is none left; this run first "
+                    "finished what an earlier restore, stopped after it had moved the file "
+                    f"back, left in the trash ({self.finished} repair(s), in a check-repair "
+                    "line in the audit log)"
+                )
             if self.entry is None:
                 return f"{refused}a copy in the trash: there is none left; nothing was changed"
             refused += f"the copy in trash entry {self.entry}"

@@ -50,6 +50,7 @@ __all__ = [
     "MAX_TITLE_CHARS",
     "TITLE_NUL",
     "CheckReport",
+    "Emptied",
     "FileEntry",
     "Finding",
     "HolderWatch",
@@ -422,6 +423,16 @@ class TrashEntry:
             "reason": self.reason,
             "title": self.title,
         }
+
+
+class Emptied(list[TrashEntry]):
+    """The entries an ``empty_trash`` removed, and ``finished``: the names of those an earlier
+    one, stopped after it had taken them out of the trash (SIGKILL), left for it to finish
+    (a data root's; none elsewhere). Run again after such a stop, `app data empty-trash`
+    said "removed 0 trash entries" of the entries whose bytes it had just removed (red team
+    74). A list, so that every caller that counts or lists the entries reads it as before."""
+
+    finished: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -919,7 +930,8 @@ def restamp(
     PostgreSQL and object storage alike.
 
     Returns the new stamp, with ``changed``: ``False`` when it was this profile's already (a
-    repeated command, which changes nothing and audits nothing).
+    repeated command, which changes nothing and audits nothing, or finishes, on a data root,
+    what a run stopped after its stamp left undone: ``finished`` says what).
     """
     if config.backend == REMOTE:
         from app.remote import storage as remote
@@ -927,8 +939,9 @@ def restamp(
         return remote.restamp(config, from_profile, confirm=confirm)
 
     from app import dataroot
+    from app.check import restamp_logged
 
-    return dataroot.restamp(config, from_profile, confirm=confirm)
+    return dataroot.restamp(config, from_profile, confirm=confirm, logged=restamp_logged)
 
 
 def holder_lost(error: BaseException) -> bool:

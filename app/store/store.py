@@ -49,6 +49,7 @@ from app.errors import (
     NotInTrashError,
     RepairStoppedPartwayError,
     RestoredUnreadableSessionError,
+    RestoreOverwriteError,
     SessionNotFoundError,
     StoppedPartwayError,
     UnreadableSessionError,
@@ -526,7 +527,20 @@ class Store(Storage):
         check_session_id(session_id)
         # Held to the rule of the build that stored it: the trash may keep it (red team 38).
         name = None if file is None else check_stored_name(file)
-        self._finish_half_entries(session_id)
+        finished = self._finish_half_entries(session_id)
+        try:
+            return self._restore(session_id, name, entry)
+        except (NotInTrashError, RestoreOverwriteError) as missing:
+            if not finished:
+                raise
+            # A restore run again after one stopped between its move and its entry's removal
+            # (SIGKILL) removed what that one left, and said "nothing was changed" (red team
+            # 74): the refusal says what it finished.
+            missing.finished = finished
+            raise
+
+    def _restore(self, session_id: str, name: str | None, entry: str | None) -> SessionRecord:
+        """`restore`, once what a crash left half made in the session's trash is finished."""
         # Refused before anything is opened; the entry is chosen again under the session's
         # lock (`Sessions.restore`, `Files.restore`), and only that choice counts.
         # A FIFO or a link where the newest copy's bytes should be is refused by name here:
@@ -652,7 +666,7 @@ class Store(Storage):
         self._repair_now(lambda checker: checker.check_session(session_id))
         return self.sessions.get(session_id)
 
-    def _finish_half_entries(self, session_id: str | None) -> None:
+    def _finish_half_entries(self, session_id: str | None) -> int:
         """What a crash left half made in the session's trash entries (``None``: every
         session's), repaired (audited).
 
@@ -662,11 +676,14 @@ class Store(Storage):
         team 30), the `empty-trash` left them behind as an orphan (red team 31). Each entry
         under its session's lock, which every change of its files takes: an entry another
         thread is making is not a crash's.
-        """
-        self._repair_now(lambda checker: checker.finish_half_entries(session_id))
 
-    def _repair_now(self, step: Callable[[Checker], None]) -> None:
-        """One step of the start-up's repair, made now (audited, as the start-up's is)."""
+        Returns how many repairs it made.
+        """
+        return self._repair_now(lambda checker: checker.finish_half_entries(session_id))
+
+    def _repair_now(self, step: Callable[[Checker], None]) -> int:
+        """One step of the start-up's repair, made now (audited, as the start-up's is);
+        returns how many repairs it made."""
         from app.check import Checker
 
         checker = Checker(self, repair=True, thorough=False)
@@ -675,6 +692,7 @@ class Store(Storage):
                 step(checker)
         finally:
             self._audit_repairs(checker)
+        return sum(1 for finding in checker.findings if finding.repaired)
 
     def _audit_repairs(self, checker: Checker) -> None:
         """The ``check-repair`` audit line of what ``checker`` found and did (if anything).

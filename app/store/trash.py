@@ -46,7 +46,7 @@ from app.errors import (
     unaudited,
 )
 from app.lock import BOOT_ID_FILE, special_kind
-from app.storage import LINKED, FileEntry, TrashEntry, entry_holds_other
+from app.storage import LINKED, Emptied, FileEntry, TrashEntry, entry_holds_other
 from app.store.records import (
     LATEST_FLOOR,
     MANIFEST_CHANGED,
@@ -738,9 +738,10 @@ class Trash:
         removed: list[TrashEntry],
         older_than: timedelta | None,
         via: str,
-    ) -> bool:
+    ) -> tuple[bool, list[str]]:
         """Remove the bytes of the entries ``taken`` out of the trash, write the line that
-        names them, then remove their emptied directories; whether the line was written.
+        names them, then remove their emptied directories; whether the line was written, and
+        the entries of ``left`` (an earlier run's) whose bytes went.
 
         Each entry's directory goes after the line that names it: removed with its bytes, a
         kill (or a power cut) before the line removed the entries for good and recorded that
@@ -792,13 +793,13 @@ class Trash:
                 ", ".join(taken),
                 self.path,
             )
-            return False
+            return False, done
         # Not synced: an empty directory a power cut brings back is finished as one a kill
         # left, and a failed fsync here would answer a change that was made as one that failed.
         for name in taken:
             with contextlib.suppress(OSError):
                 (self.path / name).rmdir()  # what could not be emptied stays for `check`
-        return written
+        return written, done
 
     def _empty(
         self,
@@ -807,8 +808,8 @@ class Trash:
         prepared: Prepared,
         older_than: timedelta | None,
         via: str,
-    ) -> list[TrashEntry]:
-        removed: list[TrashEntry] = []
+    ) -> Emptied:
+        removed = Emptied()
         stopped: OSError | None = None
         state = self.root.store_state
         for entry in chosen:
@@ -846,9 +847,10 @@ class Trash:
             prepared.sync(self.path)
         names = [f"{EMPTYING_PREFIX}{entry.name}" for entry in removed]
         try:
-            written = self._remove_and_audit(
+            written, done = self._remove_and_audit(
                 [*left, *names], prepared, left, removed, older_than, via
             )
+            removed.finished = tuple(done)
         finally:
             with state.emptying_lock:
                 state.emptying.difference_update(names)
