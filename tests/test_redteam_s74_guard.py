@@ -5,9 +5,11 @@ filesystem mounted in them. A test (run as root) that bound a stopped production
 its run's PostgreSQL cluster directory (``postgres_engine.base``, in ``/dev/shm``, outside the
 sandbox) to look at it beside the cluster's files had it emptied whole, its stamp and lock
 file with it, by the cluster's stop at the run's end, and the run passed; a next run's
-clean-up of a killed run's cluster did the same. ``tests/engines.py`` now removes each of its
-directories only where nothing is mounted at it or in it, and otherwise keeps it and says
-which mount, what it shows and what to run.
+clean-up of a killed run's cluster did the same, and so did ``scripts/test``'s ``rm -rf`` of an
+environment it makes afresh. ``tests/engines.py`` (``remove_own_tree``) and
+``scripts/environments.sh`` (``remove_env``) now remove each of their directories only where
+nothing is mounted at it or in it, and otherwise keep it and say which mount, what it shows
+and what to run.
 
 All real: a bind mount in a mount namespace of the test's own, the engines' own stop and
 clean-up (a ``weed`` that has exited, a cluster directory whose owner is gone).
@@ -23,7 +25,8 @@ import own_mounts
 import pytest
 
 #: In a mount namespace of its own (`own_mounts`): a directory with a file bound into a
-#: weed's directory, then into a killed run's cluster directory; each engine's clean-up run.
+#: weed's directory, into a killed run's cluster directory and into an environment that
+#: scripts/test removes; each clean-up run.
 _BOUND = """
 import os, subprocess, sys, tempfile, warnings
 from pathlib import Path
@@ -60,13 +63,23 @@ with warnings.catch_warnings(record=True) as said:
     engines._remove_clusters_of_dead_runs()
 print(*[str(w.message) for w in said], sep="\\n")
 print("clean-up", sorted(os.listdir(shown / "sessions")))
+
+venv = tmp / ".venv"  # scripts/test's removal of an environment it makes afresh
+venv.mkdir()
+bind(venv)
+removal = subprocess.run(
+    ["bash", "-c", 'source scripts/environments.sh && remove_env "$1"', "test", str(venv)],
+    cwd=Path(TESTS).parent, capture_output=True, text=True,
+)
+print(removal.returncode, removal.stderr.strip())
+print("remove_env", sorted(os.listdir(shown / "sessions")))
 """
 
 
 @pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("mount") is None, reason="makes a bind mount (root)"
 )
-def test_an_engine_s_clean_up_keeps_a_directory_with_a_mount_in_it(tmp_path: Path) -> None:
+def test_the_suite_s_clean_ups_keep_a_directory_with_a_mount_in_it(tmp_path: Path) -> None:
     code = _BOUND.replace("TESTS", repr(str(Path(__file__).parent)))
     done = own_mounts.python_c(code, str(tmp_path))
     lines = done.stdout.splitlines()
@@ -78,6 +91,8 @@ def test_an_engine_s_clean_up_keeps_a_directory_with_a_mount_in_it(tmp_path: Pat
         "stop ['session.json']",
         _kept(dead, "a killed run's PostgreSQL cluster", tmp_path / "production"),
         "clean-up ['session.json']",
+        _kept_env(tmp_path / ".venv"),
+        "remove_env ['session.json']",
     ], done.stdout + done.stderr
 
 
@@ -88,4 +103,13 @@ def _kept(base: Path, what: str, shown: Path) -> str:
         "would go on into the mount and empty what it shows (a data root bound there is "
         f"emptied whole). Unmount it (`umount {base}/view`; `findmnt {base}/view` names what it "
         f"shows), then remove the directory (`rm -rf {base}`)"
+    )
+
+
+def _kept_env(venv: Path) -> str:
+    return (
+        f"1 test: kept {venv} instead of removing it: a filesystem is mounted in it at "
+        f"{venv}/view (1 mount(s) in all; `findmnt {venv}/view` names what it shows), and rm "
+        "-rf would go on into the mount and empty what it shows. Unmount each (umount "
+        f"{venv}/view), then run test again"
     )
