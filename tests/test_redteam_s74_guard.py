@@ -9,7 +9,10 @@ clean-up of a killed run's cluster did the same, and so did ``scripts/test``'s `
 environment it makes afresh. ``tests/engines.py`` (``remove_own_tree``) and
 ``scripts/environments.sh`` (``remove_env``) now remove each of their directories only where
 nothing is mounted at it or in it, and otherwise keep it and say which mount, what it shows
-and what to run.
+and what to run. And a place the suite writes outside the sandbox before the plugin looks:
+``.pytest_children_pycache`` planted as a link to a stopped production root took the next
+run's seeded bytecode links and their mark (``tests/conftest.py``); a link there, or a mount
+at it or in it, is refused first now (``children_bytecode.refusal``).
 
 All real: a bind mount in a mount namespace of the test's own, the engines' own stop and
 clean-up (a ``weed`` that has exited, a cluster directory whose owner is gone).
@@ -26,7 +29,8 @@ import pytest
 
 #: In a mount namespace of its own (`own_mounts`): a directory with a file bound into a
 #: weed's directory, into a killed run's cluster directory and into an environment that
-#: scripts/test removes; each clean-up run.
+#: scripts/test removes, each clean-up run; then the place the children's bytecode goes
+#: (CHILDREN_BYTECODE) planted as a link to it, and with it bound in, each looked at.
 _BOUND = """
 import os, subprocess, sys, tempfile, warnings
 from pathlib import Path
@@ -73,6 +77,15 @@ removal = subprocess.run(
 )
 print(removal.returncode, removal.stderr.strip())
 print("remove_env", sorted(os.listdir(shown / "sessions")))
+
+import children_bytecode  # the place the run's children keep their bytecode, planted
+linked = tmp / "linked"
+linked.symlink_to(shown)
+print(children_bytecode.refusal(linked))
+prefix = tmp / "prefix"
+prefix.mkdir()
+bind(prefix)
+print(children_bytecode.refusal(prefix))
 """
 
 
@@ -93,6 +106,17 @@ def test_the_suite_s_clean_ups_keep_a_directory_with_a_mount_in_it(tmp_path: Pat
         "clean-up ['session.json']",
         _kept_env(tmp_path / ".venv"),
         "remove_env ['session.json']",
+        (
+            f"it is a symbolic link to {tmp_path}/production, not a directory of the project's "
+            f"own. Remove the link (`rm {tmp_path}/linked`, without a trailing slash, which "
+            "would remove what it leads to), then run again"
+        ),
+        (
+            f"a filesystem is mounted in it at {tmp_path}/prefix/view (`findmnt "
+            f"{tmp_path}/prefix/view` names what it shows), and the run's processes would "
+            f"write their bytecode into whatever it shows. Unmount it (`umount "
+            f"{tmp_path}/prefix/view`), then run again"
+        ),
     ], done.stdout + done.stderr
 
 
