@@ -24,6 +24,27 @@ chosen=$(built_as "$python")
 # 20 s, as it builds the editable wheel again. The package's code needs no reinstall
 # (editable); the guard's .pth and the module it imports are copied into site-packages
 # (setup.py), so a change to them does.
+# Remove an environment (`remove_env DIR`), unless a filesystem is mounted at it or in it:
+# `rm -rf` goes on into a mount and empties what it shows, and a test (run as root) that
+# bound a data root into .venv, to look at it beside the installed app, had it emptied by the
+# next set-up's removal (red team 74 on the guard). The mount points are this shell's
+# (/proc/self/mountinfo's fifth field, `\040` for a blank); none are known elsewhere.
+remove_env() {
+    local dir found
+    dir=$(realpath -m -- "$1")
+    found=$(awk -v d="$dir" '$5 == d || index($5, d "/") == 1 { print $5 }' \
+        /proc/self/mountinfo 2>/dev/null || true)
+    if [ -n "$found" ]; then
+        local first
+        first=$(head -n 1 <<<"$found")
+        echo "$0: kept $1 instead of removing it: a filesystem is mounted in it at $first" \
+            "($(wc -l <<<"$found") mount(s) in all; \`findmnt $first\` names what it shows)," \
+            "and rm -rf would go on into the mount and empty what it shows. Unmount each" \
+            "(umount $first), then run $0 again" >&2
+        return 1
+    fi
+    rm -rf -- "$1"
+}
 install_files=(pyproject.toml setup.py app-pytest-guard.pth _app_pytest_guard.py)
 wants=$(cat "${install_files[@]}" | sha256sum)
 set_up() { # set_up VENV PIP-ARGUMENTS...
@@ -35,7 +56,7 @@ set_up() { # set_up VENV PIP-ARGUMENTS...
     # standard library, which then fails to import its own extension modules (`_ssl`).
     if [ -e "$venv" ] && [ "$(built_as "$venv/bin/python")" != "$chosen" ]; then
         echo "$0: $venv was made from another Python than $python; making it afresh" >&2
-        rm -rf "$venv"
+        remove_env "$venv"
     fi
     [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
     [ "$(cat "$venv/.set-up-from" 2>/dev/null)" = "$wants" ] && return

@@ -11,11 +11,45 @@ CPU of the run's head, one core busy: bench/README.md, branch perf-suite72b).
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
 #: Where the run's Python children keep their bytecode, in the rootdir (.gitignore).
 CHILDREN_BYTECODE = ".pytest_children_pycache"
+
+
+def refusal(prefix: Path) -> str | None:
+    """Why `prefix` (CHILDREN_BYTECODE in the project) may not take the run's bytecode, or
+    None: where it is a symbolic link, or a filesystem is mounted at it or in it, it is no
+    directory of the project's own, and the seeding's links, its `SEEDED` mark and the
+    bytecode of every module the run's processes import went wherever it leads. A test that
+    left it a link to a stopped production root had the next run write ``.seeded``, ``usr/``
+    and the project's own directories into that root before the app's plugin refused the
+    prefix (red team 74 on the guard). Mount points from this process's mount table
+    (``/proc/self/mountinfo``, whose fifth field escapes a blank as ``\\040``)."""
+    if os.path.islink(prefix):
+        return (
+            f"it is a symbolic link to {os.readlink(prefix)}, not a directory of the "
+            f"project's own. Remove the link (`rm {prefix}`, without a trailing slash, which "
+            "would remove what it leads to), then run again"
+        )
+    top = os.fspath(prefix)
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as table:
+            points = [line.split(" ")[4] for line in table]
+    except OSError:
+        return None  # no table: nothing to compare
+    for escaped in points:
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), escaped)
+        if point == top or point.startswith(top + os.sep):
+            return (
+                f"a filesystem is mounted {'at it' if point == top else f'in it at {point}'} "
+                f"(`findmnt {point}` names what it shows), and the run's processes would write "
+                f"their bytecode into whatever it shows. Unmount it (`umount {point}`), then "
+                "run again"
+            )
+    return None
 
 
 #: Written in CHILDREN_BYTECODE once it holds the installed bytecode (`seed_with_installed_
@@ -79,6 +113,8 @@ def seed_with_installed_bytecode(prefix: Path, project: Path) -> None:
 if __name__ == "__main__":
     project = Path(__file__).resolve().parent.parent
     prefix = project / CHILDREN_BYTECODE
+    if (why := refusal(prefix)) is not None:
+        sys.exit(f"{__file__}: refusing to keep the run's bytecode in {prefix}: {why}")
     prefix.mkdir(exist_ok=True)
     seed_with_installed_bytecode(prefix, project)
     print(prefix)

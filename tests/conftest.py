@@ -16,7 +16,7 @@ import forked_pytest
 import head_start
 import httpcore  # noqa: F401  (see below)
 import pytest
-from children_bytecode import CHILDREN_BYTECODE, seed_with_installed_bytecode
+from children_bytecode import CHILDREN_BYTECODE, refusal, seed_with_installed_bytecode
 from docs_site import build
 from project_copy import copy_project_settings
 from side_by_side import INNER_ADDOPTS, NEXT_ITEM
@@ -90,6 +90,10 @@ def _children_keep_their_bytecode(config: pytest.Config) -> None:
     given = os.environ.get("PYTHONPYCACHEPREFIX") == str(prefix)
     if not (os.environ.get("PYTHONDONTWRITEBYTECODE") or given) or cache is None:
         return
+    if (why := refusal(prefix)) is not None:
+        raise pytest.UsageError(
+            f"tests/conftest.py: refusing to keep the run's bytecode in {prefix}: {why}"
+        )
     shutil.rmtree(cache.mkdir("pycache"), ignore_errors=True)  # the earlier place, emptied
     prefix.mkdir(exist_ok=True)
     seed_with_installed_bytecode(prefix, config.rootpath)

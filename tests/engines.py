@@ -42,6 +42,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -429,7 +430,8 @@ class PostgresEngine:
         else:  # a postmaster someone started otherwise (pg_ctl), if any
             data = str(self.base / "data")
             self._run(str(self.bindir / "pg_ctl"), "-D", data, "-m", "fast", "stop", check=False)
-        shutil.rmtree(self.base, ignore_errors=True)
+        if (kept := remove_own_tree(self.base, "this run's PostgreSQL cluster")) is not None:
+            raise RuntimeError(kept)
 
 
 def _file_copy(conn: Any) -> str:
@@ -500,6 +502,38 @@ def _clusters_dir() -> Path:
     return Path(tempfile.gettempdir())
 
 
+def remove_own_tree(base: Path, what: str) -> str | None:
+    """Remove `base`, a directory this module made for `what` (a cluster's files, a
+    ``weed``'s), unless a filesystem is mounted at it or anywhere inside it: then keep it and
+    say why (the message), else None.
+
+    ``shutil.rmtree`` goes on into a mount and empties what it shows. A test (run as root)
+    that bound a stopped production root into the cluster's directory, to look at it beside
+    the cluster's files, had it emptied whole, its stamp and lock file with it, by the
+    cluster's stop at the run's end; so would a next run's clean-up of a killed run's cluster
+    (red team 74 on the guard). These directories lie outside the sandbox (``/dev/shm``,
+    ``/tmp``), where the plugin's own look at pytest's deletions (a mount in the sandbox
+    keeps it whole) never reaches, or are deleted by a fixture before pytest's end."""
+    from app.dataroot import bound_from, mounts_inside  # the workers import it anyway
+
+    real = base.resolve()
+    found = [m for m in mounts_inside(real.parent) if m == real or m.is_relative_to(real)]
+    if not found:
+        shutil.rmtree(base, ignore_errors=True)
+        return None
+    first = found[0]
+    source = bound_from(first)
+    shows = f", which shows {source}" if source is not None and source != first else ""
+    more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+    return (
+        f"tests/engines.py kept {base}, the directory of {what}, instead of removing it: a "
+        f"filesystem is mounted {'at it' if first == real else f'inside it at {first}'}{shows}"
+        f"{more}, and the removal would go on into the mount and empty what it shows (a data "
+        f"root bound there is emptied whole). Unmount it (`umount {first}`; `findmnt {first}` "
+        f"names what it shows), then remove the directory (`rm -rf {base}`)"
+    )
+
+
 def _process_identity(pid: int) -> str | None:
     """What names process `pid` for as long as it lives, and no process after it: its PID
     namespace, pid and start time; None if it is gone."""
@@ -533,7 +567,8 @@ def _remove_clusters_of_dead_runs() -> None:
             continue
         if _process_identity(int(owner[1])) == " ".join(owner):
             continue  # its run is still on
-        shutil.rmtree(base, ignore_errors=True)
+        if (kept := remove_own_tree(base, "a killed run's PostgreSQL cluster")) is not None:
+            warnings.warn(kept, stacklevel=1)
 
 
 def cluster_directory(account: str | None) -> Path:
@@ -586,16 +621,19 @@ def start_postgres() -> PostgresEngine:
         check=False,
     )
     if init.returncode != 0:
-        shutil.rmtree(base, ignore_errors=True)
-        _unavailable(f"initdb failed: {init.stderr.strip() or init.stdout.strip()}")
+        kept = remove_own_tree(base, "a PostgreSQL cluster that did not start")
+        _unavailable(
+            f"initdb failed: {init.stderr.strip() or init.stdout.strip()}"
+            + (f"; {kept}" if kept else "")
+        )
     for _ in range(3):  # a free port can be taken between choosing and binding it
         engine.port = free_ports(1)[0]
         if engine.start():
             engine.warm_template()
             return engine
     last = engine.log()
-    shutil.rmtree(base, ignore_errors=True)
-    _unavailable(f"PostgreSQL did not start: {last.strip()}")
+    kept = remove_own_tree(base, "a PostgreSQL cluster that did not start")
+    _unavailable(f"PostgreSQL did not start: {last.strip()}" + (f"; {kept}" if kept else ""))
     raise AssertionError("unreachable")
 
 
@@ -639,8 +677,9 @@ class S3Engine:
         # SIGKILL: its data is thrown away, and a graceful stop waits out pre-stop delays.
         self.process.kill()
         self.process.wait()
-        shutil.rmtree(self.base, ignore_errors=True)
         remove_sockets(self.ports)
+        if (kept := remove_own_tree(self.base, "this run's S3 server (weed)")) is not None:
+            raise RuntimeError(kept)
 
 
 def remove_sockets(ports: Iterable[int]) -> None:
@@ -790,8 +829,11 @@ def start_s3(base: Path) -> S3Engine:
             process.kill()
         process.wait()
         remove_sockets(ports)
-    shutil.rmtree(base, ignore_errors=True)
-    _unavailable(f"SeaweedFS (weed mini) did not start an S3 endpoint: {last.strip()}")
+    kept = remove_own_tree(base, "an S3 server (weed) that did not start")
+    _unavailable(
+        f"SeaweedFS (weed mini) did not start an S3 endpoint: {last.strip()}"
+        + (f"; {kept}" if kept else "")
+    )
     raise AssertionError("unreachable")
 
 

@@ -505,9 +505,12 @@ def test_a_pycache_prefix_in_a_data_root_is_refused_with_bytecode_off_too(
 ) -> None:
     # With PYTHONDONTWRITEBYTECODE set, a prefix in a data root was let through; a
     # subdirectory's conftest that turned bytecode on (`sys.dont_write_bytecode = False`)
-    # then got the test modules' bytecode written under production's sessions/.
+    # then got the test modules' bytecode written under production's sessions/. Given
+    # through a link of the test's own to the root, the refusal named the link "the data
+    # root" (red team 74), where `rm -rf <link>/` empties the root it leads to.
     settings, production = uploads
-    sessions = production / "sessions"
+    link = tmp_path / "bytecode"
+    link.symlink_to(production)
     project = tmp_path / "elsewhere"  # its own tests only
     (project / "sub").mkdir(parents=True)
     (project / "sub" / "conftest.py").write_text("import sys\n\nsys.dont_write_bytecode = False\n")
@@ -517,15 +520,16 @@ def test_a_pycache_prefix_in_a_data_root_is_refused_with_bytecode_off_too(
     )
     env.pop("PYTHONPYCACHEPREFIX", None)
     done = subprocess.run(
-        [sys.executable, "-X", f"pycache_prefix={sessions}", "-m", "pytest",
+        [sys.executable, "-X", f"pycache_prefix={link}", "-m", "pytest",
          "-p", "no:cacheprovider"],
         cwd=project, env=env, capture_output=True, text=True, check=False,
     )  # fmt: skip
     output = " ".join((done.stdout + done.stderr).split())
-    assert not list(sessions.rglob("*.pyc")), output
+    assert not list(production.rglob("*.pyc")), output
     assert done.returncode == 4, output
     assert (
         "ERROR: app: refusing to run: Python and pytest's assertion rewriting write the "
-        f"bytecode of every module they import under sys.pycache_prefix, {sessions}, which "
-        "lies in the data root of profile 'production'"
+        f"bytecode of every module they import under sys.pycache_prefix, {link}, which lies "
+        f"in the data root of profile 'production' ({production.resolve()}; no process holds "
+        f"it now): it is {production.resolve()}, reached through a symbolic link on its way"
     ) in output, output

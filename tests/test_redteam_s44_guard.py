@@ -132,7 +132,8 @@ def test_a_child_whose_tmp_is_a_data_root_writes_no_registry_there(
 #: (`$2`), then a child pytest with the plugin active and one with it switched off, each told
 #: to write its report over a session's record through it (`$3` the session); then pytest's
 #: base directory made through it, by `--basetemp` and by `TMPDIR`; last, the report written
-#: through an overlay whose upper directory is production's sessions/.
+#: through an overlay whose upper directory is production's sessions/; last, a report into
+#: the whole root bound at `$2/r`.
 BOUND = """
 mount --bind "$1/sessions" "$2/s" || exit 9
 cd "$2" || exit 9
@@ -147,6 +148,9 @@ echo "=== $?"
 mount -t overlay overlay -o "lowerdir=$2/l,upperdir=$1/sessions,workdir=$2/w" "$2/o" || exit 9
 "$4" -m pytest -p no:cacheprovider -q -p no:app --junitxml="o/$3/session.json" test_inner.py
 echo "=== $?"
+mount --bind "$1" "$2/r" || exit 9
+"$4" -m pytest -p no:cacheprovider -q --junitxml=r/report.xml test_inner.py
+echo "=== $?"
 """
 
 
@@ -159,7 +163,7 @@ def test_a_report_written_through_a_bind_mount_of_production_s_sessions_is_refus
     # report replaced a session's record, with the plugin active or switched off. The mount
     # table says which directory a bind mount shows; it is checked where it lies in fact.
     _, production = stopped
-    for directory in ("s", "o", "l", "w"):
+    for directory in ("s", "o", "l", "w", "r"):
         (tmp_path / directory).mkdir()
     session = _a_test_and_a_session(tmp_path, production)
     output = _beside(
@@ -185,7 +189,14 @@ def test_a_report_written_through_a_bind_mount_of_production_s_sessions_is_refus
     ) in output
     assert (f"(it has a profile stamp, .app-profile.json; it is {sessions}/pytest-of-") in output
     assert f", seen through a mount), because TMPDIR is {tmp_path}/s" in output
-    assert re.findall(r"=== (\d+)", output) == ["4", "4", "4", "1", "4"], output
+    # The whole root bound: the mount point was named "the data root", and not the root.
+    assert (
+        f"pytest's --junitxml rewrites {tmp_path.resolve()}/r/report.xml as the run ends, which "
+        f"lies in the data root {production.resolve()} (it has a profile stamp, "
+        f".app-profile.json): it is {production.resolve()}/report.xml, seen through a mount "
+        f"(`findmnt -T {tmp_path.resolve()}/r/report.xml` shows it)"
+    ) in output
+    assert re.findall(r"=== (\d+)", output) == ["4", "4", "4", "1", "4", "4"], output
 
 
 #: A test that opts into production, then purges it from a child in a mount namespace of its

@@ -1040,6 +1040,21 @@ def _conflict_seen(target: Target, roots: dict[str, Path], seen: _Seen) -> str |
     from app.testing.guard import unknown_mount_at
 
     found = _conflict_at(target, roots, seen)
+    if found is not None and (real := Path(os.path.realpath(target.path))) != target.path:
+        # The same through a symbolic link on the way (a `PYTHONPYCACHEPREFIX` of a link to
+        # a root, checked as spelled): the link's path was named "the data root" (red team
+        # 74), where `rm -rf <link>/` empties the root it leads to.
+        if (there := _conflict_at(target._replace(path=real), roots, seen)) is not None:
+            found = f"{there}: it is {real}, reached through a symbolic link on its way"
+    elif found is not None and (source := bound_from(target.path)) not in (None, target.path):
+        # A whole root bound at or above the path shows its stamp there: the refusal named
+        # the mount point "the data root", and neither the root it is, nor its profile and
+        # holder; a clean-up of that directory (`rm -rf`) would empty it through the mount
+        # (red team 74). Said as where it lies in fact, as a root's directory bound is.
+        found = (
+            f"{_conflict_at(target._replace(path=source), roots, seen) or found}: it is "
+            f"{source}, seen through a mount (`findmnt -T {target.path}` shows it)"
+        )
     if found is None and (source := bound_from(target.path)) is not None:
         # Through a bind mount (`mount --bind <root>/sessions <tmp_path>/s`, in a mount
         # namespace of the test's own): the same checks, where it lies in fact.
