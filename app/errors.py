@@ -1594,6 +1594,34 @@ class LockUncheckedError(LockLostError):
         }
 
 
+class LockUnwatchedError(LockLostError):
+    """The holder's watcher of its lock file failed with an error of its own: it stops.
+
+    An exception other than a failed look (`LockUncheckedError`) ended the thread that
+    looks at the lock file every ``lock_check_seconds``, and the server served on with the
+    file never looked at again (red team 73, left open; leftovers74): it stops instead.
+    """
+
+    code = "lock_unwatched"
+    template = (
+        "lock file {path} {reason}: the file need not have changed, but this process no "
+        "longer looks at whether it still holds the data root, so it stops rather than serve "
+        "unwatched. The server's log holds the watcher's traceback: report it (a fault of the "
+        "app's), then restart the server (`app serve`)"
+    )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Over HTTP: the same refusal without the path or the exception's words."""
+        return {
+            "code": self.code,
+            "message": (
+                "this server's watcher of its data-root lock failed, so it refuses every write "
+                "and is stopping rather than serve unwatched; nothing was written. Retry once "
+                "the server is restarted"
+            ),
+        }
+
+
 class StampChangedError(LockLostError):
     """A running writer's root was found stamped for another profile; writes are refused.
 
