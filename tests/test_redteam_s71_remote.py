@@ -54,7 +54,6 @@ from app.remote.errors import (
     ReplicasLiveError,
     TablesChangedError,
 )
-from app.remote.objects import ObjectStore
 from app.storage import Probe
 
 # A gid with a quote in it: the statement the refusal gives must run as it is printed.
@@ -184,9 +183,7 @@ def test_an_index_of_the_apps_tuned_by_a_dba_is_still_the_apps(
 
 def test_a_lifecycle_rule_that_expires_the_prefix_is_told_by_doctor(s3_engine: S3Engine) -> None:
     blob_url = new_blob_url(s3_engine)
-    objects = ObjectStore(
-        blob_url, s3_engine.endpoint_url, s3_engine.access_key_id, s3_engine.secret_access_key
-    )
+    objects = s3_engine.objects(blob_url)
     config = dataclasses.replace(
         load("testing"),
         profile=PROFILE,

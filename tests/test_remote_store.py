@@ -55,9 +55,7 @@ PROFILE = "production"
 
 
 def _objects(s3_engine: S3Engine, blob_url: str) -> ObjectStore:
-    objects = ObjectStore(
-        blob_url, s3_engine.endpoint_url, s3_engine.access_key_id, s3_engine.secret_access_key
-    )
+    objects = s3_engine.objects(blob_url)
     objects.open(PROFILE)
     return objects
 
