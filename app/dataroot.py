@@ -53,6 +53,7 @@ from app import __version__, libc
 from app.config_files import loop_at
 from app.errors import (
     AFTER_FAILED_SYNC,
+    WATCH_FAILED,
     AppError,
     AuditLogAtLimit,
     DataRootChangedError,
@@ -74,7 +75,6 @@ from app.errors import (
 )
 from app.lock import (
     LOCK_FILE,
-    WATCH_FAILED,
     Probe,
     RootLock,
     a_root_s_lock_file,

@@ -53,6 +53,19 @@ def json_loads(raw: str | bytes) -> Any:
         raise ValueError(msg) from None
 
 
+#: How a holder's loss begins whose cause is its watcher's own failure, not its hold's (the
+#: thread that looks at its lock file, or a replica's at its hold, every lock_check_seconds):
+#: each backend says it as its ``...UnwatchedError``.
+WATCH_FAILED = "could not be watched"
+
+
+def watch_failed(error: BaseException) -> str:
+    """The reason a watcher that failed with `error` stops its holder for, naming it."""
+    said = " ".join(str(error).split())
+    named = f"{type(error).__name__}: {said}" if said else type(error).__name__
+    return f"{WATCH_FAILED}: its watcher failed with {named}"
+
+
 def printable(text: str) -> str:
     """`text` with each character a terminal acts on or hides written as Python escapes it
     (``\\x1b``, ``\\n``, ``\\r``, ``\\u202e``).

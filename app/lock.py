@@ -59,6 +59,7 @@ from app.errors import (
     LockUnavailableError,
     json_loads,
     shell_word,
+    watch_failed,
 )
 from app.records import dataclass
 from app.sandbox import (
@@ -77,7 +78,6 @@ __all__ = [
     "BOOT_ID_FILE",
     "KINDS",
     "LOCK_FILE",
-    "WATCH_FAILED",
     "HolderKind",
     "LockWatcher",
     "Probe",
@@ -2998,16 +2998,6 @@ def _write_in_place(
     return data
 
 
-#: How a loss begins whose cause is the watcher's own failure (`LockWatcher`), not the file's:
-#: `app.dataroot.DataRoot.lost_error` says it as :class:`~app.errors.LockUnwatchedError`.
-WATCH_FAILED: Final = "could not be watched"
-
-
-def _named_error(error: BaseException) -> str:
-    said = " ".join(str(error).split())
-    return f"{type(error).__name__}: {said}" if said else type(error).__name__
-
-
 class LockWatcher:
     """A daemon thread that checks :meth:`RootLock.still_ours` every ``interval`` seconds.
 
@@ -3080,7 +3070,7 @@ class LockWatcher:
         except Exception as error:
             log.exception("the watcher of lock file %s failed", self.lock.path)
             if self.lost is None and self.lock.held and not self._stop.is_set():
-                self.lost = f"{WATCH_FAILED}: its watcher failed with {_named_error(error)}"
+                self.lost = watch_failed(error)
                 self.on_lost(self.lost)
 
     def _watch(self) -> None:

@@ -626,6 +626,11 @@ EXAMPLES: list[errors.AppError] = [
     remote.ReplicasLiveError("empty the trash", DATABASE, REPLICAS),
     remote.MaintenanceRunningError(DATABASE, "backend pid 31337, app data purge"),
     remote.HolderLostError(DATABASE, "the server closed the connection unexpectedly"),
+    remote.HolderUnwatchedError(
+        DATABASE,
+        "could not be watched: its watcher failed with OverflowError: timestamp too large to "
+        "convert to C _PyTime_t",
+    ),
     remote.CommitUnknownError(
         DATABASE,
         "server closed the connection unexpectedly; then: connection refused",
