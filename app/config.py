@@ -136,6 +136,22 @@ def _positive_number(value: Any) -> str | None:
     return None
 
 
+#: The least lock_check_seconds: ten looks a second. Each look is a few system calls
+#: (an lstat of the lock file, a read of its bytes, a stat of the stamp); 1e-9 was
+#: accepted, and the watcher then spent a quarter of a core looking (red team 73).
+LOCK_CHECK_FLOOR_SECONDS: Final = 0.1
+
+
+def _lock_check_seconds(value: Any) -> str | None:
+    if _positive_number(value) is None and value >= LOCK_CHECK_FLOOR_SECONDS:
+        return None
+    return (
+        f"must be a finite number of seconds from {LOCK_CHECK_FLOOR_SECONDS:g} (ten looks at "
+        f"the lock file a second; below it the server spends its CPU looking) to "
+        f"{_MAX_SECONDS} (a week)"
+    )
+
+
 def _non_empty_str(value: Any) -> str | None:
     return None if isinstance(value, str) and value.strip() else "must be a non-empty string"
 
@@ -609,7 +625,9 @@ class Config:
         30,
     )
     lock_check_seconds: float = setting(
-        _positive_number, "how often a server re-checks its lock", 5.0
+        _lock_check_seconds,
+        f"how often a server re-checks its lock (at least {LOCK_CHECK_FLOOR_SECONDS:g} s)",
+        5.0,
     )
     log_level: str = setting(_log_level, "server log level", "info", normalise=str.lower)
     protected: bool = setting(_bool, "removing data needs an explicit confirmation", False)

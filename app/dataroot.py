@@ -53,6 +53,7 @@ from app import __version__, libc
 from app.config_files import loop_at
 from app.errors import (
     AFTER_FAILED_SYNC,
+    WATCH_FAILED,
     AppError,
     AuditLogAtLimit,
     DataRootChangedError,
@@ -64,6 +65,7 @@ from app.errors import (
     LockFileKindError,
     LockLostError,
     LockUncheckedError,
+    LockUnwatchedError,
     ProfileStampMismatchError,
     SpecialFileFound,
     StampChangedError,
@@ -3408,34 +3410,56 @@ def _mounted_over(path: Path) -> Path | None:
     return Path(os.fsdecode(max(points, key=len))) if points else None
 
 
-def _unmounted_said(root: Path, inside: Path, *, gone: bool, through: Path | None) -> str:
+def _unmounted_said(
+    root: Path, inside: Path, *, gone: bool, through: Path | None, bound: Path = Path("/")
+) -> str:
     """How a root whose filesystem was unmounted under its writer (``umount -l``) is said:
-    `inside` is where the root is within that filesystem. It was "moved, renamed or deleted
-    ... Put the directory back": one looked for a directory nobody had moved (red team 73
-    on regress)."""
+    `inside` is where the root is within the mount unmounted, and `bound` the directory of
+    its filesystem that mount showed (``/``, or a bind's directory). It was "moved, renamed
+    or deleted ... Put the directory back": one looked for a directory nobody had moved (red
+    team 73 on regress). A bind of a directory (``mount --bind /mnt/disk/sub /srv/app``) was
+    said "at /data of it" (the bind's path, not the filesystem's) and "mount that filesystem
+    at /srv/app again", which shows its top there, not the directory (left open by round e;
+    leftovers74)."""
     text, within = str(root), str(inside)
     point: Path | None = root
     if within != "/":
         point = Path(text[: -len(within)] or "/") if text.endswith(within) else None
     at = f" from {point}" if point is not None else ""
     now = "nothing is at its path now" if gone else "its path names another directory now"
+    whole = bound == Path("/")
+    of_it = str(inside if whole else bound / inside.relative_to("/"))
+    shown = "" if whole else f" (the mount unmounted showed its directory {bound})"
     again = (
         f"mount that filesystem at {point} again (`findmnt {shell_word(str(point))}` says "
         "what is mounted there now)"
         if point is not None
         else "mount that filesystem again where it was"
     )
+    if not whole:
+        again = (
+            f"bind its directory {bound} at {point} again (`mount --bind <where the filesystem "
+            f"is mounted>{bound} {shell_word(str(point))}`; `findmnt {shell_word(str(point))}` "
+            "says what is mounted there now)"
+            if point is not None
+            else f"bind its directory {bound} again where it was"
+        )
     if through is not None and point is not None:
         # Another bind of it stays (red team 73 on regress, round e): the exact command.
+        still = (
+            f"it is still mounted at {through} too"
+            if whole
+            else f"its directory {bound} is still reached at {through}"
+        )
         again = (
-            f"it is still mounted at {through} too, where the directory is "
-            f"{through / inside.relative_to('/')}: `mount --bind {shell_word(str(through))} "
-            f"{shell_word(str(point))}` puts it back at its path"
+            f"{still}, where the directory is {through / inside.relative_to('/')}: `mount "
+            f"--bind {shell_word(str(through))} {shell_word(str(point))}` puts it back at its "
+            "path"
         )
     return (
         f"the filesystem that holds it was unmounted{at} since it was opened (`umount -l`, or "
         f"its device went away), so {now}: this process still has the directory open on the "
-        f"detached filesystem, at {inside} of it; {again}"
+        f"detached filesystem, at {of_it} of it{shown}; {again}"
     )
 
 
@@ -3807,6 +3831,8 @@ class DataRoot:
             pass
         if reason.startswith("could not be checked"):
             return LockUncheckedError(self.lock.path, reason)
+        if reason.startswith(WATCH_FAILED):
+            return LockUnwatchedError(self.lock.path, reason)
         return LockLostError(self.lock.path, reason)
 
     def _replaced_how(self, opened: tuple[int, int], *, gone: bool) -> str:
@@ -3820,7 +3846,9 @@ class DataRoot:
         assert self.lock is not None
         if (inside := self.lock.unmounted_at()) is not None:
             through = self.lock.reachable_through()
-            return _unmounted_said(self._path, inside.parent, gone=gone, through=through)
+            return _unmounted_said(
+                self._path, inside.parent, gone=gone, through=through, bound=self.lock.mount_root
+            )
         lock_now = self.lock.now_at()
         path = shell_word(str(self._path))
         if lock_now is not None and lock_now == self.lock.path:

@@ -53,6 +53,19 @@ def json_loads(raw: str | bytes) -> Any:
         raise ValueError(msg) from None
 
 
+#: How a holder's loss begins whose cause is its watcher's own failure, not its hold's (the
+#: thread that looks at its lock file, or a replica's at its hold, every lock_check_seconds):
+#: each backend says it as its ``...UnwatchedError``.
+WATCH_FAILED = "could not be watched"
+
+
+def watch_failed(error: BaseException) -> str:
+    """The reason a watcher that failed with `error` stops its holder for, naming it."""
+    said = " ".join(str(error).split())
+    named = f"{type(error).__name__}: {said}" if said else type(error).__name__
+    return f"{WATCH_FAILED}: its watcher failed with {named}"
+
+
 def printable(text: str) -> str:
     """`text` with each character a terminal acts on or hides written as Python escapes it
     (``\\x1b``, ``\\n``, ``\\r``, ``\\u202e``).
@@ -1590,6 +1603,34 @@ class LockUncheckedError(LockLostError):
                 f"this server's data-root lock file {self.reason}: its filesystem failed the "
                 "look, so it refuses every write and is stopping rather than risk sharing its "
                 "data; nothing was written. Retry once the server is restarted"
+            ),
+        }
+
+
+class LockUnwatchedError(LockLostError):
+    """The holder's watcher of its lock file failed with an error of its own: it stops.
+
+    An exception other than a failed look (`LockUncheckedError`) ended the thread that
+    looks at the lock file every ``lock_check_seconds``, and the server served on with the
+    file never looked at again (red team 73, left open; leftovers74): it stops instead.
+    """
+
+    code = "lock_unwatched"
+    template = (
+        "lock file {path} {reason}: the file need not have changed, but this process no "
+        "longer looks at whether it still holds the data root, so it stops rather than serve "
+        "unwatched. The server's log holds the watcher's traceback: report it (a fault of the "
+        "app's), then restart the server (`app serve`)"
+    )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Over HTTP: the same refusal without the path or the exception's words."""
+        return {
+            "code": self.code,
+            "message": (
+                "this server's watcher of its data-root lock failed, so it refuses every write "
+                "and is stopping rather than serve unwatched; nothing was written. Retry once "
+                "the server is restarted"
             ),
         }
 

@@ -46,10 +46,13 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import head_start
 import pytest
+
+if TYPE_CHECKING:
+    from app.remote.objects import ObjectStore
 
 # Bounds for an engine's start-up, not for a test: past them the engine "cannot start".
 _START_SECONDS = 60.0
@@ -664,6 +667,20 @@ class S3Engine:
             aws_secret_access_key=self.secret_access_key,
             region_name="us-east-1",
             config=Config(s3={"addressing_style": "path"}),
+        )
+
+    def objects(self, blob_url: str, endpoint_url: str = "", **kwargs: Any) -> ObjectStore:
+        """An object store of the app's on ``blob_url`` with this server's keys, reached at
+        ``endpoint_url`` if given (a proxy in front of it, another spelling), else at its
+        own; ``kwargs`` as `ObjectStore` takes them (``max_attempts``, ``part_bytes``)."""
+        from app.remote.objects import ObjectStore
+
+        return ObjectStore(
+            blob_url,
+            endpoint_url or self.endpoint_url,
+            self.access_key_id,
+            self.secret_access_key,
+            **kwargs,
         )
 
     def start_again(self, log: Path) -> None:

@@ -62,7 +62,7 @@ def _versioned_store(s3_engine: S3Engine, endpoint: str) -> ObjectStore:
     client.create_bucket(Bucket=bucket)
     client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
     blob_url = new_blob_url(s3_engine).replace(f"s3://{s3_engine.bucket}/", f"s3://{bucket}/")
-    return ObjectStore(blob_url, endpoint, s3_engine.access_key_id, s3_engine.secret_access_key)
+    return s3_engine.objects(blob_url, endpoint_url=endpoint)
 
 
 def _versions(store: ObjectStore) -> list[str]:
@@ -89,12 +89,9 @@ def test_a_run_s_end_judges_each_version_by_its_mark_whatever_the_case_of_its_na
         # A child of the run given an environment of its own, without the run's token.
         with monkeypatch.context() as child:
             child.delenv(RUN_MARK_ENV)
-            ObjectStore(
-                store.where.partition(" at ")[0],
-                proxy.url,
-                s3_engine.access_key_id,
-                s3_engine.secret_access_key,
-            ).put("child/out.txt", b"the run's child's")
+            s3_engine.objects(store.where.partition(" at ")[0], endpoint_url=proxy.url).put(
+                "child/out.txt", b"the run's child's"
+            )
         # Another program writes over the run's upload (its own bytes, no mark of the run).
         base = store.location.key("")
         s3_engine.client().put_object(

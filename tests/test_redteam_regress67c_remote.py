@@ -43,9 +43,7 @@ def _versioned_store(s3_engine: S3Engine, name: str = "rt67c") -> ObjectStore:
     client.create_bucket(Bucket=bucket)
     client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
     blob_url = new_blob_url(s3_engine).replace(f"s3://{s3_engine.bucket}/", f"s3://{bucket}/")
-    return ObjectStore(
-        blob_url, s3_engine.endpoint_url, s3_engine.access_key_id, s3_engine.secret_access_key
-    )
+    return s3_engine.objects(blob_url)
 
 
 def _current(store: ObjectStore, name: str) -> bytes | None:
@@ -99,12 +97,7 @@ def test_a_run_s_end_leaves_another_program_s_delete_marker_where_it_wrote_too(
     monkeypatch.setenv(RUN_MARK_ENV, "e" * 32)
     direct = _versioned_store(s3_engine, f"rt67c-{answer.split()[1]}")
     with _through(s3_engine, _Unnamed if answer == "markers unnamed" else None) as url:
-        store = ObjectStore(
-            direct.where.partition(" at ")[0],
-            url,
-            s3_engine.access_key_id,
-            s3_engine.secret_access_key,
-        )
+        store = s3_engine.objects(direct.where.partition(" at ")[0], endpoint_url=url)
         _wrote_over_and_deleted(s3_engine, store)
 
 
@@ -180,12 +173,7 @@ def test_a_version_is_judged_by_the_metadata_of_that_version_alone(
     thread = threading.Thread(target=proxy.serve_forever, daemon=True)
     thread.start()
     try:
-        store = ObjectStore(
-            direct.where.partition(" at ")[0],
-            proxy.url,
-            s3_engine.access_key_id,
-            s3_engine.secret_access_key,
-        )
+        store = s3_engine.objects(direct.where.partition(" at ")[0], endpoint_url=proxy.url)
         assert store.create_once(RUN_MARKER, fixtures._own_mark("_pytest_1_abcd", "db"))
         other.put_object(Bucket=bucket, Key=key("shared/late.txt"), Body=b"another's, first")
         store.put("shared/late.txt", b"the run's, over it")

@@ -35,12 +35,7 @@ DATABASE = ("5f0c8a4e-a1b2-4c3d-9e8f-0a1b2c3d4e5f", "files", "7301/16384")
 
 def _opened_on_timeline_1(s3_engine: S3Engine) -> ObjectStore:
     """A fresh prefix opened for production, bound to `DATABASE` on its first timeline."""
-    objects = ObjectStore(
-        new_blob_url(s3_engine),
-        s3_engine.endpoint_url,
-        s3_engine.access_key_id,
-        s3_engine.secret_access_key,
-    )
+    objects = s3_engine.objects(new_blob_url(s3_engine))
     objects.open("production", database=(*DATABASE, 1))
     return objects
 

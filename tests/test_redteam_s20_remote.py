@@ -143,9 +143,7 @@ def relay(postgres_engine: PostgresEngine) -> Iterator[Relay]:
 
 
 def _objects(s3_engine: S3Engine, blob_url: str) -> ObjectStore:
-    objects = ObjectStore(
-        blob_url, s3_engine.endpoint_url, s3_engine.access_key_id, s3_engine.secret_access_key
-    )
+    objects = s3_engine.objects(blob_url)
     objects.open(PROFILE)
     return objects
 
@@ -406,10 +404,7 @@ def test_an_object_store_that_stops_mid_replace_keeps_the_old_version_and_says_s
     engine = start_s3(tmp_path / "weed")
     try:
         pg.open_database(database_url, PROFILE)
-        objects = ObjectStore(
-            f"s3://{engine.bucket}/own{scratch()}", engine.endpoint_url,
-            engine.access_key_id, engine.secret_access_key, max_attempts=1,
-        )  # fmt: skip
+        objects = engine.objects(f"s3://{engine.bucket}/own{scratch()}", max_attempts=1)
         objects.open(PROFILE)
         with RemoteStore(database_url, objects, PROFILE, orphan_grace=timedelta(0)) as store:
             session = store.create_session("outage")["id"]

@@ -25,7 +25,7 @@ from app.config import Config
 from app.errors import DamagedFileError, SandboxViolationError
 from app.remote import pg
 from app.remote.errors import DatabaseRefusedError
-from app.remote.objects import BLOBS, ObjectStore
+from app.remote.objects import BLOBS
 from app.remote.store import RemoteStore
 from app.server import create_app
 
@@ -237,10 +237,7 @@ def test_a_prefix_nested_among_another_profiles_uploads_is_never_repaired_away(
     assert run is not None
     pg.open_database(database_url, PROFILE)
     outer = _objects(s3_engine, blob_url)
-    inner = ObjectStore(
-        f"{blob_url}/blobs/staging{run.scratch}",
-        s3_engine.endpoint_url, s3_engine.access_key_id, s3_engine.secret_access_key,
-    )  # fmt: skip
+    inner = s3_engine.objects(f"{blob_url}/blobs/staging{run.scratch}")
     inner.open("staging")
     inner.put(inner.new_blob_name(), b"staging's file")
     inner.put("blobs/" + "0" * 31, b"a name one short of the app's")

@@ -229,13 +229,10 @@ def _replicas(database_url: str, s3_engine: Any, blob_url: str) -> Any:
     from datetime import timedelta
 
     from app.remote import pg
-    from app.remote.objects import ObjectStore
     from app.remote.store import RemoteStore
 
     def replica() -> RemoteStore:
-        objects = ObjectStore(
-            blob_url, s3_engine.endpoint_url, s3_engine.access_key_id, s3_engine.secret_access_key
-        )
+        objects = s3_engine.objects(blob_url)
         objects.open("production")
         return RemoteStore(database_url, objects, "production", orphan_grace=timedelta(0))
 

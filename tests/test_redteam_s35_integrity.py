@@ -561,13 +561,10 @@ def test_an_object_rewritten_with_bytes_of_the_same_length_is_never_a_complete_d
     from fastapi.testclient import TestClient
 
     from app.remote import pg
-    from app.remote.objects import ObjectStore
     from app.remote.store import RemoteStore
     from app.server import create_app
 
-    objects = ObjectStore(
-        blob_url, s3_engine.endpoint_url, s3_engine.access_key_id, s3_engine.secret_access_key
-    )
+    objects = s3_engine.objects(blob_url)
     pg.open_database(database_url, "production")
     objects.open("production")
     data = os.urandom(CHUNK + 10)

@@ -625,12 +625,9 @@ def test_a_remote_restore_refuses_a_newest_copy_whose_object_is_gone(
     # so, and every download of it was then 500 object_missing; the version before it,
     # whole, stayed in the trash.
     from app.remote import pg
-    from app.remote.objects import ObjectStore
     from app.remote.store import RemoteStore
 
-    objects = ObjectStore(
-        blob_url, s3_engine.endpoint_url, s3_engine.access_key_id, s3_engine.secret_access_key
-    )
+    objects = s3_engine.objects(blob_url)
     pg.open_database(database_url, "production")
     objects.open("production")
     with RemoteStore(database_url, objects, "production") as store:

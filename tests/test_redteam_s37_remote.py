@@ -33,7 +33,6 @@ from app.errors import (
 )
 from app.remote import pg
 from app.remote.errors import ConnectionLostError, DatabaseRefusedError, TablesOffSearchPathError
-from app.remote.objects import ObjectStore
 from app.remote.store import RemoteStore
 
 PROFILE = "production"
@@ -291,9 +290,7 @@ def test_a_prefix_with_a_dot_segment_is_refused_as_a_setting_before_the_store_is
     bucket, _, prefix = blob_url.removeprefix("s3://").partition("/")
     dotted = f"s3://{bucket}/elsewhere/{segment}/{prefix}"
     with pytest.raises(InvalidSettingError) as refused:
-        ObjectStore(
-            dotted, s3_engine.endpoint_url, s3_engine.access_key_id, s3_engine.secret_access_key
-        ).open(PROFILE)
+        s3_engine.objects(dotted).open(PROFILE)
     message = str(refused.value)
     assert f"blob_url = {dotted!r}" in message
     assert "a prefix with a '.' or '..' segment names a different prefix on each object" in message

@@ -45,7 +45,6 @@ from test_server_e2e import Server, app_env, run_app, snapshot
 
 from app import __version__
 from app.remote.errors import ObjectMissingError, ObjectStoreUnavailableError
-from app.remote.objects import ObjectStore
 
 production = test_redteam_s37_remote.production  # the fixture, as red team 37 made it
 
@@ -514,9 +513,7 @@ def test_an_object_stores_own_refusal_of_one_object_is_named_not_passed_through(
     # builds it from the answer, is given to the store's classification.
     from botocore.exceptions import ClientError
 
-    store = ObjectStore(
-        blob_url, s3_engine.endpoint_url, s3_engine.access_key_id, s3_engine.secret_access_key
-    )
+    store = s3_engine.objects(blob_url)
     for code, status in (("InvalidObjectState", 403), ("OperationAborted", 409), ("x", 412)):
         answer = {
             "Error": {"Code": code, "Message": "m"},

@@ -86,10 +86,7 @@ def test_a_streamed_upload_is_sent_in_parts_sized_for_its_limit(
 ) -> None:
     # A real multipart upload to the store with a part count forced small: 12 MiB in at most
     # two parts is two of 6 MiB, where the 5 MiB asked for would have made three.
-    store = remote_objects.ObjectStore(
-        blob_url, s3_engine.endpoint_url, s3_engine.access_key_id,
-        s3_engine.secret_access_key, part_bytes=5 * MiB, max_parts=2,
-    )  # fmt: skip
+    store = s3_engine.objects(blob_url, part_bytes=5 * MiB, max_parts=2)
     data = bytes(range(256)) * (12 * MiB // 256)
     chunks = (data[at : at + MiB] for at in range(0, len(data), MiB))  # a stream, no length
     for name, length, parts, part in (("sized", len(data), 2, 6), ("unsized", None, 3, 5)):
@@ -328,10 +325,7 @@ def test_a_bucket_with_object_lock_takes_uploads_and_keeps_deleted_versions(
         },
     )
     prefix = blob_url.removeprefix("s3://").partition("/")[2]
-    store = remote_objects.ObjectStore(
-        f"s3://{bucket}/{prefix}", s3_engine.endpoint_url, s3_engine.access_key_id,
-        s3_engine.secret_access_key, part_bytes=5 * MiB,
-    )  # fmt: skip
+    store = s3_engine.objects(f"s3://{bucket}/{prefix}", part_bytes=5 * MiB)
     assert store.bucket_versioning() == "Enabled"
     small, large = store.new_blob_name(), store.new_blob_name()
     store.put(small, b"small")

@@ -58,7 +58,6 @@ from test_redteam_s51_remote import _Forward, _Refusing, _refusing, proxy_to, se
 
 from app.remote import hosts, pg
 from app.remote.errors import ObjectStoreUnavailableError
-from app.remote.objects import ObjectStore
 from app.remote.store import RemoteStore
 
 
@@ -221,13 +220,7 @@ def test_a_write_the_object_store_acknowledges_and_does_not_keep_is_refused(
     body = b"acknowledged bytes " * 50
     said: dict[bool, str] = {}
     with _losing(s3_engine) as proxy:
-        objects = ObjectStore(
-            production.blob_url,
-            proxy.url,
-            s3_engine.access_key_id,
-            s3_engine.secret_access_key,
-            max_attempts=1,
-        )
+        objects = s3_engine.objects(production.blob_url, endpoint_url=proxy.url, max_attempts=1)
         objects.open("production")
         with RemoteStore(production.database_url, objects, "production") as served:
             session = served.create_session("a store that loses writes")

@@ -158,13 +158,7 @@ def test_an_aws_config_option_no_custom_endpoint_takes_is_a_setting_named_where_
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     # The S3 client's session reads the file once per process: a process started with it.
     monkeypatch.setattr(objects, "_sessions", [])
-    store = ObjectStore(
-        new_blob_url(s3_engine),
-        s3_engine.endpoint_url,
-        s3_engine.access_key_id,
-        s3_engine.secret_access_key,
-        max_attempts=1,
-    )
+    store = s3_engine.objects(new_blob_url(s3_engine), max_attempts=1)
     with pytest.raises(S3ClientSettingsError) as refused:
         store.read_stamp()
     assert refused.value.exit_code == 78

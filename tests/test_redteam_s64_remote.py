@@ -56,7 +56,6 @@ from test_rows66_remote import at_the_commit
 
 from app.remote import pg
 from app.remote.errors import ObjectStoreUnavailableError, UnloggedWriteError
-from app.remote.objects import ObjectStore
 
 MiB = 1024 * 1024
 
@@ -210,10 +209,7 @@ def test_an_upload_whose_multipart_upload_was_aborted_meanwhile_says_so(
 ) -> None:
     # Before: refused (nothing kept), telling to check s3_endpoint_url, blob_url and the
     # credentials, which had reached the store.
-    objects = ObjectStore(
-        new_blob_url(s3_engine), s3_engine.endpoint_url, s3_engine.access_key_id,
-        s3_engine.secret_access_key, part_bytes=5 * MiB,
-    )  # fmt: skip
+    objects = s3_engine.objects(new_blob_url(s3_engine), part_bytes=5 * MiB)
     client, bucket = s3_engine.client(), objects.location.bucket
 
     def body() -> Iterator[bytes]:

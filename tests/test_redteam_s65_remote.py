@@ -34,7 +34,7 @@ from test_redteam_s51_remote import _Forward, _Refusing, proxy_to, serving
 
 from app.remote import pg
 from app.remote.errors import ObjectStoreUnavailableError
-from app.remote.objects import S3_MIN_PART_BYTES, ObjectStore
+from app.remote.objects import S3_MIN_PART_BYTES
 from app.remote.store import RemoteStore
 
 
@@ -98,13 +98,8 @@ def test_an_upload_changed_on_the_way_is_refused_whatever_the_client_s_checksum_
         for calculation, body in cases:
             # Read as the client is made: each ObjectStore below is made under it.
             monkeypatch.setenv("AWS_REQUEST_CHECKSUM_CALCULATION", calculation)
-            objects = ObjectStore(
-                blob_url,
-                proxy.url,
-                s3_engine.access_key_id,
-                s3_engine.secret_access_key,
-                max_attempts=1,
-                part_bytes=S3_MIN_PART_BYTES,
+            objects = s3_engine.objects(
+                blob_url, endpoint_url=proxy.url, max_attempts=1, part_bytes=S3_MIN_PART_BYTES
             )
             objects.open("production")
             with RemoteStore(database_url, objects, "production") as served:
@@ -143,13 +138,8 @@ def test_a_part_the_store_acknowledged_and_did_not_keep_names_the_store_s_failur
     pg.open_database(database_url, "production")
     body = bytes(S3_MIN_PART_BYTES + 1)  # two parts
     with _changing(s3_engine, _Swallowing) as proxy:
-        objects = ObjectStore(
-            blob_url,
-            proxy.url,
-            s3_engine.access_key_id,
-            s3_engine.secret_access_key,
-            max_attempts=1,
-            part_bytes=S3_MIN_PART_BYTES,
+        objects = s3_engine.objects(
+            blob_url, endpoint_url=proxy.url, max_attempts=1, part_bytes=S3_MIN_PART_BYTES
         )
         objects.open("production")
         with RemoteStore(database_url, objects, "production") as served:

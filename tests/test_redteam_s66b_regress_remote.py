@@ -46,10 +46,7 @@ def test_a_stamp_changed_on_the_way_is_refused_whatever_the_client_s_checksum_se
     monkeypatch.setenv("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required")
 
     def store(endpoint: str) -> ObjectStore:
-        return ObjectStore(
-            blob_url, endpoint, s3_engine.access_key_id, s3_engine.secret_access_key,
-            max_attempts=1,
-        )  # fmt: skip
+        return s3_engine.objects(blob_url, endpoint_url=endpoint, max_attempts=1)
 
     # Before: opened, the store keeping {"profile": "productioo", ...}.
     with (

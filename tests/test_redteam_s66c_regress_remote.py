@@ -16,7 +16,7 @@ import pytest
 from engines import S3Engine, new_blob_url
 
 from app.remote.errors import UnstampedNotEmptyError
-from app.remote.objects import RUN_MARKER, STAMP_NAME, ObjectStore
+from app.remote.objects import RUN_MARKER, STAMP_NAME
 
 
 def test_only_testing_s_open_takes_a_prefix_holding_a_run_s_marker_alone_as_empty(
@@ -24,9 +24,7 @@ def test_only_testing_s_open_takes_a_prefix_holding_a_run_s_marker_alone_as_empt
 ) -> None:
     blob_url = new_blob_url(s3_engine)
 
-    store = ObjectStore(
-        blob_url, s3_engine.endpoint_url, s3_engine.access_key_id, s3_engine.secret_access_key
-    )
+    store = s3_engine.objects(blob_url)
     marker = {"run": "_pytest_1_abcd", "token": "0" * 32, "host": "ci", "pid": 1}
     assert store.create_once(RUN_MARKER, json.dumps(marker).encode())
     for profile in ("production", "staging"):

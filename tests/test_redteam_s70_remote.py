@@ -205,9 +205,7 @@ def opened_and_bound(
 ) -> tuple[ObjectStore, pg.Stamp]:
     """The database `name` (at ``opened[0]``) and the prefix at ``opened[1]`` opened and bound
     to each other, as `open_remote` does: the store, and the database's stamp."""
-    objects = ObjectStore(
-        opened[1], s3_engine.endpoint_url, s3_engine.access_key_id, s3_engine.secret_access_key
-    )
+    objects = s3_engine.objects(opened[1])
     where = objects.location
     stamp = pg.open_database(
         opened[0], PROFILE, objects=(where.bucket, where.prefix, objects.where)

@@ -26,8 +26,10 @@ whole, and given in the remedy's queries as an escape string where it needs one.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -207,61 +209,81 @@ _NAMESAKE = """CREATE FUNCTION dba.app_audit_append_only() RETURNS trigger LANGU
 AS $$ BEGIN RAISE EXCEPTION 'audit frozen for a migration'; END $$"""
 
 
+@contextlib.contextmanager
+def _dba_schema(
+    postgres_engine: PostgresEngine, name: str, own: str
+) -> Iterator[tuple[psycopg.Connection[Any], str]]:
+    """A DBA's session of its own on database `name` (the app's guard compiled in it first),
+    with a schema `own` of the DBA's, dropped at the end with what uses it: the session and
+    the app's schema."""
+    with postgres_engine.connect(name) as dba:
+        [(schema,)] = dba.execute("SELECT current_schema()").fetchall()
+        dba.execute(psycopg.sql.SQL("CREATE SCHEMA {}").format(psycopg.sql.Identifier(own)))
+        try:
+            yield dba, schema
+        finally:
+            dba.execute(
+                psycopg.sql.SQL("DROP SCHEMA {} CASCADE").format(psycopg.sql.Identifier(own))
+            )
+
+
+def _audit_refused(dba: psycopg.Connection[Any], where: str) -> str:
+    """The message of the refusal of an audit record the app writes on `dba`."""
+    with (
+        pytest.raises(DatabaseRefusedError) as refused,
+        pg.refusals(where, "the audit record"),
+    ):
+        pg.audit(dba, PROFILE, "test", "adopt-copy", "x")
+    return refused.value.message
+
+
+@contextlib.contextmanager
+def _pasted_under(dba: psycopg.Connection[Any], path: str, schema: str) -> Iterator[None]:
+    """`dba`'s search_path set to `path` (a session that leaves the app's schema out, as a
+    remedy's queries are pasted into), then back to the app's `schema`."""
+    dba.execute(f"SET search_path = {path}".encode())
+    try:
+        yield
+    finally:
+        dba.execute(psycopg.sql.SQL("SET search_path = {}").format(psycopg.sql.Identifier(schema)))
+
+
 def test_the_apps_own_guard_under_a_pinned_search_path_is_the_apps(
     postgres_engine: PostgresEngine, database: tuple[str, str]
 ) -> None:
     name, url = database
     where = pg.mask_url(url)
-    with postgres_engine.connect(name) as dba:
-        [(schema,)] = dba.execute("SELECT current_schema()").fetchall()
-        dba.execute("CREATE SCHEMA dba")
-        try:
-            dba.execute(psycopg.sql.SQL(_PINNED).format(psycopg.sql.Identifier(schema)))
-            dba.execute(
-                "CREATE TRIGGER dba_prune AFTER INSERT ON app_audit"
-                " FOR EACH STATEMENT EXECUTE FUNCTION dba.prune()"
-            )
-            with (
-                pytest.raises(DatabaseRefusedError) as refused,
-                pg.refusals(where, "the audit record"),
-            ):
-                pg.audit(dba, PROFILE, "test", "adopt-copy", "x")
-            context = f"PL/pgSQL function {schema}.app_audit_append_only() line 3 at RAISE"
-            assert context in refused.value.message
-            # Before: "in function public.app_audit_append_only()", its remedy to disable
-            # the app's own trigger. The DBA's function is named as its pinned path shows it.
-            assert refused.value.message.endswith("; nothing was changed. " + _raised("prune()"))
-            remedy = refused.value.message.split("; nothing was changed. ", 1)[1]
-            assert "app_audit_append_only" not in remedy
-            # Its query, pasted as printed into a session whose path leaves `dba` out (psql's
-            # default), names the trigger. Before (round k's *not stopped*, closed by red team
-            # 72 on the remote backend): `'prune()'::regprocedure`, an error there,
-            # `function "prune()" does not exist`.
-            [query] = re.findall(r"\(`(SELECT tgrelid.*?)` names it", remedy)
-            dba.execute('SET search_path = "$user", public')
-            try:
-                assert [row[1] for row in dba.execute(query)] == ["dba_prune"]
-            finally:
-                dba.execute(
-                    psycopg.sql.SQL("SET search_path = {}").format(psycopg.sql.Identifier(schema))
-                )
-            # A namesake of the app's guard in another schema, raising alone: named.
-            dba.execute("DROP TRIGGER dba_prune ON app_audit")
-            dba.execute(_NAMESAKE)
-            dba.execute(
-                "CREATE TRIGGER dba_freeze AFTER INSERT ON app_audit"
-                " FOR EACH STATEMENT EXECUTE FUNCTION dba.app_audit_append_only()"
-            )
-            with (
-                pytest.raises(DatabaseRefusedError) as frozen,
-                pg.refusals(where, "the audit record"),
-            ):
-                pg.audit(dba, PROFILE, "test", "adopt-copy", "x")
-            assert frozen.value.message.endswith(
-                "; nothing was changed. " + _raised("dba.app_audit_append_only()")
-            )
-        finally:
-            dba.execute("DROP SCHEMA dba CASCADE")
+    with _dba_schema(postgres_engine, name, "dba") as (dba, schema):
+        dba.execute(psycopg.sql.SQL(_PINNED).format(psycopg.sql.Identifier(schema)))
+        dba.execute(
+            "CREATE TRIGGER dba_prune AFTER INSERT ON app_audit"
+            " FOR EACH STATEMENT EXECUTE FUNCTION dba.prune()"
+        )
+        message = _audit_refused(dba, where)
+        context = f"PL/pgSQL function {schema}.app_audit_append_only() line 3 at RAISE"
+        assert context in message
+        # Before: "in function public.app_audit_append_only()", its remedy to disable
+        # the app's own trigger. The DBA's function is named as its pinned path shows it.
+        assert message.endswith("; nothing was changed. " + _raised("prune()"))
+        remedy = message.split("; nothing was changed. ", 1)[1]
+        assert "app_audit_append_only" not in remedy
+        # Its query, pasted as printed into a session whose path leaves `dba` out (psql's
+        # default), names the trigger. Before (round k's *not stopped*, closed by red team
+        # 72 on the remote backend): `'prune()'::regprocedure`, an error there,
+        # `function "prune()" does not exist`.
+        [query] = re.findall(r"\(`(SELECT tgrelid.*?)` names it", remedy)
+        with _pasted_under(dba, '"$user", public', schema):
+            assert [row[1] for row in dba.execute(query)] == ["dba_prune"]
+        # A namesake of the app's guard in another schema, raising alone: named.
+        dba.execute("DROP TRIGGER dba_prune ON app_audit")
+        dba.execute(_NAMESAKE)
+        dba.execute(
+            "CREATE TRIGGER dba_freeze AFTER INSERT ON app_audit"
+            " FOR EACH STATEMENT EXECUTE FUNCTION dba.app_audit_append_only()"
+        )
+        assert _audit_refused(dba, where).endswith(
+            "; nothing was changed. " + _raised("dba.app_audit_append_only()")
+        )
 
 
 # Round k: a gid with " (" in it, as a transaction manager's retry count may give one.
@@ -349,44 +371,29 @@ def test_a_rule_calling_a_pinned_sql_function_is_a_rewrite_not_the_guards_code(
     ``'app_audit'::regclass``): they now name no schema and need none."""
     name, url = database
     where = pg.mask_url(url)
-    with postgres_engine.connect(name) as dba:  # a session of its own: the guard compiled here
-        [(schema,)] = dba.execute("SELECT current_schema()").fetchall()
-        dba.execute("CREATE SCHEMA dba72h")
-        try:
-            dba.execute(psycopg.sql.SQL(_PINNED_SQL).format(psycopg.sql.Identifier(schema)))
-            dba.execute(
-                "CREATE RULE dba_keep_90_days AS ON INSERT TO app_audit"
-                " DO ALSO SELECT dba72h.keep_90_days()"
-            )
-            with (
-                pytest.raises(DatabaseRefusedError) as refused,
-                pg.refusals(where, "the audit record"),
-            ):
-                pg.audit(dba, PROFILE, "test", "adopt-copy", "x")
-            message = refused.value.message
-            context = f"PL/pgSQL function {schema}.app_audit_append_only() line 3 at RAISE"
-            assert context in message  # the frame as its path showed it
-            assert "refused a change to app_audit that the app never makes" in message
-            remedy = message.split("; nothing was changed. ", 1)[1]
-            assert "DISABLE" not in remedy  # never the app's guard switched off
-            assert "app_audit_append_only()" not in remedy
-            # Its queries, pasted as printed into a session whose path leaves the app's schema
-            # out (the app's given in its URL's options; psql's own), name the rule and run.
-            # Before: `schemaname = current_schema()` found none there, and
-            # `'app_audit'::regclass` was an error, `relation "app_audit" does not exist`.
-            rules, keys = (part.split("`", 1)[0] for part in remedy.split("(`")[1:3])
-            dba.execute("SET search_path = pg_catalog")
-            try:
-                assert [row[:3] for row in dba.execute(rules)] == [
-                    (schema, "app_audit", "dba_keep_90_days")
-                ]
-                assert dba.execute(keys).fetchall() == []
-            finally:
-                dba.execute(
-                    psycopg.sql.SQL("SET search_path = {}").format(psycopg.sql.Identifier(schema))
-                )
-        finally:
-            dba.execute("DROP SCHEMA dba72h CASCADE")  # and the rule that calls its function
+    with _dba_schema(postgres_engine, name, "dba72h") as (dba, schema):  # and the rule using it
+        dba.execute(psycopg.sql.SQL(_PINNED_SQL).format(psycopg.sql.Identifier(schema)))
+        dba.execute(
+            "CREATE RULE dba_keep_90_days AS ON INSERT TO app_audit"
+            " DO ALSO SELECT dba72h.keep_90_days()"
+        )
+        message = _audit_refused(dba, where)
+        context = f"PL/pgSQL function {schema}.app_audit_append_only() line 3 at RAISE"
+        assert context in message  # the frame as its path showed it
+        assert "refused a change to app_audit that the app never makes" in message
+        remedy = message.split("; nothing was changed. ", 1)[1]
+        assert "DISABLE" not in remedy  # never the app's guard switched off
+        assert "app_audit_append_only()" not in remedy
+        # Its queries, pasted as printed into a session whose path leaves the app's schema
+        # out (the app's given in its URL's options; psql's own), name the rule and run.
+        # Before: `schemaname = current_schema()` found none there, and
+        # `'app_audit'::regclass` was an error, `relation "app_audit" does not exist`.
+        rules, keys = (part.split("`", 1)[0] for part in remedy.split("(`")[1:3])
+        with _pasted_under(dba, "pg_catalog", schema):
+            assert [row[:3] for row in dba.execute(rules)] == [
+                (schema, "app_audit", "dba_keep_90_days")
+            ]
+            assert dba.execute(keys).fetchall() == []
 
 
 # Red team 72 on regress, round j: another application's tables in the same database, named

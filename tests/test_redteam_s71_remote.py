@@ -54,7 +54,6 @@ from app.remote.errors import (
     ReplicasLiveError,
     TablesChangedError,
 )
-from app.remote.objects import ObjectStore
 from app.storage import Probe
 
 # A gid with a quote in it: the statement the refusal gives must run as it is printed.
@@ -184,9 +183,7 @@ def test_an_index_of_the_apps_tuned_by_a_dba_is_still_the_apps(
 
 def test_a_lifecycle_rule_that_expires_the_prefix_is_told_by_doctor(s3_engine: S3Engine) -> None:
     blob_url = new_blob_url(s3_engine)
-    objects = ObjectStore(
-        blob_url, s3_engine.endpoint_url, s3_engine.access_key_id, s3_engine.secret_access_key
-    )
+    objects = s3_engine.objects(blob_url)
     config = dataclasses.replace(
         load("testing"),
         profile=PROFILE,
@@ -385,3 +382,36 @@ def test_a_connection_limit_of_the_apps_role_is_named_at_once(
         postgres_engine._as_admin(f'ALTER DATABASE "{name}" CONNECTION LIMIT -1')  # as said
         with pg.Holder(url, PROFILE) as holder, _replica(s3_engine, opened, holder=holder) as one:
             one.create_session("s")
+            # Red team 73, left open (closed by leftovers74): the role made NOLOGIN under
+            # this live replica, whose pooled connections then end. Its next write was 503
+            # "cannot connect ...: FATAL: role "r" is not permitted to log in. Check that the
+            # server runs and that database_url names it", both of which held.
+            postgres_engine._as_admin(
+                "ALTER ROLE limited73 NOLOGIN",
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = "
+                "'limited73' AND application_name LIKE 'app server %'",
+            )
+            with pytest.raises(DatabaseRefusedError) as refused:
+                one.create_session("t")
+            remedy = (
+                "The role limited73 may not log in (NOLOGIN, as `ALTER ROLE ... NOLOGIN` sets "
+                "it; the connections it opened before go on until they end): `SELECT "
+                "rolname, rolcanlogin FROM pg_roles WHERE rolname = 'limited73'` shows it. As "
+                'a superuser or a role with CREATEROLE, `ALTER ROLE "limited73" LOGIN` '
+                "resolves it, or set database_url (APP_DATABASE_URL) to a role that may log "
+                "in; then retry"
+            )
+            assert re.fullmatch(
+                f"database {re.escape(pg.mask_url(url))} refused the creation of a session "
+                r"titled 't': connection failed: connection to server at "
+                r'"127\.0\.0\.1", port \d+ failed: FATAL: role "limited73" is not permitted '
+                r"to log in \(SQLSTATE 28000\); nothing was changed. " + re.escape(remedy),
+                refused.value.message,
+            )
+            assert refused.value.http_status == 503
+            # A command's own connection (`pg.connect`) is told the same.
+            with pytest.raises(DatabaseRefusedError) as refused:
+                pg.connect(url, purpose="app status")
+            assert refused.value.message.endswith(remedy)
+            postgres_engine._as_admin("ALTER ROLE limited73 LOGIN")  # as said
+            pg.connect(url, purpose="app status").close()

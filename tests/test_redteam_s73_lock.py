@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import json
+import logging
 from pathlib import Path
 
 import own_mounts
@@ -22,8 +23,8 @@ from test_redteam_s62_guard import _needs_root
 
 from app import config as appconfig
 from app.dataroot import check_opens, describe, open_root
-from app.errors import DataRootInUseError, LockFileAliasedError
-from app.lock import LOCK_FILE
+from app.errors import DataRootInUseError, LockFileAliasedError, LockUnwatchedError
+from app.lock import LOCK_FILE, LockWatcher
 from app.storage import serving_url
 
 #: The child: opens the root as a writer, replaces it each way, records what the next check
@@ -106,6 +107,17 @@ subprocess.run(["mount", "--bind", disk, twin], check=True)
 with open_root(dataclasses.replace(load(serving=False), data_root=disk / "data")) as opened:
     subprocess.run(["umount", "-l", disk], check=True)
     check(opened)
+# Left open by round e (leftovers74): a bind of a directory of a filesystem that stays
+# mounted (`mount --bind /mnt/vol/sub /srv/app`).
+vol, bind = other / "vol", other / "bind"
+vol.mkdir()
+bind.mkdir()
+subprocess.run(["mount", "-t", "tmpfs", "none", vol], check=True)
+(vol / "sub").mkdir()
+subprocess.run(["mount", "--bind", vol / "sub", bind], check=True)
+with open_root(dataclasses.replace(load(serving=False), data_root=bind / "data")) as opened:
+    subprocess.run(["umount", "-l", bind], check=True)
+    check(opened)
 print(json.dumps(said))
 """
 
@@ -122,8 +134,8 @@ def test_a_root_replaced_under_its_writer_is_said_where_it_is_and_how_to_put_it_
     other.mkdir()
     done = own_mounts.python_c(REPLACED, str(root), str(other))
     said = json.loads(done.stdout.splitlines()[-1])
-    moved, exchanged, mounted, put_back, lock_hidden, *grown, reads, refused = said[:-3]
-    parent_moved, unmounted, bound_too = said[-3:]
+    moved, exchanged, mounted, put_back, lock_hidden, *grown, reads, refused = said[:-4]
+    parent_moved, unmounted, bound_too, bound_directory = said[-4:]
     changed = f"data root {root} changed while open: "
     assert moved.startswith(
         f"{changed}the data root itself was moved, renamed or deleted since it was opened, so "
@@ -183,6 +195,18 @@ def test_a_root_replaced_under_its_writer_is_said_where_it_is_and_how_to_put_it_
         f"at /data of it; it is still mounted at {other}/twin too, where the directory is "
         f"{other}/twin/data: `mount --bind {other}/twin {disk}` puts it back at its path. "
     ) in bound_too, bound_too
+    # Left open by round e (leftovers74). Before: "at /data of it" (the bind's path, not the
+    # filesystem's), and "mount that filesystem at <bind> again", which shows its top there.
+    vol, bind = other / "vol", other / "bind"
+    assert bound_directory.startswith(
+        f"data root {bind}/data changed while open: the filesystem that holds it was "
+        f"unmounted from {bind} since it was opened (`umount -l`, or its device went away), "
+        "so nothing is at its path now: this process still has the directory open on the "
+        "detached filesystem, at /sub/data of it (the mount unmounted showed its directory "
+        f"/sub); its directory /sub is still reached at {vol}/sub, where the directory is "
+        f"{vol}/sub/data: `mount --bind {vol}/sub {bind}` puts it back at its path. Nothing "
+        "was changed; "
+    ), bound_directory
 
 
 def test_a_lock_file_exchanged_with_another_live_root_s_names_that_root_and_no_url(
@@ -260,3 +284,40 @@ def test_a_lock_file_exchanged_with_another_live_root_s_names_that_root_and_no_u
         "makes a new one where it opens a root) and retry"
     ) in message, message
     assert serving_url(refused.value.holder or {}, app_config.host) is None  # empty-trash's hint
+
+
+def test_a_lock_watcher_that_fails_stops_its_holder_naming_the_failure(
+    app_config: appconfig.Config, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Red team 73, left open (leftovers74): the thread that looks at the lock file every
+    lock_check_seconds ended silently on any exception but an OSError, and its server
+    served on with the file never looked at again. It now reports a loss (the server stops,
+    exit 70), naming the exception, its traceback logged. The fault is real: an interval
+    past `threading.TIMEOUT_MAX`, which a server's settings refuse since red team 73 but
+    `LockWatcher` takes, makes its first wait raise OverflowError."""
+    reasons: list[str] = []
+    with (
+        open_root(app_config, kind="server") as root,
+        caplog.at_level(logging.ERROR, logger="app.lock"),
+    ):
+        assert root.lock is not None
+        watcher = LockWatcher(root.lock, 1e10, reasons.append, root.stamp_changed).start()
+        watcher._thread.join()
+        reason = (
+            "could not be watched: its watcher failed with OverflowError: timestamp too "
+            "large to convert to C _PyTime_t"
+        )
+        assert reasons == [reason]
+        refused = root.lost_error(reason)
+    assert isinstance(refused, LockUnwatchedError)
+    assert (refused.exit_code, refused.http_status) == (70, 503)
+    assert refused.message == (
+        f"lock file {root.path / LOCK_FILE} {reason}: the file need not have changed, but "
+        "this process no longer looks at whether it still holds the data root, so it stops "
+        "rather than serve unwatched. The server's log holds the watcher's traceback: report "
+        "it (a fault of the app's), then restart the server (`app serve`)"
+    )
+    [logged] = caplog.records
+    assert logged.getMessage() == f"the watcher of lock file {root.path / LOCK_FILE} failed"
+    assert logged.exc_info is not None
+    assert isinstance(logged.exc_info[1], OverflowError)

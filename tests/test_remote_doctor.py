@@ -100,9 +100,7 @@ class Doctor:
         )
 
     def objects(self) -> ObjectStore:
-        return ObjectStore(
-            self.blob_url, self.s3.endpoint_url, self.s3.access_key_id, self.s3.secret_access_key
-        )
+        return self.s3.objects(self.blob_url)
 
     def tables(self) -> list[str]:
         with pg.connect(self.database_url) as conn:

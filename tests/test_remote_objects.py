@@ -23,9 +23,7 @@ from app.remote.objects import ObjectStore, parse_blob_url, prefixes_overlap
 
 @pytest.fixture
 def store(s3_engine: S3Engine, blob_url: str) -> ObjectStore:
-    return ObjectStore(
-        blob_url, s3_engine.endpoint_url, s3_engine.access_key_id, s3_engine.secret_access_key
-    )
+    return s3_engine.objects(blob_url)
 
 
 def _bucket_keys(s3_engine: S3Engine, prefix: str) -> list[str]:
@@ -102,12 +100,7 @@ def test_the_prefix_is_stamped_and_another_profile_is_refused(store: ObjectStore
 def test_of_two_profiles_stamping_an_empty_prefix_at_once_one_wins(
     s3_engine: S3Engine, blob_url: str
 ) -> None:
-    stores = [
-        ObjectStore(
-            blob_url, s3_engine.endpoint_url, s3_engine.access_key_id, s3_engine.secret_access_key
-        )
-        for _ in range(2)
-    ]
+    stores = [s3_engine.objects(blob_url) for _ in range(2)]
     outcomes: list[str] = []
 
     def open_as(store: ObjectStore, profile: str) -> None:
@@ -143,12 +136,7 @@ def test_wrong_credentials_or_bucket_are_refused_by_name(
     with pytest.raises(ObjectStoreUnavailableError, match="s3_secret_access_key") as caught:
         wrong.open("production")
     assert "wrong" not in str(caught.value)
-    nobucket = ObjectStore(
-        f"s3://no-such-bucket/p{scratch()}",
-        s3_engine.endpoint_url,
-        s3_engine.access_key_id,
-        s3_engine.secret_access_key,
-    )
+    nobucket = s3_engine.objects(f"s3://no-such-bucket/p{scratch()}")
     with pytest.raises(ObjectStoreUnavailableError, match="no-such-bucket"):
         list(nobucket.objects())
 

@@ -325,15 +325,9 @@ def test_storage_stamped_for_another_profile_is_refused_until_restamped(
     production: Production, s3_engine: S3Engine
 ) -> None:
     from app.remote import pg
-    from app.remote.objects import ObjectStore
 
     pg.open_database(production.database_url, "development")
-    objects = ObjectStore(
-        production.blob_url,
-        s3_engine.endpoint_url,
-        s3_engine.access_key_id,
-        s3_engine.secret_access_key,
-    )
+    objects = s3_engine.objects(production.blob_url)
     objects.open("development")
     refused = production.start(ready=False)
     assert refused.process.wait(timeout=60) == 78

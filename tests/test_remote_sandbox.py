@@ -51,9 +51,7 @@ def elsewhere(postgres_engine: PostgresEngine) -> Iterator[str]:
 @pytest.fixture
 def objects(s3_engine: S3Engine, blob_url: str) -> ObjectStore:
     """The run's own scratch prefix, so that only the database is in question."""
-    return ObjectStore(
-        blob_url, s3_engine.endpoint_url, s3_engine.access_key_id, s3_engine.secret_access_key
-    )
+    return s3_engine.objects(blob_url)
 
 
 def _refused(attempt: Callable[[], object], shown: str) -> str:
@@ -121,9 +119,7 @@ def test_a_prefix_that_is_not_the_run_s_is_refused_before_any_request(
     bucket.put_object(Bucket=s3_engine.bucket, Key=key, Body=b"production's")
     blob_url = f"s3://{s3_engine.bucket}/elsewhere-{os.getpid()}"
     message = _refused(
-        lambda: ObjectStore(
-            blob_url, s3_engine.endpoint_url, s3_engine.access_key_id, s3_engine.secret_access_key
-        ),
+        lambda: s3_engine.objects(blob_url),
         f"object prefix {blob_url}",
     )
     assert "app.sandbox.scratch_blob_url(<that server's url>, app.sandbox.current_run()" in message

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import signal
 import threading
@@ -41,6 +42,7 @@ from app.errors import (
 from app.remote import pg, rows
 from app.remote.errors import (
     HolderLostError,
+    HolderUnwatchedError,
     MaintenanceRunningError,
     ReplicasLiveError,
 )
@@ -55,9 +57,7 @@ PROFILE = "production"
 
 
 def _objects(s3_engine: S3Engine, blob_url: str) -> ObjectStore:
-    objects = ObjectStore(
-        blob_url, s3_engine.endpoint_url, s3_engine.access_key_id, s3_engine.secret_access_key
-    )
+    objects = s3_engine.objects(blob_url)
     objects.open(PROFILE)
     return objects
 
@@ -658,6 +658,38 @@ def test_a_replica_that_lost_its_connection_refuses_writes(
         watch.stop()
         assert reasons and "terminat" in reasons[0]
         assert isinstance(store.lost_error("gone"), HolderLostError)
+
+
+def test_a_replicas_watch_that_fails_stops_it_naming_the_failure(
+    store: RemoteStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Leftovers74, as the local lock's watcher (red team 73, left open): the thread that
+    looks at a replica's hold and its prefix's stamp every lock_check_seconds ended silently
+    on any exception, and the replica served on unwatched. It now reports a loss (the server
+    stops, exit 70), naming the exception, its traceback logged. The fault is real: an
+    interval past `threading.TIMEOUT_MAX` (the settings refuse one; `watch` takes it)."""
+    reasons: list[str] = []
+    with caplog.at_level(logging.ERROR, logger="app.remote.store"):
+        store.watch(1e10, reasons.append)._thread.join()
+    reason = (
+        "could not be watched: its watcher failed with OverflowError: timestamp too large to "
+        "convert to C _PyTime_t"
+    )
+    assert reasons == [reason]
+    refused = store.lost_error(reason)
+    assert isinstance(refused, HolderUnwatchedError)
+    assert (refused.exit_code, refused.http_status) == (70, 503)
+    assert refused.message == (
+        f"this server's watch of its hold on database {store.where} {reason}: the hold need "
+        "not be gone, but this process no longer looks at whether it still holds the database "
+        "and its object prefix, so it stops rather than serve unwatched. The server's log "
+        "holds the watcher's traceback: report it (a fault of the app's), then restart the "
+        "server (`app serve`)"
+    )
+    [logged] = caplog.records
+    assert logged.getMessage() == "the watch of this replica's hold failed"
+    assert logged.exc_info is not None
+    assert isinstance(logged.exc_info[1], OverflowError)
 
 
 def test_a_write_commits_only_while_the_holders_lock_is_held_in_the_database(

@@ -91,7 +91,7 @@ def _ignoring_if_none_match(s3_engine: S3Engine, *, after_marker: bool) -> Itera
 
 
 def _store(blob_url: str, endpoint: str, s3_engine: S3Engine) -> ObjectStore:
-    return ObjectStore(blob_url, endpoint, s3_engine.access_key_id, s3_engine.secret_access_key)
+    return s3_engine.objects(blob_url, endpoint_url=endpoint)
 
 
 def _names(s3_engine: S3Engine, store: ObjectStore) -> list[str]:

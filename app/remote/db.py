@@ -397,7 +397,7 @@ class Database:
         self._first.wait(10)
         failed = self._failing()
         if failed is not None:
-            limited = pg.connection_limit(
+            limited = pg.refused_connection(
                 self.where, failed, self.pool_size, f"a connection of its pool (app {self.kind})"
             )
             if limited is not None:
@@ -481,7 +481,7 @@ class Database:
                 raise self._violation from None
             failed = self._failing()
             if failed is not None and self._lent < self.pool_size:
-                refused = pg.connection_limit(
+                refused = pg.refused_connection(
                     self.where,
                     failed,
                     self.pool_size,

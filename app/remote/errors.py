@@ -823,6 +823,35 @@ class HolderLostError(AppError):
         }
 
 
+class HolderUnwatchedError(HolderLostError):
+    """A replica's watch of its hold failed with an error of its own: it stops.
+
+    The thread that looks every ``lock_check_seconds`` at the replica's hold and at its
+    object prefix's stamp ended silently on any exception, and the replica served on
+    unwatched (as the local lock's watcher, red team 73's; leftovers74): it stops instead.
+    """
+
+    code = "holder_unwatched"
+    template = (
+        "this server's watch of its hold on database {where} {reason}: the hold need not "
+        "be gone, but this process no longer looks at whether it still holds the database "
+        "and its object prefix, so it stops rather than serve unwatched. The server's log "
+        "holds the watcher's traceback: report it (a fault of the app's), then restart the "
+        "server (`app serve`)"
+    )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Over HTTP: the same refusal without the database's address or the exception."""
+        return {
+            "code": self.code,
+            "message": (
+                "this server's watch of its hold on the database failed, so it refuses every "
+                "write and is stopping rather than serve unwatched; nothing was written. "
+                "Retry once the server is restarted"
+            ),
+        }
+
+
 class CommitUnknownError(DatabaseUnavailableError):
     """A change lost its connection while committing, and whether it was saved is unknown.
 

@@ -853,7 +853,7 @@ def _connect(
         return kind.connect(info, autocommit=autocommit)
     except psycopg.OperationalError as error:
         where = mask_url(database_url)
-        raise connection_limit(where, error, what=f"a connection ({purpose})") or (
+        raise refused_connection(where, error, what=f"a connection ({purpose})") or (
             DatabaseUnavailableError(
                 where, _reason(error), environment=libpq_environment(database_url)
             )
@@ -1004,34 +1004,64 @@ _REFUSALS: dict[str, str] = {
 _CONNECTION_LIMIT: Final = re.compile(r'too many connections for (role|database) "((?:[^"]|"")*)"')
 
 
-def connection_limit(
+#: The server's words for a connection refused because the role may not log in (``ALTER ROLE
+#: ... NOLOGIN``, SQLSTATE 28000, read in its message as `_CONNECTION_LIMIT`): its name.
+_NOT_PERMITTED_TO_LOG_IN: Final = re.compile(r'role "((?:[^"]|"")*)" is not permitted to log in')
+
+
+def _sql_literal(name: str) -> str:
+    return "'" + name.replace("'", "''") + "'"
+
+
+def _sql_identifier(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def refused_connection(
     where: str, error: psycopg.Error, pool_size: int = 8, what: str = "a connection"
 ) -> DatabaseRefusedError | None:
-    """:class:`DatabaseRefusedError` for a connection refused at a connection limit of the
-    role's or the database's, naming it, who holds its connections, and what raises it;
-    ``None`` for any other error. ``pool_size``: a replica's (`RemoteStore`'s, 8 unless
-    given). Red team 73 on the remote backend: under ``CONNECTION LIMIT
-    1`` for the app's role, a replica's holder took the one connection and its pool's were
-    refused, said after 10 s as "pool initialization incomplete ... Check that the server
-    runs", and the 53300 remedy named max_connections, which is not the limit reached."""
-    found = _CONNECTION_LIMIT.search(str(error))
+    """:class:`DatabaseRefusedError` for a connection the server refused by the state of the
+    app's role or database, naming it and what resolves it; ``None`` for any other error.
+    ``pool_size``: a replica's (`RemoteStore`'s, 8 unless given).
+
+    A connection limit of the role's or the database's (red team 73 on the remote backend:
+    under ``CONNECTION LIMIT 1`` for the app's role, a replica's holder took the one
+    connection and its pool's were refused, said after 10 s as "pool initialization
+    incomplete ... Check that the server runs", and the 53300 remedy named max_connections,
+    which is not the limit reached); a role that may not log in (``ALTER ROLE ... NOLOGIN``
+    under a live replica: its next new connection was "Check that the server runs and that
+    database_url names it", both of which held; red team 73, left open, closed by 74)."""
+    reason = str(error)
+    nologin = _NOT_PERMITTED_TO_LOG_IN.search(reason)
+    if nologin is not None:
+        name = nologin.group(1).replace('""', '"')
+        # What the user runs, quoted in the message: not a statement this process sends.
+        remedy = (
+            f"The role {name} may not log in (NOLOGIN, as `ALTER ROLE ... NOLOGIN` sets it; "  # noqa: S608
+            "the connections it opened before go on until they end): `SELECT rolname, "
+            f"rolcanlogin FROM pg_roles WHERE rolname = {_sql_literal(name)}` shows it. As a "
+            f"superuser or a role with CREATEROLE, `ALTER ROLE {_sql_identifier(name)} LOGIN` "
+            "resolves it, or set database_url (APP_DATABASE_URL) to a role that may log in; "
+            "then retry"
+        )
+        return DatabaseRefusedError(where, _reason(error), "28000", remedy, what)
+    found = _CONNECTION_LIMIT.search(reason)
     if found is None:
         return None
     kind, name = found.group(1), found.group(2).replace('""', '"')
     column = "usename" if kind == "role" else "datname"
-    literal = "'" + name.replace("'", "''") + "'"
-    quoted = '"' + name.replace('"', '""') + '"'
     # What the user runs, quoted in the message: not a statement this process sends.
     holders = (
         "SELECT pid, usename, datname, application_name, client_addr, backend_start FROM "  # noqa: S608
-        f"pg_stat_activity WHERE {column} = {literal}"
+        f"pg_stat_activity WHERE {column} = {_sql_literal(name)}"
     )
     remedy = (
         f"The {kind} {name} is at its own connection limit (not the server's "
         f"max_connections): `{holders}` lists who holds its connections (each replica holds "
         f"one for its lock and up to {pool_size} in its pool, each `app` command one or two); "
         "end those that should not run, or raise the limit as a superuser: "
-        f"`ALTER {kind.upper()} {quoted} CONNECTION LIMIT <n>` (-1 for none), then retry"
+        f"`ALTER {kind.upper()} {_sql_identifier(name)} CONNECTION LIMIT <n>` (-1 for none), "
+        "then retry"
     )
     return DatabaseRefusedError(where, _reason(error), "53300", remedy, what)
 

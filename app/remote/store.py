@@ -30,6 +30,7 @@ owns the holder.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -38,12 +39,19 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from app.digests import Digests
-from app.errors import AppError, RestoredUnreadableSessionError, UnreadableSessionError
+from app.errors import (
+    WATCH_FAILED,
+    AppError,
+    RestoredUnreadableSessionError,
+    UnreadableSessionError,
+    watch_failed,
+)
 from app.remote import pg
 from app.remote.check import check
 from app.remote.db import Database
 from app.remote.errors import (
     HolderLostError,
+    HolderUnwatchedError,
     ObjectStoreCutShortError,
     ObjectStoreUnavailableError,
     TrashEmptiedCutShortError,
@@ -64,6 +72,8 @@ from app.storage import (
 )
 
 __all__ = ["PROBE_SECONDS", "RemoteStore"]
+
+log = logging.getLogger("app.remote.store")
 
 #: How often, at most, readiness asks the object store whether it answers.
 PROBE_SECONDS = 5.0
@@ -90,6 +100,16 @@ class _Watch:
         self._thread.start()
 
     def _run(self) -> None:
+        # Any exception: a watch that ended silently left its replica serving with its hold
+        # and its prefix never looked at again (as the local lock's watcher; leftovers74).
+        try:
+            self._watch()
+        except Exception as error:
+            log.exception("the watch of this replica's hold failed")
+            if not self._stop.is_set():
+                self._on_lost(watch_failed(error))
+
+    def _watch(self) -> None:
         missed = 0  # checks in a row that found the prefix's stamp gone
         while not self._stop.wait(self._interval):
             if self._holder is not None and self._holder.error is not None:
@@ -307,6 +327,8 @@ class RemoteStore(Storage):
         holder = self.holder
         if holder is not None and holder.error is not None and holder.error.reason == reason:
             return holder.error  # its own words (a prefix handed away is no lost connection)
+        if reason.startswith(WATCH_FAILED):
+            return HolderUnwatchedError(self.where, reason)
         return HolderLostError(self.where, reason)
 
     def readiness(self) -> dict[str, str | None]:

@@ -291,6 +291,11 @@ EXAMPLES: list[errors.AppError] = [
     errors.LockUncheckedError(
         ROOT / ".server.lock", "could not be checked (Stale file handle; 4 looks in 2.6 s)"
     ),
+    errors.LockUnwatchedError(
+        ROOT / ".server.lock",
+        "could not be watched: its watcher failed with OverflowError: timestamp too large to "
+        "convert to C _PyTime_t",
+    ),
     errors.DataRootChangedError(
         ROOT, f"sessions/ was replaced or moved since it was opened ({ROOT / 'sessions'})"
     ),
@@ -621,6 +626,11 @@ EXAMPLES: list[errors.AppError] = [
     remote.ReplicasLiveError("empty the trash", DATABASE, REPLICAS),
     remote.MaintenanceRunningError(DATABASE, "backend pid 31337, app data purge"),
     remote.HolderLostError(DATABASE, "the server closed the connection unexpectedly"),
+    remote.HolderUnwatchedError(
+        DATABASE,
+        "could not be watched: its watcher failed with OverflowError: timestamp too large to "
+        "convert to C _PyTime_t",
+    ),
     remote.CommitUnknownError(
         DATABASE,
         "server closed the connection unexpectedly; then: connection refused",
