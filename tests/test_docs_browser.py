@@ -44,6 +44,7 @@ MAIN_PAGES = [
     "reference/configuration/",
     "reference/cli/",
     "reference/python-api/",
+    "reference/python-api/app.config/",
     "reference/errors/",
     "explanation/",
     "explanation/isolation/",
