@@ -26,6 +26,23 @@ from docs_site import Build, build
 PROJECT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = PROJECT / "test-artifacts"
+#: The features Playwright (1.65) disables with its own `--disable-features` (its
+#: chromiumSwitches.ts: several of them keep a launch from requesting Google's servers). Chromium
+#: obeys only the last `--disable-features` of its command line, so the one below repeats them:
+#: `test_the_browser_keeps_playwright_s_disabled_features` fails if Playwright adds one.
+_PLAYWRIGHT_FEATURES = (
+    "AvoidUnnecessaryBeforeUnloadCheckSync DestroyProfileOnBrowserClose HttpsUpgrades "
+    "HttpsFirstBalancedModeAutoEnable LensOverlay MediaRouter PaintHolding "
+    "ThirdPartyStoragePartitioning AvoidCorsURLLoaderRestartOnRedirect TcpPortRandomizationWin "
+    "OptimizationHints NetworkTimeServiceQuerying AimEnabled PreconnectToSearch "
+    "msForceBrowserSignIn msEdgeUpdateLaunchServicesPreferredVersion"
+)
+PLAYWRIGHT_DISABLED_FEATURES = frozenset(_PLAYWRIGHT_FEATURES.split())
+#: The address bar's two pop-ups, which Chromium (156) preloads at launch as web pages of its
+#: own (`chrome://omnibox-popup.top-chrome/`), each in a renderer, even headless, where no
+#: address bar is ever shown: about 1.2 s of CPU a launch (bench/README.md, branch
+#: perf-browser74). The pages the tests open are the same without them.
+OMNIBOX_FEATURES = frozenset({"WebUIOmniboxPopup", "WebUIOmniboxAimPopup"})
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -34,6 +51,7 @@ CHROMIUM_ARGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
+    "--disable-features=" + ",".join(sorted(PLAYWRIGHT_DISABLED_FEATURES | OMNIBOX_FEATURES)),
 ]
 MAIN_PAGES = [
     "",
@@ -43,7 +61,10 @@ MAIN_PAGES = [
     "reference/",
     "reference/configuration/",
     "reference/cli/",
+    # The Python API's index and one module's page, the entry point the index names: one page
+    # of all 30 modules (1.7 MB) until session 74, about 5 s of the browser's CPU to open.
     "reference/python-api/",
+    "reference/python-api/app.config/",
     "reference/errors/",
     "explanation/",
     "explanation/isolation/",
@@ -145,8 +166,9 @@ ROUTED = re.compile(r"^(?!(?:data|blob|about):|https?://127\.0\.0\.1(?::\d+)?(?:
 class Browser:
     """One Chromium context that records every request and blocks any that leaves 127.0.0.1."""
 
-    def __init__(self, context: object) -> None:
+    def __init__(self, context: object, profile: Path) -> None:
         self.context = context
+        self.profile = profile
         #: Every request answered (`finished`), where the route saw every request let
         #: through: not those a page's own route aborted (`without_search`'s index).
         self.requests: list[str] = []
@@ -191,7 +213,7 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
             viewport={"width": 1280, "height": 900},
             service_workers="block",
         )
-        recorder = Browser(context)
+        recorder = Browser(context, profile)
         context.route(ROUTED, recorder.route)
         context.on("request", recorder.record)
         context.on("requestfinished", recorder.finished)
@@ -201,6 +223,31 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
             context.close()
     with pytest.raises(RuntimeError, match="no running event loop"):
         asyncio.get_running_loop()  # nothing left marked running for the tests that follow
+
+
+def _command_line(pid: str) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text(encoding="utf-8").split("\0")
+    except OSError:  # ended since listed
+        return []
+
+
+@pytest.mark.browser
+def test_the_browser_keeps_playwright_s_disabled_features(browser: Browser) -> None:
+    """The browser's own command line (not its children's): Playwright's `--disable-features`,
+    then `CHROMIUM_ARGS`'s, of which Chromium obeys the last; that one must name every feature
+    the first does."""
+    profile = f"--user-data-dir={browser.profile}"
+    (command,) = [
+        line
+        for line in map(_command_line, filter(str.isdigit, os.listdir("/proc")))
+        if profile in line and not any(arg.startswith("--type=") for arg in line)
+    ]
+    switches = [arg for arg in command if arg.startswith("--disable-features=")]
+    assert len(switches) == 2, switches
+    playwright, ours = (set(arg.partition("=")[2].split(",")) for arg in switches)
+    missing = sorted(playwright - ours)
+    assert missing == [], f"add them to PLAYWRIGHT_DISABLED_FEATURES: {missing}"
 
 
 def without_search(browser: Browser) -> object:
