@@ -225,7 +225,7 @@ SLOWEST_FILES = (
     "tests/test_server_resources.py",  # 19 s, 2 s of CPU
     "tests/test_remote_replicas.py",  # 30 s, 11 s of CPU
     "tests/test_redteam_s38_ops.py",  # 75 s, 19 s of CPU
-    "tests/test_plugin_remote.py",  # 43 s, 14 s of CPU
+    "tests/test_plugin_remote.py",  # 43 s, 14 s of CPU; perf-remote74: 6.4 s less
     "tests/test_docs_browser.py",  # 40 s, 24 s of CPU; about 5 s less since perf-browser74
     "tests/test_remote_hostile.py",  # 31 s, 14 s of CPU
     "tests/test_redteam_s20_store_refusals.py",  # 58 s, 12 s of CPU
@@ -236,7 +236,7 @@ SLOWEST_FILES = (
     "tests/test_openapi.py",  # 26 s, 8 s of CPU
     "tests/test_redteam_s18_crash_points.py",  # 24 s, 7 s of CPU
     "tests/test_redteam_s37_remote.py",  # 22 s, 10 s of CPU
-    "tests/test_remote_credentials.py",  # 22 s, 8 s of CPU
+    "tests/test_remote_credentials.py",  # 22 s, 8 s of CPU; perf-remote74: about 6.5 s less
     "tests/test_docs_remote.py",  # 21 s, 9 s of CPU
     "tests/test_redteam_s39_guard.py",  # 21 s, 12 s of CPU
     "tests/test_remote_store.py",  # 21 s, 7 s of CPU

@@ -225,6 +225,11 @@ def become(given):
         os._exit(1)
     # The child: only what `python -m app` would have, the test's output files.
     take(given)
+    if given.get("own_s3_session"):
+        # The S3 client's session (app.remote.objects) as a new process has it: made from
+        # this child's AWS_* variables and AWS files at its first store, not the zygote's.
+        import app.remote.objects
+        app.remote.objects._sessions.clear()
     try:
         if given.get("code") is None:
             sys.argv[1:] = given["args"]
@@ -362,9 +367,9 @@ class Zygote:
         """The zygote's own environment, from the run's."""
         return run
 
-    def fits(self, env: dict[str, str]) -> bool:
+    def fits(self, env: dict[str, str], given: tuple[str, ...] = _GIVEN_AT_FORK) -> bool:
         def own(environ: dict[str, str]) -> dict[str, str]:
-            return {k: v for k, v in environ.items() if not k.startswith(_GIVEN_AT_FORK)}
+            return {k: v for k, v in environ.items() if not k.startswith(given)}
 
         return (
             self.process.poll() is None
@@ -380,8 +385,10 @@ class Zygote:
         stderr: Path,
         code: str | None = None,
         cwd: Path | None = None,
+        own_s3_session: bool = False,
     ) -> Forked:
         given = {"env": env, "args": args, "cwd": str(cwd or os.getcwd()), "code": code}
+        given["own_s3_session"] = own_s3_session
         return self.send({**given, "stdout": str(stdout), "stderr": str(stderr)})
 
     def send(self, given: dict[str, Any]) -> Forked:
@@ -426,8 +433,9 @@ class Zygote:
 _starting = threading.Lock()
 
 
-def _forking(env: dict[str, str]) -> Zygote | None:
-    """This process's zygote (started now if it is the first command) if it fits `env`."""
+def _forking(env: dict[str, str], given: tuple[str, ...] = _GIVEN_AT_FORK) -> Zygote | None:
+    """This process's zygote (started now if it is the first command) if it fits `env`, the
+    variables `given` (given to the child) aside."""
     if not hasattr(os, "pidfd_open"):
         return None
     with _starting:
@@ -435,7 +443,7 @@ def _forking(env: dict[str, str]) -> Zygote | None:
             if _RUN and _inherited() != _RUN["inherited"]:
                 return None  # a zygote started now would inherit this test's values
             Zygote.running = Zygote()
-    return Zygote.running if Zygote.running.fits(env) else None
+    return Zygote.running if Zygote.running.fits(env, given) else None
 
 
 def serve(
@@ -496,6 +504,15 @@ def run(
     return _run_to_its_end(env, args, None, cwd)
 
 
+def run_with_its_aws(env: dict[str, str], args: list[str]) -> subprocess.CompletedProcess[str]:
+    """`run` for a command whose ``AWS_*`` variables (and the AWS files they name) are what a
+    test sets and checks: forked even where those differ from the run's, its S3 client's
+    session (botocore's, which reads them, and its AWS configuration, as it is made) dropped
+    in the child, so that its first store makes one as a new process would. About a third of
+    a plain start's CPU (its imports done, botocore's S3 model loaded again)."""
+    return _run_to_its_end(env, args, None, own_s3_session=True)
+
+
 def run_inner(env: dict[str, str], args: list[str]) -> subprocess.CompletedProcess[str]:
     """`run` in an environment built for an inner run (red team 24's ``_inner_env``, which
     leaves out the outer run's ``CI`` and ``BUILD_NUMBER``): those two put back as the run has
@@ -515,10 +532,14 @@ def run_c(code: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 
 def _run_to_its_end(
-    env: dict[str, str], args: list[str], code: str | None, cwd: Path | None = None
+    env: dict[str, str],
+    args: list[str],
+    code: str | None,
+    cwd: Path | None = None,
+    own_s3_session: bool = False,
 ) -> subprocess.CompletedProcess[str]:
     argv = [sys.executable, "-m", "app", *args] if code is None else [sys.executable, "-c", code]
-    zygote = _forking(env)
+    zygote = _forking(env, (*_GIVEN_AT_FORK, "AWS_") if own_s3_session else _GIVEN_AT_FORK)
     if zygote is None:
         return subprocess.run(
             argv, env=env, capture_output=True, text=True, timeout=120, check=False,
@@ -526,7 +547,7 @@ def _run_to_its_end(
         )  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="forked-app-") as directory:
         out, err = Path(directory) / "stdout", Path(directory) / "stderr"
-        child = zygote.fork(env, args, out, err, code, cwd)
+        child = zygote.fork(env, args, out, err, code, cwd, own_s3_session)
         try:
             status = child.wait(timeout=120)
         except subprocess.TimeoutExpired:

@@ -244,9 +244,12 @@ from app.config import load
 
 def _record(server):
     out = os.path.join(os.environ["PROBE_OUT"], f"live-{server.pid}.json")
+    with open(f"/proc/{server.pid}/stat") as stat:
+        parent = int(stat.read().rpartition(")")[2].split()[1])
     with open(out, "w") as f:
         json.dump({"pid": server.pid, "url": server.url, "location": server.location,
-                   "worker": os.environ.get("PYTEST_XDIST_WORKER")}, f)
+                   "worker": os.environ.get("PYTEST_XDIST_WORKER"), "parent": parent,
+                   "pytest": os.getpid()}, f)
 
 def test_a_session_created_over_http_reads_back(app_live_server):
     assert app_live_server.data_root is None
@@ -519,6 +522,11 @@ def test_the_live_server_fixture_serves_the_scratch_database_as_a_replica(
     remote, before, result = _taken(runs, "plain")
     result.assert_outcomes(passed=6)
     _module_passed(result, "test_live", 3)
+    # Two tests ask for it: both replicas are forked from the run's one warm interpreter
+    # (app.testing.zygote), not started plainly by the pytest process (1.35 s of CPU each).
+    live = [json.loads(path.read_text()) for path in remote.probes.glob("live-*.json")]
+    assert len(live) == 2 and all(s["parent"] != s["pytest"] for s in live), live
+    assert len({server["parent"] for server in live}) == 1, live
     assert remote.scratch_databases() == []
     assert remote.testing_objects() == []
     assert remote.production_state() == before

@@ -721,7 +721,9 @@ def app_live_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[
         config = appconfig.load("testing", environ=env)
         assert config.database_url is not None and config.blob_url is not None
         env |= {"APP_DATABASE_URL": config.database_url, "APP_BLOB_URL": config.blob_url}
-        process, url = start_replica(env, config.database_url, log)
+        forked = live_server_start(request.config) == FORKED
+        warm = request.config if forked else None
+        process, url = start_replica(env, config.database_url, log, warm=warm)
         try:
             config = _served_at(config, url)
             yield LiveServer(url, None, process.pid, config.api_token, log, config)

@@ -161,6 +161,7 @@ def _start(
     log: Path,
     published: Callable[[ServerProcess], str],
     warm: object = None,
+    remote: bool = False,
 ) -> tuple[ServerProcess, str]:
     process: ServerProcess
     with os.fdopen(_open_log(log), "wb") as output:
@@ -170,7 +171,7 @@ def _start(
 
             zygote = forking(env, warm)
         if zygote is not None:
-            process = zygote.serve(env, output.fileno())
+            process = zygote.serve(env, output.fileno(), remote)
         else:
             process = subprocess.Popen(
                 [sys.executable, "-m", "app", "serve", "--port", "0"],
@@ -277,7 +278,7 @@ def make_first_deploy_root(env: Mapping[str, str], root: Path) -> None:
 
 
 def start_replica(
-    env: Mapping[str, str], database_url: str, log: Path
+    env: Mapping[str, str], database_url: str, log: Path, *, warm: object = None
 ) -> tuple[ServerProcess, str]:
     """Start ``app serve --port 0`` as a replica on PostgreSQL and object storage; return it
     and its URL (from its holder row) once it answers.
@@ -289,8 +290,14 @@ def start_replica(
             ``APP_HOST=127.0.0.1`` makes the URL it publishes one this machine can reach).
         database_url: the database that environment gives it, where it publishes its URL.
         log: where its output goes (a file, as for :func:`start_server`).
+        warm: a run's pytest configuration: fork the replica from that run's warm
+            interpreter where `env` allows it, as for :func:`start_server`.
     """
-    return _start(env, log, lambda process: published_url(database_url, process, log))
+
+    def published(process: ServerProcess) -> str:
+        return published_url(database_url, process, log)
+
+    return _start(env, log, published, warm, remote=True)
 
 
 def stop_server(

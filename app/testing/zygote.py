@@ -297,13 +297,14 @@ class Zygote:
             and by_call() == self.by_call
         )
 
-    def serve(self, env: Mapping[str, str], log_fd: int) -> WarmServer:
+    def serve(self, env: Mapping[str, str], log_fd: int, remote: bool = False) -> WarmServer:
         """A forked ``app serve --port 0`` in `env` and this process's working directory, its
-        output to `log_fd`, its standard input this process's."""
+        output to `log_fd`, its standard input this process's; `remote`: a replica on
+        PostgreSQL and object storage (the zygote imports their clients first, once)."""
         import json
         import socket
 
-        request = {"env": dict(env), "cwd": str(Path.cwd())}
+        request = {"env": dict(env), "cwd": str(Path.cwd()), "remote": remote}
         try:
             os.fstat(0)
             stdin = 0
@@ -501,6 +502,12 @@ def _become(request: dict[str, Any], fds: list[int], start: str) -> None:
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
+    if request.get("remote"):
+        # The S3 client's session as a new process makes it, from this child's AWS_*
+        # variables and AWS files (which may have changed since the zygote's warm-up).
+        from app.remote import objects
+
+        objects._sessions.clear()
     argv = [sys.orig_argv[0], *SERVE]
     if _shadowed(start, request["cwd"]):
         os.execv(sys.executable, argv)  # noqa: S606 - the plain start, as Popen makes it
@@ -567,6 +574,36 @@ def _warm_up() -> None:
         importlib.import_module("pydantic.v1")
 
 
+def _warm_up_remote() -> None:
+    """Import what a replica on PostgreSQL and object storage imports before it serves
+    (psycopg, boto3 and the S3 client's modules, the app's remote store): once, at the
+    zygote's first such server, so that a run on a local profile never pays for them. The S3
+    client made here (explicit keys: no credential chain searched, nothing sent) imports the
+    client's modules; each child makes its own session (`_become`)."""
+    import psycopg  # noqa: F401
+
+    import app.remote.pg
+    import app.remote.storage
+    import app.remote.store  # noqa: F401
+    from app.remote.objects import _new_client
+
+    _new_client(
+        service_name="s3",
+        region_name="us-east-1",
+        endpoint_url="http://127.0.0.1:9",
+        aws_access_key_id="warm-up",
+        aws_secret_access_key="warm-up",  # noqa: S106 (no credential: nothing is sent)
+    )
+
+
+def _warm_for(request: dict[str, Any]) -> bool:
+    """Whether `request` is for a replica, its imports made (`_warm_up_remote`)."""
+    if request.get("remote"):
+        _warm_up_remote()
+        return True
+    return False
+
+
 def _run_process(channel: Any) -> int | None:
     """A pidfd of the pytest process that started this zygote, or None if it has ended.
 
@@ -614,6 +651,7 @@ def main() -> None:
     os.dup2(devnull, 0)
     os.close(devnull)
     children: dict[int, int] = {}  # pidfd: pid
+    remote = False  # whether `_warm_up_remote` ran (`_warm_for`)
 
     def say(message: dict[str, Any]) -> None:
         with contextlib.suppress(OSError):  # the run's process is gone: nobody to tell
@@ -646,10 +684,12 @@ def main() -> None:
             if not data:
                 end()
                 return
+            request = json.loads(data)
+            remote = remote or _warm_for(request)
             pid = os.fork()
             if pid == 0:
                 channel.close()
-                _become(json.loads(data), fds, start)
+                _become(request, fds, start)
             for fd_given in fds:
                 os.close(fd_given)
             pidfd = os.pidfd_open(pid)
