@@ -273,7 +273,7 @@ def test_a_worker_of_serve_workers_names_the_profile_it_was_given(
     tmp_path: Path, postgres_engine: PostgresEngine, s3_engine: S3Engine, blob_url: str
 ) -> None:
     """``app --profile production serve --workers 2``: each worker is a process of its own
-    (multiprocessing's spawn then, its forkserver since perf-ops74), which loads the profile
+    (multiprocessing's spawn then, a fork of serve since perf-ops74), which loads the profile
     it is given but was never told that it came from ``--profile``. Its log named every `app
     ...` without it (red team 62 on operations gives them the profile): a worker refused the
     database for a trigger of the app's switched off said to run `app data check --repair`,

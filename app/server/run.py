@@ -474,14 +474,18 @@ def serve_workers(config: Config, *, host: str, port: int, workers: int) -> None
     if config.backend != REMOTE:
         raise ValueError(WORKERS_NEED_REMOTE.format(profile=config.profile))
     sock = bind(host, port)
-    # Not fork: a child forked from this process would share its threads' state and any
-    # connection opened before; each worker opens its own. A forkserver: one fresh
-    # interpreter, started here, that imports what a worker imports (`_WORKER_IMPORTS`, no
-    # thread started, no file or connection opened) and forks each worker from that. Each
-    # worker was a spawned interpreter that imported all of it again (about 0.7 s of CPU of
-    # its 0.8); now N workers pay for one import instead of N.
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(list(_WORKER_IMPORTS))
+    # Forked from this process, as gunicorn's `--preload` forks its workers, where that is
+    # safe: this process has imported the server already (the command's import of
+    # app.server) and opened no storage and no connection (each worker opens its own), and
+    # no other thread runs in it (a fork copies only the forking thread, and a lock another
+    # thread held would stay held in the child). Each worker was a spawned interpreter that
+    # imported all of it again, about 0.7 s of CPU of its 0.8 (bench/serve_workers.py).
+    # Where another thread runs (a library's, a program that embeds the app), spawn.
+    context = (
+        multiprocessing.get_context("fork")
+        if threading.active_count() == 1
+        else multiprocessing.get_context("spawn")
+    )
     processes = [
         context.Process(
             target=_worker,
@@ -493,19 +497,21 @@ def serve_workers(config: Config, *, host: str, port: int, workers: int) -> None
     stopping: list[int] = []
     previous = {
         sig: signal.signal(sig, lambda signum, frame: stopping.append(signum))
-        for sig in (signal.SIGTERM, signal.SIGINT, *_RESTART_SIGNALS)
+        for sig in _STOP_SIGNALS
         if sig not in _ignored([sig])
     }
-    # A signal wakes the wait below at once (its handler's byte on this pipe): without it, the
-    # wait noticed a SIGTERM only when its 0.5 s timeout ran out (PEP 475 retries the select
-    # after the handler ran), so each stop and restart of `serve --workers` took 0.25 s more
-    # on average. The timeout stays as a fallback.
-    woken, wake = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    previous_wakeup = signal.set_wakeup_fd(wake, warn_on_full_buffer=False)
+    woken = wake = -1
+    previous_wakeup = None
     code = 0
     try:
-        for process in processes:
-            process.start()
+        _start(processes)
+        # A signal wakes the wait below at once (its handler's byte on this pipe): without
+        # it, the wait noticed a SIGTERM only when its 0.5 s timeout ran out (PEP 475
+        # retries the select after the handler ran), so each stop and restart of `serve
+        # --workers` took 0.25 s more on average. The timeout stays as a fallback. Made
+        # once the workers are forked, so that none holds a copy.
+        woken, wake = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        previous_wakeup = signal.set_wakeup_fd(wake, warn_on_full_buffer=False)
         log.info(
             "started %d workers on %s (pids %s), each a replica of profile %s",
             workers,
@@ -525,9 +531,10 @@ def serve_workers(config: Config, *, host: str, port: int, workers: int) -> None
                 _log_worker_stopped(first.pid, code)
                 break
     finally:
-        signal.set_wakeup_fd(previous_wakeup)
-        os.close(woken)
-        os.close(wake)
+        if previous_wakeup is not None:
+            signal.set_wakeup_fd(previous_wakeup)
+            os.close(woken)
+            os.close(wake)
         for process in processes:
             if process.is_alive() and process.pid is not None:
                 os.kill(process.pid, signal.SIGTERM)
@@ -559,23 +566,11 @@ def _log_worker_stopped(pid: int | None, code: int) -> None:
         log.error("worker %s stopped (exit %s); stopping the others", pid, code)
 
 
-#: What a worker imports before it serves (this module, the settings, the remote storage,
-#: its drivers, uvicorn's protocols): imported once in `serve_workers`' forkserver, before
-#: it forks the workers. Imports only; a name missing here is imported by the worker itself.
-_WORKER_IMPORTS: Final = (
-    "app.server.run", "app.config", "app.remote.storage", "app.remote.store",
-    "app.remote.objects", "app.remote.pg", "psycopg", "psycopg_pool", "boto3",
-    "botocore.session", "botocore.config", "botocore.client", "dynaconf.loaders.toml_loader",
-    "uvicorn.config", "uvicorn.main", "uvicorn.protocols.http.h11_impl", "uvicorn.loops.uvloop",
-    "anyio._core._sockets", "anyio._core._streams",
-)  # fmt: skip
-
-
 def _worker(profile: str, profile_source: str, host: str, sock: socket.socket, parent: int) -> None:
     """One worker of :func:`serve_workers`: a replica on the inherited socket."""
     from app import config as appconfig
 
-    _leave_the_forkservers_pipe()
+    _signals_as_started()
     _stop_with_parent(parent)
     if profile_source == "--profile":
         # As the command's own process does (`app.cli.load_config`): a spawned worker starts
@@ -609,21 +604,32 @@ def _worker(profile: str, profile_source: str, host: str, sock: socket.socket, p
 _PR_SET_PDEATHSIG: Final = 1
 
 
-def _leave_the_forkservers_pipe() -> None:
-    """Close this worker's copy of the pipe by which the forkserver knows ``serve`` lives.
+def _start(processes: list[Any]) -> None:
+    """Start the workers, the stop signals blocked meanwhile: one that comes while a worker
+    is forked waits, in this process and in the worker, until the worker has put back the
+    handlers a fresh process has (`_signals_as_started`); this process's handler, copied
+    into the worker, would have taken it there and not stopped the worker."""
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        for process in processes:
+            process.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
-    multiprocessing hands each forked child a copy of it (for a forkserver of the child's
-    own), and the forkserver exits only once every copy is closed: with the workers' copies
-    open, a ``serve`` killed outright left the forkserver, and so its workers, running.
+
+def _signals_as_started() -> None:
+    """The stop signals' handlers a fresh interpreter has, and those signals unblocked.
+
+    A worker forked from ``serve`` starts with ``serve``'s handlers (which only note the
+    signal) and with the signals blocked (`serve_workers`); one that comes meanwhile is
+    taken here, by the default action, as it was in a spawned worker before it installed
+    its own. A signal ``serve`` was started with ignored stays ignored (`_ignored`).
     """
-    from multiprocessing import forkserver
-
-    server = getattr(forkserver, "_forkserver", None)
-    alive = getattr(server, "_forkserver_alive_fd", None)
-    if isinstance(alive, int):
-        with contextlib.suppress(OSError):
-            os.close(alive)
-        server._forkserver_alive_fd = None  # type: ignore[union-attr]
+    for sig in _STOP_SIGNALS:
+        if signal.getsignal(sig) != signal.SIG_IGN:
+            default = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
+            signal.signal(sig, default)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
 
 
 def _stop_with_parent(parent: int) -> None:
@@ -634,9 +640,6 @@ def _stop_with_parent(parent: int) -> None:
     for ever, orphans on the port a restart then could not bind (red team 38). Linux only;
     elsewhere the service manager's stop of the whole group is what ends them.
 
-    The worker's parent is ``serve``'s forkserver, whose own parent is ``serve``: when
-    ``serve`` dies, the forkserver reads the end of its pipe from ``serve`` and exits, and
-    the kernel signals the workers it forked.
     """
     if not sys.platform.startswith("linux"):
         return
@@ -645,19 +648,9 @@ def _stop_with_parent(parent: int) -> None:
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    forker = os.getppid()
-    if forker != parent and _parent_of(forker) != parent:
-        # serve, or the forkserver between them, died before the request above: the kernel
-        # will not send it now.
+    if os.getppid() != parent:
+        # It died before the request above: the kernel will not send it now.
         os.kill(os.getpid(), signal.SIGTERM)
-
-
-def _parent_of(pid: int) -> int | None:
-    """The parent of process ``pid`` (``/proc``), or None if it has ended."""
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_bytes().rpartition(b")")[2].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 def _public_url(host: str, port: int) -> str:
@@ -677,6 +670,8 @@ def _url(host: str, port: int) -> str:
 
 #: Signals an operator sends a server out of habit from other servers (reload, reopen logs).
 _RESTART_SIGNALS: Final = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+#: Every signal that stops `serve --workers` and its workers.
+_STOP_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT, *_RESTART_SIGNALS)
 
 
 def _ignored(signals: Iterable[int]) -> list[int]:
