@@ -21,6 +21,7 @@ import ctypes
 import os
 import resource
 import secrets
+import shutil
 import signal
 import statistics
 import subprocess
@@ -140,6 +141,7 @@ def main() -> None:
     finally:
         s3.stop()
         postgres.stop()
+        shutil.rmtree(base, ignore_errors=True)
     load = os.getloadavg()[0]
     print(f"serve --workers {args.workers}, {args.rounds} rounds, load {load:.1f}")
     for name, rounds in results.items():
