@@ -47,14 +47,14 @@ from app.testing import wait_until_serving
 POLL = 0.005
 POLL_MAX = 0.05
 WAIT_SECONDS = 30.0  # bounded: 30 s at most for anything to happen
-#: The bound for the workers of ``serve --workers`` to start. Each is a fresh interpreter
-#: (multiprocessing's spawn, as the app starts them: not forked from tests/forked_app.py's
-#: zygote, as every other replica is), which imports the app, FastAPI, psycopg and boto3,
-#: then loads the settings and connects before it publishes its row, two at once. At a load
-#: of 20 on this 2-core machine the imports alone (0.8 s of CPU) took 12 to 15 s of wall
-#: time, and the wait for both rows 19 to 20 s; at the higher loads of the lead's runs (up
-#: to 30) it passed 30 s, and the three reload cases of red team 38 gave up waiting while
-#: nothing was lost or stuck.
+#: The bound for the workers of ``serve --workers`` to start. Each is forked from ``serve``
+#: (as the app starts them, not from tests/forked_app.py's zygote, as every other replica
+#: is), then loads the settings and connects before it publishes its row, two at once. When
+#: each worker was a spawned interpreter (multiprocessing's spawn, before perf-ops74) that
+#: imported the app, FastAPI, psycopg and boto3, at a load of 20 on this 2-core machine the
+#: imports alone (0.8 s of CPU) took 12 to 15 s of wall time, and the wait for both rows 19
+#: to 20 s; at the higher loads of the lead's runs (up to 30) it passed 30 s, and the three
+#: reload cases of red team 38 gave up waiting while nothing was lost or stuck.
 SPAWNED_SECONDS = 120.0
 
 SETTINGS = """\

@@ -273,11 +273,12 @@ def test_a_worker_of_serve_workers_names_the_profile_it_was_given(
     tmp_path: Path, postgres_engine: PostgresEngine, s3_engine: S3Engine, blob_url: str
 ) -> None:
     """``app --profile production serve --workers 2``: each worker is a process of its own
-    (multiprocessing's spawn), which loads the profile it is given but was never told that
-    it came from ``--profile``. Its log named every `app ...` without it (red team 62 on
-    operations gives them the profile): a worker refused the database for a trigger of the
-    app's switched off said to run `app data check --repair`, which, as written, repairs
-    development. Run here as `serve_workers` starts it, with the arguments it gives."""
+    (multiprocessing's spawn then, a fork of serve since perf-ops74), which loads the profile
+    it is given but was never told that it came from ``--profile``. Its log named every `app
+    ...` without it (red team 62 on operations gives them the profile): a worker refused the
+    database for a trigger of the app's switched off said to run `app data check --repair`,
+    which, as written, repairs development. Run here as `serve_workers` starts it, with the
+    arguments it gives."""
     with production_on(tmp_path, postgres_engine, s3_engine, blob_url) as production:
         pg.open_database(production.database_url, "production")
         with postgres_engine.connect(production.database_url.rpartition("/")[2]) as admin:

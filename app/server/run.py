@@ -474,9 +474,18 @@ def serve_workers(config: Config, *, host: str, port: int, workers: int) -> None
     if config.backend != REMOTE:
         raise ValueError(WORKERS_NEED_REMOTE.format(profile=config.profile))
     sock = bind(host, port)
-    # spawn, not fork: a forked child would share this process's threads' state and any
-    # connection opened before; each worker opens its own.
-    context = multiprocessing.get_context("spawn")
+    # Forked from this process, as gunicorn's `--preload` forks its workers, where that is
+    # safe: this process has imported the server already (the command's import of
+    # app.server) and opened no storage and no connection (each worker opens its own), and
+    # no other thread runs in it (a fork copies only the forking thread, and a lock another
+    # thread held would stay held in the child). Each worker was a spawned interpreter that
+    # imported all of it again, about 0.7 s of CPU of its 0.8 (bench/serve_workers.py).
+    # Where another thread runs (a library's, a program that embeds the app), spawn.
+    context = (
+        multiprocessing.get_context("fork")
+        if threading.active_count() == 1
+        else multiprocessing.get_context("spawn")
+    )
     processes = [
         context.Process(
             target=_worker,
@@ -488,19 +497,21 @@ def serve_workers(config: Config, *, host: str, port: int, workers: int) -> None
     stopping: list[int] = []
     previous = {
         sig: signal.signal(sig, lambda signum, frame: stopping.append(signum))
-        for sig in (signal.SIGTERM, signal.SIGINT, *_RESTART_SIGNALS)
+        for sig in _STOP_SIGNALS
         if sig not in _ignored([sig])
     }
-    # A signal wakes the wait below at once (its handler's byte on this pipe): without it, the
-    # wait noticed a SIGTERM only when its 0.5 s timeout ran out (PEP 475 retries the select
-    # after the handler ran), so each stop and restart of `serve --workers` took 0.25 s more
-    # on average. The timeout stays as a fallback.
-    woken, wake = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    previous_wakeup = signal.set_wakeup_fd(wake, warn_on_full_buffer=False)
+    woken = wake = -1
+    previous_wakeup = None
     code = 0
     try:
-        for process in processes:
-            process.start()
+        _start(processes)
+        # A signal wakes the wait below at once (its handler's byte on this pipe): without
+        # it, the wait noticed a SIGTERM only when its 0.5 s timeout ran out (PEP 475
+        # retries the select after the handler ran), so each stop and restart of `serve
+        # --workers` took 0.25 s more on average. The timeout stays as a fallback. Made
+        # once the workers are forked, so that none holds a copy.
+        woken, wake = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        previous_wakeup = signal.set_wakeup_fd(wake, warn_on_full_buffer=False)
         log.info(
             "started %d workers on %s (pids %s), each a replica of profile %s",
             workers,
@@ -520,9 +531,10 @@ def serve_workers(config: Config, *, host: str, port: int, workers: int) -> None
                 _log_worker_stopped(first.pid, code)
                 break
     finally:
-        signal.set_wakeup_fd(previous_wakeup)
-        os.close(woken)
-        os.close(wake)
+        if previous_wakeup is not None:
+            signal.set_wakeup_fd(previous_wakeup)
+            os.close(woken)
+            os.close(wake)
         for process in processes:
             if process.is_alive() and process.pid is not None:
                 os.kill(process.pid, signal.SIGTERM)
@@ -558,6 +570,7 @@ def _worker(profile: str, profile_source: str, host: str, sock: socket.socket, p
     """One worker of :func:`serve_workers`: a replica on the inherited socket."""
     from app import config as appconfig
 
+    _signals_as_started()
     _stop_with_parent(parent)
     if profile_source == "--profile":
         # As the command's own process does (`app.cli.load_config`): a spawned worker starts
@@ -591,6 +604,34 @@ def _worker(profile: str, profile_source: str, host: str, sock: socket.socket, p
 _PR_SET_PDEATHSIG: Final = 1
 
 
+def _start(processes: list[Any]) -> None:
+    """Start the workers, the stop signals blocked meanwhile: one that comes while a worker
+    is forked waits, in this process and in the worker, until the worker has put back the
+    handlers a fresh process has (`_signals_as_started`); this process's handler, copied
+    into the worker, would have taken it there and not stopped the worker."""
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        for process in processes:
+            process.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
+def _signals_as_started() -> None:
+    """The stop signals' handlers a fresh interpreter has, and those signals unblocked.
+
+    A worker forked from ``serve`` starts with ``serve``'s handlers (which only note the
+    signal) and with the signals blocked (`serve_workers`); one that comes meanwhile is
+    taken here, by the default action, as it was in a spawned worker before it installed
+    its own. A signal ``serve`` was started with ignored stays ignored (`_ignored`).
+    """
+    for sig in _STOP_SIGNALS:
+        if signal.getsignal(sig) != signal.SIG_IGN:
+            default = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
+            signal.signal(sig, default)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+
+
 def _stop_with_parent(parent: int) -> None:
     """Have the kernel send this worker SIGTERM (a graceful stop) when ``serve`` dies.
 
@@ -598,6 +639,7 @@ def _stop_with_parent(parent: int) -> None:
     manager that signals only its child) left its workers serving and holding the database
     for ever, orphans on the port a restart then could not bind (red team 38). Linux only;
     elsewhere the service manager's stop of the whole group is what ends them.
+
     """
     if not sys.platform.startswith("linux"):
         return
@@ -628,6 +670,8 @@ def _url(host: str, port: int) -> str:
 
 #: Signals an operator sends a server out of habit from other servers (reload, reopen logs).
 _RESTART_SIGNALS: Final = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+#: Every signal that stops `serve --workers` and its workers.
+_STOP_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT, *_RESTART_SIGNALS)
 
 
 def _ignored(signals: Iterable[int]) -> list[int]:
