@@ -639,7 +639,6 @@ def _stop_with_parent(parent: int) -> None:
     manager that signals only its child) left its workers serving and holding the database
     for ever, orphans on the port a restart then could not bind (red team 38). Linux only;
     elsewhere the service manager's stop of the whole group is what ends them.
-
     """
     if not sys.platform.startswith("linux"):
         return
