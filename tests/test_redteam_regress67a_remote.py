@@ -124,11 +124,14 @@ def test_a_run_s_end_judges_each_version_by_its_mark_whatever_the_case_of_its_na
 
 
 # Two tmpfs on /dev/shm, in a mount namespace of the child's own: a container's default,
-# then one with room; where tests/engines.py makes its clusters on each.
+# then one with room; where tests/engines.py makes its clusters on each. The temporary
+# directory is named to the child beforehand (`TEMP`): where TMPDIR lies under /dev/shm
+# (scripts/test's), the first tmpfs hides it, and Python would fall back to another.
 _SHM = """
-import os, subprocess, sys
+import os, subprocess, sys, tempfile
 sys.path.insert(0, TESTS)
 import engines
+tempfile.tempdir = TEMP
 for size in ("64m", "2g"):
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=" + size, "tmpfs", "/dev/shm"], check=True)
     print(size, engines._clusters_dir())
@@ -148,7 +151,7 @@ for size in ("64m", "2g"):
 )
 def test_the_clusters_are_made_in_memory_only_where_it_has_room() -> None:
     code = _SHM.replace("TESTS", repr(str(Path(__file__).parent)))
-    done = own_mounts.python_c(code)
+    done = own_mounts.python_c(code.replace("TEMP", repr(tempfile.gettempdir())))
     # Before: "64m /dev/shm", where a cluster's second test's databases found no space;
     # and, with the floor alone, a dead run's cluster in a /dev/shm short of room "left".
     assert done.stdout.split("\n")[:4] == [

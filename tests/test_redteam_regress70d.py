@@ -32,12 +32,16 @@ said = []
 def check(result):
     assert result == 0, os.strerror(ctypes.get_errno())
 
-# A mount namespace of this process's own, where `/` is mounted again at `again`: with
-# every mount below it (--rbind), or alone (--bind: no /proc there).
+# A mount namespace of this process's own, where `/` is mounted again at `again` with every
+# mount below it (--rbind), or so but /proc (`no-proc`: unmounted there, as a chroot made
+# without it has none; every other mount kept, the root's filesystem among them wherever the
+# temporary directory lies: a tmpfs on /dev/shm under scripts/test).
 check(libc.unshare(0x00020000))  # CLONE_NEWNS
 check(libc.mount(b"none", b"/", None, 0x4000 | 0x40000, None))  # MS_REC | MS_PRIVATE
 again = tempfile.mkdtemp()
-subprocess.run(["mount", how, "/", again], check=True)
+subprocess.run(["mount", "--rbind", "/", again], check=True)
+if how == "no-proc":
+    subprocess.run(["umount", "-l", again + "/proc"], check=True)
 
 def writer(store):
     # A root directory of this thread's own (unshare(CLONE_FS), then chroot): the same
@@ -91,13 +95,14 @@ def test_a_mount_seen_from_a_writer_s_thread_s_own_root_is_refused(app_config: C
 def test_a_writer_s_thread_that_cannot_read_the_mount_table_is_refused(
     app_config: Config,
 ) -> None:
-    # Found with the test above's chroot, made without /proc in it (a plain --bind of `/`):
+    # Found with the test above's chroot, made without /proc in it (a plain --bind of `/`;
+    # here /proc unmounted from its --rbind, which keeps a root on a tmpfs of its own):
     # the table read as the root was opened could not be read from the writing thread,
     # which the check took for "nothing mounted inside", and the delete across the bind
     # mount of `.trash/` was acknowledged. A writer that read a table once refuses where it
     # cannot read it now, saying why and what to mount.
     root = app_config.data_root
-    out, err = _delete_from_a_chroot(app_config, "--bind")
+    out, err = _delete_from_a_chroot(app_config, "no-proc")
     refusal = (
         f"DataRootChangedError data root {root} changed while open: the mount table "
         "(/proc/thread-self/mountinfo), read when it was opened, cannot be read from the "

@@ -241,7 +241,7 @@ def mount(*mounts):
         subprocess.run(["mount", *argv], check=True)
 
 def test_own_tmp():
-    tops = ["/tmp/" + top for top in os.environ["TOP"].split(":")]
+    tops = ["/tmp/" + top for top in os.environ["TOP"].split(":") if top]
     mount(["--rbind", "/tmp", "/mnt"], ["-t", "tmpfs", "none", "/tmp"],
           *(["-m", "--rbind", "/mnt" + top[4:], top] for top in tops))
     purge()
@@ -269,10 +269,14 @@ def test_a_run_a_test_moved_into_a_namespace_of_its_own_keeps_its_children(
     settings, production = stopped
     if os.geteuid() != 0 or not Path("/mnt").is_dir():
         pytest.skip("only root mounts a /tmp of its own in the test's process")
-    top = Path("/tmp")
-    if not (settings.resolve().is_relative_to(top) and tmp_path.resolve().is_relative_to(top)):
-        pytest.skip("the test's directories must lie under /tmp, which the test mounts over")
-    if not settings.resolve().is_relative_to(top / tmp_path.resolve().relative_to(top).parts[0]):
+    # Where the test's directories lie under /tmp, which the test mounts over, their
+    # directory there is bound back (`$TOP`); elsewhere (a TMPDIR on /dev/shm, as scripts/
+    # test's) they stay in sight as they are.
+    top, here = Path("/tmp"), tmp_path.resolve()
+    shared = top / here.relative_to(top).parts[0] if here.is_relative_to(top) else None
+    if settings.resolve().is_relative_to(top) and not (
+        shared and settings.resolve().is_relative_to(shared)
+    ):
         pytest.skip("the settings and the test's directory must share their directory in /tmp")
     (tmp_path / "test_own_namespace.py").write_text(OWN_NAMESPACE)
     _a_runner_script(tmp_path)
@@ -366,7 +370,8 @@ def test_a_run_as_a_user_who_may_not_look_into_a_root_says_so_and_goes_on(
         pytest.skip(f"user 65534 cannot run {sys.executable} with the app and pytest here")
     # Outside this suite's own directories, which only root may enter: a project, its
     # settings and production's root there, kept by user 65533 in mode 0700.
-    project = Path(tempfile.mkdtemp(prefix="rt46-"))
+    # In /tmp by name: TMPDIR may be closed to user 65534 (scripts/test's, 0700).
+    project = Path(tempfile.mkdtemp(prefix="rt46-", dir="/tmp"))
     try:
         project.chmod(0o755)
         settings = project / "settings"

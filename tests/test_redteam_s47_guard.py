@@ -59,11 +59,14 @@ from app import sandbox
 #: test mounts in that shared namespace below /tmp at any time (test_integrity.py's small
 #: tmpfs in its sandbox), and a locked mount cannot be unmounted on its own. A script that
 #: fails removes its directory in /run (the machine's) as it goes.
+#: Where `$1` lies outside /tmp (a TMPDIR elsewhere: scripts/test's on /dev/shm), a tmpfs
+#: goes over it too: it shows at /mnt alone, as it does from a /tmp hidden so.
 OWN_TMP = """
 old=$(mktemp -d /run/app-s47-tmp.XXXXXX) || exit 9
 failed() { umount -l "$old" 2>/dev/null; rmdir "$old"; exit 9; }
 mount --rbind /tmp "$old" || failed
 mount --rbind "$1" /mnt && mount -t tmpfs none /tmp || failed
+if [ -d "$1" ]; then mount -t tmpfs none "$1" || failed; fi
 for keep in $KEEP; do mkdir -p "$keep" && mount --rbind "$old${keep#/tmp}" "$keep" || failed; done
 umount -l "$old" && rmdir "$old" || exit 9
 if [ -n "$J" ]; then

@@ -28,6 +28,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import forked_app
@@ -94,10 +95,13 @@ def test_purges_through_overlays(tmp_path):
 
 def test_pytest_writes_nothing_through_such_an_overlay_outside_the_sandbox(tmp_path):
     # Outside any sandbox, where a test may mount one too: production's sessions/ as the
-    # upper directory, relative to the directory it was mounted from.
+    # upper directory, relative to the directory it was mounted from. In the temporary
+    # directory of the run above (`$OUTSIDE`), which holds production's root: an overlay's
+    # work directory lies on its upper directory's filesystem (/tmp is another one where
+    # that temporary directory is a tmpfs, as scripts/test's on /dev/shm).
     sessions = os.path.join(os.environ["REAL"], "sessions")
     session = os.listdir(sessions)[0]
-    outside = tempfile.mkdtemp(prefix="rt50-", dir="/tmp")
+    outside = tempfile.mkdtemp(prefix="rt50-", dir=os.environ["OUTSIDE"])
     point = os.path.join(outside, "o")
     for made in ("l", "w", "o"):
         os.mkdir(os.path.join(outside, made))
@@ -133,7 +137,12 @@ def test_an_overlay_whose_upper_directory_is_spelled_another_way_is_refused(
     project.mkdir()
     (project / "test_overlaid.py").write_text(OVERLAID)
     (tmp_path / "tmp").mkdir()
-    env = _inner_env(APP_SETTINGS_DIR=str(settings), REAL=str(real), TMPDIR=str(tmp_path / "tmp"))
+    env = _inner_env(
+        APP_SETTINGS_DIR=str(settings),
+        REAL=str(real),
+        TMPDIR=str(tmp_path / "tmp"),
+        OUTSIDE=tempfile.gettempdir(),
+    )
     done = forked_pytest.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-s"],
         cwd=project, env=env,

@@ -45,11 +45,14 @@ shell in every command a message names.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import json
 import os
+import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import own_mounts
@@ -57,7 +60,7 @@ import pytest
 from test_redteam_s62_guard import _needs_root
 
 from app.config import load
-from app.dataroot import LAYOUT_MARK, layout_mark, restamp
+from app.dataroot import LAYOUT_MARK, filesystem_type, layout_mark, restamp
 from app.errors import AppError
 from app.storage import open_storage
 from app.testing.writes import Target, _conflict
@@ -297,9 +300,22 @@ def test_a_workspace_bound_from_another_tool_s_sessions_uuid_is_no_session(
     assert again.startswith(
         f"data root {point}/again: it is a directory of a session of another data root, by "
         "its place in its filesystem (a session's records/ or blobs/, or a trash entry's), "
-        f"seen through a mount on its way that shows {workspace}/again of "
+        f"seen through a mount on its way that shows {_in_its_filesystem(workspace)}/again of "
     ), again
     assert sorted(p.name for p in workspace.iterdir()) == ["data", "proj", "session.json"]
+
+
+def _in_its_filesystem(path: Path) -> str:
+    """`path` as the mount table shows it within its filesystem (a bind mount's source):
+    the root of the mount it lies on, then the rest of it. `path` itself on a /tmp of the
+    disk mounted at `/`; not where the temporary directory is a tmpfs of its own (scripts/test
+    puts it on /dev/shm, whose files the table names from that tmpfs's root)."""
+    shown = subprocess.run(
+        ["findmnt", "-n", "-o", "FSROOT,TARGET", "-T", str(path)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    root, target = shown.stdout.splitlines()[-1].split()  # the last mounted there shows
+    return str(Path(root) / path.relative_to(target))
 
 
 def _fill_attributes(directory: Path) -> None:
@@ -324,25 +340,49 @@ def _fill_attributes(directory: Path) -> None:
         pytest.skip(f"{directory}'s filesystem keeps room for the mark beside 64 attributes")
 
 
+@contextlib.contextmanager
+def _on_ext4(tmp_path: Path) -> Iterator[Path]:
+    """A directory of `tmp_path` on an ext4: `tmp_path` itself where it lies on one (a /tmp
+    on this machine kind's disk), else a small ext4 image of its own mounted in it (where
+    the temporary directory is a tmpfs, as scripts/test's on /dev/shm: a tmpfs keeps no
+    limit on a directory's extended attributes, and the test would skip)."""
+    if filesystem_type(tmp_path) == "ext4":
+        yield tmp_path
+        return
+    if os.geteuid() != 0 or shutil.which("mkfs.ext4") is None:
+        pytest.skip(f"{tmp_path} is no ext4, and making one takes root and mkfs.ext4")
+    image, disk = tmp_path / "ext4.img", tmp_path / "ext4"
+    with image.open("wb") as made:
+        made.truncate(16 << 20)
+    subprocess.run(["mkfs.ext4", "-q", str(image)], check=True)
+    disk.mkdir()
+    subprocess.run(["mount", "-o", "loop", str(image), str(disk)], check=True)
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
 @pytest.mark.app_profile("production")
 def test_a_root_whose_directory_has_no_room_for_its_mark_is_opened(tmp_path: Path) -> None:
     """A root not marked yet (opened by a release before the marks, or its marks removed)
     whose ``.tmp/`` has no room left for an extended attribute (ext4 keeps a directory's in
     its inode and one block: full there, or the filesystem full with no block to give): a
     writer's open goes on unmarked, as where the filesystem keeps none."""
-    root = tmp_path / "production"
-    made = dataclasses.replace(load("production", serving=False), data_root=root)
-    with open_storage(made, writer=True) as store:
-        session = store.create_session("a review", {})["id"]
-    for name in ("sessions", ".trash", ".tmp"):
-        os.removexattr(root / name, LAYOUT_MARK)
-    _fill_attributes(root / ".tmp")
-    # Before the fix: OSError ENOSPC (`app data empty-trash`, the remedy its own refusal
-    # names, and a server's start: 74, "the data root's filesystem is full").
-    with open_storage(made, writer=True) as store:
-        assert [s["id"] for s in store.list_sessions().items] == [session]
-    assert layout_mark(root / ".tmp") is None
-    assert layout_mark(root / ".trash") == {"dir": ".trash", "profile": "production"}
+    with _on_ext4(tmp_path) as disk:
+        root = disk / "production"
+        made = dataclasses.replace(load("production", serving=False), data_root=root)
+        with open_storage(made, writer=True) as store:
+            session = store.create_session("a review", {})["id"]
+        for name in ("sessions", ".trash", ".tmp"):
+            os.removexattr(root / name, LAYOUT_MARK)
+        _fill_attributes(root / ".tmp")
+        # Before the fix: OSError ENOSPC (`app data empty-trash`, the remedy its own refusal
+        # names, and a server's start: 74, "the data root's filesystem is full").
+        with open_storage(made, writer=True) as store:
+            assert [s["id"] for s in store.list_sessions().items] == [session]
+        assert layout_mark(root / ".tmp") is None
+        assert layout_mark(root / ".trash") == {"dir": ".trash", "profile": "production"}
 
 
 def test_a_mark_on_the_last_of_a_root_s_directories_alone_or_beside_others_counts(

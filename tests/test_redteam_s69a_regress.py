@@ -269,7 +269,9 @@ def skip_unless_reachable_as(uid: int, gid: int) -> None:
 def test_a_child_of_another_group_than_its_runs_is_refused_where_the_entry_is_gone() -> None:
     skip_unless_reachable_as(_USER, _USER)
     # Not under tmp_path: its directories are root's alone (0700), closed to the run's user.
-    top = Path(tempfile.mkdtemp(prefix="rt69a-"))
+    # In /tmp by name: the run's user must enter it, and TMPDIR may be closed to it
+    # (scripts/test's, 0700, on /dev/shm).
+    top = Path(tempfile.mkdtemp(prefix="rt69a-", dir="/tmp"))
     try:
         top.chmod(0o755)
         project = copy_project_settings(top / "project")

@@ -70,7 +70,9 @@ _ROOT = pytest.mark.skipif(
 def _run(user: int) -> tuple[str, str]:
     """A run of `user` whose test made its process not dumpable: its output, and the child's
     exit code and stderr."""
-    top = Path(tempfile.mkdtemp(prefix="rt69c-"))
+    # In /tmp, which every user may pass through (the run's user must read the project
+    # there), not in TMPDIR: scripts/test's is private to its user (0700, on /dev/shm).
+    top = Path(tempfile.mkdtemp(prefix="rt69c-", dir="/tmp"))
     registry = f"/tmp/app-pytest-runs-{user}"
     made = not Path(registry).exists()
     try:
@@ -170,8 +172,9 @@ CONTAINER = in_user_namespace("0 0 1\n54323 54323 1\n")
 @_ROOT
 def test_a_python_daemon_not_dumpable_in_a_rootless_container_runs_the_app() -> None:
     skip_unless_reachable_as(_USER, _USER)
-    # Not under tmp_path: its directories are root's alone (0700), closed to the daemon's user.
-    top = Path(tempfile.mkdtemp(prefix="rt69c-"))
+    # Not under tmp_path: its directories are root's alone (0700), closed to the daemon's user;
+    # nor in TMPDIR, for the same reason where scripts/test put it (0700, on /dev/shm).
+    top = Path(tempfile.mkdtemp(prefix="rt69c-", dir="/tmp"))
     try:
         top.chmod(0o755)
         settings = copy_project_settings(top / "settings")

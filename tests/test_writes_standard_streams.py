@@ -54,8 +54,9 @@ def test_moves_its_standard_output():
 
 def _dev(where: Path) -> Path:
     """A /dev for a mount namespace: the standard streams' links and the devices Python
-    reads."""
+    reads, and a mount point for the machine's /dev/shm (`_run`)."""
     where.mkdir()
+    (where / "shm").mkdir()
     for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0")):
         (where / name).symlink_to(target)
     (where / "stdout").symlink_to("/proc/self/fd/1")
@@ -66,7 +67,9 @@ def _dev(where: Path) -> Path:
 
 
 def _run(dev: Path, project: Path, env: dict[str, str], *args: str) -> tuple[int, str]:
-    own_dev = 'mount --bind "$0" /dev && exec "$@"'
+    # The machine's /dev/shm shown again in it (--rbind): the temporary directory, and the
+    # settings in it, lie there under scripts/test.
+    own_dev = 'mount --rbind /dev/shm "$0/shm" && mount --rbind "$0" /dev && exec "$@"'
     command = ["unshare", "--mount", "sh", "-c", own_dev, str(dev), sys.executable, "-m"]
     done = subprocess.run(
         [*command, "pytest", "-p", "no:randomly", *args],
