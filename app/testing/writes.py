@@ -1040,13 +1040,21 @@ def _conflict_seen(target: Target, roots: dict[str, Path], seen: _Seen) -> str |
     from app.testing.guard import unknown_mount_at
 
     found = _conflict_at(target, roots, seen)
-    if found is not None and (real := Path(os.path.realpath(target.path))) != target.path:
+    # A path that lies, as spelled, in a root the run knows is named with that root's profile
+    # and holder already: how the kernel reaches it (a mount of the machine's /dev/shm shown
+    # again in a test's own /dev, a link such as /var/run on the way) adds nothing but a
+    # second spelling of the same file, through /proc/<pid>/root/... (session 74: the test
+    # of standard streams moved with os.dup2, its temporary root on /dev/shm).
+    named = any(_within(target.path, root) for root in roots.values())
+    if found is None or named:
+        pass
+    elif (real := Path(os.path.realpath(target.path))) != target.path:
         # The same through a symbolic link on the way (a `PYTHONPYCACHEPREFIX` of a link to
         # a root, checked as spelled): the link's path was named "the data root" (red team
         # 74), where `rm -rf <link>/` empties the root it leads to.
         if (there := _conflict_at(target._replace(path=real), roots, seen)) is not None:
             found = f"{there}: it is {real}, reached through a symbolic link on its way"
-    elif found is not None and (source := bound_from(target.path)) not in (None, target.path):
+    elif (source := bound_from(target.path)) not in (None, target.path):
         # A whole root bound at or above the path shows its stamp there: the refusal named
         # the mount point "the data root", and neither the root it is, nor its profile and
         # holder; a clean-up of that directory (`rm -rf`) would empty it through the mount
