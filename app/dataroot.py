@@ -3478,9 +3478,11 @@ def _unmounted_said(
     )
     if not whole:
         again = (
+            # The directory quoted as the point is: `<where ...>/app data` was two words, and
+            # the command, pasted, bound /mnt/disk/app (red team 74 on regress).
             f"bind its directory {bound} at {point} again (`mount --bind <where the filesystem "
-            f"is mounted>{bound} {shell_word(str(point))}`; `findmnt {shell_word(str(point))}` "
-            "says what is mounted there now)"
+            f"is mounted>{shell_word(str(bound))} {shell_word(str(point))}`; `findmnt "
+            f"{shell_word(str(point))}` says what is mounted there now)"
             if point is not None
             else f"bind its directory {bound} again where it was"
         )

@@ -8,7 +8,10 @@ the file for the next writer, `app data check` reporting it (``tmp-leftover``) m
 entries whose removal it finished (the command said so). `app sessions restore --entry` run
 again after one killed after its move said "(emptied, restored already, or never made)".
 `app data restamp` run again on a full disk said "nothing was changed" under the warning
-that the restamp line it owed was refused again.
+that the restamp line it owed was refused again, and, where the log had been rotated by a
+rename, wrote that line a second time (`app data check` called the stamp unaudited). A
+bind of a directory with a blank in its name, lazily unmounted, was told put back by a
+`mount --bind` that, pasted, bound another.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from faults import attached, needs_strace
 
 from app.cli import cli
 from app.config import Config
-from app.dataroot import AUDIT_FILE, STAMP_FILE
+from app.dataroot import AUDIT_FILE, STAMP_FILE, _unmounted_said
 from app.storage import open_storage
 
 
@@ -32,7 +35,8 @@ def _lines(root: Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in (root / AUDIT_FILE).read_text().splitlines()]
 
 
-def test_a_restamp_killed_as_it_wrote_its_stamp_clears_its_part_when_run_again(
+@needs_strace
+def test_a_restamp_run_again_finishes_what_a_killed_one_left_or_says_it_could_not(
     app_config: Config,
 ) -> None:
     root = app_config.data_root
@@ -61,6 +65,52 @@ def test_a_restamp_killed_as_it_wrote_its_stamp_clears_its_part_when_run_again(
     )
     with open_storage(app_config, writer=False, kind="maintenance", wanted="check it") as store:
         assert store.check().findings == []
+
+    # Killed after its stamp this time, and run again on a full disk: the line it owes
+    # refused again.
+    stamp = json.loads((root / STAMP_FILE).read_text())
+    made = datetime.now(UTC).isoformat()
+    (root / STAMP_FILE).write_text(json.dumps({**stamp, "created_at": made}))
+    with attached(os.getpid(), "write:error=ENOSPC", root / AUDIT_FILE):
+        again = CliRunner().invoke(cli, ["data", "restamp", "--from", "development"])
+    assert again.exit_code == 0, again.output
+    # Before: "... is already stamped 'testing': nothing was changed", under the warning
+    # that the line was refused, the hand-over still logged nowhere.
+    assert again.stdout == (
+        f"data root {root} is already stamped 'testing'; could not write what an earlier run "
+        "stopped before: its restamp line, which the audit log refused (No space left on "
+        "device): the line is in this command's log, above, and `app data check --repair` "
+        "writes it once that is resolved\n"
+    )
+    assert _lines(root)[-1]["operation"] == "clear-tmp"
+
+    # Written by the next run, then the log rotated by a rename (`mv`, logrotate's
+    # `nocreate`): until the next line there is no audit.jsonl, only audit.jsonl.1.
+    written = CliRunner().invoke(cli, ["data", "restamp", "--from", "development"])
+    assert written.stdout.endswith(
+        "finished what an earlier run stopped before: its restamp line in the audit log\n"
+    ), written.output
+    (root / AUDIT_FILE).rename(root / f"{AUDIT_FILE}.1")
+    last = CliRunner().invoke(cli, ["data", "restamp", "--from", "development"])
+    # Before: "finished what an earlier run stopped before: its restamp line in the audit
+    # log", a second line of it written (the first rotated copy was not read where the log
+    # was missing), and `app data check` said `stamp-unaudited`.
+    assert last.stdout == f"data root {root} is already stamped 'testing': nothing was changed\n"
+    assert not (root / AUDIT_FILE).exists()
+
+
+def test_a_subdirectory_bind_unmounted_is_put_back_by_a_command_that_can_be_pasted() -> None:
+    # `mount --bind "/mnt/disk/app data" /srv/app`, lazily unmounted under a writer, no other
+    # mount of that filesystem left (the held case of leftovers74 names the other mount).
+    said = _unmounted_said(
+        Path("/srv/app"), Path("/"), gone=True, through=None, bound=Path("/app data")
+    )
+    # Before: `mount --bind <where the filesystem is mounted>/app data /srv/app`, which,
+    # pasted with the placeholder filled in, bound /mnt/disk/app.
+    assert said.endswith(
+        "bind its directory /app data at /srv/app again (`mount --bind <where the filesystem "
+        "is mounted>'/app data' /srv/app`; `findmnt /srv/app` says what is mounted there now)"
+    ), said
 
 
 def test_an_empty_trash_sent_again_over_http_names_what_it_finished(
@@ -104,30 +154,3 @@ def test_a_restore_of_an_entry_run_again_after_its_move_says_what_it_finished(
         f"audit log). `app sessions show {sid}` shows the session"
     )
     assert not (root / ".trash" / entry).exists()
-
-
-@needs_strace
-def test_a_restamp_run_again_whose_line_the_log_refuses_says_it_is_still_missing(
-    app_config: Config,
-) -> None:
-    root = app_config.data_root
-    with open_storage(app_config, writer=True, kind="maintenance", wanted="test it") as store:
-        store.create_session("kept")
-    # A restamp from development stopped after its stamp (as in red team 74's test), run
-    # again on a full disk: its line refused again.
-    stamp = json.loads((root / STAMP_FILE).read_text())
-    made = datetime.now(UTC).isoformat()
-    (root / STAMP_FILE).write_text(
-        json.dumps({**stamp, "created_at": made, "restamped_from": "development"})
-    )
-    with attached(os.getpid(), "write:error=ENOSPC", root / AUDIT_FILE):
-        again = CliRunner().invoke(cli, ["data", "restamp", "--from", "development"])
-    assert again.exit_code == 0, again.output
-    # Before: "... is already stamped 'testing': nothing was changed", the line still missing.
-    assert again.stdout == (
-        f"data root {root} is already stamped 'testing'; could not write what an earlier run "
-        "stopped before: its restamp line, which the audit log refused (No space left on "
-        "device): the line is in this command's log, above, and `app data check --repair` "
-        "writes it once that is resolved\n"
-    )
-    assert "restamp" not in [line["operation"] for line in _lines(root)]
