@@ -22,7 +22,7 @@ import os
 import re
 import stat
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeGuard
@@ -1434,16 +1434,45 @@ def restamp_logged(root: Path, stamp: Mapping[str, Any]) -> bool:
         return True  # no restamp's, or dated by no time it could be matched with
     wanted, stamped = (source, stamp.get("profile")), str(stamp["created_at"])
     try:
-        copies = [read_regular(root / AUDIT_FILE).splitlines()]
+        log = read_regular(root / AUDIT_FILE)
     except FileNotFoundError:
-        copies = []
-    if _names_restamp(copies, wanted, made, stamped):
+        log = None  # rotated by a rename (`mv`, logrotate's `nocreate`), until the next line
+    # Only the lines that name a restamp are split out of the log: every line was, and a
+    # restamp run again on a root of a million lines (293 MB) took 2.5 s and 665 MB, where it
+    # had read nothing before red team 74 (red team 74 on regress).
+    if log is not None and _names_restamp([_restamp_lines(log)], wanted, made, stamped):
         return True
-    copies += list(_rotated_logs(root))
-    if _names_restamp(copies[1:], wanted, made, stamped):
+    rotated = list(_rotated_logs(root))
+    # Every rotated copy: the first was skipped where the log itself was missing (renamed
+    # away), and the stamp was said unaudited, its line written again (red team 74 on regress).
+    if _names_restamp(rotated, wanted, made, stamped):
         return True
+    copies = [*([] if log is None else [_lines_of(log)]), *rotated]
     begins = [time for lines in copies if (time := _line_time(lines)) is not None]
     return bool(begins) and all(time > made for time in begins)
+
+
+def _restamp_lines(log: bytes) -> list[bytes]:
+    """The lines of ``log`` that hold ``"restamp"`` (a superset of its restamp lines)."""
+    found: list[bytes] = []
+    at = log.find(b'"restamp"')
+    while at != -1:
+        start = log.rfind(b"\n", 0, at) + 1
+        end = log.find(b"\n", at)
+        end = len(log) if end == -1 else end
+        found.append(log[start:end])
+        at = log.find(b'"restamp"', end)
+    return found
+
+
+def _lines_of(log: bytes) -> Iterator[bytes]:
+    """The lines of ``log`` one at a time (`_line_time` reads the first few)."""
+    start = 0
+    while start < len(log):
+        end = log.find(b"\n", start)
+        end = len(log) if end == -1 else end
+        yield log[start:end]
+        start = end + 1
 
 
 def _records_of_restamp(lines: list[bytes]) -> Iterator[dict[str, Any]]:
@@ -1480,7 +1509,7 @@ def _names_restamp(
     return False
 
 
-def _line_time(lines: list[bytes]) -> datetime | None:
+def _line_time(lines: Iterable[bytes]) -> datetime | None:
     """The time of a log's first line that has one (an append-only log begins with its
     oldest), ``None`` if none has."""
     for line in lines:

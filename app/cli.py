@@ -1502,12 +1502,23 @@ def data_restamp(ctx: click.Context, from_profile: str, confirmed: bool) -> None
                 f"the audit log could not record it ({stamp['unaudited']}): its record is in "
                 "this command's log, above"
             )
-    elif stamp.get("finished"):
-        # One stopped after its stamp (killed, a full disk), finished (red team 74).
-        _echo(
-            f"{where} is already stamped {stamp['profile']!r}; finished what an earlier run "
-            f"stopped before: {' and '.join(stamp['finished'])}"
-        )
+        if stamp.get("cleared"):
+            # What an earlier run, killed as it wrote the stamp, left (red team 74 on regress).
+            _echo(f"removed {stamp['cleared']}")
+    elif stamp.get("finished") or stamp.get("unfinished"):
+        # One stopped after its stamp (killed, a full disk), finished (red team 74), or what
+        # this run could not finish either (red team 74 on regress).
+        said = []
+        if stamp.get("finished"):
+            said.append(
+                f"finished what an earlier run stopped before: {' and '.join(stamp['finished'])}"
+            )
+        if stamp.get("unfinished"):
+            said.append(
+                f"could not write what an earlier run stopped before: "
+                f"{' and '.join(stamp['unfinished'])}"
+            )
+        _echo(f"{where} is already stamped {stamp['profile']!r}; {'; '.join(said)}")
     else:
         # A repeated command (one interrupted halfway is finished above, and says "now").
         _echo(f"{where} is already stamped {stamp['profile']!r}: nothing was changed")

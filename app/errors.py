@@ -2215,6 +2215,17 @@ class NotInTrashError(SessionNotFoundError):
                 f"already, or never deleted), {changed}. `app sessions show "
                 f"{self.session_id}` shows it"
             )
+        if self.entry is not None and self.finished:
+            # Run again after one killed between its move and its entry's removal: "emptied,
+            # restored already, or never made" of the entry it had just removed (red team 74
+            # on regress).
+            return (
+                f"no trash entry {self.entry!r} in the trash: restored already, so it was not "
+                "restored again; this run first finished what an earlier restore, stopped "
+                f"after it had moved it back, left in the trash ({self.finished} repair(s), in "
+                f"a check-repair line in the audit log). `app sessions show {self.session_id}` "
+                "shows the session"
+            )
         if self.entry is not None:
             return (
                 f"no trash entry {self.entry!r} in the trash (emptied, restored already, or "

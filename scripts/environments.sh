@@ -30,13 +30,21 @@ chosen=$(built_as "$python")
 # next set-up's removal (red team 74 on the guard). The mount points are this shell's
 # (/proc/self/mountinfo's fifth field, `\040` for a blank); none are known elsewhere.
 remove_env() {
-    local dir found
+    local dir esc found
     dir=$(realpath -m -- "$1")
-    found=$(awk -v d="$dir" '$5 == d || index($5, d "/") == 1 { print $5 }' \
+    # Compared in the table's own spelling: a path with a blank (`~/my project/.venv`) was
+    # compared as spelled, matched no mount, and was removed through it (red team 74 on
+    # regress). From the environment, not `awk -v`, which reads `\040` back as a blank.
+    esc=${dir//\\/\\134}
+    esc=${esc// /\\040}
+    esc=${esc//$'\t'/\\011}
+    esc=${esc//$'\n'/\\012}
+    found=$(D="$esc" awk '$5 == ENVIRON["D"] || index($5, ENVIRON["D"] "/") == 1 { print $5 }' \
         /proc/self/mountinfo 2>/dev/null || true)
     if [ -n "$found" ]; then
         local first
-        first=$(head -n 1 <<<"$found")
+        first=$(printf '%b' "$(head -n 1 <<<"$found")")
+        first=$(printf '%q' "$first")
         echo "$0: kept $1 instead of removing it: a filesystem is mounted in it at $first" \
             "($(wc -l <<<"$found") mount(s) in all; \`findmnt $first\` names what it shows)," \
             "and rm -rf would go on into the mount and empty what it shows. Unmount each" \

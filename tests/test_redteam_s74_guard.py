@@ -68,8 +68,11 @@ with warnings.catch_warnings(record=True) as said:
 print(*[str(w.message) for w in said], sep="\\n")
 print("clean-up", sorted(os.listdir(shown / "sessions")))
 
-venv = tmp / ".venv"  # scripts/test's removal of an environment it makes afresh
-venv.mkdir()
+# scripts/test's removal of an environment it makes afresh, in a project whose path has a
+# blank: the mount table spells it `\\040`, and the path as spelled matched no mount (red
+# team 74 on regress).
+venv = tmp / "a project" / ".venv"
+venv.mkdir(parents=True)
 bind(venv)
 removal = subprocess.run(
     ["bash", "-c", 'source scripts/environments.sh && remove_env "$1"', "test", str(venv)],
@@ -104,7 +107,7 @@ def test_the_suite_s_clean_ups_keep_a_directory_with_a_mount_in_it(tmp_path: Pat
         "stop ['session.json']",
         _kept(dead, "a killed run's PostgreSQL cluster", tmp_path / "production"),
         "clean-up ['session.json']",
-        _kept_env(tmp_path / ".venv"),
+        _kept_env(tmp_path / "a project" / ".venv"),
         "remove_env ['session.json']",
         (
             f"it is a symbolic link to {tmp_path}/production, not a directory of the project's "
@@ -131,9 +134,10 @@ def _kept(base: Path, what: str, shown: Path) -> str:
 
 
 def _kept_env(venv: Path) -> str:
+    view = str(venv / "view").replace(" ", "\\ ")  # as bash's `printf %q` quotes it
     return (
         f"1 test: kept {venv} instead of removing it: a filesystem is mounted in it at "
-        f"{venv}/view (1 mount(s) in all; `findmnt {venv}/view` names what it shows), and rm "
+        f"{view} (1 mount(s) in all; `findmnt {view}` names what it shows), and rm "
         "-rf would go on into the mount and empty what it shows. Unmount each (umount "
-        f"{venv}/view), then run test again"
+        f"{view}), then run test again"
     )

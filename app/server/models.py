@@ -185,6 +185,12 @@ class TrashEmptied(BaseModel):
 
     removed: int = Field(description="How many trash entries were deleted.")
     entries: list[str] = Field(description="Their names under `.trash/`.")
+    finished: list[str] | None = Field(
+        default=None,
+        description="Only where there were any: the entries an earlier empty, stopped partway "
+        "(killed, or its audit line not written on a full disk), had taken out of the trash, "
+        "whose removal this one finished (its audit line names them too).",
+    )
 
 
 class Health(BaseModel):
