@@ -1212,6 +1212,21 @@ def _unresolved(profile: str, name: str, value: Unresolved, source: str) -> Conf
     if value.cast is not None:
         c = value.cast
         return SettingsCastError(c.path, c.section, c.key, c.value, c.problem, profile)
+    if value.selection is not None:
+        return InvalidSettingError(
+            profile,
+            name,
+            value.raw,
+            f"reads {value.selection!r}, dynaconf's own notion of the selected environment, "
+            f"which is not profile {profile!r}: the app reads every profile's section in one "
+            "load and selects the profile itself, so the value would be resolved from "
+            "ENV_FOR_DYNACONF as the shell typed it ('Production' selects production too), "
+            "from dynaconf's default where it is not set, or as 'main', and name another "
+            "place for each (another profile's, or a new, empty one). Write the value out in "
+            f"[{profile}] (`app config --all` shows each profile's), or give it where the "
+            f"profile runs with {KEYS[name].env}",
+            source,
+        )
     if value.unapplied:
         import json  # here: only such a refusal pays for it
 
@@ -1269,7 +1284,11 @@ def _resolve_profile(
     for name, key in KEYS.items():
         value = given.get(name, key.default)
         if isinstance(value, Unresolved):
-            deferred.append(_unresolved(profile, name, value, sources[name]))
+            # One that reads the selection is the same text in every shell: a problem of the
+            # files, refused in every profile's loads (where another profile's root would be
+            # compared as the one this shell's spelling makes).
+            refused = problems if value.selection is not None else deferred
+            refused.append(_unresolved(profile, name, value, sources[name]))
             continue
         if value is _REQUIRED:
             problems.append(
