@@ -905,6 +905,31 @@ def _select(
     return normalised, source
 
 
+def set_for_another_profile(config: Config, key: str, stamped: str) -> str:
+    """Why `config`'s `key` names storage stamped for profile `stamped`, where the
+    environment explains it, for the refusal of that storage (else ""): the key came from
+    its ``APP_<KEY>`` variable in an environment whose ``ENV_FOR_DYNACONF`` selects
+    `stamped`, and ``--profile`` chose the command's profile. ``app --profile development
+    data purge`` run in the production service's environment took its ``APP_DATA_ROOT`` for
+    development, and production's stamp refused it with "data_root is wrong here (`app
+    config` shows where it came from)", naming neither the variable nor whose it was (red
+    team 74). Read from this process's environment: only the command line says
+    ``--profile``."""
+    variable = KEYS[key].env
+    source = config.sources.get(key, "")
+    shell = os.environ.get(PROFILE_ENV, "").strip().lower()
+    if source != f"environment {variable}" or config.profile_source != "--profile":
+        return ""
+    if shell != stamped or shell == config.profile:
+        return ""
+    return (
+        f"it came from {source}, which this environment sets for profile {stamped!r} (its "
+        f"{PROFILE_ENV} selects that one), and --profile {config.profile} applied it to "
+        f"profile {config.profile!r}: for {config.profile}'s own {key}, run the command "
+        f"without it (`env -u {variable} app --profile {config.profile} ...`)"
+    )
+
+
 #: Names people give the profile's variable from other tools' habits (``APP_ENV`` as in
 #: Laravel, dynaconf's own ``DYNACONF_ENV`` of old examples).
 _PROFILE_HABITS = frozenset(
@@ -1212,6 +1237,18 @@ def _unresolved(profile: str, name: str, value: Unresolved, source: str) -> Conf
     if value.cast is not None:
         c = value.cast
         return SettingsCastError(c.path, c.section, c.key, c.value, c.problem, profile)
+    if value.selection in config_files.WORKING_DIRECTORY:
+        return InvalidSettingError(
+            profile,
+            name,
+            value.raw,
+            f"reads {value.selection}, the working directory of the shell that runs the "
+            "command, so the value would move with each `cd` (a new, empty root, or another "
+            "profile's, depending on where the command is run); a relative path resolves "
+            "against the settings directory, never the working directory. Write the path out "
+            f"in full, or relative to the settings directory, in [{profile}]",
+            source,
+        )
     if value.selection is not None:
         return InvalidSettingError(
             profile,

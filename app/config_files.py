@@ -1115,10 +1115,16 @@ class Unresolved(Record):
 #: here), ``{this.ENV_FOR_DYNACONF}`` and ``{env[ENV_FOR_DYNACONF]}`` (the shell's text as
 #: typed) and dynaconf's other switches (``{this.DEFAULT_ENV_FOR_DYNACONF}``, ...).
 _SELECTION = re.compile(r"current_env|current_namespace|\w*_for_dynaconf", re.IGNORECASE)
+#: And the shell's working directory (``{env[PWD]}``, ``{env[OLDPWD]}``): a root that moved
+#: with `cd`, where a relative one resolves against the settings directory and bash's
+#: ``~+`` and ``~-`` are refused (red team 71).
+WORKING_DIRECTORY = ("PWD", "OLDPWD")
+_WORKING_DIRECTORY = re.compile(r"env(?:\[\s*['\"]?|\.)((?:OLD)?PWD)\b")
 
 
 def reads_selection(raw: Any) -> str | None:
-    """The name of dynaconf's selection that the token value `raw` reads, or None.
+    """The name of dynaconf's selection (or of the working directory's variable) that the
+    token value `raw` reads, or None.
 
     The app reads every profile in one load with ``environments=False`` and selects the
     profile itself, so no such name is the profile a value is resolved for: ``data_root =
@@ -1131,8 +1137,10 @@ def reads_selection(raw: Any) -> str | None:
     """
     if not isinstance(raw, str) or not raw.lstrip().startswith("@"):
         return None
-    found = _SELECTION.search(raw)
-    return found.group() if found is not None else None
+    if (found := _SELECTION.search(raw)) is not None:
+        return found.group()
+    found = _WORKING_DIRECTORY.search(raw)  # as a variable, not a password's letters
+    return found.group(1) if found is not None else None
 
 
 def plain_roots(files: Files) -> dict[str, tuple[str, str]] | None:

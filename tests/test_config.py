@@ -1916,7 +1916,7 @@ def test_configured_roots_let_dynaconf_read_a_root_written_in_its_syntax(
     assert appconfig.configured_roots()["production"][0] == roots["production"]
 
 
-def test_a_root_that_reads_dynaconf_s_selected_environment_is_refused_in_every_profile(
+def test_a_root_that_reads_the_selected_environment_or_the_working_directory_is_refused(
     make_settings: SettingsMaker, roots: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Red team 74: the app reads every section in one load (environments=False), so
@@ -1924,6 +1924,7 @@ def test_a_root_that_reads_dynaconf_s_selected_environment_is_refused_in_every_p
     # <base>/Production for ENV_FOR_DYNACONF=Production (which selects production), a new,
     # empty root that `app serve` stamped and served, and <base>/DEVELOPMENT for `--profile
     # production` where the variable is not set. `{this.current_env}` was 'main' for all.
+    # `{env[PWD]}` made a root that moved with `cd`.
     base = roots["production"].parent
     monkeypatch.setenv("ENV_FOR_DYNACONF", "Production")
     for value in (
@@ -1947,6 +1948,19 @@ def test_a_root_that_reads_dynaconf_s_selected_environment_is_refused_in_every_p
             "one). Write the value out in [production] (`app config --all` shows each "
             "profile's), or give it where the profile runs with APP_DATA_ROOT"
         )
+    # The working directory is the same class: the root moved with `cd`.
+    value = "@format {env[PWD]}/data"
+    make_settings(data_roots={"production": value})
+    with pytest.raises(InvalidSettingError) as refused:
+        load("testing")
+    assert str(refused.value) == (
+        f"profile 'production': data_root = {value!r} (from settings.toml [production]): "
+        "reads PWD, the working directory of the shell that runs the command, so the value "
+        "would move with each `cd` (a new, empty root, or another profile's, depending on "
+        "where the command is run); a relative path resolves against the settings directory, "
+        "never the working directory. Write the path out in full, or relative to the "
+        "settings directory, in [production]"
+    )
 
 
 def test_configured_roots_apply_app_data_root_to_the_selected_profile_only(
