@@ -1737,7 +1737,10 @@ def _unexpanded(key: Key, value: Any, directory: Path) -> str | None:
         )
     if not key.type.startswith("Path") or not isinstance(value, str):
         return None
-    if (problem := _shell_shorthand(value) or _home_unknown(key, value)) is not None:
+    problem = (
+        _shell_shorthand(value) or _home_unknown(key, value) or _process_relative(value, directory)
+    )
+    if problem is not None:
         return problem
     found = _UNEXPANDED.search(value)
     if found is None:
@@ -1883,6 +1886,33 @@ def _shell_shorthand(value: str) -> str | None:
             f"{rest!r}; write the path out in full where the value is set"
         )
     return None  # a user of that name
+
+
+#: A path of procfs that names the reading process's own working directory or open files.
+_PROCESS_RELATIVE = sandboxing.LazyPattern(
+    r"^/proc/(?:self|thread-self|\d+)(?:/task/\d+)?/(?:cwd|fd)(?=/|$)", needs=("proc",)
+)
+
+
+def _process_relative(value: str, directory: Path) -> str | None:
+    """Why a path setting's `value` names the reading process's working directory through
+    procfs (``/proc/self/cwd/data``), or None: a root that moved with `cd` (``/tmp/data``
+    run from ``/tmp``, ``/var/tmp/data`` from ``/var/tmp``), as ``{env[PWD]}`` and bash's
+    ``~+`` did (red team 74). As spelled, made absolute against the settings directory:
+    a symbolic link to such a path is followed like any other, not seen here."""
+    if "proc" not in value:
+        return None
+    spelled = os.path.normpath(_spelled_root(value, directory))
+    found = _PROCESS_RELATIVE.search(spelled)
+    if found is None:
+        return None
+    return (
+        f"goes through {found.group()}, the working directory or an open file of the "
+        "process that reads it, so the root would move with each `cd` (a new, empty root, "
+        "or another profile's, depending on where the command runs); a relative path "
+        "resolves against the settings directory, never the working directory: write the "
+        "path out in full where the value is set"
+    )
 
 
 def _home_unknown(key: Key, value: Any) -> str | None:

@@ -1961,6 +1961,18 @@ def test_a_root_that_reads_the_selected_environment_or_the_working_directory_is_
         "never the working directory. Write the path out in full, or relative to the "
         "settings directory, in [production]"
     )
+    # And procfs's spelling of it: /proc/self/cwd/data was /tmp/data run from /tmp.
+    make_settings(data_roots={"production": "/proc/self/cwd/data"})
+    with pytest.raises(InvalidSettingError) as refused:
+        load("testing")
+    assert str(refused.value) == (
+        "profile 'production': data_root = '/proc/self/cwd/data' (from settings.toml "
+        "[production]): goes through /proc/self/cwd, the working directory or an open file "
+        "of the process that reads it, so the root would move with each `cd` (a new, empty "
+        "root, or another profile's, depending on where the command runs); a relative path "
+        "resolves against the settings directory, never the working directory: write the "
+        "path out in full where the value is set"
+    )
 
 
 def test_configured_roots_apply_app_data_root_to_the_selected_profile_only(
