@@ -905,6 +905,31 @@ def _select(
     return normalised, source
 
 
+def set_for_another_profile(config: Config, key: str, stamped: str) -> str:
+    """Why `config`'s `key` names storage stamped for profile `stamped`, where the
+    environment explains it, for the refusal of that storage (else ""): the key came from
+    its ``APP_<KEY>`` variable in an environment whose ``ENV_FOR_DYNACONF`` selects
+    `stamped`, and ``--profile`` chose the command's profile. ``app --profile development
+    data purge`` run in the production service's environment took its ``APP_DATA_ROOT`` for
+    development, and production's stamp refused it with "data_root is wrong here (`app
+    config` shows where it came from)", naming neither the variable nor whose it was (red
+    team 74). Read from this process's environment: only the command line says
+    ``--profile``."""
+    variable = KEYS[key].env
+    source = config.sources.get(key, "")
+    shell = os.environ.get(PROFILE_ENV, "").strip().lower()
+    if source != f"environment {variable}" or config.profile_source != "--profile":
+        return ""
+    if shell != stamped or shell == config.profile:
+        return ""
+    return (
+        f"it came from {source}, which this environment sets for profile {stamped!r} (its "
+        f"{PROFILE_ENV} selects that one), and --profile {config.profile} applied it to "
+        f"profile {config.profile!r}: for {config.profile}'s own {key}, run the command "
+        f"without it (`env -u {variable} app --profile {config.profile} ...`)"
+    )
+
+
 #: Names people give the profile's variable from other tools' habits (``APP_ENV`` as in
 #: Laravel, dynaconf's own ``DYNACONF_ENV`` of old examples).
 _PROFILE_HABITS = frozenset(
@@ -1212,6 +1237,33 @@ def _unresolved(profile: str, name: str, value: Unresolved, source: str) -> Conf
     if value.cast is not None:
         c = value.cast
         return SettingsCastError(c.path, c.section, c.key, c.value, c.problem, profile)
+    if value.selection in config_files.WORKING_DIRECTORY:
+        return InvalidSettingError(
+            profile,
+            name,
+            value.raw,
+            f"reads {value.selection}, the working directory of the shell that runs the "
+            "command, so the value would move with each `cd` (a new, empty root, or another "
+            "profile's, depending on where the command is run); a relative path resolves "
+            "against the settings directory, never the working directory. Write the path out "
+            f"in full, or relative to the settings directory, in [{profile}]",
+            source,
+        )
+    if value.selection is not None:
+        return InvalidSettingError(
+            profile,
+            name,
+            value.raw,
+            f"reads {value.selection!r}, dynaconf's own notion of the selected environment, "
+            f"which is not profile {profile!r}: the app reads every profile's section in one "
+            "load and selects the profile itself, so the value would be resolved from "
+            "ENV_FOR_DYNACONF as the shell typed it ('Production' selects production too), "
+            "from dynaconf's default where it is not set, or as 'main', and name another "
+            "place for each (another profile's, or a new, empty one). Write the value out in "
+            f"[{profile}] (`app config --all` shows each profile's), or give it where the "
+            f"profile runs with {KEYS[name].env}",
+            source,
+        )
     if value.unapplied:
         import json  # here: only such a refusal pays for it
 
@@ -1269,7 +1321,11 @@ def _resolve_profile(
     for name, key in KEYS.items():
         value = given.get(name, key.default)
         if isinstance(value, Unresolved):
-            deferred.append(_unresolved(profile, name, value, sources[name]))
+            # One that reads the selection is the same text in every shell: a problem of the
+            # files, refused in every profile's loads (where another profile's root would be
+            # compared as the one this shell's spelling makes).
+            refused = problems if value.selection is not None else deferred
+            refused.append(_unresolved(profile, name, value, sources[name]))
             continue
         if value is _REQUIRED:
             problems.append(
@@ -1681,7 +1737,10 @@ def _unexpanded(key: Key, value: Any, directory: Path) -> str | None:
         )
     if not key.type.startswith("Path") or not isinstance(value, str):
         return None
-    if (problem := _shell_shorthand(value) or _home_unknown(key, value)) is not None:
+    problem = (
+        _shell_shorthand(value) or _home_unknown(key, value) or _process_relative(value, directory)
+    )
+    if problem is not None:
         return problem
     found = _UNEXPANDED.search(value)
     if found is None:
@@ -1827,6 +1886,33 @@ def _shell_shorthand(value: str) -> str | None:
             f"{rest!r}; write the path out in full where the value is set"
         )
     return None  # a user of that name
+
+
+#: A path of procfs that names the reading process's own working directory or open files.
+_PROCESS_RELATIVE = sandboxing.LazyPattern(
+    r"^/proc/(?:self|thread-self|\d+)(?:/task/\d+)?/(?:cwd|fd)(?=/|$)", needs=("proc",)
+)
+
+
+def _process_relative(value: str, directory: Path) -> str | None:
+    """Why a path setting's `value` names the reading process's working directory through
+    procfs (``/proc/self/cwd/data``), or None: a root that moved with `cd` (``/tmp/data``
+    run from ``/tmp``, ``/var/tmp/data`` from ``/var/tmp``), as ``{env[PWD]}`` and bash's
+    ``~+`` did (red team 74). As spelled, made absolute against the settings directory:
+    a symbolic link to such a path is followed like any other, not seen here."""
+    if "proc" not in value:
+        return None
+    spelled = os.path.normpath(_spelled_root(value, directory))
+    found = _PROCESS_RELATIVE.search(spelled)
+    if found is None:
+        return None
+    return (
+        f"goes through {found.group()}, the working directory or an open file of the "
+        "process that reads it, so the root would move with each `cd` (a new, empty root, "
+        "or another profile's, depending on where the command runs); a relative path "
+        "resolves against the settings directory, never the working directory: write the "
+        "path out in full where the value is set"
+    )
 
 
 def _home_unknown(key: Key, value: Any) -> str | None:

@@ -1105,6 +1105,42 @@ class Unresolved(Record):
     #: Set when it is one of dynaconf's instructions to change a value already there
     #: (``@merge``, ``@reset``, ``@insert``, ``@del``) that found none to change.
     unapplied: bool = False
+    #: Set (to the name it reads) when it is a token that reads dynaconf's notion of the
+    #: selected environment (`reads_selection`), which is no profile's.
+    selection: str | None = None
+
+
+#: What a ``@format``, ``@get`` or ``@jinja`` value may read of dynaconf's own notion of the
+#: selected environment: ``{this.current_env}`` and ``{this.current_namespace}`` (``main``
+#: here), ``{this.ENV_FOR_DYNACONF}`` and ``{env[ENV_FOR_DYNACONF]}`` (the shell's text as
+#: typed) and dynaconf's other switches (``{this.DEFAULT_ENV_FOR_DYNACONF}``, ...).
+_SELECTION = re.compile(r"current_env|current_namespace|\w*_for_dynaconf", re.IGNORECASE)
+#: And the shell's working directory (``{env[PWD]}``, ``{env[OLDPWD]}``): a root that moved
+#: with `cd`, where a relative one resolves against the settings directory and bash's
+#: ``~+`` and ``~-`` are refused (red team 71).
+WORKING_DIRECTORY = ("PWD", "OLDPWD")
+_WORKING_DIRECTORY = re.compile(r"env(?:\[\s*['\"]?|\.)((?:OLD)?PWD)\b")
+
+
+def reads_selection(raw: Any) -> str | None:
+    """The name of dynaconf's selection (or of the working directory's variable) that the
+    token value `raw` reads, or None.
+
+    The app reads every profile in one load with ``environments=False`` and selects the
+    profile itself, so no such name is the profile a value is resolved for: ``data_root =
+    "@format /srv/app/{this.ENV_FOR_DYNACONF}"`` in ``[production]`` was ``/srv/app/Production``
+    for ``ENV_FOR_DYNACONF=Production`` (which selects production), a new, empty root beside
+    the real one that ``app serve`` stamped and served; ``/srv/app/DEVELOPMENT`` for ``app
+    --profile production`` in a shell without the variable, so a ``data purge`` there named
+    that directory; and in a development shell production's root was compared as that one,
+    not its own (red team 74).
+    """
+    if not isinstance(raw, str) or not raw.lstrip().startswith("@"):
+        return None
+    if (found := _SELECTION.search(raw)) is not None:
+        return found.group()
+    found = _WORKING_DIRECTORY.search(raw)  # as a variable, not a password's letters
+    return found.group(1) if found is not None else None
 
 
 def plain_roots(files: Files) -> dict[str, tuple[str, str]] | None:
@@ -1308,6 +1344,8 @@ def _dynaconf_file_values(files: Files, keys: Collection[str]) -> Values:
     def value_of(section: str, key: str, raw: Any) -> Any:
         # One key at a time: a value that cannot be resolved here (`@format {env[X]}` with X
         # unset) is a problem of the profiles that use it, not of every profile.
+        if (selection := reads_selection(raw)) is not None:
+            return Unresolved(raw, "", selection=selection)
         if (section, key) not in evaluated:
             try:
                 evaluated[section, key] = settings.get(f"{section}.{key}")

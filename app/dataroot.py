@@ -2065,13 +2065,23 @@ def _refuse_stamp_lost(config: Config, root: Path) -> None:
     )
 
 
+def _came_from(config: Config, stamped: str) -> str:
+    from app.config import set_for_another_profile  # here: only a refusal pays for it
+
+    return set_for_another_profile(config, "data_root", stamped)
+
+
 def _refuse_other_stamp(config: Config, root: Path) -> None:
     """Refuse `root` if its stamp names another profile than `config`'s (as `_check_stamp`
     does), writing nothing: for a root that did not come through `open_root`."""
     stamp = read_stamp(root)
     if stamp is not None and (stamped := str(stamp["profile"]).lower()) != config.profile:
         raise ProfileStampMismatchError(
-            root, stamped, config.profile, protected=config.taking_needs_confirmation(stamped)
+            root,
+            stamped,
+            config.profile,
+            protected=config.taking_needs_confirmation(stamped),
+            came_from=_came_from(config, stamped),
         )
 
 
@@ -2089,7 +2099,11 @@ def _check_stamp(
         stamped = str(stamp["profile"]).lower()
         if stamped != config.profile:
             raise ProfileStampMismatchError(
-                root, stamped, config.profile, protected=config.taking_needs_confirmation(stamped)
+                root,
+                stamped,
+                config.profile,
+                protected=config.taking_needs_confirmation(stamped),
+                came_from=_came_from(config, stamped),
             )
         _refuse_later_layout(root, stamp)
         return stamp

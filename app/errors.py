@@ -1695,18 +1695,25 @@ class ProfileStampMismatchError(ConfigError):
     stamped: str
     requested: str
     protected: bool = field(default=False, kw_only=True)
+    #: Where the opening profile's ``data_root`` came from, and why, as `app.dataroot`
+    #: says it (``environment APP_DATA_ROOT``, set for the profile the shell selects).
+    came_from: str = field(default="", kw_only=True)
 
     @property
     def message(self) -> str:
         root, stamped, requested = self.root, self.stamped, self.requested
+        advice = restamp_advice(
+            stamped, requested, "data_root", protected=self.protected, came_from=self.came_from
+        )
         return (
             f"data root {root} belongs to profile {stamped!r} (see {root}/.app-profile.json) "
-            f"but profile {requested!r} tried to open it; nothing was changed. "
-            f"{restamp_advice(stamped, requested, 'data_root', protected=self.protected)}"
+            f"but profile {requested!r} tried to open it; nothing was changed. {advice}"
         )
 
 
-def restamp_advice(stamped: str, requested: str, setting: str, *, protected: bool) -> str:
+def restamp_advice(
+    stamped: str, requested: str, setting: str, *, protected: bool, came_from: str = ""
+) -> str:
     """What a stamp mismatch tells the operator: the setting to correct (almost always a
     mistake: a variable exported in the wrong shell, a copied unit file), then the re-stamp
     that hands the root over, for the rare case that is meant.
@@ -1725,9 +1732,10 @@ def restamp_advice(stamped: str, requested: str, setting: str, *, protected: boo
         if protected
         else ""
     )
+    where = f"{came_from}; " if came_from else ""
     return (
-        f"Most often {setting} is wrong here (`app config` shows where it came from): correct "
-        f"it there. Only if this really should now serve {requested!r}, re-stamp it "
+        f"Most often {setting} is wrong here ({where}`app config` shows where it came from): "
+        f"correct it there. Only if this really should now serve {requested!r}, re-stamp it "
         f"explicitly: {command}{confirm}{stamp_name_note(stamped, requested)}"
     )
 

@@ -326,7 +326,7 @@ def test_restamp_of_a_root_already_stamped_for_the_profile_changes_nothing(
 
 
 def test_the_restamp_command_a_stamp_mismatch_names_is_one_that_runs(
-    app_config: Config,
+    app_config: Config, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The root was production's: handing it over needs the confirmation option. The refusal
     # names the command without it, and says so: pasted whole, the command it once gave
@@ -339,6 +339,21 @@ def test_the_restamp_command_a_stamp_mismatch_names_is_one_that_runs(
     code, _, err = invoke("sessions", "list")
     assert code == 78
     assert "Most often data_root is wrong here (`app config` shows where it came from)" in err
+    # The root given by APP_DATA_ROOT in an environment whose ENV_FOR_DYNACONF selects the
+    # stamp's profile, --profile choosing another: the refusal says whose the variable was
+    # (red team 74: the production service's environment, `app --profile development ...`).
+    with monkeypatch.context() as shell:
+        shell.setenv("ENV_FOR_DYNACONF", "Production")
+        shell.setenv("APP_DATA_ROOT", str(app_config.data_root))
+        code, _, told = invoke("--profile", "testing", "sessions", "list")
+    assert code == 78
+    assert (
+        "Most often data_root is wrong here (it came from environment APP_DATA_ROOT, which "
+        "this environment sets for profile 'production' (its ENV_FOR_DYNACONF selects that "
+        "one), and --profile testing applied it to profile 'testing': for testing's own "
+        "data_root, run the command without it (`env -u APP_DATA_ROOT app --profile testing "
+        "...`); `app --profile testing config` shows where it came from)"
+    ) in " ".join(told.split())
     suggested, note = err.split("re-stamp it explicitly: ", 1)[1].strip().split(" (add ", 1)
     assert note.startswith("--yes-i-mean-it, which it asks for where a protected"), note
     program, *args = shlex.split(suggested)

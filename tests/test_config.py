@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import pickle
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from unittest import mock
@@ -1913,6 +1914,65 @@ def test_configured_roots_let_dynaconf_read_a_root_written_in_its_syntax(
         + '[production]\ndata_root = "@format {env[ROOTS_BASE]}/production"\n'
     )
     assert appconfig.configured_roots()["production"][0] == roots["production"]
+
+
+def test_a_root_that_reads_the_selected_environment_or_the_working_directory_is_refused(
+    make_settings: SettingsMaker, roots: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Red team 74: the app reads every section in one load (environments=False), so
+    # `{this.ENV_FOR_DYNACONF}` was the shell's text as typed: production's root was
+    # <base>/Production for ENV_FOR_DYNACONF=Production (which selects production), a new,
+    # empty root that `app serve` stamped and served, and <base>/DEVELOPMENT for `--profile
+    # production` where the variable is not set. `{this.current_env}` was 'main' for all.
+    # `{env[PWD]}` made a root that moved with `cd`.
+    base = roots["production"].parent
+    monkeypatch.setenv("ENV_FOR_DYNACONF", "Production")
+    for value in (
+        f"@format {base}/{{this.ENV_FOR_DYNACONF}}",
+        f"@format {base}/{{env[ENV_FOR_DYNACONF]}}",
+        f"@format {base}/{{this.current_env}}",
+    ):
+        make_settings(data_roots={"production": value})
+        # A problem of the files, refused in every profile's loads (testing's here).
+        with pytest.raises(InvalidSettingError) as refused:
+            load("testing")
+        read = re.search(r"\{(?:this\.|env\[)(\w+)", value).group(1)  # type: ignore[union-attr]
+        assert str(refused.value) == (
+            f"profile 'production': data_root = {value!r} (from settings.toml "
+            f"[production]): reads {read!r}, dynaconf's own notion of the selected "
+            "environment, which is not profile 'production': the app reads every "
+            "profile's section in one load and selects the profile itself, so the value "
+            "would be resolved from ENV_FOR_DYNACONF as the shell typed it ('Production' "
+            "selects production too), from dynaconf's default where it is not set, or as "
+            "'main', and name another place for each (another profile's, or a new, empty "
+            "one). Write the value out in [production] (`app config --all` shows each "
+            "profile's), or give it where the profile runs with APP_DATA_ROOT"
+        )
+    # The working directory is the same class: the root moved with `cd`.
+    value = "@format {env[PWD]}/data"
+    make_settings(data_roots={"production": value})
+    with pytest.raises(InvalidSettingError) as refused:
+        load("testing")
+    assert str(refused.value) == (
+        f"profile 'production': data_root = {value!r} (from settings.toml [production]): "
+        "reads PWD, the working directory of the shell that runs the command, so the value "
+        "would move with each `cd` (a new, empty root, or another profile's, depending on "
+        "where the command is run); a relative path resolves against the settings directory, "
+        "never the working directory. Write the path out in full, or relative to the "
+        "settings directory, in [production]"
+    )
+    # And procfs's spelling of it: /proc/self/cwd/data was /tmp/data run from /tmp.
+    make_settings(data_roots={"production": "/proc/self/cwd/data"})
+    with pytest.raises(InvalidSettingError) as refused:
+        load("testing")
+    assert str(refused.value) == (
+        "profile 'production': data_root = '/proc/self/cwd/data' (from settings.toml "
+        "[production]): goes through /proc/self/cwd, the working directory or an open file "
+        "of the process that reads it, so the root would move with each `cd` (a new, empty "
+        "root, or another profile's, depending on where the command runs); a relative path "
+        "resolves against the settings directory, never the working directory: write the "
+        "path out in full where the value is set"
+    )
 
 
 def test_configured_roots_apply_app_data_root_to_the_selected_profile_only(

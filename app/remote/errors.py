@@ -88,14 +88,22 @@ class RemoteStampMismatchError(ConfigError):
     stamped: str
     requested: str
     protected: bool = field(default=False, kw_only=True)
+    #: Why the setting named this storage, where the environment explains it (red team 74).
+    came_from: str = field(default="", kw_only=True)
 
     @property
     def message(self) -> str:
         setting = "database_url" if self.what.startswith("database") else "blob_url"
+        advice = restamp_advice(
+            self.stamped,
+            self.requested,
+            setting,
+            protected=self.protected,
+            came_from=self.came_from,
+        )
         return (
             f"{self.what} belongs to profile {self.stamped!r} (see {self.where}) but profile "
-            f"{self.requested!r} tried to open it; nothing was changed. "
-            f"{restamp_advice(self.stamped, self.requested, setting, protected=self.protected)}"
+            f"{self.requested!r} tried to open it; nothing was changed. {advice}"
         )
 
 

@@ -115,6 +115,19 @@ def _exclusive(
             return
 
 
+def _explained(
+    refused: RemoteStampMismatchError, config: Config, key: str
+) -> RemoteStampMismatchError:
+    """`refused` with why `key` named another profile's storage, where the environment
+    explains it (`app.config.set_for_another_profile`, red team 74)."""
+    import dataclasses
+
+    from app.config import set_for_another_profile
+
+    came_from = set_for_another_profile(config, key, refused.stamped)
+    return dataclasses.replace(refused, came_from=came_from) if came_from else refused
+
+
 def open_remote(
     config: Config,
     *,
@@ -154,13 +167,16 @@ def open_remote(
     bounds = _bounds(config)
     # The database and the prefix are bound to each other on their first open: another
     # machine's settings naming one of them with another of the other are refused.
-    stamp = pg.open_database(
-        database_url,
-        config.profile,
-        protected=protection,
-        objects=(location.bucket, location.prefix, objects.where),
-        bounds=bounds,
-    )
+    try:
+        stamp = pg.open_database(
+            database_url,
+            config.profile,
+            protected=protection,
+            objects=(location.bucket, location.prefix, objects.where),
+            bounds=bounds,
+        )
+    except RemoteStampMismatchError as refused:
+        raise _explained(refused, config, "database_url") from None
     assert stamp.database_id is not None
     try:
         objects.open(
@@ -169,13 +185,15 @@ def open_remote(
             database=(stamp.database_id, pg.mask_url(database_url), stamp.instance, stamp.timeline),
             named=stamp.named,
         )
-    except ConfigError:
+    except ConfigError as refused:
         # Refused by the prefix for good (another profile's or database's, another
         # application's objects, ...): the prefix this open recorded is forgotten, else the
         # mended blob_url was refused as "not the prefix recorded" (red team 41). A store
         # that does not answer is not ConfigError: the next open will use the same prefix.
         if stamp.bound_now:
             pg.unbind(database_url, stamp.database_id, bounds)
+        if isinstance(refused, RemoteStampMismatchError):
+            raise _explained(refused, config, "blob_url") from None
         raise
     with contextlib.ExitStack() as held:
         holder: pg.Holder | None = None
