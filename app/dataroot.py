@@ -110,6 +110,7 @@ from app.sandbox import (
     check_served,
     check_shown_from,
     checked,
+    checked_as,
     current_run,
     inside,
     just_checked,
@@ -2747,15 +2748,22 @@ def _refuse_mounts_inside(config: Config, root: Path) -> None:
         )
 
 
-def _loop_on(root: Path) -> str | None:
-    """`loop_at` of `root`; None where its links cannot be read (`process_link` names those)."""
+def _loop_on(root: Path, resolved: Path | None = None) -> str | None:
+    """`loop_at` of `root`; None where its links cannot be read (`process_link` names those).
+
+    `resolved`: `root` as ``Path.resolve`` resolved it a moment ago with nothing made since
+    (an open's `checked_as`): no loop is on its way, or ``resolve`` had raised
+    ``RuntimeError`` (its ``stat`` after ``realpath`` fails with ``ELOOP`` there), and the
+    check refused it; its six lookups and ``stat`` are not made again (issue 11)."""
+    if resolved is not None:
+        return None
     try:
         return loop_at(os.path.realpath(root))
     except OSError:
         return None
 
 
-def _refuse_unfixed_path(config: Config, root: Path) -> None:
+def _refuse_unfixed_path(config: Config, root: Path, resolved: Path | None = None) -> None:
     """Refuse a root whose path leads to another directory when the process changes: a
     relative one (its current directory), or one through a link of /proc (its current
     directory, an open descriptor, its root), itself or by a symbolic link on the way.
@@ -2781,7 +2789,7 @@ def _refuse_unfixed_path(config: Config, root: Path) -> None:
             "its root), not a directory: a chdir or a dup2 (by any thread) sends the "
             "writes that follow into another directory, in the middle of a change"
         )
-    elif (loop := _loop_on(root)) is not None:
+    elif (loop := _loop_on(root, resolved)) is not None:
         # "RuntimeError: Symlink loop" from the checks that follow, a traceback from every
         # open of such a root (red team 61 on regress).
         raise DataRootStateError(
@@ -3092,12 +3100,20 @@ def _open_checked(
     timeout: float,
 ) -> DataRoot:
     root = _local_root(config, wanted or f"open a data root as a {kind} process")
-    _refuse_unfixed_path(config, root)
+    # The path as `open_root`'s check resolved it a moment ago (in a run), nothing made
+    # since: the look for a loop of links and at the mounts on its way take that resolving,
+    # not two more of their own (issue 11). After the lock it is all resolved and checked
+    # again (`_refuse_swapped_while_opening`).
+    known = checked_as(root)
+    _refuse_unfixed_path(config, root, known)
     _refuse_too_deep(config, root)
     # Before the lock: taken through a mount that shows another root (a FUSE daemon keeps
     # its own locks), it published this process in that root's lock file, and cleared it
     # again as the stamp was refused, under its live server (red team 49).
-    here = _check_mounted(root, "open data root", run)
+    if known is not None:
+        here = _check_mounted(known, "open data root", run, resolved=True)
+    else:
+        here = _check_mounted(root, "open data root", run)
     refuse_not_directory(config, root)
     # A power loss ends the test run with it: nothing will open its sandbox again. Only a
     # run found in the process tree counts; the variable alone could be set by anyone.
