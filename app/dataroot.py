@@ -1516,18 +1516,22 @@ def _is_empty_dir(path: str) -> bool:
         return next(entries, None) is None
 
 
-def _has_data(root: Path) -> bool:
-    with os.scandir(root) as entries:
-        for entry in entries:
-            if entry.name in _NOT_DATA:
-                continue
-            if (
-                entry.name in {SESSIONS_DIR, TRASH_DIR}
-                and entry.is_dir(follow_symlinks=False)
-                and _is_empty_dir(entry.path)
-            ):
-                continue
-            return True
+def _has_data(root: Path, listed: list[os.DirEntry[str]] | None = None) -> bool:
+    """Whether `root` holds anything but the app's own files and empty directories; from
+    `listed` (its entries, read a moment before under the lock) where given."""
+    if listed is None:
+        with os.scandir(root) as entries:
+            listed = list(entries)
+    for entry in listed:
+        if entry.name in _NOT_DATA:
+            continue
+        if (
+            entry.name in {SESSIONS_DIR, TRASH_DIR}
+            and entry.is_dir(follow_symlinks=False)
+            and _is_empty_dir(entry.path)
+        ):
+            continue
+        return True
     return False
 
 
@@ -1560,8 +1564,22 @@ def refuse_not_directory(config: Config, root: Path) -> None:
     )
 
 
-def _refuse_foreign_directory(config: Config, root: Path, *, reading: bool = False) -> None:
-    foreign = sorted(entry.name for entry in root.iterdir() if entry.name not in _LAYOUT)
+def _names_in(directory: Path) -> list[str]:
+    return os.listdir(directory)  # noqa: PTH208 - names, not paths
+
+
+def _refuse_foreign_directory(
+    config: Config,
+    root: Path,
+    *,
+    reading: bool = False,
+    listed: list[os.DirEntry[str]] | None = None,
+) -> None:
+    """Refuse `root`, unstamped, where it holds what is not the app's; `listed`: its
+    entries, where the caller read them (`_check_stamp`, which reads them once for this
+    and `_has_data`: two listings of a fresh root a test, issue 11)."""
+    names = [entry.name for entry in listed] if listed is not None else _names_in(root)
+    foreign = sorted(name for name in names if name not in _LAYOUT)
     if not foreign:
         return
     shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
@@ -2099,8 +2117,10 @@ def _check_stamp(
             _refuse_foreign_directory(config, root, reading=True)
         return None
     _refuse_stamp_lost(config, root)
-    _refuse_foreign_directory(config, root)
-    legacy = _has_data(root)
+    with os.scandir(root) as entries:
+        listed = list(entries)
+    _refuse_foreign_directory(config, root, listed=listed)
+    legacy = _has_data(root, listed)
     # A root made inside a test run's sandbox says so: a later run that reuses the sandbox as
     # its --basetemp empties only the stamped roots that name it, never one a service made
     # (see app.testing.guard._refuse_data_roots_inside).
@@ -2720,10 +2740,16 @@ def root_mounts(root: Path) -> list[Path]:
     """The mount points inside ``root`` (the root's own directories first checked by device,
     for a mount ``/proc`` does not list)."""
     mounts = mounts_inside(root)
+    device = None
     for name in (SESSIONS_DIR, TRASH_DIR, TMP_DIR):
         path = root / name
         with contextlib.suppress(OSError):
-            if path.lstat().st_dev != root.lstat().st_dev and path not in mounts:
+            there = path.lstat().st_dev
+            if device is None:
+                # The root's own, looked up once (it was three times): after its first
+                # directory, as it was, so a root gone meanwhile still finds nothing.
+                device = root.lstat().st_dev
+            if there != device and path not in mounts:
                 mounts.append(path)
     return mounts
 
