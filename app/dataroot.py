@@ -110,6 +110,7 @@ from app.sandbox import (
     check_served,
     check_shown_from,
     checked,
+    checked_as,
     current_run,
     inside,
     just_checked,
@@ -1515,18 +1516,22 @@ def _is_empty_dir(path: str) -> bool:
         return next(entries, None) is None
 
 
-def _has_data(root: Path) -> bool:
-    with os.scandir(root) as entries:
-        for entry in entries:
-            if entry.name in _NOT_DATA:
-                continue
-            if (
-                entry.name in {SESSIONS_DIR, TRASH_DIR}
-                and entry.is_dir(follow_symlinks=False)
-                and _is_empty_dir(entry.path)
-            ):
-                continue
-            return True
+def _has_data(root: Path, listed: list[os.DirEntry[str]] | None = None) -> bool:
+    """Whether `root` holds anything but the app's own files and empty directories; from
+    `listed` (its entries, read a moment before under the lock) where given."""
+    if listed is None:
+        with os.scandir(root) as entries:
+            listed = list(entries)
+    for entry in listed:
+        if entry.name in _NOT_DATA:
+            continue
+        if (
+            entry.name in {SESSIONS_DIR, TRASH_DIR}
+            and entry.is_dir(follow_symlinks=False)
+            and _is_empty_dir(entry.path)
+        ):
+            continue
+        return True
     return False
 
 
@@ -1559,8 +1564,22 @@ def refuse_not_directory(config: Config, root: Path) -> None:
     )
 
 
-def _refuse_foreign_directory(config: Config, root: Path, *, reading: bool = False) -> None:
-    foreign = sorted(entry.name for entry in root.iterdir() if entry.name not in _LAYOUT)
+def _names_in(directory: Path) -> list[str]:
+    return os.listdir(directory)  # noqa: PTH208 - names, not paths
+
+
+def _refuse_foreign_directory(
+    config: Config,
+    root: Path,
+    *,
+    reading: bool = False,
+    listed: list[os.DirEntry[str]] | None = None,
+) -> None:
+    """Refuse `root`, unstamped, where it holds what is not the app's; `listed`: its
+    entries, where the caller read them (`_check_stamp`, which reads them once for this
+    and `_has_data`: two listings of a fresh root a test, issue 11)."""
+    names = [entry.name for entry in listed] if listed is not None else _names_in(root)
+    foreign = sorted(name for name in names if name not in _LAYOUT)
     if not foreign:
         return
     shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
@@ -2112,8 +2131,10 @@ def _check_stamp(
             _refuse_foreign_directory(config, root, reading=True)
         return None
     _refuse_stamp_lost(config, root)
-    _refuse_foreign_directory(config, root)
-    legacy = _has_data(root)
+    with os.scandir(root) as entries:
+        listed = list(entries)
+    _refuse_foreign_directory(config, root, listed=listed)
+    legacy = _has_data(root, listed)
     # A root made inside a test run's sandbox says so: a later run that reuses the sandbox as
     # its --basetemp empties only the stamped roots that name it, never one a service made
     # (see app.testing.guard._refuse_data_roots_inside).
@@ -2733,10 +2754,16 @@ def root_mounts(root: Path) -> list[Path]:
     """The mount points inside ``root`` (the root's own directories first checked by device,
     for a mount ``/proc`` does not list)."""
     mounts = mounts_inside(root)
+    device = None
     for name in (SESSIONS_DIR, TRASH_DIR, TMP_DIR):
         path = root / name
         with contextlib.suppress(OSError):
-            if path.lstat().st_dev != root.lstat().st_dev and path not in mounts:
+            there = path.lstat().st_dev
+            if device is None:
+                # The root's own, looked up once (it was three times): after its first
+                # directory, as it was, so a root gone meanwhile still finds nothing.
+                device = root.lstat().st_dev
+            if there != device and path not in mounts:
                 mounts.append(path)
     return mounts
 
@@ -2761,15 +2788,22 @@ def _refuse_mounts_inside(config: Config, root: Path) -> None:
         )
 
 
-def _loop_on(root: Path) -> str | None:
-    """`loop_at` of `root`; None where its links cannot be read (`process_link` names those)."""
+def _loop_on(root: Path, resolved: Path | None = None) -> str | None:
+    """`loop_at` of `root`; None where its links cannot be read (`process_link` names those).
+
+    `resolved`: `root` as ``Path.resolve`` resolved it a moment ago with nothing made since
+    (an open's `checked_as`): no loop is on its way, or ``resolve`` had raised
+    ``RuntimeError`` (its ``stat`` after ``realpath`` fails with ``ELOOP`` there), and the
+    check refused it; its six lookups and ``stat`` are not made again (issue 11)."""
+    if resolved is not None:
+        return None
     try:
         return loop_at(os.path.realpath(root))
     except OSError:
         return None
 
 
-def _refuse_unfixed_path(config: Config, root: Path) -> None:
+def _refuse_unfixed_path(config: Config, root: Path, resolved: Path | None = None) -> None:
     """Refuse a root whose path leads to another directory when the process changes: a
     relative one (its current directory), or one through a link of /proc (its current
     directory, an open descriptor, its root), itself or by a symbolic link on the way.
@@ -2795,7 +2829,7 @@ def _refuse_unfixed_path(config: Config, root: Path) -> None:
             "its root), not a directory: a chdir or a dup2 (by any thread) sends the "
             "writes that follow into another directory, in the middle of a change"
         )
-    elif (loop := _loop_on(root)) is not None:
+    elif (loop := _loop_on(root, resolved)) is not None:
         # "RuntimeError: Symlink loop" from the checks that follow, a traceback from every
         # open of such a root (red team 61 on regress).
         raise DataRootStateError(
@@ -3106,12 +3140,20 @@ def _open_checked(
     timeout: float,
 ) -> DataRoot:
     root = _local_root(config, wanted or f"open a data root as a {kind} process")
-    _refuse_unfixed_path(config, root)
+    # The path as `open_root`'s check resolved it a moment ago (in a run), nothing made
+    # since: the look for a loop of links and at the mounts on its way take that resolving,
+    # not two more of their own (issue 11). After the lock it is all resolved and checked
+    # again (`_refuse_swapped_while_opening`).
+    known = checked_as(root)
+    _refuse_unfixed_path(config, root, known)
     _refuse_too_deep(config, root)
     # Before the lock: taken through a mount that shows another root (a FUSE daemon keeps
     # its own locks), it published this process in that root's lock file, and cleared it
     # again as the stamp was refused, under its live server (red team 49).
-    here = _check_mounted(root, "open data root", run)
+    if known is not None:
+        here = _check_mounted(known, "open data root", run, resolved=True)
+    else:
+        here = _check_mounted(root, "open data root", run)
     refuse_not_directory(config, root)
     # A power loss ends the test run with it: nothing will open its sandbox again. Only a
     # run found in the process tree counts; the variable alone could be set by anyone.

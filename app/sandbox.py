@@ -83,6 +83,7 @@ __all__ = [
     "check_served",
     "check_shown_from",
     "checked",
+    "checked_as",
     "command_line",
     "confine",
     "confine_remote",
@@ -6475,6 +6476,10 @@ def _run_to_check(run: Run | None) -> Run | None:
 _CHECKED: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
     "app_sandbox_checked", default=None
 )
+# And what it resolved to (`checked_as`), where it was checked (a run's process).
+_RESOLVED: contextvars.ContextVar[tuple[Path, Path] | None] = contextvars.ContextVar(
+    "app_sandbox_checked_as", default=None
+)
 
 
 @contextlib.contextmanager
@@ -6487,12 +6492,26 @@ def checked(path: Path, what: str, run: Run | None = None) -> Iterator[None]:
     a millisecond, and a fresh test root paid it three times. Only code running in this
     thread (or task) inside the block, on an equal path, is spared.
     """
-    check_root(path, what, run)
+    resolved = check_root(path, what, run)
     token = _CHECKED.set(path)
+    found = _RESOLVED.set(None if resolved is None else (path, resolved))
     try:
         yield
     finally:
+        _RESOLVED.reset(found)
         _CHECKED.reset(token)
+
+
+def checked_as(path: Path) -> Path | None:
+    """`path` resolved, as the :func:`checked` block this thread (or task) is in for it
+    resolved it to check it; None outside one, or where nothing was checked (no run).
+
+    For code in the block that looks at the path before anything is made on it (an open's
+    look for a loop of links and at the mounts on its way): each resolved it again, seven
+    lookups and a path object a time (issue 11). What is opened is checked again after the
+    lock is taken (``check_root(..., again=True)``), resolved afresh."""
+    found = _RESOLVED.get()
+    return found[1] if found is not None and found[0] == path else None
 
 
 def just_checked(path: Path) -> bool:
@@ -6595,9 +6614,11 @@ def _refuse_same_directory(
     # The path and its existing ancestors inside the sandbox, by identity.
     # (Counted rather than tested with is_relative_to, which costs ~20 us a parent here.)
     depth = len(resolved.parts) - len(sandbox.parts)
-    chain = [resolved, *resolved.parents[:depth]]
-    seen = {ident for p in chain if (ident := identity(p)) is not None}
+    # The path's own identity looked up once, for the set and for the ancestors' test.
     own = identity(resolved)
+    seen = {ident for p in resolved.parents[:depth] if (ident := identity(p)) is not None}
+    if own is not None:
+        seen.add(own)
     for item in protected:
         if seen & item.identities or (own is not None and own in item.ancestors):
             raise SandboxViolationError(

@@ -33,6 +33,49 @@ def test_app_store_is_open_for_writing_and_holds_its_root(
     assert (holder["pid"], holder["kind"]) == (os.getpid(), "tests")
 
 
+def test_a_test_s_root_is_resolved_once_before_its_lock_and_once_after_and_listed_once(
+    app_config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 11: an open of a fresh root in a run resolved its path three times before the
+    # lock (the sandbox's check, the look for a loop of links, the look at the mounts on its
+    # way), each an lstat of every directory on it. The check's resolving serves the looks
+    # before the lock (`sandbox.checked_as`); after it, all is resolved and checked again.
+    from app.storage import open_storage
+
+    assert app_config.data_root is not None
+    parent = str(app_config.data_root.parent)
+    looked: list[str] = []
+    lstat = os.lstat
+
+    def counted(path: str | Path, *args: object, **kwargs: object) -> os.stat_result:
+        looked.append(os.fsdecode(path))
+        return lstat(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    listed: list[str] = []
+    scandir, listdir = os.scandir, os.listdir
+
+    def counted_scandir(path: str | Path) -> object:
+        listed.append(os.fsdecode(path))
+        return scandir(path)
+
+    def counted_listdir(path: str | Path) -> list[str]:
+        listed.append(os.fsdecode(path))
+        return listdir(path)
+
+    monkeypatch.setattr(os, "lstat", counted)
+    monkeypatch.setattr(os, "scandir", counted_scandir)
+    monkeypatch.setattr(os, "listdir", counted_listdir)
+    with open_storage(app_config, writer=True, kind="tests") as store:
+        monkeypatch.undo()
+        assert store.session_ids() == []
+    # The sandbox's check before the lock, the walk for a link of /proc on the way (which a
+    # resolving follows, so cannot answer), the sandbox's check after the lock.
+    assert looked.count(parent) == 3, looked
+    # The new root's entries, read once under the lock for the refusal of files not the
+    # app's and for the look for data of a release before stamps (they were read twice).
+    assert listed.count(str(app_config.data_root)) == 1, listed
+
+
 def test_app_client_talks_to_the_in_process_app_with_the_token(app_client: httpx.Client) -> None:
     created = app_client.post("/sessions", json={"title": "over the client fixture"})
     assert created.status_code == 201
