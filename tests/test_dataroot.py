@@ -7,7 +7,7 @@ import os
 import re
 import stat
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -43,6 +43,10 @@ class StubConfig:
     protected: bool = False
     protected_profiles: frozenset[str] = frozenset({"production"})
     profiles: frozenset[str] = frozenset({"development", "production", "testing"})
+    # Where each setting and the profile came from, read by a stamp's refusal
+    # (`app.config.set_for_another_profile`): settings files, the profile from its variable.
+    sources: dict[str, str] = field(default_factory=dict)
+    profile_source: str = "ENV_FOR_DYNACONF"
 
     def taking_needs_confirmation(self, stamped: str) -> bool:
         # The rule itself, not a copy of it.
