@@ -1890,7 +1890,7 @@ def _shell_shorthand(value: str) -> str | None:
 
 #: A path of procfs that names the reading process's own working directory or open files.
 _PROCESS_RELATIVE = sandboxing.LazyPattern(
-    r"^/proc/(?:self|thread-self|\d+)(?:/task/\d+)?/(?:cwd|fd)(?=/|$)", needs=("proc",)
+    r"^/proc/(self|thread-self|\d+)(?:/task/\d+)?/(?:cwd|fd)(?=/|$)", needs=("proc",)
 )
 
 
@@ -1904,7 +1904,10 @@ def _process_relative(value: str, directory: Path) -> str | None:
         return None
     spelled = os.path.normpath(_spelled_root(value, directory))
     found = _PROCESS_RELATIVE.search(spelled)
-    if found is None:
+    if found is None or found.group(1) not in ("self", "thread-self", str(os.getpid())):
+        # Another process's (a container's /proc/<pid>/root, cwd or fd): named as that
+        # process sees it, which `app.config_files`' look at the links on the way refuses
+        # for what it is (red teams 59 and 61), not as the reader's own working directory.
         return None
     return (
         f"goes through {found.group()}, the working directory or an open file of the "

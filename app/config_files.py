@@ -1114,12 +1114,20 @@ class Unresolved(Record):
 #: selected environment: ``{this.current_env}`` and ``{this.current_namespace}`` (``main``
 #: here), ``{this.ENV_FOR_DYNACONF}`` and ``{env[ENV_FOR_DYNACONF]}`` (the shell's text as
 #: typed) and dynaconf's other switches (``{this.DEFAULT_ENV_FOR_DYNACONF}``, ...).
-_SELECTION = re.compile(r"current_env|current_namespace|\w*_for_dynaconf", re.IGNORECASE)
+_SELECTION = r"current_env|current_namespace|\w*_for_dynaconf"
 #: And the shell's working directory (``{env[PWD]}``, ``{env[OLDPWD]}``): a root that moved
 #: with `cd`, where a relative one resolves against the settings directory and bash's
 #: ``~+`` and ``~-`` are refused (red team 71).
 WORKING_DIRECTORY = ("PWD", "OLDPWD")
-_WORKING_DIRECTORY = re.compile(r"env(?:\[\s*['\"]?|\.)((?:OLD)?PWD)\b")
+_WORKING_DIRECTORY = r"env(?:\[\s*['\"]?|\.)((?:OLD)?PWD)\b"
+
+
+@functools.cache
+def _token_patterns() -> tuple[re.Pattern[str], re.Pattern[str]]:
+    """`_SELECTION` and `_WORKING_DIRECTORY` compiled, at the first token value looked at:
+    not at import, which every `app` command and pytest start pays (tests/test_lazy_patterns.py;
+    `app.sandbox.LazyPattern` would do, but app.sandbox imports this module)."""
+    return re.compile(_SELECTION, re.IGNORECASE), re.compile(_WORKING_DIRECTORY)
 
 
 def reads_selection(raw: Any) -> str | None:
@@ -1137,9 +1145,10 @@ def reads_selection(raw: Any) -> str | None:
     """
     if not isinstance(raw, str) or not raw.lstrip().startswith("@"):
         return None
-    if (found := _SELECTION.search(raw)) is not None:
+    selection, working_directory = _token_patterns()
+    if (found := selection.search(raw)) is not None:
         return found.group()
-    found = _WORKING_DIRECTORY.search(raw)  # as a variable, not a password's letters
+    found = working_directory.search(raw)  # as a variable, not a password's letters
     return found.group(1) if found is not None else None
 
 
