@@ -147,6 +147,28 @@ def test_a_target_in_absolute_form_is_served_as_its_path(server: LiveServer) -> 
     assert (status, json.loads(body)["code"]) == (400, "invalid_name"), body
 
 
+def test_a_target_in_asterisk_or_authority_form_is_refused_naming_it(
+    server: LiveServer,
+) -> None:
+    # Red team 74 on the HTTP contract, found by hand: `OPTIONS *` (RFC 9112, 3.2.4) and
+    # `CONNECT 127.0.0.1:80` (3.2.3) were 404 "no route /*" and "no route /127.0.0.1:80",
+    # naming a path the client never sent. Neither is a path; each is a 400 naming its form.
+    for line, target, form in (
+        ("OPTIONS *", "*", "asterisk form"),
+        ("GET *", "*", "asterisk form"),
+        ("CONNECT 127.0.0.1:80", "127.0.0.1:80", "authority form, or no path at all"),
+    ):
+        status, _, body = _answer(server, head_of(server, line))
+        problem = json.loads(body)
+        assert (status, problem["code"]) == (400, "bad_request"), (line, body)
+        assert problem["message"] == (
+            f"{line.split()[0]} {target} refused: its target is not a path ({form}); this "
+            "server is no proxy and answers requests for its own paths alone, which start "
+            "with '/'. Nothing was done. Send a path, such as GET /sessions; GET /docs lists "
+            "the API"
+        ), line
+
+
 def test_http_1_0_with_a_transfer_encoding_is_refused_and_nothing_stored(
     server: LiveServer,
 ) -> None:

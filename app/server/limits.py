@@ -268,6 +268,20 @@ def refused_head(scope: Scope) -> BadRequestError | None:
             f"for the other (CGI and WSGI name both HTTP_{odd.decode('ascii').upper()}); "
             f"nothing was done. Send {meant}, with '-'"
         )
+    target = (scope.get("raw_path") or b"/").decode("ascii", "backslashreplace")
+    if not target.startswith("/"):
+        # Asterisk form (`OPTIONS *`, RFC 9112, 3.2.4) asks about the server as a whole, and
+        # authority form (`CONNECT host:443`, 3.2.3) is a proxy's; `origin_form` has already
+        # turned the absolute form into a path. Each was a 404 "no route /*" or "no route
+        # /127.0.0.1:80", naming a path the client never sent (red team 74 on the HTTP
+        # contract).
+        form = "asterisk form" if target == "*" else "authority form, or no path at all"
+        return BadRequestError(
+            f"{scope['method']} {target} refused: its target is not a path ({form}); this "
+            "server is no proxy and answers requests for its own paths alone, which start "
+            "with '/'. Nothing was done. Send a path, such as GET /sessions; GET /docs lists "
+            "the API"
+        )
     version: str = scope["http_version"]
     if not version.startswith("1."):
         # h11 reads any `HTTP/d.d` and frames it as HTTP/1.1: `PUT ... HTTP/2.0` (or 0.9)
