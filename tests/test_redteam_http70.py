@@ -147,6 +147,50 @@ def test_a_target_in_absolute_form_is_served_as_its_path(server: LiveServer) -> 
     assert (status, json.loads(body)["code"]) == (400, "invalid_name"), body
 
 
+def test_a_target_in_asterisk_or_authority_form_is_refused_naming_it(
+    server: LiveServer,
+) -> None:
+    # Red team 74 on the HTTP contract, found by hand: `OPTIONS *` (RFC 9112, 3.2.4) and
+    # `CONNECT 127.0.0.1:80` (3.2.3) were 404 "no route /*" and "no route /127.0.0.1:80",
+    # naming a path the client never sent. Neither is a path; each is a 400 naming its form.
+    for line, target, form in (
+        ("OPTIONS *", "*", "asterisk form"),
+        ("GET *", "*", "asterisk form"),
+        ("CONNECT 127.0.0.1:80", "127.0.0.1:80", "authority form, or no path at all"),
+    ):
+        status, _, body = _answer(server, head_of(server, line))
+        problem = json.loads(body)
+        assert (status, problem["code"]) == (400, "bad_request"), (line, body)
+        assert problem["message"] == (
+            f"{line.split()[0]} {target} refused: its target is not a path ({form}); this "
+            "server is no proxy and answers requests for its own paths alone, which start "
+            "with '/'. Nothing was done. Send a path, such as GET /sessions; GET /docs lists "
+            "the API"
+        ), line
+
+
+def test_a_target_holding_a_raw_hash_is_refused_and_nothing_stored(server: LiveServer) -> None:
+    # Red team 74 on the HTTP contract, found by hand: `PUT .../files/a#b` stored a file
+    # 'a#b', where a proxy or a client library that cuts the fragment reads `.../files/a`.
+    session_id = a_session(server)
+    files = f"/sessions/{session_id}/files"
+    for target, path in ((f"{files}/a#b", f"{files}/a#b"), (f"{files}/a?x=1#b", f"{files}/a")):
+        put = head_of(server, f"PUT {target}", "Content-Length: 4\r\n") + b"kept"
+        status, _, body = _answer(server, put)
+        problem = json.loads(body)
+        assert (status, problem["code"]) == (400, "bad_request"), (target, body)
+        assert problem["message"] == (
+            f"PUT {path} refused: its target holds a '#', which starts a fragment (RFC 3986, "
+            "3.5) that a request target never holds (RFC 9112, 3.2): a proxy in front may "
+            "have cut the target there, where this server would read it whole. Nothing was "
+            "done. Percent-encode a '#' of a name as %23"
+        ), target
+    assert _stored(server, session_id) == []
+    put = head_of(server, f"PUT {files}/a%23b", "Content-Length: 4\r\n") + b"kept"
+    assert _answer(server, put)[0] == 201
+    assert _stored(server, session_id) == ["a#b"]
+
+
 def test_http_1_0_with_a_transfer_encoding_is_refused_and_nothing_stored(
     server: LiveServer,
 ) -> None:

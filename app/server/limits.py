@@ -249,6 +249,36 @@ def _refused_path(raw: bytes) -> InvalidNameError | None:
     )
 
 
+def _refused_target(scope: Scope) -> BadRequestError | None:
+    """Why a request's target is refused (one not a path, or holding a '#'), if it is."""
+    target = (scope.get("raw_path") or b"/").decode("ascii", "backslashreplace")
+    if not target.startswith("/"):
+        # Asterisk form (`OPTIONS *`, RFC 9112, 3.2.4) asks about the server as a whole, and
+        # authority form (`CONNECT host:443`, 3.2.3) is a proxy's; `origin_form` has already
+        # turned the absolute form into a path. Each was a 404 "no route /*" or "no route
+        # /127.0.0.1:80", naming a path the client never sent (red team 74 on the HTTP
+        # contract).
+        form = "asterisk form" if target == "*" else "authority form, or no path at all"
+        return BadRequestError(
+            f"{scope['method']} {target} refused: its target is not a path ({form}); this "
+            "server is no proxy and answers requests for its own paths alone, which start "
+            "with '/'. Nothing was done. Send a path, such as GET /sessions; GET /docs lists "
+            "the API"
+        )
+    if "#" in target or b"#" in scope.get("query_string", b""):
+        # RFC 9112 (3.2) has no fragment in a request target, and RFC 3986 (3.5) starts one
+        # at '#': h11 took it, and `PUT .../files/a#b` stored 'a#b' where a proxy or a client
+        # library in front that cuts the fragment reads `.../files/a` (red team 74 on the
+        # HTTP contract), the %2F class of `_refused_path`.
+        return BadRequestError(
+            f"{scope['method']} {scope['path']} refused: its target holds a '#', which starts "
+            "a fragment (RFC 3986, 3.5) that a request target never holds (RFC 9112, 3.2): a "
+            "proxy in front may have cut the target there, where this server would read it "
+            "whole. Nothing was done. Percent-encode a '#' of a name as %23"
+        )
+    return None
+
+
 def refused_head(scope: Scope) -> BadRequestError | None:
     """Why a request's head is refused before any route reads it, if it is."""
     headers = scope["headers"]
@@ -268,6 +298,8 @@ def refused_head(scope: Scope) -> BadRequestError | None:
             f"for the other (CGI and WSGI name both HTTP_{odd.decode('ascii').upper()}); "
             f"nothing was done. Send {meant}, with '-'"
         )
+    if (target := _refused_target(scope)) is not None:
+        return target
     version: str = scope["http_version"]
     if not version.startswith("1."):
         # h11 reads any `HTTP/d.d` and frames it as HTTP/1.1: `PUT ... HTTP/2.0` (or 0.9)
