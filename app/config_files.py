@@ -1119,7 +1119,11 @@ _SELECTION = re.compile(r"current_env|current_namespace|\w*_for_dynaconf", re.IG
 #: with `cd`, where a relative one resolves against the settings directory and bash's
 #: ``~+`` and ``~-`` are refused (red team 71).
 WORKING_DIRECTORY = ("PWD", "OLDPWD")
-_WORKING_DIRECTORY = re.compile(r"env(?:\[\s*['\"]?|\.)((?:OLD)?PWD)\b")
+#: The name anywhere in one of the template's expressions (``{...}``, jinja's ``{{...}}`` and
+#: ``{%...%}``), as a whole word: jinja's ``{{ env.get("PWD") }}``, which the spellings
+#: ``env[PWD]`` and ``env.PWD`` alone let through (red team 74 on regress, round b), as any
+#: other way to name it; not ``DB_PWD``, nor a directory named PWD outside the braces.
+_WORKING_DIRECTORY = re.compile(r"\{[^{}]*?\b((?:OLD)?PWD)\b[^{}]*\}")
 
 
 def reads_selection(raw: Any) -> str | None:
