@@ -922,11 +922,20 @@ def set_for_another_profile(config: Config, key: str, stamped: str) -> str:
         return ""
     if shell != stamped or shell == config.profile:
         return ""
+    # Every storage variable this environment sets is the shell's profile's, not only the
+    # one refused first: `env -u APP_DATABASE_URL` alone, run as given where the service's
+    # environment also sets APP_BLOB_URL, was refused again on the prefix (red team 74 on
+    # regress, round b).
+    unset = " ".join(
+        f"-u {KEYS[other].env}"
+        for other in _RESOURCE_KEYS
+        if config.sources.get(other) == f"environment {KEYS[other].env}"
+    )
     return (
         f"it came from {source}, which this environment sets for profile {stamped!r} (its "
         f"{PROFILE_ENV} selects that one), and --profile {config.profile} applied it to "
         f"profile {config.profile!r}: for {config.profile}'s own {key}, run the command "
-        f"without it (`env -u {variable} app --profile {config.profile} ...`)"
+        f"without it (`env {unset} app --profile {config.profile} ...`)"
     )
 
 

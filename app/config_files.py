@@ -1119,7 +1119,11 @@ _SELECTION = r"current_env|current_namespace|\w*_for_dynaconf"
 #: with `cd`, where a relative one resolves against the settings directory and bash's
 #: ``~+`` and ``~-`` are refused (red team 71).
 WORKING_DIRECTORY = ("PWD", "OLDPWD")
-_WORKING_DIRECTORY = r"env(?:\[\s*['\"]?|\.)((?:OLD)?PWD)\b"
+#: The name anywhere in one of the template's expressions (``{...}``, jinja's ``{{...}}`` and
+#: ``{%...%}``), as a whole word: jinja's ``{{ env.get("PWD") }}``, which the spellings
+#: ``env[PWD]`` and ``env.PWD`` alone let through (red team 74 on regress, round b), as any
+#: other way to name it; not ``DB_PWD``, nor a directory named PWD outside the braces.
+_WORKING_DIRECTORY = r"\{[^{}]*?\b((?:OLD)?PWD)\b[^{}]*\}"
 
 
 @functools.cache

@@ -1948,19 +1948,21 @@ def test_a_root_that_reads_the_selected_environment_or_the_working_directory_is_
             "one). Write the value out in [production] (`app config --all` shows each "
             "profile's), or give it where the profile runs with APP_DATA_ROOT"
         )
-    # The working directory is the same class: the root moved with `cd`.
-    value = "@format {env[PWD]}/data"
-    make_settings(data_roots={"production": value})
-    with pytest.raises(InvalidSettingError) as refused:
-        load("testing")
-    assert str(refused.value) == (
-        f"profile 'production': data_root = {value!r} (from settings.toml [production]): "
-        "reads PWD, the working directory of the shell that runs the command, so the value "
-        "would move with each `cd` (a new, empty root, or another profile's, depending on "
-        "where the command is run); a relative path resolves against the settings directory, "
-        "never the working directory. Write the path out in full, or relative to the "
-        "settings directory, in [production]"
-    )
+    # The working directory is the same class: the root moved with `cd`. Jinja's
+    # `env.get("PWD")` too, which only `env[PWD]` and `env.PWD` were looked for as (red team
+    # 74 on regress, round b: the root was <the shell's directory>/data, unrefused).
+    for value in ("@format {env[PWD]}/data", '@jinja {{ env.get("PWD") }}/data'):
+        make_settings(data_roots={"production": value})
+        with pytest.raises(InvalidSettingError) as refused:
+            load("testing")
+        assert str(refused.value) == (
+            f"profile 'production': data_root = {value!r} (from settings.toml [production]): "
+            "reads PWD, the working directory of the shell that runs the command, so the "
+            "value would move with each `cd` (a new, empty root, or another profile's, "
+            "depending on where the command is run); a relative path resolves against the "
+            "settings directory, never the working directory. Write the path out in full, or "
+            "relative to the settings directory, in [production]"
+        )
     # And procfs's spelling of it: /proc/self/cwd/data was /tmp/data run from /tmp.
     make_settings(data_roots={"production": "/proc/self/cwd/data"})
     with pytest.raises(InvalidSettingError) as refused:

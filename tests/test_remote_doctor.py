@@ -238,6 +238,25 @@ def test_doctor_refuses_a_database_and_prefix_of_another_profile_with_the_restam
         "app data restamp --profile testing --from staging (add --yes-i-mean-it, which it asks "
         "for where a protected profile may be involved, only once you are sure)"
     ) in said, said
+    # Both URLs from the environment of a shell whose ENV_FOR_DYNACONF selects the stamp's
+    # profile: each problem names the variables, and the `env -u` that unsets both (red
+    # team 74 on regress, round b: doctor named neither, and the open named only the
+    # database's, whose `env -u`, run as given, was refused again on the prefix).
+    shell = found.run(
+        ENV_FOR_DYNACONF="staging",
+        APP_DATABASE_URL=found.database_url,
+        APP_BLOB_URL=found.blob_url,
+    )
+    assert shell.returncode == 78, shell.stdout + shell.stderr
+    told = " ".join(shell.stderr.split())
+    for key, variable in (("database_url", "APP_DATABASE_URL"), ("blob_url", "APP_BLOB_URL")):
+        assert (
+            f"Most often {key} is wrong here (it came from environment {variable}, which this "
+            "environment sets for profile 'staging' (its ENV_FOR_DYNACONF selects that one), "
+            f"and --profile testing applied it to profile 'testing': for testing's own {key}, "
+            "run the command without it (`env -u APP_DATABASE_URL -u APP_BLOB_URL app "
+            "--profile testing ...`); `app --profile testing config` shows where it came from)"
+        ) in told, told
     assert "Traceback" not in done.stderr
 
 

@@ -753,10 +753,13 @@ def _database_state(conn: Any, config: Config, where: str, seen: dict[str, Any])
     )
     error: AppError
     if stamp.profile != config.profile:
-        error = RemoteStampMismatchError(
+        # As the open says it (`_explained`): doctor said only "`app config` shows where
+        # it came from" of an APP_DATABASE_URL it showed as the environment's (red team 74
+        # on regress, round b).
+        error = _explained(RemoteStampMismatchError(
             f"database {where}", "its table app_stamp", stamp.profile, config.profile,
             protected=needs_confirmation(config.taking_needs_confirmation, stamp.profile),
-        )  # fmt: skip
+        ), config, "database_url")  # fmt: skip
         probes.append(Probe("stamp", stamped, error.message, error.exit_code))
     elif stamp.schema_version > pg.SCHEMA_VERSION:
         error = SchemaTooNewError(f"database {where}", stamp.schema_version, pg.SCHEMA_VERSION)
@@ -1035,11 +1038,11 @@ def _diagnose_prefix(
                 taken = another_database(
                     config.profile, stamp, objects.where, (database, shown, None, None)
                 )
-            mismatch: AppError = taken or RemoteStampMismatchError(
+            mismatch: AppError = taken or _explained(RemoteStampMismatchError(
                 f"object prefix {objects.where}", f"its object {STAMP_NAME}", stamped,
                 config.profile,
                 protected=needs_confirmation(config.taking_needs_confirmation, stamped),
-            )  # fmt: skip
+            ), config, "blob_url")  # fmt: skip
             probes.append(Probe("prefix", found, mismatch.message, mismatch.exit_code))
     elif names and all(objects.is_blob_name(name) for name in names):
         lost = PrefixStampMissingError(

@@ -562,6 +562,20 @@ def _log_worker_stopped(pid: int | None, code: int) -> None:
             "service manager to start it again",
             pid, signal.Signals(code - 128).name, code, code,
         )  # fmt: skip
+    elif code < 0:
+        # multiprocessing's exit code of a worker a signal killed: "stopped (exit -9)" named
+        # neither the signal nor what serve then exits with (red team 74 on regress, round b).
+        killed = signal.Signals(-code)
+        by = (
+            " (the kernel's OOM killer, `journalctl -k` shows, or a `kill -9`)"
+            if killed == signal.SIGKILL
+            else ""
+        )
+        log.error(
+            "worker %s was killed by %s%s; stopping the others, and exits %d for its service "
+            "manager to start it again",
+            pid, killed.name, by, EX_SOFTWARE,
+        )  # fmt: skip
     else:
         log.error("worker %s stopped (exit %s); stopping the others", pid, code)
 
