@@ -304,7 +304,7 @@ def test_a_lock_watcher_that_fails_stops_its_holder_naming_the_failure(
         assert root.lock is not None
         watcher = LockWatcher(root.lock, 1e10, reasons.append, root.stamp_changed).start()
         watcher._thread.join()
-        reason = f"could not be watched: its watcher failed with {_too_long_a_wait()}"
+        reason = f"could not be watched: its watcher failed with {too_long_a_wait()}"
         assert reasons == [reason]
         refused = root.lost_error(reason)
     assert isinstance(refused, LockUnwatchedError)
@@ -321,9 +321,10 @@ def test_a_lock_watcher_that_fails_stops_its_holder_naming_the_failure(
     assert isinstance(logged.exc_info[1], OverflowError)
 
 
-def _too_long_a_wait() -> str:
+def too_long_a_wait() -> str:
     """The interpreter's own words for a wait past `threading.TIMEOUT_MAX`, as the watcher
-    names it (``OverflowError: ...``): its wording is CPython's and changes between versions."""
+    names it (``OverflowError: ...``): its wording is CPython's and changes between versions.
+    The replica's watch test in tests/test_remote_store.py takes it too."""
     with pytest.raises(OverflowError) as raised:
         threading.Event().wait(1e10)
     return f"OverflowError: {raised.value}"

@@ -24,6 +24,7 @@ from engines import S3Engine
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from test_redteam_s71_integrity import a_restore_run_again_is_told_it_may_be_made
+from test_redteam_s73_lock import too_long_a_wait
 from test_restore_entry import restore_by_entry
 from waits import until, until_set
 
@@ -671,7 +672,7 @@ def test_a_replicas_watch_that_fails_stops_it_naming_the_failure(
     reasons: list[str] = []
     with caplog.at_level(logging.ERROR, logger="app.remote.store"):
         store.watch(1e10, reasons.append)._thread.join()
-    reason = f"could not be watched: its watcher failed with {_too_long_a_wait()}"
+    reason = f"could not be watched: its watcher failed with {too_long_a_wait()}"
     assert reasons == [reason]
     refused = store.lost_error(reason)
     assert isinstance(refused, HolderUnwatchedError)
@@ -933,11 +934,3 @@ def test_a_walk_that_polls_with_its_cursor_sees_every_session_created_meanwhile_
     # Ids made and committed out of order would have appeared behind the cursor, unseen.
     assert sorted(seen) == seen
     assert sorted(seen) == sorted(created)
-
-
-def _too_long_a_wait() -> str:
-    """The interpreter's own words for a wait past `threading.TIMEOUT_MAX`, as the watcher
-    names it (``OverflowError: ...``): its wording is CPython's and changes between versions."""
-    with pytest.raises(OverflowError) as raised:
-        threading.Event().wait(1e10)
-    return f"OverflowError: {raised.value}"
