@@ -9,8 +9,11 @@ whose start is not what its test checks: a fork is not an exec.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
+from collections.abc import Iterator
+from pathlib import Path
 
 import forked_app
 
@@ -34,3 +37,19 @@ def python_c(
     (this process's environment by default), its output captured, its exit status checked."""
     prelude = PRELUDE.replace("ARGS", repr(list(args)))
     return forked_app.run_c(prelude + code, dict(os.environ) if env is None else env)
+
+
+@contextlib.contextmanager
+def ext4_image(image: Path, at: Path) -> Iterator[Path]:
+    """A 16 MiB ext4 made in the file `image` and mounted through a loop device at `at`
+    (made here), which it yields; unmounted at the end (``mount -o loop`` detaches the
+    device with it). Root and mkfs.ext4 are the caller's to check."""
+    with image.open("wb") as made:
+        made.truncate(16 << 20)
+    subprocess.run(["mkfs.ext4", "-q", str(image)], check=True)
+    at.mkdir()
+    subprocess.run(["mount", "-o", "loop", str(image), str(at)], check=True)
+    try:
+        yield at
+    finally:
+        subprocess.run(["umount", str(at)], check=True)

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import forked_app
 import forked_pytest
+import own_mounts
 import pytest
 from project_copy import copy_project_settings
 from test_redteam_s24_guard import _inner_env
@@ -217,13 +218,8 @@ def test_a_root_on_its_filesystem_mounted_again_through_another_device_is_refuse
 ) -> None:
     if os.geteuid() != 0 or shutil.which("losetup") is None or shutil.which("mkfs.ext4") is None:
         pytest.skip("needs root, losetup and mkfs.ext4 for a disk image of its own")
-    image, disk = tmp_path / "disk.img", tmp_path / "disk"
-    with image.open("wb") as made:
-        made.truncate(16 << 20)
-    subprocess.run(["mkfs.ext4", "-q", str(image)], check=True)
-    disk.mkdir()
-    subprocess.run(["mount", "-o", "loop", str(image), str(disk)], check=True)
-    try:
+    image = tmp_path / "disk.img"
+    with own_mounts.ext4_image(image, tmp_path / "disk") as disk:
         settings = copy_project_settings(tmp_path / "settings")
         production = disk / "srv" / "production"
         text = (settings / "settings.toml").read_text()
@@ -250,8 +246,6 @@ def test_a_root_on_its_filesystem_mounted_again_through_another_device_is_refuse
         subprocess.run(["umount", str(disk)], check=True)  # what the disk holds now
         subprocess.run(["mount", "-o", "loop", str(image), str(disk)], check=True)
         assert snapshot(production) == before, output
-    finally:
-        subprocess.run(["umount", str(disk)], check=True)
     found = re.search(r"CASE (\S+) (\S+) (\d+) ", output)
     assert found is not None, output
     root, _, status = found.groups()

@@ -351,16 +351,8 @@ def _on_ext4(tmp_path: Path) -> Iterator[Path]:
         return
     if os.geteuid() != 0 or shutil.which("mkfs.ext4") is None:
         pytest.skip(f"{tmp_path} is no ext4, and making one takes root and mkfs.ext4")
-    image, disk = tmp_path / "ext4.img", tmp_path / "ext4"
-    with image.open("wb") as made:
-        made.truncate(16 << 20)
-    subprocess.run(["mkfs.ext4", "-q", str(image)], check=True)
-    disk.mkdir()
-    subprocess.run(["mount", "-o", "loop", str(image), str(disk)], check=True)
-    try:
+    with own_mounts.ext4_image(tmp_path / "ext4.img", tmp_path / "ext4") as disk:
         yield disk
-    finally:
-        subprocess.run(["umount", str(disk)], check=True)
 
 
 @pytest.mark.app_profile("production")
