@@ -11,7 +11,6 @@ CPU of the run's head, one core busy: bench/README.md, branch perf-suite72b).
 from __future__ import annotations
 
 import os
-import re
 import sys
 from pathlib import Path
 
@@ -26,22 +25,22 @@ def refusal(prefix: Path) -> str | None:
     bytecode of every module the run's processes import went wherever it leads. A test that
     left it a link to a stopped production root had the next run write ``.seeded``, ``usr/``
     and the project's own directories into that root before the app's plugin refused the
-    prefix (red team 74 on the guard). Mount points from this process's mount table
-    (``/proc/self/mountinfo``, whose fifth field escapes a blank as ``\\040``)."""
+    prefix (red team 74 on the guard). Mount points from this thread's mount table
+    (`app.mountinfo.table`)."""
     if os.path.islink(prefix):
         return (
             f"it is a symbolic link to {os.readlink(prefix)}, not a directory of the "
             f"project's own. Remove the link (`rm {prefix}`, without a trailing slash, which "
             "would remove what it leads to), then run again"
         )
+    from app import mountinfo  # the app's reader of the table (its escapes undone)
+
     top = os.fspath(prefix)
     try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as table:
-            points = [line.split(" ")[4] for line in table]
+        points = [os.fsdecode(entry.point) for entry in mountinfo.table()]
     except OSError:
         return None  # no table: nothing to compare
-    for escaped in points:
-        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), escaped)
+    for point in points:
         if point == top or point.startswith(top + os.sep):
             return (
                 f"a filesystem is mounted {'at it' if point == top else f'in it at {point}'} "
