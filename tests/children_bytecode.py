@@ -27,11 +27,13 @@ def refusal(prefix: Path) -> str | None:
     and the project's own directories into that root before the app's plugin refused the
     prefix (red team 74 on the guard). Mount points from this thread's mount table
     (`app.mountinfo.table`)."""
+    from app.errors import shell_word  # each path a word a shell takes whole
+
     if os.path.islink(prefix):
         return (
             f"it is a symbolic link to {os.readlink(prefix)}, not a directory of the "
-            f"project's own. Remove the link (`rm {prefix}`, without a trailing slash, which "
-            "would remove what it leads to), then run again"
+            f"project's own. Remove the link (`rm {shell_word(prefix)}`, without a trailing "
+            "slash, which would remove what it leads to), then run again"
         )
     from app import mountinfo  # the app's reader of the table (its escapes undone)
 
@@ -44,9 +46,9 @@ def refusal(prefix: Path) -> str | None:
         if point == top or point.startswith(top + os.sep):
             return (
                 f"a filesystem is mounted {'at it' if point == top else f'in it at {point}'} "
-                f"(`findmnt {point}` names what it shows), and the run's processes would write "
-                f"their bytecode into whatever it shows. Unmount it (`umount {point}`), then "
-                "run again"
+                f"(`findmnt {shell_word(point)}` names what it shows), and the run's processes "
+                "would write their bytecode into whatever it shows. Unmount it (`umount "
+                f"{shell_word(point)}`), then run again"
             )
     return None
 

@@ -518,6 +518,7 @@ def remove_own_tree(base: Path, what: str) -> str | None:
     ``/tmp``), where the plugin's own look at pytest's deletions (a mount in the sandbox
     keeps it whole) never reaches, or are deleted by a fixture before pytest's end."""
     from app.dataroot import bound_from, mounts_inside  # the workers import it anyway
+    from app.errors import shell_word
 
     real = base.resolve()
     found = [m for m in mounts_inside(real.parent) if m == real or m.is_relative_to(real)]
@@ -532,8 +533,9 @@ def remove_own_tree(base: Path, what: str) -> str | None:
         f"tests/engines.py kept {base}, the directory of {what}, instead of removing it: a "
         f"filesystem is mounted {'at it' if first == real else f'inside it at {first}'}{shows}"
         f"{more}, and the removal would go on into the mount and empty what it shows (a data "
-        f"root bound there is emptied whole). Unmount it (`umount {first}`; `findmnt {first}` "
-        f"names what it shows), then remove the directory (`rm -rf {base}`)"
+        f"root bound there is emptied whole). Unmount it (`umount {shell_word(first)}`; "
+        f"`findmnt {shell_word(first)}` names what it shows), then remove the directory "
+        f"(`rm -rf {shell_word(base)}`)"
     )
 
 
