@@ -3116,7 +3116,8 @@ class StorageError(AppError):
 class StorageFullError(StorageError):
     """The data root's filesystem is full, of bytes or of inodes (or the quota is used up).
 
-    ``inodes``: every inode is used and blocks are free (`out_of_inodes`), said as such.
+    ``inodes``: every inode is used and blocks are free (`out_of_inodes`); ``quota``: the
+    user's quota is used up (``EDQUOT``); each said as such.
     """
 
     code = "storage_full"
@@ -3138,12 +3139,30 @@ class StorageFullError(StorageError):
         "other files on that filesystem, or move the data root to one with more inodes"
     )
 
+    # EDQUOT: the user's quota, not the filesystem, is used up, and `df` shows room: "grow
+    # the filesystem" resolved nothing (red team 75 on integrity).
+    quota_template: ClassVar[str] = (
+        "cannot {doing}: the quota of the user the app runs as on the data root's filesystem "
+        "is used up (of blocks or of inodes: `quota` shows it, where `df` shows room); nothing "
+        "was changed. Free some, then retry: POST /trash/empty empties the trash without "
+        "stopping the server (`app data empty-trash` does it while no server runs), or have "
+        "an operator raise that quota (`setquota`, `xfs_quota`)"
+    )
+
     doing: str
     inodes: bool = False
+    quota: bool = False
 
     @property
     def message(self) -> str:
-        return (self.inodes_template if self.inodes else self.template).format_map(vars(self))
+        chosen = (
+            self.quota_template
+            if self.quota
+            else self.inodes_template
+            if self.inodes
+            else self.template
+        )
+        return chosen.format_map(vars(self))
 
 
 class FileTooLargeForServerError(StorageError):
@@ -3768,9 +3787,10 @@ def storage_error(error: BaseException, doing: str) -> StorageError | None:
             else AuditLogFullError(doing, error.size, error.limit)
         )
     inodes = error.errno == errno.ENOSPC and out_of_inodes(error.filename)
+    full = {"inodes": inodes, "quota": error.errno == errno.EDQUOT}
     for errnos, kind in _STORAGE_ERRORS:
         if error.errno in errnos:
-            return StorageFullError(doing, inodes=True) if inodes else kind(doing)
+            return StorageFullError(doing, **full) if kind is StorageFullError else kind(doing)
     if not error.errno:
         return None  # raised without an errno: no call of the filesystem's, a bug to see
     # Any other errno is still the filesystem's answer: said as such, never a bare 500.
