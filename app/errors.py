@@ -3736,12 +3736,15 @@ def out_of_inodes(path: object) -> bool:
     ``ENOSPC``, or the nearest directory above it that is there) has every inode used and
     blocks free: "full" and `df -h` then disagree (red team 75 on integrity).
 
-    ``False`` where it cannot tell (no path, a filesystem that counts no inodes: btrfs
-    reports 0 of them, or one it may not ``statvfs``): the message of a full disk stays.
+    ``False`` where it cannot tell (no path, a relative one, a filesystem that counts no
+    inodes: btrfs reports 0 of them, or one it may not ``statvfs``): the message of a full
+    disk stays.
     """
     if not isinstance(path, str | bytes | os.PathLike):
         return False
     here = Path(os.fsdecode(path))
+    if not here.is_absolute():
+        return False  # named relative to a descriptor (`dir_fd`): not the working directory's
     for candidate in (here, *here.parents):
         try:
             found = os.statvfs(candidate)
