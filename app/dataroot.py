@@ -53,6 +53,7 @@ from app import __version__, libc
 from app.config_files import loop_at
 from app.errors import (
     AFTER_FAILED_SYNC,
+    NO_INODES,
     WATCH_FAILED,
     AppError,
     AuditLogAtLimit,
@@ -70,6 +71,7 @@ from app.errors import (
     SpecialFileFound,
     StampChangedError,
     json_loads,
+    out_of_inodes,
     shell_word,
     user_words,
 )
@@ -2981,6 +2983,8 @@ def refusal_words(error: OSError, root: Path) -> str:
     it back. "Permission denied; resolve that" alone (a directory of root's in a trash
     entry, which the owner's `check --repair` cannot remove) named nothing (red team 56)."""
     words = error.strerror or str(error)
+    if error.errno == errno.ENOSPC and out_of_inodes(error.filename):
+        return f"{words} ({NO_INODES})"  # "free space" was not what `df -h` said (red team 75)
     if not error.filename or not isinstance(error, PermissionError):
         return words  # a full disk, a failing one: the path is not where the fix lies
     path = Path(os.fsdecode(error.filename))

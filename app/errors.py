@@ -3114,7 +3114,11 @@ class StorageError(AppError):
 
 
 class StorageFullError(StorageError):
-    """The data root's filesystem is full (or the owner's quota is used up)."""
+    """The data root's filesystem is full, of bytes or of inodes (or the quota is used up).
+
+    ``inodes``: every inode is used and blocks are free (`out_of_inodes`); ``quota``: the
+    user's quota is used up (``EDQUOT``); each said as such.
+    """
 
     code = "storage_full"
     http_status = 507
@@ -3125,8 +3129,40 @@ class StorageFullError(StorageError):
         "server (`app data empty-trash` does it while no server runs), or grow the "
         "filesystem"
     )
+    # "is full" and "Free space" sent an operator to `df -h`, which showed the disk nearly
+    # empty: ENOSPC is also every inode used (red team 75 on integrity, `out_of_inodes`).
+    inodes_template: ClassVar[str] = (
+        "cannot {doing}: the data root's filesystem has no free inodes (each file and "
+        "directory takes one; `df -i` counts them, where `df -h` shows free space); nothing "
+        "was changed. Free some, then retry: POST /trash/empty empties the trash without "
+        "stopping the server (`app data empty-trash` does it while no server runs), or remove "
+        "other files on that filesystem, or move the data root to one with more inodes"
+    )
+
+    # EDQUOT: the user's quota, not the filesystem, is used up, and `df` shows room: "grow
+    # the filesystem" resolved nothing (red team 75 on integrity).
+    quota_template: ClassVar[str] = (
+        "cannot {doing}: the quota of the user the app runs as on the data root's filesystem "
+        "is used up (of blocks or of inodes: `quota` shows it, where `df` shows room); nothing "
+        "was changed. Free some, then retry: POST /trash/empty empties the trash without "
+        "stopping the server (`app data empty-trash` does it while no server runs), or have "
+        "an operator raise that quota (`setquota`, `xfs_quota`)"
+    )
 
     doing: str
+    inodes: bool = False
+    quota: bool = False
+
+    @property
+    def message(self) -> str:
+        chosen = (
+            self.quota_template
+            if self.quota
+            else self.inodes_template
+            if self.inodes
+            else self.template
+        )
+        return chosen.format_map(vars(self))
 
 
 class FileTooLargeForServerError(StorageError):
@@ -3569,6 +3605,8 @@ def partway_cause(error: OSError) -> tuple[str, bool]:
     unchanged" of an entry the filesystem may have moved)."""
     number = error.errno or 0
     cause = f"{errno.errorcode.get(number, f'errno {number}')}: {error.strerror or error}"
+    if number == errno.ENOSPC and out_of_inodes(error.filename):
+        cause += f" ({NO_INODES})"  # where the remedy's "free space" is not what `df -h` says
     return cause, number in _IO_ERRNOS | _INTERRUPTED_ERRNOS
 
 
@@ -3689,6 +3727,35 @@ def thread_limit(error: BaseException, doing: str) -> ThreadLimitError | None:
     return None
 
 
+NO_INODES: Final = "no free inodes: `df -i` counts them, where `df -h` shows free space"
+"""What an ``ENOSPC`` of a filesystem with blocks free and every inode used is said with."""
+
+
+def out_of_inodes(path: object) -> bool:
+    """Whether the filesystem of ``path`` (the file a call just failed to make with
+    ``ENOSPC``, or the nearest directory above it that is there) has every inode used and
+    blocks free: "full" and `df -h` then disagree (red team 75 on integrity).
+
+    ``False`` where it cannot tell (no path, a relative one, a filesystem that counts no
+    inodes: btrfs reports 0 of them, or one it may not ``statvfs``): the message of a full
+    disk stays.
+    """
+    if not isinstance(path, str | bytes | os.PathLike):
+        return False
+    here = Path(os.fsdecode(path))
+    if not here.is_absolute():
+        return False  # named relative to a descriptor (`dir_fd`): not the working directory's
+    for candidate in (here, *here.parents):
+        try:
+            found = os.statvfs(candidate)
+        except (FileNotFoundError, NotADirectoryError):
+            continue  # the file the call could not make, or its directory: look above
+        except OSError:
+            return False
+        return found.f_files > 0 and found.f_favail == 0 and found.f_bavail > 0
+    return False
+
+
 def storage_error(error: BaseException, doing: str) -> StorageError | None:
     """The `StorageError` an ``OSError`` means (disk full, read-only), or ``None``.
 
@@ -3722,9 +3789,11 @@ def storage_error(error: BaseException, doing: str) -> StorageError | None:
             if isinstance(error, SpecialFileFound)
             else AuditLogFullError(doing, error.size, error.limit)
         )
+    inodes = error.errno == errno.ENOSPC and out_of_inodes(error.filename)
+    full = {"inodes": inodes, "quota": error.errno == errno.EDQUOT}
     for errnos, kind in _STORAGE_ERRORS:
         if error.errno in errnos:
-            return kind(doing)
+            return StorageFullError(doing, **full) if kind is StorageFullError else kind(doing)
     if not error.errno:
         return None  # raised without an errno: no call of the filesystem's, a bug to see
     # Any other errno is still the filesystem's answer: said as such, never a bare 500.

@@ -175,15 +175,35 @@ print("LEFT", *sorted(p.name for p in sandbox.RUNS_DIR.iterdir()))
 """
 
 
-def test_a_run_whose_registry_is_full_is_refused_saying_what_frees_it(tmp_path: Path) -> None:
+#: What frees a full registry: space, or (red team 75 on integrity) inodes, where every one
+#: is used and blocks are free, and "Free space in /tmp (`df -h /tmp`)" showed room.
+REGISTRY_FULL_FIXES = {
+    "blocks": "Free space in /tmp (`df -h /tmp`) and run again\n",
+    "inodes": (
+        "/tmp has no free inodes (each file takes one: `df -i /tmp` counts them, where `df -h` "
+        "shows free space): remove files there and run again\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("used_up", REGISTRY_FULL_FIXES)
+def test_a_run_whose_registry_is_full_is_refused_saying_what_frees_it(
+    tmp_path: Path, used_up: str
+) -> None:
     # /tmp full (ENOSPC) when the run writes its entry: the run was refused, but said only
     # "[Errno 28] No space left on device", neither where nor what to do, and each refused
     # run left an empty temporary file in the registry that nothing ever removed.
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         pytest.skip("only root mounts a tmpfs without a user namespace")
+    # The tmpfs's root takes one of its 2 inodes, the filler the other.
+    size, filler = (
+        ("size=4k", f"head -c 65536 /dev/zero > {sandbox.RUNS_DIR}/filler")
+        if used_up == "blocks"
+        else ("size=1m,nr_inodes=2", f"mkdir {sandbox.RUNS_DIR}/filler")
+    )
     full = (
-        f"mount -t tmpfs -o size=4k,mode=755 none {sandbox.RUNS_DIR} && "
-        f"(head -c 65536 /dev/zero > {sandbox.RUNS_DIR}/filler; "
+        f"mount -t tmpfs -o {size},mode=755 none {sandbox.RUNS_DIR} && "
+        f"({filler}; "
         f'exec {sys.executable} -c "$0" "$1")'
     )
     done = subprocess.run(
@@ -199,8 +219,7 @@ def test_a_run_whose_registry_is_full_is_refused_saying_what_frees_it(tmp_path: 
     ) in printed, printed
     assert (
         "); without its entry there, a process its tests start with a hand-built environment "
-        "could not be told apart from a production shell. Free space in /tmp (`df -h /tmp`) and "
-        "run again\n"
+        f"could not be told apart from a production shell. {REGISTRY_FULL_FIXES[used_up]}"
     ) in printed, printed
     assert "LEFT filler\n" in printed, printed
 

@@ -63,7 +63,7 @@ ZYGOTE_IMPORTS = r"""
 import errno, hashlib, json, os, shutil, subprocess, sys, traceback
 
 from app.config import load
-from app.errors import storage_error
+from app.errors import partway_cause, storage_error
 from app.storage import open_storage
 
 import _strptime, dynaconf, dynaconf.loaders.toml_loader, filelock
@@ -109,11 +109,11 @@ FILLER = os.path.join(DISK, "filler")
     + r"""
 
 
-def fill():
+def fill(blocks=True):
     os.makedirs(FILLER, exist_ok=True)
     fd = os.open(os.path.join(FILLER, "blocks"), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     try:
-        for size in (65536, 4096, 1):
+        for size in (65536, 4096, 1) if blocks else ():
             try:
                 while True:
                     os.write(fd, b"\0" * size)
@@ -233,8 +233,31 @@ def stream(root, session_id, name):
     return {"said": said}
 
 
+def inodes(root, session_id):
+    # Every inode used, blocks free (red team 75 on integrity): each refusal said "is full"
+    # and "Free space", and `df -h` showed the disk nearly empty.
+    orphan = os.path.join(root, "sessions", session_id, "blobs", "01a20000000070008000000000000002")
+    with open(orphan, "wb") as file:
+        file.write(b"bytes no record names")
+    filled = fill(blocks=False)
+    said = []
+    with open_storage(load(), writer=True, kind="server", wanted="serve") as store:
+        for finding in store.check(repair=True, thorough=False).findings:
+            said.append(finding.repair)
+        try:
+            store.put_file(session_id, "a.txt", b"a, version 3", replace=True)
+        except OSError as error:
+            said.append(str(storage_error(error, f"PUT /sessions/{session_id}/files/a.txt")))
+        try:
+            os.mkdir(os.path.join(root, "another"))
+        except OSError as error:
+            said.append(partway_cause(error)[0])
+    unfill(filled)
+    return {"said": said}
+
+
 # The children that load their own settings: the rest take the zygote's (`SETTINGS_ONCE`).
-ONESELF = {"stream", "way-out", "unreadable"}
+ONESELF = {"stream", "way-out", "unreadable", "inodes"}
 
 
 def child(op, at, args, root, config):
@@ -244,6 +267,8 @@ def child(op, at, args, root, config):
         return way_out(root)
     if op == "unreadable":
         return unreadable(root, *args)
+    if op == "inodes":
+        return inodes(root, *args)
     changes = 0
     filled = None
     busy = False
@@ -526,4 +551,29 @@ def test_a_disk_that_fills_while_an_upload_streams_refuses_it_and_frees_its_byte
         "in .tmp: []",
         "unchanged: True",
         "a, version 3",
+    ]
+
+
+def test_a_disk_out_of_inodes_with_space_left_says_inodes_where_it_said_full(
+    template: tuple[dict[str, str], Path], zygote: Zygote
+) -> None:
+    ids, saved = template
+    keep = ids["keep"]
+    said = zygote.run(saved, "inodes", 0, [keep])["said"]
+    no_inodes = "no free inodes: `df -i` counts them, where `df -h` shows free space"
+    assert said == [
+        (
+            "move them to the trash as file 'orphan-01a20000000070008000000000000002' (reason "
+            f"'orphan') (not done: No space left on device ({no_inodes}); resolve that, then "
+            "run `app data check --repair` again)"
+        ),
+        (
+            f"cannot PUT /sessions/{keep}/files/a.txt: the data root's filesystem has no free "
+            "inodes (each file and directory takes one; `df -i` counts them, where `df -h` shows "
+            "free space); nothing was changed. Free some, then retry: POST /trash/empty empties "
+            "the trash without stopping the server (`app data empty-trash` does it while no "
+            "server runs), or remove other files on that filesystem, or move the data root to "
+            "one with more inodes"
+        ),
+        f"ENOSPC: No space left on device ({no_inodes})",
     ]

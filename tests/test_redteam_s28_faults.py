@@ -375,10 +375,11 @@ def test_a_system_call_failed_at_any_step_is_answered_truly_and_keeps_every_byte
 
 
 @contextlib.contextmanager
-def _injected(pid: int, log: Path, syscalls: str, errno: str, path: Path) -> Iterator[None]:
-    """Fail the first call of ``syscalls`` on ``path`` in each thread of ``pid``, for the
-    block (strace attached to every thread, then detached)."""
-    command = ["strace", "-f", "-qq", "-o", str(log), "-P", str(path), "-p", str(pid)]
+def _injected(pid: int, log: Path, syscalls: str, errno: str, path: Path | None) -> Iterator[None]:
+    """Fail the first call of ``syscalls`` (on ``path``, or on any) in each thread of
+    ``pid``, for the block (strace attached to every thread, then detached)."""
+    command = ["strace", "-f", "-qq", "-o", str(log), "-p", str(pid)]
+    command += [] if path is None else ["-P", str(path)]
     command += ["-e", f"trace={syscalls}", "-e", f"inject={syscalls}:error={errno}:when=1"]
     tracer = subprocess.Popen(command, stdin=subprocess.DEVNULL)
     try:
@@ -413,6 +414,19 @@ def test_after_a_failed_fsync_a_server_acknowledges_no_change_until_it_is_restar
         with httpx.Client(base_url=url, headers=token) as http:
             kept = http.post("/sessions", json={"title": "kept"}).json()["id"]
             assert http.put(f"/sessions/{kept}/files/a.txt", content=b"v1").status_code == 201
+            # A quota used up (EDQUOT) was said "the data root's filesystem is full ... or
+            # grow the filesystem", where `df` showed room (red team 75 on integrity).
+            with _injected(process.pid, tmp_path / "quota.log", "mkdir,mkdirat", "EDQUOT", None):
+                quota = http.post("/sessions", json={"title": "over the quota"})
+            assert (quota.status_code, _code(quota)) == (507, "storage_full"), quota.text
+            assert quota.json()["message"] == (
+                "cannot POST /sessions: the quota of the user the app runs as on the data "
+                "root's filesystem is used up (of blocks or of inodes: `quota` shows it, where "
+                "`df` shows room); nothing was changed. Free some, then retry: POST "
+                "/trash/empty empties the trash without stopping the server (`app data "
+                "empty-trash` does it while no server runs), or have an operator raise that "
+                "quota (`setquota`, `xfs_quota`)"
+            )
             log = tmp_path / "strace.log"
             with _injected(process.pid, log, "fsync", "EIO", root / "sessions"):
                 met = http.post("/sessions", json={"title": "met the failure"})

@@ -73,7 +73,10 @@ _ERRORS: Final = {
         "The request line and headers exceed `max_header_bytes` (`header_too_large`), or a "
         "chunked body's trailer fields or chunk size line do (`body_line_too_large`)."
     ),
-    507: "The data root's filesystem is full (`storage_full`); nothing was changed.",
+    507: (
+        "The data root's filesystem is full, of bytes or of inodes (`storage_full`); nothing "
+        "was changed."
+    ),
 }
 # What any write may answer besides its own errors: the storage said no.
 STORAGE: Final = (503, 507)

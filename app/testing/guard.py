@@ -26,6 +26,7 @@ from app.errors import (
     SettingsNotFoundError,
     UnknownProfileError,
     json_loads,
+    out_of_inodes,
     printable,
 )
 from app.lock import describe_holder
@@ -1813,6 +1814,11 @@ _REGISTRY_FIXES = {
     errno.EROFS: "{tmp} is mounted read-only: the run needs it writable",
     errno.EMFILE: "Raise this process's limit of open files (`ulimit -n`) and run again",
 }
+#: ENOSPC where every inode is used and blocks are free: `df -h` showed room (red team 75).
+_NO_INODES_FIX: Final = (
+    "{tmp} has no free inodes (each file takes one: `df -i {tmp}` counts them, where `df -h` "
+    "shows free space): remove files there and run again"
+)
 
 
 #: Set on a factory whose run's plugin keeps its held directories itself (`make_sandbox`).
@@ -1976,9 +1982,14 @@ def register(
         if error.strerror is None:  # the registry's own refusal (another user's directory)
             why, fix = str(error), ""
         else:
-            why = f"{error.strerror}, writing {error.filename or sandboxing.RUNS_DIR}"
+            # A name made relative to the registry's descriptor (`dir_fd`): said by its path.
+            written = sandboxing.RUNS_DIR / os.fsdecode(error.filename or "")
+            why = f"{error.strerror}, writing {written}"
             default = f"Make {sandboxing.RUNS_DIR} writable by this user and run again"
-            fix = ". " + _REGISTRY_FIXES.get(error.errno or 0, default).format(tmp=tmp)
+            fixes = _REGISTRY_FIXES.get(error.errno or 0, default)
+            if error.errno == errno.ENOSPC and out_of_inodes(written):
+                fixes = _NO_INODES_FIX
+            fix = ". " + fixes.format(tmp=tmp)
         raise usage_error(
             f"app: refusing to run: the test run cannot be registered in {sandboxing.RUNS_DIR} "
             f"({why}); without its entry there, a process its tests start with a hand-built "
