@@ -102,6 +102,7 @@ from app.mountinfo import (
 )
 from app.names import MAX_NAME_BYTES
 from app.records import dataclass
+from app.requester import REQUESTER
 from app.sandbox import (
     LazyPattern,
     check_given_profile,
@@ -1170,6 +1171,9 @@ def _audit_record(
         "operation": operation,
         "target": str(target),
         "details": dict(details),
+        # The HTTP client a server's change was made for (app.requester): the argv is the
+        # server's own.
+        **({} if (client := REQUESTER.get()) is None else {"client": client}),
     }
 
 

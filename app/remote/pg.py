@@ -78,6 +78,7 @@ from app.remote.errors import (
     needs_confirmation,
 )
 from app.remote.hosts import is_this_machine
+from app.requester import REQUESTER
 
 log = logging.getLogger("app.remote.store")
 
@@ -2283,7 +2284,9 @@ def audit(
             kind,
             operation,
             target,
-            Jsonb(dict(detail or {})),
+            # The HTTP client a replica's change was made for (app.requester), in the detail:
+            # the row's host and pid are the replica's own.
+            Jsonb({**(detail or {}), **({} if (c := REQUESTER.get()) is None else {"client": c})}),
             socket.gethostname(),
             os.getpid(),
         ),
