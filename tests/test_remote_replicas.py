@@ -140,13 +140,16 @@ def test_maintenance_is_refused_while_either_replica_lives_and_done_once_both_st
     assert emptied.returncode == 0, emptied.stderr
     assert "removed 2 trash entries" in emptied.stdout
     with psycopg.connect(production.database_url) as conn:
-        audit = conn.execute("SELECT operation, detail->'client' FROM app_audit ORDER BY id")
-        clients = dict(audit.fetchall())
-    assert "empty-trash" in clients
-    # Who asked the replica (red team 75 on the documentation: the row named the replica's
-    # host and pid alone); a command's row has no client.
+        audit = conn.execute("SELECT operation, detail FROM app_audit ORDER BY id")
+        details = dict(audit.fetchall())
+    assert "empty-trash" in details
+    # Who made each change (red team 75 on the documentation: a row named a host and a pid
+    # alone): a replica's names the client that asked, a command's its command line.
     client = {"address": "127.0.0.1", "user_agent": "cleanup-script/1.0"}
-    assert (clients["trash-session"], clients["purge"]) == (client, None)
+    assert details["trash-session"]["client"] == client
+    assert "serve" in details["trash-session"]["argv"]
+    assert "client" not in details["purge"]
+    assert details["purge"]["argv"][1:] == list(purge)
 
 
 def test_a_replica_cannot_start_while_maintenance_holds_the_database(
