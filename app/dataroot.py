@@ -104,6 +104,7 @@ from app.mountinfo import (
 )
 from app.names import MAX_NAME_BYTES
 from app.records import dataclass
+from app.requester import REQUESTER
 from app.sandbox import (
     LazyPattern,
     check_given_profile,
@@ -1172,6 +1173,9 @@ def _audit_record(
         "operation": operation,
         "target": str(target),
         "details": dict(details),
+        # The HTTP client a server's change was made for (app.requester): the argv is the
+        # server's own.
+        **({} if (client := REQUESTER.get()) is None else {"client": client}),
     }
 
 
@@ -1207,7 +1211,10 @@ def _refuse_audit_at_limit(fd: int, path: Path, items: int = 0) -> None:
     if limit == resource.RLIM_INFINITY:
         return
     size = os.fstat(fd).st_size
-    room = _AUDIT_LINE_ROOM + items * _AUDIT_ITEM_ROOM + len(json.dumps(sys.argv))
+    # The command line and the HTTP client the line names (app.requester: a User-Agent of
+    # 200 characters is up to 1,200 bytes of JSON escapes) are counted as they are.
+    asked = len(json.dumps(sys.argv)) + len(json.dumps(REQUESTER.get()))
+    room = _AUDIT_LINE_ROOM + items * _AUDIT_ITEM_ROOM + asked
     if size + room > limit:
         raise AuditLogAtLimit(path, size, limit)
 

@@ -475,13 +475,22 @@ def test_data_root_files_match_what_the_app_writes(app_config) -> None:  # type:
         # What `app serve` publishes once it has bound its socket (`app.server.run._run`).
         store.publish(port=8080, url="http://127.0.0.1:8080", address="127.0.0.1")
         session = store.create_session("site visit")
-        entry = store.delete_session(session["id"])
+        # The page's line is a server's: it names the client the delete was made for, as
+        # the server's token check sets it (app.server.auth; tests/test_server_e2e.py
+        # checks it over real HTTP). A client built here cost 0.5 s of create_app.
+        from app.requester import REQUESTER
+
+        asked = REQUESTER.set({"address": "192.0.2.15", "user_agent": "curl/8.5.0"})
+        try:
+            entry = store.delete_session(session["id"]).name
+        finally:
+            REQUESTER.reset(asked)
         holder = json.loads((app_config.data_root / ".server.lock").read_text())
         stamp = json.loads((app_config.data_root / ".app-profile.json").read_text())
         audit = [json.loads(line) for line in (app_config.data_root / "audit.jsonl").open()]
     ids = {  # longest first: the trash entry's name contains the session id
         str(app_config.data_root): "/var/lib/app",
-        entry.name: "20251204T091203512113Z-0193a5f0c2d87b3e9a41c6d2e8f01b27",
+        entry: "20251204T091203512113Z-0193a5f0c2d87b3e9a41c6d2e8f01b27",
         session["id"]: "0193a5f0c2d87b3e9a41c6d2e8f01b27",
     }
     # The on-disk layout page: `pid_started` is field 22 of the holder's /proc/<pid>/stat.

@@ -813,3 +813,31 @@ def test_the_isolation_pages_costs_are_the_figures_performance_md_stands_by() ->
     quoted = set(re.findall(r"\d[\d,]*(?:\.\d+)?", costs)) - {"50", "201", "256", "1"}
     assert len(quoted) > 8, quoted
     assert quoted <= standing, sorted(quoted - standing)
+
+
+@pytest.mark.app_profile("development")
+def test_the_variables_the_configuration_page_says_are_ignored_or_refused_are() -> None:
+    """configuration.md gave `APP_DATA_ROT` as a variable "ignored with a warning that suggests
+    the nearest key"; since red team 36 it is refused (exit 78, `variable_misspelt`) while
+    `APP_DATA_ROOT` is not set, and the page's list of refused variables left that rule out
+    (red team 75 on the documentation). Each variable the page says is ignored loads with a
+    warning naming it; each its refused list gives for the data's variables is refused. The
+    rule is read directly: a test run maps every root into its sandbox, so no process of a run
+    refuses them (tests/test_redteam_s36_guard.py refuses them outside one)."""
+    from app.config import _misspelt_resource_variables, load
+
+    page = " ".join((DOCS / "reference" / "configuration.md").read_text(encoding="utf-8").split())
+    ignored = re.search(r"An `APP_` variable that is not a key \(for example `(\w+)`\)", page)
+    others = re.search(r"One named for another profile's key \(((?:`\w+`,? ?)+)", page)
+    bullet = re.search(r"- \*\*a variable that looks meant as `APP_DATA_ROOT`.+?- \*\*", page)
+    assert ignored and others and bullet, "the page's sentences moved: update this test"
+    for name in [ignored.group(1), *re.findall(r"`(\w+)`", others.group(1))]:
+        warnings = load("development", environ={name: "/srv/copy"}).warnings
+        assert any(f"variable {name} is not an app setting; ignored" in w for w in warnings)
+        assert not list(_misspelt_resource_variables({name: "/srv/copy"}, "development")), name
+    meant = {"APP_DATA_ROOT", "APP_DATABASE_URL", "APP_BLOB_URL"}
+    refused = set(re.findall(r"`((?:APP|app)_\w+)`", bullet.group(0))) - meant
+    assert len(refused) >= 8, refused
+    for name in sorted(refused):
+        found = list(_misspelt_resource_variables({name: "/srv/copy"}, "development"))
+        assert [error.name for error in found] == [name], name

@@ -259,12 +259,23 @@ def test_a_port_in_use_is_refused_naming_the_process_that_listens_on_it(tmp_path
         listener.bind(("127.0.0.1", 0))
         listener.listen()
         port = listener.getsockname()[1]
-        done = run_app("serve", "--port", str(port), env=app_env(tmp_path / "data"))
+        # A second holder of the socket, whose command line has words with spaces and runs
+        # past the 160 characters a message shows: it was named by its words joined with
+        # spaces, cut at 200 characters without a mark (red team 75 on the documentation).
+        words = ["sleep 30; :", "a b", "x" * 200]
+        holder = subprocess.Popen(["sh", "-c", *words], pass_fds=[listener.fileno()])
+        try:
+            done = run_app("serve", "--port", str(port), env=app_env(tmp_path / "data"))
+        finally:
+            holder.kill()
+            holder.wait()
     assert done.returncode == 69, done.stderr
     assert (
         f"error: cannot listen on 127.0.0.1:{port}: the address is already in use, by pid "
         f"{os.getpid()} ("
     ) in done.stderr, done.stderr
+    assert f"pid {holder.pid} (sh -c 'sleep 30; :' 'a b' xxxxx" in done.stderr, done.stderr
+    assert "xxx...)" in done.stderr, done.stderr
     assert "). Another process uses that port; stop it, or choose another port" in done.stderr
 
 

@@ -321,6 +321,15 @@ def test_a_change_whose_audit_line_would_not_fit_under_the_file_size_limit_is_re
         audit.rename(root / "audit.jsonl.1")  # as the refusal says
         assert app_client.delete(url).status_code == 200
         assert app_client.post("/trash/empty").status_code == 200
+        # A line names the HTTP client too (red team 75 on the documentation): a User-Agent
+        # of 200 characters, each a JSON escape of 6 bytes, is 1,200 bytes the room must
+        # count. Broke: 200, the session deleted, its line (1.6 KB) only in the log.
+        room = 1024 + len(json.dumps(sys.argv)) + 300
+        resource.setrlimit(resource.RLIMIT_FSIZE, (audit.stat().st_size + room, hard))
+        agent = {"User-Agent": b"\xe9" * 200}
+        answer = app_client.delete(f"/sessions/{sid}", headers=agent)
+        assert (answer.status_code, answer.json()["code"]) == (507, "audit_log_full")
+        assert app_client.get(f"/sessions/{sid}").status_code == 200
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     lines = [json.loads(line)["operation"] for line in audit.read_text().splitlines()]

@@ -270,11 +270,13 @@ def test_an_audit_line_that_does_not_fit_takes_back_only_itself_not_anothers(
                 before = audit.stat().st_size
                 assert http.delete(change).status_code == 200
                 lengths.append(audit.stat().st_size - before)
-            argv = json.loads(audit.read_text().splitlines()[-1])["argv"]
+            last = json.loads(audit.read_text().splitlines()[-1])
             # Room for the longer line and for the check's own reserve, not for both lines:
-            # each change passes the check of room made before it (`_refuse_audit_at_limit`),
-            # both at this size.
-            room = max(*lengths, _AUDIT_LINE_ROOM + len(json.dumps(argv))) + 8
+            # each change passes the check of room made before it (`_refuse_audit_at_limit`,
+            # which counts the command line and the HTTP client the line names), both at
+            # this size.
+            asked = len(json.dumps(last["argv"])) + len(json.dumps(last["client"]))
+            room = max(*lengths, _AUDIT_LINE_ROOM + asked) + 8
             assert room < sum(lengths), (room, lengths)
             size = audit.stat().st_size
             # (The limit is every file's: the file's trash manifest, 1,177 bytes with its

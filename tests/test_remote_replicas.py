@@ -106,7 +106,8 @@ def test_maintenance_is_refused_while_either_replica_lives_and_done_once_both_st
     first, second = production.start_pair()
     with production.client(first) as client:
         session_id = client.post("/sessions", json={"title": "keep"}).json()["id"]
-        assert client.delete(f"/sessions/{session_id}").status_code in (200, 204)
+        agent = {"User-Agent": "cleanup-script/1.0"}
+        assert client.delete(f"/sessions/{session_id}", headers=agent).status_code in (200, 204)
         client.post("/sessions", json={"title": "live"})
 
     purge = ("data", "purge", "--profile", "production", "--yes-i-mean-it")
@@ -139,8 +140,16 @@ def test_maintenance_is_refused_while_either_replica_lives_and_done_once_both_st
     assert emptied.returncode == 0, emptied.stderr
     assert "removed 2 trash entries" in emptied.stdout
     with psycopg.connect(production.database_url) as conn:
-        audit = [row[0] for row in conn.execute("SELECT operation FROM app_audit ORDER BY id")]
-    assert "empty-trash" in audit
+        audit = conn.execute("SELECT operation, detail FROM app_audit ORDER BY id")
+        details = dict(audit.fetchall())
+    assert "empty-trash" in details
+    # Who made each change (red team 75 on the documentation: a row named a host and a pid
+    # alone): a replica's names the client that asked, a command's its command line.
+    client = {"address": "127.0.0.1", "user_agent": "cleanup-script/1.0"}
+    assert details["trash-session"]["client"] == client
+    assert "serve" in details["trash-session"]["argv"]
+    assert "client" not in details["purge"]
+    assert details["purge"]["argv"][1:] == list(purge)
 
 
 def test_a_replica_cannot_start_while_maintenance_holds_the_database(

@@ -9,6 +9,8 @@ where a data root's ``session.json`` so changed is refused (red team 65). The ro
 
 from __future__ import annotations
 
+import sys
+
 import psycopg
 import pytest
 from engines import PostgresEngine, S3Engine, new_blob_url
@@ -118,7 +120,9 @@ def test_a_database_from_before_gets_the_column_and_its_rows_are_read_as_before(
             audited = admin.execute(
                 "SELECT kind, operation, detail FROM app_audit WHERE operation = 'schema'"
             ).fetchall()
-            assert audited == [("open", "schema", {"added": "app_sessions.content_sha256"})]
+            assert audited == [
+                ("open", "schema", {"added": "app_sessions.content_sha256", "argv": sys.argv})
+            ]
             admin.execute("UPDATE app_sessions SET title = 'edited' WHERE id = %s", (old,))
             assert pg.drift(admin) == ((), ())
         with _replica(s3_engine, (url, new_blob_url(s3_engine))) as store:

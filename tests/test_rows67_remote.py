@@ -14,6 +14,8 @@ trashed session's row with its key as a read of a live one does.
 
 from __future__ import annotations
 
+import sys
+
 import psycopg
 import pytest
 from engines import PostgresEngine, S3Engine, new_blob_url
@@ -114,7 +116,7 @@ def test_a_database_an_earlier_build_made_reads_as_before_until_the_repair_marks
             audited = admin.execute(
                 "SELECT detail FROM app_audit WHERE operation = 'hash'"
             ).fetchall()
-            assert audited == [({"sessions": 1, "files": 1, "updated": 1},)]
+            assert audited == [({"sessions": 1, "files": 1, "updated": 1, "argv": sys.argv},)]
             assert admin.execute("SELECT content_sha256 FROM app_files").fetchall() == [
                 (record_sha256(made),)
             ]

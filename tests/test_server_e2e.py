@@ -427,7 +427,8 @@ def test_a_deleted_session_is_restorable_and_audited(start: Any, root: Path) -> 
     with server.client() as client:
         sid = client.post("/sessions", json={"title": "oops"}).json()["id"]
         client.post(f"/sessions/{sid}/files", files={"file": ("a.txt", b"data")})
-        assert client.delete(f"/sessions/{sid}").status_code == 200
+        agent = {"User-Agent": "cleanup-script/1.0"}
+        assert client.delete(f"/sessions/{sid}", headers=agent).status_code == 200
         assert client.get(f"/sessions/{sid}").status_code == 404
     assert run_app("sessions", "restore", sid, env=env).returncode == 75
     assert server.stop() == 0
@@ -446,6 +447,11 @@ def test_a_deleted_session_is_restorable_and_audited(start: Any, root: Path) -> 
         "kind": "server",
         "target": sid,
     }
+    # Who asked the server (red team 75 on the documentation: the line named the server's
+    # argv alone, `app serve`, and the pages said the log "says who ran it"). A command's
+    # line has no client: its argv is who.
+    assert trashed["client"] == {"address": "127.0.0.1", "user_agent": "cleanup-script/1.0"}
+    assert "client" not in back
     assert {k: back[k] for k in ("operation", "kind", "target")} == {
         "operation": "restore-session",
         "kind": "maintenance",

@@ -31,7 +31,7 @@ from live_http import WAIT, Answers, a_session, address, connect, head_of
 from starlette.requests import Request
 from starlette.testclient import TestClient
 
-from app.server.uploads import _client_named
+from app.server.uploads import client_named
 from app.store import Store
 from app.testing import LiveServer
 
@@ -423,9 +423,9 @@ def test_uploads_over_max_uploads_in_flight_are_503_with_retry_after(tight: Live
 )
 def test_a_client_holding_an_upload_is_named_by_its_address_as_given(host: str, named: str) -> None:
     # Red team 71 on regress (rt-regress71h), found by reading rt-regress71d's
-    # `_client_named` (the 503 above shows it; a server on "::" is not started here).
+    # `client_named` (the 503 above shows it; a server on "::" is not started here).
     request = Request({"type": "http", "client": (host, 0) if host else None, "headers": []})
-    assert _client_named(request) == named
+    assert client_named(request) == named
 
 
 def read_answer_once(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:

@@ -32,6 +32,7 @@ import pwd
 import re
 import select
 import socket
+import sys
 import threading
 import time
 import zlib
@@ -78,6 +79,7 @@ from app.remote.errors import (
     needs_confirmation,
 )
 from app.remote.hosts import is_this_machine
+from app.requester import REQUESTER
 
 log = logging.getLogger("app.remote.store")
 
@@ -2283,7 +2285,14 @@ def audit(
             kind,
             operation,
             target,
-            Jsonb(dict(detail or {})),
+            # Who made the change, in the detail, as a data root's audit line names it: the
+            # process's command line, and the HTTP client a replica's change was made for
+            # (app.requester). The row's host and pid alone named a process long gone, and
+            # a replica's every change as its own (red team 75 on the documentation).
+            Jsonb(
+                {**(detail or {}), "argv": list(sys.argv)}
+                | ({} if (client := REQUESTER.get()) is None else {"client": client})
+            ),
             socket.gethostname(),
             os.getpid(),
         ),

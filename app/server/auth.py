@@ -19,8 +19,9 @@ from starlette.responses import Response
 
 from app.digests import Digests
 from app.errors import BadRequestError, DigestMismatchError
+from app.requester import REQUESTER, USER_AGENT_CHARS
 from app.server.routes_files import PRECONDITIONS, unsupported_precondition
-from app.server.uploads import refuse_unframed_body, trailer_of
+from app.server.uploads import client_named, refuse_unframed_body, trailer_of
 
 if TYPE_CHECKING:
     from fastapi.dependencies.models import Dependant
@@ -122,6 +123,13 @@ class TokenRoute(APIRoute):
 
         async def checked(request: Request) -> Response:
             await token(request)
+            # Who asked, for the audit line of a change this request makes (app.requester):
+            # set in this request's task, whose worker threads run with a copy of it.
+            agent = request.headers.get("user-agent")
+            REQUESTER.set(
+                {"address": client_named(request)}
+                | ({} if agent is None else {"user_agent": agent[:USER_AGENT_CHARS]})
+            )
             if query := request.scope["query_string"]:
                 refuse_query(query, known, operation, numbers)
             if not evaluates and (ignored := ignored_preconditions(request)):

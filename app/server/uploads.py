@@ -63,7 +63,7 @@ class UploadSlots:
         if len(self.holders) >= self.limit:
             raise TooManyUploadsError(self.limit, self._held_by(), _RETRY_AFTER_SECONDS)
         key = object()
-        self.holders[key] = (_client_named(request), time.monotonic())
+        self.holders[key] = (client_named(request), time.monotonic())
         request.scope[READ_AHEAD] = _BATCH_BYTES
         try:
             yield
@@ -84,7 +84,7 @@ class UploadSlots:
         return f"{named}; the oldest began {time.monotonic() - oldest:.0f} s ago"
 
 
-def _client_named(request: Request) -> str:
+def client_named(request: Request) -> str:
     """``request``'s client as the refusal of another client names it: its address.
 
     Behind a proxy uvicorn trusts (127.0.0.1 by default: ``FORWARDED_ALLOW_IPS``), the
