@@ -287,14 +287,36 @@ def test_serve_with_workers_runs_one_replica_per_worker_on_one_port(
     with production.client(server) as client:
         made = [client.post("/sessions", json={"title": f"w{n}"}).json()["id"] for n in range(6)]
         assert [s["id"] for s in client.get("/sessions").json()["items"]] == made
-    refused = production.run("data", "purge", "--yes-i-mean-it")
+    # A worker stopped with SIGSTOP (Ctrl-Z, a debugger's detach) serves nothing and acts on
+    # no stop: named so, with what resumes it (red team 75 on serve --workers: "serving").
+    # So is it as a listener on the port a second `serve` wants (before the fix, "pid N
+    # (... serve ...)" and "stop it"): `serve` and both workers hold the socket.
+    os.kill(workers[1], signal.SIGSTOP)
+    port = server.url.rpartition(":")[2]
+    refused, taken = production.run_side_by_side(
+        ("data", "purge", "--yes-i-mean-it"), ("serve", "--port", port, "--workers", "2")
+    )
+    stopped = (
+        f"stopped by a signal (SIGSTOP, Ctrl-Z in its shell): it waits to be resumed; a stop "
+        f"(kill {workers[1]}) takes effect once it is resumed (kill -CONT {workers[1]})"
+    )
+    assert taken.returncode == 69, taken.stderr
+    shown = " ".join(taken.stderr.split())
+    assert shown.count(f"), {stopped}") == 1 and shown.count("stopped by") == 1, shown
+    assert shown.index(f"pid {workers[1]} (") < shown.index(stopped), shown
     assert refused.returncode == 75
     assert "2 live replica(s)" in refused.stderr
     assert all(f"pid {pid}" in refused.stderr for pid in workers)
+    shown = " ".join(refused.stderr.split())
+    assert shown.count(f"serving {server.url}, {stopped}") == 1, shown
+    assert shown.count("stopped by") == 1, shown
+    assert shown.index(f"pid {workers[1]},") < shown.index(stopped), shown
     # A worker killed outright (the OOM killer): its session, advisory lock and holder row
     # end with it (its connection is its own, not a copy a sibling forked from serve holds),
     # and serve names the signal (red team 74 on regress, round b: "stopped (exit -9)").
     # serve stopped by SIGTERM is red team 60's (tests/test_redteam_s60_regress_late.py).
+    # The stopped worker is sent SIGCONT with its SIGTERM, as systemd's stop does: serve
+    # waited for it for ever, silently, while it held the database (red team 75).
     os.kill(workers[0], signal.SIGKILL)
     assert server.process.wait() == 70, server.output
     assert production.holders() == []

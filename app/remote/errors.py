@@ -7,6 +7,7 @@ locations without credentials.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import field
 from typing import Any
@@ -46,6 +47,14 @@ def describe_replica(holder: Mapping[str, Any]) -> str:
         parts.append(f"since {holder['since']}")
     if holder.get("url"):
         parts.append(f"serving {holder['url']}")
+    pid = holder.get("pid")
+    if type(pid) is int and pid > 0 and holder.get("host") == socket.gethostname():
+        # A replica of this machine that is stopped, at a debugger's breakpoint or frozen
+        # serves nothing and acts on no stop, as a data root's holder is said to (red team
+        # 75 on serve --workers). Read only here: a host's rows are not checked from another.
+        from app.lock import paused_words
+
+        parts.extend(paused_words(pid))
     return ", ".join(parts)
 
 

@@ -48,7 +48,7 @@ from app.server.factory import create_app
 from app.server.protocol import bounded_h11
 from app.server.routes_sessions import HealthResponse
 from app.server.warm import SessionWarmer, warm_up, worker_threads_at_work
-from app.storage import HolderWatch, Storage, open_storage
+from app.storage import HolderWatch, Storage, open_storage, paused_words
 
 if TYPE_CHECKING:
     import uvicorn
@@ -175,7 +175,10 @@ def _listener(port: int) -> str:
         except OSError:
             raw = b""
         argv = " ".join(raw.decode(errors="replace").replace("\0", " ").split())
-        described.append(f"pid {pid} ({argv[:200] or 'command line unknown'})")
+        # A listener stopped with SIGSTOP (a worker of an earlier `serve --workers`, whose
+        # `serve` was killed meanwhile) acts on no `kill` until resumed (red team 75).
+        paused = "".join(f", {words}" for words in paused_words(int(pid)))
+        described.append(f"pid {pid} ({argv[:200] or 'command line unknown'}){paused}")
     return ", ".join(described)
 
 
@@ -538,6 +541,11 @@ def serve_workers(config: Config, *, host: str, port: int, workers: int) -> None
         for process in processes:
             if process.is_alive() and process.pid is not None:
                 os.kill(process.pid, signal.SIGTERM)
+                # And SIGCONT, as systemd's stop sends both: a worker stopped by a signal
+                # (SIGSTOP, Ctrl-Z's SIGTSTP) takes SIGTERM only once it runs again, and
+                # `serve` waited for it here for ever, silently, its siblings gone and it
+                # holding the database (red team 75 on serve --workers).
+                os.kill(process.pid, signal.SIGCONT)
         for process in processes:
             process.join()
         sock.close()
