@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ import forked_app
 import psycopg
 import pytest
 from engines import PostgresEngine, S3Engine
-from replicas import SPAWNED_SECONDS, Production, Replica, production_on, wait_for
+from replicas import SETTINGS, SPAWNED_SECONDS, Production, Replica, production_on, wait_for
 
 from app.testing import wait_until_serving
 
@@ -408,3 +409,77 @@ def test_a_database_with_tables_of_its_own_and_no_stamp_is_refused(
     with psycopg.connect(production.database_url) as conn:
         tables = conn.execute("SELECT to_regclass('app_stamp')").fetchone()
     assert tables == (None,)
+
+
+#: `serve --workers 3` in a cgroup of its own whose pids.max lets it fork one worker: as
+#: `python -m app` would run it, its exit code printed.
+_LIMITED_SERVE = """
+import os, runpy, sys
+from pathlib import Path
+(Path(sys.argv[1]) / "cgroup.procs").write_text(str(os.getpid()))
+sys.argv[1:] = ["serve", "--port", "0", "--workers", "3"]
+try:
+    runpy.run_module("app", run_name="__main__", alter_sys=True)
+except SystemExit as stop:
+    print("exit", stop.code)
+"""
+
+
+def _pids_cgroup(name: str) -> Path | None:
+    """A new cgroup with a pids controller (cgroup v1's pids hierarchy, or v2's), or None."""
+    for hierarchy in (Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup")):
+        group = hierarchy / name
+        try:
+            group.mkdir()
+        except OSError:
+            continue
+        if (group / "pids.max").exists():
+            return group
+        group.rmdir()
+    return None
+
+
+def test_a_worker_the_system_refuses_a_process_stops_serve_naming_the_limit(
+    tmp_path: Path,
+) -> None:
+    # A fork refused at a limit of tasks (systemd's TasksMax= is a pids cgroup's pids.max):
+    # serve was a traceback ending in multiprocessing's "can only join a started process",
+    # exit 1, its refusal hidden (red team 75). No database is reached: the worker started
+    # is stopped as it starts.
+    (tmp_path / "settings.toml").write_text(
+        SETTINGS.format(
+            base=tmp_path,
+            database_url="postgresql://app@127.0.0.1:9/refused",
+            blob_url="s3://app-tests/refused",
+            endpoint="http://127.0.0.1:9",
+        )
+    )
+    env = {
+        **os.environ,
+        "ENV_FOR_DYNACONF": "production",
+        "APP_SETTINGS_DIR": str(tmp_path),
+        "APP_API_TOKEN": secrets.token_urlsafe(32),
+        "PYTEST_APP_ALLOW_PROFILES": "production",
+    }
+    env.pop("APP_DATA_ROOT", None)
+    group = _pids_cgroup(f"app-tests-{os.getpid()}-{tmp_path.name}")
+    if group is None:
+        pytest.skip("no pids cgroup can be made here (it takes root and a writable hierarchy)")
+    try:
+        (group / "pids.max").write_text("2")  # serve and one worker
+        done = forked_app.run_c(_LIMITED_SERVE.replace("sys.argv[1]", repr(str(group))), env)
+    finally:
+        group.rmdir()  # empty: serve joined its worker before it exited
+    assert done.stdout == "exit 75\n", done.stdout + done.stderr
+    shown = " ".join(done.stderr.split())
+    assert shown.startswith("error: cannot start worker 2 of 3 of `app serve --workers 3` "), shown
+    assert (
+        ": the system refused it a new process (Resource temporarily unavailable, EAGAIN). The "
+        "worker started before it (pid "
+    ) in shown, shown
+    assert (
+        ") was stopped, before serving a request. Serve with fewer workers (--workers), or "
+        "raise the limit that refused it, then start it again: systemd's TasksMax= for the "
+        "service, the container's pids limit, or `ulimit -u` for the user that runs the server"
+    ) in shown, shown
+    assert "Traceback" not in done.stderr
