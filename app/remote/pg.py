@@ -368,7 +368,10 @@ _BINDING = _SCHEMA[
 # A row is live while the backend it names holds both the shared lock and the row's own lock.
 # (Formatted from integer constants only.)
 _LIVE = f"""
-SELECT h.id, h.host, h.pid, h.profile, h.since, h.url, h.backend_pid FROM app_holders h
+SELECT h.id, h.host, h.pid, h.profile, h.since, h.url, h.backend_pid,
+    (SELECT a.application_name FROM pg_stat_activity a WHERE a.pid = h.backend_pid)
+    AS session_name
+FROM app_holders h
 WHERE EXISTS (
     SELECT 1 FROM pg_locks l
     WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
@@ -2361,10 +2364,25 @@ def same_session(conn: psycopg.Connection[Any], backend_pid: int) -> str | None:
     )
 
 
+#: How a replica's holding session names itself (its ``application_name``) once its server
+#: is stopping, finishing the requests in flight (`Holder.stopping`); then the time.
+STOPPING: Final = "app serve stopping since "
+
+
 def live_holders(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
-    """Every live replica's row: id, host, pid, profile, since, url, backend_pid."""
+    """Every live replica's row: id, host, pid, profile, since, url, backend_pid; and
+    ``stopping_since`` for a replica whose server is stopping (`Holder.stopping`)."""
     with conn.cursor(row_factory=dict_row) as cursor:
-        return list(cursor.execute(_LIVE).fetchall())
+        rows = list(cursor.execute(_LIVE).fetchall())
+    for row in rows:
+        name = row.pop("session_name", None) or ""
+        if name.startswith(STOPPING):
+            since = name.removeprefix(STOPPING)
+            # Only a time is repeated: any client of the role may name its session so.
+            with contextlib.suppress(ValueError):
+                datetime.fromisoformat(since)
+                row["stopping_since"] = since
+    return rows
 
 
 def clean_stale_holders(conn: psycopg.Connection[Any]) -> int:
@@ -2599,6 +2617,19 @@ class Holder:
                     "pooler in transaction mode), which does not hold its locks",
                 )
                 return
+
+    def stopping(self, since: str) -> None:
+        """Say in this hold's own session, as its ``application_name`` (:data:`STOPPING`),
+        that its server is stopping since ``since``, finishing the requests in flight: the
+        row has no column for it, and a replica so stopping was named "serving" by `app
+        status` and by maintenance's refusal, which said to stop it (red team 75 on serve
+        --workers; a data root's holder says so in its lock file, red team 44)."""
+        if self._conn is None or self.lost or self.silent_for() > 0:
+            return  # not while a ping waits: the stop goes on, its replica named as serving
+        with contextlib.suppress(psycopg.Error):
+            self._conn.execute(
+                "SELECT set_config('application_name', %s, false)", (STOPPING + since,)
+            )
 
     def silent_for(self) -> float:
         """For how long a ping of the heartbeat has gone unanswered (0 when none waits)."""
