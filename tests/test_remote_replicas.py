@@ -483,3 +483,37 @@ def test_a_worker_the_system_refuses_a_process_stops_serve_naming_the_limit(
         "service, the container's pids limit, or `ulimit -u` for the user that runs the server"
     ) in shown, shown
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    "said",
+    [
+        "sorry, too many clients already",
+        "remaining connection slots are reserved for non-replication superuser connections",
+    ],
+)
+def test_a_server_at_its_max_connections_is_named_so_not_as_one_that_does_not_run(
+    said: str,
+) -> None:
+    # `serve --workers 2` on the suite's cluster filled to its max_connections (by hand:
+    # filling its 200 takes 3.5 s): each worker was "cannot connect to database ...: FATAL:
+    # sorry, too many clients already. Check that the server runs and that database_url
+    # names it", both of which held (red team 75). The server's words, as that run gave
+    # them (PostgreSQL 15's; the second at the slots kept for superusers).
+    from app.remote import pg
+
+    reason = f'connection to server at "127.0.0.1", port 5432 failed: FATAL:  {said}'
+    error = psycopg.OperationalError(f"connection failed: {reason}")
+    refused = pg.refused_connection("postgresql://app@db:5432/app", error, 8, "a connection")
+    assert refused is not None and refused.sqlstate == "53300"
+    assert " ".join(refused.message.split()) == (
+        "database postgresql://app@db:5432/app refused a connection: connection failed: "
+        f"{' '.join(reason.split())} (SQLSTATE 53300); nothing was changed. The database server "
+        "is at its max_connections (less the slots it keeps for superusers): `SELECT usename, "
+        "application_name, client_addr, count(*) FROM pg_stat_activity GROUP BY 1, 2, 3 ORDER "
+        "BY 4 DESC` lists who holds them (each replica, and each worker of `app serve "
+        "--workers N`, holds one for its lock and up to 8 in its pool, each `app` command one "
+        "or two); end those that should not run, or serve with fewer workers or replicas, or "
+        "raise max_connections (`ALTER SYSTEM SET max_connections = <n>` as a superuser, then "
+        "restart PostgreSQL); then retry"
+    )

@@ -982,7 +982,7 @@ _REFUSALS: dict[str, str] = {
     "53200": "The database server is out of memory: " + _RETRY,
     "53300": (
         "The database server has no connection to spare (max_connections): stop idle "
-        "clients, lower pool sizes, or raise max_connections, then retry"
+        "clients, serve with fewer workers or replicas, or raise max_connections, then retry"
     ),
     "53": "The database server is out of a resource: " + _RETRY,
     "54": "The statement is past one of the server's limits: " + _RETRY,
@@ -1005,6 +1005,14 @@ _REFUSALS: dict[str, str] = {
 #: SQLSTATE 53300, which libpq does not hand psycopg for a refused connect: read in its
 #: message): which object, and its name as the server quotes it.
 _CONNECTION_LIMIT: Final = re.compile(r'too many connections for (role|database) "((?:[^"]|"")*)"')
+
+
+#: The server's words for a connection refused at its own limit (SQLSTATE 53300, read in its
+#: message as `_CONNECTION_LIMIT`): every slot of max_connections taken, or all but those it
+#: keeps for superusers (PostgreSQL 15's words, then 16's).
+_SERVER_FULL: Final = re.compile(
+    r"sorry, too many clients already|remaining connection slots are reserved for"
+)
 
 
 #: The server's words for a connection refused because the role may not log in (``ALTER ROLE
@@ -1048,6 +1056,23 @@ def refused_connection(
             "then retry"
         )
         return DatabaseRefusedError(where, _reason(error), "28000", remedy, what)
+    if _SERVER_FULL.search(reason):
+        # Said as a server that does not run, "Check that the server runs and that
+        # database_url names it", both of which held (red team 75 on serve --workers: the
+        # workers of `serve --workers N` take two connections each at their start, and up
+        # to one more each per request at once).
+        # What the user runs, quoted in the message: not a statement this process sends.
+        remedy = (
+            "The database server is at its max_connections (less the slots it keeps for "  # noqa: S608
+            "superusers): `SELECT usename, application_name, client_addr, count(*) FROM "
+            "pg_stat_activity GROUP BY 1, 2, 3 ORDER BY 4 DESC` lists who holds them (each "
+            "replica, and each worker of `app serve --workers N`, holds one for its lock and "
+            f"up to {pool_size} in its pool, each `app` command one or two); end those that "
+            "should not run, or serve with fewer workers or replicas, or raise max_connections "
+            "(`ALTER SYSTEM SET max_connections = <n>` as a superuser, then restart "
+            "PostgreSQL); then retry"
+        )
+        return DatabaseRefusedError(where, _reason(error), "53300", remedy, what)
     found = _CONNECTION_LIMIT.search(reason)
     if found is None:
         return None
