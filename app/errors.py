@@ -2138,6 +2138,46 @@ class ThreadLimitError(AppError):
     """The limits that can refuse a thread here, and where each is set (`thread_limits`)."""
 
 
+class WorkerStartError(AppError):
+    """``app serve --workers N`` could not start one of its workers: the system refused it a
+    new process (its limit of tasks, or of memory).
+
+    Raised before any worker served a request: those started before it are stopped. Was a
+    traceback ending in multiprocessing's "can only join a started process",
+    exit 1 (red team 75 on serve --workers).
+    """
+
+    exit_code = EX_TEMPFAIL
+    code = "worker_start_failed"
+    template = (
+        "cannot start worker {number} of {workers} of `app serve --workers {workers}` on "
+        "{url}: the system refused it a new process ({reason}). {started}. Serve with "
+        "fewer workers (--workers), or raise the limit that refused it, then start it again: "
+        "{limits}"
+    )
+
+    number: int
+    workers: int
+    url: str
+    reason: str
+    started: str
+    """Who was started before it and is stopped now, in words (``serve_workers``)."""
+    limits: str
+
+
+def fork_limits(errno_: int | None) -> str:
+    """Which limits refuse a new process with ``errno_``, and where each is set."""
+    if errno_ == errno.ENOMEM:
+        return (
+            "the memory it may commit (the machine's free memory and swap under "
+            "vm.overcommit_memory, the service's MemoryMax=) or its address space "
+            "(systemd's LimitAS=, `ulimit -v`)"
+        )
+    if errno_ == errno.EAGAIN:
+        return thread_limits()
+    return "the operating system's, which the reason names"
+
+
 # --- store (errors a client can cause) ---------------------------------------------
 
 

@@ -745,6 +745,25 @@ def _paused(pid: int) -> dict[str, Any]:
     return {} if frozen is None else {"frozen": frozen[0], "thaw": frozen[1]}
 
 
+def paused_words(pid: int) -> list[str]:
+    """How `pid`, a process of this machine, is kept from running, in `describe_holder`'s
+    words, each with what lets it act on a stop; empty where it runs.
+
+    For a replica of the remote backend on this machine (`app.remote.errors.describe_replica`),
+    which a row names by its pid alone: a worker of `serve --workers` stopped with SIGSTOP
+    was "serving" in `app status` and in each maintenance refusal, which said to stop it,
+    and a `kill` is acted on only once it runs again (red team 75 on serve --workers)."""
+    paused = _paused(pid)
+    words = _details(paused)
+    if paused.get("stopped"):
+        words[-1] += f"; a stop (kill {pid}) takes effect once it is resumed (kill -CONT {pid})"
+    elif "traced_by" in paused:
+        words[-1] += f", and acts on no signal but kill -KILL {pid} until then"
+    elif paused.get("thaw"):
+        words[-1] += f" (`{paused['thaw']}`), and acts on no signal but kill -KILL {pid} until then"
+    return words
+
+
 def _tracer(pid: int) -> int | None:
     """The pid of the process that traces `pid` (``TracerPid``), None where unknown."""
     try:

@@ -869,6 +869,15 @@ def well_formed_url(url: str) -> bool:
     return well_formed(url)
 
 
+def paused_words(pid: int) -> list[str]:
+    """How the process `pid` of this machine is kept from running (stopped, at a debugger's
+    breakpoint, frozen), each with what resumes it; empty where it runs
+    (`app.lock.paused_words`)."""
+    from app.lock import paused_words as paused
+
+    return paused(pid)
+
+
 def probe(config: Config) -> list[Probe]:
     """Reach the profile's storage as ``app doctor`` does: read-only, each wait bounded.
 

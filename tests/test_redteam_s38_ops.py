@@ -308,8 +308,24 @@ def test_the_workers_of_a_serve_killed_outright_stop_and_release_the_database(
     server, workers, url = _workers(production)
     sid, thread, answer, rest = _upload_in_flight(production, url)
     server.process.kill()
-    _once_held(server, rest)
+    try:
+        wait_for(lambda: _HELD in server.output, "the worker to wait for the upload in flight")
+        # Meanwhile the worker that holds the upload is stopping: named so, not "serving"
+        # with "stop every one of them", which a second Ctrl-C obeyed cuts (red team 75).
+        refused = production.run("data", "purge", "--yes-i-mean-it")
+    finally:
+        rest.set()
     thread.join()
+    assert refused.returncode == 75, refused.stderr
+    shown = " ".join(refused.stderr.split())
+    assert "1 live replica(s) hold it: host " in shown, shown
+    assert (
+        f", serving {url}, stopping since 20"  # the year of an ISO time
+    ) in shown, shown
+    assert (
+        ", finishing the requests in flight: wait for it to exit (a second Ctrl-C, SIGINT, cuts "
+        "them). Nothing was changed; wait for them to exit, then retry."
+    ) in shown, shown
     wait_for(lambda: all(_gone(pid) for pid in workers), "the workers to stop")
     assert production.holders() == []
     assert "stopped; releasing the hold" in server.output, server.output

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ import forked_app
 import psycopg
 import pytest
 from engines import PostgresEngine, S3Engine
-from replicas import SPAWNED_SECONDS, Production, Replica, production_on, wait_for
+from replicas import SETTINGS, SPAWNED_SECONDS, Production, Replica, production_on, wait_for
 
 from app.testing import wait_until_serving
 
@@ -296,14 +297,36 @@ def test_serve_with_workers_runs_one_replica_per_worker_on_one_port(
     with production.client(server) as client:
         made = [client.post("/sessions", json={"title": f"w{n}"}).json()["id"] for n in range(6)]
         assert [s["id"] for s in client.get("/sessions").json()["items"]] == made
-    refused = production.run("data", "purge", "--yes-i-mean-it")
+    # A worker stopped with SIGSTOP (Ctrl-Z, a debugger's detach) serves nothing and acts on
+    # no stop: named so, with what resumes it (red team 75 on serve --workers: "serving").
+    # So is it as a listener on the port a second `serve` wants (before the fix, "pid N
+    # (... serve ...)" and "stop it"): `serve` and both workers hold the socket.
+    os.kill(workers[1], signal.SIGSTOP)
+    port = server.url.rpartition(":")[2]
+    refused, taken = production.run_side_by_side(
+        ("data", "purge", "--yes-i-mean-it"), ("serve", "--port", port, "--workers", "2")
+    )
+    stopped = (
+        f"stopped by a signal (SIGSTOP, Ctrl-Z in its shell): it waits to be resumed; a stop "
+        f"(kill {workers[1]}) takes effect once it is resumed (kill -CONT {workers[1]})"
+    )
+    assert taken.returncode == 69, taken.stderr
+    shown = " ".join(taken.stderr.split())
+    assert shown.count(f"), {stopped}") == 1 and shown.count("stopped by") == 1, shown
+    assert shown.index(f"pid {workers[1]} (") < shown.index(stopped), shown
     assert refused.returncode == 75
     assert "2 live replica(s)" in refused.stderr
     assert all(f"pid {pid}" in refused.stderr for pid in workers)
+    shown = " ".join(refused.stderr.split())
+    assert shown.count(f"serving {server.url}, {stopped}") == 1, shown
+    assert shown.count("stopped by") == 1, shown
+    assert shown.index(f"pid {workers[1]},") < shown.index(stopped), shown
     # A worker killed outright (the OOM killer): its session, advisory lock and holder row
     # end with it (its connection is its own, not a copy a sibling forked from serve holds),
     # and serve names the signal (red team 74 on regress, round b: "stopped (exit -9)").
     # serve stopped by SIGTERM is red team 60's (tests/test_redteam_s60_regress_late.py).
+    # The stopped worker is sent SIGCONT with its SIGTERM, as systemd's stop does: serve
+    # waited for it for ever, silently, while it held the database (red team 75).
     os.kill(workers[0], signal.SIGKILL)
     assert server.process.wait() == 70, server.output
     assert production.holders() == []
@@ -395,3 +418,111 @@ def test_a_database_with_tables_of_its_own_and_no_stamp_is_refused(
     with psycopg.connect(production.database_url) as conn:
         tables = conn.execute("SELECT to_regclass('app_stamp')").fetchone()
     assert tables == (None,)
+
+
+#: `serve --workers 3` in a cgroup of its own whose pids.max lets it fork one worker: as
+#: `python -m app` would run it, its exit code printed.
+_LIMITED_SERVE = """
+import os, runpy, sys
+from pathlib import Path
+(Path(sys.argv[1]) / "cgroup.procs").write_text(str(os.getpid()))
+sys.argv[1:] = ["serve", "--port", "0", "--workers", "3"]
+try:
+    runpy.run_module("app", run_name="__main__", alter_sys=True)
+except SystemExit as stop:
+    print("exit", stop.code)
+"""
+
+
+def _pids_cgroup(name: str) -> Path | None:
+    """A new cgroup with a pids controller (cgroup v1's pids hierarchy, or v2's), or None."""
+    for hierarchy in (Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup")):
+        group = hierarchy / name
+        try:
+            group.mkdir()
+        except OSError:
+            continue
+        if (group / "pids.max").exists():
+            return group
+        group.rmdir()
+    return None
+
+
+def test_a_worker_the_system_refuses_a_process_stops_serve_naming_the_limit(
+    tmp_path: Path,
+) -> None:
+    # A fork refused at a limit of tasks (systemd's TasksMax= is a pids cgroup's pids.max):
+    # serve was a traceback ending in multiprocessing's "can only join a started process",
+    # exit 1, its refusal hidden (red team 75). No database is reached: the worker started
+    # is stopped as it starts.
+    (tmp_path / "settings.toml").write_text(
+        SETTINGS.format(
+            base=tmp_path,
+            database_url="postgresql://app@127.0.0.1:9/refused",
+            blob_url="s3://app-tests/refused",
+            endpoint="http://127.0.0.1:9",
+        )
+    )
+    env = {
+        **os.environ,
+        "ENV_FOR_DYNACONF": "production",
+        "APP_SETTINGS_DIR": str(tmp_path),
+        "APP_API_TOKEN": secrets.token_urlsafe(32),
+        "PYTEST_APP_ALLOW_PROFILES": "production",
+    }
+    env.pop("APP_DATA_ROOT", None)
+    group = _pids_cgroup(f"app-tests-{os.getpid()}-{tmp_path.name}")
+    if group is None:
+        pytest.skip("no pids cgroup can be made here (it takes root and a writable hierarchy)")
+    try:
+        (group / "pids.max").write_text("2")  # serve and one worker
+        done = forked_app.run_c(_LIMITED_SERVE.replace("sys.argv[1]", repr(str(group))), env)
+    finally:
+        group.rmdir()  # empty: serve joined its worker before it exited
+    assert done.stdout == "exit 75\n", done.stdout + done.stderr
+    shown = " ".join(done.stderr.split())
+    assert shown.startswith("error: cannot start worker 2 of 3 of `app serve --workers 3` "), shown
+    assert (
+        ": the system refused it a new process (Resource temporarily unavailable, EAGAIN). The "
+        "worker started before it (pid "
+    ) in shown, shown
+    assert (
+        ") was stopped, before serving a request. Serve with fewer workers (--workers), or "
+        "raise the limit that refused it, then start it again: systemd's TasksMax= for the "
+        "service, the container's pids limit, or `ulimit -u` for the user that runs the server"
+    ) in shown, shown
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    "said",
+    [
+        "sorry, too many clients already",
+        "remaining connection slots are reserved for non-replication superuser connections",
+    ],
+)
+def test_a_server_at_its_max_connections_is_named_so_not_as_one_that_does_not_run(
+    said: str,
+) -> None:
+    # `serve --workers 2` on the suite's cluster filled to its max_connections (by hand:
+    # filling its 200 takes 3.5 s): each worker was "cannot connect to database ...: FATAL:
+    # sorry, too many clients already. Check that the server runs and that database_url
+    # names it", both of which held (red team 75). The server's words, as that run gave
+    # them (PostgreSQL 15's; the second at the slots kept for superusers).
+    from app.remote import pg
+
+    reason = f'connection to server at "127.0.0.1", port 5432 failed: FATAL:  {said}'
+    error = psycopg.OperationalError(f"connection failed: {reason}")
+    refused = pg.refused_connection("postgresql://app@db:5432/app", error, 8, "a connection")
+    assert refused is not None and refused.sqlstate == "53300"
+    assert " ".join(refused.message.split()) == (
+        "database postgresql://app@db:5432/app refused a connection: connection failed: "
+        f"{' '.join(reason.split())} (SQLSTATE 53300); nothing was changed. The database server "
+        "is at its max_connections (less the slots it keeps for superusers): `SELECT usename, "
+        "application_name, client_addr, count(*) FROM pg_stat_activity GROUP BY 1, 2, 3 ORDER "
+        "BY 4 DESC` lists who holds them (each replica, and each worker of `app serve "
+        "--workers N`, holds one for its lock and up to 8 in its pool, each `app` command one "
+        "or two); end those that should not run, or serve with fewer workers or replicas, or "
+        "raise max_connections (`ALTER SYSTEM SET max_connections = <n>` as a superuser, then "
+        "restart PostgreSQL); then retry"
+    )

@@ -7,6 +7,7 @@ locations without credentials.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import field
 from typing import Any
@@ -46,6 +47,20 @@ def describe_replica(holder: Mapping[str, Any]) -> str:
         parts.append(f"since {holder['since']}")
     if holder.get("url"):
         parts.append(f"serving {holder['url']}")
+    if holder.get("stopping_since"):
+        # Told to stop, it finishes the requests in flight: a second Ctrl-C cuts them.
+        parts.append(
+            f"stopping since {holder['stopping_since']}, finishing the requests in flight: "
+            "wait for it to exit (a second Ctrl-C, SIGINT, cuts them)"
+        )
+    pid = holder.get("pid")
+    if type(pid) is int and pid > 0 and holder.get("host") == socket.gethostname():
+        # A replica of this machine that is stopped, at a debugger's breakpoint or frozen
+        # serves nothing and acts on no stop, as a data root's holder is said to (red team
+        # 75 on serve --workers). Read only here: a host's rows are not checked from another.
+        from app.lock import paused_words
+
+        parts.extend(paused_words(pid))
     return ", ".join(parts)
 
 
@@ -717,7 +732,11 @@ class ReplicasLiveError(AppError):
     def message(self) -> str:
         if self.replicas:
             named = "; ".join(describe_replica(replica) for replica in self.replicas)
-            stop = "stop every one of them (on its own machine), then retry"
+            stop = (
+                "wait for them to exit, then retry"
+                if all(replica.get("stopping_since") for replica in self.replicas)
+                else "stop every one of them (on its own machine), then retry"
+            )
             held = f"{len(self.replicas)} live replica(s) hold it: {named}"
         elif self.writing:
             held = f"a write of a replica that has stopped is still committing ({self.writing})"

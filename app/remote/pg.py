@@ -370,7 +370,10 @@ _BINDING = _SCHEMA[
 # A row is live while the backend it names holds both the shared lock and the row's own lock.
 # (Formatted from integer constants only.)
 _LIVE = f"""
-SELECT h.id, h.host, h.pid, h.profile, h.since, h.url, h.backend_pid FROM app_holders h
+SELECT h.id, h.host, h.pid, h.profile, h.since, h.url, h.backend_pid,
+    (SELECT a.application_name FROM pg_stat_activity a WHERE a.pid = h.backend_pid)
+    AS session_name
+FROM app_holders h
 WHERE EXISTS (
     SELECT 1 FROM pg_locks l
     WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
@@ -981,7 +984,7 @@ _REFUSALS: dict[str, str] = {
     "53200": "The database server is out of memory: " + _RETRY,
     "53300": (
         "The database server has no connection to spare (max_connections): stop idle "
-        "clients, lower pool sizes, or raise max_connections, then retry"
+        "clients, serve with fewer workers or replicas, or raise max_connections, then retry"
     ),
     "53": "The database server is out of a resource: " + _RETRY,
     "54": "The statement is past one of the server's limits: " + _RETRY,
@@ -1004,6 +1007,14 @@ _REFUSALS: dict[str, str] = {
 #: SQLSTATE 53300, which libpq does not hand psycopg for a refused connect: read in its
 #: message): which object, and its name as the server quotes it.
 _CONNECTION_LIMIT: Final = re.compile(r'too many connections for (role|database) "((?:[^"]|"")*)"')
+
+
+#: The server's words for a connection refused at its own limit (SQLSTATE 53300, read in its
+#: message as `_CONNECTION_LIMIT`): every slot of max_connections taken, or all but those it
+#: keeps for superusers (PostgreSQL 15's words, then 16's).
+_SERVER_FULL: Final = re.compile(
+    r"sorry, too many clients already|remaining connection slots are reserved for"
+)
 
 
 #: The server's words for a connection refused because the role may not log in (``ALTER ROLE
@@ -1047,6 +1058,23 @@ def refused_connection(
             "then retry"
         )
         return DatabaseRefusedError(where, _reason(error), "28000", remedy, what)
+    if _SERVER_FULL.search(reason):
+        # Said as a server that does not run, "Check that the server runs and that
+        # database_url names it", both of which held (red team 75 on serve --workers: the
+        # workers of `serve --workers N` take two connections each at their start, and up
+        # to one more each per request at once).
+        # What the user runs, quoted in the message: not a statement this process sends.
+        remedy = (
+            "The database server is at its max_connections (less the slots it keeps for "  # noqa: S608
+            "superusers): `SELECT usename, application_name, client_addr, count(*) FROM "
+            "pg_stat_activity GROUP BY 1, 2, 3 ORDER BY 4 DESC` lists who holds them (each "
+            "replica, and each worker of `app serve --workers N`, holds one for its lock and "
+            f"up to {pool_size} in its pool, each `app` command one or two); end those that "
+            "should not run, or serve with fewer workers or replicas, or raise max_connections "
+            "(`ALTER SYSTEM SET max_connections = <n>` as a superuser, then restart "
+            "PostgreSQL); then retry"
+        )
+        return DatabaseRefusedError(where, _reason(error), "53300", remedy, what)
     found = _CONNECTION_LIMIT.search(reason)
     if found is None:
         return None
@@ -2370,10 +2398,25 @@ def same_session(conn: psycopg.Connection[Any], backend_pid: int) -> str | None:
     )
 
 
+#: How a replica's holding session names itself (its ``application_name``) once its server
+#: is stopping, finishing the requests in flight (`Holder.stopping`); then the time.
+STOPPING: Final = "app serve stopping since "
+
+
 def live_holders(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
-    """Every live replica's row: id, host, pid, profile, since, url, backend_pid."""
+    """Every live replica's row: id, host, pid, profile, since, url, backend_pid; and
+    ``stopping_since`` for a replica whose server is stopping (`Holder.stopping`)."""
     with conn.cursor(row_factory=dict_row) as cursor:
-        return list(cursor.execute(_LIVE).fetchall())
+        rows = list(cursor.execute(_LIVE).fetchall())
+    for row in rows:
+        name = row.pop("session_name", None) or ""
+        if name.startswith(STOPPING):
+            since = name.removeprefix(STOPPING)
+            # Only a time is repeated: any client of the role may name its session so.
+            with contextlib.suppress(ValueError):
+                datetime.fromisoformat(since)
+                row["stopping_since"] = since
+    return rows
 
 
 def clean_stale_holders(conn: psycopg.Connection[Any]) -> int:
@@ -2608,6 +2651,19 @@ class Holder:
                     "pooler in transaction mode), which does not hold its locks",
                 )
                 return
+
+    def stopping(self, since: str) -> None:
+        """Say in this hold's own session, as its ``application_name`` (:data:`STOPPING`),
+        that its server is stopping since ``since``, finishing the requests in flight: the
+        row has no column for it, and a replica so stopping was named "serving" by `app
+        status` and by maintenance's refusal, which said to stop it (red team 75 on serve
+        --workers; a data root's holder says so in its lock file, red team 44)."""
+        if self._conn is None or self.lost or self.silent_for() > 0:
+            return  # not while a ping waits: the stop goes on, its replica named as serving
+        with contextlib.suppress(psycopg.Error):
+            self._conn.execute(
+                "SELECT set_config('application_name', %s, false)", (STOPPING + since,)
+            )
 
     def silent_for(self) -> float:
         """For how long a ping of the heartbeat has gone unanswered (0 when none waits)."""

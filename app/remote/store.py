@@ -305,9 +305,12 @@ class RemoteStore(Storage):
         self.db.audit_alone(operation, str(target), **details)
 
     def publish(self, **fields: Any) -> None:
-        """Add to what this replica's holder row says about it (``url``, or ``port``)."""
+        """Add to what this replica's holder row says about it (``url``, or ``port``), or
+        that it is stopping (``stopping_since``, in its session: `pg.Holder.stopping`)."""
         if self.holder is None or not self.holder.row:
             return
+        if "stopping_since" in fields:
+            self.holder.stopping(str(fields["stopping_since"]))
         url = fields.get("url") or (f"port {fields['port']}" if "port" in fields else None)
         if url is None:
             return

@@ -40,6 +40,8 @@ from app.errors import (
     ListenAddressUnresolvedError,
     PortInUseError,
     PrintableLines,
+    WorkerStartError,
+    fork_limits,
     select_for_commands,
     thread_limit,
 )
@@ -48,7 +50,7 @@ from app.server.factory import create_app
 from app.server.protocol import bounded_h11
 from app.server.routes_sessions import HealthResponse
 from app.server.warm import SessionWarmer, warm_up, worker_threads_at_work
-from app.storage import HolderWatch, Storage, open_storage
+from app.storage import HolderWatch, Storage, open_storage, paused_words
 
 if TYPE_CHECKING:
     import uvicorn
@@ -175,7 +177,13 @@ def _listener(port: int) -> str:
     # the process's command line).
     from app.sandbox import command_line
 
-    described = [f"pid {pid} ({command_line(pid) or 'command line unknown'})" for pid in found[:3]]
+    described = []
+    for pid in found[:3]:
+        # A listener stopped with SIGSTOP (a worker of an earlier `serve --workers`, whose
+        # `serve` was killed meanwhile) acts on no `kill` until resumed (red team 75).
+        paused = "".join(f", {words}" for words in paused_words(int(pid)))
+        line = command_line(pid) or "command line unknown"
+        described.append(f"pid {pid} ({line}){paused}")
     return ", ".join(described)
 
 
@@ -504,7 +512,7 @@ def serve_workers(config: Config, *, host: str, port: int, workers: int) -> None
     previous_wakeup = None
     code = 0
     try:
-        _start(processes)
+        _start(processes, _url(host, sock.getsockname()[1]))
         # A signal wakes the wait below at once (its handler's byte on this pipe): without
         # it, the wait noticed a SIGTERM only when its 0.5 s timeout ran out (PEP 475
         # retries the select after the handler ran), so each stop and restart of `serve
@@ -535,10 +543,18 @@ def serve_workers(config: Config, *, host: str, port: int, workers: int) -> None
             signal.set_wakeup_fd(previous_wakeup)
             os.close(woken)
             os.close(wake)
-        for process in processes:
+        # Those started only: a start refused (`_start`) leaves the rest unstarted, which
+        # multiprocessing refuses to join (its AssertionError hid the refusal).
+        started = [process for process in processes if process.pid is not None]
+        for process in started:
             if process.is_alive() and process.pid is not None:
                 os.kill(process.pid, signal.SIGTERM)
-        for process in processes:
+                # And SIGCONT, as systemd's stop sends both: a worker stopped by a signal
+                # (SIGSTOP, Ctrl-Z's SIGTSTP) takes SIGTERM only once it runs again, and
+                # `serve` waited for it here for ever, silently, its siblings gone and it
+                # holding the database (red team 75 on serve --workers).
+                os.kill(process.pid, signal.SIGCONT)
+        for process in started:
             process.join()
         sock.close()
         for sig, handler in previous.items():
@@ -618,15 +634,39 @@ def _worker(profile: str, profile_source: str, host: str, sock: socket.socket, p
 _PR_SET_PDEATHSIG: Final = 1
 
 
-def _start(processes: list[Any]) -> None:
+def _start(processes: list[Any], url: str) -> None:
     """Start the workers, the stop signals blocked meanwhile: one that comes while a worker
     is forked waits, in this process and in the worker, until the worker has put back the
     handlers a fresh process has (`_signals_as_started`); this process's handler, copied
-    into the worker, would have taken it there and not stopped the worker."""
+    into the worker, would have taken it there and not stopped the worker.
+
+    Raises:
+        WorkerStartError: the system refused a worker a process (a fork's EAGAIN at the
+            service's TasksMax=, ENOMEM); those started before it are stopped by the caller.
+    """
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     try:
-        for process in processes:
-            process.start()
+        for number, process in enumerate(processes, 1):
+            try:
+                process.start()
+            except OSError as error:
+                pids = [str(p.pid) for p in processes[: number - 1]]
+                started = (
+                    f"The {'workers' if len(pids) > 1 else 'worker'} started before it (pid "
+                    f"{', '.join(pids)}) {'were' if len(pids) > 1 else 'was'} stopped, before "
+                    "serving a request"
+                    if pids
+                    else "No worker was started"
+                )
+                raise WorkerStartError(
+                    number,
+                    len(processes),
+                    url,
+                    f"{os.strerror(error.errno or 0)}, "
+                    f"{errno.errorcode.get(error.errno or 0, '?')}",
+                    started,
+                    fork_limits(error.errno),
+                ) from None
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 

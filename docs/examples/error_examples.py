@@ -434,6 +434,14 @@ EXAMPLES: list[errors.AppError] = [
         32, "31 from 192.0.2.7 and 1 from 127.0.0.1; the oldest began 412 s ago", 5
     ),
     errors.ThreadLimitError("POST /sessions", "can't start new thread"),
+    errors.WorkerStartError(
+        3,
+        4,
+        "http://0.0.0.0:8080",
+        "Resource temporarily unavailable, EAGAIN",
+        "The workers started before it (pid 4322, 4323) were stopped, before serving a request",
+        errors.PIDS_LIMITS,
+    ),
     errors.TooManyFilesError("3f2a9c", 10000, 10000),
     errors.TooManyFilesError("3f2a9c", 2, 3),
     errors.StorageFullError("PUT /sessions/3f2a9c/files/report.pdf"),
