@@ -398,7 +398,11 @@ class Database:
         failed = self._failing()
         if failed is not None:
             limited = pg.refused_connection(
-                self.where, failed, self.pool_size, f"a connection of its pool (app {self.kind})"
+                self.where,
+                failed,
+                self.pool_size,
+                f"a connection of its pool (app {self.kind})",
+                database_url=self.database_url,
             )
             if limited is not None:
                 raise limited
@@ -486,6 +490,7 @@ class Database:
                     failed,
                     self.pool_size,
                     f"a connection of its pool (app {self.kind})",
+                    database_url=self.database_url,
                 ) or pg.refusal(self.where, failed, "the settings of a new connection")
                 raise refused or DatabaseUnavailableError(
                     self.where,
