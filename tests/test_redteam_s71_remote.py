@@ -44,6 +44,7 @@ from collections.abc import Iterator
 import pytest
 import waits
 from engines import PostgresEngine, S3Engine, new_blob_url
+from psycopg_pool.base import AttemptWithBackoff
 from test_redteam_s62_remote import doctor_probes
 from test_remote_store import PROFILE, _maintenance, _replica
 
@@ -351,7 +352,7 @@ def _until_backends_ended(engine: PostgresEngine, role: str) -> None:
 
 
 def test_a_connection_limit_of_the_apps_role_is_named_at_once(
-    postgres_engine: PostgresEngine, s3_engine: S3Engine
+    postgres_engine: PostgresEngine, s3_engine: S3Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Red team 73 on the remote backend: the role's CONNECTION LIMIT 1, the replica's holder
     takes it, and its pool's first connection is refused. Before: after 10 s, "pool
@@ -404,7 +405,10 @@ def test_a_connection_limit_of_the_apps_role_is_named_at_once(
             # Red team 73, left open (closed by leftovers74): the role made NOLOGIN under
             # this live replica, whose pooled connections then end. Its next write was 503
             # "cannot connect ...: FATAL: role "r" is not permitted to log in. Check that the
-            # server runs and that database_url names it", both of which held.
+            # server runs and that database_url names it", both of which held. The pool's
+            # backoff between its attempts starts at 30 s rather than 1 s, as it has grown to
+            # after minutes of refusals (psycopg_pool's own, real): for red team 75 below.
+            monkeypatch.setattr(AttemptWithBackoff, "INITIAL_DELAY", 30.0)
             postgres_engine._as_admin(
                 "ALTER ROLE limited73 NOLOGIN",
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = "
@@ -434,6 +438,13 @@ def test_a_connection_limit_of_the_apps_role_is_named_at_once(
             assert refused.value.message.endswith(remedy)
             postgres_engine._as_admin("ALTER ROLE limited73 LOGIN")  # as said
             pg.connect(url, purpose="app status").close()
+            # Red team 75 on the remote backend: the replica's pool failed at the NOLOGIN
+            # and backs off before it tries again (psycopg_pool's, doubling); its cause is
+            # gone, and each request was still told the failure recorded before, "may not
+            # log in ... then retry", until the pool's next attempt (10 s after 20 s of
+            # refusals, a minute or more after longer). A request asks the server itself now.
+            assert one.create_session("v")["title"] == "v"
+            monkeypatch.undo()
             # Red team 75 on the remote backend: the role's password expired (VALID UNTIL
             # past) under a live replica, its pooled connections then ended. Each new
             # connection was "password authentication failed ... Check that the server runs
