@@ -307,6 +307,7 @@ class Database:
         self.wait_seconds = wait_seconds
         self.lock_wait_seconds = lock_wait_seconds
         self._lent = 0  # connections lent to callers now
+        self._opening = 0  # requests' own connections being opened (`_own_connection`)
         self._lending = threading.Lock()
         #: The sandbox's refusal of a database the pool reached, raised to its waiters.
         self._violation: SandboxViolationError | None = None
@@ -632,12 +633,21 @@ class Database:
         failed = self._failing()
         if failed is None or not self._asked_again(failed):
             return None
+        with self._lending:
+            # No more at once than the pool's size, those lent counted (a burst of requests
+            # opened one each: a role's CONNECTION LIMIT counts on 8 a replica's pool).
+            if self._lent + self._opening >= self.pool_size:
+                return None
+            self._opening += 1
         try:
             conn = self._connection_class.connect(
                 self._conninfo, autocommit=True, row_factory=dict_row
             )
         except psycopg.OperationalError:
             return None  # recorded by the connection class: said by `conn`
+        finally:
+            with self._lending:
+                self._opening -= 1
         try:
             self._configure(conn)
         except psycopg.Error:
