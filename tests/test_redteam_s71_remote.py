@@ -42,7 +42,9 @@ import re
 from collections.abc import Iterator
 
 import pytest
+import waits
 from engines import PostgresEngine, S3Engine, new_blob_url
+from psycopg_pool.base import AttemptWithBackoff
 from test_redteam_s62_remote import doctor_probes
 from test_remote_store import PROFILE, _maintenance, _replica
 
@@ -50,6 +52,7 @@ from app.config import load
 from app.remote import pg, storage
 from app.remote.errors import (
     DatabaseRefusedError,
+    DatabaseUnavailableError,
     MaintenanceRunningError,
     ReplicasLiveError,
     TablesChangedError,
@@ -333,8 +336,23 @@ def test_code_of_anothers_that_raises_is_a_refusal_that_names_it(
             dba.execute("DROP EVENT TRIGGER no_drop")
 
 
+def _until_backends_ended(engine: PostgresEngine, role: str) -> None:
+    """Wait until no backend of `role` is left: a backend ends after its client has closed,
+    and one still ending took the one connection that a limit of 1 leaves (the open's, or
+    the refused replica's, from the holder that came next: a flake of this test's)."""
+    with engine.connect() as admin:
+        waits.until(
+            lambda: (
+                not admin.execute(
+                    "SELECT 1 FROM pg_stat_activity WHERE usename = %s", (role,)
+                ).fetchone()
+            ),
+            lambda: f"a backend of {role} outlived its client",
+        )
+
+
 def test_a_connection_limit_of_the_apps_role_is_named_at_once(
-    postgres_engine: PostgresEngine, s3_engine: S3Engine
+    postgres_engine: PostgresEngine, s3_engine: S3Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Red team 73 on the remote backend: the role's CONNECTION LIMIT 1, the replica's holder
     takes it, and its pool's first connection is refused. Before: after 10 s, "pool
@@ -342,6 +360,7 @@ def test_a_connection_limit_of_the_apps_role_is_named_at_once(
     with postgres_engine.owned_by_a_role("limited73") as (name, url):
         pg.open_database(url, PROFILE)
         opened = (url, new_blob_url(s3_engine))
+        _until_backends_ended(postgres_engine, "limited73")
         postgres_engine._as_admin("ALTER ROLE limited73 CONNECTION LIMIT 1")
         with pg.Holder(url, PROFILE) as holder, pytest.raises(DatabaseRefusedError) as refused:
             _replica(s3_engine, opened, holder=holder)
@@ -363,6 +382,7 @@ def test_a_connection_limit_of_the_apps_role_is_named_at_once(
             refused.value.message,
         )
         # The database's limit, met by a command's own connection (`pg.connect`).
+        _until_backends_ended(postgres_engine, "limited73")
         postgres_engine._as_admin(
             "ALTER ROLE limited73 CONNECTION LIMIT -1",
             f'ALTER DATABASE "{name}" CONNECTION LIMIT 1',
@@ -385,7 +405,10 @@ def test_a_connection_limit_of_the_apps_role_is_named_at_once(
             # Red team 73, left open (closed by leftovers74): the role made NOLOGIN under
             # this live replica, whose pooled connections then end. Its next write was 503
             # "cannot connect ...: FATAL: role "r" is not permitted to log in. Check that the
-            # server runs and that database_url names it", both of which held.
+            # server runs and that database_url names it", both of which held. The pool's
+            # backoff between its attempts starts at 30 s rather than 1 s, as it has grown to
+            # after minutes of refusals (psycopg_pool's own, real): for red team 75 below.
+            monkeypatch.setattr(AttemptWithBackoff, "INITIAL_DELAY", 30.0)
             postgres_engine._as_admin(
                 "ALTER ROLE limited73 NOLOGIN",
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = "
@@ -415,3 +438,94 @@ def test_a_connection_limit_of_the_apps_role_is_named_at_once(
             assert refused.value.message.endswith(remedy)
             postgres_engine._as_admin("ALTER ROLE limited73 LOGIN")  # as said
             pg.connect(url, purpose="app status").close()
+            # Red team 75 on the remote backend: the replica's pool failed at the NOLOGIN
+            # and backs off before it tries again (psycopg_pool's, doubling); its cause is
+            # gone, and each request was still told the failure recorded before, "may not
+            # log in ... then retry", until the pool's next attempt (10 s after 20 s of
+            # refusals, a minute or more after longer). A request asks the server itself now.
+            assert one.create_session("v")["title"] == "v"
+            monkeypatch.undo()
+            # Red team 75 on the remote backend: the role's password expired (VALID UNTIL
+            # past) under a live replica, its pooled connections then ended. Each new
+            # connection was "password authentication failed ... Check that the server runs
+            # and that database_url names it", both of which held. A replica of its own, whose
+            # pool has not met the NOLOGIN above (it tells a request its last failure). For
+            # this role alone, a line of pg_hba.conf that asks for its password.
+            with pg.Holder(url, PROFILE) as held, _replica(s3_engine, opened, holder=held) as two:
+                hba = postgres_engine.base / "data" / "pg_hba.conf"
+                before = hba.read_text()
+                try:
+                    hba.write_text(
+                        f"host all limited73 {postgres_engine.host}/32 scram-sha-256\n" + before
+                    )
+                    postgres_engine._as_admin(
+                        "ALTER ROLE limited73 PASSWORD 'rt75-pw' VALID UNTIL '2000-01-01'",
+                        "SELECT pg_reload_conf()",
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = "
+                        "'limited73' AND application_name LIKE 'app server %'",
+                    )
+                    expired = (
+                        "The server refused the password of role limited73: it is wrong, was "
+                        "changed, or has expired (PostgreSQL answers all three alike; its log says "
+                        'which: "has an expired password" for the last). The password sent came '
+                        "from {}. As a superuser or a role with CREATEROLE, `SELECT rolvaliduntil "
+                        "FROM pg_roles WHERE rolname = 'limited73'` shows when it expires, and "
+                        "`ALTER ROLE \"limited73\" PASSWORD '<new>' VALID UNTIL 'infinity'` sets a "
+                        "new one (or a later date); give the current one there, then retry"
+                    )
+                    with pytest.MonkeyPatch.context() as env:
+                        env.setenv("PGPASSWORD", "rt75-pw")
+                        env.delenv("PGPASSFILE", raising=False)
+                        for _ in range(5):
+                            # A connect of the pool's in flight at the terminate is told
+                            # "terminating connection due to administrator command", which
+                            # holds: the next one is what is tested.
+                            with pytest.raises(DatabaseUnavailableError) as refused:
+                                two.create_session("u")
+                            if isinstance(refused.value, DatabaseRefusedError):
+                                break
+                            assert "administrator command" in refused.value.message
+                        assert re.fullmatch(
+                            f"database {re.escape(pg.mask_url(url))} refused the creation of a "
+                            r"session titled 'u': connection failed: connection to server at "
+                            r'"127\.0\.0\.1", port \d+ failed: FATAL: password authentication '
+                            r'failed for user "limited73" \(SQLSTATE 28P01\); nothing was '
+                            r"changed. "
+                            + re.escape(
+                                expired.format(
+                                    "PGPASSWORD in this process's environment (a shell's "
+                                    "profile, Environment=)"
+                                )
+                            ),
+                            refused.value.message,
+                        )
+                        env.delenv("PGPASSWORD")
+                        # database_url's own, met by a command's own connection (`pg.connect`).
+                        with pytest.raises(DatabaseRefusedError) as refused:
+                            pg.connect(
+                                url.replace("//limited73@", "//limited73:rt75-pw@"),
+                                purpose="app status",
+                            )
+                        assert refused.value.message.endswith(
+                            expired.format(
+                                "database_url's own password (`app config` says where "
+                                "database_url is set: APP_DATABASE_URL, a .secrets.toml...)"
+                            )
+                        )
+                        assert "rt75-pw" not in refused.value.message
+                        # `app doctor`'s finding: not "connected, then refused the app's
+                        # settings", as it was of this and of the NOLOGIN above.
+                        config = dataclasses.replace(
+                            load("testing"),
+                            profile=PROFILE,
+                            database_url=url.replace("//limited73@", "//limited73:rt75-pw@"),
+                            blob_url=opened[1],
+                        )
+                        (probe,) = storage._diagnose_database(config, {})
+                        assert probe.found == f"{pg.mask_url(url)}: refused the password"
+                        assert probe.problem is not None
+                        assert "refused a connection (app doctor)" in probe.problem
+                        assert probe.problem.endswith(refused.value.remedy)
+                finally:
+                    hba.write_text(before)
+                    postgres_engine._as_admin("SELECT pg_reload_conf()")

@@ -307,6 +307,7 @@ class Database:
         self.wait_seconds = wait_seconds
         self.lock_wait_seconds = lock_wait_seconds
         self._lent = 0  # connections lent to callers now
+        self._opening = 0  # requests' own connections being opened (`_own_connection`)
         self._lending = threading.Lock()
         #: The sandbox's refusal of a database the pool reached, raised to its waiters.
         self._violation: SandboxViolationError | None = None
@@ -315,19 +316,10 @@ class Database:
 
         # lock_timeout and synchronous_commit, as on every connection of the app's own code.
         def configure(conn: Connection) -> None:
-            self._check_reached(conn)
-            try:
-                pg.configure_session(conn, lock_wait_seconds)
-                if self._schema is not None:
-                    pg.pin_schema(conn, self._schema)
-                self._keep_session_defaults(conn)
-                self._record(None)
-            except psycopg.Error as error:
-                # The server answered and refused the settings (a statement_timeout of 1 ms
-                # for the database): a request waited 30 s, then "did not answer" (red team
-                # 38). Said as the refusal it is.
-                self._record(error)
-                raise
+            self._configure(conn)
+            self._record(None)
+
+        self._lock_wait_seconds = lock_wait_seconds
 
         #: Why the pool's last connection could not be opened or set up, and when; None
         #: once one is (red team 38: a database renamed or dropped under a replica was "did
@@ -343,8 +335,9 @@ class Database:
         self.read_only_refusal: tuple[float, str] | None = None
         self._connection_class = pg.bounded_connection(wait_seconds, self._record)
 
+        self._conninfo = pg.conninfo(database_url, purpose=f"app {kind}")
         self._pool: ConnectionPool[Connection] = ConnectionPool(
-            pg.conninfo(database_url, purpose=f"app {kind}"),
+            self._conninfo,
             min_size=1,
             max_size=pool_size,
             kwargs={"autocommit": True, "row_factory": dict_row},
@@ -398,7 +391,11 @@ class Database:
         failed = self._failing()
         if failed is not None:
             limited = pg.refused_connection(
-                self.where, failed, self.pool_size, f"a connection of its pool (app {self.kind})"
+                self.where,
+                failed,
+                self.pool_size,
+                f"a connection of its pool (app {self.kind})",
+                database_url=self.database_url,
             )
             if limited is not None:
                 raise limited
@@ -486,6 +483,7 @@ class Database:
                     failed,
                     self.pool_size,
                     f"a connection of its pool (app {self.kind})",
+                    database_url=self.database_url,
                 ) or pg.refusal(self.where, failed, "the settings of a new connection")
                 raise refused or DatabaseUnavailableError(
                     self.where,
@@ -587,6 +585,11 @@ class Database:
             except PoolTimeout:
                 if self._violation is not None:
                     raise
+                own = self._own_connection()
+                if own is not None:
+                    with own:
+                        yield own
+                    return
                 if self._failing() is not None or time.monotonic() >= deadline:
                     raise
                 continue
@@ -599,6 +602,69 @@ class Database:
                 yield conn
         finally:
             self._pool.putconn(conn)
+
+    def _configure(self, conn: Connection) -> None:
+        """Set up a new connection as every one of the pool's is."""
+        self._check_reached(conn)
+        try:
+            pg.configure_session(conn, self._lock_wait_seconds)
+            if self._schema is not None:
+                pg.pin_schema(conn, self._schema)
+            self._keep_session_defaults(conn)
+        except psycopg.Error as error:
+            # The server answered and refused the settings (a statement_timeout of 1 ms
+            # for the database): a request waited 30 s, then "did not answer" (red team
+            # 38). Said as the refusal it is.
+            self._record(error)
+            raise
+
+    def _own_connection(self) -> Connection | None:
+        """A connection of the request's own, opened and set up as the pool's are, when the
+        pool's last attempt failed (`_asked_again`): ``None`` where this one fails too
+        (recorded, to be said as it is now), or the pool's failure was a server's silence.
+
+        The pool retries a failed connection with a backoff that doubles (psycopg_pool's, up
+        to its reconnect_timeout): after the refusal's remedy was run (`ALTER ROLE ...
+        LOGIN`, a password set again) or the server was started again, a replica answered
+        each request with the failure recorded before, "may not log in ... then retry", for
+        as long as the pool's next attempt was due (10 s after 20 s of refusals, a minute
+        or more after longer; red team 75 on the remote backend). Closed after the request:
+        the pool's own attempts fill the pool as before."""
+        failed = self._failing()
+        if failed is None or not self._asked_again(failed):
+            return None
+        with self._lending:
+            # No more at once than the pool's size, those lent counted (a burst of requests
+            # opened one each: a role's CONNECTION LIMIT counts on 8 a replica's pool).
+            if self._lent + self._opening >= self.pool_size:
+                return None
+            self._opening += 1
+        try:
+            conn = self._connection_class.connect(
+                self._conninfo, autocommit=True, row_factory=dict_row
+            )
+        except psycopg.OperationalError:
+            return None  # recorded by the connection class: said by `conn`
+        finally:
+            with self._lending:
+                self._opening -= 1
+        try:
+            self._configure(conn)
+        except psycopg.Error:
+            conn.close()
+            return None  # recorded by `_configure`: said by `conn`
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    @staticmethod
+    def _asked_again(error: psycopg.Error) -> bool:
+        """Whether a request asks the server itself after the pool's last connection failed
+        so: any failure it answers at once (a refusal, a role's login, the server down: its
+        cause may have been ended since), not one of a server that does not answer (asked
+        again, each request would wait for it as long again)."""
+        return not isinstance(error, pg.WaitTimeoutError) and "timeout expired" not in str(error)
 
     def _record(self, error: psycopg.Error | None) -> None:
         self._failure = None if error is None else (time.monotonic(), error)

@@ -858,7 +858,10 @@ def _connect(
         return kind.connect(info, autocommit=autocommit)
     except psycopg.OperationalError as error:
         where = mask_url(database_url)
-        raise refused_connection(where, error, what=f"a connection ({purpose})") or (
+        refused = refused_connection(
+            where, error, what=f"a connection ({purpose})", database_url=database_url
+        )
+        raise refused or (
             DatabaseUnavailableError(
                 where, _reason(error), environment=libpq_environment(database_url)
             )
@@ -1030,12 +1033,106 @@ def _sql_identifier(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+#: The server's words for a connection whose authentication it refused (SQLSTATE 28P01 for
+#: a password, 28000 otherwise): the method (``password`` for password, md5 and scram-sha-256
+#: alike; ``Peer``, ``Ident``, ``certificate``, ``LDAP``...) and the role.
+_AUTHENTICATION_FAILED: Final = re.compile(r'(\S+) authentication failed for user "((?:[^"]|"")*)"')
+#: libpq's words when the password it sent came from a password file.
+_PASSWORD_FROM_FILE: Final = re.compile(r'password retrieved from file "([^"]*)"')
+#: The server's words for a connection that no line of its pg_hba.conf lets in (SQLSTATE
+#: 28000): the host, the role and the database it names.
+_NO_HBA_LINE: Final = re.compile(
+    r'(?:no pg_hba\.conf entry|pg_hba\.conf rejects connection) for host "([^"]*)", '
+    r'user "((?:[^"]|"")*)", database "((?:[^"]|"")*)"'
+)
+
+
+def _password_source(database_url: str | None, reason: str) -> str:
+    """Where libpq took the password it sent from, in its own order: database_url's own,
+    its connection service's section, ``PGPASSWORD``, then a password file (libpq names the
+    file in its message, and only then)."""
+    from_file = _PASSWORD_FROM_FILE.search(reason)
+    if from_file is not None:
+        return (
+            f"the password file {from_file.group(1)} (PGPASSFILE, else ~/.pgpass), its first "
+            "line that matches this host, port, database and user (host:port:database:user:"
+            "password)"
+        )
+    params: dict[str, Any] = {}
+    with contextlib.suppress(DatabaseUnavailableError):
+        params = _params(database_url) if database_url is not None else {}
+    if params.get("password"):
+        return (
+            "database_url's own password (`app config` says where database_url is set: "
+            "APP_DATABASE_URL, a .secrets.toml...)"
+        )
+    service = _service(params)
+    if service.get("password"):
+        name = params.get("service") or os.environ.get("PGSERVICE")
+        return f"the password= of the connection service {name}'s section (pg_service.conf)"
+    if os.environ.get("PGPASSWORD"):
+        return "PGPASSWORD in this process's environment (a shell's profile, Environment=)"
+    return "none that this process can name"
+
+
+def _authentication_refused(
+    database_url: str | None, error: psycopg.Error
+) -> tuple[str, str] | None:
+    """The SQLSTATE and the remedy of a connection whose authentication the server refused,
+    or ``None``. Each was "Check that the server runs and that database_url names it", both
+    of which held (red team 75 on the remote backend: a password expired under a live
+    replica, ``VALID UNTIL`` past, changed, or wrong, which PostgreSQL words alike)."""
+    reason = str(error)
+    failed = _AUTHENTICATION_FAILED.search(reason)
+    if failed is not None and failed.group(1) == "password":
+        name = failed.group(2).replace('""', '"')
+        # What the user runs, quoted in the message: not a statement this process sends.
+        return "28P01", (
+            f"The server refused the password of role {name}: it is wrong, was changed, or "  # noqa: S608
+            'has expired (PostgreSQL answers all three alike; its log says which: "has an '
+            f'expired password" for the last). The password sent came from '
+            f"{_password_source(database_url, reason)}. As a superuser or a role "
+            f"with CREATEROLE, `SELECT rolvaliduntil FROM pg_roles WHERE rolname = "
+            f"{_sql_literal(name)}` shows when it expires, and `ALTER ROLE "
+            f"{_sql_identifier(name)} PASSWORD '<new>' VALID UNTIL 'infinity'` sets a new one "
+            "(or a later date); give the current one there, then retry"
+        )
+    if failed is not None:
+        method, name = failed.group(1), failed.group(2).replace('""', '"')
+        return "28000", (
+            f"The server's pg_hba.conf has it authenticate role {name} by {method} from this "  # noqa: S608
+            f"host, and {method} refused it: the server's log says why. As a superuser, "
+            "`SELECT line_number, type, database, user_name, address, auth_method FROM "
+            "pg_hba_file_rules` lists its lines, the first that matches applies; change the "
+            "line or what that method checks, `SELECT pg_reload_conf()`, then retry"
+        )
+    no_line = _NO_HBA_LINE.search(reason)
+    if no_line is not None:
+        host, name = no_line.group(1), no_line.group(2).replace('""', '"')
+        database = no_line.group(3).replace('""', '"')
+        return "28000", (
+            f"No line of the server's pg_hba.conf lets role {name} connect to database "  # noqa: S608
+            f"{database} from host {host} (or the first that matches rejects it). As a "
+            "superuser, `SELECT line_number, type, database, user_name, address, auth_method "
+            "FROM pg_hba_file_rules` lists its lines, the first that matches applies; add or "
+            "change one, `SELECT pg_reload_conf()`, then retry"
+        )
+    return None
+
+
 def refused_connection(
-    where: str, error: psycopg.Error, pool_size: int = 8, what: str = "a connection"
+    where: str,
+    error: psycopg.Error,
+    pool_size: int = 8,
+    what: str = "a connection",
+    *,
+    database_url: str | None = None,
 ) -> DatabaseRefusedError | None:
     """:class:`DatabaseRefusedError` for a connection the server refused by the state of the
-    app's role or database, naming it and what resolves it; ``None`` for any other error.
-    ``pool_size``: a replica's (`RemoteStore`'s, 8 unless given).
+    app's role or database, or by its authentication, naming it and what resolves it;
+    ``None`` for any other error. ``pool_size``: a replica's (`RemoteStore`'s, 8 unless
+    given). ``database_url``: the URL connected to, to name where a refused password came
+    from.
 
     A connection limit of the role's or the database's (red team 73 on the remote backend:
     under ``CONNECTION LIMIT 1`` for the app's role, a replica's holder took the one
@@ -1045,6 +1142,9 @@ def refused_connection(
     under a live replica: its next new connection was "Check that the server runs and that
     database_url names it", both of which held; red team 73, left open, closed by 74)."""
     reason = str(error)
+    authentication = _authentication_refused(database_url, error)
+    if authentication is not None:
+        return DatabaseRefusedError(where, _reason(error), *authentication, what)
     nologin = _NOT_PERMITTED_TO_LOG_IN.search(reason)
     if nologin is not None:
         name = nologin.group(1).replace('""', '"')

@@ -28,7 +28,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from app import sandbox
 from app.errors import ConfigError
@@ -542,6 +542,15 @@ def diagnose(config: Config) -> list[Probe]:
     ]
 
 
+#: Doctor's finding of a connection the server refused (`pg.refused_connection`), by its
+#: SQLSTATE; any other refusal came after the connection, of the app's settings.
+_REFUSED_CONNECTIONS: Final = {
+    "53300": "refused a connection at its limit",
+    "28000": "refused the role's login",
+    "28P01": "refused the password",
+}
+
+
 def _diagnose_database(config: Config, seen: dict[str, Any]) -> list[Probe]:
     import psycopg
 
@@ -564,11 +573,14 @@ def _diagnose_database(config: Config, seen: dict[str, Any]) -> list[Probe]:
         # Connected, then refused (a statement_timeout of a millisecond): not "cannot
         # connect ... check that PostgreSQL runs" (red team 42).
         # Or refused the connection at a connection limit of the role's or the database's,
-        # which names it (red team 73 on the remote backend).
-        limited = error.sqlstate == "53300"
+        # which names it (red team 73 on the remote backend), or refused its login: a role
+        # NOLOGIN, no line of pg_hba.conf, a password refused (red team 75 on the remote
+        # backend: each was "connected, then refused the app's settings").
+        found = _REFUSED_CONNECTIONS.get(
+            error.sqlstate, "connected, then refused the app's settings"
+        )
         return [
-            Probe("database", f"{where}: refused a connection at its limit" if limited
-                  else f"{where}: connected, then refused the app's settings",
+            Probe("database", f"{where}: {found}",
                   f"profile {config.profile!r}: {error.message}", EX_UNAVAILABLE)
         ]  # fmt: skip
     except DatabaseUnavailableError as error:
