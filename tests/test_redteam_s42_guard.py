@@ -33,9 +33,7 @@ from test_redteam_s22_guard import OWN_PROC, _own_proc_allowed
 from test_redteam_s24_guard import _inner_env
 from test_redteam_s27_guard import _tmpdir
 from test_redteam_s31_guard import stopped  # noqa: F401 - a fixture
-from test_redteam_s36_guard import _run_beside
-from test_redteam_s39_guard import _project
-from test_redteam_s40_guard import CHILD, INNER
+from test_redteam_s40_guard import CHILD, INNER, _tests_beside
 from test_server_e2e import snapshot
 
 from app import sandbox as sandboxing
@@ -90,25 +88,17 @@ CASES = {
 }
 
 
-@pytest.fixture(scope="module")
-def beside_a_stopped_root(
+def test_a_child_pytest_that_loads_no_entry_point_of_the_app_cannot_reach_a_stopped_root(
     stopped: tuple[Path, Path],  # noqa: F811 - the fixture
-    tmp_path_factory: pytest.TempPathFactory,
-) -> tuple[Path, str, str]:
-    """One outer run beside the stopped production root (given as ``$PRODUCTION``), with two
-    modules: one test per case of `CASES`, each a child pytest of its own that prints its exit
-    code and output after ``CHILD <case>``, then the probes of `HELD`, each a child started
-    another way that prints ``PROBE <name> ...``. Fails if the run did not pass, or changed any
-    file of production's root. Production's root, and what the children and the probes said.
-
-    One outer pytest for the two, where each had its own (as red team 40's file does: about
-    0.5 s of CPU; bench/README.md, "perf-suite75")."""
+    tmp_path: Path,
+) -> None:
     # Installed by `pip install -e .` since red team 42: an older environment lacks it.
     assert "_app_pytest_guard" in sys.modules, (
         "app-pytest-guard.pth is not installed in this environment: run "
         "`.venv/bin/python -m pip install -e .` again"
     )
-    children = "".join(
+    # One outer run, one test per case (each a child pytest of its own).
+    tests = "".join(
         CHILD.replace("ENV", env)
         .replace("ARGS", args)
         .replace("CONFTEST)", "'')")
@@ -117,28 +107,8 @@ def beside_a_stopped_root(
         .replace('print("CHILD",', f'print("CHILD {name}",')
         for name, (env, args, _) in CASES.items()
     )
-    settings, production = stopped
-    # Modules run in their names' order: the children's first, the probes' (whose forkserver
-    # pool sets `tempfile.tempdir`) last.
-    project = _project(
-        tmp_path_factory.mktemp("s42-beside"), test_a_children=children, test_b_held=HELD
-    )
-    # `_run_beside` fails the test if a child changed any file of production's root.
-    code, output = _run_beside(
-        production, project, settings, "-q", "-s", "-p", "no:randomly",
-        PRODUCTION=str(production),
-        WORKTREE=str(Path(__file__).resolve().parents[1]),
-        SITE=site.getsitepackages()[0],
-    )  # fmt: skip
-    assert code == 0, output
-    at = output.index("PROBE ")
-    return production, output[:at], output[at:]
-
-
-def test_a_child_pytest_that_loads_no_entry_point_of_the_app_cannot_reach_a_stopped_root(
-    beside_a_stopped_root: tuple[Path, str, str],
-) -> None:
-    production, output, _ = beside_a_stopped_root
+    # `_tests_beside` fails the test if a child changed any file of production's root.
+    production, output = _tests_beside(stopped, tmp_path, tests)
     said = dict(part.split(" ", 1) for part in output.split("CHILD ")[1:])
     assert said.keys() == CASES.keys(), output
     for name, (_, _, refused) in CASES.items():
@@ -290,13 +260,17 @@ REFUSED = "refused under pytest (sandbox: "
 
 
 def test_children_started_every_other_way_and_other_spellings_are_refused(
-    beside_a_stopped_root: tuple[Path, str, str],
+    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # os.posix_spawn, fork then execve, pty.fork, subprocess's process_group and preexec_fn,
     # python -I and -S, another HOME and XDG_*, env -i through setsid --fork and nohup (a
     # daemon whose shell exited), a forkserver pool a test left alive for the next, and
     # ENV_FOR_DYNACONF with whitespace, in upper case, or with a dynaconf token.
-    _, _, output = beside_a_stopped_root
+    monkeypatch.setenv("WORKTREE", str(Path(__file__).resolve().parents[1]))
+    monkeypatch.setenv("SITE", site.getsitepackages()[0])
+    _, output = _tests_beside(stopped, tmp_path, HELD)
     probes = dict(line.split(" ", 1) for line in output.split("PROBE ")[1:])
     assert len(probes) == 15, output
     for name, said in probes.items():
