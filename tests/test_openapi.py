@@ -7,6 +7,7 @@ starts it when collection ends: tests/head_start.py).
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import subprocess
@@ -19,11 +20,20 @@ from starlette.testclient import TestClient
 
 from app.testing import LiveServer
 
+#: The server's document, asked of the first test's in-process app: the app makes the same
+#: one for every test of this module (one configuration, no test changes a route).
+_DOCUMENT: dict[str, Any] = {}
+
 
 @pytest.fixture
-def openapi(app_client: TestClient) -> dict[str, Any]:
-    document: dict[str, Any] = app_client.get("/openapi.json").json()
-    return document
+def openapi(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """``GET /openapi.json`` of `app_client`'s app, a copy of its own for each test: asked
+    once per module, so the tests that read the document alone set up no app of their own
+    (an app, a data root and a client each; bench/README.md, "perf-suite75")."""
+    if not _DOCUMENT:
+        client: TestClient = request.getfixturevalue("app_client")
+        _DOCUMENT.update(client.get("/openapi.json").json())
+    return copy.deepcopy(_DOCUMENT)
 
 
 def operations(openapi: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:

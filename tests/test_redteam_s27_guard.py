@@ -52,20 +52,37 @@ def _tree(root: Path) -> dict[str, bytes | None]:
     }
 
 
-#: Each case a pytest told to write in the live root (`$1` python, `$2` root, `$3` its
-#: session, `$4` the project); the plugin active (APP_SETTINGS_DIR) but for xdist's case.
-CASES = """
-cd "$4"
-"$1" -m pytest --junitxml="$3/session.json" test_nothing.py; echo "=== $?"
-"$1" -m pytest --debug="$3/session.json" test_nothing.py; echo "=== $?"
-PYTEST_ADDOPTS="--log-file=$2/.server.lock" "$1" -m pytest test_nothing.py; echo "=== $?"
-printf '[pytest]\\ncache_dir = %s/sessions\\n' "$2" > pytest.ini
-"$1" -m pytest -p cacheprovider test_nothing.py; echo "=== $?"
-rm pytest.ini
-env -u APP_SETTINGS_DIR "$1" -m pytest -c /dev/null -W ignore::DeprecationWarning --dist load \
-  --tx "popen//chdir=$2" --rsyncdir="$4/sessions" test_nothing.py; echo "=== $?"
-cd "$2/sessions" && "$1" -m pytest "$4/test_nothing.py"; echo "=== $?"
-"""
+def _cases(
+    root: Path, session: Path, project: Path
+) -> list[tuple[list[str], dict[str, str], Path]]:
+    """Each case a pytest told to write in the live root: its arguments, the variables it is
+    given on top of the test's environment (``APP_SETTINGS_DIR=""``: left out, xdist's case,
+    the plugin inactive) and the directory it starts in; the plugin active but for xdist's."""
+    test = "test_nothing.py"
+    return [
+        ([f"--junitxml={session}/session.json", test], {}, project),
+        ([f"--debug={session}/session.json", test], {}, project),
+        ([test], {"PYTEST_ADDOPTS": f"--log-file={root}/.server.lock"}, project),
+        # with a pytest.ini whose cache_dir is the root's sessions/ (written for this run only)
+        (["-p", "cacheprovider", test], {}, project),
+        (
+            [
+                "-c",
+                "/dev/null",
+                "-W",
+                "ignore::DeprecationWarning",
+                "--dist",
+                "load",
+                "--tx",
+                f"popen//chdir={root}",
+                f"--rsyncdir={project}/sessions",
+                test,
+            ],
+            {"APP_SETTINGS_DIR": ""},
+            project,
+        ),
+        ([str(project / test)], {}, root / "sessions"),
+    ]
 
 
 def test_what_pytest_writes_outside_any_test_is_refused_in_a_live_data_root(
@@ -86,17 +103,29 @@ def test_what_pytest_writes_outside_any_test_is_refused_in_a_live_data_root(
     session = next((live.root / "sessions").iterdir())
     before = _tree(live.root)
     settings = copy_project_settings(tmp_path / "settings")
-    done = subprocess.run(
-        ["sh", "-c", CASES, "sh", sys.executable, str(live.root), str(session), str(project)],
-        env=_inner_env(APP_SETTINGS_DIR=str(settings), TMPDIR=_tmpdir(tmp_path)),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False,
-    )  # fmt: skip
-    assert _tree(live.root) == before, done.stdout
+    env = _inner_env(APP_SETTINGS_DIR=str(settings), TMPDIR=_tmpdir(tmp_path))
+    # Each pytest forked from a zygote that imported pytest once (tests/forked_pytest.py), one
+    # after the other, as a shell would run them: what each is refused for is its options,
+    # its ini file and its directory, none of which a fork changes (about 0.2 s of CPU each
+    # less than six `python -m pytest` execs: bench/README.md, "perf-suite75").
+    runs: list[tuple[int, str]] = []
+    for args, extra, cwd in _cases(live.root, session, project):
+        given = {k: v for k, v in {**env, **extra}.items() if v}
+        if "cacheprovider" in args:
+            (project / "pytest.ini").write_text(f"[pytest]\ncache_dir = {live.root}/sessions\n")
+        try:
+            done = forked_pytest.run(
+                [sys.executable, "-m", "pytest", *args], given, cwd, merged=True
+            )
+        finally:
+            (project / "pytest.ini").unlink(missing_ok=True)
+        runs.append((done.returncode, done.stdout))
+    said = "\n".join(f"{output}=== {code}" for code, output in runs)
+    assert _tree(live.root) == before, said
     with live.client() as client:
         assert client.get(f"/sessions/{session.name}").status_code == 200
-    runs = done.stdout.split("=== ")
-    assert len(runs) == 7, done.stdout
-    assert all(run.startswith("4") for run in runs[1:]), runs
+    assert len(runs) == 6, said
+    assert all(code == 4 for code, _ in runs), said
     holder = f"held by pid {live.pid}, kind server, profile testing"
     lies = f"which lies in the data root {live.root} ({holder}"
     expected = [
@@ -113,14 +142,15 @@ def test_what_pytest_writes_outside_any_test_is_refused_in_a_live_data_root(
             f"--junitxml) in the current directory, {live.root}/sessions, {lies}"
         ),
     ]
-    for run, says in zip(runs[:6], expected, strict=True):
+    outputs = [output for _, output in runs]
+    for run, says in zip(outputs, expected, strict=True):
         assert f"ERROR: app: refusing to run: {says}" in run, run
         assert NOT_THE_APPS in run, run
-    for run in runs[:4]:
+    for run in outputs[:4]:
         assert MOVE_IT in run, run
-    assert "The app's plugin is inactive in this run (" in runs[4], runs[4]
-    assert "and pytest writes there all the same" in runs[4], runs[4]
-    assert "Run pytest from a directory outside every data root" in runs[5], runs[5]
+    assert "The app's plugin is inactive in this run (" in outputs[4], outputs[4]
+    assert "and pytest writes there all the same" in outputs[4], outputs[4]
+    assert "Run pytest from a directory outside every data root" in outputs[5], outputs[5]
 
 
 def _stopped_production(tmp_path: Path) -> tuple[Path, Path]:
