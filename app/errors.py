@@ -2269,11 +2269,17 @@ class NotInTrashError(SessionNotFoundError):
                 f"no trash entry {self.entry!r} in the trash (emptied, restored already, or "
                 "never made); `app sessions list --trash --json` shows each entry's name"
             )
+        # What this run first finished is said wherever it finished any (red team 75).
+        first = (
+            finished_first(self.finished, self.changes, "it")
+            if self.finished or self.changes
+            else ""
+        )
         if self.file is None:
-            return super().message
+            return super().message + first
         return (
             f"no file {self.file!r} of session {self.session_id!r} in the trash; "
-            "`app sessions list --trash` shows what can be restored"
+            f"`app sessions list --trash` shows what can be restored{first}"
         )
 
 
@@ -2757,9 +2763,16 @@ class RestoreOverwriteError(BadRequestError):
             # file never deleted, or restored before the log was rotated): it was told it was
             # there "again", and to have "that copy back" by a PUT of bytes at no path (red
             # team 71 on regress, round b).
+            # Where this run first finished what a killed replace left (its entry, the copy
+            # it had meant to keep), "nothing was changed" was said of it (red team 75).
+            changed = (
+                "nothing was restored" + finished_first(self.finished, self.changes, "the file")
+                if self.finished or self.changes
+                else "nothing was changed"
+            )
             return (
                 f"{what} has a file {self.file!r} (restored already, or never deleted), and "
-                "the trash holds no copy of it to restore; nothing was changed. `app sessions "
+                f"the trash holds no copy of it to restore; {changed}. `app sessions "
                 f"show {self.session_id}` lists the file, with its SHA-256"
             )
         else:

@@ -190,6 +190,18 @@ def test_a_restore_of_an_entry_run_again_after_its_move_says_what_it_finished(
             f"sessions show {sid}` shows it"
         )
         assert not (root / ".trash" / replaced).exists()
+    # A file's restore, the same: "nothing was changed" of the entry it had just removed.
+    replaced = _a_replace_killed_before_its_commit(app_config, sid)
+    again = CliRunner().invoke(cli, ["sessions", "restore", sid, "--file", "a.txt"])
+    assert again.exit_code == 65, again.output
+    assert " ".join(again.stderr.split()) == (
+        f"error: session {sid!r} has a file 'a.txt' (restored already, or never deleted), and "
+        "the trash holds no copy of it to restore; nothing was restored; this run first "
+        "finished what changes, stopped partway, left in the trash (1 repair(s): entry "
+        f"{replaced}, a replace of file 'a.txt' that stopped before its commit: removed, it "
+        "held no data), in a check-repair line in the audit log. `app sessions show "
+        f"{sid}` lists the file, with its SHA-256"
+    )
 
 
 def _a_replace_killed_before_its_commit(config: Config, sid: str) -> str:
