@@ -1914,11 +1914,14 @@ def _process_relative(value: str, directory: Path, root: Path | None = None) -> 
     link to ``/proc/self/cwd`` on the way, or ``/dev/fd/N`` (a link to ``/proc/self/fd``),
     was followed at each load to wherever the process was (red team 75). `root`: the value
     resolved a moment ago (`_followed`); where it is the spelling, no link is on the way."""
+    if root is not None and "proc" not in value and ".." not in value and value[:1] != "~":
+        # As text (every load of every profile comes here): the spelling made absolute is
+        # the resolved root, so no symbolic link is on the way, nor a link of /proc.
+        spelled_text = value if value[:1] == "/" else os.path.join(directory, value)  # noqa: PTH118
+        if os.path.normpath(spelled_text) == str(root):
+            return None
     spelled = _spelled_root(value, directory)
     normal = os.path.normpath(spelled)
-    plain = "proc" not in value and ".." not in spelled.parts
-    if plain and root is not None and str(root) == normal:
-        return None  # no symbolic link on the way, so no link of /proc either
     link = sandboxing.process_link(spelled)
     found = None if link is None else _OWN_PROCESS_LINK.search(link)
     if found is None or found.group(1) not in ("self", "thread-self", str(os.getpid())):
