@@ -125,6 +125,11 @@ class Checker:
         self.awaited: set[tuple[str, str]] = set()
         # Trash entries a restore's audit line names (`_audited`).
         self.restored_from: set[str] = set()
+        # What this run's repairs of half-made trash entries finished: how many a restore
+        # left (`_restored`), and each other change's, named (a restore run again says which:
+        # red team 75).
+        self.restores_finished = 0
+        self.changes_finished: list[str] = []
         # Sessions with a trash entry this run could not check (a read the filesystem
         # failed), by the entry's name: it may wait for any of their unnamed blobs.
         self.unchecked: dict[str, str] = {}
@@ -745,7 +750,11 @@ class Checker:
                 return not self._linked_session_copy(path / TRASHED_SESSION)
             if logged and session_dir.is_dir():
                 self._restored(entry, None)
-            elif self.found(
+            elif self._finishing(
+                entry,
+                f"a session {manifest.get('reason')} that stopped before its move: removed, "
+                "it held no data",
+            ) and self.found(
                 "trash-manifest-only",
                 path,
                 f"a session {manifest.get('reason')} that stopped before its move"
@@ -788,18 +797,34 @@ class Checker:
             restored = logged and named and isinstance(file, str) and not linked
             if not lost and restored and blob_path.is_file():
                 self._restored(entry, file)  # the record names the entry's bytes again
-            elif not lost and self.found(
-                "trash-manifest-only",
-                path,
-                f"a file {manifest.get('reason')} that stopped before its commit; the file "
-                "is unchanged",
-                "remove the entry (it holds no data)",
+            elif (
+                not lost
+                and self._finishing(
+                    entry,
+                    f"a {manifest.get('reason')} of file {file!r} that stopped before its "
+                    "commit: removed, it held no data",
+                )
+                and self.found(
+                    "trash-manifest-only",
+                    path,
+                    f"a file {manifest.get('reason')} that stopped before its commit; the file "
+                    "is unchanged",
+                    "remove the entry (it holds no data)",
+                )
             ):
                 self.store.trash.remove_empty(entry)
             return False
         assert isinstance(file, str) and isinstance(blob, str)
         self.awaited.add((entry.session_id, blob))
         reason = manifest.get("reason")
+        self._finishing(
+            entry,
+            f"of file {file!r}, whose bytes lost from outside the app were back among the "
+            "session's blobs: moved into it"
+            if reason == "lost"
+            else f"a {reason} of file {file!r} that stopped after its commit: its old bytes "
+            "moved into it",
+        )
         if not self.found(
             "trash-unfinished",
             path,
@@ -848,6 +873,7 @@ class Checker:
             fix = "remove the entry (it holds no data) and append the restore's audit line"
         if not self.found("trash-manifest-only", entry.path, detail, fix):
             return
+        self.restores_finished += 1
         if not logged:
             # The line first: killed between the two, the next run finds the entry with
             # the line (and removes it), where the other order left the restore unlogged.
@@ -859,6 +885,13 @@ class Checker:
             # entry goes (red team 59).
             self.store.sessions.date_recovered(entry)
         self.store.trash.remove_empty(entry)
+
+    def _finishing(self, entry: TrashEntry, what: str) -> bool:
+        """Note, where this run repairs, that it finishes `entry` of another change than a
+        restore (`what` it was and what is done); always True, to sit in a condition."""
+        if self.repair:
+            self.changes_finished.append(f"entry {entry.name}, {what}")
+        return True
 
     def _lost(self, entry: TrashEntry, file: str, blob: object) -> bool:
         """Whether a file's entry holding only its manifest lost its bytes from outside the

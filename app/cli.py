@@ -1168,7 +1168,9 @@ def sessions_restore(
         except NotInTrashError as missing:
             if file_name is not None or entry is not None or not _is_live(store, session_id):
                 raise
-            raise NotInTrashError(session_id, live=True, finished=missing.finished) from missing
+            raise NotInTrashError(
+                session_id, live=True, finished=missing.finished, changes=missing.changes
+            ) from missing
     restored = f"file {file_name!r} of session" if file_name else "session"
     taken = "" if entry is None else f" from trash entry {entry}"
     title = _printable(session["title"]) or "untitled"

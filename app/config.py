@@ -1419,7 +1419,7 @@ def _value_problem(key: Key, value: Any, directory: Path) -> tuple[str | None, P
             unfollowable
             or _spelled_as_url(key, value, directory)
             or _escaped(key, value, directory)
-            or _unexpanded(key, value, directory)
+            or _unexpanded(key, value, directory, root)
             or _unnameable(key, value, directory, root)
             or _not_text_resolved(key, value, directory, root)
             or _misresolved(key, value, directory)
@@ -1723,7 +1723,7 @@ _UNEXPANDED = sandboxing.LazyPattern(
 )
 
 
-def _unexpanded(key: Key, value: Any, directory: Path) -> str | None:
+def _unexpanded(key: Key, value: Any, directory: Path, root: Path | None = None) -> str | None:
     """Why a path setting's `value` holds text something else was meant to expand, or None.
 
     ``APP_DATA_ROOT='${STATE_DIRECTORY}/data'`` in a systemd ``Environment=`` or an env file
@@ -1747,7 +1747,9 @@ def _unexpanded(key: Key, value: Any, directory: Path) -> str | None:
     if not key.type.startswith("Path") or not isinstance(value, str):
         return None
     problem = (
-        _shell_shorthand(value) or _home_unknown(key, value) or _process_relative(value, directory)
+        _shell_shorthand(value)
+        or _home_unknown(key, value)
+        or _process_relative(value, directory, root)
     )
     if problem is not None:
         return problem
@@ -1897,34 +1899,73 @@ def _shell_shorthand(value: str) -> str | None:
     return None  # a user of that name
 
 
-#: A path of procfs that names the reading process's own working directory or open files.
-_PROCESS_RELATIVE = sandboxing.LazyPattern(
-    r"^/proc/(self|thread-self|\d+)(?:/task/\d+)?/(?:cwd|fd)(?=/|$)", needs=("proc",)
+#: A link of procfs of the reading process's own (`sandbox.process_link`'s answer): its
+#: working directory, its root, an open descriptor (``/dev/fd/N``, ``/dev/stdin`` lead there).
+_OWN_PROCESS_LINK = sandboxing.LazyPattern(
+    r"^/proc/(self|thread-self|\d+)(?:/task/\d+)?/", needs=("proc",)
 )
 
 
-def _process_relative(value: str, directory: Path) -> str | None:
-    """Why a path setting's `value` names the reading process's working directory through
-    procfs (``/proc/self/cwd/data``), or None: a root that moved with `cd` (``/tmp/data``
-    run from ``/tmp``, ``/var/tmp/data`` from ``/var/tmp``), as ``{env[PWD]}`` and bash's
-    ``~+`` did (red team 74). As spelled, made absolute against the settings directory:
-    a symbolic link to such a path is followed like any other, not seen here."""
-    if "proc" not in value:
-        return None
-    spelled = os.path.normpath(_spelled_root(value, directory))
-    found = _PROCESS_RELATIVE.search(spelled)
+def _process_relative(value: str, directory: Path, root: Path | None = None) -> str | None:
+    """Why a path setting's `value` names the reading process's working directory, root or
+    an open descriptor through procfs (``/proc/self/cwd/data``), or None: a root that moved
+    with `cd` (``/tmp/data`` run from ``/tmp``, ``/var/tmp/data`` from ``/var/tmp``), as
+    ``{env[PWD]}`` and bash's ``~+`` did (red team 74). Spelled so, or reached so: a symbolic
+    link to ``/proc/self/cwd`` on the way, or ``/dev/fd/N`` (a link to ``/proc/self/fd``),
+    was followed at each load to wherever the process was (red team 75). `root`: the value
+    resolved a moment ago (`_followed`); where it is the spelling, no link is on the way."""
+    if root is not None and "proc" not in value and ".." not in value and value[:1] != "~":
+        # As text (every load of every profile comes here): the spelling made absolute is
+        # the resolved root, so no symbolic link is on the way, nor a link of /proc.
+        spelled_text = value if value[:1] == "/" else os.path.join(directory, value)  # noqa: PTH118
+        if os.path.normpath(spelled_text) == str(root):
+            return None
+    spelled = _spelled_root(value, directory)
+    normal = os.path.normpath(spelled)
+    link = sandboxing.process_link(spelled)
+    found = None if link is None else _OWN_PROCESS_LINK.search(link)
     if found is None or found.group(1) not in ("self", "thread-self", str(os.getpid())):
         # Another process's (a container's /proc/<pid>/root, cwd or fd): named as that
         # process sees it, which `app.config_files`' look at the links on the way refuses
         # for what it is (red teams 59 and 61), not as the reader's own working directory.
         return None
-    return (
-        f"goes through {found.group()}, the working directory or an open file of the "
-        "process that reads it, so the root would move with each `cd` (a new, empty root, "
-        "or another profile's, depending on where the command runs); a relative path "
-        "resolves against the settings directory, never the working directory: write the "
-        "path out in full where the value is set"
+    assert link is not None
+    kind = link.rsplit("/", 2)
+    what = (
+        "the working directory"
+        if kind[-1] == "cwd"
+        else "the root directory"
+        if kind[-1] == "root"
+        else "an open descriptor"
     )
+    via = _first_link(spelled)
+    reached = (
+        ""
+        if via is None or normal.startswith(link.rstrip("/") + "/") or normal == link
+        else f" (reached through the symbolic link {via[0]}, which points to {via[1]!r})"
+    )
+    return (
+        f"goes through {link}{reached}, {what} of the process that reads it, so the root "
+        "would move with each `cd` (or `dup2`, or `chroot`: a new, empty root, or another "
+        "profile's, depending on where and how the command runs); a relative path resolves "
+        "against the settings directory, never the working directory: write the path out in "
+        "full where the value is set"
+        + (
+            ", or point the link at the directory it means"
+            if reached and via is not None and not via[0].startswith(("/dev/", "/proc/"))
+            else ""
+        )
+    )
+
+
+def _first_link(path: Path) -> tuple[str, str] | None:
+    """The first symbolic link on `path`'s way and its text, or None (for a refusal only)."""
+    current = Path("/")
+    for name in path.parts[1:]:
+        current = current / name
+        with contextlib.suppress(OSError):
+            return str(current), str(current.readlink())
+    return None
 
 
 def _home_unknown(key: Key, value: Any) -> str | None:

@@ -2231,6 +2231,28 @@ class SessionNotFoundError(StoreError):
         return f"no session {self.session_id!r} in {self.where}; {hint}"
 
 
+def finished_first(restores: int, changes: tuple[str, ...], back: str) -> str:
+    """What a restore run again finished before its refusal (``; this run first finished
+    ...``): the repairs of what an earlier restore left (`back`: what it had moved back),
+    counted, and what other changes stopped partway left, each entry named; both audited
+    in one ``check-repair`` line. Counted together, a replace's leftover was said to be a
+    restore's (red team 75)."""
+    logged = "in a check-repair line in the audit log"
+    said = []
+    if restores:
+        said.append(
+            f"what an earlier restore, stopped after it had moved {back} back, left in the "
+            f"trash ({restores} repair(s){'' if changes else ', ' + logged})"
+        )
+    if changes:
+        said.append(
+            f"what {'other changes' if restores else 'changes'}, stopped partway, left "
+            f"{'there' if restores else 'in the trash'} ({len(changes)} repair(s): "
+            f"{'; '.join(changes)}), {'both ' if restores else ''}{logged}"
+        )
+    return "; this run first finished " + ", and ".join(said)
+
+
 class NotInTrashError(SessionNotFoundError):
     """Nothing in the trash to restore: no deleted session, or no deleted file of it."""
 
@@ -2245,6 +2267,9 @@ class NotInTrashError(SessionNotFoundError):
     #: How many repairs the restore made first, of what a restore stopped partway (killed
     #: after its move) left in the session's trash entries (red team 74).
     finished: int = field(default=0, kw_only=True)
+    #: What else it finished first, each entry named: what a delete, a replace or a purge
+    #: stopped partway left (red team 75: it was counted among the restore's repairs).
+    changes: tuple[str, ...] = field(default=(), kw_only=True)
 
     @property
     def message(self) -> str:
@@ -2252,10 +2277,9 @@ class NotInTrashError(SessionNotFoundError):
             # Once "`app sessions list --trash` shows what can be restored": the loser of
             # two restores at once looked for it there (red team 48).
             changed = (
-                "so it was not restored again; this run first finished what an earlier "
-                f"restore, stopped after it had moved the session back, left in the trash "
-                f"({self.finished} repair(s), in a check-repair line in the audit log)"
-                if self.finished
+                ("so it was not restored again" if self.finished else "so nothing was restored")
+                + finished_first(self.finished, self.changes, "the session")
+                if self.finished or self.changes
                 else "so nothing was changed"
             )
             return (
@@ -2269,21 +2293,33 @@ class NotInTrashError(SessionNotFoundError):
             # on regress).
             return (
                 f"no trash entry {self.entry!r} in the trash: restored already, so it was not "
-                "restored again; this run first finished what an earlier restore, stopped "
-                f"after it had moved it back, left in the trash ({self.finished} repair(s), in "
-                f"a check-repair line in the audit log). `app sessions show {self.session_id}` "
-                "shows the session"
+                f"restored again{finished_first(self.finished, self.changes, 'it')}. `app "
+                f"sessions show {self.session_id}` shows the session"
+            )
+        if self.entry is not None and self.changes:
+            # The entry asked for may be one this run removed as a change's leftover that
+            # held no data: "restored already" was said of it (red team 75).
+            return (
+                f"no trash entry {self.entry!r} in the trash, so nothing was restored"
+                f"{finished_first(0, self.changes, 'it')}. `app sessions list --trash --json` "
+                "shows each entry's name"
             )
         if self.entry is not None:
             return (
                 f"no trash entry {self.entry!r} in the trash (emptied, restored already, or "
                 "never made); `app sessions list --trash --json` shows each entry's name"
             )
+        # What this run first finished is said wherever it finished any (red team 75).
+        first = (
+            finished_first(self.finished, self.changes, "it")
+            if self.finished or self.changes
+            else ""
+        )
         if self.file is None:
-            return super().message
+            return super().message + first
         return (
             f"no file {self.file!r} of session {self.session_id!r} in the trash; "
-            "`app sessions list --trash` shows what can be restored"
+            f"`app sessions list --trash` shows what can be restored{first}"
         )
 
 
@@ -2734,6 +2770,8 @@ class RestoreOverwriteError(BadRequestError):
     finished: int = field(default=0, kw_only=True)
     """How many repairs the restore made first, of what a restore stopped partway (killed
     after its move) left in the session's trash entries (red team 74)."""
+    changes: tuple[str, ...] = field(default=(), kw_only=True)
+    """What else it finished first, each entry named (`NotInTrashError.changes`)."""
 
     @property
     def message(self) -> str:
@@ -2751,14 +2789,11 @@ class RestoreOverwriteError(BadRequestError):
                 "sessions show` lists the file, with its SHA-256). Refusing to overwrite it "
                 "with "
             )
-            if self.entry is None and self.finished:
+            if self.entry is None and (self.finished or self.changes):
                 # Run again after one killed between its move and its entry's removal: "nothing
                 # was changed" of the entry it had just removed (red team 74).
-                return (
-                    f"{refused}a copy in the trash: there is none left; this run first "
-                    "finished what an earlier restore, stopped after it had moved the file "
-                    f"back, left in the trash ({self.finished} repair(s), in a check-repair "
-                    "line in the audit log)"
+                return f"{refused}a copy in the trash: there is none left" + finished_first(
+                    self.finished, self.changes, "the file"
                 )
             if self.entry is None:
                 return f"{refused}a copy in the trash: there is none left; nothing was changed"
@@ -2768,9 +2803,16 @@ class RestoreOverwriteError(BadRequestError):
             # file never deleted, or restored before the log was rotated): it was told it was
             # there "again", and to have "that copy back" by a PUT of bytes at no path (red
             # team 71 on regress, round b).
+            # Where this run first finished what a killed replace left (its entry, the copy
+            # it had meant to keep), "nothing was changed" was said of it (red team 75).
+            changed = (
+                "nothing was restored" + finished_first(self.finished, self.changes, "the file")
+                if self.finished or self.changes
+                else "nothing was changed"
+            )
             return (
                 f"{what} has a file {self.file!r} (restored already, or never deleted), and "
-                "the trash holds no copy of it to restore; nothing was changed. `app sessions "
+                f"the trash holds no copy of it to restore; {changed}. `app sessions "
                 f"show {self.session_id}` lists the file, with its SHA-256"
             )
         else:

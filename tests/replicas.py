@@ -6,7 +6,8 @@ The production profile comes from a settings.toml in a directory of the test's
 processes open the run's scratch copies of those (see :func:`production_on`); the
 credentials come from ``APP_*`` variables, as a deployment's would. Each server binds port 0
 and publishes its URL in its holder row, which is where the tests find it. Waiting is bounded
-polling, never a sleep taken as an assertion.
+polling, never a sleep taken as an assertion; a replica's start is given up on only when it
+does nothing for that long (`wait_for`'s ``progress``), not when a loaded machine slows it.
 
 Shared by tests/test_remote_replicas.py (a pair per test) and tests/test_remote_hostile.py
 (one pair for a whole hostile run).
@@ -21,7 +22,7 @@ import os
 import secrets
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +47,7 @@ from app.testing import wait_until_serving
 #: workers' CPU (py-spy, bench/README.md), and as much again in the database's backends.
 POLL = 0.005
 POLL_MAX = 0.05
-WAIT_SECONDS = 30.0  # bounded: 30 s at most for anything to happen
+WAIT_SECONDS = 30.0  # bounded: 30 s at most for anything to happen (or with nothing done)
 #: The bound for the workers of ``serve --workers`` to start. Each is forked from ``serve``
 #: (as the app starts them, not from tests/forked_app.py's zygote, as every other replica
 #: is), then loads the settings and connects before it publishes its row, two at once. When
@@ -75,14 +76,49 @@ data_root = "{base}/development"
 """
 
 
-def wait_for(condition: Callable[[], Any], what: str, seconds: float = WAIT_SECONDS) -> Any:
+def wait_for(
+    condition: Callable[[], Any],
+    what: str,
+    seconds: float = WAIT_SECONDS,
+    progress: Callable[[], object] | None = None,
+) -> Any:
+    """Poll `condition` until it holds; give up once `seconds` pass with no progress.
+
+    `progress`: a look at what the awaited processes have done (`cpu_and_output`); each time
+    it changes the `seconds` start again, so a start that is slow because the machine is
+    busy is waited for, and only one that does nothing for that long is given up on.
+    Bounded by wall time alone, the hostile suites' production pair, which a serial run
+    starts in its head-start thread (tests/head_start.py) at nice 10 (so as plain
+    subprocesses, which import everything, not forks of the zygote), took 35.6 s to publish
+    its URL at a load of 20 on 2 cores, never more than 1.24 s without a tick of CPU or a
+    line of output: "gave up waiting for replica ... to publish its URL" at 30 s (red team
+    75)."""
     pause, deadline = POLL, time.monotonic() + seconds
+    seen = None if progress is None else progress()
     while not (value := condition()):
+        if progress is not None and (now := progress()) != seen:
+            seen, deadline = now, time.monotonic() + seconds
         if time.monotonic() > deadline:
-            pytest.fail(f"gave up waiting for {what}")
+            idle = "" if progress is None else f" (no CPU used, no output, for {seconds:g} s)"
+            pytest.fail(f"gave up waiting for {what}{idle}")
         time.sleep(pause)
         pause = min(POLL_MAX, pause * 1.5)
     return value
+
+
+def cpu_and_output(processes: Iterable[Replica]) -> tuple[tuple[int, int], ...]:
+    """What `processes` have done so far: each one's CPU time, in clock ticks (all its
+    threads, from ``/proc/<pid>/stat``), and the size of its log; (0, 0) for one gone."""
+    done = []
+    for replica in processes:
+        try:
+            fields = Path(f"/proc/{replica.pid}/stat").read_bytes().rpartition(b")")[2].split()
+            ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+            size = replica.log.stat().st_size
+        except (OSError, IndexError, ValueError):
+            ticks = size = 0
+        done.append((ticks, size))
+    return tuple(done)
 
 
 @dataclass
@@ -188,7 +224,13 @@ class Production:
             urls = [str(r["url"]) for r in rows if r["pid"] == replica.pid and r["url"]]
             return urls[0] if urls else None
 
-        url: str = wait_for(published, f"replica {replica.pid} to publish its URL")
+        # Every replica of the profile: one waits for another's tables (the first creates
+        # them), and their start is slow, not stuck, while either is at work.
+        url: str = wait_for(
+            published,
+            f"replica {replica.pid} to publish its URL",
+            progress=lambda: cpu_and_output(self.replicas),
+        )
         return url
 
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:

@@ -1917,7 +1917,10 @@ def test_configured_roots_let_dynaconf_read_a_root_written_in_its_syntax(
 
 
 def test_a_root_that_reads_the_selected_environment_or_the_working_directory_is_refused(
-    make_settings: SettingsMaker, roots: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+    make_settings: SettingsMaker,
+    roots: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     # Red team 74: the app reads every section in one load (environments=False), so
     # `{this.ENV_FOR_DYNACONF}` was the shell's text as typed: production's root was
@@ -1967,14 +1970,44 @@ def test_a_root_that_reads_the_selected_environment_or_the_working_directory_is_
     make_settings(data_roots={"production": "/proc/self/cwd/data"})
     with pytest.raises(InvalidSettingError) as refused:
         load("testing")
+    moves = (
+        "of the process that reads it, so the root would move with each `cd` (or `dup2`, or "
+        "`chroot`: a new, empty root, or another profile's, depending on where and how the "
+        "command runs); a relative path resolves against the settings directory, never the "
+        "working directory: write the path out in full where the value is set"
+    )
     assert str(refused.value) == (
         "profile 'production': data_root = '/proc/self/cwd/data' (from settings.toml "
-        "[production]): goes through /proc/self/cwd, the working directory or an open file "
-        "of the process that reads it, so the root would move with each `cd` (a new, empty "
-        "root, or another profile's, depending on where the command runs); a relative path "
-        "resolves against the settings directory, never the working directory: write the "
-        "path out in full where the value is set"
+        f"[production]): goes through /proc/self/cwd, the working directory {moves}"
     )
+    # Reached, not spelled (red team 75): a symbolic link to /proc/self/cwd (or to
+    # /proc/self/root) on the way, and /dev/fd/N (a link to /proc/self/fd) of an open
+    # directory, were followed at each load to wherever the process was.
+    (here := tmp_path / "here").symlink_to("/proc/self/cwd")
+    (top := tmp_path / "top").symlink_to("/proc/self/root")
+    held = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for value, through, what, link in (
+            (f"{here}/data", "/proc/self/cwd", "the working directory", (here, "/proc/self/cwd")),
+            (f"{top}/x", "/proc/self/root", "the root directory", (top, "/proc/self/root")),
+            (f"/dev/fd/{held}/x", f"/proc/self/fd/{held}", "an open descriptor", None),
+        ):
+            make_settings(data_roots={"production": value})
+            with pytest.raises(InvalidSettingError) as refused:
+                load("testing")
+            via = (
+                f"{link[0]}, which points to {link[1]!r}"
+                if link is not None
+                else f"/dev/fd, which points to {os.readlink('/dev/fd')!r}"
+            )
+            assert str(refused.value) == (
+                f"profile 'production': data_root = {value!r} (from settings.toml "
+                f"[production]): goes through {through} (reached through the symbolic link "
+                f"{via}), {what} {moves}"
+                + ("" if link is None else ", or point the link at the directory it means")
+            )
+    finally:
+        os.close(held)
 
 
 def test_configured_roots_apply_app_data_root_to_the_selected_profile_only(

@@ -154,3 +154,75 @@ def test_a_restore_of_an_entry_run_again_after_its_move_says_what_it_finished(
         f"audit log). `app sessions show {sid}` shows the session"
     )
     assert not (root / ".trash" / entry).exists()
+    # Red team 75: what a replace killed before its commit left (its entry holding its
+    # manifest alone) was counted among the restore's repairs, and said to be a restore's.
+    # Both at once: each said for what it is.
+    (root / ".trash" / entry).mkdir()
+    (root / ".trash" / entry / "trash.json").write_bytes(manifest)
+    replaced = _a_replace_killed_before_its_commit(app_config, sid)
+    again = CliRunner().invoke(cli, ["sessions", "restore", sid, "--entry", entry])
+    assert " ".join(again.stderr.split()) == (
+        f"error: no trash entry {entry!r} in the trash: restored already, so it was not "
+        "restored again; this run first finished what an earlier restore, stopped after it "
+        "had moved it back, left in the trash (1 repair(s)), and what other changes, stopped "
+        f"partway, left there (1 repair(s): entry {replaced}, a replace of file 'a.txt' that "
+        "stopped before its commit: removed, it held no data), both in a check-repair line "
+        f"in the audit log. `app sessions show {sid}` shows the session"
+    )
+    # The replace's alone, by session and by the entry it left: it was "so it was not
+    # restored again; ... what an earlier restore ... left", of a session never restored.
+    for by_entry in (False, True):
+        replaced = _a_replace_killed_before_its_commit(app_config, sid)
+        asked = ["--entry", replaced] if by_entry else []
+        again = CliRunner().invoke(cli, ["sessions", "restore", sid, *asked])
+        assert again.exit_code == 66, again.output
+        repaired = (
+            "this run first finished what changes, stopped partway, left in the trash (1 "
+            f"repair(s): entry {replaced}, a replace of file 'a.txt' that stopped before its "
+            "commit: removed, it held no data), in a check-repair line in the audit log"
+        )
+        assert " ".join(again.stderr.split()) == (
+            f"error: no trash entry {replaced!r} in the trash, so nothing was restored; "
+            f"{repaired}. `app sessions list --trash --json` shows each entry's name"
+            if by_entry
+            else f"error: no session {sid!r} in the trash: it is in sessions (restored "
+            f"already, or never deleted), so nothing was restored; {repaired}. `app "
+            f"sessions show {sid}` shows it"
+        )
+        assert not (root / ".trash" / replaced).exists()
+    # A file's restore, the same: "nothing was changed" of the entry it had just removed.
+    replaced = _a_replace_killed_before_its_commit(app_config, sid)
+    again = CliRunner().invoke(cli, ["sessions", "restore", sid, "--file", "a.txt"])
+    assert again.exit_code == 65, again.output
+    assert " ".join(again.stderr.split()) == (
+        f"error: session {sid!r} has a file 'a.txt' (restored already, or never deleted), and "
+        "the trash holds no copy of it to restore; nothing was restored; this run first "
+        "finished what changes, stopped partway, left in the trash (1 repair(s): entry "
+        f"{replaced}, a replace of file 'a.txt' that stopped before its commit: removed, it "
+        "held no data), in a check-repair line in the audit log. `app sessions show "
+        f"{sid}` lists the file, with its SHA-256"
+    )
+
+
+def _a_replace_killed_before_its_commit(config: Config, sid: str) -> str:
+    """What a replace of the session's file a.txt SIGKILLed before its commit (at the
+    ``openat`` of the audit log, which it opens before its record's rename) leaves: its
+    trash entry holding its manifest alone, the record and bytes unchanged. Made by a real
+    replace, then undone by hand as far as its commit. Returns the entry's name."""
+    root = config.data_root
+    record = next((root / "sessions" / sid / "records").glob("a.txt"), None)
+    with open_storage(config, writer=True, kind="maintenance", wanted="test it") as store:
+        if record is None:
+            store.put_file(sid, "a.txt", b"acknowledged")
+            record = root / "sessions" / sid / "records" / "a.txt"
+        before = record.read_bytes()
+        store.put_file(sid, "a.txt", b"never committed", replace=True)
+    [made] = sorted((root / ".trash").iterdir())[-1:]
+    (made / "a.txt").rename(root / "sessions" / sid / "blobs" / json.loads(before)["blob"])
+    (root / "sessions" / sid / "blobs" / json.loads(record.read_bytes())["blob"]).unlink()
+    record.write_bytes(before)
+    # Its audit line, written after the commit, never was.
+    log = (root / AUDIT_FILE).read_text().splitlines(keepends=True)
+    assert json.loads(log[-1])["operation"] == "replace-file"
+    (root / AUDIT_FILE).write_text("".join(log[:-1]))
+    return made.name

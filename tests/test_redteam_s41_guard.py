@@ -234,8 +234,9 @@ def test_junitxml(tmp_path):
     _child(tmp_path, "junitxml", "--junitxml", str(RECORD), "-p", "no:cacheprovider")
 
 def test_log_file(tmp_path):
+    # Appended to (red team 75): it was said to be rewritten.
     _child(tmp_path, "log-file", f"--log-file={PRODUCTION / '.app-profile.json'}",
-           "-p", "no:cacheprovider")
+           "--log-file-mode=a", "-p", "no:cacheprovider")
 
 def test_cache_dir(tmp_path):
     _child(tmp_path, "cache-dir", "-o", f"cache_dir={PRODUCTION / 'sessions'}")
@@ -305,7 +306,15 @@ def test_what_pytest_writes_with_the_plugin_switched_off_is_checked(
         ("xdist", "pytest's --junitxml rewrites {record} as the run ends"),
         ("grandchild", "the run ends"),
         ("debug-conftest", "a conftest or a plugin changed directory"),
-        ("log-file", "pytest's log_file (--log-file) rewrites {production}/.app-profile.json"),
+        (
+            "log-file",
+            (
+                "pytest's log_file (--log-file, in log_file_mode 'a': --log-file-mode=a) "
+                "appends the run's log records to {production}/.app-profile.json from the "
+                "run's start (appended to, a record or a stamp no longer parses, an audit log "
+                "gains lines the app never wrote), which lies in the data root"
+            ),
+        ),
         ("cache-dir", "pytest's cache provider writes its cache_dir, {production}/sessions,"),
     ):
         record = next((production / "sessions").iterdir()) / "session.json"

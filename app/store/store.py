@@ -531,12 +531,12 @@ class Store(Storage):
         try:
             return self._restore(session_id, name, entry)
         except (NotInTrashError, RestoreOverwriteError) as missing:
-            if not finished:
-                raise
             # A restore run again after one stopped between its move and its entry's removal
             # (SIGKILL) removed what that one left, and said "nothing was changed" (red team
-            # 74): the refusal says what it finished.
-            missing.finished = finished
+            # 74): the refusal says what it finished. What a replace or a delete stopped
+            # partway left is named apart: it was counted as a restore's (red team 75).
+            missing.finished = finished.restores_finished
+            missing.changes = tuple(finished.changes_finished)
             raise
 
     def _restore(self, session_id: str, name: str | None, entry: str | None) -> SessionRecord:
@@ -666,7 +666,7 @@ class Store(Storage):
         self._repair_now(lambda checker: checker.check_session(session_id))
         return self.sessions.get(session_id)
 
-    def _finish_half_entries(self, session_id: str | None) -> int:
+    def _finish_half_entries(self, session_id: str | None) -> Checker:
         """What a crash left half made in the session's trash entries (``None``: every
         session's), repaired (audited).
 
@@ -677,13 +677,14 @@ class Store(Storage):
         under its session's lock, which every change of its files takes: an entry another
         thread is making is not a crash's.
 
-        Returns how many repairs it made.
+        Returns the repair's checker, which says what it finished (`restores_finished`,
+        `changes_finished`).
         """
         return self._repair_now(lambda checker: checker.finish_half_entries(session_id))
 
-    def _repair_now(self, step: Callable[[Checker], None]) -> int:
+    def _repair_now(self, step: Callable[[Checker], None]) -> Checker:
         """One step of the start-up's repair, made now (audited, as the start-up's is);
-        returns how many repairs it made."""
+        returns its checker."""
         from app.check import Checker
 
         checker = Checker(self, repair=True, thorough=False)
@@ -692,7 +693,7 @@ class Store(Storage):
                 step(checker)
         finally:
             self._audit_repairs(checker)
-        return sum(1 for finding in checker.findings if finding.repaired)
+        return checker
 
     def _audit_repairs(self, checker: Checker) -> None:
         """The ``check-repair`` audit line of what ``checker`` found and did (if anything).

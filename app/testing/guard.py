@@ -1514,6 +1514,7 @@ _PYTEST_INI_DEFAULTS: dict[str, Any] = {
     "tmp_path_retention_count": 3,
     "tmp_path_retention_policy": "all",
     "log_file": "",
+    "log_file_mode": "w",
 }
 
 

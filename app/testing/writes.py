@@ -548,7 +548,18 @@ def _targets_from(config: pytest.Config, options: Any, cwd: Path) -> list[Target
     add(getattr(options, "xmlpath", None), "pytest's --junitxml rewrites {path} as the run ends")
     add(getattr(options, "debug", None), "pytest's --debug rewrites {path} as the run starts")
     log_file = getattr(options, "log_file", None) or pytest_ini(config, "log_file")
-    add(log_file, "pytest's log_file (--log-file) rewrites {path} as the run starts")
+    # As pytest's logging plugin reads its mode (the option, then the ini value). Appended
+    # to, the file was said to be rewritten (red team 75): a record or a stamp that gains
+    # the run's log no longer parses, an audit log gains lines the app never wrote.
+    mode = getattr(options, "log_file_mode", None) or pytest_ini(config, "log_file_mode")
+    add(
+        log_file,
+        "pytest's log_file (--log-file, in log_file_mode 'a': --log-file-mode=a) appends the "
+        "run's log records to {path} from the run's start (appended to, a record or a stamp "
+        "no longer parses, an audit log gains lines the app never wrote)"
+        if mode == "a"
+        else "pytest's log_file (--log-file) rewrites {path} as the run starts",
+    )
     if not config.pluginmanager.is_blocked("cacheprovider"):
         for text, does, deletes in _cache_targets(config, options):
             add(text, does, deletes=deletes)
