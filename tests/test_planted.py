@@ -320,6 +320,65 @@ def test_a_put_back_through_a_link_never_writes_where_the_test_made_it_lead(
     assert (other / "real.pth").read_text() == "root:x:0:0\n"
 
 
+def test_a_put_back_never_moves_or_writes_in_a_directory_put_at_a_place_s_path(
+    tmp_path: Path,
+) -> None:
+    """Red team 75 on the guard, found by experiment in a real inner run beside a stopped
+    production root: a test that replaced the environment's ``bin/`` by a symbolic link to
+    the root's ``sessions/`` (or, run as root, bind-mounted it there) had the guard rename
+    the session ``<id>.app-planted``, "a command added"; one that so replaced site-packages
+    by a link to the root had the guard write the environment's ``.pth`` files into it; and
+    a start-up file's link whose target's directory another took the place of (a mount) was
+    written back there. A place, and a link's directory, is used only while it is the
+    directory it was as the run began (device and inode); otherwise the check says so,
+    once, and moves and writes nothing."""
+    production = tmp_path / "production"  # a stopped root, as its files are on disk
+    session = production / "sessions" / "01a2522b8ede743ea5b116f2a1e676d9"
+    session.mkdir(parents=True)
+    (session / "session.json").write_text("{}\n")
+    (production / ".app-profile.json").write_text('{"profile": "production"}\n')
+    before = sorted(str(p.relative_to(production)) for p in production.rglob("*"))
+    site_dir, bin_dir, etc = tmp_path / "site", tmp_path / "bin", tmp_path / "etc"
+    for directory in (site_dir, bin_dir, etc):
+        directory.mkdir()
+    (site_dir / "x.pth").write_text("import os\n")
+    (bin_dir / "app").write_text("#!/bin/sh\n")
+    (etc / "real.pth").write_text("import os\n")
+    (site_dir / "zz.pth").symlink_to(etc / "real.pth")
+    planted = Planted(places=[_Place(site_dir, True), _Place(bin_dir, False)]).take()
+    # The link's directory: another directory put at its path, whose file of that name the
+    # test changed (what a mount over it shows).
+    etc.rename(tmp_path / "etc-was")
+    etc.mkdir()
+    (etc / "real.pth").write_text("another's file\n")
+    # The places themselves: links to the root and its sessions/.
+    bin_dir.rename(tmp_path / "bin-was")
+    bin_dir.symlink_to(production / "sessions")
+    site_dir.rename(tmp_path / "site-was")
+    site_dir.symlink_to(production)
+    said = planted.check("the test", commands=True)
+    assert said is not None
+    flat = " ".join(said.split())
+    for place, leads in ((bin_dir, production / "sessions"), (site_dir, production)):
+        assert (
+            f"{place} is not the directory it was as the run began (it leads to {leads} now), "
+            "so nothing there was moved aside or written back, which would have changed the "
+            "files of whatever it leads to (a data root's, say). Put the environment's own "
+            "directory back at its path (remove the link, or unmount what is mounted there), "
+            "or install this environment again"
+        ) in flat, said
+    assert sorted(str(p.relative_to(production)) for p in production.rglob("*")) == before
+    assert planted.check("the next test") is None  # said once
+    # Put back as they were: watched again, and the link's directory said as another.
+    for place in (bin_dir, site_dir):
+        place.unlink()
+        place.with_name(place.name + "-was").rename(place)
+    said = planted.check("a third test")
+    assert said is not None and "whose directory is not the one it was as the run" in said
+    assert f"`findmnt -T {etc}`; not put back" in said, said
+    assert (etc / "real.pth").read_text() == "another's file\n"
+
+
 def test_every_module_a_pth_imports_is_looked_at(tmp_path: Path) -> None:
     """Red team 67 on regress (rt-regress67e), found by trying the forms of an import on
     `_imported_by_pth`: ``import os, b``, ``from c import x`` and
