@@ -52,6 +52,29 @@ def test_nothing():
 """
 
 
+#: The inner run's conftest: code of the run that runs before its first look at the
+#: environment or after its tests, the after-test looks all done (red team 75 on the
+#: guard): each plants a start-up file.
+AFTER_THE_TESTS = """
+import atexit
+import site
+from pathlib import Path
+
+SITE = Path(site.getsitepackages()[0])
+RUNS = "import os; os.makedirs(os.environ['PLANTED_RAN'], exist_ok=True)\\n"
+(SITE / "zz_import.pth").write_text(RUNS)
+
+def pytest_sessionstart(session):
+    atexit.register((SITE / "zz_at_exit.pth").write_text, RUNS)
+
+def pytest_sessionfinish(session):
+    (SITE / "zz_finish.pth").write_text(RUNS)
+
+def pytest_unconfigure(config):
+    (SITE / "zz_unconfigure.pth").write_text(RUNS)
+"""
+
+
 def _nothing_planted_runs(environment: Path, ran: Path) -> None:
     """A later process of `environment`, outside any run, starts (``import app``) and runs
     nothing a test planted (which would make the directory `ran`)."""
@@ -85,6 +108,7 @@ def test_a_test_that_plants_start_up_code_is_failed_and_the_environment_put_back
     link_before = (own / "link.pth").read_bytes()
     ran = tmp_path / "planted-ran"
     pytester.makepyfile(test_planting=PLANTING)
+    pytester.makeconftest(AFTER_THE_TESTS)
     # The test's own monkeypatch: pytester's puts back only what it set itself, and a
     # variable left in this process's environment made every later `app` command of the
     # worker start plainly, not forked (tests/conftest.py's `pytest_runtest_teardown`).
@@ -108,10 +132,36 @@ def test_a_test_that_plants_start_up_code_is_failed_and_the_environment_put_back
     assert "test_planting.py::test_adds_a_command changed what later" in flat, out
     assert f"{command} was added" in flat, out
     assert "install what a test needs into an environment it makes for itself" in flat, out
+    # As pytest imported the conftest, before the look as the run began (said at the end).
+    imported = own / "zz_import.pth"
+    assert (
+        "app: a conftest of this run, or a plugin, as pytest imported it changed what later "
+        "Python processes of this environment run as they start, or its commands, outside any "
+        f"test run: {imported} was added (moved aside to {imported}.app-planted, which nothing "
+        "runs)"
+    ) in flat, out
+    # After the tests, the session's end and the process's exit each looked again.
+    after = (
+        "app: code of this run after its tests (a conftest's pytest_sessionfinish or "
+        "pytest_unconfigure, a session-scoped fixture's teardown) changed what later Python "
+        "processes of this environment run as they start, or its commands, outside any test "
+        f"run: {own / 'zz_finish.pth'} was added (moved aside to {own / 'zz_finish.pth'}"
+        f".app-planted, which nothing runs); {own / 'zz_unconfigure.pth'} was added"
+    )
+    assert after in flat, out
+    at_exit = " ".join(result.stderr.str().split())
+    assert (
+        "app: code of this run's process after pytest ended (an atexit handler, a conftest's "
+        "pytest_unconfigure that runs last) changed what later Python processes of this "
+        f"environment run as they start, or its commands, outside any test run: "
+        f"{own / 'zz_at_exit.pth'} was added (moved aside"
+    ) in at_exit, result.stderr.str()
     # Put back: nothing the tests wrote runs in a later process of that environment.
     assert (own / "link.pth").read_bytes() == link_before
     assert not (own / "zz_planted.pth").exists() and not (own / "sitecustomize.py").exists()
     assert not command.exists() and (environment / "bin" / "app-later.app-planted").exists()
+    for name in ("zz_import.pth", "zz_finish.pth", "zz_unconfigure.pth", "zz_at_exit.pth"):
+        assert not (own / name).exists() and (own / f"{name}{ASIDE}").exists(), name
     _nothing_planted_runs(environment, ran)
 
 

@@ -20,10 +20,13 @@ the path as the run began (a ``.pth`` adds some with ``site.addsitedir``, and th
 their own ``.pth`` files), the modules the ``.pth`` files import (and a file of such a
 module's name added where their import searches, which shadows it if earlier on the path),
 and a virtualenv's ``pyvenv.cfg`` (red team 67 on regress).
+The plugin looks before any conftest is imported, after each test, as the session ends, once
+every other plugin has ended the run, and at exit (`app.testing.plugin`).
 Not covered: code planted elsewhere that a later process runs (a shell's rc file, a crontab,
 the app's own source in an editable install, another environment, a ``__pycache__``'s
 bytecode, the standard library's modules), or written by a process a test left running
-after the run's last look (attacks.md, layer 3).
+after the run's last look, or by a daemon thread of the run's own process after its look at
+exit (attacks.md, layer 3).
 """
 
 from __future__ import annotations
@@ -297,6 +300,21 @@ class Planted:
         # A directory that is not there is looked at no more: a test that makes one
         # (a user's site-packages) makes it for processes that read it at their start.
         self.places = [place for place in self.places if place.mtime is not None]
+        return self
+
+    def extend(self) -> Planted:
+        """Watch too the directories put on the path since `take` (a conftest's, pytest's
+        ``pythonpath``), as they are now: the look before the conftests found fewer."""
+        known = {str(place.path) for place in self.places}
+        new = [
+            str(Path(entry).absolute())
+            for entry in sys.path
+            if entry and os.path.isdir(entry)  # noqa: PTH112 - as in _places
+        ]
+        new = [path for path in dict.fromkeys(new) if path not in known]
+        if new:
+            added = [place for place in _places_of(new, set()) if str(place.path) not in known]
+            self.places += Planted(places=added).take().places
         return self
 
     def check(self, who: str, *, commands: bool = False) -> str | None:
