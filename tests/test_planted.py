@@ -52,6 +52,29 @@ def test_nothing():
 """
 
 
+#: The inner run's conftest: code of the run that runs before its first look at the
+#: environment or after its tests, the after-test looks all done (red team 75 on the
+#: guard): each plants a start-up file.
+AFTER_THE_TESTS = """
+import atexit
+import site
+from pathlib import Path
+
+SITE = Path(site.getsitepackages()[0])
+RUNS = "import os; os.makedirs(os.environ['PLANTED_RAN'], exist_ok=True)\\n"
+(SITE / "zz_import.pth").write_text(RUNS)
+
+def pytest_sessionstart(session):
+    atexit.register((SITE / "zz_at_exit.pth").write_text, RUNS)
+
+def pytest_sessionfinish(session):
+    (SITE / "zz_finish.pth").write_text(RUNS)
+
+def pytest_unconfigure(config):
+    (SITE / "zz_unconfigure.pth").write_text(RUNS)
+"""
+
+
 def _nothing_planted_runs(environment: Path, ran: Path) -> None:
     """A later process of `environment`, outside any run, starts (``import app``) and runs
     nothing a test planted (which would make the directory `ran`)."""
@@ -85,6 +108,7 @@ def test_a_test_that_plants_start_up_code_is_failed_and_the_environment_put_back
     link_before = (own / "link.pth").read_bytes()
     ran = tmp_path / "planted-ran"
     pytester.makepyfile(test_planting=PLANTING)
+    pytester.makeconftest(AFTER_THE_TESTS)
     # The test's own monkeypatch: pytester's puts back only what it set itself, and a
     # variable left in this process's environment made every later `app` command of the
     # worker start plainly, not forked (tests/conftest.py's `pytest_runtest_teardown`).
@@ -108,10 +132,36 @@ def test_a_test_that_plants_start_up_code_is_failed_and_the_environment_put_back
     assert "test_planting.py::test_adds_a_command changed what later" in flat, out
     assert f"{command} was added" in flat, out
     assert "install what a test needs into an environment it makes for itself" in flat, out
+    # As pytest imported the conftest, before the look as the run began (said at the end).
+    imported = own / "zz_import.pth"
+    assert (
+        "app: a conftest of this run, or a plugin, as pytest imported it changed what later "
+        "Python processes of this environment run as they start, or its commands, outside any "
+        f"test run: {imported} was added (moved aside to {imported}.app-planted, which nothing "
+        "runs)"
+    ) in flat, out
+    # After the tests, the session's end and the process's exit each looked again.
+    after = (
+        "app: code of this run after its tests (a conftest's pytest_sessionfinish or "
+        "pytest_unconfigure, a session-scoped fixture's teardown) changed what later Python "
+        "processes of this environment run as they start, or its commands, outside any test "
+        f"run: {own / 'zz_finish.pth'} was added (moved aside to {own / 'zz_finish.pth'}"
+        f".app-planted, which nothing runs); {own / 'zz_unconfigure.pth'} was added"
+    )
+    assert after in flat, out
+    at_exit = " ".join(result.stderr.str().split())
+    assert (
+        "app: code of this run's process after pytest ended (an atexit handler, a conftest's "
+        "pytest_unconfigure that runs last) changed what later Python processes of this "
+        f"environment run as they start, or its commands, outside any test run: "
+        f"{own / 'zz_at_exit.pth'} was added (moved aside"
+    ) in at_exit, result.stderr.str()
     # Put back: nothing the tests wrote runs in a later process of that environment.
     assert (own / "link.pth").read_bytes() == link_before
     assert not (own / "zz_planted.pth").exists() and not (own / "sitecustomize.py").exists()
     assert not command.exists() and (environment / "bin" / "app-later.app-planted").exists()
+    for name in ("zz_import.pth", "zz_finish.pth", "zz_unconfigure.pth", "zz_at_exit.pth"):
+        assert not (own / name).exists() and (own / f"{name}{ASIDE}").exists(), name
     _nothing_planted_runs(environment, ran)
 
 
@@ -318,6 +368,65 @@ def test_a_put_back_through_a_link_never_writes_where_the_test_made_it_lead(
     assert said is not None
     assert f"in {target}, whose directory now leads to {other} (not put back: install" in said
     assert (other / "real.pth").read_text() == "root:x:0:0\n"
+
+
+def test_a_put_back_never_moves_or_writes_in_a_directory_put_at_a_place_s_path(
+    tmp_path: Path,
+) -> None:
+    """Red team 75 on the guard, found by experiment in a real inner run beside a stopped
+    production root: a test that replaced the environment's ``bin/`` by a symbolic link to
+    the root's ``sessions/`` (or, run as root, bind-mounted it there) had the guard rename
+    the session ``<id>.app-planted``, "a command added"; one that so replaced site-packages
+    by a link to the root had the guard write the environment's ``.pth`` files into it; and
+    a start-up file's link whose target's directory another took the place of (a mount) was
+    written back there. A place, and a link's directory, is used only while it is the
+    directory it was as the run began (device and inode); otherwise the check says so,
+    once, and moves and writes nothing."""
+    production = tmp_path / "production"  # a stopped root, as its files are on disk
+    session = production / "sessions" / "01a2522b8ede743ea5b116f2a1e676d9"
+    session.mkdir(parents=True)
+    (session / "session.json").write_text("{}\n")
+    (production / ".app-profile.json").write_text('{"profile": "production"}\n')
+    before = sorted(str(p.relative_to(production)) for p in production.rglob("*"))
+    site_dir, bin_dir, etc = tmp_path / "site", tmp_path / "bin", tmp_path / "etc"
+    for directory in (site_dir, bin_dir, etc):
+        directory.mkdir()
+    (site_dir / "x.pth").write_text("import os\n")
+    (bin_dir / "app").write_text("#!/bin/sh\n")
+    (etc / "real.pth").write_text("import os\n")
+    (site_dir / "zz.pth").symlink_to(etc / "real.pth")
+    planted = Planted(places=[_Place(site_dir, True), _Place(bin_dir, False)]).take()
+    # The link's directory: another directory put at its path, whose file of that name the
+    # test changed (what a mount over it shows).
+    etc.rename(tmp_path / "etc-was")
+    etc.mkdir()
+    (etc / "real.pth").write_text("another's file\n")
+    # The places themselves: links to the root and its sessions/.
+    bin_dir.rename(tmp_path / "bin-was")
+    bin_dir.symlink_to(production / "sessions")
+    site_dir.rename(tmp_path / "site-was")
+    site_dir.symlink_to(production)
+    said = planted.check("the test", commands=True)
+    assert said is not None
+    flat = " ".join(said.split())
+    for place, leads in ((bin_dir, production / "sessions"), (site_dir, production)):
+        assert (
+            f"{place} is not the directory it was as the run began (it leads to {leads} now), "
+            "so nothing there was moved aside or written back, which would have changed the "
+            "files of whatever it leads to (a data root's, say). Put the environment's own "
+            "directory back at its path (remove the link, or unmount what is mounted there), "
+            "or install this environment again"
+        ) in flat, said
+    assert sorted(str(p.relative_to(production)) for p in production.rglob("*")) == before
+    assert planted.check("the next test") is None  # said once
+    # Put back as they were: watched again, and the link's directory said as another.
+    for place in (bin_dir, site_dir):
+        place.unlink()
+        place.with_name(place.name + "-was").rename(place)
+    said = planted.check("a third test")
+    assert said is not None and "whose directory is not the one it was as the run" in said
+    assert f"`findmnt -T {etc}`; not put back" in said, said
+    assert (etc / "real.pth").read_text() == "another's file\n"
 
 
 def test_every_module_a_pth_imports_is_looked_at(tmp_path: Path) -> None:

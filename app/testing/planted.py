@@ -20,10 +20,13 @@ the path as the run began (a ``.pth`` adds some with ``site.addsitedir``, and th
 their own ``.pth`` files), the modules the ``.pth`` files import (and a file of such a
 module's name added where their import searches, which shadows it if earlier on the path),
 and a virtualenv's ``pyvenv.cfg`` (red team 67 on regress).
+The plugin looks before any conftest is imported, after each test, as the session ends, once
+every other plugin has ended the run, and at exit (`app.testing.plugin`).
 Not covered: code planted elsewhere that a later process runs (a shell's rc file, a crontab,
 the app's own source in an editable install, another environment, a ``__pycache__``'s
 bytecode, the standard library's modules), or written by a process a test left running
-after the run's last look (attacks.md, layer 3).
+after the run's last look, or by a daemon thread of the run's own process after its look at
+exit (attacks.md, layer 3).
 """
 
 from __future__ import annotations
@@ -78,10 +81,20 @@ def _identity(path: Path | str) -> tuple[int, ...] | None:
     return (*own, to.st_ino, to.st_size, to.st_mtime_ns, to.st_mode, to.st_ctime_ns)
 
 
-#: A file's contents as the run began: its bytes, or a link's target with the target's bytes
-#: and the file the link led to (``("link", target, bytes, resolved)``, None for bytes it has
-#: none of); None for what cannot be put back (a directory: a ``sitecustomize`` package).
-_Contents = bytes | tuple[str, str, bytes | None, str] | None
+#: A file's contents as the run began: its bytes, or a link's target with the target's bytes,
+#: the file the link led to and its directory's device and inode (``("link", target, bytes,
+#: resolved, directory)``, None for bytes it has none of); None for what cannot be put back
+#: (a directory: a ``sitecustomize`` package).
+_Contents = bytes | tuple[str, str, bytes | None, str, tuple[int, int] | None] | None
+
+
+def _directory(path: str | Path) -> tuple[int, int] | None:
+    """The device and inode of the directory `path` leads to (None: none there)."""
+    try:
+        found = os.stat(path)  # noqa: PTH116 - as in _identity
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
 
 
 def _contents(path: Path) -> _Contents:
@@ -93,7 +106,14 @@ def _contents(path: Path) -> _Contents:
                 through = None
             # Where it led as the run began: a put-back writes there, never where it leads
             # after the test (red team 67e).
-            return ("link", str(path.readlink()), through, os.path.realpath(path))
+            resolved = os.path.realpath(path)
+            return (
+                "link",
+                str(path.readlink()),
+                through,
+                resolved,
+                _directory(os.path.dirname(resolved)),  # noqa: PTH120 - a text, as resolved
+            )
         return path.read_bytes()
     except OSError:  # a directory, or gone
         return None
@@ -115,6 +135,11 @@ class _Place:
     #: the module a later process imported, if earlier on its path (red team 67e).
     shadows: frozenset[str] = frozenset()
     mtime: int | None = None
+    #: The directory's device and inode as the run began: a put-back writes and renames only
+    #: in that directory, never in one a test put at its path since (`_put_back`).
+    directory: tuple[int, int] | None = None
+    #: Whether a check said already that another directory is at the path (said once).
+    moved_said: bool = False
     files: dict[str, tuple[tuple[int, ...] | None, _Contents]] = field(default_factory=dict)
 
     def counts(self, name: str) -> bool:
@@ -130,7 +155,8 @@ class _Place:
 
     def take(self) -> None:
         try:
-            self.mtime = self.path.stat().st_mtime_ns
+            found = os.stat(self.path)  # noqa: PTH116 - as in _identity
+            self.mtime, self.directory = found.st_mtime_ns, (found.st_dev, found.st_ino)
             # Names, not paths: the standard library's directory lists hundreds, of which
             # one or two count (pathlib's objects for all of them cost half its start).
             listed = os.listdir(self.path)  # noqa: PTH208
@@ -276,6 +302,21 @@ class Planted:
         self.places = [place for place in self.places if place.mtime is not None]
         return self
 
+    def extend(self) -> Planted:
+        """Watch too the directories put on the path since `take` (a conftest's, pytest's
+        ``pythonpath``), as they are now: the look before the conftests found fewer."""
+        known = {str(place.path) for place in self.places}
+        new = [
+            str(Path(entry).absolute())
+            for entry in sys.path
+            if entry and os.path.isdir(entry)  # noqa: PTH112 - as in _places
+        ]
+        new = [path for path in dict.fromkeys(new) if path not in known]
+        if new:
+            added = [place for place in _places_of(new, set()) if str(place.path) not in known]
+            self.places += Planted(places=added).take().places
+        return self
+
     def check(self, who: str, *, commands: bool = False) -> str | None:
         """What changed since the run began, put back, and said (None: nothing). Commands
         (a virtualenv's ``bin/``) are compared file by file only with `commands` (at the
@@ -300,9 +341,13 @@ def _put_back(place: _Place, *, whole: bool) -> list[str]:
     """`Planted.check` for one place. `whole`: every file's identity compared, not only the
     directory's ``mtime``."""
     try:
-        mtime = os.stat(place.path).st_mtime_ns  # noqa: PTH116 - as in _identity
+        found = os.stat(place.path)  # noqa: PTH116 - as in _identity
     except OSError:
         return []
+    if (found.st_dev, found.st_ino) != place.directory:
+        return _moved(place)
+    place.moved_said = False
+    mtime = found.st_mtime_ns
     if mtime == place.mtime and not whole:
         return []
     try:
@@ -329,6 +374,36 @@ def _put_back(place: _Place, *, whole: bool) -> list[str]:
     else:
         place.mtime = mtime  # something else changed there (a package installed): listed once
     return changes
+
+
+def _moved(place: _Place) -> list[str]:
+    """What a check says of a place whose path leads to another directory than the one the
+    run began with (once, until the directory is back): nothing is moved aside or written
+    back there.
+
+    The put-back followed the path: a test that replaced the environment's ``bin/`` by a
+    symbolic link to a production root's ``sessions/`` (or mounted that directory there) had
+    the guard rename every session ``<id>.app-planted`` as "a command added", and one that
+    so replaced site-packages had it write the environment's ``.pth`` files into the root
+    (red team 75 on the guard).
+    """
+    if place.moved_said:
+        return []
+    place.moved_said = True
+    real = os.path.realpath(place.path)
+    now = (
+        f"it leads to {real} now"
+        if real != str(place.path)
+        else f"another directory is there now, or mounted there: `findmnt -T {place.path}`"
+    )
+    said = (
+        f"{place.path} is not the directory it was as the run began ({now}), so nothing "
+        "there was moved aside or written back, which would have changed the files of "
+        "whatever it leads to (a data root's, say). Put the environment's own directory "
+        "back at its path (remove the link, or unmount what is mounted there), or install "
+        "this environment again"
+    )
+    return [said]
 
 
 def _aside(path: Path) -> Path | None:
@@ -396,12 +471,21 @@ def _written_through(
     # bytes over that other, outside the environment (red team 67 on regress, 67e). The
     # rename below replaces a link at `target` itself; a directory on its way turned into a
     # link is not written through either.
+    # Nor one mounted over since, or put there by a rename (red team 75 on the guard): the
+    # directory as the run began, by device and inode.
     target = Path(contents[3])
     if os.path.realpath(target.parent) != str(target.parent):
         return (
             f"{full} was changed through its link, in {target}, whose directory now leads "
             f"to {os.path.realpath(target.parent)} (not put back: install this environment "
             "again)"
+        )
+    if _directory(target.parent) != contents[4]:
+        return (
+            f"{full} was changed through its link, in {target}, whose directory is not the "
+            "one it was as the run began (another directory is there now, or mounted there: "
+            f"`findmnt -T {target.parent}`; not put back: put that directory back, or install "
+            "this environment again)"
         )
     aside = _kept_aside(target)
     _write_back(target, contents[2], was[5:])
@@ -410,7 +494,9 @@ def _written_through(
 
 
 def _write_back(
-    path: Path, contents: bytes | tuple[str, str, bytes | None, str], was: tuple[int, ...] | None
+    path: Path,
+    contents: bytes | tuple[str, str, bytes | None, str, tuple[int, int] | None],
+    was: tuple[int, ...] | None,
 ) -> None:
     """Put `contents` back at `path`, its mode as `was` gave it, by a rename."""
     temporary = path.with_name(path.name + _RESTORING)

@@ -8,6 +8,7 @@ in the order and with the refusals the pytest plugin reference page gives.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
 import sys
@@ -246,8 +247,24 @@ def _before_the_conftests(early_config: pytest.Config) -> None:
     # registry's own look-up of it would walk the process's ancestors again.
     state.run = guard.register(sandbox, protected, scratch=scratch, enclosing_joined=True)
     early_config.stash[STATE] = state
+    _watch_planted(early_config, state, enclosing)
     if not worker:  # its controller looked, before any test started a server
         _refuse_live(known.app_strict or early_config.getini("app_strict"), live, unseen)
+
+
+def _watch_planted(
+    early_config: pytest.Config, state: GuardState, enclosing: sandboxing.Run | None
+) -> None:
+    """Look at what later processes of the environment run as they start before any conftest
+    is imported: one that wrote a ``.pth`` as pytest imported it had it taken for the
+    environment's own, as the run began (red team 75 on the guard). And register the look
+    at exit (`_look_at_exit`), before any conftest can register an ``atexit`` handler."""
+    state.planted = planted.Planted().take()
+    if _pytest_is_the_program() and (enclosing is None or enclosing.pid != os.getpid()):
+        # Not a run nested in this process's own (pytester's `runpytest_inprocess`), whose
+        # look would come after the outer run's put-backs; nor a script's `pytest.main()`,
+        # whose process may install a package after the run, on purpose.
+        atexit.register(_look_at_exit, early_config)
 
 
 def _refuse_live(
@@ -405,8 +422,14 @@ def pytest_configure(config: pytest.Config) -> None:
     if hasattr(config, "_tmpdirhandler"):
         config._tmpdirhandler = pytest.TempdirFactory(state.factory, _ispytest=True)
     state.session_lock = guard.hold_session_root(state.data_root, state.sandbox)
-    # What a test might leave for the environment's later processes, as the run begins.
-    state.planted = planted.Planted().take()
+    # What a test might leave for the environment's later processes, as the run begins: the
+    # look before the conftests (`_watch_planted`) compared, then joined by the directories
+    # they put on the path.
+    if state.planted is None:
+        state.planted = planted.Planted().take()
+    elif said := state.planted.check(_AT_IMPORT):
+        config.stash[_PLANTED_AT_IMPORT] = said  # said at the end, which it fails
+    state.planted.extend()
     # What a live server forked from the run's warm interpreter must match: the run's
     # environment now that the plugin set its own variables, before any test changed one.
     zygote.remember_the_run(config)
@@ -454,11 +477,28 @@ def _exits(popen: Any) -> bool:
     return True
 
 
+#: The run's session, kept at its end for the last look (`pytest_unconfigure_the_last_look`).
+_SESSION: Final = pytest.StashKey[pytest.Session]()
+#: What the look as the run began found planted by the initial conftests (`_watch_planted`).
+_PLANTED_AT_IMPORT: Final = pytest.StashKey[str]()
+#: Who wrote what the last looks find: code of the run that ran after the tests.
+_AFTER_THE_TESTS: Final = (
+    "code of this run after its tests (a conftest's pytest_sessionfinish or "
+    "pytest_unconfigure, a session-scoped fixture's teardown)"
+)
+_AT_IMPORT: Final = "a conftest of this run, or a plugin, as pytest imported it"
+_AT_EXIT: Final = (
+    "code of this run's process after pytest ended (an atexit handler, a conftest's "
+    "pytest_unconfigure that runs last)"
+)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session: pytest.Session) -> None:
     # Before tmpdir's own, which runs pytest's clean-up of its older numbered directories,
     # and deletes the sandbox of a run that passed under tmp_path_retention_policy failed.
     state = session.config.stash.get(STATE, None)
+    session.config.stash[_SESSION] = session  # for `pytest_unconfigure_the_last_look`
     if state is None and INACTIVE in session.config.stash:
         guard.keep_held_directories_inactive(session.config)
     if state is not None and (kept := guard.keep_sandbox_with_mounts(state, "as the run ends")):
@@ -467,6 +507,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
     if state is not None and state.planted is not None:
         said = state.planted.check("a test of this run", commands=True)
+        if (at_import := session.config.stash.get(_PLANTED_AT_IMPORT, None)) is not None:
+            said = at_import if said is None else f"{at_import}\n{said}"
         if said is not None:
             watch.say(session.config, said)
             if session.exitstatus == pytest.ExitCode.OK:
@@ -697,6 +739,53 @@ def _after_the_test(item: pytest.Item, state: guard.GuardState) -> list[str]:
         # What the test left running stays in the run even if the run is killed later.
         sandboxing.hand_on(state.run)
     return failures
+
+
+@pytest.hookimpl(trylast=True, specname="pytest_unconfigure")
+def pytest_unconfigure_the_last_look(config: pytest.Config) -> None:
+    """Look again at what later processes of the environment run as they start, after every
+    other plugin's and conftest's end of the run (but a later ``trylast`` one's, which the
+    look at exit sees: `_look_at_exit`), and fail the run if that changed.
+
+    The look at the session's end (`pytest_sessionfinish`, tryfirst) came before a
+    conftest's own ``pytest_sessionfinish`` and ``pytest_unconfigure``, and before what
+    pytest tears down of the session's fixtures there: a ``.pth`` written by one of them ran
+    in the environment's next process, outside any run (red team 75 on the guard).
+    """
+    state = config.stash.get(STATE, None)
+    if state is None or state.planted is None:
+        return
+    # Commands added or removed only, as after each test: each file of bin/ compared (a
+    # command changed in place) once, at the session's end (about 0.25 ms of CPU a look).
+    said = state.planted.check(_AFTER_THE_TESTS)
+    if said is None:
+        return
+    watch.say(config, said)
+    session = config.stash.get(_SESSION, None)
+    if session is not None and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def _look_at_exit(config: pytest.Config) -> None:
+    """The last look of all, as this process exits (registered before any conftest is
+    imported, so that ``atexit`` runs it after every handler registered since): what is
+    found is put back and said on stderr; the exit status is pytest's, decided already."""
+    state = config.stash.get(STATE, None)
+    if state is None or state.planted is None:
+        return
+    said = state.planted.check(_AT_EXIT)
+    if said is not None:
+        sys.stderr.write(f"{said}\n")
+        sys.stderr.flush()
+
+
+def _pytest_is_the_program() -> bool:
+    """Whether this process is a pytest started as a program (``pytest``, ``python -m
+    pytest``), which exits as its run ends, not a script that calls ``pytest.main()``."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None and spec.name in ("pytest", "pytest.__main__"):
+        return True
+    return Path(sys.argv[0]).name in ("pytest", "py.test") if sys.argv else False
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
