@@ -148,24 +148,27 @@ class _Shield:
             return self._resolved_whole(lexical, follow=follow, moves=moves)
         try:
             found = os.stat(head)
-            if follow and stat.S_ISLNK(os.lstat(lexical).st_mode):
-                return self._resolved_whole(lexical, follow=follow, moves=moves)
-        except FileNotFoundError:
-            if not follow:
-                return self._resolved_whole(lexical, follow=follow, moves=moves)
-        except OSError:
+        except OSError:  # a directory not there yet, or not searchable: resolved whole
             return self._resolved_whole(lexical, follow=follow, moves=moves)
-        else:
-            key = (head, found.st_dev, found.st_ino)
-            place = self._places.get(key)
-            if place is None:
-                if len(self._places) >= _PLACES_KEPT:
-                    self._places.clear()
-                place = self._places[key] = self._place(os.path.realpath(head))
-            real_head, inside = place
-            real = os.path.join(real_head, tail)
-            return real, inside or self._at_or_holding(real, moves=moves)
-        return self._resolved_whole(lexical, follow=follow, moves=moves)
+        if follow:
+            try:
+                last = os.lstat(lexical)
+            except FileNotFoundError:
+                pass  # a new name in a directory that is there (a file created): no link
+            except OSError:
+                return self._resolved_whole(lexical, follow=follow, moves=moves)
+            else:
+                if stat.S_ISLNK(last.st_mode):
+                    return self._resolved_whole(lexical, follow=follow, moves=moves)
+        key = (head, found.st_dev, found.st_ino)
+        place = self._places.get(key)
+        if place is None:
+            if len(self._places) >= _PLACES_KEPT:
+                self._places.clear()
+            place = self._places[key] = self._place(os.path.realpath(head))
+        real_head, inside = place
+        real = os.path.join(real_head, tail)
+        return real, inside or self._at_or_holding(real, moves=moves)
 
     def _resolved_whole(
         self, lexical: str, *, follow: bool, moves: bool
