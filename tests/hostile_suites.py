@@ -417,6 +417,82 @@ def test_removing_the_marker(monkeypatch):
     )
 """
 
+# (7b) The incident's shape without the app (session 75): the settings read with tomllib and
+# the root they name deleted, rewritten, moved and opened as a database by plain Python. Each
+# call is refused before it does anything (app.testing.python_writes), and the test that
+# made it fails at its end even where it caught the refusal.
+LITERAL_WRITES_TESTS = """
+import os
+import shutil
+import sqlite3
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from app.testing.python_writes import ProtectedRootError
+from hostile_helpers import PRODUCTION, SETTINGS_DIR
+
+SETTINGS = tomllib.loads(Path(SETTINGS_DIR, "settings.toml").read_text())
+ROOT = Path(SETTINGS["production"]["data_root"])
+SESSION = next(ROOT.glob("sessions/*/session.json"))
+
+
+def refused(call, *args):
+    with pytest.raises(ProtectedRootError) as error:
+        call(*args)
+    return str(error.value)
+
+
+def test_rmtree_of_the_root_the_settings_name():
+    assert ROOT == PRODUCTION
+    message = refused(shutil.rmtree, ROOT)
+    assert (
+        f"app: refused to delete the tree {ROOT}: it lies in production's data root {ROOT} "
+        "(held by pid "
+    ) in message
+    assert (
+        "which this test run protects. A test's files belong in its sandbox: write to "
+        "`tmp_path`, or open a root of the run's own with the `app_store` fixture"
+    ) in message
+    assert refused(shutil.rmtree, ROOT.parent).startswith(  # and a directory that holds it
+        f"app: refused to delete the tree {ROOT.parent}: it holds production's data root {ROOT}"
+    )
+
+
+def test_files_rewritten_removed_and_moved(tmp_path, monkeypatch):
+    assert "refused to write" in refused(SESSION.write_text, "{}")
+    assert "refused to write" in refused(os.open, SESSION, os.O_WRONLY | os.O_TRUNC)
+    assert "refused to delete" in refused(SESSION.unlink)
+    assert "refused to move" in refused(os.rename, ROOT / "sessions", tmp_path / "gone")
+    assert "refused to truncate" in refused(os.truncate, SESSION, 0)
+    assert "refused to open a database at" in refused(sqlite3.connect, ROOT / "x.db")
+    assert "refused to link" in refused(os.link, SESSION, tmp_path / "alias")
+    # Through a link of the test's own, and from the root as the working directory.
+    (tmp_path / "link").symlink_to(ROOT)
+    assert "refused to delete the tree" in refused(shutil.rmtree, tmp_path / "link" / "sessions")
+    monkeypatch.chdir(ROOT.parent)
+    relative = f"{ROOT.name}/audit.jsonl"
+    assert f"refused to write {relative} (that is, {ROOT}/audit.jsonl): it lies" in refused(
+        open, relative, "a"
+    )
+    # Reading stays allowed.
+    assert SESSION.read_bytes()
+
+
+def test_the_check_switched_off():
+    from app.testing import python_writes
+
+    python_writes._Hook.shields = ()
+
+
+def test_the_refusal_caught_and_ignored():
+    try:
+        shutil.rmtree(ROOT / "sessions")
+    except OSError:
+        pass
+"""
+
 # (8) A conftest that loads the configuration at import time, like the incident's singleton.
 IMPORT_TIME_CONFTEST = """
 import shutil
@@ -745,13 +821,20 @@ def test_a_symbolic_link_to_the_production_root(config, tmp_path):
     assert "lies outside the test sandbox" in str(refused.value)
 
 
+def ln(target, link):
+    # A hard link made by another program, which Python's audit events do not see.
+    subprocess.run(["ln", str(target), str(link)], check=True)
+
+
 def test_a_hard_linked_audit_log_is_not_written_through(config):
     before = (PRODUCTION / "audit.jsonl").read_bytes()
     with open_root(config) as root:
         store = Store(root)
         session = store.create_session("doomed")
         (root.path / "audit.jsonl").unlink(missing_ok=True)
-        os.link(PRODUCTION / "audit.jsonl", root.path / "audit.jsonl")
+        # By `ln`, not os.link: the run refuses the latter in its own processes (session 75),
+        # and this checks that the app's own layer holds without that.
+        ln(PRODUCTION / "audit.jsonl", root.path / "audit.jsonl")
         store.delete_session(session["id"])
         assert (root.path / "audit.jsonl").stat().st_nlink == 1
         assert b"trash-session" in (root.path / "audit.jsonl").read_bytes()
@@ -760,7 +843,7 @@ def test_a_hard_linked_audit_log_is_not_written_through(config):
 
 def test_a_hard_linked_lock_file_is_refused(config):
     config.data_root.mkdir(parents=True)
-    os.link(PRODUCTION / ".server.lock", config.data_root / ".server.lock")
+    ln(PRODUCTION / ".server.lock", config.data_root / ".server.lock")  # as above
     try:
         with pytest.raises((LockFileAliasedError, DataRootInUseError)) as refused:
             open_root(config)
@@ -1429,6 +1512,22 @@ SUITES: dict[str, Suite] = {
         {"test_hand_made.py": HAND_MADE_TESTS},
         "dataroot: every open checks the sandbox; store: only a lock holder writes; lock",
         outcomes={"passed": 4},
+    ),
+    "plain_python_that_deletes_the_root_its_settings_name": Suite(
+        {"test_literal.py": LITERAL_WRITES_TESTS},
+        "sandbox: Python's audit events of every write, checked against the protected roots",
+        outcomes={"passed": 4, "errors": 4},
+        ret=1,
+        stdout=(
+            (
+                "*test_the_check_switched_off took the run's check of Python's writes out of "
+                "app.testing.python_writes; it was put back*"
+            ),
+            (
+                "*test_the_refusal_caught_and_ignored made a call that the run refused, and "
+                "the test went on: app: refused to delete the tree *"
+            ),
+        ),
     ),
     "a_test_that_removes_the_sandbox_marker": Suite(
         {"test_marker.py": MARKER_REMOVED_TESTS},

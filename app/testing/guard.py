@@ -119,6 +119,8 @@ class GuardState:
     #: The environment's start-up files and commands as the run began, looked at after
     #: every test and at the run's end (`app.testing.planted`).
     planted: Planted | None = None
+    #: What `app.testing.python_writes.guard` returned for this run (released at its end).
+    shield: object | None = None
 
     @property
     def own_runs(self) -> tuple[sandboxing.Run | None, ...]:

@@ -26,7 +26,7 @@ from app import config_files
 from app import sandbox as sandboxing
 from app.errors import AppError, printable
 from app.lock import describe_holder
-from app.testing import fixtures, guard, planted, watch, writes, zygote
+from app.testing import fixtures, guard, planted, python_writes, watch, writes, zygote
 from app.testing.fixtures import (  # noqa: F401 - registered with the plugin, as pytest-django does
     FORKED,
     LIVE_SERVER_STARTS,
@@ -246,6 +246,9 @@ def _before_the_conftests(early_config: pytest.Config) -> None:
     # The enclosing run's roots are joined here (`_enclosing_run`, as the run started): the
     # registry's own look-up of it would walk the process's ancestors again.
     state.run = guard.register(sandbox, protected, scratch=scratch, enclosing_joined=True)
+    # Before any conftest is imported: Python's own writes into those roots, by code that
+    # does not go through the app, are refused from here on (app.testing.python_writes).
+    state.shield = python_writes.guard(protected, {h.root: describe_holder(h.holder) for h in live})
     early_config.stash[STATE] = state
     _watch_planted(early_config, state, enclosing)
     if not worker:  # its controller looked, before any test started a server
@@ -574,6 +577,7 @@ _GUARD_FIXTURE = "_app_sandbox_guard"
 def pytest_runtest_setup(item: pytest.Item) -> None:
     state = item.config.stash.get(STATE, None)
     if state is not None:
+        python_writes.refused_since()  # what was refused between tests, already raised
         _refuse_replaced_guard(item)
         _refuse_misread_marks(item)
         _apply_marks(item, state)
@@ -695,7 +699,16 @@ def _after_the_test(item: pytest.Item, state: guard.GuardState) -> list[str]:
     stayed for the rest of the run, and a child purged a stopped production root (red team
     36).
     """
-    failures = []
+    failures = [
+        f"app: {item.nodeid} made a call that the run refused, and the test went on: {refused}"
+        for refused in python_writes.refused_since()
+    ]
+    if state.shield is not None and not python_writes.guarding(state.shield):
+        python_writes.reinstate(state.shield)
+        failures.append(
+            f"app: {item.nodeid} took the run's check of Python's writes out of "
+            "app.testing.python_writes; it was put back. Tests must not switch off the guard"
+        )
     if os.environ.get(appconfig.SANDBOX_ENV) != str(state.sandbox):
         os.environ[appconfig.SANDBOX_ENV] = str(state.sandbox)
         failures.append(
@@ -798,6 +811,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         state.session_lock = None
     if state.run is not None:
         sandboxing.unregister(state.run)
+    if state.shield is not None:
+        python_writes.release(state.shield)
+        state.shield = None
     present = set(os.environ)  # as in `_save_env`: no KeyError raised for each name not set
     for name, value in state.saved_env.items():
         if value is None:

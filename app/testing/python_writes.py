@@ -1,0 +1,392 @@
+"""Python's own writes, moves and deletes in a run's processes, checked against the roots the
+run protects before they happen.
+
+The rest of layer 3 guards the app's code: a test that reaches production's root *through the
+app* is refused wherever it goes. Code that does not go through the app was the one way left
+in the run's own processes: a fixture that read ``settings.toml`` with ``tomllib`` and called
+``shutil.rmtree`` on the root it named, a literal ``Path("/srv/app/data").unlink()``, a
+``sqlite3.connect`` into a live root (the incident's shape without the app's settings object;
+attacks.md's *not stopped* row until session 75). Every such call in CPython announces itself
+first as an audit event (PEP 578: ``open`` with its flags, ``os.remove``, ``os.rename``,
+``shutil.rmtree``, ...), and an audit hook that raises stops the call before it does anything.
+
+So the plugin installs one hook in each of the run's pytest processes (the controller, each
+xdist worker, a pytest a test runs), before any conftest is imported, and each run pushes the
+roots it protects onto it while it lasts (a run inside a test, with ``pytester``, pops its
+own as it ends). A call that would create, write, truncate, move, link, change the mode,
+owner or times of, or delete a path in a protected root, or move or delete a directory that
+holds one, raises `ProtectedRootError` (a ``PermissionError``, as the kernel's own refusal
+is), and the test that made it fails at its end even if it caught the error.
+
+Where it is checked: the path as the call spells it, made absolute from the working
+directory (or the descriptor of ``dir_fd``), with every symbolic link on its way resolved
+(the last one too where the call follows it), against each protected root's path now; and the
+directories above it against each root's identity (device and inode), which finds a root
+shown through a bind mount under another name. A hook is permanent for the process's life
+(CPython offers no way to remove one) and sees calls in every thread.
+
+What it cannot see, said in docs/explanation/attacks.md: a process that is not one of the
+run's pytest processes (a child running another program, or Python without the app: the
+kernel's permissions are its barrier), ``os.open`` relative to a ``dir_fd`` (its event
+carries no descriptor), writes by C code that raises no event (an extension's own
+``open(2)``), and a write through a descriptor opened before the run began.
+
+No library does this: audit hooks are the interpreter's own mechanism (``sys.addaudithook``),
+and the path checks are the sandbox's (`app.sandbox.identity`).
+"""
+
+# Strings and `os.path`, not `Path`: the hook runs at every write of every test (and of the
+# servers a test forks), where making `Path` objects cost a third of its time.
+# ruff: noqa: PTH109, PTH115, PTH116, PTH118, PTH120
+
+from __future__ import annotations
+
+import errno
+import importlib.util
+import os
+import stat
+import sys
+import threading
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from types import FrameType
+from typing import Any, Final
+
+from app.errors import shell_word
+from app.sandbox import Protected, identity
+
+#: ``open``'s flags that write: a descriptor opened for writing, appending, creating or
+#: truncating.
+_WRITING: Final = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
+
+#: Per audited call that changes the filesystem: what it is called in a refusal, its path
+#: arguments (each an index, and the index of the ``dir_fd`` it is relative to, or None),
+#: whether it follows a symbolic link at the path's end, and whether it moves or deletes what
+#: the path names (then a directory that holds a protected root is refused too).
+_CALLS: Final[dict[str, tuple[str, tuple[tuple[int, int | None], ...], bool, bool]]] = {
+    "os.remove": ("delete", ((0, 1),), False, True),
+    "os.rmdir": ("delete", ((0, 1),), False, True),
+    "shutil.rmtree": ("delete the tree", ((0, 1),), False, True),
+    "os.rename": ("move", ((0, 2), (1, 3)), False, True),
+    "shutil.move": ("move", ((0, None), (1, None)), False, True),
+    "os.link": ("link", ((0, 2), (1, 3)), False, False),
+    "os.symlink": ("make a link at", ((1, 2),), False, False),
+    "os.mkdir": ("make the directory", ((0, 2),), False, False),
+    "os.mkfifo": ("make the pipe", ((0, 2),), False, False),
+    "os.mknod": ("make the node", ((0, 3),), False, False),
+    "os.truncate": ("truncate", ((0, None),), True, False),
+    "os.chmod": ("change the mode of", ((0, 2),), True, False),
+    "os.chown": ("change the owner of", ((0, 3),), True, False),
+    "os.utime": ("change the times of", ((0, 3),), True, False),
+    "os.chflags": ("change the flags of", ((0, None),), True, False),
+    "os.setxattr": ("set an attribute of", ((0, None),), True, False),
+    "os.removexattr": ("remove an attribute of", ((0, None),), True, False),
+    "shutil.copyfile": ("copy onto", ((1, None),), True, False),
+    "shutil.copymode": ("copy a mode onto", ((1, None),), True, False),
+    "shutil.copystat": ("copy times onto", ((1, None),), True, False),
+    "shutil.copytree": ("copy a tree into", ((1, None),), True, False),
+    "sqlite3.connect": ("open a database at", ((0, None),), True, False),
+}
+
+#: Where the standard library's modules come from, frozen at start or read from files: a
+#: call they make is their caller's.
+_STDLIB: Final = ("<frozen ", os.path.dirname(os.__file__) + "/")
+
+#: Directories whose answer a shield keeps before it starts again (a run that writes in more
+#: directories than this pays one resolution each again).
+_PLACES_KEPT: Final = 4096
+
+#: Where the code whose calls are the app's own comes from (its lock probes, its stores: layer
+#: 3's other checks guard what they open): the files of the app's package and of filelock's,
+#: by the file each function was compiled from (a test may rename its module, not that).
+#: Found at the first call that would be checked (`_own`): filelock is not imported to start
+#: a run (tests/test_plugin.py).
+_OWN: list[tuple[str, ...]] = []
+
+
+#: A protected root, and how a path meets it: "in" it, "through" a bind mount of it, or
+#: "holds" it (a directory above it that a call would move or delete).
+Finding = tuple[Protected, str]
+
+
+class ProtectedRootError(PermissionError):
+    """A Python call of a test run's process that would change a protected data root."""
+
+
+class _Shield:
+    """One run's protected roots, as the hook checks them, and what it found of each
+    directory it was asked about.
+
+    A call's directory is looked at once: the hook ``stat``s it (one system call), and a
+    directory seen before under the same spelling with the same identity gets the same answer
+    (`_places`); a new one is resolved (every link on its way) and its ancestors' identities
+    compared with the roots'. A call that follows a link at its path's end and finds one
+    there (``lstat``, the second call) is resolved whole. Measured on the suite's store and
+    server tests: bench/README.md, session 75.
+    """
+
+    def __init__(self, protected: Iterable[Protected], holders: dict[Path, str]) -> None:
+        self.protected = tuple(protected)
+        self.holders = dict(holders)
+        self.identities = {found: root for root in self.protected for found in root.identities}
+        #: A root whose settings spell it through a link that may be switched (a deploy's
+        #: ``current``) is looked for where that link leads at each call: nothing is kept.
+        self.moving = any(root.spelled is not None for root in self.protected)
+        self._places: dict[tuple[str, int, int], tuple[str, tuple[Protected, str] | None]] = {}
+
+    def roots_now(self) -> Iterator[tuple[Protected, str]]:
+        for root in self.protected:
+            for path in root.paths_now():
+                yield root, str(path)
+
+    def verdict(self, lexical: str, *, follow: bool, moves: bool) -> tuple[str, Finding | None]:
+        """The real path of ``lexical`` (absolute, as the call spells it), and the protected
+        root it lies in, is seen through, or (for a call that ``moves``) holds, if any."""
+        head, _, tail = lexical.rpartition("/")
+        head = head or "/"
+        if tail in ("", ".", "..") or self.moving:
+            return self._resolved_whole(lexical, follow=follow, moves=moves)
+        try:
+            found = os.stat(head)
+        except OSError:  # a directory not there yet, or not searchable: resolved whole
+            return self._resolved_whole(lexical, follow=follow, moves=moves)
+        if follow:
+            try:
+                last = os.lstat(lexical)
+            except FileNotFoundError:
+                pass  # a new name in a directory that is there (a file created): no link
+            except OSError:
+                return self._resolved_whole(lexical, follow=follow, moves=moves)
+            else:
+                if stat.S_ISLNK(last.st_mode):
+                    return self._resolved_whole(lexical, follow=follow, moves=moves)
+        key = (head, found.st_dev, found.st_ino)
+        place = self._places.get(key)
+        if place is None:
+            if len(self._places) >= _PLACES_KEPT:
+                self._places.clear()
+            place = self._places[key] = self._place(os.path.realpath(head))
+        real_head, inside = place
+        real = os.path.join(real_head, tail)
+        return real, inside or self._at_or_holding(real, moves=moves)
+
+    def _resolved_whole(
+        self, lexical: str, *, follow: bool, moves: bool
+    ) -> tuple[str, Finding | None]:
+        if follow:
+            real = os.path.realpath(lexical)
+        else:
+            head, tail = os.path.split(os.path.normpath(lexical))
+            real = (
+                os.path.realpath(lexical)
+                if tail in ("", ".", "..")
+                else os.path.join(os.path.realpath(head), tail)
+            )
+        head = os.path.dirname(real) if real != "/" else real
+        return real, self._place(head)[1] or self._at_or_holding(real, moves=moves)
+
+    def _place(self, real_head: str) -> tuple[str, Finding | None]:
+        """What a directory (resolved) lies in: a root by its path, or by the identity of
+        a directory at or above it (a bind mount shows a root under another name)."""
+        for root, path in self.roots_now():
+            if real_head == path or real_head.startswith(path + "/"):
+                return real_head, (root, "in")
+        if self.identities:
+            directory = real_head
+            while True:
+                found = identity(directory)
+                if found is not None and found in self.identities:
+                    return real_head, (self.identities[found], "through")
+                if directory == "/":
+                    break
+                directory = os.path.dirname(directory)
+        return real_head, None
+
+    def _at_or_holding(self, real: str, *, moves: bool) -> Finding | None:
+        for root, path in self.roots_now():
+            if real == path:
+                return root, "in"
+            if moves and (real == "/" or path.startswith(real + "/")):
+                return root, "holds"
+        return None
+
+
+class _Hook:
+    """This process's hook: installed once, and the runs it checks for."""
+
+    #: The runs of this process, innermost last (a tuple, replaced whole: the hook reads it
+    #: in any thread without a lock).
+    shields: tuple[_Shield, ...] = ()
+    #: What was refused since the current test began (`refused_since`).
+    refused: list[str] = []  # noqa: RUF012 - one list, this process's
+    installed = False
+    lock = threading.Lock()
+
+
+def guard(protected: Iterable[Protected], holders: dict[Path, str]) -> object:
+    """Check every Python call of this process that would change one of ``protected`` (each
+    root's live holder described in ``holders``) until `release` is given what this returns."""
+    shield = _Shield(protected, holders)
+    with _Hook.lock:
+        _Hook.shields = (*_Hook.shields, shield)
+        if not _Hook.installed:
+            sys.addaudithook(_audit)
+            _Hook.installed = True
+    return shield
+
+
+def release(shield: object) -> None:
+    """Stop checking for the run that `guard` returned ``shield`` to."""
+    with _Hook.lock:
+        _Hook.shields = tuple(s for s in _Hook.shields if s is not shield)
+
+
+def guarding(shield: object) -> bool:
+    """Whether the run that `guard` returned ``shield`` to is still checked (a test may
+    have taken it out of `_Hook`)."""
+    return any(s is shield for s in _Hook.shields)
+
+
+def reinstate(shield: object) -> None:
+    """Check for ``shield``'s run again, and first again (`guarding` found it taken out)."""
+    if isinstance(shield, _Shield):
+        with _Hook.lock:
+            _Hook.shields = (shield, *(s for s in _Hook.shields if s is not shield))
+            if not _Hook.installed:
+                sys.addaudithook(_audit)
+                _Hook.installed = True
+
+
+def refused_since() -> list[str]:
+    """What was refused since the last call, each as its refusal said (the call's own
+    exception may have been caught by the test)."""
+    with _Hook.lock:
+        found = list(_Hook.refused)
+        _Hook.refused.clear()
+    return found
+
+
+def _audit(event: str, args: tuple[Any, ...]) -> None:
+    shields = _Hook.shields
+    if not shields:
+        return
+    if event == "open":
+        path, mode, flags = args
+        if isinstance(path, int) or not _opens_for_writing(mode, flags) or _the_apps_own():
+            return
+        _check(shields, "write", ((path, None),), follow=True, moves=False)
+        return
+    call = _CALLS.get(event)
+    if call is None or _the_apps_own():
+        return
+    what, places, follow, moves = call
+    paths = tuple(
+        (args[at], args[fd_at] if fd_at is not None and fd_at < len(args) else None)
+        for at, fd_at in places
+        if at < len(args)
+    )
+    _check(shields, what, paths, follow=follow, moves=moves)
+
+
+def _opens_for_writing(mode: Any, flags: Any) -> bool:
+    if isinstance(flags, int) and flags & _WRITING:
+        return True
+    return isinstance(mode, str) and any(c in mode for c in "wax+")
+
+
+def _check(
+    shields: tuple[_Shield, ...],
+    what: str,
+    paths: tuple[tuple[Any, Any], ...],
+    *,
+    follow: bool,
+    moves: bool,
+) -> None:
+    for given, dir_fd in paths:
+        lexical = _absolute(given, dir_fd)
+        if lexical is None:
+            continue
+        for shield in shields:
+            real, found = shield.verdict(lexical, follow=follow, moves=moves)
+            if found is not None:
+                root, how = found
+                _refuse(shield, what, given, real, root, how)
+
+
+def _absolute(given: Any, dir_fd: Any) -> str | None:
+    """``given`` as an absolute path as the call spells it (relative to the working directory
+    or to ``dir_fd``), or None where it names no path (a descriptor of no file, a database
+    in memory)."""
+    try:
+        if isinstance(given, int):
+            return os.readlink(f"/proc/self/fd/{given}")
+        text = os.fsdecode(given)
+    except (OSError, TypeError, ValueError):
+        return None
+    if not text or text == ":memory:" or "\0" in text:
+        return None
+    if text[0] == "/":
+        return text
+    try:
+        base = (
+            os.readlink(f"/proc/self/fd/{dir_fd}")
+            if isinstance(dir_fd, int) and dir_fd >= 0
+            else os.getcwd()
+        )
+    except OSError:
+        return None
+    return os.path.join(base, text)
+
+
+def _the_apps_own() -> bool:
+    """Whether the call was made by the app's own code: the first frame above the hook
+    outside the standard library was compiled from one of `_OWN`'s files. The app's writes
+    go through a data root it opened, which layer 3's other checks refused outside the
+    sandbox, and asking this first (a few frames read, about a microsecond) spares them the path's
+    checks (two system calls at least)."""
+    frame: FrameType | None = sys._getframe(2)
+    while frame is not None:
+        code = frame.f_code.co_filename
+        if not code.startswith(_STDLIB):
+            return code.startswith(_own())
+        frame = frame.f_back
+    return False
+
+
+def _own() -> tuple[str, ...]:
+    if not _OWN:
+        found = [os.path.dirname(sys.modules["app"].__file__ or "") + "/"]
+        spec = importlib.util.find_spec("filelock")  # where it is, not imported
+        if spec is not None and spec.origin:
+            found.append(os.path.dirname(spec.origin) + "/")
+        _OWN.append(tuple(found))
+    return _OWN[0]
+
+
+def _refuse(shield: _Shield, what: str, given: Any, real: str, root: Protected, how: str) -> None:
+    raw = os.fsdecode(given) if isinstance(given, (str, bytes, os.PathLike)) else real
+    shown = shell_word(raw)
+    holder = shield.holders.get(root.path)
+    whose = f"held by {holder}" if holder else "no server holds it now"
+    if how != "through" and os.path.normpath(raw) != real:
+        shown = f"{shown} (that is, {shell_word(real)})"
+    where = {
+        "in": f"lies in {root.profile}'s data root {shell_word(root.path)}",
+        "holds": f"holds {root.profile}'s data root {shell_word(root.path)}",
+        "through": f"lies in {root.profile}'s data root {shell_word(root.path)}, "
+        f"seen as {shell_word(real)}",
+    }[how]
+    message = (
+        f"app: refused to {what} {shown}: it {where} ({whose}), which this test "
+        "run protects. A test's files belong in its sandbox: write to `tmp_path`, or open a "
+        "root of the run's own with the `app_store` fixture; to run code against another "
+        'profile, mark the test `@pytest.mark.app_profile("<profile>")`, which maps that '
+        "profile's root into the sandbox"
+    )
+    with _Hook.lock:
+        _Hook.refused.append(message)
+    # The message alone as its text (not "[Errno 13] ...: 'path'"), and EACCES as its errno,
+    # the kernel's own answer to a write it does not permit.
+    error = ProtectedRootError(message)
+    error.errno = errno.EACCES
+    raise error
