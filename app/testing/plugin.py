@@ -246,13 +246,24 @@ def _before_the_conftests(early_config: pytest.Config) -> None:
     # The enclosing run's roots are joined here (`_enclosing_run`, as the run started): the
     # registry's own look-up of it would walk the process's ancestors again.
     state.run = guard.register(sandbox, protected, scratch=scratch, enclosing_joined=True)
-    # Before any conftest is imported: Python's own writes into those roots, by code that
-    # does not go through the app, are refused from here on (app.testing.python_writes).
+    _guard_the_roots(early_config, state, protected, live, enclosing)
+    if not worker:  # its controller looked, before any test started a server
+        _refuse_live(known.app_strict or early_config.getini("app_strict"), live, unseen)
+
+
+def _guard_the_roots(
+    early_config: pytest.Config,
+    state: GuardState,
+    protected: list[sandboxing.Protected],
+    live: list[guard.LiveHolder],
+    enclosing: sandboxing.Run | None,
+) -> None:
+    """What the run guards from before any conftest is imported: Python's own writes into
+    the protected roots, by code that does not go through the app (app.testing.python_writes),
+    and the environment's start-up files (`_watch_planted`)."""
     state.shield = python_writes.guard(protected, {h.root: describe_holder(h.holder) for h in live})
     early_config.stash[STATE] = state
     _watch_planted(early_config, state, enclosing)
-    if not worker:  # its controller looked, before any test started a server
-        _refuse_live(known.app_strict or early_config.getini("app_strict"), live, unseen)
 
 
 def _watch_planted(
