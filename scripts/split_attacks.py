@@ -189,6 +189,8 @@ def _follow_in_page(pages: dict[str, list[str]], anchors: dict) -> None:
     for name, lines in pages.items():
 
         def fix(match: re.Match[str], name: str = name) -> str:
+            if match.group(1) not in anchors:
+                sys.exit(f"attacks.md: a link to #{match.group(1)}, which no heading of it has")
             page, anchor = anchors[match.group(1)]
             return f"]({'#' + anchor if page == name and anchor else _target(page, anchor)})"
 
@@ -204,6 +206,8 @@ def _follow_doc_links(path: Path, text: str, anchors: dict) -> str:
         where = posixpath.normpath(posixpath.join(here, target))
         if where != "explanation/attacks.md":
             return match.group(0)
+        if anchor and anchor not in anchors:
+            sys.exit(f"{path}: a link to attacks.md#{anchor}, which no heading of it has")
         page, new = anchors[anchor] if anchor else ("index", None)
         moved = posixpath.relpath(f"explanation/attacks/{page}.md", here or ".")
         return f"]({moved}{'#' + new if new else ''})"
