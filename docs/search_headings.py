@@ -11,9 +11,10 @@ headings lost their titles in the index. Here the plugin is handed the page's he
 instead: the content swapped just before the plugin reads it and put back just after, before
 the page's template renders it.
 
-It is for docs/explanation/attacks.md: 270,000 words, about two thirds of the index, which
-Material's search worker builds in the reader's browser on every page of the site they open
-(bench/README.md, branch perf-browser73).
+It is for the attacks' catalogue, docs/explanation/attacks/ (its index and one page per
+layer): 270,000 words, about two thirds of the index, which Material's search worker builds
+in the reader's browser on every page of the site they open (bench/README.md, branch
+perf-browser73).
 """
 
 from __future__ import annotations

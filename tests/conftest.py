@@ -226,7 +226,7 @@ SLOWEST_FILES = (
     "tests/test_remote_replicas.py",  # 30 s, 11 s of CPU
     "tests/test_redteam_s38_ops.py",  # 75 s, 19 s of CPU
     "tests/test_plugin_remote.py",  # 43 s, 14 s of CPU; perf-remote74: 6.4 s less
-    "tests/test_docs_browser.py",  # 40 s, 24 s of CPU; about 5 s less since perf-browser74
+    "tests/test_docs_browser.py",  # 40 s, 24 s of CPU; perf-browser74 5 s, perf-attacks75 2 s less
     "tests/test_remote_hostile.py",  # 31 s, 14 s of CPU
     "tests/test_redteam_s20_store_refusals.py",  # 58 s, 12 s of CPU
     "tests/test_redteam_s39_ops.py",  # 41 s, 19 s of CPU

@@ -1442,7 +1442,7 @@ SUITES_WITHOUT_PROPS: dict[str, Suite] = {
     ),
     "cases_nobody_had_named": Suite(
         {"test_unnamed.py": UNNAMED_TESTS},
-        "config, sandbox, dataroot, store: see docs/explanation/attacks.md, the list of cases",
+        "config, sandbox, dataroot, store: see docs/explanation/attacks/, the list of cases",
     ),
     "a_basetemp_inside_a_production_root_the_shell_does_not_know": Suite(
         {"test_nothing.py": NOTHING_TESTS},

@@ -68,7 +68,10 @@ MAIN_PAGES = [
     "reference/errors/",
     "explanation/",
     "explanation/isolation/",
+    # The attacks' catalogue's index and its first layer's page: one page of 2.3 MB until
+    # session 75, 3.5 to 4.3 s of the browser's CPU to open (bench/README.md, perf-attacks75).
     "explanation/attacks/",
+    "explanation/attacks/layer-1-profiles/",
     "explanation/comparison/",
 ]
 

@@ -262,19 +262,41 @@ def _words(page: str) -> int:
 
 def test_the_isolation_page_reads_in_ten_minutes() -> None:
     """It had grown to 6,968 words, most of them a catalogue of attacks; that lives in
-    explanation/attacks.md, and this page keeps the layers (about 250 words a minute)."""
+    explanation/attacks/, and this page keeps the layers (about 250 words a minute)."""
     assert _words("explanation/isolation.md") <= 2500
 
 
 _STATUS = re.compile(r"^- \*(held|broke, now refused|broke, now held|not stopped)\*", re.M)
+#: The attacks' catalogue: an index and one page per layer (one page of 2.3 MB built until
+#: session 75, 3.5 to 4.3 s of a browser's CPU to open: bench/README.md, perf-attacks75).
+ATTACKS = DOCS / "explanation" / "attacks"
+
+
+def _attack_layers() -> dict[int, tuple[str, str, str]]:
+    """Each layer's page of the catalogue by its number: its title (the page's h1), its name
+    and its text."""
+    layers = {}
+    for page in sorted(ATTACKS.glob("*.md")):
+        text = page.read_text(encoding="utf-8")
+        title = re.search(r"^# Layer (\d): (.+)$", text, re.M)
+        if title:
+            layers[int(title.group(1))] = (title.group(2), page.name, text)
+    return layers
 
 
 def test_the_attacks_page_has_a_section_per_layer_and_a_verdict_per_attack() -> None:
-    """The catalogue moved out of isolation.md; red teams add to it, one bullet per attack."""
-    page = (DOCS / "explanation" / "attacks.md").read_text(encoding="utf-8")
-    found = {int(n): title for n, title in re.findall(r"^## Layer (\d): (.+)$", page, re.M)}
-    assert found == _layer_headings()
-    bullets = re.findall(r"^- .*$", page, re.M)
+    """The catalogue moved out of isolation.md; red teams add to it, one bullet per attack, on
+    the page of its layer, which the catalogue's index lists in order."""
+    layers = _attack_layers()
+    assert {n: title for n, (title, _, _) in layers.items()} == _layer_headings()
+    index = (ATTACKS / "index.md").read_text(encoding="utf-8")
+    listed = re.findall(r"^(\d)\. \[Layer \d: [^]]+\]\(([\w-]+\.md)\)", index, re.M)
+    assert listed == [(str(n), name) for n, (_, name, _) in sorted(layers.items())], listed
+    bullets = [
+        bullet
+        for page in [index] + [text for _, _, text in layers.values()]
+        for bullet in re.findall(r"^- .*$", page, re.M)
+    ]
     unmarked = [bullet for bullet in bullets if not _STATUS.match(bullet)]
     assert unmarked == [], "each attack starts with its verdict, e.g. `- *held*: ...`"
     assert len(bullets) > 40, len(bullets)
@@ -282,18 +304,16 @@ def test_the_attacks_page_has_a_section_per_layer_and_a_verdict_per_attack() -> 
 
 def test_the_attacks_page_lists_every_limit_at_its_top() -> None:
     """A reader who wants the limits should not have to read 11,000 words for them: the
-    table at the top has one row per *not stopped* entry, under the same layer."""
-    page = (DOCS / "explanation" / "attacks.md").read_text(encoding="utf-8")
-    top, _, entries = page.partition("\n## Layer 1:")
+    table of the catalogue's index has one row per *not stopped* entry, under the same
+    layer as the layer's page that explains it."""
+    top = (ATTACKS / "index.md").read_text(encoding="utf-8")
     listed = Counter(re.findall(r"^\| (\d) \| ", top, re.M))
     explained: Counter[str] = Counter()
-    for number, section in re.findall(
-        r"^## Layer (\d):(.*?)(?=^## |\Z)", "## Layer 1:" + entries, re.M | re.S
-    ):
-        explained[number] += len(re.findall(r"^- \*not stopped\*", section, re.M))
+    for number, (_, _, text) in _attack_layers().items():
+        explained[str(number)] += len(re.findall(r"^- \*not stopped\*", text, re.M))
     assert listed == explained, (
-        f"the table at the top of explanation/attacks.md lists {dict(listed)} limits per layer, "
-        f"the layers explain {dict(explained)}: add or remove its row"
+        f"the table of explanation/attacks/index.md lists {dict(listed)} limits per layer, "
+        f"the layers' pages explain {dict(explained)}: add or remove its row"
     )
 
 
@@ -511,11 +531,11 @@ def test_messages_quoted_in_the_prose_are_ones_the_code_prints() -> None:
     the testing data root is held by a live process: ...`), nor those of other pages. Every
     code span that starts as the app's messages do (`app: `, `Exit: app: `, `error: `) must
     match a message the code produces, or a literal of its source (`...` and `<...>` stand for
-    what it names). explanation/attacks.md records messages as each round saw them: left out."""
+    what it names). explanation/attacks/ records messages as each round saw them: left out."""
     messages = _error_messages() + _message_literals()
     checked = 0
     for page in sorted(DOCS.rglob("*.md")):
-        if page.name == "attacks.md":
+        if page.parent == ATTACKS:
             continue
         prose = re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.S)
         # A code span may wrap onto the next line (Markdown shows a space): such a quote
@@ -546,7 +566,7 @@ def test_what_a_page_says_a_refusal_names_is_in_the_refusal() -> None:
     checked = 0
     said = re.compile(r"(?:refusal|message|error) (?:then )?names (?:the )?`([^`]+)`")
     for page in sorted(DOCS.rglob("*.md")):
-        if page.name == "attacks.md":
+        if page.parent == ATTACKS:
             continue
         prose = re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.S)
         for span in said.findall(" ".join(prose.split())):

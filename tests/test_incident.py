@@ -50,7 +50,7 @@ Which layer stops each suite (the design's numbering):
 - the cases nobody had named (a profile spelled ``" production"``, dynaconf's own switches,
   reloaded modules, multiprocessing's start methods, exec, ``pytest.main()``, ``chdir`` and
   ``/proc/self/cwd``, a thread that outlives its opt-in, links planted inside a sandboxed
-  session): each refused by the layer docs/explanation/attacks.md files it under.
+  session): each refused by the layer docs/explanation/attacks/ files it under.
 
 Known limits, not tested here because no app code runs or nothing can tell them apart from
 production: ``-p no:app --basetemp=<root>`` (pytest itself empties it), a test that deletes

@@ -1,4 +1,4 @@
-"""Red team 67 on regress (branch rt-regress67a): see docs/explanation/attacks.md, layer 3.
+"""Red team 67 on regress (branch rt-regress67a): see docs/explanation/attacks/layer-3-sandbox.md.
 
 What broke:
 

@@ -1,5 +1,5 @@
 """Red team 67 on regress, the latest merges (branch rt-regress67c): see
-docs/explanation/attacks.md, layer 3.
+docs/explanation/attacks/layer-3-sandbox.md.
 
 What broke: in a bucket that keeps versions, a run's end deleted for good every delete
 marker of a name the run had written a version of, another program's too. A program that

@@ -1,5 +1,5 @@
 """Red team 70 on regress, the newest integrity merges (branch rt-regress70i): see
-docs/explanation/attacks.md, Layer 7.
+docs/explanation/attacks/layer-7-atomic-writes.md.
 
 What got through: the first open on a new timeline (a failover, a point-in-time recovery)
 marks the prefix's stamp (``rewritten``), and `app data check` keeps the objects no row

@@ -1,4 +1,4 @@
-"""Red team 74 on regress, round a (branch rt-regress74a): see docs/explanation/attacks.md.
+"""Red team 74 on regress, round a (branch rt-regress74a): see docs/explanation/attacks/.
 
 What broke: what rt-integrity74 left open of "a maintenance command run again after one
 stopped partway says what it finished". `app data restamp` killed while it wrote its stamp

@@ -322,7 +322,7 @@ OPERATIONS: dict[str, tuple[str, list[str]]] = {
 KILLED_START_UPS = {"replace"}
 
 #: Whether the start-up is killed at each of its changes after every crash point of those
-#: operations (``RT_CRASH_POINTS_SWEEP=1``; docs/explanation/attacks.md, "Longer runs by
+#: operations (``RT_CRASH_POINTS_SWEEP=1``; docs/explanation/attacks/, "Longer runs by
 #: hand"). Without it, only after the crash points whose start-up makes changes that no
 #: start-up killed before it made: a kind of its own (the audit events in order, and what
 #: each changes, names made alike). After every crash point a start-up still runs to its end

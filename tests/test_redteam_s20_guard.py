@@ -180,7 +180,7 @@ def test_a_child_with_a_private_tmp_still_finds_its_run() -> None:
     # command line shows pytest, and told that the plugin was off; under a run started by a
     # script that calls pytest.main(), it loaded production.
     # Root's: an unprivileged user needs a user namespace for a mount namespace, and from
-    # one, /proc/<pid>/root of a process outside is not readable (attacks.md says so).
+    # one, /proc/<pid>/root of a process outside is not readable (the attacks' catalogue says so).
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         pytest.skip("only root makes a mount namespace without a user namespace")
     env = {

@@ -8,9 +8,9 @@ kernel answers the call with the error (the call is not made), in a real server'
 or in a real store's operation in a child process. After each: what the client was told,
 what a restart (whose start-up repairs) leaves, and whether every byte kept before is kept.
 
-What it found (docs/explanation/attacks.md, Layer 7): after an ``fsync`` failed, the server
-went on acknowledging changes, the ones that rested on the directory whose sync had failed
-too, and the waiters of the group commit whose change that failed sync covered each ran an
+What it found (docs/explanation/attacks/layer-7-atomic-writes.md): after an ``fsync`` failed,
+the server went on acknowledging changes, the ones that rested on the directory whose sync had
+failed too, and the waiters of the group commit whose change that failed sync covered each ran an
 fsync of their own and got a success ("fsyncgate": the kernel may have dropped what it
 could not write, and a later fsync does not bring it back); a failed fsync after a replace's
 rename answered 507 "nothing was changed" for a file then served with its new bytes; and
@@ -348,7 +348,7 @@ CASES: list[tuple[str, str, str]] = [
     ("replace", _CHANGES, "EIO"),
     # Red team 72, second pass: each change of a restore failed with a disk's error too
     # (they were swept with EINTR only); it held (a session's restore too, swept once and not
-    # kept for the suite's time: docs/explanation/attacks.md).
+    # kept for the suite's time: docs/explanation/attacks/).
     ("restore-file", _CHANGES, "EIO"),
     ("create", "write", "EINTR"),
     ("create", "close", "EINTR"),

@@ -16,7 +16,7 @@ answer (acknowledged changes survive the kills; no answer shows a refused change
 that never was; a listing shows a session exactly as the docs promise). A failure prints
 the seed: ``RT_HISTORY_SEED=<seed>`` runs the same choices of operations and kill moments
 again (the threads' interleaving is the machine's). ``RT_HISTORY_RUNS=<n>`` runs n seeds
-(a longer soak, by hand; what one ran is recorded in attacks.md, Layer 7).
+(a longer soak, by hand; what one ran is recorded in attacks/layer-7-atomic-writes.md).
 """
 
 from __future__ import annotations

@@ -114,7 +114,7 @@ def test_a_repair_whose_fsync_fails_stops_there_and_says_its_change_may_be_made(
 def test_a_failed_call_at_each_commit_point_answers_truly_and_the_repair_keeps_every_byte(
     tmp_path: Path,
 ) -> None:
-    # The hand sweep (docs/explanation/attacks.md) walked N over every rename, unlink,
+    # The hand sweep (docs/explanation/attacks/) walked N over every rename, unlink,
     # fsync, mkdir and write of seven write paths; these are its commit points, kept.
     root = tmp_path / "live-data"
     env = app_env(root)

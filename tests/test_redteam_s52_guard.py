@@ -22,7 +22,7 @@ else the pid and command line of what listens) and how to resolve it. And the ``
 fixture, which hands a test the port and the token, looks again at each test, for a server
 started since the run began. A test that opts into another profile (development) is not
 refused where that profile's server runs: running the suite beside the development server
-is what the app is for (see attacks.md, red team 52's *not stopped*).
+is what the app is for (see the attacks' catalogue, red team 52's *not stopped*).
 """
 
 from __future__ import annotations

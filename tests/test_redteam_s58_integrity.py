@@ -1,4 +1,4 @@
-"""Red team 58 on integrity (branch rt-integrity42): see docs/explanation/attacks.md.
+"""Red team 58 on integrity (branch rt-integrity42): see docs/explanation/attacks/.
 
 What broke: a change of a session is dated after the session's newest change
 (`app.store.records.change_floor`, red team 56), which took the app's own times by their text

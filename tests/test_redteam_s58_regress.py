@@ -1,4 +1,4 @@
-"""Red team 58 on the last merges (branch rt-regress3): see docs/explanation/attacks.md.
+"""Red team 58 on the last merges (branch rt-regress3): see docs/explanation/attacks/.
 
 What broke: since rt-integrity42 a name event in a watched session's ``records/`` (a record
 added, removed or renamed there) no longer expires the server's copy of the session's

@@ -1,4 +1,4 @@
-"""Red team 59 on the HTTP contract (branch rt-api1): see docs/explanation/attacks.md.
+"""Red team 59 on the HTTP contract (branch rt-api1): see docs/explanation/attacks/.
 
 The promise: what `GET /openapi.json` says is what the server answers, on every path,
 including a data root holding what a tool or an earlier build wrote. Schemathesis fuzzes the

@@ -1,4 +1,4 @@
-"""Red team 59 on integrity (branch rt-integrity43): see docs/explanation/attacks.md.
+"""Red team 59 on integrity (branch rt-integrity43): see docs/explanation/attacks/.
 
 What broke: a session's restore (`app sessions restore ID`) was dated by nothing. Its
 directory moves back from the trash whole, its times with it, so the restored session's

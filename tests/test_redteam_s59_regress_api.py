@@ -1,5 +1,5 @@
 """Red team 59 on regress, the HTTP contract's record checks (branch rt-regress8): see
-docs/explanation/attacks.md.
+docs/explanation/attacks/.
 
 The merge of rt-api1 made a record of another shape than the app writes (a size as text, a
 SHA-256 in capitals, as PowerShell's ``Get-FileHash`` prints it, a name not in NFC) none of

@@ -1,5 +1,5 @@
 """Red team 59 on the last merges, integrity (branch rt-regress5): see
-docs/explanation/attacks.md, layer 7.
+docs/explanation/attacks/layer-7-atomic-writes.md.
 
 What broke: the API answered a session as its files' records and its ``session.json`` held
 it, of whatever type a tool outside the app had written, not as its own OpenAPI schema says

@@ -1,4 +1,4 @@
-"""Red team 60 on the HTTP contract (branch rt-api2): see docs/explanation/attacks.md.
+"""Red team 60 on the HTTP contract (branch rt-api2): see docs/explanation/attacks/.
 
 The promise: the routes and error bodies of docs/reference/http-api.md and the OpenAPI
 document are what the server does, on every path. Red team 59 fuzzed what a tool wrote; these

@@ -27,7 +27,7 @@ registry whose look fails other than as absent, are a run that may be above, uns
 refusal names the nearest ancestor and the registry, says the read failed (``EMFILE: Too
 many open files``), and what resolves it (keep a tracer's faults to the calls meant, raise
 the limit of open files, look at the disk). A tracer that answers every one of these looks
-with ``ENOENT``, as if nothing were there, is not stopped (``docs/explanation/attacks.md``).
+with ``ENOENT``, as if nothing were there, is not stopped (``docs/explanation/attacks/``).
 
 The same test, by another door: ``strace -e inject=newfstatat:retval=0 -P
 /proc/<pid>/ns/pid`` for each ancestor. A ``stat`` made to succeed without filling anything

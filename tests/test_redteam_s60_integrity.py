@@ -1,4 +1,4 @@
-"""Red team 60 on integrity (branch rt-integrity44): see docs/explanation/attacks.md.
+"""Red team 60 on integrity (branch rt-integrity44): see docs/explanation/attacks/.
 
 What broke: a directory of the data root at its filesystem's limit of subdirectories
 (``EMLINK``: ext2 and ext3 at 31,998, ext4 made without ``dir_nlink`` at 64,998). Every such

@@ -276,7 +276,7 @@ def test_a_root_of_its_own_through_a_lock_forwarding_mirror_is_not_refused(seen:
     # --enable-lock-forwarding ...), which published no details": its own lock, forwarded.
     assert seen["FORWARDS_FREE"] == [0, "opened"], said
     # Held on the directory: the forwarded lock is refused by the kernel (its holder named
-    # as out of sight: not stopped, attacks.md); held through another mirror of the same
+    # as out of sight: not stopped, the attacks' catalogue); held through another mirror of the same
     # directory (beside this one's own forwarded lock): refused as that holder's.
     assert seen["FORWARDS_HELD"][0] == "DataRootInUseError", said
     assert seen["FORWARDS_BESIDE"][0] == "DataRootInUseError", said

@@ -9,7 +9,7 @@ denied)" and to let it read ``/tmp/app-pytest-runs-<uid>``, which no ``chmod`` o
 registry opens. The refusal now names the directory on the way that this process may not
 search, and the command that opens it (``chmod 1777 /tmp``).
 
-What held (docs/explanation/attacks.md, "Red team 60 on regress, the speed and children
+What held (docs/explanation/attacks/, "Red team 60 on regress, the speed and children
 merges"): the mount table's index against the walk (spaces, newlines and backslashes in
 mount points, a mount over a mount, a bind mount, ``/``), the subreaper in each start path,
 the resolver's bytes, a process at its limit of open files outside any run.

@@ -1,4 +1,4 @@
-"""Red team 61 on the HTTP contract (branch rt-api3): see docs/explanation/attacks.md.
+"""Red team 61 on the HTTP contract (branch rt-api3): see docs/explanation/attacks/.
 
 The promise: the routes, bounds and error bodies of docs/reference/http-api.md and the OpenAPI
 document are what the server does, on every path. Red teams 59 and 60 did data a tool wrote,

@@ -27,7 +27,7 @@ else (or finds only the copy: the entry removed and the descriptors the run keep
 closed) reads the copy instead, and its refusal says so: which entry a test of the run changed,
 which fields, that the copy was read, and that the run puts the entry back after that test.
 Every field is covered, not one; a test that also closes or replaces the copy is a *not
-stopped* row (``docs/explanation/attacks.md``).
+stopped* row (``docs/explanation/attacks/``).
 """
 
 from __future__ import annotations

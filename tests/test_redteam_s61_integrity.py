@@ -1,4 +1,4 @@
-"""Red team 61 on integrity (branch rt-integrity61): see docs/explanation/attacks.md.
+"""Red team 61 on integrity (branch rt-integrity61): see docs/explanation/attacks/.
 
 What broke: a server went on acknowledging changes after an fsync had failed. Since red team
 28 the first failed fsync stops the process's changes (PostgreSQL's "fsyncgate": the kernel

@@ -1,5 +1,5 @@
 """Red team 61 on the last merges, integrity side (branch rt-regress13): see
-docs/explanation/attacks.md.
+docs/explanation/attacks/.
 
 What broke: since rt-integrity61 one failed fsync stops every later change of the process
 (`app.dataroot.failed_sync`), whatever its root: "a process changes one data root". A test

@@ -1,5 +1,5 @@
 """Red team 61 on the last merges: mounts, the plugin's fsync reset, the write checks' memo
-(branch rt-regress17): see docs/explanation/attacks.md.
+(branch rt-regress17): see docs/explanation/attacks/.
 
 What broke:
 

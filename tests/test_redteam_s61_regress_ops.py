@@ -1,5 +1,5 @@
 """Red team 61 on regress, operations and HTTP (branch rt-regress16): see
-docs/explanation/attacks.md.
+docs/explanation/attacks/.
 
 What broke, and what changed:
 

@@ -1,4 +1,4 @@
-"""Red team 62 on integrity (branch rt-integrity62): see docs/explanation/attacks.md.
+"""Red team 62 on integrity (branch rt-integrity62): see docs/explanation/attacks/.
 
 What broke: after a failed fsync, only the refusal said what to do. Red team 61 made
 ``storage_sync_failed`` say to reboot, run `app data check`, then start the server: a server

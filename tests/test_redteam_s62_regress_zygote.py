@@ -18,7 +18,7 @@ pytest process closes its copy of every zygote's socket (``os.register_at_fork``
 neither keep the zygote up nor drive it (it starts a zygote of its own if it asks for a live
 server).
 
-What held (docs/explanation/attacks.md, red team 62 on regress): requests written to the
+What held (docs/explanation/attacks/, red team 62 on regress): requests written to the
 zygote's socket by a test, with ``ENV_FOR_DYNACONF=production``, production's root in
 ``APP_DATA_ROOT``, no ``PYTEST_*`` variable, another working directory: each forked server is
 refused by the guard as a plain start is (it is below the run's pytest process), naming itself.

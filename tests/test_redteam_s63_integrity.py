@@ -1,4 +1,4 @@
-"""Red team 63 on integrity (branch rt-integrity63): see docs/explanation/attacks.md.
+"""Red team 63 on integrity (branch rt-integrity63): see docs/explanation/attacks/.
 
 What broke: the audit line of a change whose only other trace the change itself removes,
 lost without a word from `app data check`. Each line is written after its change, and a

@@ -16,7 +16,7 @@ What changed: a process that anchored a copy takes ``MADV_DONTFORK`` and guard p
 before each fork (``os.register_at_fork``, `app.sandbox._anchor_forks`), and a reader takes
 guard pages off its own copy and reads a copy through ``/proc/<pid>/map_files`` (the memfd
 itself, pages untouched) where it may, before ``/proc/<pid>/mem``. A fork made by libc's
-``fork`` called through ctypes, which runs no at-fork hook, is not stopped (attacks.md).
+``fork`` called through ctypes, which runs no at-fork hook, is not stopped (the attacks' catalogue).
 
 And: a fork of the run's process that ran a pytest of its own in line anchored the nested
 run's entry as its first; once that run ended, the run's entry put back was wider than the

@@ -1,4 +1,4 @@
-"""Red team 63 on regress, the store (branch rt-regress25): see docs/explanation/attacks.md.
+"""Red team 63 on regress, the store (branch rt-regress25): see docs/explanation/attacks/.
 
 What broke: `app data check`'s ``stamp-unaudited`` (red team 63, integrity) reported a
 restamp whose ``restamp`` line is in the log as written, or was rotated away as logs are:

@@ -1,4 +1,4 @@
-"""Red team 64 on integrity (branch rt-integrity64): see docs/explanation/attacks.md.
+"""Red team 64 on integrity (branch rt-integrity64): see docs/explanation/attacks/.
 
 What broke: a request that takes a body but gives it no length, neither ``Content-Length``
 nor ``Transfer-Encoding: chunked``. Such a request has no body (RFC 9112, 6.3), and what its

@@ -1,5 +1,5 @@
 """Red team 64 on regress, unframed bodies and read-only roots (branch rt-regress28): see
-docs/explanation/attacks.md.
+docs/explanation/attacks/.
 
 What broke: red team 64's 411 for a body without a length (``refuse_unframed_body``) covered
 the routes that read a body (a file's ``PUT``, a form, ``POST /sessions``), not those that

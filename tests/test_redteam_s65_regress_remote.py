@@ -1,5 +1,5 @@
 """Red team 65 on regress, the remote backend's durable commits (branch rt-regress65b): see
-docs/explanation/attacks.md.
+docs/explanation/attacks/.
 
 What broke: red team 64 made each write commit with ``synchronous_commit`` on by setting it,
 for the write's transaction, with its ``BEGIN``. A statement of the transaction run after

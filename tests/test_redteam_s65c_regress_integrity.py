@@ -1,5 +1,5 @@
 """Red team 65 on regress, session.json's ``content_sha256`` (branch rt-regress65c): see
-docs/explanation/attacks.md.
+docs/explanation/attacks/.
 
 What broke: a session the app itself wrote was refused as changed. The store's own API
 (``create_session``, as a Python caller or a plugin's fixture uses it) took metadata with keys

@@ -1,5 +1,5 @@
 """Red team 65 on regress, durable commits outside a replica's writes (branch rt-regress65c):
-see docs/explanation/attacks.md.
+see docs/explanation/attacks/.
 
 What broke: rt-regress65b set ``synchronous_commit`` at each replica write's commit point,
 after its triggers. The transactions of `app.remote.pg.committed` (a re-stamp, an open that

@@ -1,5 +1,5 @@
 """Red team 65 on regress, session.json's ``updated_at`` (branch rt-regress65d): see
-docs/explanation/attacks.md.
+docs/explanation/attacks/.
 
 What broke: ``content_sha256`` covered a session's id, title, metadata and creation time,
 not its ``updated_at``, which a create writes equal to ``created_at`` and which nothing

@@ -1,4 +1,4 @@
-"""Red team 66 on regress, integrity (branch rt-regress66b): see docs/explanation/attacks.md.
+"""Red team 66 on regress, integrity (branch rt-regress66b): see docs/explanation/attacks/.
 
 What broke: rt-regress65d closed the class "an acknowledged time changed on the disk, served
 and dated past" for ``session.json`` alone. A file's record keeps its ``uploaded_at`` beside

@@ -1,5 +1,5 @@
 """Red team 66 on regress, the object store's writes (branch rt-regress66b): see
-docs/explanation/attacks.md.
+docs/explanation/attacks/.
 
 What broke: red team 65 made every upload ask for a CRC32 by name, which the client sends
 whatever ``AWS_REQUEST_CHECKSUM_CALCULATION`` says and the store checks; the prefix's stamp,

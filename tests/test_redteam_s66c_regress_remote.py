@@ -1,5 +1,5 @@
 """Red team 66 on regress, this session's merges, on the remote backend (branch
-rt-regress66c): see docs/explanation/attacks.md.
+rt-regress66c): see docs/explanation/attacks/.
 
 What broke: a test run's scratch prefix holds its marker (``.app-pytest-run.json``) before
 anything else, and the open took a prefix holding it alone as empty, for every profile: a

@@ -1,4 +1,4 @@
-"""Red team 67 on integrity (branch rt-integrity67): see docs/explanation/attacks.md.
+"""Red team 67 on integrity (branch rt-integrity67): see docs/explanation/attacks/.
 
 What broke: a chunked request's trailer carrying a field that RFC 9110 (6.5.1) has read from
 the head alone: a precondition (``If-Match``, ``If-None-Match``), or one that says what the

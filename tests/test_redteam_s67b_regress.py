@@ -1,5 +1,5 @@
 """Red team 67 on regress, integrity's marks (branch rt-regress67b): see
-docs/explanation/attacks.md, Layer 7, "Red team 67 on regress, integrity's marks".
+docs/explanation/attacks/layer-7-atomic-writes.md, "Red team 67 on regress, integrity's marks".
 
 What the repair that marks a root (`app data check --repair`, run by every server start-up)
 left keyless, and what then read as damage: an acknowledged version in the trash refused.

@@ -1,5 +1,5 @@
 """Red team 67 on regress, the newest merges (branch rt-regress67d): see
-docs/explanation/attacks.md (layers 2 and 3).
+docs/explanation/attacks/ (layers 2 and 3).
 
 What broke in the layout marks (rt-regress67b): a root or a database marked by the builds
 between rows67 (7c21408b) and the layout's raise (7dfe435b) says ``content_sha256_since`` at

@@ -1,4 +1,4 @@
-"""Red team 68 on integrity (branch rt-integrity68): see docs/explanation/attacks.md.
+"""Red team 68 on integrity (branch rt-integrity68): see docs/explanation/attacks/.
 
 What broke: on PostgreSQL, `app sessions restore` (a session, or a file with ``--file``)
 read the session it answers with on another connection once its transaction had

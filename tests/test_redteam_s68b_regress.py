@@ -1,5 +1,5 @@
 """Red team 68 on regress, the run's end and the restores (branch rt-regress68b): see
-docs/explanation/attacks.md.
+docs/explanation/attacks/.
 
 What broke:
 

@@ -1,5 +1,5 @@
 """Red team 68 on regress, the newest merges (branch rt-regress68c): see
-docs/explanation/attacks.md.
+docs/explanation/attacks/.
 
 What broke:
 

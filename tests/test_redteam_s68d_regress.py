@@ -1,5 +1,5 @@
 """Red team 68 on regress, the fourth round (branch rt-regress68d): see
-docs/explanation/attacks.md.
+docs/explanation/attacks/.
 
 What broke, both on an inner pytest in a PID namespace of its own beside a stopped
 production root (red team 61's harness), by a test run as root:

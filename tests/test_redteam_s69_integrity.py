@@ -1,4 +1,4 @@
-"""Red team 69 on integrity (branch rt-integrity69): see docs/explanation/attacks.md.
+"""Red team 69 on integrity (branch rt-integrity69): see docs/explanation/attacks/.
 
 What broke: on PostgreSQL, a trigger of another's after the update that moves a row to the
 trash (the kind the open leaves alone: an archiving tool's that moves a trashed row into a

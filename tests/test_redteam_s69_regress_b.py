@@ -1,5 +1,5 @@
 """Red team 69 on regress, the second round (branch rt-regress69b): see
-docs/explanation/attacks.md.
+docs/explanation/attacks/.
 
 What broke, on PostgreSQL: a session's delete counted every file row of the session as it
 moved it to the trash (its live files and the versions already in the trash), and refused

@@ -145,7 +145,7 @@ def test_hidden_then_removed():
     # Below a shell that keeps the run's capabilities, in a session of its own (red team
     # 71): neither its parent nor its leaders are the run; where the kernel tells the
     # shell's parent by a pidfd (Linux 6.13) it is found all the same, and before, it
-    # purges (a row of attacks.md): not started there.
+    # purges (a row of the attacks' catalogue): not started there.
     setsid = {}
     if pidfd_tells_parents():
         setsid["setsid"] = (f'{hidden} && setsid "$@"; exit $?', DROP)

@@ -1,4 +1,4 @@
-"""Red team 70 on integrity (branch rt-integrity70): see docs/explanation/attacks.md.
+"""Red team 70 on integrity (branch rt-integrity70): see docs/explanation/attacks/.
 
 What broke: a data root on a filesystem that folds case (exFAT through FUSE, Debian's
 exfat-fuse; FAT, NTFS, APFS and ext4's or tmpfs's ``casefold`` directories fold alike). A

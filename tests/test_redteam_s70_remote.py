@@ -1,5 +1,5 @@
 """Red team 70 on the remote backend (branch rt-remote70): see
-docs/explanation/attacks.md, Layer 7.
+docs/explanation/attacks/layer-7-atomic-writes.md.
 
 What got through: `app data check` took the index of trashed files' rows by session and name
 (``app_files_trashed``, red team 70 on regress) for there as soon as a relation of that name

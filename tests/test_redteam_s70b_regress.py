@@ -1,5 +1,5 @@
 """Red team 70 on regress, integrity (branch rt-regress70b): see
-docs/explanation/attacks.md, Layer 7.
+docs/explanation/attacks/layer-7-atomic-writes.md.
 
 What got through: on PostgreSQL, each upload of a name new to a session that held 200,000
 trashed rows looked for the name's newest trashed row (`Database.change`, under the

@@ -1,5 +1,5 @@
 """Red team 70 on regress, the remote backend (branch rt-regress70g): see
-docs/explanation/attacks.md, Layer 7.
+docs/explanation/attacks/layer-7-atomic-writes.md.
 
 What got through: the app compares what PostgreSQL prints of its tables' constraints and
 indexes (``pg_get_constraintdef``, ``pg_get_indexdef``) with its own definitions: at each

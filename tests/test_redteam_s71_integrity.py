@@ -1,4 +1,4 @@
-"""Red team 71 on integrity (branch rt-integrity71): see docs/explanation/attacks.md.
+"""Red team 71 on integrity (branch rt-integrity71): see docs/explanation/attacks/.
 
 What broke: a client's retry after a lost answer, with ``If-Match``. A file's ``DELETE``
 with ``If-Match`` whose answer was lost (a cut connection, a proxy's timeout), sent again,

@@ -1,4 +1,4 @@
-"""Red team 71 on regress, round c (branch rt-regress71c): see docs/explanation/attacks.md,
+"""Red team 71 on regress, round c (branch rt-regress71c): see docs/explanation/attacks/,
 Layers 4 and 7.
 
 What got through: `pg._raised_by_code` (red team 71 on the remote backend) named the first

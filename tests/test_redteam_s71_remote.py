@@ -1,4 +1,4 @@
-"""Red team 71 on the remote backend (branch rt-remote71): see docs/explanation/attacks.md,
+"""Red team 71 on the remote backend (branch rt-remote71): see docs/explanation/attacks/,
 Layer 4.
 
 What got through: a prepared transaction (two-phase commit: ``PREPARE TRANSACTION``, as an

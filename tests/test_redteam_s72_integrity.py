@@ -1,4 +1,4 @@
-"""Red team 72 on integrity (branch rt-integrity72): see docs/explanation/attacks.md.
+"""Red team 72 on integrity (branch rt-integrity72): see docs/explanation/attacks/.
 
 What broke: session 72 had a change refused by one connection's stale settings renew the whole
 pool (psycopg_pool's ``drain``), for a read-only refusal and for a statement past its

@@ -1,4 +1,4 @@
-"""Red team 72 on regress, round a (branch rt-regress72a): see docs/explanation/attacks.md.
+"""Red team 72 on regress, round a (branch rt-regress72a): see docs/explanation/attacks/.
 
 What broke: red team 72 on integrity renews the pool after a refusal as read-only only where
 the text of ``pg_db_role_setting`` (the database's and the role's settings) is not what the

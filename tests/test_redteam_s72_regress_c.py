@@ -1,4 +1,4 @@
-"""Red team 72 on regress, round c (branch rt-regress72c): see docs/explanation/attacks.md.
+"""Red team 72 on regress, round c (branch rt-regress72c): see docs/explanation/attacks/.
 
 What broke: red team 72 on the guard keeps, as a run starts (`_forget_dead_runs`), an entry
 whose process ``/proc`` does not show while signal 0 finds it (`_hidden_alive`). An entry

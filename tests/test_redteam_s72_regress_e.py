@@ -1,4 +1,4 @@
-"""Red team 72 on regress, round e (branch rt-regress72e): see docs/explanation/attacks.md.
+"""Red team 72 on regress, round e (branch rt-regress72e): see docs/explanation/attacks/.
 
 What broke: session 72's pool asks `_READ_ONLY_GONE` of each connection as it opens, to
 never lend one whose session took a read-only setting reset since. That look reads

@@ -5,7 +5,7 @@ Found by running red team 28's harness (a system call failed at each N in turn) 
 repair (the listing of ``sessions/`` after the trash's pass, the trash's listing after the
 pass over ``sessions/.new-*``) escaped the per-repair guard (`app.check.Checker.item`). The
 command then said the storage error's "nothing was changed" of the repairs it had made, and
-their ``check-repair`` line was never written (docs/explanation/attacks.md, red team 73).
+their ``check-repair`` line was never written (docs/explanation/attacks/, red team 73).
 """
 
 from __future__ import annotations

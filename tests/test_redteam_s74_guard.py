@@ -1,4 +1,4 @@
-"""Red team 74 on the guard (branch rt-guard74): see docs/explanation/attacks.md, layer 3.
+"""Red team 74 on the guard (branch rt-guard74): see docs/explanation/attacks/layer-3-sandbox.md.
 
 What broke: the suite's own clean-ups of its throwaway engines' directories went on into a
 filesystem mounted in them. A test (run as root) that bound a stopped production root into

@@ -1,4 +1,4 @@
-"""Red team 74 on integrity (branch rt-integrity74): see docs/explanation/attacks.md.
+"""Red team 74 on integrity (branch rt-integrity74): see docs/explanation/attacks/.
 
 What broke: a maintenance command stopped between its steps, run again, said "nothing was
 changed" of what the stopped run had left undone. ``app data restamp`` writes the new stamp,

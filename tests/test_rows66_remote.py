@@ -1,5 +1,5 @@
 """Rows of the remote backend closed in session 66 (branch rows66): see
-docs/explanation/attacks.md, "Rows closed in session 66".
+docs/explanation/attacks/, "Rows closed in session 66".
 
 A session's row whose title or metadata changed in the database (a DBA's ``UPDATE``, a page
 damaged on a cluster without ``data_checksums``) was served as what its create acknowledged,

@@ -1,5 +1,5 @@
 """What integrity's checksums left out, on a data root (branch rows67): see
-docs/explanation/attacks.md, Layer 7.
+docs/explanation/attacks/layer-7-atomic-writes.md.
 
 What got through: a ``session.json``, a file's record or a trash entry's ``trash.json``
 without its ``content_sha256`` was read as one written before the key existed, unchecked.

@@ -1,5 +1,5 @@
 """What integrity's checksums left out, on PostgreSQL (branch rows67): see
-docs/explanation/attacks.md, Layer 7.
+docs/explanation/attacks/layer-7-atomic-writes.md.
 
 What got through: a session's row whose ``content_sha256`` was set to NULL was read as a
 row from before session 66, unchecked, whatever else the edit changed (its title); and a

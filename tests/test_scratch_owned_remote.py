@@ -1,5 +1,5 @@
 """A test run's scratch prefix on an object store, owned end to end (branch guard67): see
-docs/explanation/attacks.md, layer 3.
+docs/explanation/attacks/layer-3-sandbox.md.
 
 What broke (three rows of one class: the run's end deleted what it did not own, or its
 claim was not exclusive):

@@ -1175,7 +1175,7 @@ class ObjectStore:
 
         A run's end deleted every object in its scratch prefix: another program's written
         there while the run went on, and, on a store that ignores ``If-None-Match``, another
-        run's of the same suffix (attacks.md, layer 3; branch guard67). A mark is a MAC of
+        run's of the same suffix (attacks/layer-3-sandbox.md; branch guard67). A mark is a MAC of
         the name under the run's token, not a bare token: a name another run's store wrote
         carries another run's."""
         if self._run_key is None:

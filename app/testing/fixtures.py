@@ -427,7 +427,7 @@ def _empty_owned(store: Any, suffix: str) -> None:
     # carries the run's mark (`ObjectStore.written_here`: its blob name, read off the
     # listing, or its metadata, read with the stamp or by one HEAD for another name).
     # Another program's objects written there while the run went on were deleted as the
-    # run's (attacks.md, layer 3; branch guard67); a run of the same suffix, on a store
+    # run's (attacks/layer-3-sandbox.md; branch guard67); a run of the same suffix, on a store
     # that ignores If-None-Match, has its own mark.
     own = {name for name in names if _written(store, name, stamp_mark)}
     foreign = [name for name in names if name not in own]

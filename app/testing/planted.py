@@ -6,7 +6,7 @@ commands (``bin/app``, ``bin/pytest``) are scripts any later shell runs. A test 
 one of them hands its code to processes outside any test run: a ``.pth`` that runs ``app
 --profile production data purge --yes-i-mean-it`` ran in the developer's next command after
 the run, where no guard of a run applies, and purged a stopped production root (session 67's
-own hostile case; attacks.md, layer 3). The guard cannot stop a write it does not make, so it
+own hostile case; attacks/layer-3-sandbox.md). The guard cannot stop a write it does not make, so it
 looks after every test (`Planted.check`), and at the run's end for the commands, and puts
 back what changed: a file the test added is moved aside (renamed ``<name>.app-planted``,
 which nothing runs), one it changed or removed gets its bytes as the run began again (the
@@ -26,7 +26,7 @@ Not covered: code planted elsewhere that a later process runs (a shell's rc file
 the app's own source in an editable install, another environment, a ``__pycache__``'s
 bytecode, the standard library's modules), or written by a process a test left running
 after the run's last look, or by a daemon thread of the run's own process after its look at
-exit (attacks.md, layer 3).
+exit (attacks/layer-3-sandbox.md).
 """
 
 from __future__ import annotations

@@ -6,9 +6,10 @@ app* is refused wherever it goes. Code that does not go through the app was the 
 in the run's own processes: a fixture that read ``settings.toml`` with ``tomllib`` and called
 ``shutil.rmtree`` on the root it named, a literal ``Path("/srv/app/data").unlink()``, a
 ``sqlite3.connect`` into a live root (the incident's shape without the app's settings object;
-attacks.md's *not stopped* row until session 75). Every such call in CPython announces itself
-first as an audit event (PEP 578: ``open`` with its flags, ``os.remove``, ``os.rename``,
-``shutil.rmtree``, ...), and an audit hook that raises stops the call before it does anything.
+the attacks' catalogue's *not stopped* row until session 75). Every such call in CPython
+announces itself first as an audit event (PEP 578: ``open`` with its flags, ``os.remove``,
+``os.rename``, ``shutil.rmtree``, ...), and an audit hook that raises stops the call before it
+does anything.
 
 So the plugin installs one hook in each of the run's pytest processes (the controller, each
 xdist worker, a pytest a test runs), before any conftest is imported, and each run pushes the
@@ -25,7 +26,7 @@ directories above it against each root's identity (device and inode), which find
 shown through a bind mount under another name. A hook is permanent for the process's life
 (CPython offers no way to remove one) and sees calls in every thread.
 
-What it cannot see, said in docs/explanation/attacks.md: a process that is not one of the
+What it cannot see, said in docs/explanation/attacks/: a process that is not one of the
 run's pytest processes (a child running another program, or Python without the app: the
 kernel's permissions are its barrier), ``os.open`` relative to a ``dir_fd`` (its event
 carries no descriptor), writes by C code that raises no event (an extension's own
