@@ -1952,9 +1952,20 @@ def _process_relative(value: str, directory: Path, root: Path | None = None) -> 
         "full where the value is set"
         + (
             ", or point the link at the directory it means"
-            if reached and via is not None and not via[0].startswith(("/dev/", "/proc/"))
+            if reached and via is not None and not _kernels_own_link(via[0])
             else ""
         )
+    )
+
+
+def _kernels_own_link(path: str) -> bool:
+    """Whether ``path`` is a link the kernel or the system keeps (`/proc`'s, `/dev/fd`, the
+    standard streams'), which a user cannot point elsewhere. Not any path under `/dev/`:
+    `/dev/shm` is a tmpfs where a user's own links live (a test run's temporary root there
+    was told not to point its link elsewhere)."""
+    return path.startswith("/proc/") or any(
+        path == link or path.startswith(link + "/")
+        for link in ("/dev/fd", "/dev/stdin", "/dev/stdout", "/dev/stderr")
     )
 
 

@@ -2395,6 +2395,15 @@ def binding(conn: psycopg.Connection[Any]) -> tuple[str | None, str | None, str 
     return (None, None, None) if row is None else (str(row[0]), str(row[1]), str(row[2]))
 
 
+def _json_text(word: str) -> str:
+    """A command-line word as PostgreSQL's JSON takes it: one given in bytes that are not
+    UTF-8 (`sessions restore --entry` of such a name) reaches Python as lone surrogates,
+    which `jsonb` refuses ("Unicode low surrogate must follow a high surrogate"), and the
+    refusal of the command's own change was lost under that error (red team 45's test):
+    such bytes are written as ``\\xff``."""
+    return word.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def audit(
     conn: psycopg.Connection[Any],
     profile: str,
@@ -2418,7 +2427,7 @@ def audit(
             # (app.requester). The row's host and pid alone named a process long gone, and
             # a replica's every change as its own (red team 75 on the documentation).
             Jsonb(
-                {**(detail or {}), "argv": list(sys.argv)}
+                {**(detail or {}), "argv": [_json_text(word) for word in sys.argv]}
                 | ({} if (client := REQUESTER.get()) is None else {"client": client})
             ),
             socket.gethostname(),
