@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.machinery
 import os
+import shutil
 import site
 import subprocess
 import sys
@@ -444,6 +445,31 @@ def test_a_put_back_never_moves_or_writes_in_a_directory_put_at_a_place_s_path(
     assert said is not None and "whose directory is not the one it was as the run" in said
     assert f"`findmnt -T {etc}`; not put back" in said, said
     assert (etc / "real.pth").read_text() == "another's file\n"
+    # A copy of site-packages with a .pth added, renamed over it: left for every later
+    # process to run, where the put-back had moved it aside before (red team 75 on
+    # regress, round b). What is at the path is moved aside as it is.
+    swapped = tmp_path / "site2"
+    swapped.mkdir()
+    (swapped / "a.pth").write_text("import os\n")
+    planted = Planted(places=[_Place(swapped, True)]).take()
+    copy = tmp_path / "site2-copy"
+    shutil.copytree(swapped, copy)
+    (copy / "zz_planted.pth").write_text("import os\n")
+    swapped.rename(tmp_path / "site2-was")
+    copy.rename(swapped)
+    said = planted.check("the test")
+    aside = tmp_path / f"site2{ASIDE}"
+    assert said is not None and " ".join(said.split()).startswith(
+        f"app: the test changed what later Python processes of this environment run as they "
+        f"start, or its commands, outside any test run: {swapped} is not the directory it was "
+        f"as the run began (another directory is there now, or mounted there: `findmnt -T "
+        f"{swapped}`), and holds start-up files the environment's did not (zz_planted.pth): "
+        f"what is at its path was moved aside to {aside} as it is, nothing in it moved or "
+        "written (which would have changed the files of whatever it leads to, a data root's, "
+        "say), so no later process runs them. Put the environment's own directory back at "
+        "its path, or install this environment again."
+    ), said
+    assert not swapped.exists() and sorted(os.listdir(aside)) == ["a.pth", "zz_planted.pth"]
 
 
 def test_every_module_a_pth_imports_is_looked_at(tmp_path: Path) -> None:
