@@ -404,8 +404,17 @@ def _moved(place: _Place) -> list[str]:
         # site-packages with a .pth added, renamed over it, was left for every later
         # process to run (red team 75 on regress, round b). A mount point is not renamed.
         aside = place.path.with_name(place.path.name + ASIDE)
+        parent = os.fspath(place.path.parent)
         with contextlib.suppress(OSError):
-            if not os.path.lexists(aside):
+            # Renamed in the environment's own directory only: not through a link on the
+            # way to it, nor in a filesystem mounted over it since (another device than the
+            # place's as the run began), either of which may be a data root's.
+            if (
+                place.directory is not None
+                and os.path.realpath(parent) == parent
+                and os.stat(parent).st_dev == place.directory[0]  # noqa: PTH116
+                and not os.path.lexists(aside)
+            ):
                 place.path.rename(aside)  # the name itself: a link is not followed
                 said = (
                     f"{place.path} is not the directory it was as the run began ({now}), and "
