@@ -1924,13 +1924,24 @@ def _process_relative(value: str, directory: Path, root: Path | None = None) -> 
     normal = os.path.normpath(spelled)
     link = sandboxing.process_link(spelled)
     found = None if link is None else _OWN_PROCESS_LINK.search(link)
-    if found is None or found.group(1) not in ("self", "thread-self", str(os.getpid())):
-        # Another process's (a container's /proc/<pid>/root, cwd or fd): named as that
-        # process sees it, which `app.config_files`' look at the links on the way refuses
-        # for what it is (red teams 59 and 61), not as the reader's own working directory.
+    if found is None:
         return None
     assert link is not None
     kind = link.rsplit("/", 2)
+    via = _first_link(spelled)
+    reached = (
+        ""
+        if via is None or normal.startswith(link.rstrip("/") + "/") or normal == link
+        else f" (reached through the symbolic link {via[0]}, which points to {via[1]!r})"
+    )
+    repoint = (
+        ", or point the link at the directory it means"
+        if reached and via is not None and not _kernels_own_link(via[0])
+        else ""
+    )
+    if found.group(1) not in ("self", "thread-self", str(os.getpid())):
+        problem = _other_process_relative(link, kind[-2] if kind[-2] == "fd" else kind[-1], reached)
+        return None if problem is None else problem + repoint
     what = (
         "the working directory"
         if kind[-1] == "cwd"
@@ -1938,23 +1949,53 @@ def _process_relative(value: str, directory: Path, root: Path | None = None) -> 
         if kind[-1] == "root"
         else "an open descriptor"
     )
-    via = _first_link(spelled)
-    reached = (
-        ""
-        if via is None or normal.startswith(link.rstrip("/") + "/") or normal == link
-        else f" (reached through the symbolic link {via[0]}, which points to {via[1]!r})"
-    )
     return (
         f"goes through {link}{reached}, {what} of the process that reads it, so the root "
         "would move with each `cd` (or `dup2`, or `chroot`: a new, empty root, or another "
         "profile's, depending on where and how the command runs); a relative path resolves "
         "against the settings directory, never the working directory: write the path out in "
-        "full where the value is set"
-        + (
-            ", or point the link at the directory it means"
-            if reached and via is not None and not _kernels_own_link(via[0])
-            else ""
-        )
+        "full where the value is set" + repoint
+    )
+
+
+def _other_process_relative(link: str, kind: str, reached: str) -> str | None:
+    """Why a path setting through `link`, another process's working directory or open
+    descriptor (`kind`: ``cwd``, ``fd``) in this mount namespace, cannot be a root, or None
+    (`reached`: the symbolic link that led there, said as `_process_relative` says it).
+
+    ``/proc/$$/cwd/data`` set in a shell is that shell's ``$PWD`` (refused as
+    ``{env[PWD]}``: red team 74): each command's root moved with the shell's `cd`, and,
+    once that process ended, named nothing or another process's directory, its pid reused
+    (red team 75 on regress, round b). A container's root (``/proc/<pid>/root``), a link
+    this process may not follow, one of a process that has ended, one whose directory was
+    removed or lies in another mount namespace: each refused by `app.config_files` for
+    what it is (red teams 59 and 61), not here."""
+    if kind not in ("cwd", "fd"):
+        return None
+    try:
+        here = os.stat(link)  # noqa: PTH116 - the kernel's own walk, as config_files'
+        # What its text names: another directory (or none), where the link leads into
+        # another mount namespace or to a directory that was removed.
+        if here.st_nlink == 0 or not os.path.samestat(here, os.stat(os.path.realpath(link))):  # noqa: PTH116
+            return None
+    except OSError:
+        return None
+    pid = link.split("/")[2]
+    try:
+        command = Path(f"/proc/{pid}/comm").read_text().strip()
+        owner = config_files._user_name(os.stat(f"/proc/{pid}").st_uid)  # noqa: PTH116
+        whose = f"process {pid} ({command}, user {owner})"
+    except OSError:
+        whose = f"process {pid}"
+    what, moves = (
+        ("the working directory", "`cd`") if kind == "cwd" else ("an open descriptor", "`dup2`")
+    )
+    return (
+        f"goes through {link}{reached}, {what} of {whose}, another process than the one "
+        f"that reads it, so the root would move with each {moves} of that process (a "
+        "shell's /proc/$$/cwd is its $PWD), and name nothing, or another process's "
+        "directory, once it ends and its pid is used again: write the path out in full "
+        "where the value is set"
     )
 
 

@@ -14,6 +14,7 @@ import json
 import os
 import pickle
 import re
+import subprocess
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from unittest import mock
@@ -2008,6 +2009,38 @@ def test_a_root_that_reads_the_selected_environment_or_the_working_directory_is_
             )
     finally:
         os.close(held)
+    # Another process's working directory, spelled or reached (a shell's /proc/$$/cwd is
+    # its $PWD): the root moved with that process's `cd` (red team 75 on regress, round b).
+    (moved := tmp_path / "moved").mkdir()
+    other = subprocess.Popen(["sleep", "60"], cwd=moved)
+    (there := tmp_path / "there").symlink_to(f"/proc/{other.pid}/cwd")
+    try:
+        for value, reached in (
+            (f"/proc/{other.pid}/cwd/data", ""),
+            (
+                f"{there}/data",
+                (
+                    f" (reached through the symbolic link {there}, which points to "
+                    f"'/proc/{other.pid}/cwd')"
+                ),
+            ),
+        ):
+            make_settings(data_roots={"production": value})
+            with pytest.raises(InvalidSettingError) as refused:
+                load("testing")
+            assert str(refused.value) == (
+                f"profile 'production': data_root = {value!r} (from settings.toml "
+                f"[production]): goes through /proc/{other.pid}/cwd{reached}, the working "
+                f"directory of process {other.pid} (sleep, user {config_files._this_user()}), "
+                "another process than the one that reads it, so the root would move with each "
+                "`cd` of that process (a shell's /proc/$$/cwd is its $PWD), and name nothing, "
+                "or another process's directory, once it ends and its pid is used again: write "
+                "the path out in full where the value is set"
+                + (", or point the link at the directory it means" if reached else "")
+            )
+    finally:
+        other.kill()
+        other.wait()
 
 
 def test_configured_roots_apply_app_data_root_to_the_selected_profile_only(

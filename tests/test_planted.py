@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.machinery
 import os
+import shutil
 import site
 import subprocess
 import sys
@@ -58,6 +59,7 @@ def test_nothing():
 AFTER_THE_TESTS = """
 import atexit
 import site
+import pytest
 from pathlib import Path
 
 SITE = Path(site.getsitepackages()[0])
@@ -66,11 +68,16 @@ RUNS = "import os; os.makedirs(os.environ['PLANTED_RAN'], exist_ok=True)\\n"
 
 def pytest_sessionstart(session):
     atexit.register((SITE / "zz_at_exit.pth").write_text, RUNS)
+    # Last of all the run's code: a clean-up (red team 75 on regress, round b).
+    session.config.add_cleanup(lambda: (SITE / "zz_cleanup.pth").write_text(RUNS))
 
 def pytest_sessionfinish(session):
     (SITE / "zz_finish.pth").write_text(RUNS)
 
+@pytest.hookimpl(wrapper=True)
 def pytest_unconfigure(config):
+    # After the hook's every implementation, the guard's trylast one included.
+    yield
     (SITE / "zz_unconfigure.pth").write_text(RUNS)
 """
 
@@ -140,19 +147,24 @@ def test_a_test_that_plants_start_up_code_is_failed_and_the_environment_put_back
         f"test run: {imported} was added (moved aside to {imported}.app-planted, which nothing "
         "runs)"
     ) in flat, out
-    # After the tests, the session's end and the process's exit each looked again.
+    # After the tests, the session's end and the process's exit each looked again; the
+    # run's last look after a wrapper's pytest_unconfigure and a clean-up the conftest added
+    # (the first clean-up, so the last: red team 75 on regress, round b).
     after = (
         "app: code of this run after its tests (a conftest's pytest_sessionfinish or "
-        "pytest_unconfigure, a session-scoped fixture's teardown) changed what later Python "
-        "processes of this environment run as they start, or its commands, outside any test "
-        f"run: {own / 'zz_finish.pth'} was added (moved aside to {own / 'zz_finish.pth'}"
-        f".app-planted, which nothing runs); {own / 'zz_unconfigure.pth'} was added"
+        "pytest_unconfigure, a session-scoped fixture's teardown, a clean-up added with "
+        "config.add_cleanup) changed what later Python processes of this environment run as "
+        "they start, or its commands, outside any test run: "
     )
     assert after in flat, out
+    last = flat.split(after, 1)[1]
+    for name in ("zz_cleanup.pth", "zz_finish.pth", "zz_unconfigure.pth"):
+        assert f"{own / name} was added (moved aside to {own / name}.app-planted" in last, name
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
     at_exit = " ".join(result.stderr.str().split())
     assert (
-        "app: code of this run's process after pytest ended (an atexit handler, a conftest's "
-        "pytest_unconfigure that runs last) changed what later Python processes of this "
+        "app: code of this run's process after pytest ended (an atexit handler) changed what "
+        "later Python processes of this "
         f"environment run as they start, or its commands, outside any test run: "
         f"{own / 'zz_at_exit.pth'} was added (moved aside"
     ) in at_exit, result.stderr.str()
@@ -160,7 +172,13 @@ def test_a_test_that_plants_start_up_code_is_failed_and_the_environment_put_back
     assert (own / "link.pth").read_bytes() == link_before
     assert not (own / "zz_planted.pth").exists() and not (own / "sitecustomize.py").exists()
     assert not command.exists() and (environment / "bin" / "app-later.app-planted").exists()
-    for name in ("zz_import.pth", "zz_finish.pth", "zz_unconfigure.pth", "zz_at_exit.pth"):
+    for name in (
+        "zz_import.pth",
+        "zz_finish.pth",
+        "zz_unconfigure.pth",
+        "zz_cleanup.pth",
+        "zz_at_exit.pth",
+    ):
         assert not (own / name).exists() and (own / f"{name}{ASIDE}").exists(), name
     _nothing_planted_runs(environment, ran)
 
@@ -427,6 +445,31 @@ def test_a_put_back_never_moves_or_writes_in_a_directory_put_at_a_place_s_path(
     assert said is not None and "whose directory is not the one it was as the run" in said
     assert f"`findmnt -T {etc}`; not put back" in said, said
     assert (etc / "real.pth").read_text() == "another's file\n"
+    # A copy of site-packages with a .pth added, renamed over it: left for every later
+    # process to run, where the put-back had moved it aside before (red team 75 on
+    # regress, round b). What is at the path is moved aside as it is.
+    swapped = tmp_path / "site2"
+    swapped.mkdir()
+    (swapped / "a.pth").write_text("import os\n")
+    planted = Planted(places=[_Place(swapped, True)]).take()
+    copy = tmp_path / "site2-copy"
+    shutil.copytree(swapped, copy)
+    (copy / "zz_planted.pth").write_text("import os\n")
+    swapped.rename(tmp_path / "site2-was")
+    copy.rename(swapped)
+    said = planted.check("the test")
+    aside = tmp_path / f"site2{ASIDE}"
+    assert said is not None and " ".join(said.split()).startswith(
+        f"app: the test changed what later Python processes of this environment run as they "
+        f"start, or its commands, outside any test run: {swapped} is not the directory it was "
+        f"as the run began (another directory is there now, or mounted there: `findmnt -T "
+        f"{swapped}`), and holds start-up files the environment's did not (zz_planted.pth): "
+        f"what is at its path was moved aside to {aside} as it is, nothing in it moved or "
+        "written (which would have changed the files of whatever it leads to, a data root's, "
+        "say), so no later process runs them. Put the environment's own directory back at "
+        "its path, or install this environment again."
+    ), said
+    assert not swapped.exists() and sorted(os.listdir(aside)) == ["a.pth", "zz_planted.pth"]
 
 
 def test_every_module_a_pth_imports_is_looked_at(tmp_path: Path) -> None:

@@ -526,3 +526,18 @@ def test_a_server_at_its_max_connections_is_named_so_not_as_one_that_does_not_ru
         "raise max_connections (`ALTER SYSTEM SET max_connections = <n>` as a superuser, then "
         "restart PostgreSQL); then retry"
     )
+
+
+def test_a_wait_kept_going_by_progress_is_still_bounded() -> None:
+    # Red team 75 on regress, round b: a start that loops (a poll for tables a dead peer
+    # never made) uses CPU all along, as a serving replica's lock check ticks every few
+    # seconds: each reset the 30 s, and the wait had no end.
+    ticks = iter(range(1 << 62))
+    with pytest.raises(pytest.fail.Exception) as gave_up:
+        wait_for(
+            lambda: None, "a start that loops", seconds=0.05, progress=ticks.__next__, limit=0.2
+        )
+    assert str(gave_up.value) == (
+        "gave up waiting for a start that loops (at work all along, but not done in 0.2 s: "
+        "looping, not slow)"
+    )

@@ -31,6 +31,7 @@ exit (attacks/layer-3-sandbox.md).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.machinery
 import os
 import re
@@ -396,6 +397,35 @@ def _moved(place: _Place) -> list[str]:
         if real != str(place.path)
         else f"another directory is there now, or mounted there: `findmnt -T {place.path}`"
     )
+    planted = _planted_there(place)
+    if planted:
+        # What is at the path moved aside as it is (the link itself, or the directory a
+        # rename put there), nothing in it read as a change or written: a copy of
+        # site-packages with a .pth added, renamed over it, was left for every later
+        # process to run (red team 75 on regress, round b). A mount point is not renamed.
+        aside = place.path.with_name(place.path.name + ASIDE)
+        parent = os.fspath(place.path.parent)
+        with contextlib.suppress(OSError):
+            # Renamed in the environment's own directory only: not through a link on the
+            # way to it, nor in a filesystem mounted over it since (another device than the
+            # place's as the run began), either of which may be a data root's.
+            if (
+                place.directory is not None
+                and os.path.realpath(parent) == parent
+                and os.stat(parent).st_dev == place.directory[0]  # noqa: PTH116
+                and not os.path.lexists(aside)
+            ):
+                place.path.rename(aside)  # the name itself: a link is not followed
+                said = (
+                    f"{place.path} is not the directory it was as the run began ({now}), and "
+                    f"holds start-up files the environment's did not ({', '.join(planted)}): "
+                    f"what is at its path was moved aside to {aside} as it is, nothing in it "
+                    "moved or written (which would have changed the files of whatever it "
+                    "leads to, a data root's, say), so no later process runs them. Put the "
+                    "environment's own directory back at its path, or install this "
+                    "environment again"
+                )
+                return [said]
     said = (
         f"{place.path} is not the directory it was as the run began ({now}), so nothing "
         "there was moved aside or written back, which would have changed the files of "
@@ -404,6 +434,24 @@ def _moved(place: _Place) -> list[str]:
         "this environment again"
     )
     return [said]
+
+
+def _planted_there(place: _Place) -> list[str]:
+    """The start-up files at a site-packages' path that the directory there as the run began
+    did not hold as they are (by name and bytes), where another directory is at the path;
+    read only, never written. Not for ``bin/``, whose every name counts: a data root's
+    directory at its path holds none of its commands, and a command runs only when called."""
+    if not place.start_up_only:
+        return []
+    try:
+        names = [name for name in os.listdir(place.path) if place.counts(name)]  # noqa: PTH208
+    except OSError:
+        return []
+    return [
+        name
+        for name in sorted(names)
+        if name not in place.files or _contents(place.path / name) != place.files[name][1]
+    ]
 
 
 def _aside(path: Path) -> Path | None:

@@ -271,9 +271,15 @@ def _watch_planted(
 ) -> None:
     """Look at what later processes of the environment run as they start before any conftest
     is imported: one that wrote a ``.pth`` as pytest imported it had it taken for the
-    environment's own, as the run began (red team 75 on the guard). And register the look
-    at exit (`_look_at_exit`), before any conftest can register an ``atexit`` handler."""
+    environment's own, as the run began (red team 75 on the guard). And register the last
+    look of the run (`_the_last_look`) and the look at exit (`_look_at_exit`), before any
+    conftest can register a clean-up or an ``atexit`` handler."""
     state.planted = planted.Planted().take()
+    # A clean-up of the run's configuration, registered first, runs last of them (pytest
+    # closes them last in, first out), after every plugin's and conftest's
+    # ``pytest_unconfigure`` (a ``wrapper`` one's code after its ``yield`` included), and
+    # before `pytest.main` returns the session's exit status, which it can still fail.
+    early_config.add_cleanup(functools.partial(_the_last_look, early_config))
     if _pytest_is_the_program() and (enclosing is None or enclosing.pid != os.getpid()):
         # Not a run nested in this process's own (pytester's `runpytest_inprocess`), whose
         # look would come after the outer run's put-backs; nor a script's `pytest.main()`,
@@ -491,20 +497,18 @@ def _exits(popen: Any) -> bool:
     return True
 
 
-#: The run's session, kept at its end for the last look (`pytest_unconfigure_the_last_look`).
+#: The run's session, kept at its end for the last look (`_the_last_look`).
 _SESSION: Final = pytest.StashKey[pytest.Session]()
 #: What the look as the run began found planted by the initial conftests (`_watch_planted`).
 _PLANTED_AT_IMPORT: Final = pytest.StashKey[str]()
 #: Who wrote what the last looks find: code of the run that ran after the tests.
 _AFTER_THE_TESTS: Final = (
     "code of this run after its tests (a conftest's pytest_sessionfinish or "
-    "pytest_unconfigure, a session-scoped fixture's teardown)"
+    "pytest_unconfigure, a session-scoped fixture's teardown, a clean-up added with "
+    "config.add_cleanup)"
 )
 _AT_IMPORT: Final = "a conftest of this run, or a plugin, as pytest imported it"
-_AT_EXIT: Final = (
-    "code of this run's process after pytest ended (an atexit handler, a conftest's "
-    "pytest_unconfigure that runs last)"
-)
+_AT_EXIT: Final = "code of this run's process after pytest ended (an atexit handler)"
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -512,7 +516,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     # Before tmpdir's own, which runs pytest's clean-up of its older numbered directories,
     # and deletes the sandbox of a run that passed under tmp_path_retention_policy failed.
     state = session.config.stash.get(STATE, None)
-    session.config.stash[_SESSION] = session  # for `pytest_unconfigure_the_last_look`
+    session.config.stash[_SESSION] = session  # for `_the_last_look`
     if state is None and INACTIVE in session.config.stash:
         guard.keep_held_directories_inactive(session.config)
     if state is not None and (kept := guard.keep_sandbox_with_mounts(state, "as the run ends")):
@@ -765,16 +769,21 @@ def _after_the_test(item: pytest.Item, state: guard.GuardState) -> list[str]:
     return failures
 
 
-@pytest.hookimpl(trylast=True, specname="pytest_unconfigure")
-def pytest_unconfigure_the_last_look(config: pytest.Config) -> None:
+def _the_last_look(config: pytest.Config) -> None:
     """Look again at what later processes of the environment run as they start, after every
-    other plugin's and conftest's end of the run (but a later ``trylast`` one's, which the
-    look at exit sees: `_look_at_exit`), and fail the run if that changed.
+    other plugin's and conftest's end of the run, and fail the run if that changed: the
+    first clean-up registered on the run's configuration (`_watch_planted`), so the last
+    to run, after the ``pytest_unconfigure`` hook and every clean-up registered since.
 
     The look at the session's end (`pytest_sessionfinish`, tryfirst) came before a
     conftest's own ``pytest_sessionfinish`` and ``pytest_unconfigure``, and before what
     pytest tears down of the session's fixtures there: a ``.pth`` written by one of them ran
-    in the environment's next process, outside any run (red team 75 on the guard).
+    in the environment's next process, outside any run (red team 75 on the guard). A
+    ``pytest_unconfigure`` of its own (``trylast``) then came before a conftest's
+    ``wrapper`` one's code after its ``yield`` and before what ``config.add_cleanup``
+    registered: a run that called ``pytest.main()`` (an IDE's runner) passed and left that
+    ``.pth`` to run, and one of ``pytest`` passed (exit 0), put back only as it exited (red
+    team 75 on regress, round b).
     """
     state = config.stash.get(STATE, None)
     if state is None or state.planted is None:
