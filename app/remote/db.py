@@ -657,13 +657,13 @@ class Database:
                 self._opening -= 1
         try:
             self._configure(conn)
+            self._pool_tries_now(failure)  # in here: the connection is closed should it raise
         except psycopg.Error:
             conn.close()
             return None  # recorded by `_configure`: said by `conn`
         except BaseException:
             conn.close()
             raise
-        self._pool_tries_now(failure)
         return conn
 
     def _pool_tries_now(self, failure: tuple[float, psycopg.Error]) -> None:
