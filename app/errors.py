@@ -1250,7 +1250,15 @@ class DataRootInUseError(AppError):
                 "that is this process: close the storage it opened first (`.close()`, or "
                 "leave its `with` block) before opening it again, or use that one"
             )
-        elif pid and self.holder and self.holder.get("stopping_since"):
+        elif (
+            pid
+            and self.holder
+            and self.holder.get("stopping_since")
+            # Paused as well (SIGSTOP, a debugger, a frozen cgroup), it finishes nothing
+            # until resumed, and "wait for it to exit" was for ever: said as paused, below
+            # (red team 75 on regress, round c).
+            and not {"stopped", "traced_by", "frozen"} & self.holder.keys()
+        ):
             # A start while a server drains was told to kill it, which cuts the requests it
             # is finishing (red team 44).
             grace = self.holder.get("shutdown_grace_seconds")

@@ -313,9 +313,24 @@ def test_the_workers_of_a_serve_killed_outright_stop_and_release_the_database(
         # Meanwhile the worker that holds the upload is stopping: named so, not "serving"
         # with "stop every one of them", which a second Ctrl-C obeyed cuts (red team 75).
         refused = production.run("data", "purge", "--yes-i-mean-it")
+        # Stopped with SIGSTOP as well, it finishes nothing until resumed: it was "wait for
+        # it to exit" and "wait for them to exit", for ever (red team 75 on regress, c).
+        (held,) = [pid for pid in workers if not _gone(pid)]
+        os.kill(held, signal.SIGSTOP)
+        try:
+            paused = production.run("data", "purge", "--yes-i-mean-it")
+        finally:
+            os.kill(held, signal.SIGCONT)
     finally:
         rest.set()
     thread.join()
+    shown = " ".join(paused.stderr.split())
+    assert (
+        ", finishing the requests in flight once it runs again, stopped by a signal (SIGSTOP, "
+        f"Ctrl-Z in its shell): it waits to be resumed; a stop (kill {held}) takes effect once "
+        f"it is resumed (kill -CONT {held}). Nothing was changed; resume the paused one(s) as "
+        "said, wait for them to exit, then retry."
+    ) in shown, shown
     assert refused.returncode == 75, refused.stderr
     shown = " ".join(refused.stderr.split())
     assert "1 live replica(s) hold it: host " in shown, shown

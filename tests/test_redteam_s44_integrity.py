@@ -36,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import signal
 import threading
 from pathlib import Path
 
@@ -317,10 +318,21 @@ def test_a_start_beside_a_server_finishing_an_upload_waits_and_keeps_it(
             wait_for(lambda: "stopping_since" in (root / ".server.lock").read_text(), "stopping")
             refused = run_app("data", "check", "--repair", env=env)
             status = run_app("status", env=env)
+            # Stopped with SIGSTOP as well, it finishes nothing until resumed: it was "wait for
+            # pid N to exit", for ever (red team 75 on regress, round c).
+            os.kill(one.pid, signal.SIGSTOP)
+            try:
+                paused = run_app("data", "check", "--repair", env=env)
+            finally:
+                os.kill(one.pid, signal.SIGCONT)
         finally:
             go.set()
             sender.join()
     assert one.wait_exit() == 0
+    assert "wait for pid" not in paused.stderr, paused.stderr
+    assert (
+        f"resume it to let it finish (`fg` in the shell that started it, or kill -CONT {one.pid})"
+    ) in paused.stderr, paused.stderr
     # Broke: "stop it (kill <pid>) or wait for it to finish and retry".
     assert refused.returncode == 75, refused.stderr
     assert f"is held by pid {one.pid}, kind server" in refused.stderr

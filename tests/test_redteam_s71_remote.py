@@ -406,9 +406,10 @@ def test_a_connection_limit_of_the_apps_role_is_named_at_once(
             # this live replica, whose pooled connections then end. Its next write was 503
             # "cannot connect ...: FATAL: role "r" is not permitted to log in. Check that the
             # server runs and that database_url names it", both of which held. The pool's
-            # backoff between its attempts starts at 30 s rather than 1 s, as it has grown to
-            # after minutes of refusals (psycopg_pool's own, real): for red team 75 below.
-            monkeypatch.setattr(AttemptWithBackoff, "INITIAL_DELAY", 30.0)
+            # backoff between its attempts starts at 300 s rather than 1 s, as it grows to two
+            # minutes and more after minutes of refusals (psycopg_pool's own, real), past this
+            # test's waits: for red team 75 below, and its round c on regress.
+            monkeypatch.setattr(AttemptWithBackoff, "INITIAL_DELAY", 300.0)
             postgres_engine._as_admin(
                 "ALTER ROLE limited73 NOLOGIN",
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = "
@@ -443,7 +444,19 @@ def test_a_connection_limit_of_the_apps_role_is_named_at_once(
             # gone, and each request was still told the failure recorded before, "may not
             # log in ... then retry", until the pool's next attempt (10 s after 20 s of
             # refusals, a minute or more after longer). A request asks the server itself now.
+            # Red team 75 on regress, round c: as a minute later, between two of the pool's
+            # attempts (the failure recorded 61 s before), this request waited the pool's 30 s
+            # and was "no connection of the pool could be opened"; and once one was, each
+            # request after waited a second and opened a connection of its own (1.05 s a
+            # create) until the pool's next attempt. The pool now opens one at once.
+            assert one.db._failure is not None
+            failed_at, failure = one.db._failure
+            one.db._failure = (failed_at - 61, failure)
             assert one.create_session("v")["title"] == "v"
+            waits.until(
+                lambda: one.db._failure is None and one.db._pool.get_stats()["pool_available"],
+                lambda: "the pool opened no connection before its next attempt",
+            )
             monkeypatch.undo()
             # Red team 75 on the remote backend: the role's password expired (VALID UNTIL
             # past) under a live replica, its pooled connections then ended. Each new

@@ -308,6 +308,9 @@ class Database:
         self.lock_wait_seconds = lock_wait_seconds
         self._lent = 0  # connections lent to callers now
         self._opening = 0  # requests' own connections being opened (`_own_connection`)
+        #: The pool's failure a request's own connection has since got past, and the pool
+        #: been told to try again for (`_pool_tries_now`): once for each.
+        self._past: tuple[float, psycopg.Error] | None = None
         self._lending = threading.Lock()
         #: The sandbox's refusal of a database the pool reached, raised to its waiters.
         self._violation: SandboxViolationError | None = None
@@ -630,8 +633,12 @@ class Database:
         as long as the pool's next attempt was due (10 s after 20 s of refusals, a minute
         or more after longer; red team 75 on the remote backend). Closed after the request:
         the pool's own attempts fill the pool as before."""
-        failed = self._failing()
-        if failed is None or not self._asked_again(failed):
+        # The failure as recorded, however old: the pool's attempts back off to two minutes
+        # apart, and `_failing`'s minute was over between two of them, when a request waited
+        # the pool's whole wait (30 s) and was told "no connection of the pool could be
+        # opened" by a server that took connections again (red team 75 on regress, round c).
+        failure = self._failure
+        if failure is None or not self._asked_again(failure[1]):
             return None
         with self._lending:
             # No more at once than the pool's size, those lent counted (a burst of requests
@@ -650,6 +657,7 @@ class Database:
                 self._opening -= 1
         try:
             self._configure(conn)
+            self._pool_tries_now(failure)  # in here: the connection is closed should it raise
         except psycopg.Error:
             conn.close()
             return None  # recorded by `_configure`: said by `conn`
@@ -657,6 +665,29 @@ class Database:
             conn.close()
             raise
         return conn
+
+    def _pool_tries_now(self, failure: tuple[float, psycopg.Error]) -> None:
+        """Have the pool open a connection now, not at its next attempt, once a request's own
+        connection was opened past ``failure``: the server takes connections again.
+
+        The pool's attempts back off (psycopg_pool's, doubling up to two minutes apart) and
+        know nothing of a remedy run meanwhile: each request after `ALTER ROLE ... LOGIN`
+        waited a second for the pool, then opened a connection of its own, 1.05 s for a
+        create where it took milliseconds, for as long as the pool's next attempt was due
+        (red team 75 on regress, round c). A growth of the pool (`resize`, its public
+        call, which opens a connection at once) is asked for, then its least size set back:
+        the connection stays, as any the pool grew to. Not where each of the pool's places
+        has an attempt of its own waiting (``pool_size`` at its most), or its least size is
+        its most: those wait for their attempts, as before."""
+        with self._lending:
+            if self._past is failure:
+                return  # asked already, by another request
+            self._past = failure
+        stats = self._pool.get_stats()
+        least, most = stats["pool_min"], stats["pool_max"]
+        if stats["pool_size"] < most and least < most:
+            self._pool.resize(least + 1, most)
+            self._pool.resize(least, most)
 
     @staticmethod
     def _asked_again(error: psycopg.Error) -> bool:

@@ -47,21 +47,34 @@ def describe_replica(holder: Mapping[str, Any]) -> str:
         parts.append(f"since {holder['since']}")
     if holder.get("url"):
         parts.append(f"serving {holder['url']}")
+    paused = _paused_here(holder)
     if holder.get("stopping_since"):
-        # Told to stop, it finishes the requests in flight: a second Ctrl-C cuts them.
+        # Told to stop, it finishes the requests in flight: a second Ctrl-C cuts them. One
+        # that is paused as well finishes nothing until it runs again, and was told to be
+        # waited for, for ever (red team 75 on regress, round c).
         parts.append(
-            f"stopping since {holder['stopping_since']}, finishing the requests in flight: "
-            "wait for it to exit (a second Ctrl-C, SIGINT, cuts them)"
+            f"stopping since {holder['stopping_since']}, finishing the requests in flight"
+            + (
+                " once it runs again"
+                if paused
+                else ": wait for it to exit (a second Ctrl-C, SIGINT, cuts them)"
+            )
         )
+    parts.extend(paused)
+    return ", ".join(parts)
+
+
+def _paused_here(holder: Mapping[str, Any]) -> list[str]:
+    """How a live replica of this machine is kept from running (`app.lock.paused_words`):
+    stopped, at a debugger's breakpoint or frozen, it serves nothing and acts on no stop, as
+    a data root's holder is said to (red team 75 on serve --workers). Read only here: a
+    host's rows are not checked from another."""
     pid = holder.get("pid")
     if type(pid) is int and pid > 0 and holder.get("host") == socket.gethostname():
-        # A replica of this machine that is stopped, at a debugger's breakpoint or frozen
-        # serves nothing and acts on no stop, as a data root's holder is said to (red team
-        # 75 on serve --workers). Read only here: a host's rows are not checked from another.
         from app.lock import paused_words
 
-        parts.extend(paused_words(pid))
-    return ", ".join(parts)
+        return paused_words(pid)
+    return []
 
 
 class ResourceOverlapError(ConfigError):
@@ -732,9 +745,14 @@ class ReplicasLiveError(AppError):
     def message(self) -> str:
         if self.replicas:
             named = "; ".join(describe_replica(replica) for replica in self.replicas)
+            stopping = all(replica.get("stopping_since") for replica in self.replicas)
+            # A stopping replica that is paused exits only once resumed: "wait" was for ever.
+            paused = stopping and any(_paused_here(replica) for replica in self.replicas)
             stop = (
-                "wait for them to exit, then retry"
-                if all(replica.get("stopping_since") for replica in self.replicas)
+                "resume the paused one(s) as said, wait for them to exit, then retry"
+                if paused
+                else "wait for them to exit, then retry"
+                if stopping
                 else "stop every one of them (on its own machine), then retry"
             )
             held = f"{len(self.replicas)} live replica(s) hold it: {named}"
