@@ -2165,6 +2165,35 @@ class WorkerStartError(AppError):
     limits: str
 
 
+class WorkerSettingsChangedError(AppError):
+    """A worker of ``app serve --workers N``, spawned (``serve`` ran another thread), read
+    settings other than those ``serve`` read: a settings file or value changed in between.
+
+    Each worker loaded the settings again, and a file changed while they started gave two
+    workers different settings on one port (red team 75 on this session's leftovers). A
+    forked worker is handed ``serve``'s own; a spawned one is refused before it opens
+    anything, and ``serve`` stops the others.
+    """
+
+    exit_code = EX_TEMPFAIL
+    code = "worker_settings_changed"
+    template = (
+        "worker {pid} of `app serve --workers` (pid {parent}) read settings of profile "
+        "{profile!r} other than those `app serve` read as it started: {changed} changed in "
+        "between (in {settings_dir}, or in the environment), and every worker on one port "
+        "serves with one set of settings. It served no request and `app serve` stops the "
+        "others. Start `app serve` again once the settings are as intended "
+        "(`app config` shows them)"
+    )
+
+    pid: int
+    parent: int
+    profile: str
+    changed: str
+    """The names of the settings that differ, comma-separated (their values unsaid)."""
+    settings_dir: str
+
+
 def fork_limits(errno_: int | None) -> str:
     """Which limits refuse a new process with ``errno_``, and where each is set."""
     if errno_ == errno.ENOMEM:

@@ -442,6 +442,9 @@ EXAMPLES: list[errors.AppError] = [
         "The workers started before it (pid 4322, 4323) were stopped, before serving a request",
         errors.PIDS_LIMITS,
     ),
+    errors.WorkerSettingsChangedError(
+        4324, 4321, "production", "api_token, max_upload_bytes", "/etc/app"
+    ),
     errors.TooManyFilesError("3f2a9c", 10000, 10000),
     errors.TooManyFilesError("3f2a9c", 2, 3),
     errors.StorageFullError("PUT /sessions/3f2a9c/files/report.pdf"),
