@@ -559,6 +559,21 @@ EXAMPLES: list[errors.AppError] = [
     remote.DatabaseUnavailableError(
         DATABASE, "connection refused: is the server running on that host and port?"
     ),
+    remote.DatabasePasswordMissingError(
+        DATABASE,
+        'connection failed: connection to server at "db.internal", port 5432 failed: '
+        "fe_sendauth: no password supplied",
+        "",
+        "The server's pg_hba.conf has it authenticate this host by password, and libpq found "
+        "none where it looks, in this order: database_url's own (postgresql://user:password@"
+        "host/database; `app config` says where database_url is set), none; the password= of "
+        "a connection service's section (pg_service.conf), none named; PGPASSWORD, not set in "
+        "this process's environment; the password file /home/app/.pgpass (PGPASSFILE, else "
+        "~/.pgpass), which is not there (No such file or directory). Give the password in one "
+        "of them (a line `db.internal:5432:app_production:app:<password>` in the password file, "
+        "mode 600; database_url in .secrets.toml or APP_DATABASE_URL), then retry",
+        "a connection (app status)",
+    ),
     remote.DatabaseRefusedError(
         DATABASE,
         "cannot execute INSERT in a read-only transaction",
