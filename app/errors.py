@@ -3260,9 +3260,26 @@ class StorageFullError(StorageError):
         "an operator raise that quota (`setquota`, `xfs_quota`)"
     )
 
+    # ENOSPC on a new name while `df -h` and `df -i` both show room: the directory's index
+    # is full (ext4 without large_dir; red team 75 on this session's leftovers).
+    directory_template: ClassVar[str] = (
+        "cannot {doing}: the data root's directory {directory}/ takes no more names ({entries} "
+        "entries): its filesystem has free space and free inodes (`df -h` and `df -i` show "
+        "room), but that directory's index is full, as ext4 without its large_dir feature "
+        "limits it (sooner with long names and small blocks); nothing was changed. Remove "
+        "entries from that directory (delete the sessions or files no longer needed, then "
+        "empty the trash: POST /trash/empty, or `app data empty-trash` while no server "
+        "runs), or have an operator enable large_dir (`tune2fs "
+        "-O large_dir <device>`, Linux 4.13 or later) or move the data root to a filesystem "
+        "without that limit"
+    )
+
     doing: str
     inodes: bool = False
     quota: bool = False
+    directory: str = ""
+    """The full directory's name (not its path: the message reaches HTTP clients)."""
+    entries: int = 0
 
     @property
     def message(self) -> str:
@@ -3271,6 +3288,8 @@ class StorageFullError(StorageError):
             if self.quota
             else self.inodes_template
             if self.inodes
+            else self.directory_template
+            if self.directory
             else self.template
         )
         return chosen.format_map(vars(self))
@@ -3867,6 +3886,35 @@ def out_of_inodes(path: object) -> bool:
     return False
 
 
+#: Free blocks and inodes above which an ENOSPC is not the filesystem's but a directory's.
+_ROOM: Final = 64
+
+
+def full_directory(error: OSError) -> dict[str, Any]:
+    """``directory`` and ``entries`` where an ENOSPC of a call that made a name (``error``'s
+    second filename, else its first) came from its directory's index, full: the filesystem
+    has free blocks and inodes, and the name is not there. ``{}`` where it cannot tell (a
+    relative path, one it may not look at) or the filesystem is full."""
+    path = error.filename2 if error.filename2 is not None else error.filename
+    if not isinstance(path, str | bytes | os.PathLike):
+        return {}
+    here = Path(os.fsdecode(path))
+    if not here.is_absolute():
+        return {}
+    try:
+        found = os.statvfs(here.parent)
+        if found.f_bavail < _ROOM or not found.f_files or found.f_favail < _ROOM:
+            return {}
+        if here.exists():
+            return {}  # a write to a file there: the filesystem's blocks, not the index
+        # Counted at the refusal only (entries of one directory, read once).
+        with os.scandir(here.parent) as entries:
+            count = sum(1 for _ in entries)
+    except OSError:
+        return {}
+    return {"directory": here.parent.name, "entries": count}
+
+
 def storage_error(error: BaseException, doing: str) -> StorageError | None:
     """The `StorageError` an ``OSError`` means (disk full, read-only), or ``None``.
 
@@ -3901,7 +3949,9 @@ def storage_error(error: BaseException, doing: str) -> StorageError | None:
             else AuditLogFullError(doing, error.size, error.limit)
         )
     inodes = error.errno == errno.ENOSPC and out_of_inodes(error.filename)
-    full = {"inodes": inodes, "quota": error.errno == errno.EDQUOT}
+    full: dict[str, Any] = {"inodes": inodes, "quota": error.errno == errno.EDQUOT}
+    if error.errno == errno.ENOSPC and not inodes:
+        full |= full_directory(error)
     for errnos, kind in _STORAGE_ERRORS:
         if error.errno in errnos:
             return StorageFullError(doing, **full) if kind is StorageFullError else kind(doing)

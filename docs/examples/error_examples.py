@@ -448,6 +448,7 @@ EXAMPLES: list[errors.AppError] = [
     errors.TooManyFilesError("3f2a9c", 10000, 10000),
     errors.TooManyFilesError("3f2a9c", 2, 3),
     errors.StorageFullError("PUT /sessions/3f2a9c/files/report.pdf"),
+    errors.StorageFullError("POST /sessions", directory="sessions", entries=21853),
     errors.ReadOnlyStorageError("DELETE /sessions/3f2a9c"),
     errors.TooManyOpenFilesError("PUT /sessions/3f2a9c/files/report.pdf"),
     errors.FileTooLargeForServerError("PUT /sessions/3f2a9c/files/report.pdf"),
