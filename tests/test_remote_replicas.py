@@ -348,9 +348,10 @@ def test_serve_with_workers_runs_one_replica_per_worker_on_one_port(
     finally:
         if group is not None:
             (group / "freezer.state").write_text("THAWED")
+            server.process.wait()  # its worker with it: the group is empty
+            group.rmdir()
     assert server.process.wait() == 70, server.output
     if group is not None:
-        group.rmdir()
         thaw = f"echo THAWED > {group / 'freezer.state'}"
         assert (
             f"waiting for worker {workers[1]} to stop, told 1 s ago (SIGTERM): it is frozen with "
