@@ -2173,6 +2173,35 @@ class WorkerStartError(AppError):
     limits: str
 
 
+class WorkerSettingsChangedError(AppError):
+    """A worker of ``app serve --workers N``, spawned (``serve`` ran another thread), read
+    settings other than those ``serve`` read: a settings file or value changed in between.
+
+    Each worker loaded the settings again, and a file changed while they started gave two
+    workers different settings on one port (red team 75 on this session's leftovers). A
+    forked worker is handed ``serve``'s own; a spawned one is refused before it opens
+    anything, and ``serve`` stops the others.
+    """
+
+    exit_code = EX_TEMPFAIL
+    code = "worker_settings_changed"
+    template = (
+        "worker {pid} of `app serve --workers` (pid {parent}) read settings of profile "
+        "{profile!r} other than those `app serve` read as it started: {changed} changed in "
+        "between (in {settings_dir}, or in the environment), and every worker on one port "
+        "serves with one set of settings. It served no request and `app serve` stops the "
+        "others. Start `app serve` again once the settings are as intended "
+        "(`app config` shows them)"
+    )
+
+    pid: int
+    parent: int
+    profile: str
+    changed: str
+    """The names of the settings that differ, comma-separated (their values unsaid)."""
+    settings_dir: str
+
+
 def fork_limits(errno_: int | None) -> str:
     """Which limits refuse a new process with ``errno_``, and where each is set."""
     if errno_ == errno.ENOMEM:
@@ -3239,9 +3268,26 @@ class StorageFullError(StorageError):
         "an operator raise that quota (`setquota`, `xfs_quota`)"
     )
 
+    # ENOSPC on a new name while `df -h` and `df -i` both show room: the directory's index
+    # is full (ext4 without large_dir; red team 75 on this session's leftovers).
+    directory_template: ClassVar[str] = (
+        "cannot {doing}: the data root's directory {directory}/ takes no more names ({entries} "
+        "entries): its filesystem has free space and free inodes (`df -h` and `df -i` show "
+        "room), but that directory's index is full, as ext4 without its large_dir feature "
+        "limits it (sooner with long names and small blocks); nothing was changed. Remove "
+        "entries from that directory (delete the sessions or files no longer needed, then "
+        "empty the trash: POST /trash/empty, or `app data empty-trash` while no server "
+        "runs), or have an operator enable large_dir (`tune2fs "
+        "-O large_dir <device>`, Linux 4.13 or later) or move the data root to a filesystem "
+        "without that limit"
+    )
+
     doing: str
     inodes: bool = False
     quota: bool = False
+    directory: str = ""
+    """The full directory's name (not its path: the message reaches HTTP clients)."""
+    entries: int = 0
 
     @property
     def message(self) -> str:
@@ -3250,6 +3296,8 @@ class StorageFullError(StorageError):
             if self.quota
             else self.inodes_template
             if self.inodes
+            else self.directory_template
+            if self.directory
             else self.template
         )
         return chosen.format_map(vars(self))
@@ -3846,6 +3894,35 @@ def out_of_inodes(path: object) -> bool:
     return False
 
 
+#: Free blocks and inodes above which an ENOSPC is not the filesystem's but a directory's.
+_ROOM: Final = 64
+
+
+def full_directory(error: OSError) -> dict[str, Any]:
+    """``directory`` and ``entries`` where an ENOSPC of a call that made a name (``error``'s
+    second filename, else its first) came from its directory's index, full: the filesystem
+    has free blocks and inodes, and the name is not there. ``{}`` where it cannot tell (a
+    relative path, one it may not look at) or the filesystem is full."""
+    path = error.filename2 if error.filename2 is not None else error.filename
+    if not isinstance(path, str | bytes | os.PathLike):
+        return {}
+    here = Path(os.fsdecode(path))
+    if not here.is_absolute():
+        return {}
+    try:
+        found = os.statvfs(here.parent)
+        if found.f_bavail < _ROOM or not found.f_files or found.f_favail < _ROOM:
+            return {}
+        if here.exists():
+            return {}  # a write to a file there: the filesystem's blocks, not the index
+        # Counted at the refusal only (entries of one directory, read once).
+        with os.scandir(here.parent) as entries:
+            count = sum(1 for _ in entries)
+    except OSError:
+        return {}
+    return {"directory": here.parent.name, "entries": count}
+
+
 def storage_error(error: BaseException, doing: str) -> StorageError | None:
     """The `StorageError` an ``OSError`` means (disk full, read-only), or ``None``.
 
@@ -3880,7 +3957,9 @@ def storage_error(error: BaseException, doing: str) -> StorageError | None:
             else AuditLogFullError(doing, error.size, error.limit)
         )
     inodes = error.errno == errno.ENOSPC and out_of_inodes(error.filename)
-    full = {"inodes": inodes, "quota": error.errno == errno.EDQUOT}
+    full: dict[str, Any] = {"inodes": inodes, "quota": error.errno == errno.EDQUOT}
+    if error.errno == errno.ENOSPC and not inodes:
+        full |= full_directory(error)
     for errnos, kind in _STORAGE_ERRORS:
         if error.errno in errnos:
             return StorageFullError(doing, **full) if kind is StorageFullError else kind(doing)

@@ -54,15 +54,6 @@ WAIT_SECONDS = 30.0  # bounded: 30 s at most for anything to happen (or with not
 #: up (red team 75 on regress, round b). Eight times 35.6 s, the slowest start seen (at a
 #: load of 20 on 2 cores).
 WAIT_LIMIT = 300.0
-#: The bound for the workers of ``serve --workers`` to start. Each is forked from ``serve``
-#: (as the app starts them, not from tests/forked_app.py's zygote, as every other replica
-#: is), then loads the settings and connects before it publishes its row, two at once. When
-#: each worker was a spawned interpreter (multiprocessing's spawn, before perf-ops74) that
-#: imported the app, FastAPI, psycopg and boto3, at a load of 20 on this 2-core machine the
-#: imports alone (0.8 s of CPU) took 12 to 15 s of wall time, and the wait for both rows 19
-#: to 20 s; at the higher loads of the lead's runs (up to 30) it passed 30 s, and the three
-#: reload cases of red team 38 gave up waiting while nothing was lost or stuck.
-SPAWNED_SECONDS = 120.0
 
 SETTINGS = """\
 [production]
@@ -122,18 +113,37 @@ def wait_for(
 
 
 def cpu_and_output(processes: Iterable[Replica]) -> tuple[tuple[int, int], ...]:
-    """What `processes` have done so far: each one's CPU time, in clock ticks (all its
-    threads, from ``/proc/<pid>/stat``), and the size of its log; (0, 0) for one gone."""
+    """What `processes` have done so far: each one's CPU time with its descendants' (the
+    workers of ``serve --workers``), in clock ticks, and the size of its log; (0, 0) for one
+    gone."""
     done = []
     for replica in processes:
         try:
-            fields = Path(f"/proc/{replica.pid}/stat").read_bytes().rpartition(b")")[2].split()
-            ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
-            size = replica.log.stat().st_size
-        except (OSError, IndexError, ValueError):
+            ticks, size = cpu_ticks(replica.pid), replica.log.stat().st_size
+        except OSError:
             ticks = size = 0
         done.append((ticks, size))
     return tuple(done)
+
+
+def cpu_ticks(pid: int) -> int:
+    """The CPU time of `pid`, of its children it has reaped, and of its live descendants, in
+    clock ticks (each one's threads, from ``/proc``); 0 for one gone. The workers of ``serve
+    --workers`` start, load and connect in processes of their own: a wait on them bounded by
+    `serve`'s own CPU, or by wall time alone (120 s for their rows, red team 75 on this
+    session's leftovers), gave up on a start that a loaded machine slowed."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_bytes().rpartition(b")")[2].split()
+        # utime, stime, cutime, cstime: fields 14 to 17.
+        ticks = sum(int(value) for value in fields[11:15])
+        children = [
+            int(child)
+            for task in Path(f"/proc/{pid}/task").iterdir()
+            for child in (task / "children").read_text().split()
+        ]
+    except (OSError, IndexError, ValueError):
+        return 0
+    return ticks + sum(cpu_ticks(child) for child in children)
 
 
 @dataclass

@@ -39,7 +39,7 @@ import psycopg
 import pytest
 import test_redteam_s37_remote
 from engines import PostgresEngine, S3Engine, _s3_ready, scratch, start_s3
-from replicas import Production, Replica, production_on, wait_for
+from replicas import Production, Replica, cpu_ticks, production_on, wait_for
 from test_remote_replicas import _workers_rows
 from test_server_e2e import Server, app_env, run_app, snapshot
 
@@ -252,7 +252,11 @@ def _once_held(server: Replica, rest: threading.Event) -> None:
     """The upload's second half sent once its worker, told to stop, is waiting for it (it
     slept a fixed second before: a condition is as strict and mostly sooner)."""
     try:
-        wait_for(lambda: _HELD in server.output, "the worker to wait for the upload in flight")
+        wait_for(
+            lambda: _HELD in server.output,
+            "the worker to wait for the upload in flight",
+            progress=lambda: cpu_ticks(server.pid),
+        )
     finally:
         rest.set()
 
@@ -309,7 +313,11 @@ def test_the_workers_of_a_serve_killed_outright_stop_and_release_the_database(
     sid, thread, answer, rest = _upload_in_flight(production, url)
     server.process.kill()
     try:
-        wait_for(lambda: _HELD in server.output, "the worker to wait for the upload in flight")
+        wait_for(
+            lambda: _HELD in server.output,
+            "the worker to wait for the upload in flight",
+            progress=lambda: [cpu_ticks(pid) for pid in workers],  # serve is gone
+        )
         # Meanwhile the worker that holds the upload is stopping: named so, not "serving"
         # with "stop every one of them", which a second Ctrl-C obeyed cuts (red team 75).
         refused = production.run("data", "purge", "--yes-i-mean-it")
@@ -341,7 +349,11 @@ def test_the_workers_of_a_serve_killed_outright_stop_and_release_the_database(
         ", finishing the requests in flight: wait for it to exit (a second Ctrl-C, SIGINT, cuts "
         "them). Nothing was changed; wait for them to exit, then retry."
     ) in shown, shown
-    wait_for(lambda: all(_gone(pid) for pid in workers), "the workers to stop")
+    wait_for(
+        lambda: all(_gone(pid) for pid in workers),
+        "the workers to stop",
+        progress=lambda: [cpu_ticks(pid) for pid in workers],
+    )
     assert production.holders() == []
     assert "stopped; releasing the hold" in server.output, server.output
     _nothing_acknowledged_lost(production, sid, answer)

@@ -40,6 +40,7 @@ import contextlib
 import dataclasses
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import waits
@@ -51,6 +52,7 @@ from test_remote_store import PROFILE, _maintenance, _replica
 from app.config import load
 from app.remote import pg, storage
 from app.remote.errors import (
+    DatabasePasswordMissingError,
     DatabaseRefusedError,
     DatabaseUnavailableError,
     MaintenanceRunningError,
@@ -352,7 +354,10 @@ def _until_backends_ended(engine: PostgresEngine, role: str) -> None:
 
 
 def test_a_connection_limit_of_the_apps_role_is_named_at_once(
-    postgres_engine: PostgresEngine, s3_engine: S3Engine, monkeypatch: pytest.MonkeyPatch
+    postgres_engine: PostgresEngine,
+    s3_engine: S3Engine,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     """Red team 73 on the remote backend: the role's CONNECTION LIMIT 1, the replica's holder
     takes it, and its pool's first connection is refused. Before: after 10 s, "pool
@@ -513,6 +518,47 @@ def test_a_connection_limit_of_the_apps_role_is_named_at_once(
                             refused.value.message,
                         )
                         env.delenv("PGPASSWORD")
+                        # Red team 75 on this session's leftovers: no password wherever libpq
+                        # looks, libpq's own "fe_sendauth: no password supplied" (no
+                        # SQLSTATE) was "cannot connect ... Check that the server runs".
+                        (tmp_path / "pgpass").write_text("*:*:*:other:pw\n")
+                        (tmp_path / "pgpass").chmod(0o644)
+                        env.setenv("PGPASSFILE", str(tmp_path / "pgpass"))
+                        with pytest.raises(DatabasePasswordMissingError) as missing:
+                            pg.connect(url, purpose="app status")
+                        passfile = tmp_path / "pgpass"
+                        params = pg._params(url)
+                        line = f"{params['host']}:{params['port']}:{params['dbname']}:limited73"
+                        looked = (
+                            "The server's pg_hba.conf has it authenticate this host by "
+                            "password, and libpq found none where it looks, in this order: "
+                            "database_url's own (postgresql://user:password@host/database; "
+                            "`app config` says where database_url is set), none; the "
+                            "password= of a connection service's section (pg_service.conf), "
+                            "none named; PGPASSWORD, not set in this process's environment; "
+                            f"the password file {passfile} (PGPASSFILE, else ~/.pgpass), "
+                            "which {}. Give the password in one of them (a line "
+                            f"`{line}:<password>` in the password file, mode 600; "
+                            "database_url in .secrets.toml or APP_DATABASE_URL), then retry"
+                        )
+                        assert missing.value.message == (
+                            f"database {pg.mask_url(url)} refused a connection (app status): "
+                            "it asks for a password and none was given (connection failed: "
+                            f'connection to server at "{params["host"]}", port '
+                            f"{params['port']} failed: fe_sendauth: no password supplied); "
+                            "nothing was changed. "
+                            + looked.format(
+                                "has group or world access (-rw-r--r--), so libpq skips it: "
+                                f"`chmod 600 {passfile}`"
+                            )
+                        )
+                        passfile.chmod(0o600)  # as said: its one line is another user's
+                        with pytest.raises(DatabasePasswordMissingError) as missing:
+                            pg.connect(url, purpose="app status")
+                        assert missing.value.message.endswith(
+                            looked.format(f"has no line that matches {line}")
+                        )
+                        env.delenv("PGPASSFILE")
                         # database_url's own, met by a command's own connection (`pg.connect`).
                         with pytest.raises(DatabaseRefusedError) as refused:
                             pg.connect(

@@ -18,8 +18,11 @@ import forked_app
 import psycopg
 import pytest
 from engines import PostgresEngine, S3Engine
-from replicas import SETTINGS, SPAWNED_SECONDS, Production, Replica, production_on, wait_for
+from replicas import SETTINGS, Production, Replica, cpu_ticks, production_on, wait_for
 
+from app import config as appconfig
+from app.errors import WorkerSettingsChangedError
+from app.server.run import check_same_settings, setting_digests
 from app.testing import wait_until_serving
 
 
@@ -273,8 +276,12 @@ def _workers_rows(production: Production, server: Replica, count: int) -> list[d
             return None  # the first worker is still creating the tables
         return found if len(found) == count else None
 
+    # Bounded by what serve and its workers do, not by wall time: each worker is forked,
+    # connects and publishes its row, two at once, 19 to 20 s at a load of 20 on 2 cores
+    # when they were spawned interpreters (bounded by 120 s of wall time until red team 75
+    # on this session's leftovers).
     found: list[dict[str, Any]] = wait_for(
-        rows, f"{count} workers to publish their rows", seconds=SPAWNED_SECONDS
+        rows, f"{count} workers to publish their rows", progress=lambda: cpu_ticks(server.pid)
     )
     return found
 
@@ -327,14 +334,49 @@ def test_serve_with_workers_runs_one_replica_per_worker_on_one_port(
     # serve stopped by SIGTERM is red team 60's (tests/test_redteam_s60_regress_late.py).
     # The stopped worker is sent SIGCONT with its SIGTERM, as systemd's stop does: serve
     # waited for it for ever, silently, while it held the database (red team 75).
-    os.kill(workers[0], signal.SIGKILL)
+    # Resumed, then frozen with its cgroup (a debugger's breakpoint alike): neither SIGTERM
+    # nor SIGCONT moves it, and serve waited for it for ever, silently (red team 75 on this
+    # session's leftovers); it now says once whom it waits for, why, and what thaws it.
+    os.kill(workers[1], signal.SIGCONT)
+    group = _frozen(workers[1])
+    try:
+        os.kill(workers[0], signal.SIGKILL)
+        if group is not None:
+            wait_for(
+                lambda: "waiting for worker" in server.output, "serve to say whom it waits for"
+            )
+    finally:
+        if group is not None:
+            (group / "freezer.state").write_text("THAWED")
+            server.process.wait()  # its worker with it: the group is empty
+            group.rmdir()
     assert server.process.wait() == 70, server.output
+    if group is not None:
+        thaw = f"echo THAWED > {group / 'freezer.state'}"
+        assert (
+            f"waiting for worker {workers[1]} to stop, told 1 s ago (SIGTERM): it is frozen with "
+            f"its cgroup {group}: it waits to be thawed (`{thaw}`), and acts on no signal but kill "
+            f"-KILL {workers[1]} until then; `app serve` exits, and frees the port, once it has "
+            "stopped"
+        ) in " ".join(server.output.split()), server.output
     assert production.holders() == []
     assert (
         f"worker {workers[0]} was killed by SIGKILL (the kernel's OOM killer, `journalctl -k` "
         "shows, or a `kill -9`); stopping the others, and exits 70 for its service manager "
         "to start it again"
     ) in " ".join(server.output.split()), server.output
+
+
+def _frozen(pid: int) -> Path | None:
+    """A new cgroup v1 freezer group holding `pid`, frozen; None where none can be made."""
+    group = Path("/sys/fs/cgroup/freezer") / f"app-test-worker-{os.getpid()}-{pid}"
+    try:
+        group.mkdir()
+    except OSError:
+        return None
+    (group / "cgroup.procs").write_text(str(pid))
+    (group / "freezer.state").write_text("FROZEN")
+    return group
 
 
 def test_a_worker_that_loses_its_connection_stops_every_worker_with_exit_70(
@@ -492,6 +534,76 @@ def test_a_worker_the_system_refuses_a_process_stops_serve_naming_the_limit(
         "service, the container's pids limit, or `ulimit -u` for the user that runs the server"
     ) in shown, shown
     assert "Traceback" not in done.stderr
+
+
+#: `serve --workers 2` whose settings file is changed after serve read it, as its workers
+#: start (an operator's edit, a deploy's copy): `app.server.run.bind` comes between the two.
+_SETTINGS_CHANGED_AS_WORKERS_START = """
+import runpy, sys
+from pathlib import Path
+import app.server.run as run
+settings = Path(sys.argv[1])
+bind = run.bind
+def changing(host, port):
+    said = settings.read_text().replace("[production]\\n", "[production]\\nport = 0\\n")
+    settings.write_text(said)
+    return bind(host, port)
+run.bind = changing
+sys.argv[1:] = ["serve", "--port", "0", "--workers", "2"]
+try:
+    runpy.run_module("app", run_name="__main__", alter_sys=True)
+except SystemExit as stop:
+    print("exit", stop.code)
+"""
+
+
+def test_workers_serve_with_the_settings_serve_read_though_the_file_changed(
+    tmp_path: Path,
+) -> None:
+    # Each worker loaded the settings again: a file changed as the workers started gave two
+    # workers different settings on one port (red team 75 on this session's leftovers), here
+    # a port no load accepts, which each refused (exit 78). A forked worker is now handed
+    # serve's own; with no database to reach (127.0.0.1:9), each is refused it.
+    (tmp_path / "settings.toml").write_text(
+        SETTINGS.format(
+            base=tmp_path,
+            database_url="postgresql://app@127.0.0.1:9/refused",
+            blob_url="s3://app-tests/refused",
+            endpoint="http://127.0.0.1:9",
+        )
+    )
+    env = {
+        **os.environ,
+        "ENV_FOR_DYNACONF": "production",
+        "APP_SETTINGS_DIR": str(tmp_path),
+        "APP_API_TOKEN": secrets.token_urlsafe(32),
+        "PYTEST_APP_ALLOW_PROFILES": "production",
+    }
+    env.pop("APP_DATA_ROOT", None)
+    code = _SETTINGS_CHANGED_AS_WORKERS_START.replace(
+        "sys.argv[1]", repr(str(tmp_path / "settings.toml"))
+    )
+    done = forked_app.run_c(code, env)
+    assert done.stdout == "exit 69\n", done.stdout + done.stderr
+    assert "cannot connect to database postgresql://app@127.0.0.1:9/refused" in done.stderr
+    # A spawned worker (serve runs another thread) loads them again, and is refused when
+    # they are not serve's: the file as serve read it, then as its worker would.
+    settings = tmp_path / "settings.toml"
+    settings.write_text(settings.read_text().replace("port = 0\n", ""))
+    read = appconfig.load("testing", environ=env)
+    settings.write_text(
+        settings.read_text().replace("[testing]\n", "[testing]\nmax_upload_bytes = 5\n")
+    )
+    with pytest.raises(WorkerSettingsChangedError) as refused:
+        check_same_settings(appconfig.load("testing", environ=env), setting_digests(read), 1)
+    assert str(refused.value) == (
+        f"worker {os.getpid()} of `app serve --workers` (pid 1) read settings of profile "
+        f"'testing' other than those `app serve` read as it started: max_upload_bytes changed "
+        f"in between (in {tmp_path}, or in the environment), and every worker on one port "
+        "serves with one set of settings. It served no request and `app serve` stops the "
+        "others. Start `app serve` again once the settings are as intended (`app config` "
+        "shows them)"
+    )
 
 
 @pytest.mark.parametrize(

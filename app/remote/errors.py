@@ -506,6 +506,19 @@ class DatabaseRefusedError(DatabaseUnavailableError):
     what: str = "a statement"
 
 
+class DatabasePasswordMissingError(DatabaseRefusedError):
+    """The database server asks for a password (its pg_hba.conf line for this host says
+    ``password``, ``md5`` or ``scram-sha-256``) and libpq had none to send: libpq's own
+    refusal, "fe_sendauth: no password supplied", with no SQLSTATE. Was "cannot connect ...
+    Check that the server runs", which it did (red team 75 on this session's leftovers)."""
+
+    code = "database_password_missing"
+    template = (
+        "database {where} refused {what}: it asks for a password and none was given "
+        "({reason}); nothing was changed. {remedy}"
+    )
+
+
 class ObjectStoreUnavailableError(AppError):
     """The object store cannot be reached, or refused the credentials or the bucket."""
 

@@ -32,6 +32,7 @@ import pwd
 import re
 import select
 import socket
+import stat
 import sys
 import threading
 import time
@@ -54,6 +55,7 @@ from app.remote.errors import (
     POOLER_REMEDY,
     CommitUnknownError,
     DatabaseEncodingError,
+    DatabasePasswordMissingError,
     DatabaseRefusedError,
     DatabaseStampMissingError,
     DatabaseTimeoutError,
@@ -1075,6 +1077,60 @@ def _password_source(database_url: str | None, reason: str) -> str:
     return "none that this process can name"
 
 
+#: libpq's words when the server asked for a password and libpq found none to send (no
+#: SQLSTATE: libpq's own refusal, the server's request unanswered).
+_UNANSWERED_REQUEST: Final = "fe_sendauth: no password supplied"
+
+
+def _password_missing(database_url: str | None) -> str:
+    """Where libpq looked for a password, in its own order, each as this process finds it,
+    and what to set (`DatabasePasswordMissingError`)."""
+    params: dict[str, Any] = {}
+    with contextlib.suppress(DatabaseUnavailableError):
+        params = _params(database_url) if database_url is not None else {}
+    service = params.get("service") or os.environ.get("PGSERVICE")
+    passfile = Path(
+        params.get("passfile") or os.environ.get("PGPASSFILE") or Path("~/.pgpass").expanduser()
+    )
+    user = params.get("user") or os.environ.get("PGUSER") or getpass.getuser()
+    line = ":".join(
+        str(params.get(key) or os.environ.get(env) or default).replace(":", "\\:")
+        for key, env, default in (
+            ("host", "PGHOST", "localhost"),
+            ("port", "PGPORT", "5432"),
+            ("dbname", "PGDATABASE", user),
+        )
+    )
+    try:
+        found = passfile.stat()
+    except OSError as error:
+        state = f"is not there ({error.strerror})"
+    else:
+        if not stat.S_ISREG(found.st_mode):
+            state = "is not a regular file, which libpq skips"
+        elif found.st_mode & 0o077:
+            state = (
+                f"has group or world access ({stat.filemode(found.st_mode)}), so libpq skips "
+                f"it: `chmod 600 {passfile}`"
+            )
+        else:
+            state = f"has no line that matches {line}:{user}"
+    return (
+        "The server's pg_hba.conf has it authenticate this host by password, and libpq found "
+        "none where it looks, in this order: database_url's own (postgresql://user:password@"
+        "host/database; `app config` says where database_url is set), none; the password= of "
+        + (
+            f"the connection service {service}'s section (pg_service.conf), none; "
+            if service
+            else "a connection service's section (pg_service.conf), none named; "
+        )
+        + "PGPASSWORD, not set in this process's environment; the password file "
+        f"{passfile} (PGPASSFILE, else ~/.pgpass), which {state}. Give the password in one "
+        f"of them (a line `{line}:{user}:<password>` in the password file, mode 600; "
+        "database_url in .secrets.toml or APP_DATABASE_URL), then retry"
+    )
+
+
 def _authentication_refused(
     database_url: str | None, error: psycopg.Error
 ) -> tuple[str, str] | None:
@@ -1142,6 +1198,12 @@ def refused_connection(
     under a live replica: its next new connection was "Check that the server runs and that
     database_url names it", both of which held; red team 73, left open, closed by 74)."""
     reason = str(error)
+    if _UNANSWERED_REQUEST in reason:
+        # No SQLSTATE, libpq's own: "Check that the server runs", which it did (red team 75
+        # on this session's leftovers).
+        return DatabasePasswordMissingError(
+            where, _reason(error), "", _password_missing(database_url), what
+        )
     authentication = _authentication_refused(database_url, error)
     if authentication is not None:
         return DatabaseRefusedError(where, _reason(error), *authentication, what)

@@ -548,6 +548,7 @@ _REFUSED_CONNECTIONS: Final = {
     "53300": "refused a connection at its limit",
     "28000": "refused the role's login",
     "28P01": "refused the password",
+    "": "asks for a password, none given",  # libpq's own, no SQLSTATE (red team 75)
 }
 
 

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import gc
+import hashlib
 import logging
 import logging.config
 import os
@@ -24,7 +26,8 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Callable, Generator, Iterable
+import time
+from collections.abc import Callable, Generator, Iterable, Mapping
 from copy import deepcopy
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,6 +43,7 @@ from app.errors import (
     ListenAddressUnresolvedError,
     PortInUseError,
     PrintableLines,
+    WorkerSettingsChangedError,
     WorkerStartError,
     fork_limits,
     select_for_commands,
@@ -489,15 +493,20 @@ def serve_workers(config: Config, *, host: str, port: int, workers: int) -> None
     # thread held would stay held in the child). Each worker was a spawned interpreter that
     # imported all of it again, about 0.7 s of CPU of its 0.8 (bench/serve_workers.py).
     # Where another thread runs (a library's, a program that embeds the app), spawn.
+    forked = threading.active_count() == 1
     context = (
-        multiprocessing.get_context("fork")
-        if threading.active_count() == 1
-        else multiprocessing.get_context("spawn")
+        multiprocessing.get_context("fork") if forked else multiprocessing.get_context("spawn")
     )
+    # Each worker serves with the settings `serve` read: a worker that loaded them again
+    # read the files as they were when it started, and a settings file changed meanwhile
+    # gave two workers different settings on one port (red team 75 on this session's
+    # leftovers). A forked worker is handed serve's own `Config` (immutable, and not pickled
+    # under fork); a spawned one loads them again and checks them against serve's digests.
+    given: Config | dict[str, str] = config if forked else setting_digests(config)
     processes = [
         context.Process(
             target=_worker,
-            args=(config.profile, config.profile_source, host, sock, os.getpid()),
+            args=(config.profile, config.profile_source, host, sock, os.getpid(), given),
             name=f"app-worker-{n}",
         )
         for n in range(workers)
@@ -554,8 +563,7 @@ def serve_workers(config: Config, *, host: str, port: int, workers: int) -> None
                 # `serve` waited for it here for ever, silently, its siblings gone and it
                 # holding the database (red team 75 on serve --workers).
                 os.kill(process.pid, signal.SIGCONT)
-        for process in started:
-            process.join()
+        _join_saying_who_waits(started)
         sock.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -569,6 +577,30 @@ def serve_workers(config: Config, *, host: str, port: int, workers: int) -> None
             128 + stopping[0],
         )
         sys.exit(128 + stopping[0])
+
+
+#: How long `serve` waits for its workers to stop before it says which one it waits for.
+_WAIT_BEFORE_SAYING_SECONDS: Final = 1.0
+
+
+def _join_saying_who_waits(started: list[Any]) -> None:
+    """Wait for the workers told to stop; say once which one still runs and why, if a
+    debugger or a frozen cgroup keeps it from acting on its SIGTERM (and SIGCONT, which
+    resumes neither): `serve` waited for it silently, for ever (red team 75 on this
+    session's leftovers)."""
+    deadline = time.monotonic() + _WAIT_BEFORE_SAYING_SECONDS
+    for process in started:
+        process.join(max(0.0, deadline - time.monotonic()))
+    for process in started:
+        words = paused_words(process.pid) if process.is_alive() else []
+        if words:
+            log.warning(
+                "waiting for worker %d to stop, told %g s ago (SIGTERM): it is %s; `app serve` "
+                "exits, and frees the port, once it has stopped",
+                process.pid, _WAIT_BEFORE_SAYING_SECONDS, "; ".join(words),
+            )  # fmt: skip
+    for process in started:
+        process.join()
 
 
 def _log_worker_stopped(pid: int | None, code: int) -> None:
@@ -596,8 +628,16 @@ def _log_worker_stopped(pid: int | None, code: int) -> None:
         log.error("worker %s stopped (exit %s); stopping the others", pid, code)
 
 
-def _worker(profile: str, profile_source: str, host: str, sock: socket.socket, parent: int) -> None:
-    """One worker of :func:`serve_workers`: a replica on the inherited socket."""
+def _worker(
+    profile: str,
+    profile_source: str,
+    host: str,
+    sock: socket.socket,
+    parent: int,
+    given: Config | dict[str, str],
+) -> None:
+    """One worker of :func:`serve_workers`: a replica on the inherited socket, with
+    ``serve``'s settings (`given`: its `Config`, or in a spawned worker its digests)."""
     from app import config as appconfig
 
     _signals_as_started()
@@ -610,7 +650,11 @@ def _worker(profile: str, profile_source: str, host: str, sock: socket.socket, p
         select_for_commands(profile)
     stop = _StopRequest()
     try:
-        config = appconfig.load(profile, profile_source=profile_source, serving=True)
+        if isinstance(given, dict):
+            config = appconfig.load(profile, profile_source=profile_source, serving=True)
+            check_same_settings(config, given, parent)
+        else:
+            config = given
         logging.config.dictConfig(_log_config(config.log_level))
         wanted = f"start worker {os.getpid()} on {host}:{sock.getsockname()[1]}"
         with open_storage(config, writer=True, kind="server", wanted=wanted) as store:
@@ -629,6 +673,38 @@ def _worker(profile: str, profile_source: str, host: str, sock: socket.socket, p
         # worker exited 0, so `serve` exited 0 and Restart=on-failure left the service
         # stopped (red team 38).
         sys.exit(128 + stop.restart_signal)
+
+
+def setting_digests(config: Config) -> dict[str, str]:
+    """A digest of each of `config`'s values (its warnings and their sources aside): what a
+    spawned worker compares its own settings with, secrets included, none of them said."""
+    digests = {}
+    for item in dataclasses.fields(config):
+        if item.name in ("warnings", "sources"):
+            continue
+        value = getattr(config, item.name)
+        if isinstance(value, Mapping):
+            value = sorted((str(key), str(each)) for key, each in value.items())
+        elif isinstance(value, frozenset):
+            value = sorted(value)  # a set's order differs between interpreters (hashing)
+        digests[item.name] = hashlib.sha256(repr(value).encode()).hexdigest()
+    return digests
+
+
+def check_same_settings(config: Config, wanted: dict[str, str], parent: int) -> None:
+    """Refuse a spawned worker whose settings are not those `serve` read.
+
+    Raises:
+        WorkerSettingsChangedError: a settings file or value changed in between (exit 75).
+    """
+    own = setting_digests(config)
+    changed = sorted(
+        name for name in own.keys() | wanted.keys() if own.get(name) != wanted.get(name)
+    )
+    if changed:
+        raise WorkerSettingsChangedError(
+            os.getpid(), parent, config.profile, ", ".join(changed), str(config.settings_dir)
+        )
 
 
 _PR_SET_PDEATHSIG: Final = 1

@@ -289,7 +289,7 @@ class Sessions:
                 self.root.ensure_held()  # the last moment before the sessions appear
             except Exception as error:  # every create's answer
                 going = each(_raise(error), going)
-        made = each(lambda item: item.rename(sessions_fd), going)
+        made = each(lambda item: item.rename(sessions_fd, self.where), going)
         if not made:
             return
         try:
@@ -1172,8 +1172,17 @@ class _Staging:
         self.sync_file()
         self.sync_dir()
 
-    def rename(self, sessions_fd: int) -> None:
-        os.rename(self.name, self.session["id"], src_dir_fd=sessions_fd, dst_dir_fd=sessions_fd)
+    def rename(self, sessions_fd: int, where: str) -> None:
+        try:
+            os.rename(self.name, self.session["id"], src_dir_fd=sessions_fd, dst_dir_fd=sessions_fd)
+        except OSError as error:
+            # By their whole paths, as `stage` does: a full index of sessions/ (ENOSPC with
+            # room on the disk) is told by the name the call made (red team 75).
+            error.filename, error.filename2 = (
+                f"{where}/{self.name}",
+                f"{where}/{self.session['id']}",
+            )
+            raise
         self.renamed = True
         self.close()
 

@@ -442,9 +442,13 @@ EXAMPLES: list[errors.AppError] = [
         "The workers started before it (pid 4322, 4323) were stopped, before serving a request",
         errors.PIDS_LIMITS,
     ),
+    errors.WorkerSettingsChangedError(
+        4324, 4321, "production", "api_token, max_upload_bytes", "/etc/app"
+    ),
     errors.TooManyFilesError("3f2a9c", 10000, 10000),
     errors.TooManyFilesError("3f2a9c", 2, 3),
     errors.StorageFullError("PUT /sessions/3f2a9c/files/report.pdf"),
+    errors.StorageFullError("POST /sessions", directory="sessions", entries=21853),
     errors.ReadOnlyStorageError("DELETE /sessions/3f2a9c"),
     errors.TooManyOpenFilesError("PUT /sessions/3f2a9c/files/report.pdf"),
     errors.FileTooLargeForServerError("PUT /sessions/3f2a9c/files/report.pdf"),
@@ -555,6 +559,21 @@ EXAMPLES: list[errors.AppError] = [
     ),
     remote.DatabaseUnavailableError(
         DATABASE, "connection refused: is the server running on that host and port?"
+    ),
+    remote.DatabasePasswordMissingError(
+        DATABASE,
+        'connection failed: connection to server at "db.internal", port 5432 failed: '
+        "fe_sendauth: no password supplied",
+        "",
+        "The server's pg_hba.conf has it authenticate this host by password, and libpq found "
+        "none where it looks, in this order: database_url's own (postgresql://user:password@"
+        "host/database; `app config` says where database_url is set), none; the password= of "
+        "a connection service's section (pg_service.conf), none named; PGPASSWORD, not set in "
+        "this process's environment; the password file /home/app/.pgpass (PGPASSFILE, else "
+        "~/.pgpass), which is not there (No such file or directory). Give the password in one "
+        "of them (a line `db.internal:5432:app_production:app:<password>` in the password file, "
+        "mode 600; database_url in .secrets.toml or APP_DATABASE_URL), then retry",
+        "a connection (app status)",
     ),
     remote.DatabaseRefusedError(
         DATABASE,
