@@ -502,6 +502,12 @@ def test_the_check_switched_off():
     python_writes._Hook.shields = ()
 
 
+def test_the_checks_function_replaced():
+    from app.testing import python_writes
+
+    python_writes._check = lambda *args, **kwargs: None  # every later call unchecked
+
+
 def test_the_refusal_caught_and_ignored():
     try:
         shutil.rmtree(ROOT / "sessions")
@@ -1532,12 +1538,16 @@ SUITES: dict[str, Suite] = {
     "plain_python_that_deletes_the_root_its_settings_name": Suite(
         {"test_literal.py": LITERAL_WRITES_TESTS},
         "sandbox: Python's audit events of every write, checked against the protected roots",
-        outcomes={"passed": 4, "errors": 4},
+        outcomes={"passed": 5, "errors": 5},
         ret=1,
         stdout=(
             (
                 "*test_the_check_switched_off took the run's check of Python's writes out of "
                 "app.testing.python_writes; it was put back*"
+            ),
+            (
+                "*test_the_checks_function_replaced took the run's check of Python's writes out "
+                "of app.testing.python_writes; it was put back*"
             ),
             (
                 "*test_the_refusal_caught_and_ignored made a call that the run refused, and "
