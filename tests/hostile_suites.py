@@ -429,6 +429,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 from app.testing.python_writes import ProtectedRootError
 from hostile_helpers import PRODUCTION, SETTINGS_DIR
@@ -436,11 +437,12 @@ from hostile_helpers import PRODUCTION, SETTINGS_DIR
 SETTINGS = tomllib.loads(Path(SETTINGS_DIR, "settings.toml").read_text())
 ROOT = Path(SETTINGS["production"]["data_root"])
 SESSION = next(ROOT.glob("sessions/*/session.json"))
+BEFORE = sorted(p.name for p in ROOT.iterdir())
 
 
-def refused(call, *args):
+def refused(call, *args, **kwargs):
     with pytest.raises(ProtectedRootError) as error:
-        call(*args)
+        call(*args, **kwargs)
     return str(error.value)
 
 
@@ -476,6 +478,20 @@ def test_files_rewritten_removed_and_moved(tmp_path, monkeypatch):
     assert f"refused to write {relative} (that is, {ROOT}/audit.jsonl): it lies" in refused(
         open, relative, "a"
     )
+    # Red team 75a: '..' after a link with a trailing slash, `os.open` relative to a
+    # descriptor of the root, a SQLite URI, and filelock called by the test itself.
+    (tmp_path / "into").symlink_to(ROOT / "sessions")
+    assert "refused to move" in refused(os.rename, f"{tmp_path}/into/../sessions/", tmp_path / "x")
+    fd = os.open(ROOT, os.O_RDONLY)
+    assert f"refused to write planted (that is, {ROOT}/planted)" in refused(
+        os.open, "planted", os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=fd
+    )
+    os.close(fd)
+    assert f"x.db?mode=rwc' (that is, {ROOT}/x.db): it lies" in refused(
+        lambda: sqlite3.connect(f"file:{ROOT}/x.db?mode=rwc", uri=True)
+    )
+    assert "refused to make the directory" in refused(FileLock(ROOT / "new" / "x.lock").acquire)
+    assert sorted(p.name for p in ROOT.iterdir()) == BEFORE
     # Reading stays allowed.
     assert SESSION.read_bytes()
 
@@ -484,6 +500,12 @@ def test_the_check_switched_off():
     from app.testing import python_writes
 
     python_writes._Hook.shields = ()
+
+
+def test_the_checks_function_replaced():
+    from app.testing import python_writes
+
+    python_writes._check = lambda *args, **kwargs: None  # every later call unchecked
 
 
 def test_the_refusal_caught_and_ignored():
@@ -1516,12 +1538,16 @@ SUITES: dict[str, Suite] = {
     "plain_python_that_deletes_the_root_its_settings_name": Suite(
         {"test_literal.py": LITERAL_WRITES_TESTS},
         "sandbox: Python's audit events of every write, checked against the protected roots",
-        outcomes={"passed": 4, "errors": 4},
+        outcomes={"passed": 5, "errors": 5},
         ret=1,
         stdout=(
             (
                 "*test_the_check_switched_off took the run's check of Python's writes out of "
                 "app.testing.python_writes; it was put back*"
+            ),
+            (
+                "*test_the_checks_function_replaced took the run's check of Python's writes out "
+                "of app.testing.python_writes; it was put back*"
             ),
             (
                 "*test_the_refusal_caught_and_ignored made a call that the run refused, and "

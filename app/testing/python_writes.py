@@ -28,9 +28,11 @@ shown through a bind mount under another name. A hook is permanent for the proce
 
 What it cannot see, said in docs/explanation/attacks/: a process that is not one of the
 run's pytest processes (a child running another program, or Python without the app: the
-kernel's permissions are its barrier), ``os.open`` relative to a ``dir_fd`` (its event
-carries no descriptor), writes by C code that raises no event (an extension's own
-``open(2)``), and a write through a descriptor opened before the run began.
+kernel's permissions are its barrier), writes by C code that raises no event of their path
+(an extension's own ``open(2)``, SQLite's ``ATTACH`` and ``VACUUM INTO``), and a write
+through a descriptor opened before the run began. ``os.open`` relative to a ``dir_fd``,
+whose event carries no descriptor, is checked against every directory the process holds
+open.
 
 No library does this: audit hooks are the interpreter's own mechanism (``sys.addaudithook``),
 and the path checks are the sandbox's (`app.sandbox.identity`).
@@ -38,7 +40,7 @@ and the path checks are the sandbox's (`app.sandbox.identity`).
 
 # Strings and `os.path`, not `Path`: the hook runs at every write of every test (and of the
 # servers a test forks), where making `Path` objects cost a third of its time.
-# ruff: noqa: PTH109, PTH115, PTH116, PTH118, PTH120
+# ruff: noqa: PTH109, PTH115, PTH116, PTH118, PTH120, PTH208
 
 from __future__ import annotations
 
@@ -48,6 +50,7 @@ import os
 import stat
 import sys
 import threading
+import urllib.parse
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import FrameType
@@ -98,11 +101,12 @@ _STDLIB: Final = ("<frozen ", os.path.dirname(os.__file__) + "/")
 _PLACES_KEPT: Final = 4096
 
 #: Where the code whose calls are the app's own comes from (its lock probes, its stores: layer
-#: 3's other checks guard what they open): the files of the app's package and of filelock's,
-#: by the file each function was compiled from (a test may rename its module, not that).
+#: 3's other checks guard what they open): the files of the app's package, by the file each
+#: function was compiled from (a test may rename its module, not that), and the files whose
+#: calls are their caller's: the standard library's and filelock's.
 #: Found at the first call that would be checked (`_own`): filelock is not imported to start
 #: a run (tests/test_plugin.py).
-_OWN: list[tuple[str, ...]] = []
+_OWN: list[tuple[str, tuple[str, ...]]] = []
 
 
 #: A protected root, and how a path meets it: "in" it, "through" a bind mount of it, or
@@ -174,15 +178,15 @@ class _Shield:
     def _resolved_whole(
         self, lexical: str, *, follow: bool, moves: bool
     ) -> tuple[str, Finding | None]:
-        if follow:
-            real = os.path.realpath(lexical)
+        # Never normalised before it is resolved: to the kernel, ``link/../data`` is the
+        # ``data`` beside where the link leads, not beside the link (red team 75a). A trailing
+        # slash makes the kernel follow a link at the end, so it is followed here too.
+        stripped = lexical.rstrip("/") or "/"
+        head, _, tail = stripped.rpartition("/")
+        if follow or stripped != lexical or tail in ("", ".", ".."):
+            real = os.path.realpath(stripped)
         else:
-            head, tail = os.path.split(os.path.normpath(lexical))
-            real = (
-                os.path.realpath(lexical)
-                if tail in ("", ".", "..")
-                else os.path.join(os.path.realpath(head), tail)
-            )
+            real = os.path.join(os.path.realpath(head or "/"), tail)
         head = os.path.dirname(real) if real != "/" else real
         return real, self._place(head)[1] or self._at_or_holding(real, moves=moves)
 
@@ -244,14 +248,24 @@ def release(shield: object) -> None:
 
 def guarding(shield: object) -> bool:
     """Whether the run that `guard` returned ``shield`` to is still checked (a test may
-    have taken it out of `_Hook`)."""
-    return any(s is shield for s in _Hook.shields)
+    have taken it out of `_Hook`, or replaced one of the functions the hook calls)."""
+    return _intact() and any(s is shield for s in _Hook.shields)
+
+
+def _intact() -> bool:
+    module = globals()
+    return all(module.get(name) is part for name, part in _PARTS.items()) and all(
+        vars(owner).get(name) is part for owner, name, part in _METHODS
+    )
 
 
 def reinstate(shield: object) -> None:
     """Check for ``shield``'s run again, and first again (`guarding` found it taken out)."""
     if isinstance(shield, _Shield):
         with _Hook.lock:
+            globals().update(_PARTS)
+            for owner, name, part in _METHODS:
+                setattr(owner, name, part)
             _Hook.shields = (shield, *(s for s in _Hook.shields if s is not shield))
             if not _Hook.installed:
                 sys.addaudithook(_audit)
@@ -276,6 +290,12 @@ def _audit(event: str, args: tuple[Any, ...]) -> None:
         if isinstance(path, int) or not _opens_for_writing(mode, flags) or _the_apps_own():
             return
         _check(shields, "write", ((path, None),), follow=True, moves=False)
+        if mode is None and not _absolute_spelling(path):
+            # `os.open`'s event carries no ``dir_fd``: a relative path is checked against
+            # every directory this process holds open, as the call may be relative to any
+            # of them (red team 75a; only `os.open` with a relative path pays this).
+            for directory in _directories_open():
+                _check(shields, "write", ((path, directory),), follow=True, moves=False)
         return
     call = _CALLS.get(event)
     if call is None or _the_apps_own():
@@ -287,6 +307,29 @@ def _audit(event: str, args: tuple[Any, ...]) -> None:
         if at < len(args)
     )
     _check(shields, what, paths, follow=follow, moves=moves)
+
+
+def _absolute_spelling(path: Any) -> bool:
+    try:
+        return os.fsdecode(path).startswith("/")
+    except (TypeError, ValueError):
+        return True  # not a path: nothing to look for
+
+
+def _directories_open() -> list[int]:
+    """This process's descriptors of directories, as a ``dir_fd`` would be one."""
+    found: list[int] = []
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return found
+    for name in names:
+        try:
+            if stat.S_ISDIR(os.fstat(int(name)).st_mode):
+                found.append(int(name))
+        except (OSError, ValueError):
+            continue  # the listing's own descriptor, closed since
+    return found
 
 
 def _opens_for_writing(mode: Any, flags: Any) -> bool:
@@ -324,6 +367,8 @@ def _absolute(given: Any, dir_fd: Any) -> str | None:
         text = os.fsdecode(given)
     except (OSError, TypeError, ValueError):
         return None
+    if text.startswith("file:"):
+        text = _file_of_uri(text)
     if not text or text == ":memory:" or "\0" in text:
         return None
     if text[0] == "/":
@@ -339,28 +384,41 @@ def _absolute(given: Any, dir_fd: Any) -> str | None:
     return os.path.join(base, text)
 
 
+def _file_of_uri(text: str) -> str:
+    """The file a SQLite URI (``sqlite3.connect("file:...", uri=True)``) names, or "" where
+    it opens none for writing: its event carries the URI, once read as a relative file name
+    called ``file:...`` (red team 75a)."""
+    uri = urllib.parse.urlsplit(text)
+    if urllib.parse.parse_qs(uri.query).get("mode") in (["ro"], ["memory"]):
+        return ""  # read only, or a database in memory
+    return urllib.parse.unquote(uri.path)
+
+
 def _the_apps_own() -> bool:
     """Whether the call was made by the app's own code: the first frame above the hook
-    outside the standard library was compiled from one of `_OWN`'s files. The app's writes
-    go through a data root it opened, which layer 3's other checks refused outside the
-    sandbox, and asking this first (a few frames read, about a microsecond) spares them the path's
-    checks (two system calls at least)."""
+    outside the standard library and filelock was compiled from the app's files. A call
+    filelock makes is its caller's, as the standard library's are: a test's
+    ``FileLock(<production's root>/...)`` made its directories and lock file there (red team
+    75a). The app's writes go through a data root it opened, which layer 3's other checks
+    refused outside the sandbox, and asking this first (a few frames read, about a
+    microsecond) spares them the path's checks (two system calls at least)."""
+    app_files, passing = _own()
     frame: FrameType | None = sys._getframe(2)
     while frame is not None:
         code = frame.f_code.co_filename
-        if not code.startswith(_STDLIB):
-            return code.startswith(_own())
+        if not code.startswith(passing):
+            return code.startswith(app_files)
         frame = frame.f_back
     return False
 
 
-def _own() -> tuple[str, ...]:
+def _own() -> tuple[str, tuple[str, ...]]:
     if not _OWN:
-        found = [os.path.dirname(sys.modules["app"].__file__ or "") + "/"]
+        passing = list(_STDLIB)
         spec = importlib.util.find_spec("filelock")  # where it is, not imported
         if spec is not None and spec.origin:
-            found.append(os.path.dirname(spec.origin) + "/")
-        _OWN.append(tuple(found))
+            passing.append(os.path.dirname(spec.origin) + "/")
+        _OWN.append((os.path.dirname(sys.modules["app"].__file__ or "") + "/", tuple(passing)))
     return _OWN[0]
 
 
@@ -391,3 +449,20 @@ def _refuse(shield: _Shield, what: str, given: Any, real: str, root: Protected, 
     error = ProtectedRootError(message)
     error.errno = errno.EACCES
     raise error
+
+
+#: The functions the hook calls, as this module defined them: a test that replaces one
+#: (``python_writes._check = lambda *a, **k: None``) switched the check off as surely as
+#: emptying `_Hook.shields`, and unseen (red team 75a). `guarding` compares them, and
+#: `reinstate` puts them back.
+_PARTS: Final = {
+    name: part
+    for name, part in list(globals().items())
+    if callable(part) and getattr(part, "__module__", None) == __name__
+}
+_METHODS: Final = tuple(
+    (owner, name, part)
+    for owner in (_Shield,)
+    for name, part in list(vars(owner).items())
+    if callable(part)
+)
