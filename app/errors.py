@@ -3649,7 +3649,8 @@ class UploadChangedOnDiskError(StorageError):
     app while the upload was written. It was acknowledged with the SHA-256 of the bytes
     received, which the disk never held (red team 44: cut while the body streamed, the
     writes went on at their offset after a hole of zeros; replaced, the other file was
-    renamed into place)."""
+    renamed into place). Looked at again once renamed into place: another file put at its
+    name after the first look went in its place (red team 75 on integrity, round 2)."""
 
     code = "upload_changed_on_disk"
     http_status = 503
@@ -3665,7 +3666,8 @@ class UploadChangedOnDiskError(StorageError):
     session_id: str
     name: str
     damage: str
-    """What the file is now: "holds 0 bytes where 4096 were received", "is another file"."""
+    """What the file is now: "holds 0 bytes where 4096 were received", "is another file,
+    put at its name", "was written to"."""
 
 
 class StoppedPartwayError(StorageError):

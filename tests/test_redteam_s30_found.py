@@ -132,3 +132,80 @@ def assert_the_deleted_version_is_back(store: Storage, session_id: str) -> None:
     [kept] = store.list_trash()
     assert (kept.file, kept.reason) == ("a.txt", "replace")
     assert (kept.path / "a.txt").read_bytes() == b"version 1"
+
+
+#: An upload's commit and a file's restore, each with another file put (`mv`, as a process
+#: outside the app would) at the name the app renames into blobs/, just before that rename:
+#: the moment after the app judged the bytes (received, hashed) and before it moves them.
+_MOVED_AFTER_ITS_CHECK = """
+import json, os, sys
+from app.config import load
+from app.errors import AppError
+from app.storage import open_storage
+
+root = sys.argv[1]
+config = load("testing", environ={**os.environ, "APP_DATA_ROOT": root})
+store = open_storage(config, writer=True, kind="tests", wanted="move after a check")
+session_id = store.create_session("s")["id"]
+store.put_file(session_id, "r.txt", b"acknowledged")
+store.delete_file(session_id, "r.txt")
+armed = []
+
+
+def swap_at_the_move(event, args):
+    if event == "os.rename" and armed and "/blobs/" in os.fsdecode(args[1]):
+        source = os.fsdecode(args[0])
+        armed.clear()
+        with open(source + ".other", "wb") as other:
+            other.write(b"other bytes!")  # as many as b"acknowledged"
+        os.replace(source + ".other", source)
+
+
+sys.addaudithook(swap_at_the_move)
+said = {"session": session_id}
+for what, change in (
+    ("upload", lambda: store.put_file(session_id, "u.txt", b"acknowledged")),
+    ("restore", lambda: store.restore(session_id, file="r.txt")),
+):
+    armed.append(True)
+    try:
+        change()
+        said[what] = "done"
+    except AppError as error:
+        said[what] = str(error)
+said["files"] = [f["name"] for f in store.get_session(session_id)["files"]]
+said["trash"] = [e.name for e in store.trash.entries()]
+said["findings"] = [f.problem for f in store.check(repair=False, thorough=True).findings]
+print(json.dumps(said))
+"""
+
+
+def test_bytes_put_at_their_name_between_the_app_s_check_and_its_move_are_never_acknowledged(
+    tmp_path: Path,
+) -> None:
+    # Broke (red team 75 on integrity, round 2): the upload was acknowledged with the SHA-256
+    # of the bytes received and the restore answered "restored", each of the other bytes.
+    log = tmp_path / "moved.log"
+    child = forked_app.python_c(_MOVED_AFTER_ITS_CHECK, [str(tmp_path / "root")], log)
+    assert child.wait() == 0, log.read_text()
+    said = json.loads(log.read_text().splitlines()[-1])
+    session_id, entry = said["session"], said["trash"][-1:]
+    assert said["upload"] == (
+        f"cannot store file 'u.txt' of session {session_id}: its temporary file in the data "
+        "root's .tmp/ is another file, put at its name (cut, replaced or written to from "
+        "outside the app while the upload was written), so nothing was acknowledged and the "
+        "session is unchanged. Send the file again; an operator finds what writes in the data "
+        "root's .tmp/ (a clean-up job, `fuser -v`) and stops it"
+    )
+    assert said["restore"] == (
+        f"cannot restore file 'r.txt' of session {session_id}: its newest copy in the "
+        f"trash, entry {''.join(entry)}, was changed while it was restored: what was moved "
+        "is another file, put at its name; run the restore again once that is done "
+        "(changed from outside the app; `app data check` reports it as file-damaged), "
+        "nothing was changed. Put the bytes back into that entry as 'r.txt' from a backup "
+        "(their SHA-256 is in its trash.json); no other copy of it is in the trash"
+    )
+    # Nothing acknowledged of the other bytes; the copy the restore found changed is in its
+    # entry, reported as what it is.
+    assert said["files"] == [] and len(said["trash"]) == 1
+    assert said["findings"] == ["file-damaged"]

@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import logging
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Final
+from typing import TYPE_CHECKING, Any, BinaryIO, Final, NoReturn
 
 from app.dataroot import lexists, read_regular
 from app.errors import (
@@ -55,6 +56,7 @@ from app.store.records import (
     entry_bytes,
     entry_fault,
     keyed_record,
+    moved_changed,
     open_regular,
     public,
     record_time,
@@ -307,6 +309,13 @@ class Files:
                 if retired is not None:
                     self.trash.remove_empty(retired)
 
+            try:
+                # Renamed by path: what is under the new name must be what was received.
+                upload.check_moved(blobs / version)
+            except BaseException:
+                undo()
+                raise
+
             prepared = None
             if old is not None:
                 # Before the switch: a crash right after it leaves a manifest saying where
@@ -536,47 +545,39 @@ class Files:
             if not (isinstance(blob, str) and ID_RE.fullmatch(blob)) or (blobs / blob).exists():
                 blob = new_session_id()
             kept = entry_bytes(entry.path, name)
-            size = kept.stat().st_size
-            acknowledged, digest = previous.get("size"), previous.get("sha256")
-            damage = None
-            if (fault := entry_fault(previous, hashed=self.root.hashed)) is not None:
-                # Restored, the record is written with a key of the fields it is given:
-                # an upload time changed in trash.json was served as acknowledged from then
-                # on (rt-regress66b).
-                damage = f"has a trash.json whose {fault}"
-            elif isinstance(acknowledged, int) and size != acknowledged:
-                # Taken from the disk, the damaged size went into the record under the
-                # acknowledged SHA-256: listed so, and past a download's check of the size
-                # before a byte (red team 36).
-                damage = f"holds {size} bytes, where {acknowledged} were acknowledged"
-            elif isinstance(digest, str) and (found := _sha256(kept)) != digest:
-                # Bytes of the acknowledged size, changed (a flipped bit): restored under the
-                # acknowledged SHA-256, answered as the version deleted, and the entry
-                # removed (red team 45). Read once, as a thorough `check` reads it.
-                damage = f"holds bytes whose SHA-256 is {found}, where {digest} was acknowledged"
-            elif not isinstance(digest, str):
-                # No version acknowledged (a blob `check` moved to the trash as an orphan, a
-                # manifest without its entry): restored, it was served and listed with a
-                # SHA-256 of null, and no check could ever find it damaged (red team 45).
-                # The restore acknowledges these bytes: their hash is recorded.
-                digest = _sha256(kept)
-            if damage is not None:
-                raise TrashCopyLostError(
-                    session_id,
-                    name,
-                    entry.name,
-                    damage=damage,
-                    asked=entry_name is not None,
-                    older=None
-                    if entry_name is not None
-                    else self.trash.older_whole(session_id, name, entry.name),
-                )
-            kept.rename(blobs / blob)
+            # Judged through one descriptor, and the name looked at once moved: the move
+            # goes by name (`moved_changed`).
+            with open(kept, "rb", opener=open_regular) as held:
+                judged = os.fstat(held.fileno())
+                size = judged.st_size
+                digest, damage = _judged(held, size, previous, hashed=self.root.hashed)
 
-            def undo() -> None:
-                with contextlib.suppress(OSError):
-                    (blobs / blob).rename(kept)
+                def refuse(damage: str) -> NoReturn:
+                    raise TrashCopyLostError(
+                        session_id,
+                        name,
+                        entry.name,
+                        damage=damage,
+                        asked=entry_name is not None,
+                        older=None
+                        if entry_name is not None
+                        else self.trash.older_whole(session_id, name, entry.name),
+                    )
 
+                if damage is not None:
+                    refuse(damage)
+                kept.rename(blobs / blob)
+
+                def undo() -> None:
+                    with contextlib.suppress(OSError):
+                        (blobs / blob).rename(kept)
+
+                if (changed := moved_changed(held.fileno(), judged, blobs / blob)) is not None:
+                    undo()
+                    refuse(
+                        f"was changed while it was restored: what was moved {changed}; run "
+                        "the restore again once that is done"
+                    )
             try:
                 prepared.sync(blobs, entry.path)
             except BaseException:
@@ -652,10 +653,40 @@ def _restored_last(log: Path, target: str) -> str | None:
     return None
 
 
-def _sha256(path: Path) -> str:
-    """The SHA-256 of the regular file at ``path`` (a trash copy: `_not_bytes` saw a file)."""
-    with open(path, "rb", opener=open_regular) as file:
-        return hashlib.file_digest(file, "sha256").hexdigest()
+def _judged(
+    held: io.BufferedReader, size: int, previous: Mapping[str, Any], *, hashed: bool
+) -> tuple[str | None, str | None]:
+    """The SHA-256 a restore records of the trash copy open as ``held`` (``size`` bytes,
+    ``previous`` its manifest's entry), and what is wrong with it (None: nothing)."""
+    acknowledged, digest = previous.get("size"), previous.get("sha256")
+    damage: str | None = None
+    if (fault := entry_fault(previous, hashed=hashed)) is not None:
+        # Restored, the record is written with a key of the fields it is given:
+        # an upload time changed in trash.json was served as acknowledged from then
+        # on (rt-regress66b).
+        damage = f"has a trash.json whose {fault}"
+    elif isinstance(acknowledged, int) and size != acknowledged:
+        # Taken from the disk, the damaged size went into the record under the
+        # acknowledged SHA-256: listed so, and past a download's check of the size
+        # before a byte (red team 36).
+        damage = f"holds {size} bytes, where {acknowledged} were acknowledged"
+    elif isinstance(digest, str) and (found := _file_sha256(held)) != digest:
+        # Bytes of the acknowledged size, changed (a flipped bit): restored under the
+        # acknowledged SHA-256, answered as the version deleted, and the entry
+        # removed (red team 45). Read once, as a thorough `check` reads it.
+        damage = f"holds bytes whose SHA-256 is {found}, where {digest} was acknowledged"
+    elif not isinstance(digest, str):
+        # No version acknowledged (a blob `check` moved to the trash as an orphan, a
+        # manifest without its entry): restored, it was served and listed with a
+        # SHA-256 of null, and no check could ever find it damaged (red team 45).
+        # The restore acknowledges these bytes: their hash is recorded.
+        digest = _file_sha256(held)
+    return digest, damage
+
+
+def _file_sha256(file: io.BufferedReader) -> str:
+    """The SHA-256 of the bytes of ``file`` (a trash copy, open), read whole."""
+    return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 def _inode(path: Path) -> tuple[int, int] | None:

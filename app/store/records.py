@@ -81,6 +81,7 @@ __all__ = [
     "load_record",
     "manifest_changed",
     "manifest_sha256",
+    "moved_changed",
     "open_regular",
     "public",
     "read_meta",
@@ -323,6 +324,33 @@ def open_regular(path: str, flags: int) -> int:
     # O_NOFOLLOW: a symlink planted at a file's name is not the session's file.
     # O_NONBLOCK: nor is a FIFO, which must not hang the open (the caller checks S_ISREG).
     return os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+
+
+def moved_changed(held: int, judged: os.stat_result, moved_to: Path) -> str | None:
+    """What is not as judged of bytes the app judged through the descriptor ``held``
+    (``judged``: its ``fstat`` then) and has just renamed to ``moved_to`` by their old name;
+    None where that name holds the very file, neither cut, grown nor written to since.
+
+    A rename goes by name, not by descriptor: another file put at the old name (``mv``, an
+    editor's or rsync's save) in between was moved in its place, and a ``cp`` over it wrote
+    into the very file, under the SHA-256 of what the app had read or received. A restore
+    answered "restored" of bytes it never hashed, and an upload was acknowledged with the
+    SHA-256 of bytes the disk did not hold, its own lost (red team 75 on integrity, round
+    2). Looked at after the rename, the one moment that decides: a change after this look is
+    a change to a file in place, which a download's hash and `app data check` find.
+    """
+    try:
+        there = os.lstat(moved_to)
+    except FileNotFoundError:
+        return "is gone"
+    if (there.st_dev, there.st_ino) != (judged.st_dev, judged.st_ino):
+        return "is another file, put at its name"
+    now = os.fstat(held)
+    if now.st_size != judged.st_size:
+        return f"holds {now.st_size} bytes where it held {judged.st_size}"
+    if now.st_mtime_ns != judged.st_mtime_ns:
+        return "was written to"
+    return None
 
 
 def load_record(path: Path, *, shaped: bool = True, hashed: bool = False) -> FileRecord | None:

@@ -10,8 +10,11 @@ from typing import IO, TYPE_CHECKING
 
 from app import storage
 from app.errors import UploadChangedOnDiskError, UploadTooLargeError
+from app.store.records import moved_changed
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from app.digests import Digests
     from app.storage import FileEntry, IfMatch
     from app.store.files import Files
@@ -57,6 +60,7 @@ class Upload(storage.Upload):
         self._file: IO[bytes] | None
         self._file, self.temp_path = files.root.new_temp_file()
         self._done = False
+        self._written: os.stat_result | None = None
 
     def write(self, chunk: bytes | bytearray | memoryview) -> None:
         """Append ``chunk``; over ``max_upload_bytes``, abort and raise UploadTooLargeError."""
@@ -124,6 +128,17 @@ class Upload(storage.Upload):
             damage = "is gone" if named is None else "is another file than the one written"
         elif written.st_size != self.received:
             damage = f"holds {written.st_size} bytes where {self.received} were received"
+        if damage is not None:
+            raise UploadChangedOnDiskError(self.session_id, self.name, damage)
+        self._written = written
+
+    def check_moved(self, dest: Path) -> None:
+        """Refuse the file renamed to ``dest`` if it is not the one :meth:`_check_on_disk`
+        saw, as it was: the commit renames by path, after a wait for the session's lock, and
+        another file put at the temporary name meanwhile went in its place (red team 75 on
+        integrity, round 2). The caller removes what it renamed."""
+        assert self._file is not None and self._written is not None
+        damage = moved_changed(self._file.fileno(), self._written, dest)
         if damage is not None:
             raise UploadChangedOnDiskError(self.session_id, self.name, damage)
 
