@@ -128,10 +128,13 @@ class _Shield:
 
     A call's directory is looked at once: the hook ``stat``s it (one system call), and a
     directory seen before under the same spelling with the same identity gets the same answer
-    (`_places`); a new one is resolved (every link on its way) and its ancestors' identities
-    compared with the roots'. A call that follows a link at its path's end and finds one
-    there (``lstat``, the second call) is resolved whole. Measured on the suite's store and
-    server tests: bench/README.md, session 75.
+    (`_places`); a new one takes its parent's answer, looked up the same way, where its last
+    name is not a link (``lstat``), and is compared with the roots itself (its path and its
+    identity); any other is resolved whole (every link on its way) and its ancestors'
+    identities compared with the roots'. A call that follows a link at its path's end and
+    finds one there (``lstat``, the second call) is resolved whole. Measured on the suite's
+    store and server tests and a test's own tree: bench/README.md, session 75 (branches
+    pywrites75 and perf-pywrites75).
     """
 
     def __init__(self, protected: Iterable[Protected], holders: dict[Path, str]) -> None:
