@@ -5,9 +5,10 @@ most (open a file for writing, write a byte, close, replace another name with it
 directory of `--depth` levels under `--dir`: without the hook (the baseline), with it as a
 test's own code meets it (every call checked), and with it as the app's own code meets it
 (each call made from a function compiled from a file of the app's package: the frames read,
-no path checked). One root is protected, elsewhere. Prints each variant's median process
-CPU per write (user + system, from ``wait4``: whole processes) and its ratio to the baseline
-of the same rounds.
+no path checked). Then the same for reads (open the file, read it, close), the most of a
+process's opens: without the hook and with it (the event let go at its flags). One root is
+protected, elsewhere. Prints each variant's median process CPU per write or read (user +
+system, from ``wait4``: whole processes) and its ratio to the baseline of the same rounds.
 
     python bench/python_writes.py --rounds 7 --writes 20000
 """
@@ -38,15 +39,22 @@ def work(directory, writes):
         with open(name, "w") as handle:
             handle.write("x")
         os.replace(name, os.path.join(directory, "g%d" % (i % 50)))
+def read(directory, reads):
+    name = os.path.join(directory, "r")
+    with open(name, "w") as handle:
+        handle.write("x")
+    for _ in range(reads):
+        with open(name) as handle:
+            handle.read()
 '''
 # The app's variant: the same function, compiled as if from a file of the app's package.
 own = os.path.join(os.path.dirname(app.__file__), "bench_writes.py")
 filename = own if variant == "app" else "<bench>"
 space = {}
 exec(compile(SOURCE, filename, "exec"), space)
-if variant != "none":
+if variant not in ("none", "none-read"):
     python_writes.guard([Protected.of("production", Path(protected))], {})
-space["work"](directory, writes)
+space["read" if variant.endswith("read") else "work"](directory, writes)
 """
 
 
@@ -74,15 +82,22 @@ def main() -> None:
         (protected / "sessions").mkdir(parents=True)
         # The process's start alone, subtracted from each variant's CPU.
         start = statistics.median(_cpu("none", directory, protected, 0) for _ in range(3))
-        found: dict[str, list[float]] = {"none": [], "test": [], "app": []}
+        found: dict[str, list[float]] = {
+            "none": [],
+            "test": [],
+            "app": [],
+            "none-read": [],
+            "read": [],
+        }
         for _ in range(args.rounds):
             for variant, runs in found.items():
                 runs.append(_cpu(variant, directory, protected, args.writes) - start)
-    base = statistics.median(found["none"])
     for variant, runs in found.items():
         median = statistics.median(runs)
+        base = statistics.median(found["none-read" if variant.endswith("read") else "none"])
         print(
-            f"{variant:5} {median / args.writes * 1e6:7.2f} µs a write "
+            f"{variant:9} {median / args.writes * 1e6:7.2f} µs a "
+            f"{'read' if variant.endswith('read') else 'write'} "
             f"(median of {args.rounds}), {median / base:5.2f} x the baseline"
         )
 
