@@ -165,9 +165,9 @@ def test_a_store_batch_syncs_its_sessions_at_once_and_all_before_any_rename(
         sync(self)
         events.append(("synced", threading.get_ident()))
 
-    def renamed(self: Any, sessions_fd: int) -> None:
+    def renamed(self: Any, sessions_fd: int, *rest: Any) -> None:
         events.append(("rename", threading.get_ident()))
-        rename(self, sessions_fd)
+        rename(self, sessions_fd, *rest)
 
     monkeypatch.setattr(sessions._Staging, "sync", synced)
     monkeypatch.setattr(sessions._Staging, "rename", renamed)

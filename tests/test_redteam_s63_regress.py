@@ -260,10 +260,14 @@ def test_a_merge_instruction_in_a_profile_s_section_is_named_as_written(
 WORKER = """
 import os
 import socket
-from app.server.run import _worker
+from app.server.run import _worker, setting_digests
+from app.config import load
 listening = socket.create_server(("127.0.0.1", 0))
+# As a spawned worker is given them: the digests of serve's settings, which it loads again and
+# compares (a forked one is given serve's Config itself).
+given = setting_digests(load("production", profile_source="--profile", serving=True))
 try:
-    _worker("production", "--profile", "127.0.0.1", listening, os.getppid())
+    _worker("production", "--profile", "127.0.0.1", listening, os.getppid(), given)
 except SystemExit as stop:
     print("exit", stop.code)
 """
