@@ -490,13 +490,9 @@ def _pids_cgroup(name: str) -> Path | None:
     return None
 
 
-def test_a_worker_the_system_refuses_a_process_stops_serve_naming_the_limit(
-    tmp_path: Path,
-) -> None:
-    # A fork refused at a limit of tasks (systemd's TasksMax= is a pids cgroup's pids.max):
-    # serve was a traceback ending in multiprocessing's "can only join a started process",
-    # exit 1, its refusal hidden (red team 75). No database is reached: the worker started
-    # is stopped as it starts.
+def _production_refusing_its_database(tmp_path: Path) -> dict[str, str]:
+    """Production's settings in `tmp_path`, with a database and an object store nothing
+    answers at (127.0.0.1:9), and the environment that selects them."""
     (tmp_path / "settings.toml").write_text(
         SETTINGS.format(
             base=tmp_path,
@@ -513,6 +509,17 @@ def test_a_worker_the_system_refuses_a_process_stops_serve_naming_the_limit(
         "PYTEST_APP_ALLOW_PROFILES": "production",
     }
     env.pop("APP_DATA_ROOT", None)
+    return env
+
+
+def test_a_worker_the_system_refuses_a_process_stops_serve_naming_the_limit(
+    tmp_path: Path,
+) -> None:
+    # A fork refused at a limit of tasks (systemd's TasksMax= is a pids cgroup's pids.max):
+    # serve was a traceback ending in multiprocessing's "can only join a started process",
+    # exit 1, its refusal hidden (red team 75). No database is reached: the worker started
+    # is stopped as it starts.
+    env = _production_refusing_its_database(tmp_path)
     group = _pids_cgroup(f"app-tests-{os.getpid()}-{tmp_path.name}")
     if group is None:
         pytest.skip("no pids cgroup can be made here (it takes root and a writable hierarchy)")
@@ -564,22 +571,7 @@ def test_workers_serve_with_the_settings_serve_read_though_the_file_changed(
     # workers different settings on one port (red team 75 on this session's leftovers), here
     # a port no load accepts, which each refused (exit 78). A forked worker is now handed
     # serve's own; with no database to reach (127.0.0.1:9), each is refused it.
-    (tmp_path / "settings.toml").write_text(
-        SETTINGS.format(
-            base=tmp_path,
-            database_url="postgresql://app@127.0.0.1:9/refused",
-            blob_url="s3://app-tests/refused",
-            endpoint="http://127.0.0.1:9",
-        )
-    )
-    env = {
-        **os.environ,
-        "ENV_FOR_DYNACONF": "production",
-        "APP_SETTINGS_DIR": str(tmp_path),
-        "APP_API_TOKEN": secrets.token_urlsafe(32),
-        "PYTEST_APP_ALLOW_PROFILES": "production",
-    }
-    env.pop("APP_DATA_ROOT", None)
+    env = _production_refusing_its_database(tmp_path)
     code = _SETTINGS_CHANGED_AS_WORKERS_START.replace(
         "sys.argv[1]", repr(str(tmp_path / "settings.toml"))
     )
