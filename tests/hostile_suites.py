@@ -515,6 +515,59 @@ def test_the_refusal_caught_and_ignored():
         pass
 """
 
+# (7c) The incident's shape by another program (session 76): a test's child that runs
+# `rm -rf` on production's sessions, a shell that writes into the root, both with a
+# hand-built environment (nothing of the run's in it), SQLite's `ATTACH` (C code, no audit
+# event of its path) in a child, and a test that remounts the root's seal read-write. The
+# kernel refuses each write (the root is read-only in the run's mount namespace,
+# app.testing.sealed); the remount is found after the test, which fails, and sealed again.
+CHILD_PROGRAM_TESTS = """
+import subprocess
+import sys
+
+from hostile_helpers import PRODUCTION
+
+BARE = {"PATH": "/usr/bin:/bin"}
+
+
+def run(*argv):
+    return subprocess.run(argv, env=BARE, capture_output=True, text=True, check=False)
+
+
+def test_rm_rf_of_the_sessions_in_a_child():
+    done = run("rm", "-rf", str(PRODUCTION / "sessions"))
+    assert done.returncode == 1
+    assert "Read-only file system" in done.stderr
+
+
+def test_a_shell_that_writes_moves_and_truncates():
+    for command in (
+        f"echo planted > {PRODUCTION}/planted",
+        f": > {PRODUCTION}/audit.jsonl",
+        f"mv {PRODUCTION}/sessions {PRODUCTION}/gone",
+        f"touch -d 2001-01-01 {PRODUCTION}/sessions",
+    ):
+        done = run("sh", "-c", command)
+        assert done.returncode != 0, command
+        assert "Read-only file system" in done.stderr, (command, done.stderr)
+
+
+def test_sqlite_attach_in_a_child_python_without_the_app():
+    code = (
+        "import sqlite3, sys; c = sqlite3.connect(':memory:'); "
+        "c.execute('ATTACH ? AS x', (sys.argv[1] + '/x.db',)); c.execute('CREATE TABLE x.t(a)')"
+    )
+    done = run(sys.executable, "-I", "-c", code, str(PRODUCTION))
+    assert done.returncode == 1
+    assert "sqlite3.OperationalError: unable to open database" in done.stderr, done.stderr
+
+
+def test_the_seal_remounted_read_write():
+    done = run("mount", "-o", "remount,bind,rw", str(PRODUCTION))
+    assert done.returncode == 0, done.stderr
+"""
+
+
 # (8) A conftest that loads the configuration at import time, like the incident's singleton.
 IMPORT_TIME_CONFTEST = """
 import shutil
@@ -1351,6 +1404,9 @@ class Suite:
     links: dict[str, str] = field(default_factory=dict)
     #: False: run without pytester's --basetemp, so that pytest picks its default one.
     basetemp: bool = True
+    #: True: the suite needs the run's roots sealed read-only (`app.testing.sealed`), which
+    #: takes CAP_SYS_ADMIN: skipped where the run has it not.
+    sealed_only: bool = False
 
 
 HEADER = (
@@ -1554,6 +1610,22 @@ SUITES: dict[str, Suite] = {
                 "the test went on: app: refused to delete the tree *"
             ),
         ),
+    ),
+    "a_child_program_that_deletes_the_root": Suite(
+        {"test_child_program.py": CHILD_PROGRAM_TESTS},
+        "sandbox: the protected roots read-only in the run's mount namespace (as root)",
+        args=("--app-seal",),
+        outcomes={"passed": 4, "errors": 1},
+        ret=1,
+        stdout=(
+            "app: read-only for every process of this run (a mount namespace of its own): *{root}*",
+            (
+                "*test_the_seal_remounted_read_write made {root} writable again for the run's "
+                "processes (a remount read-write, or an unmount, of the read-only mount the run "
+                "put over it); it was sealed again. Tests must not switch off the guard*"
+            ),
+        ),
+        sealed_only=True,
     ),
     "a_test_that_removes_the_sandbox_marker": Suite(
         {"test_marker.py": MARKER_REMOVED_TESTS},

@@ -80,6 +80,7 @@ from hostile_suites import HELPERS, SUITES, SUITES_WITHOUT_PROPS, Suite
 from side_by_side import INNER_ADDOPTS, NEXT_ITEM
 
 from app.lock import LOCK_FILE
+from app.testing import sealed
 
 SETTINGS = """\
 [default]
@@ -516,6 +517,8 @@ def test_production_survives_a_hostile_suite(
 ) -> None:
     # Both productions are fixtures of every case, so that the case after this one (started
     # while this one runs) finds its own up, whichever it is.
+    if suite.sealed_only and (why := sealed.why_not()) is not None:
+        pytest.skip(f"the run cannot seal roots read-only: {why}")
     result, _ = launcher.run(request, Case(suite, production, props=False))
     try:
         check_run(result, Case(suite, production, props=False))

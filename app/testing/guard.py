@@ -121,6 +121,9 @@ class GuardState:
     planted: Planted | None = None
     #: What `app.testing.python_writes.guard` returned for this run (released at its end).
     shield: object | None = None
+    #: The protected roots this run's processes see read-only (`app.testing.sealed`), and
+    #: those left as they were, with why; a worker inherits its controller's (None).
+    sealed: tuple[list[Path], list[tuple[Path, str]]] | None = None
 
     @property
     def own_runs(self) -> tuple[sandboxing.Run | None, ...]:

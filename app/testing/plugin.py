@@ -12,6 +12,7 @@ import atexit
 import functools
 import os
 import sys
+import tempfile
 import tomllib
 from collections.abc import Iterable, Iterator
 from difflib import get_close_matches
@@ -26,7 +27,7 @@ from app import config_files
 from app import sandbox as sandboxing
 from app.errors import AppError, printable
 from app.lock import describe_holder
-from app.testing import fixtures, guard, planted, python_writes, watch, writes, zygote
+from app.testing import fixtures, guard, planted, python_writes, sealed, watch, writes, zygote
 from app.testing.fixtures import (  # noqa: F401 - registered with the plugin, as pytest-django does
     FORKED,
     LIVE_SERVER_STARTS,
@@ -61,6 +62,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="refuse to run while a live server holds any profile's data root (ini: app_strict)",
     )
     group.addoption(
+        "--app-seal",
+        action="store_true",
+        default=None,
+        help="mount the roots the run protects read-only for every process of the run, in a "
+        "mount namespace of its own (needs CAP_SYS_ADMIN; ini: app_seal)",
+    )
+    group.addoption(
         "--app-keep-remote",
         action="store_true",
         default=False,
@@ -85,6 +93,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         type="bool",
         default=False,
         help="refuse to run while a live server holds any profile's data root",
+    )
+    parser.addini(
+        "app_seal",
+        type="bool",
+        default=False,
+        help="mount the roots the run protects read-only for every process of the run",
     )
 
 
@@ -258,9 +272,23 @@ def _guard_the_roots(
     live: list[guard.LiveHolder],
     enclosing: sandboxing.Run | None,
 ) -> None:
-    """What the run guards from before any conftest is imported: Python's own writes into
-    the protected roots, by code that does not go through the app (app.testing.python_writes),
-    and the environment's start-up files (`_watch_planted`)."""
+    """What the run guards from before any conftest is imported: every write into the
+    protected roots by the run's processes, each root mounted read-only in a mount namespace
+    of the run's own (app.testing.sealed: a worker is born in its controller's); Python's own
+    writes into them, by code that does not go through the app, with a message
+    (app.testing.python_writes); and the environment's start-up files (`_watch_planted`)."""
+    # `tempfile` picks its directory at its first use by writing a file there: in a root
+    # sealed read-only it would quietly pick another, and the refusal of a TMPDIR in a
+    # protected root (a test's work written there, kept by pytest) never come.
+    tempfile.gettempdir()
+    # An enclosing run's roots (a pytest a test runs) were sealed by that run, in the
+    # namespace this process was born in: only the run's own are sealed, and named.
+    inherited = set(enclosing.protected) if enclosing is not None else set()
+    paths = [path for root in protected if root not in inherited for path in root.paths_now()]
+    if state.worker:
+        state.sealed = (sealed.read_only_mounts(paths), [])
+    elif early_config.known_args_namespace.app_seal or early_config.getini("app_seal"):
+        state.sealed = sealed.seal(paths, (state.sandbox, early_config.rootpath, Path.cwd()))
     state.shield = python_writes.guard(protected, {h.root: describe_holder(h.holder) for h in live})
     early_config.stash[STATE] = state
     _watch_planted(early_config, state, enclosing)
@@ -285,6 +313,26 @@ def _watch_planted(
         # look would come after the outer run's put-backs; nor a script's `pytest.main()`,
         # whose process may install a package after the run, on purpose.
         atexit.register(_look_at_exit, early_config)
+
+
+def _sealed_lines(state: GuardState) -> list[str]:
+    """The header's word on the roots this run's processes see read-only (a worker's is its
+    controller's, said there)."""
+    if state.sealed is None:
+        return []
+    done, left = state.sealed
+    lines = []
+    if done:
+        lines.append(
+            "app: read-only for every process of this run (a mount namespace of its own): "
+            + ", ".join(str(path) for path in done)
+        )
+    lines.extend(
+        f"app: not read-only for this run's other processes: {path}: {why}"
+        for path, why in left
+        if why != sealed.MISSING
+    )
+    return lines
 
 
 def _refuse_live(
@@ -361,7 +409,7 @@ def _registered(config: pytest.Config, key: str) -> bool:
 
 
 #: The plugin's own ini keys, against which a key pytest does not know is compared.
-_INI_KEYS = ["app_strict", "app_live_server"]
+_INI_KEYS = ["app_strict", "app_live_server", "app_seal"]
 
 
 def _refuse_unknown_start(config: pytest.Config) -> None:
@@ -724,6 +772,20 @@ def _after_the_test(item: pytest.Item, state: guard.GuardState) -> list[str]:
             f"app: {item.nodeid} took the run's check of Python's writes out of "
             "app.testing.python_writes; it was put back. Tests must not switch off the guard"
         )
+    if state.sealed is not None and (opened := sealed.unsealed(state.sealed[0])):
+        failed = sealed.reseal(opened)
+        again = (
+            "it could not be sealed again ("
+            + "; ".join(f"{path}: {why}" for path, why in failed)
+            + ")"
+            if failed
+            else "it was sealed again"
+        )
+        failures.append(
+            f"app: {item.nodeid} made {', '.join(map(str, opened))} writable again for the "
+            "run's processes (a remount read-write, or an unmount, of the read-only mount the "
+            f"run put over it); {again}. Tests must not switch off the guard"
+        )
     if os.environ.get(appconfig.SANDBOX_ENV) != str(state.sandbox):
         os.environ[appconfig.SANDBOX_ENV] = str(state.sandbox)
         failures.append(
@@ -892,6 +954,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
             f"app: live server on profile {live.profile!r} ({describe_holder(live.holder)}) "
             f"at {live.root}: tests will not touch it"
         )
+    lines.extend(_sealed_lines(state))
     for unseen in state.unseen:
         lines.append(
             f"app: the data root of profile {unseen.profile!r} at {unseen.root} cannot be "
