@@ -12,7 +12,9 @@ announces itself first as an audit event (PEP 578: ``open`` with its flags, ``os
 does anything.
 
 So the plugin installs one hook in each of the run's pytest processes (the controller, each
-xdist worker, a pytest a test runs), before any conftest is imported, and each run pushes the
+xdist worker, a pytest a test runs; where the plugin is switched off or inactive in a pytest
+of the run, the fallback or the inactive plugin does: red team 76), before any conftest is
+imported, and each run pushes the
 roots it protects onto it while it lasts (a run inside a test, with ``pytester``, pops its
 own as it ends). A call that would create, write, truncate, move, link, change the mode,
 owner or times of, or delete a path in a protected root, or move or delete a directory that
@@ -35,8 +37,9 @@ shown through a bind mount under another name. A hook is permanent for the proce
 (CPython offers no way to remove one) and sees calls in every thread.
 
 What it cannot see, said in docs/explanation/attacks/: a process that is not one of the
-run's pytest processes (a child running another program, or Python without the app: the
-kernel's permissions are its barrier), writes by C code that raises no event of their path
+run's pytest processes or their forks (a child running another program, or a new
+interpreter: a ``spawn`` or ``forkserver`` worker, ``python -c``; the kernel's permissions
+are its barrier), writes by C code that raises no event of their path
 (an extension's own ``open(2)``, SQLite's ``ATTACH`` and ``VACUUM INTO``), and a write
 through a descriptor opened before the run began. ``os.open`` relative to a ``dir_fd``,
 whose event carries no descriptor, is checked against every directory the process holds
