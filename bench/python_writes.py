@@ -4,9 +4,10 @@ Each round runs three fresh processes in turn, each doing `--writes` times what 
 most (open a file for writing, write a byte, close, replace another name with it) in a
 directory of `--depth` levels under `--dir`: without the hook (the baseline), with it as a
 test's own code meets it (every call checked), and with it as the app's own code meets it
-(each call made from a function compiled from a file of the app's package: the frames read,
-no path checked). Then the same for reads (open the file, read it, close), the most of a
-process's opens: without the hook and with it (the event let go at its flags). One root is
+(each call made from a function compiled from a file of the app's package: checked as a
+test's since red team 76 on the guard, when the app's calls stopped being exempt). Then
+the same for reads (open the file, read it, close), the most of a process's opens: without
+the hook and with it (the event let go at its flags). One root is
 protected, elsewhere. Prints each variant's median process CPU per write or read (user +
 system, from ``wait4``: whole processes) and its ratio to the baseline of the same rounds.
 

@@ -424,6 +424,7 @@ def test_removing_the_marker(monkeypatch):
 LITERAL_WRITES_TESTS = """
 import os
 import shutil
+import socket
 import sqlite3
 import tomllib
 from pathlib import Path
@@ -491,6 +492,21 @@ def test_files_rewritten_removed_and_moved(tmp_path, monkeypatch):
         lambda: sqlite3.connect(f"file:{ROOT}/x.db?mode=rwc", uri=True)
     )
     assert "refused to make the directory" in refused(FileLock(ROOT / "new" / "x.lock").acquire)
+    # Red team 76: the app's own helpers, given a path of the test's choosing, directly or
+    # through a link in the sandbox, are checked as the test's own calls.
+    from app import dataroot
+    from app.testing import planted
+
+    audit = ROOT / "audit.jsonl"
+    assert f"refused to delete {audit}.app-restoring: it lies in production's" in refused(
+        planted._write_back, audit, b"", None
+    )
+    assert "refused to write" in refused(dataroot.write_new_file, tmp_path / "link" / "x", b"")
+    assert "refused to make the directory" in refused(dataroot._write_stamp, ROOT, "testing")
+    # ... and a Unix socket bound at a path in the root, which its bind creates.
+    unix = socket.socket(socket.AF_UNIX)
+    assert "refused to make a socket at" in refused(unix.bind, str(ROOT / "sessions" / "s"))
+    unix.close()
     assert sorted(p.name for p in ROOT.iterdir()) == BEFORE
     # Reading stays allowed.
     assert SESSION.read_bytes()

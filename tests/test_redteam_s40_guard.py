@@ -17,6 +17,10 @@ switched off (``-p no:app``), beside a stopped production root. What broke, each
 - a user's own ``pytest -p no:app`` in a shell with a broken ``PYTEST_APP_SANDBOX`` (``export
   PYTEST_APP_SANDBOX=``): every test that asked for ``tmp_path`` errored with a traceback
   through the wrapper, though no run was there to guard.
+
+Red team 76 added two cases to the children's: a child pytest of the run, plugin off or
+inactive, whose conftest removes production's stamp by plain Python (the check of Python's
+writes was the plugin's alone).
 """
 
 from __future__ import annotations
@@ -62,6 +66,14 @@ def pytest_configure(config):
 """
 
 SESSIONS = 'os.path.join(os.environ["PRODUCTION"], "sessions")'
+
+#: Red team 76: a conftest that removes production's stamp by plain Python, at its import.
+REMOVES_THE_STAMP = """
+import os
+
+os.remove(os.environ["VICTIM"])
+"""
+STAMP = 'os.path.join(os.environ["PRODUCTION"], ".app-profile.json")'
 
 
 def _tests_beside(
@@ -113,6 +125,20 @@ CHILD_CASES = {
         '["-n", "2"]',
         "",
         "TMPDIR is {production}",
+    ),
+    # Red team 76: Python's own writes, checked in a child pytest of the run whose plugin
+    # is switched off or inactive too (the stamp was removed).
+    "python-write": (
+        f'{{"VICTIM": {STAMP}}}',
+        "[]",
+        REMOVES_THE_STAMP,
+        "app: refused to delete {production}/.app-profile.json: it lies in production's",
+    ),
+    "python-write-inactive": (
+        f'{{"VICTIM": {STAMP}}}',
+        "PLUGIN_ON",
+        REMOVES_THE_STAMP,
+        "app: refused to delete {production}/.app-profile.json: it lies in production's",
     ),
 }
 
@@ -182,7 +208,7 @@ def test_a_child_pytest_without_the_plugin_cannot_reach_a_stopped_root(
     production, said = children_without_the_plugin
     output, refused = said[case], CHILD_CASES[case][3]
     assert not output.startswith("0 "), output  # the child's exit code
-    assert "app: refusing" in output and refused.format(production=production) in output, output
+    assert "app: refus" in output and refused.format(production=production) in output, output
     if refused.startswith("TMPDIR"):
         assert (
             "which overlaps the data root of profile 'production (protected by the enclosing "

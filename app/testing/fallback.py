@@ -67,7 +67,10 @@ def pytest_load_initial_conftests(
 
     given = list(args)
     off = sandboxing._switched_off_by() or "`-p no:app`"
-    watch.refuse_pytest_writes(early_config, guard.enclosing_roots_here(), switched_off=off)
+    run = guard.enclosing_run_here()
+    guard.guard_python_writes_without_the_plugin(run)  # before any conftest is imported
+    enclosing = guard.enclosing_roots(run) if run is not None else {}
+    watch.refuse_pytest_writes(early_config, enclosing, switched_off=off)
     result = yield
     # Again where an initial conftest moved the process or changed the arguments: pytest
     # opens --debug right after, before any pytest_configure (red team 41, as red team 38

@@ -203,11 +203,35 @@ def enclosing_roots(run: sandboxing.Run) -> dict[str, Path]:
 
 def enclosing_roots_here() -> dict[str, Path]:
     """The roots the run this process is inside protects (a pytest a test started), if any."""
-    try:
-        enclosing = sandboxing.current_run()
-    except AppError:
-        return {}  # only a broken PYTEST_APP_SANDBOX says so; what is on disk stays
+    enclosing = enclosing_run_here()
     return enclosing_roots(enclosing) if enclosing is not None else {}
+
+
+def enclosing_run_here() -> sandboxing.Run | None:
+    """The run this process is inside (a pytest a test started), if any."""
+    try:
+        return sandboxing.current_run()
+    except AppError:
+        return None  # only a broken PYTEST_APP_SANDBOX says so; what is on disk stays
+
+
+def guard_python_writes_without_the_plugin(enclosing: sandboxing.Run | None) -> None:
+    """A pytest inside a run whose own plugin does not run here (switched off with ``-p
+    no:app`` or autoload off, or inactive): the run's roots guarded against this process's
+    Python writes too, as in the run's own pytest processes. A test's child ``python -m
+    pytest -p no:app`` whose test called ``os.remove`` on a file of a root the run protects
+    removed it (red team 76 on the guard)."""
+    if enclosing is not None and enclosing.protected:
+        import tempfile
+
+        from app.testing import python_writes
+
+        # pytest's temporary root decided first, as a run of the plugin decides it before
+        # its hook: `tempfile` takes a directory whose probe the hook refuses for one it
+        # cannot write, and goes on to the next unsaid, so a TMPDIR in a protected root was
+        # used as /tmp, where it was refused naming TMPDIR (red team 40's cases).
+        tempfile.gettempdir()
+        python_writes.guard(enclosing.protected, {})
 
 
 def refuse_deletions_inactive(

@@ -454,7 +454,9 @@ def _stay_inactive(config: pytest.Config, reason: str) -> None:
     # between the two, and what each guards (pytest's emptying of its temporary directory,
     # its writes) happens after both, so a second read, a moment later, saw no change the
     # first could miss and that the act itself, later still, would not outlast.
-    enclosing = guard.enclosing_roots_here()
+    run = guard.enclosing_run_here()
+    guard.guard_python_writes_without_the_plugin(run)
+    enclosing = guard.enclosing_roots(run) if run is not None else {}
     guard.refuse_deletions_inactive(config, reason, dict(enclosing))  # a copy: one each
     watch.refuse_pytest_writes(config, enclosing, reason)
 

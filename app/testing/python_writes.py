@@ -12,12 +12,22 @@ announces itself first as an audit event (PEP 578: ``open`` with its flags, ``os
 does anything.
 
 So the plugin installs one hook in each of the run's pytest processes (the controller, each
-xdist worker, a pytest a test runs), before any conftest is imported, and each run pushes the
+xdist worker, a pytest a test runs; where the plugin is switched off or inactive in a pytest
+of the run, the fallback or the inactive plugin does: red team 76), before any conftest is
+imported, and each run pushes the
 roots it protects onto it while it lasts (a run inside a test, with ``pytester``, pops its
 own as it ends). A call that would create, write, truncate, move, link, change the mode,
 owner or times of, or delete a path in a protected root, or move or delete a directory that
 holds one, raises `ProtectedRootError` (a ``PermissionError``, as the kernel's own refusal
 is), and the test that made it fails at its end even if it caught the error.
+
+Every call is checked, the app's own too. Until red team 76 a call made from a file of the
+app's package was let go, as going through a root layer 3 had checked; but dozens of the
+app's functions take a path and write there without a check of their own (a put-back of
+`app.testing.planted`, `app.dataroot.write_new_file`, the stamp's writer), and a test that
+called one with production's path had its write taken for the app's. The app's writes in
+a run's process are few (about 2,500 in the suite's two heaviest in-process files), and
+each pays what a test's pays: bench/README.md, red team 76 on the guard.
 
 Where it is checked: the path as the call spells it, made absolute from the working
 directory (or the descriptor of ``dir_fd``), with every symbolic link on its way resolved
@@ -27,8 +37,9 @@ shown through a bind mount under another name. A hook is permanent for the proce
 (CPython offers no way to remove one) and sees calls in every thread.
 
 What it cannot see, said in docs/explanation/attacks/: a process that is not one of the
-run's pytest processes (a child running another program, or Python without the app: the
-kernel's permissions are its barrier), writes by C code that raises no event of their path
+run's pytest processes or their forks (a child running another program, or a new
+interpreter: a ``spawn`` or ``forkserver`` worker, ``python -c``; the kernel's permissions
+are its barrier), writes by C code that raises no event of their path
 (an extension's own ``open(2)``, SQLite's ``ATTACH`` and ``VACUUM INTO``), and a write
 through a descriptor opened before the run began. ``os.open`` relative to a ``dir_fd``,
 whose event carries no descriptor, is checked against every directory the process holds
@@ -45,7 +56,6 @@ and the path checks are the sandbox's (`app.sandbox.identity`).
 from __future__ import annotations
 
 import errno
-import importlib.util
 import os
 import stat
 import sys
@@ -53,7 +63,6 @@ import threading
 import urllib.parse
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from types import FrameType
 from typing import Any, Final
 
 from app.errors import shell_word
@@ -94,11 +103,10 @@ _CALLS: Final[dict[str, tuple[str, tuple[tuple[int, int | None], ...], bool, boo
     "shutil.copystat": ("copy times onto", ((1, None),), True, False),
     "shutil.copytree": ("copy a tree into", ((1, None),), True, False),
     "sqlite3.connect": ("open a database at", ((0, None),), True, False),
+    # A Unix socket's address is a path its bind creates (an abstract one, after a NUL, or
+    # an address of another family, names none): red team 76.
+    "socket.bind": ("make a socket at", ((1, None),), False, False),
 }
-
-#: Where the standard library's modules come from, frozen at start or read from files: a
-#: call they make is their caller's.
-_STDLIB: Final = ("<frozen ", os.path.dirname(os.__file__) + "/")
 
 #: Directories whose answer a shield keeps before it starts again (a run that writes in more
 #: directories than this pays one resolution each again).
@@ -107,14 +115,6 @@ _PLACES_KEPT: Final = 4096
 #: How many directories above a new one `_Shield._new_place` looks up by their kept answers
 #: before it resolves the path whole instead (a path of more names than this).
 _DEPTH_LOOKED_UP: Final = 64
-
-#: Where the code whose calls are the app's own comes from (its lock probes, its stores: layer
-#: 3's other checks guard what they open): the files of the app's package, by the file each
-#: function was compiled from (a test may rename its module, not that), and the files whose
-#: calls are their caller's: the standard library's and filelock's.
-#: Found at the first call that would be checked (`_own`): filelock is not imported to start
-#: a run (tests/test_plugin.py).
-_OWN: list[tuple[str, tuple[str, ...]]] = []
 
 
 #: A protected root, and how a path meets it: "in" it, "through" a bind mount of it, or
@@ -342,10 +342,13 @@ def _audit(event: str, args: tuple[Any, ...]) -> None:
                 return
         elif not (isinstance(mode, str) and any(c in mode for c in "wax+")):
             return
-        if isinstance(path, int) or _the_apps_own():
+        if isinstance(path, int):
             return
-        # A name created with O_EXCL is never followed: the call fails on a link there.
-        follow = not (isinstance(flags, int) and flags & _NEW_ONLY == _NEW_ONLY)
+        # A name created with O_EXCL, or opened with O_NOFOLLOW (the app's own files), is
+        # never followed: the call fails on a link there.
+        follow = not (
+            isinstance(flags, int) and (flags & _NEW_ONLY == _NEW_ONLY or flags & os.O_NOFOLLOW)
+        )
         _check(shields, "write", ((path, None),), follow=follow, moves=False)
         if mode is None and not _absolute_spelling(path):
             # `os.open`'s event carries no ``dir_fd``: a relative path is checked against
@@ -355,7 +358,7 @@ def _audit(event: str, args: tuple[Any, ...]) -> None:
                 _check(shields, "write", ((path, directory),), follow=follow, moves=False)
         return
     call = _CALLS.get(event)
-    if call is None or _the_apps_own():
+    if call is None:
         return
     what, places, follow, moves = call
     paths = tuple(
@@ -446,34 +449,6 @@ def _file_of_uri(text: str) -> str:
     if urllib.parse.parse_qs(uri.query).get("mode") in (["ro"], ["memory"]):
         return ""  # read only, or a database in memory
     return urllib.parse.unquote(uri.path)
-
-
-def _the_apps_own() -> bool:
-    """Whether the call was made by the app's own code: the first frame above the hook
-    outside the standard library and filelock was compiled from the app's files. A call
-    filelock makes is its caller's, as the standard library's are: a test's
-    ``FileLock(<production's root>/...)`` made its directories and lock file there (red team
-    75a). The app's writes go through a data root it opened, which layer 3's other checks
-    refused outside the sandbox, and asking this first (a few frames read, about a
-    microsecond) spares them the path's checks (two system calls at least)."""
-    app_files, passing = _own()
-    frame: FrameType | None = sys._getframe(2)
-    while frame is not None:
-        code = frame.f_code.co_filename
-        if not code.startswith(passing):
-            return code.startswith(app_files)
-        frame = frame.f_back
-    return False
-
-
-def _own() -> tuple[str, tuple[str, ...]]:
-    if not _OWN:
-        passing = list(_STDLIB)
-        spec = importlib.util.find_spec("filelock")  # where it is, not imported
-        if spec is not None and spec.origin:
-            passing.append(os.path.dirname(spec.origin) + "/")
-        _OWN.append((os.path.dirname(sys.modules["app"].__file__ or "") + "/", tuple(passing)))
-    return _OWN[0]
 
 
 def _refuse(shield: _Shield, what: str, given: Any, real: str, root: Protected, how: str) -> None:
