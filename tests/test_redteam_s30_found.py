@@ -4,6 +4,7 @@ replayed on its own, against real processes and a real data root.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -155,19 +156,37 @@ armed = []
 def swap_at_the_move(event, args):
     if event == "os.rename" and armed and "/blobs/" in os.fsdecode(args[1]):
         source = os.fsdecode(args[0])
-        armed.clear()
+        how = armed.pop()
+        if how == "in place":  # the same inode and size, in the app's own clock tick
+            with open(source, "r+b") as same:
+                same.write(b"other bytes!")  # as many as b"acknowledged"
+            return
         with open(source + ".other", "wb") as other:
-            other.write(b"other bytes!")  # as many as b"acknowledged"
+            other.write(b"other bytes!")
         os.replace(source + ".other", source)
+
+
+def written_while_streamed():
+    # Between two chunks, as `dd conv=notrunc` would: the size stays as received, and the
+    # app's next write sets the modification time. Chunks as large as a server's, which
+    # go past the file object's buffer, and 2 MiB in all: read back on a thread of its own.
+    with store.begin_upload(session_id, "w.txt") as upload:
+        upload.write(b"a" * 2**20)
+        with open(upload.temp_path, "r+b") as same:
+            same.write(b"other!")
+        upload.write(b"b" * 2**20)
+        upload.commit()
 
 
 sys.addaudithook(swap_at_the_move)
 said = {"session": session_id}
-for what, change in (
-    ("upload", lambda: store.put_file(session_id, "u.txt", b"acknowledged")),
-    ("restore", lambda: store.restore(session_id, file="r.txt")),
+for what, change, how in (
+    ("upload", lambda: store.put_file(session_id, "u.txt", b"acknowledged"), "moved"),
+    ("restore", lambda: store.restore(session_id, file="r.txt"), "moved"),
+    ("in place", lambda: store.put_file(session_id, "p.txt", b"acknowledged"), "in place"),
+    ("streamed", written_while_streamed, ""),
 ):
-    armed.append(True)
+    armed[:] = [how] if how else []
     try:
         change()
         said[what] = "done"
@@ -178,6 +197,11 @@ said["trash"] = [e.name for e in store.trash.entries()]
 said["findings"] = [f.problem for f in store.check(repair=False, thorough=True).findings]
 print(json.dumps(said))
 """
+
+
+def sha256(data: bytes) -> str:
+    """The SHA-256 of ``data``, in hex."""
+    return hashlib.sha256(data).hexdigest()
 
 
 def test_bytes_put_at_their_name_between_the_app_s_check_and_its_move_are_never_acknowledged(
@@ -204,6 +228,23 @@ def test_bytes_put_at_their_name_between_the_app_s_check_and_its_move_are_never_
         "(changed from outside the app; `app data check` reports it as file-damaged), "
         "nothing was changed. Put the bytes back into that entry as 'r.txt' from a backup "
         "(their SHA-256 is in its trash.json); no other copy of it is in the trash"
+    )
+    # Broke (red team 76 on integrity): written to in place while the body streamed, the
+    # upload was acknowledged with the SHA-256 of the bytes received, the disk holding others.
+    sent = b"a" * 2**20 + b"b" * 2**20
+    assert said["streamed"] == (
+        f"cannot store file 'w.txt' of session {session_id}: its temporary file in the data "
+        "root's .tmp/ holds other bytes than were received (their SHA-256 is "
+        f"{sha256(b'other!' + sent[6:])}, that of the bytes received {sha256(sent)}) "
+        "(cut, replaced or written to from outside the app while the upload was written), "
+        "so nothing was acknowledged and the session is unchanged. Send the file again; an "
+        "operator finds what writes in the data root's .tmp/ (a clean-up job, `fuser -v`) "
+        "and stops it"
+    )
+    # Written in place after the app's look, in the tick of its last write: the time the
+    # look sealed moves.
+    assert said["in place"] == said["upload"].replace("'u.txt'", "'p.txt'").replace(
+        "is another file, put at its name", "was written to"
     )
     # Nothing acknowledged of the other bytes; the copy the restore found changed is in its
     # entry, reported as what it is.
