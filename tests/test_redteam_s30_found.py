@@ -154,6 +154,12 @@ armed = []
 
 
 def swap_at_the_move(event, args):
+    if event == "os.rename" and armed == ["create"] and str(args[0]).startswith(".new-"):
+        armed.clear()  # the staged session.json, before its directory's rename
+        with open(root + "/other.json", "w") as other:
+            other.write('{"garbage": true}')
+        os.replace(root + "/other.json", f"{root}/sessions/{args[0]}/session.json")
+        return
     into = "/records/" if armed == ["record"] else "/blobs/"
     if event == "os.rename" and armed and into in os.fsdecode(args[1]):
         source = os.fsdecode(args[0])
@@ -187,6 +193,7 @@ for what, change, how in (
     ("in place", lambda: store.put_file(session_id, "p.txt", b"acknowledged"), "in place"),
     ("streamed", written_while_streamed, ""),
     ("record", lambda: store.put_file(session_id, "m.txt", b"acknowledged"), "record"),
+    ("create", lambda: said.update(made=store.create_session("mine")["id"]), "create"),
 ):
     armed[:] = [how] if how else []
     try:
@@ -197,6 +204,7 @@ for what, change, how in (
 said["files"] = [f["name"] for f in store.get_session(session_id)["files"]]
 with store.open_file(session_id, "m.txt")[0] as served:
     said["m.txt"] = served.read().decode()
+said["mine"] = store.get_session(said["made"])["title"]
 said["trash"] = [e.name for e in store.trash.entries()]
 said["findings"] = [f.problem for f in store.check(repair=False, thorough=True).findings]
 print(json.dumps(said))
@@ -253,6 +261,8 @@ def test_bytes_put_at_their_name_between_the_app_s_check_and_its_move_are_never_
     # Broke (red team 76 on integrity): another file put at a record's temporary name went
     # in its place, the PUT acknowledged; the record is written again.
     assert said["record"] == "done" and said["m.txt"] == "acknowledged"
+    # The same of a new session's session.json, staged in sessions/.new-<id>/.
+    assert said["create"] == "done" and said["mine"] == "mine"
     # Nothing acknowledged of the other bytes; the copy the restore found changed is in its
     # entry, reported as what it is.
     assert said["files"] == ["m.txt"] and len(said["trash"]) == 1
