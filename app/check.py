@@ -819,8 +819,9 @@ class Checker:
         reason = manifest.get("reason")
         self._finishing(
             entry,
-            f"of file {file!r}, whose bytes lost from outside the app were back among the "
-            "session's blobs: moved into it"
+            f"the record of file {file!r} kept when its bytes were lost from outside the "
+            "app: those bytes, found back among the session's blobs, moved into it (a "
+            "restore of the file checks them)"
             if reason == "lost"
             else f"a {reason} of file {file!r} that stopped after its commit: its old bytes "
             "moved into it",

@@ -984,6 +984,11 @@ def _write_temp_file(dir_: Path, data: bytes, *, durable: bool = True) -> Path:
     return tmp
 
 
+#: How many times `DataRoot.atomic_write_bytes` writes a file whose temporary name held another
+#: file at its rename before it gives up (red team 76 on integrity).
+_REWRITES: Final = 3
+
+
 def _replace(tmp: Path, dest: Path, *, durable: bool = True) -> None:
     # The directory is opened before the rename: a process out of file descriptors then fails
     # while nothing has changed, instead of after the new file is already visible (an error
@@ -4207,21 +4212,48 @@ class DataRoot:
     def atomic_write_bytes(self, dest: Path, data: bytes) -> None:
         """Write ``data`` to ``dest`` atomically and durably (temp file, fsync, rename, fsync).
 
+        The temporary file is read back before the rename and ``dest`` looked at after it:
+        where it is not the file written, with ``data`` (another file put at the temporary
+        name, or one written to in place), it is written again, `_REWRITES` times at most.
+
         Args:
             dest: the destination, inside the data root (its directory must exist).
             data: the complete new content.
+
+        Raises:
+            OSError: ``EAGAIN`` where another file was put at the temporary name each time,
+                and what the filesystem's calls raise.
         """
         self._require_writer(f"write {dest}")
         dest = self._check_dest(dest)
         self.ensure_held()
+        # The rename goes by name: another file put at the temporary one (`mv`, an editor's
+        # or rsync's save) was renamed into place, and a PUT answered 201 of a record that
+        # was that file's, the acknowledged one gone (red team 76 on integrity). Written
+        # again where what was renamed is not the file written, as the change asks.
+        for _ in range(_REWRITES):
+            if self._write_renamed(dest, data):
+                return
+        err = errno.EAGAIN
+        raise OSError(err, f"{os.strerror(err)}: a file put at its temporary name each time", dest)
+
+    def _write_renamed(self, dest: Path, data: bytes) -> bool:
+        """One attempt of :meth:`atomic_write_bytes`: whether ``dest`` now holds the file it
+        wrote (False: another file, put at the temporary name, went in its place)."""
         tmp = self.tmp_dir / f"write-{_token()}.part"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
         try:
             # Held until the rename: another writer's clean-up skips it (see _clear_tmp).
             fcntl.flock(fd, fcntl.LOCK_EX)
             write_all(fd, data)
             fsync(fd)
+            written = os.fstat(fd)
+            if os.pread(fd, len(data) + 1, 0) != data:  # written in place from outside
+                tmp.unlink(missing_ok=True)
+                return False
             _replace(tmp, dest)
+            there = os.lstat(dest)
+            return (there.st_dev, there.st_ino) == (written.st_dev, written.st_ino)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise

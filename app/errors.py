@@ -2271,23 +2271,26 @@ class SessionNotFoundError(StoreError):
 def finished_first(restores: int, changes: tuple[str, ...], back: str) -> str:
     """What a restore run again finished before its refusal (``; this run first finished
     ...``): the repairs of what an earlier restore left (`back`: what it had moved back),
-    counted, and what other changes stopped partway left, each entry named; both audited
-    in one ``check-repair`` line. Counted together, a replace's leftover was said to be a
-    restore's (red team 75)."""
+    counted, and the other trash entries it repaired, each named with what it was and
+    what was done; both audited in one ``check-repair`` line. Counted together, a
+    replace's leftover was said to be a restore's (red team 75)."""
     logged = "in a check-repair line in the audit log"
     said = []
     if restores:
         said.append(
-            f"what an earlier restore, stopped after it had moved {back} back, left in the "
-            f"trash ({restores} repair(s){'' if changes else ', ' + logged})"
+            f"finished what an earlier restore, stopped after it had moved {back} back, left "
+            f"in the trash ({restores} repair(s){'' if changes else ', ' + logged})"
         )
     if changes:
+        # Each entry in its own words: "changes, stopped partway" was said of a record kept
+        # of bytes lost from outside the app, which no change of the app's had left (red
+        # team 76 on integrity).
         said.append(
-            f"what {'other changes' if restores else 'changes'}, stopped partway, left "
-            f"{'there' if restores else 'in the trash'} ({len(changes)} repair(s): "
-            f"{'; '.join(changes)}), {'both ' if restores else ''}{logged}"
+            f"repaired {'other ' if restores else ''}trash entries of the session "
+            f"({len(changes)} repair(s): {'; '.join(changes)}), "
+            f"{'both ' if restores else ''}{logged}"
         )
-    return "; this run first finished " + ", and ".join(said)
+    return "; this run first " + ", and ".join(said)
 
 
 class NotInTrashError(SessionNotFoundError):
@@ -3650,7 +3653,9 @@ class UploadChangedOnDiskError(StorageError):
     received, which the disk never held (red team 44: cut while the body streamed, the
     writes went on at their offset after a hole of zeros; replaced, the other file was
     renamed into place). Looked at again once renamed into place: another file put at its
-    name after the first look went in its place (red team 75 on integrity, round 2)."""
+    name after the first look went in its place (red team 75 on integrity, round 2). Read
+    back and hashed before the answer: written in place while the body streamed, it kept
+    the size received and was acknowledged (red team 76 on integrity)."""
 
     code = "upload_changed_on_disk"
     http_status = 503
@@ -3667,7 +3672,8 @@ class UploadChangedOnDiskError(StorageError):
     name: str
     damage: str
     """What the file is now: "holds 0 bytes where 4096 were received", "is another file,
-    put at its name", "was written to"."""
+    put at its name", "was written to", "holds other bytes than were received (their
+    SHA-256 is ..., that of the bytes received ...)"."""
 
 
 class StoppedPartwayError(StorageError):

@@ -164,10 +164,10 @@ def test_a_restore_of_an_entry_run_again_after_its_move_says_what_it_finished(
     assert " ".join(again.stderr.split()) == (
         f"error: no trash entry {entry!r} in the trash: restored already, so it was not "
         "restored again; this run first finished what an earlier restore, stopped after it "
-        "had moved it back, left in the trash (1 repair(s)), and what other changes, stopped "
-        f"partway, left there (1 repair(s): entry {replaced}, a replace of file 'a.txt' that "
-        "stopped before its commit: removed, it held no data), both in a check-repair line "
-        f"in the audit log. `app sessions show {sid}` shows the session"
+        "had moved it back, left in the trash (1 repair(s)), and repaired other trash "
+        f"entries of the session (1 repair(s): entry {replaced}, a replace of file 'a.txt' "
+        "that stopped before its commit: removed, it held no data), both in a check-repair "
+        f"line in the audit log. `app sessions show {sid}` shows the session"
     )
     # The replace's alone, by session and by the entry it left: it was "so it was not
     # restored again; ... what an earlier restore ... left", of a session never restored.
@@ -177,9 +177,9 @@ def test_a_restore_of_an_entry_run_again_after_its_move_says_what_it_finished(
         again = CliRunner().invoke(cli, ["sessions", "restore", sid, *asked])
         assert again.exit_code == 66, again.output
         repaired = (
-            "this run first finished what changes, stopped partway, left in the trash (1 "
-            f"repair(s): entry {replaced}, a replace of file 'a.txt' that stopped before its "
-            "commit: removed, it held no data), in a check-repair line in the audit log"
+            "this run first repaired trash entries of the session (1 repair(s): entry "
+            f"{replaced}, a replace of file 'a.txt' that stopped before its commit: removed, "
+            "it held no data), in a check-repair line in the audit log"
         )
         assert " ".join(again.stderr.split()) == (
             f"error: no trash entry {replaced!r} in the trash, so nothing was restored; "
@@ -197,11 +197,32 @@ def test_a_restore_of_an_entry_run_again_after_its_move_says_what_it_finished(
     assert " ".join(again.stderr.split()) == (
         f"error: session {sid!r} has a file 'a.txt' (restored already, or never deleted), and "
         "the trash holds no copy of it to restore; nothing was restored; this run first "
-        "finished what changes, stopped partway, left in the trash (1 repair(s): entry "
+        "repaired trash entries of the session (1 repair(s): entry "
         f"{replaced}, a replace of file 'a.txt' that stopped before its commit: removed, it "
         "held no data), in a check-repair line in the audit log. `app sessions show "
         f"{sid}` lists the file, with its SHA-256"
     )
+    # Red team 76 on integrity: a record `check` kept of bytes lost from outside the app,
+    # the bytes then put back among the session's blobs, was said to be left by "changes,
+    # stopped partway", which no change of the app's had been.
+    record = json.loads((root / "sessions" / sid / "records" / "a.txt").read_bytes())
+    blob = root / "sessions" / sid / "blobs" / record["blob"]
+    blob.rename(root / "put-aside")
+    with open_storage(app_config, writer=True, kind="maintenance", wanted="test it") as store:
+        store.check(repair=True)
+    [kept] = sorted((root / ".trash").iterdir())[-1:]
+    (root / "put-aside").rename(blob)
+    again = CliRunner().invoke(cli, ["sessions", "restore", sid])
+    assert again.exit_code == 66, again.output
+    assert " ".join(again.stderr.split()) == (
+        f"error: no session {sid!r} in the trash: it is in sessions (restored already, or "
+        "never deleted), so nothing was restored; this run first repaired trash entries of "
+        f"the session (1 repair(s): entry {kept.name}, the record of file 'a.txt' kept when "
+        "its bytes were lost from outside the app: those bytes, found back among the "
+        "session's blobs, moved into it (a restore of the file checks them)), in a "
+        f"check-repair line in the audit log. `app sessions show {sid}` shows it"
+    )
+    assert (kept / "a.txt").read_bytes() == b"acknowledged"
 
 
 def _a_replace_killed_before_its_commit(config: Config, sid: str) -> str:

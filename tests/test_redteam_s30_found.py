@@ -4,6 +4,7 @@ replayed on its own, against real processes and a real data root.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -153,31 +154,66 @@ armed = []
 
 
 def swap_at_the_move(event, args):
-    if event == "os.rename" and armed and "/blobs/" in os.fsdecode(args[1]):
+    if event == "os.rename" and armed == ["create"] and str(args[0]).startswith(".new-"):
+        armed.clear()  # the staged session.json, before its directory's rename
+        with open(root + "/other.json", "w") as other:
+            other.write('{"garbage": true}')
+        os.replace(root + "/other.json", f"{root}/sessions/{args[0]}/session.json")
+        return
+    into = "/records/" if armed == ["record"] else "/blobs/"
+    if event == "os.rename" and armed and into in os.fsdecode(args[1]):
         source = os.fsdecode(args[0])
-        armed.clear()
+        how = armed.pop()
+        if how == "in place":  # the same inode and size, in the app's own clock tick
+            with open(source, "r+b") as same:
+                same.write(b"other bytes!")  # as many as b"acknowledged"
+            return
         with open(source + ".other", "wb") as other:
-            other.write(b"other bytes!")  # as many as b"acknowledged"
+            other.write(b"other bytes!")
         os.replace(source + ".other", source)
+
+
+def written_while_streamed():
+    # Between two chunks, as `dd conv=notrunc` would: the size stays as received, and the
+    # app's next write sets the modification time. Chunks as large as a server's, which
+    # go past the file object's buffer, and 2 MiB in all: read back on a thread of its own.
+    with store.begin_upload(session_id, "w.txt") as upload:
+        upload.write(b"a" * 2**20)
+        with open(upload.temp_path, "r+b") as same:
+            same.write(b"other!")
+        upload.write(b"b" * 2**20)
+        upload.commit()
 
 
 sys.addaudithook(swap_at_the_move)
 said = {"session": session_id}
-for what, change in (
-    ("upload", lambda: store.put_file(session_id, "u.txt", b"acknowledged")),
-    ("restore", lambda: store.restore(session_id, file="r.txt")),
+for what, change, how in (
+    ("upload", lambda: store.put_file(session_id, "u.txt", b"acknowledged"), "moved"),
+    ("restore", lambda: store.restore(session_id, file="r.txt"), "moved"),
+    ("in place", lambda: store.put_file(session_id, "p.txt", b"acknowledged"), "in place"),
+    ("streamed", written_while_streamed, ""),
+    ("record", lambda: store.put_file(session_id, "m.txt", b"acknowledged"), "record"),
+    ("create", lambda: said.update(made=store.create_session("mine")["id"]), "create"),
 ):
-    armed.append(True)
+    armed[:] = [how] if how else []
     try:
         change()
         said[what] = "done"
     except AppError as error:
         said[what] = str(error)
 said["files"] = [f["name"] for f in store.get_session(session_id)["files"]]
+with store.open_file(session_id, "m.txt")[0] as served:
+    said["m.txt"] = served.read().decode()
+said["mine"] = store.get_session(said["made"])["title"]
 said["trash"] = [e.name for e in store.trash.entries()]
 said["findings"] = [f.problem for f in store.check(repair=False, thorough=True).findings]
 print(json.dumps(said))
 """
+
+
+def sha256(data: bytes) -> str:
+    """The SHA-256 of ``data``, in hex."""
+    return hashlib.sha256(data).hexdigest()
 
 
 def test_bytes_put_at_their_name_between_the_app_s_check_and_its_move_are_never_acknowledged(
@@ -205,7 +241,29 @@ def test_bytes_put_at_their_name_between_the_app_s_check_and_its_move_are_never_
         "nothing was changed. Put the bytes back into that entry as 'r.txt' from a backup "
         "(their SHA-256 is in its trash.json); no other copy of it is in the trash"
     )
+    # Broke (red team 76 on integrity): written to in place while the body streamed, the
+    # upload was acknowledged with the SHA-256 of the bytes received, the disk holding others.
+    sent = b"a" * 2**20 + b"b" * 2**20
+    assert said["streamed"] == (
+        f"cannot store file 'w.txt' of session {session_id}: its temporary file in the data "
+        "root's .tmp/ holds other bytes than were received (their SHA-256 is "
+        f"{sha256(b'other!' + sent[6:])}, that of the bytes received {sha256(sent)}) "
+        "(cut, replaced or written to from outside the app while the upload was written), "
+        "so nothing was acknowledged and the session is unchanged. Send the file again; an "
+        "operator finds what writes in the data root's .tmp/ (a clean-up job, `fuser -v`) "
+        "and stops it"
+    )
+    # Written in place after the app's look, in the tick of its last write: the time the
+    # look sealed moves.
+    assert said["in place"] == said["upload"].replace("'u.txt'", "'p.txt'").replace(
+        "is another file, put at its name", "was written to"
+    )
+    # Broke (red team 76 on integrity): another file put at a record's temporary name went
+    # in its place, the PUT acknowledged; the record is written again.
+    assert said["record"] == "done" and said["m.txt"] == "acknowledged"
+    # The same of a new session's session.json, staged in sessions/.new-<id>/.
+    assert said["create"] == "done" and said["mine"] == "mine"
     # Nothing acknowledged of the other bytes; the copy the restore found changed is in its
     # entry, reported as what it is.
-    assert said["files"] == [] and len(said["trash"]) == 1
+    assert said["files"] == ["m.txt"] and len(said["trash"]) == 1
     assert said["findings"] == ["file-damaged"]

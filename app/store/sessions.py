@@ -292,6 +292,18 @@ class Sessions:
         made = each(lambda item: item.rename(sessions_fd, self.where), going)
         if not made:
             return
+
+        # A session.json put at the staged one's name from outside: this create's written
+        # again, as `DataRoot.atomic_write_bytes` does (`_Staging.rename`). Not written, the
+        # session is there all the same (listed), and its answer the error.
+        failed: dict[int, Exception] = {}
+        for item in made:
+            if item.replaced:
+                try:
+                    path = Path(self.where, item.session["id"], SESSION_FILE)
+                    self.root.atomic_write_bytes(path, item.data)
+                except Exception as error:
+                    failed[item.index] = error
         try:
             self.state.sessions_sync.sync(sessions_fd)
         except Exception as error:  # every renamed one's answer
@@ -299,7 +311,7 @@ class Sessions:
                 results[item.index] = error
         else:
             for item in made:
-                results[item.index] = item.session
+                results[item.index] = failed.get(item.index, item.session)
         finally:
             # Listed as the disk has them, even if the sync failed (EIO): a process that
             # starts now lists them too.
@@ -1102,6 +1114,10 @@ class _Staging:
         self.dir_fd: int | None = None
         self.file_fd: int | None = None
         self.renamed = False
+        self.data = b""
+        self.written: tuple[int, int] | None = None
+        #: Renamed into place holding another session.json than the one written.
+        self.replaced = False
 
     def stage(self, sessions_fd: int, where: str) -> None:
         """Make the staging directory in ``where`` (sessions/, open as ``sessions_fd``) and
@@ -1124,7 +1140,8 @@ class _Staging:
         # By its whole path, not relative to dir_fd: the "open" audit event carries no dir_fd,
         # and the red teams' hooks find what a write opens from the path it names.
         self.file_fd = os.open(f"{where}/{self.name}/{SESSION_FILE}", flags, FILE_MODE)
-        write_all(self.file_fd, json_bytes(stored))
+        self.data = json_bytes(stored)
+        write_all(self.file_fd, self.data)
 
     def remove(self, where: str) -> None:
         """Close the staging directory and remove it from ``where`` (sessions/).
@@ -1158,6 +1175,8 @@ class _Staging:
     def sync_file(self) -> None:
         assert self.file_fd is not None
         fsync(self.file_fd)
+        written = os.fstat(self.file_fd)
+        self.written = (written.st_dev, written.st_ino)
         os.close(self.file_fd)
         self.file_fd = None
 
@@ -1184,6 +1203,14 @@ class _Staging:
             )
             raise
         self.renamed = True
+        # Looked at through the directory this create made, once it is in place: another
+        # file put at .new-<id>/session.json before the rename was the session created, a
+        # POST answered 201 of a session.json that was not its own (red team 76 on
+        # integrity). Where it is, the caller writes this one's again (`replaced`).
+        assert self.dir_fd is not None
+        with contextlib.suppress(OSError):  # gone: the next read says so
+            there = os.stat(SESSION_FILE, dir_fd=self.dir_fd, follow_symlinks=False)
+            self.replaced = (there.st_dev, there.st_ino) != self.written
         self.close()
 
     def close(self) -> None:

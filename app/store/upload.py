@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import threading
 from collections.abc import Iterable
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Final
 
 from app import storage
 from app.errors import UploadChangedOnDiskError, UploadTooLargeError
@@ -20,6 +21,10 @@ if TYPE_CHECKING:
     from app.store.files import Files
 
 __all__ = ["Upload"]
+
+#: How much of an upload's temporary file its commit reads back at a time (`_Reread`), and
+#: up to which size it reads it on the commit's own thread.
+_REREAD_BYTES: Final = 1 << 20
 
 
 class Upload(storage.Upload):
@@ -61,6 +66,7 @@ class Upload(storage.Upload):
         self._file, self.temp_path = files.root.new_temp_file()
         self._done = False
         self._written: os.stat_result | None = None
+        self._reread: _Reread | None = None
 
     def write(self, chunk: bytes | bytearray | memoryview) -> None:
         """Append ``chunk``; over ``max_upload_bytes``, abort and raise UploadTooLargeError."""
@@ -109,6 +115,7 @@ class Upload(storage.Upload):
             self.abort()
             raise
         self._done = True
+        self._reread = None  # waited for by check_moved
         with contextlib.suppress(OSError):
             self._file.close()
         self._file = None
@@ -116,7 +123,8 @@ class Upload(storage.Upload):
 
     def _check_on_disk(self) -> None:
         """Refuse a temporary file that is not what was written: the commit renames it by
-        its path and records the SHA-256 of the bytes received (red team 44)."""
+        its path and records the SHA-256 of the bytes received (red team 44). Then seal it
+        and start reading it back (`_Reread`), which :meth:`check_moved` waits for."""
         assert self._file is not None
         written = os.fstat(self._file.fileno())
         try:
@@ -130,20 +138,37 @@ class Upload(storage.Upload):
             damage = f"holds {written.st_size} bytes where {self.received} were received"
         if damage is not None:
             raise UploadChangedOnDiskError(self.session_id, self.name, damage)
-        self._written = written
+        fd = self._file.fileno()
+        # Sealed: its modification time set to just before the app's last write's, which no
+        # later write gives it, in this very clock tick too (`moved_changed` compares it).
+        os.utime(fd, ns=(written.st_atime_ns, written.st_mtime_ns - 1))
+        self._written = os.fstat(fd)
+        self._reread = _Reread(fd, self.received)
 
     def check_moved(self, dest: Path) -> None:
         """Refuse the file renamed to ``dest`` if it is not the one :meth:`_check_on_disk`
         saw, as it was: the commit renames by path, after a wait for the session's lock, and
         another file put at the temporary name meanwhile went in its place (red team 75 on
-        integrity, round 2). The caller removes what it renamed."""
+        integrity, round 2), or if it does not hold the bytes received (`_Reread`).
+        The caller removes what it renamed."""
         assert self._file is not None and self._written is not None
+        assert self._reread is not None
         damage = moved_changed(self._file.fileno(), self._written, dest)
+        if damage is None and (digest := self._reread.digest()) != self._hash.hexdigest():
+            damage = (
+                f"holds other bytes than were received (their SHA-256 is {digest}, that of "
+                f"the bytes received {self._hash.hexdigest()})"
+            )
         if damage is not None:
             raise UploadChangedOnDiskError(self.session_id, self.name, damage)
 
     def abort(self) -> None:
         """Forget the upload and remove its temporary file. Idempotent."""
+        if self._reread is not None:
+            # Before the close: the read goes through this descriptor's number.
+            with contextlib.suppress(OSError):
+                self._reread.digest()
+            self._reread = None
         if self._file is not None:
             with contextlib.suppress(OSError):
                 self._file.close()
@@ -157,3 +182,55 @@ class Upload(storage.Upload):
     def finished(self) -> bool:
         """Whether the upload was committed or aborted."""
         return self._done
+
+
+class _Reread:
+    """The SHA-256 of what an upload's temporary file holds, read back through the
+    descriptor it was written by (mkstemp's reads as well as writes).
+
+    A write in place from outside (``dd conv=notrunc``, a tool that rewrites what it finds
+    in ``.tmp/``) while the body streamed left the size as received, and the app's next
+    write set the modification time: the upload was acknowledged with the SHA-256 of bytes
+    the disk did not hold (red team 76 on integrity). Read after the seal, this finds a
+    write before it; `moved_changed` finds one after it. Past `_REREAD_BYTES`, read on a
+    thread of its own while the commit waits for the session's lock and fsyncs (the hash
+    and the disk's writes overlap); the commit waits for it before it answers.
+    """
+
+    def __init__(self, fd: int, size: int) -> None:
+        self._fd, self._size = fd, size
+        self._digest: str | None = None
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        if size > _REREAD_BYTES:
+            thread = threading.Thread(target=self._run, name="upload-reread", daemon=True)
+            # No thread to be had (the process at its limit): read on this one, slower.
+            with contextlib.suppress(RuntimeError):
+                thread.start()
+                self._thread = thread
+        if self._thread is None:
+            self._run()
+
+    def _run(self) -> None:
+        try:
+            found = hashlib.sha256()
+            view = memoryview(bytearray(_REREAD_BYTES))
+            offset = 0
+            while offset < self._size:
+                got = os.preadv(self._fd, [view], offset)
+                if got == 0:
+                    break
+                found.update(view[:got])
+                offset += got
+            self._digest = found.hexdigest()
+        except BaseException as error:  # raised where the commit waits (`digest`)
+            self._error = error
+
+    def digest(self) -> str:
+        """The SHA-256 read, once the read is done; raises what the read raised."""
+        if self._thread is not None:
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._digest is not None
+        return self._digest
