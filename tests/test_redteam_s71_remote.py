@@ -52,7 +52,7 @@ from test_redteam_s62_remote import doctor_probes
 from test_remote_store import PROFILE, _maintenance, _replica
 
 from app.config import load
-from app.remote import pg, storage
+from app.remote import db, pg, storage
 from app.remote.errors import (
     DatabasePasswordMissingError,
     DatabaseRefusedError,
@@ -397,7 +397,13 @@ def _burst_within_the_pool(engine: PostgresEngine, one: RemoteStore) -> None:
                 return error
             return None
 
-        with concurrent.futures.ThreadPoolExecutor(size + 2) as burst:
+        with (
+            pytest.MonkeyPatch.context() as patch,
+            concurrent.futures.ThreadPoolExecutor(size + 2) as burst,
+        ):
+            # The pool's look for a failure every 0.1 s rather than every second: the same
+            # race, in a tenth of the time.
+            patch.setattr(db, "_FAILING_WAIT_SECONDS", 0.1)
             refused = [e for e in burst.map(lambda _: ask(), range(size + 2)) if e]
         assert not refused, [error.message for error in refused]
         waits.until(
