@@ -227,7 +227,7 @@ def describe_holder(holder: Mapping[str, Any] | None) -> str:
             if named is not None
             else ""
         )
-        paused = _details({k: v for k, v in holder.items() if k in _PAUSED_KEYS})
+        paused = _details({k: v for k, v in holder.items() if k in PAUSED_KEYS})
         return (
             f"pid {holder['pid']} ({holder.get('holder_argv') or 'command line unknown'}){also}"
             ", which holds a shared lock on the lock file, as `flock -s` takes one: not a "
@@ -323,7 +323,7 @@ _REUSED_KEYS: Final = frozenset({"pid_written_over", "pid_reused", "holder_argv"
 
 
 #: The fields `_paused` adds to a holder: how its process is kept from running.
-_PAUSED_KEYS: Final = frozenset({"stopped", "traced_by", "frozen", "thaw"})
+PAUSED_KEYS: Final = frozenset({"stopped", "traced_by", "frozen", "thaw"})
 
 
 def _details(holder: Mapping[str, Any]) -> list[str]:
@@ -745,15 +745,24 @@ def _paused(pid: int) -> dict[str, Any]:
     return {} if frozen is None else {"frozen": frozen[0], "thaw": frozen[1]}
 
 
-def paused_words(pid: int) -> list[str]:
+def paused_fields(pid: int) -> dict[str, Any]:
+    """How `pid`, a process of this machine, is kept from running, as a data root's holder's
+    fields (`_paused`): ``stopped``, ``traced_by``, ``frozen`` and ``thaw``; empty where it
+    runs. For a replica's entry in ``app status --json`` (red team 76 on the server: a
+    stopped worker was said so only in words)."""
+    return _paused(pid)
+
+
+def paused_words(pid: int, paused: Mapping[str, Any] | None = None) -> list[str]:
     """How `pid`, a process of this machine, is kept from running, in `describe_holder`'s
     words, each with what lets it act on a stop; empty where it runs.
 
     For a replica of the remote backend on this machine (`app.remote.errors.describe_replica`),
     which a row names by its pid alone: a worker of `serve --workers` stopped with SIGSTOP
     was "serving" in `app status` and in each maintenance refusal, which said to stop it,
-    and a `kill` is acted on only once it runs again (red team 75 on serve --workers)."""
-    paused = _paused(pid)
+    and a `kill` is acted on only once it runs again (red team 75 on serve --workers).
+    ``paused``: its `paused_fields`, read already (the words then say what they say)."""
+    paused = _paused(pid) if paused is None else paused
     words = _details(paused)
     if paused.get("stopped"):
         words[-1] += f"; a stop (kill {pid}) takes effect once it is resumed (kill -CONT {pid})"

@@ -36,9 +36,11 @@ it (`pg._raised_by_code`), as is an error raised there with a SQLSTATE of its ow
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import re
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,7 +52,7 @@ from test_redteam_s62_remote import doctor_probes
 from test_remote_store import PROFILE, _maintenance, _replica
 
 from app.config import load
-from app.remote import pg, storage
+from app.remote import db, pg, storage
 from app.remote.errors import (
     DatabasePasswordMissingError,
     DatabaseRefusedError,
@@ -59,6 +61,7 @@ from app.remote.errors import (
     ReplicasLiveError,
     TablesChangedError,
 )
+from app.remote.store import RemoteStore
 from app.storage import Probe
 
 # A gid with a quote in it: the statement the refusal gives must run as it is printed.
@@ -353,6 +356,64 @@ def _until_backends_ended(engine: PostgresEngine, role: str) -> None:
         )
 
 
+def _burst_within_the_pool(engine: PostgresEngine, one: RemoteStore) -> None:
+    """Red team 76 on the server (left open by red team 75 on regress, round c): the pool
+    failing, a burst of requests each opened a connection of its own within the pool's size
+    counted only while their connect ran and once lent, and the pool one more at their first
+    success: a role's CONNECTION LIMIT set to what the replica takes (its holder's one and
+    its pool's size) refused one, "too many connections for role". The role's limit is that,
+    here; the pool's connections ended under it and its attempts waiting their backoff (300
+    s, as the caller set), as after a NOLOGIN lifted."""
+    size = one.db.pool_size
+    engine._as_admin(
+        "ALTER ROLE limited73 NOLOGIN",
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = "
+        "'limited73' AND application_name LIKE 'app server %'",
+    )
+    one.db._pool.check()  # psycopg_pool's: its dead connections dropped, each replaced
+    waits.until(
+        lambda: one.db._failure is not None and not one.db._pool.get_stats()["pool_available"],
+        lambda: f"the pool's replacements were not refused: {one.db._pool.get_stats()}",
+    )
+    with engine.connect() as admin:
+        waits.until(
+            lambda: (
+                admin.execute(
+                    "SELECT count(*) AS n FROM pg_stat_activity WHERE usename = 'limited73'"
+                ).fetchone()[0]
+                == 1
+            ),
+            lambda: "a backend of limited73 outlived its client",
+        )
+    engine._as_admin(f"ALTER ROLE limited73 LOGIN CONNECTION LIMIT {size + 1}")
+    try:
+        start = threading.Barrier(size + 2)
+
+        def ask() -> BaseException | None:
+            start.wait()
+            try:
+                one.list_sessions()
+            except DatabaseUnavailableError as error:
+                return error
+            return None
+
+        with (
+            pytest.MonkeyPatch.context() as patch,
+            concurrent.futures.ThreadPoolExecutor(size + 2) as burst,
+        ):
+            # The pool's look for a failure every 0.1 s rather than every second: the same
+            # race, in a tenth of the time.
+            patch.setattr(db, "_FAILING_WAIT_SECONDS", 0.1)
+            refused = [e for e in burst.map(lambda _: ask(), range(size + 2)) if e]
+        assert not refused, [error.message for error in refused]
+        waits.until(
+            lambda: one.db._failure is None,
+            lambda: f"the pool's connection was refused: {one.db._failure}",
+        )
+    finally:
+        engine._as_admin("ALTER ROLE limited73 CONNECTION LIMIT -1")
+
+
 def test_a_connection_limit_of_the_apps_role_is_named_at_once(
     postgres_engine: PostgresEngine,
     s3_engine: S3Engine,
@@ -462,6 +523,7 @@ def test_a_connection_limit_of_the_apps_role_is_named_at_once(
                 lambda: one.db._failure is None and one.db._pool.get_stats()["pool_available"],
                 lambda: "the pool opened no connection before its next attempt",
             )
+            _burst_within_the_pool(postgres_engine, one)
             monkeypatch.undo()
             # Red team 75 on the remote backend: the role's password expired (VALID UNTIL
             # past) under a live replica, its pooled connections then ended. Each new

@@ -310,9 +310,16 @@ def test_serve_with_workers_runs_one_replica_per_worker_on_one_port(
     # (... serve ...)" and "stop it"): `serve` and both workers hold the socket.
     os.kill(workers[1], signal.SIGSTOP)
     port = server.url.rpartition(":")[2]
-    refused, taken = production.run_side_by_side(
-        ("data", "purge", "--yes-i-mean-it"), ("serve", "--port", port, "--workers", "2")
+    refused, taken, listed = production.run_side_by_side(
+        ("data", "purge", "--yes-i-mean-it"),
+        ("serve", "--port", port, "--workers", "2"),
+        ("status", "--json"),
     )
+    # Red team 76 on the server: said so in words only, `app status --json` gave the stopped
+    # worker's row as the running one's, and a monitor reading it saw two serving replicas.
+    # It now carries a data root's holder's fields for it (`stopped`).
+    paused = {h["pid"]: h.get("stopped") for h in json.loads(listed.stdout)["holders"]}
+    assert paused == {workers[0]: None, workers[1]: True}, listed.stdout
     stopped = (
         f"stopped by a signal (SIGSTOP, Ctrl-Z in its shell): it waits to be resumed; a stop "
         f"(kill {workers[1]}) takes effect once it is resumed (kill -CONT {workers[1]})"

@@ -218,6 +218,24 @@ def test_a_header_the_app_reads_given_twice_is_refused_naming_it(
             assert f"it has more than one {header} header" in problem["message"], problem
             assert f"Send {header} once" in problem["message"], problem
             assert answers.next()[2] == b"kept"
+        # Red team 76 on the server: a page of another site had the browser send a POST
+        # without CORS's preflight (`fetch(..., {mode: 'no-cors'})`), and a development
+        # server's trash was emptied (no token to send). A change a browser says comes from
+        # another origin is refused; a read is served, as a link to a download from elsewhere.
+        for site, line in (("cross-site", "POST /trash/empty"), ("same-site", f"DELETE {file}")):
+            extra = f"Sec-Fetch-Site: {site}\r\nContent-Length: 0\r\n"
+            sock.sendall(head_of(server, line, extra) + head_of(server, f"GET {file}", extra))
+            status, _, answer = answers.next()
+            said = (
+                f"{line} refused: a browser sent it from a page of another origin "
+                f"(Sec-Fetch-Site: {site}), which a page the user only visited can do without "
+                "the user's knowing, and this API takes no change from a page of another "
+                "origin. Nothing was done. Make the change from a program (curl, a client "
+                "library) or from the API's own page (/docs); reads (GET, HEAD) are served to "
+                "any page"
+            )
+            assert (status, json.loads(answer)["message"]) == (400, said)
+            assert answers.next()[2] == b"kept"
         # A list in one header is one header.
         extra = f'If-Match: "{"0" * 64}", {_etag(b"kept")}\r\nContent-Length: 4\r\n'
         sock.sendall(head_of(server, f"PUT {file}", extra) + b"new!")

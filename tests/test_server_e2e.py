@@ -262,6 +262,18 @@ def test_kill_9_then_an_immediate_restart_keeps_every_acknowledged_write(
         assert [s["id"] for s in listing["items"]] == list(acknowledged)
         for i, (sid, data) in enumerate(acknowledged.items()):
             assert client.get(f"/sessions/{sid}/files/f{i}.bin").content == data
+        # Red team 76 on the server: no answer said how long a cache may keep it, and a
+        # browser (Chromium, on the API's own /docs page) answered a download after an
+        # acknowledged replace with the old bytes from its cache (a Last-Modified's
+        # heuristic), never asking. Every answer, a 404 and /health's included, is no-store.
+        answers = [
+            client.get("/sessions"),
+            client.get(f"/sessions/{sid}"),
+            client.head(f"/sessions/{sid}/files/f{i}.bin"),
+            client.get("/sessions/0123456789abcdef0123456789abcdef"),
+            client.get("/health"),
+        ]
+        assert [a.headers.get_list("cache-control") for a in answers] == [["no-store"]] * 5
 
 
 def open_upload(server: Server, path: str, head: bytes, declared: int) -> socket.socket:

@@ -174,6 +174,10 @@ def trash_entry(
 
 _FAILING_WAIT_SECONDS: Final = 1.0
 """How often a request waiting for a pooled connection looks whether one failed to open."""
+#: What `Database._own_connection` returns where other requests' own connections take every
+#: place the pool leaves: the request waits for their answer rather than being told a failure
+#: of the pool's that may be stale.
+_AWAITED: Final = object()
 
 # Refusals that may come from a setting the connection took when it began (see `conn`).
 _STALE_SETTINGS: Final = (psycopg.errors.ReadOnlySqlTransaction, psycopg.errors.QueryCanceled)
@@ -307,7 +311,9 @@ class Database:
         self.wait_seconds = wait_seconds
         self.lock_wait_seconds = lock_wait_seconds
         self._lent = 0  # connections lent to callers now
-        self._opening = 0  # requests' own connections being opened (`_own_connection`)
+        #: Requests' own connections (`_own_connection`), from before their connect until
+        #: closed; the pool's most is lowered by as many meanwhile (`_room`).
+        self._own = 0
         #: The pool's failure a request's own connection has since got past, and the pool
         #: been told to try again for (`_pool_tries_now`): once for each.
         self._past: tuple[float, psycopg.Error] | None = None
@@ -589,10 +595,20 @@ class Database:
                 if self._violation is not None:
                     raise
                 own = self._own_connection()
-                if own is not None:
-                    with own:
-                        yield own
+                if isinstance(own, psycopg.Connection):
+                    try:
+                        with own:
+                            yield own
+                    finally:
+                        self._own_closed(opened=True)
                     return
+                if own is _AWAITED:
+                    # Other requests ask the server now, in every place the pool's size
+                    # leaves: their answer comes within a connect (the pool opens one at
+                    # their first success), not the pool's failure, which may be stale.
+                    if time.monotonic() >= deadline:
+                        raise
+                    continue
                 if self._failing() is not None or time.monotonic() >= deadline:
                     raise
                 continue
@@ -621,10 +637,11 @@ class Database:
             self._record(error)
             raise
 
-    def _own_connection(self) -> Connection | None:
+    def _own_connection(self) -> Connection | object | None:
         """A connection of the request's own, opened and set up as the pool's are, when the
         pool's last attempt failed (`_asked_again`): ``None`` where this one fails too
-        (recorded, to be said as it is now), or the pool's failure was a server's silence.
+        (recorded, to be said as it is now), or the pool's failure was a server's silence,
+        or no place is left for it (`_room`: `_AWAITED` where other requests' take them).
 
         The pool retries a failed connection with a backoff that doubles (psycopg_pool's, up
         to its reconnect_timeout): after the refusal's remedy was run (`ALTER ROLE ...
@@ -640,31 +657,68 @@ class Database:
         failure = self._failure
         if failure is None or not self._asked_again(failure[1]):
             return None
-        with self._lending:
-            # No more at once than the pool's size, those lent counted (a burst of requests
-            # opened one each: a role's CONNECTION LIMIT counts on 8 a replica's pool).
-            if self._lent + self._opening >= self.pool_size:
-                return None
-            self._opening += 1
+        room = self._room()
+        if room is not True:
+            return room
         try:
             conn = self._connection_class.connect(
                 self._conninfo, autocommit=True, row_factory=dict_row
             )
         except psycopg.OperationalError:
+            self._own_closed()
             return None  # recorded by the connection class: said by `conn`
-        finally:
-            with self._lending:
-                self._opening -= 1
+        except BaseException:
+            self._own_closed()
+            raise
         try:
             self._configure(conn)
             self._pool_tries_now(failure)  # in here: the connection is closed should it raise
         except psycopg.Error:
             conn.close()
+            self._own_closed()
             return None  # recorded by `_configure`: said by `conn`
         except BaseException:
             conn.close()
+            self._own_closed()
             raise
         return conn
+
+    def _room(self) -> bool | object:
+        """Take a place for a request's own connection within ``database_pool_size``, the
+        pool's and the requests' own together: True, or `_AWAITED` where other requests'
+        own connections take every place the pool leaves, or None where the pool's own
+        connections and attempts take them all.
+
+        The bound counted the own connections only while their connect ran and once lent,
+        and not the pool's: a burst of requests, the pool failing, opened the pool's size of
+        their own, and the pool one more at their first success (`_pool_tries_now`), so a
+        role's CONNECTION LIMIT set to what a replica takes was refused (red team 75 on
+        regress, round c, left open; red team 76 on the server). The pool's most is lowered by
+        the own connections alive (psycopg_pool's public `resize`, under its lock: it grows
+        no further), and what it counts (`pool_size`: its connections, lent or idle, and its
+        attempts, in flight or waiting their backoff) is read after that, so that a growth
+        before the resize is seen."""
+        with self._lending:
+            if self._own + 1 >= self.pool_size:
+                return _AWAITED if self._own else None
+            self._own += 1
+            self._pool.resize(1, self.pool_size - self._own)
+            if self._pool.get_stats()["pool_size"] + self._own > self.pool_size:
+                self._own -= 1
+                self._pool.resize(1, self.pool_size - self._own)
+                return _AWAITED if self._own else None
+            return True
+
+    def _own_closed(self, opened: bool = False) -> None:
+        """Give back the place of a request's own connection (`_room`), now closed; and, one
+        that was ``opened`` and set up, have the pool try now if it has not yet
+        (`_pool_tries_now`)."""
+        with self._lending:
+            self._own -= 1
+            self._pool.resize(1, self.pool_size - self._own)
+        failure = self._failure
+        if opened and failure is not None:
+            self._pool_tries_now(failure)
 
     def _pool_tries_now(self, failure: tuple[float, psycopg.Error]) -> None:
         """Have the pool open a connection now, not at its next attempt, once a request's own
@@ -680,14 +734,20 @@ class Database:
         has an attempt of its own waiting (``pool_size`` at its most), or its least size is
         its most: those wait for their attempts, as before."""
         with self._lending:
-            if self._past is failure:
-                return  # asked already, by another request
-            self._past = failure
-        stats = self._pool.get_stats()
-        least, most = stats["pool_min"], stats["pool_max"]
-        if stats["pool_size"] < most and least < most:
-            self._pool.resize(least + 1, most)
-            self._pool.resize(least, most)
+            if self._past is failure or self._failure is not failure:
+                return  # asked already, by another request, or the pool opened one since
+            # Its most lowered by one first: a growth of its own meanwhile stops short of it,
+            # so that the one asked for here stays within it (`_room`). Where the requests'
+            # own connections take the places its attempts leave, asked again as each closes
+            # (`_own_closed`): a burst's first success found none (red team 76 on the server).
+            most = self.pool_size - self._own
+            if most < 2:
+                return
+            self._pool.resize(1, most - 1)
+            if self._pool.get_stats()["pool_size"] < most:
+                self._past = failure
+                self._pool.resize(2, most)
+            self._pool.resize(1, most)
 
     @staticmethod
     def _asked_again(error: psycopg.Error) -> bool:

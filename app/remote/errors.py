@@ -68,13 +68,30 @@ def _paused_here(holder: Mapping[str, Any]) -> list[str]:
     """How a live replica of this machine is kept from running (`app.lock.paused_words`):
     stopped, at a debugger's breakpoint or frozen, it serves nothing and acts on no stop, as
     a data root's holder is said to (red team 75 on serve --workers). Read only here: a
-    host's rows are not checked from another."""
+    host's rows are not checked from another. From the row's own `paused_here` fields where
+    it has them (`app status`: its words and its ``--json`` say the same)."""
     pid = holder.get("pid")
     if type(pid) is int and pid > 0 and holder.get("host") == socket.gethostname():
-        from app.lock import paused_words
+        from app.lock import PAUSED_KEYS, paused_words
 
-        return paused_words(pid)
+        if PAUSED_KEYS.isdisjoint(holder):
+            return paused_words(pid)
+        return paused_words(pid, {k: v for k, v in holder.items() if k in PAUSED_KEYS})
     return []
+
+
+def paused_here(holder: Mapping[str, Any]) -> dict[str, Any]:
+    """`_paused_here`'s fields (`app.lock.paused_fields`: ``stopped``, ``traced_by``,
+    ``frozen``, ``thaw``) for a live replica of this machine; empty for one that runs or is
+    another host's. ``app status --json`` gave none: a worker of `serve --workers` stopped
+    with SIGSTOP was said so in words alone, and a monitor reading the JSON saw a replica
+    that serves (red team 76 on the server)."""
+    pid = holder.get("pid")
+    if type(pid) is int and pid > 0 and holder.get("host") == socket.gethostname():
+        from app.lock import paused_fields
+
+        return paused_fields(pid)
+    return {}
 
 
 class ResourceOverlapError(ConfigError):

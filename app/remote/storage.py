@@ -49,6 +49,7 @@ from app.remote.errors import (
     TablesShadowedError,
     describe_replica,
     needs_confirmation,
+    paused_here,
 )
 from app.remote.objects import STAMP_NAME, another_database
 from app.storage import Probe
@@ -461,9 +462,11 @@ def describe(config: Config) -> RemoteStatus:
         "restamped_from": stamp.restamped_from,
     }
     unseen = pg.standby_note(pg.mask_url(database_url)) if standby else None
+    # A replica of this machine kept from running (SIGSTOP, a debugger, a frozen cgroup)
+    # carries a data root's holder's fields for it, in `--json` too (red team 76 on the server).
     return RemoteStatus(
-        location, True, [_jsonable(h) for h in holders], shown, None, unseen,
-        _objects_problem(config),
+        location, True, [{**_jsonable(h), **paused_here(h)} for h in holders], shown, None,
+        unseen, _objects_problem(config),
     )  # fmt: skip
 
 

@@ -142,6 +142,45 @@ def underscored_header(headers: list[tuple[bytes, bytes]]) -> bytes | None:
     return None
 
 
+#: Methods a page of another site may have a browser send (Fetch Metadata's cross-site
+#: refusal spares them: they change nothing, and a link to a download from elsewhere works).
+_SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
+#: What `Sec-Fetch-Site` says of a request a page of another origin's site made.
+_OTHER_SITES: Final = frozenset({b"cross-site", b"same-site"})
+
+
+def _fetched_from(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """``cross-site`` or ``same-site``, where a browser's ``Sec-Fetch-Site`` says a page of
+    another origin made the request; None otherwise (no such field: not a browser, or one
+    from before Fetch Metadata)."""
+    for name, value in headers:
+        if name == b"sec-fetch-site":
+            site = value.strip().lower()
+            return site.decode("ascii") if site in _OTHER_SITES else None
+    return None
+
+
+def _refused_site(scope: Scope, headers: list[tuple[bytes, bytes]]) -> BadRequestError | None:
+    """Why a change a browser sent from a page of another site is refused, if it is one."""
+    if scope["method"] in _SAFE_METHODS or (site := _fetched_from(headers)) is None:
+        return None
+    # A page of another site, in a browser, sends a POST without CORS's preflight (a
+    # form, `fetch` with `mode: 'no-cors'`): its answer is hidden from it, but the
+    # request is done. A page at http://localhost:3000 emptied a development server's
+    # trash so (`POST /trash/empty`, no token to send), every replaced file's old
+    # version with it (red team 76 on the server). The browser says where a request
+    # comes from (Fetch Metadata), whatever the proxies in front; a program sends no
+    # such field, and the API's own page (/docs) is the same origin.
+    return BadRequestError(
+        f"{scope['method']} {scope['path']} refused: a browser sent it from a page of "
+        f"another origin (Sec-Fetch-Site: {site}), which a page the user only visited can "
+        "do without the user's knowing, and this API takes no change from a page of "
+        "another origin. Nothing was done. Make the change from a program (curl, a "
+        "client library) or from the API's own page (/docs); reads (GET, HEAD) are "
+        "served to any page"
+    )
+
+
 def repeated_header(headers: list[tuple[bytes, bytes]]) -> bytes | None:
     """The first of `ONCE_ONLY` that ``headers`` (lower-case names, as h11 gives them) repeat."""
     seen: set[bytes] = set()
@@ -298,7 +337,7 @@ def refused_head(scope: Scope) -> BadRequestError | None:
             f"for the other (CGI and WSGI name both HTTP_{odd.decode('ascii').upper()}); "
             f"nothing was done. Send {meant}, with '-'"
         )
-    if (target := _refused_target(scope)) is not None:
+    if (target := _refused_target(scope) or _refused_site(scope, headers)) is not None:
         return target
     version: str = scope["http_version"]
     if not version.startswith("1."):

@@ -328,6 +328,13 @@ def _run(
             # requests of a connection included. Typed int, used as call_later's float.
             timeout_keep_alive=min(_KEEP_ALIVE_SECONDS, config.request_idle_seconds),  # type: ignore[arg-type]
             server_header=False,
+            # Every answer, stored by no cache: without it a browser kept a download (its
+            # Last-Modified heuristic: a tenth of the file's age) and answered a GET after an
+            # acknowledged replace or delete with the old bytes, never asking (the API's own
+            # /docs page, red team 76 on the server); a shared cache in front (Varnish's
+            # default TTL) did so for a page of sessions, a session or its 404. Added by
+            # uvicorn to every answer, the protocol's and the application's alike.
+            headers=[("Cache-Control", "no-store")],
             # No WebSocket: the protocol answers an Upgrade as a plain request
             # (`_should_upgrade`), and uvicorn need not import a WebSocket library.
             ws="none",
