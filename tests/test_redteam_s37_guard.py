@@ -194,7 +194,7 @@ def test_a_test_that_mounts_over_its_sandbox_then_uses_it_is_refused(
     _can_mount()
     settings, production = stopped
     # One run of both tests (each its own mount, which its fixture undoes at its end), where
-    # each had a run of its own (`-k`): about 0.5 s of CPU less (bench/README.md,
+    # each had a run of its own (`-k`): about 0.6 s of CPU less (bench/README.md,
     # "perf-suite76a"). What each is refused for names what only it does.
     (tmp_path / "test_inner.py").write_text(USES_THE_SANDBOX_IT_MOUNTED_OVER)
     mounts = {
