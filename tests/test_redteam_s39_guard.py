@@ -23,6 +23,7 @@ another profile). What broke, each now refused or held:
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import shutil
@@ -224,10 +225,13 @@ exec "$@"
 """
 
 
+@functools.cache
 def _python_for_nobody(path: str) -> str | None:
     """An interpreter that user 65534 can run, and run again from there, with the app
     importable through `path` (this one may sit under root's home, which that user cannot
-    enter: its own children could not start it)."""
+    enter: its own children could not start it). Asked once per process (two Pythons as that
+    user, importing the app and pytest: about 0.28 s of CPU) for every test that needs it:
+    the answer is the machine's, the same for each."""
     probe = (
         "import subprocess, sys, app.config, pytest; "
         "subprocess.run([sys.executable, '-c', ''], check=True)"
