@@ -169,10 +169,8 @@ def take(given):
     os.environ.update(given["env"])
 """
 
-ZYGOTE = (
-    """
-import atexit, ctypes, json, os, runpy, selectors, signal, sys
-
+#: What the zygote imports before it forks anything: what a child would import itself.
+WARM = """
 import dynaconf, psycopg, boto3, zxcvbn
 import app.cli, app.config_files, app.server, app.server.run, app.remote.storage
 # What loading the settings and opening a local data root import lazily (the pytest plugin's
@@ -200,6 +198,12 @@ import uvicorn.loops.uvloop, anyio._core._sockets, anyio._core._streams
 # metadata endpoint asked); a client sends nothing until a request is made.
 _new_client(service_name="s3", region_name="us-east-1", endpoint_url="http://127.0.0.1:9",
             aws_access_key_id="warm-up", aws_secret_access_key="warm-up")
+"""
+
+#: The zygote's own part: what reads its commands and becomes a child (`LOOP` follows).
+BARE = (
+    """
+import atexit, ctypes, json, os, runpy, selectors, signal, sys
 
 selector = selectors.DefaultSelector()
 selector.register(0, selectors.EVENT_READ)
@@ -250,6 +254,9 @@ from app.testing.zygote import leave
 
 """
 )
+
+#: The zygote the tests fork from: the app imported once (`WARM`), then its own part.
+ZYGOTE = "\nimport atexit, ctypes, json, os, runpy, selectors, signal, sys\n" + WARM + BARE
 
 #: The zygote's loop: a child forked per line read (`become`), its exit reported; the
 #: zygote ends when its standard input does (tests/forked_pytest.py's too).
@@ -531,6 +538,15 @@ def run_c(code: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return done
 
 
+def run_python(
+    code: str, args: list[str], env: dict[str, str], cwd: Path
+) -> subprocess.CompletedProcess[str]:
+    """``python -c code *args`` in `env` and `cwd` run to its end, its output captured, as
+    `run` runs a command: a script whose imports and work are what a test checks (the
+    benchmarks' own, tests/test_bench_scripts.py), not its interpreter's start."""
+    return _run_to_its_end(env, args, code, cwd)
+
+
 def _run_to_its_end(
     env: dict[str, str],
     args: list[str],
@@ -538,7 +554,7 @@ def _run_to_its_end(
     cwd: Path | None = None,
     own_s3_session: bool = False,
 ) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, "-m", "app", *args] if code is None else [sys.executable, "-c", code]
+    argv = [sys.executable, *(["-m", "app"] if code is None else ["-c", code]), *args]
     zygote = _forking(env, (*_GIVEN_AT_FORK, "AWS_") if own_s3_session else _GIVEN_AT_FORK)
     if zygote is None:
         return subprocess.run(

@@ -11,7 +11,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -139,11 +138,5 @@ def test_uploads_acknowledged_before_a_sigterm_and_a_sigkill_survive_both(root: 
         assert root.temp_files() == []
     finally:
         stop_server(process)
-    check = subprocess.run(
-        [sys.executable, "-m", "app", "data", "check"],
-        env=root.env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    check = forked_app.run(root.env, ["data", "check"])  # forked from the run's zygote
     assert check.returncode == 0, check.stdout + check.stderr
