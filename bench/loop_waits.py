@@ -1,13 +1,16 @@
 """Where the server's event-loop thread is while it is off its core, under ``bench/load.py``.
 
-Runs ``bench/load.py`` (its options after ``--``) under ``perf sched record -a -k
-CLOCK_MONOTONIC`` (every CPU's scheduler events, stamped with the clock ``load.py`` marks its
-phases with: ``LOAD_PHASES_FILE``). Then, for the idle windows and the mixed phase once under
+Runs ``bench/load.py`` (its options after ``--``) under ``perf record -a -k CLOCK_MONOTONIC``
+of the scheduler's switches (with the kernel's call chain, to tell what a thread went to sleep
+in), wake-ups and forks on every CPU, stamped with the clock ``load.py`` marks its phases with
+(``LOAD_PHASES_FILE``). Then, for the idle windows and the mixed phase once under
 way, the time of the server's main thread (its event loop) split into: on a core; taken off
 its core while runnable (preempted), by whom the core went to; asleep (waiting for events, or
-for the interpreter lock another thread holds), by whom it was woken; and woken but not yet on
-a core. "Whom" is the server's own threads, the benchmark's processes (its clients and its
-``/health`` probe: ``load.py``'s process tree), ``perf`` itself, or the rest of the machine.
+for the interpreter lock another thread holds), by whom it was woken and in what it slept (a
+``futex``: the interpreter lock, or another lock; ``epoll``: waiting for a request); and woken
+but not yet on a core. "Whom" is the server's own threads, the benchmark's processes (its
+clients and its ``/health`` probe: ``load.py``'s process tree), ``perf`` itself, or the rest of
+the machine.
 A ``/health`` under the mix waits for the loop's pass in progress; this says what stretches
 that pass. Needs ``perf`` and the right to trace the scheduler (root, or
 ``kernel.perf_event_paranoid`` at -1).
@@ -59,19 +62,24 @@ def analyse(
     """The loop's thread's time in each window, by state and by whom (see the module)."""
     tgid: dict[int, int] = {}
     children: dict[int, list[int]] = defaultdict(list)
-    events = []
+    events: list[tuple[float, str, int, str, str, list[str]]] = []
+    chain: list[str] | None = None  # the last switch's kernel call chain, frame by frame
     for line in script.splitlines():
         m = _EVENT.match(line)
         if m is None:
+            if chain is not None and line.strip():
+                chain.append(line.split()[-1])
             continue
         pid, tid, t, name, rest = int(m[2]), int(m[3]), float(m[4]), m[5], m[6]
         tgid.setdefault(tid, pid)
+        chain = None
         if name == "sched:sched_process_fork":
             f = _FORK.search(rest)
             if f:
                 children[int(f[1])].append(int(f[2]))
         elif name in ("sched:sched_switch", "sched:sched_waking"):
-            events.append((t, name, tid, m[1], rest))
+            chain = []
+            events.append((t, name, tid, m[1], rest, chain))
     tree, todo = set(), [bench]
     while todo:
         tid = todo.pop()
@@ -103,13 +111,16 @@ def analyse(
             "preemptions": 0,
             "sleeps": 0,
             "others": Counter(),
+            "slept in": Counter(),
+            "woken from": Counter(),
         }
         for p in windows
     }
     on_at: float | None = None
     off: tuple[float, str, str] | None = None  # when, state, taker or waker
+    slept_in = ""
     woken_at: float | None = None
-    for t, name, tid, comm, rest in events:
+    for t, name, tid, comm, rest, frames in events:
         if name == "sched:sched_waking":
             w = _WAKING.search(rest)
             if w and int(w[1]) == server and off is not None and woken_at is None:
@@ -125,6 +136,7 @@ def analyse(
             on_at, woken_at = None, None
             taker = who(nxt, next_comm) if state.startswith("R") else "?"
             off = (t, state, taker)
+            slept_in = _slept_in(frames)
             if state.startswith("R") and taker == "the rest of the machine" and (p := phase_of(t)):
                 per[p]["others"][next_comm] += 1
         elif nxt == server:
@@ -139,6 +151,8 @@ def analyse(
                     awake = woken_at if woken_at is not None else t
                     per[p]["asleep"][whom] += awake - since
                     per[p]["woken"][whom] += t - awake
+                    per[p]["slept in"][slept_in] += awake - since
+                    per[p]["woken from"][slept_in] += t - awake
             off = None
     out: dict[str, Any] = {}
     for phase, spans in windows.items():
@@ -156,11 +170,24 @@ def analyse(
             "woken, waiting for a core": {
                 k: round(v / total, 3) for k, v in row["woken"].most_common()
             },
+            "asleep, in": {k: round(v / total, 3) for k, v in row["slept in"].most_common()},
+            "woken, waiting for a core, from": {
+                k: round(v / total, 3) for k, v in row["woken from"].most_common()
+            },
             "preemptions per s": round(row["preemptions"] / total, 1),
             "sleeps per s": round(row["sleeps"] / total, 1),
             "preempted by, the rest of the machine": dict(row["others"].most_common(6)),
         }
     return out
+
+
+def _slept_in(frames: list[str]) -> str:
+    """What a thread went to sleep in, from its switch's kernel call chain."""
+    if any("futex" in frame for frame in frames):
+        return "a futex (the interpreter lock, or another lock)"
+    if any("epoll" in frame for frame in frames):
+        return "epoll (waiting for a request)"
+    return "something else"
 
 
 def main() -> None:
@@ -175,11 +202,17 @@ def main() -> None:
         load = subprocess.run(
             [
                 "perf",
-                "sched",
                 "record",
+                "-a",
                 "-k",
                 "CLOCK_MONOTONIC",
-                "-a",
+                # The switches' kernel call chains only: what a thread went to sleep in.
+                "-e",
+                "sched:sched_switch/call-graph=fp,max-stack=10/",
+                "-e",
+                "sched:sched_waking",
+                "-e",
+                "sched:sched_process_fork",
                 "-o",
                 str(data),
                 "--",
@@ -196,7 +229,7 @@ def main() -> None:
         )
         windows, server, bench = _phases(phases)
         script = subprocess.run(
-            ["perf", "script", "-i", str(data), "-F", "comm,pid,tid,time,event,trace"],
+            ["perf", "script", "-i", str(data), "-F", "comm,pid,tid,time,event,trace,ip,sym"],
             check=True,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -224,7 +257,13 @@ def main() -> None:
             f" of the time; {row['preemptions per s']} preemptions and {row['sleeps per s']}"
             " sleeps a second"
         )
-        for what in ("preempted, runnable", "asleep, by its waker", "woken, waiting for a core"):
+        for what in (
+            "preempted, runnable",
+            "asleep, by its waker",
+            "asleep, in",
+            "woken, waiting for a core",
+            "woken, waiting for a core, from",
+        ):
             print(f"  {what}: " + ", ".join(f"{k} {v:.1%}" for k, v in row[what].items()))
         others = row["preempted by, the rest of the machine"].items()
         print(
