@@ -97,6 +97,15 @@ def loop_switches(pid: int) -> tuple[int, int]:
     return int(count["voluntary_ctxt_switches"]), int(count["nonvoluntary_ctxt_switches"])
 
 
+def mark_phase(name: str, pid: int | None = None) -> None:
+    """Where ``LOAD_PHASES_FILE`` names a file, append when a phase began (``time.monotonic``,
+    the clock ``perf record -k CLOCK_MONOTONIC`` stamps events with): `bench/loop_waits.py`."""
+    if (path := os.environ.get("LOAD_PHASES_FILE")) is not None:
+        with Path(path).open("a") as out:
+            who = f" {pid} {os.getpid()}" if pid is not None else ""
+            out.write(f"{time.monotonic():.6f} {name.replace(' ', '_')}{who}\n")
+
+
 def quantile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
@@ -279,8 +288,10 @@ async def run_mixed(
     async def warmed_up() -> None:
         await asyncio.sleep(args.warmup)
         marks.value = b"mixed"
+        mark_phase("mixed")
 
     marks.value = b"warm-up" if args.warmup else b"mixed"
+    mark_phase(marks.value.decode())
     waiting = asyncio.ensure_future(warmed_up()) if args.warmup else None
     await asyncio.gather(
         *(mixed_client(port, recorder, deadline, budget, ids, n) for n in range(args.clients))
@@ -379,6 +390,7 @@ def measure(args: argparse.Namespace, checkout: Path | None = None) -> dict[str,
             stop = context.Event()
             marks = context.Array("c", 16)
             marks.value = b"idle"
+            mark_phase("idle", app.process.pid)
             receive, send = context.Pipe(duplex=False)
             prober = context.Process(
                 target=_probe, args=(app.port, args.probe_interval, stop, marks, send)
@@ -397,12 +409,15 @@ def measure(args: argparse.Namespace, checkout: Path | None = None) -> dict[str,
                 mixed_loop_waited = waited_for_a_core(pid) - waited
                 mixed_loop_preempted = loop_switches(pid)[1] - switches[1]
                 marks.value = b"big lists"
+                mark_phase("big lists")
                 cpu = cpu_seconds(app.process.pid)
                 big, big_s = asyncio.run(run_big_lists(app.port, args))
                 big_cpu = cpu_seconds(app.process.pid) - cpu
                 marks.value = b"idle after"
+                mark_phase("idle after")
                 time.sleep(args.idle_seconds)
                 marks.value = b"after"
+                mark_phase("after")
                 time.sleep(0.2)
             finally:
                 stop.set()
