@@ -5125,6 +5125,12 @@ def _new_entry_in(parent: int, name: str) -> int:
         return os.open(f"{_PROC}/self/fd/{parent}/{name}", _NEW_ENTRY, 0o644)
     except FileNotFoundError:
         return os.open(name, _NEW_ENTRY, 0o644, dir_fd=parent)
+    except OSError as error:
+        # Named as the registry's file (a full disk's refusal says where to free space),
+        # not as the descriptor's path the call spelled.
+        with contextlib.suppress(OSError):
+            error.filename = str(Path(f"{_PROC}/self/fd/{parent}").readlink() / name)
+        raise
 
 
 def _open_registry(directory: Path) -> int:

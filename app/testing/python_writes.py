@@ -51,7 +51,7 @@ and the path checks are the sandbox's (`app.sandbox.identity`).
 
 # Strings and `os.path`, not `Path`: the hook runs at every write of every test (and of the
 # servers a test forks), where making `Path` objects cost a third of its time.
-# ruff: noqa: PTH109, PTH115, PTH116, PTH118, PTH120, PTH208
+# ruff: noqa: PTH118, PTH120
 
 from __future__ import annotations
 
@@ -67,6 +67,15 @@ from typing import Any, Final
 
 from app.errors import shell_word
 from app.sandbox import Protected, identity
+
+#: The system calls the hook makes, as they were when this module was imported: a test that
+#: replaces ``os.lstat`` (to count or fake its calls) neither sees the hook's nor steers its
+#: answers (``os.path.realpath`` still looks ``os.lstat`` up at each call: it is asked only
+#: where a link or a new place must be resolved whole).
+_stat, _lstat, _fstat = os.stat, os.lstat, os.fstat
+_readlink, _getcwd, _listdir = os.readlink, os.getcwd, os.listdir
+#: Their names here, compared and put back with the module's own functions (`_PARTS`).
+_SYSTEM_CALLS: Final = ("_stat", "_lstat", "_fstat", "_readlink", "_getcwd", "_listdir")
 
 #: ``open``'s flags that write: a descriptor opened for writing, appending, creating or
 #: truncating.
@@ -169,7 +178,7 @@ class _Shield:
             return self._resolved_whole(lexical, follow=follow, moves=moves)
         if follow:
             try:
-                last = os.lstat(lexical)
+                last = _lstat(lexical)
             except FileNotFoundError:
                 pass  # a new name in a directory that is there (a file created): no link
             except OSError:
@@ -185,7 +194,7 @@ class _Shield:
         """What the directory ``head`` (absolute, as spelled) is and lies in, or None where it
         is not there: its answer kept under its spelling and identity (one ``stat``)."""
         try:
-            found = os.stat(head)
+            found = _stat(head)
         except OSError:
             return None
         key = (head, found.st_dev, found.st_ino)
@@ -208,7 +217,7 @@ class _Shield:
             return self._place(os.path.realpath(head))
         above = self._looked_up(parent or "/", depth + 1)
         try:
-            link = stat.S_ISLNK(os.lstat(head).st_mode)
+            link = stat.S_ISLNK(_lstat(head).st_mode)
         except OSError:
             link = True
         if above is None or link:
@@ -380,12 +389,12 @@ def _directories_open() -> list[int]:
     """This process's descriptors of directories, as a ``dir_fd`` would be one."""
     found: list[int] = []
     try:
-        names = os.listdir("/proc/self/fd")
+        names = _listdir("/proc/self/fd")
     except OSError:
         return found
     for name in names:
         try:
-            if stat.S_ISDIR(os.fstat(int(name)).st_mode):
+            if stat.S_ISDIR(_fstat(int(name)).st_mode):
                 found.append(int(name))
         except (OSError, ValueError):
             continue  # the listing's own descriptor, closed since
@@ -420,7 +429,7 @@ def _absolute(given: Any, dir_fd: Any) -> str | None:
     else:
         try:
             if isinstance(given, int):
-                return os.readlink(f"/proc/self/fd/{given}")
+                return _readlink(f"/proc/self/fd/{given}")
             text = os.fsdecode(given)
         except (OSError, TypeError, ValueError):
             return None
@@ -432,9 +441,9 @@ def _absolute(given: Any, dir_fd: Any) -> str | None:
         return text
     try:
         base = (
-            os.readlink(f"/proc/self/fd/{dir_fd}")
+            _readlink(f"/proc/self/fd/{dir_fd}")
             if isinstance(dir_fd, int) and dir_fd >= 0
-            else os.getcwd()
+            else _getcwd()
         )
     except OSError:
         return None
@@ -487,7 +496,7 @@ def _refuse(shield: _Shield, what: str, given: Any, real: str, root: Protected, 
 _PARTS: Final = {
     name: part
     for name, part in list(globals().items())
-    if callable(part) and getattr(part, "__module__", None) == __name__
+    if callable(part) and (getattr(part, "__module__", None) == __name__ or name in _SYSTEM_CALLS)
 }
 _METHODS: Final = tuple(
     (owner, name, part)
