@@ -1422,7 +1422,7 @@ def _value_problem(key: Key, value: Any, directory: Path) -> tuple[str | None, P
             or _unexpanded(key, value, directory, root)
             or _unnameable(key, value, directory, root)
             or _not_text_resolved(key, value, directory, root)
-            or _misresolved(key, value, directory)
+            or _misresolved(key, value, directory, root)
         ), root
     if key.name == "blob_url":
         # The only check left for a value that is no path's text: each other one returned
@@ -2164,7 +2164,7 @@ def _unfollowable(key: Key, value: Any, directory: Path) -> str | None:
     return config_files.unresolvable(str(_spelled_root(value, directory)))
 
 
-def _misresolved(key: Key, value: Any, directory: Path) -> str | None:
+def _misresolved(key: Key, value: Any, directory: Path, root: Path | None = None) -> str | None:
     """Why a path setting's `value` leads to another directory than the one it resolves to
     in this process, or None (`config_files.resolved_elsewhere`).
 
@@ -2175,7 +2175,11 @@ def _misresolved(key: Key, value: Any, directory: Path) -> str | None:
     """
     if not key.type.startswith("Path") or not isinstance(value, str):
         return None
-    found = config_files.resolved_elsewhere(str(_spelled_root(value, directory)))
+    # `root`: `_followed`'s resolving of the same spelled path, a moment ago, nothing made
+    # since (the checks between only read); taken where the path itself exists (issue 11).
+    found = config_files.resolved_elsewhere(
+        str(_spelled_root(value, directory)), None if root is None else str(root)
+    )
     if found is None:
         return None
     here, resolved = found

@@ -173,8 +173,10 @@ def settings_dir(environ: Mapping[str, str] | None = None) -> Path:
                 f"the settings in {where}",
                 f"export {SETTINGS_DIR_ENV}={shell_word(env[name])}; unset {name}",
             )
-    _refuse_through_proc(where, reason)
-    where = where.resolve()
+    # Resolved once for the three looks it had (the link the walk cannot follow, another
+    # namespace's link, `Path.resolve`): the same `realpath` of the same path, nothing made
+    # between (issue 11).
+    where = _refuse_through_proc(where, reason)
     try:
         found = (where / SETTINGS_FILE).is_file()
     except PermissionError:
@@ -210,13 +212,17 @@ def _settings_misnamed(where: Path) -> str:
     return ""
 
 
-def _refuse_through_proc(where: Path, reason: str) -> None:
+def _refuse_through_proc(where: Path, reason: str) -> Path:
     """Refuse a settings directory named through links that name no directory of this
     process's: a loop, a link of ``/proc`` this user may not follow or of a process that has
-    ended (`unresolvable`), one to a removed directory, or one into another mount namespace."""
-    if (cannot := unresolvable(str(where))) is not None:
+    ended (`unresolvable`), one to a removed directory, or one into another mount namespace.
+    Returns `where` resolved, as ``Path.resolve`` gives it (its ``realpath``, and no loop: the
+    one ``stat`` of `loop_at` found none)."""
+    resolved, cannot = resolving(str(where))
+    if cannot is not None:
         raise SettingsNotFoundError(where, f"{reason}; it {cannot}")
-    if (elsewhere := resolved_elsewhere(str(where))) is not None:
+    assert resolved is not None  # `resolving` gives one or the other
+    if (elsewhere := resolved_elsewhere(str(where), resolved)) is not None:
         if (gone := deleted_reason(*elsewhere)) is not None:
             raise SettingsNotFoundError(where, f"{reason}; it {gone}")
         # A container's /proc/<pid>/root reads as `/`: its settings directory resolved to
@@ -228,6 +234,7 @@ def _refuse_through_proc(where: Path, reason: str) -> None:
             "name the directory as this machine sees it, where the container's volume is "
             "mounted",
         )
+    return Path(resolved)
 
 
 def unresolvable(path: str) -> str | None:
@@ -243,14 +250,20 @@ def unresolvable(path: str) -> str | None:
     "the data root's filesystem failed a call with ENOENT ... `app data check`", naming
     ``/proc/<pid>/cwd`` as the data root (exit 74).
     """
+    return resolving(path)[1]
+
+
+def resolving(path: str) -> tuple[str, None] | tuple[None, str]:
+    """`path` resolved as ``Path.resolve`` resolves it (its ``realpath``, where no loop
+    makes ``resolve`` raise), or why it cannot be (`unresolvable`'s answer)."""
     try:
         resolved = os.path.realpath(path)  # what Path.resolve reads
     except PermissionError as e:
-        return unfollowable_reason(str(e.filename or path))
+        return None, unfollowable_reason(str(e.filename or path))
     except OSError as e:
-        return unreadable_link_reason(str(e.filename or path), e)
+        return None, unreadable_link_reason(str(e.filename or path), e)
     loop = loop_at(resolved)
-    return None if loop is None else loop_reason(loop)
+    return (resolved, None) if loop is None else (None, loop_reason(loop))
 
 
 def loop_at(resolved: str) -> str | None:
@@ -380,7 +393,7 @@ def elsewhere_link(here: str) -> str:
     )
 
 
-def resolved_elsewhere(path: str) -> tuple[str, str] | None:
+def resolved_elsewhere(path: str, resolved_path: str | None = None) -> tuple[str, str] | None:
     """The deepest existing directory of `path` and what it resolves to, where the two are
     different directories (by device and inode); None where they are one, or nothing exists.
 
@@ -388,6 +401,9 @@ def resolved_elsewhere(path: str) -> tuple[str, str] | None:
     process in a container) is followed by the kernel into that namespace, but its text,
     which resolving reads, names the directory as that namespace does: another directory
     here (red team 59).
+
+    `resolved_path`: the caller's ``realpath`` of `path`, made a moment before with nothing
+    made since; taken where `path` itself exists, instead of resolving it again (issue 11).
     """
     here = path
     while True:
@@ -399,7 +415,9 @@ def resolved_elsewhere(path: str) -> tuple[str, str] | None:
             if parent == here:
                 return None
             here = parent
-    resolved = os.path.realpath(here)  # what Path.resolve reads
+    if here != path or resolved_path is None:
+        resolved_path = os.path.realpath(here)  # what Path.resolve reads
+    resolved = resolved_path
     try:
         if os.path.samestat(os.stat(resolved), found):  # noqa: PTH116 - as above
             return None

@@ -196,3 +196,42 @@ def test_a_path_s_limits_are_asked_of_the_nearest_directory_there(tmp_path: Path
     ):
         for name, default in (("PC_PATH_MAX", 4096), ("PC_NAME_MAX", 255)):
             assert _limit(path, name, default) == walked(path, name, default), path
+
+
+def test_resolved_elsewhere_answers_alike_given_the_path_s_resolving(tmp_path: Path) -> None:
+    # Issue 11: the caller's `realpath` of the path (`_followed`'s, `resolving`'s) serves
+    # `resolved_elsewhere` where the path itself exists; where it does not, the deepest
+    # directory that does is resolved as before. Same answer for every kind of path.
+    from app.config_files import resolved_elsewhere, resolving
+
+    kinds = [os.path.join(tmp_path, kind) for kind in _kinds(tmp_path)]
+    kinds += [f"/proc/self/root{tmp_path}/real", f"/proc/{os.getpid()}/cwd", "/", "//"]
+    for path in kinds:
+        resolved, _ = resolving(path)
+        if resolved is not None:
+            assert resolved_elsewhere(path, resolved) == resolved_elsewhere(path), path
+
+
+def test_a_load_resolves_the_settings_directory_and_an_existing_root_once(
+    own_settings: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 11: the settings directory was resolved three times a load with nothing made
+    # between (the look for a link that cannot be followed, the look for another namespace's
+    # link, `Path.resolve`), and an existing root twice (`_followed`, `_misresolved`).
+    settings = tmp_path / "settings"
+    resolved = settings.resolve()
+    development = str(own_settings / "development")
+    looked: list[str] = []
+    lstat = os.lstat
+
+    def counted(path: str | Path, *args: object, **kwargs: object) -> os.stat_result:
+        looked.append(os.fsdecode(path))
+        return lstat(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "lstat", counted)
+    assert appconfig.config_files.settings_dir() == resolved
+    assert looked.count(str(settings)) == 1, looked
+    looked.clear()
+    assert load("testing").data_root == own_settings / "elsewhere" / "testing"
+    monkeypatch.undo()
+    assert looked.count(development) == 1, looked
