@@ -29,6 +29,7 @@ plugin reads the roots without importing dynaconf, and every profile is checked 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import re
@@ -2513,10 +2514,7 @@ def _weak_token(token: str, placeholders: list[str | None]) -> str | None:
         return f"is the token of another profile (a committed placeholder); {_GENERATE_HINT}"
     if len(token) < _MIN_PROTECTED_TOKEN:
         return f"is shorter than {_MIN_PROTECTED_TOKEN} characters; {_GENERATE_HINT}"
-    from zxcvbn import zxcvbn
-
-    # zxcvbn refuses long inputs (its cost grows with length); a strong prefix is enough.
-    guesses: float = zxcvbn(token[:64], user_inputs=known)["guesses_log10"]
+    guesses = _guesses_log10(token, tuple(known))
     if guesses < _MIN_TOKEN_GUESSES_LOG10:
         return (
             f"is too easy to guess (about 10^{guesses:.0f} guesses; at least "
@@ -2524,6 +2522,19 @@ def _weak_token(token: str, placeholders: list[str | None]) -> str | None:
             f"placeholders); {_GENERATE_HINT}"
         )
     return None
+
+
+@functools.lru_cache(maxsize=8)
+def _guesses_log10(token: str, known: tuple[str, ...]) -> float:
+    """zxcvbn's estimate for `token` (its first 64 characters) beside `known`, once per
+    process for the same two: it is pure Python, about 12 ms of CPU for a 43-character token
+    on this project's machine (bench/README.md, branch perf-suite76b), and ``app doctor``
+    resolves the selected profile's serving problems twice."""
+    from zxcvbn import zxcvbn
+
+    # zxcvbn refuses long inputs (its cost grows with length); a strong prefix is enough.
+    guesses: float = zxcvbn(token[:64], user_inputs=list(known))["guesses_log10"]
+    return guesses
 
 
 def home_at(path: Path) -> str | None:

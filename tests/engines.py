@@ -299,8 +299,13 @@ class PostgresEngine:
         fsync is off)."""
         suffix = "" if outside_the_run else scratch()
         name = f"{prefix}_{os.getpid()}_{next(self._databases)}{suffix}"
-        self._as_admin(lambda admin: f'CREATE DATABASE "{name}"{_file_copy(admin)}')
+        self.create_database_named(name)
         return name
+
+    def create_database_named(self, name: str) -> None:
+        """`create_database` for a name the caller chose (production's scratch database,
+        tests/replicas.py): the same statement, on the same kept connection."""
+        self._as_admin(lambda admin: f'CREATE DATABASE "{name}"{_file_copy(admin)}')
 
     def drop_database(self, name: str) -> None:
         self._as_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

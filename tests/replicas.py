@@ -305,8 +305,10 @@ def production_on(
     # Not the fixture's prefix itself, which is a scratch one already (and would be kept
     # as it is): production's configured prefix, a sibling, maps to a scratch one of its own.
     configured_blob = f"{blob_url}-production"
-    with postgres_engine.connect() as conn:
-        conn.execute(f'CREATE DATABASE "{scratch}"')
+    # On the fixtures' kept connection, its files copied (`PostgresEngine.create_database`'s
+    # way): a new connection for each was a new backend each, about 20 ms of the server's
+    # CPU more per production (bench/README.md, perf-engines67 and perf-suite76b).
+    postgres_engine.create_database_named(scratch)
     settings_dir = base / "settings"
     settings_dir.mkdir()
     (settings_dir / "settings.toml").write_text(
@@ -317,7 +319,12 @@ def production_on(
             endpoint=s3_engine.endpoint_url,
         )
     )
-    token = secrets.token_urlsafe(32)
+    # 16 random bytes (22 characters, 128 bits): as strong as the production token needs
+    # (`app.config._weak_token`: 10^22 guesses by zxcvbn's estimate, 10^20 needed), and
+    # zxcvbn's estimate, which every command and replica of the profile makes as it loads
+    # its settings, costs about 2 ms of CPU for it against 12 ms for `token_urlsafe(32)`'s
+    # 43 characters (its cost grows with the length; bench/README.md, perf-suite76b).
+    token = secrets.token_urlsafe(16)
     env = {
         **environ,
         "ENV_FOR_DYNACONF": "production",

@@ -870,6 +870,29 @@ def test_serving_a_protected_profile_needs_a_strong_token_whatever_its_name(
     assert load("staging", serving=False).protected is True  # maintenance still loads it
 
 
+def test_a_tokens_estimate_is_made_once_per_process_and_keeps_its_verdict(
+    make_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # zxcvbn's estimate (about 8 to 12 ms of CPU for a 43-character token) is kept for the
+    # same token and placeholders: `app doctor` resolved it twice, each command and replica
+    # once (bench/README.md, perf-suite76b). A weak token is refused again, a strong one loads.
+    from app.config import _guesses_log10
+
+    make_settings()
+    allow(monkeypatch, "production")
+    for token, refused in (("abcdefghijklmnopqrstuvwxyz", True), (GOOD_TOKEN, False)):
+        monkeypatch.setenv("APP_API_TOKEN", token)
+        _guesses_log10.cache_clear()
+        for _ in range(2):
+            if refused:
+                with pytest.raises(InvalidSettingError, match="too easy to guess"):
+                    load("production")
+            else:
+                assert load("production").api_token == token
+        info = _guesses_log10.cache_info()
+        assert (info.misses, info.hits) == (1, 1), info
+
+
 def test_production_with_a_real_token_from_the_environment_loads(
     make_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch, roots: dict[str, Path]
 ) -> None:

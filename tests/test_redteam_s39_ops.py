@@ -100,8 +100,7 @@ def _restored_copy(production: Production, postgres_engine: PostgresEngine) -> d
     scratch = production.database_url.rpartition("/")[2]
     configured = scratch.removesuffix(run.scratch)
     copy = f"copy_{configured}"
-    with postgres_engine.connect() as admin:
-        admin.execute(f'CREATE DATABASE "{copy}{run.scratch}"')
+    postgres_engine.create_database_named(f"{copy}{run.scratch}")
     dump = subprocess.run(
         [_pg_bin("pg_dump"), "--format=custom", production.database_url],
         check=True,
@@ -330,8 +329,7 @@ def test_doctor_finds_a_database_and_a_prefix_that_do_not_belong_together(
     run = sandbox.current_run(production.env)
     assert run is not None
     configured = production.database_url.rpartition("/")[2].removesuffix(run.scratch)
-    with postgres_engine.connect() as admin:
-        admin.execute(f'CREATE DATABASE "fresh_{configured}{run.scratch}"')
+    postgres_engine.create_database_named(f"fresh_{configured}{run.scratch}")
     settings = (Path(production.env["APP_SETTINGS_DIR"]) / "settings.toml").read_text()
     [blob_url] = [line.split('"')[1] for line in settings.splitlines() if "blob_url" in line]
     cases = {

@@ -295,8 +295,7 @@ def test_another_profiles_new_database_is_not_handed_productions_prefix(
     run = sandbox.current_run(production.env)
     assert run is not None
     configured = production.database_url.rpartition("/")[2].removesuffix(run.scratch)
-    with postgres_engine.connect() as admin:
-        admin.execute(f'CREATE DATABASE "staging_{configured}{run.scratch}"')
+    postgres_engine.create_database_named(f"staging_{configured}{run.scratch}")
     env = _settings_beside(production, f'/{configured}"', f'/staging_{configured}"')
     settings = Path(env["APP_SETTINGS_DIR"]) / "settings.toml"
     text = settings.read_text()
