@@ -2,19 +2,21 @@
 
 The rest of layer 3 checks what goes through the app, and `app.testing.python_writes` checks
 Python's own calls in the run's pytest processes. Neither sees another program a test runs:
-``subprocess.run(["rm", "-rf", root])``, a shell script, the ``sqlite3`` program, C code
-that raises no audit event of its path (SQLite's ``ATTACH``, ``dbm``, libc through
-``ctypes``). The kernel sees every one of them. So the run's first process (the controller),
-as the plugin starts and before any conftest is imported, any thread started or any xdist
-worker forked, moves into a mount namespace of its own and mounts each protected root that
-exists read-only over itself there (a bind mount of the root, recursive, made read-only). Every
-process of the run, its workers, the programs its tests start and theirs, is born in that
-namespace: a write, create, delete, rename or change of metadata in a sealed root fails there
-with ``EROFS`` ("Read-only file system"), whoever asks. The live server, and every process
-outside the run, see the same directories as before, writable: the namespace is the run's
-alone, and ends with its last process. Mounts outside (made before or during the run) still
-reach the run (its mounts are a "slave" of the machine's); the run's own mounts (the suite's
-bind and loop mounts) never reach outside.
+``subprocess.run(["rm", "-rf", root])``, a shell script, the ``sqlite3`` program, C code that
+raises no audit event of its path (SQLite's ``ATTACH``, ``dbm``, libc through ``ctypes``). The
+kernel sees every one of them. So, in a run that asks for it (``--app-seal``, or ``app_seal =
+true`` in the ini file; off by default, as several tests of the other layers build their attacks
+with the very writes this refuses: docs/reference/pytest-plugin.md), the run's first process
+(the controller), as the plugin starts and before any conftest is imported, any thread started
+or any xdist worker forked, moves into a mount namespace of its own and mounts each protected
+root that exists read-only over itself there (a bind mount of the root, recursive, made
+read-only). Every process of the run, its workers, the programs its tests start and theirs, is
+born in that namespace: a write, create, delete, rename or change of metadata in a sealed root
+fails there with ``EROFS`` ("Read-only file system"), whoever asks. The live server, and every
+process outside the run, see the same directories as before, writable: the namespace is the
+run's alone, and ends with its last process. Mounts outside (made before or during the run)
+still reach the run (its mounts are a "slave" of the machine's); the run's own mounts (the
+suite's bind and loop mounts) never reach outside.
 
 It needs ``CAP_SYS_ADMIN``: a run as root (CI, a container) is sealed; a run as another user
 is not (a user namespace would give it the capability, but would show every file of another
