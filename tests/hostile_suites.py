@@ -1630,7 +1630,7 @@ SUITES: dict[str, Suite] = {
     "a_child_program_that_deletes_the_root": Suite(
         {"test_child_program.py": CHILD_PROGRAM_TESTS},
         "sandbox: the protected roots read-only in the run's mount namespace (as root)",
-        args=("--app-seal",),
+        args=("--app-seal", "-n", "2"),  # the workers check after each test too
         outcomes={"passed": 4, "errors": 1},
         ret=1,
         stdout=(

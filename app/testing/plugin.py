@@ -272,23 +272,31 @@ def _guard_the_roots(
     live: list[guard.LiveHolder],
     enclosing: sandboxing.Run | None,
 ) -> None:
-    """What the run guards from before any conftest is imported: every write into the
-    protected roots by the run's processes, each root mounted read-only in a mount namespace
-    of the run's own (app.testing.sealed: a worker is born in its controller's); Python's own
-    writes into them, by code that does not go through the app, with a message
-    (app.testing.python_writes); and the environment's start-up files (`_watch_planted`)."""
+    """What the run guards from before any conftest is imported: where it asks for it
+    (``--app-seal``), every write into the protected roots by the run's processes, each root
+    mounted read-only in a mount namespace of the run's own (app.testing.sealed: a worker is
+    born in its controller's); Python's own writes into them, by code that does not go
+    through the app, with a message (app.testing.python_writes); and the environment's
+    start-up files (`_watch_planted`)."""
     # `tempfile` picks its directory at its first use by writing a file there: in a root
-    # sealed read-only it would quietly pick another, and the refusal of a TMPDIR in a
-    # protected root (a test's work written there, kept by pytest) never come.
+    # sealed read-only, or one whose writes the hook refuses, it would quietly pick another,
+    # and the refusal of a TMPDIR in a protected root (a test's work written there, kept by
+    # pytest) never come.
     tempfile.gettempdir()
-    # An enclosing run's roots (a pytest a test runs) were sealed by that run, in the
-    # namespace this process was born in: only the run's own are sealed, and named.
-    inherited = set(enclosing.protected) if enclosing is not None else set()
-    paths = [path for root in protected if root not in inherited for path in root.paths_now()]
-    if state.worker:
-        state.sealed = (sealed.read_only_mounts(paths), [])
-    elif early_config.known_args_namespace.app_seal or early_config.getini("app_seal"):
-        state.sealed = sealed.seal(paths, (state.sandbox, early_config.rootpath, Path.cwd()))
+    if early_config.known_args_namespace.app_seal or early_config.getini("app_seal"):
+        # Once each: a root is protected as another profile's and as a live holder's.
+        paths = list(dict.fromkeys(path for root in protected for path in root.paths_now()))
+        if state.worker:  # its controller's run (`enclosing`), which sealed them all
+            state.sealed = (sealed.read_only_mounts(paths), [])
+        else:
+            # An enclosing run's roots (a pytest a test runs) were sealed by that run, in the
+            # namespace this process was born in: only the run's own are sealed, and named.
+            above = enclosing.protected if enclosing is not None else ()
+            inherited = {path for root in above for path in root.paths_now()}
+            state.sealed = sealed.seal(
+                [path for path in paths if path not in inherited],
+                (state.sandbox, early_config.rootpath, Path.cwd()),
+            )
     state.shield = python_writes.guard(protected, {h.root: describe_holder(h.holder) for h in live})
     early_config.stash[STATE] = state
     _watch_planted(early_config, state, enclosing)

@@ -107,7 +107,7 @@ def seal(roots: Iterable[Path], keep_writable: Iterable[Path]) -> Outcome:
     exists read-only over itself there; a root that holds one of ``keep_writable`` (the run's
     own sandbox and temporary root) is left as it is. What was sealed, and what was not and
     why (`why_not` first: nothing is sealed where it answers)."""
-    roots = list(dict.fromkeys(roots))
+    roots = list(roots)
     reason = why_not() or _threads()
     if reason is not None:
         return [], [(root, reason) for root in roots]
