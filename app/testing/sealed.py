@@ -40,7 +40,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Final
 
-from app import libc
+from app import libc, mountinfo
 from app.errors import shell_word
 
 _CLONE_NEWNS: Final = 0x00020000
@@ -184,41 +184,19 @@ def _read_only_here(path: Path) -> bool:
 def reseal(paths: list[Path]) -> list[tuple[Path, str]]:
     """Seal ``paths`` read-only again in this process's namespace (a test made them writable):
     what could not be, with why."""
-    top = _top_mounts(paths)
+    try:
+        points = {entry.point for entry in mountinfo.table()}
+    except OSError:
+        points = set()  # then each is bound again: a bind over the seal is sealed as well
     failed = []
     for path in paths:
         try:
-            if str(path) not in top:  # the seal unmounted: bound again
+            if os.fsencode(path) not in points:  # the seal unmounted: bound again
                 _mount(str(path), str(path), _MS_BIND | _MS_REC)
             _read_only(path)
         except OSError as error:
             failed.append((path, error.strerror or str(error)))
     return failed
-
-
-def _top_mounts(paths: Iterable[Path]) -> dict[str, bool]:
-    """Of ``paths``, each that is a mount point in this process's namespace, and whether the
-    mount on top there is read-only (``/proc/self/mountinfo``: the last line at a path)."""
-    wanted = {str(path) for path in paths}
-    if not wanted:
-        return {}
-    try:
-        table = Path("/proc/self/mountinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return {}
-    top: dict[str, bool] = {}
-    for line in table.splitlines():
-        fields = line.split(" ", 6)
-        if len(fields) > 5:
-            point = _unescape(fields[4])
-            if point in wanted:
-                top[point] = "ro" in fields[5].split(",")
-    return top
-
-
-def _unescape(field: str) -> str:
-    """A mountinfo path: spaces, tabs, newlines and backslashes are written as octal."""
-    return field.encode().decode("unicode_escape") if "\\" in field else field
 
 
 def _capable() -> bool:
